@@ -1,0 +1,18 @@
+"""mmemu: an emulation engine of Linux memory-management semantics.
+
+    import mmemu
+    m = mmemu.Machine(kernel="5.8")
+    p = m.spawn()
+"""
+from ._version import __version__
+from .constants import *  # noqa: F401,F403  Linux UAPI names and values
+from .constants import __all__ as _constants_all
+from .eras import VERSIONS, policy_for
+from .errors import EmulatedSignal, InvariantError, MmemuError, OutOfMemory, Sigbus, Sigsegv
+from .gup import Pin, Pipe
+from .machine import FrameInfo, Machine
+from .process import PagemapEntry, Process, Thread
+
+__all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",
+           "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",
+           "InvariantError", "MmemuError", "VERSIONS", "policy_for"] + list(_constants_all)

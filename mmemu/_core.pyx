@@ -1,0 +1,568 @@
+# mmemu._core: the compiled engine. Mechanism only: bits, arrays and
+# transitions. Which rules apply comes from the policy struct (eras.py).
+#
+# Layout (one extension, sources split with include, as uvloop does):
+#   core/defs.pxi     declarations of core/mm_types.h, engine_t, gather_t
+#   core/frames.pxi   frame allocation, references, contents, LRU add batch
+#   core/pgtable.pxi  page-table pools, walks, VMA lookup
+#   core/tlb.pxi      per-CPU TLBs, flushes, mmu_gather
+#   core/fault.pxi    handle_mm_fault, do_anonymous_page, do_wp_page, user access
+#   core/gup.pxi      get_user_pages / pin_user_pages
+#   core/range.pxi    zap, change_protection, fork copy, clear_refs, touch, pagemap
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+import numpy as np
+
+from mmemu.errors import InvariantError, OutOfMemory, Sigbus, Sigsegv, oserror
+from mmemu.constants import SEGV_ACCERR, SEGV_MAPERR, BUS_ADRERR
+
+include "core/defs.pxi"
+include "core/frames.pxi"
+include "core/pgtable.pxi"
+include "core/tlb.pxi"
+include "core/fault.pxi"
+include "core/gup.pxi"
+include "core/range.pxi"
+
+POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive",
+                 "gup_unshare_anon", "gup_unshare_nonanon", "fork_early_cow",
+                 "mm_has_pinned", "clear_refs_skip_pinned", "mprotect_upgrade",
+                 "pm_uffd_wp", "soft_dirty", "lru_batch")
+
+STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
+              "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages")
+
+FRAME_FLAG_NAMES = {
+    "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
+    "swapcache": PG_SWAPCACHE, "zero": PG_ZERO, "lru": PG_LRU, "dirty": PG_DIRTY,
+    "uptodate": PG_UPTODATE, "reserved": PG_RESERVED, "bytes": PG_BYTES, "file": PG_FILE,
+}
+
+
+cdef object fault_exception(int ret, uint64_t addr):
+    if ret & VM_FAULT_SIGSEGV:
+        return Sigsegv(addr, SEGV_ACCERR if ret & VM_FAULT_ACCERR else SEGV_MAPERR)
+    if ret & VM_FAULT_SIGBUS:
+        return Sigbus(addr, BUS_ADRERR)
+    if ret & VM_FAULT_OOM:
+        return OutOfMemory(addr)
+    return MemoryError(f"host allocation failed at {addr:#x}")
+
+
+@cython.final
+cdef class Engine:
+    """One emulated machine's memory: frames, page tables, TLBs, mms.
+
+    Frame state lives in numpy arrays owned here (readable by C through the
+    same pointers); page tables live in chunked pools that never move.
+    """
+    cdef engine_t e
+    cdef readonly object refcount, mapcount, version, fflags, mapping, index
+    cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
+
+    def __cinit__(self, int64_t nframes, int ncpus, dict knobs):
+        cdef mm_policy_t *p
+        memset(&self.e, 0, sizeof(engine_t))
+        if nframes < 16:
+            raise ValueError("a machine needs at least 16 frames")
+        if ncpus < 1 or ncpus > 256:
+            raise ValueError("ncpus must be in 1..256")
+        missing = [k for k in POLICY_FIELDS if k not in knobs]
+        if missing:
+            raise ValueError(f"policy lacks knobs: {missing}")
+        if not 1 <= knobs["lru_batch"] <= LRU_BATCH_MAX:
+            raise ValueError(f"lru_batch must be in 1..{LRU_BATCH_MAX}")
+        self.refcount = np.zeros(nframes, np.int32)
+        self.mapcount = np.zeros(nframes, np.int32)
+        self.version = np.zeros(nframes, np.uint64)
+        self.fflags = np.zeros(nframes, np.uint16)
+        self.mapping = np.zeros(nframes, np.uint16)
+        self.index = np.zeros(nframes, np.uint32)
+        self._tlb_tag = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
+        self._tlb_pte = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
+        self._lru = np.zeros(ncpus * LRU_BATCH_MAX, np.int64)
+        self._lru_n = np.zeros(ncpus, np.int32)
+        self.e.refcount = <int32_t *>cnp_data(self.refcount)
+        self.e.mapcount = <int32_t *>cnp_data(self.mapcount)
+        self.e.version = <uint64_t *>cnp_data(self.version)
+        self.e.fflags = <uint16_t *>cnp_data(self.fflags)
+        self.e.mapping = <uint16_t *>cnp_data(self.mapping)
+        self.e.index = <uint32_t *>cnp_data(self.index)
+        self.e.tlb_tag = <uint64_t *>cnp_data(self._tlb_tag)
+        self.e.tlb_pte = <uint64_t *>cnp_data(self._tlb_pte)
+        self.e.lru = <int64_t *>cnp_data(self._lru)
+        self.e.lru_n = <int32_t *>cnp_data(self._lru_n)
+        self.e.nframes = nframes
+        self.e.ncpus = ncpus
+        # pfn 0 is the shared zero page.
+        self.e.fflags[0] = PG_USED | PG_ZERO | PG_RESERVED | PG_UPTODATE
+        self.e.refcount[0] = 1
+        self.e.next_unused = 1
+        self.e.nr_free = nframes - 1
+        self.e.mm_cap = 16
+        self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
+        if self.e.mms == NULL:
+            raise MemoryError()
+        p = &self.e.pol
+        p.wp_reuse = knobs["wp_reuse"]
+        p.foll_cow_rule = knobs["foll_cow_rule"]
+        p.gup_forced_cow = knobs["gup_forced_cow"]
+        p.anon_exclusive = knobs["anon_exclusive"]
+        p.gup_unshare_anon = knobs["gup_unshare_anon"]
+        p.gup_unshare_nonanon = knobs["gup_unshare_nonanon"]
+        p.fork_early_cow = knobs["fork_early_cow"]
+        p.mm_has_pinned = knobs["mm_has_pinned"]
+        p.clear_refs_skip_pinned = knobs["clear_refs_skip_pinned"]
+        p.mprotect_upgrade = knobs["mprotect_upgrade"]
+        p.pm_uffd_wp = knobs["pm_uffd_wp"]
+        p.soft_dirty = knobs["soft_dirty"]
+        p.lru_batch = knobs["lru_batch"]
+
+    def __dealloc__(self):
+        cdef int64_t i
+        for i in range(self.e.nbyte_chunks):
+            free(self.e.byte_chunks[i])
+        free(self.e.byte_chunks)
+        free(self.e.bytes_free)
+        for i in range(self.e.ndir_chunks):
+            free(self.e.dir_chunks[i])
+        free(self.e.dir_chunks)
+        free(self.e.dir_free)
+        for i in range(self.e.npte_chunks):
+            free(self.e.pte_chunks[i])
+        free(self.e.pte_chunks)
+        free(self.e.pte_free)
+        if self.e.mms != NULL:
+            for i in range(self.e.nmm):
+                free(self.e.mms[i].vmas)
+            free(self.e.mms)
+
+    # ---- mms ---------------------------------------------------------------
+
+    cdef mm_t *_mm(self, int32_t mm) except NULL:
+        if mm < 0 or mm >= self.e.nmm or not self.e.mms[mm].alive:
+            raise oserror(3, "mm", f"no live mm {mm}")      # ESRCH
+        return &self.e.mms[mm]
+
+    cdef int _cpu(self, int cpu) except -1:
+        if cpu < 0 or cpu >= self.e.ncpus:
+            raise ValueError(f"cpu {cpu} out of range 0..{self.e.ncpus - 1}")
+        return cpu
+
+    def mm_new(self):
+        cdef int32_t i, slot = -1
+        cdef mm_t *ms
+        cdef mm_t *m
+        for i in range(self.e.nmm):
+            if not self.e.mms[i].alive:
+                slot = i
+                break
+        if slot < 0:
+            if self.e.nmm >= MM_MAX_MM:
+                raise oserror(12, "fork", "too many address spaces")
+            if self.e.nmm == self.e.mm_cap:
+                ms = <mm_t *>realloc(self.e.mms, self.e.mm_cap * 2 * sizeof(mm_t))
+                if ms == NULL:
+                    raise MemoryError()
+                memset(ms + self.e.mm_cap, 0, self.e.mm_cap * sizeof(mm_t))
+                self.e.mms = ms
+                self.e.mm_cap *= 2
+            slot = self.e.nmm
+            self.e.nmm += 1
+        m = &self.e.mms[slot]
+        free(m.vmas)
+        memset(m, 0, sizeof(mm_t))
+        m.id = slot
+        m.pgd = dir_alloc(&self.e)
+        if m.pgd < 0:
+            raise MemoryError()
+        m.alive = 1
+        return slot
+
+    def mm_destroy(self, int32_t mm, int cpu):
+        """exit_mmap: zap everything, flush, free the page tables."""
+        cdef mm_t *m = self._mm(mm)
+        cdef gather_t g
+        self._cpu(cpu)
+        lru_drain(&self.e, cpu)
+        gather_init(&g, mm, 0, 1ULL << 47)
+        zap_range(&self.e, m, 0, 1ULL << 47, &g)
+        tlb_flush_mm(&self.e, mm)
+        g.need_flush = 0
+        gather_finish(&self.e, &g)
+        free_dir_tree(&self.e, m.pgd, 0)
+        free(m.vmas)
+        m.vmas = NULL
+        m.nvma = 0
+        m.alive = 0
+
+    def set_vmas(self, int32_t mm, const uint64_t[::1] starts, const uint64_t[::1] ends,
+                 const uint64_t[::1] flags, const uint64_t[::1] pgoffs, const int32_t[::1] files):
+        """Replace the mm's VMA table (the Python side owns VMA layout)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef Py_ssize_t n = starts.shape[0], i
+        cdef mm_vma_t *v = <mm_vma_t *>malloc((n if n else 1) * sizeof(mm_vma_t))
+        if v == NULL:
+            raise MemoryError()
+        for i in range(n):
+            v[i].start = starts[i]
+            v[i].end = ends[i]
+            v[i].flags = flags[i]
+            v[i].pgoff = pgoffs[i]
+            v[i].file = files[i]
+            v[i].uffd = 0
+            if i and v[i].start < v[i - 1].end:
+                free(v)
+                raise ValueError("VMAs overlap or are unsorted")
+        free(m.vmas)
+        m.vmas = v
+        m.nvma = <int32_t>n
+
+    def mm_info(self, int32_t mm):
+        cdef mm_t *m = self._mm(mm)
+        return {"minflt": m.minflt, "rss_anon": m.rss_anon, "nr_ptes": m.nr_ptes,
+                "has_pinned": bool(m.flags & MMF_HAS_PINNED)}
+
+    # ---- user accesses -----------------------------------------------------
+
+    def read(self, int32_t mm, int cpu, uint64_t va, Py_ssize_t n):
+        cdef mm_t *m = self._mm(mm)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+        cdef uint8_t *buf = <uint8_t *>PyBytes_AS_STRING(out)
+        cdef Py_ssize_t done = 0, chunk
+        cdef uint64_t a
+        cdef int64_t pfn
+        cdef int ret = 0
+        self._cpu(cpu)
+        with nogil:
+            while done < n:
+                a = va + <uint64_t>done
+                chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
+                if chunk > n - done:
+                    chunk = n - done
+                ret = user_access(&self.e, m, cpu, a, False, &pfn)
+                if ret:
+                    break
+                frame_read(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, buf + done)
+                done += chunk
+        if ret:
+            raise fault_exception(ret, self.e.fault_addr)
+        return out
+
+    def write(self, int32_t mm, int cpu, uint64_t va, const uint8_t[::1] data):
+        cdef mm_t *m = self._mm(mm)
+        cdef Py_ssize_t n = data.shape[0], done = 0, chunk
+        cdef uint64_t a
+        cdef int64_t pfn
+        cdef int ret = 0
+        self._cpu(cpu)
+        if n == 0:
+            return
+        with nogil:
+            while done < n:
+                a = va + <uint64_t>done
+                chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
+                if chunk > n - done:
+                    chunk = n - done
+                ret = user_access(&self.e, m, cpu, a, True, &pfn)
+                if ret:
+                    break
+                if frame_write(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, &data[done]) < 0:
+                    ret = VM_FAULT_NOMEM
+                    self.e.fault_addr = a
+                    break
+                done += chunk
+        if ret:
+            raise fault_exception(ret, self.e.fault_addr)
+
+    def touch(self, int32_t mm, int cpu, uint64_t start, int64_t npages, bint write, uint64_t value=0):
+        """The batch access path: one access per page, staying in the core."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t done = 0
+        cdef int ret
+        self._cpu(cpu)
+        with nogil:
+            ret = touch_range(&self.e, m, cpu, start, npages, write, value, &done)
+        if ret:
+            raise fault_exception(ret, self.e.fault_addr)
+        return done
+
+    # ---- GUP ---------------------------------------------------------------
+
+    def gup(self, int32_t mm, int cpu, uint64_t start, int64_t npages, int gup_flags):
+        """(pfns, errno): pfns of the pages done; errno of what stopped it."""
+        cdef mm_t *m = self._mm(mm)
+        pfns = np.zeros(max(npages, 1), np.int64)
+        cdef int64_t[::1] pv = pfns
+        cdef int err = 0
+        cdef int64_t done
+        self._cpu(cpu)
+        with nogil:
+            done = gup_range(&self.e, m, cpu, start, npages, gup_flags, &pv[0], &err)
+        return pfns[:done].copy(), err
+
+    def put_pages(self, const int64_t[::1] pfns, int32_t nr):
+        """Drop `nr` references from each frame (put_page / unpin_user_page)."""
+        cdef Py_ssize_t i
+        for i in range(pfns.shape[0]):
+            if pfns[i] < 0 or pfns[i] >= self.e.nframes or not (self.e.fflags[pfns[i]] & PG_USED):
+                raise InvariantError("reference dropped on a free frame", pfns[i])
+        if pfns.shape[0]:
+            unpin_pages(&self.e, &pfns[0], pfns.shape[0], nr)
+
+    def frame_read(self, int64_t pfn, int64_t off, int64_t n):
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+        self._frame(pfn, off, n)
+        frame_read(&self.e, pfn, off, n, <uint8_t *>PyBytes_AS_STRING(out))
+        return out
+
+    def frame_write(self, int64_t pfn, int64_t off, const uint8_t[::1] data):
+        self._frame(pfn, off, data.shape[0])
+        if pfn == ZERO_PFN:
+            raise InvariantError("write into the shared zero page", pfn)
+        if data.shape[0] and frame_write(&self.e, pfn, off, data.shape[0], &data[0]) < 0:
+            raise MemoryError()
+
+    cdef int _frame(self, int64_t pfn, int64_t off, int64_t n) except -1:
+        if pfn < 0 or pfn >= self.e.nframes or not (self.e.fflags[pfn] & PG_USED):
+            raise InvariantError("access to a free frame", pfn)
+        if off < 0 or n < 0 or off + n > <int64_t>MM_PAGE_SIZE:
+            raise ValueError("offset/length outside the page")
+        return 0
+
+    # ---- range operations --------------------------------------------------
+
+    def zap(self, int32_t mm, int cpu, uint64_t start, uint64_t end, bint free_tables=False):
+        """Unmap [start, end): zap, flush, release (zap_page_range / unmap_region)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef gather_t g
+        self._cpu(cpu)
+        with nogil:
+            lru_drain(&self.e, cpu)
+            gather_init(&g, mm, start, end)
+            zap_range(&self.e, m, start, end, &g)
+            gather_finish(&self.e, &g)
+            if free_tables:
+                free_pte_tables(&self.e, m, start, end)
+
+    def change_protection(self, int32_t mm, uint64_t start, uint64_t end, uint64_t newflags):
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t lost
+        with nogil:
+            lost = change_protection(&self.e, m, start, end, newflags)
+            if lost:
+                tlb_flush_range(&self.e, mm, start, end)
+        return lost
+
+    def clear_soft_dirty(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vma_flags):
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t lost
+        with nogil:
+            lost = clear_soft_dirty_range(&self.e, m, start, end, vma_flags)
+        return lost
+
+    def flush_mm(self, int32_t mm):
+        self._mm(mm)
+        tlb_flush_mm(&self.e, mm)
+
+    def fork_range(self, int32_t src, int32_t dst, int cpu, uint64_t start, uint64_t end,
+                   uint64_t src_flags, uint64_t dst_flags):
+        """Copy one VMA's page tables; returns how many parent ptes were write-protected."""
+        cdef mm_t *s = self._mm(src)
+        cdef mm_t *d = self._mm(dst)
+        cdef int64_t wp = 0
+        cdef int ret
+        self._cpu(cpu)
+        with nogil:
+            ret = copy_range(&self.e, s, d, cpu, start, end, src_flags, dst_flags, &wp)
+        if ret < 0:
+            if wp:
+                tlb_flush_mm(&self.e, src)
+            raise oserror(12, "fork")
+        return wp
+
+    def lru_drain(self, int cpu):
+        self._cpu(cpu)
+        lru_drain(&self.e, cpu)
+
+    # ---- inspection --------------------------------------------------------
+
+    def pagemap(self, int32_t mm, uint64_t start, int64_t npages):
+        cdef mm_t *m = self._mm(mm)
+        out = np.zeros(npages, np.uint64)
+        cdef uint64_t[::1] o = out
+        cdef int64_t i
+        for i in range(npages):
+            o[i] = pagemap_entry(&self.e, m, start + (<uint64_t>i << MM_PAGE_SHIFT))
+        return out
+
+    def versions(self, int32_t mm, uint64_t start, int64_t npages):
+        """Content version of the page mapped at each address (0: none or zeros;
+        all ones: byte-exact contents)."""
+        cdef mm_t *m = self._mm(mm)
+        out = np.zeros(npages, np.uint64)
+        cdef uint64_t[::1] o = out
+        cdef uint64_t *ptep
+        cdef int64_t i
+        for i in range(npages):
+            ptep = pte_offset(&self.e, m, start + (<uint64_t>i << MM_PAGE_SHIFT), False)
+            if ptep != NULL and ptep[0] & PTE_PRESENT:
+                o[i] = frame_content_version(&self.e, <int64_t>pte_pfn(ptep[0]))
+        return out
+
+    def pte(self, int32_t mm, uint64_t va):
+        """The raw pte value at va (0 if none)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef uint64_t *ptep = pte_offset(&self.e, m, va, False)
+        return ptep[0] if ptep != NULL else 0
+
+    def frame_info(self, int64_t pfn):
+        if pfn < 0 or pfn >= self.e.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
+        f = self.e.fflags[pfn]
+        return (int(self.e.refcount[pfn]), int(self.e.mapcount[pfn]),
+                {name for name, bit in FRAME_FLAG_NAMES.items() if f & bit},
+                bool(f & PG_USED), int(self.e.mapping[pfn]), int(self.e.index[pfn]))
+
+    def stats(self):
+        return {name: int(self.e.stats[i]) for i, name in enumerate(STAT_NAMES)}
+
+    def memory_usage(self):
+        """Bytes of engine state: frame table, page-table pools, byte store."""
+        frames = self.e.nframes * (4 + 4 + 8 + 2 + 2 + 4)
+        return {
+            "frames": frames,
+            "frames_used": self.e.nframes - self.e.nr_free,
+            "pte_pages": self.e.npte_used - self.e.npte_free,
+            "page_tables": (self.e.npte_used - self.e.npte_free) * MM_PTRS * 8
+            + (self.e.ndir_used - self.e.ndir_free) * MM_PTRS * 4,
+            "byte_pages": self.e.nbytes_used - self.e.nbytes_free,
+        }
+
+    @property
+    def nframes(self):
+        return self.e.nframes
+
+    @property
+    def nr_free(self):
+        return self.e.nr_free
+
+    # ---- invariants --------------------------------------------------------
+
+    def check(self, const int64_t[::1] ext_pfns, const int64_t[::1] ext_refs):
+        """Verify every invariant; raise InvariantError naming the frame and rule.
+
+        ext_pfns/ext_refs: references held outside page tables (GUP, pins,
+        pipes), one entry per reference holder and frame.
+        """
+        cdef int64_t n = self.e.nframes, pfn, i, cpu, s
+        exp_ref_a = np.zeros(n, np.int64)
+        exp_map_a = np.zeros(n, np.int64)
+        cdef int64_t[::1] exp_ref = exp_ref_a
+        cdef int64_t[::1] exp_map = exp_map_a
+        cdef int32_t mmi
+        cdef mm_t *m
+        cdef int64_t rss
+        cdef uint16_t f
+        for i in range(ext_pfns.shape[0]):
+            if ext_pfns[i] != ZERO_PFN:
+                exp_ref[ext_pfns[i]] += ext_refs[i]
+        for cpu in range(self.e.ncpus):
+            for i in range(self.e.lru_n[cpu]):
+                exp_ref[self.e.lru[cpu * LRU_BATCH_MAX + i]] += 1
+        for mmi in range(self.e.nmm):
+            m = &self.e.mms[mmi]
+            if not m.alive:
+                continue
+            rss = self._check_tree(m, m.pgd, 0, 0, exp_ref, exp_map)
+            if rss != m.rss_anon:
+                raise InvariantError("rss_anon differs from the anon ptes mapped", None,
+                                     f"mm {mmi}: counter {m.rss_anon}, ptes {rss}")
+        for pfn in range(1, n):
+            f = self.e.fflags[pfn]
+            if not (f & PG_USED):
+                if self.e.refcount[pfn] != 0 or exp_ref[pfn] != 0:
+                    raise InvariantError("free frame is referenced", pfn)
+                continue
+            if self.e.mapcount[pfn] != exp_map[pfn]:
+                raise InvariantError("mapcount differs from the ptes mapping the frame", pfn,
+                                     f"mapcount {self.e.mapcount[pfn]}, ptes {exp_map[pfn]}")
+            if self.e.refcount[pfn] != exp_ref[pfn]:
+                raise InvariantError("refcount differs from the references held", pfn,
+                                     f"refcount {self.e.refcount[pfn]}, held {exp_ref[pfn]}")
+            if f & PG_ANON_EXCLUSIVE and exp_map[pfn] > 1:
+                raise InvariantError("PageAnonExclusive page mapped more than once", pfn)
+        for s in range(<int64_t>self.e.ncpus * MM_TLB_ENTRIES):
+            self._check_tlb(s)
+
+    cdef int64_t _check_tree(self, mm_t *m, int32_t d, int level, uint64_t base,
+                             int64_t[::1] exp_ref, int64_t[::1] exp_map) except -1:
+        cdef int32_t *page = dir_page(&self.e, d)
+        cdef uint64_t *t
+        cdef int32_t i, j
+        cdef uint64_t va, pte
+        cdef int64_t pfn, rss = 0
+        cdef int32_t vi
+        for i in range(MM_PTRS):
+            if page[i] == 0:
+                continue
+            va = base | (<uint64_t>i << (PGDIR_SHIFT - 9 * level))
+            if level < 2:
+                rss += self._check_tree(m, page[i] - 1, level + 1, va, exp_ref, exp_map)
+                continue
+            t = pte_page(&self.e, page[i] - 1)
+            for j in range(MM_PTRS):
+                pte = t[j]
+                if pte == 0:
+                    continue
+                va = (base | (<uint64_t>i << PMD_SHIFT)) + (<uint64_t>j << MM_PAGE_SHIFT)
+                vi = find_vma(m, va)
+                if vi < 0:
+                    raise InvariantError("pte outside any VMA", None, f"mm {m.id} va {va:#x}")
+                if not (pte & PTE_PRESENT):
+                    continue
+                pfn = <int64_t>pte_pfn(pte)
+                if pfn >= self.e.nframes or not (self.e.fflags[pfn] & PG_USED):
+                    raise InvariantError("pte points at a free frame", pfn, f"mm {m.id} va {va:#x}")
+                if pte & PTE_SPECIAL:
+                    if pfn != ZERO_PFN or pte & PTE_WRITE:
+                        raise InvariantError("special pte is not a read-only zero-page mapping", pfn)
+                    continue
+                if pfn == ZERO_PFN:
+                    raise InvariantError("zero page mapped without the special bit", pfn)
+                exp_map[pfn] += 1
+                exp_ref[pfn] += 1
+                if self.e.fflags[pfn] & PG_ANON:
+                    rss += 1
+                    if pte & PTE_WRITE and self.e.mapcount[pfn] > 1 and is_cow_mapping(m.vmas[vi].flags):
+                        raise InvariantError("writable pte maps a COW-shared page", pfn,
+                                             f"mm {m.id} va {va:#x} mapcount {self.e.mapcount[pfn]}")
+                if pte & PTE_WRITE and not (m.vmas[vi].flags & VM_WRITE):
+                    raise InvariantError("writable pte in a VMA without VM_WRITE", pfn,
+                                         f"mm {m.id} va {va:#x}")
+        return rss
+
+    cdef int _check_tlb(self, int64_t s) except -1:
+        cdef uint64_t tag = self.e.tlb_tag[s], ent, vpn
+        cdef uint64_t *ptep
+        cdef int32_t mmi
+        if tag == 0:
+            return 0
+        mmi = <int32_t>(tag & 0xFFFF)
+        vpn = (tag & ~(1ULL << TLB_VALID_SHIFT)) >> 16
+        ent = self.e.tlb_pte[s]
+        if mmi >= self.e.nmm or not self.e.mms[mmi].alive:
+            raise InvariantError("TLB entry of a dead mm", <int64_t>pte_pfn(ent))
+        ptep = pte_offset(&self.e, &self.e.mms[mmi], vpn << MM_PAGE_SHIFT, False)
+        if ptep == NULL or (ptep[0] & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT \
+                or pte_pfn(ptep[0]) != pte_pfn(ent) or (ent & PTE_WRITE and not (ptep[0] & PTE_WRITE)):
+            raise InvariantError("TLB entry grants more than the pte", <int64_t>pte_pfn(ent),
+                                 f"cpu {s // MM_TLB_ENTRIES} mm {mmi} va {vpn << MM_PAGE_SHIFT:#x}")
+        return 0
+
+
+cdef void *cnp_data(object arr) except NULL:
+    cdef Py_ssize_t addr = arr.ctypes.data
+    return <void *>addr

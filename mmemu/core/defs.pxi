@@ -1,0 +1,137 @@
+# Declarations of core/mm_types.h (the C contract shared with bindings/).
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+
+cdef extern from "mm_types.h" nogil:
+    uint64_t MM_PAGE_SHIFT, MM_PAGE_SIZE
+    int MM_PTRS, MM_POOL_CHUNK_SHIFT, MM_BYTES_CHUNK_SHIFT, MM_TLB_ENTRIES, MM_MAX_MM
+
+    uint64_t PTE_PRESENT, PTE_WRITE, PTE_DIRTY, PTE_YOUNG, PTE_SOFT_DIRTY
+    uint64_t PTE_UFFD_WP, PTE_SPECIAL, PTE_PROTNONE, PTE_PFN_SHIFT, PTE_PFN_MASK
+    uint64_t SWP_TYPE_SHIFT, SWP_TYPE_MASK, SWP_SWAP, SWP_MARKER, SWP_EXCLUSIVE
+    uint64_t SWP_OFFSET_SHIFT
+
+    uint32_t PG_ANON, PG_ANON_EXCLUSIVE, PG_KSM, PG_SWAPCACHE, PG_ZERO, PG_LRU
+    uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED
+
+    uint64_t VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_MAYREAD, VM_MAYWRITE
+    uint64_t VM_MAYEXEC, VM_MAYSHARE, VM_UFFD_MISSING, VM_PFNMAP, VM_UFFD_WP
+    uint64_t VM_LOCKED, VM_IO, VM_DONTCOPY, VM_WIPEONFORK, VM_SOFTDIRTY
+    uint64_t VM_MIXEDMAP, VM_HUGETLB, VM_UFFD_MINOR, VM_ANON
+
+    uint64_t MMF_HAS_PINNED
+
+    int FAULT_FLAG_WRITE, FAULT_FLAG_USER, FAULT_FLAG_REMOTE, FAULT_FLAG_UNSHARE
+    int VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_WRITE, VM_FAULT_SIGSEGV
+    int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR
+
+    ctypedef struct mm_vma_t:
+        uint64_t start, end, flags, pgoff
+        int32_t file, uffd
+
+    ctypedef struct mm_t:
+        int32_t id, pgd, nvma, alive
+        uint64_t flags
+        int64_t minflt, rss_anon, nr_ptes
+        mm_vma_t *vmas
+
+    ctypedef struct mm_policy_t:
+        int32_t wp_reuse, foll_cow_rule, gup_forced_cow, anon_exclusive
+        int32_t gup_unshare_anon, gup_unshare_nonanon, fork_early_cow
+        int32_t mm_has_pinned, clear_refs_skip_pinned, mprotect_upgrade
+        int32_t pm_uffd_wp, soft_dirty, lru_batch
+
+    enum:
+        MM_STAT_FAULT, MM_STAT_ANON_FAULT, MM_STAT_ZERO_FAULT, MM_STAT_WP_FAULT
+        MM_STAT_COW, MM_STAT_REUSE, MM_STAT_UNSHARE, MM_STAT_EARLY_COW
+        MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN
+        MM_STAT_GUP, MM_STAT_NR
+
+# eras.py values of the policy enums (kept equal by tests/unit/test_eras.py).
+cdef enum:
+    WP_REUSE_MAPCOUNT = 0
+    WP_REUSE_REFCOUNT = 1
+    WP_REUSE_REFCOUNT_DRAIN = 2
+    WP_REUSE_ANON_EXCLUSIVE = 3
+    FOLL_COW_FORCE_DIRTY = 0
+    FOLL_COW_DIRTY = 1
+    FOLL_FORCE_ANON_EXCLUSIVE = 2
+    FORCED_COW_NONE = 0
+    FORCED_COW_GET_AND_PIN = 1
+    FORCED_COW_GET_ONLY = 2
+
+# GUP flags (constants.py has the same values).
+cdef enum:
+    FOLL_WRITE = 1 << 0
+    FOLL_GET = 1 << 1
+    FOLL_DUMP = 1 << 2
+    FOLL_FORCE = 1 << 3
+    FOLL_NOFAULT = 1 << 5
+    FOLL_LONGTERM = 1 << 8
+    FOLL_HONOR_NUMA_FAULT = 1 << 12
+    FOLL_TOUCH = 1 << 16
+    FOLL_PIN = 1 << 19
+    FOLL_MADV_POPULATE = 1 << 22
+    FOLL_COW = 1 << 24
+
+cdef enum:
+    GUP_PIN_COUNTING_BIAS = 1024
+    LRU_BATCH_MAX = 64
+    # errno values returned by the core (Linux's numbers)
+    CORE_EFAULT = 14
+    CORE_ENOMEM = 12
+    CORE_EINVAL = 22
+    CORE_EHWPOISON = 133
+
+# The whole machine: frames (numpy-owned, fixed size), page-table pools
+# (chunked, so a page-table page never moves once allocated), the byte store,
+# per-CPU TLBs and LRU add batches, and the mm table.
+ctypedef struct engine_t:
+    int64_t nframes
+    int64_t next_unused        # frames >= this were never used: free implicitly
+    int64_t free_head          # free list linked through `version` (pfn + 1)
+    int64_t nr_free
+    int32_t *refcount
+    int32_t *mapcount
+    uint64_t *version          # content version, byte slot (PG_BYTES) or free link
+    uint16_t *fflags
+    uint16_t *mapping
+    uint32_t *index
+
+    int32_t **dir_chunks       # directory pages (pgd/pud/pmd): int32 entries, idx+1
+    int64_t ndir_chunks, ndir_used
+    int32_t *dir_free
+    int64_t ndir_free, dir_free_cap
+
+    uint64_t **pte_chunks      # pte pages
+    int64_t npte_chunks, npte_used
+    int32_t *pte_free
+    int64_t npte_free, pte_free_cap
+
+    uint8_t **byte_chunks      # byte-exact page contents
+    int64_t nbyte_chunks, nbytes_used
+    int64_t *bytes_free
+    int64_t nbytes_free, bytes_free_cap
+
+    int32_t ncpus
+    uint64_t *tlb_tag          # ncpus * MM_TLB_ENTRIES; 0 = invalid
+    uint64_t *tlb_pte          # cached translation: pfn | write | dirty
+    int64_t *lru               # ncpus * LRU_BATCH_MAX
+    int32_t *lru_n
+
+    mm_t *mms
+    int32_t nmm, mm_cap
+
+    mm_policy_t pol
+    uint64_t stamp             # last content version handed out
+    uint64_t fault_addr        # address of the last failed access
+    int64_t stats[16]
+
+# An mmu_gather: pages to release once the TLB flush is done.
+ctypedef struct gather_t:
+    int64_t *pfns
+    int64_t n, cap
+    uint64_t start, end
+    int32_t mm
+    int32_t need_flush
+    int32_t failed

@@ -1,0 +1,211 @@
+# The fault handler (mm/memory.c handle_mm_fault and friends). Outcomes are
+# vm_fault_t-style codes, never exceptions: the entry points map them to
+# Sigsegv / Sigbus / OutOfMemory / errno.
+
+
+cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
+                           uint64_t va, uint64_t *ptep, int fflags) noexcept nogil:
+    """Empty slot of a private anon VMA (do_anonymous_page)."""
+    cdef int64_t pfn
+    cdef uint64_t entry
+    if not (fflags & FAULT_FLAG_WRITE):
+        # Read: map the shared zero page, special and read-only.
+        ptep[0] = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | vma_prot_bits(vma.flags)
+        e.stats[MM_STAT_ZERO_FAULT] += 1
+        return 0
+    pfn = frame_alloc(e)
+    if pfn < 0:
+        return VM_FAULT_OOM
+    # folio_add_new_anon_rmap: a new anon page is exclusive (PG_anon_exclusive, 5.19+).
+    e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
+    e.mapcount[pfn] = 1
+    lru_add(e, cpu, pfn)
+    entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
+    # Dirty (and soft-dirty) and writable only if the VMA may be written: a
+    # FOLL_FORCE write into a PROT_READ VMA gets a clean R/O page first.
+    if vma.flags & VM_WRITE:
+        entry |= PTE_WRITE | PTE_DIRTY | PTE_SOFT_DIRTY
+    ptep[0] = entry
+    mm.rss_anon += 1
+    e.stats[MM_STAT_ANON_FAULT] += 1
+    return 0
+
+
+cdef bint wp_can_reuse_refcount_drain(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
+    # 5.18 do_wp_page / modern wp_can_reuse_anon_folio: bail early on many
+    # references, drain the local LRU batch if the page may sit in it, then
+    # reuse only a page nobody else references.
+    if e.fflags[pfn] & PG_KSM or e.refcount[pfn] > 3:
+        return False
+    if not (e.fflags[pfn] & PG_LRU):
+        lru_drain(e, cpu)
+    if e.refcount[pfn] > 1 + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
+        return False
+    return e.refcount[pfn] == 1
+
+
+cdef bint wp_can_reuse(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
+    """The era's reuse decision for a private anon page (semantics.md 3.2)."""
+    cdef int rule = e.pol.wp_reuse
+    if rule == WP_REUSE_MAPCOUNT:
+        # <= 5.8 reuse_swap_page(): mapcount (+ swap count) == 1; extra GUP or
+        # pipe references are ignored (the root of CVE-2020-29374). A KSM page
+        # is reused only when nothing else holds it (reuse_ksm_page).
+        if e.fflags[pfn] & PG_KSM:
+            return not (e.fflags[pfn] & PG_SWAPCACHE) and e.refcount[pfn] == 1
+        return e.mapcount[pfn] == 1
+    if rule == WP_REUSE_REFCOUNT:
+        # 5.9-5.17, 09854ba94c6a: page_count == 1, KSM always copied.
+        if e.fflags[pfn] & PG_KSM or e.refcount[pfn] != 1:
+            return False
+        return e.mapcount[pfn] == 1
+    return wp_can_reuse_refcount_drain(e, cpu, pfn)
+
+
+cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                      uint64_t *ptep, int64_t old, bint unshare) noexcept nogil:
+    """COW (or unshare) into a new exclusive anon page (wp_page_copy)."""
+    cdef int64_t pfn = frame_alloc(e)
+    cdef uint64_t orig = ptep[0], entry
+    if pfn < 0:
+        return VM_FAULT_OOM
+    if frame_copy(e, pfn, old) < 0:
+        frame_free(e, pfn)
+        return VM_FAULT_NOMEM
+    e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
+    e.mapcount[pfn] = 1
+    lru_add(e, cpu, pfn)
+    entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
+    if unshare:
+        # Unshare maps the copy R/O and keeps the tracking bits of the old pte.
+        entry |= orig & (PTE_SOFT_DIRTY | PTE_UFFD_WP)
+    else:
+        entry |= PTE_DIRTY | PTE_SOFT_DIRTY
+        if vma.flags & VM_WRITE:
+            entry |= PTE_WRITE
+    # ptep_clear_flush: no CPU may keep using the old page once the new one is
+    # mapped, so the old translation is flushed before the switch.
+    ptep[0] = 0
+    tlb_flush_page(e, mm.id, va)
+    ptep[0] = entry
+    if old == ZERO_PFN:
+        mm.rss_anon += 1
+    else:
+        e.mapcount[old] -= 1
+        put_page(e, old, 1)
+    e.stats[MM_STAT_UNSHARE if unshare else MM_STAT_COW] += 1
+    return 0 if unshare else VM_FAULT_WRITE
+
+
+cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                    uint64_t *ptep, int fflags) noexcept nogil:
+    """Write (or unshare) fault on a present, non-writable pte (do_wp_page)."""
+    cdef uint64_t pte = ptep[0]
+    cdef bint unshare = (fflags & FAULT_FLAG_UNSHARE) != 0 and not (fflags & FAULT_FLAG_WRITE)
+    cdef int64_t pfn
+    e.stats[MM_STAT_WP_FAULT] += 1
+    if pte & PTE_SPECIAL:
+        # The zero page: COW (or, for a long-term R/O pin, unshare) into a fresh page.
+        return wp_page_copy(e, mm, cpu, vma, va, ptep, ZERO_PFN, unshare)
+    pfn = <int64_t>pte_pfn(pte)
+    if e.fflags[pfn] & PG_ANON:
+        if (e.pol.anon_exclusive and (e.fflags[pfn] & PG_ANON_EXCLUSIVE)) or wp_can_reuse(e, cpu, pfn):
+            # 5.19+: a reused page is exclusive from now on.
+            if e.pol.anon_exclusive:
+                e.fflags[pfn] |= PG_ANON_EXCLUSIVE
+            if unshare:
+                return 0
+            # wp_page_reuse: young, dirty; writable only if the VMA is.
+            pte |= PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY
+            if vma.flags & VM_WRITE:
+                pte |= PTE_WRITE
+            ptep[0] = pte
+            e.stats[MM_STAT_REUSE] += 1
+            return VM_FAULT_WRITE
+    return wp_page_copy(e, mm, cpu, vma, va, ptep, pfn, unshare)
+
+
+cdef int handle_mm_fault(engine_t *e, mm_t *mm, int cpu, uint64_t va, int fflags) noexcept nogil:
+    cdef int32_t vi = find_vma(mm, va)
+    cdef mm_vma_t *vma
+    cdef uint64_t *ptep
+    cdef uint64_t pte
+    mm.minflt += 1
+    e.stats[MM_STAT_FAULT] += 1
+    if vi < 0:
+        return VM_FAULT_SIGSEGV
+    vma = &mm.vmas[vi]
+    if fflags & FAULT_FLAG_USER:
+        # arch access_error(): GUP checked the VMA itself (check_vma_flags).
+        if fflags & FAULT_FLAG_WRITE:
+            if not (vma.flags & VM_WRITE):
+                return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
+        elif not (vma.flags & (VM_READ | VM_WRITE | VM_EXEC)):
+            return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
+    ptep = pte_offset(e, mm, va, True)
+    if ptep == NULL:
+        return VM_FAULT_NOMEM
+    pte = ptep[0]
+    if pte == 0:
+        if vma.flags & VM_ANON and not (vma.flags & VM_SHARED):
+            return do_anonymous_page(e, mm, cpu, vma, va, ptep, fflags)
+        return VM_FAULT_SIGBUS      # file-backed VMAs are not modelled yet
+    if not (pte & PTE_PRESENT):
+        return VM_FAULT_SIGBUS      # swap entries and markers are not created yet
+    if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE):
+        if not (pte & PTE_WRITE):
+            return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)
+        if fflags & FAULT_FLAG_WRITE:
+            pte |= PTE_DIRTY | PTE_SOFT_DIRTY
+    ptep[0] = pte | PTE_YOUNG
+    return 0
+
+
+cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
+                     int64_t *pfn_out) noexcept nogil:
+    """One user-mode access through this CPU's TLB: the MMU's view. Returns 0
+    with the frame, or the fault code (e.fault_addr = va)."""
+    cdef uint64_t vpn = va >> MM_PAGE_SHIFT
+    cdef uint64_t tag = tlb_tag_of(mm.id, vpn)
+    cdef int64_t slot = tlb_slot(cpu, mm.id, vpn)
+    cdef uint64_t ent, pte
+    cdef uint64_t *ptep
+    cdef int ret, attempt
+    for attempt in range(4):
+        if e.tlb_tag[slot] == tag:
+            ent = e.tlb_pte[slot]
+            if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY):
+                e.stats[MM_STAT_TLB_HIT] += 1
+                pfn_out[0] = <int64_t>pte_pfn(ent)
+                return 0
+            if ent & PTE_WRITE:
+                # x86: a writable entry with dirty clear makes the MMU re-walk
+                # and set the pte's dirty bit, if the pte still allows it.
+                ptep = pte_offset(e, mm, va, False)
+                if ptep != NULL and (ptep[0] & (PTE_PRESENT | PTE_WRITE | PTE_PROTNONE)) == (PTE_PRESENT | PTE_WRITE) \
+                        and pte_pfn(ptep[0]) == pte_pfn(ent):
+                    ptep[0] |= PTE_DIRTY | PTE_YOUNG
+                    e.tlb_pte[slot] = ent | PTE_DIRTY
+                    pfn_out[0] = <int64_t>pte_pfn(ent)
+                    return 0
+            e.tlb_tag[slot] = 0
+        e.stats[MM_STAT_TLB_MISS] += 1
+        ptep = pte_offset(e, mm, va, False)
+        if ptep != NULL:
+            pte = ptep[0]
+            if (pte & (PTE_PRESENT | PTE_PROTNONE)) == PTE_PRESENT and (not write or (pte & PTE_WRITE)):
+                # The hardware walk sets accessed (and dirty for a write); it
+                # never sets the software soft-dirty bit.
+                pte |= PTE_YOUNG
+                if write:
+                    pte |= PTE_DIRTY
+                ptep[0] = pte
+                e.tlb_tag[slot] = tag
+                e.tlb_pte[slot] = pte & (PTE_PFN_MASK | PTE_WRITE | PTE_DIRTY)
+                continue
+        ret = handle_mm_fault(e, mm, cpu, va, FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0))
+        if ret & VM_FAULT_ERROR:
+            e.fault_addr = va
+            return ret
+    e.fault_addr = va
+    return VM_FAULT_SIGBUS

@@ -1,0 +1,203 @@
+# Frames: allocation, references, contents, the per-CPU LRU add batch.
+#
+# Contents are either byte-exact (PG_BYTES: `version` is a slot of the byte
+# store, written through the byte API) or a 64-bit content version (bulk and
+# trace-driven writes): version 0 reads as zeros, version v as the 8 bytes of v
+# repeated. A lost or misdirected bulk write therefore shows as a wrong
+# version, at 8 bytes per page instead of 4 KiB.
+
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memset
+
+cdef enum:
+    ZERO_PFN = 0
+
+
+cdef inline uint64_t pte_pfn(uint64_t pte) noexcept nogil:
+    return (pte & PTE_PFN_MASK) >> PTE_PFN_SHIFT
+
+
+cdef inline uint64_t pfn_pte(int64_t pfn) noexcept nogil:
+    return (<uint64_t>pfn) << PTE_PFN_SHIFT
+
+
+cdef int64_t frame_alloc(engine_t *e) noexcept nogil:
+    """A free frame with refcount 1, mapcount 0, no flags, zero contents; -1 if none."""
+    cdef int64_t pfn
+    if e.free_head > 0:
+        pfn = e.free_head - 1
+        e.free_head = <int64_t>e.version[pfn]
+    elif e.next_unused < e.nframes:
+        pfn = e.next_unused
+        e.next_unused += 1
+    else:
+        return -1
+    e.nr_free -= 1
+    e.refcount[pfn] = 1
+    e.mapcount[pfn] = 0
+    e.version[pfn] = 0
+    e.fflags[pfn] = PG_USED | PG_UPTODATE
+    e.mapping[pfn] = 0
+    e.index[pfn] = 0
+    return pfn
+
+
+cdef void bytes_release(engine_t *e, int64_t slot) noexcept nogil:
+    if e.nbytes_free == e.bytes_free_cap:
+        # The free stack never needs more entries than slots ever handed out.
+        return
+    e.bytes_free[e.nbytes_free] = slot
+    e.nbytes_free += 1
+
+
+cdef void frame_free(engine_t *e, int64_t pfn) noexcept nogil:
+    if e.fflags[pfn] & PG_BYTES:
+        bytes_release(e, <int64_t>e.version[pfn])
+    e.fflags[pfn] = 0
+    e.mapcount[pfn] = 0
+    e.refcount[pfn] = 0
+    e.version[pfn] = <uint64_t>e.free_head
+    e.free_head = pfn + 1
+    e.nr_free += 1
+
+
+cdef inline void get_page(engine_t *e, int64_t pfn, int32_t nr) noexcept nogil:
+    if pfn != ZERO_PFN:      # the shared zero page is never refcounted here
+        e.refcount[pfn] += nr
+
+
+cdef inline void put_page(engine_t *e, int64_t pfn, int32_t nr) noexcept nogil:
+    if pfn == ZERO_PFN:
+        return
+    e.refcount[pfn] -= nr
+    if e.refcount[pfn] == 0:
+        frame_free(e, pfn)
+
+
+# ---- byte store -----------------------------------------------------------
+
+cdef inline uint8_t *bytes_ptr(engine_t *e, int64_t slot) noexcept nogil:
+    return e.byte_chunks[slot >> MM_BYTES_CHUNK_SHIFT] + \
+        ((slot & ((1 << MM_BYTES_CHUNK_SHIFT) - 1)) << MM_PAGE_SHIFT)
+
+
+cdef int64_t bytes_alloc(engine_t *e) noexcept nogil:
+    """A byte-store slot (4 KiB), -1 if the host is out of memory."""
+    cdef int64_t slot, chunk
+    cdef uint8_t **chunks
+    cdef int64_t *fs
+    if e.nbytes_free > 0:
+        e.nbytes_free -= 1
+        return e.bytes_free[e.nbytes_free]
+    slot = e.nbytes_used
+    chunk = slot >> MM_BYTES_CHUNK_SHIFT
+    if chunk >= e.nbyte_chunks:
+        chunks = <uint8_t **>realloc(e.byte_chunks, (chunk + 1) * 2 * sizeof(uint8_t *))
+        if chunks == NULL:
+            return -1
+        memset(chunks + e.nbyte_chunks, 0, ((chunk + 1) * 2 - e.nbyte_chunks) * sizeof(uint8_t *))
+        e.byte_chunks = chunks
+        e.nbyte_chunks = (chunk + 1) * 2
+    if e.byte_chunks[chunk] == NULL:
+        e.byte_chunks[chunk] = <uint8_t *>malloc((<int64_t>1 << MM_BYTES_CHUNK_SHIFT) << MM_PAGE_SHIFT)
+        if e.byte_chunks[chunk] == NULL:
+            return -1
+    if e.bytes_free_cap < slot + 1:
+        fs = <int64_t *>realloc(e.bytes_free, (slot + 1) * 2 * sizeof(int64_t))
+        if fs == NULL:
+            return -1
+        e.bytes_free = fs
+        e.bytes_free_cap = (slot + 1) * 2
+    e.nbytes_used += 1
+    return slot
+
+
+cdef inline void pattern_fill(uint8_t *dst, uint64_t version, int64_t off, int64_t n) noexcept nogil:
+    cdef int64_t k
+    if version == 0:
+        memset(dst, 0, n)
+        return
+    for k in range(n):
+        dst[k] = <uint8_t>(version >> (8 * ((off + k) & 7)))
+
+
+cdef int frame_materialize(engine_t *e, int64_t pfn) noexcept nogil:
+    """Make the frame byte-exact; -1 if the host is out of memory."""
+    cdef int64_t slot
+    if e.fflags[pfn] & PG_BYTES:
+        return 0
+    slot = bytes_alloc(e)
+    if slot < 0:
+        return -1
+    pattern_fill(bytes_ptr(e, slot), e.version[pfn], 0, MM_PAGE_SIZE)
+    e.version[pfn] = <uint64_t>slot
+    e.fflags[pfn] |= PG_BYTES
+    return 0
+
+
+cdef void frame_read(engine_t *e, int64_t pfn, int64_t off, int64_t n, uint8_t *dst) noexcept nogil:
+    if e.fflags[pfn] & PG_BYTES:
+        memcpy(dst, bytes_ptr(e, <int64_t>e.version[pfn]) + off, n)
+    else:
+        pattern_fill(dst, e.version[pfn], off, n)
+
+
+cdef int frame_write(engine_t *e, int64_t pfn, int64_t off, int64_t n, const uint8_t *src) noexcept nogil:
+    if frame_materialize(e, pfn) < 0:
+        return -1
+    memcpy(bytes_ptr(e, <int64_t>e.version[pfn]) + off, src, n)
+    return 0
+
+
+cdef inline void frame_set_version(engine_t *e, int64_t pfn, uint64_t v) noexcept nogil:
+    if e.fflags[pfn] & PG_BYTES:
+        bytes_release(e, <int64_t>e.version[pfn])
+        e.fflags[pfn] &= ~PG_BYTES
+    e.version[pfn] = v
+
+
+cdef int frame_copy(engine_t *e, int64_t dst, int64_t src) noexcept nogil:
+    """Copy contents src -> dst (dst freshly allocated); -1 on host OOM."""
+    cdef int64_t slot
+    if src == ZERO_PFN or not (e.fflags[src] & PG_BYTES):
+        e.version[dst] = e.version[src] if src != ZERO_PFN else 0
+        return 0
+    slot = bytes_alloc(e)
+    if slot < 0:
+        return -1
+    memcpy(bytes_ptr(e, slot), bytes_ptr(e, <int64_t>e.version[src]), MM_PAGE_SIZE)
+    e.version[dst] = <uint64_t>slot
+    e.fflags[dst] |= PG_BYTES
+    return 0
+
+
+cdef inline uint64_t frame_content_version(engine_t *e, int64_t pfn) noexcept nogil:
+    if e.fflags[pfn] & PG_BYTES:
+        return 0xFFFFFFFFFFFFFFFFULL
+    return e.version[pfn]
+
+
+# ---- per-CPU LRU add batch ------------------------------------------------
+# A new anon page waits in its CPU's batch holding one extra reference until
+# the batch fills or is drained (lru_cache_add / lru_add_drain). Refcount-based
+# COW (5.9-5.17) sees that reference and copies a fresh page (B19).
+
+cdef void lru_drain(engine_t *e, int cpu) noexcept nogil:
+    cdef int64_t *batch = e.lru + cpu * LRU_BATCH_MAX
+    cdef int32_t i
+    cdef int64_t pfn
+    for i in range(e.lru_n[cpu]):
+        pfn = batch[i]
+        e.fflags[pfn] |= PG_LRU
+        put_page(e, pfn, 1)
+    if e.lru_n[cpu]:
+        e.stats[MM_STAT_LRU_DRAIN] += 1
+    e.lru_n[cpu] = 0
+
+
+cdef inline void lru_add(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
+    e.refcount[pfn] += 1
+    e.lru[cpu * LRU_BATCH_MAX + e.lru_n[cpu]] = pfn
+    e.lru_n[cpu] += 1
+    if e.lru_n[cpu] >= e.pol.lru_batch:
+        lru_drain(e, cpu)

@@ -1,0 +1,154 @@
+/*
+ * mmemu core: bit layouts and state structs.
+ *
+ * The Cython core declares these with `cdef extern from "mm_types.h"`
+ * (core/defs.pxi); the C ABI under bindings/ will expose the same structs, so
+ * this header is the one place both agree on. Keep them in sync.
+ */
+#ifndef MMEMU_MM_TYPES_H
+#define MMEMU_MM_TYPES_H
+
+#include <stdint.h>
+
+#define MM_PAGE_SHIFT 12
+#define MM_PAGE_SIZE 4096ULL
+#define MM_PTRS 512              /* entries per page-table page, every level */
+#define MM_POOL_CHUNK_SHIFT 9    /* page-table pages per pool chunk: 512 */
+#define MM_BYTES_CHUNK_SHIFT 6   /* byte-exact pages per store chunk: 64 */
+#define MM_TLB_ENTRIES 1024      /* per CPU, direct mapped */
+#define MM_MAX_MM 65535          /* mm ids are 16 bits in TLB tags */
+
+/* Present pte. x86 keeps soft-dirty and uffd-wp in software bits too. */
+#define PTE_PRESENT    (1ULL << 0)
+#define PTE_WRITE      (1ULL << 1)
+#define PTE_DIRTY      (1ULL << 2)
+#define PTE_YOUNG      (1ULL << 3)
+#define PTE_SOFT_DIRTY (1ULL << 4)
+#define PTE_UFFD_WP    (1ULL << 5)
+#define PTE_SPECIAL    (1ULL << 6)   /* zero page / pfnmap: no struct page refs */
+#define PTE_PROTNONE   (1ULL << 7)   /* present to the kernel, not to the MMU */
+#define PTE_PFN_SHIFT  12
+#define PTE_PFN_MASK   (((1ULL << 40) - 1) << PTE_PFN_SHIFT)
+
+/* Non-present, non-none pte (bit 0 clear, type != 0): swap-like entries. */
+#define SWP_TYPE_SHIFT 1
+#define SWP_TYPE_MASK  (7ULL << SWP_TYPE_SHIFT)
+#define SWP_SWAP            1ULL
+#define SWP_MIGRATION_READ  2ULL
+#define SWP_MIGRATION_RX    3ULL   /* readable_exclusive (5.19+) */
+#define SWP_MIGRATION_WRITE 4ULL
+#define SWP_MARKER          5ULL
+#define SWP_SOFT_DIRTY PTE_SOFT_DIRTY  /* same positions as the present bits */
+#define SWP_UFFD_WP    PTE_UFFD_WP
+#define SWP_EXCLUSIVE  (1ULL << 6)     /* 1493a1913e34, 5.19 */
+#define SWP_OFFSET_SHIFT 12
+#define PTE_MARKER_UFFD_WP  1ULL
+#define PTE_MARKER_POISONED 2ULL
+#define PTE_MARKER_GUARD    4ULL
+
+/* Frame flags (a subset of page flags, plus emulator bookkeeping). */
+#define PG_ANON           (1u << 0)
+#define PG_ANON_EXCLUSIVE (1u << 1)
+#define PG_KSM            (1u << 2)
+#define PG_SWAPCACHE      (1u << 3)
+#define PG_ZERO           (1u << 4)
+#define PG_LRU            (1u << 5)   /* drained from the per-CPU add batch */
+#define PG_DIRTY          (1u << 6)
+#define PG_UPTODATE       (1u << 7)
+#define PG_RESERVED       (1u << 8)
+#define PG_BYTES          (1u << 9)   /* `version` holds a byte-store slot */
+#define PG_FILE           (1u << 10)  /* page-cache page of mapping/index */
+#define PG_USED           (1u << 15)  /* allocated (not on the free list) */
+
+/* VMA flags: Linux's VM_* values where Linux has them. */
+#define VM_READ        0x00000001ULL
+#define VM_WRITE       0x00000002ULL
+#define VM_EXEC        0x00000004ULL
+#define VM_SHARED      0x00000008ULL
+#define VM_MAYREAD     0x00000010ULL
+#define VM_MAYWRITE    0x00000020ULL
+#define VM_MAYEXEC     0x00000040ULL
+#define VM_MAYSHARE    0x00000080ULL
+#define VM_GROWSDOWN   0x00000100ULL
+#define VM_UFFD_MISSING 0x00000200ULL
+#define VM_PFNMAP      0x00000400ULL
+#define VM_UFFD_WP     0x00001000ULL
+#define VM_LOCKED      0x00002000ULL
+#define VM_IO          0x00004000ULL
+#define VM_DONTCOPY    0x00020000ULL
+#define VM_DONTEXPAND  0x00040000ULL
+#define VM_ACCOUNT     0x00100000ULL
+#define VM_NORESERVE   0x00200000ULL
+#define VM_HUGETLB     0x00400000ULL
+#define VM_WIPEONFORK  0x02000000ULL
+#define VM_DONTDUMP    0x04000000ULL
+#define VM_SOFTDIRTY   0x08000000ULL
+#define VM_MIXEDMAP    0x10000000ULL
+#define VM_HUGEPAGE    0x20000000ULL
+#define VM_NOHUGEPAGE  0x40000000ULL
+#define VM_MERGEABLE   0x80000000ULL
+#define VM_UFFD_MINOR  (1ULL << 41)
+#define VM_ANON        (1ULL << 48)   /* emulator: no backing file */
+
+/* mm flags */
+#define MMF_HAS_PINNED (1ULL << 0)
+
+/* Fault flags (enum fault_flag) and results (vm_fault_t). */
+#define FAULT_FLAG_WRITE   (1 << 0)
+#define FAULT_FLAG_USER    (1 << 6)
+#define FAULT_FLAG_REMOTE  (1 << 7)
+#define FAULT_FLAG_UNSHARE (1 << 10)
+#define VM_FAULT_OOM       0x000001
+#define VM_FAULT_SIGBUS    0x000002
+#define VM_FAULT_WRITE     0x000008   /* 4.9-5.19: tells GUP a COW happened */
+#define VM_FAULT_SIGSEGV   0x000040
+#define VM_FAULT_ACCERR    0x100000   /* emulator: SIGSEGV is SEGV_ACCERR */
+#define VM_FAULT_NOMEM     0x200000   /* emulator: host allocation failed */
+#define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM)
+
+typedef struct {
+    uint64_t start, end;      /* [start, end) */
+    uint64_t flags;           /* VM_* */
+    uint64_t pgoff;
+    int32_t file;             /* mapping id; 0 = anonymous */
+    int32_t uffd;             /* userfaultfd context id; 0 = none */
+} mm_vma_t;
+
+typedef struct {
+    int32_t id;
+    int32_t pgd;              /* root directory page */
+    int32_t nvma;
+    int32_t alive;
+    uint64_t flags;           /* MMF_* */
+    int64_t minflt;
+    int64_t rss_anon;
+    int64_t nr_ptes;          /* page-table pages held */
+    mm_vma_t *vmas;           /* sorted by start, owned by the core */
+} mm_t;
+
+/* Rules of one kernel version, filled from eras.py. Never a version string. */
+typedef struct {
+    int32_t wp_reuse;
+    int32_t foll_cow_rule;
+    int32_t gup_forced_cow;
+    int32_t anon_exclusive;
+    int32_t gup_unshare_anon;
+    int32_t gup_unshare_nonanon;
+    int32_t fork_early_cow;
+    int32_t mm_has_pinned;
+    int32_t clear_refs_skip_pinned;
+    int32_t mprotect_upgrade;
+    int32_t pm_uffd_wp;
+    int32_t soft_dirty;
+    int32_t lru_batch;
+} mm_policy_t;
+
+/* Counters, indexed by MM_STAT_*. */
+enum {
+    MM_STAT_FAULT, MM_STAT_ANON_FAULT, MM_STAT_ZERO_FAULT, MM_STAT_WP_FAULT,
+    MM_STAT_COW, MM_STAT_REUSE, MM_STAT_UNSHARE, MM_STAT_EARLY_COW,
+    MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN,
+    MM_STAT_GUP, MM_STAT_NR
+};
+
+#endif

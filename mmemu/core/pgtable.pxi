@@ -1,0 +1,192 @@
+# Page tables: four levels of 512 entries (x86_64 4-level, 47-bit user space).
+# pgd/pud/pmd pages hold int32 indices + 1 of the next level (0 = none); a pmd
+# entry names a pte page of 512 packed 64-bit ptes. Pools are chunked so a
+# page never moves: pointers into a pte page stay valid while others are
+# allocated.
+
+cdef enum:
+    CHUNK_PAGES = 512          # 1 << MM_POOL_CHUNK_SHIFT
+    PGDIR_SHIFT = 39
+    PUD_SHIFT = 30
+    PMD_SHIFT = 21
+
+
+cdef inline int32_t *dir_page(engine_t *e, int32_t d) noexcept nogil:
+    return e.dir_chunks[d >> 9] + ((<int64_t>(d & 511)) << 9)
+
+
+cdef inline uint64_t *pte_page(engine_t *e, int32_t p) noexcept nogil:
+    return e.pte_chunks[p >> 9] + ((<int64_t>(p & 511)) << 9)
+
+
+cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
+    cdef int32_t d
+    cdef int64_t chunk
+    cdef int32_t **chunks
+    if e.ndir_free > 0:
+        e.ndir_free -= 1
+        d = e.dir_free[e.ndir_free]
+    else:
+        d = <int32_t>e.ndir_used
+        chunk = d >> 9
+        if chunk >= e.ndir_chunks:
+            chunks = <int32_t **>realloc(e.dir_chunks, (chunk + 1) * 2 * sizeof(int32_t *))
+            if chunks == NULL:
+                return -1
+            memset(chunks + e.ndir_chunks, 0, ((chunk + 1) * 2 - e.ndir_chunks) * sizeof(int32_t *))
+            e.dir_chunks = chunks
+            e.ndir_chunks = (chunk + 1) * 2
+        if e.dir_chunks[chunk] == NULL:
+            e.dir_chunks[chunk] = <int32_t *>malloc(CHUNK_PAGES * MM_PTRS * sizeof(int32_t))
+            if e.dir_chunks[chunk] == NULL:
+                return -1
+        e.ndir_used += 1
+    memset(dir_page(e, d), 0, MM_PTRS * sizeof(int32_t))
+    return d
+
+
+cdef int32_t ptp_alloc(engine_t *e) noexcept nogil:
+    cdef int32_t p
+    cdef int64_t chunk
+    cdef uint64_t **chunks
+    if e.npte_free > 0:
+        e.npte_free -= 1
+        p = e.pte_free[e.npte_free]
+    else:
+        p = <int32_t>e.npte_used
+        chunk = p >> 9
+        if chunk >= e.npte_chunks:
+            chunks = <uint64_t **>realloc(e.pte_chunks, (chunk + 1) * 2 * sizeof(uint64_t *))
+            if chunks == NULL:
+                return -1
+            memset(chunks + e.npte_chunks, 0, ((chunk + 1) * 2 - e.npte_chunks) * sizeof(uint64_t *))
+            e.pte_chunks = chunks
+            e.npte_chunks = (chunk + 1) * 2
+        if e.pte_chunks[chunk] == NULL:
+            e.pte_chunks[chunk] = <uint64_t *>malloc(CHUNK_PAGES * MM_PTRS * sizeof(uint64_t))
+            if e.pte_chunks[chunk] == NULL:
+                return -1
+        e.npte_used += 1
+    memset(pte_page(e, p), 0, MM_PTRS * sizeof(uint64_t))
+    return p
+
+
+cdef int push_free(int32_t **stack, int64_t *n, int64_t *cap, int32_t v) noexcept nogil:
+    cdef int32_t *s
+    if n[0] == cap[0]:
+        s = <int32_t *>realloc(stack[0], (cap[0] * 2 + 64) * sizeof(int32_t))
+        if s == NULL:
+            return -1           # leak the page rather than corrupt the pool
+        stack[0] = s
+        cap[0] = cap[0] * 2 + 64
+    stack[0][n[0]] = v
+    n[0] += 1
+    return 0
+
+
+cdef uint64_t *pte_table(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
+    """The pte page covering va (its entry 0), allocating levels if asked;
+    NULL when absent (or when allocation failed)."""
+    cdef int32_t *d = dir_page(e, mm.pgd)
+    cdef int32_t i, nxt
+    cdef int level
+    for level in range(3):
+        i = <int32_t>((va >> (PGDIR_SHIFT - 9 * level)) & 511)
+        nxt = d[i]
+        if nxt == 0:
+            if not alloc:
+                return NULL
+            if level < 2:
+                nxt = dir_alloc(e)
+            else:
+                nxt = ptp_alloc(e)
+                if nxt >= 0:
+                    mm.nr_ptes += 1
+            if nxt < 0:
+                return NULL
+            nxt += 1
+            d[i] = nxt
+        if level < 2:
+            d = dir_page(e, nxt - 1)
+        else:
+            return pte_page(e, nxt - 1)
+    return NULL
+
+
+cdef inline uint64_t *pte_offset(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
+    cdef uint64_t *t = pte_table(e, mm, va, alloc)
+    if t == NULL:
+        return NULL
+    return t + ((va >> MM_PAGE_SHIFT) & 511)
+
+
+cdef void free_pte_tables(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """Free pte pages whose whole 2 MiB span lies in [start, end) (free_pgtables
+    after munmap: the caller passes a range no VMA covers any more). The ptes
+    must already be zapped."""
+    cdef uint64_t va = (start + (1ULL << PMD_SHIFT) - 1) & ~((1ULL << PMD_SHIFT) - 1)
+    cdef int32_t *d
+    cdef int32_t i, nxt
+    cdef int level
+    cdef bint found
+    while va + (1ULL << PMD_SHIFT) <= end:
+        d = dir_page(e, mm.pgd)
+        found = True
+        for level in range(2):
+            i = <int32_t>((va >> (PGDIR_SHIFT - 9 * level)) & 511)
+            nxt = d[i]
+            if nxt == 0:
+                found = False
+                break
+            d = dir_page(e, nxt - 1)
+        if found:
+            i = <int32_t>((va >> PMD_SHIFT) & 511)
+            if d[i] != 0:
+                push_free(&e.pte_free, &e.npte_free, &e.pte_free_cap, d[i] - 1)
+                d[i] = 0
+                mm.nr_ptes -= 1
+        va += 1ULL << PMD_SHIFT
+
+
+cdef void free_dir_tree(engine_t *e, int32_t d, int level) noexcept nogil:
+    """Release a directory page and everything below it (exit_mmap)."""
+    cdef int32_t *page = dir_page(e, d)
+    cdef int32_t i
+    for i in range(MM_PTRS):
+        if page[i] != 0:
+            if level < 2:
+                free_dir_tree(e, page[i] - 1, level + 1)
+            else:
+                push_free(&e.pte_free, &e.npte_free, &e.pte_free_cap, page[i] - 1)
+    push_free(&e.dir_free, &e.ndir_free, &e.dir_free_cap, d)
+
+
+cdef int32_t find_vma(mm_t *mm, uint64_t va) noexcept nogil:
+    """Index of the VMA containing va, or -1."""
+    cdef int32_t lo = 0, hi = mm.nvma - 1, mid
+    while lo <= hi:
+        mid = (lo + hi) >> 1
+        if va < mm.vmas[mid].start:
+            hi = mid - 1
+        elif va >= mm.vmas[mid].end:
+            lo = mid + 1
+        else:
+            return mid
+    return -1
+
+
+cdef inline bint is_cow_mapping(uint64_t flags) noexcept nogil:
+    # include/linux/mm.h is_cow_mapping(): may write, not shared.
+    return (flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE
+
+
+cdef inline uint64_t vma_prot_bits(uint64_t flags) noexcept nogil:
+    # vm_page_prot minus the write bit: PROT_NONE VMAs map protnone ptes.
+    if not (flags & (VM_READ | VM_WRITE | VM_EXEC)):
+        return PTE_PROTNONE
+    return 0
+
+
+cdef inline bint vma_soft_dirty_tracking(engine_t *e, uint64_t flags) noexcept nogil:
+    # vma_soft_dirty_enabled(): the config is on and clear_refs cleared VM_SOFTDIRTY.
+    return e.pol.soft_dirty != 0 and not (flags & VM_SOFTDIRTY)

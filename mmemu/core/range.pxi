@@ -1,0 +1,231 @@
+# Bulk range operations, one pte page at a time, without the GIL.
+
+cdef enum:
+    PMD_SPAN = 1 << 21
+
+
+cdef inline uint64_t block_end(uint64_t va, uint64_t end) noexcept nogil:
+    cdef uint64_t b = (va & ~(<uint64_t>PMD_SPAN - 1)) + PMD_SPAN
+    return b if b < end else end
+
+
+cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_t *g) noexcept nogil:
+    """zap_pte_range over [start, end): ptes cleared, pages queued on the gather
+    (released after its flush)."""
+    cdef uint64_t va = start, stop, pte
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, pfn
+    while va < end:
+        stop = block_end(va, end)
+        t = pte_table(e, mm, va, False)
+        if t != NULL:
+            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+            for i in range(i0, i1):
+                pte = t[i]
+                if pte == 0:
+                    continue
+                t[i] = 0
+                if pte & PTE_PRESENT:
+                    g.need_flush = 1
+                    if not (pte & PTE_SPECIAL):
+                        pfn = <int64_t>pte_pfn(pte)
+                        e.mapcount[pfn] -= 1
+                        if e.fflags[pfn] & PG_ANON:
+                            mm.rss_anon -= 1
+                        gather_add(e, g, pfn)
+        va = stop
+
+
+cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
+                               uint64_t newflags) noexcept nogil:
+    """mprotect's change_pte_range: ptes take the new VMA protection, keeping
+    pfn, dirty, young, soft-dirty and uffd-wp. Returns how many ptes lost
+    rights (those need the TLB flush the caller issues)."""
+    cdef uint64_t va = start, stop, pte, npte
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, pfn, lost = 0
+    cdef uint64_t prot = vma_prot_bits(newflags)
+    cdef bint try_writable = e.pol.mprotect_upgrade != 0 and (newflags & VM_WRITE) != 0 \
+        and not (newflags & VM_SHARED)
+    cdef bint sd_tracking = vma_soft_dirty_tracking(e, newflags)
+    while va < end:
+        stop = block_end(va, end)
+        t = pte_table(e, mm, va, False)
+        if t != NULL:
+            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+            for i in range(i0, i1):
+                pte = t[i]
+                if not (pte & PTE_PRESENT):
+                    continue
+                # A private mapping's vm_page_prot never has write (COW).
+                npte = (pte & ~(PTE_WRITE | PTE_PROTNONE)) | prot
+                if try_writable and not prot and not (pte & (PTE_SPECIAL | PTE_UFFD_WP)) \
+                        and not (sd_tracking and not (pte & PTE_SOFT_DIRTY)):
+                    # 6.0+ (64fe24a3e05e, can_change_pte_writable): an exclusive
+                    # anon page may be mapped writable right away.
+                    pfn = <int64_t>pte_pfn(pte)
+                    if e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE:
+                        npte |= PTE_WRITE
+                if (pte & PTE_WRITE and not (npte & PTE_WRITE)) or (npte & PTE_PROTNONE and not (pte & PTE_PROTNONE)):
+                    lost += 1
+                t[i] = npte
+        va = stop
+    return lost
+
+
+cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, uint64_t end,
+                    uint64_t src_flags, uint64_t dst_flags, int64_t *wrprotected) noexcept nogil:
+    """copy_page_range for one VMA (fork). 0, or -1 when out of frames/memory."""
+    cdef uint64_t va = start, stop, pte, entry
+    cdef uint64_t *s
+    cdef uint64_t *d
+    cdef int64_t i, i0, i1, pfn, new
+    cdef bint cow = is_cow_mapping(src_flags)
+    while va < end:
+        stop = block_end(va, end)
+        s = pte_table(e, src, va, False)
+        if s != NULL:
+            d = pte_table(e, dst, va, True)
+            if d == NULL:
+                return -1
+            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+            for i in range(i0, i1):
+                pte = s[i]
+                if pte == 0 or not (pte & PTE_PRESENT):
+                    continue
+                if not (pte & PTE_SPECIAL):
+                    pfn = <int64_t>pte_pfn(pte)
+                    if e.fflags[pfn] & PG_ANON and cow and e.pol.fork_early_cow \
+                            and src.flags & MMF_HAS_PINNED and e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS \
+                            and (not e.pol.anon_exclusive or e.fflags[pfn] & PG_ANON_EXCLUSIVE):
+                        # 5.9+ (70e806e4e645; 5.19+ folio_try_dup_anon_rmap failing):
+                        # a maybe-pinned page stays with the parent, the child
+                        # gets a copy now (copy_present_page).
+                        new = frame_alloc(e)
+                        if new < 0:
+                            return -1
+                        if frame_copy(e, new, pfn) < 0:
+                            frame_free(e, new)
+                            return -1
+                        e.fflags[new] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
+                        e.mapcount[new] = 1
+                        lru_add(e, cpu, new)
+                        entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY \
+                            | vma_prot_bits(dst_flags)
+                        if dst_flags & VM_WRITE:
+                            entry |= PTE_WRITE
+                        d[i] = entry
+                        dst.rss_anon += 1
+                        e.stats[MM_STAT_EARLY_COW] += 1
+                        continue
+                    e.refcount[pfn] += 1
+                    e.mapcount[pfn] += 1
+                    if e.fflags[pfn] & PG_ANON:
+                        # The page is now shared: no longer exclusive (5.19+).
+                        e.fflags[pfn] &= ~PG_ANON_EXCLUSIVE
+                        dst.rss_anon += 1
+                if cow and pte & PTE_WRITE:
+                    # Write-protect both sides; the parent's stale writable
+                    # translations go with fork's final flush_tlb_mm.
+                    pte &= ~PTE_WRITE
+                    s[i] = pte
+                    wrprotected[0] += 1
+                pte &= ~PTE_YOUNG
+                if not (dst_flags & VM_UFFD_WP):
+                    pte &= ~PTE_UFFD_WP
+                d[i] = pte
+        va = stop
+    return 0
+
+
+cdef int64_t clear_soft_dirty_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
+                                    uint64_t vma_flags) noexcept nogil:
+    """clear_refs 4 (clear_soft_dirty): write-protect and clean soft-dirty.
+    Returns how many ptes lost write."""
+    cdef uint64_t va = start, stop, pte
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, pfn, lost = 0
+    cdef bint skip_pinned = e.pol.clear_refs_skip_pinned != 0 and is_cow_mapping(vma_flags) \
+        and (mm.flags & MMF_HAS_PINNED) != 0
+    while va < end:
+        stop = block_end(va, end)
+        t = pte_table(e, mm, va, False)
+        if t != NULL:
+            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+            for i in range(i0, i1):
+                pte = t[i]
+                if not (pte & PTE_PRESENT):
+                    if pte != 0:
+                        t[i] = pte & ~PTE_SOFT_DIRTY      # swap entries: swp soft-dirty
+                    continue
+                if skip_pinned and not (pte & PTE_SPECIAL):
+                    # 5.11+ (9348b73c2e1b): a maybe-pinned page keeps its
+                    # writable pte, so it always reads soft-dirty.
+                    pfn = <int64_t>pte_pfn(pte)
+                    if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
+                        continue
+                if pte & PTE_WRITE:
+                    lost += 1
+                t[i] = pte & ~(PTE_WRITE | PTE_SOFT_DIRTY)
+        va = stop
+    return lost
+
+
+cdef int touch_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t npages,
+                     bint write, uint64_t value, int64_t *done) noexcept nogil:
+    """One access per page through the TLB (the batch access path). A write
+    stores a content version: `value`, or a fresh stamp when value is 0."""
+    cdef int64_t i, pfn
+    cdef int ret
+    for i in range(npages):
+        ret = user_access(e, mm, cpu, start + (<uint64_t>i << MM_PAGE_SHIFT), write, &pfn)
+        if ret:
+            done[0] = i
+            return ret
+        if write:
+            if value:
+                frame_set_version(e, pfn, value)
+            else:
+                e.stamp += 1
+                frame_set_version(e, pfn, e.stamp)
+    done[0] = npages
+    return 0
+
+
+cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
+    """The 64-bit /proc/pid/pagemap value (pte_to_pagemap_entry), as root."""
+    cdef int32_t vi = find_vma(mm, va)
+    cdef uint64_t *ptep
+    cdef uint64_t pte, out = 0
+    cdef int64_t pfn
+    cdef uint64_t vflags
+    if vi < 0:
+        return 0
+    vflags = mm.vmas[vi].flags
+    ptep = pte_offset(e, mm, va, False)
+    pte = ptep[0] if ptep != NULL else 0
+    if pte & PTE_PRESENT:
+        pfn = <int64_t>pte_pfn(pte)
+        out = (1ULL << 63) | <uint64_t>pfn
+        if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
+            out |= 1ULL << 55
+        if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:
+            out |= 1ULL << 57
+        if not (pte & PTE_SPECIAL):
+            if e.mapcount[pfn] == 1:
+                out |= 1ULL << 56                # PM_MMAP_EXCLUSIVE: mapped once
+            if not (e.fflags[pfn] & PG_ANON):
+                out |= 1ULL << 61                # PM_FILE
+    elif pte != 0:
+        out = 1ULL << 62                         # swap entry / marker
+        if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
+            out |= 1ULL << 55
+        if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:
+            out |= 1ULL << 57
+    if e.pol.soft_dirty and vflags & VM_SOFTDIRTY:
+        out |= 1ULL << 55                        # a new VMA reads soft-dirty
+    return out

@@ -1,0 +1,104 @@
+# Per-CPU TLBs: direct-mapped caches of (mm, virtual page) -> pfn | write | dirty.
+# Entries are tagged with the mm id (PCID-like), so switching mm never
+# flushes. A pte change that removes rights reaches a CPU only through an
+# explicit flush; callers flush at the point the kernel does (ptep_clear_flush,
+# the end of an mmu_gather, flush_tlb_mm after fork), which for now is always
+# before the operation returns. Keep flushing a separate step: deferred
+# flushes (SMP) will move it, not remove it.
+
+cdef enum:
+    TLB_VALID_SHIFT = 63
+
+
+cdef inline uint64_t tlb_tag_of(int32_t mm, uint64_t vpn) noexcept nogil:
+    return (vpn << 16) | <uint64_t>mm | (1ULL << TLB_VALID_SHIFT)
+
+
+cdef inline int64_t tlb_slot(int cpu, int32_t mm, uint64_t vpn) noexcept nogil:
+    cdef uint64_t h = vpn ^ (vpn >> 10) ^ (<uint64_t>mm * 0x9E37ULL)
+    return <int64_t>cpu * MM_TLB_ENTRIES + <int64_t>(h & (MM_TLB_ENTRIES - 1))
+
+
+cdef void tlb_flush_page(engine_t *e, int32_t mm, uint64_t va) noexcept nogil:
+    cdef uint64_t vpn = va >> MM_PAGE_SHIFT
+    cdef uint64_t tag = tlb_tag_of(mm, vpn)
+    cdef int cpu
+    cdef int64_t s
+    for cpu in range(e.ncpus):
+        s = tlb_slot(cpu, mm, vpn)
+        if e.tlb_tag[s] == tag:
+            e.tlb_tag[s] = 0
+    e.stats[MM_STAT_TLB_FLUSH] += 1
+
+
+cdef void tlb_flush_range(engine_t *e, int32_t mm, uint64_t start, uint64_t end) noexcept nogil:
+    cdef uint64_t va, vpn, t
+    cdef int64_t s, total
+    if end <= start:
+        return
+    if ((end - start) >> MM_PAGE_SHIFT) <= MM_TLB_ENTRIES:
+        va = start
+        while va < end:
+            tlb_flush_page(e, mm, va)
+            va += MM_PAGE_SIZE
+        return
+    # A large range: scan every entry instead (flush_tlb_range's full-flush fallback).
+    total = <int64_t>e.ncpus * MM_TLB_ENTRIES
+    for s in range(total):
+        t = e.tlb_tag[s]
+        if t != 0 and <int32_t>(t & 0xFFFF) == mm:
+            vpn = (t & ~(1ULL << TLB_VALID_SHIFT)) >> 16
+            if (vpn << MM_PAGE_SHIFT) >= start and (vpn << MM_PAGE_SHIFT) < end:
+                e.tlb_tag[s] = 0
+    e.stats[MM_STAT_TLB_FLUSH] += 1
+
+
+cdef void tlb_flush_mm(engine_t *e, int32_t mm) noexcept nogil:
+    cdef int64_t s, total = <int64_t>e.ncpus * MM_TLB_ENTRIES
+    cdef uint64_t t
+    for s in range(total):
+        t = e.tlb_tag[s]
+        if t != 0 and <int32_t>(t & 0xFFFF) == mm:
+            e.tlb_tag[s] = 0
+    e.stats[MM_STAT_TLB_FLUSH] += 1
+
+
+# ---- mmu_gather: flush first, then release the pages ---------------------
+
+cdef inline void gather_init(gather_t *g, int32_t mm, uint64_t start, uint64_t end) noexcept nogil:
+    g.pfns = NULL
+    g.n = 0
+    g.cap = 0
+    g.start = start
+    g.end = end
+    g.mm = mm
+    g.need_flush = 0
+    g.failed = 0
+
+
+cdef int gather_add(engine_t *e, gather_t *g, int64_t pfn) noexcept nogil:
+    cdef int64_t *p
+    if g.n == g.cap:
+        p = <int64_t *>realloc(g.pfns, (g.cap * 2 + 256) * sizeof(int64_t))
+        if p == NULL:
+            # No room to defer: flush now and drop this page at once.
+            tlb_flush_range(e, g.mm, g.start, g.end)
+            put_page(e, pfn, 1)
+            g.failed = 1
+            return -1
+        g.pfns = p
+        g.cap = g.cap * 2 + 256
+    g.pfns[g.n] = pfn
+    g.n += 1
+    return 0
+
+
+cdef void gather_finish(engine_t *e, gather_t *g) noexcept nogil:
+    cdef int64_t i
+    if g.need_flush:
+        tlb_flush_range(e, g.mm, g.start, g.end)
+    for i in range(g.n):
+        put_page(e, g.pfns[i], 1)
+    free(g.pfns)
+    g.pfns = NULL
+    g.n = 0

@@ -1,0 +1,194 @@
+"""Per-kernel-version policy: which rules a machine runs with.
+
+The core never sees a version string: it reads the integer knobs of a
+Policy. A version's policy is the 5.7 baseline plus every Change whose
+version is <= it; `backports=[commit]` applies single Changes on top, so a
+stable kernel with a fix (or a distro kernel with a revert) is expressible.
+
+Sources: ../shared/reference/semantics.md section 0 (eras) and section 18
+(bug index). Commit ids marked [~] there are approximate; they are still the
+keys users pass to `backports=`. A change whose id we have not confirmed is
+keyed by a name instead of a made-up id.
+"""
+import os
+import platform
+import re
+from dataclasses import dataclass, field
+
+# Reuse rule of do_wp_page() for a private anon page (semantics.md 3.2).
+WP_REUSE_MAPCOUNT = 0        # E0/E1: reuse_swap_page(): mapcount (+swapcount) == 1
+WP_REUSE_REFCOUNT = 1        # E2/E2b: 09854ba94c6a: page_count == 1, no LRU drain
+WP_REUSE_REFCOUNT_DRAIN = 2  # E3: d4c470970d45 + 53a05ad9f21d: drain local LRU batch, free swap
+WP_REUSE_ANON_EXCLUSIVE = 3  # E4+: PageAnonExclusive first, else the E3 rule
+
+# "May GUP follow a R/O pte for writing?" (semantics.md 4.3).
+FOLL_COW_FORCE_DIRTY = 0     # FOLL_FORCE && FOLL_COW && pte_dirty (4.9-5.7, 5.9-5.19)
+FOLL_COW_DIRTY = 1           # FOLL_COW && pte_dirty (5.8, 17839856fd58)
+FOLL_FORCE_ANON_EXCLUSIVE = 2  # 6.0+ 5535be309971: anon && PageAnonExclusive
+
+# Which GUPs 5.8's forced COW applies to.
+FORCED_COW_NONE = 0
+FORCED_COW_GET_AND_PIN = 1   # 17839856fd58 as merged in 5.8
+FORCED_COW_GET_ONLY = 2      # the stable backports [~]
+
+VERSIONS = (["5.%d" % m for m in range(7, 20)] +
+            ["6.%d" % m for m in range(0, 19)])
+
+# Baseline: the rules of 5.7 (era E0).
+BASELINE = {
+    "wp_reuse": WP_REUSE_MAPCOUNT,
+    "foll_cow_rule": FOLL_COW_FORCE_DIRTY,
+    "gup_forced_cow": FORCED_COW_NONE,
+    "anon_exclusive": 0,          # PageAnonExclusive tracked (5.19)
+    "gup_unshare_anon": 0,        # R/O FOLL_PIN unshares non-exclusive anon (5.19)
+    "gup_unshare_nonanon": 0,     # ... and pagecache/zero page for FOLL_LONGTERM (6.2)
+    "fork_early_cow": 0,          # copy maybe-pinned pages at fork (5.9)
+    "mm_has_pinned": 0,           # per-mm "has pinned" flag exists (5.9)
+    "clear_refs_skip_pinned": 0,  # clear_refs leaves maybe-pinned ptes alone (5.11)
+    "mprotect_upgrade": 0,        # mprotect maps exclusive anon ptes writable (6.0)
+    "pm_uffd_wp": 0,              # pagemap bit 57 (5.14)
+    "madv_populate": 0,           # MADV_POPULATE_READ/WRITE (5.14)
+    "madv_dontneed_locked": 0,    # MADV_DONTNEED_LOCKED (5.18)
+    "soft_dirty": 1,              # CONFIG_MEM_SOFT_DIRTY (the host has it off)
+    "lru_batch": 15,              # per-CPU LRU add batch size (PAGEVEC_SIZE)
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    commit: str
+    version: str
+    title: str
+    knobs: dict
+    bug: str = ""        # bug index row of semantics.md section 18 it opens/closes
+
+
+CHANGES = (
+    Change("17839856fd58", "5.8", "gup: document and work around 'COW can break either way' issue",
+           {"gup_forced_cow": FORCED_COW_GET_AND_PIN, "foll_cow_rule": FOLL_COW_DIRTY},
+           bug="B2 fixed; B3, B4 introduced"),
+    Change("a308c71bf1e6", "5.9", "mm/gup: Remove enfornced COW mechanism",
+           {"gup_forced_cow": FORCED_COW_NONE, "foll_cow_rule": FOLL_COW_FORCE_DIRTY},
+           bug="B3, B4 fixed"),
+    Change("09854ba94c6a", "5.9", "mm: do_wp_page() simplification",
+           {"wp_reuse": WP_REUSE_REFCOUNT}, bug="B2 fixed for good; B7, B19 introduced"),
+    Change("008cfe4418b3", "5.9", "mm: Introduce mm_struct.has_pinned",
+           {"mm_has_pinned": 1}),
+    Change("70e806e4e645", "5.9", "mm: Do early cow for pinned pages during fork() for ptes",
+           {"fork_early_cow": 1}, bug="B6 fixed"),
+    Change("9348b73c2e1b", "5.11", "mm: don't play games with pinned pages in clear_page_refs",
+           {"clear_refs_skip_pinned": 1}),
+    Change("4ca9b3859dac", "5.14", "mm/madvise: introduce MADV_POPULATE_(READ|WRITE)",
+           {"madv_populate": 1}),
+    Change("pagemap-uffd-wp", "5.14", "mm/pagemap: export uffd-wp protection information (id unconfirmed)",
+           {"pm_uffd_wp": 1}),
+    Change("d4c470970d45", "5.18", "mm: optimize do_wp_page() for fresh pages in local LRU pagevecs",
+           {"wp_reuse": WP_REUSE_REFCOUNT_DRAIN}, bug="B19 fixed"),
+    Change("madv-dontneed-locked", "5.18", "mm: madvise: MADV_DONTNEED_LOCKED (id unconfirmed)",
+           {"madv_dontneed_locked": 1}),
+    Change("6c287605fd56", "5.19", "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive",
+           {"anon_exclusive": 1, "wp_reuse": WP_REUSE_ANON_EXCLUSIVE}, bug="B7 fixed"),
+    Change("a7f226604170", "5.19", "mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly shared anonymous page",
+           {"gup_unshare_anon": 1}, bug="B5 fixed"),
+    Change("5535be309971", "6.0", "mm/gup: fix FOLL_FORCE COW security issue and remove FOLL_COW",
+           {"foll_cow_rule": FOLL_FORCE_ANON_EXCLUSIVE}, bug="B16 fixed"),
+    Change("64fe24a3e05e", "6.0", "mm/mprotect: try avoiding write faults for exclusive anonymous pages when changing protection",
+           {"mprotect_upgrade": 1}),
+    Change("84209e87c696", "6.2", "mm/gup: reliable R/O long-term pinning in COW mappings",
+           {"gup_unshare_nonanon": 1}, bug="B20 fixed"),
+)
+
+CHANGES_BY_COMMIT = {c.commit: c for c in CHANGES}
+
+# Era labels of semantics.md section 0, by first version.
+ERA_STARTS = (("5.7", "E0"), ("5.8", "E1"), ("5.9", "E2"), ("5.12", "E2b"), ("5.18", "E3"),
+              ("5.19", "E4"), ("6.2", "E5"), ("6.4", "E6"), ("6.13", "E7"))
+
+
+def _key(version):
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def era_of(version):
+    label = None
+    for start, name in ERA_STARTS:
+        if _key(version) >= _key(start):
+            label = name
+    return label
+
+
+@dataclass
+class Policy:
+    """The rules one machine runs with. `knobs` go to the core as integers."""
+    version: str
+    era: str
+    knobs: dict
+    backports: tuple = ()
+    host: bool = False
+    changes: list = field(default_factory=list)
+
+    def __getattr__(self, name):
+        knobs = self.__dict__.get("knobs", {})
+        if name in knobs:
+            return knobs[name]
+        raise AttributeError(name)
+
+    def at_least(self, version):
+        return _key(self.version) >= _key(version)
+
+
+def host_version():
+    """The running kernel's major.minor, clamped to the newest we know."""
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    if not m:
+        raise ValueError(f"cannot parse the host kernel release {platform.release()!r}")
+    v = f"{m.group(1)}.{m.group(2)}"
+    if _key(v) < _key(VERSIONS[0]):
+        raise ValueError(f"host kernel {v} predates the oldest modelled version {VERSIONS[0]}")
+    if _key(v) > _key(VERSIONS[-1]):
+        v = VERSIONS[-1]
+    return v
+
+
+def _host_soft_dirty():
+    """CONFIG_MEM_SOFT_DIRTY probe: a freshly written anon page of a new VMA
+    reads soft-dirty in /proc/self/pagemap iff the kernel has it."""
+    import ctypes
+    import mmap
+    try:
+        buf = mmap.mmap(-1, 4096)
+        buf[0:1] = b"x"
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek((addr // 4096) * 8)
+            entry = int.from_bytes(f.read(8), "little")
+        return 1 if entry & (1 << 55) else 0
+    except OSError:
+        return 0
+
+
+def policy_for(kernel="6.18", backports=()):
+    """Policy for a version string ("5.7" ... "6.18") or "host"."""
+    host = kernel == "host"
+    version = host_version() if host else str(kernel)
+    if version not in VERSIONS:
+        raise ValueError(f"unknown kernel version {kernel!r}; choices: host, "
+                         + ", ".join(VERSIONS))
+    knobs = dict(BASELINE)
+    applied = []
+    for change in CHANGES:
+        if _key(change.version) <= _key(version):
+            knobs.update(change.knobs)
+            applied.append(change.commit)
+    for commit in backports:
+        change = CHANGES_BY_COMMIT.get(commit)
+        if change is None:
+            raise ValueError(f"unknown backport {commit!r}; known commits: "
+                             + ", ".join(sorted(CHANGES_BY_COMMIT)))
+        knobs.update(change.knobs)
+        applied.append(commit)
+    if host:
+        knobs["soft_dirty"] = _host_soft_dirty() if os.path.exists("/proc/self/pagemap") else 0
+    return Policy(version=version, era=era_of(version), knobs=knobs,
+                  backports=tuple(backports), host=host, changes=applied)

@@ -1,0 +1,87 @@
+"""Errors: errno -> OSError, emulated signals, broken invariants.
+
+Syscall-like calls raise OSError with the errno Linux returns (Python maps
+the errno to the matching subclass, e.g. ENOMEM stays OSError, ENOENT becomes
+FileNotFoundError). A user access Linux would kill raises Sigsegv / Sigbus.
+"""
+import errno as _errno
+import os
+
+from .constants import BUS_ADRERR, SEGV_MAPERR, SIGBUS, SIGSEGV
+
+
+def oserror(err, call, detail=None):
+    """OSError for `call` failing with `err`, with Linux's message text."""
+    msg = os.strerror(err)
+    if detail:
+        msg = f"{msg} ({detail})"
+    return OSError(err, f"{call}: {msg}")
+
+
+class MmemuError(Exception):
+    """Base class of mmemu's own exceptions."""
+
+
+class EmulatedSignal(MmemuError):
+    """A signal the emulated kernel delivers to the accessing thread."""
+
+    signo = 0
+
+    def __init__(self, addr, si_code, detail=""):
+        self.addr = addr
+        self.si_code = si_code
+        self.detail = detail
+        super().__init__(f"{type(self).__name__} at {addr:#x} (si_code={si_code})"
+                         + (f": {detail}" if detail else ""))
+
+
+class Sigsegv(EmulatedSignal):
+    signo = SIGSEGV
+
+    def __init__(self, addr, si_code=SEGV_MAPERR, detail=""):
+        super().__init__(addr, si_code, detail)
+
+
+class Sigbus(EmulatedSignal):
+    signo = SIGBUS
+
+    def __init__(self, addr, si_code=BUS_ADRERR, detail=""):
+        super().__init__(addr, si_code, detail)
+
+
+class OutOfMemory(MmemuError, MemoryError):
+    """The machine ran out of frames and had nothing to reclaim: Linux would
+    OOM-kill. Carries the address of the fault that could not be served."""
+
+    def __init__(self, addr, detail="no free frame"):
+        self.addr = addr
+        super().__init__(f"out of memory at {addr:#x}: {detail}")
+
+
+class InvariantError(MmemuError, AssertionError):
+    """Machine.check() found state that no kernel would reach."""
+
+    def __init__(self, rule, pfn=None, detail=""):
+        self.rule = rule
+        self.pfn = pfn
+        where = f"frame {pfn}: " if pfn is not None else ""
+        super().__init__(f"{where}{rule}" + (f" ({detail})" if detail else ""))
+
+
+EPERM = _errno.EPERM
+ENOENT = _errno.ENOENT
+EINTR = _errno.EINTR
+EIO = _errno.EIO
+EBADF = _errno.EBADF
+EAGAIN = _errno.EAGAIN
+ENOMEM = _errno.ENOMEM
+EACCES = _errno.EACCES
+EFAULT = _errno.EFAULT
+EBUSY = _errno.EBUSY
+EEXIST = _errno.EEXIST
+EINVAL = _errno.EINVAL
+ENFILE = _errno.ENFILE
+ENOSPC = _errno.ENOSPC
+ESRCH = _errno.ESRCH
+ENOTTY = _errno.ENOTTY
+EOVERFLOW = _errno.EOVERFLOW

@@ -1,0 +1,96 @@
+"""Machine: one emulated computer (frames, CPUs, the kernel's rules)."""
+from collections import namedtuple
+
+import numpy as np
+
+from . import constants as C
+from ._core import Engine
+from .eras import policy_for
+from .process import Process
+
+FrameInfo = namedtuple("FrameInfo", "pfn refcount mapcount pincount flags kpagecount kpageflags")
+
+_KPF = {"anon": C.KPF_ANON, "ksm": C.KPF_KSM, "swapcache": C.KPF_SWAPCACHE, "zero": C.KPF_ZERO_PAGE,
+        "lru": C.KPF_LRU, "dirty": C.KPF_DIRTY, "uptodate": C.KPF_UPTODATE}
+
+
+class Machine:
+    """An emulated machine running the memory-management rules of `kernel`.
+
+    kernel: "5.7" ... "6.18", or "host" for the running kernel's version and
+    config. backports: commit ids (see mmemu.eras.CHANGES) applied on top.
+    memory: bytes of RAM (frames). swap: bytes of swap (not modelled yet: 0).
+    seed: the same seed and inputs give the same results, bit for bit.
+    """
+
+    def __init__(self, kernel="6.18", ncpus=2, memory=256 << 20, swap=0, seed=0, backports=()):
+        self.policy = policy_for(kernel, tuple(backports))
+        if memory < 16 * C.PAGE_SIZE:
+            raise ValueError("memory must hold at least 16 pages")
+        if swap:
+            raise NotImplementedError("swap arrives with file-backed and swapped memory (issue 4)")
+        self.kernel = kernel
+        self.ncpus = ncpus
+        self.memory = memory
+        self.seed = seed
+        self._engine = Engine(memory // C.PAGE_SIZE, ncpus, dict(self.policy.knobs))
+        self._procs = {}
+        self._pid = 0
+        self._holders = set()       # live Pins and Pipes (references outside page tables)
+        # Deterministic "ASLR": the top of the mmap area depends on the seed only.
+        rng = np.random.default_rng(seed)
+        self._mmap_base = 0x7F0000000000 - int(rng.integers(0, 1 << 28)) * C.PAGE_SIZE
+
+    def _next_pid(self):
+        self._pid += 1
+        return self._pid
+
+    def spawn(self, cpu=0):
+        """A new process with an empty address space, running on `cpu`."""
+        if not 0 <= cpu < self.ncpus:
+            raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
+        p = Process(self, self._next_pid(), self._engine.mm_new(), cpu)
+        self._procs[p.pid] = p
+        return p
+
+    @property
+    def processes(self):
+        return list(self._procs.values())
+
+    def frame(self, pfn):
+        """What /proc/kpagecount and /proc/kpageflags show, plus refcount and pincount."""
+        refcount, mapcount, flags, used, _, _ = self._engine.frame_info(pfn)
+        pincount = 0
+        for h in self._holders:
+            if getattr(h, "gup_flags", 0) & C.FOLL_PIN and not h.released:
+                pincount += int(np.count_nonzero(h.pfns == pfn))
+        kpf = 0
+        if not used:
+            kpf |= 1 << C.KPF_BUDDY
+        for name, bit in _KPF.items():
+            if name in flags:
+                kpf |= 1 << bit
+        if "anon" in flags:
+            kpf |= 1 << C.KPF_SWAPBACKED
+        if mapcount > 0:
+            kpf |= 1 << C.KPF_MMAP
+        return FrameInfo(pfn, refcount, mapcount, pincount, frozenset(flags), mapcount, kpf)
+
+    def check(self):
+        """Verify every invariant of the machine; raise mmemu.InvariantError."""
+        pfns, refs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for h in self._holders:
+            p, r = h.held_refs()
+            pfns.append(np.asarray(p, np.int64))
+            refs.append(r)
+        self._engine.check(np.concatenate(pfns), np.concatenate(refs))
+
+    def stats(self):
+        return self._engine.stats()
+
+    def memory_usage(self):
+        return self._engine.memory_usage()
+
+    def __repr__(self):
+        return (f"<Machine kernel={self.kernel} ({self.policy.version}, {self.policy.era}) "
+                f"ncpus={self.ncpus} frames={self._engine.nframes}>")

@@ -1,0 +1,37 @@
+"""Build the one compiled extension, mmemu._core.
+
+Directives are global (sklearn style). MMEMU_DEBUG=1 turns bounds and
+initialisation checks back on for a debug build.
+"""
+import os
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("MMEMU_DEBUG", "") not in ("", "0")
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": False,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+ext = Extension(
+    "mmemu._core",
+    ["mmemu/_core.pyx"],
+    include_dirs=[numpy.get_include(), "mmemu/core"],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+)
+
+# The host-kernel probe (mmemu.host): plain C, guarded user accesses on the
+# real kernel that turn SIGSEGV/SIGBUS into return codes. Not part of the core.
+host_access = Extension("mmemu.host._access", ["mmemu/host/_access.c"],
+                        extra_compile_args=["-O2"])
+
+setup(ext_modules=cythonize([ext], compiler_directives=directives,
+                            include_path=["mmemu", "mmemu/core"]) + [host_access])
