@@ -418,6 +418,14 @@ class Process:
         flags = gup_flags | C.FOLL_PIN | C.FOLL_TOUCH
         return Pin(self.machine, self._gup(addr, npages, flags, "pin_user_pages"), flags)
 
+    def pin_user_pages_fast(self, addr, npages, gup_flags=0):
+        """pin_user_pages_fast: the lockless walk takes only pages it may use
+        as mapped; anything that needs a fault or an unshare (and, without a
+        VMA, every long-term pin of a non-anon page) falls back to the slow
+        path, so the outcome is the slow path's. The race it has with fork
+        (B17, S61) needs the SMP scheduler."""
+        return self.pin_user_pages(addr, npages, gup_flags)
+
     def vmsplice(self, addr, length):
         """vmsplice(2) of user memory into a new pipe: FOLL_GET references
         (read-only GUP) that the pipe holds until read."""

@@ -1,0 +1,129 @@
+"""Scenario tables: small programs with an expected outcome per kernel era.
+
+Each scenario is written once against the public API (so it can run on any
+machine that offers it) and declares the versions where the bug it probes
+reproduces (`fails`). Outside those versions the scenario must pass; inside
+them it must fail, which is what "reproduces the bug" means. The same
+registry feeds pytest (strict xfail in the buggy versions) and
+`mmemu scenarios`.
+"""
+from dataclasses import dataclass, field
+
+from ..eras import VERSIONS, _key
+
+
+class ScenarioFailure(AssertionError):
+    """An expectation of a scenario did not hold."""
+
+
+class ScenarioSkip(Exception):
+    """The scenario cannot run on this machine (missing feature or privilege)."""
+
+
+def check(cond, message):
+    if not cond:
+        raise ScenarioFailure(message)
+
+
+def parse_versions(spec):
+    """'5.7,5.9-5.18' -> set of versions; '' -> empty; '>=6.2' and '<5.9' work too."""
+    out = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part.startswith(">="):
+            out |= {v for v in VERSIONS if _key(v) >= _key(part[2:])}
+        elif part.startswith("<"):
+            out |= {v for v in VERSIONS if _key(v) < _key(part[1:])}
+        elif "-" in part:
+            lo, hi = part.split("-")
+            out |= {v for v in VERSIONS if _key(lo) <= _key(v) <= _key(hi)}
+        elif part in VERSIONS:
+            out.add(part)
+        else:
+            raise ValueError(f"bad version spec {part!r}")
+    return out
+
+
+@dataclass
+class Scenario:
+    id: str                 # catalogue id, e.g. "S3"
+    name: str               # test id stem, e.g. "cow-vmsplice-unmap-child"
+    title: str              # the upstream test's title
+    func: object            # func(machine) -> None; raises ScenarioFailure
+    bug: str = ""           # bug index row (semantics.md section 18)
+    fails: frozenset = field(default_factory=frozenset)
+    backing: str = "anon"
+    needs: object = None    # needs(policy) -> None or a reason to skip
+    why: str = ""           # what a failure means
+
+    @property
+    def test_id(self):
+        return f"{self.name}[{self.backing}]"
+
+    def fails_in(self, version):
+        return version in self.fails
+
+    def skip_reason(self, policy):
+        return self.needs(policy) if self.needs else None
+
+
+REGISTRY = []
+
+
+def scenario(id, name, title, bug="", fails="", backing="anon", needs=None, why=""):
+    def register(func):
+        REGISTRY.append(Scenario(id, name, title, func, bug, frozenset(parse_versions(fails)),
+                                 backing, needs, why or (func.__doc__ or "").strip()))
+        return func
+    return register
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    version: str
+    status: str             # "pass" | "fail" | "skip" | "error"
+    message: str = ""
+
+    @property
+    def expected(self):
+        if self.status == "skip":
+            return True
+        if self.scenario.fails_in(self.version):
+            return self.status == "fail"
+        return self.status == "pass"
+
+    @property
+    def label(self):
+        if self.status == "skip":
+            return "skip"
+        if self.status == "error":
+            return "ERROR"
+        if self.scenario.fails_in(self.version):
+            return "bug" if self.status == "fail" else "PASS?"
+        return "pass" if self.status == "pass" else "FAIL"
+
+
+def run(scn, kernel, machine_factory=None):
+    """Run one scenario on a fresh machine of `kernel`; never raises for an
+    outcome, only reports it."""
+    from ..machine import Machine
+    factory = machine_factory or (lambda k: Machine(kernel=k, memory=64 << 20))
+    machine = factory(kernel)
+    version = machine.policy.version
+    reason = scn.skip_reason(machine.policy)
+    if reason:
+        return Result(scn, version, "skip", reason)
+    try:
+        scn.func(machine)
+    except ScenarioFailure as e:
+        return Result(scn, version, "fail", str(e))
+    except ScenarioSkip as e:
+        return Result(scn, version, "skip", str(e))
+    except Exception as e:      # an engine error is an unexpected result, reported
+        return Result(scn, version, "error", f"{type(e).__name__}: {e}")
+    return Result(scn, version, "pass")
+
+
+def all_scenarios():
+    from . import cow  # noqa: F401  registers on import
+    return list(REGISTRY)

@@ -1,0 +1,403 @@
+"""Anonymous COW / GUP / fork scenarios on base pages.
+
+In the style of tools/testing/selftests/mm/cow.c: each case says what a
+failure would mean. Catalogue ids and per-era outcomes are those of
+../shared/reference/scenarios.md (S1-S14, S20-S22 zero page, S43, S45(b),
+S53, S75, S80, S84); `fails=` lists the versions where the bug reproduces.
+"""
+from .. import constants as C
+from ..errors import Sigsegv
+from . import check, scenario
+
+PAGE = C.PAGE_SIZE
+RW = C.PROT_READ | C.PROT_WRITE
+RO = C.PROT_READ
+PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
+ONES = b"\x01" * PAGE
+FFS = b"\xff" * PAGE
+
+
+def _anon_page(p, fill=ONES):
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, fill)
+    return P
+
+
+def _mprotect_dance(p, P, clear_refs=False):
+    # Leave the pte read-only: mprotect(RO) write-protects; clear_refs(4)
+    # makes 6.0+'s mprotect(RW) keep it R/O (soft-dirty tracking), where the
+    # kernel has soft-dirty.
+    p.mprotect(P, PAGE, RO)
+    if clear_refs:
+        p.clear_refs(C.CLEAR_REFS_SOFT_DIRTY)
+    p.mprotect(P, PAGE, RW)
+
+
+# ---- Part A: cow.c anonymous tests ----------------------------------------
+
+@scenario("S1", "cow-basic-fork", "Basic COW after fork()")
+def basic_cow_fork(m, mprotect=False):
+    """If we miss breaking COW, the child sees the parent's write."""
+    p = m.spawn()
+    P = _anon_page(p)
+    c = p.fork()
+    old = c.read(P, PAGE)
+    pfn_before = p.pagemap(P).pfn
+    if mprotect:
+        _mprotect_dance(p, P)
+    p.write(P, FFS)
+    check(c.read(P, PAGE) == old, "Leak from parent into child")
+    check(p.pagemap(P).pfn != pfn_before, "the parent's write did not copy the shared page")
+    check(p.pagemap(P).exclusive and c.pagemap(P).exclusive,
+          "after the copy each side should map its page exclusively")
+    m.check()
+
+
+@scenario("S2", "cow-basic-fork-mprotect", "Basic COW after fork() with mprotect() optimization")
+def basic_cow_fork_mprotect(m):
+    """If mprotect(RW) upgrades a COW-shared pte, the child sees the parent's write."""
+    basic_cow_fork(m, mprotect=True)
+
+
+@scenario("S3", "cow-vmsplice-unmap-child", "vmsplice() + unmap in child", bug="B2", fails="5.7")
+def vmsplice_unmap_child(m, mprotect=False):
+    """If COW is not broken in the parent, the child's pipe reads the parent's later write."""
+    p = m.spawn()
+    P = _anon_page(p)
+    c = p.fork()
+    old = c.read(P, PAGE)
+    pipe = c.vmsplice(P, PAGE)
+    c.munmap(P, PAGE)
+    if mprotect:
+        _mprotect_dance(p, P)
+    p.write(P, FFS)
+    new = pipe.read(PAGE)
+    m.check()
+    check(new == old, "Leak from parent into child")
+
+
+@scenario("S4", "cow-vmsplice-unmap-child-mprotect",
+          "vmsplice() + unmap in child with mprotect() optimization", bug="B2", fails="5.7")
+def vmsplice_unmap_child_mprotect(m):
+    """As S3; 6.0+'s mprotect must not upgrade the no longer exclusive page."""
+    vmsplice_unmap_child(m, mprotect=True)
+
+
+@scenario("S5", "cow-vmsplice-before-fork", "vmsplice() before fork(), unmap in parent after fork()",
+          bug="B2", fails="5.7-5.8")
+def vmsplice_before_fork(m):
+    """If the child reuses the page the parent's pipe holds, the pipe leaks the child's write."""
+    p = m.spawn()
+    P = _anon_page(p)
+    old = p.read(P, PAGE)
+    pipe = p.vmsplice(P, PAGE)
+    c = p.fork()
+    p.munmap(P, PAGE)
+    c.write(P, FFS)
+    new = pipe.read(PAGE)
+    m.check()
+    check(new == old, "Leak from child into parent")
+
+
+@scenario("S6", "cow-vmsplice-after-fork", "vmsplice() + unmap in parent after fork()",
+          bug="B2", fails="5.7")
+def vmsplice_after_fork(m):
+    """If the child reuses the shared page the parent spliced, the pipe leaks the child's write."""
+    p = m.spawn()
+    P = _anon_page(p)
+    old = p.read(P, PAGE)
+    c = p.fork()
+    pipe = p.vmsplice(P, PAGE)
+    p.munmap(P, PAGE)
+    c.write(P, FFS)
+    new = pipe.read(PAGE)
+    m.check()
+    check(new == old, "Leak from child into parent")
+
+
+@scenario("S7", "cow-iouring-ro-map", "R/O-mapping a page registered as iouring fixed buffer",
+          bug="B7", fails="5.9-5.18")
+def iouring_ro_map(m):
+    """If the write fault copies the pinned page, the fixed buffer no longer is the process's memory."""
+    p = m.spawn()
+    P = _anon_page(p)
+    pin = p.pin_user_pages(P, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)   # io_uring register
+    _mprotect_dance(p, P, clear_refs=True)
+    p.write(P, FFS)
+    m.check()
+    check(pin.read(0, PAGE) == p.read(P, PAGE), "Longterm R/W pin is not reliable")
+    pin.release()
+    m.check()
+
+
+@scenario("S8", "cow-iouring-fork", "fork() with an iouring fixed buffer", bug="B6", fails="5.7-5.8")
+def iouring_fork(m):
+    """If fork shares the pinned page, the parent's write COWs away from the fixed buffer."""
+    p = m.spawn()
+    P = _anon_page(p)
+    pin = p.pin_user_pages(P, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    pfn = p.pagemap(P).pfn
+    c = p.fork()
+    p.write(P, FFS)
+    check(c.read(P, PAGE) == ONES, "Leak from parent into child")
+    m.check()
+    check(pin.read(0, PAGE) == p.read(P, PAGE), "Longterm R/W pin is not reliable")
+    check(p.pagemap(P).pfn == pfn, "the parent no longer maps the pinned page")
+    pin.release()
+
+
+def _ro_pin_case(m, share, fast):
+    p = m.spawn()
+    P = _anon_page(p)
+    if share == "shared":
+        c = p.fork()
+    elif share == "previously-shared":
+        p.fork().exit()
+    else:
+        _mprotect_dance(p, P, clear_refs=True)
+    pin_fn = p.pin_user_pages_fast if fast else p.pin_user_pages
+    pin = pin_fn(P, 1, C.FOLL_LONGTERM)
+    p.write(P, FFS)
+    m.check()
+    check(pin.read(0, PAGE) == p.read(P, PAGE), "Longterm R/O pin is not reliable")
+    pin.release()
+    if share == "shared":
+        check(c.read(P, PAGE) == ONES, "Leak from parent into child")
+    m.check()
+
+
+@scenario("S9", "cow-ro-pin-shared", "R/O GUP pin on R/O-mapped shared page",
+          bug="B5", fails="5.7,5.9-5.18")
+def ro_pin_shared(m):
+    """If the pin is not unshared first, the owner's write COWs away from it."""
+    _ro_pin_case(m, "shared", fast=False)
+
+
+@scenario("S10", "cow-ro-pin-fast-shared", "R/O GUP-fast pin on R/O-mapped shared page",
+          bug="B5", fails="5.7,5.9-5.18")
+def ro_pin_fast_shared(m):
+    """As S9 through GUP-fast, which must fall back to the slow path to unshare."""
+    _ro_pin_case(m, "shared", fast=True)
+
+
+@scenario("S11", "cow-ro-pin-previously-shared", "R/O GUP pin on R/O-mapped previously-shared page",
+          bug="B5", fails="5.9-5.18")
+def ro_pin_prev_shared(m):
+    """If the refcount rule copies the pinned page, the pin goes stale."""
+    _ro_pin_case(m, "previously-shared", fast=False)
+
+
+@scenario("S12", "cow-ro-pin-fast-previously-shared",
+          "R/O GUP-fast pin on R/O-mapped previously-shared page", bug="B5", fails="5.9-5.18")
+def ro_pin_fast_prev_shared(m):
+    """As S11 through GUP-fast."""
+    _ro_pin_case(m, "previously-shared", fast=True)
+
+
+@scenario("S13", "cow-ro-pin-exclusive", "R/O GUP pin on R/O-mapped exclusive page",
+          bug="B5", fails="5.9-5.18")
+def ro_pin_exclusive(m):
+    """If the write fault copies an exclusive pinned page, the pin goes stale."""
+    _ro_pin_case(m, "exclusive", fast=False)
+
+
+@scenario("S14", "cow-ro-pin-fast-exclusive", "R/O GUP-fast pin on R/O-mapped exclusive page",
+          bug="B5", fails="5.9-5.18")
+def ro_pin_fast_exclusive(m):
+    """As S13 through GUP-fast."""
+    _ro_pin_case(m, "exclusive", fast=True)
+
+
+# ---- Part C on the zero page ----------------------------------------------
+
+def _zeropage(p):
+    mem = p.mmap(0, PAGE, RW, PRIV)
+    smem = p.mmap(0, PAGE, RO, PRIV)
+    p.read(mem, 1)
+    p.read(smem, 1)
+    return mem, smem
+
+
+@scenario("S20", "cow-nonanon-basic", "Basic COW", backing="zeropage")
+def zeropage_basic(m):
+    """If a write to the zero page does not COW, every zero-page mapping sees it."""
+    p = m.spawn()
+    mem, smem = _zeropage(p)
+    check(p.pagemap(mem).pfn == p.pagemap(smem).pfn, "reads did not map the shared zero page")
+    p.write(mem, FFS)
+    check(p.read(smem, PAGE) == bytes(PAGE), "Other mapping modified")
+    check(p.pagemap(mem).pfn != p.pagemap(smem).pfn, "the write did not COW off the zero page")
+    m.check()
+
+
+def _zeropage_pin(m, fast):
+    p = m.spawn()
+    mem, smem = _zeropage(p)
+    pin_fn = p.pin_user_pages_fast if fast else p.pin_user_pages
+    pin = pin_fn(mem, 1, C.FOLL_LONGTERM)
+    p.write(mem, FFS)
+    m.check()
+    check(pin.read(0, PAGE) == p.read(mem, PAGE), "Longterm R/O pin is not reliable")
+    check(p.read(smem, PAGE) == bytes(PAGE), "Other mapping modified")
+    pin.release()
+    m.check()
+
+
+@scenario("S21", "cow-nonanon-ro-pin", "R/O longterm GUP pin", backing="zeropage",
+          bug="B20", fails="5.7,5.9-6.1")
+def zeropage_ro_pin(m):
+    """If the long-term pin takes the zero page itself, the owner's write COWs away from it."""
+    _zeropage_pin(m, fast=False)
+
+
+@scenario("S22", "cow-nonanon-ro-pin-fast", "R/O longterm GUP-fast pin", backing="zeropage",
+          bug="B20", fails="5.7,5.9-6.1")
+def zeropage_ro_pin_fast(m):
+    """As S21 through GUP-fast (no VMA: must fall back to unshare)."""
+    _zeropage_pin(m, fast=True)
+
+
+# ---- Part E: historical bugs ----------------------------------------------
+
+@scenario("S43", "cve-2020-29374-snoop", "CVE-2020-29374: a child snoops the parent's future writes",
+          bug="B2", fails="5.7")
+def cve_2020_29374(m):
+    """If the parent reuses the page the child's pipe references, the child reads the secret."""
+    secret = b"S3CR3T-0123456789"
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"\0")
+    c = p.fork()
+    pipe = c.vmsplice(P, PAGE)
+    c.madvise(P, PAGE, C.MADV_DONTNEED)
+    p.write(P, secret)
+    leak = pipe.read(PAGE)
+    m.check()
+    check(not leak.startswith(secret), "the child's pipe read the parent's secret")
+
+
+@scenario("S43c", "cve-2020-29374-control", "CVE-2020-29374 control: the child keeps its mapping")
+def cve_2020_29374_control(m):
+    """With the child still mapping the page (mapcount 2) the parent copies in every era."""
+    secret = b"S3CR3T-0123456789"
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"\0")
+    c = p.fork()
+    pipe = c.vmsplice(P, PAGE)
+    p.write(P, secret)
+    check(not pipe.read(PAGE).startswith(secret), "the child's pipe read the parent's secret")
+    check(c.read(P, len(secret)) == bytes(len(secret)), "Leak from parent into child")
+    m.check()
+
+
+@scenario("S45b", "forced-cow-populates-zero-page",
+          "read-GUP (vmsplice) of a zero-page mapping must not allocate", bug="B4", fails="5.8")
+def forced_cow_zero_page(m):
+    """5.8 turns the read GUP into a write: the zero page is replaced by a new anon page."""
+    p = m.spawn()
+    Z = p.mmap(0, PAGE, RW, PRIV)
+    Y = p.mmap(0, PAGE, RW, PRIV)
+    p.read(Z, 1)
+    p.read(Y, 1)
+    zero_pfn = p.pagemap(Y).pfn
+    rss = p.rss_anon
+    pipe = p.vmsplice(Z, PAGE)
+    check(pipe.read(PAGE) == bytes(PAGE), "the pipe must read zeros")
+    m.check()
+    check(p.pagemap(Z).pfn == zero_pfn and p.rss_anon == rss,
+          "vmsplice replaced the zero page with a private anon page")
+
+
+@scenario("S53", "spurious-cow-fresh-page", "Spurious COW of a fresh page (per-CPU LRU batch)",
+          bug="B19", fails="5.9-5.17")
+def spurious_cow_fresh_page(m):
+    """If the LRU batch reference counts as a user, the owner's own page gets copied."""
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"\x01")
+    pfn0 = p.pagemap(P).pfn
+    _mprotect_dance(p, P)
+    p.write(P, b"\x02")
+    m.check()
+    check(p.pagemap(P).pfn == pfn0, "the write fault copied the process's own exclusive page")
+
+
+@scenario("S75", "mprotect-write-upgrade", "mprotect write-upgrade per era")
+def mprotect_upgrade(m):
+    """6.0+ maps an exclusive anon pte writable on mprotect(RW), and only such a pte."""
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"\x01")
+    upgrade = m.policy.at_least("6.0")
+
+    def faults_of_write(value):
+        p.mprotect(P, PAGE, RO)
+        p.mprotect(P, PAGE, RW)
+        f0 = p.minflt
+        p.write(P, value)
+        return p.minflt - f0
+
+    # (a)/(b): an exclusive page.
+    check(faults_of_write(b"\x02") == (0 if upgrade else 1),
+          "write after mprotect(RO/RW) of an exclusive page: wrong number of faults")
+    # (c): soft-dirty tracking blocks the upgrade (where the kernel has soft-dirty).
+    p.clear_refs(C.CLEAR_REFS_SOFT_DIRTY)
+    tracking = bool(m.policy.soft_dirty)
+    check(faults_of_write(b"\x03") == (1 if (tracking or not upgrade) else 0),
+          "write after clear_refs + mprotect: wrong number of faults")
+    # (d): after fork + child exit the page is no longer exclusive: never upgraded.
+    p.fork().exit()
+    check(faults_of_write(b"\x04") == 1, "a no longer exclusive page was upgraded")
+    check(p.read(P, 1) == b"\x04", "lost write")
+    m.check()
+
+
+@scenario("S80", "wipeonfork-dontfork", "WIPEONFORK and DONTFORK")
+def wipeonfork_dontfork(m):
+    """The child must read zeros from a WIPEONFORK range and fault on a DONTFORK one."""
+    p = m.spawn()
+    A = _anon_page(p, b"\x07" * PAGE)
+    B = _anon_page(p, b"\x07" * PAGE)
+    p.madvise(A, PAGE, C.MADV_WIPEONFORK)
+    p.madvise(B, PAGE, C.MADV_DONTFORK)
+    c = p.fork()
+    check(c.read(A, PAGE) == bytes(PAGE), "WIPEONFORK memory was copied into the child")
+    try:
+        c.read(B, 1)
+    except Sigsegv:
+        pass
+    else:
+        raise AssertionError("DONTFORK memory is mapped in the child")
+    check(p.read(A, 1) == b"\x07" and p.read(B, 1) == b"\x07", "the parent lost its data")
+    p.madvise(A, PAGE, C.MADV_KEEPONFORK)
+    p.madvise(B, PAGE, C.MADV_DOFORK)
+    c2 = p.fork()
+    check(c2.read(A, 1) == b"\x07" and c2.read(B, 1) == b"\x07", "KEEPONFORK/DOFORK did not undo")
+    m.check()
+
+
+@scenario("S84", "foll-force-cow", "FOLL_FORCE writes (/proc/pid/mem) into a COW-shared R/O page")
+def foll_force_write(m):
+    """A debugger's write must land in a private copy: never in the child's page."""
+    p = m.spawn()
+    P = _anon_page(p, b"\xaa" * PAGE)
+    p.mprotect(P, PAGE, RO)
+    c = p.fork()
+    p.proc_mem_write(P, b"\xcc")
+    check(p.read(P, 1) == b"\xcc", "the forced write is not visible to the writer")
+    check(c.read(P, 1) == b"\xaa", "the forced write leaked into the child")
+    check(p.pagemap(P).exclusive, "the forced write did not give the writer a private page")
+    f0 = p.minflt
+    p.proc_mem_write(P, b"\xdd")
+    check(p.read(P, 1) == b"\xdd" and c.read(P, 1) == b"\xaa", "second forced write")
+    if m.policy.at_least("6.0"):
+        # 5535be309971: the exclusive anon page is followed without a fault.
+        check(p.minflt == f0, "6.0+ faulted again on a forced write to an exclusive page")
+    try:
+        p.write(P, b"\x00")
+    except Sigsegv:
+        pass
+    else:
+        raise AssertionError("a user write to the PROT_READ mapping succeeded")
+    m.check()
