@@ -449,6 +449,20 @@ cdef class Engine:
     def nr_free(self):
         return self.e.nr_free
 
+    # ---- test-only hooks: plant states no kernel path produces -------------
+
+    def _test_pte_set_bits(self, int32_t mm, uint64_t va, uint64_t bits):
+        cdef uint64_t *ptep = pte_offset(&self.e, self._mm(mm), va, False)
+        if ptep == NULL:
+            raise ValueError("no pte there")
+        ptep[0] |= bits
+
+    def _test_tlb_fill(self, int cpu, int32_t mm, uint64_t va, uint64_t pfn, bint writable):
+        cdef uint64_t vpn = va >> MM_PAGE_SHIFT
+        cdef int64_t s = tlb_slot(self._cpu(cpu), mm, vpn)
+        self.e.tlb_tag[s] = tlb_tag_of(mm, vpn)
+        self.e.tlb_pte[s] = pfn_pte(<int64_t>pfn) | (PTE_WRITE | PTE_DIRTY if writable else 0)
+
     # ---- invariants --------------------------------------------------------
 
     def check(self, const int64_t[::1] ext_pfns, const int64_t[::1] ext_refs):

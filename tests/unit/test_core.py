@@ -1,0 +1,240 @@
+"""Core mechanics: references, invariants, TLB, contents, determinism."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mmemu
+from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE as PAGE,
+                   PROT_READ, PROT_WRITE)
+
+RW = PROT_READ | PROT_WRITE
+PRIV = MAP_PRIVATE | MAP_ANONYMOUS
+
+
+def machine(**kw):
+    kw.setdefault("memory", 32 << 20)
+    return mmemu.Machine(**kw)
+
+
+def test_fork_shares_and_write_protects():
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, 4 * PAGE, RW, PRIV)
+    p.touch(a, 4, write=True)
+    m._engine.lru_drain(0)
+    pfns = [p.pagemap(a + i * PAGE).pfn for i in range(4)]
+    c = p.fork()
+    for i, pfn in enumerate(pfns):
+        info = m.frame(pfn)
+        assert (info.refcount, info.mapcount) == (2, 2)
+        assert "anon_exclusive" not in info.flags
+        assert c.pagemap(a + i * PAGE).pfn == pfn
+        assert not (m._engine.pte(p.mm, a + i * PAGE) & 2), "parent pte still writable"
+    m.check()
+
+
+def test_pin_accounting_and_pincount():
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    p.write(a, b"x")
+    m._engine.lru_drain(0)
+    pin = p.pin_user_pages(a, 1, FOLL_WRITE | FOLL_LONGTERM)
+    pfn = p.pagemap(a).pfn
+    info = m.frame(pfn)
+    assert info.refcount == 1 + 1024 and info.pincount == 1
+    assert p.has_pinned
+    m.check()
+    pin.release()
+    assert m.frame(pfn).refcount == 1 and m.frame(pfn).pincount == 0
+    m.check()
+
+
+def test_pinned_page_survives_munmap_until_release():
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    p.write(a, b"keep")
+    pin = p.pin_user_pages(a, 1, FOLL_WRITE)
+    pfn = p.pagemap(a).pfn
+    p.munmap(a, PAGE)
+    assert pin.read(0, 4) == b"keep" and m.frame(pfn).mapcount == 0
+    m.check()
+    free_before = m._engine.nr_free
+    m._engine.lru_drain(0)
+    pin.release()
+    assert m._engine.nr_free == free_before + 1
+    m.check()
+
+
+@pytest.mark.parametrize("corrupt,rule", [
+    (lambda m, pfn: m._engine.refcount.__setitem__(pfn, m._engine.refcount[pfn] + 1), "refcount"),
+    (lambda m, pfn: m._engine.mapcount.__setitem__(pfn, 2), "mapcount"),
+])
+def test_check_catches_corruption(corrupt, rule):
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    p.write(a, b"x")
+    pfn = p.pagemap(a).pfn
+    m.check()
+    corrupt(m, pfn)
+    with pytest.raises(mmemu.InvariantError, match=rule) as e:
+        m.check()
+    assert e.value.pfn == pfn
+
+
+def _shared_page():
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    p.write(a, b"x")
+    p.fork()
+    m.check()
+    return m, p, a
+
+
+def test_check_catches_writable_pte_on_cow_shared_page():
+    # A writable pte to a page another process maps is exactly a COW leak.
+    m, p, a = _shared_page()
+    m._engine._test_pte_set_bits(p.mm, a, 0x2)          # PTE_WRITE
+    with pytest.raises(mmemu.InvariantError, match="COW-shared") as e:
+        m.check()
+    assert e.value.pfn == p.pagemap(a).pfn
+
+
+def test_check_catches_exclusive_flag_on_shared_page():
+    m, p, a = _shared_page()
+    m._engine.fflags[p.pagemap(a).pfn] |= 0x2           # PG_ANON_EXCLUSIVE
+    with pytest.raises(mmemu.InvariantError, match="AnonExclusive"):
+        m.check()
+
+
+def test_check_catches_stale_writable_tlb_entry():
+    # After fork write-protects, no CPU may still hold a writable translation.
+    m, p, a = _shared_page()
+    m._engine._test_tlb_fill(1, p.mm, a, p.pagemap(a).pfn, True)
+    with pytest.raises(mmemu.InvariantError, match="TLB entry grants more"):
+        m.check()
+
+
+def test_tlb_hits_and_flush_on_cow():
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    p.write(a, b"1")
+    s0 = m.stats()
+    for _ in range(10):
+        p.read(a, 1)
+    s1 = m.stats()
+    assert s1["tlb_hits"] - s0["tlb_hits"] == 10 and s1["tlb_misses"] == s0["tlb_misses"]
+    t = p.thread(cpu=1)
+    assert t.read(a, 1) == b"1"          # CPU 1 caches its own translation
+    c = p.fork()
+    t.write(a, b"2")                     # CPU 1's stale writable entry was flushed by fork
+    assert c.read(a, 1) == b"1" and p.read(a, 1) == b"2"
+    m.check()
+
+
+def test_content_versions_and_bytes():
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, 8 * PAGE, RW, PRIV)
+    assert p.touch(a, 8, write=True, value=0x0102030405060708) == 8
+    assert (p.versions(a, 8) == 0x0102030405060708).all()
+    assert p.read(a, 8) == (0x0102030405060708).to_bytes(8, "little")
+    p.write(a + 3, b"Z")                 # materialises byte-exact contents
+    assert p.read(a, 8) == bytes([8, 7, 6]) + b"Z" + bytes([4, 3, 2, 1])
+    p.touch(a + PAGE, 1, write=True)     # a fresh stamp
+    v = p.versions(a, 3)
+    assert v[0] == np.uint64(0xFFFFFFFFFFFFFFFF) and v[1] not in (0, 0x0102030405060708)
+    c = p.fork()
+    p.touch(a + 2 * PAGE, 1, write=True, value=7)
+    assert c.versions(a + 2 * PAGE, 1)[0] == 0x0102030405060708
+    m.check()
+
+
+def test_determinism_same_seed_same_everything():
+    def run(seed):
+        m = mmemu.Machine(seed=seed, memory=32 << 20)
+        p = m.spawn()
+        a = p.mmap(0, 16 * PAGE, RW, PRIV)
+        p.touch(a, 16, write=True)
+        c = p.fork()
+        c.touch(a, 16, write=True)
+        return a, list(p.pagemap_range(a, 16)), list(c.pagemap_range(a, 16)), \
+            list(c.versions(a, 16)), m.stats()
+    assert run(1) == run(1)
+    assert run(1)[0] != run(2)[0]
+
+
+def test_out_of_memory_is_oom_not_crash():
+    m = mmemu.Machine(memory=64 * PAGE)
+    p = m.spawn()
+    a = p.mmap(0, 128 * PAGE, RW, PRIV)
+    with pytest.raises(mmemu.OutOfMemory) as e:
+        p.touch(a, 128, write=True)
+    assert a <= e.value.addr < a + 128 * PAGE
+    m.check()
+    p.munmap(a, 128 * PAGE)
+    m._engine.lru_drain(0)
+    p.touch(p.mmap(0, 32 * PAGE, RW, PRIV), 32, write=True)
+    m.check()
+
+
+def test_exit_frees_everything():
+    m = machine()
+    free0 = m._engine.nr_free
+    p = m.spawn()
+    a = p.mmap(0, 1000 * PAGE, RW, PRIV)
+    p.touch(a, 1000, write=True)
+    c = p.fork()
+    c.touch(a, 500, write=True)
+    c.exit()
+    p.exit()
+    m._engine.lru_drain(0)
+    assert m._engine.nr_free == free0
+    assert m.memory_usage()["pte_pages"] == 0
+    m.check()
+
+
+def test_pagemap_raw_matches_fields():
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, 2 * PAGE, RW, PRIV)
+    p.write(a, b"x")
+    e = p.pagemap(a)
+    assert e.present and e.exclusive and not e.file_shared and e.soft_dirty
+    assert e.raw == (1 << 63) | (1 << 56) | (1 << 55) | e.pfn
+    hole = p.pagemap(a + PAGE)
+    assert not hole.present and hole.soft_dirty      # VM_SOFTDIRTY of a new VMA
+    host = mmemu.Machine(kernel="host", memory=32 << 20) if Path("/proc/self/pagemap").exists() else None
+    if host is not None and not host.policy.soft_dirty:
+        q = host.spawn()
+        b = q.mmap(0, PAGE, RW, PRIV)
+        q.write(b, b"x")
+        assert not q.pagemap(b).soft_dirty           # CONFIG_MEM_SOFT_DIRTY=n
+
+
+def test_readme_example_runs():
+    text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_policy_enum_values_agree_with_core():
+    # core/defs.pxi repeats these enum values; keep them equal.
+    from mmemu import eras
+    defs = Path(mmemu.__file__).parent.joinpath("core", "defs.pxi").read_text()
+    for name in ("WP_REUSE_MAPCOUNT", "WP_REUSE_REFCOUNT", "WP_REUSE_REFCOUNT_DRAIN",
+                 "WP_REUSE_ANON_EXCLUSIVE", "FOLL_COW_FORCE_DIRTY", "FOLL_COW_DIRTY",
+                 "FOLL_FORCE_ANON_EXCLUSIVE", "FORCED_COW_GET_AND_PIN", "FORCED_COW_GET_ONLY"):
+        assert re.search(rf"{name} = {getattr(eras, name)}\b", defs), name
+
+
+def test_foll_constants_agree_with_core():
+    defs = Path(mmemu.__file__).parent.joinpath("core", "defs.pxi").read_text()
+    for name, value in re.findall(r"(FOLL_\w+) = 1 << (\d+)", defs):
+        assert getattr(mmemu, name) == 1 << int(value), name
