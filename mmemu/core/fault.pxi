@@ -126,9 +126,15 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
 
 
 cdef int handle_mm_fault(engine_t *e, mm_t *mm, int cpu, uint64_t va, int fflags) noexcept nogil:
+    return handle_mm_fault_pte(e, mm, cpu, va, fflags, NULL)
+
+
+cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int fflags,
+                             uint64_t *ptep) noexcept nogil:
+    """handle_mm_fault with the caller's pte pointer when its walk found the
+    pte page (page-table pages never move, so the pointer stays valid)."""
     cdef int32_t vi = find_vma(mm, va)
     cdef mm_vma_t *vma
-    cdef uint64_t *ptep
     cdef uint64_t pte
     mm.minflt += 1
     e.stats[MM_STAT_FAULT] += 1
@@ -142,9 +148,10 @@ cdef int handle_mm_fault(engine_t *e, mm_t *mm, int cpu, uint64_t va, int fflags
                 return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
         elif not (vma.flags & (VM_READ | VM_WRITE | VM_EXEC)):
             return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
-    ptep = pte_offset(e, mm, va, True)
     if ptep == NULL:
-        return VM_FAULT_NOMEM
+        ptep = pte_offset(e, mm, va, True)
+        if ptep == NULL:
+            return VM_FAULT_NOMEM
     pte = ptep[0]
     if pte == 0:
         if vma.flags & VM_ANON and not (vma.flags & VM_SHARED):
@@ -161,6 +168,24 @@ cdef int handle_mm_fault(engine_t *e, mm_t *mm, int cpu, uint64_t va, int fflags
     return 0
 
 
+cdef inline int tlb_fill(engine_t *e, uint64_t *ptep, bint write, int64_t slot, uint64_t tag,
+                         int64_t *pfn_out) noexcept nogil:
+    """The MMU's walk result: fill the TLB if the pte allows the access. The
+    walk sets accessed (and dirty for a write), never the software
+    soft-dirty bit."""
+    cdef uint64_t pte = ptep[0]
+    if (pte & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT or (write and not (pte & PTE_WRITE)):
+        return 0
+    pte |= PTE_YOUNG
+    if write:
+        pte |= PTE_DIRTY
+    ptep[0] = pte
+    e.tlb_tag[slot] = tag
+    e.tlb_pte[slot] = pte & (PTE_PFN_MASK | PTE_WRITE | PTE_DIRTY)
+    pfn_out[0] = <int64_t>pte_pfn(pte)
+    return 1
+
+
 cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
                      int64_t *pfn_out) noexcept nogil:
     """One user-mode access through this CPU's TLB: the MMU's view. Returns 0
@@ -168,44 +193,36 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
     cdef uint64_t vpn = va >> MM_PAGE_SHIFT
     cdef uint64_t tag = tlb_tag_of(mm.id, vpn)
     cdef int64_t slot = tlb_slot(cpu, mm.id, vpn)
-    cdef uint64_t ent, pte
+    cdef uint64_t ent
     cdef uint64_t *ptep
     cdef int ret, attempt
-    for attempt in range(4):
-        if e.tlb_tag[slot] == tag:
-            ent = e.tlb_pte[slot]
-            if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY):
-                e.stats[MM_STAT_TLB_HIT] += 1
+    if e.tlb_tag[slot] == tag:
+        ent = e.tlb_pte[slot]
+        if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY):
+            e.stats[MM_STAT_TLB_HIT] += 1
+            pfn_out[0] = <int64_t>pte_pfn(ent)
+            return 0
+        if ent & PTE_WRITE:
+            # x86: a writable entry with dirty clear makes the MMU re-walk and
+            # set the pte's dirty bit, if the pte still allows it.
+            ptep = pte_offset(e, mm, va, False)
+            if ptep != NULL and (ptep[0] & (PTE_PRESENT | PTE_WRITE | PTE_PROTNONE)) == (PTE_PRESENT | PTE_WRITE) \
+                    and pte_pfn(ptep[0]) == pte_pfn(ent):
+                ptep[0] |= PTE_DIRTY | PTE_YOUNG
+                e.tlb_pte[slot] = ent | PTE_DIRTY
                 pfn_out[0] = <int64_t>pte_pfn(ent)
                 return 0
-            if ent & PTE_WRITE:
-                # x86: a writable entry with dirty clear makes the MMU re-walk
-                # and set the pte's dirty bit, if the pte still allows it.
-                ptep = pte_offset(e, mm, va, False)
-                if ptep != NULL and (ptep[0] & (PTE_PRESENT | PTE_WRITE | PTE_PROTNONE)) == (PTE_PRESENT | PTE_WRITE) \
-                        and pte_pfn(ptep[0]) == pte_pfn(ent):
-                    ptep[0] |= PTE_DIRTY | PTE_YOUNG
-                    e.tlb_pte[slot] = ent | PTE_DIRTY
-                    pfn_out[0] = <int64_t>pte_pfn(ent)
-                    return 0
-            e.tlb_tag[slot] = 0
-        e.stats[MM_STAT_TLB_MISS] += 1
-        ptep = pte_offset(e, mm, va, False)
-        if ptep != NULL:
-            pte = ptep[0]
-            if (pte & (PTE_PRESENT | PTE_PROTNONE)) == PTE_PRESENT and (not write or (pte & PTE_WRITE)):
-                # The hardware walk sets accessed (and dirty for a write); it
-                # never sets the software soft-dirty bit.
-                pte |= PTE_YOUNG
-                if write:
-                    pte |= PTE_DIRTY
-                ptep[0] = pte
-                e.tlb_tag[slot] = tag
-                e.tlb_pte[slot] = pte & (PTE_PFN_MASK | PTE_WRITE | PTE_DIRTY)
-                continue
-        ret = handle_mm_fault(e, mm, cpu, va, FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0))
+        e.tlb_tag[slot] = 0
+    e.stats[MM_STAT_TLB_MISS] += 1
+    ptep = pte_offset(e, mm, va, False)
+    for attempt in range(3):
+        if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
+            return 0
+        ret = handle_mm_fault_pte(e, mm, cpu, va, FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0), ptep)
         if ret & VM_FAULT_ERROR:
             e.fault_addr = va
             return ret
+        if ptep == NULL:
+            ptep = pte_offset(e, mm, va, False)
     e.fault_addr = va
     return VM_FAULT_SIGBUS
