@@ -74,12 +74,15 @@ cdef class Engine:
             raise ValueError(f"policy lacks knobs: {missing}")
         if not 1 <= knobs["lru_batch"] <= LRU_BATCH_MAX:
             raise ValueError(f"lru_batch must be in 1..{LRU_BATCH_MAX}")
-        self.refcount = np.zeros(nframes, np.int32)
-        self.mapcount = np.zeros(nframes, np.int32)
-        self.version = np.zeros(nframes, np.uint64)
-        self.fflags = np.zeros(nframes, np.uint16)
-        self.mapping = np.zeros(nframes, np.uint16)
-        self.index = np.zeros(nframes, np.uint32)
+        # Written, not just allocated: like the kernel initialising struct
+        # pages at boot, the frame table is resident before the first fault,
+        # so a fault's cost is the engine's and not the host's first touch.
+        self.refcount = np.full(nframes, 0, np.int32)
+        self.mapcount = np.full(nframes, 0, np.int32)
+        self.version = np.full(nframes, 0, np.uint64)
+        self.fflags = np.full(nframes, 0, np.uint16)
+        self.mapping = np.full(nframes, 0, np.uint16)
+        self.index = np.full(nframes, 0, np.uint32)
         self._tlb_tag = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
         self._tlb_pte = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
         self._lru = np.zeros(ncpus * LRU_BATCH_MAX, np.int64)

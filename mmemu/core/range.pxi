@@ -44,11 +44,15 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
     rights (those need the TLB flush the caller issues)."""
     cdef uint64_t va = start, stop, pte, npte
     cdef uint64_t *t
-    cdef int64_t i, i0, i1, pfn, lost = 0
+    cdef uint16_t *ff = e.fflags
+    cdef int64_t i, i0, i1, lost = 0
     cdef uint64_t prot = vma_prot_bits(newflags)
     cdef bint try_writable = e.pol.mprotect_upgrade != 0 and (newflags & VM_WRITE) != 0 \
-        and not (newflags & VM_SHARED)
-    cdef bint sd_tracking = vma_soft_dirty_tracking(e, newflags)
+        and not (newflags & VM_SHARED) and prot == 0
+    # With soft-dirty tracking on, only ptes already soft-dirty may be upgraded.
+    cdef uint64_t need = PTE_PRESENT | (PTE_SOFT_DIRTY if vma_soft_dirty_tracking(e, newflags) else 0)
+    cdef uint64_t veto = PTE_SPECIAL | PTE_UFFD_WP
+    cdef uint16_t excl = PG_ANON | PG_ANON_EXCLUSIVE
     while va < end:
         stop = block_end(va, end)
         t = pte_table(e, mm, va, False)
@@ -61,15 +65,12 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
                     continue
                 # A private mapping's vm_page_prot never has write (COW).
                 npte = (pte & ~(PTE_WRITE | PTE_PROTNONE)) | prot
-                if try_writable and not prot and not (pte & (PTE_SPECIAL | PTE_UFFD_WP)) \
-                        and not (sd_tracking and not (pte & PTE_SOFT_DIRTY)):
-                    # 6.0+ (64fe24a3e05e, can_change_pte_writable): an exclusive
-                    # anon page may be mapped writable right away.
-                    pfn = <int64_t>pte_pfn(pte)
-                    if e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE:
-                        npte |= PTE_WRITE
-                if (pte & PTE_WRITE and not (npte & PTE_WRITE)) or (npte & PTE_PROTNONE and not (pte & PTE_PROTNONE)):
-                    lost += 1
+                # 6.0+ (64fe24a3e05e, can_change_pte_writable): an exclusive
+                # anon page may be mapped writable right away.
+                if try_writable and (pte & need) == need and not (pte & veto) \
+                        and (ff[pte_pfn(pte)] & excl) == excl:
+                    npte |= PTE_WRITE
+                lost += ((pte & ~npte & PTE_WRITE) | (npte & ~pte & PTE_PROTNONE)) != 0
                 t[i] = npte
         va = stop
     return lost
