@@ -98,7 +98,14 @@ CHANGES = (
            {"gup_unshare_nonanon": 1}, bug="B20 fixed"),
 )
 
-CHANGES_BY_COMMIT = {c.commit: c for c in CHANGES}
+# Selected only through backports=: the stable-kernel flavour of 17839856fd58,
+# which forced COW for FOLL_GET only (semantics.md section 0, E1 [~]).
+BACKPORT_ONLY = (
+    Change("17839856fd58-stable", "5.8", "gup: 'COW can break either way' workaround, stable flavour (FOLL_GET only)",
+           {"gup_forced_cow": FORCED_COW_GET_ONLY, "foll_cow_rule": FOLL_COW_DIRTY}),
+)
+
+CHANGES_BY_COMMIT = {c.commit: c for c in CHANGES + BACKPORT_ONLY}
 
 # Era labels of semantics.md section 0, by first version.
 ERA_STARTS = (("5.7", "E0"), ("5.8", "E1"), ("5.9", "E2"), ("5.12", "E2b"), ("5.18", "E3"),

@@ -309,6 +309,29 @@ def forced_cow_zero_page(m):
           "vmsplice replaced the zero page with a private anon page")
 
 
+def _needs_soft_dirty(policy):
+    return None if policy.soft_dirty else "CONFIG_MEM_SOFT_DIRTY is off: clear_refs 4 does nothing"
+
+
+@scenario("S48c", "clear-refs-pinned-write", "clear_refs(4) + write on a page with a R/W long-term pin",
+          bug="B7", fails="5.9-5.10", needs=_needs_soft_dirty)
+def clear_refs_pinned_write(m):
+    """If clear_refs write-protects a pinned page, the refcount rule copies it
+    on the next write and the pin goes stale (5.11's 9348b73c2e1b skips it)."""
+    p = m.spawn()
+    P = _anon_page(p)
+    pin = p.pin_user_pages(P, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    p.clear_refs(C.CLEAR_REFS_SOFT_DIRTY)
+    if m.policy.clear_refs_skip_pinned:
+        check(p.pagemap(P).soft_dirty, "5.11+: a pinned pte is skipped and stays soft-dirty")
+    else:
+        check(not p.pagemap(P).soft_dirty, "before 5.11 clear_refs cleans every pte")
+    p.write(P, FFS)
+    m.check()
+    check(pin.read(0, PAGE) == p.read(P, PAGE), "Longterm R/W pin is not reliable")
+    pin.release()
+
+
 @scenario("S53", "spurious-cow-fresh-page", "Spurious COW of a fresh page (per-CPU LRU batch)",
           bug="B19", fails="5.9-5.17")
 def spurious_cow_fresh_page(m):

@@ -43,3 +43,13 @@ def test_backport_turns_a_bug_off():
     scn.func(mmemu.Machine(kernel="5.7", backports=["17839856fd58"], memory=64 << 20))
     with pytest.raises(ScenarioFailure):
         scn.func(mmemu.Machine(kernel="5.7", memory=64 << 20))
+
+
+def test_stable_forced_cow_backport_covers_foll_get_only():
+    # The stable flavour breaks COW for vmsplice (FOLL_GET) but not for pins.
+    s3 = next(s for s in all_scenarios() if s.id == "S3")
+    s9 = next(s for s in all_scenarios() if s.id == "S9")
+    s3.func(mmemu.Machine(kernel="5.7", backports=["17839856fd58-stable"], memory=64 << 20))
+    with pytest.raises(ScenarioFailure):
+        s9.func(mmemu.Machine(kernel="5.7", backports=["17839856fd58-stable"], memory=64 << 20))
+    s9.func(mmemu.Machine(kernel="5.7", backports=["17839856fd58"], memory=64 << 20))
