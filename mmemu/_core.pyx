@@ -223,6 +223,17 @@ cdef class Engine:
         m.vmas = v
         m.nvma = <int32_t>n
 
+    def vma_flags(self, int32_t mm):
+        """The flags of the mm's VMA table, in order: the core sets some
+        (VM_ANON_VMA) and the Python side reads them back before relayouts."""
+        cdef mm_t *m = self._mm(mm)
+        out = np.zeros(m.nvma, np.uint64)
+        cdef uint64_t[::1] o = out
+        cdef int32_t i
+        for i in range(m.nvma):
+            o[i] = m.vmas[i].flags
+        return out
+
     def mm_info(self, int32_t mm):
         cdef mm_t *m = self._mm(mm)
         return {"minflt": m.minflt, "rss_anon": m.rss_anon, "nr_ptes": m.nr_ptes,

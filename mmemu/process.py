@@ -14,7 +14,7 @@ from .gup import Pin, Pipe
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
                   VM_NOHUGEPAGE, VM_PFNMAP, VM_READ, VM_SHARED, VM_SOFTDIRTY, VM_WIPEONFORK,
-                  VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, Vma, VmaList)
+                  VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_ANON_VMA, Vma, VmaList)
 
 PAGE = C.PAGE_SIZE
 MAX_MAP_COUNT = 65530          # vm.max_map_count default
@@ -109,6 +109,13 @@ class Process:
         if not self.alive:
             raise oserror(ESRCH, call, f"process {self.pid} has exited")
 
+    def _pull(self):
+        """Read back the flags the core sets on VMAs (anon_vma) before the
+        layout changes; the core's table has the Python list's order."""
+        flags = self._engine.vma_flags(self.mm)
+        for v, f in zip(self.vmas, flags):
+            v.flags = int(f)
+
     def _sync(self):
         self.vmas.merge()
         self._engine.set_vmas(self.mm, *self.vmas.arrays())
@@ -120,6 +127,7 @@ class Process:
 
     def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
         self._live("mmap")
+        self._pull()
         if offset & (PAGE - 1):
             raise oserror(EINVAL, "mmap", "offset not page aligned")
         if length == 0:
@@ -184,6 +192,7 @@ class Process:
 
     def munmap(self, addr, length):
         self._live("munmap")
+        self._pull()
         if addr & (PAGE - 1) or length == 0:
             raise oserror(EINVAL, "munmap", "misaligned address or zero length")
         length = _page_align(length)
@@ -193,6 +202,7 @@ class Process:
 
     def mprotect(self, addr, length, prot):
         self._live("mprotect")
+        self._pull()
         if addr & (PAGE - 1):
             raise oserror(EINVAL, "mprotect", "address not page aligned")
         if prot & ~(C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC | C.PROT_SEM
@@ -235,6 +245,7 @@ class Process:
 
     def madvise(self, addr, length, advice):
         self._live("madvise")
+        self._pull()
         pol = self._policy()
         if advice not in _MADV_KNOWN \
                 or (advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE) and not pol.madv_populate) \
@@ -359,12 +370,16 @@ class Process:
 
     def fork(self):
         self._live("fork")
+        self._pull()
         m = self.machine
         child_vmas = VmaList()
         for v in self.vmas:
             if v.flags & VM_DONTCOPY:
                 continue
-            child_vmas.insert(Vma(v.start, v.end, v.flags, v.pgoff, v.file))
+            flags = v.flags
+            if flags & VM_WIPEONFORK:
+                flags &= ~VM_ANON_VMA        # dup_mmap: a wiped VMA starts with no anon_vma
+            child_vmas.insert(Vma(v.start, v.end, flags, v.pgoff, v.file))
         child_mm = self._engine.mm_new()
         child = Process(m, m._next_pid(), child_mm, self.cpu, child_vmas)
         child._mmap_top = self._mmap_top
@@ -372,8 +387,10 @@ class Process:
         wrprotected = 0
         try:
             for v in child_vmas:
-                if v.flags & VM_WIPEONFORK:
-                    continue            # the child starts with no pages here
+                # vma_needs_copy(): only VMAs with an anon_vma (or PFN maps, or
+                # a uffd-wp child) get their ptes copied; the rest refault.
+                if not v.flags & VM_ANON_VMA:
+                    continue
                 wrprotected += self._engine.fork_range(self.mm, child_mm, self.cpu,
                                                        v.start, v.end, v.flags, v.flags)
         except BaseException:
@@ -492,6 +509,7 @@ class Process:
     def clear_refs(self, value):
         """echo value > /proc/pid/clear_refs."""
         self._live("clear_refs")
+        self._pull()
         if value not in (C.CLEAR_REFS_ALL, C.CLEAR_REFS_ANON, C.CLEAR_REFS_MAPPED,
                          C.CLEAR_REFS_SOFT_DIRTY, C.CLEAR_REFS_MM_HIWATER_RSS):
             raise oserror(EINVAL, "clear_refs", f"value {value}")

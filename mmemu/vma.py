@@ -35,6 +35,7 @@ VM_NOHUGEPAGE = 0x40000000
 VM_MERGEABLE = 0x80000000
 VM_UFFD_MINOR = 1 << 41
 VM_ANON = 1 << 48            # emulator: no backing file
+VM_ANON_VMA = 1 << 49        # emulator: vma->anon_vma is set (a fault put anon pages here)
 
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 
@@ -56,7 +57,8 @@ class Vma:
     def mergeable_with(self, nxt):
         # vma_merge(): adjacent, same flags (soft-dirty does not matter),
         # anonymous, or the same file at contiguous offsets.
-        if self.end != nxt.start or (self.flags & ~VM_SOFTDIRTY) != (nxt.flags & ~VM_SOFTDIRTY):
+        ignore = VM_SOFTDIRTY | VM_ANON_VMA   # a NULL anon_vma merges with any
+        if self.end != nxt.start or (self.flags & ~ignore) != (nxt.flags & ~ignore):
             return False
         if self.file != nxt.file:
             return False
@@ -123,7 +125,7 @@ class VmaList:
         for v in self.vmas:
             if out and out[-1].mergeable_with(v):
                 out[-1].end = v.end
-                out[-1].flags |= v.flags & VM_SOFTDIRTY
+                out[-1].flags |= v.flags & (VM_SOFTDIRTY | VM_ANON_VMA)
             else:
                 out.append(v)
         self.vmas = out

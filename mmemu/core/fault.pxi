@@ -16,6 +16,7 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
     pfn = frame_alloc(e)
     if pfn < 0:
         return VM_FAULT_OOM
+    vma.flags |= VM_ANON_VMA        # anon_vma_prepare(): only a write fault needs one
     # folio_add_new_anon_rmap: a new anon page is exclusive (PG_anon_exclusive, 5.19+).
     e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
     e.mapcount[pfn] = 1
@@ -75,6 +76,7 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
     e.mapcount[pfn] = 1
     lru_add(e, cpu, pfn)
+    vma.flags |= VM_ANON_VMA        # wp_page_copy: anon_vma_prepare()
     entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
     if unshare:
         # Unshare maps the copy R/O and keeps the tracking bits of the old pte.

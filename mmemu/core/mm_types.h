@@ -89,6 +89,7 @@
 #define VM_MERGEABLE   0x80000000ULL
 #define VM_UFFD_MINOR  (1ULL << 41)
 #define VM_ANON        (1ULL << 48)   /* emulator: no backing file */
+#define VM_ANON_VMA    (1ULL << 49)   /* emulator: vma->anon_vma is set */
 
 /* mm flags */
 #define MMF_HAS_PINNED (1ULL << 0)

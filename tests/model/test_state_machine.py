@@ -12,7 +12,11 @@ without page tables or refcount arithmetic:
     of a process that has pinned, which the child gets a copy of;
   * a R/O long-term pin unshares a non-exclusive page (reuse or copy) and
     replaces the zero page by a private copy (6.2);
-  * reads of untouched memory map the shared zero page.
+  * reads of untouched memory map the shared zero page;
+  * fork copies the page tables of a VMA only if it has an anon_vma, which
+    the first fault that puts an anon page in the VMA creates
+    (vma_needs_copy); a VMA is a maximal run of contiguous pages with equal
+    attributes, as Linux (and the engine) merge them.
 """
 import errno
 
@@ -63,17 +67,50 @@ class MProc:
             self.pages[vpn] = ZERO
         return self.pages[vpn]
 
+    def runs(self):
+        """The VMAs: maximal runs of contiguous vpns with equal attributes."""
+        runs, run, prev = [], [], None
+        for vpn in sorted(self.vmas):
+            v = self.vmas[vpn]
+            key = (v["prot"], v["dontfork"], v["wipe"])
+            if prev is not None and vpn == prev[0] + 1 and key == prev[1]:
+                run.append(vpn)
+            else:
+                if run:
+                    runs.append(run)
+                run = [vpn]
+            prev = (vpn, key)
+        if run:
+            runs.append(run)
+        return runs
+
+    def normalize(self):
+        # Merged VMAs share one anon_vma: a run with one marked page is marked.
+        for run in self.runs():
+            if any(self.vmas[v]["anon_vma"] for v in run):
+                for v in run:
+                    self.vmas[v]["anon_vma"] = True
+
+    def mark_anon_vma(self, vpn):
+        for run in self.runs():
+            if vpn in run:
+                for v in run:
+                    self.vmas[v]["anon_vma"] = True
+                return
+
     def make_exclusive(self, vpn):
         """Write fault semantics: the page this vpn maps, exclusive."""
         page = self.pages.get(vpn)
         if page is None or page is ZERO:
             page = Obj()
+            self.mark_anon_vma(vpn)
         elif not page.exclusive:
             if page.sole_user():
                 page.exclusive = True
             else:
                 page.mapcount -= 1
                 page = Obj(page.data)
+                self.mark_anon_vma(vpn)
         self.pages[vpn] = page
         return page
 
@@ -147,7 +184,7 @@ class EngineVsModel(RuleBasedStateMachine):
         addr = p.eng.mmap(0, npages * PAGE, prot, MAP_PRIVATE | MAP_ANONYMOUS)
         for vpn in range(addr // PAGE, addr // PAGE + npages):
             assert vpn not in p.vmas
-            p.vmas[vpn] = {"prot": prot, "dontfork": False, "wipe": False}
+            p.vmas[vpn] = {"prot": prot, "dontfork": False, "wipe": False, "anon_vma": False}
         self.regions.append((addr, npages))
 
     @precondition(lambda self: self.regions)
@@ -243,9 +280,9 @@ class EngineVsModel(RuleBasedStateMachine):
         for vpn, vma in p.vmas.items():
             if vma["dontfork"]:
                 continue
-            child.vmas[vpn] = dict(vma)
+            child.vmas[vpn] = dict(vma, anon_vma=vma["anon_vma"] and not vma["wipe"])
             page = p.pages.get(vpn)
-            if vma["wipe"] or page is None:
+            if vma["wipe"] or page is None or not vma["anon_vma"]:
                 continue
             if page is ZERO:
                 child.pages[vpn] = ZERO
@@ -345,6 +382,8 @@ class EngineVsModel(RuleBasedStateMachine):
     # ---- comparison after every step ----
     @invariant()
     def same_state(self):
+        for p in self.procs:
+            p.normalize()
         self.m.check()
         eng = self.m._engine
         identity = {}
