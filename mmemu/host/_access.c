@@ -1,0 +1,296 @@
+/* mmemu.host._access: guarded user-mode accesses on the real process memory.
+ *
+ * read(addr, n) and write(addr, data) copy with the CPU, as a user program
+ * would, so every fault goes through the real kernel's fault path.  A fault
+ * the kernel turns into SIGSEGV/SIGBUS is caught by a temporary handler
+ * (installed per call, the previous one restored afterwards: pytest's
+ * faulthandler keeps its own) and raised as mmemu.errors.Sigsegv/Sigbus with
+ * si_addr and si_code.
+ *
+ * fork_sibling() is fork() with CLONE_PARENT, so every server process of a
+ * HostMachine is a child of the driver, which can reap it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#define ACCESS_PAGE_SIZE 4096UL
+
+/* Per-thread state of the access in progress.  Only the thread that armed
+ * the handler jumps; a fault anywhere else goes to the previous handler. */
+static __thread sigjmp_buf access_env;
+static __thread volatile sig_atomic_t access_armed;
+static __thread volatile int fault_signo;
+static __thread volatile uintptr_t fault_addr;
+static __thread volatile int fault_code;
+
+static struct sigaction saved_segv, saved_bus;
+
+static void
+access_handler(int signo, siginfo_t *info, void *uctx)
+{
+    (void)uctx;
+    if (!access_armed) {
+        /* Not our access: put the previous disposition back and return, so
+         * the faulting instruction runs again under it. */
+        sigaction(signo, signo == SIGSEGV ? &saved_segv : &saved_bus, NULL);
+        return;
+    }
+    access_armed = 0;
+    fault_signo = signo;
+    fault_addr = (uintptr_t)info->si_addr;
+    fault_code = info->si_code;
+    siglongjmp(access_env, 1);
+}
+
+static int
+access_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = access_handler;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &saved_segv) != 0)
+        return -1;
+    if (sigaction(SIGBUS, &sa, &saved_bus) != 0) {
+        sigaction(SIGSEGV, &saved_segv, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+access_restore(void)
+{
+    sigaction(SIGBUS, &saved_bus, NULL);
+    sigaction(SIGSEGV, &saved_segv, NULL);
+}
+
+/* Raise mmemu.errors.Sigsegv / Sigbus(addr, si_code). */
+static PyObject *
+access_raise_fault(int signo, uintptr_t addr, int code)
+{
+    PyObject *mod = PyImport_ImportModule("mmemu.errors");
+    if (mod == NULL)
+        return NULL;
+    PyObject *cls = PyObject_GetAttrString(mod, signo == SIGBUS ? "Sigbus" : "Sigsegv");
+    Py_DECREF(mod);
+    if (cls == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallFunction(cls, "Ki", (unsigned long long)addr, code);
+    if (exc != NULL) {
+        PyErr_SetObject(cls, exc);
+        Py_DECREF(exc);
+    }
+    Py_DECREF(cls);
+    return NULL;
+}
+
+static int
+access_parse_addr(PyObject *obj, uintptr_t *out)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = (uintptr_t)v;
+    return 0;
+}
+
+/* Copy page chunk by page chunk, touching each chunk's first byte alone
+ * before the bulk copy: memcpy may load a chunk's tail first, and si_addr
+ * must be the first byte of the first page that faults, as the engine
+ * reports it. */
+static void
+access_copy(volatile char *dst, const volatile char *src, size_t n, int to_user)
+{
+    size_t done = 0;
+    while (done < n) {
+        uintptr_t at = to_user ? (uintptr_t)(dst + done) : (uintptr_t)(src + done);
+        size_t chunk = ACCESS_PAGE_SIZE - (at & (ACCESS_PAGE_SIZE - 1));
+        if (chunk > n - done)
+            chunk = n - done;
+        dst[done] = src[done];
+        __asm__ __volatile__("" ::: "memory");   /* the probe stays first */
+        if (chunk > 1)
+            memcpy((char *)dst + done + 1, (const char *)src + done + 1, chunk - 1);
+        done += chunk;
+    }
+}
+
+PyDoc_STRVAR(access_read_doc,
+"read(addr, n) -> bytes\n\n"
+"Load n bytes at addr with the CPU. A fault raises mmemu.Sigsegv or\n"
+"mmemu.Sigbus carrying si_addr and si_code.");
+
+static PyObject *
+access_read(PyObject *self, PyObject *args)
+{
+    PyObject *addr_obj;
+    Py_ssize_t n;
+    uintptr_t addr;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "On:read", &addr_obj, &n))
+        return NULL;
+    if (access_parse_addr(addr_obj, &addr) < 0)
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative length");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+    if (out == NULL)
+        return NULL;
+    if (n == 0)
+        return out;
+    char *volatile buf = PyBytes_AS_STRING(out);
+    if (access_install() < 0) {
+        Py_DECREF(out);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (sigsetjmp(access_env, 1) == 0) {
+        access_armed = 1;
+        access_copy(buf, (const volatile char *)addr, (size_t)n, 0);
+        access_armed = 0;
+        access_restore();
+        return out;
+    }
+    access_restore();
+    Py_DECREF(out);
+    return access_raise_fault(fault_signo, fault_addr, fault_code);
+}
+
+PyDoc_STRVAR(access_write_doc,
+"write(addr, data) -> None\n\n"
+"Store data at addr with the CPU, page by page in address order (a fault\n"
+"leaves the earlier pages written, as on Linux). A fault raises\n"
+"mmemu.Sigsegv or mmemu.Sigbus carrying si_addr and si_code.");
+
+static PyObject *
+access_write(PyObject *self, PyObject *args)
+{
+    PyObject *addr_obj;
+    Py_buffer data;
+    uintptr_t addr;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Oy*:write", &addr_obj, &data))
+        return NULL;
+    if (access_parse_addr(addr_obj, &addr) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (data.len == 0) {
+        PyBuffer_Release(&data);
+        Py_RETURN_NONE;
+    }
+    if (access_install() < 0) {
+        PyBuffer_Release(&data);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (sigsetjmp(access_env, 1) == 0) {
+        access_armed = 1;
+        access_copy((volatile char *)addr, (const volatile char *)data.buf, (size_t)data.len, 1);
+        access_armed = 0;
+        access_restore();
+        PyBuffer_Release(&data);
+        Py_RETURN_NONE;
+    }
+    access_restore();
+    PyBuffer_Release(&data);
+    return access_raise_fault(fault_signo, fault_addr, fault_code);
+}
+
+/* glibc's fork() passes CLONE_CHILD_SETTID with the address of the tid that
+ * it caches in struct pthread (raise() and recursive mutexes read it).  The
+ * raw clone below must do the same or the child keeps its parent's tid.
+ * The field has no public address: find the one int equal to gettid() near
+ * pthread_self() (offset 720 on glibc 2.36); if not exactly one, skip. */
+static pid_t *
+access_tid_slot(void)
+{
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    pid_t *base = (pid_t *)pthread_self();
+    pid_t *found = NULL;
+    for (size_t i = 0; i < 1024 / sizeof(pid_t); i++) {
+        if (base[i] == tid) {
+            if (found != NULL)
+                return NULL;
+            found = &base[i];
+        }
+    }
+    return found;
+}
+
+PyDoc_STRVAR(access_fork_sibling_doc,
+"fork_sibling() -> int\n\n"
+"fork() with CLONE_PARENT: the child's parent is the caller's parent, so\n"
+"a driver can reap every process of a tree it did not fork itself. The\n"
+"address space is copied exactly as by fork() (no CLONE_VM). Returns 0 in\n"
+"the child and the child's pid in the caller. Call it only from a\n"
+"single-threaded process: unlike glibc's fork() it runs no atfork handlers\n"
+"of C libraries (Python's own are run).");
+
+static PyObject *
+access_fork_sibling(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    pid_t *slot = access_tid_slot();
+    unsigned long flags = CLONE_PARENT | SIGCHLD;
+    if (slot != NULL)
+        flags |= CLONE_CHILD_SETTID;
+    PyOS_BeforeFork();
+    long pid = syscall(SYS_clone, flags, 0UL, NULL, slot, 0UL);
+    int err = errno;
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        return PyLong_FromLong(0);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pid);
+}
+
+static PyMethodDef access_methods[] = {
+    {"read", access_read, METH_VARARGS, access_read_doc},
+    {"write", access_write, METH_VARARGS, access_write_doc},
+    {"fork_sibling", access_fork_sibling, METH_NOARGS, access_fork_sibling_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef access_module = {
+    PyModuleDef_HEAD_INIT,
+    "mmemu.host._access",
+    "Guarded user-mode accesses on the real process memory (host oracle).",
+    -1,
+    access_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__access(void)
+{
+    PyObject *m = PyModule_Create(&access_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "PAGE_SIZE", (long)ACCESS_PAGE_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

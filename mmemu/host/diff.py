@@ -1,0 +1,522 @@
+"""Differential testing: random programs on the engine and on the host.
+
+programs() is a Hypothesis strategy of small valid programs (a few regions
+of 1-8 pages; writes, reads, mprotect, madvise, munmap, MAP_FIXED remaps,
+forks with short child bodies, exits, vmsplice pipes, FOLL_GET references,
+io_uring pins, /proc/pid/mem). check_pair() runs one program on both
+machines and compares (mmemu.host.compare). survey() runs N programs and
+counts agreement; shrink() lets Hypothesis shrink a divergence to a minimal
+program that still diverges the same way (same op, same compared field).
+
+`mmemu diff [--programs N] [--seed S]` is main(argv).
+"""
+import argparse
+import sys
+
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+
+from .. import constants as C
+from .. import program as P
+from .compare import compare
+from .machine import HostError, HostMachine, Unsupported
+
+PROT_CHOICES = ["PROT_READ|PROT_WRITE", "PROT_READ", "PROT_NONE"]
+# First entries are what shrinking falls back to: keep the plainest first.
+ADVICE_CHOICES = ["MADV_DONTNEED", "MADV_DONTFORK", "MADV_DOFORK", "MADV_WIPEONFORK",
+                  "MADV_KEEPONFORK", "MADV_POPULATE_WRITE", "MADV_POPULATE_READ", "MADV_FREE",
+                  "MADV_GUARD_INSTALL", "MADV_GUARD_REMOVE", "MADV_NORMAL"]
+PIN_FLAGS = "FOLL_WRITE|FOLL_PIN|FOLL_LONGTERM"   # io_uring's pin: the host can hold no other
+MAX_PROCS = 4
+MAX_FORKS = 4
+MAX_HANDLES = 4
+
+
+class Features:
+    """What the generator may use: everything, less what the machine under
+    test does not model yet (see probe)."""
+
+    def __init__(self, shared=True, pins=True, advice=tuple(ADVICE_CHOICES)):
+        self.shared = shared
+        self.pins = pins
+        self.advice = list(advice)
+
+    def __repr__(self):
+        return f"Features(shared={self.shared}, pins={self.pins}, advice={self.advice})"
+
+
+def probe(make_other, features=None):
+    """Drop from features what make_other()'s machine answers with
+    NotImplementedError; returns (features, [what was dropped and why])."""
+    f = features or Features()
+    dropped = []
+    m = make_other()
+    try:
+        p = m.spawn()
+        rw = C.PROT_READ | C.PROT_WRITE
+        priv = C.MAP_PRIVATE | C.MAP_ANONYMOUS
+        if f.shared:
+            try:
+                p.mmap(0, C.PAGE_SIZE, rw, C.MAP_SHARED | C.MAP_ANONYMOUS)
+            except NotImplementedError as e:
+                f.shared = False
+                dropped.append(f"MAP_SHARED|MAP_ANONYMOUS: {e}")
+            except OSError:
+                pass
+        a = p.mmap(0, C.PAGE_SIZE, rw, priv)
+        keep = []
+        for name in f.advice:
+            try:
+                p.madvise(a, C.PAGE_SIZE, getattr(C, name))
+                keep.append(name)
+            except NotImplementedError as e:
+                dropped.append(f"{name}: {e}")
+            except OSError:
+                keep.append(name)
+        f.advice = keep or ["MADV_NORMAL"]
+        if f.pins:
+            b = p.mmap(0, C.PAGE_SIZE, rw, priv)
+            try:
+                p.pin_user_pages(b, 1, P.parse_flags(PIN_FLAGS, "FOLL_")).release()
+            except (NotImplementedError, Unsupported) as e:
+                f.pins = False
+                dropped.append(f"pin_user_pages: {e}")
+            except OSError:
+                pass
+    finally:
+        _close(m)
+    return f, dropped
+
+
+class _GenState:
+    def __init__(self, regions, pins):
+        self.regions = regions          # [(name, pages)]
+        self.procs = ["main"]           # live, creation order
+        self.pipes = []                 # [(name, owner)]
+        self.pins = []                  # [(name, owner, npages, kind)]
+        self.forks = 0
+        self.serial = 0
+        self.allow_pins = pins
+        self.advice = list(ADVICE_CHOICES)
+
+    def tag(self):
+        self.serial += 1
+        return f"w{self.serial:03d}"[-4:]
+
+
+# Shrinking and the shape of a step. Hypothesis deletes at most 5
+# consecutive choices at once (its node_program("XXXXX") pass), so a step
+# that takes more can never be deleted from a failing program. Each step
+# here takes at most 4: its kind (which also says "stop here"), the process,
+# one integer for the place (region and page, or region and page range,
+# flattened), and one argument.
+
+def _pick(draw, items):
+    """One of items. Drawn even from a single item: a step must make the same
+    number of choices whatever the state, or deleting an earlier step while
+    shrinking (a region, a fork) would shift every later choice."""
+    return items[draw(st.integers(0, len(items) - 1))]
+
+
+def _range(draw, state):
+    """A page range of a region: [name, first], npages (one choice)."""
+    spans = [(name, first, n) for name, pages in state.regions
+             for n in range(1, pages + 1) for first in range(0, pages - n + 1)]
+    name, first, n = _pick(draw, spans)
+    return [name, first], n
+
+
+def _page(draw, state, straddle=False):
+    """A page of a region (one choice); straddle: a page with a next one."""
+    places = [(name, page, pages) for name, pages in state.regions for page in range(pages)
+              if not straddle or page + 1 < pages]
+    if not places:
+        return None, 0
+    name, page, pages = _pick(draw, places)
+    return [name, page], pages
+
+
+# "stop" first: shrinking moves the kind towards index 0, which ends the
+# list there. Twice, so a list ends after ~10 steps on average.
+STEP_KINDS = ["stop", "stop", "write", "read", "fork", "madvise", "mprotect", "vmsplice",
+              "pipe_read", "pipe_close", "exit", "munmap", "remap", "pin", "pin_read",
+              "pin_write", "pin_release", "gup", "proc_mem_write", "proc_mem_read", "frame",
+              "write_straddle"]
+
+
+@st.composite
+def _maybe_step(draw, state, proc, depth):
+    """One step run by proc (None: pick a live process), valid in state, or
+    None for "stop"."""
+    kind = draw(st.sampled_from(STEP_KINDS))
+    if kind == "stop":
+        return None
+    who = proc if proc is not None else _pick(draw, state.procs)
+    step = None
+    if kind == "fork" and len(state.procs) < MAX_PROCS and state.forks < MAX_FORKS:
+        state.forks += 1
+        child = f"c{state.forks}"
+        step = {"op": "fork", "name": child}
+        state.procs.append(child)
+        if depth == 0:
+            body = []
+            while len(body) < 3 and child in state.procs:   # the body may make it exit
+                nxt = draw(_maybe_step(state, child, depth + 1))
+                if nxt is None:
+                    break
+                body.append(nxt)
+            if body:
+                step["body"] = body
+    elif kind == "exit" and who != "main":
+        step = {"op": "exit"}
+        state.procs.remove(who)
+        state.pipes = [p for p in state.pipes if p[1] != who]
+        state.pins = [p for p in state.pins if p[1] != who]
+    elif kind in ("madvise", "mprotect", "munmap", "remap"):
+        at, n = _range(draw, state)
+        if kind == "madvise":
+            step = {"op": "madvise", "at": at, "pages": n,
+                    "advice": draw(st.sampled_from(state.advice))}
+        elif kind == "mprotect":
+            step = {"op": "mprotect", "at": at, "pages": n,
+                    "prot": draw(st.sampled_from(PROT_CHOICES))}
+        elif kind == "munmap":
+            step = {"op": "munmap", "at": at, "pages": n}
+        else:
+            step = {"op": "mmap", "addr": at, "pages": n, "prot": "PROT_READ|PROT_WRITE",
+                    "flags": "MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED"}
+    elif kind in ("vmsplice", "gup", "pin") and len(state.pipes) + len(state.pins) < MAX_HANDLES \
+            and (kind != "pin" or state.allow_pins):
+        at, n = _range(draw, state)
+        n = min(n, 2)
+        state.serial += 1
+        name = {"vmsplice": "p", "gup": "g", "pin": "u"}[kind] + str(state.serial)
+        if kind == "vmsplice":
+            step = {"op": "vmsplice", "at": at, "pages": n, "name": name}
+            state.pipes.append((name, who))
+        elif kind == "gup":
+            step = {"op": "get_user_pages", "at": at, "pages": n, "gup_flags": "FOLL_GET",
+                    "name": name}
+            state.pins.append((name, who, n, "gup"))
+        else:
+            step = {"op": "pin_user_pages", "at": at, "pages": n, "gup_flags": PIN_FLAGS,
+                    "name": name}
+            state.pins.append((name, who, n, "pin"))
+    elif kind in ("pipe_read", "pipe_close") and state.pipes:
+        name, _owner = _pick(draw, state.pipes)
+        if kind == "pipe_read":
+            return {"op": "pipe_read", "pipe": name, "len": 4}
+        state.pipes = [p for p in state.pipes if p[0] != name]
+        return {"op": "pipe_close", "pipe": name}
+    elif kind in ("pin_read", "pin_write", "pin_release") and state.pins:
+        handles = [(name, page) for name, _o, npages, _k in state.pins for page in range(npages)]
+        name, page = _pick(draw, handles)
+        pkind = next(p[3] for p in state.pins if p[0] == name)
+        off = page * C.PAGE_SIZE
+        if kind == "pin_read" or (kind == "pin_write" and pkind == "gup"):
+            return {"op": "pin_read", "pin": name, "off": off, "len": 4}
+        if kind == "pin_write":
+            return {"op": "pin_write", "pin": name, "off": off, "data": state.tag()}
+        state.pins = [p for p in state.pins if p[0] != name]
+        return {"op": "pin_release", "pin": name}
+    elif kind in ("proc_mem_write", "proc_mem_read", "frame", "read"):
+        at, _ = _page(draw, state)
+        step = {"proc_mem_write": {"op": "proc_mem_write", "at": at, "data": state.tag()},
+                "proc_mem_read": {"op": "proc_mem_read", "at": at, "len": 4},
+                "frame": {"op": "frame", "at": at},
+                "read": {"op": "read", "at": at, "len": 4}}[kind]
+    elif kind == "write_straddle":
+        # A write across two pages, where a fault may stop it halfway.
+        at, _ = _page(draw, state, straddle=True)
+        if at is not None:
+            step = {"op": "write", "at": at + [C.PAGE_SIZE - 2], "data": state.tag()}
+    if step is None:
+        # "write", or a kind that does not fit the state.
+        at, _ = _page(draw, state)
+        step = {"op": "write", "at": at, "data": state.tag()}
+    if proc is None and who != "main":
+        step["proc"] = who
+    return step
+
+
+@st.composite
+def programs(draw, max_steps=12, pins=True, shared=True, advice=None):
+    """Small valid programs; see the module docstring. pins, shared and
+    advice (a list of MADV_* names) restrict what they use."""
+    steps = []
+    regions = []
+    while len(regions) < 3:
+        # "another region?": 0 (where shrinking goes) says no; a region's
+        # choices stay together so shrinking can delete one.
+        if regions and draw(st.integers(0, 2)) == 0:
+            break
+        name = "abc"[len(regions)]
+        pages = draw(st.integers(1, 8))
+        flags = "MAP_PRIVATE|MAP_ANONYMOUS"
+        if shared and draw(st.integers(0, 4)) == 4:
+            flags = "MAP_SHARED|MAP_ANONYMOUS"
+        steps.append({"op": "mmap", "name": name, "pages": pages,
+                      "prot": "PROT_READ|PROT_WRITE", "flags": flags})
+        regions.append((name, pages))
+    state = _GenState(regions, pins)
+    if advice is not None:
+        state.advice = list(advice)
+    while len(steps) < len(regions) + max_steps:
+        nxt = draw(_maybe_step(state, None, 0))
+        if nxt is None:
+            break
+        steps.append(nxt)
+    return steps
+
+
+# --- running both sides -----------------------------------------------------------
+
+class Outcome:
+    """How one program fared: status is "agree", "diverge", "unsupported"
+    (the host cannot run it), "engine-gap" (the engine raised
+    NotImplementedError first), "invalid" (placement-dependent, see
+    PlacementError) or "host-flaky" (two host runs disagree with each other)."""
+
+    def __init__(self, status, divergence=None, detail=""):
+        self.status = status
+        self.divergence = divergence
+        self.detail = detail
+
+
+class EngineMissing(RuntimeError):
+    pass
+
+
+def engine_factory(kernel="host", seed=0):
+    """A function making a fresh engine Machine, or EngineMissing."""
+    try:
+        import mmemu
+        Machine = mmemu.Machine
+    except (ImportError, AttributeError) as e:
+        raise EngineMissing(f"mmemu.Machine is not available: {e}") from e
+
+    def make():
+        return Machine(kernel=kernel, seed=seed)
+    return make
+
+
+def _close(m):
+    close = getattr(m, "close", None)
+    if close is not None:
+        close()
+
+
+def check_pair(program, host, make_other, names=("host", "engine")):
+    """Run program on the host machine and on a fresh make_other(); compare."""
+    try:
+        obs_h = P.run(program, host)
+    except Unsupported as e:
+        return Outcome("unsupported", detail=str(e))
+    except P.PlacementError as e:
+        return Outcome("invalid", detail=str(e))
+    other = make_other()
+    try:
+        # The machine is thrown away: no need to exit its processes one by
+        # one (close() below ends a HostMachine's servers).
+        obs_o = P.run(program, other, cleanup=False)
+    except P.PlacementError as e:
+        return Outcome("invalid", detail=str(e))
+    finally:
+        _close(other)
+    d = compare(obs_h, obs_o, program, names=names)
+    if d is None:
+        return Outcome("agree")
+    gap = _engine_gap(obs_o[:d.index + 1])
+    if gap:
+        return Outcome("engine-gap", d, gap)
+    # Is the host consistent with itself on this program? (Compaction can
+    # move a page under us; a divergence must not rest on that.)
+    again = P.run(program, host)
+    if compare(obs_h, again, program, names=("host", "host again")) is not None:
+        return Outcome("host-flaky", d)
+    return Outcome("diverge", d)
+
+
+def _engine_gap(observations):
+    """The engine's 'not modelled yet' (NotImplementedError) at or before the
+    divergence: a known gap, not a disagreement about Linux."""
+    for rec in observations:
+        if rec["outcome"].get("error") == "NotImplementedError":
+            return rec["outcome"].get("detail", "")
+    return ""
+
+
+def _programs_for(max_steps, features):
+    f = features or Features()
+    return programs(max_steps=max_steps, pins=f.pins, shared=f.shared, advice=f.advice)
+
+
+def _settings(n, phases, verbosity=Verbosity.quiet):
+    return settings(max_examples=n, phases=phases, database=None, deadline=None,
+                    derandomize=False, verbosity=verbosity, print_blob=False,
+                    report_multiple_bugs=False,
+                    suppress_health_check=list(HealthCheck))
+
+
+def survey(n, seed, host, make_other, names=("host", "engine"), progress=None,
+           max_steps=12, features=None):
+    """Run n generated programs (no shrinking). Returns a list of
+    (program, Outcome) in generation order."""
+    results = []
+
+    @_settings(n, [Phase.generate])
+    @hypothesis_seed(seed)
+    @given(_programs_for(max_steps, features))
+    def one(program):
+        results.append((program, check_pair(program, host, make_other, names)))
+        if progress is not None:
+            progress(results[-1][1])
+
+    one()
+    return results
+
+
+class _Found(Exception):
+    def __init__(self, program, outcome):
+        super().__init__("divergent program")
+        self.program = program
+        self.outcome = outcome
+
+
+def shrink(key, n, seed, host, make_other, names=("host", "engine"), progress=None,
+           max_steps=12, features=None):
+    """Replay the survey's generation (same seed) until a program diverges
+    with this key, then let Hypothesis shrink it while it still does.
+    Returns (program, Outcome), or None if the divergence did not recur."""
+
+    @_settings(n, [Phase.generate, Phase.shrink])
+    @hypothesis_seed(seed)
+    @given(_programs_for(max_steps, features))
+    def one(program):
+        out = check_pair(program, host, make_other, names)
+        if progress is not None:
+            progress(out)
+        if out.status == "diverge" and out.divergence.key == key:
+            raise _Found(program, out)
+
+    try:
+        one()
+    except _Found as f:
+        return f.program, f.outcome
+    return None
+
+
+# --- CLI ----------------------------------------------------------------------------
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="mmemu diff",
+                                 description="Run random programs on the engine and on the "
+                                             "host kernel; report where they disagree.")
+    ap.add_argument("--programs", type=int, default=200, help="programs to run (default 200)")
+    ap.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    ap.add_argument("--kernel", default="host",
+                    help="engine era to compare, Machine(kernel=...) (default: host)")
+    ap.add_argument("--against", choices=["engine", "host"], default="engine",
+                    help="compare with the engine (default) or with the host itself, which "
+                         "checks the oracle's own determinism")
+    ap.add_argument("--max-steps", type=int, default=12, help="steps per program (default 12)")
+    ap.add_argument("--no-pins", action="store_true", help="no io_uring pins")
+    ap.add_argument("--everything", action="store_true",
+                    help="also generate what the engine does not model yet (its "
+                         "NotImplementedError is then counted as an engine gap)")
+    ap.add_argument("--shrink", type=int, default=3, metavar="K",
+                    help="shrink at most K kinds of divergence (default 3)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv=None, out=None):
+    args = _parser().parse_args(argv)
+    out = out or sys.stdout
+    from tqdm import tqdm
+    from .caps import capabilities
+
+    caps = capabilities()
+    if args.against == "host":
+        make_other, names = (lambda: HostMachine()), ("host", "host")
+    else:
+        try:
+            make_other, names = engine_factory(args.kernel, args.seed), ("host", "engine")
+        except EngineMissing as e:
+            print(f"mmemu diff: {e}", file=out)
+            return 2
+    if not caps.pfns:
+        print(f"mmemu diff: {caps.why_not('pfns')}; frame sharing cannot be compared",
+              file=out)
+        return 2
+    features = Features(pins=not args.no_pins and caps.io_uring)
+    if not args.everything:
+        features, dropped = probe(make_other, features)
+        for text in dropped:
+            print(f"not generated (the machine under test does not model it): {text}",
+                  file=out)
+    counts = {}
+    with HostMachine() as host:
+        bar = tqdm(total=args.programs, desc="programs", unit="prog",
+                   disable=args.no_progress, file=sys.stderr)
+
+        def tick(outcome):
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            bar.update(1)
+            bar.set_postfix(diverged=counts.get("diverge", 0), refresh=False)
+        try:
+            results = survey(args.programs, args.seed, host, make_other, names, tick,
+                             args.max_steps, features)
+        except HostError as e:
+            bar.close()
+            print(f"mmemu diff: the host oracle failed: {e}", file=out)
+            return 3
+        bar.close()
+        ran = len(results)
+        compared = sum(counts.get(s, 0) for s in ("agree", "diverge"))
+        agree = counts.get("agree", 0)
+        rate = 100.0 * agree / compared if compared else 0.0
+        print(f"agreement: {agree}/{compared} programs ({rate:.1f}%); ran {ran}, "
+              f"diverged {counts.get('diverge', 0)}, not modelled by the engine "
+              f"{counts.get('engine-gap', 0)}, unsupported on the host "
+              f"{counts.get('unsupported', 0)}, placement-dependent "
+              f"{counts.get('invalid', 0)}, host-flaky {counts.get('host-flaky', 0)}",
+              file=out)
+        gaps = {}
+        for _p, o in results:
+            if o.status == "engine-gap":
+                gaps[o.detail] = gaps.get(o.detail, 0) + 1
+        for text, k in sorted(gaps.items(), key=lambda kv: -kv[1]):
+            print(f"  engine gap ({k} programs): {text}", file=out)
+        keys = []
+        for prog, o in results:
+            if o.status == "diverge" and o.divergence.key not in keys:
+                keys.append(o.divergence.key)
+        if not keys:
+            return 0
+        print(f"{len(keys)} kind(s) of divergence: "
+              + ", ".join(f"{op}/{field}" for op, field in keys), file=out)
+        for i, key in enumerate(keys[:args.shrink]):
+            sbar = tqdm(desc=f"shrinking {key[0]}/{key[1]}", unit="run",
+                        disable=args.no_progress, file=sys.stderr)
+            found = shrink(key, args.programs, args.seed, host, make_other, names,
+                           lambda _o: sbar.update(1), args.max_steps, features)
+            sbar.close()
+            if found is None:   # did not recur: show the survey's own example
+                found = next((p, o) for p, o in results
+                             if o.status == "diverge" and o.divergence.key == key)
+                note = " (not shrunk: it did not recur on replay)"
+            else:
+                note = ""
+            prog, o = found
+            print(f"\n=== divergence {i + 1}: {key[0]} / {key[1]}{note} ===", file=out)
+            print(str(o.divergence), file=out)
+        if len(keys) > args.shrink:
+            print(f"\n({len(keys) - args.shrink} more kind(s) not shrunk; --shrink K)",
+                  file=out)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,583 @@
+"""HostMachine: the engine's Machine API, run on the real kernel.
+
+Each Process is a real process (a server, see server.py) that executes the
+driver's commands one at a time. Process.fork() makes that server really
+fork; the child becomes a server of its own. All servers are children of
+the driver (the first by os.fork, the rest by clone(CLONE_PARENT)), so the
+driver reaps every one of them: closing the machine (or leaving its `with`
+block, or interpreter exit) leaves no zombie and no orphan. Every read from
+a server has a deadline: a hung server is killed and reported, never waited
+on forever.
+
+Placement: mmap(addr=0) passes a hint in a range of its own (32-64 TiB,
+far below where the kernel puts the Python runtime's own mappings, which it
+allocates top-down from mmap_base), so a hole a program leaves is never
+filled by the runtime of the server behind its back. Within that range
+mappings go top-down and adjacent, as the kernel would place them in a
+fresh process (neighbours merge). A hint changes only where a mapping
+lands, not what it does.
+"""
+import atexit
+import errno as _errno
+import os
+import select
+import signal
+import socket
+import struct
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from .. import constants as C
+from ..errors import MmemuError, Sigbus, Sigsegv, oserror
+from . import server as _server
+
+PROGRAM_SPACE_BASE = 0x2000_0000_0000
+PROGRAM_SPACE_END = 0x4000_0000_0000     # 32 TiB of room, still far below the runtime
+PROGRAM_SPACE_MAX_MAPPING = 1 << 40
+DEFAULT_TIMEOUT = 20.0
+
+KPF_NAMES = {name[4:].lower(): getattr(C, name) for name in dir(C) if name.startswith("KPF_")}
+
+
+class HostError(MmemuError):
+    """The host oracle itself failed: a server died, hung, or hit a bug."""
+
+
+class Unsupported(MmemuError):
+    """This host cannot perform the operation (missing kernel feature, no
+    user-space path to it, or not enough privilege). Tests turn it into a skip."""
+
+
+# --- value types --------------------------------------------------------------
+
+class PagemapEntry:
+    """One /proc/pid/pagemap entry (fs/proc/task_mmu.c), decoded."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    present = property(lambda self: bool(self.raw & C.PM_PRESENT))
+    swapped = property(lambda self: bool(self.raw & C.PM_SWAP))
+    file_shared = property(lambda self: bool(self.raw & C.PM_FILE))
+    exclusive = property(lambda self: bool(self.raw & C.PM_MMAP_EXCLUSIVE))
+    soft_dirty = property(lambda self: bool(self.raw & C.PM_SOFT_DIRTY))
+    uffd_wp = property(lambda self: bool(self.raw & C.PM_UFFD_WP))
+    guard = property(lambda self: bool(self.raw & C.PM_GUARD_REGION))
+
+    @property
+    def pfn(self):
+        return self.raw & C.PM_PFRAME_MASK if self.present else 0
+
+    @property
+    def swap_type(self):
+        # pagemap_pte_range: frame = swp_type | swp_offset << MAX_SWAPFILES_SHIFT (5)
+        return self.raw & 0x1F if self.swapped else None
+
+    @property
+    def swap_offset(self):
+        return (self.raw & C.PM_PFRAME_MASK) >> 5 if self.swapped else None
+
+    def __eq__(self, other):
+        return isinstance(other, PagemapEntry) and other.raw == self.raw
+
+    def __hash__(self):
+        return hash(self.raw)
+
+    def __repr__(self):
+        bits = [n for n in ("present", "swapped", "file_shared", "exclusive", "soft_dirty",
+                            "uffd_wp", "guard") if getattr(self, n)]
+        where = f" pfn={self.pfn:#x}" if self.present else (
+            f" swap={self.swap_type}:{self.swap_offset}" if self.swapped else "")
+        return f"PagemapEntry({'|'.join(bits) or 'none'}{where}, raw={self.raw:#018x})"
+
+
+class FrameInfo:
+    """What the host shows of a page frame: /proc/kpagecount and
+    /proc/kpageflags. refcount and pincount are not visible there (None);
+    mapcount is kpagecount (page_mapcount as that file reports it)."""
+
+    __slots__ = ("pfn", "refcount", "mapcount", "pincount", "flags", "kpagecount", "kpageflags")
+
+    def __init__(self, pfn, kpagecount, kpageflags):
+        self.pfn = pfn
+        self.refcount = None
+        self.pincount = None
+        self.kpagecount = kpagecount
+        self.mapcount = kpagecount
+        self.kpageflags = kpageflags
+        self.flags = frozenset(n for n, b in KPF_NAMES.items() if kpageflags >> b & 1)
+
+    def __repr__(self):
+        return (f"FrameInfo(pfn={self.pfn:#x}, kpagecount={self.kpagecount}, "
+                f"flags={sorted(self.flags)})")
+
+
+# --- channel ------------------------------------------------------------------
+
+_HEADER = struct.Struct("<Q")
+
+
+class _Channel:
+    def __init__(self, sock, timeout):
+        self.sock = sock
+        self.timeout = timeout
+
+    def send(self, obj, fds=()):
+        _server.send_msg(self.sock, obj, fds)
+
+    def recv(self, what):
+        deadline = time.monotonic() + self.timeout
+        head = self._recv_exact(_HEADER.size, deadline, what)
+        (n,) = _HEADER.unpack(head)
+        import pickle
+        return pickle.loads(self._recv_exact(n, deadline, what))
+
+    def _recv_exact(self, n, deadline, what):
+        buf = bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError(f"no answer to {what} within {self.timeout:g} s")
+            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise EOFError(f"server closed its channel during {what}")
+            buf += chunk
+        return bytes(buf)
+
+    def close(self):
+        self.sock.close()
+
+
+# --- the objects the API hands out -------------------------------------------
+
+class HostPipe:
+    """A pipe holding vmsplice(2) FOLL_GET references; lives in the process
+    that made it."""
+
+    def __init__(self, process, pipe_id, nbytes):
+        self.process = process
+        self.id = pipe_id
+        self.nbytes = nbytes
+        self.closed = False
+
+    def read(self, n):
+        """Consume up to n bytes, as read(2) on the pipe (b"" when empty)."""
+        self._check()
+        return self.process._call("pipe_read", self.id, n)
+
+    def close(self):
+        if not self.closed and self.process.alive:
+            self.process._call("pipe_close", self.id)
+        self.closed = True
+
+    def _check(self):
+        if self.closed:
+            raise ValueError("pipe is closed")
+
+
+class HostGupRef:
+    """get_user_pages(FOLL_GET) held on the host: a vmsplice pipe, read
+    without consuming it."""
+
+    def __init__(self, process, pipe_id, npages, gup_flags):
+        self.process = process
+        self.id = pipe_id
+        self.npages = npages
+        self.gup_flags = gup_flags
+        self.released = False
+
+    def read(self, off, n):
+        self._check(off, n)
+        return self.process._call("pipe_peek", self.id, off, n)
+
+    def write(self, off, data):
+        raise Unsupported("a FOLL_GET reference taken by vmsplice is read-only: "
+                          "no user-space path holds a writable FOLL_GET reference")
+
+    def release(self):
+        if not self.released and self.process.alive:
+            self.process._call("pipe_close", self.id)
+        self.released = True
+
+    def _check(self, off, n):
+        if self.released:
+            raise ValueError("pages were released")
+        if off < 0 or n < 0 or off + n > self.npages * C.PAGE_SIZE:
+            raise ValueError(f"range {off}+{n} outside {self.npages} pages")
+
+
+class HostPin:
+    """pin_user_pages(FOLL_WRITE|FOLL_PIN|FOLL_LONGTERM) held by an io_uring
+    fixed buffer; read/write act as the device."""
+
+    def __init__(self, process, ring_id, npages, gup_flags):
+        self.process = process
+        self.id = ring_id
+        self.npages = npages
+        self.gup_flags = gup_flags
+        self.released = False
+
+    def read(self, off, n):
+        self._check(off, n)
+        return self.process._call("pin_read", self.id, off, n)
+
+    def write(self, off, data):
+        data = bytes(data)
+        self._check(off, len(data))
+        self.process._call("pin_write", self.id, off, data)
+
+    def release(self):
+        if not self.released and self.process.alive:
+            self.process._call("pin_release", self.id)
+        self.released = True
+
+    _check = HostGupRef._check
+
+
+class HostProcess:
+    def __init__(self, machine, pid, channel, parent=None):
+        self.machine = machine
+        self.pid = pid
+        self._chan = channel
+        self.parent = parent
+        self.alive = True
+
+    def __repr__(self):
+        return f"<HostProcess pid={self.pid} {'alive' if self.alive else 'exited'}>"
+
+    # --- plumbing ---
+
+    def _call(self, op, *args, fds=(), timeout=None):
+        if not self.alive:
+            raise oserror(_errno.ESRCH, op, "process has exited")
+        chan = self._chan
+        if timeout is not None:
+            chan = _Channel(self._chan.sock, timeout)
+        try:
+            chan.send((op, args), fds)
+            reply = chan.recv(f"{op} (pid {self.pid})")
+        except (TimeoutError, EOFError, OSError) as e:
+            status = self.machine._kill(self)
+            raise HostError(f"server pid {self.pid} failed during {op}: {e}; {status}") from e
+        except BaseException:
+            # Interrupted mid-exchange (KeyboardInterrupt): the channel may hold
+            # half a message, so this server can no longer be talked to.
+            self.machine._kill(self)
+            raise
+        tag = reply[0]
+        if tag == "ok":
+            return reply[1]
+        if tag == "oserror":
+            raise oserror(reply[1], op)
+        if tag == "signal":
+            cls = Sigsegv if reply[1] == "Sigsegv" else Sigbus
+            raise cls(reply[2], reply[3])
+        if tag == "unsupported":
+            raise Unsupported(reply[1])
+        raise HostError(f"server pid {self.pid} failed in {op}:\n{reply[1]}")
+
+    # --- the API ---
+
+    def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
+        hint = 0
+        if addr == 0 and not flags & (C.MAP_FIXED | C.MAP_FIXED_NOREPLACE):
+            hint = self.machine._place(length)
+        return self._call("mmap", addr or hint, length, prot, flags, fd, offset)
+
+    def munmap(self, addr, length):
+        self._call("munmap", addr, length)
+
+    def mprotect(self, addr, length, prot):
+        self._call("mprotect", addr, length, prot)
+
+    def madvise(self, addr, length, advice):
+        self._call("madvise", addr, length, advice)
+
+    def read(self, addr, n):
+        return self._call("read", addr, n)
+
+    def write(self, addr, data):
+        self._call("write", addr, bytes(data))
+
+    def fork(self):
+        return self.machine._fork(self)
+
+    def exit(self):
+        self.machine._exit(self)
+
+    def pagemap(self, addr):
+        return PagemapEntry(self._call("pagemap", addr, 1)[0])
+
+    def pagemap_range(self, addr, npages):
+        """Raw 64-bit pagemap entries (numpy uint64) of npages pages from addr,
+        as read from /proc/pid/pagemap (the engine's call of the same name)."""
+        return np.array(self._call("pagemap", addr, npages), dtype=np.uint64)
+
+    def pagemap_ranges(self, ranges):
+        """[(addr, npages), ...] -> a list of raw uint64 arrays, in one round
+        trip (host only: the snapshots of mmemu.program use it)."""
+        return [np.array(rows, dtype=np.uint64)
+                for rows in self._call("pagemap_multi", [(a, n) for a, n in ranges])]
+
+    def vmsplice(self, addr, length):
+        pipe_id, n = self._call("vmsplice", addr, length)
+        return HostPipe(self, pipe_id, n)
+
+    def get_user_pages(self, addr, npages, gup_flags=0):
+        """FOLL_GET references, held by a vmsplice pipe. Like get_user_pages,
+        fewer than npages pages are taken when GUP stops at a page it cannot
+        take (vmsplice then splices the pages before it); none is EFAULT."""
+        if gup_flags & C.FOLL_PIN:
+            raise oserror(_errno.EINVAL, "get_user_pages", "FOLL_GET and FOLL_PIN are exclusive")
+        if gup_flags & ~(C.FOLL_GET | C.FOLL_TOUCH):
+            raise Unsupported(f"get_user_pages(gup_flags={gup_flags:#x}): only a read-only "
+                              "FOLL_GET reference (vmsplice) can be held from user space")
+        if npages <= 0:
+            raise oserror(_errno.EINVAL, "get_user_pages", "no pages")
+        addr &= C.PAGE_MASK
+        pipe_id, n = self._call("vmsplice", addr, npages * C.PAGE_SIZE)
+        if n < C.PAGE_SIZE:
+            self._call("pipe_close", pipe_id)
+            raise oserror(_errno.EFAULT, "get_user_pages")
+        return HostGupRef(self, pipe_id, n // C.PAGE_SIZE, gup_flags | C.FOLL_GET)
+
+    def pin_user_pages(self, addr, npages, gup_flags):
+        """FOLL_WRITE|FOLL_PIN|FOLL_LONGTERM pins, held by an io_uring fixed
+        buffer. Registration is all or nothing, but pin_user_pages stops at
+        the first page it cannot pin and returns the ones before: so on
+        EFAULT the longest prefix that pins is taken. The failed attempt
+        already faulted exactly those pages in, in order, as Linux would."""
+        want = C.FOLL_WRITE | C.FOLL_PIN | C.FOLL_LONGTERM
+        if gup_flags & C.FOLL_GET:
+            raise oserror(_errno.EINVAL, "pin_user_pages", "FOLL_GET with FOLL_PIN")
+        if (gup_flags | C.FOLL_PIN) & ~C.FOLL_TOUCH != want:
+            raise Unsupported(f"pin_user_pages(gup_flags={gup_flags:#x}): the only pin user "
+                              "space can hold here is io_uring's FOLL_WRITE|FOLL_PIN|"
+                              "FOLL_LONGTERM (no gup_test: CONFIG_GUP_TEST is off)")
+        if npages <= 0:
+            raise oserror(_errno.EINVAL, "pin_user_pages", "no pages")
+        from .caps import capabilities
+        if not capabilities().io_uring:
+            raise Unsupported("io_uring is not available on this host")
+        addr &= C.PAGE_MASK
+        for n in range(npages, 0, -1):
+            try:
+                rid = self._call("pin_user_pages", addr, n)
+            except OSError as e:
+                if e.errno != _errno.EFAULT or n == 1:
+                    raise
+                continue
+            return HostPin(self, rid, n, want)
+
+    def clear_refs(self, value):
+        self._call("clear_refs", value)
+
+    def proc_mem_write(self, addr, data):
+        return self._call("proc_mem_write", addr, bytes(data))
+
+    def proc_mem_read(self, addr, n):
+        return self._call("proc_mem_read", addr, n)
+
+    def maps(self):
+        """/proc/pid/maps of the server (for debugging)."""
+        return self._call("maps")
+
+
+_live_machines = weakref.WeakSet()
+
+
+class HostMachine:
+    """Machine(kernel="host"): the engine's API on the running kernel.
+
+    ncpus, memory and swap describe the real machine and cannot be chosen:
+    they are accepted for signature compatibility (swap must be 0: this
+    class does not enable swap). seed is accepted and unused (the kernel is
+    the kernel)."""
+
+    def __init__(self, kernel="host", ncpus=None, memory=None, swap=0, seed=0,
+                 timeout=DEFAULT_TIMEOUT):
+        release = os.uname().release
+        if kernel not in ("host", None) and not release.startswith(str(kernel)):
+            raise ValueError(f"HostMachine runs the host kernel {release}, not {kernel!r}")
+        if swap:
+            raise Unsupported("HostMachine does not enable swap (it would need swapon on "
+                              "the host)")
+        self.kernel = release
+        self.seed = seed
+        self.timeout = timeout
+        self.processes = []
+        self._owner = os.getpid()
+        self._lock = threading.RLock()
+        self._next_top = PROGRAM_SPACE_END
+        self._kpagecount = None
+        self._kpageflags = None
+        self.closed = False
+        _live_machines.add(self)
+
+    def __repr__(self):
+        return f"<HostMachine kernel={self.kernel} processes={len(self.live_processes())}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def live_processes(self):
+        return [p for p in self.processes if p.alive]
+
+    # --- processes ---
+
+    def spawn(self):
+        """A new process: a fork of the driver that becomes a server."""
+        self._check_open()
+        drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            drv.close()
+            _server.become_server(srv)   # never returns
+        srv.close()
+        return self._adopt(pid, drv, None)
+
+    def _adopt(self, pid, sock, parent):
+        chan = _Channel(sock, self.timeout)
+        proc = HostProcess(self, pid, chan, parent)
+        self.processes.append(proc)
+        try:
+            hello = chan.recv(f"start of pid {pid}")
+        except (TimeoutError, EOFError, OSError) as e:
+            status = self._kill(proc)
+            raise HostError(f"server pid {pid} did not start: {e}; {status}") from e
+        if hello != ("ready", pid):
+            self._kill(proc)
+            raise HostError(f"server pid {pid} greeted with {hello!r}")
+        return proc
+
+    def _fork(self, parent):
+        self._check_open()
+        drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = parent._call("fork", fds=[srv.fileno()])
+        finally:
+            srv.close()
+        return self._adopt(pid, drv, parent)
+
+    def _exit(self, proc):
+        if not proc.alive:
+            return
+        proc._call("exit")
+        proc.alive = False
+        proc._chan.close()
+        self._reap(proc.pid, self.timeout)
+
+    def _kill(self, proc):
+        """Kill a server that failed; returns how it ended, for the report."""
+        proc.alive = False
+        try:
+            proc._chan.close()
+        except OSError:
+            pass
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self._reap(proc.pid, self.timeout)
+
+    @staticmethod
+    def _reap(pid, timeout):
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return "already reaped"
+            if got:
+                if os.WIFSIGNALED(status):
+                    return f"killed by signal {os.WTERMSIG(status)}"
+                return f"exit status {os.WEXITSTATUS(status)}"
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "killed after the exit timeout"
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _place(self, length):
+        """The hint for mmap(addr=0, length): top-down and adjacent to the
+        previous one, as the kernel's allocator places a fresh process's
+        mappings (so anonymous neighbours merge into one VMA, which decides
+        e.g. whether fork copies a zero-page pte), but inside the program
+        range. 0 (the kernel's choice) when the range cannot hold it."""
+        length = (int(length) + C.PAGE_SIZE - 1) & C.PAGE_MASK & ((1 << 64) - 1)
+        if not 0 < length <= PROGRAM_SPACE_MAX_MAPPING:
+            return 0
+        with self._lock:
+            addr = self._next_top - length
+            if addr < PROGRAM_SPACE_BASE:
+                return 0
+            self._next_top = addr
+            return addr
+
+    # --- frames ---
+
+    def frame(self, pfn):
+        """/proc/kpagecount and /proc/kpageflags of pfn."""
+        self._check_open()
+        if self._kpagecount is None:
+            try:
+                self._kpagecount = os.open("/proc/kpagecount", os.O_RDONLY | os.O_CLOEXEC)
+                self._kpageflags = os.open("/proc/kpageflags", os.O_RDONLY | os.O_CLOEXEC)
+            except PermissionError as e:
+                raise Unsupported(f"/proc/kpagecount needs CAP_SYS_ADMIN: {e}") from e
+        try:
+            count = struct.unpack("<Q", os.pread(self._kpagecount, 8, pfn * 8))[0]
+            flags = struct.unpack("<Q", os.pread(self._kpageflags, 8, pfn * 8))[0]
+        except struct.error:
+            raise oserror(_errno.EINVAL, "frame", f"pfn {pfn:#x} beyond max_pfn") from None
+        return FrameInfo(pfn, count, flags)
+
+    def check(self):
+        """The engine checks its invariants here; the real kernel has none to
+        check from user space."""
+
+    # --- teardown ---
+
+    def close(self):
+        """Exit every live process and reap it. Idempotent."""
+        if self.closed or os.getpid() != self._owner:
+            return
+        self.closed = True
+        # Children first, so no server sees its parent go while it still runs.
+        for proc in reversed(self.processes):
+            if not proc.alive:
+                continue
+            try:
+                proc._call("exit", timeout=min(self.timeout, 5.0))
+                proc.alive = False
+                proc._chan.close()
+                self._reap(proc.pid, 5.0)
+            except (HostError, OSError):
+                self._kill(proc)
+        for fd in (self._kpagecount, self._kpageflags):
+            if fd is not None:
+                os.close(fd)
+        self._kpagecount = self._kpageflags = None
+
+    def _check_open(self):
+        if self.closed:
+            raise ValueError("machine is closed")
+
+
+@atexit.register
+def _close_all():
+    for m in list(_live_machines):
+        try:
+            m.close()
+        except Exception:
+            pass

@@ -1,0 +1,329 @@
+"""The server loop each real process of a HostMachine runs.
+
+A server executes one command at a time from its driver, over a socketpair:
+8-byte length + pickle, both ways. A reply is ("ok", value) or an error
+tag the driver turns back into the exception the engine would raise:
+("oserror", errno), ("signal", "Sigsegv"|"Sigbus", addr, si_code),
+("unsupported", text), ("error", traceback text).
+
+A server never returns into its caller's code: it leaves with os._exit, on
+"exit", on EOF from the driver, or on any failure of its own channel.
+"""
+import os
+import pickle
+import signal
+import socket
+import struct
+import traceback
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..errors import EmulatedSignal
+from . import _access
+from . import syscalls as sc
+
+_HEADER = struct.Struct("<Q")
+
+
+class Unsupported(Exception):
+    """Raised in a server for an operation this host cannot perform; the
+    driver re-raises it as mmemu.host.Unsupported."""
+
+
+def send_msg(sock, obj, fds=()):
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    msg = _HEADER.pack(len(data)) + data
+    if fds:
+        # SCM_RIGHTS rides on the first bytes; the receiver reads the header
+        # with recvmsg and collects it there.
+        sent = socket.send_fds(sock, [msg], list(fds))
+        msg = msg[sent:]
+    if msg:
+        sock.sendall(msg)
+
+
+def recv_exact_server(sock):
+    """Blocking receive of one message and any descriptors sent with it.
+    Returns None on EOF (the driver is gone)."""
+    fds = []
+    head = b""
+    while len(head) < _HEADER.size:
+        chunk, got, _flags, _addr = socket.recv_fds(sock, _HEADER.size - len(head), 4)
+        fds.extend(got)
+        if not chunk:
+            return None, fds
+        head += chunk
+    (n,) = _HEADER.unpack(head)
+    body = bytearray()
+    while len(body) < n:
+        chunk = sock.recv(min(n - len(body), 1 << 20))
+        if not chunk:
+            return None, fds
+        body += chunk
+    return pickle.loads(bytes(body)), fds
+
+
+class _NoReply(Exception):
+    """The command was a fork and this is the child: it must not answer the
+    parent's request; it greets the driver on its own channel instead."""
+
+
+class Server:
+    def __init__(self, sock):
+        self.sock = sock
+        self.pipes = {}      # id -> [rfd, wfd, nbytes]
+        self.rings = {}      # id -> uring.FixedBufferRing
+        self.next_id = 1
+
+    # --- loop ---------------------------------------------------------------
+
+    def serve(self):
+        send_msg(self.sock, ("ready", os.getpid()))
+        while True:
+            msg, fds = recv_exact_server(self.sock)
+            if msg is None:
+                self._exit(0)
+            op, args = msg
+            try:
+                reply = ("ok", getattr(self, "op_" + op)(*args, fds=fds)
+                         if op == "fork" else getattr(self, "op_" + op)(*args))
+            except _NoReply:
+                continue
+            except OSError as e:
+                reply = ("oserror", e.errno, str(e))
+            except EmulatedSignal as e:
+                reply = ("signal", type(e).__name__, e.addr, e.si_code)
+            except Unsupported as e:
+                reply = ("unsupported", str(e))
+            except Exception:   # a bug of ours: report it, keep serving
+                reply = ("error", traceback.format_exc())
+            send_msg(self.sock, reply)
+            if op == "exit":
+                self._exit(0)
+
+    def _exit(self, status):
+        # Release pins synchronously before the process goes: closing the
+        # ring would unpin only later, from io_ring_exit_work.
+        for ring in self.rings.values():
+            try:
+                ring.close()
+            except OSError:
+                pass
+        os._exit(status)
+
+    # --- memory -------------------------------------------------------------
+
+    def op_ping(self):
+        return os.getpid()
+
+    def op_mmap(self, addr, length, prot, flags, fd, offset):
+        return sc.mmap(addr, length, prot, flags, fd, offset)
+
+    def op_munmap(self, addr, length):
+        sc.munmap(addr, length)
+
+    def op_mprotect(self, addr, length, prot):
+        sc.mprotect(addr, length, prot)
+
+    def op_madvise(self, addr, length, advice):
+        sc.madvise(addr, length, advice)
+
+    def op_read(self, addr, n):
+        return _access.read(addr, n)
+
+    def op_write(self, addr, data):
+        _access.write(addr, data)
+
+    def op_pagemap(self, addr, npages):
+        # Opened per call: a descriptor opened before fork() keeps reading
+        # the parent's mm (host-notes.md).
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            data = os.pread(fd, 8 * npages, (addr >> PAGE_SHIFT) * 8)
+        finally:
+            os.close(fd)
+        return list(struct.unpack(f"<{len(data) // 8}Q", data))
+
+    def op_pagemap_multi(self, ranges):
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            out = []
+            for addr, npages in ranges:
+                data = os.pread(fd, 8 * npages, (addr >> PAGE_SHIFT) * 8)
+                out.append(list(struct.unpack(f"<{len(data) // 8}Q", data)))
+            return out
+        finally:
+            os.close(fd)
+
+    def op_clear_refs(self, value):
+        sc.write_proc_file("/proc/self/clear_refs", f"{int(value)}\n")
+
+    def op_proc_mem_read(self, addr, n):
+        fd = os.open("/proc/self/mem", os.O_RDONLY)
+        try:
+            return os.pread(fd, n, addr)
+        finally:
+            os.close(fd)
+
+    def op_proc_mem_write(self, addr, data):
+        fd = os.open("/proc/self/mem", os.O_WRONLY)
+        try:
+            return os.pwrite(fd, data, addr)
+        finally:
+            os.close(fd)
+
+    def op_maps(self):
+        with open("/proc/self/maps") as f:
+            return f.read()
+
+    # --- fork / exit --------------------------------------------------------
+
+    def op_fork(self, fds):
+        if len(fds) != 1:
+            raise RuntimeError(f"fork needs one channel descriptor, got {len(fds)}")
+        (newfd,) = fds
+        pid = _access.fork_sibling()
+        if pid:
+            os.close(newfd)
+            return pid
+        # Child. Pipes and rings belong to the process that made them (the
+        # engine's model); dropping the inherited fds changes no page
+        # reference: a pipe buffer or a registered buffer holds one per pipe
+        # or ring, not per fd.
+        self.sock.close()
+        self.sock = socket.socket(fileno=newfd)
+        for rfd, wfd, _n in self.pipes.values():
+            _close_quietly(rfd, wfd)
+        for ring in self.rings.values():
+            ring.forget()
+        self.pipes.clear()
+        self.rings.clear()
+        send_msg(self.sock, ("ready", os.getpid()))
+        raise _NoReply
+
+    def op_exit(self):
+        return None   # the loop exits after replying
+
+    # --- vmsplice / FOLL_GET ------------------------------------------------
+
+    def op_vmsplice(self, addr, length):
+        """vmsplice(2) the range into a new pipe: the pipe buffers hold FOLL_GET
+        references (iov_iter_get_pages2, no FOLL_WRITE)."""
+        rfd, wfd = sc.pipe_with_capacity(max(length, PAGE_SIZE))
+        try:
+            n = sc.vmsplice(wfd, addr, length, sc.SPLICE_F_NONBLOCK) if length else 0
+        except BaseException:
+            _close_quietly(rfd, wfd)
+            raise
+        pid = self.next_id
+        self.next_id += 1
+        self.pipes[pid] = [rfd, wfd, n]
+        return pid, n
+
+    def op_pipe_read(self, pipe_id, n):
+        rfd, _wfd, avail = self._pipe(pipe_id)
+        try:
+            data = os.read(rfd, n) if n else b""
+        except BlockingIOError:
+            data = b""
+        self.pipes[pipe_id][2] = avail - len(data)
+        return data
+
+    def op_pipe_peek(self, pipe_id, off, n):
+        """Read without consuming: tee(2) the buffers into a scratch pipe (the
+        copies take their own page references until read) and read those."""
+        rfd, _wfd, avail = self._pipe(pipe_id)
+        if off + n > avail:
+            raise ValueError(f"peek {off}+{n} past the {avail} bytes held")
+        if n == 0:
+            return b""
+        srfd, swfd = sc.pipe_with_capacity(max(avail, PAGE_SIZE))
+        try:
+            got = sc.tee(rfd, swfd, avail, sc.SPLICE_F_NONBLOCK)
+            data = b""
+            while len(data) < got:
+                chunk = os.read(srfd, got - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            _close_quietly(srfd, swfd)
+        return data[off:off + n]
+
+    def op_pipe_close(self, pipe_id):
+        rfd, wfd, _n = self._pipe(pipe_id)
+        del self.pipes[pipe_id]
+        _close_quietly(rfd, wfd)
+
+    def _pipe(self, pipe_id):
+        try:
+            return self.pipes[pipe_id]
+        except KeyError:
+            raise ValueError(f"no pipe {pipe_id} in process {os.getpid()}") from None
+
+    # --- FOLL_PIN through io_uring -----------------------------------------
+
+    def op_pin_user_pages(self, addr, npages):
+        from .uring import FixedBufferRing
+        ring = FixedBufferRing(addr, npages * PAGE_SIZE)
+        rid = self.next_id
+        self.next_id += 1
+        self.rings[rid] = ring
+        return rid
+
+    def op_pin_read(self, rid, off, n):
+        return self._ring(rid).device_read(off, n)
+
+    def op_pin_write(self, rid, off, data):
+        self._ring(rid).device_write(off, data)
+
+    def op_pin_release(self, rid):
+        ring = self._ring(rid)
+        del self.rings[rid]
+        ring.close()
+
+    def _ring(self, rid):
+        try:
+            return self.rings[rid]
+        except KeyError:
+            raise ValueError(f"no pin {rid} in process {os.getpid()}") from None
+
+
+def _close_quietly(*fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def become_server(sock, keep_fds=()):
+    """Turn a freshly forked copy of the driver into a server; never returns.
+
+    Descriptors inherited from the driver other than stdio and the channel
+    are pointed at /dev/null rather than closed: objects copied from the
+    driver may still close them later, and a closed number could then be
+    reused by one of our pipes. Holding the driver's ends of other servers'
+    channels would also keep those servers from seeing EOF."""
+    status = 70
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        keep = {0, 1, 2, sock.fileno(), *keep_fds}
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd in keep or fd == devnull:
+                continue
+            try:
+                os.dup2(devnull, fd)
+            except OSError:
+                pass
+        os.close(devnull)
+        Server(sock).serve()
+        status = 0
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        os._exit(status)

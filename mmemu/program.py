@@ -1,0 +1,759 @@
+"""A small program language for memory-management scenarios.
+
+A program is plain JSON data: a list of steps (or {"steps": [...]}). Each
+step is a dict whose "op" is the name of the Python API call it makes, with
+the same arguments, except that addresses are symbolic, because the engine
+and the host place mappings at different addresses:
+
+    ["a", 2]        page 2 of region a
+    ["a", 2, 100]   byte 100 of that page (only for byte-granular ops:
+                    read, write, proc_mem_read, proc_mem_write)
+
+and lengths of page ranges are counts of pages ("pages"). Regions are named
+by the mmap that creates them. Processes are named: "main" is spawned by
+run(); "fork" names the child ("name") and may carry a "body", a list of
+steps run in the child at that point (steps without "proc" default to the
+process whose body they are in). Any later step can address any live
+process with "proc", so the interleaving of parent and child is explicit.
+Pipes (vmsplice) and pins belong to the process that made it: their steps
+run there, and "exit" closes and releases them first, as Linux's exit
+closes the process's files.
+
+    [{"op": "mmap", "name": "a", "pages": 2, "prot": "PROT_READ|PROT_WRITE",
+      "flags": "MAP_PRIVATE|MAP_ANONYMOUS"},
+     {"op": "write", "at": ["a", 0], "data": "hello"},
+     {"op": "fork", "name": "c", "body": [
+         {"op": "vmsplice", "at": ["a", 0], "pages": 1, "name": "p"},
+         {"op": "munmap", "at": ["a", 0], "pages": 1}]},
+     {"op": "write", "at": ["a", 0], "data": "HELLO"},
+     {"op": "pipe_read", "pipe": "p", "len": 5},
+     {"op": "exit", "proc": "c"}]
+
+run(program, machine) interprets it on any object with the Machine API
+(mmemu.Machine or mmemu.host.HostMachine) and returns one observation per
+step: what the call returned, the errno it failed with, or the signal it
+raised, and (by default) a snapshot of every live process's pages after the
+step: pagemap bits, raw PFN, kpagecount and kpageflags. PFNs stay raw here;
+mmemu.host.compare turns them into identities.
+
+A malformed program (unknown op or argument, misaligned or out-of-region
+address, undefined region, process, pipe or pin) raises ProgramError naming
+the step, before anything runs.
+"""
+import errno as _errno
+import json
+
+from . import constants as C
+from .errors import EmulatedSignal, Sigbus
+
+# Ops, their required and optional arguments besides "op" and "proc".
+OPS = {
+    "mmap": ({"pages", "prot", "flags"}, {"name", "addr"}),
+    "munmap": ({"at", "pages"}, set()),
+    "mprotect": ({"at", "pages", "prot"}, set()),
+    "madvise": ({"at", "pages", "advice"}, set()),
+    "read": ({"at", "len"}, set()),
+    "write": ({"at"}, {"data", "fill", "len", "hex"}),
+    "fork": (set(), {"name", "body"}),
+    "exit": (set(), set()),
+    "pagemap": ({"at"}, {"pages"}),
+    "frame": ({"at"}, set()),
+    "vmsplice": ({"at", "pages", "name"}, set()),
+    "pipe_read": ({"pipe", "len"}, set()),
+    "pipe_close": ({"pipe"}, set()),
+    "get_user_pages": ({"at", "pages", "gup_flags", "name"}, set()),
+    "pin_user_pages": ({"at", "pages", "gup_flags", "name"}, set()),
+    "pin_read": ({"pin", "off", "len"}, set()),
+    "pin_write": ({"pin", "off"}, {"data", "fill", "len", "hex"}),
+    "pin_release": ({"pin"}, set()),
+    "clear_refs": ({"value"}, set()),
+    "proc_mem_read": ({"at", "len"}, set()),
+    "proc_mem_write": ({"at"}, {"data", "fill", "len", "hex"}),
+    "check": (set(), set()),
+}
+BYTE_OPS = {"read", "write", "proc_mem_read", "proc_mem_write"}
+PIPE_OPS = {"pipe_read", "pipe_close"}
+PIN_OPS = {"pin_read", "pin_write", "pin_release"}
+# Which constant prefix each symbolic-flag argument takes.
+FLAG_ARGS = {"prot": "PROT_", "flags": "MAP_", "advice": "MADV_", "gup_flags": "FOLL_"}
+MAX_BYTES = 1 << 24
+
+
+class ProgramError(ValueError):
+    """The program itself is wrong; `step` is the path of the offending step
+    ("3", or "2.1" for the second step of the body of step 2)."""
+
+    def __init__(self, step, message):
+        self.step = step
+        super().__init__(f"step {step}: {message}")
+
+
+class PlacementError(ProgramError):
+    """mmap(addr=0) put a new region over the span of a region the same
+    process still names: what the program touches then depends on where the
+    kernel places mappings, which host and engine do differently."""
+
+
+# --- symbolic constants ----------------------------------------------------------
+
+def parse_flags(value, prefix, where="?"):
+    """'PROT_READ|PROT_WRITE' (or an int, or a list of names) -> int."""
+    if isinstance(value, bool):
+        raise ProgramError(where, f"flag value {value!r} is not a {prefix}* expression")
+    if isinstance(value, int):
+        return value
+    names = value if isinstance(value, list) else str(value).replace(" ", "").split("|")
+    out = 0
+    for name in names:
+        if isinstance(name, int) and not isinstance(name, bool):
+            out |= name
+            continue
+        if not isinstance(name, str) or not name.startswith(prefix) or not hasattr(C, name):
+            raise ProgramError(where, f"unknown {prefix}* constant {name!r}")
+        out |= getattr(C, name)
+    return out
+
+
+def format_flags(value, prefix):
+    """int -> 'PROT_READ|PROT_WRITE' using mmemu.constants (exact values for
+    MADV_*, which are not bit sets)."""
+    if isinstance(value, str):
+        return value
+    names = sorted((n for n in dir(C) if n.startswith(prefix)), key=lambda n: getattr(C, n))
+    if prefix == "MADV_":
+        exact = [n for n in names if getattr(C, n) == value]
+        return exact[0] if exact else str(value)
+    if value == 0:
+        zero = [n for n in names if getattr(C, n) == 0]
+        return zero[0] if zero else "0"
+    out, left = [], value
+    skip = {"MAP_TYPE", "MAP_ANON", "MAP_SHARED_VALIDATE", "PROT_GROWSDOWN", "PROT_GROWSUP"}
+    for n in names:
+        bit = getattr(C, n)
+        if n in skip or bit <= 0 or bit & (bit - 1):
+            continue
+        if left & bit:
+            out.append(n)
+            left &= ~bit
+    if left:
+        out.append(hex(left))
+    return "|".join(out)
+
+
+def step_data(step, where):
+    """The bytes a write-like step carries: data (text, UTF-8), hex, or fill+len."""
+    kinds = [k for k in ("data", "hex", "fill") if k in step]
+    if len(kinds) != 1:
+        raise ProgramError(where, "give exactly one of data, hex, fill (+len)")
+    kind = kinds[0]
+    if kind != "fill" and "len" in step:
+        raise ProgramError(where, "len goes with fill only")
+    try:
+        if kind == "data":
+            if not isinstance(step["data"], str):
+                raise TypeError("data must be a string")
+            out = step["data"].encode()
+        elif kind == "hex":
+            out = bytes.fromhex(step["hex"])
+        else:
+            fill, n = step["fill"], step.get("len")
+            if not (isinstance(fill, int) and 0 <= fill < 256) or not _is_count(n):
+                raise TypeError("fill needs a byte value and len a count")
+            out = bytes([fill]) * n
+    except (TypeError, ValueError) as e:
+        raise ProgramError(where, f"bad data: {e}") from None
+    if len(out) > MAX_BYTES:
+        raise ProgramError(where, f"{len(out)} bytes is more than {MAX_BYTES}")
+    return out
+
+
+def _is_count(n):
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_BYTES
+
+
+def steps_of(program):
+    if isinstance(program, dict):
+        program = program.get("steps")
+    if not isinstance(program, list):
+        raise ProgramError("-", "a program is a list of steps (or {'steps': [...]})")
+    return program
+
+
+# --- static checking ---------------------------------------------------------------
+
+class _Region:
+    __slots__ = ("name", "pages", "parent", "first_page", "defined_at")
+
+    def __init__(self, name, pages, parent, first_page, defined_at):
+        self.name, self.pages = name, pages
+        self.parent, self.first_page = parent, first_page   # for MAP_FIXED sub-regions
+        self.defined_at = defined_at
+
+
+class _Proc:
+    __slots__ = ("name", "regions", "alive", "exited_at")
+
+    def __init__(self, name, regions):
+        self.name, self.regions, self.alive, self.exited_at = name, regions, True, None
+
+
+class _Checker:
+    """Walks the program in execution order with what it names: regions
+    and who holds them, processes and whether they live, pipes and pins
+    and who made them. The program is straight-line, so this is exact."""
+
+    def __init__(self):
+        self.regions = {}
+        self.procs = {"main": _Proc("main", [])}
+        self.order = ["main"]
+        self.pipes = {}   # name -> (owner, closed?)
+        self.pins = {}
+        self.forks = 0
+
+    def walk(self, steps, proc, prefix=""):
+        if not isinstance(steps, list):
+            raise ProgramError(prefix.rstrip(".") or "-", "steps must be a list")
+        for i, step in enumerate(steps):
+            self.step(step, proc, f"{prefix}{i}")
+
+    def proc_of(self, step, default, where):
+        name = step.get("proc", default)
+        if name not in self.procs:
+            raise ProgramError(where, f"no process named {name!r}")
+        p = self.procs[name]
+        if not p.alive:
+            raise ProgramError(where, f"process {name!r} exited at step {p.exited_at}")
+        return p
+
+    def step(self, step, default_proc, where):
+        if not isinstance(step, dict) or "op" not in step:
+            raise ProgramError(where, f"a step is a dict with an 'op', not {step!r}")
+        op = step["op"]
+        if op not in OPS:
+            raise ProgramError(where, f"unknown op {op!r} (known: {', '.join(sorted(OPS))})")
+        required, optional = OPS[op]
+        allowed = required | optional | {"op", "proc", "comment"}
+        extra = set(step) - allowed
+        if extra:
+            raise ProgramError(where, f"{op} takes no {', '.join(sorted(extra))}")
+        missing = required - set(step)
+        if missing:
+            raise ProgramError(where, f"{op} needs {', '.join(sorted(missing))}")
+        for arg, prefix in FLAG_ARGS.items():
+            if arg in step:
+                parse_flags(step[arg], prefix, where)
+        if "pages" in step and not _is_count(step["pages"]):
+            raise ProgramError(where, f"pages must be a count, not {step['pages']!r}")
+        if "len" in step and not _is_count(step["len"]):
+            raise ProgramError(where, f"len must be a count, not {step['len']!r}")
+        if op in PIPE_OPS or op in PIN_OPS:
+            if "proc" in step:
+                raise ProgramError(where, f"{op} runs in the process that holds the "
+                                          f"{'pipe' if op in PIPE_OPS else 'pin'}; no proc")
+            return self.handle(op, step, None, where)
+        proc = self.proc_of(step, default_proc, where)
+        return self.handle(op, step, proc, where)
+
+    def region(self, proc, name, where):
+        if name not in self.regions:
+            raise ProgramError(where, f"no region named {name!r}")
+        if name not in proc.regions:
+            raise ProgramError(where, f"region {name!r} is not in the address space of "
+                                      f"process {proc.name!r} (mapped at step "
+                                      f"{self.regions[name].defined_at} by another process)")
+        return self.regions[name]
+
+    def at(self, step, proc, where, pages=None, nbytes=None, byte_ok=False, key="at"):
+        at = step[key]
+        if not (isinstance(at, list) and len(at) in (2, 3) and isinstance(at[0], str)
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in at[1:])):
+            raise ProgramError(where, f"an address is [region, page] or [region, page, "
+                                      f"byte], not {at!r}")
+        reg = self.region(proc, at[0], where)
+        page, byte = at[1], (at[2] if len(at) == 3 else 0)
+        if byte and not byte_ok:
+            raise ProgramError(where, f"{step['op']} needs a page-aligned address; "
+                                      f"{at!r} is misaligned")
+        if not 0 <= byte < C.PAGE_SIZE:
+            raise ProgramError(where, f"byte offset {byte} is not within a page")
+        start = page * C.PAGE_SIZE + byte
+        end = start + (pages * C.PAGE_SIZE if pages is not None else (nbytes or 0))
+        if page < 0 or end > reg.pages * C.PAGE_SIZE or start > reg.pages * C.PAGE_SIZE \
+                or (pages is None and start == reg.pages * C.PAGE_SIZE):
+            raise ProgramError(where, f"{at!r} + {end - start} bytes runs outside region "
+                                      f"{reg.name!r} ({reg.pages} pages)")
+        return reg, page
+
+    def handle(self, op, step, proc, where):
+        if op == "mmap":
+            flags = parse_flags(step["flags"], "MAP_", where)
+            fixed = flags & (C.MAP_FIXED | C.MAP_FIXED_NOREPLACE)
+            name = step.get("name")
+            if name is not None and (not isinstance(name, str) or name in self.regions):
+                raise ProgramError(where, f"region name {name!r} is not new")
+            if "addr" in step:
+                if not fixed:
+                    raise ProgramError(where, "an addr without MAP_FIXED or "
+                                              "MAP_FIXED_NOREPLACE is a placement hint, "
+                                              "which host and engine follow differently")
+                parent, page = self.at(step, proc, where, pages=step["pages"], key="addr")
+            else:
+                if fixed:
+                    raise ProgramError(where, "MAP_FIXED needs an addr")
+                if name is None:
+                    raise ProgramError(where, "mmap without addr must name its region")
+                parent, page = None, 0
+            if name is not None:
+                self.regions[name] = _Region(name, step["pages"], parent and parent.name,
+                                             page, where)
+                proc.regions.append(name)
+        elif op in ("munmap", "mprotect", "madvise", "vmsplice", "get_user_pages",
+                    "pin_user_pages"):
+            self.at(step, proc, where, pages=step["pages"])
+            if op in ("vmsplice", "get_user_pages", "pin_user_pages"):
+                table = self.pipes if op == "vmsplice" else self.pins
+                name = step["name"]
+                if not isinstance(name, str) or name in self.pipes or name in self.pins:
+                    raise ProgramError(where, f"name {name!r} is not new")
+                table[name] = [proc.name, False]
+        elif op in ("read", "proc_mem_read"):
+            self.at(step, proc, where, nbytes=step["len"], byte_ok=True)
+        elif op in ("write", "proc_mem_write"):
+            self.at(step, proc, where, nbytes=len(step_data(step, where)), byte_ok=True)
+        elif op == "pagemap":
+            self.at(step, proc, where, pages=step.get("pages", 1))
+        elif op == "frame":
+            self.at(step, proc, where, pages=1)
+        elif op == "fork":
+            self.forks += 1
+            name = step.get("name", f"{proc.name}.{self.forks}")
+            if not isinstance(name, str) or name in self.procs:
+                raise ProgramError(where, f"process name {name!r} is not new")
+            self.procs[name] = _Proc(name, list(proc.regions))
+            self.order.append(name)
+            if "body" in step:
+                self.walk(step["body"], name, f"{where}.")
+        elif op == "exit":
+            proc.alive = False
+            proc.exited_at = where
+            for table in (self.pipes, self.pins):
+                for entry in table.values():
+                    if entry[0] == proc.name:
+                        entry[1] = True
+        elif op in PIPE_OPS or op in PIN_OPS:
+            key, table = ("pipe", self.pipes) if op in PIPE_OPS else ("pin", self.pins)
+            name = step[key]
+            if name not in table:
+                raise ProgramError(where, f"no {key} named {name!r}")
+            owner, gone = table[name]
+            if gone:
+                raise ProgramError(where, f"{key} {name!r} was already closed or released "
+                                          f"(or its process {owner!r} exited)")
+            if op in ("pipe_close", "pin_release"):
+                table[name][1] = True
+            if op == "pin_write":
+                step_data(step, where)
+            if op in ("pin_read", "pin_write") and not _is_count(step["off"]):
+                raise ProgramError(where, f"off must be a count, not {step['off']!r}")
+        elif op == "clear_refs":
+            if not isinstance(step["value"], int) or isinstance(step["value"], bool):
+                raise ProgramError(where, "clear_refs takes an int value")
+
+
+def check(program):
+    """Raise ProgramError for the first malformed step; return the names of
+    the processes in creation order."""
+    ch = _Checker()
+    ch.walk(steps_of(program), "main")
+    return ch.order
+
+
+# --- running ----------------------------------------------------------------------
+
+def _errno_name(e):
+    return _errno.errorcode.get(e, str(e))
+
+
+def _entry(e):
+    """A pagemap entry object, or a raw 64-bit value (pagemap_range) decoded."""
+    if hasattr(e, "present"):
+        return e
+    from .host.machine import PagemapEntry
+    return PagemapEntry(int(e))
+
+
+def pagemap_entries(proc, addr, npages):
+    if hasattr(proc, "pagemap_range"):
+        return [_entry(e) for e in proc.pagemap_range(addr, npages)]
+    return [_entry(proc.pagemap(addr + i * C.PAGE_SIZE)) for i in range(npages)]
+
+
+def pagemap_fields(entry):
+    """An engine or host pagemap entry (or raw value) -> plain dict (pfn still raw)."""
+    entry = _entry(entry)
+    out = {k: bool(getattr(entry, k)) for k in
+           ("present", "swapped", "file_shared", "exclusive", "soft_dirty", "uffd_wp")}
+    raw = getattr(entry, "raw", None)
+    out["pfn"] = entry.pfn if out["present"] else None
+    out["guard"] = bool(raw & C.PM_GUARD_REGION) if raw is not None else None
+    if out["swapped"] and raw is not None:
+        # Swap type 31 is a PTE marker (uffd-wp, guard): its offset means
+        # something. A real swap slot's offset does not.
+        swp_type = raw & 0x1F
+        out["swap"] = [swp_type, (raw & C.PM_PFRAME_MASK) >> 5 if swp_type == 31 else None]
+    return out
+
+
+def frame_fields(machine, pfn):
+    try:
+        info = machine.frame(pfn)
+    except Exception as e:   # the engine may not model it; the host may lack privilege
+        return {"pfn": pfn, "error": f"{type(e).__name__}: {e}"}
+    kpf = getattr(info, "kpageflags", None)
+    if kpf is not None:
+        names = sorted(n[4:].lower() for n in dir(C) if n.startswith("KPF_")
+                       and kpf >> getattr(C, n) & 1)
+    else:
+        names = sorted(getattr(info, "flags", ()))
+    return {"pfn": pfn, "kpagecount": getattr(info, "kpagecount", None), "kpf": names}
+
+
+class _Run:
+    def __init__(self, machine, snapshots):
+        self.m = machine
+        self.snapshots = snapshots
+        self.procs = {}        # name -> Process
+        self.order = []        # creation order
+        self.owned = {}        # proc name -> [region names], as in _Checker
+        self.base = {}         # region name -> address, or None if its mmap failed
+        self.spans = {}        # region name -> (start, end)
+        self.top = []          # regions created without addr: the snapshot spans
+        self.pipes = {}        # name -> (object, owner name)
+        self.pins = {}
+        self.obs = []
+        self.forks = 0
+
+    # --- addresses ---
+
+    def addr(self, step, key="at"):
+        at = step[key]
+        base = self.base[at[0]]
+        if base is None:
+            return None
+        return base + at[1] * C.PAGE_SIZE + (at[2] if len(at) == 3 else 0)
+
+    def symbolic(self, proc_name, addr):
+        """A real address -> [region, page, byte] in that process's names
+        (regions mmapped without addr first, then MAP_FIXED sub-regions)."""
+        names = sorted(self.owned.get(proc_name, ()), key=lambda n: n not in self.top)
+        for name in names:
+            span = self.spans.get(name)
+            if span and span[0] <= addr < span[1]:
+                off = addr - span[0]
+                return [name, off // C.PAGE_SIZE, off % C.PAGE_SIZE]
+        return hex(addr)
+
+    # --- execution ---
+
+    def walk(self, steps, default, prefix=""):
+        for i, step in enumerate(steps):
+            self.step(step, default, f"{prefix}{i}")
+
+    def step(self, step, default, where):
+        op = step["op"]
+        if op == "vmsplice":       # known (as failed) even if the step is skipped
+            self.pipes[step["name"]] = (None, step.get("proc", default))
+        elif op in ("get_user_pages", "pin_user_pages"):
+            self.pins[step["name"]] = (None, step.get("proc", default))
+        if op in PIPE_OPS:
+            obj, owner = self.pipes[step["pipe"]]
+        elif op in PIN_OPS:
+            obj, owner = self.pins[step["pin"]]
+        else:
+            obj, owner = None, step.get("proc", default)
+        rec = {"step": where, "proc": owner, "op": op}
+        self.obs.append(rec)
+        proc = self.procs.get(owner)
+        if proc is None:
+            rec["outcome"] = {"skipped": f"process {owner!r} was never created"}
+        elif obj is None and op in PIPE_OPS | PIN_OPS:
+            rec["outcome"] = {"skipped": "its vmsplice/pin failed"}
+        else:
+            rec["outcome"] = self.execute(op, step, proc, owner, obj, where)
+        self.take_snapshot(rec)
+        if op == "fork" and "body" in step and "child" in rec:
+            self.walk(step["body"], rec["child"], f"{where}.")
+
+    def execute(self, op, step, proc, owner, obj, where):
+        from .host.machine import HostError, Unsupported
+        needs_addr = "at" in step or (op == "mmap" and "addr" in step)
+        a = None
+        if needs_addr:
+            a = self.addr(step, "addr" if op == "mmap" else "at")
+            if a is None:
+                key = step["addr" if op == "mmap" else "at"][0]
+                return {"skipped": f"region {key!r} was never mapped"}
+        try:
+            return self._execute(op, step, proc, owner, obj, where, a)
+        except (ProgramError, HostError, Unsupported):
+            raise
+        except OSError as e:
+            return {"errno": _errno_name(e.errno)}
+        except EmulatedSignal as e:
+            return {"signal": "SIGBUS" if isinstance(e, Sigbus) else "SIGSEGV",
+                    "si_code": e.si_code, "addr": self.symbolic(owner, e.addr)}
+        except Exception as e:   # an engine bug or gap is an observation, not a crash
+            return {"error": type(e).__name__, "detail": str(e)}
+
+    def _execute(self, op, step, proc, owner, obj, where, a):
+        m = self.m
+        pages = step.get("pages")
+        if op == "mmap":
+            flags = parse_flags(step["flags"], "MAP_")
+            prot = parse_flags(step["prot"], "PROT_")
+            name = step.get("name")
+            if name is not None:
+                self.base[name] = None
+                self.owned[owner].append(name)
+            got = proc.mmap(a or 0, pages * C.PAGE_SIZE, prot, flags)
+            if name is not None:
+                if a is None:
+                    self.check_placement(owner, name, got, pages, where)
+                    self.top.append(name)
+                self.base[name] = got
+                self.spans[name] = (got, got + pages * C.PAGE_SIZE)
+            return {"ok": name}
+        if op == "munmap":
+            proc.munmap(a, pages * C.PAGE_SIZE)
+        elif op == "mprotect":
+            proc.mprotect(a, pages * C.PAGE_SIZE, parse_flags(step["prot"], "PROT_"))
+        elif op == "madvise":
+            proc.madvise(a, pages * C.PAGE_SIZE, parse_flags(step["advice"], "MADV_"))
+        elif op == "read":
+            return {"data": proc.read(a, step["len"]).hex()}
+        elif op == "write":
+            proc.write(a, step_data(step, where))
+        elif op == "proc_mem_read":
+            return {"data": proc.proc_mem_read(a, step["len"]).hex()}
+        elif op == "proc_mem_write":
+            n = proc.proc_mem_write(a, step_data(step, where))
+            return {"count": n} if isinstance(n, int) else {"ok": None}
+        elif op == "fork":
+            self.forks += 1
+            name = step.get("name", f"{owner}.{self.forks}")
+            child = proc.fork()
+            self.procs[name] = child
+            self.order.append(name)
+            self.owned[name] = list(self.owned[owner])
+            self.obs[-1]["child"] = name
+            return {"ok": name}
+        elif op == "exit":
+            # A process's pipes and pins go with it: exit closes its files
+            # (exit_files), and the last close of a pipe or an io_uring drops
+            # the references. Done here so that no machine's exit() has to
+            # guess which of the caller's objects belonged to the process.
+            for table, drop in ((self.pipes, "close"), (self.pins, "release")):
+                for k, (o, who) in list(table.items()):
+                    if who == owner:
+                        if o is not None:
+                            getattr(o, drop)()
+                        table[k] = (None, who)
+            proc.exit()
+            del self.procs[owner]
+        elif op == "pagemap":
+            entries = pagemap_entries(proc, a, step.get("pages", 1))
+            return {"pagemap": [pagemap_fields(e) for e in entries]}
+        elif op == "frame":
+            e = _entry(proc.pagemap(a))
+            return {"frame": frame_fields(m, e.pfn) if e.present else None}
+        elif op == "vmsplice":
+            self.pipes[step["name"]] = (proc.vmsplice(a, pages * C.PAGE_SIZE), owner)
+        elif op in ("get_user_pages", "pin_user_pages"):
+            call = getattr(proc, op)
+            self.pins[step["name"]] = (call(a, pages, parse_flags(step["gup_flags"], "FOLL_")),
+                                       owner)
+        elif op == "pipe_read":
+            return {"data": obj.read(step["len"]).hex()}
+        elif op == "pipe_close":
+            obj.close()
+            self.pipes[step["pipe"]] = (None, owner)
+        elif op == "pin_read":
+            return {"data": obj.read(step["off"], step["len"]).hex()}
+        elif op == "pin_write":
+            obj.write(step["off"], step_data(step, where))
+        elif op == "pin_release":
+            obj.release()
+            self.pins[step["pin"]] = (None, owner)
+        elif op == "clear_refs":
+            proc.clear_refs(step["value"])
+        elif op == "check":
+            m.check()
+        return {"ok": None}
+
+    def check_placement(self, owner, name, got, pages, where):
+        end = got + pages * C.PAGE_SIZE
+        for other in self.owned[owner]:
+            span = self.spans.get(other)
+            if other != name and span and span[0] < end and got < span[1]:
+                raise PlacementError(where, f"mmap placed region {name!r} over region "
+                                            f"{other!r}'s span in process {owner!r}")
+
+    # --- snapshots ---
+
+    def take_snapshot(self, rec):
+        if not self.snapshots:
+            return
+        snap = {}
+        frames = {}
+        for pname in self.order:
+            proc = self.procs.get(pname)
+            if proc is None:
+                continue
+            regions = [r for r in self.owned[pname] if r in self.top and self.base.get(r)]
+            if not regions:
+                continue
+            ranges = [(self.base[r], (self.spans[r][1] - self.spans[r][0]) // C.PAGE_SIZE)
+                      for r in regions]
+            if hasattr(proc, "pagemap_ranges"):
+                got = proc.pagemap_ranges(ranges)
+            else:
+                got = [pagemap_entries(proc, b, n) for b, n in ranges]
+            snap[pname] = per = {}
+            for r, entries in zip(regions, got):
+                per[r] = [self.page_state(e, frames) for e in entries]
+        rec["snapshot"] = snap
+
+    def page_state(self, entry, frames):
+        f = pagemap_fields(entry)
+        code = "".join(c for c, k in (("p", "present"), ("s", "swapped"), ("f", "file_shared"),
+                                      ("x", "exclusive"), ("w", "uffd_wp"), ("d", "soft_dirty"),
+                                      ("g", "guard")) if f.get(k))
+        out = {"pm": code}
+        if f["present"]:
+            pfn = f["pfn"]
+            if pfn not in frames:
+                frames[pfn] = frame_fields(self.m, pfn)
+            fr = frames[pfn]
+            out["pfn"] = pfn
+            out["kpagecount"] = fr.get("kpagecount")
+            out["kpf"] = fr.get("kpf")
+        elif f.get("swap"):
+            out["swap"] = f["swap"]
+        return out
+
+    def cleanup(self):
+        for name in reversed(self.order):
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                try:
+                    proc.exit()
+                except Exception:
+                    pass
+
+
+def run(program, machine, *, snapshots=True, cleanup=True):
+    """Run program on machine; return the list of observations (one per step
+    executed, fork bodies inline, in execution order).
+
+    Each observation: {"step", "proc", "op", "outcome"[, "child"][, "snapshot"]}.
+    outcome is one of {"ok": value}, {"data": hex}, {"count": n},
+    {"errno": "EINVAL"}, {"signal": "SIGSEGV", "si_code", "addr": [r, page, byte]},
+    {"pagemap": [...]}, {"frame": {...} or None}, {"skipped": why} (a region,
+    process, pipe or pin it needs failed to come into being earlier), or
+    {"error": "ValueError", "detail": message} (the machine raised something no
+    kernel would: a misuse both refuse, or a gap or bug of the machine).
+    mmemu.host.Unsupported and HostError propagate: the run has no meaning.
+    """
+    steps = steps_of(program)
+    check(steps)
+    r = _Run(machine, snapshots)
+    main = machine.spawn()
+    r.procs["main"] = main
+    r.order.append("main")
+    r.owned["main"] = []
+    try:
+        r.walk(steps, "main")
+    finally:
+        if cleanup:
+            r.cleanup()
+    return r.obs
+
+
+# --- presentation -----------------------------------------------------------------
+
+def _fmt_at(at):
+    return f"{at[0]}+{at[1]}" + (f".{at[2]}" if len(at) == 3 and at[2] else "")
+
+
+def _fmt_data(step):
+    if "data" in step:
+        return json.dumps(step["data"])
+    if "hex" in step:
+        return f"hex:{step['hex']}"
+    return f"{step.get('fill', 0):#04x}*{step.get('len', 0)}"
+
+
+def describe(step):
+    """One step as one line (without its body)."""
+    op = step.get("op")
+    a = lambda k: _fmt_at(step[k]) if k in step else "?"   # noqa: E731
+    fl = lambda k, p: format_flags(step[k], p) if k in step else "?"   # noqa: E731
+    if op == "mmap":
+        where = f"at {a('addr')} " if "addr" in step else ""
+        name = f"{step['name']} = " if "name" in step else ""
+        return (f"mmap {name}{where}{step.get('pages')} pages {fl('prot', 'PROT_')} "
+                f"{fl('flags', 'MAP_')}")
+    if op in ("munmap",):
+        return f"munmap {a('at')} {step.get('pages')} pages"
+    if op == "mprotect":
+        return f"mprotect {a('at')} {step.get('pages')} pages {fl('prot', 'PROT_')}"
+    if op == "madvise":
+        return f"madvise {a('at')} {step.get('pages')} pages {fl('advice', 'MADV_')}"
+    if op in ("read", "proc_mem_read"):
+        return f"{op} {a('at')} len {step.get('len')}"
+    if op in ("write", "proc_mem_write"):
+        return f"{op} {a('at')} {_fmt_data(step)}"
+    if op == "fork":
+        return f"fork -> {step.get('name', '(auto)')}"
+    if op == "pagemap":
+        return f"pagemap {a('at')}" + (f" {step['pages']} pages" if "pages" in step else "")
+    if op == "frame":
+        return f"frame of {a('at')}"
+    if op == "vmsplice":
+        return f"{step.get('name')} = vmsplice {a('at')} {step.get('pages')} pages"
+    if op in ("get_user_pages", "pin_user_pages"):
+        return (f"{step.get('name')} = {op} {a('at')} {step.get('pages')} pages "
+                f"{fl('gup_flags', 'FOLL_')}")
+    if op == "pipe_read":
+        return f"read pipe {step.get('pipe')} len {step.get('len')}"
+    if op == "pipe_close":
+        return f"close pipe {step.get('pipe')}"
+    if op == "pin_read":
+        return f"device read {step.get('pin')} +{step.get('off')} len {step.get('len')}"
+    if op == "pin_write":
+        return f"device write {step.get('pin')} +{step.get('off')} {_fmt_data(step)}"
+    if op == "pin_release":
+        return f"release {step.get('pin')}"
+    if op == "clear_refs":
+        return f"clear_refs {step.get('value')}"
+    return str(op)
+
+
+def pretty(program, indent=0, prefix="", default="main"):
+    """The program, one step a line: path, process, step."""
+    lines = []
+    for i, step in enumerate(steps_of(program)):
+        where = f"{prefix}{i}"
+        proc = step.get("proc", default)
+        if step.get("op") in PIPE_OPS | PIN_OPS:
+            proc = ""
+        lines.append(f"{' ' * indent}{where:<6} {proc:<6} {describe(step)}")
+        if step.get("op") == "fork" and "body" in step:
+            lines.append(pretty(step["body"], indent + 2, f"{where}.",
+                                step.get("name", "(child)")))
+    return "\n".join(line for line in lines if line)
+
+
+def dumps(program):
+    """Compact JSON, one line (to paste back into a test)."""
+    return json.dumps(steps_of(program), separators=(",", ":"))

@@ -1,0 +1,122 @@
+"""mmemu.host.diff: generation, survey, shrinking and the CLI, checked
+without the engine: against the host itself (must agree: the oracle is
+deterministic), and against a deliberately broken machine (must be caught
+and shrunk to a minimal program).
+"""
+import io
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hseed
+
+from mmemu import program as P
+from mmemu.constants import PM_MMAP_EXCLUSIVE
+from mmemu.host import HostMachine, PagemapEntry
+from mmemu.host import diff
+
+pytestmark = pytest.mark.host
+
+
+class _NoExclusiveBit:
+    """A 'kernel' whose pagemap never sets bit 56 (PM_MMAP_EXCLUSIVE), as an
+    engine that forgot mapcounts would. It offers only per-page pagemap(),
+    as the engine may: run() must work without the host's batch call."""
+
+    def __init__(self):
+        self.m = HostMachine()
+
+    def spawn(self):
+        return _Proc(self.m.spawn())
+
+    def frame(self, pfn):
+        return self.m.frame(pfn)
+
+    def check(self):
+        pass
+
+    def close(self):
+        self.m.close()
+
+
+class _Proc:
+    def __init__(self, p):
+        self.p = p
+
+    def __getattr__(self, name):
+        if name in ("pagemap_range", "pagemap_ranges"):
+            raise AttributeError(name)
+        return getattr(self.p, name)
+
+    def pagemap(self, addr):
+        return PagemapEntry(self.p.pagemap(addr).raw & ~PM_MMAP_EXCLUSIVE)
+
+    def fork(self):
+        return _Proc(self.p.fork())
+
+
+@settings(max_examples=150, phases=[Phase.generate], database=None, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@hseed(5)
+@given(diff.programs())
+def test_generated_programs_are_valid(program):
+    P.check(program)
+    assert program[0]["op"] == "mmap" and 1 <= program[0]["pages"] <= 8
+    assert len(program) <= 3 + 12
+
+
+def test_host_agrees_with_itself(need):
+    """Two host runs of the same programs normalise to the same observations;
+    otherwise every divergence the oracle reports could be noise."""
+    need("pfns", "kpage")
+    with HostMachine() as host:
+        results = diff.survey(40, 11, host, HostMachine, names=("host", "host"))
+    assert len(results) == 40
+    bad = [(p, o) for p, o in results if o.status not in ("agree", "unsupported")]
+    assert not bad, str(bad[0][1].divergence)
+
+
+def test_broken_machine_is_caught_and_shrunk(need):
+    need("pfns", "kpage")
+    with HostMachine() as host:
+        results = diff.survey(20, 3, host, _NoExclusiveBit)
+        found = [o for _p, o in results if o.status == "diverge"]
+        assert found, "a pagemap without bit 56 went unnoticed in 20 programs"
+        key = found[0].divergence.key
+        assert key[1] in ("snapshot.pm", "outcome.pagemap")
+        program, outcome = diff.shrink(key, 20, 3, host, _NoExclusiveBit)
+    # The minimum: one region of one page, and the one step that fails.
+    assert len(program) == 2, P.pretty(program)
+    assert program[0]["op"] == "mmap" and program[0]["pages"] == 1
+    assert outcome.divergence.key == key == (program[1]["op"], key[1])
+    assert "x" in outcome.divergence.a["pm"] and "x" not in outcome.divergence.b["pm"]
+
+
+def test_cli_against_host_reports_full_agreement(need):
+    need("pfns")
+    out = io.StringIO()
+    code = diff.main(["--against", "host", "--programs", "15", "--seed", "2",
+                      "--no-progress"], out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "agreement: 15/15 programs (100.0%)" in text
+
+
+def test_cli_prints_the_minimal_divergent_program(need, monkeypatch):
+    need("pfns", "kpage")
+    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed: _NoExclusiveBit)
+    out = io.StringIO()
+    code = diff.main(["--programs", "10", "--seed", "4", "--no-progress", "--shrink", "1"],
+                     out=out)
+    text = out.getvalue()
+    assert code == 1, text
+    assert "=== divergence 1:" in text and "first divergence at step 1" in text
+    assert "0      main   mmap a = 1 pages" in text and "as JSON: [" in text
+
+
+def test_cli_without_engine_says_so(monkeypatch):
+    def missing(kernel, seed):
+        raise diff.EngineMissing("mmemu.Machine is not available: test")
+    monkeypatch.setattr(diff, "engine_factory", missing)
+    out = io.StringIO()
+    assert diff.main(["--programs", "1", "--no-progress"], out=out) == 2
+    assert "not available" in out.getvalue()
