@@ -24,15 +24,19 @@ include "core/pgtable.pxi"
 include "core/tlb.pxi"
 include "core/fault.pxi"
 include "core/gup.pxi"
+include "core/swap.pxi"
+include "core/shmem.pxi"
 include "core/range.pxi"
 
 POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive",
                  "gup_unshare_anon", "gup_unshare_nonanon", "fork_early_cow",
                  "mm_has_pinned", "clear_refs_skip_pinned", "mprotect_upgrade",
-                 "pm_uffd_wp", "soft_dirty", "lru_batch")
+                 "pm_uffd_wp", "soft_dirty", "lru_batch", "fault_around_uffd",
+                 "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
-              "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages")
+              "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
+              "file_faults", "fault_around_pages", "swap_out", "swap_in")
 
 FRAME_FLAG_NAMES = {
     "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
@@ -61,8 +65,9 @@ cdef class Engine:
     cdef engine_t e
     cdef readonly object refcount, mapcount, version, fflags, mapping, index
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
+    cdef readonly object swap_map, swap_cache, swap_data, swap_flags
 
-    def __cinit__(self, int64_t nframes, int ncpus, dict knobs):
+    def __cinit__(self, int64_t nframes, int ncpus, dict knobs, int64_t nswap=0):
         cdef mm_policy_t *p
         memset(&self.e, 0, sizeof(engine_t))
         if nframes < 16:
@@ -122,6 +127,29 @@ cdef class Engine:
         p.pm_uffd_wp = knobs["pm_uffd_wp"]
         p.soft_dirty = knobs["soft_dirty"]
         p.lru_batch = knobs["lru_batch"]
+        p.fault_around_uffd = knobs["fault_around_uffd"]
+        p.swapout_skip_pinned = knobs["swapout_skip_pinned"]
+        p.free_swapcache_after_cow = knobs["free_swapcache_after_cow"]
+        p.fault_around_pages = knobs["fault_around_pages"]
+        if not 1 <= p.fault_around_pages <= MM_PTRS:
+            raise ValueError("fault_around_pages must be in 1..512")
+        # The swap device (numpy-owned; one entry per slot).
+        if nswap < 0:
+            raise ValueError("negative swap size")
+        self.swap_map = np.zeros(max(nswap, 1), np.uint16)
+        self.swap_cache = np.zeros(max(nswap, 1), np.int64)
+        self.swap_data = np.zeros(max(nswap, 1), np.uint64)
+        self.swap_flags = np.zeros(max(nswap, 1), np.uint8)
+        self.e.nswap = nswap
+        self.e.swap_map = <uint16_t *>cnp_data(self.swap_map)
+        self.e.swap_cache = <int64_t *>cnp_data(self.swap_cache)
+        self.e.swap_data = <uint64_t *>cnp_data(self.swap_data)
+        self.e.swap_flags = <uint8_t *>cnp_data(self.swap_flags)
+        self.e.file_cap = 16
+        self.e.nfile = 1                # mapping id 0 means anonymous
+        self.e.files = <mm_file_t *>calloc(self.e.file_cap, sizeof(mm_file_t))
+        if self.e.files == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         cdef int64_t i
@@ -141,6 +169,7 @@ cdef class Engine:
             for i in range(self.e.nmm):
                 free(self.e.mms[i].vmas)
             free(self.e.mms)
+        free(self.e.files)
 
     # ---- mms ---------------------------------------------------------------
 
@@ -463,6 +492,120 @@ cdef class Engine:
     def nr_free(self):
         return self.e.nr_free
 
+    # ---- files (page caches) -----------------------------------------------
+
+    cdef mm_file_t *_file(self, int32_t fid) except NULL:
+        if fid <= 0 or fid >= self.e.nfile or not self.e.files[fid].alive:
+            raise oserror(9, "file", f"no live file {fid}")      # EBADF
+        return &self.e.files[fid]
+
+    def file_new(self, bint shmem=True):
+        """A new, empty shmem file; returns its mapping id (1..65535)."""
+        cdef int32_t i, fid = -1
+        cdef mm_file_t *fs
+        for i in range(1, self.e.nfile):
+            if not self.e.files[i].alive:
+                fid = i
+                break
+        if fid < 0:
+            if self.e.nfile > 65535:
+                raise oserror(23, "memfd_create", "mapping ids exhausted")   # ENFILE
+            if self.e.nfile == self.e.file_cap:
+                fs = <mm_file_t *>realloc(self.e.files, self.e.file_cap * 2 * sizeof(mm_file_t))
+                if fs == NULL:
+                    raise MemoryError()
+                memset(fs + self.e.file_cap, 0, self.e.file_cap * sizeof(mm_file_t))
+                self.e.files = fs
+                self.e.file_cap *= 2
+            fid = self.e.nfile
+            self.e.nfile += 1
+        f = &self.e.files[fid]
+        memset(f, 0, sizeof(mm_file_t))
+        f.id = fid
+        f.root = dir_alloc(&self.e)
+        if f.root < 0:
+            raise MemoryError()
+        f.alive = 1
+        f.shmem = shmem
+        return fid
+
+    def file_destroy(self, int32_t fid):
+        """The last reference went (no fd, no mapping): drop the whole cache."""
+        cdef mm_file_t *f = self._file(fid)
+        cache_truncate(&self.e, f, 0, 1ULL << 35)
+        free_dir_tree(&self.e, f.root, 0)
+        f.alive = 0
+
+    def file_info(self, int32_t fid):
+        cdef mm_file_t *f = self._file(fid)
+        return {"size": f.size, "nrpages": f.nrpages}
+
+    def file_set_size(self, int32_t fid, int64_t size):
+        """Set i_size. Shrinking expects the caller to have unmapped past EOF
+        and truncated the cache (shmem_setattr order)."""
+        cdef mm_file_t *f = self._file(fid)
+        if size < f.size:
+            cache_zero_tail(&self.e, f, size)
+        f.size = size
+
+    def file_truncate_cache(self, int32_t fid, uint64_t first, uint64_t last):
+        """Remove indices [first, last) from the cache; returns folios that
+        were still mapped when removed."""
+        cdef mm_file_t *f = self._file(fid)
+        return cache_truncate(&self.e, f, first, last)
+
+    def file_pread(self, int32_t fid, int cpu, int64_t off, int64_t n):
+        cdef mm_file_t *f = self._file(fid)
+        cdef int ret = 0
+        cdef int64_t done
+        buf = bytearray(max(n, 0))
+        cdef uint8_t[::1] b = buf
+        self._cpu(cpu)
+        if n <= 0:
+            return b""
+        done = file_rw(&self.e, f, off, n, &b[0], False, cpu, &ret)
+        if ret:
+            raise fault_exception(ret, 0)
+        return bytes(buf[:done])
+
+    def file_pwrite(self, int32_t fid, int cpu, int64_t off, const uint8_t[::1] data):
+        cdef mm_file_t *f = self._file(fid)
+        cdef int ret = 0
+        cdef int64_t done
+        self._cpu(cpu)
+        if data.shape[0] == 0:
+            return 0
+        done = file_rw(&self.e, f, off, data.shape[0], <uint8_t *>&data[0], True, cpu, &ret)
+        if ret:
+            raise fault_exception(ret, 0)
+        return done
+
+    def unmap_file(self, int32_t mm, int cpu, uint64_t vma_start, uint64_t first, uint64_t last,
+                   bint even_cows):
+        """unmap_mapping_range() over one VMA: ptes of file indices [first, last)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int32_t vi = find_vma(m, vma_start)
+        cdef gather_t g
+        self._cpu(cpu)
+        if vi < 0 or not m.vmas[vi].file:
+            raise ValueError("no file VMA there")
+        gather_init(&g, mm, m.vmas[vi].start, m.vmas[vi].end)
+        unmap_file_range(&self.e, m, &m.vmas[vi], first, last, even_cows, &g)
+        gather_finish(&self.e, &g)
+
+    # ---- swap --------------------------------------------------------------
+
+    def pageout(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t n
+        self._cpu(cpu)
+        with nogil:
+            n = pageout_range(&self.e, m, cpu, start, end)
+        return n
+
+    def swap_info(self):
+        return {"slots": self.e.nswap, "used": self.e.swap_used}
+
     # ---- test-only hooks: plant states no kernel path produces -------------
 
     def _test_pte_set_bits(self, int32_t mm, uint64_t va, uint64_t bits):
@@ -492,7 +635,7 @@ cdef class Engine:
         cdef int64_t[::1] exp_map = exp_map_a
         cdef int32_t mmi
         cdef mm_t *m
-        cdef int64_t rss
+        cdef int64_t rss, used
         cdef uint16_t f
         for i in range(ext_pfns.shape[0]):
             if ext_pfns[i] != ZERO_PFN:
@@ -500,11 +643,24 @@ cdef class Engine:
         for cpu in range(self.e.ncpus):
             for i in range(self.e.lru_n[cpu]):
                 exp_ref[self.e.lru[cpu * LRU_BATCH_MAX + i]] += 1
+        swap_refs_a = np.zeros(max(self.e.nswap, 1), np.int64)
+        cdef int64_t[::1] swap_refs = swap_refs_a
+        cdef int32_t fid
+        for fid in range(1, self.e.nfile):
+            if self.e.files[fid].alive:
+                self._check_cache(&self.e.files[fid], exp_ref, swap_refs)
+        for s in range(self.e.nswap):
+            if self.e.swap_cache[s]:
+                pfn = self.e.swap_cache[s] - 1
+                exp_ref[pfn] += 1
+                if not (self.e.fflags[pfn] & PG_SWAPCACHE) or self.e.index[pfn] != s \
+                        or not (self.e.swap_map[s] & SWAP_HAS_CACHE):
+                    raise InvariantError("swapcache entry and folio disagree", pfn, f"slot {s}")
         for mmi in range(self.e.nmm):
             m = &self.e.mms[mmi]
             if not m.alive:
                 continue
-            rss = self._check_tree(m, m.pgd, 0, 0, exp_ref, exp_map)
+            rss = self._check_tree(m, m.pgd, 0, 0, exp_ref, exp_map, swap_refs)
             if rss != m.rss_anon:
                 raise InvariantError("rss_anon differs from the anon ptes mapped", None,
                                      f"mm {mmi}: counter {m.rss_anon}, ptes {rss}")
@@ -524,9 +680,56 @@ cdef class Engine:
                 raise InvariantError("PageAnonExclusive page mapped more than once", pfn)
         for s in range(<int64_t>self.e.ncpus * MM_TLB_ENTRIES):
             self._check_tlb(s)
+        used = 0
+        for s in range(self.e.nswap):
+            if self.e.swap_map[s]:
+                used += 1
+            if (self.e.swap_map[s] & SWAP_COUNT_MASK) != swap_refs[s]:
+                raise InvariantError("swap count differs from the entries referencing the slot", None,
+                                     f"slot {s}: count {self.e.swap_map[s] & SWAP_COUNT_MASK}, entries {swap_refs[s]}")
+            if bool(self.e.swap_map[s] & SWAP_HAS_CACHE) != bool(self.e.swap_cache[s]):
+                raise InvariantError("SWAP_HAS_CACHE without a swapcache folio", None, f"slot {s}")
+        if used != self.e.swap_used:
+            raise InvariantError("swap slots in use differ from the counter", None,
+                                 f"{used} != {self.e.swap_used}")
+
+    cdef int _check_cache(self, mm_file_t *f, int64_t[::1] exp_ref, int64_t[::1] swap_refs) except -1:
+        cdef uint64_t index, ent
+        cdef uint64_t *t
+        cdef int64_t pfn, npages = 0
+        cdef int i
+        index = 0
+        while index < (1ULL << 35):
+            t = table_leaf(&self.e, f.root, index << MM_PAGE_SHIFT, False, &f.nr_leaves)
+            if t == NULL:
+                # skip to the next populated leaf quickly: caches are small in tests
+                index += 512
+                if index > file_pages(f) + 512:
+                    break
+                continue
+            for i in range(MM_PTRS):
+                ent = t[i]
+                if ent == 0:
+                    continue
+                if ent & PTE_PRESENT:
+                    pfn = <int64_t>pte_pfn(ent)
+                    npages += 1
+                    exp_ref[pfn] += 1
+                    if not (self.e.fflags[pfn] & PG_FILE) or self.e.mapping[pfn] != f.id \
+                            or self.e.index[pfn] != index + i:
+                        raise InvariantError("page-cache folio does not name its file and index", pfn,
+                                             f"file {f.id} index {index + i}")
+                elif is_swap_pte(ent):
+                    swap_refs[swp_offset(ent)] += 1
+            index += 512
+            if index > file_pages(f) + 512:
+                break
+        if npages != f.nrpages:
+            raise InvariantError("nrpages differs from the cache", None, f"file {f.id}: {f.nrpages} != {npages}")
+        return 0
 
     cdef int64_t _check_tree(self, mm_t *m, int32_t d, int level, uint64_t base,
-                             int64_t[::1] exp_ref, int64_t[::1] exp_map) except -1:
+                             int64_t[::1] exp_ref, int64_t[::1] exp_map, int64_t[::1] swap_refs) except -1:
         cdef int32_t *page = dir_page(&self.e, d)
         cdef uint64_t *t
         cdef int32_t i, j
@@ -538,7 +741,7 @@ cdef class Engine:
                 continue
             va = base | (<uint64_t>i << (PGDIR_SHIFT - 9 * level))
             if level < 2:
-                rss += self._check_tree(m, page[i] - 1, level + 1, va, exp_ref, exp_map)
+                rss += self._check_tree(m, page[i] - 1, level + 1, va, exp_ref, exp_map, swap_refs)
                 continue
             t = pte_page(&self.e, page[i] - 1)
             for j in range(MM_PTRS):
@@ -550,6 +753,10 @@ cdef class Engine:
                 if vi < 0:
                     raise InvariantError("pte outside any VMA", None, f"mm {m.id} va {va:#x}")
                 if not (pte & PTE_PRESENT):
+                    if is_swap_pte(pte):
+                        if swp_offset(pte) >= self.e.nswap:
+                            raise InvariantError("swap pte beyond the swap device", None, f"va {va:#x}")
+                        swap_refs[swp_offset(pte)] += 1
                     continue
                 pfn = <int64_t>pte_pfn(pte)
                 if pfn >= self.e.nframes or not (self.e.fflags[pfn] & PG_USED):

@@ -69,6 +69,17 @@ MADV_COLLAPSE = 25
 MADV_GUARD_INSTALL = 102
 MADV_GUARD_REMOVE = 103
 
+# memfd_create flags (include/uapi/linux/memfd.h)
+MFD_CLOEXEC = 0x0001
+MFD_ALLOW_SEALING = 0x0002
+MFD_HUGETLB = 0x0004
+MFD_NOEXEC_SEAL = 0x0008
+MFD_EXEC = 0x0010
+
+# fallocate modes (include/uapi/linux/falloc.h)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
 # GUP flags: public enum in include/linux/mm_types.h ...
 FOLL_WRITE = 1 << 0
 FOLL_GET = 1 << 1

@@ -51,6 +51,10 @@ BASELINE = {
     "madv_dontneed_locked": 0,    # MADV_DONTNEED_LOCKED (5.18)
     "soft_dirty": 1,              # CONFIG_MEM_SOFT_DIRTY (the host has it off)
     "lru_batch": 15,              # per-CPU LRU add batch size (PAGEVEC_SIZE)
+    "fault_around_uffd": 0,       # fault-around skipped for uffd VMAs: 1 MINOR (5.14), 2 WP|MINOR (5.19)
+    "swapout_skip_pinned": 0,     # maybe-pinned pages stay out of the swapcache (5.11)
+    "free_swapcache_after_cow": 0,  # free the old page's idle swapcache after COW (5.14)
+    "fault_around_pages": 16,     # fault_around_bytes 64 KiB
 }
 
 
@@ -78,6 +82,12 @@ CHANGES = (
            {"fork_early_cow": 1}, bug="B6 fixed"),
     Change("9348b73c2e1b", "5.11", "mm: don't play games with pinned pages in clear_page_refs",
            {"clear_refs_skip_pinned": 1}),
+    Change("feb889fb40fa", "5.11", "mm: don't put pinned pages into the swap cache",
+           {"swapout_skip_pinned": 1}, bug="B9 mitigated"),
+    Change("c949b097ef2e", "5.14", "userfaultfd/shmem: support minor fault registration for shmem (no fault-around for MINOR)",
+           {"fault_around_uffd": 1}),
+    Change("f4c4a3f48480", "5.14", "mm: free idle swap cache page after COW",
+           {"free_swapcache_after_cow": 1}),
     Change("4ca9b3859dac", "5.14", "mm/madvise: introduce MADV_POPULATE_(READ|WRITE)",
            {"madv_populate": 1}),
     Change("pagemap-uffd-wp", "5.14", "mm/pagemap: export uffd-wp protection information (id unconfirmed)",
@@ -90,6 +100,8 @@ CHANGES = (
            {"anon_exclusive": 1, "wp_reuse": WP_REUSE_ANON_EXCLUSIVE}, bug="B7 fixed"),
     Change("a7f226604170", "5.19", "mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly shared anonymous page",
            {"gup_unshare_anon": 1}, bug="B5 fixed"),
+    Change("9c28a205c061", "5.19", "mm/shmem: handle uffd-wp special pte in page fault handler (uffd_disable_fault_around)",
+           {"fault_around_uffd": 2}),
     Change("5535be309971", "6.0", "mm/gup: fix FOLL_FORCE COW security issue and remove FOLL_COW",
            {"foll_cow_rule": FOLL_FORCE_ANON_EXCLUSIVE}, bug="B16 fixed"),
     Change("64fe24a3e05e", "6.0", "mm/mprotect: try avoiding write faults for exclusive anonymous pages when changing protection",

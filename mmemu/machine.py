@@ -27,13 +27,16 @@ class Machine:
         self.policy = policy_for(kernel, tuple(backports))
         if memory < 16 * C.PAGE_SIZE:
             raise ValueError("memory must hold at least 16 pages")
-        if swap:
-            raise NotImplementedError("swap arrives with file-backed and swapped memory (issue 4)")
+        if swap < 0:
+            raise ValueError("swap must be >= 0")
         self.kernel = kernel
         self.ncpus = ncpus
         self.memory = memory
         self.seed = seed
-        self._engine = Engine(memory // C.PAGE_SIZE, ncpus, dict(self.policy.knobs))
+        self.swap = swap
+        self._engine = Engine(memory // C.PAGE_SIZE, ncpus, dict(self.policy.knobs),
+                              swap // C.PAGE_SIZE)
+        self._files = {}            # mapping id -> ShmemFile
         self._procs = {}
         self._pid = 0
         self._holders = set()       # live Pins and Pipes (references outside page tables)
@@ -52,6 +55,12 @@ class Machine:
         p = Process(self, self._next_pid(), self._engine.mm_new(), cpu)
         self._procs[p.pid] = p
         return p
+
+    def _reap_files(self, fids):
+        for fid in fids:
+            f = self._files.get(fid)
+            if f is not None:
+                f.maybe_destroy()
 
     @property
     def processes(self):

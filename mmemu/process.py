@@ -8,10 +8,11 @@ from collections import namedtuple
 import numpy as np
 
 from . import constants as C
-from .errors import (EACCES, EBADF, EEXIST, EFAULT, EINVAL, ENOMEM, EPERM, ESRCH,
+from .errors import (EACCES, EBADF, EEXIST, EFAULT, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
                      oserror)
 from .gup import Pin, Pipe
-from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_EXEC, VM_HUGEPAGE, VM_IO,
+from .shmem import FileOps, ShmemFile
+from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
                   VM_NOHUGEPAGE, VM_PFNMAP, VM_READ, VM_SHARED, VM_SOFTDIRTY, VM_WIPEONFORK,
                   VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_ANON_VMA, Vma, VmaList)
@@ -56,12 +57,9 @@ _MADV_KNOWN = {C.MADV_NORMAL, C.MADV_RANDOM, C.MADV_SEQUENTIAL, C.MADV_WILLNEED,
                C.MADV_COLLAPSE, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE}
 
 # Advice the engine does not model yet: Linux accepts it, so refusing with an
-# errno would lie. The issue that brings each one is named.
+# errno would lie. What brings each one is named.
 _MADV_LATER = {
-    C.MADV_FREE: "file-backed and swapped memory (issue 4)",
-    C.MADV_REMOVE: "file-backed and swapped memory (issue 4)",
-    C.MADV_COLD: "file-backed and swapped memory (issue 4)",
-    C.MADV_PAGEOUT: "file-backed and swapped memory (issue 4)",
+    C.MADV_FREE: "lazy-free reclaim (not modelled yet)",
     C.MADV_COLLAPSE: "THP modelling",
     C.MADV_GUARD_INSTALL: "guard regions (E7)",
     C.MADV_GUARD_REMOVE: "guard regions (E7)",
@@ -85,7 +83,7 @@ class Thread:
         return self.process.touch(addr, npages, write, value, cpu=self.cpu)
 
 
-class Process:
+class Process(FileOps):
     """One process (one mm) of a Machine."""
 
     def __init__(self, machine, pid, mm, cpu, vmas=None):
@@ -96,6 +94,7 @@ class Process:
         self.vmas = vmas if vmas is not None else VmaList()
         self.alive = True
         self.children = []
+        self.fds = {}
         self._mmap_top = machine._mmap_base
         self._next_thread_cpu = cpu
 
@@ -138,12 +137,14 @@ class Process:
         length = _page_align(length)
         if length == 0 or length > C.TASK_SIZE:
             raise oserror(ENOMEM, "mmap", "length overflows the address space")
+        shared = map_type != C.MAP_PRIVATE
+        backing = None
         if not flags & C.MAP_ANONYMOUS:
-            if fd < 0:
-                raise oserror(EBADF, "mmap", "no file descriptor for a file mapping")
-            raise NotImplementedError("file mappings arrive with file-backed memory (issue 4)")
-        if map_type != C.MAP_PRIVATE:
-            raise NotImplementedError("MAP_SHARED|MAP_ANONYMOUS is shmem: file-backed memory (issue 4)")
+            backing = self.fds.get(fd)
+            if backing is None:
+                raise oserror(EBADF, "mmap", "no open file descriptor for a file mapping")
+            if (offset >> C.PAGE_SHIFT) + (length >> C.PAGE_SHIFT) > (1 << 35):
+                raise oserror(EOVERFLOW, "mmap", "offset beyond the page cache index range")
         if flags & C.MAP_HUGETLB:
             raise NotImplementedError("hugetlb mappings are not modelled yet")
         fixed = flags & (C.MAP_FIXED | C.MAP_FIXED_NOREPLACE)
@@ -168,7 +169,11 @@ class Process:
                 start = self.vmas.free_area(length, self._mmap_top, C.MMAP_MIN_ADDR)
                 if start is None:
                     raise oserror(ENOMEM, "mmap", "no free virtual range")
-        vmflags = (_prot_to_vm(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_ANON)
+        vmflags = _prot_to_vm(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+        if shared:
+            vmflags |= VM_SHARED | VM_MAYSHARE
+        if backing is None and not shared:
+            vmflags |= VM_ANON
         if self._policy().soft_dirty:
             vmflags |= VM_SOFTDIRTY       # a new VMA reads soft-dirty until cleared
         if flags & C.MAP_LOCKED:
@@ -177,7 +182,15 @@ class Process:
             raise oserror(ENOMEM, "mmap", "vm.max_map_count reached")
         if fixed:
             self._unmap(start, start + length)
-        self.vmas.insert(Vma(start, start + length, vmflags, start >> C.PAGE_SHIFT, 0))
+        if backing is None and shared:
+            # shmem_zero_setup(): shared anonymous memory is a shmem file.
+            backing = ShmemFile(self.machine, "dev/zero (deleted)", anon=True)
+            self.machine._engine.file_set_size(backing.fid, length)
+            pgoff = 0
+        else:
+            pgoff = (offset >> C.PAGE_SHIFT) if backing is not None else start >> C.PAGE_SHIFT
+        self.vmas.insert(Vma(start, start + length, vmflags, pgoff,
+                             backing.fid if backing is not None else 0))
         self._sync()
         if flags & (C.MAP_POPULATE | C.MAP_LOCKED):
             # mm_populate(): write faults for private writable VMAs.
@@ -189,6 +202,7 @@ class Process:
         if removed:
             self._sync()
             self._engine.zap(self.mm, self.cpu, start, end, True)
+            self.machine._reap_files({v.file for v in removed if v.file})
 
     def munmap(self, addr, length):
         self._live("munmap")
@@ -225,6 +239,9 @@ class Process:
         for vma in self.vmas.isolate(addr, end):
             if vma.start != cur:
                 error = oserror(ENOMEM, "mprotect", "range has a hole")
+                break
+            if prot & (C.PROT_GROWSDOWN | C.PROT_GROWSUP) and not vma.flags & VM_GROWSDOWN:
+                error = oserror(EINVAL, "mprotect", "PROT_GROWSDOWN/UP on a VMA that does not grow")
                 break
             newflags = (vma.flags & ~VM_ACCESS_FLAGS) | newbits
             # A request the VMA may not grant (VM_MAY* missing) is EACCES.
@@ -264,8 +281,13 @@ class Process:
         if end == addr:
             return
         if advice in _MADV_LATER:
-            raise NotImplementedError(f"MADV {advice} arrives with {_MADV_LATER[advice]}")
+            raise NotImplementedError(f"MADV {advice} needs {_MADV_LATER[advice]}")
         holes = self.vmas.holes(addr, end)
+        if advice == C.MADV_REMOVE:
+            self._madv_remove(addr, end)
+            if holes:
+                raise oserror(ENOMEM, "madvise", "range has unmapped parts")
+            return
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             self._populate(addr, end, advice == C.MADV_POPULATE_WRITE, "madvise")
             return
@@ -279,12 +301,21 @@ class Process:
                 if vma.file or vma.flags & VM_SHARED:
                     self._sync()
                     raise oserror(EINVAL, "madvise", "WIPEONFORK applies to private anon memory")
+            elif advice in (C.MADV_PAGEOUT, C.MADV_COLD):
+                if vma.flags & (VM_LOCKED | VM_PFNMAP):
+                    self._sync()
+                    raise oserror(EINVAL, "madvise", "PAGEOUT/COLD of a locked or PFN mapping")
             elif advice == C.MADV_DOFORK and vma.flags & VM_IO:
                 self._sync()
                 raise oserror(EINVAL, "madvise", "MADV_DOFORK on VM_IO")
         for vma in targets:
             if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED):
                 self._engine.zap(self.mm, self.cpu, vma.start, vma.end, False)
+            elif advice == C.MADV_PAGEOUT:
+                self._sync()
+                self._engine.pageout(self.mm, self.cpu, vma.start, vma.end)
+            elif advice == C.MADV_COLD:
+                pass                            # deactivation only: nothing observable
             elif advice == C.MADV_DONTFORK:
                 vma.flags |= VM_DONTCOPY
             elif advice == C.MADV_DOFORK:
@@ -315,6 +346,19 @@ class Process:
         if holes:
             # madvise applies to the mapped parts and then reports the hole.
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
+
+    def _madv_remove(self, start, end):
+        """MADV_REMOVE: punch the hole in the file behind a shared mapping."""
+        for vma in self.vmas.overlapping(start, end):
+            if not vma.flags & VM_SHARED or not vma.file:
+                raise oserror(EINVAL, "madvise", "MADV_REMOVE needs a shared file mapping")
+            if not vma.flags & VM_WRITE:
+                raise oserror(EACCES, "madvise", "MADV_REMOVE needs a writable mapping")
+        for vma in self.vmas.overlapping(start, end):
+            s, e = max(start, vma.start), min(end, vma.end)
+            first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)
+            last = vma.pgoff + ((e - vma.start) >> C.PAGE_SHIFT)
+            self.machine._files[vma.file].punch_hole(first, last)
 
     def _populate(self, start, end, write, call):
         flags = C.FOLL_MADV_POPULATE | C.FOLL_TOUCH | (C.FOLL_WRITE if write else 0)
@@ -383,6 +427,9 @@ class Process:
         child_mm = self._engine.mm_new()
         child = Process(m, m._next_pid(), child_mm, self.cpu, child_vmas)
         child._mmap_top = self._mmap_top
+        child.fds = dict(self.fds)                  # the fd table is duplicated
+        for f in child.fds.values():
+            f.nfds += 1
         self._engine.set_vmas(child_mm, *child_vmas.arrays())
         wrprotected = 0
         try:
@@ -405,9 +452,15 @@ class Process:
     def exit(self):
         if not self.alive:
             return
+        files = {v.file for v in self.vmas if v.file}
         self._engine.mm_destroy(self.mm, self.cpu)
         self.alive = False
         self.machine._procs.pop(self.pid, None)
+        for fd in list(self.fds):
+            f = self.fds.pop(fd)
+            f.nfds -= 1
+            files.add(f.fid)
+        self.machine._reap_files(files)
 
     # ---- GUP users -----------------------------------------------------------
 
@@ -447,8 +500,10 @@ class Process:
         """vmsplice(2) of user memory into a new pipe: FOLL_GET references
         (read-only GUP) that the pipe holds until read."""
         self._live("vmsplice")
-        if length <= 0:
-            raise oserror(EINVAL, "vmsplice", "empty iovec")
+        if length < 0:
+            raise oserror(EINVAL, "vmsplice", "negative length")
+        if length == 0:
+            return Pipe(self.machine, [], 0, 0)      # Linux returns 0, any address
         first = addr & ~(PAGE - 1)
         npages = (_page_align(addr + length) - first) >> C.PAGE_SHIFT
         pfns, err = self._engine.gup(self.mm, self.cpu, first, npages, C.FOLL_GET)

@@ -40,12 +40,21 @@ cdef extern from "mm_types.h" nogil:
         int32_t gup_unshare_anon, gup_unshare_nonanon, fork_early_cow
         int32_t mm_has_pinned, clear_refs_skip_pinned, mprotect_upgrade
         int32_t pm_uffd_wp, soft_dirty, lru_batch
+        int32_t fault_around_uffd, swapout_skip_pinned, free_swapcache_after_cow
+        int32_t fault_around_pages
+
+    ctypedef struct mm_file_t:
+        int32_t id, root, alive, shmem
+        int64_t size, nrpages, nr_leaves
+
+    uint32_t SWAP_HAS_CACHE, SWAP_COUNT_MASK, SWAP_DATA_BYTES
 
     enum:
         MM_STAT_FAULT, MM_STAT_ANON_FAULT, MM_STAT_ZERO_FAULT, MM_STAT_WP_FAULT
         MM_STAT_COW, MM_STAT_REUSE, MM_STAT_UNSHARE, MM_STAT_EARLY_COW
         MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN
-        MM_STAT_GUP, MM_STAT_NR
+        MM_STAT_GUP, MM_STAT_FILE_FAULT, MM_STAT_FAULT_AROUND, MM_STAT_SWPOUT
+        MM_STAT_SWPIN, MM_STAT_NR
 
 # eras.py values of the policy enums (kept equal by tests/unit/test_eras.py).
 cdef enum:
@@ -122,10 +131,21 @@ ctypedef struct engine_t:
     mm_t *mms
     int32_t nmm, mm_cap
 
+    mm_file_t *files           # page caches, by mapping id (0 unused: anon)
+    int32_t nfile, file_cap
+
+    int64_t nswap              # swap slots (0: no swap device)
+    int64_t swap_used
+    int64_t swap_cursor        # next slot to try (cluster-less, lowest-free scan)
+    uint16_t *swap_map         # per slot: references | SWAP_HAS_CACHE
+    int64_t *swap_cache        # per slot: swapcache folio pfn + 1, 0 none
+    uint64_t *swap_data        # per slot: content version, or byte slot
+    uint8_t *swap_flags        # per slot: SWAP_DATA_BYTES
+
     mm_policy_t pol
     uint64_t stamp             # last content version handed out
     uint64_t fault_addr        # address of the last failed access
-    int64_t stats[16]
+    int64_t stats[24]
 
 # An mmu_gather: pages to release once the TLB flush is done.
 ctypedef struct gather_t:

@@ -42,6 +42,8 @@ cdef bint wp_can_reuse_refcount_drain(engine_t *e, int cpu, int64_t pfn) noexcep
         lru_drain(e, cpu)
     if e.refcount[pfn] > 1 + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
         return False
+    if e.fflags[pfn] & PG_SWAPCACHE:
+        try_to_free_swap(e, pfn)        # 53a05ad9f21d: reuse exclusive swapcache pages
     return e.refcount[pfn] == 1
 
 
@@ -54,6 +56,13 @@ cdef bint wp_can_reuse(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
         # is reused only when nothing else holds it (reuse_ksm_page).
         if e.fflags[pfn] & PG_KSM:
             return not (e.fflags[pfn] & PG_SWAPCACHE) and e.refcount[pfn] == 1
+        if e.fflags[pfn] & PG_SWAPCACHE:
+            # Other ptes still pointing at the swap slot are users too; a
+            # reused page leaves the swapcache.
+            if e.mapcount[pfn] + (e.swap_map[e.index[pfn]] & SWAP_COUNT_MASK) != 1:
+                return False
+            try_to_free_swap(e, pfn)
+            return True
         return e.mapcount[pfn] == 1
     if rule == WP_REUSE_REFCOUNT:
         # 5.9-5.17, 09854ba94c6a: page_count == 1, KSM always copied.
@@ -90,10 +99,12 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     ptep[0] = 0
     tlb_flush_page(e, mm.id, va)
     ptep[0] = entry
-    if old == ZERO_PFN:
+    if old == ZERO_PFN or not (e.fflags[old] & PG_ANON):
         mm.rss_anon += 1
-    else:
+    if old != ZERO_PFN:
         e.mapcount[old] -= 1
+        if e.pol.free_swapcache_after_cow and e.fflags[old] & PG_SWAPCACHE and e.mapcount[old] == 0:
+            try_to_free_swap(e, old)     # 5.14 f4c4a3f48480: an idle swapcache copy goes
         put_page(e, old, 1)
     e.stats[MM_STAT_UNSHARE if unshare else MM_STAT_COW] += 1
     return 0 if unshare else VM_FAULT_WRITE
@@ -110,6 +121,11 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
         # The zero page: COW (or, for a long-term R/O pin, unshare) into a fresh page.
         return wp_page_copy(e, mm, cpu, vma, va, ptep, ZERO_PFN, unshare)
     pfn = <int64_t>pte_pfn(pte)
+    if vma.flags & VM_SHARED:
+        # wp_page_shared / unshare of a shared mapping: never a COW.
+        if unshare:
+            return 0
+        return wp_page_shared(e, vma, ptep, pfn)
     if e.fflags[pfn] & PG_ANON:
         if (e.pol.anon_exclusive and (e.fflags[pfn] & PG_ANON_EXCLUSIVE)) or wp_can_reuse(e, cpu, pfn):
             # 5.19+: a reused page is exclusive from now on.
@@ -156,11 +172,13 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
             return VM_FAULT_NOMEM
     pte = ptep[0]
     if pte == 0:
-        if vma.flags & VM_ANON and not (vma.flags & VM_SHARED):
-            return do_anonymous_page(e, mm, cpu, vma, va, ptep, fflags)
-        return VM_FAULT_SIGBUS      # file-backed VMAs are not modelled yet
+        if vma.file:
+            return do_file_fault(e, mm, cpu, vma, va, ptep, fflags)
+        return do_anonymous_page(e, mm, cpu, vma, va, ptep, fflags)
     if not (pte & PTE_PRESENT):
-        return VM_FAULT_SIGBUS      # swap entries and markers are not created yet
+        if is_swap_pte(pte):
+            return do_swap_page(e, mm, cpu, vma, va, ptep, fflags)
+        return VM_FAULT_SIGBUS      # pte markers arrive with userfaultfd
     if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE):
         if not (pte & PTE_WRITE):
             return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)

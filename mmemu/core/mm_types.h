@@ -127,6 +127,23 @@ typedef struct {
     mm_vma_t *vmas;           /* sorted by start, owned by the core */
 } mm_t;
 
+/* A file's page cache (memfd / shmem / shared anon): a radix tree of the
+ * page-table layout keyed by index; entries are present ptes naming the
+ * cache folio, or swap entries for swapped-out shmem pages. */
+typedef struct {
+    int32_t id;
+    int32_t root;             /* directory page of the cache tree */
+    int32_t alive;
+    int32_t shmem;            /* swap-backed */
+    int64_t size;             /* i_size, bytes */
+    int64_t nrpages;          /* folios in the cache */
+    int64_t nr_leaves;        /* leaf pages of the cache tree */
+} mm_file_t;
+
+#define SWAP_HAS_CACHE 0x4000  /* swap_map: the slot's folio is in the swapcache */
+#define SWAP_COUNT_MASK 0x3fff
+#define SWAP_DATA_BYTES 1      /* swap_flags: swap_data is a byte-store slot */
+
 /* Rules of one kernel version, filled from eras.py. Never a version string. */
 typedef struct {
     int32_t wp_reuse;
@@ -142,6 +159,10 @@ typedef struct {
     int32_t pm_uffd_wp;
     int32_t soft_dirty;
     int32_t lru_batch;
+    int32_t fault_around_uffd;     /* 0: none, 1: MINOR (5.14), 2: WP|MINOR (5.19) */
+    int32_t swapout_skip_pinned;   /* 5.11 */
+    int32_t free_swapcache_after_cow; /* 5.14 f4c4a3f48480 */
+    int32_t fault_around_pages;
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */
@@ -149,7 +170,8 @@ enum {
     MM_STAT_FAULT, MM_STAT_ANON_FAULT, MM_STAT_ZERO_FAULT, MM_STAT_WP_FAULT,
     MM_STAT_COW, MM_STAT_REUSE, MM_STAT_UNSHARE, MM_STAT_EARLY_COW,
     MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN,
-    MM_STAT_GUP, MM_STAT_NR
+    MM_STAT_GUP, MM_STAT_FILE_FAULT, MM_STAT_FAULT_AROUND, MM_STAT_SWPOUT, MM_STAT_SWPIN,
+    MM_STAT_NR
 };
 
 #endif

@@ -84,10 +84,12 @@ cdef int push_free(int32_t **stack, int64_t *n, int64_t *cap, int32_t v) noexcep
     return 0
 
 
-cdef uint64_t *pte_table(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
-    """The pte page covering va (its entry 0), allocating levels if asked;
-    NULL when absent (or when allocation failed)."""
-    cdef int32_t *d = dir_page(e, mm.pgd)
+cdef uint64_t *table_leaf(engine_t *e, int32_t root, uint64_t va, bint alloc,
+                          int64_t *nr_leaves) noexcept nogil:
+    """The leaf page (512 packed entries) covering va under a 4-level tree,
+    allocating levels if asked; NULL when absent (or allocation failed).
+    Page tables use it keyed by address, page caches keyed by index << 12."""
+    cdef int32_t *d = dir_page(e, root)
     cdef int32_t i, nxt
     cdef int level
     for level in range(3):
@@ -101,7 +103,7 @@ cdef uint64_t *pte_table(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcep
             else:
                 nxt = ptp_alloc(e)
                 if nxt >= 0:
-                    mm.nr_ptes += 1
+                    nr_leaves[0] += 1
             if nxt < 0:
                 return NULL
             nxt += 1
@@ -111,6 +113,31 @@ cdef uint64_t *pte_table(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcep
         else:
             return pte_page(e, nxt - 1)
     return NULL
+
+
+cdef uint64_t *leaf_or_skip(engine_t *e, int32_t root, uint64_t va, uint64_t *next) noexcept nogil:
+    """The leaf covering va, or NULL with *next = the first address past the
+    missing level's span, so range walks skip empty space at the level it is
+    empty (a walk of an almost empty 47-bit space stays cheap)."""
+    cdef int32_t *d = dir_page(e, root)
+    cdef int32_t nxt
+    cdef int level, shift
+    for level in range(3):
+        shift = PGDIR_SHIFT - 9 * level
+        nxt = d[(va >> shift) & 511]
+        if nxt == 0:
+            next[0] = ((va >> shift) + 1) << shift
+            return NULL
+        if level < 2:
+            d = dir_page(e, nxt - 1)
+        else:
+            return pte_page(e, nxt - 1)
+    return NULL
+
+
+cdef inline uint64_t *pte_table(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
+    """The pte page covering va (its entry 0)."""
+    return table_leaf(e, mm.pgd, va, alloc, &mm.nr_ptes)
 
 
 cdef inline uint64_t *pte_offset(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
@@ -125,6 +152,7 @@ cdef void free_pte_tables(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) n
     after munmap: the caller passes a range no VMA covers any more). The ptes
     must already be zapped."""
     cdef uint64_t va = (start + (1ULL << PMD_SHIFT) - 1) & ~((1ULL << PMD_SHIFT) - 1)
+    cdef uint64_t skip
     cdef int32_t *d
     cdef int32_t i, nxt
     cdef int level
@@ -137,14 +165,17 @@ cdef void free_pte_tables(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) n
             nxt = d[i]
             if nxt == 0:
                 found = False
+                skip = ((va >> (PGDIR_SHIFT - 9 * level)) + 1) << (PGDIR_SHIFT - 9 * level)
                 break
             d = dir_page(e, nxt - 1)
-        if found:
-            i = <int32_t>((va >> PMD_SHIFT) & 511)
-            if d[i] != 0:
-                push_free(&e.pte_free, &e.npte_free, &e.pte_free_cap, d[i] - 1)
-                d[i] = 0
-                mm.nr_ptes -= 1
+        if not found:
+            va = skip
+            continue
+        i = <int32_t>((va >> PMD_SHIFT) & 511)
+        if d[i] != 0:
+            push_free(&e.pte_free, &e.npte_free, &e.pte_free_cap, d[i] - 1)
+            d[i] = 0
+            mm.nr_ptes -= 1
         va += 1ULL << PMD_SHIFT
 
 

@@ -16,24 +16,30 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn
     while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
         stop = block_end(va, end)
-        t = pte_table(e, mm, va, False)
-        if t != NULL:
-            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
-            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
-            for i in range(i0, i1):
-                pte = t[i]
-                if pte == 0:
-                    continue
-                t[i] = 0
-                if pte & PTE_PRESENT:
-                    g.need_flush = 1
-                    if not (pte & PTE_SPECIAL):
-                        pfn = <int64_t>pte_pfn(pte)
-                        e.mapcount[pfn] -= 1
-                        if e.fflags[pfn] & PG_ANON:
-                            mm.rss_anon -= 1
-                        gather_add(e, g, pfn)
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            pte = t[i]
+            if pte == 0:
+                continue
+            t[i] = 0
+            if pte & PTE_PRESENT:
+                g.need_flush = 1
+                if not (pte & PTE_SPECIAL):
+                    pfn = <int64_t>pte_pfn(pte)
+                    e.mapcount[pfn] -= 1
+                    if e.fflags[pfn] & PG_ANON:
+                        mm.rss_anon -= 1
+                    elif pte & PTE_DIRTY:
+                        e.fflags[pfn] |= PG_DIRTY   # the folio keeps the dirty state
+                    gather_add(e, g, pfn)
+            else:
+                zap_swap_entry(e, mm, pte)
         va = stop
 
 
@@ -54,24 +60,26 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
     cdef uint64_t veto = PTE_SPECIAL | PTE_UFFD_WP
     cdef uint16_t excl = PG_ANON | PG_ANON_EXCLUSIVE
     while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
         stop = block_end(va, end)
-        t = pte_table(e, mm, va, False)
-        if t != NULL:
-            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
-            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
-            for i in range(i0, i1):
-                pte = t[i]
-                if not (pte & PTE_PRESENT):
-                    continue
-                # A private mapping's vm_page_prot never has write (COW).
-                npte = (pte & ~(PTE_WRITE | PTE_PROTNONE)) | prot
-                # 6.0+ (64fe24a3e05e, can_change_pte_writable): an exclusive
-                # anon page may be mapped writable right away.
-                if try_writable and (pte & need) == need and not (pte & veto) \
-                        and (ff[pte_pfn(pte)] & excl) == excl:
-                    npte |= PTE_WRITE
-                lost += ((pte & ~npte & PTE_WRITE) | (npte & ~pte & PTE_PROTNONE)) != 0
-                t[i] = npte
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            pte = t[i]
+            if not (pte & PTE_PRESENT):
+                continue
+            # A private mapping's vm_page_prot never has write (COW).
+            npte = (pte & ~(PTE_WRITE | PTE_PROTNONE)) | prot
+            # 6.0+ (64fe24a3e05e, can_change_pte_writable): an exclusive
+            # anon page may be mapped writable right away.
+            if try_writable and (pte & need) == need and not (pte & veto) \
+                    and (ff[pte_pfn(pte)] & excl) == excl:
+                npte |= PTE_WRITE
+            lost += ((pte & ~npte & PTE_WRITE) | (npte & ~pte & PTE_PROTNONE)) != 0
+            t[i] = npte
         va = stop
     return lost
 
@@ -85,59 +93,76 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
     cdef int64_t i, i0, i1, pfn, new
     cdef bint cow = is_cow_mapping(src_flags)
     while va < end:
+        s = leaf_or_skip(e, src.pgd, va, &stop)
+        if s == NULL:
+            va = stop
+            continue
         stop = block_end(va, end)
-        s = pte_table(e, src, va, False)
-        if s != NULL:
-            d = pte_table(e, dst, va, True)
-            if d == NULL:
-                return -1
-            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
-            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
-            for i in range(i0, i1):
-                pte = s[i]
-                if pte == 0 or not (pte & PTE_PRESENT):
-                    continue
-                if not (pte & PTE_SPECIAL):
-                    pfn = <int64_t>pte_pfn(pte)
-                    if e.fflags[pfn] & PG_ANON and cow and e.pol.fork_early_cow \
-                            and src.flags & MMF_HAS_PINNED and e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS \
-                            and (not e.pol.anon_exclusive or e.fflags[pfn] & PG_ANON_EXCLUSIVE):
-                        # 5.9+ (70e806e4e645; 5.19+ folio_try_dup_anon_rmap failing):
-                        # a maybe-pinned page stays with the parent, the child
-                        # gets a copy now (copy_present_page).
-                        new = frame_alloc(e)
-                        if new < 0:
-                            return -1
-                        if frame_copy(e, new, pfn) < 0:
-                            frame_free(e, new)
-                            return -1
-                        e.fflags[new] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
-                        e.mapcount[new] = 1
-                        lru_add(e, cpu, new)
-                        entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY \
-                            | vma_prot_bits(dst_flags)
-                        if dst_flags & VM_WRITE:
-                            entry |= PTE_WRITE
-                        d[i] = entry
-                        dst.rss_anon += 1
-                        e.stats[MM_STAT_EARLY_COW] += 1
-                        continue
-                    e.refcount[pfn] += 1
-                    e.mapcount[pfn] += 1
-                    if e.fflags[pfn] & PG_ANON:
-                        # The page is now shared: no longer exclusive (5.19+).
-                        e.fflags[pfn] &= ~PG_ANON_EXCLUSIVE
-                        dst.rss_anon += 1
-                if cow and pte & PTE_WRITE:
-                    # Write-protect both sides; the parent's stale writable
-                    # translations go with fork's final flush_tlb_mm.
-                    pte &= ~PTE_WRITE
-                    s[i] = pte
-                    wrprotected[0] += 1
-                pte &= ~PTE_YOUNG
+        d = pte_table(e, dst, va, True)
+        if d == NULL:
+            return -1
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            pte = s[i]
+            if pte == 0:
+                continue
+            if not (pte & PTE_PRESENT):
+                # copy_nonpresent_pte: one more reference to the slot; 5.19+
+                # the entry is no longer exclusive, in parent and child.
+                if is_swap_pte(pte):
+                    swap_dup(e, pte)
+                    if e.pol.anon_exclusive and pte & SWP_EXCLUSIVE:
+                        pte &= ~SWP_EXCLUSIVE
+                        s[i] = pte
                 if not (dst_flags & VM_UFFD_WP):
                     pte &= ~PTE_UFFD_WP
                 d[i] = pte
+                continue
+            if not (pte & PTE_SPECIAL):
+                pfn = <int64_t>pte_pfn(pte)
+                # 5.9-5.18 copied any maybe-pinned page of a COW mapping
+                # early; 5.19+ only exclusive anon ones (folio_try_dup_anon_rmap).
+                if cow and e.pol.fork_early_cow and src.flags & MMF_HAS_PINNED \
+                        and e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS \
+                        and ((not e.pol.anon_exclusive) or
+                             (e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE)):
+                    # 5.9+ (70e806e4e645; 5.19+ folio_try_dup_anon_rmap failing):
+                    # a maybe-pinned page stays with the parent, the child
+                    # gets a copy now (copy_present_page).
+                    new = frame_alloc(e)
+                    if new < 0:
+                        return -1
+                    if frame_copy(e, new, pfn) < 0:
+                        frame_free(e, new)
+                        return -1
+                    e.fflags[new] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
+                    e.mapcount[new] = 1
+                    lru_add(e, cpu, new)
+                    entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY \
+                        | vma_prot_bits(dst_flags)
+                    if dst_flags & VM_WRITE:
+                        entry |= PTE_WRITE
+                    d[i] = entry
+                    dst.rss_anon += 1
+                    e.stats[MM_STAT_EARLY_COW] += 1
+                    continue
+                e.refcount[pfn] += 1
+                e.mapcount[pfn] += 1
+                if e.fflags[pfn] & PG_ANON:
+                    # The page is now shared: no longer exclusive (5.19+).
+                    e.fflags[pfn] &= ~PG_ANON_EXCLUSIVE
+                    dst.rss_anon += 1
+            if cow and pte & PTE_WRITE:
+                # Write-protect both sides; the parent's stale writable
+                # translations go with fork's final flush_tlb_mm.
+                pte &= ~PTE_WRITE
+                s[i] = pte
+                wrprotected[0] += 1
+            pte &= ~PTE_YOUNG
+            if not (dst_flags & VM_UFFD_WP):
+                pte &= ~PTE_UFFD_WP
+            d[i] = pte
         va = stop
     return 0
 
@@ -152,26 +177,28 @@ cdef int64_t clear_soft_dirty_range(engine_t *e, mm_t *mm, uint64_t start, uint6
     cdef bint skip_pinned = e.pol.clear_refs_skip_pinned != 0 and is_cow_mapping(vma_flags) \
         and (mm.flags & MMF_HAS_PINNED) != 0
     while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
         stop = block_end(va, end)
-        t = pte_table(e, mm, va, False)
-        if t != NULL:
-            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
-            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
-            for i in range(i0, i1):
-                pte = t[i]
-                if not (pte & PTE_PRESENT):
-                    if pte != 0:
-                        t[i] = pte & ~PTE_SOFT_DIRTY      # swap entries: swp soft-dirty
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            pte = t[i]
+            if not (pte & PTE_PRESENT):
+                if pte != 0:
+                    t[i] = pte & ~PTE_SOFT_DIRTY      # swap entries: swp soft-dirty
+                continue
+            if skip_pinned and not (pte & PTE_SPECIAL):
+                # 5.11+ (9348b73c2e1b): a maybe-pinned page keeps its
+                # writable pte, so it always reads soft-dirty.
+                pfn = <int64_t>pte_pfn(pte)
+                if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
                     continue
-                if skip_pinned and not (pte & PTE_SPECIAL):
-                    # 5.11+ (9348b73c2e1b): a maybe-pinned page keeps its
-                    # writable pte, so it always reads soft-dirty.
-                    pfn = <int64_t>pte_pfn(pte)
-                    if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
-                        continue
-                if pte & PTE_WRITE:
-                    lost += 1
-                t[i] = pte & ~(PTE_WRITE | PTE_SOFT_DIRTY)
+            if pte & PTE_WRITE:
+                lost += 1
+            t[i] = pte & ~(PTE_WRITE | PTE_SOFT_DIRTY)
         va = stop
     return lost
 
@@ -223,6 +250,8 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
                 out |= 1ULL << 61                # PM_FILE
     elif pte != 0:
         out = 1ULL << 62                         # swap entry / marker
+        if is_swap_pte(pte):
+            out |= <uint64_t>swp_offset(pte) << 5    # swap type 0 | offset << MAX_SWAPFILES_SHIFT
         if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
             out |= 1ULL << 55
         if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:

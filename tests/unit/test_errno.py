@@ -109,6 +109,12 @@ class TestMprotect:
             p.mprotect(a, PAGE, 0x40)
         assert err(e) == errno.EINVAL
 
+    def test_growsdown_on_plain_vma(self, p):
+        a = p.mmap(0, PAGE, RW, PRIV)
+        with pytest.raises(OSError) as e:
+            p.mprotect(a, PAGE, PROT_READ | mmemu.PROT_GROWSDOWN)
+        assert err(e) == errno.EINVAL
+
     def test_unmapped(self, p):
         with pytest.raises(OSError) as e:
             p.mprotect(0x20000000, PAGE, PROT_READ)
@@ -218,6 +224,10 @@ class TestGup:
         with pytest.raises(OSError) as e:
             p.pin_user_pages(a, 1, FOLL_WRITE)
         assert err(e) == errno.EFAULT
+
+    def test_vmsplice_zero_length_is_zero(self, p):
+        # Linux returns 0 for an empty iovec, whatever the address (host-checked).
+        assert p.vmsplice(0, 0).nbytes == 0
 
     def test_vmsplice_unmapped(self, p):
         with pytest.raises(OSError) as e:

@@ -1,0 +1,386 @@
+# Swap: one swap device (type 0) of e.nswap slots, the swapcache, swap-out of
+# anon ptes and shmem folios, swap-in (mm/memory.c do_swap_page, mm/shmem.c
+# shmem_swapin_folio, mm/swapfile.c). Slot contents are kept as the frame's
+# were: a content version or a byte-store slot.
+
+cdef inline uint64_t swp_entry(int64_t slot) noexcept nogil:
+    return (SWP_SWAP << SWP_TYPE_SHIFT) | (<uint64_t>slot << SWP_OFFSET_SHIFT)
+
+
+cdef inline bint is_swap_pte(uint64_t pte) noexcept nogil:
+    return pte != 0 and not (pte & PTE_PRESENT) and ((pte & SWP_TYPE_MASK) >> SWP_TYPE_SHIFT) == SWP_SWAP
+
+
+cdef inline int64_t swp_offset(uint64_t pte) noexcept nogil:
+    return <int64_t>(pte >> SWP_OFFSET_SHIFT)
+
+
+cdef int64_t swap_slot_alloc(engine_t *e) noexcept nogil:
+    """The lowest free slot at or after the cursor (wrapping); -1 when full."""
+    cdef int64_t i, s
+    if e.swap_used >= e.nswap:
+        return -1
+    for i in range(e.nswap):
+        s = (e.swap_cursor + i) % e.nswap
+        if e.swap_map[s] == 0:
+            e.swap_cursor = s + 1
+            e.swap_used += 1
+            e.swap_flags[s] = 0
+            e.swap_data[s] = 0
+            return s
+    return -1
+
+
+cdef void swap_slot_release(engine_t *e, int64_t slot) noexcept nogil:
+    if e.swap_flags[slot] & SWAP_DATA_BYTES:
+        bytes_release(e, <int64_t>e.swap_data[slot])
+    e.swap_flags[slot] = 0
+    e.swap_data[slot] = 0
+    e.swap_map[slot] = 0
+    e.swap_used -= 1
+    if slot < e.swap_cursor:
+        e.swap_cursor = slot
+
+
+cdef int swap_write(engine_t *e, int64_t slot, int64_t pfn, bint move) noexcept nogil:
+    """pageout(): the folio's contents go to the slot. With `move` the frame is
+    about to be freed, so a byte-exact page hands its store slot over."""
+    cdef int64_t b
+    if e.swap_flags[slot] & SWAP_DATA_BYTES:
+        bytes_release(e, <int64_t>e.swap_data[slot])
+        e.swap_flags[slot] = 0
+    if e.fflags[pfn] & PG_BYTES:
+        if move:
+            e.swap_data[slot] = e.version[pfn]
+            e.fflags[pfn] &= ~PG_BYTES
+            e.version[pfn] = 0
+        else:
+            b = bytes_alloc(e)
+            if b < 0:
+                return -1
+            memcpy(bytes_ptr(e, b), bytes_ptr(e, <int64_t>e.version[pfn]), MM_PAGE_SIZE)
+            e.swap_data[slot] = <uint64_t>b
+        e.swap_flags[slot] = SWAP_DATA_BYTES
+    else:
+        e.swap_data[slot] = e.version[pfn]
+    return 0
+
+
+cdef int swap_read(engine_t *e, int64_t slot, int64_t pfn) noexcept nogil:
+    cdef int64_t b
+    if e.swap_flags[slot] & SWAP_DATA_BYTES:
+        b = bytes_alloc(e)
+        if b < 0:
+            return -1
+        memcpy(bytes_ptr(e, b), bytes_ptr(e, <int64_t>e.swap_data[slot]), MM_PAGE_SIZE)
+        e.version[pfn] = <uint64_t>b
+        e.fflags[pfn] |= PG_BYTES
+    else:
+        e.version[pfn] = e.swap_data[slot]
+    return 0
+
+
+cdef void swapcache_delete(engine_t *e, int64_t pfn) noexcept nogil:
+    """delete_from_swap_cache(): the folio leaves the swapcache (dropping the
+    cache's reference); the slot goes if nothing references it any more."""
+    cdef int64_t slot = <int64_t>e.index[pfn]
+    e.swap_cache[slot] = 0
+    e.swap_map[slot] &= ~SWAP_HAS_CACHE
+    e.fflags[pfn] &= ~PG_SWAPCACHE
+    e.index[pfn] = 0
+    if e.swap_map[slot] == 0:
+        swap_slot_release(e, slot)
+    put_page(e, pfn, 1)
+
+
+cdef bint try_to_free_swap(engine_t *e, int64_t pfn) noexcept nogil:
+    """folio_free_swap(): drop the swapcache copy once no pte or shmem entry
+    references the slot."""
+    cdef int64_t slot
+    if not (e.fflags[pfn] & PG_SWAPCACHE):
+        return False
+    slot = <int64_t>e.index[pfn]
+    if e.swap_map[slot] & SWAP_COUNT_MASK:
+        return False
+    swapcache_delete(e, pfn)
+    return True
+
+
+cdef void swap_entry_free(engine_t *e, int64_t slot) noexcept nogil:
+    """free_swap_and_cache(): one reference to the slot goes; a swapcache
+    folio nobody else holds goes with the last one."""
+    cdef int64_t pfn
+    if slot < 0 or slot >= e.nswap:
+        return
+    if e.swap_map[slot] & SWAP_COUNT_MASK:
+        e.swap_map[slot] -= 1
+    if e.swap_map[slot] & SWAP_COUNT_MASK:
+        return
+    if e.swap_map[slot] & SWAP_HAS_CACHE:
+        pfn = e.swap_cache[slot] - 1
+        if e.refcount[pfn] == 1 and e.mapcount[pfn] == 0:
+            swapcache_delete(e, pfn)
+        return
+    swap_slot_release(e, slot)
+
+
+cdef inline void zap_swap_entry(engine_t *e, mm_t *mm, uint64_t pte) noexcept nogil:
+    if is_swap_pte(pte):
+        swap_entry_free(e, swp_offset(pte))
+
+
+cdef inline void swap_dup(engine_t *e, uint64_t pte) noexcept nogil:
+    if is_swap_pte(pte):
+        e.swap_map[swp_offset(pte)] += 1
+
+
+cdef int64_t swapin_folio(engine_t *e, int64_t slot, int cpu, int *ret) noexcept nogil:
+    """The slot's folio from the swapcache, or read into a new one added to
+    the swapcache (the device is not SWP_SYNCHRONOUS_IO: no bypass)."""
+    cdef int64_t pfn
+    ret[0] = 0
+    if e.swap_cache[slot]:
+        return e.swap_cache[slot] - 1
+    pfn = frame_alloc(e)
+    if pfn < 0:
+        ret[0] = VM_FAULT_OOM
+        return -1
+    if swap_read(e, slot, pfn) < 0:
+        frame_free(e, pfn)
+        ret[0] = VM_FAULT_NOMEM
+        return -1
+    e.fflags[pfn] |= PG_SWAPCACHE
+    e.index[pfn] = <uint32_t>slot
+    e.swap_cache[slot] = pfn + 1
+    e.swap_map[slot] |= SWAP_HAS_CACHE
+    lru_add(e, cpu, pfn)
+    e.stats[MM_STAT_SWPIN] += 1
+    return pfn
+
+
+cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                      uint64_t *ptep, int fflags) noexcept nogil:
+    """Fault on an anon swap pte: the era's exclusivity and reuse rules."""
+    cdef uint64_t orig = ptep[0], entry
+    cdef int64_t slot = swp_offset(orig), pfn
+    cdef int ret = 0
+    cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0, exclusive = False
+    if slot >= e.nswap:
+        return VM_FAULT_SIGBUS
+    pfn = swapin_folio(e, slot, cpu, &ret)
+    if pfn < 0:
+        return ret
+    e.fflags[pfn] |= PG_ANON
+    # The pte's reference to the slot becomes the mapping's folio reference.
+    e.swap_map[slot] -= 1
+    e.refcount[pfn] += 1
+    e.mapcount[pfn] += 1
+    mm.rss_anon += 1
+    vma.flags |= VM_ANON_VMA
+    entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
+    if orig & PTE_SOFT_DIRTY:
+        entry |= PTE_SOFT_DIRTY
+    if orig & PTE_UFFD_WP:
+        entry |= PTE_UFFD_WP
+    if e.pol.wp_reuse == WP_REUSE_ANON_EXCLUSIVE:
+        # 5.19+ (1493a1913e34): the swap pte remembers exclusivity.
+        exclusive = (orig & SWP_EXCLUSIVE) != 0
+        if write and not (e.fflags[pfn] & PG_KSM) and e.refcount[pfn] == 2:
+            try_to_free_swap(e, pfn)            # should_try_to_free_swap()
+        if exclusive or e.refcount[pfn] == 1:
+            e.fflags[pfn] |= PG_ANON_EXCLUSIVE
+            if vma.flags & VM_WRITE and not (entry & PTE_UFFD_WP) \
+                    and not (vma_soft_dirty_tracking(e, vma.flags) and not (entry & PTE_SOFT_DIRTY)):
+                entry |= PTE_WRITE              # writable even on a read fault
+                if write:
+                    entry |= PTE_DIRTY | PTE_SOFT_DIRTY
+                    write = False
+    elif e.pol.wp_reuse != WP_REUSE_REFCOUNT_DRAIN and write:
+        # <= 5.17 reuse_swap_page(): mapcount + swap count == 1, refcount ignored;
+        # a reused page leaves the swapcache.
+        if e.mapcount[pfn] + (e.swap_map[slot] & SWAP_COUNT_MASK) == 1:
+            try_to_free_swap(e, pfn)
+            entry |= PTE_DIRTY | PTE_SOFT_DIRTY
+            if vma.flags & VM_WRITE:
+                entry |= PTE_WRITE
+            write = False
+    ptep[0] = entry
+    if write:
+        # The write is not satisfied yet: the era's do_wp_page decides (5.18's
+        # c145e0b47c77 makes swap-in refcount-based through the same path).
+        return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)
+    return 0
+
+
+cdef int64_t shmem_swapin(engine_t *e, mm_file_t *f, uint64_t index, uint64_t *cs, int cpu,
+                          int *ret) noexcept nogil:
+    """shmem_swapin_folio(): read the page back into the cache and free the
+    swap entry at once (shmem keeps no swapcache copy)."""
+    cdef int64_t slot = swp_offset(cs[0]), pfn
+    ret[0] = 0
+    if slot >= e.nswap:
+        ret[0] = VM_FAULT_SIGBUS
+        return -1
+    pfn = swapin_folio(e, slot, cpu, ret)
+    if pfn < 0:
+        return -1
+    # Leave the swapcache: the cache entry now names the folio.
+    e.swap_cache[slot] = 0
+    e.swap_map[slot] &= ~SWAP_HAS_CACHE
+    e.fflags[pfn] &= ~PG_SWAPCACHE
+    swap_entry_free(e, slot)                   # the cache entry's slot reference
+    e.fflags[pfn] |= PG_FILE | PG_DIRTY
+    e.mapping[pfn] = <uint16_t>f.id
+    e.index[pfn] = <uint32_t>index
+    cs[0] = pfn_pte(pfn) | PTE_PRESENT          # the swapcache's reference is the cache's now
+    f.nrpages += 1
+    return pfn
+
+
+cdef int swapout_anon_pte(engine_t *e, mm_t *mm, uint64_t *ptep, gather_t *g) noexcept nogil:
+    """Reclaim one anon page mapped only here (shrink_folio_list for a
+    MADV_PAGEOUT'ed or cold page): into the swapcache, pte -> swap entry,
+    written out, freed if nothing else holds it. 1 if unmapped, 0 if kept."""
+    cdef uint64_t pte = ptep[0], swp
+    cdef int64_t pfn, slot
+    cdef bint maybe_pinned
+    if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
+        return 0
+    pfn = <int64_t>pte_pfn(pte)
+    if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & PG_KSM or e.mapcount[pfn] != 1:
+        return 0
+    maybe_pinned = e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS
+    if maybe_pinned and e.pol.swapout_skip_pinned:
+        return 0            # 5.11+ (feb889fb40fa): pinned pages stay out of the swapcache
+    if maybe_pinned and e.pol.anon_exclusive and e.fflags[pfn] & PG_ANON_EXCLUSIVE:
+        return 0            # folio_try_share_anon_rmap_pte() refuses
+    if not (e.fflags[pfn] & PG_SWAPCACHE):
+        slot = swap_slot_alloc(e)
+        if slot < 0:
+            return 0        # swap full: the page stays
+        e.swap_map[slot] = SWAP_HAS_CACHE
+        e.swap_cache[slot] = pfn + 1
+        e.fflags[pfn] |= PG_SWAPCACHE
+        e.index[pfn] = <uint32_t>slot
+        e.refcount[pfn] += 1
+    slot = <int64_t>e.index[pfn]
+    swp = swp_entry(slot) | (pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+    if e.pol.anon_exclusive and e.fflags[pfn] & PG_ANON_EXCLUSIVE:
+        swp |= SWP_EXCLUSIVE
+    e.fflags[pfn] &= ~PG_ANON_EXCLUSIVE
+    ptep[0] = swp
+    e.swap_map[slot] += 1
+    e.mapcount[pfn] -= 1
+    mm.rss_anon -= 1
+    g.need_flush = 1
+    swap_write(e, slot, pfn, False)
+    # The caller drops the pte's reference after the flush; the folio is
+    # freed then if only the swapcache still holds it.
+    e.stats[MM_STAT_SWPOUT] += 1
+    return 1
+
+
+cdef int swapout_shmem(engine_t *e, mm_file_t *f, uint64_t index) noexcept nogil:
+    """shmem_writepage(): an unmapped cache folio goes to swap; the cache
+    entry becomes a swap entry. 1 if swapped out."""
+    cdef uint64_t *cs = cache_slot(e, f, index, False)
+    cdef int64_t pfn, slot
+    if cs == NULL or not (cs[0] & PTE_PRESENT):
+        return 0
+    pfn = <int64_t>pte_pfn(cs[0])
+    if e.mapcount[pfn] != 0 or e.refcount[pfn] != 1:
+        return 0
+    slot = swap_slot_alloc(e)
+    if slot < 0:
+        return 0
+    if swap_write(e, slot, pfn, True) < 0:
+        swap_slot_release(e, slot)
+        return 0
+    e.swap_map[slot] = 1                        # the cache entry's reference
+    cs[0] = swp_entry(slot)
+    f.nrpages -= 1
+    e.fflags[pfn] &= ~(PG_FILE | PG_DIRTY)
+    e.mapping[pfn] = 0
+    put_page(e, pfn, 1)
+    e.stats[MM_STAT_SWPOUT] += 1
+    return 1
+
+
+cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end) noexcept nogil:
+    """MADV_PAGEOUT over [start, end): reclaim the pages mapped only by this
+    mm (madvise_cold_or_pageout_pte_range + shrink_folio_list). Anon pages
+    go to swap through the swapcache; shmem folios are unmapped and written
+    out with the file. Returns pages reclaimed."""
+    cdef gather_t g
+    cdef int32_t vi
+    cdef mm_vma_t *vma
+    cdef uint64_t va, stop, vs, ve, pte
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, pfn, n = 0, nanon = 0, nfile = 0, cap
+    cdef int64_t *anon
+    cdef int64_t *fpfn
+    if e.nswap == 0:
+        return 0
+    lru_drain(e, cpu)
+    cap = <int64_t>((end - start) >> MM_PAGE_SHIFT) + 1
+    anon = <int64_t *>malloc(cap * sizeof(int64_t))
+    fpfn = <int64_t *>malloc(cap * sizeof(int64_t))
+    if anon == NULL or fpfn == NULL:
+        free(anon)
+        free(fpfn)
+        return 0
+    gather_init(&g, mm.id, start, end)
+    for vi in range(mm.nvma):
+        vma = &mm.vmas[vi]
+        vs = vma.start if vma.start > start else start
+        ve = vma.end if vma.end < end else end
+        if vs >= ve or vma.flags & VM_LOCKED:
+            continue
+        va = vs
+        while va < ve:
+            t = leaf_or_skip(e, mm.pgd, va, &stop)
+            if t == NULL:
+                va = stop
+                continue
+            stop = block_end(va, ve)
+            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+            for i in range(i0, i1):
+                pte = t[i]
+                if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
+                    continue
+                pfn = <int64_t>pte_pfn(pte)
+                if e.fflags[pfn] & PG_ANON:
+                    if swapout_anon_pte(e, mm, &t[i], &g):
+                        anon[nanon] = pfn
+                        nanon += 1
+                elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1 \
+                        and e.refcount[pfn] < GUP_PIN_COUNTING_BIAS:
+                    # try_to_unmap of a shmem folio mapped only here
+                    t[i] = 0
+                    e.mapcount[pfn] -= 1
+                    if pte & PTE_DIRTY:
+                        e.fflags[pfn] |= PG_DIRTY
+                    g.need_flush = 1
+                    fpfn[nfile] = pfn
+                    nfile += 1
+            va = stop
+    if g.need_flush:
+        tlb_flush_range(e, mm.id, start, end)
+    g.need_flush = 0
+    gather_finish(e, &g)
+    for i in range(nanon):
+        put_page(e, anon[i], 1)                 # the pte's reference, after the flush
+        pfn = anon[i]
+        if e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_SWAPCACHE \
+                and e.mapcount[pfn] == 0 and e.refcount[pfn] == 1:
+            swapcache_delete(e, pfn)
+        n += 1
+    for i in range(nfile):
+        pfn = fpfn[i]
+        put_page(e, pfn, 1)
+        if e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_FILE:
+            n += swapout_shmem(e, file_of(e, e.mapping[pfn]), e.index[pfn])
+    free(anon)
+    free(fpfn)
+    return n

@@ -1,0 +1,180 @@
+"""shmem files: memfd_create, shared anonymous memory, truncation and hole
+punching (mm/shmem.c shmem_fallocate / shmem_setattr, mm/truncate.c).
+
+The page cache lives in the core; this module keeps the file objects, the
+per-process fd tables and the orchestration across every VMA that maps a
+file (the kernel's i_mmap walk).
+"""
+from . import constants as C
+from .errors import EBADF, EINVAL, EFBIG, oserror
+
+EOPNOTSUPP = 95
+MAX_FILE_SIZE = (1 << 35) * C.PAGE_SIZE       # indices fit the 4-level cache tree
+
+
+class ShmemFile:
+    """An inode of shmem: a page cache in the core, plus what Python tracks."""
+
+    def __init__(self, machine, name, anon=False):
+        self.machine = machine
+        self.fid = machine._engine.file_new(True)
+        self.name = name
+        self.anon = anon            # backs MAP_SHARED|MAP_ANONYMOUS: no fd, dies with its VMAs
+        self.nfds = 0
+        self.alive = True
+        machine._files[self.fid] = self
+
+    @property
+    def size(self):
+        return self.machine._engine.file_info(self.fid)["size"]
+
+    def mappers(self):
+        """(process, vma) pairs mapping this file (the i_mmap tree)."""
+        for p in self.machine.processes:
+            for v in p.vmas:
+                if v.file == self.fid:
+                    yield p, v
+
+    def unmap_range(self, first, last, even_cows):
+        """unmap_mapping_range(): every VMA's ptes of indices [first, last)."""
+        eng = self.machine._engine
+        for p, v in list(self.mappers()):
+            p._pull()
+            eng.unmap_file(p.mm, p.cpu, v.start, first, last, even_cows)
+
+    def punch_hole(self, first, last):
+        """shmem_fallocate(PUNCH_HOLE): unmap (private COW copies survive),
+        then truncate the cache range; a folio re-faulted in between is
+        unmapped again, without keeping markers, before it leaves the cache."""
+        self.unmap_range(first, last, even_cows=False)
+        # Second pass (unmap_mapping_folio under the folio lock): only a fault
+        # that raced the first pass leaves anything for it to do.
+        self.unmap_range(first, last, even_cows=False)
+        self.machine._engine.file_truncate_cache(self.fid, first, last)
+
+    def truncate(self, size):
+        """shmem_setattr(): shrinking zaps private COW copies past EOF too."""
+        eng = self.machine._engine
+        if size < self.size:
+            first = (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
+            last = (self.size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
+            self.unmap_range(first, last, even_cows=True)
+            eng.file_truncate_cache(self.fid, first, last)
+        eng.file_set_size(self.fid, size)
+
+    def maybe_destroy(self):
+        if self.alive and self.nfds == 0 and not any(True for _ in self.mappers()):
+            self.machine._engine.file_destroy(self.fid)
+            self.alive = False
+            del self.machine._files[self.fid]
+
+
+class FileOps:
+    """The file syscalls of a Process (mixed into Process)."""
+
+    def _file(self, fd, call):
+        f = self.fds.get(fd)
+        if f is None:
+            raise oserror(EBADF, call, f"fd {fd} is not open")
+        return f
+
+    def _new_fd(self, f):
+        fd = 3
+        while fd in self.fds:
+            fd += 1
+        self.fds[fd] = f
+        f.nfds += 1
+        return fd
+
+    def memfd_create(self, name, flags=0):
+        """memfd_create(2): a new shmem file, opened read-write."""
+        self._live("memfd_create")
+        if flags & ~(C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL
+                     | C.MFD_EXEC):
+            raise oserror(EINVAL, "memfd_create", "unknown flags")
+        if flags & C.MFD_HUGETLB:
+            raise NotImplementedError("hugetlbfs memfds are not modelled yet")
+        if len(name.encode()) > 249:
+            raise oserror(EINVAL, "memfd_create", "name too long")
+        return self._new_fd(ShmemFile(self.machine, name))
+
+    def close(self, fd):
+        self._live("close")
+        f = self._file(fd, "close")
+        del self.fds[fd]
+        f.nfds -= 1
+        f.maybe_destroy()
+
+    def ftruncate(self, fd, length):
+        self._live("ftruncate")
+        f = self._file(fd, "ftruncate")
+        if length < 0:
+            raise oserror(EINVAL, "ftruncate", "negative length")
+        if length > MAX_FILE_SIZE:
+            raise oserror(EFBIG, "ftruncate", "file too large")
+        f.truncate(length)
+
+    def fallocate(self, fd, mode, offset, length):
+        """fallocate(2) on shmem: allocation, or PUNCH_HOLE|KEEP_SIZE."""
+        self._live("fallocate")
+        f = self._file(fd, "fallocate")
+        if offset < 0 or length <= 0:
+            raise oserror(EINVAL, "fallocate", "bad offset or length")
+        if offset + length > MAX_FILE_SIZE:
+            raise oserror(EFBIG, "fallocate", "range too large")
+        if mode & C.FALLOC_FL_PUNCH_HOLE:
+            if not mode & C.FALLOC_FL_KEEP_SIZE or mode & ~(C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE):
+                raise oserror(EOPNOTSUPP, "fallocate", "PUNCH_HOLE needs KEEP_SIZE alone")
+            # Whole pages only; partial pages at the edges are zeroed in place.
+            first = (offset + C.PAGE_SIZE - 1) // C.PAGE_SIZE
+            last = (offset + length) // C.PAGE_SIZE
+            eng = self.machine._engine
+            head_end = min(first * C.PAGE_SIZE, offset + length)
+            if offset < head_end:
+                self._zero_file_range(f, offset, head_end)
+            tail_start = max(last * C.PAGE_SIZE, head_end)
+            if tail_start < offset + length:
+                self._zero_file_range(f, tail_start, offset + length)
+            if first < last:
+                f.punch_hole(first, last)
+            return
+        if mode & ~C.FALLOC_FL_KEEP_SIZE:
+            raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")
+        # Preallocation: every page of the range enters the cache (zeroed).
+        eng = self.machine._engine
+        size = f.size
+        start = offset & ~(C.PAGE_SIZE - 1)
+        for page in range(start, offset + length, C.PAGE_SIZE):
+            if page >= size and mode & C.FALLOC_FL_KEEP_SIZE:
+                break
+            existing = eng.file_pread(f.fid, self.cpu, page, 1) if page < size else b""
+            eng.file_pwrite(f.fid, self.cpu, page, existing or b"\0")
+        if not mode & C.FALLOC_FL_KEEP_SIZE and offset + length > size:
+            eng.file_set_size(f.fid, offset + length)
+        elif eng.file_info(f.fid)["size"] != size:
+            eng.file_set_size(f.fid, size)
+
+    def _zero_file_range(self, f, start, end):
+        # Only bytes below EOF that are in the cache change (a hole reads zero).
+        end = min(end, f.size)
+        if start < end and any(self.machine._engine.file_pread(f.fid, self.cpu, start, end - start)):
+            self.machine._engine.file_pwrite(f.fid, self.cpu, start, bytes(end - start))
+
+    def pread(self, fd, n, offset):
+        self._live("pread")
+        f = self._file(fd, "pread")
+        if offset < 0 or n < 0:
+            raise oserror(EINVAL, "pread", "negative offset or count")
+        return self.machine._engine.file_pread(f.fid, self.cpu, offset, n)
+
+    def pwrite(self, fd, data, offset):
+        self._live("pwrite")
+        f = self._file(fd, "pwrite")
+        if offset < 0:
+            raise oserror(EINVAL, "pwrite", "negative offset")
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise oserror(EFBIG, "pwrite", "beyond the maximum file size")
+        return self.machine._engine.file_pwrite(f.fid, self.cpu, offset, bytes(data))
+
+    def fstat_size(self, fd):
+        return self._file(fd, "fstat").size
