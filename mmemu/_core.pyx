@@ -399,6 +399,15 @@ cdef class Engine:
                 tlb_flush_range(&self.e, mm, start, end)
         return lost
 
+    def move_ptes(self, int32_t mm, uint64_t old, uint64_t new, uint64_t length):
+        """mremap's move of page-table entries from old to new (same mm)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t ret
+        with nogil:
+            ret = move_ptes(&self.e, m, old, new, length, self.e.pol.soft_dirty != 0)
+        if ret < 0:
+            raise MemoryError()
+
     def clear_soft_dirty(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vma_flags):
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost

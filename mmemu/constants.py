@@ -76,6 +76,11 @@ MFD_HUGETLB = 0x0004
 MFD_NOEXEC_SEAL = 0x0008
 MFD_EXEC = 0x0010
 
+# mremap flags (include/uapi/linux/mman.h)
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
+MREMAP_DONTUNMAP = 4
+
 # fallocate modes (include/uapi/linux/falloc.h)
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02

@@ -347,6 +347,74 @@ class Process(FileOps):
             # madvise applies to the mapped parts and then reports the hole.
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
 
+    def mremap(self, old_addr, old_size, new_size, flags=0, new_addr=0):
+        """mremap(2): grow in place, shrink, or move (MAYMOVE / FIXED /
+        DONTUNMAP) by moving ptes, never copying pages."""
+        self._live("mremap")
+        self._pull()
+        pol = self._policy()
+        known = C.MREMAP_MAYMOVE | C.MREMAP_FIXED | (C.MREMAP_DONTUNMAP if pol.at_least("5.7") else 0)
+        if flags & ~known or old_addr & (PAGE - 1):
+            raise oserror(EINVAL, "mremap", "bad flags or misaligned address")
+        if flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP) and not flags & C.MREMAP_MAYMOVE:
+            raise oserror(EINVAL, "mremap", "FIXED/DONTUNMAP need MAYMOVE")
+        old_size, new_size = _page_align(old_size), _page_align(new_size)
+        if new_size == 0:
+            raise oserror(EINVAL, "mremap", "zero new size")
+        if flags & C.MREMAP_DONTUNMAP and old_size != new_size:
+            raise oserror(EINVAL, "mremap", "DONTUNMAP needs equal sizes")
+        if flags & C.MREMAP_FIXED:
+            if new_addr & (PAGE - 1) or new_addr + new_size > C.TASK_SIZE:
+                raise oserror(EINVAL, "mremap", "bad new address")
+            if new_addr < old_addr + old_size and old_addr < new_addr + new_size:
+                raise oserror(EINVAL, "mremap", "old and new ranges overlap")
+        vma = self.vmas.find(old_addr)
+        if vma is None or old_addr + old_size > vma.end:
+            raise oserror(EFAULT, "mremap", "old range not inside one mapping")
+        if old_size == 0:
+            raise oserror(EINVAL, "mremap", "duplicating a mapping (old_size 0) is not modelled")
+        if flags & C.MREMAP_DONTUNMAP and (vma.file or vma.flags & VM_SHARED) and not pol.at_least("5.13"):
+            raise oserror(EINVAL, "mremap", "DONTUNMAP of a non-anonymous mapping needs 5.13")
+        if flags & C.MREMAP_FIXED:
+            self._unmap(new_addr, new_addr + new_size)
+            if new_size < old_size:
+                self._unmap(old_addr + new_size, old_addr + old_size)
+                old_size = new_size
+            return self._move(old_addr, old_size, new_addr, new_size, flags)
+        if new_size <= old_size:
+            if new_size < old_size:
+                self._unmap(old_addr + new_size, old_addr + old_size)
+            return old_addr
+        # Grow: in place if this is the VMA's end and the space after is free.
+        grow_end = old_addr + new_size
+        if old_addr + old_size == vma.end and grow_end <= C.TASK_SIZE \
+                and not self.vmas.overlapping(vma.end, grow_end):
+            vma.end = grow_end
+            self._sync()
+            return old_addr
+        if not flags & C.MREMAP_MAYMOVE:
+            raise oserror(ENOMEM, "mremap", "cannot grow in place")
+        dst = self.vmas.free_area(new_size, self._mmap_top, C.MMAP_MIN_ADDR)
+        if dst is None:
+            raise oserror(ENOMEM, "mremap", "no free virtual range")
+        return self._move(old_addr, old_size, dst, new_size, flags)
+
+    def _move(self, old_addr, old_size, new_addr, new_size, flags):
+        (vma,) = self.vmas.isolate(old_addr, old_addr + old_size)
+        moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file)
+        if self._policy().soft_dirty:
+            moved.flags |= VM_SOFTDIRTY           # the new range is new memory to trackers
+        self.vmas.insert(moved)
+        self._engine.set_vmas(self.mm, *self.vmas.arrays())
+        self._engine.move_ptes(self.mm, old_addr, new_addr, old_size)
+        if flags & C.MREMAP_DONTUNMAP:
+            self._sync()                          # the old VMA stays, now empty
+        else:
+            self.vmas.remove(old_addr, old_addr + old_size)
+            self._sync()
+            self._engine.zap(self.mm, self.cpu, old_addr, old_addr + old_size, True)
+        return new_addr
+
     def _madv_remove(self, start, end):
         """MADV_REMOVE: punch the hole in the file behind a shared mapping."""
         for vma in self.vmas.overlapping(start, end):

@@ -259,3 +259,30 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     if e.pol.soft_dirty and vflags & VM_SOFTDIRTY:
         out |= 1ULL << 55                        # a new VMA reads soft-dirty
     return out
+
+
+cdef int64_t move_ptes(engine_t *e, mm_t *mm, uint64_t old, uint64_t new, uint64_t length,
+                       bint soft_dirty) noexcept nogil:
+    """move_page_tables(): entries move, pages do not; a moved pte reads
+    soft-dirty (move_soft_dirty_pte). Returns -1 if a table could not be
+    allocated (nothing lost: the caller still has the old range)."""
+    cdef uint64_t off = 0, pte, stop
+    cdef uint64_t *s
+    cdef uint64_t *d
+    while off < length:
+        s = leaf_or_skip(e, mm.pgd, old + off, &stop)
+        if s == NULL:
+            off = stop - old if stop - old < length else length
+            continue
+        pte = s[((old + off) >> MM_PAGE_SHIFT) & 511]
+        if pte != 0:
+            d = pte_table(e, mm, new + off, True)
+            if d == NULL:
+                return -1
+            if soft_dirty:
+                pte |= PTE_SOFT_DIRTY
+            d[((new + off) >> MM_PAGE_SHIFT) & 511] = pte
+            s[((old + off) >> MM_PAGE_SHIFT) & 511] = 0
+        off += MM_PAGE_SIZE
+    tlb_flush_range(e, mm.id, old, old + length)
+    return 0

@@ -69,10 +69,21 @@ class Scenario:
 REGISTRY = []
 
 
-def scenario(id, name, title, bug="", fails="", backing="anon", needs=None, why=""):
+def scenario(id, name, title, bug="", fails="", backing="anon", needs=None, why="", backings=None):
+    """Register func(machine). With `backings` ({backing: fails spec}) the
+    case is registered once per backing and called as func(machine, backing=b),
+    as cow.c runs each anonymous test on every backing."""
     def register(func):
-        REGISTRY.append(Scenario(id, name, title, func, bug, frozenset(parse_versions(fails)),
-                                 backing, needs, why or (func.__doc__ or "").strip()))
+        doc = why or (func.__doc__ or "").strip()
+        if backings is None:
+            REGISTRY.append(Scenario(id, name, title, func, bug, frozenset(parse_versions(fails)),
+                                     backing, needs, doc))
+            return func
+        for b, spec in backings.items():
+            bound = (lambda f, bb: (lambda m: f(m, backing=bb)))(func, b)
+            sid = id if b == "base" else f"{id}/{b}"
+            REGISTRY.append(Scenario(sid, name, title, bound, bug, frozenset(parse_versions(spec)),
+                                     b, needs, doc))
         return func
     return register
 
@@ -107,7 +118,7 @@ def run(scn, kernel, machine_factory=None):
     """Run one scenario on a fresh machine of `kernel`; never raises for an
     outcome, only reports it."""
     from ..machine import Machine
-    factory = machine_factory or (lambda k: Machine(kernel=k, memory=64 << 20))
+    factory = machine_factory or (lambda k: Machine(kernel=k, memory=64 << 20, swap=16 << 20))
     machine = factory(kernel)
     version = machine.policy.version
     reason = scn.skip_reason(machine.policy)
@@ -125,5 +136,5 @@ def run(scn, kernel, machine_factory=None):
 
 
 def all_scenarios():
-    from . import cow  # noqa: F401  registers on import
+    from . import cow, files  # noqa: F401  register on import
     return list(REGISTRY)

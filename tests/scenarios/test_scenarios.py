@@ -23,7 +23,7 @@ def _cases():
 
 @pytest.mark.parametrize("scn,version", list(_cases()))
 def test_scenario(scn, version):
-    machine = mmemu.Machine(kernel=version, memory=64 << 20)
+    machine = mmemu.Machine(kernel=version, memory=64 << 20, swap=16 << 20)
     reason = scn.skip_reason(machine.policy)
     if reason:
         pytest.skip(reason)
@@ -31,9 +31,11 @@ def test_scenario(scn, version):
 
 
 def test_every_bug_of_the_issue_reproduces_somewhere():
-    # B2, B4, B5, B6, B7, B19, B20 each have a scenario that fails in its era.
+    # Issue 2: B2, B4, B5, B6, B7, B19, B20; issue 4: B8, B9 (and B19's
+    # swapcache part, B20's page-cache part) each have a scenario that fails
+    # in its era.
     bugs = {s.bug for s in all_scenarios() if s.fails}
-    assert {"B2", "B4", "B5", "B6", "B7", "B19", "B20"} <= bugs
+    assert {"B2", "B4", "B5", "B6", "B7", "B8", "B9", "B19", "B20"} <= bugs
 
 
 def test_backport_turns_a_bug_off():
