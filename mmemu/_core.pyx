@@ -42,6 +42,7 @@ FRAME_FLAG_NAMES = {
     "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
     "swapcache": PG_SWAPCACHE, "zero": PG_ZERO, "lru": PG_LRU, "dirty": PG_DIRTY,
     "uptodate": PG_UPTODATE, "reserved": PG_RESERVED, "bytes": PG_BYTES, "file": PG_FILE,
+    "lazyfree": PG_LAZYFREE,
 }
 
 
@@ -607,9 +608,26 @@ cdef class Engine:
     def pageout(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n
+        cdef uint64_t stopped
         self._cpu(cpu)
         with nogil:
-            n = pageout_range(&self.e, m, cpu, start, end)
+            n = pageout_range(&self.e, m, cpu, start, end, 1LL << 62, &stopped)
+        return n
+
+    def reclaim(self, int cpu, int64_t want):
+        """Run reclaim for up to `want` pages; returns frames freed."""
+        cdef int64_t n
+        self._cpu(cpu)
+        with nogil:
+            n = reclaim_pages(&self.e, cpu, want)
+        return n
+
+    def madvise_free(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t n
+        self._cpu(cpu)
+        with nogil:
+            n = madvise_free_range(&self.e, m, cpu, start, end)
         return n
 
     def swap_info(self):

@@ -85,6 +85,12 @@ class Machine:
             kpf |= 1 << C.KPF_MMAP
         return FrameInfo(pfn, refcount, mapcount, pincount, frozenset(flags), mapcount, kpf)
 
+    def reclaim(self, npages=1 << 62, cpu=0):
+        """Memory pressure, as an explicit event: reclaim up to npages (pages
+        mapped once go to swap, clean MADV_FREE'd pages are dropped, unmapped
+        shmem goes to swap). Returns frames freed."""
+        return self._engine.reclaim(cpu, npages)
+
     def check(self):
         """Verify every invariant of the machine; raise mmemu.InvariantError."""
         pfns, refs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]

@@ -59,7 +59,6 @@ _MADV_KNOWN = {C.MADV_NORMAL, C.MADV_RANDOM, C.MADV_SEQUENTIAL, C.MADV_WILLNEED,
 # Advice the engine does not model yet: Linux accepts it, so refusing with an
 # errno would lie. What brings each one is named.
 _MADV_LATER = {
-    C.MADV_FREE: "lazy-free reclaim (not modelled yet)",
     C.MADV_COLLAPSE: "THP modelling",
     C.MADV_GUARD_INSTALL: "guard regions (E7)",
     C.MADV_GUARD_REMOVE: "guard regions (E7)",
@@ -301,6 +300,10 @@ class Process(FileOps):
                 if vma.file or vma.flags & VM_SHARED:
                     self._sync()
                     raise oserror(EINVAL, "madvise", "WIPEONFORK applies to private anon memory")
+            elif advice == C.MADV_FREE:
+                if vma.file or vma.flags & VM_SHARED:
+                    self._sync()
+                    raise oserror(EINVAL, "madvise", "MADV_FREE applies to private anon memory")
             elif advice in (C.MADV_PAGEOUT, C.MADV_COLD):
                 if vma.flags & (VM_LOCKED | VM_PFNMAP):
                     self._sync()
@@ -316,6 +319,8 @@ class Process(FileOps):
                 self._engine.pageout(self.mm, self.cpu, vma.start, vma.end)
             elif advice == C.MADV_COLD:
                 pass                            # deactivation only: nothing observable
+            elif advice == C.MADV_FREE:
+                self._engine.madvise_free(self.mm, self.cpu, vma.start, vma.end)
             elif advice == C.MADV_DONTFORK:
                 vma.flags |= VM_DONTCOPY
             elif advice == C.MADV_DOFORK:
@@ -375,8 +380,14 @@ class Process(FileOps):
             raise oserror(EINVAL, "mremap", "duplicating a mapping (old_size 0) is not modelled")
         if flags & C.MREMAP_DONTUNMAP and (vma.file or vma.flags & VM_SHARED) and not pol.at_least("5.13"):
             raise oserror(EINVAL, "mremap", "DONTUNMAP of a non-anonymous mapping needs 5.13")
-        if flags & C.MREMAP_FIXED:
-            self._unmap(new_addr, new_addr + new_size)
+        if flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP):
+            # mremap_to(): always a move, to new_addr or to a fresh range.
+            if flags & C.MREMAP_FIXED:
+                self._unmap(new_addr, new_addr + new_size)
+            else:
+                new_addr = self.vmas.free_area(new_size, self._mmap_top, C.MMAP_MIN_ADDR)
+                if new_addr is None:
+                    raise oserror(ENOMEM, "mremap", "no free virtual range")
             if new_size < old_size:
                 self._unmap(old_addr + new_size, old_addr + old_size)
                 old_size = new_size

@@ -12,7 +12,7 @@ cdef extern from "mm_types.h" nogil:
     uint64_t SWP_OFFSET_SHIFT
 
     uint32_t PG_ANON, PG_ANON_EXCLUSIVE, PG_KSM, PG_SWAPCACHE, PG_ZERO, PG_LRU
-    uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED
+    uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED, PG_LAZYFREE
 
     uint64_t VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_MAYREAD, VM_MAYWRITE
     uint64_t VM_MAYEXEC, VM_MAYSHARE, VM_UFFD_MISSING, VM_PFNMAP, VM_UFFD_WP
@@ -144,6 +144,8 @@ ctypedef struct engine_t:
 
     mm_policy_t pol
     uint64_t stamp             # last content version handed out
+    int32_t reclaim_mm         # the reclaim clock hand: mm and address
+    uint64_t reclaim_va
     uint64_t fault_addr        # address of the last failed access
     int64_t stats[24]
 

@@ -2,6 +2,9 @@
 # vm_fault_t-style codes, never exceptions: the entry points map them to
 # Sigsegv / Sigbus / OutOfMemory / errno.
 
+cdef enum:
+    RECLAIM_BATCH = 32          # SWAP_CLUSTER_MAX: pages direct reclaim aims for
+
 
 cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
                            uint64_t va, uint64_t *ptep, int fflags) noexcept nogil:
@@ -235,10 +238,12 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
         e.tlb_tag[slot] = 0
     e.stats[MM_STAT_TLB_MISS] += 1
     ptep = pte_offset(e, mm, va, False)
-    for attempt in range(3):
+    for attempt in range(6):
         if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
             return 0
         ret = handle_mm_fault_pte(e, mm, cpu, va, FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0), ptep)
+        if ret & VM_FAULT_OOM and reclaim_pages(e, cpu, RECLAIM_BATCH) > 0:
+            continue            # direct reclaim freed frames: fault again
         if ret & VM_FAULT_ERROR:
             e.fault_addr = va
             return ret

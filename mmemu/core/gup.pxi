@@ -149,6 +149,9 @@ cdef int64_t gup_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t n
             elif flags & FOLL_WRITE:
                 fault_flags |= FAULT_FLAG_WRITE
             ret = handle_mm_fault(e, mm, cpu, va, fault_flags)
+            if ret & VM_FAULT_OOM and reclaim_pages(e, cpu, RECLAIM_BATCH) > 0:
+                tries += 1
+                continue
             if ret & VM_FAULT_ERROR:
                 e.fault_addr = va
                 if ret & (VM_FAULT_OOM | VM_FAULT_NOMEM):

@@ -58,6 +58,7 @@
 #define PG_RESERVED       (1u << 8)
 #define PG_BYTES          (1u << 9)   /* `version` holds a byte-store slot */
 #define PG_FILE           (1u << 10)  /* page-cache page of mapping/index */
+#define PG_LAZYFREE       (1u << 11)  /* MADV_FREE'd: !PG_swapbacked, discardable if clean */
 #define PG_USED           (1u << 15)  /* allocated (not on the free list) */
 
 /* VMA flags: Linux's VM_* values where Linux has them. */

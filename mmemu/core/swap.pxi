@@ -249,6 +249,19 @@ cdef int swapout_anon_pte(engine_t *e, mm_t *mm, uint64_t *ptep, gather_t *g) no
     pfn = <int64_t>pte_pfn(pte)
     if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & PG_KSM or e.mapcount[pfn] != 1:
         return 0
+    if e.fflags[pfn] & PG_LAZYFREE:
+        # try_to_unmap_one on a MADV_FREE'd folio: discard it if nobody wrote
+        # it again and nobody else holds it; otherwise it is swap-backed again.
+        # (The kernel compares with 1 + mapcount: reclaim's own isolation
+        # reference, which the engine does not take.)
+        if not (pte & PTE_DIRTY) and not (e.fflags[pfn] & PG_DIRTY) \
+                and e.refcount[pfn] == e.mapcount[pfn]:
+            ptep[0] = 0
+            e.mapcount[pfn] -= 1
+            mm.rss_anon -= 1
+            g.need_flush = 1
+            return 1
+        e.fflags[pfn] &= ~PG_LAZYFREE
     maybe_pinned = e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS
     if maybe_pinned and e.pol.swapout_skip_pinned:
         return 0            # 5.11+ (feb889fb40fa): pinned pages stay out of the swapcache
@@ -306,11 +319,13 @@ cdef int swapout_shmem(engine_t *e, mm_file_t *f, uint64_t index) noexcept nogil
     return 1
 
 
-cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end) noexcept nogil:
+cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end,
+                           int64_t budget, uint64_t *stopped) noexcept nogil:
     """MADV_PAGEOUT over [start, end): reclaim the pages mapped only by this
     mm (madvise_cold_or_pageout_pte_range + shrink_folio_list). Anon pages
-    go to swap through the swapcache; shmem folios are unmapped and written
-    out with the file. Returns pages reclaimed."""
+    go to swap through the swapcache (clean MADV_FREE'd ones are dropped);
+    shmem folios are unmapped and written out with the file. At most
+    `budget` pages; *stopped is where the walk ended. Returns pages reclaimed."""
     cdef gather_t g
     cdef int32_t vi
     cdef mm_vma_t *vma
@@ -319,10 +334,20 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     cdef int64_t i, i0, i1, pfn, n = 0, nanon = 0, nfile = 0, cap
     cdef int64_t *anon
     cdef int64_t *fpfn
-    if e.nswap == 0:
-        return 0
+    cdef bint full = False
+    stopped[0] = end
     lru_drain(e, cpu)
-    cap = <int64_t>((end - start) >> MM_PAGE_SHIFT) + 1
+    # Scratch arrays sized by what is mapped in range, not by the range.
+    cap = 0
+    for vi in range(mm.nvma):
+        vs = mm.vmas[vi].start if mm.vmas[vi].start > start else start
+        ve = mm.vmas[vi].end if mm.vmas[vi].end < end else end
+        if vs < ve:
+            cap += <int64_t>((ve - vs) >> MM_PAGE_SHIFT)
+    if cap > budget:
+        cap = budget
+    if cap <= 0:
+        return 0
     anon = <int64_t *>malloc(cap * sizeof(int64_t))
     fpfn = <int64_t *>malloc(cap * sizeof(int64_t))
     if anon == NULL or fpfn == NULL:
@@ -337,7 +362,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
         if vs >= ve or vma.flags & VM_LOCKED:
             continue
         va = vs
-        while va < ve:
+        while va < ve and not full:
             t = leaf_or_skip(e, mm.pgd, va, &stop)
             if t == NULL:
                 va = stop
@@ -346,6 +371,10 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
             i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
             i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
             for i in range(i0, i1):
+                if nanon + nfile >= cap:
+                    full = True
+                    stopped[0] = va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT)
+                    break
                 pte = t[i]
                 if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
                     continue
@@ -354,7 +383,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                     if swapout_anon_pte(e, mm, &t[i], &g):
                         anon[nanon] = pfn
                         nanon += 1
-                elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1 \
+                elif e.nswap and e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1 \
                         and e.refcount[pfn] < GUP_PIN_COUNTING_BIAS:
                     # try_to_unmap of a shmem folio mapped only here
                     t[i] = 0
@@ -365,6 +394,8 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                     fpfn[nfile] = pfn
                     nfile += 1
             va = stop
+        if full:
+            break
     if g.need_flush:
         tlb_flush_range(e, mm.id, start, end)
     g.need_flush = 0
@@ -383,4 +414,92 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
             n += swapout_shmem(e, file_of(e, e.mapping[pfn]), e.index[pfn])
     free(anon)
     free(fpfn)
+    return n
+
+
+cdef int64_t reclaim_pages(engine_t *e, int cpu, int64_t want) noexcept nogil:
+    """Direct reclaim: walk the mms from the clock hand and page out up to
+    `want` pages mapped once (anon to swap, clean MADV_FREE'd pages dropped,
+    shmem with its file), then unmapped shmem cache folios. Returns frames
+    freed."""
+    cdef int64_t before = e.nr_free, got = 0
+    cdef int32_t k, mmi, n = e.nmm
+    cdef uint64_t stopped, index
+    cdef mm_t *mm
+    cdef int32_t fid
+    cdef uint64_t *t
+    cdef int i
+    lru_drain(e, cpu)
+    if n == 0:
+        return 0
+    for k in range(n + 1):
+        mmi = (e.reclaim_mm + k) % n
+        if not e.mms[mmi].alive:
+            continue
+        mm = &e.mms[mmi]
+        got += pageout_range(e, mm, cpu, e.reclaim_va if k == 0 else 0, 1ULL << 47,
+                             want - got, &stopped)
+        if got >= want:
+            e.reclaim_mm = mmi
+            e.reclaim_va = stopped
+            return e.nr_free - before
+        e.reclaim_va = 0
+    e.reclaim_mm = 0
+    if e.nswap == 0:
+        return e.nr_free - before
+    for fid in range(1, e.nfile):
+        if not e.files[fid].alive:
+            continue
+        index = 0
+        while index < file_pages(&e.files[fid]) and e.nr_free - before < want:
+            t = table_leaf(e, e.files[fid].root, index << MM_PAGE_SHIFT, False, &e.files[fid].nr_leaves)
+            if t != NULL:
+                for i in range(MM_PTRS):
+                    if t[i] & PTE_PRESENT:
+                        swapout_shmem(e, &e.files[fid], index + <uint64_t>i)
+            index += 512
+    return e.nr_free - before
+
+
+cdef int64_t madvise_free_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end) noexcept nogil:
+    """MADV_FREE (madvise_free_pte_range): swap entries are freed; pages
+    mapped only here become lazy-free: clean, old, not swap-backed.
+    Returns pages marked."""
+    cdef uint64_t va = start, stop, pte
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, pfn, n = 0
+    cdef bint flush = False
+    lru_drain(e, cpu)
+    while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
+        stop = block_end(va, end)
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            pte = t[i]
+            if pte == 0:
+                continue
+            if not (pte & PTE_PRESENT):
+                if is_swap_pte(pte):
+                    swap_entry_free(e, swp_offset(pte))
+                    t[i] = 0
+                continue
+            if pte & PTE_SPECIAL:
+                continue
+            pfn = <int64_t>pte_pfn(pte)
+            if not (e.fflags[pfn] & PG_ANON) or e.mapcount[pfn] != 1:
+                continue
+            if e.fflags[pfn] & PG_SWAPCACHE and not try_to_free_swap(e, pfn):
+                continue
+            if pte & (PTE_DIRTY | PTE_YOUNG):
+                t[i] = pte & ~(PTE_DIRTY | PTE_YOUNG)
+                flush = True
+            e.fflags[pfn] = (e.fflags[pfn] & ~PG_DIRTY) | PG_LAZYFREE
+            n += 1
+        va = stop
+    if flush:
+        tlb_flush_range(e, mm.id, start, end)
     return n

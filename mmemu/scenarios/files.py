@@ -305,3 +305,37 @@ def fault_around(m):
               f"page {i}: fault-around window [{(lo - S) // PAGE}, {(hi - S) // PAGE}) "
               f"expected {'mapped' if want else 'not mapped'}")
     m.check()
+
+
+@scenario("S6f", "madv-free-lazy", "MADV_FREE: clean pages go at reclaim, re-written ones stay")
+def madv_free(m):
+    """A page written after MADV_FREE must keep its data through reclaim; the
+    others read zeros after reclaim (semantics.md 6.4: reclaim is explicit)."""
+    p = m.spawn()
+    b = p.mmap(0, 4 * PAGE, RW, PRIV)
+    p.write(b, b"x" * 4 * PAGE)
+    p.madvise(b, 4 * PAGE, C.MADV_FREE)
+    check(all(p.pagemap(b + i * PAGE).present for i in range(4)), "MADV_FREE keeps pages until reclaim")
+    p.write(b + PAGE, b"y")
+    m.reclaim()
+    check(p.read(b + PAGE, 2) == b"yx", "a page written after MADV_FREE lost its data")
+    check(p.read(b, 1) == b"\0" and p.read(b + 3 * PAGE, 1) == b"\0", "clean lazy-free pages must be dropped")
+    m.check()
+
+
+@scenario("S12p", "memory-pressure-swap", "Memory pressure: faults reclaim to swap, contents survive")
+def memory_pressure(m):
+    """When frames run out, direct reclaim swaps pages mapped once and the fault proceeds."""
+    if m.swap == 0:
+        raise ScenarioSkip("no swap device")
+    p = m.spawn()
+    npages = m.memory // PAGE + 256
+    a = p.mmap(0, npages * PAGE, RW, PRIV)
+    for i in range(npages):
+        p.touch(a + i * PAGE, 1, write=True, value=i + 1)
+    check(sum(1 for i in range(0, npages, 7) if p.pagemap(a + i * PAGE).swapped) > 0,
+          "nothing reached swap although the working set exceeds memory")
+    for i in range(0, npages, 7):
+        p.read(a + i * PAGE, 1)                   # back in (other pages go out)
+        check(p.versions(a + i * PAGE, 1)[0] == i + 1, f"page {i} changed across swap")
+    m.check()
