@@ -558,6 +558,27 @@ cdef class Engine:
             cache_zero_tail(&self.e, f, size)
         f.size = size
 
+    def file_fallocate(self, int32_t fid, int cpu, uint64_t first, uint64_t last):
+        """shmem_fallocate() without PUNCH_HOLE: every page of [first, last)
+        enters the cache (zeroed if new). Returns pages allocated."""
+        cdef mm_file_t *f = self._file(fid)
+        cdef uint64_t i
+        cdef int64_t pfn, n = 0, before
+        cdef int ret = 0
+        self._cpu(cpu)
+        with nogil:
+            for i in range(first, last):
+                before = f.nrpages
+                pfn = shmem_get_folio(&self.e, f, i, True, cpu, &ret)
+                if ret & VM_FAULT_OOM and reclaim_pages(&self.e, cpu, RECLAIM_BATCH) > 0:
+                    pfn = shmem_get_folio(&self.e, f, i, True, cpu, &ret)
+                if ret:
+                    break
+                n += f.nrpages - before
+        if ret:
+            raise oserror(28, "fallocate", "no space (out of memory and swap)")   # ENOSPC
+        return n
+
     def file_truncate_cache(self, int32_t fid, uint64_t first, uint64_t last):
         """Remove indices [first, last) from the cache; returns folios that
         were still mapped when removed."""

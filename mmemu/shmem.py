@@ -143,16 +143,15 @@ class FileOps:
         # Preallocation: every page of the range enters the cache (zeroed).
         eng = self.machine._engine
         size = f.size
-        start = offset & ~(C.PAGE_SIZE - 1)
-        for page in range(start, offset + length, C.PAGE_SIZE):
-            if page >= size and mode & C.FALLOC_FL_KEEP_SIZE:
-                break
-            existing = eng.file_pread(f.fid, self.cpu, page, 1) if page < size else b""
-            eng.file_pwrite(f.fid, self.cpu, page, existing or b"\0")
+        end = offset + length
+        if mode & C.FALLOC_FL_KEEP_SIZE:
+            end = min(end, max(size, offset))
+        first = offset // C.PAGE_SIZE
+        last = (end + C.PAGE_SIZE - 1) // C.PAGE_SIZE
         if not mode & C.FALLOC_FL_KEEP_SIZE and offset + length > size:
             eng.file_set_size(f.fid, offset + length)
-        elif eng.file_info(f.fid)["size"] != size:
-            eng.file_set_size(f.fid, size)
+        if first < last:
+            eng.file_fallocate(f.fid, self.cpu, first, last)
 
     def _zero_file_range(self, f, start, end):
         # Only bytes below EOF that are in the cache change (a hole reads zero).

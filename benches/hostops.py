@@ -1,0 +1,131 @@
+"""The same operations on the real kernel, for figures measured in the same
+run as the engine's. Each returns seconds for the whole operation over
+npages pages (minimum of `rounds`; freshly allocated guest memory can take a
+hypervisor fault, so the minimum is the kernel's own cost: host-notes.md)."""
+import ctypes
+import ctypes.util
+import mmap
+import os
+import time
+
+import numpy as np
+
+PAGE = 4096
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+MADV_DONTNEED, MADV_PAGEOUT = 4, 21
+
+
+def _touch(buf, npages):
+    # One byte per page, read in C (numpy strided view): fault cost, not Python's.
+    view = np.frombuffer(buf, np.uint8)[::PAGE]
+    return int(view.sum())
+
+
+def _addr(buf):
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+def shmem_read_fault(npages, rounds=3):
+    """Read faults over a MAP_SHARED memfd whose pages are all cached:
+    fault-around maps 16 pages per fault."""
+    best = float("inf")
+    fd = os.memfd_create("bench")
+    try:
+        os.ftruncate(fd, npages * PAGE)
+        os.posix_fallocate(fd, 0, npages * PAGE)
+        for _ in range(rounds):
+            buf = mmap.mmap(fd, npages * PAGE, mmap.MAP_SHARED, mmap.PROT_READ)
+            t0 = time.perf_counter()
+            _touch(buf, npages)
+            best = min(best, time.perf_counter() - t0)
+            buf.close()
+    finally:
+        os.close(fd)
+    return best
+
+
+def shmem_punch_hole(npages, rounds=3):
+    """fallocate(PUNCH_HOLE) of a cached, mapped memfd range."""
+    best = float("inf")
+    for _ in range(rounds):
+        fd = os.memfd_create("bench")
+        os.ftruncate(fd, npages * PAGE)
+        os.posix_fallocate(fd, 0, npages * PAGE)
+        buf = mmap.mmap(fd, npages * PAGE, mmap.MAP_SHARED, mmap.PROT_READ)
+        _touch(buf, npages)
+        t0 = time.perf_counter()
+        if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, npages * PAGE):
+            raise OSError(ctypes.get_errno(), "fallocate")
+        best = min(best, time.perf_counter() - t0)
+        buf.close()
+        os.close(fd)
+    return best
+
+
+def swap_enabled():
+    with open("/proc/swaps") as f:
+        return len(f.read().strip().splitlines()) > 1
+
+
+class temporary_swap:
+    """A swap file for the measurement (fallocate + mkswap + swapon), removed
+    afterwards even on failure; a no-op when swap is already on or when this
+    process may not (not root, no mkswap): the figure is then reported missing."""
+
+    def __init__(self, nbytes, path="/var/tmp/mmemu-bench.swap"):
+        self.nbytes, self.path, self.active = nbytes, path, False
+
+    def __enter__(self):
+        import shutil
+        import subprocess
+        if swap_enabled() or os.geteuid() != 0 or not shutil.which("mkswap"):
+            return self
+        try:
+            with open(self.path, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, self.nbytes)
+            os.chmod(self.path, 0o600)
+            subprocess.run(["mkswap", self.path], check=True, capture_output=True, timeout=60)
+            subprocess.run(["swapon", self.path], check=True, capture_output=True, timeout=60)
+            self.active = True
+        except (OSError, subprocess.SubprocessError):
+            self._cleanup()
+        return self
+
+    def _cleanup(self):
+        import subprocess
+        if self.active:
+            subprocess.run(["swapoff", self.path], capture_output=True, timeout=300)
+            self.active = False
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def __exit__(self, *exc):
+        self._cleanup()
+
+
+def anon_swap_out_in(npages, rounds=2):
+    """(MADV_PAGEOUT of written anon pages, read faults swapping them back in)."""
+    with temporary_swap(npages * PAGE * 2):
+        if not swap_enabled():
+            return None
+        return _swap_out_in(npages, rounds)
+
+
+def _swap_out_in(npages, rounds):
+    best_out = best_in = float("inf")
+    for _ in range(rounds):
+        buf = mmap.mmap(-1, npages * PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        np.frombuffer(buf, np.uint8)[::PAGE] = 1
+        addr = _addr(buf)
+        t0 = time.perf_counter()
+        if libc.madvise(addr, npages * PAGE, MADV_PAGEOUT):
+            raise OSError(ctypes.get_errno(), "madvise")
+        t1 = time.perf_counter()
+        _touch(buf, npages)
+        t2 = time.perf_counter()
+        best_out, best_in = min(best_out, t1 - t0), min(best_in, t2 - t1)
+        buf.close()
+    return best_out, best_in
