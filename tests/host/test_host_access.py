@@ -88,8 +88,10 @@ def test_file_mapping_past_eof_is_sigbus(tmp_path):
 
 def _run_python(code):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # cwd outside the source tree: `-c` puts the cwd first on sys.path, and
+    # the source tree has no compiled extension (CI installs the package).
     return subprocess.run([sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=60, env=env, cwd="/")
 
 
 def test_previous_sigsegv_handler_is_restored():

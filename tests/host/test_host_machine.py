@@ -376,7 +376,7 @@ def test_interpreter_exit_without_close_leaves_no_process():
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=60, env=env)
+                       timeout=60, env=env, cwd="/")   # not the source tree (see test_host_access)
     assert r.returncode == 3, r.stderr
     pids = [int(x) for x in r.stdout.split()]
     assert len(pids) == 3 and all(_gone(pid) for pid in pids)
