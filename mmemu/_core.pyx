@@ -15,13 +15,14 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 import numpy as np
 
-from mmemu.errors import InvariantError, OutOfMemory, Sigbus, Sigsegv, oserror
-from mmemu.constants import SEGV_ACCERR, SEGV_MAPERR, BUS_ADRERR
+from mmemu.errors import InvariantError, OutOfMemory, Sigbus, Sigsegv, UserFault, oserror
+from mmemu.constants import SEGV_ACCERR, SEGV_MAPERR, BUS_ADRERR, BUS_MCEERR_AR
 
 include "core/defs.pxi"
 include "core/frames.pxi"
 include "core/pgtable.pxi"
 include "core/tlb.pxi"
+include "core/uffd.pxi"
 include "core/fault.pxi"
 include "core/gup.pxi"
 include "core/swap.pxi"
@@ -32,7 +33,9 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "gup_unshare_anon", "gup_unshare_nonanon", "fork_early_cow",
                  "mm_has_pinned", "clear_refs_skip_pinned", "mprotect_upgrade",
                  "pm_uffd_wp", "soft_dirty", "lru_batch", "fault_around_uffd",
-                 "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages")
+                 "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages",
+                 "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
+                 "uffd_unprotect_writable")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -47,6 +50,8 @@ FRAME_FLAG_NAMES = {
 
 
 cdef object fault_exception(int ret, uint64_t addr):
+    if ret & VM_FAULT_HWPOISON:
+        return Sigbus(addr, BUS_MCEERR_AR, "poisoned page")
     if ret & VM_FAULT_SIGSEGV:
         return Sigsegv(addr, SEGV_ACCERR if ret & VM_FAULT_ACCERR else SEGV_MAPERR)
     if ret & VM_FAULT_SIGBUS:
@@ -132,6 +137,11 @@ cdef class Engine:
         p.swapout_skip_pinned = knobs["swapout_skip_pinned"]
         p.free_swapcache_after_cow = knobs["free_swapcache_after_cow"]
         p.fault_around_pages = knobs["fault_around_pages"]
+        p.uffd_wp_file = knobs["uffd_wp_file"]
+        p.fork_uffd_child_vma = knobs["fork_uffd_child_vma"]
+        p.fork_marker_child_wp = knobs["fork_marker_child_wp"]
+        p.uffd_wp_writenotify = knobs["uffd_wp_writenotify"]
+        p.uffd_unprotect_writable = knobs["uffd_unprotect_writable"]
         if not 1 <= p.fault_around_pages <= MM_PTRS:
             raise ValueError("fault_around_pages must be in 1..512")
         # The swap device (numpy-owned; one entry per slot).
@@ -171,6 +181,8 @@ cdef class Engine:
                 free(self.e.mms[i].vmas)
             free(self.e.mms)
         free(self.e.files)
+        free(self.e.uffd_feat)
+        free(self.e.uffd_cflags)
 
     # ---- mms ---------------------------------------------------------------
 
@@ -221,7 +233,7 @@ cdef class Engine:
         self._cpu(cpu)
         lru_drain(&self.e, cpu)
         gather_init(&g, mm, 0, 1ULL << 47)
-        zap_range(&self.e, m, 0, 1ULL << 47, &g)
+        zap_range(&self.e, m, 0, 1ULL << 47, &g, False)
         tlb_flush_mm(&self.e, mm)
         g.need_flush = 0
         gather_finish(&self.e, &g)
@@ -271,7 +283,7 @@ cdef class Engine:
 
     # ---- user accesses -----------------------------------------------------
 
-    def read(self, int32_t mm, int cpu, uint64_t va, Py_ssize_t n):
+    def read(self, int32_t mm, int cpu, uint64_t va, Py_ssize_t n, bint kernel=False):
         cdef mm_t *m = self._mm(mm)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
         cdef uint8_t *buf = <uint8_t *>PyBytes_AS_STRING(out)
@@ -286,16 +298,22 @@ cdef class Engine:
                 chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
                 if chunk > n - done:
                     chunk = n - done
-                ret = user_access(&self.e, m, cpu, a, False, &pfn)
+                ret = user_access(&self.e, m, cpu, a, False, &pfn, 0 if kernel else FAULT_FLAG_USER)
                 if ret:
                     break
                 frame_read(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, buf + done)
                 done += chunk
         if ret:
-            raise fault_exception(ret, self.e.fault_addr)
+            self._raise(ret, done)
         return out
 
-    def write(self, int32_t mm, int cpu, uint64_t va, const uint8_t[::1] data):
+    cdef int _raise(self, int ret, int64_t done) except -1:
+        if ret & VM_FAULT_UFFD:
+            raise UserFault(self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr, self.e.uf_flags,
+                            self.e.uf_reason, done)
+        raise fault_exception(ret, self.e.fault_addr)
+
+    def write(self, int32_t mm, int cpu, uint64_t va, const uint8_t[::1] data, bint kernel=False):
         cdef mm_t *m = self._mm(mm)
         cdef Py_ssize_t n = data.shape[0], done = 0, chunk
         cdef uint64_t a
@@ -310,7 +328,7 @@ cdef class Engine:
                 chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
                 if chunk > n - done:
                     chunk = n - done
-                ret = user_access(&self.e, m, cpu, a, True, &pfn)
+                ret = user_access(&self.e, m, cpu, a, True, &pfn, 0 if kernel else FAULT_FLAG_USER)
                 if ret:
                     break
                 if frame_write(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, &data[done]) < 0:
@@ -319,7 +337,7 @@ cdef class Engine:
                     break
                 done += chunk
         if ret:
-            raise fault_exception(ret, self.e.fault_addr)
+            self._raise(ret, done)
 
     def touch(self, int32_t mm, int cpu, uint64_t start, int64_t npages, bint write, uint64_t value=0):
         """The batch access path: one access per page, staying in the core."""
@@ -330,7 +348,7 @@ cdef class Engine:
         with nogil:
             ret = touch_range(&self.e, m, cpu, start, npages, write, value, &done)
         if ret:
-            raise fault_exception(ret, self.e.fault_addr)
+            self._raise(ret, done)
         return done
 
     # ---- GUP ---------------------------------------------------------------
@@ -345,6 +363,10 @@ cdef class Engine:
         self._cpu(cpu)
         with nogil:
             done = gup_range(&self.e, m, cpu, start, npages, gup_flags, &pv[0], &err)
+        if err == -1:
+            # A uffd fault inside GUP: the syscall waits like a user access.
+            raise UserFault(self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr, self.e.uf_flags,
+                            self.e.uf_reason, done, pfns[:done].copy())
         return pfns[:done].copy(), err
 
     def put_pages(self, const int64_t[::1] pfns, int32_t nr):
@@ -378,15 +400,17 @@ cdef class Engine:
 
     # ---- range operations --------------------------------------------------
 
-    def zap(self, int32_t mm, int cpu, uint64_t start, uint64_t end, bint free_tables=False):
-        """Unmap [start, end): zap, flush, release (zap_page_range / unmap_region)."""
+    def zap(self, int32_t mm, int cpu, uint64_t start, uint64_t end, bint free_tables=False,
+            bint wp_markers=False):
+        """Unmap [start, end): zap, flush, release (zap_page_range / unmap_region).
+        wp_markers: keep uffd-wp as markers (DONTNEED of a file-backed wp VMA)."""
         cdef mm_t *m = self._mm(mm)
         cdef gather_t g
         self._cpu(cpu)
         with nogil:
             lru_drain(&self.e, cpu)
             gather_init(&g, mm, start, end)
-            zap_range(&self.e, m, start, end, &g)
+            zap_range(&self.e, m, start, end, &g, wp_markers)
             gather_finish(&self.e, &g)
             if free_tables:
                 free_pte_tables(&self.e, m, start, end)
@@ -612,7 +636,7 @@ cdef class Engine:
         return done
 
     def unmap_file(self, int32_t mm, int cpu, uint64_t vma_start, uint64_t first, uint64_t last,
-                   bint even_cows):
+                   bint even_cows, bint drop_markers=False):
         """unmap_mapping_range() over one VMA: ptes of file indices [first, last)."""
         cdef mm_t *m = self._mm(mm)
         cdef int32_t vi = find_vma(m, vma_start)
@@ -621,8 +645,109 @@ cdef class Engine:
         if vi < 0 or not m.vmas[vi].file:
             raise ValueError("no file VMA there")
         gather_init(&g, mm, m.vmas[vi].start, m.vmas[vi].end)
-        unmap_file_range(&self.e, m, &m.vmas[vi], first, last, even_cows, &g)
+        unmap_file_range(&self.e, m, &m.vmas[vi], first, last, even_cows, drop_markers, &g)
         gather_finish(&self.e, &g)
+
+    # ---- userfaultfd ----------------------------------------------------------
+
+    def uffd_set(self, int32_t ctx, uint64_t features, uint32_t cflags):
+        """Tell the core a context's features and flags (ids from 1)."""
+        cdef uint64_t *f
+        cdef uint32_t *fl
+        cdef int32_t n
+        if ctx <= 0:
+            raise ValueError("context ids start at 1")
+        if ctx >= self.e.nuffd:
+            n = ctx * 2 + 8
+            f = <uint64_t *>realloc(self.e.uffd_feat, n * sizeof(uint64_t))
+            if f == NULL:
+                raise MemoryError()
+            self.e.uffd_feat = f
+            fl = <uint32_t *>realloc(self.e.uffd_cflags, n * sizeof(uint32_t))
+            if fl == NULL:
+                raise MemoryError()
+            self.e.uffd_cflags = fl
+            memset(self.e.uffd_feat + self.e.nuffd, 0, (n - self.e.nuffd) * sizeof(uint64_t))
+            memset(self.e.uffd_cflags + self.e.nuffd, 0, (n - self.e.nuffd) * sizeof(uint32_t))
+            self.e.nuffd = n
+        self.e.uffd_feat[ctx] = features
+        self.e.uffd_cflags[ctx] = cflags
+
+    def set_vma_uffd(self, int32_t mm, const int32_t[::1] ctxs):
+        """The uffd context of each VMA, in table order."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int32_t i
+        if ctxs.shape[0] != m.nvma:
+            raise ValueError("one context per VMA")
+        for i in range(m.nvma):
+            m.vmas[i].uffd = ctxs[i]
+
+    def uffd_writeprotect(self, int32_t mm, uint64_t start, uint64_t end, bint protect,
+                          bint use_markers, uint64_t vmflags):
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t lost
+        with nogil:
+            lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags)
+            if lost > 0:
+                tlb_flush_range(&self.e, mm, start, end)
+        if lost < 0:
+            raise MemoryError()
+        return lost
+
+    def uffd_fill(self, int32_t mm, int cpu, uint64_t dst, int64_t npages, int kind,
+                  object src_bytes=None, int32_t src_mm=-1, uint64_t src=0, bint wp=False):
+        """COPY/ZEROPAGE/CONTINUE/POISON over npages: (pages done, errno).
+        COPY takes src_bytes (npages * 4 KiB) or the frames mapped at src in
+        src_mm (faulted in by the caller first, as copy_from_user would)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef mm_t *sm = NULL
+        cdef const uint8_t[::1] sb
+        cdef const uint8_t *sp = NULL
+        cdef int64_t i, spfn = -1
+        cdef int32_t vi
+        cdef int rc = 0
+        cdef uint64_t va
+        cdef uint64_t *sptep
+        self._cpu(cpu)
+        if src_bytes is not None:
+            sb = src_bytes
+            if sb.shape[0] < npages * <int64_t>MM_PAGE_SIZE:
+                raise ValueError("source shorter than the range")
+        if src_mm >= 0:
+            sm = self._mm(src_mm)
+        for i in range(npages):
+            va = dst + (<uint64_t>i << MM_PAGE_SHIFT)
+            vi = find_vma(m, va)
+            if vi < 0:
+                return i, CORE_ENOENT
+            if src_bytes is not None:
+                sp = &sb[i << MM_PAGE_SHIFT]
+            elif sm != NULL:
+                sptep = pte_offset(&self.e, sm, src + (<uint64_t>i << MM_PAGE_SHIFT), False)
+                if sptep == NULL or not (sptep[0] & PTE_PRESENT):
+                    return i, CORE_EFAULT
+                spfn = <int64_t>pte_pfn(sptep[0])
+            rc = uffd_fill(&self.e, m, cpu, &m.vmas[vi], va, kind, sp, spfn, wp)
+            if rc == -CORE_ENOMEM and reclaim_pages(&self.e, cpu, RECLAIM_BATCH) > 0:
+                rc = uffd_fill(&self.e, m, cpu, &m.vmas[vi], va, kind, sp, spfn, wp)
+            if rc < 0:
+                return i, -rc
+        return npages, 0
+
+    def uffd_move(self, int32_t mm, uint64_t dst, uint64_t src, int64_t npages, bint allow_holes):
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t i
+        cdef int32_t vi
+        cdef int rc
+        for i in range(npages):
+            vi = find_vma(m, dst + (<uint64_t>i << MM_PAGE_SHIFT))
+            if vi < 0:
+                return i, CORE_ENOENT
+            rc = uffd_move_page(&self.e, m, &m.vmas[vi], dst + (<uint64_t>i << MM_PAGE_SHIFT),
+                                src + (<uint64_t>i << MM_PAGE_SHIFT), allow_holes)
+            if rc < 0:
+                return i, -rc
+        return npages, 0
 
     # ---- swap --------------------------------------------------------------
 

@@ -55,6 +55,14 @@ BASELINE = {
     "swapout_skip_pinned": 0,     # maybe-pinned pages stay out of the swapcache (5.11)
     "free_swapcache_after_cow": 0,  # free the old page's idle swapcache after COW (5.14)
     "fault_around_pages": 16,     # fault_around_bytes 64 KiB
+    # userfaultfd (semantics.md 8, 9; bug index B12-B15)
+    "uffd_features": 0x1FF,       # 5.7: PAGEFAULT_FLAG_WP, EVENT_*, MISSING_HUGETLBFS/SHMEM, SIGBUS, THREAD_ID
+    "uffd_user_mode_only": 0,     # UFFD_USER_MODE_ONLY (5.11)
+    "uffd_wp_file": 0,            # uffd-wp on shmem with pte markers (5.19)
+    "fork_uffd_child_vma": 0,     # uffd-wp kept iff the CHILD vma is wp (5.14, 8f34f1eac382): B12, B13
+    "fork_marker_child_wp": 0,    # markers copied only to a wp child vma (6.2): B14
+    "uffd_wp_writenotify": 0,     # wp shmem vmas get writenotify; mkuffd_wp implies R/O (6.2): B15
+    "uffd_unprotect_writable": 0, # unprotect maps exclusive anon / dirty shared writable (6.3)
 }
 
 
@@ -82,12 +90,20 @@ CHANGES = (
            {"fork_early_cow": 1}, bug="B6 fixed"),
     Change("9348b73c2e1b", "5.11", "mm: don't play games with pinned pages in clear_page_refs",
            {"clear_refs_skip_pinned": 1}),
+    Change("uffd-user-mode-only", "5.11", "userfaultfd: add UFFD_USER_MODE_ONLY (id unconfirmed)",
+           {"uffd_user_mode_only": 1}),
     Change("feb889fb40fa", "5.11", "mm: don't put pinned pages into the swap cache",
            {"swapout_skip_pinned": 1}, bug="B9 mitigated"),
     Change("c949b097ef2e", "5.14", "userfaultfd/shmem: support minor fault registration for shmem (no fault-around for MINOR)",
            {"fault_around_uffd": 1}),
     Change("f4c4a3f48480", "5.14", "mm: free idle swap cache page after COW",
            {"free_swapcache_after_cow": 1}),
+    Change("8f34f1eac382", "5.14", "mm/userfaultfd: fix uffd-wp special cases for fork()",
+           {"fork_uffd_child_vma": 1}, bug="B12, B13 fixed"),
+    Change("uffd-minor-hugetlbfs", "5.13", "userfaultfd: add minor fault handling (hugetlbfs) and UFFDIO_CONTINUE",
+           {"uffd_features": 0x3ff}),
+    Change("uffd-minor-shmem", "5.14", "userfaultfd/shmem: support minor fault registration for shmem",
+           {"uffd_features": 0x7ff}),      # + MINOR_HUGETLBFS (5.13), MINOR_SHMEM
     Change("4ca9b3859dac", "5.14", "mm/madvise: introduce MADV_POPULATE_(READ|WRITE)",
            {"madv_populate": 1}),
     Change("pagemap-uffd-wp", "5.14", "mm/pagemap: export uffd-wp protection information (id unconfirmed)",
@@ -100,6 +116,11 @@ CHANGES = (
            {"anon_exclusive": 1, "wp_reuse": WP_REUSE_ANON_EXCLUSIVE}, bug="B7 fixed"),
     Change("a7f226604170", "5.19", "mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly shared anonymous page",
            {"gup_unshare_anon": 1}, bug="B5 fixed"),
+    Change("uffd-exact-address", "5.18", "userfaultfd: provide unmasked address on page-fault (id unconfirmed)",
+           {"uffd_features": 0xfff}),      # + EXACT_ADDRESS
+    Change("1db9dbc2ef05", "5.19", "mm: introduce PTE_MARKER_UFFD_WP (uffd-wp on shmem)",
+           {"uffd_wp_file": 1, "uffd_features": 0x1fff},   # + WP_HUGETLBFS_SHMEM
+           bug="B14, B15 introduced"),
     Change("9c28a205c061", "5.19", "mm/shmem: handle uffd-wp special pte in page fault handler (uffd_disable_fault_around)",
            {"fault_around_uffd": 2}),
     Change("5535be309971", "6.0", "mm/gup: fix FOLL_FORCE COW security issue and remove FOLL_COW",
@@ -108,6 +129,20 @@ CHANGES = (
            {"mprotect_upgrade": 1}),
     Change("84209e87c696", "6.2", "mm/gup: reliable R/O long-term pinning in COW mappings",
            {"gup_unshare_nonanon": 1}, bug="B20 fixed"),
+    Change("uffd-fork-marker-fix", "6.2", "mm/uffd: fix pte marker when fork() without fork event",
+           {"fork_marker_child_wp": 1}, bug="B14 fixed"),
+    Change("uffd-wp-writenotify", "6.2", "mm/userfaultfd: enable writenotify while userfaultfd-wp is enabled for a VMA",
+           {"uffd_wp_writenotify": 1}, bug="B15 fixed"),
+    Change("931298e103c2", "6.3", "mm/userfaultfd: rely on vma->vm_page_prot in uffd_wp_range()",
+           {"uffd_unprotect_writable": 1}),
+    Change("2bad466cc9d9", "6.4", "mm/uffd: UFFD_FEATURE_WP_UNPOPULATED",
+           {"uffd_features": 0x3fff}),
+    Change("fc71884a5f59", "6.6", "mm: userfaultfd: add new UFFDIO_POISON ioctl",
+           {"uffd_features": 0x7fff}),
+    Change("d61ea1cb0095", "6.7", "userfaultfd: UFFD_FEATURE_WP_ASYNC",
+           {"uffd_features": 0xffff}),
+    Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",
+           {"uffd_features": 0x1ffff}),
 )
 
 # Selected only through backports=: the stable-kernel flavour of 17839856fd58,

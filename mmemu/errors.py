@@ -58,6 +58,37 @@ class OutOfMemory(MmemuError, MemoryError):
         super().__init__(f"out of memory at {addr:#x}: {detail}")
 
 
+class UserFault(Exception):
+    """Internal: a core call stopped on a userfaultfd fault (handle_userfault
+    queued a message). The Python layer turns it into waiting, a handler
+    call, WouldBlock or Deadlock; users never see it."""
+
+    def __init__(self, ctx, mm, address, flags, reason, done, partial=None):
+        self.ctx, self.mm, self.address, self.flags, self.reason = ctx, mm, address, flags, reason
+        self.done = done            # bytes or pages completed before the fault
+        self.partial = partial      # GUP: pfns taken before the fault (references held)
+        super().__init__(f"userfault ctx {ctx} at {address:#x} flags {flags:#x}")
+
+
+class WouldBlock(MmemuError):
+    """The thread's access hit a userfaultfd fault with no service thread:
+    it stays blocked; read the uffd, resolve, then Thread.resume()."""
+
+    def __init__(self, thread, uffd, msg):
+        self.thread, self.uffd, self.msg = thread, uffd, msg
+        super().__init__(f"thread {thread.tid} blocked: {msg}")
+
+
+class Deadlock(MmemuError):
+    """Every thread that could resolve a userfaultfd wait is itself waiting."""
+
+    def __init__(self, reason, waits):
+        self.reason = reason
+        self.waits = waits          # [(thread description, address, what it waits for)]
+        lines = "; ".join(f"{t} waits at {a:#x} for {w}" for t, a, w in waits)
+        super().__init__(f"deadlock: {reason}: {lines}")
+
+
 class InvariantError(MmemuError, AssertionError):
     """Machine.check() found state that no kernel would reach."""
 

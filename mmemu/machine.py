@@ -40,6 +40,9 @@ class Machine:
         self._procs = {}
         self._pid = 0
         self._holders = set()       # live Pins and Pipes (references outside page tables)
+        self._uffds = {}            # context id -> Uffd
+        self._serving = []          # contexts whose service handler is running
+        self._tid = 0
         # Deterministic "ASLR": the top of the mmap area depends on the seed only.
         rng = np.random.default_rng(seed)
         self._mmap_base = 0x7F0000000000 - int(rng.integers(0, 1 << 28)) * C.PAGE_SIZE
@@ -47,6 +50,45 @@ class Machine:
     def _next_pid(self):
         self._pid += 1
         return self._pid
+
+    def _next_tid(self):
+        self._tid += 1
+        return self._tid
+
+    def _userfault(self, thread, uf, rest):
+        """A thread's access hit handle_userfault(): queue the message on the
+        context and wait (service handler, or WouldBlock with the rest of the
+        call kept for Thread.resume())."""
+        from .uffd import (UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_THREAD_ID,
+                           UffdMsg, Waiter)
+        uffd = self._uffds[uf.ctx]
+        feats = uffd.features or 0
+        page = uf.address & ~(C.PAGE_SIZE - 1)
+        msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags=uf.flags,
+                      address=uf.address if feats & UFFD_FEATURE_EXACT_ADDRESS else page,
+                      ptid=thread.tid if feats & UFFD_FEATURE_THREAD_ID else 0)
+        waiter = Waiter(thread, msg, page, page + C.PAGE_SIZE)
+        uffd.faults.append(waiter)
+        thread.blocked = (waiter, rest, uffd)
+        uffd._deliver(waiter, "a page fault")
+        thread.blocked = None
+
+    def _event(self, thread, uffd, msg, start, end, rest):
+        """A non-cooperative event: queued, mmap_changing raised, and the
+        thread waits until the monitor reads it; then `rest` runs."""
+        from .uffd import Waiter
+        waiter = Waiter(thread, msg, start, end)
+        uffd.events.append((waiter, msg))
+        uffd.mmap_changing += 1
+        thread.blocked = (waiter, rest, uffd)
+        uffd._deliver(waiter, "the event to be read")
+        thread.blocked = None
+        return rest()
+
+    def _new_uffd(self, uffd):
+        ctx = len(self._uffds) + 1
+        self._uffds[ctx] = uffd
+        return ctx
 
     def spawn(self, cpu=0):
         """A new process with an empty address space, running on `cpu`."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import constants as C
 from .errors import (EACCES, EBADF, EEXIST, EFAULT, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
-                     oserror)
+                     MmemuError, Sigbus, Sigsegv, UserFault, WouldBlock, oserror)
 from .gup import Pin, Pipe
 from .shmem import FileOps, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
@@ -66,20 +66,57 @@ _MADV_LATER = {
 
 
 class Thread:
-    """A thread of a process, running on one CPU (and that CPU's TLB)."""
+    """A thread of a process, running on one CPU (and that CPU's TLB). A
+    thread whose access waits on a userfaultfd stays blocked (WouldBlock)
+    until the fault is resolved and woken, then resume() completes it."""
 
     def __init__(self, process, cpu):
         self.process = process
         self.cpu = cpu
+        self.tid = process.machine._next_tid()
+        self.blocked = None             # (Waiter, the rest of the call, Uffd)
 
     def read(self, addr, n):
-        return self.process._read(addr, n, self.cpu)
+        return self.process._read(addr, n, self)
 
     def write(self, addr, data):
-        self.process._write(addr, data, self.cpu)
+        self.process._write(addr, data, self)
 
     def touch(self, addr, npages, write=False, value=0):
-        return self.process.touch(addr, npages, write, value, cpu=self.cpu)
+        return self.process._touch(addr, npages, write, value, self)
+
+    def resume(self):
+        """Complete the blocked call once its fault (or event) was resolved
+        and woken; if it was not, the thread stays blocked (WouldBlock)."""
+        if self.blocked is None:
+            raise MmemuError(f"thread {self.tid} is not blocked")
+        waiter, rest, uffd = self.blocked
+        if not waiter.woken:
+            raise WouldBlock(self, uffd, waiter.msg)
+        self.blocked = None
+        return self.process._run(self, rest)
+
+    def __repr__(self):
+        state = " blocked" if self.blocked else ""
+        return f"<Thread tid={self.tid} cpu={self.cpu}{state}>"
+
+
+class _HeldRefs:
+    """References a GUP took before it blocked on a userfault: the blocked
+    syscall holds them (Machine.check() counts them)."""
+
+    def __init__(self, machine, flags):
+        self.machine, self.flags, self.parts = machine, flags, []
+        machine._holders.add(self)
+
+    def held_refs(self):
+        pfns = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64)
+        per = C.GUP_PIN_COUNTING_BIAS if self.flags & C.FOLL_PIN else 1
+        return pfns, np.full(len(pfns), per if self.flags & (C.FOLL_PIN | C.FOLL_GET) else 0, np.int64)
+
+    def done(self):
+        self.machine._holders.discard(self)
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64)
 
 
 class Process(FileOps):
@@ -94,8 +131,10 @@ class Process(FileOps):
         self.alive = True
         self.children = []
         self.fds = {}
+        self.uffds = []
         self._mmap_top = machine._mmap_base
         self._next_thread_cpu = cpu
+        self.main = Thread(self, cpu)
 
     # ---- helpers -------------------------------------------------------------
 
@@ -114,9 +153,13 @@ class Process(FileOps):
         for v, f in zip(self.vmas, flags):
             v.flags = int(f)
 
+    def _push_vmas(self):
+        self._engine.set_vmas(self.mm, *self.vmas.arrays())
+        self._engine.set_vma_uffd(self.mm, self.vmas.uffd_array())
+
     def _sync(self):
         self.vmas.merge()
-        self._engine.set_vmas(self.mm, *self.vmas.arrays())
+        self._push_vmas()
 
     def _policy(self):
         return self.machine.policy
@@ -251,7 +294,7 @@ class Process(FileOps):
             if newflags == vma.flags:
                 continue                     # mprotect_fixup: nothing to do
             vma.flags = newflags
-            self._engine.set_vmas(self.mm, *self.vmas.arrays())
+            self._push_vmas()
             self._engine.change_protection(self.mm, vma.start, vma.end, newflags)
         if error is None and cur < end:
             error = oserror(ENOMEM, "mprotect", "range has a hole")
@@ -416,7 +459,7 @@ class Process(FileOps):
         if self._policy().soft_dirty:
             moved.flags |= VM_SOFTDIRTY           # the new range is new memory to trackers
         self.vmas.insert(moved)
-        self._engine.set_vmas(self.mm, *self.vmas.arrays())
+        self._push_vmas()
         self._engine.move_ptes(self.mm, old_addr, new_addr, old_size)
         if flags & C.MREMAP_DONTUNMAP:
             self._sync()                          # the old VMA stays, now empty
@@ -442,7 +485,7 @@ class Process(FileOps):
     def _populate(self, start, end, write, call):
         flags = C.FOLL_MADV_POPULATE | C.FOLL_TOUCH | (C.FOLL_WRITE if write else 0)
         npages = (end - start) >> C.PAGE_SHIFT
-        pfns, err = self._engine.gup(self.mm, self.cpu, start, npages, flags)
+        pfns, err = self._gup_run(start, npages, flags)
         if err and call == "madvise":
             raise oserror(err, "madvise", "populate failed")
 
@@ -453,32 +496,148 @@ class Process(FileOps):
 
     # ---- accesses ------------------------------------------------------------
 
-    def _read(self, addr, n, cpu):
+    def _current(self):
+        """The thread making a call: a running service handler of this
+        process, else the main thread."""
+        for u in reversed(self.machine._serving):
+            if u.process is self and u.service_thread is not None:
+                return u.service_thread
+        return self.main
+
+    def _run(self, thread, op):
+        """Run op() for `thread`; a userfault makes the thread wait (service
+        handler, WouldBlock) and op() is retried once woken."""
+        if thread.blocked is not None:
+            raise MmemuError(f"thread {thread.tid} is blocked in a userfault: resume() it first")
+        while True:
+            try:
+                return op()
+            except UserFault as uf:
+                self.machine._userfault(thread, uf, op)
+
+    def _read(self, addr, n, thread, kernel=False):
         self._live("read")
         if n < 0:
             raise ValueError("negative length")
-        return self._engine.read(self.mm, cpu, addr, n)
+        return self._run(thread, lambda: self._engine.read(self.mm, thread.cpu, addr, n, kernel))
 
-    def _write(self, addr, data, cpu):
+    def _write(self, addr, data, thread, kernel=False):
         self._live("write")
-        self._engine.write(self.mm, cpu, addr, data)
+        data = bytes(data)
+        state = [0]
+
+        def op():
+            try:
+                self._engine.write(self.mm, thread.cpu, addr + state[0], data[state[0]:], kernel)
+            except UserFault as uf:
+                state[0] += uf.done          # the bytes before the fault are written
+                raise
+        self._run(thread, op)
 
     def read(self, addr, n):
-        return self._read(addr, n, self.cpu)
+        return self._read(addr, n, self._current())
 
     def write(self, addr, data):
-        self._write(addr, data, self.cpu)
+        self._write(addr, data, self._current())
+
+    def _touch(self, addr, npages, write, value, thread):
+        self._live("touch")
+        state = [0]
+
+        def op():
+            try:
+                return state[0] + self._engine.touch(self.mm, thread.cpu, addr + state[0] * PAGE,
+                                                     npages - state[0], bool(write), value)
+            except UserFault as uf:
+                state[0] += uf.done
+                raise
+        return self._run(thread, op)
 
     def touch(self, addr, npages, write=False, value=0, cpu=None):
         """Access each of npages pages once (write: store content `value`, or
         a fresh version stamp when 0), entirely in the core."""
-        self._live("touch")
-        return self._engine.touch(self.mm, self.cpu if cpu is None else cpu, addr, npages,
-                                  bool(write), value)
+        thread = self._current() if cpu is None else Thread(self, cpu)
+        return self._touch(addr, npages, write, value, thread)
+
+    def _gup_run(self, addr, npages, flags, thread=None):
+        """__get_user_pages() for a syscall: (pfns, errno); a userfault waits
+        like a user access while the references already taken are held."""
+        thread = thread or self._current()
+        held = _HeldRefs(self.machine, flags)
+
+        def op():
+            done = sum(len(x) for x in held.parts)
+            try:
+                pfns, err = self._engine.gup(self.mm, thread.cpu, addr + done * PAGE, npages - done, flags)
+            except UserFault as uf:
+                if uf.partial is not None and len(uf.partial):
+                    held.parts.append(uf.partial)
+                raise
+            held.parts.append(pfns)
+            return held.done(), err
+        try:
+            return self._run(thread, op)
+        except BaseException:
+            if thread.blocked is None:
+                pfns = held.done()
+                if len(pfns) and flags & (C.FOLL_GET | C.FOLL_PIN):
+                    self._engine.put_pages(pfns, C.GUP_PIN_COUNTING_BIAS if flags & C.FOLL_PIN else 1)
+            raise
 
     def versions(self, addr, npages):
         """Content version per page (numpy uint64): see Engine.versions."""
         return self._engine.versions(self.mm, addr, npages)
+
+    def userfaultfd(self, flags=0):
+        """userfaultfd(2): O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY (5.11)."""
+        from .uffd import O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY, Uffd
+        self._live("userfaultfd")
+        allowed = O_CLOEXEC | O_NONBLOCK
+        if self._policy().uffd_user_mode_only:
+            allowed |= UFFD_USER_MODE_ONLY
+        if flags & ~allowed:
+            raise oserror(EINVAL, "userfaultfd", "unknown flags")
+        u = Uffd(self, flags)
+        self.uffds.append(u)
+        return u
+
+    def pwrite_from(self, fd, addr, n, offset, direct=False):
+        """write(2) of user memory to a file at offset. Buffered: the kernel
+        copies from user memory (kernel-mode faults). O_DIRECT: it takes the
+        pages with a read GUP (FOLL_GET) for the I/O."""
+        self._live("pwrite")
+        f = self._file(fd, "pwrite")
+        if direct:
+            first = addr & ~(PAGE - 1)
+            npages = (_page_align(addr + n) - first) >> C.PAGE_SHIFT
+            pfns, err = self._gup_run(first, npages, C.FOLL_GET)
+            try:
+                if len(pfns) < npages:
+                    raise oserror(err or EFAULT, "pwrite")
+                data = b"".join(self._engine.frame_read(int(x), 0, PAGE) for x in pfns)
+            finally:
+                if len(pfns):
+                    self._engine.put_pages(pfns, 1)
+            data = data[addr - first:addr - first + n]
+        else:
+            try:
+                data = self._read(addr, n, self._current(), kernel=True)
+            except Sigbus:
+                raise oserror(EFAULT, "pwrite", "copy_from_user faulted")
+            except Sigsegv:
+                raise oserror(EFAULT, "pwrite", "bad user address")
+        return self._engine.file_pwrite(f.fid, self.cpu, offset, data)
+
+    def pread_into(self, fd, addr, n, offset):
+        """read(2) from a file into user memory (copy_to_user: kernel-mode write faults)."""
+        self._live("pread")
+        f = self._file(fd, "pread")
+        data = self._engine.file_pread(f.fid, self.cpu, offset, n)
+        try:
+            self._write(addr, data, self._current(), kernel=True)
+        except (Sigbus, Sigsegv):
+            raise oserror(EFAULT, "pread", "copy_to_user faulted")
+        return len(data)
 
     def thread(self, cpu=None):
         self._live("clone")
@@ -549,7 +708,7 @@ class Process(FileOps):
             raise oserror(EINVAL, call, "FOLL_GET and FOLL_PIN are exclusive")
         if npages <= 0:
             raise oserror(EINVAL, call, "no pages")
-        pfns, err = self._engine.gup(self.mm, self.cpu, addr & ~(PAGE - 1), npages, gup_flags)
+        pfns, err = self._gup_run(addr & ~(PAGE - 1), npages, gup_flags)
         if len(pfns) == 0:
             raise oserror(err or EFAULT, call)
         return pfns
@@ -585,7 +744,7 @@ class Process(FileOps):
             return Pipe(self.machine, [], 0, 0)      # Linux returns 0, any address
         first = addr & ~(PAGE - 1)
         npages = (_page_align(addr + length) - first) >> C.PAGE_SHIFT
-        pfns, err = self._engine.gup(self.mm, self.cpu, first, npages, C.FOLL_GET)
+        pfns, err = self._gup_run(first, npages, C.FOLL_GET)
         if len(pfns) == 0:
             raise oserror(err or EFAULT, "vmsplice")
         nbytes = min(length, len(pfns) * PAGE - (addr - first))
@@ -600,8 +759,7 @@ class Process(FileOps):
             a = addr + done
             off = a & (PAGE - 1)
             k = min(len(data) - done, PAGE - off)
-            pfns, err = self._engine.gup(self.mm, self.cpu, a - off, 1,
-                                         C.FOLL_FORCE | C.FOLL_WRITE | C.FOLL_GET | C.FOLL_TOUCH)
+            pfns, err = self._gup_run(a - off, 1, C.FOLL_FORCE | C.FOLL_WRITE | C.FOLL_GET | C.FOLL_TOUCH)
             if len(pfns) == 0:
                 if done:
                     return done
@@ -618,8 +776,7 @@ class Process(FileOps):
             a = addr + done
             off = a & (PAGE - 1)
             k = min(n - done, PAGE - off)
-            pfns, err = self._engine.gup(self.mm, self.cpu, a - off, 1,
-                                         C.FOLL_FORCE | C.FOLL_GET | C.FOLL_TOUCH)
+            pfns, err = self._gup_run(a - off, 1, C.FOLL_FORCE | C.FOLL_GET | C.FOLL_TOUCH)
             if len(pfns) == 0:
                 if done:
                     break
@@ -654,7 +811,7 @@ class Process(FileOps):
         lost = 0
         for v in self.vmas:
             v.flags &= ~VM_SOFTDIRTY
-        self._engine.set_vmas(self.mm, *self.vmas.arrays())
+        self._push_vmas()
         for v in self.vmas:
             lost += self._engine.clear_soft_dirty(self.mm, v.start, v.end, v.flags)
         if lost:

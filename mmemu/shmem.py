@@ -35,21 +35,22 @@ class ShmemFile:
                 if v.file == self.fid:
                     yield p, v
 
-    def unmap_range(self, first, last, even_cows):
+    def unmap_range(self, first, last, even_cows, drop_markers=False):
         """unmap_mapping_range(): every VMA's ptes of indices [first, last)."""
         eng = self.machine._engine
         for p, v in list(self.mappers()):
             p._pull()
-            eng.unmap_file(p.mm, p.cpu, v.start, first, last, even_cows)
+            eng.unmap_file(p.mm, p.cpu, v.start, first, last, even_cows, drop_markers)
 
     def punch_hole(self, first, last):
         """shmem_fallocate(PUNCH_HOLE): unmap (private COW copies survive),
         then truncate the cache range; a folio re-faulted in between is
         unmapped again, without keeping markers, before it leaves the cache."""
         self.unmap_range(first, last, even_cows=False)
-        # Second pass (unmap_mapping_folio under the folio lock): only a fault
-        # that raced the first pass leaves anything for it to do.
-        self.unmap_range(first, last, even_cows=False)
+        # Second pass (unmap_mapping_folio under the folio lock, with
+        # ZAP_FLAG_DROP_MARKER): only a fault that raced the first pass leaves
+        # anything for it to do, and that pte's uffd-wp is lost (B23, S58).
+        self.unmap_range(first, last, even_cows=False, drop_markers=True)
         self.machine._engine.file_truncate_cache(self.fid, first, last)
 
     def truncate(self, size):
@@ -58,7 +59,7 @@ class ShmemFile:
         if size < self.size:
             first = (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             last = (self.size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
-            self.unmap_range(first, last, even_cows=True)
+            self.unmap_range(first, last, even_cows=True, drop_markers=True)
             eng.file_truncate_cache(self.fid, first, last)
         eng.file_set_size(self.fid, size)
 

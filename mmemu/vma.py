@@ -47,10 +47,12 @@ class Vma:
     flags: int
     pgoff: int = 0
     file: int = 0
+    uffd: int = 0           # userfaultfd context id (vma->vm_userfaultfd_ctx)
 
     def split(self, at):
         """Split at `at`; self keeps [start, at), the new VMA gets [at, end)."""
-        right = Vma(at, self.end, self.flags, self.pgoff + ((at - self.start) >> 12), self.file)
+        right = Vma(at, self.end, self.flags, self.pgoff + ((at - self.start) >> 12), self.file,
+                    self.uffd)
         self.end = at
         return right
 
@@ -60,7 +62,7 @@ class Vma:
         ignore = VM_SOFTDIRTY | VM_ANON_VMA   # a NULL anon_vma merges with any
         if self.end != nxt.start or (self.flags & ~ignore) != (nxt.flags & ~ignore):
             return False
-        if self.file != nxt.file:
+        if self.file != nxt.file or self.uffd != nxt.uffd:
             return False
         return self.file == 0 or self.pgoff + ((self.end - self.start) >> 12) == nxt.pgoff
 
@@ -168,4 +170,7 @@ class VmaList:
         return starts, ends, flags, pgoffs, files
 
     def copy(self):
-        return VmaList(Vma(v.start, v.end, v.flags, v.pgoff, v.file) for v in self.vmas)
+        return VmaList(Vma(v.start, v.end, v.flags, v.pgoff, v.file, v.uffd) for v in self.vmas)
+
+    def uffd_array(self):
+        return np.fromiter((v.uffd for v in self.vmas), np.int32, len(self.vmas))

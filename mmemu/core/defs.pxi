@@ -23,7 +23,8 @@ cdef extern from "mm_types.h" nogil:
 
     int FAULT_FLAG_WRITE, FAULT_FLAG_USER, FAULT_FLAG_REMOTE, FAULT_FLAG_UNSHARE
     int VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_WRITE, VM_FAULT_SIGSEGV
-    int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR
+    int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR, VM_FAULT_HWPOISON, VM_FAULT_UFFD
+    uint64_t PTE_MARKER_UFFD_WP, PTE_MARKER_POISONED, PTE_MARKER_GUARD
 
     ctypedef struct mm_vma_t:
         uint64_t start, end, flags, pgoff
@@ -41,7 +42,8 @@ cdef extern from "mm_types.h" nogil:
         int32_t mm_has_pinned, clear_refs_skip_pinned, mprotect_upgrade
         int32_t pm_uffd_wp, soft_dirty, lru_batch
         int32_t fault_around_uffd, swapout_skip_pinned, free_swapcache_after_cow
-        int32_t fault_around_pages
+        int32_t fault_around_pages, uffd_wp_file, fork_uffd_child_vma, fork_marker_child_wp
+        int32_t uffd_wp_writenotify, uffd_unprotect_writable
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem
@@ -146,6 +148,14 @@ ctypedef struct engine_t:
     uint64_t stamp             # last content version handed out
     int32_t reclaim_mm         # the reclaim clock hand: mm and address
     uint64_t reclaim_va
+
+    uint64_t *uffd_feat        # per userfaultfd context: features (UFFD_FEATURE_*)
+    uint32_t *uffd_cflags      # per context: UFFD_USER_MODE_ONLY
+    int32_t nuffd
+    int32_t uf_ctx             # the last handle_userfault(): context, mm, address,
+    int32_t uf_mm              # message flags and reason
+    uint64_t uf_addr
+    uint32_t uf_flags, uf_reason
     uint64_t fault_addr        # address of the last failed access
     int64_t stats[24]
 

@@ -7,13 +7,16 @@ cdef enum:
 
 
 cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
-                           uint64_t va, uint64_t *ptep, int fflags) noexcept nogil:
-    """Empty slot of a private anon VMA (do_anonymous_page)."""
+                           uint64_t va, uint64_t *ptep, int fflags, bint wp_marker) noexcept nogil:
+    """Empty slot (or uffd-wp marker) of a private anon VMA (do_anonymous_page)."""
     cdef int64_t pfn
     cdef uint64_t entry
+    if vma.flags & VM_UFFD_MISSING:
+        return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
     if not (fflags & FAULT_FLAG_WRITE):
         # Read: map the shared zero page, special and read-only.
-        ptep[0] = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | vma_prot_bits(vma.flags)
+        entry = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | vma_prot_bits(vma.flags)
+        ptep[0] = mkuffd_wp(entry) if wp_marker else entry
         e.stats[MM_STAT_ZERO_FAULT] += 1
         return 0
     pfn = frame_alloc(e)
@@ -29,7 +32,9 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
     # FOLL_FORCE write into a PROT_READ VMA gets a clean R/O page first.
     if vma.flags & VM_WRITE:
         entry |= PTE_WRITE | PTE_DIRTY | PTE_SOFT_DIRTY
-    ptep[0] = entry
+    # Over a uffd-wp marker the new page is protected: the write retries
+    # and takes the WP fault (two faults, 9c28a205c061).
+    ptep[0] = mkuffd_wp(entry) if wp_marker else entry
     mm.rss_anon += 1
     e.stats[MM_STAT_ANON_FAULT] += 1
     return 0
@@ -120,6 +125,14 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
     cdef bint unshare = (fflags & FAULT_FLAG_UNSHARE) != 0 and not (fflags & FAULT_FLAG_WRITE)
     cdef int64_t pfn
     e.stats[MM_STAT_WP_FAULT] += 1
+    if pte & PTE_UFFD_WP and vma.flags & VM_UFFD_WP and not unshare:
+        # uffd-wp first (semantics.md 3.1): WP_ASYNC resolves in place (6.7),
+        # otherwise the monitor hears of it.
+        if vma.uffd > 0 and vma.uffd < e.nuffd and e.uffd_feat[vma.uffd] & UFFD_FEATURE_WP_ASYNC:
+            pte &= ~PTE_UFFD_WP
+            ptep[0] = pte
+        else:
+            return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_WP)
     if pte & PTE_SPECIAL:
         # The zero page: COW (or, for a long-term R/O pin, unshare) into a fresh page.
         return wp_page_copy(e, mm, cpu, vma, va, ptep, ZERO_PFN, unshare)
@@ -157,6 +170,7 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     cdef int32_t vi = find_vma(mm, va)
     cdef mm_vma_t *vma
     cdef uint64_t pte
+    cdef bint wp_marker
     mm.minflt += 1
     e.stats[MM_STAT_FAULT] += 1
     if vi < 0:
@@ -174,14 +188,25 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
         if ptep == NULL:
             return VM_FAULT_NOMEM
     pte = ptep[0]
-    if pte == 0:
+    if pte == 0 or is_marker(pte):
+        wp_marker = False
+        if pte != 0:
+            # handle_pte_marker()
+            if marker_bits(pte) & PTE_MARKER_POISONED:
+                return VM_FAULT_SIGBUS | VM_FAULT_HWPOISON
+            if marker_bits(pte) & PTE_MARKER_GUARD:
+                return VM_FAULT_SIGSEGV
+            if vma.flags & VM_UFFD_WP:
+                wp_marker = True
+            else:
+                ptep[0] = 0             # a leftover marker: drop it, an ordinary fault
         if vma.file:
-            return do_file_fault(e, mm, cpu, vma, va, ptep, fflags)
-        return do_anonymous_page(e, mm, cpu, vma, va, ptep, fflags)
+            return do_file_fault(e, mm, cpu, vma, va, ptep, fflags, wp_marker)
+        return do_anonymous_page(e, mm, cpu, vma, va, ptep, fflags, wp_marker)
     if not (pte & PTE_PRESENT):
         if is_swap_pte(pte):
             return do_swap_page(e, mm, cpu, vma, va, ptep, fflags)
-        return VM_FAULT_SIGBUS      # pte markers arrive with userfaultfd
+        return VM_FAULT_SIGBUS
     if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE):
         if not (pte & PTE_WRITE):
             return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)
@@ -210,7 +235,7 @@ cdef inline int tlb_fill(engine_t *e, uint64_t *ptep, bint write, int64_t slot, 
 
 
 cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
-                     int64_t *pfn_out) noexcept nogil:
+                     int64_t *pfn_out, int uflag=FAULT_FLAG_USER) noexcept nogil:
     """One user-mode access through this CPU's TLB: the MMU's view. Returns 0
     with the frame, or the fault code (e.fault_addr = va)."""
     cdef uint64_t vpn = va >> MM_PAGE_SHIFT
@@ -241,7 +266,8 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
     for attempt in range(6):
         if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
             return 0
-        ret = handle_mm_fault_pte(e, mm, cpu, va, FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0), ptep)
+        # A kernel-mode access (copy_*_user) faults without FAULT_FLAG_USER.
+        ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | (FAULT_FLAG_WRITE if write else 0), ptep)
         if ret & VM_FAULT_OOM and reclaim_pages(e, cpu, RECLAIM_BATCH) > 0:
             continue            # direct reclaim freed frames: fault again
         if ret & VM_FAULT_ERROR:

@@ -154,7 +154,9 @@ cdef int64_t gup_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t n
                 continue
             if ret & VM_FAULT_ERROR:
                 e.fault_addr = va
-                if ret & (VM_FAULT_OOM | VM_FAULT_NOMEM):
+                if ret & VM_FAULT_UFFD:
+                    err[0] = -1             # waits on a userfaultfd: the caller decides
+                elif ret & (VM_FAULT_OOM | VM_FAULT_NOMEM):
                     err[0] = CORE_ENOMEM
                 else:
                     err[0] = CORE_EFAULT

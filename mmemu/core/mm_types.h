@@ -106,7 +106,9 @@
 #define VM_FAULT_SIGSEGV   0x000040
 #define VM_FAULT_ACCERR    0x100000   /* emulator: SIGSEGV is SEGV_ACCERR */
 #define VM_FAULT_NOMEM     0x200000   /* emulator: host allocation failed */
-#define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM)
+#define VM_FAULT_HWPOISON  0x000010
+#define VM_FAULT_UFFD      0x400000   /* emulator: handle_userfault queued a message */
+#define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM | VM_FAULT_UFFD)
 
 typedef struct {
     uint64_t start, end;      /* [start, end) */
@@ -164,6 +166,11 @@ typedef struct {
     int32_t swapout_skip_pinned;   /* 5.11 */
     int32_t free_swapcache_after_cow; /* 5.14 f4c4a3f48480 */
     int32_t fault_around_pages;
+    int32_t uffd_wp_file;
+    int32_t fork_uffd_child_vma;
+    int32_t fork_marker_child_wp;
+    int32_t uffd_wp_writenotify;
+    int32_t uffd_unprotect_writable;
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */

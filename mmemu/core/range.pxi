@@ -9,9 +9,12 @@ cdef inline uint64_t block_end(uint64_t va, uint64_t end) noexcept nogil:
     return b if b < end else end
 
 
-cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_t *g) noexcept nogil:
+cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_t *g,
+                    bint wp_markers) noexcept nogil:
     """zap_pte_range over [start, end): ptes cleared, pages queued on the gather
-    (released after its flush)."""
+    (released after its flush). With wp_markers (MADV_DONTNEED of a file-backed
+    uffd-wp VMA, 5.19+ zap_install_uffd_wp_if_needed) a zapped uffd-wp entry
+    becomes a uffd-wp marker and markers stay; otherwise markers go too."""
     cdef uint64_t va = start, stop, pte
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn
@@ -27,7 +30,11 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
             pte = t[i]
             if pte == 0:
                 continue
-            t[i] = 0
+            if is_marker(pte):
+                if not wp_markers or marker_bits(pte) != PTE_MARKER_UFFD_WP:
+                    t[i] = 0
+                continue
+            t[i] = make_marker(PTE_MARKER_UFFD_WP) if (wp_markers and pte & PTE_UFFD_WP) else 0
             if pte & PTE_PRESENT:
                 g.need_flush = 1
                 if not (pte & PTE_SPECIAL):
@@ -59,6 +66,8 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
     cdef uint64_t need = PTE_PRESENT | (PTE_SOFT_DIRTY if vma_soft_dirty_tracking(e, newflags) else 0)
     cdef uint64_t veto = PTE_SPECIAL | PTE_UFFD_WP
     cdef uint16_t excl = PG_ANON | PG_ANON_EXCLUSIVE
+    cdef bint shared_writable = prot == 0 and (newflags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE) \
+        and not flags_want_writenotify(e, newflags)
     while va < end:
         t = leaf_or_skip(e, mm.pgd, va, &stop)
         if t == NULL:
@@ -71,8 +80,12 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
             pte = t[i]
             if not (pte & PTE_PRESENT):
                 continue
-            # A private mapping's vm_page_prot never has write (COW).
+            # A private mapping's vm_page_prot never has write (COW); a shared
+            # writable one has it unless writenotify applies (shmem with uffd-wp
+            # before 6.2: B15).
             npte = (pte & ~(PTE_WRITE | PTE_PROTNONE)) | prot
+            if shared_writable and not (pte & PTE_SPECIAL):
+                npte |= PTE_WRITE
             # 6.0+ (64fe24a3e05e, can_change_pte_writable): an exclusive
             # anon page may be mapped writable right away.
             if try_writable and (pte & need) == need and not (pte & veto) \
@@ -92,6 +105,9 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
     cdef uint64_t *d
     cdef int64_t i, i0, i1, pfn, new
     cdef bint cow = is_cow_mapping(src_flags)
+    # Which VMA decides whether the child keeps uffd-wp bits: the child's
+    # since 5.14 (8f34f1eac382); before, the source's (B12).
+    cdef uint64_t wp_side = dst_flags if e.pol.fork_uffd_child_vma else src_flags
     while va < end:
         s = leaf_or_skip(e, src.pgd, va, &stop)
         if s == NULL:
@@ -108,6 +124,14 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
             if pte == 0:
                 continue
             if not (pte & PTE_PRESENT):
+                if is_marker(pte):
+                    # A uffd-wp marker goes only to a wp child VMA since 6.2;
+                    # 5.19-6.1 copied it regardless (with a WARN): B14.
+                    if marker_bits(pte) & PTE_MARKER_UFFD_WP and e.pol.fork_marker_child_wp \
+                            and not (dst_flags & VM_UFFD_WP):
+                        continue
+                    d[i] = pte
+                    continue
                 # copy_nonpresent_pte: one more reference to the slot; 5.19+
                 # the entry is no longer exclusive, in parent and child.
                 if is_swap_pte(pte):
@@ -115,7 +139,7 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                     if e.pol.anon_exclusive and pte & SWP_EXCLUSIVE:
                         pte &= ~SWP_EXCLUSIVE
                         s[i] = pte
-                if not (dst_flags & VM_UFFD_WP):
+                if not (wp_side & VM_UFFD_WP):
                     pte &= ~PTE_UFFD_WP
                 d[i] = pte
                 continue
@@ -143,6 +167,9 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                         | vma_prot_bits(dst_flags)
                     if dst_flags & VM_WRITE:
                         entry |= PTE_WRITE
+                    # 5.9-5.13 built the copy without the uffd-wp bit (B13).
+                    if e.pol.fork_uffd_child_vma and dst_flags & VM_UFFD_WP and pte & PTE_UFFD_WP:
+                        entry = mkuffd_wp(entry)
                     d[i] = entry
                     dst.rss_anon += 1
                     e.stats[MM_STAT_EARLY_COW] += 1
@@ -160,7 +187,7 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                 s[i] = pte
                 wrprotected[0] += 1
             pte &= ~PTE_YOUNG
-            if not (dst_flags & VM_UFFD_WP):
+            if not (wp_side & VM_UFFD_WP):
                 pte &= ~PTE_UFFD_WP
             d[i] = pte
         va = stop
@@ -252,6 +279,10 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
         out = 1ULL << 62                         # swap entry / marker
         if is_swap_pte(pte):
             out |= <uint64_t>swp_offset(pte) << 5    # swap type 0 | offset << MAX_SWAPFILES_SHIFT
+        elif is_marker(pte):
+            out |= 31 | (marker_bits(pte) << 5)      # read as swap type 31 (host-notes.md)
+            if marker_bits(pte) & PTE_MARKER_GUARD:
+                out |= 1ULL << 58
         if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
             out |= 1ULL << 55
         if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:

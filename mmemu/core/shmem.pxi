@@ -25,11 +25,7 @@ cdef inline bint vma_wants_writenotify(engine_t *e, mm_vma_t *vma) noexcept nogi
     # Shared writable VMAs map read faults writable unless something must see
     # the first write: soft-dirty tracking (64e455079e1b) or, 6.2+, uffd-wp.
     # shmem has no dirty accounting and no page_mkwrite.
-    if (vma.flags & (VM_SHARED | VM_WRITE)) != (VM_SHARED | VM_WRITE):
-        return False
-    if vma_soft_dirty_tracking(e, vma.flags):
-        return True
-    return False
+    return flags_want_writenotify(e, vma.flags)
 
 
 cdef inline uint64_t file_pte(engine_t *e, mm_vma_t *vma, int64_t pfn, bint write) noexcept nogil:
@@ -139,20 +135,30 @@ cdef void do_fault_around(engine_t *e, mm_t *mm, mm_vma_t *vma, mm_file_t *f, ui
 
 
 cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
-                       uint64_t *ptep, int fflags) noexcept nogil:
-    """Empty slot of a file VMA (do_fault)."""
+                       uint64_t *ptep, int fflags, bint wp_marker) noexcept nogil:
+    """Empty slot (or uffd-wp marker) of a file VMA (do_fault)."""
     cdef mm_file_t *f = file_of(e, vma.file)
     cdef uint64_t index = vma_index(vma, va)
     cdef int64_t pfn, new
     cdef int ret = 0
     cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0
+    cdef uint64_t *cs
+    cdef uint64_t entry
     e.stats[MM_STAT_FILE_FAULT] += 1
     if index >= file_pages(f):
         return VM_FAULT_SIGBUS                  # beyond i_size
-    if not write and should_fault_around(e, vma):
+    if not write and not wp_marker and should_fault_around(e, vma):
         do_fault_around(e, mm, vma, f, va, ptep)
         if ptep[0] != 0:
             return 0
+    # shmem_get_folio(): "missing" means missing from the file; a cached (or
+    # swapped) folio is a MINOR fault in a MINOR-registered VMA.
+    cs = cache_slot(e, f, index, False)
+    if cs == NULL or cs[0] == 0:
+        if vma.flags & VM_UFFD_MISSING:
+            return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
+    elif vma.flags & VM_UFFD_MINOR:
+        return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MINOR)
     pfn = shmem_get_folio(e, f, index, True, cpu, &ret)
     if pfn < 0:
         return ret
@@ -168,15 +174,17 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         e.mapcount[new] = 1
         lru_add(e, cpu, new)
         vma.flags |= VM_ANON_VMA
-        ptep[0] = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY \
+        entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY \
             | PTE_WRITE | vma_prot_bits(vma.flags)
+        ptep[0] = mkuffd_wp(entry) if wp_marker else entry
         mm.rss_anon += 1
         return 0
     e.refcount[pfn] += 1
     e.mapcount[pfn] += 1
     if write:
         e.fflags[pfn] |= PG_DIRTY               # do_shared_fault
-    ptep[0] = file_pte(e, vma, pfn, write)
+    entry = file_pte(e, vma, pfn, write)
+    ptep[0] = mkuffd_wp(entry) if wp_marker else entry
     return 0
 
 
@@ -191,7 +199,7 @@ cdef int wp_page_shared(engine_t *e, mm_vma_t *vma, uint64_t *ptep, int64_t pfn)
 # ---- unmap_mapping_range / truncation --------------------------------------
 
 cdef void unmap_file_range(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t first, uint64_t last,
-                           bint even_cows, gather_t *g) noexcept nogil:
+                           bint even_cows, bint drop_markers, gather_t *g) noexcept nogil:
     """Zap the ptes of vma that map file indices [first, last): cache folios
     always; a private VMA's anon COW copies only with even_cows (truncate),
     not for a hole punch."""
@@ -219,7 +227,10 @@ cdef void unmap_file_range(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t first,
         for i in range(i0, i1):
             pte = t[i]
             if not (pte & PTE_PRESENT):
-                if pte != 0 and even_cows and not (vma.flags & VM_SHARED):
+                if is_marker(pte):
+                    if drop_markers:
+                        t[i] = 0                    # ZAP_FLAG_DROP_MARKER
+                elif pte != 0 and even_cows and not (vma.flags & VM_SHARED):
                     zap_swap_entry(e, mm, pte)      # a private copy that went to swap
                     t[i] = 0
                 continue
@@ -229,7 +240,13 @@ cdef void unmap_file_range(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t first,
                     continue
             elif e.fflags[pfn] & PG_ANON and not even_cows:
                 continue
-            t[i] = 0
+            # 999dad824c39: in a file-backed uffd-wp VMA the racy first pass
+            # keeps the protection as a marker; truncation drops it.
+            if pte & PTE_UFFD_WP and vma.flags & VM_UFFD_WP and not drop_markers \
+                    and e.pol.uffd_wp_file:
+                t[i] = make_marker(PTE_MARKER_UFFD_WP)
+            else:
+                t[i] = 0
             g.need_flush = 1
             if not (pte & PTE_SPECIAL):
                 e.mapcount[pfn] -= 1

@@ -1,0 +1,265 @@
+# userfaultfd in the core: pte markers, handle_userfault's decision, the
+# range ioctls (fs/userfaultfd.c, mm/userfaultfd.c mfill_atomic*,
+# uffd_wp_range, move_pages). Messages, waiting and waking live in
+# mmemu/uffd.py: the core reports VM_FAULT_UFFD with e.uf_* describing it.
+
+cdef enum:
+    UFFD_REASON_MISSING = 1
+    UFFD_REASON_WP = 2
+    UFFD_REASON_MINOR = 4
+    UFFD_PAGEFAULT_FLAG_WRITE = 1
+    UFFD_PAGEFAULT_FLAG_WP = 2
+    UFFD_PAGEFAULT_FLAG_MINOR = 4
+    UFFD_FEATURE_SIGBUS = 1 << 7
+    UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
+    UFFD_FEATURE_WP_ASYNC = 1 << 15
+    UFFD_CTX_USER_MODE_ONLY = 1
+    FILL_COPY = 0
+    FILL_ZEROPAGE = 1
+    FILL_CONTINUE = 2
+    FILL_POISON = 3
+    CORE_EEXIST = 17
+    CORE_ENOENT = 2
+    CORE_EBUSY = 16
+
+
+cdef inline uint64_t make_marker(uint64_t bits) noexcept nogil:
+    # Read through pagemap as a swap entry of type 31 whose offset is the
+    # marker bits (host-notes.md); the uffd-wp one also carries the wp bit.
+    return (SWP_MARKER << SWP_TYPE_SHIFT) | (bits << SWP_OFFSET_SHIFT) | \
+        (PTE_UFFD_WP if bits & PTE_MARKER_UFFD_WP else 0)
+
+
+cdef inline bint is_marker(uint64_t pte) noexcept nogil:
+    return pte != 0 and not (pte & PTE_PRESENT) and ((pte & SWP_TYPE_MASK) >> SWP_TYPE_SHIFT) == SWP_MARKER
+
+
+cdef inline uint64_t marker_bits(uint64_t pte) noexcept nogil:
+    return pte >> SWP_OFFSET_SHIFT
+
+
+cdef inline bint pte_none_mostly(uint64_t pte) noexcept nogil:
+    # none, or only a uffd-wp marker: fill ioctls and faults treat it as empty.
+    return pte == 0 or (is_marker(pte) and marker_bits(pte) == PTE_MARKER_UFFD_WP)
+
+
+cdef inline uint64_t mkuffd_wp(uint64_t pte) noexcept nogil:
+    # A uffd-wp pte is read-only: the callers did it before 6.2, pte_mkuffd_wp
+    # itself since ("mm/uffd: always wr-protect pte in pte/pmd_mkuffd_wp()").
+    return (pte | PTE_UFFD_WP) & ~PTE_WRITE
+
+
+cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int fflags,
+                          int reason) noexcept nogil:
+    """handle_userfault(): SIGBUS where the context says so, otherwise record
+    the message for the Python side to queue and return VM_FAULT_UFFD."""
+    cdef int32_t ctx = vma.uffd
+    cdef uint32_t flags = 0
+    if ctx <= 0 or ctx >= e.nuffd:
+        return VM_FAULT_SIGBUS
+    if e.uffd_feat[ctx] & UFFD_FEATURE_SIGBUS:
+        return VM_FAULT_SIGBUS
+    if e.uffd_cflags[ctx] & UFFD_CTX_USER_MODE_ONLY and not (fflags & FAULT_FLAG_USER):
+        return VM_FAULT_SIGBUS          # a kernel-mode fault (GUP, copy_*_user)
+    if fflags & FAULT_FLAG_WRITE:
+        flags |= UFFD_PAGEFAULT_FLAG_WRITE
+    if reason == UFFD_REASON_WP:
+        flags |= UFFD_PAGEFAULT_FLAG_WP
+    elif reason == UFFD_REASON_MINOR:
+        flags |= UFFD_PAGEFAULT_FLAG_MINOR
+    e.uf_ctx = ctx
+    e.uf_mm = mm.id
+    e.uf_addr = va
+    e.uf_flags = flags
+    e.uf_reason = reason
+    return VM_FAULT_UFFD
+
+
+cdef inline bint flags_want_writenotify(engine_t *e, uint64_t flags) noexcept nogil:
+    """vma_wants_writenotify() for a shared writable VMA without page_mkwrite
+    or dirty accounting (shmem): soft-dirty tracking, and 6.2+ uffd-wp."""
+    if (flags & (VM_SHARED | VM_WRITE)) != (VM_SHARED | VM_WRITE):
+        return False
+    if vma_soft_dirty_tracking(e, flags):
+        return True
+    return e.pol.uffd_wp_writenotify != 0 and (flags & VM_UFFD_WP) != 0
+
+
+cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, bint protect,
+                           bint use_markers, uint64_t vmflags) noexcept nogil:
+    """UFFDIO_WRITEPROTECT over one VMA's range (change_protection with
+    MM_CP_UFFD_WP / _RESOLVE). Returns ptes that lost write (to flush), or -1
+    if a page table could not be allocated."""
+    cdef uint64_t va = start, stop, pte
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, pfn, lost = 0
+    cdef bint alloc = protect and use_markers
+    cdef bint restore = not protect and e.pol.uffd_unprotect_writable != 0 and (vmflags & VM_WRITE) != 0
+    while va < end:
+        if alloc:
+            t = pte_table(e, mm, va, True)
+            if t == NULL:
+                return -1
+            stop = block_end(va, end)
+        else:
+            t = leaf_or_skip(e, mm.pgd, va, &stop)
+            if t == NULL:
+                va = stop
+                continue
+            stop = block_end(va, end)
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            pte = t[i]
+            if pte & PTE_PRESENT:
+                if protect:
+                    if pte & PTE_WRITE:
+                        lost += 1
+                    t[i] = mkuffd_wp(pte)
+                else:
+                    pte &= ~PTE_UFFD_WP
+                    if restore and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
+                        # 6.3+: MM_CP_TRY_CHANGE_WRITABLE, as mprotect does.
+                        pfn = <int64_t>pte_pfn(pte)
+                        if vmflags & VM_SHARED:
+                            if pte & PTE_DIRTY and not flags_want_writenotify(e, vmflags & ~VM_UFFD_WP):
+                                pte |= PTE_WRITE
+                        elif e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE \
+                                and not (vma_soft_dirty_tracking(e, vmflags) and not (pte & PTE_SOFT_DIRTY)):
+                            pte |= PTE_WRITE
+                    t[i] = pte
+            elif pte == 0:
+                if protect and use_markers:
+                    t[i] = make_marker(PTE_MARKER_UFFD_WP)
+            elif is_marker(pte):
+                if not protect and marker_bits(pte) == PTE_MARKER_UFFD_WP:
+                    t[i] = 0
+            elif is_swap_pte(pte):
+                t[i] = (pte | PTE_UFFD_WP) if protect else (pte & ~PTE_UFFD_WP)
+        va = stop
+    return lost
+
+
+cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, int kind,
+                   const uint8_t *src, int64_t src_pfn, bint wp) noexcept nogil:
+    """One page of UFFDIO_COPY / ZEROPAGE / CONTINUE / POISON
+    (mfill_atomic_pte*): 0 or a negative errno. COPY takes the contents from
+    `src` bytes, or from frame `src_pfn` (a copy from user memory)."""
+    cdef uint64_t *ptep = pte_offset(e, mm, va, True)
+    cdef uint64_t pte, entry, index
+    cdef uint64_t *cs
+    cdef int64_t pfn
+    cdef mm_file_t *f
+    cdef bint shared = (vma.flags & VM_SHARED) != 0
+    if ptep == NULL:
+        return -CORE_ENOMEM
+    pte = ptep[0]
+    if kind == FILL_POISON:
+        if pte != 0:
+            return -CORE_EEXIST         # any existing entry, markers included
+        ptep[0] = make_marker(PTE_MARKER_POISONED)
+        return 0
+    if kind == FILL_ZEROPAGE and not vma.file:
+        if pte != 0:
+            return -CORE_EEXIST         # the zero page needs a strictly empty slot
+        ptep[0] = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | vma_prot_bits(vma.flags)
+        return 0
+    if not pte_none_mostly(pte):
+        return -CORE_EEXIST
+    if kind == FILL_CONTINUE:
+        # Map the page-cache folio that must already exist.
+        f = file_of(e, vma.file)
+        index = vma_index(vma, va)
+        cs = cache_slot(e, f, index, False)
+        if cs == NULL or not (cs[0] & PTE_PRESENT):
+            return -CORE_EFAULT
+        pfn = <int64_t>pte_pfn(cs[0])
+        e.refcount[pfn] += 1
+        e.mapcount[pfn] += 1
+        entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | vma_prot_bits(vma.flags)
+        if shared and vma.flags & VM_WRITE:
+            entry |= PTE_WRITE
+        ptep[0] = mkuffd_wp(entry) if wp else entry
+        return 0
+    if vma.file and shared:
+        # shmem: the page goes into the file, then into the page table.
+        f = file_of(e, vma.file)
+        index = vma_index(vma, va)
+        if index >= file_pages(f):
+            return -CORE_EFAULT
+        cs = cache_slot(e, f, index, True)
+        if cs == NULL:
+            return -CORE_ENOMEM
+        if cs[0] != 0:
+            return -CORE_EEXIST
+        pfn = frame_alloc(e)
+        if pfn < 0:
+            return -CORE_ENOMEM
+        e.fflags[pfn] |= PG_FILE | PG_DIRTY
+        e.mapping[pfn] = <uint16_t>f.id
+        e.index[pfn] = <uint32_t>index
+        cs[0] = pfn_pte(pfn) | PTE_PRESENT
+        f.nrpages += 1
+        e.refcount[pfn] += 1
+    else:
+        # anon, or a private mapping (which receives an anon page).
+        pfn = frame_alloc(e)
+        if pfn < 0:
+            return -CORE_ENOMEM
+        e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
+        mm.rss_anon += 1
+        vma.flags |= VM_ANON_VMA
+    if kind == FILL_COPY:
+        if src != NULL:
+            if frame_write(e, pfn, 0, MM_PAGE_SIZE, src) < 0:
+                return -CORE_ENOMEM
+        elif src_pfn >= 0 and frame_copy(e, pfn, src_pfn) < 0:
+            return -CORE_ENOMEM
+    e.mapcount[pfn] += 1
+    lru_add(e, cpu, pfn)
+    entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | vma_prot_bits(vma.flags)
+    if vma.flags & VM_WRITE:
+        entry |= PTE_WRITE
+    ptep[0] = mkuffd_wp(entry) if wp else entry
+    return 0
+
+
+cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uint64_t src,
+                        bint allow_holes) noexcept nogil:
+    """One page of UFFDIO_MOVE (move_pages_pte): 0, 1 for a skipped source
+    hole, or a negative errno."""
+    cdef uint64_t *sp = pte_offset(e, mm, src, False)
+    cdef uint64_t *dp
+    cdef uint64_t pte
+    cdef int64_t pfn
+    if sp == NULL or sp[0] == 0:
+        return 1 if allow_holes else -CORE_ENOENT
+    pte = sp[0]
+    dp = pte_offset(e, mm, dst, True)
+    if dp == NULL:
+        return -CORE_ENOMEM
+    if dp[0] != 0:
+        return -CORE_EEXIST
+    if pte & PTE_PRESENT:
+        if pte & PTE_SPECIAL:
+            return -CORE_EBUSY          # the zero page (6.8's first version)
+        pfn = <int64_t>pte_pfn(pte)
+        if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & PG_KSM or e.mapcount[pfn] != 1 \
+                or (e.pol.anon_exclusive and not (e.fflags[pfn] & PG_ANON_EXCLUSIVE)):
+            return -CORE_EBUSY          # not an exclusive anon page
+        if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
+            return -CORE_EBUSY          # maybe pinned
+        # "dirty and writable, like mremap"
+        pte |= PTE_DIRTY | PTE_SOFT_DIRTY
+        if dvma.flags & VM_WRITE:
+            pte |= PTE_WRITE
+        dvma.flags |= VM_ANON_VMA
+    elif is_swap_pte(pte):
+        if not (pte & SWP_EXCLUSIVE):
+            return -CORE_EBUSY
+    else:
+        return -CORE_EBUSY
+    sp[0] = 0
+    tlb_flush_page(e, mm.id, src)
+    dp[0] = pte
+    return 0

@@ -1,0 +1,483 @@
+"""userfaultfd: contexts, ioctls, messages, waiting and waking
+(fs/userfaultfd.c, mm/userfaultfd.c; include/uapi/linux/userfaultfd.h).
+
+The core decides *whether* a fault goes to userspace (handle_userfault) and
+does the page-table work of each ioctl; this module owns what the kernel
+keeps in struct userfaultfd_ctx: features, the fault and event queues,
+mmap_changing, and the wait queues. A faulting thread either runs the
+context's service handler (Uffd.serve) or raises WouldBlock and stays
+blocked until a wake and Thread.resume().
+"""
+from dataclasses import dataclass
+
+from . import constants as C
+from .errors import (EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock, WouldBlock,
+                     oserror)
+from .vma import VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE
+
+PAGE = C.PAGE_SIZE
+
+# --- UAPI (include/uapi/linux/userfaultfd.h) ---------------------------------
+UFFD_API = 0xAA
+UFFD_USER_MODE_ONLY = 1
+O_CLOEXEC = 0o2000000
+O_NONBLOCK = 0o4000
+
+_UFFDIO_REGISTER = 0x00
+_UFFDIO_UNREGISTER = 0x01
+_UFFDIO_WAKE = 0x02
+_UFFDIO_COPY = 0x03
+_UFFDIO_ZEROPAGE = 0x04
+_UFFDIO_MOVE = 0x05
+_UFFDIO_WRITEPROTECT = 0x06
+_UFFDIO_CONTINUE = 0x07
+_UFFDIO_POISON = 0x08
+_UFFDIO_API = 0x3F
+UFFD_API_IOCTLS = (1 << _UFFDIO_REGISTER) | (1 << _UFFDIO_UNREGISTER) | (1 << _UFFDIO_API)
+
+UFFDIO_REGISTER_MODE_MISSING = 1 << 0
+UFFDIO_REGISTER_MODE_WP = 1 << 1
+UFFDIO_REGISTER_MODE_MINOR = 1 << 2
+UFFDIO_COPY_MODE_DONTWAKE = 1 << 0
+UFFDIO_COPY_MODE_WP = 1 << 1
+UFFDIO_ZEROPAGE_MODE_DONTWAKE = 1 << 0
+UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
+UFFDIO_WRITEPROTECT_MODE_DONTWAKE = 1 << 1
+UFFDIO_CONTINUE_MODE_DONTWAKE = 1 << 0
+UFFDIO_CONTINUE_MODE_WP = 1 << 1
+UFFDIO_POISON_MODE_DONTWAKE = 1 << 0
+UFFDIO_MOVE_MODE_DONTWAKE = 1 << 0
+UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES = 1 << 1
+
+UFFD_EVENT_PAGEFAULT = 0x12
+UFFD_EVENT_FORK = 0x13
+UFFD_EVENT_REMAP = 0x14
+UFFD_EVENT_REMOVE = 0x15
+UFFD_EVENT_UNMAP = 0x16
+UFFD_PAGEFAULT_FLAG_WRITE = 1 << 0
+UFFD_PAGEFAULT_FLAG_WP = 1 << 1
+UFFD_PAGEFAULT_FLAG_MINOR = 1 << 2
+
+UFFD_FEATURE_PAGEFAULT_FLAG_WP = 1 << 0
+UFFD_FEATURE_EVENT_FORK = 1 << 1
+UFFD_FEATURE_EVENT_REMAP = 1 << 2
+UFFD_FEATURE_EVENT_REMOVE = 1 << 3
+UFFD_FEATURE_MISSING_HUGETLBFS = 1 << 4
+UFFD_FEATURE_MISSING_SHMEM = 1 << 5
+UFFD_FEATURE_EVENT_UNMAP = 1 << 6
+UFFD_FEATURE_SIGBUS = 1 << 7
+UFFD_FEATURE_THREAD_ID = 1 << 8
+UFFD_FEATURE_MINOR_HUGETLBFS = 1 << 9
+UFFD_FEATURE_MINOR_SHMEM = 1 << 10
+UFFD_FEATURE_EXACT_ADDRESS = 1 << 11
+UFFD_FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12
+UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
+UFFD_FEATURE_POISON = 1 << 14
+UFFD_FEATURE_WP_ASYNC = 1 << 15
+UFFD_FEATURE_MOVE = 1 << 16
+
+# Which range ioctls exist, by the feature that arrived with them.
+_IOCTL_SINCE = {_UFFDIO_CONTINUE: UFFD_FEATURE_MINOR_HUGETLBFS, _UFFDIO_POISON: UFFD_FEATURE_POISON,
+                _UFFDIO_MOVE: UFFD_FEATURE_MOVE}
+_FILL_COPY, _FILL_ZEROPAGE, _FILL_CONTINUE, _FILL_POISON = 0, 1, 2, 3
+
+
+class UffdError(OSError):
+    """A failed ioctl: errno, plus `result`, the ioctl's output field
+    (bytes done after partial progress, or -errno)."""
+
+    def __init__(self, err, call, result, detail=None):
+        e = oserror(err, call, detail)
+        super().__init__(e.errno, e.strerror)
+        self.result = result
+
+
+@dataclass
+class UffdMsg:
+    """struct uffd_msg: `event` and the fields of its union that apply."""
+    event: int
+    flags: int = 0          # pagefault
+    address: int = 0        # pagefault
+    ptid: int = 0           # pagefault with THREAD_ID
+    ufd: object = None      # fork: the child's Uffd
+    from_: int = 0          # remap
+    to: int = 0
+    len: int = 0
+    start: int = 0          # remove, unmap
+    end: int = 0
+
+    def __repr__(self):
+        names = {UFFD_EVENT_PAGEFAULT: "PAGEFAULT", UFFD_EVENT_FORK: "FORK", UFFD_EVENT_REMAP: "REMAP",
+                 UFFD_EVENT_REMOVE: "REMOVE", UFFD_EVENT_UNMAP: "UNMAP"}
+        n = names.get(self.event, hex(self.event))
+        if self.event == UFFD_EVENT_PAGEFAULT:
+            return f"<uffd_msg {n} flags={self.flags:#x} address={self.address:#x}>"
+        if self.event == UFFD_EVENT_REMAP:
+            return f"<uffd_msg {n} {self.from_:#x}->{self.to:#x} len={self.len:#x}>"
+        if self.event in (UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP):
+            return f"<uffd_msg {n} [{self.start:#x}, {self.end:#x})>"
+        return f"<uffd_msg {n}>"
+
+
+class Waiter:
+    """A thread sleeping in handle_userfault() or in an event's completion."""
+
+    def __init__(self, thread, msg, start, end):
+        self.thread, self.msg, self.start, self.end = thread, msg, start, end
+        self.woken = False
+        self.read = False
+
+
+class Uffd:
+    """One userfaultfd context (the file returned by userfaultfd(2))."""
+
+    def __init__(self, process, flags=0, features=None, parent=None):
+        self.process = process
+        self.machine = process.machine
+        self.flags = flags
+        self.ctx = self.machine._new_uffd(self)
+        self.features = features            # None until UFFDIO_API
+        self.released = False
+        self.mmap_changing = 0
+        self.faults = []                    # Waiters whose message is not read yet
+        self.events = []                    # (Waiter, msg) of non-cooperative events
+        self.waiting = []                   # Waiters read but not woken
+        self.handler = None
+        self.service_thread = None
+        if features is not None:
+            self._push()
+
+    # ---- helpers --------------------------------------------------------------
+    @property
+    def policy(self):
+        return self.machine.policy
+
+    def _push(self):
+        self.machine._engine.uffd_set(self.ctx, self.features or 0,
+                                      UFFD_USER_MODE_ONLY if self.flags & UFFD_USER_MODE_ONLY else 0)
+
+    def _ready(self, call):
+        if self.released:
+            raise oserror(9, call, "closed userfaultfd")       # EBADF
+        if self.features is None:
+            raise oserror(EINVAL, call, "UFFDIO_API first")
+
+    def _has_ioctl(self, nr):
+        need = _IOCTL_SINCE.get(nr)
+        return need is None or bool(self.policy.uffd_features & need)
+
+    def _range(self, addr, length, call):
+        if addr & (PAGE - 1) or length & (PAGE - 1) or length == 0 or addr + length > C.TASK_SIZE:
+            raise oserror(EINVAL, call, "range not page aligned or empty")
+        return addr, addr + length
+
+    def _vmas(self, start, end):
+        p = self.process
+        p._pull()
+        return p.vmas.overlapping(start, end)
+
+    def _registered_vma(self, start, end, call, result_errno=ENOENT):
+        """The one VMA of this context covering [start, end) (fill ioctls)."""
+        vma = self.process.vmas.find(start)
+        if vma is None or vma.end < end or vma.uffd != self.ctx:
+            raise UffdError(result_errno, call, -result_errno, "range not in one registered VMA")
+        return vma
+
+    # ---- UFFDIO_API ------------------------------------------------------------
+    def api(self, features=0, api=UFFD_API):
+        """UFFDIO_API: returns the features the kernel supports (all of them)."""
+        if self.released:
+            raise oserror(9, "UFFDIO_API")
+        if self.features is not None:
+            raise oserror(EINVAL, "UFFDIO_API", "already initialised")
+        supported = self.policy.uffd_features
+        if api != UFFD_API or features & ~supported:
+            raise oserror(EINVAL, "UFFDIO_API", "unknown api or feature")
+        if features & UFFD_FEATURE_WP_ASYNC:
+            features |= UFFD_FEATURE_WP_UNPOPULATED     # WP_ASYNC implies it
+        self.features = features
+        self._push()
+        self.ioctls = UFFD_API_IOCTLS
+        return supported
+
+    # ---- UFFDIO_REGISTER / UNREGISTER ----------------------------------------
+    def register(self, addr, length, mode):
+        self._ready("UFFDIO_REGISTER")
+        start, end = self._range(addr, length, "UFFDIO_REGISTER")
+        if not mode or mode & ~(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP
+                                | UFFDIO_REGISTER_MODE_MINOR):
+            raise oserror(EINVAL, "UFFDIO_REGISTER", "bad mode")
+        if mode & UFFDIO_REGISTER_MODE_MINOR and not self.policy.uffd_features & UFFD_FEATURE_MINOR_HUGETLBFS:
+            raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
+        vmas = self._vmas(start, end)
+        covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
+        if covered != end - start:
+            raise oserror(EINVAL, "UFFDIO_REGISTER", "range not fully mapped")
+        for v in vmas:
+            # vma_can_userfault(): anon, or shmem; MINOR only on shmem (5.14);
+            # WP on shmem only with pte markers (5.19).
+            if mode & UFFDIO_REGISTER_MODE_MINOR and (not v.file or not self.policy.uffd_features
+                                                      & UFFD_FEATURE_MINOR_SHMEM):
+                raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR needs shmem")
+            if mode & UFFDIO_REGISTER_MODE_WP and v.file and not self.policy.uffd_wp_file:
+                raise oserror(EINVAL, "UFFDIO_REGISTER", "WP on shmem needs 5.19")
+            if not v.flags & VM_MAYWRITE:
+                raise oserror(EPERM, "UFFDIO_REGISTER", "VMA may not be written")
+            if v.uffd and v.uffd != self.ctx:
+                raise oserror(EBUSY, "UFFDIO_REGISTER", "registered to another userfaultfd")
+        bits = ((VM_UFFD_MISSING if mode & UFFDIO_REGISTER_MODE_MISSING else 0)
+                | (VM_UFFD_WP if mode & UFFDIO_REGISTER_MODE_WP else 0)
+                | (VM_UFFD_MINOR if mode & UFFDIO_REGISTER_MODE_MINOR else 0))
+        p = self.process
+        for v in p.vmas.isolate(start, end):
+            v.flags = (v.flags & ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)) | bits
+            v.uffd = self.ctx
+        p._sync()
+        ioctls = 0
+        for nr in (_UFFDIO_WAKE, _UFFDIO_COPY, _UFFDIO_ZEROPAGE, _UFFDIO_MOVE, _UFFDIO_WRITEPROTECT,
+                   _UFFDIO_CONTINUE, _UFFDIO_POISON):
+            if self._has_ioctl(nr):
+                ioctls |= 1 << nr
+        if any(v.file for v in vmas):
+            ioctls &= ~(1 << _UFFDIO_MOVE)      # MOVE is anon only
+        if not mode & UFFDIO_REGISTER_MODE_WP:
+            ioctls &= ~(1 << _UFFDIO_WRITEPROTECT)
+        if not mode & UFFDIO_REGISTER_MODE_MINOR:
+            ioctls &= ~(1 << _UFFDIO_CONTINUE)
+        return ioctls
+
+    def unregister(self, addr, length):
+        self._ready("UFFDIO_UNREGISTER")
+        start, end = self._range(addr, length, "UFFDIO_UNREGISTER")
+        self._unregister(start, end)
+
+    def _unregister(self, start, end):
+        p = self.process
+        if not p.alive:
+            return
+        eng = self.machine._engine
+        for v in list(self._vmas(start, end)):
+            if v.uffd != self.ctx:
+                continue
+            s, e = max(v.start, start), min(v.end, end)
+            if v.flags & VM_UFFD_WP:
+                eng.uffd_writeprotect(p.mm, s, e, False, False, v.flags)   # bits and markers go
+        for v in p.vmas.isolate(start, end):
+            if v.uffd == self.ctx:
+                v.flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
+                v.uffd = 0
+        p._sync()
+        self._wake(start, end)
+
+    # ---- fill ioctls --------------------------------------------------------
+    def _fill(self, call, nr, dst, length, mode, allowed, kind, wp=False, src=None, src_proc=None):
+        self._ready(call)
+        if not self._has_ioctl(nr):
+            raise oserror(EINVAL, call, "ioctl unknown to this kernel")
+        if self.mmap_changing:
+            raise UffdError(EAGAIN, call, -EAGAIN, "mmap_changing")
+        if mode & ~allowed:
+            raise UffdError(EINVAL, call, -EINVAL, "bad mode")
+        start, end = self._range(dst, length, call)
+        vma = self._registered_vma(start, end, call)
+        if wp and not vma.flags & VM_UFFD_WP:
+            raise UffdError(EINVAL, call, -EINVAL, "MODE_WP needs a WP-registered VMA")
+        if kind == _FILL_CONTINUE and not vma.flags & VM_UFFD_MINOR:
+            raise UffdError(EINVAL, call, -EINVAL, "CONTINUE needs a MINOR-registered VMA")
+        npages = (end - start) // PAGE
+        eng = self.machine._engine
+        kw = {}
+        if src is not None:
+            if isinstance(src, int):
+                sp = src_proc or self.process
+                sp.read(src, 1) if npages == 1 else sp.populate(src, npages * PAGE)
+                kw = {"src_mm": sp.mm, "src": src}
+            else:
+                kw = {"src_bytes": bytes(src)}
+        p = self.process
+        done, err = eng.uffd_fill(p.mm, p.cpu, start, npages, kind, wp=wp, **kw)
+        p._pull()
+        if done and not mode & 1:                    # every *_MODE_DONTWAKE is bit 0
+            self._wake(start, start + done * PAGE)
+        if err:
+            if done:
+                raise UffdError(EAGAIN, call, done * PAGE, "partial progress")
+            raise UffdError(err, call, -err)
+        return done * PAGE
+
+    def copy(self, dst, src, length=None, mode=0, src_process=None):
+        """UFFDIO_COPY from bytes, or from an address of the caller's memory."""
+        if length is None:
+            if isinstance(src, int):
+                raise ValueError("length is required with a source address")
+            length = len(src)
+        elif not isinstance(src, int) and len(src) < length:
+            raise ValueError("source shorter than length")
+        return self._fill("UFFDIO_COPY", _UFFDIO_COPY, dst, length, mode,
+                          UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, _FILL_COPY,
+                          wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
+
+    def zeropage(self, addr, length, mode=0):
+        return self._fill("UFFDIO_ZEROPAGE", _UFFDIO_ZEROPAGE, addr, length, mode,
+                          UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
+
+    def continue_(self, addr, length, mode=0):
+        allowed = UFFDIO_CONTINUE_MODE_DONTWAKE
+        if self.policy.uffd_features & UFFD_FEATURE_WP_UNPOPULATED:   # CONTINUE_MODE_WP: 6.4
+            allowed |= UFFDIO_CONTINUE_MODE_WP
+        return self._fill("UFFDIO_CONTINUE", _UFFDIO_CONTINUE, addr, length, mode, allowed,
+                          _FILL_CONTINUE, wp=bool(mode & UFFDIO_CONTINUE_MODE_WP))
+
+    def poison(self, addr, length, mode=0):
+        return self._fill("UFFDIO_POISON", _UFFDIO_POISON, addr, length, mode,
+                          UFFDIO_POISON_MODE_DONTWAKE, _FILL_POISON)
+
+    def move(self, dst, src, length, mode=0):
+        """UFFDIO_MOVE (6.8): move exclusive anon pages from src to dst."""
+        call = "UFFDIO_MOVE"
+        self._ready(call)
+        if not self._has_ioctl(_UFFDIO_MOVE):
+            raise oserror(EINVAL, call, "ioctl unknown to this kernel")
+        if self.mmap_changing:
+            raise UffdError(EAGAIN, call, -EAGAIN, "mmap_changing")
+        if mode & ~(UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES):
+            raise UffdError(EINVAL, call, -EINVAL, "bad mode")
+        start, end = self._range(dst, length, call)
+        self._range(src, length, call)
+        p = self.process
+        dvma = self._registered_vma(start, end, call, EINVAL)
+        svma = p.vmas.find(src)
+        # validate_move_areas(): both private anon, same protection, src writable.
+        for v in (dvma, svma):
+            if v is None or v.file or v.flags & VM_SHARED:
+                raise UffdError(EINVAL, call, -EINVAL, "MOVE needs private anonymous VMAs")
+        if svma.end < src + length or (svma.flags & 7) != (dvma.flags & 7) or not svma.flags & VM_WRITE:
+            raise UffdError(EINVAL, call, -EINVAL, "incompatible VMAs")
+        done, err = self.machine._engine.uffd_move(p.mm, start, src, length // PAGE,
+                                                   bool(mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES))
+        p._pull()
+        if done and not mode & UFFDIO_MOVE_MODE_DONTWAKE:
+            self._wake(start, start + done * PAGE)
+        if err:
+            if done:
+                raise UffdError(EAGAIN, call, done * PAGE, "partial progress")
+            raise UffdError(err, call, -err)
+        return done * PAGE
+
+    # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
+    def writeprotect(self, addr, length, mode):
+        call = "UFFDIO_WRITEPROTECT"
+        self._ready(call)
+        if self.mmap_changing:
+            raise UffdError(EAGAIN, call, -EAGAIN, "mmap_changing")
+        if mode & ~(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE) or \
+                mode == UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
+            raise oserror(EINVAL, call, "bad mode")
+        start, end = self._range(addr, length, call)
+        vmas = self._vmas(start, end)
+        covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
+        if covered != end - start or any(v.uffd != self.ctx or not v.flags & VM_UFFD_WP for v in vmas):
+            raise oserror(ENOENT, call, "range not registered for WP")
+        protect = bool(mode & UFFDIO_WRITEPROTECT_MODE_WP)
+        p = self.process
+        eng = self.machine._engine
+        for v in vmas:
+            # userfaultfd_wp_use_markers(): file memory always (5.19+), anon
+            # only with WP_UNPOPULATED (6.4).
+            markers = bool(v.file) or bool(self.features & UFFD_FEATURE_WP_UNPOPULATED)
+            eng.uffd_writeprotect(p.mm, max(v.start, start), min(v.end, end), protect, markers, v.flags)
+        if not protect and not mode & UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
+            self._wake(start, end)
+
+    # ---- waking and reading -----------------------------------------------------
+    def wake(self, addr, length):
+        self._ready("UFFDIO_WAKE")
+        start, end = self._range(addr, length, "UFFDIO_WAKE")
+        self._wake(start, end)
+
+    def _wake(self, start, end):
+        for w in list(self.faults) + list(self.waiting):
+            if w.start < end and start < w.end:
+                w.woken = True
+                if w in self.faults:
+                    self.faults.remove(w)        # a woken, unread message is withdrawn
+                if w in self.waiting:
+                    self.waiting.remove(w)
+
+    def read(self, max_msgs=None):
+        """read(2): page faults first, then non-cooperative events."""
+        if self.released:
+            raise oserror(9, "read")
+        if self.features is None:
+            raise oserror(EINVAL, "read", "UFFDIO_API first")
+        out = []
+        while self.faults and (max_msgs is None or len(out) < max_msgs):
+            w = self.faults.pop(0)
+            w.read = True
+            self.waiting.append(w)
+            out.append(w.msg)
+        while self.events and (max_msgs is None or len(out) < max_msgs):
+            w, msg = self.events.pop(0)
+            w.read = w.woken = True
+            self.mmap_changing -= 1              # the event has been delivered
+            out.append(msg)
+        if not out and self.flags & O_NONBLOCK:
+            raise oserror(EAGAIN, "read", "no message")
+        return out
+
+    def pending(self):
+        return len(self.faults) + len(self.events)
+
+    def close(self):
+        """The last reference goes (userfaultfd_release): every VMA is
+        unregistered and every waiter woken; pending events are dropped."""
+        if self.released:
+            return
+        p = self.process
+        if p.alive:
+            p._pull()
+            for v in list(p.vmas):
+                if v.uffd == self.ctx:
+                    self._unregister(v.start, v.end)
+        for w in self.faults + self.waiting:
+            w.woken = True
+        for w, _ in self.events:
+            w.woken = True
+        self.faults, self.waiting, self.events = [], [], []
+        self.mmap_changing = 0
+        self.released = True
+
+    # ---- service threads -----------------------------------------------------
+    def serve(self, handler, cpu=None):
+        """Run `handler(uffd, msg)` as this context's service thread, on its
+        own CPU, for every message from now on; faulting accesses complete
+        once it resolved them."""
+        self.handler = handler
+        self.service_thread = self.process.thread(cpu)
+        return self.service_thread
+
+    def _deliver(self, waiter, kind):
+        """A thread waits on this context: run the service thread, or block."""
+        m = self.machine
+        if self.handler is None:
+            raise WouldBlock(waiter.thread, self, waiter.msg)
+        if self in m._serving:
+            # The service thread itself now waits on its own context: nobody
+            # else reads it (the umapsort self-hang, 5.8's forced COW).
+            raise Deadlock("a service thread faulted on the range only it serves",
+                           [(f"service thread {waiter.thread.tid} of uffd {self.ctx}",
+                             waiter.msg.address or waiter.start, f"{kind} on uffd {self.ctx}")])
+        m._serving.append(self)
+        try:
+            while self.pending():
+                for msg in self.read():
+                    self.handler(self, msg)
+        finally:
+            m._serving.remove(self)
+        if not waiter.woken:
+            raise Deadlock("the service handler returned without resolving the fault",
+                           [(f"thread {waiter.thread.tid}", waiter.msg.address or waiter.start,
+                             f"{kind} on uffd {self.ctx}")])
+
+    def __repr__(self):
+        return f"<Uffd ctx={self.ctx} of pid {self.process.pid}{' closed' if self.released else ''}>"
