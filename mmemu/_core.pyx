@@ -183,6 +183,10 @@ cdef class Engine:
         free(self.e.files)
         free(self.e.uffd_feat)
         free(self.e.uffd_cflags)
+        if self.e.uffd_res != NULL:
+            for i in range(self.e.nuffd):
+                free(self.e.uffd_res[i].log)
+            free(self.e.uffd_res)
 
     # ---- mms ---------------------------------------------------------------
 
@@ -654,6 +658,7 @@ cdef class Engine:
         """Tell the core a context's features and flags (ids from 1)."""
         cdef uint64_t *f
         cdef uint32_t *fl
+        cdef uffd_resolver_t *rs
         cdef int32_t n
         if ctx <= 0:
             raise ValueError("context ids start at 1")
@@ -667,11 +672,44 @@ cdef class Engine:
             if fl == NULL:
                 raise MemoryError()
             self.e.uffd_cflags = fl
+            rs = <uffd_resolver_t *>realloc(self.e.uffd_res, n * sizeof(uffd_resolver_t))
+            if rs == NULL:
+                raise MemoryError()
+            self.e.uffd_res = rs
             memset(self.e.uffd_feat + self.e.nuffd, 0, (n - self.e.nuffd) * sizeof(uint64_t))
             memset(self.e.uffd_cflags + self.e.nuffd, 0, (n - self.e.nuffd) * sizeof(uint32_t))
+            memset(self.e.uffd_res + self.e.nuffd, 0, (n - self.e.nuffd) * sizeof(uffd_resolver_t))
             self.e.nuffd = n
         self.e.uffd_feat[ctx] = features
         self.e.uffd_cflags[ctx] = cflags
+
+    def uffd_resolver(self, int32_t ctx, int kind, uint64_t base=0, object versions=None):
+        """Install (kind != 0) or remove an in-core resolver. `versions` is a
+        numpy uint64 array the caller keeps alive while installed."""
+        cdef uint64_t[::1] v
+        if ctx <= 0 or ctx >= self.e.nuffd:
+            raise ValueError("no such context")
+        r = &self.e.uffd_res[ctx]
+        r.kind = kind
+        r.base = base
+        r.src = NULL
+        r.nsrc = 0
+        if versions is not None and len(versions):
+            v = versions
+            r.src = &v[0]
+            r.nsrc = v.shape[0]
+        r.nlog = 0
+        r.count = 0
+
+    def uffd_resolver_log(self, int32_t ctx):
+        """(faults resolved, numpy array of logged addresses)."""
+        r = &self.e.uffd_res[ctx]
+        out = np.zeros(r.nlog, np.int64)
+        cdef int64_t[::1] o = out
+        cdef int64_t i
+        for i in range(r.nlog):
+            o[i] = r.log[i]
+        return r.count, out
 
     def set_vma_uffd(self, int32_t mm, const int32_t[::1] ctxs):
         """The uffd context of each VMA, in table order."""

@@ -64,10 +64,13 @@ class UserFault(Exception):
     call, WouldBlock or Deadlock; users never see it."""
 
     def __init__(self, ctx, mm, address, flags, reason, done, partial=None):
+        # (Raised once per fault on the hot path: no message formatting here.)
         self.ctx, self.mm, self.address, self.flags, self.reason = ctx, mm, address, flags, reason
         self.done = done            # bytes or pages completed before the fault
         self.partial = partial      # GUP: pfns taken before the fault (references held)
-        super().__init__(f"userfault ctx {ctx} at {address:#x} flags {flags:#x}")
+
+    def __str__(self):
+        return f"userfault ctx {self.ctx} at {self.address:#x} flags {self.flags:#x}"
 
 
 class WouldBlock(MmemuError):

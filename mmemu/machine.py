@@ -7,6 +7,8 @@ from . import constants as C
 from ._core import Engine
 from .eras import policy_for
 from .process import Process
+from .uffd import (UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_THREAD_ID,
+                   UffdMsg, Waiter)
 
 FrameInfo = namedtuple("FrameInfo", "pfn refcount mapcount pincount flags kpagecount kpageflags")
 
@@ -59,8 +61,6 @@ class Machine:
         """A thread's access hit handle_userfault(): queue the message on the
         context and wait (service handler, or WouldBlock with the rest of the
         call kept for Thread.resume())."""
-        from .uffd import (UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_THREAD_ID,
-                           UffdMsg, Waiter)
         uffd = self._uffds[uf.ctx]
         feats = uffd.features or 0
         page = uf.address & ~(C.PAGE_SIZE - 1)
@@ -76,7 +76,6 @@ class Machine:
     def _event(self, thread, uffd, msg, start, end, rest):
         """A non-cooperative event: queued, mmap_changing raised, and the
         thread waits until the monitor reads it; then `rest` runs."""
-        from .uffd import Waiter
         waiter = Waiter(thread, msg, start, end)
         uffd.events.append((waiter, msg))
         uffd.mmap_changing += 1

@@ -92,7 +92,7 @@ class UffdError(OSError):
         self.result = result
 
 
-@dataclass
+@dataclass(slots=True)
 class UffdMsg:
     """struct uffd_msg: `event` and the fields of its union that apply."""
     event: int
@@ -121,6 +121,8 @@ class UffdMsg:
 
 class Waiter:
     """A thread sleeping in handle_userfault() or in an event's completion."""
+
+    __slots__ = ("thread", "msg", "start", "end", "woken", "read")
 
     def __init__(self, thread, msg, start, end):
         self.thread, self.msg, self.start, self.end = thread, msg, start, end
@@ -171,9 +173,10 @@ class Uffd:
             raise oserror(EINVAL, call, "range not page aligned or empty")
         return addr, addr + length
 
-    def _vmas(self, start, end):
+    def _vmas(self, start, end, pull=False):
         p = self.process
-        p._pull()
+        if pull:
+            p._pull()          # before a relayout: keep the flags the core set
         return p.vmas.overlapping(start, end)
 
     def _registered_vma(self, start, end, call, result_errno=ENOENT):
@@ -209,7 +212,7 @@ class Uffd:
             raise oserror(EINVAL, "UFFDIO_REGISTER", "bad mode")
         if mode & UFFDIO_REGISTER_MODE_MINOR and not self.policy.uffd_features & UFFD_FEATURE_MINOR_HUGETLBFS:
             raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
-        vmas = self._vmas(start, end)
+        vmas = self._vmas(start, end, pull=True)
         covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
         if covered != end - start:
             raise oserror(EINVAL, "UFFDIO_REGISTER", "range not fully mapped")
@@ -256,7 +259,7 @@ class Uffd:
         if not p.alive:
             return
         eng = self.machine._engine
-        for v in list(self._vmas(start, end)):
+        for v in list(self._vmas(start, end, pull=True)):
             if v.uffd != self.ctx:
                 continue
             s, e = max(v.start, start), min(v.end, end)
@@ -293,10 +296,11 @@ class Uffd:
                 sp.read(src, 1) if npages == 1 else sp.populate(src, npages * PAGE)
                 kw = {"src_mm": sp.mm, "src": src}
             else:
-                kw = {"src_bytes": bytes(src)}
+                kw = {"src_bytes": src if isinstance(src, bytes) else bytes(src)}
         p = self.process
+        # (VM flags the core sets here, anon_vma, are read back by the next
+        # relayout's _pull(); nothing here needs them.)
         done, err = eng.uffd_fill(p.mm, p.cpu, start, npages, kind, wp=wp, **kw)
-        p._pull()
         if done and not mode & 1:                    # every *_MODE_DONTWAKE is bit 0
             self._wake(start, start + done * PAGE)
         if err:
@@ -355,7 +359,6 @@ class Uffd:
             raise UffdError(EINVAL, call, -EINVAL, "incompatible VMAs")
         done, err = self.machine._engine.uffd_move(p.mm, start, src, length // PAGE,
                                                    bool(mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES))
-        p._pull()
         if done and not mode & UFFDIO_MOVE_MODE_DONTWAKE:
             self._wake(start, start + done * PAGE)
         if err:
@@ -396,13 +399,16 @@ class Uffd:
         self._wake(start, end)
 
     def _wake(self, start, end):
-        for w in list(self.faults) + list(self.waiting):
-            if w.start < end and start < w.end:
-                w.woken = True
-                if w in self.faults:
-                    self.faults.remove(w)        # a woken, unread message is withdrawn
-                if w in self.waiting:
-                    self.waiting.remove(w)
+        # A woken, unread message is withdrawn from the queue.
+        for queue in (self.waiting, self.faults):
+            if queue:
+                keep = []
+                for w in queue:
+                    if w.start < end and start < w.end:
+                        w.woken = True
+                    else:
+                        keep.append(w)
+                queue[:] = keep
 
     def read(self, max_msgs=None):
         """read(2): page faults first, then non-cooperative events."""
@@ -456,6 +462,24 @@ class Uffd:
         self.service_thread = self.process.thread(cpu)
         return self.service_thread
 
+    _RESOLVERS = {"copy": 1, "zeropage": 2, "unprotect": 3}
+
+    def serve_core(self, resolver, base=0, versions=None):
+        """A service thread that never returns to Python: "copy" fills MISSING
+        faults from `versions` (content version per page, index 0 at `base`),
+        "zeropage" maps the zero page, "unprotect" resolves WP faults and logs
+        their addresses (core_log()). Faults it cannot resolve go to the
+        queue as usual. resolver=None removes it."""
+        self._ready("serve_core")
+        import numpy as np
+        kind = 0 if resolver is None else self._RESOLVERS[resolver]
+        self._versions = None if versions is None else np.ascontiguousarray(versions, np.uint64)
+        self.machine._engine.uffd_resolver(self.ctx, kind, base, self._versions)
+
+    def core_log(self):
+        """(faults the in-core resolver resolved, addresses it logged)."""
+        return self.machine._engine.uffd_resolver_log(self.ctx)
+
     def _deliver(self, waiter, kind):
         """A thread waits on this context: run the service thread, or block."""
         m = self.machine
@@ -469,11 +493,11 @@ class Uffd:
                              waiter.msg.address or waiter.start, f"{kind} on uffd {self.ctx}")])
         m._serving.append(self)
         try:
-            while self.pending():
+            while self.faults or self.events:
                 for msg in self.read():
                     self.handler(self, msg)
         finally:
-            m._serving.remove(self)
+            m._serving.pop()
         if not waiter.woken:
             raise Deadlock("the service handler returned without resolving the fault",
                            [(f"thread {waiter.thread.tid}", waiter.msg.address or waiter.start,

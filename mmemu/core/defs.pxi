@@ -150,6 +150,7 @@ ctypedef struct engine_t:
     uint64_t reclaim_va
 
     uint64_t *uffd_feat        # per userfaultfd context: features (UFFD_FEATURE_*)
+    uffd_resolver_t *uffd_res  # per context: an in-core resolver (none by default)
     uint32_t *uffd_cflags      # per context: UFFD_USER_MODE_ONLY
     int32_t nuffd
     int32_t uf_ctx             # the last handle_userfault(): context, mm, address,
@@ -158,6 +159,18 @@ ctypedef struct engine_t:
     uint32_t uf_flags, uf_reason
     uint64_t fault_addr        # address of the last failed access
     int64_t stats[24]
+
+# A resolver that stays in the core: handle_userfault() resolves the fault
+# itself (no message, no return to Python) and the access retries.
+ctypedef struct uffd_resolver_t:
+    int32_t kind               # RESOLVE_*; 0: none
+    uint64_t base              # COPY: address of source index 0
+    uint64_t *src              # COPY: content version per page
+    int64_t nsrc
+    int64_t *log               # UNPROTECT: addresses resolved, in order
+    int64_t nlog, caplog
+    int64_t count              # faults resolved
+
 
 # An mmu_gather: pages to release once the TLB flush is done.
 ctypedef struct gather_t:

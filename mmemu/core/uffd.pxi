@@ -49,10 +49,58 @@ cdef inline uint64_t mkuffd_wp(uint64_t pte) noexcept nogil:
     return (pte | PTE_UFFD_WP) & ~PTE_WRITE
 
 
+cdef enum:
+    RESOLVE_NONE = 0
+    RESOLVE_COPY = 1            # MISSING: fill from a source array of content versions
+    RESOLVE_ZEROPAGE = 2        # MISSING: UFFDIO_ZEROPAGE
+    RESOLVE_UNPROTECT = 3       # WP: unprotect the page and log its address
+
+
+cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int reason) noexcept nogil:
+    """The service thread's work without leaving the core: 0 when resolved
+    (the access retries), -1 when this resolver cannot handle the fault."""
+    cdef uffd_resolver_t *r = &e.uffd_res[vma.uffd]
+    cdef uint64_t page = va & ~(MM_PAGE_SIZE - 1)
+    cdef uint64_t *ptep
+    cdef int64_t i
+    cdef int64_t *lg
+    cdef int rc
+    if r.kind == RESOLVE_COPY and reason == UFFD_REASON_MISSING:
+        i = <int64_t>((page - r.base) >> MM_PAGE_SHIFT)
+        if page < r.base or i >= r.nsrc:
+            return -1
+        rc = uffd_fill(e, mm, 0, vma, page, FILL_COPY, NULL, -1, False)
+        if rc < 0:
+            return -1
+        ptep = pte_offset(e, mm, page, False)
+        frame_set_version(e, <int64_t>pte_pfn(ptep[0]), r.src[i])
+    elif r.kind == RESOLVE_ZEROPAGE and reason == UFFD_REASON_MISSING:
+        if uffd_fill(e, mm, 0, vma, page, FILL_ZEROPAGE, NULL, -1, False) < 0:
+            return -1
+    elif r.kind == RESOLVE_UNPROTECT and reason == UFFD_REASON_WP:
+        ptep = pte_offset(e, mm, page, False)
+        if ptep == NULL:
+            return -1
+        ptep[0] &= ~PTE_UFFD_WP
+        if r.nlog == r.caplog:
+            lg = <int64_t *>realloc(r.log, (r.caplog * 2 + 1024) * sizeof(int64_t))
+            if lg == NULL:
+                return -1
+            r.log = lg
+            r.caplog = r.caplog * 2 + 1024
+        r.log[r.nlog] = <int64_t>page
+        r.nlog += 1
+    else:
+        return -1
+    r.count += 1
+    return 0
+
+
 cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int fflags,
                           int reason) noexcept nogil:
-    """handle_userfault(): SIGBUS where the context says so, otherwise record
-    the message for the Python side to queue and return VM_FAULT_UFFD."""
+    """handle_userfault(): SIGBUS where the context says so, an in-core
+    resolver if one is set, otherwise record the message for the Python side
+    to queue and return VM_FAULT_UFFD."""
     cdef int32_t ctx = vma.uffd
     cdef uint32_t flags = 0
     if ctx <= 0 or ctx >= e.nuffd:
@@ -61,6 +109,8 @@ cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int
         return VM_FAULT_SIGBUS
     if e.uffd_cflags[ctx] & UFFD_CTX_USER_MODE_ONLY and not (fflags & FAULT_FLAG_USER):
         return VM_FAULT_SIGBUS          # a kernel-mode fault (GUP, copy_*_user)
+    if e.uffd_res[ctx].kind != RESOLVE_NONE and resolve_in_core(e, mm, vma, va, reason) == 0:
+        return 0
     if fflags & FAULT_FLAG_WRITE:
         flags |= UFFD_PAGEFAULT_FLAG_WRITE
     if reason == UFFD_REASON_WP:
