@@ -711,6 +711,25 @@ cdef class Engine:
             o[i] = r.log[i]
         return r.count, out
 
+    def pagemap_categories(self, int32_t mm, uint64_t start, int64_t npages, bint none_written):
+        """PAGEMAP_SCAN categories per page (0xFFFF outside any VMA)."""
+        cdef mm_t *m = self._mm(mm)
+        out = np.full(npages, 0xFFFF, np.uint16)
+        cdef uint16_t[::1] o = out
+        cdef int64_t i
+        cdef int32_t vi
+        cdef uint64_t va
+        cdef uint64_t *ptep
+        with nogil:
+            for i in range(npages):
+                va = start + (<uint64_t>i << MM_PAGE_SHIFT)
+                vi = find_vma(m, va)
+                if vi < 0:
+                    continue
+                ptep = pte_offset(&self.e, m, va, False)
+                o[i] = pagemap_category(&self.e, &m.vmas[vi], ptep[0] if ptep != NULL else 0, none_written)
+        return out
+
     def set_vma_uffd(self, int32_t mm, const int32_t[::1] ctxs):
         """The uffd context of each VMA, in table order."""
         cdef mm_t *m = self._mm(mm)

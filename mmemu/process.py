@@ -15,7 +15,8 @@ from .shmem import FileOps, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
                   VM_NOHUGEPAGE, VM_PFNMAP, VM_READ, VM_SHARED, VM_SOFTDIRTY, VM_WIPEONFORK,
-                  VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_ANON_VMA, Vma, VmaList)
+                  VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_ANON_VMA, VM_UFFD_MINOR,
+                  VM_UFFD_MISSING, VM_UFFD_WP, Vma, VmaList)
 
 PAGE = C.PAGE_SIZE
 MAX_MAP_COUNT = 65530          # vm.max_map_count default
@@ -254,7 +255,12 @@ class Process(FileOps):
         length = _page_align(length)
         if length == 0 or addr + length > C.TASK_SIZE:
             raise oserror(EINVAL, "munmap", "range beyond TASK_SIZE")
+        from .uffd import UFFD_EVENT_UNMAP, UFFD_FEATURE_EVENT_UNMAP, UffdMsg
+        targets = self._uffds_with(UFFD_FEATURE_EVENT_UNMAP, addr, addr + length)
         self._unmap(addr, addr + length)
+        # userfaultfd_unmap_complete(): the monitor is told after the unmap.
+        self._events([(u, UffdMsg(UFFD_EVENT_UNMAP, start=addr, end=addr + length), addr, addr + length)
+                      for u in targets], lambda: None)
 
     def mprotect(self, addr, length, prot):
         self._live("mprotect")
@@ -325,6 +331,18 @@ class Process(FileOps):
         if advice in _MADV_LATER:
             raise NotImplementedError(f"MADV {advice} needs {_MADV_LATER[advice]}")
         holes = self.vmas.holes(addr, end)
+        if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_FREE, C.MADV_REMOVE):
+            from .uffd import UFFD_EVENT_REMOVE, UFFD_FEATURE_EVENT_REMOVE, UffdMsg
+            # userfaultfd_remove(): the monitor hears of it before the zap,
+            # and the caller waits until it has read the event.
+            events = [(u, UffdMsg(UFFD_EVENT_REMOVE, start=addr, end=end), addr, end)
+                      for u in self._uffds_with(UFFD_FEATURE_EVENT_REMOVE, addr, end)]
+            if events:
+                return self._events(events, lambda: self._madvise_work(addr, end, advice, holes))
+        return self._madvise_work(addr, end, advice, holes)
+
+    def _madvise_work(self, addr, end, advice, holes):
+        self._pull()
         if advice == C.MADV_REMOVE:
             self._madv_remove(addr, end)
             if holes:
@@ -356,7 +374,9 @@ class Process(FileOps):
                 raise oserror(EINVAL, "madvise", "MADV_DOFORK on VM_IO")
         for vma in targets:
             if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED):
-                self._engine.zap(self.mm, self.cpu, vma.start, vma.end, False)
+                # A file-backed uffd-wp VMA keeps its protection as markers (5.19+).
+                markers = bool(vma.file and vma.flags & VM_UFFD_WP and self._policy().uffd_wp_file)
+                self._engine.zap(self.mm, self.cpu, vma.start, vma.end, False, markers)
             elif advice == C.MADV_PAGEOUT:
                 self._sync()
                 self._engine.pageout(self.mm, self.cpu, vma.start, vma.end)
@@ -455,7 +475,7 @@ class Process(FileOps):
 
     def _move(self, old_addr, old_size, new_addr, new_size, flags):
         (vma,) = self.vmas.isolate(old_addr, old_addr + old_size)
-        moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file)
+        moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file, vma.uffd)
         if self._policy().soft_dirty:
             moved.flags |= VM_SOFTDIRTY           # the new range is new memory to trackers
         self.vmas.insert(moved)
@@ -467,7 +487,35 @@ class Process(FileOps):
             self.vmas.remove(old_addr, old_addr + old_size)
             self._sync()
             self._engine.zap(self.mm, self.cpu, old_addr, old_addr + old_size, True)
+        uffd = self.machine._uffds.get(moved.uffd) if moved.uffd else None
+        if uffd is not None:
+            from .uffd import UFFD_EVENT_REMAP, UFFD_FEATURE_EVENT_REMAP, UffdMsg
+            if (uffd.features or 0) & UFFD_FEATURE_EVENT_REMAP:
+                msg = UffdMsg(UFFD_EVENT_REMAP, from_=old_addr, to=new_addr, len=old_size)
+                return self._events([(uffd, msg, new_addr, new_addr + new_size)], lambda: new_addr)
+            # mremap_userfaultfd_prep(): without EVENT_REMAP the moved VMA is unregistered.
+            for v in self.vmas.isolate(new_addr, new_addr + new_size):
+                v.flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
+                v.uffd = 0
+            self._sync()
         return new_addr
+
+    def _uffds_with(self, feature, start, end):
+        """Contexts with `feature` registered on VMAs overlapping [start, end)."""
+        seen = []
+        for v in self.vmas.overlapping(start, end):
+            u = self.machine._uffds.get(v.uffd) if v.uffd else None
+            if u is not None and not u.released and (u.features or 0) & feature and u not in seen:
+                seen.append(u)
+        return seen
+
+    def _events(self, events, rest):
+        """Deliver non-cooperative events one after another, then rest()."""
+        thread = self._current()
+        for uffd, msg, s, e in reversed(events):
+            rest = (lambda u, m, s_, e_, r: (lambda: self.machine._event(thread, u, m, s_, e_, r)))(
+                uffd, msg, s, e, rest)
+        return self._run(thread, rest) if events else rest()
 
     def _madv_remove(self, start, end):
         """MADV_REMOVE: punch the hole in the file behind a shared mapping."""
@@ -654,30 +702,51 @@ class Process(FileOps):
         self._live("fork")
         self._pull()
         m = self.machine
+        from .uffd import UFFD_EVENT_FORK, UFFD_FEATURE_EVENT_FORK, Uffd, UffdMsg
         child_vmas = VmaList()
+        parent_flags = {}
+        dup = {}                             # parent context -> child context (dup_userfaultfd)
         for v in self.vmas:
             if v.flags & VM_DONTCOPY:
                 continue
-            flags = v.flags
+            flags, ctx = v.flags, v.uffd
             if flags & VM_WIPEONFORK:
                 flags &= ~VM_ANON_VMA        # dup_mmap: a wiped VMA starts with no anon_vma
-            child_vmas.insert(Vma(v.start, v.end, flags, v.pgoff, v.file))
+            if ctx:
+                u = m._uffds[ctx]
+                if not u.released and (u.features or 0) & UFFD_FEATURE_EVENT_FORK:
+                    dup.setdefault(ctx, None)
+                else:
+                    # userfaultfd_reset_ctx(): the child VMA is not registered.
+                    flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
+                    ctx = 0
+            child_vmas.insert(Vma(v.start, v.end, flags, v.pgoff, v.file, ctx))
+            parent_flags[v.start] = v.flags
         child_mm = self._engine.mm_new()
         child = Process(m, m._next_pid(), child_mm, self.cpu, child_vmas)
         child._mmap_top = self._mmap_top
         child.fds = dict(self.fds)                  # the fd table is duplicated
         for f in child.fds.values():
             f.nfds += 1
-        self._engine.set_vmas(child_mm, *child_vmas.arrays())
+        for ctx in dup:
+            u = m._uffds[ctx]
+            dup[ctx] = Uffd(child, u.flags, features=u.features)
+            child.uffds.append(dup[ctx])
+        for v in child_vmas:
+            if v.uffd in dup:
+                v.uffd = dup[v.uffd].ctx
+        child._push_vmas()
         wrprotected = 0
         try:
             for v in child_vmas:
-                # vma_needs_copy(): only VMAs with an anon_vma (or PFN maps, or
-                # a uffd-wp child) get their ptes copied; the rest refault.
-                if not v.flags & VM_ANON_VMA:
+                # vma_needs_copy(): VMAs with an anon_vma (or PFN maps, or since
+                # 5.19 a uffd-wp child VMA, c56d1b62cce8) get their ptes
+                # copied; the rest refault.
+                if not (v.flags & VM_ANON_VMA or
+                        (v.flags & VM_UFFD_WP and self._policy().uffd_wp_file)):
                     continue
-                wrprotected += self._engine.fork_range(self.mm, child_mm, self.cpu,
-                                                       v.start, v.end, v.flags, v.flags)
+                wrprotected += self._engine.fork_range(self.mm, child_mm, self.cpu, v.start, v.end,
+                                                       parent_flags[v.start], v.flags)
         except BaseException:
             self._engine.mm_destroy(child_mm, self.cpu)
             raise
@@ -685,12 +754,16 @@ class Process(FileOps):
             self._engine.flush_mm(self.mm)      # dup_mmap's final flush_tlb_mm
         m._procs[child.pid] = child
         self.children.append(child)
-        return child
+        # dup_userfaultfd_complete(): fork waits until each FORK event is read.
+        return self._events([(m._uffds[ctx], UffdMsg(UFFD_EVENT_FORK, ufd=dup[ctx]), 0, 0) for ctx in dup],
+                            lambda: child)
 
     def exit(self):
         if not self.alive:
             return
         files = {v.file for v in self.vmas if v.file}
+        for u in self.uffds:
+            u.close()
         self._engine.mm_destroy(self.mm, self.cpu)
         self.alive = False
         self.machine._procs.pop(self.pid, None)
@@ -796,6 +869,66 @@ class Process(FileOps):
         """Raw 64-bit pagemap entries (numpy uint64), as read from /proc/pid/pagemap."""
         self._live("pagemap")
         return self._engine.pagemap(self.mm, addr & ~(PAGE - 1), npages)
+
+    def pagemap_scan(self, start, end, flags=0, category_mask=0, category_anyof_mask=0,
+                     category_inverted=0, return_mask=0, max_pages=0, vec_len=1 << 30):
+        """ioctl(PAGEMAP_SCAN) on /proc/pid/pagemap (6.7+): (regions, walk_end),
+        regions being (start, end, categories & return_mask) of the matching
+        pages; PM_SCAN_WP_MATCHING write-protects what matched (empty slots
+        become uffd-wp markers)."""
+        from .uffd import UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED
+        self._live("pagemap_scan")
+        if not self._policy().uffd_features & UFFD_FEATURE_WP_ASYNC:
+            raise oserror(25, "PAGEMAP_SCAN", "ioctl unknown to this kernel")      # ENOTTY
+        allc = (1 << 9) - 1
+        if flags & ~(C.PM_SCAN_WP_MATCHING | C.PM_SCAN_CHECK_WPASYNC) or start & (PAGE - 1) \
+                or (category_mask | category_anyof_mask | category_inverted | return_mask) & ~allc \
+                or end < start or not return_mask:
+            raise oserror(EINVAL, "PAGEMAP_SCAN", "bad arguments")
+        end = _page_align(end)
+        npages = (end - start) // PAGE
+        vmas = self.vmas.overlapping(start, end)
+        if flags & C.PM_SCAN_CHECK_WPASYNC:
+            for v in vmas:
+                u = self.machine._uffds.get(v.uffd) if v.uffd else None
+                if not (v.flags & VM_UFFD_WP and u is not None and (u.features or 0) & UFFD_FEATURE_WP_ASYNC):
+                    raise oserror(EPERM, "PAGEMAP_SCAN", "not every VMA is uffd-wp async")
+        fast = bool(flags & C.PM_SCAN_WP_MATCHING) and \
+            (category_mask | category_anyof_mask) == C.PAGE_IS_WRITTEN
+        cats = self._engine.pagemap_categories(self.mm, start, npages, fast).astype(np.int64)
+        inside = cats != 0xFFFF
+        c = np.where(inside, cats ^ category_inverted, 0)
+        match = inside & ((c & category_mask) == category_mask)
+        if category_anyof_mask:
+            match &= (c & category_anyof_mask) != 0
+        ret = np.where(match, cats & return_mask, -1)
+        regions, walk_end, pages = [], end, 0
+        i = 0
+        idx = np.flatnonzero(match)
+        while i < len(idx):
+            j = i
+            k = idx[i]
+            while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1 and ret[idx[j + 1]] == ret[k]:
+                j += 1
+            n = idx[j] - k + 1
+            if max_pages and pages + n > max_pages:
+                n = max_pages - pages
+            if len(regions) == vec_len or n <= 0:
+                walk_end = start + int(k) * PAGE
+                break
+            regions.append((start + int(k) * PAGE, start + int(k + n) * PAGE, int(ret[k])))
+            pages += n
+            if max_pages and pages >= max_pages:
+                walk_end = start + int(k + n) * PAGE
+                break
+            i = j + 1
+        if flags & C.PM_SCAN_WP_MATCHING:
+            for s, e_, _ in regions:
+                for v in self.vmas.overlapping(s, e_):
+                    if v.flags & VM_UFFD_WP:
+                        self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e_, v.end), True, True,
+                                                       v.flags)
+        return regions, walk_end
 
     def clear_refs(self, value):
         """echo value > /proc/pid/clear_refs."""
