@@ -66,6 +66,19 @@ _MADV_LATER = {
 }
 
 
+# Advice that only sets or clears VMA flags: (set, clear). MADV_MERGEABLE is
+# accepted but ksmd is not modelled, so nothing merges.
+_FLAG_ADVICE = {
+    C.MADV_DONTFORK: (VM_DONTCOPY, 0), C.MADV_DOFORK: (0, VM_DONTCOPY),
+    C.MADV_WIPEONFORK: (VM_WIPEONFORK, 0), C.MADV_KEEPONFORK: (0, VM_WIPEONFORK),
+    C.MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE), C.MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
+    C.MADV_MERGEABLE: (VM_MERGEABLE, 0), C.MADV_UNMERGEABLE: (0, VM_MERGEABLE),
+    C.MADV_DONTDUMP: (VM_DONTDUMP, 0), C.MADV_DODUMP: (0, VM_DONTDUMP),
+    C.MADV_SEQUENTIAL: (VM_SEQ_READ, VM_RAND_READ), C.MADV_RANDOM: (VM_RAND_READ, VM_SEQ_READ),
+    C.MADV_NORMAL: (0, VM_SEQ_READ | VM_RAND_READ),
+}
+
+
 class Thread:
     """A thread of a process, running on one CPU (and that CPU's TLB). A
     thread whose access waits on a userfaultfd stays blocked (WouldBlock)
@@ -384,32 +397,9 @@ class Process(FileOps):
                 pass                            # deactivation only: nothing observable
             elif advice == C.MADV_FREE:
                 self._engine.madvise_free(self.mm, self.cpu, vma.start, vma.end)
-            elif advice == C.MADV_DONTFORK:
-                vma.flags |= VM_DONTCOPY
-            elif advice == C.MADV_DOFORK:
-                vma.flags &= ~VM_DONTCOPY
-            elif advice == C.MADV_WIPEONFORK:
-                vma.flags |= VM_WIPEONFORK
-            elif advice == C.MADV_KEEPONFORK:
-                vma.flags &= ~VM_WIPEONFORK
-            elif advice == C.MADV_HUGEPAGE:
-                vma.flags = (vma.flags | VM_HUGEPAGE) & ~VM_NOHUGEPAGE
-            elif advice == C.MADV_NOHUGEPAGE:
-                vma.flags = (vma.flags | VM_NOHUGEPAGE) & ~VM_HUGEPAGE
-            elif advice == C.MADV_MERGEABLE:
-                vma.flags |= VM_MERGEABLE       # ksmd is not modelled: nothing merges
-            elif advice == C.MADV_UNMERGEABLE:
-                vma.flags &= ~VM_MERGEABLE
-            elif advice == C.MADV_DONTDUMP:
-                vma.flags |= VM_DONTDUMP
-            elif advice == C.MADV_DODUMP:
-                vma.flags &= ~VM_DONTDUMP
-            elif advice == C.MADV_SEQUENTIAL:
-                vma.flags = (vma.flags | VM_SEQ_READ) & ~VM_RAND_READ
-            elif advice == C.MADV_RANDOM:
-                vma.flags = (vma.flags | VM_RAND_READ) & ~VM_SEQ_READ
-            elif advice == C.MADV_NORMAL:
-                vma.flags &= ~(VM_SEQ_READ | VM_RAND_READ)
+            elif advice in _FLAG_ADVICE:
+                set_bits, clear_bits = _FLAG_ADVICE[advice]
+                vma.flags = (vma.flags | set_bits) & ~clear_bits
         self._sync()
         if holes:
             # madvise applies to the mapped parts and then reports the hole.

@@ -251,9 +251,11 @@ def zeropage_basic(m):
     m.check()
 
 
-def _zeropage_pin(m, fast):
+def nonanon_ro_pin(m, fast, pair):
+    """cow.c's non-anon R/O long-term pin test: `pair(p)` maps mem (private,
+    written through) and smem (another mapping of the same page)."""
     p = m.spawn()
-    mem, smem = _zeropage(p)
+    mem, smem = pair(p)
     pin_fn = p.pin_user_pages_fast if fast else p.pin_user_pages
     pin = pin_fn(mem, 1, C.FOLL_LONGTERM)
     p.write(mem, FFS)
@@ -268,14 +270,14 @@ def _zeropage_pin(m, fast):
           bug="B20", fails="5.7,5.9-6.1")
 def zeropage_ro_pin(m):
     """If the long-term pin takes the zero page itself, the owner's write COWs away from it."""
-    _zeropage_pin(m, fast=False)
+    nonanon_ro_pin(m, False, _zeropage)
 
 
 @scenario("S22", "cow-nonanon-ro-pin-fast", "R/O longterm GUP-fast pin", backing="zeropage",
           bug="B20", fails="5.7,5.9-6.1")
 def zeropage_ro_pin_fast(m):
     """As S21 through GUP-fast (no VMA: must fall back to unshare)."""
-    _zeropage_pin(m, fast=True)
+    nonanon_ro_pin(m, True, _zeropage)
 
 
 # ---- Part E: historical bugs ----------------------------------------------

@@ -8,6 +8,7 @@ fault-around (semantics.md 10, 11).
 from .. import constants as C
 from ..errors import Sigbus
 from . import ScenarioSkip, check, scenario
+from .cow import nonanon_ro_pin
 
 PAGE = C.PAGE_SIZE
 RW = C.PROT_READ | C.PROT_WRITE
@@ -59,30 +60,18 @@ def memfd_basic(m):
     m.check()
 
 
-def _memfd_pin(m, fast):
-    p = m.spawn()
-    mem, smem = _memfd_pair(p)
-    pin = (p.pin_user_pages_fast if fast else p.pin_user_pages)(mem, 1, C.FOLL_LONGTERM)
-    p.write(mem, FFS)
-    m.check()
-    check(pin.read(0, PAGE) == p.read(mem, PAGE), "Longterm R/O pin is not reliable")
-    check(p.read(smem, PAGE) == bytes(PAGE), "Other mapping modified")
-    pin.release()
-    m.check()
-
-
 @scenario("S21m", "cow-nonanon-ro-pin", "R/O longterm GUP pin", backing="memfd",
           bug="B20", fails="5.7,5.9-6.1")
 def memfd_ro_pin(m):
     """If the long-term pin takes the page-cache page, the private write COWs away from it."""
-    _memfd_pin(m, fast=False)
+    nonanon_ro_pin(m, False, _memfd_pair)
 
 
 @scenario("S22m", "cow-nonanon-ro-pin-fast", "R/O longterm GUP-fast pin", backing="memfd",
           bug="B20", fails="5.7,5.9-6.1")
 def memfd_ro_pin_fast(m):
     """As S21 through GUP-fast (which has no VMA and falls back to unshare)."""
-    _memfd_pin(m, fast=True)
+    nonanon_ro_pin(m, True, _memfd_pair)
 
 
 @scenario("S45a", "forced-cow-populates-pagecache",
