@@ -607,6 +607,18 @@ cdef class Engine:
             raise oserror(28, "fallocate", "no space (out of memory and swap)")   # ENOSPC
         return n
 
+    def file_mapped_indices(self, int32_t fid, uint64_t first, uint64_t last):
+        """Indices in [first, last) whose cache folio is mapped somewhere."""
+        cdef mm_file_t *f = self._file(fid)
+        cdef uint64_t i
+        cdef uint64_t *cs
+        out = []
+        for i in range(first, min(last, file_pages(f))):
+            cs = cache_slot(&self.e, f, i, False)
+            if cs != NULL and cs[0] & PTE_PRESENT and self.e.mapcount[pte_pfn(cs[0])] > 0:
+                out.append(i)
+        return out
+
     def file_truncate_cache(self, int32_t fid, uint64_t first, uint64_t last):
         """Remove indices [first, last) from the cache; returns folios that
         were still mapped when removed."""
@@ -791,7 +803,8 @@ cdef class Engine:
                 return i, -rc
         return npages, 0
 
-    def uffd_move(self, int32_t mm, uint64_t dst, uint64_t src, int64_t npages, bint allow_holes):
+    def uffd_move(self, int32_t mm, uint64_t dst, uint64_t src, int64_t npages, bint allow_holes,
+                  bint move_zeropage=False):
         cdef mm_t *m = self._mm(mm)
         cdef int64_t i
         cdef int32_t vi
@@ -801,7 +814,7 @@ cdef class Engine:
             if vi < 0:
                 return i, CORE_ENOENT
             rc = uffd_move_page(&self.e, m, &m.vmas[vi], dst + (<uint64_t>i << MM_PAGE_SHIFT),
-                                src + (<uint64_t>i << MM_PAGE_SHIFT), allow_holes)
+                                src + (<uint64_t>i << MM_PAGE_SHIFT), allow_holes, move_zeropage)
             if rc < 0:
                 return i, -rc
         return npages, 0

@@ -63,6 +63,8 @@ BASELINE = {
     "fork_marker_child_wp": 0,    # markers copied only to a wp child vma (6.2): B14
     "uffd_wp_writenotify": 0,     # wp shmem vmas get writenotify; mkuffd_wp implies R/O (6.2): B15
     "uffd_unprotect_writable": 0, # unprotect maps exclusive anon / dirty shared writable (6.3)
+    "uffd_move_zeropage": 0,      # UFFDIO_MOVE moves zero-page ptes (~6.9)
+    "uffd_eagain_result": 0,      # an mmap_changing EAGAIN writes -EAGAIN to the result field (~6.15)
 }
 
 
@@ -143,6 +145,10 @@ CHANGES = (
            {"uffd_features": 0xffff}),
     Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",
            {"uffd_features": 0x1ffff}),
+    Change("uffd-move-zeropage", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
+           {"uffd_move_zeropage": 1}),
+    Change("uffd-eagain-output-field", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race (id unconfirmed)",
+           {"uffd_eagain_result": 1}),
 )
 
 # Selected only through backports=: the stable-kernel flavour of 17839856fd58,

@@ -236,7 +236,9 @@ class Process(FileOps):
             vmflags |= VM_LOCKED
         if len(self.vmas) + 2 > MAX_MAP_COUNT:
             raise oserror(ENOMEM, "mmap", "vm.max_map_count reached")
+        unmap_events = []
         if fixed:
+            unmap_events = self._unmap_events(start, start + length)
             self._unmap(start, start + length)
         if backing is None and shared:
             # shmem_zero_setup(): shared anonymous memory is a shmem file.
@@ -251,7 +253,8 @@ class Process(FileOps):
         if flags & (C.MAP_POPULATE | C.MAP_LOCKED):
             # mm_populate(): write faults for private writable VMAs.
             self._populate(start, start + length, bool(vmflags & VM_WRITE), "mmap")
-        return start
+        # MAP_FIXED over a registered range: UNMAP after the fact, as munmap.
+        return self._events(unmap_events, lambda: start)
 
     def _unmap(self, start, end):
         removed = self.vmas.remove(start, end)
@@ -268,12 +271,10 @@ class Process(FileOps):
         length = _page_align(length)
         if length == 0 or addr + length > C.TASK_SIZE:
             raise oserror(EINVAL, "munmap", "range beyond TASK_SIZE")
-        from .uffd import UFFD_EVENT_UNMAP, UFFD_FEATURE_EVENT_UNMAP, UffdMsg
-        targets = self._uffds_with(UFFD_FEATURE_EVENT_UNMAP, addr, addr + length)
+        events = self._unmap_events(addr, addr + length)
         self._unmap(addr, addr + length)
         # userfaultfd_unmap_complete(): the monitor is told after the unmap.
-        self._events([(u, UffdMsg(UFFD_EVENT_UNMAP, start=addr, end=addr + length), addr, addr + length)
-                      for u in targets], lambda: None)
+        self._events(events, lambda: None)
 
     def mprotect(self, addr, length, prot):
         self._live("mprotect")
@@ -446,9 +447,11 @@ class Process(FileOps):
                 old_size = new_size
             return self._move(old_addr, old_size, new_addr, new_size, flags)
         if new_size <= old_size:
+            events = []
             if new_size < old_size:
+                events = self._unmap_events(old_addr + new_size, old_addr + old_size)
                 self._unmap(old_addr + new_size, old_addr + old_size)
-            return old_addr
+            return self._events(events, lambda: old_addr)
         # Grow: in place if this is the VMA's end and the space after is free.
         grow_end = old_addr + new_size
         if old_addr + old_size == vma.end and grow_end <= C.TASK_SIZE \
@@ -498,6 +501,12 @@ class Process(FileOps):
             if u is not None and not u.released and (u.features or 0) & feature and u not in seen:
                 seen.append(u)
         return seen
+
+    def _unmap_events(self, start, end):
+        """UNMAP messages owed for [start, end) (userfaultfd_unmap_prep)."""
+        from .uffd import UFFD_EVENT_UNMAP, UFFD_FEATURE_EVENT_UNMAP, UffdMsg
+        return [(u, UffdMsg(UFFD_EVENT_UNMAP, start=start, end=end), start, end)
+                for u in self._uffds_with(UFFD_FEATURE_EVENT_UNMAP, start, end)]
 
     def _events(self, events, rest):
         """Deliver non-cooperative events one after another, then rest()."""
@@ -883,8 +892,9 @@ class Process(FileOps):
                 u = self.machine._uffds.get(v.uffd) if v.uffd else None
                 if not (v.flags & VM_UFFD_WP and u is not None and (u.features or 0) & UFFD_FEATURE_WP_ASYNC):
                     raise oserror(EPERM, "PAGEMAP_SCAN", "not every VMA is uffd-wp async")
-        fast = bool(flags & C.PM_SCAN_WP_MATCHING) and \
-            (category_mask | category_anyof_mask) == C.PAGE_IS_WRITTEN
+        # pagemap_scan_pmd_entry()'s fast path: only WRITTEN asked and returned.
+        fast = not category_anyof_mask and not category_inverted and \
+            category_mask == C.PAGE_IS_WRITTEN and return_mask == C.PAGE_IS_WRITTEN
         cats = self._engine.pagemap_categories(self.mm, start, npages, fast).astype(np.int64)
         inside = cats != 0xFFFF
         c = np.where(inside, cats ^ category_inverted, 0)

@@ -47,10 +47,11 @@ class ShmemFile:
         then truncate the cache range; a folio re-faulted in between is
         unmapped again, without keeping markers, before it leaves the cache."""
         self.unmap_range(first, last, even_cows=False)
-        # Second pass (unmap_mapping_folio under the folio lock, with
-        # ZAP_FLAG_DROP_MARKER): only a fault that raced the first pass leaves
-        # anything for it to do, and that pte's uffd-wp is lost (B23, S58).
-        self.unmap_range(first, last, even_cows=False, drop_markers=True)
+        # Second pass (truncate_cleanup_folio): only a folio still mapped -
+        # re-faulted since the first pass - is unmapped again, with
+        # ZAP_FLAG_DROP_MARKER, so that pte's uffd-wp is lost (B23, S58).
+        for index in self.machine._engine.file_mapped_indices(self.fid, first, last):
+            self.unmap_range(index, index + 1, even_cows=False, drop_markers=True)
         self.machine._engine.file_truncate_cache(self.fid, first, last)
 
     def truncate(self, size):
@@ -59,7 +60,7 @@ class ShmemFile:
         if size < self.size:
             first = (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             last = (self.size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
-            self.unmap_range(first, last, even_cows=True, drop_markers=True)
+            self.unmap_range(first, last, even_cows=True)
             eng.file_truncate_cache(self.fid, first, last)
         eng.file_set_size(self.fid, size)
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from . import constants as C
 from .errors import (EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock, WouldBlock,
                      oserror)
-from .vma import VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE
+from .vma import (VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP,
+                  VM_WRITE)
 
 PAGE = C.PAGE_SIZE
 
@@ -164,6 +165,10 @@ class Uffd:
         if self.features is None:
             raise oserror(EINVAL, call, "UFFDIO_API first")
 
+    def _eagain_result(self):
+        # Until 6.15 the early mmap_changing exit left the output field unwritten.
+        return -EAGAIN if self.policy.uffd_eagain_result else None
+
     def _has_ioctl(self, nr):
         need = _IOCTL_SINCE.get(nr)
         return need is None or bool(self.policy.uffd_features & need)
@@ -241,8 +246,6 @@ class Uffd:
                    _UFFDIO_CONTINUE, _UFFDIO_POISON):
             if self._has_ioctl(nr):
                 ioctls |= 1 << nr
-        if any(v.file for v in vmas):
-            ioctls &= ~(1 << _UFFDIO_MOVE)      # MOVE is anon only
         if not mode & UFFDIO_REGISTER_MODE_WP:
             ioctls &= ~(1 << _UFFDIO_WRITEPROTECT)
         if not mode & UFFDIO_REGISTER_MODE_MINOR:
@@ -278,15 +281,16 @@ class Uffd:
         if not self._has_ioctl(nr):
             raise oserror(EINVAL, call, "ioctl unknown to this kernel")
         if self.mmap_changing:
-            raise UffdError(EAGAIN, call, -EAGAIN, "mmap_changing")
+            raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~allowed:
             raise UffdError(EINVAL, call, -EINVAL, "bad mode")
         start, end = self._range(dst, length, call)
         vma = self._registered_vma(start, end, call)
         if wp and not vma.flags & VM_UFFD_WP:
             raise UffdError(EINVAL, call, -EINVAL, "MODE_WP needs a WP-registered VMA")
-        if kind == _FILL_CONTINUE and not vma.flags & VM_UFFD_MINOR:
-            raise UffdError(EINVAL, call, -EINVAL, "CONTINUE needs a MINOR-registered VMA")
+        if kind == _FILL_CONTINUE and not vma.file:
+            # mfill_atomic(): CONTINUE needs a shmem VMA (registration mode is not checked).
+            raise UffdError(EINVAL, call, -EINVAL, "CONTINUE needs a shmem VMA")
         npages = (end - start) // PAGE
         eng = self.machine._engine
         kw = {}
@@ -343,7 +347,7 @@ class Uffd:
         if not self._has_ioctl(_UFFDIO_MOVE):
             raise oserror(EINVAL, call, "ioctl unknown to this kernel")
         if self.mmap_changing:
-            raise UffdError(EAGAIN, call, -EAGAIN, "mmap_changing")
+            raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~(UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES):
             raise UffdError(EINVAL, call, -EINVAL, "bad mode")
         start, end = self._range(dst, length, call)
@@ -355,10 +359,13 @@ class Uffd:
         for v in (dvma, svma):
             if v is None or v.file or v.flags & VM_SHARED:
                 raise UffdError(EINVAL, call, -EINVAL, "MOVE needs private anonymous VMAs")
-        if svma.end < src + length or (svma.flags & 7) != (dvma.flags & 7) or not svma.flags & VM_WRITE:
+        # validate_move_areas(): same protection, both mlocked or neither, src writable.
+        if svma.end < src + length or (svma.flags & 7) != (dvma.flags & 7) or not svma.flags & VM_WRITE \
+                or (svma.flags ^ dvma.flags) & VM_LOCKED:
             raise UffdError(EINVAL, call, -EINVAL, "incompatible VMAs")
         done, err = self.machine._engine.uffd_move(p.mm, start, src, length // PAGE,
-                                                   bool(mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES))
+                                                   bool(mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES),
+                                                   bool(self.policy.uffd_move_zeropage))
         if done and not mode & UFFDIO_MOVE_MODE_DONTWAKE:
             self._wake(start, start + done * PAGE)
         if err:
@@ -372,7 +379,7 @@ class Uffd:
         call = "UFFDIO_WRITEPROTECT"
         self._ready(call)
         if self.mmap_changing:
-            raise UffdError(EAGAIN, call, -EAGAIN, "mmap_changing")
+            raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE) or \
                 mode == UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
             raise oserror(EINVAL, call, "bad mode")

@@ -39,8 +39,9 @@ cdef inline uint64_t marker_bits(uint64_t pte) noexcept nogil:
 
 
 cdef inline bint pte_none_mostly(uint64_t pte) noexcept nogil:
-    # none, or only a uffd-wp marker: fill ioctls and faults treat it as empty.
-    return pte == 0 or (is_marker(pte) and marker_bits(pte) == PTE_MARKER_UFFD_WP)
+    # none, or a uffd-wp or poison marker: fill ioctls may overwrite them
+    # (pte_none_mostly() is "none or any marker"; guard markers excepted).
+    return pte == 0 or (is_marker(pte) and not (marker_bits(pte) & ~(PTE_MARKER_UFFD_WP | PTE_MARKER_POISONED)))
 
 
 cdef inline uint64_t mkuffd_wp(uint64_t pte) noexcept nogil:
@@ -204,12 +205,17 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
     if ptep == NULL:
         return -CORE_ENOMEM
     pte = ptep[0]
+    if not shared:
+        vma.flags |= VM_ANON_VMA        # mfill_atomic(): anon_vma_prepare() for every private VMA
     if kind == FILL_POISON:
         if pte != 0:
             return -CORE_EEXIST         # any existing entry, markers included
         ptep[0] = make_marker(PTE_MARKER_POISONED)
         return 0
-    if kind == FILL_ZEROPAGE and not vma.file:
+    if kind == FILL_ZEROPAGE and not shared:
+        # mfill_atomic_pte_zeropage(): any private VMA gets the shared zero page.
+        if vma.file and vma_index(vma, va) >= file_pages(file_of(e, vma.file)):
+            return -CORE_EFAULT
         if pte != 0:
             return -CORE_EEXIST         # the zero page needs a strictly empty slot
         ptep[0] = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | vma_prot_bits(vma.flags)
@@ -275,7 +281,7 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
 
 
 cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uint64_t src,
-                        bint allow_holes) noexcept nogil:
+                        bint allow_holes, bint move_zeropage) noexcept nogil:
     """One page of UFFDIO_MOVE (move_pages_pte): 0, 1 for a skipped source
     hole, or a negative errno."""
     cdef uint64_t *sp = pte_offset(e, mm, src, False)
@@ -292,7 +298,12 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
         return -CORE_EEXIST
     if pte & PTE_PRESENT:
         if pte & PTE_SPECIAL:
-            return -CORE_EBUSY          # the zero page (6.8's first version)
+            if not move_zeropage:
+                return -CORE_EBUSY      # the zero page: EBUSY in 6.8's first version
+            sp[0] = 0                   # move_zeropage_pte() [~ 6.9]
+            tlb_flush_page(e, mm.id, src)
+            dp[0] = pte
+            return 0
         pfn = <int64_t>pte_pfn(pte)
         if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & PG_KSM or e.mapcount[pfn] != 1 \
                 or (e.pol.anon_exclusive and not (e.fflags[pfn] & PG_ANON_EXCLUSIVE)):

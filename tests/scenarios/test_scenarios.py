@@ -8,7 +8,7 @@ import pytest
 
 import mmemu
 from mmemu.eras import VERSIONS
-from mmemu.scenarios import ScenarioFailure, all_scenarios
+from mmemu.scenarios import ScenarioFailure, ScenarioSkip, all_scenarios
 
 
 def _cases():
@@ -27,7 +27,10 @@ def test_scenario(scn, version):
     reason = scn.skip_reason(machine.policy)
     if reason:
         pytest.skip(reason)
-    scn.func(machine)
+    try:
+        scn.func(machine)
+    except ScenarioSkip as e:
+        pytest.skip(str(e))
 
 
 def test_every_bug_of_the_issue_reproduces_somewhere():
