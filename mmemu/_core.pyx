@@ -602,6 +602,12 @@ cdef class Engine:
                     pfn = shmem_get_folio(&self.e, f, i, True, cpu, &ret)
                 if ret:
                     break
+                # shmem_fallocate(): new folios are dirty but not uptodate
+                # (fault-around skips them); existing ones become uptodate.
+                if f.nrpages > before:
+                    self.e.fflags[pfn] = (self.e.fflags[pfn] | PG_DIRTY) & ~PG_UPTODATE
+                else:
+                    self.e.fflags[pfn] |= PG_DIRTY | PG_UPTODATE
                 n += f.nrpages - before
         if ret:
             raise oserror(28, "fallocate", "no space (out of memory and swap)")   # ENOSPC
@@ -827,7 +833,7 @@ cdef class Engine:
         cdef uint64_t stopped
         self._cpu(cpu)
         with nogil:
-            n = pageout_range(&self.e, m, cpu, start, end, 1LL << 62, &stopped)
+            n = pageout_range(&self.e, m, cpu, start, end, 1LL << 62, &stopped, False)
         return n
 
     def reclaim(self, int cpu, int64_t want):

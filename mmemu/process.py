@@ -371,7 +371,8 @@ class Process(FileOps):
                 if vma.flags & (VM_PFNMAP) or (vma.flags & VM_LOCKED and advice == C.MADV_DONTNEED):
                     self._sync()
                     raise oserror(EINVAL, "madvise", "MADV_DONTNEED on a locked or PFN mapping")
-            elif advice in (C.MADV_WIPEONFORK, C.MADV_KEEPONFORK):
+            elif advice == C.MADV_WIPEONFORK:
+                # (KEEPONFORK checks nothing of the kind: madvise_vma_behavior.)
                 if vma.file or vma.flags & VM_SHARED:
                     self._sync()
                     raise oserror(EINVAL, "madvise", "WIPEONFORK applies to private anon memory")
@@ -392,8 +393,7 @@ class Process(FileOps):
                 markers = bool(vma.file and vma.flags & VM_UFFD_WP and self._policy().uffd_wp_file)
                 self._engine.zap(self.mm, self.cpu, vma.start, vma.end, False, markers)
             elif advice == C.MADV_PAGEOUT:
-                self._sync()
-                self._engine.pageout(self.mm, self.cpu, vma.start, vma.end)
+                pass                            # done once over [addr, end) below
             elif advice == C.MADV_COLD:
                 pass                            # deactivation only: nothing observable
             elif advice == C.MADV_FREE:
@@ -402,6 +402,10 @@ class Process(FileOps):
                 set_bits, clear_bits = _FLAG_ADVICE[advice]
                 vma.flags = (vma.flags | set_bits) & ~clear_bits
         self._sync()
+        if advice == C.MADV_PAGEOUT:
+            # After _sync() the isolated VMAs may have merged back: the range
+            # is [addr, end), not any VMA's bounds.
+            self._engine.pageout(self.mm, self.cpu, addr, end)
         if holes:
             # madvise applies to the mapped parts and then reports the hole.
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
@@ -519,10 +523,12 @@ class Process(FileOps):
     def _madv_remove(self, start, end):
         """MADV_REMOVE: punch the hole in the file behind a shared mapping."""
         for vma in self.vmas.overlapping(start, end):
-            if not vma.flags & VM_SHARED or not vma.file:
-                raise oserror(EINVAL, "madvise", "MADV_REMOVE needs a shared file mapping")
-            if not vma.flags & VM_WRITE:
-                raise oserror(EACCES, "madvise", "MADV_REMOVE needs a writable mapping")
+            # madvise_remove(): EINVAL without a file or on a locked VMA; EACCES
+            # unless shared and may-write (VM_WRITE itself does not matter).
+            if not vma.file or vma.flags & VM_LOCKED:
+                raise oserror(EINVAL, "madvise", "MADV_REMOVE needs a file mapping")
+            if not (vma.flags & VM_SHARED and vma.flags & VM_MAYWRITE):
+                raise oserror(EACCES, "madvise", "MADV_REMOVE needs a shared may-write mapping")
         for vma in self.vmas.overlapping(start, end):
             s, e = max(start, vma.start), min(end, vma.end)
             first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)

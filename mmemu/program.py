@@ -2,8 +2,9 @@
 
 A program is plain JSON data: a list of steps (or {"steps": [...]}). Each
 step is a dict whose "op" is the name of the Python API call it makes, with
-the same arguments, except that addresses are symbolic, because the engine
-and the host place mappings at different addresses:
+the same arguments, except that addresses are symbolic (a program names
+regions, never addresses; run() places them, identically on every machine,
+see PLACEMENT_TOP):
 
     ["a", 2]        page 2 of region a
     ["a", 2, 100]   byte 100 of that page (only for byte-granular ops:
@@ -18,6 +19,14 @@ process with "proc", so the interleaving of parent and child is explicit.
 Pipes (vmsplice) and pins belong to the process that made it: their steps
 run there, and "exit" closes and releases them first, as Linux's exit
 closes the process's files.
+
+Files are memfds, named like regions: {"op": "memfd_create", "name": "f"}
+opens one in the step's process; "fd": "f" names it in ftruncate,
+fallocate, pread, pwrite, close and mmap (a file mapping; "off" is the file
+offset in bytes). File descriptors are inherited at fork, so a child can use
+the names its parent had open; close removes a name from one process only,
+and a name used after its process closed it is a malformed program (the
+descriptor number could name another file by then).
 
     [{"op": "mmap", "name": "a", "pages": 2, "prot": "PROT_READ|PROT_WRITE",
       "flags": "MAP_PRIVATE|MAP_ANONYMOUS"},
@@ -48,7 +57,7 @@ from .errors import EmulatedSignal, Sigbus
 
 # Ops, their required and optional arguments besides "op" and "proc".
 OPS = {
-    "mmap": ({"pages", "prot", "flags"}, {"name", "addr"}),
+    "mmap": ({"pages", "prot", "flags"}, {"name", "addr", "fd", "off"}),
     "munmap": ({"at", "pages"}, set()),
     "mprotect": ({"at", "pages", "prot"}, set()),
     "madvise": ({"at", "pages", "advice"}, set()),
@@ -70,13 +79,30 @@ OPS = {
     "proc_mem_read": ({"at", "len"}, set()),
     "proc_mem_write": ({"at"}, {"data", "fill", "len", "hex"}),
     "check": (set(), set()),
+    "memfd_create": ({"name"}, {"flags"}),
+    "close": ({"fd"}, set()),
+    "ftruncate": ({"fd", "len"}, set()),
+    "fallocate": ({"fd", "mode", "off", "len"}, set()),
+    "pread": ({"fd", "off", "len"}, set()),
+    "pwrite": ({"fd", "off"}, {"data", "fill", "len", "hex"}),
 }
 BYTE_OPS = {"read", "write", "proc_mem_read", "proc_mem_write"}
 PIPE_OPS = {"pipe_read", "pipe_close"}
 PIN_OPS = {"pin_read", "pin_write", "pin_release"}
 # Which constant prefix each symbolic-flag argument takes.
-FLAG_ARGS = {"prot": "PROT_", "flags": "MAP_", "advice": "MADV_", "gup_flags": "FOLL_"}
+FLAG_ARGS = {"prot": "PROT_", "flags": "MAP_", "advice": "MADV_", "gup_flags": "FOLL_",
+             "mode": "FALLOC_FL_"}
+# The prefix of "flags" for ops other than mmap.
+OP_FLAG_PREFIX = {"memfd_create": "MFD_"}
+FILE_OPS = {"close", "ftruncate", "fallocate", "pread", "pwrite"}
 MAX_BYTES = 1 << 24
+# Where run() places regions mapped without an address: top-down and
+# adjacent from here (neighbours merge, as in a fresh process), by hint, on
+# every machine alike. Identical addresses make what depends on alignment
+# compare too: the fault-around window (fault_around_bytes, aligned) and
+# page-table boundaries. 48 TiB: 2 MiB aligned, free in a fresh engine mm and
+# inside a HostMachine's program range (far below the server's runtime).
+PLACEMENT_TOP = 0x3000_0000_0000
 
 
 class ProgramError(ValueError):
@@ -171,6 +197,10 @@ def _is_count(n):
     return isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_BYTES
 
 
+def _is_offset(n):
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 62
+
+
 def steps_of(program):
     if isinstance(program, dict):
         program = program.get("steps")
@@ -191,10 +221,11 @@ class _Region:
 
 
 class _Proc:
-    __slots__ = ("name", "regions", "alive", "exited_at")
+    __slots__ = ("name", "regions", "fds", "alive", "exited_at")
 
-    def __init__(self, name, regions):
+    def __init__(self, name, regions, fds=()):
         self.name, self.regions, self.alive, self.exited_at = name, regions, True, None
+        self.fds = set(fds)     # file names open in this process
 
 
 class _Checker:
@@ -208,6 +239,7 @@ class _Checker:
         self.order = ["main"]
         self.pipes = {}   # name -> (owner, closed?)
         self.pins = {}
+        self.files = {}   # name -> step that created it
         self.forks = 0
 
     def walk(self, steps, proc, prefix=""):
@@ -241,7 +273,11 @@ class _Checker:
             raise ProgramError(where, f"{op} needs {', '.join(sorted(missing))}")
         for arg, prefix in FLAG_ARGS.items():
             if arg in step:
+                if arg == "flags":
+                    prefix = OP_FLAG_PREFIX.get(op, prefix)
                 parse_flags(step[arg], prefix, where)
+        if "off" in step and not _is_offset(step["off"]):
+            raise ProgramError(where, f"off must be a byte offset, not {step['off']!r}")
         if "pages" in step and not _is_count(step["pages"]):
             raise ProgramError(where, f"pages must be a count, not {step['pages']!r}")
         if "len" in step and not _is_count(step["len"]):
@@ -262,6 +298,16 @@ class _Checker:
                                       f"process {proc.name!r} (mapped at step "
                                       f"{self.regions[name].defined_at} by another process)")
         return self.regions[name]
+
+    def fd(self, step, proc, where):
+        name = step["fd"]
+        if not isinstance(name, str) or name not in self.files:
+            raise ProgramError(where, f"no file named {name!r}")
+        if name not in proc.fds:
+            raise ProgramError(where, f"file {name!r} is not open in process {proc.name!r} "
+                                      f"(closed there, or opened by another process after "
+                                      f"it forked)")
+        return name
 
     def at(self, step, proc, where, pages=None, nbytes=None, byte_ok=False, key="at"):
         at = step[key]
@@ -303,6 +349,12 @@ class _Checker:
                 if name is None:
                     raise ProgramError(where, "mmap without addr must name its region")
                 parent, page = None, 0
+            if "fd" in step:
+                if flags & C.MAP_ANONYMOUS:
+                    raise ProgramError(where, "a file mapping cannot be MAP_ANONYMOUS")
+                self.fd(step, proc, where)
+            elif "off" in step:
+                raise ProgramError(where, "off goes with fd")
             if name is not None:
                 self.regions[name] = _Region(name, step["pages"], parent and parent.name,
                                              page, where)
@@ -329,7 +381,7 @@ class _Checker:
             name = step.get("name", f"{proc.name}.{self.forks}")
             if not isinstance(name, str) or name in self.procs:
                 raise ProgramError(where, f"process name {name!r} is not new")
-            self.procs[name] = _Proc(name, list(proc.regions))
+            self.procs[name] = _Proc(name, list(proc.regions), proc.fds)
             self.order.append(name)
             if "body" in step:
                 self.walk(step["body"], name, f"{where}.")
@@ -358,6 +410,18 @@ class _Checker:
         elif op == "clear_refs":
             if not isinstance(step["value"], int) or isinstance(step["value"], bool):
                 raise ProgramError(where, "clear_refs takes an int value")
+        elif op == "memfd_create":
+            name = step["name"]
+            if not isinstance(name, str) or not name or name in self.files:
+                raise ProgramError(where, f"file name {name!r} is not new")
+            self.files[name] = where
+            proc.fds.add(name)
+        elif op in FILE_OPS:
+            name = self.fd(step, proc, where)
+            if op == "pwrite":
+                step_data(step, where)
+            elif op == "close":
+                proc.fds.discard(name)
 
 
 def check(program):
@@ -430,6 +494,8 @@ class _Run:
         self.top = []          # regions created without addr: the snapshot spans
         self.pipes = {}        # name -> (object, owner name)
         self.pins = {}
+        self.fds = {}          # proc name -> {file name: descriptor, or None if never made}
+        self.next_top = PLACEMENT_TOP
         self.obs = []
         self.forks = 0
 
@@ -486,6 +552,8 @@ class _Run:
 
     def execute(self, op, step, proc, owner, obj, where):
         from .host.machine import HostError, Unsupported
+        if "fd" in step and self.fds[owner].get(step["fd"]) is None:
+            return {"skipped": f"file {step['fd']!r} was never created"}
         needs_addr = "at" in step or (op == "mmap" and "addr" in step)
         a = None
         if needs_addr:
@@ -515,7 +583,18 @@ class _Run:
             if name is not None:
                 self.base[name] = None
                 self.owned[owner].append(name)
-            got = proc.mmap(a or 0, pages * C.PAGE_SIZE, prot, flags)
+            fd = self.fds[owner][step["fd"]] if "fd" in step else -1
+            hint = 0
+            if a is None:
+                # The runner places regions itself, the same on every machine
+                # (see PLACEMENT_TOP): a hint, honoured where the range is free.
+                hint = self.next_top - pages * C.PAGE_SIZE
+            got = proc.mmap(a or hint, pages * C.PAGE_SIZE, prot, flags, fd, step.get("off", 0))
+            if a is None:
+                if got != hint:
+                    raise PlacementError(where, f"the machine placed {name!r} at {got:#x}, not "
+                                                f"at the layout's {hint:#x}")
+                self.next_top = hint
             if name is not None:
                 if a is None:
                     self.check_placement(owner, name, got, pages, where)
@@ -545,6 +624,7 @@ class _Run:
             self.procs[name] = child
             self.order.append(name)
             self.owned[name] = list(self.owned[owner])
+            self.fds[name] = dict(self.fds[owner])     # the fd table is duplicated
             self.obs[-1]["child"] = name
             return {"ok": name}
         elif op == "exit":
@@ -588,6 +668,26 @@ class _Run:
             proc.clear_refs(step["value"])
         elif op == "check":
             m.check()
+        elif op == "memfd_create":
+            self.fds[owner][step["name"]] = None
+            fd = proc.memfd_create(step["name"],
+                                   parse_flags(step.get("flags", 0), "MFD_"))
+            self.fds[owner][step["name"]] = fd
+            return {"ok": step["name"]}
+        elif op in FILE_OPS:
+            fd = self.fds[owner][step["fd"]]
+            if op == "close":
+                del self.fds[owner][step["fd"]]
+                proc.close(fd)
+            elif op == "ftruncate":
+                proc.ftruncate(fd, step["len"])
+            elif op == "fallocate":
+                proc.fallocate(fd, parse_flags(step["mode"], "FALLOC_FL_"), step["off"],
+                               step["len"])
+            elif op == "pread":
+                return {"data": proc.pread(fd, step["len"], step["off"]).hex()}
+            elif op == "pwrite":
+                return {"count": proc.pwrite(fd, step_data(step, where), step["off"])}
         return {"ok": None}
 
     def check_placement(self, owner, name, got, pages, where):
@@ -671,6 +771,7 @@ def run(program, machine, *, snapshots=True, cleanup=True):
     r.procs["main"] = main
     r.order.append("main")
     r.owned["main"] = []
+    r.fds["main"] = {}
     try:
         r.walk(steps, "main")
     finally:
@@ -701,8 +802,9 @@ def describe(step):
     if op == "mmap":
         where = f"at {a('addr')} " if "addr" in step else ""
         name = f"{step['name']} = " if "name" in step else ""
+        file = f" {step['fd']}+{step.get('off', 0)}" if "fd" in step else ""
         return (f"mmap {name}{where}{step.get('pages')} pages {fl('prot', 'PROT_')} "
-                f"{fl('flags', 'MAP_')}")
+                f"{fl('flags', 'MAP_')}{file}")
     if op in ("munmap",):
         return f"munmap {a('at')} {step.get('pages')} pages"
     if op == "mprotect":
@@ -736,6 +838,20 @@ def describe(step):
         return f"release {step.get('pin')}"
     if op == "clear_refs":
         return f"clear_refs {step.get('value')}"
+    if op == "memfd_create":
+        fl = f" {format_flags(step['flags'], 'MFD_')}" if step.get("flags") else ""
+        return f"{step.get('name')} = memfd_create{fl}"
+    if op == "close":
+        return f"close {step.get('fd')}"
+    if op == "ftruncate":
+        return f"ftruncate {step.get('fd')} {step.get('len')}"
+    if op == "fallocate":
+        return (f"fallocate {step.get('fd')} {fl('mode', 'FALLOC_FL_') if step.get('mode') else 0}"
+                f" off {step.get('off')} len {step.get('len')}")
+    if op == "pread":
+        return f"pread {step.get('fd')} off {step.get('off')} len {step.get('len')}"
+    if op == "pwrite":
+        return f"pwrite {step.get('fd')} off {step.get('off')} {_fmt_data(step)}"
     return str(op)
 
 

@@ -139,6 +139,11 @@ class FileOps:
                 self._zero_file_range(f, tail_start, offset + length)
             if first < last:
                 f.punch_hole(first, last)
+            elif offset + length < C.PAGE_SIZE:
+                # shmem_fallocate(): unmap_end = round_down(off + len) - 1 is -1
+                # here, and (u64)-1 > unmap_start, so unmap_mapping_range()
+                # gets a hole length <= 0, meaning "to EOF" (host-checked).
+                f.unmap_range(first, (f.size + C.PAGE_SIZE - 1) // C.PAGE_SIZE + 1, even_cows=False)
             return
         if mode & ~C.FALLOC_FL_KEEP_SIZE:
             raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")

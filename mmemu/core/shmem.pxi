@@ -92,6 +92,8 @@ cdef int64_t file_map_pages(engine_t *e, mm_t *mm, mm_vma_t *vma, mm_file_t *f, 
         if cs == NULL or not (cs[0] & PTE_PRESENT):
             continue
         pfn = <int64_t>pte_pfn(cs[0])
+        if not (e.fflags[pfn] & PG_UPTODATE):
+            continue                            # next_uptodate_folio(): fallocate'd, never read
         e.refcount[pfn] += 1
         e.mapcount[pfn] += 1
         table[i] = file_pte(e, vma, pfn, False)
@@ -145,12 +147,13 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
     cdef uint64_t *cs
     cdef uint64_t entry
     e.stats[MM_STAT_FILE_FAULT] += 1
-    if index >= file_pages(f):
-        return VM_FAULT_SIGBUS                  # beyond i_size
+    # do_read_fault(): fault-around runs before ->fault, which finds EOF.
     if not write and not wp_marker and should_fault_around(e, vma):
         do_fault_around(e, mm, vma, f, va, ptep)
         if ptep[0] != 0:
             return 0
+    if index >= file_pages(f):
+        return VM_FAULT_SIGBUS                  # beyond i_size
     # shmem_get_folio(): "missing" means missing from the file; a cached (or
     # swapped) folio is a MINOR fault in a MINOR-registered VMA.
     cs = cache_slot(e, f, index, False)
@@ -162,6 +165,7 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
     pfn = shmem_get_folio(e, f, index, True, cpu, &ret)
     if pfn < 0:
         return ret
+    e.fflags[pfn] |= PG_UPTODATE                # shmem_fault zeroes it if needed
     if write and not (vma.flags & VM_SHARED):
         # do_cow_fault: a private copy; the cache is untouched.
         new = frame_alloc(e)
@@ -332,7 +336,7 @@ cdef int64_t file_rw(engine_t *e, mm_file_t *f, int64_t off, int64_t n, uint8_t 
             if frame_write(e, pfn, pos & (<int64_t>MM_PAGE_SIZE - 1), k, buf + done) < 0:
                 ret[0] = VM_FAULT_NOMEM
                 return -1
-            e.fflags[pfn] |= PG_DIRTY
+            e.fflags[pfn] |= PG_DIRTY | PG_UPTODATE
         elif pfn < 0:
             memset(buf + done, 0, k)
         else:

@@ -320,7 +320,7 @@ cdef int swapout_shmem(engine_t *e, mm_file_t *f, uint64_t index) noexcept nogil
 
 
 cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end,
-                           int64_t budget, uint64_t *stopped) noexcept nogil:
+                           int64_t budget, uint64_t *stopped, bint free_swapcache) noexcept nogil:
     """MADV_PAGEOUT over [start, end): reclaim the pages mapped only by this
     mm (madvise_cold_or_pageout_pte_range + shrink_folio_list). Anon pages
     go to swap through the swapcache (clean MADV_FREE'd ones are dropped);
@@ -383,9 +383,9 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                     if swapout_anon_pte(e, mm, &t[i], &g):
                         anon[nanon] = pfn
                         nanon += 1
-                elif e.nswap and e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1 \
-                        and e.refcount[pfn] < GUP_PIN_COUNTING_BIAS:
-                    # try_to_unmap of a shmem folio mapped only here
+                elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1:
+                    # try_to_unmap of a shmem folio mapped only here: it runs
+                    # before pageout(), with or without swap and pins alike.
                     t[i] = 0
                     e.mapcount[pfn] -= 1
                     if pte & PTE_DIRTY:
@@ -403,15 +403,24 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     for i in range(nanon):
         put_page(e, anon[i], 1)                 # the pte's reference, after the flush
         pfn = anon[i]
-        if e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_SWAPCACHE \
+        # MADV_PAGEOUT leaves the written folio in the swapcache (the swap
+        # file is not synchronous: still under writeback); direct reclaim
+        # takes it on its way.
+        if free_swapcache and e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_SWAPCACHE \
                 and e.mapcount[pfn] == 0 and e.refcount[pfn] == 1:
             swapcache_delete(e, pfn)
         n += 1
     for i in range(nfile):
         pfn = fpfn[i]
         put_page(e, pfn, 1)
-        if e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_FILE:
-            n += swapout_shmem(e, file_of(e, e.mapping[pfn]), e.index[pfn])
+        if e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 0 \
+                and e.refcount[pfn] == 1:
+            if e.fflags[pfn] & PG_DIRTY:
+                n += swapout_shmem(e, file_of(e, e.mapping[pfn]), e.index[pfn])
+            else:
+                # A clean folio is simply dropped from the cache (__remove_mapping).
+                cache_truncate(e, file_of(e, e.mapping[pfn]), e.index[pfn], e.index[pfn] + 1)
+                n += 1
     free(anon)
     free(fpfn)
     return n
@@ -438,7 +447,7 @@ cdef int64_t reclaim_pages(engine_t *e, int cpu, int64_t want) noexcept nogil:
             continue
         mm = &e.mms[mmi]
         got += pageout_range(e, mm, cpu, e.reclaim_va if k == 0 else 0, 1ULL << 47,
-                             want - got, &stopped)
+                             want - got, &stopped, True)
         if got >= want:
             e.reclaim_mm = mmi
             e.reclaim_va = stopped

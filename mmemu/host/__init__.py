@@ -5,7 +5,7 @@ the same programs on either; compare and diff check one against the other.
 """
 from .caps import capabilities
 from .machine import (FrameInfo, HostError, HostGupRef, HostMachine, HostPin, HostPipe,
-                      HostProcess, PagemapEntry, Unsupported)
+                      HostProcess, HostThread, PagemapEntry, Unsupported)
 
-__all__ = ["HostMachine", "HostProcess", "HostPipe", "HostPin", "HostGupRef", "PagemapEntry",
-           "FrameInfo", "HostError", "Unsupported", "capabilities"]
+__all__ = ["HostMachine", "HostProcess", "HostThread", "HostPipe", "HostPin", "HostGupRef",
+           "PagemapEntry", "FrameInfo", "HostError", "Unsupported", "capabilities"]

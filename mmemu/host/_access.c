@@ -9,6 +9,18 @@
  *
  * fork_sibling() is fork() with CLONE_PARENT, so every server process of a
  * HostMachine is a child of the driver, which can reap it.
+ *
+ * Fault accounting: the kernel counts a process's minor faults per task
+ * (task->min_flt, /proc/pid/stat field 10, getrusage ru_minflt).  A server
+ * is a Python runtime whose own heap faults too (every page it writes after
+ * a fork is a COW fault), so the raw counter cannot tell the program's
+ * faults from the runtime's.  Every call here that touches program memory
+ * (the accesses, and the syscalls made through syscall_counted: mmap with
+ * MAP_POPULATE, madvise, vmsplice, io_uring registration, /proc/self/mem)
+ * reads the thread's counter just before and just after the kernel or CPU
+ * touches that memory, with no Python code in between, and adds the
+ * difference to program_faults.  faults() is that sum: field 10 with the
+ * runtime's faults taken out.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,6 +31,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -34,6 +47,32 @@ static __thread volatile uintptr_t fault_addr;
 static __thread volatile int fault_code;
 
 static struct sigaction saved_segv, saved_bus;
+
+/* Minor faults taken inside the windows described above (this process). */
+static volatile unsigned long long program_faults;
+
+static long
+thread_minflt(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) != 0)
+        return 0;
+    return ru.ru_minflt;
+}
+
+/* Make the stack below us present and private before a window opens: after
+ * fork every stack page is COW-shared, and a signal frame pushed there by a
+ * fault of the access would take a fault of its own inside the window. */
+static __attribute__((noinline)) void
+access_prefault_stack(void)
+{
+    program_faults += 0;    /* volatile below: the .bss page is written now */
+    fault_signo = 0;        /* and this thread's TLS block */
+    volatile char pad[32 * 1024];
+    for (size_t i = 0; i < sizeof(pad); i += 512)
+        pad[i] = 0;
+    __asm__ __volatile__("" ::: "memory");
+}
 
 static void
 access_handler(int signo, siginfo_t *info, void *uctx)
@@ -153,17 +192,26 @@ access_read(PyObject *self, PyObject *args)
     if (n == 0)
         return out;
     char *volatile buf = PyBytes_AS_STRING(out);
+    memset(buf, 0, (size_t)n);     /* our own buffer faults outside the window */
     if (access_install() < 0) {
         Py_DECREF(out);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    access_prefault_stack();
+    volatile long before = 0;
     if (sigsetjmp(access_env, 1) == 0) {
+        /* sigsetjmp wrote this thread's TLS (a COW fault after fork):
+         * the window opens only now. */
+        access_armed = 0;
+        before = thread_minflt();
         access_armed = 1;
         access_copy(buf, (const volatile char *)addr, (size_t)n, 0);
         access_armed = 0;
+        program_faults += thread_minflt() - before;
         access_restore();
         return out;
     }
+    program_faults += thread_minflt() - before;
     access_restore();
     Py_DECREF(out);
     return access_raise_fault(fault_signo, fault_addr, fault_code);
@@ -196,14 +244,20 @@ access_write(PyObject *self, PyObject *args)
         PyBuffer_Release(&data);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    access_prefault_stack();
+    volatile long before = 0;
     if (sigsetjmp(access_env, 1) == 0) {
+        access_armed = 0;
+        before = thread_minflt();
         access_armed = 1;
         access_copy((volatile char *)addr, (const volatile char *)data.buf, (size_t)data.len, 1);
         access_armed = 0;
+        program_faults += thread_minflt() - before;
         access_restore();
         PyBuffer_Release(&data);
         Py_RETURN_NONE;
     }
+    program_faults += thread_minflt() - before;
     access_restore();
     PyBuffer_Release(&data);
     return access_raise_fault(fault_signo, fault_addr, fault_code);
@@ -252,6 +306,7 @@ access_fork_sibling(PyObject *self, PyObject *noargs)
     long pid = syscall(SYS_clone, flags, 0UL, NULL, slot, 0UL);
     int err = errno;
     if (pid == 0) {
+        program_faults = 0;        /* copy_process: a new task starts at 0 */
         PyOS_AfterFork_Child();
         return PyLong_FromLong(0);
     }
@@ -263,7 +318,49 @@ access_fork_sibling(PyObject *self, PyObject *noargs)
     return PyLong_FromLong(pid);
 }
 
+PyDoc_STRVAR(access_syscall_counted_doc,
+"syscall_counted(nr, *args) -> int\n\n"
+"syscall(2) with up to six integer arguments (pointers as addresses); the\n"
+"minor faults it takes count as the program's (see faults()). Raises\n"
+"OSError with the errno on failure.");
+
+static PyObject *
+access_syscall_counted(PyObject *self, PyObject *args)
+{
+    long nr;
+    unsigned long long a[6] = {0, 0, 0, 0, 0, 0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "l|KKKKKK:syscall_counted", &nr, &a[0], &a[1], &a[2], &a[3],
+                          &a[4], &a[5]))
+        return NULL;
+    access_prefault_stack();
+    long before = thread_minflt();
+    long ret = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    int err = errno;
+    program_faults += thread_minflt() - before;
+    if (ret == -1) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromUnsignedLong((unsigned long)ret);
+}
+
+PyDoc_STRVAR(access_faults_doc,
+"faults() -> int\n\n"
+"Minor faults this process took on program memory: the sum, over every\n"
+"access and counted syscall, of the thread's min_flt difference across it.");
+
+static PyObject *
+access_faults(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromUnsignedLongLong(program_faults);
+}
+
 static PyMethodDef access_methods[] = {
+    {"syscall_counted", access_syscall_counted, METH_VARARGS, access_syscall_counted_doc},
+    {"faults", access_faults, METH_NOARGS, access_faults_doc},
     {"read", access_read, METH_VARARGS, access_read_doc},
     {"write", access_write, METH_VARARGS, access_write_doc},
     {"fork_sibling", access_fork_sibling, METH_NOARGS, access_fork_sibling_doc},

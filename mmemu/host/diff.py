@@ -1,9 +1,13 @@
 """Differential testing: random programs on the engine and on the host.
 
-programs() is a Hypothesis strategy of small valid programs (a few regions
-of 1-8 pages; writes, reads, mprotect, madvise, munmap, MAP_FIXED remaps,
-forks with short child bodies, exits, vmsplice pipes, FOLL_GET references,
-io_uring pins, /proc/pid/mem). check_pair() runs one program on both
+programs() is a Hypothesis strategy of small valid programs (up to two
+memfds of 1-16 pages and a few regions of 1-8 pages, private or shared,
+anonymous or mapping a file; writes, reads, mprotect, madvise (PAGEOUT,
+REMOVE, COLD among the advice), munmap, MAP_FIXED remaps with anonymous or
+file memory, forks with short child bodies (the fd table is inherited),
+exits, vmsplice pipes, FOLL_GET references, io_uring pins, /proc/pid/mem,
+pread, pwrite, ftruncate, fallocate (hole punch, allocation), close,
+clear_refs). check_pair() runs one program on both
 machines and compares (mmemu.host.compare). survey() runs N programs and
 counts agreement; shrink() lets Hypothesis shrink a divergence to a minimal
 program that still diverges the same way (same op, same compared field).
@@ -16,6 +20,7 @@ import sys
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky, FlakyFailure
 
 from .. import constants as C
 from .. import program as P
@@ -31,19 +36,28 @@ PIN_FLAGS = "FOLL_WRITE|FOLL_PIN|FOLL_LONGTERM"   # io_uring's pin: the host can
 MAX_PROCS = 4
 MAX_FORKS = 4
 MAX_HANDLES = 4
+MAX_FILES = 2
+MAX_FILE_PAGES = 16
+FILE_ADVICE = ("MADV_PAGEOUT", "MADV_REMOVE", "MADV_COLD")
+PUNCH = "FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE"
+DEFAULT_SWAP = 16 << 20      # bytes of swap on both sides (mmemu diff --swap)
+HOST_RERUNS = 2              # host reruns of a divergent program before it counts
 
 
 class Features:
     """What the generator may use: everything, less what the machine under
     test does not model yet (see probe)."""
 
-    def __init__(self, shared=True, pins=True, advice=tuple(ADVICE_CHOICES)):
+    def __init__(self, shared=True, pins=True, advice=tuple(ADVICE_CHOICES) + FILE_ADVICE,
+                 files=True):
         self.shared = shared
         self.pins = pins
         self.advice = list(advice)
+        self.files = files
 
     def __repr__(self):
-        return f"Features(shared={self.shared}, pins={self.pins}, advice={self.advice})"
+        return (f"Features(shared={self.shared}, pins={self.pins}, files={self.files}, "
+                f"advice={self.advice})")
 
 
 def probe(make_other, features=None):
@@ -75,6 +89,17 @@ def probe(make_other, features=None):
             except OSError:
                 keep.append(name)
         f.advice = keep or ["MADV_NORMAL"]
+        if f.files:
+            try:
+                fd = p.memfd_create("probe")
+                p.ftruncate(fd, C.PAGE_SIZE)
+                p.mmap(0, C.PAGE_SIZE, rw, C.MAP_SHARED, fd, 0)
+                p.close(fd)
+            except (NotImplementedError, Unsupported, AttributeError) as e:
+                f.files = False
+                dropped.append(f"memfd files: {e}")
+            except OSError:
+                pass
         if f.pins:
             b = p.mmap(0, C.PAGE_SIZE, rw, priv)
             try:
@@ -90,15 +115,17 @@ def probe(make_other, features=None):
 
 
 class _GenState:
-    def __init__(self, regions, pins):
+    def __init__(self, regions, pins, files=()):
         self.regions = regions          # [(name, pages)]
         self.procs = ["main"]           # live, creation order
         self.pipes = []                 # [(name, owner)]
         self.pins = []                  # [(name, owner, npages, kind)]
+        self.files = dict(files)        # name -> size in pages (a guide, not exact)
+        self.fds = {"main": list(self.files)}   # proc -> open file names
         self.forks = 0
         self.serial = 0
         self.allow_pins = pins
-        self.advice = list(ADVICE_CHOICES)
+        self.advice = list(ADVICE_CHOICES) + list(FILE_ADVICE)
 
     def tag(self):
         self.serial += 1
@@ -142,7 +169,28 @@ def _page(draw, state, straddle=False):
 STEP_KINDS = ["stop", "stop", "write", "read", "fork", "madvise", "mprotect", "vmsplice",
               "pipe_read", "pipe_close", "exit", "munmap", "remap", "pin", "pin_read",
               "pin_write", "pin_release", "gup", "proc_mem_write", "proc_mem_read", "frame",
-              "write_straddle"]
+              "write_straddle", "pwrite", "pread", "ftruncate", "punch", "fallocate", "close",
+              "remap_file", "pageout", "clear_refs"]
+
+
+def _file_page(draw, state, who, extra=1):
+    """A page of a file open in `who` (one choice), up to `extra` pages past
+    its size; (None, 0) if it has none open."""
+    places = [(name, page) for name in state.fds.get(who, ())
+              for page in range(state.files[name] + extra)]
+    if not places:
+        return None, 0
+    return _pick(draw, places)
+
+
+def _file_range(draw, state, who):
+    """A page range of a file open in `who`, possibly past its end (one choice)."""
+    places = [(name, first, n) for name in state.fds.get(who, ())
+              for n in range(1, state.files[name] + 2)
+              for first in range(0, state.files[name] + 2 - n)]
+    if not places:
+        return None, 0, 0
+    return _pick(draw, places)
 
 
 @st.composite
@@ -159,6 +207,7 @@ def _maybe_step(draw, state, proc, depth):
         child = f"c{state.forks}"
         step = {"op": "fork", "name": child}
         state.procs.append(child)
+        state.fds[child] = list(state.fds.get(who, ()))   # the fd table is inherited
         if depth == 0:
             body = []
             while len(body) < 3 and child in state.procs:   # the body may make it exit
@@ -173,6 +222,55 @@ def _maybe_step(draw, state, proc, depth):
         state.procs.remove(who)
         state.pipes = [p for p in state.pipes if p[1] != who]
         state.pins = [p for p in state.pins if p[1] != who]
+        state.fds.pop(who, None)
+    elif kind in ("pwrite", "pread") and state.fds.get(who):
+        name, page = _file_page(draw, state, who)
+        if kind == "pread":
+            step = {"op": "pread", "fd": name, "off": page * C.PAGE_SIZE, "len": 4}
+        else:
+            step = {"op": "pwrite", "fd": name, "off": page * C.PAGE_SIZE, "data": state.tag()}
+            state.files[name] = max(state.files[name], page + 1)
+    elif kind == "ftruncate" and state.fds.get(who):
+        name, pages = _pick(draw, [(name, n) for name in state.fds[who]
+                                   for n in range(MAX_FILE_PAGES + 1)])
+        step = {"op": "ftruncate", "fd": name, "len": pages * C.PAGE_SIZE}
+        state.files[name] = pages
+    elif kind in ("punch", "fallocate") and state.fds.get(who):
+        name, first, n = _file_range(draw, state, who)
+        shape = draw(st.integers(0, 2))
+        off, length = first * C.PAGE_SIZE, n * C.PAGE_SIZE
+        if kind == "punch":
+            # 0: whole pages; 1, 2: partial first or last page (zeroed in place).
+            if shape == 1:
+                off, length = off + 1000, length - 1000
+            elif shape == 2:
+                length -= 1000
+            step = {"op": "fallocate", "fd": name, "mode": PUNCH, "off": off, "len": length}
+        else:
+            mode = ["0", "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_KEEP_SIZE"][shape]
+            step = {"op": "fallocate", "fd": name, "mode": 0 if mode == "0" else mode,
+                    "off": off, "len": length}
+            if not shape:
+                state.files[name] = max(state.files[name], first + n)
+    elif kind == "close" and state.fds.get(who):
+        name = _pick(draw, state.fds[who])
+        step = {"op": "close", "fd": name}
+        state.fds[who] = [f for f in state.fds[who] if f != name]
+    elif kind == "remap_file" and state.fds.get(who):
+        at, n = _range(draw, state)
+        name, page, shared = _pick(draw, [(name, page, shared) for shared in (1, 0)
+                                          for name in state.fds[who]
+                                          for page in range(max(state.files[name], 1))])
+        step = {"op": "mmap", "addr": at, "pages": n, "prot": "PROT_READ|PROT_WRITE",
+                "flags": ("MAP_SHARED" if shared else "MAP_PRIVATE") + "|MAP_FIXED",
+                "fd": name, "off": page * C.PAGE_SIZE}
+    elif kind == "pageout":
+        # MADV_PAGEOUT more often than the advice list alone would.
+        at, n = _range(draw, state)
+        if "MADV_PAGEOUT" in state.advice:
+            step = {"op": "madvise", "at": at, "pages": n, "advice": "MADV_PAGEOUT"}
+    elif kind == "clear_refs":
+        step = {"op": "clear_refs", "value": draw(st.integers(1, 5))}
     elif kind in ("madvise", "mprotect", "munmap", "remap"):
         at, n = _range(draw, state)
         if kind == "madvise":
@@ -241,11 +339,22 @@ def _maybe_step(draw, state, proc, depth):
 
 
 @st.composite
-def programs(draw, max_steps=12, pins=True, shared=True, advice=None):
-    """Small valid programs; see the module docstring. pins, shared and
-    advice (a list of MADV_* names) restrict what they use."""
+def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True):
+    """Small valid programs; see the module docstring. pins, shared, files
+    and advice (a list of MADV_* names) restrict what they use."""
     steps = []
     regions = []
+    filesizes = []
+    while files and len(filesizes) < MAX_FILES:
+        # "a (further) file?": 0 says no. memfd_create + ftruncate; the
+        # content comes from pwrite steps and writes through mappings.
+        if draw(st.integers(0, 2)) == 0:
+            break
+        name = f"f{len(filesizes)}"
+        pages = draw(st.integers(1, MAX_FILE_PAGES))
+        steps.append({"op": "memfd_create", "name": name})
+        steps.append({"op": "ftruncate", "fd": name, "len": pages * C.PAGE_SIZE})
+        filesizes.append((name, pages))
     while len(regions) < 3:
         # "another region?": 0 (where shrinking goes) says no; a region's
         # choices stay together so shrinking can delete one.
@@ -253,13 +362,22 @@ def programs(draw, max_steps=12, pins=True, shared=True, advice=None):
             break
         name = "abc"[len(regions)]
         pages = draw(st.integers(1, 8))
-        flags = "MAP_PRIVATE|MAP_ANONYMOUS"
-        if shared and draw(st.integers(0, 4)) == 4:
-            flags = "MAP_SHARED|MAP_ANONYMOUS"
-        steps.append({"op": "mmap", "name": name, "pages": pages,
-                      "prot": "PROT_READ|PROT_WRITE", "flags": flags})
+        # Backing, always drawn (0-3 private anon, 4 shared anon, 5-6 shared
+        # file, 7 private file), and always a file place, used or not.
+        backing = draw(st.integers(0, 7))
+        place = draw(st.integers(0, 2 * MAX_FILE_PAGES - 1))
+        step = {"op": "mmap", "name": name, "pages": pages, "prot": "PROT_READ|PROT_WRITE",
+                "flags": "MAP_PRIVATE|MAP_ANONYMOUS"}
+        if backing == 4 and shared:
+            step["flags"] = "MAP_SHARED|MAP_ANONYMOUS"
+        elif backing >= 5 and filesizes:
+            fname, fpages = filesizes[place % len(filesizes)]
+            step["flags"] = "MAP_SHARED" if backing < 7 else "MAP_PRIVATE"
+            step["fd"] = fname
+            step["off"] = (place // len(filesizes)) % fpages * C.PAGE_SIZE
+        steps.append(step)
         regions.append((name, pages))
-    state = _GenState(regions, pins)
+    state = _GenState(regions, pins, filesizes)
     if advice is not None:
         state.advice = list(advice)
     while len(steps) < len(regions) + max_steps:
@@ -288,8 +406,9 @@ class EngineMissing(RuntimeError):
     pass
 
 
-def engine_factory(kernel="host", seed=0):
-    """A function making a fresh engine Machine, or EngineMissing."""
+def engine_factory(kernel="host", seed=0, swap=0):
+    """A function making a fresh engine Machine (with `swap` bytes of swap),
+    or EngineMissing."""
     try:
         import mmemu
         Machine = mmemu.Machine
@@ -297,7 +416,7 @@ def engine_factory(kernel="host", seed=0):
         raise EngineMissing(f"mmemu.Machine is not available: {e}") from e
 
     def make():
-        return Machine(kernel=kernel, seed=seed)
+        return Machine(kernel=kernel, seed=seed, swap=swap)
     return make
 
 
@@ -322,6 +441,8 @@ def check_pair(program, host, make_other, names=("host", "engine")):
         obs_o = P.run(program, other, cleanup=False)
     except P.PlacementError as e:
         return Outcome("invalid", detail=str(e))
+    except Unsupported as e:          # the other machine is a host too (--against host)
+        return Outcome("unsupported", detail=str(e))
     finally:
         _close(other)
     d = compare(obs_h, obs_o, program, names=names)
@@ -330,11 +451,15 @@ def check_pair(program, host, make_other, names=("host", "engine")):
     gap = _engine_gap(obs_o[:d.index + 1])
     if gap:
         return Outcome("engine-gap", d, gap)
-    # Is the host consistent with itself on this program? (Compaction can
-    # move a page under us; a divergence must not rest on that.)
-    again = P.run(program, host)
-    if compare(obs_h, again, program, names=("host", "host again")) is not None:
-        return Outcome("host-flaky", d)
+    # Is the host consistent with itself on this program? A divergence must
+    # not rest on the host's own nondeterminism: compaction moving a page,
+    # fault-around skipping a neighbour it cannot trylock, swap writeback
+    # still in flight or a per-CPU LRU batch holding a reference when a
+    # swap-in decides whether to free the swapcache.
+    for _ in range(HOST_RERUNS):
+        again = P.run(program, host)
+        if compare(obs_h, again, program, names=("host", "host again")) is not None:
+            return Outcome("host-flaky", d)
     return Outcome("diverge", d)
 
 
@@ -349,7 +474,8 @@ def _engine_gap(observations):
 
 def _programs_for(max_steps, features):
     f = features or Features()
-    return programs(max_steps=max_steps, pins=f.pins, shared=f.shared, advice=f.advice)
+    return programs(max_steps=max_steps, pins=f.pins, shared=f.shared, advice=f.advice,
+                    files=f.files)
 
 
 def _settings(n, phases, verbosity=Verbosity.quiet):
@@ -388,7 +514,12 @@ def shrink(key, n, seed, host, make_other, names=("host", "engine"), progress=No
            max_steps=12, features=None):
     """Replay the survey's generation (same seed) until a program diverges
     with this key, then let Hypothesis shrink it while it still does.
-    Returns (program, Outcome), or None if the divergence did not recur."""
+    Returns (program, Outcome), or None if the divergence did not recur.
+
+    A divergence that rests on timing (the host's own nondeterminism) may
+    not recur when Hypothesis replays its final example; then the smallest
+    program that did diverge is returned."""
+    smallest = []
 
     @_settings(n, [Phase.generate, Phase.shrink])
     @hypothesis_seed(seed)
@@ -398,13 +529,24 @@ def shrink(key, n, seed, host, make_other, names=("host", "engine"), progress=No
         if progress is not None:
             progress(out)
         if out.status == "diverge" and out.divergence.key == key:
+            if not smallest or _size(program) <= _size(smallest[0][0]):
+                smallest[:] = [(program, out)]
             raise _Found(program, out)
 
     try:
         one()
     except _Found as f:
         return f.program, f.outcome
+    except (FlakyFailure, Flaky):
+        if smallest:
+            return smallest[0]
+        raise
     return None
+
+
+def _size(program):
+    """Steps, counting those of fork bodies (to pick the smallest example)."""
+    return sum(1 + _size(s.get("body", [])) for s in program)
 
 
 # --- CLI ----------------------------------------------------------------------------
@@ -422,6 +564,11 @@ def _parser():
                          "checks the oracle's own determinism")
     ap.add_argument("--max-steps", type=int, default=12, help="steps per program (default 12)")
     ap.add_argument("--no-pins", action="store_true", help="no io_uring pins")
+    ap.add_argument("--no-files", action="store_true", help="no memfds or file mappings")
+    ap.add_argument("--swap", type=int, default=DEFAULT_SWAP, metavar="BYTES",
+                    help=f"swap on both sides (default {DEFAULT_SWAP >> 20} MiB: a swap file "
+                         "is enabled on the host for the run, and removed after it); 0 for "
+                         "none")
     ap.add_argument("--everything", action="store_true",
                     help="also generate what the engine does not model yet (its "
                          "NotImplementedError is then counted as an engine gap)")
@@ -438,11 +585,19 @@ def main(argv=None, out=None):
     from .caps import capabilities
 
     caps = capabilities()
+    swap = args.swap
+    if swap:
+        from .swap import why_no_swap
+        reason = why_no_swap()
+        if reason:
+            print(f"no swap on either side: the host cannot enable it ({reason})", file=out)
+            swap = 0
     if args.against == "host":
-        make_other, names = (lambda: HostMachine()), ("host", "host")
+        make_other, names = (lambda: HostMachine(swap=swap)), ("host", "host")
     else:
         try:
-            make_other, names = engine_factory(args.kernel, args.seed), ("host", "engine")
+            make_other, names = (engine_factory(args.kernel, args.seed, swap),
+                                 ("host", "engine"))
         except EngineMissing as e:
             print(f"mmemu diff: {e}", file=out)
             return 2
@@ -450,14 +605,20 @@ def main(argv=None, out=None):
         print(f"mmemu diff: {caps.why_not('pfns')}; frame sharing cannot be compared",
               file=out)
         return 2
-    features = Features(pins=not args.no_pins and caps.io_uring)
+    features = Features(pins=not args.no_pins and caps.io_uring, files=not args.no_files)
     if not args.everything:
         features, dropped = probe(make_other, features)
         for text in dropped:
             print(f"not generated (the machine under test does not model it): {text}",
                   file=out)
     counts = {}
-    with HostMachine() as host:
+    try:
+        host = HostMachine(swap=swap)
+    except Unsupported as e:
+        print(f"mmemu diff: {e}", file=out)
+        return 2
+    with host:
+        print(f"swap: {swap >> 10} KiB on both sides" if swap else "swap: none", file=out)
         bar = tqdm(total=args.programs, desc="programs", unit="prog",
                    disable=args.no_progress, file=sys.stderr)
 

@@ -33,6 +33,7 @@ import numpy as np
 from .. import constants as C
 from ..errors import MmemuError, Sigbus, Sigsegv, oserror
 from . import server as _server
+from . import swap as _swap     # imported first: its atexit (swapoff) runs after _close_all
 
 PROGRAM_SPACE_BASE = 0x2000_0000_0000
 PROGRAM_SPACE_END = 0x4000_0000_0000     # 32 TiB of room, still far below the runtime
@@ -292,10 +293,15 @@ class HostProcess:
     def munmap(self, addr, length):
         self._call("munmap", addr, length)
 
+    def mremap(self, old_addr, old_size, new_size, flags=0, new_addr=0):
+        return self._call("mremap", old_addr, old_size, new_size, flags, new_addr)
+
     def mprotect(self, addr, length, prot):
         self._call("mprotect", addr, length, prot)
 
     def madvise(self, addr, length, advice):
+        if advice == C.MADV_PAGEOUT:
+            self.machine._check_swap_is_ours()
         self._call("madvise", addr, length, advice)
 
     def read(self, addr, n):
@@ -374,8 +380,111 @@ class HostProcess:
                 continue
             return HostPin(self, rid, n, want)
 
+    def pin_user_pages_fast(self, addr, npages, gup_flags=0):
+        """io_uring registers with pin_user_pages_fast already (io_pin_pages):
+        the same pin as pin_user_pages."""
+        return self.pin_user_pages(addr, npages, gup_flags)
+
     def clear_refs(self, value):
         self._call("clear_refs", value)
+
+    # --- files ---
+
+    def memfd_create(self, name, flags=0):
+        """memfd_create(2) in the process; returns its descriptor number."""
+        return self._call("memfd_create", name, flags)
+
+    def close(self, fd):
+        self._call("close", fd)
+
+    def ftruncate(self, fd, length):
+        self._call("ftruncate", fd, length)
+
+    def fallocate(self, fd, mode, offset, length):
+        self._call("fallocate", fd, mode, offset, length)
+
+    def pread(self, fd, n, offset):
+        return self._call("pread", fd, n, offset)
+
+    def pwrite(self, fd, data, offset):
+        return self._call("pwrite", fd, bytes(data), offset)
+
+    def fstat_size(self, fd):
+        return self._call("fstat_size", fd)
+
+    def pwrite_from(self, fd, addr, n, offset, direct=False):
+        """write(2) of the process's memory at addr to the file (buffered: the
+        kernel's copy_from_user; EFAULT where it faults)."""
+        if direct:
+            raise Unsupported("O_DIRECT writes that GUP the buffer: a memfd has no such path "
+                              "on the host (tmpfs direct I/O copies)")
+        return self._call("pwrite_from", fd, addr, n, offset)
+
+    def pread_into(self, fd, addr, n, offset):
+        """read(2) from the file into the process's memory (copy_to_user)."""
+        return self._call("pread_into", fd, addr, n, offset)
+
+    def userfaultfd(self, flags=0):
+        raise Unsupported("userfaultfd is not driven by the host oracle yet: the host kernel "
+                          "has it, but mmemu.host has no uffd server side (registration, "
+                          "fault-handling threads, events) to run the engine's Uffd API")
+
+    def pagemap_scan(self, start, end, flags=0, category_mask=0, category_anyof_mask=0,
+                     category_inverted=0, return_mask=0, max_pages=0, vec_len=1 << 30):
+        """ioctl(PAGEMAP_SCAN) on the process's pagemap (6.7+): (regions,
+        walk_end), as the engine's call of the same name."""
+        return self._call("pagemap_scan", start, end, flags, category_mask, category_anyof_mask,
+                          category_inverted, return_mask, max_pages, vec_len)
+
+    # --- counters ---
+
+    @property
+    def minflt(self):
+        """Minor faults the process took on the program's memory: the task's
+        min_flt (/proc/pid/stat field 10) counted across each access and
+        faulting syscall only, so the server runtime's own faults (COW of its
+        heap after fork) are left out. minflt_total is field 10 as is."""
+        return self._call("minflt")
+
+    @property
+    def minflt_total(self):
+        return self._call("minflt_total")
+
+    @property
+    def rss_anon(self):
+        """Bytes of anon pages mapped in the program's mappings: RssAnon
+        (/proc/pid/status) restricted to the VMAs the program made, through
+        /proc/pid/smaps. rss_anon_total is RssAnon as is."""
+        return self._call("rss_anon", [(PROGRAM_SPACE_BASE, PROGRAM_SPACE_END)])
+
+    @property
+    def rss_anon_total(self):
+        return self._call("rss_anon_total")
+
+    @property
+    def has_pinned(self):
+        raise Unsupported("MMF_HAS_PINNED is not visible from user space")
+
+    # --- threads ---
+
+    def thread(self, cpu=None):
+        """A second thread of this process (the engine's Thread: reads and
+        writes through another CPU's TLB), pinned to `cpu` where the host has
+        that CPU."""
+        ncpus = self.machine.ncpus
+        if cpu is None:
+            self._next_thread_cpu = (getattr(self, "_next_thread_cpu", 0) + 1) % ncpus
+            cpu = self._next_thread_cpu
+        if not 0 <= cpu < ncpus:
+            raise ValueError(f"cpu {cpu} out of range")
+        cpus = sorted(os.sched_getaffinity(0))
+        return HostThread(self, self._call("thread_new", cpus[cpu % len(cpus)]), cpu)
+
+    def touch(self, addr, npages, write=False, value=0, cpu=None):
+        raise Unsupported("touch stores engine version stamps; use read/write on the host")
+
+    def versions(self, addr, npages):
+        raise Unsupported("content versions are the engine's stamps; the host has bytes")
 
     def proc_mem_write(self, addr, data):
         return self._call("proc_mem_write", addr, bytes(data))
@@ -388,28 +497,56 @@ class HostProcess:
         return self._call("maps")
 
 
+class HostThread:
+    """A thread of a HostProcess (a worker thread of its server)."""
+
+    def __init__(self, process, tid, cpu):
+        self.process = process
+        self.id = tid
+        self.cpu = cpu
+
+    def read(self, addr, n):
+        return self.process._call("thread_read", self.id, addr, n)
+
+    def write(self, addr, data):
+        self.process._call("thread_write", self.id, addr, bytes(data))
+
+    def touch(self, addr, npages, write=False, value=0):
+        return self.process.touch(addr, npages, write, value, cpu=self.cpu)
+
+
 _live_machines = weakref.WeakSet()
 
 
 class HostMachine:
     """Machine(kernel="host"): the engine's API on the running kernel.
 
-    ncpus, memory and swap describe the real machine and cannot be chosen:
-    they are accepted for signature compatibility (swap must be 0: this
-    class does not enable swap). seed is accepted and unused (the kernel is
-    the kernel)."""
+    ncpus and memory describe the real machine and cannot be chosen: they
+    are accepted for signature compatibility. swap=N enables a swap file of
+    N usable bytes on the host while the machine lives (mmemu.host.swap;
+    Unsupported where it cannot). seed is accepted and unused (the kernel is
+    the kernel). policy is the engine's policy for "host": the same version,
+    era and knobs a Machine(kernel="host") runs with."""
 
     def __init__(self, kernel="host", ncpus=None, memory=None, swap=0, seed=0,
                  timeout=DEFAULT_TIMEOUT):
         release = os.uname().release
         if kernel not in ("host", None) and not release.startswith(str(kernel)):
             raise ValueError(f"HostMachine runs the host kernel {release}, not {kernel!r}")
+        if swap < 0:
+            raise ValueError("swap must be >= 0")
+        self._swap = None
         if swap:
-            raise Unsupported("HostMachine does not enable swap (it would need swapon on "
-                              "the host)")
+            try:
+                self._swap = _swap.acquire(int(swap))
+            except _swap.SwapUnavailable as e:
+                raise Unsupported(f"cannot enable {swap} bytes of swap: {e}") from None
+        self.swap = swap
         self.kernel = release
+        self.ncpus = len(os.sched_getaffinity(0))
         self.seed = seed
         self.timeout = timeout
+        self._policy = None
         self.processes = []
         self._owner = os.getpid()
         self._lock = threading.RLock()
@@ -430,6 +567,50 @@ class HostMachine:
 
     def live_processes(self):
         return [p for p in self.processes if p.alive]
+
+    @property
+    def swap_file(self):
+        """The path of the swap file this machine enabled, or None."""
+        return self._swap.path if self._swap is not None else None
+
+    @property
+    def memory(self):
+        raise Unsupported("the host's memory size is the machine's: a scenario that needs "
+                          "memory pressure at a chosen size cannot run here")
+
+    def reclaim(self, npages=1 << 62, cpu=0):
+        """Memory pressure on the host: MADV_PAGEOUT of every program mapping
+        of every live process, which sends what reclaim would take through
+        shrink_folio_list (pages mapped once to swap, clean MADV_FREE'd pages
+        dropped). Unlike Machine.reclaim, page-cache folios no process maps
+        are not reached, no budget can be set (npages must cover
+        everything), and the frames freed are not known (None)."""
+        if npages < 1 << 62:
+            raise Unsupported("a reclaim budget cannot be imposed on the host")
+        self._check_swap_is_ours()
+        for proc in self.live_processes():
+            proc._call("reclaim", [(PROGRAM_SPACE_BASE, PROGRAM_SPACE_END)])
+        return None
+
+    @property
+    def policy(self):
+        if self._policy is None:
+            from ..eras import policy_for
+            self._policy = policy_for("host")
+        return self._policy
+
+    def _check_swap_is_ours(self):
+        """MADV_PAGEOUT's effect depends on swap being on: compare only with
+        the swap this machine asked for (none, or its own file)."""
+        if self._swap is None:
+            others = [p for p, _n in _swap.active_swaps()]
+            what = "swap is on"
+        else:
+            others = [p for p in _swap.foreign_swap() if p != self._swap.path]
+            what = "swap this machine does not own is on"
+        if others:
+            raise Unsupported(f"MADV_PAGEOUT while {what} on the host ("
+                              + ", ".join(others) + "): its outcome depends on that swap")
 
     # --- processes ---
 
@@ -568,6 +749,10 @@ class HostMachine:
             if fd is not None:
                 os.close(fd)
         self._kpagecount = self._kpageflags = None
+        if self._swap is not None:
+            # After the servers: swapoff would otherwise read their pages back.
+            _swap.release(self._swap)
+            self._swap = None
 
     def _check_open(self):
         if self.closed:

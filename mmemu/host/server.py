@@ -11,12 +11,16 @@ A server never returns into its caller's code: it leaves with os._exit, on
 """
 import os
 import pickle
+import queue
 import signal
 import socket
 import struct
+import threading
 import traceback
 
-from ..constants import PAGE_SHIFT, PAGE_SIZE
+from errno import EBADF
+
+from ..constants import MADV_PAGEOUT, MAP_ANONYMOUS, PAGE_SHIFT, PAGE_SIZE
 from ..errors import EmulatedSignal
 from . import _access
 from . import syscalls as sc
@@ -72,6 +76,9 @@ class Server:
         self.sock = sock
         self.pipes = {}      # id -> [rfd, wfd, nbytes]
         self.rings = {}      # id -> uring.FixedBufferRing
+        self.threads = {}    # id -> _Worker
+        self.files = set()   # the program's file descriptors (memfds), inherited at fork
+        self.mapped = []     # [start, end) of every mapping the program made
         self.next_id = 1
 
     # --- loop ---------------------------------------------------------------
@@ -116,7 +123,35 @@ class Server:
         return os.getpid()
 
     def op_mmap(self, addr, length, prot, flags, fd, offset):
-        return sc.mmap(addr, length, prot, flags, fd, offset)
+        if not flags & MAP_ANONYMOUS:
+            self._fd(fd)
+        got = sc.mmap(addr, length, prot, flags, fd, offset)
+        self.mapped.append((got, got + length))
+        return got
+
+    def op_mremap(self, old_addr, old_size, new_size, flags, new_addr):
+        got = sc.mremap(old_addr, old_size, new_size, flags, new_addr)
+        self.mapped.append((got, got + new_size))
+        return got
+
+    def op_reclaim(self, ranges):
+        """MADV_PAGEOUT over every VMA of the program (the user-space way
+        into shrink_folio_list); errors of single VMAs (locked, PFN maps)
+        are ignored, as reclaim skips what it cannot take."""
+        spans = list(ranges) + self.mapped
+        with open("/proc/self/maps") as f:
+            vmas = [tuple(int(x, 16) for x in line.split(" ", 1)[0].split("-")) for line in f]
+        done = 0
+        for lo, hi in vmas:
+            for s, e in spans:
+                a, b = max(lo, s), min(hi, e)
+                if a < b:
+                    try:
+                        sc.madvise(a, b - a, MADV_PAGEOUT)
+                        done += (b - a) // PAGE_SIZE
+                    except OSError:
+                        pass
+        return done
 
     def op_munmap(self, addr, length):
         sc.munmap(addr, length)
@@ -160,16 +195,120 @@ class Server:
     def op_proc_mem_read(self, addr, n):
         fd = os.open("/proc/self/mem", os.O_RDONLY)
         try:
-            return os.pread(fd, n, addr)
+            return sc.proc_mem_pread(fd, n, addr)
         finally:
             os.close(fd)
 
     def op_proc_mem_write(self, addr, data):
         fd = os.open("/proc/self/mem", os.O_WRONLY)
         try:
-            return os.pwrite(fd, data, addr)
+            return sc.proc_mem_pwrite(fd, data, addr)
         finally:
             os.close(fd)
+
+    # --- counters -----------------------------------------------------------
+
+    def op_minflt(self):
+        """Minor faults taken on program memory (see _access.c)."""
+        return _access.faults()
+
+    def op_minflt_total(self):
+        """/proc/self/stat field 10 as is: the runtime's own faults included."""
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        # comm may hold spaces and parentheses: fields count from the last ')'.
+        return int(stat[stat.rindex(b")") + 2:].split()[7])
+
+    def op_rss_anon(self, ranges):
+        """Anonymous bytes mapped in the VMAs that overlap the program's
+        ranges (/proc/self/smaps "Anonymous:", which counts what RssAnon
+        counts, VMA by VMA), so the runtime's heap is left out."""
+        spans = list(ranges) + self.mapped
+        total = 0
+        take = False
+        with open("/proc/self/smaps", "rb") as f:
+            for line in f:
+                head = line.split(b" ", 1)[0]
+                if b"-" in head and not head.endswith(b":"):
+                    lo, hi = (int(x, 16) for x in head.split(b"-"))
+                    take = any(lo < e and s < hi for s, e in spans)
+                elif take and line.startswith(b"Anonymous:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
+    def op_rss_anon_total(self):
+        """/proc/self/status RssAnon, bytes (the runtime's heap included)."""
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        raise Unsupported("/proc/self/status has no RssAnon")
+
+    # --- files (memfd) ------------------------------------------------------
+
+    def _fd(self, fd):
+        """Only the program's own files: the server's sockets, pipes and rings
+        are not the program's, as they are not in the engine's fd table."""
+        if fd not in self.files:
+            raise OSError(EBADF, f"fd {fd} is not one of the program's files")
+        return fd
+
+    def op_memfd_create(self, name, flags):
+        fd = os.memfd_create(name, flags)
+        self.files.add(fd)
+        return fd
+
+    def op_close(self, fd):
+        os.close(self._fd(fd))
+        self.files.discard(fd)
+
+    def op_ftruncate(self, fd, length):
+        os.ftruncate(self._fd(fd), length)
+
+    def op_fallocate(self, fd, mode, offset, length):
+        sc.fallocate(self._fd(fd), mode, offset, length)
+
+    def op_pread(self, fd, n, offset):
+        return os.pread(self._fd(fd), n, offset)
+
+    def op_pwrite(self, fd, data, offset):
+        return os.pwrite(self._fd(fd), data, offset)
+
+    def op_pwrite_from(self, fd, addr, n, offset):
+        """write(2) of program memory: the kernel's copy_from_user faults
+        count as the program's."""
+        return sc.counted(sc.SYS_pwrite64, self._fd(fd), addr, n, offset, call="pwrite")
+
+    def op_pread_into(self, fd, addr, n, offset):
+        return sc.counted(sc.SYS_pread64, self._fd(fd), addr, n, offset, call="pread")
+
+    def op_pagemap_scan(self, start, end, flags, category_mask, category_anyof_mask,
+                        category_inverted, return_mask, max_pages, vec_len):
+        return sc.pagemap_scan(start, end, flags, category_mask, category_anyof_mask,
+                               category_inverted, return_mask, max_pages, vec_len)
+
+    def op_fstat_size(self, fd):
+        return os.fstat(self._fd(fd)).st_size
+
+    # --- threads ------------------------------------------------------------
+
+    def op_thread_new(self, cpu):
+        tid = self.next_id
+        self.next_id += 1
+        self.threads[tid] = _Worker(cpu)
+        return tid
+
+    def op_thread_read(self, tid, addr, n):
+        return self._thread(tid).call(_access.read, addr, n)
+
+    def op_thread_write(self, tid, addr, data):
+        return self._thread(tid).call(_access.write, addr, data)
+
+    def _thread(self, tid):
+        try:
+            return self.threads[tid]
+        except KeyError:
+            raise ValueError(f"no thread {tid} in process {os.getpid()}") from None
 
     def op_maps(self):
         with open("/proc/self/maps") as f:
@@ -197,6 +336,7 @@ class Server:
             ring.forget()
         self.pipes.clear()
         self.rings.clear()
+        self.threads.clear()    # fork copies only the calling thread
         send_msg(self.sock, ("ready", os.getpid()))
         raise _NoReply
 
@@ -286,6 +426,36 @@ class Server:
             return self.rings[rid]
         except KeyError:
             raise ValueError(f"no pin {rid} in process {os.getpid()}") from None
+
+
+class _Worker:
+    """A second thread of the server (Process.thread()): runs accesses on
+    request, pinned to its CPU where the host has that CPU."""
+
+    def __init__(self, cpu):
+        self.requests = queue.SimpleQueue()
+        self.replies = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, args=(cpu,), daemon=True)
+        self.thread.start()
+        self.native_id = self.replies.get()
+
+    def _run(self, cpu):
+        if cpu is not None and cpu in os.sched_getaffinity(0):
+            os.sched_setaffinity(0, {cpu})
+        self.replies.put(threading.get_native_id())
+        while True:
+            fn, args = self.requests.get()
+            try:
+                self.replies.put((True, fn(*args)))
+            except BaseException as e:    # re-raised in the serving thread
+                self.replies.put((False, e))
+
+    def call(self, fn, *args):
+        self.requests.put((fn, args))
+        ok, value = self.replies.get()
+        if not ok:
+            raise value
+        return value
 
 
 def _close_quietly(*fds):

@@ -3,7 +3,12 @@
 Each wrapper returns the kernel's result or raises OSError with the errno
 Linux returned (mmemu.errors.oserror). Only what Python's os module lacks is
 here: mmap at a chosen address with any flags, munmap, mprotect, madvise,
-vmsplice, tee, io_uring_setup/enter/register.
+vmsplice, tee, io_uring_setup/enter/register, fallocate with a mode,
+swapon/swapoff.
+
+Calls that may fault program memory in (mmap, madvise, vmsplice, buffer
+registration, /proc/self/mem) go through _access.syscall_counted, so the
+faults they take count as the program's (see _access.c, "Fault accounting").
 """
 import ctypes
 import os
@@ -25,6 +30,14 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 U64 = (1 << 64) - 1
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl)
+SYS_pread64 = 17
+SYS_pwrite64 = 18
+SYS_mmap = 9
+SYS_mremap = 25
+SYS_madvise = 28
+SYS_swapon = 167
+SYS_swapoff = 168
+SYS_fallocate = 285
 SYS_vmsplice = 278
 SYS_tee = 276
 SYS_io_uring_setup = 425
@@ -51,11 +64,25 @@ def _u64(x):
     return int(x) & U64
 
 
-def mmap(addr, length, prot, flags, fd=-1, offset=0):
+def counted(nr, *args, call):
+    from . import _access
+    try:
+        return _access.syscall_counted(nr, *[_u64(a) for a in args])
+    except OSError as e:
+        raise oserror(e.errno, call) from None
+
+
+def mmap_internal(addr, length, prot, flags, fd=-1, offset=0):
+    """mmap for the oracle's own use (rings): its faults are not the program's."""
     ret = _libc.mmap(_u64(addr) or None, _u64(length), prot, flags, fd, offset)
     if ret is None or ret == MAP_FAILED:   # NULL is never a success: mmap_min_addr
         raise oserror(ctypes.get_errno(), "mmap")
     return ret
+
+
+def mmap(addr, length, prot, flags, fd=-1, offset=0):
+    # MAP_POPULATE faults pages in: counted.
+    return counted(SYS_mmap, addr, length, prot, flags, fd, offset, call="mmap")
 
 
 def munmap(addr, length):
@@ -67,7 +94,8 @@ def mprotect(addr, length, prot):
 
 
 def madvise(addr, length, advice):
-    return _check(_libc.madvise(_u64(addr) or None, _u64(length), advice), "madvise")
+    # MADV_POPULATE_* fault pages in; MADV_PAGEOUT's swap-in is not a fault.
+    return counted(SYS_madvise, addr, length, advice, call="madvise")
 
 
 def syscall(nr, *args, call):
@@ -78,7 +106,76 @@ def syscall(nr, *args, call):
 
 def vmsplice(fd, addr, length, flags=0):
     iov = Iovec(_u64(addr), _u64(length))
-    return syscall(SYS_vmsplice, fd, ctypes.byref(iov), 1, flags, call="vmsplice")
+    return counted(SYS_vmsplice, fd, ctypes.addressof(iov), 1, flags, call="vmsplice")
+
+
+def mremap(old_addr, old_size, new_size, flags=0, new_addr=0):
+    return counted(SYS_mremap, old_addr, old_size, new_size, flags, new_addr, call="mremap")
+
+
+def fallocate(fd, mode, offset, length):
+    return _check(_libc.syscall(ctypes.c_long(SYS_fallocate), ctypes.c_long(fd),
+                                ctypes.c_long(mode), ctypes.c_long(offset),
+                                ctypes.c_long(length)), "fallocate")
+
+
+def proc_mem_pread(fd, n, addr):
+    """pread(2) of /proc/self/mem: FOLL_FORCE GUP faults, counted."""
+    buf = ctypes.create_string_buffer(max(n, 1))   # zero-filled: touched before the call
+    got = counted(SYS_pread64, fd, ctypes.addressof(buf), n, addr, call="read /proc/pid/mem")
+    return buf.raw[:got]
+
+
+def proc_mem_pwrite(fd, data, addr):
+    buf = ctypes.create_string_buffer(bytes(data), max(len(data), 1))
+    return counted(SYS_pwrite64, fd, ctypes.addressof(buf), len(data), addr,
+                    call="write /proc/pid/mem")
+
+
+PAGEMAP_SCAN = 0xC0606610      # _IOWR('f', 16, struct pm_scan_arg)
+SYS_ioctl = 16
+
+
+class PmScanArg(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in
+                ("size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+                 "category_inverted", "category_mask", "category_anyof_mask", "return_mask")]
+
+
+class PageRegion(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64),
+                ("categories", ctypes.c_uint64)]
+
+
+assert ctypes.sizeof(PmScanArg) == 96   # include/uapi/linux/fs.h struct pm_scan_arg
+
+
+def pagemap_scan(start, end, flags, category_mask, category_anyof_mask, category_inverted,
+                 return_mask, max_pages, vec_len):
+    """ioctl(PAGEMAP_SCAN) on this process's pagemap: ([(start, end,
+    categories)], walk_end). The region buffer is as long as vec_len asks,
+    capped at one region per page of the range (more can never be filled)."""
+    cap = max(1, min(int(vec_len), ((int(end) - int(start)) >> 12) + 1))
+    vec = (PageRegion * cap)()
+    arg = PmScanArg(size=ctypes.sizeof(PmScanArg), flags=flags, start=_u64(start),
+                    end=_u64(end), vec=ctypes.addressof(vec), vec_len=min(int(vec_len), cap),
+                    max_pages=max_pages, category_inverted=category_inverted,
+                    category_mask=category_mask, category_anyof_mask=category_anyof_mask,
+                    return_mask=return_mask)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        n = counted(SYS_ioctl, fd, PAGEMAP_SCAN, ctypes.addressof(arg), call="PAGEMAP_SCAN")
+    finally:
+        os.close(fd)
+    return [(vec[i].start, vec[i].end, vec[i].categories) for i in range(n)], arg.walk_end
+
+
+def swapon(path, flags=0):
+    return syscall(SYS_swapon, ctypes.c_char_p(os.fsencode(path)), flags, call="swapon")
+
+
+def swapoff(path):
+    return syscall(SYS_swapoff, ctypes.c_char_p(os.fsencode(path)), call="swapoff")
 
 
 def tee(fd_in, fd_out, length, flags=0):

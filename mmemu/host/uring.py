@@ -74,8 +74,9 @@ class FixedBufferRing:
             self._map_rings(params)
             self.devfd = os.memfd_create("mmemu-pin-device", os.MFD_CLOEXEC)
             iov = sc.Iovec(addr, length)
-            sc.syscall(sc.SYS_io_uring_register, self.fd, IORING_REGISTER_BUFFERS,
-                       ctypes.byref(iov), 1, call="io_uring_register")
+            # pin_user_pages faults the buffer in: counted as the program's.
+            sc.counted(sc.SYS_io_uring_register, self.fd, IORING_REGISTER_BUFFERS,
+                       ctypes.addressof(iov), 1, call="io_uring_register")
             self._registered = True
         except BaseException:
             self.close()
@@ -88,14 +89,14 @@ class FixedBufferRing:
         prot = PROT_READ | PROT_WRITE
         if p.features & IORING_FEAT_SINGLE_MMAP:
             sq_size = cq_size = max(sq_size, cq_size)
-        sq = sc.mmap(0, sq_size, prot, flags, self.fd, IORING_OFF_SQ_RING)
+        sq = sc.mmap_internal(0, sq_size, prot, flags, self.fd, IORING_OFF_SQ_RING)
         self._maps.append((sq, sq_size))
         if p.features & IORING_FEAT_SINGLE_MMAP:
             cq = sq
         else:
-            cq = sc.mmap(0, cq_size, prot, flags, self.fd, IORING_OFF_CQ_RING)
+            cq = sc.mmap_internal(0, cq_size, prot, flags, self.fd, IORING_OFF_CQ_RING)
             self._maps.append((cq, cq_size))
-        sqes = sc.mmap(0, p.sq_entries * SQE_SIZE, prot, flags, self.fd, IORING_OFF_SQES)
+        sqes = sc.mmap_internal(0, p.sq_entries * SQE_SIZE, prot, flags, self.fd, IORING_OFF_SQES)
         self._maps.append((sqes, p.sq_entries * SQE_SIZE))
         self._sq_tail = _u32(sq + p.sq_off.tail)
         self._sq_mask = _u32(sq + p.sq_off.ring_mask).value

@@ -60,8 +60,53 @@ class _Proc:
 @given(diff.programs())
 def test_generated_programs_are_valid(program):
     P.check(program)
-    assert program[0]["op"] == "mmap" and 1 <= program[0]["pages"] <= 8
-    assert len(program) <= 3 + 12
+    regions = [s for s in program if s["op"] == "mmap" and "name" in s]
+    assert regions and all(1 <= r["pages"] <= 8 for r in regions)
+    files = [s for s in program if s["op"] == "memfd_create"]
+    assert len(files) <= diff.MAX_FILES
+    assert len(program) <= 2 * len(files) + len(regions) + 12
+
+
+def _ops(steps):
+    for s in steps:
+        yield s
+        yield from _ops(s.get("body", []))
+
+
+def test_generator_covers_the_file_and_swap_ops():
+    """Over a few hundred programs every issue-4 operation appears, with
+    files of 1-16 pages, both kinds of file mapping, and a fork child using
+    an inherited descriptor: else the survey would not exercise them."""
+    seen = set()
+    sizes = set()
+
+    @settings(max_examples=300, phases=[Phase.generate], database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @hseed(7)
+    @given(diff.programs())
+    def collect(program):
+        for s in _ops(program):
+            op = s["op"]
+            if op == "mmap" and "fd" in s:
+                op = "mmap-file-" + s["flags"].split("|")[0]
+            elif op == "madvise":
+                op = s["advice"]
+            elif op == "fallocate":
+                op = "punch" if "PUNCH" in str(s["mode"]) else "fallocate"
+            elif op == "ftruncate" and program.index(s) < 6:
+                sizes.add(s["len"] // 4096)
+            seen.add(op)
+        for s in program:
+            if s["op"] == "fork":
+                if any("fd" in b for b in _ops(s.get("body", []))):
+                    seen.add("child-uses-inherited-fd")
+
+    collect()
+    want = {"memfd_create", "ftruncate", "pwrite", "pread", "close", "punch", "fallocate",
+            "mmap-file-MAP_SHARED", "mmap-file-MAP_PRIVATE", "MADV_PAGEOUT", "MADV_REMOVE",
+            "MADV_COLD", "clear_refs", "fork", "child-uses-inherited-fd"}
+    assert want <= seen, want - seen
+    assert min(sizes) == 1 and max(sizes) >= 12
 
 
 def test_host_agrees_with_itself(need):
@@ -103,10 +148,10 @@ def test_cli_against_host_reports_full_agreement(need):
 
 def test_cli_prints_the_minimal_divergent_program(need, monkeypatch):
     need("pfns", "kpage")
-    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed: _NoExclusiveBit)
+    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed, swap=0: _NoExclusiveBit)
     out = io.StringIO()
-    code = diff.main(["--programs", "10", "--seed", "4", "--no-progress", "--shrink", "1"],
-                     out=out)
+    code = diff.main(["--programs", "10", "--seed", "4", "--no-progress", "--shrink", "1",
+                      "--swap", "0"], out=out)
     text = out.getvalue()
     assert code == 1, text
     assert "=== divergence 1:" in text and "first divergence at step 1" in text
@@ -114,7 +159,7 @@ def test_cli_prints_the_minimal_divergent_program(need, monkeypatch):
 
 
 def test_cli_without_engine_says_so(monkeypatch):
-    def missing(kernel, seed):
+    def missing(kernel, seed, swap=0):
         raise diff.EngineMissing("mmemu.Machine is not available: test")
     monkeypatch.setattr(diff, "engine_factory", missing)
     out = io.StringIO()

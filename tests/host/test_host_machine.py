@@ -336,8 +336,10 @@ def test_dead_server_is_reported():
 
 
 def test_machine_arguments():
-    with pytest.raises(Unsupported):
-        HostMachine(swap=1 << 20)
+    with pytest.raises(ValueError):
+        HostMachine(swap=-1)
+    with pytest.raises(ValueError):
+        HostMachine(swap=PAGE_SIZE + 1)      # not whole pages: no swap file has that size
     with pytest.raises(ValueError):
         HostMachine(kernel="2.6.32")
     with HostMachine(kernel=os.uname().release.split("-")[0], ncpus=2, memory=1 << 28,

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.host
 
 A = {"op": "mmap", "name": "a", "pages": 2, "prot": "PROT_READ|PROT_WRITE",
      "flags": "MAP_PRIVATE|MAP_ANONYMOUS"}
+F = {"op": "memfd_create", "name": "f"}
 
 
 @pytest.mark.parametrize("steps, where, text", [
@@ -49,6 +50,25 @@ A = {"op": "mmap", "name": "a", "pages": 2, "prot": "PROT_READ|PROT_WRITE",
     ([A, A], "1", "not new"),
     ([{"op": "pin_read", "pin": "u", "off": 0, "len": 1}], "0", "no pin named 'u'"),
     ({"steps": "nope"}, "-", "list of steps"),
+    # Files: names are per process and die with close; a stale name could
+    # denote another file by its descriptor number on one machine only.
+    ([{"op": "pread", "fd": "f", "off": 0, "len": 1}], "0", "no file named 'f'"),
+    ([F, {"op": "close", "fd": "f"}, {"op": "pread", "fd": "f", "off": 0, "len": 1}], "2",
+     "not open in process 'main'"),
+    ([F, {"op": "fork", "name": "c", "body": [{"op": "close", "fd": "f"}]},
+      {"op": "pread", "fd": "f", "off": 0, "len": 1},
+      {"op": "pwrite", "proc": "c", "fd": "f", "off": 0, "data": "x"}], "3",
+     "not open in process 'c'"),
+    ([{"op": "fork", "name": "c"}, F, {"op": "close", "proc": "c", "fd": "f"}], "2",
+     "not open in process 'c'"),
+    ([F, F], "1", "file name 'f' is not new"),
+    ([F, dict(A, fd="f", flags="MAP_SHARED|MAP_ANONYMOUS")], "1", "cannot be MAP_ANONYMOUS"),
+    ([dict(A, off=4096)], "0", "off goes with fd"),
+    ([F, {"op": "pread", "fd": "f", "off": -1, "len": 1}], "1", "byte offset"),
+    ([F, {"op": "fallocate", "fd": "f", "mode": "MADV_REMOVE", "off": 0, "len": 1}], "1",
+     "unknown FALLOC_FL_* constant"),
+    ([{"op": "memfd_create", "name": "f", "flags": "MAP_SHARED"}], "0",
+     "unknown MFD_* constant"),
 ])
 def test_bad_programs_name_the_step(steps, where, text):
     with pytest.raises(P.ProgramError) as e:
@@ -141,9 +161,9 @@ def test_map_fixed_subregion_and_symbolic_fault_address(host):
 
 
 class _OverlappingMachine:
-    """Places every mmap(addr=0) at the first address it returned, as an
-    engine reusing a hole might: what a program touches would then depend on
-    placement, which run() must refuse."""
+    """Ignores placement hints and puts every new mapping at the first
+    address it returned, as an engine reusing a hole might: what a program
+    touches would then depend on placement, which run() must refuse."""
 
     def __init__(self, host):
         self.host = host
@@ -158,8 +178,9 @@ class _OverlappingMachine:
                 return getattr(proc, name)
 
             def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
-                got = proc.mmap(addr or (outer.first or 0), length, prot,
-                                flags | (MAP_FIXED if outer.first and not addr else 0))
+                hint = not flags & MAP_FIXED
+                got = proc.mmap(outer.first if hint and outer.first else addr, length, prot,
+                                flags | (MAP_FIXED if outer.first and hint else 0))
                 outer.first = outer.first or got
                 return got
         return Proc()
@@ -170,9 +191,22 @@ class _OverlappingMachine:
 
 def test_placement_dependent_program_is_refused(host):
     prog = [A, dict(A, name="b")]
-    with pytest.raises(P.PlacementError, match="over region 'a'"):
+    with pytest.raises(P.PlacementError, match="placed 'b' at .*, not at the layout's"):
         P.run(prog, _OverlappingMachine(host))
     assert host.live_processes() == []
+
+
+def test_regions_are_placed_alike_on_every_machine(host):
+    """run() places regions by hint, top-down and adjacent from
+    PLACEMENT_TOP, so alignment-dependent behaviour (the fault-around
+    window) compares between machines."""
+    r = P._Run(host, snapshots=False)
+    r.procs["main"] = host.spawn()
+    r.order.append("main")
+    r.owned["main"], r.fds["main"] = [], {}
+    r.walk([dict(A, pages=3), dict(A, name="b", pages=5)], "main")
+    assert r.base == {"a": P.PLACEMENT_TOP - 3 * 4096, "b": P.PLACEMENT_TOP - 8 * 4096}
+    r.cleanup()
 
 
 def test_pretty_and_json_round_trip():
@@ -197,3 +231,66 @@ def test_handles_of_skipped_steps_are_skipped_too(host):
             {"op": "pin_release", "pin": "g"}]
     obs = P.run(prog, host, snapshots=False)
     assert [list(o["outcome"]) for o in obs] == [["errno"]] + [["skipped"]] * 4
+
+
+FILES = [
+    F,
+    {"op": "ftruncate", "fd": "f", "len": 3 * 4096},
+    {"op": "pwrite", "fd": "f", "off": 4096, "data": "file"},
+    {"op": "mmap", "name": "s", "pages": 4, "prot": "PROT_READ|PROT_WRITE",
+     "flags": "MAP_SHARED", "fd": "f"},
+    {"op": "mmap", "name": "v", "pages": 2, "prot": "PROT_READ|PROT_WRITE",
+     "flags": "MAP_PRIVATE", "fd": "f", "off": 4096},
+    {"op": "read", "at": ["v", 0], "len": 4},
+    {"op": "write", "at": ["v", 0], "data": "COW!"},
+    {"op": "fork", "name": "c", "body": [
+        {"op": "pwrite", "fd": "f", "off": 4096, "data": "kid"},
+        {"op": "close", "fd": "f"}]},
+    {"op": "read", "at": ["s", 1], "len": 4},
+    {"op": "pread", "fd": "f", "off": 4096, "len": 4},
+    {"op": "fallocate", "fd": "f", "mode": "FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE",
+     "off": 4096, "len": 4096},
+    {"op": "read", "at": ["s", 1], "len": 4},
+    {"op": "read", "at": ["v", 0], "len": 4},
+    {"op": "read", "at": ["s", 3], "len": 1},
+    {"op": "close", "fd": "f"},
+    {"op": "read", "at": ["s", 0], "len": 1},
+]
+
+
+def test_file_ops_run_on_the_host(host, need):
+    """memfd, pwrite/pread, shared and private file mappings, a descriptor
+    inherited by fork and closed there, a hole punch: the observations are
+    what Linux promises (a private COW copy survives the punch, the shared
+    view reads the hole, EOF is SIGBUS, a mapping outlives close)."""
+    need("pfns", "kpage")
+    obs = P.run(FILES, host)
+    by = {o["step"]: o["outcome"] for o in obs}
+    assert by["0"] == {"ok": "f"} and by["2"] == {"count": 4}
+    assert bytes.fromhex(by["5"]["data"]) == b"file"
+    assert bytes.fromhex(by["8"]["data"]) == b"kide"       # the child's pwrite, shared
+    assert bytes.fromhex(by["9"]["data"]) == b"kide"
+    assert bytes.fromhex(by["11"]["data"]) == bytes(4)     # the hole
+    assert bytes.fromhex(by["12"]["data"]) == b"COW!"      # the private copy survived
+    assert by["13"]["signal"] == "SIGBUS" and by["13"]["addr"] == ["s", 3, 0]
+    assert by["15"] == {"data": "00"}
+    snaps = {o["step"]: o["snapshot"] for o in obs}
+    assert snaps["7.1"]["c"]["s"] == [{"pm": ""}] * 4     # fork copies no shared file pte
+    snap = snaps["8"]["main"]
+    assert "f" in snap["s"][1]["pm"] and "anon" not in snap["s"][1]["kpf"]
+    # The private COW copy is anon, and fork shared it with c (v has an anon_vma).
+    assert "anon" in snap["v"][0]["kpf"] and snap["v"][0]["kpagecount"] == 2
+    assert snaps["8"]["c"]["v"][0]["pfn"] == snap["v"][0]["pfn"]
+    assert snap["s"][0] == {"pm": ""}        # fault-around maps cached pages, allocates none
+    text = P.pretty(FILES)
+    assert "f = memfd_create" in text and "mmap v = 2 pages" in text and "f+4096" in text
+    assert "fallocate f FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE off 4096 len 4096" in text
+
+
+def test_failed_memfd_makes_its_uses_skipped(host):
+    prog = [{"op": "memfd_create", "name": "f", "flags": 0x4000},   # unknown MFD bit
+            {"op": "pread", "fd": "f", "off": 0, "len": 1},
+            dict(A, fd="f", flags="MAP_SHARED")]
+    obs = P.run(prog, host, snapshots=False)
+    assert obs[0]["outcome"] == {"errno": "EINVAL"}
+    assert all("never created" in o["outcome"]["skipped"] for o in obs[1:])
