@@ -152,6 +152,8 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         do_fault_around(e, mm, vma, f, va, ptep)
         if ptep[0] != 0:
             return 0
+    if write and not (vma.flags & VM_SHARED):
+        vma.flags |= VM_ANON_VMA                # do_cow_fault: vmf_anon_prepare() before ->fault
     if index >= file_pages(f):
         return VM_FAULT_SIGBUS                  # beyond i_size
     # shmem_get_folio(): "missing" means missing from the file; a cached (or

@@ -392,3 +392,22 @@ def test_random_programs_agree(swap_host, need):
     assert len(compared) >= 25
     unknown = [o for o in compared if o.status == "diverge" and not _known_reason(o.divergence)]
     assert not unknown, str(unknown[0].divergence)
+
+
+def test_cow_fault_past_eof_prepares_anon_vma():
+    """Found by `mmemu diff --programs 2000 --seed 0`: a write fault past EOF
+    in a private file mapping raises SIGBUS, yet do_cow_fault has already
+    given the VMA an anon_vma, so the next fork copies its ptes."""
+    import mmemu
+    from mmemu import MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
+    m = mmemu.Machine(kernel="host", memory=64 << 20)
+    p = m.spawn()
+    fd = p.memfd_create("f")
+    p.ftruncate(fd, PAGE_SIZE)
+    a = p.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0)
+    with pytest.raises(mmemu.Sigbus):
+        p.write(a + PAGE_SIZE, b"w")
+    p.read(a, 1)
+    c = p.fork()
+    assert c.pagemap(a).present and m.frame(p.pagemap(a).pfn).mapcount == 2
+    m.check()
