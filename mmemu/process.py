@@ -572,11 +572,17 @@ class Process(FileOps):
         self._live("read")
         if n < 0:
             raise ValueError("negative length")
-        return self._run(thread, lambda: self._engine.read(self.mm, thread.cpu, addr, n, kernel))
+        def op():
+            return self._engine.read(self.mm, thread.cpu, addr, n, kernel)
+        if thread.blocked is None:
+            try:                                  # the common case: no userfault
+                return op()
+            except UserFault as uf:
+                self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
+        return self._run(thread, op)
 
     def _write(self, addr, data, thread, kernel=False):
         self._live("write")
-        data = bytes(data)
         state = [0]
 
         def op():
@@ -585,6 +591,13 @@ class Process(FileOps):
             except UserFault as uf:
                 state[0] += uf.done          # the bytes before the fault are written
                 raise
+        if thread.blocked is None:
+            try:                                  # the common case: no userfault
+                return self._engine.write(self.mm, thread.cpu, addr, data, kernel)
+            except UserFault as uf:
+                state[0] = uf.done
+                data = bytes(data)
+                self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
         self._run(thread, op)
 
     def read(self, addr, n):
