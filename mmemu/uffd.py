@@ -305,7 +305,12 @@ class Uffd:
         # (VM flags the core sets here, anon_vma, are read back by the next
         # relayout's _pull(); nothing here needs them.)
         done, err = eng.uffd_fill(p.mm, p.cpu, start, npages, kind, wp=wp, **kw)
-        if done and not mode & 1:                    # every *_MODE_DONTWAKE is bit 0
+        return self._result(call, start, done, err, dontwake=mode & 1)   # every DONTWAKE is bit 0
+
+    def _result(self, call, start, done, err, dontwake):
+        """Wake the pages done; report progress like the ioctl's output field:
+        all done -> bytes; partial -> EAGAIN with the bytes; none -> -errno."""
+        if done and not dontwake:
             self._wake(start, start + done * PAGE)
         if err:
             if done:
@@ -366,13 +371,7 @@ class Uffd:
         done, err = self.machine._engine.uffd_move(p.mm, start, src, length // PAGE,
                                                    bool(mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES),
                                                    bool(self.policy.uffd_move_zeropage))
-        if done and not mode & UFFDIO_MOVE_MODE_DONTWAKE:
-            self._wake(start, start + done * PAGE)
-        if err:
-            if done:
-                raise UffdError(EAGAIN, call, done * PAGE, "partial progress")
-            raise UffdError(err, call, -err)
-        return done * PAGE
+        return self._result(call, start, done, err, dontwake=mode & UFFDIO_MOVE_MODE_DONTWAKE)
 
     # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
     def writeprotect(self, addr, length, mode):
