@@ -921,26 +921,25 @@ class Process(FileOps):
         if category_anyof_mask:
             match &= (c & category_anyof_mask) != 0
         ret = np.where(match, cats & return_mask, -1)
-        regions, walk_end, pages = [], end, 0
-        i = 0
+        # Regions: runs of matching pages with equal returned categories
+        # (numpy finds the run boundaries; Python loops over runs, not pages).
         idx = np.flatnonzero(match)
-        while i < len(idx):
-            j = i
-            k = idx[i]
-            while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1 and ret[idx[j + 1]] == ret[k]:
-                j += 1
-            n = idx[j] - k + 1
-            if max_pages and pages + n > max_pages:
-                n = max_pages - pages
-            if len(regions) == vec_len or n <= 0:
-                walk_end = start + int(k) * PAGE
-                break
-            regions.append((start + int(k) * PAGE, start + int(k + n) * PAGE, int(ret[k])))
-            pages += n
-            if max_pages and pages >= max_pages:
-                walk_end = start + int(k + n) * PAGE
-                break
-            i = j + 1
+        regions, walk_end, pages = [], end, 0
+        if len(idx):
+            vals = ret[idx]
+            cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(vals) != 0)) + 1
+            for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
+                k, n = int(idx[a]), int(b - a)
+                if max_pages and pages + n > max_pages:
+                    n = max_pages - pages
+                if len(regions) == vec_len or n <= 0:
+                    walk_end = start + k * PAGE
+                    break
+                regions.append((start + k * PAGE, start + (k + n) * PAGE, int(vals[a])))
+                pages += n
+                if max_pages and pages >= max_pages:
+                    walk_end = start + (k + n) * PAGE
+                    break
         if flags & C.PM_SCAN_WP_MATCHING:
             for s, e_, _ in regions:
                 for v in self.vmas.overlapping(s, e_):
