@@ -129,8 +129,11 @@ class _HeldRefs:
         return pfns, np.full(len(pfns), per if self.flags & (C.FOLL_PIN | C.FOLL_GET) else 0, np.int64)
 
     def done(self):
+        """Hand the references over (once): the caller now owns them."""
         self.machine._holders.discard(self)
-        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64)
+        pfns = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64)
+        self.parts = []
+        return pfns
 
 
 class Process(FileOps):
@@ -538,9 +541,11 @@ class Process(FileOps):
     def _populate(self, start, end, write, call):
         flags = C.FOLL_MADV_POPULATE | C.FOLL_TOUCH | (C.FOLL_WRITE if write else 0)
         npages = (end - start) >> C.PAGE_SHIFT
-        pfns, err = self._gup_run(start, npages, flags)
-        if err and call == "madvise":
-            raise oserror(err, "madvise", "populate failed")
+
+        def finish(pfns, err):
+            if err and call == "madvise":
+                raise oserror(err, "madvise", "populate failed")
+        self._gup_run(start, npages, flags, finish=finish)
 
     def populate(self, addr, length, write=False):
         """MADV_POPULATE_READ/WRITE semantics regardless of era (batch API)."""
@@ -625,9 +630,11 @@ class Process(FileOps):
         thread = self._current() if cpu is None else Thread(self, cpu)
         return self._touch(addr, npages, write, value, thread)
 
-    def _gup_run(self, addr, npages, flags, thread=None):
-        """__get_user_pages() for a syscall: (pfns, errno); a userfault waits
-        like a user access while the references already taken are held."""
+    def _gup_run(self, addr, npages, flags, thread=None, finish=None):
+        """__get_user_pages() for a syscall: (pfns, errno), or finish(pfns,
+        errno) - the rest of the syscall, which a resume() after a userfault
+        runs too. A userfault waits like a user access while the references
+        already taken are held."""
         thread = thread or self._current()
         held = _HeldRefs(self.machine, flags)
 
@@ -640,7 +647,8 @@ class Process(FileOps):
                     held.parts.append(uf.partial)
                 raise
             held.parts.append(pfns)
-            return held.done(), err
+            pfns = held.done()
+            return finish(pfns, err) if finish else (pfns, err)
         try:
             return self._run(thread, op)
         except BaseException:
@@ -676,22 +684,24 @@ class Process(FileOps):
         if direct:
             first = addr & ~(PAGE - 1)
             npages = (_page_align(addr + n) - first) >> C.PAGE_SHIFT
-            pfns, err = self._gup_run(first, npages, C.FOLL_GET)
-            try:
-                if len(pfns) < npages:
-                    raise oserror(err or EFAULT, "pwrite")
-                data = b"".join(self._engine.frame_read(int(x), 0, PAGE) for x in pfns)
-            finally:
-                if len(pfns):
-                    self._engine.put_pages(pfns, 1)
-            data = data[addr - first:addr - first + n]
-        else:
-            try:
-                data = self._read(addr, n, self._current(), kernel=True)
-            except Sigbus:
-                raise oserror(EFAULT, "pwrite", "copy_from_user faulted")
-            except Sigsegv:
-                raise oserror(EFAULT, "pwrite", "bad user address")
+
+            def finish(pfns, err):
+                try:
+                    if len(pfns) < npages:
+                        raise oserror(err or EFAULT, "pwrite")
+                    data = b"".join(self._engine.frame_read(int(x), 0, PAGE) for x in pfns)
+                finally:
+                    if len(pfns):
+                        self._engine.put_pages(pfns, 1)
+                data = data[addr - first:addr - first + n]
+                return self._engine.file_pwrite(f.fid, self.cpu, offset, data)
+            return self._gup_run(first, npages, C.FOLL_GET, finish=finish)
+        try:
+            data = self._read(addr, n, self._current(), kernel=True)
+        except Sigbus:
+            raise oserror(EFAULT, "pwrite", "copy_from_user faulted")
+        except Sigsegv:
+            raise oserror(EFAULT, "pwrite", "bad user address")
         return self._engine.file_pwrite(f.fid, self.cpu, offset, data)
 
     def pread_into(self, fd, addr, n, offset):
@@ -793,29 +803,30 @@ class Process(FileOps):
 
     # ---- GUP users -----------------------------------------------------------
 
-    def _gup(self, addr, npages, gup_flags, call):
+    def _gup(self, addr, npages, gup_flags, call, wrap):
         self._live(call)
         if gup_flags & C.FOLL_GET and gup_flags & C.FOLL_PIN:
             raise oserror(EINVAL, call, "FOLL_GET and FOLL_PIN are exclusive")
         if npages <= 0:
             raise oserror(EINVAL, call, "no pages")
-        pfns, err = self._gup_run(addr & ~(PAGE - 1), npages, gup_flags)
-        if len(pfns) == 0:
-            raise oserror(err or EFAULT, call)
-        return pfns
+        def finish(pfns, err):
+            if len(pfns) == 0:
+                raise oserror(err or EFAULT, call)
+            return wrap(pfns)
+        return self._gup_run(addr & ~(PAGE - 1), npages, gup_flags, finish=finish)
 
     def get_user_pages(self, addr, npages, gup_flags=0):
         """FOLL_GET references (as get_user_pages): a Pin whose release() puts them.
         Fewer than npages pages are taken when GUP stops early, as in Linux."""
         flags = (gup_flags | C.FOLL_GET | C.FOLL_TOUCH) & ~C.FOLL_PIN
-        return Pin(self.machine, self._gup(addr, npages, flags, "get_user_pages"), flags)
+        return self._gup(addr, npages, flags, "get_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
     def pin_user_pages(self, addr, npages, gup_flags=0):
         """FOLL_PIN references (as pin_user_pages); FOLL_LONGTERM as passed."""
         if gup_flags & C.FOLL_GET:
             raise oserror(EINVAL, "pin_user_pages", "FOLL_GET with FOLL_PIN")
         flags = gup_flags | C.FOLL_PIN | C.FOLL_TOUCH
-        return Pin(self.machine, self._gup(addr, npages, flags, "pin_user_pages"), flags)
+        return self._gup(addr, npages, flags, "pin_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
     def pin_user_pages_fast(self, addr, npages, gup_flags=0):
         """pin_user_pages_fast: the lockless walk takes only pages it may use
@@ -835,11 +846,12 @@ class Process(FileOps):
             return Pipe(self.machine, [], 0, 0)      # Linux returns 0, any address
         first = addr & ~(PAGE - 1)
         npages = (_page_align(addr + length) - first) >> C.PAGE_SHIFT
-        pfns, err = self._gup_run(first, npages, C.FOLL_GET)
-        if len(pfns) == 0:
-            raise oserror(err or EFAULT, "vmsplice")
-        nbytes = min(length, len(pfns) * PAGE - (addr - first))
-        return Pipe(self.machine, pfns, addr - first, nbytes)
+        def finish(pfns, err):
+            if len(pfns) == 0:
+                raise oserror(err or EFAULT, "vmsplice")
+            nbytes = min(length, len(pfns) * PAGE - (addr - first))
+            return Pipe(self.machine, pfns, addr - first, nbytes)
+        return self._gup_run(first, npages, C.FOLL_GET, finish=finish)
 
     def proc_mem_write(self, addr, data):
         """A write through /proc/pid/mem (ptrace): FOLL_FORCE|FOLL_WRITE GUP,
