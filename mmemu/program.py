@@ -38,6 +38,19 @@ descriptor number could name another file by then).
      {"op": "pipe_read", "pipe": "p", "len": 5},
      {"op": "exit", "proc": "c"}]
 
+userfaultfd: {"op": "userfaultfd", "name": "u", "flags": "O_NONBLOCK"} opens
+a context in the step's process; the uffd_* ops (uffd_api, uffd_register,
+uffd_unregister, uffd_copy (fill/data), uffd_zeropage, uffd_writeprotect,
+uffd_wake, uffd_read, uffd_close) name it with "uffd" and run in that
+process ("at" is in its address space; "mode" and "features" take the
+UFFDIO_*_MODE_* and UFFD_FEATURE_* names). An access that faults into a
+context with no handler observes {"blocked": message} (event, flags and the
+symbolic page address) and its thread stays blocked; uffd_read observes
+{"msgs": [...]}. A step that may wake it (copy, zeropage, writeprotect,
+wake, unregister, close) lets it run on at once, to completion or to its
+next fault, before the snapshot, as Linux would; a later {"op": "resume"}
+observes how it ended (its data, ok, a signal, or blocked again).
+
 run(program, machine) interprets it on any object with the Machine API
 (mmemu.Machine or mmemu.host.HostMachine) and returns one observation per
 step: what the call returned, the errno it failed with, or the signal it
@@ -53,7 +66,7 @@ import errno as _errno
 import json
 
 from . import constants as C
-from .errors import EmulatedSignal, Sigbus
+from .errors import EmulatedSignal, Sigbus, WouldBlock
 
 # Ops, their required and optional arguments besides "op" and "proc".
 OPS = {
@@ -85,15 +98,38 @@ OPS = {
     "fallocate": ({"fd", "mode", "off", "len"}, set()),
     "pread": ({"fd", "off", "len"}, set()),
     "pwrite": ({"fd", "off"}, {"data", "fill", "len", "hex"}),
+    "userfaultfd": ({"name"}, {"flags"}),
+    "uffd_api": ({"uffd"}, {"features"}),
+    "uffd_register": ({"uffd", "at", "pages", "mode"}, set()),
+    "uffd_unregister": ({"uffd", "at", "pages"}, set()),
+    "uffd_copy": ({"uffd", "at", "pages"}, {"fill", "data", "mode"}),
+    "uffd_zeropage": ({"uffd", "at", "pages"}, {"mode"}),
+    "uffd_writeprotect": ({"uffd", "at", "pages", "mode"}, set()),
+    "uffd_wake": ({"uffd", "at", "pages"}, set()),
+    "uffd_read": ({"uffd"}, {"max"}),
+    "uffd_close": ({"uffd"}, set()),
+    "resume": (set(), set()),
 }
 BYTE_OPS = {"read", "write", "proc_mem_read", "proc_mem_write"}
 PIPE_OPS = {"pipe_read", "pipe_close"}
 PIN_OPS = {"pin_read", "pin_write", "pin_release"}
 # Which constant prefix each symbolic-flag argument takes.
 FLAG_ARGS = {"prot": "PROT_", "flags": "MAP_", "advice": "MADV_", "gup_flags": "FOLL_",
-             "mode": "FALLOC_FL_"}
+             "mode": "FALLOC_FL_", "features": "UFFD_FEATURE_"}
 # The prefix of "flags" for ops other than mmap.
-OP_FLAG_PREFIX = {"memfd_create": "MFD_"}
+OP_FLAG_PREFIX = {"memfd_create": "MFD_", "userfaultfd": ("O_", "UFFD_USER_MODE_ONLY")}
+# The prefix of "mode" for ops other than fallocate.
+OP_MODE_PREFIX = {"uffd_register": "UFFDIO_REGISTER_MODE_", "uffd_copy": "UFFDIO_COPY_MODE_",
+                  "uffd_zeropage": "UFFDIO_ZEROPAGE_MODE_",
+                  "uffd_writeprotect": "UFFDIO_WRITEPROTECT_MODE_"}
+# userfaultfd ops run in the process that made the context (it binds to
+# that mm); "uffd" names it, "at" is in that process.
+UFFD_OPS = {"uffd_api", "uffd_register", "uffd_unregister", "uffd_copy", "uffd_zeropage",
+            "uffd_writeprotect", "uffd_wake", "uffd_read", "uffd_close"}
+# Ops that may wake a thread waiting on the context.
+UFFD_WAKING = {"uffd_copy", "uffd_zeropage", "uffd_writeprotect", "uffd_wake", "uffd_unregister",
+               "uffd_close"}
+UFFD_EVENTS = {0x12: "PAGEFAULT", 0x13: "FORK", 0x14: "REMAP", 0x15: "REMOVE", 0x16: "UNMAP"}
 FILE_OPS = {"close", "ftruncate", "fallocate", "pread", "pwrite"}
 MAX_BYTES = 1 << 24
 # Where run() places regions mapped without an address: top-down and
@@ -134,10 +170,22 @@ def parse_flags(value, prefix, where="?"):
         if isinstance(name, int) and not isinstance(name, bool):
             out |= name
             continue
-        if not isinstance(name, str) or not name.startswith(prefix) or not hasattr(C, name):
+        value = _constant(name) if isinstance(name, str) else None
+        if value is None or not name.startswith(prefix):
             raise ProgramError(where, f"unknown {prefix}* constant {name!r}")
-        out |= getattr(C, name)
+        out |= value
     return out
+
+
+def _constant(name):
+    """mmemu.constants, then the userfaultfd UAPI of mmemu.uffd."""
+    if hasattr(C, name):
+        return getattr(C, name)
+    if name.startswith(("UFFD", "O_")):
+        from . import uffd as U
+        v = getattr(U, name, None)
+        return v if isinstance(v, int) else None
+    return None
 
 
 def format_flags(value, prefix):
@@ -240,6 +288,7 @@ class _Checker:
         self.pipes = {}   # name -> (owner, closed?)
         self.pins = {}
         self.files = {}   # name -> step that created it
+        self.uffds = {}   # name -> [owner, closed?]
         self.forks = 0
 
     def walk(self, steps, proc, prefix=""):
@@ -275,6 +324,8 @@ class _Checker:
             if arg in step:
                 if arg == "flags":
                     prefix = OP_FLAG_PREFIX.get(op, prefix)
+                elif arg == "mode":
+                    prefix = OP_MODE_PREFIX.get(op, prefix)
                 parse_flags(step[arg], prefix, where)
         if "off" in step and not _is_offset(step["off"]):
             raise ProgramError(where, f"off must be a byte offset, not {step['off']!r}")
@@ -287,6 +338,20 @@ class _Checker:
                 raise ProgramError(where, f"{op} runs in the process that holds the "
                                           f"{'pipe' if op in PIPE_OPS else 'pin'}; no proc")
             return self.handle(op, step, None, where)
+        if op in UFFD_OPS:
+            if "proc" in step:
+                raise ProgramError(where, f"{op} runs in the process that made the "
+                                          "userfaultfd; no proc")
+            name = step["uffd"]
+            if not isinstance(name, str) or name not in self.uffds:
+                raise ProgramError(where, f"no userfaultfd named {name!r}")
+            owner, gone = self.uffds[name]
+            if gone:
+                raise ProgramError(where, f"userfaultfd {name!r} was closed (or its process "
+                                          f"{owner!r} exited)")
+            if op == "uffd_close":
+                self.uffds[name][1] = True
+            return self.handle(op, step, self.procs[owner], where)
         proc = self.proc_of(step, default_proc, where)
         return self.handle(op, step, proc, where)
 
@@ -388,7 +453,7 @@ class _Checker:
         elif op == "exit":
             proc.alive = False
             proc.exited_at = where
-            for table in (self.pipes, self.pins):
+            for table in (self.pipes, self.pins, self.uffds):
                 for entry in table.values():
                     if entry[0] == proc.name:
                         entry[1] = True
@@ -422,6 +487,22 @@ class _Checker:
                 step_data(step, where)
             elif op == "close":
                 proc.fds.discard(name)
+        elif op == "userfaultfd":
+            name = step["name"]
+            if not isinstance(name, str) or not name or name in self.uffds:
+                raise ProgramError(where, f"userfaultfd name {name!r} is not new")
+            self.uffds[name] = [proc.name, False]
+        elif op in UFFD_OPS and "at" in step:
+            self.at(step, proc, where, pages=step["pages"])
+            if op == "uffd_copy":
+                fill, data = step.get("fill", 0), step.get("data", "")
+                if not (isinstance(fill, int) and not isinstance(fill, bool) and 0 <= fill < 256):
+                    raise ProgramError(where, "fill must be a byte value")
+                if not isinstance(data, str) or len(data.encode()) > step["pages"] * C.PAGE_SIZE:
+                    raise ProgramError(where, "data must be text within the pages")
+        elif op == "uffd_read" and "max" in step:
+            if not _is_count(step["max"]) or not step["max"]:
+                raise ProgramError(where, "max must be a positive count")
 
 
 def check(program):
@@ -495,6 +576,8 @@ class _Run:
         self.pipes = {}        # name -> (object, owner name)
         self.pins = {}
         self.fds = {}          # proc name -> {file name: descriptor, or None if never made}
+        self.uffds = {}        # name -> (Uffd object or None, owner name)
+        self.blocked = {}      # proc name -> ("blocked", None) or ("done", outcome)
         self.next_top = PLACEMENT_TOP
         self.obs = []
         self.forks = 0
@@ -531,10 +614,14 @@ class _Run:
             self.pipes[step["name"]] = (None, step.get("proc", default))
         elif op in ("get_user_pages", "pin_user_pages"):
             self.pins[step["name"]] = (None, step.get("proc", default))
+        elif op == "userfaultfd":
+            self.uffds[step["name"]] = (None, step.get("proc", default))
         if op in PIPE_OPS:
             obj, owner = self.pipes[step["pipe"]]
         elif op in PIN_OPS:
             obj, owner = self.pins[step["pin"]]
+        elif op in UFFD_OPS:
+            obj, owner = self.uffds[step["uffd"]]
         else:
             obj, owner = None, step.get("proc", default)
         rec = {"step": where, "proc": owner, "op": op}
@@ -544,8 +631,20 @@ class _Run:
             rec["outcome"] = {"skipped": f"process {owner!r} was never created"}
         elif obj is None and op in PIPE_OPS | PIN_OPS:
             rec["outcome"] = {"skipped": "its vmsplice/pin failed"}
+        elif obj is None and op in UFFD_OPS:
+            rec["outcome"] = {"skipped": "its userfaultfd failed"}
+        elif op == "resume" and self.blocked.get(owner, ("",))[0] == "done":
+            rec["outcome"] = self.blocked.pop(owner)[1]
         else:
             rec["outcome"] = self.execute(op, step, proc, owner, obj, where)
+            if "blocked" in rec["outcome"] and op != "resume" or \
+                    op == "resume" and owner in self.blocked:
+                self.blocked[owner] = ("blocked", None) if "blocked" in rec["outcome"] else \
+                    None
+                if self.blocked[owner] is None:
+                    del self.blocked[owner]
+            if op in UFFD_WAKING and self.blocked.get(owner, ("",))[0] == "blocked":
+                self.settle(proc, owner, where)
         self.take_snapshot(rec)
         if op == "fork" and "body" in step and "child" in rec:
             self.walk(step["body"], rec["child"], f"{where}.")
@@ -567,6 +666,9 @@ class _Run:
             raise
         except OSError as e:
             return {"errno": _errno_name(e.errno)}
+        except WouldBlock as e:
+            # The access sleeps in a userfault; a later "resume" completes it.
+            return {"blocked": self.msg_fields(owner, e.msg)}
         except EmulatedSignal as e:
             return {"signal": "SIGBUS" if isinstance(e, Sigbus) else "SIGSEGV",
                     "si_code": e.si_code, "addr": self.symbolic(owner, e.addr)}
@@ -632,6 +734,9 @@ class _Run:
             # (exit_files), and the last close of a pipe or an io_uring drops
             # the references. Done here so that no machine's exit() has to
             # guess which of the caller's objects belonged to the process.
+            for k, (o, who) in list(self.uffds.items()):
+                if who == owner:
+                    self.uffds[k] = (None, who)     # exit releases the context
             for table, drop in ((self.pipes, "close"), (self.pins, "release")):
                 for k, (o, who) in list(table.items()):
                     if who == owner:
@@ -688,7 +793,64 @@ class _Run:
                 return {"data": proc.pread(fd, step["len"], step["off"]).hex()}
             elif op == "pwrite":
                 return {"count": proc.pwrite(fd, step_data(step, where), step["off"])}
+        elif op == "userfaultfd":
+            flags = parse_flags(step.get("flags", 0), OP_FLAG_PREFIX[op])
+            self.uffds[step["name"]] = (proc.userfaultfd(flags), owner)
+            return {"ok": step["name"]}
+        elif op == "resume":
+            got = proc.main.resume()
+            if isinstance(got, (bytes, bytearray)):
+                return {"data": bytes(got).hex()}
+            return {"ok": None}
+        elif op in UFFD_OPS:
+            return self._uffd(op, step, obj, owner, a)
         return {"ok": None}
+
+    def settle(self, proc, owner, where):
+        """A step that may wake the process's blocked access: on Linux the
+        woken thread runs on at once, to completion or to its next fault.
+        So it is resumed here, on every machine alike, before the snapshot;
+        the program's "resume" step then reports how it ended."""
+        out = self.execute("resume", {"op": "resume"}, proc, owner, None, where)
+        if "blocked" not in out:
+            self.blocked[owner] = ("done", out)
+
+    def _uffd(self, op, step, u, owner, a):
+        n = step.get("pages", 0) * C.PAGE_SIZE
+        mode = parse_flags(step.get("mode", 0), OP_MODE_PREFIX.get(op, ""))
+        if op == "uffd_api":
+            return {"ok": u.api(parse_flags(step.get("features", 0), "UFFD_FEATURE_"))}
+        if op == "uffd_register":
+            return {"ok": u.register(a, n, mode)}
+        if op == "uffd_unregister":
+            u.unregister(a, n)
+        elif op == "uffd_copy":
+            data = step.get("data", "").encode()
+            src = data + bytes([step.get("fill", 0)]) * (n - len(data))
+            return {"count": u.copy(a, src, n, mode)}
+        elif op == "uffd_zeropage":
+            return {"count": u.zeropage(a, n, mode)}
+        elif op == "uffd_writeprotect":
+            u.writeprotect(a, n, mode)
+        elif op == "uffd_wake":
+            u.wake(a, n)
+        elif op == "uffd_read":
+            return {"msgs": [self.msg_fields(owner, m) for m in u.read(step.get("max"))]}
+        elif op == "uffd_close":
+            u.close()
+            self.uffds[step["uffd"]] = (None, owner)
+        return {"ok": None}
+
+    def msg_fields(self, owner, msg):
+        """A struct uffd_msg as compared: event, and for a page fault its
+        flags and symbolic address."""
+        if msg is None:
+            return None
+        out = {"event": UFFD_EVENTS.get(msg.event, msg.event)}
+        if msg.event == 0x12:
+            out["flags"] = msg.flags
+            out["address"] = self.symbolic(owner, msg.address)
+        return out
 
     def check_placement(self, owner, name, got, pages, where):
         end = got + pages * C.PAGE_SIZE
@@ -852,6 +1014,22 @@ def describe(step):
         return f"pread {step.get('fd')} off {step.get('off')} len {step.get('len')}"
     if op == "pwrite":
         return f"pwrite {step.get('fd')} off {step.get('off')} {_fmt_data(step)}"
+    if op == "userfaultfd":
+        fl = f" {step['flags']}" if step.get("flags") else ""
+        return f"{step.get('name')} = userfaultfd{fl}"
+    if op in UFFD_OPS:
+        parts = [op, str(step.get("uffd"))]
+        if "at" in step:
+            parts.append(f"{a('at')} {step.get('pages')} pages")
+        for k in ("features", "mode"):
+            if step.get(k):
+                parts.append(str(step[k]))
+        if op == "uffd_copy":
+            parts.append(f"fill {step.get('fill', 0):#04x}"
+                         + (f" data {json.dumps(step['data'])}" if step.get("data") else ""))
+        if "max" in step:
+            parts.append(f"max {step['max']}")
+        return " ".join(parts)
     return str(op)
 
 
@@ -861,7 +1039,7 @@ def pretty(program, indent=0, prefix="", default="main"):
     for i, step in enumerate(steps_of(program)):
         where = f"{prefix}{i}"
         proc = step.get("proc", default)
-        if step.get("op") in PIPE_OPS | PIN_OPS:
+        if step.get("op") in PIPE_OPS | PIN_OPS | UFFD_OPS:
             proc = ""
         lines.append(f"{' ' * indent}{where:<6} {proc:<6} {describe(step)}")
         if step.get("op") == "fork" and "body" in step:

@@ -199,19 +199,27 @@ access_read(PyObject *self, PyObject *args)
     }
     access_prefault_stack();
     volatile long before = 0;
+    PyThreadState *volatile ts = NULL;
     if (sigsetjmp(access_env, 1) == 0) {
         /* sigsetjmp wrote this thread's TLS (a COW fault after fork):
          * the window opens only now. */
         access_armed = 0;
+        /* The GIL is let go during the copy (outside the fault window): a
+         * fault may sleep in the kernel (a userfaultfd wait) while the
+         * server's loop serves on. */
+        ts = PyEval_SaveThread();
         before = thread_minflt();
         access_armed = 1;
         access_copy(buf, (const volatile char *)addr, (size_t)n, 0);
         access_armed = 0;
         program_faults += thread_minflt() - before;
+        PyEval_RestoreThread(ts);
         access_restore();
         return out;
     }
     program_faults += thread_minflt() - before;
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
     access_restore();
     Py_DECREF(out);
     return access_raise_fault(fault_signo, fault_addr, fault_code);
@@ -246,18 +254,23 @@ access_write(PyObject *self, PyObject *args)
     }
     access_prefault_stack();
     volatile long before = 0;
+    PyThreadState *volatile ts = NULL;
     if (sigsetjmp(access_env, 1) == 0) {
         access_armed = 0;
+        ts = PyEval_SaveThread();
         before = thread_minflt();
         access_armed = 1;
         access_copy((volatile char *)addr, (const volatile char *)data.buf, (size_t)data.len, 1);
         access_armed = 0;
         program_faults += thread_minflt() - before;
+        PyEval_RestoreThread(ts);
         access_restore();
         PyBuffer_Release(&data);
         Py_RETURN_NONE;
     }
     program_faults += thread_minflt() - before;
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
     access_restore();
     PyBuffer_Release(&data);
     return access_raise_fault(fault_signo, fault_addr, fault_code);
@@ -334,10 +347,17 @@ access_syscall_counted(PyObject *self, PyObject *args)
                           &a[4], &a[5]))
         return NULL;
     access_prefault_stack();
-    long before = thread_minflt();
-    long ret = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
-    int err = errno;
-    program_faults += thread_minflt() - before;
+    long before, after, ret;
+    int err;
+    /* Without the GIL: the call may sleep in a userfault (MADV_POPULATE_*
+     * on a registered range) while the server's loop serves on. */
+    Py_BEGIN_ALLOW_THREADS
+    before = thread_minflt();
+    ret = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+    err = errno;
+    after = thread_minflt();
+    Py_END_ALLOW_THREADS
+    program_faults += after - before;
     if (ret == -1) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);

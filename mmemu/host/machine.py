@@ -31,7 +31,7 @@ import weakref
 import numpy as np
 
 from .. import constants as C
-from ..errors import MmemuError, Sigbus, Sigsegv, oserror
+from ..errors import MmemuError, Sigbus, Sigsegv, WouldBlock, oserror
 from . import server as _server
 from . import swap as _swap     # imported first: its atexit (swapoff) runs after _close_all
 
@@ -247,6 +247,9 @@ class HostProcess:
         self._chan = channel
         self.parent = parent
         self.alive = True
+        self.main = HostMainThread(self)
+        self._blocked = False          # an access sleeps in a userfault (resume() it)
+        self._uffds = {}               # server id -> HostUffd
 
     def __repr__(self):
         return f"<HostProcess pid={self.pid} {'alive' if self.alive else 'exited'}>"
@@ -280,6 +283,10 @@ class HostProcess:
             raise cls(reply[2], reply[3])
         if tag == "unsupported":
             raise Unsupported(reply[1])
+        if tag == "blocked":
+            self._blocked = True
+            msg, uid = reply[1], reply[2]
+            raise WouldBlock(self.main, self._uffds.get(uid), _uffd_msg(msg))
         raise HostError(f"server pid {self.pid} failed in {op}:\n{reply[1]}")
 
     # --- the API ---
@@ -302,13 +309,29 @@ class HostProcess:
     def madvise(self, addr, length, advice):
         if advice == C.MADV_PAGEOUT:
             self.machine._check_swap_is_ours()
+        if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
+            self._not_blocked()         # GUP faults, as an access does
         self._call("madvise", addr, length, advice)
 
     def read(self, addr, n):
+        self._not_blocked()
         return self._call("read", addr, n)
 
     def write(self, addr, data):
+        self._not_blocked()
         self._call("write", addr, bytes(data))
+
+    def _not_blocked(self):
+        if self._blocked:
+            raise MmemuError(f"thread {self.main.tid} is blocked in a userfault: "
+                             "resume() it first")
+
+    def _resume(self):
+        if not self._blocked:
+            raise MmemuError(f"thread {self.main.tid} is not blocked")
+        value = self._call("resume")
+        self._blocked = False
+        return value
 
     def fork(self):
         return self.machine._fork(self)
@@ -425,9 +448,21 @@ class HostProcess:
         return self._call("pread_into", fd, addr, n, offset)
 
     def userfaultfd(self, flags=0):
-        raise Unsupported("userfaultfd is not driven by the host oracle yet: the host kernel "
-                          "has it, but mmemu.host has no uffd server side (registration, "
-                          "fault-handling threads, events) to run the engine's Uffd API")
+        """userfaultfd(2) in the process (O_CLOEXEC, O_NONBLOCK,
+        UFFD_USER_MODE_ONLY): a HostUffd with the engine's Uffd API. Its
+        faults have no service thread: an access that takes one raises
+        WouldBlock, and process.main.resume() completes it."""
+        if not self.machine.uffd:
+            raise Unsupported("userfaultfd on the host oracle is opt-in (HostMachine(uffd="
+                              "True)): its proxy has api, register, unregister, copy from "
+                              "bytes, zeropage, writeprotect, wake, read and close, and one "
+                              "blocked access per process; no service threads, events, "
+                              "ioctl output fields (UffdError.result), CONTINUE, POISON or "
+                              "MOVE, which the engine's scenarios use")
+        uid = self._call("userfaultfd", flags)
+        u = HostUffd(self, uid, flags)
+        self._uffds[uid] = u
+        return u
 
     def pagemap_scan(self, start, end, flags=0, category_mask=0, category_anyof_mask=0,
                      category_inverted=0, return_mask=0, max_pages=0, vec_len=1 << 30):
@@ -497,6 +532,116 @@ class HostProcess:
         return self._call("maps")
 
 
+def _uffd_msg(m):
+    from ..uffd import UffdMsg
+    if m is None:
+        return None
+    if m["event"] == 0x12:
+        return UffdMsg(m["event"], flags=m["flags"], address=m["address"], ptid=m["ptid"])
+    return UffdMsg(m["event"])
+
+
+class HostUffd:
+    """A userfaultfd context of a HostProcess, driven in its server with the
+    raw syscall and ioctls: the engine's Uffd API (copy from bytes only;
+    no CONTINUE, POISON, MOVE, events or service threads)."""
+
+    def __init__(self, process, uid, flags):
+        self.process = process
+        self.id = uid
+        self.flags = flags
+        self.released = False
+
+    def _do(self, method, *args):
+        return self.process._call("uffd", self.id, method, *args)
+
+    def api(self, features=0, api=0xAA):
+        self.features = features
+        return self._do("api", features, api)
+
+    def register(self, addr, length, mode):
+        return self._do("register", addr, length, mode)
+
+    def unregister(self, addr, length):
+        self._do("unregister", addr, length)
+
+    def copy(self, dst, src, length=None, mode=0, src_process=None):
+        if isinstance(src, int) or src_process is not None:
+            raise Unsupported("UFFDIO_COPY from an address: the host proxy copies from bytes")
+        src = bytes(src)
+        if length is None:
+            length = len(src)
+        elif len(src) < length:
+            raise ValueError("source shorter than length")
+        return self._do("copy", dst, src[:length], mode)
+
+    def zeropage(self, addr, length, mode=0):
+        return self._do("zeropage", addr, length, mode)
+
+    def writeprotect(self, addr, length, mode):
+        self._do("writeprotect", addr, length, mode)
+
+    def wake(self, addr, length):
+        self._do("wake", addr, length)
+
+    def read(self, max_msgs=None):
+        return [_uffd_msg(m) for m in self._do("read", 64 if max_msgs is None else max_msgs)]
+
+    def close(self):
+        if self.released:
+            return
+        self.released = True
+        if self.process.alive:
+            self._do("close")
+
+    def continue_(self, *a, **k):
+        raise Unsupported("UFFDIO_CONTINUE is not driven by the host oracle")
+
+    def poison(self, *a, **k):
+        raise Unsupported("UFFDIO_POISON is not driven by the host oracle")
+
+    def move(self, *a, **k):
+        raise Unsupported("UFFDIO_MOVE is not driven by the host oracle")
+
+    def serve(self, *a, **k):
+        raise Unsupported("service threads are not driven by the host oracle")
+
+    serve_core = serve
+
+    def pending(self):
+        raise Unsupported("the host cannot count queued messages without reading them")
+
+    def __repr__(self):
+        return (f"<HostUffd {self.id} of pid {self.process.pid}"
+                f"{' closed' if self.released else ''}>")
+
+
+class HostMainThread:
+    """The thread that runs a HostProcess's accesses (the engine's
+    process.main): resume() completes an access blocked in a userfault."""
+
+    def __init__(self, process):
+        self.process = process
+        self.cpu = 0
+
+    @property
+    def tid(self):
+        return self.process.pid
+
+    @property
+    def blocked(self):
+        return self.process._blocked or None
+
+    def read(self, addr, n):
+        return self.process.read(addr, n)
+
+    def write(self, addr, data):
+        self.process.write(addr, data)
+
+    def resume(self):
+        return self.process._resume()
+
+
 class HostThread:
     """A thread of a HostProcess (a worker thread of its server)."""
 
@@ -529,7 +674,7 @@ class HostMachine:
     era and knobs a Machine(kernel="host") runs with."""
 
     def __init__(self, kernel="host", ncpus=None, memory=None, swap=0, seed=0,
-                 timeout=DEFAULT_TIMEOUT):
+                 timeout=DEFAULT_TIMEOUT, uffd=False):
         release = os.uname().release
         if kernel not in ("host", None) and not release.startswith(str(kernel)):
             raise ValueError(f"HostMachine runs the host kernel {release}, not {kernel!r}")
@@ -542,6 +687,7 @@ class HostMachine:
             except _swap.SwapUnavailable as e:
                 raise Unsupported(f"cannot enable {swap} bytes of swap: {e}") from None
         self.swap = swap
+        self.uffd = bool(uffd)     # userfaultfd is opt-in: see HostProcess.userfaultfd
         self.kernel = release
         self.ncpus = len(os.sched_getaffinity(0))
         self.seed = seed

@@ -20,7 +20,8 @@ import traceback
 
 from errno import EBADF
 
-from ..constants import MADV_PAGEOUT, MAP_ANONYMOUS, PAGE_SHIFT, PAGE_SIZE
+from ..constants import (MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE, MAP_ANONYMOUS,
+                         PAGE_SHIFT, PAGE_SIZE)
 from ..errors import EmulatedSignal
 from . import _access
 from . import syscalls as sc
@@ -66,6 +67,14 @@ def recv_exact_server(sock):
     return pickle.loads(bytes(body)), fds
 
 
+class _Blocked(Exception):
+    """The access sleeps in a userfault: reply ("blocked", msg, uffd id)."""
+
+    def __init__(self, msg, uid):
+        super().__init__("blocked")
+        self.msg, self.uid = msg, uid
+
+
 class _NoReply(Exception):
     """The command was a fork and this is the child: it must not answer the
     parent's request; it greets the driver on its own channel instead."""
@@ -79,6 +88,9 @@ class Server:
         self.threads = {}    # id -> _Worker
         self.files = set()   # the program's file descriptors (memfds), inherited at fork
         self.mapped = []     # [start, end) of every mapping the program made
+        self.uffds = {}      # id -> uffdio.Context
+        self.blocked = None  # the access sleeping in a userfault (uffdio.BlockingAccess)
+        self.blocked_msg = (None, None)
         self.next_id = 1
 
     # --- loop ---------------------------------------------------------------
@@ -95,6 +107,8 @@ class Server:
                          if op == "fork" else getattr(self, "op_" + op)(*args))
             except _NoReply:
                 continue
+            except _Blocked as e:
+                reply = ("blocked", e.msg, e.uid)
             except OSError as e:
                 reply = ("oserror", e.errno, str(e))
             except EmulatedSignal as e:
@@ -160,13 +174,85 @@ class Server:
         sc.mprotect(addr, length, prot)
 
     def op_madvise(self, addr, length, advice):
+        if self.uffds and advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
+            return self._access(sc.madvise, addr, length, advice)   # may sleep in a userfault
         sc.madvise(addr, length, advice)
 
     def op_read(self, addr, n):
+        if self.uffds:
+            return self._access(_access.read, addr, n)
         return _access.read(addr, n)
 
     def op_write(self, addr, data):
+        if self.uffds:
+            return self._access(_access.write, addr, data)
         _access.write(addr, data)
+
+    # --- userfaultfd ----------------------------------------------------------
+
+    def _access(self, fn, *args):
+        """An access that may sleep in a userfault: in a thread of its own."""
+        from .uffdio import BlockingAccess
+        if self.blocked is not None:
+            raise RuntimeError("an access of this process is blocked in a userfault")
+        acc = BlockingAccess(fn, args)
+        if acc.wait():
+            return acc.outcome()
+        self.blocked = acc
+        self.blocked_msg = self._fault_msg() or (None, None)
+        raise _Blocked(*self.blocked_msg)
+
+    def _fault_msg(self):
+        """The message of the fault the blocked access sleeps on, if it is
+        still queued: read, and kept for the program's next read."""
+        for uid, ctx in self.uffds.items():
+            m = ctx.read_one()
+            if m is not None:
+                ctx.pending.append(m)
+                return m, uid
+        return None
+
+    def op_resume(self):
+        acc = self.blocked
+        if acc is None:
+            raise RuntimeError("no access of this process is blocked")
+        if acc.wait():
+            self.blocked = None
+            self.blocked_msg = (None, None)
+            return acc.outcome()
+        # Still asleep: on a new fault (woken, retried, trapped again) or
+        # on the one it was reported with.
+        got = self._fault_msg()
+        if got is not None:
+            self.blocked_msg = got
+        raise _Blocked(*self.blocked_msg)
+
+    def op_userfaultfd(self, flags):
+        from .uffdio import Context
+        ctx = Context(flags)
+        uid = self.next_id
+        self.next_id += 1
+        self.uffds[uid] = ctx
+        return uid
+
+    def op_uffd(self, uid, method, *args):
+        try:
+            ctx = self.uffds[uid]
+        except KeyError:
+            raise OSError(EBADF, f"no userfaultfd {uid}") from None
+        if method == "close":
+            ctx.close()
+            del self.uffds[uid]
+            if self.blocked is not None:
+                self.blocked.wait()      # release woke it: let it finish or fault again
+            return None
+        if method == "read":
+            out = ctx.read(*args)
+            if out is None:
+                raise Unsupported("read(2) of an empty blocking userfaultfd would sleep "
+                                  "forever")
+            return out
+        return getattr(ctx, method)(*args)
 
     def op_pagemap(self, addr, npages):
         # Opened per call: a descriptor opened before fork() keeps reading
@@ -337,6 +423,12 @@ class Server:
         self.pipes.clear()
         self.rings.clear()
         self.threads.clear()    # fork copies only the calling thread
+        # A context belongs to the process that made it (the engine's
+        # model): the child's copy of the descriptor would keep it alive.
+        for ctx in self.uffds.values():
+            ctx.close()
+        self.uffds.clear()
+        self.blocked = None
         send_msg(self.sock, ("ready", os.getpid()))
         raise _NoReply
 
