@@ -63,6 +63,7 @@ BASELINE = {
     "fork_marker_child_wp": 0,    # markers copied only to a wp child vma (6.2): B14
     "uffd_wp_writenotify": 0,     # wp shmem vmas get writenotify; mkuffd_wp implies R/O (6.2): B15
     "uffd_unprotect_writable": 0, # unprotect maps exclusive anon / dirty shared writable (6.3)
+    "uffd_wp_multi_vma": 0,       # UFFDIO_WRITEPROTECT walks several VMAs (6.4)
     "uffd_move_zeropage": 0,      # UFFDIO_MOVE moves zero-page ptes (~6.9)
     "uffd_eagain_result": 0,      # an mmap_changing EAGAIN writes -EAGAIN to the result field (~6.15)
 }
@@ -139,6 +140,8 @@ CHANGES = (
            {"uffd_unprotect_writable": 1}),
     Change("2bad466cc9d9", "6.4", "mm/uffd: UFFD_FEATURE_WP_UNPOPULATED",
            {"uffd_features": 0x3fff}),
+    Change("uffd-wp-multi-vma", "6.4", "mm/userfaultfd: support WP on multiple VMAs (id unconfirmed)",
+           {"uffd_wp_multi_vma": 1}),
     Change("fc71884a5f59", "6.6", "mm: userfaultfd: add new UFFDIO_POISON ioctl",
            {"uffd_features": 0x7fff}),
     Change("d61ea1cb0095", "6.7", "userfaultfd: UFFD_FEATURE_WP_ASYNC",

@@ -237,9 +237,15 @@ class Uffd:
                 | (VM_UFFD_WP if mode & UFFDIO_REGISTER_MODE_WP else 0)
                 | (VM_UFFD_MINOR if mode & UFFDIO_REGISTER_MODE_MINOR else 0))
         p = self.process
-        for v in p.vmas.isolate(start, end):
-            v.flags = (v.flags & ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)) | bits
-            v.uffd = self.ctx
+        # userfaultfd_register_range(): a VMA already registered to this
+        # context with every requested bit is skipped (not split, mode kept);
+        # any other VMA gets exactly the new bits.
+        todo = [(max(v.start, start), min(v.end, end)) for v in vmas
+                if not (v.uffd == self.ctx and v.flags & bits == bits)]
+        for s, e in todo:
+            for v in p.vmas.isolate(s, e):
+                v.flags = (v.flags & ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)) | bits
+                v.uffd = self.ctx
         p._sync()
         ioctls = 0
         for nr in (_UFFDIO_WAKE, _UFFDIO_COPY, _UFFDIO_ZEROPAGE, _UFFDIO_MOVE, _UFFDIO_WRITEPROTECT,
@@ -384,13 +390,23 @@ class Uffd:
             raise oserror(EINVAL, call, "bad mode")
         start, end = self._range(addr, length, call)
         vmas = self._vmas(start, end)
-        covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
-        if covered != end - start or any(v.uffd != self.ctx or not v.flags & VM_UFFD_WP for v in vmas):
-            raise oserror(ENOENT, call, "range not registered for WP")
+        if not self.policy.uffd_wp_multi_vma:
+            # mwriteprotect_range() before 6.4: find_dst_vma() wants one
+            # registered VMA covering the whole range, checked before any change.
+            if len(vmas) != 1 or vmas[0].start > start or vmas[0].end < end or \
+                    not vmas[0].uffd or not vmas[0].flags & VM_UFFD_WP:
+                raise oserror(ENOENT, call, "range not in one WP-registered VMA")
+        elif not vmas:
+            raise oserror(ENOENT, call, "no VMA in range")
         protect = bool(mode & UFFDIO_WRITEPROTECT_MODE_WP)
         p = self.process
         eng = self.machine._engine
         for v in vmas:
+            # 6.4+: VMAs are handled in address order (holes skipped) and the
+            # first one without VM_UFFD_WP stops the walk with ENOENT, keeping
+            # the changes already made to the VMAs before it.
+            if not v.flags & VM_UFFD_WP:
+                raise oserror(ENOENT, call, "VMA not registered for WP")
             # userfaultfd_wp_use_markers(): file memory always (5.19+), anon
             # only with WP_UNPOPULATED (6.4).
             markers = bool(v.file) or bool(self.features & UFFD_FEATURE_WP_UNPOPULATED)

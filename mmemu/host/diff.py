@@ -418,11 +418,11 @@ def uffd_programs(draw, max_steps=12, advice=None, known_engine_bugs=True):
     re-registration, unregistration and a little advice.
 
     known_engine_bugs=False leaves out what the engine is known to get
-    wrong (see tests/host/test_host_uffd.py): registering again over a
-    registered range (a subset mode is a no-op in Linux) and unregistering
-    (after which a WRITEPROTECT range may run from registered VMAs into an
-    unregistered one, where Linux stops half-way); WRITEPROTECT ranges then
-    stay inside the registered range."""
+    wrong (see tests/host/test_host_uffd.py): registering a neighbour of a
+    registered VMA after both got their own anon_vma (Linux keeps them
+    apart, the engine merges them). It does so by leaving out re-registration
+    and unregistration, and keeps WRITEPROTECT ranges inside the registered
+    range."""
     adv = [a for a in UFFD_ADVICE if advice is None or a in advice] or ["MADV_DONTNEED"]
     regions = []
     steps = []

@@ -3,8 +3,8 @@ and resume, the program language's uffd ops, and host-vs-engine agreement.
 
 Every concrete program runs on a HostMachine and on Machine(kernel="host")
 and the observations (outcomes, uffd messages with symbolic addresses,
-pagemap snapshots, frame identities) must agree. Two known engine bugs are
-pinned down as strict xfails (host behaviour asserted, engine comparison
+pagemap snapshots, frame identities) must agree. A known engine bug is
+pinned down as a strict xfail (host behaviour asserted, engine comparison
 expected to fail) so they turn into failures once the engine is fixed.
 """
 import errno
@@ -218,9 +218,6 @@ def test_host_api_directly(uffd_host):
 
 # --- known engine bugs (see the report in mmemu.host.diff.uffd_programs) ---------
 
-@pytest.mark.xfail(strict=True, reason="engine: re-registering a registered range with a "
-                   "subset mode replaces the mode; Linux skips the VMA "
-                   "(mm/userfaultfd.c userfaultfd_register_range)")
 def test_reregister_subset_mode_is_a_no_op(uffd_host):
     prog = head(1, mode=f"{MISSING}|{WP}") + [
         {"op": "uffd_register", "uffd": "u", "at": ["a", 0], "pages": 1, "mode": MISSING},
@@ -233,9 +230,6 @@ def test_reregister_subset_mode_is_a_no_op(uffd_host):
     assert d is None, str(d)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: UFFDIO_WRITEPROTECT into an unregistered VMA "
-                   "fails ENOENT with no effect; Linux changes the VMAs before it first "
-                   "(mm/userfaultfd.c mwriteprotect_range)")
 def test_writeprotect_stops_half_way(uffd_host):
     prog = head(2, mode=WP, at=0, pages=1) + [
         {"op": "uffd_copy", "uffd": "u", "at": ["a", 0], "pages": 1,

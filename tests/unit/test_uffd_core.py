@@ -100,3 +100,39 @@ def test_short_odirect_write_releases_its_references_once():
         p.pwrite_from(fd, a, 2 * PAGE, 0, direct=True)
     m.check()
     assert m.frame(p.pagemap(a).pfn).refcount >= 1
+
+
+def test_reregister_with_a_subset_mode_keeps_the_vma_as_it_is():
+    # userfaultfd_register_range(): same context and every requested bit
+    # already set -> the VMA is skipped, so WP stays armed.
+    m, p, P, u = setup(2, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, populate=True)
+    nvmas = len(p.vmas)
+    u.register(P, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    assert len(p.vmas) == nvmas                     # not split either
+    u.writeprotect(P, 2 * PAGE, UFFDIO_WRITEPROTECT_MODE_WP)
+    with pytest.raises(WouldBlock):
+        p.write(P, b"x")
+    # a mode that is not a subset replaces the bits (WP dropped here)
+    u2 = setup(2, UFFDIO_REGISTER_MODE_WP)
+    u2[3].register(u2[2], PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(OSError) as e:
+        u2[3].writeprotect(u2[2], PAGE, UFFDIO_WRITEPROTECT_MODE_WP)
+    assert e.value.errno == 2
+
+
+@pytest.mark.parametrize("kernel,protected", [("6.3", False), ("6.4", True)])
+def test_writeprotect_across_an_unregistered_vma(kernel, protected):
+    # mwriteprotect_range(): 6.4+ protects the WP VMAs before the first
+    # unregistered one and then fails ENOENT; before, nothing changes.
+    m = mmemu.Machine(memory=32 << 20, kernel=kernel)
+    p = m.spawn()
+    P = p.mmap(0, 2 * PAGE, 3, PRIV)
+    p.touch(P, 2, write=True, value=1)
+    u = p.userfaultfd(O_NONBLOCK)
+    u.api(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    u.register(P, PAGE, UFFDIO_REGISTER_MODE_WP)
+    with pytest.raises(OSError) as e:
+        u.writeprotect(P, 2 * PAGE, UFFDIO_WRITEPROTECT_MODE_WP)
+    assert e.value.errno == 2
+    assert p.pagemap(P).uffd_wp is protected
+    m.check()
