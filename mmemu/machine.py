@@ -45,6 +45,7 @@ class Machine:
         self._uffds = {}            # context id -> Uffd
         self._serving = []          # contexts whose service handler is running
         self._tid = 0
+        self._anon_vma = 0          # last anon_vma identity handed out
         # Deterministic "ASLR": the top of the mmap area depends on the seed only.
         rng = np.random.default_rng(seed)
         self._mmap_base = 0x7F0000000000 - int(rng.integers(0, 1 << 28)) * C.PAGE_SIZE
@@ -52,6 +53,10 @@ class Machine:
     def _next_pid(self):
         self._pid += 1
         return self._pid
+
+    def _next_anon_vma(self):
+        self._anon_vma += 1
+        return self._anon_vma
 
     def _next_tid(self):
         self._tid += 1

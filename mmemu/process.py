@@ -167,8 +167,26 @@ class Process(FileOps):
         """Read back the flags the core sets on VMAs (anon_vma) before the
         layout changes; the core's table has the Python list's order."""
         flags = self._engine.vma_flags(self.mm)
-        for v, f in zip(self.vmas, flags):
+        vmas = list(self.vmas)
+        for v, f in zip(vmas, flags):
             v.flags = int(f)
+        # A VMA the core gave an anon_vma since the last read-back gets an
+        # identity: anon_vma_prepare() reuses a compatible neighbour's when
+        # that one is not shared through fork (find_mergeable_anon_vma, the
+        # next VMA first, then the previous), else a new one.
+        for i, v in enumerate(vmas):
+            if not v.flags & VM_ANON_VMA:
+                v.anon_vma, v.avc_single = 0, True
+            elif not v.anon_vma:
+                for j in (i + 1, i - 1):
+                    if 0 <= j < len(vmas):
+                        w = vmas[j]
+                        if w.anon_vma and w.avc_single and v.anon_vma_compatible(w):
+                            v.anon_vma = w.anon_vma
+                            break
+                else:
+                    v.anon_vma = self.machine._next_anon_vma()
+                v.avc_single = True
 
     def _push_vmas(self):
         self._engine.set_vmas(self.mm, *self.vmas.arrays())
@@ -475,7 +493,8 @@ class Process(FileOps):
 
     def _move(self, old_addr, old_size, new_addr, new_size, flags):
         (vma,) = self.vmas.isolate(old_addr, old_addr + old_size)
-        moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file, vma.uffd)
+        moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file, vma.uffd,
+                    vma.anon_vma, vma.avc_single)
         if self._policy().soft_dirty:
             moved.flags |= VM_SOFTDIRTY           # the new range is new memory to trackers
         self.vmas.insert(moved)
@@ -748,7 +767,10 @@ class Process(FileOps):
                     # userfaultfd_reset_ctx(): the child VMA is not registered.
                     flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
                     ctx = 0
-            child_vmas.insert(Vma(v.start, v.end, flags, v.pgoff, v.file, ctx))
+            # anon_vma_fork(): each child VMA gets an anon_vma of its own,
+            # chained to the parent's (so not reusable by its neighbours).
+            anon = m._next_anon_vma() if flags & VM_ANON_VMA else 0
+            child_vmas.insert(Vma(v.start, v.end, flags, v.pgoff, v.file, ctx, anon, not anon))
             parent_flags[v.start] = v.flags
         child_mm = self._engine.mm_new()
         child = Process(m, m._next_pid(), child_mm, self.cpu, child_vmas)

@@ -48,23 +48,39 @@ class Vma:
     pgoff: int = 0
     file: int = 0
     uffd: int = 0           # userfaultfd context id (vma->vm_userfaultfd_ctx)
+    anon_vma: int = 0       # identity of vma->anon_vma (0: none, or not yet read back)
+    avc_single: bool = True  # its anon_vma_chain has one entry (not inherited by fork)
 
     def split(self, at):
         """Split at `at`; self keeps [start, at), the new VMA gets [at, end)."""
         right = Vma(at, self.end, self.flags, self.pgoff + ((at - self.start) >> 12), self.file,
-                    self.uffd)
+                    self.uffd, self.anon_vma, self.avc_single)   # both halves share the anon_vma
         self.end = at
         return right
 
     def mergeable_with(self, nxt):
         # vma_merge(): adjacent, same flags (soft-dirty does not matter),
-        # anonymous, or the same file at contiguous offsets.
-        ignore = VM_SOFTDIRTY | VM_ANON_VMA   # a NULL anon_vma merges with any
+        # anonymous, or the same file at contiguous offsets; two different
+        # anon_vmas never merge, a NULL one merges with any
+        # (is_mergeable_anon_vma, mm/vma.c).
+        ignore = VM_SOFTDIRTY | VM_ANON_VMA
         if self.end != nxt.start or (self.flags & ~ignore) != (nxt.flags & ~ignore):
             return False
         if self.file != nxt.file or self.uffd != nxt.uffd:
             return False
+        if self.anon_vma and nxt.anon_vma and self.anon_vma != nxt.anon_vma:
+            return False
         return self.file == 0 or self.pgoff + ((self.end - self.start) >> 12) == nxt.pgoff
+
+    def anon_vma_compatible(self, other):
+        # anon_vma_compatible() (mm/rmap.c): a neighbour whose anon_vma a new
+        # fault may reuse: adjacent, same file at contiguous offsets, flags
+        # equal but for access bits and soft-dirty.
+        a, b = (self, other) if self.start < other.start else (other, self)
+        ignore = VM_ACCESS_FLAGS | VM_SOFTDIRTY | VM_ANON_VMA
+        return (a.end == b.start and a.file == b.file
+                and (a.flags & ~ignore) == (b.flags & ~ignore)
+                and a.pgoff + ((a.end - a.start) >> 12) == b.pgoff)
 
 
 class VmaList:
@@ -128,6 +144,8 @@ class VmaList:
             if out and out[-1].mergeable_with(v):
                 out[-1].end = v.end
                 out[-1].flags |= v.flags & (VM_SOFTDIRTY | VM_ANON_VMA)
+                if not out[-1].anon_vma:
+                    out[-1].anon_vma, out[-1].avc_single = v.anon_vma, v.avc_single
             else:
                 out.append(v)
         self.vmas = out
@@ -170,7 +188,8 @@ class VmaList:
         return starts, ends, flags, pgoffs, files
 
     def copy(self):
-        return VmaList(Vma(v.start, v.end, v.flags, v.pgoff, v.file, v.uffd) for v in self.vmas)
+        return VmaList(Vma(v.start, v.end, v.flags, v.pgoff, v.file, v.uffd, v.anon_vma,
+                           v.avc_single) for v in self.vmas)
 
     def uffd_array(self):
         return np.fromiter((v.uffd for v in self.vmas), np.int32, len(self.vmas))

@@ -12,6 +12,11 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
     cdef int64_t pfn
     cdef uint64_t entry
     if vma.flags & VM_UFFD_MISSING:
+        # A write fault prepares the anon_vma before it hands the fault to
+        # userspace (do_anonymous_page: vmf_anon_prepare, then the MISSING
+        # check after allocation); a read fault does not.
+        if fflags & FAULT_FLAG_WRITE:
+            vma.flags |= VM_ANON_VMA
         return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
     if not (fflags & FAULT_FLAG_WRITE):
         # Read: map the shared zero page, special and read-only.

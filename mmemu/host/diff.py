@@ -417,12 +417,11 @@ def uffd_programs(draw, max_steps=12, advice=None, known_engine_bugs=True):
     faults resolved by COPY, ZEROPAGE and unprotecting, wakes, resumes,
     re-registration, unregistration and a little advice.
 
-    known_engine_bugs=False leaves out what the engine is known to get
-    wrong (see tests/host/test_host_uffd.py): registering a neighbour of a
-    registered VMA after both got their own anon_vma (Linux keeps them
-    apart, the engine merges them). It does so by leaving out re-registration
-    and unregistration, and keeps WRITEPROTECT ranges inside the registered
-    range."""
+    known_engine_bugs=False draws the narrower programs used while the
+    engine still got re-registration, partial WRITEPROTECT and anon_vma
+    merging wrong (all fixed; regressions in tests/host/test_host_uffd.py):
+    no re-registration or unregistration, and WRITEPROTECT ranges stay
+    inside the registered range. Kept as a control for new divergences."""
     adv = [a for a in UFFD_ADVICE if advice is None or a in advice] or ["MADV_DONTNEED"]
     regions = []
     steps = []

@@ -3,9 +3,8 @@ and resume, the program language's uffd ops, and host-vs-engine agreement.
 
 Every concrete program runs on a HostMachine and on Machine(kernel="host")
 and the observations (outcomes, uffd messages with symbolic addresses,
-pagemap snapshots, frame identities) must agree. A known engine bug is
-pinned down as a strict xfail (host behaviour asserted, engine comparison
-expected to fail) so they turn into failures once the engine is fixed.
+pagemap snapshots, frame identities) must agree. The cases under "engine
+bugs the host found" are regressions for rules the engine once got wrong.
 """
 import errno
 
@@ -216,7 +215,7 @@ def test_host_api_directly(uffd_host):
         p.exit()
 
 
-# --- known engine bugs (see the report in mmemu.host.diff.uffd_programs) ---------
+# --- engine bugs the host found (now fixed) ---------------------------------------
 
 def test_reregister_subset_mode_is_a_no_op(uffd_host):
     prog = head(1, mode=f"{MISSING}|{WP}") + [
@@ -243,9 +242,6 @@ def test_writeprotect_stops_half_way(uffd_host):
     assert d is None, str(d)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: VMAs with distinct anon_vmas merge (Vma."
-                   "mergeable_with ignores anon_vma identity); Linux refuses "
-                   "(mm/vma.c is_mergeable_anon_vma)")
 def test_registered_neighbours_with_own_anon_vmas_do_not_merge(uffd_host):
     prog = head(2, at=1, pages=1) + [
         {"op": "write", "at": ["a", 0], "data": "x"},       # anon_vma A for [a+0]
