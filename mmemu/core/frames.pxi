@@ -143,6 +143,16 @@ cdef void frame_read(engine_t *e, int64_t pfn, int64_t off, int64_t n, uint8_t *
 
 
 cdef int frame_write(engine_t *e, int64_t pfn, int64_t off, int64_t n, const uint8_t *src) noexcept nogil:
+    cdef int64_t slot
+    if n == MM_PAGE_SIZE and not (e.fflags[pfn] & PG_BYTES):
+        # A whole-page write needs no pattern fill first.
+        slot = bytes_alloc(e)
+        if slot < 0:
+            return -1
+        memcpy(bytes_ptr(e, slot), src, MM_PAGE_SIZE)
+        e.version[pfn] = <uint64_t>slot
+        e.fflags[pfn] |= PG_BYTES
+        return 0
     if frame_materialize(e, pfn) < 0:
         return -1
     memcpy(bytes_ptr(e, <int64_t>e.version[pfn]) + off, src, n)
