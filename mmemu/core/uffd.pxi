@@ -160,33 +160,40 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
             stop = block_end(va, end)
         i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
         i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
-        for i in range(i0, i1):
+        if protect:
+            # The common case, kept apart so the loop stays small: present
+            # ptes lose write and gain uffd-wp.
+            for i in range(i0, i1):
+                pte = t[i]
+                if pte & PTE_PRESENT:
+                    lost += (pte & PTE_WRITE) != 0
+                    t[i] = mkuffd_wp(pte)
+                elif pte == 0:
+                    if use_markers:
+                        t[i] = make_marker(PTE_MARKER_UFFD_WP)
+                elif is_swap_pte(pte):
+                    t[i] = pte | PTE_UFFD_WP
+            va = stop
+            continue
+        for i in range(i0, i1):            # unprotect
             pte = t[i]
             if pte & PTE_PRESENT:
-                if protect:
-                    if pte & PTE_WRITE:
-                        lost += 1
-                    t[i] = mkuffd_wp(pte)
-                else:
-                    pte &= ~PTE_UFFD_WP
-                    if restore and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
-                        # 6.3+: MM_CP_TRY_CHANGE_WRITABLE, as mprotect does.
-                        pfn = <int64_t>pte_pfn(pte)
-                        if vmflags & VM_SHARED:
-                            if pte & PTE_DIRTY and not flags_want_writenotify(e, vmflags & ~VM_UFFD_WP):
-                                pte |= PTE_WRITE
-                        elif e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE \
-                                and not (vma_soft_dirty_tracking(e, vmflags) and not (pte & PTE_SOFT_DIRTY)):
+                pte &= ~PTE_UFFD_WP
+                if restore and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
+                    # 6.3+: MM_CP_TRY_CHANGE_WRITABLE, as mprotect does.
+                    pfn = <int64_t>pte_pfn(pte)
+                    if vmflags & VM_SHARED:
+                        if pte & PTE_DIRTY and not flags_want_writenotify(e, vmflags & ~VM_UFFD_WP):
                             pte |= PTE_WRITE
-                    t[i] = pte
-            elif pte == 0:
-                if protect and use_markers:
-                    t[i] = make_marker(PTE_MARKER_UFFD_WP)
+                    elif e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE \
+                            and not (vma_soft_dirty_tracking(e, vmflags) and not (pte & PTE_SOFT_DIRTY)):
+                        pte |= PTE_WRITE
+                t[i] = pte
             elif is_marker(pte):
-                if not protect and marker_bits(pte) == PTE_MARKER_UFFD_WP:
+                if marker_bits(pte) == PTE_MARKER_UFFD_WP:
                     t[i] = 0
             elif is_swap_pte(pte):
-                t[i] = (pte | PTE_UFFD_WP) if protect else (pte & ~PTE_UFFD_WP)
+                t[i] = pte & ~PTE_UFFD_WP
         va = stop
     return lost
 
