@@ -166,6 +166,36 @@ access_copy(volatile char *dst, const volatile char *src, size_t n, int to_user)
     }
 }
 
+/* The guarded copy behind read() and write(): handlers installed by the
+ * caller, the fault window open only around the copy, the GIL let go during
+ * it (a fault may sleep in the kernel, e.g. a userfaultfd wait, while the
+ * server's loop serves on). Returns 0, or 1 after a fault (fault_* set);
+ * the handlers are restored either way. */
+static int
+access_guarded_copy(volatile char *dst, const volatile char *src, size_t n, int is_write)
+{
+    access_prefault_stack();
+    volatile long before = 0;
+    PyThreadState *volatile ts = NULL;
+    volatile int faulted = 1;
+    if (sigsetjmp(access_env, 1) == 0) {
+        /* sigsetjmp wrote this thread's TLS (a COW fault after fork):
+         * the window opens only now. */
+        access_armed = 0;
+        ts = PyEval_SaveThread();
+        before = thread_minflt();
+        access_armed = 1;
+        access_copy(dst, src, n, is_write);
+        access_armed = 0;
+        faulted = 0;
+    }
+    program_faults += thread_minflt() - before;
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
+    access_restore();
+    return faulted;
+}
+
 PyDoc_STRVAR(access_read_doc,
 "read(addr, n) -> bytes\n\n"
 "Load n bytes at addr with the CPU. A fault raises mmemu.Sigsegv or\n"
@@ -197,30 +227,8 @@ access_read(PyObject *self, PyObject *args)
         Py_DECREF(out);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    access_prefault_stack();
-    volatile long before = 0;
-    PyThreadState *volatile ts = NULL;
-    if (sigsetjmp(access_env, 1) == 0) {
-        /* sigsetjmp wrote this thread's TLS (a COW fault after fork):
-         * the window opens only now. */
-        access_armed = 0;
-        /* The GIL is let go during the copy (outside the fault window): a
-         * fault may sleep in the kernel (a userfaultfd wait) while the
-         * server's loop serves on. */
-        ts = PyEval_SaveThread();
-        before = thread_minflt();
-        access_armed = 1;
-        access_copy(buf, (const volatile char *)addr, (size_t)n, 0);
-        access_armed = 0;
-        program_faults += thread_minflt() - before;
-        PyEval_RestoreThread(ts);
-        access_restore();
+    if (access_guarded_copy(buf, (const volatile char *)addr, (size_t)n, 0) == 0)
         return out;
-    }
-    program_faults += thread_minflt() - before;
-    if (ts != NULL)
-        PyEval_RestoreThread(ts);
-    access_restore();
     Py_DECREF(out);
     return access_raise_fault(fault_signo, fault_addr, fault_code);
 }
@@ -252,27 +260,11 @@ access_write(PyObject *self, PyObject *args)
         PyBuffer_Release(&data);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    access_prefault_stack();
-    volatile long before = 0;
-    PyThreadState *volatile ts = NULL;
-    if (sigsetjmp(access_env, 1) == 0) {
-        access_armed = 0;
-        ts = PyEval_SaveThread();
-        before = thread_minflt();
-        access_armed = 1;
-        access_copy((volatile char *)addr, (const volatile char *)data.buf, (size_t)data.len, 1);
-        access_armed = 0;
-        program_faults += thread_minflt() - before;
-        PyEval_RestoreThread(ts);
-        access_restore();
-        PyBuffer_Release(&data);
-        Py_RETURN_NONE;
-    }
-    program_faults += thread_minflt() - before;
-    if (ts != NULL)
-        PyEval_RestoreThread(ts);
-    access_restore();
+    int faulted = access_guarded_copy((volatile char *)addr, (const volatile char *)data.buf,
+                                      (size_t)data.len, 1);
     PyBuffer_Release(&data);
+    if (!faulted)
+        Py_RETURN_NONE;
     return access_raise_fault(fault_signo, fault_addr, fault_code);
 }
 
