@@ -54,7 +54,7 @@ class Features:
 
     def __init__(self, shared=True, pins=True, advice=tuple(ADVICE_CHOICES) + FILE_ADVICE,
                  files=True, uffd=False):
-        self.uffd = uffd             # userfaultfd programs (uffd_programs) instead: True, "safe"
+        self.uffd = uffd             # userfaultfd programs (uffd_programs) instead
         self.shared = shared
         self.pins = pins
         self.advice = list(advice)
@@ -410,18 +410,16 @@ UFFD_ADVICE = ["MADV_DONTNEED", "MADV_POPULATE_READ", "MADV_POPULATE_WRITE"]
 
 
 @st.composite
-def uffd_programs(draw, max_steps=12, advice=None, known_engine_bugs=True):
+def uffd_programs(draw, max_steps=12, advice=None):
     """Small userfaultfd programs on private anonymous memory: one context
     (O_NONBLOCK), one or two regions of 1-4 pages, a registration (MISSING,
     WP or both), then accesses that block, reads of the message queue,
     faults resolved by COPY, ZEROPAGE and unprotecting, wakes, resumes,
     re-registration, unregistration and a little advice.
 
-    known_engine_bugs=False draws the narrower programs used while the
-    engine still got re-registration, partial WRITEPROTECT and anon_vma
-    merging wrong (all fixed; regressions in tests/host/test_host_uffd.py):
-    no re-registration or unregistration, and WRITEPROTECT ranges stay
-    inside the registered range. Kept as a control for new divergences."""
+    WRITEPROTECT ranges may run past the registered range (Linux stops at
+    the first VMA without uffd-wp), and re-registration may hit neighbours
+    that have anon_vmas of their own (they must not merge)."""
     adv = [a for a in UFFD_ADVICE if advice is None or a in advice] or ["MADV_DONTNEED"]
     regions = []
     steps = []
@@ -439,8 +437,6 @@ def uffd_programs(draw, max_steps=12, advice=None, known_engine_bugs=True):
     at, n = _range(draw, state)
     steps.append({"op": "uffd_register", "uffd": "u", "at": at, "pages": n,
                   "mode": _pick(draw, UFFD_MODES)})
-    inside = _GenState([(at[0], n)], False)     # the registered range, from its page 0
-    base = at[1]
     first = len(steps)
     while len(steps) < first + max_steps:
         kind = draw(st.sampled_from(UFFD_STEP_KINDS))
@@ -448,12 +444,6 @@ def uffd_programs(draw, max_steps=12, advice=None, known_engine_bugs=True):
             break
         at, n = _range(draw, state)
         arg = draw(st.integers(0, 3))
-        if not known_engine_bugs:
-            if kind in ("uffd_register", "uffd_unregister"):
-                kind = "uffd_wake"
-            if kind in ("protect", "unprotect", "unprotect_dontwake"):
-                at, n = _range(draw, inside)
-                at = [at[0], at[1] + base]
         if kind == "read":
             step = {"op": "read", "at": at, "len": 4}
         elif kind == "write":
@@ -581,8 +571,7 @@ def _engine_gap(observations):
 def _programs_for(max_steps, features):
     f = features or Features()
     if f.uffd:
-        return uffd_programs(max_steps=max_steps, advice=f.advice,
-                             known_engine_bugs=f.uffd != "safe")
+        return uffd_programs(max_steps=max_steps, advice=f.advice)
     return programs(max_steps=max_steps, pins=f.pins, shared=f.shared, advice=f.advice,
                     files=f.files)
 
@@ -678,9 +667,6 @@ def _parser():
                     help="generate userfaultfd programs (mmemu.host.diff.uffd_programs): "
                          "MISSING and WP faults on anonymous memory that block, are read "
                          "from the queue, resolved and resumed")
-    ap.add_argument("--uffd-safe", action="store_true",
-                    help="with --uffd: leave out what the engine is known to get wrong "
-                         "(re-registration, unregistration; see uffd_programs)")
     ap.add_argument("--swap", type=int, default=DEFAULT_SWAP, metavar="BYTES",
                     help=f"swap on both sides (default {DEFAULT_SWAP >> 20} MiB: a swap file "
                          "is enabled on the host for the run, and removed after it); 0 for "
@@ -722,7 +708,7 @@ def main(argv=None, out=None):
               file=out)
         return 2
     features = Features(pins=not args.no_pins and caps.io_uring, files=not args.no_files,
-                        uffd="safe" if args.uffd and args.uffd_safe else args.uffd)
+                        uffd=args.uffd)
     if not args.everything:
         features, dropped = probe(make_other, features)
         for text in dropped:

@@ -264,7 +264,7 @@ def test_random_uffd_programs_agree(uffd_host):
     @settings(max_examples=100, phases=[Phase.generate], database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
     @seed(20261123)
-    @given(D.uffd_programs(known_engine_bugs=False))
+    @given(D.uffd_programs())
     def gen(p):
         progs.append(p)
     gen()
