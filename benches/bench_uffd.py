@@ -142,10 +142,30 @@ def test_missing_round_trip_python_handler(benchmark):
         assert p.touch(P, PY_N) == PY_N
         return p, P
     p, P = benchmark.pedantic(lambda t: run(*t), setup=setup, rounds=ROUNDS, iterations=1)
-    assert p.read(P + 5 * PAGE_SIZE, 1) == b"\x07"
+    assert p.read(P + 5 * PAGE_SIZE, 1) == b"\x07" and p.machine.memory_usage()["byte_pages"] == 0
     per_page(benchmark, PY_N)
     host = hostops.uffd_missing_round_trip(2000)
     _report(benchmark, "MISSING round trip, Python service handler", PY_N, host, 2000)
+
+
+def test_missing_round_trip_python_handler_byte_exact(benchmark):
+    """As above with a page of random bytes: each COPY stores 4 KiB in the
+    byte store (the pattern page above is kept as a content version)."""
+    page = np.random.default_rng(5).integers(0, 256, PAGE_SIZE, np.uint8).tobytes()
+
+    def setup():
+        m, p, P, S, u = _setup(PY_N, UFFDIO_REGISTER_MODE_MISSING)
+        u.serve(lambda uf, msg: uf.copy(msg.address, page))
+        return ((m, p, P, S, u),), {}
+
+    def run(m, p, P, S, u):
+        assert p.touch(P, PY_N) == PY_N
+        return p, P
+    p, P = benchmark.pedantic(lambda t: run(*t), setup=setup, rounds=ROUNDS, iterations=1)
+    assert p.read(P + 5 * PAGE_SIZE, 16) == page[:16]
+    assert p.machine.memory_usage()["byte_pages"] == PY_N
+    per_page(benchmark, PY_N)
+    _report(benchmark, "MISSING round trip, Python service handler, byte-exact page", PY_N, None, 1)
 
 
 def test_wp_round_trip_python_handler(benchmark):

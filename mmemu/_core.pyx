@@ -287,7 +287,10 @@ cdef class Engine:
 
     # ---- user accesses -----------------------------------------------------
 
-    def read(self, int32_t mm, int cpu, uint64_t va, Py_ssize_t n, bint kernel=False):
+    def read(self, int32_t mm, int cpu, uint64_t va, Py_ssize_t n, bint kernel=False, object hook=None):
+        """Read n bytes at va. hook(ctx, address, flags), when given, serves a
+        userfault in place: None means resolved and woken (the access goes
+        on), anything else stops the access with UserFault."""
         cdef mm_t *m = self._mm(mm)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
         cdef uint8_t *buf = <uint8_t *>PyBytes_AS_STRING(out)
@@ -296,28 +299,45 @@ cdef class Engine:
         cdef int64_t pfn
         cdef int ret = 0
         self._cpu(cpu)
-        with nogil:
-            while done < n:
-                a = va + <uint64_t>done
-                chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
-                if chunk > n - done:
-                    chunk = n - done
-                ret = user_access(&self.e, m, cpu, a, False, &pfn, 0 if kernel else FAULT_FLAG_USER)
-                if ret:
-                    break
-                frame_read(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, buf + done)
-                done += chunk
-        if ret:
-            self._raise(ret, done)
-        return out
+        while True:
+            with nogil:
+                while done < n:
+                    a = va + <uint64_t>done
+                    chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
+                    if chunk > n - done:
+                        chunk = n - done
+                    ret = user_access(&self.e, m, cpu, a, False, &pfn, 0 if kernel else FAULT_FLAG_USER)
+                    if ret:
+                        break
+                    frame_read(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, buf + done)
+                    done += chunk
+            if not ret:
+                return out
+            m = self._serve_userfault(ret, hook, mm, done)
 
-    cdef int _raise(self, int ret, int64_t done) except -1:
+    cdef int _raise(self, int ret, int64_t done, object waiter=None) except -1:
         if ret & VM_FAULT_UFFD:
             raise UserFault(self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr, self.e.uf_flags,
-                            self.e.uf_reason, done)
+                            self.e.uf_reason, done, waiter=waiter)
         raise fault_exception(ret, self.e.fault_addr)
 
-    def write(self, int32_t mm, int cpu, uint64_t va, const uint8_t[::1] data, bint kernel=False):
+    cdef mm_t *_serve_userfault(self, int ret, object hook, int32_t mm, int64_t done) except NULL:
+        """An access stopped with `ret`: a userfault goes to `hook` (the
+        faulting thread's service path) without leaving this call; when it
+        comes back resolved the access retries the same address (the mm is
+        looked up again: the handler may have changed the address space).
+        Otherwise raise what stopped it."""
+        cdef object w = False
+        if ret & VM_FAULT_UFFD and hook is not None:
+            w = hook(self.e.uf_ctx, self.e.uf_addr, self.e.uf_flags)
+            if w is None:
+                return self._mm(mm)
+        self._raise(ret, done, w if w is not False else None)
+        return NULL
+
+    def write(self, int32_t mm, int cpu, uint64_t va, const uint8_t[::1] data, bint kernel=False,
+              object hook=None):
+        """Write data at va (hook: as for read)."""
         cdef mm_t *m = self._mm(mm)
         cdef Py_ssize_t n = data.shape[0], done = 0, chunk
         cdef uint64_t a
@@ -326,34 +346,41 @@ cdef class Engine:
         self._cpu(cpu)
         if n == 0:
             return
-        with nogil:
-            while done < n:
-                a = va + <uint64_t>done
-                chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
-                if chunk > n - done:
-                    chunk = n - done
-                ret = user_access(&self.e, m, cpu, a, True, &pfn, 0 if kernel else FAULT_FLAG_USER)
-                if ret:
-                    break
-                if frame_write(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, &data[done]) < 0:
-                    ret = VM_FAULT_NOMEM
-                    self.e.fault_addr = a
-                    break
-                done += chunk
-        if ret:
-            self._raise(ret, done)
+        while True:
+            with nogil:
+                while done < n:
+                    a = va + <uint64_t>done
+                    chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
+                    if chunk > n - done:
+                        chunk = n - done
+                    ret = user_access(&self.e, m, cpu, a, True, &pfn, 0 if kernel else FAULT_FLAG_USER)
+                    if ret:
+                        break
+                    if frame_write(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, &data[done]) < 0:
+                        ret = VM_FAULT_NOMEM
+                        self.e.fault_addr = a
+                        break
+                    done += chunk
+            if not ret:
+                return
+            m = self._serve_userfault(ret, hook, mm, done)
 
-    def touch(self, int32_t mm, int cpu, uint64_t start, int64_t npages, bint write, uint64_t value=0):
-        """The batch access path: one access per page, staying in the core."""
+    def touch(self, int32_t mm, int cpu, uint64_t start, int64_t npages, bint write, uint64_t value=0,
+              object hook=None):
+        """The batch access path: one access per page, staying in the core
+        (hook: as for read; a served userfault never leaves this call)."""
         cdef mm_t *m = self._mm(mm)
-        cdef int64_t done = 0
+        cdef int64_t done = 0, d
         cdef int ret
         self._cpu(cpu)
-        with nogil:
-            ret = touch_range(&self.e, m, cpu, start, npages, write, value, &done)
-        if ret:
-            self._raise(ret, done)
-        return done
+        while True:
+            with nogil:
+                ret = touch_range(&self.e, m, cpu, start + (<uint64_t>done << MM_PAGE_SHIFT),
+                                  npages - done, write, value, &d)
+            done += d
+            if not ret:
+                return done
+            m = self._serve_userfault(ret, hook, mm, done)
 
     # ---- GUP ---------------------------------------------------------------
 
@@ -818,6 +845,68 @@ cdef class Engine:
             if rc < 0:
                 return i, -rc
         return npages, 0
+
+    def uffd_fill_one(self, int32_t mm, int cpu, int32_t ctx, uint64_t dst, uint64_t length, int kind,
+                      bytes src=None):
+        """COPY (from `src`, whole pages) or ZEROPAGE without mode bits, a
+        handler's usual call: (pages done, errno) when [dst, dst + length) is
+        page aligned and inside one VMA registered to ctx; None, with nothing
+        done, when not: the caller then takes the checked path and its errors."""
+        cdef mm_t *m = self._mm(mm)
+        cdef const uint8_t *base = NULL
+        cdef const uint8_t *sp = NULL
+        cdef int64_t i, npages
+        cdef int32_t vi
+        cdef int rc
+        cdef uint64_t va
+        self._cpu(cpu)
+        if length == 0 or (dst | length) & (MM_PAGE_SIZE - 1) or dst + length < dst:
+            return None
+        if kind == FILL_COPY:
+            if src is None or <uint64_t>PyBytes_GET_SIZE(src) < length:
+                return None
+            base = <const uint8_t *>PyBytes_AS_STRING(src)
+        elif kind != FILL_ZEROPAGE:
+            return None
+        vi = find_vma(m, dst)
+        if vi < 0 or m.vmas[vi].uffd != ctx or m.vmas[vi].end < dst + length:
+            return None
+        npages = <int64_t>(length >> MM_PAGE_SHIFT)
+        for i in range(npages):
+            va = dst + (<uint64_t>i << MM_PAGE_SHIFT)
+            if base != NULL:
+                sp = base + (i << MM_PAGE_SHIFT)
+            rc = uffd_fill(&self.e, m, cpu, &m.vmas[vi], va, kind, sp, -1, False)
+            if rc == -CORE_ENOMEM and reclaim_pages(&self.e, cpu, RECLAIM_BATCH) > 0:
+                rc = uffd_fill(&self.e, m, cpu, &m.vmas[vi], va, kind, sp, -1, False)
+            if rc < 0:
+                return i, -rc
+        return npages, 0
+
+    def uffd_writeprotect_one(self, int32_t mm, int32_t ctx, uint64_t start, uint64_t end,
+                              bint protect):
+        """UFFDIO_WRITEPROTECT of a range inside one WP-registered VMA (the
+        handler's usual call; every era accepts it): True when done, False,
+        with nothing done, when the range is not of that shape. Markers as
+        userfaultfd_wp_use_markers(): file memory, or anon with WP_UNPOPULATED."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int32_t vi
+        cdef int64_t lost
+        cdef bint markers
+        if start >= end or (start | end) & (MM_PAGE_SIZE - 1):
+            return False
+        vi = find_vma(m, start)
+        if vi < 0 or m.vmas[vi].end < end or not (m.vmas[vi].flags & VM_UFFD_WP) \
+                or m.vmas[vi].uffd != ctx or ctx <= 0 or ctx >= self.e.nuffd:
+            return False
+        markers = m.vmas[vi].file != 0 or (self.e.uffd_feat[ctx] & UFFD_FEATURE_WP_UNPOPULATED) != 0
+        with nogil:
+            lost = uffd_wp_range(&self.e, m, start, end, protect, markers, m.vmas[vi].flags)
+            if lost > 0:
+                tlb_flush_range(&self.e, mm, start, end)
+        if lost < 0:
+            raise MemoryError()
+        return True
 
     def uffd_move(self, int32_t mm, uint64_t dst, uint64_t src, int64_t npages, bint allow_holes,
                   bint move_zeropage=False):

@@ -10,7 +10,9 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PAGE_MASK = ~(PAGE_SIZE - 1)
 PTRS_PER_PTE = 512
-TASK_SIZE = 1 << 47            # x86_64 4-level user address space
+# x86_64 4-level TASK_SIZE_MAX (asm/page_64_types.h): 2^47 less the guard page; the host
+# refuses mmap/munmap and uffd ranges reaching past it.
+TASK_SIZE = (1 << 47) - 4096
 MMAP_MIN_ADDR = 0x10000        # vm.mmap_min_addr default
 
 # mmap prot

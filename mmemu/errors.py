@@ -63,11 +63,12 @@ class UserFault(Exception):
     queued a message). The Python layer turns it into waiting, a handler
     call, WouldBlock or Deadlock; users never see it."""
 
-    def __init__(self, ctx, mm, address, flags, reason, done, partial=None):
+    def __init__(self, ctx, mm, address, flags, reason, done, partial=None, waiter=None):
         # (Raised once per fault on the hot path: no message formatting here.)
         self.ctx, self.mm, self.address, self.flags, self.reason = ctx, mm, address, flags, reason
         self.done = done            # bytes or pages completed before the fault
         self.partial = partial      # GUP: pfns taken before the fault (references held)
+        self.waiter = waiter        # set when a service handler already ran and left it unresolved
 
     def __str__(self):
         return f"userfault ctx {self.ctx} at {self.address:#x} flags {self.flags:#x}"

@@ -6,6 +6,7 @@ import numpy as np
 from . import constants as C
 from ._core import Engine
 from .eras import policy_for
+from .errors import MmemuError
 from .process import Process
 from .uffd import (UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_THREAD_ID,
                    UffdMsg, Waiter)
@@ -14,6 +15,10 @@ FrameInfo = namedtuple("FrameInfo", "pfn refcount mapcount pincount flags kpagec
 
 _KPF = {"anon": C.KPF_ANON, "ksm": C.KPF_KSM, "swapcache": C.KPF_SWAPCACHE, "zero": C.KPF_ZERO_PAGE,
         "lru": C.KPF_LRU, "dirty": C.KPF_DIRTY, "uptodate": C.KPF_UPTODATE}
+
+
+def _resume_in_handler():
+    raise MmemuError("a thread cannot be resumed from inside the handler serving its fault")
 
 
 class Machine:
@@ -67,6 +72,12 @@ class Machine:
         context and wait (service handler, or WouldBlock with the rest of the
         call kept for Thread.resume())."""
         uffd = self._uffds[uf.ctx]
+        if uf.waiter is not None:
+            # The handler ran in place (_userfault_served) and returned
+            # without resolving: the thread stays blocked on it.
+            thread.blocked = (uf.waiter, rest, uffd)
+            err, uf.waiter.error = uf.waiter.error, None
+            raise err if err is not None else uffd._unresolved(uf.waiter, "a page fault")
         feats = uffd.features or 0
         page = uf.address & ~(C.PAGE_SIZE - 1)
         msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags=uf.flags,
@@ -77,6 +88,38 @@ class Machine:
         thread.blocked = (waiter, rest, uffd)
         uffd._deliver(waiter, "a page fault")
         thread.blocked = None
+
+    def _userfault_served(self, thread, ctx, address, flags):
+        """The core's in-place userfault path: when the context has a service
+        handler and nothing is queued or being served, run the handler here
+        and let the access retry inside the core. Returns None once the
+        fault is resolved and woken, False when the general path must take
+        it (nothing done), or the Waiter a handler left unresolved or raised
+        from (the thread then stays blocked, as with _deliver)."""
+        uffd = self._uffds[ctx]
+        if uffd.handler is None or self._serving or uffd.faults or uffd.events:
+            return False
+        feats = uffd.features or 0
+        page = address & ~(C.PAGE_SIZE - 1)
+        msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags,
+                      address if feats & UFFD_FEATURE_EXACT_ADDRESS else page,
+                      thread.tid if feats & UFFD_FEATURE_THREAD_ID else 0)
+        waiter = Waiter(thread, msg, page, page + C.PAGE_SIZE)
+        waiter.read = True                  # handed to the handler: read(2) by its service thread
+        uffd.waiting.append(waiter)
+        thread.blocked = (waiter, _resume_in_handler, uffd)
+        self._serving.append(uffd)
+        try:
+            # (A fault or event the handler itself raises on this context goes
+            # the general way and deadlocks there, as _deliver says.)
+            uffd.handler(uffd, msg)
+        except BaseException as e:
+            waiter.error = e            # re-raised by _userfault with the thread blocked
+            return waiter
+        finally:
+            self._serving.pop()
+            thread.blocked = None
+        return None if waiter.woken else waiter
 
     def _event(self, thread, uffd, msg, start, end, rest):
         """A non-cooperative event: queued, mmap_changing raised, and the

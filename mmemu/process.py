@@ -4,6 +4,7 @@ Each call validates its arguments the way the syscall does (same errno),
 updates the VMA layout, then makes one core call for the page-level work.
 """
 from collections import namedtuple
+from functools import partial
 
 import numpy as np
 
@@ -89,6 +90,8 @@ class Thread:
         self.cpu = cpu
         self.tid = process.machine._next_tid()
         self.blocked = None             # (Waiter, the rest of the call, Uffd)
+        # The core calls this on a userfault to serve it without leaving the access.
+        self.serve_fault = partial(process.machine._userfault_served, self)
 
     def read(self, addr, n):
         return self.process._read(addr, n, self)
@@ -597,7 +600,7 @@ class Process(FileOps):
         if n < 0:
             raise ValueError("negative length")
         def op():
-            return self._engine.read(self.mm, thread.cpu, addr, n, kernel)
+            return self._engine.read(self.mm, thread.cpu, addr, n, kernel, thread.serve_fault)
         if thread.blocked is None:
             try:                                  # the common case: no userfault
                 return op()
@@ -611,13 +614,14 @@ class Process(FileOps):
 
         def op():
             try:
-                self._engine.write(self.mm, thread.cpu, addr + state[0], data[state[0]:], kernel)
+                self._engine.write(self.mm, thread.cpu, addr + state[0], data[state[0]:], kernel,
+                                   thread.serve_fault)
             except UserFault as uf:
                 state[0] += uf.done          # the bytes before the fault are written
                 raise
         if thread.blocked is None:
             try:                                  # the common case: no userfault
-                return self._engine.write(self.mm, thread.cpu, addr, data, kernel)
+                return self._engine.write(self.mm, thread.cpu, addr, data, kernel, thread.serve_fault)
             except UserFault as uf:
                 state[0] = uf.done
                 data = bytes(data)
@@ -637,7 +641,8 @@ class Process(FileOps):
         def op():
             try:
                 return state[0] + self._engine.touch(self.mm, thread.cpu, addr + state[0] * PAGE,
-                                                     npages - state[0], bool(write), value)
+                                                     npages - state[0], bool(write), value,
+                                                     thread.serve_fault)
             except UserFault as uf:
                 state[0] += uf.done
                 raise

@@ -123,12 +123,13 @@ class UffdMsg:
 class Waiter:
     """A thread sleeping in handle_userfault() or in an event's completion."""
 
-    __slots__ = ("thread", "msg", "start", "end", "woken", "read")
+    __slots__ = ("thread", "msg", "start", "end", "woken", "read", "error")
 
     def __init__(self, thread, msg, start, end):
         self.thread, self.msg, self.start, self.end = thread, msg, start, end
         self.woken = False
         self.read = False
+        self.error = None           # what a handler served in place raised
 
 
 class Uffd:
@@ -165,6 +166,11 @@ class Uffd:
         if self.features is None:
             raise oserror(EINVAL, call, "UFFDIO_API first")
 
+    def _fast(self, addr, length):
+        """The ioctl may take its one-VMA path, whose remaining checks the core makes."""
+        return 0 <= addr < C.TASK_SIZE and 0 < length <= C.TASK_SIZE and not self.mmap_changing \
+            and self.features is not None and not self.released and self.process.alive
+
     def _eagain_result(self):
         # Until 6.15 the early mmap_changing exit left the output field unwritten.
         return -EAGAIN if self.policy.uffd_eagain_result else None
@@ -174,8 +180,11 @@ class Uffd:
         return need is None or bool(self.policy.uffd_features & need)
 
     def _range(self, addr, length, call):
-        if addr & (PAGE - 1) or length & (PAGE - 1) or length == 0 or addr + length > C.TASK_SIZE:
-            raise oserror(EINVAL, call, "range not page aligned or empty")
+        # validate_range(): aligned, non-empty, below TASK_SIZE (no mmap_min_addr
+        # check on the 6.18 host: WAKE at 0 succeeds).
+        if addr & (PAGE - 1) or length & (PAGE - 1) or length <= 0 or not 0 <= addr < C.TASK_SIZE \
+                or length > C.TASK_SIZE - addr:
+            raise oserror(EINVAL, call, "range not page aligned, empty or beyond TASK_SIZE")
         return addr, addr + length
 
     def _vmas(self, start, end, pull=False):
@@ -316,7 +325,7 @@ class Uffd:
     def _result(self, call, start, done, err, dontwake):
         """Wake the pages done; report progress like the ioctl's output field:
         all done -> bytes; partial -> EAGAIN with the bytes; none -> -errno."""
-        if done and not dontwake:
+        if done and not dontwake and (self.waiting or self.faults):
             self._wake(start, start + done * PAGE)
         if err:
             if done:
@@ -326,6 +335,13 @@ class Uffd:
 
     def copy(self, dst, src, length=None, mode=0, src_process=None):
         """UFFDIO_COPY from bytes, or from an address of the caller's memory."""
+        if length is None and type(src) is bytes and not mode and self._fast(dst, len(src)):
+            # The handler's usual call: whole pages of bytes into one registered
+            # VMA, checked in the core; anything else takes the checked path.
+            p = self.process
+            r = self.machine._engine.uffd_fill_one(p.mm, p.cpu, self.ctx, dst, len(src), _FILL_COPY, src)
+            if r is not None:
+                return self._result("UFFDIO_COPY", dst, r[0], r[1], 0)
         if length is None:
             if isinstance(src, int):
                 raise ValueError("length is required with a source address")
@@ -337,6 +353,11 @@ class Uffd:
                           wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
 
     def zeropage(self, addr, length, mode=0):
+        if not mode and self._fast(addr, length):
+            r = self.machine._engine.uffd_fill_one(self.process.mm, self.process.cpu, self.ctx,
+                                                   addr, length, _FILL_ZEROPAGE)
+            if r is not None:
+                return self._result("UFFDIO_ZEROPAGE", addr, r[0], r[1], 0)
         return self._fill("UFFDIO_ZEROPAGE", _UFFDIO_ZEROPAGE, addr, length, mode,
                           UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
 
@@ -382,6 +403,13 @@ class Uffd:
     # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
     def writeprotect(self, addr, length, mode):
         call = "UFFDIO_WRITEPROTECT"
+        if (mode == 0 or mode == UFFDIO_WRITEPROTECT_MODE_WP) and self._fast(addr, length) and \
+                self.machine._engine.uffd_writeprotect_one(self.process.mm, self.ctx, addr,
+                                                           addr + length, mode != 0):
+            # One WP-registered VMA of this context covers the range (every era's rule).
+            if not mode and (self.waiting or self.faults):
+                self._wake(addr, addr + length)
+            return
         self._ready(call)
         if self.mmap_changing:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
@@ -521,9 +549,12 @@ class Uffd:
         finally:
             m._serving.pop()
         if not waiter.woken:
-            raise Deadlock("the service handler returned without resolving the fault",
-                           [(f"thread {waiter.thread.tid}", waiter.msg.address or waiter.start,
-                             f"{kind} on uffd {self.ctx}")])
+            raise self._unresolved(waiter, kind)
+
+    def _unresolved(self, waiter, kind):
+        return Deadlock("the service handler returned without resolving the fault",
+                        [(f"thread {waiter.thread.tid}", waiter.msg.address or waiter.start,
+                          f"{kind} on uffd {self.ctx}")])
 
     def __repr__(self):
         return f"<Uffd ctx={self.ctx} of pid {self.process.pid}{' closed' if self.released else ''}>"

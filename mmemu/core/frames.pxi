@@ -7,10 +7,13 @@
 # version, at 8 bytes per page instead of 4 KiB.
 
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
+from posix.mman cimport madvise
+from libc.stdint cimport uintptr_t
 
 cdef enum:
     ZERO_PFN = 0
+    HOST_MADV_POPULATE_WRITE = 23       # the host's own madvise (uapi mman-common.h, 5.14)
 
 
 cdef inline uint64_t pte_pfn(uint64_t pte) noexcept nogil:
@@ -86,6 +89,7 @@ cdef int64_t bytes_alloc(engine_t *e) noexcept nogil:
     cdef int64_t slot, chunk
     cdef uint8_t **chunks
     cdef int64_t *fs
+    cdef void *p
     if e.nbytes_free > 0:
         e.nbytes_free -= 1
         return e.bytes_free[e.nbytes_free]
@@ -99,9 +103,16 @@ cdef int64_t bytes_alloc(engine_t *e) noexcept nogil:
         e.byte_chunks = chunks
         e.nbyte_chunks = (chunk + 1) * 2
     if e.byte_chunks[chunk] == NULL:
-        e.byte_chunks[chunk] = <uint8_t *>malloc((<int64_t>1 << MM_BYTES_CHUNK_SHIFT) << MM_PAGE_SHIFT)
-        if e.byte_chunks[chunk] == NULL:
+        p = malloc((<size_t>1 << MM_BYTES_CHUNK_SHIFT) << MM_PAGE_SHIFT)
+        if p == NULL:
             return -1
+        # Fault the chunk in with one call: far cheaper than page by page on
+        # first use (a trap each; in a guest, an EPT exit too). Memory the
+        # allocator reuses is present already; a host before 5.14 says
+        # EINVAL and the pages fault in on use.
+        madvise(<void *>((<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)),
+                ((<size_t>1 << MM_BYTES_CHUNK_SHIFT) - 1) << MM_PAGE_SHIFT, HOST_MADV_POPULATE_WRITE)
+        e.byte_chunks[chunk] = <uint8_t *>p
     if e.bytes_free_cap < slot + 1:
         fs = <int64_t *>realloc(e.bytes_free, (slot + 1) * 2 * sizeof(int64_t))
         if fs == NULL:
@@ -142,8 +153,22 @@ cdef void frame_read(engine_t *e, int64_t pfn, int64_t off, int64_t n, uint8_t *
         pattern_fill(dst, e.version[pfn], off, n)
 
 
+cdef inline bint page_is_pattern(const uint8_t *src, uint64_t *version) noexcept nogil:
+    """Whether a whole page repeats its first 8 bytes (zeros included): such
+    a page is stored as that content version, exactly, without a 4 KiB slot
+    (zero-filled and uniform pages are common in guest memory)."""
+    if memcmp(src, src + 8, MM_PAGE_SIZE - 8) != 0:
+        return False
+    memcpy(version, src, 8)     # little-endian, as pattern_fill reads it
+    return True
+
+
 cdef int frame_write(engine_t *e, int64_t pfn, int64_t off, int64_t n, const uint8_t *src) noexcept nogil:
     cdef int64_t slot
+    cdef uint64_t v
+    if n == MM_PAGE_SIZE and page_is_pattern(src, &v):
+        frame_set_version(e, pfn, v)
+        return 0
     if n == MM_PAGE_SIZE and not (e.fflags[pfn] & PG_BYTES):
         # A whole-page write needs no pattern fill first.
         slot = bytes_alloc(e)
