@@ -32,6 +32,8 @@ ext = Extension(
 # real kernel that turn SIGSEGV/SIGBUS into return codes. Not part of the core.
 host_access = Extension("mmemu.host._access", ["mmemu/host/_access.c"],
                         extra_compile_args=["-O2"])
+host_service = Extension("mmemu.host._service", ["mmemu/host/_service.c"],
+                         extra_compile_args=["-O2"])
 
 setup(ext_modules=cythonize([ext], compiler_directives=directives,
-                            include_path=["mmemu", "mmemu/core"]) + [host_access])
+                            include_path=["mmemu", "mmemu/core"]) + [host_access, host_service])

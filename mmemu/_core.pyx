@@ -49,9 +49,9 @@ FRAME_FLAG_NAMES = {
 }
 
 
-cdef object fault_exception(int ret, uint64_t addr):
+cdef object fault_exception(int ret, uint64_t addr, int hwpoison_code=BUS_MCEERR_AR):
     if ret & VM_FAULT_HWPOISON:
-        return Sigbus(addr, BUS_MCEERR_AR, "poisoned page")
+        return Sigbus(addr, hwpoison_code, "poisoned page")
     if ret & VM_FAULT_SIGSEGV:
         return Sigsegv(addr, SEGV_ACCERR if ret & VM_FAULT_ACCERR else SEGV_MAPERR)
     if ret & VM_FAULT_SIGBUS:
@@ -72,6 +72,7 @@ cdef class Engine:
     cdef readonly object refcount, mapcount, version, fflags, mapping, index
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
+    cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
 
     def __cinit__(self, int64_t nframes, int ncpus, dict knobs, int64_t nswap=0):
         cdef mm_policy_t *p
@@ -132,6 +133,8 @@ cdef class Engine:
         p.mprotect_upgrade = knobs["mprotect_upgrade"]
         p.pm_uffd_wp = knobs["pm_uffd_wp"]
         p.soft_dirty = knobs["soft_dirty"]
+        # x86 do_sigbus(): BUS_MCEERR_AR with CONFIG_MEMORY_FAILURE, else BUS_ADRERR.
+        self.hwpoison_code = BUS_MCEERR_AR if knobs.get("memory_failure", 1) else BUS_ADRERR
         p.lru_batch = knobs["lru_batch"]
         p.fault_around_uffd = knobs["fault_around_uffd"]
         p.swapout_skip_pinned = knobs["swapout_skip_pinned"]
@@ -319,7 +322,7 @@ cdef class Engine:
         if ret & VM_FAULT_UFFD:
             raise UserFault(self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr, self.e.uf_flags,
                             self.e.uf_reason, done, waiter=waiter)
-        raise fault_exception(ret, self.e.fault_addr)
+        raise fault_exception(ret, self.e.fault_addr, self.hwpoison_code)
 
     cdef mm_t *_serve_userfault(self, int ret, object hook, int32_t mm, int64_t done) except NULL:
         """An access stopped with `ret`: a userfault goes to `hook` (the
@@ -669,7 +672,7 @@ cdef class Engine:
             return b""
         done = file_rw(&self.e, f, off, n, &b[0], False, cpu, &ret)
         if ret:
-            raise fault_exception(ret, 0)
+            raise fault_exception(ret, 0, self.hwpoison_code)
         return bytes(buf[:done])
 
     def file_pwrite(self, int32_t fid, int cpu, int64_t off, const uint8_t[::1] data):
@@ -681,7 +684,7 @@ cdef class Engine:
             return 0
         done = file_rw(&self.e, f, off, data.shape[0], <uint8_t *>&data[0], True, cpu, &ret)
         if ret:
-            raise fault_exception(ret, 0)
+            raise fault_exception(ret, 0, self.hwpoison_code)
         return done
 
     def unmap_file(self, int32_t mm, int cpu, uint64_t vma_start, uint64_t first, uint64_t last,

@@ -50,6 +50,7 @@ BASELINE = {
     "madv_populate": 0,           # MADV_POPULATE_READ/WRITE (5.14)
     "madv_dontneed_locked": 0,    # MADV_DONTNEED_LOCKED (5.18)
     "soft_dirty": 1,              # CONFIG_MEM_SOFT_DIRTY (the host has it off)
+    "memory_failure": 1,          # CONFIG_MEMORY_FAILURE: poison SIGBUS is BUS_MCEERR_AR (the host has it off)
     "lru_batch": 15,              # per-CPU LRU add batch size (PAGEVEC_SIZE)
     "fault_around_uffd": 0,       # fault-around skipped for uffd VMAs: 1 MINOR (5.14), 2 WP|MINOR (5.19)
     "swapout_skip_pinned": 0,     # maybe-pinned pages stay out of the swapcache (5.11)
@@ -253,5 +254,7 @@ def policy_for(kernel="6.18", backports=()):
         applied.append(commit)
     if host:
         knobs["soft_dirty"] = _host_soft_dirty() if os.path.exists("/proc/self/pagemap") else 0
+        # mm/memory-failure.c registers this sysctl: present iff CONFIG_MEMORY_FAILURE.
+        knobs["memory_failure"] = int(os.path.exists("/proc/sys/vm/memory_failure_early_kill"))
     return Policy(version=version, era=era_of(version), knobs=knobs,
                   backports=tuple(backports), host=host, changes=applied)

@@ -102,8 +102,13 @@ OPS = {
     "uffd_api": ({"uffd"}, {"features"}),
     "uffd_register": ({"uffd", "at", "pages", "mode"}, set()),
     "uffd_unregister": ({"uffd", "at", "pages"}, set()),
-    "uffd_copy": ({"uffd", "at", "pages"}, {"fill", "data", "mode"}),
+    "uffd_copy": ({"uffd", "at", "pages"}, {"fill", "data", "mode", "src"}),
     "uffd_zeropage": ({"uffd", "at", "pages"}, {"mode"}),
+    "uffd_continue": ({"uffd", "at", "pages"}, {"mode"}),
+    "uffd_poison": ({"uffd", "at", "pages"}, {"mode"}),
+    "uffd_move": ({"uffd", "at", "src", "pages"}, {"mode"}),
+    "uffd_serve": ({"uffd"}, {"missing", "fill"}),
+    "uffd_served": ({"uffd"}, set()),
     "uffd_writeprotect": ({"uffd", "at", "pages", "mode"}, set()),
     "uffd_wake": ({"uffd", "at", "pages"}, set()),
     "uffd_read": ({"uffd"}, {"max"}),
@@ -121,14 +126,17 @@ OP_FLAG_PREFIX = {"memfd_create": "MFD_", "userfaultfd": ("O_", "UFFD_USER_MODE_
 # The prefix of "mode" for ops other than fallocate.
 OP_MODE_PREFIX = {"uffd_register": "UFFDIO_REGISTER_MODE_", "uffd_copy": "UFFDIO_COPY_MODE_",
                   "uffd_zeropage": "UFFDIO_ZEROPAGE_MODE_",
-                  "uffd_writeprotect": "UFFDIO_WRITEPROTECT_MODE_"}
+                  "uffd_writeprotect": "UFFDIO_WRITEPROTECT_MODE_",
+                  "uffd_continue": "UFFDIO_CONTINUE_MODE_", "uffd_poison": "UFFDIO_POISON_MODE_",
+                  "uffd_move": "UFFDIO_MOVE_MODE_"}
 # userfaultfd ops run in the process that made the context (it binds to
 # that mm); "uffd" names it, "at" is in that process.
 UFFD_OPS = {"uffd_api", "uffd_register", "uffd_unregister", "uffd_copy", "uffd_zeropage",
-            "uffd_writeprotect", "uffd_wake", "uffd_read", "uffd_close"}
+            "uffd_writeprotect", "uffd_wake", "uffd_read", "uffd_close", "uffd_continue",
+            "uffd_poison", "uffd_move", "uffd_serve", "uffd_served"}
 # Ops that may wake a thread waiting on the context.
 UFFD_WAKING = {"uffd_copy", "uffd_zeropage", "uffd_writeprotect", "uffd_wake", "uffd_unregister",
-               "uffd_close"}
+               "uffd_close", "uffd_continue", "uffd_poison", "uffd_move", "uffd_serve"}
 UFFD_EVENTS = {0x12: "PAGEFAULT", 0x13: "FORK", 0x14: "REMAP", 0x15: "REMOVE", 0x16: "UNMAP"}
 FILE_OPS = {"close", "ftruncate", "fallocate", "pread", "pwrite"}
 MAX_BYTES = 1 << 24
@@ -492,8 +500,16 @@ class _Checker:
             if not isinstance(name, str) or not name or name in self.uffds:
                 raise ProgramError(where, f"userfaultfd name {name!r} is not new")
             self.uffds[name] = [proc.name, False]
+        elif op == "uffd_serve":
+            if step.get("missing", "zeropage") not in ("zeropage", "copy"):
+                raise ProgramError(where, "missing must be \"zeropage\" or \"copy\"")
+            fill = step.get("fill", 0)
+            if not (isinstance(fill, int) and not isinstance(fill, bool) and 0 <= fill < 256):
+                raise ProgramError(where, "fill must be a byte value")
         elif op in UFFD_OPS and "at" in step:
             self.at(step, proc, where, pages=step["pages"])
+            if "src" in step:
+                self.at(step, proc, where, pages=step["pages"], key="src")
             if op == "uffd_copy":
                 fill, data = step.get("fill", 0), step.get("data", "")
                 if not (isinstance(fill, int) and not isinstance(fill, bool) and 0 <= fill < 256):
@@ -577,6 +593,7 @@ class _Run:
         self.pins = {}
         self.fds = {}          # proc name -> {file name: descriptor, or None if never made}
         self.uffds = {}        # name -> (Uffd object or None, owner name)
+        self.resolvers = {}    # uffd name -> the Resolver serving it
         self.blocked = {}      # proc name -> ("blocked", None) or ("done", outcome)
         self.next_top = PLACEMENT_TOP
         self.obs = []
@@ -665,7 +682,10 @@ class _Run:
         except (ProgramError, HostError, Unsupported):
             raise
         except OSError as e:
-            return {"errno": _errno_name(e.errno)}
+            out = {"errno": _errno_name(e.errno)}
+            if getattr(e, "result", None) is not None:
+                out["result"] = e.result          # a uffd ioctl's output field
+            return out
         except WouldBlock as e:
             # The access sleeps in a userfault; a later "resume" completes it.
             return {"blocked": self.msg_fields(owner, e.msg)}
@@ -825,11 +845,36 @@ class _Run:
         if op == "uffd_unregister":
             u.unregister(a, n)
         elif op == "uffd_copy":
+            if "src" in step:
+                src = self.addr(step, "src")
+                if src is None:
+                    return {"skipped": f"region {step['src'][0]!r} was never mapped"}
+                return {"count": u.copy(a, src, n, mode)}
             data = step.get("data", "").encode()
             src = data + bytes([step.get("fill", 0)]) * (n - len(data))
             return {"count": u.copy(a, src, n, mode)}
         elif op == "uffd_zeropage":
             return {"count": u.zeropage(a, n, mode)}
+        elif op == "uffd_continue":
+            return {"count": u.continue_(a, n, mode)}
+        elif op == "uffd_poison":
+            return {"count": u.poison(a, n, mode)}
+        elif op == "uffd_move":
+            src = self.addr(step, "src")
+            if src is None:
+                return {"skipped": f"region {step['src'][0]!r} was never mapped"}
+            return {"count": u.move(a, src, n, mode)}
+        elif op == "uffd_serve":
+            from .uffd import Resolver
+            res = Resolver(step.get("missing", "zeropage"), step.get("fill", 0))
+            u.serve(res)
+            self.resolvers[step["uffd"]] = res
+        elif op == "uffd_served":
+            res = self.resolvers.get(step["uffd"])
+            got = res.take() if res is not None else []
+            return {"msgs": [dict(self.msg_fields(owner, m), **({"errno": _errno_name(err)}
+                                                                 if err else {}))
+                             for m, err in got]}
         elif op == "uffd_writeprotect":
             u.writeprotect(a, n, mode)
         elif op == "uffd_wake":
@@ -850,6 +895,12 @@ class _Run:
         if msg.event == 0x12:
             out["flags"] = msg.flags
             out["address"] = self.symbolic(owner, msg.address)
+        elif msg.event == 0x14:
+            out.update({"from": self.symbolic(owner, msg.from_), "to": self.symbolic(owner, msg.to),
+                        "len": msg.len})
+        elif msg.event in (0x15, 0x16):
+            out.update({"start": self.symbolic(owner, msg.start),
+                        "end": self.symbolic(owner, msg.end - 1)})      # the last byte in it
         return out
 
     def check_placement(self, owner, name, got, pages, where):
@@ -1024,9 +1075,13 @@ def describe(step):
         for k in ("features", "mode"):
             if step.get(k):
                 parts.append(str(step[k]))
-        if op == "uffd_copy":
+        if "src" in step:
+            parts.append(f"from {a('src')}")
+        elif op == "uffd_copy":
             parts.append(f"fill {step.get('fill', 0):#04x}"
                          + (f" data {json.dumps(step['data'])}" if step.get("data") else ""))
+        if op == "uffd_serve":
+            parts.append(f"{step.get('missing', 'zeropage')} fill {step.get('fill', 0):#04x}")
         if "max" in step:
             parts.append(f"max {step['max']}")
         return " ".join(parts)

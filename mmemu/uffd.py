@@ -120,6 +120,60 @@ class UffdMsg:
         return f"<uffd_msg {n}>"
 
 
+class Resolver:
+    """A service handler declared rather than written: the one both the
+    engine (Uffd.serve(resolver)) and the host oracle (a real service thread
+    in the server, mmemu.host.uffdio.Service) run, so their messages compare.
+
+    A WP fault is unprotected (WRITEPROTECT off, waking); a MINOR fault is
+    CONTINUEd; a MISSING fault gets ZEROPAGE, or with missing="copy" a COPY
+    of a page of `fill` bytes; a FORK event's new context is closed (its VMAs
+    in the child go unregistered). Each message is logged with the errno of
+    the ioctl that failed to resolve it, if one did; take() hands them over."""
+
+    MISSING = ("zeropage", "copy")
+
+    def __init__(self, missing="zeropage", fill=0):
+        if missing not in self.MISSING:
+            raise ValueError(f"missing: one of {self.MISSING}")
+        if not 0 <= fill < 256:
+            raise ValueError("fill is a byte")
+        self.missing, self.fill = missing, fill
+        self.log = []               # [(UffdMsg, errno or None)]
+        self._page = bytes([fill]) * PAGE
+        self._source = None         # the host: fetch the log from the server
+
+    def resolve(self, u, event, flags, address, close_fork):
+        """Resolve one message on `u` (a Uffd, or the host's raw context)."""
+        if event == UFFD_EVENT_FORK:
+            close_fork()
+        elif event == UFFD_EVENT_PAGEFAULT:
+            page = address & ~(PAGE - 1)
+            if flags & UFFD_PAGEFAULT_FLAG_WP:
+                u.writeprotect(page, PAGE, 0)
+            elif flags & UFFD_PAGEFAULT_FLAG_MINOR:
+                u.continue_(page, PAGE, 0)
+            elif self.missing == "copy":
+                u.copy(page, self._page)
+            else:
+                u.zeropage(page, PAGE, 0)
+
+    def __call__(self, uffd, msg):
+        entry = [msg, None]
+        self.log.append(entry)
+        try:
+            self.resolve(uffd, msg.event, msg.flags, msg.address, lambda: msg.ufd.close())
+        except OSError as e:
+            entry[1] = e.errno
+
+    def take(self):
+        """The messages served since the last take(): [(UffdMsg, errno or None)]."""
+        if self._source is not None:
+            return self._source()
+        out, self.log = [tuple(e) for e in self.log], []
+        return out
+
+
 class Waiter:
     """A thread sleeping in handle_userfault() or in an event's completion."""
 
@@ -298,7 +352,8 @@ class Uffd:
         if self.mmap_changing:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~allowed:
-            raise UffdError(EINVAL, call, -EINVAL, "bad mode")
+            # Checked before the ioctl writes its output field (userfaultfd_copy() et al.).
+            raise UffdError(EINVAL, call, None, "bad mode")
         start, end = self._range(dst, length, call)
         vma = self._registered_vma(start, end, call)
         if wp and not vma.flags & VM_UFFD_WP:
@@ -381,7 +436,7 @@ class Uffd:
         if self.mmap_changing:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~(UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES):
-            raise UffdError(EINVAL, call, -EINVAL, "bad mode")
+            raise UffdError(EINVAL, call, None, "bad mode")
         start, end = self._range(dst, length, call)
         self._range(src, length, call)
         p = self.process
@@ -510,6 +565,15 @@ class Uffd:
         once it resolved them."""
         self.handler = handler
         self.service_thread = self.process.thread(cpu)
+        if self.faults or self.events:
+            # A service thread started late reads what is queued already.
+            self.machine._serving.append(self)
+            try:
+                while self.faults or self.events:
+                    for msg in self.read():
+                        handler(self, msg)
+            finally:
+                self.machine._serving.pop()
         return self.service_thread
 
     _RESOLVERS = {"copy": 1, "zeropage": 2, "unprotect": 3}

@@ -277,6 +277,9 @@ class HostProcess:
         if tag == "ok":
             return reply[1]
         if tag == "oserror":
+            if len(reply) > 3:                  # a fill ioctl, with its output field
+                from ..uffd import UffdError
+                raise UffdError(reply[1], op, reply[3])
             raise oserror(reply[1], op)
         if tag == "signal":
             cls = Sigsegv if reply[1] == "Sigsegv" else Sigbus
@@ -449,16 +452,15 @@ class HostProcess:
 
     def userfaultfd(self, flags=0):
         """userfaultfd(2) in the process (O_CLOEXEC, O_NONBLOCK,
-        UFFD_USER_MODE_ONLY): a HostUffd with the engine's Uffd API. Its
-        faults have no service thread: an access that takes one raises
-        WouldBlock, and process.main.resume() completes it."""
+        UFFD_USER_MODE_ONLY): a HostUffd with the engine's Uffd API. With no
+        service thread, an access that faults into it raises WouldBlock and
+        process.main.resume() completes it; serve(Resolver(...)) runs a real
+        service thread in the server."""
         if not self.machine.uffd:
             raise Unsupported("userfaultfd on the host oracle is opt-in (HostMachine(uffd="
-                              "True)): its proxy has api, register, unregister, copy from "
-                              "bytes, zeropage, writeprotect, wake, read and close, and one "
-                              "blocked access per process; no service threads, events, "
-                              "ioctl output fields (UffdError.result), CONTINUE, POISON or "
-                              "MOVE, which the engine's scenarios use")
+                              "True)): every ioctl, read, close and Resolver service threads; "
+                              "one blocked access per process, no Python handlers and no "
+                              "pending(), which the engine's scenarios use")
         uid = self._call("userfaultfd", flags)
         u = HostUffd(self, uid, flags)
         self._uffds[uid] = u
@@ -536,15 +538,21 @@ def _uffd_msg(m):
     from ..uffd import UffdMsg
     if m is None:
         return None
-    if m["event"] == 0x12:
-        return UffdMsg(m["event"], flags=m["flags"], address=m["address"], ptid=m["ptid"])
-    return UffdMsg(m["event"])
+    ev = m["event"]
+    if ev == 0x12:
+        return UffdMsg(ev, flags=m["flags"], address=m["address"], ptid=m["ptid"])
+    if ev == 0x13:
+        return UffdMsg(ev, ufd=m["ufd"])       # a descriptor of the server's
+    if ev == 0x14:
+        return UffdMsg(ev, from_=m["from"], to=m["to"], len=m["len"])
+    return UffdMsg(ev, start=m["start"], end=m["end"])
 
 
 class HostUffd:
     """A userfaultfd context of a HostProcess, driven in its server with the
-    raw syscall and ioctls: the engine's Uffd API (copy from bytes only;
-    no CONTINUE, POISON, MOVE, events or service threads)."""
+    raw syscall and ioctls: the engine's Uffd API. Service threads are
+    Resolvers (mmemu.uffd.Resolver) run by a real thread in the server; a
+    Python handler cannot run there."""
 
     def __init__(self, process, uid, flags):
         self.process = process
@@ -566,8 +574,12 @@ class HostUffd:
         self._do("unregister", addr, length)
 
     def copy(self, dst, src, length=None, mode=0, src_process=None):
-        if isinstance(src, int) or src_process is not None:
-            raise Unsupported("UFFDIO_COPY from an address: the host proxy copies from bytes")
+        if src_process is not None and src_process is not self.process:
+            raise Unsupported("UFFDIO_COPY from another process's memory")
+        if isinstance(src, int):
+            if length is None:
+                raise ValueError("length is required with a source address")
+            return self._do("copy_from", dst, src, length, mode)
         src = bytes(src)
         if length is None:
             length = len(src)
@@ -594,19 +606,26 @@ class HostUffd:
         if self.process.alive:
             self._do("close")
 
-    def continue_(self, *a, **k):
-        raise Unsupported("UFFDIO_CONTINUE is not driven by the host oracle")
+    def continue_(self, addr, length, mode=0):
+        return self._do("continue_", addr, length, mode)
 
-    def poison(self, *a, **k):
-        raise Unsupported("UFFDIO_POISON is not driven by the host oracle")
+    def poison(self, addr, length, mode=0):
+        return self._do("poison", addr, length, mode)
 
-    def move(self, *a, **k):
-        raise Unsupported("UFFDIO_MOVE is not driven by the host oracle")
+    def move(self, dst, src, length, mode=0):
+        return self._do("move", dst, src, length, mode)
 
-    def serve(self, *a, **k):
-        raise Unsupported("service threads are not driven by the host oracle")
+    def serve(self, handler, cpu=None):
+        """A service thread in the server running `handler`, a Resolver;
+        handler.take() then reads the server's log."""
+        from ..uffd import Resolver
+        if not isinstance(handler, Resolver):
+            raise Unsupported("a host service thread runs a mmemu.uffd.Resolver, not Python code")
+        self._do("serve", handler.missing, handler.fill)
+        handler._source = lambda: [(_uffd_msg(m), err) for m, err in self._do("served")]
 
-    serve_core = serve
+    def serve_core(self, *a, **k):
+        raise Unsupported("in-core resolvers are the engine's")
 
     def pending(self):
         raise Unsupported("the host cannot count queued messages without reading them")

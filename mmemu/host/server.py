@@ -111,6 +111,8 @@ class Server:
                 reply = ("blocked", e.msg, e.uid)
             except OSError as e:
                 reply = ("oserror", e.errno, str(e))
+                if hasattr(e, "uffd_result"):      # a fill ioctl's output field
+                    reply += (e.uffd_result,)
             except EmulatedSignal as e:
                 reply = ("signal", type(e).__name__, e.addr, e.si_code)
             except Unsupported as e:
@@ -206,6 +208,8 @@ class Server:
         """The message of the fault the blocked access sleeps on, if it is
         still queued: read, and kept for the program's next read."""
         for uid, ctx in self.uffds.items():
+            if ctx.service is not None:
+                continue                 # its service thread reads the queue
             m = ctx.read_one()
             if m is not None:
                 ctx.pending.append(m)
@@ -426,7 +430,7 @@ class Server:
         # A context belongs to the process that made it (the engine's
         # model): the child's copy of the descriptor would keep it alive.
         for ctx in self.uffds.values():
-            ctx.close()
+            ctx.forget()
         self.uffds.clear()
         self.blocked = None
         send_msg(self.sock, ("ready", os.getpid()))

@@ -15,9 +15,12 @@ import ctypes
 import errno
 import fcntl
 import os
+import select
 import struct
 import threading
 import time
+
+from . import _service
 
 SYS_userfaultfd = 323
 UFFD_API = 0xAA
@@ -36,7 +39,13 @@ UFFDIO_WAKE = _ioc(2, 0x02, 16)
 UFFDIO_COPY = _ioc(3, 0x03, 40)
 UFFDIO_ZEROPAGE = _ioc(3, 0x04, 32)
 UFFDIO_WRITEPROTECT = _ioc(3, 0x06, 24)
+UFFDIO_MOVE = _ioc(3, 0x05, 40)
+UFFDIO_CONTINUE = _ioc(3, 0x07, 32)
+UFFDIO_POISON = _ioc(3, 0x08, 32)
 UFFDIO_API = _ioc(3, 0x3F, 24)
+# Planted in an ioctl's output field: still there afterwards means the
+# kernel left the field unwritten (the engine's UffdError.result None).
+UNWRITTEN = -(1 << 62)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -47,13 +56,26 @@ def _u64(x):
 
 
 def parse_msg(raw):
-    """struct uffd_msg -> dict (event; pagefault flags, address, ptid;
-    remap/remove/unmap fields raw)."""
+    """struct uffd_msg -> dict: event, and the fields of its union member
+    (pagefault flags/address/ptid, fork ufd, remap from/to/len,
+    remove and unmap start/end)."""
     event = raw[0]
     a, b, c = struct.unpack_from("<QQQ", raw, 8)
     if event == 0x12:
         return {"event": event, "flags": a, "address": b, "ptid": c & 0xFFFFFFFF}
-    return {"event": event, "a": a, "b": b, "c": c}
+    if event == 0x13:
+        return {"event": event, "ufd": a & 0xFFFFFFFF}
+    if event == 0x14:
+        return {"event": event, "from": a, "to": b, "len": c}
+    return {"event": event, "start": a, "end": b}
+
+
+class IoctlError(OSError):
+    """A failed fill ioctl, with its output field (None: left unwritten)."""
+
+    def __init__(self, err, result):
+        super().__init__(err, os.strerror(err))
+        self.uffd_result = result
 
 
 class Context:
@@ -69,6 +91,7 @@ class Context:
         # Messages read from the kernel to report a blocked access, not yet
         # handed to the program: they come first in its next read.
         self.pending = []
+        self.service = None        # a Service thread reading the queue itself
 
     def _ioctl(self, req, fmt, *vals):
         buf = bytearray(struct.pack(fmt, *[_u64(v) for v in vals]))
@@ -89,29 +112,45 @@ class Context:
         self._ioctl(UFFDIO_WAKE, "<QQ", addr, length)
         self._withdraw(addr, addr + length)
 
-    def _fill(self, req, fmt, vals, dst, length, mode, call):
-        buf = bytearray(struct.pack(fmt, *vals))
+    def _fill(self, req, fmt, vals, dst, mode):
+        buf = bytearray(struct.pack(fmt, *vals, UNWRITTEN))
         try:
             fcntl.ioctl(self.fd, req, buf, True)
         except OSError as e:
             done = struct.unpack(fmt, buf)[-1]
             if e.errno == errno.EAGAIN and done > 0 and not mode & 1:
                 self._withdraw(dst, dst + done)
-            raise
+            raise IoctlError(e.errno, None if done == UNWRITTEN else done) from None
         done = struct.unpack(fmt, buf)[-1]
         if not mode & 1:                       # every *_MODE_DONTWAKE is bit 0
             self._withdraw(dst, dst + max(done, 0))
         return done
 
-    def copy(self, dst, data, mode):
+    def copy(self, dst, data, mode=0):
         src = ctypes.create_string_buffer(bytes(data), len(data))
         return self._fill(UFFDIO_COPY, "<QQQQq",
-                          (_u64(dst), ctypes.addressof(src), len(data), _u64(mode), 0),
-                          dst, len(data), mode, "UFFDIO_COPY")
+                          (_u64(dst), ctypes.addressof(src), len(data), _u64(mode)), dst, mode)
 
-    def zeropage(self, addr, length, mode):
-        return self._fill(UFFDIO_ZEROPAGE, "<QQQq", (_u64(addr), _u64(length), _u64(mode), 0),
-                          addr, length, mode, "UFFDIO_ZEROPAGE")
+    def copy_from(self, dst, src, length, mode=0):
+        """UFFDIO_COPY from an address of this process."""
+        return self._fill(UFFDIO_COPY, "<QQQQq", (_u64(dst), _u64(src), _u64(length), _u64(mode)),
+                          dst, mode)
+
+    def zeropage(self, addr, length, mode=0):
+        return self._fill(UFFDIO_ZEROPAGE, "<QQQq", (_u64(addr), _u64(length), _u64(mode)),
+                          addr, mode)
+
+    def continue_(self, addr, length, mode=0):
+        return self._fill(UFFDIO_CONTINUE, "<QQQq", (_u64(addr), _u64(length), _u64(mode)),
+                          addr, mode)
+
+    def poison(self, addr, length, mode=0):
+        return self._fill(UFFDIO_POISON, "<QQQq", (_u64(addr), _u64(length), _u64(mode)),
+                          addr, mode)
+
+    def move(self, dst, src, length, mode=0):
+        return self._fill(UFFDIO_MOVE, "<QQQQq", (_u64(dst), _u64(src), _u64(length), _u64(mode)),
+                          dst, mode)
 
     def writeprotect(self, addr, length, mode):
         self._ioctl(UFFDIO_WRITEPROTECT, "<QQQ", addr, length, mode)
@@ -146,10 +185,93 @@ class Context:
         return out
 
     def close(self):
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
             self.pending = []
+
+    def forget(self):
+        """In a forked child: drop the inherited descriptor (no service
+        thread came along: fork copies only the calling thread)."""
+        self.service = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def serve(self, missing, fill):
+        if self.service is not None:
+            self.service.stop()
+        from ..uffd import Resolver
+        self.service = Service(self, Resolver(missing, fill))
+
+    def served(self):
+        if self.service is None:
+            return []
+        return self.service.take()
+
+
+class Service:
+    """A real service thread of a context, in C (mmemu/host/_service.c):
+    it resolves each message by the engine's Resolver rules and logs it."""
+
+    def __init__(self, ctx, resolver):
+        self.ctx = ctx
+        self.log = []
+        self.buf = b""
+        self.open = None            # the logged message whose errno has not come yet
+        # Messages the server read to report a blocked access are still
+        # unread for the program: resolved here first, before serve() returns.
+        backlog, ctx.pending = ctx.pending, []
+        for m in backlog:
+            entry = [m, None]
+            self.log.append(entry)
+            try:
+                resolver.resolve(ctx, m["event"], m.get("flags", 0), m.get("address", 0),
+                                 lambda: os.close(m["ufd"]))
+            except OSError as e:
+                entry[1] = e.errno
+        self.handle, self.log_fd = _service.start(ctx.fd, resolver.missing == "copy",
+                                                  resolver.fill)
+
+    def _drain(self):
+        self._read_log()
+        # A message logged but not yet resolved: its errno record follows
+        # once the ioctl returns (at once, unless something is very wrong).
+        deadline = time.monotonic() + MAX_WAIT
+        while self.open is not None and time.monotonic() < deadline:
+            select.select([self.log_fd], [], [], 0.05)
+            self._read_log()
+
+    def _read_log(self):
+        while True:
+            try:
+                chunk = os.read(self.log_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.buf += chunk
+        n = _service.RECORD_SIZE
+        while len(self.buf) >= n:
+            rec, self.buf = self.buf[:n], self.buf[n:]
+            err = struct.unpack_from("<i", rec, MSG_SIZE)[0]
+            if err == -1:
+                self.open = [parse_msg(rec[:MSG_SIZE]), None]
+                self.log.append(self.open)
+            else:
+                self.open[1] = err or None
+                self.open = None
+
+    def take(self):
+        self._drain()
+        out, self.log = [tuple(e) for e in self.log], []
+        return out
+
+    def stop(self):
+        _service.stop(self.handle)       # closes log_fd
 
 
 def _wchan(tid):

@@ -140,7 +140,7 @@ def test_zeropage_maps_the_zero_page(uffd_host):
     obs = agree(uffd_host, prog)
     assert obs[4]["outcome"] == {"count": 2 * C.PAGE_SIZE}
     assert obs[5]["outcome"] == {"data": "00000000"}
-    assert obs[6]["outcome"] == {"errno": "EEXIST"}
+    assert obs[6]["outcome"] == {"errno": "EEXIST", "result": -17}      # the output field
     assert all("zero_page" in pg["kpf"] for pg in obs[4]["snapshot"]["main"]["a"])
 
 
@@ -152,8 +152,8 @@ def test_second_copy_is_eexist(uffd_host):
         {"op": "read", "at": ["a", 0], "len": 3},
     ]
     out = outcomes(agree(uffd_host, prog))
-    assert out[4:8] == [{"count": C.PAGE_SIZE}, {"errno": "EEXIST"}, {"errno": "EEXIST"},
-                        {"data": b"one".hex()}]
+    assert out[4:8] == [{"count": C.PAGE_SIZE}, {"errno": "EEXIST", "result": -17},
+                        {"errno": "EEXIST", "result": -17}, {"data": b"one".hex()}]
 
 
 def test_writeprotect_unregistered_is_enoent(uffd_host):
@@ -206,13 +206,99 @@ def test_host_api_directly(uffd_host):
         assert u.copy(a + C.PAGE_SIZE, b"QQ" + bytes(C.PAGE_SIZE - 2)) == C.PAGE_SIZE
         assert wb.value.thread.resume() == b"QQ"
         with pytest.raises(Unsupported):
-            u.move(a, a + C.PAGE_SIZE, C.PAGE_SIZE)
+            u.serve(lambda uf, msg: None)           # Python runs in the client, not the server
+        with pytest.raises(Unsupported):
+            u.pending()
         u.close()
         with pytest.raises(OSError) as e:
             u.wake(a, C.PAGE_SIZE)
         assert e.value.errno == errno.EBADF
     finally:
         p.exit()
+
+
+# --- service threads (Resolver), events, the newer ioctls ----------------------------
+
+def test_service_thread_resolves_and_logs_what_it_served(uffd_host):
+    prog = head(4, features="UFFD_FEATURE_PAGEFAULT_FLAG_WP|UFFD_FEATURE_EVENT_REMOVE|"
+                "UFFD_FEATURE_EVENT_UNMAP", mode=f"{MISSING}|{WP}") + [
+        {"op": "read", "at": ["a", 0], "len": 4},                 # blocks: nobody serves yet
+        {"op": "uffd_serve", "uffd": "u", "missing": "copy", "fill": 7},   # reads the backlog
+        {"op": "resume"},
+        {"op": "write", "at": ["a", 2], "data": "w"},
+        {"op": "uffd_writeprotect", "uffd": "u", "at": ["a", 0], "pages": 4,
+         "mode": "UFFDIO_WRITEPROTECT_MODE_WP"},
+        {"op": "write", "at": ["a", 0, 9], "data": "x"},
+        {"op": "madvise", "at": ["a", 2], "pages": 1, "advice": "MADV_DONTNEED"},
+        {"op": "munmap", "at": ["a", 3], "pages": 1},
+        {"op": "read", "at": ["a", 2], "len": 2},
+        {"op": "uffd_served", "uffd": "u"},
+        {"op": "uffd_served", "uffd": "u"},
+    ]
+    out = outcomes(agree(uffd_host, prog))
+    assert out[4] == {"blocked": fault(0, 0)} and out[6] == {"data": "07070707"}
+    assert out[12] == {"data": "0707"}
+    assert out[13] == {"msgs": [
+        fault(0, 0), fault(2, 1), fault(0, 3),
+        {"event": "REMOVE", "start": ["a", 2, 0], "end": ["a", 2, C.PAGE_SIZE - 1]},
+        {"event": "UNMAP", "start": ["a", 3, 0], "end": ["a", 3, C.PAGE_SIZE - 1]},
+        fault(2, 0)]}
+    assert out[14] == {"msgs": []}
+
+
+def test_service_thread_reads_fork_events_and_closes_the_childs_context(uffd_host):
+    prog = head(2, features="UFFD_FEATURE_EVENT_FORK") + [
+        {"op": "uffd_serve", "uffd": "u"},
+        {"op": "read", "at": ["a", 0], "len": 1},
+        {"op": "fork", "name": "c", "body": [
+            {"op": "read", "at": ["a", 1], "len": 1},        # unregistered in the child
+            {"op": "exit"}]},
+        {"op": "uffd_served", "uffd": "u"},
+    ]
+    out = outcomes(agree(uffd_host, prog))
+    assert out[-1] == {"msgs": [fault(0, 0), {"event": "FORK"}]}
+
+
+def test_minor_faults_continue_and_ioctl_output_fields(uffd_host):
+    prog = [
+        {"op": "memfd_create", "name": "f"},
+        {"op": "ftruncate", "fd": "f", "len": 4 * C.PAGE_SIZE},
+        {"op": "pwrite", "fd": "f", "off": 0, "data": "cached"},
+        {"op": "mmap", "name": "a", "pages": 4, "prot": RW, "flags": "MAP_SHARED", "fd": "f"},
+        {"op": "userfaultfd", "name": "u", "flags": "O_NONBLOCK|O_CLOEXEC"},
+        {"op": "uffd_api", "uffd": "u", "features": "UFFD_FEATURE_MINOR_SHMEM"},
+        {"op": "uffd_register", "uffd": "u", "at": ["a", 0], "pages": 4,
+         "mode": "UFFDIO_REGISTER_MODE_MINOR"},
+        {"op": "read", "at": ["a", 0], "len": 6},                   # MINOR: in the cache
+        {"op": "uffd_continue", "uffd": "u", "at": ["a", 0], "pages": 2},   # page 1 not cached
+        {"op": "resume"},
+        {"op": "uffd_continue", "uffd": "u", "at": ["a", 0], "pages": 1},   # mapped already
+        {"op": "uffd_continue", "uffd": "u", "at": ["a", 0], "pages": 1, "mode": 4},
+        {"op": "uffd_poison", "uffd": "u", "at": ["a", 2], "pages": 1},
+        {"op": "read", "at": ["a", 2], "len": 1},
+    ]
+    out = outcomes(agree(uffd_host, prog))
+    assert out[7] == {"blocked": fault(0, 4)}
+    assert out[9] == {"data": b"cached".hex()}
+    assert out[10]["errno"] == "EEXIST" and out[11] == {"errno": "EINVAL"}
+
+
+def test_move_and_copy_from_an_address(uffd_host):
+    prog = head(4) + [
+        {"op": "mmap", "name": "s", "pages": 3, "prot": RW, "flags": ANON},
+        {"op": "write", "at": ["s", 0], "data": "moved"},
+        {"op": "write", "at": ["s", 2], "data": "copied"},
+        {"op": "uffd_move", "uffd": "u", "at": ["a", 0], "src": ["s", 0], "pages": 1},
+        {"op": "uffd_move", "uffd": "u", "at": ["a", 1], "src": ["s", 1], "pages": 1},
+        {"op": "uffd_move", "uffd": "u", "at": ["a", 1], "src": ["s", 1], "pages": 1,
+         "mode": "UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES"},
+        {"op": "uffd_copy", "uffd": "u", "at": ["a", 2], "src": ["s", 2], "pages": 1},
+        {"op": "read", "at": ["a", 0], "len": 5},
+        {"op": "read", "at": ["a", 2], "len": 6},
+    ]
+    out = outcomes(agree(uffd_host, prog))
+    assert out[7] == {"count": C.PAGE_SIZE} and out[8]["errno"] == "ENOENT"
+    assert out[11:] == [{"data": b"moved".hex()}, {"data": b"copied".hex()}]
 
 
 # --- engine bugs the host found (now fixed) ---------------------------------------
@@ -250,7 +336,7 @@ def test_registered_neighbours_with_own_anon_vmas_do_not_merge(uffd_host):
         {"op": "uffd_zeropage", "uffd": "u", "at": ["a", 0], "pages": 2},
     ]
     obs_h, obs_e = both(uffd_host, prog)
-    assert obs_h[7]["outcome"] == {"errno": "ENOENT"}     # two VMAs on Linux
+    assert obs_h[7]["outcome"] == {"errno": "ENOENT", "result": -2}     # two VMAs on Linux
     d = compare(obs_h, obs_e, prog)
     assert d is None, str(d)
 

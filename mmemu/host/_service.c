@@ -1,0 +1,228 @@
+/* A userfaultfd service thread for the host oracle, in C.
+ *
+ * The engine's Resolver (mmemu/uffd.py) says how a declared service thread
+ * answers each message; this is the same rule set run by a real thread of
+ * the server process:
+ *   - a page fault with UFFD_PAGEFAULT_FLAG_WP: UFFDIO_WRITEPROTECT off;
+ *   - with UFFD_PAGEFAULT_FLAG_MINOR: UFFDIO_CONTINUE;
+ *   - any other page fault: UFFDIO_ZEROPAGE, or UFFDIO_COPY of a page of
+ *     `fill` bytes;
+ *   - UFFD_EVENT_FORK: the child's new context is closed.
+ * Each message goes to the log pipe (a 32-byte struct uffd_msg, then a
+ * record of the errno of the ioctl that failed to resolve it, or 0) before
+ * it is resolved, so it is logged by the time the faulting access goes on.
+ *
+ * Why C and not a Python thread: some waits on the monitor happen in calls
+ * that hold the GIL.  fork() blocks in dup_userfaultfd_complete() until the
+ * FORK event is read, and the server forks with the GIL held
+ * (PyOS_BeforeFork), so a Python service thread could never read it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define SERVICE_PAGE_SIZE 4096UL
+
+struct service {
+    int uffd;
+    int stop_r, stop_w;     /* a byte on stop_w ends the thread */
+    int log_r, log_w;
+    int copy;               /* missing faults: COPY (1) or ZEROPAGE (0) */
+    pthread_t thread;
+    unsigned char page[SERVICE_PAGE_SIZE];
+};
+
+struct log_record {
+    struct uffd_msg msg;
+    int32_t err;
+    int32_t pad;
+};
+
+static int
+resolve(struct service *s, const struct uffd_msg *m)
+{
+    int rc = 0;
+    if (m->event == UFFD_EVENT_FORK) {
+        close((int)m->arg.fork.ufd);
+        return 0;
+    }
+    if (m->event != UFFD_EVENT_PAGEFAULT)
+        return 0;
+    uint64_t page = m->arg.pagefault.address & ~(SERVICE_PAGE_SIZE - 1);
+    uint64_t flags = m->arg.pagefault.flags;
+    if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+        struct uffdio_writeprotect wp = {.range = {page, SERVICE_PAGE_SIZE}, .mode = 0};
+        rc = ioctl(s->uffd, UFFDIO_WRITEPROTECT, &wp);
+    } else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+        struct uffdio_continue c = {.range = {page, SERVICE_PAGE_SIZE}, .mode = 0};
+        rc = ioctl(s->uffd, UFFDIO_CONTINUE, &c);
+    } else if (s->copy) {
+        struct uffdio_copy c = {.dst = page, .src = (uint64_t)(uintptr_t)s->page,
+                                .len = SERVICE_PAGE_SIZE, .mode = 0};
+        rc = ioctl(s->uffd, UFFDIO_COPY, &c);
+    } else {
+        struct uffdio_zeropage z = {.range = {page, SERVICE_PAGE_SIZE}, .mode = 0};
+        rc = ioctl(s->uffd, UFFDIO_ZEROPAGE, &z);
+    }
+    return rc < 0 ? errno : 0;
+}
+
+static void
+log_write(struct service *s, const struct log_record *r)
+{
+    /* Records are smaller than PIPE_BUF: each write is whole. */
+    while (write(s->log_w, r, sizeof *r) < 0 && errno == EINTR)
+        ;
+}
+
+static void *
+service_main(void *arg)
+{
+    struct service *s = arg;
+    struct pollfd p[2] = {{.fd = s->uffd, .events = POLLIN}, {.fd = s->stop_r, .events = POLLIN}};
+    for (;;) {
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return NULL;
+        }
+        if (p[1].revents)
+            return NULL;
+        struct log_record r;
+        memset(&r, 0, sizeof r);
+        while (read(s->uffd, &r.msg, sizeof r.msg) == (ssize_t)sizeof r.msg) {
+            r.err = -1;                 /* "being resolved": its errno follows */
+            log_write(s, &r);
+            r.err = resolve(s, &r.msg);
+            memset(&r.msg, 0, sizeof r.msg);
+            log_write(s, &r);
+        }
+    }
+}
+
+/* ---- the Python face: a capsule holding the service ---------------------- */
+
+static void
+service_destroy(struct service *s)
+{
+    close(s->stop_r);
+    close(s->stop_w);
+    close(s->log_r);
+    close(s->log_w);
+    free(s);
+}
+
+PyDoc_STRVAR(service_start_doc,
+"start(uffd, copy, fill) -> (handle, log_fd)\n\n"
+"Start a service thread on the userfaultfd `uffd` (which must be\n"
+"O_NONBLOCK): missing faults get COPY of `fill` bytes when `copy`, else\n"
+"ZEROPAGE. log_fd (non-blocking) yields 40-byte records: a struct uffd_msg\n"
+"and an int32 -1 when a message arrives, then a zeroed message and the\n"
+"int32 errno of its resolution (0 when resolved).");
+
+static PyObject *
+service_start(PyObject *self, PyObject *args)
+{
+    int uffd, copy, fill;
+    int p[2], l[2];
+    (void)self;
+    if (!PyArg_ParseTuple(args, "ipi:start", &uffd, &copy, &fill))
+        return NULL;
+    if (fill < 0 || fill > 255) {
+        PyErr_SetString(PyExc_ValueError, "fill is a byte");
+        return NULL;
+    }
+    struct service *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return PyErr_NoMemory();
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        free(s);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (pipe2(l, O_CLOEXEC) < 0) {
+        int err = errno;
+        close(p[0]);
+        close(p[1]);
+        free(s);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    fcntl(l[0], F_SETFL, fcntl(l[0], F_GETFL) | O_NONBLOCK);
+    s->uffd = uffd;
+    s->stop_r = p[0];
+    s->stop_w = p[1];
+    s->log_r = l[0];
+    s->log_w = l[1];
+    s->copy = copy;
+    memset(s->page, fill, SERVICE_PAGE_SIZE);
+    int rc = pthread_create(&s->thread, NULL, service_main, s);
+    if (rc != 0) {
+        service_destroy(s);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(Ki)", (unsigned long long)(uintptr_t)s, s->log_r);
+}
+
+PyDoc_STRVAR(service_stop_doc,
+"stop(handle)\n\n"
+"End the service thread, wait for it, and free it (its log fd is closed).");
+
+static PyObject *
+service_stop(PyObject *self, PyObject *args)
+{
+    unsigned long long h;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "K:stop", &h))
+        return NULL;
+    struct service *s = (struct service *)(uintptr_t)h;
+    char b = 1;
+    while (write(s->stop_w, &b, 1) < 0 && errno == EINTR)
+        ;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(s->thread, NULL);
+    Py_END_ALLOW_THREADS
+    service_destroy(s);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef service_methods[] = {
+    {"start", service_start, METH_VARARGS, service_start_doc},
+    {"stop", service_stop, METH_VARARGS, service_stop_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef service_module = {
+    PyModuleDef_HEAD_INIT,
+    "mmemu.host._service",
+    "A userfaultfd service thread in C (host oracle): the Resolver's rules.",
+    -1,
+    service_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__service(void)
+{
+    PyObject *m = PyModule_Create(&service_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "RECORD_SIZE", (long)sizeof(struct log_record)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
