@@ -67,6 +67,7 @@ BASELINE = {
     "uffd_wp_multi_vma": 0,       # UFFDIO_WRITEPROTECT walks several VMAs (6.4)
     "uffd_move_zeropage": 0,      # UFFDIO_MOVE moves zero-page ptes (~6.9)
     "uffd_eagain_result": 0,      # an mmap_changing EAGAIN writes -EAGAIN to the result field (~6.15)
+    "uffd_vma_lock": 0,           # fill/MOVE look up dst with find_vma_and_prepare_anon() (6.9)
 }
 
 
@@ -151,6 +152,9 @@ CHANGES = (
            {"uffd_features": 0x1ffff}),
     Change("uffd-move-zeropage", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
            {"uffd_move_zeropage": 1}),
+    Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "
+           "(dst's anon_vma prepared before the checks; MOVE without a VMA is ENOENT)",
+           {"uffd_vma_lock": 1}),
     Change("uffd-eagain-output-field", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race (id unconfirmed)",
            {"uffd_eagain_result": 1}),
 )

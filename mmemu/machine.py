@@ -127,10 +127,18 @@ class Machine:
         waiter = Waiter(thread, msg, start, end)
         uffd.events.append((waiter, msg))
         uffd.mmap_changing += 1
-        thread.blocked = (waiter, rest, uffd)
+
+        def done():
+            # userfaultfd_event_wait_completion(): the waiting thread itself
+            # lowers mmap_changing once it runs again, not the read (a COPY
+            # between the read and the thread's return still sees EAGAIN).
+            if not uffd.released:
+                uffd.mmap_changing -= 1
+            return rest()
+        thread.blocked = (waiter, done, uffd)
         uffd._deliver(waiter, "the event to be read")
         thread.blocked = None
-        return rest()
+        return done()
 
     def _new_uffd(self, uffd):
         ctx = len(self._uffds) + 1

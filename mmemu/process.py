@@ -69,6 +69,7 @@ _MADV_LATER = {
 
 # Advice that only sets or clears VMA flags: (set, clear). MADV_MERGEABLE is
 # accepted but ksmd is not modelled, so nothing merges.
+_MADV_ZAP = (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_FREE, C.MADV_REMOVE)
 _FLAG_ADVICE = {
     C.MADV_DONTFORK: (VM_DONTCOPY, 0), C.MADV_DOFORK: (0, VM_DONTCOPY),
     C.MADV_WIPEONFORK: (VM_WIPEONFORK, 0), C.MADV_KEEPONFORK: (0, VM_WIPEONFORK),
@@ -369,67 +370,106 @@ class Process(FileOps):
         if advice in _MADV_LATER:
             raise NotImplementedError(f"MADV {advice} needs {_MADV_LATER[advice]}")
         holes = self.vmas.holes(addr, end)
-        if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_FREE, C.MADV_REMOVE):
-            from .uffd import UFFD_EVENT_REMOVE, UFFD_FEATURE_EVENT_REMOVE, UffdMsg
-            # userfaultfd_remove(): the monitor hears of it before the zap,
-            # and the caller waits until it has read the event.
-            events = [(u, UffdMsg(UFFD_EVENT_REMOVE, start=addr, end=end), addr, end)
-                      for u in self._uffds_with(UFFD_FEATURE_EVENT_REMOVE, addr, end)]
-            if events:
-                return self._events(events, lambda: self._madvise_work(addr, end, advice, holes))
+        if advice in _MADV_ZAP:
+            return self._madvise_walk(addr, end, advice, holes)
         return self._madvise_work(addr, end, advice, holes)
+
+    def _madvise_walk(self, addr, end, advice, holes):
+        """madvise_walk_vmas() for the advice that drops pages (DONTNEED,
+        DONTNEED_LOCKED, FREE, REMOVE): VMA by VMA, its check, then its REMOVE
+        event (userfaultfd_remove(), the range cut to the VMA; the caller
+        waits until the monitor read it), then its work. A VMA that fails
+        stops the walk with the VMAs before it done."""
+        from .uffd import UFFD_EVENT_REMOVE, UFFD_FEATURE_EVENT_REMOVE, UffdMsg
+        spans = [(max(addr, v.start), min(end, v.end)) for v in self.vmas.overlapping(addr, end)]
+
+        def step(i):
+            if i == len(spans):
+                if holes:
+                    raise oserror(ENOMEM, "madvise", "range has unmapped parts")
+                return None
+            s, e = spans[i]
+            self._pull()
+            vma = self.vmas.find(s)
+            if vma is None:                        # unmapped while a monitor read an event
+                return step(i + 1)
+            e = min(e, vma.end)
+            err = self._madvise_invalid(vma, advice)
+            if err is not None:
+                raise err
+            u = self.machine._uffds.get(vma.uffd) if vma.uffd else None
+            work = lambda: (self._madvise_zap(vma, s, e, advice), step(i + 1))[1]  # noqa: E731
+            if u is not None and not u.released and (u.features or 0) & UFFD_FEATURE_EVENT_REMOVE:
+                return self._events([(u, UffdMsg(UFFD_EVENT_REMOVE, start=s, end=e), s, e)], work)
+            return work()
+        return step(0)
+
+    def _madvise_invalid(self, vma, advice):
+        """The per-VMA check of madvise_vma_behavior(), as an OSError or None
+        (checks that Linux makes after the REMOVE event are in _madvise_zap)."""
+        if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_FREE):
+            # madvise_dontneed_free_valid_vma(): no PFN maps; no mlocked VMA
+            # except for DONTNEED_LOCKED.
+            if vma.flags & VM_PFNMAP or (vma.flags & VM_LOCKED and advice != C.MADV_DONTNEED_LOCKED):
+                return oserror(EINVAL, "madvise", "dropping pages of a locked or PFN mapping")
+        elif advice == C.MADV_REMOVE:
+            # madvise_remove(): EINVAL without a file or on a locked VMA; EACCES
+            # unless shared and may-write (VM_WRITE itself does not matter).
+            if not vma.file or vma.flags & VM_LOCKED:
+                return oserror(EINVAL, "madvise", "MADV_REMOVE needs a file mapping")
+            if not (vma.flags & VM_SHARED and vma.flags & VM_MAYWRITE):
+                return oserror(EACCES, "madvise", "MADV_REMOVE needs a shared may-write mapping")
+        elif advice == C.MADV_WIPEONFORK:
+            # (KEEPONFORK checks nothing of the kind: madvise_vma_behavior.)
+            if vma.file or vma.flags & VM_SHARED:
+                return oserror(EINVAL, "madvise", "WIPEONFORK applies to private anon memory")
+        elif advice in (C.MADV_PAGEOUT, C.MADV_COLD):
+            if vma.flags & (VM_LOCKED | VM_PFNMAP):
+                return oserror(EINVAL, "madvise", "PAGEOUT/COLD of a locked or PFN mapping")
+        elif advice == C.MADV_DOFORK and vma.flags & VM_IO:
+            return oserror(EINVAL, "madvise", "MADV_DOFORK on VM_IO")
+        return None
+
+    def _madvise_zap(self, vma, s, e, advice):
+        self._pull()
+        if advice == C.MADV_REMOVE:
+            first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)
+            last = vma.pgoff + ((e - vma.start) >> C.PAGE_SHIFT)
+            self.machine._files[vma.file].punch_hole(first, last)
+        elif advice == C.MADV_FREE:
+            # madvise_free_single_vma(): anon only, checked after the event.
+            if vma.file or vma.flags & VM_SHARED:
+                raise oserror(EINVAL, "madvise", "MADV_FREE applies to private anon memory")
+            self._engine.madvise_free(self.mm, self.cpu, s, e)
+        else:
+            # A file-backed uffd-wp VMA keeps its protection as markers (5.19+).
+            markers = bool(vma.file and vma.flags & VM_UFFD_WP and self._policy().uffd_wp_file)
+            self._engine.zap(self.mm, self.cpu, s, e, False, markers)
 
     def _madvise_work(self, addr, end, advice, holes):
         self._pull()
-        if advice == C.MADV_REMOVE:
-            self._madv_remove(addr, end)
-            if holes:
-                raise oserror(ENOMEM, "madvise", "range has unmapped parts")
-            return
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             self._populate(addr, end, advice == C.MADV_POPULATE_WRITE, "madvise")
             return
         targets = self.vmas.isolate(addr, end)
+        err, done_end = None, addr
         for vma in targets:
-            if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED):
-                if vma.flags & (VM_PFNMAP) or (vma.flags & VM_LOCKED and advice == C.MADV_DONTNEED):
-                    self._sync()
-                    raise oserror(EINVAL, "madvise", "MADV_DONTNEED on a locked or PFN mapping")
-            elif advice == C.MADV_WIPEONFORK:
-                # (KEEPONFORK checks nothing of the kind: madvise_vma_behavior.)
-                if vma.file or vma.flags & VM_SHARED:
-                    self._sync()
-                    raise oserror(EINVAL, "madvise", "WIPEONFORK applies to private anon memory")
-            elif advice == C.MADV_FREE:
-                if vma.file or vma.flags & VM_SHARED:
-                    self._sync()
-                    raise oserror(EINVAL, "madvise", "MADV_FREE applies to private anon memory")
-            elif advice in (C.MADV_PAGEOUT, C.MADV_COLD):
-                if vma.flags & (VM_LOCKED | VM_PFNMAP):
-                    self._sync()
-                    raise oserror(EINVAL, "madvise", "PAGEOUT/COLD of a locked or PFN mapping")
-            elif advice == C.MADV_DOFORK and vma.flags & VM_IO:
-                self._sync()
-                raise oserror(EINVAL, "madvise", "MADV_DOFORK on VM_IO")
-        for vma in targets:
-            if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED):
-                # A file-backed uffd-wp VMA keeps its protection as markers (5.19+).
-                markers = bool(vma.file and vma.flags & VM_UFFD_WP and self._policy().uffd_wp_file)
-                self._engine.zap(self.mm, self.cpu, vma.start, vma.end, False, markers)
-            elif advice == C.MADV_PAGEOUT:
-                pass                            # done once over [addr, end) below
-            elif advice == C.MADV_COLD:
-                pass                            # deactivation only: nothing observable
-            elif advice == C.MADV_FREE:
-                self._engine.madvise_free(self.mm, self.cpu, vma.start, vma.end)
-            elif advice in _FLAG_ADVICE:
+            # madvise_walk_vmas(): each VMA is checked and changed in turn.
+            err = self._madvise_invalid(vma, advice)
+            if err is not None:
+                break
+            if advice in _FLAG_ADVICE:
                 set_bits, clear_bits = _FLAG_ADVICE[advice]
                 vma.flags = (vma.flags | set_bits) & ~clear_bits
+            done_end = vma.end
         self._sync()
-        if advice == C.MADV_PAGEOUT:
+        if advice == C.MADV_PAGEOUT and done_end > addr:
             # After _sync() the isolated VMAs may have merged back: the range
-            # is [addr, end), not any VMA's bounds.
-            self._engine.pageout(self.mm, self.cpu, addr, end)
+            # is [addr, done_end), not any VMA's bounds. (COLD: deactivation
+            # only, nothing observable.)
+            self._engine.pageout(self.mm, self.cpu, addr, done_end)
+        if err is not None:
+            raise err
         if holes:
             # madvise applies to the mapped parts and then reports the hole.
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
@@ -464,16 +504,19 @@ class Process(FileOps):
             raise oserror(EINVAL, "mremap", "DONTUNMAP of a non-anonymous mapping needs 5.13")
         if flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP):
             # mremap_to(): always a move, to new_addr or to a fresh range.
+            early, late = [], []
             if flags & C.MREMAP_FIXED:
+                early = self._unmap_events(new_addr, new_addr + new_size)    # uf_unmap_early
                 self._unmap(new_addr, new_addr + new_size)
             else:
                 new_addr = self.vmas.free_area(new_size, self._mmap_top, C.MMAP_MIN_ADDR)
                 if new_addr is None:
                     raise oserror(ENOMEM, "mremap", "no free virtual range")
             if new_size < old_size:
+                late = self._unmap_events(old_addr + new_size, old_addr + old_size)
                 self._unmap(old_addr + new_size, old_addr + old_size)
                 old_size = new_size
-            return self._move(old_addr, old_size, new_addr, new_size, flags)
+            return self._move(old_addr, old_size, new_addr, new_size, flags, early, late)
         if new_size <= old_size:
             events = []
             if new_size < old_size:
@@ -494,7 +537,13 @@ class Process(FileOps):
             raise oserror(ENOMEM, "mremap", "no free virtual range")
         return self._move(old_addr, old_size, dst, new_size, flags)
 
-    def _move(self, old_addr, old_size, new_addr, new_size, flags):
+    def _move(self, old_addr, old_size, new_addr, new_size, flags, early=(), late=()):
+        """move_vma(). The monitor then hears, in notify_uffd()'s order: the
+        UNMAP of a FIXED destination (`early`), the REMAP, and the UNMAPs of
+        a shrunk tail (`late`) and of the source left behind."""
+        late = list(late)
+        if not flags & C.MREMAP_DONTUNMAP:
+            late += self._unmap_events(old_addr, old_addr + old_size)
         (vma,) = self.vmas.isolate(old_addr, old_addr + old_size)
         moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file, vma.uffd,
                     vma.anon_vma, vma.avc_single)
@@ -510,17 +559,19 @@ class Process(FileOps):
             self._sync()
             self._engine.zap(self.mm, self.cpu, old_addr, old_addr + old_size, True)
         uffd = self.machine._uffds.get(moved.uffd) if moved.uffd else None
+        remap = []
         if uffd is not None:
             from .uffd import UFFD_EVENT_REMAP, UFFD_FEATURE_EVENT_REMAP, UffdMsg
             if (uffd.features or 0) & UFFD_FEATURE_EVENT_REMAP:
                 msg = UffdMsg(UFFD_EVENT_REMAP, from_=old_addr, to=new_addr, len=old_size)
-                return self._events([(uffd, msg, new_addr, new_addr + new_size)], lambda: new_addr)
-            # mremap_userfaultfd_prep(): without EVENT_REMAP the moved VMA is unregistered.
-            for v in self.vmas.isolate(new_addr, new_addr + new_size):
-                v.flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
-                v.uffd = 0
-            self._sync()
-        return new_addr
+                remap = [(uffd, msg, new_addr, new_addr + new_size)]
+            else:
+                # mremap_userfaultfd_prep(): without EVENT_REMAP the moved VMA is unregistered.
+                for v in self.vmas.isolate(new_addr, new_addr + new_size):
+                    v.flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
+                    v.uffd = 0
+                self._sync()
+        return self._events(list(early) + remap + late, lambda: new_addr)
 
     def _uffds_with(self, feature, start, end):
         """Contexts with `feature` registered on VMAs overlapping [start, end)."""
@@ -544,21 +595,6 @@ class Process(FileOps):
             rest = (lambda u, m, s_, e_, r: (lambda: self.machine._event(thread, u, m, s_, e_, r)))(
                 uffd, msg, s, e, rest)
         return self._run(thread, rest) if events else rest()
-
-    def _madv_remove(self, start, end):
-        """MADV_REMOVE: punch the hole in the file behind a shared mapping."""
-        for vma in self.vmas.overlapping(start, end):
-            # madvise_remove(): EINVAL without a file or on a locked VMA; EACCES
-            # unless shared and may-write (VM_WRITE itself does not matter).
-            if not vma.file or vma.flags & VM_LOCKED:
-                raise oserror(EINVAL, "madvise", "MADV_REMOVE needs a file mapping")
-            if not (vma.flags & VM_SHARED and vma.flags & VM_MAYWRITE):
-                raise oserror(EACCES, "madvise", "MADV_REMOVE needs a shared may-write mapping")
-        for vma in self.vmas.overlapping(start, end):
-            s, e = max(start, vma.start), min(end, vma.end)
-            first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)
-            last = vma.pgoff + ((e - vma.start) >> C.PAGE_SHIFT)
-            self.machine._files[vma.file].punch_hole(first, last)
 
     def _populate(self, start, end, write, call):
         flags = C.FOLL_MADV_POPULATE | C.FOLL_TOUCH | (C.FOLL_WRITE if write else 0)

@@ -72,6 +72,7 @@ from .errors import EmulatedSignal, Sigbus, WouldBlock
 OPS = {
     "mmap": ({"pages", "prot", "flags"}, {"name", "addr", "fd", "off"}),
     "munmap": ({"at", "pages"}, set()),
+    "mremap": ({"at", "pages", "new_pages"}, {"to", "flags"}),
     "mprotect": ({"at", "pages", "prot"}, set()),
     "madvise": ({"at", "pages", "advice"}, set()),
     "read": ({"at", "len"}, set()),
@@ -122,7 +123,8 @@ PIN_OPS = {"pin_read", "pin_write", "pin_release"}
 FLAG_ARGS = {"prot": "PROT_", "flags": "MAP_", "advice": "MADV_", "gup_flags": "FOLL_",
              "mode": "FALLOC_FL_", "features": "UFFD_FEATURE_"}
 # The prefix of "flags" for ops other than mmap.
-OP_FLAG_PREFIX = {"memfd_create": "MFD_", "userfaultfd": ("O_", "UFFD_USER_MODE_ONLY")}
+OP_FLAG_PREFIX = {"memfd_create": "MFD_", "userfaultfd": ("O_", "UFFD_USER_MODE_ONLY"),
+                  "mremap": "MREMAP_"}
 # The prefix of "mode" for ops other than fallocate.
 OP_MODE_PREFIX = {"uffd_register": "UFFDIO_REGISTER_MODE_", "uffd_copy": "UFFDIO_COPY_MODE_",
                   "uffd_zeropage": "UFFDIO_ZEROPAGE_MODE_",
@@ -432,6 +434,12 @@ class _Checker:
                 self.regions[name] = _Region(name, step["pages"], parent and parent.name,
                                              page, where)
                 proc.regions.append(name)
+        elif op == "mremap":
+            self.at(step, proc, where, pages=step["pages"])
+            if not _is_count(step["new_pages"]) or not step["new_pages"]:
+                raise ProgramError(where, "new_pages must be a positive count")
+            if "to" in step:
+                self.at(step, proc, where, pages=step["new_pages"], key="to")
         elif op in ("munmap", "mprotect", "madvise", "vmsplice", "get_user_pages",
                     "pin_user_pages"):
             self.at(step, proc, where, pages=step["pages"])
@@ -726,6 +734,16 @@ class _Run:
             return {"ok": name}
         if op == "munmap":
             proc.munmap(a, pages * C.PAGE_SIZE)
+        elif op == "mremap":
+            # "to" (a region's page): MREMAP_MAYMOVE|MREMAP_FIXED there, so both
+            # machines place it alike; else MAYMOVE unless "flags" says.
+            to = self.addr(step, "to") if "to" in step else 0
+            if "to" in step and to is None:
+                return {"skipped": f"region {step['to'][0]!r} was never mapped"}
+            flags = parse_flags(step["flags"], "MREMAP_") if "flags" in step else \
+                (C.MREMAP_MAYMOVE | (C.MREMAP_FIXED if to else 0))
+            got = proc.mremap(a, pages * C.PAGE_SIZE, step["new_pages"] * C.PAGE_SIZE, flags, to)
+            return {"addr": self.symbolic(owner, got)}
         elif op == "mprotect":
             proc.mprotect(a, pages * C.PAGE_SIZE, parse_flags(step["prot"], "PROT_"))
         elif op == "madvise":
@@ -1020,6 +1038,10 @@ def describe(step):
                 f"{fl('flags', 'MAP_')}{file}")
     if op in ("munmap",):
         return f"munmap {a('at')} {step.get('pages')} pages"
+    if op == "mremap":
+        to = f" to {a('to')}" if "to" in step else ""
+        flags = f" {fl('flags', 'MREMAP_')}" if "flags" in step else ""
+        return f"mremap {a('at')} {step.get('pages')} -> {step.get('new_pages')} pages{to}{flags}"
     if op == "mprotect":
         return f"mprotect {a('at')} {step.get('pages')} pages {fl('prot', 'PROT_')}"
     if op == "madvise":

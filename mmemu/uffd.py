@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from . import constants as C
 from .errors import (EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock, WouldBlock,
                      oserror)
-from .vma import (VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP,
-                  VM_WRITE)
+from .vma import (VM_ANON_VMA, VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
+                  VM_UFFD_WP, VM_WRITE)
 
 PAGE = C.PAGE_SIZE
 
@@ -247,6 +247,23 @@ class Uffd:
             p._pull()          # before a relayout: keep the flags the core set
         return p.vmas.overlapping(start, end)
 
+    def _prepare_anon(self, addr):
+        """uffd_lock_vma() (6.9+): the VMA at the destination gets an anon_vma
+        if private, before any check of it - a failed ioctl leaves it there
+        (and the next fork copies that VMA's ptes)."""
+        if not self.policy.uffd_vma_lock:
+            return None
+        p = self.process
+        vma = p.vmas.find(addr)
+        if vma is not None and not vma.flags & (VM_SHARED | VM_ANON_VMA):
+            p._pull()
+            vma = p.vmas.find(addr)
+            if not vma.flags & VM_ANON_VMA:
+                vma.flags |= VM_ANON_VMA
+                p._push_vmas()
+                p._pull()                    # gives it its identity
+        return vma
+
     def _registered_vma(self, start, end, call, result_errno=ENOENT):
         """The one VMA of this context covering [start, end) (fill ioctls)."""
         vma = self.process.vmas.find(start)
@@ -281,9 +298,10 @@ class Uffd:
         if mode & UFFDIO_REGISTER_MODE_MINOR and not self.policy.uffd_features & UFFD_FEATURE_MINOR_HUGETLBFS:
             raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
         vmas = self._vmas(start, end, pull=True)
-        covered = sum(min(v.end, end) - max(v.start, start) for v in vmas)
-        if covered != end - start:
-            raise oserror(EINVAL, "UFFDIO_REGISTER", "range not fully mapped")
+        if not vmas:
+            # userfaultfd_register(): at least one VMA in the range; holes are
+            # skipped (the VMAs there are registered).
+            raise oserror(EINVAL, "UFFDIO_REGISTER", "no VMA in the range")
         for v in vmas:
             # vma_can_userfault(): anon, or shmem; MINOR only on shmem (5.14);
             # WP on shmem only with pte markers (5.19).
@@ -324,6 +342,10 @@ class Uffd:
     def unregister(self, addr, length):
         self._ready("UFFDIO_UNREGISTER")
         start, end = self._range(addr, length, "UFFDIO_UNREGISTER")
+        # userfaultfd_unregister(): a range with no VMA at all is EINVAL
+        # (holes between VMAs are fine).
+        if not self._vmas(start, end, pull=True):
+            raise oserror(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
         self._unregister(start, end)
 
     def _unregister(self, start, end):
@@ -331,18 +353,25 @@ class Uffd:
         if not p.alive:
             return
         eng = self.machine._engine
+        wake = []
         for v in list(self._vmas(start, end, pull=True)):
             if v.uffd != self.ctx:
                 continue
             s, e = max(v.start, start), min(v.end, end)
             if v.flags & VM_UFFD_WP:
                 eng.uffd_writeprotect(p.mm, s, e, False, False, v.flags)   # bits and markers go
+            if v.flags & VM_UFFD_MISSING:
+                # userfaultfd_unregister(): only a MISSING registration wakes
+                # its waiters; a thread waiting on a WP or MINOR fault of the
+                # range stays asleep until UFFDIO_WAKE (seen on the host).
+                wake.append((s, e))
         for v in p.vmas.isolate(start, end):
             if v.uffd == self.ctx:
                 v.flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
                 v.uffd = 0
         p._sync()
-        self._wake(start, end)
+        for s, e in wake:
+            self._wake(s, e)
 
     # ---- fill ioctls --------------------------------------------------------
     def _fill(self, call, nr, dst, length, mode, allowed, kind, wp=False, src=None, src_proc=None):
@@ -355,6 +384,7 @@ class Uffd:
             # Checked before the ioctl writes its output field (userfaultfd_copy() et al.).
             raise UffdError(EINVAL, call, None, "bad mode")
         start, end = self._range(dst, length, call)
+        self._prepare_anon(start)
         vma = self._registered_vma(start, end, call)
         if wp and not vma.flags & VM_UFFD_WP:
             raise UffdError(EINVAL, call, -EINVAL, "MODE_WP needs a WP-registered VMA")
@@ -440,6 +470,11 @@ class Uffd:
         start, end = self._range(dst, length, call)
         self._range(src, length, call)
         p = self.process
+        if self.policy.uffd_vma_lock:
+            # uffd_move_lock() (6.9): dst's VMA is found (and given an
+            # anon_vma), then src's; a missing one is ENOENT.
+            if self._prepare_anon(start) is None or p.vmas.find(src) is None:
+                raise UffdError(ENOENT, call, -ENOENT, "no VMA at dst or src")
         dvma = self._registered_vma(start, end, call, EINVAL)
         svma = p.vmas.find(src)
         # validate_move_areas(): both private anon, same protection, src writable.
@@ -529,8 +564,7 @@ class Uffd:
             out.append(w.msg)
         while self.events and (max_msgs is None or len(out) < max_msgs):
             w, msg = self.events.pop(0)
-            w.read = w.woken = True
-            self.mmap_changing -= 1              # the event has been delivered
+            w.read = w.woken = True              # (its thread lowers mmap_changing)
             out.append(msg)
         if not out and self.flags & O_NONBLOCK:
             raise oserror(EAGAIN, "read", "no message")

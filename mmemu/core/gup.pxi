@@ -158,6 +158,10 @@ cdef int64_t gup_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t n
                     err[0] = -1             # waits on a userfaultfd: the caller decides
                 elif ret & (VM_FAULT_OOM | VM_FAULT_NOMEM):
                     err[0] = CORE_ENOMEM
+                elif ret & VM_FAULT_HWPOISON and flags & FOLL_MADV_POPULATE:
+                    # vm_fault_to_errno() with FOLL_HWPOISON, which
+                    # madvise_populate() passes: EHWPOISON, not EFAULT.
+                    err[0] = CORE_EHWPOISON
                 else:
                     err[0] = CORE_EFAULT
                 return i

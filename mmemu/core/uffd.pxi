@@ -295,14 +295,19 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
     cdef uint64_t *dp
     cdef uint64_t pte
     cdef int64_t pfn
-    if sp == NULL or sp[0] == 0:
-        return 1 if allow_holes else -CORE_ENOENT
-    pte = sp[0]
+    # move_pages(): no page table at src is ENOENT at once (without
+    # ALLOW_SRC_HOLES); otherwise move_pages_pte() looks at dst first, so
+    # a populated dst is EEXIST even when src is a hole.
+    if sp == NULL and not allow_holes:
+        return -CORE_ENOENT
     dp = pte_offset(e, mm, dst, True)
     if dp == NULL:
         return -CORE_ENOMEM
     if dp[0] != 0:
         return -CORE_EEXIST
+    if sp == NULL or sp[0] == 0:
+        return 1 if allow_holes else -CORE_ENOENT
+    pte = sp[0]
     if pte & PTE_PRESENT:
         if pte & PTE_SPECIAL:
             if not move_zeropage:

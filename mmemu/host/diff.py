@@ -396,47 +396,87 @@ def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True
 # --- userfaultfd programs -----------------------------------------------------------
 
 UFFD_FEATURES = [0, "UFFD_FEATURE_PAGEFAULT_FLAG_WP", "UFFD_FEATURE_WP_UNPOPULATED",
-                 "UFFD_FEATURE_EXACT_ADDRESS", "UFFD_FEATURE_SIGBUS"]
+                 "UFFD_FEATURE_EXACT_ADDRESS", "UFFD_FEATURE_SIGBUS",
+                 "UFFD_FEATURE_MINOR_SHMEM", "UFFD_FEATURE_POISON|UFFD_FEATURE_MOVE",
+                 "UFFD_FEATURE_WP_HUGETLBFS_SHMEM|UFFD_FEATURE_PAGEFAULT_FLAG_WP"]
+# Non-cooperative events: a program asking for them starts a service thread
+# at once (on the host the syscall that raises one sleeps until it is read).
+UFFD_EVENT_FEATURES = ["UFFD_FEATURE_EVENT_REMOVE|UFFD_FEATURE_EVENT_UNMAP",
+                       "UFFD_FEATURE_EVENT_FORK|UFFD_FEATURE_EVENT_UNMAP",
+                       "UFFD_FEATURE_EVENT_REMOVE|UFFD_FEATURE_WP_UNPOPULATED",
+                       "UFFD_FEATURE_EVENT_REMAP|UFFD_FEATURE_EVENT_UNMAP"]
 UFFD_MODES = ["UFFDIO_REGISTER_MODE_MISSING", "UFFDIO_REGISTER_MODE_WP",
-              "UFFDIO_REGISTER_MODE_MISSING|UFFDIO_REGISTER_MODE_WP"]
+              "UFFDIO_REGISTER_MODE_MISSING|UFFDIO_REGISTER_MODE_WP",
+              "UFFDIO_REGISTER_MODE_MINOR", "UFFDIO_REGISTER_MODE_MINOR|UFFDIO_REGISTER_MODE_WP"]
 UFFD_STEP_KINDS = ["stop", "stop", "read", "write", "resume", "uffd_read", "uffd_copy",
                    "uffd_zeropage", "protect", "unprotect", "uffd_wake", "write_straddle",
                    "uffd_register", "uffd_unregister", "madvise", "copy_wp", "unprotect_dontwake",
-                   "zeropage_dontwake"]
+                   "zeropage_dontwake", "continue", "poison", "move", "copy_from", "serve",
+                   "served", "pwrite", "munmap", "fork", "mremap"]
 # No MADV_PAGEOUT: a page the blocked access's thread just faulted in sits in
 # that CPU's LRU batch, which PAGEOUT from the serving thread may not drain
 # (host-flaky).
-UFFD_ADVICE = ["MADV_DONTNEED", "MADV_POPULATE_READ", "MADV_POPULATE_WRITE"]
+UFFD_ADVICE = ["MADV_DONTNEED", "MADV_POPULATE_READ", "MADV_POPULATE_WRITE", "MADV_REMOVE"]
+UFFD_BACKINGS = ["anon", "anon", "shmem", "shmem-private"]
 
 
 @st.composite
 def uffd_programs(draw, max_steps=12, advice=None):
-    """Small userfaultfd programs on private anonymous memory: one context
-    (O_NONBLOCK), one or two regions of 1-4 pages, a registration (MISSING,
-    WP or both), then accesses that block, reads of the message queue,
-    faults resolved by COPY, ZEROPAGE and unprotecting, wakes, resumes,
-    re-registration, unregistration and a little advice.
+    """Small userfaultfd programs: one context (O_NONBLOCK) over one or two
+    regions of 1-4 pages, private anonymous or a memfd mapped shared or
+    private, and an anonymous source region "s" that is never registered.
+    A registration (MISSING, WP, MINOR or a mix), then accesses that block,
+    reads of the message queue, faults resolved by COPY (from bytes or from
+    "s"), ZEROPAGE, CONTINUE and unprotecting, POISON, MOVE from "s", wakes,
+    resumes, re-registration, unregistration, file writes and a little advice.
 
-    WRITEPROTECT ranges may run past the registered range (Linux stops at
-    the first VMA without uffd-wp), and re-registration may hit neighbours
-    that have anon_vmas of their own (they must not merge)."""
+    A service thread (uffd_serve: the Resolver rules) may take over at any
+    point, reading what is queued; programs that ask for non-cooperative
+    events (REMOVE, UNMAP, FORK) start it at once, and only served programs
+    munmap or fork, so no syscall ever waits on a reader that is not there.
+    The served log (uffd_served) is compared at the end."""
     adv = [a for a in UFFD_ADVICE if advice is None or a in advice] or ["MADV_DONTNEED"]
-    regions = []
-    steps = []
+    regions, steps, has_file = [], [], False
     while len(regions) < 2:
         if regions and draw(st.integers(0, 1)) == 0:
             break
         name = "ab"[len(regions)]
         pages = draw(st.integers(1, 4))
-        steps.append({"op": "mmap", "name": name, "pages": pages,
-                      "prot": "PROT_READ|PROT_WRITE", "flags": "MAP_PRIVATE|MAP_ANONYMOUS"})
+        backing = _pick(draw, UFFD_BACKINGS)
+        if backing == "anon":
+            steps.append({"op": "mmap", "name": name, "pages": pages,
+                          "prot": "PROT_READ|PROT_WRITE", "flags": "MAP_PRIVATE|MAP_ANONYMOUS"})
+        else:
+            if not has_file:
+                # Page 0 is in the page cache, the rest are holes: MINOR and
+                # MISSING faults both happen.
+                steps += [{"op": "memfd_create", "name": "m"},
+                          {"op": "ftruncate", "fd": "m", "len": 4 * C.PAGE_SIZE},
+                          {"op": "pwrite", "fd": "m", "off": 0, "data": "cached"}]
+                has_file = True
+            steps.append({"op": "mmap", "name": name, "pages": pages,
+                          "prot": "PROT_READ|PROT_WRITE", "fd": "m",
+                          "flags": "MAP_SHARED" if backing == "shmem" else "MAP_PRIVATE"})
         regions.append((name, pages))
+    spages = draw(st.integers(1, 4))
+    steps += [{"op": "mmap", "name": "s", "pages": spages, "prot": "PROT_READ|PROT_WRITE",
+               "flags": "MAP_PRIVATE|MAP_ANONYMOUS"},
+              {"op": "write", "at": ["s", 0], "fill": 0x5A, "len": spages * C.PAGE_SIZE}]
     state = _GenState(regions, False)
+    events = draw(st.integers(0, len(UFFD_EVENT_FEATURES)))      # 0: none
+    features = _pick(draw, UFFD_FEATURES)
+    if events:
+        ev = UFFD_EVENT_FEATURES[events - 1]
+        features = ev if not features else f"{features}|{ev}"
     steps.append({"op": "userfaultfd", "name": "u", "flags": "O_NONBLOCK|O_CLOEXEC"})
-    steps.append({"op": "uffd_api", "uffd": "u", "features": _pick(draw, UFFD_FEATURES)})
+    steps.append({"op": "uffd_api", "uffd": "u", "features": features})
     at, n = _range(draw, state)
     steps.append({"op": "uffd_register", "uffd": "u", "at": at, "pages": n,
                   "mode": _pick(draw, UFFD_MODES)})
+    served = False
+    if events:
+        steps.append({"op": "uffd_serve", "uffd": "u", "missing": "zeropage"})
+        served = True
     first = len(steps)
     while len(steps) < first + max_steps:
         kind = draw(st.sampled_from(UFFD_STEP_KINDS))
@@ -463,10 +503,25 @@ def uffd_programs(draw, max_steps=12, advice=None):
                     "data": state.tag()}
             if kind == "copy_wp":
                 step["mode"] = "UFFDIO_COPY_MODE_WP"
+        elif kind in ("copy_from", "move"):
+            src = ["s", arg % max(1, spages - n + 1)]
+            if n > spages:
+                src = ["s", 0]
+                n = spages
+            step = {"op": "uffd_copy" if kind == "copy_from" else "uffd_move", "uffd": "u",
+                    "at": at, "src": src, "pages": n}
+            if kind == "move" and arg & 1:
+                step["mode"] = "UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES"
         elif kind in ("uffd_zeropage", "zeropage_dontwake"):
             step = {"op": "uffd_zeropage", "uffd": "u", "at": at, "pages": n}
             if kind == "zeropage_dontwake":
                 step["mode"] = "UFFDIO_ZEROPAGE_MODE_DONTWAKE"
+        elif kind == "continue":
+            step = {"op": "uffd_continue", "uffd": "u", "at": at, "pages": n}
+            if arg == 3:
+                step["mode"] = "UFFDIO_CONTINUE_MODE_WP"
+        elif kind == "poison":
+            step = {"op": "uffd_poison", "uffd": "u", "at": at, "pages": n}
         elif kind in ("protect", "unprotect", "unprotect_dontwake"):
             step = {"op": "uffd_writeprotect", "uffd": "u", "at": at, "pages": n,
                     "mode": {"protect": "UFFDIO_WRITEPROTECT_MODE_WP", "unprotect": 0,
@@ -478,9 +533,49 @@ def uffd_programs(draw, max_steps=12, advice=None):
                     "mode": UFFD_MODES[arg % len(UFFD_MODES)]}
         elif kind == "uffd_unregister":
             step = {"op": "uffd_unregister", "uffd": "u", "at": at, "pages": n}
+        elif kind == "serve":
+            if served:
+                step = {"op": "uffd_served", "uffd": "u"}
+            else:
+                step = {"op": "uffd_serve", "uffd": "u",
+                        "missing": "copy" if arg & 1 else "zeropage", "fill": arg}
+                served = True
+        elif kind == "served":
+            step = {"op": "uffd_served", "uffd": "u"} if served else {"op": "uffd_read",
+                                                                      "uffd": "u"}
+        elif kind == "pwrite":
+            if not has_file:
+                continue
+            step = {"op": "pwrite", "fd": "m", "off": (arg % 4) * C.PAGE_SIZE,
+                    "data": state.tag()}
+        elif kind == "munmap":
+            # Only served: an UNMAP event waits for its reader. A munmapped
+            # region stays a name; later steps on it see ENOMEM/SIGSEGV alike.
+            if not served:
+                continue
+            step = {"op": "munmap", "at": at, "pages": n}
+        elif kind == "mremap":
+            # Moved onto a range of a named region (FIXED), so both machines
+            # place it alike; only served, as events may come of it.
+            if not served:
+                continue
+            to, tn = _range(draw, state)
+            step = {"op": "mremap", "at": at, "pages": n, "new_pages": min(n, tn), "to": to}
+        elif kind == "fork":
+            if not served:
+                continue
+            step = {"op": "fork", "name": f"c{state.tag()}", "body": [
+                {"op": "read", "at": at, "len": 4}, {"op": "exit"}]}
         else:
-            step = {"op": "madvise", "at": at, "pages": n, "advice": adv[arg % len(adv)]}
+            advice = adv[arg % len(adv)]
+            if advice == "MADV_REMOVE" and not served:
+                advice = "MADV_DONTNEED"        # on a shared memfd REMOVE may raise an event
+            if advice == "MADV_DONTNEED" and not served and "EVENT" in str(features):
+                continue
+            step = {"op": "madvise", "at": at, "pages": n, "advice": advice}
         steps.append(step)
+    if served:
+        steps.append({"op": "uffd_served", "uffd": "u"})
     return steps
 
 

@@ -301,6 +301,47 @@ def test_move_and_copy_from_an_address(uffd_host):
     assert out[11:] == [{"data": b"moved".hex()}, {"data": b"copied".hex()}]
 
 
+def test_unregister_wakes_only_missing_waiters(uffd_host):
+    prog = head(2, features="UFFD_FEATURE_PAGEFAULT_FLAG_WP", mode=WP) + [
+        {"op": "write", "at": ["a", 0], "data": "x"},
+        {"op": "uffd_writeprotect", "uffd": "u", "at": ["a", 0], "pages": 1,
+         "mode": "UFFDIO_WRITEPROTECT_MODE_WP"},
+        {"op": "write", "at": ["a", 0], "data": "y"},                       # WP fault
+        {"op": "uffd_unregister", "uffd": "u", "at": ["a", 0], "pages": 2},  # not woken
+        {"op": "resume"},
+        {"op": "uffd_wake", "uffd": "u", "at": ["a", 0], "pages": 1},
+        {"op": "resume"},
+        {"op": "read", "at": ["a", 0], "len": 1},
+    ]
+    out = outcomes(agree(uffd_host, prog))
+    assert out[6] == {"blocked": fault(0, 3)} and out[8] == {"blocked": fault(0, 3)}
+    assert out[11] == {"data": b"y".hex()}
+
+
+def test_register_skips_holes_and_remove_events_are_cut_per_vma(uffd_host):
+    prog = head(4, features="UFFD_FEATURE_EVENT_REMOVE", pages=1) + [
+        {"op": "munmap", "at": ["a", 1], "pages": 1},
+        {"op": "uffd_register", "uffd": "u", "at": ["a", 0], "pages": 3, "mode": MISSING},
+        {"op": "uffd_register", "uffd": "u", "at": ["a", 1], "pages": 1, "mode": MISSING},
+        {"op": "uffd_serve", "uffd": "u"},
+        {"op": "madvise", "at": ["a", 0], "pages": 4, "advice": "MADV_DONTNEED"},
+        {"op": "uffd_served", "uffd": "u"},
+    ]
+    out = outcomes(agree(uffd_host, prog))
+    assert out[6] == {"errno": "EINVAL"} and out[8] == {"errno": "ENOMEM"}
+    assert [m["start"][1] for m in out[9]["msgs"]] == [0, 2]
+
+
+def test_mremap_unmap_and_remap_events(uffd_host):
+    prog = head(4, features="UFFD_FEATURE_EVENT_REMAP|UFFD_FEATURE_EVENT_UNMAP") + [
+        {"op": "uffd_serve", "uffd": "u"},
+        {"op": "mremap", "at": ["a", 0], "pages": 1, "new_pages": 1, "to": ["a", 2]},
+        {"op": "uffd_served", "uffd": "u"},
+    ]
+    out = outcomes(agree(uffd_host, prog))
+    assert [m["event"] for m in out[6]["msgs"]] == ["UNMAP", "REMAP", "UNMAP"]
+
+
 # --- engine bugs the host found (now fixed) ---------------------------------------
 
 def test_reregister_subset_mode_is_a_no_op(uffd_host):

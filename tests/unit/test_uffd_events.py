@@ -1,0 +1,100 @@
+"""Non-cooperative events as the 6.18 host sends them (each case was first
+seen on the host with a C monitor thread; tests/host/test_host_uffd.py runs
+the served ones against the host directly)."""
+import pytest
+
+import mmemu
+from mmemu import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PAGE_SIZE as PG
+from mmemu.errors import WouldBlock
+from mmemu.uffd import (O_NONBLOCK, UFFD_EVENT_REMAP, UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP,
+                        UFFD_FEATURE_EVENT_REMAP, UFFD_FEATURE_EVENT_REMOVE,
+                        UFFD_FEATURE_EVENT_UNMAP, UffdError, UFFDIO_REGISTER_MODE_MISSING,
+                        UFFDIO_REGISTER_MODE_WP)
+
+PRIV = MAP_PRIVATE | MAP_ANONYMOUS
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+
+
+def setup(features, npages=8):
+    m = mmemu.Machine(memory=32 << 20)
+    p = m.spawn()
+    a = p.mmap(0, npages * PG, 3, PRIV)
+    u = p.userfaultfd(O_NONBLOCK)
+    u.api(features)
+    return m, p, a, u
+
+
+def served(u):
+    log = []
+    u.serve(lambda uf, msg: log.append(msg))
+    return log
+
+
+def spans(log, a):
+    out = []
+    for msg in log:
+        if msg.event == UFFD_EVENT_REMAP:
+            out.append(("REMAP", (msg.from_ - a) // PG, (msg.to - a) // PG, msg.len // PG))
+        else:
+            out.append(({UFFD_EVENT_REMOVE: "REMOVE", UFFD_EVENT_UNMAP: "UNMAP"}[msg.event],
+                        (msg.start - a) // PG, (msg.end - a) // PG))
+    return out
+
+
+def test_remove_is_sent_per_vma_with_the_range_cut_to_it():
+    m, p, a, u = setup(UFFD_FEATURE_EVENT_REMOVE)
+    u.register(a, 4 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    u.register(a + 4 * PG, 2 * PG, UFFDIO_REGISTER_MODE_WP)     # [6, 8) unregistered
+    log = served(u)
+    p.madvise(a + 2 * PG, 6 * PG, mmemu.MADV_DONTNEED)
+    assert spans(log, a) == [("REMOVE", 2, 4), ("REMOVE", 4, 6)]
+    m.check()
+
+
+def test_no_remove_when_the_vma_check_fails_first():
+    m, p, a, u = setup(UFFD_FEATURE_EVENT_REMOVE)
+    u.register(a, 8 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    log = served(u)
+    with pytest.raises(OSError) as e:
+        p.madvise(a, 2 * PG, mmemu.MADV_REMOVE)     # no file: EINVAL before userfaultfd_remove
+    assert e.value.errno == 22 and log == []
+    p.mmap(a + 4 * PG, 4 * PG, 3, PRIV | MAP_FIXED | mmemu.MAP_LOCKED)
+    u.register(a + 4 * PG, 4 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(OSError) as e:
+        p.madvise(a + 2 * PG, 4 * PG, mmemu.MADV_DONTNEED)   # [2,4) goes, the locked VMA stops it
+    assert e.value.errno == 22 and spans(log, a) == [("REMOVE", 2, 4)]
+
+
+def test_mremap_sends_unmap_for_the_fixed_target_and_the_source():
+    m, p, a, u = setup(UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP)
+    u.register(a, 8 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    log = served(u)
+    p.mremap(a, 2 * PG, 2 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, a + 4 * PG)
+    assert spans(log, a) == [("UNMAP", 4, 6), ("REMAP", 0, 4, 2), ("UNMAP", 0, 2)]
+    log.clear()
+    p.mremap(a + 4 * PG, 4 * PG, PG, MREMAP_MAYMOVE | MREMAP_FIXED, a)   # move and shrink
+    assert spans(log, a) == [("REMAP", 4, 0, 1), ("UNMAP", 5, 8), ("UNMAP", 4, 5)]
+    m.check()
+
+
+def test_mremap_with_unmap_events_only():
+    m, p, a, u = setup(UFFD_FEATURE_EVENT_UNMAP)
+    u.register(a, 4 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    log = served(u)
+    p.mremap(a, 2 * PG, 2 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, a + 4 * PG)
+    assert spans(log, a) == [("UNMAP", 0, 2)]       # the moved VMA is unregistered: no REMAP
+    m.check()
+
+
+def test_mmap_changing_lasts_until_the_waiting_thread_runs_again():
+    m, p, a, u = setup(UFFD_FEATURE_EVENT_REMOVE)
+    u.register(a, 2 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(WouldBlock):
+        p.madvise(a, 2 * PG, mmemu.MADV_DONTNEED)
+    assert [msg.event for msg in u.read()] == [UFFD_EVENT_REMOVE]
+    with pytest.raises(UffdError) as e:             # read, but madvise has not returned yet
+        u.copy(a, b"x" * PG)
+    assert e.value.errno == 11
+    p.main.resume()
+    assert u.copy(a, b"x" * PG) == PG
+    m.check()
