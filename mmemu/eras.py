@@ -68,6 +68,8 @@ BASELINE = {
     "uffd_move_zeropage": 0,      # UFFDIO_MOVE moves zero-page ptes (~6.9)
     "uffd_eagain_result": 0,      # an mmap_changing EAGAIN writes -EAGAIN to the result field (~6.15)
     "uffd_vma_lock": 0,           # fill/MOVE look up dst with find_vma_and_prepare_anon() (6.9)
+    "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
+    "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
 }
 
 
@@ -155,6 +157,12 @@ CHANGES = (
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "
            "(dst's anon_vma prepared before the checks; MOVE without a VMA is ENOENT)",
            {"uffd_vma_lock": 1}),
+    Change("mm-clear-uffd-wp-on-mremap", "6.13", "mm: clear uffd-wp PTE/PMD state on mremap() "
+           "(a January 2025 mm-hotfix, release inferred; id unconfirmed)",
+           {"uffd_mremap_clear_wp": 1}),
+    Change("uffd-unregister-own-ctx", "6.13", "userfaultfd: refuse to unregister a VMA registered to another "
+           "context (host-proven on 6.18; release and id unconfirmed)",
+           {"uffd_unregister_own_only": 1}),
     Change("uffd-eagain-output-field", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race (id unconfirmed)",
            {"uffd_eagain_result": 1}),
 )

@@ -496,8 +496,8 @@ class Process(FileOps):
             if new_addr < old_addr + old_size and old_addr < new_addr + new_size:
                 raise oserror(EINVAL, "mremap", "old and new ranges overlap")
         vma = self.vmas.find(old_addr)
-        if vma is None or old_addr + old_size > vma.end:
-            raise oserror(EFAULT, "mremap", "old range not inside one mapping")
+        if vma is None:
+            raise oserror(EFAULT, "mremap", "nothing mapped at the old address")
         if old_size == 0:
             raise oserror(EINVAL, "mremap", "duplicating a mapping (old_size 0) is not modelled")
         if flags & C.MREMAP_DONTUNMAP and (vma.file or vma.flags & VM_SHARED) and not pol.at_least("5.13"):
@@ -516,6 +516,13 @@ class Process(FileOps):
                 late = self._unmap_events(old_addr + new_size, old_addr + old_size)
                 self._unmap(old_addr + new_size, old_addr + old_size)
                 old_size = new_size
+            # vma_to_resize(), after the unmaps above (which stay done): what
+            # is left of the old range must lie in one VMA.
+            vma = self.vmas.find(old_addr)
+            if vma is None or old_addr + old_size > vma.end:
+                def fail():     # the unmaps' events are still owed (notify_uffd())
+                    raise oserror(EFAULT, "mremap", "old range not inside one mapping")
+                return self._events(early + late, fail)
             return self._move(old_addr, old_size, new_addr, new_size, flags, early, late)
         if new_size <= old_size:
             events = []
@@ -523,6 +530,8 @@ class Process(FileOps):
                 events = self._unmap_events(old_addr + new_size, old_addr + old_size)
                 self._unmap(old_addr + new_size, old_addr + old_size)
             return self._events(events, lambda: old_addr)
+        if old_addr + old_size > vma.end:
+            raise oserror(EFAULT, "mremap", "old range not inside one mapping")
         # Grow: in place if this is the VMA's end and the space after is free.
         grow_end = old_addr + new_size
         if old_addr + old_size == vma.end and grow_end <= C.TASK_SIZE \
@@ -566,7 +575,12 @@ class Process(FileOps):
                 msg = UffdMsg(UFFD_EVENT_REMAP, from_=old_addr, to=new_addr, len=old_size)
                 remap = [(uffd, msg, new_addr, new_addr + new_size)]
             else:
-                # mremap_userfaultfd_prep(): without EVENT_REMAP the moved VMA is unregistered.
+                # mremap_userfaultfd_prep(): without EVENT_REMAP the moved VMA is
+                # unregistered; since 6.13 move_ptes() also drops the uffd-wp
+                # bits and markers it carried (vma_has_uffd_without_event_remap).
+                if self._policy().uffd_mremap_clear_wp:
+                    self._engine.uffd_writeprotect(self.mm, new_addr, new_addr + old_size, False,
+                                                   False, moved.flags & ~VM_WRITE)
                 for v in self.vmas.isolate(new_addr, new_addr + new_size):
                     v.flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
                     v.uffd = 0
@@ -596,14 +610,14 @@ class Process(FileOps):
                 uffd, msg, s, e, rest)
         return self._run(thread, rest) if events else rest()
 
-    def _populate(self, start, end, write, call):
+    def _populate(self, start, end, write, call, thread=None):
         flags = C.FOLL_MADV_POPULATE | C.FOLL_TOUCH | (C.FOLL_WRITE if write else 0)
         npages = (end - start) >> C.PAGE_SHIFT
 
         def finish(pfns, err):
             if err and call == "madvise":
                 raise oserror(err, "madvise", "populate failed")
-        self._gup_run(start, npages, flags, finish=finish)
+        self._gup_run(start, npages, flags, thread=thread, finish=finish)
 
     def populate(self, addr, length, write=False):
         """MADV_POPULATE_READ/WRITE semantics regardless of era (batch API)."""

@@ -66,7 +66,7 @@ import errno as _errno
 import json
 
 from . import constants as C
-from .errors import EmulatedSignal, Sigbus, WouldBlock
+from .errors import Deadlock, EmulatedSignal, Sigbus, WouldBlock
 
 # Ops, their required and optional arguments besides "op" and "proc".
 OPS = {
@@ -696,7 +696,14 @@ class _Run:
             return out
         except WouldBlock as e:
             # The access sleeps in a userfault; a later "resume" completes it.
-            return {"blocked": self.msg_fields(owner, e.msg)}
+            # A served context's message went to its service thread: none here.
+            served = getattr(e.uffd, "handler", None) is not None
+            return {"blocked": None if served else self.msg_fields(owner, e.msg)}
+        except Deadlock:
+            # A served fault its handler left unresolved: on Linux the thread
+            # just sleeps on (its message went to the service thread); the
+            # engine names it. Either way the thread is blocked.
+            return {"blocked": None}
         except EmulatedSignal as e:
             return {"signal": "SIGBUS" if isinstance(e, Sigbus) else "SIGSEGV",
                     "si_code": e.si_code, "addr": self.symbolic(owner, e.addr)}

@@ -11,8 +11,8 @@ blocked until a wake and Thread.resume().
 from dataclasses import dataclass
 
 from . import constants as C
-from .errors import (EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock, WouldBlock,
-                     oserror)
+from .errors import (EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock,
+                     EmulatedSignal, WouldBlock, oserror)
 from .vma import (VM_ANON_VMA, VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
                   VM_UFFD_WP, VM_WRITE)
 
@@ -247,6 +247,15 @@ class Uffd:
             p._pull()          # before a relayout: keep the flags the core set
         return p.vmas.overlapping(start, end)
 
+    def _monitor_thread(self, process):
+        """The thread of `process` that issues ioctls while its main thread
+        is blocked (made once, on the process's CPU)."""
+        t = getattr(process, "_uffd_monitor", None)
+        if t is None:
+            from .process import Thread
+            t = process._uffd_monitor = Thread(process, process.cpu)
+        return t
+
     def _prepare_anon(self, addr):
         """uffd_lock_vma() (6.9+): the VMA at the destination gets an anon_vma
         if private, before any check of it - a failed ioctl leaves it there
@@ -344,8 +353,11 @@ class Uffd:
         start, end = self._range(addr, length, "UFFDIO_UNREGISTER")
         # userfaultfd_unregister(): a range with no VMA at all is EINVAL
         # (holes between VMAs are fine).
-        if not self._vmas(start, end, pull=True):
+        vmas = self._vmas(start, end, pull=True)
+        if not vmas:
             raise oserror(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
+        if self.policy.uffd_unregister_own_only and any(v.uffd and v.uffd != self.ctx for v in vmas):
+            raise oserror(EINVAL, "UFFDIO_UNREGISTER", "a VMA of the range belongs to another uffd")
         self._unregister(start, end)
 
     def _unregister(self, start, end):
@@ -397,7 +409,16 @@ class Uffd:
         if src is not None:
             if isinstance(src, int):
                 sp = src_proc or self.process
-                sp.read(src, 1) if npages == 1 else sp.populate(src, npages * PAGE)
+                # copy_from_user() by the thread making the ioctl: a running
+                # handler's, else a monitor thread when the main one is blocked.
+                t = sp._current()
+                if t.blocked is not None:
+                    t = self._monitor_thread(sp)
+                try:
+                    sp._read(src, 1, t, kernel=True) if npages == 1 else \
+                        sp._populate(src, src + npages * PAGE, False, "uffd", t)
+                except EmulatedSignal:
+                    raise UffdError(EFAULT, call, -EFAULT, "source not readable") from None
                 kw = {"src_mm": sp.mm, "src": src}
             else:
                 kw = {"src_bytes": src if isinstance(src, bytes) else bytes(src)}

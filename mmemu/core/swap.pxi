@@ -386,7 +386,10 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                 elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1:
                     # try_to_unmap of a shmem folio mapped only here: it runs
                     # before pageout(), with or without swap and pins alike.
-                    t[i] = 0
+                    # pte_install_uffd_wp_if_needed() (5.19+): a protected pte
+                    # of a uffd-wp file VMA leaves a marker (seen on the host).
+                    t[i] = make_marker(PTE_MARKER_UFFD_WP) if pte & PTE_UFFD_WP and \
+                        vma.flags & VM_UFFD_WP and e.pol.uffd_wp_file else 0
                     e.mapcount[pfn] -= 1
                     if pte & PTE_DIRTY:
                         e.fflags[pfn] |= PG_DIRTY

@@ -146,6 +146,10 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
     cdef int64_t i, i0, i1, pfn, lost = 0
     cdef bint alloc = protect and use_markers
     cdef bint restore = not protect and e.pol.uffd_unprotect_writable != 0 and (vmflags & VM_WRITE) != 0
+    # Before 6.3 unprotect used vm_get_page_prot(vm_flags): a shared
+    # writable VMA's ptes come back writable, clean or dirty.
+    cdef bint shared_rw = not protect and e.pol.uffd_unprotect_writable == 0 and \
+        (vmflags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
     while va < end:
         if alloc:
             t = pte_table(e, mm, va, True)
@@ -179,11 +183,18 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
             pte = t[i]
             if pte & PTE_PRESENT:
                 pte &= ~PTE_UFFD_WP
-                if restore and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
+                if shared_rw and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
+                    pte |= PTE_WRITE
+                elif restore and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
                     # 6.3+: MM_CP_TRY_CHANGE_WRITABLE, as mprotect does.
                     pfn = <int64_t>pte_pfn(pte)
                     if vmflags & VM_SHARED:
-                        if pte & PTE_DIRTY and not flags_want_writenotify(e, vmflags & ~VM_UFFD_WP):
+                        # vma_wants_manual_pte_write_upgrade() asks
+                        # vma_wants_writenotify() with the VMA's own, already
+                        # write-notify read-only vm_page_prot: it says no, so
+                        # a shared pte stays read-only whenever write-notify
+                        # is on (uffd-wp itself turns it on: seen on the host).
+                        if pte & PTE_DIRTY and not flags_want_writenotify(e, vmflags):
                             pte |= PTE_WRITE
                     elif e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE \
                             and not (vma_soft_dirty_tracking(e, vmflags) and not (pte & PTE_SOFT_DIRTY)):
@@ -207,6 +218,7 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
     cdef uint64_t pte, entry, index
     cdef uint64_t *cs
     cdef int64_t pfn
+    cdef int rc = 0
     cdef mm_file_t *f
     cdef bint shared = (vma.flags & VM_SHARED) != 0
     if ptep == NULL:
@@ -233,9 +245,15 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
         # Map the page-cache folio that must already exist.
         f = file_of(e, vma.file)
         index = vma_index(vma, va)
+        if index >= file_pages(f):
+            return -CORE_EINVAL          # shmem_get_folio(SGP_NOALLOC) past i_size
         cs = cache_slot(e, f, index, False)
+        if cs != NULL and is_swap_pte(cs[0]):
+            # SGP_NOALLOC still swaps a swapped-out folio in (seen on the host).
+            if shmem_swapin(e, f, index, cs, cpu, &rc) < 0:
+                return -CORE_ENOMEM if rc & VM_FAULT_OOM else -CORE_EFAULT
         if cs == NULL or not (cs[0] & PTE_PRESENT):
-            return -CORE_EFAULT
+            return -CORE_EFAULT          # a hole: -ENOENT from the cache, EFAULT to the caller
         pfn = <int64_t>pte_pfn(cs[0])
         e.refcount[pfn] += 1
         e.mapcount[pfn] += 1
