@@ -697,8 +697,10 @@ class _Run:
         except WouldBlock as e:
             # The access sleeps in a userfault; a later "resume" completes it.
             # A served context's message went to its service thread: none here.
+            # So does an event's (the host cannot show it without reading it).
             served = getattr(e.uffd, "handler", None) is not None
-            return {"blocked": None if served else self.msg_fields(owner, e.msg)}
+            hidden = served or (e.msg is not None and e.msg.event != 0x12)
+            return {"blocked": None if hidden else self.msg_fields(owner, e.msg)}
         except Deadlock:
             # A served fault its handler left unresolved: on Linux the thread
             # just sleeps on (its message went to the service thread); the

@@ -559,13 +559,16 @@ class HostUffd:
         self.id = uid
         self.flags = flags
         self.released = False
+        self.features = 0
+        self.served = False
 
     def _do(self, method, *args):
         return self.process._call("uffd", self.id, method, *args)
 
     def api(self, features=0, api=0xAA):
+        supported, self.ioctls = self._do("api", features, api)
         self.features = features
-        return self._do("api", features, api)
+        return supported
 
     def register(self, addr, length, mode):
         return self._do("register", addr, length, mode)
@@ -622,6 +625,7 @@ class HostUffd:
         if not isinstance(handler, Resolver):
             raise Unsupported("a host service thread runs a mmemu.uffd.Resolver, not Python code")
         self._do("serve", handler.missing, handler.fill)
+        self.served = True
         handler._source = lambda: [(_uffd_msg(m), err) for m, err in self._do("served")]
 
     def serve_core(self, *a, **k):
@@ -806,6 +810,13 @@ class HostMachine:
 
     def _fork(self, parent):
         self._check_open()
+        for u in parent._uffds.values():
+            if not u.released and getattr(u, "features", 0) & 0x2 and not u.served:
+                # fork() waits in dup_userfaultfd_complete() until the FORK
+                # event is read, and the server forks holding the GIL: only a
+                # C service thread (serve(Resolver)) can read it there.
+                raise Unsupported("fork with UFFD_FEATURE_EVENT_FORK and no service thread: the "
+                                  "host server cannot read the FORK event while it forks")
         drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = parent._call("fork", fds=[srv.fileno()])

@@ -16,6 +16,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 import traceback
 
 from errno import EBADF
@@ -145,8 +146,16 @@ class Server:
         self.mapped.append((got, got + length))
         return got
 
+    def _maybe_waits(self, fn, *args):
+        """A syscall that may wait for a monitor to read a uffd event
+        (UNMAP, REMOVE, REMAP): in a thread of its own while contexts exist,
+        so the server keeps serving (the GIL is released in the call)."""
+        if self.uffds:
+            return self._access(fn, *args)
+        return fn(*args)
+
     def op_mremap(self, old_addr, old_size, new_size, flags, new_addr):
-        got = sc.mremap(old_addr, old_size, new_size, flags, new_addr)
+        got = self._maybe_waits(sc.mremap, old_addr, old_size, new_size, flags, new_addr)
         self.mapped.append((got, got + new_size))
         return got
 
@@ -170,15 +179,14 @@ class Server:
         return done
 
     def op_munmap(self, addr, length):
-        sc.munmap(addr, length)
+        self._maybe_waits(sc.munmap, addr, length)
 
     def op_mprotect(self, addr, length, prot):
         sc.mprotect(addr, length, prot)
 
     def op_madvise(self, addr, length, advice):
-        if self.uffds and advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
-            return self._access(sc.madvise, addr, length, advice)   # may sleep in a userfault
-        sc.madvise(addr, length, advice)
+        # POPULATE may sleep in a userfault, DONTNEED/REMOVE/FREE on a REMOVE event.
+        return self._maybe_waits(sc.madvise, addr, length, advice)
 
     def op_read(self, addr, n):
         if self.uffds:
@@ -201,7 +209,9 @@ class Server:
         if acc.wait():
             return acc.outcome()
         self.blocked = acc
-        self.blocked_msg = self._fault_msg() or (None, None)
+        # An event waits to be read by the program itself: reading it here
+        # would complete the waiter (and end mmap_changing) at once.
+        self.blocked_msg = (None, None) if acc.event_wait else (self._fault_msg() or (None, None))
         raise _Blocked(*self.blocked_msg)
 
     def _fault_msg(self):
@@ -226,7 +236,7 @@ class Server:
             return acc.outcome()
         # Still asleep: on a new fault (woken, retried, trapped again) or
         # on the one it was reported with.
-        got = self._fault_msg()
+        got = None if acc.event_wait else self._fault_msg()
         if got is not None:
             self.blocked_msg = got
         raise _Blocked(*self.blocked_msg)
@@ -389,10 +399,32 @@ class Server:
         return tid
 
     def op_thread_read(self, tid, addr, n):
-        return self._thread(tid).call(_access.read, addr, n)
+        return self._thread_access(tid, _access.read, addr, n)
 
     def op_thread_write(self, tid, addr, data):
-        return self._thread(tid).call(_access.write, addr, data)
+        return self._thread_access(tid, _access.write, addr, data)
+
+    def _thread_access(self, tid, fn, *args):
+        worker = self._thread(tid)
+        if not self.uffds:
+            return worker.call(fn, *args)
+        from .uffdio import MAX_WAIT, _wchan
+        worker.requests.put((fn, args))
+        deadline = time.monotonic() + MAX_WAIT
+        while True:
+            try:
+                ok, value = worker.replies.get(timeout=0.003)
+            except queue.Empty:
+                if _wchan(worker.native_id) == "handle_userfault" or time.monotonic() > deadline:
+                    # Only the main thread's access can stay blocked and be
+                    # resumed here; this worker now sleeps for good.
+                    del self.threads[tid]
+                    raise Unsupported("an access of a second thread that sleeps in a userfault "
+                                      "(the host oracle blocks and resumes the main thread only)")
+                continue
+            if not ok:
+                raise value
+            return value
 
     def _thread(self, tid):
         try:

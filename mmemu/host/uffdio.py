@@ -99,7 +99,9 @@ class Context:
         return struct.unpack(fmt, buf)
 
     def api(self, features, api=UFFD_API):
-        return self._ioctl(UFFDIO_API, "<QQQ", api, features, 0)[1]
+        """(features, ioctls) as the kernel writes them back."""
+        out = self._ioctl(UFFDIO_API, "<QQQ", api, features, 0)
+        return out[1], out[2]
 
     def register(self, addr, length, mode):
         return self._ioctl(UFFDIO_REGISTER, "<QQQQ", addr, length, mode, 0)[3]
@@ -289,6 +291,7 @@ class BlockingAccess:
         self.done = threading.Event()
         self.result = None
         self.tid = None
+        self.event_wait = False     # asleep until a monitor reads an event (not a fault)
         started = threading.Event()
 
         def run():
@@ -313,7 +316,8 @@ class BlockingAccess:
         slept = 0
         while True:
             w = _wchan(self.tid)
-            if w == "handle_userfault":
+            self.event_wait = w == "userfaultfd_event_wait_completion"
+            if w in ("handle_userfault", "userfaultfd_event_wait_completion"):
                 slept += 1
                 if slept >= 2:
                     return self.done.is_set()

@@ -77,7 +77,7 @@ def test_scenario_on_host(scn, host_swap):
     if not caps.pfns:
         pytest.skip(caps.why_not("pfns") + " (scenarios compare PFNs)")
     held, no_swap = host_swap
-    with HostMachine(swap=SCENARIO_SWAP if held else 0, timeout=TIMEOUT) as m:
+    with HostMachine(swap=SCENARIO_SWAP if held else 0, timeout=TIMEOUT, uffd=True) as m:
         reason = scn.skip_reason(m.policy)
         if reason:
             pytest.skip(reason)
