@@ -248,7 +248,7 @@ class HostProcess:
         self.parent = parent
         self.alive = True
         self.main = HostMainThread(self)
-        self._blocked = False          # an access sleeps in a userfault (resume() it)
+        self._threads = {}             # server worker id -> HostThread
         self._uffds = {}               # server id -> HostUffd
 
     def __repr__(self):
@@ -287,9 +287,10 @@ class HostProcess:
         if tag == "unsupported":
             raise Unsupported(reply[1])
         if tag == "blocked":
-            self._blocked = True
-            msg, uid = reply[1], reply[2]
-            raise WouldBlock(self.main, self._uffds.get(uid), _uffd_msg(msg))
+            msg, uid, key = reply[1], reply[2], reply[3]
+            thread = self.main if key == "main" else self._threads[key]
+            thread._blocked = True
+            raise WouldBlock(thread, self._uffds.get(uid), _uffd_msg(msg))
         raise HostError(f"server pid {self.pid} failed in {op}:\n{reply[1]}")
 
     # --- the API ---
@@ -324,17 +325,17 @@ class HostProcess:
         self._not_blocked()
         self._call("write", addr, bytes(data))
 
-    def _not_blocked(self):
-        if self._blocked:
-            raise MmemuError(f"thread {self.main.tid} is blocked in a userfault: "
-                             "resume() it first")
+    def _not_blocked(self, thread=None):
+        thread = thread or self.main
+        if thread._blocked:
+            raise MmemuError(f"thread {thread.tid} is blocked in a userfault: resume() it first")
 
-    def _resume(self):
-        if not self._blocked:
-            raise MmemuError(f"thread {self.main.tid} is not blocked")
-        value = self._call("resume")
-        self._blocked = False
-        return value
+    def _resume(self, thread=None):
+        thread = thread or self.main
+        if not thread._blocked:
+            raise MmemuError(f"thread {thread.tid} is not blocked")
+        thread._blocked = False             # a blocked reply sets it again
+        return self._call("resume", "main" if thread is self.main else thread.id)
 
     def fork(self):
         return self.machine._fork(self)
@@ -515,7 +516,8 @@ class HostProcess:
         if not 0 <= cpu < ncpus:
             raise ValueError(f"cpu {cpu} out of range")
         cpus = sorted(os.sched_getaffinity(0))
-        return HostThread(self, self._call("thread_new", cpus[cpu % len(cpus)]), cpu)
+        tid, native = self._call("thread_new", cpus[cpu % len(cpus)])
+        return HostThread(self, tid, cpu, native)
 
     def touch(self, addr, npages, write=False, value=0, cpu=None):
         raise Unsupported("touch stores engine version stamps; use read/write on the host")
@@ -646,6 +648,7 @@ class HostMainThread:
     def __init__(self, process):
         self.process = process
         self.cpu = 0
+        self._blocked = False           # an access sleeps in a userfault (resume() it)
 
     @property
     def tid(self):
@@ -653,7 +656,7 @@ class HostMainThread:
 
     @property
     def blocked(self):
-        return self.process._blocked or None
+        return self._blocked or None
 
     def read(self, addr, n):
         return self.process.read(addr, n)
@@ -668,16 +671,28 @@ class HostMainThread:
 class HostThread:
     """A thread of a HostProcess (a worker thread of its server)."""
 
-    def __init__(self, process, tid, cpu):
+    def __init__(self, process, tid, cpu, native_tid):
         self.process = process
         self.id = tid
         self.cpu = cpu
+        self.tid = native_tid           # what UFFD_FEATURE_THREAD_ID reports
+        self._blocked = False
+        process._threads[tid] = self
+
+    @property
+    def blocked(self):
+        return self._blocked or None
 
     def read(self, addr, n):
+        self.process._not_blocked(self)
         return self.process._call("thread_read", self.id, addr, n)
 
     def write(self, addr, data):
+        self.process._not_blocked(self)
         self.process._call("thread_write", self.id, addr, bytes(data))
+
+    def resume(self):
+        return self.process._resume(self)
 
     def touch(self, addr, npages, write=False, value=0):
         return self.process.touch(addr, npages, write, value, cpu=self.cpu)

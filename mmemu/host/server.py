@@ -16,7 +16,6 @@ import signal
 import socket
 import struct
 import threading
-import time
 import traceback
 
 from errno import EBADF
@@ -69,11 +68,12 @@ def recv_exact_server(sock):
 
 
 class _Blocked(Exception):
-    """The access sleeps in a userfault: reply ("blocked", msg, uffd id)."""
+    """The access sleeps in a userfault: reply ("blocked", msg, uffd id,
+    thread key: "main" or a worker's id)."""
 
-    def __init__(self, msg, uid):
+    def __init__(self, msg, uid, key="main"):
         super().__init__("blocked")
-        self.msg, self.uid = msg, uid
+        self.msg, self.uid, self.key = msg, uid, key
 
 
 class _NoReply(Exception):
@@ -90,8 +90,9 @@ class Server:
         self.files = set()   # the program's file descriptors (memfds), inherited at fork
         self.mapped = []     # [start, end) of every mapping the program made
         self.uffds = {}      # id -> uffdio.Context
-        self.blocked = None  # the access sleeping in a userfault (uffdio.BlockingAccess)
-        self.blocked_msg = (None, None)
+        # Accesses asleep in a userfault, by thread key ("main" or a worker's
+        # id): [BlockingAccess or WorkerAccess, (message, uffd id)].
+        self.blocked = {}
         self.next_id = 1
 
     # --- loop ---------------------------------------------------------------
@@ -109,7 +110,7 @@ class Server:
             except _NoReply:
                 continue
             except _Blocked as e:
-                reply = ("blocked", e.msg, e.uid)
+                reply = ("blocked", e.msg, e.uid, e.key)
             except OSError as e:
                 reply = ("oserror", e.errno, str(e))
                 if hasattr(e, "uffd_result"):      # a fill ioctl's output field
@@ -203,16 +204,28 @@ class Server:
     def _access(self, fn, *args):
         """An access that may sleep in a userfault: in a thread of its own."""
         from .uffdio import BlockingAccess
-        if self.blocked is not None:
-            raise RuntimeError("an access of this process is blocked in a userfault")
-        acc = BlockingAccess(fn, args)
+        if "main" in self.blocked:
+            raise RuntimeError("the main thread's access is blocked in a userfault")
+        return self._settle("main", BlockingAccess(fn, args))
+
+    def _thread_access(self, tid, fn, *args):
+        """An access by worker `tid`, which may sleep in a userfault."""
+        from .uffdio import WorkerAccess
+        worker = self._thread(tid)
+        if not self.uffds:
+            return worker.call(fn, *args)
+        if tid in self.blocked:
+            raise RuntimeError(f"thread {tid}'s access is blocked in a userfault")
+        return self._settle(tid, WorkerAccess(worker, fn, args))
+
+    def _settle(self, key, acc):
         if acc.wait():
             return acc.outcome()
-        self.blocked = acc
         # An event waits to be read by the program itself: reading it here
         # would complete the waiter (and end mmap_changing) at once.
-        self.blocked_msg = (None, None) if acc.event_wait else (self._fault_msg() or (None, None))
-        raise _Blocked(*self.blocked_msg)
+        msg = (None, None) if acc.event_wait else (self._fault_msg() or (None, None))
+        self.blocked[key] = [acc, msg]
+        raise _Blocked(*msg, key)
 
     def _fault_msg(self):
         """The message of the fault the blocked access sleeps on, if it is
@@ -226,20 +239,20 @@ class Server:
                 return m, uid
         return None
 
-    def op_resume(self):
-        acc = self.blocked
-        if acc is None:
-            raise RuntimeError("no access of this process is blocked")
+    def op_resume(self, key="main"):
+        entry = self.blocked.get(key)
+        if entry is None:
+            raise RuntimeError(f"no access of thread {key} is blocked")
+        acc = entry[0]
         if acc.wait():
-            self.blocked = None
-            self.blocked_msg = (None, None)
+            del self.blocked[key]
             return acc.outcome()
         # Still asleep: on a new fault (woken, retried, trapped again) or
         # on the one it was reported with.
         got = None if acc.event_wait else self._fault_msg()
         if got is not None:
-            self.blocked_msg = got
-        raise _Blocked(*self.blocked_msg)
+            entry[1] = got
+        raise _Blocked(*entry[1], key)
 
     def op_userfaultfd(self, flags):
         from .uffdio import Context
@@ -257,8 +270,8 @@ class Server:
         if method == "close":
             ctx.close()
             del self.uffds[uid]
-            if self.blocked is not None:
-                self.blocked.wait()      # release woke it: let it finish or fault again
+            for acc, _ in self.blocked.values():
+                acc.wait()               # release woke it: let it finish or fault again
             return None
         if method == "read":
             out = ctx.read(*args)
@@ -396,35 +409,13 @@ class Server:
         tid = self.next_id
         self.next_id += 1
         self.threads[tid] = _Worker(cpu)
-        return tid
+        return tid, self.threads[tid].native_id
 
     def op_thread_read(self, tid, addr, n):
         return self._thread_access(tid, _access.read, addr, n)
 
     def op_thread_write(self, tid, addr, data):
         return self._thread_access(tid, _access.write, addr, data)
-
-    def _thread_access(self, tid, fn, *args):
-        worker = self._thread(tid)
-        if not self.uffds:
-            return worker.call(fn, *args)
-        from .uffdio import MAX_WAIT, _wchan
-        worker.requests.put((fn, args))
-        deadline = time.monotonic() + MAX_WAIT
-        while True:
-            try:
-                ok, value = worker.replies.get(timeout=0.003)
-            except queue.Empty:
-                if _wchan(worker.native_id) == "handle_userfault" or time.monotonic() > deadline:
-                    # Only the main thread's access can stay blocked and be
-                    # resumed here; this worker now sleeps for good.
-                    del self.threads[tid]
-                    raise Unsupported("an access of a second thread that sleeps in a userfault "
-                                      "(the host oracle blocks and resumes the main thread only)")
-                continue
-            if not ok:
-                raise value
-            return value
 
     def _thread(self, tid):
         try:
@@ -464,7 +455,7 @@ class Server:
         for ctx in self.uffds.values():
             ctx.forget()
         self.uffds.clear()
-        self.blocked = None
+        self.blocked = {}
         send_msg(self.sock, ("ready", os.getpid()))
         raise _NoReply
 

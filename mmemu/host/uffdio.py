@@ -15,6 +15,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import queue
 import select
 import struct
 import threading
@@ -307,11 +308,14 @@ class BlockingAccess:
         self.thread.start()
         started.wait()
 
+    def _finished(self, timeout):
+        return self.done.wait(timeout)
+
     def wait(self):
         """True when the access completed; False when it sleeps in a
         userfault (or took longer than MAX_WAIT)."""
         t0 = time.monotonic()
-        if self.done.wait(0.002):
+        if self._finished(0.002):
             return True
         slept = 0
         while True:
@@ -320,12 +324,12 @@ class BlockingAccess:
             if w in ("handle_userfault", "userfaultfd_event_wait_completion"):
                 slept += 1
                 if slept >= 2:
-                    return self.done.is_set()
+                    return self._finished(0)
             else:
                 slept = 0
             if time.monotonic() - t0 >= MAX_WAIT:
-                return self.done.is_set()
-            if self.done.wait(0.003):
+                return self._finished(0)
+            if self._finished(0.003):
                 return True
 
     def outcome(self):
@@ -333,3 +337,25 @@ class BlockingAccess:
         if not ok:
             raise value
         return value
+
+
+class WorkerAccess(BlockingAccess):
+    """fn(*args) on a server worker thread (Process.thread()): the same
+    waiting rules, watching that worker's wchan."""
+
+    def __init__(self, worker, fn, args):
+        self.worker = worker
+        self.tid = worker.native_id
+        self.result = None
+        self.event_wait = False
+        worker.requests.put((fn, args))
+
+    def _finished(self, timeout):
+        if self.result is not None:
+            return True
+        try:
+            self.result = self.worker.replies.get(timeout=timeout) if timeout else \
+                self.worker.replies.get_nowait()
+        except queue.Empty:
+            return False
+        return True
