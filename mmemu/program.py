@@ -40,10 +40,16 @@ descriptor number could name another file by then).
 
 userfaultfd: {"op": "userfaultfd", "name": "u", "flags": "O_NONBLOCK"} opens
 a context in the step's process; the uffd_* ops (uffd_api, uffd_register,
-uffd_unregister, uffd_copy (fill/data), uffd_zeropage, uffd_writeprotect,
-uffd_wake, uffd_read, uffd_close) name it with "uffd" and run in that
-process ("at" is in its address space; "mode" and "features" take the
-UFFDIO_*_MODE_* and UFFD_FEATURE_* names). An access that faults into a
+uffd_unregister, uffd_copy (fill/data, or "src": an address), uffd_zeropage,
+uffd_continue, uffd_poison, uffd_move ("src"), uffd_writeprotect, uffd_wake,
+uffd_read, uffd_close, uffd_serve, uffd_served) name it with "uffd" and run
+in that process ("at" is in its address space; "mode" and "features" take
+the UFFDIO_*_MODE_* and UFFD_FEATURE_* names). A failed fill ioctl observes
+its output field too ({"errno", "result"}). {"op": "uffd_serve", "missing":
+"zeropage"|"copy", "fill": n} starts a service thread with the
+mmemu.uffd.Resolver rules; uffd_served observes the messages it handled
+(and the errno of an ioctl that failed to resolve one). mremap moves
+{"at", "pages"} to {"to"} (MREMAP_MAYMOVE|MREMAP_FIXED) with "new_pages". An access that faults into a
 context with no handler observes {"blocked": message} (event, flags and the
 symbolic page address) and its thread stays blocked; uffd_read observes
 {"msgs": [...]}. A step that may wake it (copy, zeropage, writeprotect,
