@@ -70,6 +70,7 @@ BASELINE = {
     "uffd_vma_lock": 0,           # fill/MOVE look up dst with find_vma_and_prepare_anon() (6.9)
     "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
     "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
+    "mremap_multi_vma": 0,        # a FIXED, same-size mremap may move several VMAs (6.17)
 }
 
 
@@ -163,6 +164,9 @@ CHANGES = (
     Change("uffd-unregister-own-ctx", "6.13", "userfaultfd: refuse to unregister a VMA registered to another "
            "context (host-proven on 6.18; release and id unconfirmed)",
            {"uffd_unregister_own_only": 1}),
+    Change("mremap-multi-vma", "6.17", "mm/mremap: permit mremap() move of multiple VMAs "
+           "(not of uffd-registered ones; host-proven on 6.18; id unconfirmed)",
+           {"mremap_multi_vma": 1}),
     Change("uffd-eagain-output-field", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race (id unconfirmed)",
            {"uffd_eagain_result": 1}),
 )

@@ -503,7 +503,15 @@ class Process(FileOps):
         if flags & C.MREMAP_DONTUNMAP and (vma.file or vma.flags & VM_SHARED) and not pol.at_least("5.13"):
             raise oserror(EINVAL, "mremap", "DONTUNMAP of a non-anonymous mapping needs 5.13")
         if flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP):
-            # mremap_to(): always a move, to new_addr or to a fresh range.
+            # mremap_to(): always a move, to new_addr or to a fresh range. What
+            # stays of the old range, [old, old + min(old, new size)), must lie
+            # in one VMA, checked before anything is unmapped (the 6.18 host:
+            # a same-size move across two VMAs is EFAULT with the target
+            # intact, a shrinking one only unmaps the tail first).
+            if old_addr + min(old_size, new_size) > vma.end:
+                if pol.mremap_multi_vma and flags & C.MREMAP_FIXED and old_size == new_size:
+                    return self._move_multi(old_addr, old_size, new_addr, flags)
+                raise oserror(EFAULT, "mremap", "old range not inside one mapping")
             early, late = [], []
             if flags & C.MREMAP_FIXED:
                 early = self._unmap_events(new_addr, new_addr + new_size)    # uf_unmap_early
@@ -516,13 +524,6 @@ class Process(FileOps):
                 late = self._unmap_events(old_addr + new_size, old_addr + old_size)
                 self._unmap(old_addr + new_size, old_addr + old_size)
                 old_size = new_size
-            # vma_to_resize(), after the unmaps above (which stay done): what
-            # is left of the old range must lie in one VMA.
-            vma = self.vmas.find(old_addr)
-            if vma is None or old_addr + old_size > vma.end:
-                def fail():     # the unmaps' events are still owed (notify_uffd())
-                    raise oserror(EFAULT, "mremap", "old range not inside one mapping")
-                return self._events(early + late, fail)
             return self._move(old_addr, old_size, new_addr, new_size, flags, early, late)
         if new_size <= old_size:
             events = []
@@ -545,6 +546,21 @@ class Process(FileOps):
         if dst is None:
             raise oserror(ENOMEM, "mremap", "no free virtual range")
         return self._move(old_addr, old_size, dst, new_size, flags)
+
+    def _move_multi(self, old_addr, size, new_addr, flags):
+        """6.17+: a MREMAP_FIXED move without resize may span several VMAs
+        and gaps (each VMA moves to the same offset), unless one of them is
+        userfaultfd-registered: then EFAULT, before anything changes."""
+        parts = self.vmas.overlapping(old_addr, old_addr + size)
+        if any(v.uffd for v in parts):
+            raise oserror(EFAULT, "mremap", "a multi-VMA move of a userfaultfd-registered VMA")
+        spans = [(max(v.start, old_addr), min(v.end, old_addr + size)) for v in parts]
+        early = self._unmap_events(new_addr, new_addr + size)
+        self._unmap(new_addr, new_addr + size)
+        for s, e in spans:
+            self._move(s, e - s, new_addr + (s - old_addr), e - s, flags, early)
+            early = ()
+        return new_addr
 
     def _move(self, old_addr, old_size, new_addr, new_size, flags, early=(), late=()):
         """move_vma(). The monitor then hears, in notify_uffd()'s order: the

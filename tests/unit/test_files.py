@@ -148,6 +148,38 @@ class TestMremap:
         assert p.mremap(a, 4 * PAGE, 4 * PAGE, 0) == a
         assert p.mremap(a, 4 * PAGE, PAGE, 0) == a and p.vmas.find(a + PAGE) is None
 
+    @pytest.mark.parametrize("kernel", ["6.16", "6.18"])
+    def test_a_fixed_move_across_vmas(self, kernel):
+        # 6.17+ moves several VMAs (and the gaps between them) when the size
+        # does not change, but not uffd-registered ones; before, and for any
+        # resize, what stays of the old range must lie in one VMA.
+        m = mmemu.Machine(kernel=kernel, memory=32 << 20)
+        p = m.spawn()
+        b = p.mmap(0, 8 * PAGE, RW, PRIV)
+        p.mprotect(b + 3 * PAGE, PAGE, mmemu.PROT_READ)     # [b+2, b+3) and [b+3, b+4) differ
+        p.write(b, b"keep")
+        p.write(b + 2 * PAGE, b"two")
+        fixed = MREMAP_MAYMOVE | MREMAP_FIXED
+        with pytest.raises(OSError) as e:
+            p.mremap(b + 2 * PAGE, 2 * PAGE, 3 * PAGE, fixed, b + 5 * PAGE)
+        assert err(e) == errno.EFAULT
+        if kernel == "6.16":
+            with pytest.raises(OSError) as e:
+                p.mremap(b + 2 * PAGE, 2 * PAGE, 2 * PAGE, fixed, b + 5 * PAGE)
+            assert err(e) == errno.EFAULT and p.read(b + 2 * PAGE, 3) == b"two"
+        else:
+            assert p.mremap(b + 2 * PAGE, 2 * PAGE, 2 * PAGE, fixed, b + 5 * PAGE) == b + 5 * PAGE
+            assert p.read(b + 5 * PAGE, 3) == b"two" and p.vmas.find(b + 2 * PAGE) is None
+            assert not p.vmas.find(b + 6 * PAGE).flags & 2           # still read-only
+            u = p.userfaultfd()
+            u.api(0)
+            u.register(b + 5 * PAGE, PAGE, 1)
+            with pytest.raises(OSError) as e:
+                p.mremap(b + 5 * PAGE, 2 * PAGE, 2 * PAGE, fixed, b)
+            assert err(e) == errno.EFAULT and p.read(b, 4) == b"keep"   # the target is intact
+        assert p.mremap(b + 1 * PAGE, 2 * PAGE, PAGE, fixed, b) == b    # shrink: tail first
+        m.check()
+
     def test_grow_in_place_and_move(self, m, p):
         a = p.mmap(0, 2 * PAGE, RW, PRIV)
         p.write(a, b"A")
