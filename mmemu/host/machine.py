@@ -31,7 +31,7 @@ import weakref
 import numpy as np
 
 from .. import constants as C
-from ..errors import MmemuError, Sigbus, Sigsegv, WouldBlock, oserror
+from ..errors import Deadlock, MmemuError, Sigbus, Sigsegv, WouldBlock, oserror
 from . import server as _server
 from . import swap as _swap     # imported first: its atexit (swapoff) runs after _close_all
 
@@ -250,13 +250,14 @@ class HostProcess:
         self.main = HostMainThread(self)
         self._threads = {}             # server worker id -> HostThread
         self._uffds = {}               # server id -> HostUffd
+        self._serving = None           # the HostUffd whose Python handler is running
 
     def __repr__(self):
         return f"<HostProcess pid={self.pid} {'alive' if self.alive else 'exited'}>"
 
     # --- plumbing ---
 
-    def _call(self, op, *args, fds=(), timeout=None):
+    def _call(self, op, *args, fds=(), timeout=None, serve=True):
         if not self.alive:
             raise oserror(_errno.ESRCH, op, "process has exited")
         chan = self._chan
@@ -290,8 +291,43 @@ class HostProcess:
             msg, uid, key = reply[1], reply[2], reply[3]
             thread = self.main if key == "main" else self._threads[key]
             thread._blocked = True
-            raise WouldBlock(thread, self._uffds.get(uid), _uffd_msg(msg))
+            uffd = self._uffds.get(uid)
+            if self._serving is not None and thread is self._serving.service_thread:
+                raise Deadlock("a service thread faulted on the range only it serves",
+                               [(f"service thread {thread.tid} of uffd {self._serving.id}",
+                                 (msg or {}).get("address", 0), "a page fault")])
+            handlers = [u for u in ([uffd] if uffd is not None else self._uffds.values())
+                        if u._handler is not None and not u.released]
+            if serve and handlers:
+                return self._serve_blocked(thread, key, handlers)
+            raise WouldBlock(thread, uffd, _uffd_msg(msg))
         raise HostError(f"server pid {self.pid} failed in {op}:\n{reply[1]}")
+
+    def _serve_blocked(self, thread, key, uffds):
+        """Python service handlers run here, in the driver: the blocked
+        access stays asleep in the server (in handle_userfault or an event
+        wait) while the handler reads and resolves through the server's main
+        thread, as a real service thread would; then the access goes on."""
+        while True:
+            got = [(u, m) for u in uffds for m in u._do("drain")]
+            if not got:
+                raise Deadlock("the service handler returned without resolving the fault",
+                               [(f"thread {thread.tid}", 0, "a page fault or event")])
+            for u, m in got:
+                self._serving = u
+                try:
+                    u._handler(u, _uffd_msg(m))
+                finally:
+                    self._serving = None
+            thread._blocked = False
+            try:
+                return self._call("resume", key, serve=False)
+            except WouldBlock:
+                continue            # faulted again (the next page): serve that
+
+    def _as_current(self):
+        """The thread making a call: a running handler's service thread, else main."""
+        return self._serving.service_thread if self._serving is not None else None
 
     # --- the API ---
 
@@ -318,10 +354,16 @@ class HostProcess:
         self._call("madvise", addr, length, advice)
 
     def read(self, addr, n):
+        t = self._as_current()
+        if t is not None:
+            return t.read(addr, n)
         self._not_blocked()
         return self._call("read", addr, n)
 
     def write(self, addr, data):
+        t = self._as_current()
+        if t is not None:
+            return t.write(addr, data)
         self._not_blocked()
         self._call("write", addr, bytes(data))
 
@@ -445,11 +487,13 @@ class HostProcess:
         if direct:
             raise Unsupported("O_DIRECT writes that GUP the buffer: a memfd has no such path "
                               "on the host (tmpfs direct I/O copies)")
-        return self._call("pwrite_from", fd, addr, n, offset)
+        t = self._as_current()
+        return self._call("pwrite_from", fd, addr, n, offset, t.id if t is not None else None)
 
     def pread_into(self, fd, addr, n, offset):
         """read(2) from the file into the process's memory (copy_to_user)."""
-        return self._call("pread_into", fd, addr, n, offset)
+        t = self._as_current()
+        return self._call("pread_into", fd, addr, n, offset, t.id if t is not None else None)
 
     def userfaultfd(self, flags=0):
         """userfaultfd(2) in the process (O_CLOEXEC, O_NONBLOCK,
@@ -563,6 +607,8 @@ class HostUffd:
         self.released = False
         self.features = 0
         self.served = False
+        self._handler = None            # a Python service handler, run in the driver
+        self.service_thread = None
 
     def _do(self, method, *args):
         return self.process._call("uffd", self.id, method, *args)
@@ -621,20 +667,38 @@ class HostUffd:
         return self._do("move", dst, src, length, mode)
 
     def serve(self, handler, cpu=None):
-        """A service thread in the server running `handler`, a Resolver;
-        handler.take() then reads the server's log."""
+        """A service thread for this context. A Resolver runs as a real
+        thread of the server (in C; handler.take() reads its log). Any other
+        callable runs in the driver whenever an access of the process blocks
+        on a userfault or an event: it reads and resolves through the server
+        while the access sleeps in the kernel, then the access goes on; its
+        own accesses are a second thread's."""
         from ..uffd import Resolver
-        if not isinstance(handler, Resolver):
-            raise Unsupported("a host service thread runs a mmemu.uffd.Resolver, not Python code")
-        self._do("serve", handler.missing, handler.fill)
         self.served = True
-        handler._source = lambda: [(_uffd_msg(m), err) for m, err in self._do("served")]
+        if isinstance(handler, Resolver):
+            self._do("serve", handler.missing, handler.fill)
+            handler._source = lambda: [(_uffd_msg(m), err) for m, err in self._do("served")]
+            return None
+        self._handler = handler
+        self.service_thread = self.process.thread(cpu)
+        queued = self._do("drain")              # a late service thread reads what is queued
+        while queued:
+            for m in queued:
+                self.process._serving = self
+                try:
+                    handler(self, _uffd_msg(m))
+                finally:
+                    self.process._serving = None
+            queued = self._do("drain")
+        return self.service_thread
 
     def serve_core(self, *a, **k):
         raise Unsupported("in-core resolvers are the engine's")
 
     def pending(self):
-        raise Unsupported("the host cannot count queued messages without reading them")
+        """Messages queued and not read by the program (the server reads the
+        kernel's queue to count; Unsupported while an event waits)."""
+        return self._do("pending")
 
     def __repr__(self):
         return (f"<HostUffd {self.id} of pid {self.process.pid}"
@@ -826,12 +890,13 @@ class HostMachine:
     def _fork(self, parent):
         self._check_open()
         for u in parent._uffds.values():
-            if not u.released and getattr(u, "features", 0) & 0x2 and not u.served:
+            if not u.released and u.features & 0x2 and (not u.served or u._handler is not None):
                 # fork() waits in dup_userfaultfd_complete() until the FORK
                 # event is read, and the server forks holding the GIL: only a
                 # C service thread (serve(Resolver)) can read it there.
-                raise Unsupported("fork with UFFD_FEATURE_EVENT_FORK and no service thread: the "
-                                  "host server cannot read the FORK event while it forks")
+                raise Unsupported("fork with UFFD_FEATURE_EVENT_FORK and no C service thread "
+                                  "(serve(Resolver)): the host server cannot read the FORK event "
+                                  "while it forks")
         drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = parent._call("fork", fds=[srv.fileno()])

@@ -148,9 +148,10 @@ class Server:
         return got
 
     def _maybe_waits(self, fn, *args):
-        """A syscall that may wait for a monitor to read a uffd event
-        (UNMAP, REMOVE, REMAP): in a thread of its own while contexts exist,
-        so the server keeps serving (the GIL is released in the call)."""
+        """A syscall that may wait for a monitor: to read a uffd event
+        (UNMAP, REMOVE, REMAP) or to resolve a fault its copy to or from user
+        memory took. In a thread of its own while contexts exist, so the
+        server keeps serving (the GIL is released in the call)."""
         if self.uffds:
             return self._access(fn, *args)
         return fn(*args)
@@ -273,6 +274,15 @@ class Server:
             for acc, _ in self.blocked.values():
                 acc.wait()               # release woke it: let it finish or fault again
             return None
+        if method == "pending":
+            # Counting means reading: harmless for page faults (kept for the
+            # program's read, a wake still withdraws them), not for an event
+            # (reading one ends its waiter's wait).
+            if any(acc.event_wait for acc, _ in self.blocked.values()):
+                raise Unsupported("an event is queued: the host cannot count it without "
+                                  "reading it")
+            ctx.pending += ctx.drain()
+            return len(ctx.pending)
         if method == "read":
             out = ctx.read(*args)
             if out is None:
@@ -387,13 +397,21 @@ class Server:
     def op_pwrite(self, fd, data, offset):
         return os.pwrite(self._fd(fd), data, offset)
 
-    def op_pwrite_from(self, fd, addr, n, offset):
+    def op_pwrite_from(self, fd, addr, n, offset, tid=None):
         """write(2) of program memory: the kernel's copy_from_user faults
-        count as the program's."""
-        return sc.counted(sc.SYS_pwrite64, self._fd(fd), addr, n, offset, call="pwrite")
+        count as the program's. tid: made by that worker thread."""
+        return self._file_io(tid, sc.SYS_pwrite64, fd, addr, n, offset, "pwrite")
 
-    def op_pread_into(self, fd, addr, n, offset):
-        return sc.counted(sc.SYS_pread64, self._fd(fd), addr, n, offset, call="pread")
+    def op_pread_into(self, fd, addr, n, offset, tid=None):
+        # copy_to_user may sleep in a userfault (not with UFFD_USER_MODE_ONLY).
+        return self._file_io(tid, sc.SYS_pread64, fd, addr, n, offset, "pread")
+
+    def _file_io(self, tid, nr, fd, addr, n, offset, call):
+        fd = self._fd(fd)
+        fn = lambda: sc.counted(nr, fd, addr, n, offset, call=call)   # noqa: E731
+        if tid is not None:
+            return self._thread_access(tid, fn)
+        return self._maybe_waits(fn)
 
     def op_pagemap_scan(self, start, end, flags, category_mask, category_anyof_mask,
                         category_inverted, return_mask, max_pages, vec_len):

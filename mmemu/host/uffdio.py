@@ -187,6 +187,16 @@ class Context:
             return None
         return out
 
+    def drain(self):
+        """Every message there is, without EAGAIN: what the server held back
+        for the program, then the kernel's queue (a driver-side handler)."""
+        out, self.pending = self.pending, []
+        while True:
+            m = self.read_one()
+            if m is None:
+                return out
+            out.append(m)
+
     def close(self):
         if self.service is not None:
             self.service.stop()

@@ -205,10 +205,7 @@ def test_host_api_directly(uffd_host):
         assert [m.address for m in u.read()] == [a + C.PAGE_SIZE]
         assert u.copy(a + C.PAGE_SIZE, b"QQ" + bytes(C.PAGE_SIZE - 2)) == C.PAGE_SIZE
         assert wb.value.thread.resume() == b"QQ"
-        with pytest.raises(Unsupported):
-            u.serve(lambda uf, msg: None)           # Python runs in the client, not the server
-        with pytest.raises(Unsupported):
-            u.pending()
+        assert u.pending() == 0
         u.close()
         with pytest.raises(OSError) as e:
             u.wake(a, C.PAGE_SIZE)
@@ -244,6 +241,30 @@ def test_service_thread_resolves_and_logs_what_it_served(uffd_host):
         {"event": "UNMAP", "start": ["a", 3, 0], "end": ["a", 3, C.PAGE_SIZE - 1]},
         fault(2, 0)]}
     assert out[14] == {"msgs": []}
+
+
+def test_python_handler_serves_from_the_driver(uffd_host):
+    p = uffd_host.spawn()
+    try:
+        a = p.mmap(0, 4 * C.PAGE_SIZE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+        u = p.userfaultfd(U.O_NONBLOCK)
+        u.api(U.UFFD_FEATURE_EVENT_REMOVE)
+        u.register(a, 4 * C.PAGE_SIZE, U.UFFDIO_REGISTER_MODE_MISSING)
+        seen = []
+
+        def handler(uf, msg):
+            seen.append(msg.event)
+            if msg.event == U.UFFD_EVENT_PAGEFAULT:
+                uf.copy(msg.address & ~(C.PAGE_SIZE - 1), bytes([len(seen)]) * C.PAGE_SIZE)
+        u.serve(handler)
+        assert p.read(a, 1) == b"\x01" and p.read(a + 3 * C.PAGE_SIZE, 1) == b"\x02"
+        p.madvise(a, C.PAGE_SIZE, C.MADV_DONTNEED)          # the REMOVE event is read by it
+        assert seen == [U.UFFD_EVENT_PAGEFAULT] * 2 + [U.UFFD_EVENT_REMOVE]
+        u.serve(lambda uf, msg: None)                        # leaves the next fault alone
+        with pytest.raises(mmemu.Deadlock):
+            p.read(a + C.PAGE_SIZE, 1)
+    finally:
+        p.exit()
 
 
 def test_service_thread_reads_fork_events_and_closes_the_childs_context(uffd_host):
