@@ -67,6 +67,17 @@ class Machine:
         self._tid += 1
         return self._tid
 
+    @staticmethod
+    def _fault_waiter(uffd, thread, address, flags):
+        """handle_userfault()'s message (exact address and thread id as the
+        context's features say) and the waiter sleeping on its page."""
+        feats = uffd.features or 0
+        page = address & ~(C.PAGE_SIZE - 1)
+        msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags,
+                      address if feats & UFFD_FEATURE_EXACT_ADDRESS else page,
+                      thread.tid if feats & UFFD_FEATURE_THREAD_ID else 0)
+        return Waiter(thread, msg, page, page + C.PAGE_SIZE)
+
     def _userfault(self, thread, uf, rest):
         """A thread's access hit handle_userfault(): queue the message on the
         context and wait (service handler, or WouldBlock with the rest of the
@@ -78,12 +89,7 @@ class Machine:
             thread.blocked = (uf.waiter, rest, uffd)
             err, uf.waiter.error = uf.waiter.error, None
             raise err if err is not None else uffd._unresolved(uf.waiter, "a page fault")
-        feats = uffd.features or 0
-        page = uf.address & ~(C.PAGE_SIZE - 1)
-        msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags=uf.flags,
-                      address=uf.address if feats & UFFD_FEATURE_EXACT_ADDRESS else page,
-                      ptid=thread.tid if feats & UFFD_FEATURE_THREAD_ID else 0)
-        waiter = Waiter(thread, msg, page, page + C.PAGE_SIZE)
+        waiter = self._fault_waiter(uffd, thread, uf.address, uf.flags)
         uffd.faults.append(waiter)
         thread.blocked = (waiter, rest, uffd)
         uffd._deliver(waiter, "a page fault")
@@ -99,12 +105,7 @@ class Machine:
         uffd = self._uffds[ctx]
         if uffd.handler is None or self._serving or uffd.faults or uffd.events:
             return False
-        feats = uffd.features or 0
-        page = address & ~(C.PAGE_SIZE - 1)
-        msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags,
-                      address if feats & UFFD_FEATURE_EXACT_ADDRESS else page,
-                      thread.tid if feats & UFFD_FEATURE_THREAD_ID else 0)
-        waiter = Waiter(thread, msg, page, page + C.PAGE_SIZE)
+        waiter = self._fault_waiter(uffd, thread, address, flags)
         waiter.read = True                  # handed to the handler: read(2) by its service thread
         uffd.waiting.append(waiter)
         thread.blocked = (waiter, _resume_in_handler, uffd)
@@ -112,7 +113,7 @@ class Machine:
         try:
             # (A fault or event the handler itself raises on this context goes
             # the general way and deadlocks there, as _deliver says.)
-            uffd.handler(uffd, msg)
+            uffd.handler(uffd, waiter.msg)
         except BaseException as e:
             waiter.error = e            # re-raised by _userfault with the thread blocked
             return waiter

@@ -156,6 +156,7 @@ class Process(FileOps):
         self._mmap_top = machine._mmap_base
         self._next_thread_cpu = cpu
         self.main = Thread(self, cpu)
+        self.uffd_monitor = None        # the thread making uffd ioctls while main is blocked
 
     # ---- helpers -------------------------------------------------------------
 

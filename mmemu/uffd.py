@@ -123,7 +123,7 @@ class UffdMsg:
 class Resolver:
     """A service handler declared rather than written: the one both the
     engine (Uffd.serve(resolver)) and the host oracle (a real service thread
-    in the server, mmemu.host.uffdio.Service) run, so their messages compare.
+    of the server, mmemu/host/_service.c) run, so their messages compare.
 
     A WP fault is unprotected (WRITEPROTECT off, waking); a MINOR fault is
     CONTINUEd; a MISSING fault gets ZEROPAGE, or with missing="copy" a COPY
@@ -250,11 +250,10 @@ class Uffd:
     def _monitor_thread(self, process):
         """The thread of `process` that issues ioctls while its main thread
         is blocked (made once, on the process's CPU)."""
-        t = getattr(process, "_uffd_monitor", None)
-        if t is None:
+        if process.uffd_monitor is None:
             from .process import Thread
-            t = process._uffd_monitor = Thread(process, process.cpu)
-        return t
+            process.uffd_monitor = Thread(process, process.cpu)
+        return process.uffd_monitor
 
     def _prepare_anon(self, addr):
         """uffd_lock_vma() (6.9+): the VMA at the destination gets an anon_vma
@@ -620,16 +619,19 @@ class Uffd:
         once it resolved them."""
         self.handler = handler
         self.service_thread = self.process.thread(cpu)
-        if self.faults or self.events:
-            # A service thread started late reads what is queued already.
-            self.machine._serving.append(self)
-            try:
-                while self.faults or self.events:
-                    for msg in self.read():
-                        handler(self, msg)
-            finally:
-                self.machine._serving.pop()
+        self._run_handler()             # a service thread started late reads what is queued
         return self.service_thread
+
+    def _run_handler(self):
+        """The service thread reads and handles until the queue is empty."""
+        m = self.machine
+        m._serving.append(self)
+        try:
+            while self.faults or self.events:
+                for msg in self.read():
+                    self.handler(self, msg)
+        finally:
+            m._serving.pop()
 
     _RESOLVERS = {"copy": 1, "zeropage": 2, "unprotect": 3}
 
@@ -660,13 +662,7 @@ class Uffd:
             raise Deadlock("a service thread faulted on the range only it serves",
                            [(f"service thread {waiter.thread.tid} of uffd {self.ctx}",
                              waiter.msg.address or waiter.start, f"{kind} on uffd {self.ctx}")])
-        m._serving.append(self)
-        try:
-            while self.faults or self.events:
-                for msg in self.read():
-                    self.handler(self, msg)
-        finally:
-            m._serving.pop()
+        self._run_handler()
         if not waiter.woken:
             raise self._unresolved(waiter, kind)
 

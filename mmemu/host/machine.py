@@ -314,11 +314,7 @@ class HostProcess:
                 raise Deadlock("the service handler returned without resolving the fault",
                                [(f"thread {thread.tid}", 0, "a page fault or event")])
             for u, m in got:
-                self._serving = u
-                try:
-                    u._handler(u, _uffd_msg(m))
-                finally:
-                    self._serving = None
+                u._handle(m)
             thread._blocked = False
             try:
                 return self._call("resume", key, serve=False)
@@ -684,13 +680,17 @@ class HostUffd:
         queued = self._do("drain")              # a late service thread reads what is queued
         while queued:
             for m in queued:
-                self.process._serving = self
-                try:
-                    handler(self, _uffd_msg(m))
-                finally:
-                    self.process._serving = None
+                self._handle(m)
             queued = self._do("drain")
         return self.service_thread
+
+    def _handle(self, raw):
+        """Run the Python handler on one message; its accesses are the service thread's."""
+        self.process._serving = self
+        try:
+            self._handler(self, _uffd_msg(raw))
+        finally:
+            self.process._serving = None
 
     def serve_core(self, *a, **k):
         raise Unsupported("in-core resolvers are the engine's")
