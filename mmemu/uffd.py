@@ -598,6 +598,14 @@ class Uffd:
         unregistered and every waiter woken; pending events are dropped."""
         if self.released:
             return
+        if any(msg.event == UFFD_EVENT_FORK for _, msg in self.events):
+            # fork() waits for its unread FORK event, and the child it is
+            # making already holds a copy of this fd (copy_files() comes
+            # before dup_mmap()): this close is not the last reference, so
+            # nothing is released, and nobody can read the event any more -
+            # the fork waits for good (seen on the host).
+            self.released = True
+            return
         p = self.process
         if p.alive:
             p._pull()

@@ -98,3 +98,17 @@ def test_mmap_changing_lasts_until_the_waiting_thread_runs_again():
     p.main.resume()
     assert u.copy(a, b"x" * PG) == PG
     m.check()
+
+
+def test_close_while_fork_waits_for_its_fork_event_releases_nothing():
+    # The child being forked already holds the fd: the close is not the last
+    # reference, the FORK event can never be read, and fork waits for good.
+    from mmemu.uffd import UFFD_FEATURE_EVENT_FORK
+    m, p, a, u = setup(UFFD_FEATURE_EVENT_FORK)
+    u.register(a, PG, UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(WouldBlock):
+        p.fork()
+    u.close()
+    with pytest.raises(WouldBlock):
+        p.main.resume()
+    assert p.vmas.find(a).uffd == u.ctx                 # still registered: no release ran
