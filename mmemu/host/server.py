@@ -219,8 +219,12 @@ class Server:
             raise RuntimeError(f"thread {tid}'s access is blocked in a userfault")
         return self._settle(tid, WorkerAccess(worker, fn, args))
 
+    def _served(self):
+        """Every context has a C service thread: a sleep in one is brief."""
+        return bool(self.uffds) and all(c.service is not None for c in self.uffds.values())
+
     def _settle(self, key, acc):
-        if acc.wait():
+        if acc.wait(self._served()):
             return acc.outcome()
         # An event waits to be read by the program itself: reading it here
         # would complete the waiter (and end mmap_changing) at once.
@@ -245,7 +249,7 @@ class Server:
         if entry is None:
             raise RuntimeError(f"no access of thread {key} is blocked")
         acc = entry[0]
-        if acc.wait():
+        if acc.wait(self._served()):
             del self.blocked[key]
             return acc.outcome()
         # Still asleep: on a new fault (woken, retried, trapped again) or
