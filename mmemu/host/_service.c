@@ -38,6 +38,7 @@ struct service {
     int stop_r, stop_w;     /* a byte on stop_w ends the thread */
     int log_r, log_w;
     int copy;               /* missing faults: COPY (1) or ZEROPAGE (0) */
+    int resolve;            /* 0: only read and log (a reader while the server forks) */
     pthread_t thread;
     unsigned char page[SERVICE_PAGE_SIZE];
 };
@@ -103,7 +104,7 @@ service_main(void *arg)
         while (read(s->uffd, &r.msg, sizeof r.msg) == (ssize_t)sizeof r.msg) {
             r.err = -1;                 /* "being resolved": its errno follows */
             log_write(s, &r);
-            r.err = resolve(s, &r.msg);
+            r.err = s->resolve ? resolve(s, &r.msg) : 0;
             memset(&r.msg, 0, sizeof r.msg);
             log_write(s, &r);
         }
@@ -123,20 +124,21 @@ service_destroy(struct service *s)
 }
 
 PyDoc_STRVAR(service_start_doc,
-"start(uffd, copy, fill) -> (handle, log_fd)\n\n"
+"start(uffd, copy, fill, resolve=True) -> (handle, log_fd)\n\n"
 "Start a service thread on the userfaultfd `uffd` (which must be\n"
 "O_NONBLOCK): missing faults get COPY of `fill` bytes when `copy`, else\n"
-"ZEROPAGE. log_fd (non-blocking) yields 40-byte records: a struct uffd_msg\n"
-"and an int32 -1 when a message arrives, then a zeroed message and the\n"
-"int32 errno of its resolution (0 when resolved).");
+"ZEROPAGE; with resolve false it only reads and logs (nothing resolved,\n"
+"no FORK context closed). log_fd (non-blocking) yields 40-byte records: a\n"
+"struct uffd_msg and an int32 -1 when a message arrives, then a zeroed\n"
+"message and the int32 errno of its resolution (0 when resolved).");
 
 static PyObject *
 service_start(PyObject *self, PyObject *args)
 {
-    int uffd, copy, fill;
+    int uffd, copy, fill, resolve = 1;
     int p[2], l[2];
     (void)self;
-    if (!PyArg_ParseTuple(args, "ipi:start", &uffd, &copy, &fill))
+    if (!PyArg_ParseTuple(args, "ipi|p:start", &uffd, &copy, &fill, &resolve))
         return NULL;
     if (fill < 0 || fill > 255) {
         PyErr_SetString(PyExc_ValueError, "fill is a byte");
@@ -164,6 +166,7 @@ service_start(PyObject *self, PyObject *args)
     s->log_r = l[0];
     s->log_w = l[1];
     s->copy = copy;
+    s->resolve = resolve;
     memset(s->page, fill, SERVICE_PAGE_SIZE);
     int rc = pthread_create(&s->thread, NULL, service_main, s);
     if (rc != 0) {

@@ -251,6 +251,7 @@ class HostProcess:
         self._threads = {}             # server worker id -> HostThread
         self._uffds = {}               # server id -> HostUffd
         self._serving = None           # the HostUffd whose Python handler is running
+        self._foreign = []             # contexts of another server serving this process's VMAs
 
     def __repr__(self):
         return f"<HostProcess pid={self.pid} {'alive' if self.alive else 'exited'}>"
@@ -296,7 +297,8 @@ class HostProcess:
                 raise Deadlock("a service thread faulted on the range only it serves",
                                [(f"service thread {thread.tid} of uffd {self._serving.id}",
                                  (msg or {}).get("address", 0), "a page fault")])
-            handlers = [u for u in ([uffd] if uffd is not None else self._uffds.values())
+            handlers = [u for u in ([uffd] if uffd is not None else
+                                    list(self._uffds.values()) + self._foreign)
                         if u._handler is not None and not u.released]
             if serve and handlers:
                 return self._serve_blocked(thread, key, handlers)
@@ -605,6 +607,8 @@ class HostUffd:
         self.served = False
         self._handler = None            # a Python service handler, run in the driver
         self.service_thread = None
+        self.target = process           # whose VMAs it serves (a FORK event's: the child)
+        self._fork_child = None
 
     def _do(self, method, *args):
         return self.process._call("uffd", self.id, method, *args)
@@ -677,18 +681,31 @@ class HostUffd:
             return None
         self._handler = handler
         self.service_thread = self.process.thread(cpu)
-        queued = self._do("drain")              # a late service thread reads what is queued
+        self._run_queued()                      # a late service thread reads what is queued
+        return self.service_thread
+
+    def _run_queued(self):
+        queued = self._do("drain")
         while queued:
             for m in queued:
                 self._handle(m)
             queued = self._do("drain")
-        return self.service_thread
 
     def _handle(self, raw):
         """Run the Python handler on one message; its accesses are the service thread's."""
+        msg = _uffd_msg(raw)
+        if raw["event"] == 0x13:
+            # The child's context lives in this server (the fd the event
+            # brought); its faults and events are the child's.
+            msg.ufd = HostUffd(self.process, raw["ufd"], self.flags)
+            msg.ufd.features = self.features
+            self.process._uffds[raw["ufd"]] = msg.ufd
+            if self._fork_child is not None:
+                msg.ufd.target = self._fork_child
+                self._fork_child._foreign.append(msg.ufd)
         self.process._serving = self
         try:
-            self._handler(self, _uffd_msg(raw))
+            self._handler(self, msg)
         finally:
             self.process._serving = None
 
@@ -889,20 +906,31 @@ class HostMachine:
 
     def _fork(self, parent):
         self._check_open()
+        readers = []
         for u in parent._uffds.values():
-            if not u.released and u.features & 0x2 and (not u.served or u._handler is not None):
+            if u.released or not u.features & 0x2 or (u.served and u._handler is None):
+                continue
+            if u._handler is None:
                 # fork() waits in dup_userfaultfd_complete() until the FORK
-                # event is read, and the server forks holding the GIL: only a
-                # C service thread (serve(Resolver)) can read it there.
-                raise Unsupported("fork with UFFD_FEATURE_EVENT_FORK and no C service thread "
-                                  "(serve(Resolver)): the host server cannot read the FORK event "
-                                  "while it forks")
+                # event is read, and the server forks holding the GIL; with
+                # nobody to read it the program would hang, not block.
+                raise Unsupported("fork with UFFD_FEATURE_EVENT_FORK and no service thread: "
+                                  "the host server cannot show a fork that waits")
+            readers.append(u.id)           # a Python handler sees the event afterwards
         drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            pid = parent._call("fork", fds=[srv.fileno()])
+            pid = parent._call("fork", readers, fds=[srv.fileno()])
         finally:
             srv.close()
-        return self._adopt(pid, drv, parent)
+        child = self._adopt(pid, drv, parent)
+        for uid in readers:
+            u = parent._uffds[uid]
+            u._fork_child = child
+            try:
+                u._run_queued()             # the FORK message (and anything before it)
+            finally:
+                u._fork_child = None
+        return child
 
     def _exit(self, proc):
         if not proc.alive:

@@ -90,6 +90,7 @@ class Server:
         self.files = set()   # the program's file descriptors (memfds), inherited at fork
         self.mapped = []     # [start, end) of every mapping the program made
         self.uffds = {}      # id -> uffdio.Context
+        self.foreign_uffds = False   # VMAs registered to a context of the parent's (fork)
         # Accesses asleep in a userfault, by thread key ("main" or a worker's
         # id): [BlockingAccess or WorkerAccess, (message, uffd id)].
         self.blocked = {}
@@ -152,9 +153,15 @@ class Server:
         (UNMAP, REMOVE, REMAP) or to resolve a fault its copy to or from user
         memory took. In a thread of its own while contexts exist, so the
         server keeps serving (the GIL is released in the call)."""
-        if self.uffds:
+        if self._may_block():
             return self._access(fn, *args)
         return fn(*args)
+
+    def _may_block(self):
+        """Accesses and some syscalls may sleep on a userfaultfd: this process
+        has contexts, or its VMAs are registered to one its parent reads
+        (a FORK event's context)."""
+        return bool(self.uffds) or self.foreign_uffds
 
     def op_mremap(self, old_addr, old_size, new_size, flags, new_addr):
         got = self._maybe_waits(sc.mremap, old_addr, old_size, new_size, flags, new_addr)
@@ -191,12 +198,12 @@ class Server:
         return self._maybe_waits(sc.madvise, addr, length, advice)
 
     def op_read(self, addr, n):
-        if self.uffds:
+        if self._may_block():
             return self._access(_access.read, addr, n)
         return _access.read(addr, n)
 
     def op_write(self, addr, data):
-        if self.uffds:
+        if self._may_block():
             return self._access(_access.write, addr, data)
         _access.write(addr, data)
 
@@ -213,7 +220,7 @@ class Server:
         """An access by worker `tid`, which may sleep in a userfault."""
         from .uffdio import WorkerAccess
         worker = self._thread(tid)
-        if not self.uffds:
+        if not self._may_block():
             return worker.call(fn, *args)
         if tid in self.blocked:
             raise RuntimeError(f"thread {tid}'s access is blocked in a userfault")
@@ -451,13 +458,33 @@ class Server:
 
     # --- fork / exit --------------------------------------------------------
 
-    def op_fork(self, fds):
+    def op_fork(self, readers=(), fds=()):
+        """fork(); `readers`: contexts whose FORK event the driver's Python
+        handler will see. fork() waits in dup_userfaultfd_complete() until it
+        is read, with this thread holding the GIL, so a C thread reads each
+        such queue meanwhile (no resolving) and its messages are kept for the
+        handler; a FORK event's new context becomes a context of this server.
+        Returns (pid, {reader id: [(message, ...)]})."""
         if len(fds) != 1:
             raise RuntimeError(f"fork needs one channel descriptor, got {len(fds)}")
         (newfd,) = fds
+        from ..uffd import Resolver
+        from .uffdio import Context, Service
+        tails = [(uid, Service(self.uffds[uid], Resolver(), resolve=False)) for uid in readers]
         pid = _access.fork_sibling()
         if pid:
             os.close(newfd)
+            for uid, svc in tails:
+                ctx = self.uffds[uid]
+                got = [m for m, _ in svc.take()]
+                svc.stop()
+                for m in got:
+                    if m["event"] == 0x13:           # the child's context: ours to hold
+                        new = self.next_id
+                        self.next_id += 1
+                        self.uffds[new] = Context.adopt(m["ufd"], ctx.flags, ctx.features)
+                        m["ufd"] = new
+                ctx.pending += got
             return pid
         # Child. Pipes and rings belong to the process that made them (the
         # engine's model); dropping the inherited fds changes no page
@@ -476,6 +503,7 @@ class Server:
         # model): the child's copy of the descriptor would keep it alive.
         for ctx in self.uffds.values():
             ctx.forget()
+        self.foreign_uffds = bool(readers) or self.foreign_uffds
         self.uffds.clear()
         self.blocked = {}
         send_msg(self.sock, ("ready", os.getpid()))

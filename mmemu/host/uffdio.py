@@ -93,6 +93,7 @@ class Context:
         # handed to the program: they come first in its next read.
         self.pending = []
         self.service = None        # a Service thread reading the queue itself
+        self.features = 0
 
     def _ioctl(self, req, fmt, *vals):
         buf = bytearray(struct.pack(fmt, *[_u64(v) for v in vals]))
@@ -102,7 +103,17 @@ class Context:
     def api(self, features, api=UFFD_API):
         """(features, ioctls) as the kernel writes them back."""
         out = self._ioctl(UFFDIO_API, "<QQQ", api, features, 0)
+        self.features = features
         return out[1], out[2]
+
+    @classmethod
+    def adopt(cls, fd, flags, features):
+        """A context the kernel made (a FORK event's ufd), already past API."""
+        ctx = cls.__new__(cls)
+        ctx.fd, ctx.flags, ctx.features = fd, flags, features
+        ctx.pending, ctx.service = [], None
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | O_NONBLOCK)
+        return ctx
 
     def register(self, addr, length, mode):
         return self._ioctl(UFFDIO_REGISTER, "<QQQQ", addr, length, mode, 0)[3]
@@ -230,14 +241,15 @@ class Service:
     """A real service thread of a context, in C (mmemu/host/_service.c):
     it resolves each message by the engine's Resolver rules and logs it."""
 
-    def __init__(self, ctx, resolver):
+    def __init__(self, ctx, resolver, resolve=True):
         self.ctx = ctx
         self.log = []
         self.buf = b""
         self.open = None            # the logged message whose errno has not come yet
         # Messages the server read to report a blocked access are still
-        # unread for the program: resolved here first, before serve() returns.
-        backlog, ctx.pending = ctx.pending, []
+        # unread for the program: resolved here first, before serve() returns
+        # (a reader only leaves them where they are).
+        backlog, ctx.pending = (ctx.pending, []) if resolve else ([], ctx.pending)
         for m in backlog:
             entry = [m, None]
             self.log.append(entry)
@@ -247,7 +259,7 @@ class Service:
             except OSError as e:
                 entry[1] = e.errno
         self.handle, self.log_fd = _service.start(ctx.fd, resolver.missing == "copy",
-                                                  resolver.fill)
+                                                  resolver.fill, resolve)
 
     def _drain(self):
         self._read_log()
