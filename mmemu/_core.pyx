@@ -297,23 +297,12 @@ cdef class Engine:
         cdef mm_t *m = self._mm(mm)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
         cdef uint8_t *buf = <uint8_t *>PyBytes_AS_STRING(out)
-        cdef Py_ssize_t done = 0, chunk
-        cdef uint64_t a
-        cdef int64_t pfn
-        cdef int ret = 0
+        cdef int64_t done = 0
+        cdef int ret
         self._cpu(cpu)
         while True:
             with nogil:
-                while done < n:
-                    a = va + <uint64_t>done
-                    chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
-                    if chunk > n - done:
-                        chunk = n - done
-                    ret = user_access(&self.e, m, cpu, a, False, &pfn, 0 if kernel else FAULT_FLAG_USER)
-                    if ret:
-                        break
-                    frame_read(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, buf + done)
-                    done += chunk
+                ret = user_copy_range(&self.e, m, cpu, va, buf, n, False, kernel, &done)
             if not ret:
                 return out
             m = self._serve_userfault(ret, hook, mm, done)
@@ -342,28 +331,15 @@ cdef class Engine:
               object hook=None):
         """Write data at va (hook: as for read)."""
         cdef mm_t *m = self._mm(mm)
-        cdef Py_ssize_t n = data.shape[0], done = 0, chunk
-        cdef uint64_t a
-        cdef int64_t pfn
-        cdef int ret = 0
+        cdef int64_t done = 0
+        cdef int ret
         self._cpu(cpu)
-        if n == 0:
+        if data.shape[0] == 0:
             return
         while True:
             with nogil:
-                while done < n:
-                    a = va + <uint64_t>done
-                    chunk = <Py_ssize_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
-                    if chunk > n - done:
-                        chunk = n - done
-                    ret = user_access(&self.e, m, cpu, a, True, &pfn, 0 if kernel else FAULT_FLAG_USER)
-                    if ret:
-                        break
-                    if frame_write(&self.e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, &data[done]) < 0:
-                        ret = VM_FAULT_NOMEM
-                        self.e.fault_addr = a
-                        break
-                    done += chunk
+                ret = user_copy_range(&self.e, m, cpu, va, <uint8_t *>&data[0], data.shape[0], True,
+                                      kernel, &done)
             if not ret:
                 return
             m = self._serve_userfault(ret, hook, mm, done)

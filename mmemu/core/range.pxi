@@ -230,6 +230,31 @@ cdef int64_t clear_soft_dirty_range(engine_t *e, mm_t *mm, uint64_t start, uint6
     return lost
 
 
+cdef int user_copy_range(engine_t *e, mm_t *mm, int cpu, uint64_t va, uint8_t *buf, int64_t n,
+                         bint write, bint kernel, int64_t *done) noexcept nogil:
+    """Byte-exact read (into buf) or write (from buf) of n bytes at va, page
+    by page through the TLB, from *done on: the read/write entry points.
+    Returns 0, or what stopped it (*done then counts the bytes done)."""
+    cdef uint64_t a
+    cdef int64_t chunk, pfn
+    cdef int ret
+    while done[0] < n:
+        a = va + <uint64_t>done[0]
+        chunk = <int64_t>(MM_PAGE_SIZE - (a & (MM_PAGE_SIZE - 1)))
+        if chunk > n - done[0]:
+            chunk = n - done[0]
+        ret = user_access(e, mm, cpu, a, write, &pfn, 0 if kernel else FAULT_FLAG_USER)
+        if ret:
+            return ret
+        if not write:
+            frame_read(e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, buf + done[0])
+        elif frame_write(e, pfn, <int64_t>(a & (MM_PAGE_SIZE - 1)), chunk, buf + done[0]) < 0:
+            e.fault_addr = a
+            return VM_FAULT_NOMEM
+        done[0] += chunk
+    return 0
+
+
 cdef int touch_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t npages,
                      bint write, uint64_t value, int64_t *done) noexcept nogil:
     """One access per page through the TLB (the batch access path). A write
