@@ -11,14 +11,13 @@ from mmemu.uffd import (O_NONBLOCK, UFFD_PAGEFAULT_FLAG_WP, UffdError, UFFDIO_RE
                         UFFDIO_WRITEPROTECT_MODE_WP)
 
 
-def shmem(kernel="6.18", mode=UFFDIO_REGISTER_MODE_WP, write=True):
+def shmem(kernel="6.18", mode=UFFDIO_REGISTER_MODE_WP):
     m = mmemu.Machine(kernel=kernel, memory=32 << 20, swap=16 << 20)
     p = m.spawn()
     fd = p.memfd_create("x", 0)
     p.ftruncate(fd, PG)
     s = p.mmap(0, PG, 3, MAP_SHARED, fd, 0)
-    if write:
-        p.write(s, b"a")
+    p.write(s, b"a")
     u = p.userfaultfd(O_NONBLOCK)
     u.api(0)
     u.register(s, PG, mode)
