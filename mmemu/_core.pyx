@@ -73,6 +73,7 @@ cdef class Engine:
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
+    cdef int32_t file_hint       # no free mapping id below this one
 
     def __cinit__(self, int64_t nframes, int ncpus, dict knobs, int64_t nswap=0):
         cdef mm_policy_t *p
@@ -198,6 +199,23 @@ cdef class Engine:
             raise oserror(3, "mm", f"no live mm {mm}")      # ESRCH
         return &self.e.mms[mm]
 
+    cdef int _span(self, uint64_t start, uint64_t end) except -1:
+        """Entry check of an address range: page aligned, ordered, user space."""
+        if (start | end) & (MM_PAGE_SIZE - 1) or start > end or end > MM_USER_TOP:
+            raise ValueError(f"bad range [{start:#x}, {end:#x})")
+        return 0
+
+    cdef int _pages(self, uint64_t start, int64_t npages) except -1:
+        if npages < 0 or start > MM_USER_TOP \
+                or <uint64_t>npages > (MM_USER_TOP - start) >> MM_PAGE_SHIFT:
+            raise ValueError(f"bad page range {start:#x} + {npages} pages")
+        return 0
+
+    cdef int _index_span(self, uint64_t first, uint64_t last) except -1:
+        if first > last or last > MM_MAX_FILE_PAGES:
+            raise ValueError(f"bad file index range [{first}, {last})")
+        return 0
+
     cdef int _cpu(self, int cpu) except -1:
         if cpu < 0 or cpu >= self.e.ncpus:
             raise ValueError(f"cpu {cpu} out of range 0..{self.e.ncpus - 1}")
@@ -227,6 +245,8 @@ cdef class Engine:
         free(m.vmas)
         memset(m, 0, sizeof(mm_t))
         m.id = slot
+        self.e.mm_serial += 1
+        m.serial = self.e.mm_serial
         m.pgd = dir_alloc(&self.e)
         if m.pgd < 0:
             raise MemoryError()
@@ -255,7 +275,20 @@ cdef class Engine:
         """Replace the mm's VMA table (the Python side owns VMA layout)."""
         cdef mm_t *m = self._mm(mm)
         cdef Py_ssize_t n = starts.shape[0], i
-        cdef mm_vma_t *v = <mm_vma_t *>malloc((n if n else 1) * sizeof(mm_vma_t))
+        cdef mm_vma_t *v
+        if not (ends.shape[0] == flags.shape[0] == pgoffs.shape[0] == files.shape[0] == n):
+            raise ValueError("VMA arrays differ in length")
+        # Checked before anything changes: every VMA non-empty, aligned, in
+        # user space, sorted without overlap, naming a live file or none.
+        for i in range(n):
+            self._span(starts[i], ends[i])
+            if starts[i] == ends[i] or (i and starts[i] < ends[i - 1]):
+                raise ValueError("VMAs empty, overlapping or unsorted")
+            if files[i]:
+                self._file(files[i])
+                if pgoffs[i] + ((ends[i] - starts[i]) >> MM_PAGE_SHIFT) > MM_MAX_FILE_PAGES:
+                    raise ValueError("file VMA beyond the page-cache index")
+        v = <mm_vma_t *>malloc((n if n else 1) * sizeof(mm_vma_t))
         if v == NULL:
             raise MemoryError()
         for i in range(n):
@@ -265,9 +298,6 @@ cdef class Engine:
             v[i].pgoff = pgoffs[i]
             v[i].file = files[i]
             v[i].uffd = 0
-            if i and v[i].start < v[i - 1].end:
-                free(v)
-                raise ValueError("VMAs overlap or are unsorted")
         free(m.vmas)
         m.vmas = v
         m.nvma = <int32_t>n
@@ -281,6 +311,19 @@ cdef class Engine:
         cdef int32_t i
         for i in range(m.nvma):
             o[i] = m.vmas[i].flags
+        return out
+
+    def vma_table(self, int32_t mm):
+        """The core's VMA table: (starts, ends, flags, pgoffs, files, uffds)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int32_t i, n = m.nvma
+        out = (np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint64),
+               np.zeros(n, np.uint64), np.zeros(n, np.int32), np.zeros(n, np.int32))
+        cdef uint64_t[::1] s = out[0], e = out[1], f = out[2], o = out[3]
+        cdef int32_t[::1] fi = out[4], u = out[5]
+        for i in range(n):
+            s[i], e[i], f[i], o[i] = m.vmas[i].start, m.vmas[i].end, m.vmas[i].flags, m.vmas[i].pgoff
+            fi[i], u[i] = m.vmas[i].file, m.vmas[i].uffd
         return out
 
     def mm_info(self, int32_t mm):
@@ -320,9 +363,14 @@ cdef class Engine:
         looked up again: the handler may have changed the address space).
         Otherwise raise what stopped it."""
         cdef object w = False
+        cdef int64_t serial = self.e.mms[mm].serial
         if ret & VM_FAULT_UFFD and hook is not None:
             w = hook(self.e.uf_ctx, self.e.uf_addr, self.e.uf_flags)
             if w is None:
+                # The handler may have ended the process and a new one taken
+                # its mm id: never retry the access into another address space.
+                if not self.e.mms[mm].alive or self.e.mms[mm].serial != serial:
+                    raise oserror(3, "access", "the process exited while its access waited on a userfault")
                 return self._mm(mm)
         self._raise(ret, done, w if w is not False else None)
         return NULL
@@ -348,6 +396,7 @@ cdef class Engine:
               object hook=None):
         """The batch access path: one access per page, staying in the core
         (hook: as for read; a served userfault never leaves this call)."""
+        self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t done = 0, d
         cdef int ret
@@ -365,8 +414,11 @@ cdef class Engine:
 
     def gup(self, int32_t mm, int cpu, uint64_t start, int64_t npages, int gup_flags):
         """(pfns, errno): pfns of the pages done; errno of what stopped it."""
+        self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
-        pfns = np.zeros(max(npages, 1), np.int64)
+        # GUP stops at the first hole: the array need not be longer than the
+        # VMAs mapped from start, whatever count the caller asked for.
+        pfns = np.zeros(max(min(npages, mapped_pages(m, start, npages)), 1), np.int64)
         cdef int64_t[::1] pv = pfns
         cdef int err = 0
         cdef int64_t done
@@ -414,6 +466,7 @@ cdef class Engine:
             bint wp_markers=False):
         """Unmap [start, end): zap, flush, release (zap_page_range / unmap_region).
         wp_markers: keep uffd-wp as markers (DONTNEED of a file-backed wp VMA)."""
+        self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef gather_t g
         self._cpu(cpu)
@@ -426,6 +479,7 @@ cdef class Engine:
                 free_pte_tables(&self.e, m, start, end)
 
     def change_protection(self, int32_t mm, uint64_t start, uint64_t end, uint64_t newflags):
+        self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost
         with nogil:
@@ -436,6 +490,8 @@ cdef class Engine:
 
     def move_ptes(self, int32_t mm, uint64_t old, uint64_t new, uint64_t length):
         """mremap's move of page-table entries from old to new (same mm)."""
+        self._pages(old, <int64_t>(length >> MM_PAGE_SHIFT))
+        self._pages(new, <int64_t>(length >> MM_PAGE_SHIFT))
         cdef mm_t *m = self._mm(mm)
         cdef int64_t ret
         with nogil:
@@ -444,6 +500,7 @@ cdef class Engine:
             raise MemoryError()
 
     def clear_soft_dirty(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vma_flags):
+        self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost
         with nogil:
@@ -457,6 +514,7 @@ cdef class Engine:
     def fork_range(self, int32_t src, int32_t dst, int cpu, uint64_t start, uint64_t end,
                    uint64_t src_flags, uint64_t dst_flags):
         """Copy one VMA's page tables; returns how many parent ptes were write-protected."""
+        self._span(start, end)
         cdef mm_t *s = self._mm(src)
         cdef mm_t *d = self._mm(dst)
         cdef int64_t wp = 0
@@ -477,6 +535,7 @@ cdef class Engine:
     # ---- inspection --------------------------------------------------------
 
     def pagemap(self, int32_t mm, uint64_t start, int64_t npages):
+        self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         out = np.zeros(npages, np.uint64)
         cdef uint64_t[::1] o = out
@@ -488,6 +547,7 @@ cdef class Engine:
     def versions(self, int32_t mm, uint64_t start, int64_t npages):
         """Content version of the page mapped at each address (0: none or zeros;
         all ones: byte-exact contents)."""
+        self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         out = np.zeros(npages, np.uint64)
         cdef uint64_t[::1] o = out
@@ -547,7 +607,9 @@ cdef class Engine:
         """A new, empty shmem file; returns its mapping id (1..65535)."""
         cdef int32_t i, fid = -1
         cdef mm_file_t *fs
-        for i in range(1, self.e.nfile):
+        # Lowest free id from a hint (file_destroy lowers it): linear over
+        # a run of creations rather than a rescan each time.
+        for i in range(max(self.file_hint, 1), self.e.nfile):
             if not self.e.files[i].alive:
                 fid = i
                 break
@@ -571,6 +633,7 @@ cdef class Engine:
             raise MemoryError()
         f.alive = 1
         f.shmem = shmem
+        self.file_hint = fid + 1
         return fid
 
     def file_destroy(self, int32_t fid):
@@ -579,6 +642,7 @@ cdef class Engine:
         cache_truncate(&self.e, f, 0, 1ULL << 35)
         free_dir_tree(&self.e, f.root, 0)
         f.alive = 0
+        self.file_hint = min(self.file_hint, fid)
 
     def file_info(self, int32_t fid):
         cdef mm_file_t *f = self._file(fid)
@@ -588,6 +652,8 @@ cdef class Engine:
         """Set i_size. Shrinking expects the caller to have unmapped past EOF
         and truncated the cache (shmem_setattr order)."""
         cdef mm_file_t *f = self._file(fid)
+        if size < 0 or <uint64_t>size > MM_MAX_FILE_PAGES << MM_PAGE_SHIFT:
+            raise ValueError(f"file size {size} beyond the page-cache index")
         if size < f.size:
             cache_zero_tail(&self.e, f, size)
         f.size = size
@@ -595,6 +661,7 @@ cdef class Engine:
     def file_fallocate(self, int32_t fid, int cpu, uint64_t first, uint64_t last):
         """shmem_fallocate() without PUNCH_HOLE: every page of [first, last)
         enters the cache (zeroed if new). Returns pages allocated."""
+        self._index_span(first, last)
         cdef mm_file_t *f = self._file(fid)
         cdef uint64_t i
         cdef int64_t pfn, n = 0, before
@@ -621,6 +688,7 @@ cdef class Engine:
 
     def file_mapped_indices(self, int32_t fid, uint64_t first, uint64_t last):
         """Indices in [first, last) whose cache folio is mapped somewhere."""
+        self._index_span(first, last)
         cdef mm_file_t *f = self._file(fid)
         cdef uint64_t i
         cdef uint64_t *cs
@@ -634,6 +702,7 @@ cdef class Engine:
     def file_truncate_cache(self, int32_t fid, uint64_t first, uint64_t last):
         """Remove indices [first, last) from the cache; returns folios that
         were still mapped when removed."""
+        self._index_span(first, last)
         cdef mm_file_t *f = self._file(fid)
         return cache_truncate(&self.e, f, first, last)
 
@@ -641,7 +710,12 @@ cdef class Engine:
         cdef mm_file_t *f = self._file(fid)
         cdef int ret = 0
         cdef int64_t done
-        buf = bytearray(max(n, 0))
+        if off < 0 or n < 0:
+            raise ValueError("negative file offset or count")
+        if off >= f.size:
+            return b""
+        n = min(n, f.size - off)        # never a buffer beyond EOF, whatever was asked
+        buf = bytearray(n)
         cdef uint8_t[::1] b = buf
         self._cpu(cpu)
         if n <= 0:
@@ -656,6 +730,8 @@ cdef class Engine:
         cdef int ret = 0
         cdef int64_t done
         self._cpu(cpu)
+        if off < 0 or <uint64_t>(off + data.shape[0]) > MM_MAX_FILE_PAGES << MM_PAGE_SHIFT:
+            raise ValueError("write outside the page-cache index range")
         if data.shape[0] == 0:
             return 0
         done = file_rw(&self.e, f, off, data.shape[0], <uint8_t *>&data[0], True, cpu, &ret)
@@ -666,6 +742,7 @@ cdef class Engine:
     def unmap_file(self, int32_t mm, int cpu, uint64_t vma_start, uint64_t first, uint64_t last,
                    bint even_cows, bint drop_markers=False):
         """unmap_mapping_range() over one VMA: ptes of file indices [first, last)."""
+        self._index_span(first, last)
         cdef mm_t *m = self._mm(mm)
         cdef int32_t vi = find_vma(m, vma_start)
         cdef gather_t g
@@ -727,6 +804,8 @@ cdef class Engine:
 
     def uffd_resolver_log(self, int32_t ctx):
         """(faults resolved, numpy array of logged addresses)."""
+        if ctx <= 0 or ctx >= self.e.nuffd:
+            raise ValueError("no such context")
         r = &self.e.uffd_res[ctx]
         out = np.zeros(r.nlog, np.int64)
         cdef int64_t[::1] o = out
@@ -737,6 +816,7 @@ cdef class Engine:
 
     def pagemap_categories(self, int32_t mm, uint64_t start, int64_t npages, bint none_written):
         """PAGEMAP_SCAN categories per page (0xFFFF outside any VMA)."""
+        self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         out = np.full(npages, 0xFFFF, np.uint16)
         cdef uint16_t[::1] o = out
@@ -761,10 +841,14 @@ cdef class Engine:
         if ctxs.shape[0] != m.nvma:
             raise ValueError("one context per VMA")
         for i in range(m.nvma):
+            if ctxs[i] < 0 or (ctxs[i] and ctxs[i] >= self.e.nuffd):
+                raise ValueError(f"no userfaultfd context {ctxs[i]}")
+        for i in range(m.nvma):
             m.vmas[i].uffd = ctxs[i]
 
     def uffd_writeprotect(self, int32_t mm, uint64_t start, uint64_t end, bint protect,
                           bint use_markers, uint64_t vmflags):
+        self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost
         with nogil:
@@ -780,6 +864,7 @@ cdef class Engine:
         """COPY/ZEROPAGE/CONTINUE/POISON over npages: (pages done, errno).
         COPY takes src_bytes (npages * 4 KiB) or the frames mapped at src in
         src_mm (faulted in by the caller first, as copy_from_user would)."""
+        self._pages(dst, npages)
         cdef mm_t *m = self._mm(mm)
         cdef mm_t *sm = NULL
         cdef const uint8_t[::1] sb
@@ -889,6 +974,8 @@ cdef class Engine:
 
     def uffd_move(self, int32_t mm, uint64_t dst, uint64_t src, int64_t npages, bint allow_holes,
                   bint move_zeropage=False):
+        self._pages(dst, npages)
+        self._pages(src, npages)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t i
         cdef int32_t vi
@@ -906,6 +993,7 @@ cdef class Engine:
     # ---- swap --------------------------------------------------------------
 
     def pageout(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
+        self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n
         cdef uint64_t stopped
@@ -923,6 +1011,7 @@ cdef class Engine:
         return n
 
     def madvise_free(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
+        self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n
         self._cpu(cpu)

@@ -2,10 +2,14 @@
 FOLL_GET, as a device driver holds them) and Pipe (vmsplice's FOLL_GET refs)."""
 import numpy as np
 
+from . import args as A
+
 from .constants import FOLL_PIN, FOLL_WRITE, GUP_PIN_COUNTING_BIAS, PAGE_SIZE
 from .errors import EINVAL, oserror
+from .serialise import serialised
 
 
+@serialised
 class Pin:
     """Pages referenced by get_user_pages / pin_user_pages.
 
@@ -15,6 +19,7 @@ class Pin:
 
     def __init__(self, machine, pfns, gup_flags):
         self._machine = machine
+        self._lock = machine._lock
         self.pfns = pfns
         self.gup_flags = gup_flags
         self.npages = len(pfns)
@@ -26,6 +31,7 @@ class Pin:
         return GUP_PIN_COUNTING_BIAS if self.gup_flags & FOLL_PIN else 1
 
     def _span(self, offset, n):
+        offset, n = A.size(offset, "pin", "offset"), A.size(n, "pin", "length")
         if self.released:
             raise ValueError("pin already released")
         if offset < 0 or n < 0 or offset + n > self.npages * PAGE_SIZE:
@@ -67,12 +73,14 @@ class Pin:
         self.release()
 
 
+@serialised
 class Pipe:
     """A pipe filled by vmsplice: it holds a FOLL_GET reference per page and
     reads the pages' bytes when the reader gets to them."""
 
     def __init__(self, machine, pfns, first_offset, nbytes):
         self._machine = machine
+        self._lock = machine._lock
         self._bufs = []            # [pfn, offset in page, length], in order
         off, left = first_offset, nbytes
         for pfn in pfns:
@@ -84,6 +92,7 @@ class Pipe:
         machine._holders.add(self)
 
     def read(self, n):
+        n = A.size(n, "pipe read", "count")
         out = []
         eng = self._machine._engine
         while n > 0 and self._bufs:

@@ -1,13 +1,18 @@
 """Machine: one emulated computer (frames, CPUs, the kernel's rules)."""
+import heapq
+import operator
 from collections import namedtuple
 
 import numpy as np
 
+from . import args as A
 from . import constants as C
 from ._core import Engine
 from .eras import policy_for
 from .errors import MmemuError
 from .process import Process
+from .serialise import new_lock, serialised
+from .vma import VM_ANON_VMA
 from .uffd import (UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_THREAD_ID,
                    UffdMsg, Waiter)
 
@@ -21,39 +26,69 @@ def _resume_in_handler():
     raise MmemuError("a thread cannot be resumed from inside the handler serving its fault")
 
 
+@serialised
 class Machine:
     """An emulated machine running the memory-management rules of `kernel`.
 
     kernel: "5.7" ... "6.18", or "host" for the running kernel's version and
     config. backports: commit ids (see mmemu.eras.CHANGES) applied on top.
-    memory: bytes of RAM (frames). swap: bytes of swap (not modelled yet: 0).
+    memory: bytes of RAM (frames). swap: bytes of the swap device (0: none).
     seed: the same seed and inputs give the same results, bit for bit.
+
+    One Machine may be shared by host threads: each public call holds the
+    machine's (re-entrant) lock, so calls serialise (mmemu.serialise).
     """
 
+    MAX_MEMORY = 1 << 44        # 16 TiB of frames: 2^32 frames, 96 GiB of frame table
+
     def __init__(self, kernel="6.18", ncpus=2, memory=256 << 20, swap=0, seed=0, backports=()):
+        if isinstance(backports, (str, bytes)):
+            raise TypeError("backports must be a sequence of commit ids, not a string")
         self.policy = policy_for(kernel, tuple(backports))
+        memory, swap = self._bytes(memory, "memory"), self._bytes(swap, "swap")
+        ncpus, seed = operator.index(ncpus), operator.index(seed)
         if memory < 16 * C.PAGE_SIZE:
             raise ValueError("memory must hold at least 16 pages")
-        if swap < 0:
-            raise ValueError("swap must be >= 0")
+        if memory > self.MAX_MEMORY or swap > self.MAX_MEMORY:
+            raise ValueError(f"memory and swap are limited to {self.MAX_MEMORY >> 40} TiB each")
+        if not 1 <= ncpus <= 256:
+            raise ValueError("ncpus must be in 1..256")
+        if seed < 0:
+            raise ValueError("seed must be >= 0")
         self.kernel = kernel
         self.ncpus = ncpus
         self.memory = memory
         self.seed = seed
         self.swap = swap
-        self._engine = Engine(memory // C.PAGE_SIZE, ncpus, dict(self.policy.knobs),
-                              swap // C.PAGE_SIZE)
+        try:
+            self._engine = Engine(memory // C.PAGE_SIZE, ncpus, dict(self.policy.knobs),
+                                  swap // C.PAGE_SIZE)
+        except MemoryError as e:
+            raise MemoryError(f"Machine(memory={memory}, swap={swap}): the host cannot hold the "
+                              f"frame and swap tables ({e})") from None
+        self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile
         self._procs = {}
         self._pid = 0
         self._holders = set()       # live Pins and Pipes (references outside page tables)
         self._uffds = {}            # context id -> Uffd
+        self._uffd_free = []        # ids of released contexts, reused lowest first
         self._serving = []          # contexts whose service handler is running
         self._tid = 0
         self._anon_vma = 0          # last anon_vma identity handed out
         # Deterministic "ASLR": the top of the mmap area depends on the seed only.
         rng = np.random.default_rng(seed)
         self._mmap_base = 0x7F0000000000 - int(rng.integers(0, 1 << 28)) * C.PAGE_SIZE
+
+    @staticmethod
+    def _bytes(v, name):
+        try:
+            v = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer number of bytes, not {type(v).__name__}") from None
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0")
+        return v
 
     def _next_pid(self):
         self._pid += 1
@@ -142,12 +177,24 @@ class Machine:
         return done()
 
     def _new_uffd(self, uffd):
-        ctx = len(self._uffds) + 1
+        ctx = heapq.heappop(self._uffd_free) if self._uffd_free else len(self._uffds) + 1
         self._uffds[ctx] = uffd
         return ctx
 
+    def _free_uffd(self, uffd):
+        """A context released for good: its id (and the core's slot, once
+        cleared) serve the next userfaultfd(); no VMA names it any more."""
+        if self._uffds.get(uffd.ctx) is not uffd:
+            return
+        if uffd.features is not None:
+            self._engine.uffd_resolver(uffd.ctx, 0)
+            self._engine.uffd_set(uffd.ctx, 0, 0)
+        del self._uffds[uffd.ctx]
+        heapq.heappush(self._uffd_free, uffd.ctx)
+
     def spawn(self, cpu=0):
         """A new process with an empty address space, running on `cpu`."""
+        cpu = operator.index(cpu)
         if not 0 <= cpu < self.ncpus:
             raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
         p = Process(self, self._next_pid(), self._engine.mm_new(), cpu)
@@ -166,6 +213,9 @@ class Machine:
 
     def frame(self, pfn):
         """What /proc/kpagecount and /proc/kpageflags show, plus refcount and pincount."""
+        pfn = operator.index(pfn)
+        if not 0 <= pfn < self._engine.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self._engine.nframes - 1}")
         refcount, mapcount, flags, used, _, _ = self._engine.frame_info(pfn)
         pincount = 0
         for h in self._holders:
@@ -187,6 +237,9 @@ class Machine:
         """Memory pressure, as an explicit event: reclaim up to npages (pages
         mapped once go to swap, clean MADV_FREE'd pages are dropped, unmapped
         shmem goes to swap). Returns frames freed."""
+        npages, cpu = min(A.size(npages, "reclaim", "npages"), 1 << 62), operator.index(cpu)
+        if not 0 <= cpu < self.ncpus:
+            raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
         return self._engine.reclaim(cpu, npages)
 
     def check(self):
@@ -197,6 +250,34 @@ class Machine:
             pfns.append(np.asarray(p, np.int64))
             refs.append(r)
         self._engine.check(np.concatenate(pfns), np.concatenate(refs))
+        for p in self._procs.values():
+            self._check_vmas(p)
+
+    def _check_vmas(self, p):
+        """The Python VMA list and the core's table describe one layout:
+        same VMAs in the same order, each non-empty, aligned, in user space,
+        without overlap; flags equal but for the anon_vma bit the core sets
+        (read back before the next relayout)."""
+        from .errors import InvariantError
+        starts, ends, flags, pgoffs, files, uffds = self._engine.vma_table(p.mm)
+        vmas = list(p.vmas)
+        if len(vmas) != len(starts):
+            raise InvariantError("VMA tables differ", None,
+                                 f"pid {p.pid}: {len(vmas)} VMAs in Python, {len(starts)} in the core")
+        prev = 0
+        for i, v in enumerate(vmas):
+            where = f"pid {p.pid} VMA {v.start:#x}-{v.end:#x}"
+            if not (v.start < v.end <= C.TASK_SIZE + C.PAGE_SIZE) or (v.start | v.end) & (C.PAGE_SIZE - 1) \
+                    or v.start < prev:
+                raise InvariantError("VMA empty, misaligned, beyond user space or overlapping", None, where)
+            prev = v.end
+            core = (int(starts[i]), int(ends[i]), int(pgoffs[i]), int(files[i]), int(uffds[i]))
+            if core != (v.start, v.end, v.pgoff, v.file, v.uffd) \
+                    or (int(flags[i]) ^ v.flags) & ~VM_ANON_VMA or v.flags & VM_ANON_VMA & ~int(flags[i]):
+                raise InvariantError("VMA tables differ", None, f"{where}: core has {core} flags {int(flags[i]):#x}, "
+                                     f"Python {v.pgoff, v.file, v.uffd} flags {v.flags:#x}")
+            if v.uffd and v.uffd not in self._uffds:
+                raise InvariantError("VMA registered with a released userfaultfd", None, where)
 
     def stats(self):
         return self._engine.stats()

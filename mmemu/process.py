@@ -8,10 +8,12 @@ from functools import partial
 
 import numpy as np
 
+from . import args as A
 from . import constants as C
-from .errors import (EACCES, EBADF, EEXIST, EFAULT, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
+from .errors import (EACCES, EBADF, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
                      MmemuError, Sigbus, Sigsegv, UserFault, WouldBlock, oserror)
 from .gup import Pin, Pipe
+from .serialise import serialised
 from .shmem import FileOps, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
@@ -21,6 +23,12 @@ from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, 
 
 PAGE = C.PAGE_SIZE
 MAX_MAP_COUNT = 65530          # vm.max_map_count default
+USER_TOP = 1 << 47             # end of the 4-level user address space (MM_USER_TOP)
+MAX_RW_COUNT = 0x7FFFF000     # INT_MAX & PAGE_MASK: one read/write moves at most this
+MAX_FILE_PAGES = 1 << 32      # the core keeps a frame's file index in 32 bits (mm_types.h)
+# /proc/pid/mem: access_remote_vm()'s GUP of one page, with no `locked`
+# pointer, so a userfault there fails (EIO) instead of waiting.
+_PROC_MEM_GUP = C.FOLL_FORCE | C.FOLL_GET | C.FOLL_TOUCH | C.FOLL_REMOTE
 
 PagemapEntry = namedtuple(
     "PagemapEntry", "present swapped file_shared exclusive soft_dirty uffd_wp guard pfn raw")
@@ -36,8 +44,29 @@ def pagemap_decode(raw):
         pfn=(raw & C.PM_PFRAME_MASK) if present else None, raw=raw)
 
 
-def _page_align(n):
-    return (n + PAGE - 1) & ~(PAGE - 1)
+_page_align = A.page_align         # PAGE_ALIGN on an unsigned long (wraps to 0)
+_INSPECT_ALWAYS = 1 << 20
+_BIG_ACCESS = 1 << 16              # accesses longer than this look for the first hole first
+
+
+def _inspect_pages(vmas, addr, npages):
+    """How many entries an inspection (pagemap, versions) returns: all that
+    were asked up to 2^20, beyond that only up to the end of the last VMA
+    (every later entry would read as zero), so a huge count costs no host
+    memory the mappings do not justify."""
+    npages = _clamp_pages(addr, npages)
+    if npages <= _INSPECT_ALWAYS:
+        return npages
+    last = max((v.end for v in vmas), default=0)
+    return max(_INSPECT_ALWAYS, min(npages, (last - (addr & ~(PAGE - 1))) >> C.PAGE_SHIFT))
+
+
+def _clamp_pages(addr, npages):
+    """npages from addr, cut at the end of user space (nothing is mapped
+    there: the walk stops at that hole whatever count was asked)."""
+    if addr >= USER_TOP:
+        return 0
+    return min(npages, (USER_TOP - (addr & ~(PAGE - 1))) >> C.PAGE_SHIFT)
 
 
 def _prot_to_vm(prot):
@@ -81,6 +110,7 @@ _FLAG_ADVICE = {
 }
 
 
+@serialised
 class Thread:
     """A thread of a process, running on one CPU (and that CPU's TLB). A
     thread whose access waits on a userfaultfd stays blocked (WouldBlock)
@@ -88,6 +118,7 @@ class Thread:
 
     def __init__(self, process, cpu):
         self.process = process
+        self._lock = process.machine._lock
         self.cpu = cpu
         self.tid = process.machine._next_tid()
         self.blocked = None             # (Waiter, the rest of the call, Uffd)
@@ -140,11 +171,13 @@ class _HeldRefs:
         return pfns
 
 
+@serialised
 class Process(FileOps):
     """One process (one mm) of a Machine."""
 
     def __init__(self, machine, pid, mm, cpu, vmas=None):
         self.machine = machine
+        self._lock = machine._lock
         self.pid = pid
         self.mm = mm
         self.cpu = cpu
@@ -207,6 +240,10 @@ class Process(FileOps):
     # ---- mmap / munmap / mprotect / madvise ----------------------------------
 
     def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
+        addr, length = A.ulong(addr, "mmap", "addr"), A.ulong(length, "mmap", "length")
+        prot, flags = A.ulong(prot, "mmap", "prot"), A.ulong(flags, "mmap", "flags")
+        fd, offset = A.ulong(fd, "mmap", "fd", EBADF), A.ulong(offset, "mmap", "offset")
+        fd = fd - (1 << 64) if fd >= 1 << 63 else fd      # the fd table is keyed by int
         self._live("mmap")
         self._pull()
         if offset & (PAGE - 1):
@@ -225,7 +262,7 @@ class Process(FileOps):
             backing = self.fds.get(fd)
             if backing is None:
                 raise oserror(EBADF, "mmap", "no open file descriptor for a file mapping")
-            if (offset >> C.PAGE_SHIFT) + (length >> C.PAGE_SHIFT) > (1 << 35):
+            if (offset >> C.PAGE_SHIFT) + (length >> C.PAGE_SHIFT) > MAX_FILE_PAGES:
                 raise oserror(EOVERFLOW, "mmap", "offset beyond the page cache index range")
         if flags & C.MAP_HUGETLB:
             raise NotImplementedError("hugetlb mappings are not modelled yet")
@@ -290,19 +327,24 @@ class Process(FileOps):
             self.machine._reap_files({v.file for v in removed if v.file})
 
     def munmap(self, addr, length):
+        addr, length = A.ulong(addr, "munmap", "addr"), A.ulong(length, "munmap", "length")
         self._live("munmap")
         self._pull()
-        if addr & (PAGE - 1) or length == 0:
-            raise oserror(EINVAL, "munmap", "misaligned address or zero length")
+        # do_vmi_munmap(): alignment and the range against TASK_SIZE before
+        # PAGE_ALIGN, then an empty range is EINVAL.
+        if addr & (PAGE - 1) or addr > C.TASK_SIZE or length > C.TASK_SIZE - addr:
+            raise oserror(EINVAL, "munmap", "misaligned address or range beyond TASK_SIZE")
         length = _page_align(length)
         if length == 0 or addr + length > C.TASK_SIZE:
-            raise oserror(EINVAL, "munmap", "range beyond TASK_SIZE")
+            raise oserror(EINVAL, "munmap", "empty range or beyond TASK_SIZE")
         events = self._unmap_events(addr, addr + length)
         self._unmap(addr, addr + length)
         # userfaultfd_unmap_complete(): the monitor is told after the unmap.
         self._events(events, lambda: None)
 
     def mprotect(self, addr, length, prot):
+        addr, length = A.ulong(addr, "mprotect", "addr"), A.ulong(length, "mprotect", "length")
+        prot = A.ulong(prot, "mprotect", "prot")
         self._live("mprotect")
         self._pull()
         if addr & (PAGE - 1):
@@ -349,6 +391,8 @@ class Process(FileOps):
             raise error
 
     def madvise(self, addr, length, advice):
+        addr, length = A.ulong(addr, "madvise", "addr"), A.ulong(length, "madvise", "length")
+        advice = A.sint(advice, "madvise", "advice")
         self._live("madvise")
         self._pull()
         pol = self._policy()
@@ -478,6 +522,9 @@ class Process(FileOps):
     def mremap(self, old_addr, old_size, new_size, flags=0, new_addr=0):
         """mremap(2): grow in place, shrink, or move (MAYMOVE / FIXED /
         DONTUNMAP) by moving ptes, never copying pages."""
+        old_addr, old_size = A.ulong(old_addr, "mremap", "old_addr"), A.ulong(old_size, "mremap", "old_size")
+        new_size, flags = A.ulong(new_size, "mremap", "new_size"), A.ulong(flags, "mremap", "flags")
+        new_addr = A.ulong(new_addr, "mremap", "new_addr")
         self._live("mremap")
         self._pull()
         pol = self._policy()
@@ -492,10 +539,16 @@ class Process(FileOps):
         if flags & C.MREMAP_DONTUNMAP and old_size != new_size:
             raise oserror(EINVAL, "mremap", "DONTUNMAP needs equal sizes")
         if flags & C.MREMAP_FIXED:
-            if new_addr & (PAGE - 1) or new_addr + new_size > C.TASK_SIZE:
+            if new_addr & (PAGE - 1) or new_size > C.TASK_SIZE or new_addr > C.TASK_SIZE - new_size:
                 raise oserror(EINVAL, "mremap", "bad new address")
             if new_addr < old_addr + old_size and old_addr < new_addr + new_size:
                 raise oserror(EINVAL, "mremap", "old and new ranges overlap")
+            if new_addr < C.MMAP_MIN_ADDR:
+                # get_unmapped_area() -> security_mmap_addr(): below
+                # vm.mmap_min_addr needs CAP_SYS_RAWIO, as for mmap.
+                raise oserror(EPERM, "mremap", "below vm.mmap_min_addr")
+        if old_size > C.TASK_SIZE or old_addr > C.TASK_SIZE - old_size:
+            raise oserror(EFAULT, "mremap", "old range beyond TASK_SIZE")
         vma = self.vmas.find(old_addr)
         if vma is None:
             raise oserror(EFAULT, "mremap", "nothing mapped at the old address")
@@ -638,7 +691,10 @@ class Process(FileOps):
 
     def populate(self, addr, length, write=False):
         """MADV_POPULATE_READ/WRITE semantics regardless of era (batch API)."""
+        addr, length = A.ulong(addr, "populate", "addr"), A.ulong(length, "populate", "length")
         self._live("populate")
+        if addr & (PAGE - 1) or (length and not _page_align(length)) or addr + _page_align(length) > C.TASK_SIZE:
+            raise oserror(EINVAL if addr & (PAGE - 1) else ENOMEM, "populate", "bad range")
         self._populate(addr, addr + _page_align(length), write, "madvise")
 
     # ---- accesses ------------------------------------------------------------
@@ -657,15 +713,23 @@ class Process(FileOps):
         if thread.blocked is not None:
             raise MmemuError(f"thread {thread.tid} is blocked in a userfault: resume() it first")
         while True:
+            # A handler may have ended this process while the access waited:
+            # the retry must not run on an mm id a new process now holds.
+            self._live("access")
             try:
                 return op()
             except UserFault as uf:
                 self.machine._userfault(thread, uf, op)
 
     def _read(self, addr, n, thread, kernel=False):
+        addr, n = A.uaddr(addr), A.size(n, "read", "length")
         self._live("read")
-        if n < 0:
-            raise ValueError("negative length")
+        if n > _BIG_ACCESS:
+            # The access faults at the first hole: never allocate beyond it.
+            end = self.vmas.mapped_end(addr)
+            if addr + n > end:
+                self._read(addr, end - addr, thread, kernel)
+                raise Sigsegv(end, C.SEGV_MAPERR)
         def op():
             return self._engine.read(self.mm, thread.cpu, addr, n, kernel, thread.serve_fault)
         if thread.blocked is None:
@@ -676,6 +740,7 @@ class Process(FileOps):
         return self._run(thread, op)
 
     def _write(self, addr, data, thread, kernel=False):
+        addr = A.uaddr(addr)
         self._live("write")
         state = [0]
 
@@ -702,7 +767,12 @@ class Process(FileOps):
         self._write(addr, data, self._current())
 
     def _touch(self, addr, npages, write, value, thread):
+        addr, npages = A.uaddr(addr), A.size(npages, "touch", "npages")
+        value = A.ulong(value, "touch", "value")
         self._live("touch")
+        if npages and addr >= USER_TOP:
+            raise Sigsegv(addr, C.SEGV_MAPERR)
+        npages = _clamp_pages(addr, npages)     # past user space is a hole (SIGSEGV)
         state = [0]
 
         def op():
@@ -751,11 +821,14 @@ class Process(FileOps):
 
     def versions(self, addr, npages):
         """Content version per page (numpy uint64): see Engine.versions."""
-        return self._engine.versions(self.mm, addr, npages)
+        addr, npages = A.uaddr(addr), A.size(npages, "versions", "npages")
+        self._live("versions")
+        return self._engine.versions(self.mm, addr, _inspect_pages(self.vmas, addr, npages))
 
     def userfaultfd(self, flags=0):
         """userfaultfd(2): O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY (5.11)."""
         from .uffd import O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY, Uffd
+        flags = A.sint(flags, "userfaultfd", "flags")
         self._live("userfaultfd")
         allowed = O_CLOEXEC | O_NONBLOCK
         if self._policy().uffd_user_mode_only:
@@ -770,8 +843,13 @@ class Process(FileOps):
         """write(2) of user memory to a file at offset. Buffered: the kernel
         copies from user memory (kernel-mode faults). O_DIRECT: it takes the
         pages with a read GUP (FOLL_GET) for the I/O."""
+        fd, addr, n, offset = self._rw_args("pwrite", fd, addr, n, offset)
         self._live("pwrite")
         f = self._file(fd, "pwrite")
+        if offset + n > MAX_FILE_PAGES * PAGE:
+            raise oserror(EFBIG, "pwrite", "beyond the maximum file size")
+        if n == 0:
+            return 0
         if direct:
             first = addr & ~(PAGE - 1)
             npages = (_page_align(addr + n) - first) >> C.PAGE_SHIFT
@@ -795,8 +873,21 @@ class Process(FileOps):
             raise oserror(EFAULT, "pwrite", "bad user address")
         return self._engine.file_pwrite(f.fid, self.cpu, offset, data)
 
+    @staticmethod
+    def _rw_args(call, fd, addr, n, offset):
+        """pread64/pwrite64: a negative position is EINVAL before the fd is
+        looked at; a count beyond SSIZE_MAX is EINVAL (rw_verify_area) and
+        one beyond MAX_RW_COUNT is cut to it."""
+        offset = A.loff(offset, call, "offset")
+        fd = A.sint(fd, call, "fd", EBADF)
+        addr, n = A.ulong(addr, call, "buf", EFAULT), A.ulong(n, call, "count")
+        if n >= 1 << 63:
+            raise oserror(EINVAL, call, "count beyond SSIZE_MAX")
+        return fd, addr, min(n, MAX_RW_COUNT), offset
+
     def pread_into(self, fd, addr, n, offset):
         """read(2) from a file into user memory (copy_to_user: kernel-mode write faults)."""
+        fd, addr, n, offset = self._rw_args("pread", fd, addr, n, offset)
         self._live("pread")
         f = self._file(fd, "pread")
         data = self._engine.file_pread(f.fid, self.cpu, offset, n)
@@ -808,6 +899,7 @@ class Process(FileOps):
 
     def thread(self, cpu=None):
         self._live("clone")
+        cpu = None if cpu is None else A.sint(cpu, "clone", "cpu")
         if cpu is None:
             self._next_thread_cpu = (self._next_thread_cpu + 1) % self.machine.ncpus
             cpu = self._next_thread_cpu
@@ -870,6 +962,10 @@ class Process(FileOps):
                 wrprotected += self._engine.fork_range(self.mm, child_mm, self.cpu, v.start, v.end,
                                                        parent_flags[v.start], v.flags)
         except BaseException:
+            # dup_mmap(): flush_tlb_mm(oldmm) runs on the error path too; the
+            # VMAs copied before the failure stay write-protected.
+            if wrprotected:
+                self._engine.flush_mm(self.mm)
             self._engine.mm_destroy(child_mm, self.cpu)
             raise
         if wrprotected:
@@ -903,6 +999,9 @@ class Process(FileOps):
             raise oserror(EINVAL, call, "FOLL_GET and FOLL_PIN are exclusive")
         if npages <= 0:
             raise oserror(EINVAL, call, "no pages")
+        if addr >= USER_TOP:
+            raise oserror(EFAULT, call, "address outside user space")
+        npages = _clamp_pages(addr, npages)     # the walk stops at the first hole anyway
         def finish(pfns, err):
             if len(pfns) == 0:
                 raise oserror(err or EFAULT, call)
@@ -912,11 +1011,15 @@ class Process(FileOps):
     def get_user_pages(self, addr, npages, gup_flags=0):
         """FOLL_GET references (as get_user_pages): a Pin whose release() puts them.
         Fewer than npages pages are taken when GUP stops early, as in Linux."""
+        addr, npages = A.ulong(addr, "get_user_pages", "addr", EFAULT), A.ulong(npages, "get_user_pages", "npages")
+        gup_flags = A.uint(gup_flags, "get_user_pages", "gup_flags")
         flags = (gup_flags | C.FOLL_GET | C.FOLL_TOUCH) & ~C.FOLL_PIN
         return self._gup(addr, npages, flags, "get_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
     def pin_user_pages(self, addr, npages, gup_flags=0):
         """FOLL_PIN references (as pin_user_pages); FOLL_LONGTERM as passed."""
+        addr, npages = A.ulong(addr, "pin_user_pages", "addr", EFAULT), A.ulong(npages, "pin_user_pages", "npages")
+        gup_flags = A.uint(gup_flags, "pin_user_pages", "gup_flags")
         if gup_flags & C.FOLL_GET:
             raise oserror(EINVAL, "pin_user_pages", "FOLL_GET with FOLL_PIN")
         flags = gup_flags | C.FOLL_PIN | C.FOLL_TOUCH
@@ -928,16 +1031,21 @@ class Process(FileOps):
         VMA, every long-term pin of a non-anon page) falls back to the slow
         path, so the outcome is the slow path's. The race it has with fork
         (B17, S61) needs the SMP scheduler."""
+        addr, npages = A.ulong(addr, "pin_user_pages_fast", "addr", EFAULT), A.ulong(npages, "pin_user_pages_fast", "npages")
+        gup_flags = A.uint(gup_flags, "pin_user_pages_fast", "gup_flags")
         return self.pin_user_pages(addr, npages, gup_flags)
 
     def vmsplice(self, addr, length):
         """vmsplice(2) of user memory into a new pipe: FOLL_GET references
         (read-only GUP) that the pipe holds until read."""
+        addr, length = A.ulong(addr, "vmsplice", "addr", EFAULT), A.ulong(length, "vmsplice", "length")
         self._live("vmsplice")
-        if length < 0:
-            raise oserror(EINVAL, "vmsplice", "negative length")
+        if length >= 1 << 63:
+            raise oserror(EINVAL, "vmsplice", "negative length")     # iov_len > SSIZE_MAX
         if length == 0:
             return Pipe(self.machine, [], 0, 0)      # Linux returns 0, any address
+        if addr >= USER_TOP or length > USER_TOP - addr:
+            raise oserror(EFAULT, "vmsplice", "range outside user space")
         first = addr & ~(PAGE - 1)
         npages = (_page_align(addr + length) - first) >> C.PAGE_SHIFT
         def finish(pfns, err):
@@ -950,13 +1058,15 @@ class Process(FileOps):
     def proc_mem_write(self, addr, data):
         """A write through /proc/pid/mem (ptrace): FOLL_FORCE|FOLL_WRITE GUP,
         then the write into the page GUP returned."""
+        addr = A.ulong(addr, "write /proc/pid/mem", "offset", 5)
+        self._live("write /proc/pid/mem")
         data = bytes(data)
         done = 0
         while done < len(data):
             a = addr + done
             off = a & (PAGE - 1)
             k = min(len(data) - done, PAGE - off)
-            pfns, err = self._gup_run(a - off, 1, C.FOLL_FORCE | C.FOLL_WRITE | C.FOLL_GET | C.FOLL_TOUCH)
+            pfns, err = self._gup_run(a - off, 1, _PROC_MEM_GUP | C.FOLL_WRITE)
             if len(pfns) == 0:
                 if done:
                     return done
@@ -967,13 +1077,16 @@ class Process(FileOps):
         return done
 
     def proc_mem_read(self, addr, n):
+        addr = A.ulong(addr, "read /proc/pid/mem", "offset", 5)
+        n = A.size(n, "read /proc/pid/mem", "count")
+        self._live("read /proc/pid/mem")
         out = []
         done = 0
         while done < n:
             a = addr + done
             off = a & (PAGE - 1)
             k = min(n - done, PAGE - off)
-            pfns, err = self._gup_run(a - off, 1, C.FOLL_FORCE | C.FOLL_GET | C.FOLL_TOUCH)
+            pfns, err = self._gup_run(a - off, 1, _PROC_MEM_GUP)
             if len(pfns) == 0:
                 if done:
                     break
@@ -986,13 +1099,17 @@ class Process(FileOps):
     # ---- /proc ---------------------------------------------------------------
 
     def pagemap(self, addr):
-        self._live("pagemap")
-        return pagemap_decode(self._engine.pagemap(self.mm, addr & ~(PAGE - 1), 1)[0])
+        raw = self.pagemap_range(addr, 1)
+        return pagemap_decode(raw[0] if len(raw) else 0)
 
     def pagemap_range(self, addr, npages):
-        """Raw 64-bit pagemap entries (numpy uint64), as read from /proc/pid/pagemap."""
+        """Raw 64-bit pagemap entries (numpy uint64), as read from
+        /proc/pid/pagemap; pagemap_read() stops at the end of user space."""
+        addr, npages = A.ulong(addr, "pagemap", "offset"), A.size(npages, "pagemap", "npages")
         self._live("pagemap")
-        return self._engine.pagemap(self.mm, addr & ~(PAGE - 1), npages)
+        if addr >= USER_TOP:
+            return np.zeros(0, np.uint64)
+        return self._engine.pagemap(self.mm, addr & ~(PAGE - 1), _inspect_pages(self.vmas, addr, npages))
 
     def pagemap_scan(self, start, end, flags=0, category_mask=0, category_anyof_mask=0,
                      category_inverted=0, return_mask=0, max_pages=0, vec_len=1 << 30):

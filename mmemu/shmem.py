@@ -5,11 +5,12 @@ The page cache lives in the core; this module keeps the file objects, the
 per-process fd tables and the orchestration across every VMA that maps a
 file (the kernel's i_mmap walk).
 """
+from . import args as A
 from . import constants as C
-from .errors import EBADF, EINVAL, EFBIG, oserror
+from .errors import EBADF, EFAULT, EINVAL, EFBIG, oserror
 
 EOPNOTSUPP = 95
-MAX_FILE_SIZE = (1 << 35) * C.PAGE_SIZE       # indices fit the 4-level cache tree
+MAX_FILE_SIZE = (1 << 32) * C.PAGE_SIZE       # a frame's file index is 32 bits (mm_types.h)
 
 
 class ShmemFile:
@@ -81,33 +82,49 @@ class FileOps:
         return f
 
     def _new_fd(self, f):
-        fd = 3
+        # The lowest free descriptor (alloc_fd); the hint keeps a long run of
+        # opens linear instead of rescanning the table each time.
+        fd = max(3, getattr(self, "_fd_hint", 3))
         while fd in self.fds:
             fd += 1
+        self._fd_hint = fd + 1
         self.fds[fd] = f
         f.nfds += 1
         return fd
 
     def memfd_create(self, name, flags=0):
         """memfd_create(2): a new shmem file, opened read-write."""
+        if name is None:
+            raise oserror(EFAULT, "memfd_create", "name is NULL")
+        if isinstance(name, (bytes, bytearray)):
+            name = bytes(name).decode(errors="surrogateescape")
+        if not isinstance(name, str):
+            raise TypeError(f"memfd_create: name must be str or bytes, not {type(name).__name__}")
+        flags = A.uint(flags, "memfd_create", "flags")
         self._live("memfd_create")
         if flags & ~(C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL
                      | C.MFD_EXEC):
             raise oserror(EINVAL, "memfd_create", "unknown flags")
         if flags & C.MFD_HUGETLB:
             raise NotImplementedError("hugetlbfs memfds are not modelled yet")
-        if len(name.encode()) > 249:
+        if "\0" in name:
+            name = name[:name.index("\0")]        # strncpy_from_user stops at the NUL
+        if len(name.encode(errors="surrogateescape")) > 249:
             raise oserror(EINVAL, "memfd_create", "name too long")
         return self._new_fd(ShmemFile(self.machine, name))
 
     def close(self, fd):
+        fd = A.sint(fd, "close", "fd", EBADF)
         self._live("close")
         f = self._file(fd, "close")
         del self.fds[fd]
+        self._fd_hint = min(getattr(self, "_fd_hint", 3), fd)
         f.nfds -= 1
         f.maybe_destroy()
 
     def ftruncate(self, fd, length):
+        fd, length = A.sint(fd, "ftruncate", "fd", EBADF), A.ulong(length, "ftruncate", "length")
+        length = length - (1 << 64) if length >= 1 << 63 else length      # loff_t
         self._live("ftruncate")
         f = self._file(fd, "ftruncate")
         if length < 0:
@@ -118,6 +135,10 @@ class FileOps:
 
     def fallocate(self, fd, mode, offset, length):
         """fallocate(2) on shmem: allocation, or PUNCH_HOLE|KEEP_SIZE."""
+        fd, mode = A.sint(fd, "fallocate", "fd", EBADF), A.sint(mode, "fallocate", "mode")
+        offset, length = A.ulong(offset, "fallocate", "offset"), A.ulong(length, "fallocate", "length")
+        offset = offset - (1 << 64) if offset >= 1 << 63 else offset         # loff_t
+        length = length - (1 << 64) if length >= 1 << 63 else length
         self._live("fallocate")
         f = self._file(fd, "fallocate")
         if offset < 0 or length <= 0:
@@ -167,6 +188,10 @@ class FileOps:
             self.machine._engine.file_pwrite(f.fid, self.cpu, start, bytes(end - start))
 
     def pread(self, fd, n, offset):
+        offset = A.loff(offset, "pread", "offset")
+        fd, n = A.sint(fd, "pread", "fd", EBADF), A.ulong(n, "pread", "count")
+        if n >= 1 << 63:
+            raise oserror(EINVAL, "pread", "count beyond SSIZE_MAX")
         self._live("pread")
         f = self._file(fd, "pread")
         if offset < 0 or n < 0:
@@ -174,6 +199,9 @@ class FileOps:
         return self.machine._engine.file_pread(f.fid, self.cpu, offset, n)
 
     def pwrite(self, fd, data, offset):
+        offset = A.loff(offset, "pwrite", "offset")
+        fd = A.sint(fd, "pwrite", "fd", EBADF)
+        data = bytes(data)
         self._live("pwrite")
         f = self._file(fd, "pwrite")
         if offset < 0:
@@ -183,4 +211,5 @@ class FileOps:
         return self.machine._engine.file_pwrite(f.fid, self.cpu, offset, bytes(data))
 
     def fstat_size(self, fd):
+        fd = A.sint(fd, "fstat", "fd", EBADF)
         return self._file(fd, "fstat").size

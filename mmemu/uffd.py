@@ -10,7 +10,9 @@ blocked until a wake and Thread.resume().
 """
 from dataclasses import dataclass
 
+from . import args as _args
 from . import constants as C
+from .serialise import serialised
 from .errors import (EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock,
                      EmulatedSignal, WouldBlock, oserror)
 from .vma import (VM_ANON_VMA, VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
@@ -186,12 +188,14 @@ class Waiter:
         self.error = None           # what a handler served in place raised
 
 
+@serialised
 class Uffd:
     """One userfaultfd context (the file returned by userfaultfd(2))."""
 
     def __init__(self, process, flags=0, features=None, parent=None):
         self.process = process
         self.machine = process.machine
+        self._lock = self.machine._lock
         self.flags = flags
         self.ctx = self.machine._new_uffd(self)
         self.features = features            # None until UFFDIO_API
@@ -619,6 +623,8 @@ class Uffd:
         self.faults, self.waiting, self.events = [], [], []
         self.mmap_changing = 0
         self.released = True
+        self.handler = None
+        self.machine._free_uffd(self)
 
     # ---- service threads -----------------------------------------------------
     def serve(self, handler, cpu=None):
@@ -651,12 +657,19 @@ class Uffd:
         queue as usual. resolver=None removes it."""
         self._ready("serve_core")
         import numpy as np
+        if resolver is not None and resolver not in self._RESOLVERS:
+            raise ValueError(f"serve_core: resolver must be one of {sorted(self._RESOLVERS)} or None, "
+                             f"not {resolver!r}")
         kind = 0 if resolver is None else self._RESOLVERS[resolver]
+        base = _args.ulong(base, "serve_core", "base")
         self._versions = None if versions is None else np.ascontiguousarray(versions, np.uint64)
         self.machine._engine.uffd_resolver(self.ctx, kind, base, self._versions)
 
     def core_log(self):
         """(faults the in-core resolver resolved, addresses it logged)."""
+        if self.features is None or self.released:
+            import numpy as np
+            return 0, np.zeros(0, np.int64)       # no resolver ever ran (or the context is gone)
         return self.machine._engine.uffd_resolver_log(self.ctx)
 
     def _deliver(self, waiter, kind):

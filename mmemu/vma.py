@@ -165,6 +165,15 @@ class VmaList:
             holes.append((cur, end))
         return holes
 
+    def mapped_end(self, addr):
+        """End of the run of VMAs that maps addr without a hole (addr if unmapped)."""
+        end = addr
+        v = self.find(addr)
+        while v is not None:
+            end = v.end
+            v = self.find(end)
+        return end
+
     def free_area(self, length, top, bottom):
         """Highest gap of `length` below `top` (unmapped_area_topdown)."""
         ceiling = top

@@ -5,6 +5,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 cdef extern from "mm_types.h" nogil:
     uint64_t MM_PAGE_SHIFT, MM_PAGE_SIZE
     int MM_PTRS, MM_POOL_CHUNK_SHIFT, MM_BYTES_CHUNK_SHIFT, MM_TLB_ENTRIES, MM_MAX_MM
+    uint64_t MM_USER_TOP, MM_MAX_FILE_PAGES
 
     uint64_t PTE_PRESENT, PTE_WRITE, PTE_DIRTY, PTE_YOUNG, PTE_SOFT_DIRTY
     uint64_t PTE_UFFD_WP, PTE_SPECIAL, PTE_PROTNONE, PTE_PFN_SHIFT, PTE_PFN_MASK
@@ -21,7 +22,7 @@ cdef extern from "mm_types.h" nogil:
 
     uint64_t MMF_HAS_PINNED
 
-    int FAULT_FLAG_WRITE, FAULT_FLAG_USER, FAULT_FLAG_REMOTE, FAULT_FLAG_UNSHARE
+    int FAULT_FLAG_WRITE, FAULT_FLAG_USER, FAULT_FLAG_REMOTE, FAULT_FLAG_UNSHARE, FAULT_FLAG_NO_RETRY
     int VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_WRITE, VM_FAULT_SIGSEGV
     int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR, VM_FAULT_HWPOISON, VM_FAULT_UFFD
     uint64_t PTE_MARKER_UFFD_WP, PTE_MARKER_POISONED, PTE_MARKER_GUARD
@@ -33,7 +34,7 @@ cdef extern from "mm_types.h" nogil:
     ctypedef struct mm_t:
         int32_t id, pgd, nvma, alive
         uint64_t flags
-        int64_t minflt, rss_anon, nr_ptes
+        int64_t minflt, rss_anon, nr_ptes, serial
         mm_vma_t *vmas
 
     ctypedef struct mm_policy_t:
@@ -81,7 +82,9 @@ cdef enum:
     FOLL_LONGTERM = 1 << 8
     FOLL_HONOR_NUMA_FAULT = 1 << 12
     FOLL_TOUCH = 1 << 16
+    FOLL_REMOTE = 1 << 18
     FOLL_PIN = 1 << 19
+    FOLL_UNLOCKABLE = 1 << 21
     FOLL_MADV_POPULATE = 1 << 22
     FOLL_COW = 1 << 24
 
@@ -132,6 +135,7 @@ ctypedef struct engine_t:
 
     mm_t *mms
     int32_t nmm, mm_cap
+    int64_t mm_serial          # last mm serial handed out
 
     mm_file_t *files           # page caches, by mapping id (0 unused: anon)
     int32_t nfile, file_cap

@@ -144,6 +144,11 @@ cdef int64_t gup_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t n
                 err[0] = CORE_EFAULT
                 return i
             fault_flags = FAULT_FLAG_REMOTE if flags & FOLL_FORCE else 0
+            # faultin_page(): only a caller that passed `locked` (6.3+:
+            # FOLL_UNLOCKABLE) lets the fault drop mmap_lock and retry; a
+            # remote GUP without it (access_remote_vm) cannot wait on a uffd.
+            if flags & FOLL_REMOTE and not flags & FOLL_UNLOCKABLE:
+                fault_flags |= FAULT_FLAG_NO_RETRY
             if res == FOLLOW_UNSHARE:
                 fault_flags |= FAULT_FLAG_UNSHARE
             elif flags & FOLL_WRITE:

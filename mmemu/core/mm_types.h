@@ -17,6 +17,10 @@
 #define MM_BYTES_CHUNK_SHIFT 6   /* byte-exact pages per store chunk: 64 */
 #define MM_TLB_ENTRIES 1024      /* per CPU, direct mapped */
 #define MM_MAX_MM 65535          /* mm ids are 16 bits in TLB tags */
+#define MM_USER_TOP (1ULL << 47) /* end of user space: 4-level x86_64 */
+/* A frame's file index is 32 bits: files end at 2^32 pages (16 TiB, ext4's
+ * limit with 4 KiB blocks); beyond, writes are EFBIG and maps EOVERFLOW. */
+#define MM_MAX_FILE_PAGES (1ULL << 32)
 
 /* Present pte. x86 keeps soft-dirty and uffd-wp in software bits too. */
 #define PTE_PRESENT    (1ULL << 0)
@@ -100,6 +104,7 @@
 #define FAULT_FLAG_USER    (1 << 6)
 #define FAULT_FLAG_REMOTE  (1 << 7)
 #define FAULT_FLAG_UNSHARE (1 << 10)
+#define FAULT_FLAG_NO_RETRY (1 << 20) /* emulator: FAULT_FLAG_ALLOW_RETRY absent */
 #define VM_FAULT_OOM       0x000001
 #define VM_FAULT_SIGBUS    0x000002
 #define VM_FAULT_WRITE     0x000008   /* 4.9-5.19: tells GUP a COW happened */
@@ -127,6 +132,7 @@ typedef struct {
     int64_t minflt;
     int64_t rss_anon;
     int64_t nr_ptes;          /* page-table pages held */
+    int64_t serial;           /* unique per mm_new(): a reused id is a new mm */
     mm_vma_t *vmas;           /* sorted by start, owned by the core */
 } mm_t;
 

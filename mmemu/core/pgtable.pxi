@@ -206,6 +206,20 @@ cdef int32_t find_vma(mm_t *mm, uint64_t va) noexcept nogil:
     return -1
 
 
+cdef int64_t mapped_pages(mm_t *mm, uint64_t va, int64_t limit) noexcept nogil:
+    """Pages from va to the first hole in the VMAs, at most `limit`."""
+    cdef int64_t n = 0
+    cdef int32_t vi
+    va &= ~(MM_PAGE_SIZE - 1)
+    while n < limit:
+        vi = find_vma(mm, va)
+        if vi < 0:
+            break
+        n += <int64_t>((mm.vmas[vi].end - va) >> MM_PAGE_SHIFT)
+        va = mm.vmas[vi].end
+    return n
+
+
 cdef inline bint is_cow_mapping(uint64_t flags) noexcept nogil:
     # include/linux/mm.h is_cow_mapping(): may write, not shared.
     return (flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE

@@ -181,7 +181,11 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         lru_add(e, cpu, new)
         vma.flags |= VM_ANON_VMA
         entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY \
-            | PTE_WRITE | vma_prot_bits(vma.flags)
+            | vma_prot_bits(vma.flags)
+        # maybe_mkwrite() (set_pte_range, do_set_pte before 6.2): writable only
+        # under VM_WRITE; a FOLL_FORCE COW of a read-only mapping stays R/O.
+        if vma.flags & VM_WRITE:
+            entry |= PTE_WRITE
         ptep[0] = mkuffd_wp(entry) if wp_marker else entry
         mm.rss_anon += 1
         return 0

@@ -110,6 +110,10 @@ cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int
         return VM_FAULT_SIGBUS
     if e.uffd_cflags[ctx] & UFFD_CTX_USER_MODE_ONLY and not (fflags & FAULT_FLAG_USER):
         return VM_FAULT_SIGBUS          # a kernel-mode fault (GUP, copy_*_user)
+    if fflags & FAULT_FLAG_NO_RETRY:
+        # handle_userfault() without FAULT_FLAG_ALLOW_RETRY: nothing queued,
+        # SIGBUS to the caller (GUP turns it into EFAULT, /proc/pid/mem EIO).
+        return VM_FAULT_SIGBUS
     if e.uffd_res[ctx].kind != RESOLVE_NONE and resolve_in_core(e, mm, vma, va, reason) == 0:
         return 0
     if fflags & FAULT_FLAG_WRITE:
