@@ -28,6 +28,7 @@ include "core/gup.pxi"
 include "core/swap.pxi"
 include "core/shmem.pxi"
 include "core/range.pxi"
+include "core/state.pxi"
 
 POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive",
                  "gup_unshare_anon", "gup_unshare_nonanon", "fork_early_cow",
@@ -74,10 +75,12 @@ cdef class Engine:
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
     cdef int32_t file_hint       # no free mapping id below this one
+    cdef readonly dict knobs     # the policy this engine was made with
 
     def __cinit__(self, int64_t nframes, int ncpus, dict knobs, int64_t nswap=0):
         cdef mm_policy_t *p
         memset(&self.e, 0, sizeof(engine_t))
+        self.knobs = dict(knobs)
         if nframes < 16:
             raise ValueError("a machine needs at least 16 frames")
         if ncpus < 1 or ncpus > 256:
@@ -191,6 +194,171 @@ cdef class Engine:
             for i in range(self.e.nuffd):
                 free(self.e.uffd_res[i].log)
             free(self.e.uffd_res)
+
+    # ---- state (save / load) -------------------------------------------------
+
+    def __reduce__(self):
+        return (engine_from_state, (self.knobs, self.e.nframes, self.e.ncpus, self.e.nswap,
+                                    self.get_state()))
+
+    def get_state(self):
+        """Every table of the engine, as a dict of numpy arrays and ints."""
+        cdef int64_t i
+        cdef int32_t j
+        cdef mm_t *m
+        cdef mm_file_t *f
+        cdef uffd_resolver_t *r
+        st = {k: getattr(self, k).copy() for k in ("refcount", "mapcount", "version", "fflags",
+                                                  "mapping", "index", "swap_map", "swap_cache",
+                                                  "swap_data", "swap_flags")}
+        st.update(tlb_tag=self._tlb_tag.copy(), tlb_pte=self._tlb_pte.copy(), lru=self._lru.copy(),
+                  lru_n=self._lru_n.copy())
+        sc = {"next_unused": self.e.next_unused, "free_head": self.e.free_head,
+              "nr_free": self.e.nr_free, "ndir_used": self.e.ndir_used, "npte_used": self.e.npte_used,
+              "nbytes_used": self.e.nbytes_used, "nmm": self.e.nmm, "nfile": self.e.nfile,
+              "nuffd": self.e.nuffd, "swap_used": self.e.swap_used, "swap_cursor": self.e.swap_cursor,
+              "stamp": self.e.stamp, "reclaim_mm": self.e.reclaim_mm, "reclaim_va": self.e.reclaim_va,
+              "uf_ctx": self.e.uf_ctx, "uf_mm": self.e.uf_mm, "uf_addr": self.e.uf_addr,
+              "uf_flags": self.e.uf_flags, "uf_reason": self.e.uf_reason,
+              "fault_addr": self.e.fault_addr, "mm_serial": self.e.mm_serial}
+        st["scalars"] = sc
+        st["file_hint"] = self.file_hint
+        st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
+        st["dir"] = pool_export(<void **>self.e.dir_chunks, self.e.ndir_used, MM_PTRS * 4, 9)
+        st["pte"] = pool_export(<void **>self.e.pte_chunks, self.e.npte_used, MM_PTRS * 8, 9)
+        st["bytes"] = pool_export(<void **>self.e.byte_chunks, self.e.nbytes_used, MM_PAGE_SIZE,
+                                  MM_BYTES_CHUNK_SHIFT)
+        st["dir_free"] = stack_export(self.e.dir_free, self.e.ndir_free, np.int32)
+        st["pte_free"] = stack_export(self.e.pte_free, self.e.npte_free, np.int32)
+        st["bytes_free"] = stack_export(self.e.bytes_free, self.e.nbytes_free, np.int64)
+        mms = np.zeros((self.e.nmm, len(MM_FIELDS)), np.int64)
+        vmas = []
+        for j in range(self.e.nmm):
+            m = &self.e.mms[j]
+            mms[j] = (m.id, m.pgd, m.nvma, m.alive, <int64_t>m.flags, m.minflt, m.rss_anon,
+                      m.nr_ptes, m.serial)
+            vmas.append(stack_export(m.vmas, m.nvma * sizeof(mm_vma_t), np.uint8) if m.vmas != NULL
+                        else np.zeros(0, np.uint8))
+        st["mms"], st["vmas"] = mms, vmas
+        files = np.zeros((self.e.nfile, len(FILE_FIELDS)), np.int64)
+        for j in range(self.e.nfile):
+            f = &self.e.files[j]
+            files[j] = (f.id, f.root, f.alive, f.shmem, f.size, f.nrpages, f.nr_leaves)
+        st["files"] = files
+        st["uffd_feat"] = stack_export(self.e.uffd_feat, self.e.nuffd, np.uint64)
+        st["uffd_cflags"] = stack_export(self.e.uffd_cflags, self.e.nuffd, np.uint32)
+        res = np.zeros((self.e.nuffd, 3), np.int64)
+        logs = []
+        for j in range(self.e.nuffd):
+            r = &self.e.uffd_res[j]
+            res[j] = (r.kind, <int64_t>r.base, r.count)
+            logs.append(stack_export(r.log, r.nlog, np.int64))
+        st["uffd_res"], st["uffd_logs"] = res, logs
+        return st
+
+    def set_state(self, dict st):
+        """Load what get_state() returned into this new, unused engine (same
+        frames, CPUs, swap and policy). In-core resolvers come back without
+        their source array: the owner re-installs it (uffd_resolver_source)."""
+        cdef int64_t i, n
+        cdef int32_t j
+        cdef mm_t *m
+        cdef mm_file_t *f
+        cdef uffd_resolver_t *r
+        cdef const uint8_t[::1] raw
+        if self.e.nmm or self.e.ndir_used or self.e.nfile != 1:
+            raise ValueError("set_state needs a fresh engine")
+        for k in ("refcount", "mapcount", "version", "fflags", "mapping", "index", "swap_map",
+                  "swap_cache", "swap_data", "swap_flags"):
+            np.copyto(getattr(self, k), st[k], casting="no")
+        np.copyto(self._tlb_tag, st["tlb_tag"], casting="no")
+        np.copyto(self._tlb_pte, st["tlb_pte"], casting="no")
+        np.copyto(self._lru, st["lru"], casting="no")
+        np.copyto(self._lru_n, st["lru_n"], casting="no")
+        sc = st["scalars"]
+        self.e.next_unused, self.e.free_head, self.e.nr_free = sc["next_unused"], sc["free_head"], sc["nr_free"]
+        self.e.swap_used, self.e.swap_cursor, self.e.stamp = sc["swap_used"], sc["swap_cursor"], sc["stamp"]
+        self.e.reclaim_mm, self.e.reclaim_va = sc["reclaim_mm"], sc["reclaim_va"]
+        self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr = sc["uf_ctx"], sc["uf_mm"], sc["uf_addr"]
+        self.e.uf_flags, self.e.uf_reason, self.e.fault_addr = sc["uf_flags"], sc["uf_reason"], sc["fault_addr"]
+        self.e.mm_serial = sc["mm_serial"]
+        self.file_hint = st["file_hint"]
+        for i in range(24):
+            self.e.stats[i] = st["stats"][i]
+        # Pools and their free stacks.
+        self.e.ndir_used = sc["ndir_used"]
+        raw = st["dir"]
+        self.e.dir_chunks = <int32_t **>pool_import(raw, self.e.ndir_used, MM_PTRS * 4, 9, &self.e.ndir_chunks)
+        self.e.npte_used = sc["npte_used"]
+        raw = st["pte"]
+        self.e.pte_chunks = <uint64_t **>pool_import(raw, self.e.npte_used, MM_PTRS * 8, 9, &self.e.npte_chunks)
+        self.e.nbytes_used = sc["nbytes_used"]
+        raw = st["bytes"]
+        self.e.byte_chunks = <uint8_t **>pool_import(raw, self.e.nbytes_used, MM_PAGE_SIZE,
+                                                     MM_BYTES_CHUNK_SHIFT, &self.e.nbyte_chunks)
+        n = len(st["dir_free"])
+        self.e.dir_free = <int32_t *>stack_import(st["dir_free"], n + 64, 4)
+        self.e.ndir_free, self.e.dir_free_cap = n, n + 64
+        n = len(st["pte_free"])
+        self.e.pte_free = <int32_t *>stack_import(st["pte_free"], n + 64, 4)
+        self.e.npte_free, self.e.pte_free_cap = n, n + 64
+        n = len(st["bytes_free"])
+        self.e.bytes_free = <int64_t *>stack_import(st["bytes_free"], self.e.nbytes_used + 1, 8)
+        self.e.nbytes_free, self.e.bytes_free_cap = n, self.e.nbytes_used + 1
+        # mms and their VMA tables.
+        n = sc["nmm"]
+        free(self.e.mms)
+        self.e.mm_cap = max(16, n)
+        self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
+        if self.e.mms == NULL:
+            raise MemoryError()
+        self.e.nmm = <int32_t>n
+        for j in range(n):
+            m = &self.e.mms[j]
+            row = st["mms"][j]
+            m.id, m.pgd, m.nvma, m.alive = row[0], row[1], row[2], row[3]
+            m.flags, m.minflt, m.rss_anon, m.nr_ptes, m.serial = row[4], row[5], row[6], row[7], row[8]
+            if len(st["vmas"][j]) != m.nvma * sizeof(mm_vma_t):
+                raise ValueError("VMA table of the wrong size")
+            m.vmas = <mm_vma_t *>stack_import(st["vmas"][j], m.nvma, sizeof(mm_vma_t)) if m.nvma else NULL
+        # Page caches.
+        n = sc["nfile"]
+        free(self.e.files)
+        self.e.file_cap = max(16, n)
+        self.e.files = <mm_file_t *>calloc(self.e.file_cap, sizeof(mm_file_t))
+        if self.e.files == NULL:
+            raise MemoryError()
+        self.e.nfile = <int32_t>n
+        for j in range(n):
+            row = st["files"][j]
+            f = &self.e.files[j]
+            f.id, f.root, f.alive, f.shmem = row[0], row[1], row[2], row[3]
+            f.size, f.nrpages, f.nr_leaves = row[4], row[5], row[6]
+        # userfaultfd contexts.
+        n = sc["nuffd"]
+        if n:
+            self.e.uffd_feat = <uint64_t *>stack_import(st["uffd_feat"], n, 8)
+            self.e.uffd_cflags = <uint32_t *>stack_import(st["uffd_cflags"], n, 4)
+            self.e.uffd_res = <uffd_resolver_t *>calloc(n, sizeof(uffd_resolver_t))
+            if self.e.uffd_res == NULL:
+                raise MemoryError()
+            self.e.nuffd = <int32_t>n
+            for j in range(n):
+                r = &self.e.uffd_res[j]
+                r.kind, r.base, r.count = st["uffd_res"][j][0], <uint64_t>st["uffd_res"][j][1], st["uffd_res"][j][2]
+                r.nlog = r.caplog = len(st["uffd_logs"][j])
+                r.log = <int64_t *>stack_import(st["uffd_logs"][j], r.nlog, 8) if r.nlog else NULL
+
+    def uffd_resolver_source(self, int32_t ctx, object versions):
+        """Point a loaded in-core COPY resolver at its source array again."""
+        cdef uint64_t[::1] v
+        if ctx <= 0 or ctx >= self.e.nuffd:
+            raise ValueError("no such context")
+        r = &self.e.uffd_res[ctx]
+        r.src, r.nsrc = NULL, 0
+        if versions is not None and len(versions):
+            v = versions
+            r.src, r.nsrc = &v[0], v.shape[0]
 
     # ---- mms ---------------------------------------------------------------
 
@@ -1217,3 +1385,10 @@ cdef class Engine:
 cdef void *cnp_data(object arr) except NULL:
     cdef Py_ssize_t addr = arr.ctypes.data
     return <void *>addr
+
+
+def engine_from_state(dict knobs, int64_t nframes, int ncpus, int64_t nswap, dict state):
+    """Unpickling: a fresh Engine, then its saved tables."""
+    cdef Engine e = Engine(nframes, ncpus, knobs, nswap)
+    e.set_state(state)
+    return e

@@ -279,6 +279,39 @@ class Machine:
             if v.uffd and v.uffd not in self._uffds:
                 raise InvariantError("VMA registered with a released userfaultfd", None, where)
 
+    # ---- save / load ------------------------------------------------------------
+
+    def save(self, path):
+        """Write the whole machine to `path` (str or path-like), atomically;
+        Machine.load(path) gives it back exactly (mmemu.snapshot)."""
+        from . import snapshot
+        snapshot.save(self, path)
+
+    @staticmethod
+    def load(path):
+        """A machine saved by Machine.save()."""
+        from . import snapshot
+        return snapshot.load(path)
+
+    def __reduce__(self):
+        from . import snapshot
+        return (snapshot.loads, (snapshot.dumps(self),))
+
+    def __deepcopy__(self, memo):
+        from . import snapshot
+        return snapshot.loads(snapshot.dumps(self))
+
+    # A shallow copy would share the engine but not the Python state around
+    # it (two processes with one pid): a copy of a machine is a whole one.
+    __copy__ = lambda self: self.__deepcopy__({})      # noqa: E731
+
+    def _after_load(self):
+        """Re-attach what the core points at outside its own tables."""
+        for u in self._uffds.values():
+            versions = getattr(u, "_versions", None)
+            if versions is not None and u.features is not None:
+                self._engine.uffd_resolver_source(u.ctx, versions)
+
     def stats(self):
         return self._engine.stats()
 
