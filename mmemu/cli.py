@@ -338,11 +338,13 @@ def main(argv=None):
         if argv and argv[0] == "diff":
             return cmd_diff(argv[1:])
         parser = _parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:         # --help, --version, or a bad argument (one line)
+            return e.code
         command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras}.get(args.cmd)
         if command is None:
-            parser.print_help(sys.stderr)
-            return 2
+            raise UsageError("a command is required: scenarios, bugs, eras or diff (mmemu -h)")
         return command(args)
     except UsageError as e:
         prog = "mmemu" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
