@@ -15,10 +15,11 @@ import csv
 import json
 import os
 import re
+import signal
 import sys
 
 from ._version import __version__
-from .eras import CHANGES, ERA_STARTS, VERSIONS, _key, era_of, host_version, policy_for
+from .eras import CHANGES, ERA_STARTS, VERSIONS, era_of, host_version, policy_for
 
 LEGEND = ("  .  passes (fixed or never affected)    B  reproduces the bug, as expected\n"
           "  -  skipped (feature absent)            !  unexpected result (see below)")
@@ -134,8 +135,8 @@ def _select(scenarios, only):
         if not hit:
             raise UsageError(f"argument --only: no scenario {w!r} (ids such as S3 or S24, "
                              "or names; `mmemu scenarios --json` lists them)")
-        chosen.update(id(s) for s in hit)
-    return [s for s in scenarios if id(s) in chosen]
+        chosen.update(s.id for s in hit)
+    return [s for s in scenarios if s.id in chosen]
 
 
 def _era(v):
@@ -350,10 +351,10 @@ def main(argv=None):
         prog = "mmemu" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
         print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    except BrokenPipeError:             # `mmemu scenarios | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
+    except BrokenPipeError:             # `mmemu scenarios | head`: stop quietly, as if
+        devnull = os.open(os.devnull, os.O_WRONLY)   # killed by SIGPIPE (not 1: a result)
         os.dup2(devnull, sys.stdout.fileno())   # so the exit-time flush does not fail again
-        return 1
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

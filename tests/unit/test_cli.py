@@ -209,7 +209,8 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys):
 @pytest.mark.parametrize("text,size", [("4096", 4096), ("4k", 4096), ("4K", 4096),
                                        ("4KiB", 4096), ("16M", 16 << 20), ("16MiB", 16 << 20),
                                        ("16m", 16 << 20), ("1G", 1 << 30), ("1GiB", 1 << 30),
-                                       ("2T", 2 << 40), ("512B", 512), ("0", 0), (" 8 M ", 8 << 20)])
+                                       ("2T", 2 << 40), ("512B", 512), ("0", 0),
+                                       (" 8 M ", 8 << 20)])
 def test_sizes_take_binary_suffixes(text, size):
     assert cli.parse_size(text) == size
 
