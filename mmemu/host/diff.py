@@ -865,7 +865,11 @@ def main(argv=None, out=None):
                         uffd=args.uffd)
     dropped = []
     if not args.everything:
-        features, dropped = probe(make_other, features)
+        try:
+            features, dropped = probe(make_other, features)
+        except Unsupported as e:     # e.g. MADV_PAGEOUT while foreign swap is on
+            print(f"mmemu diff: {e}", file=log)
+            return 2
         for text in dropped:
             print(f"not generated (the machine under test does not model it): {text}",
                   file=log)
