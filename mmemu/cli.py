@@ -1,16 +1,117 @@
 """The `mmemu` command.
 
     mmemu scenarios   scenario x kernel version matrix (the main job)
+    mmemu bugs        the bug tags of the matrix: what, introduced, fixed
     mmemu eras        the version -> era -> rule table
     mmemu diff        random programs on the host kernel and on the engine
+
+Exit status: 0 as expected, 1 an unexpected result (a scenario that did not
+behave as its era predicts, a divergence), 2 bad input (one line on stderr),
+3 the host oracle failed. --json writes only JSON to stdout; progress bars
+and messages go to stderr, and bars are drawn only when stderr is a terminal.
 """
 import argparse
+import csv
+import json
+import os
+import re
+import signal
 import sys
 
-from .eras import CHANGES, VERSIONS, era_of, policy_for
+from ._version import __version__
+from .eras import CHANGES, ERA_STARTS, VERSIONS, era_of, host_version, policy_for
 
 LEGEND = ("  .  passes (fixed or never affected)    B  reproduces the bug, as expected\n"
           "  -  skipped (feature absent)            !  unexpected result (see below)")
+SYMBOL = {"pass": ".", "bug": "B", "skip": "-"}
+
+
+class UsageError(Exception):
+    """Bad input found after parsing; main() reports it in one line, exit 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with every error one line on stderr (`mmemu: error: ...`)
+    and exit status 2; no usage block (`-h` shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+# --- argument types: each raises ArgumentTypeError, which argparse reports ----------
+
+_SIZE = re.compile(r"(\d+)\s*(?:([KMGT])(iB)?|(B))?", re.IGNORECASE)
+_UNITS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def parse_size(text):
+    """Bytes from '4096', '4k', '16M', '16MiB', '1G', '1GiB', '512B'.
+
+    Multiples are binary (k = KiB = 1024, M = MiB = 2**20, G, T) and case-blind;
+    'MB'-style suffixes are refused, as they mean powers of 1000 elsewhere."""
+    m = _SIZE.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"bad size {text!r}: a byte count with an optional binary "
+                         "suffix, e.g. 4096, 4k, 16M, 16MiB, 1G")
+    return int(m.group(1)) << _UNITS[(m.group(2) or "").lower()]
+
+
+def byte_size(text):
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _int(text, least, what):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < least:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+    return n
+
+
+def positive_int(text):
+    return _int(text, 1, "at least 1")
+
+
+def nonnegative_int(text):
+    return _int(text, 0, "0 or more")
+
+
+def kernel_version(text):
+    """A modelled version ('5.7' ... '6.18') or 'host' (whose version must be modelled)."""
+    try:
+        policy_for(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def output_flags(parser, csv_too=True):
+    """--json (and --csv for a matrix); one at most."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true",
+                   help="write JSON to stdout (nothing else goes there)")
+    if csv_too:
+        g.add_argument("--csv", action="store_true", help="write the matrix as CSV to stdout")
+
+
+def progress_flags(parser):
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--progress", action="store_true",
+                   help="progress bar even when stderr is not a terminal")
+
+
+def progress_enabled(args, stream=None):
+    """Bars are drawn on a terminal only, unless forced (--progress) or refused."""
+    stream = stream or sys.stderr
+    if getattr(args, "no_progress", False):
+        return False
+    return bool(getattr(args, "progress", False) or stream.isatty())
 
 
 def _progress(iterable, total, enabled, desc):
@@ -20,92 +121,240 @@ def _progress(iterable, total, enabled, desc):
     return tqdm(iterable, total=total, desc=desc, unit="run", file=sys.stderr, leave=False)
 
 
+# --- scenarios ---------------------------------------------------------------------
+
+def _select(scenarios, only):
+    """--only: comma-separated ids ('S3', or 'S24' for every 'S24/<backing>') or
+    names; every element must match something."""
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    if not wanted:
+        raise UsageError("argument --only: no scenario given")
+    chosen = set()
+    for w in wanted:
+        hit = [s for s in scenarios if w in (s.id, s.name) or s.id.startswith(w + "/")]
+        if not hit:
+            raise UsageError(f"argument --only: no scenario {w!r} (ids such as S3 or S24, "
+                             "or names; `mmemu scenarios --json` lists them)")
+        chosen.update(s.id for s in hit)
+    return [s for s in scenarios if s.id in chosen]
+
+
+def _era(v):
+    return era_of(host_version() if v == "host" else v) or "?"
+
+
+def header_lines(versions, width):
+    """The matrix header: each version written top to bottom in full ('5.10'
+    reads 5 . 1 0 down its column, 'host' h o s t), then the era, written down
+    the column where it begins among the shown versions."""
+    names = list(versions)
+    rows = max(len(n) for n in names)
+    lines = []
+    for r in range(rows):
+        label = "kernel" if r == 0 else ""
+        lines.append(label.ljust(width) + " ".join(n[r] if r < len(n) else " " for n in names))
+    eras = [_era(v) for v in versions]
+    starts = [e if i == 0 or eras[i - 1] != e or v == "host" else ""
+              for i, (v, e) in enumerate(zip(versions, eras))]
+    for r in range(max(len(e) for e in eras)):
+        label = "era" if r == 0 else ""
+        lines.append(label.ljust(width) + " ".join(e[r] if r < len(e) else " " for e in starts))
+    return [line.rstrip() for line in lines]
+
+
+def era_key(versions):
+    """'eras: E0 5.7, E1 5.8, E2 5.9-5.11, ...' for the eras among `versions`."""
+    spans = []
+    for v in versions:
+        real = host_version() if v == "host" else v
+        e = _era(v)
+        if spans and spans[-1][0] == e and v != "host":
+            spans[-1][2] = real
+        else:
+            spans.append([e, real, real])
+    seen, parts = set(), []
+    for e, lo, hi in spans:
+        span = (e, lo, hi)
+        if span in seen:
+            continue
+        seen.add(span)
+        parts.append(f"{e} {lo}" if lo == hi else f"{e} {lo}-{hi}")
+    return "eras: " + ", ".join(parts) + "  (`mmemu eras` lists the changes)"
+
+
+def bug_legend(scenarios):
+    """One line per bug tag the shown scenarios name."""
+    from .scenarios.bugs import BUGS, bug_tags
+    used = {t for s in scenarios for t in bug_tags(s.bug)}
+    return [b.line() for b in BUGS if b.tag in used]
+
+
+def _result_record(r, kernel):
+    s = r.scenario
+    return {"id": s.id, "name": s.name, "title": s.title, "bug": s.bug, "backing": s.backing,
+            "kernel": kernel, "version": r.version, "era": era_of(r.version),
+            "label": r.label, "status": r.status, "expected": r.expected,
+            "detail": r.message}
+
+
 def cmd_scenarios(args):
     from .scenarios import all_scenarios, run
     scenarios = all_scenarios()
     if args.only:
-        wanted = {s.strip() for s in args.only.split(",")}
-        scenarios = [s for s in scenarios if s.id in wanted or s.name in wanted]
-        if not scenarios:
-            print(f"no scenario matches {args.only!r}", file=sys.stderr)
-            return 2
-    versions = args.kernel or list(VERSIONS)
-    for v in versions:
-        if v != "host":
-            policy_for(v)                    # unknown versions: ValueError with the choices
+        scenarios = _select(scenarios, args.only)
+    versions = list(dict.fromkeys(args.kernel or VERSIONS))   # in order, once each
     jobs = [(s, v) for s in scenarios for v in versions]
     results = {}
-    for s, v in _progress(jobs, len(jobs), not args.no_progress and sys.stderr.isatty() or args.progress,
-                          "scenarios"):
+    for s, v in _progress(jobs, len(jobs), progress_enabled(args), "scenarios"):
         results[(s.id, v)] = run(s, v)
-    symbol = {"pass": ".", "bug": "B", "skip": "-"}
+    unexpected = [results[(s.id, v)] for s in scenarios for v in versions
+                  if not results[(s.id, v)].expected]
+    status = 1 if unexpected else 0
+    if args.json:
+        json.dump([_result_record(results[(s.id, v)], v) for s in scenarios for v in versions],
+                  sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return status
+    if args.csv:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["id", "name", "bug"] + versions)
+        for s in scenarios:
+            w.writerow([s.id, s.name, s.bug] + [results[(s.id, v)].label for v in versions])
+        return status
     width = max(max(len(s.id) for s in scenarios), 6) + 2
-    print("kernel".ljust(width) + " ".join(v.split(".")[0] for v in versions))
-    print("".ljust(width) + " ".join(v.split(".")[1][-1] if v != "host" else "h" for v in versions))
-    print("era".ljust(width) + " ".join((era_of(v) or "?")[1] if v != "host" else "h" for v in versions))
-    unexpected = []
+    for line in header_lines(versions, width):
+        print(line)
     for s in scenarios:
-        cells = []
-        for v in versions:
-            r = results[(s.id, v)]
-            cells.append(symbol.get(r.label, "!"))
-            if not r.expected:
-                unexpected.append(r)
+        cells = " ".join(SYMBOL.get(results[(s.id, v)].label, "!") for v in versions)
         bug = f"  {s.bug}" if s.bug else ""
-        print(s.id.ljust(width) + " ".join(cells) + f"   {s.title}{bug}")
+        print(s.id.ljust(width) + cells + f"   {s.title}{bug}")
     print()
     print(LEGEND)
+    print(era_key(versions))
+    legend = bug_legend(scenarios)
+    if legend:
+        print("bugs:")
+        for line in legend:
+            print("  " + line)
     total = len(results)
     bugs = sum(1 for r in results.values() if r.label == "bug")
     print(f"\n{total} runs: {total - len(unexpected)} as expected ({bugs} reproduce their bug), "
           f"{len(unexpected)} unexpected")
     for r in unexpected:
-        print(f"  ! {r.scenario.id} on {r.version}: {r.status}: {r.message or 'passed where the bug should reproduce'}")
-    return 1 if unexpected else 0
+        print(f"  ! {r.scenario.id} on {r.version}: {r.status}: "
+              f"{r.message or 'passed where the bug should reproduce'}")
+    return status
+
+
+# --- bugs, eras --------------------------------------------------------------------
+
+def cmd_bugs(args):
+    from .scenarios import all_scenarios
+    from .scenarios.bugs import BUGS, bug_tags
+    users = {}
+    for s in all_scenarios():
+        for t in bug_tags(s.bug):
+            users.setdefault(t, []).append(s.id)
+    if args.json:
+        json.dump([dict(b.as_dict(), scenarios=users.get(b.tag, [])) for b in BUGS],
+                  sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    for b in BUGS:
+        print(b.line())
+    return 0
+
+
+def _era_rows():
+    """(version, era, change or None): one row per change, or one empty row."""
+    for v in VERSIONS:
+        here = [c for c in CHANGES if c.version == v]
+        for c in here or [None]:
+            yield v, era_of(v), c
 
 
 def cmd_eras(args):
+    if args.json:
+        out = []
+        for v in VERSIONS:
+            out.append({"version": v, "era": era_of(v),
+                        "changes": [{"commit": c.commit, "title": c.title, "bug": c.bug,
+                                     "knobs": dict(c.knobs)}
+                                    for c in CHANGES if c.version == v]})
+        json.dump(out, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    if args.csv:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["version", "era", "commit", "title", "bug"])
+        for v, era, c in _era_rows():
+            w.writerow([v, era] + ([c.commit, c.title, c.bug] if c else ["", "", ""]))
+        return 0
     print("version  era   changes that take effect")
-    for v in VERSIONS:
-        here = [c for c in CHANGES if c.version == v]
-        first = True
-        for c in here or [None]:
-            text = f"{c.commit}  {c.title}" + (f"  [{c.bug}]" if c and c.bug else "") if c else ""
-            print(f"{v if first else '':8} {era_of(v) if first else '':5} {text}")
-            first = False
+    last = None
+    for v, era, c in _era_rows():
+        first = v != last
+        last = v
+        text = (f"{c.commit}  {c.title}" + (f"  [{c.bug}]" if c.bug else "")) if c else ""
+        print(f"{v if first else '':8} {era if first else '':5} {text}".rstrip())
+    print("eras begin at: " + ", ".join(f"{e} {v}" for v, e in ERA_STARTS))
     return 0
 
+
+# --- diff --------------------------------------------------------------------------
 
 def cmd_diff(argv):
     try:
         from .host import diff
     except ImportError as e:
-        print(f"mmemu diff needs the host oracle (mmemu.host): {e}", file=sys.stderr)
+        print(f"mmemu diff: error: needs the host oracle (mmemu.host): {e}", file=sys.stderr)
         return 2
     return diff.main(argv)
 
 
+def _parser():
+    parser = ArgumentParser(prog="mmemu", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mmemu {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,diff}")
+    sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
+    sc.add_argument("--kernel", action="append", type=kernel_version, metavar="V",
+                    help="a version, 5.7 ... 6.18 or host (repeatable); default: all")
+    sc.add_argument("--only", metavar="S,...",
+                    help="comma-separated scenario ids (S3; S24 = every S24/<backing>) or names")
+    output_flags(sc)
+    progress_flags(sc)
+    bg = sub.add_parser("bugs", help="the bug tags: what each is, introduced, fixed")
+    output_flags(bg, csv_too=False)
+    er = sub.add_parser("eras", help="versions, eras and the changes between them")
+    output_flags(er)
+    sub.add_parser("diff", help="differential run against the host kernel (see mmemu diff -h)",
+                   add_help=False)
+    return parser
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "diff":
-        return cmd_diff(argv[1:])
-    parser = argparse.ArgumentParser(prog="mmemu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd")
-    sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
-    sc.add_argument("--kernel", action="append", help="a version (repeatable); default: all")
-    sc.add_argument("--only", help="comma-separated scenario ids or names")
-    sc.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sc.add_argument("--progress", action="store_true", help="progress bar even when not a terminal")
-    sub.add_parser("eras", help="versions, eras and the changes between them")
-    sub.add_parser("diff", help="differential run against the host kernel (see mmemu diff -h)")
-    args = parser.parse_args(argv)
-    if args.cmd == "scenarios":
-        return cmd_scenarios(args)
-    if args.cmd == "eras":
-        return cmd_eras(args)
-    parser.print_help()
-    return 2
+    try:
+        if argv and argv[0] == "diff":
+            return cmd_diff(argv[1:])
+        parser = _parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:         # --help, --version, or a bad argument (one line)
+            return e.code
+        command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras}.get(args.cmd)
+        if command is None:
+            raise UsageError("a command is required: scenarios, bugs, eras or diff (mmemu -h)")
+        return command(args)
+    except UsageError as e:
+        prog = "mmemu" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:             # `mmemu scenarios | head`: stop quietly, as if
+        devnull = os.open(os.devnull, os.O_WRONLY)   # killed by SIGPIPE (not 1: a result)
+        os.dup2(devnull, sys.stdout.fileno())   # so the exit-time flush does not fail again
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ resume.
 `mmemu diff [--programs N] [--seed S] [--uffd]` is main(argv).
 """
 import argparse
+import json
 import sys
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
@@ -744,40 +745,98 @@ def _size(program):
 
 # --- CLI ----------------------------------------------------------------------------
 
+def swap_size(text):
+    """--swap: a byte size (4096, 64k, 16M, 16MiB, 1G: binary multiples), 0 for none;
+    else a whole number of pages, at least 9 (mkswap adds a header page)."""
+    from ..cli import byte_size
+    n = byte_size(text)
+    if n and (n % C.PAGE_SIZE or n < 9 * C.PAGE_SIZE):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is {n} bytes: swap is 0 or a multiple of {C.PAGE_SIZE} bytes "
+            f"of at least {9 * C.PAGE_SIZE} (9 pages)")
+    return n
+
+
 def _parser():
-    ap = argparse.ArgumentParser(prog="mmemu diff",
-                                 description="Run random programs on the engine and on the "
-                                             "host kernel; report where they disagree.")
-    ap.add_argument("--programs", type=int, default=200, help="programs to run (default 200)")
-    ap.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    ap.add_argument("--kernel", default="host",
-                    help="engine era to compare, Machine(kernel=...) (default: host)")
+    from ..cli import (ArgumentParser, kernel_version, nonnegative_int, output_flags,
+                       positive_int, progress_flags)
+    ap = ArgumentParser(prog="mmemu diff",
+                        description="Run random programs on the engine and on the host "
+                                    "kernel; report where they disagree. Exit status: 0 "
+                                    "all agree, 1 a divergence, 2 bad input or a host that "
+                                    "cannot run the comparison, 3 the host oracle failed.")
+    ap.add_argument("--programs", type=positive_int, default=200, metavar="N",
+                    help="programs to run (default 200)")
+    ap.add_argument("--seed", type=nonnegative_int, default=0,
+                    help="generation seed (default 0)")
+    ap.add_argument("--kernel", type=kernel_version, default="host", metavar="V",
+                    help="engine era to compare, Machine(kernel=V): 5.7 ... 6.18 or host "
+                         "(default: host)")
     ap.add_argument("--against", choices=["engine", "host"], default="engine",
                     help="compare with the engine (default) or with the host itself, which "
                          "checks the oracle's own determinism")
-    ap.add_argument("--max-steps", type=int, default=12, help="steps per program (default 12)")
+    ap.add_argument("--max-steps", type=positive_int, default=12, metavar="N",
+                    help="steps per program (default 12)")
     ap.add_argument("--no-pins", action="store_true", help="no io_uring pins")
     ap.add_argument("--no-files", action="store_true", help="no memfds or file mappings")
     ap.add_argument("--uffd", action="store_true",
                     help="generate userfaultfd programs (mmemu.host.diff.uffd_programs): "
                          "MISSING and WP faults on anonymous memory that block, are read "
                          "from the queue, resolved and resumed")
-    ap.add_argument("--swap", type=int, default=DEFAULT_SWAP, metavar="BYTES",
-                    help=f"swap on both sides (default {DEFAULT_SWAP >> 20} MiB: a swap file "
-                         "is enabled on the host for the run, and removed after it); 0 for "
-                         "none")
+    ap.add_argument("--swap", type=swap_size, default=DEFAULT_SWAP, metavar="SIZE",
+                    help=f"swap on both sides (default {DEFAULT_SWAP >> 20}M: a swap file "
+                         "is enabled on the host for the run, and removed after it); bytes "
+                         "or binary multiples (64k, 16M, 16MiB, 1G); 0 for none")
     ap.add_argument("--everything", action="store_true",
                     help="also generate what the engine does not model yet (its "
                          "NotImplementedError is then counted as an engine gap)")
-    ap.add_argument("--shrink", type=int, default=3, metavar="K",
+    ap.add_argument("--shrink", type=nonnegative_int, default=3, metavar="K",
                     help="shrink at most K kinds of divergence (default 3)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output_flags(ap, csv_too=False)
+    progress_flags(ap)
     return ap
 
 
+def _report(args, swap, dropped, counts, results, shrunk):
+    """The JSON document of `mmemu diff --json` (one object):
+    {"kernel", "against", "seed", "programs", "max_steps", "uffd", "swap" (bytes used),
+     "not_generated": [text], "counts": {status: n}, "agree", "compared", "rate" (percent),
+     "engine_gaps": [{"detail", "programs"}],
+     "divergences": [{"op", "field", "shrunk", "step", "where", "a", "b", "names",
+                      "program" (the program language's JSON), "text"}],
+     "not_shrunk": n}"""
+    compared = sum(counts.get(k, 0) for k in ("agree", "diverge"))
+    gaps = {}
+    for _p, o in results:
+        if o.status == "engine-gap":
+            gaps[o.detail] = gaps.get(o.detail, 0) + 1
+    divergences = []
+    for key, prog, o, was_shrunk in shrunk:
+        d = o.divergence
+        divergences.append({"op": key[0], "field": key[1], "shrunk": was_shrunk,
+                            "step": d.step, "where": d.field, "a": d.a, "b": d.b,
+                            "names": list(d.names), "program": prog, "text": str(d)})
+    keys = {o.divergence.key for _p, o in results if o.status == "diverge"}
+    return {"kernel": args.kernel, "against": args.against, "seed": args.seed,
+            "programs": args.programs, "max_steps": args.max_steps, "uffd": args.uffd,
+            "swap": swap, "not_generated": list(dropped), "counts": dict(counts),
+            "agree": counts.get("agree", 0), "compared": compared,
+            "rate": round(100.0 * counts.get("agree", 0) / compared, 3) if compared else 0.0,
+            "engine_gaps": [{"detail": t, "programs": k}
+                            for t, k in sorted(gaps.items(), key=lambda kv: -kv[1])],
+            "divergences": divergences, "not_shrunk": max(0, len(keys) - len(shrunk))}
+
+
 def main(argv=None, out=None):
-    args = _parser().parse_args(argv)
+    """`mmemu diff`. The report goes to `out` (stdout); with --json only the
+    JSON document goes there, and messages go to stderr."""
+    from ..cli import progress_enabled
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:          # -h, or a bad argument (reported in one line)
+        return e.code
     out = out or sys.stdout
+    log = sys.stderr if args.json else out
     from tqdm import tqdm
     from .caps import capabilities
 
@@ -787,7 +846,7 @@ def main(argv=None, out=None):
         from .swap import why_no_swap
         reason = why_no_swap()
         if reason:
-            print(f"no swap on either side: the host cannot enable it ({reason})", file=out)
+            print(f"no swap on either side: the host cannot enable it ({reason})", file=log)
             swap = 0
     if args.against == "host":
         make_other, names = (lambda: HostMachine(swap=swap, uffd=args.uffd)), ("host", "host")
@@ -796,29 +855,35 @@ def main(argv=None, out=None):
             make_other, names = (engine_factory(args.kernel, args.seed, swap),
                                  ("host", "engine"))
         except EngineMissing as e:
-            print(f"mmemu diff: {e}", file=out)
+            print(f"mmemu diff: {e}", file=log)
             return 2
     if not caps.pfns:
         print(f"mmemu diff: {caps.why_not('pfns')}; frame sharing cannot be compared",
-              file=out)
+              file=log)
         return 2
     features = Features(pins=not args.no_pins and caps.io_uring, files=not args.no_files,
                         uffd=args.uffd)
+    dropped = []
     if not args.everything:
-        features, dropped = probe(make_other, features)
+        try:
+            features, dropped = probe(make_other, features)
+        except Unsupported as e:     # e.g. MADV_PAGEOUT while foreign swap is on
+            print(f"mmemu diff: {e}", file=log)
+            return 2
         for text in dropped:
             print(f"not generated (the machine under test does not model it): {text}",
-                  file=out)
+                  file=log)
     counts = {}
     try:
         host = HostMachine(swap=swap, uffd=args.uffd)
     except Unsupported as e:
-        print(f"mmemu diff: {e}", file=out)
+        print(f"mmemu diff: {e}", file=log)
         return 2
+    bars = not progress_enabled(args)       # tqdm's disable=
     with host:
-        print(f"swap: {swap >> 10} KiB on both sides" if swap else "swap: none", file=out)
-        bar = tqdm(total=args.programs, desc="programs", unit="prog",
-                   disable=args.no_progress, file=sys.stderr)
+        print(f"swap: {swap >> 10} KiB on both sides" if swap else "swap: none", file=log)
+        bar = tqdm(total=args.programs, desc="programs", unit="prog", disable=bars,
+                   file=sys.stderr)
 
         def tick(outcome):
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
@@ -829,7 +894,7 @@ def main(argv=None, out=None):
                              args.max_steps, features)
         except HostError as e:
             bar.close()
-            print(f"mmemu diff: the host oracle failed: {e}", file=out)
+            print(f"mmemu diff: the host oracle failed: {e}", file=log)
             return 3
         bar.close()
         ran = len(results)
@@ -841,24 +906,24 @@ def main(argv=None, out=None):
               f"{counts.get('engine-gap', 0)}, unsupported on the host "
               f"{counts.get('unsupported', 0)}, placement-dependent "
               f"{counts.get('invalid', 0)}, host-flaky {counts.get('host-flaky', 0)}",
-              file=out)
+              file=log)
         gaps = {}
         for _p, o in results:
             if o.status == "engine-gap":
                 gaps[o.detail] = gaps.get(o.detail, 0) + 1
         for text, k in sorted(gaps.items(), key=lambda kv: -kv[1]):
-            print(f"  engine gap ({k} programs): {text}", file=out)
+            print(f"  engine gap ({k} programs): {text}", file=log)
         keys = []
         for prog, o in results:
             if o.status == "diverge" and o.divergence.key not in keys:
                 keys.append(o.divergence.key)
-        if not keys:
-            return 0
-        print(f"{len(keys)} kind(s) of divergence: "
-              + ", ".join(f"{op}/{field}" for op, field in keys), file=out)
+        shrunk = []
+        if keys:
+            print(f"{len(keys)} kind(s) of divergence: "
+                  + ", ".join(f"{op}/{field}" for op, field in keys), file=log)
         for i, key in enumerate(keys[:args.shrink]):
-            sbar = tqdm(desc=f"shrinking {key[0]}/{key[1]}", unit="run",
-                        disable=args.no_progress, file=sys.stderr)
+            sbar = tqdm(desc=f"shrinking {key[0]}/{key[1]}", unit="run", disable=bars,
+                        file=sys.stderr)
             found = shrink(key, args.programs, args.seed, host, make_other, names,
                            lambda _o: sbar.update(1), args.max_steps, features)
             sbar.close()
@@ -869,12 +934,18 @@ def main(argv=None, out=None):
             else:
                 note = ""
             prog, o = found
-            print(f"\n=== divergence {i + 1}: {key[0]} / {key[1]}{note} ===", file=out)
-            print(str(o.divergence), file=out)
+            shrunk.append((key, prog, o, not note))
+            if not args.json:
+                print(f"\n=== divergence {i + 1}: {key[0]} / {key[1]}{note} ===", file=out)
+                print(str(o.divergence), file=out)
         if len(keys) > args.shrink:
             print(f"\n({len(keys) - args.shrink} more kind(s) not shrunk; --shrink K)",
-                  file=out)
-        return 1
+                  file=log)
+        if args.json:
+            json.dump(_report(args, swap, dropped, counts, results, shrunk), out, indent=1,
+                      default=str)
+            out.write("\n")
+        return 1 if keys else 0
 
 
 if __name__ == "__main__":

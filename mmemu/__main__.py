@@ -1,0 +1,6 @@
+"""`python -m mmemu ...` runs the `mmemu` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
