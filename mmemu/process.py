@@ -797,6 +797,11 @@ class Process(FileOps):
         runs too. A userfault waits like a user access while the references
         already taken are held."""
         thread = thread or self._current()
+        if addr >= USER_TOP:
+            # No VMA beyond user space: the walk fails on its first page.
+            pfns, err = np.zeros(0, np.int64), (ENOMEM if flags & C.FOLL_MADV_POPULATE else EFAULT)
+            return finish(pfns, err) if finish else (pfns, err)
+        npages = _clamp_pages(addr, npages)
         held = _HeldRefs(self.machine, flags)
 
         def op():
@@ -823,6 +828,8 @@ class Process(FileOps):
         """Content version per page (numpy uint64): see Engine.versions."""
         addr, npages = A.uaddr(addr), A.size(npages, "versions", "npages")
         self._live("versions")
+        if addr >= USER_TOP:
+            return np.zeros(min(npages, _INSPECT_ALWAYS), np.uint64)   # nothing mapped there
         return self._engine.versions(self.mm, addr, _inspect_pages(self.vmas, addr, npages))
 
     def userfaultfd(self, flags=0):

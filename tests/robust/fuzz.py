@@ -31,7 +31,7 @@ from .harness import Defect, classify, is_int, verify
 # Executed to build each world (and printed as the first lines of every
 # reproduction). `kernel` is set by the caller.
 WORLD_SRC = '''\
-import numpy as np, mmemu
+import numpy as np, mmemu, pathlib
 from mmemu import *
 from mmemu.uffd import *
 m = mmemu.Machine(kernel=kernel, memory=192 * PAGE_SIZE, swap=64 * PAGE_SIZE)
@@ -229,6 +229,8 @@ OTHER = {
     "fill": [("0", False), ("255", False), ("256", False), ("-1", False), ("2**64", False), ("1.5", True),
              ("None", True)],
     "callable": [("lambda: None", False), ("None", True)],
+    "path": [("'/tmp/mmemu-fuzz.save'", False), ("pathlib.Path('/tmp/mmemu-fuzz.save')", False),
+             ("'/nonexistent/dir/m'", False), ("'/etc/hostname'", False), ("None", True), ("5.5", True)],
 }
 
 # Which receivers each class has in the world (an exited process, a closed
@@ -252,6 +254,8 @@ SPECS = {
     "Machine.check": [],
     "Machine.frame": [("pfn", "pfn")],
     "Machine.memory_usage": [],
+    "Machine.save": [("path", "path")],
+    "Machine.load": [("path", "path")],
     "Machine.processes": "PROPERTY",
     "Machine.reclaim": [None, ("npages", "npages"), ("cpu", "cpu")],
     "Machine.spawn": [None, ("cpu", "cpu")],

@@ -153,7 +153,7 @@ def core_vma_problem(p):
     eng = p.machine._engine
     table = getattr(eng, "vma_table", None)
     if table is not None:
-        starts, ends, flags = table(p.mm)
+        starts, ends, flags = table(p.mm)[:3]
         got = [(int(a), int(b), int(f) & ~_CORE_OWNED) for a, b, f in zip(starts, ends, flags)]
         want = [(v.start, v.end, v.flags & ~_CORE_OWNED) for v in vmas]
         return None if got == want else f"core VMA table {got} != Python {want}"
