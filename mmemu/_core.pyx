@@ -220,7 +220,8 @@ cdef class Engine:
               "stamp": self.e.stamp, "reclaim_mm": self.e.reclaim_mm, "reclaim_va": self.e.reclaim_va,
               "uf_ctx": self.e.uf_ctx, "uf_mm": self.e.uf_mm, "uf_addr": self.e.uf_addr,
               "uf_flags": self.e.uf_flags, "uf_reason": self.e.uf_reason,
-              "fault_addr": self.e.fault_addr, "mm_serial": self.e.mm_serial}
+              "fault_addr": self.e.fault_addr, "mm_serial": self.e.mm_serial,
+              "nr_pgtable": self.e.nr_pgtable}
         st["scalars"] = sc
         st["file_hint"] = self.file_hint
         st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
@@ -281,7 +282,7 @@ cdef class Engine:
         self.e.reclaim_mm, self.e.reclaim_va = sc["reclaim_mm"], sc["reclaim_va"]
         self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr = sc["uf_ctx"], sc["uf_mm"], sc["uf_addr"]
         self.e.uf_flags, self.e.uf_reason, self.e.fault_addr = sc["uf_flags"], sc["uf_reason"], sc["fault_addr"]
-        self.e.mm_serial = sc["mm_serial"]
+        self.e.mm_serial, self.e.nr_pgtable = sc["mm_serial"], sc["nr_pgtable"]
         self.file_hint = st["file_hint"]
         for i in range(24):
             self.e.stats[i] = st["stats"][i]
@@ -417,6 +418,8 @@ cdef class Engine:
         m.serial = self.e.mm_serial
         m.pgd = dir_alloc(&self.e)
         if m.pgd < 0:
+            if self.e.pgtable_refused:
+                raise oserror(12, "fork", "no memory for the new page tables")    # ENOMEM
             raise MemoryError()
         m.alive = 1
         return slot
@@ -665,6 +668,9 @@ cdef class Engine:
         with nogil:
             ret = move_ptes(&self.e, m, old, new, length, self.e.pol.soft_dirty != 0)
         if ret < 0:
+            # (move_ptes moved what it had back: the old range is whole.)
+            if self.e.pgtable_refused:
+                raise oserror(12, "mremap", "no memory for the new page tables")
             raise MemoryError()
 
     def clear_soft_dirty(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vma_flags):
@@ -750,6 +756,7 @@ cdef class Engine:
         return {
             "frames": frames,
             "frames_used": self.e.nframes - self.e.nr_free,
+            "pgtable_pages": self.e.nr_pgtable,     # charged against the frames too
             "pte_pages": self.e.npte_used - self.e.npte_free,
             "page_tables": (self.e.npte_used - self.e.npte_free) * MM_PTRS * 8
             + (self.e.ndir_used - self.e.ndir_free) * MM_PTRS * 4,
@@ -798,6 +805,8 @@ cdef class Engine:
         f.id = fid
         f.root = dir_alloc(&self.e)
         if f.root < 0:
+            if self.e.pgtable_refused:
+                raise oserror(12, "memfd_create", "no memory for the page cache")  # ENOMEM
             raise MemoryError()
         f.alive = 1
         f.shmem = shmem
@@ -1221,6 +1230,12 @@ cdef class Engine:
         cdef mm_t *m
         cdef int64_t rss, used
         cdef uint16_t f
+        if self.e.nr_pgtable != (self.e.ndir_used - self.e.ndir_free) + (self.e.npte_used - self.e.npte_free) \
+                or self.e.nr_pgtable > self.e.nr_free:
+            raise InvariantError("page-table pages not charged as frames", None,
+                                 f"{self.e.nr_pgtable} charged, {self.e.ndir_used - self.e.ndir_free} "
+                                 f"directory and {self.e.npte_used - self.e.npte_free} pte pages, "
+                                 f"{self.e.nr_free} frames free")
         for i in range(ext_pfns.shape[0]):
             if ext_pfns[i] != ZERO_PFN:
                 exp_ref[ext_pfns[i]] += ext_refs[i]

@@ -105,6 +105,8 @@ ctypedef struct engine_t:
     int64_t next_unused        # frames >= this were never used: free implicitly
     int64_t free_head          # free list linked through `version` (pfn + 1)
     int64_t nr_free
+    int64_t nr_pgtable         # page-table and page-cache tree pages: charged as frames
+    int32_t pgtable_refused    # the last table allocation failed for want of a frame
     int32_t *refcount
     int32_t *mapcount
     uint64_t *version          # content version, byte slot (PG_BYTES) or free link

@@ -191,7 +191,7 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     if ptep == NULL:
         ptep = pte_offset(e, mm, va, True)
         if ptep == NULL:
-            return VM_FAULT_NOMEM
+            return table_alloc_failed(e)
     pte = ptep[0]
     if pte == 0 or is_marker(pte):
         wp_marker = False

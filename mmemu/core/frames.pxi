@@ -27,6 +27,8 @@ cdef inline uint64_t pfn_pte(int64_t pfn) noexcept nogil:
 cdef int64_t frame_alloc(engine_t *e) noexcept nogil:
     """A free frame with refcount 1, mapcount 0, no flags, zero contents; -1 if none."""
     cdef int64_t pfn
+    if e.nr_free <= e.nr_pgtable:
+        return -1                   # the free frames left hold page tables
     if e.free_head > 0:
         pfn = e.free_head - 1
         e.free_head = <int64_t>e.version[pfn]

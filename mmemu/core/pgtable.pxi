@@ -19,10 +19,28 @@ cdef inline uint64_t *pte_page(engine_t *e, int32_t p) noexcept nogil:
     return e.pte_chunks[p >> 9] + ((<int64_t>(p & 511)) << 9)
 
 
+cdef inline bint pgtable_charge(engine_t *e) noexcept nogil:
+    """A page-table page takes a frame of RAM, as the kernel's do (they come
+    from the page allocator): refused when no frame is left for it."""
+    e.pgtable_refused = e.nr_free <= e.nr_pgtable
+    if e.pgtable_refused:
+        return False
+    e.nr_pgtable += 1
+    return True
+
+
+cdef inline int table_alloc_failed(engine_t *e) noexcept nogil:
+    """The fault code of a failed table allocation: OOM when RAM ran out
+    (reclaim may help), NOMEM when the host's malloc failed."""
+    return VM_FAULT_OOM if e.pgtable_refused else VM_FAULT_NOMEM
+
+
 cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
     cdef int32_t d
     cdef int64_t chunk
     cdef int32_t **chunks
+    if not pgtable_charge(e):
+        return -1
     if e.ndir_free > 0:
         e.ndir_free -= 1
         d = e.dir_free[e.ndir_free]
@@ -32,6 +50,7 @@ cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
         if chunk >= e.ndir_chunks:
             chunks = <int32_t **>realloc(e.dir_chunks, (chunk + 1) * 2 * sizeof(int32_t *))
             if chunks == NULL:
+                e.nr_pgtable -= 1
                 return -1
             memset(chunks + e.ndir_chunks, 0, ((chunk + 1) * 2 - e.ndir_chunks) * sizeof(int32_t *))
             e.dir_chunks = chunks
@@ -39,6 +58,7 @@ cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
         if e.dir_chunks[chunk] == NULL:
             e.dir_chunks[chunk] = <int32_t *>malloc(CHUNK_PAGES * MM_PTRS * sizeof(int32_t))
             if e.dir_chunks[chunk] == NULL:
+                e.nr_pgtable -= 1
                 return -1
         e.ndir_used += 1
     memset(dir_page(e, d), 0, MM_PTRS * sizeof(int32_t))
@@ -49,6 +69,8 @@ cdef int32_t ptp_alloc(engine_t *e) noexcept nogil:
     cdef int32_t p
     cdef int64_t chunk
     cdef uint64_t **chunks
+    if not pgtable_charge(e):
+        return -1
     if e.npte_free > 0:
         e.npte_free -= 1
         p = e.pte_free[e.npte_free]
@@ -58,6 +80,7 @@ cdef int32_t ptp_alloc(engine_t *e) noexcept nogil:
         if chunk >= e.npte_chunks:
             chunks = <uint64_t **>realloc(e.pte_chunks, (chunk + 1) * 2 * sizeof(uint64_t *))
             if chunks == NULL:
+                e.nr_pgtable -= 1
                 return -1
             memset(chunks + e.npte_chunks, 0, ((chunk + 1) * 2 - e.npte_chunks) * sizeof(uint64_t *))
             e.pte_chunks = chunks
@@ -65,14 +88,17 @@ cdef int32_t ptp_alloc(engine_t *e) noexcept nogil:
         if e.pte_chunks[chunk] == NULL:
             e.pte_chunks[chunk] = <uint64_t *>malloc(CHUNK_PAGES * MM_PTRS * sizeof(uint64_t))
             if e.pte_chunks[chunk] == NULL:
+                e.nr_pgtable -= 1
                 return -1
         e.npte_used += 1
     memset(pte_page(e, p), 0, MM_PTRS * sizeof(uint64_t))
     return p
 
 
-cdef int push_free(int32_t **stack, int64_t *n, int64_t *cap, int32_t v) noexcept nogil:
+cdef int push_free(engine_t *e, int32_t **stack, int64_t *n, int64_t *cap, int32_t v) noexcept nogil:
+    """A table page back to its pool, and its frame back to RAM."""
     cdef int32_t *s
+    e.nr_pgtable -= 1
     if n[0] == cap[0]:
         s = <int32_t *>realloc(stack[0], (cap[0] * 2 + 64) * sizeof(int32_t))
         if s == NULL:
@@ -173,7 +199,7 @@ cdef void free_pte_tables(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) n
             continue
         i = <int32_t>((va >> PMD_SHIFT) & 511)
         if d[i] != 0:
-            push_free(&e.pte_free, &e.npte_free, &e.pte_free_cap, d[i] - 1)
+            push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, d[i] - 1)
             d[i] = 0
             mm.nr_ptes -= 1
         va += 1ULL << PMD_SHIFT
@@ -188,8 +214,8 @@ cdef void free_dir_tree(engine_t *e, int32_t d, int level) noexcept nogil:
             if level < 2:
                 free_dir_tree(e, page[i] - 1, level + 1)
             else:
-                push_free(&e.pte_free, &e.npte_free, &e.pte_free_cap, page[i] - 1)
-    push_free(&e.dir_free, &e.ndir_free, &e.dir_free_cap, d)
+                push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, page[i] - 1)
+    push_free(e, &e.dir_free, &e.ndir_free, &e.dir_free_cap, d)
 
 
 cdef int32_t find_vma(mm_t *mm, uint64_t va) noexcept nogil:

@@ -317,6 +317,22 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     return out
 
 
+cdef void move_back(engine_t *e, mm_t *mm, uint64_t new, uint64_t old, uint64_t length) noexcept nogil:
+    cdef uint64_t off = 0, stop
+    cdef uint64_t *s
+    cdef uint64_t *d
+    while off < length:
+        s = leaf_or_skip(e, mm.pgd, new + off, &stop)
+        if s == NULL:
+            off = stop - new if stop - new < length else length
+            continue
+        if s[((new + off) >> MM_PAGE_SHIFT) & 511] != 0:
+            d = pte_table(e, mm, old + off, False)
+            d[((old + off) >> MM_PAGE_SHIFT) & 511] = s[((new + off) >> MM_PAGE_SHIFT) & 511]
+            s[((new + off) >> MM_PAGE_SHIFT) & 511] = 0
+        off += MM_PAGE_SIZE
+
+
 cdef int64_t move_ptes(engine_t *e, mm_t *mm, uint64_t old, uint64_t new, uint64_t length,
                        bint soft_dirty) noexcept nogil:
     """move_page_tables(): entries move, pages do not; a moved pte reads
@@ -334,6 +350,9 @@ cdef int64_t move_ptes(engine_t *e, mm_t *mm, uint64_t old, uint64_t new, uint64
         if pte != 0:
             d = pte_table(e, mm, new + off, True)
             if d == NULL:
+                # mremap's error path moves the entries back (the old
+                # tables are all still there, so that cannot fail).
+                move_back(e, mm, new, old, off)
                 return -1
             if soft_dirty:
                 pte |= PTE_SOFT_DIRTY

@@ -52,7 +52,7 @@ cdef int64_t shmem_get_folio(engine_t *e, mm_file_t *f, uint64_t index, bint all
     ret[0] = 0
     if slot == NULL:
         if alloc:
-            ret[0] = VM_FAULT_NOMEM
+            ret[0] = table_alloc_failed(e)
         return -1
     if slot[0] & PTE_PRESENT:
         return <int64_t>pte_pfn(slot[0])
