@@ -999,60 +999,126 @@ class Process(FileOps):
         """ioctl(PAGEMAP_SCAN) on /proc/pid/pagemap (6.7+): (regions, walk_end),
         regions being (start, end, categories & return_mask) of the matching
         pages; PM_SCAN_WP_MATCHING write-protects what matched (empty slots
-        become uffd-wp markers)."""
-        from .uffd import UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED
+        become uffd-wp markers). vec_len=0 asks for no output: the whole range
+        is walked (and write-protected with WP_MATCHING), max_pages is not
+        counted, and walk_end is `end`."""
+        from .uffd import UFFD_FEATURE_WP_ASYNC
         self._live("pagemap_scan")
         if not self._policy().uffd_features & UFFD_FEATURE_WP_ASYNC:
             raise oserror(25, "PAGEMAP_SCAN", "ioctl unknown to this kernel")      # ENOTTY
+        u64 = (1 << 64) - 1
+        flags, max_pages, vec_len = flags & u64, max_pages & u64, vec_len & u64
         allc = (1 << 9) - 1
-        if flags & ~(C.PM_SCAN_WP_MATCHING | C.PM_SCAN_CHECK_WPASYNC) or start & (PAGE - 1) \
-                or (category_mask | category_anyof_mask | category_inverted | return_mask) & ~allc \
-                or end < start or not return_mask:
-            raise oserror(EINVAL, "PAGEMAP_SCAN", "bad arguments")
+        # pagemap_scan_get_args (6.12): flags and masks, then start's alignment,
+        # then access_ok of [start, end) (EFAULT, also when end < start). An
+        # empty return_mask is allowed: matching regions come back with no
+        # categories.
+        if flags & ~(C.PM_SCAN_WP_MATCHING | C.PM_SCAN_CHECK_WPASYNC) \
+                or (category_mask | category_anyof_mask | category_inverted | return_mask) & ~allc:
+            raise oserror(EINVAL, "PAGEMAP_SCAN", "unknown flags or categories")
+        if start & (PAGE - 1):
+            raise oserror(EINVAL, "PAGEMAP_SCAN", "start not page aligned")
+        if end < start or end > C.TASK_SIZE:
+            raise oserror(EFAULT, "PAGEMAP_SCAN", "range outside user space")
         end = _page_align(end)
+        max_pages = max_pages or u64
+        if start == end:
+            return [], start
         npages = (end - start) // PAGE
-        vmas = self.vmas.overlapping(start, end)
-        if flags & C.PM_SCAN_CHECK_WPASYNC:
-            for v in vmas:
-                u = self.machine._uffds.get(v.uffd) if v.uffd else None
-                if not (v.flags & VM_UFFD_WP and u is not None and (u.features or 0) & UFFD_FEATURE_WP_ASYNC):
-                    raise oserror(EPERM, "PAGEMAP_SCAN", "not every VMA is uffd-wp async")
-        # pagemap_scan_pmd_entry()'s fast path: only WRITTEN asked and returned.
+        wp_match = bool(flags & C.PM_SCAN_WP_MATCHING)
+
+        # pagemap_scan_test_walk: which VMAs the walk enters, in address order.
+        # A VMA without async uffd-wp fails CHECK_WPASYNC with EPERM when the
+        # walk reaches it, and is skipped under WP_MATCHING.
+        walked = np.zeros(npages, bool)
+        bad = None
+        for v in self.vmas.overlapping(start, end):
+            u = self.machine._uffds.get(v.uffd) if v.uffd else None
+            wp_allowed = bool(v.flags & VM_UFFD_WP) and u is not None \
+                and bool((u.features or 0) & UFFD_FEATURE_WP_ASYNC)
+            if not wp_allowed and flags & C.PM_SCAN_CHECK_WPASYNC:
+                bad = v
+                break
+            if (not wp_allowed and wp_match) or v.flags & VM_PFNMAP:
+                continue
+            required = category_mask & C.PAGE_IS_WPALLOWED          # pagemap_scan_is_interesting_vma
+            if ((C.PAGE_IS_WPALLOWED if wp_allowed else 0) ^ category_inverted) & required != required:
+                continue
+            a, b = (max(v.start, start) - start) // PAGE, (min(v.end, end) - start) // PAGE
+            walked[a:b] = True
+
+        # pagemap_scan_pmd_entry's PAGE_IS_WRITTEN fast path counts an empty
+        # pte as written; its generic path does not until the B21 fix.
         fast = not category_anyof_mask and not category_inverted and \
             category_mask == C.PAGE_IS_WRITTEN and return_mask == C.PAGE_IS_WRITTEN
         cats = self._engine.pagemap_categories(self.mm, start, npages, fast).astype(np.int64)
-        inside = cats != 0xFFFF
-        c = np.where(inside, cats ^ category_inverted, 0)
-        match = inside & ((c & category_mask) == category_mask)
+        c = cats ^ category_inverted
+        match = walked & ((c & category_mask) == category_mask)
         if category_anyof_mask:
             match &= (c & category_anyof_mask) != 0
-        ret = np.where(match, cats & return_mask, -1)
-        # Regions: runs of matching pages with equal returned categories
-        # (numpy finds the run boundaries; Python loops over runs, not pages).
-        idx = np.flatnonzero(match)
-        regions, walk_end, pages = [], end, 0
-        if len(idx):
-            vals = ret[idx]
-            cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(vals) != 0)) + 1
-            for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
-                k, n = int(idx[a]), int(b - a)
-                if max_pages and pages + n > max_pages:
-                    n = max_pages - pages
-                if len(regions) == vec_len or n <= 0:
-                    walk_end = start + k * PAGE
-                    break
-                regions.append((start + k * PAGE, start + (k + n) * PAGE, int(vals[a])))
-                pages += n
-                if max_pages and pages >= max_pages:
-                    walk_end = start + (k + n) * PAGE
-                    break
-        if flags & C.PM_SCAN_WP_MATCHING:
-            for s, e_, _ in regions:
-                for v in self.vmas.overlapping(s, e_):
-                    if v.flags & VM_UFFD_WP:
-                        self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e_, v.end), True, True,
-                                                       v.flags)
+
+        regions, walk_end = [], end
+        if vec_len == 0:
+            # No output buffer (pagemap_scan_init_bounce_buffer leaves none):
+            # pagemap_scan_output records and counts nothing, so the walk
+            # never stops early. With WP_MATCHING the pmd entry's exclusive-WP
+            # path protects every pte not yet protected in a populated table,
+            # whatever the masks; a hole (pte_hole) only if it matches. The
+            # engine cannot tell an empty pte from a hole, so an empty slot is
+            # protected when it matches, any other when it is not protected.
+            if wp_match:
+                none_cats = self._engine.pagemap_categories(self.mm, start, npages, True).astype(np.int64)
+                populated = (cats & (C.PAGE_IS_PRESENT | C.PAGE_IS_SWAPPED)) != 0
+                written = (none_cats & C.PAGE_IS_WRITTEN) != 0
+                protect = walked & written & (populated | match)
+                self._scan_protect(start, protect)
+        else:
+            # pagemap_scan_output / pagemap_scan_push_range: runs of matching
+            # pages with equal returned categories become regions; the walk
+            # stops at the first page that would pass max_pages or does not
+            # fit in vec_len regions, and walk_end is that page (or `end`
+            # when nothing more matched, as when max_pages is reached exactly).
+            ret = np.where(match, cats & return_mask, -1)
+            idx = np.flatnonzero(match)
+            out = np.zeros(npages, bool)
+            pages = 0
+            if len(idx):
+                vals = ret[idx]
+                cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(vals) != 0)) + 1
+                for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
+                    k, n = int(idx[a]), int(b - a)
+                    over = pages + n > max_pages
+                    if over:
+                        n = max_pages - pages
+                    if n <= 0 or len(regions) == vec_len:
+                        walk_end = start + k * PAGE
+                        break
+                    regions.append((start + k * PAGE, start + (k + n) * PAGE, int(vals[a])))
+                    out[k:k + n] = True
+                    pages += n
+                    if over:
+                        walk_end = start + (k + n) * PAGE
+                        break
+            if wp_match:
+                # Only what was output, and only if it counted as written.
+                self._scan_protect(start, out & ((cats & C.PAGE_IS_WRITTEN) != 0))
+            if walk_end != end:
+                bad = None                      # the walk stopped before reaching it
+        if bad is not None:
+            raise oserror(EPERM, "PAGEMAP_SCAN", "a VMA without async uffd-wp")
         return regions, walk_end
+
+    def _scan_protect(self, start, pages):
+        """PAGEMAP_SCAN's write-protect of the flagged pages (make_uffd_wp_pte,
+        uffd_wp_range): empty slots get uffd-wp markers."""
+        idx = np.flatnonzero(pages)
+        if not len(idx):
+            return
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
+            s, e = start + int(idx[a]) * PAGE, start + (int(idx[b - 1]) + 1) * PAGE
+            for v in self.vmas.overlapping(s, e):
+                self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
 
     def clear_refs(self, value):
         """echo value > /proc/pid/clear_refs."""
