@@ -77,6 +77,10 @@ MFD_ALLOW_SEALING = 0x0002
 MFD_HUGETLB = 0x0004
 MFD_NOEXEC_SEAL = 0x0008
 MFD_EXEC = 0x0010
+MFD_HUGE_SHIFT = 26            # include/uapi/linux/memfd.h = HUGETLB_FLAG_ENCODE_SHIFT
+MFD_HUGE_MASK = 0x3F
+MFD_HUGE_2MB = 21 << 26
+MFD_HUGE_1GB = 30 << 26
 
 # mremap flags (include/uapi/linux/mman.h)
 MREMAP_MAYMOVE = 1

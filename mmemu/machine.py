@@ -26,7 +26,7 @@ class Machine:
 
     kernel: "5.7" ... "6.18", or "host" for the running kernel's version and
     config. backports: commit ids (see mmemu.eras.CHANGES) applied on top.
-    memory: bytes of RAM (frames). swap: bytes of swap (not modelled yet: 0).
+    memory: bytes of RAM (frames). swap: bytes of the swap device (0: none).
     seed: the same seed and inputs give the same results, bit for bit.
     """
 

@@ -911,8 +911,12 @@ class Process(FileOps):
 
     def get_user_pages(self, addr, npages, gup_flags=0):
         """FOLL_GET references (as get_user_pages): a Pin whose release() puts them.
-        Fewer than npages pages are taken when GUP stops early, as in Linux."""
-        flags = (gup_flags | C.FOLL_GET | C.FOLL_TOUCH) & ~C.FOLL_PIN
+        Fewer than npages pages are taken when GUP stops early, as in Linux.
+        FOLL_PIN is EINVAL: only pin_user_pages may pin (is_valid_gup_args)."""
+        if gup_flags & C.FOLL_PIN:
+            self._live("get_user_pages")
+            raise oserror(EINVAL, "get_user_pages", "FOLL_PIN: use pin_user_pages")
+        flags = gup_flags | C.FOLL_GET | C.FOLL_TOUCH
         return self._gup(addr, npages, flags, "get_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
     def pin_user_pages(self, addr, npages, gup_flags=0):

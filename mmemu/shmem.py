@@ -91,8 +91,11 @@ class FileOps:
     def memfd_create(self, name, flags=0):
         """memfd_create(2): a new shmem file, opened read-write."""
         self._live("memfd_create")
-        if flags & ~(C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL
-                     | C.MFD_EXEC):
+        known = C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL | C.MFD_EXEC
+        if flags & C.MFD_HUGETLB:
+            # memfd_create: with MFD_HUGETLB the page-size bits (MFD_HUGE_*) are valid too.
+            known |= C.MFD_HUGE_MASK << C.MFD_HUGE_SHIFT
+        if flags & ~known:
             raise oserror(EINVAL, "memfd_create", "unknown flags")
         if flags & C.MFD_HUGETLB:
             raise NotImplementedError("hugetlbfs memfds are not modelled yet")

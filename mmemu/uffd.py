@@ -84,13 +84,20 @@ _FILL_COPY, _FILL_ZEROPAGE, _FILL_CONTINUE, _FILL_POISON = 0, 1, 2, 3
 
 
 class UffdError(OSError):
-    """A failed ioctl: errno, plus `result`, the ioctl's output field
-    (bytes done after partial progress, or -errno)."""
+    """A failed userfaultfd ioctl (every one: API, REGISTER, UNREGISTER, the
+    range ioctls, WRITEPROTECT, WAKE): errno, plus `result`, the ioctl's
+    output field (bytes done after partial progress, or -errno; None where
+    the ioctl has none or left it unwritten). read(2) errors stay OSError."""
 
     def __init__(self, err, call, result, detail=None):
         e = oserror(err, call, detail)
         super().__init__(e.errno, e.strerror)
         self.result = result
+
+
+def _ioctl_error(err, call, detail=None):
+    """A failed ioctl with no output field written."""
+    return UffdError(err, call, None, detail)
 
 
 @dataclass(slots=True)
@@ -216,9 +223,9 @@ class Uffd:
 
     def _ready(self, call):
         if self.released:
-            raise oserror(9, call, "closed userfaultfd")       # EBADF
+            raise _ioctl_error(9, call, "closed userfaultfd")       # EBADF
         if self.features is None:
-            raise oserror(EINVAL, call, "UFFDIO_API first")
+            raise _ioctl_error(EINVAL, call, "UFFDIO_API first")
 
     def _fast(self, addr, length):
         """The ioctl may take its one-VMA path, whose remaining checks the core makes."""
@@ -238,7 +245,7 @@ class Uffd:
         # check on the 6.18 host: WAKE at 0 succeeds).
         if addr & (PAGE - 1) or length & (PAGE - 1) or length <= 0 or not 0 <= addr < C.TASK_SIZE \
                 or length > C.TASK_SIZE - addr:
-            raise oserror(EINVAL, call, "range not page aligned, empty or beyond TASK_SIZE")
+            raise _ioctl_error(EINVAL, call, "range not page aligned, empty or beyond TASK_SIZE")
         return addr, addr + length
 
     def _vmas(self, start, end, pull=False):
@@ -283,12 +290,12 @@ class Uffd:
     def api(self, features=0, api=UFFD_API):
         """UFFDIO_API: returns the features the kernel supports (all of them)."""
         if self.released:
-            raise oserror(9, "UFFDIO_API")
+            raise _ioctl_error(9, "UFFDIO_API")
         if self.features is not None:
-            raise oserror(EINVAL, "UFFDIO_API", "already initialised")
+            raise _ioctl_error(EINVAL, "UFFDIO_API", "already initialised")
         supported = self.policy.uffd_features
         if api != UFFD_API or features & ~supported:
-            raise oserror(EINVAL, "UFFDIO_API", "unknown api or feature")
+            raise _ioctl_error(EINVAL, "UFFDIO_API", "unknown api or feature")
         if features & UFFD_FEATURE_WP_ASYNC:
             features |= UFFD_FEATURE_WP_UNPOPULATED     # WP_ASYNC implies it
         self.features = features
@@ -302,26 +309,26 @@ class Uffd:
         start, end = self._range(addr, length, "UFFDIO_REGISTER")
         if not mode or mode & ~(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP
                                 | UFFDIO_REGISTER_MODE_MINOR):
-            raise oserror(EINVAL, "UFFDIO_REGISTER", "bad mode")
+            raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "bad mode")
         if mode & UFFDIO_REGISTER_MODE_MINOR and not self.policy.uffd_features & UFFD_FEATURE_MINOR_HUGETLBFS:
-            raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
+            raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
         vmas = self._vmas(start, end, pull=True)
         if not vmas:
             # userfaultfd_register(): at least one VMA in the range; holes are
             # skipped (the VMAs there are registered).
-            raise oserror(EINVAL, "UFFDIO_REGISTER", "no VMA in the range")
+            raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "no VMA in the range")
         for v in vmas:
             # vma_can_userfault(): anon, or shmem; MINOR only on shmem (5.14);
             # WP on shmem only with pte markers (5.19).
             if mode & UFFDIO_REGISTER_MODE_MINOR and (not v.file or not self.policy.uffd_features
                                                       & UFFD_FEATURE_MINOR_SHMEM):
-                raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR needs shmem")
+                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "MINOR needs shmem")
             if mode & UFFDIO_REGISTER_MODE_WP and v.file and not self.policy.uffd_wp_file:
-                raise oserror(EINVAL, "UFFDIO_REGISTER", "WP on shmem needs 5.19")
+                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "WP on shmem needs 5.19")
             if not v.flags & VM_MAYWRITE:
-                raise oserror(EPERM, "UFFDIO_REGISTER", "VMA may not be written")
+                raise _ioctl_error(EPERM, "UFFDIO_REGISTER", "VMA may not be written")
             if v.uffd and v.uffd != self.ctx:
-                raise oserror(EBUSY, "UFFDIO_REGISTER", "registered to another userfaultfd")
+                raise _ioctl_error(EBUSY, "UFFDIO_REGISTER", "registered to another userfaultfd")
         bits = ((VM_UFFD_MISSING if mode & UFFDIO_REGISTER_MODE_MISSING else 0)
                 | (VM_UFFD_WP if mode & UFFDIO_REGISTER_MODE_WP else 0)
                 | (VM_UFFD_MINOR if mode & UFFDIO_REGISTER_MODE_MINOR else 0))
@@ -354,9 +361,9 @@ class Uffd:
         # (holes between VMAs are fine).
         vmas = self._vmas(start, end, pull=True)
         if not vmas:
-            raise oserror(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
+            raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
         if self.policy.uffd_unregister_own_only and any(v.uffd and v.uffd != self.ctx for v in vmas):
-            raise oserror(EINVAL, "UFFDIO_UNREGISTER", "a VMA of the range belongs to another uffd")
+            raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "a VMA of the range belongs to another uffd")
         self._unregister(start, end)
 
     def _unregister(self, start, end):
@@ -388,7 +395,7 @@ class Uffd:
     def _fill(self, call, nr, dst, length, mode, allowed, kind, wp=False, src=None, src_proc=None):
         self._ready(call)
         if not self._has_ioctl(nr):
-            raise oserror(EINVAL, call, "ioctl unknown to this kernel")
+            raise _ioctl_error(EINVAL, call, "ioctl unknown to this kernel")
         if self.mmap_changing:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~allowed:
@@ -482,7 +489,7 @@ class Uffd:
         call = "UFFDIO_MOVE"
         self._ready(call)
         if not self._has_ioctl(_UFFDIO_MOVE):
-            raise oserror(EINVAL, call, "ioctl unknown to this kernel")
+            raise _ioctl_error(EINVAL, call, "ioctl unknown to this kernel")
         if self.mmap_changing:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~(UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES):
@@ -525,7 +532,7 @@ class Uffd:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE) or \
                 mode == UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
-            raise oserror(EINVAL, call, "bad mode")
+            raise _ioctl_error(EINVAL, call, "bad mode")
         start, end = self._range(addr, length, call)
         vmas = self._vmas(start, end)
         if not self.policy.uffd_wp_multi_vma:
@@ -533,9 +540,9 @@ class Uffd:
             # registered VMA covering the whole range, checked before any change.
             if len(vmas) != 1 or vmas[0].start > start or vmas[0].end < end or \
                     not vmas[0].uffd or not vmas[0].flags & VM_UFFD_WP:
-                raise oserror(ENOENT, call, "range not in one WP-registered VMA")
+                raise _ioctl_error(ENOENT, call, "range not in one WP-registered VMA")
         elif not vmas:
-            raise oserror(ENOENT, call, "no VMA in range")
+            raise _ioctl_error(ENOENT, call, "no VMA in range")
         protect = bool(mode & UFFDIO_WRITEPROTECT_MODE_WP)
         p = self.process
         eng = self.machine._engine
@@ -544,7 +551,7 @@ class Uffd:
             # first one without VM_UFFD_WP stops the walk with ENOENT, keeping
             # the changes already made to the VMAs before it.
             if not v.flags & VM_UFFD_WP:
-                raise oserror(ENOENT, call, "VMA not registered for WP")
+                raise _ioctl_error(ENOENT, call, "VMA not registered for WP")
             # userfaultfd_wp_use_markers(): file memory always (5.19+), anon
             # only with WP_UNPOPULATED (6.4).
             markers = bool(v.file) or bool(self.features & UFFD_FEATURE_WP_UNPOPULATED)

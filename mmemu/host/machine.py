@@ -610,8 +610,24 @@ class HostUffd:
         self.target = process           # whose VMAs it serves (a FORK event's: the child)
         self._fork_child = None
 
+    _IOCTLS = {"api": "UFFDIO_API", "register": "UFFDIO_REGISTER", "unregister": "UFFDIO_UNREGISTER",
+               "copy": "UFFDIO_COPY", "copy_from": "UFFDIO_COPY", "zeropage": "UFFDIO_ZEROPAGE",
+               "writeprotect": "UFFDIO_WRITEPROTECT", "wake": "UFFDIO_WAKE",
+               "continue_": "UFFDIO_CONTINUE", "poison": "UFFDIO_POISON", "move": "UFFDIO_MOVE"}
+
     def _do(self, method, *args):
-        return self.process._call("uffd", self.id, method, *args)
+        from ..uffd import UffdError
+        try:
+            return self.process._call("uffd", self.id, method, *args)
+        except UffdError:
+            raise
+        except OSError as e:
+            # Every failing ioctl is a UffdError, as on the engine; read(2)
+            # and close stay plain OSError.
+            call = self._IOCTLS.get(method)
+            if call is None:
+                raise
+            raise UffdError(e.errno, call, None) from None
 
     def api(self, features=0, api=0xAA):
         supported, self.ioctls = self._do("api", features, api)
