@@ -11,8 +11,9 @@ from .eras import VERSIONS, policy_for
 from .errors import (Deadlock, EmulatedSignal, InvariantError, MmemuError, OutOfMemory, Sigbus,
                      Sigsegv, WouldBlock)
 from .gup import Pin, Pipe
-from .machine import FrameInfo, Machine
-from .process import PagemapEntry, Process, Thread
+from .machine import Machine
+from .pageinfo import FrameInfo, PagemapEntry
+from .process import Process, Thread
 from .uffd import Resolver, Uffd, UffdError, UffdMsg
 
 __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",

@@ -3,7 +3,6 @@
 Each call validates its arguments the way the syscall does (same errno),
 updates the VMA layout, then makes one core call for the page-level work.
 """
-from collections import namedtuple
 from functools import partial
 
 import numpy as np
@@ -12,6 +11,7 @@ from . import constants as C
 from .errors import (EACCES, EBADF, EEXIST, EFAULT, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
                      MmemuError, Sigbus, Sigsegv, UserFault, WouldBlock, oserror)
 from .gup import Pin, Pipe
+from .pageinfo import PagemapEntry
 from .shmem import FileOps, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
@@ -22,18 +22,8 @@ from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, 
 PAGE = C.PAGE_SIZE
 MAX_MAP_COUNT = 65530          # vm.max_map_count default
 
-PagemapEntry = namedtuple(
-    "PagemapEntry", "present swapped file_shared exclusive soft_dirty uffd_wp guard pfn raw")
-
-
 def pagemap_decode(raw):
-    raw = int(raw)
-    present = bool(raw & C.PM_PRESENT)
-    return PagemapEntry(
-        present=present, swapped=bool(raw & C.PM_SWAP), file_shared=bool(raw & C.PM_FILE),
-        exclusive=bool(raw & C.PM_MMAP_EXCLUSIVE), soft_dirty=bool(raw & C.PM_SOFT_DIRTY),
-        uffd_wp=bool(raw & C.PM_UFFD_WP), guard=bool(raw & C.PM_GUARD_REGION),
-        pfn=(raw & C.PM_PFRAME_MASK) if present else None, raw=raw)
+    return PagemapEntry(raw)
 
 
 def _page_align(n):

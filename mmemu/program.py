@@ -73,6 +73,7 @@ import json
 
 from . import constants as C
 from .errors import Deadlock, EmulatedSignal, Sigbus, WouldBlock
+from .pageinfo import KPF_NAMES
 
 # Ops, their required and optional arguments besides "op" and "proc".
 OPS = {
@@ -553,7 +554,7 @@ def _entry(e):
     """A pagemap entry object, or a raw 64-bit value (pagemap_range) decoded."""
     if hasattr(e, "present"):
         return e
-    from .host.machine import PagemapEntry
+    from .pageinfo import PagemapEntry
     return PagemapEntry(int(e))
 
 
@@ -584,13 +585,9 @@ def frame_fields(machine, pfn):
         info = machine.frame(pfn)
     except Exception as e:   # the engine may not model it; the host may lack privilege
         return {"pfn": pfn, "error": f"{type(e).__name__}: {e}"}
-    kpf = getattr(info, "kpageflags", None)
-    if kpf is not None:
-        names = sorted(n[4:].lower() for n in dir(C) if n.startswith("KPF_")
-                       and kpf >> getattr(C, n) & 1)
-    else:
-        names = sorted(getattr(info, "flags", ()))
-    return {"pfn": pfn, "kpagecount": getattr(info, "kpagecount", None), "kpf": names}
+    # Only what /proc/kpageflags shows: both machines' FrameInfo name it alike.
+    names = sorted(n for n, b in KPF_NAMES.items() if info.kpageflags >> b & 1)
+    return {"pfn": pfn, "kpagecount": info.kpagecount, "kpf": names}
 
 
 class _Run:
