@@ -517,11 +517,11 @@ def _uffd_msg(m):
     if m is None:
         return None
     ev = m["event"]
-    if ev == 0x12:
+    if ev == C.UFFD_EVENT_PAGEFAULT:
         return UffdMsg(ev, flags=m["flags"], address=m["address"], ptid=m["ptid"])
-    if ev == 0x13:
+    if ev == C.UFFD_EVENT_FORK:
         return UffdMsg(ev, ufd=m["ufd"])       # a descriptor of the server's
-    if ev == 0x14:
+    if ev == C.UFFD_EVENT_REMAP:
         return UffdMsg(ev, from_=m["from"], to=m["to"], len=m["len"])
     return UffdMsg(ev, start=m["start"], end=m["end"])
 
@@ -563,7 +563,7 @@ class HostUffd:
                 raise
             raise UffdError(e.errno, call, None) from None
 
-    def api(self, features=0, api=0xAA):
+    def api(self, features=0, api=C.UFFD_API):
         supported, self.ioctls = self._do("api", features, api)
         self.features = features
         return supported
@@ -644,7 +644,7 @@ class HostUffd:
     def _handle(self, raw):
         """Run the Python handler on one message; its accesses are the service thread's."""
         msg = _uffd_msg(raw)
-        if raw["event"] == 0x13:
+        if raw["event"] == C.UFFD_EVENT_FORK:
             # The child's context lives in this server (the fd the event
             # brought); its faults and events are the child's.
             msg.ufd = HostUffd(self.process, raw["ufd"], self.flags)
