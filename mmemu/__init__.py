@@ -6,16 +6,18 @@
 """
 from ._version import __version__
 from .constants import *  # noqa: F401,F403  Linux UAPI names and values
-from .constants import __all__ as _constants_all
+from . import constants as _constants
 from .eras import VERSIONS, policy_for
 from .errors import (Deadlock, EmulatedSignal, InvariantError, MmemuError, OutOfMemory, Sigbus,
                      Sigsegv, WouldBlock)
 from .gup import Pin, Pipe
-from .machine import FrameInfo, Machine
-from .process import PagemapEntry, Process, Thread
+from .machine import Machine
+from .pageinfo import FrameInfo, PagemapEntry
+from .process import Process, Thread
 from .uffd import Resolver, Uffd, UffdError, UffdMsg
 
 __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",
            "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",
            "InvariantError", "MmemuError", "WouldBlock", "Deadlock", "Uffd", "UffdMsg", "UffdError",
-           "Resolver", "VERSIONS", "policy_for"] + list(_constants_all)
+           "Resolver", "VERSIONS", "policy_for"]
+__all__ += _constants.__all__          # every UAPI name (static in constants.py)

@@ -1,7 +1,6 @@
 """Machine: one emulated computer (frames, CPUs, the kernel's rules)."""
 import heapq
 import operator
-from collections import namedtuple
 
 import numpy as np
 
@@ -10,14 +9,16 @@ from . import constants as C
 from ._core import Engine
 from .eras import policy_for
 from .errors import MmemuError
+from .pageinfo import FrameInfo
 from .process import Process
 from .serialise import new_lock, serialised
 from .vma import VM_ANON_VMA
 from .uffd import (UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_THREAD_ID,
                    UffdMsg, Waiter)
 
-FrameInfo = namedtuple("FrameInfo", "pfn refcount mapcount pincount flags kpagecount kpageflags")
-
+# The core's frame flags that /proc/kpageflags shows, by bit; the core's
+# others (anon_exclusive, lazyfree, file, reserved, bytes) go into
+# FrameInfo.flags by name.
 _KPF = {"anon": C.KPF_ANON, "ksm": C.KPF_KSM, "swapcache": C.KPF_SWAPCACHE, "zero": C.KPF_ZERO_PAGE,
         "lru": C.KPF_LRU, "dirty": C.KPF_DIRTY, "uptodate": C.KPF_UPTODATE}
 
@@ -231,7 +232,8 @@ class Machine:
             kpf |= 1 << C.KPF_SWAPBACKED
         if mapcount > 0:
             kpf |= 1 << C.KPF_MMAP
-        return FrameInfo(pfn, refcount, mapcount, pincount, frozenset(flags), mapcount, kpf)
+        return FrameInfo(pfn, mapcount, kpf, refcount=refcount, pincount=pincount,
+                         extra=set(flags) - set(_KPF))
 
     def reclaim(self, npages=1 << 62, cpu=0):
         """Memory pressure, as an explicit event: reclaim up to npages (pages

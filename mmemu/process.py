@@ -3,7 +3,6 @@
 Each call validates its arguments the way the syscall does (same errno),
 updates the VMA layout, then makes one core call for the page-level work.
 """
-from collections import namedtuple
 from functools import partial
 
 import numpy as np
@@ -14,6 +13,7 @@ from .errors import (EACCES, EBADF, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVER
                      MmemuError, Sigbus, Sigsegv, UserFault, WouldBlock, oserror)
 from .gup import Pin, Pipe
 from .serialise import serialised
+from .pageinfo import PagemapEntry
 from .shmem import FileOps, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
@@ -30,18 +30,8 @@ MAX_FILE_PAGES = 1 << 32      # the core keeps a frame's file index in 32 bits (
 # pointer, so a userfault there fails (EIO) instead of waiting.
 _PROC_MEM_GUP = C.FOLL_FORCE | C.FOLL_GET | C.FOLL_TOUCH | C.FOLL_REMOTE
 
-PagemapEntry = namedtuple(
-    "PagemapEntry", "present swapped file_shared exclusive soft_dirty uffd_wp guard pfn raw")
-
-
 def pagemap_decode(raw):
-    raw = int(raw)
-    present = bool(raw & C.PM_PRESENT)
-    return PagemapEntry(
-        present=present, swapped=bool(raw & C.PM_SWAP), file_shared=bool(raw & C.PM_FILE),
-        exclusive=bool(raw & C.PM_MMAP_EXCLUSIVE), soft_dirty=bool(raw & C.PM_SOFT_DIRTY),
-        uffd_wp=bool(raw & C.PM_UFFD_WP), guard=bool(raw & C.PM_GUARD_REGION),
-        pfn=(raw & C.PM_PFRAME_MASK) if present else None, raw=raw)
+    return PagemapEntry(raw)
 
 
 _page_align = A.page_align         # PAGE_ALIGN on an unsigned long (wraps to 0)
@@ -1017,10 +1007,14 @@ class Process(FileOps):
 
     def get_user_pages(self, addr, npages, gup_flags=0):
         """FOLL_GET references (as get_user_pages): a Pin whose release() puts them.
-        Fewer than npages pages are taken when GUP stops early, as in Linux."""
+        Fewer than npages pages are taken when GUP stops early, as in Linux.
+        FOLL_PIN is EINVAL: only pin_user_pages may pin (is_valid_gup_args)."""
         addr, npages = A.ulong(addr, "get_user_pages", "addr", EFAULT), A.ulong(npages, "get_user_pages", "npages")
         gup_flags = A.uint(gup_flags, "get_user_pages", "gup_flags")
-        flags = (gup_flags | C.FOLL_GET | C.FOLL_TOUCH) & ~C.FOLL_PIN
+        if gup_flags & C.FOLL_PIN:
+            self._live("get_user_pages")
+            raise oserror(EINVAL, "get_user_pages", "FOLL_PIN: use pin_user_pages")
+        flags = gup_flags | C.FOLL_GET | C.FOLL_TOUCH
         return self._gup(addr, npages, flags, "get_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
     def pin_user_pages(self, addr, npages, gup_flags=0):
@@ -1123,60 +1117,126 @@ class Process(FileOps):
         """ioctl(PAGEMAP_SCAN) on /proc/pid/pagemap (6.7+): (regions, walk_end),
         regions being (start, end, categories & return_mask) of the matching
         pages; PM_SCAN_WP_MATCHING write-protects what matched (empty slots
-        become uffd-wp markers)."""
-        from .uffd import UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED
+        become uffd-wp markers). vec_len=0 asks for no output: the whole range
+        is walked (and write-protected with WP_MATCHING), max_pages is not
+        counted, and walk_end is `end`."""
+        from .uffd import UFFD_FEATURE_WP_ASYNC
         self._live("pagemap_scan")
         if not self._policy().uffd_features & UFFD_FEATURE_WP_ASYNC:
             raise oserror(25, "PAGEMAP_SCAN", "ioctl unknown to this kernel")      # ENOTTY
+        u64 = (1 << 64) - 1
+        flags, max_pages, vec_len = flags & u64, max_pages & u64, vec_len & u64
         allc = (1 << 9) - 1
-        if flags & ~(C.PM_SCAN_WP_MATCHING | C.PM_SCAN_CHECK_WPASYNC) or start & (PAGE - 1) \
-                or (category_mask | category_anyof_mask | category_inverted | return_mask) & ~allc \
-                or end < start or not return_mask:
-            raise oserror(EINVAL, "PAGEMAP_SCAN", "bad arguments")
+        # pagemap_scan_get_args (6.12): flags and masks, then start's alignment,
+        # then access_ok of [start, end) (EFAULT, also when end < start). An
+        # empty return_mask is allowed: matching regions come back with no
+        # categories.
+        if flags & ~(C.PM_SCAN_WP_MATCHING | C.PM_SCAN_CHECK_WPASYNC) \
+                or (category_mask | category_anyof_mask | category_inverted | return_mask) & ~allc:
+            raise oserror(EINVAL, "PAGEMAP_SCAN", "unknown flags or categories")
+        if start & (PAGE - 1):
+            raise oserror(EINVAL, "PAGEMAP_SCAN", "start not page aligned")
+        if end < start or end > C.TASK_SIZE:
+            raise oserror(EFAULT, "PAGEMAP_SCAN", "range outside user space")
         end = _page_align(end)
+        max_pages = max_pages or u64
+        if start == end:
+            return [], start
         npages = (end - start) // PAGE
-        vmas = self.vmas.overlapping(start, end)
-        if flags & C.PM_SCAN_CHECK_WPASYNC:
-            for v in vmas:
-                u = self.machine._uffds.get(v.uffd) if v.uffd else None
-                if not (v.flags & VM_UFFD_WP and u is not None and (u.features or 0) & UFFD_FEATURE_WP_ASYNC):
-                    raise oserror(EPERM, "PAGEMAP_SCAN", "not every VMA is uffd-wp async")
-        # pagemap_scan_pmd_entry()'s fast path: only WRITTEN asked and returned.
+        wp_match = bool(flags & C.PM_SCAN_WP_MATCHING)
+
+        # pagemap_scan_test_walk: which VMAs the walk enters, in address order.
+        # A VMA without async uffd-wp fails CHECK_WPASYNC with EPERM when the
+        # walk reaches it, and is skipped under WP_MATCHING.
+        walked = np.zeros(npages, bool)
+        bad = None
+        for v in self.vmas.overlapping(start, end):
+            u = self.machine._uffds.get(v.uffd) if v.uffd else None
+            wp_allowed = bool(v.flags & VM_UFFD_WP) and u is not None \
+                and bool((u.features or 0) & UFFD_FEATURE_WP_ASYNC)
+            if not wp_allowed and flags & C.PM_SCAN_CHECK_WPASYNC:
+                bad = v
+                break
+            if (not wp_allowed and wp_match) or v.flags & VM_PFNMAP:
+                continue
+            required = category_mask & C.PAGE_IS_WPALLOWED          # pagemap_scan_is_interesting_vma
+            if ((C.PAGE_IS_WPALLOWED if wp_allowed else 0) ^ category_inverted) & required != required:
+                continue
+            a, b = (max(v.start, start) - start) // PAGE, (min(v.end, end) - start) // PAGE
+            walked[a:b] = True
+
+        # pagemap_scan_pmd_entry's PAGE_IS_WRITTEN fast path counts an empty
+        # pte as written; its generic path does not until the B21 fix.
         fast = not category_anyof_mask and not category_inverted and \
             category_mask == C.PAGE_IS_WRITTEN and return_mask == C.PAGE_IS_WRITTEN
         cats = self._engine.pagemap_categories(self.mm, start, npages, fast).astype(np.int64)
-        inside = cats != 0xFFFF
-        c = np.where(inside, cats ^ category_inverted, 0)
-        match = inside & ((c & category_mask) == category_mask)
+        c = cats ^ category_inverted
+        match = walked & ((c & category_mask) == category_mask)
         if category_anyof_mask:
             match &= (c & category_anyof_mask) != 0
-        ret = np.where(match, cats & return_mask, -1)
-        # Regions: runs of matching pages with equal returned categories
-        # (numpy finds the run boundaries; Python loops over runs, not pages).
-        idx = np.flatnonzero(match)
-        regions, walk_end, pages = [], end, 0
-        if len(idx):
-            vals = ret[idx]
-            cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(vals) != 0)) + 1
-            for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
-                k, n = int(idx[a]), int(b - a)
-                if max_pages and pages + n > max_pages:
-                    n = max_pages - pages
-                if len(regions) == vec_len or n <= 0:
-                    walk_end = start + k * PAGE
-                    break
-                regions.append((start + k * PAGE, start + (k + n) * PAGE, int(vals[a])))
-                pages += n
-                if max_pages and pages >= max_pages:
-                    walk_end = start + (k + n) * PAGE
-                    break
-        if flags & C.PM_SCAN_WP_MATCHING:
-            for s, e_, _ in regions:
-                for v in self.vmas.overlapping(s, e_):
-                    if v.flags & VM_UFFD_WP:
-                        self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e_, v.end), True, True,
-                                                       v.flags)
+
+        regions, walk_end = [], end
+        if vec_len == 0:
+            # No output buffer (pagemap_scan_init_bounce_buffer leaves none):
+            # pagemap_scan_output records and counts nothing, so the walk
+            # never stops early. With WP_MATCHING the pmd entry's exclusive-WP
+            # path protects every pte not yet protected in a populated table,
+            # whatever the masks; a hole (pte_hole) only if it matches. The
+            # engine cannot tell an empty pte from a hole, so an empty slot is
+            # protected when it matches, any other when it is not protected.
+            if wp_match:
+                none_cats = self._engine.pagemap_categories(self.mm, start, npages, True).astype(np.int64)
+                populated = (cats & (C.PAGE_IS_PRESENT | C.PAGE_IS_SWAPPED)) != 0
+                written = (none_cats & C.PAGE_IS_WRITTEN) != 0
+                protect = walked & written & (populated | match)
+                self._scan_protect(start, protect)
+        else:
+            # pagemap_scan_output / pagemap_scan_push_range: runs of matching
+            # pages with equal returned categories become regions; the walk
+            # stops at the first page that would pass max_pages or does not
+            # fit in vec_len regions, and walk_end is that page (or `end`
+            # when nothing more matched, as when max_pages is reached exactly).
+            ret = np.where(match, cats & return_mask, -1)
+            idx = np.flatnonzero(match)
+            out = np.zeros(npages, bool)
+            pages = 0
+            if len(idx):
+                vals = ret[idx]
+                cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(vals) != 0)) + 1
+                for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
+                    k, n = int(idx[a]), int(b - a)
+                    over = pages + n > max_pages
+                    if over:
+                        n = max_pages - pages
+                    if n <= 0 or len(regions) == vec_len:
+                        walk_end = start + k * PAGE
+                        break
+                    regions.append((start + k * PAGE, start + (k + n) * PAGE, int(vals[a])))
+                    out[k:k + n] = True
+                    pages += n
+                    if over:
+                        walk_end = start + (k + n) * PAGE
+                        break
+            if wp_match:
+                # Only what was output, and only if it counted as written.
+                self._scan_protect(start, out & ((cats & C.PAGE_IS_WRITTEN) != 0))
+            if walk_end != end:
+                bad = None                      # the walk stopped before reaching it
+        if bad is not None:
+            raise oserror(EPERM, "PAGEMAP_SCAN", "a VMA without async uffd-wp")
         return regions, walk_end
+
+    def _scan_protect(self, start, pages):
+        """PAGEMAP_SCAN's write-protect of the flagged pages (make_uffd_wp_pte,
+        uffd_wp_range): empty slots get uffd-wp markers."""
+        idx = np.flatnonzero(pages)
+        if not len(idx):
+            return
+        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
+            s, e = start + int(idx[a]) * PAGE, start + (int(idx[b - 1]) + 1) * PAGE
+            for v in self.vmas.overlapping(s, e):
+                self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
 
     def clear_refs(self, value):
         """echo value > /proc/pid/clear_refs."""

@@ -73,6 +73,7 @@ import json
 
 from . import constants as C
 from .errors import Deadlock, EmulatedSignal, Sigbus, WouldBlock
+from .pageinfo import KPF_NAMES
 
 # Ops, their required and optional arguments besides "op" and "proc".
 OPS = {
@@ -145,7 +146,8 @@ UFFD_OPS = {"uffd_api", "uffd_register", "uffd_unregister", "uffd_copy", "uffd_z
 # Ops that may wake a thread waiting on the context.
 UFFD_WAKING = {"uffd_copy", "uffd_zeropage", "uffd_writeprotect", "uffd_wake", "uffd_unregister",
                "uffd_close", "uffd_continue", "uffd_poison", "uffd_move", "uffd_serve"}
-UFFD_EVENTS = {0x12: "PAGEFAULT", 0x13: "FORK", 0x14: "REMAP", 0x15: "REMOVE", 0x16: "UNMAP"}
+UFFD_EVENTS = {C.UFFD_EVENT_PAGEFAULT: "PAGEFAULT", C.UFFD_EVENT_FORK: "FORK", C.UFFD_EVENT_REMAP: "REMAP",
+               C.UFFD_EVENT_REMOVE: "REMOVE", C.UFFD_EVENT_UNMAP: "UNMAP"}
 FILE_OPS = {"close", "ftruncate", "fallocate", "pread", "pwrite"}
 MAX_BYTES = 1 << 24
 # Where run() places regions mapped without an address: top-down and
@@ -553,7 +555,7 @@ def _entry(e):
     """A pagemap entry object, or a raw 64-bit value (pagemap_range) decoded."""
     if hasattr(e, "present"):
         return e
-    from .host.machine import PagemapEntry
+    from .pageinfo import PagemapEntry
     return PagemapEntry(int(e))
 
 
@@ -584,13 +586,9 @@ def frame_fields(machine, pfn):
         info = machine.frame(pfn)
     except Exception as e:   # the engine may not model it; the host may lack privilege
         return {"pfn": pfn, "error": f"{type(e).__name__}: {e}"}
-    kpf = getattr(info, "kpageflags", None)
-    if kpf is not None:
-        names = sorted(n[4:].lower() for n in dir(C) if n.startswith("KPF_")
-                       and kpf >> getattr(C, n) & 1)
-    else:
-        names = sorted(getattr(info, "flags", ()))
-    return {"pfn": pfn, "kpagecount": getattr(info, "kpagecount", None), "kpf": names}
+    # Only what /proc/kpageflags shows: both machines' FrameInfo name it alike.
+    names = sorted(n for n, b in KPF_NAMES.items() if info.kpageflags >> b & 1)
+    return {"pfn": pfn, "kpagecount": info.kpagecount, "kpf": names}
 
 
 class _Run:
@@ -705,7 +703,7 @@ class _Run:
             # A served context's message went to its service thread: none here.
             # So does an event's (the host cannot show it without reading it).
             served = getattr(e.uffd, "handler", None) is not None
-            hidden = served or (e.msg is not None and e.msg.event != 0x12)
+            hidden = served or (e.msg is not None and e.msg.event != C.UFFD_EVENT_PAGEFAULT)
             return {"blocked": None if hidden else self.msg_fields(owner, e.msg)}
         except Deadlock:
             # A served fault its handler left unresolved: on Linux the thread
@@ -925,13 +923,13 @@ class _Run:
         if msg is None:
             return None
         out = {"event": UFFD_EVENTS.get(msg.event, msg.event)}
-        if msg.event == 0x12:
+        if msg.event == C.UFFD_EVENT_PAGEFAULT:
             out["flags"] = msg.flags
             out["address"] = self.symbolic(owner, msg.address)
-        elif msg.event == 0x14:
+        elif msg.event == C.UFFD_EVENT_REMAP:
             out.update({"from": self.symbolic(owner, msg.from_), "to": self.symbolic(owner, msg.to),
                         "len": msg.len})
-        elif msg.event in (0x15, 0x16):
+        elif msg.event in (C.UFFD_EVENT_REMOVE, C.UFFD_EVENT_UNMAP):
             out.update({"start": self.symbolic(owner, msg.start),
                         "end": self.symbolic(owner, msg.end - 1)})      # the last byte in it
         return out

@@ -102,8 +102,11 @@ class FileOps:
             raise TypeError(f"memfd_create: name must be str or bytes, not {type(name).__name__}")
         flags = A.uint(flags, "memfd_create", "flags")
         self._live("memfd_create")
-        if flags & ~(C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL
-                     | C.MFD_EXEC):
+        known = C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL | C.MFD_EXEC
+        if flags & C.MFD_HUGETLB:
+            # memfd_create: with MFD_HUGETLB the page-size bits (MFD_HUGE_*) are valid too.
+            known |= C.MFD_HUGE_MASK << C.MFD_HUGE_SHIFT
+        if flags & ~known:
             raise oserror(EINVAL, "memfd_create", "unknown flags")
         if flags & C.MFD_HUGETLB:
             raise NotImplementedError("hugetlbfs memfds are not modelled yet")

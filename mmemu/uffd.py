@@ -18,66 +18,26 @@ from .errors import (EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPER
 from .vma import (VM_ANON_VMA, VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
                   VM_UFFD_WP, VM_WRITE)
 
+# --- UAPI (include/uapi/linux/userfaultfd.h): from mmemu.constants, re-exported here
+from .constants import (O_NONBLOCK, O_CLOEXEC, UFFD_API, UFFDIO, UFFD_USER_MODE_ONLY,
+    _UFFDIO_REGISTER, _UFFDIO_UNREGISTER, _UFFDIO_WAKE, _UFFDIO_COPY, _UFFDIO_ZEROPAGE,
+    _UFFDIO_MOVE, _UFFDIO_WRITEPROTECT, _UFFDIO_CONTINUE, _UFFDIO_POISON, _UFFDIO_API,
+    UFFD_API_IOCTLS, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_COPY,
+    UFFDIO_ZEROPAGE, UFFDIO_MOVE, UFFDIO_WRITEPROTECT, UFFDIO_CONTINUE, UFFDIO_POISON,
+    UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, UFFDIO_REGISTER_MODE_MINOR,
+    UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_COPY_MODE_WP, UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+    UFFDIO_WRITEPROTECT_MODE_WP, UFFDIO_WRITEPROTECT_MODE_DONTWAKE, UFFDIO_CONTINUE_MODE_DONTWAKE,
+    UFFDIO_CONTINUE_MODE_WP, UFFDIO_POISON_MODE_DONTWAKE, UFFDIO_MOVE_MODE_DONTWAKE,
+    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_FORK, UFFD_EVENT_REMAP,
+    UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP, UFFD_PAGEFAULT_FLAG_WRITE, UFFD_PAGEFAULT_FLAG_WP,
+    UFFD_PAGEFAULT_FLAG_MINOR, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_EVENT_FORK,
+    UFFD_FEATURE_EVENT_REMAP, UFFD_FEATURE_EVENT_REMOVE, UFFD_FEATURE_MISSING_HUGETLBFS,
+    UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_EVENT_UNMAP, UFFD_FEATURE_SIGBUS,
+    UFFD_FEATURE_THREAD_ID, UFFD_FEATURE_MINOR_HUGETLBFS, UFFD_FEATURE_MINOR_SHMEM,
+    UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_WP_HUGETLBFS_SHMEM, UFFD_FEATURE_WP_UNPOPULATED,
+    UFFD_FEATURE_POISON, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_MOVE)  # noqa: F401
+
 PAGE = C.PAGE_SIZE
-
-# --- UAPI (include/uapi/linux/userfaultfd.h) ---------------------------------
-UFFD_API = 0xAA
-UFFD_USER_MODE_ONLY = 1
-O_CLOEXEC = 0o2000000
-O_NONBLOCK = 0o4000
-
-_UFFDIO_REGISTER = 0x00
-_UFFDIO_UNREGISTER = 0x01
-_UFFDIO_WAKE = 0x02
-_UFFDIO_COPY = 0x03
-_UFFDIO_ZEROPAGE = 0x04
-_UFFDIO_MOVE = 0x05
-_UFFDIO_WRITEPROTECT = 0x06
-_UFFDIO_CONTINUE = 0x07
-_UFFDIO_POISON = 0x08
-_UFFDIO_API = 0x3F
-UFFD_API_IOCTLS = (1 << _UFFDIO_REGISTER) | (1 << _UFFDIO_UNREGISTER) | (1 << _UFFDIO_API)
-
-UFFDIO_REGISTER_MODE_MISSING = 1 << 0
-UFFDIO_REGISTER_MODE_WP = 1 << 1
-UFFDIO_REGISTER_MODE_MINOR = 1 << 2
-UFFDIO_COPY_MODE_DONTWAKE = 1 << 0
-UFFDIO_COPY_MODE_WP = 1 << 1
-UFFDIO_ZEROPAGE_MODE_DONTWAKE = 1 << 0
-UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
-UFFDIO_WRITEPROTECT_MODE_DONTWAKE = 1 << 1
-UFFDIO_CONTINUE_MODE_DONTWAKE = 1 << 0
-UFFDIO_CONTINUE_MODE_WP = 1 << 1
-UFFDIO_POISON_MODE_DONTWAKE = 1 << 0
-UFFDIO_MOVE_MODE_DONTWAKE = 1 << 0
-UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES = 1 << 1
-
-UFFD_EVENT_PAGEFAULT = 0x12
-UFFD_EVENT_FORK = 0x13
-UFFD_EVENT_REMAP = 0x14
-UFFD_EVENT_REMOVE = 0x15
-UFFD_EVENT_UNMAP = 0x16
-UFFD_PAGEFAULT_FLAG_WRITE = 1 << 0
-UFFD_PAGEFAULT_FLAG_WP = 1 << 1
-UFFD_PAGEFAULT_FLAG_MINOR = 1 << 2
-
-UFFD_FEATURE_PAGEFAULT_FLAG_WP = 1 << 0
-UFFD_FEATURE_EVENT_FORK = 1 << 1
-UFFD_FEATURE_EVENT_REMAP = 1 << 2
-UFFD_FEATURE_EVENT_REMOVE = 1 << 3
-UFFD_FEATURE_MISSING_HUGETLBFS = 1 << 4
-UFFD_FEATURE_MISSING_SHMEM = 1 << 5
-UFFD_FEATURE_EVENT_UNMAP = 1 << 6
-UFFD_FEATURE_SIGBUS = 1 << 7
-UFFD_FEATURE_THREAD_ID = 1 << 8
-UFFD_FEATURE_MINOR_HUGETLBFS = 1 << 9
-UFFD_FEATURE_MINOR_SHMEM = 1 << 10
-UFFD_FEATURE_EXACT_ADDRESS = 1 << 11
-UFFD_FEATURE_WP_HUGETLBFS_SHMEM = 1 << 12
-UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
-UFFD_FEATURE_POISON = 1 << 14
-UFFD_FEATURE_WP_ASYNC = 1 << 15
-UFFD_FEATURE_MOVE = 1 << 16
 
 # Which range ioctls exist, by the feature that arrived with them.
 _IOCTL_SINCE = {_UFFDIO_CONTINUE: UFFD_FEATURE_MINOR_HUGETLBFS, _UFFDIO_POISON: UFFD_FEATURE_POISON,
@@ -86,13 +46,33 @@ _FILL_COPY, _FILL_ZEROPAGE, _FILL_CONTINUE, _FILL_POISON = 0, 1, 2, 3
 
 
 class UffdError(OSError):
-    """A failed ioctl: errno, plus `result`, the ioctl's output field
-    (bytes done after partial progress, or -errno)."""
+    """A failed userfaultfd ioctl (every one: API, REGISTER, UNREGISTER, the
+    range ioctls, WRITEPROTECT, WAKE): errno, plus `result`, the ioctl's
+    output field (bytes done after partial progress, or -errno; None where
+    the ioctl has none or left it unwritten). read(2) errors stay OSError."""
 
     def __init__(self, err, call, result, detail=None):
         e = oserror(err, call, detail)
         super().__init__(e.errno, e.strerror)
         self.result = result
+
+
+def _ioctl_error(err, call, detail=None):
+    """A failed ioctl with no output field written."""
+    return UffdError(err, call, None, detail)
+
+
+def _u64(x, call, name):
+    """A __u64 field of an ioctl's struct (uffdio_range, modes, api): any
+    integer, as the struct would hold it; beyond 64 bits it cannot be one."""
+    try:
+        return _args.ulong(x, call, name)
+    except OSError as e:
+        raise _ioctl_error(e.errno, call, f"{name} does not fit in 64 bits") from None
+
+
+def _u64s(call, **fields):
+    return [_u64(v, call, k) for k, v in fields.items()]
 
 
 @dataclass(slots=True)
@@ -220,9 +200,9 @@ class Uffd:
 
     def _ready(self, call):
         if self.released:
-            raise oserror(9, call, "closed userfaultfd")       # EBADF
+            raise _ioctl_error(9, call, "closed userfaultfd")       # EBADF
         if self.features is None:
-            raise oserror(EINVAL, call, "UFFDIO_API first")
+            raise _ioctl_error(EINVAL, call, "UFFDIO_API first")
 
     def _fast(self, addr, length):
         """The ioctl may take its one-VMA path, whose remaining checks the core makes."""
@@ -242,7 +222,7 @@ class Uffd:
         # check on the 6.18 host: WAKE at 0 succeeds).
         if addr & (PAGE - 1) or length & (PAGE - 1) or length <= 0 or not 0 <= addr < C.TASK_SIZE \
                 or length > C.TASK_SIZE - addr:
-            raise oserror(EINVAL, call, "range not page aligned, empty or beyond TASK_SIZE")
+            raise _ioctl_error(EINVAL, call, "range not page aligned, empty or beyond TASK_SIZE")
         return addr, addr + length
 
     def _vmas(self, start, end, pull=False):
@@ -286,13 +266,14 @@ class Uffd:
     # ---- UFFDIO_API ------------------------------------------------------------
     def api(self, features=0, api=UFFD_API):
         """UFFDIO_API: returns the features the kernel supports (all of them)."""
+        features, api = _u64(features, "UFFDIO_API", "features"), _u64(api, "UFFDIO_API", "api")
         if self.released:
-            raise oserror(9, "UFFDIO_API")
+            raise _ioctl_error(9, "UFFDIO_API")
         if self.features is not None:
-            raise oserror(EINVAL, "UFFDIO_API", "already initialised")
+            raise _ioctl_error(EINVAL, "UFFDIO_API", "already initialised")
         supported = self.policy.uffd_features
         if api != UFFD_API or features & ~supported:
-            raise oserror(EINVAL, "UFFDIO_API", "unknown api or feature")
+            raise _ioctl_error(EINVAL, "UFFDIO_API", "unknown api or feature")
         if features & UFFD_FEATURE_WP_ASYNC:
             features |= UFFD_FEATURE_WP_UNPOPULATED     # WP_ASYNC implies it
         self.features = features
@@ -302,30 +283,31 @@ class Uffd:
 
     # ---- UFFDIO_REGISTER / UNREGISTER ----------------------------------------
     def register(self, addr, length, mode):
+        addr, length, mode = _u64s("UFFDIO_REGISTER", addr=addr, length=length, mode=mode)
         self._ready("UFFDIO_REGISTER")
         start, end = self._range(addr, length, "UFFDIO_REGISTER")
         if not mode or mode & ~(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP
                                 | UFFDIO_REGISTER_MODE_MINOR):
-            raise oserror(EINVAL, "UFFDIO_REGISTER", "bad mode")
+            raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "bad mode")
         if mode & UFFDIO_REGISTER_MODE_MINOR and not self.policy.uffd_features & UFFD_FEATURE_MINOR_HUGETLBFS:
-            raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
+            raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
         vmas = self._vmas(start, end, pull=True)
         if not vmas:
             # userfaultfd_register(): at least one VMA in the range; holes are
             # skipped (the VMAs there are registered).
-            raise oserror(EINVAL, "UFFDIO_REGISTER", "no VMA in the range")
+            raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "no VMA in the range")
         for v in vmas:
             # vma_can_userfault(): anon, or shmem; MINOR only on shmem (5.14);
             # WP on shmem only with pte markers (5.19).
             if mode & UFFDIO_REGISTER_MODE_MINOR and (not v.file or not self.policy.uffd_features
                                                       & UFFD_FEATURE_MINOR_SHMEM):
-                raise oserror(EINVAL, "UFFDIO_REGISTER", "MINOR needs shmem")
+                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "MINOR needs shmem")
             if mode & UFFDIO_REGISTER_MODE_WP and v.file and not self.policy.uffd_wp_file:
-                raise oserror(EINVAL, "UFFDIO_REGISTER", "WP on shmem needs 5.19")
+                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "WP on shmem needs 5.19")
             if not v.flags & VM_MAYWRITE:
-                raise oserror(EPERM, "UFFDIO_REGISTER", "VMA may not be written")
+                raise _ioctl_error(EPERM, "UFFDIO_REGISTER", "VMA may not be written")
             if v.uffd and v.uffd != self.ctx:
-                raise oserror(EBUSY, "UFFDIO_REGISTER", "registered to another userfaultfd")
+                raise _ioctl_error(EBUSY, "UFFDIO_REGISTER", "registered to another userfaultfd")
         bits = ((VM_UFFD_MISSING if mode & UFFDIO_REGISTER_MODE_MISSING else 0)
                 | (VM_UFFD_WP if mode & UFFDIO_REGISTER_MODE_WP else 0)
                 | (VM_UFFD_MINOR if mode & UFFDIO_REGISTER_MODE_MINOR else 0))
@@ -352,15 +334,16 @@ class Uffd:
         return ioctls
 
     def unregister(self, addr, length):
+        addr, length = _u64s("UFFDIO_UNREGISTER", addr=addr, length=length)
         self._ready("UFFDIO_UNREGISTER")
         start, end = self._range(addr, length, "UFFDIO_UNREGISTER")
         # userfaultfd_unregister(): a range with no VMA at all is EINVAL
         # (holes between VMAs are fine).
         vmas = self._vmas(start, end, pull=True)
         if not vmas:
-            raise oserror(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
+            raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
         if self.policy.uffd_unregister_own_only and any(v.uffd and v.uffd != self.ctx for v in vmas):
-            raise oserror(EINVAL, "UFFDIO_UNREGISTER", "a VMA of the range belongs to another uffd")
+            raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "a VMA of the range belongs to another uffd")
         self._unregister(start, end)
 
     def _unregister(self, start, end):
@@ -392,7 +375,7 @@ class Uffd:
     def _fill(self, call, nr, dst, length, mode, allowed, kind, wp=False, src=None, src_proc=None):
         self._ready(call)
         if not self._has_ioctl(nr):
-            raise oserror(EINVAL, call, "ioctl unknown to this kernel")
+            raise _ioctl_error(EINVAL, call, "ioctl unknown to this kernel")
         if self.mmap_changing:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~allowed:
@@ -444,6 +427,15 @@ class Uffd:
 
     def copy(self, dst, src, length=None, mode=0, src_process=None):
         """UFFDIO_COPY from bytes, or from an address of the caller's memory."""
+        dst, mode = _u64s("UFFDIO_COPY", dst=dst, mode=mode)
+        if length is not None:
+            length = _u64(length, "UFFDIO_COPY", "len")
+        if isinstance(src, (bytearray, memoryview)):
+            src = bytes(src)
+        elif not isinstance(src, bytes):
+            src = _u64(src, "UFFDIO_COPY", "src")
+        if src_process is not None and not hasattr(src_process, "_gup_run"):
+            raise TypeError(f"UFFDIO_COPY: src_process must be a Process, not {type(src_process).__name__}")
         if length is None and type(src) is bytes and not mode and self._fast(dst, len(src)):
             # The handler's usual call: whole pages of bytes into one registered
             # VMA, checked in the core; anything else takes the checked path.
@@ -462,6 +454,7 @@ class Uffd:
                           wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
 
     def zeropage(self, addr, length, mode=0):
+        addr, length, mode = _u64s("UFFDIO_ZEROPAGE", addr=addr, length=length, mode=mode)
         if not mode and self._fast(addr, length):
             r = self.machine._engine.uffd_fill_one(self.process.mm, self.process.cpu, self.ctx,
                                                    addr, length, _FILL_ZEROPAGE)
@@ -471,6 +464,7 @@ class Uffd:
                           UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
 
     def continue_(self, addr, length, mode=0):
+        addr, length, mode = _u64s("UFFDIO_CONTINUE", addr=addr, length=length, mode=mode)
         allowed = UFFDIO_CONTINUE_MODE_DONTWAKE
         if self.policy.uffd_features & UFFD_FEATURE_WP_UNPOPULATED:   # CONTINUE_MODE_WP: 6.4
             allowed |= UFFDIO_CONTINUE_MODE_WP
@@ -478,15 +472,17 @@ class Uffd:
                           _FILL_CONTINUE, wp=bool(mode & UFFDIO_CONTINUE_MODE_WP))
 
     def poison(self, addr, length, mode=0):
+        addr, length, mode = _u64s("UFFDIO_POISON", addr=addr, length=length, mode=mode)
         return self._fill("UFFDIO_POISON", _UFFDIO_POISON, addr, length, mode,
                           UFFDIO_POISON_MODE_DONTWAKE, _FILL_POISON)
 
     def move(self, dst, src, length, mode=0):
         """UFFDIO_MOVE (6.8): move exclusive anon pages from src to dst."""
+        dst, src, length, mode = _u64s("UFFDIO_MOVE", dst=dst, src=src, length=length, mode=mode)
         call = "UFFDIO_MOVE"
         self._ready(call)
         if not self._has_ioctl(_UFFDIO_MOVE):
-            raise oserror(EINVAL, call, "ioctl unknown to this kernel")
+            raise _ioctl_error(EINVAL, call, "ioctl unknown to this kernel")
         if self.mmap_changing:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~(UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES):
@@ -516,6 +512,7 @@ class Uffd:
 
     # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
     def writeprotect(self, addr, length, mode):
+        addr, length, mode = _u64s("UFFDIO_WRITEPROTECT", addr=addr, length=length, mode=mode)
         call = "UFFDIO_WRITEPROTECT"
         if (mode == 0 or mode == UFFDIO_WRITEPROTECT_MODE_WP) and self._fast(addr, length) and \
                 self.machine._engine.uffd_writeprotect_one(self.process.mm, self.ctx, addr,
@@ -529,7 +526,7 @@ class Uffd:
             raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
         if mode & ~(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE) or \
                 mode == UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
-            raise oserror(EINVAL, call, "bad mode")
+            raise _ioctl_error(EINVAL, call, "bad mode")
         start, end = self._range(addr, length, call)
         vmas = self._vmas(start, end)
         if not self.policy.uffd_wp_multi_vma:
@@ -537,9 +534,9 @@ class Uffd:
             # registered VMA covering the whole range, checked before any change.
             if len(vmas) != 1 or vmas[0].start > start or vmas[0].end < end or \
                     not vmas[0].uffd or not vmas[0].flags & VM_UFFD_WP:
-                raise oserror(ENOENT, call, "range not in one WP-registered VMA")
+                raise _ioctl_error(ENOENT, call, "range not in one WP-registered VMA")
         elif not vmas:
-            raise oserror(ENOENT, call, "no VMA in range")
+            raise _ioctl_error(ENOENT, call, "no VMA in range")
         protect = bool(mode & UFFDIO_WRITEPROTECT_MODE_WP)
         p = self.process
         eng = self.machine._engine
@@ -548,7 +545,7 @@ class Uffd:
             # first one without VM_UFFD_WP stops the walk with ENOENT, keeping
             # the changes already made to the VMAs before it.
             if not v.flags & VM_UFFD_WP:
-                raise oserror(ENOENT, call, "VMA not registered for WP")
+                raise _ioctl_error(ENOENT, call, "VMA not registered for WP")
             # userfaultfd_wp_use_markers(): file memory always (5.19+), anon
             # only with WP_UNPOPULATED (6.4).
             markers = bool(v.file) or bool(self.features & UFFD_FEATURE_WP_UNPOPULATED)
@@ -558,6 +555,7 @@ class Uffd:
 
     # ---- waking and reading -----------------------------------------------------
     def wake(self, addr, length):
+        addr, length = _u64s("UFFDIO_WAKE", addr=addr, length=length)
         self._ready("UFFDIO_WAKE")
         start, end = self._range(addr, length, "UFFDIO_WAKE")
         self._wake(start, end)
@@ -631,6 +629,8 @@ class Uffd:
         """Run `handler(uffd, msg)` as this context's service thread, on its
         own CPU, for every message from now on; faulting accesses complete
         once it resolved them."""
+        if not callable(handler):
+            raise TypeError(f"serve: the handler must be callable, not {type(handler).__name__}")
         self.handler = handler
         self.service_thread = self.process.thread(cpu)
         self._run_handler()             # a service thread started late reads what is queued

@@ -72,24 +72,8 @@ cdef enum:
     FORCED_COW_GET_AND_PIN = 1
     FORCED_COW_GET_ONLY = 2
 
-# GUP flags (constants.py has the same values).
+# GUP flags (FOLL_*) and GUP_PIN_COUNTING_BIAS: core/uapi.pxi, generated.
 cdef enum:
-    FOLL_WRITE = 1 << 0
-    FOLL_GET = 1 << 1
-    FOLL_DUMP = 1 << 2
-    FOLL_FORCE = 1 << 3
-    FOLL_NOFAULT = 1 << 5
-    FOLL_LONGTERM = 1 << 8
-    FOLL_HONOR_NUMA_FAULT = 1 << 12
-    FOLL_TOUCH = 1 << 16
-    FOLL_REMOTE = 1 << 18
-    FOLL_PIN = 1 << 19
-    FOLL_UNLOCKABLE = 1 << 21
-    FOLL_MADV_POPULATE = 1 << 22
-    FOLL_COW = 1 << 24
-
-cdef enum:
-    GUP_PIN_COUNTING_BIAS = 1024
     LRU_BATCH_MAX = 64
     # errno values returned by the core (Linux's numbers)
     CORE_EFAULT = 14

@@ -7,12 +7,6 @@ cdef enum:
     UFFD_REASON_MISSING = 1
     UFFD_REASON_WP = 2
     UFFD_REASON_MINOR = 4
-    UFFD_PAGEFAULT_FLAG_WRITE = 1
-    UFFD_PAGEFAULT_FLAG_WP = 2
-    UFFD_PAGEFAULT_FLAG_MINOR = 4
-    UFFD_FEATURE_SIGBUS = 1 << 7
-    UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
-    UFFD_FEATURE_WP_ASYNC = 1 << 15
     UFFD_CTX_USER_MODE_ONLY = 1
     FILL_COPY = 0
     FILL_ZEROPAGE = 1
@@ -360,16 +354,7 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
     return 0
 
 
-cdef enum:
-    PAGE_IS_WPALLOWED = 1 << 0
-    PAGE_IS_WRITTEN = 1 << 1
-    PAGE_IS_FILE = 1 << 2
-    PAGE_IS_PRESENT = 1 << 3
-    PAGE_IS_SWAPPED = 1 << 4
-    PAGE_IS_PFNZERO = 1 << 5
-    PAGE_IS_HUGE = 1 << 6
-    PAGE_IS_SOFT_DIRTY = 1 << 7
-    PAGE_IS_GUARD = 1 << 8
+# PAGE_IS_* (PAGEMAP_SCAN categories): core/uapi.pxi, generated.
 
 
 cdef uint16_t pagemap_category(engine_t *e, mm_vma_t *vma, uint64_t pte, bint none_written) noexcept nogil:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import constants as C
 from ..errors import Deadlock, MmemuError, Sigbus, Sigsegv, WouldBlock, oserror
+from ..pageinfo import FrameInfo, PagemapEntry  # noqa: F401  (re-exported by mmemu.host)
 from . import server as _server
 from . import swap as _swap     # imported first: its atexit (swapoff) runs after _close_all
 
@@ -40,7 +41,6 @@ PROGRAM_SPACE_END = 0x4000_0000_0000     # 32 TiB of room, still far below the r
 PROGRAM_SPACE_MAX_MAPPING = 1 << 40
 DEFAULT_TIMEOUT = 20.0
 
-KPF_NAMES = {name[4:].lower(): getattr(C, name) for name in dir(C) if name.startswith("KPF_")}
 
 
 class HostError(MmemuError):
@@ -50,72 +50,6 @@ class HostError(MmemuError):
 class Unsupported(MmemuError):
     """This host cannot perform the operation (missing kernel feature, no
     user-space path to it, or not enough privilege). Tests turn it into a skip."""
-
-
-# --- value types --------------------------------------------------------------
-
-class PagemapEntry:
-    """One /proc/pid/pagemap entry (fs/proc/task_mmu.c), decoded."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw):
-        self.raw = raw
-
-    present = property(lambda self: bool(self.raw & C.PM_PRESENT))
-    swapped = property(lambda self: bool(self.raw & C.PM_SWAP))
-    file_shared = property(lambda self: bool(self.raw & C.PM_FILE))
-    exclusive = property(lambda self: bool(self.raw & C.PM_MMAP_EXCLUSIVE))
-    soft_dirty = property(lambda self: bool(self.raw & C.PM_SOFT_DIRTY))
-    uffd_wp = property(lambda self: bool(self.raw & C.PM_UFFD_WP))
-    guard = property(lambda self: bool(self.raw & C.PM_GUARD_REGION))
-
-    @property
-    def pfn(self):
-        return self.raw & C.PM_PFRAME_MASK if self.present else 0
-
-    @property
-    def swap_type(self):
-        # pagemap_pte_range: frame = swp_type | swp_offset << MAX_SWAPFILES_SHIFT (5)
-        return self.raw & 0x1F if self.swapped else None
-
-    @property
-    def swap_offset(self):
-        return (self.raw & C.PM_PFRAME_MASK) >> 5 if self.swapped else None
-
-    def __eq__(self, other):
-        return isinstance(other, PagemapEntry) and other.raw == self.raw
-
-    def __hash__(self):
-        return hash(self.raw)
-
-    def __repr__(self):
-        bits = [n for n in ("present", "swapped", "file_shared", "exclusive", "soft_dirty",
-                            "uffd_wp", "guard") if getattr(self, n)]
-        where = f" pfn={self.pfn:#x}" if self.present else (
-            f" swap={self.swap_type}:{self.swap_offset}" if self.swapped else "")
-        return f"PagemapEntry({'|'.join(bits) or 'none'}{where}, raw={self.raw:#018x})"
-
-
-class FrameInfo:
-    """What the host shows of a page frame: /proc/kpagecount and
-    /proc/kpageflags. refcount and pincount are not visible there (None);
-    mapcount is kpagecount (page_mapcount as that file reports it)."""
-
-    __slots__ = ("pfn", "refcount", "mapcount", "pincount", "flags", "kpagecount", "kpageflags")
-
-    def __init__(self, pfn, kpagecount, kpageflags):
-        self.pfn = pfn
-        self.refcount = None
-        self.pincount = None
-        self.kpagecount = kpagecount
-        self.mapcount = kpagecount
-        self.kpageflags = kpageflags
-        self.flags = frozenset(n for n, b in KPF_NAMES.items() if kpageflags >> b & 1)
-
-    def __repr__(self):
-        return (f"FrameInfo(pfn={self.pfn:#x}, kpagecount={self.kpagecount}, "
-                f"flags={sorted(self.flags)})")
 
 
 # --- channel ------------------------------------------------------------------
@@ -583,11 +517,11 @@ def _uffd_msg(m):
     if m is None:
         return None
     ev = m["event"]
-    if ev == 0x12:
+    if ev == C.UFFD_EVENT_PAGEFAULT:
         return UffdMsg(ev, flags=m["flags"], address=m["address"], ptid=m["ptid"])
-    if ev == 0x13:
+    if ev == C.UFFD_EVENT_FORK:
         return UffdMsg(ev, ufd=m["ufd"])       # a descriptor of the server's
-    if ev == 0x14:
+    if ev == C.UFFD_EVENT_REMAP:
         return UffdMsg(ev, from_=m["from"], to=m["to"], len=m["len"])
     return UffdMsg(ev, start=m["start"], end=m["end"])
 
@@ -610,10 +544,26 @@ class HostUffd:
         self.target = process           # whose VMAs it serves (a FORK event's: the child)
         self._fork_child = None
 
-    def _do(self, method, *args):
-        return self.process._call("uffd", self.id, method, *args)
+    _IOCTLS = {"api": "UFFDIO_API", "register": "UFFDIO_REGISTER", "unregister": "UFFDIO_UNREGISTER",
+               "copy": "UFFDIO_COPY", "copy_from": "UFFDIO_COPY", "zeropage": "UFFDIO_ZEROPAGE",
+               "writeprotect": "UFFDIO_WRITEPROTECT", "wake": "UFFDIO_WAKE",
+               "continue_": "UFFDIO_CONTINUE", "poison": "UFFDIO_POISON", "move": "UFFDIO_MOVE"}
 
-    def api(self, features=0, api=0xAA):
+    def _do(self, method, *args):
+        from ..uffd import UffdError
+        try:
+            return self.process._call("uffd", self.id, method, *args)
+        except UffdError:
+            raise
+        except OSError as e:
+            # Every failing ioctl is a UffdError, as on the engine; read(2)
+            # and close stay plain OSError.
+            call = self._IOCTLS.get(method)
+            if call is None:
+                raise
+            raise UffdError(e.errno, call, None) from None
+
+    def api(self, features=0, api=C.UFFD_API):
         supported, self.ioctls = self._do("api", features, api)
         self.features = features
         return supported
@@ -694,7 +644,7 @@ class HostUffd:
     def _handle(self, raw):
         """Run the Python handler on one message; its accesses are the service thread's."""
         msg = _uffd_msg(raw)
-        if raw["event"] == 0x13:
+        if raw["event"] == C.UFFD_EVENT_FORK:
             # The child's context lives in this server (the fd the event
             # brought); its faults and events are the child's.
             msg.ufd = HostUffd(self.process, raw["ufd"], self.flags)
@@ -1005,7 +955,7 @@ class HostMachine:
             flags = struct.unpack("<Q", os.pread(self._kpageflags, 8, pfn * 8))[0]
         except struct.error:
             raise oserror(_errno.EINVAL, "frame", f"pfn {pfn:#x} beyond max_pfn") from None
-        return FrameInfo(pfn, count, flags)
+        return FrameInfo(pfn, count, flags)     # refcount, pincount: not visible
 
     def check(self):
         """The engine checks its invariants here; the real kernel has none to

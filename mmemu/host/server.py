@@ -20,6 +20,7 @@ import traceback
 
 from errno import EBADF
 
+from .. import constants as C
 from ..constants import (MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE, MAP_ANONYMOUS,
                          PAGE_SHIFT, PAGE_SIZE)
 from ..errors import EmulatedSignal
@@ -479,7 +480,7 @@ class Server:
                 got = [m for m, _ in svc.take()]
                 svc.stop()
                 for m in got:
-                    if m["event"] == 0x13:           # the child's context: ours to hold
+                    if m["event"] == C.UFFD_EVENT_FORK:           # the child's context: ours to hold
                         new = self.next_id
                         self.next_id += 1
                         self.uffds[new] = Context.adopt(m["ufd"], ctx.flags, ctx.features)

@@ -14,6 +14,7 @@ import ctypes
 import os
 
 from ..errors import oserror
+from ..constants import PAGEMAP_SCAN  # _IOWR('f', 16, struct pm_scan_arg)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -132,7 +133,6 @@ def proc_mem_pwrite(fd, data, addr):
                     call="write /proc/pid/mem")
 
 
-PAGEMAP_SCAN = 0xC0606610      # _IOWR('f', 16, struct pm_scan_arg)
 SYS_ioctl = 16
 
 

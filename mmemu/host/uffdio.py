@@ -23,27 +23,15 @@ import time
 
 from . import _service
 
+from ..constants import (UFFD_API, UFFD_EVENT_FORK, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMAP,  # noqa: F401
+                         UFFDIO_API, UFFDIO_CONTINUE, UFFDIO_COPY, UFFDIO_MOVE, UFFDIO_POISON,
+                         UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT,
+                         UFFDIO_ZEROPAGE)
+
 SYS_userfaultfd = 323
-UFFD_API = 0xAA
 O_NONBLOCK = os.O_NONBLOCK
 MSG_SIZE = 32
 MAX_WAIT = 1.0       # seconds an access may take before it counts as blocked anyway
-
-
-def _ioc(direction, nr, size):
-    return (direction << 30) | (size << 16) | (0xAA << 8) | nr
-
-
-UFFDIO_REGISTER = _ioc(3, 0x00, 32)
-UFFDIO_UNREGISTER = _ioc(2, 0x01, 16)
-UFFDIO_WAKE = _ioc(2, 0x02, 16)
-UFFDIO_COPY = _ioc(3, 0x03, 40)
-UFFDIO_ZEROPAGE = _ioc(3, 0x04, 32)
-UFFDIO_WRITEPROTECT = _ioc(3, 0x06, 24)
-UFFDIO_MOVE = _ioc(3, 0x05, 40)
-UFFDIO_CONTINUE = _ioc(3, 0x07, 32)
-UFFDIO_POISON = _ioc(3, 0x08, 32)
-UFFDIO_API = _ioc(3, 0x3F, 24)
 # Planted in an ioctl's output field: still there afterwards means the
 # kernel left the field unwritten (the engine's UffdError.result None).
 UNWRITTEN = -(1 << 62)
@@ -62,11 +50,11 @@ def parse_msg(raw):
     remove and unmap start/end)."""
     event = raw[0]
     a, b, c = struct.unpack_from("<QQQ", raw, 8)
-    if event == 0x12:
+    if event == UFFD_EVENT_PAGEFAULT:
         return {"event": event, "flags": a, "address": b, "ptid": c & 0xFFFFFFFF}
-    if event == 0x13:
+    if event == UFFD_EVENT_FORK:
         return {"event": event, "ufd": a & 0xFFFFFFFF}
-    if event == 0x14:
+    if event == UFFD_EVENT_REMAP:
         return {"event": event, "from": a, "to": b, "len": c}
     return {"event": event, "start": a, "end": b}
 
@@ -174,7 +162,7 @@ class Context:
     def _withdraw(self, start, end):
         """A wake: a message of a woken fault is not delivered (any more)."""
         self.pending = [m for m in self.pending
-                        if not (m["event"] == 0x12 and start <= m["address"] < end)]
+                        if not (m["event"] == UFFD_EVENT_PAGEFAULT and start <= m["address"] < end)]
 
     def read_one(self):
         """One message from the kernel's queue, or None (never sleeps)."""

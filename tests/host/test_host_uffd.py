@@ -431,3 +431,32 @@ def test_random_uffd_programs_agree(uffd_host):
     assert len(progs) == 100 and blocked > 0
     assert not bad, f"{statuses}\n" + "\n\n".join(bad[:3])
     assert statuses.get("host-flaky", 0) <= 3, f"too many programs set aside: {statuses}"
+
+
+def test_every_failing_uffd_ioctl_is_a_uffd_error_on_the_host(uffd_host):
+    """As on the engine: range errors (EINVAL, ENOENT) are mmemu.UffdError,
+    not only EEXIST, so `except mmemu.UffdError` catches every failed ioctl."""
+    PAGE = C.PAGE_SIZE
+    p = uffd_host.spawn()
+    try:
+        a = p.mmap(0, 8 * PAGE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+        p.write(a, b"x")
+        u = p.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
+        u.api(U.UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+        u.register(a, PAGE, U.UFFDIO_REGISTER_MODE_MISSING)
+        cases = [
+            (errno.EINVAL, lambda: u.register(a + 1, PAGE, U.UFFDIO_REGISTER_MODE_MISSING)),
+            (errno.EINVAL, lambda: u.register(a, PAGE, 0)),
+            (errno.EINVAL, lambda: u.unregister(a, PAGE + 1)),
+            (errno.ENOENT, lambda: u.writeprotect(a + PAGE, PAGE, U.UFFDIO_WRITEPROTECT_MODE_WP)),
+            (errno.EINVAL, lambda: u.wake(a + 1, PAGE)),
+            (errno.EINVAL, lambda: u.zeropage(a + 1, PAGE)),
+            (errno.EEXIST, lambda: u.copy(a, bytes(PAGE))),
+            (errno.EINVAL, lambda: u.api(0)),
+        ]
+        for err, call in cases:
+            with pytest.raises(mmemu.UffdError) as e:
+                call()
+            assert e.value.errno == err
+    finally:
+        p.exit()

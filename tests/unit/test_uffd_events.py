@@ -112,3 +112,30 @@ def test_close_while_fork_waits_for_its_fork_event_releases_nothing():
     with pytest.raises(WouldBlock):
         p.main.resume()
     assert p.vmas.find(a).uffd == u.ctx                 # still registered: no release ran
+
+
+def test_close_wakes_blocked_wp_waiters():
+    """userfaultfd_release wakes every waiter, read or not: a thread blocked
+    on a write-protect fault then completes, its fault retried without the
+    (now unregistered) context, so the write lands. If close() stopped waking
+    them, resume() would raise WouldBlock forever (a hung process)."""
+    m = mmemu.Machine(kernel="6.18")
+    p = m.spawn()
+    P = p.mmap(0, 2 * PG, mmemu.PROT_READ | mmemu.PROT_WRITE, PRIV)
+    p.write(P, b"a" * (2 * PG))
+    u = p.userfaultfd(mmemu.uffd.O_CLOEXEC | mmemu.uffd.O_NONBLOCK)
+    u.api(mmemu.uffd.UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    u.register(P, 2 * PG, mmemu.uffd.UFFDIO_REGISTER_MODE_WP)
+    u.writeprotect(P, 2 * PG, mmemu.uffd.UFFDIO_WRITEPROTECT_MODE_WP)
+    t1, t2 = p.thread(), p.thread()
+    with pytest.raises(mmemu.WouldBlock):
+        t1.write(P, b"1")
+    assert len(u.read()) == 1                    # t1's message read: it waits in `waiting`
+    with pytest.raises(mmemu.WouldBlock):
+        t2.write(P + PG, b"2")                 # t2's is still queued
+    u.close()
+    t1.resume()
+    t2.resume()
+    assert p.read(P, 1) == b"1" and p.read(P + PG, 1) == b"2"
+    assert not p.pagemap(P).uffd_wp and not p.pagemap(P + PG).uffd_wp
+    m.check()
