@@ -378,7 +378,7 @@ cdef class Engine:
 
     cdef int _pages(self, uint64_t start, int64_t npages) except -1:
         if npages < 0 or start > MM_USER_TOP \
-                or <uint64_t>npages > (MM_USER_TOP - start) >> MM_PAGE_SHIFT:
+                or <uint64_t>npages > (MM_USER_TOP - (start & ~(MM_PAGE_SIZE - 1))) >> MM_PAGE_SHIFT:
             raise ValueError(f"bad page range {start:#x} + {npages} pages")
         return 0
 

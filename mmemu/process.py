@@ -26,6 +26,11 @@ MAX_MAP_COUNT = 65530          # vm.max_map_count default
 USER_TOP = 1 << 47             # end of the 4-level user address space (MM_USER_TOP)
 MAX_RW_COUNT = 0x7FFFF000     # INT_MAX & PAGE_MASK: one read/write moves at most this
 MAX_FILE_PAGES = 1 << 32      # the core keeps a frame's file index in 32 bits (mm_types.h)
+# What a caller of get_user_pages/pin_user_pages may pass, plus what those
+# two add themselves (FOLL_GET or FOLL_PIN, FOLL_TOUCH).
+_GUP_ALLOWED = (C.FOLL_WRITE | C.FOLL_GET | C.FOLL_DUMP | C.FOLL_FORCE | C.FOLL_NOWAIT | C.FOLL_NOFAULT
+                | C.FOLL_HWPOISON | C.FOLL_ANON | C.FOLL_LONGTERM | C.FOLL_SPLIT_PMD | C.FOLL_PCI_P2PDMA
+                | C.FOLL_INTERRUPTIBLE | C.FOLL_HONOR_NUMA_FAULT | C.FOLL_TOUCH | C.FOLL_PIN)
 # /proc/pid/mem: access_remote_vm()'s GUP of one page, with no `locked`
 # pointer, so a userfault there fails (EIO) instead of waiting.
 _PROC_MEM_GUP = C.FOLL_FORCE | C.FOLL_GET | C.FOLL_TOUCH | C.FOLL_REMOTE
@@ -47,8 +52,17 @@ def _inspect_pages(vmas, addr, npages):
     npages = _clamp_pages(addr, npages)
     if npages <= _INSPECT_ALWAYS:
         return npages
-    last = max((v.end for v in vmas), default=0)
-    return max(_INSPECT_ALWAYS, min(npages, (last - (addr & ~(PAGE - 1))) >> C.PAGE_SHIFT))
+    first = addr & ~(PAGE - 1)
+    inside = [v for v in vmas if v.start < first + npages * PAGE and v.end > first]
+    if not inside:
+        return _INSPECT_ALWAYS
+    npages = min(npages, (inside[-1].end - first) >> C.PAGE_SHIFT)
+    mapped = sum((min(v.end, first + npages * PAGE) - max(v.start, first)) >> C.PAGE_SHIFT for v in inside)
+    if npages > max(_INSPECT_ALWAYS, 4 * mapped):
+        # Mostly holes: an array that large is host memory the mappings
+        # do not justify; the caller reads the mapped parts instead.
+        raise oserror(ENOMEM, "pagemap", f"{npages} entries for {mapped} mapped pages: read in pieces")
+    return max(_INSPECT_ALWAYS, npages)
 
 
 def _clamp_pages(addr, npages):
@@ -763,6 +777,8 @@ class Process(FileOps):
         if npages and addr >= USER_TOP:
             raise Sigsegv(addr, C.SEGV_MAPERR)
         npages = _clamp_pages(addr, npages)     # past user space is a hole (SIGSEGV)
+        if npages == 0:
+            return 0
         state = [0]
 
         def op():
@@ -778,6 +794,10 @@ class Process(FileOps):
     def touch(self, addr, npages, write=False, value=0, cpu=None):
         """Access each of npages pages once (write: store content `value`, or
         a fresh version stamp when 0), entirely in the core."""
+        if cpu is not None:
+            cpu = A.sint(cpu, "touch", "cpu")
+            if not 0 <= cpu < self.machine.ncpus:
+                raise ValueError(f"cpu {cpu} out of range 0..{self.machine.ncpus - 1}")
         thread = self._current() if cpu is None else Thread(self, cpu)
         return self._touch(addr, npages, write, value, thread)
 
@@ -992,6 +1012,10 @@ class Process(FileOps):
 
     def _gup(self, addr, npages, gup_flags, call, wrap):
         self._live(call)
+        if gup_flags & ~_GUP_ALLOWED:
+            # is_valid_gup_args(): internal FOLL_* flags from a caller are
+            # refused (with a WARN); bits no FOLL_* names are not modelled.
+            raise oserror(EINVAL, call, f"gup_flags {gup_flags:#x} has internal or unknown bits")
         if gup_flags & C.FOLL_GET and gup_flags & C.FOLL_PIN:
             raise oserror(EINVAL, call, "FOLL_GET and FOLL_PIN are exclusive")
         if npages <= 0:
@@ -1121,6 +1145,12 @@ class Process(FileOps):
         is walked (and write-protected with WP_MATCHING), max_pages is not
         counted, and walk_end is `end`."""
         from .uffd import UFFD_FEATURE_WP_ASYNC
+        # struct pm_scan_arg: every field a __u64.
+        start, end, flags, category_mask, category_anyof_mask, category_inverted, return_mask, \
+            max_pages, vec_len = (A.ulong(v, "PAGEMAP_SCAN", n) for n, v in (
+                ("start", start), ("end", end), ("flags", flags), ("category_mask", category_mask),
+                ("category_anyof_mask", category_anyof_mask), ("category_inverted", category_inverted),
+                ("return_mask", return_mask), ("max_pages", max_pages), ("vec_len", vec_len)))
         self._live("pagemap_scan")
         if not self._policy().uffd_features & UFFD_FEATURE_WP_ASYNC:
             raise oserror(25, "PAGEMAP_SCAN", "ioctl unknown to this kernel")      # ENOTTY
