@@ -5,8 +5,8 @@
     p = m.spawn()
 """
 from ._version import __version__
+from . import constants as _constants
 from .constants import *  # noqa: F401,F403  Linux UAPI names and values
-from .constants import __all__ as _constants_all
 from .eras import VERSIONS, policy_for
 from .errors import (Deadlock, EmulatedSignal, InvariantError, MmemuError, OutOfMemory, Sigbus,
                      Sigsegv, WouldBlock)
@@ -18,4 +18,6 @@ from .uffd import Resolver, Uffd, UffdError, UffdMsg
 __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",
            "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",
            "InvariantError", "MmemuError", "WouldBlock", "Deadlock", "Uffd", "UffdMsg", "UffdError",
-           "Resolver", "VERSIONS", "policy_for"] + list(_constants_all)
+           "Resolver", "VERSIONS", "policy_for"]
+# A form type checkers follow (mypy, pyright): the constants' static __all__.
+__all__ += _constants.__all__
