@@ -1,4 +1,10 @@
 """Machine: one emulated computer (frames, CPUs, the kernel's rules)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from .eras import Policy  # noqa: F401
 from collections import namedtuple
 
 import numpy as np
@@ -30,7 +36,8 @@ class Machine:
     seed: the same seed and inputs give the same results, bit for bit.
     """
 
-    def __init__(self, kernel="6.18", ncpus=2, memory=256 << 20, swap=0, seed=0, backports=()):
+    def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
+                 seed: int = 0, backports: Iterable[str] = ()) -> None:
         self.policy = policy_for(kernel, tuple(backports))
         if memory < 16 * C.PAGE_SIZE:
             raise ValueError("memory must hold at least 16 pages")
@@ -146,7 +153,7 @@ class Machine:
         self._uffds[ctx] = uffd
         return ctx
 
-    def spawn(self, cpu=0):
+    def spawn(self, cpu: int = 0) -> Process:
         """A new process with an empty address space, running on `cpu`."""
         if not 0 <= cpu < self.ncpus:
             raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
@@ -161,10 +168,10 @@ class Machine:
                 f.maybe_destroy()
 
     @property
-    def processes(self):
+    def processes(self) -> list[Process]:
         return list(self._procs.values())
 
-    def frame(self, pfn):
+    def frame(self, pfn: int) -> FrameInfo:
         """What /proc/kpagecount and /proc/kpageflags show, plus refcount and pincount."""
         refcount, mapcount, flags, used, _, _ = self._engine.frame_info(pfn)
         pincount = 0
@@ -183,13 +190,13 @@ class Machine:
             kpf |= 1 << C.KPF_MMAP
         return FrameInfo(pfn, refcount, mapcount, pincount, frozenset(flags), mapcount, kpf)
 
-    def reclaim(self, npages=1 << 62, cpu=0):
+    def reclaim(self, npages: int = 1 << 62, cpu: int = 0) -> int:
         """Memory pressure, as an explicit event: reclaim up to npages (pages
         mapped once go to swap, clean MADV_FREE'd pages are dropped, unmapped
         shmem goes to swap). Returns frames freed."""
         return self._engine.reclaim(cpu, npages)
 
-    def check(self):
+    def check(self) -> None:
         """Verify every invariant of the machine; raise mmemu.InvariantError."""
         pfns, refs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         for h in self._holders:
@@ -198,12 +205,12 @@ class Machine:
             refs.append(r)
         self._engine.check(np.concatenate(pfns), np.concatenate(refs))
 
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         return self._engine.stats()
 
-    def memory_usage(self):
+    def memory_usage(self) -> dict[str, int]:
         return self._engine.memory_usage()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<Machine kernel={self.kernel} ({self.policy.version}, {self.policy.era}) "
                 f"ncpus={self.ncpus} frames={self._engine.nframes}>")

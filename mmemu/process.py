@@ -3,6 +3,16 @@
 Each call validates its arguments the way the syscall does (same errno),
 updates the VMA layout, then makes one core call for the page-level work.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, SupportsInt
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Buffer
+
+    from .machine import Machine
+    from .uffd import Uffd
 from collections import namedtuple
 from functools import partial
 
@@ -26,7 +36,7 @@ PagemapEntry = namedtuple(
     "PagemapEntry", "present swapped file_shared exclusive soft_dirty uffd_wp guard pfn raw")
 
 
-def pagemap_decode(raw):
+def pagemap_decode(raw: SupportsInt) -> PagemapEntry:
     raw = int(raw)
     present = bool(raw & C.PM_PRESENT)
     return PagemapEntry(
@@ -86,7 +96,7 @@ class Thread:
     thread whose access waits on a userfaultfd stays blocked (WouldBlock)
     until the fault is resolved and woken, then resume() completes it."""
 
-    def __init__(self, process, cpu):
+    def __init__(self, process: Process, cpu: int) -> None:
         self.process = process
         self.cpu = cpu
         self.tid = process.machine._next_tid()
@@ -94,16 +104,16 @@ class Thread:
         # The core calls this on a userfault to serve it without leaving the access.
         self.serve_fault = partial(process.machine._userfault_served, self)
 
-    def read(self, addr, n):
+    def read(self, addr: int, n: int) -> bytes:
         return self.process._read(addr, n, self)
 
-    def write(self, addr, data):
+    def write(self, addr: int, data: Buffer) -> None:
         self.process._write(addr, data, self)
 
-    def touch(self, addr, npages, write=False, value=0):
+    def touch(self, addr: int, npages: int, write: bool = False, value: int = 0) -> int:
         return self.process._touch(addr, npages, write, value, self)
 
-    def resume(self):
+    def resume(self) -> Any:
         """Complete the blocked call once its fault (or event) was resolved
         and woken; if it was not, the thread stays blocked (WouldBlock)."""
         if self.blocked is None:
@@ -114,7 +124,7 @@ class Thread:
         self.blocked = None
         return self.process._run(self, rest)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = " blocked" if self.blocked else ""
         return f"<Thread tid={self.tid} cpu={self.cpu}{state}>"
 
@@ -143,7 +153,8 @@ class _HeldRefs:
 class Process(FileOps):
     """One process (one mm) of a Machine."""
 
-    def __init__(self, machine, pid, mm, cpu, vmas=None):
+    def __init__(self, machine: Machine, pid: int, mm: int, cpu: int,
+             vmas: VmaList | None = None) -> None:
         self.machine = machine
         self.pid = pid
         self.mm = mm
@@ -206,7 +217,8 @@ class Process(FileOps):
 
     # ---- mmap / munmap / mprotect / madvise ----------------------------------
 
-    def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
+    def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1,
+         offset: int = 0) -> int:
         self._live("mmap")
         self._pull()
         if offset & (PAGE - 1):
@@ -289,7 +301,7 @@ class Process(FileOps):
             self._engine.zap(self.mm, self.cpu, start, end, True)
             self.machine._reap_files({v.file for v in removed if v.file})
 
-    def munmap(self, addr, length):
+    def munmap(self, addr: int, length: int) -> None:
         self._live("munmap")
         self._pull()
         if addr & (PAGE - 1) or length == 0:
@@ -302,7 +314,7 @@ class Process(FileOps):
         # userfaultfd_unmap_complete(): the monitor is told after the unmap.
         self._events(events, lambda: None)
 
-    def mprotect(self, addr, length, prot):
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
         self._live("mprotect")
         self._pull()
         if addr & (PAGE - 1):
@@ -348,7 +360,7 @@ class Process(FileOps):
         if error is not None:
             raise error
 
-    def madvise(self, addr, length, advice):
+    def madvise(self, addr: int, length: int, advice: int) -> None:
         self._live("madvise")
         self._pull()
         pol = self._policy()
@@ -475,7 +487,8 @@ class Process(FileOps):
             # madvise applies to the mapped parts and then reports the hole.
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
 
-    def mremap(self, old_addr, old_size, new_size, flags=0, new_addr=0):
+    def mremap(self, old_addr: int, old_size: int, new_size: int, flags: int = 0,
+           new_addr: int = 0) -> int:
         """mremap(2): grow in place, shrink, or move (MAYMOVE / FIXED /
         DONTUNMAP) by moving ptes, never copying pages."""
         self._live("mremap")
@@ -636,7 +649,7 @@ class Process(FileOps):
                 raise oserror(err, "madvise", "populate failed")
         self._gup_run(start, npages, flags, thread=thread, finish=finish)
 
-    def populate(self, addr, length, write=False):
+    def populate(self, addr: int, length: int, write: bool = False) -> None:
         """MADV_POPULATE_READ/WRITE semantics regardless of era (batch API)."""
         self._live("populate")
         self._populate(addr, addr + _page_align(length), write, "madvise")
@@ -695,10 +708,10 @@ class Process(FileOps):
                 self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
         self._run(thread, op)
 
-    def read(self, addr, n):
+    def read(self, addr: int, n: int) -> bytes:
         return self._read(addr, n, self._current())
 
-    def write(self, addr, data):
+    def write(self, addr: int, data: Buffer) -> None:
         self._write(addr, data, self._current())
 
     def _touch(self, addr, npages, write, value, thread):
@@ -715,7 +728,8 @@ class Process(FileOps):
                 raise
         return self._run(thread, op)
 
-    def touch(self, addr, npages, write=False, value=0, cpu=None):
+    def touch(self, addr: int, npages: int, write: bool = False, value: int = 0,
+          cpu: int | None = None) -> int:
         """Access each of npages pages once (write: store content `value`, or
         a fresh version stamp when 0), entirely in the core."""
         thread = self._current() if cpu is None else Thread(self, cpu)
@@ -749,11 +763,11 @@ class Process(FileOps):
                     self._engine.put_pages(pfns, C.GUP_PIN_COUNTING_BIAS if flags & C.FOLL_PIN else 1)
             raise
 
-    def versions(self, addr, npages):
+    def versions(self, addr: int, npages: int) -> npt.NDArray[np.uint64]:
         """Content version per page (numpy uint64): see Engine.versions."""
         return self._engine.versions(self.mm, addr, npages)
 
-    def userfaultfd(self, flags=0):
+    def userfaultfd(self, flags: int = 0) -> Uffd:
         """userfaultfd(2): O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY (5.11)."""
         from .uffd import O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY, Uffd
         self._live("userfaultfd")
@@ -766,7 +780,7 @@ class Process(FileOps):
         self.uffds.append(u)
         return u
 
-    def pwrite_from(self, fd, addr, n, offset, direct=False):
+    def pwrite_from(self, fd: int, addr: int, n: int, offset: int, direct: bool = False) -> int:
         """write(2) of user memory to a file at offset. Buffered: the kernel
         copies from user memory (kernel-mode faults). O_DIRECT: it takes the
         pages with a read GUP (FOLL_GET) for the I/O."""
@@ -795,7 +809,7 @@ class Process(FileOps):
             raise oserror(EFAULT, "pwrite", "bad user address")
         return self._engine.file_pwrite(f.fid, self.cpu, offset, data)
 
-    def pread_into(self, fd, addr, n, offset):
+    def pread_into(self, fd: int, addr: int, n: int, offset: int) -> int:
         """read(2) from a file into user memory (copy_to_user: kernel-mode write faults)."""
         self._live("pread")
         f = self._file(fd, "pread")
@@ -806,7 +820,7 @@ class Process(FileOps):
             raise oserror(EFAULT, "pread", "copy_to_user faulted")
         return len(data)
 
-    def thread(self, cpu=None):
+    def thread(self, cpu: int | None = None) -> Thread:
         self._live("clone")
         if cpu is None:
             self._next_thread_cpu = (self._next_thread_cpu + 1) % self.machine.ncpus
@@ -817,7 +831,7 @@ class Process(FileOps):
 
     # ---- fork / exit ---------------------------------------------------------
 
-    def fork(self):
+    def fork(self) -> Process:
         self._live("fork")
         self._pull()
         m = self.machine
@@ -880,7 +894,7 @@ class Process(FileOps):
         return self._events([(m._uffds[ctx], UffdMsg(UFFD_EVENT_FORK, ufd=dup[ctx]), 0, 0) for ctx in dup],
                             lambda: child)
 
-    def exit(self):
+    def exit(self) -> None:
         if not self.alive:
             return
         files = {v.file for v in self.vmas if v.file}
@@ -909,20 +923,20 @@ class Process(FileOps):
             return wrap(pfns)
         return self._gup_run(addr & ~(PAGE - 1), npages, gup_flags, finish=finish)
 
-    def get_user_pages(self, addr, npages, gup_flags=0):
+    def get_user_pages(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
         """FOLL_GET references (as get_user_pages): a Pin whose release() puts them.
         Fewer than npages pages are taken when GUP stops early, as in Linux."""
         flags = (gup_flags | C.FOLL_GET | C.FOLL_TOUCH) & ~C.FOLL_PIN
         return self._gup(addr, npages, flags, "get_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
-    def pin_user_pages(self, addr, npages, gup_flags=0):
+    def pin_user_pages(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
         """FOLL_PIN references (as pin_user_pages); FOLL_LONGTERM as passed."""
         if gup_flags & C.FOLL_GET:
             raise oserror(EINVAL, "pin_user_pages", "FOLL_GET with FOLL_PIN")
         flags = gup_flags | C.FOLL_PIN | C.FOLL_TOUCH
         return self._gup(addr, npages, flags, "pin_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
-    def pin_user_pages_fast(self, addr, npages, gup_flags=0):
+    def pin_user_pages_fast(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
         """pin_user_pages_fast: the lockless walk takes only pages it may use
         as mapped; anything that needs a fault or an unshare (and, without a
         VMA, every long-term pin of a non-anon page) falls back to the slow
@@ -930,7 +944,7 @@ class Process(FileOps):
         (B17, S61) needs the SMP scheduler."""
         return self.pin_user_pages(addr, npages, gup_flags)
 
-    def vmsplice(self, addr, length):
+    def vmsplice(self, addr: int, length: int) -> Pipe:
         """vmsplice(2) of user memory into a new pipe: FOLL_GET references
         (read-only GUP) that the pipe holds until read."""
         self._live("vmsplice")
@@ -947,7 +961,7 @@ class Process(FileOps):
             return Pipe(self.machine, pfns, addr - first, nbytes)
         return self._gup_run(first, npages, C.FOLL_GET, finish=finish)
 
-    def proc_mem_write(self, addr, data):
+    def proc_mem_write(self, addr: int, data: Buffer) -> int:
         """A write through /proc/pid/mem (ptrace): FOLL_FORCE|FOLL_WRITE GUP,
         then the write into the page GUP returned."""
         data = bytes(data)
@@ -966,7 +980,7 @@ class Process(FileOps):
             done += k
         return done
 
-    def proc_mem_read(self, addr, n):
+    def proc_mem_read(self, addr: int, n: int) -> bytes:
         out = []
         done = 0
         while done < n:
@@ -985,17 +999,19 @@ class Process(FileOps):
 
     # ---- /proc ---------------------------------------------------------------
 
-    def pagemap(self, addr):
+    def pagemap(self, addr: int) -> PagemapEntry:
         self._live("pagemap")
         return pagemap_decode(self._engine.pagemap(self.mm, addr & ~(PAGE - 1), 1)[0])
 
-    def pagemap_range(self, addr, npages):
+    def pagemap_range(self, addr: int, npages: int) -> npt.NDArray[np.uint64]:
         """Raw 64-bit pagemap entries (numpy uint64), as read from /proc/pid/pagemap."""
         self._live("pagemap")
         return self._engine.pagemap(self.mm, addr & ~(PAGE - 1), npages)
 
-    def pagemap_scan(self, start, end, flags=0, category_mask=0, category_anyof_mask=0,
-                     category_inverted=0, return_mask=0, max_pages=0, vec_len=1 << 30):
+    def pagemap_scan(self, start: int, end: int, flags: int = 0, category_mask: int = 0,
+                     category_anyof_mask: int = 0, category_inverted: int = 0, return_mask: int = 0,
+                     max_pages: int = 0, vec_len: int = 1 << 30
+                     ) -> tuple[list[tuple[int, int, int]], int]:
         """ioctl(PAGEMAP_SCAN) on /proc/pid/pagemap (6.7+): (regions, walk_end),
         regions being (start, end, categories & return_mask) of the matching
         pages; PM_SCAN_WP_MATCHING write-protects what matched (empty slots
@@ -1054,7 +1070,7 @@ class Process(FileOps):
                                                        v.flags)
         return regions, walk_end
 
-    def clear_refs(self, value):
+    def clear_refs(self, value: int) -> None:
         """echo value > /proc/pid/clear_refs."""
         self._live("clear_refs")
         self._pull()
@@ -1075,16 +1091,16 @@ class Process(FileOps):
             self._engine.flush_mm(self.mm)   # 912efa17e512: flush_tlb_mm after the walk
 
     @property
-    def minflt(self):
+    def minflt(self) -> int:
         return self._engine.mm_info(self.mm)["minflt"]
 
     @property
-    def rss_anon(self):
+    def rss_anon(self) -> int:
         return self._engine.mm_info(self.mm)["rss_anon"] * PAGE
 
     @property
-    def has_pinned(self):
+    def has_pinned(self) -> bool:
         return self._engine.mm_info(self.mm)["has_pinned"]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Process pid={self.pid} mm={self.mm}{'' if self.alive else ' exited'}>"

@@ -5,6 +5,12 @@ The page cache lives in the core; this module keeps the file objects, the
 per-process fd tables and the orchestration across every VMA that maps a
 file (the kernel's i_mmap walk).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 from . import constants as C
 from .errors import EBADF, EINVAL, EFBIG, oserror
 
@@ -88,7 +94,7 @@ class FileOps:
         f.nfds += 1
         return fd
 
-    def memfd_create(self, name, flags=0):
+    def memfd_create(self, name: str, flags: int = 0) -> int:
         """memfd_create(2): a new shmem file, opened read-write."""
         self._live("memfd_create")
         if flags & ~(C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL
@@ -100,14 +106,14 @@ class FileOps:
             raise oserror(EINVAL, "memfd_create", "name too long")
         return self._new_fd(ShmemFile(self.machine, name))
 
-    def close(self, fd):
+    def close(self, fd: int) -> None:
         self._live("close")
         f = self._file(fd, "close")
         del self.fds[fd]
         f.nfds -= 1
         f.maybe_destroy()
 
-    def ftruncate(self, fd, length):
+    def ftruncate(self, fd: int, length: int) -> None:
         self._live("ftruncate")
         f = self._file(fd, "ftruncate")
         if length < 0:
@@ -116,7 +122,7 @@ class FileOps:
             raise oserror(EFBIG, "ftruncate", "file too large")
         f.truncate(length)
 
-    def fallocate(self, fd, mode, offset, length):
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2) on shmem: allocation, or PUNCH_HOLE|KEEP_SIZE."""
         self._live("fallocate")
         f = self._file(fd, "fallocate")
@@ -166,14 +172,14 @@ class FileOps:
         if start < end and any(self.machine._engine.file_pread(f.fid, self.cpu, start, end - start)):
             self.machine._engine.file_pwrite(f.fid, self.cpu, start, bytes(end - start))
 
-    def pread(self, fd, n, offset):
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
         self._live("pread")
         f = self._file(fd, "pread")
         if offset < 0 or n < 0:
             raise oserror(EINVAL, "pread", "negative offset or count")
         return self.machine._engine.file_pread(f.fid, self.cpu, offset, n)
 
-    def pwrite(self, fd, data, offset):
+    def pwrite(self, fd: int, data: Buffer, offset: int) -> int:
         self._live("pwrite")
         f = self._file(fd, "pwrite")
         if offset < 0:
@@ -182,5 +188,5 @@ class FileOps:
             raise oserror(EFBIG, "pwrite", "beyond the maximum file size")
         return self.machine._engine.file_pwrite(f.fid, self.cpu, offset, bytes(data))
 
-    def fstat_size(self, fd):
+    def fstat_size(self, fd: int) -> int:
         return self._file(fd, "fstat").size
