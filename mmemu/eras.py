@@ -13,6 +13,7 @@ keyed by a name instead of a made-up id.
 from __future__ import annotations
 
 from typing import Iterable
+
 import os
 import platform
 import re

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .process import Thread
     from .uffd import Uffd, UffdMsg
+
 import errno as _errno
 import os
 

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from .machine import Machine
+
 import numpy as np
 
 from .constants import FOLL_PIN, FOLL_WRITE, GUP_PIN_COUNTING_BIAS, PAGE_SIZE

@@ -1,10 +1,8 @@
 """Machine: one emulated computer (frames, CPUs, the kernel's rules)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-if TYPE_CHECKING:
-    from .eras import Policy  # noqa: F401
 from collections import namedtuple
 
 import numpy as np

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from .machine import Machine
     from .uffd import Uffd
+
 from collections import namedtuple
 from functools import partial
 
@@ -154,7 +155,7 @@ class Process(FileOps):
     """One process (one mm) of a Machine."""
 
     def __init__(self, machine: Machine, pid: int, mm: int, cpu: int,
-             vmas: VmaList | None = None) -> None:
+                 vmas: VmaList | None = None) -> None:
         self.machine = machine
         self.pid = pid
         self.mm = mm
@@ -218,7 +219,7 @@ class Process(FileOps):
     # ---- mmap / munmap / mprotect / madvise ----------------------------------
 
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1,
-         offset: int = 0) -> int:
+             offset: int = 0) -> int:
         self._live("mmap")
         self._pull()
         if offset & (PAGE - 1):
@@ -488,7 +489,7 @@ class Process(FileOps):
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
 
     def mremap(self, old_addr: int, old_size: int, new_size: int, flags: int = 0,
-           new_addr: int = 0) -> int:
+               new_addr: int = 0) -> int:
         """mremap(2): grow in place, shrink, or move (MAYMOVE / FIXED /
         DONTUNMAP) by moving ptes, never copying pages."""
         self._live("mremap")
@@ -729,7 +730,7 @@ class Process(FileOps):
         return self._run(thread, op)
 
     def touch(self, addr: int, npages: int, write: bool = False, value: int = 0,
-          cpu: int | None = None) -> int:
+              cpu: int | None = None) -> int:
         """Access each of npages pages once (write: store content `value`, or
         a fresh version stamp when 0), entirely in the core."""
         thread = self._current() if cpu is None else Thread(self, cpu)

@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     Step = dict[str, Any]
     Program = Union[list[Step], dict[str, Any]]     # a list of steps, or {"steps": [...]}
     Observation = dict[str, Any]
+
 import errno as _errno
 import json
 

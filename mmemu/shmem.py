@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
 from . import constants as C
 from .errors import EBADF, EINVAL, EFBIG, oserror
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from .eras import Policy
     from .process import Process, Thread
+
 from dataclasses import dataclass
 
 from . import constants as C

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..eras import Policy
+
 import atexit
 import errno as _errno
 import os
