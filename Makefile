@@ -1,4 +1,4 @@
-.PHONY: build debug test bench clean
+.PHONY: build debug test bench docs dist clean
 build:
 	python setup.py build_ext --inplace
 debug:
@@ -7,5 +7,9 @@ test:
 	pytest
 bench:
 	pytest benches --benchmark-only
+docs:
+	python docs/gen_api.py
+dist:
+	.ci/check-dist
 clean:
-	rm -rf build mmemu/_core.c mmemu/*.so mmemu/host/*.so
+	rm -rf build dist mmemu/_core.c mmemu/*.so mmemu/host/*.so

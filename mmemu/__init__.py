@@ -5,6 +5,7 @@
     p = m.spawn()
 """
 from ._version import __version__
+from . import constants as _constants
 from .constants import *  # noqa: F401,F403  Linux UAPI names and values
 from . import constants as _constants
 from .eras import VERSIONS, policy_for
@@ -20,4 +21,5 @@ __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameI
            "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",
            "InvariantError", "MmemuError", "WouldBlock", "Deadlock", "Uffd", "UffdMsg", "UffdError",
            "Resolver", "VERSIONS", "policy_for"]
-__all__ += _constants.__all__          # every UAPI name (static in constants.py)
+# A form type checkers follow (mypy, pyright): the constants' static __all__.
+__all__ += _constants.__all__

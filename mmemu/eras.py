@@ -10,6 +10,10 @@ Sources: ../shared/reference/semantics.md section 0 (eras) and section 18
 keys users pass to `backports=`. A change whose id we have not confirmed is
 keyed by a name instead of a made-up id.
 """
+from __future__ import annotations
+
+from typing import Iterable
+
 import os
 import platform
 import re
@@ -190,7 +194,7 @@ def _key(version):
     return int(major), int(minor)
 
 
-def era_of(version):
+def era_of(version: str) -> str | None:
     label = None
     for start, name in ERA_STARTS:
         if _key(version) >= _key(start):
@@ -208,17 +212,17 @@ class Policy:
     host: bool = False
     changes: list = field(default_factory=list)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> int:
         knobs = self.__dict__.get("knobs", {})
         if name in knobs:
             return knobs[name]
         raise AttributeError(name)
 
-    def at_least(self, version):
+    def at_least(self, version: str) -> bool:
         return _key(self.version) >= _key(version)
 
 
-def host_version():
+def host_version() -> str:
     """The running kernel's major.minor, clamped to the newest we know."""
     m = re.match(r"(\d+)\.(\d+)", platform.release())
     if not m:
@@ -248,7 +252,7 @@ def _host_soft_dirty():
         return 0
 
 
-def policy_for(kernel="6.18", backports=()):
+def policy_for(kernel: str = "6.18", backports: Iterable[str] = ()) -> Policy:
     """Policy for a version string ("5.7" ... "6.18") or "host"."""
     host = kernel == "host"
     version = host_version() if host else str(kernel)

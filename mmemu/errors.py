@@ -4,13 +4,21 @@ Syscall-like calls raise OSError with the errno Linux returns (Python maps
 the errno to the matching subclass, e.g. ENOMEM stays OSError, ENOENT becomes
 FileNotFoundError). A user access Linux would kill raises Sigsegv / Sigbus.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .process import Thread
+    from .uffd import Uffd, UffdMsg
+
 import errno as _errno
 import os
 
 from .constants import BUS_ADRERR, SEGV_MAPERR, SIGBUS, SIGSEGV
 
 
-def oserror(err, call, detail=None):
+def oserror(err: int, call: str, detail: str | None = None) -> OSError:
     """OSError for `call` failing with `err`, with Linux's message text."""
     msg = os.strerror(err)
     if detail:
@@ -27,7 +35,7 @@ class EmulatedSignal(MmemuError):
 
     signo = 0
 
-    def __init__(self, addr, si_code, detail=""):
+    def __init__(self, addr: int, si_code: int, detail: str = "") -> None:
         self.addr = addr
         self.si_code = si_code
         self.detail = detail
@@ -38,14 +46,14 @@ class EmulatedSignal(MmemuError):
 class Sigsegv(EmulatedSignal):
     signo = SIGSEGV
 
-    def __init__(self, addr, si_code=SEGV_MAPERR, detail=""):
+    def __init__(self, addr: int, si_code: int = SEGV_MAPERR, detail: str = "") -> None:
         super().__init__(addr, si_code, detail)
 
 
 class Sigbus(EmulatedSignal):
     signo = SIGBUS
 
-    def __init__(self, addr, si_code=BUS_ADRERR, detail=""):
+    def __init__(self, addr: int, si_code: int = BUS_ADRERR, detail: str = "") -> None:
         super().__init__(addr, si_code, detail)
 
 
@@ -53,7 +61,7 @@ class OutOfMemory(MmemuError, MemoryError):
     """The machine ran out of frames and had nothing to reclaim: Linux would
     OOM-kill. Carries the address of the fault that could not be served."""
 
-    def __init__(self, addr, detail="no free frame"):
+    def __init__(self, addr: int, detail: str = "no free frame") -> None:
         self.addr = addr
         super().__init__(f"out of memory at {addr:#x}: {detail}")
 
@@ -70,7 +78,7 @@ class UserFault(Exception):
         self.partial = partial      # GUP: pfns taken before the fault (references held)
         self.waiter = waiter        # set when a service handler already ran and left it unresolved
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"userfault ctx {self.ctx} at {self.address:#x} flags {self.flags:#x}"
 
 
@@ -78,7 +86,7 @@ class WouldBlock(MmemuError):
     """The thread's access hit a userfaultfd fault with no service thread:
     it stays blocked; read the uffd, resolve, then Thread.resume()."""
 
-    def __init__(self, thread, uffd, msg):
+    def __init__(self, thread: Thread, uffd: Uffd, msg: UffdMsg) -> None:
         self.thread, self.uffd, self.msg = thread, uffd, msg
         super().__init__(f"thread {thread.tid} blocked: {msg}")
 
@@ -86,7 +94,7 @@ class WouldBlock(MmemuError):
 class Deadlock(MmemuError):
     """Every thread that could resolve a userfaultfd wait is itself waiting."""
 
-    def __init__(self, reason, waits):
+    def __init__(self, reason: str, waits: list[tuple[str, int, str]]) -> None:
         self.reason = reason
         self.waits = waits          # [(thread description, address, what it waits for)]
         lines = "; ".join(f"{t} waits at {a:#x} for {w}" for t, a, w in waits)
@@ -96,7 +104,7 @@ class Deadlock(MmemuError):
 class InvariantError(MmemuError, AssertionError):
     """Machine.check() found state that no kernel would reach."""
 
-    def __init__(self, rule, pfn=None, detail=""):
+    def __init__(self, rule: str, pfn: int | None = None, detail: str = "") -> None:
         self.rule = rule
         self.pfn = pfn
         where = f"frame {pfn}: " if pfn is not None else ""

@@ -1,5 +1,15 @@
 """References taken by GUP and held outside page tables: Pin (FOLL_PIN or
 FOLL_GET, as a device driver holds them) and Pipe (vmsplice's FOLL_GET refs)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Buffer
+
+    from .machine import Machine
+
 import numpy as np
 
 from . import args as A
@@ -17,7 +27,7 @@ class Pin:
     page tables map now. release() drops the references (put_page or
     unpin_user_page)."""
 
-    def __init__(self, machine, pfns, gup_flags):
+    def __init__(self, machine: Machine, pfns: npt.NDArray[np.int64], gup_flags: int) -> None:
         self._machine = machine
         self._lock = machine._lock
         self.pfns = pfns
@@ -27,7 +37,7 @@ class Pin:
         machine._holders.add(self)
 
     @property
-    def refs_per_page(self):
+    def refs_per_page(self) -> int:
         return GUP_PIN_COUNTING_BIAS if self.gup_flags & FOLL_PIN else 1
 
     def _span(self, offset, n):
@@ -43,11 +53,11 @@ class Pin:
             offset += chunk
             n -= chunk
 
-    def read(self, offset, n):
+    def read(self, offset: int, n: int) -> bytes:
         eng = self._machine._engine
         return b"".join(eng.frame_read(pfn, off, k) for pfn, off, k in self._span(offset, n))
 
-    def write(self, offset, data):
+    def write(self, offset: int, data: Buffer) -> None:
         if not self.gup_flags & FOLL_WRITE:
             raise oserror(EINVAL, "pin write", "pages were not taken with FOLL_WRITE")
         data = bytes(data)
@@ -56,20 +66,20 @@ class Pin:
             self._machine._engine.frame_write(pfn, off, data[done:done + k])
             done += k
 
-    def release(self):
+    def release(self) -> None:
         if self.released:
             return
         self._machine._engine.put_pages(self.pfns, self.refs_per_page)
         self.released = True
         self._machine._holders.discard(self)
 
-    def held_refs(self):
+    def held_refs(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         return self.pfns, np.full(len(self.pfns), self.refs_per_page, np.int64)
 
-    def __enter__(self):
+    def __enter__(self) -> Pin:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -78,7 +88,7 @@ class Pipe:
     """A pipe filled by vmsplice: it holds a FOLL_GET reference per page and
     reads the pages' bytes when the reader gets to them."""
 
-    def __init__(self, machine, pfns, first_offset, nbytes):
+    def __init__(self, machine: Machine, pfns: Iterable[int], first_offset: int, nbytes: int) -> None:
         self._machine = machine
         self._lock = machine._lock
         self._bufs = []            # [pfn, offset in page, length], in order
@@ -91,7 +101,7 @@ class Pipe:
         self.nbytes = nbytes
         machine._holders.add(self)
 
-    def read(self, n):
+    def read(self, n: int) -> bytes:
         n = A.size(n, "pipe read", "count")
         out = []
         eng = self._machine._engine
@@ -109,13 +119,13 @@ class Pipe:
             self._machine._holders.discard(self)
         return b"".join(out)
 
-    def close(self):
+    def close(self) -> None:
         if self._bufs:
             pfns = np.array([b[0] for b in self._bufs], np.int64)
             self._machine._engine.put_pages(pfns, 1)
             self._bufs = []
         self._machine._holders.discard(self)
 
-    def held_refs(self):
+    def held_refs(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         pfns = np.array([b[0] for b in self._bufs], np.int64)
         return pfns, np.ones(len(pfns), np.int64)

@@ -1,6 +1,10 @@
 """Machine: one emulated computer (frames, CPUs, the kernel's rules)."""
+from __future__ import annotations
+
 import heapq
 import operator
+from typing import Iterable
+
 
 import numpy as np
 
@@ -42,7 +46,8 @@ class Machine:
 
     MAX_MEMORY = 1 << 44        # 16 TiB of frames: 2^32 frames, 96 GiB of frame table
 
-    def __init__(self, kernel="6.18", ncpus=2, memory=256 << 20, swap=0, seed=0, backports=()):
+    def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
+                 seed: int = 0, backports: Iterable[str] = ()) -> None:
         if isinstance(backports, (str, bytes)):
             raise TypeError("backports must be a sequence of commit ids, not a string")
         self.policy = policy_for(kernel, tuple(backports))
@@ -193,7 +198,7 @@ class Machine:
         del self._uffds[uffd.ctx]
         heapq.heappush(self._uffd_free, uffd.ctx)
 
-    def spawn(self, cpu=0):
+    def spawn(self, cpu: int = 0) -> Process:
         """A new process with an empty address space, running on `cpu`."""
         cpu = operator.index(cpu)
         if not 0 <= cpu < self.ncpus:
@@ -209,10 +214,10 @@ class Machine:
                 f.maybe_destroy()
 
     @property
-    def processes(self):
+    def processes(self) -> list[Process]:
         return list(self._procs.values())
 
-    def frame(self, pfn):
+    def frame(self, pfn: int) -> FrameInfo:
         """What /proc/kpagecount and /proc/kpageflags show, plus refcount and pincount."""
         pfn = operator.index(pfn)
         if not 0 <= pfn < self._engine.nframes:
@@ -235,7 +240,7 @@ class Machine:
         return FrameInfo(pfn, mapcount, kpf, refcount=refcount, pincount=pincount,
                          extra=set(flags) - set(_KPF))
 
-    def reclaim(self, npages=1 << 62, cpu=0):
+    def reclaim(self, npages: int = 1 << 62, cpu: int = 0) -> int:
         """Memory pressure, as an explicit event: reclaim up to npages (pages
         mapped once go to swap, clean MADV_FREE'd pages are dropped, unmapped
         shmem goes to swap). Returns frames freed."""
@@ -244,7 +249,7 @@ class Machine:
             raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
         return self._engine.reclaim(cpu, npages)
 
-    def check(self):
+    def check(self) -> None:
         """Verify every invariant of the machine; raise mmemu.InvariantError."""
         pfns, refs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         for h in self._holders:
@@ -314,12 +319,12 @@ class Machine:
             if versions is not None and u.features is not None:
                 self._engine.uffd_resolver_source(u.ctx, versions)
 
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         return self._engine.stats()
 
-    def memory_usage(self):
+    def memory_usage(self) -> dict[str, int]:
         return self._engine.memory_usage()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<Machine kernel={self.kernel} ({self.policy.version}, {self.policy.era}) "
                 f"ncpus={self.ncpus} frames={self._engine.nframes}>")

@@ -3,6 +3,17 @@
 Each call validates its arguments the way the syscall does (same errno),
 updates the VMA layout, then makes one core call for the page-level work.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, SupportsInt
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Buffer
+
+    from .machine import Machine
+    from .uffd import Uffd
+
 from functools import partial
 
 import numpy as np
@@ -35,7 +46,7 @@ _GUP_ALLOWED = (C.FOLL_WRITE | C.FOLL_GET | C.FOLL_DUMP | C.FOLL_FORCE | C.FOLL_
 # pointer, so a userfault there fails (EIO) instead of waiting.
 _PROC_MEM_GUP = C.FOLL_FORCE | C.FOLL_GET | C.FOLL_TOUCH | C.FOLL_REMOTE
 
-def pagemap_decode(raw):
+def pagemap_decode(raw: SupportsInt) -> PagemapEntry:
     return PagemapEntry(raw)
 
 
@@ -120,7 +131,7 @@ class Thread:
     thread whose access waits on a userfaultfd stays blocked (WouldBlock)
     until the fault is resolved and woken, then resume() completes it."""
 
-    def __init__(self, process, cpu):
+    def __init__(self, process: Process, cpu: int) -> None:
         self.process = process
         self._lock = process.machine._lock
         self.cpu = cpu
@@ -129,16 +140,16 @@ class Thread:
         # The core calls this on a userfault to serve it without leaving the access.
         self.serve_fault = partial(process.machine._userfault_served, self)
 
-    def read(self, addr, n):
+    def read(self, addr: int, n: int) -> bytes:
         return self.process._read(addr, n, self)
 
-    def write(self, addr, data):
+    def write(self, addr: int, data: Buffer) -> None:
         self.process._write(addr, data, self)
 
-    def touch(self, addr, npages, write=False, value=0):
+    def touch(self, addr: int, npages: int, write: bool = False, value: int = 0) -> int:
         return self.process._touch(addr, npages, write, value, self)
 
-    def resume(self):
+    def resume(self) -> Any:
         """Complete the blocked call once its fault (or event) was resolved
         and woken; if it was not, the thread stays blocked (WouldBlock)."""
         if self.blocked is None:
@@ -149,7 +160,7 @@ class Thread:
         self.blocked = None
         return self.process._run(self, rest)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = " blocked" if self.blocked else ""
         return f"<Thread tid={self.tid} cpu={self.cpu}{state}>"
 
@@ -179,7 +190,8 @@ class _HeldRefs:
 class Process(FileOps):
     """One process (one mm) of a Machine."""
 
-    def __init__(self, machine, pid, mm, cpu, vmas=None):
+    def __init__(self, machine: Machine, pid: int, mm: int, cpu: int,
+                 vmas: VmaList | None = None) -> None:
         self.machine = machine
         self._lock = machine._lock
         self.pid = pid
@@ -243,7 +255,8 @@ class Process(FileOps):
 
     # ---- mmap / munmap / mprotect / madvise ----------------------------------
 
-    def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
+    def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1,
+             offset: int = 0) -> int:
         addr, length = A.ulong(addr, "mmap", "addr"), A.ulong(length, "mmap", "length")
         prot, flags = A.ulong(prot, "mmap", "prot"), A.ulong(flags, "mmap", "flags")
         fd, offset = A.ulong(fd, "mmap", "fd", EBADF), A.ulong(offset, "mmap", "offset")
@@ -330,7 +343,7 @@ class Process(FileOps):
             self._engine.zap(self.mm, self.cpu, start, end, True)
             self.machine._reap_files({v.file for v in removed if v.file})
 
-    def munmap(self, addr, length):
+    def munmap(self, addr: int, length: int) -> None:
         addr, length = A.ulong(addr, "munmap", "addr"), A.ulong(length, "munmap", "length")
         self._live("munmap")
         self._pull()
@@ -346,7 +359,7 @@ class Process(FileOps):
         # userfaultfd_unmap_complete(): the monitor is told after the unmap.
         self._events(events, lambda: None)
 
-    def mprotect(self, addr, length, prot):
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
         addr, length = A.ulong(addr, "mprotect", "addr"), A.ulong(length, "mprotect", "length")
         prot = A.ulong(prot, "mprotect", "prot")
         self._live("mprotect")
@@ -394,7 +407,7 @@ class Process(FileOps):
         if error is not None:
             raise error
 
-    def madvise(self, addr, length, advice):
+    def madvise(self, addr: int, length: int, advice: int) -> None:
         addr, length = A.ulong(addr, "madvise", "addr"), A.ulong(length, "madvise", "length")
         advice = A.sint(advice, "madvise", "advice")
         self._live("madvise")
@@ -523,7 +536,8 @@ class Process(FileOps):
             # madvise applies to the mapped parts and then reports the hole.
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
 
-    def mremap(self, old_addr, old_size, new_size, flags=0, new_addr=0):
+    def mremap(self, old_addr: int, old_size: int, new_size: int, flags: int = 0,
+               new_addr: int = 0) -> int:
         """mremap(2): grow in place, shrink, or move (MAYMOVE / FIXED /
         DONTUNMAP) by moving ptes, never copying pages."""
         old_addr, old_size = A.ulong(old_addr, "mremap", "old_addr"), A.ulong(old_size, "mremap", "old_size")
@@ -693,7 +707,7 @@ class Process(FileOps):
                 raise oserror(err, "madvise", "populate failed")
         self._gup_run(start, npages, flags, thread=thread, finish=finish)
 
-    def populate(self, addr, length, write=False):
+    def populate(self, addr: int, length: int, write: bool = False) -> None:
         """MADV_POPULATE_READ/WRITE semantics regardless of era (batch API)."""
         addr, length = A.ulong(addr, "populate", "addr"), A.ulong(length, "populate", "length")
         self._live("populate")
@@ -764,10 +778,10 @@ class Process(FileOps):
                 self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
         self._run(thread, op)
 
-    def read(self, addr, n):
+    def read(self, addr: int, n: int) -> bytes:
         return self._read(addr, n, self._current())
 
-    def write(self, addr, data):
+    def write(self, addr: int, data: Buffer) -> None:
         self._write(addr, data, self._current())
 
     def _touch(self, addr, npages, write, value, thread):
@@ -791,7 +805,8 @@ class Process(FileOps):
                 raise
         return self._run(thread, op)
 
-    def touch(self, addr, npages, write=False, value=0, cpu=None):
+    def touch(self, addr: int, npages: int, write: bool = False, value: int = 0,
+              cpu: int | None = None) -> int:
         """Access each of npages pages once (write: store content `value`, or
         a fresh version stamp when 0), entirely in the core."""
         if cpu is not None:
@@ -834,7 +849,7 @@ class Process(FileOps):
                     self._engine.put_pages(pfns, C.GUP_PIN_COUNTING_BIAS if flags & C.FOLL_PIN else 1)
             raise
 
-    def versions(self, addr, npages):
+    def versions(self, addr: int, npages: int) -> npt.NDArray[np.uint64]:
         """Content version per page (numpy uint64): see Engine.versions."""
         addr, npages = A.uaddr(addr), A.size(npages, "versions", "npages")
         self._live("versions")
@@ -842,7 +857,7 @@ class Process(FileOps):
             return np.zeros(min(npages, _INSPECT_ALWAYS), np.uint64)   # nothing mapped there
         return self._engine.versions(self.mm, addr, _inspect_pages(self.vmas, addr, npages))
 
-    def userfaultfd(self, flags=0):
+    def userfaultfd(self, flags: int = 0) -> Uffd:
         """userfaultfd(2): O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY (5.11)."""
         from .uffd import O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY, Uffd
         flags = A.sint(flags, "userfaultfd", "flags")
@@ -856,7 +871,7 @@ class Process(FileOps):
         self.uffds.append(u)
         return u
 
-    def pwrite_from(self, fd, addr, n, offset, direct=False):
+    def pwrite_from(self, fd: int, addr: int, n: int, offset: int, direct: bool = False) -> int:
         """write(2) of user memory to a file at offset. Buffered: the kernel
         copies from user memory (kernel-mode faults). O_DIRECT: it takes the
         pages with a read GUP (FOLL_GET) for the I/O."""
@@ -902,7 +917,7 @@ class Process(FileOps):
             raise oserror(EINVAL, call, "count beyond SSIZE_MAX")
         return fd, addr, min(n, MAX_RW_COUNT), offset
 
-    def pread_into(self, fd, addr, n, offset):
+    def pread_into(self, fd: int, addr: int, n: int, offset: int) -> int:
         """read(2) from a file into user memory (copy_to_user: kernel-mode write faults)."""
         fd, addr, n, offset = self._rw_args("pread", fd, addr, n, offset)
         self._live("pread")
@@ -914,7 +929,7 @@ class Process(FileOps):
             raise oserror(EFAULT, "pread", "copy_to_user faulted")
         return len(data)
 
-    def thread(self, cpu=None):
+    def thread(self, cpu: int | None = None) -> Thread:
         self._live("clone")
         cpu = None if cpu is None else A.sint(cpu, "clone", "cpu")
         if cpu is None:
@@ -926,7 +941,7 @@ class Process(FileOps):
 
     # ---- fork / exit ---------------------------------------------------------
 
-    def fork(self):
+    def fork(self) -> Process:
         self._live("fork")
         self._pull()
         m = self.machine
@@ -993,7 +1008,7 @@ class Process(FileOps):
         return self._events([(m._uffds[ctx], UffdMsg(UFFD_EVENT_FORK, ufd=dup[ctx]), 0, 0) for ctx in dup],
                             lambda: child)
 
-    def exit(self):
+    def exit(self) -> None:
         if not self.alive:
             return
         files = {v.file for v in self.vmas if v.file}
@@ -1029,7 +1044,7 @@ class Process(FileOps):
             return wrap(pfns)
         return self._gup_run(addr & ~(PAGE - 1), npages, gup_flags, finish=finish)
 
-    def get_user_pages(self, addr, npages, gup_flags=0):
+    def get_user_pages(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
         """FOLL_GET references (as get_user_pages): a Pin whose release() puts them.
         Fewer than npages pages are taken when GUP stops early, as in Linux.
         FOLL_PIN is EINVAL: only pin_user_pages may pin (is_valid_gup_args)."""
@@ -1041,7 +1056,7 @@ class Process(FileOps):
         flags = gup_flags | C.FOLL_GET | C.FOLL_TOUCH
         return self._gup(addr, npages, flags, "get_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
-    def pin_user_pages(self, addr, npages, gup_flags=0):
+    def pin_user_pages(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
         """FOLL_PIN references (as pin_user_pages); FOLL_LONGTERM as passed."""
         addr, npages = A.ulong(addr, "pin_user_pages", "addr", EFAULT), A.ulong(npages, "pin_user_pages", "npages")
         gup_flags = A.uint(gup_flags, "pin_user_pages", "gup_flags")
@@ -1050,7 +1065,7 @@ class Process(FileOps):
         flags = gup_flags | C.FOLL_PIN | C.FOLL_TOUCH
         return self._gup(addr, npages, flags, "pin_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
-    def pin_user_pages_fast(self, addr, npages, gup_flags=0):
+    def pin_user_pages_fast(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
         """pin_user_pages_fast: the lockless walk takes only pages it may use
         as mapped; anything that needs a fault or an unshare (and, without a
         VMA, every long-term pin of a non-anon page) falls back to the slow
@@ -1060,7 +1075,7 @@ class Process(FileOps):
         gup_flags = A.uint(gup_flags, "pin_user_pages_fast", "gup_flags")
         return self.pin_user_pages(addr, npages, gup_flags)
 
-    def vmsplice(self, addr, length):
+    def vmsplice(self, addr: int, length: int) -> Pipe:
         """vmsplice(2) of user memory into a new pipe: FOLL_GET references
         (read-only GUP) that the pipe holds until read."""
         addr, length = A.ulong(addr, "vmsplice", "addr", EFAULT), A.ulong(length, "vmsplice", "length")
@@ -1080,7 +1095,7 @@ class Process(FileOps):
             return Pipe(self.machine, pfns, addr - first, nbytes)
         return self._gup_run(first, npages, C.FOLL_GET, finish=finish)
 
-    def proc_mem_write(self, addr, data):
+    def proc_mem_write(self, addr: int, data: Buffer) -> int:
         """A write through /proc/pid/mem (ptrace): FOLL_FORCE|FOLL_WRITE GUP,
         then the write into the page GUP returned."""
         addr = A.ulong(addr, "write /proc/pid/mem", "offset", 5)
@@ -1101,7 +1116,7 @@ class Process(FileOps):
             done += k
         return done
 
-    def proc_mem_read(self, addr, n):
+    def proc_mem_read(self, addr: int, n: int) -> bytes:
         addr = A.ulong(addr, "read /proc/pid/mem", "offset", 5)
         n = A.size(n, "read /proc/pid/mem", "count")
         self._live("read /proc/pid/mem")
@@ -1123,11 +1138,11 @@ class Process(FileOps):
 
     # ---- /proc ---------------------------------------------------------------
 
-    def pagemap(self, addr):
+    def pagemap(self, addr: int) -> PagemapEntry:
         raw = self.pagemap_range(addr, 1)
         return pagemap_decode(raw[0] if len(raw) else 0)
 
-    def pagemap_range(self, addr, npages):
+    def pagemap_range(self, addr: int, npages: int) -> npt.NDArray[np.uint64]:
         """Raw 64-bit pagemap entries (numpy uint64), as read from
         /proc/pid/pagemap; pagemap_read() stops at the end of user space."""
         addr, npages = A.ulong(addr, "pagemap", "offset"), A.size(npages, "pagemap", "npages")
@@ -1136,8 +1151,10 @@ class Process(FileOps):
             return np.zeros(0, np.uint64)
         return self._engine.pagemap(self.mm, addr & ~(PAGE - 1), _inspect_pages(self.vmas, addr, npages))
 
-    def pagemap_scan(self, start, end, flags=0, category_mask=0, category_anyof_mask=0,
-                     category_inverted=0, return_mask=0, max_pages=0, vec_len=1 << 30):
+    def pagemap_scan(self, start: int, end: int, flags: int = 0, category_mask: int = 0,
+                     category_anyof_mask: int = 0, category_inverted: int = 0, return_mask: int = 0,
+                     max_pages: int = 0, vec_len: int = 1 << 30
+                     ) -> tuple[list[tuple[int, int, int]], int]:
         """ioctl(PAGEMAP_SCAN) on /proc/pid/pagemap (6.7+): (regions, walk_end),
         regions being (start, end, categories & return_mask) of the matching
         pages; PM_SCAN_WP_MATCHING write-protects what matched (empty slots
@@ -1268,7 +1285,7 @@ class Process(FileOps):
             for v in self.vmas.overlapping(s, e):
                 self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
 
-    def clear_refs(self, value):
+    def clear_refs(self, value: int) -> None:
         """echo value > /proc/pid/clear_refs."""
         self._live("clear_refs")
         self._pull()
@@ -1289,16 +1306,16 @@ class Process(FileOps):
             self._engine.flush_mm(self.mm)   # 912efa17e512: flush_tlb_mm after the walk
 
     @property
-    def minflt(self):
+    def minflt(self) -> int:
         return self._engine.mm_info(self.mm)["minflt"]
 
     @property
-    def rss_anon(self):
+    def rss_anon(self) -> int:
         return self._engine.mm_info(self.mm)["rss_anon"] * PAGE
 
     @property
-    def has_pinned(self):
+    def has_pinned(self) -> bool:
         return self._engine.mm_info(self.mm)["has_pinned"]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Process pid={self.pid} mm={self.mm}{'' if self.alive else ' exited'}>"

@@ -68,6 +68,18 @@ A malformed program (unknown op or argument, misaligned or out-of-region
 address, undefined region, process, pipe or pin) raises ProgramError naming
 the step, before anything runs.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from .host.machine import HostMachine
+    from .machine import Machine
+
+    Step = dict[str, Any]
+    Program = Union[list[Step], dict[str, Any]]     # a list of steps, or {"steps": [...]}
+    Observation = dict[str, Any]
+
 import errno as _errno
 import json
 
@@ -163,7 +175,7 @@ class ProgramError(ValueError):
     """The program itself is wrong; `step` is the path of the offending step
     ("3", or "2.1" for the second step of the body of step 2)."""
 
-    def __init__(self, step, message):
+    def __init__(self, step: str, message: str) -> None:
         self.step = step
         super().__init__(f"step {step}: {message}")
 
@@ -176,7 +188,7 @@ class PlacementError(ProgramError):
 
 # --- symbolic constants ----------------------------------------------------------
 
-def parse_flags(value, prefix, where="?"):
+def parse_flags(value: int | str | list[int | str], prefix: str, where: str = "?") -> int:
     """'PROT_READ|PROT_WRITE' (or an int, or a list of names) -> int."""
     if isinstance(value, bool):
         raise ProgramError(where, f"flag value {value!r} is not a {prefix}* expression")
@@ -206,7 +218,7 @@ def _constant(name):
     return None
 
 
-def format_flags(value, prefix):
+def format_flags(value: int | str, prefix: str) -> str:
     """int -> 'PROT_READ|PROT_WRITE' using mmemu.constants (exact values for
     MADV_*, which are not bit sets)."""
     if isinstance(value, str):
@@ -232,7 +244,7 @@ def format_flags(value, prefix):
     return "|".join(out)
 
 
-def step_data(step, where):
+def step_data(step: Step, where: str) -> bytes:
     """The bytes a write-like step carries: data (text, UTF-8), hex, or fill+len."""
     kinds = [k for k in ("data", "hex", "fill") if k in step]
     if len(kinds) != 1:
@@ -267,7 +279,7 @@ def _is_offset(n):
     return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 62
 
 
-def steps_of(program):
+def steps_of(program: Program) -> list[Step]:
     if isinstance(program, dict):
         program = program.get("steps")
     if not isinstance(program, list):
@@ -537,7 +549,7 @@ class _Checker:
                 raise ProgramError(where, "max must be a positive count")
 
 
-def check(program):
+def check(program: Program) -> list[str]:
     """Raise ProgramError for the first malformed step; return the names of
     the processes in creation order."""
     ch = _Checker()
@@ -559,13 +571,13 @@ def _entry(e):
     return PagemapEntry(int(e))
 
 
-def pagemap_entries(proc, addr, npages):
+def pagemap_entries(proc: Any, addr: int, npages: int) -> list[Any]:
     if hasattr(proc, "pagemap_range"):
         return [_entry(e) for e in proc.pagemap_range(addr, npages)]
     return [_entry(proc.pagemap(addr + i * C.PAGE_SIZE)) for i in range(npages)]
 
 
-def pagemap_fields(entry):
+def pagemap_fields(entry: Any) -> dict[str, Any]:
     """An engine or host pagemap entry (or raw value) -> plain dict (pfn still raw)."""
     entry = _entry(entry)
     out = {k: bool(getattr(entry, k)) for k in
@@ -581,7 +593,7 @@ def pagemap_fields(entry):
     return out
 
 
-def frame_fields(machine, pfn):
+def frame_fields(machine: Machine | HostMachine, pfn: int) -> dict[str, Any]:
     try:
         info = machine.frame(pfn)
     except Exception as e:   # the engine may not model it; the host may lack privilege
@@ -995,7 +1007,8 @@ class _Run:
                     pass
 
 
-def run(program, machine, *, snapshots=True, cleanup=True):
+def run(program: Program, machine: Machine | HostMachine, *, snapshots: bool = True,
+        cleanup: bool = True) -> list[Observation]:
     """Run program on machine; return the list of observations (one per step
     executed, fork bodies inline, in execution order).
 
@@ -1038,7 +1051,7 @@ def _fmt_data(step):
     return f"{step.get('fill', 0):#04x}*{step.get('len', 0)}"
 
 
-def describe(step):
+def describe(step: Step) -> str:
     """One step as one line (without its body)."""
     op = step.get("op")
     a = lambda k: _fmt_at(step[k]) if k in step else "?"   # noqa: E731
@@ -1123,7 +1136,7 @@ def describe(step):
     return str(op)
 
 
-def pretty(program, indent=0, prefix="", default="main"):
+def pretty(program: Program, indent: int = 0, prefix: str = "", default: str = "main") -> str:
     """The program, one step a line: path, process, step."""
     lines = []
     for i, step in enumerate(steps_of(program)):
@@ -1138,6 +1151,6 @@ def pretty(program, indent=0, prefix="", default="main"):
     return "\n".join(line for line in lines if line)
 
 
-def dumps(program):
+def dumps(program: Program) -> str:
     """Compact JSON, one line (to paste back into a test)."""
     return json.dumps(steps_of(program), separators=(",", ":"))

@@ -5,6 +5,13 @@ The page cache lives in the core; this module keeps the file objects, the
 per-process fd tables and the orchestration across every VMA that maps a
 file (the kernel's i_mmap walk).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 from . import args as A
 from . import constants as C
 from .errors import EBADF, EFAULT, EINVAL, EFBIG, oserror
@@ -92,7 +99,7 @@ class FileOps:
         f.nfds += 1
         return fd
 
-    def memfd_create(self, name, flags=0):
+    def memfd_create(self, name: str, flags: int = 0) -> int:
         """memfd_create(2): a new shmem file, opened read-write."""
         if name is None:
             raise oserror(EFAULT, "memfd_create", "name is NULL")
@@ -116,7 +123,7 @@ class FileOps:
             raise oserror(EINVAL, "memfd_create", "name too long")
         return self._new_fd(ShmemFile(self.machine, name))
 
-    def close(self, fd):
+    def close(self, fd: int) -> None:
         fd = A.sint(fd, "close", "fd", EBADF)
         self._live("close")
         f = self._file(fd, "close")
@@ -125,7 +132,7 @@ class FileOps:
         f.nfds -= 1
         f.maybe_destroy()
 
-    def ftruncate(self, fd, length):
+    def ftruncate(self, fd: int, length: int) -> None:
         fd, length = A.sint(fd, "ftruncate", "fd", EBADF), A.ulong(length, "ftruncate", "length")
         length = length - (1 << 64) if length >= 1 << 63 else length      # loff_t
         self._live("ftruncate")
@@ -136,7 +143,7 @@ class FileOps:
             raise oserror(EFBIG, "ftruncate", "file too large")
         f.truncate(length)
 
-    def fallocate(self, fd, mode, offset, length):
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2) on shmem: allocation, or PUNCH_HOLE|KEEP_SIZE."""
         fd, mode = A.sint(fd, "fallocate", "fd", EBADF), A.sint(mode, "fallocate", "mode")
         offset, length = A.ulong(offset, "fallocate", "offset"), A.ulong(length, "fallocate", "length")
@@ -190,7 +197,7 @@ class FileOps:
         if start < end and any(self.machine._engine.file_pread(f.fid, self.cpu, start, end - start)):
             self.machine._engine.file_pwrite(f.fid, self.cpu, start, bytes(end - start))
 
-    def pread(self, fd, n, offset):
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
         offset = A.loff(offset, "pread", "offset")
         fd, n = A.sint(fd, "pread", "fd", EBADF), A.ulong(n, "pread", "count")
         if n >= 1 << 63:
@@ -201,7 +208,7 @@ class FileOps:
             raise oserror(EINVAL, "pread", "negative offset or count")
         return self.machine._engine.file_pread(f.fid, self.cpu, offset, n)
 
-    def pwrite(self, fd, data, offset):
+    def pwrite(self, fd: int, data: Buffer, offset: int) -> int:
         offset = A.loff(offset, "pwrite", "offset")
         fd = A.sint(fd, "pwrite", "fd", EBADF)
         data = bytes(data)
@@ -213,6 +220,6 @@ class FileOps:
             raise oserror(EFBIG, "pwrite", "beyond the maximum file size")
         return self.machine._engine.file_pwrite(f.fid, self.cpu, offset, bytes(data))
 
-    def fstat_size(self, fd):
+    def fstat_size(self, fd: int) -> int:
         fd = A.sint(fd, "fstat", "fd", EBADF)
         return self._file(fd, "fstat").size

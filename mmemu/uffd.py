@@ -8,6 +8,17 @@ mmap_changing, and the wait queues. A faulting thread either runs the
 context's service handler (Uffd.serve) or raises WouldBlock and stays
 blocked until a wake and Thread.resume().
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Buffer
+
+    from .eras import Policy
+    from .process import Process, Thread
+
 from dataclasses import dataclass
 
 from . import args as _args
@@ -51,7 +62,7 @@ class UffdError(OSError):
     output field (bytes done after partial progress, or -errno; None where
     the ioctl has none or left it unwritten). read(2) errors stay OSError."""
 
-    def __init__(self, err, call, result, detail=None):
+    def __init__(self, err: int, call: str, result: int | None, detail: str | None = None) -> None:
         e = oserror(err, call, detail)
         super().__init__(e.errno, e.strerror)
         self.result = result
@@ -89,7 +100,7 @@ class UffdMsg:
     start: int = 0          # remove, unmap
     end: int = 0
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         names = {UFFD_EVENT_PAGEFAULT: "PAGEFAULT", UFFD_EVENT_FORK: "FORK", UFFD_EVENT_REMAP: "REMAP",
                  UFFD_EVENT_REMOVE: "REMOVE", UFFD_EVENT_UNMAP: "UNMAP"}
         n = names.get(self.event, hex(self.event))
@@ -115,7 +126,7 @@ class Resolver:
 
     MISSING = ("zeropage", "copy")
 
-    def __init__(self, missing="zeropage", fill=0):
+    def __init__(self, missing: str = "zeropage", fill: int = 0) -> None:
         if missing not in self.MISSING:
             raise ValueError(f"missing: one of {self.MISSING}")
         if not 0 <= fill < 256:
@@ -125,7 +136,8 @@ class Resolver:
         self._page = bytes([fill]) * PAGE
         self._source = None         # the host: fetch the log from the server
 
-    def resolve(self, u, event, flags, address, close_fork):
+    def resolve(self, u: Any, event: int, flags: int, address: int,
+                close_fork: Callable[[], object]) -> None:
         """Resolve one message on `u` (a Uffd, or the host's raw context)."""
         if event == UFFD_EVENT_FORK:
             close_fork()
@@ -140,7 +152,7 @@ class Resolver:
             else:
                 u.zeropage(page, PAGE, 0)
 
-    def __call__(self, uffd, msg):
+    def __call__(self, uffd: Uffd, msg: UffdMsg) -> None:
         entry = [msg, None]
         self.log.append(entry)
         try:
@@ -148,7 +160,7 @@ class Resolver:
         except OSError as e:
             entry[1] = e.errno
 
-    def take(self):
+    def take(self) -> list[tuple[UffdMsg, int | None]]:
         """The messages served since the last take(): [(UffdMsg, errno or None)]."""
         if self._source is not None:
             return self._source()
@@ -172,7 +184,8 @@ class Waiter:
 class Uffd:
     """One userfaultfd context (the file returned by userfaultfd(2))."""
 
-    def __init__(self, process, flags=0, features=None, parent=None):
+    def __init__(self, process: Process, flags: int = 0, features: int | None = None,
+                 parent: Uffd | None = None) -> None:
         self.process = process
         self.machine = process.machine
         self._lock = self.machine._lock
@@ -191,7 +204,7 @@ class Uffd:
 
     # ---- helpers --------------------------------------------------------------
     @property
-    def policy(self):
+    def policy(self) -> Policy:
         return self.machine.policy
 
     def _push(self):
@@ -264,7 +277,7 @@ class Uffd:
         return vma
 
     # ---- UFFDIO_API ------------------------------------------------------------
-    def api(self, features=0, api=UFFD_API):
+    def api(self, features: int = 0, api: int = UFFD_API) -> int:
         """UFFDIO_API: returns the features the kernel supports (all of them)."""
         features, api = _u64(features, "UFFDIO_API", "features"), _u64(api, "UFFDIO_API", "api")
         if self.released:
@@ -282,7 +295,7 @@ class Uffd:
         return supported
 
     # ---- UFFDIO_REGISTER / UNREGISTER ----------------------------------------
-    def register(self, addr, length, mode):
+    def register(self, addr: int, length: int, mode: int) -> int:
         addr, length, mode = _u64s("UFFDIO_REGISTER", addr=addr, length=length, mode=mode)
         self._ready("UFFDIO_REGISTER")
         start, end = self._range(addr, length, "UFFDIO_REGISTER")
@@ -333,7 +346,7 @@ class Uffd:
             ioctls &= ~(1 << _UFFDIO_CONTINUE)
         return ioctls
 
-    def unregister(self, addr, length):
+    def unregister(self, addr: int, length: int) -> None:
         addr, length = _u64s("UFFDIO_UNREGISTER", addr=addr, length=length)
         self._ready("UFFDIO_UNREGISTER")
         start, end = self._range(addr, length, "UFFDIO_UNREGISTER")
@@ -425,7 +438,8 @@ class Uffd:
             raise UffdError(err, call, -err)
         return done * PAGE
 
-    def copy(self, dst, src, length=None, mode=0, src_process=None):
+    def copy(self, dst: int, src: Buffer | int, length: int | None = None, mode: int = 0,
+             src_process: Process | None = None) -> int:
         """UFFDIO_COPY from bytes, or from an address of the caller's memory."""
         dst, mode = _u64s("UFFDIO_COPY", dst=dst, mode=mode)
         if length is not None:
@@ -453,7 +467,7 @@ class Uffd:
                           UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, _FILL_COPY,
                           wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
 
-    def zeropage(self, addr, length, mode=0):
+    def zeropage(self, addr: int, length: int, mode: int = 0) -> int:
         addr, length, mode = _u64s("UFFDIO_ZEROPAGE", addr=addr, length=length, mode=mode)
         if not mode and self._fast(addr, length):
             r = self.machine._engine.uffd_fill_one(self.process.mm, self.process.cpu, self.ctx,
@@ -463,7 +477,7 @@ class Uffd:
         return self._fill("UFFDIO_ZEROPAGE", _UFFDIO_ZEROPAGE, addr, length, mode,
                           UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
 
-    def continue_(self, addr, length, mode=0):
+    def continue_(self, addr: int, length: int, mode: int = 0) -> int:
         addr, length, mode = _u64s("UFFDIO_CONTINUE", addr=addr, length=length, mode=mode)
         allowed = UFFDIO_CONTINUE_MODE_DONTWAKE
         if self.policy.uffd_features & UFFD_FEATURE_WP_UNPOPULATED:   # CONTINUE_MODE_WP: 6.4
@@ -471,12 +485,12 @@ class Uffd:
         return self._fill("UFFDIO_CONTINUE", _UFFDIO_CONTINUE, addr, length, mode, allowed,
                           _FILL_CONTINUE, wp=bool(mode & UFFDIO_CONTINUE_MODE_WP))
 
-    def poison(self, addr, length, mode=0):
+    def poison(self, addr: int, length: int, mode: int = 0) -> int:
         addr, length, mode = _u64s("UFFDIO_POISON", addr=addr, length=length, mode=mode)
         return self._fill("UFFDIO_POISON", _UFFDIO_POISON, addr, length, mode,
                           UFFDIO_POISON_MODE_DONTWAKE, _FILL_POISON)
 
-    def move(self, dst, src, length, mode=0):
+    def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         """UFFDIO_MOVE (6.8): move exclusive anon pages from src to dst."""
         dst, src, length, mode = _u64s("UFFDIO_MOVE", dst=dst, src=src, length=length, mode=mode)
         call = "UFFDIO_MOVE"
@@ -511,7 +525,7 @@ class Uffd:
         return self._result(call, start, done, err, dontwake=mode & UFFDIO_MOVE_MODE_DONTWAKE)
 
     # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
-    def writeprotect(self, addr, length, mode):
+    def writeprotect(self, addr: int, length: int, mode: int) -> None:
         addr, length, mode = _u64s("UFFDIO_WRITEPROTECT", addr=addr, length=length, mode=mode)
         call = "UFFDIO_WRITEPROTECT"
         if (mode == 0 or mode == UFFDIO_WRITEPROTECT_MODE_WP) and self._fast(addr, length) and \
@@ -554,7 +568,7 @@ class Uffd:
             self._wake(start, end)
 
     # ---- waking and reading -----------------------------------------------------
-    def wake(self, addr, length):
+    def wake(self, addr: int, length: int) -> None:
         addr, length = _u64s("UFFDIO_WAKE", addr=addr, length=length)
         self._ready("UFFDIO_WAKE")
         start, end = self._range(addr, length, "UFFDIO_WAKE")
@@ -572,7 +586,7 @@ class Uffd:
                         keep.append(w)
                 queue[:] = keep
 
-    def read(self, max_msgs=None):
+    def read(self, max_msgs: int | None = None) -> list[UffdMsg]:
         """read(2): page faults first, then non-cooperative events."""
         if self.released:
             raise oserror(9, "read")
@@ -592,10 +606,10 @@ class Uffd:
             raise oserror(EAGAIN, "read", "no message")
         return out
 
-    def pending(self):
+    def pending(self) -> int:
         return len(self.faults) + len(self.events)
 
-    def close(self):
+    def close(self) -> None:
         """The last reference goes (userfaultfd_release): every VMA is
         unregistered and every waiter woken; pending events are dropped."""
         if self.released:
@@ -625,7 +639,7 @@ class Uffd:
         self.machine._free_uffd(self)
 
     # ---- service threads -----------------------------------------------------
-    def serve(self, handler, cpu=None):
+    def serve(self, handler: Callable[[Uffd, UffdMsg], object], cpu: int | None = None) -> Thread:
         """Run `handler(uffd, msg)` as this context's service thread, on its
         own CPU, for every message from now on; faulting accesses complete
         once it resolved them."""
@@ -649,7 +663,8 @@ class Uffd:
 
     _RESOLVERS = {"copy": 1, "zeropage": 2, "unprotect": 3}
 
-    def serve_core(self, resolver, base=0, versions=None):
+    def serve_core(self, resolver: str | None, base: int = 0,
+                   versions: npt.ArrayLike | None = None) -> None:
         """A service thread that never returns to Python: "copy" fills MISSING
         faults from `versions` (content version per page, index 0 at `base`),
         "zeropage" maps the zero page, "unprotect" resolves WP faults and logs
@@ -665,7 +680,7 @@ class Uffd:
         self._versions = None if versions is None else np.ascontiguousarray(versions, np.uint64)
         self.machine._engine.uffd_resolver(self.ctx, kind, base, self._versions)
 
-    def core_log(self):
+    def core_log(self) -> tuple[int, npt.NDArray[np.int64]]:
         """(faults the in-core resolver resolved, addresses it logged)."""
         if self.features is None or self.released:
             import numpy as np
@@ -692,5 +707,5 @@ class Uffd:
                         [(f"thread {waiter.thread.tid}", waiter.msg.address or waiter.start,
                           f"{kind} on uffd {self.ctx}")])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Uffd ctx={self.ctx} of pid {self.process.pid}{' closed' if self.released else ''}>"

@@ -17,6 +17,13 @@ mappings go top-down and adjacent, as the kernel would place them in a
 fresh process (neighbours merge). A hint changes only where a mapping
 lands, not what it does.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..eras import Policy
+
 import atexit
 import errno as _errno
 import os
@@ -742,8 +749,9 @@ class HostMachine:
     the kernel). policy is the engine's policy for "host": the same version,
     era and knobs a Machine(kernel="host") runs with."""
 
-    def __init__(self, kernel="host", ncpus=None, memory=None, swap=0, seed=0,
-                 timeout=DEFAULT_TIMEOUT, uffd=False):
+    def __init__(self, kernel: str | None = "host", ncpus: int | None = None,
+                 memory: int | None = None, swap: int = 0, seed: int = 0,
+                 timeout: float = DEFAULT_TIMEOUT, uffd: bool = False) -> None:
         release = os.uname().release
         if kernel not in ("host", None) and not release.startswith(str(kernel)):
             raise ValueError(f"HostMachine runs the host kernel {release}, not {kernel!r}")
@@ -771,29 +779,29 @@ class HostMachine:
         self.closed = False
         _live_machines.add(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<HostMachine kernel={self.kernel} processes={len(self.live_processes())}>"
 
-    def __enter__(self):
+    def __enter__(self) -> HostMachine:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def live_processes(self):
+    def live_processes(self) -> list[HostProcess]:
         return [p for p in self.processes if p.alive]
 
     @property
-    def swap_file(self):
+    def swap_file(self) -> str | None:
         """The path of the swap file this machine enabled, or None."""
         return self._swap.path if self._swap is not None else None
 
     @property
-    def memory(self):
+    def memory(self) -> int:
         raise Unsupported("the host's memory size is the machine's: a scenario that needs "
                           "memory pressure at a chosen size cannot run here")
 
-    def reclaim(self, npages=1 << 62, cpu=0):
+    def reclaim(self, npages: int = 1 << 62, cpu: int = 0) -> None:
         """Memory pressure on the host: MADV_PAGEOUT of every program mapping
         of every live process, which sends what reclaim would take through
         shrink_folio_list (pages mapped once to swap, clean MADV_FREE'd pages
@@ -808,7 +816,7 @@ class HostMachine:
         return None
 
     @property
-    def policy(self):
+    def policy(self) -> Policy:
         if self._policy is None:
             from ..eras import policy_for
             self._policy = policy_for("host")
@@ -829,7 +837,7 @@ class HostMachine:
 
     # --- processes ---
 
-    def spawn(self):
+    def spawn(self) -> HostProcess:
         """A new process: a fork of the driver that becomes a server."""
         self._check_open()
         drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -941,7 +949,7 @@ class HostMachine:
 
     # --- frames ---
 
-    def frame(self, pfn):
+    def frame(self, pfn: int) -> FrameInfo:
         """/proc/kpagecount and /proc/kpageflags of pfn."""
         self._check_open()
         if self._kpagecount is None:
@@ -957,13 +965,13 @@ class HostMachine:
             raise oserror(_errno.EINVAL, "frame", f"pfn {pfn:#x} beyond max_pfn") from None
         return FrameInfo(pfn, count, flags)     # refcount, pincount: not visible
 
-    def check(self):
+    def check(self) -> None:
         """The engine checks its invariants here; the real kernel has none to
         check from user space."""
 
     # --- teardown ---
 
-    def close(self):
+    def close(self) -> None:
         """Exit every live process and reap it. Idempotent."""
         if self.closed or os.getpid() != self._owner:
             return
