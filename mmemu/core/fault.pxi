@@ -181,8 +181,10 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     if vi < 0:
         return VM_FAULT_SIGSEGV
     vma = &mm.vmas[vi]
-    if fflags & FAULT_FLAG_USER:
-        # arch access_error(): GUP checked the VMA itself (check_vma_flags).
+    if fflags & FAULT_FLAG_ARCH:
+        # x86 do_user_addr_fault() -> access_error(): every CPU access to a
+        # user address, a kernel-mode copy_to/from_user too; GUP checked the
+        # VMA itself (check_vma_flags).
         if fflags & FAULT_FLAG_WRITE:
             if not (vma.flags & VM_WRITE):
                 return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
@@ -272,7 +274,8 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
         if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
             return 0
         # A kernel-mode access (copy_*_user) faults without FAULT_FLAG_USER.
-        ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | (FAULT_FLAG_WRITE if write else 0), ptep)
+        ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | FAULT_FLAG_ARCH | (FAULT_FLAG_WRITE if write else 0),
+                                  ptep)
         if ret & VM_FAULT_OOM and reclaim_pages(e, cpu, RECLAIM_BATCH) > 0:
             continue            # direct reclaim freed frames: fault again
         if ret & VM_FAULT_ERROR:

@@ -105,6 +105,7 @@
 #define FAULT_FLAG_REMOTE  (1 << 7)
 #define FAULT_FLAG_UNSHARE (1 << 10)
 #define FAULT_FLAG_NO_RETRY (1 << 20) /* emulator: FAULT_FLAG_ALLOW_RETRY absent */
+#define FAULT_FLAG_ARCH    (1 << 21) /* emulator: a CPU access, user or kernel mode (not GUP) */
 #define VM_FAULT_OOM       0x000001
 #define VM_FAULT_SIGBUS    0x000002
 #define VM_FAULT_WRITE     0x000008   /* 4.9-5.19: tells GUP a COW happened */

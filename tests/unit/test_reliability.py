@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mmemu
-from mmemu import (MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE,
+from mmemu import (MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PROT_NONE,
                    PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE, FOLL_PIN, FOLL_WRITE, FOLL_LONGTERM)
 from mmemu.vma import VM_ANON_VMA
 from mmemu.uffd import UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, UFFD_FEATURE_PAGEFAULT_FLAG_WP
@@ -383,4 +383,21 @@ def test_two_host_threads_hammering_one_machine():
     for t in threads:
         t.join()
     assert not errors
+    m.check()
+
+
+@pytest.mark.parametrize("prot,flags", [(PROT_NONE, MAP_SHARED), (PROT_READ, MAP_SHARED),
+                                         (PROT_READ, MAP_PRIVATE)])
+def test_kernel_mode_copy_into_memory_it_may_not_write_is_efault(prot, flags):
+    """access_error() checks every CPU access to a user address, a
+    kernel-mode copy_to_user included (found by the random runner: a read()
+    into a PROT_NONE shared mapping installed a writable pte)."""
+    m = machine()
+    p = m.spawn()
+    fd = p.memfd_create("f")
+    p.pwrite(fd, b"data" * 1024, 0)
+    a = p.mmap(0, 2 * PAGE, prot, flags, fd, 0)
+    assert errno_of(p.pread_into, fd, a, 100, 0) == errno.EFAULT
+    if prot & PROT_READ:
+        assert p.read(a, 4) == b"data"
     m.check()
