@@ -39,6 +39,8 @@ struct service {
     int log_r, log_w;
     int copy;               /* missing faults: COPY (1) or ZEROPAGE (0) */
     int resolve;            /* 0: only read and log (a reader while the server forks) */
+    int busy;               /* between a readable poll and the last record logged */
+    unsigned test_delay_us; /* MMEMU_TEST_SERVICE_LOG_DELAY_US: widen the read->log window */
     pthread_t thread;
     unsigned char page[SERVICE_PAGE_SIZE];
 };
@@ -99,15 +101,22 @@ service_main(void *arg)
         }
         if (p[1].revents)
             return NULL;
+        /* Set before read(): a thread that a read() of ours released (fork
+         * waiting for its FORK event) then sees busy until the message is
+         * logged, and waits for it (service_idle). */
+        __atomic_store_n(&s->busy, 1, __ATOMIC_SEQ_CST);
         struct log_record r;
         memset(&r, 0, sizeof r);
         while (read(s->uffd, &r.msg, sizeof r.msg) == (ssize_t)sizeof r.msg) {
+            if (s->test_delay_us)
+                usleep(s->test_delay_us);
             r.err = -1;                 /* "being resolved": its errno follows */
             log_write(s, &r);
             r.err = s->resolve ? resolve(s, &r.msg) : 0;
             memset(&r.msg, 0, sizeof r.msg);
             log_write(s, &r);
         }
+        __atomic_store_n(&s->busy, 0, __ATOMIC_SEQ_CST);
     }
 }
 
@@ -167,6 +176,8 @@ service_start(PyObject *self, PyObject *args)
     s->log_w = l[1];
     s->copy = copy;
     s->resolve = resolve;
+    const char *delay = getenv("MMEMU_TEST_SERVICE_LOG_DELAY_US");
+    s->test_delay_us = delay ? (unsigned)strtoul(delay, NULL, 10) : 0;
     memset(s->page, fill, SERVICE_PAGE_SIZE);
     int rc = pthread_create(&s->thread, NULL, service_main, s);
     if (rc != 0) {
@@ -199,8 +210,25 @@ service_stop(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(service_busy_doc,
+"busy(handle) -> bool\n\n"
+"Whether the thread is between a readable poll and logging what it read:\n"
+"a message whose read() already returned is logged once this is false.");
+
+static PyObject *
+service_busy(PyObject *self, PyObject *args)
+{
+    unsigned long long h;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "K:busy", &h))
+        return NULL;
+    struct service *s = (struct service *)(uintptr_t)h;
+    return PyBool_FromLong(__atomic_load_n(&s->busy, __ATOMIC_SEQ_CST));
+}
+
 static PyMethodDef service_methods[] = {
     {"start", service_start, METH_VARARGS, service_start_doc},
+    {"busy", service_busy, METH_VARARGS, service_busy_doc},
     {"stop", service_stop, METH_VARARGS, service_stop_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -477,6 +477,7 @@ class Server:
             os.close(newfd)
             for uid, svc in tails:
                 ctx = self.uffds[uid]
+                svc.settle()                # fork returned: its FORK event was read
                 got = [m for m, _ in svc.take()]
                 svc.stop()
                 for m in got:

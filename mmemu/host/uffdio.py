@@ -278,6 +278,14 @@ class Service:
                 self.open[1] = err or None
                 self.open = None
 
+    def settle(self):
+        """Wait until every message the thread has read is logged: the
+        read() that let a waiting fork() return may still be on its way to
+        the log when fork() is back (seen as a lost FORK event under load)."""
+        deadline = time.monotonic() + MAX_WAIT
+        while _service.busy(self.handle) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
     def take(self):
         self._drain()
         out, self.log = [tuple(e) for e in self.log], []

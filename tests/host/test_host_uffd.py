@@ -460,3 +460,28 @@ def test_every_failing_uffd_ioctl_is_a_uffd_error_on_the_host(uffd_host):
             assert e.value.errno == err
     finally:
         p.exit()
+
+
+def test_a_python_handler_sees_the_fork_event_however_late_it_is_logged(caps, monkeypatch):
+    """fork() returns once the C reader's read() took its FORK event, which
+    may be before the reader logged it: the server waits for the log
+    (Service.settle). The reader here pauses 50 ms between read and log, so
+    without the wait the event is lost every time (it was, now and then,
+    under load: S38-S40 on the host)."""
+    if not caps.pfns:
+        pytest.skip(caps.why_not("pfns"))
+    monkeypatch.setenv("MMEMU_TEST_SERVICE_LOG_DELAY_US", "50000")
+    with HostMachine(timeout=10.0, uffd=True) as m:
+        p = m.spawn()
+        a = p.mmap(0, 2 * C.PAGE_SIZE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+        try:
+            u = p.userfaultfd(U.O_NONBLOCK)
+        except (Unsupported, OSError) as e:
+            pytest.skip(f"host cannot: {e}")
+        u.api(C.UFFD_FEATURE_EVENT_FORK)
+        u.register(a, 2 * C.PAGE_SIZE, C.UFFDIO_REGISTER_MODE_MISSING)
+        seen = []
+        u.serve(lambda ctx, msg: seen.append(msg.event))
+        c = p.fork()
+        assert seen == [C.UFFD_EVENT_FORK]
+        c.exit()
