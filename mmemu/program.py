@@ -83,6 +83,8 @@ if TYPE_CHECKING:
 import errno as _errno
 import json
 
+import numpy as np
+
 from . import constants as C
 from .errors import Deadlock, EmulatedSignal, Sigbus, WouldBlock
 from .pageinfo import KPF_NAMES
@@ -571,6 +573,31 @@ def _entry(e):
     return PagemapEntry(int(e))
 
 
+def _rle(states: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of equal non-present page states as one state with "n"."""
+    out: list[dict[str, Any]] = []
+    for st in states:
+        if out and "pfn" not in st and {k: v for k, v in out[-1].items() if k != "n"} == st:
+            out[-1]["n"] = out[-1].get("n", 1) + 1
+        else:
+            out.append(dict(st))
+    return out
+
+
+def expand_pages(states: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A region's states one per page (runs expanded): for small regions."""
+    out = []
+    for st in states:
+        one = {k: v for k, v in st.items() if k != "n"}
+        out.extend(dict(one) for _ in range(st.get("n", 1)))
+    return out
+
+
+def snapshot_pages(states: list[dict[str, Any]]) -> int:
+    """How many pages a region's (run-length encoded) states cover."""
+    return sum(st.get("n", 1) for st in states)
+
+
 def pagemap_entries(proc: Any, addr: int, npages: int) -> list[Any]:
     if hasattr(proc, "pagemap_range"):
         return [_entry(e) for e in proc.pagemap_range(addr, npages)]
@@ -972,12 +999,36 @@ class _Run:
                       for r in regions]
             if hasattr(proc, "pagemap_ranges"):
                 got = proc.pagemap_ranges(ranges)
+            elif hasattr(proc, "pagemap_range"):
+                got = [proc.pagemap_range(b, n) for b, n in ranges]
             else:
                 got = [pagemap_entries(proc, b, n) for b, n in ranges]
             snap[pname] = per = {}
             for r, entries in zip(regions, got):
-                per[r] = [self.page_state(e, frames) for e in entries]
+                per[r] = self.region_state(entries, frames)
         rec["snapshot"] = snap
+
+    def region_state(self, entries, frames):
+        """The pages of a region: one state per present page; a run of
+        non-present pages in the same state is one state with "n": its
+        length (so a region of 2^24 untouched pages is one entry, and a
+        snapshot costs what is populated, not what is mapped)."""
+        if not isinstance(entries, np.ndarray):
+            return _rle([self.page_state(e, frames) for e in entries])
+        raw = entries.astype(np.uint64, copy=False)
+        if not len(raw):
+            return []
+        present = (raw & np.uint64(C.PM_PRESENT)) != 0
+        cut = np.flatnonzero((raw[1:] != raw[:-1]) | present[1:] | present[:-1]) + 1
+        starts = np.r_[0, cut]
+        lengths = np.diff(np.r_[starts, len(raw)])
+        out = []
+        for s, n in zip(starts.tolist(), lengths.tolist()):
+            st = self.page_state(int(raw[s]), frames)
+            if n > 1:
+                st["n"] = n
+            out.append(st)
+        return out
 
     def page_state(self, entry, frames):
         f = pagemap_fields(entry)

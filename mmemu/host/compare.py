@@ -78,9 +78,11 @@ def normalize(observations, kpf_mask=COMPARED_KPF, ignore=DEFAULT_IGNORE):
             for pname, regions in snap.items():
                 nsnap[pname] = {}
                 for rname, pages in regions.items():
-                    nsnap[pname][rname] = [
-                        _norm_page(pg, lab, f"{step}:{pname}:{rname}+{i}", ignore)
-                        for i, pg in enumerate(pages)]
+                    nsnap[pname][rname] = states = []
+                    i = 0                       # page offset (a state with "n" is a run)
+                    for pg in pages:
+                        states.append(_norm_page(pg, lab, f"{step}:{pname}:{rname}+{i}", ignore))
+                        i += pg.get("n", 1)
         norm["outcome"] = _norm_outcome(rec["outcome"], lab, step, ignore)
         if "child" in rec:
             norm["child"] = rec["child"]
@@ -93,6 +95,8 @@ def normalize(observations, kpf_mask=COMPARED_KPF, ignore=DEFAULT_IGNORE):
 
 def _norm_page(pg, lab, where, ignore):
     out = {"pm": _pm_code(pg["pm"], ignore)}
+    if "n" in pg:
+        out["n"] = pg["n"]
     if "pfn" in pg:
         out["frame"] = lab.label(pg["pfn"], pg.get("kpf"), where)
         out["kpagecount"] = pg.get("kpagecount")
@@ -216,12 +220,36 @@ def _first_snapshot_difference(sa, sb):
             return (f"snapshot {pname} regions", list(sa[pname]), list(sb[pname]))
         for rname in sa[pname]:
             pa, pb = sa[pname][rname], sb[pname][rname]
-            if len(pa) != len(pb):
-                return (f"snapshot {pname} {rname} pages", len(pa), len(pb))
-            for i, (ea, eb) in enumerate(zip(pa, pb)):
+            na, nb = (sum(e.get("n", 1) for e in p) for p in (pa, pb))
+            if na != nb:
+                return (f"snapshot {pname} {rname} pages", na, nb)
+            if pa == pb:
+                continue
+            for i, ea, eb in _page_pairs(pa, pb):
                 if ea == eb or _writeback_lag(ea, eb):
                     continue
                 for key in ("pm", "frame", "kpagecount", "kpf", "swap"):
                     if ea.get(key) != eb.get(key):
                         return (f"snapshot {pname} {rname}+{i} {key}", ea, eb)
     return None
+
+
+def _page_pairs(pa, pb):
+    """(page offset, state a, state b) over two run-length encoded page
+    lists of the same length, one pair per stretch where neither changes."""
+    ia = ib = 0
+    left_a, left_b = pa[0].get("n", 1), pb[0].get("n", 1)
+    off = 0
+    strip = lambda e: {k: v for k, v in e.items() if k != "n"}    # noqa: E731
+    while ia < len(pa) and ib < len(pb):
+        yield off, strip(pa[ia]), strip(pb[ib])
+        step = min(left_a, left_b)
+        off += step
+        left_a -= step
+        left_b -= step
+        if not left_a:
+            ia += 1
+            left_a = pa[ia].get("n", 1) if ia < len(pa) else 0
+        if not left_b:
+            ib += 1
+            left_b = pb[ib].get("n", 1) if ib < len(pb) else 0

@@ -274,7 +274,9 @@ def test_file_ops_run_on_the_host(host, need):
     assert bytes.fromhex(by["12"]["data"]) == b"COW!"      # the private copy survived
     assert by["13"]["signal"] == "SIGBUS" and by["13"]["addr"] == ["s", 3, 0]
     assert by["15"] == {"data": "00"}
-    snaps = {o["step"]: o["snapshot"] for o in obs}
+    snaps = {o["step"]: {p: {r: P.expand_pages(st) for r, st in regions.items()}
+                         for p, regions in o["snapshot"].items()} for o in obs}
+    assert obs[[o["step"] for o in obs].index("7.1")]["snapshot"]["c"]["s"] == [{"pm": "", "n": 4}]
     assert snaps["7.1"]["c"]["s"] == [{"pm": ""}] * 4     # fork copies no shared file pte
     snap = snaps["8"]["main"]
     assert "f" in snap["s"][1]["pm"] and "anon" not in snap["s"][1]["kpf"]

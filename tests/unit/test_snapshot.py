@@ -264,3 +264,20 @@ def test_a_resolver_handler_is_saved():
     m2 = pickle.loads(pickle.dumps(m))
     assert m2.processes[0].read(a, 2) == b"\x07\x07"
     m2.check()
+
+
+def test_program_snapshots_cost_what_is_populated_not_what_is_mapped():
+    """A program region of 2^24 pages, two of them touched: each snapshot is
+    three states (a run, two pages, a run), not 2^24 (300 bytes each)."""
+    from mmemu import program as P
+    prog = [
+        {"op": "mmap", "name": "a", "pages": 1 << 24, "prot": "PROT_READ|PROT_WRITE",
+         "flags": "MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE"},
+        {"op": "write", "at": ["a", 5], "data": "01"},
+        {"op": "write", "at": ["a", 6], "data": "02"},
+    ]
+    obs = P.run(prog, mmemu.Machine(memory=64 << 20))
+    states = obs[-1]["snapshot"]["main"]["a"]
+    assert [s.get("n", 1) for s in states] == [5, 1, 1, (1 << 24) - 7]
+    assert P.snapshot_pages(states) == 1 << 24
+    assert "pfn" in states[1] and "pfn" in states[2]
