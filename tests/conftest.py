@@ -1,5 +1,6 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # CI runs a bounded number of examples; locally `HYPOTHESIS_PROFILE=thorough`.
@@ -15,3 +16,50 @@ def pytest_addoption(parser):
     # hammer run a few seconds by default; --long scales them to nightly size.
     parser.addoption("--long", action="store_true", default=False,
                      help="run tests/robust at nightly size (fuzz calls, random ops, hammer time)")
+
+
+class _NoExclusiveBit:
+    """A 'kernel' whose pagemap never sets bit 56 (PM_MMAP_EXCLUSIVE), as an
+    engine that forgot mapcounts would: every program that maps a page
+    diverges on the pagemap. It offers only per-page pagemap(), as the
+    engine may: run() must work without the host's batch call."""
+
+    def __init__(self):
+        from mmemu.host import HostMachine
+        self.m = HostMachine()
+
+    def spawn(self):
+        return _PagemapWithoutExclusive(self.m.spawn())
+
+    def frame(self, pfn):
+        return self.m.frame(pfn)
+
+    def check(self):
+        pass
+
+    def close(self):
+        self.m.close()
+
+
+class _PagemapWithoutExclusive:
+    def __init__(self, p):
+        self.p = p
+
+    def __getattr__(self, name):
+        if name in ("pagemap_range", "pagemap_ranges"):
+            raise AttributeError(name)
+        return getattr(self.p, name)
+
+    def pagemap(self, addr):
+        from mmemu.constants import PM_MMAP_EXCLUSIVE
+        entry = self.p.pagemap(addr)
+        return type(entry)(entry.raw & ~PM_MMAP_EXCLUSIVE)
+
+    def fork(self):
+        return _PagemapWithoutExclusive(self.p.fork())
+
+
+@pytest.fixture
+def no_exclusive_bit():
+    """The class of a broken 'engine' for mmemu diff to catch (host tests)."""
+    return _NoExclusiveBit

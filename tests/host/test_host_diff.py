@@ -10,48 +10,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hseed
 
 from mmemu import program as P
-from mmemu.constants import PM_MMAP_EXCLUSIVE
-from mmemu.host import HostMachine, PagemapEntry
+from mmemu.host import HostMachine
 from mmemu.host import diff
 
 pytestmark = pytest.mark.host
-
-
-class _NoExclusiveBit:
-    """A 'kernel' whose pagemap never sets bit 56 (PM_MMAP_EXCLUSIVE), as an
-    engine that forgot mapcounts would. It offers only per-page pagemap(),
-    as the engine may: run() must work without the host's batch call."""
-
-    def __init__(self):
-        self.m = HostMachine()
-
-    def spawn(self):
-        return _Proc(self.m.spawn())
-
-    def frame(self, pfn):
-        return self.m.frame(pfn)
-
-    def check(self):
-        pass
-
-    def close(self):
-        self.m.close()
-
-
-class _Proc:
-    def __init__(self, p):
-        self.p = p
-
-    def __getattr__(self, name):
-        if name in ("pagemap_range", "pagemap_ranges"):
-            raise AttributeError(name)
-        return getattr(self.p, name)
-
-    def pagemap(self, addr):
-        return PagemapEntry(self.p.pagemap(addr).raw & ~PM_MMAP_EXCLUSIVE)
-
-    def fork(self):
-        return _Proc(self.p.fork())
 
 
 @settings(max_examples=150, phases=[Phase.generate], database=None, deadline=None,
@@ -120,15 +82,15 @@ def test_host_agrees_with_itself(need):
     assert not bad, str(bad[0][1].divergence)
 
 
-def test_broken_machine_is_caught_and_shrunk(need):
+def test_broken_machine_is_caught_and_shrunk(need, no_exclusive_bit):
     need("pfns", "kpage")
     with HostMachine() as host:
-        results = diff.survey(20, 3, host, _NoExclusiveBit)
+        results = diff.survey(20, 3, host, no_exclusive_bit)
         found = [o for _p, o in results if o.status == "diverge"]
         assert found, "a pagemap without bit 56 went unnoticed in 20 programs"
         key = found[0].divergence.key
         assert key[1] in ("snapshot.pm", "outcome.pagemap")
-        program, outcome = diff.shrink(key, 20, 3, host, _NoExclusiveBit)
+        program, outcome = diff.shrink(key, 20, 3, host, no_exclusive_bit)
     # The minimum: one region of one page, and the one step that fails.
     assert len(program) == 2, P.pretty(program)
     assert program[0]["op"] == "mmap" and program[0]["pages"] == 1
@@ -146,9 +108,9 @@ def test_cli_against_host_reports_full_agreement(need):
     assert "agreement: 15/15 programs (100.0%)" in text
 
 
-def test_cli_prints_the_minimal_divergent_program(need, monkeypatch):
+def test_cli_prints_the_minimal_divergent_program(need, monkeypatch, no_exclusive_bit):
     need("pfns", "kpage")
-    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed, swap=0: _NoExclusiveBit)
+    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed, swap=0: no_exclusive_bit)
     out = io.StringIO()
     code = diff.main(["--programs", "10", "--seed", "4", "--no-progress", "--shrink", "1",
                       "--swap", "0"], out=out)

@@ -266,51 +266,12 @@ def test_diff_text_goes_to_stdout_and_no_bar_to_a_redirected_stderr(capsys):
     assert "agreement: 2/2" in out and err == ""
 
 
-class _NoExclusiveBit:
-    """An engine stand-in that never reports PM_MMAP_EXCLUSIVE: every program
-    that maps a page diverges on the pagemap."""
-
-    def __init__(self):
-        from mmemu.host import HostMachine
-        self.m = HostMachine()
-
-    def spawn(self):
-        return _Proc(self.m.spawn())
-
-    def frame(self, pfn):
-        return self.m.frame(pfn)
-
-    def check(self):
-        pass
-
-    def close(self):
-        self.m.close()
-
-
-class _Proc:
-    def __init__(self, p):
-        self.p = p
-
-    def __getattr__(self, name):
-        if name in ("pagemap_range", "pagemap_ranges"):
-            raise AttributeError(name)
-        return getattr(self.p, name)
-
-    def pagemap(self, addr):
-        from mmemu.constants import PM_MMAP_EXCLUSIVE
-        entry = self.p.pagemap(addr)
-        return type(entry)(entry.raw & ~PM_MMAP_EXCLUSIVE)
-
-    def fork(self):
-        return _Proc(self.p.fork())
-
-
-def test_diff_json_reports_a_shrunk_divergence(capsys, monkeypatch):
+def test_diff_json_reports_a_shrunk_divergence(capsys, monkeypatch, no_exclusive_bit):
     _need_pfns()
     from mmemu.host import capabilities, diff
     if not capabilities().kpage:
         pytest.skip(capabilities().why_not("kpage"))
-    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed, swap=0: _NoExclusiveBit)
+    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed, swap=0: no_exclusive_bit)
     code, out, err = run_diff(capsys, "--programs", "10", "--seed", "4", "--shrink", "1",
                               "--swap", "0", "--json")
     assert code == 1, err
