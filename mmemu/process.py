@@ -740,49 +740,68 @@ class Process(FileOps):
                 self.machine._userfault(thread, uf, op)
 
     def _read(self, addr, n, thread, kernel=False):
-        addr, n = A.uaddr(addr), A.size(n, "read", "length")
-        self._live("read")
+        # (Plain ints in range, the common case, skip the conversion calls.)
+        if type(addr) is not int or not 0 <= addr <= A.U64_MASK:
+            addr = A.uaddr(addr)
+        if type(n) is not int or n < 0:
+            n = A.size(n, "read", "length")
+        if not self.alive:
+            self._live("read")
         if n > _BIG_ACCESS:
             # The access faults at the first hole: never allocate beyond it.
             end = self.vmas.mapped_end(addr)
             if addr + n > end:
                 self._read(addr, end - addr, thread, kernel)
                 raise Sigsegv(end, C.SEGV_MAPERR)
-        def op():
-            return self._engine.read(self.mm, thread.cpu, addr, n, kernel, thread.serve_fault)
         if thread.blocked is None:
             try:                                  # the common case: no userfault
-                return op()
+                return self._engine.read(self.mm, thread.cpu, addr, n, kernel, thread.serve_fault)
             except UserFault as uf:
+                op = partial(self._read_op, addr, n, thread, kernel)
                 self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
-        return self._run(thread, op)
+                return self._run(thread, op)
+        return self._run(thread, partial(self._read_op, addr, n, thread, kernel))
+
+    def _read_op(self, addr, n, thread, kernel):
+        return self._engine.read(self.mm, thread.cpu, addr, n, kernel, thread.serve_fault)
 
     def _write(self, addr, data, thread, kernel=False):
-        addr = A.uaddr(addr)
-        self._live("write")
-        state = [0]
-
-        def op():
-            try:
-                self._engine.write(self.mm, thread.cpu, addr + state[0], data[state[0]:], kernel,
-                                   thread.serve_fault)
-            except UserFault as uf:
-                state[0] += uf.done          # the bytes before the fault are written
-                raise
+        if type(addr) is not int or not 0 <= addr <= A.U64_MASK:
+            addr = A.uaddr(addr)
+        if not self.alive:
+            self._live("write")
+        done = 0
         if thread.blocked is None:
             try:                                  # the common case: no userfault
                 return self._engine.write(self.mm, thread.cpu, addr, data, kernel, thread.serve_fault)
             except UserFault as uf:
-                state[0] = uf.done
+                done = uf.done                    # the bytes before the fault are written
                 data = bytes(data)
+                op = partial(self._write_op, addr, data, thread, kernel, [done])
                 self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
-        self._run(thread, op)
+                return self._run(thread, op)
+        self._run(thread, partial(self._write_op, addr, bytes(data), thread, kernel, [done]))
 
+    def _write_op(self, addr, data, thread, kernel, state):
+        """The rest of a write from state[0] bytes on (a resumed access)."""
+        try:
+            self._engine.write(self.mm, thread.cpu, addr + state[0], data[state[0]:], kernel,
+                               thread.serve_fault)
+        except UserFault as uf:
+            state[0] += uf.done          # the bytes before the fault are written
+            raise
+
+    # The hottest calls take the machine's lock themselves (one frame less
+    # than serialise's wrapper).
     def read(self, addr: int, n: int) -> bytes:
-        return self._read(addr, n, self._current())
+        with self._lock:
+            return self._read(addr, n, self._current())
+    read.__mmemu_locked__ = True        # type: ignore[attr-defined]
 
     def write(self, addr: int, data: Buffer) -> None:
-        self._write(addr, data, self._current())
+        with self._lock:
+            self._write(addr, data, self._current())
+    write.__mmemu_locked__ = True       # type: ignore[attr-defined]
 
     def _touch(self, addr, npages, write, value, thread):
         addr, npages = A.uaddr(addr), A.size(npages, "touch", "npages")

@@ -83,6 +83,8 @@ def _u64(x, call, name):
 
 
 def _u64s(call, **fields):
+    """The fields through _u64; the ioctls skip it when every one is a plain
+    int below 2^64 (`not (a | b) >> 64`), a handler's usual arguments."""
     return [_u64(v, call, k) for k, v in fields.items()]
 
 
@@ -296,7 +298,8 @@ class Uffd:
 
     # ---- UFFDIO_REGISTER / UNREGISTER ----------------------------------------
     def register(self, addr: int, length: int, mode: int) -> int:
-        addr, length, mode = _u64s("UFFDIO_REGISTER", addr=addr, length=length, mode=mode)
+        if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
+            addr, length, mode = _u64s("UFFDIO_REGISTER", addr=addr, length=length, mode=mode)
         self._ready("UFFDIO_REGISTER")
         start, end = self._range(addr, length, "UFFDIO_REGISTER")
         if not mode or mode & ~(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP
@@ -347,7 +350,8 @@ class Uffd:
         return ioctls
 
     def unregister(self, addr: int, length: int) -> None:
-        addr, length = _u64s("UFFDIO_UNREGISTER", addr=addr, length=length)
+        if not (type(addr) is type(length) is int and not (addr | length) >> 64):
+            addr, length = _u64s("UFFDIO_UNREGISTER", addr=addr, length=length)
         self._ready("UFFDIO_UNREGISTER")
         start, end = self._range(addr, length, "UFFDIO_UNREGISTER")
         # userfaultfd_unregister(): a range with no VMA at all is EINVAL
@@ -441,7 +445,8 @@ class Uffd:
     def copy(self, dst: int, src: Buffer | int, length: int | None = None, mode: int = 0,
              src_process: Process | None = None) -> int:
         """UFFDIO_COPY from bytes, or from an address of the caller's memory."""
-        dst, mode = _u64s("UFFDIO_COPY", dst=dst, mode=mode)
+        if not (type(dst) is type(mode) is int and not (dst | mode) >> 64):
+            dst, mode = _u64s("UFFDIO_COPY", dst=dst, mode=mode)
         if length is not None:
             length = _u64(length, "UFFDIO_COPY", "len")
         if isinstance(src, (bytearray, memoryview)):
@@ -468,7 +473,8 @@ class Uffd:
                           wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
 
     def zeropage(self, addr: int, length: int, mode: int = 0) -> int:
-        addr, length, mode = _u64s("UFFDIO_ZEROPAGE", addr=addr, length=length, mode=mode)
+        if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
+            addr, length, mode = _u64s("UFFDIO_ZEROPAGE", addr=addr, length=length, mode=mode)
         if not mode and self._fast(addr, length):
             r = self.machine._engine.uffd_fill_one(self.process.mm, self.process.cpu, self.ctx,
                                                    addr, length, _FILL_ZEROPAGE)
@@ -478,7 +484,8 @@ class Uffd:
                           UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
 
     def continue_(self, addr: int, length: int, mode: int = 0) -> int:
-        addr, length, mode = _u64s("UFFDIO_CONTINUE", addr=addr, length=length, mode=mode)
+        if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
+            addr, length, mode = _u64s("UFFDIO_CONTINUE", addr=addr, length=length, mode=mode)
         allowed = UFFDIO_CONTINUE_MODE_DONTWAKE
         if self.policy.uffd_features & UFFD_FEATURE_WP_UNPOPULATED:   # CONTINUE_MODE_WP: 6.4
             allowed |= UFFDIO_CONTINUE_MODE_WP
@@ -486,13 +493,16 @@ class Uffd:
                           _FILL_CONTINUE, wp=bool(mode & UFFDIO_CONTINUE_MODE_WP))
 
     def poison(self, addr: int, length: int, mode: int = 0) -> int:
-        addr, length, mode = _u64s("UFFDIO_POISON", addr=addr, length=length, mode=mode)
+        if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
+            addr, length, mode = _u64s("UFFDIO_POISON", addr=addr, length=length, mode=mode)
         return self._fill("UFFDIO_POISON", _UFFDIO_POISON, addr, length, mode,
                           UFFDIO_POISON_MODE_DONTWAKE, _FILL_POISON)
 
     def move(self, dst: int, src: int, length: int, mode: int = 0) -> int:
         """UFFDIO_MOVE (6.8): move exclusive anon pages from src to dst."""
-        dst, src, length, mode = _u64s("UFFDIO_MOVE", dst=dst, src=src, length=length, mode=mode)
+        if not (type(dst) is type(src) is type(length) is type(mode) is int
+                and not (dst | src | length | mode) >> 64):
+            dst, src, length, mode = _u64s("UFFDIO_MOVE", dst=dst, src=src, length=length, mode=mode)
         call = "UFFDIO_MOVE"
         self._ready(call)
         if not self._has_ioctl(_UFFDIO_MOVE):
@@ -526,7 +536,8 @@ class Uffd:
 
     # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
     def writeprotect(self, addr: int, length: int, mode: int) -> None:
-        addr, length, mode = _u64s("UFFDIO_WRITEPROTECT", addr=addr, length=length, mode=mode)
+        if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
+            addr, length, mode = _u64s("UFFDIO_WRITEPROTECT", addr=addr, length=length, mode=mode)
         call = "UFFDIO_WRITEPROTECT"
         if (mode == 0 or mode == UFFDIO_WRITEPROTECT_MODE_WP) and self._fast(addr, length) and \
                 self.machine._engine.uffd_writeprotect_one(self.process.mm, self.ctx, addr,
@@ -569,7 +580,8 @@ class Uffd:
 
     # ---- waking and reading -----------------------------------------------------
     def wake(self, addr: int, length: int) -> None:
-        addr, length = _u64s("UFFDIO_WAKE", addr=addr, length=length)
+        if not (type(addr) is type(length) is int and not (addr | length) >> 64):
+            addr, length = _u64s("UFFDIO_WAKE", addr=addr, length=length)
         self._ready("UFFDIO_WAKE")
         start, end = self._range(addr, length, "UFFDIO_WAKE")
         self._wake(start, end)
