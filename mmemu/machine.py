@@ -271,20 +271,28 @@ class Machine:
         if len(vmas) != len(starts):
             raise InvariantError("VMA tables differ", None,
                                  f"pid {p.pid}: {len(vmas)} VMAs in Python, {len(starts)} in the core")
-        prev = 0
-        for i, v in enumerate(vmas):
-            where = f"pid {p.pid} VMA {v.start:#x}-{v.end:#x}"
-            if not (v.start < v.end <= C.TASK_SIZE + C.PAGE_SIZE) or (v.start | v.end) & (C.PAGE_SIZE - 1) \
-                    or v.start < prev:
-                raise InvariantError("VMA empty, misaligned, beyond user space or overlapping", None, where)
-            prev = v.end
-            core = (int(starts[i]), int(ends[i]), int(pgoffs[i]), int(files[i]), int(uffds[i]))
-            if core != (v.start, v.end, v.pgoff, v.file, v.uffd) \
-                    or (int(flags[i]) ^ v.flags) & ~VM_ANON_VMA or v.flags & VM_ANON_VMA & ~int(flags[i]):
-                raise InvariantError("VMA tables differ", None, f"{where}: core has {core} flags {int(flags[i]):#x}, "
-                                     f"Python {v.pgoff, v.file, v.uffd} flags {v.flags:#x}")
-            if v.uffd and v.uffd not in self._uffds:
-                raise InvariantError("VMA registered with a released userfaultfd", None, where)
+        if not vmas:
+            return
+        py = np.array([(v.start, v.end, v.flags, v.pgoff) for v in vmas], np.uint64)
+        ids = np.array([(v.file, v.uffd) for v in vmas], np.int64)
+        s, e = py[:, 0], py[:, 1]
+        bad = (s >= e) | ((s | e) & np.uint64(C.PAGE_SIZE - 1) != 0) | (e > np.uint64(C.TASK_SIZE + C.PAGE_SIZE))
+        bad[1:] |= s[1:] < e[:-1]
+        anon_vma = np.uint64(VM_ANON_VMA)
+        bad |= (s != starts) | (e != ends) | (py[:, 3] != pgoffs) | (ids[:, 0] != files) | (ids[:, 1] != uffds)
+        bad |= ((py[:, 2] ^ flags) & ~anon_vma) != 0
+        bad |= (py[:, 2] & anon_vma & ~flags) != 0
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            v = vmas[i]
+            raise InvariantError("VMA empty, misaligned, overlapping or not as in the core", None,
+                                 f"pid {p.pid} VMA {v.start:#x}-{v.end:#x} flags {v.flags:#x}: core has "
+                                 f"{int(starts[i]):#x}-{int(ends[i]):#x} flags {int(flags[i]):#x} "
+                                 f"pgoff {int(pgoffs[i])} file {int(files[i])} uffd {int(uffds[i])}")
+        for ctx in set(ids[:, 1].tolist()) - {0}:
+            if ctx not in self._uffds:
+                raise InvariantError("VMA registered with a released userfaultfd", None,
+                                     f"pid {p.pid} context {ctx}")
 
     # ---- save / load ------------------------------------------------------------
 

@@ -193,6 +193,8 @@ def verify(m, method="(after call)"):
         raise Defect("corrupted", method, f"check(): {e}", e) from None
     except Exception as e:                      # check() itself must not fail otherwise
         raise Defect("corrupted", method, f"check() raised {type(e).__name__}: {e}", e) from None
+    if hasattr(m._engine, "vma_table"):
+        return              # check() compared the Python and core VMA tables exactly
     for p in list(m._procs.values()):
         if not p.alive:
             continue

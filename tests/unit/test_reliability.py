@@ -401,3 +401,26 @@ def test_kernel_mode_copy_into_memory_it_may_not_write_is_efault(prot, flags):
     if prot & PROT_READ:
         assert p.read(a, 4) == b"data"
     m.check()
+
+
+@pytest.mark.parametrize("corrupt", ["end", "flags", "start>=end", "extra"])
+def test_check_sees_python_and_core_vma_tables_differ(corrupt):
+    """check() knows the invariants the reliability issue found broken: a VMA
+    with end <= start, and Python's VMA list differing from the core's."""
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, 4 * PAGE, RW, PRIV)
+    p.mmap(a + 8 * PAGE, PAGE, PROT_READ, PRIV | MAP_FIXED)
+    m.check()
+    v = list(p.vmas)[0]
+    if corrupt == "end":
+        v.end += PAGE
+    elif corrupt == "flags":
+        v.flags ^= PROT_WRITE
+    elif corrupt == "start>=end":
+        v.end = v.start
+    else:
+        from mmemu.vma import Vma
+        p.vmas.insert(Vma(a + 20 * PAGE, a + 21 * PAGE, v.flags))
+    with pytest.raises(mmemu.InvariantError):
+        m.check()
