@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+if __name__ == "__main__":
+    # Run as a script from a checkout: the package is beside docs/. (Imported
+    # by the docs test, it must not put the source tree on sys.path: CI's
+    # source tree has no compiled core, the installed package has.)
+    sys.path.insert(0, str(HERE.parent))
 
 import mmemu                       # noqa: E402
 import mmemu.host                  # noqa: E402

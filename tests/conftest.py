@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -63,3 +64,15 @@ class _PagemapWithoutExclusive:
 def no_exclusive_bit():
     """The class of a broken 'engine' for mmemu diff to catch (host tests)."""
     return _NoExclusiveBit
+
+
+@pytest.fixture
+def child_python():
+    """(argv prefix, env, cwd) for a child Python that imports the mmemu these
+    tests import: the installed package in CI, the in-place build in a
+    checkout. The child runs outside the source tree (`-m` and `-c` put the
+    cwd first on sys.path, and CI's source tree has no compiled core); the
+    test packages (tests/robust) stay importable through PYTHONPATH."""
+    paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    return [sys.executable], env, "/"

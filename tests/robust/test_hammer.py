@@ -11,9 +11,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_two_threads_one_machine(long_mode):
+def test_two_threads_one_machine(long_mode, child_python):
     seconds = 60 if long_mode else 3
-    proc = subprocess.run([sys.executable, "-m", "tests.robust.hammer", str(seconds)], cwd=ROOT,
+    py, env, cwd = child_python
+    env["PYTHONPATH"] += os.pathsep + ROOT          # tests.robust, after the mmemu in use
+    proc = subprocess.run([*py, "-m", "tests.robust.hammer", str(seconds)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=seconds * 4 + 60)
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name

@@ -146,17 +146,19 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv):
 
 @pytest.mark.parametrize("argv", [["scenarios", "--kernel", "5.6"], ["diff", "--programs", "0"],
                                   ["diff", "--swap", "1Q"]])
-def test_bad_input_from_the_shell(argv):
-    p = subprocess.run([sys.executable, "-m", "mmemu", *argv], capture_output=True, text=True,
-                       timeout=60)
+def test_bad_input_from_the_shell(argv, child_python):
+    py, env, cwd = child_python
+    p = subprocess.run([*py, "-m", "mmemu", *argv], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=cwd)
     assert p.returncode == 2 and p.stdout == "" and len(p.stderr.splitlines()) == 1, p.stderr
 
 
-def test_version(capsys):
+def test_version(capsys, child_python):
     code, out, err = run(capsys, "--version")
     assert code == 0 and out == f"mmemu {mmemu.__version__}\n"
-    p = subprocess.run([sys.executable, "-m", "mmemu", "--version"], capture_output=True,
-                       text=True, timeout=60)
+    py, env, cwd = child_python
+    p = subprocess.run([*py, "-m", "mmemu", "--version"], capture_output=True,
+                       text=True, timeout=60, env=env, cwd=cwd)
     assert p.returncode == 0 and p.stdout.strip() == f"mmemu {mmemu.__version__}"
 
 

@@ -173,7 +173,7 @@ def test_an_in_core_resolver_keeps_its_source(tmp_path):
     m2.check()
 
 
-def test_crash_mid_write_leaves_the_old_file_whole(tmp_path):
+def test_crash_mid_write_leaves_the_old_file_whole(tmp_path, child_python):
     """A writer killed at any moment leaves either the old or the new file,
     never a torn one: saves go to a temporary file renamed over the target."""
     path = tmp_path / "m.mmemu"
@@ -192,8 +192,8 @@ def test_crash_mid_write_leaves_the_old_file_whole(tmp_path):
             m.save({str(path)!r})
     """)
     for delay in (0.05, 0.2, 0.5):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+        py, env, cwd = child_python
+        proc = subprocess.Popen([*py, "-c", script], stdout=subprocess.PIPE, cwd=cwd, env=env)
         assert proc.stdout.readline().strip() == b"ready"
         try:
             proc.wait(delay)
