@@ -266,33 +266,26 @@ class Machine:
         without overlap; flags equal but for the anon_vma bit the core sets
         (read back before the next relayout)."""
         from .errors import InvariantError
-        starts, ends, flags, pgoffs, files, uffds = self._engine.vma_table(p.mm)
+        starts, ends, flags, pgoffs, files, uffds = (a.tolist() for a in self._engine.vma_table(p.mm))
         vmas = list(p.vmas)
         if len(vmas) != len(starts):
             raise InvariantError("VMA tables differ", None,
                                  f"pid {p.pid}: {len(vmas)} VMAs in Python, {len(starts)} in the core")
-        if not vmas:
-            return
-        py = np.array([(v.start, v.end, v.flags, v.pgoff) for v in vmas], np.uint64)
-        ids = np.array([(v.file, v.uffd) for v in vmas], np.int64)
-        s, e = py[:, 0], py[:, 1]
-        bad = (s >= e) | ((s | e) & np.uint64(C.PAGE_SIZE - 1) != 0) | (e > np.uint64(C.TASK_SIZE + C.PAGE_SIZE))
-        bad[1:] |= s[1:] < e[:-1]
-        anon_vma = np.uint64(VM_ANON_VMA)
-        bad |= (s != starts) | (e != ends) | (py[:, 3] != pgoffs) | (ids[:, 0] != files) | (ids[:, 1] != uffds)
-        bad |= ((py[:, 2] ^ flags) & ~anon_vma) != 0
-        bad |= (py[:, 2] & anon_vma & ~flags) != 0
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            v = vmas[i]
-            raise InvariantError("VMA empty, misaligned, overlapping or not as in the core", None,
-                                 f"pid {p.pid} VMA {v.start:#x}-{v.end:#x} flags {v.flags:#x}: core has "
-                                 f"{int(starts[i]):#x}-{int(ends[i]):#x} flags {int(flags[i]):#x} "
-                                 f"pgoff {int(pgoffs[i])} file {int(files[i])} uffd {int(uffds[i])}")
-        for ctx in set(ids[:, 1].tolist()) - {0}:
-            if ctx not in self._uffds:
-                raise InvariantError("VMA registered with a released userfaultfd", None,
-                                     f"pid {p.pid} context {ctx}")
+        # (Python ints and one loop: a process has a handful of VMAs, where
+        # numpy's per-call cost would dominate; check() runs after every step
+        # of the random runner.)
+        core = list(zip(starts, ends, pgoffs, files, uffds))
+        prev, top, page_mask = 0, C.TASK_SIZE + C.PAGE_SIZE, C.PAGE_SIZE - 1
+        for i, (v, f) in enumerate(zip(vmas, flags)):
+            if not prev <= v.start < v.end <= top or (v.start | v.end) & page_mask \
+                    or (v.start, v.end, v.pgoff, v.file, v.uffd) != core[i] \
+                    or (f ^ v.flags) & ~VM_ANON_VMA or v.flags & VM_ANON_VMA & ~f \
+                    or (v.uffd and v.uffd not in self._uffds):
+                raise InvariantError("VMA empty, misaligned, overlapping, registered with a released "
+                                     "userfaultfd or not as in the core", None,
+                                     f"pid {p.pid} VMA {v.start:#x}-{v.end:#x} flags {v.flags:#x} "
+                                     f"uffd {v.uffd}: the core has {core[i]} flags {f:#x}")
+            prev = v.end
 
     # ---- save / load ------------------------------------------------------------
 
