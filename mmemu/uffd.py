@@ -445,43 +445,49 @@ class Uffd:
     def copy(self, dst: int, src: Buffer | int, length: int | None = None, mode: int = 0,
              src_process: Process | None = None) -> int:
         """UFFDIO_COPY from bytes, or from an address of the caller's memory."""
-        if not (type(dst) is type(mode) is int and not (dst | mode) >> 64):
-            dst, mode = _u64s("UFFDIO_COPY", dst=dst, mode=mode)
-        if length is not None:
-            length = _u64(length, "UFFDIO_COPY", "len")
-        if isinstance(src, (bytearray, memoryview)):
-            src = bytes(src)
-        elif not isinstance(src, bytes):
-            src = _u64(src, "UFFDIO_COPY", "src")
-        if src_process is not None and not hasattr(src_process, "_gup_run"):
-            raise TypeError(f"UFFDIO_COPY: src_process must be a Process, not {type(src_process).__name__}")
-        if length is None and type(src) is bytes and not mode and self._fast(dst, len(src)):
-            # The handler's usual call: whole pages of bytes into one registered
-            # VMA, checked in the core; anything else takes the checked path.
-            p = self.process
-            r = self.machine._engine.uffd_fill_one(p.mm, p.cpu, self.ctx, dst, len(src), _FILL_COPY, src)
-            if r is not None:
-                return self._result("UFFDIO_COPY", dst, r[0], r[1], 0)
-        if length is None:
-            if isinstance(src, int):
-                raise ValueError("length is required with a source address")
-            length = len(src)
-        elif not isinstance(src, int) and len(src) < length:
-            raise ValueError("source shorter than length")
-        return self._fill("UFFDIO_COPY", _UFFDIO_COPY, dst, length, mode,
-                          UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, _FILL_COPY,
-                          wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
+        with self._lock:        # (in its own frame: a handler's hot call)
+            if not (type(dst) is type(mode) is int and not (dst | mode) >> 64):
+                dst, mode = _u64s("UFFDIO_COPY", dst=dst, mode=mode)
+            if length is not None:
+                length = _u64(length, "UFFDIO_COPY", "len")
+            if isinstance(src, (bytearray, memoryview)):
+                src = bytes(src)
+            elif not isinstance(src, bytes):
+                src = _u64(src, "UFFDIO_COPY", "src")
+            if src_process is not None and not hasattr(src_process, "_gup_run"):
+                raise TypeError("UFFDIO_COPY: src_process must be a Process, not "
+                                f"{type(src_process).__name__}")
+            if length is None and type(src) is bytes and not mode and self._fast(dst, len(src)):
+                # The handler's usual call: whole pages of bytes into one registered
+                # VMA, checked in the core; anything else takes the checked path.
+                p = self.process
+                r = self.machine._engine.uffd_fill_one(p.mm, p.cpu, self.ctx, dst, len(src), _FILL_COPY, src)
+                if r is not None:
+                    return self._result("UFFDIO_COPY", dst, r[0], r[1], 0)
+            if length is None:
+                if isinstance(src, int):
+                    raise ValueError("length is required with a source address")
+                length = len(src)
+            elif not isinstance(src, int) and len(src) < length:
+                raise ValueError("source shorter than length")
+            return self._fill("UFFDIO_COPY", _UFFDIO_COPY, dst, length, mode,
+                              UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, _FILL_COPY,
+                              wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
+    copy.__mmemu_locked__ = True      # type: ignore[attr-defined]
 
     def zeropage(self, addr: int, length: int, mode: int = 0) -> int:
-        if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
-            addr, length, mode = _u64s("UFFDIO_ZEROPAGE", addr=addr, length=length, mode=mode)
-        if not mode and self._fast(addr, length):
-            r = self.machine._engine.uffd_fill_one(self.process.mm, self.process.cpu, self.ctx,
-                                                   addr, length, _FILL_ZEROPAGE)
-            if r is not None:
-                return self._result("UFFDIO_ZEROPAGE", addr, r[0], r[1], 0)
-        return self._fill("UFFDIO_ZEROPAGE", _UFFDIO_ZEROPAGE, addr, length, mode,
-                          UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
+        with self._lock:        # (in its own frame: a handler's hot call)
+            if not (type(addr) is type(length) is type(mode) is int
+                    and not (addr | length | mode) >> 64):
+                addr, length, mode = _u64s("UFFDIO_ZEROPAGE", addr=addr, length=length, mode=mode)
+            if not mode and self._fast(addr, length):
+                r = self.machine._engine.uffd_fill_one(self.process.mm, self.process.cpu, self.ctx,
+                                                       addr, length, _FILL_ZEROPAGE)
+                if r is not None:
+                    return self._result("UFFDIO_ZEROPAGE", addr, r[0], r[1], 0)
+            return self._fill("UFFDIO_ZEROPAGE", _UFFDIO_ZEROPAGE, addr, length, mode,
+                              UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
+    zeropage.__mmemu_locked__ = True      # type: ignore[attr-defined]
 
     def continue_(self, addr: int, length: int, mode: int = 0) -> int:
         if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
@@ -536,47 +542,50 @@ class Uffd:
 
     # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
     def writeprotect(self, addr: int, length: int, mode: int) -> None:
-        if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
-            addr, length, mode = _u64s("UFFDIO_WRITEPROTECT", addr=addr, length=length, mode=mode)
-        call = "UFFDIO_WRITEPROTECT"
-        if (mode == 0 or mode == UFFDIO_WRITEPROTECT_MODE_WP) and self._fast(addr, length) and \
-                self.machine._engine.uffd_writeprotect_one(self.process.mm, self.ctx, addr,
-                                                           addr + length, mode != 0):
-            # One WP-registered VMA of this context covers the range (every era's rule).
-            if not mode and (self.waiting or self.faults):
-                self._wake(addr, addr + length)
-            return
-        self._ready(call)
-        if self.mmap_changing:
-            raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
-        if mode & ~(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE) or \
-                mode == UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
-            raise _ioctl_error(EINVAL, call, "bad mode")
-        start, end = self._range(addr, length, call)
-        vmas = self._vmas(start, end)
-        if not self.policy.uffd_wp_multi_vma:
-            # mwriteprotect_range() before 6.4: find_dst_vma() wants one
-            # registered VMA covering the whole range, checked before any change.
-            if len(vmas) != 1 or vmas[0].start > start or vmas[0].end < end or \
-                    not vmas[0].uffd or not vmas[0].flags & VM_UFFD_WP:
-                raise _ioctl_error(ENOENT, call, "range not in one WP-registered VMA")
-        elif not vmas:
-            raise _ioctl_error(ENOENT, call, "no VMA in range")
-        protect = bool(mode & UFFDIO_WRITEPROTECT_MODE_WP)
-        p = self.process
-        eng = self.machine._engine
-        for v in vmas:
-            # 6.4+: VMAs are handled in address order (holes skipped) and the
-            # first one without VM_UFFD_WP stops the walk with ENOENT, keeping
-            # the changes already made to the VMAs before it.
-            if not v.flags & VM_UFFD_WP:
-                raise _ioctl_error(ENOENT, call, "VMA not registered for WP")
-            # userfaultfd_wp_use_markers(): file memory always (5.19+), anon
-            # only with WP_UNPOPULATED (6.4).
-            markers = bool(v.file) or bool(self.features & UFFD_FEATURE_WP_UNPOPULATED)
-            eng.uffd_writeprotect(p.mm, max(v.start, start), min(v.end, end), protect, markers, v.flags)
-        if not protect and not mode & UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
-            self._wake(start, end)
+        with self._lock:        # (in its own frame: a handler's hot call)
+            if not (type(addr) is type(length) is type(mode) is int
+                    and not (addr | length | mode) >> 64):
+                addr, length, mode = _u64s("UFFDIO_WRITEPROTECT", addr=addr, length=length, mode=mode)
+            call = "UFFDIO_WRITEPROTECT"
+            if (mode == 0 or mode == UFFDIO_WRITEPROTECT_MODE_WP) and self._fast(addr, length) and \
+                    self.machine._engine.uffd_writeprotect_one(self.process.mm, self.ctx, addr,
+                                                               addr + length, mode != 0):
+                # One WP-registered VMA of this context covers the range (every era's rule).
+                if not mode and (self.waiting or self.faults):
+                    self._wake(addr, addr + length)
+                return
+            self._ready(call)
+            if self.mmap_changing:
+                raise UffdError(EAGAIN, call, self._eagain_result(), "mmap_changing")
+            if mode & ~(UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE) or \
+                    mode == UFFDIO_WRITEPROTECT_MODE_WP | UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
+                raise _ioctl_error(EINVAL, call, "bad mode")
+            start, end = self._range(addr, length, call)
+            vmas = self._vmas(start, end)
+            if not self.policy.uffd_wp_multi_vma:
+                # mwriteprotect_range() before 6.4: find_dst_vma() wants one
+                # registered VMA covering the whole range, checked before any change.
+                if len(vmas) != 1 or vmas[0].start > start or vmas[0].end < end or \
+                        not vmas[0].uffd or not vmas[0].flags & VM_UFFD_WP:
+                    raise _ioctl_error(ENOENT, call, "range not in one WP-registered VMA")
+            elif not vmas:
+                raise _ioctl_error(ENOENT, call, "no VMA in range")
+            protect = bool(mode & UFFDIO_WRITEPROTECT_MODE_WP)
+            p = self.process
+            eng = self.machine._engine
+            for v in vmas:
+                # 6.4+: VMAs are handled in address order (holes skipped) and the
+                # first one without VM_UFFD_WP stops the walk with ENOENT, keeping
+                # the changes already made to the VMAs before it.
+                if not v.flags & VM_UFFD_WP:
+                    raise _ioctl_error(ENOENT, call, "VMA not registered for WP")
+                # userfaultfd_wp_use_markers(): file memory always (5.19+), anon
+                # only with WP_UNPOPULATED (6.4).
+                markers = bool(v.file) or bool(self.features & UFFD_FEATURE_WP_UNPOPULATED)
+                eng.uffd_writeprotect(p.mm, max(v.start, start), min(v.end, end), protect, markers, v.flags)
+            if not protect and not mode & UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
+                self._wake(start, end)
+    writeprotect.__mmemu_locked__ = True      # type: ignore[attr-defined]
 
     # ---- waking and reading -----------------------------------------------------
     def wake(self, addr: int, length: int) -> None:
