@@ -109,10 +109,11 @@ def test_single_read_call(benchmark):
 
 def test_engine_state_bytes_per_resident_page():
     # Measured, not timed: frame table + page tables per resident page.
-    # A machine whose memory is exactly the resident pages (pfn 0 is the zero page).
+    # A machine whose memory is exactly the resident pages (pfn 0 is the zero
+    # page) and their page tables, which take frames too.
     import mmemu
     npages = 10**6
-    m = mmemu.Machine(memory=(npages + 1) * PAGE_SIZE)
+    m = mmemu.Machine(memory=(npages + 1 + npages // 512 + 8) * PAGE_SIZE)
     p = m.spawn()
     a = p.mmap(0, npages * PAGE_SIZE, RW, PRIV)
     assert p.touch(a, npages, write=True) == npages
