@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import mmemu
-from mmemu import (MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED, MREMAP_MAYMOVE, PROT_NONE,
+from mmemu import (MAP_ANONYMOUS, MAP_FIXED, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
+                   MREMAP_MAYMOVE, PROT_NONE,
                    PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE, FOLL_PIN, FOLL_WRITE, FOLL_LONGTERM)
 from mmemu.vma import VM_ANON_VMA
 from mmemu.uffd import UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, UFFD_FEATURE_PAGEFAULT_FLAG_WP
@@ -424,3 +425,24 @@ def test_check_sees_python_and_core_vma_tables_differ(corrupt):
         p.vmas.insert(Vma(a + 20 * PAGE, a + 21 * PAGE, v.flags))
     with pytest.raises(mmemu.InvariantError):
         m.check()
+
+
+def test_page_tables_take_frames_and_a_small_machine_still_works():
+    """Page-table pages are RAM (they come from the page allocator): a 16-page
+    machine maps and touches its pages, the tables' frames are counted, and
+    running out is OutOfMemory, never a host allocation sized by the caller
+    (before: 1 byte read per 2 MiB over 1 TiB cost 783 MiB of host memory)."""
+    m = mmemu.Machine(memory=16 * PAGE)
+    p = m.spawn()
+    a = p.mmap(0, 8 * PAGE, RW, PRIV)
+    assert p.touch(a, 8, write=True) == 8
+    use = m.memory_usage()
+    assert use["pgtable_pages"] == 4                  # pgd, pud, pmd, pte page
+    assert m._engine.nr_free == 16 - 1 - 8           # frames: zero page + 8 data; tables charged apart
+    m.check()
+    big = p.mmap(0, 1 << 40, PROT_READ, PRIV | MAP_NORESERVE)
+    with pytest.raises(mmemu.OutOfMemory):
+        for i in range(0, 1 << 40, 2 << 20):          # one new pte page per 2 MiB
+            p.read(big + i, 1)
+    assert m.memory_usage()["pgtable_pages"] <= 16
+    m.check()
