@@ -63,10 +63,16 @@ def main(argv=None):
     with mp.Pool(jobs) as pool:
         fres = pool.imap_unordered(_fuzz_job, fuzz_tasks)
         rres = pool.imap_unordered(_runner_job, run_tasks)
+        # A running total after each finished task (flushed: a run stopped
+        # early still says exactly what it covered).
         for st in fres:
             _merge(fz, st)
+            print(f"[progress] fuzz {fz['calls']} calls, {fz['crashes']} crashes, "
+                  f"{fz['corrupted']} corrupted, {time.time() - t0:.0f} s", flush=True)
         for st in rres:
             _merge(rn, st)
+            print(f"[progress] runner {rn['ops']} ops in {rn['runs']} runs, {rn['violations']} "
+                  f"violations, {rn['errors']} errors, {time.time() - t0:.0f} s", flush=True)
     wall = time.time() - t0
     print(f"fuzz:   {fz['calls']} calls in {fz['worlds']} worlds, {fz['crashes']} crashes "
           f"(unacceptable outcomes), {fz['corrupted']} corrupted states, {len(fz['defects'])} distinct")
