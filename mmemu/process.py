@@ -1208,7 +1208,18 @@ class Process(FileOps):
         max_pages = max_pages or u64
         if start == end:
             return [], start
-        npages = (end - start) // PAGE
+        # The walk enters only VMAs and a hole never matches: the arrays span
+        # the first to the last VMA of the range, not the range (a scan of
+        # [0, TASK_SIZE) costs the mapped span). walk_end still defaults to
+        # `end`.
+        span = self.vmas.overlapping(start, end)
+        if span:
+            start = max(start, span[0].start)
+        npages = (min(end, span[-1].end) - start) // PAGE if span else 0
+        if npages > max(1 << 20, 4 * sum(min(v.end, end) - max(v.start, start) for v in span) // PAGE):
+            raise oserror(ENOMEM, "PAGEMAP_SCAN",
+                          f"a span of {npages} pages, mostly holes: the engine scans arrays of the "
+                          "span; scan the mapped parts separately")
         wp_match = bool(flags & C.PM_SCAN_WP_MATCHING)
 
         # pagemap_scan_test_walk: which VMAs the walk enters, in address order.

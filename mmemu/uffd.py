@@ -141,6 +141,8 @@ class Resolver:
     def resolve(self, u: Any, event: int, flags: int, address: int,
                 close_fork: Callable[[], object]) -> None:
         """Resolve one message on `u` (a Uffd, or the host's raw context)."""
+        event, flags, address = (_args.ulong(v, "resolve", n) for n, v in
+                                 (("event", event), ("flags", flags), ("address", address)))
         if event == UFFD_EVENT_FORK:
             close_fork()
         elif event == UFFD_EVENT_PAGEFAULT:
