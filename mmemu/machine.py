@@ -12,7 +12,7 @@ from . import args as A
 from . import constants as C
 from ._core import Engine
 from .eras import policy_for
-from .errors import MmemuError
+from .errors import Deadlock, MmemuError
 from .pageinfo import FrameInfo
 from .process import Process
 from .serialise import new_lock, serialised
@@ -133,8 +133,28 @@ class Machine:
         waiter = self._fault_waiter(uffd, thread, uf.address, uf.flags)
         uffd.faults.append(waiter)
         thread.blocked = (waiter, rest, uffd)
+        before = self._engine.pte(uf.mm, waiter.start)
         uffd._deliver(waiter, "a page fault")
         thread.blocked = None
+        if thread.process.alive:
+            self._check_progress(thread, uffd, uf.mm, waiter, before)
+
+    _SPIN_LIMIT = 1000      # wakes in a row that leave the faulting pte as it was
+
+    def _check_progress(self, thread, uffd, mm, waiter, before):
+        """A handler that wakes a fault without resolving it (an unregister
+        and register again, a wake alone) makes the access fault again at
+        once: Linux would spin there for good. The engine counts such wakes
+        in a row, the pte unchanged, and ends the spin as a Deadlock."""
+        if self._engine.pte(mm, waiter.start) != before:
+            thread.spins = 0
+            return
+        thread.spins = getattr(thread, "spins", 0) + 1
+        if thread.spins > self._SPIN_LIMIT:
+            thread.spins = 0
+            raise Deadlock("the handler keeps waking the fault without resolving it",
+                           [(f"thread {thread.tid}", waiter.msg.address or waiter.start,
+                             f"a page fault on uffd {uffd.ctx}, woken {self._SPIN_LIMIT} times")])
 
     def _userfault_served(self, thread, ctx, address, flags):
         """The core's in-place userfault path: when the context has a service
@@ -150,6 +170,8 @@ class Machine:
         waiter.read = True                  # handed to the handler: read(2) by its service thread
         uffd.waiting.append(waiter)
         thread.blocked = (waiter, _resume_in_handler, uffd)
+        mm = thread.process.mm
+        before = self._engine.pte(mm, waiter.start)
         self._serving.append(uffd)
         try:
             # (A fault or event the handler itself raises on this context goes
@@ -161,7 +183,11 @@ class Machine:
         finally:
             self._serving.pop()
             thread.blocked = None
-        return None if waiter.woken else waiter
+        if not waiter.woken:
+            return waiter
+        if thread.process.alive:
+            self._check_progress(thread, uffd, mm, waiter, before)
+        return None
 
     def _event(self, thread, uffd, msg, start, end, rest):
         """A non-cooperative event: queued, mmap_changing raised, and the

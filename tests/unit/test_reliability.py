@@ -446,3 +446,29 @@ def test_page_tables_take_frames_and_a_small_machine_still_works():
             p.read(big + i, 1)
     assert m.memory_usage()["pgtable_pages"] <= 16
     m.check()
+
+
+@pytest.mark.parametrize("call", ["read", "vmsplice"])
+def test_a_handler_that_wakes_without_resolving_ends_in_deadlock_not_a_hang(call):
+    """Unregister-and-register wakes the MISSING waiter without resolving the
+    fault: the access faults again at once, forever (found by the fuzzer as
+    a hang). The engine ends the spin as a Deadlock naming the fault."""
+    m = machine()
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    u = p.userfaultfd()
+    u.api()
+    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+
+    def handler(uffd, msg):
+        uffd.unregister(a, PAGE)
+        uffd.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    u.serve(handler)
+    with pytest.raises(mmemu.Deadlock, match="without resolving"):
+        if call == "read":
+            p.read(a, 1)
+        else:
+            p.vmsplice(a, 1)
+    u.close()
+    m.check()
+    assert p.read(a, 1) == b"\0"
