@@ -348,7 +348,8 @@ cdef class Engine:
             self.e.nuffd = <int32_t>n
             for j in range(n):
                 r = &self.e.uffd_res[j]
-                r.kind, r.base, r.count = st["uffd_res"][j][0], <uint64_t>st["uffd_res"][j][1], st["uffd_res"][j][2]
+                # base is kept as int64 bits (get_state): reinterpret, not convert.
+                r.kind, r.base, r.count = st["uffd_res"][j][0], <uint64_t><int64_t>st["uffd_res"][j][1], st["uffd_res"][j][2]
                 r.nlog = r.caplog = len(st["uffd_logs"][j])
                 r.log = <int64_t *>stack_import(st["uffd_logs"][j], r.nlog, 8) if r.nlog else NULL
 
@@ -586,23 +587,29 @@ cdef class Engine:
     # ---- GUP ---------------------------------------------------------------
 
     def gup(self, int32_t mm, int cpu, uint64_t start, int64_t npages, int gup_flags):
-        """(pfns, errno): pfns of the pages done; errno of what stopped it."""
+        """(pfns, errno, done): pages done, errno of what stopped it. pfns
+        holds the frames only when the GUP takes references (FOLL_GET or
+        FOLL_PIN); a populate has no use for them (pages=NULL in
+        populate_vma_page_range) and gets an empty array."""
         self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
+        cdef bint refs = (gup_flags & (FOLL_GET | FOLL_PIN)) != 0
         # GUP stops at the first hole: the array need not be longer than the
         # VMAs mapped from start, whatever count the caller asked for.
-        pfns = np.zeros(max(min(npages, mapped_pages(m, start, npages)), 1), np.int64)
+        pfns = np.zeros(max(min(npages, mapped_pages(m, start, npages)), 1) if refs else 1, np.int64)
         cdef int64_t[::1] pv = pfns
+        cdef int64_t *out = &pv[0] if refs else NULL
         cdef int err = 0
         cdef int64_t done
         self._cpu(cpu)
         with nogil:
-            done = gup_range(&self.e, m, cpu, start, npages, gup_flags, &pv[0], &err)
+            done = gup_range(&self.e, m, cpu, start, npages, gup_flags, out, &err)
+        taken = pfns[:done].copy() if refs else pfns[:0].copy()
         if err == -1:
             # A uffd fault inside GUP: the syscall waits like a user access.
             raise UserFault(self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr, self.e.uf_flags,
-                            self.e.uf_reason, done, pfns[:done].copy())
-        return pfns[:done].copy(), err
+                            self.e.uf_reason, done, taken)
+        return taken, err, done
 
     def put_pages(self, const int64_t[::1] pfns, int32_t nr):
         """Drop `nr` references from each frame (put_page / unpin_user_page)."""
@@ -897,15 +904,15 @@ cdef class Engine:
         if off >= f.size:
             return b""
         n = min(n, f.size - off)        # never a buffer beyond EOF, whatever was asked
-        buf = bytearray(n)
-        cdef uint8_t[::1] b = buf
         self._cpu(cpu)
         if n <= 0:
             return b""
-        done = file_rw(&self.e, f, off, n, &b[0], False, cpu, &ret)
+        # One buffer, filled in place: a large sparse read is not copied twice.
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+        done = file_rw(&self.e, f, off, n, <uint8_t *>PyBytes_AS_STRING(out), False, cpu, &ret)
         if ret:
             raise fault_exception(ret, 0, self.hwpoison_code)
-        return bytes(buf[:done])
+        return out if done == n else out[:done]
 
     def file_pwrite(self, int32_t fid, int cpu, int64_t off, const uint8_t[::1] data):
         cdef mm_file_t *f = self._file(fid)

@@ -15,6 +15,7 @@ from .errors import EINVAL, oserror
 
 U64 = 1 << 64
 U64_MASK = U64 - 1
+MAX_RW_COUNT = 0x7FFFF000     # INT_MAX & PAGE_MASK: one read/write moves at most this
 
 
 def _int(x, call, name):
@@ -59,6 +60,15 @@ def loff(x, call, name, err=EINVAL):
     if not 0 <= v < (1 << 63):
         raise oserror(err, call, f"{name} {v} is not a valid file offset")
     return v
+
+
+def rw_count(x, call, name="count"):
+    """A read/write byte count (rw_verify_area, fs/read_write.c): size_t;
+    beyond SSIZE_MAX is EINVAL, beyond MAX_RW_COUNT is cut to it."""
+    v = ulong(x, call, name)
+    if v >= 1 << 63:
+        raise oserror(EINVAL, call, f"{name} beyond SSIZE_MAX")
+    return min(v, MAX_RW_COUNT)
 
 
 def size(x, call, name):

@@ -70,8 +70,10 @@ class Machine:
             self._engine = Engine(memory // C.PAGE_SIZE, ncpus, dict(self.policy.knobs),
                                   swap // C.PAGE_SIZE)
         except MemoryError as e:
-            raise MemoryError(f"Machine(memory={memory}, swap={swap}): the host cannot hold the "
-                              f"frame and swap tables ({e})") from None
+            # A size this host cannot back is a bad argument here, not a
+            # shortage inside the machine (that is OutOfMemory).
+            raise ValueError(f"Machine(memory={memory}, swap={swap}): too large for this host, "
+                             f"which cannot allocate the frame and swap tables ({e})") from None
         self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile
         self._procs = {}

@@ -35,7 +35,6 @@ from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, 
 PAGE = C.PAGE_SIZE
 MAX_MAP_COUNT = 65530          # vm.max_map_count default
 USER_TOP = 1 << 47             # end of the 4-level user address space (MM_USER_TOP)
-MAX_RW_COUNT = 0x7FFFF000     # INT_MAX & PAGE_MASK: one read/write moves at most this
 MAX_FILE_PAGES = 1 << 32      # the core keeps a frame's file index in 32 bits (mm_types.h)
 # What a caller of get_user_pages/pin_user_pages may pass, plus what those
 # two add themselves (FOLL_GET or FOLL_PIN, FOLL_TOUCH).
@@ -171,6 +170,7 @@ class _HeldRefs:
 
     def __init__(self, machine, flags):
         self.machine, self.flags, self.parts = machine, flags, []
+        self.count = 0              # pages done (pfns are kept only when referenced)
         machine._holders.add(self)
 
     def held_refs(self):
@@ -849,13 +849,15 @@ class Process(FileOps):
         held = _HeldRefs(self.machine, flags)
 
         def op():
-            done = sum(len(x) for x in held.parts)
+            done = held.count
             try:
-                pfns, err = self._engine.gup(self.mm, thread.cpu, addr + done * PAGE, npages - done, flags)
+                pfns, err, n = self._engine.gup(self.mm, thread.cpu, addr + done * PAGE, npages - done, flags)
             except UserFault as uf:
+                held.count += uf.done
                 if uf.partial is not None and len(uf.partial):
                     held.parts.append(uf.partial)
                 raise
+            held.count += n
             held.parts.append(pfns)
             pfns = held.done()
             return finish(pfns, err) if finish else (pfns, err)
@@ -931,10 +933,8 @@ class Process(FileOps):
         one beyond MAX_RW_COUNT is cut to it."""
         offset = A.loff(offset, call, "offset")
         fd = A.sint(fd, call, "fd", EBADF)
-        addr, n = A.ulong(addr, call, "buf", EFAULT), A.ulong(n, call, "count")
-        if n >= 1 << 63:
-            raise oserror(EINVAL, call, "count beyond SSIZE_MAX")
-        return fd, addr, min(n, MAX_RW_COUNT), offset
+        addr, n = A.ulong(addr, call, "buf", EFAULT), A.rw_count(n, call)
+        return fd, addr, n, offset
 
     def pread_into(self, fd: int, addr: int, n: int, offset: int) -> int:
         """read(2) from a file into user memory (copy_to_user: kernel-mode write faults)."""

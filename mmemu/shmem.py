@@ -199,9 +199,7 @@ class FileOps:
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
         offset = A.loff(offset, "pread", "offset")
-        fd, n = A.sint(fd, "pread", "fd", EBADF), A.ulong(n, "pread", "count")
-        if n >= 1 << 63:
-            raise oserror(EINVAL, "pread", "count beyond SSIZE_MAX")
+        fd, n = A.sint(fd, "pread", "fd", EBADF), A.rw_count(n, "pread")
         self._live("pread")
         f = self._file(fd, "pread")
         if offset < 0 or n < 0:
@@ -216,6 +214,8 @@ class FileOps:
         f = self._file(fd, "pwrite")
         if offset < 0:
             raise oserror(EINVAL, "pwrite", "negative offset")
+        if len(data) > A.MAX_RW_COUNT:
+            data = data[:A.MAX_RW_COUNT]           # rw_verify_area cuts the count
         if offset + len(data) > MAX_FILE_SIZE:
             raise oserror(EFBIG, "pwrite", "beyond the maximum file size")
         return self.machine._engine.file_pwrite(f.fid, self.cpu, offset, bytes(data))

@@ -2,13 +2,15 @@
 process, whatever the arguments or the sequence. Each test is a defect that
 was found (issue 9) and fails if its fix is undone."""
 import errno
+import os
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import mmemu
-from mmemu import (MAP_ANONYMOUS, MAP_FIXED, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
+from mmemu import (MAP_ANONYMOUS, MAP_FIXED, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
                    MREMAP_MAYMOVE, PROT_NONE,
                    PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE, FOLL_PIN, FOLL_WRITE, FOLL_LONGTERM)
 from mmemu.vma import VM_ANON_VMA
@@ -472,3 +474,57 @@ def test_a_handler_that_wakes_without_resolving_ends_in_deadlock_not_a_hang(call
     u.close()
     m.check()
     assert p.read(a, 1) == b"\0"
+
+
+# Fuzz findings on the final code (tests.robust.run, 10^6 calls).
+
+def test_a_machine_too_large_for_the_host_is_a_value_error_naming_it():
+    """Machine(swap=16 TiB) needs ~80 GiB of swap table: a ValueError naming
+    the sizes, not a bare MemoryError from the host."""
+    need = (1 << 44) // PAGE * 19
+    if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") > need:
+        pytest.skip("this host could hold a 16 TiB swap table")
+    with pytest.raises(ValueError, match="swap=17592186044416"):
+        mmemu.Machine(memory=64 * PAGE, swap=1 << 44)
+
+
+def test_populate_of_a_huge_mapping_takes_no_host_memory_per_page():
+    """MAP_POPULATE of 2^32 pages on a 64-page machine: the populate GUP
+    keeps no page array (populate_vma_page_range passes none), so it runs
+    until the machine's memory is gone (mmap ignores populate errors) with no
+    host allocation sized by the mapping."""
+    m = mmemu.Machine(memory=256 * PAGE)
+    p = m.spawn()
+    tracemalloc.start()
+    try:
+        a = p.mmap(0, 1 << 44, RW, PRIV | MAP_NORESERVE | MAP_POPULATE)
+        peak = tracemalloc.get_traced_memory()[1]
+    except mmemu.OutOfMemory:
+        peak = tracemalloc.get_traced_memory()[1]
+        a = None
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak                     # 2^32 pfns would be 32 GiB
+    if a is not None:
+        assert p.pagemap(a).present
+    m.check()
+
+
+def test_pread_builds_its_result_once_and_caps_the_count():
+    """A sparse 8 MiB read allocates the 8 MiB result once (not a buffer plus
+    a copy); a count beyond MAX_RW_COUNT is cut to it (rw_verify_area)."""
+    from mmemu import args as A
+    assert A.rw_count(1 << 40, "pread") == A.MAX_RW_COUNT == 0x7FFFF000
+    assert errno_of(A.rw_count, 1 << 63, "pread") == errno.EINVAL
+    m = machine()
+    p = m.spawn()
+    fd = p.memfd_create("f")
+    p.ftruncate(fd, 8 << 20)
+    tracemalloc.start()
+    try:
+        data = p.pread(fd, 1 << 62, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == bytes(8 << 20)
+    assert peak < (8 << 20) * 3 // 2, peak

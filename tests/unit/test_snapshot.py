@@ -281,3 +281,18 @@ def test_program_snapshots_cost_what_is_populated_not_what_is_mapped():
     assert [s.get("n", 1) for s in states] == [5, 1, 1, (1 << 24) - 7]
     assert P.snapshot_pages(states) == 1 << 24
     assert "pfn" in states[1] and "pfn" in states[2]
+
+
+def test_a_resolver_base_above_2_63_survives_save():
+    """serve_core's base is an unsigned long: one with the top bit set is
+    saved as its bits and loads back unchanged (fuzz finding: OverflowError)."""
+    m = mmemu.Machine(memory=64 * PAGE)
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    u = p.userfaultfd()
+    u.api()
+    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    u.serve_core("copy", base=2**64 - PAGE, versions=np.arange(1, 5, dtype=np.uint64))
+    m2 = pickle.loads(pickle.dumps(m))
+    assert (m2._engine.get_state()["uffd_res"] == m._engine.get_state()["uffd_res"]).all()
+    m2.check()
