@@ -16,10 +16,11 @@ from .machine import Machine
 from .pageinfo import FrameInfo, PagemapEntry
 from .process import Process, Thread
 from .uffd import Resolver, Uffd, UffdError, UffdMsg
+from .explore import Counterexample, ExploreResult, explore, rerun
 
 __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",
            "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",
            "InvariantError", "MmemuError", "WouldBlock", "Deadlock", "Uffd", "UffdMsg", "UffdError",
-           "Resolver", "VERSIONS", "policy_for"]
+           "Resolver", "VERSIONS", "policy_for", "explore", "rerun", "ExploreResult", "Counterexample"]
 # A form type checkers follow (mypy, pyright): the constants' static __all__.
 __all__ += _constants.__all__

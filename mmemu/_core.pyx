@@ -24,6 +24,7 @@ include "core/defs.pxi"
 include "core/frames.pxi"
 include "core/pgtable.pxi"
 include "core/tlb.pxi"
+include "core/sched.pxi"
 include "core/uffd.pxi"
 include "core/fault.pxi"
 include "core/gup.pxi"
@@ -38,7 +39,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "pm_uffd_wp", "soft_dirty", "lru_batch", "fault_around_uffd",
                  "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages",
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
-                 "uffd_unprotect_writable")
+                 "uffd_unprotect_writable", "uffd_wp_flush_pending")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -65,6 +66,16 @@ cdef object fault_exception(int ret, uint64_t addr, int hwpoison_code=BUS_MCEERR
 
 
 @cython.final
+cdef void _py_sched_hook(void *arg, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:
+    with gil:
+        eng = <Engine>arg
+        try:
+            eng._sched_fn(point, mm, va, aux)
+        except BaseException as exc:
+            if eng._sched_err is None:
+                eng._sched_err = exc
+
+
 cdef class Engine:
     """One emulated machine's memory: frames, page tables, TLBs, mms.
 
@@ -74,6 +85,7 @@ cdef class Engine:
     cdef engine_t e
     cdef readonly object refcount, mapcount, version, fflags, mapping, index
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
+    cdef object _sched_fn, _sched_err
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
     cdef int32_t file_hint       # no free mapping id below this one
@@ -151,6 +163,7 @@ cdef class Engine:
         p.fork_marker_child_wp = knobs["fork_marker_child_wp"]
         p.uffd_wp_writenotify = knobs["uffd_wp_writenotify"]
         p.uffd_unprotect_writable = knobs["uffd_unprotect_writable"]
+        p.uffd_wp_flush_pending = knobs["uffd_wp_flush_pending"]
         if not 1 <= p.fault_around_pages <= MM_PTRS:
             raise ValueError("fault_around_pages must be in 1..512")
         # The swap device (numpy-owned; one entry per slot).
@@ -405,6 +418,9 @@ cdef class Engine:
             if self.e.nmm >= MM_MAX_MM:
                 raise oserror(12, "fork", "too many address spaces")
             if self.e.nmm == self.e.mm_cap:
+                if self.e.sched_hook != NULL:
+                    # A thread stopped at a step boundary holds an mm_t pointer.
+                    raise oserror(12, "fork", f"a scheduled machine holds at most {self.e.mm_cap} address spaces")
                 ms = <mm_t *>realloc(self.e.mms, self.e.mm_cap * 2 * sizeof(mm_t))
                 if ms == NULL:
                     raise MemoryError()
@@ -653,8 +669,16 @@ cdef class Engine:
         with nogil:
             lru_drain(&self.e, cpu)
             gather_init(&g, mm, start, end)
+            flush_pending_begin(&self.e, m)          # tlb_gather_mmu
             zap_range(&self.e, m, start, end, &g, wp_markers)
-            gather_finish(&self.e, &g)
+            if g.need_flush or g.n:
+                sched_point(&self.e, SP_ZAP_PENDING, mm, start, end)
+            if m.tlb_flush_pending > 1:
+                # mm_tlb_flush_nested() (99baac21e458, 4.16): another batch
+                # may have cleared ptes this walk found empty; flush anyway.
+                g.need_flush = 1
+            gather_finish(&self.e, &g)               # tlb_finish_mmu: flush, then free
+            m.tlb_flush_pending -= 1
             if free_tables:
                 free_pte_tables(&self.e, m, start, end)
 
@@ -663,9 +687,9 @@ cdef class Engine:
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost
         with nogil:
+            flush_pending_begin(&self.e, m)
             lost = change_protection(&self.e, m, start, end, newflags)
-            if lost:
-                tlb_flush_range(&self.e, mm, start, end)
+            flush_pending_end(&self.e, m, start, end, lost > 0)
         return lost
 
     def move_ptes(self, int32_t mm, uint64_t old, uint64_t new, uint64_t length):
@@ -693,6 +717,62 @@ cdef class Engine:
     def flush_mm(self, int32_t mm):
         self._mm(mm)
         tlb_flush_mm(&self.e, mm)
+
+    def tlb_entry(self, int cpu, int32_t mm, uint64_t va):
+        """This CPU's cached translation of va in mm: (pfn, writable, dirty), or None."""
+        cdef uint64_t vpn = va >> MM_PAGE_SHIFT
+        self._mm(mm)
+        cdef int64_t s = tlb_slot(self._cpu(cpu), mm, vpn)
+        if self.e.tlb_tag[s] != tlb_tag_of(mm, vpn):
+            return None
+        cdef uint64_t ent = self.e.tlb_pte[s]
+        return (<int64_t>pte_pfn(ent), bool(ent & PTE_WRITE), bool(ent & PTE_DIRTY))
+
+    def mark_tlb_stale(self, int32_t mm):
+        """The caller skipped a flush Linux skips too (clear_refs before
+        5.12): check() accepts this mm's stale entries until flush_tlb_mm."""
+        self._mm(mm).flags |= MMF_TLB_STALE
+
+    def tlb_flush_pending(self, int32_t mm, int delta=0):
+        """mm->tlb_flush_pending, after adding delta (+1 / -1: a batch whose
+        flush a caller issues later, as clear_refs does with flush_tlb_mm)."""
+        cdef mm_t *m = self._mm(mm)
+        if m.tlb_flush_pending + delta < 0:
+            raise ValueError("tlb_flush_pending would go negative")
+        m.tlb_flush_pending += delta
+        return m.tlb_flush_pending
+
+    def set_sched_hook(self, object fn):
+        """Install fn(point, mm, va, aux) as the scheduler called at each step
+        boundary of a kernel operation (core/sched.pxi), or None to remove it.
+        fn runs with the GIL, on the thread inside the core; what it raises is
+        kept and re-raised by sched_error()."""
+        if fn is None:
+            self.e.sched_hook = NULL
+            self.e.sched_arg = NULL
+            self._sched_fn = None
+            return
+        if not callable(fn):
+            raise TypeError("the scheduler hook must be callable")
+        cdef mm_t *ms
+        if self.e.mm_cap < 256:
+            # Room for every mm now: the table may not move while threads
+            # stand at step boundaries (mm_new refuses to grow it then).
+            ms = <mm_t *>realloc(self.e.mms, 256 * sizeof(mm_t))
+            if ms == NULL:
+                raise MemoryError()
+            memset(ms + self.e.mm_cap, 0, (256 - self.e.mm_cap) * sizeof(mm_t))
+            self.e.mms = ms
+            self.e.mm_cap = 256
+        self._sched_fn = fn
+        self.e.sched_arg = <void *>self
+        self.e.sched_hook = _py_sched_hook
+
+    def sched_error(self):
+        """Raise, once, what the scheduler hook raised (it cannot raise through the core)."""
+        err, self._sched_err = self._sched_err, None
+        if err is not None:
+            raise err
 
     def fork_range(self, int32_t src, int32_t dst, int cpu, uint64_t start, uint64_t end,
                    uint64_t src_flags, uint64_t dst_flags):
@@ -1041,9 +1121,9 @@ cdef class Engine:
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost
         with nogil:
+            flush_pending_begin(&self.e, m)
             lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags)
-            if lost > 0:
-                tlb_flush_range(&self.e, mm, start, end)
+            flush_pending_end(&self.e, m, start, end, lost > 0)
         if lost < 0:
             raise MemoryError()
         return lost
@@ -1154,9 +1234,9 @@ cdef class Engine:
             return False
         markers = m.vmas[vi].file != 0 or (self.e.uffd_feat[ctx] & UFFD_FEATURE_WP_UNPOPULATED) != 0
         with nogil:
+            flush_pending_begin(&self.e, m)
             lost = uffd_wp_range(&self.e, m, start, end, protect, markers, m.vmas[vi].flags)
-            if lost > 0:
-                tlb_flush_range(&self.e, mm, start, end)
+            flush_pending_end(&self.e, m, start, end, lost > 0)
         if lost < 0:
             raise MemoryError()
         return True
@@ -1403,6 +1483,8 @@ cdef class Engine:
         ent = self.e.tlb_pte[s]
         if mmi >= self.e.nmm or not self.e.mms[mmi].alive:
             raise InvariantError("TLB entry of a dead mm", <int64_t>pte_pfn(ent))
+        if self.e.mms[mmi].tlb_flush_pending or self.e.mms[mmi].flags & MMF_TLB_STALE:
+            return 0        # stale by the kernel's own rules: a flush is pending, or the era skips it
         ptep = pte_offset(&self.e, &self.e.mms[mmi], vpn << MM_PAGE_SHIFT, False)
         if ptep == NULL or (ptep[0] & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT \
                 or pte_pfn(ptep[0]) != pte_pfn(ent) or (ent & PTE_WRITE and not (ptep[0] & PTE_WRITE)):

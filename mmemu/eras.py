@@ -68,6 +68,8 @@ BASELINE = {
     "fork_marker_child_wp": 0,    # markers copied only to a wp child vma (6.2): B14
     "uffd_wp_writenotify": 0,     # wp shmem vmas get writenotify; mkuffd_wp implies R/O (6.2): B15
     "uffd_unprotect_writable": 0, # unprotect maps exclusive anon / dirty shared writable (6.3)
+    "uffd_wp_flush_pending": 0,   # do_wp_page flushes first in a uffd-wp VMA with a flush pending (5.12): B11
+    "clear_refs_flush": 0,        # clear_refs(4) flushes the TLB after its walk (5.12): B10
     "uffd_wp_multi_vma": 0,       # UFFDIO_WRITEPROTECT walks several VMAs (6.4)
     "uffd_move_zeropage": 0,      # UFFDIO_MOVE moves zero-page ptes (~6.9)
     "uffd_eagain_result": 0,      # an mmap_changing EAGAIN writes -EAGAIN to the result field (~6.15)
@@ -102,6 +104,11 @@ CHANGES = (
            {"fork_early_cow": 1}, bug="B6 fixed"),
     Change("9348b73c2e1b", "5.11", "mm: don't play games with pinned pages in clear_page_refs",
            {"clear_refs_skip_pinned": 1}),
+    Change("912efa17e512", "5.12", "fs/proc: clear_refs: flush the TLB after clearing soft-dirty "
+           "(pending count + flush_tlb_mm; title paraphrased)",
+           {"clear_refs_flush": 1}, bug="B10 fixed"),
+    Change("6ce64428d620", "5.12", "mm/userfaultfd: fix memory corruption due to writeprotect",
+           {"uffd_wp_flush_pending": 1}, bug="B11 fixed"),
     Change("uffd-user-mode-only", "5.11", "userfaultfd: add UFFD_USER_MODE_ONLY (id unconfirmed)",
            {"uffd_user_mode_only": 1}),
     Change("feb889fb40fa", "5.11", "mm: don't put pinned pages into the swap cache",

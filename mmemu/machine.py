@@ -277,6 +277,22 @@ class Machine:
             raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
         return self._engine.reclaim(cpu, npages)
 
+    def _digest_into(self, h) -> None:
+        """Feed the whole machine state into hash h (the explorer's state
+        key): the core's arrays but its counters, and the Python tables."""
+        st = self._engine.get_state()
+        for k in sorted(st):
+            if k == "stats":
+                continue
+            v = st[k]
+            h.update(k.encode())
+            h.update(v.tobytes() if isinstance(v, np.ndarray) else repr(v).encode())
+        for p in self._procs.values():
+            h.update(repr((p.pid, p.alive, [(v.start, v.end, v.flags, v.uffd) for v in p.vmas])).encode())
+        for u in self._uffds.values():
+            h.update(repr((u.ctx, u.released, u.features, [w.start for w in u.faults], len(u.events),
+                           [(w.start, w.woken) for w in u.waiting])).encode())
+
     def check(self) -> None:
         """Verify every invariant of the machine; raise mmemu.InvariantError."""
         pfns, refs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]

@@ -23,6 +23,7 @@ from . import constants as C
 from .errors import (EACCES, EBADF, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
                      MmemuError, Sigbus, Sigsegv, UserFault, WouldBlock, oserror)
 from .gup import Pin, Pipe
+from . import sched
 from .serialise import serialised
 from .pageinfo import PagemapEntry
 from .shmem import FileOps, ShmemFile
@@ -723,6 +724,11 @@ class Process(FileOps):
         for u in reversed(self.machine._serving):
             if u.process is self and u.service_thread is not None:
                 return u.service_thread
+        s = self._lock.sched
+        if s is not None:
+            me = s._me()
+            if me is not None:
+                return me.thread_for(self)      # a body's calls run on its own thread
         return self.main
 
     def _run(self, thread, op):
@@ -794,14 +800,24 @@ class Process(FileOps):
     # The hottest calls take the machine's lock themselves (one frame less
     # than serialise's wrapper).
     def read(self, addr: int, n: int) -> bytes:
+        if self._lock.sched is not None:
+            return self._lock.sched.call(self, "read", Process._read_current, (addr, n), {})
         with self._lock:
             return self._read(addr, n, self._current())
     read.__mmemu_locked__ = True        # type: ignore[attr-defined]
 
     def write(self, addr: int, data: Buffer) -> None:
+        if self._lock.sched is not None:
+            return self._lock.sched.call(self, "write", Process._write_current, (addr, data), {})
         with self._lock:
             self._write(addr, data, self._current())
     write.__mmemu_locked__ = True       # type: ignore[attr-defined]
+
+    def _read_current(self, addr, n):
+        return self._read(addr, n, self._current())
+
+    def _write_current(self, addr, data):
+        self._write(addr, data, self._current())
 
     def _touch(self, addr, npages, write, value, thread):
         addr, npages = A.uaddr(addr), A.size(npages, "touch", "npages")
@@ -1330,10 +1346,21 @@ class Process(FileOps):
         for v in self.vmas:
             v.flags &= ~VM_SOFTDIRTY
         self._push_vmas()
+        flush = self._policy().clear_refs_flush
+        if flush:
+            self._engine.tlb_flush_pending(self.mm, 1)      # 912efa17e512: inc_tlb_flush_pending
         for v in self.vmas:
             lost += self._engine.clear_soft_dirty(self.mm, v.start, v.end, v.flags)
-        if lost:
-            self._engine.flush_mm(self.mm)   # 912efa17e512: flush_tlb_mm after the walk
+        if flush:
+            if lost:
+                sched.step(self.machine, "clear_refs: flush_tlb_mm pending", self.mm)
+                self._engine.flush_mm(self.mm)      # ... flush_tlb_mm after the walk
+            self._engine.tlb_flush_pending(self.mm, -1)
+        elif lost:
+            self._engine.mark_tlb_stale(self.mm)
+        # Before 5.12 nothing flushes: the mmu_gather saw no pte recorded
+        # (0758cd830494 skips an empty batch's flush), so CPUs keep writable,
+        # dirty entries and write on without faulting or marking soft-dirty (B10).
 
     @property
     def minflt(self) -> int:

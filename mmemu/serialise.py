@@ -10,7 +10,9 @@ turn calls into the same machine deadlocks, as two threads would on any
 non-reentrant resource: serve such work from the handler's own thread.
 
 This is about the host's threads. The emulated threads of a Machine
-(Process.thread(), blocked uffd waits) are a different thing.
+(Process.thread(), blocked uffd waits) are a different thing: mmemu.sched
+runs them one step at a time, and while it does every public call goes
+through its scheduler (lock.sched).
 """
 import _thread
 import functools
@@ -21,6 +23,8 @@ class MachineLock(_thread.RLock):
     """A machine's lock. Saving a machine keeps which objects share it; a
     loaded machine gets a fresh, unheld one."""
 
+    sched = None        # the mmemu.sched.Scheduler running this machine's threads, if any
+
     def __reduce__(self):
         return (MachineLock, ())
 
@@ -30,9 +34,14 @@ def new_lock():
 
 
 def _locked(fn):
+    name = fn.__name__
+
     @functools.wraps(fn)
     def call(self, *args, **kwargs):
-        with self._lock:
+        lock = self._lock
+        if lock.sched is not None:       # a scheduled thread: each call is a step
+            return lock.sched.call(self, name, fn, args, kwargs)
+        with lock:
             return fn(self, *args, **kwargs)
     call.__mmemu_locked__ = True
     return call

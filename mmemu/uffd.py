@@ -447,6 +447,13 @@ class Uffd:
     def copy(self, dst: int, src: Buffer | int, length: int | None = None, mode: int = 0,
              src_process: Process | None = None) -> int:
         """UFFDIO_COPY from bytes, or from an address of the caller's memory."""
+        if self._lock.sched is not None:        # a scheduled thread: the call is a step
+            return self._lock.sched.call(self, "copy", Uffd._copy_impl, (dst, src, length, mode, src_process), {})
+        return self._copy_impl(dst, src, length, mode, src_process)
+    copy.__mmemu_locked__ = True       # type: ignore[attr-defined]
+
+    def _copy_impl(self, dst: int, src: Buffer | int, length: int | None = None, mode: int = 0,
+                   src_process: Process | None = None) -> int:
         with self._lock:        # (in its own frame: a handler's hot call)
             if not (type(dst) is type(mode) is int and not (dst | mode) >> 64):
                 dst, mode = _u64s("UFFDIO_COPY", dst=dst, mode=mode)
@@ -475,9 +482,14 @@ class Uffd:
             return self._fill("UFFDIO_COPY", _UFFDIO_COPY, dst, length, mode,
                               UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, _FILL_COPY,
                               wp=bool(mode & UFFDIO_COPY_MODE_WP), src=src, src_proc=src_process)
-    copy.__mmemu_locked__ = True      # type: ignore[attr-defined]
 
     def zeropage(self, addr: int, length: int, mode: int = 0) -> int:
+        if self._lock.sched is not None:        # a scheduled thread: the call is a step
+            return self._lock.sched.call(self, "zeropage", Uffd._zeropage_impl, (addr, length, mode), {})
+        return self._zeropage_impl(addr, length, mode)
+    zeropage.__mmemu_locked__ = True       # type: ignore[attr-defined]
+
+    def _zeropage_impl(self, addr: int, length: int, mode: int = 0) -> int:
         with self._lock:        # (in its own frame: a handler's hot call)
             if not (type(addr) is type(length) is type(mode) is int
                     and not (addr | length | mode) >> 64):
@@ -489,7 +501,6 @@ class Uffd:
                     return self._result("UFFDIO_ZEROPAGE", addr, r[0], r[1], 0)
             return self._fill("UFFDIO_ZEROPAGE", _UFFDIO_ZEROPAGE, addr, length, mode,
                               UFFDIO_ZEROPAGE_MODE_DONTWAKE, _FILL_ZEROPAGE)
-    zeropage.__mmemu_locked__ = True      # type: ignore[attr-defined]
 
     def continue_(self, addr: int, length: int, mode: int = 0) -> int:
         if not (type(addr) is type(length) is type(mode) is int and not (addr | length | mode) >> 64):
@@ -544,6 +555,12 @@ class Uffd:
 
     # ---- UFFDIO_WRITEPROTECT ---------------------------------------------------
     def writeprotect(self, addr: int, length: int, mode: int) -> None:
+        if self._lock.sched is not None:        # a scheduled thread: the call is a step
+            return self._lock.sched.call(self, "writeprotect", Uffd._writeprotect_impl, (addr, length, mode), {})
+        return self._writeprotect_impl(addr, length, mode)
+    writeprotect.__mmemu_locked__ = True       # type: ignore[attr-defined]
+
+    def _writeprotect_impl(self, addr: int, length: int, mode: int) -> None:
         with self._lock:        # (in its own frame: a handler's hot call)
             if not (type(addr) is type(length) is type(mode) is int
                     and not (addr | length | mode) >> 64):
@@ -587,7 +604,6 @@ class Uffd:
                 eng.uffd_writeprotect(p.mm, max(v.start, start), min(v.end, end), protect, markers, v.flags)
             if not protect and not mode & UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
                 self._wake(start, end)
-    writeprotect.__mmemu_locked__ = True      # type: ignore[attr-defined]
 
     # ---- waking and reading -----------------------------------------------------
     def wake(self, addr: int, length: int) -> None:
@@ -714,6 +730,9 @@ class Uffd:
         """A thread waits on this context: run the service thread, or block."""
         m = self.machine
         if self.handler is None:
+            s = self._lock.sched
+            if s is not None and s.uffd_wait(waiter, self, kind):
+                return          # a scheduled thread slept until another thread woke it
             raise WouldBlock(waiter.thread, self, waiter.msg)
         if self in m._serving:
             # The service thread itself now waits on its own context: nobody

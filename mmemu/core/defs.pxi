@@ -20,7 +20,7 @@ cdef extern from "mm_types.h" nogil:
     uint64_t VM_LOCKED, VM_IO, VM_DONTCOPY, VM_WIPEONFORK, VM_SOFTDIRTY
     uint64_t VM_MIXEDMAP, VM_HUGETLB, VM_UFFD_MINOR, VM_ANON, VM_ANON_VMA
 
-    uint64_t MMF_HAS_PINNED
+    uint64_t MMF_HAS_PINNED, MMF_TLB_STALE
 
     int FAULT_FLAG_WRITE, FAULT_FLAG_USER, FAULT_FLAG_REMOTE, FAULT_FLAG_UNSHARE, FAULT_FLAG_NO_RETRY
     int FAULT_FLAG_ARCH
@@ -36,6 +36,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t id, pgd, nvma, alive
         uint64_t flags
         int64_t minflt, rss_anon, nr_ptes, serial
+        int32_t tlb_flush_pending
         mm_vma_t *vmas
 
     ctypedef struct mm_policy_t:
@@ -45,7 +46,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t pm_uffd_wp, soft_dirty, lru_batch
         int32_t fault_around_uffd, swapout_skip_pinned, free_swapcache_after_cow
         int32_t fault_around_pages, uffd_wp_file, fork_uffd_child_vma, fork_marker_child_wp
-        int32_t uffd_wp_writenotify, uffd_unprotect_writable
+        int32_t uffd_wp_writenotify, uffd_unprotect_writable, uffd_wp_flush_pending
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem
@@ -81,6 +82,10 @@ cdef enum:
     CORE_ENOMEM = 12
     CORE_EINVAL = 22
     CORE_EHWPOISON = 133
+
+# Called at each step boundary of a kernel operation (core/sched.pxi): the
+# scheduler may run other threads before it returns.
+ctypedef void (*sched_hook_t)(void *arg, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil
 
 # The whole machine: frames (numpy-owned, fixed size), page-table pools
 # (chunked, so a page-table page never moves once allocated), the byte store,
@@ -150,6 +155,8 @@ ctypedef struct engine_t:
     uint32_t uf_flags, uf_reason
     uint64_t fault_addr        # address of the last failed access
     int64_t stats[24]
+    sched_hook_t sched_hook    # the scheduler's hand at each step boundary (NULL: none)
+    void *sched_arg
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

@@ -90,11 +90,26 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     """COW (or unshare) into a new exclusive anon page (wp_page_copy)."""
     cdef int64_t pfn = frame_alloc(e)
     cdef uint64_t orig = ptep[0], entry
+    cdef int32_t vi
     if pfn < 0:
         return VM_FAULT_OOM
     if frame_copy(e, pfn, old) < 0:
         frame_free(e, pfn)
         return VM_FAULT_NOMEM
+    if e.sched_hook != NULL:
+        # The copy is taken; Linux re-takes the PTL only now, so other CPUs
+        # may still write the old page through their TLBs (B11). The old
+        # page is held meanwhile (do_wp_page's get_page).
+        if old != ZERO_PFN:
+            e.refcount[old] += 1
+        sched_point(e, SP_COW_COPIED, mm.id, va, <uint64_t>pfn)
+        if old != ZERO_PFN:
+            put_page(e, old, 1)
+        vi = find_vma(mm, va)
+        if ptep[0] != orig or vi < 0:
+            frame_free(e, pfn)          # !pte_same: someone else handled it; retry
+            return 0
+        vma = &mm.vmas[vi]
     e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
     e.mapcount[pfn] = 1
     lru_add(e, cpu, pfn)
@@ -138,6 +153,11 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
             ptep[0] = pte
         else:
             return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_WP)
+    if e.pol.uffd_wp_flush_pending and vma.flags & VM_UFFD_WP and mm.tlb_flush_pending:
+        # 6ce64428d620 (5.12): a uffd-wp change may have deferred its flush;
+        # flush this page before deciding to copy or reuse it, so no stale
+        # writable entry writes the old page after the copy (B11).
+        tlb_flush_page(e, mm.id, va)
     if pte & PTE_SPECIAL:
         # The zero page: COW (or, for a long-term R/O pin, unshare) into a fresh page.
         return wp_page_copy(e, mm, cpu, vma, va, ptep, ZERO_PFN, unshare)
@@ -274,8 +294,10 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
         if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
             return 0
         # A kernel-mode access (copy_*_user) faults without FAULT_FLAG_USER.
+        sched_point(e, SP_MMAP_LOCK_READ, mm.id, va, write)
         ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | FAULT_FLAG_ARCH | (FAULT_FLAG_WRITE if write else 0),
                                   ptep)
+        sched_point(e, SP_MMAP_UNLOCK_READ, mm.id, va, write)
         if ret & VM_FAULT_OOM and reclaim_pages(e, cpu, RECLAIM_BATCH) > 0:
             continue            # direct reclaim freed frames: fault again
         if ret & VM_FAULT_ERROR:

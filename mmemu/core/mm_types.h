@@ -98,6 +98,7 @@
 
 /* mm flags */
 #define MMF_HAS_PINNED (1ULL << 0)
+#define MMF_TLB_STALE  (1ULL << 1)  /* emulator: an era's path left TLB entries stale on purpose (B10) */
 
 /* Fault flags (enum fault_flag) and results (vm_fault_t). */
 #define FAULT_FLAG_WRITE   (1 << 0)
@@ -134,6 +135,7 @@ typedef struct {
     int64_t rss_anon;
     int64_t nr_ptes;          /* page-table pages held */
     int64_t serial;           /* unique per mm_new(): a reused id is a new mm */
+    int32_t tlb_flush_pending; /* batches whose TLB flush is still to come (inc/dec_tlb_flush_pending) */
     mm_vma_t *vmas;           /* sorted by start, owned by the core */
 } mm_t;
 
@@ -178,6 +180,7 @@ typedef struct {
     int32_t fork_marker_child_wp;
     int32_t uffd_wp_writenotify;
     int32_t uffd_unprotect_writable;
+    int32_t uffd_wp_flush_pending;  /* 6ce64428d620 (5.12): do_wp_page flushes a pending uffd-wp batch */
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */

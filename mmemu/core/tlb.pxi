@@ -3,8 +3,8 @@
 # flushes. A pte change that removes rights reaches a CPU only through an
 # explicit flush; callers flush at the point the kernel does (ptep_clear_flush,
 # the end of an mmu_gather, flush_tlb_mm after fork), which for now is always
-# before the operation returns. Keep flushing a separate step: deferred
-# flushes (SMP) will move it, not remove it.
+# at the end of the operation. Between a walk and its flush, other threads
+# may run (core/sched.pxi): their CPUs still use the stale entries.
 
 cdef enum:
     TLB_VALID_SHIFT = 63
@@ -56,6 +56,7 @@ cdef void tlb_flush_range(engine_t *e, int32_t mm, uint64_t start, uint64_t end)
 cdef void tlb_flush_mm(engine_t *e, int32_t mm) noexcept nogil:
     cdef int64_t s, total = <int64_t>e.ncpus * MM_TLB_ENTRIES
     cdef uint64_t t
+    e.mms[mm].flags &= ~MMF_TLB_STALE
     for s in range(total):
         t = e.tlb_tag[s]
         if t != 0 and <int32_t>(t & 0xFFFF) == mm:

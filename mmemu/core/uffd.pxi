@@ -148,6 +148,11 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
     # writable VMA's ptes come back writable, clean or dirty.
     cdef bint shared_rw = not protect and e.pol.uffd_unprotect_writable == 0 and \
         (vmflags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
+    # ... and every other pte comes back as vm_page_prot says: read-only, a
+    # writable private pte included (5.7-6.2 mwriteprotect_range passes
+    # vm_get_page_prot(vm_flags), PAGE_COPY for a private mapping). That pte
+    # lost write: the flush is deferred to the end of the range (B11's t0).
+    cdef bint drop_write = not protect and e.pol.uffd_unprotect_writable == 0 and not shared_rw
     while va < end:
         if alloc:
             t = pte_table(e, mm, va, True)
@@ -183,6 +188,9 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
                 pte &= ~PTE_UFFD_WP
                 if shared_rw and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
                     pte |= PTE_WRITE
+                elif drop_write and pte & PTE_WRITE:
+                    pte &= ~PTE_WRITE
+                    lost += 1
                 elif restore and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
                     # 6.3+: MM_CP_TRY_CHANGE_WRITABLE, as mprotect does.
                     pfn = <int64_t>pte_pfn(pte)

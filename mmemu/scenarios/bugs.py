@@ -62,10 +62,10 @@ BUGS = (
     Bug("B9", "a pinned page swapped out and back in is copied on the next write",
         "5.9", "mitigated by feb889fb40fa (5.11); fixed by PageAnonExclusive (5.19)"),
     Bug("B10", "clear_refs leaves stale writable TLB entries: soft-dirty misses writes",
-        "0758cd830494", "912efa17e512 (5.12-rc1)"),
+        "0758cd830494", "912efa17e512 (5.12-rc1)", ("912efa17e512",)),
     Bug("B11", "uffd-wp with a deferred TLB flush: a write through a stale entry is "
                "lost during COW",
-        "292924b26024 (5.7), frequent from 5.9", "6ce64428d620 (5.12-rc3; stable 5.9+)"),
+        "292924b26024 (5.7), frequent from 5.9", "6ce64428d620 (5.12-rc3; stable 5.9+)", ("6ce64428d620",)),
     Bug("B12", "without EVENT_FORK the child's ptes inherit uffd-wp bits",
         "b569a1760782 (5.7)", "8f34f1eac382 (5.14)", ("8f34f1eac382",)),
     Bug("B13", "with EVENT_FORK a pinned page copied early at fork loses uffd-wp in "

@@ -1,0 +1,38 @@
+# Step boundaries of kernel operations. A kernel operation runs as atomic
+# steps between the points where Linux drops a lock, waits or flushes; at
+# each such point the core hands control to the scheduler (e.sched_hook),
+# which may run other threads' steps before it returns. Without a hook
+# every point is a no-op branch and an operation runs whole, as before.
+#
+# The hook is a C function pointer so a C caller can drive the steps with its
+# own scheduler; mmemu.sched installs one that calls back into Python.
+# State stays consistent at every point: page-table pages never move, and an
+# operation that resumes re-checks what it found before (pte_same), as the
+# kernel does after it re-takes the page-table lock.
+
+cdef enum:
+    SP_MMAP_LOCK_READ = 1      # a fault is about to take mmap_lock for read (may wait)
+    SP_MMAP_UNLOCK_READ = 2    # the fault released it
+    SP_FLUSH_PENDING = 3       # a walk changed ptes; its TLB flush is still to come
+    SP_COW_COPIED = 4          # wp_page_copy copied the page; the pte switch is still to come
+    SP_ZAP_PENDING = 5         # zap cleared ptes; the flush and the freeing are still to come
+
+
+cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:
+    if e.sched_hook != NULL:
+        e.sched_hook(e.sched_arg, point, mm, va, aux)
+
+
+cdef inline void flush_pending_begin(engine_t *e, mm_t *mm) noexcept nogil:
+    # inc_tlb_flush_pending(): others may see that this mm's TLBs are stale.
+    mm.tlb_flush_pending += 1
+
+
+cdef inline void flush_pending_end(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
+                                   bint flush) noexcept nogil:
+    """The deferred flush of a protection walk: a step of its own, then
+    dec_tlb_flush_pending()."""
+    if flush:
+        sched_point(e, SP_FLUSH_PENDING, mm.id, start, end)
+        tlb_flush_range(e, mm.id, start, end)
+    mm.tlb_flush_pending -= 1

@@ -1,0 +1,359 @@
+"""The race explorer: run a small multi-threaded program under every (or a
+sampled set of) interleavings of its steps and report the ones whose outcome
+is wrong, each as a schedule that reruns exactly and prints as a timeline.
+
+    r = mmemu.explore(setup, [body_a, body_b], kernel="5.10")
+    r.explored, r.complete, r.counterexamples[0].timeline()
+
+setup(machine) runs single-threaded on a fresh Machine(kernel=..., **options)
+and returns a context; each body(machine, ctx) runs as one schedulable
+thread (mmemu.sched). check(machine, ctx) judges the outcome: truthy is
+right; falsy or raising is wrong. The default check is Machine.check() plus
+"no lost write": every store a body completed reads back from the page
+tables afterwards unless a later completed store overwrote it.
+
+Strategies: "exhaustive" (depth-first over every choice, with state hashing:
+a state reached before is not explored again, so small programs finish),
+"random" (uniform choices, seeded), "pct" (probabilistic concurrency
+testing: random thread priorities with depth-1 change points).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .sched import Scheduler
+
+__all__ = ["explore", "rerun", "ExploreResult", "Counterexample"]
+
+
+@dataclass
+class Counterexample:
+    """One schedule whose outcome is wrong."""
+    schedule: list              # thread index chosen at each choice point
+    reason: str
+    steps: list = field(default_factory=list)     # (thread name, cpu, label) in run order
+    _replay: Any = None
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(1 for a, b in zip(self.steps, self.steps[1:]) if a[0] != b[0] and a[2] != "exits")
+
+    def timeline(self) -> str:
+        """The run as a table: one column per CPU, then the pte and every
+        CPU's TLB entry of the pages the program touched, at each step."""
+        return self._replay() if self._replay else "\n".join(f"{s[0]}: {s[2]}" for s in self.steps)
+
+    def to_json(self) -> dict:
+        return {"schedule": self.schedule, "reason": self.reason,
+                "steps": [{"thread": s[0], "cpu": s[1], "step": s[2]} for s in self.steps]}
+
+
+@dataclass
+class ExploreResult:
+    explored: int               # complete runs
+    complete: bool              # the whole space was covered
+    counterexamples: list       # Counterexamples, shortest first
+    strategy: str
+    kernel: str
+    seconds: float
+    states: int = 0             # distinct states met (exhaustive)
+    pruned: int = 0             # runs cut short of their alternatives by state hashing
+
+    @property
+    def found(self) -> bool:
+        return bool(self.counterexamples)
+
+    def summary(self) -> str:
+        if self.counterexamples:
+            c = self.counterexamples[0]
+            return (f"{self.kernel}: {len(self.counterexamples)} of {self.explored} interleavings "
+                    f"explored are wrong; shortest ({len(c)} steps): {c.reason}")
+        cover = "all of them" if self.complete else "not the whole space"
+        return f"{self.kernel}: {self.explored} interleavings explored ({cover}), none wrong"
+
+    def to_json(self) -> dict:
+        return {"kernel": self.kernel, "strategy": self.strategy, "explored": self.explored,
+                "complete": self.complete, "states": self.states, "seconds": round(self.seconds, 3),
+                "counterexamples": [c.to_json() for c in self.counterexamples]}
+
+
+def _new_machine(kernel, options):
+    from .machine import Machine
+    return Machine(kernel=kernel, **options)
+
+
+def _default_check(machine, sched):
+    """Machine.check() and no lost write."""
+    machine.check()
+    final = {}
+    for mm, addr, data in sched.stores:
+        for i, b in enumerate(data):
+            final[(mm, addr + i)] = b
+    procs = {p.mm: p for p in machine.processes if p.alive}
+    for (mm, a), want in sorted(final.items()):
+        p = procs.get(mm)
+        if p is None:
+            continue
+        got = _read_by_walk(machine, mm, a)
+        if got != want:
+            return f"lost write: byte {a:#x} of mm {mm} is {got!r}, the last completed store wrote {want!r}"
+    return True
+
+
+def _read_by_walk(machine, mm, addr):
+    """One byte as the page tables map it (no TLB): the truth after the run."""
+    from . import constants as C
+    eng = machine._engine
+    pte = eng.pte(mm, addr & ~(C.PAGE_SIZE - 1))
+    if not pte & 1:
+        return None
+    pfn = (pte >> 12) & ((1 << 40) - 1)
+    return eng.frame_read(pfn, addr & (C.PAGE_SIZE - 1), 1)[0]
+
+
+class _Run:
+    """One run of the program under a chooser."""
+
+    def __init__(self, setup, threads, kernel, options, check, chooser, record=False, prune=None):
+        self.machine = _new_machine(kernel, options)
+        self.ctx = setup(self.machine)
+        self.sched = Scheduler(self.machine, chooser, record=record)
+        self.sched.prune_check = prune
+        self.threads = threads
+        self.check = check
+        m, ctx = self.machine, self.ctx
+        bodies = [(lambda b=b: b(m, ctx)) for b in threads]
+        names = [getattr(b, "__name__", f"T{i}") for i, b in enumerate(threads)]
+        names = [n if n != "<lambda>" else f"T{i}" for i, n in enumerate(names)]
+        if record:
+            self.sched.watch = _watched(m, ctx)
+        self.errors = self.sched.run(bodies, names)
+        self.reason = self._judge()
+
+    def _judge(self):
+        s = self.sched
+        if s.deadlock:
+            return "deadlock: " + "; ".join(f"{n} waits for {w}" for n, w in s.deadlock)
+        for t in s.threads:
+            if t.error is not None:
+                return f"{t.name} raised {type(t.error).__name__}: {t.error}"
+        try:
+            if self.check is None:
+                ok = _default_check(self.machine, s)
+            else:
+                ok = self.check(self.machine, self.ctx)
+        except Exception as e:
+            return f"check raised {type(e).__name__}: {e}"
+        if ok is True or (ok and not isinstance(ok, str)):
+            return None
+        return ok if isinstance(ok, str) else "check returned a false value"
+
+
+def _watched(machine, ctx):
+    """Pages the timeline shows: every present page of every live process's
+    private writable mappings, at most 4."""
+    out = []
+    for p in machine.processes:
+        if not p.alive:
+            continue
+        for v in p.vmas:
+            for va in range(v.start, min(v.end, v.start + 4 * 4096), 4096):
+                out.append((p.mm, va))
+    return out[:4]
+
+
+class _Prefix:
+    """Chooser that follows a prefix of choices, then takes the first
+    candidate (the running thread when it may go on), recording how many
+    candidates each choice point had."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.counts = []
+
+    def __call__(self, sched, cands):
+        k = len(self.counts)
+        self.counts.append(len(cands))
+        if k < len(self.prefix):
+            want = self.prefix[k]
+            return want if want < len(cands) else 0
+        return 0
+
+
+def explore(setup: Callable, threads: Sequence[Callable], *, kernel: str, check: Callable | None = None,
+            strategy: str = "exhaustive", budget: int = 100_000, seed: int = 0, depth: int = 3,
+            max_counterexamples: int = 10, state_hashing: bool = True,
+            **machine_options) -> ExploreResult:
+    """Explore the interleavings of `threads` on a fresh machine per run."""
+    if strategy not in ("exhaustive", "random", "pct"):
+        raise ValueError(f"strategy must be exhaustive, random or pct, not {strategy!r}")
+    if budget < 1:
+        raise ValueError("budget must be at least 1")
+    t0 = time.perf_counter()
+    found = {}
+    explored = 0
+    complete = False
+    seen = set()
+    pruned_runs = 0
+
+    def note(run, schedule):
+        if run.reason is not None:
+            key = tuple(schedule)
+            if key not in found:
+                steps = []
+                found[key] = (run.reason, len(run.sched.choices))
+
+    if strategy == "exhaustive":
+        stack_prefix = []
+        while explored < budget:
+            chooser = _Prefix(stack_prefix)
+            cut = [None]
+
+            def prune(sched, chooser=chooser, cut=cut):
+                if cut[0] is not None or len(chooser.counts) < len(chooser.prefix):
+                    return
+                k = sched.state_key()
+                if k in seen:
+                    cut[0] = len(chooser.counts)     # its alternatives were explored from there
+                else:
+                    seen.add(k)
+            run = _Run(setup, threads, kernel, machine_options, check, chooser,
+                       prune=prune if state_hashing else None)
+            explored += 1
+            taken = [min(p, n - 1) for p, n in zip(stack_prefix, chooser.counts)] + \
+                [0] * (len(chooser.counts) - len(stack_prefix))
+            note(run, taken)
+            counts = chooser.counts
+            if cut[0] is not None:
+                counts = counts[:cut[0]]
+                pruned_runs += 1
+            # Backtrack: the deepest choice with an untried alternative.
+            nxt = None
+            for k in range(len(counts) - 1, -1, -1):
+                if taken[k] + 1 < counts[k]:
+                    nxt = taken[:k] + [taken[k] + 1]
+                    break
+            if nxt is None:
+                complete = True
+                break
+            stack_prefix = nxt
+    else:
+        rng = random.Random(seed)
+        for _ in range(budget):
+            run_seed = rng.getrandbits(64)
+            chooser = _RandomChooser(run_seed) if strategy == "random" else _PctChooser(run_seed, depth)
+            run = _Run(setup, threads, kernel, machine_options, check, chooser)
+            explored += 1
+            note(run, chooser.taken)
+            if strategy == "pct":
+                _PctChooser.learn(run.sched)
+
+    order = sorted(found.items(), key=lambda kv: (kv[1][1], kv[0]))[:max_counterexamples]
+    cexs = []
+    for schedule, (reason, _) in order:
+        c = Counterexample(list(schedule), reason)
+        rec = _Run(setup, threads, kernel, machine_options, check, _Prefix(list(schedule)), record=True)
+        c.steps = [(s.name, s.cpu, s.label) for s in rec.sched.trace]
+        c._replay = (lambda rec=rec: _render(rec))
+        cexs.append(c)
+    cexs.sort(key=lambda c: (len(c.steps), c.preemptions))
+    return ExploreResult(explored, complete, cexs, strategy, kernel, time.perf_counter() - t0,
+                         states=len(seen), pruned=pruned_runs)
+
+
+class _RandomChooser:
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+        self.taken = []
+
+    def __call__(self, sched, cands):
+        i = self.rng.randrange(len(cands))
+        self.taken.append(i)
+        return i
+
+
+class _PctChooser:
+    """PCT (Burckhardt et al., ASPLOS 2010): distinct random priorities per
+    thread, and depth-1 points where the running thread drops to the lowest
+    priority; the highest-priority candidate runs."""
+    steps_estimate = 64
+
+    def __init__(self, seed, depth):
+        self.rng = random.Random(seed)
+        self.taken = []
+        self.prio = None
+        self.changes = sorted(self.rng.randrange(max(1, self.steps_estimate)) for _ in range(max(0, depth - 1)))
+        self.k = 0
+        self.low = -1
+
+    @classmethod
+    def learn(cls, sched):
+        cls.steps_estimate = max(cls.steps_estimate if cls.steps_estimate != 64 else 1,
+                                 len(sched.choices) + 1)
+
+    def __call__(self, sched, cands):
+        if self.prio is None:
+            order = list(range(len(sched.threads)))
+            self.rng.shuffle(order)
+            self.prio = {t: len(order) + p for p, t in enumerate(order)}
+        if self.changes and self.k == self.changes[0]:
+            self.changes.pop(0)
+            self.prio[cands[0].index] = self.low
+            self.low -= 1
+        self.k += 1
+        best = max(range(len(cands)), key=lambda i: self.prio[cands[i].index])
+        self.taken.append(best)
+        return best
+
+
+def rerun(setup: Callable, threads: Sequence[Callable], schedule, *, kernel: str, check=None,
+          **machine_options):
+    """Run one schedule again, exactly; returns (machine, ctx) as it leaves them.
+    schedule: a Counterexample or its list of choices."""
+    choices = schedule.schedule if isinstance(schedule, Counterexample) else list(schedule)
+    run = _Run(setup, threads, kernel, machine_options, check, _Prefix(choices))
+    return run.machine, run.ctx
+
+
+def _render(run):
+    """Timeline text of a recorded run."""
+    s = run.sched
+    ncpus = run.machine.ncpus
+    width = 44
+    lines = []
+    head = " # | " + " | ".join(f"CPU{c}".ljust(width) for c in range(ncpus))
+    lines.append(head)
+    lines.append("-" * len(head))
+    for i, st in enumerate(s.trace):
+        cols = ["".ljust(width)] * ncpus
+        cpu = st.cpu if st.cpu is not None else 0
+        cols[cpu] = f"{st.name}: {st.label}"[:width].ljust(width)
+        lines.append(f"{i:2d} | " + " | ".join(cols))
+        for (mm, va), (pte, tlbs) in sorted(st.state.items()):
+            lines.append("   |   " + _fmt_page(mm, va, pte, tlbs))
+    lines.append(f"outcome: {run.reason or 'right'}")
+    return "\n".join(lines)
+
+
+def _fmt_page(mm, va, pte, tlbs):
+    if pte & 1:
+        p = f"pfn {(pte >> 12) & ((1 << 40) - 1)} {'W' if pte & 2 else 'R/O'}{' uffd-wp' if pte & 32 else ''}"
+    else:
+        p = "none" if pte == 0 else "not present"
+    out = []
+    for cpu, e in enumerate(tlbs):
+        if e is None:
+            continue
+        pfn, w, d = e
+        stale = ""
+        if not pte & 1 or pfn != (pte >> 12) & ((1 << 40) - 1) or (w and not pte & 2):
+            stale = " STALE"
+        out.append(f"cpu{cpu}: pfn {pfn} {'W' if w else 'R/O'}{stale}")
+    return f"mm {mm} {va:#x}: pte {p}; TLB " + (", ".join(out) if out else "empty")

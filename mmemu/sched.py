@@ -1,0 +1,438 @@
+"""Threads over time: a deterministic scheduler that runs emulated threads one
+step at a time, the waits it sees (mmap_lock, userfaultfd), and the explorer
+of interleavings built on it (mmemu.explore, mmemu.rerun).
+
+A thread body is an ordinary Python function calling the usual API. Each
+body runs on a host thread of its own, but only one runs at a time: a baton
+passes between them at scheduling points, and which thread gets it is the
+scheduler's choice. A schedule is the list of those choices, so the same
+schedule always gives the same result.
+
+Scheduling points:
+  * every public call a body makes (syscall, ioctl, user access), before it
+    runs;
+  * the step boundaries inside kernel operations, which the core reports
+    through its hook (core/sched.pxi): a protection walk whose TLB flush is
+    still to come, a COW whose copy is taken but whose pte is not yet
+    switched, a zap whose flush and freeing are still to come, a fault
+    taking mmap_lock;
+  * steps the Python layer orchestrates itself (step()).
+
+mmap_lock is modelled as a reader-writer lock per mm: syscalls take it as
+Linux does (MMAP_LOCK below), faults take it for read inside the core, and
+a thread that cannot take it waits, visibly. A user access that hits the TLB
+takes no lock at all, which is how stale entries write on.
+"""
+from __future__ import annotations
+
+import _thread
+import hashlib
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import constants as C
+
+# Step boundaries the core reports (core/sched.pxi).
+SP_MMAP_LOCK_READ = 1
+SP_MMAP_UNLOCK_READ = 2
+SP_FLUSH_PENDING = 3
+SP_COW_COPIED = 4
+SP_ZAP_PENDING = 5
+
+_CORE_LABEL = {
+    SP_FLUSH_PENDING: "ptes changed, TLB flush pending",
+    SP_COW_COPIED: "COW: page copied, pte switch pending",
+    SP_ZAP_PENDING: "zap: ptes cleared, flush and free pending",
+}
+
+_W, _R = "write", "read"
+
+# mmap_lock taken by each syscall-like call: mm/mmap.c (mmap, munmap),
+# mm/mprotect.c, mm/mremap.c, kernel/fork.c dup_mmap (the parent's lock for
+# write), fs/userfaultfd.c (register/unregister for write; the fills and
+# UFFDIO_WRITEPROTECT for read), mm/gup.c (GUP for read), fs/proc/task_mmu.c
+# clear_refs (write while it clears VM_SOFTDIRTY; modelled write throughout).
+# madvise: madvise_need_mmap_write(). A plain user access takes none: a fault
+# takes it inside the core.
+MMAP_LOCK = {
+    "Process": {"mmap": _W, "munmap": _W, "mprotect": _W, "mremap": _W, "fork": _W, "exit": _W,
+                "populate": _R, "get_user_pages": _R, "pin_user_pages": _R, "vmsplice": _R,
+                "proc_mem_read": _R, "proc_mem_write": _R, "pagemap_scan": _R, "clear_refs": _W},
+    "Uffd": {"register": _W, "unregister": _W, "copy": _R, "zeropage": _R, "continue_": _R,
+             "poison": _R, "move": _R, "writeprotect": _R},
+}
+_MADV_READ = {C.MADV_REMOVE, C.MADV_WILLNEED, C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_COLD,
+              C.MADV_PAGEOUT, C.MADV_FREE, C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE}
+
+
+def _lock_mode(kind, name, args, kwargs):
+    if kind == "Process" and name == "madvise":
+        advice = args[2] if len(args) > 2 else kwargs.get("advice")
+        return _R if advice in _MADV_READ else _W
+    return MMAP_LOCK.get(kind, {}).get(name)
+
+
+def step(machine, label, mm=-1, va=0):
+    """A step boundary the Python layer orchestrates (a flush it issues
+    after a walk): a scheduling point when a scheduler runs the caller."""
+    s = machine._lock.sched
+    if s is not None:
+        s.python_point(label, mm, va)
+
+
+class _Abort(BaseException):
+    """Unwinds a body when its run is abandoned (deadlock)."""
+
+
+class Deadlocked(Exception):
+    pass
+
+
+_NEW, _READY, _BLOCKED, _DONE = "new", "ready", "blocked", "done"
+
+
+class SchedThread:
+    """One body on the scheduler."""
+
+    def __init__(self, sched, index, body, name):
+        self.sched, self.index, self.body, self.name = sched, index, body, name
+        self.state = _NEW
+        self.pred = None            # when blocked: true once it may run
+        self.wait_label = ""
+        self.baton = _thread.allocate_lock()
+        self.baton.acquire()
+        self.depth = 0              # nesting of public calls
+        self.threads = {}           # Process -> the Thread calls run on
+        self.steps = 0
+        self.seen = hashlib.blake2b(digest_size=8)   # what its calls returned
+        self.where = ""             # the point it stands at
+        self.error = None
+        self.cpu = None
+        self.lock_state = None      # saved machine-lock state while suspended
+
+    def thread_for(self, process):
+        t = self.threads.get(process)
+        if t is None:
+            from .process import Thread
+            t = Thread(process, self.index % process.machine.ncpus)
+            self.threads[process] = t
+        self.cpu = t.cpu
+        return t
+
+
+@dataclass
+class Step:
+    thread: int
+    name: str
+    cpu: int | None
+    label: str
+    state: dict = field(default_factory=dict)     # filled when a timeline is asked for
+
+
+class Scheduler:
+    """Runs bodies as threads of one machine, one step at a time.
+
+    chooser(sched, candidates) -> index into candidates: the next thread to
+    run at a point where more than one may. candidates lists the current
+    thread first (when it may go on), then the others by index."""
+
+    def __init__(self, machine, chooser, record=False, watch=()):
+        self.machine = machine
+        self.lock = machine._lock
+        self.chooser = chooser
+        self.threads = []
+        self.by_ident = {}
+        self.current = None
+        self.choices = []           # thread index chosen at each real choice
+        self.trace = []             # Steps
+        self.mmap = {}              # mm -> [writer index or None, {reader index: count}, write count]
+        self.stores = []            # (mm, addr, bytes) of completed stores, in order
+        self.aborting = False
+        self.deadlock = None
+        self.record = record
+        self.watch = list(watch)    # (mm, va) pages the timeline shows
+        self.done = threading.Event()
+        self.pruned = False
+
+    # ---- running -----------------------------------------------------------
+
+    def run(self, bodies, names=None):
+        names = names or [getattr(b, "__name__", f"T{i}") for i, b in enumerate(bodies)]
+        self.threads = [SchedThread(self, i, b, n) for i, (b, n) in enumerate(zip(bodies, names))]
+        eng = self.machine._engine
+        self.lock.sched = self
+        eng.set_sched_hook(self.core_point)
+        try:
+            for t in self.threads:
+                t.os = threading.Thread(target=self._body, args=(t,), name=f"mmemu-{t.name}", daemon=True)
+                t.state = _READY
+                t.os.start()
+            first = self._pick(None)
+            if first is not None:
+                self._give(first)
+                self.done.wait()
+        finally:
+            for t in self.threads:
+                if hasattr(t, "os"):
+                    t.os.join()
+            self.lock.sched = None
+            eng.set_sched_hook(None)
+        errors = [t.error for t in self.threads if t.error is not None]
+        return errors
+
+    def _body(self, t):
+        t.baton.acquire()                   # wait for the first turn
+        self.by_ident[threading.get_ident()] = t
+        self.current = t
+        try:
+            if self.aborting:
+                raise _Abort()
+            t.body()
+        except _Abort:
+            pass
+        except BaseException as e:          # the body's own failure: part of the outcome
+            t.error = e
+        finally:
+            t.state = _DONE
+            if self.record:
+                self.trace.append(Step(t.index, t.name, t.cpu, "exits"))
+            nxt = self._pick(t)
+            if nxt is None:
+                self.done.set()
+            else:
+                self._give(nxt)
+
+    def _give(self, t):
+        self.current = t
+        t.baton.release()
+
+    def _me(self):
+        return self.by_ident.get(threading.get_ident())
+
+    def _candidates(self, me):
+        out = []
+        if me is not None and me.state == _READY:
+            out.append(me)
+        for t in self.threads:
+            if t is me:
+                continue
+            if t.state == _READY or (t.state == _BLOCKED and t.pred()):
+                out.append(t)
+        return out
+
+    def _pick(self, me):
+        """The next thread to run (None: all done). Detects deadlock."""
+        cands = self._candidates(me)
+        if not cands:
+            live = [t for t in self.threads if t.state != _DONE]
+            if not live:
+                return None
+            if not self.aborting:
+                self.deadlock = [(t.name, t.wait_label) for t in live]
+                self.aborting = True
+            return live[0]
+        if self.aborting or len(cands) == 1:
+            return cands[0]
+        if self.prune_check is not None:
+            self.prune_check(self)
+        i = self.chooser(self, cands)
+        self.choices.append(cands[i].index)
+        return cands[i]
+
+    def _switch(self, me, nxt):
+        if nxt is me:
+            return
+        state = self.lock._release_save() if self.lock._is_owned() else None
+        self._give(nxt)
+        me.baton.acquire()
+        self.current = me
+        if state is not None:
+            self.lock._acquire_restore(state)
+
+    def _point(self, me, label):
+        me.steps += 1
+        me.where = label
+        if self.record:
+            self.trace.append(Step(me.index, me.name, me.cpu, label, self._observe()))
+        if self.aborting:
+            return
+        self._switch(me, self._pick(me))
+
+    prune_check = None      # called at each real choice, before it is made (the explorer's state hashing)
+
+    def _block(self, me, pred, label):
+        """Wait until pred() holds: other threads run meanwhile."""
+        if pred():
+            return
+        if self.aborting:
+            raise _Abort()
+        me.state, me.pred, me.wait_label = _BLOCKED, pred, label
+        if self.record:
+            self.trace.append(Step(me.index, me.name, me.cpu, f"waits: {label}", self._observe()))
+        nxt = self._pick(me)
+        self._switch(me, nxt)
+        me.state, me.pred = _READY, None
+        if self.aborting and not pred():
+            raise _Abort()
+
+    # ---- the hooks ---------------------------------------------------------
+
+    def call(self, obj, name, fn, args, kwargs):
+        """A public call from a body: a point, mmap_lock as the syscall takes
+        it, the call under the machine lock, the outcome remembered."""
+        me = self._me()
+        if me is None or me.depth:
+            with self.lock:
+                return fn(obj, *args, **kwargs)
+        kind = type(obj).__name__
+        me.depth += 1
+        try:
+            if kind == "Thread":
+                me.cpu = obj.cpu
+            elif kind in ("Process", "Uffd"):
+                proc = obj if kind == "Process" else obj.process
+                if proc.alive:
+                    me.thread_for(proc)
+            if self.aborting:
+                raise _Abort()
+            self._point(me, self._label(kind, name, args))
+            mode = _lock_mode(kind, name, args, kwargs)
+            mm = None
+            if mode is not None:
+                proc = obj if kind == "Process" else obj.process
+                mm = proc.mm
+                self.mmap_lock(me, mm, mode)
+            try:
+                if kind == "Uffd" and name == "read":
+                    self._block(me, lambda: obj.released or obj.faults or obj.events or obj.flags & C.O_NONBLOCK,
+                                f"read(uffd {obj.ctx})")
+                with self.lock:
+                    result = fn(obj, *args, **kwargs)
+                    err = self.machine._engine.sched_error()
+            except _Abort:
+                raise
+            except BaseException as e:
+                me.seen.update(repr((name, type(e).__name__, str(e))).encode())
+                raise
+            finally:
+                if mode is not None:
+                    self.mmap_unlock(me, mm, mode)
+            if name == "write" and kind in ("Process", "Thread"):
+                proc = obj if kind == "Process" else obj.process
+                self.stores.append((proc.mm, int(args[0]), bytes(args[1])))
+            me.seen.update(repr((name, _summary(result))).encode())
+            return result
+        finally:
+            me.depth -= 1
+
+    @staticmethod
+    def _label(kind, name, args):
+        shown = ", ".join(f"{a:#x}" if isinstance(a, int) and a >= 4096 else
+                          (repr(bytes(a)[:8]) if isinstance(a, (bytes, bytearray)) else repr(a))
+                          for a in args[:3])
+        who = {"Process": "", "Thread": "", "Uffd": "uffd."}.get(kind, kind + ".")
+        return f"{who}{name}({shown})"
+
+    def core_point(self, point, mm, va, aux):
+        """The core's hook (Engine.set_sched_hook), on the thread inside the core."""
+        me = self._me()
+        if me is None:
+            return
+        if point == SP_MMAP_LOCK_READ:
+            self.mmap_lock(me, mm, _R, fault=True)
+        elif point == SP_MMAP_UNLOCK_READ:
+            self.mmap_unlock(me, mm, _R)
+        else:
+            self._point(me, f"{_CORE_LABEL.get(point, point)} @{va:#x}")
+
+    def python_point(self, label, mm, va):
+        me = self._me()
+        if me is not None:
+            self._point(me, label)
+
+    def uffd_wait(self, waiter, uffd, what):
+        """A thread sleeps in handle_userfault() until woken (explorer mode)."""
+        me = self._me()
+        if me is None:
+            return False
+        self._block(me, lambda: waiter.woken or uffd.released, f"{what} on uffd {uffd.ctx}")
+        return True
+
+    def running_here(self):
+        return self._me() is not None
+
+    # ---- mmap_lock ---------------------------------------------------------
+
+    def mmap_lock(self, me, mm, mode, fault=False):
+        st = self.mmap.setdefault(mm, [None, {}, 0])
+        idx = me.index
+
+        def free():
+            writer, readers, _ = st
+            if mode == _R:
+                return writer is None or writer == idx
+            return (writer is None or writer == idx) and not any(r != idx for r in readers)
+        if fault and (st[0] == idx or idx in st[1]):
+            pass                        # a fault inside a call that holds it
+        elif not free():
+            self._block(me, free, f"mmap_lock ({mode}) of mm {mm}")
+        if mode == _R:
+            st[1][idx] = st[1].get(idx, 0) + 1
+        else:
+            st[0] = idx
+            st[2] += 1
+
+    def mmap_unlock(self, me, mm, mode):
+        st = self.mmap.get(mm)
+        if st is None:
+            return
+        idx = me.index
+        if mode == _R:
+            n = st[1].get(idx, 0) - 1
+            if n <= 0:
+                st[1].pop(idx, None)
+            else:
+                st[1][idx] = n
+        else:
+            st[2] -= 1
+            if st[2] <= 0:
+                st[0], st[2] = None, 0
+
+    # ---- observation -------------------------------------------------------
+
+    def _observe(self):
+        """pte and per-CPU TLB entries of the watched pages, now."""
+        eng = self.machine._engine
+        out = {}
+        for mm, va in self.watch:
+            try:
+                pte = eng.pte(mm, va)
+            except Exception:
+                continue
+            tlbs = [eng.tlb_entry(cpu, mm, va) for cpu in range(self.machine.ncpus)]
+            out[(mm, va)] = (pte, tlbs)
+        return out
+
+    def state_key(self):
+        """What the rest of a run depends on: the machine (core arrays and
+        the Python tables) and where each thread stands with what it saw."""
+        h = hashlib.blake2b(digest_size=16)
+        self.machine._digest_into(h)
+        for t in self.threads:
+            h.update(repr((t.state, t.steps, t.where, t.wait_label)).encode())
+            h.update(t.seen.digest())
+        h.update(repr(sorted((k, v[0], sorted(v[1].items()), v[2]) for k, v in self.mmap.items())).encode())
+        h.update(repr(self.stores).encode())
+        return h.digest()
+
+
+def _summary(v):
+    if isinstance(v, np.ndarray):
+        return hashlib.blake2b(v.tobytes(), digest_size=8).hexdigest()
+    if isinstance(v, (bytes, bytearray, int, str, bool, type(None), float, tuple)):
+        return v
+    return type(v).__name__
