@@ -19,11 +19,11 @@ import mmemu.host                  # noqa: E402
 import mmemu.program               # noqa: E402
 from mmemu import constants        # noqa: E402
 
-CLASSES = ["Machine", "Process", "Thread", "Pin", "Pipe", "Uffd", "UffdMsg", "Resolver",
+CLASSES = ["Machine", "Process", "Thread", "Pin", "Pipe", "Uffd", "UffdMsg", "Resolver", "ExploreResult", "Counterexample",
            "PagemapEntry", "FrameInfo"]
 ERRORS = ["MmemuError", "EmulatedSignal", "Sigsegv", "Sigbus", "OutOfMemory", "InvariantError",
           "WouldBlock", "Deadlock", "UffdError"]
-FUNCTIONS = ["policy_for"]
+FUNCTIONS = ["policy_for", "explore", "rerun"]
 PROGRAM = ["check", "run", "describe", "pretty", "dumps", "parse_flags", "format_flags",
            "ProgramError", "PlacementError"]
 HOST = ["HostMachine", "Unsupported", "HostError"]

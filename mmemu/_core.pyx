@@ -39,7 +39,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "pm_uffd_wp", "soft_dirty", "lru_batch", "fault_around_uffd",
                  "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages",
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
-                 "uffd_unprotect_writable", "uffd_wp_flush_pending")
+                 "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
+                 "tlb_flush_nested")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -164,6 +165,9 @@ cdef class Engine:
         p.uffd_wp_writenotify = knobs["uffd_wp_writenotify"]
         p.uffd_unprotect_writable = knobs["uffd_unprotect_writable"]
         p.uffd_wp_flush_pending = knobs["uffd_wp_flush_pending"]
+        p.gup_fast_seq = knobs["gup_fast_seq"]
+        p.mprotect_gather = knobs["mprotect_gather"]
+        p.tlb_flush_nested = knobs["tlb_flush_nested"]
         if not 1 <= p.fault_around_pages <= MM_PTRS:
             raise ValueError("fault_around_pages must be in 1..512")
         # The swap device (numpy-owned; one entry per slot).
@@ -673,7 +677,7 @@ cdef class Engine:
             zap_range(&self.e, m, start, end, &g, wp_markers)
             if g.need_flush or g.n:
                 sched_point(&self.e, SP_ZAP_PENDING, mm, start, end)
-            if m.tlb_flush_pending > 1:
+            if m.tlb_flush_pending > 1 and self.e.pol.tlb_flush_nested:
                 # mm_tlb_flush_nested() (99baac21e458, 4.16): another batch
                 # may have cleared ptes this walk found empty; flush anyway.
                 g.need_flush = 1
@@ -685,11 +689,11 @@ cdef class Engine:
     def change_protection(self, int32_t mm, uint64_t start, uint64_t end, uint64_t newflags):
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
-        cdef int64_t lost
+        cdef int64_t lost, touched = 0
         with nogil:
             flush_pending_begin(&self.e, m)
-            lost = change_protection(&self.e, m, start, end, newflags)
-            flush_pending_end(&self.e, m, start, end, lost > 0)
+            lost = change_protection(&self.e, m, start, end, newflags, &touched)
+            flush_pending_end(&self.e, m, start, end, protection_needs_flush(&self.e, lost, touched))
         return lost
 
     def move_ptes(self, int32_t mm, uint64_t old, uint64_t new, uint64_t length):
@@ -783,13 +787,76 @@ cdef class Engine:
         cdef int64_t wp = 0
         cdef int ret
         self._cpu(cpu)
+        cdef bint cow = is_cow_mapping(src_flags)
         with nogil:
+            if cow:
+                s.write_protect_seq += 1    # raw_write_seqcount_begin (copy_page_range)
             ret = copy_range(&self.e, s, d, cpu, start, end, src_flags, dst_flags, &wp)
+            if cow:
+                s.write_protect_seq += 1
         if ret < 0:
             if wp:
                 tlb_flush_mm(&self.e, src)
             raise oserror(12, "fork")
         return wp
+
+    def gup_fast(self, int32_t mm, int cpu, uint64_t start, int64_t npages, int gup_flags):
+        """The lockless walk of get_user_pages_fast / pin_user_pages_fast
+        (gup_pte_range): pages it may use as mapped, referenced (FOLL_GET) or
+        pinned (FOLL_PIN), up to the first that needs the slow path. Takes
+        no lock; between reading a pte and re-checking it after the grab is
+        a step boundary. Returns the pfns."""
+        self._pages(start, npages)
+        cdef mm_t *m = self._mm(mm)
+        self._cpu(cpu)
+        if not (gup_flags & (FOLL_GET | FOLL_PIN)):
+            raise ValueError("gup_fast takes references: FOLL_GET or FOLL_PIN")
+        out = np.zeros(max(min(npages, mapped_pages(m, start, npages)), 1), np.int64)
+        cdef int64_t[::1] o = out
+        cdef int64_t i, n = 0, pfn
+        cdef int32_t per = GUP_PIN_COUNTING_BIAS if gup_flags & FOLL_PIN else 1
+        cdef bint forced = self.e.pol.gup_forced_cow == FORCED_COW_GET_AND_PIN or \
+            (self.e.pol.gup_forced_cow == FORCED_COW_GET_ONLY and gup_flags & FOLL_GET)
+        cdef uint64_t va, pte
+        cdef uint64_t *ptep
+        for i in range(min(npages, out.shape[0])):
+            va = start + (<uint64_t>i << MM_PAGE_SHIFT)
+            if find_vma(m, va) < 0:
+                break
+            ptep = pte_offset(&self.e, m, va, False)
+            if ptep == NULL:
+                break
+            pte = ptep[0]
+            if (pte & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT or pte & (PTE_SPECIAL | PTE_UFFD_WP):
+                break
+            # 5.8 (17839856fd58) made the fast walk take writable ptes only,
+            # so a read GUP that must break COW goes slow; a308c71bf1e6 undid it.
+            if not (pte & PTE_WRITE) and (gup_flags & FOLL_WRITE or forced):
+                break
+            pfn = <int64_t>pte_pfn(pte)
+            # gup_must_unshare (5.19+): a R/O pin of a possibly shared anon page goes slow.
+            if gup_flags & FOLL_PIN and not (gup_flags & FOLL_WRITE) and self.e.pol.gup_unshare_anon \
+                    and self.e.fflags[pfn] & PG_ANON and not (self.e.fflags[pfn] & PG_ANON_EXCLUSIVE):
+                break
+            # Without the VMA the walk cannot judge a long-term pin of a
+            # non-anon page (folio_fast_pin_allowed): the slow path does.
+            if gup_flags & FOLL_LONGTERM and not (self.e.fflags[pfn] & PG_ANON):
+                break
+            self.e.refcount[pfn] += per                 # try_grab_folio
+            if gup_flags & FOLL_PIN:
+                m.flags |= MMF_HAS_PINNED
+            sched_point(&self.e, SP_GUP_FAST_GRABBED, mm, va, <uint64_t>pfn)
+            if ptep[0] != pte:
+                put_page(&self.e, pfn, per)             # the pte changed under us: undo, stop
+                break
+            o[n] = pfn
+            n += 1
+        self.e.stats[MM_STAT_GUP] += n
+        return out[:n].copy()
+
+    def write_protect_seq(self, int32_t mm):
+        """mm->write_protect_seq: odd while fork write-protects COW ptes."""
+        return self._mm(mm).write_protect_seq
 
     def lru_drain(self, int cpu):
         self._cpu(cpu)
@@ -1119,11 +1186,11 @@ cdef class Engine:
                           bint use_markers, uint64_t vmflags):
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
-        cdef int64_t lost
+        cdef int64_t lost, touched = 0
         with nogil:
             flush_pending_begin(&self.e, m)
-            lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags)
-            flush_pending_end(&self.e, m, start, end, lost > 0)
+            lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags, &touched)
+            flush_pending_end(&self.e, m, start, end, lost > 0 or protection_needs_flush(&self.e, lost, touched))
         if lost < 0:
             raise MemoryError()
         return lost
@@ -1224,7 +1291,7 @@ cdef class Engine:
         userfaultfd_wp_use_markers(): file memory, or anon with WP_UNPOPULATED."""
         cdef mm_t *m = self._mm(mm)
         cdef int32_t vi
-        cdef int64_t lost
+        cdef int64_t lost, touched = 0
         cdef bint markers
         if start >= end or (start | end) & (MM_PAGE_SIZE - 1):
             return False
@@ -1235,8 +1302,8 @@ cdef class Engine:
         markers = m.vmas[vi].file != 0 or (self.e.uffd_feat[ctx] & UFFD_FEATURE_WP_UNPOPULATED) != 0
         with nogil:
             flush_pending_begin(&self.e, m)
-            lost = uffd_wp_range(&self.e, m, start, end, protect, markers, m.vmas[vi].flags)
-            flush_pending_end(&self.e, m, start, end, lost > 0)
+            lost = uffd_wp_range(&self.e, m, start, end, protect, markers, m.vmas[vi].flags, &touched)
+            flush_pending_end(&self.e, m, start, end, lost > 0 or protection_needs_flush(&self.e, lost, touched))
         if lost < 0:
             raise MemoryError()
         return True

@@ -4,6 +4,7 @@
     mmemu bugs        the bug tags of the matrix: what, introduced, fixed
     mmemu eras        the version -> era -> rule table
     mmemu diff        random programs on the host kernel and on the engine
+    mmemu explore     the interleavings of a race scenario: the shortest wrong one
 
 Exit status: 0 as expected, 1 an unexpected result (a scenario that did not
 behave as its era predicts, a divergence), 2 bad input (one line on stderr),
@@ -312,11 +313,50 @@ def cmd_diff(argv):
     return diff.main(argv)
 
 
+# --- explore -----------------------------------------------------------------------
+
+def cmd_explore(args):
+    from .scenarios.races import RACES, find
+    if args.list:
+        rows = [{"id": r.id, "name": r.name, "bug": r.bug, "fails": r.fails, "title": r.title} for r in RACES]
+        if args.json:
+            json.dump(rows, sys.stdout, indent=1)
+            print()
+        else:
+            for r in rows:
+                print(f"{r['id']:5} {r['bug']:4} buggy in {r['fails']:10} {r['name']}: {r['title']}")
+        return 0
+    if not args.scenario:
+        raise UsageError("a race scenario is required (mmemu explore --list shows them)")
+    r = find(args.scenario)
+    if r is None:
+        raise UsageError(f"no race scenario {args.scenario!r}; choices: "
+                         + ", ".join(f"{x.id} ({x.name})" for x in RACES))
+    res = r.explore(args.kernel, strategy=args.strategy, budget=args.budget, seed=args.seed,
+                    backports=tuple(args.backport or ()))
+    if args.json:
+        out = res.to_json()
+        out.update(id=r.id, name=r.name, bug=r.bug)
+        if res.counterexamples:
+            out["timeline"] = res.counterexamples[0].timeline()
+        json.dump(out, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{r.id} {r.name} ({r.bug}) on {args.kernel}, {args.strategy}:")
+    if res.counterexamples:
+        c = res.counterexamples[0]
+        print(f"the shortest wrong interleaving ({len(c)} steps, schedule {c.schedule}):")
+        print(c.timeline())
+    print(res.summary() + f" [{res.seconds:.2f} s"
+          + (f", {res.states} states" if args.strategy == "exhaustive" else "") + "]")
+    return 0
+
+
 def _parser():
     parser = ArgumentParser(prog="mmemu", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mmemu {__version__}")
-    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,diff}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,diff}")
     sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
     sc.add_argument("--kernel", action="append", type=kernel_version, metavar="V",
                     help="a version, 5.7 ... 6.18 or host (repeatable); default: all")
@@ -328,6 +368,16 @@ def _parser():
     output_flags(bg, csv_too=False)
     er = sub.add_parser("eras", help="versions, eras and the changes between them")
     output_flags(er)
+    ex = sub.add_parser("explore", help="interleavings of a race scenario; prints the shortest wrong one")
+    ex.add_argument("scenario", nargs="?", help="a race's id or name (S51, uffd-wp-deferred-flush-3cpu)")
+    ex.add_argument("--kernel", type=kernel_version, default="6.18", metavar="V",
+                    help="kernel version (default 6.18)")
+    ex.add_argument("--backport", action="append", metavar="COMMIT", help="apply a change (repeatable)")
+    ex.add_argument("--strategy", choices=("exhaustive", "random", "pct"), default="exhaustive")
+    ex.add_argument("--budget", type=positive_int, default=100_000, help="complete runs at most")
+    ex.add_argument("--seed", type=nonnegative_int, default=0)
+    ex.add_argument("--list", action="store_true", help="list the race scenarios")
+    ex.add_argument("--json", action="store_true", help="write JSON to stdout")
     sub.add_parser("diff", help="differential run against the host kernel (see mmemu diff -h)",
                    add_help=False)
     return parser
@@ -343,9 +393,10 @@ def main(argv=None):
             args = parser.parse_args(argv)
         except SystemExit as e:         # --help, --version, or a bad argument (one line)
             return e.code
-        command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras}.get(args.cmd)
+        command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras,
+                   "explore": cmd_explore}.get(args.cmd)
         if command is None:
-            raise UsageError("a command is required: scenarios, bugs, eras or diff (mmemu -h)")
+            raise UsageError("a command is required: scenarios, bugs, eras, explore or diff (mmemu -h)")
         return command(args)
     except UsageError as e:
         prog = "mmemu" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")

@@ -70,6 +70,9 @@ BASELINE = {
     "uffd_unprotect_writable": 0, # unprotect maps exclusive anon / dirty shared writable (6.3)
     "uffd_wp_flush_pending": 0,   # do_wp_page flushes first in a uffd-wp VMA with a flush pending (5.12): B11
     "clear_refs_flush": 0,        # clear_refs(4) flushes the TLB after its walk (5.12): B10
+    "gup_fast_seq": 0,            # GUP-fast pins re-check fork's write_protect_seq (5.11): B17
+    "mprotect_gather": 0,         # protection changes flush only ptes that lost rights (6.0)
+    "tlb_flush_nested": 1,        # tlb_finish_mmu flushes when another batch overlapped (4.13): B18
     "uffd_wp_multi_vma": 0,       # UFFDIO_WRITEPROTECT walks several VMAs (6.4)
     "uffd_move_zeropage": 0,      # UFFDIO_MOVE moves zero-page ptes (~6.9)
     "uffd_eagain_result": 0,      # an mmap_changing EAGAIN writes -EAGAIN to the result field (~6.15)
@@ -109,6 +112,8 @@ CHANGES = (
            {"clear_refs_flush": 1}, bug="B10 fixed"),
     Change("6ce64428d620", "5.12", "mm/userfaultfd: fix memory corruption due to writeprotect",
            {"uffd_wp_flush_pending": 1}, bug="B11 fixed"),
+    Change("57efa1fe5957", "5.11", "mm/gup: prevent gup_fast from racing with COW during fork",
+           {"gup_fast_seq": 1}, bug="B17 fixed"),
     Change("uffd-user-mode-only", "5.11", "userfaultfd: add UFFD_USER_MODE_ONLY (id unconfirmed)",
            {"uffd_user_mode_only": 1}),
     Change("feb889fb40fa", "5.11", "mm: don't put pinned pages into the swap cache",
@@ -144,6 +149,8 @@ CHANGES = (
            {"fault_around_uffd": 2}),
     Change("5535be309971", "6.0", "mm/gup: fix FOLL_FORCE COW security issue and remove FOLL_COW",
            {"foll_cow_rule": FOLL_FORCE_ANON_EXCLUSIVE}, bug="B16 fixed"),
+    Change("4a18419f71cd", "6.0", "mm/mprotect: use mmu_gather (with x86's pte_needs_flush: only "
+           "ptes that lost rights are flushed)", {"mprotect_gather": 1}),
     Change("64fe24a3e05e", "6.0", "mm/mprotect: try avoiding write faults for exclusive anonymous pages when changing protection",
            {"mprotect_upgrade": 1}),
     Change("84209e87c696", "6.2", "mm/gup: reliable R/O long-term pinning in COW mappings",
@@ -189,7 +196,15 @@ BACKPORT_ONLY = (
            {"gup_forced_cow": FORCED_COW_GET_ONLY, "foll_cow_rule": FOLL_COW_DIRTY}),
 )
 
-CHANGES_BY_COMMIT = {c.commit: c for c in CHANGES + BACKPORT_ONLY}
+# Selected only through backports=: B18's fix undone, to study a race whose
+# fix predates the modelled versions (S60).
+REVERTS = (
+    Change("99baac21e458-revert", "4.12", "without 'mm: fix MADV_[FREE|DONTNEED] TLB flush miss "
+           "problem' (99baac21e458, 4.13): a zap that found nothing to flush returns at once",
+           {"tlb_flush_nested": 0}, bug="B18 introduced"),
+)
+
+CHANGES_BY_COMMIT = {c.commit: c for c in CHANGES + BACKPORT_ONLY + REVERTS}
 
 # Era labels of semantics.md section 0, by first version.
 ERA_STARTS = (("5.7", "E0"), ("5.8", "E1"), ("5.9", "E2"), ("5.12", "E2b"), ("5.18", "E3"),

@@ -57,6 +57,9 @@ class Counterexample:
 
 @dataclass
 class ExploreResult:
+    """What explore() found: `explored` complete runs, whether they covered
+    the whole space (`complete`), and the wrong ones as Counterexamples,
+    shortest first."""
     explored: int               # complete runs
     complete: bool              # the whole space was covered
     counterexamples: list       # Counterexamples, shortest first
@@ -103,8 +106,13 @@ def _default_check(machine, sched):
             continue
         got = _read_by_walk(machine, mm, a)
         if got != want:
-            return f"lost write: byte {a:#x} of mm {mm} is {got!r}, the last completed store wrote {want!r}"
+            return (f"lost write: byte {a:#x} of mm {mm} reads {_b(got)}, the last completed store "
+                    f"wrote {_b(want)}")
     return True
+
+
+def _b(v):
+    return "nothing (not present)" if v is None else repr(bytes([v]))
 
 
 def _read_by_walk(machine, mm, addr):
@@ -191,7 +199,17 @@ def explore(setup: Callable, threads: Sequence[Callable], *, kernel: str, check:
             strategy: str = "exhaustive", budget: int = 100_000, seed: int = 0, depth: int = 3,
             max_counterexamples: int = 10, state_hashing: bool = True,
             **machine_options) -> ExploreResult:
-    """Explore the interleavings of `threads` on a fresh machine per run."""
+    """Run `threads` under the interleavings of their steps, each run on a
+    fresh Machine(kernel=kernel, **machine_options) prepared by setup().
+
+    setup(machine) -> ctx runs single-threaded; each thread is
+    body(machine, ctx), one schedulable thread (calls it makes through a
+    Thread run on that Thread's CPU; calls on a Process or Uffd run on CPU
+    i % ncpus for the i-th body). check(machine, ctx) is truthy when the
+    outcome is right (a string is the reason it is not); by default
+    Machine.check() and no lost write. budget counts complete runs.
+    strategy: "exhaustive" (depth first, state hashing unless
+    state_hashing=False), "random" (seeded), "pct" (bug depth `depth`)."""
     if strategy not in ("exhaustive", "random", "pct"):
         raise ValueError(f"strategy must be exhaustive, random or pct, not {strategy!r}")
     if budget < 1:
@@ -323,21 +341,22 @@ def rerun(setup: Callable, threads: Sequence[Callable], schedule, *, kernel: str
 
 
 def _render(run):
-    """Timeline text of a recorded run."""
+    """Timeline text of a recorded run: a row per step in the column of the
+    CPU it ran on, then the pte and every CPU's TLB entry of the watched
+    pages as that step left them (STALE: the entry grants more than the pte)."""
     s = run.sched
     ncpus = run.machine.ncpus
-    width = 44
-    lines = []
-    head = " # | " + " | ".join(f"CPU{c}".ljust(width) for c in range(ncpus))
-    lines.append(head)
-    lines.append("-" * len(head))
-    for i, st in enumerate(s.trace):
+    trace = s.trace
+    width = min(max([len(f"{st.name}: {st.label}") for st in trace] + [12]), 76)
+    lines = [" # | " + " | ".join(f"CPU{c}".ljust(width) for c in range(ncpus))]
+    lines.append("-" * len(lines[0]))
+    for i, st in enumerate(trace):
         cols = ["".ljust(width)] * ncpus
-        cpu = st.cpu if st.cpu is not None else 0
-        cols[cpu] = f"{st.name}: {st.label}"[:width].ljust(width)
-        lines.append(f"{i:2d} | " + " | ".join(cols))
-        for (mm, va), (pte, tlbs) in sorted(st.state.items()):
-            lines.append("   |   " + _fmt_page(mm, va, pte, tlbs))
+        cols[st.cpu if st.cpu is not None else 0] = f"{st.name}: {st.label}"[:width].ljust(width)
+        lines.append(f"{i:2d} | " + " | ".join(cols).rstrip())
+        after = trace[i + 1].state if i + 1 < len(trace) else s.final_state
+        for (mm, va), (pte, tlbs) in sorted(after.items()):
+            lines.append("   |     " + _fmt_page(mm, va, pte, tlbs))
     lines.append(f"outcome: {run.reason or 'right'}")
     return "\n".join(lines)
 

@@ -76,6 +76,11 @@ class Pin:
     def held_refs(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         return self.pfns, np.full(len(self.pfns), self.refs_per_page, np.int64)
 
+    def _forget(self) -> None:
+        """Hand the references to another holder (they are not dropped)."""
+        self.released = True
+        self._machine._holders.discard(self)
+
     def __enter__(self) -> Pin:
         return self
 

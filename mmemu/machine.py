@@ -12,23 +12,16 @@ from . import args as A
 from . import constants as C
 from ._core import Engine
 from .eras import policy_for
-from .errors import Deadlock, MmemuError
 from .pageinfo import FrameInfo
 from .process import Process
 from .serialise import new_lock, serialised
 from .vma import VM_ANON_VMA
-from .uffd import (UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_EXACT_ADDRESS, UFFD_FEATURE_THREAD_ID,
-                   UffdMsg, Waiter)
 
 # The core's frame flags that /proc/kpageflags shows, by bit; the core's
 # others (anon_exclusive, lazyfree, file, reserved, bytes) go into
 # FrameInfo.flags by name.
 _KPF = {"anon": C.KPF_ANON, "ksm": C.KPF_KSM, "swapcache": C.KPF_SWAPCACHE, "zero": C.KPF_ZERO_PAGE,
         "lru": C.KPF_LRU, "dirty": C.KPF_DIRTY, "uptodate": C.KPF_UPTODATE}
-
-
-def _resume_in_handler():
-    raise MmemuError("a thread cannot be resumed from inside the handler serving its fault")
 
 
 @serialised
@@ -109,106 +102,6 @@ class Machine:
     def _next_tid(self):
         self._tid += 1
         return self._tid
-
-    @staticmethod
-    def _fault_waiter(uffd, thread, address, flags):
-        """handle_userfault()'s message (exact address and thread id as the
-        context's features say) and the waiter sleeping on its page."""
-        feats = uffd.features or 0
-        page = address & ~(C.PAGE_SIZE - 1)
-        msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags,
-                      address if feats & UFFD_FEATURE_EXACT_ADDRESS else page,
-                      thread.tid if feats & UFFD_FEATURE_THREAD_ID else 0)
-        return Waiter(thread, msg, page, page + C.PAGE_SIZE)
-
-    def _userfault(self, thread, uf, rest):
-        """A thread's access hit handle_userfault(): queue the message on the
-        context and wait (service handler, or WouldBlock with the rest of the
-        call kept for Thread.resume())."""
-        uffd = self._uffds[uf.ctx]
-        if uf.waiter is not None:
-            # The handler ran in place (_userfault_served) and returned
-            # without resolving: the thread stays blocked on it.
-            thread.blocked = (uf.waiter, rest, uffd)
-            err, uf.waiter.error = uf.waiter.error, None
-            raise err if err is not None else uffd._unresolved(uf.waiter, "a page fault")
-        waiter = self._fault_waiter(uffd, thread, uf.address, uf.flags)
-        uffd.faults.append(waiter)
-        thread.blocked = (waiter, rest, uffd)
-        before = self._engine.pte(uf.mm, waiter.start)
-        uffd._deliver(waiter, "a page fault")
-        thread.blocked = None
-        if thread.process.alive:
-            self._check_progress(thread, uffd, uf.mm, waiter, before)
-
-    _SPIN_LIMIT = 1000      # wakes in a row that leave the faulting pte as it was
-
-    def _check_progress(self, thread, uffd, mm, waiter, before):
-        """A handler that wakes a fault without resolving it (an unregister
-        and register again, a wake alone) makes the access fault again at
-        once: Linux would spin there for good. The engine counts such wakes
-        in a row, the pte unchanged, and ends the spin as a Deadlock."""
-        if self._engine.pte(mm, waiter.start) != before:
-            thread.spins = 0
-            return
-        thread.spins = getattr(thread, "spins", 0) + 1
-        if thread.spins > self._SPIN_LIMIT:
-            thread.spins = 0
-            raise Deadlock("the handler keeps waking the fault without resolving it",
-                           [(f"thread {thread.tid}", waiter.msg.address or waiter.start,
-                             f"a page fault on uffd {uffd.ctx}, woken {self._SPIN_LIMIT} times")])
-
-    def _userfault_served(self, thread, ctx, address, flags):
-        """The core's in-place userfault path: when the context has a service
-        handler and nothing is queued or being served, run the handler here
-        and let the access retry inside the core. Returns None once the
-        fault is resolved and woken, False when the general path must take
-        it (nothing done), or the Waiter a handler left unresolved or raised
-        from (the thread then stays blocked, as with _deliver)."""
-        uffd = self._uffds[ctx]
-        if uffd.handler is None or self._serving or uffd.faults or uffd.events:
-            return False
-        waiter = self._fault_waiter(uffd, thread, address, flags)
-        waiter.read = True                  # handed to the handler: read(2) by its service thread
-        uffd.waiting.append(waiter)
-        thread.blocked = (waiter, _resume_in_handler, uffd)
-        mm = thread.process.mm
-        before = self._engine.pte(mm, waiter.start)
-        self._serving.append(uffd)
-        try:
-            # (A fault or event the handler itself raises on this context goes
-            # the general way and deadlocks there, as _deliver says.)
-            uffd.handler(uffd, waiter.msg)
-        except BaseException as e:
-            waiter.error = e            # re-raised by _userfault with the thread blocked
-            return waiter
-        finally:
-            self._serving.pop()
-            thread.blocked = None
-        if not waiter.woken:
-            return waiter
-        if thread.process.alive:
-            self._check_progress(thread, uffd, mm, waiter, before)
-        return None
-
-    def _event(self, thread, uffd, msg, start, end, rest):
-        """A non-cooperative event: queued, mmap_changing raised, and the
-        thread waits until the monitor reads it; then `rest` runs."""
-        waiter = Waiter(thread, msg, start, end)
-        uffd.events.append((waiter, msg))
-        uffd.mmap_changing += 1
-
-        def done():
-            # userfaultfd_event_wait_completion(): the waiting thread itself
-            # lowers mmap_changing once it runs again, not the read (a COPY
-            # between the read and the thread's return still sees EAGAIN).
-            if not uffd.released:
-                uffd.mmap_changing -= 1
-            return rest()
-        thread.blocked = (waiter, done, uffd)
-        uffd._deliver(waiter, "the event to be read")
-        thread.blocked = None
-        return done()
 
     def _new_uffd(self, uffd):
         ctx = heapq.heappop(self._uffd_free) if self._uffd_free else len(self._uffds) + 1

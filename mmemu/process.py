@@ -5,7 +5,7 @@ updates the VMA layout, then makes one core call for the page-level work.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, SupportsInt
+from typing import TYPE_CHECKING, SupportsInt
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -21,9 +21,11 @@ import numpy as np
 from . import args as A
 from . import constants as C
 from .errors import (EACCES, EBADF, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
-                     MmemuError, Sigbus, Sigsegv, UserFault, WouldBlock, oserror)
+                     MmemuError, Sigbus, Sigsegv, UserFault, oserror)
 from .gup import Pin, Pipe
 from . import sched
+from . import uffd as _uffd
+from .sched import Thread
 from .serialise import serialised
 from .pageinfo import PagemapEntry
 from .shmem import FileOps, ShmemFile
@@ -123,46 +125,6 @@ _FLAG_ADVICE = {
     C.MADV_SEQUENTIAL: (VM_SEQ_READ, VM_RAND_READ), C.MADV_RANDOM: (VM_RAND_READ, VM_SEQ_READ),
     C.MADV_NORMAL: (0, VM_SEQ_READ | VM_RAND_READ),
 }
-
-
-@serialised
-class Thread:
-    """A thread of a process, running on one CPU (and that CPU's TLB). A
-    thread whose access waits on a userfaultfd stays blocked (WouldBlock)
-    until the fault is resolved and woken, then resume() completes it."""
-
-    def __init__(self, process: Process, cpu: int) -> None:
-        self.process = process
-        self._lock = process.machine._lock
-        self.cpu = cpu
-        self.tid = process.machine._next_tid()
-        self.blocked = None             # (Waiter, the rest of the call, Uffd)
-        # The core calls this on a userfault to serve it without leaving the access.
-        self.serve_fault = partial(process.machine._userfault_served, self)
-
-    def read(self, addr: int, n: int) -> bytes:
-        return self.process._read(addr, n, self)
-
-    def write(self, addr: int, data: Buffer) -> None:
-        self.process._write(addr, data, self)
-
-    def touch(self, addr: int, npages: int, write: bool = False, value: int = 0) -> int:
-        return self.process._touch(addr, npages, write, value, self)
-
-    def resume(self) -> Any:
-        """Complete the blocked call once its fault (or event) was resolved
-        and woken; if it was not, the thread stays blocked (WouldBlock)."""
-        if self.blocked is None:
-            raise MmemuError(f"thread {self.tid} is not blocked")
-        waiter, rest, uffd = self.blocked
-        if not waiter.woken:
-            raise WouldBlock(self, uffd, waiter.msg)
-        self.blocked = None
-        return self.process._run(self, rest)
-
-    def __repr__(self) -> str:
-        state = " blocked" if self.blocked else ""
-        return f"<Thread tid={self.tid} cpu={self.cpu}{state}>"
 
 
 class _HeldRefs:
@@ -695,7 +657,7 @@ class Process(FileOps):
         """Deliver non-cooperative events one after another, then rest()."""
         thread = self._current()
         for uffd, msg, s, e in reversed(events):
-            rest = (lambda u, m, s_, e_, r: (lambda: self.machine._event(thread, u, m, s_, e_, r)))(
+            rest = (lambda u, m, s_, e_, r: (lambda: _uffd.event(self.machine, thread, u, m, s_, e_, r)))(
                 uffd, msg, s, e, rest)
         return self._run(thread, rest) if events else rest()
 
@@ -731,6 +693,9 @@ class Process(FileOps):
                 return me.thread_for(self)      # a body's calls run on its own thread
         return self.main
 
+    def _serve_fault(self, thread, ctx, address, flags):
+        return _uffd.serve_in_place(self.machine, thread, ctx, address, flags)
+
     def _run(self, thread, op):
         """Run op() for `thread`; a userfault makes the thread wait (service
         handler, WouldBlock) and op() is retried once woken."""
@@ -743,7 +708,7 @@ class Process(FileOps):
             try:
                 return op()
             except UserFault as uf:
-                self.machine._userfault(thread, uf, op)
+                _uffd.userfault(self.machine, thread, uf, op)
 
     def _read(self, addr, n, thread, kernel=False):
         # (Plain ints in range, the common case, skip the conversion calls.)
@@ -764,7 +729,7 @@ class Process(FileOps):
                 return self._engine.read(self.mm, thread.cpu, addr, n, kernel, thread.serve_fault)
             except UserFault as uf:
                 op = partial(self._read_op, addr, n, thread, kernel)
-                self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
+                _uffd.userfault(self.machine, thread, uf, op)      # waits (or raises WouldBlock)
                 return self._run(thread, op)
         return self._run(thread, partial(self._read_op, addr, n, thread, kernel))
 
@@ -784,7 +749,7 @@ class Process(FileOps):
                 done = uf.done                    # the bytes before the fault are written
                 data = bytes(data)
                 op = partial(self._write_op, addr, data, thread, kernel, [done])
-                self.machine._userfault(thread, uf, op)      # waits (or raises WouldBlock)
+                _uffd.userfault(self.machine, thread, uf, op)      # waits (or raises WouldBlock)
                 return self._run(thread, op)
         self._run(thread, partial(self._write_op, addr, bytes(data), thread, kernel, [done]))
 
@@ -1036,7 +1001,10 @@ class Process(FileOps):
             self._engine.mm_destroy(child_mm, self.cpu)
             raise
         if wrprotected:
-            self._engine.flush_mm(self.mm)      # dup_mmap's final flush_tlb_mm
+            # Until dup_mmap's final flush_tlb_mm other CPUs still write the
+            # pages fork now shares, through their writable entries (§5.4).
+            sched.step(m, "dup_mmap: flush_tlb_mm, returns", self.mm)
+            self._engine.flush_mm(self.mm)
         m._procs[child.pid] = child
         self.children.append(child)
         # dup_userfaultfd_complete(): fork waits until each FORK event is read.
@@ -1101,14 +1069,38 @@ class Process(FileOps):
         return self._gup(addr, npages, flags, "pin_user_pages", lambda pfns: Pin(self.machine, pfns, flags))
 
     def pin_user_pages_fast(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
-        """pin_user_pages_fast: the lockless walk takes only pages it may use
-        as mapped; anything that needs a fault or an unshare (and, without a
-        VMA, every long-term pin of a non-anon page) falls back to the slow
-        path, so the outcome is the slow path's. The race it has with fork
-        (B17, S61) needs the SMP scheduler."""
+        """pin_user_pages_fast (internal_get_user_pages_fast): a lockless
+        walk pins the pages it may use as mapped; the rest goes the slow way
+        (mmap_lock for read, faults). Since 5.11 (57efa1fe5957) a walk that
+        overlapped fork's write-protection (write_protect_seq odd or moved)
+        unpins what it took and goes slow for everything (B17, S61)."""
         addr, npages = A.ulong(addr, "pin_user_pages_fast", "addr", EFAULT), A.ulong(npages, "pin_user_pages_fast", "npages")
         gup_flags = A.uint(gup_flags, "pin_user_pages_fast", "gup_flags")
-        return self.pin_user_pages(addr, npages, gup_flags)
+        if gup_flags & C.FOLL_GET or gup_flags & ~_GUP_ALLOWED or npages <= 0 or addr >= USER_TOP:
+            return self.pin_user_pages(addr, npages, gup_flags)     # the slow path's errors
+        self._live("pin_user_pages_fast")
+        flags = gup_flags | C.FOLL_PIN
+        first = addr & ~(PAGE - 1)
+        eng, seq_rule = self._engine, self._policy().gup_fast_seq
+        seq = eng.write_protect_seq(self.mm)
+        fast = np.zeros(0, np.int64)
+        if not (seq_rule and seq & 1):
+            fast = eng.gup_fast(self.mm, self._current().cpu, first, _clamp_pages(first, npages), flags)
+            if seq_rule and len(fast) and eng.write_protect_seq(self.mm) != seq:
+                eng.put_pages(fast, C.GUP_PIN_COUNTING_BIAS)    # raced with fork: unpin, go slow
+                fast = np.zeros(0, np.int64)
+        if len(fast) == npages:
+            return Pin(self.machine, fast, flags | C.FOLL_TOUCH)
+        try:
+            with sched.mmap_read(self.machine, self.mm):
+                rest = self.pin_user_pages(first + len(fast) * PAGE, npages - len(fast), gup_flags)
+        except OSError:
+            if len(fast):
+                return Pin(self.machine, fast, flags | C.FOLL_TOUCH)
+            raise
+        pfns = np.concatenate([fast, rest.pfns])
+        rest._forget()
+        return Pin(self.machine, pfns, flags | C.FOLL_TOUCH)
 
     def vmsplice(self, addr: int, length: int) -> Pipe:
         """vmsplice(2) of user memory into a new pipe: FOLL_GET references

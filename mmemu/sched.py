@@ -1,6 +1,9 @@
-"""Threads over time: a deterministic scheduler that runs emulated threads one
-step at a time, the waits it sees (mmap_lock, userfaultfd), and the explorer
-of interleavings built on it (mmemu.explore, mmemu.rerun).
+"""Threads over time: the emulated threads (Thread) and what they wait in
+(Waiter: handle_userfault, an event's completion), and a deterministic
+scheduler that runs threads one step at a time with the waits it sees
+(mmap_lock, userfaultfd). The explorer of interleavings (mmemu.explore,
+mmemu.rerun) is built on it; userfault delivery (what a fault queues, who
+serves it) is mmemu.uffd's.
 
 A thread body is an ordinary Python function calling the usual API. Each
 body runs on a host thread of its own, but only one runs at a time: a baton
@@ -27,14 +30,21 @@ from __future__ import annotations
 
 import _thread
 import hashlib
-import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from .process import Process
 
 import numpy as np
 
 from . import constants as C
+from .errors import MmemuError, WouldBlock
+from .serialise import serialised
 
 # Step boundaries the core reports (core/sched.pxi).
 SP_MMAP_LOCK_READ = 1
@@ -42,11 +52,17 @@ SP_MMAP_UNLOCK_READ = 2
 SP_FLUSH_PENDING = 3
 SP_COW_COPIED = 4
 SP_ZAP_PENDING = 5
+SP_COW_DECIDED = 6
+SP_FORK_PTE = 7
+SP_GUP_FAST_GRABBED = 8
 
-_CORE_LABEL = {
-    SP_FLUSH_PENDING: "ptes changed, TLB flush pending",
-    SP_COW_COPIED: "COW: page copied, pte switch pending",
-    SP_ZAP_PENDING: "zap: ptes cleared, flush and free pending",
+_CORE_LABEL = {       # what a thread does when it goes on from the point
+    SP_FLUSH_PENDING: "flush_tlb_range deferred to the end of the walk, returns",
+    SP_COW_COPIED: "wp_page_copy (page copied before): pte_same, ptep_clear_flush, new pte",
+    SP_ZAP_PENDING: "tlb_finish_mmu: flush, then free the pages",
+    SP_COW_DECIDED: "wp_page_copy: copies the old page (no lock held)",
+    SP_FORK_PTE: "copy_present_pte: shares the page, write-protects the parent's pte",
+    SP_GUP_FAST_GRABBED: "gup_pte_range: re-reads the pte after the grab",
 }
 
 _W, _R = "write", "read"
@@ -84,6 +100,80 @@ def step(machine, label, mm=-1, va=0):
         s.python_point(label, mm, va)
 
 
+# ---- emulated threads and their waits ---------------------------------------
+
+@serialised
+class Thread:
+    """A thread of a process, running on one CPU (and that CPU's TLB). A
+    thread whose access waits on a userfaultfd stays blocked (WouldBlock)
+    until the fault is resolved and woken, then resume() completes it."""
+
+    def __init__(self, process: Process, cpu: int) -> None:
+        self.process = process
+        self._lock = process.machine._lock
+        self.cpu = cpu
+        self.tid = process.machine._next_tid()
+        self.blocked = None             # (Waiter, the rest of the call, Uffd)
+        # The core calls this on a userfault to serve it without leaving the access.
+        self.serve_fault = partial(process._serve_fault, self)
+
+    def read(self, addr: int, n: int) -> bytes:
+        return self.process._read(addr, n, self)
+
+    def write(self, addr: int, data: Buffer) -> None:
+        self.process._write(addr, data, self)
+
+    def touch(self, addr: int, npages: int, write: bool = False, value: int = 0) -> int:
+        return self.process._touch(addr, npages, write, value, self)
+
+    def resume(self) -> Any:
+        """Complete the blocked call once its fault (or event) was resolved
+        and woken; if it was not, the thread stays blocked (WouldBlock)."""
+        if self.blocked is None:
+            raise MmemuError(f"thread {self.tid} is not blocked")
+        waiter, rest, uffd = self.blocked
+        if not waiter.woken:
+            raise WouldBlock(self, uffd, waiter.msg)
+        self.blocked = None
+        return self.process._run(self, rest)
+
+    def __repr__(self) -> str:
+        state = " blocked" if self.blocked else ""
+        return f"<Thread tid={self.tid} cpu={self.cpu}{state}>"
+
+
+class Waiter:
+    """A thread sleeping in handle_userfault() or in an event's completion."""
+
+    __slots__ = ("thread", "msg", "start", "end", "woken", "read", "error")
+
+    def __init__(self, thread, msg, start, end):
+        self.thread, self.msg, self.start, self.end = thread, msg, start, end
+        self.woken = False
+        self.read = False
+        self.error = None           # what a handler served in place raised
+
+
+class mmap_read:
+    """`with sched.mmap_read(machine, mm):` a path that takes mmap_lock for
+    read itself (GUP-fast's slow fallback); a no-op off the scheduler."""
+
+    def __init__(self, machine, mm):
+        self.s = machine._lock.sched
+        self.mm = mm
+        self.me = self.s._me() if self.s is not None else None
+
+    def __enter__(self):
+        if self.me is not None:
+            self.s.mmap_lock(self.me, self.mm, _R)
+        return self
+
+    def __exit__(self, *exc):
+        if self.me is not None:
+            self.s.mmap_unlock(self.me, self.mm, _R)
+        return False
+
+
 class _Abort(BaseException):
     """Unwinds a body when its run is abandoned (deadlock)."""
 
@@ -117,7 +207,6 @@ class SchedThread:
     def thread_for(self, process):
         t = self.threads.get(process)
         if t is None:
-            from .process import Thread
             t = Thread(process, self.index % process.machine.ncpus)
             self.threads[process] = t
         self.cpu = t.cpu
@@ -167,11 +256,20 @@ class Scheduler:
         self.lock.sched = self
         eng.set_sched_hook(self.core_point)
         try:
+            # Warm-up: each body runs, alone and in order, to its first point
+            # (code before its first call is local: no choice to make there).
+            self.warming = True
+            self.main_baton = _thread.allocate_lock()
+            self.main_baton.acquire()
             for t in self.threads:
                 t.os = threading.Thread(target=self._body, args=(t,), name=f"mmemu-{t.name}", daemon=True)
                 t.state = _READY
                 t.os.start()
+                self._give(t)
+                self.main_baton.acquire()
+            self.warming = False
             first = self._pick(None)
+            self._record(first)
             if first is not None:
                 self._give(first)
                 self.done.wait()
@@ -181,6 +279,7 @@ class Scheduler:
                     t.os.join()
             self.lock.sched = None
             eng.set_sched_hook(None)
+        self.final_state = self._observe() if self.record else {}
         errors = [t.error for t in self.threads if t.error is not None]
         return errors
 
@@ -198,9 +297,11 @@ class Scheduler:
             t.error = e
         finally:
             t.state = _DONE
-            if self.record:
-                self.trace.append(Step(t.index, t.name, t.cpu, "exits"))
+            if self.warming:
+                self.main_baton.release()
+                return
             nxt = self._pick(t)
+            self._record(nxt)
             if nxt is None:
                 self.done.set()
             else:
@@ -253,14 +354,34 @@ class Scheduler:
         if state is not None:
             self.lock._acquire_restore(state)
 
+    def _record(self, nxt):
+        """The step about to run: nxt goes on from where it stands, in the
+        state the previous steps left."""
+        if self.record and nxt is not None:
+            self.trace.append(Step(nxt.index, nxt.name, nxt.cpu, nxt.where, self._observe()))
+
+    def _park(self, me):
+        """Warm-up: hand control back to run() until this thread is chosen."""
+        state = self.lock._release_save() if self.lock._is_owned() else None
+        self.main_baton.release()
+        me.baton.acquire()
+        self.current = me
+        if state is not None:
+            self.lock._acquire_restore(state)
+
+    warming = False
+
     def _point(self, me, label):
         me.steps += 1
         me.where = label
-        if self.record:
-            self.trace.append(Step(me.index, me.name, me.cpu, label, self._observe()))
+        if self.warming:
+            self._park(me)
+            return
         if self.aborting:
             return
-        self._switch(me, self._pick(me))
+        nxt = self._pick(me)
+        self._record(nxt)
+        self._switch(me, nxt)
 
     prune_check = None      # called at each real choice, before it is made (the explorer's state hashing)
 
@@ -271,9 +392,9 @@ class Scheduler:
         if self.aborting:
             raise _Abort()
         me.state, me.pred, me.wait_label = _BLOCKED, pred, label
-        if self.record:
-            self.trace.append(Step(me.index, me.name, me.cpu, f"waits: {label}", self._observe()))
+        me.where = f"woken from its wait for {label}"
         nxt = self._pick(me)
+        self._record(nxt)
         self._switch(me, nxt)
         me.state, me.pred = _READY, None
         if self.aborting and not pred():

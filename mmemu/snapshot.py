@@ -34,7 +34,7 @@ from ._version import __version__
 from .errors import MmemuError
 
 MAGIC = b"MMEMU-MACHINE\n"
-FORMAT = 1
+FORMAT = 2     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd
 _PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

@@ -17,15 +17,16 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from .eras import Policy
-    from .process import Process, Thread
+    from .process import Process
 
 from dataclasses import dataclass
 
 from . import args as _args
 from . import constants as C
+from .sched import Thread, Waiter
 from .serialise import serialised
 from .errors import (EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock,
-                     EmulatedSignal, WouldBlock, oserror)
+                     EmulatedSignal, MmemuError, WouldBlock, oserror)
 from .vma import (VM_ANON_VMA, VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
                   VM_UFFD_WP, VM_WRITE)
 
@@ -172,18 +173,6 @@ class Resolver:
         return out
 
 
-class Waiter:
-    """A thread sleeping in handle_userfault() or in an event's completion."""
-
-    __slots__ = ("thread", "msg", "start", "end", "woken", "read", "error")
-
-    def __init__(self, thread, msg, start, end):
-        self.thread, self.msg, self.start, self.end = thread, msg, start, end
-        self.woken = False
-        self.read = False
-        self.error = None           # what a handler served in place raised
-
-
 @serialised
 class Uffd:
     """One userfaultfd context (the file returned by userfaultfd(2))."""
@@ -252,7 +241,6 @@ class Uffd:
         """The thread of `process` that issues ioctls while its main thread
         is blocked (made once, on the process's CPU)."""
         if process.uffd_monitor is None:
-            from .process import Thread
             process.uffd_monitor = Thread(process, process.cpu)
         return process.uffd_monitor
 
@@ -751,3 +739,111 @@ class Uffd:
 
     def __repr__(self) -> str:
         return f"<Uffd ctx={self.ctx} of pid {self.process.pid}{' closed' if self.released else ''}>"
+
+
+# ---- userfault delivery: a thread's fault or event waits on a context -------
+
+def _resume_in_handler():
+    raise MmemuError("a thread cannot be resumed from inside the handler serving its fault")
+
+# (handle_userfault, userfaultfd_event_wait_completion; the waiting itself is
+# mmemu.sched's)
+
+def fault_waiter(uffd, thread, address, flags):
+    """handle_userfault()'s message (exact address and thread id as the
+    context's features say) and the waiter sleeping on its page."""
+    feats = uffd.features or 0
+    page = address & ~(C.PAGE_SIZE - 1)
+    msg = UffdMsg(UFFD_EVENT_PAGEFAULT, flags,
+                  address if feats & UFFD_FEATURE_EXACT_ADDRESS else page,
+                  thread.tid if feats & UFFD_FEATURE_THREAD_ID else 0)
+    return Waiter(thread, msg, page, page + C.PAGE_SIZE)
+
+def userfault(m, thread, uf, rest):
+    """A thread's access hit handle_userfault(): queue the message on the
+    context and wait (service handler, or WouldBlock with the rest of the
+    call kept for Thread.resume())."""
+    uffd = m._uffds[uf.ctx]
+    if uf.waiter is not None:
+        # The handler ran in place (serve_in_place) and returned
+        # without resolving: the thread stays blocked on it.
+        thread.blocked = (uf.waiter, rest, uffd)
+        err, uf.waiter.error = uf.waiter.error, None
+        raise err if err is not None else uffd._unresolved(uf.waiter, "a page fault")
+    waiter = fault_waiter(uffd, thread, uf.address, uf.flags)
+    uffd.faults.append(waiter)
+    thread.blocked = (waiter, rest, uffd)
+    before = m._engine.pte(uf.mm, waiter.start)
+    uffd._deliver(waiter, "a page fault")
+    thread.blocked = None
+    if thread.process.alive:
+        check_progress(m, thread, uffd, uf.mm, waiter, before)
+
+SPIN_LIMIT = 1000       # wakes in a row that leave the faulting pte as it was
+
+def check_progress(m, thread, uffd, mm, waiter, before):
+    """A handler that wakes a fault without resolving it (an unregister
+    and register again, a wake alone) makes the access fault again at
+    once: Linux would spin there for good. The engine counts such wakes
+    in a row, the pte unchanged, and ends the spin as a Deadlock."""
+    if m._engine.pte(mm, waiter.start) != before:
+        thread.spins = 0
+        return
+    thread.spins = getattr(thread, "spins", 0) + 1
+    if thread.spins > SPIN_LIMIT:
+        thread.spins = 0
+        raise Deadlock("the handler keeps waking the fault without resolving it",
+                       [(f"thread {thread.tid}", waiter.msg.address or waiter.start,
+                         f"a page fault on uffd {uffd.ctx}, woken {SPIN_LIMIT} times")])
+
+def serve_in_place(m, thread, ctx, address, flags):
+    """The core's in-place userfault path: when the context has a service
+    handler and nothing is queued or being served, run the handler here
+    and let the access retry inside the core. Returns None once the
+    fault is resolved and woken, False when the general path must take
+    it (nothing done), or the Waiter a handler left unresolved or raised
+    from (the thread then stays blocked, as with _deliver)."""
+    uffd = m._uffds[ctx]
+    if uffd.handler is None or m._serving or uffd.faults or uffd.events:
+        return False
+    waiter = fault_waiter(uffd, thread, address, flags)
+    waiter.read = True                  # handed to the handler: read(2) by its service thread
+    uffd.waiting.append(waiter)
+    thread.blocked = (waiter, _resume_in_handler, uffd)
+    mm = thread.process.mm
+    before = m._engine.pte(mm, waiter.start)
+    m._serving.append(uffd)
+    try:
+        # (A fault or event the handler itself raises on this context goes
+        # the general way and deadlocks there, as _deliver says.)
+        uffd.handler(uffd, waiter.msg)
+    except BaseException as e:
+        waiter.error = e            # re-raised by userfault() with the thread blocked
+        return waiter
+    finally:
+        m._serving.pop()
+        thread.blocked = None
+    if not waiter.woken:
+        return waiter
+    if thread.process.alive:
+        check_progress(m, thread, uffd, mm, waiter, before)
+    return None
+
+def event(m, thread, uffd, msg, start, end, rest):
+    """A non-cooperative event: queued, mmap_changing raised, and the
+    thread waits until the monitor reads it; then `rest` runs."""
+    waiter = Waiter(thread, msg, start, end)
+    uffd.events.append((waiter, msg))
+    uffd.mmap_changing += 1
+
+    def done():
+        # userfaultfd_event_wait_completion(): the waiting thread itself
+        # lowers mmap_changing once it runs again, not the read (a COPY
+        # between the read and the thread's return still sees EAGAIN).
+        if not uffd.released:
+            uffd.mmap_changing -= 1
+        return rest()
+    thread.blocked = (waiter, done, uffd)
+    uffd._deliver(waiter, "the event to be read")
+    thread.blocked = None
+    return done()

@@ -37,6 +37,7 @@ cdef extern from "mm_types.h" nogil:
         uint64_t flags
         int64_t minflt, rss_anon, nr_ptes, serial
         int32_t tlb_flush_pending
+        int64_t write_protect_seq
         mm_vma_t *vmas
 
     ctypedef struct mm_policy_t:
@@ -47,6 +48,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t fault_around_uffd, swapout_skip_pinned, free_swapcache_after_cow
         int32_t fault_around_pages, uffd_wp_file, fork_uffd_child_vma, fork_marker_child_wp
         int32_t uffd_wp_writenotify, uffd_unprotect_writable, uffd_wp_flush_pending
+        int32_t gup_fast_seq, mprotect_gather, tlb_flush_nested
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem

@@ -93,15 +93,21 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     cdef int32_t vi
     if pfn < 0:
         return VM_FAULT_OOM
-    if frame_copy(e, pfn, old) < 0:
-        frame_free(e, pfn)
-        return VM_FAULT_NOMEM
-    if e.sched_hook != NULL:
-        # The copy is taken; Linux re-takes the PTL only now, so other CPUs
-        # may still write the old page through their TLBs (B11). The old
-        # page is held meanwhile (do_wp_page's get_page).
+    cdef bint steps = e.sched_hook != NULL
+    if steps:
+        # do_wp_page decided to copy, took a reference (get_page) and dropped
+        # the PTL: other threads run before the copy and again before the
+        # PTL is re-taken, and CPUs may still write the old page through
+        # their TLBs (B11).
         if old != ZERO_PFN:
             e.refcount[old] += 1
+        sched_point(e, SP_COW_DECIDED, mm.id, va, <uint64_t>old)
+    if frame_copy(e, pfn, old) < 0:
+        frame_free(e, pfn)
+        if steps and old != ZERO_PFN:
+            put_page(e, old, 1)
+        return VM_FAULT_NOMEM
+    if steps:
         sched_point(e, SP_COW_COPIED, mm.id, va, <uint64_t>pfn)
         if old != ZERO_PFN:
             put_page(e, old, 1)

@@ -136,6 +136,7 @@ typedef struct {
     int64_t nr_ptes;          /* page-table pages held */
     int64_t serial;           /* unique per mm_new(): a reused id is a new mm */
     int32_t tlb_flush_pending; /* batches whose TLB flush is still to come (inc/dec_tlb_flush_pending) */
+    int64_t write_protect_seq; /* odd while fork write-protects this mm's COW ptes (57efa1fe5957) */
     mm_vma_t *vmas;           /* sorted by start, owned by the core */
 } mm_t;
 
@@ -181,6 +182,9 @@ typedef struct {
     int32_t uffd_wp_writenotify;
     int32_t uffd_unprotect_writable;
     int32_t uffd_wp_flush_pending;  /* 6ce64428d620 (5.12): do_wp_page flushes a pending uffd-wp batch */
+    int32_t gup_fast_seq;           /* 57efa1fe5957 (5.11): GUP-fast pins re-check write_protect_seq */
+    int32_t mprotect_gather;        /* 4a18419f71cd (6.0): protection changes flush only ptes that need it */
+    int32_t tlb_flush_nested;       /* 99baac21e458 (4.13): a batch that overlapped another flushes anyway */
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */

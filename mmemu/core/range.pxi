@@ -51,10 +51,11 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
 
 
 cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
-                               uint64_t newflags) noexcept nogil:
+                               uint64_t newflags, int64_t *touched) noexcept nogil:
     """mprotect's change_pte_range: ptes take the new VMA protection, keeping
     pfn, dirty, young, soft-dirty and uffd-wp. Returns how many ptes lost
-    rights (those need the TLB flush the caller issues)."""
+    rights (those need the TLB flush the caller issues); *touched counts the
+    present ptes rewritten (before 6.0 any of them makes the range flush)."""
     cdef uint64_t va = start, stop, pte, npte
     cdef uint64_t *t
     cdef uint16_t *ff = e.fflags
@@ -92,6 +93,7 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
                     and (ff[pte_pfn(pte)] & excl) == excl:
                 npte |= PTE_WRITE
             lost += ((pte & ~npte & PTE_WRITE) | (npte & ~pte & PTE_PROTNONE)) != 0
+            touched[0] += 1
             t[i] = npte
         va = stop
     return lost
@@ -174,6 +176,11 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                     dst.rss_anon += 1
                     e.stats[MM_STAT_EARLY_COW] += 1
                     continue
+                if cow and pte & PTE_WRITE and e.sched_hook != NULL:
+                    # The pin check is done; sharing and write-protecting
+                    # follow. GUP-fast takes no lock: it may pin in between (B17).
+                    sched_point(e, SP_FORK_PTE, src.id, va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT), <uint64_t>pfn)
+                    pte = s[i]
                 e.refcount[pfn] += 1
                 e.mapcount[pfn] += 1
                 if e.fflags[pfn] & PG_ANON:

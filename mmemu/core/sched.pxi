@@ -16,6 +16,9 @@ cdef enum:
     SP_FLUSH_PENDING = 3       # a walk changed ptes; its TLB flush is still to come
     SP_COW_COPIED = 4          # wp_page_copy copied the page; the pte switch is still to come
     SP_ZAP_PENDING = 5         # zap cleared ptes; the flush and the freeing are still to come
+    SP_COW_DECIDED = 6         # do_wp_page chose to copy; the copy is still to come
+    SP_FORK_PTE = 7            # fork found a pte not pinned; sharing and write-protecting it is still to come
+    SP_GUP_FAST_GRABBED = 8    # GUP-fast took its reference; re-reading the pte is still to come
 
 
 cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:
@@ -26,6 +29,13 @@ cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, ui
 cdef inline void flush_pending_begin(engine_t *e, mm_t *mm) noexcept nogil:
     # inc_tlb_flush_pending(): others may see that this mm's TLBs are stale.
     mm.tlb_flush_pending += 1
+
+
+cdef inline bint protection_needs_flush(engine_t *e, int64_t lost, int64_t touched) noexcept nogil:
+    # Before 6.0 change_protection_range flushed the range when it rewrote
+    # any present pte; 6.0's mmu_gather (4a18419f71cd, with x86's
+    # pte_needs_flush) flushes only ptes that lost rights.
+    return lost > 0 or (not e.pol.mprotect_gather and touched > 0)
 
 
 cdef inline void flush_pending_end(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,

@@ -135,7 +135,7 @@ cdef inline bint flags_want_writenotify(engine_t *e, uint64_t flags) noexcept no
 
 
 cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, bint protect,
-                           bint use_markers, uint64_t vmflags) noexcept nogil:
+                           bint use_markers, uint64_t vmflags, int64_t *touched) noexcept nogil:
     """UFFDIO_WRITEPROTECT over one VMA's range (change_protection with
     MM_CP_UFFD_WP / _RESOLVE). Returns ptes that lost write (to flush), or -1
     if a page table could not be allocated."""
@@ -174,6 +174,7 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
                 pte = t[i]
                 if pte & PTE_PRESENT:
                     lost += (pte & PTE_WRITE) != 0
+                    touched[0] += 1
                     t[i] = mkuffd_wp(pte)
                 elif pte == 0:
                     if use_markers:
@@ -185,6 +186,7 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
         for i in range(i0, i1):            # unprotect
             pte = t[i]
             if pte & PTE_PRESENT:
+                touched[0] += 1
                 pte &= ~PTE_UFFD_WP
                 if shared_rw and not (pte & (PTE_SPECIAL | PTE_PROTNONE)):
                     pte |= PTE_WRITE

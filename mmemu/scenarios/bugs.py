@@ -82,7 +82,7 @@ BUGS = (
                "through a dirty read-only pte left by UFFDIO_CONTINUE",
         "about 5.16", "5535be309971 (6.0; 5.19.y)", ("5535be309971",)),
     Bug("B17", "a GUP-fast pin racing with fork misses the early COW",
-        "5.9", "57efa1fe5957 (5.11)"),
+        "5.9", "57efa1fe5957 (5.11)", ("57efa1fe5957",)),
     Bug("B18", "a concurrent MADV_DONTNEED returns before stale TLB entries are flushed",
         "old", "99baac21e458"),
     Bug("B19", "spurious COW of a fresh page (the per-CPU LRU batch's reference) "

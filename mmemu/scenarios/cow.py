@@ -349,7 +349,9 @@ def clear_refs_pinned_write(m):
         check(p.pagemap(P).soft_dirty, "5.11+: a pinned pte is skipped and stays soft-dirty")
     else:
         check(not p.pagemap(P).soft_dirty, "before 5.11 clear_refs cleans every pte")
-    p.write(P, FFS)
+    # The write comes from another CPU: before 5.12 clear_refs flushed no
+    # TLB (B10), and this CPU's writable entry would let it skip the fault.
+    p.thread(cpu=1 % m.ncpus).write(P, FFS)
     m.check()
     check(pin.read(0, PAGE) == p.read(P, PAGE), "Longterm R/W pin is not reliable")
     pin.release()

@@ -105,7 +105,9 @@ def odirect_lost_update(m):
     p.write(B, bytes(PAGE))
     dma = p.get_user_pages(B, 1, C.FOLL_WRITE)   # O_DIRECT read: FOLL_WRITE|FOLL_GET
     p.clear_refs(C.CLEAR_REFS_SOFT_DIRTY)        # T3 write-protects B
-    p.write(B + PAGE - 1, b"x")                   # T2 writes another byte of the page
+    # T2, on another CPU, writes another byte of the page (on T1's CPU a
+    # writable TLB entry could skip the fault: clear_refs flushed none before 5.12, B10).
+    p.thread(cpu=1 % m.ncpus).write(B + PAGE - 1, b"x")
     dma.write(0, b"A" * 512)                      # the DMA completes into the GUP page
     dma.release()
     m.check()

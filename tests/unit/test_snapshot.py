@@ -231,7 +231,9 @@ def test_files_from_elsewhere_are_refused_clearly(tmp_path):
     bad.write_bytes(b"hello")
     with pytest.raises(SnapshotError, match="magic"):
         mmemu.Machine.load(bad)
-    bad.write_bytes(data.replace(b'"format": 1', b'"format": 9', 1))
+    from mmemu.snapshot import FORMAT
+    assert f'"format": {FORMAT}'.encode() in data
+    bad.write_bytes(data.replace(f'"format": {FORMAT}'.encode(), b'"format": 9', 1))
     with pytest.raises(SnapshotError, match="format 9"):
         mmemu.Machine.load(bad)
     bad.write_bytes(data[:-100])

@@ -1,5 +1,5 @@
 """A service handler's fault served in place: the core hands the fault to the
-handler without leaving the access (Machine._userfault_served), and the
+handler without leaving the access (mmemu.uffd.serve_in_place), and the
 handler's usual ioctls take their one-VMA path in the core (Uffd._fast).
 Each case runs both ways - in place, and with both shortcuts turned off - and
 must be indistinguishable."""
@@ -8,7 +8,6 @@ import pytest
 import mmemu
 from mmemu import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE as PAGE
 from mmemu.errors import Deadlock, MmemuError
-from mmemu.machine import Machine
 from mmemu.uffd import (UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_THREAD_ID, Uffd, UffdError,
                         UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_REGISTER_MODE_MISSING,
                         UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP)
@@ -19,7 +18,7 @@ PRIV = MAP_PRIVATE | MAP_ANONYMOUS
 @pytest.fixture(params=["in place", "general"])
 def way(request, monkeypatch):
     if request.param == "general":
-        monkeypatch.setattr(Machine, "_userfault_served", lambda *a: False)
+        monkeypatch.setattr(mmemu.uffd, "serve_in_place", lambda *a: False)
         monkeypatch.setattr(Uffd, "_fast", lambda *a: False)
     return request.param
 

@@ -1,0 +1,261 @@
+"""The scheduler (mmemu.sched) and the race explorer (mmemu.explore): races
+found in their era and absent after the fix, deterministic schedules,
+mmap_lock and userfault waits seen by the scheduler."""
+import json
+
+import pytest
+
+import mmemu
+from mmemu import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE
+from mmemu.scenarios.races import find
+from mmemu.sched import Scheduler
+from mmemu.uffd import UFFDIO_REGISTER_MODE_MISSING
+
+RW = PROT_READ | PROT_WRITE
+PRIV = MAP_PRIVATE | MAP_ANONYMOUS
+
+
+# ---- the races of the issue: found in the buggy era, exhausted clean after the fix ----
+
+@pytest.mark.parametrize("race,buggy,fixed", [
+    ("S51", "5.10", ("5.12", "6.18")),      # seed 002, B11 (6ce64428d620)
+    ("S52", "5.9", ("5.12",)),              # B11 on two CPUs
+    ("S50", "5.11", ("5.12", "6.18")),      # B10 (912efa17e512)
+    ("S50b", "5.9", ("5.12",)),             # B10's lost write
+    ("S61", "5.10", ("5.11", "6.18")),      # B17 (57efa1fe5957)
+])
+def test_race_found_in_its_era_and_absent_after_the_fix(race, buggy, fixed):
+    r = find(race)
+    res = r.explore(buggy, budget=2000)
+    assert res.counterexamples, res.summary()
+    for v in fixed:
+        clean = r.explore(v, budget=2000)
+        assert clean.complete and not clean.counterexamples, clean.summary()
+        assert clean.explored > 1
+
+
+def test_seed_002_loses_the_write_through_the_stale_entry_on_5_10():
+    res = find("S51").explore("5.10", budget=2000)
+    c = res.counterexamples[0]
+    text = c.timeline()
+    assert "lost write" in c.reason and "b'c'" in c.reason
+    # The step that stores 'c' runs on CPU2 while its TLB entry is stale,
+    # after the copy was taken and before the pte switch.
+    assert "W STALE" in text
+    steps = [s[2] for s in c.steps]
+    copied = next(i for i, s in enumerate(steps) if s.startswith("wp_page_copy (page copied"))
+    store = next(i for i, s in enumerate(steps) if s.startswith("write(") and "b'c'" in s)
+    decided = next(i for i, s in enumerate(steps) if s.startswith("wp_page_copy: copies"))
+    assert decided < store < copied
+    # Without the deferred flush the copy and the stale store cannot meet:
+    # the same program on 5.7 reuses the page (mapcount rule), no copy at all.
+    assert not find("S51").explore("5.7", budget=2000).counterexamples
+
+
+@pytest.mark.parametrize("race,commit", [("S51", "6ce64428d620"), ("S50", "912efa17e512"),
+                                         ("S61", "57efa1fe5957")])
+def test_the_fix_is_the_era_knob_not_the_version(race, commit):
+    # 5.10 with the fix backported (as stable took 6ce64428d620 and 912efa17e512) is clean.
+    res = find(race).explore("5.10", budget=2000, backports=(commit,))
+    assert res.complete and not res.counterexamples, res.summary()
+
+
+def test_schedules_rerun_exactly():
+    r = find("S51")
+    res = r.explore("5.10", budget=2000)
+    c = res.counterexamples[0]
+    digests = []
+    for _ in range(2):
+        m, ctx = mmemu.rerun(r.setup, r.threads, c, kernel="5.10", **r.options)
+        import hashlib
+        h = hashlib.blake2b()
+        m._digest_into(h)
+        digests.append(h.digest())
+        assert ctx["p"].proc_mem_read(ctx["a"] + 8, 1) == b"\0"      # the lost byte, every time
+    assert digests[0] == digests[1]
+    again = r.explore("5.10", budget=2000)
+    assert [x.schedule for x in again.counterexamples] == [x.schedule for x in res.counterexamples]
+    assert again.explored == res.explored
+
+
+def test_state_hashing_explores_fewer_runs_and_finds_the_same():
+    r = find("S51")
+    plain = r.explore("5.10", state_hashing=False, budget=5000)
+    hashed = r.explore("5.10", budget=5000)
+    assert plain.complete and hashed.complete
+    assert hashed.explored < plain.explored
+    assert {tuple(c.schedule) for c in hashed.counterexamples} <= {tuple(c.schedule) for c in plain.counterexamples}
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct"])
+def test_sampling_strategies_find_the_race(strategy):
+    res = find("S51").explore("5.10", strategy=strategy, budget=300, seed=1)
+    assert res.counterexamples and not res.complete
+
+
+def test_a_budget_smaller_than_the_space_is_not_complete():
+    res = find("S51").explore("5.12", budget=3)
+    assert res.explored == 3 and not res.complete
+
+
+# ---- plain Python bodies, CPUs, waits ------------------------------------------------
+
+def test_plain_bodies_on_a_process_run_on_cpu_index_mod_ncpus():
+    seen = []
+
+    def setup(m):
+        p = m.spawn()
+        return {"p": p, "a": p.mmap(0, 2 * PAGE, RW, PRIV)}
+
+    def body(i):
+        def run(m, ctx):
+            ctx["p"].write(ctx["a"] + i, bytes([65 + i]))
+            seen.append(m._lock.sched._me().cpu)
+        return run
+    res = mmemu.explore(setup, [body(0), body(1), body(2)], kernel="6.18", ncpus=2, memory=64 * PAGE)
+    assert res.complete and not res.counterexamples
+    assert set(seen[:3]) == {0, 1}
+    m, ctx = mmemu.rerun(setup, [body(0), body(1), body(2)], [], kernel="6.18", ncpus=2, memory=64 * PAGE)
+    assert ctx["p"].read(ctx["a"], 3) == b"ABC"
+
+
+def test_a_fault_waits_for_mmap_lock_held_for_write():
+    """mprotect holds mmap_lock for write across its deferred flush: a
+    store that faults on another CPU waits for it (and then sees the new
+    protection); it never faults in the middle."""
+    def setup(m):
+        p = m.spawn()
+        a = p.mmap(0, PAGE, RW, PRIV)
+        p.write(a, b"x")
+        return {"p": p, "a": a, "t": p.thread(cpu=1)}
+
+    def protect(m, ctx):
+        ctx["p"].mprotect(ctx["a"], PAGE, PROT_READ)
+
+    def store(m, ctx):
+        try:
+            ctx["t"].write(ctx["a"] + 1, b"y")
+            ctx["stored"] = True
+        except mmemu.Sigsegv:
+            ctx["segv"] = True
+
+    def pick_store_at_flush(sched, cands):
+        me = sched.current
+        if me is not None and me.where.startswith("flush_tlb_range"):
+            return next(i for i, t in enumerate(cands) if t.name == "store")
+        return 0
+    m = mmemu.Machine(kernel="6.18", ncpus=2, memory=64 * PAGE)
+    ctx = setup(m)
+    s = Scheduler(m, pick_store_at_flush, record=True)
+    s.run([lambda: protect(m, ctx), lambda: store(m, ctx)], ["protect", "store"])
+    labels = [st.label for st in s.trace]
+    assert any(lab.startswith("woken from its wait for mmap_lock") for lab in labels), labels
+    assert ctx.get("segv") and not ctx.get("stored")
+    m.check()
+
+
+def test_a_userfault_sleeps_until_another_body_resolves_it():
+    def setup(m):
+        p = m.spawn()
+        a = p.mmap(0, PAGE, RW, PRIV)
+        u = p.userfaultfd()
+        u.api()
+        u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+        return {"p": p, "a": a, "u": u}
+
+    def faulter(m, ctx):
+        ctx["got"] = ctx["p"].read(ctx["a"], 2)
+
+    def monitor(m, ctx):
+        msg = ctx["u"].read()[0]
+        ctx["u"].copy(msg.address & ~(PAGE - 1), b"hi" + bytes(PAGE - 2))
+
+    def check(m, ctx):
+        m.check()
+        return ctx.get("got") == b"hi"
+    res = mmemu.explore(setup, [faulter, monitor], kernel="6.18", check=check, memory=64 * PAGE)
+    assert res.complete and not res.counterexamples and res.explored >= 1
+
+
+def test_bodies_that_wait_for_each_other_end_in_a_deadlock_counterexample():
+    def setup(m):
+        p = m.spawn()
+        u = p.userfaultfd()
+        u.api()
+        return {"u": u}
+
+    def reader(m, ctx):
+        ctx["u"].read()                     # nothing will ever be queued
+    res = mmemu.explore(setup, [reader, reader], kernel="6.18", memory=64 * PAGE)
+    assert res.counterexamples and res.counterexamples[0].reason.startswith("deadlock")
+
+
+def test_outside_the_explorer_a_userfault_still_raises_wouldblock():
+    m = mmemu.Machine(memory=64 * PAGE)
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    u = p.userfaultfd()
+    u.api()
+    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    t = p.thread()
+    with pytest.raises(mmemu.WouldBlock):
+        t.read(a, 1)
+    u.zeropage(a, PAGE)
+    assert t.resume() == b"\0"
+
+
+def test_explore_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="strategy"):
+        mmemu.explore(lambda m: None, [], kernel="6.18", strategy="dfs")
+    with pytest.raises(ValueError, match="budget"):
+        mmemu.explore(lambda m: None, [], kernel="6.18", budget=0)
+
+
+# ---- the CLI ------------------------------------------------------------------------
+
+def test_cli_explore_prints_the_timeline_or_the_count(capsys):
+    from mmemu.cli import main
+    assert main(["explore", "S51", "--kernel", "5.10"]) == 0
+    out = capsys.readouterr().out
+    assert "W STALE" in out and "lost write" in out and "CPU2" in out
+    assert main(["explore", "S51", "--kernel", "5.12"]) == 0
+    out = capsys.readouterr().out
+    assert "(all of them), none wrong" in out
+    assert main(["explore", "uffd-wp-deferred-flush-3cpu", "--kernel", "5.10", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["id"] == "S51" and data["counterexamples"] and data["complete"] is True
+    assert main(["explore", "S99"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no race scenario" in err
+
+
+@pytest.mark.parametrize("backports,stale", [((), False), (("99baac21e458-revert",), True)])
+def test_a_dontneed_that_overlapped_another_flushes_before_it_returns(backports, stale):
+    """B18 (99baac21e458, 4.13, in every modelled version): a second
+    MADV_DONTNEED finds the ptes already cleared by a first one whose flush
+    is still pending; tlb_finish_mmu sees the nested batch and flushes, so no
+    CPU keeps the old page once it returns. With the fix reverted it returns
+    while CPU1 still maps the page."""
+    from mmemu import MADV_DONTNEED
+    m = mmemu.Machine(kernel="5.10", ncpus=2, memory=64 * PAGE, backports=backports)
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    t = p.thread(cpu=1)
+    t.write(a, b"x")                            # CPU1: a writable, dirty entry
+    seen = {}
+
+    def first():
+        p.madvise(a, PAGE, MADV_DONTNEED)
+
+    def second():
+        p.thread(cpu=0).process.madvise(a, PAGE, MADV_DONTNEED)
+        seen["tlb"] = m._engine.tlb_entry(1, p.mm, a)
+
+    def at_zap_run_second(sched, cands):
+        me = sched.current
+        if me is not None and me.where.startswith("tlb_finish_mmu"):
+            return next(i for i, c in enumerate(cands) if c.name == "second")
+        return 0
+    Scheduler(m, at_zap_run_second).run([first, second], ["first", "second"])
+    assert (seen["tlb"] is not None) == stale, seen
+    m.check()
