@@ -363,7 +363,8 @@ def _render(run):
 
 def _fmt_page(mm, va, pte, tlbs):
     if pte & 1:
-        p = f"pfn {(pte >> 12) & ((1 << 40) - 1)} {'W' if pte & 2 else 'R/O'}{' uffd-wp' if pte & 32 else ''}"
+        p = (f"pfn {(pte >> 12) & ((1 << 40) - 1)} {'W' if pte & 2 else 'R/O'}{' dirty' if pte & 4 else ''}"
+             f"{' uffd-wp' if pte & 32 else ''}")
     else:
         p = "none" if pte == 0 else "not present"
     out = []

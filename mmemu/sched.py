@@ -55,6 +55,7 @@ SP_ZAP_PENDING = 5
 SP_COW_DECIDED = 6
 SP_FORK_PTE = 7
 SP_GUP_FAST_GRABBED = 8
+SP_GUP_RETRY = 9
 
 _CORE_LABEL = {       # what a thread does when it goes on from the point
     SP_FLUSH_PENDING: "flush_tlb_range deferred to the end of the walk, returns",
@@ -63,6 +64,7 @@ _CORE_LABEL = {       # what a thread does when it goes on from the point
     SP_COW_DECIDED: "wp_page_copy: copies the old page (no lock held)",
     SP_FORK_PTE: "copy_present_pte: shares the page, write-protects the parent's pte",
     SP_GUP_FAST_GRABBED: "gup_pte_range: re-reads the pte after the grab",
+    SP_GUP_RETRY: "__get_user_pages: retries follow_page after its fault",
 }
 
 _W, _R = "write", "read"

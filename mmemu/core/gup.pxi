@@ -176,6 +176,15 @@ cdef int64_t gup_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t n
                     e.pol.foll_cow_rule != FOLL_FORCE_ANON_EXCLUSIVE:
                 flags |= FOLL_COW
             tries += 1
+            if e.sched_hook != NULL:
+                # The fault is done; the retry of follow_page is a step of its
+                # own (cond_resched; others may zap or map the pte meanwhile: B16).
+                sched_point(e, SP_GUP_RETRY, mm.id, va, <uint64_t>flags)
+                vi = find_vma(mm, va)
+                if vi < 0:
+                    err[0] = CORE_EFAULT
+                    return i
+                vma = &mm.vmas[vi]
         if pfns != NULL:
             pfns[i] = pfn
         e.stats[MM_STAT_GUP] += 1

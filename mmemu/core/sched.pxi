@@ -19,6 +19,7 @@ cdef enum:
     SP_COW_DECIDED = 6         # do_wp_page chose to copy; the copy is still to come
     SP_FORK_PTE = 7            # fork found a pte not pinned; sharing and write-protecting it is still to come
     SP_GUP_FAST_GRABBED = 8    # GUP-fast took its reference; re-reading the pte is still to come
+    SP_GUP_RETRY = 9           # GUP's fault is done; the retry of follow_page is still to come
 
 
 cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:

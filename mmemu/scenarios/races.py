@@ -50,7 +50,7 @@ class Race:
 RACES = []
 
 
-def race(id, name, title, bug, fails, threads, check=None, options=None, budget=20_000):
+def race(id, name, title, bug, fails, threads, check=None, options=None, budget=20_000, needs=None):
     def register(setup):
         r = Race(id, name, title, bug, fails, setup, threads, check,
                  dict(options or {"ncpus": 3, "memory": 64 * PAGE}), budget,
@@ -68,7 +68,7 @@ def race(id, name, title, bug, fails, threads, check=None, options=None, budget=
             if not res.complete:
                 raise RuntimeError(f"exploration did not complete within {r.budget} interleavings")
         cell.__doc__ = r.why
-        scenario(id, name, title, bug=bug, fails=fails, backing="race")(cell)
+        scenario(id, name, title, bug=bug, fails=fails, backing="race", needs=needs)(cell)
         return setup
     return register
 
@@ -228,6 +228,60 @@ def s61_setup(m):
     p.write(a, b"0")
     p.pin_user_pages(a, 1, C.FOLL_WRITE).release()      # mm has pinned (5.9's has_pinned)
     return {"p": p, "a": a, "t": p.thread(cpu=1)}
+
+
+# ---- B16: a FOLL_FORCE write reaches the shmem page cache (CVE-2022-2590) -------
+
+def forced_writer(m, ctx):
+    try:
+        ctx["p"].proc_mem_write(ctx["a"], b"X")
+    except OSError as e:
+        # Found the slot empty (after the zap, before CONTINUE): a MINOR fault
+        # a remote GUP cannot wait for, EIO (the exploit just loops).
+        if e.errno != 5:
+            raise
+
+
+def zap_and_continue(m, ctx):
+    ctx["p"].madvise(ctx["a"], PAGE, C.MADV_DONTNEED)
+    ctx["u"].continue_(ctx["a"], PAGE)
+
+
+def _file_untouched(m, ctx):
+    m.check()
+    got = ctx["p"].pread(ctx["fd"], 4, 0)
+    if got != b"AAAA":
+        return f"the memfd's page cache reads {got!r}: a write through a private read-only mapping reached it"
+    return True
+
+
+def _needs_minor_shmem(policy):
+    from ..uffd import UFFD_FEATURE_MINOR_SHMEM
+    return None if policy.uffd_features & UFFD_FEATURE_MINOR_SHMEM else \
+        "MINOR faults on shmem and UFFDIO_CONTINUE (5.14)"
+
+
+@race("S47", "shm-dirty-cow", "a /proc/pid/mem write into a private read-only memfd mapping races "
+      "MADV_DONTNEED + UFFDIO_CONTINUE (CVE-2022-2590)", "B16", "5.14-5.19",
+      [forced_writer, zap_and_continue], check=_file_untouched,
+      options={"ncpus": 2, "memory": 64 * PAGE}, needs=_needs_minor_shmem)
+def s47_setup(m):
+    """The forced write COWs the cache page into an anon copy (R/O, dirty:
+    no VM_WRITE) and sets FOLL_COW; before its retry, DONTNEED zaps the copy
+    and CONTINUE maps the page-cache page R/O and dirty; the retry trusts a
+    dirty pte under FOLL_COW and writes the file. 5535be309971 (6.0) follows
+    a R/O pte for a forced write only to an exclusive anon page. (The engine
+    installs CONTINUE's pte dirty from 5.14; the notes date that ~5.16.)"""
+    from ..uffd import UFFD_FEATURE_MINOR_SHMEM, UFFDIO_REGISTER_MODE_MINOR
+    p = m.spawn()
+    fd = p.memfd_create("victim")
+    p.pwrite(fd, b"AAAA", 0)
+    a = p.mmap(0, PAGE, C.PROT_READ, C.MAP_PRIVATE, fd, 0)
+    u = p.userfaultfd()
+    u.api(UFFD_FEATURE_MINOR_SHMEM)
+    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MINOR)
+    u.continue_(a, PAGE)            # the cache page mapped: R/O, dirty
+    return {"p": p, "a": a, "u": u, "fd": fd}
 
 
 def all_races():

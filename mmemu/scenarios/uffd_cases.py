@@ -905,7 +905,11 @@ def wp_hole_punch(m, backing):
     m.check()
 
 
-_NEEDS_SMP = "needs the SMP scheduler (interleaving inside a hole punch)"
+# Not modelled yet: hole punch's two passes as steps, with shmem_falloc_wait
+# holding faults off the hole between them. As written, case B cannot happen
+# (docs/reference-errata.md 4); the interleavings that do lose the
+# protection need those steps.
+_NEEDS_SMP = "needs hole punch's two passes as scheduler steps (shmem_falloc_wait); see docs/reference-errata.md"
 
 
 def _needs_smp(pol, backing):

@@ -23,6 +23,7 @@ PRIV = MAP_PRIVATE | MAP_ANONYMOUS
     ("S50", "5.11", ("5.12", "6.18")),      # B10 (912efa17e512)
     ("S50b", "5.9", ("5.12",)),             # B10's lost write
     ("S61", "5.10", ("5.11", "6.18")),      # B17 (57efa1fe5957)
+    ("S47", "5.19", ("6.0", "6.18")),       # B16 (5535be309971)
 ])
 def test_race_found_in_its_era_and_absent_after_the_fix(race, buggy, fixed):
     r = find(race)
