@@ -683,9 +683,11 @@ class Process(FileOps):
     def _current(self):
         """The thread making a call: a running service handler of this
         process, else the main thread."""
-        for u in reversed(self.machine._serving):
-            if u.process is self and u.service_thread is not None:
-                return u.service_thread
+        serving = self.machine._serving
+        if serving:
+            for u in reversed(serving):
+                if u.process is self and u.service_thread is not None:
+                    return u.service_thread
         s = self._lock.sched
         if s is not None:
             me = s._me()
@@ -765,16 +767,18 @@ class Process(FileOps):
     # The hottest calls take the machine's lock themselves (one frame less
     # than serialise's wrapper).
     def read(self, addr: int, n: int) -> bytes:
-        if self._lock.sched is not None:
-            return self._lock.sched.call(self, "read", Process._read_current, (addr, n), {})
-        with self._lock:
+        lock = self._lock
+        if lock.sched is not None:
+            return lock.sched.call(self, "read", Process._read_current, (addr, n), {})
+        with lock:
             return self._read(addr, n, self._current())
     read.__mmemu_locked__ = True        # type: ignore[attr-defined]
 
     def write(self, addr: int, data: Buffer) -> None:
-        if self._lock.sched is not None:
-            return self._lock.sched.call(self, "write", Process._write_current, (addr, data), {})
-        with self._lock:
+        lock = self._lock
+        if lock.sched is not None:
+            return lock.sched.call(self, "write", Process._write_current, (addr, data), {})
+        with lock:
             self._write(addr, data, self._current())
     write.__mmemu_locked__ = True       # type: ignore[attr-defined]
 

@@ -23,7 +23,12 @@ class MachineLock(_thread.RLock):
     """A machine's lock. Saving a machine keeps which objects share it; a
     loaded machine gets a fresh, unheld one."""
 
-    sched = None        # the mmemu.sched.Scheduler running this machine's threads, if any
+    # The mmemu.sched.Scheduler running this machine's threads, if any: a
+    # slot, so the check every public call makes is one fast load.
+    __slots__ = ("sched",)
+
+    def __init__(self):
+        self.sched = None
 
     def __reduce__(self):
         return (MachineLock, ())
