@@ -1022,6 +1022,17 @@ cdef class Engine:
             raise oserror(28, "fallocate", "no space (out of memory and swap)")   # ENOSPC
         return n
 
+    def file_falloc(self, int32_t fid, int64_t first=-1, int64_t last=-1):
+        """The hole being punched in file fid (inode->i_private), as (first,
+        last) page indices; with first and last given, publish it ((0, 0):
+        the punch is over)."""
+        cdef mm_file_t *f = self._file(fid)
+        if first >= 0 and last >= 0:
+            if last < first:
+                raise ValueError("hole end before its start")
+            f.falloc_start, f.falloc_end = first, last
+        return (f.falloc_start, f.falloc_end)
+
     def file_mapped_indices(self, int32_t fid, uint64_t first, uint64_t last):
         """Indices in [first, last) whose cache folio is mapped somewhere."""
         self._index_span(first, last)

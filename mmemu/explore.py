@@ -6,7 +6,8 @@ is wrong, each as a schedule that reruns exactly and prints as a timeline.
     r.explored, r.complete, r.counterexamples[0].timeline()
 
 setup(machine) runs single-threaded on a fresh Machine(kernel=..., **options)
-and returns a context; each body(machine, ctx) runs as one schedulable
+and returns a context (a dict may name, under "watch", (process, address)
+pairs whose pte and TLB entries a timeline shows first); each body(machine, ctx) runs as one schedulable
 thread (mmemu.sched). check(machine, ctx) judges the outcome: truthy is
 right; falsy or raising is wrong. The default check is Machine.check() plus
 "no lost write": every store a body completed reads back from the page
@@ -129,7 +130,8 @@ def _read_by_walk(machine, mm, addr):
 class _Run:
     """One run of the program under a chooser."""
 
-    def __init__(self, setup, threads, kernel, options, check, chooser, record=False, prune=None):
+    def __init__(self, setup, threads, kernel, options, check, chooser, record=False, prune=None,
+                 watch=None):
         self.machine = _new_machine(kernel, options)
         self.ctx = setup(self.machine)
         self.sched = Scheduler(self.machine, chooser, record=record)
@@ -141,7 +143,7 @@ class _Run:
         names = [getattr(b, "__name__", f"T{i}") for i, b in enumerate(threads)]
         names = [n if n != "<lambda>" else f"T{i}" for i, n in enumerate(names)]
         if record:
-            self.sched.watch = _watched(m, ctx)
+            self.sched.watch = watch if watch is not None else _watched(m, ctx)
         self.errors = self.sched.run(bodies, names)
         self.reason = self._judge()
 
@@ -165,8 +167,8 @@ class _Run:
 
 
 def _watched(machine, ctx):
-    """Pages the timeline shows: every present page of every live process's
-    private writable mappings, at most 4."""
+    """Pages a timeline shows when none is known: the first pages of the
+    live processes' mappings, at most 4."""
     out = []
     for p in machine.processes:
         if not p.alive:
@@ -277,7 +279,14 @@ def explore(setup: Callable, threads: Sequence[Callable], *, kernel: str, check:
     cexs = []
     for schedule, (reason, _) in order:
         c = Counterexample(list(schedule), reason)
-        rec = _Run(setup, threads, kernel, machine_options, check, _Prefix(list(schedule)), record=True)
+        # A first replay learns which pages the steps touch; the second shows them.
+        probe = _Run(setup, threads, kernel, machine_options, check, _Prefix(list(schedule)))
+        hint = probe.ctx.get("watch", []) if isinstance(probe.ctx, dict) else []
+        watch = [(p.mm, a & ~4095) for p, a in hint]
+        watch += [w for w in sorted(probe.sched.touched) if w not in watch]
+        watch = watch[:6]
+        rec = _Run(setup, threads, kernel, machine_options, check, _Prefix(list(schedule)), record=True,
+                   watch=watch)
         c.steps = [(s.name, s.cpu, s.label) for s in rec.sched.trace]
         c._replay = (lambda rec=rec: _render(rec))
         cexs.append(c)
@@ -365,8 +374,14 @@ def _fmt_page(mm, va, pte, tlbs):
     if pte & 1:
         p = (f"pfn {(pte >> 12) & ((1 << 40) - 1)} {'W' if pte & 2 else 'R/O'}{' dirty' if pte & 4 else ''}"
              f"{' uffd-wp' if pte & 32 else ''}")
+    elif pte == 0:
+        p = "none"
+    elif (pte >> 1) & 7 == 5:
+        p = "uffd-wp marker" if (pte >> 12) & 1 else "marker"
+    elif (pte >> 1) & 7 == 1:
+        p = "swap entry"
     else:
-        p = "none" if pte == 0 else "not present"
+        p = "not present"
     out = []
     for cpu, e in enumerate(tlbs):
         if e is None:

@@ -56,6 +56,7 @@ SP_COW_DECIDED = 6
 SP_FORK_PTE = 7
 SP_GUP_FAST_GRABBED = 8
 SP_GUP_RETRY = 9
+SP_FALLOC_WAIT = 10
 
 _CORE_LABEL = {       # what a thread does when it goes on from the point
     SP_FLUSH_PENDING: "flush_tlb_range deferred to the end of the walk, returns",
@@ -248,6 +249,7 @@ class Scheduler:
         self.watch = list(watch)    # (mm, va) pages the timeline shows
         self.done = threading.Event()
         self.pruned = False
+        self.touched = set()        # (mm, page) the steps named: what a timeline shows
 
     # ---- running -----------------------------------------------------------
 
@@ -422,6 +424,10 @@ class Scheduler:
                     me.thread_for(proc)
             if self.aborting:
                 raise _Abort()
+            if kind in ("Process", "Thread", "Uffd") and args and type(args[0]) is int \
+                    and 4096 <= args[0] < (1 << 47):
+                proc = obj if kind == "Process" else obj.process
+                self.touched.add((proc.mm, args[0] & ~4095))
             self._point(me, self._label(kind, name, args))
             mode = _lock_mode(kind, name, args, kwargs)
             mm = None
@@ -465,10 +471,15 @@ class Scheduler:
         me = self._me()
         if me is None:
             return
+        self.touched.add((mm, va & ~4095))
         if point == SP_MMAP_LOCK_READ:
             self.mmap_lock(me, mm, _R, fault=True)
         elif point == SP_MMAP_UNLOCK_READ:
             self.mmap_unlock(me, mm, _R)
+        elif point == SP_FALLOC_WAIT:
+            eng = self.machine._engine
+            self._point(me, f"shmem_fault @{va:#x}")
+            self._block(me, lambda: eng.file_falloc(aux) == (0, 0), f"the hole punch of file {aux} (shmem_falloc_wait)")
         else:
             self._point(me, f"{_CORE_LABEL.get(point, point)} @{va:#x}")
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 from . import args as A
+from . import sched
 from . import constants as C
 from .errors import EBADF, EFAULT, EINVAL, EFBIG, oserror
 
@@ -54,13 +55,22 @@ class ShmemFile:
         """shmem_fallocate(PUNCH_HOLE): unmap (private COW copies survive),
         then truncate the cache range; a folio re-faulted in between is
         unmapped again, without keeping markers, before it leaves the cache."""
-        self.unmap_range(first, last, even_cows=False)
-        # Second pass (truncate_cleanup_folio): only a folio still mapped -
-        # re-faulted since the first pass - is unmapped again, with
-        # ZAP_FLAG_DROP_MARKER, so that pte's uffd-wp is lost (B23, S58).
-        for index in self.machine._engine.file_mapped_indices(self.fid, first, last):
-            self.unmap_range(index, index + 1, even_cows=False, drop_markers=True)
-        self.machine._engine.file_truncate_cache(self.fid, first, last)
+        eng = self.machine._engine
+        # i_private: faults on the hole wait until the punch is over
+        # (shmem_falloc_wait); fault-around does not look.
+        eng.file_falloc(self.fid, first, last)
+        try:
+            self.unmap_range(first, last, even_cows=False)
+            sched.step(self.machine, "shmem_fallocate: pass 2 (truncate, DROP_MARKER)")
+            # Second pass (truncate_cleanup_folio): only a folio still mapped -
+            # mapped again since the first pass - is unmapped again, with
+            # ZAP_FLAG_DROP_MARKER in every VMA of the file, so uffd-wp at
+            # that index is lost (B23, S58).
+            for index in eng.file_mapped_indices(self.fid, first, last):
+                self.unmap_range(index, index + 1, even_cows=False, drop_markers=True)
+            eng.file_truncate_cache(self.fid, first, last)
+        finally:
+            eng.file_falloc(self.fid, 0, 0)
 
     def truncate(self, size):
         """shmem_setattr(): shrinking zaps private COW copies past EOF too."""

@@ -52,7 +52,7 @@ cdef extern from "mm_types.h" nogil:
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem
-        int64_t size, nrpages, nr_leaves
+        int64_t size, nrpages, nr_leaves, falloc_start, falloc_end
 
     uint32_t SWAP_HAS_CACHE, SWAP_COUNT_MASK, SWAP_DATA_BYTES
 

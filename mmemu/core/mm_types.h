@@ -151,6 +151,8 @@ typedef struct {
     int64_t size;             /* i_size, bytes */
     int64_t nrpages;          /* folios in the cache */
     int64_t nr_leaves;        /* leaf pages of the cache tree */
+    int64_t falloc_start;     /* a hole being punched: [start, end) indices (inode->i_private); */
+    int64_t falloc_end;       /* start == end: none */
 } mm_file_t;
 
 #define SWAP_HAS_CACHE 0x4000  /* swap_map: the slot's folio is in the swapcache */

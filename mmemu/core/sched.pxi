@@ -20,6 +20,7 @@ cdef enum:
     SP_FORK_PTE = 7            # fork found a pte not pinned; sharing and write-protecting it is still to come
     SP_GUP_FAST_GRABBED = 8    # GUP-fast took its reference; re-reading the pte is still to come
     SP_GUP_RETRY = 9           # GUP's fault is done; the retry of follow_page is still to come
+    SP_FALLOC_WAIT = 10        # a shmem fault on a hole being punched waits for the punch (aux: file id)
 
 
 cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:

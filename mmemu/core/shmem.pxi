@@ -152,6 +152,13 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         do_fault_around(e, mm, vma, f, va, ptep)
         if ptep[0] != 0:
             return 0
+    if f.falloc_start < f.falloc_end and f.falloc_start <= <int64_t>index < f.falloc_end \
+            and e.sched_hook != NULL:
+        # shmem_falloc_wait(): a fault on a hole being punched sleeps until
+        # the punch is over, then retries (VM_FAULT_RETRY). Fault-around
+        # above does not look (B23's alias interleaving).
+        sched_point(e, SP_FALLOC_WAIT, mm.id, va, <uint64_t>f.id)
+        return 0
     if write and not (vma.flags & VM_SHARED):
         vma.flags |= VM_ANON_VMA                # do_cow_fault: vmf_anon_prepare() before ->fault
     if index >= file_pages(f):

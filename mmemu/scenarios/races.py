@@ -284,5 +284,61 @@ def s47_setup(m):
     return {"p": p, "a": a, "u": u, "fd": fd}
 
 
+# ---- B23: uffd-wp lost for shmem when a punch's second pass finds the folio mapped ----
+
+def puncher(m, ctx):
+    ctx["p"].fallocate(ctx["fd"], C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE, 5 * PAGE, PAGE)
+
+
+def alias_reader(m, ctx):
+    ctx["r"].read(ctx["alias"] + 4 * PAGE, 1)       # fault-around covers index 5
+
+
+def _stays_protected(m, ctx):
+    """A write to the punched page of the registered mapping must still be
+    reported (the page was write-protected before the punch)."""
+    from ..errors import WouldBlock
+    m.check()
+    try:
+        ctx["p"].thread(cpu=0).write(ctx["S"] + 5 * PAGE, b"w")
+    except WouldBlock:
+        return True
+    return "a write to the punched page went unreported: its uffd-wp marker was dropped"
+
+
+def _needs_wp_shmem(policy):
+    return None if policy.uffd_wp_file else "uffd-wp on shmem needs PTE markers (5.19, 1db9dbc2ef05)"
+
+
+@race("S58b", "uffd-wp-hole-punch-race", "shmem hole punch with uffd-wp (case B, the race): fault-around "
+      "through an unregistered alias maps the punched folio between the two passes",
+      "B23", ">=5.19", [puncher, alias_reader], check=_stays_protected,
+      options={"ncpus": 2, "memory": 256 * PAGE}, needs=_needs_wp_shmem)
+def s58b_setup(m):
+    """Pass 1 (unmap_mapping_range) keeps the uffd-wp marker of the
+    registered mapping S; a read of the unregistered alias A outside the
+    hole passes shmem_falloc_wait, and its fault-around maps the old folio
+    into A's empty slot; pass 2 finds the folio mapped and unmaps it with
+    ZAP_FLAG_DROP_MARKER in every VMA of the file, dropping S's marker. The
+    next write to S is not reported. By design upstream (999dad824c39); as
+    scenarios.md writes it (a read of S between the passes) it cannot
+    happen: that read waits for the punch (docs/reference-errata.md 4)."""
+    from .. import uffd as U
+    p = m.spawn()
+    n = 16
+    fd = p.memfd_create("uffd-test")
+    p.ftruncate(fd, n * PAGE)
+    S = p.mmap(0, n * PAGE, RW, C.MAP_SHARED, fd, 0)
+    alias = p.mmap(0, n * PAGE, C.PROT_READ, C.MAP_SHARED, fd, 0)
+    u = p.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
+    u.api(U.UFFD_FEATURE_PAGEFAULT_FLAG_WP | U.UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
+    u.register(S, n * PAGE, U.UFFDIO_REGISTER_MODE_WP)
+    for i in range(n):
+        p.write(S + i * PAGE, bytes([i + 1]) * 8)
+    u.writeprotect(S, n * PAGE, U.UFFDIO_WRITEPROTECT_MODE_WP)
+    return {"p": p, "fd": fd, "S": S, "alias": alias, "u": u, "r": p.thread(cpu=1),
+            "watch": [(p, S + 5 * PAGE), (p, alias + 5 * PAGE)]}
+
+
 def all_races():
     return list(RACES)

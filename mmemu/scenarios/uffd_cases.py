@@ -905,27 +905,7 @@ def wp_hole_punch(m, backing):
     m.check()
 
 
-# Not modelled yet: hole punch's two passes as steps, with shmem_falloc_wait
-# holding faults off the hole between them. As written, case B cannot happen
-# (docs/reference-errata.md 4); the interleavings that do lose the
-# protection need those steps.
-_NEEDS_SMP = "needs hole punch's two passes as scheduler steps (shmem_falloc_wait); see docs/reference-errata.md"
-
-
-def _needs_smp(pol, backing):
-    # Declared as well as raised: tests/scenarios/test_scenarios.py calls the
-    # body directly and skips only on needs().
-    return needs(wp=True)(pol, backing) or _NEEDS_SMP
-
-
-@uffd_scenario("S58b", "uffd-wp-hole-punch-race", "shmem hole punch with uffd-wp (case B, the race)",
-               backings=("shmem",), bug="B23", needs=_needs_smp)
-def wp_hole_punch_race(m, backing):
-    """A read that re-faults the slot between the punch's unmap pass and its
-    truncation (unmap_mapping_folio with ZAP_FLAG_DROP_MARKER) loses the
-    protection by design: the next write maps a new folio writable and goes
-    unreported (5.19+)."""
-    raise ScenarioSkip(_NEEDS_SMP)
+# S58 case B, the race, is mmemu/scenarios/races.py's S58b (the explorer's cells).
 
 
 @uffd_scenario("S58c", "uffd-wp-madv-remove", "shmem MADV_REMOVE with uffd-wp and EVENT_REMOVE (case C)",

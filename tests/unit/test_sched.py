@@ -260,3 +260,23 @@ def test_a_dontneed_that_overlapped_another_flushes_before_it_returns(backports,
     Scheduler(m, at_zap_run_second).run([first, second], ["first", "second"])
     assert (seen["tlb"] is not None) == stale, seen
     m.check()
+
+
+def test_hole_punch_loses_uffd_wp_through_an_alias_but_a_read_of_the_hole_waits():
+    """B23 (by design, 5.19+): fault-around through an unregistered alias
+    maps the punched folio between the passes, and pass 2's DROP_MARKER
+    drops the registered mapping's marker. A read of the registered mapping
+    itself between the passes waits in shmem_falloc_wait and loses nothing
+    (scenarios.md's case B as written: docs/reference-errata.md 4)."""
+    from mmemu.scenarios.races import _stays_protected, puncher
+    r = find("S58b")
+    for v in ("5.19", "6.18"):
+        res = r.explore(v, budget=500)
+        assert res.counterexamples, res.summary()
+        assert "marker" in res.counterexamples[0].timeline()
+
+    def reader_of_the_hole(m, ctx):
+        ctx["r"].read(ctx["S"] + 5 * PAGE, 1)
+    res = mmemu.explore(r.setup, [puncher, reader_of_the_hole], kernel="6.18", check=_stays_protected,
+                        **r.options)
+    assert res.complete and not res.counterexamples and res.explored > 1
