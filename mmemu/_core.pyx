@@ -44,7 +44,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
-              "file_faults", "fault_around_pages", "swap_out", "swap_in")
+              "file_faults", "fault_around_pages", "swap_out", "swap_in", "uffd_faults",
+              "uffd_resolved_in_core")
 
 FRAME_FLAG_NAMES = {
     "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
@@ -603,6 +604,36 @@ cdef class Engine:
             if not ret:
                 return done
             m = self._serve_userfault(ret, hook, mm, done)
+
+    def replay(self, int32_t mm, int cpu, const uint64_t[::1] addrs, object writes=None, int64_t start=0,
+               object hook=None):
+        """A batch of user accesses (addrs[i], a store where writes[i]) from
+        index `start`, staying in the core: returns the index reached (all of
+        them, unless a fault stops it). A userfault goes to `hook` as for
+        touch; one the hook does not resolve raises UserFault with done =
+        the index of the faulting access."""
+        cdef mm_t *m = self._mm(mm)
+        cdef const uint8_t[::1] w
+        cdef const uint8_t *wp = NULL
+        cdef int64_t n = addrs.shape[0], d = 0, done = start
+        cdef int ret
+        self._cpu(cpu)
+        if writes is not None:
+            w = writes
+            if w.shape[0] != n:
+                raise ValueError("writes must have one flag per address")
+            wp = &w[0] if n else NULL
+        if start < 0 or start > n:
+            raise ValueError("start outside the trace")
+        while done < n:
+            with nogil:
+                ret = replay_range(&self.e, m, cpu, &addrs[done], wp + done if wp != NULL else NULL,
+                                   n - done, &d)
+            done += d
+            if not ret:
+                break
+            m = self._serve_userfault(ret, hook, mm, done)
+        return done
 
     # ---- GUP ---------------------------------------------------------------
 

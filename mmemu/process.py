@@ -809,6 +809,53 @@ class Process(FileOps):
                 raise
         return self._run(thread, op)
 
+    _REPLAY_COUNTS = (("tlb_hits", "tlb_hits"), ("tlb_misses", "tlb_misses"), ("faults", "faults"),
+                      ("anon_faults", "anon_faults"), ("zero_faults", "zero_faults"),
+                      ("wp_faults", "wp_faults"), ("file_faults", "file_faults"), ("swap_ins", "swap_in"),
+                      ("cow", "cow"), ("reuse", "reuse"), ("uffd_faults", "uffd_faults"),
+                      ("uffd_resolved_in_core", "uffd_resolved_in_core"))
+
+    def _replay(self, thread, addrs, writes, stop_on):
+        if hasattr(addrs, "addrs"):                 # a trace object
+            writes = getattr(addrs, "writes", None) if writes is None else writes
+            addrs = addrs.addrs
+        stop_on = {stop_on} if isinstance(stop_on, str) else set(stop_on or ())
+        if stop_on - {"userfault"}:
+            raise ValueError(f"replay: stop_on takes 'userfault' only, not {sorted(stop_on - {'userfault'})}")
+        a = np.asarray(addrs)
+        if a.ndim != 1 or not (a.dtype.kind in "iu" or a.size == 0):
+            raise TypeError("replay: addrs must be a 1-D array of integers")
+        if a.dtype.kind == "i" and a.size and a.min() < 0:
+            raise ValueError("replay: negative address")
+        a = np.ascontiguousarray(a, np.uint64)
+        w = None
+        if writes is not None:
+            w = np.asarray(writes)
+            if w.shape != a.shape or w.dtype.kind not in "biu":
+                raise ValueError("replay: writes must be bool or uint8 flags, one per address")
+            w = np.ascontiguousarray(w != 0, np.uint8) if w.dtype != np.uint8 else np.ascontiguousarray(w)
+        self._live("replay")
+        eng = self._engine
+        before = eng.stats()
+        state = {"done": 0, "stopped": None}
+
+        def op():
+            try:
+                state["done"] = eng.replay(self.mm, thread.cpu, a, w, state["done"], thread.serve_fault)
+            except UserFault as uf:
+                state["done"] = uf.done
+                if "userfault" in stop_on and uf.waiter is None:
+                    state["stopped"] = {"index": int(uf.done), "address": int(uf.address),
+                                        "reason": "userfault"}
+                    return None
+                raise
+        self._run(thread, op)
+        after = eng.stats()
+        out = {"accesses": int(state["done"]), "stopped": state["stopped"]}
+        for name, key in self._REPLAY_COUNTS:
+            out[name] = after[key] - before[key]
+        return out
+
     def touch(self, addr: int, npages: int, write: bool = False, value: int = 0,
               cpu: int | None = None) -> int:
         """Access each of npages pages once (write: store content `value`, or

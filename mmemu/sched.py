@@ -129,6 +129,19 @@ class Thread:
     def touch(self, addr: int, npages: int, write: bool = False, value: int = 0) -> int:
         return self.process._touch(addr, npages, write, value, self)
 
+    def replay(self, addrs: Any, writes: Any = None, *, stop_on: Any = ()) -> dict:
+        """Run a trace of user accesses on this thread's CPU without
+        returning to Python per access: addrs (uint64 array-like; or a trace
+        object with .addrs and .writes), writes (bool/uint8 per access: a
+        store of a fresh content version). Faults are taken as the accesses
+        would take them; a userfault is served in the core by the context's
+        in-core resolver (Uffd.serve_core), else by its service handler, else
+        the thread waits (WouldBlock) - or, with stop_on={"userfault"}, the
+        batch stops there and reports it. Returns counts: accesses, TLB hits
+        and misses, faults by kind, uffd faults, COW copies, and `stopped`
+        (None, or the index and address of the access it stopped at)."""
+        return self.process._replay(self, addrs, writes, stop_on)
+
     def resume(self) -> Any:
         """Complete the blocked call once its fault (or event) was resolved
         and woken; if it was not, the thread stays blocked (WouldBlock)."""

@@ -61,7 +61,7 @@ cdef extern from "mm_types.h" nogil:
         MM_STAT_COW, MM_STAT_REUSE, MM_STAT_UNSHARE, MM_STAT_EARLY_COW
         MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN
         MM_STAT_GUP, MM_STAT_FILE_FAULT, MM_STAT_FAULT_AROUND, MM_STAT_SWPOUT
-        MM_STAT_SWPIN, MM_STAT_NR
+        MM_STAT_SWPIN, MM_STAT_UFFD, MM_STAT_UFFD_CORE, MM_STAT_NR
 
 # eras.py values of the policy enums (kept equal by tests/unit/test_eras.py).
 cdef enum:

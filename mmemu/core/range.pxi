@@ -283,6 +283,36 @@ cdef int touch_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t npa
     return 0
 
 
+cdef int replay_range(engine_t *e, mm_t *mm, int cpu, const uint64_t *addrs, const uint8_t *writes,
+                      int64_t n, int64_t *done) noexcept nogil:
+    """A trace of user accesses through the TLB and the fault handler, one
+    per address (writes[i] != 0: a store of a fresh content version), never
+    returning to Python unless one stops: the fault code, *done accesses."""
+    cdef int64_t i, pfn
+    cdef int ret
+    cdef uint64_t va
+    for i in range(n):
+        va = addrs[i]
+        if va >= MM_USER_TOP:
+            e.fault_addr = va
+            done[0] = i
+            return VM_FAULT_SIGSEGV
+        if writes != NULL and writes[i]:
+            ret = user_access(e, mm, cpu, va, True, &pfn)
+            if ret:
+                done[0] = i
+                return ret
+            e.stamp += 1
+            frame_set_version(e, pfn, e.stamp)
+        else:
+            ret = user_access(e, mm, cpu, va, False, &pfn)
+            if ret:
+                done[0] = i
+                return ret
+    done[0] = n
+    return 0
+
+
 cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     """The 64-bit /proc/pid/pagemap value (pte_to_pagemap_entry), as root."""
     cdef int32_t vi = find_vma(mm, va)

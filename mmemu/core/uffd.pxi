@@ -108,7 +108,9 @@ cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int
         # handle_userfault() without FAULT_FLAG_ALLOW_RETRY: nothing queued,
         # SIGBUS to the caller (GUP turns it into EFAULT, /proc/pid/mem EIO).
         return VM_FAULT_SIGBUS
+    e.stats[MM_STAT_UFFD] += 1
     if e.uffd_res[ctx].kind != RESOLVE_NONE and resolve_in_core(e, mm, vma, va, reason) == 0:
+        e.stats[MM_STAT_UFFD_CORE] += 1
         return 0
     if fflags & FAULT_FLAG_WRITE:
         flags |= UFFD_PAGEFAULT_FLAG_WRITE
