@@ -241,7 +241,7 @@ cdef class Engine:
               "uf_ctx": self.e.uf_ctx, "uf_mm": self.e.uf_mm, "uf_addr": self.e.uf_addr,
               "uf_flags": self.e.uf_flags, "uf_reason": self.e.uf_reason,
               "fault_addr": self.e.fault_addr, "mm_serial": self.e.mm_serial,
-              "nr_pgtable": self.e.nr_pgtable}
+              "nr_pgtable": self.e.nr_pgtable, "tlb_stale_writes": self.e.tlb_stale_writes}
         st["scalars"] = sc
         st["file_hint"] = self.file_hint
         st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
@@ -303,6 +303,7 @@ cdef class Engine:
         self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr = sc["uf_ctx"], sc["uf_mm"], sc["uf_addr"]
         self.e.uf_flags, self.e.uf_reason, self.e.fault_addr = sc["uf_flags"], sc["uf_reason"], sc["fault_addr"]
         self.e.mm_serial, self.e.nr_pgtable = sc["mm_serial"], sc["nr_pgtable"]
+        self.e.tlb_stale_writes = sc.get("tlb_stale_writes", 0)
         self.file_hint = st["file_hint"]
         for i in range(24):
             self.e.stats[i] = st["stats"][i]
@@ -752,6 +753,18 @@ cdef class Engine:
     def flush_mm(self, int32_t mm):
         self._mm(mm)
         tlb_flush_mm(&self.e, mm)
+
+    @property
+    def tlb_stale_writes(self):
+        """The TLB model: False (x86, the default): a cached writable entry
+        whose dirty bit is clear makes a write re-walk the page table, which
+        refuses it if the pte lost write; True: every stale writable entry
+        takes writes (the worst case of semantics.md §17)."""
+        return bool(self.e.tlb_stale_writes)
+
+    @tlb_stale_writes.setter
+    def tlb_stale_writes(self, bint on):
+        self.e.tlb_stale_writes = on
 
     def tlb_entry(self, int cpu, int32_t mm, uint64_t va):
         """This CPU's cached translation of va in mm: (pfn, writable, dirty), or None."""

@@ -32,6 +32,10 @@ class Machine:
     config. backports: commit ids (see mmemu.eras.CHANGES) applied on top.
     memory: bytes of RAM (frames). swap: bytes of the swap device (0: none).
     seed: the same seed and inputs give the same results, bit for bit.
+    tlb: "x86" (a cached writable entry with dirty clear re-walks the page
+    table on a write, so it cannot write a page whose pte lost write), or
+    "stale-writes" (every stale writable entry takes writes: the worst case
+    of semantics.md §17, for hardware that does not re-walk).
 
     One Machine may be shared by host threads: each public call holds the
     machine's (re-entrant) lock, so calls serialise (mmemu.serialise).
@@ -40,7 +44,7 @@ class Machine:
     MAX_MEMORY = 1 << 44        # 16 TiB of frames: 2^32 frames, 96 GiB of frame table
 
     def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
-                 seed: int = 0, backports: Iterable[str] = ()) -> None:
+                 seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86") -> None:
         if isinstance(backports, (str, bytes)):
             raise TypeError("backports must be a sequence of commit ids, not a string")
         self.policy = policy_for(kernel, tuple(backports))
@@ -67,6 +71,10 @@ class Machine:
             # shortage inside the machine (that is OutOfMemory).
             raise ValueError(f"Machine(memory={memory}, swap={swap}): too large for this host, "
                              f"which cannot allocate the frame and swap tables ({e})") from None
+        if tlb not in ("x86", "stale-writes"):
+            raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
+        self.tlb = tlb
+        self._engine.tlb_stale_writes = tlb == "stale-writes"
         self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile
         self._procs = {}

@@ -279,7 +279,8 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
     cdef int ret, attempt
     if e.tlb_tag[slot] == tag:
         ent = e.tlb_pte[slot]
-        if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY):
+        if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY) or \
+                (ent & PTE_WRITE and e.tlb_stale_writes):
             e.stats[MM_STAT_TLB_HIT] += 1
             pfn_out[0] = <int64_t>pte_pfn(ent)
             return 0

@@ -280,3 +280,43 @@ def test_hole_punch_loses_uffd_wp_through_an_alias_but_a_read_of_the_hole_waits(
     res = mmemu.explore(r.setup, [puncher, reader_of_the_hole], kernel="6.18", check=_stays_protected,
                         **r.options)
     assert res.complete and not res.counterexamples and res.explored > 1
+
+
+@pytest.mark.parametrize("tlb,lands", [("x86", False), ("stale-writes", True)])
+def test_a_clean_writable_entry_writes_only_in_the_worst_case_tlb_model(tlb, lands):
+    """§17's x86 subtlety: CPU1 read a shared shmem page, so it caches a
+    writable but clean entry. While mprotect(PROT_READ) has its flush still
+    pending, a store on CPU1 re-walks on x86, finds the pte read-only and
+    faults (then waits for mmap_lock and gets SIGSEGV); with
+    tlb="stale-writes" the stale entry takes the store."""
+    m = mmemu.Machine(kernel="6.18", ncpus=2, memory=64 * PAGE, tlb=tlb)
+    p = m.spawn()
+    fd = p.memfd_create("f")
+    p.ftruncate(fd, PAGE)
+    s = p.mmap(0, PAGE, RW, mmemu.MAP_SHARED, fd, 0)
+    t = p.thread(cpu=1)
+    t.read(s, 1)
+    assert m._engine.tlb_entry(1, p.mm, s)[1:] == (True, False)      # writable, clean
+    seen = {}
+
+    def protect():
+        p.mprotect(s, PAGE, PROT_READ)
+
+    def store():
+        try:
+            t.write(s, b"z")
+            seen["stored"] = True
+        except mmemu.Sigsegv:
+            seen["segv"] = True
+
+    def at_flush_run_store(sched, cands):
+        me = sched.current
+        if me is not None and me.where.startswith("flush_tlb_range"):
+            return next(i for i, c in enumerate(cands) if c.name == "store")
+        return 0
+    Scheduler(m, at_flush_run_store).run([protect, store], ["protect", "store"])
+    assert seen == ({"stored": True} if lands else {"segv": True})
+    assert (p.pread(fd, 1, 0) == b"z") == lands
+    m.check()
+    with pytest.raises(ValueError, match="tlb"):
+        mmemu.Machine(tlb="arm")
