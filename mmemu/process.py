@@ -659,7 +659,7 @@ class Process(FileOps):
         for uffd, msg, s, e in reversed(events):
             rest = (lambda u, m, s_, e_, r: (lambda: _uffd.event(self.machine, thread, u, m, s_, e_, r)))(
                 uffd, msg, s, e, rest)
-        return self._run(thread, rest) if events else rest()
+        return thread._call(rest) if events else rest()
 
     def _populate(self, start, end, write, call, thread=None):
         flags = C.FOLL_MADV_POPULATE | C.FOLL_TOUCH | (C.FOLL_WRITE if write else 0)
@@ -698,19 +698,9 @@ class Process(FileOps):
     def _serve_fault(self, thread, ctx, address, flags):
         return _uffd.serve_in_place(self.machine, thread, ctx, address, flags)
 
-    def _run(self, thread, op):
-        """Run op() for `thread`; a userfault makes the thread wait (service
-        handler, WouldBlock) and op() is retried once woken."""
-        if thread.blocked is not None:
-            raise MmemuError(f"thread {thread.tid} is blocked in a userfault: resume() it first")
-        while True:
-            # A handler may have ended this process while the access waited:
-            # the retry must not run on an mm id a new process now holds.
-            self._live("access")
-            try:
-                return op()
-            except UserFault as uf:
-                _uffd.userfault(self.machine, thread, uf, op)
+    def _userfault(self, thread, uf, rest):
+        """Delivery of a thread's userfault (mmemu.uffd); the wait is the thread's."""
+        _uffd.userfault(self.machine, thread, uf, rest)
 
     def _read(self, addr, n, thread, kernel=False):
         # (Plain ints in range, the common case, skip the conversion calls.)
@@ -732,8 +722,8 @@ class Process(FileOps):
             except UserFault as uf:
                 op = partial(self._read_op, addr, n, thread, kernel)
                 _uffd.userfault(self.machine, thread, uf, op)      # waits (or raises WouldBlock)
-                return self._run(thread, op)
-        return self._run(thread, partial(self._read_op, addr, n, thread, kernel))
+                return thread._call(op)
+        return thread._call(partial(self._read_op, addr, n, thread, kernel))
 
     def _read_op(self, addr, n, thread, kernel):
         return self._engine.read(self.mm, thread.cpu, addr, n, kernel, thread.serve_fault)
@@ -752,8 +742,8 @@ class Process(FileOps):
                 data = bytes(data)
                 op = partial(self._write_op, addr, data, thread, kernel, [done])
                 _uffd.userfault(self.machine, thread, uf, op)      # waits (or raises WouldBlock)
-                return self._run(thread, op)
-        self._run(thread, partial(self._write_op, addr, bytes(data), thread, kernel, [done]))
+                return thread._call(op)
+        thread._call(partial(self._write_op, addr, bytes(data), thread, kernel, [done]))
 
     def _write_op(self, addr, data, thread, kernel, state):
         """The rest of a write from state[0] bytes on (a resumed access)."""
@@ -807,7 +797,7 @@ class Process(FileOps):
             except UserFault as uf:
                 state[0] += uf.done
                 raise
-        return self._run(thread, op)
+        return thread._call(op)
 
     _REPLAY_COUNTS = (("tlb_hits", "tlb_hits"), ("tlb_misses", "tlb_misses"), ("faults", "faults"),
                       ("anon_faults", "anon_faults"), ("zero_faults", "zero_faults"),
@@ -849,7 +839,7 @@ class Process(FileOps):
                                         "reason": "userfault"}
                     return None
                 raise
-        self._run(thread, op)
+        thread._call(op)
         after = eng.stats()
         out = {"accesses": int(state["done"]), "stopped": state["stopped"]}
         for name, key in self._REPLAY_COUNTS:
@@ -894,7 +884,7 @@ class Process(FileOps):
             pfns = held.done()
             return finish(pfns, err) if finish else (pfns, err)
         try:
-            return self._run(thread, op)
+            return thread._call(op)
         except BaseException:
             if thread.blocked is None:
                 pfns = held.done()

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from . import constants as C
-from .errors import MmemuError, WouldBlock
+from .errors import MmemuError, UserFault, WouldBlock
 from .serialise import serialised
 
 # Step boundaries the core reports (core/sched.pxi).
@@ -142,6 +142,22 @@ class Thread:
         (None, or the index and address of the access it stopped at)."""
         return self.process._replay(self, addrs, writes, stop_on)
 
+    def _call(self, op: Any) -> Any:
+        """Run op(), a call of this thread, to its end: a userfault makes the
+        thread wait (delivered by mmemu.uffd: a service handler, the
+        scheduler, or WouldBlock) and op() is retried once woken."""
+        if self.blocked is not None:
+            raise MmemuError(f"thread {self.tid} is blocked in a userfault: resume() it first")
+        p = self.process
+        while True:
+            # A handler may have ended this process while the access waited:
+            # the retry must not run on an mm id a new process now holds.
+            p._live("access")
+            try:
+                return op()
+            except UserFault as uf:
+                p._userfault(self, uf, op)
+
     def resume(self) -> Any:
         """Complete the blocked call once its fault (or event) was resolved
         and woken; if it was not, the thread stays blocked (WouldBlock)."""
@@ -151,7 +167,7 @@ class Thread:
         if not waiter.woken:
             raise WouldBlock(self, uffd, waiter.msg)
         self.blocked = None
-        return self.process._run(self, rest)
+        return self._call(rest)
 
     def __repr__(self) -> str:
         state = " blocked" if self.blocked else ""
