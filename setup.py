@@ -28,7 +28,10 @@ ext = Extension(
     ["mmemu/_core.pyx"],
     include_dirs=[numpy.get_include(), "mmemu/core"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
+    # -O3 with aligned functions and loops: at -O2 the fault path's speed
+    # swung by 20-30% with unrelated edits elsewhere in the one translation
+    # unit (same instruction counts under callgrind: code placement).
+    extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3", "-falign-functions=64", "-falign-loops=32"],
     extra_link_args=LINK,
 )
 

@@ -157,9 +157,9 @@ ctypedef struct engine_t:
     uint32_t uf_flags, uf_reason
     uint64_t fault_addr        # address of the last failed access
     int64_t stats[24]
-    int32_t tlb_stale_writes   # 1: a clean writable TLB entry takes writes too (worst case, not x86)
     sched_hook_t sched_hook    # the scheduler's hand at each step boundary (NULL: none)
     void *sched_arg
+    int32_t tlb_stale_writes   # 1: a clean writable TLB entry takes writes too (worst case, not x86)
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

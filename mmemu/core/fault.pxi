@@ -267,7 +267,7 @@ cdef inline int tlb_fill(engine_t *e, uint64_t *ptep, bint write, int64_t slot, 
     return 1
 
 
-cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
+cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
                      int64_t *pfn_out, int uflag=FAULT_FLAG_USER) noexcept nogil:
     """One user-mode access through this CPU's TLB: the MMU's view. Returns 0
     with the frame, or the fault code (e.fault_addr = va)."""
@@ -279,8 +279,13 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
     cdef int ret, attempt
     if e.tlb_tag[slot] == tag:
         ent = e.tlb_pte[slot]
-        if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY) or \
-                (ent & PTE_WRITE and e.tlb_stale_writes):
+        if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY):
+            e.stats[MM_STAT_TLB_HIT] += 1
+            pfn_out[0] = <int64_t>pte_pfn(ent)
+            return 0
+        if ent & PTE_WRITE and e.tlb_stale_writes:
+            # The worst-case model: a clean writable entry takes the store too.
+            e.tlb_pte[slot] = ent | PTE_DIRTY
             e.stats[MM_STAT_TLB_HIT] += 1
             pfn_out[0] = <int64_t>pte_pfn(ent)
             return 0
@@ -301,10 +306,14 @@ cdef int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
         if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
             return 0
         # A kernel-mode access (copy_*_user) faults without FAULT_FLAG_USER.
-        sched_point(e, SP_MMAP_LOCK_READ, mm.id, va, write)
-        ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | FAULT_FLAG_ARCH | (FAULT_FLAG_WRITE if write else 0),
-                                  ptep)
-        sched_point(e, SP_MMAP_UNLOCK_READ, mm.id, va, write)
+        if e.sched_hook == NULL:
+            ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | FAULT_FLAG_ARCH | (FAULT_FLAG_WRITE if write else 0),
+                                      ptep)
+        else:
+            sched_point(e, SP_MMAP_LOCK_READ, mm.id, va, write)
+            ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | FAULT_FLAG_ARCH | (FAULT_FLAG_WRITE if write else 0),
+                                      ptep)
+            sched_point(e, SP_MMAP_UNLOCK_READ, mm.id, va, write)
         if ret & VM_FAULT_OOM and reclaim_pages(e, cpu, RECLAIM_BATCH) > 0:
             continue            # direct reclaim freed frames: fault again
         if ret & VM_FAULT_ERROR:

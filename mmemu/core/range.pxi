@@ -290,6 +290,7 @@ cdef int replay_range(engine_t *e, mm_t *mm, int cpu, const uint64_t *addrs, con
     returning to Python unless one stops: the fault code, *done accesses."""
     cdef int64_t i, pfn
     cdef int ret
+    cdef bint w
     cdef uint64_t va
     for i in range(n):
         va = addrs[i]
@@ -297,18 +298,14 @@ cdef int replay_range(engine_t *e, mm_t *mm, int cpu, const uint64_t *addrs, con
             e.fault_addr = va
             done[0] = i
             return VM_FAULT_SIGSEGV
-        if writes != NULL and writes[i]:
-            ret = user_access(e, mm, cpu, va, True, &pfn)
-            if ret:
-                done[0] = i
-                return ret
+        w = writes != NULL and writes[i] != 0
+        ret = user_access(e, mm, cpu, va, w, &pfn)
+        if ret:
+            done[0] = i
+            return ret
+        if w:
             e.stamp += 1
             frame_set_version(e, pfn, e.stamp)
-        else:
-            ret = user_access(e, mm, cpu, va, False, &pfn)
-            if ret:
-                done[0] = i
-                return ret
     done[0] = n
     return 0
 
