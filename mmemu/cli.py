@@ -5,6 +5,7 @@
     mmemu eras        the version -> era -> rule table
     mmemu diff        random programs on the host kernel and on the engine
     mmemu explore     the interleavings of a race scenario: the shortest wrong one
+    mmemu replay      a memory-access trace (lackey, csv, npz) replayed as postcopy serves it
 
 Exit status: 0 as expected, 1 an unexpected result (a scenario that did not
 behave as its era predicts, a divergence), 2 bad input (one line on stderr),
@@ -352,11 +353,38 @@ def cmd_explore(args):
     return 0
 
 
+# --- replay ------------------------------------------------------------------------
+
+def cmd_replay(args):
+    from .trace import TraceError, load
+    from .workloads import replay
+    try:
+        tr = load(args.trace, args.format)
+        out = replay.run(tr, kernel=args.kernel, pages=args.pages, accesses=args.accesses)
+    except (TraceError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        json.dump(out, sys.stdout, indent=1)
+        print()
+        return 0
+    f = out["faults"]
+    print(f"{out['trace']}: {out['accesses']} accesses ({out['writes']} stores) over {out['pages']} pages "
+          f"in {out['vmas']} VMAs, kernel {out['kernel']}")
+    print(f"  faults: {f['missing']} MISSING (one per distinct page, served in the core), {f['total']} in all, "
+          f"{f['cow']} COW")
+    print(f"  TLB: {out['tlb']['hits']} hits, {out['tlb']['misses']} misses")
+    if out["dropped_kernel_addresses"]:
+        print(f"  {out['dropped_kernel_addresses']} accesses above user space dropped (vsyscall)")
+    w = out["wall"]
+    print(f"  wall: replay {w['replay_s']} s ({w['ns_per_access']} ns/access), peak RSS {w['peak_rss_kib']} KiB")
+    return 0
+
+
 def _parser():
     parser = ArgumentParser(prog="mmemu", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mmemu {__version__}")
-    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,diff}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,diff}")
     sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
     sc.add_argument("--kernel", action="append", type=kernel_version, metavar="V",
                     help="a version, 5.7 ... 6.18 or host (repeatable); default: all")
@@ -378,6 +406,14 @@ def _parser():
     ex.add_argument("--seed", type=nonnegative_int, default=0)
     ex.add_argument("--list", action="store_true", help="list the race scenarios")
     ex.add_argument("--json", action="store_true", help="write JSON to stdout")
+    rp = sub.add_parser("replay", help="replay a memory-access trace as postcopy serves it")
+    rp.add_argument("trace", help="a trace file: valgrind lackey output, csv (addr[,R|W]) or npz (addrs, writes)")
+    rp.add_argument("--format", choices=("lackey", "csv", "npz"), help="the trace's format (default: detected)")
+    rp.add_argument("--kernel", type=kernel_version, default="6.18", metavar="V")
+    rp.add_argument("--pages", type=positive_int, help="guest pages at most (default: what the trace touches)")
+    rp.add_argument("--accesses", type=positive_int, help="replay the first N accesses only")
+    rp.add_argument("--seed", type=nonnegative_int, default=0, help="(a trace replays the same for any seed)")
+    rp.add_argument("--json", action="store_true", help="write JSON to stdout (wall-clock figures under 'wall')")
     sub.add_parser("diff", help="differential run against the host kernel (see mmemu diff -h)",
                    add_help=False)
     return parser
@@ -394,9 +430,9 @@ def main(argv=None):
         except SystemExit as e:         # --help, --version, or a bad argument (one line)
             return e.code
         command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras,
-                   "explore": cmd_explore}.get(args.cmd)
+                   "explore": cmd_explore, "replay": cmd_replay}.get(args.cmd)
         if command is None:
-            raise UsageError("a command is required: scenarios, bugs, eras, explore or diff (mmemu -h)")
+            raise UsageError("a command is required: scenarios, bugs, eras, explore, replay or diff (mmemu -h)")
         return command(args)
     except UsageError as e:
         prog = "mmemu" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
