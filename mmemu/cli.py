@@ -6,6 +6,7 @@
     mmemu diff        random programs on the host kernel and on the engine
     mmemu explore     the interleavings of a race scenario: the shortest wrong one
     mmemu replay      a memory-access trace (lackey, csv, npz) replayed as postcopy serves it
+    mmemu trace record  a program's memory trace, through valgrind's lackey
 
 Exit status: 0 as expected, 1 an unexpected result (a scenario that did not
 behave as its era predicts, a divergence), 2 bad input (one line on stderr),
@@ -380,11 +381,27 @@ def cmd_replay(args):
     return 0
 
 
+def cmd_trace(args):
+    from .trace import TraceError, record
+    if getattr(args, "trace_cmd", None) != "record":
+        raise UsageError("a trace subcommand is required: mmemu trace record -o FILE -- CMD ...")
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    try:
+        t = record(cmd, args.output)
+    except (TraceError, OSError) as e:
+        raise UsageError(str(e)) from None
+    print(f"{args.output}: {len(t)} accesses ({int(t.writes.sum())} stores) over {len(t.pages())} pages",
+          file=sys.stderr)
+    return 0
+
+
 def _parser():
     parser = ArgumentParser(prog="mmemu", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mmemu {__version__}")
-    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,diff}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,trace,diff}")
     sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
     sc.add_argument("--kernel", action="append", type=kernel_version, metavar="V",
                     help="a version, 5.7 ... 6.18 or host (repeatable); default: all")
@@ -414,6 +431,11 @@ def _parser():
     rp.add_argument("--accesses", type=positive_int, help="replay the first N accesses only")
     rp.add_argument("--seed", type=nonnegative_int, default=0, help="(a trace replays the same for any seed)")
     rp.add_argument("--json", action="store_true", help="write JSON to stdout (wall-clock figures under 'wall')")
+    tr = sub.add_parser("trace", help="record a trace: mmemu trace record -o FILE -- CMD ...")
+    trs = tr.add_subparsers(dest="trace_cmd", metavar="record")
+    rec = trs.add_parser("record", help="run CMD under valgrind lackey and keep its memory trace")
+    rec.add_argument("-o", "--output", required=True, help="the trace file (.gz: compressed)")
+    rec.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     sub.add_parser("diff", help="differential run against the host kernel (see mmemu diff -h)",
                    add_help=False)
     return parser
@@ -430,7 +452,7 @@ def main(argv=None):
         except SystemExit as e:         # --help, --version, or a bad argument (one line)
             return e.code
         command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras,
-                   "explore": cmd_explore, "replay": cmd_replay}.get(args.cmd)
+                   "explore": cmd_explore, "replay": cmd_replay, "trace": cmd_trace}.get(args.cmd)
         if command is None:
             raise UsageError("a command is required: scenarios, bugs, eras, explore, replay or diff (mmemu -h)")
         return command(args)

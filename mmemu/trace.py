@@ -192,3 +192,25 @@ def user_part(trace: Trace) -> tuple[Trace, int]:
     keep = trace.addrs < np.uint64(TASK_SIZE)
     dropped = int(len(keep) - keep.sum())
     return Trace(trace.addrs[keep], trace.writes[keep], trace.source), dropped
+
+
+def record(cmd: list[str], out: str, timeout: float | None = None) -> Trace:
+    """Run cmd under valgrind's lackey (--trace-mem=yes) and write its trace
+    to `out` (gzipped when the name ends in .gz); returns the trace read back."""
+    import shutil
+    import subprocess
+    import tempfile
+    if not cmd:
+        raise TraceError("trace record: a command to run is required")
+    vg = shutil.which("valgrind")
+    if vg is None:
+        raise TraceError("trace record needs valgrind (Debian package valgrind: apt-get install valgrind)")
+    with tempfile.TemporaryDirectory() as d:
+        log = os.path.join(d, "lackey.out")
+        r = subprocess.run([vg, "--tool=lackey", "--trace-mem=yes", f"--log-file={log}", *cmd],
+                           timeout=timeout)
+        if not os.path.exists(log):
+            raise TraceError(f"trace record: valgrind wrote no trace (exit status {r.returncode})")
+        with open(log, "rb") as src, _open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return load(out, "lackey")

@@ -101,3 +101,16 @@ def test_an_access_across_a_page_boundary_touches_both_pages(tmp_path):
     t = trace.load(lk)
     assert t.addrs.tolist() == [0x10ffc, 0x11000, 0x20000]
     assert t.writes.tolist() == [True, True, False]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_trace_record_then_replay(tmp_path, capsys):
+    out = tmp_path / "true.lackey.gz"
+    assert main(["trace", "record", "-o", str(out), "--", "/bin/true"]) == 0
+    capsys.readouterr()
+    t = trace.load(out)
+    assert len(t) > 1000 and t.writes.any()
+    assert main(["replay", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["faults"]["missing"] == len(t.pages())
+    assert main(["trace"]) == 2
+    assert "record" in capsys.readouterr().err
