@@ -13,7 +13,7 @@ import pytest
 from mmemu import trace
 from mmemu.cli import main
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def distinct_pages_of_lackey(text):
