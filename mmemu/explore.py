@@ -227,7 +227,6 @@ def explore(setup: Callable, threads: Sequence[Callable], *, kernel: str, check:
         if run.reason is not None:
             key = tuple(schedule)
             if key not in found:
-                steps = []
                 found[key] = (run.reason, len(run.sched.choices))
 
     if strategy == "exhaustive":
@@ -266,14 +265,15 @@ def explore(setup: Callable, threads: Sequence[Callable], *, kernel: str, check:
             stack_prefix = nxt
     else:
         rng = random.Random(seed)
+        estimate = 64            # PCT's guess of the number of choices in a run, learnt as runs go
         for _ in range(budget):
             run_seed = rng.getrandbits(64)
-            chooser = _RandomChooser(run_seed) if strategy == "random" else _PctChooser(run_seed, depth)
+            chooser = _RandomChooser(run_seed) if strategy == "random" else \
+                _PctChooser(run_seed, depth, estimate)
             run = _Run(setup, threads, kernel, machine_options, check, chooser)
             explored += 1
             note(run, chooser.taken)
-            if strategy == "pct":
-                _PctChooser.learn(run.sched)
+            estimate = max(estimate if explored > 1 else 1, len(run.sched.choices) + 1)
 
     order = sorted(found.items(), key=lambda kv: (kv[1][1], kv[0]))[:max_counterexamples]
     cexs = []
@@ -310,20 +310,14 @@ class _PctChooser:
     """PCT (Burckhardt et al., ASPLOS 2010): distinct random priorities per
     thread, and depth-1 points where the running thread drops to the lowest
     priority; the highest-priority candidate runs."""
-    steps_estimate = 64
 
-    def __init__(self, seed, depth):
+    def __init__(self, seed, depth, steps_estimate):
         self.rng = random.Random(seed)
         self.taken = []
         self.prio = None
-        self.changes = sorted(self.rng.randrange(max(1, self.steps_estimate)) for _ in range(max(0, depth - 1)))
+        self.changes = sorted(self.rng.randrange(max(1, steps_estimate)) for _ in range(max(0, depth - 1)))
         self.k = 0
         self.low = -1
-
-    @classmethod
-    def learn(cls, sched):
-        cls.steps_estimate = max(cls.steps_estimate if cls.steps_estimate != 64 else 1,
-                                 len(sched.choices) + 1)
 
     def __call__(self, sched, cands):
         if self.prio is None:

@@ -210,10 +210,6 @@ class _Abort(BaseException):
     """Unwinds a body when its run is abandoned (deadlock)."""
 
 
-class Deadlocked(Exception):
-    pass
-
-
 _NEW, _READY, _BLOCKED, _DONE = "new", "ready", "blocked", "done"
 
 
@@ -234,7 +230,6 @@ class SchedThread:
         self.where = ""             # the point it stands at
         self.error = None
         self.cpu = None
-        self.lock_state = None      # saved machine-lock state while suspended
 
     def thread_for(self, process):
         t = self.threads.get(process)
@@ -277,7 +272,6 @@ class Scheduler:
         self.record = record
         self.watch = list(watch)    # (mm, va) pages the timeline shows
         self.done = threading.Event()
-        self.pruned = False
         self.touched = set()        # (mm, page) the steps named: what a timeline shows
 
     # ---- running -----------------------------------------------------------

@@ -320,3 +320,12 @@ def test_a_clean_writable_entry_writes_only_in_the_worst_case_tlb_model(tlb, lan
     m.check()
     with pytest.raises(ValueError, match="tlb"):
         mmemu.Machine(tlb="arm")
+
+
+@pytest.mark.parametrize("strategy", ["random", "pct"])
+def test_sampling_is_deterministic_whatever_ran_before(strategy):
+    r = find("S51")
+    a = r.explore("5.10", strategy=strategy, budget=40, seed=3)
+    r.explore("5.12", strategy=strategy, budget=17, seed=9)          # must not change what follows
+    b = r.explore("5.10", strategy=strategy, budget=40, seed=3)
+    assert [c.schedule for c in a.counterexamples] == [c.schedule for c in b.counterexamples]
