@@ -15,6 +15,27 @@ RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
 
 
+def run_at(step, name):
+    """A chooser: when the running thread stands at a step whose label
+    starts with `step`, the thread called `name` runs next."""
+    def choose(sched, cands):
+        me = sched.current
+        if me is not None and me.where.startswith(step):
+            return next(i for i, c in enumerate(cands) if c.name == name)
+        return 0
+    return choose
+
+
+def missing_page(m):
+    """A process with one private page registered MISSING on a fresh context."""
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    u = p.userfaultfd()
+    u.api()
+    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    return p, a, u
+
+
 # ---- the races of the issue: found in the buggy era, exhausted clean after the fix ----
 
 @pytest.mark.parametrize("race,buggy,fixed", [
@@ -140,14 +161,9 @@ def test_a_fault_waits_for_mmap_lock_held_for_write():
         except mmemu.Sigsegv:
             ctx["segv"] = True
 
-    def pick_store_at_flush(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("flush_tlb_range"):
-            return next(i for i, t in enumerate(cands) if t.name == "store")
-        return 0
     m = mmemu.Machine(kernel="6.18", ncpus=2, memory=64 * PAGE)
     ctx = setup(m)
-    s = Scheduler(m, pick_store_at_flush, record=True)
+    s = Scheduler(m, run_at("flush_tlb_range", "store"), record=True)
     s.run([lambda: protect(m, ctx), lambda: store(m, ctx)], ["protect", "store"])
     labels = [st.label for st in s.trace]
     assert any(lab.startswith("woken from its wait for mmap_lock") for lab in labels), labels
@@ -157,11 +173,7 @@ def test_a_fault_waits_for_mmap_lock_held_for_write():
 
 def test_a_userfault_sleeps_until_another_body_resolves_it():
     def setup(m):
-        p = m.spawn()
-        a = p.mmap(0, PAGE, RW, PRIV)
-        u = p.userfaultfd()
-        u.api()
-        u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+        p, a, u = missing_page(m)
         return {"p": p, "a": a, "u": u}
 
     def faulter(m, ctx):
@@ -193,11 +205,7 @@ def test_bodies_that_wait_for_each_other_end_in_a_deadlock_counterexample():
 
 def test_outside_the_explorer_a_userfault_still_raises_wouldblock():
     m = mmemu.Machine(memory=64 * PAGE)
-    p = m.spawn()
-    a = p.mmap(0, PAGE, RW, PRIV)
-    u = p.userfaultfd()
-    u.api()
-    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    p, a, u = missing_page(m)
     t = p.thread()
     with pytest.raises(mmemu.WouldBlock):
         t.read(a, 1)
@@ -252,12 +260,7 @@ def test_a_dontneed_that_overlapped_another_flushes_before_it_returns(backports,
         p.thread(cpu=0).process.madvise(a, PAGE, MADV_DONTNEED)
         seen["tlb"] = m._engine.tlb_entry(1, p.mm, a)
 
-    def at_zap_run_second(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("tlb_finish_mmu"):
-            return next(i for i, c in enumerate(cands) if c.name == "second")
-        return 0
-    Scheduler(m, at_zap_run_second).run([first, second], ["first", "second"])
+    Scheduler(m, run_at("tlb_finish_mmu", "second")).run([first, second], ["first", "second"])
     assert (seen["tlb"] is not None) == stale, seen
     m.check()
 
@@ -309,12 +312,7 @@ def test_a_clean_writable_entry_writes_only_in_the_worst_case_tlb_model(tlb, lan
         except mmemu.Sigsegv:
             seen["segv"] = True
 
-    def at_flush_run_store(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("flush_tlb_range"):
-            return next(i for i, c in enumerate(cands) if c.name == "store")
-        return 0
-    Scheduler(m, at_flush_run_store).run([protect, store], ["protect", "store"])
+    Scheduler(m, run_at("flush_tlb_range", "store")).run([protect, store], ["protect", "store"])
     assert seen == ({"stored": True} if lands else {"segv": True})
     assert (p.pread(fd, 1, 0) == b"z") == lands
     m.check()

@@ -255,13 +255,18 @@ def test_a_lambda_handler_cannot_be_saved_and_says_why(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_a_resolver_handler_is_saved():
-    m = mmemu.Machine(memory=64 * PAGE)
+def _missing_page(m):
     p = m.spawn()
     a = p.mmap(0, PAGE, RW, PRIV)
     u = p.userfaultfd()
     u.api()
     u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    return p, a, u
+
+
+def test_a_resolver_handler_is_saved():
+    m = mmemu.Machine(memory=64 * PAGE)
+    p, a, u = _missing_page(m)
     u.serve(mmemu.Resolver(missing="copy", fill=7))
     m2 = pickle.loads(pickle.dumps(m))
     assert m2.processes[0].read(a, 2) == b"\x07\x07"
@@ -289,11 +294,7 @@ def test_a_resolver_base_above_2_63_survives_save():
     """serve_core's base is an unsigned long: one with the top bit set is
     saved as its bits and loads back unchanged (fuzz finding: OverflowError)."""
     m = mmemu.Machine(memory=64 * PAGE)
-    p = m.spawn()
-    a = p.mmap(0, PAGE, RW, PRIV)
-    u = p.userfaultfd()
-    u.api()
-    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    p, a, u = _missing_page(m)
     u.serve_core("copy", base=2**64 - PAGE, versions=np.arange(1, 5, dtype=np.uint64))
     m2 = pickle.loads(pickle.dumps(m))
     assert (m2._engine.get_state()["uffd_res"] == m._engine.get_state()["uffd_res"]).all()
