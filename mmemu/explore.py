@@ -21,6 +21,7 @@ testing: random thread priorities with depth-1 change points).
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
 import time
 from dataclasses import dataclass, field
@@ -187,14 +188,24 @@ class _Prefix:
     def __init__(self, prefix):
         self.prefix = prefix
         self.counts = []
+        self.misfit = None          # the first choice the run could not take
 
     def __call__(self, sched, cands):
         k = len(self.counts)
         self.counts.append(len(cands))
         if k < len(self.prefix):
             want = self.prefix[k]
-            return want if want < len(cands) else 0
+            if want < len(cands):
+                return want
+            if self.misfit is None:
+                self.misfit = f"choice {k} is {want}, but only {len(cands)} threads could run there"
         return 0
+
+    def check_fit(self):
+        """Why the prefix does not describe this run, or None."""
+        if self.misfit is None and len(self.prefix) > len(self.counts):
+            return f"the schedule has {len(self.prefix)} choices, the run made {len(self.counts)}"
+        return self.misfit
 
 
 def explore(setup: Callable, threads: Sequence[Callable], *, kernel: str, check: Callable | None = None,
@@ -245,6 +256,10 @@ def explore(setup: Callable, threads: Sequence[Callable], *, kernel: str, check:
                     seen.add(k)
             run = _Run(setup, threads, kernel, machine_options, check, chooser,
                        prune=prune if state_hashing else None)
+            if chooser.check_fit():
+                # A prefix that an earlier run made no longer fits: the
+                # program does something different on the same schedule.
+                raise RuntimeError(f"explore: the program is not deterministic ({chooser.check_fit()})")
             explored += 1
             taken = [min(p, n - 1) for p, n in zip(stack_prefix, chooser.counts)] + \
                 [0] * (len(chooser.counts) - len(stack_prefix))
@@ -339,7 +354,13 @@ def rerun(setup: Callable, threads: Sequence[Callable], schedule, *, kernel: str
     """Run one schedule again, exactly; returns (machine, ctx) as it leaves them.
     schedule: a Counterexample or its list of choices."""
     choices = schedule.schedule if isinstance(schedule, Counterexample) else list(schedule)
-    run = _Run(setup, threads, kernel, machine_options, check, _Prefix(choices))
+    choices = [operator.index(c) for c in choices]
+    if any(c < 0 for c in choices):
+        raise ValueError("rerun: a schedule's choices are non-negative indices")
+    chooser = _Prefix(choices)
+    run = _Run(setup, threads, kernel, machine_options, check, chooser)
+    if chooser.check_fit():
+        raise ValueError(f"rerun: the schedule does not fit this program: {chooser.check_fit()}")
     return run.machine, run.ctx
 
 

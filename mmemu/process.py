@@ -813,6 +813,8 @@ class Process(FileOps):
         if stop_on - {"userfault"}:
             raise ValueError(f"replay: stop_on takes 'userfault' only, not {sorted(stop_on - {'userfault'})}")
         a = np.asarray(addrs)
+        if a.dtype == object and a.ndim == 1 and all(type(x) is int for x in a.tolist()):
+            raise ValueError("replay: an address wider than 64 bits")     # no register holds it
         if a.ndim != 1 or not (a.dtype.kind in "iu" or a.size == 0):
             raise TypeError("replay: addrs must be a 1-D array of integers")
         if a.dtype.kind == "i" and a.size and a.min() < 0:

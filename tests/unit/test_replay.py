@@ -113,6 +113,8 @@ def test_bad_traces_are_clear_errors_and_a_hole_is_sigsegv():
         t.replay(np.zeros((2, 2), np.uint64))
     with pytest.raises(TypeError):
         t.replay([0.5])
+    with pytest.raises(ValueError, match="64 bits"):
+        t.replay([a, 2**70])
     with pytest.raises(ValueError, match="negative"):
         t.replay(np.array([-4096]))
     with pytest.raises(ValueError, match="one per address"):

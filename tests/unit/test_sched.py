@@ -213,6 +213,15 @@ def test_outside_the_explorer_a_userfault_still_raises_wouldblock():
     assert t.resume() == b"\0"
 
 
+def test_a_schedule_that_does_not_fit_is_refused():
+    r = find("S51")
+    for bad in ([7, 7, 7], [0] * 50, [-1]):
+        with pytest.raises(ValueError, match="schedule"):
+            mmemu.rerun(r.setup, r.threads, bad, kernel="5.10", **r.options)
+    with pytest.raises(TypeError):
+        mmemu.rerun(r.setup, r.threads, [0.5], kernel="5.10", **r.options)
+
+
 def test_explore_rejects_bad_arguments():
     with pytest.raises(ValueError, match="strategy"):
         mmemu.explore(lambda m: None, [], kernel="6.18", strategy="dfs")
