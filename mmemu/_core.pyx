@@ -241,7 +241,7 @@ cdef class Engine:
               "uf_ctx": self.e.uf_ctx, "uf_mm": self.e.uf_mm, "uf_addr": self.e.uf_addr,
               "uf_flags": self.e.uf_flags, "uf_reason": self.e.uf_reason,
               "fault_addr": self.e.fault_addr, "mm_serial": self.e.mm_serial,
-              "nr_pgtable": self.e.nr_pgtable, "tlb_stale_writes": self.e.tlb_stale_writes}
+              "anon_vma_seq": self.e.anon_vma_seq, "nr_pgtable": self.e.nr_pgtable, "tlb_stale_writes": self.e.tlb_stale_writes}
         st["scalars"] = sc
         st["file_hint"] = self.file_hint
         st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
@@ -303,6 +303,7 @@ cdef class Engine:
         self.e.uf_ctx, self.e.uf_mm, self.e.uf_addr = sc["uf_ctx"], sc["uf_mm"], sc["uf_addr"]
         self.e.uf_flags, self.e.uf_reason, self.e.fault_addr = sc["uf_flags"], sc["uf_reason"], sc["fault_addr"]
         self.e.mm_serial, self.e.nr_pgtable = sc["mm_serial"], sc["nr_pgtable"]
+        self.e.anon_vma_seq = sc["anon_vma_seq"]
         self.e.tlb_stale_writes = sc.get("tlb_stale_writes", 0)
         self.file_hint = st["file_hint"]
         for i in range(24):
@@ -467,15 +468,28 @@ cdef class Engine:
         m.alive = 0
 
     def set_vmas(self, int32_t mm, const uint64_t[::1] starts, const uint64_t[::1] ends,
-                 const uint64_t[::1] flags, const uint64_t[::1] pgoffs, const int32_t[::1] files):
-        """Replace the mm's VMA table (the Python side owns VMA layout)."""
+                 const uint64_t[::1] flags, const uint64_t[::1] pgoffs, const int32_t[::1] files,
+                 const int32_t[::1] uffds, const int32_t[::1] origins, int32_t src_mm=-1):
+        """Replace the mm's VMA table with a new layout (the Python side
+        decides layout: split, merge, placement). The core owns each VMA's
+        anon_vma: origins[i] names the entry of the current table (of src_mm
+        for fork) that VMA i descends from, or -1 for a new VMA. A split half,
+        a moved or merged VMA keeps its origin's anon_vma; a fork child gets
+        one of its own chained to the parent's (anon_vma_fork), so never
+        reusable by neighbours. VM_ANON_VMA in `flags` is ignored: it follows
+        the anon_vma."""
         cdef mm_t *m = self._mm(mm)
+        cdef mm_t *src = self._mm(src_mm) if src_mm >= 0 else m
+        cdef bint fork = src != m
         cdef Py_ssize_t n = starts.shape[0], i
         cdef mm_vma_t *v
-        if not (ends.shape[0] == flags.shape[0] == pgoffs.shape[0] == files.shape[0] == n):
+        cdef mm_vma_t *o
+        if not (ends.shape[0] == flags.shape[0] == pgoffs.shape[0] == files.shape[0]
+                == uffds.shape[0] == origins.shape[0] == n):
             raise ValueError("VMA arrays differ in length")
         # Checked before anything changes: every VMA non-empty, aligned, in
-        # user space, sorted without overlap, naming a live file or none.
+        # user space, sorted without overlap, naming a live file or none, a
+        # live userfaultfd context or none, and an origin in the source table.
         for i in range(n):
             self._span(starts[i], ends[i])
             if starts[i] == ends[i] or (i and starts[i] < ends[i - 1]):
@@ -484,30 +498,55 @@ cdef class Engine:
                 self._file(files[i])
                 if pgoffs[i] + ((ends[i] - starts[i]) >> MM_PAGE_SHIFT) > MM_MAX_FILE_PAGES:
                     raise ValueError("file VMA beyond the page-cache index")
-        v = <mm_vma_t *>malloc((n if n else 1) * sizeof(mm_vma_t))
+            if uffds[i] < 0 or (uffds[i] and uffds[i] >= self.e.nuffd):
+                raise ValueError(f"no userfaultfd context {uffds[i]}")
+            if not -1 <= origins[i] < src.nvma:
+                raise ValueError(f"VMA origin {origins[i]} outside the table of {src.nvma}")
+        v = <mm_vma_t *>calloc(n if n else 1, sizeof(mm_vma_t))
         if v == NULL:
             raise MemoryError()
         for i in range(n):
             v[i].start = starts[i]
             v[i].end = ends[i]
-            v[i].flags = flags[i]
+            v[i].flags = flags[i] & ~VM_ANON_VMA
             v[i].pgoff = pgoffs[i]
             v[i].file = files[i]
-            v[i].uffd = 0
+            v[i].uffd = uffds[i]
+            v[i].avc_single = 1
+            if origins[i] < 0:
+                continue
+            o = &src.vmas[origins[i]]
+            if not o.anon_vma:
+                continue
+            if fork:
+                self.e.anon_vma_seq += 1
+                v[i].anon_vma = self.e.anon_vma_seq
+                v[i].avc_single = 0
+            else:
+                v[i].anon_vma = o.anon_vma
+                v[i].avc_single = o.avc_single
+            v[i].flags |= VM_ANON_VMA
         free(m.vmas)
         m.vmas = v
         m.nvma = <int32_t>n
 
-    def vma_flags(self, int32_t mm):
-        """The flags of the mm's VMA table, in order: the core sets some
-        (VM_ANON_VMA) and the Python side reads them back before relayouts."""
+    def vma_anon(self, int32_t mm):
+        """The anon_vma identity of each VMA, in table order (0: none)."""
         cdef mm_t *m = self._mm(mm)
         out = np.zeros(m.nvma, np.uint64)
         cdef uint64_t[::1] o = out
         cdef int32_t i
         for i in range(m.nvma):
-            o[i] = m.vmas[i].flags
+            o[i] = m.vmas[i].anon_vma
         return out
+
+    def anon_vma_prepare(self, int32_t mm, uint64_t va):
+        """Give the VMA at va an anon_vma if it has none (uffd_lock_vma, 6.9+)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int32_t vi = find_vma(m, va)
+        if vi < 0:
+            raise ValueError(f"no VMA at {va:#x}")
+        anon_vma_prepare(&self.e, m, &m.vmas[vi])
 
     def vma_table(self, int32_t mm):
         """The core's VMA table: (starts, ends, flags, pgoffs, files, uffds)."""
@@ -1224,18 +1263,6 @@ cdef class Engine:
                 ptep = pte_offset(&self.e, m, va, False)
                 o[i] = pagemap_category(&self.e, &m.vmas[vi], ptep[0] if ptep != NULL else 0, none_written)
         return out
-
-    def set_vma_uffd(self, int32_t mm, const int32_t[::1] ctxs):
-        """The uffd context of each VMA, in table order."""
-        cdef mm_t *m = self._mm(mm)
-        cdef int32_t i
-        if ctxs.shape[0] != m.nvma:
-            raise ValueError("one context per VMA")
-        for i in range(m.nvma):
-            if ctxs[i] < 0 or (ctxs[i] and ctxs[i] >= self.e.nuffd):
-                raise ValueError(f"no userfaultfd context {ctxs[i]}")
-        for i in range(m.nvma):
-            m.vmas[i].uffd = ctxs[i]
 
     def uffd_writeprotect(self, int32_t mm, uint64_t start, uint64_t end, bint protect,
                           bint use_markers, uint64_t vmflags):

@@ -152,6 +152,10 @@ class _Run:
         s = self.sched
         if s.deadlock:
             return "deadlock: " + "; ".join(f"{n} waits for {w}" for n, w in s.deadlock)
+        if s.lock_order:
+            name, held, taken, where = s.lock_order
+            return (f"lock order: {name} takes mmap_lock of mm {taken} while it holds mm {held}'s "
+                    f"(at {where}); no kernel path nests two mmap_locks")
         for t in s.threads:
             if t.error is not None:
                 return f"{t.name} raised {type(t.error).__name__}: {t.error}"

@@ -84,7 +84,6 @@ class Machine:
         self._uffd_free = []        # ids of released contexts, reused lowest first
         self._serving = []          # contexts whose service handler is running
         self._tid = 0
-        self._anon_vma = 0          # last anon_vma identity handed out
         # Deterministic "ASLR": the top of the mmap area depends on the seed only.
         rng = np.random.default_rng(seed)
         self._mmap_base = 0x7F0000000000 - int(rng.integers(0, 1 << 28)) * C.PAGE_SIZE
@@ -102,10 +101,6 @@ class Machine:
     def _next_pid(self):
         self._pid += 1
         return self._pid
-
-    def _next_anon_vma(self):
-        self._anon_vma += 1
-        return self._anon_vma
 
     def _next_tid(self):
         self._tid += 1
@@ -208,8 +203,8 @@ class Machine:
     def _check_vmas(self, p):
         """The Python VMA list and the core's table describe one layout:
         same VMAs in the same order, each non-empty, aligned, in user space,
-        without overlap; flags equal but for the anon_vma bit the core sets
-        (read back before the next relayout)."""
+        without overlap; flags equal but for the anon_vma bit, which only
+        the core holds; each Python VMA names its own core entry as origin."""
         from .errors import InvariantError
         starts, ends, flags, pgoffs, files, uffds = (a.tolist() for a in self._engine.vma_table(p.mm))
         vmas = list(p.vmas)
@@ -224,7 +219,7 @@ class Machine:
         for i, (v, f) in enumerate(zip(vmas, flags)):
             if not prev <= v.start < v.end <= top or (v.start | v.end) & page_mask \
                     or (v.start, v.end, v.pgoff, v.file, v.uffd) != core[i] \
-                    or (f ^ v.flags) & ~VM_ANON_VMA or v.flags & VM_ANON_VMA & ~f \
+                    or (f & ~VM_ANON_VMA) != v.flags or v.origin != i \
                     or (v.uffd and v.uffd not in self._uffds):
                 raise InvariantError("VMA empty, misaligned, overlapping, registered with a released "
                                      "userfaultfd or not as in the core", None,

@@ -32,7 +32,7 @@ from .shmem import FileOps, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
                   VM_NOHUGEPAGE, VM_PFNMAP, VM_READ, VM_SHARED, VM_SOFTDIRTY, VM_WIPEONFORK,
-                  VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_ANON_VMA, VM_UFFD_MINOR,
+                  VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_UFFD_MINOR,
                   VM_UFFD_MISSING, VM_UFFD_WP, Vma, VmaList)
 
 PAGE = C.PAGE_SIZE
@@ -180,37 +180,13 @@ class Process(FileOps):
         if not self.alive:
             raise oserror(ESRCH, call, f"process {self.pid} has exited")
 
-    def _pull(self):
-        """Read back the flags the core sets on VMAs (anon_vma) before the
-        layout changes; the core's table has the Python list's order."""
-        flags = self._engine.vma_flags(self.mm)
-        vmas = list(self.vmas)
-        for v, f in zip(vmas, flags):
-            v.flags = int(f)
-        # A VMA the core gave an anon_vma since the last read-back gets an
-        # identity: anon_vma_prepare() reuses a compatible neighbour's when
-        # that one is not shared through fork (find_mergeable_anon_vma, the
-        # next VMA first, then the previous), else a new one.
-        for i, v in enumerate(vmas):
-            if not v.flags & VM_ANON_VMA:
-                v.anon_vma, v.avc_single = 0, True
-            elif not v.anon_vma:
-                for j in (i + 1, i - 1):
-                    if 0 <= j < len(vmas):
-                        w = vmas[j]
-                        if w.anon_vma and w.avc_single and v.anon_vma_compatible(w):
-                            v.anon_vma = w.anon_vma
-                            break
-                else:
-                    v.anon_vma = self.machine._next_anon_vma()
-                v.avc_single = True
-
-    def _push_vmas(self):
-        self._engine.set_vmas(self.mm, *self.vmas.arrays())
-        self._engine.set_vma_uffd(self.mm, self.vmas.uffd_array())
+    def _push_vmas(self, src_mm=-1):
+        self._engine.set_vmas(self.mm, *self.vmas.arrays(), self.vmas.uffd_array(),
+                              self.vmas.origin_array(), src_mm)
+        self.vmas.renumber()
 
     def _sync(self):
-        self.vmas.merge()
+        self.vmas.merge(self._engine.vma_anon(self.mm))
         self._push_vmas()
 
     def _policy(self):
@@ -225,7 +201,6 @@ class Process(FileOps):
         fd, offset = A.ulong(fd, "mmap", "fd", EBADF), A.ulong(offset, "mmap", "offset")
         fd = fd - (1 << 64) if fd >= 1 << 63 else fd      # the fd table is keyed by int
         self._live("mmap")
-        self._pull()
         if offset & (PAGE - 1):
             raise oserror(EINVAL, "mmap", "offset not page aligned")
         if length == 0:
@@ -309,7 +284,6 @@ class Process(FileOps):
     def munmap(self, addr: int, length: int) -> None:
         addr, length = A.ulong(addr, "munmap", "addr"), A.ulong(length, "munmap", "length")
         self._live("munmap")
-        self._pull()
         # do_vmi_munmap(): alignment and the range against TASK_SIZE before
         # PAGE_ALIGN, then an empty range is EINVAL.
         if addr & (PAGE - 1) or addr > C.TASK_SIZE or length > C.TASK_SIZE - addr:
@@ -326,7 +300,6 @@ class Process(FileOps):
         addr, length = A.ulong(addr, "mprotect", "addr"), A.ulong(length, "mprotect", "length")
         prot = A.ulong(prot, "mprotect", "prot")
         self._live("mprotect")
-        self._pull()
         if addr & (PAGE - 1):
             raise oserror(EINVAL, "mprotect", "address not page aligned")
         if prot & ~(C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC | C.PROT_SEM
@@ -374,7 +347,6 @@ class Process(FileOps):
         addr, length = A.ulong(addr, "madvise", "addr"), A.ulong(length, "madvise", "length")
         advice = A.sint(advice, "madvise", "advice")
         self._live("madvise")
-        self._pull()
         pol = self._policy()
         if advice not in _MADV_KNOWN \
                 or (advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE) and not pol.madv_populate) \
@@ -414,7 +386,6 @@ class Process(FileOps):
                     raise oserror(ENOMEM, "madvise", "range has unmapped parts")
                 return None
             s, e = spans[i]
-            self._pull()
             vma = self.vmas.find(s)
             if vma is None:                        # unmapped while a monitor read an event
                 return step(i + 1)
@@ -456,7 +427,6 @@ class Process(FileOps):
         return None
 
     def _madvise_zap(self, vma, s, e, advice):
-        self._pull()
         if advice == C.MADV_REMOVE:
             first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)
             last = vma.pgoff + ((e - vma.start) >> C.PAGE_SHIFT)
@@ -472,7 +442,6 @@ class Process(FileOps):
             self._engine.zap(self.mm, self.cpu, s, e, False, markers)
 
     def _madvise_work(self, addr, end, advice, holes):
-        self._pull()
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             self._populate(addr, end, advice == C.MADV_POPULATE_WRITE, "madvise")
             return
@@ -507,7 +476,6 @@ class Process(FileOps):
         new_size, flags = A.ulong(new_size, "mremap", "new_size"), A.ulong(flags, "mremap", "flags")
         new_addr = A.ulong(new_addr, "mremap", "new_addr")
         self._live("mremap")
-        self._pull()
         pol = self._policy()
         known = C.MREMAP_MAYMOVE | C.MREMAP_FIXED | (C.MREMAP_DONTUNMAP if pol.at_least("5.7") else 0)
         if flags & ~known or old_addr & (PAGE - 1):
@@ -606,7 +574,7 @@ class Process(FileOps):
             late += self._unmap_events(old_addr, old_addr + old_size)
         (vma,) = self.vmas.isolate(old_addr, old_addr + old_size)
         moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file, vma.uffd,
-                    vma.anon_vma, vma.avc_single)
+                    vma.origin)
         if self._policy().soft_dirty:
             moved.flags |= VM_SOFTDIRTY           # the new range is new memory to trackers
         self.vmas.insert(moved)
@@ -986,7 +954,6 @@ class Process(FileOps):
 
     def fork(self) -> Process:
         self._live("fork")
-        self._pull()
         m = self.machine
         from .uffd import UFFD_EVENT_FORK, UFFD_FEATURE_EVENT_FORK, Uffd, UffdMsg
         child_vmas = VmaList()
@@ -996,8 +963,11 @@ class Process(FileOps):
             if v.flags & VM_DONTCOPY:
                 continue
             flags, ctx = v.flags, v.uffd
-            if flags & VM_WIPEONFORK:
-                flags &= ~VM_ANON_VMA        # dup_mmap: a wiped VMA starts with no anon_vma
+            # anon_vma_fork(): each child VMA gets an anon_vma of its own,
+            # chained to the parent's (so not reusable by its neighbours):
+            # the core does it for a VMA whose origin had one. dup_mmap: a
+            # wiped VMA starts with none.
+            origin = -1 if flags & VM_WIPEONFORK else v.origin
             if ctx:
                 u = m._uffds[ctx]
                 if not u.released and (u.features or 0) & UFFD_FEATURE_EVENT_FORK:
@@ -1006,10 +976,7 @@ class Process(FileOps):
                     # userfaultfd_reset_ctx(): the child VMA is not registered.
                     flags &= ~(VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)
                     ctx = 0
-            # anon_vma_fork(): each child VMA gets an anon_vma of its own,
-            # chained to the parent's (so not reusable by its neighbours).
-            anon = m._next_anon_vma() if flags & VM_ANON_VMA else 0
-            child_vmas.insert(Vma(v.start, v.end, flags, v.pgoff, v.file, ctx, anon, not anon))
+            child_vmas.insert(Vma(v.start, v.end, flags, v.pgoff, v.file, ctx, origin))
             parent_flags[v.start] = v.flags
         child_mm = self._engine.mm_new()
         child = Process(m, m._next_pid(), child_mm, self.cpu, child_vmas)
@@ -1024,14 +991,15 @@ class Process(FileOps):
         for v in child_vmas:
             if v.uffd in dup:
                 v.uffd = dup[v.uffd].ctx
-        child._push_vmas()
+        child._push_vmas(src_mm=self.mm)
+        anon = self._engine.vma_anon(child_mm)
         wrprotected = 0
         try:
-            for v in child_vmas:
+            for v, has_anon_vma in zip(child_vmas, anon):
                 # vma_needs_copy(): VMAs with an anon_vma (or PFN maps, or since
                 # 5.19 a uffd-wp child VMA, c56d1b62cce8) get their ptes
                 # copied; the rest refault.
-                if not (v.flags & VM_ANON_VMA or
+                if not (has_anon_vma or
                         (v.flags & VM_UFFD_WP and self._policy().uffd_wp_file)):
                     continue
                 wrprotected += self._engine.fork_range(self.mm, child_mm, self.cpu, v.start, v.end,
@@ -1369,7 +1337,6 @@ class Process(FileOps):
     def clear_refs(self, value: int) -> None:
         """echo value > /proc/pid/clear_refs."""
         self._live("clear_refs")
-        self._pull()
         if value not in (C.CLEAR_REFS_ALL, C.CLEAR_REFS_ANON, C.CLEAR_REFS_MAPPED,
                          C.CLEAR_REFS_SOFT_DIRTY, C.CLEAR_REFS_MM_HIWATER_RSS):
             raise oserror(EINVAL, "clear_refs", f"value {value}")

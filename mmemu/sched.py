@@ -24,7 +24,20 @@ Scheduling points:
 mmap_lock is modelled as a reader-writer lock per mm: syscalls take it as
 Linux does (MMAP_LOCK below), faults take it for read inside the core, and
 a thread that cannot take it waits, visibly. A user access that hits the TLB
-takes no lock at all, which is how stale entries write on.
+takes no lock at all, which is how stale entries write on. Like the kernel,
+a thread never sleeps for userspace with mmap_lock held: a userfault
+(handle_userfault: release_fault_lock), an event's completion
+(userfaultfd_unmap_complete, mremap_userfaultfd_complete,
+userfaultfd_remove, dup_userfaultfd_complete: all after the unlock) and
+shmem_falloc_wait (maybe_unlock_mmap_for_io) drop it and take it back
+before going on; UFFDIO_COPY faults its source in outside the destination's
+lock (mfill_atomic: -ENOENT, unlock, copy_from_user, relock).
+
+Lock order (lockdep's rule, mm/rmap.c's lock-order comment): no path holds
+two mmap_locks at once but fork, which takes the new child's nested (never
+contended). A thread that takes a second mm's mmap_lock while it holds one
+is a lock-order violation: the run fails with that reason, as a lockdep
+splat would, whether or not this interleaving deadlocked.
 """
 from __future__ import annotations
 
@@ -206,6 +219,26 @@ class mmap_read:
         return False
 
 
+class mmap_unlocked:
+    """`with sched.mmap_unlocked(machine):` the calling thread drops every
+    mmap_lock it holds and takes each back afterwards (mfill_atomic copying
+    its source outside the lock); a no-op off the scheduler."""
+
+    def __init__(self, machine):
+        self.s = machine._lock.sched
+        self.me = self.s._me() if self.s is not None else None
+
+    def __enter__(self):
+        if self.me is not None:
+            self.saved = self.s.drop_mmap(self.me)
+        return self
+
+    def __exit__(self, *exc):
+        if self.me is not None:
+            self.s.retake_mmap(self.me, self.saved)
+        return False
+
+
 class _Abort(BaseException):
     """Unwinds a body when its run is abandoned (deadlock)."""
 
@@ -269,6 +302,7 @@ class Scheduler:
         self.stores = []            # (mm, addr, bytes) of completed stores, in order
         self.aborting = False
         self.deadlock = None
+        self.lock_order = None      # (thread, held mm, taken mm, where): the first violation
         self.record = record
         self.watch = list(watch)    # (mm, va) pages the timeline shows
         self.done = threading.Event()
@@ -502,7 +536,9 @@ class Scheduler:
         elif point == SP_FALLOC_WAIT:
             eng = self.machine._engine
             self._point(me, f"shmem_fault @{va:#x}")
+            saved = self.drop_mmap(me)
             self._block(me, lambda: eng.file_falloc(aux) == (0, 0), f"the hole punch of file {aux} (shmem_falloc_wait)")
+            self.retake_mmap(me, saved)
         else:
             self._point(me, f"{_CORE_LABEL.get(point, point)} @{va:#x}")
 
@@ -516,7 +552,9 @@ class Scheduler:
         me = self._me()
         if me is None:
             return False
+        saved = self.drop_mmap(me)
         self._block(me, lambda: waiter.woken or uffd.released, f"{what} on uffd {uffd.ctx}")
+        self.retake_mmap(me, saved)
         return True
 
     def running_here(self):
@@ -535,13 +573,39 @@ class Scheduler:
             return (writer is None or writer == idx) and not any(r != idx for r in readers)
         if fault and (st[0] == idx or idx in st[1]):
             pass                        # a fault inside a call that holds it
-        elif not free():
-            self._block(me, free, f"mmap_lock ({mode}) of mm {mm}")
+        else:
+            held = [k for k, v in self.mmap.items() if k != mm and (v[0] == idx or idx in v[1])]
+            if held and self.lock_order is None:
+                self.lock_order = (me.name, held[0], mm, me.where)
+            if not free():
+                self._block(me, free, f"mmap_lock ({mode}) of mm {mm}")
         if mode == _R:
             st[1][idx] = st[1].get(idx, 0) + 1
         else:
             st[0] = idx
             st[2] += 1
+
+    def drop_mmap(self, me):
+        """Release every mmap_lock `me` holds; what retake_mmap needs."""
+        idx, saved = me.index, []
+        for mm, st in self.mmap.items():
+            reads = st[1].pop(idx, 0)
+            writes = st[2] if st[0] == idx else 0
+            if writes:
+                st[0], st[2] = None, 0
+            if reads or writes:
+                saved.append((mm, reads, writes))
+        return saved
+
+    def retake_mmap(self, me, saved):
+        """Take back what drop_mmap released (waiting like any taker)."""
+        for mm, reads, writes in saved:
+            if writes:
+                self.mmap_lock(me, mm, _W)
+                self.mmap[mm][2] = writes
+            if reads:
+                self.mmap_lock(me, mm, _R)
+                self.mmap[mm][1][me.index] = reads
 
     def mmap_unlock(self, me, mm, mode):
         st = self.mmap.get(mm)

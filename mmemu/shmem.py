@@ -48,7 +48,6 @@ class ShmemFile:
         """unmap_mapping_range(): every VMA's ptes of indices [first, last)."""
         eng = self.machine._engine
         for p, v in list(self.mappers()):
-            p._pull()
             eng.unmap_file(p.mm, p.cpu, v.start, first, last, even_cows, drop_markers)
 
     def punch_hole(self, first, last):

@@ -34,7 +34,8 @@ from ._version import __version__
 from .errors import MmemuError
 
 MAGIC = b"MMEMU-MACHINE\n"
-FORMAT = 2     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd
+FORMAT = 3     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd;
+               # 3: anon_vma lives only in the core's VMA table (Vma.origin)
 _PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 from . import args as _args
 from . import constants as C
-from .sched import Thread, Waiter
+from .sched import Thread, Waiter, mmap_unlocked
 from .serialise import serialised
 from .errors import (EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock,
                      EmulatedSignal, MmemuError, WouldBlock, oserror)
-from .vma import (VM_ANON_VMA, VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
+from .vma import (VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
                   VM_UFFD_WP, VM_WRITE)
 
 # --- UAPI (include/uapi/linux/userfaultfd.h): from mmemu.constants, re-exported here
@@ -231,11 +231,8 @@ class Uffd:
             raise _ioctl_error(EINVAL, call, "range not page aligned, empty or beyond TASK_SIZE")
         return addr, addr + length
 
-    def _vmas(self, start, end, pull=False):
-        p = self.process
-        if pull:
-            p._pull()          # before a relayout: keep the flags the core set
-        return p.vmas.overlapping(start, end)
+    def _vmas(self, start, end):
+        return self.process.vmas.overlapping(start, end)
 
     def _monitor_thread(self, process):
         """The thread of `process` that issues ioctls while its main thread
@@ -252,13 +249,8 @@ class Uffd:
             return None
         p = self.process
         vma = p.vmas.find(addr)
-        if vma is not None and not vma.flags & (VM_SHARED | VM_ANON_VMA):
-            p._pull()
-            vma = p.vmas.find(addr)
-            if not vma.flags & VM_ANON_VMA:
-                vma.flags |= VM_ANON_VMA
-                p._push_vmas()
-                p._pull()                    # gives it its identity
+        if vma is not None and not vma.flags & VM_SHARED:
+            p._engine.anon_vma_prepare(p.mm, addr)
         return vma
 
     def _registered_vma(self, start, end, call, result_errno=ENOENT):
@@ -297,7 +289,7 @@ class Uffd:
             raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "bad mode")
         if mode & UFFDIO_REGISTER_MODE_MINOR and not self.policy.uffd_features & UFFD_FEATURE_MINOR_HUGETLBFS:
             raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "MINOR unknown to this kernel")
-        vmas = self._vmas(start, end, pull=True)
+        vmas = self._vmas(start, end)
         if not vmas:
             # userfaultfd_register(): at least one VMA in the range; holes are
             # skipped (the VMAs there are registered).
@@ -346,7 +338,7 @@ class Uffd:
         start, end = self._range(addr, length, "UFFDIO_UNREGISTER")
         # userfaultfd_unregister(): a range with no VMA at all is EINVAL
         # (holes between VMAs are fine).
-        vmas = self._vmas(start, end, pull=True)
+        vmas = self._vmas(start, end)
         if not vmas:
             raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
         if self.policy.uffd_unregister_own_only and any(v.uffd and v.uffd != self.ctx for v in vmas):
@@ -359,7 +351,7 @@ class Uffd:
             return
         eng = self.machine._engine
         wake = []
-        for v in list(self._vmas(start, end, pull=True)):
+        for v in list(self._vmas(start, end)):
             if v.uffd != self.ctx:
                 continue
             s, e = max(v.start, start), min(v.end, end)
@@ -408,16 +400,20 @@ class Uffd:
                 if t.blocked is not None:
                     t = self._monitor_thread(sp)
                 try:
-                    sp._read(src, 1, t, kernel=True) if npages == 1 else \
-                        sp._populate(src, src + npages * PAGE, False, "uffd", t)
+                    # mfill_atomic(): the copy under the destination's
+                    # mmap_lock runs with page faults off; a source not
+                    # present makes it drop the lock, fault the source in
+                    # with copy_from_user, and take the lock again.
+                    with mmap_unlocked(self.machine):
+                        sp._read(src, 1, t, kernel=True) if npages == 1 else \
+                            sp._populate(src, src + npages * PAGE, False, "uffd", t)
                 except EmulatedSignal:
                     raise UffdError(EFAULT, call, -EFAULT, "source not readable") from None
                 kw = {"src_mm": sp.mm, "src": src}
             else:
                 kw = {"src_bytes": src if isinstance(src, bytes) else bytes(src)}
         p = self.process
-        # (VM flags the core sets here, anon_vma, are read back by the next
-        # relayout's _pull(); nothing here needs them.)
+        # (A private destination VMA gets its anon_vma in the core.)
         done, err = eng.uffd_fill(p.mm, p.cpu, start, npages, kind, wp=wp, **kw)
         return self._result(call, start, done, err, dontwake=mode & 1)   # every DONTWAKE is bit 0
 
@@ -651,7 +647,6 @@ class Uffd:
             return
         p = self.process
         if p.alive:
-            p._pull()
             for v in list(p.vmas):
                 if v.uffd == self.ctx:
                     self._unregister(v.start, v.end)

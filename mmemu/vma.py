@@ -1,5 +1,8 @@
-"""VMAs: the Python side owns the layout (split, merge, placement); the core
-gets a sorted table after each change (Engine.set_vmas)."""
+"""VMAs: the Python side decides the layout (split, merge, placement) and
+hands the core a sorted table after each change (Engine.set_vmas). What
+faults change on a VMA (its anon_vma) lives only in the core's table: each
+Vma here names the core entry it descends from (`origin`), so a relayout
+carries the core's state over without reading it back."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +38,7 @@ VM_NOHUGEPAGE = 0x40000000
 VM_MERGEABLE = 0x80000000
 VM_UFFD_MINOR = 1 << 41
 VM_ANON = 1 << 48            # emulator: no backing file
-VM_ANON_VMA = 1 << 49        # emulator: vma->anon_vma is set (a fault put anon pages here)
+VM_ANON_VMA = 1 << 49        # emulator, core-owned: vma->anon_vma is set (Engine.vma_table shows it)
 
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 
@@ -48,39 +51,32 @@ class Vma:
     pgoff: int = 0
     file: int = 0
     uffd: int = 0           # userfaultfd context id (vma->vm_userfaultfd_ctx)
-    anon_vma: int = 0       # identity of vma->anon_vma (0: none, or not yet read back)
-    avc_single: bool = True  # its anon_vma_chain has one entry (not inherited by fork)
+    origin: int = -1        # index of the core's VMA this one descends from (-1: new)
 
     def split(self, at):
         """Split at `at`; self keeps [start, at), the new VMA gets [at, end)."""
         right = Vma(at, self.end, self.flags, self.pgoff + ((at - self.start) >> 12), self.file,
-                    self.uffd, self.anon_vma, self.avc_single)   # both halves share the anon_vma
+                    self.uffd, self.origin)   # both halves share the anon_vma
         self.end = at
         return right
 
-    def mergeable_with(self, nxt):
+    def mergeable_with(self, nxt, anon):
         # vma_merge(): adjacent, same flags (soft-dirty does not matter),
         # anonymous, or the same file at contiguous offsets; two different
         # anon_vmas never merge, a NULL one merges with any
-        # (is_mergeable_anon_vma, mm/vma.c).
-        ignore = VM_SOFTDIRTY | VM_ANON_VMA
-        if self.end != nxt.start or (self.flags & ~ignore) != (nxt.flags & ~ignore):
+        # (is_mergeable_anon_vma, mm/vma.c). anon: the core's anon_vma ids.
+        if self.end != nxt.start or (self.flags & ~VM_SOFTDIRTY) != (nxt.flags & ~VM_SOFTDIRTY):
             return False
         if self.file != nxt.file or self.uffd != nxt.uffd:
             return False
-        if self.anon_vma and nxt.anon_vma and self.anon_vma != nxt.anon_vma:
+        a, b = anon_of(self, anon), anon_of(nxt, anon)
+        if a and b and a != b:
             return False
         return self.file == 0 or self.pgoff + ((self.end - self.start) >> 12) == nxt.pgoff
 
-    def anon_vma_compatible(self, other):
-        # anon_vma_compatible() (mm/rmap.c): a neighbour whose anon_vma a new
-        # fault may reuse: adjacent, same file at contiguous offsets, flags
-        # equal but for access bits and soft-dirty.
-        a, b = (self, other) if self.start < other.start else (other, self)
-        ignore = VM_ACCESS_FLAGS | VM_SOFTDIRTY | VM_ANON_VMA
-        return (a.end == b.start and a.file == b.file
-                and (a.flags & ~ignore) == (b.flags & ~ignore)
-                and a.pgoff + ((a.end - a.start) >> 12) == b.pgoff)
+
+def anon_of(vma, anon):
+    return int(anon[vma.origin]) if vma.origin >= 0 else 0
 
 
 class VmaList:
@@ -138,14 +134,17 @@ class VmaList:
         self.vmas.append(vma)
         self.vmas.sort(key=lambda v: v.start)
 
-    def merge(self):
+    def merge(self, anon):
+        """vma_merge() over the whole list; anon: the core's anon_vma ids by
+        origin (Engine.vma_anon). A merged VMA keeps whichever anon_vma its
+        parts had."""
         out = []
         for v in self.vmas:
-            if out and out[-1].mergeable_with(v):
+            if out and out[-1].mergeable_with(v, anon):
                 out[-1].end = v.end
-                out[-1].flags |= v.flags & (VM_SOFTDIRTY | VM_ANON_VMA)
-                if not out[-1].anon_vma:
-                    out[-1].anon_vma, out[-1].avc_single = v.anon_vma, v.avc_single
+                out[-1].flags |= v.flags & VM_SOFTDIRTY
+                if not anon_of(out[-1], anon):
+                    out[-1].origin = v.origin
             else:
                 out.append(v)
         self.vmas = out
@@ -197,8 +196,16 @@ class VmaList:
         return starts, ends, flags, pgoffs, files
 
     def copy(self):
-        return VmaList(Vma(v.start, v.end, v.flags, v.pgoff, v.file, v.uffd, v.anon_vma,
-                           v.avc_single) for v in self.vmas)
+        return VmaList(Vma(v.start, v.end, v.flags, v.pgoff, v.file, v.uffd, v.origin)
+                       for v in self.vmas)
 
     def uffd_array(self):
         return np.fromiter((v.uffd for v in self.vmas), np.int32, len(self.vmas))
+
+    def origin_array(self):
+        return np.fromiter((v.origin for v in self.vmas), np.int32, len(self.vmas))
+
+    def renumber(self):
+        """After the core took this layout: each VMA is its own origin."""
+        for i, v in enumerate(self.vmas):
+            v.origin = i

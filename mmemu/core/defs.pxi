@@ -31,6 +31,8 @@ cdef extern from "mm_types.h" nogil:
     ctypedef struct mm_vma_t:
         uint64_t start, end, flags, pgoff
         int32_t file, uffd
+        uint64_t anon_vma
+        int32_t avc_single, pad
 
     ctypedef struct mm_t:
         int32_t id, pgd, nvma, alive
@@ -130,6 +132,7 @@ ctypedef struct engine_t:
     mm_t *mms
     int32_t nmm, mm_cap
     int64_t mm_serial          # last mm serial handed out
+    int64_t anon_vma_seq       # last anon_vma identity handed out
 
     mm_file_t *files           # page caches, by mapping id (0 unused: anon)
     int32_t nfile, file_cap

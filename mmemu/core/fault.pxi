@@ -6,6 +6,43 @@ cdef enum:
     RECLAIM_BATCH = 32          # SWAP_CLUSTER_MAX: pages direct reclaim aims for
 
 
+cdef inline bint anon_vma_compatible(const mm_vma_t *a, const mm_vma_t *b) noexcept nogil:
+    # anon_vma_compatible() (mm/rmap.c): a neighbour whose anon_vma a new
+    # fault may share: adjacent, same file at contiguous offsets, flags equal
+    # but for the access bits and soft-dirty.
+    cdef uint64_t ignore = VM_READ | VM_WRITE | VM_EXEC | VM_SOFTDIRTY | VM_ANON_VMA
+    return (a.end == b.start and a.file == b.file and (a.flags & ~ignore) == (b.flags & ~ignore)
+            and a.pgoff + ((a.end - a.start) >> MM_PAGE_SHIFT) == b.pgoff)
+
+
+cdef void anon_vma_prepare(engine_t *e, mm_t *mm, mm_vma_t *vma) noexcept nogil:
+    """anon_vma_prepare() (mm/rmap.c): give the VMA an anon_vma on the first
+    fault that puts an anon page in it. find_mergeable_anon_vma() reuses the
+    next VMA's, then the previous one's, when compatible and not shared
+    through fork (reusable_anon_vma: its chain has one entry); else a new one.
+    The core owns this field: layout changes carry it through set_vmas."""
+    cdef Py_ssize_t i = vma - mm.vmas
+    cdef mm_vma_t *w
+    if vma.anon_vma:
+        return
+    if not 0 <= i < mm.nvma:
+        i = -2                      # not in this mm's table: no neighbours to look at
+    vma.avc_single = 1
+    vma.flags |= VM_ANON_VMA
+    if 0 <= i + 1 < mm.nvma:
+        w = &mm.vmas[i + 1]
+        if w.anon_vma and w.avc_single and anon_vma_compatible(vma, w):
+            vma.anon_vma = w.anon_vma
+            return
+    if i > 0:
+        w = &mm.vmas[i - 1]
+        if w.anon_vma and w.avc_single and anon_vma_compatible(w, vma):
+            vma.anon_vma = w.anon_vma
+            return
+    e.anon_vma_seq += 1
+    vma.anon_vma = e.anon_vma_seq
+
+
 cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
                            uint64_t va, uint64_t *ptep, int fflags, bint wp_marker) noexcept nogil:
     """Empty slot (or uffd-wp marker) of a private anon VMA (do_anonymous_page)."""
@@ -16,7 +53,7 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
         # userspace (do_anonymous_page: vmf_anon_prepare, then the MISSING
         # check after allocation); a read fault does not.
         if fflags & FAULT_FLAG_WRITE:
-            vma.flags |= VM_ANON_VMA
+            anon_vma_prepare(e, mm, vma)
         return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
     if not (fflags & FAULT_FLAG_WRITE):
         # Read: map the shared zero page, special and read-only.
@@ -27,7 +64,7 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
     pfn = frame_alloc(e)
     if pfn < 0:
         return VM_FAULT_OOM
-    vma.flags |= VM_ANON_VMA        # anon_vma_prepare(): only a write fault needs one
+    anon_vma_prepare(e, mm, vma)        # anon_vma_prepare(): only a write fault needs one
     # folio_add_new_anon_rmap: a new anon page is exclusive (PG_anon_exclusive, 5.19+).
     e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
     e.mapcount[pfn] = 1
@@ -119,7 +156,7 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
     e.mapcount[pfn] = 1
     lru_add(e, cpu, pfn)
-    vma.flags |= VM_ANON_VMA        # wp_page_copy: anon_vma_prepare()
+    anon_vma_prepare(e, mm, vma)        # wp_page_copy: anon_vma_prepare()
     entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
     if unshare:
         # Unshare maps the copy R/O and keeps the tracking bits of the old pte.

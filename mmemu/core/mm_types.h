@@ -123,6 +123,9 @@ typedef struct {
     uint64_t pgoff;
     int32_t file;             /* mapping id; 0 = anonymous */
     int32_t uffd;             /* userfaultfd context id; 0 = none */
+    uint64_t anon_vma;        /* identity of vma->anon_vma; 0 = none (VM_ANON_VMA mirrors it) */
+    int32_t avc_single;       /* its anon_vma_chain has one entry (not inherited through fork) */
+    int32_t pad;
 } mm_vma_t;
 
 typedef struct {

@@ -160,7 +160,7 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         sched_point(e, SP_FALLOC_WAIT, mm.id, va, <uint64_t>f.id)
         return 0
     if write and not (vma.flags & VM_SHARED):
-        vma.flags |= VM_ANON_VMA                # do_cow_fault: vmf_anon_prepare() before ->fault
+        anon_vma_prepare(e, mm, vma)                # do_cow_fault: vmf_anon_prepare() before ->fault
     if index >= file_pages(f):
         return VM_FAULT_SIGBUS                  # beyond i_size
     # shmem_get_folio(): "missing" means missing from the file; a cached (or
@@ -186,7 +186,7 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         e.fflags[new] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
         e.mapcount[new] = 1
         lru_add(e, cpu, new)
-        vma.flags |= VM_ANON_VMA
+        anon_vma_prepare(e, mm, vma)
         entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY \
             | vma_prot_bits(vma.flags)
         # maybe_mkwrite() (set_pte_range, do_set_pte before 6.2): writable only

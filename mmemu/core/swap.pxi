@@ -176,7 +176,7 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     e.refcount[pfn] += 1
     e.mapcount[pfn] += 1
     mm.rss_anon += 1
-    vma.flags |= VM_ANON_VMA
+    anon_vma_prepare(e, mm, vma)
     entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
     if orig & PTE_SOFT_DIRTY:
         entry |= PTE_SOFT_DIRTY

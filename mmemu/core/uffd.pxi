@@ -235,7 +235,7 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
         return -CORE_ENOMEM
     pte = ptep[0]
     if not shared:
-        vma.flags |= VM_ANON_VMA        # mfill_atomic(): anon_vma_prepare() for every private VMA
+        anon_vma_prepare(e, mm, vma)        # mfill_atomic(): anon_vma_prepare() for every private VMA
     if kind == FILL_POISON:
         if pte != 0:
             return -CORE_EEXIST         # any existing entry, markers included
@@ -299,7 +299,7 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
             return -CORE_ENOMEM
         e.fflags[pfn] |= PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
         mm.rss_anon += 1
-        vma.flags |= VM_ANON_VMA
+        anon_vma_prepare(e, mm, vma)
     if kind == FILL_COPY:
         if src != NULL:
             if frame_write(e, pfn, 0, MM_PAGE_SIZE, src) < 0:
@@ -354,7 +354,7 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
         pte |= PTE_DIRTY | PTE_SOFT_DIRTY
         if dvma.flags & VM_WRITE:
             pte |= PTE_WRITE
-        dvma.flags |= VM_ANON_VMA
+        anon_vma_prepare(e, mm, dvma)
     elif is_swap_pte(pte):
         if not (pte & SWP_EXCLUSIVE):
             return -CORE_EBUSY

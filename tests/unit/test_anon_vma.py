@@ -81,3 +81,35 @@ def test_fork_gives_each_child_vma_its_own_anon_vma():
         q.mprotect(a + PAGE, PAGE, RW)
     assert vmas_of(p, a, 2) == [(a, a + 2 * PAGE)]
     assert vmas_of(c, a, 2) == [(a, a + PAGE), (a + PAGE, a + 2 * PAGE)]
+
+
+def _table(p):
+    return [(v.start, v.end) for v in p.vmas], p.machine._engine.vma_anon(p.mm).tolist()
+
+
+def test_the_anon_vma_lives_in_the_core_and_relayouts_carry_it():
+    # One owner: a fault sets the anon_vma in the core's table at fault time
+    # (not on a later read-back), and a split made afterwards hands both
+    # halves that same anon_vma through their origin.
+    p = mmemu.Machine(memory=16 << 20).spawn()
+    a = p.mmap(0, 3 * PAGE, RW, PRIV)
+    assert _table(p)[1] == [0]
+    p.write(a, b"x")
+    (ident,) = _table(p)[1]
+    assert ident and all(v.flags & mmemu.vma.VM_ANON_VMA == 0 for v in p.vmas)
+    p.mprotect(a + PAGE, PAGE, C.PROT_READ)
+    assert _table(p)[1] == [ident, ident, ident]
+    c = p.fork()
+    child = _table(c)[1]
+    assert len(set(child)) == 3 and ident not in child    # anon_vma_fork: one each
+
+
+def test_set_vmas_refuses_an_origin_outside_the_table():
+    m = mmemu.Machine(memory=16 << 20)
+    p = m.spawn()
+    p.mmap(0, PAGE, RW, PRIV)
+    import numpy as np
+    arrays = p.vmas.arrays()
+    with pytest.raises(ValueError, match="origin"):
+        m._engine.set_vmas(p.mm, *arrays, p.vmas.uffd_array(), np.array([5], np.int32))
+    m.check()

@@ -336,3 +336,73 @@ def test_sampling_is_deterministic_whatever_ran_before(strategy):
     r.explore("5.12", strategy=strategy, budget=17, seed=9)          # must not change what follows
     b = r.explore("5.10", strategy=strategy, budget=40, seed=3)
     assert [c.schedule for c in a.counterexamples] == [c.schedule for c in b.counterexamples]
+
+
+# ---- mmap_lock is never held while a thread waits for userspace; lock order ----
+
+def test_an_event_waits_without_mmap_lock_so_the_monitor_is_not_shut_out():
+    # userfaultfd_unmap_complete() runs after mmap_write_unlock(): while
+    # munmap waits for its UNMAP event to be read, the monitor's UFFDIO_COPY
+    # (mmap_lock for read) goes on and sees -EAGAIN (mmap_changing), then it
+    # reads the event. Holding the lock across the wait deadlocked here.
+    from mmemu.uffd import UFFD_EVENT_UNMAP, UFFD_FEATURE_EVENT_UNMAP
+
+    def setup(m):
+        p = m.spawn()
+        a = p.mmap(0, 2 * PAGE, RW, PRIV)
+        u = p.userfaultfd()
+        u.api(UFFD_FEATURE_EVENT_UNMAP)
+        u.register(a, 2 * PAGE, UFFDIO_REGISTER_MODE_MISSING)
+        return {"p": p, "a": a, "u": u}
+
+    def unmapper(m, ctx):
+        ctx["p"].munmap(ctx["a"] + PAGE, PAGE)
+
+    def monitor(m, ctx):
+        try:
+            ctx["u"].copy(ctx["a"], bytes(PAGE))
+        except OSError as e:
+            ctx["copy"] = e.errno
+        ctx["events"] = [msg.event for msg in ctx["u"].read()]
+
+    def check(m, ctx):
+        m.check()
+        return ctx["events"] == [UFFD_EVENT_UNMAP]
+    res = mmemu.explore(setup, [unmapper, monitor], kernel="6.18", check=check, memory=64 * PAGE)
+    assert res.complete and not res.counterexamples
+    eagain = mmemu.rerun(setup, [unmapper, monitor], [0], kernel="6.18", memory=64 * PAGE)[1]
+    assert eagain["copy"] == 11                      # EAGAIN: the munmap was under way
+
+
+def _copy_from_another_process(m):
+    # A monitor process copies from its own memory, not yet faulted in,
+    # into a page of another process registered MISSING.
+    p, a, u = missing_page(m)
+    mon = m.spawn()
+    src = mon.mmap(0, PAGE, RW, PRIV)
+    return {"p": p, "a": a, "u": u, "mon": mon, "src": src}
+
+
+def _copier(m, ctx):
+    ctx["u"].copy(ctx["a"], ctx["src"], PAGE, src_process=ctx["mon"])
+
+
+def test_uffdio_copy_faults_its_source_in_outside_the_destination_lock():
+    # mfill_atomic(): copy_from_user under the destination's mmap_lock runs
+    # with page faults off; a source not present makes it unlock, fault the
+    # source in (taking the source mm's lock) and relock. Never two at once.
+    res = mmemu.explore(_copy_from_another_process, [_copier], kernel="6.18", memory=64 * PAGE)
+    assert res.complete and not res.counterexamples
+
+
+def test_taking_a_second_mmap_lock_is_reported_as_a_lock_order_violation(monkeypatch):
+    # Without the unlock around the source fault, the copy would hold the
+    # destination's mmap_lock while the fault takes the source's: lockdep's
+    # recursive-locking report, whether or not this run deadlocks.
+    import contextlib
+
+    import mmemu.uffd
+    monkeypatch.setattr(mmemu.uffd, "mmap_unlocked", lambda machine: contextlib.nullcontext())
+    res = mmemu.explore(_copy_from_another_process, [_copier], kernel="6.18", memory=64 * PAGE)
+    (ce,) = res.counterexamples
+    assert ce.reason.startswith("lock order: _copier takes mmap_lock of mm 1 while it holds mm 0's")
