@@ -17,6 +17,7 @@ from .pageinfo import FrameInfo, PagemapEntry
 from .process import Process, Thread
 from .uffd import Resolver, Uffd, UffdError, UffdMsg
 from .explore import Counterexample, ExploreResult, explore, rerun
+from . import cost  # noqa: E402  emulated time: CostModel, Link
 
 __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",
            "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",

@@ -213,6 +213,7 @@ cdef class Engine:
         if self.e.uffd_res != NULL:
             for i in range(self.e.nuffd):
                 free(self.e.uffd_res[i].log)
+                free(self.e.uffd_res[i].ev)
             free(self.e.uffd_res)
 
     # ---- state (save / load) -------------------------------------------------
@@ -245,6 +246,8 @@ cdef class Engine:
         st["scalars"] = sc
         st["file_hint"] = self.file_hint
         st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
+        st["cost"] = np.array([self.e.cost[i] for i in range(24)], np.int64)
+        st["clock"] = np.array([self.e.clock[i] for i in range(256)], np.int64)
         st["dir"] = pool_export(<void **>self.e.dir_chunks, self.e.ndir_used, MM_PTRS * 4, 9)
         st["pte"] = pool_export(<void **>self.e.pte_chunks, self.e.npte_used, MM_PTRS * 8, 9)
         st["bytes"] = pool_export(<void **>self.e.byte_chunks, self.e.nbytes_used, MM_PAGE_SIZE,
@@ -308,6 +311,9 @@ cdef class Engine:
         self.file_hint = st["file_hint"]
         for i in range(24):
             self.e.stats[i] = st["stats"][i]
+            self.e.cost[i] = st["cost"][i]
+        for i in range(256):
+            self.e.clock[i] = st["clock"][i]
         # Pools and their free stacks.
         self.e.ndir_used = sc["ndir_used"]
         raw = st["dir"]
@@ -646,12 +652,13 @@ cdef class Engine:
             m = self._serve_userfault(ret, hook, mm, done)
 
     def replay(self, int32_t mm, int cpu, const uint64_t[::1] addrs, object writes=None, int64_t start=0,
-               object hook=None):
+               object hook=None, int64_t until=INT64_MAX):
         """A batch of user accesses (addrs[i], a store where writes[i]) from
         index `start`, staying in the core: returns the index reached (all of
-        them, unless a fault stops it). A userfault goes to `hook` as for
-        touch; one the hook does not resolve raises UserFault with done =
-        the index of the faulting access."""
+        them, unless a fault stops it, or the CPU's emulated clock reaching
+        `until`). A userfault goes to `hook` as for touch; one the hook does
+        not resolve raises UserFault with done = the index of the faulting
+        access."""
         cdef mm_t *m = self._mm(mm)
         cdef const uint8_t[::1] w
         cdef const uint8_t *wp = NULL
@@ -666,14 +673,46 @@ cdef class Engine:
         if start < 0 or start > n:
             raise ValueError("start outside the trace")
         while done < n:
+            self.e.now = self.e.clock[cpu]
             with nogil:
                 ret = replay_range(&self.e, m, cpu, &addrs[done], wp + done if wp != NULL else NULL,
-                                   n - done, &d)
+                                   n - done, until, &d)
+            self.e.clock[cpu] = self.e.now
             done += d
             if not ret:
                 break
             m = self._serve_userfault(ret, hook, mm, done)
         return done
+
+    # ---- emulated time (mmemu.cost) ------------------------------------------
+
+    property costs:
+        """ns charged per counted event, by stats() name (all 0 by default)."""
+        def __get__(self):
+            return {name: int(self.e.cost[i]) for i, name in enumerate(STAT_NAMES)}
+
+        def __set__(self, dict costs):
+            cdef int i
+            for k in costs:
+                if k not in STAT_NAMES:
+                    raise ValueError(f"no event {k!r} to cost (one of {', '.join(STAT_NAMES)})")
+                if not 0 <= costs[k] < (1 << 40):
+                    raise ValueError(f"cost of {k} must be in 0 .. 2^40 ns")
+            for i in range(24):
+                self.e.cost[i] = 0
+            for i, name in enumerate(STAT_NAMES):
+                self.e.cost[i] = int(costs.get(name, 0))
+
+    def clock(self, int cpu):
+        """The emulated time of a CPU, in ns (advanced by replay)."""
+        self._cpu(cpu)
+        return self.e.clock[cpu]
+
+    def set_clock(self, int cpu, int64_t ns):
+        self._cpu(cpu)
+        if ns < 0:
+            raise ValueError("a clock starts at 0 or later")
+        self.e.clock[cpu] = ns
 
     # ---- GUP ---------------------------------------------------------------
 
@@ -934,7 +973,7 @@ cdef class Engine:
                 break
             o[n] = pfn
             n += 1
-        self.e.stats[MM_STAT_GUP] += n
+        stat_add(&self.e, MM_STAT_GUP, n)
         return out[:n].copy()
 
     def write_protect_seq(self, int32_t mm):
@@ -1223,6 +1262,7 @@ cdef class Engine:
         r = &self.e.uffd_res[ctx]
         r.kind = kind
         r.base = base
+        r.arrival = NULL           # a new source: no link until one is given
         r.src = NULL
         r.nsrc = 0
         if versions is not None and len(versions):
@@ -1231,6 +1271,52 @@ cdef class Engine:
             r.nsrc = v.shape[0]
         r.nlog = 0
         r.count = 0
+
+    def uffd_resolver_link(self, int32_t ctx, object arrival, int64_t lat_ns, int64_t page_ns,
+                           int64_t queue_ns, int64_t stream_end, bint preempt):
+        """Put an installed COPY resolver's pages behind a modelled link
+        (postcopy): arrival[i] is when source page i reaches the destination
+        by the background stream (an int64 numpy array the caller keeps
+        alive, updated in place by page requests); None removes the link."""
+        cdef int64_t[::1] a
+        if ctx <= 0 or ctx >= self.e.nuffd:
+            raise ValueError("no such context")
+        r = &self.e.uffd_res[ctx]
+        if arrival is None:
+            r.arrival = NULL
+            return
+        if r.kind != RESOLVE_COPY:
+            raise ValueError("a link needs a COPY resolver")
+        a = arrival
+        if a.shape[0] != r.nsrc:
+            raise ValueError("one arrival time per source page")
+        if min(lat_ns, page_ns, queue_ns) < 0:
+            raise ValueError("link times must be >= 0")
+        r.arrival = &a[0] if r.nsrc else NULL
+        r.lat, r.page_ns, r.queue_ns, r.stream_end = lat_ns, page_ns, queue_ns, stream_end
+        r.preempt, r.chan_free = preempt, 0
+        r.remote = r.arrived = r.lat_sum = r.nev = 0
+        memset(r.hist, 0, sizeof(r.hist))
+
+    def uffd_resolver_link_stats(self, int32_t ctx, int64_t since=0):
+        """(remote faults, faults on pages already arrived, latency sum ns,
+        log2-us latency histogram, events from index `since` as an (n, 3)
+        array of fault time, latency and source page index)."""
+        if ctx <= 0 or ctx >= self.e.nuffd:
+            raise ValueError("no such context")
+        r = &self.e.uffd_res[ctx]
+        if since < 0:
+            raise ValueError("since must be >= 0")
+        if since > r.nev // 3:
+            since = r.nev // 3              # nothing logged from there on
+        ev = np.zeros((r.nev // 3 - since, 3), np.int64)
+        cdef int64_t[:, ::1] o = ev
+        cdef int64_t i
+        for i in range(since, r.nev // 3):
+            o[i - since, 0] = r.ev[3 * i]
+            o[i - since, 1] = r.ev[3 * i + 1]
+            o[i - since, 2] = r.ev[3 * i + 2]
+        return (r.remote, r.arrived, r.lat_sum, np.array([r.hist[i] for i in range(24)], np.int64), ev)
 
     def uffd_resolver_log(self, int32_t ctx):
         """(faults resolved, numpy array of logged addresses)."""

@@ -7,6 +7,10 @@
     mmemu explore     the interleavings of a race scenario: the shortest wrong one
     mmemu replay      a memory-access trace (lackey, csv, npz) replayed as postcopy serves it
     mmemu trace record  a program's memory trace, through valgrind's lackey
+    mmemu postcopy    postcopy live migration of a guest: remote faults, latency, blocktime
+    mmemu snapshot    a live snapshot under uffd-wp (sync) or WP_ASYNC + PAGEMAP_SCAN (async)
+    mmemu umap        a umap-style user-level pager: fill, write-protect, write back, evict
+    mmemu calibrate   measure this machine's kernel costs: emulated time in its units
 
 Exit status: 0 as expected, 1 an unexpected result (a scenario that did not
 behave as its era predicts, a divergence), 2 bad input (one line on stderr),
@@ -381,6 +385,162 @@ def cmd_replay(args):
     return 0
 
 
+# --- workloads: postcopy, snapshot, umap; calibrate ----------------------------------
+
+def _bar(total, args):
+    """A progress callback (tqdm on a terminal only), and its closer."""
+    if args.json or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+    bar = tqdm(total=total, unit="acc", unit_scale=True, leave=False, file=sys.stderr)
+    return bar.update, bar.close
+
+
+def _emit(out, args, table):
+    public = {k: v for k, v in out.items() if not k.startswith("_")}
+    if args.json:
+        json.dump(public, sys.stdout, indent=1)
+        print()
+    else:
+        width = max(len(k) for k, _ in table)
+        for k, v in table:
+            print(f"  {k:<{width}}  {v}")
+
+
+def _costs(args):
+    from . import cost
+    try:
+        return cost.DEFAULT if args.costs == "default" else cost.load(None if args.costs == "stored" else args.costs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_postcopy(args):
+    from .cost import Link
+    from .trace import TraceError, load
+    from .workloads import postcopy
+    tick, close = _bar(args.accesses, args)
+    try:
+        tr = load(args.trace, args.format) if args.trace else None
+        out = postcopy.run(pages=args.pages, accesses=args.accesses, vcpus=args.vcpus, pattern=args.pattern,
+                           write_share=args.write_share, seed=args.seed, kernel=args.kernel,
+                           link=Link(gbps=args.gbps, latency_us=args.latency_us, preempt=args.preempt),
+                           precopy_rounds=args.precopy_rounds, dirty_rate=args.dirty_rate,
+                           costs=_costs(args), trace=tr, progress=tick)
+    except (TraceError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    finally:
+        close()
+    plots = []
+    if args.plot:
+        from .workloads import plots as P
+        iv = out["_faults"]
+        plots = P.write(args.plot, "postcopy", iv, iv[:, 3], out["pages"],
+                        f"postcopy {out['pages']} pages{' preempt' if args.preempt else ''}")
+    lat, b = out["latency_us"], out["blocktime_ms"]
+    if not args.json:
+        print(f"postcopy: {out['pages']} pages ({out['pages'] * 4096 >> 20} MiB), {out['vcpus']} vCPU(s), "
+              f"{out['accesses']} {out['pattern']} accesses, kernel {out['kernel']}, "
+              f"{out['link']['gbps']} Gbps{' + preempt channel' if args.preempt else ''}")
+    _emit(out, args, [
+        ("remote faults", f"{out['faults']['remote']} (pages the stream had delivered: "
+                          f"{out['faults']['arrived_before_touch']})"),
+        ("fault latency", f"mean {lat['mean']} us, p50 {lat['p50']} us, p99 {lat['p99']} us, max {lat['max']} us"),
+        ("latency dist", " ".join(f"{1 << i}us:{n}" for i, n in enumerate(out["latency_dist"]) if n)),
+        ("blocktime", f"{b['total']:.3f} ms all vCPUs; per vCPU " + ", ".join(f"{x:.3f}" for x in b["per_vcpu"]) + " ms"),
+        ("migration", f"{out['migration_ms']:.3f} ms (precopy {out['precopy']['time_ms']:.3f} ms, "
+                      f"{out['precopy']['rounds']} rounds; downtime {out['downtime_ms']} ms), "
+                      f"{out['pages_per_s']:.0f} pages/s"),
+        ("guest time", f"{out['guest_ms']:.3f} ms emulated after switchover"),
+        ("memory", "matches the source image" if out["memory_matches_source"] else "DIFFERS from the source"),
+        ("costs", out["costs"]["source"]),
+        ("wall", f"{out['wall']['run_s']} s ({out['wall']['ns_per_access']} ns/access), "
+                 f"peak RSS {out['wall']['peak_rss_mib']} MiB"),
+    ] + [("plot", p) for p in plots])
+    return 0 if out["memory_matches_source"] else 1
+
+
+def cmd_snapshot(args):
+    from .workloads import snapshot
+    tick, close = _bar(args.accesses, args)
+    try:
+        out = snapshot.run(pages=args.pages, accesses=args.accesses, vcpus=args.vcpus, pattern=args.pattern,
+                           write_share=args.write_share, seed=args.seed, kernel=args.kernel, mode=args.mode,
+                           costs=_costs(args), progress=tick)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        close()
+    if not args.json:
+        print(f"snapshot ({out['mode']}): {out['pages']} pages, {out['vcpus']} vCPU(s), {out['accesses']} "
+              f"{out['pattern']} accesses, kernel {out['kernel']}")
+    _emit(out, args, [
+        ("faults", f"{out['faults']['wp']} write-protect, {out['faults']['uffd']} of them userfaults"),
+        ("stalls", f"{out['stall_us']['per_fault']} us per userfault, {out['stall_us']['total']} us in all"),
+        ("saved", f"{out['saved']['pages']} pages ({out['saved']['bytes'] >> 20} MiB; {out['saved']['by_fault']} "
+                  f"by the fault handler) in "
+                  f"{out['saved']['rounds']} round(s); guest stopped {out['stop_ms']} ms"),
+        ("snapshot", f"{out['snapshot_ms']:.3f} ms emulated"),
+        ("image", "equals memory at the snapshot point" if out["image_matches"] else "DIFFERS from memory"),
+        ("wall", f"{out['wall']['run_s']} s, peak RSS {out['wall']['peak_rss_mib']} MiB"),
+    ])
+    return 0 if out["image_matches"] else 1
+
+
+def cmd_umap(args):
+    from .workloads import umap
+    tick, close = _bar(args.accesses, args)
+    try:
+        out = umap.run(pages=args.pages, buffer_pages=args.buffer, accesses=args.accesses, pattern=args.pattern,
+                       write_share=args.write_share, seed=args.seed, kernel=args.kernel, progress=tick)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        close()
+    if not args.json:
+        print(f"umap: {out['pages']} pages over a store, {out['buffer_pages']} resident at most, "
+              f"{out['accesses']} {out['pattern']} accesses, kernel {out['kernel']}")
+    _emit(out, args, [
+        ("outcome", out["deadlock"] or out["outcome"]),
+        ("faults", f"{out['faults']['missing']} MISSING fills, {out['faults']['wp']} WP (first store after a fill)"),
+        ("evictions", f"{out['evictions']} ({out['writebacks']} written back)"),
+        ("store", "n/a" if out["store_matches"] is None else
+                  ("holds every page's last contents" if out["store_matches"] else "DIFFERS")),
+        ("wall", f"{out['wall']['run_s']} s, peak RSS {out['wall']['peak_rss_mib']} MiB"),
+    ])
+    return 0 if out["outcome"] == "completed" and out["store_matches"] else 1
+
+
+def cmd_calibrate(args):
+    from . import cost
+    try:
+        model = cost.calibrate(progress=None if args.json else (lambda w: print(f"  measuring {w} ...",
+                                                                               file=sys.stderr)))
+        path = None if args.dry_run else cost.save(model, args.output)
+    except OSError as e:
+        raise UsageError(f"calibration failed: {e}") from None
+    if args.json:
+        json.dump({"costs": model.to_json(), "stored": path}, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{model.source}:")
+    for k in cost.EVENTS:
+        print(f"  {k:<12} {model.ns[k]:>8} ns   (default {cost.DEFAULT_NS[k]})")
+    print(f"stored in {path}" if path else "not stored (--dry-run)")
+    return 0
+
+
+def _workload_flags(p, pages, accesses, pattern="uniform"):
+    p.add_argument("--pages", type=positive_int, default=pages, help=f"guest pages (default {pages})")
+    p.add_argument("--accesses", type=nonnegative_int, default=accesses,
+                   help=f"accesses in all (default {accesses})")
+    p.add_argument("--pattern", choices=("uniform", "zipf", "hot_cold", "sequential"), default=pattern)
+    p.add_argument("--write-share", type=float, default=0.2, help="share of accesses that store (default 0.2)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--kernel", type=kernel_version, default="6.18", metavar="V")
+    p.add_argument("--json", action="store_true", help="write JSON to stdout (wall-clock figures under 'wall')")
+
+
 def cmd_trace(args):
     from .trace import TraceError, record
     if getattr(args, "trace_cmd", None) != "record":
@@ -401,7 +561,7 @@ def _parser():
     parser = ArgumentParser(prog="mmemu", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mmemu {__version__}")
-    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,trace,diff}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,trace,postcopy,snapshot,umap,calibrate,diff}")
     sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
     sc.add_argument("--kernel", action="append", type=kernel_version, metavar="V",
                     help="a version, 5.7 ... 6.18 or host (repeatable); default: all")
@@ -436,6 +596,32 @@ def _parser():
     rec = trs.add_parser("record", help="run CMD under valgrind lackey and keep its memory trace")
     rec.add_argument("-o", "--output", required=True, help="the trace file (.gz: compressed)")
     rec.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    pc = sub.add_parser("postcopy", help="postcopy live migration of a guest: remote faults, latency, blocktime")
+    _workload_flags(pc, 1 << 20, 10_000_000)
+    pc.add_argument("--vcpus", type=positive_int, default=1)
+    pc.add_argument("--gbps", type=float, default=10.0, help="link bandwidth (default 10)")
+    pc.add_argument("--latency-us", type=float, default=250.0, help="one-way request latency (default 250)")
+    pc.add_argument("--preempt", action="store_true", help="page requests on a channel of their own")
+    pc.add_argument("--precopy-rounds", type=nonnegative_int, default=0, help="precopy rounds first (default 0)")
+    pc.add_argument("--dirty-rate", type=float, default=50_000.0, help="guest writes/s during precopy")
+    pc.add_argument("--costs", default="stored", metavar="stored|default|FILE",
+                    help="cost model: mmemu calibrate's (default, when stored), the built-in one, or a file")
+    pc.add_argument("--plot", metavar="DIR", help="write PNG plots there")
+    pc.add_argument("--trace", metavar="FILE", help="run a recorded trace on one vCPU instead of --pattern "
+                    "(the guest is the pages it touches)")
+    pc.add_argument("--format", choices=("lackey", "csv", "npz"), help="the trace's format (default: detected)")
+    sn = sub.add_parser("snapshot", help="a live snapshot under uffd-wp (sync) or WP_ASYNC + PAGEMAP_SCAN")
+    _workload_flags(sn, 1 << 18, 4_000_000)
+    sn.add_argument("--vcpus", type=positive_int, default=1)
+    sn.add_argument("--mode", choices=("sync", "async"), default="sync")
+    sn.add_argument("--costs", default="stored", metavar="stored|default|FILE")
+    um = sub.add_parser("umap", help="a umap-style user-level pager (MISSING fill, WP eviction, write-back)")
+    _workload_flags(um, 4096, 100_000, pattern="zipf")
+    um.add_argument("--buffer", type=positive_int, default=512, help="resident pages at most (default 512)")
+    ca = sub.add_parser("calibrate", help="measure this machine's kernel costs for emulated time")
+    ca.add_argument("-o", "--output", help="where to store them (default: the user's cache)")
+    ca.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
+    ca.add_argument("--json", action="store_true")
     sub.add_parser("diff", help="differential run against the host kernel (see mmemu diff -h)",
                    add_help=False)
     return parser
@@ -452,9 +638,12 @@ def main(argv=None):
         except SystemExit as e:         # --help, --version, or a bad argument (one line)
             return e.code
         command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras,
-                   "explore": cmd_explore, "replay": cmd_replay, "trace": cmd_trace}.get(args.cmd)
+                   "explore": cmd_explore, "replay": cmd_replay, "trace": cmd_trace,
+                   "postcopy": cmd_postcopy, "snapshot": cmd_snapshot, "umap": cmd_umap,
+                   "calibrate": cmd_calibrate}.get(args.cmd)
         if command is None:
-            raise UsageError("a command is required: scenarios, bugs, eras, explore, replay or diff (mmemu -h)")
+            raise UsageError("a command is required: scenarios, bugs, eras, explore, replay, postcopy, "
+                             "snapshot, umap, calibrate or diff (mmemu -h)")
         return command(args)
     except UsageError as e:
         prog = "mmemu" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")

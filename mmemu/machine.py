@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import heapq
 import operator
-from typing import Iterable
+from typing import Any, Iterable
 
 
 import numpy as np
@@ -188,6 +188,36 @@ class Machine:
         for u in self._uffds.values():
             h.update(repr((u.ctx, u.released, u.features, [w.start for w in u.faults], len(u.events),
                            [(w.start, w.woken) for w in u.waiting])).encode())
+
+    # ---- emulated time (mmemu.cost) -----------------------------------------
+
+    @property
+    def costs(self) -> dict:
+        """ns charged per counted event (Engine.stats() names; all 0 until set)."""
+        return self._engine.costs
+
+    @costs.setter
+    def costs(self, model: Any) -> None:
+        from .cost import CostModel
+        ns = model.ns if isinstance(model, CostModel) else CostModel(dict(model)).ns
+        self._engine.costs = ns
+
+    def _cpu_arg(self, cpu, call):
+        cpu = A.size(cpu, call, "cpu")
+        if cpu >= self.ncpus:
+            raise ValueError(f"{call}: cpu {cpu} out of range 0..{self.ncpus - 1}")
+        return cpu
+
+    def clock(self, cpu: int) -> int:
+        """A CPU's emulated time in ns: Thread.replay advances it by the cost
+        of what the CPU did."""
+        return self._engine.clock(self._cpu_arg(cpu, "clock"))
+
+    def set_clock(self, cpu: int, ns: int) -> None:
+        cpu, ns = self._cpu_arg(cpu, "set_clock"), A.size(ns, "set_clock", "ns")
+        if ns >= 1 << 63:
+            raise ValueError("set_clock: ns beyond 2^63")
+        self._engine.set_clock(cpu, ns)
 
     def check(self) -> None:
         """Verify every invariant of the machine; raise mmemu.InvariantError."""

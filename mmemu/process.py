@@ -773,7 +773,7 @@ class Process(FileOps):
                       ("cow", "cow"), ("reuse", "reuse"), ("uffd_faults", "uffd_faults"),
                       ("uffd_resolved_in_core", "uffd_resolved_in_core"))
 
-    def _replay(self, thread, addrs, writes, stop_on):
+    def _replay(self, thread, addrs, writes, stop_on, start=0, until=None):
         if hasattr(addrs, "addrs"):                 # a trace object
             writes = getattr(addrs, "writes", None) if writes is None else writes
             addrs = addrs.addrs
@@ -794,14 +794,18 @@ class Process(FileOps):
             if w.shape != a.shape or w.dtype.kind not in "biu":
                 raise ValueError("replay: writes must be bool or uint8 flags, one per address")
             w = np.ascontiguousarray(w != 0, np.uint8) if w.dtype != np.uint8 else np.ascontiguousarray(w)
+        start = A.sint(start, "replay", "start")
+        if not 0 <= start <= len(a):
+            raise ValueError(f"replay: start {start} outside the trace of {len(a)} accesses")
+        limit = (1 << 63) - 1 if until is None else min(A.ulong(until, "replay", "until"), (1 << 63) - 1)
         self._live("replay")
         eng = self._engine
         before = eng.stats()
-        state = {"done": 0, "stopped": None}
+        state = {"done": start, "stopped": None}
 
         def op():
             try:
-                state["done"] = eng.replay(self.mm, thread.cpu, a, w, state["done"], thread.serve_fault)
+                state["done"] = eng.replay(self.mm, thread.cpu, a, w, state["done"], thread.serve_fault, limit)
             except UserFault as uf:
                 state["done"] = uf.done
                 if "userfault" in stop_on and uf.waiter is None:
@@ -811,7 +815,8 @@ class Process(FileOps):
                 raise
         thread._call(op)
         after = eng.stats()
-        out = {"accesses": int(state["done"]), "stopped": state["stopped"]}
+        out = {"accesses": int(state["done"]) - start, "end": int(state["done"]),
+               "clock": eng.clock(thread.cpu), "stopped": state["stopped"]}
         for name, key in self._REPLAY_COUNTS:
             out[name] = after[key] - before[key]
         return out

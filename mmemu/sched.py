@@ -142,18 +142,22 @@ class Thread:
     def touch(self, addr: int, npages: int, write: bool = False, value: int = 0) -> int:
         return self.process._touch(addr, npages, write, value, self)
 
-    def replay(self, addrs: Any, writes: Any = None, *, stop_on: Any = ()) -> dict:
+    def replay(self, addrs: Any, writes: Any = None, *, stop_on: Any = (), start: int = 0,
+               until: int | None = None) -> dict:
         """Run a trace of user accesses on this thread's CPU without
         returning to Python per access: addrs (uint64 array-like; or a trace
         object with .addrs and .writes), writes (bool/uint8 per access: a
-        store of a fresh content version). Faults are taken as the accesses
-        would take them; a userfault is served in the core by the context's
-        in-core resolver (Uffd.serve_core), else by its service handler, else
-        the thread waits (WouldBlock) - or, with stop_on={"userfault"}, the
-        batch stops there and reports it. Returns counts: accesses, TLB hits
-        and misses, faults by kind, uffd faults, COW copies, and `stopped`
-        (None, or the index and address of the access it stopped at)."""
-        return self.process._replay(self, addrs, writes, stop_on)
+        store of a fresh content version), from index `start`. Faults are
+        taken as the accesses would take them; a userfault is served in the
+        core by the context's in-core resolver (Uffd.serve_core), else by its
+        service handler, else the thread waits (WouldBlock) - or, with
+        stop_on={"userfault"}, the batch stops there and reports it. With
+        `until`, it also stops once the CPU's emulated clock (Machine.clock)
+        reaches that many ns. Returns counts: accesses, TLB hits and misses,
+        faults by kind, uffd faults, COW copies; `end` (the index reached),
+        `clock` (the CPU's emulated time after) and `stopped` (None, or the
+        index and address of the access a userfault stopped it at)."""
+        return self.process._replay(self, addrs, writes, stop_on, start, until)
 
     def _call(self, op: Any) -> Any:
         """Run op(), a call of this thread, to its end: a userfault makes the

@@ -686,21 +686,54 @@ class Uffd:
     _RESOLVERS = {"copy": 1, "zeropage": 2, "unprotect": 3}
 
     def serve_core(self, resolver: str | None, base: int = 0,
-                   versions: npt.ArrayLike | None = None) -> None:
+                   versions: npt.ArrayLike | None = None, *, link: Any = None,
+                   arrival: npt.ArrayLike | None = None) -> None:
         """A service thread that never returns to Python: "copy" fills MISSING
         faults from `versions` (content version per page, index 0 at `base`),
         "zeropage" maps the zero page, "unprotect" resolves WP faults and logs
-        their addresses (core_log()). Faults it cannot resolve go to the
-        queue as usual. resolver=None removes it."""
+        their addresses (core_log()) - with `versions`, a uint64 array it
+        writes into, it first records each page's content version there
+        (unprotect-and-record: a snapshot saving the page before the write).
+        Faults it cannot resolve go to the queue as usual. resolver=None
+        removes it.
+
+        With `link` (a mmemu.cost.Link) and `arrival` (ns at which each source
+        page reaches this side by the background stream), "copy" serves the
+        pages as a postcopy destination does: a fault on a page not yet
+        arrived is a page request over the link and moves the faulting CPU's
+        emulated clock on by its latency (link_stats())."""
         self._ready("serve_core")
         import numpy as np
         if resolver is not None and resolver not in self._RESOLVERS:
             raise ValueError(f"serve_core: resolver must be one of {sorted(self._RESOLVERS)} or None, "
                              f"not {resolver!r}")
+        if (link is None) != (arrival is None) or (link is not None and resolver != "copy"):
+            raise ValueError("serve_core: a link and its arrival times go together, with \"copy\"")
         kind = 0 if resolver is None else self._RESOLVERS[resolver]
         base = _args.ulong(base, "serve_core", "base")
         self._versions = None if versions is None else np.ascontiguousarray(versions, np.uint64)
-        self.machine._engine.uffd_resolver(self.ctx, kind, base, self._versions)
+        eng = self.machine._engine
+        eng.uffd_resolver(self.ctx, kind, base, self._versions)
+        self._arrival = None
+        if link is not None:
+            self._arrival = np.ascontiguousarray(arrival, np.int64)   # the core updates it in place
+            end = int(self._arrival.max()) if len(self._arrival) else 0
+            eng.uffd_resolver_link(self.ctx, self._arrival, link.latency_ns, link.page_ns, link.queue_ns,
+                                   end, link.preempt)
+
+    def link_stats(self, since: int = 0) -> dict:
+        """What the link resolver saw: remote faults (page requests), faults
+        on pages that had arrived, their latency sum (ns) and histogram
+        (QEMU's postcopy-latency-dist buckets), and the remote faults from
+        index `since` on as an (n, 3) array: start time, latency, page index."""
+        since = _args.size(since, "link_stats", "since")
+        import numpy as np
+        if self.features is None or self.released:
+            return {"remote": 0, "arrived": 0, "latency_ns": 0, "hist": np.zeros(24, np.int64),
+                    "events": np.zeros((0, 3), np.int64)}
+        remote, arrived, lat_sum, hist, ev = self.machine._engine.uffd_resolver_link_stats(self.ctx, since)
+        return {"remote": int(remote), "arrived": int(arrived), "latency_ns": int(lat_sum),
+                "hist": hist, "events": ev}
 
     def core_log(self) -> tuple[int, npt.NDArray[np.int64]]:
         """(faults the in-core resolver resolved, addresses it logged)."""

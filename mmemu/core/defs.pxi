@@ -1,6 +1,6 @@
 # Declarations of core/mm_types.h (the C contract shared with bindings/).
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, INT64_MAX
 
 cdef extern from "mm_types.h" nogil:
     uint64_t MM_PAGE_SHIFT, MM_PAGE_SIZE
@@ -160,6 +160,11 @@ ctypedef struct engine_t:
     uint32_t uf_flags, uf_reason
     uint64_t fault_addr        # address of the last failed access
     int64_t stats[24]
+    # Emulated time (mmemu.cost): each counted event costs cost[stat] ns on
+    # the clock of the CPU running (now); replay keeps each CPU's clock.
+    int64_t cost[24]
+    int64_t now
+    int64_t clock[256]
     sched_hook_t sched_hook    # the scheduler's hand at each step boundary (NULL: none)
     void *sched_arg
     int32_t tlb_stale_writes   # 1: a clean writable TLB entry takes writes too (worst case, not x86)
@@ -174,6 +179,21 @@ ctypedef struct uffd_resolver_t:
     int64_t *log               # UNPROTECT: addresses resolved, in order
     int64_t nlog, caplog
     int64_t count              # faults resolved
+    # COPY over a modelled link (postcopy): the source sends pages over a
+    # link; a fault on a page not yet arrived is a remote page request.
+    int64_t *arrival           # per source page: when it is at the destination (ns)
+    int64_t lat                # one-way latency (ns)
+    int64_t page_ns            # transfer time of one page
+    int64_t queue_ns           # no preempt channel: wait behind queued stream data
+    int64_t stream_end         # the background stream is done at this time
+    int64_t chan_free          # preempt channel: free from this time
+    int32_t preempt
+    int64_t remote             # remote faults (page requests)
+    int64_t arrived            # faults on pages already arrived (installed then)
+    int64_t lat_sum            # sum of remote-fault latencies (ns)
+    int64_t hist[24]           # remote-fault latency, log2 microsecond buckets
+    int64_t *ev                # per remote fault: start time, latency, page index
+    int64_t nev, capev
 
 
 # An mmu_gather: pages to release once the TLB flush is done.

@@ -59,7 +59,7 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
         # Read: map the shared zero page, special and read-only.
         entry = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | vma_prot_bits(vma.flags)
         ptep[0] = mkuffd_wp(entry) if wp_marker else entry
-        e.stats[MM_STAT_ZERO_FAULT] += 1
+        stat_add(e, MM_STAT_ZERO_FAULT, 1)
         return 0
     pfn = frame_alloc(e)
     if pfn < 0:
@@ -78,7 +78,7 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
     # and takes the WP fault (two faults, 9c28a205c061).
     ptep[0] = mkuffd_wp(entry) if wp_marker else entry
     mm.rss_anon += 1
-    e.stats[MM_STAT_ANON_FAULT] += 1
+    stat_add(e, MM_STAT_ANON_FAULT, 1)
     return 0
 
 
@@ -177,7 +177,7 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
         if e.pol.free_swapcache_after_cow and e.fflags[old] & PG_SWAPCACHE and e.mapcount[old] == 0:
             try_to_free_swap(e, old)     # 5.14 f4c4a3f48480: an idle swapcache copy goes
         put_page(e, old, 1)
-    e.stats[MM_STAT_UNSHARE if unshare else MM_STAT_COW] += 1
+    stat_add(e, MM_STAT_UNSHARE if unshare else MM_STAT_COW, 1)
     return 0 if unshare else VM_FAULT_WRITE
 
 
@@ -187,7 +187,7 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
     cdef uint64_t pte = ptep[0]
     cdef bint unshare = (fflags & FAULT_FLAG_UNSHARE) != 0 and not (fflags & FAULT_FLAG_WRITE)
     cdef int64_t pfn
-    e.stats[MM_STAT_WP_FAULT] += 1
+    stat_add(e, MM_STAT_WP_FAULT, 1)
     if pte & PTE_UFFD_WP and vma.flags & VM_UFFD_WP and not unshare:
         # uffd-wp first (semantics.md 3.1): WP_ASYNC resolves in place (6.7),
         # otherwise the monitor hears of it.
@@ -222,7 +222,7 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
             if vma.flags & VM_WRITE:
                 pte |= PTE_WRITE
             ptep[0] = pte
-            e.stats[MM_STAT_REUSE] += 1
+            stat_add(e, MM_STAT_REUSE, 1)
             return VM_FAULT_WRITE
     return wp_page_copy(e, mm, cpu, vma, va, ptep, pfn, unshare)
 
@@ -240,7 +240,7 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     cdef uint64_t pte
     cdef bint wp_marker
     mm.minflt += 1
-    e.stats[MM_STAT_FAULT] += 1
+    stat_add(e, MM_STAT_FAULT, 1)
     if vi < 0:
         return VM_FAULT_SIGSEGV
     vma = &mm.vmas[vi]
@@ -317,13 +317,13 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
     if e.tlb_tag[slot] == tag:
         ent = e.tlb_pte[slot]
         if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY):
-            e.stats[MM_STAT_TLB_HIT] += 1
+            stat_add(e, MM_STAT_TLB_HIT, 1)
             pfn_out[0] = <int64_t>pte_pfn(ent)
             return 0
         if ent & PTE_WRITE and e.tlb_stale_writes:
             # The worst-case model: a clean writable entry takes the store too.
             e.tlb_pte[slot] = ent | PTE_DIRTY
-            e.stats[MM_STAT_TLB_HIT] += 1
+            stat_add(e, MM_STAT_TLB_HIT, 1)
             pfn_out[0] = <int64_t>pte_pfn(ent)
             return 0
         if ent & PTE_WRITE:
@@ -337,7 +337,7 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
                 pfn_out[0] = <int64_t>pte_pfn(ent)
                 return 0
         e.tlb_tag[slot] = 0
-    e.stats[MM_STAT_TLB_MISS] += 1
+    stat_add(e, MM_STAT_TLB_MISS, 1)
     ptep = pte_offset(e, mm, va, False)
     for attempt in range(6):
         if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):

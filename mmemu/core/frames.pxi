@@ -6,6 +6,7 @@
 # repeated. A lost or misdirected bulk write therefore shows as a wrong
 # version, at 8 bytes per page instead of 4 KiB.
 
+
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport madvise
@@ -14,6 +15,28 @@ from libc.stdint cimport uintptr_t
 cdef enum:
     ZERO_PFN = 0
     HOST_MADV_POPULATE_WRITE = 23       # the host's own madvise (uapi mman-common.h, 5.14)
+
+cdef inline void stat_add(engine_t *e, int k, int64_t n) noexcept nogil:
+    """Count n events of kind k, and charge their cost to the running CPU's
+    emulated clock (mmemu.cost; every cost is 0 unless a model is set)."""
+    e.stats[k] += n
+    e.now += n * e.cost[k]
+
+
+cdef int grow_i64(int64_t **p, int64_t *cap, int64_t need) noexcept nogil:
+    """Make room for `need` int64s in a malloc'd array, doubling: 0, or -1
+    when the host has no memory (the array is left as it was)."""
+    cdef int64_t c = cap[0]
+    cdef int64_t *q
+    if need <= c:
+        return 0
+    while c < need:
+        c = c * 2 + 1024
+    q = <int64_t *>realloc(p[0], c * sizeof(int64_t))
+    if q == NULL:
+        return -1
+    p[0], cap[0] = q, c
+    return 0
 
 
 cdef inline uint64_t pte_pfn(uint64_t pte) noexcept nogil:
@@ -228,7 +251,7 @@ cdef void lru_drain(engine_t *e, int cpu) noexcept nogil:
         e.fflags[pfn] |= PG_LRU
         put_page(e, pfn, 1)
     if e.lru_n[cpu]:
-        e.stats[MM_STAT_LRU_DRAIN] += 1
+        stat_add(e, MM_STAT_LRU_DRAIN, 1)
     e.lru_n[cpu] = 0
 
 

@@ -187,7 +187,7 @@ cdef int64_t gup_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t n
                 vma = &mm.vmas[vi]
         if pfns != NULL:
             pfns[i] = pfn
-        e.stats[MM_STAT_GUP] += 1
+        stat_add(e, MM_STAT_GUP, 1)
     return npages
 
 

@@ -174,7 +174,7 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                         entry = mkuffd_wp(entry)
                     d[i] = entry
                     dst.rss_anon += 1
-                    e.stats[MM_STAT_EARLY_COW] += 1
+                    stat_add(e, MM_STAT_EARLY_COW, 1)
                     continue
                 if cow and pte & PTE_WRITE and e.sched_hook != NULL:
                     # The pin check is done; sharing and write-protecting
@@ -284,15 +284,19 @@ cdef int touch_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t npa
 
 
 cdef int replay_range(engine_t *e, mm_t *mm, int cpu, const uint64_t *addrs, const uint8_t *writes,
-                      int64_t n, int64_t *done) noexcept nogil:
+                      int64_t n, int64_t until, int64_t *done) noexcept nogil:
     """A trace of user accesses through the TLB and the fault handler, one
     per address (writes[i] != 0: a store of a fresh content version), never
-    returning to Python unless one stops: the fault code, *done accesses."""
+    returning to Python unless one stops: the fault code, *done accesses.
+    It also stops, with 0, once the CPU's emulated clock reaches `until`."""
     cdef int64_t i, pfn
     cdef int ret
     cdef bint w
     cdef uint64_t va
     for i in range(n):
+        if e.now >= until:
+            done[0] = i
+            return 0
         va = addrs[i]
         if va >= MM_USER_TOP:
             e.fault_addr = va

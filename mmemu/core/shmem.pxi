@@ -98,7 +98,7 @@ cdef int64_t file_map_pages(engine_t *e, mm_t *mm, mm_vma_t *vma, mm_file_t *f, 
         e.mapcount[pfn] += 1
         table[i] = file_pte(e, vma, pfn, False)
         mapped += 1
-    e.stats[MM_STAT_FAULT_AROUND] += mapped
+    stat_add(e, MM_STAT_FAULT_AROUND, mapped)
     return mapped
 
 
@@ -146,7 +146,7 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
     cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0
     cdef uint64_t *cs
     cdef uint64_t entry
-    e.stats[MM_STAT_FILE_FAULT] += 1
+    stat_add(e, MM_STAT_FILE_FAULT, 1)
     # do_read_fault(): fault-around runs before ->fault, which finds EOF.
     if not write and not wp_marker and should_fault_around(e, vma):
         do_fault_around(e, mm, vma, f, va, ptep)

@@ -154,7 +154,7 @@ cdef int64_t swapin_folio(engine_t *e, int64_t slot, int cpu, int *ret) noexcept
     e.swap_cache[slot] = pfn + 1
     e.swap_map[slot] |= SWAP_HAS_CACHE
     lru_add(e, cpu, pfn)
-    e.stats[MM_STAT_SWPIN] += 1
+    stat_add(e, MM_STAT_SWPIN, 1)
     return pfn
 
 
@@ -289,7 +289,7 @@ cdef int swapout_anon_pte(engine_t *e, mm_t *mm, uint64_t *ptep, gather_t *g) no
     swap_write(e, slot, pfn, False)
     # The caller drops the pte's reference after the flush; the folio is
     # freed then if only the swapcache still holds it.
-    e.stats[MM_STAT_SWPOUT] += 1
+    stat_add(e, MM_STAT_SWPOUT, 1)
     return 1
 
 
@@ -315,7 +315,7 @@ cdef int swapout_shmem(engine_t *e, mm_file_t *f, uint64_t index) noexcept nogil
     e.fflags[pfn] &= ~(PG_FILE | PG_DIRTY)
     e.mapping[pfn] = 0
     put_page(e, pfn, 1)
-    e.stats[MM_STAT_SWPOUT] += 1
+    stat_add(e, MM_STAT_SWPOUT, 1)
     return 1
 
 

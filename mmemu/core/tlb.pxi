@@ -28,7 +28,7 @@ cdef void tlb_flush_page(engine_t *e, int32_t mm, uint64_t va) noexcept nogil:
         s = tlb_slot(cpu, mm, vpn)
         if e.tlb_tag[s] == tag:
             e.tlb_tag[s] = 0
-    e.stats[MM_STAT_TLB_FLUSH] += 1
+    stat_add(e, MM_STAT_TLB_FLUSH, 1)
 
 
 cdef void tlb_flush_range(engine_t *e, int32_t mm, uint64_t start, uint64_t end) noexcept nogil:
@@ -50,7 +50,7 @@ cdef void tlb_flush_range(engine_t *e, int32_t mm, uint64_t start, uint64_t end)
             vpn = (t & ~(1ULL << TLB_VALID_SHIFT)) >> 16
             if (vpn << MM_PAGE_SHIFT) >= start and (vpn << MM_PAGE_SHIFT) < end:
                 e.tlb_tag[s] = 0
-    e.stats[MM_STAT_TLB_FLUSH] += 1
+    stat_add(e, MM_STAT_TLB_FLUSH, 1)
 
 
 cdef void tlb_flush_mm(engine_t *e, int32_t mm) noexcept nogil:
@@ -61,7 +61,7 @@ cdef void tlb_flush_mm(engine_t *e, int32_t mm) noexcept nogil:
         t = e.tlb_tag[s]
         if t != 0 and <int32_t>(t & 0xFFFF) == mm:
             e.tlb_tag[s] = 0
-    e.stats[MM_STAT_TLB_FLUSH] += 1
+    stat_add(e, MM_STAT_TLB_FLUSH, 1)
 
 
 # ---- mmu_gather: flush first, then release the pages ---------------------
@@ -78,17 +78,12 @@ cdef inline void gather_init(gather_t *g, int32_t mm, uint64_t start, uint64_t e
 
 
 cdef int gather_add(engine_t *e, gather_t *g, int64_t pfn) noexcept nogil:
-    cdef int64_t *p
-    if g.n == g.cap:
-        p = <int64_t *>realloc(g.pfns, (g.cap * 2 + 256) * sizeof(int64_t))
-        if p == NULL:
-            # No room to defer: flush now and drop this page at once.
-            tlb_flush_range(e, g.mm, g.start, g.end)
-            put_page(e, pfn, 1)
-            g.failed = 1
-            return -1
-        g.pfns = p
-        g.cap = g.cap * 2 + 256
+    if grow_i64(&g.pfns, &g.cap, g.n + 1) < 0:
+        # No room to defer: flush now and drop this page at once.
+        tlb_flush_range(e, g.mm, g.start, g.end)
+        put_page(e, pfn, 1)
+        g.failed = 1
+        return -1
     g.pfns[g.n] = pfn
     g.n += 1
     return 0

@@ -51,19 +51,78 @@ cdef enum:
     RESOLVE_UNPROTECT = 3       # WP: unprotect the page and log its address
 
 
+cdef inline int latency_bucket(int64_t ns) noexcept nogil:
+    # QEMU's postcopy-latency-dist (10.1): bucket N counts latencies in
+    # [2^N, 2^(N+1)) microseconds; below 1 us counts in 0, the last takes the rest.
+    cdef int64_t us = ns // 1000
+    cdef int b = 0
+    while us > 1 and b < 23:
+        us >>= 1
+        b += 1
+    return b
+
+
+cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil:
+    """A fault on source page i over the modelled link, at e.now: 1 when the
+    page had arrived already (the stream's UFFDIO_COPY would have installed
+    it before this access: no fault in the modelled system), 0 for a remote
+    fault, whose latency moves the clock on; -1 when the log cannot grow.
+
+    The request takes the link's latency to reach the source. Without a
+    preempt channel the page then queues behind the stream data already in
+    flight (while the stream runs); with one it only waits for earlier
+    requests on that channel (QEMU's postcopy-preempt). It comes back after
+    its transfer time and the latency - or sooner, if the stream delivers it
+    first. (A requested page is one the stream later skips, so the stream
+    ends when it would have.)"""
+    cdef int64_t t = e.now - e.cost[MM_STAT_UFFD], start, done     # the fault's start
+    if r.arrival[i] <= t:
+        r.arrived += 1
+        return 1
+    if grow_i64(&r.ev, &r.capev, r.nev + 3) < 0:
+        return -1
+    t = e.now                    # the handler sends the request
+    if r.preempt:
+        start = t + r.lat
+        if start < r.chan_free:
+            start = r.chan_free
+        r.chan_free = start + r.page_ns
+    else:
+        start = t + r.lat + (r.queue_ns if t + r.lat < r.stream_end else 0)
+    done = start + r.page_ns + r.lat
+    if r.arrival[i] < done:
+        done = r.arrival[i]
+    r.arrival[i] = done
+    t = e.now - e.cost[MM_STAT_UFFD]
+    r.ev[r.nev] = t
+    r.ev[r.nev + 1] = done - t
+    r.ev[r.nev + 2] = i
+    r.nev += 3
+    r.remote += 1
+    r.lat_sum += done - t
+    r.hist[latency_bucket(done - t)] += 1
+    e.now = done
+    return 0
+
+
 cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int reason) noexcept nogil:
     """The service thread's work without leaving the core: 0 when resolved
-    (the access retries), -1 when this resolver cannot handle the fault."""
+    (the access retries), 1 when resolved as a page the modelled system had
+    installed already (no fault there), -1 when this resolver cannot handle
+    the fault."""
     cdef uffd_resolver_t *r = &e.uffd_res[vma.uffd]
     cdef uint64_t page = va & ~(MM_PAGE_SIZE - 1)
     cdef uint64_t *ptep
     cdef int64_t i
-    cdef int64_t *lg
-    cdef int rc
+    cdef int rc, ret = 0
     if r.kind == RESOLVE_COPY and reason == UFFD_REASON_MISSING:
         i = <int64_t>((page - r.base) >> MM_PAGE_SHIFT)
         if page < r.base or i >= r.nsrc:
             return -1
+        if r.arrival != NULL:
+            ret = link_request(e, r, i)
+            if ret < 0:
+                return -1
         rc = uffd_fill(e, mm, 0, vma, page, FILL_COPY, NULL, -1, False)
         if rc < 0:
             return -1
@@ -76,19 +135,20 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
         ptep = pte_offset(e, mm, page, False)
         if ptep == NULL:
             return -1
+        if grow_i64(&r.log, &r.caplog, r.nlog + 1) < 0:
+            return -1
+        # With an image array: record the page's content before the write
+        # goes on (a background snapshot saves the page, then unprotects).
+        i = <int64_t>((page - r.base) >> MM_PAGE_SHIFT)
+        if r.src != NULL and page >= r.base and i < r.nsrc and ptep[0] & PTE_PRESENT:
+            r.src[i] = frame_content_version(e, <int64_t>pte_pfn(ptep[0]))
         ptep[0] &= ~PTE_UFFD_WP
-        if r.nlog == r.caplog:
-            lg = <int64_t *>realloc(r.log, (r.caplog * 2 + 1024) * sizeof(int64_t))
-            if lg == NULL:
-                return -1
-            r.log = lg
-            r.caplog = r.caplog * 2 + 1024
         r.log[r.nlog] = <int64_t>page
         r.nlog += 1
     else:
         return -1
     r.count += 1
-    return 0
+    return ret
 
 
 cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int fflags,
@@ -98,6 +158,7 @@ cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int
     to queue and return VM_FAULT_UFFD."""
     cdef int32_t ctx = vma.uffd
     cdef uint32_t flags = 0
+    cdef int rc
     if ctx <= 0 or ctx >= e.nuffd:
         return VM_FAULT_SIGBUS
     if e.uffd_feat[ctx] & UFFD_FEATURE_SIGBUS:
@@ -108,10 +169,18 @@ cdef int handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int
         # handle_userfault() without FAULT_FLAG_ALLOW_RETRY: nothing queued,
         # SIGBUS to the caller (GUP turns it into EFAULT, /proc/pid/mem EIO).
         return VM_FAULT_SIGBUS
-    e.stats[MM_STAT_UFFD] += 1
-    if e.uffd_res[ctx].kind != RESOLVE_NONE and resolve_in_core(e, mm, vma, va, reason) == 0:
-        e.stats[MM_STAT_UFFD_CORE] += 1
-        return 0
+    stat_add(e, MM_STAT_UFFD, 1)      # the handler's round trip is on the clock
+    if e.uffd_res[ctx].kind != RESOLVE_NONE:
+        rc = resolve_in_core(e, mm, vma, va, reason)
+        if rc == 1:
+            # Installed by the modelled background stream before this access:
+            # neither a fault nor a userfault there (the access walks on).
+            stat_add(e, MM_STAT_FAULT, -1)
+            stat_add(e, MM_STAT_UFFD, -1)
+            return 0
+        if rc == 0:
+            stat_add(e, MM_STAT_UFFD_CORE, 1)
+            return 0
     if fflags & FAULT_FLAG_WRITE:
         flags |= UFFD_PAGEFAULT_FLAG_WRITE
     if reason == UFFD_REASON_WP:

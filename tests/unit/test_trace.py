@@ -114,3 +114,17 @@ def test_trace_record_then_replay(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["faults"]["missing"] == len(t.pages())
     assert main(["trace"]) == 2
     assert "record" in capsys.readouterr().err
+
+
+def test_a_real_program_through_postcopy_takes_one_first_touch_per_distinct_page(lackey_trace, capsys):
+    # Pure postcopy: every page the trace touches is first touched either
+    # before the stream delivered it (a remote fault) or after (installed
+    # by then): the two add up to the independent count of distinct pages.
+    path, text = lackey_trace
+    want = distinct_pages_of_lackey(text)
+    assert main(["postcopy", "--trace", str(path), "--preempt", "--costs", "default", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    f = out["faults"]
+    assert out["pages"] == want
+    assert f["remote"] + f["arrived_before_touch"] == want
+    assert f["remote"] == f["missing"] > 0 and out["memory_matches_source"]

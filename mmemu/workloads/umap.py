@@ -1,0 +1,124 @@
+"""A user-level pager as LLNL's umap runs one, on the engine: a region of
+`store_pages` pages backed by a store file (a memfd here), of which at most
+`buffer_pages` are resident. The application's accesses fault MISSING; the
+pager's service thread fills the page from the store (UFFDIO_COPY) and
+write-protects it (clean-page tracking: a later store takes a WP fault that
+marks it dirty and unprotects it). When the buffer is full it evicts the
+oldest page first: write-protect, write back to the store if dirty (an
+O_DIRECT pwrite from the page - a read GUP of it), MADV_DONTNEED.
+
+On 5.8 (17839856fd58, GUP breaking COW on reads) the write-back's read GUP
+takes a write fault on the uffd-wp pte, whose message only the pager itself
+would read: the pager deadlocks on itself (B3, umapsort). The run reports
+the deadlock instead of hanging; on 5.7 and 5.9+ (a308c71bf1e6) it
+completes, and the store then holds every page's last contents."""
+from __future__ import annotations
+
+import resource
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import constants as C
+from ..errors import Deadlock
+from ..machine import Machine
+from ..uffd import (UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_MISSING,
+                    UFFDIO_REGISTER_MODE_WP)
+from .postcopy import GUEST_BASE, _accesses
+
+PAGE = C.PAGE_SIZE
+
+
+def _content(i, gen):
+    """Page i's bytes at generation gen (what the application stored)."""
+    return (np.full(PAGE // 8, (i << 20) | gen, np.uint64)).tobytes()
+
+
+def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, pattern: str = "zipf",
+        write_share: float = 0.3, seed: int = 0, kernel: str = "6.18", progress=None) -> dict:
+    t0 = time.perf_counter()
+    if not 1 <= buffer_pages <= pages or accesses < 0:
+        raise ValueError("buffer_pages must be in 1..pages and accesses >= 0")
+    m = Machine(kernel=kernel, ncpus=2, memory=(buffer_pages + 8192) * PAGE + pages * PAGE)
+    p = m.spawn()
+    store = p.memfd_create("umap-store")
+    p.ftruncate(store, pages * PAGE)
+    gen = np.zeros(pages, np.int64)                  # what the application last stored per page
+    for i in range(pages):
+        p.pwrite(store, _content(i, 0), i * PAGE)
+    region = p.mmap(0, pages * PAGE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+    u = p.userfaultfd()
+    u.api(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    u.register(region, pages * PAGE, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
+    resident = OrderedDict()                         # page -> dirty, oldest first
+    counts = {"fills": 0, "wp_faults": 0, "evictions": 0, "writebacks": 0}
+
+    def evict():
+        j, dirty = resident.popitem(last=False)
+        a = region + j * PAGE
+        u.writeprotect(a, PAGE, True)                # no store may slip in during write-back
+        if dirty:
+            p.pwrite_from(store, a, PAGE, j * PAGE, direct=True)
+            counts["writebacks"] += 1
+        p.madvise(a, PAGE, C.MADV_DONTNEED)
+        counts["evictions"] += 1
+
+    def handler(ctx, msg):
+        j = (msg.address - region) // PAGE
+        a = region + j * PAGE
+        if msg.flags & UFFD_PAGEFAULT_FLAG_WP:
+            resident[j] = True                       # the first store since the fill: dirty
+            counts["wp_faults"] += 1
+            ctx.writeprotect(a, PAGE, False)
+            return
+        if len(resident) >= buffer_pages:
+            evict()
+        ctx.copy(a, p.pread(store, PAGE, j * PAGE), PAGE, C.UFFDIO_COPY_MODE_WP)
+        resident[j] = False
+        counts["fills"] += 1
+    u.serve(handler, cpu=1)
+
+    tr = _accesses(pattern, pages, accesses, write_share, seed, 0, 0)
+    idx = ((tr.addrs - np.uint64(GUEST_BASE)) >> np.uint64(C.PAGE_SHIFT)).astype(np.int64)
+    t = p.thread(cpu=0)
+    deadlock = None
+    done = 0
+    step = 4096
+    try:
+        for s in range(0, accesses, step):
+            # Stores write a page's next generation, through the same
+            # userfault path as any access (bytes, so the store can check).
+            e = min(s + step, accesses)
+            for k in range(s, e):
+                done = k
+                j = int(idx[k])
+                a = region + j * PAGE
+                if tr.writes[k]:
+                    gen[j] += 1
+                    t.write(a, _content(j, int(gen[j]))[:8])
+                else:
+                    t.read(a, 8)
+            done = e
+            if progress:
+                progress(e - s)
+    except Deadlock as ex:
+        deadlock = str(ex)
+    t1 = time.perf_counter()
+    ok = None
+    if deadlock is None:
+        while resident:                               # flush: every dirty page goes back
+            evict()
+        ok = all(p.pread(store, 8, j * PAGE) == _content(j, int(gen[j]))[:8] for j in range(pages))
+        m.check()
+    return {
+        "kernel": m.policy.version, "pages": pages, "buffer_pages": buffer_pages, "pattern": pattern,
+        "accesses": done, "seed": seed,
+        "outcome": "deadlock" if deadlock else "completed",
+        "deadlock": deadlock,
+        "faults": {"missing": counts["fills"], "wp": counts["wp_faults"]},
+        "evictions": counts["evictions"], "writebacks": counts["writebacks"],
+        "store_matches": ok,
+        "wall": {"run_s": round(t1 - t0, 3),
+                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024},
+    }
