@@ -283,7 +283,8 @@ cdef class Engine:
     def set_state(self, dict st):
         """Load what get_state() returned into this new, unused engine (same
         frames, CPUs, swap and policy). In-core resolvers come back without
-        their source array: the owner re-installs it (uffd_resolver_source)."""
+        their source array (the owner re-installs it: uffd_resolver_source),
+        link or fault log."""
         cdef int64_t i, n
         cdef int32_t j
         cdef mm_t *m
@@ -1271,6 +1272,8 @@ cdef class Engine:
             r.nsrc = v.shape[0]
         r.nlog = 0
         r.count = 0
+        r.nev = r.logged = r.arrived = r.lat_sum = 0
+        memset(r.hist, 0, sizeof(r.hist))
 
     def uffd_resolver_link(self, int32_t ctx, object arrival, int64_t lat_ns, int64_t page_ns,
                            int64_t queue_ns, int64_t stream_end, bint preempt):
@@ -1295,13 +1298,13 @@ cdef class Engine:
         r.arrival = &a[0] if r.nsrc else NULL
         r.lat, r.page_ns, r.queue_ns, r.stream_end = lat_ns, page_ns, queue_ns, stream_end
         r.preempt, r.chan_free = preempt, 0
-        r.remote = r.arrived = r.lat_sum = r.nev = 0
+        r.logged = r.arrived = r.lat_sum = r.nev = 0
         memset(r.hist, 0, sizeof(r.hist))
 
-    def uffd_resolver_link_stats(self, int32_t ctx, int64_t since=0):
-        """(remote faults, faults on pages already arrived, latency sum ns,
-        log2-us latency histogram, events from index `since` as an (n, 3)
-        array of fault time, latency and source page index)."""
+    def uffd_resolver_stats(self, int32_t ctx, int64_t since=0):
+        """(faults served - with a link, the remote ones -, faults on pages
+        already arrived, wait sum ns, log2-us wait histogram, faults from
+        index `since` as an (n, 3) array of start time, wait and page index)."""
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
         r = &self.e.uffd_res[ctx]
@@ -1316,7 +1319,7 @@ cdef class Engine:
             o[i - since, 0] = r.ev[3 * i]
             o[i - since, 1] = r.ev[3 * i + 1]
             o[i - since, 2] = r.ev[3 * i + 2]
-        return (r.remote, r.arrived, r.lat_sum, np.array([r.hist[i] for i in range(24)], np.int64), ev)
+        return (r.logged, r.arrived, r.lat_sum, np.array([r.hist[i] for i in range(24)], np.int64), ev)
 
     def uffd_resolver_log(self, int32_t ctx):
         """(faults resolved, numpy array of logged addresses)."""

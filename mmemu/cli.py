@@ -365,12 +365,12 @@ def cmd_replay(args):
     from .workloads import replay
     try:
         tr = load(args.trace, args.format)
-        out = replay.run(tr, kernel=args.kernel, pages=args.pages, accesses=args.accesses)
+        out = replay.run(tr, kernel=args.kernel, pages=args.pages, accesses=args.accesses, costs=_costs(args))
     except (TraceError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
+    plots = _plots(args, "replay", out, out["pages"], f"replay of {out['trace']}")
     if args.json:
-        json.dump(out, sys.stdout, indent=1)
-        print()
+        _emit(out, args, [])
         return 0
     f = out["faults"]
     print(f"{out['trace']}: {out['accesses']} accesses ({out['writes']} stores) over {out['pages']} pages "
@@ -380,9 +380,22 @@ def cmd_replay(args):
     print(f"  TLB: {out['tlb']['hits']} hits, {out['tlb']['misses']} misses")
     if out["dropped_kernel_addresses"]:
         print(f"  {out['dropped_kernel_addresses']} accesses above user space dropped (vsyscall)")
+    print(f"  emulated time: {out['emulated_ms']:.3f} ms ({out['costs']['source']})")
     w = out["wall"]
     print(f"  wall: replay {w['replay_s']} s ({w['ns_per_access']} ns/access), peak RSS {w['peak_rss_kib']} KiB")
+    for p in plots:
+        print(f"  plot: {p}")
     return 0
+
+
+def _plots(args, name, out, npages, title, by="time"):
+    if not getattr(args, "plot", None):
+        return []
+    from .workloads import plots
+    try:
+        return plots.write(args.plot, name, out["_faults"], npages, title, by=by)
+    except OSError as e:
+        raise UsageError(f"--plot {args.plot}: {e}") from None
 
 
 # --- workloads: postcopy, snapshot, umap; calibrate ----------------------------------
@@ -431,12 +444,8 @@ def cmd_postcopy(args):
         raise UsageError(str(e)) from None
     finally:
         close()
-    plots = []
-    if args.plot:
-        from .workloads import plots as P
-        iv = out["_faults"]
-        plots = P.write(args.plot, "postcopy", iv, iv[:, 3], out["pages"],
-                        f"postcopy {out['pages']} pages{' preempt' if args.preempt else ''}")
+    plots = _plots(args, "postcopy", out, out["pages"],
+                   f"postcopy {out['pages']} pages{' preempt' if args.preempt else ''}")
     lat, b = out["latency_us"], out["blocktime_ms"]
     if not args.json:
         print(f"postcopy: {out['pages']} pages ({out['pages'] * 4096 >> 20} MiB), {out['vcpus']} vCPU(s), "
@@ -471,6 +480,7 @@ def cmd_snapshot(args):
         raise UsageError(str(e)) from None
     finally:
         close()
+    plots = _plots(args, "snapshot", out, out["pages"], f"snapshot ({out['mode']})")
     if not args.json:
         print(f"snapshot ({out['mode']}): {out['pages']} pages, {out['vcpus']} vCPU(s), {out['accesses']} "
               f"{out['pattern']} accesses, kernel {out['kernel']}")
@@ -483,7 +493,7 @@ def cmd_snapshot(args):
         ("snapshot", f"{out['snapshot_ms']:.3f} ms emulated"),
         ("image", "equals memory at the snapshot point" if out["image_matches"] else "DIFFERS from memory"),
         ("wall", f"{out['wall']['run_s']} s, peak RSS {out['wall']['peak_rss_mib']} MiB"),
-    ])
+    ] + [("plot", p) for p in plots])
     return 0 if out["image_matches"] else 1
 
 
@@ -497,6 +507,7 @@ def cmd_umap(args):
         raise UsageError(str(e)) from None
     finally:
         close()
+    plots = _plots(args, "umap", out, out["pages"], f"umap on {out['kernel']}", by="access")
     if not args.json:
         print(f"umap: {out['pages']} pages over a store, {out['buffer_pages']} resident at most, "
               f"{out['accesses']} {out['pattern']} accesses, kernel {out['kernel']}")
@@ -507,7 +518,7 @@ def cmd_umap(args):
         ("store", "n/a" if out["store_matches"] is None else
                   ("holds every page's last contents" if out["store_matches"] else "DIFFERS")),
         ("wall", f"{out['wall']['run_s']} s, peak RSS {out['wall']['peak_rss_mib']} MiB"),
-    ])
+    ] + [("plot", p) for p in plots])
     return 0 if out["outcome"] == "completed" and out["store_matches"] else 1
 
 
@@ -591,6 +602,9 @@ def _parser():
     rp.add_argument("--accesses", type=positive_int, help="replay the first N accesses only")
     rp.add_argument("--seed", type=nonnegative_int, default=0, help="(a trace replays the same for any seed)")
     rp.add_argument("--json", action="store_true", help="write JSON to stdout (wall-clock figures under 'wall')")
+    rp.add_argument("--costs", default="stored", metavar="stored|default|FILE",
+                    help="cost model for emulated time (default: mmemu calibrate's when stored)")
+    rp.add_argument("--plot", metavar="DIR", help="write PNG plots there")
     tr = sub.add_parser("trace", help="record a trace: mmemu trace record -o FILE -- CMD ...")
     trs = tr.add_subparsers(dest="trace_cmd", metavar="record")
     rec = trs.add_parser("record", help="run CMD under valgrind lackey and keep its memory trace")
@@ -615,9 +629,11 @@ def _parser():
     sn.add_argument("--vcpus", type=positive_int, default=1)
     sn.add_argument("--mode", choices=("sync", "async"), default="sync")
     sn.add_argument("--costs", default="stored", metavar="stored|default|FILE")
+    sn.add_argument("--plot", metavar="DIR", help="write PNG plots there")
     um = sub.add_parser("umap", help="a umap-style user-level pager (MISSING fill, WP eviction, write-back)")
     _workload_flags(um, 4096, 100_000, pattern="zipf")
     um.add_argument("--buffer", type=positive_int, default=512, help="resident pages at most (default 512)")
+    um.add_argument("--plot", metavar="DIR", help="write PNG plots there (faults by access)")
     ca = sub.add_parser("calibrate", help="measure this machine's kernel costs for emulated time")
     ca.add_argument("-o", "--output", help="where to store them (default: the user's cache)")
     ca.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")

@@ -661,3 +661,61 @@ def _summary(v):
     if isinstance(v, (bytes, bytearray, int, str, bool, type(None), float, tuple)):
         return v
     return type(v).__name__
+
+
+# ---- threads in emulated time (workloads) ----------------------------------------
+
+class TimedRun:
+    """Batch threads (vCPUs) advancing in emulated-time order: each thread
+    replays the traces its feed hands it (feed(i) -> the next Trace, or None
+    when it is done); the thread whose CPU clock is lowest runs until its
+    clock passes the next one's by `quantum_ns` (or reaches the limit run()
+    was given), so no thread runs ahead of the others by more than that.
+    on_slice(i, counts), when given, sees each slice's Thread.replay counts.
+    Everything per access stays in the core; Python runs once per slice."""
+
+    def __init__(self, threads, feed, quantum_ns=100_000, on_slice=None):
+        self.threads = list(threads)
+        self.feed = feed
+        self.quantum = int(quantum_ns)
+        self.on_slice = on_slice
+        self.machine = self.threads[0].process.machine if self.threads else None
+        self.cur = [[feed(i), 0] for i in range(len(self.threads))]
+        for c in self.cur:
+            if c[0] is not None and len(c[0]) == 0:
+                c[0] = None
+        self.totals = {}
+
+    @property
+    def done(self):
+        return all(c[0] is None for c in self.cur)
+
+    def run(self, until=None):
+        """Run until every thread is done, or every live one's clock has
+        reached `until` (ns)."""
+        import heapq
+        m = self.machine
+        heap = [(m.clock(t.cpu), i) for i, t in enumerate(self.threads) if self.cur[i][0] is not None
+                and (until is None or m.clock(t.cpu) < until)]
+        heapq.heapify(heap)
+        while heap:
+            clock, i = heapq.heappop(heap)
+            tr, start = self.cur[i]
+            limit = heap[0][0] + self.quantum if heap else None
+            if until is not None:
+                limit = until if limit is None else min(limit, until)
+            c = self.threads[i].replay(tr, start=start, until=limit)
+            for k, v in c.items():
+                if isinstance(v, int) and k not in ("end", "clock"):
+                    self.totals[k] = self.totals.get(k, 0) + v
+            if self.on_slice is not None:
+                self.on_slice(i, c)
+            self.cur[i][1] = c["end"]
+            if c["end"] == len(tr):
+                nxt = self.feed(i)
+                self.cur[i] = [nxt if nxt is not None and len(nxt) else None, 0]
+                if self.cur[i][0] is None:
+                    continue
+            if until is None or c["clock"] < until:
+                heapq.heappush(heap, (c["clock"], i))
+        return self.totals

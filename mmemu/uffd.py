@@ -701,7 +701,7 @@ class Uffd:
         page reaches this side by the background stream), "copy" serves the
         pages as a postcopy destination does: a fault on a page not yet
         arrived is a page request over the link and moves the faulting CPU's
-        emulated clock on by its latency (link_stats())."""
+        emulated clock on by its latency (core_stats())."""
         self._ready("serve_core")
         import numpy as np
         if resolver is not None and resolver not in self._RESOLVERS:
@@ -721,19 +721,20 @@ class Uffd:
             eng.uffd_resolver_link(self.ctx, self._arrival, link.latency_ns, link.page_ns, link.queue_ns,
                                    end, link.preempt)
 
-    def link_stats(self, since: int = 0) -> dict:
-        """What the link resolver saw: remote faults (page requests), faults
-        on pages that had arrived, their latency sum (ns) and histogram
-        (QEMU's postcopy-latency-dist buckets), and the remote faults from
-        index `since` on as an (n, 3) array: start time, latency, page index."""
-        since = _args.size(since, "link_stats", "since")
+    def core_stats(self, since: int = 0) -> dict:
+        """What the in-core resolver saw: the faults it served (with a link:
+        the remote ones, page requests), faults on pages that had arrived
+        (link only), the faulting threads' total wait (ns) and its histogram
+        in QEMU's postcopy-latency-dist buckets (bucket N: [2^N, 2^(N+1))
+        us), and the faults from index `since` on as an (n, 3) array: start
+        time (emulated ns), wait, page index from the resolver's base."""
+        since = _args.size(since, "core_stats", "since")
         import numpy as np
         if self.features is None or self.released:
-            return {"remote": 0, "arrived": 0, "latency_ns": 0, "hist": np.zeros(24, np.int64),
+            return {"faults": 0, "arrived": 0, "wait_ns": 0, "hist": np.zeros(24, np.int64),
                     "events": np.zeros((0, 3), np.int64)}
-        remote, arrived, lat_sum, hist, ev = self.machine._engine.uffd_resolver_link_stats(self.ctx, since)
-        return {"remote": int(remote), "arrived": int(arrived), "latency_ns": int(lat_sum),
-                "hist": hist, "events": ev}
+        faults, arrived, wait, hist, ev = self.machine._engine.uffd_resolver_stats(self.ctx, since)
+        return {"faults": int(faults), "arrived": int(arrived), "wait_ns": int(wait), "hist": hist, "events": ev}
 
     def core_log(self) -> tuple[int, npt.NDArray[np.int64]]:
         """(faults the in-core resolver resolved, addresses it logged)."""

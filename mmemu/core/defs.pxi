@@ -188,11 +188,12 @@ ctypedef struct uffd_resolver_t:
     int64_t stream_end         # the background stream is done at this time
     int64_t chan_free          # preempt channel: free from this time
     int32_t preempt
-    int64_t remote             # remote faults (page requests)
     int64_t arrived            # faults on pages already arrived (installed then)
-    int64_t lat_sum            # sum of remote-fault latencies (ns)
-    int64_t hist[24]           # remote-fault latency, log2 microsecond buckets
-    int64_t *ev                # per remote fault: start time, latency, page index
+    # Every fault served (with a link: the remote ones), as fault_log keeps them.
+    int64_t logged
+    int64_t lat_sum            # sum of the faulting threads' waits (ns)
+    int64_t hist[24]           # waits, log2 microsecond buckets
+    int64_t *ev                # per fault: start time, wait, page index
     int64_t nev, capev
 
 

@@ -62,6 +62,21 @@ cdef inline int latency_bucket(int64_t ns) noexcept nogil:
     return b
 
 
+cdef int fault_log(uffd_resolver_t *r, int64_t t0, int64_t t1, int64_t i) noexcept nogil:
+    """Log a fault the resolver served: when it began, how long the
+    faulting thread waited, which page (index from the resolver's base)."""
+    if grow_i64(&r.ev, &r.capev, r.nev + 3) < 0:
+        return -1
+    r.ev[r.nev] = t0
+    r.ev[r.nev + 1] = t1 - t0
+    r.ev[r.nev + 2] = i
+    r.nev += 3
+    r.logged += 1
+    r.lat_sum += t1 - t0
+    r.hist[latency_bucket(t1 - t0)] += 1
+    return 0
+
+
 cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil:
     """A fault on source page i over the modelled link, at e.now: 1 when the
     page had arrived already (the stream's UFFDIO_COPY would have installed
@@ -79,8 +94,6 @@ cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil
     if r.arrival[i] <= t:
         r.arrived += 1
         return 1
-    if grow_i64(&r.ev, &r.capev, r.nev + 3) < 0:
-        return -1
     t = e.now                    # the handler sends the request
     if r.preempt:
         start = t + r.lat
@@ -92,15 +105,9 @@ cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil
     done = start + r.page_ns + r.lat
     if r.arrival[i] < done:
         done = r.arrival[i]
+    if fault_log(r, e.now - e.cost[MM_STAT_UFFD], done, i) < 0:
+        return -1
     r.arrival[i] = done
-    t = e.now - e.cost[MM_STAT_UFFD]
-    r.ev[r.nev] = t
-    r.ev[r.nev + 1] = done - t
-    r.ev[r.nev + 2] = i
-    r.nev += 3
-    r.remote += 1
-    r.lat_sum += done - t
-    r.hist[latency_bucket(done - t)] += 1
     e.now = done
     return 0
 
@@ -121,14 +128,18 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
             return -1
         if r.arrival != NULL:
             ret = link_request(e, r, i)
-            if ret < 0:
-                return -1
+        else:
+            ret = fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, i)
+        if ret < 0:
+            return -1
         rc = uffd_fill(e, mm, 0, vma, page, FILL_COPY, NULL, -1, False)
         if rc < 0:
             return -1
         ptep = pte_offset(e, mm, page, False)
         frame_set_version(e, <int64_t>pte_pfn(ptep[0]), r.src[i])
     elif r.kind == RESOLVE_ZEROPAGE and reason == UFFD_REASON_MISSING:
+        if fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, <int64_t>((page - r.base) >> MM_PAGE_SHIFT)) < 0:
+            return -1
         if uffd_fill(e, mm, 0, vma, page, FILL_ZEROPAGE, NULL, -1, False) < 0:
             return -1
     elif r.kind == RESOLVE_UNPROTECT and reason == UFFD_REASON_WP:
@@ -136,6 +147,8 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
         if ptep == NULL:
             return -1
         if grow_i64(&r.log, &r.caplog, r.nlog + 1) < 0:
+            return -1
+        if fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, <int64_t>((page - r.base) >> MM_PAGE_SHIFT)) < 0:
             return -1
         # With an image array: record the page's content before the write
         # goes on (a background snapshot saves the page, then unprotects).

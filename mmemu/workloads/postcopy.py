@@ -5,7 +5,8 @@ background stream in page order and by page requests when a vCPU faults on
 a page not yet arrived. Everything runs in the core: the vCPUs' accesses
 (Thread.replay), the faults, the in-core UFFDIO_COPY of the source's page and
 the request's latency on the faulting vCPU's emulated clock (core/uffd.pxi
-link_request). vCPUs advance in emulated-time order, a quantum at a time.
+link_request). vCPUs advance in emulated-time order, a quantum at a time
+(sched.TimedRun).
 
 The phases, as QEMU runs them: optional precopy rounds (all pages, then the
 pages the guest dirtied during the previous round) while the guest runs on
@@ -22,7 +23,6 @@ arrived page counts as no fault), which keeps untouched pages of a huge
 guest out of the host's memory."""
 from __future__ import annotations
 
-import heapq
 import resource
 import time
 
@@ -31,8 +31,10 @@ import numpy as np
 from .. import constants as C
 from ..cost import DEFAULT, CostModel, Link
 from ..machine import Machine
+from ..sched import TimedRun
 from ..uffd import UFFDIO_REGISTER_MODE_MISSING
 from . import patterns
+from .faultlog import FaultLog
 
 GUEST_BASE = 0x7F0000000000 - (1 << 40)       # guest RAM: 1 TiB below the mmap area
 SOURCE_TAG = np.uint64(1 << 48)               # source contents: version SOURCE_TAG + page
@@ -155,59 +157,37 @@ def run(*, pages: int = 1 << 20, accesses: int = 10_000_000, vcpus: int = 1, pat
     for v in range(vcpus):
         m.set_clock(v, switch)
     per = [accesses // vcpus + (1 if v < accesses % vcpus else 0) for v in range(vcpus)]
-    if trace is not None:
-        per = [len(trace)]
-    quantum = int(quantum_us * 1000)
-    total = {"accesses": 0, "tlb_hits": 0, "tlb_misses": 0, "faults": 0, "uffd_faults": 0}
-    block = [0] * vcpus
-    intervals = []                                  # (vcpu, start, end) of each remote fault
-    seen = 0
+    log = FaultLog(u, vcpus, progress)
     written = np.zeros(pages, bool)
+    fed = [0] * vcpus                               # chunks handed out per vCPU
+    last = [None] * vcpus
 
-    def chunk_of(v, c):
-        if trace is not None:
-            return trace
-        n = min(CHUNK, per[v] - c * CHUNK)
-        return _accesses(pattern, pages, n, write_share, seed, v, c)
-    # Each vCPU: [clock, vcpu, chunk number, trace, index reached].
-    state = {v: [switch, v, 0, chunk_of(v, 0) if per[v] else None, 0] for v in range(vcpus)}
-    heap = [(switch, v) for v in range(vcpus) if per[v]]
-    heapq.heapify(heap)
-    while heap:
-        clock, v = heapq.heappop(heap)
-        st = state[v]
-        tr = st[3]
-        until = heap[0][0] + quantum if heap else None
-        c = threads[v].replay(tr, start=st[4], until=until)
-        st[4] = c["end"]
-        for k in total:
-            total[k] += c[k]
-        ls = u.link_stats(since=seen)
-        ev = ls["events"]
-        if len(ev):
-            seen += len(ev)
-            block[v] += int(ev[:, 1].sum())
-            intervals.append(np.stack([np.full(len(ev), v, np.int64), ev[:, 0], ev[:, 0] + ev[:, 1], ev[:, 2]], 1))
-        if progress:
-            progress(c["accesses"])
-        if st[4] == len(tr):
+    def feed(v):
+        # A chunk is done when the next is asked for: its stores are in.
+        if last[v] is not None:
+            tr = last[v]
             written[((tr.addrs[tr.writes] - np.uint64(GUEST_BASE)) >> np.uint64(C.PAGE_SHIFT)).astype(np.int64)] = True
-            st[2] += 1
-            if trace is None and st[2] * CHUNK < per[v]:
-                st[3], st[4] = chunk_of(v, st[2]), 0
-            else:
-                st[0] = c["clock"]
-                continue
-        st[0] = c["clock"]
-        heapq.heappush(heap, (c["clock"], v))
+        if trace is not None:
+            nxt = trace if fed[v] == 0 else None
+        else:
+            n = min(CHUNK, per[v] - fed[v] * CHUNK)
+            nxt = _accesses(pattern, pages, n, write_share, seed, v, fed[v]) if n > 0 else None
+        fed[v] += 1
+        last[v] = nxt
+        return nxt
+
+    total = TimedRun(threads, feed, quantum_ns=int(quantum_us * 1000), on_slice=log.on_slice).run()
+    for k in ("accesses", "tlb_hits", "tlb_misses", "faults", "uffd_faults"):
+        total.setdefault(k, 0)
     t1 = time.perf_counter()
 
-    ls = u.link_stats(since=seen)
-    iv = np.concatenate(intervals) if intervals else np.zeros((0, 4), np.int64)
+    ls = u.core_stats(since=log.seen)
+    iv = log.intervals()
+    block = log.wait
     lat = iv[:, 2] - iv[:, 1]
-    last = int(arrival.max()) if n_dirty else switch
-    end = max(last, max(state[v][0] for v in range(vcpus)))
-    migration_ns = max(last, switch)
+    last_arrival = int(arrival.max()) if n_dirty else switch
+    end = max(last_arrival, max(m.clock(v) for v in range(vcpus)))
+    migration_ns = max(last_arrival, switch)
     sent = pre_pages + n_dirty
     # The destination's memory is the source's image, but for what its own
     # vCPUs wrote since: every page present holds one or the other (checked
@@ -230,7 +210,7 @@ def run(*, pages: int = 1 << 20, accesses: int = 10_000_000, vcpus: int = 1, pat
         "precopy": {"rounds": precopy_rounds, "time_ms": pre_ns / 1e6, "pages_sent": pre_pages,
                     "dirty_at_switchover": n_dirty},
         "downtime_ms": downtime / 1e6,
-        "faults": {"remote": ls["remote"], "missing": total["uffd_faults"], "total": total["faults"],
+        "faults": {"remote": ls["faults"], "missing": total["uffd_faults"], "total": total["faults"],
                    "arrived_before_touch": ls["arrived"]},
         "latency_us": {"mean": round(float(lat.mean()) / 1e3, 3) if len(lat) else 0.0,
                        "p50": round(float(np.percentile(lat, 50)) / 1e3, 3) if len(lat) else 0.0,

@@ -11,15 +11,16 @@ import time
 import numpy as np
 
 from .. import constants as C
+from ..cost import DEFAULT, CostModel
 from ..machine import Machine
 from ..trace import Trace, user_part
 from ..uffd import UFFDIO_REGISTER_MODE_MISSING
 
 
 def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesses: int | None = None,
-        serve: str | None = "copy") -> dict:
-    """Replay `trace` on a fresh Machine; returns emulated metrics, and the
-    wall-clock ones under "wall"."""
+        serve: str | None = "copy", costs: CostModel | None = None) -> dict:
+    """Replay `trace` on a fresh Machine; returns emulated metrics (time by
+    the cost model, mmemu.cost), and the wall-clock ones under "wall"."""
     t0 = time.perf_counter()
     if accesses is not None:
         trace = trace.head(accesses)
@@ -29,7 +30,10 @@ def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesse
     if pages is not None and distinct > pages:
         raise ValueError(f"the trace touches {distinct} distinct pages, more than --pages {pages}")
     m = Machine(kernel=kernel, memory=((pages or distinct) + 4096) * C.PAGE_SIZE, ncpus=1)
+    costs = costs or DEFAULT
+    m.costs = costs
     p = m.spawn()
+    ctxs = []
     stamp = 0
     for s, e in runs:
         p.mmap(s, e - s, C.PROT_READ | C.PROT_WRITE,
@@ -41,6 +45,7 @@ def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesse
         u.api()
         u.register(s, e - s, UFFDIO_REGISTER_MODE_MISSING)
         n = (e - s) // C.PAGE_SIZE
+        ctxs.append((u, stamp))
         if serve == "copy":
             u.serve_core("copy", base=s, versions=np.arange(stamp + 1, stamp + n + 1, dtype=np.uint64))
         elif serve is not None:
@@ -50,6 +55,13 @@ def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesse
     c = p.thread(cpu=0).replay(trace)
     t2 = time.perf_counter()
     m.check()
+    # Each context's faults: page indices made global over the runs.
+    rows = []
+    for u, first in ctxs:
+        ev = u.core_stats()["events"]
+        if len(ev):
+            rows.append(np.stack([np.zeros(len(ev), np.int64), ev[:, 0], ev[:, 0] + ev[:, 1], ev[:, 2] + first], 1))
+    faults = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
     return {
         "kernel": m.policy.version,
         "trace": trace.source,
@@ -61,6 +73,9 @@ def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesse
         "faults": {"missing": c["uffd_faults"], "total": c["faults"], "wp": c["wp_faults"],
                    "cow": c["cow"], "anon": c["anon_faults"], "zero": c["zero_faults"]},
         "tlb": {"hits": c["tlb_hits"], "misses": c["tlb_misses"]},
+        "emulated_ms": c["clock"] / 1e6,
+        "costs": {"source": costs.source, "ns": dict(costs.ns)},
+        "_faults": faults,
         "wall": {"setup_s": round(t1 - t0, 4), "replay_s": round(t2 - t1, 4),
                  "ns_per_access": round((t2 - t1) / max(c["accesses"], 1) * 1e9, 1),
                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},

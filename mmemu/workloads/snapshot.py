@@ -29,6 +29,8 @@ from .. import constants as C
 from ..cost import DEFAULT, CostModel
 from ..machine import Machine
 from ..uffd import UFFD_FEATURE_WP_ASYNC, UFFDIO_REGISTER_MODE_WP
+from ..sched import TimedRun
+from .faultlog import FaultLog
 from .postcopy import CHUNK, GUEST_BASE, _accesses
 
 STEP = 256                      # pages the saver moves per step (1 ms at 8 Gbps)
@@ -71,31 +73,23 @@ def run(*, pages: int = 1 << 18, accesses: int = 4_000_000, vcpus: int = 1, patt
     saver = vcpus                                     # the saver's CPU
     threads = [p.thread(cpu=v) for v in range(vcpus)]
     per = [accesses // vcpus + (1 if v < accesses % vcpus else 0) for v in range(vcpus)]
-    cur = [[_accesses(pattern, pages, min(CHUNK, per[v]), write_share, seed, v, 0), 0, 0] if per[v] else None
-           for v in range(vcpus)]
-    total = {"accesses": 0, "wp_faults": 0, "uffd_faults": 0}
+    fed = [0] * vcpus
+
+    def feed(v):
+        n = min(CHUNK, per[v] - fed[v] * CHUNK)
+        fed[v] += 1
+        return _accesses(pattern, pages, n, write_share, seed, v, fed[v] - 1) if n > 0 else None
+    log = FaultLog(u, vcpus, progress)
+    vcpu_run = TimedRun(threads, feed, on_slice=log.on_slice)
     now = 0
     saved_pages = 0
     rounds = 0
 
     def run_vcpus(until):
-        for v in range(vcpus):
-            while cur[v] is not None and m.clock(v) < until:
-                tr, i, chunk = cur[v]
-                c = threads[v].replay(tr, start=i, until=until)
-                for k in total:
-                    total[k] += c[k]
-                if progress:
-                    progress(c["accesses"])
-                cur[v][1] = c["end"]
-                if c["end"] == len(tr):
-                    chunk += 1
-                    left = per[v] - chunk * CHUNK
-                    cur[v] = [_accesses(pattern, pages, min(CHUNK, left), write_share, seed, v, chunk), 0, chunk] \
-                        if left > 0 else None
+        vcpu_run.run(None if until >= 1 << 62 else until)
 
     def vcpus_done():
-        return all(c is None for c in cur)
+        return vcpu_run.done
 
     if mode == "sync":
         for first in range(0, pages, STEP):
@@ -142,6 +136,7 @@ def run(*, pages: int = 1 << 18, accesses: int = 4_000_000, vcpus: int = 1, patt
         run_vcpus(1 << 62)
     t1 = time.perf_counter()
     m.check()
+    total = {k: vcpu_run.totals.get(k, 0) for k in ("accesses", "wp_faults", "uffd_faults")}
     # A vCPU stalls for each userfault: the fault and the handler's round
     # trip (saving the page, unprotecting it), as the cost model charges them.
     stall = costs.ns.get("faults", 0) + costs.ns.get("wp_faults", 0) + costs.ns.get("uffd_faults", 0)
@@ -158,6 +153,7 @@ def run(*, pages: int = 1 << 18, accesses: int = 4_000_000, vcpus: int = 1, patt
         "stop_ms": stop_ns / 1e6, "snapshot_ms": now / 1e6,
         "guest_ms": max(m.clock(v) for v in range(vcpus)) / 1e6,
         "image_matches": bool(np.array_equal(image, expect)),
+        "_faults": log.intervals(),          # (vcpu, start, end, page) per userfault: for plots
         "wall": {"run_s": round(t1 - t0, 3),
                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024},
     }

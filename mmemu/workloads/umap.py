@@ -53,6 +53,8 @@ def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, 
     u.register(region, pages * PAGE, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
     resident = OrderedDict()                         # page -> dirty, oldest first
     counts = {"fills": 0, "wp_faults": 0, "evictions": 0, "writebacks": 0}
+    faults = []                                      # (kind: 0 MISSING / 1 WP, access, access, page)
+    at = [0]                                         # the access being made
 
     def evict():
         j, dirty = resident.popitem(last=False)
@@ -67,6 +69,7 @@ def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, 
     def handler(ctx, msg):
         j = (msg.address - region) // PAGE
         a = region + j * PAGE
+        faults.append((1 if msg.flags & UFFD_PAGEFAULT_FLAG_WP else 0, at[0], at[0], j))
         if msg.flags & UFFD_PAGEFAULT_FLAG_WP:
             resident[j] = True                       # the first store since the fill: dirty
             counts["wp_faults"] += 1
@@ -91,7 +94,7 @@ def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, 
             # userfault path as any access (bytes, so the store can check).
             e = min(s + step, accesses)
             for k in range(s, e):
-                done = k
+                done = at[0] = k
                 j = int(idx[k])
                 a = region + j * PAGE
                 if tr.writes[k]:
@@ -119,6 +122,7 @@ def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, 
         "faults": {"missing": counts["fills"], "wp": counts["wp_faults"]},
         "evictions": counts["evictions"], "writebacks": counts["writebacks"],
         "store_matches": ok,
+        "_faults": np.array(faults, np.int64).reshape(-1, 4),
         "wall": {"run_s": round(t1 - t0, 3),
                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024},
     }

@@ -348,7 +348,7 @@ SPECS = {
     "Uffd.serve": [("handler", "handler"), None, ("cpu", "cpu")],
     "Uffd.serve_core": [("resolver", "resolver_kind"), None, ("base", "addr"), ("versions", "versions"),
                         ("link", "link"), ("arrival", "arrival")],
-    "Uffd.link_stats": [None, ("since", "npages")],
+    "Uffd.core_stats": [None, ("since", "npages")],
     "Uffd.unregister": [("addr", "addr"), ("length", "len")],
     "Uffd.wake": [("addr", "addr"), ("length", "len")],
     "Uffd.writeprotect": [("addr", "addr"), ("length", "len"), ("mode", "umode")],

@@ -194,3 +194,39 @@ def test_calibrate_measures_and_stores_a_model(tmp_path, capsys):
     assert model.ns["faults"] > 0 and model.ns["anon_faults"] >= 0
     assert main(["postcopy", "--pages", "1024", "--accesses", "1000", "--costs", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["costs"]["source"] == model.source
+
+
+def test_timed_threads_never_run_ahead_of_each_other_by_more_than_a_quantum():
+    from mmemu.sched import TimedRun
+    m = mmemu.Machine(memory=64 << 20, ncpus=2)
+    m.costs = {"tlb_hits": 10, "tlb_misses": 10}
+    p = m.spawn()
+    a = p.mmap(0, PAGE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_POPULATE)
+    m.set_clock(1, 1000)                                   # CPU 1 starts 1 us late
+    fed = [0, 0]
+    slices = []
+
+    def feed(i):
+        fed[i] += 1
+        return mmemu.trace.Trace(np.full(500, a, np.uint64), np.zeros(500, bool)) if fed[i] <= 2 else None
+
+    def on_slice(i, c):
+        slices.append((i, m.clock(0), m.clock(1)))
+    runner = TimedRun([p.thread(cpu=0), p.thread(cpu=1)], feed, quantum_ns=300, on_slice=on_slice)
+    totals = runner.run(until=5000)
+    assert not runner.done and m.clock(0) == m.clock(1) == 5000
+    assert slices[0][0] == 0                               # the earlier clock runs first
+    assert all(abs(c0 - c1) <= 300 + 1000 for _, c0, c1 in slices)
+    runner.run()
+    assert runner.done and runner.totals["accesses"] == 2000 and totals is runner.totals
+    assert m.clock(0) == 10_000 and m.clock(1) == 11_000
+
+
+def test_cli_plots_for_snapshot_umap_and_replay(tmp_path, capsys):
+    assert main(["snapshot", "--pages", "1024", "--accesses", "20000", "--costs", "default",
+                 "--plot", str(tmp_path)]) == 0
+    assert main(["umap", "--pages", "256", "--buffer", "32", "--accesses", "2000", "--plot", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["snapshot-fault-timeline.png", "snapshot-latency-cdf.png", "snapshot-region-heatmap.png",
+                     "umap-fault-timeline.png", "umap-region-heatmap.png"]
+    assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
