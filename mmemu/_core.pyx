@@ -271,11 +271,12 @@ cdef class Engine:
         st["files"] = files
         st["uffd_feat"] = stack_export(self.e.uffd_feat, self.e.nuffd, np.uint64)
         st["uffd_cflags"] = stack_export(self.e.uffd_cflags, self.e.nuffd, np.uint32)
-        res = np.zeros((self.e.nuffd, 3), np.int64)
+        res = np.zeros((self.e.nuffd, 8), np.int64)
         logs = []
         for j in range(self.e.nuffd):
             r = &self.e.uffd_res[j]
-            res[j] = (r.kind, <int64_t>r.base, r.count)
+            res[j] = (r.kind, <int64_t>r.base, r.count, r.ring_cap, r.ring_head, r.ring_n, r.evictions,
+                      r.writebacks)
             logs.append(stack_export(r.log, r.nlog, np.int64))
         st["uffd_res"], st["uffd_logs"] = res, logs
         return st
@@ -377,12 +378,17 @@ cdef class Engine:
                 r = &self.e.uffd_res[j]
                 # base is kept as int64 bits (get_state): reinterpret, not convert.
                 r.kind, r.base, r.count = st["uffd_res"][j][0], <uint64_t><int64_t>st["uffd_res"][j][1], st["uffd_res"][j][2]
+                # A pager's ring position (the ring itself is the owner's, re-attached).
+                r.ring_cap, r.ring_head, r.ring_n = st["uffd_res"][j][3], st["uffd_res"][j][4], st["uffd_res"][j][5]
+                r.evictions, r.writebacks = st["uffd_res"][j][6], st["uffd_res"][j][7]
                 r.nlog = r.caplog = len(st["uffd_logs"][j])
                 r.log = <int64_t *>stack_import(st["uffd_logs"][j], r.nlog, 8) if r.nlog else NULL
 
-    def uffd_resolver_source(self, int32_t ctx, object versions):
-        """Point a loaded in-core COPY resolver at its source array again."""
+    def uffd_resolver_source(self, int32_t ctx, object versions, object ring=None):
+        """Point a loaded in-core resolver at its source array (and a pager
+        at its ring, whose position was saved) again."""
         cdef uint64_t[::1] v
+        cdef int64_t[::1] rg
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
         r = &self.e.uffd_res[ctx]
@@ -390,6 +396,12 @@ cdef class Engine:
         if versions is not None and len(versions):
             v = versions
             r.src, r.nsrc = &v[0], v.shape[0]
+        r.ring = NULL
+        if ring is not None:
+            rg = ring
+            if rg.shape[0] != r.ring_cap or r.ring_cap < 1:
+                raise ValueError("the ring does not match the saved pager")
+            r.ring = &rg[0]
 
     # ---- mms ---------------------------------------------------------------
 
@@ -1274,6 +1286,8 @@ cdef class Engine:
         r.count = 0
         r.nev = r.logged = r.arrived = r.lat_sum = 0
         memset(r.hist, 0, sizeof(r.hist))
+        r.ring, r.ring_cap, r.ring_head, r.ring_n = NULL, 0, 0, 0
+        r.evictions = r.writebacks = 0
 
     def uffd_resolver_link(self, int32_t ctx, object arrival, int64_t lat_ns, int64_t page_ns,
                            int64_t queue_ns, int64_t stream_end, bint preempt):
@@ -1300,6 +1314,29 @@ cdef class Engine:
         r.preempt, r.chan_free = preempt, 0
         r.logged = r.arrived = r.lat_sum = r.nev = 0
         memset(r.hist, 0, sizeof(r.hist))
+
+    def uffd_resolver_ring(self, int32_t ctx, object ring):
+        """Give an installed PAGER resolver its ring of resident page indices
+        (an int64 numpy array the caller keeps alive; its length is how many
+        pages may be resident)."""
+        cdef int64_t[::1] a
+        if ctx <= 0 or ctx >= self.e.nuffd:
+            raise ValueError("no such context")
+        r = &self.e.uffd_res[ctx]
+        if r.kind != RESOLVE_PAGER:
+            raise ValueError("a ring needs a PAGER resolver")
+        a = ring
+        if a.shape[0] < 1:
+            raise ValueError("a pager keeps at least one page resident")
+        r.ring, r.ring_cap, r.ring_head, r.ring_n = &a[0], a.shape[0], 0, 0
+
+    def uffd_resolver_resident(self, int32_t ctx):
+        """(page indices resident, oldest first; evictions; write-backs)."""
+        if ctx <= 0 or ctx >= self.e.nuffd:
+            raise ValueError("no such context")
+        r = &self.e.uffd_res[ctx]
+        out = np.array([r.ring[(r.ring_head + k) % r.ring_cap] for k in range(r.ring_n)], np.int64)
+        return out, r.evictions, r.writebacks
 
     def uffd_resolver_stats(self, int32_t ctx, int64_t since=0):
         """(faults served - with a link, the remote ones -, faults on pages

@@ -502,12 +502,14 @@ def cmd_umap(args):
     tick, close = _bar(args.accesses, args)
     try:
         out = umap.run(pages=args.pages, buffer_pages=args.buffer, accesses=args.accesses, pattern=args.pattern,
-                       write_share=args.write_share, seed=args.seed, kernel=args.kernel, progress=tick)
+                       write_share=args.write_share, seed=args.seed, kernel=args.kernel, in_core=args.in_core,
+                       progress=tick)
     except ValueError as e:
         raise UsageError(str(e)) from None
     finally:
         close()
-    plots = _plots(args, "umap", out, out["pages"], f"umap on {out['kernel']}", by="access")
+    plots = _plots(args, "umap", out, out["pages"], f"umap on {out['kernel']}",
+                   by="time" if out["in_core"] else "access")
     if not args.json:
         print(f"umap: {out['pages']} pages over a store, {out['buffer_pages']} resident at most, "
               f"{out['accesses']} {out['pattern']} accesses, kernel {out['kernel']}")
@@ -634,6 +636,8 @@ def _parser():
     _workload_flags(um, 4096, 100_000, pattern="zipf")
     um.add_argument("--buffer", type=positive_int, default=512, help="resident pages at most (default 512)")
     um.add_argument("--plot", metavar="DIR", help="write PNG plots there (faults by access)")
+    um.add_argument("--in-core", action="store_true",
+                    help="the pager as an in-core resolver over a replayed trace (millions of accesses)")
     ca = sub.add_parser("calibrate", help="measure this machine's kernel costs for emulated time")
     ca.add_argument("-o", "--output", help="where to store them (default: the user's cache)")
     ca.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")

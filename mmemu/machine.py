@@ -288,7 +288,11 @@ class Machine:
         for u in self._uffds.values():
             versions = getattr(u, "_versions", None)
             if versions is not None and u.features is not None:
-                self._engine.uffd_resolver_source(u.ctx, versions)
+                self._engine.uffd_resolver_source(u.ctx, versions, getattr(u, "_ring", None))
+                link = getattr(u, "_link", None)
+                if link is not None:            # its fault log and channel state start afresh
+                    self._engine.uffd_resolver_link(u.ctx, u._arrival, link.latency_ns, link.page_ns,
+                                                    link.queue_ns, int(u._arrival.max()), link.preempt)
 
     def stats(self) -> dict[str, int]:
         return self._engine.stats()

@@ -683,19 +683,23 @@ class Uffd:
         finally:
             m._serving.pop()
 
-    _RESOLVERS = {"copy": 1, "zeropage": 2, "unprotect": 3}
+    _RESOLVERS = {"copy": 1, "zeropage": 2, "unprotect": 3, "pager": 4}
 
     def serve_core(self, resolver: str | None, base: int = 0,
                    versions: npt.ArrayLike | None = None, *, link: Any = None,
-                   arrival: npt.ArrayLike | None = None) -> None:
+                   arrival: npt.ArrayLike | None = None, resident: int | None = None) -> None:
         """A service thread that never returns to Python: "copy" fills MISSING
         faults from `versions` (content version per page, index 0 at `base`),
         "zeropage" maps the zero page, "unprotect" resolves WP faults and logs
         their addresses (core_log()) - with `versions`, a uint64 array it
         writes into, it first records each page's content version there
         (unprotect-and-record: a snapshot saving the page before the write).
-        Faults it cannot resolve go to the queue as usual. resolver=None
-        removes it.
+        "pager" is a user-level pager (umap's) over `versions` as its
+        backing store, keeping at most `resident` pages: a MISSING fault
+        first evicts the oldest resident page when full (written back to the
+        store if its contents changed, then dropped as MADV_DONTNEED does),
+        then fills the page from the store. Faults it cannot resolve go to
+        the queue as usual. resolver=None removes it.
 
         With `link` (a mmemu.cost.Link) and `arrival` (ns at which each source
         page reaches this side by the background stream), "copy" serves the
@@ -709,12 +713,23 @@ class Uffd:
                              f"not {resolver!r}")
         if (link is None) != (arrival is None) or (link is not None and resolver != "copy"):
             raise ValueError("serve_core: a link and its arrival times go together, with \"copy\"")
+        if (resident is not None) != (resolver == "pager"):
+            raise ValueError("serve_core: \"pager\" takes resident=N (pages), and only it")
+        if resident is not None:
+            resident = _args.size(resident, "serve_core", "resident")
+            if resident < 1 or versions is None:
+                raise ValueError("serve_core: a pager needs resident >= 1 and a store (versions)")
         kind = 0 if resolver is None else self._RESOLVERS[resolver]
         base = _args.ulong(base, "serve_core", "base")
         self._versions = None if versions is None else np.ascontiguousarray(versions, np.uint64)
         eng = self.machine._engine
         eng.uffd_resolver(self.ctx, kind, base, self._versions)
         self._arrival = None
+        self._link = link
+        self._ring = None
+        if resident is not None:
+            self._ring = np.zeros(resident, np.int64)
+            eng.uffd_resolver_ring(self.ctx, self._ring)
         if link is not None:
             self._arrival = np.ascontiguousarray(arrival, np.int64)   # the core updates it in place
             end = int(self._arrival.max()) if len(self._arrival) else 0
@@ -727,14 +742,20 @@ class Uffd:
         (link only), the faulting threads' total wait (ns) and its histogram
         in QEMU's postcopy-latency-dist buckets (bucket N: [2^N, 2^(N+1))
         us), and the faults from index `since` on as an (n, 3) array: start
-        time (emulated ns), wait, page index from the resolver's base."""
-        since = _args.size(since, "core_stats", "since")
+        time (emulated ns), wait, page index from the resolver's base. A
+        pager adds its resident pages (oldest first), evictions and
+        write-backs."""
+        since = min(_args.size(since, "core_stats", "since"), 1 << 62)     # beyond the log: nothing
         import numpy as np
         if self.features is None or self.released:
             return {"faults": 0, "arrived": 0, "wait_ns": 0, "hist": np.zeros(24, np.int64),
                     "events": np.zeros((0, 3), np.int64)}
-        faults, arrived, wait, hist, ev = self.machine._engine.uffd_resolver_stats(self.ctx, since)
-        return {"faults": int(faults), "arrived": int(arrived), "wait_ns": int(wait), "hist": hist, "events": ev}
+        eng = self.machine._engine
+        faults, arrived, wait, hist, ev = eng.uffd_resolver_stats(self.ctx, since)
+        out = {"faults": int(faults), "arrived": int(arrived), "wait_ns": int(wait), "hist": hist, "events": ev}
+        if getattr(self, "_ring", None) is not None:
+            out["resident"], out["evictions"], out["writebacks"] = eng.uffd_resolver_resident(self.ctx)
+        return out
 
     def core_log(self) -> tuple[int, npt.NDArray[np.int64]]:
         """(faults the in-core resolver resolved, addresses it logged)."""

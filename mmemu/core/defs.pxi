@@ -195,6 +195,11 @@ ctypedef struct uffd_resolver_t:
     int64_t hist[24]           # waits, log2 microsecond buckets
     int64_t *ev                # per fault: start time, wait, page index
     int64_t nev, capev
+    # PAGER: at most ring_cap pages resident, evicted oldest first (a ring
+    # of page indices the owner allocates); src is the backing store.
+    int64_t *ring
+    int64_t ring_cap, ring_head, ring_n
+    int64_t evictions, writebacks
 
 
 # An mmu_gather: pages to release once the TLB flush is done.

@@ -49,6 +49,7 @@ cdef enum:
     RESOLVE_COPY = 1            # MISSING: fill from a source array of content versions
     RESOLVE_ZEROPAGE = 2        # MISSING: UFFDIO_ZEROPAGE
     RESOLVE_UNPROTECT = 3       # WP: unprotect the page and log its address
+    RESOLVE_PAGER = 4           # MISSING: evict the oldest resident page (write back), fill from the store
 
 
 cdef inline int latency_bucket(int64_t ns) noexcept nogil:
@@ -112,6 +113,30 @@ cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil
     return 0
 
 
+cdef int pager_evict(engine_t *e, mm_t *mm, uffd_resolver_t *r) noexcept nogil:
+    """A user-level pager's eviction (umap's, without leaving the core): the
+    oldest resident page goes back to the store when its contents changed
+    since the fill (a written page holds a fresh content version), then
+    MADV_DONTNEED drops it (zap, TLB flush, free)."""
+    cdef int64_t victim = r.ring[r.ring_head]
+    cdef uint64_t va = r.base + (<uint64_t>victim << MM_PAGE_SHIFT)
+    cdef uint64_t *ptep = pte_offset(e, mm, va, False)
+    cdef uint64_t v
+    cdef gather_t g
+    r.ring_head = (r.ring_head + 1) % r.ring_cap
+    r.ring_n -= 1
+    if ptep != NULL and ptep[0] & PTE_PRESENT:
+        v = frame_content_version(e, <int64_t>pte_pfn(ptep[0]))
+        if v != r.src[victim]:
+            r.src[victim] = v
+            r.writebacks += 1
+    gather_init(&g, mm.id, va, va + MM_PAGE_SIZE)
+    zap_range(e, mm, va, va + MM_PAGE_SIZE, &g, False)
+    gather_finish(e, &g)
+    r.evictions += 1
+    return 0
+
+
 cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int reason) noexcept nogil:
     """The service thread's work without leaving the core: 0 when resolved
     (the access retries), 1 when resolved as a page the modelled system had
@@ -137,6 +162,20 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
             return -1
         ptep = pte_offset(e, mm, page, False)
         frame_set_version(e, <int64_t>pte_pfn(ptep[0]), r.src[i])
+    elif r.kind == RESOLVE_PAGER and reason == UFFD_REASON_MISSING:
+        i = <int64_t>((page - r.base) >> MM_PAGE_SHIFT)
+        if page < r.base or i >= r.nsrc or r.ring == NULL or r.ring_cap <= 0:
+            return -1
+        if r.ring_n == r.ring_cap:
+            pager_evict(e, mm, r)
+        if fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, i) < 0:
+            return -1
+        if uffd_fill(e, mm, 0, vma, page, FILL_COPY, NULL, -1, False) < 0:
+            return -1
+        ptep = pte_offset(e, mm, page, False)
+        frame_set_version(e, <int64_t>pte_pfn(ptep[0]), r.src[i])
+        r.ring[(r.ring_head + r.ring_n) % r.ring_cap] = i
+        r.ring_n += 1
     elif r.kind == RESOLVE_ZEROPAGE and reason == UFFD_REASON_MISSING:
         if fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, <int64_t>((page - r.base) >> MM_PAGE_SHIFT)) < 0:
             return -1

@@ -230,3 +230,65 @@ def test_cli_plots_for_snapshot_umap_and_replay(tmp_path, capsys):
     assert names == ["snapshot-fault-timeline.png", "snapshot-latency-cdf.png", "snapshot-region-heatmap.png",
                      "umap-fault-timeline.png", "umap-region-heatmap.png"]
     assert all((tmp_path / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+
+
+# ---- the in-core pager (evict and write back) -------------------------------------------
+
+def _pager(resident=8, n=64):
+    m = mmemu.Machine(memory=64 << 20)
+    p = m.spawn()
+    a = p.mmap(0, n * PAGE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+    u = p.userfaultfd()
+    u.api()
+    u.register(a, n * PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    store = np.arange(1000, 1000 + n, dtype=np.uint64)
+    u.serve_core("pager", base=a, versions=store, resident=resident)
+    return m, p, a, u, store
+
+
+def test_the_in_core_pager_keeps_its_bound_and_writes_back_only_changed_pages():
+    m, p, a, u, store = _pager()
+    t = p.thread()
+    t.replay(np.array([a + i * PAGE for i in range(8)], np.uint64))          # fills 0..7
+    t.replay(np.array([a + 3 * PAGE], np.uint64), np.array([1], np.uint8))  # page 3 changes
+    st = u.core_stats()
+    assert list(st["resident"]) == list(range(8)) and st["evictions"] == 0
+    t.replay(np.array([a + i * PAGE for i in range(8, 12)], np.uint64))     # evicts 0..3, oldest first
+    st = u.core_stats()
+    assert list(st["resident"]) == list(range(4, 12)) and st["evictions"] == 4 and st["writebacks"] == 1
+    assert store[3] != 1003 and store[0] == 1000 and store[2] == 1002        # only the changed page went back
+    assert p.pagemap(a).present is False and p.pagemap(a + 11 * PAGE).present
+    c = t.replay(np.array([a + 3 * PAGE], np.uint64))                        # refault: the written contents
+    assert c["uffd_faults"] == 1 and m._engine.versions(p.mm, a + 3 * PAGE, 1)[0] == store[3]
+    m.check()
+
+
+def test_the_in_core_pager_survives_save_and_load(tmp_path):
+    m, p, a, u, store = _pager()
+    rng = np.random.default_rng(0)
+    addrs = (a + rng.integers(0, 64, 500).astype(np.uint64) * PAGE).astype(np.uint64)
+    writes = rng.random(500) < 0.3
+    p.thread().replay(addrs, writes)
+    m.save(tmp_path / "m")
+    m2 = mmemu.Machine.load(tmp_path / "m")
+    u2 = next(iter(m2._uffds.values()))
+    assert list(u2.core_stats()["resident"]) == list(u.core_stats()["resident"])
+    c1 = p.thread().replay(addrs, writes)
+    c2 = m2.processes[0].thread().replay(addrs, writes)
+    assert c1 == c2 and u.core_stats()["evictions"] == u2.core_stats()["evictions"]
+
+
+def test_pager_arguments_are_checked():
+    m, p, a, u, store = _pager()
+    with pytest.raises(ValueError, match="resident"):
+        u.serve_core("copy", base=a, versions=store, resident=4)
+    with pytest.raises(ValueError, match="resident"):
+        u.serve_core("pager", base=a, versions=store)
+    with pytest.raises(ValueError, match="resident >= 1"):
+        u.serve_core("pager", base=a, versions=store, resident=0)
+
+
+def test_umap_in_core_matches_the_same_trace_with_every_page_resident():
+    out = umap.run(pages=4096, buffer_pages=256, accesses=200_000, in_core=True)
+    assert out["store_matches"] and out["evictions"] > 0 and out["writebacks"] > 0
+    assert out["faults"]["missing"] == out["evictions"] + 256
