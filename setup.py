@@ -12,7 +12,7 @@ from setuptools import Extension, setup
 DEBUG = os.environ.get("MMEMU_DEBUG", "") not in ("", "0")
 # Release builds link stripped (the wheel's .so loses its symbol tables, 2.7 MB -> ~0.6 MB);
 # a debug build keeps -g and every symbol.
-LINK = [] if DEBUG else ["-s"]
+LINK = [] if DEBUG or os.environ.get("MMEMU_SYMBOLS") else ["-s"]
 
 directives = {
     "language_level": 3,

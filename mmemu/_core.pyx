@@ -271,12 +271,12 @@ cdef class Engine:
         st["files"] = files
         st["uffd_feat"] = stack_export(self.e.uffd_feat, self.e.nuffd, np.uint64)
         st["uffd_cflags"] = stack_export(self.e.uffd_cflags, self.e.nuffd, np.uint32)
-        res = np.zeros((self.e.nuffd, 8), np.int64)
+        res = np.zeros((self.e.nuffd, 9), np.int64)
         logs = []
         for j in range(self.e.nuffd):
             r = &self.e.uffd_res[j]
             res[j] = (r.kind, <int64_t>r.base, r.count, r.ring_cap, r.ring_head, r.ring_n, r.evictions,
-                      r.writebacks)
+                      r.writebacks, r.log_events)
             logs.append(stack_export(r.log, r.nlog, np.int64))
         st["uffd_res"], st["uffd_logs"] = res, logs
         return st
@@ -314,6 +314,7 @@ cdef class Engine:
         for i in range(24):
             self.e.stats[i] = st["stats"][i]
             self.e.cost[i] = st["cost"][i]
+        self.e.timed = any(self.e.cost[i] for i in range(24))
         for i in range(256):
             self.e.clock[i] = st["clock"][i]
         # Pools and their free stacks.
@@ -367,6 +368,8 @@ cdef class Engine:
             f.size, f.nrpages, f.nr_leaves = row[4], row[5], row[6]
         # userfaultfd contexts.
         n = sc["nuffd"]
+        if n and (st["uffd_res"].ndim != 2 or st["uffd_res"].shape[1] != 9):
+            raise ValueError("saved resolver table of the wrong shape")
         if n:
             self.e.uffd_feat = <uint64_t *>stack_import(st["uffd_feat"], n, 8)
             self.e.uffd_cflags = <uint32_t *>stack_import(st["uffd_cflags"], n, 4)
@@ -381,6 +384,7 @@ cdef class Engine:
                 # A pager's ring position (the ring itself is the owner's, re-attached).
                 r.ring_cap, r.ring_head, r.ring_n = st["uffd_res"][j][3], st["uffd_res"][j][4], st["uffd_res"][j][5]
                 r.evictions, r.writebacks = st["uffd_res"][j][6], st["uffd_res"][j][7]
+                r.log_events = st["uffd_res"][j][8]
                 r.nlog = r.caplog = len(st["uffd_logs"][j])
                 r.log = <int64_t *>stack_import(st["uffd_logs"][j], r.nlog, 8) if r.nlog else NULL
 
@@ -715,6 +719,7 @@ cdef class Engine:
                 self.e.cost[i] = 0
             for i, name in enumerate(STAT_NAMES):
                 self.e.cost[i] = int(costs.get(name, 0))
+            self.e.timed = any(self.e.cost[i] for i in range(24))
 
     def clock(self, int cpu):
         """The emulated time of a CPU, in ns (advanced by replay)."""
@@ -1266,9 +1271,10 @@ cdef class Engine:
         self.e.uffd_feat[ctx] = features
         self.e.uffd_cflags[ctx] = cflags
 
-    def uffd_resolver(self, int32_t ctx, int kind, uint64_t base=0, object versions=None):
+    def uffd_resolver(self, int32_t ctx, int kind, uint64_t base=0, object versions=None, bint log=False):
         """Install (kind != 0) or remove an in-core resolver. `versions` is a
-        numpy uint64 array the caller keeps alive while installed."""
+        numpy uint64 array the caller keeps alive while installed; `log`
+        keeps each fault served (uffd_resolver_stats)."""
         cdef uint64_t[::1] v
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
@@ -1288,6 +1294,7 @@ cdef class Engine:
         memset(r.hist, 0, sizeof(r.hist))
         r.ring, r.ring_cap, r.ring_head, r.ring_n = NULL, 0, 0, 0
         r.evictions = r.writebacks = 0
+        r.log_events = log
 
     def uffd_resolver_link(self, int32_t ctx, object arrival, int64_t lat_ns, int64_t page_ns,
                            int64_t queue_ns, int64_t stream_end, bint preempt):
@@ -1312,6 +1319,7 @@ cdef class Engine:
         r.arrival = &a[0] if r.nsrc else NULL
         r.lat, r.page_ns, r.queue_ns, r.stream_end = lat_ns, page_ns, queue_ns, stream_end
         r.preempt, r.chan_free = preempt, 0
+        r.log_events = 1                    # remote faults are the link's metrics
         r.logged = r.arrived = r.lat_sum = r.nev = 0
         memset(r.hist, 0, sizeof(r.hist))
 

@@ -34,8 +34,9 @@ from ._version import __version__
 from .errors import MmemuError
 
 MAGIC = b"MMEMU-MACHINE\n"
-FORMAT = 3     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd;
-               # 3: anon_vma lives only in the core's VMA table (Vma.origin)
+FORMAT = 4     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd;
+               # 3: anon_vma lives only in the core's VMA table (Vma.origin);
+               # 4: emulated time (costs, clocks) and in-core pagers are saved
 _PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

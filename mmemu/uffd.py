@@ -687,7 +687,8 @@ class Uffd:
 
     def serve_core(self, resolver: str | None, base: int = 0,
                    versions: npt.ArrayLike | None = None, *, link: Any = None,
-                   arrival: npt.ArrayLike | None = None, resident: int | None = None) -> None:
+                   arrival: npt.ArrayLike | None = None, resident: int | None = None,
+                   log: bool = False) -> None:
         """A service thread that never returns to Python: "copy" fills MISSING
         faults from `versions` (content version per page, index 0 at `base`),
         "zeropage" maps the zero page, "unprotect" resolves WP faults and logs
@@ -699,7 +700,9 @@ class Uffd:
         first evicts the oldest resident page when full (written back to the
         store if its contents changed, then dropped as MADV_DONTNEED does),
         then fills the page from the store. Faults it cannot resolve go to
-        the queue as usual. resolver=None removes it.
+        the queue as usual. resolver=None removes it. With log=True it keeps
+        every fault it serves, with its emulated time and wait
+        (core_stats()["events"]; a link always does).
 
         With `link` (a mmemu.cost.Link) and `arrival` (ns at which each source
         page reaches this side by the background stream), "copy" serves the
@@ -723,7 +726,7 @@ class Uffd:
         base = _args.ulong(base, "serve_core", "base")
         self._versions = None if versions is None else np.ascontiguousarray(versions, np.uint64)
         eng = self.machine._engine
-        eng.uffd_resolver(self.ctx, kind, base, self._versions)
+        eng.uffd_resolver(self.ctx, kind, base, self._versions, bool(log))
         self._arrival = None
         self._link = link
         self._ring = None

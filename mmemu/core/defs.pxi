@@ -160,14 +160,16 @@ ctypedef struct engine_t:
     uint32_t uf_flags, uf_reason
     uint64_t fault_addr        # address of the last failed access
     int64_t stats[24]
-    # Emulated time (mmemu.cost): each counted event costs cost[stat] ns on
-    # the clock of the CPU running (now); replay keeps each CPU's clock.
-    int64_t cost[24]
-    int64_t now
-    int64_t clock[256]
     sched_hook_t sched_hook    # the scheduler's hand at each step boundary (NULL: none)
     void *sched_arg
     int32_t tlb_stale_writes   # 1: a clean writable TLB entry takes writes too (worst case, not x86)
+    # Emulated time (mmemu.cost): each counted event costs cost[stat] ns on
+    # the clock of the CPU running (now); replay keeps each CPU's clock.
+    # Last in the struct: the fields above keep their places (and lines).
+    int32_t timed              # some cost is not 0
+    int64_t now
+    int64_t cost[24]
+    int64_t clock[256]
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.
@@ -200,6 +202,7 @@ ctypedef struct uffd_resolver_t:
     int64_t *ring
     int64_t ring_cap, ring_head, ring_n
     int64_t evictions, writebacks
+    int32_t log_events         # fault_log each fault served (a link always does)
 
 
 # An mmu_gather: pages to release once the TLB flush is done.

@@ -15,7 +15,12 @@ cdef inline bint anon_vma_compatible(const mm_vma_t *a, const mm_vma_t *b) noexc
             and a.pgoff + ((a.end - a.start) >> MM_PAGE_SHIFT) == b.pgoff)
 
 
-cdef void anon_vma_prepare(engine_t *e, mm_t *mm, mm_vma_t *vma) noexcept nogil:
+cdef inline void anon_vma_prepare(engine_t *e, mm_t *mm, mm_vma_t *vma) noexcept nogil:
+    if not vma.anon_vma:            # the common case: prepared long ago
+        anon_vma_prepare_slow(e, mm, vma)
+
+
+cdef void anon_vma_prepare_slow(engine_t *e, mm_t *mm, mm_vma_t *vma) noexcept nogil:
     """anon_vma_prepare() (mm/rmap.c): give the VMA an anon_vma on the first
     fault that puts an anon page in it. find_mergeable_anon_vma() reuses the
     next VMA's, then the previous one's, when compatible and not shared

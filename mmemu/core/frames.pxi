@@ -20,16 +20,21 @@ cdef inline void stat_add(engine_t *e, int k, int64_t n) noexcept nogil:
     """Count n events of kind k, and charge their cost to the running CPU's
     emulated clock (mmemu.cost; every cost is 0 unless a model is set)."""
     e.stats[k] += n
-    e.now += n * e.cost[k]
+    if e.timed:                         # no model: no clock to keep (the fast paths' case)
+        e.now += n * e.cost[k]
 
 
-cdef int grow_i64(int64_t **p, int64_t *cap, int64_t need) noexcept nogil:
+cdef inline int grow_i64(int64_t **p, int64_t *cap, int64_t need) noexcept nogil:
     """Make room for `need` int64s in a malloc'd array, doubling: 0, or -1
     when the host has no memory (the array is left as it was)."""
+    if need <= cap[0]:
+        return 0
+    return grow_i64_slow(p, cap, need)
+
+
+cdef int grow_i64_slow(int64_t **p, int64_t *cap, int64_t need) noexcept nogil:
     cdef int64_t c = cap[0]
     cdef int64_t *q
-    if need <= c:
-        return 0
     while c < need:
         c = c * 2 + 1024
     q = <int64_t *>realloc(p[0], c * sizeof(int64_t))

@@ -77,15 +77,22 @@ cdef inline void gather_init(gather_t *g, int32_t mm, uint64_t start, uint64_t e
     g.failed = 0
 
 
-cdef int gather_add(engine_t *e, gather_t *g, int64_t pfn) noexcept nogil:
-    if grow_i64(&g.pfns, &g.cap, g.n + 1) < 0:
+cdef inline int gather_add(engine_t *e, gather_t *g, int64_t pfn) noexcept nogil:
+    # Inline: zap's per-page loop calls it; growing is the rare, outlined case.
+    if g.n == g.cap and gather_grow(e, g, pfn) < 0:
+        return -1
+    g.pfns[g.n] = pfn
+    g.n += 1
+    return 0
+
+
+cdef int gather_grow(engine_t *e, gather_t *g, int64_t pfn) noexcept nogil:
+    if grow_i64_slow(&g.pfns, &g.cap, g.n + 1) < 0:
         # No room to defer: flush now and drop this page at once.
         tlb_flush_range(e, g.mm, g.start, g.end)
         put_page(e, pfn, 1)
         g.failed = 1
         return -1
-    g.pfns[g.n] = pfn
-    g.n += 1
     return 0
 
 

@@ -63,9 +63,15 @@ cdef inline int latency_bucket(int64_t ns) noexcept nogil:
     return b
 
 
-cdef int fault_log(uffd_resolver_t *r, int64_t t0, int64_t t1, int64_t i) noexcept nogil:
-    """Log a fault the resolver served: when it began, how long the
-    faulting thread waited, which page (index from the resolver's base)."""
+cdef inline int fault_log(uffd_resolver_t *r, int64_t t0, int64_t t1, int64_t i) noexcept nogil:
+    """Log a fault the resolver served, when asked to: when it began, how
+    long the faulting thread waited, which page (index from the base)."""
+    if not r.log_events:
+        return 0
+    return fault_log_add(r, t0, t1, i)
+
+
+cdef int fault_log_add(uffd_resolver_t *r, int64_t t0, int64_t t1, int64_t i) noexcept nogil:
     if grow_i64(&r.ev, &r.capev, r.nev + 3) < 0:
         return -1
     r.ev[r.nev] = t0

@@ -47,7 +47,8 @@ def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesse
         n = (e - s) // C.PAGE_SIZE
         ctxs.append((u, stamp))
         if serve == "copy":
-            u.serve_core("copy", base=s, versions=np.arange(stamp + 1, stamp + n + 1, dtype=np.uint64))
+            u.serve_core("copy", base=s, versions=np.arange(stamp + 1, stamp + n + 1, dtype=np.uint64),
+                         log=True)
         elif serve is not None:
             u.serve_core(serve)
         stamp += n

@@ -62,7 +62,7 @@ def run(*, pages: int = 1 << 18, accesses: int = 4_000_000, vcpus: int = 1, patt
     eng = m._engine
     image = np.zeros(pages, np.uint64)
     if mode == "sync":
-        u.serve_core("unprotect", base=guest, versions=image)
+        u.serve_core("unprotect", base=guest, versions=image, log=True)
         u.writeprotect(guest, pages * C.PAGE_SIZE, True)
         at_snapshot = eng.versions(p.mm, guest, pages).copy()      # what the image must hold
     else:

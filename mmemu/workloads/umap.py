@@ -57,7 +57,7 @@ def _in_core(pages, buffer_pages, accesses, pattern, write_share, seed, kernel, 
         u.register(a, pages * PAGE, UFFDIO_REGISTER_MODE_MISSING)
         store = store0.copy()
         if resident:
-            u.serve_core("pager", base=a, versions=store, resident=resident)
+            u.serve_core("pager", base=a, versions=store, resident=resident, log=True)
         else:
             u.serve_core("copy", base=a, versions=store)
         c = p.thread(cpu=0).replay(tr)
