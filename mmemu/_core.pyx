@@ -314,7 +314,6 @@ cdef class Engine:
         for i in range(24):
             self.e.stats[i] = st["stats"][i]
             self.e.cost[i] = st["cost"][i]
-        self.e.timed = any(self.e.cost[i] for i in range(24))
         for i in range(256):
             self.e.clock[i] = st["clock"][i]
         # Pools and their free stacks.
@@ -690,11 +689,11 @@ cdef class Engine:
         if start < 0 or start > n:
             raise ValueError("start outside the trace")
         while done < n:
-            self.e.now = self.e.clock[cpu]
+            clock_set(&self.e, self.e.clock[cpu])
             with nogil:
                 ret = replay_range(&self.e, m, cpu, &addrs[done], wp + done if wp != NULL else NULL,
                                    n - done, until, &d)
-            self.e.clock[cpu] = self.e.now
+            self.e.clock[cpu] = clock_now(&self.e)
             done += d
             if not ret:
                 break
@@ -719,7 +718,6 @@ cdef class Engine:
                 self.e.cost[i] = 0
             for i, name in enumerate(STAT_NAMES):
                 self.e.cost[i] = int(costs.get(name, 0))
-            self.e.timed = any(self.e.cost[i] for i in range(24))
 
     def clock(self, int cpu):
         """The emulated time of a CPU, in ns (advanced by replay)."""

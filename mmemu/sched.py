@@ -153,7 +153,7 @@ class Thread:
         service handler, else the thread waits (WouldBlock) - or, with
         stop_on={"userfault"}, the batch stops there and reports it. With
         `until`, it also stops once the CPU's emulated clock (Machine.clock)
-        reaches that many ns. Returns counts: accesses, TLB hits and misses,
+        reaches that many ns (looked at every 64 accesses). Returns counts: accesses, TLB hits and misses,
         faults by kind, uffd faults, COW copies; `end` (the index reached),
         `clock` (the CPU's emulated time after) and `stopped` (None, or the
         index and address of the access a userfault stopped it at)."""

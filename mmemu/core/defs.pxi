@@ -164,9 +164,9 @@ ctypedef struct engine_t:
     void *sched_arg
     int32_t tlb_stale_writes   # 1: a clean writable TLB entry takes writes too (worst case, not x86)
     # Emulated time (mmemu.cost): each counted event costs cost[stat] ns on
-    # the clock of the CPU running (now); replay keeps each CPU's clock.
-    # Last in the struct: the fields above keep their places (and lines).
-    int32_t timed              # some cost is not 0
+    # the clock of the CPU running: clock_now() = now + sum(stats * cost);
+    # replay keeps each CPU's clock. Last in the struct: the fields above
+    # keep their places (and cache lines).
     int64_t now
     int64_t cost[24]
     int64_t clock[256]

@@ -71,6 +71,15 @@ cdef inline int fault_log(uffd_resolver_t *r, int64_t t0, int64_t t1, int64_t i)
     return fault_log_add(r, t0, t1, i)
 
 
+cdef inline int fault_log_now(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil:
+    """fault_log for a fault served at once: it waited the round trip."""
+    cdef int64_t t1
+    if not r.log_events:
+        return 0
+    t1 = clock_now(e)
+    return fault_log_add(r, t1 - e.cost[MM_STAT_UFFD], t1, i)
+
+
 cdef int fault_log_add(uffd_resolver_t *r, int64_t t0, int64_t t1, int64_t i) noexcept nogil:
     if grow_i64(&r.ev, &r.capev, r.nev + 3) < 0:
         return -1
@@ -85,7 +94,7 @@ cdef int fault_log_add(uffd_resolver_t *r, int64_t t0, int64_t t1, int64_t i) no
 
 
 cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil:
-    """A fault on source page i over the modelled link, at e.now: 1 when the
+    """A fault on source page i over the modelled link, now: 1 when the
     page had arrived already (the stream's UFFDIO_COPY would have installed
     it before this access: no fault in the modelled system), 0 for a remote
     fault, whose latency moves the clock on; -1 when the log cannot grow.
@@ -97,11 +106,12 @@ cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil
     its transfer time and the latency - or sooner, if the stream delivers it
     first. (A requested page is one the stream later skips, so the stream
     ends when it would have.)"""
-    cdef int64_t t = e.now - e.cost[MM_STAT_UFFD], start, done     # the fault's start
+    cdef int64_t now = clock_now(e)
+    cdef int64_t t = now - e.cost[MM_STAT_UFFD], start, done     # the fault's start
     if r.arrival[i] <= t:
         r.arrived += 1
         return 1
-    t = e.now                    # the handler sends the request
+    t = now                      # the handler sends the request
     if r.preempt:
         start = t + r.lat
         if start < r.chan_free:
@@ -112,10 +122,10 @@ cdef int link_request(engine_t *e, uffd_resolver_t *r, int64_t i) noexcept nogil
     done = start + r.page_ns + r.lat
     if r.arrival[i] < done:
         done = r.arrival[i]
-    if fault_log(r, e.now - e.cost[MM_STAT_UFFD], done, i) < 0:
+    if fault_log(r, now - e.cost[MM_STAT_UFFD], done, i) < 0:
         return -1
     r.arrival[i] = done
-    e.now = done
+    clock_set(e, done)
     return 0
 
 
@@ -160,7 +170,7 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
         if r.arrival != NULL:
             ret = link_request(e, r, i)
         else:
-            ret = fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, i)
+            ret = fault_log_now(e, r, i)
         if ret < 0:
             return -1
         rc = uffd_fill(e, mm, 0, vma, page, FILL_COPY, NULL, -1, False)
@@ -174,7 +184,7 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
             return -1
         if r.ring_n == r.ring_cap:
             pager_evict(e, mm, r)
-        if fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, i) < 0:
+        if fault_log_now(e, r, i) < 0:
             return -1
         if uffd_fill(e, mm, 0, vma, page, FILL_COPY, NULL, -1, False) < 0:
             return -1
@@ -183,7 +193,7 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
         r.ring[(r.ring_head + r.ring_n) % r.ring_cap] = i
         r.ring_n += 1
     elif r.kind == RESOLVE_ZEROPAGE and reason == UFFD_REASON_MISSING:
-        if fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, <int64_t>((page - r.base) >> MM_PAGE_SHIFT)) < 0:
+        if fault_log_now(e, r, <int64_t>((page - r.base) >> MM_PAGE_SHIFT)) < 0:
             return -1
         if uffd_fill(e, mm, 0, vma, page, FILL_ZEROPAGE, NULL, -1, False) < 0:
             return -1
@@ -193,7 +203,7 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
             return -1
         if grow_i64(&r.log, &r.caplog, r.nlog + 1) < 0:
             return -1
-        if fault_log(r, e.now - e.cost[MM_STAT_UFFD], e.now, <int64_t>((page - r.base) >> MM_PAGE_SHIFT)) < 0:
+        if fault_log_now(e, r, <int64_t>((page - r.base) >> MM_PAGE_SHIFT)) < 0:
             return -1
         # With an image array: record the page's content before the write
         # goes on (a background snapshot saves the page, then unprotects).
