@@ -23,7 +23,6 @@ arrived page counts as no fault), which keeps untouched pages of a huge
 guest out of the host's memory."""
 from __future__ import annotations
 
-import resource
 import time
 
 import numpy as np
@@ -33,7 +32,7 @@ from ..cost import DEFAULT, CostModel, Link
 from ..machine import Machine
 from ..sched import TimedRun
 from ..uffd import UFFDIO_REGISTER_MODE_MISSING
-from . import patterns
+from . import patterns, peak_rss_kib
 from .faultlog import FaultLog
 
 GUEST_BASE = 0x7F0000000000 - (1 << 40)       # guest RAM: 1 TiB below the mmap area
@@ -225,5 +224,5 @@ def run(*, pages: int = 1 << 20, accesses: int = 10_000_000, vcpus: int = 1, pat
         "memory_matches_source": ok,
         "_faults": iv,                       # (vcpu, start, end, page) per remote fault: for plots
         "wall": {"run_s": round(t1 - t0, 3), "ns_per_access": round((t1 - t0) / max(total["accesses"], 1) * 1e9, 1),
-                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024},
+                 "peak_rss_mib": peak_rss_kib() // 1024},
     }

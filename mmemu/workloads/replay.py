@@ -5,7 +5,6 @@ the core (a copy of the page from its source image), so each distinct page
 takes exactly one fault."""
 from __future__ import annotations
 
-import resource
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ from ..cost import DEFAULT, CostModel
 from ..machine import Machine
 from ..trace import Trace, user_part
 from ..uffd import UFFDIO_REGISTER_MODE_MISSING
+from . import peak_rss_kib
 
 
 def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesses: int | None = None,
@@ -79,5 +79,5 @@ def run(trace: Trace, *, kernel: str = "6.18", pages: int | None = None, accesse
         "_faults": faults,
         "wall": {"setup_s": round(t1 - t0, 4), "replay_s": round(t2 - t1, 4),
                  "ns_per_access": round((t2 - t1) / max(c["accesses"], 1) * 1e9, 1),
-                 "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
+                 "peak_rss_kib": peak_rss_kib()},
     }

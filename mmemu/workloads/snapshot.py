@@ -20,7 +20,6 @@ emulated (mmemu.cost): the saver moves pages at `save_gbps`, the vCPUs run
 between its steps in emulated-time order."""
 from __future__ import annotations
 
-import resource
 import time
 
 import numpy as np
@@ -32,6 +31,7 @@ from ..uffd import UFFD_FEATURE_WP_ASYNC, UFFDIO_REGISTER_MODE_WP
 from ..sched import TimedRun
 from .faultlog import FaultLog
 from .postcopy import CHUNK, GUEST_BASE, _accesses
+from . import peak_rss_kib
 
 STEP = 256                      # pages the saver moves per step (1 ms at 8 Gbps)
 
@@ -155,5 +155,5 @@ def run(*, pages: int = 1 << 18, accesses: int = 4_000_000, vcpus: int = 1, patt
         "image_matches": bool(np.array_equal(image, expect)),
         "_faults": log.intervals(),          # (vcpu, start, end, page) per userfault: for plots
         "wall": {"run_s": round(t1 - t0, 3),
-                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024},
+                 "peak_rss_mib": peak_rss_kib() // 1024},
     }

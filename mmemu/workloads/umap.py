@@ -20,7 +20,6 @@ GUP, so it never meets 5.8's deadlock. Its result is checked against the
 same trace run with every page resident."""
 from __future__ import annotations
 
-import resource
 import time
 from collections import OrderedDict
 
@@ -32,6 +31,7 @@ from ..machine import Machine
 from ..uffd import (UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_MISSING,
                     UFFDIO_REGISTER_MODE_WP)
 from .postcopy import GUEST_BASE, _accesses
+from . import peak_rss_kib
 
 PAGE = C.PAGE_SIZE
 
@@ -79,7 +79,7 @@ def _in_core(pages, buffer_pages, accesses, pattern, write_share, seed, kernel, 
         "_faults": np.stack([np.zeros(len(st["events"]), np.int64), st["events"][:, 0],
                              st["events"][:, 0] + st["events"][:, 1], st["events"][:, 2]], 1),
         "wall": {"run_s": round(t1 - t0, 3),
-                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024},
+                 "peak_rss_mib": peak_rss_kib() // 1024},
     }
 
 
@@ -175,5 +175,5 @@ def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, 
         "store_matches": ok,
         "_faults": np.array(faults, np.int64).reshape(-1, 4),
         "wall": {"run_s": round(t1 - t0, 3),
-                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024},
+                 "peak_rss_mib": peak_rss_kib() // 1024},
     }
