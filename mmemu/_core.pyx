@@ -553,14 +553,18 @@ cdef class Engine:
         m.nvma = <int32_t>n
 
     def vma_anon(self, int32_t mm):
-        """The anon_vma identity of each VMA, in table order (0: none)."""
+        """The anon_vma identity of each VMA, in table order (0: none), and
+        whether its anon_vma_chain has one entry (not inherited by fork)."""
         cdef mm_t *m = self._mm(mm)
         out = np.zeros(m.nvma, np.uint64)
+        single = np.zeros(m.nvma, np.uint8)
         cdef uint64_t[::1] o = out
+        cdef uint8_t[::1] s = single
         cdef int32_t i
         for i in range(m.nvma):
             o[i] = m.vmas[i].anon_vma
-        return out
+            s[i] = m.vmas[i].avc_single
+        return out, single
 
     def anon_vma_prepare(self, int32_t mm, uint64_t va):
         """Give the VMA at va an anon_vma if it has none (uffd_lock_vma, 6.9+)."""

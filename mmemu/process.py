@@ -997,7 +997,7 @@ class Process(FileOps):
             if v.uffd in dup:
                 v.uffd = dup[v.uffd].ctx
         child._push_vmas(src_mm=self.mm)
-        anon = self._engine.vma_anon(child_mm)
+        anon = self._engine.vma_anon(child_mm)[0]
         wrprotected = 0
         try:
             for v, has_anon_vma in zip(child_vmas, anon):

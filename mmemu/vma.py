@@ -63,8 +63,10 @@ class Vma:
     def mergeable_with(self, nxt, anon):
         # vma_merge(): adjacent, same flags (soft-dirty does not matter),
         # anonymous, or the same file at contiguous offsets; two different
-        # anon_vmas never merge, a NULL one merges with any
-        # (is_mergeable_anon_vma, mm/vma.c). anon: the core's anon_vma ids.
+        # anon_vmas never merge. A NULL one merges with the other's unless
+        # that VMA was cloned by fork (is_mergeable_anon_vma: its chain is
+        # not singular, 965f55dea0e3; vma_had_uncowed_parents in 6.16+,
+        # 879bca0a2c4f). anon: the core's (ids, chain singular) by origin.
         if self.end != nxt.start or (self.flags & ~VM_SOFTDIRTY) != (nxt.flags & ~VM_SOFTDIRTY):
             return False
         if self.file != nxt.file or self.uffd != nxt.uffd:
@@ -72,11 +74,13 @@ class Vma:
         a, b = anon_of(self, anon), anon_of(nxt, anon)
         if a and b and a != b:
             return False
+        if bool(a) != bool(b) and not anon[1][(self if a else nxt).origin]:
+            return False
         return self.file == 0 or self.pgoff + ((self.end - self.start) >> 12) == nxt.pgoff
 
 
 def anon_of(vma, anon):
-    return int(anon[vma.origin]) if vma.origin >= 0 else 0
+    return int(anon[0][vma.origin]) if vma.origin >= 0 else 0
 
 
 class VmaList:

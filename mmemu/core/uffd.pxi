@@ -386,10 +386,11 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
             return -CORE_EEXIST         # the zero page needs a strictly empty slot
         ptep[0] = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | vma_prot_bits(vma.flags)
         return 0
-    if not pte_none_mostly(pte):
-        return -CORE_EEXIST
     if kind == FILL_CONTINUE:
-        # Map the page-cache folio that must already exist.
+        # Map the page-cache folio that must already exist: it is looked up
+        # first (mfill_atomic_pte_continue: shmem_get_folio), so a hole is
+        # EFAULT even where the pte is taken; only then EEXIST
+        # (mfill_atomic_install_pte; seen on the 6.18 host by mmemu diff).
         f = file_of(e, vma.file)
         index = vma_index(vma, va)
         if index >= file_pages(f):
@@ -401,6 +402,8 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
                 return -CORE_ENOMEM if rc & VM_FAULT_OOM else -CORE_EFAULT
         if cs == NULL or not (cs[0] & PTE_PRESENT):
             return -CORE_EFAULT          # a hole: -ENOENT from the cache, EFAULT to the caller
+        if not pte_none_mostly(pte):
+            return -CORE_EEXIST
         pfn = <int64_t>pte_pfn(cs[0])
         e.refcount[pfn] += 1
         e.mapcount[pfn] += 1
@@ -409,6 +412,8 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
             entry |= PTE_WRITE
         ptep[0] = mkuffd_wp(entry) if wp else entry
         return 0
+    if not pte_none_mostly(pte):
+        return -CORE_EEXIST
     if vma.file and shared:
         # shmem: the page goes into the file, then into the page table.
         f = file_of(e, vma.file)

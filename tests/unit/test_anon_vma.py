@@ -84,7 +84,7 @@ def test_fork_gives_each_child_vma_its_own_anon_vma():
 
 
 def _table(p):
-    return [(v.start, v.end) for v in p.vmas], p.machine._engine.vma_anon(p.mm).tolist()
+    return [(v.start, v.end) for v in p.vmas], p.machine._engine.vma_anon(p.mm)[0].tolist()
 
 
 def test_the_anon_vma_lives_in_the_core_and_relayouts_carry_it():
@@ -113,3 +113,23 @@ def test_set_vmas_refuses_an_origin_outside_the_table():
     with pytest.raises(ValueError, match="origin"):
         m._engine.set_vmas(p.mm, *arrays, p.vmas.uffd_array(), np.array([5], np.int32))
     m.check()
+
+
+def test_a_new_vma_does_not_merge_into_one_cloned_by_fork():
+    # is_mergeable_anon_vma(): a NULL anon_vma merges with a neighbour's only
+    # when that neighbour was not cloned from a parent (its anon_vma_chain
+    # is singular). The child's new mapping stays a VMA of its own, with no
+    # anon_vma after a read fault, so the next fork copies no pte of it
+    # (`mmemu diff` found this against the 6.18 host).
+    p = mmemu.Machine(memory=16 << 20).spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    b = p.mmap(0, PAGE, RW, PRIV)                 # just below a: one VMA with it
+    p.write(a, b"w001")
+    c1 = p.fork()
+    c1.mmap(a, PAGE, RW, PRIV | C.MAP_FIXED)
+    assert vmas_of(c1, b, 2) == [(b, a), (a, a + PAGE)]
+    c1.read(a, 4)
+    c2 = c1.fork()
+    assert not c2.pagemap(a).present
+    p.mmap(a, PAGE, RW, PRIV | C.MAP_FIXED)       # the parent's own anon_vma: merges again
+    assert vmas_of(p, b, 2) == [(b, a + PAGE)]

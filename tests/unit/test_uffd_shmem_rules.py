@@ -89,3 +89,31 @@ def test_unregister_through_another_context(kernel, err):
         with pytest.raises(OSError) as e:
             u2.unregister(s, PG)
         assert e.value.errno == err
+
+
+def test_continue_looks_the_cache_up_before_the_pte():
+    # mfill_atomic_pte_continue() takes the cache folio first: a hole is
+    # EFAULT even where a private COW page is mapped; a cached page where
+    # the pte is taken is EEXIST (found by `mmemu diff --uffd` on 6.18).
+    import errno
+
+    from mmemu import MAP_PRIVATE
+    m = mmemu.Machine(memory=32 << 20)
+    p = m.spawn()
+    fd = p.memfd_create("x", 0)
+    p.ftruncate(fd, 4 * PG)
+    p.pwrite(fd, b"cached", 0)                        # page 0 cached, page 1 a hole
+    a = p.mmap(0, 2 * PG, 3, MAP_PRIVATE, fd, 0)
+    p.write(a, b"x")                                  # a private COW copy of the cached page
+    u = p.userfaultfd(O_NONBLOCK)
+    u.api(0)
+    u.register(a, 2 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    u.serve_core("zeropage")
+    p.write(a + PG, b"y")             # MISSING: the zero page, then COW: anon, the hole stays
+    assert p.pread(fd, 1, PG) == b"\0" and p.pagemap(a + PG).present
+    with pytest.raises(UffdError) as hole:
+        u.continue_(a + PG, PG)
+    with pytest.raises(UffdError) as taken:
+        u.continue_(a, PG)
+    assert hole.value.errno == errno.EFAULT and taken.value.errno == errno.EEXIST
+    m.check()
