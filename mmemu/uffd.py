@@ -724,6 +724,13 @@ class Uffd:
                 raise ValueError("serve_core: a pager needs resident >= 1 and a store (versions)")
         kind = 0 if resolver is None else self._RESOLVERS[resolver]
         base = _args.ulong(base, "serve_core", "base")
+        if link is not None:
+            # Checked before anything is installed: one arrival time per source page.
+            arrival = np.asarray(arrival)
+            if versions is None or arrival.ndim != 1 or arrival.dtype.kind not in "iu" \
+                    or len(arrival) != len(np.asarray(versions)):
+                raise ValueError("serve_core: a link needs the source (versions) and one integer "
+                                 "arrival time per source page")
         self._versions = None if versions is None else np.ascontiguousarray(versions, np.uint64)
         eng = self.machine._engine
         eng.uffd_resolver(self.ctx, kind, base, self._versions, bool(log))

@@ -295,3 +295,14 @@ def test_umap_in_core_matches_the_same_trace_with_every_page_resident():
     out = umap.run(pages=4096, buffer_pages=256, accesses=200_000, in_core=True)
     assert out["store_matches"] and out["evictions"] > 0 and out["writebacks"] > 0
     assert out["faults"]["missing"] == out["evictions"] + 256
+
+
+def test_a_link_needs_its_source_and_one_arrival_per_page():
+    m, p, a, u, store = _pager()
+    for kw in ({"arrival": np.zeros(8, np.int64)},                          # no source
+               {"versions": store, "arrival": np.zeros(8, np.int64)},        # 64 pages, 8 times
+               {"versions": store, "arrival": np.zeros(64)}):               # not integers
+        with pytest.raises(ValueError, match="arrival"):
+            u.serve_core("copy", base=a, link=Link(), **kw)
+    u.serve_core("copy", base=a, versions=store, link=Link(), arrival=np.zeros(64, np.int64))
+    assert u.core_stats()["faults"] == 0
