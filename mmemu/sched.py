@@ -502,7 +502,7 @@ class Scheduler:
                                 f"read(uffd {obj.ctx})")
                 with self.lock:
                     result = fn(obj, *args, **kwargs)
-                    err = self.machine._engine.sched_error()
+                    self.machine._engine.sched_error()          # raises what the core hook raised
             except _Abort:
                 raise
             except BaseException as e:

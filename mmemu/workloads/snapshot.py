@@ -70,7 +70,6 @@ def run(*, pages: int = 1 << 18, accesses: int = 4_000_000, vcpus: int = 1, patt
                        C.PAGE_IS_WRITTEN, 0, 0, C.PAGE_IS_WRITTEN, vec_len=0)
     m.costs = costs
     page_ns = int(round(C.PAGE_SIZE * 8 / save_gbps))
-    saver = vcpus                                     # the saver's CPU
     threads = [p.thread(cpu=v) for v in range(vcpus)]
     per = [accesses // vcpus + (1 if v < accesses % vcpus else 0) for v in range(vcpus)]
     fed = [0] * vcpus
