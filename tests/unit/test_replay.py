@@ -6,6 +6,7 @@ import pytest
 import mmemu
 from mmemu import MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE
 from mmemu.uffd import UFFDIO_REGISTER_MODE_MISSING
+from registered import registered
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -16,6 +17,12 @@ def machine(n=256, kernel="6.18"):
     p = m.spawn()
     a = p.mmap(0, n * PAGE, RW, PRIV | MAP_NORESERVE)
     return m, p, a
+
+
+def missing(n):
+    """n pages registered MISSING on a fresh context."""
+    m = mmemu.Machine(memory=(n + 512) * PAGE)
+    return (m, *registered(m, n))
 
 
 def trace(a, n, count, seed, write_share=0.5):
@@ -55,10 +62,7 @@ def test_replay_does_what_the_same_accesses_do_one_by_one(kernel):
 
 def test_every_distinct_page_takes_one_missing_fault_served_in_the_core():
     n = 512
-    m, p, a = machine(n)
-    u = p.userfaultfd()
-    u.api()
-    u.register(a, n * PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    m, p, a, u = missing(n)
     src = np.arange(1, n + 1, dtype=np.uint64) * 7
     u.serve_core("copy", base=a, versions=src)
     addrs, writes = trace(a, n, 20000, seed=2, write_share=0.0)
@@ -72,10 +76,7 @@ def test_every_distinct_page_takes_one_missing_fault_served_in_the_core():
 
 def test_a_python_handler_pauses_the_batch_and_it_resumes():
     n = 32
-    m, p, a = machine(n)
-    u = p.userfaultfd()
-    u.api()
-    u.register(a, n * PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    m, p, a, u = missing(n)
     served = []
 
     def handler(ctx, msg):

@@ -10,6 +10,7 @@ from mmemu import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE as PAGE, PROT_READ, PROT
 from mmemu.scenarios.races import find
 from mmemu.sched import Scheduler
 from mmemu.uffd import UFFDIO_REGISTER_MODE_MISSING
+from registered import registered
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -26,14 +27,7 @@ def run_at(step, name):
     return choose
 
 
-def missing_page(m):
-    """A process with one private page registered MISSING on a fresh context."""
-    p = m.spawn()
-    a = p.mmap(0, PAGE, RW, PRIV)
-    u = p.userfaultfd()
-    u.api()
-    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
-    return p, a, u
+missing_page = registered          # one private page registered MISSING on a fresh context
 
 
 # ---- the races of the issue: found in the buggy era, exhausted clean after the fix ----

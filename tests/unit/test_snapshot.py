@@ -15,6 +15,7 @@ from mmemu import (MADV_DONTNEED, MADV_PAGEOUT, MAP_ANONYMOUS, MAP_PRIVATE, MAP_
                    PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE, FOLL_WRITE, FOLL_LONGTERM)
 from mmemu.snapshot import SnapshotError
 from mmemu.uffd import UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, UFFD_FEATURE_PAGEFAULT_FLAG_WP
+from registered import registered
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -180,7 +181,6 @@ def test_crash_mid_write_leaves_the_old_file_whole(tmp_path, child_python):
     m = mmemu.Machine(memory=64 * PAGE)
     m.spawn().mmap(0, PAGE, RW, PRIV)
     m.save(path)
-    old = path.read_bytes()
     script = textwrap.dedent(f"""
         import mmemu, os
         m = mmemu.Machine(memory=64 << 20)
@@ -255,13 +255,7 @@ def test_a_lambda_handler_cannot_be_saved_and_says_why(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def _missing_page(m):
-    p = m.spawn()
-    a = p.mmap(0, PAGE, RW, PRIV)
-    u = p.userfaultfd()
-    u.api()
-    u.register(a, PAGE, UFFDIO_REGISTER_MODE_MISSING)
-    return p, a, u
+_missing_page = registered
 
 
 def test_a_resolver_handler_is_saved():

@@ -10,8 +10,8 @@ import mmemu
 from mmemu import constants as C
 from mmemu.cli import main
 from mmemu.cost import DEFAULT, CostModel, Link
-from mmemu.uffd import UFFDIO_REGISTER_MODE_MISSING
 from mmemu.workloads import postcopy, snapshot, umap
+from registered import registered
 
 PAGE = C.PAGE_SIZE
 
@@ -239,11 +239,7 @@ def test_cli_plots_for_snapshot_umap_and_replay(tmp_path, capsys):
 
 def _pager(resident=8, n=64):
     m = mmemu.Machine(memory=64 << 20)
-    p = m.spawn()
-    a = p.mmap(0, n * PAGE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
-    u = p.userfaultfd()
-    u.api()
-    u.register(a, n * PAGE, UFFDIO_REGISTER_MODE_MISSING)
+    p, a, u = registered(m, n)
     store = np.arange(1000, 1000 + n, dtype=np.uint64)
     u.serve_core("pager", base=a, versions=store, resident=resident)
     return m, p, a, u, store
