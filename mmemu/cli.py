@@ -428,22 +428,31 @@ def _costs(args):
         raise UsageError(str(e)) from None
 
 
-def cmd_postcopy(args):
-    from .cost import Link
-    from .trace import TraceError, load
-    from .workloads import postcopy
+def _workload(args, run, **kw):
+    """run(...) with the flags every workload takes (_workload_flags), a
+    progress bar on a terminal, and bad input as one line."""
+    from .trace import TraceError
     tick, close = _bar(args.accesses, args)
     try:
-        tr = load(args.trace, args.format) if args.trace else None
-        out = postcopy.run(pages=args.pages, accesses=args.accesses, vcpus=args.vcpus, pattern=args.pattern,
-                           write_share=args.write_share, seed=args.seed, kernel=args.kernel,
-                           link=Link(gbps=args.gbps, latency_us=args.latency_us, preempt=args.preempt),
-                           precopy_rounds=args.precopy_rounds, dirty_rate=args.dirty_rate,
-                           costs=_costs(args), trace=tr, progress=tick)
+        return run(pages=args.pages, accesses=args.accesses, pattern=args.pattern, write_share=args.write_share,
+                   seed=args.seed, kernel=args.kernel, progress=tick, **kw)
     except (TraceError, ValueError, OSError) as e:
         raise UsageError(str(e)) from None
     finally:
         close()
+
+
+def cmd_postcopy(args):
+    from .cost import Link
+    from .trace import TraceError, load
+    from .workloads import postcopy
+    try:
+        tr = load(args.trace, args.format) if args.trace else None
+        link = Link(gbps=args.gbps, latency_us=args.latency_us, preempt=args.preempt)
+    except (TraceError, ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    out = _workload(args, postcopy.run, vcpus=args.vcpus, link=link, precopy_rounds=args.precopy_rounds,
+                    dirty_rate=args.dirty_rate, costs=_costs(args), trace=tr)
     plots = _plots(args, "postcopy", out, out["pages"],
                    f"postcopy {out['pages']} pages{' preempt' if args.preempt else ''}")
     lat, b = out["latency_us"], out["blocktime_ms"]
@@ -471,15 +480,7 @@ def cmd_postcopy(args):
 
 def cmd_snapshot(args):
     from .workloads import snapshot
-    tick, close = _bar(args.accesses, args)
-    try:
-        out = snapshot.run(pages=args.pages, accesses=args.accesses, vcpus=args.vcpus, pattern=args.pattern,
-                           write_share=args.write_share, seed=args.seed, kernel=args.kernel, mode=args.mode,
-                           costs=_costs(args), progress=tick)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    finally:
-        close()
+    out = _workload(args, snapshot.run, vcpus=args.vcpus, mode=args.mode, costs=_costs(args))
     plots = _plots(args, "snapshot", out, out["pages"], f"snapshot ({out['mode']})")
     if not args.json:
         print(f"snapshot ({out['mode']}): {out['pages']} pages, {out['vcpus']} vCPU(s), {out['accesses']} "
@@ -499,15 +500,7 @@ def cmd_snapshot(args):
 
 def cmd_umap(args):
     from .workloads import umap
-    tick, close = _bar(args.accesses, args)
-    try:
-        out = umap.run(pages=args.pages, buffer_pages=args.buffer, accesses=args.accesses, pattern=args.pattern,
-                       write_share=args.write_share, seed=args.seed, kernel=args.kernel, in_core=args.in_core,
-                       progress=tick)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    finally:
-        close()
+    out = _workload(args, umap.run, buffer_pages=args.buffer, in_core=args.in_core)
     plots = _plots(args, "umap", out, out["pages"], f"umap on {out['kernel']}",
                    by="time" if out["in_core"] else "access")
     if not args.json:
