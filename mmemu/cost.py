@@ -12,6 +12,8 @@ machine mmemu is developed on (2 vCPUs of an AMD EPYC under KVM, kernel
 from __future__ import annotations
 
 import json
+import math
+import operator
 import os
 from dataclasses import dataclass, field
 
@@ -36,11 +38,16 @@ class CostModel:
     source: str = "default (measured on the development machine, 2026-12-05)"
 
     def __post_init__(self):
-        for k, v in self.ns.items():
+        for k, v in list(self.ns.items()):
             if k not in EVENTS:
                 raise ValueError(f"no event {k!r} to cost (one of {', '.join(EVENTS)})")
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 40:
+            try:
+                n = operator.index(v)           # numpy integers too
+            except TypeError:
+                n = None
+            if n is None or isinstance(v, bool) or not 0 <= n < 1 << 40:
                 raise ValueError(f"cost of {k} must be an integer number of ns in 0 .. 2^40")
+            self.ns[k] = int(n)
 
     def to_json(self):
         return {"ns": dict(self.ns), "source": self.source}
@@ -65,10 +72,12 @@ def stored_path():
 
 
 def load(path=None):
-    """The stored calibration, or DEFAULT when there is none."""
-    path = path or stored_path()
-    if not os.path.exists(path):
-        return DEFAULT
+    """A cost model file; with no path, the stored calibration, or DEFAULT
+    when there is none (a path given must exist)."""
+    if path is None:
+        path = stored_path()
+        if not os.path.exists(path):
+            return DEFAULT
     try:
         with open(path) as f:
             return CostModel.from_json(json.load(f), path)
@@ -133,8 +142,11 @@ class Link:
     preempt: bool = False
 
     def __post_init__(self):
-        if not self.gbps > 0 or self.latency_us < 0 or self.queue_bytes < 0:
-            raise ValueError("a link needs gbps > 0, latency_us >= 0 and queue_bytes >= 0")
+        # Bounded so every time the core derives stays far inside int64 ns.
+        if not (0 < self.gbps < 1e6 and 0 <= self.latency_us < 1e9 and 0 <= self.queue_bytes < 1 << 40) \
+                or not all(map(math.isfinite, (self.gbps, self.latency_us))):
+            raise ValueError("a link needs 0 < gbps < 10^6, 0 <= latency_us < 10^9 and "
+                             "0 <= queue_bytes < 2^40")
 
     @property
     def page_ns(self):

@@ -720,8 +720,8 @@ class Uffd:
             raise ValueError("serve_core: \"pager\" takes resident=N (pages), and only it")
         if resident is not None:
             resident = _args.size(resident, "serve_core", "resident")
-            if resident < 1 or versions is None:
-                raise ValueError("serve_core: a pager needs resident >= 1 and a store (versions)")
+            if resident < 1 or versions is None or resident > len(np.asarray(versions)):
+                raise ValueError("serve_core: a pager needs a store (versions) and resident >= 1, at most its pages")
         kind = 0 if resolver is None else self._RESOLVERS[resolver]
         base = _args.ulong(base, "serve_core", "base")
         if link is not None:

@@ -109,9 +109,10 @@ def run(*, pages: int = 1 << 20, accesses: int = 10_000_000, vcpus: int = 1, pat
     costs = costs or DEFAULT
     if not 1 <= vcpus <= 255:
         raise ValueError("vcpus must be in 1..255")
-    if pages < 1 or accesses < 0 or precopy_rounds < 0 or dirty_rate < 0 or not 0 <= write_share <= 1:
-        raise ValueError("pages must be >= 1; accesses, precopy_rounds and dirty_rate >= 0; "
-                         "write_share in [0, 1]")
+    if pages < 1 or accesses < 0 or precopy_rounds < 0 or not 0 <= dirty_rate < 1e12 \
+            or not 0 <= write_share <= 1 or not 0 < quantum_us < 1e9:
+        raise ValueError("pages must be >= 1; accesses and precopy_rounds >= 0; dirty_rate in "
+                         "[0, 10^12); write_share in [0, 1]; quantum_us in (0, 10^9)")
     if trace is not None:
         # A recorded trace runs on one vCPU over a guest of exactly the
         # pages it touches: the k-th distinct page becomes guest page k.

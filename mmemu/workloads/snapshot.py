@@ -44,8 +44,10 @@ def run(*, pages: int = 1 << 18, accesses: int = 4_000_000, vcpus: int = 1, patt
     costs = costs or DEFAULT
     if mode not in ("sync", "async"):
         raise ValueError(f"mode must be sync or async, not {mode!r}")
-    if pages < 1 or accesses < 0 or not 1 <= vcpus <= 255 or save_gbps <= 0:
-        raise ValueError("pages >= 1, accesses >= 0, vcpus in 1..255 and save_gbps > 0")
+    if pages < 1 or accesses < 0 or not 1 <= vcpus <= 255 or not 0 < save_gbps < 1e6 \
+            or stop_pages < 0 or max_rounds < 1 or not 0 <= write_share <= 1:
+        raise ValueError("pages >= 1, accesses >= 0, vcpus in 1..255, 0 < save_gbps < 10^6, "
+                         "stop_pages >= 0, max_rounds >= 1 and write_share in [0, 1]")
     m = Machine(kernel=kernel, ncpus=vcpus + 1, memory=(pages + pages // 256 + 4096) * C.PAGE_SIZE)
     p = m.spawn()
     guest = p.mmap(GUEST_BASE, pages * C.PAGE_SIZE, C.PROT_READ | C.PROT_WRITE,

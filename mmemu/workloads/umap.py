@@ -30,20 +30,27 @@ from ..errors import Deadlock
 from ..machine import Machine
 from ..uffd import (UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_MISSING,
                     UFFDIO_REGISTER_MODE_WP)
-from .postcopy import GUEST_BASE, _accesses
+from .postcopy import CHUNK, GUEST_BASE, _accesses
 from . import peak_rss_kib
 
 PAGE = C.PAGE_SIZE
 
 
-def _content(i, gen):
-    """Page i's bytes at generation gen (what the application stored)."""
-    return (np.full(PAGE // 8, (i << 20) | gen, np.uint64)).tobytes()
+def _stamp(i, gen):
+    """What the application's gen-th store to page i writes (8 bytes; the
+    store starts as zeros, generation 0)."""
+    return 0 if gen == 0 else (i << 20) | gen
+
+
+def _chunks(pattern, pages, accesses, write_share, seed):
+    """The application's accesses, CHUNK at a time (a huge count never sizes
+    one array)."""
+    for c in range(0, accesses, CHUNK):
+        yield _accesses(pattern, pages, min(CHUNK, accesses - c), write_share, seed, 0, c // CHUNK)
 
 
 def _in_core(pages, buffer_pages, accesses, pattern, write_share, seed, kernel, progress):
     t0 = time.perf_counter()
-    tr = _accesses(pattern, pages, accesses, write_share, seed, 0, 0)
     store0 = np.arange(pages, dtype=np.uint64)
     store0 += np.uint64(1 << 48)
 
@@ -60,17 +67,20 @@ def _in_core(pages, buffer_pages, accesses, pattern, write_share, seed, kernel, 
             u.serve_core("pager", base=a, versions=store, resident=resident, log=True)
         else:
             u.serve_core("copy", base=a, versions=store)
-        c = p.thread(cpu=0).replay(tr)
-        if progress:
-            progress(c["accesses"] // (2 if resident else 1))
+        c = {"accesses": 0, "uffd_faults": 0}
+        for tr in _chunks(pattern, pages, accesses, write_share, seed):
+            got = p.thread(cpu=0).replay(tr)
+            c = {k: c[k] + got[k] for k in c}
+            if progress:
+                progress(got["accesses"] // (2 if resident else 1))
         now = m._engine.versions(p.mm, a, pages)
         m.check()
-        return c, u.core_stats(), np.where(now != 0, now, store)
-    c, st, got = machine(buffer_pages)
-    _, _, want = machine(None)                     # every page resident: the reference
+        return m.policy.version, c, u.core_stats(), np.where(now != 0, now, store)
+    version, c, st, got = machine(buffer_pages)
+    _, _, _, want = machine(None)                  # every page resident: the reference
     t1 = time.perf_counter()
     return {
-        "kernel": Machine(kernel=kernel, memory=64 * PAGE).policy.version, "pages": pages,
+        "kernel": version, "pages": pages,
         "buffer_pages": buffer_pages, "pattern": pattern, "accesses": c["accesses"], "seed": seed,
         "in_core": True, "outcome": "completed", "deadlock": None,
         "faults": {"missing": c["uffd_faults"], "wp": 0},
@@ -96,8 +106,6 @@ def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, 
     store = p.memfd_create("umap-store")
     p.ftruncate(store, pages * PAGE)
     gen = np.zeros(pages, np.int64)                  # what the application last stored per page
-    for i in range(pages):
-        p.pwrite(store, _content(i, 0), i * PAGE)
     region = p.mmap(0, pages * PAGE, C.PROT_READ | C.PROT_WRITE, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
     u = p.userfaultfd()
     u.api(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
@@ -133,37 +141,41 @@ def run(*, pages: int = 4096, buffer_pages: int = 512, accesses: int = 100_000, 
         counts["fills"] += 1
     u.serve(handler, cpu=1)
 
-    tr = _accesses(pattern, pages, accesses, write_share, seed, 0, 0)
-    idx = ((tr.addrs - np.uint64(GUEST_BASE)) >> np.uint64(C.PAGE_SHIFT)).astype(np.int64)
     t = p.thread(cpu=0)
     deadlock = None
     done = 0
-    step = 4096
     try:
-        for s in range(0, accesses, step):
+        for tr in _chunks(pattern, pages, accesses, write_share, seed):
             # Stores write a page's next generation, through the same
             # userfault path as any access (bytes, so the store can check).
-            e = min(s + step, accesses)
-            for k in range(s, e):
-                done = at[0] = k
+            # One Python call per access: the pager under test is Python.
+            idx = ((tr.addrs - np.uint64(GUEST_BASE)) >> np.uint64(C.PAGE_SHIFT)).astype(np.int64)
+            for k in range(len(tr)):
+                at[0] = done + k
                 j = int(idx[k])
                 a = region + j * PAGE
                 if tr.writes[k]:
                     gen[j] += 1
-                    t.write(a, _content(j, int(gen[j]))[:8])
+                    t.write(a, int(_stamp(j, int(gen[j]))).to_bytes(8, "little"))
                 else:
                     t.read(a, 8)
-            done = e
+            done += len(tr)
             if progress:
-                progress(e - s)
+                progress(len(tr))
     except Deadlock as ex:
+        done = at[0]
         deadlock = str(ex)
     t1 = time.perf_counter()
     ok = None
     if deadlock is None:
         while resident:                               # flush: every dirty page goes back
             evict()
-        ok = all(p.pread(store, 8, j * PAGE) == _content(j, int(gen[j]))[:8] for j in range(pages))
+        want = np.where(gen == 0, 0, (np.arange(pages, dtype=np.int64) << 20) | gen).astype(np.uint64)
+        ok = True
+        for s in range(0, pages, 1024):               # the first 8 bytes of each page, 1024 pages a read
+            n = min(1024, pages - s)
+            got = np.frombuffer(p.pread(store, n * PAGE, s * PAGE), np.uint64)[::PAGE // 8]
+            ok &= bool(np.array_equal(got, want[s:s + n]))
         m.check()
     return {
         "kernel": m.policy.version, "pages": pages, "buffer_pages": buffer_pages, "pattern": pattern,

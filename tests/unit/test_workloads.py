@@ -302,3 +302,22 @@ def test_a_link_needs_its_source_and_one_arrival_per_page():
             u.serve_core("copy", base=a, link=Link(), **kw)
     u.serve_core("copy", base=a, versions=store, link=Link(), arrival=np.zeros(64, np.int64))
     assert u.core_stats()["faults"] == 0
+
+
+def test_hostile_arguments_end_in_clear_errors_and_change_nothing(tmp_path):
+    m, p, a, u, store = _pager()
+    with pytest.raises(ValueError, match="resident"):
+        u.serve_core("pager", base=a, versions=store, resident=2**40)    # not a 2^40-entry ring
+    assert len(u.core_stats()["resident"]) == 0                           # the old pager is still there
+    m.costs = {"faults": np.int64(7)}                                     # numpy integers are integers
+    assert m.costs["faults"] == 7
+    for bad in (dict(latency_us=float("nan")), dict(gbps=float("inf")), dict(queue_bytes=2**70)):
+        with pytest.raises(ValueError, match="link"):
+            Link(**bad)
+    with pytest.raises(ValueError, match="quantum_us"):
+        postcopy.run(pages=64, accesses=10, quantum_us=-1)
+    with pytest.raises(ValueError, match="save_gbps"):
+        snapshot.run(pages=64, accesses=10, save_gbps=float("nan"))
+    with pytest.raises(ValueError, match="No such file"):
+        mmemu.cost.load(str(tmp_path / "missing.json"))                  # a path given must exist
+    assert main(["postcopy", "--costs", str(tmp_path / "missing.json"), "--pages", "64"]) == 2
