@@ -91,12 +91,9 @@ def calibrate(npages=20_000, progress=None):
     import platform
 
     from .host import timing as T
-    steps = []
-
     def note(what):
         if progress:
             progress(what)
-        steps.append(what)
     note("anonymous write faults")
     anon = T.anon_faults(npages) / npages
     note("read faults on the zero page")

@@ -74,8 +74,8 @@ def _precopy(npages, rounds, dirty_rate, link, pattern, seed):
         sent += todo
         writes = int(dirty_rate * dur / 1e9)
         dirty[:] = False
-        if writes:
-            tr = _accesses(pattern, npages, writes, 0.0, seed + 7919, 10_000 + r, 0)
+        for c in range(0, writes, CHUNK):             # a chunk at a time: writes may be many
+            tr = _accesses(pattern, npages, min(CHUNK, writes - c), 0.0, seed + 7919, 10_000 + r, c // CHUNK)
             dirty[((tr.addrs - np.uint64(GUEST_BASE)) >> np.uint64(C.PAGE_SHIFT)).astype(np.int64)] = True
         todo = int(dirty.sum())
     return t, sent, dirty
