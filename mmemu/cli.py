@@ -3,7 +3,7 @@
     mmemu scenarios   scenario x kernel version matrix (the main job)
     mmemu bugs        the bug tags of the matrix: what, introduced, fixed
     mmemu eras        the version -> era -> rule table
-    mmemu diff        random programs on the host kernel and on the engine
+    mmemu diff        random programs on the host kernel (or a VM's) and on the engine
     mmemu explore     the interleavings of a race scenario: the shortest wrong one
     mmemu replay      a memory-access trace (lackey, csv, npz) replayed as postcopy serves it
     mmemu trace record  a program's memory trace, through valgrind's lackey
@@ -11,6 +11,7 @@
     mmemu snapshot    a live snapshot under uffd-wp (sync) or WP_ASYNC + PAGEMAP_SCAN (async)
     mmemu umap        a umap-style user-level pager: fill, write-protect, write back, evict
     mmemu calibrate   measure this machine's kernel costs: emulated time in its units
+    mmemu vm          fetch / boot the Debian kernels the VM oracle runs (vm:6.1, vm:6.12)
 
 Exit status: 0 as expected, 1 an unexpected result (a scenario that did not
 behave as its era predicts, a divergence), 2 bad input (one line on stderr),
@@ -209,6 +210,12 @@ def cmd_scenarios(args):
     scenarios = all_scenarios()
     if args.only:
         scenarios = _select(scenarios, args.only)
+    if args.on:
+        if args.kernel or args.csv:
+            raise UsageError("--on compares with the engine at the oracle's own version: "
+                             "no --kernel or --csv with it")
+        from .host import oracle_scenarios
+        return oracle_scenarios.main(args, scenarios)
     versions = list(dict.fromkeys(args.kernel or VERSIONS))   # in order, once each
     jobs = [(s, v) for s in scenarios for v in versions]
     results = {}
@@ -317,6 +324,35 @@ def cmd_diff(argv):
         print(f"mmemu diff: error: needs the host oracle (mmemu.host): {e}", file=sys.stderr)
         return 2
     return diff.main(argv)
+
+
+# --- vm ----------------------------------------------------------------------------
+
+def cmd_vm(args):
+    from .host import vmimage
+    say = (lambda t: print(f"{args.kernel}: {t}", file=sys.stderr))
+    try:
+        if args.action == "list":
+            for pkg, ver in sorted(vmimage.available_packages().items(),
+                                   key=lambda kv: vmimage._ver_key(kv[1])):
+                pinned = [k for k, v in vmimage.DEFAULTS.items() if v == ver]
+                print(f"{vmimage.upstream_of(ver):10} {ver:22} {pkg}"
+                      + (f"   (= {pinned[0]})" if pinned else ""))
+            return 0
+        d = vmimage.prepare(args.kernel, say)
+        info = vmimage.info(d)
+        print(f"{info['package']} {info['debian_version']} (upstream {info['version']}): {d}")
+        if args.action == "boot":
+            from .host.vm import Guest
+            g = Guest(args.kernel, accel=args.accel, progress=say)
+            try:
+                print(f"booted under {g.accel.upper()} in {g.boot_seconds:.1f} s: {g.proc_version}")
+            finally:
+                g.close()
+        return 0
+    except vmimage.VmUnavailable as e:
+        print(f"mmemu vm: {e}", file=sys.stderr)
+        return 2
 
 
 # --- explore -----------------------------------------------------------------------
@@ -567,12 +603,16 @@ def _parser():
     parser = ArgumentParser(prog="mmemu", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mmemu {__version__}")
-    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,trace,postcopy,snapshot,umap,calibrate,diff}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,trace,postcopy,snapshot,umap,calibrate,diff,vm}")
     sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
     sc.add_argument("--kernel", action="append", type=kernel_version, metavar="V",
                     help="a version, 5.7 ... 6.18 or host (repeatable); default: all")
     sc.add_argument("--only", metavar="S,...",
                     help="comma-separated scenario ids (S3; S24 = every S24/<backing>) or names")
+    sc.add_argument("--on", metavar="host|vm:K",
+                    help="also run each scenario on a real kernel: the host, or a Debian "
+                         "kernel booted under QEMU (vm:6.1, vm:6.12), and compare it with the "
+                         "engine at that kernel's exact version")
     output_flags(sc)
     progress_flags(sc)
     bg = sub.add_parser("bugs", help="the bug tags: what each is, introduced, fixed")
@@ -637,6 +677,15 @@ def _parser():
     ca.add_argument("--json", action="store_true")
     sub.add_parser("diff", help="differential run against the host kernel (see mmemu diff -h)",
                    add_help=False)
+    vm = sub.add_parser("vm", help="real Debian kernels booted under QEMU, as oracles")
+    vm.add_argument("action", choices=("fetch", "boot", "list"),
+                    help="fetch: download and prepare a kernel package; boot: also boot it "
+                         "once and report the time; list: the kernel packages apt has")
+    vm.add_argument("kernel", nargs="?", default="6.1",
+                    help="6.1, 6.12 (pinned Debian versions), a Debian package version or an "
+                         "upstream point release the archive has (default 6.1)")
+    vm.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="auto: KVM where a guest boots with it (probed once), else TCG")
     return parser
 
 
@@ -653,10 +702,10 @@ def main(argv=None):
         command = {"scenarios": cmd_scenarios, "bugs": cmd_bugs, "eras": cmd_eras,
                    "explore": cmd_explore, "replay": cmd_replay, "trace": cmd_trace,
                    "postcopy": cmd_postcopy, "snapshot": cmd_snapshot, "umap": cmd_umap,
-                   "calibrate": cmd_calibrate}.get(args.cmd)
+                   "calibrate": cmd_calibrate, "vm": cmd_vm}.get(args.cmd)
         if command is None:
             raise UsageError("a command is required: scenarios, bugs, eras, explore, replay, postcopy, "
-                             "snapshot, umap, calibrate or diff (mmemu -h)")
+                             "snapshot, umap, calibrate, diff or vm (mmemu -h)")
         return command(args)
     except UsageError as e:
         prog = "mmemu" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")

@@ -1074,6 +1074,9 @@ def run(program: Program, machine: Machine | HostMachine, *, snapshots: bool = T
     """
     steps = steps_of(program)
     check(steps)
+    remote = getattr(type(machine), "run_program", None)
+    if remote is not None:          # a VmMachine: the whole run happens in its guest
+        return remote(machine, program, snapshots=snapshots, cleanup=cleanup)
     r = _Run(machine, snapshots)
     main = machine.spawn()
     r.procs["main"] = main

@@ -772,9 +772,12 @@ def _parser():
     ap.add_argument("--kernel", type=kernel_version, default="host", metavar="V",
                     help="engine era to compare, Machine(kernel=V): 5.7 ... 6.18 or host "
                          "(default: host)")
-    ap.add_argument("--against", choices=["engine", "host"], default="engine",
-                    help="compare with the engine (default) or with the host itself, which "
-                         "checks the oracle's own determinism")
+    ap.add_argument("--against", type=_against, default="engine", metavar="engine|host|vm:K",
+                    help="compare the host with the engine (default) or with itself, which "
+                         "checks the oracle's own determinism; vm:K (vm:6.1, vm:6.12, a "
+                         "Debian kernel version) makes a Debian kernel booted under QEMU "
+                         "the oracle instead of the host, compared with the engine at that "
+                         "kernel's exact version (fetched and prepared on first use)")
     ap.add_argument("--max-steps", type=positive_int, default=12, metavar="N",
                     help="steps per program (default 12)")
     ap.add_argument("--no-pins", action="store_true", help="no io_uring pins")
@@ -795,6 +798,61 @@ def _parser():
     output_flags(ap, csv_too=False)
     progress_flags(ap)
     return ap
+
+
+def _against(text):
+    if text in ("engine", "host"):
+        return text
+    if text.startswith("vm:") and len(text) > 3:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: engine, host or vm:K (vm:6.1, vm:6.12)")
+
+
+def _oracle(args, swap, log, bars):
+    """The machine the programs are checked on, with its name, capabilities
+    and what makes its other side: (make_oracle, oracle name, caps, swap,
+    make_other, names) or a one-line error (str)."""
+    from .caps import capabilities
+    if not args.against.startswith("vm:"):
+        if swap:
+            from .swap import why_no_swap
+            reason = why_no_swap()
+            if reason:
+                print(f"no swap on either side: the host cannot enable it ({reason})", file=log)
+                swap = 0
+        if args.against == "host":
+            make_other, names = (lambda: HostMachine(swap=swap, uffd=args.uffd)), ("host", "host")
+        else:
+            try:
+                make_other = engine_factory(args.kernel, args.seed, swap)
+            except EngineMissing as e:
+                return str(e)
+            names = ("host", "engine")
+        return (lambda: HostMachine(swap=swap, uffd=args.uffd)), capabilities(), swap, \
+            make_other, names
+    from .vm import VmMachine, VmUnavailable, guest
+    spec = args.against[3:]
+    name = args.against
+    try:
+        g = guest(spec, progress=lambda t: print(f"{name}: {t}", file=log))
+    except VmUnavailable as e:
+        return f"{name}: {e}"
+    print(f"{name}: {g.info['package']} {g.info['debian_version']} booted in "
+          f"{g.boot_seconds:.1f} s ({g.accel.upper()})", file=log)
+    caps = g.func("mmemu.host.caps:capabilities")
+    if swap:
+        reason = g.func("mmemu.host.swap:why_no_swap")
+        if reason:
+            print(f"no swap on either side: the guest cannot enable it ({reason})", file=log)
+            swap = 0
+    kernel = g.version if args.kernel == "host" else args.kernel
+    try:
+        make_other = engine_factory(kernel, args.seed, swap)
+        make_other()
+    except (EngineMissing, ValueError) as e:
+        return f"the engine cannot run {kernel}: {e}"
+    return (lambda: VmMachine(spec, swap=swap, uffd=args.uffd)), caps, swap, make_other, \
+        (name, f"engine {kernel}")
 
 
 def _report(args, swap, dropped, counts, results, shrunk):
@@ -838,25 +896,13 @@ def main(argv=None, out=None):
     out = out or sys.stdout
     log = sys.stderr if args.json else out
     from tqdm import tqdm
-    from .caps import capabilities
 
-    caps = capabilities()
-    swap = args.swap
-    if swap:
-        from .swap import why_no_swap
-        reason = why_no_swap()
-        if reason:
-            print(f"no swap on either side: the host cannot enable it ({reason})", file=log)
-            swap = 0
-    if args.against == "host":
-        make_other, names = (lambda: HostMachine(swap=swap, uffd=args.uffd)), ("host", "host")
-    else:
-        try:
-            make_other, names = (engine_factory(args.kernel, args.seed, swap),
-                                 ("host", "engine"))
-        except EngineMissing as e:
-            print(f"mmemu diff: {e}", file=log)
-            return 2
+    bars = not progress_enabled(args)       # tqdm's disable=
+    got = _oracle(args, args.swap, log, bars)
+    if isinstance(got, str):
+        print(f"mmemu diff: {got}", file=log)
+        return 2
+    make_oracle, caps, swap, make_other, names = got
     if not caps.pfns:
         print(f"mmemu diff: {caps.why_not('pfns')}; frame sharing cannot be compared",
               file=log)
@@ -875,11 +921,10 @@ def main(argv=None, out=None):
                   file=log)
     counts = {}
     try:
-        host = HostMachine(swap=swap, uffd=args.uffd)
+        host = make_oracle()
     except Unsupported as e:
         print(f"mmemu diff: {e}", file=log)
         return 2
-    bars = not progress_enabled(args)       # tqdm's disable=
     with host:
         print(f"swap: {swap >> 10} KiB on both sides" if swap else "swap: none", file=log)
         bar = tqdm(total=args.programs, desc="programs", unit="prog", disable=bars,
