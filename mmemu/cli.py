@@ -27,7 +27,8 @@ import signal
 import sys
 
 from ._version import __version__
-from .eras import CHANGES, ERA_STARTS, VERSIONS, era_of, host_version, policy_for
+from .eras import (CHANGES, ERA_STARTS, STABLE_RESEARCHED, VERSIONS, _key, era_of, host_version,
+                   policy_for)
 
 LEGEND = ("  .  passes (fixed or never affected)    B  reproduces the bug, as expected\n"
           "  -  skipped (feature absent)            !  unexpected result (see below)")
@@ -90,7 +91,8 @@ def nonnegative_int(text):
 
 
 def kernel_version(text):
-    """A modelled version ('5.7' ... '6.18') or 'host' (whose version must be modelled)."""
+    """A modelled version ('5.7' ... '6.18'), a researched stable point release
+    ('6.1.176'), or 'host' (whose version must be placeable): mmemu.eras.policy_for."""
     try:
         policy_for(text)
     except ValueError as e:
@@ -279,9 +281,16 @@ def cmd_bugs(args):
     return 0
 
 
+def listed_versions():
+    """The modelled versions, then each later release a Change comes from
+    (reached only through stable point releases and backports=)."""
+    later = {c.version for c in CHANGES if c.version not in VERSIONS}
+    return list(VERSIONS) + sorted(later, key=_key)
+
+
 def _era_rows():
     """(version, era, change or None): one row per change, or one empty row."""
-    for v in VERSIONS:
+    for v in listed_versions():
         here = [c for c in CHANGES if c.version == v]
         for c in here or [None]:
             yield v, era_of(v), c
@@ -290,10 +299,12 @@ def _era_rows():
 def cmd_eras(args):
     if args.json:
         out = []
-        for v in VERSIONS:
+        for v in listed_versions():
             out.append({"version": v, "era": era_of(v),
                         "changes": [{"commit": c.commit, "title": c.title, "bug": c.bug,
-                                     "knobs": dict(c.knobs)}
+                                     "knobs": dict(c.knobs),
+                                     "stable": {b: {"commit": s.commit or None, "release": f"{b}.{s.release}"}
+                                                for b, s in c.stable.items()}}
                                     for c in CHANGES if c.version == v]})
         json.dump(out, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -312,6 +323,8 @@ def cmd_eras(args):
         text = (f"{c.commit}  {c.title}" + (f"  [{c.bug}]" if c.bug else "")) if c else ""
         print(f"{v if first else '':8} {era if first else '':5} {text}".rstrip())
     print("eras begin at: " + ", ".join(f"{e} {v}" for v, e in ERA_STARTS))
+    print("stable point releases placed: "
+          + ", ".join(f"{b}.1 ... {b}.{n}" for b, n in STABLE_RESEARCHED.items()))
     return 0
 
 
@@ -606,7 +619,8 @@ def _parser():
     sub = parser.add_subparsers(dest="cmd", metavar="{scenarios,bugs,eras,explore,replay,trace,postcopy,snapshot,umap,calibrate,diff,vm}")
     sc = sub.add_parser("scenarios", help="scenario x kernel version matrix")
     sc.add_argument("--kernel", action="append", type=kernel_version, metavar="V",
-                    help="a version, 5.7 ... 6.18 or host (repeatable); default: all")
+                    help="a version, 5.7 ... 6.18, a stable point release such as "
+                         "6.1.176, or host (repeatable); default: all")
     sc.add_argument("--only", metavar="S,...",
                     help="comma-separated scenario ids (S3; S24 = every S24/<backing>) or names")
     sc.add_argument("--on", metavar="host|vm:K",

@@ -5,6 +5,13 @@ Policy. A version's policy is the 5.7 baseline plus every Change whose
 version is <= it; `backports=[commit]` applies single Changes on top, so a
 stable kernel with a fix (or a distro kernel with a revert) is expressible.
 
+A stable point release ("6.1.176") is its base version ("6.1", the .0
+release) plus the Changes that branch took: each Change's `stable` names, per
+branch, the backport's commit in linux-X.Y.y and the first point release that
+has it. STABLE_RESEARCHED records how far each branch's history was read; a
+point release past it, or of a branch never read, is refused (ValueError),
+never guessed.
+
 Sources: ../shared/reference/semantics.md section 0 (eras) and section 18
 (bug index). Commit ids marked [~] there are approximate; they are still the
 keys users pass to `backports=`. A change whose id we have not confirmed is
@@ -12,7 +19,7 @@ keyed by a name instead of a made-up id.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import os
 import platform
@@ -80,7 +87,32 @@ BASELINE = {
     "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
     "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
     "mremap_multi_vma": 0,        # a FIXED, same-size mremap may move several VMAs (6.17)
+    "pagemap_scan_none_written": 0,  # PAGEMAP_SCAN's generic path counts an empty pte or PMD hole WRITTEN (7.2): B21
 }
+
+
+class Stable(NamedTuple):
+    """A Change as one stable branch took it."""
+    commit: str     # the backport's id in linux-X.Y.y (12 hex digits), or UNCONFIRMED
+    release: int    # first point release of the branch that has it: X.Y.<release>
+
+
+# The point release is established (Debian's changelog of the stable updates it
+# absorbed lists the subject under that release) but the backport's own commit
+# id in linux-X.Y.y was not found: never a made-up id.
+UNCONFIRMED = ""
+
+# How far each stable branch's history was read for the Changes below: X.Y.y is
+# placed from X.Y.1 up to X.Y.<n>. Sources: the changelogs of Debian's kernel
+# packages, which list every upstream stable release they absorb with the
+# subject of each of its commits (5.10.y: bullseye's 5.10.262-1, complete from
+# 5.10.2; 5.19.y: the 5.19.2-5.19.11 uploads to unstable, kept in bookworm's
+# changelog; 6.1.y: bookworm's 6.1.176-1, complete from 6.1.2; 6.12.y:
+# 6.12.118-1~deb12u1, complete from 6.12.4), cross-checked and given commit ids
+# from kernel.org's post-receive mails of linux-stable; 6.18.y: those mails
+# (the push that tags 6.18.44). A Change whose `stable` has no entry for a
+# researched branch was not backported to it up to that release.
+STABLE_RESEARCHED = {"5.10": 262, "5.19": 11, "6.1": 176, "6.12": 118, "6.18": 44}
 
 
 @dataclass(frozen=True)
@@ -90,6 +122,10 @@ class Change:
     title: str
     knobs: dict
     bug: str = ""        # bug index row of semantics.md section 18 it opens/closes
+    # Stable branch "X.Y" -> Stable(commit, first point release); see STABLE_RESEARCHED.
+    stable: dict = field(default_factory=dict)
+    # Other names backports= accepts for it (the names used before the id was confirmed).
+    aliases: tuple = ()
 
 
 CHANGES = (
@@ -105,25 +141,32 @@ CHANGES = (
            {"mm_has_pinned": 1}),
     Change("70e806e4e645", "5.9", "mm: Do early cow for pinned pages during fork() for ptes",
            {"fork_early_cow": 1}, bug="B6 fixed"),
+    # 5.10.9 took it with feb889fb40fa; the clear_refs trigger of B7 (S48c) ends there.
     Change("9348b73c2e1b", "5.11", "mm: don't play games with pinned pages in clear_page_refs",
-           {"clear_refs_skip_pinned": 1}),
-    Change("912efa17e512", "5.12", "fs/proc: clear_refs: flush the TLB after clearing soft-dirty "
-           "(pending count + flush_tlb_mm; title paraphrased)",
-           {"clear_refs_flush": 1}, bug="B10 fixed"),
+           {"clear_refs_skip_pinned": 1}, bug="B7 mitigated (the clear_refs trigger)",
+           stable={"5.10": Stable(UNCONFIRMED, 9)}),
+    Change("912efa17e512", "5.12", "mm: proc: Invalidate TLB after clearing soft-dirty page state",
+           {"clear_refs_flush": 1}, bug="B10 fixed",
+           stable={"5.10": Stable(UNCONFIRMED, 20)}),
+    # Fixes 292924b26024; Cc stable 5.9+, of which 5.10.y and 5.11.y were alive.
     Change("6ce64428d620", "5.12", "mm/userfaultfd: fix memory corruption due to writeprotect",
-           {"uffd_wp_flush_pending": 1}, bug="B11 fixed"),
+           {"uffd_wp_flush_pending": 1}, bug="B11 fixed",
+           stable={"5.10": Stable(UNCONFIRMED, 24)}),
     Change("57efa1fe5957", "5.11", "mm/gup: prevent gup_fast from racing with COW during fork",
-           {"gup_fast_seq": 1}, bug="B17 fixed"),
+           {"gup_fast_seq": 1}, bug="B17 fixed",
+           stable={"5.10": Stable(UNCONFIRMED, 4)}),
     Change("uffd-user-mode-only", "5.11", "userfaultfd: add UFFD_USER_MODE_ONLY (id unconfirmed)",
            {"uffd_user_mode_only": 1}),
     Change("feb889fb40fa", "5.11", "mm: don't put pinned pages into the swap cache",
-           {"swapout_skip_pinned": 1}, bug="B9 mitigated"),
+           {"swapout_skip_pinned": 1}, bug="B9 mitigated",
+           stable={"5.10": Stable(UNCONFIRMED, 9)}),
     Change("c949b097ef2e", "5.14", "userfaultfd/shmem: support minor fault registration for shmem (no fault-around for MINOR)",
            {"fault_around_uffd": 1}),
     Change("f4c4a3f48480", "5.14", "mm: free idle swap cache page after COW",
            {"free_swapcache_after_cow": 1}),
     Change("8f34f1eac382", "5.14", "mm/userfaultfd: fix uffd-wp special cases for fork()",
-           {"fork_uffd_child_vma": 1}, bug="B12, B13 fixed"),
+           {"fork_uffd_child_vma": 1}, bug="B12, B13 fixed",
+           stable={"5.10": Stable(UNCONFIRMED, 53)}),
     Change("uffd-minor-hugetlbfs", "5.13", "userfaultfd: add minor fault handling (hugetlbfs) and UFFDIO_CONTINUE",
            {"uffd_features": 0x3ff}),
     Change("uffd-minor-shmem", "5.14", "userfaultfd/shmem: support minor fault registration for shmem",
@@ -147,18 +190,23 @@ CHANGES = (
            bug="B14, B15 introduced"),
     Change("9c28a205c061", "5.19", "mm/shmem: handle uffd-wp special pte in page fault handler (uffd_disable_fault_around)",
            {"fault_around_uffd": 2}),
+    # CVE-2022-2590; 5.19.y only (5.15.y and older have no PageAnonExclusive to rely on).
     Change("5535be309971", "6.0", "mm/gup: fix FOLL_FORCE COW security issue and remove FOLL_COW",
-           {"foll_cow_rule": FOLL_FORCE_ANON_EXCLUSIVE}, bug="B16 fixed"),
+           {"foll_cow_rule": FOLL_FORCE_ANON_EXCLUSIVE}, bug="B16 fixed",
+           stable={"5.19": Stable(UNCONFIRMED, 6)}),
     Change("4a18419f71cd", "6.0", "mm/mprotect: use mmu_gather (with x86's pte_needs_flush: only "
            "ptes that lost rights are flushed)", {"mprotect_gather": 1}),
     Change("64fe24a3e05e", "6.0", "mm/mprotect: try avoiding write faults for exclusive anonymous pages when changing protection",
            {"mprotect_upgrade": 1}),
     Change("84209e87c696", "6.2", "mm/gup: reliable R/O long-term pinning in COW mappings",
            {"gup_unshare_nonanon": 1}, bug="B20 fixed"),
-    Change("uffd-fork-marker-fix", "6.2", "mm/uffd: fix pte marker when fork() without fork event",
-           {"fork_marker_child_wp": 1}, bug="B14 fixed"),
-    Change("uffd-wp-writenotify", "6.2", "mm/userfaultfd: enable writenotify while userfaultfd-wp is enabled for a VMA",
-           {"uffd_wp_writenotify": 1}, bug="B15 fixed"),
+    # Cc stable 5.19+, but 5.19.y and 6.0.y had ended by January 2023: 6.1.y only.
+    Change("49d6d7fb6313", "6.2", "mm/uffd: fix pte marker when fork() without fork event",
+           {"fork_marker_child_wp": 1}, bug="B14 fixed",
+           stable={"6.1": Stable("2d11727655bf", 11)}, aliases=("uffd-fork-marker-fix",)),
+    Change("51d3d5eb74ff", "6.2", "mm/userfaultfd: enable writenotify while userfaultfd-wp is enabled for a VMA",
+           {"uffd_wp_writenotify": 1}, bug="B15 fixed",
+           stable={"6.1": Stable("bcde505af166", 8)}, aliases=("uffd-wp-writenotify",)),
     Change("931298e103c2", "6.3", "mm/userfaultfd: rely on vma->vm_page_prot in uffd_wp_range()",
            {"uffd_unprotect_writable": 1}),
     Change("2bad466cc9d9", "6.4", "mm/uffd: UFFD_FEATURE_WP_UNPOPULATED",
@@ -176,21 +224,38 @@ CHANGES = (
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "
            "(dst's anon_vma prepared before the checks; MOVE without a VMA is ENOENT)",
            {"uffd_vma_lock": 1}),
-    Change("mm-clear-uffd-wp-on-mremap", "6.13", "mm: clear uffd-wp PTE/PMD state on mremap() "
-           "(a January 2025 mm-hotfix, release inferred; id unconfirmed)",
-           {"uffd_mremap_clear_wp": 1}),
-    Change("uffd-unregister-own-ctx", "6.13", "userfaultfd: refuse to unregister a VMA registered to another "
-           "context (host-proven on 6.18; release and id unconfirmed)",
+    # A January 2025 mm-hotfix in 6.13 (Greg's 6.6.y "failed to apply" mail
+    # names it in Linus's tree on the day after 6.13); not in 6.1.y or 6.6.y.
+    Change("0cef0bb836e3", "6.13", "mm: clear uffd-wp PTE/PMD state on mremap()",
+           {"uffd_mremap_clear_wp": 1},
+           stable={"6.12": Stable(UNCONFIRMED, 11)}, aliases=("mm-clear-uffd-wp-on-mremap",)),
+    # In mm-unstable in July 2025, so merged for 6.17 (6.12.118's
+    # userfaultfd_unregister() still lets any context unregister); upstream id
+    # unconfirmed among the tree copies seen.
+    Change("uffd-unregister-own-ctx", "6.17", "userfaultfd: prevent unregistering VMAs through a "
+           "different userfaultfd (host-proven on 6.18; id unconfirmed)",
            {"uffd_unregister_own_only": 1}),
     Change("mremap-multi-vma", "6.17", "mm/mremap: permit mremap() move of multiple VMAs "
            "(not of uffd-registered ones; host-proven on 6.18; id unconfirmed)",
            {"mremap_multi_vma": 1}),
-    Change("uffd-eagain-output-field", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race (id unconfirmed)",
-           {"uffd_eagain_result": 1}),
+    Change("95567729173e", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race",
+           {"uffd_eagain_result": 1},
+           stable={"6.12": Stable(UNCONFIRMED, 29)}, aliases=("uffd-eagain-output-field",)),
+    # B21: a July 2026 mm-hotfix pair merged for 7.2-rc (after the modelled
+    # versions, so only stable kernels and backports= reach it). The engine has
+    # no page-table hole apart from an empty pte, so 40de8160ca7f ("... for PMD
+    # holes"; 6.12.y 777d8400abd4, 6.18.y 7d3e1d3a0dce, same releases) is this
+    # one knob too and backports= accepts its id.
+    Change("07b4377bdbe7", "7.2", "fs/proc/task_mmu: fix PAGEMAP_SCAN written state for unpopulated ptes",
+           {"pagemap_scan_none_written": 1}, bug="B21 fixed",
+           stable={"6.12": Stable("f25834c60f49", 103), "6.18": Stable("be11b4bf498a", 44)},
+           aliases=("40de8160ca7f",)),
 )
 
 # Selected only through backports=: the stable-kernel flavour of 17839856fd58,
-# which forced COW for FOLL_GET only (semantics.md section 0, E1 [~]).
+# which forced COW for FOLL_GET only (semantics.md section 0, E1 [~]). Its
+# branches (4.19.y, 5.4.y) are older than the modelled versions, so no point
+# release reaches it; their history is not researched here.
 BACKPORT_ONLY = (
     Change("17839856fd58-stable", "5.8", "gup: 'COW can break either way' workaround, stable flavour (FOLL_GET only)",
            {"gup_forced_cow": FORCED_COW_GET_ONLY, "foll_cow_rule": FOLL_COW_DIRTY}),
@@ -204,16 +269,72 @@ REVERTS = (
            {"tlb_flush_nested": 0}, bug="B18 introduced"),
 )
 
-CHANGES_BY_COMMIT = {c.commit: c for c in CHANGES + BACKPORT_ONLY + REVERTS}
+CHANGES_BY_COMMIT = {name: c for c in CHANGES + BACKPORT_ONLY + REVERTS
+                     for name in (c.commit,) + c.aliases}
 
 # Era labels of semantics.md section 0, by first version.
 ERA_STARTS = (("5.7", "E0"), ("5.8", "E1"), ("5.9", "E2"), ("5.12", "E2b"), ("5.18", "E3"),
               ("5.19", "E4"), ("6.2", "E5"), ("6.4", "E6"), ("6.13", "E7"))
 
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?\Z")
+
+
+def _parse(version):
+    """"6.1" -> (6, 1, None); "6.1.176" -> (6, 1, 176); anything else is a ValueError."""
+    m = _VERSION.match(str(version))
+    if not m:
+        raise ValueError(f"bad kernel version {version!r}: expected X.Y or X.Y.Z, e.g. 6.1 or 6.1.176")
+    major, minor, point = m.groups()
+    return int(major), int(minor), None if point is None else int(point)
+
 
 def _key(version):
-    major, minor = version.split(".")
-    return int(major), int(minor)
+    """Order of versions: "6.1" is the .0 release, before "6.1.1"."""
+    major, minor, point = _parse(version)
+    return major, minor, point or 0
+
+
+def base_version(version: str) -> str:
+    """The mainline release a version builds on: "6.1.176" -> "6.1"."""
+    major, minor, _ = _parse(version)
+    return f"{major}.{minor}"
+
+
+def stable_backports(version: str) -> tuple:
+    """The Changes a stable point release took on top of its base version, in
+    CHANGES order; () for an X.Y (.0) version. ValueError where the record
+    cannot place the version (see place())."""
+    base, point = place(version)
+    if not point:
+        return ()
+    return tuple(c for c in CHANGES if base in c.stable and c.stable[base].release <= point)
+
+
+def place(version: str):
+    """(base, point release or 0) of a version the era table can place, else
+    a ValueError that says why."""
+    major, minor, point = _parse(version)
+    base = f"{major}.{minor}"
+    if base not in VERSIONS:
+        raise _unknown(version)
+    if point and base not in STABLE_RESEARCHED:
+        raise ValueError(f"cannot place {version}: the stable history of {base}.y is not "
+                         f"researched, so its backports are unknown (researched: {_researched()}; "
+                         f"or pass kernel={base!r} with backports=[...])")
+    if point and point > STABLE_RESEARCHED[base]:
+        raise ValueError(f"cannot place {version}: the stable history of {base}.y is researched "
+                         f"only up to {base}.{STABLE_RESEARCHED[base]}, so what {version} took "
+                         "after it is unknown")
+    return base, point or 0
+
+
+def _researched():
+    return ", ".join(f"{b}.y up to {b}.{n}" for b, n in STABLE_RESEARCHED.items())
+
+
+def _unknown(kernel):
+    return ValueError(f"unknown kernel version {kernel!r}; choices: host, " + ", ".join(VERSIONS)
+                      + ", or a point release of a researched stable branch (" + _researched() + ")")
 
 
 def era_of(version: str) -> str | None:
@@ -226,7 +347,8 @@ def era_of(version: str) -> str | None:
 
 @dataclass
 class Policy:
-    """The rules one machine runs with. `knobs` go to the core as integers."""
+    """The rules one machine runs with. `knobs` go to the core as integers.
+    `version` is the full version ("6.1.176" for a point release)."""
     version: str
     era: str
     knobs: dict
@@ -240,21 +362,40 @@ class Policy:
             return knobs[name]
         raise AttributeError(name)
 
+    @property
+    def base(self) -> str:
+        """The mainline release the version builds on ("6.1" for "6.1.176")."""
+        return base_version(self.version)
+
     def at_least(self, version: str) -> bool:
         return _key(self.version) >= _key(version)
 
 
+def _debian_version(release, build):
+    """Debian names its kernels by ABI ("6.1.0-50-amd64") and puts the stable
+    release in `uname -v` ("... Debian 6.1.176-1 (2026-...)")."""
+    m = re.search(r"Debian (\d+\.\d+\.\d+)", build)
+    if m and base_version(m.group(1)) == base_version(release):
+        return m.group(1)
+    return release
+
+
 def host_version() -> str:
-    """The running kernel's major.minor, clamped to the newest we know."""
-    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    """The running kernel's full version ("6.18.44" for "6.18.44-fc-v1294"); a
+    base newer than the newest modelled version is clamped to that version's
+    .0 release. ValueError when the era table cannot place it."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", platform.release())
     if not m:
         raise ValueError(f"cannot parse the host kernel release {platform.release()!r}")
-    v = f"{m.group(1)}.{m.group(2)}"
+    v = m.group(0)
+    if m.group(3) == "0":
+        v = _debian_version(v, platform.version())
     if _key(v) < _key(VERSIONS[0]):
         raise ValueError(f"host kernel {v} predates the oldest modelled version {VERSIONS[0]}")
-    if _key(v) > _key(VERSIONS[-1]):
-        v = VERSIONS[-1]
-    return v
+    if _key(base_version(v)) > _key(VERSIONS[-1]):
+        return VERSIONS[-1]
+    base, point = place(v)
+    return f"{base}.{point}" if point else base
 
 
 def _host_soft_dirty():
@@ -275,25 +416,30 @@ def _host_soft_dirty():
 
 
 def policy_for(kernel: str = "6.18", backports: Iterable[str] = ()) -> Policy:
-    """Policy for a version string ("5.7" ... "6.18") or "host"."""
+    """Policy for a version ("5.7" ... "6.18", a researched stable point
+    release such as "6.1.176", or "host")."""
     host = kernel == "host"
     version = host_version() if host else str(kernel)
-    if version not in VERSIONS:
-        raise ValueError(f"unknown kernel version {kernel!r}; choices: host, "
-                         + ", ".join(VERSIONS))
+    if not host and not _VERSION.match(version):
+        raise _unknown(kernel)
+    base, point = place(version)
+    version = f"{base}.{point}" if point else base       # "6.1.0" is the .0 release, "6.1"
     knobs = dict(BASELINE)
     applied = []
     for change in CHANGES:
-        if _key(change.version) <= _key(version):
+        if _key(change.version) <= _key(base):
             knobs.update(change.knobs)
             applied.append(change.commit)
+    for change in stable_backports(version):
+        knobs.update(change.knobs)
+        applied.append(change.commit)
     for commit in backports:
         change = CHANGES_BY_COMMIT.get(commit)
         if change is None:
             raise ValueError(f"unknown backport {commit!r}; known commits: "
                              + ", ".join(sorted(CHANGES_BY_COMMIT)))
         knobs.update(change.knobs)
-        applied.append(commit)
+        applied.append(change.commit)
     if host:
         knobs["soft_dirty"] = _host_soft_dirty() if os.path.exists("/proc/self/pagemap") else 0
         # mm/memory-failure.c registers this sysctl: present iff CONFIG_MEMORY_FAILURE.

@@ -28,8 +28,10 @@ _KPF = {"anon": C.KPF_ANON, "ksm": C.KPF_KSM, "swapcache": C.KPF_SWAPCACHE, "zer
 class Machine:
     """An emulated machine running the memory-management rules of `kernel`.
 
-    kernel: "5.7" ... "6.18", or "host" for the running kernel's version and
-    config. backports: commit ids (see mmemu.eras.CHANGES) applied on top.
+    kernel: "5.7" ... "6.18", a researched stable point release ("6.1.176":
+    the base version plus that branch's backports), or "host" for the running
+    kernel's full version and config. backports: commit ids (see
+    mmemu.eras.CHANGES) applied on top.
     memory: bytes of RAM (frames). swap: bytes of the swap device (0: none).
     seed: the same seed and inputs give the same results, bit for bit.
     tlb: "x86" (a cached writable entry with dirty clear re-walks the page

@@ -1267,10 +1267,14 @@ class Process(FileOps):
             walked[a:b] = True
 
         # pagemap_scan_pmd_entry's PAGE_IS_WRITTEN fast path counts an empty
-        # pte as written; its generic path does not until the B21 fix.
+        # pte as written; its generic path does so only with the B21 fix
+        # (knob pagemap_scan_none_written: 07b4377bdbe7 with 40de8160ca7f, 7.2;
+        # 6.12.103, 6.18.44), which also counts a PMD hole: the engine has no
+        # hole apart from empty ptes.
         fast = not category_anyof_mask and not category_inverted and \
             category_mask == C.PAGE_IS_WRITTEN and return_mask == C.PAGE_IS_WRITTEN
-        cats = self._engine.pagemap_categories(self.mm, start, npages, fast).astype(np.int64)
+        none_written = fast or bool(self._policy().pagemap_scan_none_written)
+        cats = self._engine.pagemap_categories(self.mm, start, npages, none_written).astype(np.int64)
         c = cats ^ category_inverted
         match = walked & ((c & category_mask) == category_mask)
         if category_anyof_mask:

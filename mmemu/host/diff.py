@@ -770,7 +770,8 @@ def _parser():
     ap.add_argument("--seed", type=nonnegative_int, default=0,
                     help="generation seed (default 0)")
     ap.add_argument("--kernel", type=kernel_version, default="host", metavar="V",
-                    help="engine era to compare, Machine(kernel=V): 5.7 ... 6.18 or host "
+                    help="engine era to compare, Machine(kernel=V): 5.7 ... 6.18, a stable "
+                         "point release such as 6.12.118, or host "
                          "(default: host)")
     ap.add_argument("--against", type=_against, default="engine", metavar="engine|host|vm:K",
                     help="compare the host with the engine (default) or with itself, which "

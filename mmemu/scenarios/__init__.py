@@ -9,7 +9,8 @@ registry feeds pytest (strict xfail in the buggy versions) and
 """
 from dataclasses import dataclass, field
 
-from ..eras import VERSIONS, _key
+from ..eras import VERSIONS, _key, base_version, stable_backports
+from .bugs import bug_tags
 
 
 class ScenarioFailure(AssertionError):
@@ -60,10 +61,32 @@ class Scenario:
         return f"{self.name}[{self.backing}]"
 
     def fails_in(self, version):
-        return version in self.fails
+        """`fails` names mainline versions. A stable point release fails as its
+        base does, unless it took a Change that marks one of this scenario's
+        bugs "fixed" or "mitigated" and that upstream already let the scenario
+        pass in its own release (a mitigation that ended only some triggers
+        ends only the scenarios it ended upstream)."""
+        base = base_version(version)
+        if base not in self.fails:
+            return False
+        tags = set(bug_tags(self.bug))
+        for change in stable_backports(version):
+            if change.version not in self.fails and tags & _ended(change.bug):
+                return False
+        return True
 
     def skip_reason(self, policy):
         return self.needs(policy) if self.needs else None
+
+
+def _ended(bug):
+    """The bug tags a Change's `bug` text marks "fixed" or "mitigated"."""
+    out = set()
+    for part in bug.split(";"):
+        words = part.replace(",", " ").replace("(", " ").split()
+        if "fixed" in words or "mitigated" in words:
+            out |= {w for w in words if w[:1] == "B" and w[1:2].isdigit()}
+    return out
 
 
 REGISTRY = []

@@ -65,7 +65,7 @@ BUGS = (
         "0758cd830494", "912efa17e512 (5.12-rc1)", ("912efa17e512",)),
     Bug("B11", "uffd-wp with a deferred TLB flush: a write through a stale entry is "
                "lost during COW",
-        "292924b26024 (5.7), frequent from 5.9", "6ce64428d620 (5.12-rc3; stable 5.9+)", ("6ce64428d620",)),
+        "292924b26024 (5.7), frequent from 5.9", "6ce64428d620 (5.12-rc3; 5.10.24)", ("6ce64428d620",)),
     Bug("B12", "without EVENT_FORK the child's ptes inherit uffd-wp bits",
         "b569a1760782 (5.7)", "8f34f1eac382 (5.14)", ("8f34f1eac382",)),
     Bug("B13", "with EVENT_FORK a pinned page copied early at fork loses uffd-wp in "
@@ -73,14 +73,14 @@ BUGS = (
         "70e806e4e645 (5.9)", "8f34f1eac382 (5.14)", ("8f34f1eac382",)),
     Bug("B14", "fork copies a uffd-wp pte marker into a child VMA that is not "
                "uffd-wp (and WARNs)",
-        "c56d1b62cce8 (5.19)", "'mm/uffd: fix pte marker when fork() without fork "
-        "event' (6.2; stable 5.19+)", ("uffd-fork-marker-fix",)),
+        "c56d1b62cce8 (5.19)", "49d6d7fb6313 'mm/uffd: fix pte marker when fork() without fork "
+        "event' (6.2; 6.1.11)", ("49d6d7fb6313",)),
     Bug("B15", "shmem uffd-wp silently lost through mprotect, migration or NUMA hinting",
-        "5.19", "'mm/userfaultfd: enable writenotify while userfaultfd-wp is enabled "
-        "for a VMA' (6.2)", ("uffd-wp-writenotify",)),
+        "5.19", "51d3d5eb74ff 'mm/userfaultfd: enable writenotify while userfaultfd-wp is enabled "
+        "for a VMA' (6.2; 6.1.8)", ("51d3d5eb74ff",)),
     Bug("B16", "CVE-2022-2590: a FOLL_FORCE write reaches the shmem page cache "
                "through a dirty read-only pte left by UFFDIO_CONTINUE",
-        "about 5.16", "5535be309971 (6.0; 5.19.y)", ("5535be309971",)),
+        "about 5.16", "5535be309971 (6.0; 5.19.6)", ("5535be309971",)),
     Bug("B17", "a GUP-fast pin racing with fork misses the early COW",
         "5.9", "57efa1fe5957 (5.11)", ("57efa1fe5957",)),
     Bug("B18", "a concurrent MADV_DONTNEED returns before stale TLB entries are flushed",
@@ -93,10 +93,10 @@ BUGS = (
         "always", "84209e87c696 (6.2)", ("84209e87c696",)),
     Bug("B21", "PAGEMAP_SCAN does not report empty slots or PMD holes as WRITTEN on "
                "every path",
-        "12f6b01a0bcb (6.7) / 2bad466cc9d9 (6.4)", "mm-hotfixes of 2026 (era E8), "
-        "after the modelled range"),
+        "12f6b01a0bcb (6.7) / 2bad466cc9d9 (6.4)", "07b4377bdbe7 and 40de8160ca7f (7.2; "
+        "6.12.103, 6.18.44)", ("07b4377bdbe7",)),
     Bug("B22", "hugetlb fork corrupts migration and hwpoison entries when clearing uffd-wp",
-        "bc70fbf269fd (5.19)", "mm-hotfixes of 2026 (era E8), after the modelled range"),
+        "bc70fbf269fd (5.19)", "83abe2fd5b3a (7.2; 6.12.103, 6.18.44), not modelled"),
     Bug("B23", "write protection lost for shmem pages faulted in again during a hole "
                "punch (zap drops the marker)",
         "5.19", "never: the kernel's design, not a bug upstream"),

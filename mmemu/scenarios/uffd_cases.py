@@ -689,7 +689,7 @@ def mmap_changing(m, backing):
     # The output field holds -EAGAIN only since 95567729173e ("fix
     # uninitialized output field for -EAGAIN race", 6.15): before, the early
     # mmap_changing exit left it as userland set it, so only errno is checked.
-    eagain = -errno.EAGAIN if pol.at_least("6.15") else None
+    eagain = -errno.EAGAIN if pol.uffd_eagain_result else None
     _errno(errno.EAGAIN, lambda: u.copy(0, bytes(PAGE), PAGE), "COPY", result=eagain)
     _errno(errno.EAGAIN, lambda: u.zeropage(0, PAGE), "ZEROPAGE", result=eagain)
     if pol.uffd_features & U.UFFD_FEATURE_MOVE:
@@ -1211,7 +1211,7 @@ def scan_after_dontneed(m, backing):
     then report the range WRITTEN (and re-arm it). Up to 6.18 the generic path
     gives an empty pte no category: the zapped range looks clean, and an
     incremental dumper keeps the stale pre-DONTNEED contents (B21, fixed by
-    the 2026 mm-hotfixes)."""
+    07b4377bdbe7 and 40de8160ca7f in 7.2, and in 6.12.103 and 6.18.44)."""
     n = 8
     p, u, P = _armed_async(m, n)
     _scan(p, P, n)                                 # arm everything
@@ -1422,7 +1422,7 @@ def remove_events(m, backing):
     check(wf is not None, "the read of Z must wait")
     _, wb = _try(lambda: p.madvise(P, 2 * PAGE, C.MADV_DONTNEED))
     check(wb is not None, "DONTNEED with EVENT_REMOVE must wait until the event is read")
-    eagain = -errno.EAGAIN if m.policy.at_least("6.15") else None     # output field: see S42
+    eagain = -errno.EAGAIN if m.policy.uffd_eagain_result else None     # output field: see S42
     _errno(errno.EAGAIN, lambda: u.copy(P, _page(0)), "COPY during REMOVE", result=eagain)
     _errno(errno.EAGAIN, lambda: u.zeropage(P, PAGE), "ZEROPAGE during REMOVE", result=eagain)
     _errno(errno.EAGAIN, lambda: u.writeprotect(P, PAGE, PROTECT), "WRITEPROTECT during REMOVE")
