@@ -31,8 +31,9 @@ from .eras import (CHANGES, ERA_STARTS, STABLE_RESEARCHED, VERSIONS, _key, era_o
                    policy_for)
 
 LEGEND = ("  .  passes (fixed or never affected)    B  reproduces the bug, as expected\n"
-          "  -  skipped (feature absent)            !  unexpected result (see below)")
-SYMBOL = {"pass": ".", "bug": "B", "skip": "-"}
+          "  -  n/a: the version lacks the feature  s  skipped: this machine cannot run it\n"
+          "  !  unexpected result (see below)")
+SYMBOL = {"pass": ".", "bug": "B", "n/a": "-", "skip": "s"}
 
 
 class UsageError(Exception):
@@ -207,6 +208,25 @@ def _result_record(r, kernel):
             "detail": r.message}
 
 
+def summary_line(results):
+    """'907 runs: 812 as expected (40 reproduce their bug), 95 n/a (the era
+    lacks the feature), 0 unexpected'. A cell that did not run is never "as
+    expected": n/a cells (the version predates the interface) are counted on
+    their own, and so are skips (this machine cannot run the case), shown
+    only when there are any."""
+    results = list(results)
+    counts = {k: sum(1 for r in results if r.expected is k) for k in (True, False, None)}
+    bugs = sum(1 for r in results if r.label == "bug")
+    na = sum(1 for r in results if r.status == "n/a")
+    skipped = counts[None] - na
+    parts = [f"{counts[True]} as expected ({bugs} reproduce their bug)",
+             f"{na} n/a (the era lacks the feature)"]
+    if skipped:
+        parts.append(f"{skipped} skipped (cannot run here)")
+    parts.append(f"{counts[False]} unexpected")
+    return f"{len(results)} runs: " + ", ".join(parts)
+
+
 def cmd_scenarios(args):
     from .scenarios import all_scenarios, run
     scenarios = all_scenarios()
@@ -224,7 +244,7 @@ def cmd_scenarios(args):
     for s, v in _progress(jobs, len(jobs), progress_enabled(args), "scenarios"):
         results[(s.id, v)] = run(s, v)
     unexpected = [results[(s.id, v)] for s in scenarios for v in versions
-                  if not results[(s.id, v)].expected]
+                  if results[(s.id, v)].expected is False]
     status = 1 if unexpected else 0
     if args.json:
         json.dump([_result_record(results[(s.id, v)], v) for s in scenarios for v in versions],
@@ -252,10 +272,7 @@ def cmd_scenarios(args):
         print("bugs:")
         for line in legend:
             print("  " + line)
-    total = len(results)
-    bugs = sum(1 for r in results.values() if r.label == "bug")
-    print(f"\n{total} runs: {total - len(unexpected)} as expected ({bugs} reproduce their bug), "
-          f"{len(unexpected)} unexpected")
+    print("\n" + summary_line(results.values()))
     for r in unexpected:
         print(f"  ! {r.scenario.id} on {r.version}: {r.status}: "
               f"{r.message or 'passed where the bug should reproduce'}")

@@ -6,6 +6,14 @@ reproduces (`fails`). Outside those versions the scenario must pass; inside
 them it must fail, which is what "reproduces the bug" means. The same
 registry feeds pytest (strict xfail in the buggy versions) and
 `mmemu scenarios`.
+
+A case that cannot run is one of two things. The version lacks the interface
+it needs (its `needs(policy)` returns an `Absent` reason, or its body raises
+`FeatureAbsent` where the engine refuses the interface in that era): the
+cell is "n/a", not a result. Or this machine cannot run it (no swap, a host
+kernel built without CONFIG_MEM_SOFT_DIRTY): "skip". Neither counts as "as
+expected", so a gate that moves shows as cells going n/a, never as a matrix
+that still agrees.
 """
 from dataclasses import dataclass, field
 
@@ -19,6 +27,21 @@ class ScenarioFailure(AssertionError):
 
 class ScenarioSkip(Exception):
     """The scenario cannot run on this machine (missing feature or privilege)."""
+
+
+class FeatureAbsent(ScenarioSkip):
+    """Raised by a scenario body when the engine refuses an interface the case
+    needs because this version predates it: the cell is n/a."""
+
+
+class Absent(str):
+    """A skip reason meaning the version lacks the interface (an n/a cell),
+    as opposed to a machine that cannot run the case. `needs` functions
+    return absent("...") for what arrives in a later release."""
+
+
+def absent(reason):
+    return Absent(reason)
 
 
 def check(cond, message):
@@ -76,6 +99,8 @@ class Scenario:
         return True
 
     def skip_reason(self, policy):
+        """None, or why the case cannot run: an Absent reason when the
+        version lacks what it needs."""
         return self.needs(policy) if self.needs else None
 
 
@@ -115,21 +140,23 @@ def scenario(id, name, title, bug="", fails="", backing="anon", needs=None, why=
 class Result:
     scenario: Scenario
     version: str
-    status: str             # "pass" | "fail" | "skip" | "error"
+    status: str             # "pass" | "fail" | "n/a" | "skip" | "error"
     message: str = ""
 
     @property
     def expected(self):
-        if self.status == "skip":
-            return True
+        """True or False for a case that ran; None for one that did not (n/a:
+        the version lacks the interface; skip: this machine cannot run it)."""
+        if self.status in ("n/a", "skip"):
+            return None
         if self.scenario.fails_in(self.version):
             return self.status == "fail"
         return self.status == "pass"
 
     @property
     def label(self):
-        if self.status == "skip":
-            return "skip"
+        if self.status in ("n/a", "skip"):
+            return self.status
         if self.status == "error":
             return "ERROR"
         if self.scenario.fails_in(self.version):
@@ -146,13 +173,13 @@ def run(scn, kernel, machine_factory=None):
     version = machine.policy.version
     reason = scn.skip_reason(machine.policy)
     if reason:
-        return Result(scn, version, "skip", reason)
+        return Result(scn, version, "n/a" if isinstance(reason, Absent) else "skip", str(reason))
     try:
         scn.func(machine)
     except ScenarioFailure as e:
         return Result(scn, version, "fail", str(e))
     except ScenarioSkip as e:
-        return Result(scn, version, "skip", str(e))
+        return Result(scn, version, "n/a" if isinstance(e, FeatureAbsent) else "skip", str(e))
     except Exception as e:      # an engine error is an unexpected result, reported
         return Result(scn, version, "error", f"{type(e).__name__}: {e}")
     return Result(scn, version, "pass")

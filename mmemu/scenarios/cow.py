@@ -333,6 +333,7 @@ def forced_cow_zero_page(m):
 
 
 def _needs_soft_dirty(policy):
+    # A kernel config (a host built without it), not a version: a skip, not n/a.
     return None if policy.soft_dirty else "CONFIG_MEM_SOFT_DIRTY is off: clear_refs 4 does nothing"
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .. import constants as C
 from ..uffd import UFFDIO_REGISTER_MODE_WP
-from . import ScenarioFailure, ScenarioSkip, parse_versions, scenario
+from . import ScenarioFailure, ScenarioSkip, absent, parse_versions, scenario
 
 PAGE = C.PAGE_SIZE
 RW = C.PROT_READ | C.PROT_WRITE
@@ -258,7 +258,7 @@ def _file_untouched(m, ctx):
 def _needs_minor_shmem(policy):
     from ..uffd import UFFD_FEATURE_MINOR_SHMEM
     return None if policy.uffd_features & UFFD_FEATURE_MINOR_SHMEM else \
-        "MINOR faults on shmem and UFFDIO_CONTINUE (5.14)"
+        absent("MINOR faults on shmem and UFFDIO_CONTINUE (5.14)")
 
 
 @race("S47", "shm-dirty-cow", "a /proc/pid/mem write into a private read-only memfd mapping races "
@@ -307,7 +307,7 @@ def _stays_protected(m, ctx):
 
 
 def _needs_wp_shmem(policy):
-    return None if policy.uffd_wp_file else "uffd-wp on shmem needs PTE markers (5.19, 1db9dbc2ef05)"
+    return None if policy.uffd_wp_file else absent("uffd-wp on shmem needs PTE markers (5.19, 1db9dbc2ef05)")
 
 
 @race("S58b", "uffd-wp-hole-punch-race", "shmem hole punch with uffd-wp (case B, the race): fault-around "

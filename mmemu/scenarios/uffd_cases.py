@@ -22,7 +22,7 @@ import itertools
 from .. import constants as C
 from .. import uffd as U
 from ..errors import Deadlock, EmulatedSignal, Sigbus, WouldBlock
-from . import ScenarioFailure, ScenarioSkip, check, scenario
+from . import ScenarioFailure, ScenarioSkip, absent, check, scenario
 
 PAGE = C.PAGE_SIZE
 RW = C.PROT_READ | C.PROT_WRITE
@@ -91,19 +91,20 @@ def needs(*features, wp=False, minor=False, pagemap_wp=False, user_mode_only=Fal
     """needs(policy, backing): the reason this era cannot run the case, or None.
     wp/minor: the case registers that mode on its memory type."""
     def need(pol, backing):
+        # Every reason is the version lacking an interface: an n/a cell.
         for bit in features:
             if not pol.uffd_features & bit:
-                return f"{pol.version} has no UFFD_FEATURE_{_FEATURE_NAMES[bit]}"
+                return absent(f"{pol.version} has no UFFD_FEATURE_{_FEATURE_NAMES[bit]}")
         if wp and backing != "anon" and not pol.uffd_wp_file:
-            return "uffd-wp on shmem needs PTE markers (5.19, 1db9dbc2ef05)"
+            return absent("uffd-wp on shmem needs PTE markers (5.19, 1db9dbc2ef05)")
         if minor and not pol.uffd_features & U.UFFD_FEATURE_MINOR_SHMEM:
-            return "MINOR faults on shmem arrive in 5.14 (c949b097ef2e)"
+            return absent("MINOR faults on shmem arrive in 5.14 (c949b097ef2e)")
         if pagemap_wp and not pol.pm_uffd_wp:
-            return "pagemap has no uffd-wp bit (PM_UFFD_WP, 5.14)"
+            return absent("pagemap has no uffd-wp bit (PM_UFFD_WP, 5.14)")
         if user_mode_only and not pol.uffd_user_mode_only:
-            return "UFFD_USER_MODE_ONLY arrives in 5.11"
+            return absent("UFFD_USER_MODE_ONLY arrives in 5.11")
         if populate and not pol.madv_populate:
-            return "MADV_POPULATE_(READ|WRITE) arrive in 5.14"
+            return absent("MADV_POPULATE_(READ|WRITE) arrive in 5.14")
         return None
     return need
 

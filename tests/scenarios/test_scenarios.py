@@ -8,7 +8,9 @@ import pytest
 
 import mmemu
 from mmemu.eras import VERSIONS
-from mmemu.scenarios import ScenarioFailure, ScenarioSkip, all_scenarios
+from mmemu.eras import policy_for
+from mmemu.scenarios import (Absent, FeatureAbsent, Scenario, ScenarioFailure, ScenarioSkip,
+                             all_scenarios, run)
 
 
 def _cases():
@@ -39,7 +41,6 @@ def test_every_bug_of_the_issue_reproduces_somewhere():
     # here, fails in the last version of its era and passes in the version
     # after it. If a rule of an era goes missing (the bug no longer
     # reproduces) or its fix regresses, the bug drops out of `shown`.
-    from mmemu.scenarios import run
     wanted = {"B2", "B4", "B5", "B6", "B7", "B8", "B9", "B19", "B20"}
     shown, tried = set(), {}
     for scn in all_scenarios():
@@ -73,3 +74,36 @@ def test_stable_forced_cow_backport_covers_foll_get_only():
     with pytest.raises(ScenarioFailure):
         s9.func(mmemu.Machine(kernel="5.7", backports=["17839856fd58-stable"], memory=64 << 20))
     s9.func(mmemu.Machine(kernel="5.7", backports=["17839856fd58"], memory=64 << 20))
+
+
+def test_na_cells_are_the_versions_before_an_interface():
+    # n/a must mean "this version predates what the case needs": on the
+    # engine every reason not to run is Absent, the n/a versions of a case
+    # come before all the versions where it runs, and the newest runs it.
+    # A needs() that skipped for another reason would count as n/a wrongly,
+    # one that skipped a middle version would hide a gate.
+    for scn in all_scenarios():
+        reasons = [scn.skip_reason(policy_for(v)) for v in VERSIONS]
+        for v, reason in zip(VERSIONS, reasons):
+            assert reason is None or isinstance(reason, Absent), (scn.id, v, reason)
+        na = [r is not None for r in reasons]
+        assert na == sorted(na, reverse=True) and not na[-1], (scn.id, na)
+
+
+def test_run_tells_na_from_skip():
+    # needs() returning absent(...) or a body raising FeatureAbsent is n/a; a
+    # plain reason or ScenarioSkip (this machine cannot) is a skip. Neither
+    # is a result, so neither is "expected".
+    def body(exc):
+        def f(m):
+            raise exc
+        return f
+    cases = [(Scenario("T1", "t", "t", lambda m: None, needs=lambda p: Absent("5.14")), "n/a"),
+             (Scenario("T2", "t", "t", lambda m: None, needs=lambda p: "no swap"), "skip"),
+             (Scenario("T3", "t", "t", body(FeatureAbsent("EINVAL in this era"))), "n/a"),
+             (Scenario("T4", "t", "t", body(ScenarioSkip("no swap"))), "skip"),
+             (Scenario("T5", "t", "t", lambda m: None), "pass")]
+    for scn, status in cases:
+        r = run(scn, "6.1")
+        assert (r.status, r.label) == (status, status), scn.id
+        assert r.expected is (True if status == "pass" else None), scn.id

@@ -175,8 +175,31 @@ def test_scenarios_json_is_all_of_stdout(capsys):
                             "era", "label", "status", "expected", "detail"}
     s69 = {r["kernel"]: r for r in rows if r["id"] == "S69"}
     assert s69["6.18"]["label"] == "bug" and s69["6.18"]["era"] == "E7"
-    assert s69["5.7"]["label"] == "skip" and s69["5.7"]["expected"] is True
+    # 5.7 has no PAGEMAP_SCAN: the cell did not run, so it is n/a, not "as expected".
+    assert s69["5.7"]["label"] == s69["5.7"]["status"] == "n/a" and s69["5.7"]["expected"] is None
     assert "scenarios" in err       # the forced bar
+
+
+def test_scenarios_summary_counts_na_apart(capsys):
+    # A cell whose version lacks the interface is n/a: counted apart from the
+    # cells that ran as expected, drawn as "-", and never the exit status.
+    code, out, _ = run(capsys, "scenarios", "--only", "S3,S69", "--kernel", "5.7",
+                       "--kernel", "6.18", "--no-progress")
+    assert code == 0
+    assert "6 runs: 5 as expected (3 reproduce their bug), 1 n/a (the era lacks the feature), " \
+           "0 unexpected" in out
+    row = next(line for line in out.splitlines() if line.startswith("S69 "))
+    assert row.split()[1:3] == ["-", "B"]
+
+
+def test_summary_line_keeps_skips_apart_from_na():
+    from mmemu.cli import summary_line
+    from mmemu.scenarios import Result
+    scn = next(s for s in all_scenarios() if s.id == "S3")      # B2 reproduces on 5.7
+    results = [Result(scn, "5.7", "fail"), Result(scn, "6.18", "pass"), Result(scn, "6.18", "n/a"),
+               Result(scn, "6.18", "skip"), Result(scn, "6.18", "fail")]
+    assert summary_line(results) == ("5 runs: 2 as expected (1 reproduce their bug), 1 n/a (the era "
+                                     "lacks the feature), 1 skipped (cannot run here), 1 unexpected")
 
 
 def test_scenarios_csv_parses(capsys):
