@@ -87,6 +87,12 @@ BASELINE = {
     "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
     "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
     "mremap_multi_vma": 0,        # a FIXED, same-size mremap may move several VMAs (6.17)
+    "memfd_noexec": 0,            # memfd_create's MFD_NOEXEC_SEAL / MFD_EXEC (6.3)
+    "pagemap_scan_guard": 0,      # PAGEMAP_SCAN's PAGE_IS_GUARD category (6.16)
+    "madv_collapse": 0,           # MADV_COLLAPSE (6.1)
+    "madv_guard": 0,              # MADV_GUARD_INSTALL / REMOVE (6.13)
+    "mremap_dontunmap": 1,        # MREMAP_DONTUNMAP, private anonymous (e346b3813067, 5.7)
+    "mremap_dontunmap_any": 0,    # ... of shared and file mappings too (5.13)
     "pagemap_scan_none_written": 0,  # PAGEMAP_SCAN's generic path counts an empty pte or PMD hole WRITTEN (7.2): B21
 }
 
@@ -155,8 +161,8 @@ CHANGES = (
     Change("57efa1fe5957", "5.11", "mm/gup: prevent gup_fast from racing with COW during fork",
            {"gup_fast_seq": 1}, bug="B17 fixed",
            stable={"5.10": Stable(UNCONFIRMED, 4)}),
-    Change("uffd-user-mode-only", "5.11", "userfaultfd: add UFFD_USER_MODE_ONLY (id unconfirmed)",
-           {"uffd_user_mode_only": 1}),
+    Change("37cd0575b851", "5.11", "userfaultfd: add UFFD_USER_MODE_ONLY",
+           {"uffd_user_mode_only": 1}, aliases=("uffd-user-mode-only",)),
     Change("feb889fb40fa", "5.11", "mm: don't put pinned pages into the swap cache",
            {"swapout_skip_pinned": 1}, bug="B9 mitigated",
            stable={"5.10": Stable(UNCONFIRMED, 9)}),
@@ -167,24 +173,27 @@ CHANGES = (
     Change("8f34f1eac382", "5.14", "mm/userfaultfd: fix uffd-wp special cases for fork()",
            {"fork_uffd_child_vma": 1}, bug="B12, B13 fixed",
            stable={"5.10": Stable(UNCONFIRMED, 53)}),
-    Change("uffd-minor-hugetlbfs", "5.13", "userfaultfd: add minor fault handling (hugetlbfs) and UFFDIO_CONTINUE",
-           {"uffd_features": 0x3ff}),
-    Change("uffd-minor-shmem", "5.14", "userfaultfd/shmem: support minor fault registration for shmem",
-           {"uffd_features": 0x7ff}),      # + MINOR_HUGETLBFS (5.13), MINOR_SHMEM
+    Change("7677f7fd8be7", "5.13", "userfaultfd: add minor fault registration mode (hugetlbfs; "
+           "UFFDIO_CONTINUE in f619147104c8)",
+           {"uffd_features": 0x3ff}, aliases=("uffd-minor-hugetlbfs",)),
+    # The MINOR_SHMEM bit; UFFDIO_CONTINUE on shmem came with it (153132571f02),
+    # so before 5.14 CONTINUE into a shmem VMA is EINVAL (uffd.py reads the bit).
+    Change("964ab0040ff9", "5.14", "userfaultfd/shmem: advertise shmem minor fault support",
+           {"uffd_features": 0x7ff}, aliases=("uffd-minor-shmem",)),   # + MINOR_SHMEM
     Change("4ca9b3859dac", "5.14", "mm/madvise: introduce MADV_POPULATE_(READ|WRITE)",
            {"madv_populate": 1}),
-    Change("pagemap-uffd-wp", "5.14", "mm/pagemap: export uffd-wp protection information (id unconfirmed)",
-           {"pm_uffd_wp": 1}),
+    Change("fb8e37f35a2f", "5.14", "mm/pagemap: export uffd-wp protection information",
+           {"pm_uffd_wp": 1}, aliases=("pagemap-uffd-wp",)),
     Change("d4c470970d45", "5.18", "mm: optimize do_wp_page() for fresh pages in local LRU pagevecs",
            {"wp_reuse": WP_REUSE_REFCOUNT_DRAIN}, bug="B19 fixed"),
-    Change("madv-dontneed-locked", "5.18", "mm: madvise: MADV_DONTNEED_LOCKED (id unconfirmed)",
-           {"madv_dontneed_locked": 1}),
+    Change("9457056ac426", "5.18", "mm: madvise: MADV_DONTNEED_LOCKED",
+           {"madv_dontneed_locked": 1}, aliases=("madv-dontneed-locked",)),
     Change("6c287605fd56", "5.19", "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive",
            {"anon_exclusive": 1, "wp_reuse": WP_REUSE_ANON_EXCLUSIVE}, bug="B7 fixed"),
     Change("a7f226604170", "5.19", "mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly shared anonymous page",
            {"gup_unshare_anon": 1}, bug="B5 fixed"),
-    Change("uffd-exact-address", "5.18", "userfaultfd: provide unmasked address on page-fault (id unconfirmed)",
-           {"uffd_features": 0xfff}),      # + EXACT_ADDRESS
+    Change("824ddc601adc", "5.18", "userfaultfd: provide unmasked address on page-fault",
+           {"uffd_features": 0xfff}, aliases=("uffd-exact-address",)),      # + EXACT_ADDRESS
     Change("1db9dbc2ef05", "5.19", "mm: introduce PTE_MARKER_UFFD_WP (uffd-wp on shmem)",
            {"uffd_wp_file": 1, "uffd_features": 0x1fff},   # + WP_HUGETLBFS_SHMEM
            bug="B14, B15 introduced"),
@@ -209,18 +218,26 @@ CHANGES = (
            stable={"6.1": Stable("bcde505af166", 8)}, aliases=("uffd-wp-writenotify",)),
     Change("931298e103c2", "6.3", "mm/userfaultfd: rely on vma->vm_page_prot in uffd_wp_range()",
            {"uffd_unprotect_writable": 1}),
+    Change("105ff5339f49", "6.3", "mm/memfd: add MFD_NOEXEC_SEAL and MFD_EXEC",
+           {"memfd_noexec": 1}),
+    Change("a4609387859f", "5.13", "mm/mremap: allow arbitrary anonymous and file mappings "
+           "with MREMAP_DONTUNMAP", {"mremap_dontunmap_any": 1}),
+    Change("7d8faaf15545", "6.1", "mm/madvise: introduce MADV_COLLAPSE sync hugepage collapse",
+           {"madv_collapse": 1}),
+    Change("662df3e5c376", "6.13", "mm: madvise: implement lightweight guard page mechanism",
+           {"madv_guard": 1}),
     Change("2bad466cc9d9", "6.4", "mm/uffd: UFFD_FEATURE_WP_UNPOPULATED",
            {"uffd_features": 0x3fff}),
-    Change("uffd-wp-multi-vma", "6.4", "mm/userfaultfd: support WP on multiple VMAs (id unconfirmed)",
-           {"uffd_wp_multi_vma": 1}),
+    Change("a1b92a3f1498", "6.4", "mm/userfaultfd: support WP on multiple VMAs",
+           {"uffd_wp_multi_vma": 1}, aliases=("uffd-wp-multi-vma",)),
     Change("fc71884a5f59", "6.6", "mm: userfaultfd: add new UFFDIO_POISON ioctl",
            {"uffd_features": 0x7fff}),
     Change("d61ea1cb0095", "6.7", "userfaultfd: UFFD_FEATURE_WP_ASYNC",
            {"uffd_features": 0xffff}),
     Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",
            {"uffd_features": 0x1ffff}),
-    Change("uffd-move-zeropage", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
-           {"uffd_move_zeropage": 1}),
+    Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
+           {"uffd_move_zeropage": 1}, aliases=("uffd-move-zeropage",)),
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "
            "(dst's anon_vma prepared before the checks; MOVE without a VMA is ENOENT)",
            {"uffd_vma_lock": 1}),
@@ -235,9 +252,12 @@ CHANGES = (
     Change("uffd-unregister-own-ctx", "6.17", "userfaultfd: prevent unregistering VMAs through a "
            "different userfaultfd (host-proven on 6.18; id unconfirmed)",
            {"uffd_unregister_own_only": 1}),
-    Change("mremap-multi-vma", "6.17", "mm/mremap: permit mremap() move of multiple VMAs "
-           "(not of uffd-registered ones; host-proven on 6.18; id unconfirmed)",
-           {"mremap_multi_vma": 1}),
+    Change("d23cb648e365", "6.17", "mm/mremap: permit mremap() move of multiple VMAs "
+           "(not of uffd-registered ones; host-proven on 6.18; release inferred)",
+           {"mremap_multi_vma": 1}, aliases=("mremap-multi-vma",)),
+    Change("a516403787e0", "6.16", "fs/proc/task_mmu: add guard region bit to pagemap "
+           "(PAGEMAP_SCAN's PAGE_IS_GUARD category; release inferred)",
+           {"pagemap_scan_guard": 1}),
     Change("95567729173e", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race",
            {"uffd_eagain_result": 1},
            stable={"6.12": Stable(UNCONFIRMED, 29)}, aliases=("uffd-eagain-output-field",)),

@@ -351,8 +351,8 @@ class Process(FileOps):
         if advice not in _MADV_KNOWN \
                 or (advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE) and not pol.madv_populate) \
                 or (advice == C.MADV_DONTNEED_LOCKED and not pol.madv_dontneed_locked) \
-                or (advice == C.MADV_COLLAPSE and not pol.at_least("6.1")) \
-                or (advice in (C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE) and not pol.at_least("6.13")):
+                or (advice == C.MADV_COLLAPSE and not pol.madv_collapse) \
+                or (advice in (C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE) and not pol.madv_guard):
             raise oserror(EINVAL, "madvise", f"advice {advice} unknown to {pol.version}")
         if addr & (PAGE - 1):
             raise oserror(EINVAL, "madvise", "address not page aligned")
@@ -477,7 +477,7 @@ class Process(FileOps):
         new_addr = A.ulong(new_addr, "mremap", "new_addr")
         self._live("mremap")
         pol = self._policy()
-        known = C.MREMAP_MAYMOVE | C.MREMAP_FIXED | (C.MREMAP_DONTUNMAP if pol.at_least("5.7") else 0)
+        known = C.MREMAP_MAYMOVE | C.MREMAP_FIXED | (C.MREMAP_DONTUNMAP if pol.mremap_dontunmap else 0)
         if flags & ~known or old_addr & (PAGE - 1):
             raise oserror(EINVAL, "mremap", "bad flags or misaligned address")
         if flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP) and not flags & C.MREMAP_MAYMOVE:
@@ -503,7 +503,7 @@ class Process(FileOps):
             raise oserror(EFAULT, "mremap", "nothing mapped at the old address")
         if old_size == 0:
             raise oserror(EINVAL, "mremap", "duplicating a mapping (old_size 0) is not modelled")
-        if flags & C.MREMAP_DONTUNMAP and (vma.file or vma.flags & VM_SHARED) and not pol.at_least("5.13"):
+        if flags & C.MREMAP_DONTUNMAP and (vma.file or vma.flags & VM_SHARED) and not pol.mremap_dontunmap_any:
             raise oserror(EINVAL, "mremap", "DONTUNMAP of a non-anonymous mapping needs 5.13")
         if flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP):
             # mremap_to(): always a move, to new_addr or to a fresh range. What
@@ -1216,7 +1216,9 @@ class Process(FileOps):
             raise oserror(25, "PAGEMAP_SCAN", "ioctl unknown to this kernel")      # ENOTTY
         u64 = (1 << 64) - 1
         flags, max_pages, vec_len = flags & u64, max_pages & u64, vec_len & u64
-        allc = (1 << 9) - 1
+        # PAGE_IS_GUARD (bit 8) is a category from a516403787e0 on; before it the
+        # mask of known categories ends at PAGE_IS_SOFT_DIRTY.
+        allc = (1 << 9) - 1 if self._policy().pagemap_scan_guard else C.PAGE_IS_GUARD - 1
         # pagemap_scan_get_args (6.12): flags and masks, then start's alignment,
         # then access_ok of [start, end) (EFAULT, also when end < start). An
         # empty return_mask is allowed: matching regions come back with no

@@ -118,7 +118,9 @@ class FileOps:
             raise TypeError(f"memfd_create: name must be str or bytes, not {type(name).__name__}")
         flags = A.uint(flags, "memfd_create", "flags")
         self._live("memfd_create")
-        known = C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB | C.MFD_NOEXEC_SEAL | C.MFD_EXEC
+        known = C.MFD_CLOEXEC | C.MFD_ALLOW_SEALING | C.MFD_HUGETLB
+        if self._policy().memfd_noexec:          # 105ff5339f49 (6.3)
+            known |= C.MFD_NOEXEC_SEAL | C.MFD_EXEC
         if flags & C.MFD_HUGETLB:
             # memfd_create: with MFD_HUGETLB the page-size bits (MFD_HUGE_*) are valid too.
             known |= C.MFD_HUGE_MASK << C.MFD_HUGE_SHIFT

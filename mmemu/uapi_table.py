@@ -185,7 +185,7 @@ SECTIONS = [
         ("PAGE_IS_PFNZERO", "1 << 5", ""),
         ("PAGE_IS_HUGE", "1 << 6", ""),
         ("PAGE_IS_SOFT_DIRTY", "1 << 7", ""),
-        ("PAGE_IS_GUARD", "1 << 8", "6.15"),
+        ("PAGE_IS_GUARD", "1 << 8", "6.16"),
         ("PM_SCAN_WP_MATCHING", "1 << 0", ""),
         ("PM_SCAN_CHECK_WPASYNC", "1 << 1", ""),
         ("PAGEMAP_SCAN", "_ioc(3, ord('f'), 16, 96)", "_IOWR('f', 16, struct pm_scan_arg)"),

@@ -388,6 +388,10 @@ class Uffd:
         if kind == _FILL_CONTINUE and not vma.file:
             # mfill_atomic(): CONTINUE needs a shmem VMA (registration mode is not checked).
             raise UffdError(EINVAL, call, -EINVAL, "CONTINUE needs a shmem VMA")
+        if kind == _FILL_CONTINUE and not self.policy.uffd_features & UFFD_FEATURE_MINOR_SHMEM:
+            # 5.13's __mcopy_atomic() continued into hugetlb VMAs only; shmem came
+            # with the MINOR_SHMEM feature (153132571f02, 5.14).
+            raise UffdError(EINVAL, call, -EINVAL, "CONTINUE into shmem needs 5.14")
         npages = (end - start) // PAGE
         eng = self.machine._engine
         kw = {}

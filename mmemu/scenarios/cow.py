@@ -6,6 +6,7 @@ failure would mean. Catalogue ids and per-era outcomes are those of
 S53, S75, S80, S84); `fails=` lists the versions where the bug reproduces.
 """
 from .. import constants as C
+from ..eras import FOLL_FORCE_ANON_EXCLUSIVE
 from ..errors import Sigsegv
 from . import ScenarioSkip, check, scenario
 
@@ -378,7 +379,7 @@ def mprotect_upgrade(m):
     p = m.spawn()
     P = p.mmap(0, PAGE, RW, PRIV)
     p.write(P, b"\x01")
-    upgrade = m.policy.at_least("6.0")
+    upgrade = bool(m.policy.mprotect_upgrade)
 
     def faults_of_write(value):
         p.mprotect(P, PAGE, RO)
@@ -440,7 +441,7 @@ def foll_force_write(m):
     f0 = p.minflt
     p.proc_mem_write(P, b"\xdd")
     check(p.read(P, 1) == b"\xdd" and c.read(P, 1) == b"\xaa", "second forced write")
-    if m.policy.at_least("6.0"):
+    if m.policy.foll_cow_rule == FOLL_FORCE_ANON_EXCLUSIVE:
         # 5535be309971: the exclusive anon page is followed without a fault.
         check(p.minflt == f0, "6.0+ faulted again on a forced write to an exclusive page")
     try:

@@ -1294,7 +1294,7 @@ def move_zero_page(m, backing):
     u = _uffd(p, U.UFFD_FEATURE_MOVE)
     u.register(dst, PAGE, MISSING)
     p.read(src, 1)
-    if not m.policy.at_least("6.9"):
+    if not m.policy.uffd_move_zeropage:
         _errno(errno.EBUSY, lambda: u.move(dst, src, PAGE), "MOVE of the zero page", result=-errno.EBUSY)
         return
     check(u.move(dst, src, PAGE) == PAGE, "MOVE of the zero page")

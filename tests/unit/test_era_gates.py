@@ -294,18 +294,7 @@ PROBES = {
 # Rows where the engine disagrees with the kernel's history today; each
 # reason says what the correction is. Strict: the fix turns the row green
 # and this mark must go with it.
-DISAGREE = {
-    "mfd_noexec_seal": "memfd_create() accepts MFD_NOEXEC_SEAL in every version: it needs a "
-                       "gate (a knob, 6.3, 105ff5339f49) in shmem.py's flag check",
-    "mfd_exec": "memfd_create() accepts MFD_EXEC in every version: same gate as MFD_NOEXEC_SEAL",
-    "uffdio_continue_shmem": "5.13 resolves UFFDIO_CONTINUE on shmem; Linux refuses it (EINVAL) "
-                             "until 153132571f02 (5.14): uffd.py gates the ioctl on "
-                             "MINOR_HUGETLBFS only, shmem needs MINOR_SHMEM's era",
-    "uffdio_unregister_own_ctx": "eras.py dates uffd_unregister_own_only 6.13; the change was "
-                                 "still in mm-unstable in June 2025, so 6.17",
-    "page_is_guard": "PAGEMAP_SCAN accepts PAGE_IS_GUARD from 6.7; Linux refuses the category "
-                     "(EINVAL) until a516403787e0 (6.16): process.py's category mask needs a gate",
-}
+DISAGREE = {}
 
 MODELLED = [f for f in HISTORY if f.modelled]
 
