@@ -87,6 +87,7 @@ BASELINE = {
     "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
     "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
     "mremap_multi_vma": 0,        # a FIXED, same-size mremap may move several VMAs (6.17)
+    "kpf_ksm_all_anon": 0,        # /proc/kpageflags shows KSM on every anon page (6.10 .. 81401cebfc15)
     "memfd_noexec": 0,            # memfd_create's MFD_NOEXEC_SEAL / MFD_EXEC (6.3)
     "pagemap_scan_guard": 0,      # PAGEMAP_SCAN's PAGE_IS_GUARD category (6.16)
     "madv_collapse": 0,           # MADV_COLLAPSE (6.1)
@@ -258,6 +259,8 @@ CHANGES = (
     Change("a516403787e0", "6.16", "fs/proc/task_mmu: add guard region bit to pagemap "
            "(PAGEMAP_SCAN's PAGE_IS_GUARD category; release inferred)",
            {"pagemap_scan_guard": 1}),
+    Change("dee3d0bef2b0", "6.10", "proc: rewrite stable_page_flags() (its KSM test matches every "
+           "anonymous page)", {"kpf_ksm_all_anon": 1}, bug="KPF_KSM on every anon page introduced"),
     Change("95567729173e", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race",
            {"uffd_eagain_result": 1},
            stable={"6.12": Stable(UNCONFIRMED, 29)}, aliases=("uffd-eagain-output-field",)),
@@ -270,6 +273,14 @@ CHANGES = (
            {"pagemap_scan_none_written": 1}, bug="B21 fixed",
            stable={"6.12": Stable("f25834c60f49", 103), "6.18": Stable("be11b4bf498a", 44)},
            aliases=("40de8160ca7f",)),
+    # Found by `mmemu diff --against vm:6.12` (6.12.118 shows KSM on every anon
+    # page; the 6.18.44 host does not). Merged after 7.2-rc2 from the same July
+    # 2026 mm-hotfixes batch as B21's fix, and in linux-stable-rc's 6.18.y push
+    # of 2026-07-22 beside it; 6.18.44 is where it is seen, the stable id is
+    # not established.
+    Change("81401cebfc15", "7.2", "fs/proc: fix KPF_KSM reported for all anonymous pages",
+           {"kpf_ksm_all_anon": 0}, bug="KPF_KSM on every anon page fixed",
+           stable={"6.18": Stable(UNCONFIRMED, 44)}),
 )
 
 # Selected only through backports=: the stable-kernel flavour of 17839856fd58,

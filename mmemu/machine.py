@@ -161,6 +161,11 @@ class Machine:
                 kpf |= 1 << bit
         if "anon" in flags:
             kpf |= 1 << C.KPF_SWAPBACKED
+            if self.policy.kpf_ksm_all_anon:
+                # stable_page_flags() from dee3d0bef2b0 on tests the folio's
+                # mapping against both anon-mapping bits, so any anon page reads
+                # as KSM, until 81401cebfc15 (seen on Debian's 6.12.118).
+                kpf |= 1 << C.KPF_KSM
         if mapcount > 0:
             kpf |= 1 << C.KPF_MMAP
         return FrameInfo(pfn, mapcount, kpf, refcount=refcount, pincount=pincount,

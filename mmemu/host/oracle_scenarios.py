@@ -119,7 +119,7 @@ def main(args, scenarios, out=None):
                    for s, os_, om, e, v in rows], out, indent=1)
         out.write("\n")
         return 1 if bad else 0
-    width = max(len(s.id) for s in scenarios) + 2
+    width = max(max(len(s.id) for s in scenarios), len("scenario")) + 2
     print(f"{'scenario'.ljust(width)}{'engine':8}{on:10}verdict   (engine = Machine(kernel="
           f"{version!r}))", file=out)
     for s, os_, om, e, v in rows:

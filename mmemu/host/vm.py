@@ -20,6 +20,7 @@ guest in one call, which is how `mmemu diff --against vm:6.1` drives it.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import select
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import weakref
 
 from . import vmimage
@@ -236,9 +238,10 @@ class Guest:
     def _by_ref(self, obj):
         if isinstance(obj, Remote):
             return W.Ref(object.__getattribute__(obj, "_oid"), "")
-        if callable(obj) and not isinstance(obj, type):
-            return W.Callback(self.table.ref(obj).id)
-        return None
+        if isinstance(obj, (types.FunctionType, types.MethodType, types.BuiltinFunctionType,
+                            functools.partial)):
+            return W.Callback(self.table.ref(obj).id)     # runs here, called back
+        return None                                       # anything else goes by value
 
     def _resolve(self, r):
         if isinstance(r, W.Callback):

@@ -131,6 +131,10 @@ def exception_out(exc, by_ref):
     cls = type(exc)
     state = {k: encode(v, by_ref) for k, v in vars(exc).items()
              if not k.startswith("__")}
+    if isinstance(exc, OSError):
+        # C-level fields, set by OSError.__init__, which a subclass with an
+        # __init__ of its own (UffdError) does not run at __new__.
+        state.update(errno=exc.errno, strerror=exc.strerror, filename=exc.filename)
     return RemoteException(cls.__module__, cls.__qualname__, encode(exc.args, by_ref), state)
 
 
