@@ -40,7 +40,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages",
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
-                 "tlb_flush_nested")
+                 "tlb_flush_nested", "pm_marker_swp_type")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -169,6 +169,9 @@ cdef class Engine:
         p.gup_fast_seq = knobs["gup_fast_seq"]
         p.mprotect_gather = knobs["mprotect_gather"]
         p.tlb_flush_nested = knobs["tlb_flush_nested"]
+        p.pm_marker_swp_type = knobs["pm_marker_swp_type"]
+        if not 0 <= p.pm_marker_swp_type < 32:
+            raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
             raise ValueError("fault_around_pages must be in 1..512")
         # The swap device (numpy-owned; one entry per slot).

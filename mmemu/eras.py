@@ -87,6 +87,7 @@ BASELINE = {
     "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
     "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
     "mremap_multi_vma": 0,        # a FIXED, same-size mremap may move several VMAs (6.17)
+    "pm_marker_swp_type": 31,     # pagemap's swap type for a pte marker (SWP_PTE_MARKER)
     "kpf_ksm_all_anon": 0,        # /proc/kpageflags shows KSM on every anon page (6.10 .. 81401cebfc15)
     "memfd_noexec": 0,            # memfd_create's MFD_NOEXEC_SEAL / MFD_EXEC (6.3)
     "pagemap_scan_guard": 0,      # PAGEMAP_SCAN's PAGE_IS_GUARD category (6.16)
@@ -198,6 +199,12 @@ CHANGES = (
     Change("1db9dbc2ef05", "5.19", "mm: introduce PTE_MARKER_UFFD_WP (uffd-wp on shmem)",
            {"uffd_wp_file": 1, "uffd_features": 0x1fff},   # + WP_HUGETLBFS_SHMEM
            bug="B14, B15 introduced"),
+    # 5.19's SWP_SWAPIN_ERROR took the top swap type, so the pte marker
+    # (SWP_PTE_MARKER, 5.19) sits one below it: pagemap shows a marker as
+    # type 30 (seen on Debian's 6.1.176; config without DEVICE_PRIVATE, as
+    # the engine) until 6.2 folds swapin errors into markers.
+    Change("9f186f9e5fa9", "5.19", "mm/swapfile: unuse_pte can map random data if swap read fails "
+           "(adds SWP_SWAPIN_ERROR; release inferred)", {"pm_marker_swp_type": 30}),
     Change("9c28a205c061", "5.19", "mm/shmem: handle uffd-wp special pte in page fault handler (uffd_disable_fault_around)",
            {"fault_around_uffd": 2}),
     # CVE-2022-2590; 5.19.y only (5.15.y and older have no PageAnonExclusive to rely on).
@@ -217,6 +224,8 @@ CHANGES = (
     Change("51d3d5eb74ff", "6.2", "mm/userfaultfd: enable writenotify while userfaultfd-wp is enabled for a VMA",
            {"uffd_wp_writenotify": 1}, bug="B15 fixed",
            stable={"6.1": Stable("bcde505af166", 8)}, aliases=("uffd-wp-writenotify",)),
+    Change("15520a3f0469", "6.2", "mm: use pte markers for swap errors (SWP_SWAPIN_ERROR goes; "
+           "the marker takes type 31, seen on 6.12.118 and 6.18)", {"pm_marker_swp_type": 31}),
     Change("931298e103c2", "6.3", "mm/userfaultfd: rely on vma->vm_page_prot in uffd_wp_range()",
            {"uffd_unprotect_writable": 1}),
     Change("105ff5339f49", "6.3", "mm/memfd: add MFD_NOEXEC_SEAL and MFD_EXEC",

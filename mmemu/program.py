@@ -613,10 +613,11 @@ def pagemap_fields(entry: Any) -> dict[str, Any]:
     out["pfn"] = entry.pfn if out["present"] else None
     out["guard"] = bool(raw & C.PM_GUARD_REGION) if raw is not None else None
     if out["swapped"] and raw is not None:
-        # Swap type 31 is a PTE marker (uffd-wp, guard): its offset means
-        # something. A real swap slot's offset does not.
+        # Swap type 31 is a PTE marker (uffd-wp, guard), 30 in 5.19-6.1 while
+        # SWP_SWAPIN_ERROR sat above it: its offset means something. A real
+        # swap slot's offset does not.
         swp_type = raw & 0x1F
-        out["swap"] = [swp_type, (raw & C.PM_PFRAME_MASK) >> 5 if swp_type == 31 else None]
+        out["swap"] = [swp_type, (raw & C.PM_PFRAME_MASK) >> 5 if swp_type >= 30 else None]
     return out
 
 

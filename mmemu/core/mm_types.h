@@ -190,6 +190,7 @@ typedef struct {
     int32_t gup_fast_seq;           /* 57efa1fe5957 (5.11): GUP-fast pins re-check write_protect_seq */
     int32_t mprotect_gather;        /* 4a18419f71cd (6.0): protection changes flush only ptes that need it */
     int32_t tlb_flush_nested;       /* 99baac21e458 (4.13): a batch that overlapped another flushes anyway */
+    int32_t pm_marker_swp_type;     /* swap type pagemap shows for a pte marker: 30 5.19-6.1, then 31 */
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */

@@ -345,7 +345,9 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
         if is_swap_pte(pte):
             out |= <uint64_t>swp_offset(pte) << 5    # swap type 0 | offset << MAX_SWAPFILES_SHIFT
         elif is_marker(pte):
-            out |= 31 | (marker_bits(pte) << 5)      # read as swap type 31 (host-notes.md)
+            # A marker reads as a swap entry of the top non-swapfile type
+            # (SWP_PTE_MARKER): 31, or 30 while SWP_SWAPIN_ERROR sat above it.
+            out |= <uint64_t>e.pol.pm_marker_swp_type | (marker_bits(pte) << 5)
             if marker_bits(pte) & PTE_MARKER_GUARD:
                 out |= 1ULL << 58
         if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:

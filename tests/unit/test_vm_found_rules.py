@@ -31,3 +31,25 @@ def test_kpageflags_reports_ksm_on_every_anon_page_from_the_rewrite_to_its_fix(k
     f = _anon_page_flags(kernel)
     assert ("ksm" in f.flags) == ksm
     assert bool(f.kpageflags & (1 << KPF_KSM)) == ksm
+
+
+@pytest.mark.parametrize("kernel, raw", [
+    ("5.19", 0x428000000000003e),      # 9f186f9e5fa9's SWP_SWAPIN_ERROR is type 31
+    ("6.1.176", 0x428000000000003e),   # seen on Debian's 6.1.176 guest
+    ("6.2", 0x428000000000003f),       # 15520a3f0469: swapin errors become markers
+    ("6.12.118", 0x428000000000003f),  # seen on Debian's 6.12.118 guest
+])
+def test_a_uffd_wp_marker_reads_as_the_swap_type_below_swapin_errors_until_6_2(kernel, raw):
+    from mmemu import MAP_SHARED
+    from mmemu import constants as C
+    m = mmemu.Machine(kernel=kernel)
+    p = m.spawn()
+    fd = p.memfd_create("m")
+    p.ftruncate(fd, 4 * PAGE_SIZE)
+    p.pwrite(fd, b"cached", 0)
+    a = p.mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    u = p.userfaultfd(0)
+    u.api(0)
+    u.register(a, PAGE_SIZE, C.UFFDIO_REGISTER_MODE_WP)
+    u.writeprotect(a, PAGE_SIZE, C.UFFDIO_WRITEPROTECT_MODE_WP)   # a marker over the none pte
+    assert p.pagemap(a).raw == raw
