@@ -847,6 +847,7 @@ def _oracle(args, swap, log, bars):
             print(f"no swap on either side: the guest cannot enable it ({reason})", file=log)
             swap = 0
     kernel = g.version if args.kernel == "host" else args.kernel
+    args.kernel = kernel            # the engine's side, as the report names it
     try:
         make_other = engine_factory(kernel, args.seed, swap)
         make_other()

@@ -135,3 +135,24 @@ def test_an_xz_bzimage_is_decompressed_to_its_elf(tmp_path):
     assert vmimage._decompress_kernel(str(p)) == elf
     p.write_bytes(b"MZ no payload here")
     assert vmimage._decompress_kernel(str(p)) is None
+
+
+def test_cli_refuses_a_bad_oracle_in_one_line(capsys):
+    from mmemu.cli import main
+    assert main(["diff", "--against", "qemu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "engine, host or vm:K" in err[0]
+    assert main(["scenarios", "--on", "vm:6.1", "--kernel", "6.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no --kernel" in err[0]
+    assert main(["scenarios", "--on", "qemu", "--only", "S3"]) == 2
+    assert "host or vm:K" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("apt-cache") is None, reason="no apt-cache to list kernel packages")
+def test_vm_fetch_of_a_kernel_the_archive_lacks_is_one_clear_line(capsys):
+    from mmemu.cli import main
+    assert main(["vm", "fetch", "6.99"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmemu vm: ")
+    assert "6.99" in err[0] or "apt-get update" in err[0]     # apt without lists says so
