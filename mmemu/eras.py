@@ -88,6 +88,7 @@ BASELINE = {
     "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
     "mremap_multi_vma": 0,        # a FIXED, same-size mremap may move several VMAs (6.17)
     "pm_marker_swp_type": 31,     # pagemap's swap type for a pte marker (SWP_PTE_MARKER)
+    "mremap_checks_first": 0,     # the new range is validated before the old VMA's lookup (6.17)
     "kpf_ksm_all_anon": 0,        # /proc/kpageflags shows KSM on every anon page (6.10 .. 81401cebfc15)
     "memfd_noexec": 0,            # memfd_create's MFD_NOEXEC_SEAL / MFD_EXEC (6.3)
     "pagemap_scan_guard": 0,      # PAGEMAP_SCAN's PAGE_IS_GUARD category (6.16)
@@ -262,6 +263,11 @@ CHANGES = (
     Change("uffd-unregister-own-ctx", "6.17", "userfaultfd: prevent unregistering VMAs through a "
            "different userfaultfd (host-proven on 6.18; id unconfirmed)",
            {"uffd_unregister_own_only": 1}),
+    # Found by `mmemu diff --against vm:6.1 --uffd`: 6.1.176 (and 6.12's source)
+    # answer a FIXED move from an unmapped address onto an overlapping range
+    # EFAULT, the 6.18 host EINVAL. Same series as d23cb648e365 (v4 06/10).
+    Change("mremap-check-conditions-earlier", "6.17", "mm/mremap: check remap conditions earlier "
+           "(id unconfirmed; release inferred from its series)", {"mremap_checks_first": 1}),
     Change("d23cb648e365", "6.17", "mm/mremap: permit mremap() move of multiple VMAs "
            "(not of uffd-registered ones; host-proven on 6.18; release inferred)",
            {"mremap_multi_vma": 1}, aliases=("mremap-multi-vma",)),

@@ -487,6 +487,10 @@ class Process(FileOps):
             raise oserror(EINVAL, "mremap", "zero new size")
         if flags & C.MREMAP_DONTUNMAP and old_size != new_size:
             raise oserror(EINVAL, "mremap", "DONTUNMAP needs equal sizes")
+        if not pol.mremap_checks_first and self.vmas.find(old_addr) is None:
+            # Up to 6.16 the syscall looks the old VMA up (EFAULT) before
+            # mremap_to() validates the new range (6.12's SYSCALL_DEFINE5).
+            raise oserror(EFAULT, "mremap", "nothing mapped at the old address")
         if flags & C.MREMAP_FIXED:
             if new_addr & (PAGE - 1) or new_size > C.TASK_SIZE or new_addr > C.TASK_SIZE - new_size:
                 raise oserror(EINVAL, "mremap", "bad new address")

@@ -53,3 +53,17 @@ def test_a_uffd_wp_marker_reads_as_the_swap_type_below_swapin_errors_until_6_2(k
     u.register(a, PAGE_SIZE, C.UFFDIO_REGISTER_MODE_WP)
     u.writeprotect(a, PAGE_SIZE, C.UFFDIO_WRITEPROTECT_MODE_WP)   # a marker over the none pte
     assert p.pagemap(a).raw == raw
+
+
+@pytest.mark.parametrize("kernel, err", [("6.1.176", "EFAULT"), ("6.12.118", "EFAULT"),
+                                         ("6.16", "EFAULT"), ("6.17", "EINVAL"), ("6.18", "EINVAL")])
+def test_mremap_looks_the_old_vma_up_before_checking_the_new_range_until_6_17(kernel, err):
+    import errno
+    from mmemu.constants import MREMAP_FIXED, MREMAP_MAYMOVE
+    m = mmemu.Machine(kernel=kernel)
+    p = m.spawn()
+    a = p.mmap(0, 3 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.munmap(a, PAGE_SIZE)
+    with pytest.raises(OSError) as e:       # nothing at a, and [a+1, a+3) overlaps [a, a+3)
+        p.mremap(a, 3 * PAGE_SIZE, 2 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, a + PAGE_SIZE)
+    assert e.value.errno == getattr(errno, err)
