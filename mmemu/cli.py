@@ -364,7 +364,7 @@ def cmd_vm(args):
     try:
         if args.action == "list":
             for pkg, ver in sorted(vmimage.available_packages().items(),
-                                   key=lambda kv: vmimage._ver_key(kv[1])):
+                                   key=lambda kv: vmimage.version_key(kv[1])):
                 pinned = [k for k, v in vmimage.DEFAULTS.items() if v == ver]
                 print(f"{vmimage.upstream_of(ver):10} {ver:22} {pkg}"
                       + (f"   (= {pinned[0]})" if pinned else ""))

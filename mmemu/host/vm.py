@@ -77,7 +77,8 @@ class Guest:
         self.remotes = weakref.WeakValueDictionary()
         self._dropped = []
         self._lock = threading.RLock()
-        self._work = tempfile.mkdtemp(prefix="mmemu-vm-")
+        _remove_dead_workdirs()
+        self._work = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-")
         self.proc = None
         self.sock = None
         self.closed = False
@@ -86,14 +87,20 @@ class Guest:
             scratch = os.path.join(self._work, "scratch.img")
             with open(scratch, "wb") as f:
                 f.truncate(SCRATCH_BYTES)
-            vmimage._run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", scratch],
+            vmimage.run_tool(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", scratch],
                          "making the guest's scratch disk")
-            if accel == "auto":
-                accel = "kvm" if _kvm_boots(self, memory_mb, cpus, say) else "tcg"
-            self.accel = accel
             t0 = time.monotonic()
-            say(f"booting {self.info['package']} ({self.version}) under {accel.upper()}")
-            self._boot(accel, memory_mb, cpus, boot_timeout)
+            self.accel = None
+            if accel == "auto":
+                # KVM where a guest really boots with it: a booted probe is kept.
+                if _kvm_probe(self, memory_mb, cpus, say):
+                    self.accel = "kvm"
+                accel = "tcg"
+            if self.accel is None:
+                self.accel = accel
+                t0 = time.monotonic()
+                say(f"booting {self.info['package']} ({self.version}) under {accel.upper()}")
+                self._boot(accel, memory_mb, cpus, boot_timeout)
             self.boot_seconds = time.monotonic() - t0
         except BaseException:
             self.close()
@@ -136,7 +143,8 @@ class Guest:
         self.qemu_log = os.path.join(self._work, f"{tag}-qemu.log")
         with open(self.qemu_log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 10.0
         while True:
             if self.proc.poll() is not None:
@@ -295,6 +303,34 @@ class Guest:
 
 
 _METHOD = object()
+WORK_PREFIX = "mmemu-vm-"
+
+
+def _die_with_parent():
+    """In QEMU's child before exec: SIGKILL when the driver dies, so a killed
+    driver (no atexit) leaves no guest running."""
+    import ctypes
+    import signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)        # PR_SET_PDEATHSIG
+
+
+def _remove_dead_workdirs():
+    """Work directories (channel socket, console log, scratch disk) of
+    drivers that died without closing their guest."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(WORK_PREFIX):
+            continue
+        pid = name[len(WORK_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 class Remote:
@@ -346,9 +382,10 @@ def guest(spec="6.1", progress=None, **kw):
         return g
 
 
-def _kvm_boots(g, memory_mb, cpus, say):
-    """Whether a KVM guest reaches the agent here; asked once per QEMU and
-    host kernel (the answer is kept in the cache directory)."""
+def _kvm_probe(g, memory_mb, cpus, say):
+    """Boot g under KVM if a KVM guest reaches the agent here; False (g not
+    booted) otherwise. A failure is remembered in the cache directory per
+    QEMU, host kernel and package, so it costs its timeout once."""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
         os.close(fd)
@@ -362,25 +399,20 @@ def _kvm_boots(g, memory_mb, cpus, say):
             known = json.load(f)
     except (OSError, ValueError):
         known = {}
-    if key in known:
-        return known[key]
-    say("probing whether a KVM guest boots here")
+    if known.get(key) is False:
+        return False
+    say("trying KVM" if key in known else "probing whether a KVM guest boots here")
     try:
         g._boot("kvm", memory_mb, cpus, KVM_PROBE_TIMEOUT)
         ok = True
     except VmUnavailable:
         ok = False
-    g._stop()
-    if ok:
-        try:
-            W.send(g.sock.fileno(), ("quit",)) if g.sock else None
-        except OSError:
-            pass
-    known[key] = ok
-    tmp = path + f".{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(known, f, indent=1)
-    os.replace(tmp, path)
+    if known.get(key) != ok:
+        known[key] = ok
+        tmp = path + f".{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(known, f, indent=1)
+        os.replace(tmp, path)
     return ok
 
 

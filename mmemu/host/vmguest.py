@@ -105,7 +105,7 @@ class Agent:
         if tag == "new":
             from .machine import HostMachine
             m = HostMachine(**args[0])
-            self.machines.append(m)
+            self.machines = [x for x in self.machines if not x.closed] + [m]
             return m
         if tag == "call":
             oid, name, a, kw = args

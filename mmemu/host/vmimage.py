@@ -53,7 +53,8 @@ def cache_root() -> str:
     return base
 
 
-def _run(argv, what, **kw):
+def run_tool(argv, what, **kw):
+    """Run a tool; its failure (or absence) is a VmUnavailable naming it."""
     try:
         return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
     except FileNotFoundError:
@@ -63,21 +64,22 @@ def _run(argv, what, **kw):
         raise VmUnavailable(f"{what}: {' '.join(argv)} failed: " + " | ".join(tail)) from None
 
 
-def _ver_key(v):
+def version_key(v):
+    """Sort key of a Debian or upstream version string."""
     return [int(x) if x.isdigit() else x for x in re.split(r"[.+~-]", v)]
 
 
 def available_packages():
     """{package: Debian version} of every amd64 linux-image package of the
     6.1 and 6.12 lines that apt knows."""
-    out = _run(["apt-cache", "search", "--names-only", r"^linux-image-6\.1"],
+    out = run_tool(["apt-cache", "search", "--names-only", r"^linux-image-6\.1"],
                "listing kernel packages").stdout
     names = [line.split()[0] for line in out.splitlines()
              if any(re.match(p, line.split()[0]) for p in LINES.values())]
     if not names:
         raise VmUnavailable("apt knows no linux-image-6.1.0-*-amd64 or linux-image-6.12.*-amd64 "
                             "package: run `apt-get update` (Debian bookworm sources)")
-    show = _run(["apt-cache", "show", "--no-all-versions"] + names, "reading kernel packages").stdout
+    show = run_tool(["apt-cache", "show", "--no-all-versions"] + names, "reading kernel packages").stdout
     found = {}
     for block in show.split("\n\n"):
         pkg = re.search(r"^Package: (\S+)", block, re.M)
@@ -103,10 +105,10 @@ def resolve(spec: str, packages=None):
     spec = DEFAULTS.get(str(spec), str(spec))
     cands = [(p, v) for p, v in packages.items() if v == spec or upstream_of(v) == spec]
     if not cands:
-        known = ", ".join(sorted({upstream_of(v) for v in packages.values()}, key=_ver_key))
+        known = ", ".join(sorted({upstream_of(v) for v in packages.values()}, key=version_key))
         raise VmUnavailable(f"no Debian kernel package for {spec!r}; apt has: {known} "
                             "(6.1 and 6.12 name " + ", ".join(f"{v}" for v in DEFAULTS.values()) + ")")
-    return max(cands, key=lambda pv: _ver_key(pv[1]))
+    return max(cands, key=lambda pv: version_key(pv[1]))
 
 
 def _modinfo(blob):
@@ -189,7 +191,7 @@ def _build_init(dest):
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise VmUnavailable("building the guest's init needs a C compiler (apt-get install gcc)")
-    _run([cc, "-static", "-O2", "-o", dest, INIT_SOURCE],
+    run_tool([cc, "-static", "-O2", "-o", dest, INIT_SOURCE],
          "building the guest's init (needs libc6-dev for a static link)")
     with open(dest, "rb") as f:
         return f.read()
@@ -206,13 +208,13 @@ def prepare(spec: str, progress=None) -> str:
     os.makedirs(cache_root(), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
         say(f"downloading {pkg} {dver}")
-        _run(["apt-get", "download", f"{pkg}={dver}"], f"downloading {pkg}", cwd=tmp)
+        run_tool(["apt-get", "download", f"{pkg}={dver}"], f"downloading {pkg}", cwd=tmp)
         debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
         if len(debs) != 1:
             raise VmUnavailable(f"apt-get download {pkg} left {debs}")
         say(f"extracting {debs[0]}")
         root = os.path.join(tmp, "x")
-        _run(["dpkg-deb", "-x", os.path.join(tmp, debs[0]), root], "extracting the package")
+        run_tool(["dpkg-deb", "-x", os.path.join(tmp, debs[0]), root], "extracting the package")
         boot = os.path.join(root, "boot")
         vmlinuz = [f for f in os.listdir(boot) if f.startswith("vmlinuz-")]
         config = [f for f in os.listdir(boot) if f.startswith("config-")]

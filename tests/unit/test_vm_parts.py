@@ -156,3 +156,41 @@ def test_vm_fetch_of_a_kernel_the_archive_lacks_is_one_clear_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mmemu vm: ")
     assert "6.99" in err[0] or "apt-get update" in err[0]     # apt without lists says so
+
+
+def test_qemu_dies_with_a_killed_driver(tmp_path):
+    """The guest's QEMU is started with _die_with_parent: a driver killed
+    before its atexit leaves no QEMU behind. Shown with `sleep` for QEMU."""
+    import signal
+    import sys
+    import time
+    pidfile = tmp_path / "pid"
+    driver = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, time
+from mmemu.host.vm import _die_with_parent
+p = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
+open({str(pidfile)!r}, "w").write(str(p.pid))
+time.sleep(60)
+"""])
+    try:
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline, "the driver did not start its child"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break                     # gone (reaped by init)
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split(")")[1].split()[0] == "Z":
+                    break                 # killed, not yet reaped
+            assert time.monotonic() < deadline, "the child outlived its killed driver"
+            time.sleep(0.05)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
