@@ -40,7 +40,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages",
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
-                 "tlb_flush_nested", "pm_marker_swp_type")
+                 "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -170,6 +170,7 @@ cdef class Engine:
         p.mprotect_gather = knobs["mprotect_gather"]
         p.tlb_flush_nested = knobs["tlb_flush_nested"]
         p.pm_marker_swp_type = knobs["pm_marker_swp_type"]
+        p.swapin_read_writable = knobs["swapin_read_writable"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:

@@ -87,6 +87,7 @@ BASELINE = {
     "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
     "uffd_unregister_own_only": 0,  # UNREGISTER of another context's VMA is EINVAL (~6.13)
     "mremap_multi_vma": 0,        # a FIXED, same-size mremap may move several VMAs (6.17)
+    "swapin_read_writable": 0,    # an exclusive swap-in maps writable on a read fault too (6.11)
     "pm_marker_swp_type": 31,     # pagemap's swap type for a pte marker (SWP_PTE_MARKER)
     "mremap_checks_first": 0,     # the new range is validated before the old VMA's lookup (6.17)
     "kpf_ksm_all_anon": 0,        # /proc/kpageflags shows KSM on every anon page (6.10 .. 81401cebfc15)
@@ -276,6 +277,11 @@ CHANGES = (
            {"pagemap_scan_guard": 1}),
     Change("dee3d0bef2b0", "6.10", "proc: rewrite stable_page_flags() (its KSM test matches every "
            "anonymous page)", {"kpf_ksm_all_anon": 1}, bug="KPF_KSM on every anon page introduced"),
+    # Found by `mmemu scenarios --on vm:6.1` (S78): 6.1.176 faults on the write
+    # after a read swap-in; 6.12's do_swap_page maps an exclusive page writable.
+    Change("c18160dba5ff", "6.11", "mm: swap: reuse exclusive folio directly instead of wp page "
+           "faults (with 20dfa5b7adc5's soft-dirty test; release inferred from June 2024)",
+           {"swapin_read_writable": 1}),
     Change("95567729173e", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race",
            {"uffd_eagain_result": 1},
            stable={"6.12": Stable(UNCONFIRMED, 29)}, aliases=("uffd-eagain-output-field",)),

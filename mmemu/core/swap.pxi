@@ -189,9 +189,17 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
             try_to_free_swap(e, pfn)            # should_try_to_free_swap()
         if exclusive or e.refcount[pfn] == 1:
             e.fflags[pfn] |= PG_ANON_EXCLUSIVE
-            if vma.flags & VM_WRITE and not (entry & PTE_UFFD_WP) \
+            if not e.pol.swapin_read_writable:
+                # 5.19-6.10: only a write fault maps it writable (maybe_mkwrite);
+                # a read fault leaves it R/O, so the next write faults once.
+                if write and not (entry & PTE_UFFD_WP):
+                    entry |= PTE_DIRTY | PTE_SOFT_DIRTY
+                    if vma.flags & VM_WRITE:
+                        entry |= PTE_WRITE
+                    write = False
+            elif vma.flags & VM_WRITE and not (entry & PTE_UFFD_WP) \
                     and not (vma_soft_dirty_tracking(e, vma.flags) and not (entry & PTE_SOFT_DIRTY)):
-                entry |= PTE_WRITE              # writable even on a read fault
+                entry |= PTE_WRITE              # c18160dba5ff: writable even on a read fault
                 if write:
                     entry |= PTE_DIRTY | PTE_SOFT_DIRTY
                     write = False

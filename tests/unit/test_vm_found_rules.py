@@ -67,3 +67,18 @@ def test_mremap_looks_the_old_vma_up_before_checking_the_new_range_until_6_17(ke
     with pytest.raises(OSError) as e:       # nothing at a, and [a+1, a+3) overlaps [a, a+3)
         p.mremap(a, 3 * PAGE_SIZE, 2 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, a + PAGE_SIZE)
     assert e.value.errno == getattr(errno, err)
+
+
+@pytest.mark.parametrize("kernel, faults", [("6.1.176", 1), ("6.10", 1), ("6.11", 0), ("6.12.118", 0)])
+def test_a_read_swap_in_maps_an_exclusive_page_writable_from_6_11(kernel, faults):
+    from mmemu.constants import MADV_PAGEOUT
+    m = mmemu.Machine(kernel=kernel, swap=64 * PAGE_SIZE)
+    p = m.spawn()
+    a = p.mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(a, b"\x01")
+    p.madvise(a, PAGE_SIZE, MADV_PAGEOUT)
+    assert p.pagemap(a).swapped
+    assert p.read(a, 1) == b"\x01"          # the read fault swaps it in
+    f0 = p.minflt
+    p.write(a, b"\x02")                     # 6.1.176 faulted here (S78 on the guest)
+    assert p.minflt - f0 == faults
