@@ -865,8 +865,18 @@ class HostMachine:
     def _fork(self, parent):
         self._check_open()
         readers = []
+        for u in parent._foreign:
+            if not u.released and u.features & C.UFFD_FEATURE_EVENT_FORK:
+                # Its FORK event would wait for a read by the server holding
+                # the context, which is not running a handler meanwhile.
+                raise Unsupported("fork of a process whose memory a FORK event's context "
+                                  "(held by another process) serves: its event would wait "
+                                  "for a reader that is not running")
         for u in parent._uffds.values():
-            if u.released or not u.features & 0x2 or (u.served and u._handler is None):
+            if u.target is not parent:
+                continue            # a FORK event's context: its VMAs are another process's
+            if u.released or not u.features & C.UFFD_FEATURE_EVENT_FORK or \
+                    (u.served and u._handler is None):
                 continue
             if u._handler is None:
                 # fork() waits in dup_userfaultfd_complete() until the FORK

@@ -228,8 +228,31 @@ class Server:
         return self._settle(tid, WorkerAccess(worker, fn, args))
 
     def _served(self):
-        """Every context has a C service thread: a sleep in one is brief."""
-        return bool(self.uffds) and all(c.service is not None for c in self.uffds.values())
+        """Every context has a C service thread: a sleep in one is brief
+        unless its resolution failed. Returns the test of that (_quiet) for
+        BlockingAccess.wait, or None."""
+        if self.uffds and all(c.service is not None for c in self.uffds.values()):
+            return self._quiet
+        return None
+
+    def _quiet(self, asleep):
+        """Whether a thread that asleep() finds in a userfault stays there:
+        before and after that look, no context has a message queued, no
+        service thread is handling one, and none read any in between. A
+        fault queued before the look is then read and handled (resolving
+        wakes it, so still asleep means the resolution failed); one queued
+        after it cannot be what the thread sleeps on."""
+        ctxs = list(self.uffds.values())
+
+        def idle():
+            states = [c.service.state() for c in ctxs]
+            if any(busy for busy, _n in states) or any(c.queued() for c in ctxs):
+                return None
+            return [n for _busy, n in states]
+        before = idle()
+        if before is None or not asleep():
+            return False
+        return idle() == before
 
     def _settle(self, key, acc):
         if acc.wait(self._served()):
@@ -465,7 +488,13 @@ class Server:
         is read, with this thread holding the GIL, so a C thread reads each
         such queue meanwhile (no resolving) and its messages are kept for the
         handler; a FORK event's new context becomes a context of this server.
-        Returns (pid, {reader id: [(message, ...)]})."""
+        Returns the child's pid.
+
+        fork() is let go inside the reader's read() (userfaultfd_ctx_read
+        completes the event before copying it out), so when it returns the
+        reader may not have logged the event yet: stopping the reader (it
+        leaves only from poll(), with all it read logged) and then taking
+        its log is what makes the event certain to be there."""
         if len(fds) != 1:
             raise RuntimeError(f"fork needs one channel descriptor, got {len(fds)}")
         (newfd,) = fds
@@ -477,9 +506,7 @@ class Server:
             os.close(newfd)
             for uid, svc in tails:
                 ctx = self.uffds[uid]
-                svc.settle()                # fork returned: its FORK event was read
-                got = [m for m, _ in svc.take()]
-                svc.stop()
+                got = [m for m, _ in svc.stop()]
                 for m in got:
                     if m["event"] == C.UFFD_EVENT_FORK:           # the child's context: ours to hold
                         new = self.next_id
