@@ -95,6 +95,70 @@ class _Channel:
         self.sock.close()
 
 
+def _read_text(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _diagnose(pid, wait=0.5):
+    """What a server that does not answer is doing, for the HostError: each
+    thread's state, wait channel, syscall and kernel stack (/proc), then its
+    Python stacks, which faulthandler writes on SIGUSR2 (server.py) if the
+    process can still run a signal handler (not when stopped)."""
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as e:
+        return f"\n  (no /proc/{pid}: {e.strerror})"
+    out = []
+    for tid in tids:
+        d = f"/proc/{pid}/task/{tid}"
+        stat = _read_text(f"{d}/stat")
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
+        state = stat[stat.rfind(")") + 2:].split(" ", 1)[0]
+        call = (_read_text(f"{d}/syscall").split() or ["?"])[0]
+        frames = [ln.split("] ", 1)[-1].split("+", 1)[0]
+                  for ln in _read_text(f"{d}/stack").splitlines()][:6]
+        out.append(f"thread {tid} ({comm}): state {state}, wchan "
+                   f"{_read_text(f'{d}/wchan') or '-'}, syscall {call}, kernel stack "
+                   f"{' < '.join(frames) or '-'}")
+    out += _python_stacks(pid, wait)
+    return "".join("\n  " + line for line in out)
+
+
+def _python_stacks(pid, wait):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for fd in fds:
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if not os.readlink(path).startswith(f"/memfd:{_server.TRACE_NAME} "):
+                continue
+            start = os.stat(path).st_size
+            os.kill(pid, _server.TRACE_SIGNAL)
+            deadline = time.monotonic() + wait
+            size = start
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
+                now = os.stat(path).st_size
+                if now > start and now == size:
+                    break                       # written, and no longer growing
+                size = now
+            with open(path, "rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace").strip()
+        except OSError:
+            return []
+        if not text:
+            return ["Python stacks: none written (the process runs no signal handler)"]
+        return ["Python stacks (faulthandler):"] + ["  " + ln for ln in text.splitlines()]
+    return []
+
+
 # --- the objects the API hands out -------------------------------------------
 
 class HostPipe:
@@ -209,8 +273,10 @@ class HostProcess:
             chan.send((op, args), fds)
             reply = chan.recv(f"{op} (pid {self.pid})")
         except (TimeoutError, EOFError, OSError) as e:
+            seen = _diagnose(self.pid) if isinstance(e, TimeoutError) else ""
             status = self.machine._kill(self)
-            raise HostError(f"server pid {self.pid} failed during {op}: {e}; {status}") from e
+            raise HostError(f"server pid {self.pid} failed during {op}: {e}; {status}{seen}") \
+                from e
         except BaseException:
             # Interrupted mid-exchange (KeyboardInterrupt): the channel may hold
             # half a message, so this server can no longer be talked to.
@@ -855,8 +921,9 @@ class HostMachine:
         try:
             hello = chan.recv(f"start of pid {pid}")
         except (TimeoutError, EOFError, OSError) as e:
+            seen = _diagnose(pid) if isinstance(e, TimeoutError) else ""
             status = self._kill(proc)
-            raise HostError(f"server pid {pid} did not start: {e}; {status}") from e
+            raise HostError(f"server pid {pid} did not start: {e}; {status}{seen}") from e
         if hello != ("ready", pid):
             self._kill(proc)
             raise HostError(f"server pid {pid} greeted with {hello!r}")

@@ -541,6 +541,15 @@ class Server:
     def op_exit(self):
         return None   # the loop exits after replying
 
+    def op__test_hang(self):
+        """Test hook: sleep for good in read(2) of a pipe nobody writes."""
+        rfd, _wfd = os.pipe()
+        os.read(rfd, 1)
+
+    def op__test_malloc_thread(self, seconds):
+        """Test hook: a C thread inside malloc for `seconds` (_access.c)."""
+        return _access._test_malloc_thread(seconds)
+
     # --- vmsplice / FOLL_GET ------------------------------------------------
 
     def op_vmsplice(self, addr, length):
@@ -664,6 +673,20 @@ def _close_quietly(*fds):
             pass
 
 
+TRACE_NAME = "mmemu-trace"
+TRACE_SIGNAL = signal.SIGUSR2
+
+
+def _trace_on_signal():
+    """SIGUSR2 writes every thread's Python stack to a memfd named
+    "mmemu-trace" (faulthandler, async-signal-safe), so a driver whose
+    server stopped answering can say where it is stuck (machine._diagnose
+    reads it through /proc/PID/fd). Forked children share the file."""
+    import faulthandler
+    fd = os.memfd_create(TRACE_NAME, os.MFD_CLOEXEC)
+    faulthandler.register(TRACE_SIGNAL, file=fd, all_threads=True, chain=False)
+
+
 def become_server(sock, keep_fds=()):
     """Turn a freshly forked copy of the driver into a server; never returns.
 
@@ -686,6 +709,7 @@ def become_server(sock, keep_fds=()):
             except OSError:
                 pass
         os.close(devnull)
+        _trace_on_signal()
         Server(sock).serve()
         status = 0
     except BaseException:
