@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..eras import Policy
 
 import atexit
+import contextlib
 import errno as _errno
 import os
 import select
@@ -56,7 +57,16 @@ class HostError(MmemuError):
 
 class Unsupported(MmemuError):
     """This host cannot perform the operation (missing kernel feature, no
-    user-space path to it, or not enough privilege). Tests turn it into a skip."""
+    user-space path to it, or not enough privilege). Tests turn it into a skip.
+    reason: the cause in words that do not change from one instance to the
+    next (mmemu diff counts programs by it); the message by default."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+FOREIGN_SWAP = "MADV_PAGEOUT while swap the machine does not own is on"
 
 
 # --- channel ------------------------------------------------------------------
@@ -353,7 +363,9 @@ class HostProcess:
 
     def madvise(self, addr, length, advice):
         if advice == C.MADV_PAGEOUT:
-            self.machine._check_swap_is_ours()
+            with self.machine._pageout():
+                self._call("madvise", addr, length, advice)
+            return
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             self._not_blocked()         # GUP faults, as an access does
         self._call("madvise", addr, length, advice)
@@ -842,6 +854,7 @@ class HostMachine:
         self._next_top = PROGRAM_SPACE_END
         self._kpagecount = None
         self._kpageflags = None
+        self._pageouts = 0          # MADV_PAGEOUT calls made (see _pageout)
         self.closed = False
         _live_machines.add(self)
 
@@ -876,9 +889,9 @@ class HostMachine:
         everything), and the frames freed are not known (None)."""
         if npages < 1 << 62:
             raise Unsupported("a reclaim budget cannot be imposed on the host")
-        self._check_swap_is_ours()
-        for proc in self.live_processes():
-            proc._call("reclaim", [(PROGRAM_SPACE_BASE, PROGRAM_SPACE_END)])
+        with self._pageout():
+            for proc in self.live_processes():
+                proc._call("reclaim", [(PROGRAM_SPACE_BASE, PROGRAM_SPACE_END)])
         return None
 
     @property
@@ -890,7 +903,9 @@ class HostMachine:
 
     def _check_swap_is_ours(self):
         """MADV_PAGEOUT's effect depends on swap being on: compare only with
-        the swap this machine asked for (none, or its own file)."""
+        the swap this machine asked for (none, or its own file). Swap any
+        other process turned on makes the outcome that swap's, not the
+        machine's: Unsupported (reason FOREIGN_SWAP), for this call only."""
         if self._swap is None:
             others = [p for p, _n in _swap.active_swaps()]
             what = "swap is on"
@@ -899,7 +914,26 @@ class HostMachine:
             what = "swap this machine does not own is on"
         if others:
             raise Unsupported(f"MADV_PAGEOUT while {what} on the host ("
-                              + ", ".join(others) + "): its outcome depends on that swap")
+                              + ", ".join(others) + "): its outcome depends on that swap",
+                              reason=FOREIGN_SWAP)
+
+    @contextlib.contextmanager
+    def _pageout(self):
+        """Around a MADV_PAGEOUT: the swap must be the machine's before and
+        after it (another process may turn its swap on meanwhile; pages
+        would go there). Counts it for _swap_still_ours()."""
+        self._check_swap_is_ours()
+        self._pageouts += 1
+        yield
+        self._check_swap_is_ours()
+
+    def _swap_still_ours(self, since):
+        """After a run that started when self._pageouts was `since`: if it
+        paged anything out, check that no foreign swap is on now either (a
+        swap-in's outcome depends on how full all swap is, vm_swap_full).
+        Raises Unsupported (FOREIGN_SWAP)."""
+        if self._pageouts > since:
+            self._check_swap_is_ours()
 
     # --- processes ---
 
