@@ -8,7 +8,18 @@
  * si_addr and si_code.
  *
  * fork_sibling() is fork() with CLONE_PARENT, so every server process of a
- * HostMachine is a child of the driver, which can reap it.
+ * HostMachine is a child of the driver, which can reap it.  A raw clone
+ * skips what glibc's fork() does for a process with threads (take every
+ * malloc arena lock, the stdio and loader locks, and reset them in the
+ * child), so it copies whatever lock another thread holds at that instant:
+ * a server thread ending (it frees its Python thread state into main_arena
+ * after dropping the GIL) made a child hang forever on main_arena in
+ * PyOS_AfterFork_Child.  fork_sibling therefore clones only when every
+ * other thread is one that cannot be inside the C library: a thread with
+ * a Python thread state (it needs the GIL, which the caller holds, to run
+ * any code that allocates), a service thread ("mmemu-uffd", _service.c) or
+ * an io_uring worker (kernel only).  Anything else is a thread starting or
+ * ending, and is waited for.
  *
  * Fault accounting: the kernel counts a process's minor faults per task
  * (task->min_flt, /proc/pid/stat field 10, getrusage ru_minflt).  A server
@@ -25,8 +36,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
+#include <time.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
@@ -289,25 +304,123 @@ access_tid_slot(void)
     return found;
 }
 
+/* PF_IO_WORKER (include/linux/sched.h): an io_uring worker, a thread of
+ * the process that never runs user code. */
+#define FORK_PF_IO_WORKER 0x00000010UL
+
+/* Tasks of this process that may run C library code the caller cannot see:
+ * all but service threads and io_uring workers (the caller and the other
+ * Python threads included; the caller compares with the Python threads).
+ * Their "tid(comm)" go to `who`.  -1 if /proc/self/task cannot be read. */
+static int
+fork_other_tasks(char *who, size_t whosz)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    size_t used = 0;
+    who[0] = '\0';
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;                   /* gone meanwhile */
+        ssize_t k = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (k <= 0)
+            continue;
+        buf[k] = '\0';
+        char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
+        unsigned long flags = 0;
+        /* after "comm) ": state ppid pgrp session tty_nr tpgid flags */
+        if (lp == NULL || rp == NULL ||
+            sscanf(rp + 1, " %*c %*d %*d %*d %*d %*d %lu", &flags) != 1)
+            continue;
+        int clen = (int)(rp - lp - 1);
+        if (flags & FORK_PF_IO_WORKER)
+            continue;
+        if (clen == 10 && memcmp(lp + 1, "mmemu-uffd", 10) == 0)
+            continue;
+        n++;
+        if (used + 40 < whosz)
+            used += (size_t)snprintf(who + used, whosz - used, "%s%s(%.*s)", used ? " " : "",
+                                     e->d_name, clen > 16 ? 16 : clen, lp + 1);
+    }
+    closedir(d);
+    return n;
+}
+
+static int
+fork_python_threads(void)
+{
+    int n = 0;
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
+         t = PyThreadState_Next(t))
+        n++;
+    return n;
+}
+
+/* With the GIL held throughout (no Python thread can start to end), wait
+ * until every task is the caller, another Python thread or one that never
+ * enters the C library.  0, or -1 with `who` naming the others. */
+static int
+fork_wait_quiescent(double timeout, char *who, size_t whosz)
+{
+    struct timespec now, until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)timeout;
+    for (;;) {
+        int others = fork_other_tasks(who, whosz);
+        if (others < 0 || others <= fork_python_threads())
+            return 0;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > until.tv_sec ||
+            (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+            return -1;
+        struct timespec pause = {0, 100 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
 PyDoc_STRVAR(access_fork_sibling_doc,
-"fork_sibling() -> int\n\n"
+"fork_sibling(timeout=5.0) -> int\n\n"
 "fork() with CLONE_PARENT: the child's parent is the caller's parent, so\n"
 "a driver can reap every process of a tree it did not fork itself. The\n"
 "address space is copied exactly as by fork() (no CLONE_VM). Returns 0 in\n"
-"the child and the child's pid in the caller. Call it only from a\n"
-"single-threaded process: unlike glibc's fork() it runs no atfork handlers\n"
-"of C libraries (Python's own are run).");
+"the child and the child's pid in the caller. Unlike glibc's fork() it\n"
+"takes no C-library lock first (Python's own at-fork work is done), so it\n"
+"waits, up to `timeout` seconds, until no thread can be holding one: every\n"
+"other thread has a Python thread state or is a service thread. Past the\n"
+"timeout: RuntimeError naming the other threads.");
 
 static PyObject *
-access_fork_sibling(PyObject *self, PyObject *noargs)
+access_fork_sibling(PyObject *self, PyObject *args)
 {
     (void)self;
-    (void)noargs;
+    double timeout = 5.0;
+    if (!PyArg_ParseTuple(args, "|d:fork_sibling", &timeout))
+        return NULL;
     pid_t *slot = access_tid_slot();
     unsigned long flags = CLONE_PARENT | SIGCHLD;
     if (slot != NULL)
         flags |= CLONE_CHILD_SETTID;
     PyOS_BeforeFork();
+    /* After PyOS_BeforeFork: its at-fork hooks may drop the GIL; from here
+     * to the clone nothing does. */
+    char who[512];
+    if (fork_wait_quiescent(timeout, who, sizeof who) < 0) {
+        PyOS_AfterFork_Parent();
+        return PyErr_Format(PyExc_RuntimeError,
+                            "fork: after %.1f s, threads of the server that are neither Python "
+                            "nor service threads are still running (%s): a raw clone would copy "
+                            "any C-library lock they hold", timeout, who);
+    }
     long pid = syscall(SYS_clone, flags, 0UL, NULL, slot, 0UL);
     int err = errno;
     if (pid == 0) {
@@ -321,6 +434,77 @@ access_fork_sibling(PyObject *self, PyObject *noargs)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     return PyLong_FromLong(pid);
+}
+
+/* ---- test hook: a thread inside malloc when the server forks ------------- */
+
+struct test_malloc_thread {
+    void *chunk;
+    double seconds;
+    int *started;           /* the caller's, set once at the start */
+};
+
+static void *
+test_malloc_thread_main(void *arg)
+{
+    struct test_malloc_thread *t = arg;
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t size = 64 * 1024;
+    __atomic_store_n(t->started, 1, __ATOMIC_RELEASE);
+    do {
+        /* The chunk is main_arena's (the caller made it): every realloc
+         * takes main_arena's lock, as the free of a thread state does. */
+        for (int i = 0; i < 1000; i++) {
+            size ^= 4096;
+            void *grown = realloc(t->chunk, size);
+            if (grown != NULL)
+                t->chunk = grown;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while ((double)(now.tv_sec - t0.tv_sec) + 1e-9 * (double)(now.tv_nsec - t0.tv_nsec)
+             < t->seconds);
+    free(t->chunk);
+    free(t);
+    return NULL;
+}
+
+PyDoc_STRVAR(access__test_malloc_thread_doc,
+"_test_malloc_thread(seconds)\n\n"
+"Test hook: a detached C thread that keeps taking and dropping main_arena's\n"
+"lock (realloc of a chunk the caller allocated) for `seconds`, then ends,\n"
+"as a server thread that frees its thread state on its way out does.");
+
+static PyObject *
+access__test_malloc_thread(PyObject *self, PyObject *args)
+{
+    double seconds;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "d:_test_malloc_thread", &seconds))
+        return NULL;
+    struct test_malloc_thread *t = malloc(sizeof *t);
+    if (t == NULL)
+        return PyErr_NoMemory();
+    t->chunk = malloc(64 * 1024);
+    t->seconds = seconds;
+    int started = 0;
+    t->started = &started;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t th;
+    int rc = pthread_create(&th, &attr, test_malloc_thread_main, t);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        free(t->chunk);
+        free(t);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    /* Back only once the thread is in its loop. */
+    while (!__atomic_load_n(&started, __ATOMIC_ACQUIRE))
+        sched_yield();
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(access_syscall_counted_doc,
@@ -375,7 +559,9 @@ static PyMethodDef access_methods[] = {
     {"faults", access_faults, METH_NOARGS, access_faults_doc},
     {"read", access_read, METH_VARARGS, access_read_doc},
     {"write", access_write, METH_VARARGS, access_write_doc},
-    {"fork_sibling", access_fork_sibling, METH_NOARGS, access_fork_sibling_doc},
+    {"fork_sibling", access_fork_sibling, METH_VARARGS, access_fork_sibling_doc},
+    {"_test_malloc_thread", access__test_malloc_thread, METH_VARARGS,
+     access__test_malloc_thread_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,6 +12,20 @@
  * record of the errno of the ioctl that failed to resolve it, or 0) before
  * it is resolved, so it is logged by the time the faulting access goes on.
  *
+ * An event is another matter: a syscall waiting for its event to be read
+ * (fork in dup_userfaultfd_complete, madvise or munmap in
+ * userfaultfd_event_wait_completion) is released inside our read(), by
+ * userfaultfd_ctx_read completing the event, before read() has even copied
+ * the message out. So that syscall may return before the message is
+ * logged. What is exact: `busy` is set before each read() and cleared, with
+ * a broadcast, only after the last message read is logged; settle() waits
+ * for that, and stop() joins the thread, which leaves only from poll(),
+ * with everything it read logged.
+ *
+ * The thread calls no allocator and takes no lock of the C library, and
+ * names itself "mmemu-uffd": a server's fork_sibling (_access.c) knows from
+ * the name that a raw clone copies nothing of it that the child could need.
+ *
  * Why C and not a Python thread: some waits on the monitor happen in calls
  * that hold the GIL.  fork() blocks in dup_userfaultfd_complete() until the
  * FORK event is read, and the server forks with the GIL held
@@ -26,6 +40,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/prctl.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -39,7 +55,10 @@ struct service {
     int log_r, log_w;
     int copy;               /* missing faults: COPY (1) or ZEROPAGE (0) */
     int resolve;            /* 0: only read and log (a reader while the server forks) */
-    int busy;               /* between a readable poll and the last record logged */
+    pthread_mutex_t lock;   /* guards busy */
+    pthread_cond_t idle;    /* broadcast when busy drops to 0 */
+    int busy;               /* from just before a read() to the last record it led to */
+    unsigned long reads;    /* messages read so far (under lock) */
     unsigned test_delay_us; /* MMEMU_TEST_SERVICE_LOG_DELAY_US: widen the read->log window */
     pthread_t thread;
     unsigned char page[SERVICE_PAGE_SIZE];
@@ -88,26 +107,40 @@ log_write(struct service *s, const struct log_record *r)
         ;
 }
 
+static void
+service_set_busy(struct service *s, int busy)
+{
+    pthread_mutex_lock(&s->lock);
+    s->busy = busy;
+    if (!busy)
+        pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->lock);
+}
+
 static void *
 service_main(void *arg)
 {
     struct service *s = arg;
     struct pollfd p[2] = {{.fd = s->uffd, .events = POLLIN}, {.fd = s->stop_r, .events = POLLIN}};
+    prctl(PR_SET_NAME, "mmemu-uffd", 0, 0, 0);
     for (;;) {
         if (poll(p, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
-            return NULL;
+            break;
         }
         if (p[1].revents)
-            return NULL;
-        /* Set before read(): a thread that a read() of ours released (fork
-         * waiting for its FORK event) then sees busy until the message is
-         * logged, and waits for it (service_idle). */
-        __atomic_store_n(&s->busy, 1, __ATOMIC_SEQ_CST);
+            break;
+        /* Set before read(): a syscall that a read() of ours releases (an
+         * event's waiter) returns after this store, so whoever it returns
+         * to sees busy until the message is logged (service_settle). */
+        service_set_busy(s, 1);
         struct log_record r;
         memset(&r, 0, sizeof r);
         while (read(s->uffd, &r.msg, sizeof r.msg) == (ssize_t)sizeof r.msg) {
+            pthread_mutex_lock(&s->lock);
+            s->reads++;
+            pthread_mutex_unlock(&s->lock);
             if (s->test_delay_us)
                 usleep(s->test_delay_us);
             r.err = -1;                 /* "being resolved": its errno follows */
@@ -116,8 +149,11 @@ service_main(void *arg)
             memset(&r.msg, 0, sizeof r.msg);
             log_write(s, &r);
         }
-        __atomic_store_n(&s->busy, 0, __ATOMIC_SEQ_CST);
+        service_set_busy(s, 0);
     }
+    /* From here on the task is no longer a service thread for a fork. */
+    prctl(PR_SET_NAME, "mmemu-uffd-end", 0, 0, 0);
+    return NULL;
 }
 
 /* ---- the Python face: a capsule holding the service ---------------------- */
@@ -125,6 +161,8 @@ service_main(void *arg)
 static void
 service_destroy(struct service *s)
 {
+    pthread_cond_destroy(&s->idle);
+    pthread_mutex_destroy(&s->lock);
     close(s->stop_r);
     close(s->stop_w);
     close(s->log_r);
@@ -169,6 +207,15 @@ service_start(PyObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     fcntl(l[0], F_SETFL, fcntl(l[0], F_GETFL) | O_NONBLOCK);
+    /* Room for ~26000 records between two reads of the log (the default
+     * 64 KiB holds ~1600); the default stays if pipe-max-size refuses. */
+    fcntl(l[1], F_SETPIPE_SZ, 1 << 20);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->idle, &ca);
+    pthread_condattr_destroy(&ca);
     s->uffd = uffd;
     s->stop_r = p[0];
     s->stop_w = p[1];
@@ -189,8 +236,10 @@ service_start(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(service_stop_doc,
-"stop(handle)\n\n"
-"End the service thread, wait for it, and free it (its log fd is closed).");
+"stop(handle) -> bytes\n\n"
+"End the service thread, wait for it, and free it. Returns the log records\n"
+"not read yet: the thread leaves only from poll(), so these are all it\n"
+"logged, every message it read included (its log fd is closed).");
 
 static PyObject *
 service_stop(PyObject *self, PyObject *args)
@@ -203,32 +252,112 @@ service_stop(PyObject *self, PyObject *args)
     char b = 1;
     while (write(s->stop_w, &b, 1) < 0 && errno == EINTR)
         ;
+    /* Drain the log while waiting: a thread blocked writing to a full log
+     * pipe would never get back to poll() to see the stop byte. */
+    char *acc = NULL;
+    size_t len = 0, cap = 0;
+    int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
-    pthread_join(s->thread, NULL);
+    for (int joined = 0, last = 0; !last;) {
+        last = joined;
+        char buf[4096];
+        ssize_t n;
+        while ((n = read(s->log_r, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR)) {
+            if (n <= 0)
+                continue;
+            if (len + (size_t)n > cap) {
+                size_t want = cap ? 2 * cap : sizeof buf;
+                while (want < len + (size_t)n)
+                    want *= 2;
+                char *grown = realloc(acc, want);
+                if (grown == NULL) {
+                    nomem = 1;
+                    continue;           /* keep draining so the thread can end */
+                }
+                acc = grown;
+                cap = want;
+            }
+            memcpy(acc + len, buf, (size_t)n);
+            len += (size_t)n;
+        }
+        if (!joined) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 10 * 1000 * 1000;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec += 1;
+                until.tv_nsec -= 1000000000L;
+            }
+            joined = pthread_timedjoin_np(s->thread, NULL, &until) == 0;
+        }
+    }
     Py_END_ALLOW_THREADS
     service_destroy(s);
-    Py_RETURN_NONE;
+    PyObject *rest = nomem ? PyErr_NoMemory()
+                           : PyBytes_FromStringAndSize(acc ? acc : "", (Py_ssize_t)len);
+    free(acc);
+    return rest;
 }
 
-PyDoc_STRVAR(service_busy_doc,
-"busy(handle) -> bool\n\n"
-"Whether the thread is between a readable poll and logging what it read:\n"
-"a message whose read() already returned is logged once this is false.");
+PyDoc_STRVAR(service_settle_doc,
+"settle(handle, timeout) -> bool\n\n"
+"Wait (without the GIL) until the thread has logged every message it has\n"
+"read: true once it is back in poll(), false if `timeout` seconds passed.\n"
+"After a syscall that waited for its event to be read has returned, a true\n"
+"settle() means that event is in the log.");
 
 static PyObject *
-service_busy(PyObject *self, PyObject *args)
+service_settle(PyObject *self, PyObject *args)
+{
+    unsigned long long h;
+    double timeout;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Kd:settle", &h, &timeout))
+        return NULL;
+    struct service *s = (struct service *)(uintptr_t)h;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)timeout;
+    until.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec += 1;
+        until.tv_nsec -= 1000000000L;
+    }
+    int idle;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&s->lock);
+    while (s->busy && pthread_cond_timedwait(&s->idle, &s->lock, &until) == 0)
+        ;
+    idle = !s->busy;
+    pthread_mutex_unlock(&s->lock);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(idle);
+}
+
+PyDoc_STRVAR(service_state_doc,
+"state(handle) -> (busy, reads)\n\n"
+"busy: the thread is between a read() and the last record it led to;\n"
+"reads: how many messages it has read. Taken together, under its lock.");
+
+static PyObject *
+service_state(PyObject *self, PyObject *args)
 {
     unsigned long long h;
     (void)self;
-    if (!PyArg_ParseTuple(args, "K:busy", &h))
+    if (!PyArg_ParseTuple(args, "K:state", &h))
         return NULL;
     struct service *s = (struct service *)(uintptr_t)h;
-    return PyBool_FromLong(__atomic_load_n(&s->busy, __ATOMIC_SEQ_CST));
+    pthread_mutex_lock(&s->lock);
+    int busy = s->busy;
+    unsigned long reads = s->reads;
+    pthread_mutex_unlock(&s->lock);
+    return Py_BuildValue("(Nk)", PyBool_FromLong(busy), reads);
 }
 
 static PyMethodDef service_methods[] = {
     {"start", service_start, METH_VARARGS, service_start_doc},
-    {"busy", service_busy, METH_VARARGS, service_busy_doc},
+    {"settle", service_settle, METH_VARARGS, service_settle_doc},
+    {"state", service_state, METH_VARARGS, service_state_doc},
     {"stop", service_stop, METH_VARARGS, service_stop_doc},
     {NULL, NULL, 0, NULL},
 };

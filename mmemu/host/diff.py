@@ -92,7 +92,11 @@ def probe(make_other, features=None):
                 keep.append(name)
             except NotImplementedError as e:
                 dropped.append(f"{name}: {e}")
-            except OSError:
+            except (OSError, Unsupported):
+                # Unsupported: a host that cannot run it now (MADV_PAGEOUT
+                # while another process's swap is on) - the programs using
+                # it are counted unsupported one by one, with the reason;
+                # generation stays the same for a seed.
                 keep.append(name)
         f.advice = keep or ["MADV_NORMAL"]
         if f.files:
@@ -588,10 +592,11 @@ class Outcome:
     NotImplementedError first), "invalid" (placement-dependent, see
     PlacementError) or "host-flaky" (two host runs disagree with each other)."""
 
-    def __init__(self, status, divergence=None, detail=""):
+    def __init__(self, status, divergence=None, detail="", reason=None):
         self.status = status
         self.divergence = divergence
         self.detail = detail
+        self.reason = reason or detail      # what programs are counted by (unsupported)
 
 
 class EngineMissing(RuntimeError):
@@ -618,23 +623,38 @@ def _close(m):
         close()
 
 
+def _run(program, machine, **kw):
+    """P.run; on a host machine, also the check that the swap stayed its
+    own throughout if the program paged out (HostMachine._swap_still_ours:
+    Unsupported otherwise)."""
+    since = getattr(machine, "_pageouts", None)
+    obs = P.run(program, machine, **kw)
+    if since is not None:
+        machine._swap_still_ours(since)
+    return obs
+
+
+def _unsupported(e):
+    return Outcome("unsupported", detail=str(e), reason=e.reason)
+
+
 def check_pair(program, host, make_other, names=("host", "engine")):
     """Run program on the host machine and on a fresh make_other(); compare."""
     try:
-        obs_h = P.run(program, host)
+        obs_h = _run(program, host)
     except Unsupported as e:
-        return Outcome("unsupported", detail=str(e))
+        return _unsupported(e)
     except P.PlacementError as e:
         return Outcome("invalid", detail=str(e))
     other = make_other()
     try:
         # The machine is thrown away: no need to exit its processes one by
         # one (close() below ends a HostMachine's servers).
-        obs_o = P.run(program, other, cleanup=False)
+        obs_o = _run(program, other, cleanup=False)
     except P.PlacementError as e:
         return Outcome("invalid", detail=str(e))
     except Unsupported as e:          # the other machine is a host too (--against host)
-        return Outcome("unsupported", detail=str(e))
+        return _unsupported(e)
     finally:
         _close(other)
     d = compare(obs_h, obs_o, program, names=names)
@@ -649,7 +669,10 @@ def check_pair(program, host, make_other, names=("host", "engine")):
     # still in flight or a per-CPU LRU batch holding a reference when a
     # swap-in decides whether to free the swapcache.
     for _ in range(HOST_RERUNS):
-        again = P.run(program, host)
+        try:
+            again = _run(program, host)
+        except Unsupported as e:
+            return _unsupported(e)
         if compare(obs_h, again, program, names=("host", "host again")) is not None:
             return Outcome("host-flaky", d)
     return Outcome("diverge", d)
@@ -857,19 +880,24 @@ def _oracle(args, swap, log, bars):
         (name, f"engine {kernel}")
 
 
+def _tally(results, status):
+    """[(reason, number of programs)] of the outcomes with this status, most first."""
+    n = {}
+    for _p, o in results:
+        if o.status == status:
+            n[o.reason] = n.get(o.reason, 0) + 1
+    return sorted(n.items(), key=lambda kv: -kv[1])
+
+
 def _report(args, swap, dropped, counts, results, shrunk):
     """The JSON document of `mmemu diff --json` (one object):
     {"kernel", "against", "seed", "programs", "max_steps", "uffd", "swap" (bytes used),
      "not_generated": [text], "counts": {status: n}, "agree", "compared", "rate" (percent),
-     "engine_gaps": [{"detail", "programs"}],
+     "engine_gaps": [{"detail", "programs"}], "unsupported": [{"detail", "programs"}],
      "divergences": [{"op", "field", "shrunk", "step", "where", "a", "b", "names",
                       "program" (the program language's JSON), "text"}],
      "not_shrunk": n}"""
     compared = sum(counts.get(k, 0) for k in ("agree", "diverge"))
-    gaps = {}
-    for _p, o in results:
-        if o.status == "engine-gap":
-            gaps[o.detail] = gaps.get(o.detail, 0) + 1
     divergences = []
     for key, prog, o, was_shrunk in shrunk:
         d = o.divergence
@@ -883,7 +911,9 @@ def _report(args, swap, dropped, counts, results, shrunk):
             "agree": counts.get("agree", 0), "compared": compared,
             "rate": round(100.0 * counts.get("agree", 0) / compared, 3) if compared else 0.0,
             "engine_gaps": [{"detail": t, "programs": k}
-                            for t, k in sorted(gaps.items(), key=lambda kv: -kv[1])],
+                            for t, k in _tally(results, "engine-gap")],
+            "unsupported": [{"detail": t, "programs": k}
+                            for t, k in _tally(results, "unsupported")],
             "divergences": divergences, "not_shrunk": max(0, len(keys) - len(shrunk))}
 
 
@@ -954,12 +984,10 @@ def main(argv=None, out=None):
               f"{counts.get('unsupported', 0)}, placement-dependent "
               f"{counts.get('invalid', 0)}, host-flaky {counts.get('host-flaky', 0)}",
               file=log)
-        gaps = {}
-        for _p, o in results:
-            if o.status == "engine-gap":
-                gaps[o.detail] = gaps.get(o.detail, 0) + 1
-        for text, k in sorted(gaps.items(), key=lambda kv: -kv[1]):
+        for text, k in _tally(results, "engine-gap"):
             print(f"  engine gap ({k} programs): {text}", file=log)
+        for text, k in _tally(results, "unsupported"):
+            print(f"  unsupported on the host ({k} programs): {text}", file=log)
         keys = []
         for prog, o in results:
             if o.status == "diverge" and o.divergence.key not in keys:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..eras import Policy
 
 import atexit
+import contextlib
 import errno as _errno
 import os
 import select
@@ -56,7 +57,16 @@ class HostError(MmemuError):
 
 class Unsupported(MmemuError):
     """This host cannot perform the operation (missing kernel feature, no
-    user-space path to it, or not enough privilege). Tests turn it into a skip."""
+    user-space path to it, or not enough privilege). Tests turn it into a skip.
+    reason: the cause in words that do not change from one instance to the
+    next (mmemu diff counts programs by it); the message by default."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+FOREIGN_SWAP = "MADV_PAGEOUT while swap the machine does not own is on"
 
 
 # --- channel ------------------------------------------------------------------
@@ -93,6 +103,70 @@ class _Channel:
 
     def close(self):
         self.sock.close()
+
+
+def _read_text(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _diagnose(pid, wait=0.5):
+    """What a server that does not answer is doing, for the HostError: each
+    thread's state, wait channel, syscall and kernel stack (/proc), then its
+    Python stacks, which faulthandler writes on SIGUSR2 (server.py) if the
+    process can still run a signal handler (not when stopped)."""
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as e:
+        return f"\n  (no /proc/{pid}: {e.strerror})"
+    out = []
+    for tid in tids:
+        d = f"/proc/{pid}/task/{tid}"
+        stat = _read_text(f"{d}/stat")
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
+        state = stat[stat.rfind(")") + 2:].split(" ", 1)[0]
+        call = (_read_text(f"{d}/syscall").split() or ["?"])[0]
+        frames = [ln.split("] ", 1)[-1].split("+", 1)[0]
+                  for ln in _read_text(f"{d}/stack").splitlines()][:6]
+        out.append(f"thread {tid} ({comm}): state {state}, wchan "
+                   f"{_read_text(f'{d}/wchan') or '-'}, syscall {call}, kernel stack "
+                   f"{' < '.join(frames) or '-'}")
+    out += _python_stacks(pid, wait)
+    return "".join("\n  " + line for line in out)
+
+
+def _python_stacks(pid, wait):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for fd in fds:
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if not os.readlink(path).startswith(f"/memfd:{_server.TRACE_NAME} "):
+                continue
+            start = os.stat(path).st_size
+            os.kill(pid, _server.TRACE_SIGNAL)
+            deadline = time.monotonic() + wait
+            size = start
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
+                now = os.stat(path).st_size
+                if now > start and now == size:
+                    break                       # written, and no longer growing
+                size = now
+            with open(path, "rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace").strip()
+        except OSError:
+            return []
+        if not text:
+            return ["Python stacks: none written (the process runs no signal handler)"]
+        return ["Python stacks (faulthandler):"] + ["  " + ln for ln in text.splitlines()]
+    return []
 
 
 # --- the objects the API hands out -------------------------------------------
@@ -209,8 +283,10 @@ class HostProcess:
             chan.send((op, args), fds)
             reply = chan.recv(f"{op} (pid {self.pid})")
         except (TimeoutError, EOFError, OSError) as e:
+            seen = _diagnose(self.pid) if isinstance(e, TimeoutError) else ""
             status = self.machine._kill(self)
-            raise HostError(f"server pid {self.pid} failed during {op}: {e}; {status}") from e
+            raise HostError(f"server pid {self.pid} failed during {op}: {e}; {status}{seen}") \
+                from e
         except BaseException:
             # Interrupted mid-exchange (KeyboardInterrupt): the channel may hold
             # half a message, so this server can no longer be talked to.
@@ -287,7 +363,9 @@ class HostProcess:
 
     def madvise(self, addr, length, advice):
         if advice == C.MADV_PAGEOUT:
-            self.machine._check_swap_is_ours()
+            with self.machine._pageout():
+                self._call("madvise", addr, length, advice)
+            return
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             self._not_blocked()         # GUP faults, as an access does
         self._call("madvise", addr, length, advice)
@@ -776,6 +854,7 @@ class HostMachine:
         self._next_top = PROGRAM_SPACE_END
         self._kpagecount = None
         self._kpageflags = None
+        self._pageouts = 0          # MADV_PAGEOUT calls made (see _pageout)
         self.closed = False
         _live_machines.add(self)
 
@@ -810,9 +889,9 @@ class HostMachine:
         everything), and the frames freed are not known (None)."""
         if npages < 1 << 62:
             raise Unsupported("a reclaim budget cannot be imposed on the host")
-        self._check_swap_is_ours()
-        for proc in self.live_processes():
-            proc._call("reclaim", [(PROGRAM_SPACE_BASE, PROGRAM_SPACE_END)])
+        with self._pageout():
+            for proc in self.live_processes():
+                proc._call("reclaim", [(PROGRAM_SPACE_BASE, PROGRAM_SPACE_END)])
         return None
 
     @property
@@ -824,7 +903,9 @@ class HostMachine:
 
     def _check_swap_is_ours(self):
         """MADV_PAGEOUT's effect depends on swap being on: compare only with
-        the swap this machine asked for (none, or its own file)."""
+        the swap this machine asked for (none, or its own file). Swap any
+        other process turned on makes the outcome that swap's, not the
+        machine's: Unsupported (reason FOREIGN_SWAP), for this call only."""
         if self._swap is None:
             others = [p for p, _n in _swap.active_swaps()]
             what = "swap is on"
@@ -833,7 +914,26 @@ class HostMachine:
             what = "swap this machine does not own is on"
         if others:
             raise Unsupported(f"MADV_PAGEOUT while {what} on the host ("
-                              + ", ".join(others) + "): its outcome depends on that swap")
+                              + ", ".join(others) + "): its outcome depends on that swap",
+                              reason=FOREIGN_SWAP)
+
+    @contextlib.contextmanager
+    def _pageout(self):
+        """Around a MADV_PAGEOUT: the swap must be the machine's before and
+        after it (another process may turn its swap on meanwhile; pages
+        would go there). Counts it for _swap_still_ours()."""
+        self._check_swap_is_ours()
+        self._pageouts += 1
+        yield
+        self._check_swap_is_ours()
+
+    def _swap_still_ours(self, since):
+        """After a run that started when self._pageouts was `since`: if it
+        paged anything out, check that no foreign swap is on now either (a
+        swap-in's outcome depends on how full all swap is, vm_swap_full).
+        Raises Unsupported (FOREIGN_SWAP)."""
+        if self._pageouts > since:
+            self._check_swap_is_ours()
 
     # --- processes ---
 
@@ -855,8 +955,9 @@ class HostMachine:
         try:
             hello = chan.recv(f"start of pid {pid}")
         except (TimeoutError, EOFError, OSError) as e:
+            seen = _diagnose(pid) if isinstance(e, TimeoutError) else ""
             status = self._kill(proc)
-            raise HostError(f"server pid {pid} did not start: {e}; {status}") from e
+            raise HostError(f"server pid {pid} did not start: {e}; {status}{seen}") from e
         if hello != ("ready", pid):
             self._kill(proc)
             raise HostError(f"server pid {pid} greeted with {hello!r}")
@@ -865,8 +966,18 @@ class HostMachine:
     def _fork(self, parent):
         self._check_open()
         readers = []
+        for u in parent._foreign:
+            if not u.released and u.features & C.UFFD_FEATURE_EVENT_FORK:
+                # Its FORK event would wait for a read by the server holding
+                # the context, which is not running a handler meanwhile.
+                raise Unsupported("fork of a process whose memory a FORK event's context "
+                                  "(held by another process) serves: its event would wait "
+                                  "for a reader that is not running")
         for u in parent._uffds.values():
-            if u.released or not u.features & 0x2 or (u.served and u._handler is None):
+            if u.target is not parent:
+                continue            # a FORK event's context: its VMAs are another process's
+            if u.released or not u.features & C.UFFD_FEATURE_EVENT_FORK or \
+                    (u.served and u._handler is None):
                 continue
             if u._handler is None:
                 # fork() waits in dup_userfaultfd_complete() until the FORK

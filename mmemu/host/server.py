@@ -85,7 +85,7 @@ class _NoReply(Exception):
 class Server:
     def __init__(self, sock):
         self.sock = sock
-        self.pipes = {}      # id -> [rfd, wfd, nbytes]
+        self.pipes = {}      # id -> [[rfd, wfd, bytes held], ...]: one vmsplice (op_vmsplice)
         self.rings = {}      # id -> uring.FixedBufferRing
         self.threads = {}    # id -> _Worker
         self.files = set()   # the program's file descriptors (memfds), inherited at fork
@@ -228,8 +228,31 @@ class Server:
         return self._settle(tid, WorkerAccess(worker, fn, args))
 
     def _served(self):
-        """Every context has a C service thread: a sleep in one is brief."""
-        return bool(self.uffds) and all(c.service is not None for c in self.uffds.values())
+        """Every context has a C service thread: a sleep in one is brief
+        unless its resolution failed. Returns the test of that (_quiet) for
+        BlockingAccess.wait, or None."""
+        if self.uffds and all(c.service is not None for c in self.uffds.values()):
+            return self._quiet
+        return None
+
+    def _quiet(self, asleep):
+        """Whether a thread that asleep() finds in a userfault stays there:
+        before and after that look, no context has a message queued, no
+        service thread is handling one, and none read any in between. A
+        fault queued before the look is then read and handled (resolving
+        wakes it, so still asleep means the resolution failed); one queued
+        after it cannot be what the thread sleeps on."""
+        ctxs = list(self.uffds.values())
+
+        def idle():
+            states = [c.service.state() for c in ctxs]
+            if any(busy for busy, _n in states) or any(c.queued() for c in ctxs):
+                return None
+            return [n for _busy, n in states]
+        before = idle()
+        if before is None or not asleep():
+            return False
+        return idle() == before
 
     def _settle(self, key, acc):
         if acc.wait(self._served()):
@@ -465,7 +488,13 @@ class Server:
         is read, with this thread holding the GIL, so a C thread reads each
         such queue meanwhile (no resolving) and its messages are kept for the
         handler; a FORK event's new context becomes a context of this server.
-        Returns (pid, {reader id: [(message, ...)]})."""
+        Returns the child's pid.
+
+        fork() is let go inside the reader's read() (userfaultfd_ctx_read
+        completes the event before copying it out), so when it returns the
+        reader may not have logged the event yet: stopping the reader (it
+        leaves only from poll(), with all it read logged) and then taking
+        its log is what makes the event certain to be there."""
         if len(fds) != 1:
             raise RuntimeError(f"fork needs one channel descriptor, got {len(fds)}")
         (newfd,) = fds
@@ -477,9 +506,7 @@ class Server:
             os.close(newfd)
             for uid, svc in tails:
                 ctx = self.uffds[uid]
-                svc.settle()                # fork returned: its FORK event was read
-                got = [m for m, _ in svc.take()]
-                svc.stop()
+                got = [m for m, _ in svc.stop()]
                 for m in got:
                     if m["event"] == C.UFFD_EVENT_FORK:           # the child's context: ours to hold
                         new = self.next_id
@@ -494,8 +521,9 @@ class Server:
         # or ring, not per fd.
         self.sock.close()
         self.sock = socket.socket(fileno=newfd)
-        for rfd, wfd, _n in self.pipes.values():
-            _close_quietly(rfd, wfd)
+        for segs in self.pipes.values():
+            for rfd, wfd, _n in segs:
+                _close_quietly(rfd, wfd)
         for ring in self.rings.values():
             ring.forget()
         self.pipes.clear()
@@ -514,56 +542,102 @@ class Server:
     def op_exit(self):
         return None   # the loop exits after replying
 
+    def op__test_hang(self):
+        """Test hook: sleep for good in read(2) of a pipe nobody writes."""
+        rfd, _wfd = os.pipe()
+        os.read(rfd, 1)
+
+    def op__test_malloc_thread(self, seconds):
+        """Test hook: a C thread inside malloc for `seconds` (_access.c)."""
+        return _access._test_malloc_thread(seconds)
+
     # --- vmsplice / FOLL_GET ------------------------------------------------
 
     def op_vmsplice(self, addr, length):
-        """vmsplice(2) the range into a new pipe: the pipe buffers hold FOLL_GET
-        references (iov_iter_get_pages2, no FOLL_WRITE)."""
-        rfd, wfd = sc.pipe_with_capacity(max(length, PAGE_SIZE))
+        """vmsplice(2) the range into new pipes: the pipe buffers hold FOLL_GET
+        references (iov_iter_get_pages2, no FOLL_WRITE), one buffer a page.
+
+        The engine models one vmsplice of `length` bytes into a pipe that
+        holds them all. A pipe holds pipe-max-size bytes at most without
+        CAP_SYS_RESOURCE (pipe_set_size: EPERM past it), so the range goes
+        into a chain of pipes, each spliced with a piece of at most that
+        many pages, in order: the same pages referenced in the same order,
+        and the count of bytes one call would return (it stops at the first
+        page GUP cannot take; none at all is the error)."""
+        if not length:
+            return self._new_pipe([[*sc.pipe_with_capacity(PAGE_SIZE), 0]]), 0
+        span = max(PAGE_SIZE, sc.pipe_max_size() // PAGE_SIZE * PAGE_SIZE)
+        segs, total = [], 0
         try:
-            n = sc.vmsplice(wfd, addr, length, sc.SPLICE_F_NONBLOCK) if length else 0
+            while total < length:
+                a = addr + total
+                piece = min(length - total, span - (a & (PAGE_SIZE - 1)))
+                seg = [*sc.pipe_with_capacity(max(PAGE_SIZE, _page_span(a, piece))), 0]
+                segs.append(seg)
+                try:
+                    n = sc.vmsplice(seg[1], a, piece, sc.SPLICE_F_NONBLOCK)
+                except OSError:
+                    if not total:
+                        raise
+                    n = 0
+                seg[2] = n
+                total += n
+                if n < piece:
+                    break
         except BaseException:
-            _close_quietly(rfd, wfd)
+            for rfd, wfd, _n in segs:
+                _close_quietly(rfd, wfd)
             raise
+        return self._new_pipe(segs), total
+
+    def _new_pipe(self, segs):
         pid = self.next_id
         self.next_id += 1
-        self.pipes[pid] = [rfd, wfd, n]
-        return pid, n
+        self.pipes[pid] = segs
+        return pid
 
     def op_pipe_read(self, pipe_id, n):
-        rfd, _wfd, avail = self._pipe(pipe_id)
-        try:
-            data = os.read(rfd, n) if n else b""
-        except BlockingIOError:
-            data = b""
-        self.pipes[pipe_id][2] = avail - len(data)
-        return data
+        """read(2): up to n bytes from the chain, in order (a pipe's read
+        goes on across its buffers while it has data)."""
+        segs = self._pipe(pipe_id)
+        out = []
+        want = n
+        for seg in segs:
+            while want and seg[2]:
+                try:
+                    data = os.read(seg[0], min(want, seg[2]))
+                except BlockingIOError:
+                    data = b""
+                if not data:
+                    break
+                out.append(data)
+                seg[2] -= len(data)
+                want -= len(data)
+            if want == 0:
+                break
+        return b"".join(out)
 
     def op_pipe_peek(self, pipe_id, off, n):
         """Read without consuming: tee(2) the buffers into a scratch pipe (the
         copies take their own page references until read) and read those."""
-        rfd, _wfd, avail = self._pipe(pipe_id)
+        segs = self._pipe(pipe_id)
+        avail = sum(seg[2] for seg in segs)
         if off + n > avail:
             raise ValueError(f"peek {off}+{n} past the {avail} bytes held")
-        if n == 0:
-            return b""
-        srfd, swfd = sc.pipe_with_capacity(max(avail, PAGE_SIZE))
-        try:
-            got = sc.tee(rfd, swfd, avail, sc.SPLICE_F_NONBLOCK)
-            data = b""
-            while len(data) < got:
-                chunk = os.read(srfd, got - len(data))
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            _close_quietly(srfd, swfd)
-        return data[off:off + n]
+        out = []
+        base = 0
+        for rfd, _wfd, held in segs:
+            if n and base < off + n and off < base + held:
+                data = _peek(rfd, held)
+                out.append(data[max(0, off - base):off + n - base])
+            base += held
+        return b"".join(out)
 
     def op_pipe_close(self, pipe_id):
-        rfd, wfd, _n = self._pipe(pipe_id)
+        segs = self._pipe(pipe_id)
         del self.pipes[pipe_id]
-        _close_quietly(rfd, wfd)
+        for rfd, wfd, _n in segs:
+            _close_quietly(rfd, wfd)
 
     def _pipe(self, pipe_id):
         try:
@@ -629,12 +703,50 @@ class _Worker:
         return value
 
 
+def _page_span(addr, length):
+    """Bytes of the whole pages [addr, addr + length) touches."""
+    first = addr & ~(PAGE_SIZE - 1)
+    return ((addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) - first
+
+
+def _peek(rfd, held):
+    """The `held` bytes of a pipe, left in it (tee into a scratch pipe)."""
+    if not held:
+        return b""
+    srfd, swfd = sc.pipe_with_capacity(max(held, PAGE_SIZE))
+    try:
+        got = sc.tee(rfd, swfd, held, sc.SPLICE_F_NONBLOCK)
+        data = b""
+        while len(data) < got:
+            chunk = os.read(srfd, got - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        _close_quietly(srfd, swfd)
+    return data
+
+
 def _close_quietly(*fds):
     for fd in fds:
         try:
             os.close(fd)
         except OSError:
             pass
+
+
+TRACE_NAME = "mmemu-trace"
+TRACE_SIGNAL = signal.SIGUSR2
+
+
+def _trace_on_signal():
+    """SIGUSR2 writes every thread's Python stack to a memfd named
+    "mmemu-trace" (faulthandler, async-signal-safe), so a driver whose
+    server stopped answering can say where it is stuck (machine._diagnose
+    reads it through /proc/PID/fd). Forked children share the file."""
+    import faulthandler
+    fd = os.memfd_create(TRACE_NAME, os.MFD_CLOEXEC)
+    faulthandler.register(TRACE_SIGNAL, file=fd, all_threads=True, chain=False)
 
 
 def become_server(sock, keep_fds=()):
@@ -659,6 +771,7 @@ def become_server(sock, keep_fds=()):
             except OSError:
                 pass
         os.close(devnull)
+        _trace_on_signal()
         Server(sock).serve()
         status = 0
     except BaseException:

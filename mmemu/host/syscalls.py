@@ -11,9 +11,11 @@ registration, /proc/self/mem) go through _access.syscall_counted, so the
 faults they take count as the program's (see _access.c, "Fault accounting").
 """
 import ctypes
+import functools
 import os
 
 from ..errors import oserror
+from ..constants import PAGE_SIZE
 from ..constants import PAGEMAP_SCAN  # _IOWR('f', 16, struct pm_scan_arg)
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -180,6 +182,18 @@ def swapoff(path):
 
 def tee(fd_in, fd_out, length, flags=0):
     return syscall(SYS_tee, fd_in, fd_out, length, flags, call="tee")
+
+
+@functools.lru_cache(maxsize=None)
+def pipe_max_size():
+    """/proc/sys/fs/pipe-max-size: the most F_SETPIPE_SZ gives without
+    CAP_SYS_RESOURCE (1 MiB by default); 64 KiB (the default pipe) if
+    unreadable."""
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 16 * PAGE_SIZE
 
 
 def pipe_with_capacity(nbytes):

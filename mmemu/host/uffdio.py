@@ -9,7 +9,8 @@ would sleep forever, which the host cannot show: Unsupported).
 An access that faults on a registered range sleeps in handle_userfault();
 it runs in a thread of its own (BlockingAccess) so the server keeps
 serving. It counts as blocked once that thread sleeps in handle_userfault
-(/proc/self/task/TID/wchan), or after MAX_WAIT s in any case.
+(/proc/self/task/TID/wchan) with nothing about to wake it (BlockingAccess.wait),
+or after MAX_WAIT s in any case.
 """
 import ctypes
 import errno
@@ -31,7 +32,12 @@ from ..constants import (UFFD_API, UFFD_EVENT_FORK, UFFD_EVENT_PAGEFAULT, UFFD_E
 SYS_userfaultfd = 323
 O_NONBLOCK = os.O_NONBLOCK
 MSG_SIZE = 32
-MAX_WAIT = 1.0       # seconds an access may take before it counts as blocked anyway
+# Seconds an access may take before it counts as blocked anyway: a backstop
+# for a kernel whose wchan names neither function below, never what decides
+# on this one (a loaded machine may leave a thread unscheduled for a while).
+MAX_WAIT = 5.0
+SETTLE_TIMEOUT = 5.0  # seconds a service thread may take to log what it read: more is a hang
+_ASLEEP = ("handle_userfault", "userfaultfd_event_wait_completion")
 # Planted in an ioctl's output field: still there afterwards means the
 # kernel left the field unwritten (the engine's UffdError.result None).
 UNWRITTEN = -(1 << 62)
@@ -196,6 +202,12 @@ class Context:
                 return out
             out.append(m)
 
+    def queued(self):
+        """Whether a message waits in the kernel's queue (poll, not read)."""
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return bool(p.poll(0))
+
     def close(self):
         if self.service is not None:
             self.service.stop()
@@ -249,24 +261,19 @@ class Service:
         self.handle, self.log_fd = _service.start(ctx.fd, resolver.missing == "copy",
                                                   resolver.fill, resolve)
 
-    def _drain(self):
-        self._read_log()
-        # A message logged but not yet resolved: its errno record follows
-        # once the ioctl returns (at once, unless something is very wrong).
-        deadline = time.monotonic() + MAX_WAIT
-        while self.open is not None and time.monotonic() < deadline:
-            select.select([self.log_fd], [], [], 0.05)
-            self._read_log()
-
-    def _read_log(self):
-        while True:
-            try:
-                chunk = os.read(self.log_fd, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            self.buf += chunk
+    def _read_log(self, data=None):
+        """Parse the log: what `data` holds, else what the log fd has now."""
+        if data is None:
+            data = b""
+            while True:
+                try:
+                    chunk = os.read(self.log_fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        self.buf += data
         n = _service.RECORD_SIZE
         while len(self.buf) >= n:
             rec, self.buf = self.buf[:n], self.buf[n:]
@@ -278,21 +285,33 @@ class Service:
                 self.open[1] = err or None
                 self.open = None
 
-    def settle(self):
-        """Wait until every message the thread has read is logged: the
-        read() that let a waiting fork() return may still be on its way to
-        the log when fork() is back (seen as a lost FORK event under load)."""
-        deadline = time.monotonic() + MAX_WAIT
-        while _service.busy(self.handle) and time.monotonic() < deadline:
-            time.sleep(0.0005)
-
-    def take(self):
-        self._drain()
+    def _entries(self):
+        if self.open is not None:
+            raise RuntimeError(f"uffd service thread: {self.open[0]} logged without its "
+                               "resolution")
         out, self.log = [tuple(e) for e in self.log], []
         return out
 
+    def take(self):
+        """[(message, errno or None)] logged since the last take. Exact: a
+        syscall that returned after its event was read finds the event here,
+        however late the thread got round to logging it (settle)."""
+        if not _service.settle(self.handle, SETTLE_TIMEOUT):
+            raise RuntimeError(f"uffd service thread: what it read was not logged within "
+                               f"{SETTLE_TIMEOUT:g} s")
+        self._read_log()
+        return self._entries()
+
+    def state(self):
+        """(busy, messages read so far): see _service.state."""
+        return _service.state(self.handle)
+
     def stop(self):
-        _service.stop(self.handle)       # closes log_fd
+        """End the thread; returns [(message, errno or None)] not taken yet,
+        everything it read included: it leaves only from poll(), after logging
+        all it read (no timing involved)."""
+        self._read_log(_service.stop(self.handle))       # closes log_fd
+        return self._entries()
 
 
 def _wchan(tid):
@@ -329,11 +348,17 @@ class BlockingAccess:
     def _finished(self, timeout):
         return self.done.wait(timeout)
 
-    def wait(self, served=False):
+    def wait(self, quiet=None):
         """True when the access completed; False when it sleeps in a
-        userfault (or took longer than MAX_WAIT). served: a service thread
-        reads the queue, so a sleep there is normally brief - only MAX_WAIT
-        counts as blocked (a loaded machine may not schedule it at once)."""
+        userfault (or an event wait) that nothing will end by itself.
+
+        quiet None: nobody resolves anything, so two looks ~3 ms apart that
+        find the thread asleep there settle it. Else quiet() tells whether
+        every service thread has handled all that was queued (quiet(look)
+        with a look at the thread in between, Server._quiet): asleep then
+        means its fault's resolution failed (the engine's Deadlock). In
+        neither case does the time an access takes decide, except as a
+        backstop: MAX_WAIT s without an answer counts as blocked."""
         t0 = time.monotonic()
         if self._finished(0.002):
             return True
@@ -341,9 +366,12 @@ class BlockingAccess:
         while True:
             w = _wchan(self.tid)
             self.event_wait = w == "userfaultfd_event_wait_completion"
-            if w in ("handle_userfault", "userfaultfd_event_wait_completion"):
+            if w in _ASLEEP:
                 slept += 1
-                if slept >= 2 and not served:
+                if quiet is None:
+                    if slept >= 2:
+                        return self._finished(0)
+                elif quiet(lambda: _wchan(self.tid) in _ASLEEP):
                     return self._finished(0)
             else:
                 slept = 0

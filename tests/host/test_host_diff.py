@@ -98,14 +98,46 @@ def test_broken_machine_is_caught_and_shrunk(need, no_exclusive_bit):
     assert "x" in outcome.divergence.a["pm"] and "x" not in outcome.divergence.b["pm"]
 
 
-def test_cli_against_host_reports_full_agreement(need):
+@pytest.mark.parametrize("swap", ["own", "foreign"])
+def test_cli_against_host_reports_full_agreement(need, agreement, request, swap):
+    """The host agrees with itself on every program it runs. With another
+    process's swap on (foreign), the programs that page out are counted
+    unsupported with that reason and the rest still run: the feature probe
+    must not turn the whole run into exit 2."""
     need("pfns")
+    if swap == "foreign":
+        request.getfixturevalue("foreign_swap")
     out = io.StringIO()
     code = diff.main(["--against", "host", "--programs", "15", "--seed", "2",
                       "--no-progress"], out=out)
     text = out.getvalue()
     assert code == 0, text
-    assert "agreement: 15/15 programs (100.0%)" in text
+    got = agreement(text)
+    assert got["agree"] == got["compared"] == 15 - got["unsupported"], text
+    if swap == "foreign":
+        assert got["unsupported"] > 0, text
+
+
+def test_foreign_swap_leaves_out_exactly_the_programs_that_page_out(need, foreign_swap):
+    """With another process's swap on, a program is unsupported (reason
+    FOREIGN_SWAP) only if it pages out, and every other program is compared
+    and agrees: one MADV_PAGEOUT costs its own program, not the run."""
+    from mmemu.host.machine import FOREIGN_SWAP
+    need("pfns", "kpage")
+    make = diff.engine_factory("host", 3, diff.DEFAULT_SWAP)
+    features, _dropped = diff.probe(make)           # what the engine models
+    with HostMachine(swap=diff.DEFAULT_SWAP) as host:
+        results = diff.survey(40, 3, host, make, features=features)
+    skipped = 0
+    for prog, o in results:
+        pages_out = any(s["op"] == "madvise" and s.get("advice") == "MADV_PAGEOUT"
+                        for s in _ops(prog))
+        if o.status == "unsupported":
+            assert pages_out and o.reason == FOREIGN_SWAP, (o.detail, P.pretty(prog))
+            skipped += 1
+        else:
+            assert o.status == "agree", (o.status, o.divergence, P.pretty(prog))
+    assert 0 < skipped < len(results)
 
 
 def test_cli_prints_the_minimal_divergent_program(need, monkeypatch, no_exclusive_bit):

@@ -316,11 +316,14 @@ def test_pin_of_read_only_mapping_is_efault(host, need):
 
 
 def test_hung_server_times_out_and_is_killed():
+    """The report says what the server was doing (here: stopped, state T),
+    so a hang can be told from a deadlock without reproducing it."""
     with HostMachine(timeout=0.3) as m:
         p = m.spawn()
         os.kill(p.pid, signal.SIGSTOP)
-        with pytest.raises(HostError, match="no answer"):
+        with pytest.raises(HostError, match="no answer") as e:
             p.read(PROGRAM_SPACE_BASE, 1)
+        assert f"thread {p.pid} (" in str(e.value) and "state T" in str(e.value)
         assert not p.alive and _gone(p.pid)
         q = m.spawn()                       # the machine goes on
         assert q.read(PROGRAM_SPACE_BASE, 0) == b""
@@ -392,3 +395,35 @@ def test_large_transfers(host):
     p.write(a, data)
     assert p.read(a, n) == data
     assert len(p.pagemap_range(a, 600)) == 600
+
+
+def test_fork_waits_for_a_thread_inside_the_c_library():
+    """A server forks with a raw clone (fork_sibling: CLONE_PARENT, so the
+    driver can reap the child), which, unlike glibc's fork(), takes no
+    C-library lock first: a lock another thread holds at that instant stays
+    locked in the child forever. Here a C thread of the server keeps taking
+    main_arena's lock for 0.2 s, as a server thread that ends frees its
+    thread state into main_arena after dropping the GIL; each fork must wait
+    for it. If a fork cloned at once, the child would hang on main_arena in
+    PyOS_AfterFork_Child or at its first allocation too big for its
+    thread cache (HostError: no answer). That was a forked server that
+    never answered within 20 s."""
+    with HostMachine(timeout=5.0) as m:
+        p = m.spawn()
+        for _ in range(5):
+            p._call("_test_malloc_thread", 0.2)
+            c = p.fork()
+            assert "[stack]" in c.maps()        # a few KiB: malloc takes main_arena's lock
+            c.exit()
+
+
+def test_a_hung_server_is_reported_with_its_stacks():
+    """A server stuck in a wait (here: made to sleep in read(2) on a pipe
+    nobody writes) is reported with its kernel wait and its Python stack."""
+    with HostMachine(timeout=1.0) as m:
+        p = m.spawn()
+        with pytest.raises(HostError) as e:
+            p._call("_test_hang")
+    text = str(e.value)
+    assert "state S" in text and "pipe_read" in text, text
+    assert "Python stacks (faulthandler)" in text and "op__test_hang" in text, text

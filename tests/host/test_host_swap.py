@@ -11,9 +11,11 @@ import textwrap
 
 import pytest
 
-from mmemu.constants import MADV_PAGEOUT, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
+from mmemu.constants import (MADV_DONTNEED, MADV_PAGEOUT, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE,
+                             PROT_READ, PROT_WRITE)
 from mmemu.host import HostMachine, Unsupported
 from mmemu.host import swap as hswap
+from mmemu.host.machine import FOREIGN_SWAP
 
 pytestmark = pytest.mark.host
 
@@ -71,6 +73,33 @@ def test_pageout_refuses_swap_it_does_not_own(need_swap):
             pytest.skip("another run has swap on")
         q.madvise(b, PAGE_SIZE, MADV_PAGEOUT)
         assert q.pagemap(b).swapped
+
+
+def test_foreign_swap_makes_pageout_unsupported_and_nothing_else(need_swap, foreign_swap):
+    """Swap another process turned on would take the pages MADV_PAGEOUT
+    sends out (or change how full swap is), for a machine without swap and
+    one with its own file alike: each PAGEOUT and reclaim is Unsupported,
+    with the reason mmemu diff counts it by, and the same processes go on
+    with everything else. Were the refusal wider, runs would lose programs
+    that never page out; were there none, pageout's outcome would be the
+    other swap's."""
+    with HostMachine() as bare, HostMachine(swap=SIZE) as own:
+        for m in (bare, own):
+            p = m.spawn()
+            a = p.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+            p.write(a, b"x")
+            with pytest.raises(Unsupported) as e:
+                p.madvise(a, PAGE_SIZE, MADV_PAGEOUT)
+            assert e.value.reason == FOREIGN_SWAP and foreign_swap in str(e.value)
+            with pytest.raises(Unsupported) as e:
+                m.reclaim()
+            assert e.value.reason == FOREIGN_SWAP
+            assert p.pagemap(a).present and not p.pagemap(a).swapped
+            c = p.fork()
+            assert c.read(a, 1) == b"x"
+            c.write(a, b"y")
+            p.madvise(a, PAGE_SIZE, MADV_DONTNEED)
+            assert p.read(a, 1) == b"\0" and c.read(a, 1) == b"y"
 
 
 def test_swap_of_a_killed_run_is_removed_by_the_next(need_swap, tmp_path):

@@ -411,3 +411,51 @@ def test_cow_fault_past_eof_prepares_anon_vma():
     c = p.fork()
     assert c.pagemap(a).present and m.frame(p.pagemap(a).pfn).mapcount == 2
     m.check()
+
+
+def test_vmsplice_beyond_pipe_max_size_agrees(shared_host, need):
+    """One vmsplice (and one FOLL_GET get_user_pages, which the host holds
+    the same way) of twice /proc/sys/fs/pipe-max-size plus a page, from
+    mid-page: the engine models one pipe holding every page. Without
+    CAP_SYS_RESOURCE no pipe grows past pipe-max-size (F_SETPIPE_SZ: EPERM),
+    so the host splices into a chain of pipes: the pages referenced (frame
+    counts in the snapshots), the data read back in order across the chain
+    (a write through the still-writable pte shows in it), and where a
+    PROT_NONE page stops GUP must all be as for one pipe. A failure here:
+    EPERM (the host cannot), or the chain reading, holding or stopping
+    differently from one pipe."""
+    from mmemu.host import syscalls as sc
+    need("pfns", "kpage", "vmsplice")
+    span = sc.pipe_max_size() // 4096
+    n = 2 * span + 1
+    mid = ["a", 1 + span, 100]              # in the second pipe of the chain
+    prog = [
+        _region("a", n + 2), _region("b", span + 8),
+        {"op": "write", "at": ["a", 0], "fill": 0x41, "len": (n + 2) * 4096},
+        {"op": "write", "at": mid, "data": "middle"},
+        {"op": "write", "at": ["a", n, 7], "data": "last"},
+        {"op": "vmsplice", "at": ["a", 1], "pages": n, "name": "p"},
+        {"op": "get_user_pages", "at": ["a", 1], "pages": n, "gup_flags": "FOLL_GET",
+         "name": "g"},
+        {"op": "write", "at": mid, "data": "MIDDLE"},     # in place: the pte is writable
+        {"op": "write", "at": ["a", n, 7], "data": "LAST"},
+        {"op": "pin_read", "pin": "g", "off": span * 4096 + 100, "len": 6},
+        {"op": "pipe_read", "pipe": "p", "len": span * 4096 + 90},   # into the second pipe
+        {"op": "pipe_read", "pipe": "p", "len": 16},
+        {"op": "pipe_read", "pipe": "p", "len": span * 4096},
+        {"op": "pipe_read", "pipe": "p", "len": 2 * 4096},
+        {"op": "pipe_close", "pipe": "p"},
+        {"op": "pin_release", "pin": "g"},
+        {"op": "write", "at": ["b", 0], "fill": 0x42, "len": (span + 8) * 4096},
+        {"op": "mprotect", "at": ["b", span + 5], "pages": 1, "prot": "PROT_NONE"},
+        {"op": "vmsplice", "at": ["b", 0], "pages": span + 8, "name": "q"},
+        {"op": "pipe_read", "pipe": "q", "len": (span + 8) * 4096},   # stops at the hole
+    ]
+    d = _run_pair(prog, shared_host, 0)
+    assert d is None, str(d)
+    out = {o["step"]: o["outcome"] for o in P.run(prog, shared_host)}
+    data = [bytes.fromhex(out[str(i)]["data"]) for i in (9, 10, 11, 12, 13, 19)]
+    assert data[0] == b"MIDDLE"
+    assert len(data[1]) == span * 4096 + 90 and data[2][10:] == b"MIDDLE"
+    assert data[3][-106 + 7:-106 + 11] == b"LAST" and len(data[4]) == 4096 - 106
+    assert len(data[5]) == (span + 5) * 4096
