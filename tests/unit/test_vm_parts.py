@@ -164,14 +164,18 @@ def test_qemu_dies_with_a_killed_driver(tmp_path):
     import signal
     import sys
     import time
+    import mmemu
     pidfile = tmp_path / "pid"
+    # The child imports the mmemu this test imported (cwd would shadow an
+    # installed one with an unbuilt checkout).
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(mmemu.__file__)))
     driver = subprocess.Popen([sys.executable, "-c", f"""
 import subprocess, time
 from mmemu.host.vm import _die_with_parent
 p = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
 open({str(pidfile)!r}, "w").write(str(p.pid))
 time.sleep(60)
-"""])
+"""], cwd=str(tmp_path), env=env)
     try:
         deadline = time.monotonic() + 20
         while not (pidfile.exists() and pidfile.read_text()):
