@@ -70,6 +70,10 @@ class Guest:
 
     def __init__(self, spec="6.1", memory_mb=MEMORY_MB, cpus=CPUS, accel="auto",
                  boot_timeout=BOOT_TIMEOUT, progress=None):
+        if accel not in ("auto", "kvm", "tcg"):
+            raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
+        if not 1 <= int(cpus) <= 64 or not 256 <= int(memory_mb) <= 1 << 20:
+            raise ValueError(f"a guest of {cpus} vCPUs and {memory_mb} MiB cannot be booted")
         reason = why_no_vm()
         if reason:
             raise VmUnavailable(reason)
@@ -92,7 +96,7 @@ class Guest:
             with open(scratch, "wb") as f:
                 f.truncate(SCRATCH_BYTES)
             vmimage.run_tool(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", scratch],
-                         "making the guest's scratch disk")
+                             "making the guest's scratch disk")
             t0 = time.monotonic()
             self.accel = None
             if accel == "auto":

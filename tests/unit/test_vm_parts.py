@@ -198,3 +198,11 @@ time.sleep(60)
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_a_guest_with_impossible_settings_is_refused_before_anything_starts():
+    from mmemu.host.vm import Guest
+    with pytest.raises(ValueError, match="accel"):
+        Guest("6.1", accel="hvf")
+    with pytest.raises(ValueError, match="0 vCPUs"):
+        Guest("6.1", cpus=0)
