@@ -461,10 +461,30 @@ class HostProcess:
             try:
                 rid = self._call("pin_user_pages", addr, n)
             except OSError as e:
+                if e.errno == _errno.EINVAL and self._spans_backings(addr, n):
+                    # io_pin_pages() up to 6.4 refused a buffer whose pages lie
+                    # in VMAs of different files (anon next to shmem) after
+                    # pinning them; pin_user_pages itself takes it. Seen on
+                    # 6.1.176: io_uring cannot show GUP's answer there.
+                    raise Unsupported("io_uring refused a buffer over mappings of different "
+                                      "files (io_pin_pages before 6.5); pin_user_pages itself "
+                                      "takes it") from None
                 if e.errno != _errno.EFAULT or n == 1:
                     raise
                 continue
             return HostPin(self, rid, n, want)
+
+    def _spans_backings(self, addr, npages):
+        """Whether [addr, +npages) lies in mappings of more than one backing
+        (the inode of /proc/pid/maps: 0 for private anon, shmem's otherwise)."""
+        end = addr + npages * C.PAGE_SIZE
+        inodes = set()
+        for line in self._call("maps").splitlines():
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo < end and addr < hi:
+                inodes.add((parts[3], parts[4]))
+        return len(inodes) > 1
 
     def pin_user_pages_fast(self, addr, npages, gup_flags=0):
         """io_uring registers with pin_user_pages_fast already (io_pin_pages):

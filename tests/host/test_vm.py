@@ -132,3 +132,24 @@ def test_a_whole_program_runs_in_one_call(guest):
     with _machine(guest) as m:
         obs = P.run(prog, m)
     assert [o["op"] for o in obs] == ["mmap", "write"]
+
+
+def test_a_pin_io_uring_refuses_over_two_backings_is_unsupported_not_an_errno(guest):
+    """io_pin_pages() before 6.5 refused (EINVAL) a buffer over an anon and a
+    shmem mapping that pin_user_pages itself takes: the oracle says it cannot
+    show that, instead of reporting io_uring's EINVAL as GUP's."""
+    from mmemu.host import Unsupported
+    if not guest.func("mmemu.host.caps:capabilities").io_uring:
+        pytest.skip("no io_uring in the guest")
+    with _machine(guest) as m:
+        p = m.spawn()
+        a = p.mmap(0, 2 * C.PAGE_SIZE, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED | C.MAP_ANONYMOUS)
+        p.mmap(a, C.PAGE_SIZE, C.PROT_READ | C.PROT_WRITE,
+               C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED)
+        flags = C.FOLL_WRITE | C.FOLL_PIN | C.FOLL_LONGTERM
+        major, minor = (int(x) for x in guest.version.split(".")[:2])
+        if (major, minor) < (6, 5):
+            with pytest.raises(Unsupported, match="different files"):
+                p.pin_user_pages(a, 2, flags)
+        else:
+            p.pin_user_pages(a, 2, flags).release()
