@@ -685,7 +685,7 @@ class _Worker:
         self.native_id = self.replies.get()
 
     def _run(self, cpu):
-        if cpu is not None and cpu in os.sched_getaffinity(0):
+        if cpu is not None and cpu in (_HOST_CPUS or os.sched_getaffinity(0)):
             os.sched_setaffinity(0, {cpu})
         self.replies.put(threading.get_native_id())
         while True:
@@ -749,6 +749,22 @@ def _trace_on_signal():
     faulthandler.register(TRACE_SIGNAL, file=fd, all_threads=True, chain=False)
 
 
+_HOST_CPUS = None      # the CPUs the server could run on before _pin_to_first_cpu
+
+
+def _pin_to_first_cpu():
+    """Run the server, and every thread it starts, on one CPU (the engine's
+    CPU 0); only a worker asked for another CPU (HostProcess.thread) moves.
+    Per-CPU LRU batches hold references: with the server's calls spread over
+    CPUs, whether MADV_PAGEOUT dropped a MADV_FREE'd page or swapped it
+    depended on which CPU had run the MADV_FREE (lru_add_drain() drains only
+    the local batches), and the host disagreed with itself."""
+    global _HOST_CPUS
+    if _HOST_CPUS is None:
+        _HOST_CPUS = frozenset(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {min(_HOST_CPUS)})
+
+
 def become_server(sock, keep_fds=()):
     """Turn a freshly forked copy of the driver into a server; never returns.
 
@@ -772,6 +788,7 @@ def become_server(sock, keep_fds=()):
                 pass
         os.close(devnull)
         _trace_on_signal()
+        _pin_to_first_cpu()
         Server(sock).serve()
         status = 0
     except BaseException:

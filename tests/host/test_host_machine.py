@@ -427,3 +427,28 @@ def test_a_hung_server_is_reported_with_its_stacks():
     text = str(e.value)
     assert "state S" in text and "pipe_read" in text, text
     assert "Python stacks (faulthandler)" in text and "op__test_hang" in text, text
+
+
+def test_a_server_runs_on_one_cpu_so_its_lru_batches_are_the_ones_it_drains():
+    """MADV_FREE then reclaim (MADV_PAGEOUT) must drop the clean pages every
+    time: with the server's calls spread over CPUs, the folio could still sit
+    in another CPU's LRU batch and be swapped instead."""
+    import os
+    from mmemu.host import HostMachine, Unsupported
+    from mmemu.scenarios import ScenarioFailure, all_scenarios
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: nothing to pin")
+    s6f = {s.id: s for s in all_scenarios()}["S6f"]
+    try:
+        with HostMachine(swap=16 << 20) as m:
+            p = m.spawn()
+            with open(f"/proc/{p.pid}/status") as f:
+                allowed = [line.split()[1] for line in f if line.startswith("Cpus_allowed_list")]
+            assert allowed == [str(min(os.sched_getaffinity(0)))]
+            for _ in range(10):
+                try:
+                    s6f.func(m)
+                except ScenarioFailure as e:
+                    pytest.fail(f"S6f on the host: {e}")
+    except Unsupported as e:
+        pytest.skip(str(e))
