@@ -155,6 +155,11 @@ class Server:
         memory took. In a thread of its own while contexts exist, so the
         server keeps serving (the GIL is released in the call)."""
         if self._may_block():
+            if "main" in self.blocked:
+                # The main thread sleeps in a userfault; the engine lets the
+                # process make this call anyway (another of its threads could):
+                # make it from the server's own thread.
+                return fn(*args)
             return self._access(fn, *args)
         return fn(*args)
 

@@ -545,3 +545,20 @@ def test_a_slow_service_thread_is_waited_for_not_taken_for_a_block(caps, monkeyp
         u.serve(res)
         assert p.read(a, 2) == b"\x07\x07"
         assert [(m.event, err) for m, err in res.take()] == [(C.UFFD_EVENT_PAGEFAULT, None)]
+
+
+def test_a_syscall_while_main_sleeps_in_a_userfault_is_made_not_refused():
+    """mmemu diff --against vm:6.1 --uffd (seed 8) aborted the run (exit 3)
+    on this program: main blocks on a MISSING fault, then the process calls
+    madvise, which the engine lets it do (another thread of it could) and the
+    server refused with an internal error. The host must run it and agree."""
+    from mmemu.host import HostMachine
+    from mmemu.host.compare import compare
+    import mmemu
+    import mmemu.program as P
+    prog = [{"op": "mmap", "name": "a", "pages": 4, "prot": "PROT_READ|PROT_WRITE", "flags": "MAP_PRIVATE|MAP_ANONYMOUS"}, {"op": "mmap", "name": "s", "pages": 4, "prot": "PROT_READ|PROT_WRITE", "flags": "MAP_PRIVATE|MAP_ANONYMOUS"}, {"op": "write", "at": ["s", 0], "fill": 90, "len": 16384}, {"op": "userfaultfd", "name": "u", "flags": "O_NONBLOCK|O_CLOEXEC"}, {"op": "uffd_api", "uffd": "u", "features": "UFFD_FEATURE_WP_HUGETLBFS_SHMEM|UFFD_FEATURE_PAGEFAULT_FLAG_WP"}, {"op": "uffd_register", "uffd": "u", "at": ["a", 0], "pages": 1, "mode": "UFFDIO_REGISTER_MODE_MISSING"}, {"op": "read", "at": ["a", 0], "len": 4}, {"op": "uffd_writeprotect", "uffd": "u", "at": ["a", 0], "pages": 1, "mode": 0}, {"op": "madvise", "at": ["a", 0], "pages": 1, "advice": "MADV_DONTNEED"}, {"op": "write", "at": ["a", 1], "data": "w001"}]
+    with HostMachine(uffd=True) as h:
+        host = P.run(prog, h)
+    engine = P.run(prog, mmemu.Machine(kernel="host"), cleanup=False)
+    assert [o["op"] for o in host][8] == "madvise" and host[8]["outcome"] == {"ok": None}
+    assert compare(host, engine, prog) is None
