@@ -170,6 +170,8 @@ CHANGES = (
     Change("feb889fb40fa", "5.11", "mm: don't put pinned pages into the swap cache",
            {"swapout_skip_pinned": 1}, bug="B9 mitigated",
            stable={"5.10": Stable(UNCONFIRMED, 9)}),
+    Change("a4609387859f", "5.13", "mm/mremap: allow arbitrary anonymous and file mappings "
+           "with MREMAP_DONTUNMAP", {"mremap_dontunmap_any": 1}),
     Change("c949b097ef2e", "5.14", "userfaultfd/shmem: support minor fault registration for shmem (no fault-around for MINOR)",
            {"fault_around_uffd": 1}),
     Change("f4c4a3f48480", "5.14", "mm: free idle swap cache page after COW",
@@ -217,6 +219,8 @@ CHANGES = (
            "ptes that lost rights are flushed)", {"mprotect_gather": 1}),
     Change("64fe24a3e05e", "6.0", "mm/mprotect: try avoiding write faults for exclusive anonymous pages when changing protection",
            {"mprotect_upgrade": 1}),
+    Change("7d8faaf15545", "6.1", "mm/madvise: introduce MADV_COLLAPSE sync hugepage collapse",
+           {"madv_collapse": 1}),
     Change("84209e87c696", "6.2", "mm/gup: reliable R/O long-term pinning in COW mappings",
            {"gup_unshare_nonanon": 1}, bug="B20 fixed"),
     # Cc stable 5.19+, but 5.19.y and 6.0.y had ended by January 2023: 6.1.y only.
@@ -232,12 +236,6 @@ CHANGES = (
            {"uffd_unprotect_writable": 1}),
     Change("105ff5339f49", "6.3", "mm/memfd: add MFD_NOEXEC_SEAL and MFD_EXEC",
            {"memfd_noexec": 1}),
-    Change("a4609387859f", "5.13", "mm/mremap: allow arbitrary anonymous and file mappings "
-           "with MREMAP_DONTUNMAP", {"mremap_dontunmap_any": 1}),
-    Change("7d8faaf15545", "6.1", "mm/madvise: introduce MADV_COLLAPSE sync hugepage collapse",
-           {"madv_collapse": 1}),
-    Change("662df3e5c376", "6.13", "mm: madvise: implement lightweight guard page mechanism",
-           {"madv_guard": 1}),
     Change("2bad466cc9d9", "6.4", "mm/uffd: UFFD_FEATURE_WP_UNPOPULATED",
            {"uffd_features": 0x3fff}),
     Change("a1b92a3f1498", "6.4", "mm/userfaultfd: support WP on multiple VMAs",
@@ -253,6 +251,8 @@ CHANGES = (
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "
            "(dst's anon_vma prepared before the checks; MOVE without a VMA is ENOENT)",
            {"uffd_vma_lock": 1}),
+    Change("662df3e5c376", "6.13", "mm: madvise: implement lightweight guard page mechanism",
+           {"madv_guard": 1}),
     # A January 2025 mm-hotfix in 6.13 (Greg's 6.6.y "failed to apply" mail
     # names it in Linus's tree on the day after 6.13); not in 6.1.y or 6.6.y.
     Change("0cef0bb836e3", "6.13", "mm: clear uffd-wp PTE/PMD state on mremap()",
