@@ -57,6 +57,11 @@ _INSPECT_ALWAYS = 1 << 20
 _BIG_ACCESS = 1 << 16              # accesses longer than this look for the first hole first
 
 
+def _raise(err):
+    """Raise err from a lambda (a syscall failing after its events)."""
+    raise err
+
+
 def _inspect_pages(vmas, addr, npages):
     """How many entries an inspection (pagemap, versions) returns: all that
     were asked up to 2^20, beyond that only up to the end of the last VMA
@@ -512,10 +517,12 @@ class Process(FileOps):
         if flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP):
             # mremap_to(): always a move, to new_addr or to a fresh range. What
             # stays of the old range, [old, old + min(old, new size)), must lie
-            # in one VMA, checked before anything is unmapped (the 6.18 host:
-            # a same-size move across two VMAs is EFAULT with the target
-            # intact, a shrinking one only unmaps the tail first).
-            if old_addr + min(old_size, new_size) > vma.end:
+            # in one VMA. From 6.17 that is checked before anything is
+            # unmapped (the 6.18 host: a same-size move across two VMAs is
+            # EFAULT with the target intact); up to 6.16 mremap_to() unmaps
+            # the FIXED target and the shrunk tail first, and vma_to_resize()
+            # fails only then, with both gone (6.12.118 under QEMU).
+            if pol.mremap_checks_first and old_addr + min(old_size, new_size) > vma.end:
                 if pol.mremap_multi_vma and flags & C.MREMAP_FIXED and old_size == new_size:
                     return self._move_multi(old_addr, old_size, new_addr, flags)
                 raise oserror(EFAULT, "mremap", "old range not inside one mapping")
@@ -523,14 +530,20 @@ class Process(FileOps):
             if flags & C.MREMAP_FIXED:
                 early = self._unmap_events(new_addr, new_addr + new_size)    # uf_unmap_early
                 self._unmap(new_addr, new_addr + new_size)
-            else:
-                new_addr = self.vmas.free_area(new_size, self._mmap_top, C.MMAP_MIN_ADDR)
-                if new_addr is None:
-                    raise oserror(ENOMEM, "mremap", "no free virtual range")
             if new_size < old_size:
                 late = self._unmap_events(old_addr + new_size, old_addr + old_size)
                 self._unmap(old_addr + new_size, old_addr + old_size)
                 old_size = new_size
+            if old_addr + old_size > self.vmas.find(old_addr).end:
+                # vma_to_resize() after the unmaps; the events of what was
+                # unmapped are still delivered (the syscall's out: path).
+                return self._events(early + late, lambda: _raise(
+                    oserror(EFAULT, "mremap", "old range not inside one mapping")))
+            if not flags & C.MREMAP_FIXED:
+                new_addr = self.vmas.free_area(new_size, self._mmap_top, C.MMAP_MIN_ADDR)
+                if new_addr is None:
+                    return self._events(early + late, lambda: _raise(
+                        oserror(ENOMEM, "mremap", "no free virtual range")))
             return self._move(old_addr, old_size, new_addr, new_size, flags, early, late)
         if new_size <= old_size:
             events = []

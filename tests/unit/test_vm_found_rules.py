@@ -82,3 +82,31 @@ def test_a_read_swap_in_maps_an_exclusive_page_writable_from_6_11(kernel, faults
     f0 = p.minflt
     p.write(a, b"\x02")                     # 6.1.176 faulted here (S78 on the guest)
     assert p.minflt - f0 == faults
+
+
+@pytest.mark.parametrize("kernel, target_and_tail_gone", [
+    ("6.1.176", True), ("6.12.118", True),     # seen on Debian's 6.12.118 guest
+    ("6.16", True), ("6.17", False), ("6.18", False)])
+def test_a_moving_mremap_across_two_vmas_unmaps_target_and_tail_before_failing_until_6_17(
+        kernel, target_and_tail_gone):
+    # Up to 6.16 mremap_to() unmaps the FIXED target and the shrunk tail, and
+    # only then vma_to_resize() finds the kept part spans two VMAs (EFAULT);
+    # from 6.17 check_prep_vma() fails first and nothing is unmapped.
+    import errno
+    from mmemu.constants import MREMAP_FIXED, MREMAP_MAYMOVE
+    m = mmemu.Machine(kernel=kernel)
+    p = m.spawn()
+    a = p.mmap(0, 3 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    b = p.mmap(0, 3 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.mprotect(a, PAGE_SIZE, PROT_READ)         # [a, a+1) and [a+1, a+3): two VMAs
+    with pytest.raises(OSError) as e:
+        p.mremap(a, 3 * PAGE_SIZE, 2 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, b)
+    assert e.value.errno == errno.EFAULT
+    for addr in (b, a + 2 * PAGE_SIZE):
+        if target_and_tail_gone:
+            with pytest.raises(OSError) as e:
+                p.madvise(addr, PAGE_SIZE, mmemu.constants.MADV_DONTNEED)
+            assert e.value.errno == errno.ENOMEM
+        else:
+            p.madvise(addr, PAGE_SIZE, mmemu.constants.MADV_DONTNEED)
+    p.madvise(a, 2 * PAGE_SIZE, mmemu.constants.MADV_DONTNEED)   # the kept part stays
