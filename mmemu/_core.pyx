@@ -40,7 +40,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "swapout_skip_pinned", "free_swapcache_after_cow", "fault_around_pages",
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
-                 "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable")
+                 "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable",
+                 "pm_guard_region")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -171,6 +172,7 @@ cdef class Engine:
         p.tlb_flush_nested = knobs["tlb_flush_nested"]
         p.pm_marker_swp_type = knobs["pm_marker_swp_type"]
         p.swapin_read_writable = knobs["swapin_read_writable"]
+        p.pm_guard_region = knobs["pm_guard_region"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -483,7 +485,7 @@ cdef class Engine:
         self._cpu(cpu)
         lru_drain(&self.e, cpu)
         gather_init(&g, mm, 0, 1ULL << 47)
-        zap_range(&self.e, m, 0, 1ULL << 47, &g, False)
+        zap_range(&self.e, m, 0, 1ULL << 47, &g, False, True)
         tlb_flush_mm(&self.e, mm)
         g.need_flush = 0
         gather_finish(&self.e, &g)
@@ -798,8 +800,9 @@ cdef class Engine:
 
     def zap(self, int32_t mm, int cpu, uint64_t start, uint64_t end, bint free_tables=False,
             bint wp_markers=False):
-        """Unmap [start, end): zap, flush, release (zap_page_range / unmap_region).
-        wp_markers: keep uffd-wp as markers (DONTNEED of a file-backed wp VMA)."""
+        """Zap [start, end), flush, release (zap_page_range / unmap_region).
+        wp_markers: keep uffd-wp as markers (DONTNEED of a file-backed wp VMA).
+        free_tables (unmap): also drop guard markers and free the tables."""
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef gather_t g
@@ -808,7 +811,7 @@ cdef class Engine:
             lru_drain(&self.e, cpu)
             gather_init(&g, mm, start, end)
             flush_pending_begin(&self.e, m)          # tlb_gather_mmu
-            zap_range(&self.e, m, start, end, &g, wp_markers)
+            zap_range(&self.e, m, start, end, &g, wp_markers, free_tables)
             if g.need_flush or g.n:
                 sched_point(&self.e, SP_ZAP_PENDING, mm, start, end)
             if m.tlb_flush_pending > 1 and self.e.pol.tlb_flush_nested:
@@ -1567,6 +1570,28 @@ cdef class Engine:
         with nogil:
             n = reclaim_pages(&self.e, cpu, want)
         return n
+
+    def guard_install(self, int32_t mm, uint64_t start, uint64_t end):
+        """Guard markers over [start, end) (MADV_GUARD_INSTALL after its zap).
+        Returns the number of entries that were neither empty nor guards (left
+        as they were). ENOMEM if RAM has no frame for a pte table."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t n
+        with nogil:
+            n = guard_install_range(&self.e, m, start, end)
+        if n < 0:
+            if self.e.pgtable_refused:
+                raise oserror(12, "madvise", "no memory for a page table")    # ENOMEM
+            raise MemoryError()
+        return n
+
+    def guard_remove(self, int32_t mm, uint64_t start, uint64_t end):
+        """Clear the guard markers in [start, end) (MADV_GUARD_REMOVE)."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        with nogil:
+            guard_remove_range(&self.e, m, start, end)
 
     def madvise_free(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
         self._span(start, end)

@@ -95,6 +95,8 @@ BASELINE = {
     "pagemap_scan_guard": 0,      # PAGEMAP_SCAN's PAGE_IS_GUARD category (6.16)
     "madv_collapse": 0,           # MADV_COLLAPSE (6.1)
     "madv_guard": 0,              # MADV_GUARD_INSTALL / REMOVE (6.13)
+    "madv_guard_file": 0,         # guard regions in file-backed and read-only mappings (6.15)
+    "pm_guard_region": 0,         # pagemap bit 58 on a guard marker (6.15)
     "mremap_dontunmap": 1,        # MREMAP_DONTUNMAP, private anonymous (e346b3813067, 5.7)
     "mremap_dontunmap_any": 0,    # ... of shared and file mappings too (5.13)
     "pagemap_scan_none_written": 0,  # PAGEMAP_SCAN's generic path counts an empty pte or PMD hole WRITTEN (7.2): B21
@@ -272,9 +274,15 @@ CHANGES = (
     Change("d23cb648e365", "6.17", "mm/mremap: permit mremap() move of multiple VMAs "
            "(not of uffd-registered ones; host-proven on 6.18; release inferred)",
            {"mremap_multi_vma": 1}, aliases=("mremap-multi-vma",)),
-    Change("a516403787e0", "6.16", "fs/proc/task_mmu: add guard region bit to pagemap "
-           "(PAGEMAP_SCAN's PAGE_IS_GUARD category; release inferred)",
-           {"pagemap_scan_guard": 1}),
+    # Both posted in February 2025 and in mainline by the end of April 2025
+    # (CRIU's MADV_GUARD_INSTALL support, reviewed 2025-04-29, meets file-
+    # backed guards and reads PM_GUARD_REGION): 6.15, inferred.
+    Change("f807123d578d", "6.15", "mm: allow guard regions in file-backed and read-only mappings "
+           "(release inferred)", {"madv_guard_file": 1}),
+    Change("8e2f2aeb8b48", "6.15", "fs/proc/task_mmu: add guard region bit to pagemap "
+           "(release inferred)", {"pm_guard_region": 1}),
+    Change("a516403787e0", "6.16", "fs/proc: extend the PAGEMAP_SCAN ioctl to report guard regions "
+           "(release inferred)", {"pagemap_scan_guard": 1}),
     Change("dee3d0bef2b0", "6.10", "proc: rewrite stable_page_flags() (its KSM test matches every "
            "anonymous page)", {"kpf_ksm_all_anon": 1}, bug="KPF_KSM on every anon page introduced"),
     # Found by `mmemu scenarios --on vm:6.1` (S78): 6.1.176 faults on the write

@@ -29,7 +29,8 @@ from .sched import Thread
 from .serialise import serialised
 from .pageinfo import PagemapEntry
 from .shmem import FileOps, ShmemFile
-from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_GROWSDOWN, VM_EXEC, VM_HUGEPAGE, VM_IO,
+from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_DONTEXPAND, VM_GROWSDOWN, VM_HUGETLB,
+                  VM_MIXEDMAP, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
                   VM_NOHUGEPAGE, VM_PFNMAP, VM_READ, VM_SHARED, VM_SOFTDIRTY, VM_WIPEONFORK,
                   VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_UFFD_MINOR,
@@ -113,8 +114,6 @@ _MADV_KNOWN = {C.MADV_NORMAL, C.MADV_RANDOM, C.MADV_SEQUENTIAL, C.MADV_WILLNEED,
 # errno would lie. What brings each one is named.
 _MADV_LATER = {
     C.MADV_COLLAPSE: "THP modelling",
-    C.MADV_GUARD_INSTALL: "guard regions (E7)",
-    C.MADV_GUARD_REMOVE: "guard regions (E7)",
 }
 
 
@@ -372,6 +371,8 @@ class Process(FileOps):
         if advice in _MADV_LATER:
             raise NotImplementedError(f"MADV {advice} needs {_MADV_LATER[advice]}")
         holes = self.vmas.holes(addr, end)
+        if advice in (C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE):
+            return self._madvise_guard(addr, end, advice, holes)
         if advice in _MADV_ZAP:
             return self._madvise_walk(addr, end, advice, holes)
         return self._madvise_work(addr, end, advice, holes)
@@ -404,6 +405,43 @@ class Process(FileOps):
                 return self._events([(u, UffdMsg(UFFD_EVENT_REMOVE, start=s, end=e), s, e)], work)
             return work()
         return step(0)
+
+    def _madvise_guard(self, addr, end, advice, holes):
+        """MADV_GUARD_INSTALL / REMOVE (662df3e5c376, 6.13), VMA by VMA as
+        madvise_walk_vmas() goes: a VMA that fails stops the walk with those
+        before it done, and unmapped parts are ENOMEM at the end. No uffd
+        event: the install's zap is zap_page_range_single() alone."""
+        pol = self._policy()
+        install = advice == C.MADV_GUARD_INSTALL
+        for vma in list(self.vmas.overlapping(addr, end)):
+            s, e = max(addr, vma.start), min(end, vma.end)
+            # is_valid_guard_vma(): never VM_SPECIAL or hugetlb; mlocked only
+            # for REMOVE (an install would zap locked pages). Until 6.15
+            # (f807123d578d) also private anonymous and may-write only.
+            bad = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP | VM_HUGETLB | (VM_LOCKED if install else 0)
+            if vma.flags & bad or not pol.madv_guard_file and (
+                    vma.file or vma.flags & VM_SHARED or not vma.flags & VM_MAYWRITE):
+                raise oserror(EINVAL, "madvise", "no guard regions in this mapping")
+            if not install:
+                self._engine.guard_remove(self.mm, s, e)
+                continue
+            # anon_vma_prepare(): with the markers in place the range is not
+            # empty, and fork must copy its page tables (vma_needs_copy).
+            self._engine.anon_vma_prepare(self.mm, s)
+            # guard_install_pte_entry() finds populated ptes: zap them
+            # (zap_page_range_single, no details: guard markers stay, a
+            # file-backed uffd-wp VMA keeps its protection as markers).
+            markers = bool(vma.file and vma.flags & VM_UFFD_WP and pol.uffd_wp_file)
+            self._engine.zap(self.mm, self.cpu, s, e, False, markers)
+            if self._engine.guard_install(self.mm, s, e):
+                # Only uffd-wp markers survive the zap; the kernel's walk then
+                # never succeeds and the call restarts for ever (-ERESTARTNOINTR
+                # after MAX_MADVISE_GUARD_RETRIES), which the engine does not
+                # imitate.
+                raise NotImplementedError("MADV_GUARD_INSTALL over uffd-wp markers: Linux "
+                                          "restarts the call for ever")
+        if holes:
+            raise oserror(ENOMEM, "madvise", "range has unmapped parts")
 
     def _madvise_invalid(self, vma, advice):
         """The per-VMA check of madvise_vma_behavior(), as an OSError or None

@@ -98,7 +98,8 @@ MMAP_LOCK = {
              "poison": _R, "move": _R, "writeprotect": _R},
 }
 _MADV_READ = {C.MADV_REMOVE, C.MADV_WILLNEED, C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_COLD,
-              C.MADV_PAGEOUT, C.MADV_FREE, C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE}
+              C.MADV_PAGEOUT, C.MADV_FREE, C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE,
+              C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE}   # 662df3e5c376: read lock
 
 
 def _lock_mode(kind, name, args, kwargs):

@@ -51,7 +51,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t fault_around_pages, uffd_wp_file, fork_uffd_child_vma, fork_marker_child_wp
         int32_t uffd_wp_writenotify, uffd_unprotect_writable, uffd_wp_flush_pending
         int32_t gup_fast_seq, mprotect_gather, tlb_flush_nested
-        int32_t pm_marker_swp_type, swapin_read_writable
+        int32_t pm_marker_swp_type, swapin_read_writable, pm_guard_region
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem

@@ -192,6 +192,7 @@ typedef struct {
     int32_t tlb_flush_nested;       /* 99baac21e458 (4.13): a batch that overlapped another flushes anyway */
     int32_t pm_marker_swp_type;     /* swap type pagemap shows for a pte marker: 30 5.19-6.1, then 31 */
     int32_t swapin_read_writable;   /* c18160dba5ff (6.11): an exclusive swap-in is writable on a read fault */
+    int32_t pm_guard_region;        /* 8e2f2aeb8b48 (6.15): pagemap shows a guard marker as bit 58 */
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */

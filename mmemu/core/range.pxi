@@ -10,11 +10,13 @@ cdef inline uint64_t block_end(uint64_t va, uint64_t end) noexcept nogil:
 
 
 cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_t *g,
-                    bint wp_markers) noexcept nogil:
+                    bint wp_markers, bint drop_markers) noexcept nogil:
     """zap_pte_range over [start, end): ptes cleared, pages queued on the gather
     (released after its flush). With wp_markers (MADV_DONTNEED of a file-backed
     uffd-wp VMA, 5.19+ zap_install_uffd_wp_if_needed) a zapped uffd-wp entry
-    becomes a uffd-wp marker and markers stay; otherwise markers go too."""
+    becomes a uffd-wp marker and markers stay; otherwise markers go too. A
+    guard marker stays unless drop_markers (unmap and exit: ZAP_FLAG_DROP_MARKER;
+    zap_nonpresent_ptes keeps it for any other zap, 662df3e5c376 6.13)."""
     cdef uint64_t va = start, stop, pte
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn
@@ -31,6 +33,8 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
             if pte == 0:
                 continue
             if is_marker(pte):
+                if marker_bits(pte) & PTE_MARKER_GUARD and not drop_markers:
+                    continue
                 if not wp_markers or marker_bits(pte) != PTE_MARKER_UFFD_WP:
                     t[i] = 0
                 continue
@@ -47,6 +51,52 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
                     gather_add(e, g, pfn)
             else:
                 zap_swap_entry(e, mm, pte)
+        va = stop
+
+
+cdef int64_t guard_install_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """MADV_GUARD_INSTALL's walk (guard_install_pte_entry / _set_pte, 6.13):
+    an empty pte becomes a guard marker, a guard marker stays. Returns how
+    many other entries were found and left (the caller zapped the range
+    first, so only markers a zap keeps), or -1 if a pte table could not be
+    allocated."""
+    cdef uint64_t va = start, stop
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, left = 0
+    cdef uint64_t guard = make_marker(PTE_MARKER_GUARD)
+    while va < end:
+        t = pte_table(e, mm, va, True)        # the walk's install_pte allocates
+        if t == NULL:
+            return -1
+        stop = block_end(va, end)
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            if t[i] == 0:
+                t[i] = guard                  # non-present before: no flush
+            elif not (is_marker(t[i]) and marker_bits(t[i]) & PTE_MARKER_GUARD):
+                left += 1
+        va = stop
+    return left
+
+
+cdef void guard_remove_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """MADV_GUARD_REMOVE (guard_remove_pte_entry, 6.13): clear guard markers
+    only; everything else stays. Tables are not allocated."""
+    cdef uint64_t va = start, stop
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1
+    while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
+        stop = block_end(va, end)
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            if is_marker(t[i]) and marker_bits(t[i]) & PTE_MARKER_GUARD:
+                t[i] = 0
         va = stop
 
 
@@ -348,8 +398,8 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
             # A marker reads as a swap entry of the top non-swapfile type
             # (SWP_PTE_MARKER): 31, or 30 while SWP_SWAPIN_ERROR sat above it.
             out |= <uint64_t>e.pol.pm_marker_swp_type | (marker_bits(pte) << 5)
-            if marker_bits(pte) & PTE_MARKER_GUARD:
-                out |= 1ULL << 58
+            if marker_bits(pte) & PTE_MARKER_GUARD and e.pol.pm_guard_region:
+                out |= 1ULL << 58                # PM_GUARD_REGION
         if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
             out |= 1ULL << 55
         if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:

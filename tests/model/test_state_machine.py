@@ -16,7 +16,11 @@ without page tables or refcount arithmetic:
   * fork copies the page tables of a VMA only if it has an anon_vma, which
     the first fault that puts an anon page in the VMA creates
     (vma_needs_copy); a VMA is a maximal run of contiguous pages with equal
-    attributes, as Linux (and the engine) merge them.
+    attributes, as Linux (and the engine) merge them;
+  * a guard (MADV_GUARD_INSTALL, 6.13) drops the page and faults SIGSEGV,
+    GUP included; DONTNEED and mprotect keep it, fork copies it (the install
+    gave the VMA an anon_vma) unless the VMA is wiped on fork, munmap and
+    MADV_GUARD_REMOVE clear it.
 """
 import errno
 
@@ -25,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import mmemu
 from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MADV_DONTFORK, MADV_DONTNEED, MADV_DOFORK,
-                   MADV_KEEPONFORK, MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_PRIVATE,
+                   MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_KEEPONFORK, MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_PRIVATE,
                    PAGE_SIZE as PAGE, PROT_NONE, PROT_READ, PROT_WRITE)
 
 RW = PROT_READ | PROT_WRITE
@@ -56,12 +60,13 @@ class MProc:
         self.eng = eng          # the engine's Process
         self.vmas = {}          # vpn -> {"prot", "dontfork", "wipe"}
         self.pages = {}         # vpn -> ZERO | Obj
+        self.guards = set()     # vpns holding a guard marker
         self.has_pinned = False
 
     # -- faults --
     def fault_read(self, vpn):
         vma = self.vmas.get(vpn)
-        if vma is None or vma["prot"] == PROT_NONE:
+        if vma is None or vma["prot"] == PROT_NONE or vpn in self.guards:
             raise Segv()
         if vpn not in self.pages:
             self.pages[vpn] = ZERO
@@ -116,7 +121,7 @@ class MProc:
 
     def fault_write(self, vpn):
         vma = self.vmas.get(vpn)
-        if vma is None or not vma["prot"] & PROT_WRITE:
+        if vma is None or not vma["prot"] & PROT_WRITE or vpn in self.guards:
             raise Segv()
         return self.make_exclusive(vpn)
 
@@ -197,6 +202,7 @@ class EngineVsModel(RuleBasedStateMachine):
             for vpn in range(addr // PAGE, addr // PAGE + n):
                 p.drop(vpn)
                 p.vmas.pop(vpn, None)
+                p.guards.discard(vpn)
         self.expect(lambda: p.eng.munmap(addr, n * PAGE), model)
 
     @precondition(lambda self: self.regions)
@@ -217,7 +223,7 @@ class EngineVsModel(RuleBasedStateMachine):
     @precondition(lambda self: self.regions)
     @rule(i=st.integers(0, 7), r=st.integers(0, 7), first=st.integers(0, 3), count=st.integers(0, 3),
           advice=st.sampled_from([MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK,
-                                  MADV_KEEPONFORK]))
+                                  MADV_KEEPONFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE]))
     def madvise(self, i, r, first, count, advice):
         p = self.proc(i)
         addr, n = self.span(r, first, count)
@@ -231,6 +237,12 @@ class EngineVsModel(RuleBasedStateMachine):
                     continue
                 if advice == MADV_DONTNEED:
                     p.drop(vpn)
+                elif advice == MADV_GUARD_INSTALL:
+                    p.drop(vpn)
+                    p.guards.add(vpn)
+                    p.mark_anon_vma(vpn)
+                elif advice == MADV_GUARD_REMOVE:
+                    p.guards.discard(vpn)
                 elif advice in (MADV_DONTFORK, MADV_DOFORK):
                     vma["dontfork"] = advice == MADV_DONTFORK
                 else:
@@ -281,6 +293,8 @@ class EngineVsModel(RuleBasedStateMachine):
             if vma["dontfork"]:
                 continue
             child.vmas[vpn] = dict(vma, anon_vma=vma["anon_vma"] and not vma["wipe"])
+            if vpn in p.guards and vma["anon_vma"] and not vma["wipe"]:
+                child.guards.add(vpn)
             page = p.pages.get(vpn)
             if vma["wipe"] or page is None or not vma["anon_vma"]:
                 continue
@@ -312,8 +326,8 @@ class EngineVsModel(RuleBasedStateMachine):
         def model():
             for vpn in range(addr // PAGE, addr // PAGE + n):
                 vma = p.vmas.get(vpn)
-                if vma is None or not vma["prot"] & PROT_READ:
-                    break                    # GUP stops: check_vma_flags / no VMA
+                if vma is None or not vma["prot"] & PROT_READ or vpn in p.guards:
+                    break                    # GUP stops: check_vma_flags / no VMA / a guard
                 page = p.fault_read(vpn)
                 if isinstance(page, Obj):
                     page.gets += 1
@@ -349,7 +363,7 @@ class EngineVsModel(RuleBasedStateMachine):
         def model():
             vma = p.vmas.get(vpn)
             need = PROT_WRITE if writable else PROT_READ
-            if vma is None or not vma["prot"] & need:
+            if vma is None or not vma["prot"] & need or vpn in p.guards:
                 raise OSError(errno.EFAULT, "pin")
             # Write pins fault for write; R/O long-term pins unshare anything
             # not exclusive, the zero page included (5.19 / 6.2).
@@ -392,6 +406,7 @@ class EngineVsModel(RuleBasedStateMachine):
                 e = p.eng.pagemap(vpn * PAGE)
                 page = p.pages.get(vpn)
                 assert e.present == (page is not None), f"presence differs at {vpn * PAGE:#x}"
+                assert e.guard == (vpn in p.guards), f"guard marker differs at {vpn * PAGE:#x}"
                 if page is None:
                     continue
                 if page is ZERO:

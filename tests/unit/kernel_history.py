@@ -74,6 +74,12 @@ HISTORY = (
     Feature("madv_guard_remove", "MADV_GUARD_REMOVE", "6.13", "662df3e5c376",
             "mm: madvise: implement lightweight guard page mechanism",
             "as MADV_GUARD_INSTALL (one commit)"),
+    Feature("guard_file_backed", "MADV_GUARD_INSTALL in file-backed and read-only mappings", "6.15",
+            "f807123d578d", "mm: allow guard regions in file-backed and read-only mappings",
+            "series posted 2025-02-13 (after the 6.14 merge window); CRIU's review of 2025-04-29 "
+            "finds it in torvalds/linux (github.com/torvalds/linux/commit/f807123d578d) while "
+            "6.15-rc was open; 6.12's is_valid_guard_vma() (in 662df3e5c376) wants "
+            "vma_is_anonymous() and VM_MAYWRITE", "inferred"),
 
     # ---- mremap(2) --------------------------------------------------------------------
     Feature("mremap_dontunmap", "MREMAP_DONTUNMAP (private anonymous)", "5.7", "e346b3813067",
@@ -224,9 +230,9 @@ HISTORY = (
             "inferred"),
     Feature("pm_guard_region", "PM_GUARD_REGION (pagemap bit 58)", "6.15", "8e2f2aeb8b48",
             "fs/proc/task_mmu: add guard region bit to pagemap",
-            "id from later mainline commit messages; posted 2025-03, absent in 6.12; release not "
-            "established (6.15 or 6.16). Not modelled: the engine has no guard regions, so no "
-            "entry ever carries the bit", "inferred", modelled=False),
+            "id from later mainline commit messages; series posted 2025-02-21 (cover.1740139449); "
+            "CRIU's MADV_GUARD_INSTALL support (reviewed 2025-04-29, during 6.15-rc) reads it from "
+            "mainline; absent in 6.12; the 6.18.44 host sets it", "inferred"),
 
     # ---- system calls the engine does not offer -----------------------------------------
     Feature("memfd_secret", "memfd_secret(2)", "5.14", "1507f51255c9",

@@ -250,6 +250,27 @@ def pagemap_scan(v):
     return _offered(lambda: p.pagemap_scan(a, a + PAGE, return_mask=C.PAGE_IS_PRESENT), errno.ENOTTY)
 
 
+def guard_file_backed(v):
+    m = _machine(v)
+    if not m.policy.madv_guard:
+        return False                 # no guard regions at all (its own row)
+    p = m.spawn()
+    fd = p.memfd_create("gate")
+    p.ftruncate(fd, PAGE)
+    a = p.mmap(0, PAGE, C.PROT_READ, C.MAP_SHARED, fd, 0)
+    return _offered(lambda: p.madvise(a, PAGE, C.MADV_GUARD_INSTALL), errno.EINVAL)
+
+
+def pm_guard_region(v):
+    m = _machine(v)
+    if not m.policy.madv_guard:
+        return False
+    p = m.spawn()
+    a = _anon(p, touch=False)
+    p.madvise(a, PAGE, C.MADV_GUARD_INSTALL)
+    return p.pagemap(a).guard
+
+
 def page_is_guard(v):
     p = _machine(v).spawn()
     a = _anon(p)
@@ -289,6 +310,8 @@ PROBES = {
     "pm_uffd_wp": pm_uffd_wp,
     "pagemap_scan": pagemap_scan,
     "page_is_guard": page_is_guard,
+    "guard_file_backed": guard_file_backed,
+    "pm_guard_region": pm_guard_region,
 }
 
 # Rows where the engine disagrees with the kernel's history today; each
@@ -333,15 +356,10 @@ def test_rows_are_well_formed():
 
 def test_interfaces_the_engine_lacks_are_still_absent():
     # A row the engine does not model must not gain an API without a probe:
-    # memfd_secret(2), process_madvise(2), and guard regions (whose pagemap
-    # bit PM_GUARD_REGION needs MADV_GUARD_INSTALL to do something).
+    # memfd_secret(2), process_madvise(2).
     p = _machine(VERSIONS[-1]).spawn()
     for name in ("memfd_secret", "process_madvise"):
         assert not hasattr(p, name), f"{name} is offered: give its row a probe"
-    a = _anon(p)
-    with pytest.raises(NotImplementedError):
-        p.madvise(a, PAGE, C.MADV_GUARD_INSTALL)
-    assert not p.pagemap(a).guard
 
 
 # ---- nothing version-dependent outside the table ------------------------------------------
