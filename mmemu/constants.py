@@ -252,13 +252,15 @@ UFFD_FEATURE_POISON = 1 << 14  # 6.6
 UFFD_FEATURE_WP_ASYNC = 1 << 15  # 6.7
 UFFD_FEATURE_MOVE = 1 << 16  # 6.8
 
-# --- NUMA memory policy and page migration (linux/mempolicy.h)
+# --- NUMA memory policy modes (enum in linux/mempolicy.h)
 MPOL_DEFAULT = 0
 MPOL_PREFERRED = 1
 MPOL_BIND = 2
 MPOL_INTERLEAVE = 3
 MPOL_LOCAL = 4
 MPOL_PREFERRED_MANY = 5  # 5.15
+
+# --- NUMA memory policy flags and page migration (linux/mempolicy.h)
 MPOL_F_STATIC_NODES = 1 << 15
 MPOL_F_RELATIVE_NODES = 1 << 14
 MPOL_F_NUMA_BALANCING = 1 << 13  # 5.12

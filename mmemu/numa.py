@@ -13,6 +13,7 @@ and its processes run as root, so it is always allowed.
 from __future__ import annotations
 
 import errno
+from typing import Iterable, SupportsIndex
 
 import numpy as np
 
@@ -57,7 +58,8 @@ def _nodes(nodes, n, call):
 class NumaOps:
     """The NUMA syscalls of a Process (mixed into Process)."""
 
-    def move_pages(self, pages, nodes=None, flags: int = 0) -> MoveStatus:
+    def move_pages(self, pages: Iterable[SupportsIndex], nodes: Iterable[SupportsIndex] | None = None,
+                   flags: int = 0) -> MoveStatus:
         """move_pages(2) on this process (pid 0): with nodes=None report
         each page's node; else migrate page i to nodes[i]. Call errors are
         OSError with Linux's errno: EINVAL for unknown flags, ENODEV for a
