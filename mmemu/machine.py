@@ -78,8 +78,11 @@ class Machine:
         nodes = operator.index(nodes)
         if not 1 <= nodes <= 64:
             raise ValueError("nodes must be in 1..64")
+        frames = memory // C.PAGE_SIZE
+        if nodes > 1 and frames - (frames + nodes - 1) // nodes * (nodes - 1) < 16:
+            raise ValueError(f"memory of {frames} pages makes no {nodes} nodes of at least 16 pages")
         if nodes > 1:
-            self._engine.numa_init(nodes)       # ValueError if a node would hold < 16 frames
+            self._engine.numa_init(nodes)
         self.nodes = nodes
         if tlb not in ("x86", "stale-writes"):
             raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
@@ -185,8 +188,8 @@ class Machine:
         ptes become PROT_NONE hints; the next access takes a hinting fault
         (do_numa_page) that maps the page again and may move it to the
         faulting CPU's node. Returns ptes hinted."""
-        if process.machine is not self:
-            raise ValueError("numa_scan: the process belongs to another machine")
+        if not isinstance(process, Process) or process.machine is not self:
+            raise ValueError("numa_scan: process must be a Process of this machine")
         process._live("numa_scan")
         addr, length = A.size(addr, "numa_scan", "addr"), A.size(length, "numa_scan", "length")
         if addr & (C.PAGE_SIZE - 1):
@@ -198,7 +201,10 @@ class Machine:
 
     def node_of(self, pfn: int) -> int:
         """The NUMA node of frame pfn (page_to_nid)."""
-        return self._engine.pfn_node(operator.index(pfn))
+        pfn = operator.index(pfn)
+        if not 0 <= pfn < self._engine.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self._engine.nframes - 1}")
+        return self._engine.pfn_node(pfn)
 
     def reclaim(self, npages: int = 1 << 62, cpu: int = 0) -> int:
         """Memory pressure, as an explicit event: reclaim up to npages (pages

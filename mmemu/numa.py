@@ -96,9 +96,11 @@ class NumaOps:
         mode, flags = A.ulong(mode, "mbind", "mode"), A.uint(flags, "mbind", "flags")
         nodemask = A._int(nodemask, "mbind", "nodemask")
         self._live("mbind")
-        # sanitize_mpol_flags(): the mode's top bits are mode flags.
+        # kernel_mbind(): the mode is an int; sanitize_mpol_flags(): its top
+        # bits are mode flags, the rest must be below MPOL_MAX (unsigned).
+        mode &= 0xFFFFFFFF
         mode_flags = mode & (C.MPOL_F_STATIC_NODES | C.MPOL_F_RELATIVE_NODES | C.MPOL_F_NUMA_BALANCING)
-        mode &= ~mode_flags & 0xFFFF
+        mode &= ~mode_flags
         if mode > C.MPOL_PREFERRED_MANY or nodemask < 0 \
                 or mode_flags & C.MPOL_F_STATIC_NODES and mode_flags & C.MPOL_F_RELATIVE_NODES:
             raise oserror(EINVAL, "mbind", "bad mode, mode flags or nodemask")
