@@ -18,10 +18,12 @@ from .process import Process, Thread
 from .uffd import Resolver, Uffd, UffdError, UffdMsg
 from .explore import Counterexample, ExploreResult, explore, rerun
 from . import cost  # noqa: E402  emulated time: CostModel, Link
+from .numa import MoveStatus  # noqa: E402  move_pages(2)'s status array
 
 __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",
            "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",
            "InvariantError", "MmemuError", "WouldBlock", "Deadlock", "Uffd", "UffdMsg", "UffdError",
-           "Resolver", "VERSIONS", "policy_for", "explore", "rerun", "ExploreResult", "Counterexample"]
+           "Resolver", "VERSIONS", "policy_for", "explore", "rerun", "ExploreResult", "Counterexample",
+           "MoveStatus"]
 # A form type checkers follow (mypy, pyright): the constants' static __all__.
 __all__ += _constants.__all__

@@ -10,6 +10,7 @@
 #   core/fault.pxi    handle_mm_fault, do_anonymous_page, do_wp_page, user access
 #   core/gup.pxi      get_user_pages / pin_user_pages
 #   core/range.pxi    zap, change_protection, fork copy, clear_refs, touch, pagemap
+#   core/migrate.pxi  NUMA nodes, page migration (move_pages, mbind), NUMA hinting
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -31,6 +32,7 @@ include "core/gup.pxi"
 include "core/swap.pxi"
 include "core/shmem.pxi"
 include "core/range.pxi"
+include "core/migrate.pxi"
 include "core/state.pxi"
 
 POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive",
@@ -41,7 +43,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
                  "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable",
-                 "pm_guard_region")
+                 "pm_guard_region", "numa_hint_upgrade")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -52,7 +54,7 @@ FRAME_FLAG_NAMES = {
     "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
     "swapcache": PG_SWAPCACHE, "zero": PG_ZERO, "lru": PG_LRU, "dirty": PG_DIRTY,
     "uptodate": PG_UPTODATE, "reserved": PG_RESERVED, "bytes": PG_BYTES, "file": PG_FILE,
-    "lazyfree": PG_LAZYFREE,
+    "lazyfree": PG_LAZYFREE, "isolated": PG_ISOLATED,
 }
 
 
@@ -90,6 +92,7 @@ cdef class Engine:
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
     cdef object _sched_fn, _sched_err
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
+    cdef object _node_free, _node_next   # per NUMA node free lists (core/migrate.pxi)
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
     cdef int32_t file_hint       # no free mapping id below this one
     cdef readonly dict knobs     # the policy this engine was made with
@@ -137,6 +140,9 @@ cdef class Engine:
         self.e.refcount[0] = 1
         self.e.next_unused = 1
         self.e.nr_free = nframes - 1
+        self.e.nnodes = 1                   # numa_init() splits the frames
+        self.e.node_span = nframes
+        self.e.alloc_node = -1
         self.e.mm_cap = 16
         self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
         if self.e.mms == NULL:
@@ -173,6 +179,7 @@ cdef class Engine:
         p.pm_marker_swp_type = knobs["pm_marker_swp_type"]
         p.swapin_read_writable = knobs["swapin_read_writable"]
         p.pm_guard_region = knobs["pm_guard_region"]
+        p.numa_hint_upgrade = knobs["numa_hint_upgrade"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -251,6 +258,10 @@ cdef class Engine:
               "anon_vma_seq": self.e.anon_vma_seq, "nr_pgtable": self.e.nr_pgtable, "tlb_stale_writes": self.e.tlb_stale_writes}
         st["scalars"] = sc
         st["file_hint"] = self.file_hint
+        if self.e.nnodes > 1:
+            st["nnodes"] = self.e.nnodes
+            st["node_free"] = self._node_free.copy()
+            st["node_next"] = self._node_next.copy()
         st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
         st["cost"] = np.array([self.e.cost[i] for i in range(24)], np.int64)
         st["clock"] = np.array([self.e.clock[i] for i in range(256)], np.int64)
@@ -317,6 +328,12 @@ cdef class Engine:
         self.e.anon_vma_seq = sc["anon_vma_seq"]
         self.e.tlb_stale_writes = sc.get("tlb_stale_writes", 0)
         self.file_hint = st["file_hint"]
+        if st.get("nnodes", 1) > 1:
+            self.e.next_unused = 1              # numa_init() wants a fresh engine
+            self.numa_init(st["nnodes"])
+            np.copyto(self._node_free, st["node_free"], casting="no")
+            np.copyto(self._node_next, st["node_next"], casting="no")
+            self.e.next_unused = sc["next_unused"]
         for i in range(24):
             self.e.stats[i] = st["stats"][i]
             self.e.cost[i] = st["cost"][i]
@@ -1604,6 +1621,96 @@ cdef class Engine:
 
     def swap_info(self):
         return {"slots": self.e.nswap, "used": self.e.swap_used}
+
+    # ---- NUMA nodes and page migration (core/migrate.pxi) ------------------
+
+    def numa_init(self, int32_t nnodes):
+        """Split a fresh engine's frames into nnodes equal nodes (the last
+        takes the remainder); node n owns pfns [n * span, (n + 1) * span)."""
+        cdef int64_t span
+        cdef int32_t n
+        if nnodes < 1 or nnodes > MM_MAX_NODES:
+            raise ValueError(f"nodes must be in 1..{MM_MAX_NODES}")
+        if self.e.nmm or self.e.next_unused != 1 or self.e.free_head:
+            raise ValueError("numa_init needs a fresh engine")
+        span = (self.e.nframes + nnodes - 1) // nnodes
+        if nnodes > 1 and self.e.nframes - span * (nnodes - 1) < 16:
+            raise ValueError(f"{self.e.nframes} frames make no {nnodes} nodes of at least 16 frames")
+        self._node_free = np.zeros(nnodes, np.int64)
+        self._node_next = np.array([n * span for n in range(nnodes)], np.int64)
+        self._node_next[0] = 1                  # pfn 0: the zero page
+        self.e.node_free = <int64_t *>cnp_data(self._node_free)
+        self.e.node_next = <int64_t *>cnp_data(self._node_next)
+        self.e.node_span = span
+        self.e.nnodes = nnodes
+
+    @property
+    def nnodes(self):
+        return self.e.nnodes
+
+    def pfn_node(self, int64_t pfn):
+        """page_to_nid()."""
+        if pfn < 0 or pfn >= self.e.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
+        return node_of(&self.e, pfn)
+
+    def cpu_node(self, int cpu):
+        return cpu_node(&self.e, self._cpu(cpu))
+
+    def node_free(self, int32_t node):
+        """Free frames of a node."""
+        cdef int64_t pfn, n = 0
+        if node < 0 or node >= self.e.nnodes:
+            raise ValueError(f"no node {node}")
+        for pfn in range(node * self.e.node_span, node_end(&self.e, node)):
+            n += not (self.e.fflags[pfn] & PG_USED)
+        return n
+
+    def move_pages(self, int32_t mm, const uint64_t[::1] addrs, object nodes, int32_t[::1] status,
+                   bint move_all):
+        """move_pages(2) for this mm: with nodes (int32 per page) migrate
+        (do_pages_move), else report each page's node (do_pages_stat).
+        Returns 0, the number of pages not migrated, or a negative errno."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t n = addrs.shape[0], err = 0
+        cdef const int32_t[::1] nd
+        if status.shape[0] != n:
+            raise ValueError("status must have one entry per page")
+        if n == 0:
+            return 0
+        if nodes is None:
+            with nogil:
+                do_pages_stat(&self.e, m, &addrs[0], &status[0], n)
+            return 0
+        nd = nodes
+        if nd.shape[0] != n:
+            raise ValueError("nodes must have one entry per page")
+        with nogil:
+            err = do_pages_move(&self.e, m, &addrs[0], &nd[0], &status[0], n, move_all)
+        self.sched_error()
+        return err
+
+    def mbind_move(self, int32_t mm, int cpu, uint64_t start, uint64_t end, uint64_t nodemask,
+                   bint move_all):
+        """MPOL_BIND's migration of [start, end): (pages migrated, pages that
+        stay off the nodemask)."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t moved, failed = 0
+        self._cpu(cpu)
+        with nogil:
+            moved = mbind_move(&self.e, m, cpu, start, end, nodemask, move_all, &failed)
+        self.sched_error()
+        return moved, failed
+
+    def change_prot_numa(self, int32_t mm, uint64_t start, uint64_t end):
+        """Make [start, end)'s ptes NUMA-hinting PROT_NONE; returns how many."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t n
+        with nogil:
+            n = change_prot_numa(&self.e, m, start, end)
+        return n
 
     # ---- test-only hooks: plant states no kernel path produces -------------
 

@@ -100,6 +100,7 @@ BASELINE = {
     "mremap_dontunmap": 1,        # MREMAP_DONTUNMAP, private anonymous (e346b3813067, 5.7)
     "mremap_dontunmap_any": 0,    # ... of shared and file mappings too (5.13)
     "pagemap_scan_none_written": 0,  # PAGEMAP_SCAN's generic path counts an empty pte or PMD hole WRITTEN (7.2): B21
+    "numa_hint_upgrade": 0,       # do_numa_page: can_change_pte_writable instead of savedwrite (6.2)
 }
 
 
@@ -232,6 +233,13 @@ CHANGES = (
     Change("51d3d5eb74ff", "6.2", "mm/userfaultfd: enable writenotify while userfaultfd-wp is enabled for a VMA",
            {"uffd_wp_writenotify": 1}, bug="B15 fixed",
            stable={"6.1": Stable("bcde505af166", 8)}, aliases=("uffd-wp-writenotify",)),
+    # The hint no longer keeps the pte's write bit (x86 savedwrite,
+    # b191f9b106ea); the fault maps writable what vm_page_prot or
+    # can_change_pte_writable() allows, as mprotect does (id from the ppc64
+    # follow-up's text; release inferred from the mm-unstable id cdb205f9e220
+    # Peter Xu cites in the 6.2 "always wr-protect pte in pte_mkuffd_wp" thread).
+    Change("6a56ccbcf6c6", "6.2", "mm/autonuma: use can_change_(pte|pmd)_writable() to replace savedwrite",
+           {"numa_hint_upgrade": 1}),
     Change("15520a3f0469", "6.2", "mm: use pte markers for swap errors (SWP_SWAPIN_ERROR goes; "
            "the marker takes type 31, seen on 6.12.118 and 6.18)", {"pm_marker_swp_type": 31}),
     Change("931298e103c2", "6.3", "mm/userfaultfd: rely on vma->vm_page_prot in uffd_wp_range()",

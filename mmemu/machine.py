@@ -34,6 +34,8 @@ class Machine:
     mmemu.eras.CHANGES) applied on top.
     memory: bytes of RAM (frames). swap: bytes of the swap device (0: none).
     seed: the same seed and inputs give the same results, bit for bit.
+    nodes: NUMA nodes, memory split evenly, CPUs spread over them in order
+    (mmemu.numa: move_pages, mbind, numa_scan).
     tlb: "x86" (a cached writable entry with dirty clear re-walks the page
     table on a write, so it cannot write a page whose pte lost write), or
     "stale-writes" (every stale writable entry takes writes: the worst case
@@ -46,7 +48,7 @@ class Machine:
     MAX_MEMORY = 1 << 44        # 16 TiB of frames: 2^32 frames, 96 GiB of frame table
 
     def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
-                 seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86") -> None:
+                 seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86", nodes: int = 1) -> None:
         if isinstance(backports, (str, bytes)):
             raise TypeError("backports must be a sequence of commit ids, not a string")
         self.policy = policy_for(kernel, tuple(backports))
@@ -73,6 +75,15 @@ class Machine:
             # shortage inside the machine (that is OutOfMemory).
             raise ValueError(f"Machine(memory={memory}, swap={swap}): too large for this host, "
                              f"which cannot allocate the frame and swap tables ({e})") from None
+        nodes = operator.index(nodes)
+        if not 1 <= nodes <= 64:
+            raise ValueError("nodes must be in 1..64")
+        frames = memory // C.PAGE_SIZE
+        if nodes > 1 and frames - (frames + nodes - 1) // nodes * (nodes - 1) < 16:
+            raise ValueError(f"memory of {frames} pages makes no {nodes} nodes of at least 16 pages")
+        if nodes > 1:
+            self._engine.numa_init(nodes)
+        self.nodes = nodes
         if tlb not in ("x86", "stale-writes"):
             raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
         self.tlb = tlb
@@ -170,6 +181,30 @@ class Machine:
             kpf |= 1 << C.KPF_MMAP
         return FrameInfo(pfn, mapcount, kpf, refcount=refcount, pincount=pincount,
                          extra=set(flags) - set(_KPF))
+
+    def numa_scan(self, process: Process, addr: int, length: int) -> int:
+        """One pass of NUMA balancing's scanner (task_numa_work ->
+        change_prot_numa) over [addr, addr + length) of process: present
+        ptes become PROT_NONE hints; the next access takes a hinting fault
+        (do_numa_page) that maps the page again and may move it to the
+        faulting CPU's node. Returns ptes hinted."""
+        if not isinstance(process, Process) or process.machine is not self:
+            raise ValueError("numa_scan: process must be a Process of this machine")
+        process._live("numa_scan")
+        addr, length = A.size(addr, "numa_scan", "addr"), A.size(length, "numa_scan", "length")
+        if addr & (C.PAGE_SIZE - 1):
+            raise ValueError(f"numa_scan: address {addr:#x} not page aligned")
+        end = min(A.page_align(addr + length), C.TASK_SIZE)
+        if addr >= end:
+            return 0
+        return self._engine.change_prot_numa(process.mm, addr, end)
+
+    def node_of(self, pfn: int) -> int:
+        """The NUMA node of frame pfn (page_to_nid)."""
+        pfn = operator.index(pfn)
+        if not 0 <= pfn < self._engine.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self._engine.nframes - 1}")
+        return self._engine.pfn_node(pfn)
 
     def reclaim(self, npages: int = 1 << 62, cpu: int = 0) -> int:
         """Memory pressure, as an explicit event: reclaim up to npages (pages
@@ -309,4 +344,5 @@ class Machine:
 
     def __repr__(self) -> str:
         return (f"<Machine kernel={self.kernel} ({self.policy.version}, {self.policy.era}) "
-                f"ncpus={self.ncpus} frames={self._engine.nframes}>")
+                f"ncpus={self.ncpus} frames={self._engine.nframes}"
+                + (f" nodes={self.nodes}" if getattr(self, "nodes", 1) > 1 else "") + ">")

@@ -28,6 +28,7 @@ from . import uffd as _uffd
 from .sched import Thread
 from .serialise import serialised
 from .pageinfo import PagemapEntry
+from .numa import NumaOps
 from .shmem import FileOps, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_DONTEXPAND, VM_GROWSDOWN, VM_HUGETLB,
                   VM_MIXEDMAP, VM_EXEC, VM_HUGEPAGE, VM_IO,
@@ -154,7 +155,7 @@ class _HeldRefs:
 
 
 @serialised
-class Process(FileOps):
+class Process(FileOps, NumaOps):
     """One process (one mm) of a Machine."""
 
     def __init__(self, machine: Machine, pid: int, mm: int, cpu: int,

@@ -70,8 +70,16 @@ SP_FORK_PTE = 7
 SP_GUP_FAST_GRABBED = 8
 SP_GUP_RETRY = 9
 SP_FALLOC_WAIT = 10
+SP_MIGRATION_UNMAPPED = 11
+SP_MIGRATION_WAIT = 12
+
+def _is_migration_entry_for(pte, pfn):
+    """A migration entry (swp types 2-4 of mm_types.h) naming frame pfn."""
+    return not pte & 1 and 2 <= (pte >> 1) & 7 <= 4 and pte >> 12 == pfn
+
 
 _CORE_LABEL = {       # what a thread does when it goes on from the point
+    SP_MIGRATION_UNMAPPED: "migrate_pages: copies each unmapped page, remove_migration_ptes",
     SP_FLUSH_PENDING: "flush_tlb_range deferred to the end of the walk, returns",
     SP_COW_COPIED: "wp_page_copy (page copied before): pte_same, ptep_clear_flush, new pte",
     SP_ZAP_PENDING: "tlb_finish_mmu: flush, then free the pages",
@@ -93,7 +101,11 @@ _W, _R = "write", "read"
 MMAP_LOCK = {
     "Process": {"mmap": _W, "munmap": _W, "mprotect": _W, "mremap": _W, "fork": _W, "exit": _W,
                 "populate": _R, "get_user_pages": _R, "pin_user_pages": _R, "vmsplice": _R,
-                "proc_mem_read": _R, "proc_mem_write": _R, "pagemap_scan": _R, "clear_refs": _W},
+                "proc_mem_read": _R, "proc_mem_write": _R, "pagemap_scan": _R, "clear_refs": _W,
+                # move_pages keeps it for read to the end of the migration (Linux
+                # drops it after isolating): no munmap/mremap/fork between unmap
+                # and remap; faults and GUP run, and wait on the entries.
+                "move_pages": _R, "mbind": _W},
     "Uffd": {"register": _W, "unregister": _W, "copy": _R, "zeropage": _R, "continue_": _R,
              "poison": _R, "move": _R, "writeprotect": _R},
 }
@@ -538,6 +550,12 @@ class Scheduler:
             self.mmap_lock(me, mm, _R, fault=True)
         elif point == SP_MMAP_UNLOCK_READ:
             self.mmap_unlock(me, mm, _R)
+        elif point == SP_MIGRATION_WAIT:
+            # migration_entry_wait(): until the entry for frame aux is gone.
+            eng = self.machine._engine
+            self._point(me, f"fault on a migration entry @{va:#x}")
+            self._block(me, lambda: not _is_migration_entry_for(eng.pte(mm, va), aux),
+                        f"the migration of frame {aux} (migration_entry_wait)")
         elif point == SP_FALLOC_WAIT:
             eng = self.machine._engine
             self._point(me, f"shmem_fault @{va:#x}")

@@ -273,6 +273,24 @@ SECTIONS = [
         ("UFFD_FEATURE_WP_ASYNC", "1 << 15", "6.7"),
         ("UFFD_FEATURE_MOVE", "1 << 16", "6.8"),
     ]),
+    # An enum in linux/mempolicy.h, not #defines: the header test cannot read them.
+    ("NUMA memory policy modes (enum in linux/mempolicy.h)", None, False, [
+        ("MPOL_DEFAULT", "0", ""),
+        ("MPOL_PREFERRED", "1", ""),
+        ("MPOL_BIND", "2", ""),
+        ("MPOL_INTERLEAVE", "3", ""),
+        ("MPOL_LOCAL", "4", ""),
+        ("MPOL_PREFERRED_MANY", "5", "5.15"),
+    ]),
+    ("NUMA memory policy flags and page migration (linux/mempolicy.h)", "linux/mempolicy.h", False, [
+        ("MPOL_F_STATIC_NODES", "1 << 15", ""),
+        ("MPOL_F_RELATIVE_NODES", "1 << 14", ""),
+        ("MPOL_F_NUMA_BALANCING", "1 << 13", "5.12"),
+        ("MPOL_MF_STRICT", "1 << 0", "verify existing pages in the mapping"),
+        ("MPOL_MF_MOVE", "1 << 1", "move pages owned by this process"),
+        ("MPOL_MF_MOVE_ALL", "1 << 2", "move every page (CAP_SYS_NICE)"),
+        ("MPOL_MF_VALID", "MPOL_MF_STRICT | MPOL_MF_MOVE | MPOL_MF_MOVE_ALL", ""),
+    ]),
 ]
 
 

@@ -10,10 +10,11 @@ cdef extern from "mm_types.h" nogil:
     uint64_t PTE_PRESENT, PTE_WRITE, PTE_DIRTY, PTE_YOUNG, PTE_SOFT_DIRTY
     uint64_t PTE_UFFD_WP, PTE_SPECIAL, PTE_PROTNONE, PTE_PFN_SHIFT, PTE_PFN_MASK
     uint64_t SWP_TYPE_SHIFT, SWP_TYPE_MASK, SWP_SWAP, SWP_MARKER, SWP_EXCLUSIVE
-    uint64_t SWP_OFFSET_SHIFT
+    uint64_t SWP_OFFSET_SHIFT, SWP_MIGRATION_READ, SWP_MIGRATION_RX, SWP_MIGRATION_WRITE
 
     uint32_t PG_ANON, PG_ANON_EXCLUSIVE, PG_KSM, PG_SWAPCACHE, PG_ZERO, PG_LRU
-    uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED, PG_LAZYFREE
+    uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED, PG_LAZYFREE, PG_ISOLATED
+    int MM_MAX_NODES
 
     uint64_t VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_MAYREAD, VM_MAYWRITE
     uint64_t VM_MAYEXEC, VM_MAYSHARE, VM_UFFD_MISSING, VM_PFNMAP, VM_UFFD_WP
@@ -51,7 +52,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t fault_around_pages, uffd_wp_file, fork_uffd_child_vma, fork_marker_child_wp
         int32_t uffd_wp_writenotify, uffd_unprotect_writable, uffd_wp_flush_pending
         int32_t gup_fast_seq, mprotect_gather, tlb_flush_nested
-        int32_t pm_marker_swp_type, swapin_read_writable, pm_guard_region
+        int32_t pm_marker_swp_type, swapin_read_writable, pm_guard_region, numa_hint_upgrade
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem
@@ -171,6 +172,15 @@ ctypedef struct engine_t:
     int64_t now
     int64_t cost[24]
     int64_t clock[256]
+    # NUMA nodes (core/migrate.pxi). Node n owns pfns [n * node_span,
+    # (n + 1) * node_span): a frame's node is derived, never stored. With
+    # more than one node each keeps its own free list and high-water mark
+    # (numpy-owned, nnodes entries) and the global ones above stay unused.
+    int32_t nnodes
+    int32_t alloc_node         # __GFP_THISNODE target of the next frame_alloc; -1: any, node 0 first
+    int64_t node_span
+    int64_t *node_free         # per node: free list head (pfn + 1), linked through `version`
+    int64_t *node_next         # per node: frames >= this were never used
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

@@ -281,7 +281,13 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     if not (pte & PTE_PRESENT):
         if is_swap_pte(pte):
             return do_swap_page(e, mm, cpu, vma, va, ptep, fflags)
+        if is_migration_entry(pte):
+            # migration_entry_wait(): sleep until the entry is gone, retry.
+            sched_point(e, SP_MIGRATION_WAIT, mm.id, va, <uint64_t>swp_offset(pte))
+            return 0
         return VM_FAULT_SIGBUS
+    if pte & PTE_PROTNONE and vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
+        return do_numa_page(e, mm, cpu, vma, va, ptep)     # core/migrate.pxi
     if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE):
         if not (pte & PTE_WRITE):
             return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)

@@ -71,7 +71,11 @@ cdef int64_t frame_alloc(engine_t *e) noexcept nogil:
     cdef int64_t pfn
     if e.nr_free <= e.nr_pgtable:
         return -1                   # the free frames left hold page tables
-    if e.free_head > 0:
+    if e.nnodes > 1:
+        pfn = node_frame_take(e)    # core/migrate.pxi: per-node free lists
+        if pfn < 0:
+            return -1
+    elif e.free_head > 0:
         pfn = e.free_head - 1
         e.free_head = <int64_t>e.version[pfn]
     elif e.next_unused < e.nframes:
@@ -103,8 +107,11 @@ cdef void frame_free(engine_t *e, int64_t pfn) noexcept nogil:
     e.fflags[pfn] = 0
     e.mapcount[pfn] = 0
     e.refcount[pfn] = 0
-    e.version[pfn] = <uint64_t>e.free_head
-    e.free_head = pfn + 1
+    if e.nnodes > 1:
+        node_frame_put(e, pfn)      # core/migrate.pxi
+    else:
+        e.version[pfn] = <uint64_t>e.free_head
+        e.free_head = pfn + 1
     e.nr_free += 1
 
 

@@ -63,6 +63,7 @@
 #define PG_BYTES          (1u << 9)   /* `version` holds a byte-store slot */
 #define PG_FILE           (1u << 10)  /* page-cache page of mapping/index */
 #define PG_LAZYFREE       (1u << 11)  /* MADV_FREE'd: !PG_swapbacked, discardable if clean */
+#define PG_ISOLATED       (1u << 14)  /* emulator: taken off the LRU for migration (folio_isolate_lru) */
 #define PG_USED           (1u << 15)  /* allocated (not on the free list) */
 
 /* VMA flags: Linux's VM_* values where Linux has them. */
@@ -158,6 +159,8 @@ typedef struct {
     int64_t falloc_end;       /* start == end: none */
 } mm_file_t;
 
+#define MM_MAX_NODES 64         /* NUMA nodes of a machine (a nodemask is one unsigned long) */
+
 #define SWAP_HAS_CACHE 0x4000  /* swap_map: the slot's folio is in the swapcache */
 #define SWAP_COUNT_MASK 0x3fff
 #define SWAP_DATA_BYTES 1      /* swap_flags: swap_data is a byte-store slot */
@@ -193,6 +196,7 @@ typedef struct {
     int32_t pm_marker_swp_type;     /* swap type pagemap shows for a pte marker: 30 5.19-6.1, then 31 */
     int32_t swapin_read_writable;   /* c18160dba5ff (6.11): an exclusive swap-in is writable on a read fault */
     int32_t pm_guard_region;        /* 8e2f2aeb8b48 (6.15): pagemap shows a guard marker as bit 58 */
+    int32_t numa_hint_upgrade;      /* 6a56ccbcf6c6 (6.2): do_numa_page upgrades with can_change_pte_writable, not savedwrite */
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */

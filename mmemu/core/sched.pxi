@@ -21,6 +21,8 @@ cdef enum:
     SP_GUP_FAST_GRABBED = 8    # GUP-fast took its reference; re-reading the pte is still to come
     SP_GUP_RETRY = 9           # GUP's fault is done; the retry of follow_page is still to come
     SP_FALLOC_WAIT = 10        # a shmem fault on a hole being punched waits for the punch (aux: file id)
+    SP_MIGRATION_UNMAPPED = 11 # migrate_pages unmapped its batch; copying and remapping are still to come (aux: node)
+    SP_MIGRATION_WAIT = 12     # a fault on a migration entry waits for the migration (aux: pfn)
 
 
 cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:

@@ -320,7 +320,7 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
                 elif pte == 0:
                     if use_markers:
                         t[i] = make_marker(PTE_MARKER_UFFD_WP)
-                elif is_swap_pte(pte):
+                elif is_swap_pte(pte) or is_migration_entry(pte):
                     t[i] = pte | PTE_UFFD_WP
             va = stop
             continue
@@ -352,7 +352,7 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
             elif is_marker(pte):
                 if marker_bits(pte) == PTE_MARKER_UFFD_WP:
                     t[i] = 0
-            elif is_swap_pte(pte):
+            elif is_swap_pte(pte) or is_migration_entry(pte):
                 t[i] = pte & ~PTE_UFFD_WP
         va = stop
     return lost

@@ -1,5 +1,5 @@
 """Model-based test: random mmap/munmap/mprotect/madvise/write/read/fork/
-vmsplice/pin sequences on the engine (kernel 6.18) and on a small pure-Python
+vmsplice/pin/move_pages sequences on the engine (kernel 6.18) and on a small pure-Python
 reference model, compared after every step, with Machine.check() each time.
 
 The model states modern anonymous-memory semantics at page granularity,
@@ -20,7 +20,12 @@ without page tables or refcount arithmetic:
   * a guard (MADV_GUARD_INSTALL, 6.13) drops the page and faults SIGSEGV,
     GUP included; DONTNEED and mprotect keep it, fork copies it (the install
     gave the VMA an anon_vma) unless the VMA is wiped on fork, munmap and
-    MADV_GUARD_REMOVE clear it.
+    MADV_GUARD_REMOVE clear it;
+  * the machine has two NUMA nodes and every new page lands on node 0;
+    move_pages(2) moves a page mapped once (or, with MPOL_MF_MOVE_ALL, a
+    shared one) unless a pipe or a pin holds it, keeping its data, sharing
+    and exclusivity; a batch with a page that stayed ends the call, which
+    returns the count not migrated (do_pages_move).
 """
 import errno
 
@@ -28,8 +33,9 @@ import hypothesis.strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import mmemu
-from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MADV_DONTFORK, MADV_DONTNEED, MADV_DOFORK,
-                   MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_KEEPONFORK, MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_PRIVATE,
+from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MADV_DONTFORK, MADV_DONTNEED,
+                   MADV_DOFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_KEEPONFORK, MADV_WIPEONFORK,
+                   MAP_ANONYMOUS, MAP_PRIVATE,
                    PAGE_SIZE as PAGE, PROT_NONE, PROT_READ, PROT_WRITE)
 
 RW = PROT_READ | PROT_WRITE
@@ -50,6 +56,7 @@ class Obj:
         self.mapcount = 1
         self.gets = 0
         self.pins = 0
+        self.node = 0
 
     def sole_user(self):
         return self.mapcount == 1 and self.gets == 0 and self.pins == 0
@@ -143,7 +150,7 @@ def _chunks(addr, n):
 class EngineVsModel(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        self.m = mmemu.Machine(kernel="6.18", memory=16 << 20)
+        self.m = mmemu.Machine(kernel="6.18", memory=16 << 20, nodes=2)
         self.procs = [MProc(self.m.spawn())]
         self.regions = []       # (addr, npages), shared by all processes
         self.pipes = []         # (engine Pipe, [(obj or ZERO, off, len)])
@@ -393,6 +400,51 @@ class EngineVsModel(RuleBasedStateMachine):
         pin.write(off, bytes([value]) * 16)
         obj.data[off:off + 16] = bytes([value]) * 16
 
+    @precondition(lambda self: self.regions)
+    @rule(i=st.integers(0, 7), r=st.integers(0, 7), first=st.integers(0, 3), count=st.integers(0, 3),
+          node=st.integers(0, 1), move_all=st.booleans())
+    def move_pages(self, i, r, first, count, node, move_all):
+        p = self.proc(i)
+        addr, n = self.span(r, first, count)
+        vpns = range(addr // PAGE, addr // PAGE + n)
+
+        def model():
+            status, queue = [-errno.EAGAIN] * n, []
+
+            def flush(i):
+                stuck = 0
+                for k, obj in queue:
+                    if obj.gets or obj.pins:
+                        stuck += 1
+                    else:
+                        obj.node = node
+                        status[k] = node
+                queue.clear()
+                return stuck + (n - i) if stuck else 0
+
+            for k, vpn in enumerate(vpns):
+                page = p.pages.get(vpn)
+                if vpn not in p.vmas or page is ZERO:
+                    st_ = -errno.EFAULT
+                elif page is None:
+                    st_ = -errno.ENOENT
+                elif page.node == node:
+                    st_ = 0
+                elif page.mapcount > 1 and not move_all:
+                    st_ = -errno.EACCES
+                else:
+                    queue.append((k, page))
+                    continue
+                status[k] = st_ if st_ else node
+                err = flush(k)
+                if err:
+                    return status, err - 1
+            return status, flush(n)
+
+        flags = MPOL_MF_MOVE_ALL if move_all else MPOL_MF_MOVE
+        self.expect(lambda: p.eng.move_pages([v * PAGE for v in vpns], [node] * n, flags), model,
+                    lambda got: (list(got), got.not_migrated))
+
     # ---- comparison after every step ----
     @invariant()
     def same_state(self):
@@ -413,6 +465,7 @@ class EngineVsModel(RuleBasedStateMachine):
                     assert e.pfn == 0 and not e.exclusive, "expected the zero page"
                     continue
                 assert e.exclusive == (page.mapcount == 1), f"exclusive bit differs at {vpn * PAGE:#x}"
+                assert self.m.node_of(e.pfn) == page.node, f"node differs at {vpn * PAGE:#x}"
                 assert eng.frame_read(e.pfn, 0, PAGE) == bytes(page.data), "contents differ"
                 assert identity.setdefault(e.pfn, id(page)) == id(page), "frame sharing differs"
         assert len(set(identity.values())) == len(identity), "one model page on two frames"

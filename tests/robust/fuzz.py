@@ -202,6 +202,11 @@ NEAR = {
     "swap": ["0", "PAGE_SIZE", "100", "16 * PAGE_SIZE"],
     "seed": ["0", "1", "2**70"],
     "ncpus": ["1", "2", "4", "0"],
+    "nodes": ["1", "2", "4", "0", "65"],
+    "mpol_flags": ["0", "MPOL_MF_MOVE", "MPOL_MF_MOVE_ALL", "MPOL_MF_STRICT", "MPOL_MF_STRICT | MPOL_MF_MOVE", "8"],
+    "mpol_mode": ["MPOL_DEFAULT", "MPOL_BIND", "MPOL_INTERLEAVE", "MPOL_PREFERRED", "6",
+                  "MPOL_BIND | MPOL_F_STATIC_NODES", "MPOL_BIND | MPOL_F_NUMA_BALANCING", "2**32 + MPOL_BIND"],
+    "nodemask": ["0", "1", "2", "3", "2**64 - 1"],
 }
 # Non-integer kinds: (source, wrong-type?)
 OTHER = {
@@ -243,6 +248,11 @@ OTHER = {
                 ("[1, 2]", False), ("np.zeros(0, np.int64)", False), ("'x'", True)],
     "stop_on": [("()", False), ("'userfault'", False), ("{'userfault'}", False), ("'bogus'", False),
                 ("5", True)],
+    "page_list": [("[a, a + PAGE_SIZE]", False), ("np.array([a, s], np.uint64)", False), ("[]", False),
+                  ("[2**64]", False), ("[-1, 0]", False), ("np.array([-1])", False), ("[a, a]", False),
+                  ("np.zeros((2, 2), np.uint64)", True), ("'x'", True), ("None", True), ("[0.5]", True)],
+    "node_list": [("None", False), ("[0]", False), ("[0, 0]", False), ("[1, 0]", False), ("[-1, 0]", False),
+                  ("[2**40, 0]", False), ("np.array([0, 0], np.int32)", False), ("'x'", True), ("[0.5]", True)],
     "path": [("'/tmp/mmemu-fuzz.save'", False), ("pathlib.Path('/tmp/mmemu-fuzz.save')", False),
              ("'/nonexistent/dir/m'", False), ("'/etc/hostname'", False), ("None", True), ("5.5", True)],
 }
@@ -264,7 +274,12 @@ RECEIVERS = {
 # "PROPERTY" is read, not called. Constructors are "Class()".
 SPECS = {
     "Machine()": [("kernel", "kernel"), None, ("ncpus", "ncpus"), ("memory", "memory"), ("swap", "swap"),
-                  ("seed", "seed"), ("backports", "backports")],
+                  ("seed", "seed"), ("backports", "backports"), ("nodes", "nodes")],
+    "Machine.numa_scan": [("process", "proc"), ("addr", "addr"), ("length", "len")],
+    "Machine.node_of": [("pfn", "pfn")],
+    "Process.move_pages": [("pages", "page_list"), None, ("nodes", "node_list"), ("flags", "mpol_flags")],
+    "Process.mbind": [("addr", "addr"), ("length", "len"), ("mode", "mpol_mode"), ("nodemask", "nodemask"),
+                      None, ("flags", "mpol_flags")],
     "Machine.check": [],
     "Machine.clock": [("cpu", "cpu")],
     "Machine.set_clock": [("cpu", "cpu"), ("ns", "ns")],

@@ -67,7 +67,7 @@ def test_core_sees_the_same_values():
 
 HEADERS = ["linux/types.h", "linux/ioctl.h", "linux/fcntl.h", "linux/mman.h", "linux/memfd.h",
            "linux/falloc.h", "linux/fs.h", "linux/kernel-page-flags.h", "linux/userfaultfd.h",
-           "signal.h"]
+           "linux/mempolicy.h", "signal.h"]
 
 
 def _kernel_values(names, tmp_path):

@@ -1,0 +1,57 @@
+"""Page migration per page: move_pages(2) of a populated anon range to the
+other node (unmap into migration entries, move the contents, remap), and a
+NUMA-hinting scan plus the faults it causes. No target was set (issue 13);
+the note reports the figure. Each benchmark asserts what moved. Run:
+pytest benches/bench_migrate.py --benchmark-only --benchmark-columns=min,median
+"""
+import numpy as np
+import pytest
+
+import mmemu
+from mmemu import MPOL_MF_MOVE, PAGE_SIZE
+
+from conftest import PRIV, RW, per_page
+
+ROUNDS = 5
+SIZES = [10**4, 10**5]
+
+
+def two_nodes(npages):
+    """A two-node machine, npages written on node 0, room for them on node 1."""
+    m = mmemu.Machine(memory=2 * (npages + 4096) * PAGE_SIZE, nodes=2)
+    p = m.spawn()
+    a = p.mmap(0, npages * PAGE_SIZE, RW, PRIV)
+    p.touch(a, npages, write=True, value=5)
+    addrs = np.arange(a, a + npages * PAGE_SIZE, PAGE_SIZE, dtype=np.uint64)
+    return m, p, a, addrs
+
+
+@pytest.mark.parametrize("npages", SIZES)
+def test_move_pages(benchmark, npages):
+    nodes = np.ones(npages, np.int32)
+
+    def run(m, p, a, addrs):
+        st = p.move_pages(addrs, nodes, MPOL_MF_MOVE)
+        return m, p, a, st
+    m, p, a, st = benchmark.pedantic(lambda t: run(*t), setup=lambda: ((two_nodes(npages),), {}),
+                                     rounds=ROUNDS, iterations=1)
+    assert st.not_migrated == 0 and st[0] == 1 and st[-1] == 1
+    last = a + (npages - 1) * PAGE_SIZE
+    assert m.node_of(p.pagemap(last).pfn) == 1 and p.versions(last, 1)[0] == 5
+    per_page(benchmark, npages)
+
+
+@pytest.mark.parametrize("npages", SIZES)
+def test_numa_hint_scan_and_migrating_faults(benchmark, npages):
+    def setup():
+        m, p, a, addrs = two_nodes(npages)
+        return ((m, p, a, p.thread(cpu=1)),), {}
+
+    def run(m, p, a, t):
+        assert m.numa_scan(p, a, npages * PAGE_SIZE) == npages
+        t.touch(a, npages, write=False)         # hinting faults on node 1: every page moves
+        return m, p, a
+    m, p, a = benchmark.pedantic(lambda t: run(*t), setup=setup, rounds=ROUNDS, iterations=1)
+    # (the last few pages may still sit in CPU 0's LRU add batch: they stay)
+    assert m.node_of(p.pagemap(a).pfn) == 1 and p.versions(a, 1)[0] == 5
+    per_page(benchmark, npages)

@@ -1,0 +1,690 @@
+# NUMA nodes, page migration and NUMA-hinting faults: mm/migrate.c
+# (do_pages_move, migrate_pages, remove_migration_pte), mm/rmap.c
+# (try_to_migrate_one), mm/mempolicy.c (do_mbind's queue), mm/mprotect.c
+# (change_prot_numa) and mm/memory.c (do_numa_page). Semantics: semantics.md
+# section 14; scenario S77, B15 (S57 b, c).
+#
+# A migration runs in two steps, as migrate_pages_batch does: every page of a
+# batch is unmapped (its ptes become migration entries), then each is copied
+# and its entries replaced (or, on failure, put back). Between the two the
+# scheduler may run other threads (SP_MIGRATION_UNMAPPED); a fault on a
+# migration entry waits there until the entry is gone (SP_MIGRATION_WAIT).
+
+cdef enum:
+    CORE_EAGAIN = 11
+    CORE_EACCES = 13
+    CORE_ENODEV = 19
+    MIG_RC_NONE = 1             # a queued page not yet migrated
+
+
+ctypedef struct mig_page_t:
+    int64_t old                 # the isolated folio
+    int64_t new                 # its target frame, -1 none yet
+    int32_t mm                  # where the caller found it (the anon rmap walk starts there)
+    int32_t rc                  # 0 migrated, MIG_RC_NONE pending, or a negative errno
+    uint64_t va
+
+
+ctypedef struct mig_map_t:      # one pte turned into a migration entry
+    int64_t page                # index into the batch
+    int32_t mm
+    int32_t pad
+    uint64_t va
+
+
+# ---- nodes -----------------------------------------------------------------
+
+cdef inline int32_t node_of(engine_t *e, int64_t pfn) noexcept nogil:
+    # page_to_nid(): nodes own contiguous pfn ranges, so no per-frame field.
+    if e.nnodes <= 1:
+        return 0
+    return <int32_t>(pfn // e.node_span)
+
+
+cdef inline int32_t cpu_node(engine_t *e, int cpu) noexcept nogil:
+    # cpu_to_node(): CPUs spread evenly over the nodes, in order.
+    if e.nnodes <= 1:
+        return 0
+    return <int32_t>((<int64_t>cpu * e.nnodes) // e.ncpus)
+
+
+cdef inline int64_t node_end(engine_t *e, int32_t n) noexcept nogil:
+    cdef int64_t end = (n + 1) * e.node_span
+    return end if end < e.nframes else e.nframes
+
+
+cdef int64_t node_take_one(engine_t *e, int32_t n) noexcept nogil:
+    cdef int64_t pfn
+    if e.node_free[n] > 0:
+        pfn = e.node_free[n] - 1
+        e.node_free[n] = <int64_t>e.version[pfn]
+        return pfn
+    if e.node_next[n] < node_end(e, n):
+        pfn = e.node_next[n]
+        e.node_next[n] += 1
+        return pfn
+    return -1
+
+
+cdef int64_t node_frame_take(engine_t *e) noexcept nogil:
+    """A free frame for frame_alloc(): on e.alloc_node only (__GFP_THISNODE),
+    or, with no node asked for, from node 0 on (the zonelist fallback of a
+    task on node 0: mmemu keeps no per-task policy)."""
+    cdef int32_t n
+    cdef int64_t pfn
+    if e.alloc_node >= 0:
+        return node_take_one(e, e.alloc_node)
+    for n in range(e.nnodes):
+        pfn = node_take_one(e, n)
+        if pfn >= 0:
+            return pfn
+    return -1
+
+
+cdef void node_frame_put(engine_t *e, int64_t pfn) noexcept nogil:
+    cdef int32_t n = node_of(e, pfn)
+    e.version[pfn] = <uint64_t>e.node_free[n]
+    e.node_free[n] = pfn + 1
+
+
+cdef int64_t frame_alloc_on(engine_t *e, int32_t node) noexcept nogil:
+    """alloc_migration_target() with __GFP_THISNODE: a frame of `node` or -1."""
+    cdef int64_t pfn
+    e.alloc_node = node if e.nnodes > 1 else -1
+    pfn = frame_alloc(e)
+    e.alloc_node = -1
+    return pfn
+
+
+# ---- migration entries -----------------------------------------------------
+
+cdef inline uint64_t swp_type_of(uint64_t pte) noexcept nogil:
+    return (pte & SWP_TYPE_MASK) >> SWP_TYPE_SHIFT
+
+
+cdef inline bint is_migration_entry(uint64_t pte) noexcept nogil:
+    cdef uint64_t t = swp_type_of(pte)
+    return pte != 0 and not (pte & PTE_PRESENT) and SWP_MIGRATION_READ <= t <= SWP_MIGRATION_WRITE
+
+
+cdef inline uint64_t make_migration_entry(int64_t pfn, uint64_t kind) noexcept nogil:
+    return (kind << SWP_TYPE_SHIFT) | (<uint64_t>pfn << SWP_OFFSET_SHIFT)
+
+
+cdef inline bint vm_page_prot_writable(engine_t *e, uint64_t flags) noexcept nogil:
+    # vm_page_prot has write only for a shared writable VMA without
+    # writenotify (shmem: no soft-dirty tracking and, before 6.2, uffd-wp
+    # does not count): the root of B15.
+    return (flags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE) \
+        and (flags & (VM_READ | VM_WRITE | VM_EXEC)) != 0 and not flags_want_writenotify(e, flags)
+
+
+cdef int migrate_unmap_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t pfn) noexcept nogil:
+    """try_to_migrate_one() for one pte: 1 when it became a migration entry,
+    0 when the page stays mapped (an exclusive anon page that may be
+    pinned cannot be made shared, 5.19+ 6c287605fd56)."""
+    cdef uint64_t *ptep = pte_offset(e, mm, va, False)
+    cdef uint64_t pte, kind
+    cdef bint anon_exclusive
+    if ptep == NULL or not (ptep[0] & PTE_PRESENT) or <int64_t>pte_pfn(ptep[0]) != pfn:
+        return 0
+    pte = ptep[0]
+    anon_exclusive = e.pol.anon_exclusive != 0 and \
+        (e.fflags[pfn] & (PG_ANON | PG_ANON_EXCLUSIVE)) == (PG_ANON | PG_ANON_EXCLUSIVE)
+    # ptep_clear_flush(): no CPU writes the old page once the entry is in.
+    ptep[0] = 0
+    tlb_flush_page(e, mm.id, va)
+    if pte & PTE_DIRTY:
+        e.fflags[pfn] |= PG_DIRTY          # the dirty state moves to the folio
+    if anon_exclusive:
+        # folio_try_share_anon_rmap_pte(): refused for a maybe-pinned folio
+        # (folio_maybe_dma_pinned: refcount >= GUP_PIN_COUNTING_BIAS).
+        if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
+            ptep[0] = pte
+            return 0
+        e.fflags[pfn] &= ~PG_ANON_EXCLUSIVE
+    # Writable if the pte was; readable_exclusive for a PAE page (5.19+);
+    # else readable. Soft-dirty and uffd-wp ride along in the swp bits.
+    if pte & PTE_WRITE:
+        kind = SWP_MIGRATION_WRITE
+    elif anon_exclusive:
+        kind = SWP_MIGRATION_RX
+    else:
+        kind = SWP_MIGRATION_READ
+    ptep[0] = make_migration_entry(pfn, kind) | (pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+    e.mapcount[pfn] -= 1
+    if e.fflags[pfn] & PG_ANON:
+        mm.rss_anon -= 1
+    put_page(e, pfn, 1)                     # the mapping's reference; the isolation one stays
+    return 1
+
+
+cdef void migrate_restore_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t old, int64_t new) noexcept nogil:
+    """remove_migration_pte(): the entry for `old` at va maps `new` (which is
+    `old` itself when the migration failed). An entry zapped meanwhile
+    (MADV_DONTNEED) is left alone."""
+    cdef uint64_t *ptep = pte_offset(e, mm, va, False)
+    cdef uint64_t ent, kind, pte
+    cdef int32_t vi
+    cdef mm_vma_t *vma
+    if ptep == NULL or not is_migration_entry(ptep[0]) or swp_offset(ptep[0]) != old:
+        return
+    ent = ptep[0]
+    vi = find_vma(mm, va)
+    if vi < 0:
+        ptep[0] = 0
+        return
+    vma = &mm.vmas[vi]
+    kind = swp_type_of(ent)
+    # A new pte from vm_page_prot; writable only if the entry was (and the
+    # VMA still is: maybe_mkwrite, 5.x); soft-dirty from the entry; the
+    # dirty state from the folio.
+    pte = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
+    if vm_page_prot_writable(e, vma.flags):
+        pte |= PTE_WRITE
+    if ent & PTE_SOFT_DIRTY:
+        pte |= PTE_SOFT_DIRTY
+    if e.fflags[new] & PG_DIRTY:
+        pte |= PTE_DIRTY
+    if kind == SWP_MIGRATION_WRITE:
+        if vma.flags & VM_WRITE:
+            pte |= PTE_WRITE
+    elif ent & PTE_UFFD_WP:
+        # pte_mkuffd_wp() write-protects since 6.2; before, a shmem pte keeps
+        # vm_page_prot's write next to its uffd-wp bit: B15.
+        pte |= PTE_UFFD_WP
+        if e.pol.uffd_wp_writenotify:
+            pte &= ~PTE_WRITE
+    if e.fflags[new] & PG_ANON:
+        # RMAP_EXCLUSIVE unless the entry was merely readable (5.19+).
+        if e.pol.anon_exclusive and kind != SWP_MIGRATION_READ:
+            e.fflags[new] |= PG_ANON_EXCLUSIVE
+        mm.rss_anon += 1
+    e.mapcount[new] += 1
+    e.refcount[new] += 1
+    ptep[0] = pte
+
+
+cdef int rmap_add(mig_map_t **maps, int64_t *n, int64_t *cap, int64_t page, int32_t mm,
+                  uint64_t va) noexcept nogil:
+    cdef mig_map_t *q
+    cdef int64_t c
+    if n[0] == cap[0]:
+        c = cap[0] * 2 + 16
+        q = <mig_map_t *>realloc(maps[0], c * sizeof(mig_map_t))
+        if q == NULL:
+            return -1
+        maps[0], cap[0] = q, c
+    maps[0][n[0]].page = page
+    maps[0][n[0]].mm = mm
+    maps[0][n[0]].va = va
+    n[0] += 1
+    return 0
+
+
+cdef int rmap_collect(engine_t *e, mig_page_t *pg, int64_t page, mig_map_t **maps, int64_t *n,
+                      int64_t *cap) noexcept nogil:
+    """The ptes mapping pg.old (rmap_walk): a page-cache folio through each
+    VMA of its file at its index; an anon one at the address it was found,
+    then, if mapcount says there are more (fork, MPOL_MF_MOVE_ALL), by a walk
+    of every mm's anon VMAs. -1 if the host is out of memory."""
+    cdef int64_t pfn = pg.old, found = 0, i, i0, i1
+    cdef int32_t mi, vi
+    cdef mm_t *m
+    cdef mm_vma_t *v
+    cdef uint64_t va, index, stop
+    cdef uint64_t *ptep
+    cdef uint64_t *t
+    if e.fflags[pfn] & PG_FILE:
+        index = e.index[pfn]
+        for mi in range(e.nmm):
+            m = &e.mms[mi]
+            if not m.alive:
+                continue
+            for vi in range(m.nvma):
+                v = &m.vmas[vi]
+                if v.file != e.mapping[pfn] or index < v.pgoff \
+                        or index >= v.pgoff + ((v.end - v.start) >> MM_PAGE_SHIFT):
+                    continue
+                va = v.start + ((index - v.pgoff) << MM_PAGE_SHIFT)
+                ptep = pte_offset(e, m, va, False)
+                if ptep != NULL and ptep[0] & PTE_PRESENT and not (ptep[0] & PTE_SPECIAL) \
+                        and <int64_t>pte_pfn(ptep[0]) == pfn:
+                    if rmap_add(maps, n, cap, page, m.id, va) < 0:
+                        return -1
+        return 0
+    m = &e.mms[pg.mm]
+    ptep = pte_offset(e, m, pg.va, False)
+    if ptep != NULL and ptep[0] & PTE_PRESENT and <int64_t>pte_pfn(ptep[0]) == pfn:
+        if rmap_add(maps, n, cap, page, m.id, pg.va) < 0:
+            return -1
+        found = 1
+    if found >= e.mapcount[pfn]:
+        return 0
+    for mi in range(e.nmm):
+        m = &e.mms[mi]
+        if not m.alive:
+            continue
+        for vi in range(m.nvma):
+            v = &m.vmas[vi]
+            if not v.anon_vma:
+                continue
+            va = v.start
+            while va < v.end:
+                t = leaf_or_skip(e, m.pgd, va, &stop)
+                if t == NULL:
+                    va = stop
+                    continue
+                stop = block_end(va, v.end)
+                i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+                i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+                for i in range(i0, i1):
+                    if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and <int64_t>pte_pfn(t[i]) == pfn \
+                            and not (mi == pg.mm and va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT) == pg.va):
+                        if rmap_add(maps, n, cap, page, m.id, va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT)) < 0:
+                            return -1
+                va = stop
+    return 0
+
+
+cdef int migrate_move(engine_t *e, int64_t old, int64_t new) noexcept nogil:
+    """move_to_new_folio(): after the unmap the folio may hold only the
+    isolation reference and its cache's (folio_migrate_mapping's expected
+    count); anything else (a GUP reference or pin, a per-CPU LRU batch) is
+    -EAGAIN. The contents and the folio's state move to `new`."""
+    cdef uint16_t ff = e.fflags[old]
+    cdef int32_t cache_refs = 1 if ff & (PG_SWAPCACHE | PG_FILE) else 0
+    cdef uint16_t moved = PG_ANON | PG_DIRTY | PG_UPTODATE | PG_SWAPCACHE | PG_FILE | PG_LAZYFREE \
+        | PG_KSM | PG_LRU | PG_BYTES
+    cdef uint64_t *cs
+    if e.mapcount[old] != 0 or e.refcount[old] != 1 + cache_refs:
+        return -CORE_EAGAIN
+    # The byte store slot changes hands: no copy (the old frame is freed).
+    e.version[new] = e.version[old]
+    e.version[old] = 0
+    e.fflags[new] |= ff & moved
+    e.fflags[old] = ff & ~moved
+    e.mapping[new] = e.mapping[old]
+    e.index[new] = e.index[old]
+    if ff & PG_SWAPCACHE:
+        e.swap_cache[e.index[old]] = new + 1
+    if ff & PG_FILE:
+        cs = cache_slot(e, file_of(e, e.mapping[old]), e.index[old], False)
+        if cs != NULL:
+            cs[0] = pfn_pte(new) | PTE_PRESENT
+    e.mapping[old] = 0
+    e.index[old] = 0
+    e.refcount[new] += cache_refs
+    e.refcount[old] -= cache_refs
+    return 0
+
+
+cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t node, int32_t caller,
+                           int *nomem) noexcept nogil:
+    """migrate_pages() of isolated folios to `node`: each page's rc becomes 0
+    or a negative errno; returns how many failed. *nomem when a target frame
+    could not be had (the rest is put back, and the call fails ENOMEM)."""
+    cdef mig_map_t *maps = NULL
+    cdef int64_t nmaps = 0, cap = 0, k, j, j0, failed = 0, target
+    cdef bint local = True
+    cdef mig_page_t *pg
+    cdef mm_t *m
+    cdef int64_t *first = <int64_t *>malloc((n + 1) * sizeof(int64_t))
+    if first == NULL:
+        nomem[0] = 1
+        for k in range(n):
+            pages[k].rc = -CORE_ENOMEM
+            e.fflags[pages[k].old] &= ~PG_ISOLATED
+            put_page(e, pages[k].old, 1)
+        return n
+    # 1. migrate_folio_unmap(): a target frame, then every pte an entry.
+    for k in range(n):
+        pg = &pages[k]
+        first[k] = nmaps
+        if nomem[0]:
+            pg.rc = -CORE_ENOMEM
+            continue
+        pg.new = frame_alloc_on(e, node)
+        if pg.new < 0 or rmap_collect(e, pg, k, &maps, &nmaps, &cap) < 0:
+            nomem[0] = 1
+            pg.rc = -CORE_ENOMEM
+            nmaps = first[k]
+            continue
+        for j in range(first[k], nmaps):
+            m = &e.mms[maps[j].mm]
+            if maps[j].mm != caller:
+                local = False
+            if not migrate_unmap_pte(e, m, maps[j].va, pg.old):
+                pg.rc = -CORE_EAGAIN        # try_to_migrate() left it mapped
+        if pg.rc == MIG_RC_NONE and e.mapcount[pg.old] != 0:
+            pg.rc = -CORE_EAGAIN
+    first[n] = nmaps
+    if nmaps and local:
+        # Between unmap and move: a fault on an entry waits (only the
+        # caller's mm holds entries, and it keeps its mmap_lock).
+        sched_point(e, SP_MIGRATION_UNMAPPED, caller, pages[0].va, <uint64_t>node)
+    # 2. move_to_new_folio() + remove_migration_ptes(), or put back.
+    for k in range(n):
+        pg = &pages[k]
+        if pg.rc == MIG_RC_NONE:
+            pg.rc = migrate_move(e, pg.old, pg.new)
+        target = pg.new if pg.rc == 0 else pg.old
+        for j in range(first[k], first[k + 1]):
+            migrate_restore_pte(e, &e.mms[maps[j].mm], maps[j].va, pg.old, target)
+        if pg.rc != 0:
+            failed += 1
+            if pg.new >= 0:
+                put_page(e, pg.new, 1)
+                pg.new = -1
+        else:
+            e.fflags[pg.new] &= ~PG_ISOLATED
+            put_page(e, pg.new, 1)          # the allocation's reference: putback
+        e.fflags[pg.old] &= ~PG_ISOLATED
+        put_page(e, pg.old, 1)              # the isolation reference (frees a migrated folio)
+    free(maps)
+    free(first)
+    return failed
+
+
+# ---- move_pages(2) -----------------------------------------------------------
+
+cdef int add_page_for_migration(engine_t *e, mm_t *mm, uint64_t va, int32_t node, bint move_all,
+                                int64_t *pfn_out) noexcept nogil:
+    """add_folio_for_migration(): 1 queued (isolated, +1 reference), 0 already
+    on the node, or a negative errno for the status array."""
+    cdef int32_t vi = find_vma(mm, va)
+    cdef uint64_t *ptep
+    cdef int64_t pfn
+    if vi < 0 or mm.vmas[vi].flags & (VM_IO | VM_PFNMAP):
+        return -CORE_EFAULT                 # vma_lookup() / vma_migratable()
+    ptep = pte_offset(e, mm, va, False)
+    if ptep == NULL or not (ptep[0] & PTE_PRESENT):
+        return -CORE_ENOENT                 # nothing mapped (none, swap, marker, migrating)
+    if ptep[0] & PTE_SPECIAL:
+        return -CORE_EFAULT                 # the zero page (FOLL_DUMP / is_zero_folio)
+    pfn = <int64_t>pte_pfn(ptep[0])
+    if node_of(e, pfn) == node:
+        return 0
+    if e.mapcount[pfn] > 1 and not move_all:
+        return -CORE_EACCES                 # shared with another mapping: MPOL_MF_MOVE_ALL only
+    if e.fflags[pfn] & PG_ISOLATED:
+        return -CORE_EBUSY                  # folio_isolate_lru() fails: already queued
+    e.fflags[pfn] |= PG_ISOLATED
+    e.refcount[pfn] += 1
+    pfn_out[0] = pfn
+    return 1
+
+
+cdef int64_t do_pages_move(engine_t *e, mm_t *mm, const uint64_t *addrs, const int32_t *nodes,
+                           int32_t *status, int64_t n, bint move_all) noexcept nogil:
+    """do_pages_move(): 0, the number of pages not migrated, or a negative
+    errno for the call (pages before the failure keep what was done)."""
+    cdef mig_page_t *q = <mig_page_t *>malloc((n + 1) * sizeof(mig_page_t))
+    cdef int64_t *qidx = <int64_t *>malloc((n + 1) * sizeof(int64_t))
+    cdef int64_t nq = 0, i = 0, k, err = 0, err1, pfn = -1
+    cdef int32_t current = -1, node
+    cdef int c
+    cdef bint out = False
+    if q == NULL or qidx == NULL:
+        free(q)
+        free(qidx)
+        return -CORE_ENOMEM
+    for c in range(e.ncpus):
+        lru_drain(e, c)                     # lru_cache_disable(): fresh pages reach the LRU
+    while i < n:
+        node = nodes[i]
+        if node < 0 or node >= e.nnodes:
+            err = -CORE_ENODEV              # beyond MAX_NUMNODES, or no memory there
+            break
+        if current == -1:
+            current = node
+        elif node != current:
+            err = flush_queue(e, q, qidx, &nq, current, status, mm.id, i, n)
+            if err:
+                out = True
+                break
+            current = node
+        err = add_page_for_migration(e, mm, addrs[i], current, move_all, &pfn)
+        if err > 0:
+            q[nq].old, q[nq].new, q[nq].mm, q[nq].rc, q[nq].va = pfn, -1, mm.id, MIG_RC_NONE, addrs[i]
+            qidx[nq] = i
+            nq += 1
+            i += 1
+            continue
+        status[i] = <int32_t>(err if err else current)
+        err = flush_queue(e, q, qidx, &nq, current, status, mm.id, i, n)
+        if err:
+            if err > 0:
+                err -= 1                    # page i is accounted for
+            out = True
+            break
+        current = -1
+        i += 1
+    if not out:
+        # out_flush: the queue goes, an earlier error stays.
+        err1 = flush_queue(e, q, qidx, &nq, current, status, mm.id, i, n)
+        if err >= 0:
+            err = err1
+    free(q)
+    free(qidx)
+    return err
+
+
+cdef int64_t flush_queue(engine_t *e, mig_page_t *q, const int64_t *qidx, int64_t *nq, int32_t node,
+                         int32_t *status, int32_t caller, int64_t i, int64_t n) noexcept nogil:
+    """move_pages_and_store_status() for the queue [start, i)."""
+    cdef int nomem = 0
+    cdef int64_t failed, k, cnt = nq[0]
+    if cnt == 0:
+        return 0
+    failed = migrate_batch(e, q, cnt, node, caller, &nomem)
+    nq[0] = 0
+    if nomem:
+        return -CORE_ENOMEM
+    if failed:
+        # Linux leaves this batch's status unwritten and counts the pages
+        # never tried too; mmemu writes each page's outcome (its node, or
+        # migrate_pages' -EAGAIN), which is what the caller's slots hide.
+        for k in range(cnt):
+            status[qidx[k]] = node if q[k].rc == 0 else q[k].rc
+        return failed + (n - i)
+    for k in range(cnt):
+        status[qidx[k]] = node
+    return 0
+
+
+cdef void do_pages_stat(engine_t *e, mm_t *mm, const uint64_t *addrs, int32_t *status,
+                        int64_t n) noexcept nogil:
+    """do_pages_stat_array(): each page's node, -EFAULT (no VMA, zero page)
+    or -ENOENT (nothing present)."""
+    cdef int64_t i
+    cdef uint64_t *ptep
+    for i in range(n):
+        if find_vma(mm, addrs[i]) < 0:
+            status[i] = -CORE_EFAULT
+            continue
+        ptep = pte_offset(e, mm, addrs[i], False)
+        if ptep == NULL or not (ptep[0] & PTE_PRESENT):
+            status[i] = -CORE_ENOENT
+        elif ptep[0] & PTE_SPECIAL:
+            status[i] = -CORE_EFAULT
+        else:
+            status[i] = node_of(e, <int64_t>pte_pfn(ptep[0]))
+
+
+# ---- mbind(MPOL_BIND, MPOL_MF_MOVE[_ALL]) ------------------------------------
+
+cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end, uint64_t nodemask,
+                        bint move_all, int64_t *nr_failed) noexcept nogil:
+    """queue_pages_range(MPOL_MF_INVERT) + migrate_pages() for MPOL_BIND: the
+    pages in [start, end) off the nodemask go to the CPU's node if it is in
+    the mask, else to the first node of the mask with room. A page mapped
+    more than once is skipped without MOVE_ALL (counted failed, for
+    MPOL_MF_STRICT), as is one no bound node has room for. Returns pages
+    migrated."""
+    cdef uint64_t va = start, stop
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, pfn, nq = 0, cap = 0, moved = 0, k, failed
+    cdef mig_page_t *q = NULL
+    cdef mig_page_t *r
+    cdef int32_t n, c
+    cdef int nomem = 0
+    for c in range(e.ncpus):
+        lru_drain(e, c)
+    while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
+        stop = block_end(va, end)
+        i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+        i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+        for i in range(i0, i1):
+            if not (t[i] & PTE_PRESENT) or t[i] & PTE_SPECIAL:
+                continue
+            pfn = <int64_t>pte_pfn(t[i])
+            if nodemask >> node_of(e, pfn) & 1 or e.fflags[pfn] & PG_ISOLATED:
+                continue
+            if e.mapcount[pfn] > 1 and not move_all:
+                nr_failed[0] += 1           # migrate_folio_add() leaves a shared folio
+                continue
+            if nq == cap:
+                cap = cap * 2 + 64
+                r = <mig_page_t *>realloc(q, cap * sizeof(mig_page_t))
+                if r == NULL:
+                    break
+                q = r
+            e.fflags[pfn] |= PG_ISOLATED
+            e.refcount[pfn] += 1
+            q[nq].old, q[nq].new, q[nq].mm, q[nq].rc = pfn, -1, mm.id, MIG_RC_NONE
+            q[nq].va = va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT)
+            nq += 1
+        va = stop
+    # alloc_migration_target_by_mpol(): the local node if the mask has it,
+    # else the mask's nodes in order, each while it has a free frame.
+    n = cpu_node(e, cpu)
+    k = 0
+    while k < nq:
+        if not (nodemask >> n & 1 and node_has_free(e, n)):
+            n = -1
+            for c in range(e.nnodes):
+                if nodemask >> c & 1 and node_has_free(e, c):
+                    n = c
+                    break
+        if n < 0:
+            break
+        failed = migrate_batch(e, q + k, 1, n, mm.id, &nomem)
+        nomem = 0
+        nr_failed[0] += failed
+        moved += 1 - failed
+        k += 1
+    while k < nq:                           # no room on any bound node: put back
+        e.fflags[q[k].old] &= ~PG_ISOLATED
+        put_page(e, q[k].old, 1)
+        nr_failed[0] += 1
+        k += 1
+    free(q)
+    return moved
+
+
+cdef inline bint node_has_free(engine_t *e, int32_t n) noexcept nogil:
+    if e.nnodes <= 1:
+        return e.nr_free > e.nr_pgtable
+    return e.node_free[n] > 0 or e.node_next[n] < node_end(e, n)
+
+
+# ---- NUMA hinting ------------------------------------------------------------
+
+cdef int64_t change_prot_numa(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """change_prot_numa() over [start, end) (task_numa_work's scan): present
+    ptes of accessible VMAs become PROT_NONE hints; the zero page and KSM
+    pages are left alone. Before 6.2 the hint keeps the pte's write bit
+    (x86 savedwrite, b191f9b106ea); since 6a56ccbcf6c6 it drops it.
+    Returns ptes changed."""
+    cdef int32_t vi
+    cdef mm_vma_t *vma
+    cdef uint64_t va, vs, ve, stop, pte
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1, n = 0
+    for vi in range(mm.nvma):
+        vma = &mm.vmas[vi]
+        vs = vma.start if vma.start > start else start
+        ve = vma.end if vma.end < end else end
+        # task_numa_work(): migratable, accessible VMAs only.
+        if vs >= ve or not (vma.flags & (VM_READ | VM_WRITE | VM_EXEC)) \
+                or vma.flags & (VM_IO | VM_PFNMAP | VM_MIXEDMAP | VM_HUGETLB):
+            continue
+        va = vs
+        while va < ve:
+            t = leaf_or_skip(e, mm.pgd, va, &stop)
+            if t == NULL:
+                va = stop
+                continue
+            stop = block_end(va, ve)
+            i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+            i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+            for i in range(i0, i1):
+                pte = t[i]
+                if not (pte & PTE_PRESENT) or pte & (PTE_SPECIAL | PTE_PROTNONE) \
+                        or e.fflags[pte_pfn(pte)] & PG_KSM:
+                    continue
+                pte |= PTE_PROTNONE
+                if e.pol.numa_hint_upgrade:
+                    pte &= ~PTE_WRITE
+                t[i] = pte
+                n += 1
+            va = stop
+    if n:
+        tlb_flush_range(e, mm.id, start, end)
+    return n
+
+
+cdef inline bint can_change_pte_writable(engine_t *e, uint64_t vmflags, uint64_t pte) noexcept nogil:
+    # mm/mprotect.c can_change_pte_writable() (6.0+): not uffd-wp, soft-dirty
+    # tracking satisfied; a private pte maps an exclusive anon page, a
+    # shared one is dirty already.
+    cdef int64_t pfn = <int64_t>pte_pfn(pte)
+    if not (vmflags & VM_WRITE) or pte & (PTE_UFFD_WP | PTE_SPECIAL | PTE_PROTNONE):
+        return False
+    if vma_soft_dirty_tracking(e, vmflags) and not (pte & PTE_SOFT_DIRTY):
+        return False
+    if not (vmflags & VM_SHARED):
+        return (e.fflags[pfn] & (PG_ANON | PG_ANON_EXCLUSIVE)) == (PG_ANON | PG_ANON_EXCLUSIVE)
+    return (pte & PTE_DIRTY) != 0
+
+
+cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                      uint64_t *ptep) noexcept nogil:
+    """A fault on a NUMA-hinting PROT_NONE pte (do_numa_page): the folio moves
+    to the faulting CPU's node when it is elsewhere and mapped once (the
+    first hint decides: mmemu keeps no last_cpupid), else the pte is rebuilt
+    from vm_page_prot. Always 0: the access retries."""
+    cdef uint64_t orig = ptep[0], pte
+    cdef int64_t pfn = <int64_t>pte_pfn(orig)
+    cdef int32_t target = cpu_node(e, cpu)
+    cdef mig_page_t pg
+    cdef int nomem = 0
+    cdef bint writable
+    # pte_modify(old, vm_page_prot): the hint and write go, vm_page_prot's
+    # write comes back (shmem before 6.2 keeps its uffd-wp bit too: B15).
+    pte = (orig & ~(PTE_PROTNONE | PTE_WRITE)) | vma_prot_bits(vma.flags) | PTE_YOUNG
+    writable = vm_page_prot_writable(e, vma.flags)
+    if e.pol.numa_hint_upgrade:
+        if not writable and can_change_pte_writable(e, vma.flags, pte):
+            writable = True
+    elif orig & PTE_WRITE:
+        writable = True                     # pte_savedwrite()
+    if e.nnodes > 1 and node_of(e, pfn) != target and e.mapcount[pfn] == 1 \
+            and not (e.fflags[pfn] & (PG_KSM | PG_ISOLATED)):
+        # migrate_misplaced_folio(): the PTL is dropped, the folio isolated.
+        pg.old, pg.new, pg.mm, pg.rc, pg.va = pfn, -1, mm.id, MIG_RC_NONE, va
+        e.fflags[pfn] |= PG_ISOLATED
+        e.refcount[pfn] += 1
+        if migrate_batch(e, &pg, 1, target, mm.id, &nomem) == 0 or ptep[0] != orig:
+            return 0                        # migrated, or the pte changed meanwhile: retry
+        if e.pol.numa_hint_upgrade:
+            writable = vm_page_prot_writable(e, vma.flags)   # 6.2+: writable = false after unlock
+    if writable:
+        pte |= PTE_WRITE
+    ptep[0] = pte
+    return 0

@@ -1,0 +1,168 @@
+"""Migration scenarios: S77 (migration with exclusivity and pins) and the
+migration and NUMA-hinting paths of S57 (B15), scenarios.md; rules in
+semantics.md section 14.
+
+Each case runs on a two-node copy of the harness's machine (same kernel,
+backports, memory and swap): the harness's machines have one node.
+"""
+from .. import constants as C
+from .. import uffd as U
+from ..machine import Machine
+from . import check, scenario
+from .uffd_cases import (F_WP, FLAG_WP, FLAG_WRITE, PAGE, PRIV, PROTECT, RO, RW, WP, _area,
+                         _one_fault, _try, _uffd, needs, uffd_scenario)
+
+MOVE = C.MPOL_MF_MOVE
+
+
+def _numa(m):
+    """The harness's machine, with two NUMA nodes (CPU 0 on node 0, CPU 1 on node 1)."""
+    return Machine(kernel=m.kernel, backports=m.policy.backports, memory=m.memory, swap=m.swap,
+                   seed=m.seed, tlb=m.tlb, nodes=2)
+
+
+def _moved(p, addr, node, what):
+    st = p.move_pages([addr], [node], MOVE)
+    check(st == [node] and st.not_migrated == 0, f"{what}: move_pages gave {st} "
+          f"(not migrated: {st.not_migrated}), expected [{node}]")
+
+
+def _exclusive(m, pfn):
+    return "anon_exclusive" in m.frame(pfn).flags
+
+
+@scenario("S77", "migrate-exclusive", "migration keeps an exclusive page exclusive (S77)")
+def migrate_exclusive(m):
+    """A written page made R/O by mprotect migrates: new frame, same data. In
+    5.19+ its migration entry is readable-exclusive, so the new page is
+    PageAnonExclusive; mprotect(RW) then maps it writable at once (6.0+) and
+    the write reuses it in every era. If the RX entry were lost, the page
+    would come back shared: no upgrade in 6.0+ and a refcount decision on
+    the write."""
+    m = _numa(m)
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"mig")
+    p.mprotect(P, PAGE, RO)
+    pfn0 = p.pagemap(P).pfn
+    check(m.node_of(pfn0) == 0, "a fresh page is allocated on node 0")
+    _moved(p, P, 1, "an exclusive R/O page")
+    pfn1 = p.pagemap(P).pfn
+    check(pfn1 != pfn0 and m.node_of(pfn1) == 1, f"the page must move to node 1 (pfn {pfn0} -> {pfn1})")
+    check(p.read(P, 3) == b"mig", "migration must keep the data")
+    check(_exclusive(m, pfn1) == bool(m.policy.anon_exclusive),
+          "5.19+: the readable-exclusive entry makes the new page PageAnonExclusive (and only then)")
+    check(p.move_pages([P]) == [1], "move_pages(nodes=NULL) reports the new node")
+    p.mprotect(P, PAGE, RW)
+    f0 = p.minflt
+    p.write(P, b"W")
+    check(p.minflt - f0 == (0 if m.policy.mprotect_upgrade else 1),
+          f"mprotect(RW) of the migrated exclusive page: {p.minflt - f0} write faults")
+    check(p.pagemap(P).pfn == pfn1, "the write must reuse the migrated page, not copy it")
+    m.check()
+
+
+@scenario("S77", "migrate-pinned", "a pinned page refuses to migrate (S77)")
+def migrate_pinned(m):
+    """A FOLL_PIN'd page cannot move: 5.19+ try_to_migrate refuses to share a
+    maybe-pinned exclusive page; before, the unmap happens and the reference
+    count check fails (-EAGAIN), and the old page is mapped back. Either way
+    the pin and the process keep one page: a write through the mapping shows
+    in the pinned frame. If it moved, the pin would hold a stale copy."""
+    m = _numa(m)
+    p = m.spawn()
+    P = p.mmap(0, 2 * PAGE, RW, PRIV)
+    p.write(P, b"a")
+    p.write(P + PAGE, b"b")
+    pin = p.pin_user_pages(P, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    pfn0 = p.pagemap(P).pfn
+    st = p.move_pages([P, P + PAGE], [1, 1], MOVE)
+    check(st.not_migrated == 1 and st[0] == -C_EAGAIN and st[1] == 1,
+          f"the pinned page must not migrate, the other must (status {st}, not migrated "
+          f"{st.not_migrated})")
+    check(p.pagemap(P).pfn == pfn0 and m.node_of(pfn0) == 0, "the pinned page stays where it was")
+    p.write(P, b"X")
+    check(pin.read(0, 1) == b"X", "the pin must see the process's write (same page)")
+    check(_exclusive(m, pfn0) == bool(m.policy.anon_exclusive),
+          "a page that failed to migrate keeps PageAnonExclusive (5.19+)")
+    pin.release()
+    _moved(p, P, 1, "the page once unpinned")
+    m.check()
+
+
+@scenario("S77", "migrate-shared", "a page shared after fork needs MPOL_MF_MOVE_ALL (S77)")
+def migrate_shared(m):
+    """A page both parent and child map is -EACCES without MOVE_ALL; with it,
+    both ptes move to the new frame (the rmap walk finds the child's), read
+    only, and the next write still breaks COW."""
+    m = _numa(m)
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"s")
+    c = p.fork()
+    st = p.move_pages([P], [1], MOVE)
+    check(st == [-C_EACCES], f"a COW-shared page without MOVE_ALL: status {st}")
+    st = p.move_pages([P], [1], C.MPOL_MF_MOVE_ALL)
+    check(st == [1], f"MPOL_MF_MOVE_ALL moves it: status {st}")
+    pfn = p.pagemap(P).pfn
+    check(c.pagemap(P).pfn == pfn and m.node_of(pfn) == 1, "parent and child map the migrated page")
+    check(not _exclusive(m, pfn), "a shared page is never PageAnonExclusive")
+    c.write(P, b"c")
+    check(p.read(P, 1) == b"s" and c.read(P, 1) == b"c", "COW still separates the two")
+    m.check()
+
+
+C_EAGAIN, C_EACCES = 11, 13
+
+
+def _settle(p):
+    """Other allocations push the fresh page out of CPU 0's per-CPU LRU add
+    batch (a page still there holds an extra reference and cannot be
+    isolated: the NUMA hint leaves it in place)."""
+    n = p.machine.policy.lru_batch
+    p.populate(p.mmap(0, n * PAGE, RW, PRIV), n * PAGE, write=True)
+
+
+def _wp_migrate(m, backing, how):
+    """(shared body) S57 (b) migration / (c) a NUMA hinting cycle of a uffd-wp
+    protected page, then a write that must be reported."""
+    m = _numa(m)
+    p = m.spawn()
+    A = _area(p, backing, 1)
+    S = A.addr
+    u = _uffd(p, F_WP | (U.UFFD_FEATURE_WP_HUGETLBFS_SHMEM if backing != "anon" else 0))
+    u.register(S, PAGE, WP)
+    p.write(S, b"\x01")
+    _settle(p)
+    u.writeprotect(S, PAGE, PROTECT)
+    wp_bit = bool(m.policy.pm_uffd_wp)        # pagemap shows uffd-wp from 5.14
+    check(p.pagemap(S).uffd_wp == wp_bit, "the pte must read uffd-wp")
+    pfn0 = p.pagemap(S).pfn
+    if how == "migrate":
+        _moved(p, S, 1, "the protected page")
+    else:
+        check(m.numa_scan(p, S, PAGE) == 1, "the scan must hint the page")
+        cpu = 1 if how == "numa-remote" else 0
+        p.thread(cpu).read(S, 1)        # the hinting fault (on node 1: migrates the page)
+    pfn1 = p.pagemap(S).pfn
+    check((pfn1 != pfn0) == (how != "numa-local"), f"{how}: pfn {pfn0} -> {pfn1}")
+    check(p.pagemap(S).uffd_wp == wp_bit, f"{how}: the pte must still read uffd-wp")
+    _, wb = _try(lambda: p.write(S, b"\x02"))
+    check(wb is not None, f"the write to a uffd-wp page was not reported after {how}")
+    _one_fault(u, S, FLAG_WRITE | FLAG_WP, f"write after {how}")
+    u.writeprotect(S, PAGE, 0)
+    wb.thread.resume()
+    check(p.read(S, 1) == b"\x02", "the write lands once unprotected")
+
+
+for _how, _sid, _title in (("migrate", "S57b", "migration (move_pages)"),
+                           ("numa-local", "S57c", "a NUMA hinting fault on the page's node"),
+                           ("numa-remote", "S57c", "a NUMA hinting fault that migrates the page")):
+    def _case(m, backing, how=_how):
+        _wp_migrate(m, backing, how)
+    _case.__doc__ = (f"{_title} rebuilds the pte from vm_page_prot: 5.19-6.1's shmem VMA has "
+                     "write there (no writenotify) and pte_mkuffd_wp does not write-protect, so "
+                     "the protected pte comes back writable and the write is not reported (B15). "
+                     "Anon is unaffected (a private vm_page_prot is R/O).")
+    uffd_scenario(_sid, f"uffd-wp-{_how}", f"uffd-wp kept through {_title}", backings=("anon", "shmem"),
+                  bug="B15", fails={"shmem": "5.19-6.1"}, needs=needs(wp=True))(_case)
