@@ -28,6 +28,7 @@ without page tables or refcount arithmetic:
     returns the count not migrated (do_pages_move).
 """
 import errno
+import itertools
 
 import hypothesis.strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -80,12 +81,16 @@ class MProc:
         return self.pages[vpn]
 
     def runs(self):
-        """The VMAs: maximal runs of contiguous vpns with equal attributes."""
+        """The VMAs: maximal runs of contiguous vpns with equal attributes
+        and compatible anon_vmas (is_mergeable_anon_vma: two different ones
+        never merge; none merges with one whose chain is singular, i.e. not
+        inherited through fork)."""
         runs, run, prev = [], [], None
         for vpn in sorted(self.vmas):
             v = self.vmas[vpn]
             key = (v["prot"], v["dontfork"], v["wipe"])
-            if prev is not None and vpn == prev[0] + 1 and key == prev[1]:
+            if prev is not None and vpn == prev[0] + 1 and key == prev[1] \
+                    and _anon_mergeable(self.vmas[prev[0]], v):
                 run.append(vpn)
             else:
                 if run:
@@ -97,18 +102,33 @@ class MProc:
         return runs
 
     def normalize(self):
-        # Merged VMAs share one anon_vma: a run with one marked page is marked.
+        # A merged VMA keeps the anon_vma one of its parts had.
         for run in self.runs():
-            if any(self.vmas[v]["anon_vma"] for v in run):
+            owner = next((self.vmas[v] for v in run if self.vmas[v]["anon_vma"]), None)
+            if owner is not None:
                 for v in run:
-                    self.vmas[v]["anon_vma"] = True
+                    self.vmas[v].update(anon_vma=owner["anon_vma"], single=owner["single"])
 
     def mark_anon_vma(self, vpn):
-        for run in self.runs():
-            if vpn in run:
-                for v in run:
-                    self.vmas[v]["anon_vma"] = True
-                return
+        """anon_vma_prepare(): find_mergeable_anon_vma() takes the next VMA's,
+        then the previous one's, if compatible (the same flags but for the
+        access bits) and not inherited through fork; else a new one."""
+        runs = self.runs()
+        k = next(k for k, run in enumerate(runs) if vpn in run)
+        run = runs[k]
+        if self.vmas[run[0]]["anon_vma"]:
+            return
+        anon = None
+        for j, touches in ((k + 1, lambda r: r[0] == run[-1] + 1), (k - 1, lambda r: r[-1] == run[0] - 1)):
+            if 0 <= j < len(runs) and touches(runs[j]):
+                w = self.vmas[runs[j][0]]
+                mine = self.vmas[run[0]]
+                if w["anon_vma"] and w["single"] and (w["dontfork"], w["wipe"]) == (mine["dontfork"], mine["wipe"]):
+                    anon = w["anon_vma"]
+                    break
+        anon = anon or next(_ANON_IDS)
+        for v in run:
+            self.vmas[v].update(anon_vma=anon, single=True)
 
     def make_exclusive(self, vpn):
         """Write fault semantics: the page this vpn maps, exclusive."""
@@ -136,6 +156,18 @@ class MProc:
         page = self.pages.pop(vpn, None)
         if isinstance(page, Obj):
             page.mapcount -= 1
+
+
+_ANON_IDS = itertools.count(1)
+
+
+def _anon_mergeable(a, b):
+    x, y = a["anon_vma"], b["anon_vma"]
+    if x and y:
+        return x == y
+    if x or y:
+        return (a if x else b)["single"]
+    return True
 
 
 def _chunks(addr, n):
@@ -196,7 +228,7 @@ class EngineVsModel(RuleBasedStateMachine):
         addr = p.eng.mmap(0, npages * PAGE, prot, MAP_PRIVATE | MAP_ANONYMOUS)
         for vpn in range(addr // PAGE, addr // PAGE + npages):
             assert vpn not in p.vmas
-            p.vmas[vpn] = {"prot": prot, "dontfork": False, "wipe": False, "anon_vma": False}
+            p.vmas[vpn] = {"prot": prot, "dontfork": False, "wipe": False, "anon_vma": 0, "single": True}
         self.regions.append((addr, npages))
 
     @precondition(lambda self: self.regions)
@@ -296,10 +328,17 @@ class EngineVsModel(RuleBasedStateMachine):
     def fork(self, i):
         p = self.proc(i)
         child = MProc(p.eng.fork())
+        # anon_vma_fork(): each child VMA gets an anon_vma of its own, chained
+        # to the parent's (so not singular); a wiped VMA gets none.
+        child_anon = {}
+        for run in p.runs():
+            v = p.vmas[run[0]]
+            fresh = next(_ANON_IDS) if v["anon_vma"] and not v["wipe"] else 0
+            child_anon.update((vpn, fresh) for vpn in run)
         for vpn, vma in p.vmas.items():
             if vma["dontfork"]:
                 continue
-            child.vmas[vpn] = dict(vma, anon_vma=vma["anon_vma"] and not vma["wipe"])
+            child.vmas[vpn] = dict(vma, anon_vma=child_anon[vpn], single=not child_anon[vpn])
             if vpn in p.guards and vma["anon_vma"] and not vma["wipe"]:
                 child.guards.add(vpn)
             page = p.pages.get(vpn)
