@@ -192,6 +192,9 @@ typedef struct {
     int32_t tlb_flush_nested;       /* 99baac21e458 (4.13): a batch that overlapped another flushes anyway */
     int32_t pm_marker_swp_type;     /* swap type pagemap shows for a pte marker: 30 5.19-6.1, then 31 */
     int32_t swapin_read_writable;   /* c18160dba5ff (6.11): an exclusive swap-in is writable on a read fault */
+    int32_t ksm_reuse;              /* reuse_ksm_page(): a write may reuse a KSM page (until 09854ba94c6a, 5.9) */
+    int32_t ksm_break_unshare;      /* 6cce3314b928 (6.2): break_ksm() unshares instead of write-faulting */
+    int32_t ksm_checksum_first;     /* d58a361b0350 (6.11): the checksum gate precedes the stable tree search */
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */
