@@ -529,7 +529,9 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
         return -1
     i = <int64_t>(hash & <uint64_t>(k.unstable_cap - 1))
     while k.unstable[i].gen == k.seqnr + 1:
-        if k.unstable[i].hash == hash:
+        # An item merged since it was inserted has left the unstable tree
+        # (remove_rmap_item_from_tree): skipped.
+        if k.unstable[i].hash == hash and k.cur[k.unstable[i].item].node == 0:
             t = &k.cur[k.unstable[i].item]
             tmid = <int32_t>(t.key >> KSM_MM_SHIFT)
             tm = &e.mms[tmid]

@@ -186,5 +186,5 @@ def run(scn, kernel, machine_factory=None):
 
 
 def all_scenarios():
-    from . import cow, files, races, uffd_cases  # noqa: F401  register on import
+    from . import cow, files, ksm, races, uffd_cases  # noqa: F401  register on import
     return list(REGISTRY)
