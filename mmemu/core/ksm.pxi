@@ -35,7 +35,7 @@ ctypedef struct ksm_node_t:
     int64_t pfn                     # -1: stale (the page was freed or reused)
     uint64_t hash
     int32_t nitems                  # rmap_hlist_len
-    int32_t pad
+    int32_t older                   # the next older dup of the same contents + 1 (a stable node chain)
 
 ctypedef struct ksm_unstable_t:
     uint64_t hash
@@ -49,7 +49,8 @@ ctypedef struct ksm_state_t:
     int64_t ncur, cur_cap
     ksm_node_t *nodes
     int64_t nnodes, nodes_cap
-    int32_t *stable                 # open addressing by content hash: node + 1; -1 deleted
+    int32_t *stable                 # open addressing by content hash: the newest node of each
+                                    # contents + 1 (the head of its chain of dups); -1 deleted
     int64_t stable_cap, stable_used
     int64_t *pfn_keys               # pfn -> the newest node made for it (open addressing)
     int32_t *pfn_nodes
@@ -208,8 +209,11 @@ cdef int ksm_stable_rehash(engine_t *e, ksm_state_t *k, int64_t cap) noexcept no
     k.stable_used = 0
     for j in range(k.stable_cap):
         n = k.stable[j] - 1
-        if n < 0 or not ksm_node_valid(e, k, n):
-            continue                # stale nodes leave the tree (as ksm_get_folio prunes them)
+        if n < 0:
+            continue
+        n = ksm_chain_valid(e, k, n)
+        if n < 0:
+            continue                # stale chains leave the tree (as ksm_get_folio prunes them)
         i = <int64_t>(k.nodes[n].hash & <uint64_t>(cap - 1))
         while t[i] != 0:
             i = (i + 1) & (cap - 1)
@@ -223,7 +227,7 @@ cdef int ksm_stable_rehash(engine_t *e, ksm_state_t *k, int64_t cap) noexcept no
 cdef int32_t ksm_stable_insert(engine_t *e, ksm_state_t *k, int64_t kpfn, uint64_t hash) noexcept nogil:
     """stable_tree_insert(): a node for a new KSM page (a chain dup when an
     identical one is full); -1 on host OOM."""
-    cdef int32_t n
+    cdef int32_t n, h
     cdef int64_t i
     if (k.stable_used + 1) * 2 > k.stable_cap:
         if ksm_stable_rehash(e, k, k.stable_cap * 2 if k.stable_cap else 1024) < 0:
@@ -237,6 +241,16 @@ cdef int32_t ksm_stable_insert(engine_t *e, ksm_state_t *k, int64_t kpfn, uint64
     k.nodes[n].pfn = kpfn
     k.nodes[n].hash = hash
     k.nodes[n].nitems = 0
+    k.nodes[n].older = 0
+    i = <int64_t>(hash & <uint64_t>(k.stable_cap - 1))
+    while k.stable[i] != 0:
+        h = k.stable[i] - 1
+        if h >= 0 and k.nodes[h].hash == hash and ksm_chain_valid(e, k, h) >= 0 \
+                and ksm_pages_identical(e, kpfn, k.nodes[ksm_chain_valid(e, k, h)].pfn):
+            k.nodes[n].older = h + 1        # a dup: the chain's new head
+            k.stable[i] = n + 1
+            return n
+        i = (i + 1) & (k.stable_cap - 1)
     i = <int64_t>(hash & <uint64_t>(k.stable_cap - 1))
     while k.stable[i] > 0:
         i = (i + 1) & (k.stable_cap - 1)
@@ -245,34 +259,56 @@ cdef int32_t ksm_stable_insert(engine_t *e, ksm_state_t *k, int64_t kpfn, uint64
     return n
 
 
+cdef int32_t ksm_chain_valid(engine_t *e, ksm_state_t *k, int32_t n) noexcept nogil:
+    """The newest live node of the chain starting at n, -1 if none; stale
+    dups are unlinked on the way (ksm_get_folio prunes them)."""
+    cdef int32_t prev = -1
+    while n >= 0:
+        if ksm_node_valid(e, k, n):
+            return n
+        if prev >= 0:
+            k.nodes[prev].older = k.nodes[n].older
+        prev = n
+        n = k.nodes[n].older - 1
+    return -1
+
+
 cdef int32_t ksm_stable_search(engine_t *e, ksm_state_t *k, int64_t pfn, uint64_t hash) noexcept nogil:
     """stable_tree_search() for a page that is not KSM: the KSM page with the
     same contents that may take another mapping (0 < rmap_hlist_len <
-    max_page_sharing); among chain dups the newest one, as an unpruned
-    chain's hlist gives it first. -1: none."""
+    max_page_sharing), the newest such dup of its chain first, as an
+    unpruned chain's hlist gives them. -1: none."""
     cdef int64_t i
-    cdef int32_t n, found = -1
+    cdef int32_t n, head
     if k.stable_cap == 0:
         return -1
     i = <int64_t>(hash & <uint64_t>(k.stable_cap - 1))
     while k.stable[i] != 0:
         n = k.stable[i] - 1
         if n >= 0 and k.nodes[n].hash == hash:
-            if not ksm_node_valid(e, k, n):
-                k.stable[i] = -1    # a stale node: pruned on the way
-            elif n > found and 0 < k.nodes[n].nitems < k.max_page_sharing \
-                    and ksm_pages_identical(e, pfn, k.nodes[n].pfn):
-                found = n
+            head = ksm_chain_valid(e, k, n)
+            if head < 0:
+                k.stable[i] = -1    # the whole chain is stale: pruned on the way
+            elif ksm_pages_identical(e, pfn, k.nodes[head].pfn):
+                n = head
+                while n >= 0:
+                    if 0 < k.nodes[n].nitems < k.max_page_sharing and ksm_node_valid(e, k, n):
+                        return n
+                    n = k.nodes[n].older - 1
+                return -1
         i = (i + 1) & (k.stable_cap - 1)
-    return found
+    return -1
 
 
-cdef int ksm_unstable_room(ksm_state_t *k) noexcept nogil:
+cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
+    """Room for `want` more unstable entries at load <= 1/2."""
     cdef ksm_unstable_t *t
     cdef int64_t cap, j, i
-    if (k.unstable_used + 1) * 2 <= k.unstable_cap:
+    if (k.unstable_used + want) * 2 <= k.unstable_cap:
         return 0
-    cap = k.unstable_cap * 2 if k.unstable_cap else 1024
+    cap = k.unstable_cap if k.unstable_cap else 1024
+    while (k.unstable_used + want) * 2 > cap:
+        cap *= 2
     t = <ksm_unstable_t *>calloc(cap, sizeof(ksm_unstable_t))
     if t == NULL:
         return -1
@@ -640,6 +676,11 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
             for c in range(e.ncpus):
                 lru_drain(e, c)
             k.mm, k.va = 0, 0
+            # Room for as many unstable entries as the last scan had pages,
+            # so the table does not grow while this one runs.
+            if ksm_unstable_room(k, k.nprev) < 0:
+                k.failed = 1
+                return done
         if k.mm >= e.nmm:
             ksm_scan_end(e, k)
             break
