@@ -34,6 +34,7 @@ include "core/shmem.pxi"
 include "core/range.pxi"
 include "core/migrate.pxi"
 include "core/state.pxi"
+include "core/ksm.pxi"
 
 POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive",
                  "gup_unshare_anon", "gup_unshare_nonanon", "fork_early_cow",
@@ -43,7 +44,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
                  "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable",
-                 "pm_guard_region", "numa_hint_upgrade")
+                 "pm_guard_region", "numa_hint_upgrade", "ksm_reuse", "ksm_break_unshare",
+                 "ksm_checksum_first")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -96,10 +98,14 @@ cdef class Engine:
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
     cdef int32_t file_hint       # no free mapping id below this one
     cdef readonly dict knobs     # the policy this engine was made with
+    cdef ksm_state_t ksm         # ksmd's trees and rmap_items (core/ksm.pxi)
 
     def __cinit__(self, int64_t nframes, int ncpus, dict knobs, int64_t nswap=0):
         cdef mm_policy_t *p
         memset(&self.e, 0, sizeof(engine_t))
+        memset(&self.ksm, 0, sizeof(ksm_state_t))
+        self.ksm.mm = -1
+        self.ksm.max_page_sharing = KSM_MAX_PAGE_SHARING
         self.knobs = dict(knobs)
         if nframes < 16:
             raise ValueError("a machine needs at least 16 frames")
@@ -180,6 +186,9 @@ cdef class Engine:
         p.swapin_read_writable = knobs["swapin_read_writable"]
         p.pm_guard_region = knobs["pm_guard_region"]
         p.numa_hint_upgrade = knobs["numa_hint_upgrade"]
+        p.ksm_reuse = knobs["ksm_reuse"]
+        p.ksm_break_unshare = knobs["ksm_break_unshare"]
+        p.ksm_checksum_first = knobs["ksm_checksum_first"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -204,6 +213,7 @@ cdef class Engine:
 
     def __dealloc__(self):
         cdef int64_t i
+        ksm_free(&self.ksm)
         for i in range(self.e.nbyte_chunks):
             free(self.e.byte_chunks[i])
         free(self.e.byte_chunks)
@@ -296,6 +306,7 @@ cdef class Engine:
                       r.writebacks, r.log_events)
             logs.append(stack_export(r.log, r.nlog, np.int64))
         st["uffd_res"], st["uffd_logs"] = res, logs
+        st.update(self.ksm_get_state())
         return st
 
     def set_state(self, dict st):
@@ -409,6 +420,7 @@ cdef class Engine:
                 r.log_events = st["uffd_res"][j][8]
                 r.nlog = r.caplog = len(st["uffd_logs"][j])
                 r.log = <int64_t *>stack_import(st["uffd_logs"][j], r.nlog, 8) if r.nlog else NULL
+        self.ksm_set_state(st)
 
     def uffd_resolver_source(self, int32_t ctx, object versions, object ring=None):
         """Point a loaded in-core resolver at its source array (and a pager
@@ -500,6 +512,7 @@ cdef class Engine:
         cdef mm_t *m = self._mm(mm)
         cdef gather_t g
         self._cpu(cpu)
+        ksm_mm_exit(&self.ksm, m)           # __ksm_exit(): its rmap_items go now
         lru_drain(&self.e, cpu)
         gather_init(&g, mm, 0, 1ULL << 47)
         zap_range(&self.e, m, 0, 1ULL << 47, &g, False, True)
@@ -1711,6 +1724,101 @@ cdef class Engine:
         with nogil:
             n = change_prot_numa(&self.e, m, start, end)
         return n
+    # ---- KSM (core/ksm.pxi) --------------------------------------------------
+
+    def ksm_scan(self, int cpu, int64_t pages):
+        """ksmd's ksm_do_scan() on `cpu`: up to `pages` rmap_items, or (pages
+        < 0) to the end of the current full scan. (pages looked at, pages_sharing
+        gained by merges)."""
+        cdef int64_t done, before = self.ksm.sharing_added
+        self._cpu(cpu)
+        with nogil:
+            done = ksm_do_scan(&self.e, &self.ksm, cpu, pages if pages >= 0 else INT64_MAX)
+        if self.ksm.failed:
+            self.ksm.failed = 0
+            raise MemoryError("ksm_scan: the host ran out of memory")
+        return done, self.ksm.sharing_added - before
+
+    def ksm_unmerge(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
+        """unmerge_ksm_pages() over [start, end) of one VM_MERGEABLE VMA."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t rc
+        self._cpu(cpu)
+        with nogil:
+            rc = ksm_unmerge_range(&self.e, m, cpu, start, end)
+        if rc < 0:
+            raise oserror(-rc, "madvise", "MADV_UNMERGEABLE: out of memory breaking KSM pages")
+
+    def ksm_stats(self):
+        """/sys/kernel/mm/ksm counters."""
+        return {"pages_shared": self.ksm.pages_shared, "pages_sharing": self.ksm.pages_sharing,
+                "full_scans": self.ksm.seqnr, "pages_scanned": self.ksm.pages_scanned,
+                "max_page_sharing": self.ksm.max_page_sharing,
+                "stable_node_chains_dups": self._ksm_dups()}
+
+    def _ksm_dups(self):
+        # stable nodes that share their contents with another live node
+        cdef int64_t n
+        seen, dups = {}, 0
+        for n in range(self.ksm.nnodes):
+            if ksm_node_valid(&self.e, &self.ksm, <int32_t>n):
+                h = self.ksm.nodes[n].hash
+                seen[h] = seen.get(h, 0) + 1
+        for c in seen.values():
+            if c > 1:
+                dups += c
+        return dups
+
+    def ksm_get_state(self):
+        """KSM's tables as numpy arrays (part of get_state)."""
+        cdef ksm_state_t *k = &self.ksm
+        return {"ksm_prev": stack_export(k.prev + k.prev_pos, (k.nprev - k.prev_pos) * sizeof(ksm_item_t), np.uint8),
+                "ksm_cur": stack_export(k.cur, k.ncur * sizeof(ksm_item_t), np.uint8),
+                "ksm_nodes": stack_export(k.nodes, k.nnodes * sizeof(ksm_node_t), np.uint8),
+                "ksm_stable": stack_export(k.stable, k.stable_cap, np.int32),
+                "ksm_pfn_keys": stack_export(k.pfn_keys, k.pfn_cap, np.int64),
+                "ksm_pfn_nodes": stack_export(k.pfn_nodes, k.pfn_cap, np.int32),
+                "ksm_unstable": stack_export(k.unstable, k.unstable_cap * sizeof(ksm_unstable_t), np.uint8),
+                "ksm_scalars": np.array([k.mm, <int64_t>k.va, k.seqnr, k.pages_shared, k.pages_sharing,
+                                         k.pages_scanned, k.sharing_added, k.max_page_sharing,
+                                         k.stable_used, k.pfn_used, k.unstable_used], np.int64)}
+
+    cdef void *_ksm_load(self, object arr, object dtype, int64_t *count) except? NULL:
+        cdef const uint8_t[::1] raw = np.ascontiguousarray(arr, dtype).view(np.uint8)
+        cdef void *p
+        count[0] = raw.shape[0]
+        p = malloc(max(raw.shape[0], 1))
+        if p == NULL:
+            raise MemoryError()
+        if raw.shape[0]:
+            memcpy(p, &raw[0], raw.shape[0])
+        return p
+
+    def ksm_set_state(self, dict st):
+        """Load what ksm_get_state() gave (a fresh engine; absent keys: no KSM state)."""
+        cdef ksm_state_t *k = &self.ksm
+        cdef int64_t n
+        if "ksm_scalars" not in st:
+            return
+        ksm_free(k)
+        k.prev = <ksm_item_t *>self._ksm_load(st["ksm_prev"], np.uint8, &n)
+        k.nprev = k.prev_cap = n // sizeof(ksm_item_t)
+        k.cur = <ksm_item_t *>self._ksm_load(st["ksm_cur"], np.uint8, &n)
+        k.ncur = k.cur_cap = n // sizeof(ksm_item_t)
+        k.nodes = <ksm_node_t *>self._ksm_load(st["ksm_nodes"], np.uint8, &n)
+        k.nnodes = k.nodes_cap = n // sizeof(ksm_node_t)
+        k.stable = <int32_t *>self._ksm_load(st["ksm_stable"], np.int32, &n)
+        k.stable_cap = n // 4
+        k.pfn_keys = <int64_t *>self._ksm_load(st["ksm_pfn_keys"], np.int64, &n)
+        k.pfn_cap = n // 8
+        k.pfn_nodes = <int32_t *>self._ksm_load(st["ksm_pfn_nodes"], np.int32, &n)
+        k.unstable = <ksm_unstable_t *>self._ksm_load(st["ksm_unstable"], np.uint8, &n)
+        k.unstable_cap = n // sizeof(ksm_unstable_t)
+        sc = [int(x) for x in st["ksm_scalars"]]
+        k.mm, k.va, k.seqnr, k.pages_shared, k.pages_sharing = sc[0], sc[1], sc[2], sc[3], sc[4]
+        k.pages_scanned, k.sharing_added, k.max_page_sharing = sc[5], sc[6], sc[7]
+        k.stable_used, k.pfn_used, k.unstable_used = sc[8], sc[9], sc[10]
 
     # ---- test-only hooks: plant states no kernel path produces -------------
 

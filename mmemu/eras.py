@@ -101,6 +101,10 @@ BASELINE = {
     "mremap_dontunmap_any": 0,    # ... of shared and file mappings too (5.13)
     "pagemap_scan_none_written": 0,  # PAGEMAP_SCAN's generic path counts an empty pte or PMD hole WRITTEN (7.2): B21
     "numa_hint_upgrade": 0,       # do_numa_page: can_change_pte_writable instead of savedwrite (6.2)
+    # KSM (semantics.md 3.5, 13)
+    "ksm_reuse": 1,               # a write fault may reuse a KSM page: reuse_ksm_page() (52d1e606ee73, 5.1) until 5.9
+    "ksm_break_unshare": 0,       # break_ksm() (MADV_UNMERGEABLE) unshares rather than write-faults (6.2)
+    "ksm_checksum_first": 0,      # the checksum gate comes before the stable tree search (6.11)
 }
 
 
@@ -148,8 +152,9 @@ CHANGES = (
     Change("a308c71bf1e6", "5.9", "mm/gup: Remove enfornced COW mechanism",
            {"gup_forced_cow": FORCED_COW_NONE, "foll_cow_rule": FOLL_COW_FORCE_DIRTY},
            bug="B3, B4 fixed"),
+    # It also stops reusing KSM pages (reuse_ksm_page() itself goes in 1a0cf26323c8).
     Change("09854ba94c6a", "5.9", "mm: do_wp_page() simplification",
-           {"wp_reuse": WP_REUSE_REFCOUNT}, bug="B2 fixed for good; B7, B19 introduced"),
+           {"wp_reuse": WP_REUSE_REFCOUNT, "ksm_reuse": 0}, bug="B2 fixed for good; B7, B19 introduced"),
     Change("008cfe4418b3", "5.9", "mm: Introduce mm_struct.has_pinned",
            {"mm_has_pinned": 1}),
     Change("70e806e4e645", "5.9", "mm: Do early cow for pinned pages during fork() for ptes",
@@ -242,6 +247,8 @@ CHANGES = (
            {"numa_hint_upgrade": 1}),
     Change("15520a3f0469", "6.2", "mm: use pte markers for swap errors (SWP_SWAPIN_ERROR goes; "
            "the marker takes type 31, seen on 6.12.118 and 6.18)", {"pm_marker_swp_type": 31}),
+    Change("6cce3314b928", "6.2", "mm/ksm: fix KSM COW breaking with userfaultfd-wp via FAULT_FLAG_UNSHARE",
+           {"ksm_break_unshare": 1}),
     Change("931298e103c2", "6.3", "mm/userfaultfd: rely on vma->vm_page_prot in uffd_wp_range()",
            {"uffd_unprotect_writable": 1}),
     Change("105ff5339f49", "6.3", "mm/memfd: add MFD_NOEXEC_SEAL and MFD_EXEC",
@@ -298,6 +305,8 @@ CHANGES = (
     Change("c18160dba5ff", "6.11", "mm: swap: reuse exclusive folio directly instead of wp page "
            "faults (with 20dfa5b7adc5's soft-dirty test; release inferred from June 2024)",
            {"swapin_read_writable": 1}),
+    Change("d58a361b0350", "6.11", "mm/ksm: don't waste time searching stable tree for fast changing page",
+           {"ksm_checksum_first": 1}),
     Change("95567729173e", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race",
            {"uffd_eagain_result": 1},
            stable={"6.12": Stable(UNCONFIRMED, 29)}, aliases=("uffd-eagain-output-field",)),

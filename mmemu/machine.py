@@ -215,6 +215,37 @@ class Machine:
             raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
         return self._engine.reclaim(cpu, npages)
 
+    def ksm_scan(self, pages: int | None = None, cpu: int = 0) -> int:
+        """Run ksmd (mm/ksm.c ksm_do_scan) on `cpu`: look at up to `pages`
+        anonymous pages of MADV_MERGEABLE VMAs, or with None at every page
+        left in the current full scan. A scan always stops where a full scan
+        ends, as ksmd's does. Returns the pages merged: each a mapping that
+        now shares a KSM page with another (what pages_sharing counts; two
+        identical pages merging count 1).
+
+        Deterministic: VMAs are walked in mm id, then address order, and a
+        page joins the unstable tree only once its checksum held over one
+        full scan, so two identical pages merge on the second full scan
+        (ksm_scan(); ksm_scan()). Modelled and not: mmemu/core/ksm.pxi."""
+        cpu = self._cpu_arg(cpu, "ksm_scan")
+        if pages is None:
+            budget = -1
+        else:
+            budget = A.size(pages, "ksm_scan", "pages")
+            if budget >= 1 << 62:
+                raise ValueError("ksm_scan: pages beyond 2^62")
+        return self._engine.ksm_scan(cpu, budget)[1]
+
+    def ksm_stats(self) -> dict[str, int]:
+        """What /sys/kernel/mm/ksm shows: pages_shared (KSM pages in use),
+        pages_sharing (further mappings of them), full_scans, pages_scanned,
+        max_page_sharing. Kept as the kernel keeps them: a KSM mapping that
+        was COWed away stops counting when ksmd next visits its address (or
+        its process exits)."""
+        st = self._engine.ksm_stats()
+        st.pop("stable_node_chains_dups")
+        return st
+
     def _digest_into(self, h) -> None:
         """Feed the whole machine state into hash h (the explorer's state
         key): the core's arrays but its counters, and the Python tables."""

@@ -118,8 +118,9 @@ _MADV_LATER = {
 }
 
 
-# Advice that only sets or clears VMA flags: (set, clear). MADV_MERGEABLE is
-# accepted but ksmd is not modelled, so nothing merges.
+# Advice that only sets or clears VMA flags: (set, clear). MADV_MERGEABLE only
+# marks the VMA (Machine.ksm_scan is ksmd); MADV_UNMERGEABLE breaks the KSM
+# pages first (ksm_madvise).
 _MADV_ZAP = (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_FREE, C.MADV_REMOVE)
 _FLAG_ADVICE = {
     C.MADV_DONTFORK: (VM_DONTCOPY, 0), C.MADV_DOFORK: (0, VM_DONTCOPY),
@@ -130,6 +131,13 @@ _FLAG_ADVICE = {
     C.MADV_SEQUENTIAL: (VM_SEQ_READ, VM_RAND_READ), C.MADV_RANDOM: (VM_RAND_READ, VM_SEQ_READ),
     C.MADV_NORMAL: (0, VM_SEQ_READ | VM_RAND_READ),
 }
+
+
+# ksm_madvise(): MADV_MERGEABLE is silently ignored (returns 0) on these VMAs,
+# in every modelled era (vma_ksm_compatible(), 6.4+; the same list inline
+# before; VM_DROPPABLE from 6.11 has no counterpart here).
+_KSM_INCOMPATIBLE = (VM_SHARED | VM_MAYSHARE | VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_HUGETLB
+                     | VM_MIXEDMAP)
 
 
 class _HeldRefs:
@@ -496,6 +504,12 @@ class Process(FileOps, NumaOps):
             err = self._madvise_invalid(vma, advice)
             if err is not None:
                 break
+            if advice == C.MADV_MERGEABLE and vma.flags & _KSM_INCOMPATIBLE:
+                done_end = vma.end      # vma_ksm_compatible(): the advice is ignored, no error
+                continue
+            if advice == C.MADV_UNMERGEABLE and vma.flags & VM_MERGEABLE:
+                # unmerge_ksm_pages() before the flag goes (ENOMEM stops the walk)
+                self._engine.ksm_unmerge(self.mm, self.cpu, vma.start, vma.end)
             if advice in _FLAG_ADVICE:
                 set_bits, clear_bits = _FLAG_ADVICE[advice]
                 vma.flags = (vma.flags | set_bits) & ~clear_bits

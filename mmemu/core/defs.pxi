@@ -19,7 +19,7 @@ cdef extern from "mm_types.h" nogil:
     uint64_t VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_MAYREAD, VM_MAYWRITE
     uint64_t VM_MAYEXEC, VM_MAYSHARE, VM_UFFD_MISSING, VM_PFNMAP, VM_UFFD_WP
     uint64_t VM_LOCKED, VM_IO, VM_DONTCOPY, VM_WIPEONFORK, VM_SOFTDIRTY
-    uint64_t VM_MIXEDMAP, VM_HUGETLB, VM_UFFD_MINOR, VM_ANON, VM_ANON_VMA
+    uint64_t VM_MIXEDMAP, VM_HUGETLB, VM_UFFD_MINOR, VM_ANON, VM_ANON_VMA, VM_MERGEABLE
 
     uint64_t MMF_HAS_PINNED, MMF_TLB_STALE
 
@@ -53,6 +53,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t uffd_wp_writenotify, uffd_unprotect_writable, uffd_wp_flush_pending
         int32_t gup_fast_seq, mprotect_gather, tlb_flush_nested
         int32_t pm_marker_swp_type, swapin_read_writable, pm_guard_region, numa_hint_upgrade
+        int32_t ksm_reuse, ksm_break_unshare, ksm_checksum_first
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem

@@ -108,9 +108,13 @@ cdef bint wp_can_reuse(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
     if rule == WP_REUSE_MAPCOUNT:
         # <= 5.8 reuse_swap_page(): mapcount (+ swap count) == 1; extra GUP or
         # pipe references are ignored (the root of CVE-2020-29374). A KSM page
-        # is reused only when nothing else holds it (reuse_ksm_page).
+        # is reused only when nothing else holds it (reuse_ksm_page, 5.1-5.8),
+        # and is an ordinary anon page from then on (page_move_anon_rmap).
         if e.fflags[pfn] & PG_KSM:
-            return not (e.fflags[pfn] & PG_SWAPCACHE) and e.refcount[pfn] == 1
+            if not e.pol.ksm_reuse or e.fflags[pfn] & PG_SWAPCACHE or e.refcount[pfn] != 1:
+                return False
+            e.fflags[pfn] &= ~PG_KSM
+            return True
         if e.fflags[pfn] & PG_SWAPCACHE:
             # Other ptes still pointing at the swap slot are users too; a
             # reused page leaves the swapcache.

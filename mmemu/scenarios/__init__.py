@@ -186,5 +186,5 @@ def run(scn, kernel, machine_factory=None):
 
 
 def all_scenarios():
-    from . import cow, files, guard, migration, races, uffd_cases  # noqa: F401  register on import
+    from . import cow, files, guard, ksm, migration, races, uffd_cases  # noqa: F401  register on import
     return list(REGISTRY)

@@ -13,6 +13,10 @@ without page tables or refcount arithmetic:
   * a R/O long-term pin unshares a non-exclusive page (reuse or copy) and
     replaces the zero page by a private copy (6.2);
   * reads of untouched memory map the shared zero page;
+  * ksm_scan (ksmd) may only merge pages whose contents are equal, never a
+    pinned one; a KSM page is never reused by a write or an unshare (always
+    copied), and MADV_UNMERGEABLE gives each mapping its own copy. What the
+    scan merged is read back from the engine and checked against that;
   * fork copies the page tables of a VMA only if it has an anon_vma, which
     the first fault that puts an anon page in the VMA creates
     (vma_needs_copy); a VMA is a maximal run of contiguous pages with equal
@@ -35,8 +39,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import mmemu
 from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MADV_DONTFORK, MADV_DONTNEED,
-                   MADV_DOFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_KEEPONFORK, MADV_WIPEONFORK,
-                   MAP_ANONYMOUS, MAP_PRIVATE,
+                   MADV_DOFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_KEEPONFORK, MADV_MERGEABLE,
+                   MADV_UNMERGEABLE, MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_PRIVATE,
                    PAGE_SIZE as PAGE, PROT_NONE, PROT_READ, PROT_WRITE)
 
 RW = PROT_READ | PROT_WRITE
@@ -58,9 +62,10 @@ class Obj:
         self.gets = 0
         self.pins = 0
         self.node = 0
+        self.ksm = False
 
     def sole_user(self):
-        return self.mapcount == 1 and self.gets == 0 and self.pins == 0
+        return self.mapcount == 1 and self.gets == 0 and self.pins == 0 and not self.ksm
 
 
 class MProc:
@@ -88,7 +93,7 @@ class MProc:
         runs, run, prev = [], [], None
         for vpn in sorted(self.vmas):
             v = self.vmas[vpn]
-            key = (v["prot"], v["dontfork"], v["wipe"])
+            key = (v["prot"], v["dontfork"], v["wipe"], v["mergeable"])
             if prev is not None and vpn == prev[0] + 1 and key == prev[1] \
                     and _anon_mergeable(self.vmas[prev[0]], v):
                 run.append(vpn)
@@ -123,7 +128,7 @@ class MProc:
             if 0 <= j < len(runs) and touches(runs[j]):
                 w = self.vmas[runs[j][0]]
                 mine = self.vmas[run[0]]
-                if w["anon_vma"] and w["single"] and (w["dontfork"], w["wipe"]) == (mine["dontfork"], mine["wipe"]):
+                if w["anon_vma"] and w["single"] and all(w[k] == mine[k] for k in ("dontfork", "wipe", "mergeable")):
                     anon = w["anon_vma"]
                     break
         anon = anon or next(_ANON_IDS)
@@ -228,7 +233,8 @@ class EngineVsModel(RuleBasedStateMachine):
         addr = p.eng.mmap(0, npages * PAGE, prot, MAP_PRIVATE | MAP_ANONYMOUS)
         for vpn in range(addr // PAGE, addr // PAGE + npages):
             assert vpn not in p.vmas
-            p.vmas[vpn] = {"prot": prot, "dontfork": False, "wipe": False, "anon_vma": 0, "single": True}
+            p.vmas[vpn] = {"prot": prot, "dontfork": False, "wipe": False, "anon_vma": 0, "single": True,
+                           "mergeable": False}
         self.regions.append((addr, npages))
 
     @precondition(lambda self: self.regions)
@@ -262,7 +268,8 @@ class EngineVsModel(RuleBasedStateMachine):
     @precondition(lambda self: self.regions)
     @rule(i=st.integers(0, 7), r=st.integers(0, 7), first=st.integers(0, 3), count=st.integers(0, 3),
           advice=st.sampled_from([MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK,
-                                  MADV_KEEPONFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE]))
+                                  MADV_KEEPONFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_MERGEABLE,
+                                  MADV_UNMERGEABLE]))
     def madvise(self, i, r, first, count, advice):
         p = self.proc(i)
         addr, n = self.span(r, first, count)
@@ -284,6 +291,14 @@ class EngineVsModel(RuleBasedStateMachine):
                     p.guards.discard(vpn)
                 elif advice in (MADV_DONTFORK, MADV_DOFORK):
                     vma["dontfork"] = advice == MADV_DONTFORK
+                elif advice == MADV_UNMERGEABLE:
+                    page = p.pages.get(vpn)
+                    if vma["mergeable"] and isinstance(page, Obj) and page.ksm:
+                        page.mapcount -= 1              # break_ksm(): an unshared copy
+                        p.pages[vpn] = Obj(page.data)
+                    vma["mergeable"] = False
+                elif advice == MADV_MERGEABLE:
+                    vma["mergeable"] = True
                 else:
                     vma["wipe"] = advice == MADV_WIPEONFORK
             if hole:
@@ -322,6 +337,35 @@ class EngineVsModel(RuleBasedStateMachine):
                 out.append(bytes(k) if page is ZERO else bytes(page.data[o:o + k]))
             return b"".join(out)
         self.expect(lambda: p.eng.read(addr, length), model)
+
+    @precondition(lambda self: self.regions)
+    @rule(pages=st.sampled_from([None, 1, 5]))
+    def ksm_scan(self, pages):
+        """ksmd: read back which mappings now share a frame and check that
+        only equal contents merged and that no pinned page lost its mapping."""
+        self.m.ksm_scan(pages)
+        groups = {}
+        for p in self.procs:
+            for vpn, page in p.pages.items():
+                if isinstance(page, Obj):
+                    groups.setdefault(p.eng.pagemap(vpn * PAGE).pfn, []).append((p, vpn, page))
+        eng = self.m._engine
+        for pfn, group in groups.items():
+            objs = {id(o): o for _, _, o in group}
+            ksm = "ksm" in eng.frame_info(pfn)[2]
+            data = bytes(group[0][2].data)
+            assert all(bytes(o.data) == data for o in objs.values()), "KSM merged different contents"
+            if len(objs) == 1 and len(group) == group[0][2].mapcount:
+                obj = group[0][2]
+                obj.ksm = ksm
+                obj.exclusive = obj.exclusive and not ksm
+                continue
+            assert not any(o.pins for o in objs.values()), "a pinned page lost a mapping to KSM"
+            new = Obj(data)
+            new.mapcount, new.ksm, new.exclusive = len(group), ksm, not ksm and len(group) == 1
+            for p, vpn, o in group:
+                o.mapcount -= 1
+                p.pages[vpn] = new
 
     @precondition(lambda self: len(self.procs) < 4)
     @rule(i=st.integers(0, 7))

@@ -290,6 +290,8 @@ SPECS = {
     "Machine.load": [("path", "path")],
     "Machine.processes": "PROPERTY",
     "Machine.reclaim": [None, ("npages", "npages"), ("cpu", "cpu")],
+    "Machine.ksm_scan": [None, ("pages", "npages"), ("cpu", "cpu")],
+    "Machine.ksm_stats": [],
     "Machine.spawn": [None, ("cpu", "cpu")],
     "Machine.stats": [],
     "Process.clear_refs": [("value", "clear_refs")],

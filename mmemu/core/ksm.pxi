@@ -1,0 +1,741 @@
+# KSM (mm/ksm.c): ksmd's scan, the stable and unstable trees, merging, and
+# break_ksm for MADV_UNMERGEABLE. semantics.md section 13.
+#
+# What is modelled: ksm_do_scan in scan order (mm id, then address; the
+# kernel's order is its mm_slot list), one rmap_item per scanned page with
+# its checksum (a page joins the unstable tree only once its checksum held
+# over a full scan), stable pages shared up to max_page_sharing mappings,
+# write_protect_page / replace_page with their reference checks, the era's
+# order of the checksum gate (d58a361b0350, 6.11) and its break_ksm fault
+# (6cce3314b928, 6.2), the pages_shared / pages_sharing / full_scans /
+# pages_scanned counters as the kernel keeps them (lazily, at each visit).
+#
+# What is not: use_zero_pages (off by default), smart_scan's skipping (6.7;
+# as with smart_scan=0), NUMA (merge_across_nodes=1), the time-based pruning
+# of stable node chains, KSM pages in swap. The trees are hash tables: the
+# unstable one is keyed by the content at insertion, so a tree page changed
+# since is never matched (the kernel's rbtree may still find a match past
+# it); exact comparison always decides.
+
+cdef enum:
+    KSM_MAX_PAGE_SHARING = 256      # /sys/kernel/mm/ksm/max_page_sharing default (4.13+)
+    KSM_MM_SHIFT = 48               # rmap key: mm id << 48 | address
+
+
+# One rmap_item: a scanned page of one mm at one address (struct ksm_rmap_item).
+ctypedef struct ksm_item_t:
+    uint64_t key                    # mm id << KSM_MM_SHIFT | address
+    uint64_t checksum               # content hash at the last visit; 0: never seen
+    int64_t serial                  # the mm's serial (a reused mm id is a new mm)
+    int32_t node                    # stable node + 1 while in the stable tree, else 0
+    int32_t pad
+
+# One stable node: a KSM page and the number of rmap_items on it.
+ctypedef struct ksm_node_t:
+    int64_t pfn                     # -1: stale (the page was freed or reused)
+    uint64_t hash
+    int32_t nitems                  # rmap_hlist_len
+    int32_t older                   # the next older dup of the same contents + 1 (a stable node chain)
+
+ctypedef struct ksm_unstable_t:
+    uint64_t hash
+    int64_t item                    # index into cur
+    int64_t gen                     # valid while gen == the scan's sequence number
+
+ctypedef struct ksm_state_t:
+    ksm_item_t *prev                # last full scan's rmap_items, by key
+    int64_t nprev, prev_cap, prev_pos
+    ksm_item_t *cur                 # this scan's, appended in scan order
+    int64_t ncur, cur_cap
+    ksm_node_t *nodes
+    int64_t nnodes, nodes_cap
+    int32_t *stable                 # open addressing by content hash: the newest node of each
+                                    # contents + 1 (the head of its chain of dups); -1 deleted
+    int64_t stable_cap, stable_used
+    int64_t *pfn_keys               # pfn -> the newest node made for it (open addressing)
+    int32_t *pfn_nodes
+    int64_t pfn_cap, pfn_used
+    ksm_unstable_t *unstable
+    int64_t unstable_cap, unstable_used
+    int32_t mm                      # cursor: mm id and address; mm < 0: a scan starts
+    uint64_t va
+    int64_t seqnr                   # full scans done (ksm_scan.seqnr)
+    int64_t pages_shared, pages_sharing, pages_scanned
+    int64_t sharing_added           # pages_sharing increments (ksm_scan's result)
+    int32_t max_page_sharing
+    int32_t failed                  # the host ran out of memory
+
+
+cdef inline uint64_t ksm_mix(uint64_t x) noexcept nogil:
+    # splitmix64's finaliser: a fixed, well-spread 64-bit permutation.
+    x ^= x >> 30
+    x *= 0xBF58476D1CE4E5B9ULL
+    x ^= x >> 27
+    x *= 0x94D049BB133111EBULL
+    x ^= x >> 31
+    return x
+
+
+cdef uint64_t ksm_content_hash(engine_t *e, int64_t pfn) noexcept nogil:
+    """calc_checksum(): a hash of the page's contents, never 0 (0 means "no
+    checksum yet" in an rmap_item). A byte-exact page that repeats one 8-byte
+    pattern hashes as the content version it equals."""
+    cdef uint64_t v, h0, h1, h2, h3
+    cdef const uint64_t *w
+    cdef int i
+    if not (e.fflags[pfn] & PG_BYTES):
+        v = ksm_mix(e.version[pfn] ^ 0x6A09E667F3BCC908ULL)
+        return v if v else 1
+    w = <const uint64_t *>bytes_ptr(e, <int64_t>e.version[pfn])
+    if page_is_pattern(<const uint8_t *>w, &v):
+        v = ksm_mix(v ^ 0x6A09E667F3BCC908ULL)
+        return v if v else 1
+    h0, h1, h2, h3 = 1, 2, 3, 4
+    for i in range(0, MM_PTRS, 4):
+        h0 = (h0 ^ w[i]) * 0x9E3779B97F4A7C15ULL
+        h1 = (h1 ^ w[i + 1]) * 0xC2B2AE3D27D4EB4FULL
+        h2 = (h2 ^ w[i + 2]) * 0x165667B19E3779F9ULL
+        h3 = (h3 ^ w[i + 3]) * 0x27D4EB2F165667C5ULL
+    v = ksm_mix(h0 ^ ksm_mix(h1 ^ ksm_mix(h2 ^ ksm_mix(h3))))
+    return v if v else 1
+
+
+cdef bint ksm_pages_identical(engine_t *e, int64_t a, int64_t b) noexcept nogil:
+    """pages_identical(): exact comparison of two frames' contents."""
+    cdef bint ba = (e.fflags[a] & PG_BYTES) != 0, bb = (e.fflags[b] & PG_BYTES) != 0
+    cdef const uint64_t *w
+    cdef uint64_t v
+    cdef int i
+    if not ba and not bb:
+        return e.version[a] == e.version[b]
+    if ba and bb:
+        return memcmp(bytes_ptr(e, <int64_t>e.version[a]), bytes_ptr(e, <int64_t>e.version[b]),
+                      MM_PAGE_SIZE) == 0
+    if ba:
+        a, b = b, a                 # a: the pattern page, b: the byte-exact one
+    v = e.version[a]
+    w = <const uint64_t *>bytes_ptr(e, <int64_t>e.version[b])
+    for i in range(MM_PTRS):
+        if w[i] != v:               # pattern_fill: each word is v, little-endian
+            return False
+    return True
+
+
+# ---- tables -----------------------------------------------------------------
+
+cdef int ksm_grow(void **p, int64_t *cap, int64_t need, size_t size) noexcept nogil:
+    cdef int64_t c = cap[0]
+    cdef void *q
+    if need <= c:
+        return 0
+    while c < need:
+        c = c * 2 + 256
+    q = realloc(p[0], c * size)
+    if q == NULL:
+        return -1
+    p[0], cap[0] = q, c
+    return 0
+
+
+cdef inline bint ksm_node_valid(engine_t *e, ksm_state_t *k, int32_t n) noexcept nogil:
+    cdef int64_t pfn = k.nodes[n].pfn
+    return pfn > 0 and (e.fflags[pfn] & (PG_USED | PG_KSM)) == (PG_USED | PG_KSM)
+
+
+cdef int32_t ksm_pfn_node(engine_t *e, ksm_state_t *k, int64_t pfn) noexcept nogil:
+    """page_stable_node(): the node of a KSM page, -1 if none."""
+    cdef int64_t i
+    if not (e.fflags[pfn] & PG_KSM) or k.pfn_cap == 0:
+        return -1
+    i = <int64_t>(ksm_mix(<uint64_t>pfn) & <uint64_t>(k.pfn_cap - 1))
+    while k.pfn_keys[i] != 0:
+        if k.pfn_keys[i] == pfn + 1:
+            return k.pfn_nodes[i] if k.nodes[k.pfn_nodes[i]].pfn == pfn else -1
+        i = (i + 1) & (k.pfn_cap - 1)
+    return -1
+
+
+cdef void ksm_pfn_forget(ksm_state_t *k, int64_t pfn) noexcept nogil:
+    """The node an earlier KSM page in this frame had is stale from now on."""
+    cdef int64_t i
+    if k.pfn_cap == 0:
+        return
+    i = <int64_t>(ksm_mix(<uint64_t>pfn) & <uint64_t>(k.pfn_cap - 1))
+    while k.pfn_keys[i] != 0:
+        if k.pfn_keys[i] == pfn + 1:
+            if k.nodes[k.pfn_nodes[i]].pfn == pfn:
+                k.nodes[k.pfn_nodes[i]].pfn = -1
+            return
+        i = (i + 1) & (k.pfn_cap - 1)
+
+
+cdef int ksm_pfn_set(ksm_state_t *k, int64_t pfn, int32_t node) noexcept nogil:
+    cdef int64_t i, cap, j
+    cdef int64_t *keys
+    cdef int32_t *vals
+    if (k.pfn_used + 1) * 2 > k.pfn_cap:
+        cap = k.pfn_cap * 2 if k.pfn_cap else 1024
+        keys = <int64_t *>calloc(cap, sizeof(int64_t))
+        vals = <int32_t *>calloc(cap, sizeof(int32_t))
+        if keys == NULL or vals == NULL:
+            free(keys)
+            free(vals)
+            return -1
+        for j in range(k.pfn_cap):
+            if k.pfn_keys[j]:
+                i = <int64_t>(ksm_mix(<uint64_t>(k.pfn_keys[j] - 1)) & <uint64_t>(cap - 1))
+                while keys[i] != 0:
+                    i = (i + 1) & (cap - 1)
+                keys[i], vals[i] = k.pfn_keys[j], k.pfn_nodes[j]
+        free(k.pfn_keys)
+        free(k.pfn_nodes)
+        k.pfn_keys, k.pfn_nodes, k.pfn_cap = keys, vals, cap
+    i = <int64_t>(ksm_mix(<uint64_t>pfn) & <uint64_t>(k.pfn_cap - 1))
+    while k.pfn_keys[i] != 0 and k.pfn_keys[i] != pfn + 1:
+        i = (i + 1) & (k.pfn_cap - 1)
+    if k.pfn_keys[i] == 0:
+        k.pfn_used += 1
+        k.pfn_keys[i] = pfn + 1
+    k.pfn_nodes[i] = node
+    return 0
+
+
+cdef int ksm_stable_rehash(engine_t *e, ksm_state_t *k, int64_t cap) noexcept nogil:
+    cdef int32_t *t = <int32_t *>calloc(cap, sizeof(int32_t))
+    cdef int64_t j, i
+    cdef int32_t n
+    if t == NULL:
+        return -1
+    k.stable_used = 0
+    for j in range(k.stable_cap):
+        n = k.stable[j] - 1
+        if n < 0:
+            continue
+        n = ksm_chain_valid(e, k, n)
+        if n < 0:
+            continue                # stale chains leave the tree (as ksm_get_folio prunes them)
+        i = <int64_t>(k.nodes[n].hash & <uint64_t>(cap - 1))
+        while t[i] != 0:
+            i = (i + 1) & (cap - 1)
+        t[i] = n + 1
+        k.stable_used += 1
+    free(k.stable)
+    k.stable, k.stable_cap = t, cap
+    return 0
+
+
+cdef int32_t ksm_stable_insert(engine_t *e, ksm_state_t *k, int64_t kpfn, uint64_t hash) noexcept nogil:
+    """stable_tree_insert(): a node for a new KSM page (a chain dup when an
+    identical one is full); -1 on host OOM."""
+    cdef int32_t n, h
+    cdef int64_t i
+    if (k.stable_used + 1) * 2 > k.stable_cap:
+        if ksm_stable_rehash(e, k, k.stable_cap * 2 if k.stable_cap else 1024) < 0:
+            return -1
+    if ksm_grow(<void **>&k.nodes, &k.nodes_cap, k.nnodes + 1, sizeof(ksm_node_t)) < 0:
+        return -1
+    n = <int32_t>k.nnodes
+    if ksm_pfn_set(k, kpfn, n) < 0:
+        return -1
+    k.nnodes += 1
+    k.nodes[n].pfn = kpfn
+    k.nodes[n].hash = hash
+    k.nodes[n].nitems = 0
+    k.nodes[n].older = 0
+    i = <int64_t>(hash & <uint64_t>(k.stable_cap - 1))
+    while k.stable[i] != 0:
+        h = k.stable[i] - 1
+        if h >= 0 and k.nodes[h].hash == hash and ksm_chain_valid(e, k, h) >= 0 \
+                and ksm_pages_identical(e, kpfn, k.nodes[ksm_chain_valid(e, k, h)].pfn):
+            k.nodes[n].older = h + 1        # a dup: the chain's new head
+            k.stable[i] = n + 1
+            return n
+        i = (i + 1) & (k.stable_cap - 1)
+    i = <int64_t>(hash & <uint64_t>(k.stable_cap - 1))
+    while k.stable[i] > 0:
+        i = (i + 1) & (k.stable_cap - 1)
+    k.stable[i] = n + 1
+    k.stable_used += 1
+    return n
+
+
+cdef int32_t ksm_chain_valid(engine_t *e, ksm_state_t *k, int32_t n) noexcept nogil:
+    """The newest live node of the chain starting at n, -1 if none; stale
+    dups are unlinked on the way (ksm_get_folio prunes them)."""
+    cdef int32_t prev = -1
+    while n >= 0:
+        if ksm_node_valid(e, k, n):
+            return n
+        if prev >= 0:
+            k.nodes[prev].older = k.nodes[n].older
+        prev = n
+        n = k.nodes[n].older - 1
+    return -1
+
+
+cdef int32_t ksm_stable_search(engine_t *e, ksm_state_t *k, int64_t pfn, uint64_t hash) noexcept nogil:
+    """stable_tree_search() for a page that is not KSM: the KSM page with the
+    same contents that may take another mapping (0 < rmap_hlist_len <
+    max_page_sharing), the newest such dup of its chain first, as an
+    unpruned chain's hlist gives them. -1: none."""
+    cdef int64_t i
+    cdef int32_t n, head
+    if k.stable_cap == 0:
+        return -1
+    i = <int64_t>(hash & <uint64_t>(k.stable_cap - 1))
+    while k.stable[i] != 0:
+        n = k.stable[i] - 1
+        if n >= 0 and k.nodes[n].hash == hash:
+            head = ksm_chain_valid(e, k, n)
+            if head < 0:
+                k.stable[i] = -1    # the whole chain is stale: pruned on the way
+            elif ksm_pages_identical(e, pfn, k.nodes[head].pfn):
+                n = head
+                while n >= 0:
+                    if 0 < k.nodes[n].nitems < k.max_page_sharing and ksm_node_valid(e, k, n):
+                        return n
+                    n = k.nodes[n].older - 1
+                return -1
+        i = (i + 1) & (k.stable_cap - 1)
+    return -1
+
+
+cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
+    """Room for `want` more unstable entries at load <= 1/2."""
+    cdef ksm_unstable_t *t
+    cdef int64_t cap, j, i
+    if (k.unstable_used + want) * 2 <= k.unstable_cap:
+        return 0
+    cap = k.unstable_cap if k.unstable_cap else 1024
+    while (k.unstable_used + want) * 2 > cap:
+        cap *= 2
+    t = <ksm_unstable_t *>calloc(cap, sizeof(ksm_unstable_t))
+    if t == NULL:
+        return -1
+    for j in range(k.unstable_cap):
+        if k.unstable[j].gen == k.seqnr + 1:
+            i = <int64_t>(k.unstable[j].hash & <uint64_t>(cap - 1))
+            while t[i].gen == k.seqnr + 1:
+                i = (i + 1) & (cap - 1)
+            t[i] = k.unstable[j]
+    free(k.unstable)
+    k.unstable, k.unstable_cap = t, cap
+    return 0
+
+
+# ---- rmap_items -------------------------------------------------------------
+
+cdef void ksm_item_unlink(ksm_state_t *k, ksm_item_t *it) noexcept nogil:
+    """remove_rmap_item_from_tree() for a stable item: the counters as the
+    kernel keeps them (the last item of a node was its pages_shared)."""
+    cdef ksm_node_t *node
+    if it.node == 0:
+        return
+    node = &k.nodes[it.node - 1]
+    node.nitems -= 1
+    if node.nitems > 0:
+        k.pages_sharing -= 1
+    else:
+        k.pages_shared -= 1
+    it.node = 0
+
+
+cdef void ksm_item_append(ksm_state_t *k, ksm_item_t *it, int32_t n) noexcept nogil:
+    """stable_tree_append()."""
+    k.nodes[n].nitems += 1
+    it.node = n + 1
+    if k.nodes[n].nitems > 1:
+        k.pages_sharing += 1
+        k.sharing_added += 1
+    else:
+        k.pages_shared += 1
+
+
+cdef void ksm_drop_prev(engine_t *e, ksm_state_t *k, uint64_t below) noexcept nogil:
+    """get_next_rmap_item / remove_trailing_rmap_items: last scan's items
+    before `below` that this scan did not meet again go."""
+    while k.prev_pos < k.nprev and k.prev[k.prev_pos].key < below:
+        ksm_item_unlink(k, &k.prev[k.prev_pos])
+        k.prev_pos += 1
+
+
+cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va) noexcept nogil:
+    """get_next_rmap_item(): this page's item, carried over from the last
+    scan or new (checksum 0). NULL on host OOM."""
+    cdef uint64_t key = (<uint64_t>mm.id << KSM_MM_SHIFT) | va
+    cdef ksm_item_t *it
+    ksm_drop_prev(e, k, key)
+    if ksm_grow(<void **>&k.cur, &k.cur_cap, k.ncur + 1, sizeof(ksm_item_t)) < 0:
+        return NULL
+    it = &k.cur[k.ncur]
+    k.ncur += 1
+    if k.prev_pos < k.nprev and k.prev[k.prev_pos].key == key:
+        it[0] = k.prev[k.prev_pos]
+        k.prev_pos += 1
+        if it.serial == mm.serial:
+            return it
+        ksm_item_unlink(k, it)      # an item of an exited mm whose id was reused
+    it.key = key
+    it.checksum = 0
+    it.serial = mm.serial
+    it.node = 0
+    return it
+
+
+cdef void ksm_mm_exit(ksm_state_t *k, mm_t *mm) noexcept nogil:
+    """__ksm_exit(): the exiting mm's items leave the stable tree now."""
+    cdef int64_t i
+    cdef uint64_t lo = <uint64_t>mm.id << KSM_MM_SHIFT, hi = <uint64_t>(mm.id + 1) << KSM_MM_SHIFT
+    for i in range(k.prev_pos, k.nprev):
+        if lo <= k.prev[i].key < hi and k.prev[i].serial == mm.serial:
+            ksm_item_unlink(k, &k.prev[i])
+    for i in range(k.ncur):
+        if lo <= k.cur[i].key < hi and k.cur[i].serial == mm.serial:
+            ksm_item_unlink(k, &k.cur[i])
+
+
+# ---- merging ----------------------------------------------------------------
+
+cdef inline mm_vma_t *ksm_mergeable_vma(mm_t *mm, uint64_t va) noexcept nogil:
+    """find_mergeable_vma(): VM_MERGEABLE with an anon_vma, else NULL."""
+    cdef int32_t vi
+    if not mm.alive:
+        return NULL
+    vi = find_vma(mm, va)
+    if vi < 0 or not (mm.vmas[vi].flags & VM_MERGEABLE) or not mm.vmas[vi].anon_vma:
+        return NULL
+    return &mm.vmas[vi]
+
+
+cdef inline int64_t ksm_mapped_anon(engine_t *e, mm_t *mm, uint64_t va, uint64_t **ptep_out) noexcept nogil:
+    """The anon page mapped at va (follow_page / folio_walk_start), or -1."""
+    cdef uint64_t *ptep = pte_offset(e, mm, va, False)
+    cdef int64_t pfn
+    if ptep == NULL or (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) != PTE_PRESENT:
+        return -1
+    pfn = <int64_t>pte_pfn(ptep[0])
+    if not (e.fflags[pfn] & PG_ANON):
+        return -1
+    ptep_out[0] = ptep
+    return pfn
+
+
+cdef int ksm_write_protect(engine_t *e, mm_t *mm, uint64_t va, uint64_t *ptep, int64_t pfn,
+                           uint64_t *orig) noexcept nogil:
+    """write_protect_page() (semantics.md 13): 0, or -1 if the page has a user
+    besides its mappings (and the swapcache), or is exclusive and may be pinned."""
+    cdef uint64_t pte = ptep[0]
+    cdef bint exclusive = (e.fflags[pfn] & PG_ANON_EXCLUSIVE) != 0
+    cdef int32_t swapped
+    if (pte & PTE_PRESENT) == 0 or <int64_t>pte_pfn(pte) != pfn:
+        return -1
+    # Only a pte that may be (or have been) written needs the check: writable
+    # or dirty, an exclusive page (5.19+), or a TLB flush still pending.
+    if pte & (PTE_WRITE | PTE_DIRTY) or exclusive or mm.tlb_flush_pending:
+        swapped = 1 if e.fflags[pfn] & PG_SWAPCACHE else 0
+        # ptep_clear_flush before counting, so no GUP-fast can slip in after.
+        ptep[0] = 0
+        tlb_flush_page(e, mm.id, va)
+        # mapcount + ksmd's reference + swapcache == refcount; the engine
+        # takes no reference for ksmd, so any GUP reference or pin fails it.
+        if e.mapcount[pfn] + swapped != e.refcount[pfn]:
+            ptep[0] = pte
+            return -1
+        if exclusive:
+            # folio_try_share_anon_rmap_pte() (5.19+): refused if maybe pinned.
+            if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
+                ptep[0] = pte
+                return -1
+            e.fflags[pfn] &= ~PG_ANON_EXCLUSIVE
+        if pte & PTE_DIRTY:
+            e.fflags[pfn] |= PG_DIRTY       # dirtiness moves to the folio
+        pte &= ~(PTE_DIRTY | PTE_WRITE)
+        ptep[0] = pte
+    orig[0] = pte
+    return 0
+
+
+cdef int ksm_replace_page(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, uint64_t *ptep,
+                          int64_t pfn, int64_t kpfn, uint64_t orig) noexcept nogil:
+    """replace_page(): map the KSM page R/O where pfn was; pfn loses the
+    mapping (and is freed if nothing else holds it)."""
+    cdef uint64_t newpte
+    if ptep[0] != orig:
+        return -1
+    # mk_pte(kpage, vm_page_prot): R/O in a private mapping, clean; soft-dirty
+    # carried over (6.12 source); the uffd-wp bit is not.
+    newpte = pfn_pte(kpfn) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags) | (orig & PTE_SOFT_DIRTY)
+    e.refcount[kpfn] += 1
+    e.mapcount[kpfn] += 1
+    ptep[0] = 0
+    tlb_flush_page(e, mm.id, va)
+    ptep[0] = newpte
+    e.mapcount[pfn] -= 1
+    if e.mapcount[pfn] == 0:
+        try_to_free_swap(e, pfn)
+    put_page(e, pfn, 1)
+    return 0
+
+
+cdef int ksm_merge_one(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va, int64_t pfn,
+                       int64_t kpfn) noexcept nogil:
+    """try_to_merge_with_ksm_page() + try_to_merge_one_page(): kpfn < 0 makes
+    pfn a KSM page in place. 0 merged, -1 not."""
+    cdef mm_vma_t *vma = ksm_mergeable_vma(mm, va)
+    cdef uint64_t *ptep = NULL
+    cdef uint64_t orig
+    if vma == NULL or ksm_mapped_anon(e, mm, va, &ptep) != pfn:
+        return -1
+    if pfn == kpfn:
+        return 0                    # a forked KSM page
+    if ksm_write_protect(e, mm, va, ptep, pfn, &orig) < 0:
+        return -1
+    if kpfn < 0:
+        e.fflags[pfn] |= PG_KSM | PG_DIRTY      # set_page_stable_node(); SetPageDirty
+        ksm_pfn_forget(k, pfn)                  # a node left from an earlier life of this frame is stale
+        return 0
+    if not ksm_pages_identical(e, pfn, kpfn):
+        return -1
+    return ksm_replace_page(e, mm, vma, va, ptep, pfn, kpfn, orig)
+
+
+cdef int ksm_break(engine_t *e, mm_t *mm, int cpu, uint64_t va) noexcept nogil:
+    """break_ksm(): fault until no KSM page is mapped at va. 6.2+
+    (6cce3314b928) an unshare fault: a R/O private copy, uffd-wp kept.
+    Before, a write fault holding follow_page's reference (so 5.7-5.8's
+    reuse_ksm_page never reuses): a writable copy, and in a uffd-wp range
+    handle_userfault without ALLOW_RETRY is SIGBUS, leaving the page
+    merged. 0, or -CORE_ENOMEM."""
+    cdef uint64_t *ptep = NULL
+    cdef int64_t pfn
+    cdef int ret = 0, tries
+    for tries in range(8):
+        pfn = ksm_mapped_anon(e, mm, va, &ptep)
+        if pfn < 0 or not (e.fflags[pfn] & PG_KSM):
+            return 0
+        if e.pol.ksm_break_unshare:
+            ret = handle_mm_fault(e, mm, cpu, va, FAULT_FLAG_UNSHARE | FAULT_FLAG_REMOTE | FAULT_FLAG_NO_RETRY)
+        else:
+            e.refcount[pfn] += 1
+            ret = handle_mm_fault(e, mm, cpu, va, FAULT_FLAG_WRITE | FAULT_FLAG_REMOTE | FAULT_FLAG_NO_RETRY)
+            put_page(e, pfn, 1)
+            if ret & VM_FAULT_WRITE:
+                return 0
+        if ret & (VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_OOM | VM_FAULT_NOMEM):
+            break
+    return -CORE_ENOMEM if ret & (VM_FAULT_OOM | VM_FAULT_NOMEM) else 0
+
+
+cdef int64_t ksm_unmerge_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end) noexcept nogil:
+    """unmerge_ksm_pages() over one VM_MERGEABLE VMA's range; 0 or -errno."""
+    cdef uint64_t va
+    cdef int rc
+    cdef uint64_t *ptep
+    va = start
+    while va < end:
+        ptep = pte_offset(e, mm, va, False)
+        if ptep == NULL:
+            va = (va | ((<uint64_t>MM_PTRS << MM_PAGE_SHIFT) - 1)) + 1     # no pte page here
+            continue
+        if ptep[0] & PTE_PRESENT:
+            rc = ksm_break(e, mm, cpu, va)
+            if rc < 0:
+                return rc
+        va += MM_PAGE_SIZE
+    return 0
+
+
+cdef void ksm_break_cow(engine_t *e, mm_t *mm, int cpu, uint64_t va) noexcept nogil:
+    """break_cow(): undo a half-made merge (only in a mergeable VMA)."""
+    if ksm_mergeable_vma(mm, va) != NULL:
+        ksm_break(e, mm, cpu, va)
+
+
+cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn, uint64_t hash,
+                                        int64_t item, int64_t *tree_pfn) noexcept nogil:
+    """unstable_tree_search_insert(): the item of an identical page in the
+    unstable tree (tree_pfn set), else insert this one; -1 if none."""
+    cdef int64_t i, p
+    cdef ksm_item_t *t
+    cdef mm_t *tm
+    cdef uint64_t *ptep = NULL
+    cdef int32_t tmid
+    if ksm_unstable_room(k) < 0:
+        k.failed = 1
+        return -1
+    i = <int64_t>(hash & <uint64_t>(k.unstable_cap - 1))
+    while k.unstable[i].gen == k.seqnr + 1:
+        # An item merged since it was inserted has left the unstable tree
+        # (remove_rmap_item_from_tree): skipped.
+        if k.unstable[i].hash == hash and k.cur[k.unstable[i].item].node == 0:
+            t = &k.cur[k.unstable[i].item]
+            tmid = <int32_t>(t.key >> KSM_MM_SHIFT)
+            tm = &e.mms[tmid]
+            if tm.serial != t.serial or ksm_mergeable_vma(tm, t.key & ((1ULL << KSM_MM_SHIFT) - 1)) == NULL:
+                return -1           # get_mergeable_page() found nothing: give up
+            p = ksm_mapped_anon(e, tm, t.key & ((1ULL << KSM_MM_SHIFT) - 1), &ptep)
+            if p < 0 or p == pfn:
+                return -1           # gone, or the same (forked) page: no substitute
+            if ksm_pages_identical(e, pfn, p):
+                tree_pfn[0] = p
+                return k.unstable[i].item
+        i = (i + 1) & (k.unstable_cap - 1)
+    k.unstable[i].hash = hash
+    k.unstable[i].item = item
+    k.unstable[i].gen = k.seqnr + 1
+    k.unstable_used += 1
+    return -1
+
+
+cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint64_t va, int64_t pfn,
+                            int64_t item) noexcept nogil:
+    """cmp_and_merge_page()."""
+    cdef ksm_item_t *it = &k.cur[item]
+    cdef ksm_item_t *t
+    cdef int32_t stable = ksm_pfn_node(e, k, pfn), kn
+    cdef uint64_t hash = 0
+    cdef int64_t tree, tree_pfn = -1
+    if stable >= 0:
+        if it.node == stable + 1:
+            return                  # still the KSM page it was merged into
+        kn = stable                 # a forked KSM page: stable_tree_search() gives it back
+    else:
+        if e.fflags[pfn] & PG_KSM:
+            return                  # a KSM page without a node (not reachable): leave it
+        hash = ksm_content_hash(e, pfn)
+        if e.pol.ksm_checksum_first:
+            # d58a361b0350 (6.11): a page whose checksum moved skips the
+            # stable tree search too.
+            ksm_item_unlink(k, it)
+            if it.checksum != hash:
+                it.checksum = hash
+                return
+        kn = ksm_stable_search(e, k, pfn, hash)
+    ksm_item_unlink(k, it)
+    if kn >= 0:
+        if ksm_merge_one(e, k, mm, va, pfn, k.nodes[kn].pfn) == 0:
+            ksm_item_append(k, it, kn)
+        return
+    if not e.pol.ksm_checksum_first:
+        # Before 6.11 the checksum gate comes after the stable tree search.
+        if it.checksum != hash:
+            it.checksum = hash
+            return
+    tree = ksm_unstable_search_insert(e, k, pfn, hash, item, &tree_pfn)
+    if tree < 0:
+        return
+    t = &k.cur[tree]
+    # try_to_merge_two_pages(): this page becomes the KSM page in place, then
+    # the tree page is replaced by it; if that fails, this one is broken again.
+    if ksm_merge_one(e, k, mm, va, pfn, -1) < 0:
+        return
+    if ksm_merge_one(e, k, &e.mms[t.key >> KSM_MM_SHIFT], t.key & ((1ULL << KSM_MM_SHIFT) - 1),
+                     tree_pfn, pfn) < 0:
+        ksm_break_cow(e, mm, cpu, va)
+        return
+    kn = ksm_stable_insert(e, k, pfn, hash)
+    if kn < 0:
+        k.failed = 1
+        ksm_break_cow(e, &e.mms[t.key >> KSM_MM_SHIFT], cpu, t.key & ((1ULL << KSM_MM_SHIFT) - 1))
+        ksm_break_cow(e, mm, cpu, va)
+        return
+    ksm_item_append(k, t, kn)
+    ksm_item_append(k, &k.cur[item], kn)
+
+
+cdef void ksm_scan_end(engine_t *e, ksm_state_t *k) noexcept nogil:
+    """The end of a full scan: last scan's items not met again go, this
+    scan's become the last, the unstable tree empties (by its generation)."""
+    cdef ksm_item_t *t
+    cdef int64_t c
+    ksm_drop_prev(e, k, 0xFFFFFFFFFFFFFFFFULL)
+    t, c = k.prev, k.prev_cap
+    k.prev, k.prev_cap, k.nprev, k.prev_pos = k.cur, k.cur_cap, k.ncur, 0
+    k.cur, k.cur_cap, k.ncur = t, c, 0
+    k.seqnr += 1
+    k.unstable_used = 0
+    k.mm = -1
+
+
+cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) noexcept nogil:
+    """ksm_do_scan(): up to `budget` pages (rmap_items), stopping early when
+    a full scan completes, as scan_get_next_rmap_item() returns NULL there.
+    Returns the pages looked at."""
+    cdef int64_t done = 0, pfn, item
+    cdef mm_t *mm
+    cdef mm_vma_t *vma
+    cdef int32_t vi
+    cdef uint64_t va, end
+    cdef uint64_t *ptep
+    cdef ksm_item_t *it
+    cdef int c
+    while done < budget:
+        if k.mm < 0:
+            # A full scan starts: drain the per-CPU LRU batches, whose extra
+            # references would fail write_protect_page (lru_add_drain_all).
+            for c in range(e.ncpus):
+                lru_drain(e, c)
+            k.mm, k.va = 0, 0
+            # Room for as many unstable entries as the last scan had pages,
+            # so the table does not grow while this one runs.
+            if ksm_unstable_room(k, k.nprev) < 0:
+                k.failed = 1
+                return done
+        if k.mm >= e.nmm:
+            ksm_scan_end(e, k)
+            break
+        mm = &e.mms[k.mm]
+        vma = NULL
+        if mm.alive:
+            vi = find_vma(mm, k.va)
+            if vi < 0:
+                # the first VMA at or above the cursor
+                vi = 0
+                while vi < mm.nvma and mm.vmas[vi].end <= k.va:
+                    vi += 1
+                if vi >= mm.nvma:
+                    vi = -1
+            while vi >= 0 and vi < mm.nvma:
+                if mm.vmas[vi].flags & VM_MERGEABLE and mm.vmas[vi].anon_vma:
+                    vma = &mm.vmas[vi]
+                    break
+                vi += 1
+        if vma == NULL:
+            # This mm is done: its items beyond the cursor go.
+            ksm_drop_prev(e, k, (<uint64_t>(k.mm + 1)) << KSM_MM_SHIFT)
+            k.mm += 1
+            k.va = 0
+            continue
+        va = k.va if k.va > vma.start else vma.start
+        end = vma.end
+        while va < end and done < budget:
+            ptep = pte_offset(e, mm, va, False)
+            if ptep == NULL:
+                va = (va | ((<uint64_t>MM_PTRS << MM_PAGE_SHIFT) - 1)) + 1
+                continue
+            if (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT:
+                pfn = <int64_t>pte_pfn(ptep[0])
+                if e.fflags[pfn] & PG_ANON:
+                    it = ksm_next_item(e, k, mm, va)
+                    if it == NULL:
+                        k.failed = 1
+                        k.va = va
+                        return done
+                    item = it - k.cur
+                    ksm_cmp_and_merge(e, k, mm, cpu, va, pfn, item)
+                    k.pages_scanned += 1
+                    done += 1
+            va += MM_PAGE_SIZE
+        k.va = va if va < end else end
+    return done
+
+
+cdef void ksm_free(ksm_state_t *k) noexcept nogil:
+    free(k.prev)
+    free(k.cur)
+    free(k.nodes)
+    free(k.stable)
+    free(k.pfn_keys)
+    free(k.pfn_nodes)
+    free(k.unstable)
+    memset(k, 0, sizeof(ksm_state_t))
