@@ -621,18 +621,29 @@ class Process(FileOps, NumaOps):
         return self._move(old_addr, old_size, dst, new_size, flags)
 
     def _move_multi(self, old_addr, size, new_addr, flags):
-        """6.17+: a MREMAP_FIXED move without resize may span several VMAs
-        and gaps (each VMA moves to the same offset), unless one of them is
-        userfaultfd-registered: then EFAULT, before anything changes."""
+        """6.17+ remap_move(): a MREMAP_FIXED move without resize may span
+        several VMAs and gaps; VMA by VMA, each part is moved to the same
+        offset (its own share of the target unmapped first). A VMA that may
+        not take part (userfaultfd-armed: vma_multi_allowed) fails the call
+        with EFAULT: at once if it is the first and more follow, else after
+        the VMAs before it have moved (the 6.18.44 host leaves them moved)."""
         parts = self.vmas.overlapping(old_addr, old_addr + size)
-        if any(v.uffd for v in parts):
-            raise oserror(EFAULT, "mremap", "a multi-VMA move of a userfaultfd-registered VMA")
         spans = [(max(v.start, old_addr), min(v.end, old_addr + size)) for v in parts]
-        early = self._unmap_events(new_addr, new_addr + size)
-        self._unmap(new_addr, new_addr + size)
-        for s, e in spans:
-            self._move(s, e - s, new_addr + (s - old_addr), e - s, flags, early)
-            early = ()
+        movable = len(parts)
+        for i, v in enumerate(parts):
+            if v.uffd:
+                movable = i
+                break
+        if movable == 0:
+            raise oserror(EFAULT, "mremap", "a multi-VMA move starting at a userfaultfd-registered VMA")
+        for s, e in spans[:movable]:
+            t = new_addr + (s - old_addr)
+            early = self._unmap_events(t, t + (e - s))
+            self._unmap(t, t + (e - s))
+            self._move(s, e - s, t, e - s, flags, early)
+        if movable < len(parts):
+            raise oserror(EFAULT, "mremap", "a userfaultfd-registered VMA in a multi-VMA move "
+                          "(the VMAs before it were moved)")
         return new_addr
 
     def _move(self, old_addr, old_size, new_addr, new_size, flags, early=(), late=()):

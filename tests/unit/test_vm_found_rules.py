@@ -110,3 +110,36 @@ def test_a_moving_mremap_across_two_vmas_unmaps_target_and_tail_before_failing_u
         else:
             p.madvise(addr, PAGE_SIZE, mmemu.constants.MADV_DONTNEED)
     p.madvise(a, 2 * PAGE_SIZE, mmemu.constants.MADV_DONTNEED)   # the kept part stays
+
+
+def test_a_multi_vma_move_stops_at_a_uffd_registered_vma_with_the_ones_before_moved():
+    # remap_move() (6.17+): VMA by VMA; a userfaultfd-armed one that is not
+    # the first fails the call with EFAULT after the VMAs before it moved.
+    # Found by `mmemu diff --uffd --programs 2000 --seed 8` on the 6.18.44 host.
+    import errno
+    from mmemu import uffd as U
+    from mmemu.constants import MREMAP_FIXED, MREMAP_MAYMOVE
+    p = mmemu.Machine(kernel="6.18").spawn()
+    a = p.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    b = p.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(a + PAGE_SIZE, b"A")
+    p.write(b, b"B")
+    u = p.userfaultfd(0)
+    u.api(0)
+    u.register(b + PAGE_SIZE, PAGE_SIZE, U.UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(OSError) as e:
+        p.mremap(b, 2 * PAGE_SIZE, 2 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, a)
+    assert e.value.errno == errno.EFAULT
+    assert p.read(a, 1) == b"B"                    # [b, b+1) moved to a
+    assert p.read(a + PAGE_SIZE, 1) == b"A"        # its share of the target untouched
+    with pytest.raises(mmemu.Sigsegv):
+        p.read(b, 1)
+    # The registered VMA first, with more after it: EFAULT before anything moves.
+    c = p.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    d = p.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(c + PAGE_SIZE, b"C")
+    u.register(c, PAGE_SIZE, U.UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(OSError) as e:
+        p.mremap(c, 2 * PAGE_SIZE, 2 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, d)
+    assert e.value.errno == errno.EFAULT
+    assert p.read(c + PAGE_SIZE, 1) == b"C"
