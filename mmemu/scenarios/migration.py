@@ -8,7 +8,7 @@ backports, memory and swap): the harness's machines have one node.
 from .. import constants as C
 from .. import uffd as U
 from ..machine import Machine
-from . import check, scenario
+from . import ScenarioSkip, check, scenario
 from .uffd_cases import (F_WP, FLAG_WP, FLAG_WRITE, PAGE, PRIV, PROTECT, RO, RW, WP, _area,
                          _one_fault, _try, _uffd, needs, uffd_scenario)
 
@@ -17,6 +17,10 @@ MOVE = C.MPOL_MF_MOVE
 
 def _numa(m):
     """The harness's machine, with two NUMA nodes (CPU 0 on node 0, CPU 1 on node 1)."""
+    if not isinstance(m, Machine):
+        if getattr(m, "nodes", 1) >= 2:
+            return m
+        raise ScenarioSkip("needs two NUMA nodes; this machine has one")
     return Machine(kernel=m.kernel, backports=m.policy.backports, memory=m.memory, swap=m.swap,
                    seed=m.seed, tlb=m.tlb, nodes=2)
 
