@@ -705,6 +705,11 @@ class Process(FileOps, NumaOps):
     def _events(self, events, rest):
         """Deliver non-cooperative events one after another, then rest()."""
         thread = self._current()
+        if thread.blocked is not None:
+            # The thread that would make the call sleeps in a userfault: the
+            # call (munmap, mremap, madvise) is another thread's of the
+            # process, and that one waits for the monitor to read the events.
+            thread = Thread(self, thread.cpu)
         for uffd, msg, s, e in reversed(events):
             rest = (lambda u, m, s_, e_, r: (lambda: _uffd.event(self.machine, thread, u, m, s_, e_, r)))(
                 uffd, msg, s, e, rest)

@@ -139,3 +139,18 @@ def test_close_wakes_blocked_wp_waiters():
     assert p.read(P, 1) == b"1" and p.read(P + PG, 1) == b"2"
     assert not p.pagemap(P).uffd_wp and not p.pagemap(P + PG).uffd_wp
     m.check()
+
+
+def test_munmap_while_the_main_thread_sleeps_in_a_userfault_is_another_threads_call():
+    # Linux: the main thread sleeps in a MISSING fault; another thread's
+    # munmap sends its UNMAP event and returns once the monitor read it.
+    # The engine used to make the call on the sleeping thread and fail
+    # (MmemuError) - found by `mmemu diff --against vm:6.12 --uffd --seed 8`.
+    m, p, a, u = setup(UFFD_FEATURE_EVENT_UNMAP)
+    u.register(a, 4 * PG, UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(WouldBlock):
+        p.read(a, 1)
+    log = served(u)
+    log.clear()                                   # the fault's own message
+    p.munmap(a + 2 * PG, PG)
+    assert spans(log, a) == [("UNMAP", 2, 3)]
