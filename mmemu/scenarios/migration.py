@@ -66,7 +66,7 @@ def migrate_exclusive(m):
     m.check()
 
 
-@scenario("S77", "migrate-pinned", "a pinned page refuses to migrate (S77)")
+@scenario("S77b", "migrate-pinned", "a pinned page refuses to migrate (S77)")
 def migrate_pinned(m):
     """A FOLL_PIN'd page cannot move: 5.19+ try_to_migrate refuses to share a
     maybe-pinned exclusive page; before, the unmap happens and the reference
@@ -94,7 +94,7 @@ def migrate_pinned(m):
     m.check()
 
 
-@scenario("S77", "migrate-shared", "a page shared after fork needs MPOL_MF_MOVE_ALL (S77)")
+@scenario("S77c", "migrate-shared", "a page shared after fork needs MPOL_MF_MOVE_ALL (S77)")
 def migrate_shared(m):
     """A page both parent and child map is -EACCES without MOVE_ALL; with it,
     both ptes move to the new frame (the rmap walk finds the child's), read
