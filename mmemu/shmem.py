@@ -24,6 +24,10 @@ MAX_FILE_SIZE = (1 << 32) * C.PAGE_SIZE       # a frame's file index is 32 bits 
 class ShmemFile:
     """An inode of shmem: a page cache in the core, plus what Python tracks."""
 
+    # One past the last page fallocate(FALLOC_FL_KEEP_SIZE) put in the cache
+    # beyond EOF: truncation must drop those too (shmem_truncate_range to -1).
+    prealloc_end = 0
+
     def __init__(self, machine, name, anon=False):
         self.machine = machine
         self.fid = machine._engine.file_new(True)
@@ -78,7 +82,8 @@ class ShmemFile:
             first = (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             last = (self.size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             self.unmap_range(first, last, even_cows=True)
-            eng.file_truncate_cache(self.fid, first, last)
+            eng.file_truncate_cache(self.fid, first, max(last, self.prealloc_end))
+            self.prealloc_end = 0
         eng.file_set_size(self.fid, size)
 
     def maybe_destroy(self):
@@ -189,18 +194,17 @@ class FileOps:
             return
         if mode & ~C.FALLOC_FL_KEEP_SIZE:
             raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")
-        # Preallocation: every page of the range enters the cache (zeroed).
+        # Preallocation: every page of the range enters the cache (new ones
+        # dirty, not uptodate), past EOF too with KEEP_SIZE (shmem_fallocate).
         eng = self.machine._engine
         size = f.size
-        end = offset + length
-        if mode & C.FALLOC_FL_KEEP_SIZE:
-            end = min(end, max(size, offset))
         first = offset // C.PAGE_SIZE
-        last = (end + C.PAGE_SIZE - 1) // C.PAGE_SIZE
+        last = (offset + length + C.PAGE_SIZE - 1) // C.PAGE_SIZE
         if not mode & C.FALLOC_FL_KEEP_SIZE and offset + length > size:
             eng.file_set_size(f.fid, offset + length)
-        if first < last:
-            eng.file_fallocate(f.fid, self.cpu, first, last)
+        elif last > (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE:
+            f.prealloc_end = max(f.prealloc_end, last)
+        eng.file_fallocate(f.fid, self.cpu, first, last)
 
     def _zero_file_range(self, f, start, end):
         # Only bytes below EOF that are in the cache change (a hole reads zero).

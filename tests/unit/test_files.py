@@ -66,6 +66,27 @@ class TestFileErrno:
         p.fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 8 * PAGE)
         assert p.fstat_size(fd) == 3 * PAGE
 
+    def test_keep_size_preallocates_past_eof_and_a_second_fallocate_makes_it_uptodate(self, m, p):
+        # shmem_fallocate(): KEEP_SIZE puts pages past EOF in the cache (not
+        # uptodate); a later SGP_FALLOC of an existing folio clears it and
+        # marks it uptodate, so fault-around maps it. Truncation drops what
+        # lay past EOF. Found by `mmemu diff --programs 2000 --seed 3` (host).
+        fd = p.memfd_create("x")
+        p.ftruncate(fd, PAGE)
+        a = p.mmap(0, 2 * PAGE, RW, MAP_SHARED, fd, 0)
+        p.fallocate(fd, FALLOC_FL_KEEP_SIZE, PAGE, PAGE)
+        assert p.fstat_size(fd) == PAGE
+        p.fallocate(fd, 0, PAGE, PAGE)                # EOF moves over the page
+        assert p.fstat_size(fd) == 2 * PAGE
+        p.read(a, 1)
+        assert p.pagemap(a + PAGE).present            # fault-around took it
+        p.munmap(a, 2 * PAGE)
+        p.fallocate(fd, FALLOC_FL_KEEP_SIZE, 2 * PAGE, 4 * PAGE)
+        before = m._engine.file_info(p._file(fd, "t").fid)["nrpages"]
+        p.ftruncate(fd, PAGE)
+        after = m._engine.file_info(p._file(fd, "t").fid)["nrpages"]
+        assert (before, after) == (6, 1)
+
     def test_partial_punch_zeroes_bytes(self, p):
         fd = p.memfd_create("x")
         p.pwrite(fd, b"a" * (2 * PAGE), 0)
