@@ -82,6 +82,7 @@ BASELINE = {
     "tlb_flush_nested": 1,        # tlb_finish_mmu flushes when another batch overlapped (4.13): B18
     "uffd_wp_multi_vma": 0,       # UFFDIO_WRITEPROTECT walks several VMAs (6.4)
     "uffd_move_zeropage": 0,      # UFFDIO_MOVE moves zero-page ptes (~6.9)
+    "uffd_release_resets_wp": 0,  # closing a userfaultfd resets its uffd-wp ptes and markers (6.9)
     "uffd_eagain_result": 0,      # an mmap_changing EAGAIN writes -EAGAIN to the result field (~6.15)
     "uffd_vma_lock": 0,           # fill/MOVE look up dst with find_vma_and_prepare_anon() (6.9)
     "uffd_mremap_clear_wp": 0,    # mremap without EVENT_REMAP drops uffd-wp bits and markers (6.13)
@@ -307,6 +308,10 @@ CHANGES = (
            {"swapin_read_writable": 1}),
     Change("d58a361b0350", "6.11", "mm/ksm: don't waste time searching stable tree for fast changing page",
            {"ksm_checksum_first": 1}),
+    # Found by `mmemu diff --against vm:6.1 --uffd --programs 2000 --seed 8`:
+    # on 6.1.176 a child's shmem marker stays after its fork context closes.
+    Change("c88033efe9a3", "6.9", "mm/userfaultfd: reset ptes when close() for wr-protected ones "
+           "(a syzbot fix of April 2024; release inferred)", {"uffd_release_resets_wp": 1}),
     Change("95567729173e", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race",
            {"uffd_eagain_result": 1},
            stable={"6.12": Stable(UNCONFIRMED, 29)}, aliases=("uffd-eagain-output-field",)),

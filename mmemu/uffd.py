@@ -345,7 +345,7 @@ class Uffd:
             raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "a VMA of the range belongs to another uffd")
         self._unregister(start, end)
 
-    def _unregister(self, start, end):
+    def _unregister(self, start, end, reset_wp=True):
         p = self.process
         if not p.alive:
             return
@@ -355,7 +355,7 @@ class Uffd:
             if v.uffd != self.ctx:
                 continue
             s, e = max(v.start, start), min(v.end, end)
-            if v.flags & VM_UFFD_WP:
+            if v.flags & VM_UFFD_WP and reset_wp:
                 eng.uffd_writeprotect(p.mm, s, e, False, False, v.flags)   # bits and markers go
             if v.flags & VM_UFFD_MISSING:
                 # userfaultfd_unregister(): only a MISSING registration wakes
@@ -651,9 +651,13 @@ class Uffd:
             return
         p = self.process
         if p.alive:
+            # Until c88033efe9a3 (6.9) the release left uffd-wp bits and
+            # markers in place (6.1.176 under QEMU keeps a marker a closed
+            # fork context had); since, it resets them as UNREGISTER does.
+            reset = bool(self.machine.policy.uffd_release_resets_wp)
             for v in list(p.vmas):
                 if v.uffd == self.ctx:
-                    self._unregister(v.start, v.end)
+                    self._unregister(v.start, v.end, reset)
         for w in self.faults + self.waiting:
             w.woken = True
         for w, _ in self.events:

@@ -143,3 +143,25 @@ def test_a_multi_vma_move_stops_at_a_uffd_registered_vma_with_the_ones_before_mo
         p.mremap(c, 2 * PAGE_SIZE, 2 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, d)
     assert e.value.errno == errno.EFAULT
     assert p.read(c + PAGE_SIZE, 1) == b"C"
+
+
+@pytest.mark.parametrize("kernel, kept", [("6.1.176", True), ("6.8", True), ("6.9", False),
+                                          ("6.12.118", False)])
+def test_closing_a_userfaultfd_resets_its_uffd_wp_markers_from_6_9(kernel, kept):
+    # c88033efe9a3 (6.9): userfaultfd_release() resets wr-protected ptes as
+    # UNREGISTER does; before, the markers stayed. Found by `mmemu diff
+    # --against vm:6.1 --uffd --programs 2000 --seed 8` (a fork context
+    # closed; 6.1.176 kept the child's marker, 6.12.118 did not).
+    from mmemu import MAP_SHARED
+    from mmemu import uffd as U
+    p = mmemu.Machine(kernel=kernel).spawn()
+    fd = p.memfd_create("m")
+    p.ftruncate(fd, PAGE_SIZE)
+    a = p.mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    u = p.userfaultfd(0)
+    u.api(0)
+    u.register(a, PAGE_SIZE, U.UFFDIO_REGISTER_MODE_WP)
+    u.writeprotect(a, PAGE_SIZE, U.UFFDIO_WRITEPROTECT_MODE_WP)    # a marker over the none pte
+    assert p.pagemap(a).uffd_wp
+    u.close()
+    assert p.pagemap(a).uffd_wp == kept
