@@ -32,6 +32,7 @@ include "core/gup.pxi"
 include "core/swap.pxi"
 include "core/shmem.pxi"
 include "core/range.pxi"
+include "core/huge.pxi"
 include "core/migrate.pxi"
 include "core/state.pxi"
 include "core/ksm.pxi"
@@ -45,12 +46,14 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
                  "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable",
                  "pm_guard_region", "numa_hint_upgrade", "ksm_reuse", "ksm_break_unshare",
-                 "ksm_checksum_first")
+                 "ksm_checksum_first", "thp_wp_refcount", "thp_cow_whole",
+                 "large_reuse")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
               "file_faults", "fault_around_pages", "swap_out", "swap_in", "uffd_faults",
-              "uffd_resolved_in_core")
+              "uffd_resolved_in_core", "thp_fault_alloc", "thp_fault_fallback", "thp_split_pmd",
+              "thp_zero_page_alloc")
 
 FRAME_FLAG_NAMES = {
     "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
@@ -149,6 +152,16 @@ cdef class Engine:
         self.e.nnodes = 1                   # numa_init() splits the frames
         self.e.node_span = nframes
         self.e.alloc_node = -1
+        # THP: Debian's defaults (enabled=madvise, use_zero_page=1, defrag=madvise).
+        self.e.thp_enabled = 1
+        self.e.thp_use_zero_page = 1
+        self.e.thp_defrag = 3
+        self.e.huge_zero_pfn = -1
+        self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
+        self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
+        self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
+        if self.e.entire_map == NULL or self.e.hfree == NULL:
+            raise MemoryError()
         self.e.mm_cap = 16
         self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
         if self.e.mms == NULL:
@@ -189,6 +202,9 @@ cdef class Engine:
         p.ksm_reuse = knobs["ksm_reuse"]
         p.ksm_break_unshare = knobs["ksm_break_unshare"]
         p.ksm_checksum_first = knobs["ksm_checksum_first"]
+        p.thp_wp_refcount = knobs["thp_wp_refcount"]
+        p.thp_cow_whole = knobs["thp_cow_whole"]
+        p.large_reuse = knobs["large_reuse"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -214,6 +230,8 @@ cdef class Engine:
     def __dealloc__(self):
         cdef int64_t i
         ksm_free(&self.ksm)
+        free(self.e.entire_map)
+        free(self.e.hfree)
         for i in range(self.e.nbyte_chunks):
             free(self.e.byte_chunks[i])
         free(self.e.byte_chunks)
@@ -307,6 +325,10 @@ cdef class Engine:
             logs.append(stack_export(r.log, r.nlog, np.int64))
         st["uffd_res"], st["uffd_logs"] = res, logs
         st.update(self.ksm_get_state())
+        st["thp"] = np.array([self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag,
+                              self.e.huge_zero_pfn, self.e.nr_huge_pmd], np.int64)
+        st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
+        st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
         return st
 
     def set_state(self, dict st):
@@ -421,6 +443,37 @@ cdef class Engine:
                 r.nlog = r.caplog = len(st["uffd_logs"][j])
                 r.log = <int64_t *>stack_import(st["uffd_logs"][j], r.nlog, 8) if r.nlog else NULL
         self.ksm_set_state(st)
+        if "thp" in st:
+            th = st["thp"]
+            self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = th[0], th[1], th[2]
+            self.e.huge_zero_pfn, self.e.nr_huge_pmd = th[3], th[4]
+            if len(st["entire_map"]) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1 \
+                    or len(st["hfree"]) > self.e.hfree_cap:
+                raise ValueError("saved THP tables of the wrong size")
+            for i in range(len(st["entire_map"])):
+                self.e.entire_map[i] = st["entire_map"][i]
+            self.e.nhfree = len(st["hfree"])
+            for i in range(self.e.nhfree):
+                self.e.hfree[i] = st["hfree"][i]
+
+    def thp_get(self):
+        """The sysfs THP settings: (enabled, use_zero_page, defrag) as the core keeps them."""
+        return (self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag)
+
+    def thp_set(self, int enabled, int use_zero_page, int defrag):
+        if not 0 <= enabled <= 2 or not 0 <= defrag <= 4:
+            raise ValueError("THP enabled must be 0..2 and defrag 0..4")
+        self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = enabled, use_zero_page != 0, defrag
+
+    def thp_info(self, int64_t pfn):
+        """(head, entire mapcount) of pfn's folio, head -1 for a small one."""
+        cdef int64_t h
+        if pfn < 0 or pfn >= self.e.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
+        if not (self.e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
+            return (-1, 0)
+        h = folio_of(&self.e, pfn)
+        return (h, int(self.e.entire_map[h >> HPAGE_PMD_ORDER]))
 
     def uffd_resolver_source(self, int32_t ctx, object versions, object ring=None):
         """Point a loaded in-core resolver at its source array (and a pager
@@ -587,6 +640,11 @@ cdef class Engine:
         free(m.vmas)
         m.vmas = v
         m.nvma = <int32_t>n
+        if self.e.nr_huge_pmd:
+            # vma_adjust_trans_huge(): a PMD leaf never straddles a VMA
+            # boundary; one a new boundary cuts is split.
+            for i in range(n):
+                split_huge_pmd_edges(&self.e, m, v[i].start, v[i].end)
 
     def vma_anon(self, int32_t mm):
         """The anon_vma identity of each VMA, in table order (0: none), and
@@ -1859,9 +1917,11 @@ cdef class Engine:
                                  f"{self.e.nr_pgtable} charged, {self.e.ndir_used - self.e.ndir_free} "
                                  f"directory and {self.e.npte_used - self.e.npte_free} pte pages, "
                                  f"{self.e.nr_free} frames free")
+        exp_entire_a = np.zeros((n >> HPAGE_PMD_ORDER) + 1, np.int64)
+        cdef int64_t[::1] exp_entire = exp_entire_a
         for i in range(ext_pfns.shape[0]):
             if ext_pfns[i] != ZERO_PFN:
-                exp_ref[ext_pfns[i]] += ext_refs[i]
+                exp_ref[folio_of(&self.e, ext_pfns[i])] += ext_refs[i]
         for cpu in range(self.e.ncpus):
             for i in range(self.e.lru_n[cpu]):
                 exp_ref[self.e.lru[cpu * LRU_BATCH_MAX + i]] += 1
@@ -1882,10 +1942,12 @@ cdef class Engine:
             m = &self.e.mms[mmi]
             if not m.alive:
                 continue
-            rss = self._check_tree(m, m.pgd, 0, 0, exp_ref, exp_map, swap_refs)
+            rss = self._check_tree(m, m.pgd, 0, 0, exp_ref, exp_map, swap_refs, exp_entire)
             if rss != m.rss_anon:
                 raise InvariantError("rss_anon differs from the anon ptes mapped", None,
                                      f"mm {mmi}: counter {m.rss_anon}, ptes {rss}")
+        if self.e.huge_zero_pfn >= 0:
+            exp_ref[self.e.huge_zero_pfn] += 1      # the kernel's own reference
         for pfn in range(1, n):
             f = self.e.fflags[pfn]
             if not (f & PG_USED):
@@ -1898,8 +1960,16 @@ cdef class Engine:
             if self.e.refcount[pfn] != exp_ref[pfn]:
                 raise InvariantError("refcount differs from the references held", pfn,
                                      f"refcount {self.e.refcount[pfn]}, held {exp_ref[pfn]}")
-            if f & PG_ANON_EXCLUSIVE and exp_map[pfn] > 1:
+            if f & PG_ANON_EXCLUSIVE and exp_map[pfn] + (exp_entire[pfn >> HPAGE_PMD_ORDER]
+                                                         if f & (PG_HEAD | PG_TAIL) else 0) > 1:
                 raise InvariantError("PageAnonExclusive page mapped more than once", pfn)
+            if f & PG_HEAD and pfn != self.e.huge_zero_pfn \
+                    and self.e.entire_map[pfn >> HPAGE_PMD_ORDER] != exp_entire[pfn >> HPAGE_PMD_ORDER]:
+                raise InvariantError("entire mapcount differs from the PMD leaves mapping the folio", pfn,
+                                     f"entire {self.e.entire_map[pfn >> HPAGE_PMD_ORDER]}, "
+                                     f"leaves {exp_entire[pfn >> HPAGE_PMD_ORDER]}")
+            if f & PG_TAIL and not (self.e.fflags[pfn & ~(<int64_t>HPAGE_PMD_NR - 1)] & PG_HEAD):
+                raise InvariantError("tail page without a head", pfn)
         for s in range(<int64_t>self.e.ncpus * MM_TLB_ENTRIES):
             self._check_tlb(s)
         used = 0
@@ -1951,7 +2021,8 @@ cdef class Engine:
         return 0
 
     cdef int64_t _check_tree(self, mm_t *m, int32_t d, int level, uint64_t base,
-                             int64_t[::1] exp_ref, int64_t[::1] exp_map, int64_t[::1] swap_refs) except -1:
+                             int64_t[::1] exp_ref, int64_t[::1] exp_map, int64_t[::1] swap_refs,
+                             int64_t[::1] exp_entire) except -1:
         cdef int32_t *page = dir_page(&self.e, d)
         cdef uint64_t *t
         cdef int32_t i, j
@@ -1963,7 +2034,10 @@ cdef class Engine:
                 continue
             va = base | (<uint64_t>i << (PGDIR_SHIFT - 9 * level))
             if level < 2:
-                rss += self._check_tree(m, page[i] - 1, level + 1, va, exp_ref, exp_map, swap_refs)
+                rss += self._check_tree(m, page[i] - 1, level + 1, va, exp_ref, exp_map, swap_refs, exp_entire)
+                continue
+            if page[i] & PMD_HUGE:
+                rss += self._check_leaf(m, page[i], va, exp_ref, exp_entire)
                 continue
             t = pte_page(&self.e, page[i] - 1)
             for j in range(MM_PTRS):
@@ -1983,6 +2057,8 @@ cdef class Engine:
                 pfn = <int64_t>pte_pfn(pte)
                 if pfn >= self.e.nframes or not (self.e.fflags[pfn] & PG_USED):
                     raise InvariantError("pte points at a free frame", pfn, f"mm {m.id} va {va:#x}")
+                if is_huge_zero_pfn(&self.e, pfn):
+                    raise InvariantError("the huge zero page mapped by a pte", pfn, f"mm {m.id} va {va:#x}")
                 if pte & PTE_SPECIAL:
                     if pfn != ZERO_PFN or pte & PTE_WRITE:
                         raise InvariantError("special pte is not a read-only zero-page mapping", pfn)
@@ -1990,16 +2066,44 @@ cdef class Engine:
                 if pfn == ZERO_PFN:
                     raise InvariantError("zero page mapped without the special bit", pfn)
                 exp_map[pfn] += 1
-                exp_ref[pfn] += 1
+                exp_ref[folio_of(&self.e, pfn)] += 1
                 if self.e.fflags[pfn] & PG_ANON:
                     rss += 1
-                    if pte & PTE_WRITE and self.e.mapcount[pfn] > 1 and is_cow_mapping(m.vmas[vi].flags):
+                    if pte & PTE_WRITE and is_cow_mapping(m.vmas[vi].flags) and (self.e.mapcount[pfn] > 1 or (
+                            self.e.fflags[pfn] & (PG_HEAD | PG_TAIL) and
+                            self.e.entire_map[pfn >> HPAGE_PMD_ORDER] > 0)):
                         raise InvariantError("writable pte maps a COW-shared page", pfn,
                                              f"mm {m.id} va {va:#x} mapcount {self.e.mapcount[pfn]}")
                 if pte & PTE_WRITE and not (m.vmas[vi].flags & VM_WRITE):
                     raise InvariantError("writable pte in a VMA without VM_WRITE", pfn,
                                          f"mm {m.id} va {va:#x}")
         return rss
+
+    cdef int64_t _check_leaf(self, mm_t *m, int32_t ent, uint64_t va, int64_t[::1] exp_ref,
+                             int64_t[::1] exp_entire) except -1:
+        """A PMD leaf: an aligned, uniform expansion of one large folio (or
+        of the huge zero page) inside one VMA."""
+        cdef uint64_t *t = pmd_leaf_table(&self.e, ent)
+        cdef uint64_t pte0 = t[0], mask = PTE_PRESENT | PTE_WRITE | PTE_SPECIAL | PTE_PROTNONE | PTE_UFFD_WP
+        cdef int64_t head = <int64_t>pte_pfn(pte0), j
+        cdef int32_t vi = find_vma(m, va)
+        if vi < 0 or m.vmas[vi].start > va or m.vmas[vi].end < va + PMD_SPAN:
+            raise InvariantError("PMD leaf not inside one VMA", head, f"mm {m.id} va {va:#x}")
+        if head & (HPAGE_PMD_NR - 1) or not (self.e.fflags[head] & PG_HEAD) or not (pte0 & PTE_PRESENT):
+            raise InvariantError("PMD leaf does not map a large folio", head, f"mm {m.id} va {va:#x}")
+        for j in range(HPAGE_PMD_NR):
+            if <int64_t>pte_pfn(t[j]) != head + j or (t[j] & mask) != (pte0 & mask):
+                raise InvariantError("PMD leaf's expansion is not uniform", head + j, f"mm {m.id} va {va:#x}")
+        if pte0 & PTE_SPECIAL:
+            if head != self.e.huge_zero_pfn or pte0 & PTE_WRITE:
+                raise InvariantError("special PMD leaf is not a read-only huge zero page", head)
+            return 0
+        exp_ref[head] += 1
+        exp_entire[head >> HPAGE_PMD_ORDER] += 1
+        if pte0 & PTE_WRITE and self.e.entire_map[head >> HPAGE_PMD_ORDER] > 1 \
+                and is_cow_mapping(m.vmas[vi].flags):
+            raise InvariantError("writable PMD leaf maps a COW-shared THP", head, f"mm {m.id} va {va:#x}")
+        return HPAGE_PMD_NR
 
     cdef int _check_tlb(self, int64_t s) except -1:
         cdef uint64_t tag = self.e.tlb_tag[s], ent, vpn

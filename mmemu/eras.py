@@ -106,6 +106,11 @@ BASELINE = {
     "ksm_reuse": 1,               # a write fault may reuse a KSM page: reuse_ksm_page() (52d1e606ee73, 5.1) until 5.9
     "ksm_break_unshare": 0,       # break_ksm() (MADV_UNMERGEABLE) unshares rather than write-faults (6.2)
     "ksm_checksum_first": 0,      # the checksum gate comes before the stable tree search (6.11)
+    # Transparent huge pages (semantics.md 3.2, 6.9)
+    "thp_cow_whole": 1,           # a PMD COW copies the whole THP (until 3917c80280c9, 5.8)
+    "thp_wp_refcount": 0,         # a write-protected PMD THP is reused by refcount, not mapcount (5.18): B2a
+    "large_reuse": 0,             # COW of a PTE-mapped large folio's page: 0 by the small-page rule, 1 never (6.9), 2 if this mm owns it (6.15)
+    "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
 }
 
 
@@ -150,6 +155,8 @@ CHANGES = (
     Change("17839856fd58", "5.8", "gup: document and work around 'COW can break either way' issue",
            {"gup_forced_cow": FORCED_COW_GET_AND_PIN, "foll_cow_rule": FOLL_COW_DIRTY},
            bug="B2 fixed; B3, B4 introduced"),
+    Change("3917c80280c9", "5.8", "thp: change CoW semantics for anon-THP",
+           {"thp_cow_whole": 0}),
     Change("a308c71bf1e6", "5.9", "mm/gup: Remove enfornced COW mechanism",
            {"gup_forced_cow": FORCED_COW_NONE, "foll_cow_rule": FOLL_COW_FORCE_DIRTY},
            bug="B3, B4 fixed"),
@@ -201,6 +208,8 @@ CHANGES = (
            {"pm_uffd_wp": 1}, aliases=("pagemap-uffd-wp",)),
     Change("d4c470970d45", "5.18", "mm: optimize do_wp_page() for fresh pages in local LRU pagevecs",
            {"wp_reuse": WP_REUSE_REFCOUNT_DRAIN}, bug="B19 fixed"),
+    Change("3bff7e3f1f16", "5.18", "mm/huge_memory: streamline COW logic in do_huge_pmd_wp_page()",
+           {"thp_wp_refcount": 1}, bug="B2a fixed"),
     Change("9457056ac426", "5.18", "mm: madvise: MADV_DONTNEED_LOCKED",
            {"madv_dontneed_locked": 1}, aliases=("madv-dontneed-locked",)),
     Change("6c287605fd56", "5.19", "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive",
@@ -262,6 +271,12 @@ CHANGES = (
            {"uffd_features": 0x7fff}),
     Change("d61ea1cb0095", "6.7", "userfaultfd: UFFD_FEATURE_WP_ASYNC",
            {"uffd_features": 0xffff}),
+    Change("efa7df3e3bb5", "6.7", "mm: align larger anonymous mappings on THP boundaries",
+           {"thp_mmap_align": 1}),
+    Change("781a3ca5c345", "6.9", "mm: prohibit the last subpage from reusing the entire large folio "
+           "(id from mm-stable's log; in MM updates for 6.9-rc1)", {"large_reuse": 1}),
+    Change("d4148aeab412", "6.12", "mm, mmap: limit THP alignment of anonymous mappings to PMD-aligned sizes",
+           {"thp_mmap_align": 2}),
     Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",
            {"uffd_features": 0x1ffff}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
@@ -297,6 +312,8 @@ CHANGES = (
            "(release inferred)", {"madv_guard_file": 1}),
     Change("8e2f2aeb8b48", "6.15", "fs/proc/task_mmu: add guard region bit to pagemap "
            "(release inferred)", {"pm_guard_region": 1}),
+    Change("1da190f4d0a6", "6.15", "mm: Copy-on-Write (COW) reuse support for PTE-mapped THP "
+           "(release inferred from the series' posting and the Fixes: tags naming it)", {"large_reuse": 2}),
     Change("a516403787e0", "6.16", "fs/proc: extend the PAGEMAP_SCAN ioctl to report guard regions "
            "(release inferred)", {"pagemap_scan_guard": 1}),
     Change("dee3d0bef2b0", "6.10", "proc: rewrite stable_page_flags() (its KSM test matches every "

@@ -15,6 +15,7 @@ from .eras import policy_for
 from .pageinfo import FrameInfo
 from .process import Process
 from .serialise import new_lock, serialised
+from .thp import ThpSettings
 from .vma import VM_ANON_VMA
 
 # The core's frame flags that /proc/kpageflags shows, by bit; the core's
@@ -40,6 +41,8 @@ class Machine:
     table on a write, so it cannot write a page whose pte lost write), or
     "stale-writes" (every stale writable entry takes writes: the worst case
     of semantics.md §17, for hardware that does not re-walk).
+    thp: the transparent_hugepage "enabled" setting (never / madvise /
+    always; Machine.thp holds all the sysfs knobs, mmemu.thp).
 
     One Machine may be shared by host threads: each public call holds the
     machine's (re-entrant) lock, so calls serialise (mmemu.serialise).
@@ -48,7 +51,8 @@ class Machine:
     MAX_MEMORY = 1 << 44        # 16 TiB of frames: 2^32 frames, 96 GiB of frame table
 
     def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
-                 seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86", nodes: int = 1) -> None:
+                 seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86", nodes: int = 1,
+                 thp: str = "madvise") -> None:
         if isinstance(backports, (str, bytes)):
             raise TypeError("backports must be a sequence of commit ids, not a string")
         self.policy = policy_for(kernel, tuple(backports))
@@ -88,6 +92,7 @@ class Machine:
             raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
         self.tlb = tlb
         self._engine.tlb_stale_writes = tlb == "stale-writes"
+        self.thp = ThpSettings(self._engine, thp)
         self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile
         self._procs = {}
@@ -160,6 +165,13 @@ class Machine:
         if not 0 <= pfn < self._engine.nframes:
             raise ValueError(f"pfn {pfn} out of range 0..{self._engine.nframes - 1}")
         refcount, mapcount, flags, used, _, _ = self._engine.frame_info(pfn)
+        head, entire = self._engine.thp_info(pfn)
+        if head >= 0:
+            # A large folio's page: page_count is the folio's, kpagecount the
+            # page's pte mappings plus the folio's PMD mappings
+            # (folio_precise_page_mapcount, 6.12).
+            refcount = self._engine.frame_info(head)[0]
+            mapcount += entire
         pincount = 0
         for h in self._holders:
             if getattr(h, "gup_flags", 0) & C.FOLL_PIN and not h.released:
@@ -179,6 +191,10 @@ class Machine:
                 kpf |= 1 << C.KPF_KSM
         if mapcount > 0:
             kpf |= 1 << C.KPF_MMAP
+        if head >= 0:
+            # stable_page_flags(): KPF_THP on every page of an anon large
+            # folio (and of the huge zero page), head and tail marked.
+            kpf |= 1 << C.KPF_THP | 1 << (C.KPF_COMPOUND_HEAD if head == pfn else C.KPF_COMPOUND_TAIL)
         return FrameInfo(pfn, mapcount, kpf, refcount=refcount, pincount=pincount,
                          extra=set(flags) - set(_KPF))
 

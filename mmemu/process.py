@@ -252,6 +252,8 @@ class Process(FileOps, NumaOps):
             if hint >= C.MMAP_MIN_ADDR and hint + length <= C.TASK_SIZE \
                     and not self.vmas.overlapping(hint, hint + length):
                 start = hint
+            if start is None and not shared and flags & C.MAP_ANONYMOUS:
+                start = self._thp_area(length)
             if start is None:
                 start = self.vmas.free_area(length, self._mmap_top, C.MMAP_MIN_ADDR)
                 if start is None:
@@ -286,6 +288,23 @@ class Process(FileOps, NumaOps):
             self._populate(start, start + length, bool(vmflags & VM_WRITE), "mmap")
         # MAP_FIXED over a registered range: UNMAP after the fact, as munmap.
         return self._events(unmap_events, lambda: start)
+
+    def _thp_area(self, length):
+        """thp_get_unmapped_area_vmflags() for a private anonymous mmap
+        without a usable hint: search length + 2 MiB top-down, then align
+        the start to 2 MiB (an already aligned gap is taken 2 MiB higher,
+        as the top-down rule of 6.8 does). From efa7df3e3bb5 (6.7) for any
+        length of at least 2 MiB; from d4148aeab412 (6.12) only for lengths
+        that are multiples of 2 MiB. None: no alignment applies."""
+        rule = self._policy().thp_mmap_align
+        size = C.PMD_SIZE
+        if rule == 0 or length < size or (rule == 2 and length % size):
+            return None
+        ret = self.vmas.free_area(length + size, self._mmap_top, C.MMAP_MIN_ADDR)
+        if ret is None:
+            return None
+        off_sub = -ret & (size - 1)
+        return ret + size if off_sub == 0 else ret + off_sub
 
     def _unmap(self, start, end):
         removed = self.vmas.remove(start, end)

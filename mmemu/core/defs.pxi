@@ -14,19 +14,23 @@ cdef extern from "mm_types.h" nogil:
 
     uint32_t PG_ANON, PG_ANON_EXCLUSIVE, PG_KSM, PG_SWAPCACHE, PG_ZERO, PG_LRU
     uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED, PG_LAZYFREE, PG_ISOLATED
+    uint32_t PG_HEAD, PG_TAIL
+    int32_t PMD_HUGE
+    int HPAGE_PMD_ORDER, HPAGE_PMD_NR
     int MM_MAX_NODES
 
     uint64_t VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_MAYREAD, VM_MAYWRITE
     uint64_t VM_MAYEXEC, VM_MAYSHARE, VM_UFFD_MISSING, VM_PFNMAP, VM_UFFD_WP
     uint64_t VM_LOCKED, VM_IO, VM_DONTCOPY, VM_WIPEONFORK, VM_SOFTDIRTY
     uint64_t VM_MIXEDMAP, VM_HUGETLB, VM_UFFD_MINOR, VM_ANON, VM_ANON_VMA, VM_MERGEABLE
+    uint64_t VM_HUGEPAGE, VM_NOHUGEPAGE
 
     uint64_t MMF_HAS_PINNED, MMF_TLB_STALE
 
     int FAULT_FLAG_WRITE, FAULT_FLAG_USER, FAULT_FLAG_REMOTE, FAULT_FLAG_UNSHARE, FAULT_FLAG_NO_RETRY
     int FAULT_FLAG_ARCH
     int VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_WRITE, VM_FAULT_SIGSEGV
-    int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR, VM_FAULT_HWPOISON, VM_FAULT_UFFD
+    int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR, VM_FAULT_HWPOISON, VM_FAULT_UFFD, VM_FAULT_FALLBACK
     uint64_t PTE_MARKER_UFFD_WP, PTE_MARKER_POISONED, PTE_MARKER_GUARD
 
     ctypedef struct mm_vma_t:
@@ -54,6 +58,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t gup_fast_seq, mprotect_gather, tlb_flush_nested
         int32_t pm_marker_swp_type, swapin_read_writable, pm_guard_region, numa_hint_upgrade
         int32_t ksm_reuse, ksm_break_unshare, ksm_checksum_first
+        int32_t thp_wp_refcount, thp_cow_whole, large_reuse
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem
@@ -66,7 +71,8 @@ cdef extern from "mm_types.h" nogil:
         MM_STAT_COW, MM_STAT_REUSE, MM_STAT_UNSHARE, MM_STAT_EARLY_COW
         MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN
         MM_STAT_GUP, MM_STAT_FILE_FAULT, MM_STAT_FAULT_AROUND, MM_STAT_SWPOUT
-        MM_STAT_SWPIN, MM_STAT_UFFD, MM_STAT_UFFD_CORE, MM_STAT_NR
+        MM_STAT_SWPIN, MM_STAT_UFFD, MM_STAT_UFFD_CORE, MM_STAT_THP_FAULT_ALLOC
+        MM_STAT_THP_FAULT_FALLBACK, MM_STAT_THP_SPLIT_PMD, MM_STAT_THP_ZERO_ALLOC, MM_STAT_NR
 
 # eras.py values of the policy enums (kept equal by tests/unit/test_eras.py).
 cdef enum:
@@ -182,6 +188,18 @@ ctypedef struct engine_t:
     int64_t node_span
     int64_t *node_free         # per node: free list head (pfn + 1), linked through `version`
     int64_t *node_next         # per node: frames >= this were never used
+    # Transparent huge pages (core/huge.pxi). Large folios are order 9 and
+    # naturally aligned, so a folio is named by pfn >> 9: entire_map holds
+    # each one's PMD mappings (folio->_entire_mapcount), one int32 per 512
+    # frames. Free aligned blocks wait on hfree (heads) for the next THP.
+    int32_t thp_enabled        # sysfs enabled: 0 never, 1 madvise, 2 always
+    int32_t thp_use_zero_page  # sysfs use_zero_page
+    int32_t thp_defrag         # sysfs defrag (recorded; allocation never stalls here)
+    int64_t huge_zero_pfn      # the huge zero folio's head; -1 until first use
+    int64_t nr_huge_pmd        # PMD leaves mapped, all mms (0: no walk needs to look)
+    int32_t *entire_map
+    int64_t *hfree
+    int64_t nhfree, hfree_cap
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

@@ -102,9 +102,11 @@ cdef bint wp_can_reuse_refcount_drain(engine_t *e, int cpu, int64_t pfn) noexcep
     return e.refcount[pfn] == 1
 
 
-cdef bint wp_can_reuse(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
+cdef bint wp_can_reuse(engine_t *e, mm_t *mm, int cpu, int64_t pfn) noexcept nogil:
     """The era's reuse decision for a private anon page (semantics.md 3.2)."""
     cdef int rule = e.pol.wp_reuse
+    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+        return wp_can_reuse_large(e, mm, cpu, pfn)      # core/huge.pxi
     if rule == WP_REUSE_MAPCOUNT:
         # <= 5.8 reuse_swap_page(): mapcount (+ swap count) == 1; extra GUP or
         # pipe references are ignored (the root of CVE-2020-29374). A KSM page
@@ -146,7 +148,7 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
         # PTL is re-taken, and CPUs may still write the old page through
         # their TLBs (B11).
         if old != ZERO_PFN:
-            e.refcount[old] += 1
+            get_page(e, old, 1)
         sched_point(e, SP_COW_DECIDED, mm.id, va, <uint64_t>old)
     if frame_copy(e, pfn, old) < 0:
         frame_free(e, pfn)
@@ -220,7 +222,7 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
             return 0
         return wp_page_shared(e, vma, ptep, pfn)
     if e.fflags[pfn] & PG_ANON:
-        if (e.pol.anon_exclusive and (e.fflags[pfn] & PG_ANON_EXCLUSIVE)) or wp_can_reuse(e, cpu, pfn):
+        if (e.pol.anon_exclusive and (e.fflags[pfn] & PG_ANON_EXCLUSIVE)) or wp_can_reuse(e, mm, cpu, pfn):
             # 5.19+: a reused page is exclusive from now on.
             if e.pol.anon_exclusive:
                 e.fflags[pfn] |= PG_ANON_EXCLUSIVE
@@ -248,6 +250,7 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     cdef mm_vma_t *vma
     cdef uint64_t pte
     cdef bint wp_marker
+    cdef int ret
     mm.minflt += 1
     stat_add(e, MM_STAT_FAULT, 1)
     if vi < 0:
@@ -262,6 +265,11 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
                 return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
         elif not (vma.flags & (VM_READ | VM_WRITE | VM_EXEC)):
             return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
+    if e.nr_huge_pmd or vma.flags & VM_HUGEPAGE or e.thp_enabled == 2:
+        # The PMD level (__handle_mm_fault): a THP fault, or one on a PMD leaf.
+        ret = huge_pmd_fault(e, mm, cpu, vma, va, fflags)    # core/huge.pxi
+        if not (ret & VM_FAULT_FALLBACK):
+            return ret
     if ptep == NULL:
         ptep = pte_offset(e, mm, va, True)
         if ptep == NULL:

@@ -81,6 +81,8 @@ cdef int64_t frame_alloc(engine_t *e) noexcept nogil:
     elif e.next_unused < e.nframes:
         pfn = e.next_unused
         e.next_unused += 1
+    elif e.nhfree > 0:
+        pfn = hblock_break(e)       # core/huge.pxi: the buddy splits a free THP-sized block
     else:
         return -1
     e.nr_free -= 1
@@ -115,17 +117,30 @@ cdef void frame_free(engine_t *e, int64_t pfn) noexcept nogil:
     e.nr_free += 1
 
 
+cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
+    """The folio a page belongs to (page_folio): its head. Large folios are
+    order HPAGE_PMD_ORDER and naturally aligned."""
+    if e.fflags[pfn] & PG_TAIL:
+        return pfn & ~(<int64_t>HPAGE_PMD_NR - 1)
+    return pfn
+
+
 cdef inline void get_page(engine_t *e, int64_t pfn, int32_t nr) noexcept nogil:
+    # References are the folio's (folio_get): a tail page's go to its head.
     if pfn != ZERO_PFN:      # the shared zero page is never refcounted here
-        e.refcount[pfn] += nr
+        e.refcount[folio_of(e, pfn)] += nr
 
 
 cdef inline void put_page(engine_t *e, int64_t pfn, int32_t nr) noexcept nogil:
     if pfn == ZERO_PFN:
         return
+    pfn = folio_of(e, pfn)
     e.refcount[pfn] -= nr
     if e.refcount[pfn] == 0:
-        frame_free(e, pfn)
+        if e.fflags[pfn] & PG_HEAD:
+            folio_free_large(e, pfn)    # core/huge.pxi
+        else:
+            frame_free(e, pfn)
 
 
 # ---- byte store -----------------------------------------------------------
@@ -285,5 +300,7 @@ cdef inline void lru_add(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
     e.refcount[pfn] += 1
     e.lru[cpu * LRU_BATCH_MAX + e.lru_n[cpu]] = pfn
     e.lru_n[cpu] += 1
-    if e.lru_n[cpu] >= e.pol.lru_batch:
+    # A large folio drains the batch at once (folio_add_lru: the batch is
+    # moved when the folio is large), so it never sits there.
+    if e.lru_n[cpu] >= e.pol.lru_batch or e.fflags[pfn] & PG_HEAD:
         lru_drain(e, cpu)

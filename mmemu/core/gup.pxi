@@ -92,15 +92,17 @@ cdef int follow_page_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
     pfn = <int64_t>pte_pfn(pte)
     # try_grab_folio(): FOLL_GET takes a reference, FOLL_PIN the pin bias.
     if gup_flags & FOLL_PIN:
-        e.refcount[pfn] += GUP_PIN_COUNTING_BIAS
+        # A large folio's pin is counted on its head as well (the kernel
+        # keeps _pincount there; the bias gives the same maybe-pinned test).
+        e.refcount[folio_of(e, pfn)] += GUP_PIN_COUNTING_BIAS
         if e.pol.mm_has_pinned:
             mm.flags |= MMF_HAS_PINNED
     elif gup_flags & FOLL_GET:
-        e.refcount[pfn] += 1
+        e.refcount[folio_of(e, pfn)] += 1
     if gup_flags & FOLL_TOUCH:
         ptep[0] = pte | PTE_YOUNG
         if gup_flags & FOLL_WRITE:
-            e.fflags[pfn] |= PG_DIRTY
+            e.fflags[folio_of(e, pfn)] |= PG_DIRTY
     pfn_out[0] = pfn
     return FOLLOW_OK
 

@@ -414,8 +414,8 @@ cdef inline int64_t ksm_mapped_anon(engine_t *e, mm_t *mm, uint64_t va, uint64_t
     if ptep == NULL or (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) != PTE_PRESENT:
         return -1
     pfn = <int64_t>pte_pfn(ptep[0])
-    if not (e.fflags[pfn] & PG_ANON):
-        return -1
+    if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+        return -1               # KSM splits large folios first; not modelled yet
     ptep_out[0] = ptep
     return pfn
 
@@ -715,7 +715,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                 continue
             if (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ptep[0])
-                if e.fflags[pfn] & PG_ANON:
+                if e.fflags[pfn] & PG_ANON and not (e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
                     it = ksm_next_item(e, k, mm, va)
                     if it == NULL:
                         k.failed = 1

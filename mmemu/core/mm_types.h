@@ -34,6 +34,16 @@
 #define PTE_PFN_SHIFT  12
 #define PTE_PFN_MASK   (((1ULL << 40) - 1) << PTE_PFN_SHIFT)
 
+/* A pmd entry (a directory slot: pte-page index + 1) with this bit maps a
+ * PMD leaf: a 2 MiB THP or the huge zero page. The pte page beneath is the
+ * leaf's expansion (what a split would install), kept uniform while the
+ * leaf lives, so readers walk it like any pte page; only code that knows
+ * PMDs changes it. The kernel deposits a page table with each anon PMD
+ * (pgtable_trans_huge_deposit): this page is that deposit. */
+#define PMD_HUGE       (1 << 30)
+#define HPAGE_PMD_ORDER 9
+#define HPAGE_PMD_NR   512
+
 /* Non-present, non-none pte (bit 0 clear, type != 0): swap-like entries. */
 #define SWP_TYPE_SHIFT 1
 #define SWP_TYPE_MASK  (7ULL << SWP_TYPE_SHIFT)
@@ -63,6 +73,8 @@
 #define PG_BYTES          (1u << 9)   /* `version` holds a byte-store slot */
 #define PG_FILE           (1u << 10)  /* page-cache page of mapping/index */
 #define PG_LAZYFREE       (1u << 11)  /* MADV_FREE'd: !PG_swapbacked, discardable if clean */
+#define PG_HEAD           (1u << 12)  /* first page of a large folio (order HPAGE_PMD_ORDER) */
+#define PG_TAIL           (1u << 13)  /* another page of it: the folio is pfn & ~(HPAGE_PMD_NR - 1) */
 #define PG_ISOLATED       (1u << 14)  /* emulator: taken off the LRU for migration (folio_isolate_lru) */
 #define PG_USED           (1u << 15)  /* allocated (not on the free list) */
 
@@ -115,6 +127,7 @@
 #define VM_FAULT_ACCERR    0x100000   /* emulator: SIGSEGV is SEGV_ACCERR */
 #define VM_FAULT_NOMEM     0x200000   /* emulator: host allocation failed */
 #define VM_FAULT_HWPOISON  0x000010
+#define VM_FAULT_FALLBACK  0x000800   /* a huge fault gives way to the pte path */
 #define VM_FAULT_UFFD      0x400000   /* emulator: handle_userfault queued a message */
 #define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM | VM_FAULT_UFFD)
 
@@ -200,6 +213,9 @@ typedef struct {
     int32_t ksm_reuse;              /* reuse_ksm_page(): a write may reuse a KSM page (until 09854ba94c6a, 5.9) */
     int32_t ksm_break_unshare;      /* 6cce3314b928 (6.2): break_ksm() unshares instead of write-faulting */
     int32_t ksm_checksum_first;     /* d58a361b0350 (6.11): the checksum gate precedes the stable tree search */
+    int32_t thp_wp_refcount;        /* 3bff7e3f1f16 (5.18): a write-protected PMD THP is reused by refcount, not mapcount */
+    int32_t thp_cow_whole;          /* until 3917c80280c9 (5.8): PMD COW copies the whole THP instead of splitting */
+    int32_t large_reuse;            /* a PTE-mapped large folio's page on COW: 0 small rule, 1 never (6.9), 2 mm-exclusive (6.15) */
 } mm_policy_t;
 
 /* Counters, indexed by MM_STAT_*. */
@@ -209,6 +225,8 @@ enum {
     MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN,
     MM_STAT_GUP, MM_STAT_FILE_FAULT, MM_STAT_FAULT_AROUND, MM_STAT_SWPOUT, MM_STAT_SWPIN,
     MM_STAT_UFFD, MM_STAT_UFFD_CORE,
+    MM_STAT_THP_FAULT_ALLOC, MM_STAT_THP_FAULT_FALLBACK, MM_STAT_THP_SPLIT_PMD,
+    MM_STAT_THP_ZERO_ALLOC,
     MM_STAT_NR
 };
 

@@ -137,7 +137,7 @@ cdef uint64_t *table_leaf(engine_t *e, int32_t root, uint64_t va, bint alloc,
         if level < 2:
             d = dir_page(e, nxt - 1)
         else:
-            return pte_page(e, nxt - 1)
+            return pte_page(e, (nxt & ~PMD_HUGE) - 1)
     return NULL
 
 
@@ -157,7 +157,7 @@ cdef uint64_t *leaf_or_skip(engine_t *e, int32_t root, uint64_t va, uint64_t *ne
         if level < 2:
             d = dir_page(e, nxt - 1)
         else:
-            return pte_page(e, nxt - 1)
+            return pte_page(e, (nxt & ~PMD_HUGE) - 1)
     return NULL
 
 
@@ -199,7 +199,9 @@ cdef void free_pte_tables(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) n
             continue
         i = <int32_t>((va >> PMD_SHIFT) & 511)
         if d[i] != 0:
-            push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, d[i] - 1)
+            if d[i] & PMD_HUGE:
+                e.nr_huge_pmd -= 1          # zapped leaves are gone already; never expected
+            push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (d[i] & ~PMD_HUGE) - 1)
             d[i] = 0
             mm.nr_ptes -= 1
         va += 1ULL << PMD_SHIFT
@@ -214,7 +216,9 @@ cdef void free_dir_tree(engine_t *e, int32_t d, int level) noexcept nogil:
             if level < 2:
                 free_dir_tree(e, page[i] - 1, level + 1)
             else:
-                push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, page[i] - 1)
+                if page[i] & PMD_HUGE:
+                    e.nr_huge_pmd -= 1
+                push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (page[i] & ~PMD_HUGE) - 1)
     push_free(e, &e.dir_free, &e.ndir_free, &e.dir_free_cap, d)
 
 

@@ -20,12 +20,23 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
     cdef uint64_t va = start, stop, pte
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn
+    cdef int32_t *slot
     while va < end:
         t = leaf_or_skip(e, mm.pgd, va, &stop)
         if t == NULL:
             va = stop
             continue
         stop = block_end(va, end)
+        if e.nr_huge_pmd:
+            # zap_pmd_range: a PMD leaf zapped whole goes at once, one the
+            # range covers in part is split first.
+            slot = pmd_slot(e, mm, va, False)
+            if pmd_trans_huge(slot[0]):
+                if stop - va == PMD_SPAN:
+                    zap_huge_pmd(e, mm, slot, g)
+                    va = stop
+                    continue
+                split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
         i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
         i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
         for i in range(i0, i1):
@@ -119,6 +130,9 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
     cdef uint16_t excl = PG_ANON | PG_ANON_EXCLUSIVE
     cdef bint shared_writable = prot == 0 and (newflags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE) \
         and not flags_want_writenotify(e, newflags)
+    # change_pmd_range: a PMD leaf covered whole changes as one (its
+    # expansion stays uniform), one covered in part is split.
+    split_huge_pmd_edges(e, mm, start, end)
     while va < end:
         t = leaf_or_skip(e, mm.pgd, va, &stop)
         if t == NULL:
@@ -160,12 +174,26 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
     # Which VMA decides whether the child keeps uffd-wp bits: the child's
     # since 5.14 (8f34f1eac382); before, the source's (B12).
     cdef uint64_t wp_side = dst_flags if e.pol.fork_uffd_child_vma else src_flags
+    cdef int32_t *slot
+    cdef int rc
     while va < end:
         s = leaf_or_skip(e, src.pgd, va, &stop)
         if s == NULL:
             va = stop
             continue
         stop = block_end(va, end)
+        if e.nr_huge_pmd:
+            slot = pmd_slot(e, src, va, False)
+            if pmd_trans_huge(slot[0]):
+                # copy_pmd_range: a leaf is shared whole (a VMA never ends inside one).
+                rc = copy_huge_pmd(e, src, dst, va & ~(<uint64_t>PMD_SPAN - 1), slot, dst_flags,
+                                   wp_side, wrprotected)
+                if rc < 0:
+                    return -1
+                if rc == 0:
+                    va = stop
+                    continue
+                # Split (maybe pinned): copied per pte below.
         d = pte_table(e, dst, va, True)
         if d == NULL:
             return -1
@@ -200,7 +228,7 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                 # 5.9-5.18 copied any maybe-pinned page of a COW mapping
                 # early; 5.19+ only exclusive anon ones (folio_try_dup_anon_rmap).
                 if cow and e.pol.fork_early_cow and src.flags & MMF_HAS_PINNED \
-                        and e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS \
+                        and e.refcount[folio_of(e, pfn)] >= GUP_PIN_COUNTING_BIAS \
                         and ((not e.pol.anon_exclusive) or
                              (e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE)):
                     # 5.9+ (70e806e4e645; 5.19+ folio_try_dup_anon_rmap failing):
@@ -231,7 +259,7 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                     # follow. GUP-fast takes no lock: it may pin in between (B17).
                     sched_point(e, SP_FORK_PTE, src.id, va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT), <uint64_t>pfn)
                     pte = s[i]
-                e.refcount[pfn] += 1
+                get_page(e, pfn, 1)
                 e.mapcount[pfn] += 1
                 if e.fflags[pfn] & PG_ANON:
                     # The page is now shared: no longer exclusive (5.19+).
@@ -260,6 +288,7 @@ cdef int64_t clear_soft_dirty_range(engine_t *e, mm_t *mm, uint64_t start, uint6
     cdef int64_t i, i0, i1, pfn, lost = 0
     cdef bint skip_pinned = e.pol.clear_refs_skip_pinned != 0 and is_cow_mapping(vma_flags) \
         and (mm.flags & MMF_HAS_PINNED) != 0
+    split_huge_pmd_edges(e, mm, start, end)     # clear_soft_dirty_pmd: whole leaves stay
     while va < end:
         t = leaf_or_skip(e, mm.pgd, va, &stop)
         if t == NULL:
@@ -278,7 +307,7 @@ cdef int64_t clear_soft_dirty_range(engine_t *e, mm_t *mm, uint64_t start, uint6
                 # 5.11+ (9348b73c2e1b): a maybe-pinned page keeps its
                 # writable pte, so it always reads soft-dirty.
                 pfn = <int64_t>pte_pfn(pte)
-                if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
+                if e.refcount[folio_of(e, pfn)] >= GUP_PIN_COUNTING_BIAS:
                     continue
             if pte & PTE_WRITE:
                 lost += 1
@@ -371,7 +400,7 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     cdef int32_t vi = find_vma(mm, va)
     cdef uint64_t *ptep
     cdef uint64_t pte, out = 0
-    cdef int64_t pfn
+    cdef int64_t pfn, mc
     cdef uint64_t vflags
     if vi < 0:
         return 0
@@ -386,10 +415,17 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
         if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:
             out |= 1ULL << 57
         if not (pte & PTE_SPECIAL):
-            if e.mapcount[pfn] == 1:
+            # folio_precise_page_mapcount(): the page's pte mappings plus
+            # its folio's PMD mappings.
+            mc = e.mapcount[pfn]
+            if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+                mc += entire_mapcount(e, folio_of(e, pfn))[0]
+            if mc == 1:
                 out |= 1ULL << 56                # PM_MMAP_EXCLUSIVE: mapped once
             if not (e.fflags[pfn] & PG_ANON):
                 out |= 1ULL << 61                # PM_FILE
+        elif is_huge_zero_pfn(e, pfn):
+            out |= 1ULL << 61                    # a PMD's page that is not anon: PM_FILE
     elif pte != 0:
         out = 1ULL << 62                         # swap entry / marker
         if is_swap_pte(pte):
@@ -433,6 +469,9 @@ cdef int64_t move_ptes(engine_t *e, mm_t *mm, uint64_t old, uint64_t new, uint64
     cdef uint64_t off = 0, pte, stop
     cdef uint64_t *s
     cdef uint64_t *d
+    # move_huge_pmd (an aligned leaf moving whole) is not modelled: leaves
+    # are split and their ptes move.
+    split_huge_pmd_range(e, mm, old, old + length)
     while off < length:
         s = leaf_or_skip(e, mm.pgd, old + off, &stop)
         if s == NULL:

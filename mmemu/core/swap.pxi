@@ -255,8 +255,8 @@ cdef int swapout_anon_pte(engine_t *e, mm_t *mm, uint64_t *ptep, gather_t *g) no
     if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
         return 0
     pfn = <int64_t>pte_pfn(pte)
-    if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & PG_KSM or e.mapcount[pfn] != 1:
-        return 0
+    if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & (PG_KSM | PG_HEAD | PG_TAIL) or e.mapcount[pfn] != 1:
+        return 0                # large folios are not reclaimed yet (no split_folio)
     if e.fflags[pfn] & PG_LAZYFREE:
         # try_to_unmap_one on a MADV_FREE'd folio: discard it if nobody wrote
         # it again and nobody else holds it; otherwise it is swap-backed again.
@@ -510,8 +510,8 @@ cdef int64_t madvise_free_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, 
             if pte & PTE_SPECIAL:
                 continue
             pfn = <int64_t>pte_pfn(pte)
-            if not (e.fflags[pfn] & PG_ANON) or e.mapcount[pfn] != 1:
-                continue
+            if not (e.fflags[pfn] & PG_ANON) or e.mapcount[pfn] != 1 or e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+                continue            # madvise_free_huge_pmd / large-folio split: not modelled yet
             if e.fflags[pfn] & PG_SWAPCACHE and not try_to_free_swap(e, pfn):
                 continue
             if pte & (PTE_DIRTY | PTE_YOUNG):

@@ -294,6 +294,7 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
     # vm_get_page_prot(vm_flags), PAGE_COPY for a private mapping). That pte
     # lost write: the flush is deferred to the end of the range (B11's t0).
     cdef bint drop_write = not protect and e.pol.uffd_unprotect_writable == 0 and not shared_rw
+    split_huge_pmd_edges(e, mm, start, end)     # change_huge_pmd on whole leaves
     while va < end:
         if alloc:
             t = pte_table(e, mm, va, True)
@@ -489,6 +490,8 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
             dp[0] = pte
             return 0
         pfn = <int64_t>pte_pfn(pte)
+        if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+            return -CORE_EBUSY          # a large folio: split_folio is not modelled yet
         if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & PG_KSM or e.mapcount[pfn] != 1 \
                 or (e.pol.anon_exclusive and not (e.fflags[pfn] & PG_ANON_EXCLUSIVE)):
             return -CORE_EBUSY          # not an exclusive anon page

@@ -36,7 +36,7 @@ BUGS = (
         "always", "17839856fd58 (5.8), for good by 09854ba94c6a (5.9)",
         ("17839856fd58", "09854ba94c6a")),
     Bug("B2a", "B2 through a PMD-mapped THP",
-        "always", "3bff7e3f1f16 (5.18)"),
+        "always", "3bff7e3f1f16 (5.18)", ("3bff7e3f1f16",)),
     Bug("B2b", "B2 through hugetlb",
         "always", "not fixed upstream (cow.c expects the failure)"),
     Bug("B3", "umapsort hang: a read GUP of a uffd-wp page takes a write fault "

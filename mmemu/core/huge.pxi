@@ -1,0 +1,578 @@
+# Transparent huge pages: PMD-mapped anon THP and the huge zero page
+# (mm/huge_memory.c). A PMD leaf is a directory slot with PMD_HUGE over a
+# pte page that holds the leaf's expansion (the deposited page table), kept
+# uniform, so every reader walks it as ptes. A large folio is order 9 and
+# naturally aligned: references on its head, per-page mapcounts for pte
+# mappings, the PMD mappings in entire_map[pfn >> 9].
+
+
+cdef inline int32_t *entire_mapcount(engine_t *e, int64_t head) noexcept nogil:
+    return &e.entire_map[head >> HPAGE_PMD_ORDER]
+
+
+# ---- large-folio frames: an order-9 block of the buddy allocator ---------
+
+cdef int64_t hblock_take(engine_t *e) noexcept nogil:
+    """A free, aligned block of HPAGE_PMD_NR frames (its first pfn), or -1:
+    a freed THP block first, then never-used frames, the frames skipped to
+    align going to the order-0 free list."""
+    cdef int64_t start, p
+    if e.nhfree > 0:
+        e.nhfree -= 1
+        return e.hfree[e.nhfree]
+    start = (e.next_unused + HPAGE_PMD_NR - 1) & ~(<int64_t>HPAGE_PMD_NR - 1)
+    if start + HPAGE_PMD_NR > e.nframes:
+        return -1
+    for p in range(e.next_unused, start):
+        e.version[p] = <uint64_t>e.free_head
+        e.free_head = p + 1
+    e.next_unused = start + HPAGE_PMD_NR
+    return start
+
+
+cdef int64_t hblock_break(engine_t *e) noexcept nogil:
+    """Order-0 allocation with nothing smaller left: split a free block,
+    keep its first frame, put the rest on the free list."""
+    cdef int64_t head, p
+    e.nhfree -= 1
+    head = e.hfree[e.nhfree]
+    p = head + HPAGE_PMD_NR - 1
+    while p > head:
+        e.version[p] = <uint64_t>e.free_head
+        e.free_head = p + 1
+        p -= 1
+    return head
+
+
+cdef int64_t folio_alloc_pmd(engine_t *e) noexcept nogil:
+    """An order-9 anon folio: head refcount 1, zeroed, uptodate; -1 when no
+    aligned block is free (the fault falls back to base pages) or the
+    frames left are owed to page tables. One NUMA node only for now."""
+    cdef int64_t head, p
+    if e.nnodes > 1 or e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
+        return -1
+    head = hblock_take(e)
+    if head < 0:
+        return -1
+    e.nr_free -= HPAGE_PMD_NR
+    for p in range(head, head + HPAGE_PMD_NR):
+        e.refcount[p] = 0
+        e.mapcount[p] = 0
+        e.version[p] = 0
+        e.fflags[p] = PG_USED | PG_UPTODATE | PG_TAIL
+        e.mapping[p] = 0
+        e.index[p] = 0
+    e.fflags[head] = PG_USED | PG_UPTODATE | PG_HEAD
+    e.refcount[head] = 1
+    entire_mapcount(e, head)[0] = 0
+    return head
+
+
+cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
+    """The last reference to a large folio went: its block back whole."""
+    cdef int64_t p
+    for p in range(head, head + HPAGE_PMD_NR):
+        if e.fflags[p] & PG_BYTES:
+            bytes_release(e, <int64_t>e.version[p])
+        e.fflags[p] = 0
+        e.refcount[p] = 0
+        e.mapcount[p] = 0
+        e.version[p] = 0
+    entire_mapcount(e, head)[0] = 0
+    e.hfree[e.nhfree] = head
+    e.nhfree += 1
+    e.nr_free += HPAGE_PMD_NR
+
+
+cdef inline void folio_set_flags(engine_t *e, int64_t head, uint16_t set, uint16_t clear) noexcept nogil:
+    # Flags a PMD-mapped folio keeps on its head (PageAnonExclusive, anon)
+    # are kept on every page, so a pte-level reader sees what a split would.
+    cdef int64_t p
+    for p in range(head, head + HPAGE_PMD_NR):
+        e.fflags[p] = (e.fflags[p] & ~clear) | set
+
+
+cdef int64_t huge_zero_folio(engine_t *e) noexcept nogil:
+    """mm_get_huge_zero_folio(): allocated on first use, then kept (the
+    kernel's shrinker frees it when unused; memory pressure is not modelled
+    for it). -1 if it cannot be allocated."""
+    cdef int64_t head
+    if e.huge_zero_pfn >= 0:
+        return e.huge_zero_pfn
+    head = folio_alloc_pmd(e)
+    if head < 0:
+        return -1
+    folio_set_flags(e, head, PG_ZERO | PG_RESERVED, 0)
+    e.huge_zero_pfn = head
+    stat_add(e, MM_STAT_THP_ZERO_ALLOC, 1)
+    return head
+
+
+cdef inline bint is_huge_zero_pfn(engine_t *e, int64_t pfn) noexcept nogil:
+    return e.huge_zero_pfn >= 0 and (pfn & ~(<int64_t>HPAGE_PMD_NR - 1)) == e.huge_zero_pfn
+
+
+# ---- PMD slots ------------------------------------------------------------
+
+cdef int32_t *pmd_slot(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
+    """The pmd entry covering va (pmd_offset), allocating the upper levels
+    if asked; NULL when absent or out of memory."""
+    cdef int32_t *d = dir_page(e, mm.pgd)
+    cdef int32_t i, nxt
+    cdef int level
+    for level in range(2):
+        i = <int32_t>((va >> (PGDIR_SHIFT - 9 * level)) & 511)
+        nxt = d[i]
+        if nxt == 0:
+            if not alloc:
+                return NULL
+            nxt = dir_alloc(e)
+            if nxt < 0:
+                return NULL
+            nxt += 1
+            d[i] = nxt
+        d = dir_page(e, nxt - 1)
+    return d + ((va >> PMD_SHIFT) & 511)
+
+
+cdef inline bint pmd_trans_huge(int32_t ent) noexcept nogil:
+    return (ent & PMD_HUGE) != 0
+
+
+cdef inline uint64_t *pmd_leaf_table(engine_t *e, int32_t ent) noexcept nogil:
+    return pte_page(e, (ent & ~PMD_HUGE) - 1)
+
+
+cdef inline bint thp_vma_allowable(engine_t *e, mm_vma_t *vma, uint64_t va) noexcept nogil:
+    """thp_vma_allowable_order(PMD_ORDER) for a fault plus
+    thp_vma_suitable_order(): private anon only (vma_is_anonymous), sysfs
+    enabled (always, or madvise with VM_HUGEPAGE), not VM_NOHUGEPAGE, and
+    the aligned 2 MiB inside the VMA (no pgoff check for anon)."""
+    cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1)
+    if e.thp_enabled == 0 or vma.file != 0:
+        return False
+    if vma.flags & (VM_SHARED | VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP | VM_MIXEDMAP | VM_IO):
+        return False
+    if e.thp_enabled == 1 and not (vma.flags & VM_HUGEPAGE):
+        return False
+    return haddr >= vma.start and haddr + PMD_SPAN <= vma.end
+
+
+cdef int set_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot, uint64_t first, bint step) noexcept nogil:
+    """Install a PMD leaf: deposit a pte page holding its expansion (first,
+    then first + i pages when step), mark the slot huge. 0, or -1 when no
+    frame is left for the table."""
+    cdef int32_t p = ptp_alloc(e)
+    cdef uint64_t *t
+    cdef int64_t i
+    cdef uint64_t inc = pfn_pte(1) if step else 0
+    if p < 0:
+        return -1
+    t = pte_page(e, p)
+    for i in range(HPAGE_PMD_NR):
+        t[i] = first + <uint64_t>i * inc
+    slot[0] = (p + 1) | PMD_HUGE
+    mm.nr_ptes += 1                 # mm_inc_nr_ptes with the deposit
+    e.nr_huge_pmd += 1
+    return 0
+
+
+cdef void withdraw_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot) noexcept nogil:
+    """The slot empties and its deposited table is freed (zap_deposited_table)."""
+    push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (slot[0] & ~PMD_HUGE) - 1)
+    slot[0] = 0
+    mm.nr_ptes -= 1
+    e.nr_huge_pmd -= 1
+
+
+# ---- faults ---------------------------------------------------------------
+
+cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                                    int32_t *slot, int fflags) noexcept nogil:
+    """A fault on an empty pmd of a THP-eligible VMA (do_huge_pmd_anonymous_page,
+    6.12): a read maps the huge zero page (use_zero_page), anything else a
+    fresh THP mapped dirty and, if the VMA may be written, writable;
+    VM_FAULT_FALLBACK sends the fault to the pte path."""
+    cdef int64_t head, zero
+    cdef uint64_t prot = vma_prot_bits(vma.flags), entry
+    anon_vma_prepare(e, mm, vma)        # vmf_anon_prepare, read faults too
+    if not (fflags & FAULT_FLAG_WRITE) and e.thp_use_zero_page:
+        zero = huge_zero_folio(e)
+        if zero < 0:
+            stat_add(e, MM_STAT_THP_FAULT_FALLBACK, 1)
+            return VM_FAULT_FALLBACK
+        if vma.flags & VM_UFFD_MISSING:
+            return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
+        if set_pmd_leaf(e, mm, slot, pfn_pte(zero) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | prot, True) < 0:
+            return table_alloc_failed(e)
+        stat_add(e, MM_STAT_ZERO_FAULT, 1)
+        return 0
+    head = folio_alloc_pmd(e)
+    if head < 0:
+        stat_add(e, MM_STAT_THP_FAULT_FALLBACK, 1)
+        return VM_FAULT_FALLBACK
+    if vma.flags & VM_UFFD_MISSING:
+        put_page(e, head, 1)
+        return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
+    entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | prot
+    if vma.flags & VM_WRITE:
+        entry |= PTE_WRITE
+    if set_pmd_leaf(e, mm, slot, entry, True) < 0:
+        put_page(e, head, 1)
+        return table_alloc_failed(e)
+    # folio_add_new_anon_rmap(RMAP_EXCLUSIVE): one PMD mapping, exclusive.
+    folio_set_flags(e, head, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
+    entire_mapcount(e, head)[0] = 1
+    lru_add(e, cpu, head)
+    mm.rss_anon += HPAGE_PMD_NR
+    stat_add(e, MM_STAT_ANON_FAULT, 1)
+    stat_add(e, MM_STAT_THP_FAULT_ALLOC, 1)
+    return 0
+
+
+cdef void pmd_flush(engine_t *e, mm_t *mm, uint64_t haddr) noexcept nogil:
+    """flush_pmd_tlb_range: one flush of the leaf's translations (the TLB
+    here caches 4 KiB entries, so each of them goes)."""
+    cdef uint64_t vpn, tag
+    cdef int64_t s, i
+    cdef int cpu
+    for i in range(HPAGE_PMD_NR):
+        vpn = (haddr >> MM_PAGE_SHIFT) + <uint64_t>i
+        tag = tlb_tag_of(mm.id, vpn)
+        for cpu in range(e.ncpus):
+            s = tlb_slot(cpu, mm.id, vpn)
+            if e.tlb_tag[s] == tag:
+                e.tlb_tag[s] = 0
+    stat_add(e, MM_STAT_TLB_FLUSH, 1)
+
+
+cdef int huge_pmd_copy_whole(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t haddr,
+                             int32_t *slot, bint zero) noexcept nogil:
+    """Before 5.8 (3917c80280c9): a write to the huge zero page or to a
+    THP that cannot be reused gets a whole new THP, a copy, mapped
+    writable. -1 when none can be allocated (the caller falls back)."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef int64_t old = <int64_t>pte_pfn(t[0]), new, i
+    cdef uint64_t entry
+    new = folio_alloc_pmd(e)
+    if new < 0:
+        return -1
+    if not zero:
+        for i in range(HPAGE_PMD_NR):
+            if frame_copy(e, new + i, old + i) < 0:
+                put_page(e, new, 1)
+                return -1
+    anon_vma_prepare(e, mm, vma)
+    folio_set_flags(e, new, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
+    entire_mapcount(e, new)[0] = 1
+    lru_add(e, cpu, new)
+    pmd_flush(e, mm, haddr)             # pmdp_huge_clear_flush
+    entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | vma_prot_bits(vma.flags) \
+        | (PTE_WRITE if vma.flags & VM_WRITE else 0)
+    for i in range(HPAGE_PMD_NR):
+        t[i] = entry + pfn_pte(i)
+    if zero:
+        mm.rss_anon += HPAGE_PMD_NR
+    else:
+        entire_mapcount(e, old)[0] -= 1
+        put_page(e, old, 1)
+    stat_add(e, MM_STAT_THP_FAULT_ALLOC, 1)
+    stat_add(e, MM_STAT_COW, 1)
+    return 0
+
+
+cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t haddr) noexcept nogil:
+    """__split_huge_pmd_locked (6.12): the deposited table becomes the pte
+    page. The huge zero page turns into the small zero page; a THP's pages
+    each get one pte mapping and one folio reference (folio_ref_add 511),
+    PageAnonExclusive from the head, the PMD's write, young, dirty,
+    soft-dirty and uffd-wp bits on every pte; the PMD mapping goes."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t pte0 = t[0], acc = 0, keep, entry
+    cdef int64_t i, head
+    stat_add(e, MM_STAT_THP_SPLIT_PMD, 1)
+    # The leaf's dirty and young are the OR of what the MMU set on its expansion.
+    for i in range(HPAGE_PMD_NR):
+        acc |= t[i]
+    slot[0] &= ~PMD_HUGE
+    e.nr_huge_pmd -= 1
+    pmd_flush(e, mm, haddr)             # pmdp_invalidate
+    if pte0 & PTE_SPECIAL:
+        entry = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | (pte0 & (PTE_PROTNONE | PTE_UFFD_WP))
+        for i in range(HPAGE_PMD_NR):
+            t[i] = entry
+        return
+    head = <int64_t>pte_pfn(pte0)
+    keep = pte0 & (PTE_PRESENT | PTE_WRITE | PTE_PROTNONE | PTE_SOFT_DIRTY | PTE_UFFD_WP)
+    keep |= acc & (PTE_YOUNG | PTE_DIRTY)
+    if acc & PTE_DIRTY:
+        e.fflags[head] |= PG_DIRTY       # folio_set_dirty
+    for i in range(HPAGE_PMD_NR):
+        t[i] = pfn_pte(head + i) | keep
+        e.mapcount[head + i] += 1
+    e.refcount[head] += HPAGE_PMD_NR - 1
+    entire_mapcount(e, head)[0] -= 1
+
+
+cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
+    """__split_huge_pmd: split the PMD leaf covering va, if there is one."""
+    cdef int32_t *slot
+    if e.nr_huge_pmd == 0:
+        return
+    slot = pmd_slot(e, mm, va, False)
+    if slot != NULL and pmd_trans_huge(slot[0]):
+        split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
+
+
+cdef void split_huge_pmd_edges(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """vma_adjust_trans_huge / the walkers' partial-PMD case: a PMD leaf the
+    range covers only in part is split; ones it covers whole stay."""
+    if e.nr_huge_pmd == 0 or end <= start:
+        return
+    if start & (PMD_SPAN - 1):
+        split_huge_pmd(e, mm, start)
+    if end & (PMD_SPAN - 1):
+        split_huge_pmd(e, mm, end - 1)
+
+
+cdef void split_huge_pmd_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """Split every PMD leaf in [start, end): for operations that act per
+    page only (the kernel's walkers split where they do not handle PMDs)."""
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1)
+    if e.nr_huge_pmd == 0:
+        return
+    while va < end:
+        split_huge_pmd(e, mm, va)
+        va += PMD_SPAN
+
+
+cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) noexcept nogil:
+    """zap_huge_pmd (6.12): clear the leaf, free its deposited table; a THP
+    loses its PMD mapping and one reference, after the flush."""
+    cdef uint64_t pte0 = pmd_leaf_table(e, slot[0])[0]
+    cdef int64_t head
+    withdraw_pmd_leaf(e, mm, slot)
+    g.need_flush = 1
+    if pte0 & PTE_SPECIAL:
+        return
+    head = <int64_t>pte_pfn(pte0)
+    entire_mapcount(e, head)[0] -= 1
+    mm.rss_anon -= HPAGE_PMD_NR
+    gather_add(e, g, head)
+
+
+cdef int copy_huge_pmd(engine_t *e, mm_t *src, mm_t *dst, uint64_t haddr, int32_t *sslot,
+                       uint64_t dst_flags, uint64_t wp_side, int64_t *wrprotected) noexcept nogil:
+    """copy_huge_pmd (6.12) for a fork: the child shares the leaf, both
+    write-protected, the child's old. A maybe-pinned THP is split instead
+    and copied per pte (d042035eaf5f 5.9; 5.19+ when the exclusive folio's
+    rmap cannot be duplicated): returns 1 then. 0, or -1 out of memory."""
+    cdef uint64_t *s = pmd_leaf_table(e, sslot[0])
+    cdef uint64_t pte0 = s[0], clear
+    cdef int64_t head, i
+    cdef int32_t *dslot = pmd_slot(e, dst, haddr, True)
+    cdef uint64_t *d
+    if dslot == NULL:
+        return -1
+    if not (pte0 & PTE_SPECIAL):
+        head = <int64_t>pte_pfn(pte0)
+        if e.pol.fork_early_cow and src.flags & MMF_HAS_PINNED \
+                and e.refcount[head] >= GUP_PIN_COUNTING_BIAS \
+                and ((not e.pol.anon_exclusive) or e.fflags[head] & PG_ANON_EXCLUSIVE):
+            split_huge_pmd_locked(e, src, sslot, haddr)
+            return 1
+    if set_pmd_leaf(e, dst, dslot, 0, False) < 0:
+        return -1
+    d = pmd_leaf_table(e, dslot[0])
+    clear = PTE_WRITE | PTE_YOUNG | (0 if wp_side & VM_UFFD_WP else PTE_UFFD_WP)
+    for i in range(HPAGE_PMD_NR):
+        if s[i] & PTE_WRITE:
+            s[i] &= ~PTE_WRITE          # pmdp_set_wrprotect
+            wrprotected[0] += 1
+        d[i] = s[i] & ~clear
+    if pte0 & PTE_SPECIAL:
+        return 0
+    get_page(e, head, 1)
+    entire_mapcount(e, head)[0] += 1
+    folio_set_flags(e, head, 0, PG_ANON_EXCLUSIVE)
+    dst.rss_anon += HPAGE_PMD_NR
+    return 0
+
+
+cdef bint thp_can_reuse(engine_t *e, int cpu, int64_t head) noexcept nogil:
+    """The era's reuse test for a write-protected PMD-mapped THP."""
+    if e.pol.anon_exclusive and e.fflags[head] & PG_ANON_EXCLUSIVE:
+        return True
+    if e.pol.thp_wp_refcount:
+        # 3bff7e3f1f16 (5.18): only a folio nobody else references (the
+        # LRU batch never holds a THP); a swapcache copy counts per page.
+        return e.refcount[head] == 1
+    # Before 5.18: reuse_swap_page() on the compound page, by mapcount:
+    # one PMD mapping and no pte mappings (GUP references ignored: B2a).
+    cdef int64_t p
+    if entire_mapcount(e, head)[0] != 1:
+        return False
+    for p in range(head, head + HPAGE_PMD_NR):
+        if e.mapcount[p] != 0:
+            return False
+    return True
+
+
+cdef int do_huge_pmd_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                             int32_t *slot, int fflags) noexcept nogil:
+    """wp_huge_pmd / do_huge_pmd_wp_page: a write (or unshare) on a
+    write-protected PMD leaf. uffd-wp first; the huge zero page and a THP
+    that cannot be reused are split, and the fault retried on ptes."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t pte0 = t[0]
+    cdef bint unshare = (fflags & FAULT_FLAG_UNSHARE) != 0 and not (fflags & FAULT_FLAG_WRITE)
+    cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), set
+    cdef int64_t head, i
+    stat_add(e, MM_STAT_WP_FAULT, 1)
+    if not unshare and pte0 & PTE_UFFD_WP and vma.flags & VM_UFFD_WP:
+        if vma.uffd > 0 and vma.uffd < e.nuffd and e.uffd_feat[vma.uffd] & UFFD_FEATURE_WP_ASYNC:
+            split_huge_pmd_locked(e, mm, slot, haddr)      # resolved on ptes (6.7+)
+            return VM_FAULT_FALLBACK
+        return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_WP)
+    if pte0 & PTE_SPECIAL:
+        if e.pol.thp_cow_whole and not unshare and huge_pmd_copy_whole(e, mm, cpu, vma, haddr, slot, True) == 0:
+            return VM_FAULT_WRITE
+        split_huge_pmd_locked(e, mm, slot, haddr)
+        return VM_FAULT_FALLBACK
+    head = <int64_t>pte_pfn(pte0)
+    if not thp_can_reuse(e, cpu, head):
+        # 5.7 copied the THP whole (and, with no THP to be had, 512 small
+        # pages: do_huge_pmd_wp_page_fallback; here the PMD is split and
+        # only the page written is copied). 5.8+ split and copy 4 KiB.
+        if e.pol.thp_cow_whole and not unshare and huge_pmd_copy_whole(e, mm, cpu, vma, haddr, slot, False) == 0:
+            return VM_FAULT_WRITE
+        split_huge_pmd_locked(e, mm, slot, haddr)
+        return VM_FAULT_FALLBACK
+    if e.pol.anon_exclusive:
+        folio_set_flags(e, head, PG_ANON_EXCLUSIVE, 0)
+    if unshare:
+        return 0
+    set = PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | (PTE_WRITE if vma.flags & VM_WRITE else 0)
+    for i in range(HPAGE_PMD_NR):
+        t[i] |= set
+    stat_add(e, MM_STAT_REUSE, 1)
+    return VM_FAULT_WRITE
+
+
+cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, int fflags) noexcept nogil:
+    """__handle_mm_fault's PMD level: create a PMD leaf on an empty pmd of a
+    THP-eligible VMA, or handle a fault on an existing one. Returns
+    VM_FAULT_FALLBACK when the pte level is to handle it."""
+    cdef int32_t *slot
+    cdef uint64_t pte
+    cdef int ret
+    if e.nr_huge_pmd == 0 and not thp_vma_allowable(e, vma, va):
+        return VM_FAULT_FALLBACK
+    slot = pmd_slot(e, mm, va, thp_vma_allowable(e, vma, va))
+    if slot == NULL:
+        return VM_FAULT_FALLBACK
+    if slot[0] == 0:
+        if not thp_vma_allowable(e, vma, va):
+            return VM_FAULT_FALLBACK
+        return do_huge_pmd_anonymous_page(e, mm, cpu, vma, va, slot, fflags)
+    if not pmd_trans_huge(slot[0]):
+        return VM_FAULT_FALLBACK
+    pte = pmd_leaf_table(e, slot[0])[(va >> MM_PAGE_SHIFT) & 511]
+    if pte & PTE_PROTNONE and vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
+        # do_huge_pmd_numa_page is not modelled: handled on ptes.
+        split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
+        return VM_FAULT_FALLBACK
+    if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not (pte & PTE_WRITE):
+        ret = do_huge_pmd_wp_page(e, mm, cpu, vma, va, slot, fflags)
+        return ret
+    # huge_pmd_set_accessed: young (and dirty for a write) on the leaf.
+    pmd_leaf_table(e, slot[0])[(va >> MM_PAGE_SHIFT) & 511] = \
+        pte | PTE_YOUNG | ((PTE_DIRTY | PTE_SOFT_DIRTY) if fflags & FAULT_FLAG_WRITE else 0)
+    return 0
+
+
+# ---- COW of a PTE-mapped large folio --------------------------------------
+
+cdef int64_t folio_mapcount_total(engine_t *e, int64_t head) noexcept nogil:
+    """folio_large_mapcount(): every pte and every PMD mapping of the folio."""
+    cdef int64_t p, n = entire_mapcount(e, head)[0]
+    for p in range(head, head + HPAGE_PMD_NR):
+        n += e.mapcount[p]
+    return n
+
+
+cdef int64_t mm_folio_mappings(engine_t *e, mm_t *mm, int64_t head, uint64_t va, int64_t want) noexcept nogil:
+    """How many of this mm's page-table entries map the folio (what the
+    kernel's _mm_id tracking answers): the 2 MiB around va first, where a
+    folio's pages usually are, then the whole mm if that fell short."""
+    cdef uint64_t a, stop, end
+    cdef uint64_t *t
+    cdef int64_t n = 0, i, pfn
+    cdef int32_t vi
+    cdef int32_t *slot
+    a = va & ~(<uint64_t>PMD_SPAN - 1)
+    t = leaf_or_skip(e, mm.pgd, a, &stop)
+    if t != NULL:
+        slot = pmd_slot(e, mm, a, False)
+        if pmd_trans_huge(slot[0]):
+            n += <int64_t>pte_pfn(t[0]) == head
+        else:
+            for i in range(HPAGE_PMD_NR):
+                if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
+                    pfn = <int64_t>pte_pfn(t[i])
+                    n += (pfn & ~(<int64_t>HPAGE_PMD_NR - 1)) == head
+    if n >= want:
+        return n
+    n = 0
+    for vi in range(mm.nvma):
+        if not mm.vmas[vi].anon_vma:
+            continue
+        a = mm.vmas[vi].start
+        end = mm.vmas[vi].end
+        while a < end:
+            t = leaf_or_skip(e, mm.pgd, a, &stop)
+            if t == NULL:
+                a = stop
+                continue
+            stop = block_end(a, end)
+            slot = pmd_slot(e, mm, a, False)
+            if pmd_trans_huge(slot[0]):
+                n += <int64_t>pte_pfn(t[0]) == head
+                a = stop
+                continue
+            for i in range(<int64_t>((a >> MM_PAGE_SHIFT) & 511), <int64_t>((a >> MM_PAGE_SHIFT) & 511)
+                           + <int64_t>((stop - a) >> MM_PAGE_SHIFT)):
+                if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
+                    pfn = <int64_t>pte_pfn(t[i])
+                    n += (pfn & ~(<int64_t>HPAGE_PMD_NR - 1)) == head
+            a = stop
+    return n
+
+
+cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn) noexcept nogil:
+    """The reuse decision for a page of a PTE-mapped large anon folio that
+    is not PageAnonExclusive, per era:
+    - up to 5.8, reuse_swap_page(): the most any of its pages is mapped,
+      pte and PMD mappings together, is 1;
+    - 5.9-5.17: the folio's refcount is 1 and the page is mapped once;
+    - 5.18-6.8: the folio's refcount is 1 (the last pte of the folio);
+    - 6.9 (781a3ca5c345): never, the large folio goes back instead;
+    - 6.15 (1da190f4d0a6): if all its references are mappings, more than
+      one, and all in this mm (CONFIG_MM_ID)."""
+    cdef int64_t head = folio_of(e, pfn), p, n, worst = 0
+    cdef int32_t ent = entire_mapcount(e, head)[0]
+    if e.pol.large_reuse == 1:
+        return False
+    if e.pol.large_reuse == 2:
+        n = folio_mapcount_total(e, head)
+        if n <= 1 or e.refcount[head] != n:
+            return False
+        return mm_folio_mappings(e, mm, head, 0, n) == n
+    if e.pol.wp_reuse == WP_REUSE_MAPCOUNT:
+        for p in range(head, head + HPAGE_PMD_NR):
+            if e.mapcount[p] + ent > worst:
+                worst = e.mapcount[p] + ent
+        return worst <= 1
+    if e.pol.wp_reuse == WP_REUSE_REFCOUNT:
+        return e.refcount[head] == 1 and e.mapcount[pfn] + ent == 1
+    return e.refcount[head] == 1
