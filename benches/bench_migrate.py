@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mmemu
-from mmemu import MPOL_MF_MOVE, PAGE_SIZE
+from mmemu import FOLL_LONGTERM, FOLL_WRITE, MPOL_MF_MOVE, PAGE_SIZE
 
 from conftest import PRIV, RW, per_page
 
@@ -54,4 +54,26 @@ def test_numa_hint_scan_and_migrating_faults(benchmark, npages):
     m, p, a = benchmark.pedantic(lambda t: run(*t), setup=setup, rounds=ROUNDS, iterations=1)
     # (the last few pages may still sit in CPU 0's LRU add batch: they stay)
     assert m.node_of(p.pagemap(a).pfn) == 1 and p.versions(a, 1)[0] == 5
+    per_page(benchmark, npages)
+
+
+def movable_range(npages):
+    """npages written in ZONE_MOVABLE, room for them in ZONE_NORMAL."""
+    m = mmemu.Machine(memory=2 * (npages + 4096) * PAGE_SIZE, movablecore=(npages + 4096) * PAGE_SIZE)
+    p = m.spawn()
+    a = p.mmap(0, npages * PAGE_SIZE, RW, PRIV)
+    p.touch(a, npages, write=True, value=5)
+    return m, p, a
+
+
+@pytest.mark.parametrize("npages", SIZES)
+def test_longterm_pin_migrates_out_of_zone_movable(benchmark, npages):
+    """pin_user_pages(FOLL_LONGTERM) of a ZONE_MOVABLE range (6.18): pin,
+    check, unpin, migrate every page, pin again."""
+    def run(m, p, a):
+        return m, p, a, p.pin_user_pages(a, npages, FOLL_WRITE | FOLL_LONGTERM)
+    m, p, a, pin = benchmark.pedantic(lambda t: run(*t), setup=lambda: ((movable_range(npages),), {}),
+                                      rounds=ROUNDS, iterations=1)
+    last = a + (npages - 1) * PAGE_SIZE
+    assert m.zone_of(int(pin.pfns[-1])) == "Normal" and p.versions(last, 1)[0] == 5
     per_page(benchmark, npages)

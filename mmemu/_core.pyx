@@ -11,6 +11,7 @@
 #   core/gup.pxi      get_user_pages / pin_user_pages
 #   core/range.pxi    zap, change_protection, fork copy, clear_refs, touch, pagemap
 #   core/migrate.pxi  NUMA nodes, page migration (move_pages, mbind), NUMA hinting
+#   core/zones.pxi    ZONE_MOVABLE and CMA, the zonelist walk, FOLL_LONGTERM migration
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -34,6 +35,7 @@ include "core/shmem.pxi"
 include "core/range.pxi"
 include "core/huge.pxi"
 include "core/migrate.pxi"
+include "core/zones.pxi"
 include "core/state.pxi"
 include "core/ksm.pxi"
 
@@ -46,7 +48,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
                  "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable",
                  "pm_guard_region", "numa_hint_upgrade", "ksm_reuse", "ksm_break_unshare",
-                 "ksm_checksum_first", "thp_wp_refcount", "thp_cow_whole",
+                 "ksm_checksum_first", "longterm_unpinnable", "longterm_alloc_exclude",
+                 "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
                  "large_reuse")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
@@ -97,7 +100,8 @@ cdef class Engine:
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
     cdef object _sched_fn, _sched_err
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
-    cdef object _node_free, _node_next   # per NUMA node free lists (core/migrate.pxi)
+    cdef object _node_free, _node_next   # per node and zone free lists (core/zones.pxi)
+    cdef object _zone_end, _zone_nr_free
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
     cdef int32_t file_hint       # no free mapping id below this one
     cdef readonly dict knobs     # the policy this engine was made with
@@ -202,6 +206,10 @@ cdef class Engine:
         p.ksm_reuse = knobs["ksm_reuse"]
         p.ksm_break_unshare = knobs["ksm_break_unshare"]
         p.ksm_checksum_first = knobs["ksm_checksum_first"]
+        p.longterm_unpinnable = knobs["longterm_unpinnable"]
+        p.longterm_alloc_exclude = knobs["longterm_alloc_exclude"]
+        p.longterm_target_exclude = knobs["longterm_target_exclude"]
+        p.longterm_migrate_fail = knobs["longterm_migrate_fail"]
         p.thp_wp_refcount = knobs["thp_wp_refcount"]
         p.thp_cow_whole = knobs["thp_cow_whole"]
         p.large_reuse = knobs["large_reuse"]
@@ -286,8 +294,10 @@ cdef class Engine:
               "anon_vma_seq": self.e.anon_vma_seq, "nr_pgtable": self.e.nr_pgtable, "tlb_stale_writes": self.e.tlb_stale_writes}
         st["scalars"] = sc
         st["file_hint"] = self.file_hint
-        if self.e.nnodes > 1:
+        if self.e.zoned:
             st["nnodes"] = self.e.nnodes
+            st["movable_span"] = self.e.movable_span
+            st["cma_pages"] = self.e.cma_end - self.e.cma_start
             st["node_free"] = self._node_free.copy()
             st["node_next"] = self._node_next.copy()
         st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
@@ -361,12 +371,17 @@ cdef class Engine:
         self.e.anon_vma_seq = sc["anon_vma_seq"]
         self.e.tlb_stale_writes = sc.get("tlb_stale_writes", 0)
         self.file_hint = st["file_hint"]
-        if st.get("nnodes", 1) > 1:
-            self.e.next_unused = 1              # numa_init() wants a fresh engine
-            self.numa_init(st["nnodes"])
-            np.copyto(self._node_free, st["node_free"], casting="no")
-            np.copyto(self._node_next, st["node_next"], casting="no")
+        if st.get("nnodes", 1) > 1 or st.get("movable_span", 0) or st.get("cma_pages", 0):
+            self.e.next_unused = 1              # zones_init() wants a fresh engine
+            self.zones_init(st["nnodes"], st.get("movable_span", 0), st.get("cma_pages", 0))
+            nf, nn = st["node_free"], st["node_next"]
+            if len(nf) == st["nnodes"]:         # saved before zones: one list per node
+                nf, nn = self._node_free.copy(), self._node_next.copy()
+                nf[::MM_NR_ZONE_LISTS], nn[::MM_NR_ZONE_LISTS] = st["node_free"], st["node_next"]
+            np.copyto(self._node_free, nf, casting="no")
+            np.copyto(self._node_next, nn, casting="no")
             self.e.next_unused = sc["next_unused"]
+            self._zone_recount()
         for i in range(24):
             self.e.stats[i] = st["stats"][i]
             self.e.cost[i] = st["cost"][i]
@@ -847,7 +862,12 @@ cdef class Engine:
         cdef int64_t done
         self._cpu(cpu)
         with nogil:
+            if gup_flags & FOLL_LONGTERM:
+                # memalloc_pin_save(): faults inside the GUP allocate outside
+                # CMA (and ZONE_MOVABLE since 8e3560d963d2, 5.13).
+                self.e.alloc_exclude = self.e.pol.longterm_alloc_exclude
             done = gup_range(&self.e, m, cpu, start, npages, gup_flags, out, &err)
+            self.e.alloc_exclude = 0
         taken = pfns[:done].copy() if refs else pfns[:0].copy()
         if err == -1:
             # A uffd fault inside GUP: the syscall waits like a user access.
@@ -1078,6 +1098,10 @@ cdef class Engine:
             # Without the VMA the walk cannot judge a long-term pin of a
             # non-anon page (folio_fast_pin_allowed): the slow path does.
             if gup_flags & FOLL_LONGTERM and not (self.e.fflags[pfn] & PG_ANON):
+                break
+            # try_grab_folio(): a page a long-term pin may not hold (CMA;
+            # ZONE_MOVABLE since 5.13) goes the slow way, which migrates it.
+            if gup_flags & FOLL_LONGTERM and not longterm_pinnable(&self.e, pfn):
                 break
             self.e.refcount[pfn] += per                 # try_grab_folio
             if gup_flags & FOLL_PIN:
@@ -1698,22 +1722,129 @@ cdef class Engine:
     def numa_init(self, int32_t nnodes):
         """Split a fresh engine's frames into nnodes equal nodes (the last
         takes the remainder); node n owns pfns [n * span, (n + 1) * span)."""
-        cdef int64_t span
-        cdef int32_t n
+        self.zones_init(nnodes, 0, 0)
+
+    def zones_init(self, int32_t nnodes, int64_t movable_span, int64_t cma_pages):
+        """Split a fresh engine's frames into nnodes equal nodes (the last
+        takes the remainder; node n owns pfns [n * span, (n + 1) * span));
+        the top movable_span frames of each node are ZONE_MOVABLE
+        (movablecore=), the cma_pages below node 0's are a CMA area (cma=).
+        Each node keeps a free list per zone (core/zones.pxi)."""
+        cdef int64_t span, n, l, start, end, mstart
         if nnodes < 1 or nnodes > MM_MAX_NODES:
             raise ValueError(f"nodes must be in 1..{MM_MAX_NODES}")
         if self.e.nmm or self.e.next_unused != 1 or self.e.free_head:
-            raise ValueError("numa_init needs a fresh engine")
+            raise ValueError("zones_init needs a fresh engine")
+        if movable_span < 0 or cma_pages < 0:
+            raise ValueError("negative zone size")
         span = (self.e.nframes + nnodes - 1) // nnodes
         if nnodes > 1 and self.e.nframes - span * (nnodes - 1) < 16:
             raise ValueError(f"{self.e.nframes} frames make no {nnodes} nodes of at least 16 frames")
-        self._node_free = np.zeros(nnodes, np.int64)
-        self._node_next = np.array([n * span for n in range(nnodes)], np.int64)
-        self._node_next[0] = 1                  # pfn 0: the zero page
-        self.e.node_free = <int64_t *>cnp_data(self._node_free)
-        self.e.node_next = <int64_t *>cnp_data(self._node_next)
+        last = self.e.nframes - span * (nnodes - 1)
+        if last - movable_span - (cma_pages if nnodes == 1 else 0) < 16 or span - movable_span - cma_pages < 16:
+            raise ValueError(f"ZONE_MOVABLE of {movable_span} and a CMA area of {cma_pages} frames leave "
+                             f"a node of {min(span, last)} frames fewer than 16 frames of ZONE_NORMAL "
+                             "(page tables come from there)")
         self.e.node_span = span
         self.e.nnodes = nnodes
+        self.e.movable_span = movable_span
+        self.e.cma_end = node_end(&self.e, 0) - movable_span
+        self.e.cma_start = self.e.cma_end - cma_pages
+        if nnodes == 1 and not movable_span and not cma_pages:
+            return                              # one node, one zone: the global free list
+        nl = nnodes * MM_NR_ZONE_LISTS
+        self._node_free = np.zeros(nl, np.int64)
+        self._node_next = np.zeros(nl, np.int64)
+        self._zone_end = np.zeros(nl, np.int64)
+        self._zone_nr_free = np.zeros(nl, np.int64)
+        for n in range(nnodes):
+            l = n * MM_NR_ZONE_LISTS
+            start = 1 if n == 0 else n * span       # pfn 0: the zero page
+            end = node_end(&self.e, <int32_t>n)
+            mstart = end - movable_span
+            self._node_next[l + MM_ZONE_NORMAL] = start
+            self._zone_end[l + MM_ZONE_NORMAL] = self.e.cma_start if n == 0 else mstart
+            self._node_next[l + MM_ZONE_MOVABLE] = mstart
+            self._zone_end[l + MM_ZONE_MOVABLE] = end
+            if n == 0:
+                self._node_next[l + MM_ZONE_CMA] = self.e.cma_start
+                self._zone_end[l + MM_ZONE_CMA] = self.e.cma_end
+        self.e.node_free = <int64_t *>cnp_data(self._node_free)
+        self.e.node_next = <int64_t *>cnp_data(self._node_next)
+        self.e.zone_end = <int64_t *>cnp_data(self._zone_end)
+        self.e.zone_nr_free = <int64_t *>cnp_data(self._zone_nr_free)
+        self.e.zoned = 1
+        self._zone_recount()
+
+    def _zone_recount(self):
+        """zone_nr_free and nr_free_movable from the frame table (a fresh
+        or just-loaded engine)."""
+        cdef int64_t n, z, l, lo, hi
+        used = (self.fflags & PG_USED) != 0
+        self.e.nr_free_movable = 0
+        for n in range(self.e.nnodes):
+            for z in range(MM_NR_ZONE_LISTS):
+                l = n * MM_NR_ZONE_LISTS + z
+                lo = n * self.e.node_span
+                if z == MM_ZONE_MOVABLE:
+                    lo = node_end(&self.e, <int32_t>n) - self.e.movable_span
+                elif z == MM_ZONE_CMA:
+                    lo = self.e.cma_start if n == 0 else 0
+                hi = self._zone_end[l]
+                self._zone_nr_free[l] = int(np.count_nonzero(~used[lo:hi])) if hi > lo else 0
+                if z != MM_ZONE_NORMAL:
+                    self.e.nr_free_movable += self._zone_nr_free[l]
+
+    def pfn_zone(self, int64_t pfn):
+        """The frame's zone list: 0 ZONE_NORMAL, 1 ZONE_MOVABLE, 2 the CMA
+        area (ZONE_NORMAL, MIGRATE_CMA pageblocks)."""
+        if pfn < 0 or pfn >= self.e.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
+        return zone_of(&self.e, pfn)
+
+    def zone_free(self, int32_t node, int zone):
+        """Free frames of one zone list of a node."""
+        if node < 0 or node >= self.e.nnodes:
+            raise ValueError(f"no node {node}")
+        if not 0 <= zone < MM_NR_ZONE_LISTS:
+            raise ValueError(f"no zone {zone}")
+        if not self.e.zoned:
+            return self.e.nr_free if zone == MM_ZONE_NORMAL else 0
+        return self._zone_nr_free[node * MM_NR_ZONE_LISTS + zone]
+
+    @property
+    def zone_layout(self):
+        """(ZONE_MOVABLE frames per node, CMA area start pfn, its end)."""
+        return self.e.movable_span, self.e.cma_start, self.e.cma_end
+
+    @property
+    def longterm_migrates(self):
+        """Whether a FOLL_LONGTERM GUP may find a page it must migrate: this
+        machine has a zone the era forbids long-term pins in."""
+        cdef int32_t zones = (MM_ZONES_MOVABLE if self.e.movable_span else 0) | \
+            (MM_ZONES_CMA if self.e.cma_end > self.e.cma_start else 0)
+        return (zones & self.e.pol.longterm_unpinnable) != 0
+
+    def gup_longterm(self, int32_t mm, uint64_t start, const int64_t[::1] pfns, int gup_flags):
+        """check_and_migrate_movable_pages() for pfns, the pages a FOLL_LONGTERM
+        GUP from `start` took: 0 (they stay pinned), or the pins are dropped
+        and -EAGAIN (migrated: pin again), 1 (before 5.13: pin again
+        without migrating) or -ENOMEM (a page could not be migrated)."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t n = pfns.shape[0], rc
+        cdef int32_t per = GUP_PIN_COUNTING_BIAS if gup_flags & FOLL_PIN else 1
+        cdef Py_ssize_t i
+        if not (gup_flags & (FOLL_PIN | FOLL_GET)):
+            raise ValueError("gup_longterm checks pages GUP took references on")
+        for i in range(n):
+            if pfns[i] < 0 or pfns[i] >= self.e.nframes or not (self.e.fflags[pfns[i]] & PG_USED):
+                raise InvariantError("long-term check of a free frame", pfns[i])
+        if n == 0:
+            return 0
+        with nogil:
+            rc = gup_longterm_check(&self.e, m, start, &pfns[0], n, per)
+        self.sched_error()
+        return rc
 
     @property
     def nnodes(self):
@@ -1912,7 +2043,7 @@ cdef class Engine:
         for i in range(1, self.e.nfile):
             roots += self.e.files[i].alive != 0
         if self.e.nr_pgtable != (self.e.ndir_used - self.e.ndir_free) + (self.e.npte_used - self.e.npte_free) \
-                - roots or self.e.nr_pgtable > self.e.nr_free:
+                - roots or self.e.nr_pgtable > self.e.nr_free - self.e.nr_free_movable:
             raise InvariantError("page-table pages not charged as frames", None,
                                  f"{self.e.nr_pgtable} charged, {self.e.ndir_used - self.e.ndir_free} "
                                  f"directory and {self.e.npte_used - self.e.npte_free} pte pages, "
@@ -1970,6 +2101,14 @@ cdef class Engine:
                                      f"leaves {exp_entire[pfn >> HPAGE_PMD_ORDER]}")
             if f & PG_TAIL and not (self.e.fflags[pfn & ~(<int64_t>HPAGE_PMD_NR - 1)] & PG_HEAD):
                 raise InvariantError("tail page without a head", pfn)
+        if self.e.zoned:
+            counted = self._zone_nr_free.copy()
+            movable = self.e.nr_free_movable
+            self._zone_recount()
+            if not np.array_equal(counted, self._zone_nr_free) or movable != self.e.nr_free_movable:
+                raise InvariantError("per-zone free counts differ from the free frames", None,
+                                     f"counted {counted.tolist()} ({movable} movable), "
+                                     f"frames {self._zone_nr_free.tolist()} ({self.e.nr_free_movable})")
         for s in range(<int64_t>self.e.ncpus * MM_TLB_ENTRIES):
             self._check_tlb(s)
         used = 0

@@ -37,6 +37,10 @@ FOLL_COW_FORCE_DIRTY = 0     # FOLL_FORCE && FOLL_COW && pte_dirty (4.9-5.7, 5.9
 FOLL_COW_DIRTY = 1           # FOLL_COW && pte_dirty (5.8, 17839856fd58)
 FOLL_FORCE_ANON_EXCLUSIVE = 2  # 6.0+ 5535be309971: anon && PageAnonExclusive
 
+# Zone masks of the long-term pin knobs (bit 1 << MM_ZONE_* of core/mm_types.h).
+ZONES_MOVABLE = 1 << 1       # ZONE_MOVABLE (movablecore=)
+ZONES_CMA = 1 << 2           # the CMA area's MIGRATE_CMA pageblocks (cma=)
+
 # Which GUPs 5.8's forced COW applies to.
 FORCED_COW_NONE = 0
 FORCED_COW_GET_AND_PIN = 1   # 17839856fd58 as merged in 5.8
@@ -106,6 +110,14 @@ BASELINE = {
     "ksm_reuse": 1,               # a write fault may reuse a KSM page: reuse_ksm_page() (52d1e606ee73, 5.1) until 5.9
     "ksm_break_unshare": 0,       # break_ksm() (MADV_UNMERGEABLE) unshares rather than write-faults (6.2)
     "ksm_checksum_first": 0,      # the checksum gate comes before the stable tree search (6.11)
+    # FOLL_LONGTERM and ZONE_MOVABLE / CMA (semantics.md 4.1, 14; core/zones.pxi)
+    # A long-term pin migrates CMA pages first (9a4e9f3b2d73, 5.1); ZONE_MOVABLE ones too (5.13).
+    "longterm_unpinnable": ZONES_CMA,
+    # Faults inside a long-term GUP avoid CMA (memalloc_nocma); ZONE_MOVABLE too (5.13).
+    "longterm_alloc_exclude": ZONES_CMA,
+    # The migration target is GFP_USER, in neither zone (5.9-5.12: ZONE_MOVABLE allowed).
+    "longterm_target_exclude": ZONES_CMA | ZONES_MOVABLE,
+    "longterm_migrate_fail": 0,   # a failed migration fails the pin, ENOMEM (5.13); before: pinned in place
     # Transparent huge pages (semantics.md 3.2, 6.9)
     "thp_cow_whole": 1,           # a PMD COW copies the whole THP (until 3917c80280c9, 5.8)
     "thp_wp_refcount": 0,         # a write-protected PMD THP is reused by refcount, not mapcount (5.18): B2a
@@ -188,6 +200,27 @@ CHANGES = (
            stable={"5.10": Stable(UNCONFIRMED, 9)}),
     Change("a4609387859f", "5.13", "mm/mremap: allow arbitrary anonymous and file mappings "
            "with MREMAP_DONTUNMAP", {"mremap_dontunmap_any": 1}),
+    # Joonsoo Kim's migration-target rework (with ed03d924587e): the target
+    # gfp gets __GFP_MOVABLE back and CMA is kept out by memalloc_nocma, so
+    # a page leaving CMA for a long-term pin may land in ZONE_MOVABLE.
+    # Merged in the 5.9 window with the standard migration-target series
+    # (release inferred from the merge window; c991ffef7bce names it).
+    Change("41b4dc14ee80", "5.9", "mm/gup: restrict CMA region by using allocation scope API "
+           "(release inferred)", {"longterm_target_exclude": ZONES_CMA}),
+    # Pavel Tatashin's "prohibit pinning pages in ZONE_MOVABLE" series, all in
+    # the akpm batch of the 5.13 merge window (torvalds/linux, early May 2021).
+    # 5.10.y took the two error fixes (552253fbb100, d04cbbb19aa7) in the
+    # linux-stable-rc push of 2021-05-17, i.e. 5.10.38.
+    Change("c991ffef7bce", "5.13", "mm/gup: don't pin migrated cma pages in movable zone",
+           {"longterm_target_exclude": ZONES_CMA | ZONES_MOVABLE}),
+    Change("f0f4463837da", "5.13", "mm/gup: return an error on migration failure "
+           "(with 6e7f34ebb8d2 'mm/gup: check for isolation errors')",
+           {"longterm_migrate_fail": 1},
+           stable={"5.10": Stable("552253fbb100", 38)}, aliases=("6e7f34ebb8d2",)),
+    Change("8e3560d963d2", "5.13", "mm: honor PF_MEMALLOC_PIN for all movable pages",
+           {"longterm_alloc_exclude": ZONES_CMA | ZONES_MOVABLE}),
+    Change("d1e153fea2a8", "5.13", "mm/gup: migrate pinned pages out of movable zone",
+           {"longterm_unpinnable": ZONES_CMA | ZONES_MOVABLE}),
     Change("c949b097ef2e", "5.14", "userfaultfd/shmem: support minor fault registration for shmem (no fault-around for MINOR)",
            {"fault_around_uffd": 1}),
     Change("f4c4a3f48480", "5.14", "mm: free idle swap cache page after COW",

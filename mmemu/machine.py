@@ -37,6 +37,14 @@ class Machine:
     seed: the same seed and inputs give the same results, bit for bit.
     nodes: NUMA nodes, memory split evenly, CPUs spread over them in order
     (mmemu.numa: move_pages, mbind, numa_scan).
+    movablecore / kernelcore: bytes of ZONE_MOVABLE, or of memory kept out
+    of it, as the boot parameters say (kernelcore wins when it leaves more
+    to the kernel); spread evenly over the nodes, at the top of each. User
+    pages (anon, page cache, shmem) come from ZONE_MOVABLE first, as
+    GFP_HIGHUSER_MOVABLE does; page tables never do. cma: bytes of a CMA
+    area (cma=) at the top of node 0's ZONE_NORMAL, used by user pages only.
+    A FOLL_LONGTERM pin migrates its pages out of CMA (all modelled
+    versions) and out of ZONE_MOVABLE (5.13+) first (core/zones.pxi).
     tlb: "x86" (a cached writable entry with dirty clear re-walks the page
     table on a write, so it cannot write a page whose pte lost write), or
     "stale-writes" (every stale writable entry takes writes: the worst case
@@ -52,6 +60,7 @@ class Machine:
 
     def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
                  seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86", nodes: int = 1,
+                 movablecore: int = 0, kernelcore: int | None = None, cma: int = 0,
                  thp: str = "madvise") -> None:
         if isinstance(backports, (str, bytes)):
             raise TypeError("backports must be a sequence of commit ids, not a string")
@@ -85,9 +94,16 @@ class Machine:
         frames = memory // C.PAGE_SIZE
         if nodes > 1 and frames - (frames + nodes - 1) // nodes * (nodes - 1) < 16:
             raise ValueError(f"memory of {frames} pages makes no {nodes} nodes of at least 16 pages")
-        if nodes > 1:
-            self._engine.numa_init(nodes)
+        movable_span, cma_pages = self._zones(memory, nodes, movablecore, kernelcore, cma)
+        if nodes > 1 or movable_span or cma_pages:
+            try:
+                self._engine.zones_init(nodes, movable_span, cma_pages)
+            except ValueError as e:
+                raise ValueError(f"Machine(memory={memory}, nodes={nodes}, movablecore={movablecore}, "
+                                 f"kernelcore={kernelcore}, cma={cma}): {e}") from None
         self.nodes = nodes
+        self.movablecore = movable_span * nodes * C.PAGE_SIZE
+        self.cma = cma_pages * C.PAGE_SIZE
         if tlb not in ("x86", "stale-writes"):
             raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
         self.tlb = tlb
@@ -105,6 +121,28 @@ class Machine:
         # Deterministic "ASLR": the top of the mmap area depends on the seed only.
         rng = np.random.default_rng(seed)
         self._mmap_base = 0x7F0000000000 - int(rng.integers(0, 1 << 28)) * C.PAGE_SIZE
+
+    @classmethod
+    def _zones(cls, memory, nodes, movablecore, kernelcore, cma):
+        """(ZONE_MOVABLE frames per node, CMA area frames) for the boot
+        parameters (find_zone_movable_pfns_for_nodes: kernelcore, when
+        given, wins if it leaves the kernel more; sizes round up to pages)."""
+        movablecore, cma = cls._bytes(movablecore, "movablecore"), cls._bytes(cma, "cma")
+        page = C.PAGE_SIZE
+        if movablecore > memory:
+            raise ValueError(f"movablecore={movablecore} is larger than memory ({memory})")
+        if cma > memory:
+            raise ValueError(f"cma={cma} is larger than memory ({memory})")
+        movable = -(-movablecore // page)
+        frames = memory // page
+        if kernelcore is not None:
+            kernelcore = cls._bytes(kernelcore, "kernelcore")
+            if kernelcore > memory:
+                raise ValueError(f"kernelcore={kernelcore} is larger than memory ({memory})")
+            core = -(-kernelcore // page)
+            if not movablecore or core > frames - movable:
+                movable = frames - core
+        return -(-movable // nodes), -(-cma // page)
 
     @staticmethod
     def _bytes(v, name):
@@ -214,6 +252,28 @@ class Machine:
         if addr >= end:
             return 0
         return self._engine.change_prot_numa(process.mm, addr, end)
+
+    ZONE_NAMES = ("Normal", "Movable", "CMA")
+
+    def zone_of(self, pfn: int) -> str:
+        """The zone of frame pfn as /proc/zoneinfo names it ("Normal",
+        "Movable"), or "CMA" for ZONE_NORMAL's CMA area: derived from the
+        pfn (page_zonenum, get_pageblock_migratetype)."""
+        pfn = operator.index(pfn)
+        if not 0 <= pfn < self._engine.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self._engine.nframes - 1}")
+        return self.ZONE_NAMES[self._engine.pfn_zone(pfn)]
+
+    def zone_free(self, zone: str, node: int = 0) -> int:
+        """Free frames of a zone ("Normal", "Movable", "CMA") of a node."""
+        if not isinstance(zone, str):
+            raise TypeError(f"zone must be a str, not {type(zone).__name__}")
+        if zone not in self.ZONE_NAMES:
+            raise ValueError(f"zone must be one of {self.ZONE_NAMES}, not {zone!r}")
+        node = operator.index(node)
+        if not 0 <= node < self.nodes:
+            raise ValueError(f"node {node} out of range 0..{self.nodes - 1}")
+        return self._engine.zone_free(node, self.ZONE_NAMES.index(zone))
 
     def node_of(self, pfn: int) -> int:
         """The NUMA node of frame pfn (page_to_nid)."""
@@ -392,4 +452,6 @@ class Machine:
     def __repr__(self) -> str:
         return (f"<Machine kernel={self.kernel} ({self.policy.version}, {self.policy.era}) "
                 f"ncpus={self.ncpus} frames={self._engine.nframes}"
-                + (f" nodes={self.nodes}" if getattr(self, "nodes", 1) > 1 else "") + ">")
+                + (f" nodes={self.nodes}" if getattr(self, "nodes", 1) > 1 else "")
+                + (f" movablecore={self.movablecore}" if getattr(self, "movablecore", 0) else "")
+                + (f" cma={self.cma}" if getattr(self, "cma", 0) else "") + ">")

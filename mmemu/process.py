@@ -20,7 +20,7 @@ import numpy as np
 
 from . import args as A
 from . import constants as C
-from .errors import (EACCES, EBADF, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
+from .errors import (EACCES, EAGAIN, EBADF, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
                      MmemuError, Sigbus, Sigsegv, UserFault, oserror)
 from .gup import Pin, Pipe
 from . import sched
@@ -1166,7 +1166,35 @@ class Process(FileOps, NumaOps):
             if len(pfns) == 0:
                 raise oserror(err or EFAULT, call)
             return wrap(pfns)
-        return self._gup_run(addr & ~(PAGE - 1), npages, gup_flags, finish=finish)
+        first = addr & ~(PAGE - 1)
+        if gup_flags & C.FOLL_LONGTERM and gup_flags & (C.FOLL_PIN | C.FOLL_GET) \
+                and self._engine.longterm_migrates:
+            finish = self._longterm(first, npages, gup_flags, call, finish)
+        return self._gup_run(first, npages, gup_flags, finish=finish)
+
+    _LONGTERM_ROUNDS = 64
+
+    def _longterm(self, first, npages, flags, call, finish, migrate=True, rounds=0):
+        """__gup_longterm_locked(): once the pages are pinned, the core's
+        check_and_migrate_movable_pages() either keeps the pins or drops
+        them after migrating the pages a long-term pin may not hold
+        (core/zones.pxi), and the GUP runs again. Before 5.13 a failed
+        migration pins again without migrating (the page stays in CMA);
+        since, the call fails with ENOMEM."""
+        def check(pfns, err):
+            if not len(pfns) or not migrate:
+                return finish(pfns, err)
+            rc = self._engine.gup_longterm(self.mm, first, pfns, flags)
+            if rc == 0:
+                return finish(pfns, err)
+            if rc < 0 and rc != -EAGAIN:
+                raise oserror(-rc, call, "a page could not be migrated out of ZONE_MOVABLE / CMA")
+            if rounds >= self._LONGTERM_ROUNDS:
+                raise MmemuError(f"{call}: FOLL_LONGTERM migration did not settle in {rounds} rounds")
+            again = self._longterm(first, npages, flags, call, finish, migrate=rc == -EAGAIN,
+                                   rounds=rounds + 1)
+            return self._gup_run(first, npages, flags, finish=again)
+        return check
 
     def get_user_pages(self, addr: int, npages: int, gup_flags: int = 0) -> Pin:
         """FOLL_GET references (as get_user_pages): a Pin whose release() puts them.

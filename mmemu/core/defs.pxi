@@ -58,7 +58,11 @@ cdef extern from "mm_types.h" nogil:
         int32_t gup_fast_seq, mprotect_gather, tlb_flush_nested
         int32_t pm_marker_swp_type, swapin_read_writable, pm_guard_region, numa_hint_upgrade
         int32_t ksm_reuse, ksm_break_unshare, ksm_checksum_first
+        int32_t longterm_unpinnable, longterm_alloc_exclude, longterm_target_exclude, longterm_migrate_fail
         int32_t thp_wp_refcount, thp_cow_whole, large_reuse
+
+    enum:
+        MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
 
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem
@@ -186,8 +190,21 @@ ctypedef struct engine_t:
     int32_t nnodes
     int32_t alloc_node         # __GFP_THISNODE target of the next frame_alloc; -1: any, node 0 first
     int64_t node_span
-    int64_t *node_free         # per node: free list head (pfn + 1), linked through `version`
-    int64_t *node_next         # per node: frames >= this were never used
+    int64_t *node_free         # per node and zone list (n * MM_NR_ZONE_LISTS + z): free list
+                               # head (pfn + 1), linked through `version`
+    int64_t *node_next         # per node and zone list: frames >= this were never used
+    # Zones (core/zones.pxi): ZONE_MOVABLE is the top movable_span pfns of
+    # each node, the CMA area [cma_start, cma_end) of node 0: derived from
+    # the pfn, never stored per frame. `zoned`: frames come from the per-node,
+    # per-zone lists above (several nodes, or a movable zone or CMA area).
+    int32_t zoned
+    int32_t alloc_exclude      # MM_ZONES_* the next frame_alloc may not use (PF_MEMALLOC_PIN scope, GFP_USER)
+    int32_t alloc_pref_node    # with alloc_node < 0: the first node of the zonelist walk
+    int64_t movable_span
+    int64_t cma_start, cma_end
+    int64_t nr_free_movable    # free frames kernel allocations cannot use (ZONE_MOVABLE, CMA)
+    int64_t *zone_end          # per node and zone list: end of its pfn range
+    int64_t *zone_nr_free      # per node and zone list: free frames
     # Transparent huge pages (core/huge.pxi). Large folios are order 9 and
     # naturally aligned, so a folio is named by pfn >> 9: entire_map holds
     # each one's PMD mappings (folio->_entire_mapcount), one int32 per 512

@@ -69,12 +69,12 @@ cdef inline uint64_t pfn_pte(int64_t pfn) noexcept nogil:
 cdef int64_t frame_alloc(engine_t *e) noexcept nogil:
     """A free frame with refcount 1, mapcount 0, no flags, zero contents; -1 if none."""
     cdef int64_t pfn
-    if e.nr_free <= e.nr_pgtable:
-        return -1                   # the free frames left hold page tables
-    if e.nnodes > 1:
-        pfn = node_frame_take(e)    # core/migrate.pxi: per-node free lists
+    if e.zoned:
+        pfn = zone_frame_take(e)    # core/zones.pxi: per-node, per-zone free lists
         if pfn < 0:
             return -1
+    elif e.nr_free <= e.nr_pgtable:
+        return -1                   # the free frames left hold page tables
     elif e.free_head > 0:
         pfn = e.free_head - 1
         e.free_head = <int64_t>e.version[pfn]
@@ -109,8 +109,8 @@ cdef void frame_free(engine_t *e, int64_t pfn) noexcept nogil:
     e.fflags[pfn] = 0
     e.mapcount[pfn] = 0
     e.refcount[pfn] = 0
-    if e.nnodes > 1:
-        node_frame_put(e, pfn)      # core/migrate.pxi
+    if e.zoned:
+        zone_frame_put(e, pfn)      # core/zones.pxi
     else:
         e.version[pfn] = <uint64_t>e.free_head
         e.free_head = pfn + 1

@@ -49,7 +49,7 @@ cdef int64_t folio_alloc_pmd(engine_t *e) noexcept nogil:
     aligned block is free (the fault falls back to base pages) or the
     frames left are owed to page tables. One NUMA node only for now."""
     cdef int64_t head, p
-    if e.nnodes > 1 or e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
+    if e.zoned or e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
         return -1
     head = hblock_take(e)
     if head < 0:

@@ -53,42 +53,12 @@ cdef inline int64_t node_end(engine_t *e, int32_t n) noexcept nogil:
     return end if end < e.nframes else e.nframes
 
 
-cdef int64_t node_take_one(engine_t *e, int32_t n) noexcept nogil:
-    cdef int64_t pfn
-    if e.node_free[n] > 0:
-        pfn = e.node_free[n] - 1
-        e.node_free[n] = <int64_t>e.version[pfn]
-        return pfn
-    if e.node_next[n] < node_end(e, n):
-        pfn = e.node_next[n]
-        e.node_next[n] += 1
-        return pfn
-    return -1
-
-
-cdef int64_t node_frame_take(engine_t *e) noexcept nogil:
-    """A free frame for frame_alloc(): on e.alloc_node only (__GFP_THISNODE),
-    or, with no node asked for, from node 0 on (the zonelist fallback of a
-    task on node 0: mmemu keeps no per-task policy)."""
-    cdef int32_t n
-    cdef int64_t pfn
-    if e.alloc_node >= 0:
-        return node_take_one(e, e.alloc_node)
-    for n in range(e.nnodes):
-        pfn = node_take_one(e, n)
-        if pfn >= 0:
-            return pfn
-    return -1
-
-
-cdef void node_frame_put(engine_t *e, int64_t pfn) noexcept nogil:
-    cdef int32_t n = node_of(e, pfn)
-    e.version[pfn] = <uint64_t>e.node_free[n]
-    e.node_free[n] = pfn + 1
+# Free frames live in per-node, per-zone lists: core/zones.pxi.
 
 
 cdef int64_t frame_alloc_on(engine_t *e, int32_t node) noexcept nogil:
-    """alloc_migration_target() with __GFP_THISNODE: a frame of `node` or -1."""
+    """alloc_migration_target() with __GFP_THISNODE: a frame of `node` or -1
+    (node < 0: any, along the nodes from e.alloc_pref_node)."""
     cdef int64_t pfn
     e.alloc_node = node if e.nnodes > 1 else -1
     pfn = frame_alloc(e)
@@ -588,9 +558,9 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
 
 
 cdef inline bint node_has_free(engine_t *e, int32_t n) noexcept nogil:
-    if e.nnodes <= 1:
+    if not e.zoned:
         return e.nr_free > e.nr_pgtable
-    return e.node_free[n] > 0 or e.node_next[n] < node_end(e, n)
+    return node_nr_free(e, n) > 0
 
 
 # ---- NUMA hinting ------------------------------------------------------------

@@ -213,10 +213,26 @@ typedef struct {
     int32_t ksm_reuse;              /* reuse_ksm_page(): a write may reuse a KSM page (until 09854ba94c6a, 5.9) */
     int32_t ksm_break_unshare;      /* 6cce3314b928 (6.2): break_ksm() unshares instead of write-faulting */
     int32_t ksm_checksum_first;     /* d58a361b0350 (6.11): the checksum gate precedes the stable tree search */
+    /* Long-term pins (core/zones.pxi). Each is a mask of MM_ZONES_* bits. */
+    int32_t longterm_unpinnable;    /* zones a FOLL_LONGTERM pin must not hold: CMA (9a4e9f3b2d73, 5.1), + MOVABLE (d1e153fea2a8, 5.13) */
+    int32_t longterm_alloc_exclude; /* zones a fault inside a FOLL_LONGTERM GUP avoids: CMA (memalloc_nocma), + MOVABLE (8e3560d963d2, 5.13) */
+    int32_t longterm_target_exclude;/* zones the pin's migration target avoids: both (GFP_USER), CMA only 5.9-5.12 (41b4dc14ee80 .. c991ffef7bce) */
+    int32_t longterm_migrate_fail;  /* f0f4463837da (5.13): a failed migration fails the pin (-ENOMEM); before, the page is pinned where it is */
     int32_t thp_wp_refcount;        /* 3bff7e3f1f16 (5.18): a write-protected PMD THP is reused by refcount, not mapcount */
     int32_t thp_cow_whole;          /* until 3917c80280c9 (5.8): PMD COW copies the whole THP instead of splitting */
     int32_t large_reuse;            /* a PTE-mapped large folio's page on COW: 0 small rule, 1 never (6.9), 2 mm-exclusive (6.15) */
 } mm_policy_t;
+
+/* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE
+ * is the top of each node (movablecore=); the CMA area is ZONE_NORMAL
+ * pageblocks of MIGRATE_CMA at the top of node 0's normal part (cma=).
+ * Each node keeps one free list per class below. */
+#define MM_ZONE_NORMAL  0
+#define MM_ZONE_MOVABLE 1
+#define MM_ZONE_CMA     2       /* ZONE_NORMAL, MIGRATE_CMA pageblocks */
+#define MM_NR_ZONE_LISTS 3
+#define MM_ZONES_MOVABLE (1 << MM_ZONE_MOVABLE)
+#define MM_ZONES_CMA     (1 << MM_ZONE_CMA)
 
 /* Counters, indexed by MM_STAT_*. */
 enum {

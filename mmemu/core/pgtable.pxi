@@ -22,7 +22,7 @@ cdef inline uint64_t *pte_page(engine_t *e, int32_t p) noexcept nogil:
 cdef inline bint pgtable_charge(engine_t *e) noexcept nogil:
     """A page-table page takes a frame of RAM, as the kernel's do (they come
     from the page allocator): refused when no frame is left for it."""
-    e.pgtable_refused = e.nr_free <= e.nr_pgtable
+    e.pgtable_refused = e.nr_free - e.nr_free_movable <= e.nr_pgtable   # never ZONE_MOVABLE / CMA
     if e.pgtable_refused:
         return False
     e.nr_pgtable += 1

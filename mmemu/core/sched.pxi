@@ -26,8 +26,12 @@ cdef enum:
 
 
 cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:
+    cdef int32_t scope
     if e.sched_hook != NULL:
+        scope = e.alloc_exclude     # memalloc_pin_save() is per task: others run without it
+        e.alloc_exclude = 0
         e.sched_hook(e.sched_arg, point, mm, va, aux)
+        e.alloc_exclude = scope
 
 
 cdef inline void flush_pending_begin(engine_t *e, mm_t *mm) noexcept nogil:

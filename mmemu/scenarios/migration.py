@@ -1,4 +1,5 @@
-"""Migration scenarios: S77 (migration with exclusivity and pins) and the
+"""Migration scenarios: S77 (migration with exclusivity and pins; S77d, S77e:
+FOLL_LONGTERM and ZONE_MOVABLE / CMA) and the
 migration and NUMA-hinting paths of S57 (B15), scenarios.md; rules in
 semantics.md section 14.
 
@@ -7,6 +8,7 @@ backports, memory and swap): the harness's machines have one node.
 """
 from .. import constants as C
 from .. import uffd as U
+from ..eras import ZONES_MOVABLE
 from ..machine import Machine
 from . import ScenarioSkip, check, scenario
 from .uffd_cases import (F_WP, FLAG_WP, FLAG_WRITE, PAGE, PRIV, PROTECT, RO, RW, WP, _area,
@@ -116,7 +118,75 @@ def migrate_shared(m):
     m.check()
 
 
-C_EAGAIN, C_EACCES = 11, 13
+def _zoned(m, **zones):
+    """The harness's machine with a ZONE_MOVABLE or a CMA area of its own."""
+    if not isinstance(m, Machine):
+        raise ScenarioSkip("needs a ZONE_MOVABLE / CMA area the run lays out (movablecore=, cma=); "
+                           "the host's zones are fixed at boot")
+    return Machine(kernel=m.kernel, backports=m.policy.backports, memory=4 << 20, swap=m.swap,
+                   seed=m.seed, tlb=m.tlb, **zones)
+
+
+@scenario("S77d", "longterm-pin-movable", "a long-term pin migrates its page out of ZONE_MOVABLE "
+          "(5.13+) (S77)")
+def longterm_pin_movable(m):
+    """io_uring registers a buffer (FOLL_WRITE|FOLL_LONGTERM) whose first page
+    sits in ZONE_MOVABLE and whose second is not faulted yet. 5.13+
+    (d1e153fea2a8) migrates the first page out before pinning: the pagemap
+    PFN changes at pin time, the data stays, and the pin and the mapping
+    share the new page; the second is faulted outside ZONE_MOVABLE at once
+    (8e3560d963d2). 5.7-5.12 pin both in ZONE_MOVABLE. If 5.13+ kept the
+    movable page, memory offlining would be blocked by the pin; if the
+    migration lost the mapping, the pin would not see the process's writes."""
+    m = _zoned(m, movablecore=2 << 20)
+    p = m.spawn()
+    P = p.mmap(0, 2 * PAGE, RW, PRIV)
+    p.write(P, b"lt")
+    pfn0 = p.pagemap(P).pfn
+    check(m.zone_of(pfn0) == "Movable", "a user page is allocated from ZONE_MOVABLE first")
+    moves = bool(m.policy.longterm_unpinnable & ZONES_MOVABLE)
+    pin = p.pin_user_pages(P, 2, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    pfn1 = p.pagemap(P).pfn
+    zone = "Normal" if moves else "Movable"
+    check((pfn1 != pfn0) == moves and m.zone_of(pfn1) == zone,
+          f"the pinned page: pfn {pfn0} -> {pfn1} ({m.zone_of(pfn1)}), expected {zone}")
+    check(int(pin.pfns[0]) == pfn1 and p.read(P, 2) == b"lt", "the pin holds the mapped page, data kept")
+    check(m.zone_of(p.pagemap(P + PAGE).pfn) == zone, "the page faulted in by the pin")
+    p.write(P, b"X")
+    check(pin.read(0, 1) == b"X", "the pin must see the process's write (one page)")
+    pin.release()
+    m.check()
+
+
+@scenario("S77e", "longterm-pin-cma-busy", "a long-term pin of a CMA page that cannot migrate: "
+          "pinned in place before 5.13, ENOMEM since (S77)")
+def longterm_pin_cma_busy(m):
+    """A CMA page another reference holds (a vmsplice pipe) cannot be
+    migrated. Before f0f4463837da (5.13; 5.10.38) GUP then pinned it where it
+    was, a long-term pin inside CMA; since, the pin fails with ENOMEM and no
+    reference is left behind. The pipe reads the page either way."""
+    m = _zoned(m, cma=3 << 20)
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"cma")
+    pfn0 = p.pagemap(P).pfn
+    check(m.zone_of(pfn0) == "CMA", "CMA holds most free memory, so user pages take it first")
+    pipe = p.vmsplice(P, PAGE)
+    pin = err = None
+    try:
+        pin = p.pin_user_pages(P, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    except OSError as e:
+        err = e
+    if m.policy.longterm_migrate_fail:
+        check(isinstance(err, OSError) and err.errno == C_ENOMEM, f"expected ENOMEM, got {pin or err!r}")
+    else:
+        check(err is None and int(pin.pfns[0]) == pfn0, f"expected a pin of the CMA page, got {err!r}")
+        pin.release()
+    check(p.pagemap(P).pfn == pfn0 and pipe.read(3) == b"cma", "the page stays, the pipe reads it")
+    m.check()
+
+
+C_EAGAIN, C_EACCES, C_ENOMEM = 11, 13, 12
 
 
 def _settle(p):

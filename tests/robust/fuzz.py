@@ -207,6 +207,8 @@ NEAR = {
     "mpol_mode": ["MPOL_DEFAULT", "MPOL_BIND", "MPOL_INTERLEAVE", "MPOL_PREFERRED", "6",
                   "MPOL_BIND | MPOL_F_STATIC_NODES", "MPOL_BIND | MPOL_F_NUMA_BALANCING", "2**32 + MPOL_BIND"],
     "nodemask": ["0", "1", "2", "3", "2**64 - 1"],
+    "zone_bytes": ["0", "PAGE_SIZE", "8 * PAGE_SIZE", "32 * PAGE_SIZE", "2**50", "-1"],
+    "node": ["0", "1", "-1", "64"],
 }
 # Non-integer kinds: (source, wrong-type?)
 OTHER = {
@@ -225,6 +227,10 @@ OTHER = {
                       ("'bogus'", False), ("5", True)],
     "versions": [("None", False), ("np.arange(8, dtype=np.uint64)", False), ("[1, 2, 3]", False),
                  ("np.zeros(0, np.uint64)", False), ("np.array([-1.5])", True), ("'x'", True)],
+    "zone": [("'Normal'", False), ("'Movable'", False), ("'CMA'", False), ("'DMA32'", False),
+             ("None", True), ("1", True)],
+    "opt_zone_bytes": [("None", False), ("0", False), ("PAGE_SIZE", False), ("2**50", False), ("-1", False),
+                       ("1.5", True), ("'1M'", True)],
     "name": [("'f'", False), ("''", False), ("'x' * 300", False), ("'\\ud800'", False), ("None", True),
              ("5", True), ("b'x'", True)],
     "kernel": [("'5.7'", False), ("'5.8'", False), ("'6.18'", False), ("'4.0'", False), ("'6.99'", False),
@@ -274,9 +280,12 @@ RECEIVERS = {
 # "PROPERTY" is read, not called. Constructors are "Class()".
 SPECS = {
     "Machine()": [("kernel", "kernel"), None, ("ncpus", "ncpus"), ("memory", "memory"), ("swap", "swap"),
-                  ("seed", "seed"), ("backports", "backports"), ("nodes", "nodes")],
+                  ("seed", "seed"), ("backports", "backports"), ("nodes", "nodes"),
+                  ("movablecore", "zone_bytes"), ("kernelcore", "opt_zone_bytes"), ("cma", "zone_bytes")],
     "Machine.numa_scan": [("process", "proc"), ("addr", "addr"), ("length", "len")],
     "Machine.node_of": [("pfn", "pfn")],
+    "Machine.zone_of": [("pfn", "pfn")],
+    "Machine.zone_free": [("zone", "zone"), None, ("node", "node")],
     "Process.move_pages": [("pages", "page_list"), None, ("nodes", "node_list"), ("flags", "mpol_flags")],
     "Process.mbind": [("addr", "addr"), ("length", "len"), ("mode", "mpol_mode"), ("nodemask", "nodemask"),
                       None, ("flags", "mpol_flags")],

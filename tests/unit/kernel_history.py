@@ -234,6 +234,20 @@ HISTORY = (
             "CRIU's MADV_GUARD_INSTALL support (reviewed 2025-04-29, during 6.15-rc) reads it from "
             "mainline; absent in 6.12; the 6.18.44 host sets it", "inferred"),
 
+    # ---- FOLL_LONGTERM and ZONE_MOVABLE / CMA (behaviour, not an interface) --------------
+    Feature("longterm_pin_movable", "pin_user_pages(FOLL_LONGTERM) migrates a ZONE_MOVABLE page "
+            "out before pinning", "5.13", "d1e153fea2a8", "mm/gup: migrate pinned pages out of movable zone",
+            "linux-next/mainline merge logs list it with the rest of Pavel Tatashin's v11 series in the "
+            "akpm batch of the 5.13 merge window (beside 'Merge tag ...-5.13-rc1' pulls); later Fixes: "
+            "d1e153fea2a8 tags; present (folio_is_longterm_pinnable tests folio_is_zone_movable) in "
+            "the 6.1.192 and 6.12.118 Debian sources"),
+    Feature("longterm_pin_fails", "pin_user_pages(FOLL_LONGTERM) fails with ENOMEM when a CMA page "
+            "cannot be migrated (before: pinned where it is)", "5.13", "f0f4463837da",
+            "mm/gup: return an error on migration failure",
+            "same 5.13 merge-window batch; the 5.12.5 stable review mail quotes its upstream id and the "
+            "removed 'Do get_user_pages without migration' fallback; 5.10.y took it as 552253fbb100 "
+            "(linux-stable-rc push tagged 5.10.38-rc1); 6.1.192 and 6.12.118 return -ENOMEM"),
+
     # ---- system calls the engine does not offer -----------------------------------------
     Feature("memfd_secret", "memfd_secret(2)", "5.14", "1507f51255c9",
             "mm: introduce memfd_secret system call to create \"secret\" memory areas",

@@ -278,6 +278,40 @@ def page_is_guard(v):
                                            return_mask=C.PAGE_IS_GUARD), errno.ENOTTY, errno.EINVAL)
 
 
+def longterm_pin_movable(v):
+    """True when a long-term pin moves its ZONE_MOVABLE page out (pfn and zone change)."""
+    m = mmemu.Machine(kernel=v, memory=4 << 20, movablecore=2 << 20)
+    p = m.spawn()
+    a = _anon(p)
+    before = p.pagemap(a).pfn
+    assert m.zone_of(before) == "Movable"           # user pages come from ZONE_MOVABLE first
+    pin = p.pin_user_pages(a, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    moved = m.zone_of(int(pin.pfns[0])) == "Normal"
+    assert moved == (p.pagemap(a).pfn != before) and p.read(a, 1) == b"x"
+    pin.release()
+    return moved
+
+
+def longterm_pin_fails(v):
+    """True when a long-term pin of a CMA page another reference holds
+    (vmsplice) fails ENOMEM; False when it pins the page where it is."""
+    m = mmemu.Machine(kernel=v, memory=4 << 20, cma=3 << 20)
+    p = m.spawn()
+    a = _anon(p)
+    assert m.zone_of(p.pagemap(a).pfn) == "CMA"      # CMA holds most of the free memory: taken first
+    pipe = p.vmsplice(a, PAGE)
+    try:
+        pin = p.pin_user_pages(a, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            raise
+        return True
+    assert m.zone_of(int(pin.pfns[0])) == "CMA"
+    pin.release()
+    pipe.close()
+    return False
+
+
 PROBES = {
     "madv_wipeonfork": _madvise(C.MADV_WIPEONFORK),
     "madv_cold": _madvise(C.MADV_COLD),
@@ -312,6 +346,8 @@ PROBES = {
     "page_is_guard": page_is_guard,
     "guard_file_backed": guard_file_backed,
     "pm_guard_region": pm_guard_region,
+    "longterm_pin_movable": longterm_pin_movable,
+    "longterm_pin_fails": longterm_pin_fails,
 }
 
 # Rows where the engine disagrees with the kernel's history today; each
