@@ -25,6 +25,7 @@ SECTIONS = [
     ("Pages and the address space (asm/page_types.h, asm/page_64_types.h)", None, False, [
         ("PAGE_SHIFT", "12", ""),
         ("PAGE_SIZE", "1 << PAGE_SHIFT", ""),
+        ("PMD_SIZE", "1 << 21", "HPAGE_PMD_SIZE: a PMD-mapped THP"),
         ("PAGE_MASK", "~(PAGE_SIZE - 1)", ""),
         ("PTRS_PER_PTE", "512", ""),
         ("TASK_SIZE", "(1 << 47) - 4096",

@@ -118,9 +118,10 @@ REGISTRY = []
 
 
 def scenario(id, name, title, bug="", fails="", backing="anon", needs=None, why="", backings=None):
-    """Register func(machine). With `backings` ({backing: fails spec}) the
-    case is registered once per backing and called as func(machine, backing=b),
-    as cow.c runs each anonymous test on every backing."""
+    """Register func(machine). With `backings` ({backing: fails spec, or
+    (fails spec, bug)}) the case is registered once per backing and called as
+    func(machine, backing=b), as cow.c runs each anonymous test on every
+    backing."""
     def register(func):
         doc = why or (func.__doc__ or "").strip()
         if backings is None:
@@ -130,7 +131,8 @@ def scenario(id, name, title, bug="", fails="", backing="anon", needs=None, why=
         for b, spec in backings.items():
             bound = (lambda f, bb: (lambda m: f(m, backing=bb)))(func, b)
             sid = id if b == "base" else f"{id}/{b}"
-            REGISTRY.append(Scenario(sid, name, title, bound, bug, frozenset(parse_versions(spec)),
+            spec, bbug = spec if isinstance(spec, tuple) else (spec, bug)     # a backing's own bug row
+            REGISTRY.append(Scenario(sid, name, title, bound, bbug, frozenset(parse_versions(spec)),
                                      b, needs, doc))
         return func
     return register

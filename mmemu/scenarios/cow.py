@@ -1,9 +1,13 @@
-"""Anonymous COW / GUP / fork scenarios on base pages.
+"""Anonymous COW / GUP / fork scenarios on base pages and THPs.
 
 In the style of tools/testing/selftests/mm/cow.c: each case says what a
-failure would mean. Catalogue ids and per-era outcomes are those of
-../shared/reference/scenarios.md (S1-S14, S20-S22 zero page, S43, S45(b),
-S53, S75, S80, S84); `fails=` lists the versions where the bug reproduces.
+failure would mean, and the anonymous tests run on each backing cow.c
+uses (do_run_with_base_page / do_run_with_thp): base, base-swapped, THP
+(PMD-mapped), PTE-THP (the PMD split by a one-page mprotect),
+single-PTE-THP, partial-mremap-THP and partial-shared-THP. Catalogue ids
+and per-era outcomes are those of ../shared/reference/scenarios.md (S1-S14,
+S20-S22 zero page, S43, S45(b), S53, S75, S80, S84); `fails=` lists the
+versions where the bug reproduces.
 """
 from .. import constants as C
 from ..eras import FOLL_FORCE_ANON_EXCLUSIVE
@@ -11,6 +15,7 @@ from ..errors import Sigsegv
 from . import ScenarioSkip, check, scenario
 
 PAGE = C.PAGE_SIZE
+THP = C.PMD_SIZE
 RW = C.PROT_READ | C.PROT_WRITE
 RO = C.PROT_READ
 PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
@@ -29,30 +34,95 @@ def _anon_page(p, fill=ONES, backing="base"):
     return P
 
 
-def _mprotect_dance(p, P, clear_refs=False):
+def _thp_mem(p, backing):
+    """cow.c do_run_with_thp(): a PMD-mapped THP (2 * THP mapped, the
+    aligned half given MADV_HUGEPAGE and populated, memset to 1), then the
+    backing's change to it. Returns (mem, size)."""
+    raw = p.mmap(0, 2 * THP, RW, PRIV)
+    mem = (raw + THP - 1) & ~(THP - 1)
+    p.madvise(mem, THP, C.MADV_HUGEPAGE)
+    p.write(mem, b"\x01")
+    if not p.pagemap(mem + THP - PAGE).present:
+        raise ScenarioSkip("did not get a THP populated")
+    p.write(mem, b"\x01" * THP)
+    size = THP
+    if backing == "PTE-THP":
+        # A one-page mprotect and back splits the PMD (the folio stays large).
+        p.mprotect(mem + PAGE, PAGE, RO)
+        p.mprotect(mem + PAGE, PAGE, RW)
+    elif backing == "single-PTE-THP":
+        # All but the first subpage discarded: one pte maps one page of a large folio.
+        p.madvise(mem + PAGE, THP - PAGE, C.MADV_DONTNEED)
+        size = PAGE
+    elif backing == "partial-mremap-THP":
+        # The second half moved elsewhere: the folio is mapped in two places.
+        half = THP // 2
+        target = p.mmap(0, half, C.PROT_NONE, PRIV)
+        p.mremap(mem + half, half, half, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, target)
+        size = half
+    elif backing == "partial-shared-THP":
+        # The first page shared with a child that then exits: some of the
+        # folio was shared once, the rest never.
+        p.madvise(mem + PAGE, THP - PAGE, C.MADV_DONTFORK)
+        p.fork().exit()
+        p.madvise(mem + PAGE, THP - PAGE, C.MADV_DOFORK)
+    return mem, size
+
+
+def _anon_mem(p, backing):
+    """The memory a cow.c test runs on for `backing`: (address, size)."""
+    if backing in ("base", "base-swapped"):
+        return _anon_page(p, backing=backing), PAGE
+    return _thp_mem(p, backing)
+
+
+# cow.c's THP backings (the swapped ones need THP swap-out, not modelled yet).
+THP_BACKINGS = ("THP", "PTE-THP", "single-PTE-THP", "partial-mremap-THP", "partial-shared-THP")
+
+
+def _backings(base, thp, pte_thp, bug_thp=None, **other):
+    """{backing: fails} for the base backings and cow.c's THP ones: `thp` for
+    the PMD-mapped THP, `pte_thp` for the PTE-mapped ones, keyword
+    exceptions (partial_mremap_THP=...) for one of those. A THP row may
+    name its own bug (B2a: B2 through a PMD-mapped THP)."""
+    out = {"base": base[0], "base-swapped": base[1]}
+    out["THP"] = (thp, bug_thp) if bug_thp else thp
+    for b in THP_BACKINGS[1:]:
+        out[b] = other.get(b.replace("-", "_"), pte_thp)
+    return out
+
+
+# partial-mremap-THP and reuse_swap_page() up to 5.8: the half moved away
+# stays mapped in parent and child after fork, and page_trans_huge_map_swapcount()
+# takes the most any page of the folio is mapped (2), so the write copies
+# where the other PTE-mapped backings reuse: those rows pass in 5.7/5.8.
+_MREMAP_HALF = ""
+
+
+def _mprotect_dance(p, P, clear_refs=False, size=PAGE):
     # Leave the pte read-only: mprotect(RO) write-protects; clear_refs(4)
     # makes 6.0+'s mprotect(RW) keep it R/O (soft-dirty tracking), where the
     # kernel has soft-dirty.
-    p.mprotect(P, PAGE, RO)
+    p.mprotect(P, size, RO)
     if clear_refs:
         p.clear_refs(C.CLEAR_REFS_SOFT_DIRTY)
-    p.mprotect(P, PAGE, RW)
+    p.mprotect(P, size, RW)
 
 
 # ---- Part A: cow.c anonymous tests ----------------------------------------
 
-@scenario("S1", "cow-basic-fork", "Basic COW after fork()", backings={"base": "", "base-swapped": ""})
+@scenario("S1", "cow-basic-fork", "Basic COW after fork()", backings=_backings(("", ""), "", ""))
 def basic_cow_fork(m, mprotect=False, backing="base"):
     """If we miss breaking COW, the child sees the parent's write."""
     p = m.spawn()
-    P = _anon_page(p, backing=backing)
+    P, size = _anon_mem(p, backing)
     c = p.fork()
-    old = c.read(P, PAGE)
+    old = c.read(P, size)
     pfn_before = p.pagemap(P).pfn
     if mprotect:
-        _mprotect_dance(p, P)
-    p.write(P, FFS)
-    check(c.read(P, PAGE) == old, "Leak from parent into child")
+        _mprotect_dance(p, P, size=size)
+    p.write(P, b"\xff" * size)
+    check(c.read(P, size) == old, "Leak from parent into child")
     check(p.pagemap(P).pfn != pfn_before, "the parent's write did not copy the shared page")
     check(p.pagemap(P).exclusive and c.pagemap(P).exclusive,
           "after the copy each side should map its page exclusively")
@@ -60,50 +130,53 @@ def basic_cow_fork(m, mprotect=False, backing="base"):
 
 
 @scenario("S2", "cow-basic-fork-mprotect", "Basic COW after fork() with mprotect() optimization",
-          backings={"base": "", "base-swapped": ""})
+          backings=_backings(("", ""), "", ""))
 def basic_cow_fork_mprotect(m, backing="base"):
     """If mprotect(RW) upgrades a COW-shared pte, the child sees the parent's write."""
     basic_cow_fork(m, mprotect=True, backing=backing)
 
 
 @scenario("S3", "cow-vmsplice-unmap-child", "vmsplice() + unmap in child", bug="B2",
-          backings={"base": "5.7", "base-swapped": "5.7,5.9-5.17"})
+          backings=_backings(("5.7", "5.7,5.9-5.17"), "5.7,5.9-5.17", "5.7", bug_thp="B2a",
+                             partial_mremap_THP=_MREMAP_HALF))
 def vmsplice_unmap_child(m, mprotect=False, backing="base"):
     """If COW is not broken in the parent, the child's pipe reads the parent's later write."""
     p = m.spawn()
-    P = _anon_page(p, backing=backing)
+    P, size = _anon_mem(p, backing)
     c = p.fork()
-    old = c.read(P, PAGE)
-    pipe = c.vmsplice(P, PAGE)
-    c.munmap(P, PAGE)
+    old = c.read(P, size)
+    pipe = c.vmsplice(P, size)
+    c.munmap(P, size)
     if mprotect:
-        _mprotect_dance(p, P)
-    p.write(P, FFS)
-    new = pipe.read(PAGE)
+        _mprotect_dance(p, P, size=size)
+    p.write(P, b"\xff" * size)
+    new = pipe.read(size)
     m.check()
     check(new == old, "Leak from parent into child")
 
 
 @scenario("S4", "cow-vmsplice-unmap-child-mprotect",
           "vmsplice() + unmap in child with mprotect() optimization", bug="B2",
-          backings={"base": "5.7", "base-swapped": "5.7,5.9-5.17"})
+          backings=_backings(("5.7", "5.7,5.9-5.17"), "5.7,5.9-5.17", "5.7", bug_thp="B2a",
+                             partial_mremap_THP=_MREMAP_HALF))
 def vmsplice_unmap_child_mprotect(m, backing="base"):
     """As S3; 6.0+'s mprotect must not upgrade the no longer exclusive page."""
     vmsplice_unmap_child(m, mprotect=True, backing=backing)
 
 
 @scenario("S5", "cow-vmsplice-before-fork", "vmsplice() before fork(), unmap in parent after fork()",
-          bug="B2", backings={"base": "5.7-5.8", "base-swapped": "5.7-5.8"})
+          bug="B2", backings=_backings(("5.7-5.8", "5.7-5.8"), "5.7-5.17", "5.7-5.8", bug_thp="B2a",
+                                       partial_mremap_THP=_MREMAP_HALF))
 def vmsplice_before_fork(m, backing="base"):
     """If the child reuses the page the parent's pipe holds, the pipe leaks the child's write."""
     p = m.spawn()
-    P = _anon_page(p, backing=backing)
-    old = p.read(P, PAGE)
-    pipe = p.vmsplice(P, PAGE)
+    P, size = _anon_mem(p, backing)
+    old = p.read(P, size)
+    pipe = p.vmsplice(P, size)
     c = p.fork()
-    p.munmap(P, PAGE)
-    c.write(P, FFS)
-    new = pipe.read(PAGE)
+    p.munmap(P, size)
+    c.write(P, b"\xff" * size)
+    new = pipe.read(size)
     m.check()
     check(new == old, "Leak from child into parent")
 
@@ -115,49 +188,50 @@ def vmsplice_before_fork(m, backing="base"):
 # 5.9's refcount rule copies: only 5.7 leaks. (S3/S4 read in the child after
 # fork and do leak on 5.9-5.17.)
 @scenario("S6", "cow-vmsplice-after-fork", "vmsplice() + unmap in parent after fork()",
-          bug="B2", backings={"base": "5.7", "base-swapped": "5.7"})
+          bug="B2", backings=_backings(("5.7", "5.7"), "5.7,5.9-5.17", "5.7", bug_thp="B2a",
+                                       partial_mremap_THP=_MREMAP_HALF))
 def vmsplice_after_fork(m, backing="base"):
     """If the child reuses the shared page the parent spliced, the pipe leaks the child's write."""
     p = m.spawn()
-    P = _anon_page(p, backing=backing)
-    old = p.read(P, PAGE)
+    P, size = _anon_mem(p, backing)
+    old = p.read(P, size)
     c = p.fork()
-    pipe = p.vmsplice(P, PAGE)
-    p.munmap(P, PAGE)
-    c.write(P, FFS)
-    new = pipe.read(PAGE)
+    pipe = p.vmsplice(P, size)
+    p.munmap(P, size)
+    c.write(P, b"\xff" * size)
+    new = pipe.read(size)
     m.check()
     check(new == old, "Leak from child into parent")
 
 
 @scenario("S7", "cow-iouring-ro-map", "R/O-mapping a page registered as iouring fixed buffer",
-          bug="B7", backings={"base": "5.9-5.18", "base-swapped": "5.9-5.18"})
+          bug="B7", backings=_backings(("5.9-5.18", "5.9-5.18"), "5.18", "5.9-5.18"))
 def iouring_ro_map(m, backing="base"):
     """If the write fault copies the pinned page, the fixed buffer no longer is the process's memory."""
     p = m.spawn()
-    P = _anon_page(p, backing=backing)
-    pin = p.pin_user_pages(P, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)   # io_uring register
-    _mprotect_dance(p, P, clear_refs=True)
-    p.write(P, FFS)
+    P, size = _anon_mem(p, backing)
+    pin = p.pin_user_pages(P, size // PAGE, C.FOLL_WRITE | C.FOLL_LONGTERM)   # io_uring register
+    _mprotect_dance(p, P, clear_refs=True, size=size)
+    p.write(P, b"\xff" * size)
     m.check()
-    check(pin.read(0, PAGE) == p.read(P, PAGE), "Longterm R/W pin is not reliable")
+    check(pin.read(0, size) == p.read(P, size), "Longterm R/W pin is not reliable")
     pin.release()
     m.check()
 
 
 @scenario("S8", "cow-iouring-fork", "fork() with an iouring fixed buffer", bug="B6",
-          backings={"base": "5.7-5.8", "base-swapped": "5.7-5.8"})
+          backings=_backings(("5.7-5.8", "5.7-5.8"), "5.7-5.8", "5.7-5.8"))
 def iouring_fork(m, backing="base"):
     """If fork shares the pinned page, the parent's write COWs away from the fixed buffer."""
     p = m.spawn()
-    P = _anon_page(p, backing=backing)
-    pin = p.pin_user_pages(P, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    P, size = _anon_mem(p, backing)
+    pin = p.pin_user_pages(P, size // PAGE, C.FOLL_WRITE | C.FOLL_LONGTERM)
     pfn = p.pagemap(P).pfn
     c = p.fork()
-    p.write(P, FFS)
-    check(c.read(P, PAGE) == ONES, "Leak from parent into child")
+    p.write(P, b"\xff" * size)
+    check(c.read(P, size) == b"\x01" * size, "Leak from parent into child")
     m.check()
-    check(pin.read(0, PAGE) == p.read(P, PAGE), "Longterm R/W pin is not reliable")
+    check(pin.read(0, size) == p.read(P, size), "Longterm R/W pin is not reliable")
     check(p.pagemap(P).pfn == pfn, "the parent no longer maps the pinned page")
     pin.release()
 

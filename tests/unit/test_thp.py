@@ -1,0 +1,377 @@
+"""Transparent huge pages: PMD-mapped anon THP, the huge zero page, PMD COW
+and split, PTE-mapped large folios, the sysfs knobs and the mmap alignment,
+each rule in the era the kernel has it (semantics.md 3.2, 6.9; core/huge.pxi).
+"""
+import pytest
+
+import mmemu
+from mmemu import constants as C
+from mmemu.errors import WouldBlock
+from mmemu.uffd import (O_NONBLOCK, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_MISSING,
+                        UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP)
+
+PAGE = C.PAGE_SIZE
+THP = C.PMD_SIZE
+NR = THP // PAGE
+RW = C.PROT_READ | C.PROT_WRITE
+PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
+
+
+def _thp_range(p, advise=True):
+    """An aligned 2 MiB inside a private anon mapping (cow.c's way)."""
+    raw = p.mmap(0, 2 * THP, RW, PRIV)
+    mem = (raw + THP - 1) & ~(THP - 1)
+    if advise:
+        p.madvise(mem, THP, C.MADV_HUGEPAGE)
+    return mem
+
+
+def _pfns(p, mem, n=NR):
+    return [p.pagemap(mem + i * PAGE).pfn for i in range(n)]
+
+
+def _is_thp(m, p, mem):
+    """PMD-mapped or PTE-mapped, the pages are one aligned large folio."""
+    pf = _pfns(p, mem)
+    return None not in pf and pf[0] % NR == 0 and pf == list(range(pf[0], pf[0] + NR)) \
+        and "thp" in m.frame(pf[0]).flags
+
+
+def _machine(kernel="6.18", **kw):
+    return mmemu.Machine(kernel=kernel, memory=64 << 20, **kw)
+
+
+def test_a_write_fault_in_a_madv_hugepage_range_maps_a_pmd_thp():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem + 5 * PAGE, b"x")
+    assert _is_thp(m, p, mem)
+    head = p.pagemap(mem).pfn
+    assert "compound_head" in m.frame(head).flags and "compound_tail" in m.frame(head + 7).flags
+    assert all(p.pagemap(mem + i * PAGE).exclusive for i in (0, 1, NR - 1))
+    # page_count of a tail is the folio's; kpagecount counts the PMD mapping.
+    assert m.frame(head + 3).refcount == m.frame(head).refcount >= 1
+    assert m.frame(head + 3).kpagecount == 1
+    assert m.stats()["thp_fault_alloc"] == 1 and m.stats()["thp_split_pmd"] == 0
+    assert p.read(mem + 5 * PAGE, 1) == b"x" and p.read(mem + 6 * PAGE, 1) == b"\0"
+    m.check()
+
+
+@pytest.mark.parametrize("enabled,advice,thp", [
+    ("madvise", None, False), ("madvise", C.MADV_HUGEPAGE, True), ("always", None, True),
+    ("always", C.MADV_NOHUGEPAGE, False), ("never", C.MADV_HUGEPAGE, False)])
+def test_sysfs_enabled_and_the_vma_flags_decide(enabled, advice, thp):
+    m = _machine(thp=enabled)
+    p = m.spawn()
+    mem = _thp_range(p, advise=False)
+    if advice is not None:
+        p.madvise(mem, THP, advice)
+    p.write(mem, b"x")
+    assert _is_thp(m, p, mem) is thp
+    m.check()
+
+
+def test_a_thp_needs_the_aligned_2mib_inside_the_vma_and_an_empty_pmd():
+    m = _machine(thp="always")
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.munmap(mem + THP - PAGE, PAGE)           # the block no longer fits in one VMA
+    p.write(mem, b"x")
+    assert m.stats()["thp_fault_alloc"] == 0
+    m2 = _machine(thp="never")
+    q = m2.spawn()
+    mem = _thp_range(q)
+    q.write(mem, b"x")                         # a pte table now covers the block
+    m2.thp.enabled = "always"
+    q.write(mem + PAGE, b"y")
+    assert m2.stats()["thp_fault_alloc"] == 0 and not _is_thp(m2, q, mem)
+
+
+def test_a_read_fault_maps_the_huge_zero_page_unless_use_zero_page_is_off():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    assert p.read(mem + 9 * PAGE, 1) == b"\0"
+    e = p.pagemap(mem)
+    # pagemap_pmd_range: the huge zero page is not anon, so PM_FILE, and
+    # mapped by no one as far as mapcount goes.
+    assert e.present and e.file_shared and not e.exclusive and e.pfn % NR == 0
+    assert {"zero_page", "thp", "compound_head"} <= m.frame(e.pfn).flags
+    assert m.stats()["thp_zero_page_alloc"] == 1
+    m.thp.use_zero_page = 0
+    q = m.spawn()
+    mem = _thp_range(q)
+    q.read(mem, 1)                             # a read gets a fresh, exclusive THP
+    assert _is_thp(m, q, mem) and q.pagemap(mem).exclusive and not q.pagemap(mem).file_shared
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,whole", [("5.7", True), ("5.8", False), ("6.18", False)])
+def test_a_write_to_the_huge_zero_page_splits_it_from_5_8(kernel, whole):
+    """3917c80280c9 (5.8): the PMD becomes 512 ptes of the small zero page
+    and only the page written is copied; 5.7 allocated a whole THP."""
+    m = _machine(kernel)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.read(mem, 1)
+    p.write(mem + 3 * PAGE, b"w")
+    if whole:
+        assert _is_thp(m, p, mem) and m.stats()["thp_split_pmd"] == 0
+    else:
+        assert p.pagemap(mem + 2 * PAGE).pfn == 0 and not p.pagemap(mem + 2 * PAGE).file_shared
+        assert p.pagemap(mem + 3 * PAGE).pfn != 0 and m.stats()["thp_split_pmd"] == 1
+    assert p.read(mem + 3 * PAGE, 1) == b"w"
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,whole", [("5.7", True), ("5.8", False), ("6.1", False)])
+def test_a_cow_after_fork_copies_the_thp_before_5_8_and_one_page_after(kernel, whole):
+    m = _machine(kernel)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    before = _pfns(p, mem)
+    c = p.fork()
+    p.write(mem + 7 * PAGE, b"\xff")
+    after = _pfns(p, mem)
+    assert _pfns(c, mem) == before and c.read(mem + 7 * PAGE, 1) == b"\x01"
+    if whole:
+        assert _is_thp(m, p, mem) and after[0] != before[0]
+    else:
+        changed = [i for i in range(NR) if after[i] != before[i]]
+        assert changed == [7] and m.stats()["thp_split_pmd"] == 1
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,reused", [("5.10", True), ("5.17", True), ("5.18", False), ("6.18", False)])
+def test_a_shared_thp_with_a_gup_reference_is_reused_by_mapcount_until_5_18(kernel, reused):
+    """B2a: do_huge_pmd_wp_page reused by mapcount until 3bff7e3f1f16 (5.18):
+    a pipe's reference to the THP does not stop the parent's write."""
+    m = _machine(kernel)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    c = p.fork()
+    pipe = c.vmsplice(mem, PAGE)
+    c.munmap(mem, THP)
+    head = p.pagemap(mem).pfn
+    p.write(mem, b"\xff")
+    assert (p.pagemap(mem).pfn == head) is reused
+    assert (pipe.read(PAGE)[:1] == b"\xff") is reused
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,copied", [("5.8", False), ("5.9", True), ("6.18", True)])
+def test_fork_splits_a_pinned_thp_and_copies_it_for_the_child_from_5_9(kernel, copied):
+    """d042035eaf5f (5.9): a maybe-pinned THP is split at fork and its pages
+    copied into the child (copy_present_page), the parent keeping the pin."""
+    m = _machine(kernel)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    pin = p.pin_user_pages(mem, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    before = _pfns(p, mem)
+    c = p.fork()
+    assert _pfns(p, mem) == before
+    child = _pfns(c, mem)
+    assert (set(child).isdisjoint(before)) is copied
+    p.write(mem, b"\xff")
+    assert pin.read(0, 1) == b"\xff" or not copied
+    assert c.read(mem, 1) == b"\x01"
+    pin.release()
+    m.check()
+
+
+def test_partial_mprotect_splits_the_pmd_and_the_folio_stays_large():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    before = _pfns(p, mem)
+    p.mprotect(mem + PAGE, PAGE, C.PROT_READ)
+    assert m.stats()["thp_split_pmd"] == 1 and _pfns(p, mem) == before and _is_thp(m, p, mem)
+    p.mprotect(mem, THP, C.PROT_READ)          # whole leaves are not split
+    m.check()
+    p.mprotect(mem, THP, RW)
+    p.write(mem + 2 * PAGE, b"y")              # exclusive pages: reused, not copied
+    assert _pfns(p, mem) == before
+    m.check()
+
+
+def test_partial_munmap_keeps_the_folio_until_its_last_mapping_goes():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    head = p.pagemap(mem).pfn
+    free = m._engine.nr_free
+    p.munmap(mem + PAGE, PAGE)                 # deferred split: nothing is freed yet
+    assert m._engine.nr_free == free and m.frame(head + 1).refcount > 0
+    p.munmap(mem, THP)
+    assert m._engine.nr_free >= free + NR - 1
+    m.check()
+
+
+def test_whole_pmd_munmap_and_dontneed_zap_the_leaf_without_splitting():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    free = m._engine.nr_free
+    p.madvise(mem, THP, C.MADV_DONTNEED)
+    assert m.stats()["thp_split_pmd"] == 0 and m._engine.nr_free > free + NR - 1
+    assert not p.pagemap(mem).present
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,reused", [
+    ("5.7", True), ("5.10", False), ("6.1", False), ("6.8", False), ("6.9", False),
+    ("6.14", False), ("6.15", True), ("6.18", True)])
+def test_cow_of_a_pte_mapped_thp_after_fork_per_era(kernel, reused):
+    """A PTE-mapped THP whose child has exited: 5.7's reuse_swap_page()
+    reuses (each page mapped once); 5.9-5.18 the folio's refcount (512) is
+    not 1; 5.19-6.14 the pages lost PageAnonExclusive at fork and large
+    folios are never reused (781a3ca5c345 in 6.9 makes that explicit);
+    1da190f4d0a6 (6.15) reuses a folio this mm alone maps."""
+    m = _machine(kernel)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    p.mprotect(mem + PAGE, PAGE, C.PROT_READ)
+    p.mprotect(mem + PAGE, PAGE, RW)
+    p.fork().exit()
+    before = p.pagemap(mem).pfn
+    p.write(mem, b"\xff")
+    assert (p.pagemap(mem).pfn == before) is reused
+    m.check()
+
+
+def test_the_exclusive_owner_test_of_6_15_counts_another_processes_mappings():
+    m = _machine("6.18")
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    p.mprotect(mem + PAGE, PAGE, C.PROT_READ)
+    p.mprotect(mem + PAGE, PAGE, RW)
+    c = p.fork()
+    c.munmap(mem, PAGE)                        # the child still maps the other 511 pages
+    before = p.pagemap(mem).pfn
+    p.write(mem, b"\xff")
+    assert p.pagemap(mem).pfn != before and c.read(mem + PAGE, 1) == b"\x01"
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,length,aligned", [
+    ("6.6", 4 * THP // 2, False), ("6.7", 3 * THP // 2, True), ("6.11", 3 * THP // 2, True),
+    ("6.12", 3 * THP // 2, False), ("6.12", 2 * THP, True), ("6.18", 4 * THP, True),
+    ("6.18", THP // 2, False)])
+def test_anonymous_mmap_is_thp_aligned_from_6_7_and_only_for_multiples_from_6_12(kernel, length, aligned):
+    m = _machine(kernel, seed=1)
+    p = m.spawn()
+    a = p.mmap(0, length, RW, PRIV)
+    b = p.mmap(0, length, RW, PRIV)
+    assert (a % THP == 0 and b % THP == 0) is aligned
+    m.check()
+
+
+def test_uffd_missing_on_a_thp_vma_reports_the_page_and_copy_builds_ptes():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    u = p.userfaultfd(O_NONBLOCK)
+    u.api(0)
+    u.register(mem, THP, UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(WouldBlock) as e:
+        p.read(mem + 3 * PAGE + 5, 1)
+    assert e.value.msg.address == mem + 3 * PAGE
+    u.copy(mem + 3 * PAGE, b"c" * PAGE)
+    assert p.main.resume() == b"c"
+    assert m.stats()["thp_fault_alloc"] == 0 and not _is_thp(m, p, mem)
+    m.check()
+
+
+def test_uffd_wp_on_a_whole_thp_keeps_the_pmd_and_a_partial_one_splits_it():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    u = p.userfaultfd(O_NONBLOCK)
+    u.api(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    u.register(mem, THP, UFFDIO_REGISTER_MODE_WP)
+    p.write(mem, b"x")                          # a WP-only VMA gets a THP
+    assert m.stats()["thp_fault_alloc"] == 1
+    u.writeprotect(mem, THP, UFFDIO_WRITEPROTECT_MODE_WP)
+    assert m.stats()["thp_split_pmd"] == 0 and p.pagemap(mem + 9 * PAGE).uffd_wp
+    with pytest.raises(WouldBlock) as e:
+        p.write(mem + 9 * PAGE, b"y")
+    assert e.value.msg.address == mem + 9 * PAGE and m.stats()["thp_split_pmd"] == 0
+    u.writeprotect(mem + 9 * PAGE, PAGE, 0)    # part of the leaf: split
+    p.main.resume()
+    assert p.read(mem + 9 * PAGE, 1) == b"y"
+    u.writeprotect(mem + PAGE, PAGE, 0)
+    assert m.stats()["thp_split_pmd"] == 1 and not p.pagemap(mem + PAGE).uffd_wp
+    assert p.pagemap(mem).uffd_wp and _is_thp(m, p, mem)
+    m.check()
+
+
+def test_a_machine_with_thps_saves_and_loads():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"s")
+    m2 = m.__deepcopy__({})
+    q = m2.processes[0]
+    assert _is_thp(m2, q, mem) and q.read(mem, 1) == b"s"
+    q.fork()
+    q.write(mem, b"t")
+    m2.check()
+    assert p.read(mem, 1) == b"s"
+
+
+def test_a_pmd_thp_costs_no_more_engine_state_than_its_base_pages():
+    sizes = {}
+    for enabled in ("always", "never"):
+        m = _machine(thp=enabled)
+        p = m.spawn()
+        mem = _thp_range(p)
+        p.write(mem, b"\x01" * THP)
+        sizes[enabled] = m.memory_usage()
+    assert sizes["always"]["page_tables"] <= sizes["never"]["page_tables"]
+    assert sizes["always"]["frames"] == sizes["never"]["frames"]
+
+
+def test_the_sysfs_knobs_refuse_what_linux_refuses():
+    with pytest.raises(ValueError):
+        _machine(thp="sometimes")
+    m = _machine()
+    assert (m.thp.enabled, m.thp.defrag, m.thp.use_zero_page, m.thp.shmem_enabled) == \
+        ("madvise", "madvise", 1, "never")
+    with pytest.raises(ValueError):
+        m.thp.defrag = "often"
+    with pytest.raises(ValueError):
+        m.thp.use_zero_page = 2
+    with pytest.raises(NotImplementedError):
+        m.thp.shmem_enabled = "always"
+    m.thp.enabled = "always"
+    assert m.thp.enabled == "always"
+
+
+@pytest.mark.parametrize("kernel,reused", [
+    ("5.7", True), ("5.10", True), ("5.18", True), ("6.8", True), ("6.9", False), ("6.15", False),
+    ("6.18", False)])
+def test_the_last_pte_of_a_large_folio_is_reused_until_6_9(kernel, reused):
+    """single-PTE-THP after fork, the child gone: one pte maps the folio and
+    nothing else holds it, so the small-page rules (mapcount to 5.8,
+    refcount after) reuse it; 781a3ca5c345 (6.9) copies instead and frees
+    the large folio, and 1da190f4d0a6 (6.15) keeps that for a folio mapped
+    once."""
+    m = _machine(kernel)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    p.madvise(mem + PAGE, THP - PAGE, C.MADV_DONTNEED)
+    p.fork().exit()
+    before = p.pagemap(mem).pfn
+    p.write(mem, b"\xff")
+    assert (p.pagemap(mem).pfn == before) is reused
+    m.check()
