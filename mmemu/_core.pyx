@@ -50,7 +50,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "pm_guard_region", "numa_hint_upgrade", "ksm_reuse", "ksm_break_unshare",
                  "ksm_checksum_first", "longterm_unpinnable", "longterm_alloc_exclude",
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
-                 "large_reuse")
+                 "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -213,6 +213,8 @@ cdef class Engine:
         p.thp_wp_refcount = knobs["thp_wp_refcount"]
         p.thp_cow_whole = knobs["thp_cow_whole"]
         p.large_reuse = knobs["large_reuse"]
+        p.thp_zero_wp_thp = knobs["thp_zero_wp_thp"]
+        p.pm_thp_excl_per_page = knobs["pm_thp_excl_per_page"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:

@@ -122,6 +122,8 @@ BASELINE = {
     "thp_cow_whole": 1,           # a PMD COW copies the whole THP (until 3917c80280c9, 5.8)
     "thp_wp_refcount": 0,         # a write-protected PMD THP is reused by refcount, not mapcount (5.18): B2a
     "large_reuse": 0,             # COW of a PTE-mapped large folio's page: 0 by the small-page rule, 1 never (6.9), 2 if this mm owns it (6.15)
+    "thp_zero_wp_thp": 1,         # a write to the huge zero page gets a whole THP (until 5.8; again from 6.13)
+    "pm_thp_excl_per_page": 0,    # pagemap's exclusive bit per page of a PMD THP (6.11 .. 6.15), else the head's
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
 }
 
@@ -168,7 +170,7 @@ CHANGES = (
            {"gup_forced_cow": FORCED_COW_GET_AND_PIN, "foll_cow_rule": FOLL_COW_DIRTY},
            bug="B2 fixed; B3, B4 introduced"),
     Change("3917c80280c9", "5.8", "thp: change CoW semantics for anon-THP",
-           {"thp_cow_whole": 0}),
+           {"thp_cow_whole": 0, "thp_zero_wp_thp": 0}),
     Change("a308c71bf1e6", "5.9", "mm/gup: Remove enfornced COW mechanism",
            {"gup_forced_cow": FORCED_COW_NONE, "foll_cow_rule": FOLL_COW_FORCE_DIRTY},
            bug="B3, B4 fixed"),
@@ -308,6 +310,8 @@ CHANGES = (
            {"thp_mmap_align": 1}),
     Change("781a3ca5c345", "6.9", "mm: prohibit the last subpage from reusing the entire large folio "
            "(id from mm-stable's log; in MM updates for 6.9-rc1)", {"large_reuse": 1}),
+    Change("2c1f057e5be6", "6.11", "fs/proc/task_mmu: properly detect PM_MMAP_EXCLUSIVE per page of PMD-mapped THPs",
+           {"pm_thp_excl_per_page": 1}),
     Change("d4148aeab412", "6.12", "mm, mmap: limit THP alignment of anonymous mappings to PMD-aligned sizes",
            {"thp_mmap_align": 2}),
     Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",
@@ -345,6 +349,12 @@ CHANGES = (
            "(release inferred)", {"madv_guard_file": 1}),
     Change("8e2f2aeb8b48", "6.15", "fs/proc/task_mmu: add guard region bit to pagemap "
            "(release inferred)", {"pm_guard_region": 1}),
+    Change("1ced09e0331f", "6.13", "mm: allocate THP on hugezeropage wp-fault (release inferred: "
+           "posted against 6.11-rc5, absent from 6.12's source)", {"thp_zero_wp_thp": 1}),
+    Change("pagemap-pmd-exclusive-head", "6.15", "fs/proc/task_mmu: remove per-page mapcount dependency "
+           "for PM_MMAP_EXCLUSIVE (CONFIG_NO_PAGE_MAPCOUNT): in MM updates for 6.15-rc1; its PMD path "
+           "tests the head page for every subpage again (seen on the 6.18.44 host); id not confirmed",
+           {"pm_thp_excl_per_page": 0}),
     Change("1da190f4d0a6", "6.15", "mm: Copy-on-Write (COW) reuse support for PTE-mapped THP "
            "(release inferred from the series' posting and the Fixes: tags naming it)", {"large_reuse": 2}),
     Change("a516403787e0", "6.16", "fs/proc: extend the PAGEMAP_SCAN ioctl to report guard regions "

@@ -91,7 +91,7 @@ from .pageinfo import KPF_NAMES
 
 # Ops, their required and optional arguments besides "op" and "proc".
 OPS = {
-    "mmap": ({"pages", "prot", "flags"}, {"name", "addr", "fd", "off"}),
+    "mmap": ({"pages", "prot", "flags"}, {"name", "addr", "fd", "off", "align"}),
     "munmap": ({"at", "pages"}, set()),
     "mremap": ({"at", "pages", "new_pages"}, {"to", "flags"}),
     "mprotect": ({"at", "pages", "prot"}, set()),
@@ -446,6 +446,9 @@ class _Checker:
                 if name is None:
                     raise ProgramError(where, "mmap without addr must name its region")
                 parent, page = None, 0
+            if "align" in step and ("addr" in step or not _is_count(step["align"]) or not step["align"]
+                                    or step["align"] & (step["align"] - 1)):
+                raise ProgramError(where, "align (pages, a power of two) places a region without addr")
             if "fd" in step:
                 if flags & C.MAP_ANONYMOUS:
                     raise ProgramError(where, "a file mapping cannot be MAP_ANONYMOUS")
@@ -772,6 +775,8 @@ class _Run:
                 # The runner places regions itself, the same on every machine
                 # (see PLACEMENT_TOP): a hint, honoured where the range is free.
                 hint = self.next_top - pages * C.PAGE_SIZE
+                if "align" in step:             # a THP region: 2 MiB aligned on both machines
+                    hint &= ~(step["align"] * C.PAGE_SIZE - 1)
             got = proc.mmap(a or hint, pages * C.PAGE_SIZE, prot, flags, fd, step.get("off", 0))
             if a is None:
                 if got != hint:

@@ -435,7 +435,9 @@ cdef int do_huge_pmd_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
             return VM_FAULT_FALLBACK
         return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_WP)
     if pte0 & PTE_SPECIAL:
-        if e.pol.thp_cow_whole and not unshare and huge_pmd_copy_whole(e, mm, cpu, vma, haddr, slot, True) == 0:
+        # The huge zero page: a whole THP before 5.8 and again from 6.13
+        # (do_huge_zero_wp_pmd); else split into small zero ptes.
+        if e.pol.thp_zero_wp_thp and not unshare and huge_pmd_copy_whole(e, mm, cpu, vma, haddr, slot, True) == 0:
             return VM_FAULT_WRITE
         split_huge_pmd_locked(e, mm, slot, haddr)
         return VM_FAULT_FALLBACK

@@ -400,7 +400,7 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     cdef int32_t vi = find_vma(mm, va)
     cdef uint64_t *ptep
     cdef uint64_t pte, out = 0
-    cdef int64_t pfn, mc
+    cdef int64_t pfn, mc, head
     cdef uint64_t vflags
     if vi < 0:
         return 0
@@ -419,7 +419,12 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
             # its folio's PMD mappings.
             mc = e.mapcount[pfn]
             if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
-                mc += entire_mapcount(e, folio_of(e, pfn))[0]
+                head = folio_of(e, pfn)
+                mc += entire_mapcount(e, head)[0]
+                if not e.pol.pm_thp_excl_per_page and e.nr_huge_pmd \
+                        and pmd_trans_huge(pmd_slot(e, mm, va, False)[0]):
+                    # pagemap_pmd_range: one value for the whole PMD, the head's.
+                    mc = e.mapcount[head] + entire_mapcount(e, head)[0]
             if mc == 1:
                 out |= 1ULL << 56                # PM_MMAP_EXCLUSIVE: mapped once
             if not (e.fflags[pfn] & PG_ANON):

@@ -13,7 +13,7 @@ from .. import constants as C
 
 
 class Capabilities:
-    __slots__ = ("pfns", "kpage", "io_uring", "vmsplice", "soft_dirty", "reasons")
+    __slots__ = ("pfns", "kpage", "io_uring", "vmsplice", "soft_dirty", "thp", "reasons")
 
     def __init__(self):
         self.reasons = {}
@@ -60,10 +60,27 @@ def capabilities():
     except OSError as e:
         caps.kpage = False
         caps.reasons["kpage"] = f"/proc/kpagecount unreadable: {e}"
+    caps.thp = _probe_thp(caps)
     caps.io_uring = _probe_io_uring(caps)
     caps.vmsplice = _probe_vmsplice(caps, m)
     del m
     return caps
+
+
+def _probe_thp(caps):
+    """The transparent_hugepage "enabled" setting in force ("always",
+    "madvise" or "never"): the engine takes the same, and programs use THP
+    regions where it is not "never"."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            words = f.read().split()
+    except OSError as e:
+        caps.reasons["thp"] = f"no THP sysfs: {e}"
+        return "never"
+    chosen = [w[1:-1] for w in words if w.startswith("[")]
+    if not chosen or chosen[0] == "never":
+        caps.reasons["thp"] = "transparent_hugepage/enabled is never"
+    return chosen[0] if chosen else "never"
 
 
 def _probe_io_uring(caps):

@@ -54,8 +54,9 @@ class Features:
     test does not model yet (see probe)."""
 
     def __init__(self, shared=True, pins=True, advice=tuple(ADVICE_CHOICES) + FILE_ADVICE,
-                 files=True, uffd=False):
+                 files=True, uffd=False, thp=False):
         self.uffd = uffd             # userfaultfd programs (uffd_programs) instead
+        self.thp = thp               # THP regions: 2 MiB aligned, MADV_HUGEPAGE
         self.shared = shared
         self.pins = pins
         self.advice = list(advice)
@@ -63,7 +64,7 @@ class Features:
 
     def __repr__(self):
         return (f"Features(shared={self.shared}, pins={self.pins}, files={self.files}, "
-                f"uffd={self.uffd}, advice={self.advice})")
+                f"uffd={self.uffd}, thp={self.thp}, advice={self.advice})")
 
 
 def probe(make_other, features=None):
@@ -156,17 +157,27 @@ def _pick(draw, items):
     return items[draw(st.integers(0, len(items) - 1))]
 
 
+# The ranges and pages of a THP region a program uses: the whole PMD, its
+# edges and its middle, so an operation covers a leaf whole or cuts it.
+THP_PAGES = 512
+THP_SPANS = ((0, 512), (0, 1), (1, 1), (255, 2), (511, 1), (0, 256), (256, 256), (1, 510), (2, 8))
+THP_PLACES = (0, 1, 2, 255, 256, 510, 511)
+
+
 def _range(draw, state):
     """A page range of a region: [name, first], npages (one choice)."""
-    spans = [(name, first, n) for name, pages in state.regions
+    spans = [(name, first, n) for name, pages in state.regions if pages != THP_PAGES
              for n in range(1, pages + 1) for first in range(0, pages - n + 1)]
+    spans += [(name, first, n) for name, pages in state.regions if pages == THP_PAGES
+              for first, n in THP_SPANS]
     name, first, n = _pick(draw, spans)
     return [name, first], n
 
 
 def _page(draw, state, straddle=False):
     """A page of a region (one choice); straddle: a page with a next one."""
-    places = [(name, page, pages) for name, pages in state.regions for page in range(pages)
+    places = [(name, page, pages) for name, pages in state.regions
+              for page in (THP_PLACES if pages == THP_PAGES else range(pages))
               if not straddle or page + 1 < pages]
     if not places:
         return None, 0
@@ -349,9 +360,10 @@ def _maybe_step(draw, state, proc, depth):
 
 
 @st.composite
-def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True):
+def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True, thp=False):
     """Small valid programs; see the module docstring. pins, shared, files
-    and advice (a list of MADV_* names) restrict what they use."""
+    and advice (a list of MADV_* names) restrict what they use; thp lets a
+    private anon region be a THP one (2 MiB, aligned, MADV_HUGEPAGE)."""
     steps = []
     regions = []
     filesizes = []
@@ -378,6 +390,15 @@ def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True
         place = draw(st.integers(0, 2 * MAX_FILE_PAGES - 1))
         step = {"op": "mmap", "name": name, "pages": pages, "prot": "PROT_READ|PROT_WRITE",
                 "flags": "MAP_PRIVATE|MAP_ANONYMOUS"}
+        if backing == 3 and thp:
+            # A THP region: its own 2 MiB, aligned, MADV_HUGEPAGE'd; its first
+            # fault maps a PMD where the machine gives one.
+            pages = THP_PAGES
+            step.update(pages=pages, align=THP_PAGES)
+            steps.append(step)
+            steps.append({"op": "madvise", "at": [name, 0], "pages": pages, "advice": "MADV_HUGEPAGE"})
+            regions.append((name, pages))
+            continue
         if backing == 4 and shared:
             step["flags"] = "MAP_SHARED|MAP_ANONYMOUS"
         elif backing >= 5 and filesizes:
@@ -603,9 +624,9 @@ class EngineMissing(RuntimeError):
     pass
 
 
-def engine_factory(kernel="host", seed=0, swap=0):
-    """A function making a fresh engine Machine (with `swap` bytes of swap),
-    or EngineMissing."""
+def engine_factory(kernel="host", seed=0, swap=0, thp="madvise"):
+    """A function making a fresh engine Machine (with `swap` bytes of swap
+    and the oracle's THP "enabled" setting), or EngineMissing."""
     try:
         import mmemu
         Machine = mmemu.Machine
@@ -613,7 +634,7 @@ def engine_factory(kernel="host", seed=0, swap=0):
         raise EngineMissing(f"mmemu.Machine is not available: {e}") from e
 
     def make():
-        return Machine(kernel=kernel, seed=seed, swap=swap)
+        return Machine(kernel=kernel, seed=seed, swap=swap, thp=thp)
     return make
 
 
@@ -692,7 +713,7 @@ def _programs_for(max_steps, features):
     if f.uffd:
         return uffd_programs(max_steps=max_steps, advice=f.advice)
     return programs(max_steps=max_steps, pins=f.pins, shared=f.shared, advice=f.advice,
-                    files=f.files)
+                    files=f.files, thp=f.thp)
 
 
 def _settings(n, phases, verbosity=Verbosity.quiet):
@@ -844,15 +865,16 @@ def _oracle(args, swap, log, bars):
             if reason:
                 print(f"no swap on either side: the host cannot enable it ({reason})", file=log)
                 swap = 0
+        caps = capabilities()
         if args.against == "host":
             make_other, names = (lambda: HostMachine(swap=swap, uffd=args.uffd)), ("host", "host")
         else:
             try:
-                make_other = engine_factory(args.kernel, args.seed, swap)
+                make_other = engine_factory(args.kernel, args.seed, swap, caps.thp)
             except EngineMissing as e:
                 return str(e)
             names = ("host", "engine")
-        return (lambda: HostMachine(swap=swap, uffd=args.uffd)), capabilities(), swap, \
+        return (lambda: HostMachine(swap=swap, uffd=args.uffd)), caps, swap, \
             make_other, names
     from .vm import VmMachine, VmUnavailable, guest
     spec = args.against[3:]
@@ -872,7 +894,7 @@ def _oracle(args, swap, log, bars):
     kernel = g.version if args.kernel == "host" else args.kernel
     args.kernel = kernel            # the engine's side, as the report names it
     try:
-        make_other = engine_factory(kernel, args.seed, swap)
+        make_other = engine_factory(kernel, args.seed, swap, caps.thp)
         make_other()
     except (EngineMissing, ValueError) as e:
         return f"the engine cannot run {kernel}: {e}"
@@ -940,7 +962,7 @@ def main(argv=None, out=None):
               file=log)
         return 2
     features = Features(pins=not args.no_pins and caps.io_uring, files=not args.no_files,
-                        uffd=args.uffd)
+                        uffd=args.uffd, thp=caps.thp != "never" and caps.kpage)
     dropped = []
     if not args.everything:
         try:

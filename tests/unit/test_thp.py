@@ -107,10 +107,12 @@ def test_a_read_fault_maps_the_huge_zero_page_unless_use_zero_page_is_off():
     m.check()
 
 
-@pytest.mark.parametrize("kernel,whole", [("5.7", True), ("5.8", False), ("6.18", False)])
-def test_a_write_to_the_huge_zero_page_splits_it_from_5_8(kernel, whole):
+@pytest.mark.parametrize("kernel,whole", [("5.7", True), ("5.8", False), ("6.12", False), ("6.13", True),
+                                          ("6.18", True)])
+def test_a_write_to_the_huge_zero_page_splits_it_from_5_8_until_6_13(kernel, whole):
     """3917c80280c9 (5.8): the PMD becomes 512 ptes of the small zero page
-    and only the page written is copied; 5.7 allocated a whole THP."""
+    and only the page written is copied; 5.7 allocated a whole THP, and so
+    does 6.13 again (1ced09e0331f, do_huge_zero_wp_pmd)."""
     m = _machine(kernel)
     p = m.spawn()
     mem = _thp_range(p)
