@@ -50,13 +50,13 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "pm_guard_region", "numa_hint_upgrade", "ksm_reuse", "ksm_break_unshare",
                  "ksm_checksum_first", "longterm_unpinnable", "longterm_alloc_exclude",
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
-                 "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page")
+                 "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
               "file_faults", "fault_around_pages", "swap_out", "swap_in", "uffd_faults",
               "uffd_resolved_in_core", "thp_fault_alloc", "thp_fault_fallback", "thp_split_pmd",
-              "thp_zero_page_alloc")
+              "thp_zero_page_alloc", "thp_split_page")
 
 FRAME_FLAG_NAMES = {
     "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
@@ -215,6 +215,7 @@ cdef class Engine:
         p.large_reuse = knobs["large_reuse"]
         p.thp_zero_wp_thp = knobs["thp_zero_wp_thp"]
         p.pm_thp_excl_per_page = knobs["pm_thp_excl_per_page"]
+        p.split_remap_zero = knobs["split_remap_zero"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -338,7 +339,7 @@ cdef class Engine:
         st["uffd_res"], st["uffd_logs"] = res, logs
         st.update(self.ksm_get_state())
         st["thp"] = np.array([self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag,
-                              self.e.huge_zero_pfn, self.e.nr_huge_pmd], np.int64)
+                              self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
         return st
@@ -463,7 +464,7 @@ cdef class Engine:
         if "thp" in st:
             th = st["thp"]
             self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = th[0], th[1], th[2]
-            self.e.huge_zero_pfn, self.e.nr_huge_pmd = th[3], th[4]
+            self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large = th[3], th[4], th[5]
             if len(st["entire_map"]) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1 \
                     or len(st["hfree"]) > self.e.hfree_cap:
                 raise ValueError("saved THP tables of the wrong size")
@@ -1676,6 +1677,15 @@ cdef class Engine:
         with nogil:
             n = pageout_range(&self.e, m, cpu, start, end, 1LL << 62, &stopped, False)
         return n
+
+    def split_large_partly(self, int32_t mm, uint64_t start, uint64_t end):
+        """MADV_COLD's split of the large folios [start, end) covers in part
+        (madvise_cold_or_pageout_pte_range); deactivation itself is not
+        modelled (no LRU lists)."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        with nogil:
+            split_folios_partly_in(&self.e, m, start, end)
 
     def reclaim(self, int cpu, int64_t want):
         """Run reclaim for up to `want` pages; returns frames freed."""

@@ -124,6 +124,7 @@ BASELINE = {
     "large_reuse": 0,             # COW of a PTE-mapped large folio's page: 0 by the small-page rule, 1 never (6.9), 2 if this mm owns it (6.15)
     "thp_zero_wp_thp": 1,         # a write to the huge zero page gets a whole THP (until 5.8; again from 6.13)
     "pm_thp_excl_per_page": 0,    # pagemap's exclusive bit per page of a PMD THP (6.11 .. 6.15), else the head's
+    "split_remap_zero": 0,        # splitting an anon folio maps its all-zero pages to the zero page (6.12)
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
 }
 
@@ -312,6 +313,8 @@ CHANGES = (
            "(id from mm-stable's log; in MM updates for 6.9-rc1)", {"large_reuse": 1}),
     Change("2c1f057e5be6", "6.11", "fs/proc/task_mmu: properly detect PM_MMAP_EXCLUSIVE per page of PMD-mapped THPs",
            {"pm_thp_excl_per_page": 1}),
+    Change("b1f202060afe", "6.12", "mm: remap unused subpages to shared zeropage when splitting isolated thp",
+           {"split_remap_zero": 1}),
     Change("d4148aeab412", "6.12", "mm, mmap: limit THP alignment of anonymous mappings to PMD-aligned sizes",
            {"thp_mmap_align": 2}),
     Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",

@@ -534,6 +534,8 @@ class Process(FileOps, NumaOps):
                 vma.flags = (vma.flags | set_bits) & ~clear_bits
             done_end = vma.end
         self._sync()
+        if advice == C.MADV_COLD and done_end > addr:
+            self._engine.split_large_partly(self.mm, addr, done_end)
         if advice == C.MADV_PAGEOUT and done_end > addr:
             # After _sync() the isolated VMAs may have merged back: the range
             # is [addr, done_end), not any VMA's bounds. (COLD: deactivation

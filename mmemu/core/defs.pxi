@@ -60,6 +60,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t ksm_reuse, ksm_break_unshare, ksm_checksum_first
         int32_t longterm_unpinnable, longterm_alloc_exclude, longterm_target_exclude, longterm_migrate_fail
         int32_t thp_wp_refcount, thp_cow_whole, large_reuse, thp_zero_wp_thp, pm_thp_excl_per_page
+        int32_t split_remap_zero
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
@@ -76,7 +77,8 @@ cdef extern from "mm_types.h" nogil:
         MM_STAT_TLB_HIT, MM_STAT_TLB_MISS, MM_STAT_TLB_FLUSH, MM_STAT_LRU_DRAIN
         MM_STAT_GUP, MM_STAT_FILE_FAULT, MM_STAT_FAULT_AROUND, MM_STAT_SWPOUT
         MM_STAT_SWPIN, MM_STAT_UFFD, MM_STAT_UFFD_CORE, MM_STAT_THP_FAULT_ALLOC
-        MM_STAT_THP_FAULT_FALLBACK, MM_STAT_THP_SPLIT_PMD, MM_STAT_THP_ZERO_ALLOC, MM_STAT_NR
+        MM_STAT_THP_FAULT_FALLBACK, MM_STAT_THP_SPLIT_PMD, MM_STAT_THP_ZERO_ALLOC, MM_STAT_THP_SPLIT_PAGE
+        MM_STAT_NR
 
 # eras.py values of the policy enums (kept equal by tests/unit/test_eras.py).
 cdef enum:
@@ -214,6 +216,7 @@ ctypedef struct engine_t:
     int32_t thp_defrag         # sysfs defrag (recorded; allocation never stalls here)
     int64_t huge_zero_pfn      # the huge zero folio's head; -1 until first use
     int64_t nr_huge_pmd        # PMD leaves mapped, all mms (0: no walk needs to look)
+    int64_t nr_large           # large folios allocated (the huge zero page included)
     int32_t *entire_map
     int64_t *hfree
     int64_t nhfree, hfree_cap

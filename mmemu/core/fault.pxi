@@ -102,11 +102,11 @@ cdef bint wp_can_reuse_refcount_drain(engine_t *e, int cpu, int64_t pfn) noexcep
     return e.refcount[pfn] == 1
 
 
-cdef bint wp_can_reuse(engine_t *e, mm_t *mm, int cpu, int64_t pfn) noexcept nogil:
+cdef bint wp_can_reuse(engine_t *e, mm_t *mm, int cpu, int64_t pfn, uint64_t va) noexcept nogil:
     """The era's reuse decision for a private anon page (semantics.md 3.2)."""
     cdef int rule = e.pol.wp_reuse
     if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
-        return wp_can_reuse_large(e, mm, cpu, pfn)      # core/huge.pxi
+        return wp_can_reuse_large(e, mm, cpu, pfn, va)  # core/huge.pxi
     if rule == WP_REUSE_MAPCOUNT:
         # <= 5.8 reuse_swap_page(): mapcount (+ swap count) == 1; extra GUP or
         # pipe references are ignored (the root of CVE-2020-29374). A KSM page
@@ -222,7 +222,7 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
             return 0
         return wp_page_shared(e, vma, ptep, pfn)
     if e.fflags[pfn] & PG_ANON:
-        if (e.pol.anon_exclusive and (e.fflags[pfn] & PG_ANON_EXCLUSIVE)) or wp_can_reuse(e, mm, cpu, pfn):
+        if (e.pol.anon_exclusive and (e.fflags[pfn] & PG_ANON_EXCLUSIVE)) or wp_can_reuse(e, mm, cpu, pfn, va):
             # 5.19+: a reused page is exclusive from now on.
             if e.pol.anon_exclusive:
                 e.fflags[pfn] |= PG_ANON_EXCLUSIVE

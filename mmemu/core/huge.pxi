@@ -44,7 +44,7 @@ cdef int64_t hblock_break(engine_t *e) noexcept nogil:
     return head
 
 
-cdef int64_t folio_alloc_pmd(engine_t *e) noexcept nogil:
+cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
     """An order-9 anon folio: head refcount 1, zeroed, uptodate; -1 when no
     aligned block is free (the fault falls back to base pages) or the
     frames left are owed to page tables. One NUMA node only for now."""
@@ -55,15 +55,17 @@ cdef int64_t folio_alloc_pmd(engine_t *e) noexcept nogil:
     if head < 0:
         return -1
     e.nr_free -= HPAGE_PMD_NR
-    for p in range(head, head + HPAGE_PMD_NR):
-        e.refcount[p] = 0
-        e.mapcount[p] = 0
-        e.version[p] = 0
-        e.fflags[p] = PG_USED | PG_UPTODATE | PG_TAIL
-        e.mapping[p] = 0
-        e.index[p] = 0
-    e.fflags[head] = PG_USED | PG_UPTODATE | PG_HEAD
+    memset(&e.refcount[head], 0, HPAGE_PMD_NR * sizeof(int32_t))
+    memset(&e.mapcount[head], 0, HPAGE_PMD_NR * sizeof(int32_t))
+    memset(&e.version[head], 0, HPAGE_PMD_NR * sizeof(uint64_t))
+    memset(&e.mapping[head], 0, HPAGE_PMD_NR * sizeof(uint16_t))
+    memset(&e.index[head], 0, HPAGE_PMD_NR * sizeof(uint32_t))
+    flags |= PG_USED | PG_UPTODATE
+    for p in range(head + 1, head + HPAGE_PMD_NR):
+        e.fflags[p] = flags | PG_TAIL
+    e.fflags[head] = flags | PG_HEAD
     e.refcount[head] = 1
+    e.nr_large += 1
     entire_mapcount(e, head)[0] = 0
     return head
 
@@ -79,6 +81,7 @@ cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
         e.mapcount[p] = 0
         e.version[p] = 0
     entire_mapcount(e, head)[0] = 0
+    e.nr_large -= 1
     e.hfree[e.nhfree] = head
     e.nhfree += 1
     e.nr_free += HPAGE_PMD_NR
@@ -99,10 +102,9 @@ cdef int64_t huge_zero_folio(engine_t *e) noexcept nogil:
     cdef int64_t head
     if e.huge_zero_pfn >= 0:
         return e.huge_zero_pfn
-    head = folio_alloc_pmd(e)
+    head = folio_alloc_pmd(e, PG_ZERO | PG_RESERVED)
     if head < 0:
         return -1
-    folio_set_flags(e, head, PG_ZERO | PG_RESERVED, 0)
     e.huge_zero_pfn = head
     stat_add(e, MM_STAT_THP_ZERO_ALLOC, 1)
     return head
@@ -207,7 +209,7 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
             return table_alloc_failed(e)
         stat_add(e, MM_STAT_ZERO_FAULT, 1)
         return 0
-    head = folio_alloc_pmd(e)
+    head = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
     if head < 0:
         stat_add(e, MM_STAT_THP_FAULT_FALLBACK, 1)
         return VM_FAULT_FALLBACK
@@ -221,7 +223,6 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
         put_page(e, head, 1)
         return table_alloc_failed(e)
     # folio_add_new_anon_rmap(RMAP_EXCLUSIVE): one PMD mapping, exclusive.
-    folio_set_flags(e, head, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
     entire_mapcount(e, head)[0] = 1
     lru_add(e, cpu, head)
     mm.rss_anon += HPAGE_PMD_NR
@@ -254,7 +255,7 @@ cdef int huge_pmd_copy_whole(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
     cdef uint64_t *t = pmd_leaf_table(e, slot[0])
     cdef int64_t old = <int64_t>pte_pfn(t[0]), new, i
     cdef uint64_t entry
-    new = folio_alloc_pmd(e)
+    new = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
     if new < 0:
         return -1
     if not zero:
@@ -263,7 +264,6 @@ cdef int huge_pmd_copy_whole(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
                 put_page(e, new, 1)
                 return -1
     anon_vma_prepare(e, mm, vma)
-    folio_set_flags(e, new, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
     entire_mapcount(e, new)[0] = 1
     lru_add(e, cpu, new)
     pmd_flush(e, mm, haddr)             # pmdp_huge_clear_flush
@@ -551,7 +551,7 @@ cdef int64_t mm_folio_mappings(engine_t *e, mm_t *mm, int64_t head, uint64_t va,
     return n
 
 
-cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn) noexcept nogil:
+cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn, uint64_t va) noexcept nogil:
     """The reuse decision for a page of a PTE-mapped large anon folio that
     is not PageAnonExclusive, per era:
     - up to 5.8, reuse_swap_page(): the most any of its pages is mapped,
@@ -569,7 +569,15 @@ cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn) noexce
         n = folio_mapcount_total(e, head)
         if n <= 1 or e.refcount[head] != n:
             return False
-        return mm_folio_mappings(e, mm, head, 0, n) == n
+        # A page is mapped at most once per mm, and a folio by one PMD at
+        # most (a split or a move turns it into ptes): a page mapped twice,
+        # or a PMD mapping while this one is a pte, is another mm's.
+        if ent > 0:
+            return False
+        for p in range(head, head + HPAGE_PMD_NR):
+            if e.mapcount[p] > 1:
+                return False
+        return mm_folio_mappings(e, mm, head, va, n) == n
     if e.pol.wp_reuse == WP_REUSE_MAPCOUNT:
         for p in range(head, head + HPAGE_PMD_NR):
             if e.mapcount[p] + ent > worst:
@@ -578,3 +586,138 @@ cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn) noexce
     if e.pol.wp_reuse == WP_REUSE_REFCOUNT:
         return e.refcount[head] == 1 and e.mapcount[pfn] + ent == 1
     return e.refcount[head] == 1
+
+
+# ---- splitting a large folio (split_folio) --------------------------------
+
+cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint remap_zero) noexcept nogil:
+    """split_folio() of an anon large folio that only this mm maps, all of
+    it inside the 2 MiB around va (the callers' layout: a PMD THP and what
+    splitting and partial unmaps leave of it). Its PMD mapping, if any, is
+    split first (try_to_unmap with TTU_SPLIT_HUGE_PMD); then each page is a
+    folio of its own holding its pte mappings' references, the unmapped
+    ones are freed, and from b1f202060afe (6.12) a mapped page that is all
+    zeros is remapped to the shared zero page (remap_page with
+    RMP_USE_SHARED_ZEROPAGE) unless the VMA is mlocked. 0, or -1 when the
+    folio stays large: mapped elsewhere too, or referenced beyond its
+    mappings (a pin, a pipe: can_split_folio)."""
+    cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), stop, pte, zero
+    cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
+    cdef uint64_t *t
+    cdef int64_t n, i, p
+    cdef int32_t vi
+    cdef uint16_t keep
+    if not (e.fflags[head] & PG_HEAD) or is_huge_zero_pfn(e, head) or not (e.fflags[head] & PG_ANON):
+        return -1
+    n = folio_mapcount_total(e, head)
+    if e.refcount[head] != n or mm_folio_mappings(e, mm, head, haddr, n) != n:
+        return -1
+    t = leaf_or_skip(e, mm.pgd, haddr, &stop)
+    if t == NULL:
+        return -1
+    # All of it must be in this window (mm_folio_mappings counted it there or not).
+    p = 0
+    if pmd_trans_huge(slot[0]):
+        split_huge_pmd_locked(e, mm, slot, haddr)
+    for i in range(HPAGE_PMD_NR):
+        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and \
+                (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head:
+            p += 1
+    if p != n:
+        return -1
+    keep = e.fflags[head] & (PG_DIRTY | PG_LRU)
+    for p in range(head, head + HPAGE_PMD_NR):
+        e.fflags[p] = (e.fflags[p] & ~(PG_HEAD | PG_TAIL)) | keep
+        e.refcount[p] = e.mapcount[p]
+    entire_mapcount(e, head)[0] = 0
+    e.nr_large -= 1
+    stat_add(e, MM_STAT_THP_SPLIT_PAGE, 1)
+    vi = find_vma(mm, haddr)
+    if remap_zero and e.pol.split_remap_zero and vi >= 0 and not (mm.vmas[vi].flags & VM_LOCKED):
+        for i in range(HPAGE_PMD_NR):
+            pte = t[i]
+            if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
+                continue
+            p = <int64_t>pte_pfn(pte)
+            if (p & ~(<int64_t>HPAGE_PMD_NR - 1)) != head or e.fflags[p] & PG_BYTES or e.version[p] != 0:
+                continue
+            vi = find_vma(mm, haddr + (<uint64_t>i << MM_PAGE_SHIFT))
+            zero = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG \
+                | vma_prot_bits(mm.vmas[vi].flags) | (pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+            t[i] = zero
+            tlb_flush_page(e, mm.id, haddr + (<uint64_t>i << MM_PAGE_SHIFT))
+            e.mapcount[p] -= 1
+            e.refcount[p] -= 1
+            mm.rss_anon -= 1
+    for p in range(head, head + HPAGE_PMD_NR):
+        if e.refcount[p] == 0:
+            frame_free(e, p)
+    return 0
+
+
+cdef void split_folios_partly_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """The madvise walkers' rule for large folios (madvise_free_pte_range,
+    madvise_cold_or_pageout_pte_range, 6.12): one the range covers only in
+    part is split, if this mm alone maps it; one it covers whole stays."""
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, a
+    cdef uint64_t *t
+    cdef int64_t i, pfn, head
+    if e.nr_large == 0:
+        return
+    while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
+        for i in range(HPAGE_PMD_NR):
+            if not (t[i] & PTE_PRESENT) or t[i] & PTE_SPECIAL:
+                continue
+            pfn = <int64_t>pte_pfn(t[i])
+            if not (e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
+                continue
+            head = folio_of(e, pfn)
+            a = va + (<uint64_t>i << MM_PAGE_SHIFT)
+            # Covered whole: every page the window maps of it lies in [start, end).
+            if folio_in_range(e, t, va, head, start, end):
+                continue
+            split_folio_here(e, mm, head, a, True)
+        va += PMD_SPAN
+
+
+cdef void split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """Swap-out of the large folios in [start, end) that this mm alone maps:
+    the folio is split first and its pages go out one by one, as
+    shrink_folio_list does when the swap device has no free cluster for a
+    whole THP (THP_SWPOUT_FALLBACK): cluster allocation needs a
+    non-rotational device, and the swap here is a file like the host's,
+    where the 6.18.44 host splits (its all-zero pages going to the zero
+    page from 6.12). Whole-THP swap-out is not modelled."""
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop
+    cdef uint64_t *t
+    cdef int64_t i, pfn
+    if e.nr_large == 0:
+        return
+    while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
+        for i in range(HPAGE_PMD_NR):
+            if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
+                pfn = <int64_t>pte_pfn(t[i])
+                if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and not is_huge_zero_pfn(e, pfn):
+                    split_folio_here(e, mm, folio_of(e, pfn), va + (<uint64_t>i << MM_PAGE_SHIFT), True)
+        va += PMD_SPAN
+
+
+cdef bint folio_in_range(engine_t *e, uint64_t *t, uint64_t base, int64_t head,
+                         uint64_t start, uint64_t end) noexcept nogil:
+    cdef int64_t i
+    cdef uint64_t a
+    for i in range(HPAGE_PMD_NR):
+        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and \
+                (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head:
+            a = base + (<uint64_t>i << MM_PAGE_SHIFT)
+            if a < start or a >= end:
+                return False
+    return True

@@ -344,6 +344,13 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     cdef int64_t *fpfn
     cdef bint full = False
     stopped[0] = end
+    if not free_swapcache:
+        # MADV_PAGEOUT of large folios: split where the range covers part
+        # (6.12 split_folio), then as a THP is swapped out (split_folios_in):
+        # small pages here. Direct reclaim leaves large folios alone (not
+        # modelled yet: the kernel would swap cold THPs out).
+        split_folios_partly_in(e, mm, start, end)
+        split_folios_in(e, mm, start, end)
     lru_drain(e, cpu)
     # Scratch arrays sized by what is mapped in range, not by the range.
     cap = 0
@@ -489,6 +496,7 @@ cdef int64_t madvise_free_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, 
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn, n = 0
     cdef bint flush = False
+    split_folios_partly_in(e, mm, start, end)   # a folio the range covers in part
     lru_drain(e, cpu)
     while va < end:
         t = leaf_or_skip(e, mm.pgd, va, &stop)

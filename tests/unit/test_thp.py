@@ -377,3 +377,55 @@ def test_the_last_pte_of_a_large_folio_is_reused_until_6_9(kernel, reused):
     p.write(mem, b"\xff")
     assert (p.pagemap(mem).pfn == before) is reused
     m.check()
+
+
+@pytest.mark.parametrize("kernel,zero_remap", [("6.11", False), ("6.12", True), ("6.18", True)])
+def test_a_partial_madv_cold_splits_the_folio_and_6_12_maps_zero_pages_to_the_zero_page(kernel, zero_remap):
+    """madvise_cold_or_pageout_pte_range splits a large folio the range
+    covers in part (this mm alone maps it); b1f202060afe (6.12) remaps the
+    pages that are all zeros to the shared zero page as the split ends."""
+    m = _machine(kernel)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem + 3 * PAGE, b"x")
+    before = _pfns(p, mem)
+    p.madvise(mem + PAGE, PAGE, C.MADV_COLD)
+    assert m.stats()["thp_split_page"] == 1
+    assert "thp" not in m.frame(before[3]).flags and p.pagemap(mem + 3 * PAGE).pfn == before[3]
+    if zero_remap:
+        assert p.pagemap(mem + 4 * PAGE).pfn == 0 and p.pagemap(mem).pfn == 0
+    else:
+        assert _pfns(p, mem) == before
+    assert p.read(mem + 3 * PAGE, 1) == b"x"
+    m.check()
+
+
+def test_a_folio_that_is_pinned_or_mapped_by_another_process_is_not_split():
+    m = _machine()
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    pin = p.pin_user_pages(mem, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    p.madvise(mem + PAGE, PAGE, C.MADV_COLD)
+    assert _is_thp(m, p, mem) and m.stats()["thp_split_page"] == 0
+    pin.release()
+    c = p.fork()
+    p.madvise(mem + PAGE, PAGE, C.MADV_FREE)
+    assert _is_thp(m, p, mem) and m.stats()["thp_split_page"] == 0
+    c.exit()
+    p.madvise(mem + PAGE, PAGE, C.MADV_FREE)
+    assert m.stats()["thp_split_page"] == 1 and not _is_thp(m, p, mem)
+    m.check()
+
+
+def test_madv_pageout_of_a_thp_splits_it_and_swaps_its_pages_out():
+    m = _machine(swap=8 << 20)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    p.write(mem + 9 * PAGE, b"y")
+    p.madvise(mem, THP, C.MADV_PAGEOUT)
+    assert p.pagemap(mem).swapped and p.pagemap(mem + 9 * PAGE).swapped
+    assert p.pagemap(mem + 5 * PAGE).pfn == 0          # all zeros: the zero page (6.12+)
+    assert p.read(mem, 1) == b"x" and p.read(mem + 9 * PAGE, 1) == b"y"
+    m.check()
