@@ -50,7 +50,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "pm_guard_region", "numa_hint_upgrade", "ksm_reuse", "ksm_break_unshare",
                  "ksm_checksum_first", "longterm_unpinnable", "longterm_alloc_exclude",
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
-                 "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero")
+                 "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
+                 "collapse_ro")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -216,6 +217,7 @@ cdef class Engine:
         p.thp_zero_wp_thp = knobs["thp_zero_wp_thp"]
         p.pm_thp_excl_per_page = knobs["pm_thp_excl_per_page"]
         p.split_remap_zero = knobs["split_remap_zero"]
+        p.collapse_ro = knobs["collapse_ro"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -1677,6 +1679,19 @@ cdef class Engine:
         with nogil:
             n = pageout_range(&self.e, m, cpu, start, end, 1LL << 62, &stopped, False)
         return n
+
+    def collapse(self, int32_t mm, int cpu, uint64_t haddr):
+        """MADV_COLLAPSE of the aligned 2 MiB at haddr (core/huge.pxi
+        collapse_pmd): the scan result, COLLAPSE_*."""
+        if haddr & ((1 << 21) - 1):
+            raise ValueError("collapse: address not 2 MiB aligned")
+        self._span(haddr, haddr + (1 << 21))
+        cdef mm_t *m = self._mm(mm)
+        cdef int r
+        self._cpu(cpu)
+        with nogil:
+            r = collapse_pmd(&self.e, m, cpu, haddr)
+        return r
 
     def split_large_partly(self, int32_t mm, uint64_t start, uint64_t end):
         """MADV_COLD's split of the large folios [start, end) covers in part

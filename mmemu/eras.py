@@ -125,6 +125,8 @@ BASELINE = {
     "thp_zero_wp_thp": 1,         # a write to the huge zero page gets a whole THP (until 5.8; again from 6.13)
     "pm_thp_excl_per_page": 0,    # pagemap's exclusive bit per page of a PMD THP (6.11 .. 6.15), else the head's
     "split_remap_zero": 0,        # splitting an anon folio maps its all-zero pages to the zero page (6.12)
+    "collapse_none_ebusy": 0,     # MADV_COLLAPSE on a uffd-armed block with empty ptes: EBUSY (6.4), before EINVAL
+    "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
 }
 
@@ -317,6 +319,9 @@ CHANGES = (
            {"split_remap_zero": 1}),
     Change("d4148aeab412", "6.12", "mm, mmap: limit THP alignment of anonymous mappings to PMD-aligned sizes",
            {"thp_mmap_align": 2}),
+    Change("khugepaged-skip-shmem-uffd", "6.4", "mm/khugepaged: skip shmem with userfaultfd (v6 posted "
+           "2023-04-04 against mm-unstable, so 6.4; id not confirmed): madvise_collapse_errno() maps "
+           "SCAN_EXCEED_NONE_PTE to EBUSY", {"collapse_none_ebusy": 1}),
     Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",
            {"uffd_features": 0x1ffff}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
@@ -340,6 +345,9 @@ CHANGES = (
     # Found by `mmemu diff --against vm:6.1 --uffd`: 6.1.176 (and 6.12's source)
     # answer a FIXED move from an unmapped address onto an overlapping range
     # EFAULT, the 6.18 host EINVAL. Same series as d23cb648e365 (v4 06/10).
+    Change("b9f85966d1be", "6.18", "mm: enable khugepaged anonymous collapse on non-writable regions "
+           "(release inferred: posted 2025-09-03, after the 6.17 merge window; the 6.18.44 host "
+           "collapses a fully COW-shared range)", {"collapse_ro": 1}),
     Change("mremap-check-conditions-earlier", "6.17", "mm/mremap: check remap conditions earlier "
            "(id unconfirmed; release inferred from its series)", {"mremap_checks_first": 1}),
     Change("d23cb648e365", "6.17", "mm/mremap: permit mremap() move of multiple VMAs "

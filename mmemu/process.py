@@ -20,7 +20,7 @@ import numpy as np
 
 from . import args as A
 from . import constants as C
-from .errors import (EACCES, EAGAIN, EBADF, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
+from .errors import (EACCES, EAGAIN, EBADF, EBUSY, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
                      MmemuError, Sigbus, Sigsegv, UserFault, oserror)
 from .gup import Pin, Pipe
 from . import sched
@@ -113,9 +113,13 @@ _MADV_KNOWN = {C.MADV_NORMAL, C.MADV_RANDOM, C.MADV_SEQUENTIAL, C.MADV_WILLNEED,
 
 # Advice the engine does not model yet: Linux accepts it, so refusing with an
 # errno would lie. What brings each one is named.
-_MADV_LATER = {
-    C.MADV_COLLAPSE: "THP modelling",
-}
+_MADV_LATER: dict[int, str] = {}
+
+# Engine.collapse's results (core/huge.pxi COLLAPSE_*): (errno, go on with the
+# next 2 MiB) as madvise_collapse() / madvise_collapse_errno() treat them.
+_COLLAPSE_OK = (0, 1)
+_COLLAPSE_FAIL = {2: (EINVAL, False), 3: (None, False), 4: (EINVAL, True), 5: (EINVAL, True),
+                  6: (EINVAL, True), 7: (EAGAIN, True), 8: (ENOMEM, False), 9: (EINVAL, False)}
 
 
 # Advice that only sets or clears VMA flags: (set, clear). MADV_MERGEABLE only
@@ -401,6 +405,8 @@ class Process(FileOps, NumaOps):
         holes = self.vmas.holes(addr, end)
         if advice in (C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE):
             return self._madvise_guard(addr, end, advice, holes)
+        if advice == C.MADV_COLLAPSE:
+            return self._madvise_collapse(addr, end, holes)
         if advice in _MADV_ZAP:
             return self._madvise_walk(addr, end, advice, holes)
         return self._madvise_work(addr, end, advice, holes)
@@ -433,6 +439,41 @@ class Process(FileOps, NumaOps):
                 return self._events([(u, UffdMsg(UFFD_EVENT_REMOVE, start=s, end=e), s, e)], work)
             return work()
         return step(0)
+
+    def _madvise_collapse(self, addr, end, holes):
+        """MADV_COLLAPSE (7d8faaf15545, 6.1), VMA by VMA: madvise_collapse()
+        checks the VMA with thp_vma_allowable_order() without the sysfs
+        setting (not VM_NOHUGEPAGE, not special or hugetlb, room for an
+        aligned 2 MiB), then collapses each aligned 2 MiB of the range in the
+        core (Engine.collapse). It succeeds only if every block ends up a PMD
+        THP; otherwise the errno of the last failure, some of which end the
+        walk (madvise_collapse_errno). A uffd-armed block with empty ptes
+        is EINVAL until the khugepaged uffd fix of 6.4, EBUSY after."""
+        THP = C.PMD_SIZE
+        for vma in list(self.vmas.overlapping(addr, end)):
+            s, e = max(addr, vma.start), min(end, vma.end)
+            if vma.flags & (VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP | VM_IO | VM_MIXEDMAP) \
+                    or ((vma.end & ~(THP - 1)) - THP) < vma.start:
+                raise oserror(EINVAL, "madvise", "MADV_COLLAPSE: no THP allowed in this VMA")
+            if vma.file or vma.flags & VM_SHARED:
+                raise NotImplementedError("MADV_COLLAPSE of file and shmem memory (collapse_file) "
+                                          "is not modelled yet")
+            hstart, hend = (s + THP - 1) & ~(THP - 1), e & ~(THP - 1)
+            done, last = 0, None
+            for a in range(hstart, hend, THP):
+                r = self._engine.collapse(self.mm, self.cpu, a)
+                if r in _COLLAPSE_OK:
+                    done += 1
+                    continue
+                last, go_on = _COLLAPSE_FAIL[r]
+                if last is None:
+                    last = EBUSY if self._policy().collapse_none_ebusy else EINVAL
+                if not go_on:
+                    break
+            if hstart < hend and done != (hend - hstart) // THP:
+                raise oserror(last, "madvise", "MADV_COLLAPSE could not collapse the range")
+        if holes:
+            raise oserror(ENOMEM, "madvise", "range has unmapped parts")
 
     def _madvise_guard(self, addr, end, advice, holes):
         """MADV_GUARD_INSTALL / REMOVE (662df3e5c376, 6.13), VMA by VMA as

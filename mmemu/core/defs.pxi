@@ -60,7 +60,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t ksm_reuse, ksm_break_unshare, ksm_checksum_first
         int32_t longterm_unpinnable, longterm_alloc_exclude, longterm_target_exclude, longterm_migrate_fail
         int32_t thp_wp_refcount, thp_cow_whole, large_reuse, thp_zero_wp_thp, pm_thp_excl_per_page
-        int32_t split_remap_zero
+        int32_t split_remap_zero, collapse_ro
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA

@@ -721,3 +721,117 @@ cdef bint folio_in_range(engine_t *e, uint64_t *t, uint64_t base, int64_t head,
             if a < start or a >= end:
                 return False
     return True
+
+
+# ---- MADV_COLLAPSE (7d8faaf15545, 6.1) --------------------------------------
+
+cdef enum:
+    # hpage_collapse_scan_pmd's results the engine tells apart; madvise_collapse
+    # (mmemu.process) maps them to its errno and decides whether to go on.
+    COLLAPSE_OK = 0
+    COLLAPSE_PMD_MAPPED = 1        # already a PMD THP: counts as done
+    COLLAPSE_PMD_NONE = 2          # no page table here: stops the walk, EINVAL
+    COLLAPSE_EXCEED_NONE = 3       # an empty pte in a uffd-armed VMA: stops, EBUSY (6.12)
+    COLLAPSE_PTE_UFFD_WP = 4       # a uffd-wp pte or swap entry: next block, EINVAL
+    COLLAPSE_NON_PRESENT = 5       # a marker or migration entry: next block, EINVAL
+    COLLAPSE_PAGE_RO = 6           # no writable pte: next block, EINVAL
+    COLLAPSE_PAGE_COUNT = 7        # a folio referenced beyond its mappings: next block, EAGAIN
+    COLLAPSE_ALLOC_FAIL = 8        # no THP to be had: stops, ENOMEM
+    COLLAPSE_PAGE_ANON = 9         # a page that is not anon: stops, EINVAL
+
+
+cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr) noexcept nogil:
+    """hpage_collapse_scan_pmd + collapse_huge_page for one aligned 2 MiB
+    of a private anon VMA, as MADV_COLLAPSE runs them (6.12): swap entries
+    are swapped in first, empty and zero-page ptes become zeros (none allowed
+    while the VMA is uffd-armed), any uffd-wp entry refuses, one writable
+    pte is needed (until b9f85966d1be, 6.18), and each folio's references
+    must all be its mappings.
+    The new THP is a copy, always PageAnonExclusive, mapped dirty (and
+    writable if the VMA is) by the deposited table the ptes were in; the
+    old pages lose these mappings."""
+    cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
+    cdef int32_t vi = find_vma(mm, haddr)
+    cdef mm_vma_t *vma
+    cdef uint64_t *t
+    cdef uint64_t pte, entry
+    cdef int64_t i, pfn, head, new, n_anon = 0
+    cdef bint writable = False, armed
+    cdef int ret, c
+    if slot == NULL or vi < 0:
+        return COLLAPSE_PMD_NONE
+    if slot[0] == 0:
+        return COLLAPSE_PMD_NONE
+    if pmd_trans_huge(slot[0]):
+        return COLLAPSE_PMD_MAPPED
+    vma = &mm.vmas[vi]
+    armed = (vma.flags & (VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)) != 0
+    t = pmd_leaf_table(e, slot[0])
+    for i in range(HPAGE_PMD_NR):
+        # __collapse_huge_page_swapin: MADV_COLLAPSE brings every swapped page back.
+        if is_swap_pte(t[i]):
+            if t[i] & PTE_UFFD_WP:
+                return COLLAPSE_PTE_UFFD_WP
+            ret = handle_mm_fault(e, mm, cpu, haddr + (<uint64_t>i << MM_PAGE_SHIFT), 0)
+            if ret & VM_FAULT_ERROR:
+                return COLLAPSE_ALLOC_FAIL if ret & (VM_FAULT_OOM | VM_FAULT_NOMEM) else COLLAPSE_NON_PRESENT
+            vi = find_vma(mm, haddr)
+            vma = &mm.vmas[vi]
+    for c in range(e.ncpus):
+        lru_drain(e, c)                 # lru_add_drain_all()
+    for i in range(HPAGE_PMD_NR):
+        pte = t[i]
+        if pte == 0 or (pte & PTE_PRESENT and pte & PTE_SPECIAL):
+            if armed:
+                return COLLAPSE_EXCEED_NONE
+            continue
+        if not (pte & PTE_PRESENT):
+            if is_marker(pte) and marker_bits(pte) & PTE_MARKER_UFFD_WP or pte & PTE_UFFD_WP:
+                return COLLAPSE_PTE_UFFD_WP
+            return COLLAPSE_NON_PRESENT
+        if pte & PTE_UFFD_WP:
+            return COLLAPSE_PTE_UFFD_WP
+        if pte & PTE_WRITE:
+            writable = True
+        pfn = <int64_t>pte_pfn(pte)
+        if not (e.fflags[pfn] & PG_ANON):
+            return COLLAPSE_PAGE_ANON
+        head = folio_of(e, pfn)
+        # is_refcount_suitable(): every reference is a mapping (a swapcache
+        # folio also holds one per page).
+        if e.fflags[head] & (PG_HEAD):
+            if e.refcount[head] != folio_mapcount_total(e, head):
+                return COLLAPSE_PAGE_COUNT
+        elif e.refcount[pfn] != e.mapcount[pfn] + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
+            return COLLAPSE_PAGE_COUNT
+    if not writable and not e.pol.collapse_ro:
+        return COLLAPSE_PAGE_RO
+    new = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
+    if new < 0:
+        return COLLAPSE_ALLOC_FAIL
+    for i in range(HPAGE_PMD_NR):
+        pte = t[i]
+        if pte & PTE_PRESENT and not (pte & PTE_SPECIAL):
+            if frame_copy(e, new + i, <int64_t>pte_pfn(pte)) < 0:
+                put_page(e, new, 1)
+                return COLLAPSE_ALLOC_FAIL
+    # The old mappings go, the pages with them unless mapped elsewhere.
+    pmd_flush(e, mm, haddr)
+    for i in range(HPAGE_PMD_NR):
+        pte = t[i]
+        if pte & PTE_PRESENT and not (pte & PTE_SPECIAL):
+            pfn = <int64_t>pte_pfn(pte)
+            e.mapcount[pfn] -= 1
+            n_anon += 1
+            put_page(e, pfn, 1)
+    anon_vma_prepare(e, mm, vma)
+    entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | vma_prot_bits(vma.flags) \
+        | (PTE_WRITE if vma.flags & VM_WRITE else 0)
+    for i in range(HPAGE_PMD_NR):
+        t[i] = entry + pfn_pte(i)
+    slot[0] |= PMD_HUGE
+    e.nr_huge_pmd += 1
+    entire_mapcount(e, new)[0] = 1
+    lru_add(e, cpu, new)
+    mm.rss_anon += HPAGE_PMD_NR - n_anon
+    return COLLAPSE_OK

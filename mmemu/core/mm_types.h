@@ -222,6 +222,7 @@ typedef struct {
     int32_t thp_cow_whole;          /* until 3917c80280c9 (5.8): PMD COW copies the whole THP instead of splitting */
     int32_t large_reuse;            /* a PTE-mapped large folio's page on COW: 0 small rule, 1 never (6.9), 2 mm-exclusive (6.15) */
     int32_t thp_zero_wp_thp;        /* a write to the huge zero page gets a THP: until 3917c80280c9 (5.8), again from 1ced09e0331f (6.13) */
+    int32_t collapse_ro;            /* b9f85966d1be (6.18): a collapse no longer needs a writable pte */
     int32_t split_remap_zero;       /* b1f202060afe (6.12): splitting an anon folio maps its all-zero pages to the zero page */
     int32_t pm_thp_excl_per_page;   /* 2c1f057e5be6 (6.11): pagemap's exclusive bit per page of a PMD, not the head's; 6.15 reverts to the head's */
 } mm_policy_t;

@@ -36,7 +36,7 @@ PROT_CHOICES = ["PROT_READ|PROT_WRITE", "PROT_READ", "PROT_NONE"]
 # First entries are what shrinking falls back to: keep the plainest first.
 ADVICE_CHOICES = ["MADV_DONTNEED", "MADV_DONTFORK", "MADV_DOFORK", "MADV_WIPEONFORK",
                   "MADV_KEEPONFORK", "MADV_POPULATE_WRITE", "MADV_POPULATE_READ", "MADV_FREE",
-                  "MADV_GUARD_INSTALL", "MADV_GUARD_REMOVE", "MADV_NORMAL"]
+                  "MADV_GUARD_INSTALL", "MADV_GUARD_REMOVE", "MADV_NORMAL", "MADV_COLLAPSE"]
 PIN_FLAGS = "FOLL_WRITE|FOLL_PIN|FOLL_LONGTERM"   # io_uring's pin: the host can hold no other
 MAX_PROCS = 4
 MAX_FORKS = 4

@@ -12,7 +12,7 @@ versions where the bug reproduces.
 from .. import constants as C
 from ..eras import FOLL_FORCE_ANON_EXCLUSIVE
 from ..errors import Sigsegv
-from . import ScenarioSkip, check, scenario
+from . import ScenarioSkip, absent, check, scenario
 
 PAGE = C.PAGE_SIZE
 THP = C.PMD_SIZE
@@ -302,6 +302,80 @@ def ro_pin_exclusive(m, backing="base"):
 def ro_pin_fast_exclusive(m, backing="base"):
     """As S13 through GUP-fast."""
     _ro_pin_case(m, "exclusive", fast=True, backing=backing)
+
+
+# ---- Part B: THP collapse (cow.c do_test_anon_thp_collapse) -----------------
+
+def _needs_collapse(policy):
+    if not policy.madv_collapse:
+        return absent("MADV_COLLAPSE arrives in 6.1 (7d8faaf15545)")
+    return None
+
+
+def _collapse(p, mem, size):
+    try:
+        p.madvise(mem, size, C.MADV_COLLAPSE)
+    except OSError as e:
+        # cow.c skips the case when the collapse fails; so does the scenario,
+        # on the engine and on a real kernel alike.
+        raise ScenarioSkip(f"MADV_COLLAPSE failed: {e.strerror}") from None
+
+
+def _anon_thp_collapse(m, how):
+    """cow.c: a PTE-mapped THP of 1s, collapsed before fork (unshared) or
+    after it with all, the lower or the upper half COW-shared; the parent
+    then writes 0xff over it, and the child must still read 1s."""
+    p = m.spawn()
+    mem, size = _thp_mem(p, "PTE-THP")
+    half = size // 2
+    if how == "unshared":
+        _collapse(p, mem, size)
+    elif how == "lower":
+        p.madvise(mem + half, half, C.MADV_DONTFORK)
+    elif how == "upper":
+        p.madvise(mem, half, C.MADV_DONTFORK)
+    c = p.fork()
+    shared = {"unshared": (mem, size), "fully": (mem, size), "lower": (mem, half),
+              "upper": (mem + half, half)}[how]
+    old = c.read(*shared)
+    if how in ("lower", "upper"):
+        p.madvise(mem, size, C.MADV_DOFORK)       # the VMAs merge again, so it can collapse
+    if how != "unshared":
+        _collapse(p, mem, size)                   # before anyone modified the shared pages
+    p.write(mem, b"\xff" * size)
+    check(c.read(*shared) == old, "Leak from parent into child")
+    m.check()
+
+
+@scenario("S16", "cow-thp-collapse-before-fork", "Basic COW after fork() when collapsing before fork()",
+          backing="PTE-THP", needs=_needs_collapse)
+def thp_collapse_unshared(m):
+    """A collapse must leave an exclusive THP that fork then shares as any other."""
+    _anon_thp_collapse(m, "unshared")
+
+
+@scenario("S17", "cow-thp-collapse-fully-shared",
+          "Basic COW after fork() when collapsing after fork() (fully shared)",
+          backing="PTE-THP", needs=_needs_collapse)
+def thp_collapse_fully_shared(m):
+    """An in-place collapse of COW-shared pages would let the parent's write reach the child."""
+    _anon_thp_collapse(m, "fully")
+
+
+@scenario("S18", "cow-thp-collapse-lower-shared",
+          "Basic COW after fork() when collapsing after fork() (lower shared)",
+          backing="PTE-THP", needs=_needs_collapse)
+def thp_collapse_lower_shared(m):
+    """Half the folio COW-shared: the collapse must copy, not reuse, the shared half."""
+    _anon_thp_collapse(m, "lower")
+
+
+@scenario("S19", "cow-thp-collapse-upper-shared",
+          "Basic COW after fork() when collapsing after fork() (upper shared)",
+          backing="PTE-THP", needs=_needs_collapse)
+def thp_collapse_upper_shared(m):
+    """The mirror image of S18."""
+    _anon_thp_collapse(m, "upper")
 
 
 # ---- Part C on the zero page ----------------------------------------------

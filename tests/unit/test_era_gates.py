@@ -86,6 +86,15 @@ def _madvise(advice):
     return probe
 
 
+def madv_collapse(v):
+    """MADV_COLLAPSE of a populated, aligned 2 MiB: collapsed where offered."""
+    p = mmemu.Machine(kernel=v, memory=16 << 20).spawn()
+    raw = p.mmap(0, 2 * C.PMD_SIZE, RW, ANON)
+    mem = (raw + C.PMD_SIZE - 1) & ~(C.PMD_SIZE - 1)
+    p.write(mem, b"x")
+    return _offered(lambda: p.madvise(mem, C.PMD_SIZE, C.MADV_COLLAPSE), errno.EINVAL)
+
+
 def _memfd_flag(flag):
     def probe(v):
         p = _machine(v).spawn()
@@ -319,7 +328,7 @@ PROBES = {
     "madv_populate_read": _madvise(C.MADV_POPULATE_READ),
     "madv_populate_write": _madvise(C.MADV_POPULATE_WRITE),
     "madv_dontneed_locked": _madvise(C.MADV_DONTNEED_LOCKED),
-    "madv_collapse": _madvise(C.MADV_COLLAPSE),
+    "madv_collapse": madv_collapse,
     "madv_guard_install": _madvise(C.MADV_GUARD_INSTALL),
     "madv_guard_remove": _madvise(C.MADV_GUARD_REMOVE),
     "mremap_dontunmap": mremap_dontunmap,

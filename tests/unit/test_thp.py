@@ -2,6 +2,8 @@
 and split, PTE-mapped large folios, the sysfs knobs and the mmap alignment,
 each rule in the era the kernel has it (semantics.md 3.2, 6.9; core/huge.pxi).
 """
+import errno
+
 import pytest
 
 import mmemu
@@ -429,3 +431,83 @@ def test_madv_pageout_of_a_thp_splits_it_and_swaps_its_pages_out():
     assert p.pagemap(mem + 5 * PAGE).pfn == 0          # all zeros: the zero page (6.12+)
     assert p.read(mem, 1) == b"x" and p.read(mem + 9 * PAGE, 1) == b"y"
     m.check()
+
+
+def _small_pages(p, mem, every=3):
+    for i in range(0, NR, every):
+        p.write(mem + i * PAGE, b"z%d" % i)
+
+
+@pytest.mark.parametrize("kernel,ro_refused", [("6.1", True), ("6.17", True), ("6.18", False)])
+def test_madv_collapse_copies_the_range_into_an_exclusive_thp(kernel, ro_refused):
+    """MADV_COLLAPSE (6.1) ignores the sysfs setting: a fresh THP holds
+    a copy, empty ptes read zeros, the THP is PageAnonExclusive even over
+    pages shared with a child, which keeps its own. Until b9f85966d1be
+    (6.18) a range with no writable pte (all COW-shared) is refused."""
+    m = _machine(kernel, thp="never")
+    p = m.spawn()
+    mem = _thp_range(p, advise=False)
+    _small_pages(p, mem)
+    c = p.fork()
+    shared = p.pagemap(mem + 3 * PAGE).pfn
+    if ro_refused:
+        with pytest.raises(OSError) as e:           # fork left every pte read-only: SCAN_PAGE_RO
+            p.madvise(mem, THP, C.MADV_COLLAPSE)
+        assert e.value.errno == errno.EINVAL
+        p.write(mem + 6 * PAGE, b"q")               # one writable pte (a COW copy)
+    p.madvise(mem, THP, C.MADV_COLLAPSE)
+    assert _is_thp(m, p, mem) and "anon_exclusive" in m.frame(p.pagemap(mem).pfn).flags
+    assert p.read(mem + 3 * PAGE, 2) == b"z3" and p.read(mem + PAGE, 1) == b"\0"
+    assert c.pagemap(mem + 3 * PAGE).pfn == shared and c.read(mem + 3 * PAGE, 2) == b"z3"
+    p.write(mem + PAGE, b"w")                    # writable, no COW
+    assert _is_thp(m, p, mem)
+    m.check()
+
+
+def test_madv_collapse_errors_follow_madvise_collapse_errno():
+    m = _machine("6.18")
+    p = m.spawn()
+    mem = _thp_range(p, advise=False)
+    with pytest.raises(OSError) as e:               # no page table: SCAN_PMD_NONE
+        p.madvise(mem, THP, C.MADV_COLLAPSE)
+    assert e.value.errno == errno.EINVAL
+    _small_pages(p, mem)
+    pin = p.pin_user_pages(mem + 3 * PAGE, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    with pytest.raises(OSError) as e:               # a pinned page: SCAN_PAGE_COUNT
+        p.madvise(mem, THP, C.MADV_COLLAPSE)
+    assert e.value.errno == errno.EAGAIN and not _is_thp(m, p, mem)
+    pin.release()
+    p.madvise(mem, THP, C.MADV_NOHUGEPAGE)
+    with pytest.raises(OSError) as e:
+        p.madvise(mem, THP, C.MADV_COLLAPSE)
+    assert e.value.errno == errno.EINVAL
+    p.madvise(mem, THP, C.MADV_HUGEPAGE)
+    p.madvise(mem, THP, C.MADV_COLLAPSE)
+    p.madvise(mem, THP, C.MADV_COLLAPSE)            # already a PMD THP: success
+    assert _is_thp(m, p, mem)
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,err", [("6.3", errno.EINVAL), ("6.4", errno.EBUSY)])
+def test_madv_collapse_of_a_uffd_armed_range_with_holes(kernel, err):
+    m = _machine(kernel, thp="never")
+    p = m.spawn()
+    mem = _thp_range(p, advise=False)
+    _small_pages(p, mem)
+    u = p.userfaultfd(O_NONBLOCK)
+    u.api(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    u.register(mem, THP, UFFDIO_REGISTER_MODE_WP)
+    with pytest.raises(OSError) as e:
+        p.madvise(mem, THP, C.MADV_COLLAPSE)
+    assert e.value.errno == err
+    m.check()
+
+
+def test_madv_collapse_is_einval_before_6_1():
+    m = _machine("6.0")
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    with pytest.raises(OSError) as e:
+        p.madvise(mem, THP, C.MADV_COLLAPSE)
+    assert e.value.errno == errno.EINVAL
