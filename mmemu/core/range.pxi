@@ -454,7 +454,17 @@ cdef void move_back(engine_t *e, mm_t *mm, uint64_t new, uint64_t old, uint64_t 
     cdef uint64_t off = 0, stop
     cdef uint64_t *s
     cdef uint64_t *d
+    cdef int32_t *ns
+    cdef int32_t *os
     while off < length:
+        if e.nr_huge_pmd and ((new + off) | (old + off)) & (PMD_SPAN - 1) == 0 and length - off >= PMD_SPAN:
+            ns = pmd_slot(e, mm, new + off, False)
+            if ns != NULL and pmd_trans_huge(ns[0]):
+                os = pmd_slot(e, mm, old + off, False)     # emptied by move_ptes: its dirs stay
+                os[0] = ns[0]
+                ns[0] = 0
+                off += PMD_SPAN
+                continue
         s = leaf_or_skip(e, mm.pgd, new + off, &stop)
         if s == NULL:
             off = stop - new if stop - new < length else length
@@ -474,10 +484,27 @@ cdef int64_t move_ptes(engine_t *e, mm_t *mm, uint64_t old, uint64_t new, uint64
     cdef uint64_t off = 0, pte, stop
     cdef uint64_t *s
     cdef uint64_t *d
-    # move_huge_pmd (an aligned leaf moving whole) is not modelled: leaves
-    # are split and their ptes move.
-    split_huge_pmd_range(e, mm, old, old + length)
+    cdef int32_t *ss
+    cdef int32_t *ds
+    cdef int64_t i
+    # move_huge_pmd(): a PMD leaf moves whole when both ends are 2 MiB
+    # aligned and the new pmd is none; any other leaf in the way is split.
+    split_huge_pmd_edges(e, mm, old, old + length)
     while off < length:
+        if e.nr_huge_pmd and ((old + off) & (PMD_SPAN - 1)) == 0 and length - off >= PMD_SPAN:
+            ss = pmd_slot(e, mm, old + off, False)
+            if ss != NULL and pmd_trans_huge(ss[0]):
+                ds = pmd_slot(e, mm, new + off, True) if ((new + off) & (PMD_SPAN - 1)) == 0 else NULL
+                if ds != NULL and ds[0] == 0:
+                    ds[0] = ss[0]
+                    ss[0] = 0
+                    if soft_dirty:
+                        s = pmd_leaf_table(e, ds[0])
+                        for i in range(HPAGE_PMD_NR):
+                            s[i] |= PTE_SOFT_DIRTY
+                    off += PMD_SPAN
+                    continue
+                split_huge_pmd_locked(e, mm, ss, old + off)
         s = leaf_or_skip(e, mm.pgd, old + off, &stop)
         if s == NULL:
             off = stop - old if stop - old < length else length

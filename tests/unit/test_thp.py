@@ -511,3 +511,25 @@ def test_madv_collapse_is_einval_before_6_1():
     with pytest.raises(OSError) as e:
         p.madvise(mem, THP, C.MADV_COLLAPSE)
     assert e.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_mremap_moves_an_aligned_pmd_whole_and_splits_otherwise(aligned):
+    """move_huge_pmd(): with both ends 2 MiB aligned the leaf moves as one
+    (still PMD-mapped: a write after fork copies by the PMD rules); else
+    the PMD is split and its ptes move."""
+    m = _machine("6.12")
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    before = _pfns(p, mem)
+    raw = p.mmap(0, 3 * THP, C.PROT_NONE, PRIV)
+    to = ((raw + THP - 1) & ~(THP - 1)) + (0 if aligned else PAGE)
+    new = p.mremap(mem, THP, THP, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, to)
+    assert new == to and _pfns(p, to) == before
+    assert m.stats()["thp_split_pmd"] == (0 if aligned else 1)
+    p.fork().exit()
+    p.write(to, b"\xff")
+    # PMD-mapped: reused by refcount (5.18+); PTE-mapped in 6.9-6.14: copied.
+    assert (p.pagemap(to).pfn == before[0]) is aligned
+    m.check()
