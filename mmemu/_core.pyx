@@ -467,14 +467,14 @@ cdef class Engine:
             th = st["thp"]
             self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = th[0], th[1], th[2]
             self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large = th[3], th[4], th[5]
-            if len(st["entire_map"]) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1 \
-                    or len(st["hfree"]) > self.e.hfree_cap:
+            em = np.ascontiguousarray(st["entire_map"], np.int32)
+            hf = np.ascontiguousarray(st["hfree"], np.int64)
+            if len(em) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1 or len(hf) > self.e.hfree_cap:
                 raise ValueError("saved THP tables of the wrong size")
-            for i in range(len(st["entire_map"])):
-                self.e.entire_map[i] = st["entire_map"][i]
-            self.e.nhfree = len(st["hfree"])
-            for i in range(self.e.nhfree):
-                self.e.hfree[i] = st["hfree"][i]
+            memcpy(self.e.entire_map, cnp_data(em), len(em) * sizeof(int32_t))
+            if len(hf):
+                memcpy(self.e.hfree, cnp_data(hf), len(hf) * sizeof(int64_t))
+            self.e.nhfree = len(hf)
 
     def thp_get(self):
         """The sysfs THP settings: (enabled, use_zero_page, defrag) as the core keeps them."""

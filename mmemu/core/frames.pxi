@@ -112,9 +112,15 @@ cdef void frame_free(engine_t *e, int64_t pfn) noexcept nogil:
     if e.zoned:
         zone_frame_put(e, pfn)      # core/zones.pxi
     else:
-        e.version[pfn] = <uint64_t>e.free_head
-        e.free_head = pfn + 1
+        freelist_push(e, pfn)
     e.nr_free += 1
+
+
+cdef inline void freelist_push(engine_t *e, int64_t pfn) noexcept nogil:
+    """Onto the single-node order-0 free list (linked through `version`);
+    the caller keeps nr_free."""
+    e.version[pfn] = <uint64_t>e.free_head
+    e.free_head = pfn + 1
 
 
 cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:

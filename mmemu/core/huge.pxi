@@ -24,8 +24,7 @@ cdef int64_t hblock_take(engine_t *e) noexcept nogil:
     if start + HPAGE_PMD_NR > e.nframes:
         return -1
     for p in range(e.next_unused, start):
-        e.version[p] = <uint64_t>e.free_head
-        e.free_head = p + 1
+        freelist_push(e, p)         # free already (never used): nr_free stays
     e.next_unused = start + HPAGE_PMD_NR
     return start
 
@@ -38,8 +37,7 @@ cdef int64_t hblock_break(engine_t *e) noexcept nogil:
     head = e.hfree[e.nhfree]
     p = head + HPAGE_PMD_NR - 1
     while p > head:
-        e.version[p] = <uint64_t>e.free_head
-        e.free_head = p + 1
+        freelist_push(e, p)
         p -= 1
     return head
 
@@ -335,17 +333,6 @@ cdef void split_huge_pmd_edges(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
         split_huge_pmd(e, mm, end - 1)
 
 
-cdef void split_huge_pmd_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
-    """Split every PMD leaf in [start, end): for operations that act per
-    page only (the kernel's walkers split where they do not handle PMDs)."""
-    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1)
-    if e.nr_huge_pmd == 0:
-        return
-    while va < end:
-        split_huge_pmd(e, mm, va)
-        va += PMD_SPAN
-
-
 cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) noexcept nogil:
     """zap_huge_pmd (6.12): clear the leaf, free its deposited table; a THP
     loses its PMD mapping and one reference, after the flush."""
@@ -468,13 +455,14 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
     cdef int32_t *slot
     cdef uint64_t pte
     cdef int ret
-    if e.nr_huge_pmd == 0 and not thp_vma_allowable(e, vma, va):
+    cdef bint allowed = thp_vma_allowable(e, vma, va)
+    if e.nr_huge_pmd == 0 and not allowed:
         return VM_FAULT_FALLBACK
-    slot = pmd_slot(e, mm, va, thp_vma_allowable(e, vma, va))
+    slot = pmd_slot(e, mm, va, allowed)
     if slot == NULL:
         return VM_FAULT_FALLBACK
     if slot[0] == 0:
-        if not thp_vma_allowable(e, vma, va):
+        if not allowed:
             return VM_FAULT_FALLBACK
         return do_huge_pmd_anonymous_page(e, mm, cpu, vma, va, slot, fflags)
     if not pmd_trans_huge(slot[0]):
@@ -507,47 +495,39 @@ cdef int64_t mm_folio_mappings(engine_t *e, mm_t *mm, int64_t head, uint64_t va,
     """How many of this mm's page-table entries map the folio (what the
     kernel's _mm_id tracking answers): the 2 MiB around va first, where a
     folio's pages usually are, then the whole mm if that fell short."""
-    cdef uint64_t a, stop, end
-    cdef uint64_t *t
-    cdef int64_t n = 0, i, pfn
+    cdef uint64_t a, end
+    cdef int64_t n
     cdef int32_t vi
-    cdef int32_t *slot
     a = va & ~(<uint64_t>PMD_SPAN - 1)
-    t = leaf_or_skip(e, mm.pgd, a, &stop)
-    if t != NULL:
-        slot = pmd_slot(e, mm, a, False)
-        if pmd_trans_huge(slot[0]):
-            n += <int64_t>pte_pfn(t[0]) == head
-        else:
-            for i in range(HPAGE_PMD_NR):
-                if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
-                    pfn = <int64_t>pte_pfn(t[i])
-                    n += (pfn & ~(<int64_t>HPAGE_PMD_NR - 1)) == head
+    n = folio_mappings_in(e, mm, head, a, a + PMD_SPAN)
     if n >= want:
         return n
     n = 0
     for vi in range(mm.nvma):
-        if not mm.vmas[vi].anon_vma:
-            continue
-        a = mm.vmas[vi].start
-        end = mm.vmas[vi].end
-        while a < end:
-            t = leaf_or_skip(e, mm.pgd, a, &stop)
-            if t == NULL:
-                a = stop
-                continue
-            stop = block_end(a, end)
-            slot = pmd_slot(e, mm, a, False)
-            if pmd_trans_huge(slot[0]):
-                n += <int64_t>pte_pfn(t[0]) == head
-                a = stop
-                continue
-            for i in range(<int64_t>((a >> MM_PAGE_SHIFT) & 511), <int64_t>((a >> MM_PAGE_SHIFT) & 511)
-                           + <int64_t>((stop - a) >> MM_PAGE_SHIFT)):
-                if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
-                    pfn = <int64_t>pte_pfn(t[i])
-                    n += (pfn & ~(<int64_t>HPAGE_PMD_NR - 1)) == head
+        if mm.vmas[vi].anon_vma:
+            n += folio_mappings_in(e, mm, head, mm.vmas[vi].start, mm.vmas[vi].end)
+    return n
+
+
+cdef int64_t folio_mappings_in(engine_t *e, mm_t *mm, int64_t head, uint64_t a, uint64_t end) noexcept nogil:
+    """Entries of [a, end) mapping the folio: a PMD leaf counts once."""
+    cdef uint64_t stop
+    cdef uint64_t *t
+    cdef int64_t n = 0, i, i0
+    while a < end:
+        t = leaf_or_skip(e, mm.pgd, a, &stop)
+        if t == NULL:
             a = stop
+            continue
+        stop = block_end(a, end)
+        if pmd_trans_huge(pmd_slot(e, mm, a, False)[0]):
+            n += <int64_t>pte_pfn(t[0]) == head
+        else:
+            i0 = <int64_t>((a >> MM_PAGE_SHIFT) & 511)
+            for i in range(i0, i0 + <int64_t>((stop - a) >> MM_PAGE_SHIFT)):
+                if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
+                    n += (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head
+        a = stop
     return n
 
 
@@ -619,6 +599,7 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
     p = 0
     if pmd_trans_huge(slot[0]):
         split_huge_pmd_locked(e, mm, slot, haddr)
+        n = folio_mapcount_total(e, head)       # one pte mapping per page now
     for i in range(HPAGE_PMD_NR):
         if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and \
                 (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head:
@@ -661,7 +642,7 @@ cdef void split_folios_partly_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t
     part is split, if this mm alone maps it; one it covers whole stays."""
     cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, a
     cdef uint64_t *t
-    cdef int64_t i, pfn, head
+    cdef int64_t i, pfn, head, last = -1
     if e.nr_large == 0:
         return
     while va < end:
@@ -676,6 +657,9 @@ cdef void split_folios_partly_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t
             if not (e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
                 continue
             head = folio_of(e, pfn)
+            if head == last:
+                continue                # looked at already (split or not)
+            last = head
             a = va + (<uint64_t>i << MM_PAGE_SHIFT)
             # Covered whole: every page the window maps of it lies in [start, end).
             if folio_in_range(e, t, va, head, start, end):
@@ -694,7 +678,7 @@ cdef void split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) n
     page from 6.12). Whole-THP swap-out is not modelled."""
     cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop
     cdef uint64_t *t
-    cdef int64_t i, pfn
+    cdef int64_t i, pfn, head, last = -1
     if e.nr_large == 0:
         return
     while va < end:
@@ -706,7 +690,10 @@ cdef void split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) n
             if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
                 pfn = <int64_t>pte_pfn(t[i])
                 if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and not is_huge_zero_pfn(e, pfn):
-                    split_folio_here(e, mm, folio_of(e, pfn), va + (<uint64_t>i << MM_PAGE_SHIFT), True)
+                    head = folio_of(e, pfn)
+                    if head != last:    # once per folio: a failed split stays failed
+                        last = head
+                        split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT), True)
         va += PMD_SPAN
 
 
