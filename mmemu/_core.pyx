@@ -34,6 +34,7 @@ include "core/swap.pxi"
 include "core/shmem.pxi"
 include "core/range.pxi"
 include "core/huge.pxi"
+include "core/hugetlb.pxi"
 include "core/migrate.pxi"
 include "core/zones.pxi"
 include "core/state.pxi"
@@ -51,7 +52,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "ksm_checksum_first", "longterm_unpinnable", "longterm_alloc_exclude",
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
                  "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
-                 "collapse_ro")
+                 "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -107,6 +108,7 @@ cdef class Engine:
     cdef int32_t file_hint       # no free mapping id below this one
     cdef readonly dict knobs     # the policy this engine was made with
     cdef ksm_state_t ksm         # ksmd's trees and rmap_items (core/ksm.pxi)
+    cdef int64_t _hugetlb_seen   # check(): base pages of hugetlb leaves in the mm being walked
 
     def __cinit__(self, int64_t nframes, int ncpus, dict knobs, int64_t nswap=0):
         cdef mm_policy_t *p
@@ -153,6 +155,7 @@ cdef class Engine:
         self.e.fflags[0] = PG_USED | PG_ZERO | PG_RESERVED | PG_UPTODATE
         self.e.refcount[0] = 1
         self.e.next_unused = 1
+        self.e.unused_end = nframes
         self.e.nr_free = nframes - 1
         self.e.nnodes = 1                   # numa_init() splits the frames
         self.e.node_span = nframes
@@ -218,6 +221,9 @@ cdef class Engine:
         p.pm_thp_excl_per_page = knobs["pm_thp_excl_per_page"]
         p.split_remap_zero = knobs["split_remap_zero"]
         p.collapse_ro = knobs["collapse_ro"]
+        p.hugetlb_fork_copy_pinned = knobs["hugetlb_fork_copy_pinned"]
+        p.hugetlb_dontneed = knobs["hugetlb_dontneed"]
+        p.hugetlb_mremap = knobs["hugetlb_mremap"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -243,6 +249,11 @@ cdef class Engine:
     def __dealloc__(self):
         cdef int64_t i
         ksm_free(&self.ksm)
+        free(self.e.h_stack[0])
+        free(self.e.h_stack[1])
+        for i in range(self.e.nresv):
+            free(self.e.resv_maps[i].consumed)
+        free(self.e.resv_maps)
         free(self.e.entire_map)
         free(self.e.hfree)
         for i in range(self.e.nbyte_chunks):
@@ -320,14 +331,14 @@ cdef class Engine:
         for j in range(self.e.nmm):
             m = &self.e.mms[j]
             mms[j] = (m.id, m.pgd, m.nvma, m.alive, <int64_t>m.flags, m.minflt, m.rss_anon,
-                      m.nr_ptes, m.serial)
+                      m.nr_ptes, m.serial, m.hugetlb_usage)
             vmas.append(stack_export(m.vmas, m.nvma * sizeof(mm_vma_t), np.uint8) if m.vmas != NULL
                         else np.zeros(0, np.uint8))
         st["mms"], st["vmas"] = mms, vmas
         files = np.zeros((self.e.nfile, len(FILE_FIELDS)), np.int64)
         for j in range(self.e.nfile):
             f = &self.e.files[j]
-            files[j] = (f.id, f.root, f.alive, f.shmem, f.size, f.nrpages, f.nr_leaves)
+            files[j] = (f.id, f.root, f.alive, f.shmem, f.size, f.nrpages, f.nr_leaves, f.hstate)
         st["files"] = files
         st["uffd_feat"] = stack_export(self.e.uffd_feat, self.e.nuffd, np.uint64)
         st["uffd_cflags"] = stack_export(self.e.uffd_cflags, self.e.nuffd, np.uint32)
@@ -344,6 +355,15 @@ cdef class Engine:
                               self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
+        if self.e.hugetlb_end:
+            st["hugetlb"] = np.array([self.e.hugetlb_base, self.e.gig_end, self.e.hugetlb_end,
+                                      self.e.h_nr[0], self.e.h_nr[1], self.e.h_free[0], self.e.h_free[1],
+                                      self.e.h_resv[0], self.e.h_resv[1], self.e.gig_base,
+                                      self.e.unused_end], np.int64)
+            st["hugetlb_stacks"] = [stack_export(self.e.h_stack[j], self.e.h_free[j], np.int64) for j in range(2)]
+            st["resv_maps"] = [(self.e.resv_maps[j].alive, self.e.resv_maps[j].hstate, self.e.resv_maps[j].first,
+                                stack_export(self.e.resv_maps[j].consumed, self.e.resv_maps[j].n, np.uint8))
+                               for j in range(self.e.nresv)]
         return st
 
     def set_state(self, dict st):
@@ -425,6 +445,7 @@ cdef class Engine:
             row = st["mms"][j]
             m.id, m.pgd, m.nvma, m.alive = row[0], row[1], row[2], row[3]
             m.flags, m.minflt, m.rss_anon, m.nr_ptes, m.serial = row[4], row[5], row[6], row[7], row[8]
+            m.hugetlb_usage = row[9] if len(row) > 9 else 0
             if len(st["vmas"][j]) != m.nvma * sizeof(mm_vma_t):
                 raise ValueError("VMA table of the wrong size")
             m.vmas = <mm_vma_t *>stack_import(st["vmas"][j], m.nvma, sizeof(mm_vma_t)) if m.nvma else NULL
@@ -441,6 +462,7 @@ cdef class Engine:
             f = &self.e.files[j]
             f.id, f.root, f.alive, f.shmem = row[0], row[1], row[2], row[3]
             f.size, f.nrpages, f.nr_leaves = row[4], row[5], row[6]
+            f.hstate = row[7] if len(row) > 7 else 0
         # userfaultfd contexts.
         n = sc["nuffd"]
         if n and (st["uffd_res"].ndim != 2 or st["uffd_res"].shape[1] != 9):
@@ -475,6 +497,119 @@ cdef class Engine:
             if len(hf):
                 memcpy(self.e.hfree, cnp_data(hf), len(hf) * sizeof(int64_t))
             self.e.nhfree = len(hf)
+        if "hugetlb" in st:
+            hs = st["hugetlb"]
+            self.e.hugetlb_base, self.e.gig_end, self.e.hugetlb_end = hs[0], hs[1], hs[2]
+            self.e.gig_base, self.e.unused_end = hs[9], hs[10]
+            for j in range(2):
+                self.e.h_nr[j], self.e.h_free[j], self.e.h_resv[j] = hs[3 + j], hs[5 + j], hs[7 + j]
+                self.e.h_stack[j] = <int64_t *>stack_import(st["hugetlb_stacks"][j], self.e.h_nr[j], 8)
+            n = len(st["resv_maps"])
+            if n:
+                self.e.resv_maps = <resv_map_t *>calloc(n, sizeof(resv_map_t))
+                if self.e.resv_maps == NULL:
+                    raise MemoryError()
+                self.e.nresv = self.e.resv_cap = <int32_t>n
+                for j in range(n):
+                    alive, hstate, first, consumed = st["resv_maps"][j]
+                    self.e.resv_maps[j].alive, self.e.resv_maps[j].hstate = alive, hstate
+                    self.e.resv_maps[j].first, self.e.resv_maps[j].n = first, len(consumed)
+                    self.e.resv_maps[j].consumed = <uint8_t *>stack_import(consumed, len(consumed), 1)
+
+    # ---- hugetlb (core/hugetlb.pxi) -------------------------------------------
+
+    def hugetlb_init(self, int64_t n2m, int64_t n1g):
+        """Set aside the boot-time pool: n2m 2 MiB and n1g 1 GiB pages. Only
+        on a new engine of one node without zones."""
+        if self.e.hugetlb_end or self.e.nmm or self.e.next_unused > 1 or self.e.zoned:
+            raise ValueError("the hugetlb pool is set up once, on a new single-node machine")
+        rc = hugetlb_pool_init(&self.e, n2m, n1g)
+        if rc == -2:
+            raise MemoryError()
+        if rc < 0:
+            raise ValueError(f"{n2m} 2 MiB and {n1g} 1 GiB huge pages do not fit in "
+                             f"{self.e.nframes} frames (16 must stay free)")
+
+    def hugetlb_pool(self):
+        """Per hstate (2 MiB, 1 GiB): (total, free, reserved) pages, as
+        HugePages_Total / _Free / _Rsvd count them."""
+        return tuple((int(self.e.h_nr[j]), int(self.e.h_free[j]), int(self.e.h_resv[j])) for j in range(2))
+
+    def hugetlb_page(self, int64_t pfn):
+        """(hstate, head, mapcount) of the hugetlb page holding pfn, or None;
+        a free pool page has mapcount -1."""
+        cdef int64_t head
+        cdef int h
+        if pfn < 0 or pfn >= self.e.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
+        if not pfn_is_hugetlb(&self.e, pfn):
+            return None
+        h = hugetlb_hstate_of(&self.e, pfn)
+        if not (self.e.fflags[pfn] & PG_USED):
+            return (h, pfn & ~(hstate_pages(h) - 1), -1)
+        head = folio_of(&self.e, pfn)
+        return (h, head, int(hugetlb_mapcount(&self.e, head)))
+
+    def file_set_hstate(self, int32_t fid, int hstate):
+        """Make new, empty file fid a hugetlbfs file of pages of hstate."""
+        cdef mm_file_t *f = self._file(fid)
+        if not 0 <= hstate < MM_NR_HSTATES:
+            raise ValueError("hstate must be 0 (2 MiB) or 1 (1 GiB)")
+        if f.nrpages or f.size:
+            raise ValueError("only an empty file becomes a hugetlbfs file")
+        f.hstate = hstate + 1
+        f.shmem = 0
+
+    def hugetlb_reserve(self, int32_t fid, uint64_t first, uint64_t n, bint shared):
+        """hugetlb_reserve_pages() for a new mapping of huge pages [first,
+        first + n) of file fid: a shared one reserves those the file has no
+        reservation or page for, a private one all n and gets a map of its
+        own. Returns the private map's id (0 for shared); OSError ENOMEM
+        when the free pages nobody reserved are too few."""
+        cdef mm_file_t *f = self._file(fid)
+        cdef int h = f.hstate - 1
+        cdef int shift
+        cdef uint64_t i, chg = 0
+        cdef uint64_t *cs
+        cdef int32_t rid
+        if h < 0:
+            raise ValueError(f"file {fid} is not a hugetlbfs file")
+        shift = hstate_shift(h)
+        if n > <uint64_t>self.e.nframes or first + n > (MM_MAX_FILE_PAGES >> (shift - MM_PAGE_SHIFT)):
+            raise oserror(12, "mmap", "hugetlb reservation beyond the pool")
+        if not shared:
+            if hugetlb_acct_memory(&self.e, h, <int64_t>n) < 0:
+                raise oserror(12, "mmap", "not enough free huge pages to reserve")
+            rid = resv_map_new(&self.e, h, <int64_t>first, <int64_t>n)
+            if rid < 0:
+                hugetlb_acct_memory(&self.e, h, -<int64_t>n)
+                raise MemoryError()
+            return rid
+        for i in range(first, first + n):
+            cs = cache_slot(&self.e, f, i << (shift - MM_PAGE_SHIFT), False)
+            chg += cs == NULL or cs[0] == 0
+        if hugetlb_acct_memory(&self.e, h, <int64_t>chg) < 0:
+            raise oserror(12, "mmap", "not enough free huge pages to reserve")
+        for i in range(first, first + n):
+            cs = cache_slot(&self.e, f, i << (shift - MM_PAGE_SHIFT), True)
+            if cs == NULL:
+                # Give back what is not recorded yet (region_add failing).
+                hugetlb_acct_memory(&self.e, h, -<int64_t>chg)
+                raise oserror(12, "mmap", "no memory for the reservation map")
+            if cs[0] == 0:
+                cs[0] = hugetlb_resv_entry()
+                chg -= 1
+        return 0
+
+    def hugetlb_set_owner(self, int32_t mm, uint64_t start, int32_t rid):
+        """The new private hugetlb VMA at start owns reservation map rid."""
+        cdef mm_t *m = self._mm(mm)
+        cdef int32_t vi = find_vma(m, start)
+        if vi < 0 or m.vmas[vi].start != start or not (m.vmas[vi].flags & VM_HUGETLB):
+            raise ValueError(f"no hugetlb VMA starts at {start:#x}")
+        if rid <= 0 or rid >= self.e.nresv or not self.e.resv_maps[rid].alive:
+            raise ValueError(f"no reservation map {rid}")
+        m.vmas[vi].resv = rid
 
     def thp_get(self):
         """The sysfs THP settings: (enabled, use_zero_page, defrag) as the core keeps them."""
@@ -593,6 +728,7 @@ cdef class Engine:
         g.need_flush = 0
         gather_finish(&self.e, &g)
         free_dir_tree(&self.e, m.pgd, 0)
+        hugetlb_vmas_close(&self.e, m.vmas, m.nvma, NULL, 0)
         free(m.vmas)
         m.vmas = NULL
         m.nvma = 0
@@ -647,6 +783,12 @@ cdef class Engine:
             if origins[i] < 0:
                 continue
             o = &src.vmas[origins[i]]
+            if not fork:
+                # A split half or a moved VMA shares its origin's reservation
+                # map (hugetlb_vm_op_open); a fork child is not the owner
+                # (hugetlb_dup_vma_private), nor was the page taken back from it.
+                v[i].resv = o.resv
+                v[i].flags |= o.flags & VM_RESV_UNMAPPED
             if not o.anon_vma:
                 continue
             if fork:
@@ -657,6 +799,7 @@ cdef class Engine:
                 v[i].anon_vma = o.anon_vma
                 v[i].avc_single = o.avc_single
             v[i].flags |= VM_ANON_VMA
+        hugetlb_vmas_close(&self.e, m.vmas, m.nvma, v, <int32_t>n)
         free(m.vmas)
         m.vmas = v
         m.nvma = <int32_t>n
@@ -704,7 +847,7 @@ cdef class Engine:
     def mm_info(self, int32_t mm):
         cdef mm_t *m = self._mm(mm)
         return {"minflt": m.minflt, "rss_anon": m.rss_anon, "nr_ptes": m.nr_ptes,
-                "has_pinned": bool(m.flags & MMF_HAS_PINNED)}
+                "has_pinned": bool(m.flags & MMF_HAS_PINNED), "hugetlb_usage": m.hugetlb_usage}
 
     # ---- user accesses -----------------------------------------------------
 
@@ -1053,7 +1196,11 @@ cdef class Engine:
         with nogil:
             if cow:
                 s.write_protect_seq += 1    # raw_write_seqcount_begin (copy_page_range)
-            ret = copy_range(&self.e, s, d, cpu, start, end, src_flags, dst_flags, &wp)
+            if src_flags & VM_HUGETLB:
+                ret = copy_hugetlb_range(&self.e, s, d, start, end, src_flags, dst_flags,
+                                         hugetlb_hstate_of_range(&self.e, s, start), &wp)
+            else:
+                ret = copy_range(&self.e, s, d, cpu, start, end, src_flags, dst_flags, &wp)
             if cow:
                 s.write_protect_seq += 1
         if ret < 0:
@@ -2100,10 +2247,14 @@ cdef class Engine:
             m = &self.e.mms[mmi]
             if not m.alive:
                 continue
+            self._hugetlb_seen = 0
             rss = self._check_tree(m, m.pgd, 0, 0, exp_ref, exp_map, swap_refs, exp_entire)
             if rss != m.rss_anon:
                 raise InvariantError("rss_anon differs from the anon ptes mapped", None,
                                      f"mm {mmi}: counter {m.rss_anon}, ptes {rss}")
+            if self._hugetlb_seen != m.hugetlb_usage:
+                raise InvariantError("hugetlb_usage differs from the hugetlb leaves mapped", None,
+                                     f"mm {mmi}: counter {m.hugetlb_usage}, leaves map {self._hugetlb_seen}")
         if self.e.huge_zero_pfn >= 0:
             exp_ref[self.e.huge_zero_pfn] += 1      # the kernel's own reference
         for pfn in range(1, n):
@@ -2118,16 +2269,20 @@ cdef class Engine:
             if self.e.refcount[pfn] != exp_ref[pfn]:
                 raise InvariantError("refcount differs from the references held", pfn,
                                      f"refcount {self.e.refcount[pfn]}, held {exp_ref[pfn]}")
-            if f & PG_ANON_EXCLUSIVE and exp_map[pfn] + (exp_entire[pfn >> HPAGE_PMD_ORDER]
-                                                         if f & (PG_HEAD | PG_TAIL) else 0) > 1:
+            if f & PG_ANON_EXCLUSIVE and pfn_is_hugetlb(&self.e, pfn):
+                if f & PG_HEAD and exp_entire[pfn >> HPAGE_PMD_ORDER] > hstate_leaves(hugetlb_hstate_of(&self.e, pfn)):
+                    raise InvariantError("PageAnonExclusive hugetlb page mapped more than once", pfn)
+            elif f & PG_ANON_EXCLUSIVE and exp_map[pfn] + (exp_entire[pfn >> HPAGE_PMD_ORDER]
+                                                           if f & (PG_HEAD | PG_TAIL) else 0) > 1:
                 raise InvariantError("PageAnonExclusive page mapped more than once", pfn)
             if f & PG_HEAD and pfn != self.e.huge_zero_pfn \
                     and self.e.entire_map[pfn >> HPAGE_PMD_ORDER] != exp_entire[pfn >> HPAGE_PMD_ORDER]:
                 raise InvariantError("entire mapcount differs from the PMD leaves mapping the folio", pfn,
                                      f"entire {self.e.entire_map[pfn >> HPAGE_PMD_ORDER]}, "
                                      f"leaves {exp_entire[pfn >> HPAGE_PMD_ORDER]}")
-            if f & PG_TAIL and not (self.e.fflags[pfn & ~(<int64_t>HPAGE_PMD_NR - 1)] & PG_HEAD):
+            if f & PG_TAIL and not (self.e.fflags[folio_of(&self.e, pfn)] & PG_HEAD):
                 raise InvariantError("tail page without a head", pfn)
+        self._check_hugetlb_pool()
         if self.e.zoned:
             counted = self._zone_nr_free.copy()
             movable = self.e.nr_free_movable
@@ -2255,6 +2410,8 @@ cdef class Engine:
         cdef int32_t vi = find_vma(m, va)
         if vi < 0 or m.vmas[vi].start > va or m.vmas[vi].end < va + PMD_SPAN:
             raise InvariantError("PMD leaf not inside one VMA", head, f"mm {m.id} va {va:#x}")
+        if pfn_is_hugetlb(&self.e, head) or m.vmas[vi].flags & VM_HUGETLB:
+            return self._check_hugetlb_leaf(m, ent, va, vi, exp_ref, exp_entire)
         if head & (HPAGE_PMD_NR - 1) or not (self.e.fflags[head] & PG_HEAD) or not (pte0 & PTE_PRESENT):
             raise InvariantError("PMD leaf does not map a large folio", head, f"mm {m.id} va {va:#x}")
         for j in range(HPAGE_PMD_NR):
@@ -2270,6 +2427,61 @@ cdef class Engine:
                 and is_cow_mapping(m.vmas[vi].flags):
             raise InvariantError("writable PMD leaf maps a COW-shared THP", head, f"mm {m.id} va {va:#x}")
         return HPAGE_PMD_NR
+
+    cdef int64_t _check_hugetlb_leaf(self, mm_t *m, int32_t ent, uint64_t va, int32_t vi,
+                                     int64_t[::1] exp_ref, int64_t[::1] exp_entire) except -1:
+        """A hugetlb leaf: in a hugetlb VMA, the 2 MiB part of a page of the
+        VMA's hstate that va's offset in the huge page names."""
+        cdef uint64_t *t = pmd_leaf_table(&self.e, ent)
+        cdef uint64_t pte0 = t[0], mask = PTE_PRESENT | PTE_WRITE | PTE_SPECIAL | PTE_PROTNONE | PTE_UFFD_WP
+        cdef int64_t pfn = <int64_t>pte_pfn(pte0), head, j
+        cdef int h
+        if not (m.vmas[vi].flags & VM_HUGETLB) or not pfn_is_hugetlb(&self.e, pfn) or not (pte0 & PTE_PRESENT) \
+                or not (self.e.fflags[pfn] & PG_USED):
+            raise InvariantError("hugetlb leaf outside a hugetlb VMA or pool", pfn, f"mm {m.id} va {va:#x}")
+        h = vma_hstate(&self.e, &m.vmas[vi])
+        head = folio_of(&self.e, pfn)
+        if hugetlb_hstate_of(&self.e, head) != h or pfn - head != <int64_t>((va & ((1ULL << hstate_shift(h)) - 1)) >> MM_PAGE_SHIFT):
+            raise InvariantError("hugetlb leaf maps the wrong part of its page", pfn, f"mm {m.id} va {va:#x}")
+        for j in range(HPAGE_PMD_NR):
+            if <int64_t>pte_pfn(t[j]) != pfn + j or (t[j] & mask) != (pte0 & mask):
+                raise InvariantError("hugetlb leaf's expansion is not uniform", pfn + j, f"mm {m.id} va {va:#x}")
+        if pte0 & PTE_WRITE and self.e.fflags[head] & PG_ANON and hugetlb_mapcount(&self.e, head) > 1:
+            raise InvariantError("writable hugetlb leaf maps a COW-shared page", head, f"mm {m.id} va {va:#x}")
+        if pte0 & PTE_WRITE and not (m.vmas[vi].flags & VM_WRITE):
+            raise InvariantError("writable hugetlb leaf in a VMA without VM_WRITE", head, f"mm {m.id} va {va:#x}")
+        exp_ref[head] += 1
+        exp_entire[head >> HPAGE_PMD_ORDER] += 1
+        self._hugetlb_seen += HPAGE_PMD_NR
+        return 0
+
+    cdef int _check_hugetlb_pool(self) except -1:
+        """Every pool page is free (on its stack, once) or a folio in use;
+        reservations never exceed the free pages."""
+        cdef int h
+        cdef int64_t i, head, used
+        if not self.e.hugetlb_end:
+            return 0
+        for h in range(MM_NR_HSTATES):
+            if not 0 <= self.e.h_resv[h] <= self.e.h_free[h] <= self.e.h_nr[h]:
+                raise InvariantError("hugetlb pool counters out of order", None,
+                                     f"hstate {h}: total {self.e.h_nr[h]} free {self.e.h_free[h]} "
+                                     f"reserved {self.e.h_resv[h]}")
+            used = 0
+            for i in range(self.e.h_nr[h]):
+                head = (self.e.gig_base + i * HPAGE_PUD_NR) if h == MM_HSTATE_1G \
+                    else self.e.hugetlb_base + i * HPAGE_PMD_NR
+                if self.e.fflags[head] & PG_USED:
+                    used += 1
+                    if not (self.e.fflags[head] & PG_HEAD):
+                        raise InvariantError("hugetlb page in use without a head", head)
+            if used + self.e.h_free[h] != self.e.h_nr[h]:
+                raise InvariantError("hugetlb pages in use and free do not add up", None,
+                                     f"hstate {h}: {used} used, {self.e.h_free[h]} free, {self.e.h_nr[h]} total")
+            for i in range(self.e.h_free[h]):
+                if self.e.fflags[self.e.h_stack[h][i]] & PG_USED:
+                    raise InvariantError("a free hugetlb page is in use", self.e.h_stack[h][i])
+        return 0
 
     cdef int _check_tlb(self, int64_t s) except -1:
         cdef uint64_t tag = self.e.tlb_tag[s], ent, vpn

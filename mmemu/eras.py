@@ -126,6 +126,9 @@ BASELINE = {
     "pm_thp_excl_per_page": 0,    # pagemap's exclusive bit per page of a PMD THP (6.11 .. 6.15), else the head's
     "split_remap_zero": 0,        # splitting an anon folio maps its all-zero pages to the zero page (6.12)
     "collapse_none_ebusy": 0,     # MADV_COLLAPSE on a uffd-armed block with empty ptes: EBUSY (6.4), before EINVAL
+    "hugetlb_fork_copy_pinned": 0,  # fork copies a maybe-pinned hugetlb page of a COW mapping (5.12)
+    "hugetlb_dontneed": 0,        # MADV_DONTNEED on hugetlb VMAs (5.18); EINVAL before
+    "hugetlb_mremap": 0,          # mremap of hugetlb VMAs (5.16); EINVAL before
     "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
 }
@@ -248,6 +251,12 @@ CHANGES = (
            {"wp_reuse": WP_REUSE_REFCOUNT_DRAIN}, bug="B19 fixed"),
     Change("3bff7e3f1f16", "5.18", "mm/huge_memory: streamline COW logic in do_huge_pmd_wp_page()",
            {"thp_wp_refcount": 1}, bug="B2a fixed"),
+    Change("4eae4efa2c29", "5.12", "hugetlb: do early cow when page pinned on src mm",
+           {"hugetlb_fork_copy_pinned": 1}, bug="B6 fixed on hugetlb"),
+    Change("550a7d60bd5e", "5.16", "mm, hugepages: add mremap() support for hugepage backed vma",
+           {"hugetlb_mremap": 1}),
+    Change("90e7e7f5ef3f", "5.18", "mm: enable MADV_DONTNEED for hugetlb mappings",
+           {"hugetlb_dontneed": 1}),
     Change("9457056ac426", "5.18", "mm: madvise: MADV_DONTNEED_LOCKED",
            {"madv_dontneed_locked": 1}, aliases=("madv-dontneed-locked",)),
     Change("6c287605fd56", "5.19", "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive",

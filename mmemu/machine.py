@@ -15,8 +15,9 @@ from .eras import policy_for
 from .pageinfo import FrameInfo
 from .process import Process
 from .serialise import new_lock, serialised
+from .shmem import HSTATE_SIZE
 from .thp import ThpSettings
-from .vma import VM_ANON_VMA
+from .vma import VM_ANON_VMA, VM_RESV_UNMAPPED
 
 # The core's frame flags that /proc/kpageflags shows, by bit; the core's
 # others (anon_exclusive, lazyfree, file, reserved, bytes) go into
@@ -51,6 +52,10 @@ class Machine:
     of semantics.md §17, for hardware that does not re-walk).
     thp: the transparent_hugepage "enabled" setting (never / madvise /
     always; Machine.thp holds all the sysfs knobs, mmemu.thp).
+    hugepages: the boot-time hugetlb pool, {page size: count} for 2 MiB and
+    1 GiB pages (hugepagesz=/hugepages=), taken out of `memory`; what
+    MAP_HUGETLB and MFD_HUGETLB memory comes from (Machine.hugepages reads
+    the pool's counters). One node without zones only.
 
     One Machine may be shared by host threads: each public call holds the
     machine's (re-entrant) lock, so calls serialise (mmemu.serialise).
@@ -61,7 +66,7 @@ class Machine:
     def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
                  seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86", nodes: int = 1,
                  movablecore: int = 0, kernelcore: int | None = None, cma: int = 0,
-                 thp: str = "madvise") -> None:
+                 thp: str = "madvise", hugepages: dict[int, int] | None = None) -> None:
         if isinstance(backports, (str, bytes)):
             raise TypeError("backports must be a sequence of commit ids, not a string")
         self.policy = policy_for(kernel, tuple(backports))
@@ -109,6 +114,7 @@ class Machine:
         self.tlb = tlb
         self._engine.tlb_stale_writes = tlb == "stale-writes"
         self.thp = ThpSettings(self._engine, thp)
+        self._hugetlb_init(hugepages, memory)
         self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile
         self._procs = {}
@@ -143,6 +149,36 @@ class Machine:
             if not movablecore or core > frames - movable:
                 movable = frames - core
         return -(-movable // nodes), -(-cma // page)
+
+    def _hugetlb_init(self, hugepages, memory):
+        if hugepages is None or hugepages == {}:
+            return
+        if not isinstance(hugepages, dict):
+            raise TypeError("hugepages must be a dict {page size: count}")
+        counts = [0, 0]
+        for size, n in hugepages.items():
+            size, n = operator.index(size), operator.index(n)
+            if size not in HSTATE_SIZE:
+                raise ValueError(f"hugepages: no hugetlb page size {size} (2 MiB and 1 GiB exist)")
+            if n < 0:
+                raise ValueError(f"hugepages: a negative count of {size}-byte pages")
+            counts[HSTATE_SIZE.index(size)] = n
+        if self.nodes > 1 or self.movablecore or self.cma:
+            raise ValueError("hugepages on a machine with several nodes, ZONE_MOVABLE or CMA "
+                             "are not modelled yet")
+        try:
+            self._engine.hugetlb_init(counts[0], counts[1])
+        except ValueError as e:
+            raise ValueError(f"Machine(memory={memory}, hugepages={hugepages}): {e}") from None
+
+    @property
+    def hugepages(self) -> dict[int, dict[str, int]]:
+        """The hugetlb pool per page size, as /sys/kernel/mm/hugepages/
+        hugepages-<size>kB/ shows it (surplus pages are never made: no
+        overcommit)."""
+        return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f, "resv_hugepages": r,
+                                 "surplus_hugepages": 0}
+                for h, (t, f, r) in enumerate(self._engine.hugetlb_pool())}
 
     @staticmethod
     def _bytes(v, name):
@@ -204,6 +240,9 @@ class Machine:
             raise ValueError(f"pfn {pfn} out of range 0..{self._engine.nframes - 1}")
         refcount, mapcount, flags, used, _, _ = self._engine.frame_info(pfn)
         head, entire = self._engine.thp_info(pfn)
+        huge = self._engine.hugetlb_page(pfn)
+        if huge is not None:
+            return self._hugetlb_frame(pfn, huge, flags)
         if head >= 0:
             # A large folio's page: page_count is the folio's, kpagecount the
             # page's pte mappings plus the folio's PMD mappings
@@ -233,6 +272,29 @@ class Machine:
             # stable_page_flags(): KPF_THP on every page of an anon large
             # folio (and of the huge zero page), head and tail marked.
             kpf |= 1 << C.KPF_THP | 1 << (C.KPF_COMPOUND_HEAD if head == pfn else C.KPF_COMPOUND_TAIL)
+        return FrameInfo(pfn, mapcount, kpf, refcount=refcount, pincount=pincount,
+                         extra=set(flags) - set(_KPF))
+
+    def _hugetlb_frame(self, pfn, huge, flags):
+        # stable_page_flags() for a hugetlb page, free in the pool or not:
+        # KPF_HUGE and the compound bits, never buddy, LRU or THP;
+        # kpagecount is the folio's mapcount (its mappings).
+        h, head, mapcount = huge
+        kpf = 1 << C.KPF_HUGE | 1 << (C.KPF_COMPOUND_HEAD if head == pfn else C.KPF_COMPOUND_TAIL)
+        if mapcount < 0:
+            return FrameInfo(pfn, 0, kpf, refcount=0, pincount=0)
+        if "anon" in flags:
+            kpf |= 1 << C.KPF_ANON
+        for name in ("dirty", "uptodate"):
+            if name in flags:
+                kpf |= 1 << _KPF[name]
+        if mapcount > 0:
+            kpf |= 1 << C.KPF_MMAP
+        pincount = sum(int(np.count_nonzero(h.pfns == pfn)) for h in self._holders
+                       if getattr(h, "gup_flags", 0) & C.FOLL_PIN and not h.released)
+        # The core counts a reference per PMD leaf: a 1 GiB mapping holds
+        # 512 of them where the kernel's PUD entry holds one.
+        refcount = self._engine.frame_info(head)[0] - mapcount * ((HSTATE_SIZE[h] >> 21) - 1)
         return FrameInfo(pfn, mapcount, kpf, refcount=refcount, pincount=pincount,
                          extra=set(flags) - set(_KPF))
 
@@ -398,7 +460,7 @@ class Machine:
         for i, (v, f) in enumerate(zip(vmas, flags)):
             if not prev <= v.start < v.end <= top or (v.start | v.end) & page_mask \
                     or (v.start, v.end, v.pgoff, v.file, v.uffd) != core[i] \
-                    or (f & ~VM_ANON_VMA) != v.flags or v.origin != i \
+                    or (f & ~(VM_ANON_VMA | VM_RESV_UNMAPPED)) != v.flags or v.origin != i \
                     or (v.uffd and v.uffd not in self._uffds):
                 raise InvariantError("VMA empty, misaligned, overlapping, registered with a released "
                                      "userfaultfd or not as in the core", None,

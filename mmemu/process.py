@@ -29,11 +29,11 @@ from .sched import Thread
 from .serialise import serialised
 from .pageinfo import PagemapEntry
 from .numa import NumaOps
-from .shmem import FileOps, ShmemFile
+from .shmem import HSTATE_BY_LOG, FileOps, HugetlbFile, ShmemFile
 from .vma import (VM_ACCESS_FLAGS, VM_ANON, VM_DONTCOPY, VM_DONTEXPAND, VM_GROWSDOWN, VM_HUGETLB,
                   VM_MIXEDMAP, VM_EXEC, VM_HUGEPAGE, VM_IO,
                   VM_LOCKED, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE,
-                  VM_NOHUGEPAGE, VM_PFNMAP, VM_READ, VM_SHARED, VM_SOFTDIRTY, VM_WIPEONFORK,
+                  VM_NOHUGEPAGE, VM_NORESERVE, VM_PFNMAP, VM_READ, VM_SHARED, VM_SOFTDIRTY, VM_WIPEONFORK,
                   VM_WRITE, VM_DONTDUMP, VM_SEQ_READ, VM_RAND_READ, VM_UFFD_MINOR,
                   VM_UFFD_MISSING, VM_UFFD_WP, Vma, VmaList)
 
@@ -236,11 +236,26 @@ class Process(FileOps, NumaOps):
                 raise oserror(EBADF, "mmap", "no open file descriptor for a file mapping")
             if (offset >> C.PAGE_SHIFT) + (length >> C.PAGE_SHIFT) > MAX_FILE_PAGES:
                 raise oserror(EOVERFLOW, "mmap", "offset beyond the page cache index range")
-        if flags & C.MAP_HUGETLB:
-            raise NotImplementedError("hugetlb mappings are not modelled yet")
+        hsize = None
+        if isinstance(backing, HugetlbFile):
+            hsize = backing.hsize               # ksys_mmap_pgoff: len aligned to the file's pages
+        elif flags & C.MAP_HUGETLB:
+            if backing is not None:
+                raise oserror(EINVAL, "mmap", "MAP_HUGETLB of a file not on hugetlbfs")
+            hstate = HSTATE_BY_LOG.get((flags >> C.MAP_HUGE_SHIFT) & C.MAP_HUGE_MASK)
+            if hstate is None:
+                raise oserror(EINVAL, "mmap", "no hugetlb page size of those MAP_HUGE_* bits")
+            hsize = HugetlbFile.size_of(hstate)
+        if hsize is not None:
+            length = -(-length // hsize) * hsize
+            if length > C.TASK_SIZE:
+                raise oserror(ENOMEM, "mmap", "length overflows the address space")
+            if offset % hsize:
+                raise oserror(EINVAL, "mmap", "hugetlbfs offset not huge-page aligned")
         fixed = flags & (C.MAP_FIXED | C.MAP_FIXED_NOREPLACE)
         if fixed:
-            if addr & (PAGE - 1):
+            if addr & (PAGE - 1) or (hsize is not None and addr % hsize):
+                # prepare_hugepage_range(): a hugetlb range is huge-page aligned
                 raise oserror(EINVAL, "mmap", "MAP_FIXED address not page aligned")
             if addr + length > C.TASK_SIZE:
                 raise oserror(ENOMEM, "mmap", "range beyond TASK_SIZE")
@@ -253,9 +268,15 @@ class Process(FileOps, NumaOps):
         else:
             start = None
             hint = addr & ~(PAGE - 1)
+            if hsize is not None:
+                hint = -(-addr // hsize) * hsize        # hugetlb_get_unmapped_area aligns the hint up
             if hint >= C.MMAP_MIN_ADDR and hint + length <= C.TASK_SIZE \
                     and not self.vmas.overlapping(hint, hint + length):
                 start = hint
+            if start is None and hsize is not None:
+                start = self._aligned_area(length, hsize)
+                if start is None:
+                    raise oserror(ENOMEM, "mmap", "no free virtual range")
             if start is None and not shared and flags & C.MAP_ANONYMOUS:
                 start = self._thp_area(length)
             if start is None:
@@ -271,12 +292,19 @@ class Process(FileOps, NumaOps):
             vmflags |= VM_SOFTDIRTY       # a new VMA reads soft-dirty until cleared
         if flags & C.MAP_LOCKED:
             vmflags |= VM_LOCKED
+        if hsize is not None:
+            vmflags = (vmflags & ~VM_ANON) | VM_HUGETLB | VM_DONTEXPAND
+            if flags & C.MAP_NORESERVE:
+                vmflags |= VM_NORESERVE         # hugetlb honours it whatever the overcommit mode
         if len(self.vmas) + 2 > MAX_MAP_COUNT:
             raise oserror(ENOMEM, "mmap", "vm.max_map_count reached")
         unmap_events = []
         if fixed:
+            self._hugetlb_split_check(start, start + length, "mmap")
             unmap_events = self._unmap_events(start, start + length)
             self._unmap(start, start + length)
+        if hsize is not None:
+            return self._mmap_hugetlb(start, length, vmflags, offset, backing, hsize, flags, unmap_events)
         if backing is None and shared:
             # shmem_zero_setup(): shared anonymous memory is a shmem file.
             backing = ShmemFile(self.machine, "dev/zero (deleted)", anon=True)
@@ -292,6 +320,49 @@ class Process(FileOps, NumaOps):
             self._populate(start, start + length, bool(vmflags & VM_WRITE), "mmap")
         # MAP_FIXED over a registered range: UNMAP after the fact, as munmap.
         return self._events(unmap_events, lambda: start)
+
+    def _mmap_hugetlb(self, start, length, vmflags, offset, backing, hsize, flags, unmap_events):
+        """The hugetlbfs half of mmap: the file (hugetlb_file_setup() for
+        MAP_HUGETLB, sized to the mapping), then hugetlbfs_file_mmap()'s
+        reservation of every huge page the mapping covers unless
+        VM_NORESERVE (ENOMEM if the pool cannot promise them), then the VMA;
+        a private mapping's creator owns its reservations (HPAGE_RESV_OWNER)."""
+        eng = self.machine._engine
+        if backing is None:
+            backing = HugetlbFile(self.machine, "anon_hugepage (deleted)", HugetlbFile.hstate_of(hsize), anon=True)
+            eng.file_set_size(backing.fid, length)
+        first, n = offset // hsize, length // hsize
+        rid = 0
+        if not vmflags & VM_NORESERVE:
+            try:
+                rid = eng.hugetlb_reserve(backing.fid, first, n, bool(vmflags & VM_MAYSHARE))
+            except OSError:
+                backing.maybe_destroy()
+                raise
+        self.vmas.insert(Vma(start, start + length, vmflags, offset >> C.PAGE_SHIFT, backing.fid))
+        self._sync()
+        if rid:
+            eng.hugetlb_set_owner(self.mm, start, rid)
+        if flags & (C.MAP_POPULATE | C.MAP_LOCKED):
+            self._populate(start, start + length, bool(vmflags & VM_WRITE and not vmflags & VM_SHARED), "mmap")
+        return self._events(unmap_events, lambda: start)
+
+    def _hugetlb_split_check(self, start, end, call):
+        """hugetlb_vm_op_split(): a hugetlb VMA splits only on a boundary of
+        its huge pages; an operation that would cut one elsewhere is EINVAL."""
+        for v in self.vmas.overlapping(start, end):
+            if v.flags & VM_HUGETLB:
+                hsize = self.machine._files[v.file].hsize
+                if (v.start < start < v.end and start % hsize) or (v.start < end < v.end and end % hsize):
+                    raise oserror(EINVAL, call, "range cuts a hugetlb page")
+
+    def _aligned_area(self, length, align):
+        """A free range of length bytes aligned to `align`, top-down
+        (hugetlb_get_unmapped_area's align_mask); None if there is none."""
+        ret = self.vmas.free_area(length + align, self._mmap_top, C.MMAP_MIN_ADDR)
+        if ret is None:
+            return None
+        return -(-ret // align) * align
 
     def _thp_area(self, length):
         """thp_get_unmapped_area_vmflags() for a private anonymous mmap
@@ -327,6 +398,7 @@ class Process(FileOps, NumaOps):
         length = _page_align(length)
         if length == 0 or addr + length > C.TASK_SIZE:
             raise oserror(EINVAL, "munmap", "empty range or beyond TASK_SIZE")
+        self._hugetlb_split_check(addr, addr + length, "munmap")
         events = self._unmap_events(addr, addr + length)
         self._unmap(addr, addr + length)
         # userfaultfd_unmap_complete(): the monitor is told after the unmap.
@@ -350,6 +422,7 @@ class Process(FileOps, NumaOps):
         first = self.vmas.find(addr)
         if first is None:
             raise oserror(ENOMEM, "mprotect", "start not mapped")
+        self._hugetlb_split_check(addr, end, "mprotect")
         newbits = _prot_to_vm(prot)
         # do_mprotect_pkey walks VMAs in order and stops at the first hole:
         # the VMAs before it keep their new protection, as on Linux.
@@ -430,7 +503,7 @@ class Process(FileOps, NumaOps):
             if vma is None:                        # unmapped while a monitor read an event
                 return step(i + 1)
             e = min(e, vma.end)
-            err = self._madvise_invalid(vma, advice)
+            err = self._madvise_invalid(vma, advice, s)
             if err is not None:
                 raise err
             u = self.machine._uffds.get(vma.uffd) if vma.uffd else None
@@ -512,9 +585,18 @@ class Process(FileOps, NumaOps):
         if holes:
             raise oserror(ENOMEM, "madvise", "range has unmapped parts")
 
-    def _madvise_invalid(self, vma, advice):
+    def _madvise_invalid(self, vma, advice, start=None):
         """The per-VMA check of madvise_vma_behavior(), as an OSError or None
         (checks that Linux makes after the REMOVE event are in _madvise_zap)."""
+        if vma.flags & VM_HUGETLB and advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_FREE):
+            # madvise_dontneed_free_valid_vma(): DONTNEED from 90e7e7f5ef3f
+            # (5.18), from a huge-page boundary (the end rounds down); never FREE.
+            if advice == C.MADV_FREE or not self._policy().hugetlb_dontneed \
+                    or (start is not None and start % self.machine._files[vma.file].hsize):
+                return oserror(EINVAL, "madvise", "dropping hugetlb pages: FREE, before 5.18 or misaligned")
+            return None
+        if vma.flags & VM_HUGETLB and advice in (C.MADV_PAGEOUT, C.MADV_COLD):
+            return oserror(EINVAL, "madvise", "PAGEOUT/COLD of hugetlb memory (can_madv_lru_vma)")
         if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED, C.MADV_FREE):
             # madvise_dontneed_free_valid_vma(): no PFN maps; no mlocked VMA
             # except for DONTNEED_LOCKED.
@@ -539,6 +621,19 @@ class Process(FileOps, NumaOps):
         return None
 
     def _madvise_zap(self, vma, s, e, advice):
+        if vma.flags & VM_HUGETLB:
+            f = self.machine._files[vma.file]
+            if advice == C.MADV_REMOVE:
+                # vfs_fallocate(PUNCH_HOLE) on hugetlbfs: whole huge pages inside.
+                off = vma.pgoff * PAGE + (s - vma.start)
+                first, last = -(-off // f.hsize), (off + e - s) // f.hsize
+                if first < last:
+                    f.punch_hole(first, last)
+                return
+            e = s + (e - s) // f.hsize * f.hsize
+            if e > s:
+                self._engine.zap(self.mm, self.cpu, s, e)
+            return
         if advice == C.MADV_REMOVE:
             first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)
             last = vma.pgoff + ((e - vma.start) >> C.PAGE_SHIFT)
@@ -557,6 +652,8 @@ class Process(FileOps, NumaOps):
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             self._populate(addr, end, advice == C.MADV_POPULATE_WRITE, "madvise")
             return
+        if advice in _FLAG_ADVICE:
+            self._hugetlb_split_check(addr, end, "madvise")
         targets = self.vmas.isolate(addr, end)
         err, done_end = None, addr
         for vma in targets:
@@ -625,6 +722,15 @@ class Process(FileOps, NumaOps):
         vma = self.vmas.find(old_addr)
         if vma is None:
             raise oserror(EFAULT, "mremap", "nothing mapped at the old address")
+        if vma.flags & VM_HUGETLB:
+            # 550a7d60bd5e (5.16): sizes round up to huge pages, both
+            # addresses aligned, never growing (the reservation cannot
+            # follow); DONTUNMAP refuses VM_DONTEXPAND. Before: EINVAL.
+            hsize = self.machine._files[vma.file].hsize
+            old_size, new_size = -(-old_size // hsize) * hsize, -(-new_size // hsize) * hsize
+            if not pol.hugetlb_mremap or old_addr % hsize or new_size > old_size \
+                    or (flags & C.MREMAP_FIXED and new_addr % hsize) or flags & C.MREMAP_DONTUNMAP:
+                raise oserror(EINVAL, "mremap", "hugetlb mapping: misaligned, growing or before 5.16")
         if old_size == 0:
             raise oserror(EINVAL, "mremap", "duplicating a mapping (old_size 0) is not modelled")
         if flags & C.MREMAP_DONTUNMAP and (vma.file or vma.flags & VM_SHARED) and not pol.mremap_dontunmap_any:
@@ -655,7 +761,8 @@ class Process(FileOps, NumaOps):
                 return self._events(early + late, lambda: _raise(
                     oserror(EFAULT, "mremap", "old range not inside one mapping")))
             if not flags & C.MREMAP_FIXED:
-                new_addr = self.vmas.free_area(new_size, self._mmap_top, C.MMAP_MIN_ADDR)
+                new_addr = self.vmas.free_area(new_size, self._mmap_top, C.MMAP_MIN_ADDR) \
+                    if not vma.flags & VM_HUGETLB else self._aligned_area(new_size, hsize)
                 if new_addr is None:
                     return self._events(early + late, lambda: _raise(
                         oserror(ENOMEM, "mremap", "no free virtual range")))
@@ -1539,6 +1646,8 @@ class Process(FileOps, NumaOps):
         if flush:
             self._engine.tlb_flush_pending(self.mm, 1)      # 912efa17e512: inc_tlb_flush_pending
         for v in self.vmas:
+            if v.flags & VM_HUGETLB:
+                continue            # the clear_refs walk has no hugetlb_entry: hugetlb is skipped
             lost += self._engine.clear_soft_dirty(self.mm, v.start, v.end, v.flags)
         if flush:
             if lost:
@@ -1558,6 +1667,12 @@ class Process(FileOps, NumaOps):
     @property
     def rss_anon(self) -> int:
         return self._engine.mm_info(self.mm)["rss_anon"] * PAGE
+
+    @property
+    def hugetlb_usage(self) -> int:
+        """Bytes of hugetlb memory mapped (HugetlbPages in /proc/pid/status;
+        hugetlb pages are not in RSS)."""
+        return self._engine.mm_info(self.mm)["hugetlb_usage"] * PAGE
 
     @property
     def has_pinned(self) -> bool:

@@ -93,6 +93,74 @@ class ShmemFile:
             del self.machine._files[self.fid]
 
 
+# hugetlb page sizes by log2 (MAP_HUGE_* / MFD_HUGE_* size bits) -> hstate
+# index of the core (0: 2 MiB, 1: 1 GiB); 0 means the default size, 2 MiB.
+HSTATE_BY_LOG = {0: 0, 21: 0, 30: 1}
+HSTATE_SIZE = (C.PMD_SIZE, 1 << 30)
+
+
+class HugetlbFile(ShmemFile):
+    """An inode of hugetlbfs (mm/hugetlb.c, fs/hugetlbfs/inode.c): a memfd
+    with MFD_HUGETLB or the file behind a MAP_HUGETLB mapping. Its page
+    cache holds whole huge pages from the machine's pool; reservations and
+    faults are the core's (core/hugetlb.pxi)."""
+
+    def __init__(self, machine, name, hstate, anon=False):
+        self.machine = machine
+        self.fid = machine._engine.file_new(False)
+        machine._engine.file_set_hstate(self.fid, hstate)
+        self.hstate = hstate
+        self.hsize = HSTATE_SIZE[hstate]
+        self.name = name
+        self.anon = anon
+        self.nfds = 0
+        self.alive = True
+        machine._files[self.fid] = self
+
+    @staticmethod
+    def size_of(hstate):
+        return HSTATE_SIZE[hstate]
+
+    @staticmethod
+    def hstate_of(size):
+        return HSTATE_SIZE.index(size)
+
+    def _zap_indices(self, first, last):
+        """hugetlb_vmdelete_list(): every mapping - shared or private, COW
+        copies included - of huge pages [first, last) goes."""
+        per = self.hsize // C.PAGE_SIZE
+        for p, v in list(self.mappers()):
+            v0 = v.pgoff // per
+            n = (v.end - v.start) // self.hsize
+            a, b = max(first, v0), min(last, v0 + n)
+            if a < b:
+                p._engine.zap(p.mm, p.cpu, v.start + (a - v0) * self.hsize, v.start + (b - v0) * self.hsize)
+
+    def punch_hole(self, first, last):
+        """hugetlbfs_punch_hole() over huge pages [first, last): unmapped
+        everywhere, then out of the cache, reservations with them."""
+        per = self.hsize // C.PAGE_SIZE
+        self._zap_indices(first, last)
+        self.machine._engine.file_truncate_cache(self.fid, first * per, last * per)
+
+    def truncate(self, size):
+        """hugetlb_vmtruncate(): size in whole huge pages (the caller checked)."""
+        per = self.hsize // C.PAGE_SIZE
+        eng = self.machine._engine
+        if size < self.size:
+            first = size // self.hsize
+            self._zap_indices(first, 1 << 40)
+            eng.file_truncate_cache(self.fid, first * per, (self.size // self.hsize + 1) * per)
+        eng.file_set_size(self.fid, size)
+
+    def maybe_destroy(self):
+        if self.alive and self.nfds == 0 and not any(True for _ in self.mappers()):
+            # remove_inode_hugepages(0, LLONG_MAX): pages and reservations go.
+            self.machine._engine.file_destroy(self.fid)
+            self.alive = False
+            del self.machine._files[self.fid]
+
+
 class FileOps:
     """The file syscalls of a Process (mixed into Process)."""
 
@@ -131,12 +199,19 @@ class FileOps:
             known |= C.MFD_HUGE_MASK << C.MFD_HUGE_SHIFT
         if flags & ~known:
             raise oserror(EINVAL, "memfd_create", "unknown flags")
+        hstate = None
         if flags & C.MFD_HUGETLB:
-            raise NotImplementedError("hugetlbfs memfds are not modelled yet")
+            # memfd_create() -> hugetlb_file_setup(): the size bits name an
+            # hstate the kernel has, else EINVAL (ENODEV inside, turned EINVAL).
+            hstate = HSTATE_BY_LOG.get((flags >> C.MFD_HUGE_SHIFT) & C.MFD_HUGE_MASK)
+            if hstate is None:
+                raise oserror(EINVAL, "memfd_create", "no hugetlb page size of those size bits")
         if "\0" in name:
             name = name[:name.index("\0")]        # strncpy_from_user stops at the NUL
         if len(name.encode(errors="surrogateescape")) > 249:
             raise oserror(EINVAL, "memfd_create", "name too long")
+        if hstate is not None:
+            return self._new_fd(HugetlbFile(self.machine, "memfd:" + name, hstate))
         return self._new_fd(ShmemFile(self.machine, name))
 
     def close(self, fd: int) -> None:
@@ -157,6 +232,8 @@ class FileOps:
             raise oserror(EINVAL, "ftruncate", "negative length")
         if length > MAX_FILE_SIZE:
             raise oserror(EFBIG, "ftruncate", "file too large")
+        if isinstance(f, HugetlbFile) and length % f.hsize:
+            raise oserror(EINVAL, "ftruncate", "hugetlbfs sizes are whole huge pages")
         f.truncate(length)
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
@@ -171,6 +248,8 @@ class FileOps:
             raise oserror(EINVAL, "fallocate", "bad offset or length")
         if offset + length > MAX_FILE_SIZE:
             raise oserror(EFBIG, "fallocate", "range too large")
+        if isinstance(f, HugetlbFile):
+            return self._hugetlb_fallocate(f, mode, offset, length)
         if mode & C.FALLOC_FL_PUNCH_HOLE:
             if not mode & C.FALLOC_FL_KEEP_SIZE or mode & ~(C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE):
                 raise oserror(EOPNOTSUPP, "fallocate", "PUNCH_HOLE needs KEEP_SIZE alone")
@@ -206,6 +285,18 @@ class FileOps:
             f.prealloc_end = max(f.prealloc_end, last)
         eng.file_fallocate(f.fid, self.cpu, first, last)
 
+    def _hugetlb_fallocate(self, f, mode, offset, length):
+        """hugetlbfs_fallocate(): PUNCH_HOLE|KEEP_SIZE drops the whole huge
+        pages inside the range (partial ones stay as they are)."""
+        if mode != C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE:
+            if mode & ~(C.FALLOC_FL_KEEP_SIZE | C.FALLOC_FL_PUNCH_HOLE):
+                raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")
+            raise NotImplementedError("fallocate() preallocating hugetlbfs pages is not modelled yet")
+        first = -(-offset // f.hsize)
+        last = (offset + length) // f.hsize
+        if first < last:
+            f.punch_hole(first, last)
+
     def _zero_file_range(self, f, start, end):
         # Only bytes below EOF that are in the cache change (a hole reads zero).
         end = min(end, f.size)
@@ -233,6 +324,9 @@ class FileOps:
             data = data[:A.MAX_RW_COUNT]           # rw_verify_area cuts the count
         if offset + len(data) > MAX_FILE_SIZE:
             raise oserror(EFBIG, "pwrite", "beyond the maximum file size")
+        if isinstance(f, HugetlbFile):
+            # hugetlbfs has no write_iter: vfs_write() refuses the file.
+            raise oserror(EINVAL, "pwrite", "hugetlbfs files cannot be written with write(2)")
         return self.machine._engine.file_pwrite(f.fid, self.cpu, offset, bytes(data))
 
     def fstat_size(self, fd: int) -> int:

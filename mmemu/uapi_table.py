@@ -60,6 +60,10 @@ SECTIONS = [
         ("MAP_HUGETLB", "0x40000", ""),
         ("MAP_SYNC", "0x80000", ""),
         ("MAP_FIXED_NOREPLACE", "0x100000", ""),
+        ("MAP_HUGE_SHIFT", "26", "HUGETLB_FLAG_ENCODE_SHIFT"),
+        ("MAP_HUGE_MASK", "0x3F", "HUGETLB_FLAG_ENCODE_MASK"),
+        ("MAP_HUGE_2MB", "21 << MAP_HUGE_SHIFT", ""),
+        ("MAP_HUGE_1GB", "30 << MAP_HUGE_SHIFT", ""),
     ]),
     ("madvise advice (asm-generic/mman-common.h)", "linux/mman.h", False, [
         ("MADV_NORMAL", "0", ""),

@@ -27,7 +27,7 @@ from .sched import Thread, Waiter, mmap_unlocked
 from .serialise import serialised
 from .errors import (EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, Deadlock,
                      EmulatedSignal, MmemuError, WouldBlock, oserror)
-from .vma import (VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
+from .vma import (VM_HUGETLB, VM_LOCKED, VM_MAYWRITE, VM_SHARED, VM_UFFD_MINOR, VM_UFFD_MISSING,
                   VM_UFFD_WP, VM_WRITE)
 
 # --- UAPI (include/uapi/linux/userfaultfd.h): from mmemu.constants, re-exported here
@@ -304,6 +304,8 @@ class Uffd:
                 raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "WP on shmem needs 5.19")
             if not v.flags & VM_MAYWRITE:
                 raise _ioctl_error(EPERM, "UFFDIO_REGISTER", "VMA may not be written")
+            if v.flags & VM_HUGETLB:
+                raise NotImplementedError("userfaultfd on hugetlb memory is not modelled yet")
             if v.uffd and v.uffd != self.ctx:
                 raise _ioctl_error(EBUSY, "UFFDIO_REGISTER", "registered to another userfaultfd")
         bits = ((VM_UFFD_MISSING if mode & UFFDIO_REGISTER_MODE_MISSING else 0)

@@ -39,8 +39,10 @@ VM_MERGEABLE = 0x80000000
 VM_UFFD_MINOR = 1 << 41
 VM_ANON = 1 << 48            # emulator: no backing file
 VM_ANON_VMA = 1 << 49        # emulator, core-owned: vma->anon_vma is set (Engine.vma_table shows it)
+VM_RESV_UNMAPPED = 1 << 50   # emulator, core-owned: HPAGE_RESV_UNMAPPED (core/hugetlb.pxi)
 
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
+VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
 
 
 @dataclass
@@ -69,6 +71,8 @@ class Vma:
         # 879bca0a2c4f). anon: the core's (ids, chain singular) by origin.
         if self.end != nxt.start or (self.flags & ~VM_SOFTDIRTY) != (nxt.flags & ~VM_SOFTDIRTY):
             return False
+        if self.flags & VM_SPECIAL:
+            return False                # vma_merge() never merges VM_SPECIAL (hugetlb has DONTEXPAND)
         if self.file != nxt.file or self.uffd != nxt.uffd:
             return False
         a, b = anon_of(self, anon), anon_of(nxt, anon)

@@ -16,14 +16,15 @@ cdef extern from "mm_types.h" nogil:
     uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED, PG_LAZYFREE, PG_ISOLATED
     uint32_t PG_HEAD, PG_TAIL
     int32_t PMD_HUGE
-    int HPAGE_PMD_ORDER, HPAGE_PMD_NR
+    int HPAGE_PMD_ORDER, HPAGE_PMD_NR, HPAGE_PUD_ORDER, HPAGE_PUD_NR
+    int MM_HSTATE_2M, MM_HSTATE_1G, MM_NR_HSTATES
     int MM_MAX_NODES
 
     uint64_t VM_READ, VM_WRITE, VM_EXEC, VM_SHARED, VM_MAYREAD, VM_MAYWRITE
     uint64_t VM_MAYEXEC, VM_MAYSHARE, VM_UFFD_MISSING, VM_PFNMAP, VM_UFFD_WP
     uint64_t VM_LOCKED, VM_IO, VM_DONTCOPY, VM_WIPEONFORK, VM_SOFTDIRTY
     uint64_t VM_MIXEDMAP, VM_HUGETLB, VM_UFFD_MINOR, VM_ANON, VM_ANON_VMA, VM_MERGEABLE
-    uint64_t VM_HUGEPAGE, VM_NOHUGEPAGE
+    uint64_t VM_HUGEPAGE, VM_NOHUGEPAGE, VM_RESV_UNMAPPED, VM_NORESERVE
 
     uint64_t MMF_HAS_PINNED, MMF_TLB_STALE
 
@@ -37,7 +38,7 @@ cdef extern from "mm_types.h" nogil:
         uint64_t start, end, flags, pgoff
         int32_t file, uffd
         uint64_t anon_vma
-        int32_t avc_single, pad
+        int32_t avc_single, resv
 
     ctypedef struct mm_t:
         int32_t id, pgd, nvma, alive
@@ -45,6 +46,7 @@ cdef extern from "mm_types.h" nogil:
         int64_t minflt, rss_anon, nr_ptes, serial
         int32_t tlb_flush_pending
         int64_t write_protect_seq
+        int64_t hugetlb_usage
         mm_vma_t *vmas
 
     ctypedef struct mm_policy_t:
@@ -61,6 +63,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t longterm_unpinnable, longterm_alloc_exclude, longterm_target_exclude, longterm_migrate_fail
         int32_t thp_wp_refcount, thp_cow_whole, large_reuse, thp_zero_wp_thp, pm_thp_excl_per_page
         int32_t split_remap_zero, collapse_ro
+        int32_t hugetlb_fork_copy_pinned, hugetlb_dontneed, hugetlb_mremap
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
@@ -68,6 +71,7 @@ cdef extern from "mm_types.h" nogil:
     ctypedef struct mm_file_t:
         int32_t id, root, alive, shmem
         int64_t size, nrpages, nr_leaves, falloc_start, falloc_end
+        int32_t hstate, pad
 
     uint32_t SWAP_HAS_CACHE, SWAP_COUNT_MASK, SWAP_DATA_BYTES
 
@@ -109,9 +113,19 @@ ctypedef void (*sched_hook_t)(void *arg, int point, int32_t mm, uint64_t va, uin
 # The whole machine: frames (numpy-owned, fixed size), page-table pools
 # (chunked, so a page-table page never moves once allocated), the byte store,
 # per-CPU TLBs and LRU add batches, and the mm table.
+# A private hugetlb mapping's reservation map (vma_resv_map): which of the
+# huge pages [first, first + n) (file offsets in huge pages) its creator has
+# faulted in, i.e. consumed the reservation of (region_count / region_add).
+ctypedef struct resv_map_t:
+    int32_t alive, hstate
+    int64_t first, n
+    uint8_t *consumed
+
+
 ctypedef struct engine_t:
     int64_t nframes
-    int64_t next_unused        # frames >= this were never used: free implicitly
+    int64_t next_unused        # frames in [next_unused, unused_end) were never used: free implicitly
+    int64_t unused_end         # nframes, or where the hugetlb pool begins
     int64_t free_head          # free list linked through `version` (pfn + 1)
     int64_t nr_free
     int64_t nr_pgtable         # page-table and page-cache tree pages: charged as frames
@@ -220,6 +234,18 @@ ctypedef struct engine_t:
     int32_t *entire_map
     int64_t *hfree
     int64_t nhfree, hfree_cap
+    # hugetlb (core/hugetlb.pxi): the pool sits at the top of memory, its
+    # 2 MiB pages from hugetlb_base, its 1 GiB pages in [gig_base, gig_end);
+    # hugetlb_end: the pool's end (0: no pool). Per hstate: pages, free
+    # pages, reserved ones and a stack of the free heads. Private mappings'
+    # reservation maps live in resv_maps.
+    int64_t hugetlb_base, gig_base, gig_end, hugetlb_end
+    int64_t h_nr[2]
+    int64_t h_free[2]
+    int64_t h_resv[2]
+    int64_t *h_stack[2]
+    resv_map_t *resv_maps
+    int32_t nresv, resv_cap
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

@@ -265,6 +265,8 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
                 return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
         elif not (vma.flags & (VM_READ | VM_WRITE | VM_EXEC)):
             return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
+    if vma.flags & VM_HUGETLB:
+        return hugetlb_fault(e, mm, cpu, vma, va, fflags)     # core/hugetlb.pxi
     if e.nr_huge_pmd or vma.flags & VM_HUGEPAGE or e.thp_enabled == 2:
         # The PMD level (__handle_mm_fault): a THP fault, or one on a PMD leaf.
         ret = huge_pmd_fault(e, mm, cpu, vma, va, fflags)    # core/huge.pxi

@@ -78,7 +78,7 @@ cdef int64_t frame_alloc(engine_t *e) noexcept nogil:
     elif e.free_head > 0:
         pfn = e.free_head - 1
         e.free_head = <int64_t>e.version[pfn]
-    elif e.next_unused < e.nframes:
+    elif e.next_unused < e.unused_end:
         pfn = e.next_unused
         e.next_unused += 1
     elif e.nhfree > 0:
@@ -125,8 +125,11 @@ cdef inline void freelist_push(engine_t *e, int64_t pfn) noexcept nogil:
 
 cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
     """The folio a page belongs to (page_folio): its head. Large folios are
-    order HPAGE_PMD_ORDER and naturally aligned."""
+    order HPAGE_PMD_ORDER and naturally aligned, but for 1 GiB hugetlb pages."""
     if e.fflags[pfn] & PG_TAIL:
+        if pfn < e.gig_end and pfn >= e.gig_base:
+            # a 1 GiB hugetlb page (core/hugetlb.pxi): order 18, naturally aligned
+            return pfn & ~(<int64_t>HPAGE_PUD_NR - 1)
         return pfn & ~(<int64_t>HPAGE_PMD_NR - 1)
     return pfn
 

@@ -21,7 +21,7 @@ cdef int64_t hblock_take(engine_t *e) noexcept nogil:
         e.nhfree -= 1
         return e.hfree[e.nhfree]
     start = (e.next_unused + HPAGE_PMD_NR - 1) & ~(<int64_t>HPAGE_PMD_NR - 1)
-    if start + HPAGE_PMD_NR > e.nframes:
+    if start + HPAGE_PMD_NR > e.unused_end:
         return -1
     for p in range(e.next_unused, start):
         freelist_push(e, p)         # free already (never used): nr_free stays
@@ -71,6 +71,9 @@ cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
 cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
     """The last reference to a large folio went: its block back whole."""
     cdef int64_t p
+    if pfn_is_hugetlb(e, head):
+        hugetlb_folio_free(e, head)     # core/hugetlb.pxi: back to the pool
+        return
     for p in range(head, head + HPAGE_PMD_NR):
         if e.fflags[p] & PG_BYTES:
             bytes_release(e, <int64_t>e.version[p])
@@ -318,7 +321,8 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     if e.nr_huge_pmd == 0:
         return
     slot = pmd_slot(e, mm, va, False)
-    if slot != NULL and pmd_trans_huge(slot[0]):
+    if slot != NULL and pmd_trans_huge(slot[0]) and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])):
+        # (hugetlb pages are never split: their VMAs end on huge-page boundaries)
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
 
 
@@ -338,6 +342,9 @@ cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) noexce
     loses its PMD mapping and one reference, after the flush."""
     cdef uint64_t pte0 = pmd_leaf_table(e, slot[0])[0]
     cdef int64_t head
+    if pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
+        hugetlb_zap_leaf(e, mm, slot, g)
+        return
     withdraw_pmd_leaf(e, mm, slot)
     g.need_flush = 1
     if pte0 & PTE_SPECIAL:

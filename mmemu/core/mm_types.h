@@ -108,6 +108,17 @@
 #define VM_UFFD_MINOR  (1ULL << 41)
 #define VM_ANON        (1ULL << 48)   /* emulator: no backing file */
 #define VM_ANON_VMA    (1ULL << 49)   /* emulator: vma->anon_vma is set */
+#define VM_RESV_UNMAPPED (1ULL << 50) /* emulator: HPAGE_RESV_UNMAPPED, the owner took a page back (unmap_ref_private) */
+
+/* hugetlb (core/hugetlb.pxi): a boot-time pool of 2 MiB and 1 GiB pages.
+ * A hugetlb page is a naturally aligned large folio of the pool's pfn range,
+ * mapped by PMD leaves (a 1 GiB page by 512 of them): its head holds the
+ * references and entire_map[head >> 9] the leaves mapping it. */
+#define MM_HSTATE_2M 0
+#define MM_HSTATE_1G 1
+#define MM_NR_HSTATES 2
+#define HPAGE_PUD_ORDER 18
+#define HPAGE_PUD_NR (1 << 18)
 
 /* mm flags */
 #define MMF_HAS_PINNED (1ULL << 0)
@@ -139,7 +150,8 @@ typedef struct {
     int32_t uffd;             /* userfaultfd context id; 0 = none */
     uint64_t anon_vma;        /* identity of vma->anon_vma; 0 = none (VM_ANON_VMA mirrors it) */
     int32_t avc_single;       /* its anon_vma_chain has one entry (not inherited through fork) */
-    int32_t pad;
+    int32_t resv;             /* hugetlb: the private reservation map (core/hugetlb.pxi) of the
+                                 mapping's creator (HPAGE_RESV_OWNER); 0: none */
 } mm_vma_t;
 
 typedef struct {
@@ -154,6 +166,7 @@ typedef struct {
     int64_t serial;           /* unique per mm_new(): a reused id is a new mm */
     int32_t tlb_flush_pending; /* batches whose TLB flush is still to come (inc/dec_tlb_flush_pending) */
     int64_t write_protect_seq; /* odd while fork write-protects this mm's COW ptes (57efa1fe5957) */
+    int64_t hugetlb_usage;    /* base pages of hugetlb mapped (mm->hugetlb_usage: HugetlbPages) */
     mm_vma_t *vmas;           /* sorted by start, owned by the core */
 } mm_t;
 
@@ -170,6 +183,8 @@ typedef struct {
     int64_t nr_leaves;        /* leaf pages of the cache tree */
     int64_t falloc_start;     /* a hole being punched: [start, end) indices (inode->i_private); */
     int64_t falloc_end;       /* start == end: none */
+    int32_t hstate;           /* hugetlbfs: 1 + the hstate (MM_HSTATE_*) of its pages; 0: shmem */
+    int32_t pad;
 } mm_file_t;
 
 #define MM_MAX_NODES 64         /* NUMA nodes of a machine (a nodemask is one unsigned long) */
@@ -225,6 +240,9 @@ typedef struct {
     int32_t collapse_ro;            /* b9f85966d1be (6.18): a collapse no longer needs a writable pte */
     int32_t split_remap_zero;       /* b1f202060afe (6.12): splitting an anon folio maps its all-zero pages to the zero page */
     int32_t pm_thp_excl_per_page;   /* 2c1f057e5be6 (6.11): pagemap's exclusive bit per page of a PMD, not the head's; 6.15 reverts to the head's */
+    int32_t hugetlb_fork_copy_pinned; /* 4eae4efa2c29 (5.12): fork copies a maybe-pinned hugetlb page of a COW mapping */
+    int32_t hugetlb_dontneed;       /* 90e7e7f5ef3f (5.18): MADV_DONTNEED works on hugetlb VMAs (EINVAL before) */
+    int32_t hugetlb_mremap;         /* 550a7d60bd5e (5.16): mremap moves hugetlb VMAs (EINVAL before) */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE

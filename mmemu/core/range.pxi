@@ -36,6 +36,9 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
                     zap_huge_pmd(e, mm, slot, g)
                     va = stop
                     continue
+                if pfn_is_hugetlb(e, <int64_t>pte_pfn(t[0])):
+                    va = stop               # never split (callers zap whole huge pages)
+                    continue
                 split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
         i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
         i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
@@ -122,14 +125,15 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
     cdef uint16_t *ff = e.fflags
     cdef int64_t i, i0, i1, lost = 0
     cdef uint64_t prot = vma_prot_bits(newflags)
+    # hugetlb_change_protection() has no such upgrade (and no soft-dirty).
     cdef bint try_writable = e.pol.mprotect_upgrade != 0 and (newflags & VM_WRITE) != 0 \
-        and not (newflags & VM_SHARED) and prot == 0
+        and not (newflags & (VM_SHARED | VM_HUGETLB)) and prot == 0
     # With soft-dirty tracking on, only ptes already soft-dirty may be upgraded.
     cdef uint64_t need = PTE_PRESENT | (PTE_SOFT_DIRTY if vma_soft_dirty_tracking(e, newflags) else 0)
     cdef uint64_t veto = PTE_SPECIAL | PTE_UFFD_WP
     cdef uint16_t excl = PG_ANON | PG_ANON_EXCLUSIVE
     cdef bint shared_writable = prot == 0 and (newflags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE) \
-        and not flags_want_writenotify(e, newflags)
+        and not flags_want_writenotify(e, newflags | (VM_SOFTDIRTY if newflags & VM_HUGETLB else 0))
     # change_pmd_range: a PMD leaf covered whole changes as one (its
     # expansion stays uniform), one covered in part is split.
     split_huge_pmd_edges(e, mm, start, end)
@@ -407,6 +411,22 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     vflags = mm.vmas[vi].flags
     ptep = pte_offset(e, mm, va, False)
     pte = ptep[0] if ptep != NULL else 0
+    if vflags & VM_HUGETLB:
+        # pagemap_hugetlb_range(): soft-dirty from the VMA only; file unless
+        # anon; exclusive while the folio is mapped once.
+        if pte & PTE_PRESENT:
+            pfn = <int64_t>pte_pfn(pte)
+            out = (1ULL << 63) | <uint64_t>pfn
+            head = folio_of(e, pfn)
+            if not (e.fflags[head] & PG_ANON):
+                out |= 1ULL << 61
+            if hugetlb_mapcount(e, head) <= 1:
+                out |= 1ULL << 56
+            if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:
+                out |= 1ULL << 57
+        if e.pol.soft_dirty and vflags & VM_SOFTDIRTY:
+            out |= 1ULL << 55
+        return out
     if pte & PTE_PRESENT:
         pfn = <int64_t>pte_pfn(pte)
         out = (1ULL << 63) | <uint64_t>pfn

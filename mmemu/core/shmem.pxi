@@ -46,10 +46,18 @@ cdef int64_t shmem_get_folio(engine_t *e, mm_file_t *f, uint64_t index, bint all
                              int *ret) noexcept nogil:
     """The cache folio at index, read back from swap or allocated (zeroed)
     if asked; -1 with *ret = 0 when absent and not allocated, or the fault
-    code on failure."""
-    cdef uint64_t *slot = cache_slot(e, f, index, alloc)
-    cdef int64_t pfn
+    code on failure. A hugetlbfs file's base page is looked up in its huge
+    page (read(2) only: nothing allocates one here)."""
+    cdef uint64_t *slot
+    cdef int64_t pfn, per
     ret[0] = 0
+    if f.hstate:
+        per = hstate_pages(f.hstate - 1)
+        slot = cache_slot(e, f, index & ~(<uint64_t>per - 1), False)
+        if slot == NULL or not (slot[0] & PTE_PRESENT):
+            return -1
+        return <int64_t>pte_pfn(slot[0]) + <int64_t>(index & (<uint64_t>per - 1))
+    slot = cache_slot(e, f, index, alloc)
     if slot == NULL:
         if alloc:
             ret[0] = table_alloc_failed(e)
@@ -297,9 +305,12 @@ cdef int64_t cache_truncate(engine_t *e, mm_file_t *f, uint64_t first, uint64_t 
             if ent == 0:
                 continue
             t[i] = 0
+            if f.hstate and ent == hugetlb_resv_entry():
+                e.h_resv[f.hstate - 1] -= 1     # hugetlb_unreserve_pages: a reservation with no page
+                continue
             if ent & PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ent)
-                if e.mapcount[pfn] > 0:
+                if e.mapcount[pfn] > 0 or (f.hstate and entire_mapcount(e, pfn)[0] > 0):
                     still_mapped += 1
                 e.fflags[pfn] &= ~(PG_FILE | PG_DIRTY)
                 e.mapping[pfn] = 0

@@ -8,8 +8,8 @@ STATE_SCALARS = ("next_unused", "free_head", "nr_free", "ndir_used", "npte_used"
                  "nmm", "nfile", "nuffd", "swap_used", "swap_cursor", "stamp", "reclaim_mm",
                  "reclaim_va", "uf_ctx", "uf_mm", "uf_addr", "uf_flags", "uf_reason", "fault_addr",
                  "mm_serial")
-MM_FIELDS = ("id", "pgd", "nvma", "alive", "flags", "minflt", "rss_anon", "nr_ptes", "serial")
-FILE_FIELDS = ("id", "root", "alive", "shmem", "size", "nrpages", "nr_leaves")
+MM_FIELDS = ("id", "pgd", "nvma", "alive", "flags", "minflt", "rss_anon", "nr_ptes", "serial", "hugetlb_usage")
+FILE_FIELDS = ("id", "root", "alive", "shmem", "size", "nrpages", "nr_leaves", "hstate")
 
 
 cdef object pool_export(void **chunks, int64_t npages, size_t page_bytes, int shift):

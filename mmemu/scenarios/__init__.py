@@ -78,6 +78,7 @@ class Scenario:
     backing: str = "anon"
     needs: object = None    # needs(policy) -> None or a reason to skip
     why: str = ""           # what a failure means
+    machine: dict = field(default_factory=dict)   # Machine() arguments it needs (hugepages=, memory=)
 
     @property
     def test_id(self):
@@ -117,23 +118,37 @@ def _ended(bug):
 REGISTRY = []
 
 
+# What the machine of a case on these backings needs: a hugetlb pool (cow.c
+# wants two free huge pages; fork may copy a third), and for 1 GiB pages the
+# memory to hold it.
+BACKING_MACHINE = {
+    "hugetlb-2M": {"hugepages": {2 << 20: 8}},
+    "hugetlb-1G": {"memory": 3 << 30, "hugepages": {1 << 30: 2}},
+}
+
+
+def machine_args(scn, **defaults):
+    """Machine() keyword arguments for a case: defaults, then its own."""
+    return {**defaults, **scn.machine}
+
+
 def scenario(id, name, title, bug="", fails="", backing="anon", needs=None, why="", backings=None):
     """Register func(machine). With `backings` ({backing: fails spec, or
     (fails spec, bug)}) the case is registered once per backing and called as
     func(machine, backing=b), as cow.c runs each anonymous test on every
-    backing."""
+    backing; a backing of BACKING_MACHINE gets the machine it needs."""
     def register(func):
         doc = why or (func.__doc__ or "").strip()
         if backings is None:
             REGISTRY.append(Scenario(id, name, title, func, bug, frozenset(parse_versions(fails)),
-                                     backing, needs, doc))
+                                     backing, needs, doc, dict(BACKING_MACHINE.get(backing, {}))))
             return func
         for b, spec in backings.items():
             bound = (lambda f, bb: (lambda m: f(m, backing=bb)))(func, b)
             sid = id if b == "base" else f"{id}/{b}"
             spec, bbug = spec if isinstance(spec, tuple) else (spec, bug)     # a backing's own bug row
             REGISTRY.append(Scenario(sid, name, title, bound, bbug, frozenset(parse_versions(spec)),
-                                     b, needs, doc))
+                                     b, needs, doc, dict(BACKING_MACHINE.get(b, {}))))
         return func
     return register
 
@@ -170,8 +185,9 @@ def run(scn, kernel, machine_factory=None):
     """Run one scenario on a fresh machine of `kernel`; never raises for an
     outcome, only reports it."""
     from ..machine import Machine
-    factory = machine_factory or (lambda k: Machine(kernel=k, memory=64 << 20, swap=16 << 20))
-    machine = factory(kernel)
+    factory = machine_factory or (lambda k, **kw: Machine(kernel=k, **machine_args(
+        scn, memory=64 << 20, swap=16 << 20)))
+    machine = factory(kernel, **scn.machine) if scn.machine else factory(kernel)
     version = machine.policy.version
     reason = scn.skip_reason(machine.policy)
     if reason:

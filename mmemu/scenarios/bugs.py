@@ -51,7 +51,7 @@ BUGS = (
         "PageAnonExclusive series (5.19)", ("a7f226604170",)),
     Bug("B6", "fork shares a pinned page; the parent's next write copies it away "
               "from the pin",
-        "always", "70e806e4e645 (5.9); hugetlb 4eae4efa2c29 (5.12)", ("70e806e4e645",)),
+        "always", "70e806e4e645 (5.9); hugetlb 4eae4efa2c29 (5.12)", ("70e806e4e645", "4eae4efa2c29")),
     Bug("B7", "a pinned exclusive page is copied on the first write after any "
               "write-protect (mprotect, clear_refs, uffd-wp)",
         "09854ba94c6a (5.9)", "6c287605fd56 PageAnonExclusive (5.19); "

@@ -10,7 +10,7 @@ import mmemu
 from mmemu.eras import VERSIONS
 from mmemu.eras import policy_for
 from mmemu.scenarios import (Absent, FeatureAbsent, Scenario, ScenarioFailure, ScenarioSkip,
-                             all_scenarios, run)
+                             all_scenarios, machine_args, run)
 
 
 def _cases():
@@ -25,7 +25,7 @@ def _cases():
 
 @pytest.mark.parametrize("scn,version", list(_cases()))
 def test_scenario(scn, version):
-    machine = mmemu.Machine(kernel=version, memory=64 << 20, swap=16 << 20)
+    machine = mmemu.Machine(kernel=version, **machine_args(scn, memory=64 << 20, swap=16 << 20))
     reason = scn.skip_reason(machine.policy)
     if reason:
         pytest.skip(reason)

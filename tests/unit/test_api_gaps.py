@@ -73,16 +73,5 @@ def test_get_user_pages_rejects_foll_pin():
     p.get_user_pages(P, 1, C.FOLL_WRITE).release()
 
 
-def test_memfd_hugetlb_with_a_size_is_not_implemented():
-    p = mmemu.Machine(kernel="6.18").spawn()
-    with pytest.raises(NotImplementedError, match="hugetlb"):
-        p.memfd_create("h", C.MFD_HUGETLB | C.MFD_HUGE_2MB)
-    with pytest.raises(NotImplementedError, match="hugetlb"):
-        p.memfd_create("h", C.MFD_HUGETLB)
-    with pytest.raises(OSError) as e:
-        p.memfd_create("h", C.MFD_HUGE_2MB)       # size bits without MFD_HUGETLB
-    assert e.value.errno == errno.EINVAL
-
-
 def test_machine_docstring_does_not_deny_swap():
     assert "not modelled" not in mmemu.Machine.__doc__.split("swap:")[1].split(".")[0]

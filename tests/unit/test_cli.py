@@ -90,7 +90,7 @@ def test_matrix_prints_one_legend_line_per_shown_bug(capsys):
                        "--no-progress")
     assert code == 0
     legend = [line.strip() for line in out.splitlines() if line.startswith("  B")]
-    assert [line.split()[0] for line in legend] == ["B2", "B2a", "B12", "B21"]
+    assert [line.split()[0] for line in legend] == ["B2", "B2a", "B2b", "B12", "B21"]
     assert "CVE-2020-29374" in legend[0] and "introduced" in legend[0] and "fixed" in legend[0]
 
 
@@ -170,7 +170,7 @@ def test_scenarios_json_is_all_of_stdout(capsys):
                          "--kernel", "6.18", "--json", "--progress")
     assert code == 0
     rows = json.loads(out)
-    assert len(rows) == 2 * 8     # S3 on its 7 backings (base, swapped, 5 THP), S69; two versions
+    assert len(rows) == 2 * 10    # S3 on its 9 backings (base, swapped, 5 THP, 2 hugetlb), S69; two versions
     assert set(rows[0]) == {"id", "name", "title", "bug", "backing", "kernel", "version",
                             "era", "label", "status", "expected", "detail"}
     s69 = {r["kernel"]: r for r in rows if r["id"] == "S69"}
@@ -186,9 +186,10 @@ def test_scenarios_summary_counts_na_apart(capsys):
     code, out, _ = run(capsys, "scenarios", "--only", "S3,S69", "--kernel", "5.7",
                        "--kernel", "6.18", "--no-progress")
     assert code == 0
-    # S3 on 7 backings and S69, on two versions; on 5.7 S3 leaks on all its
-    # backings but partial-mremap-THP, and S69's bug is 6.18's.
-    assert "16 runs: 15 as expected (7 reproduce their bug), 1 n/a (the era lacks the feature), " \
+    # S3 on 9 backings and S69, on two versions; on 5.7 S3 leaks on all its
+    # backings but partial-mremap-THP, on 6.18 on its two hugetlb ones (B2b),
+    # and S69's bug is 6.18's.
+    assert "20 runs: 19 as expected (11 reproduce their bug), 1 n/a (the era lacks the feature), " \
            "0 unexpected" in out
     row = next(line for line in out.splitlines() if line.startswith("S69 "))
     assert row.split()[1:3] == ["-", "B"]

@@ -1,0 +1,615 @@
+# hugetlb (mm/hugetlb.c, 6.12 unless a knob says otherwise): a pool of huge
+# pages set aside at boot (hugepages= on the command line), reservations,
+# faults, COW, fork and zap.
+#
+# A hugetlb page is a naturally aligned large folio in the pool's pfn range
+# [hugetlb_base, hugetlb_end): references on its head, its mappings in
+# entire_map[head >> 9]. It is mapped by PMD leaves, one for a 2 MiB page and
+# 512 consecutive ones (what the kernel's PUD entry covers) for a 1 GiB page,
+# whose tables are not charged to the mm: every leaf counts one mapping and
+# one reference, so a mapping of a 1 GiB page counts 512 of each
+# (hstate_leaves). hugetlb pages are not on the LRU, not in RSS (they count
+# in mm.hugetlb_usage), and are never swapped, split or merged.
+#
+# A hugetlbfs file's page cache holds, at the index of each huge page's
+# first base page, either the page (a present pte naming its head) or
+# HUGETLB_RESV: a reservation a shared mapping made with no page yet (the
+# inode's resv_map region). A private mapping's reservations are a
+# resv_map_t of its creator (HPAGE_RESV_OWNER): one byte per huge page,
+# set once the owner consumed its reservation.
+
+
+cdef enum:
+    PTE_MARKER_HUGETLB_RESV = 8     # only in hugetlbfs page caches, never in page tables
+
+
+cdef inline uint64_t hugetlb_resv_entry() noexcept nogil:
+    return make_marker(PTE_MARKER_HUGETLB_RESV)
+
+
+cdef inline int hstate_shift(int h) noexcept nogil:
+    return PUD_SHIFT if h == MM_HSTATE_1G else PMD_SHIFT
+
+
+cdef inline int64_t hstate_pages(int h) noexcept nogil:
+    return HPAGE_PUD_NR if h == MM_HSTATE_1G else HPAGE_PMD_NR
+
+
+cdef inline int64_t hstate_leaves(int h) noexcept nogil:
+    """PMD leaves mapping one page of hstate h."""
+    return HPAGE_PUD_NR // HPAGE_PMD_NR if h == MM_HSTATE_1G else 1
+
+
+cdef inline bint pfn_is_hugetlb(engine_t *e, int64_t pfn) noexcept nogil:
+    # (the frames between the 2 MiB and the 1 GiB pages are not: see the pool)
+    if pfn >= e.gig_base and pfn < e.gig_end:
+        return True
+    return pfn >= e.hugetlb_base and pfn < e.hugetlb_base + e.h_nr[MM_HSTATE_2M] * HPAGE_PMD_NR
+
+
+cdef inline int hugetlb_hstate_of(engine_t *e, int64_t pfn) noexcept nogil:
+    return MM_HSTATE_1G if pfn >= e.gig_base and pfn < e.gig_end else MM_HSTATE_2M
+
+
+cdef inline int vma_hstate(engine_t *e, mm_vma_t *vma) noexcept nogil:
+    return e.files[vma.file].hstate - 1
+
+
+cdef inline int hugetlb_hstate_of_range(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
+    # The hstate of the hugetlb VMA at va (fork passes ranges, not VMAs).
+    cdef int32_t vi = find_vma(mm, va)
+    return vma_hstate(e, &mm.vmas[vi]) if vi >= 0 else MM_HSTATE_2M
+
+
+cdef inline uint64_t vma_hugecache_offset(mm_vma_t *vma, uint64_t haddr, int shift) noexcept nogil:
+    """The huge page's index in the file (vma_hugecache_offset)."""
+    return (vma.pgoff >> (shift - MM_PAGE_SHIFT)) + ((haddr - vma.start) >> shift)
+
+
+cdef inline int64_t hugetlb_mapcount(engine_t *e, int64_t head) noexcept nogil:
+    """folio_mapcount() of a hugetlb folio: its mappings, not its leaves."""
+    return entire_mapcount(e, head)[0] // hstate_leaves(hugetlb_hstate_of(e, head))
+
+
+# ---- the pool -------------------------------------------------------------
+
+cdef int hugetlb_pool_init(engine_t *e, int64_t n2m, int64_t n1g) noexcept nogil:
+    """hugetlb_hstate_alloc_pages() at boot: n1g 1 GiB pages at the top of
+    memory, naturally aligned, and n2m 2 MiB pages below them; what is left
+    above the pool stays free, what is below is allocated as before (the
+    never-used frames end at the pool). -1 when memory cannot hold them and
+    16 frames more, -2 when the host is out of memory."""
+    cdef int64_t gig_base, base, p, i
+    if n1g < 0 or n2m < 0 or n1g > e.nframes or n2m > e.nframes:
+        return -1
+    gig_base = (e.nframes - n1g * HPAGE_PUD_NR) & ~(<int64_t>HPAGE_PUD_NR - 1) if n1g else e.nframes
+    base = (gig_base - n2m * HPAGE_PMD_NR) & ~(<int64_t>HPAGE_PMD_NR - 1)
+    if gig_base < 0 or base < e.next_unused + 16:
+        return -1
+    e.h_stack[MM_HSTATE_1G] = <int64_t *>malloc(max(n1g, 1) * sizeof(int64_t))
+    e.h_stack[MM_HSTATE_2M] = <int64_t *>malloc(max(n2m, 1) * sizeof(int64_t))
+    if e.h_stack[0] == NULL or e.h_stack[1] == NULL:
+        return -2
+    # Frames between the 2 MiB and the 1 GiB pages, and above them: free.
+    for p in range(base + n2m * HPAGE_PMD_NR, gig_base):
+        freelist_push(e, p)
+    for p in range(gig_base + n1g * HPAGE_PUD_NR, e.nframes):
+        freelist_push(e, p)
+    e.unused_end = base
+    e.nr_free -= n2m * HPAGE_PMD_NR + n1g * HPAGE_PUD_NR
+    e.hugetlb_base = base
+    e.gig_base = gig_base if n1g else 0
+    e.gig_end = gig_base + n1g * HPAGE_PUD_NR if n1g else 0
+    e.hugetlb_end = e.gig_end if n1g else base + n2m * HPAGE_PMD_NR
+    # Stacks popped from the top: the lowest page goes first.
+    for i in range(n1g):
+        e.h_stack[MM_HSTATE_1G][n1g - 1 - i] = gig_base + i * HPAGE_PUD_NR
+    for i in range(n2m):
+        e.h_stack[MM_HSTATE_2M][n2m - 1 - i] = base + i * HPAGE_PMD_NR
+    e.h_nr[MM_HSTATE_1G] = e.h_free[MM_HSTATE_1G] = n1g
+    e.h_nr[MM_HSTATE_2M] = e.h_free[MM_HSTATE_2M] = n2m
+    return 0
+
+
+cdef int64_t hugetlb_folio_take(engine_t *e, int h, uint16_t flags) noexcept nogil:
+    """dequeue_hugetlb_folio_node_exact() + init: a free page of hstate h,
+    zeroed, refcount 1 on its head; -1 if none is free."""
+    cdef int64_t head, p, nr = hstate_pages(h)
+    if e.h_free[h] == 0:
+        return -1
+    e.h_free[h] -= 1
+    head = e.h_stack[h][e.h_free[h]]
+    memset(&e.refcount[head], 0, nr * sizeof(int32_t))
+    memset(&e.mapcount[head], 0, nr * sizeof(int32_t))
+    memset(&e.version[head], 0, nr * sizeof(uint64_t))
+    memset(&e.mapping[head], 0, nr * sizeof(uint16_t))
+    memset(&e.index[head], 0, nr * sizeof(uint32_t))
+    flags |= PG_USED | PG_UPTODATE
+    for p in range(head + 1, head + nr):
+        e.fflags[p] = flags | PG_TAIL
+    e.fflags[head] = flags | PG_HEAD
+    e.refcount[head] = 1
+    entire_mapcount(e, head)[0] = 0
+    return head
+
+
+cdef void hugetlb_folio_free(engine_t *e, int64_t head) noexcept nogil:
+    """free_huge_folio(): the last reference went; back to the pool."""
+    cdef int h = hugetlb_hstate_of(e, head)
+    cdef int64_t p
+    for p in range(head, head + hstate_pages(h)):
+        if e.fflags[p] & PG_BYTES:
+            bytes_release(e, <int64_t>e.version[p])
+        e.fflags[p] = 0
+        e.refcount[p] = 0
+        e.mapcount[p] = 0
+        e.version[p] = 0
+    entire_mapcount(e, head)[0] = 0
+    e.h_stack[h][e.h_free[h]] = head
+    e.h_free[h] += 1
+
+
+cdef inline void hugetlb_folio_set_flags(engine_t *e, int64_t head, uint16_t set, uint16_t clear) noexcept nogil:
+    # The kernel keeps anon and PageAnonExclusive on the head; every page
+    # carries them here so pte-level readers (GUP, pagemap) see the folio's.
+    cdef int64_t p
+    for p in range(head, head + hstate_pages(hugetlb_hstate_of(e, head))):
+        e.fflags[p] = (e.fflags[p] & ~clear) | set
+
+
+# ---- reservations ---------------------------------------------------------
+
+cdef int hugetlb_acct_memory(engine_t *e, int h, int64_t delta) noexcept nogil:
+    """hugetlb_acct_memory() with no overcommit (nr_overcommit_hugepages 0,
+    gather_surplus_pages cannot add any): reserving more than the free pages
+    not yet reserved fails. 0 or -1 (ENOMEM)."""
+    if delta > 0 and e.h_resv[h] + delta > e.h_free[h]:
+        return -1
+    e.h_resv[h] += delta
+    return 0
+
+
+cdef int32_t resv_map_new(engine_t *e, int h, int64_t first, int64_t n) noexcept nogil:
+    """resv_map_alloc() for a private mapping of huge pages [first, first+n):
+    its id (>= 1), -1 when the host is out of memory."""
+    cdef int32_t i, rid = -1
+    cdef resv_map_t *rs
+    for i in range(1, e.nresv):
+        if not e.resv_maps[i].alive:
+            rid = i
+            break
+    if rid < 0:
+        if e.nresv == e.resv_cap:
+            rs = <resv_map_t *>realloc(e.resv_maps, (e.resv_cap * 2 + 8) * sizeof(resv_map_t))
+            if rs == NULL:
+                return -1
+            memset(rs + e.resv_cap, 0, (e.resv_cap + 8) * sizeof(resv_map_t))
+            e.resv_maps = rs
+            e.resv_cap = e.resv_cap * 2 + 8
+            if e.nresv == 0:
+                e.nresv = 1             # id 0 is "none"
+        rid = e.nresv
+        e.nresv += 1
+    e.resv_maps[rid].consumed = <uint8_t *>calloc(max(n, 1), 1)
+    if e.resv_maps[rid].consumed == NULL:
+        return -1
+    e.resv_maps[rid].alive = 1
+    e.resv_maps[rid].hstate = h
+    e.resv_maps[rid].first = first
+    e.resv_maps[rid].n = n
+    return rid
+
+
+cdef void resv_map_release(engine_t *e, int32_t rid) noexcept nogil:
+    free(e.resv_maps[rid].consumed)
+    memset(&e.resv_maps[rid], 0, sizeof(resv_map_t))
+
+
+cdef int64_t resv_unconsumed(engine_t *e, int32_t rid, int64_t first, int64_t last) noexcept nogil:
+    """Reservations of map rid in huge pages [first, last) not consumed."""
+    cdef resv_map_t *r = &e.resv_maps[rid]
+    cdef int64_t i, n = 0
+    for i in range(max(first, r.first), min(last, r.first + r.n)):
+        n += r.consumed[i - r.first] == 0
+    return n
+
+
+cdef void hugetlb_vmas_close(engine_t *e, mm_vma_t *old, int32_t nold, mm_vma_t *new,
+                             int32_t nnew) noexcept nogil:
+    """hugetlb_vm_op_close() for what a new VMA table no longer covers: an
+    owner's unconsumed reservations of the huge pages that left (munmap,
+    exit) go back to the pool; a map no VMA names any more is freed.
+    Coverage is by file offset, so mremap (which keeps offsets) releases
+    nothing."""
+    cdef int32_t i, j, rid
+    cdef int shift
+    cdef int64_t a, b, ca, cb, lo, hi, back
+    cdef bint named
+    for i in range(nold):
+        rid = old[i].resv
+        if rid <= 0:
+            continue
+        shift = hstate_shift(e.resv_maps[rid].hstate)
+        a = <int64_t>(old[i].pgoff >> (shift - MM_PAGE_SHIFT))
+        b = a + <int64_t>((old[i].end - old[i].start) >> shift)
+        back = 0
+        lo = a
+        while lo < b:
+            # The first offset >= lo a new VMA of this map covers, and how far.
+            ca, cb = b, b
+            for j in range(nnew):
+                if new[j].resv != rid:
+                    continue
+                hi = <int64_t>(new[j].pgoff >> (shift - MM_PAGE_SHIFT))
+                if hi + <int64_t>((new[j].end - new[j].start) >> shift) <= lo:
+                    continue
+                if max(hi, lo) < ca:
+                    ca = max(hi, lo)
+                    cb = hi + <int64_t>((new[j].end - new[j].start) >> shift)
+            back += resv_unconsumed(e, rid, lo, ca)
+            lo = cb
+        if back:
+            hugetlb_acct_memory(e, e.resv_maps[rid].hstate, -back)
+            # Released once: mark them so a second old VMA of the map (a
+            # split half) over the same offsets cannot release them again.
+            for lo in range(max(a, e.resv_maps[rid].first), min(b, e.resv_maps[rid].first + e.resv_maps[rid].n)):
+                named = False
+                for j in range(nnew):
+                    if new[j].resv == rid and (new[j].pgoff >> (shift - MM_PAGE_SHIFT)) <= <uint64_t>lo \
+                            and <uint64_t>lo < (new[j].pgoff >> (shift - MM_PAGE_SHIFT)) + ((new[j].end - new[j].start) >> shift):
+                        named = True
+                if not named:
+                    e.resv_maps[rid].consumed[lo - e.resv_maps[rid].first] = 1
+    for i in range(nold):
+        rid = old[i].resv
+        if rid <= 0 or not e.resv_maps[rid].alive:
+            continue
+        named = False
+        for j in range(nnew):
+            if new[j].resv == rid:
+                named = True
+        if not named:
+            resv_map_release(e, rid)
+
+
+cdef int64_t alloc_hugetlb_folio(engine_t *e, mm_vma_t *vma, int h, uint64_t idx,
+                                 bint cow_from_owner) noexcept nogil:
+    """alloc_hugetlb_folio(): a page for huge page idx of vma, from its
+    reservation if it has one (vma_needs_reservation == 0 and not a COW by
+    the owner), else from the pages nobody reserved; -1 (-ENOSPC: SIGBUS)
+    when there is none. The owner's reservation is committed as consumed."""
+    cdef uint64_t *cs
+    cdef resv_map_t *r = NULL
+    cdef int64_t head, k = -1
+    cdef bint reserved = False
+    cdef int shift = hstate_shift(h)
+    if vma.flags & VM_MAYSHARE:
+        cs = cache_slot(e, &e.files[vma.file], idx << (shift - MM_PAGE_SHIFT), False)
+        reserved = cs != NULL and cs[0] == hugetlb_resv_entry()
+    elif vma.resv > 0:
+        r = &e.resv_maps[vma.resv]
+        k = <int64_t>idx - r.first
+        reserved = 0 <= k < r.n and r.consumed[k] == 0
+    if cow_from_owner:
+        reserved = False
+    if not reserved and e.h_free[h] - e.h_resv[h] <= 0:
+        return -1
+    head = hugetlb_folio_take(e, h, 0)
+    if head < 0:
+        return -1
+    if reserved:
+        e.h_resv[h] -= 1
+    if r != NULL and not cow_from_owner and 0 <= k < r.n:
+        r.consumed[k] = 1           # vma_commit_reservation
+    return head
+
+
+# ---- mapping --------------------------------------------------------------
+
+cdef int hugetlb_install(engine_t *e, mm_t *mm, int32_t *slot, int64_t leaves, uint64_t first) noexcept nogil:
+    """set_huge_pte_at(): `leaves` PMD leaves from slot on, the k-th mapping
+    first + k * 512 pages. All or nothing: -1 if a table cannot be had."""
+    cdef int32_t p
+    cdef int64_t k, i
+    cdef uint64_t *t
+    for k in range(leaves):
+        p = ptp_alloc(e)
+        if p < 0:
+            while k > 0:
+                k -= 1
+                push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (slot[k] & ~PMD_HUGE) - 1)
+                slot[k] = 0
+                e.nr_huge_pmd -= 1
+            return -1
+        t = pte_page(e, p)
+        for i in range(HPAGE_PMD_NR):
+            t[i] = first + pfn_pte(k * HPAGE_PMD_NR + i)
+        slot[k] = (p + 1) | PMD_HUGE
+        e.nr_huge_pmd += 1
+    return 0
+
+
+cdef void hugetlb_set_bits(engine_t *e, int32_t *slot, int64_t leaves, uint64_t set, uint64_t clear) noexcept nogil:
+    cdef int64_t k, i
+    cdef uint64_t *t
+    for k in range(leaves):
+        t = pmd_leaf_table(e, slot[k])
+        for i in range(HPAGE_PMD_NR):
+            t[i] = (t[i] & ~clear) | set
+
+
+cdef void hugetlb_set_entries(engine_t *e, int32_t *slot, int64_t leaves, uint64_t first) noexcept nogil:
+    # Rewrite installed leaves to map first's page (a COW replaces the page in place).
+    cdef int64_t k, i
+    cdef uint64_t *t
+    for k in range(leaves):
+        t = pmd_leaf_table(e, slot[k])
+        for i in range(HPAGE_PMD_NR):
+            t[i] = first + pfn_pte(k * HPAGE_PMD_NR + i)
+
+
+cdef void hugetlb_zap_leaf(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) noexcept nogil:
+    """__unmap_hugepage_range() for one leaf: the entry goes, the page loses
+    a mapping now and a reference after the flush."""
+    cdef int64_t head = folio_of(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0]))
+    push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (slot[0] & ~PMD_HUGE) - 1)
+    slot[0] = 0
+    e.nr_huge_pmd -= 1
+    g.need_flush = 1
+    entire_mapcount(e, head)[0] -= 1
+    mm.hugetlb_usage -= HPAGE_PMD_NR
+    gather_add(e, g, head)
+
+
+cdef void hugetlb_unmap_page(engine_t *e, mm_t *mm, uint64_t haddr, int h) noexcept nogil:
+    """unmap_hugepage_range() of one huge page, flushed."""
+    cdef gather_t g
+    cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
+    cdef int64_t k
+    if slot == NULL or not pmd_trans_huge(slot[0]):
+        return
+    gather_init(&g, mm.id, haddr, haddr + (1ULL << hstate_shift(h)))
+    for k in range(hstate_leaves(h)):
+        if pmd_trans_huge(slot[k]):
+            hugetlb_zap_leaf(e, mm, slot + k, &g)
+    gather_finish(e, &g)
+
+
+cdef void unmap_ref_private(engine_t *e, mm_t *mm, mm_vma_t *vma, int64_t head, uint64_t haddr,
+                            int h) noexcept nogil:
+    """unmap_ref_private(): the owner of a private mapping failed to COW for
+    want of a page; every other private mapping of the same file offset
+    that maps this page loses it, and its VMA is marked so that its next
+    fault there is SIGBUS (HPAGE_RESV_UNMAPPED) instead of silent data loss."""
+    cdef int shift = hstate_shift(h)
+    cdef uint64_t idx = vma_hugecache_offset(vma, haddr, shift), v0, a
+    cdef int32_t mi, vi
+    cdef mm_t *m
+    cdef mm_vma_t *v
+    cdef int32_t *slot
+    for mi in range(e.nmm):
+        m = &e.mms[mi]
+        if not m.alive:
+            continue
+        for vi in range(m.nvma):
+            v = &m.vmas[vi]
+            if v == vma or v.file != vma.file or v.flags & VM_MAYSHARE or v.resv > 0:
+                continue
+            v0 = v.pgoff >> (shift - MM_PAGE_SHIFT)
+            if idx < v0 or idx >= v0 + ((v.end - v.start) >> shift):
+                continue
+            a = v.start + ((idx - v0) << shift)
+            slot = pmd_slot(e, m, a, False)
+            if slot == NULL or not pmd_trans_huge(slot[0]) \
+                    or folio_of(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])) != head:
+                continue
+            hugetlb_unmap_page(e, m, a, h)
+            v.flags |= VM_RESV_UNMAPPED
+
+
+# ---- faults ---------------------------------------------------------------
+
+cdef int hugetlb_wp(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t haddr, int32_t *slot,
+                    int h, int fflags) noexcept nogil:
+    """hugetlb_wp() (6.12): shared mappings just become writable; a private
+    anon page mapped once is reused - by mapcount in every era, GUP
+    references ignored (so the vmsplice leak B2b stays, as cow.c expects);
+    otherwise copied whole. An owner that finds no page for its copy takes
+    the page back from the other mappings (unmap_ref_private) and reuses it."""
+    cdef uint64_t pte = pmd_leaf_table(e, slot[0])[0], entry
+    cdef bint unshare = (fflags & FAULT_FLAG_UNSHARE) != 0 and not (fflags & FAULT_FLAG_WRITE)
+    cdef int64_t old, new, i, leaves = hstate_leaves(h), nr = hstate_pages(h)
+    cdef bint anon, cow_from_owner, retried = False
+    cdef int shift = hstate_shift(h)
+    stat_add(e, MM_STAT_WP_FAULT, 1)
+    if not unshare and not (vma.flags & VM_WRITE):
+        return VM_FAULT_SIGSEGV
+    if vma.flags & VM_MAYSHARE:
+        if not unshare:
+            hugetlb_set_bits(e, slot, leaves, PTE_WRITE | PTE_DIRTY | PTE_YOUNG, 0)
+        return 0
+    old = folio_of(e, <int64_t>pte_pfn(pte))
+    anon = (e.fflags[old] & PG_ANON) != 0
+    while True:
+        if anon and hugetlb_mapcount(e, old) == 1:
+            if e.pol.anon_exclusive and not (e.fflags[old] & PG_ANON_EXCLUSIVE):
+                hugetlb_folio_set_flags(e, old, PG_ANON_EXCLUSIVE, 0)
+            if not unshare:
+                hugetlb_set_bits(e, slot, leaves, PTE_WRITE | PTE_DIRTY | PTE_YOUNG, 0)
+            stat_add(e, MM_STAT_REUSE, 1)
+            return 0
+        cow_from_owner = vma.resv > 0 and anon
+        new = alloc_hugetlb_folio(e, vma, h, vma_hugecache_offset(vma, haddr, shift), cow_from_owner)
+        if new >= 0:
+            break
+        if not cow_from_owner or retried:
+            return VM_FAULT_SIGBUS
+        unmap_ref_private(e, mm, vma, old, haddr, h)
+        retried = True
+    anon_vma_prepare(e, mm, vma)
+    for i in range(nr):
+        if frame_copy(e, new + i, old + i) < 0:
+            put_page(e, new, 1)
+            return VM_FAULT_NOMEM
+    hugetlb_folio_set_flags(e, new, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
+    e.refcount[new] = <int32_t>leaves
+    entire_mapcount(e, new)[0] = <int32_t>leaves
+    # huge_ptep_clear_flush, then the new page in place; unshare maps it R/O.
+    entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | (pte & (PTE_UFFD_WP | PTE_PROTNONE))
+    if not unshare:
+        entry |= PTE_WRITE | PTE_DIRTY
+    tlb_flush_range(e, mm.id, haddr, haddr + (1ULL << shift))
+    hugetlb_set_entries(e, slot, leaves, entry)
+    entire_mapcount(e, old)[0] -= <int32_t>leaves
+    put_page(e, old, <int32_t>leaves)
+    stat_add(e, MM_STAT_COW, 1)
+    return 0
+
+
+cdef int hugetlb_no_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t haddr, int32_t *slot,
+                         int h, int fflags) noexcept nogil:
+    """hugetlb_no_page() (6.12): the page cache's page, or a new zeroed one -
+    added to the cache for a shared mapping, anon for a private one (a read
+    fault too: hugetlb has no zero page). Mapped young, writable and dirty
+    only in a writable shared mapping; a write to a private one goes on to
+    hugetlb_wp. Past EOF, with no page to be had, or in a VMA whose page the
+    owner took back: SIGBUS."""
+    cdef mm_file_t *f = &e.files[vma.file]
+    cdef int shift = hstate_shift(h)
+    cdef uint64_t idx = vma_hugecache_offset(vma, haddr, shift)
+    cdef uint64_t cidx = idx << (shift - MM_PAGE_SHIFT), entry
+    cdef uint64_t *cs
+    cdef int64_t head, leaves = hstate_leaves(h)
+    cdef bint anon = False
+    if vma.flags & VM_RESV_UNMAPPED:
+        return VM_FAULT_SIGBUS
+    cs = cache_slot(e, f, cidx, False)
+    if cs != NULL and cs[0] & PTE_PRESENT:
+        head = <int64_t>pte_pfn(cs[0])
+        get_page(e, head, <int32_t>leaves)
+    else:
+        if <int64_t>idx >= (f.size >> shift):
+            return VM_FAULT_SIGBUS
+        if not (vma.flags & VM_MAYSHARE):
+            anon_vma_prepare(e, mm, vma)
+        if vma.flags & VM_MAYSHARE:
+            cs = cache_slot(e, f, cidx, True)
+            if cs == NULL:
+                return table_alloc_failed(e)
+        head = alloc_hugetlb_folio(e, vma, h, idx, False)
+        if head < 0:
+            return VM_FAULT_SIGBUS
+        if vma.flags & VM_MAYSHARE:
+            # hugetlb_add_to_page_cache(): the cache keeps the allocation's
+            # reference; the mapping takes its own.
+            cs[0] = pfn_pte(head) | PTE_PRESENT
+            e.fflags[head] |= PG_FILE
+            e.mapping[head] = <uint16_t>f.id
+            e.index[head] = <uint32_t>cidx
+            f.nrpages += 1
+            get_page(e, head, <int32_t>leaves)
+        else:
+            anon = True
+            hugetlb_folio_set_flags(e, head, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
+            e.refcount[head] = <int32_t>leaves
+    entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG
+    if vma.flags & VM_WRITE and vma.flags & VM_SHARED:
+        entry |= PTE_WRITE | PTE_DIRTY
+    if hugetlb_install(e, mm, slot, leaves, entry) < 0:
+        put_page(e, head, <int32_t>leaves)
+        return table_alloc_failed(e)
+    entire_mapcount(e, head)[0] += <int32_t>leaves
+    mm.hugetlb_usage += hstate_pages(h)
+    stat_add(e, MM_STAT_FILE_FAULT if not anon else MM_STAT_ANON_FAULT, 1)
+    if fflags & FAULT_FLAG_WRITE and not (vma.flags & VM_SHARED):
+        return hugetlb_wp(e, mm, cpu, vma, haddr, slot, h, fflags)
+    return 0
+
+
+cdef int hugetlb_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, int fflags) noexcept nogil:
+    """hugetlb_fault() (6.12) on the huge page covering va."""
+    cdef int h = vma_hstate(e, vma)
+    cdef uint64_t haddr = va & ~((1ULL << hstate_shift(h)) - 1)
+    cdef int32_t *slot = pmd_slot(e, mm, haddr, True)
+    cdef uint64_t *t
+    cdef uint64_t pte
+    if slot == NULL:
+        return table_alloc_failed(e)
+    if slot[0] == 0:
+        return hugetlb_no_page(e, mm, cpu, vma, haddr, slot, h, fflags)
+    t = pmd_leaf_table(e, slot[(va >> PMD_SHIFT) & (hstate_leaves(h) - 1)])
+    pte = t[(va >> MM_PAGE_SHIFT) & 511]
+    if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not (pte & PTE_WRITE):
+        return hugetlb_wp(e, mm, cpu, vma, haddr, slot, h, fflags)
+    t[(va >> MM_PAGE_SHIFT) & 511] = pte | PTE_YOUNG | (PTE_DIRTY if fflags & FAULT_FLAG_WRITE else 0)
+    return 0
+
+
+# ---- fork -----------------------------------------------------------------
+
+cdef int copy_hugetlb_range(engine_t *e, mm_t *src, mm_t *dst, uint64_t start, uint64_t end,
+                            uint64_t src_flags, uint64_t dst_flags, int h, int64_t *wrprotected) noexcept nogil:
+    """copy_hugetlb_page_range() (6.12) for one VMA: shared mappings share
+    the page as is; in a COW mapping both sides map it write-protected,
+    except a maybe-pinned anon page, which the child gets a copy of now
+    (4eae4efa2c29, 5.12; 5.19+ only if it is exclusive). 0, or -1 when no
+    page or table can be had (fork fails with ENOMEM)."""
+    cdef bint cow = is_cow_mapping(src_flags)
+    cdef int shift = hstate_shift(h)
+    cdef int64_t leaves = hstate_leaves(h), nr = hstate_pages(h), head, new, i
+    cdef uint64_t va = start, pte
+    cdef int32_t *ss
+    cdef int32_t *ds
+    cdef mm_vma_t dvma
+    while va < end:
+        ss = pmd_slot(e, src, va, False)
+        if ss == NULL or not pmd_trans_huge(ss[0]):
+            va += 1ULL << shift
+            continue
+        ds = pmd_slot(e, dst, va, True)
+        if ds == NULL:
+            return -1
+        pte = pmd_leaf_table(e, ss[0])[0]
+        head = folio_of(e, <int64_t>pte_pfn(pte))
+        if cow and e.fflags[head] & PG_ANON and e.pol.hugetlb_fork_copy_pinned \
+                and src.flags & MMF_HAS_PINNED and e.refcount[head] >= GUP_PIN_COUNTING_BIAS \
+                and ((not e.pol.anon_exclusive) or e.fflags[head] & PG_ANON_EXCLUSIVE):
+            # A page for the child outside any reservation (avoid_reserve).
+            memset(&dvma, 0, sizeof(mm_vma_t))
+            new = alloc_hugetlb_folio(e, &dvma, h, 0, True)
+            if new < 0:
+                return -1
+            for i in range(nr):
+                if frame_copy(e, new + i, head + i) < 0:
+                    put_page(e, new, 1)
+                    return -1
+            hugetlb_folio_set_flags(e, new, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
+            e.refcount[new] = <int32_t>leaves
+            # hugetlb_install_folio(): the child's copy mapped writable and dirty.
+            if hugetlb_install(e, dst, ds, leaves, pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY
+                               | (PTE_WRITE if dst_flags & VM_WRITE else 0)
+                               | (pte & PTE_UFFD_WP if dst_flags & VM_UFFD_WP else 0)) < 0:
+                put_page(e, new, <int32_t>leaves)
+                return -1
+            entire_mapcount(e, new)[0] = <int32_t>leaves
+            dst.hugetlb_usage += nr
+            va += 1ULL << shift
+            continue
+        if cow:
+            for i in range(leaves):
+                if pmd_leaf_table(e, ss[i])[0] & PTE_WRITE:
+                    wrprotected[0] += 1
+            hugetlb_set_bits(e, ss, leaves, 0, PTE_WRITE)       # huge_ptep_set_wrprotect
+            if e.fflags[head] & PG_ANON and e.pol.anon_exclusive:
+                hugetlb_folio_set_flags(e, head, 0, PG_ANON_EXCLUSIVE)   # hugetlb_try_dup_anon_rmap
+        pte = pmd_leaf_table(e, ss[0])[0]
+        if hugetlb_install(e, dst, ds, leaves, pte_pfn(pte) << PTE_PFN_SHIFT | (pte & ~PTE_PFN_MASK)) < 0:
+            return -1
+        # The child's entries: the parent's bits, less uffd-wp for a child VMA without it.
+        if not (dst_flags & VM_UFFD_WP):
+            hugetlb_set_bits(e, ds, leaves, 0, PTE_UFFD_WP)
+        get_page(e, head, <int32_t>leaves)
+        entire_mapcount(e, head)[0] += <int32_t>leaves
+        dst.hugetlb_usage += nr
+        va += 1ULL << shift
+    return 0
