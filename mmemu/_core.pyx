@@ -601,6 +601,26 @@ cdef class Engine:
                 chg -= 1
         return 0
 
+    def hugetlb_fallocate(self, int32_t fid, uint64_t first, uint64_t last):
+        """hugetlbfs_fallocate() without PUNCH_HOLE: huge pages [first, last)
+        of file fid enter the cache. Returns pages added; OSError ENOSPC when
+        the pool runs out (the pages added before stay)."""
+        cdef mm_file_t *f = self._file(fid)
+        cdef uint64_t i
+        cdef int64_t rc, n = 0
+        if not f.hstate:
+            raise ValueError(f"file {fid} is not a hugetlbfs file")
+        if last > (MM_MAX_FILE_PAGES >> (hstate_shift(f.hstate - 1) - MM_PAGE_SHIFT)) or first > last:
+            raise ValueError("huge page range beyond the page-cache index")
+        for i in range(first, last):
+            rc = hugetlb_cache_add(&self.e, fid, i)
+            if rc == -1:
+                raise oserror(28, "fallocate", "no free huge page")      # ENOSPC
+            if rc == -2:
+                raise oserror(12, "fallocate", "no memory for the page cache")
+            n += rc
+        return n
+
     def hugetlb_set_owner(self, int32_t mm, uint64_t start, int32_t rid):
         """The new private hugetlb VMA at start owns reservation map rid."""
         cdef mm_t *m = self._mm(mm)

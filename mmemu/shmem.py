@@ -286,12 +286,21 @@ class FileOps:
         eng.file_fallocate(f.fid, self.cpu, first, last)
 
     def _hugetlb_fallocate(self, f, mode, offset, length):
-        """hugetlbfs_fallocate(): PUNCH_HOLE|KEEP_SIZE drops the whole huge
-        pages inside the range (partial ones stay as they are)."""
+        """hugetlbfs_fallocate(): preallocation, or PUNCH_HOLE|KEEP_SIZE
+        dropping the whole huge pages inside the range (partial ones stay)."""
+        if mode & ~(C.FALLOC_FL_KEEP_SIZE | C.FALLOC_FL_PUNCH_HOLE):
+            raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")
+        if not mode & C.FALLOC_FL_PUNCH_HOLE:
+            # Preallocation: every huge page the range touches enters the
+            # cache, reserved ones from their reservation; then i_size grows
+            # unless KEEP_SIZE. ENOSPC part way keeps the pages added and the size.
+            first, last = offset // f.hsize, -(-(offset + length) // f.hsize)
+            self.machine._engine.hugetlb_fallocate(f.fid, first, last)
+            if not mode & C.FALLOC_FL_KEEP_SIZE and offset + length > f.size:
+                self.machine._engine.file_set_size(f.fid, offset + length)
+            return
         if mode != C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE:
-            if mode & ~(C.FALLOC_FL_KEEP_SIZE | C.FALLOC_FL_PUNCH_HOLE):
-                raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")
-            raise NotImplementedError("fallocate() preallocating hugetlbfs pages is not modelled yet")
+            raise oserror(EOPNOTSUPP, "fallocate", "PUNCH_HOLE needs KEEP_SIZE")
         first = -(-offset // f.hsize)
         last = (offset + length) // f.hsize
         if first < last:

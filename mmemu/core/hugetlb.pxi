@@ -304,6 +304,36 @@ cdef int64_t alloc_hugetlb_folio(engine_t *e, mm_vma_t *vma, int h, uint64_t idx
     return head
 
 
+cdef int64_t hugetlb_cache_add(engine_t *e, int32_t fid, uint64_t idx) noexcept nogil:
+    """hugetlbfs_fallocate()'s step for huge page idx of file fid: nothing if
+    the cache has it, else a new zeroed page from the file's reservation or
+    the unreserved free pages (alloc_hugetlb_folio on a pseudo shared VMA),
+    added to the cache. 1 added, 0 present, -1 no page (ENOSPC), -2 no
+    memory for the cache tree."""
+    cdef mm_file_t *f = &e.files[fid]
+    cdef int h = f.hstate - 1
+    cdef uint64_t cidx = idx << (hstate_shift(h) - MM_PAGE_SHIFT)
+    cdef uint64_t *cs = cache_slot(e, f, cidx, True)
+    cdef mm_vma_t pseudo
+    cdef int64_t head
+    if cs == NULL:
+        return -2
+    if cs[0] & PTE_PRESENT:
+        return 0
+    memset(&pseudo, 0, sizeof(mm_vma_t))
+    pseudo.flags = VM_HUGETLB | VM_MAYSHARE | VM_SHARED
+    pseudo.file = fid
+    head = alloc_hugetlb_folio(e, &pseudo, h, idx, False)
+    if head < 0:
+        return -1
+    cs[0] = pfn_pte(head) | PTE_PRESENT
+    e.fflags[head] |= PG_FILE
+    e.mapping[head] = <uint16_t>fid
+    e.index[head] = <uint32_t>cidx
+    f.nrpages += 1
+    return 1
+
+
 # ---- mapping --------------------------------------------------------------
 
 cdef int hugetlb_install(engine_t *e, mm_t *mm, int32_t *slot, int64_t leaves, uint64_t first) noexcept nogil:

@@ -124,6 +124,8 @@ REGISTRY = []
 BACKING_MACHINE = {
     "hugetlb-2M": {"hugepages": {2 << 20: 8}},
     "hugetlb-1G": {"memory": 3 << 30, "hugepages": {1 << 30: 2}},
+    "memfd-hugetlb-2M": {"hugepages": {2 << 20: 8}},
+    "memfd-hugetlb-1G": {"memory": 3 << 30, "hugepages": {1 << 30: 2}},
 }
 
 

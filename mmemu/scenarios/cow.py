@@ -426,7 +426,8 @@ def thp_collapse_upper_shared(m):
     _anon_thp_collapse(m, "upper")
 
 
-# ---- Part C on the zero page ----------------------------------------------
+# ---- Part C: non-anonymous pages (cow.c run_with_zeropage, ---------------
+# run_with_huge_zeropage, run_with_memfd_hugetlb)
 
 def _zeropage(p):
     mem = p.mmap(0, PAGE, RW, PRIV)
@@ -436,16 +437,61 @@ def _zeropage(p):
     return mem, smem
 
 
+def _huge_zeropage(p):
+    """Two 2 MiB-aligned MADV_HUGEPAGE ranges read: both map the huge zero
+    page (skipped where they did not get it: THP or use_zero_page off)."""
+    out = []
+    for prot in (RW, RO):
+        raw = p.mmap(0, 2 * THP, prot, PRIV)
+        mem = (raw + THP - 1) & ~(THP - 1)
+        p.madvise(mem, THP, C.MADV_HUGEPAGE)
+        p.read(mem, 1)
+        out.append(mem)
+    mem, smem = out
+    if p.pagemap(mem).pfn != p.pagemap(smem).pfn or p.pagemap(mem + THP - PAGE).pfn != p.pagemap(mem).pfn + 511:
+        raise ScenarioSkip("the reads did not map the huge zero page")
+    return mem, smem
+
+
+def _memfd_hugetlb(size, sizebits):
+    """A hugetlbfs memfd of one page, preallocated by fallocate(), mapped
+    private (mem, written through) and shared read-only (smem), both
+    faulted in: both map the cache page."""
+    def pair(p):
+        try:
+            fd = p.memfd_create("cow", C.MFD_HUGETLB | sizebits)
+            p.fallocate(fd, 0, 0, size)         # the page, in the file's cache
+            mem = p.mmap(0, size, RW, C.MAP_PRIVATE, fd)
+            smem = p.mmap(0, size, RO, C.MAP_SHARED, fd)
+            p.read(mem, 1)
+            p.read(smem, 1)
+        except OSError as e:
+            raise ScenarioSkip(f"need free {size >> 20} MiB hugetlb pages: {e.strerror}") from None
+        return mem, smem
+    return pair
+
+
+NONANON = {"zeropage": _zeropage, "huge-zeropage": _huge_zeropage,
+           "memfd-hugetlb-2M": _memfd_hugetlb(THP, C.MFD_HUGE_2MB),
+           "memfd-hugetlb-1G": _memfd_hugetlb(1 << 30, C.MFD_HUGE_1GB)}
+
+
+def nonanon_basic(m, pair):
+    """cow.c's non-anon test_cow(): a write through the private mapping must
+    copy, never reach the other mapping of the page."""
+    p = m.spawn()
+    mem, smem = pair(p)
+    check(p.pagemap(mem).pfn == p.pagemap(smem).pfn, "the reads did not map the same page")
+    p.write(mem, FFS)
+    check(p.read(smem, PAGE) == bytes(PAGE), "Other mapping modified")
+    check(p.pagemap(mem).pfn != p.pagemap(smem).pfn, "the write did not COW")
+    m.check()
+
+
 @scenario("S20", "cow-nonanon-basic", "Basic COW", backing="zeropage")
 def zeropage_basic(m):
     """If a write to the zero page does not COW, every zero-page mapping sees it."""
-    p = m.spawn()
-    mem, smem = _zeropage(p)
-    check(p.pagemap(mem).pfn == p.pagemap(smem).pfn, "reads did not map the shared zero page")
-    p.write(mem, FFS)
-    check(p.read(smem, PAGE) == bytes(PAGE), "Other mapping modified")
-    check(p.pagemap(mem).pfn != p.pagemap(smem).pfn, "the write did not COW off the zero page")
-    m.check()
+    nonanon_basic(m, _zeropage)
 
 
 def nonanon_ro_pin(m, fast, pair):
@@ -475,6 +521,24 @@ def zeropage_ro_pin(m):
 def zeropage_ro_pin_fast(m):
     """As S21 through GUP-fast (no VMA: must fall back to unshare)."""
     nonanon_ro_pin(m, True, _zeropage)
+
+
+# The same three on the huge zero page and on a hugetlb memfd's page. A R/O
+# long-term pin of a non-anon page of a COW mapping is unshared (a private
+# anon copy) from 84209e87c696 (6.2), hugetlb included (hugetlb_wp's unshare
+# of a page-cache folio); 5.8's forced COW in GUP copied it too. Elsewhere
+# the pin keeps the shared page and the owner's write COWs away from it (B20).
+def _register_nonanon(backing, pair):
+    scenario(f"S20/{backing}", "cow-nonanon-basic", "Basic COW", backing=backing)(
+        lambda m: nonanon_basic(m, pair))
+    scenario(f"S21/{backing}", "cow-nonanon-ro-pin", "R/O longterm GUP pin", backing=backing,
+             bug="B20", fails="5.7,5.9-6.1")(lambda m: nonanon_ro_pin(m, False, pair))
+    scenario(f"S22/{backing}", "cow-nonanon-ro-pin-fast", "R/O longterm GUP-fast pin", backing=backing,
+             bug="B20", fails="5.7,5.9-6.1")(lambda m: nonanon_ro_pin(m, True, pair))
+
+
+for _b in ("huge-zeropage", "memfd-hugetlb-2M", "memfd-hugetlb-1G"):
+    _register_nonanon(_b, NONANON[_b])
 
 
 # ---- Part E: historical bugs ----------------------------------------------

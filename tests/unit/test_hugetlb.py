@@ -541,3 +541,28 @@ def test_save_and_load_keep_the_pool_and_reservations(tmp_path):
     c2.exit()
     assert pool(m2) == (4, 4, 0)
     m2.check()
+
+
+def test_fallocate_preallocates_whole_pages_from_reservations_first():
+    m = machine(n2m=3)
+    p = m.spawn()
+    fd = p.memfd_create("h", C.MFD_HUGETLB)
+    p.ftruncate(fd, H2M)
+    S = p.mmap(0, H2M, RW, C.MAP_SHARED, fd)        # reserves page 0
+    assert pool(m) == (3, 3, 1)
+    p.fallocate(fd, C.FALLOC_FL_KEEP_SIZE, PAGE, H2M + PAGE)   # touches pages 0 and 1
+    assert pool(m) == (3, 1, 0)             # page 0 from its reservation, page 1 unreserved
+    assert p.fstat_size(fd) == H2M          # KEEP_SIZE
+    assert p.pagemap(S).present is False    # in the cache, not mapped yet
+    p.read(S, 1)
+    assert p.pagemap(S).file_shared
+    p.fallocate(fd, 0, 0, 3 * H2M)          # page 2 added, i_size grows
+    assert pool(m) == (3, 0, 0) and p.fstat_size(fd) == 3 * H2M
+    with pytest.raises(OSError) as e:
+        p.fallocate(fd, 0, 0, 4 * H2M)
+    assert e.value.errno == errno.ENOSPC and p.fstat_size(fd) == 3 * H2M
+    m.check()
+    p.munmap(S, H2M)
+    p.close(fd)
+    assert pool(m) == (3, 3, 0)
+    m.check()
