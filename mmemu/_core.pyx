@@ -1847,9 +1847,13 @@ cdef class Engine:
             n = pageout_range(&self.e, m, cpu, start, end, 1LL << 62, &stopped, False)
         return n
 
-    def collapse(self, int32_t mm, int cpu, uint64_t haddr):
-        """MADV_COLLAPSE of the aligned 2 MiB at haddr (core/huge.pxi
+    def collapse(self, int32_t mm, int cpu, uint64_t haddr, bint khugepaged=False, int max_ptes_none=511,
+                 int max_ptes_swap=64, int max_ptes_shared=256):
+        """MADV_COLLAPSE (or, with khugepaged, khugepaged's collapse with its
+        max_ptes_* limits) of the aligned 2 MiB at haddr (core/huge.pxi
         collapse_pmd): the scan result, COLLAPSE_*."""
+        if not (0 <= max_ptes_none < 512 and 0 <= max_ptes_swap < 512 and 0 <= max_ptes_shared < 512):
+            raise ValueError("max_ptes_* must be in 0..511")
         if haddr & ((1 << 21) - 1):
             raise ValueError("collapse: address not 2 MiB aligned")
         self._span(haddr, haddr + (1 << 21))
@@ -1857,7 +1861,7 @@ cdef class Engine:
         cdef int r
         self._cpu(cpu)
         with nogil:
-            r = collapse_pmd(&self.e, m, cpu, haddr)
+            r = collapse_pmd(&self.e, m, cpu, haddr, khugepaged, max_ptes_none, max_ptes_swap, max_ptes_shared)
         return r
 
     def split_large_partly(self, int32_t mm, uint64_t start, uint64_t end):

@@ -353,6 +353,71 @@ class Machine:
             raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")
         return self._engine.reclaim(cpu, npages)
 
+    def khugepaged_scan(self, pages: int | None = None, cpu: int = 0) -> int:
+        """One wake-up of khugepaged (khugepaged_do_scan, 6.12): from where
+        the last one stopped, walk the processes in pid order and their
+        VMAs in address order, and try to collapse each aligned 2 MiB of a
+        VMA THP may use (enabled=always, or madvise with MADV_HUGEPAGE; not
+        VM_NOHUGEPAGE; private anon) with khugepaged's rules
+        (Machine.thp.khugepaged: max_ptes_none/swap/shared, a young pte
+        needed). `pages` ptes of progress (pages_to_scan by default): 512
+        per 2 MiB looked at, 1 per VMA skipped. Returns THPs made."""
+        from .vma import VM_HUGETLB, VM_IO, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED, VM_HUGEPAGE, VM_NOHUGEPAGE
+        k = self.thp.khugepaged
+        budget = k.pages_to_scan if pages is None else A.size(pages, "khugepaged_scan", "pages")
+        cpu = self._cpu_arg(cpu, "khugepaged_scan")
+        THP = C.PMD_SIZE
+        enabled = self.thp.enabled
+        made = progress = 0
+        through_head = 0
+        pid, addr = k.cursor
+        while progress < budget:
+            if (pid, addr) == (0, 0):
+                through_head += 1           # pass_through_head: at most one full pass from the head
+                if through_head >= 2:
+                    break
+            procs = sorted((p for p in self._procs.values() if p.alive and p.pid >= pid), key=lambda p: p.pid)
+            if not procs:
+                k.full_scans += 1           # khugepaged_scan_mm_slot: past the last mm
+                pid, addr = 0, 0
+                continue
+            p = procs[0]
+            if p.pid != pid:
+                pid, addr = p.pid, 0
+            stopped = False
+            for v in list(p.vmas):
+                if v.end <= addr:
+                    continue
+                if progress >= budget:
+                    stopped = True
+                    break
+                eligible = (enabled == "always" or (enabled == "madvise" and v.flags & VM_HUGEPAGE)) \
+                    and not v.flags & (VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP | VM_IO | VM_MIXEDMAP | VM_SHARED) \
+                    and not v.file
+                hstart, hend = max(-(-v.start // THP) * THP, -(-addr // THP) * THP), v.end // THP * THP
+                if not eligible or hstart >= hend:
+                    progress += 1
+                    addr = v.end
+                    continue
+                a = hstart
+                while a < hend and progress < budget:
+                    r = self._engine.collapse(p.mm, cpu, a, True, k.max_ptes_none, k.max_ptes_swap,
+                                              k.max_ptes_shared)
+                    if r == 0:
+                        made += 1
+                        k.pages_collapsed += 1
+                    progress += THP // C.PAGE_SIZE
+                    a += THP
+                if a < hend:
+                    addr, stopped = a, True
+                    break
+                addr = v.end
+            if stopped:
+                break
+            pid, addr = p.pid + 1, 0            # this mm is done: the next one
+        k.cursor = (pid, addr)
+        return made
+
     def ksm_scan(self, pages: int | None = None, cpu: int = 0) -> int:
         """Run ksmd (mm/ksm.c ksm_do_scan) on `cpu`: look at up to `pages`
         anonymous pages of MADV_MERGEABLE VMAs, or with None at every page

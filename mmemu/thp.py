@@ -8,6 +8,46 @@ _DEFRAG = ("always", "defer", "defer+madvise", "madvise", "never")
 _SHMEM = ("always", "within_size", "advise", "never", "deny", "force")
 
 
+class Khugepaged:
+    """/sys/kernel/mm/transparent_hugepage/khugepaged: what one wake-up
+    scans (pages_to_scan), the limits of a collapse (max_ptes_none,
+    max_ptes_swap, max_ptes_shared; the kernel's defaults), and the counters
+    pages_collapsed and full_scans. Machine.khugepaged_scan() runs it; where
+    it stopped is kept for the next call, as khugepaged_scan does."""
+
+    __slots__ = ("_pages_to_scan", "_max_ptes_none", "_max_ptes_swap", "_max_ptes_shared",
+                 "pages_collapsed", "full_scans", "cursor")
+
+    def __init__(self) -> None:
+        self._pages_to_scan = 4096          # HPAGE_PMD_NR * 8
+        self._max_ptes_none = 511           # HPAGE_PMD_NR - 1
+        self._max_ptes_swap = 64            # HPAGE_PMD_NR / 8
+        self._max_ptes_shared = 256         # HPAGE_PMD_NR / 2
+        self.pages_collapsed = 0
+        self.full_scans = 0
+        self.cursor = (0, 0)                # (pid, address) the next scan starts at
+
+    @staticmethod
+    def _limit(name, v, lo, hi):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"khugepaged {name} must be an int in {lo}..{hi}, not {v!r}")
+        return v
+
+    pages_to_scan = property(lambda self: self._pages_to_scan,
+                             lambda self, v: setattr(self, "_pages_to_scan", self._limit("pages_to_scan", v, 1, 1 << 31)))
+    max_ptes_none = property(lambda self: self._max_ptes_none,
+                             lambda self, v: setattr(self, "_max_ptes_none", self._limit("max_ptes_none", v, 0, 511)))
+    max_ptes_swap = property(lambda self: self._max_ptes_swap,
+                             lambda self, v: setattr(self, "_max_ptes_swap", self._limit("max_ptes_swap", v, 0, 511)))
+    max_ptes_shared = property(lambda self: self._max_ptes_shared,
+                               lambda self, v: setattr(self, "_max_ptes_shared", self._limit("max_ptes_shared", v, 0, 511)))
+
+    def __repr__(self) -> str:
+        return (f"Khugepaged(pages_to_scan={self.pages_to_scan}, max_ptes_none={self.max_ptes_none}, "
+                f"max_ptes_swap={self.max_ptes_swap}, max_ptes_shared={self.max_ptes_shared}, "
+                f"pages_collapsed={self.pages_collapsed}, full_scans={self.full_scans})")
+
+
 class ThpSettings:
     """enabled (never / madvise / always), defrag, use_zero_page and
     shmem_enabled, as the sysfs files spell them. Debian's defaults:
@@ -19,12 +59,13 @@ class ThpSettings:
     defrag is recorded: allocation here never stalls or compacts, it gets
     an aligned free block or falls back to base pages."""
 
-    __slots__ = ("_engine", "_shmem")
+    __slots__ = ("_engine", "_shmem", "khugepaged")
 
     def __init__(self, engine, enabled: str = "madvise") -> None:
         self._engine = engine
         self._shmem = "never"
         self.enabled = enabled
+        self.khugepaged = Khugepaged()
 
     def _set(self, enabled=None, use_zero_page=None, defrag=None):
         e, z, d = self._engine.thp_get()

@@ -732,15 +732,24 @@ cdef enum:
     COLLAPSE_PAGE_COUNT = 7        # a folio referenced beyond its mappings: next block, EAGAIN
     COLLAPSE_ALLOC_FAIL = 8        # no THP to be had: stops, ENOMEM
     COLLAPSE_PAGE_ANON = 9         # a page that is not anon: stops, EINVAL
+    # khugepaged only (its max_ptes_* limits and the young-page test):
+    COLLAPSE_EXCEED_SWAP = 10      # more swap entries than max_ptes_swap
+    COLLAPSE_EXCEED_SHARED = 11    # more pages mapped elsewhere too than max_ptes_shared
+    COLLAPSE_LACK_REFERENCED = 12  # no young pte, or swap entries and fewer than half young
 
 
-cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr) noexcept nogil:
+cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khugepaged,
+                      int max_none, int max_swap, int max_shared) noexcept nogil:
     """hpage_collapse_scan_pmd + collapse_huge_page for one aligned 2 MiB
-    of a private anon VMA, as MADV_COLLAPSE runs them (6.12): swap entries
-    are swapped in first, empty and zero-page ptes become zeros (none allowed
-    while the VMA is uffd-armed), any uffd-wp entry refuses, one writable
-    pte is needed (until b9f85966d1be, 6.18), and each folio's references
-    must all be its mappings.
+    of a private anon VMA (6.12), as MADV_COLLAPSE runs them or, with
+    `khugepaged`, as khugepaged does: the scan first - empty and zero-page
+    ptes become zeros (none allowed while the VMA is uffd-armed; khugepaged
+    at most max_ptes_none), swap entries are swapped in (khugepaged: at most
+    max_ptes_swap), pages mapped elsewhere too count against khugepaged's
+    max_ptes_shared, any uffd-wp entry refuses, one writable pte is needed
+    (until b9f85966d1be, 6.18), khugepaged wants a young pte (half of them
+    if it must swap in); then each folio's references must all be its
+    mappings.
     The new THP is a copy, always PageAnonExclusive, mapped dirty (and
     writable if the VMA is) by the deposited table the ptes were in; the
     old pages lose these mappings."""
@@ -750,6 +759,7 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr) noexcept n
     cdef uint64_t *t
     cdef uint64_t pte, entry
     cdef int64_t i, pfn, head, new, n_anon = 0
+    cdef int64_t none_or_zero = 0, unmapped = 0, shared = 0, referenced = 0
     cdef bint writable = False, armed
     cdef int ret, c
     if slot == NULL or vi < 0:
@@ -761,18 +771,64 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr) noexcept n
     vma = &mm.vmas[vi]
     armed = (vma.flags & (VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR)) != 0
     t = pmd_leaf_table(e, slot[0])
+    for c in range(e.ncpus):
+        lru_drain(e, c)                 # lru_add_drain_all() (madvise_collapse, khugepaged_do_scan)
+    # The scan (hpage_collapse_scan_pmd), nothing changed yet.
     for i in range(HPAGE_PMD_NR):
-        # __collapse_huge_page_swapin: MADV_COLLAPSE brings every swapped page back.
-        if is_swap_pte(t[i]):
-            if t[i] & PTE_UFFD_WP:
+        pte = t[i]
+        if is_swap_pte(pte):
+            unmapped += 1
+            if khugepaged and unmapped > max_swap:
+                return COLLAPSE_EXCEED_SWAP
+            if pte & PTE_UFFD_WP:
                 return COLLAPSE_PTE_UFFD_WP
+            continue
+        if pte == 0 or (pte & PTE_PRESENT and pte & PTE_SPECIAL):
+            none_or_zero += 1
+            if armed or (khugepaged and none_or_zero > max_none):
+                return COLLAPSE_EXCEED_NONE
+            continue
+        if not (pte & PTE_PRESENT):
+            if is_marker(pte) and marker_bits(pte) & PTE_MARKER_UFFD_WP or pte & PTE_UFFD_WP:
+                return COLLAPSE_PTE_UFFD_WP
+            return COLLAPSE_NON_PRESENT
+        if pte & PTE_UFFD_WP:
+            return COLLAPSE_PTE_UFFD_WP
+        if pte & PTE_WRITE:
+            writable = True
+        pfn = <int64_t>pte_pfn(pte)
+        if not (e.fflags[pfn] & PG_ANON):
+            return COLLAPSE_PAGE_ANON
+        head = folio_of(e, pfn)
+        # folio_likely_mapped_shared(): a small folio mapped more than once;
+        # a large one whose first page is (the 6.12 estimate).
+        if e.mapcount[head] + (entire_mapcount(e, head)[0] if e.fflags[head] & PG_HEAD else 0) > 1:
+            shared += 1
+            if khugepaged and shared > max_shared:
+                return COLLAPSE_EXCEED_SHARED
+        # is_refcount_suitable(): every reference is a mapping (a swapcache
+        # folio also holds one per page).
+        if e.fflags[head] & PG_HEAD:
+            if e.refcount[head] != folio_mapcount_total(e, head):
+                return COLLAPSE_PAGE_COUNT
+        elif e.refcount[pfn] != e.mapcount[pfn] + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
+            return COLLAPSE_PAGE_COUNT
+        if pte & PTE_YOUNG:
+            referenced += 1
+    if not writable and not e.pol.collapse_ro:
+        return COLLAPSE_PAGE_RO
+    if khugepaged and (referenced == 0 or (unmapped and referenced < HPAGE_PMD_NR // 2)):
+        return COLLAPSE_LACK_REFERENCED
+    writable = False
+    for i in range(HPAGE_PMD_NR):
+        # __collapse_huge_page_swapin: every swapped page comes back.
+        if is_swap_pte(t[i]):
             ret = handle_mm_fault(e, mm, cpu, haddr + (<uint64_t>i << MM_PAGE_SHIFT), 0)
             if ret & VM_FAULT_ERROR:
                 return COLLAPSE_ALLOC_FAIL if ret & (VM_FAULT_OOM | VM_FAULT_NOMEM) else COLLAPSE_NON_PRESENT
             vi = find_vma(mm, haddr)
             vma = &mm.vmas[vi]
-    for c in range(e.ncpus):
-        lru_drain(e, c)                 # lru_add_drain_all()
+    # __collapse_huge_page_isolate: the same checks on what is mapped now.
     for i in range(HPAGE_PMD_NR):
         pte = t[i]
         if pte == 0 or (pte & PTE_PRESENT and pte & PTE_SPECIAL):

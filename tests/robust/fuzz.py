@@ -299,6 +299,7 @@ SPECS = {
     "Machine.frame": [("pfn", "pfn")],
     "Machine.memory_usage": [],
     "Machine.hugepages": "PROPERTY",
+    "Machine.khugepaged_scan": [None, ("pages", "npages"), ("cpu", "cpu")],
     "Machine.save": [("path", "path")],
     "Machine.load": [("path", "path")],
     "Machine.processes": "PROPERTY",
