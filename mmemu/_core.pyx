@@ -168,7 +168,8 @@ cdef class Engine:
         self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
         self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
-        if self.e.entire_map == NULL or self.e.hfree == NULL:
+        self.e.dsq_on = <uint8_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, 1)
+        if self.e.entire_map == NULL or self.e.hfree == NULL or self.e.dsq_on == NULL:
             raise MemoryError()
         self.e.mm_cap = 16
         self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
@@ -256,6 +257,8 @@ cdef class Engine:
         free(self.e.resv_maps)
         free(self.e.entire_map)
         free(self.e.hfree)
+        free(self.e.dsq)
+        free(self.e.dsq_on)
         for i in range(self.e.nbyte_chunks):
             free(self.e.byte_chunks[i])
         free(self.e.byte_chunks)
@@ -355,6 +358,8 @@ cdef class Engine:
                               self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
+        st["dsq"] = stack_export(self.e.dsq, self.e.ndsq * 3, np.int64)
+        st["dsq_on"] = stack_export(self.e.dsq_on, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.uint8)
         if self.e.hugetlb_end:
             st["hugetlb"] = np.array([self.e.hugetlb_base, self.e.gig_end, self.e.hugetlb_end,
                                       self.e.h_nr[0], self.e.h_nr[1], self.e.h_free[0], self.e.h_free[1],
@@ -497,6 +502,15 @@ cdef class Engine:
             if len(hf):
                 memcpy(self.e.hfree, cnp_data(hf), len(hf) * sizeof(int64_t))
             self.e.nhfree = len(hf)
+        if "dsq" in st:
+            dq = np.ascontiguousarray(st["dsq"], np.int64)
+            don = np.ascontiguousarray(st["dsq_on"], np.uint8)
+            if len(dq) % 3 or len(don) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1:
+                raise ValueError("saved deferred split queue of the wrong size")
+            if len(dq):
+                self.e.dsq = <int64_t *>stack_import(dq, len(dq), 8)
+            self.e.ndsq, self.e.dsq_cap = len(dq) // 3, len(dq)
+            memcpy(self.e.dsq_on, cnp_data(don), len(don))
         if "hugetlb" in st:
             hs = st["hugetlb"]
             self.e.hugetlb_base, self.e.gig_end, self.e.hugetlb_end = hs[0], hs[1], hs[2]

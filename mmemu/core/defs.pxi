@@ -234,6 +234,12 @@ ctypedef struct engine_t:
     int32_t *entire_map
     int64_t *hfree
     int64_t nhfree, hfree_cap
+    # The deferred split queue (deferred_split_folio): large anon folios
+    # partially unmapped, as (head, mm, address of the folio) triples; a
+    # folio's entry is live while dsq_on[head >> 9] is set.
+    int64_t *dsq
+    int64_t ndsq, dsq_cap
+    uint8_t *dsq_on
     # hugetlb (core/hugetlb.pxi): the pool sits at the top of memory, its
     # 2 MiB pages from hugetlb_base, its 1 GiB pages in [gig_base, gig_end);
     # hugetlb_end: the pool's end (0: no pool). Per hstate: pages, free

@@ -238,6 +238,14 @@ cdef inline bint page_is_pattern(const uint8_t *src, uint64_t *version) noexcept
     return True
 
 
+cdef inline bint frame_is_zero(engine_t *e, int64_t pfn) noexcept nogil:
+    """Whether the page reads all zeros (try_to_map_unused_to_zeropage's memchr_inv)."""
+    cdef uint64_t v
+    if e.fflags[pfn] & PG_BYTES:
+        return page_is_pattern(bytes_ptr(e, <int64_t>e.version[pfn]), &v) and v == 0
+    return e.version[pfn] == 0
+
+
 cdef int frame_write(engine_t *e, int64_t pfn, int64_t off, int64_t n, const uint8_t *src) noexcept nogil:
     cdef int64_t slot
     cdef uint64_t v

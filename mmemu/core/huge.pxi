@@ -71,6 +71,7 @@ cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
 cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
     """The last reference to a large folio went: its block back whole."""
     cdef int64_t p
+    e.dsq_on[head >> HPAGE_PMD_ORDER] = 0      # off the deferred split queue
     if pfn_is_hugetlb(e, head):
         hugetlb_folio_free(e, head)     # core/hugetlb.pxi: back to the pool
         return
@@ -618,6 +619,7 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
         e.fflags[p] = (e.fflags[p] & ~(PG_HEAD | PG_TAIL)) | keep
         e.refcount[p] = e.mapcount[p]
     entire_mapcount(e, head)[0] = 0
+    e.dsq_on[head >> HPAGE_PMD_ORDER] = 0
     e.nr_large -= 1
     stat_add(e, MM_STAT_THP_SPLIT_PAGE, 1)
     vi = find_vma(mm, haddr)
@@ -627,7 +629,7 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
             if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
                 continue
             p = <int64_t>pte_pfn(pte)
-            if (p & ~(<int64_t>HPAGE_PMD_NR - 1)) != head or e.fflags[p] & PG_BYTES or e.version[p] != 0:
+            if (p & ~(<int64_t>HPAGE_PMD_NR - 1)) != head or not frame_is_zero(e, p):
                 continue
             vi = find_vma(mm, haddr + (<uint64_t>i << MM_PAGE_SHIFT))
             zero = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG \
@@ -885,3 +887,54 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
     lru_add(e, cpu, new)
     mm.rss_anon += HPAGE_PMD_NR - n_anon
     return COLLAPSE_OK
+
+
+# ---- the deferred split queue ----------------------------------------------
+
+cdef void deferred_split_folio(engine_t *e, mm_t *mm, int64_t pfn, uint64_t va) noexcept nogil:
+    """__folio_remove_rmap() (6.12): a pte unmap that leaves an anon large
+    folio mapped only in part queues it (once) for the deferred split
+    shrinker; the pages it no longer maps stay allocated until then. pfn is
+    the page just unmapped at va."""
+    cdef int64_t head = folio_of(e, pfn)
+    cdef int64_t *q
+    # (Still PMD-mapped somewhere, the folio counts as entirely mapped: not partially.)
+    if e.dsq_on[head >> HPAGE_PMD_ORDER] or not (e.fflags[head] & PG_ANON) or entire_mapcount(e, head)[0] \
+            or pfn_is_hugetlb(e, head) or is_huge_zero_pfn(e, head) or folio_mapcount_total(e, head) == 0:
+        return
+    if e.ndsq * 3 + 3 > e.dsq_cap:
+        if grow_i64(&e.dsq, &e.dsq_cap, e.ndsq * 3 + 3) < 0:
+            return                      # (the host is out of memory: the folio is just not queued)
+    q = e.dsq + e.ndsq * 3
+    q[0], q[1], q[2] = head, mm.id, <int64_t>(va - (<uint64_t>(pfn - head) << MM_PAGE_SHIFT))
+    e.ndsq += 1
+    e.dsq_on[head >> HPAGE_PMD_ORDER] = 1
+
+
+cdef int64_t deferred_split_scan(engine_t *e) noexcept nogil:
+    """The deferred split shrinker (deferred_split_scan): each queued folio
+    still partially mapped is split (split_folio, with 6.12's zero-page
+    remap) and the pages nobody maps are freed; one that cannot be split now
+    (mapped by several mms, pinned) stays queued. Returns frames freed."""
+    cdef int64_t before = e.nr_free, i, j = 0, head
+    cdef int32_t k, mmi
+    cdef mm_t *mm
+    for i in range(e.ndsq):
+        head = e.dsq[3 * i]
+        if not e.dsq_on[head >> HPAGE_PMD_ORDER]:
+            continue                    # freed or split since
+        # split_folio() finds the mappings by rmap; here: the mm that queued
+        # it first, then any other mapping it at the same address (fork).
+        for k in range(e.nmm + 1):
+            mmi = <int32_t>e.dsq[3 * i + 1] if k == 0 else k - 1
+            if mmi >= e.nmm or (k and mmi == e.dsq[3 * i + 1]):
+                continue
+            mm = &e.mms[mmi]
+            if mm.alive and split_folio_here(e, mm, head, <uint64_t>e.dsq[3 * i + 2], True) == 0:
+                break
+        if not e.dsq_on[head >> HPAGE_PMD_ORDER]:
+            continue
+        e.dsq[3 * j], e.dsq[3 * j + 1], e.dsq[3 * j + 2] = e.dsq[3 * i], e.dsq[3 * i + 1], e.dsq[3 * i + 2]
+        j += 1
+    e.ndsq = j
+    return e.nr_free - before

@@ -60,6 +60,9 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
                     e.mapcount[pfn] -= 1
                     if e.fflags[pfn] & PG_ANON:
                         mm.rss_anon -= 1
+                        if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and e.mapcount[pfn] == 0:
+                            deferred_split_folio(e, mm, pfn, (va & ~(<uint64_t>PMD_SPAN - 1))
+                                                 + (<uint64_t>i << MM_PAGE_SHIFT))
                     elif pte & PTE_DIRTY:
                         e.fflags[pfn] |= PG_DIRTY   # the folio keeps the dirty state
                     gather_add(e, g, pfn)

@@ -459,6 +459,10 @@ cdef int64_t reclaim_pages(engine_t *e, int cpu, int64_t want) noexcept nogil:
     lru_drain(e, cpu)
     if n == 0:
         return 0
+    if e.ndsq:
+        got += deferred_split_scan(e)   # shrink_slab: the deferred split shrinker first
+        if got >= want:
+            return e.nr_free - before
     for k in range(n + 1):
         mmi = (e.reclaim_mm + k) % n
         if not e.mms[mmi].alive:
