@@ -137,3 +137,103 @@ def _swap_out_in(npages, rounds):
 # ---- userfaultfd on the host: the same measurements mmemu calibrate makes ----
 from mmemu.host.timing import (uffd_bulk, uffd_missing_round_trip, uffd_round_trip_c,  # noqa: E402,F401
                                uffd_wp_round_trip)
+
+
+THP = 2 << 20
+MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25
+
+
+def _thp_area(n):
+    """n aligned 2 MiB blocks of a fresh private anon mapping: (mmap, offset)."""
+    buf = mmap.mmap(-1, (n + 1) * THP, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    off = -_addr(buf) % THP
+    return buf, off
+
+
+def _thp_addrs(buf, off, n):
+    return [_addr(buf) + off + i * THP for i in range(n)]
+
+
+def thp_fault(n, rounds=3):
+    """One write per MADV_HUGEPAGE'd 2 MiB: a PMD THP fault each (the host
+    also clears the 2 MiB; the engine's content version needs no clearing).
+    None when the host gave no THP (THP disabled)."""
+    best = float("inf")
+    for _ in range(rounds):
+        buf, off = _thp_area(n)
+        libc.madvise(_addr(buf) + off, n * THP, MADV_HUGEPAGE)
+        view = np.frombuffer(buf, np.uint8)[off:off + n * THP:THP]
+        t0 = time.perf_counter()
+        view[:] = 1
+        best = min(best, time.perf_counter() - t0)
+        del view                                       # (numpy's export of the buffer)
+        if not _is_thp(_addr(buf) + off):
+            buf.close()
+            return None
+        buf.close()
+    return best
+
+
+def _is_thp(addr):
+    # /proc/self/smaps' AnonHugePages of the VMA would do too; kpageflags
+    # needs the pfn: read pagemap, then kpageflags bit 22 (KPF_THP).
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(addr // PAGE * 8)
+        ent = int.from_bytes(f.read(8), "little")
+    pfn = ent & ((1 << 55) - 1)
+    if not ent >> 63 or not pfn:
+        return False
+    with open("/proc/kpageflags", "rb") as f:
+        f.seek(pfn * 8)
+        return bool(int.from_bytes(f.read(8), "little") >> 22 & 1)
+
+
+def thp_cow_after_fork(n, rounds=3):
+    """The parent's first write to each of n THPs a child shares (5.8+:
+    the PMD split and one page copied). None without THP."""
+    best = float("inf")
+    for _ in range(rounds):
+        buf, off = _thp_area(n)
+        libc.madvise(_addr(buf) + off, n * THP, MADV_HUGEPAGE)
+        view = np.frombuffer(buf, np.uint8)[off:off + n * THP:THP]
+        view[:] = 1
+        if not _is_thp(_addr(buf) + off):
+            del view
+            buf.close()
+            return None
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                   # the child holds the mapping until told
+            os.read(r, 1)
+            os._exit(0)
+        t0 = time.perf_counter()
+        view[:] = 2
+        best = min(best, time.perf_counter() - t0)
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+        del view
+        buf.close()
+    return best
+
+
+def thp_collapse(n, rounds=3):
+    """MADV_COLLAPSE of n fully populated, PTE-mapped 2 MiB blocks. None
+    when the host refuses it (before 6.1, or THP off)."""
+    best = float("inf")
+    for _ in range(rounds):
+        buf, off = _thp_area(n)
+        a = _addr(buf) + off
+        libc.madvise(a, n * THP, MADV_NOHUGEPAGE)
+        np.frombuffer(buf, np.uint8)[off:off + n * THP:PAGE][:] = 1
+        libc.madvise(a, n * THP, MADV_HUGEPAGE)
+        t0 = time.perf_counter()
+        rc = libc.madvise(a, n * THP, MADV_COLLAPSE)
+        dt = time.perf_counter() - t0
+        ok = rc == 0 and _is_thp(a)
+        buf.close()
+        if not ok:
+            return None
+        best = min(best, dt)
+    return best
