@@ -45,7 +45,9 @@ cdef int64_t hblock_break(engine_t *e) noexcept nogil:
 cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
     """An order-9 anon folio: head refcount 1, zeroed, uptodate; -1 when no
     aligned block is free (the fault falls back to base pages) or the
-    frames left are owed to page tables. One NUMA node only for now."""
+    frames left are owed to page tables. One NUMA node only for now.
+    A free block's frames are clean already - never used, or cleared by
+    folio_free_large - so only the flags are written."""
     cdef int64_t head, p
     if e.zoned or e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
         return -1
@@ -53,11 +55,6 @@ cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
     if head < 0:
         return -1
     e.nr_free -= HPAGE_PMD_NR
-    memset(&e.refcount[head], 0, HPAGE_PMD_NR * sizeof(int32_t))
-    memset(&e.mapcount[head], 0, HPAGE_PMD_NR * sizeof(int32_t))
-    memset(&e.version[head], 0, HPAGE_PMD_NR * sizeof(uint64_t))
-    memset(&e.mapping[head], 0, HPAGE_PMD_NR * sizeof(uint16_t))
-    memset(&e.index[head], 0, HPAGE_PMD_NR * sizeof(uint32_t))
     flags |= PG_USED | PG_UPTODATE
     for p in range(head + 1, head + HPAGE_PMD_NR):
         e.fflags[p] = flags | PG_TAIL
@@ -82,6 +79,8 @@ cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
         e.refcount[p] = 0
         e.mapcount[p] = 0
         e.version[p] = 0
+        e.mapping[p] = 0
+        e.index[p] = 0
     entire_mapcount(e, head)[0] = 0
     e.nr_large -= 1
     e.hfree[e.nhfree] = head
@@ -166,7 +165,7 @@ cdef int set_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot, uint64_t first, bint
     """Install a PMD leaf: deposit a pte page holding its expansion (first,
     then first + i pages when step), mark the slot huge. 0, or -1 when no
     frame is left for the table."""
-    cdef int32_t p = ptp_alloc(e)
+    cdef int32_t p = ptp_alloc_raw(e)       # every entry is written below
     cdef uint64_t *t
     cdef int64_t i
     cdef uint64_t inc = pfn_pte(1) if step else 0

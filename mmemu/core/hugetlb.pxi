@@ -343,7 +343,7 @@ cdef int hugetlb_install(engine_t *e, mm_t *mm, int32_t *slot, int64_t leaves, u
     cdef int64_t k, i
     cdef uint64_t *t
     for k in range(leaves):
-        p = ptp_alloc(e)
+        p = ptp_alloc_raw(e)                # every entry is written below
         if p < 0:
             while k > 0:
                 k -= 1

@@ -79,6 +79,16 @@ cdef inline void populate_tables(void *p, size_t n) noexcept nogil:
 
 
 cdef int32_t ptp_alloc(engine_t *e) noexcept nogil:
+    """A zeroed pte page, -1 when none can be had."""
+    cdef int32_t p = ptp_alloc_raw(e)
+    if p >= 0:
+        memset(pte_page(e, p), 0, MM_PTRS * sizeof(uint64_t))
+    return p
+
+
+cdef int32_t ptp_alloc_raw(engine_t *e) noexcept nogil:
+    """A pte page whose every entry the caller writes at once (a PMD leaf's
+    expansion): not zeroed first."""
     cdef int32_t p
     cdef int64_t chunk
     cdef uint64_t **chunks
@@ -106,7 +116,6 @@ cdef int32_t ptp_alloc(engine_t *e) noexcept nogil:
         e.npte_used += 1
         if (p & (POPULATE_TABLES - 1)) == 0:
             populate_tables(<void *>pte_page(e, p), POPULATE_TABLES * MM_PTRS * sizeof(uint64_t))
-    memset(pte_page(e, p), 0, MM_PTRS * sizeof(uint64_t))
     return p
 
 
