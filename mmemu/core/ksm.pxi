@@ -408,14 +408,16 @@ cdef inline mm_vma_t *ksm_mergeable_vma(mm_t *mm, uint64_t va) noexcept nogil:
 
 
 cdef inline int64_t ksm_mapped_anon(engine_t *e, mm_t *mm, uint64_t va, uint64_t **ptep_out) noexcept nogil:
-    """The anon page mapped at va (follow_page / folio_walk_start), or -1."""
+    """The anon page mapped at va (follow_page / folio_walk_start), or -1:
+    a page of a large folio too (of a THP, PMD-mapped or not), which
+    try_to_merge_one_page() splits before merging; never a hugetlb page."""
     cdef uint64_t *ptep = pte_offset(e, mm, va, False)
     cdef int64_t pfn
     if ptep == NULL or (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) != PTE_PRESENT:
         return -1
     pfn = <int64_t>pte_pfn(ptep[0])
-    if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & (PG_HEAD | PG_TAIL):
-        return -1               # KSM splits large folios first; not modelled yet
+    if not (e.fflags[pfn] & PG_ANON) or pfn_is_hugetlb(e, pfn):
+        return -1
     ptep_out[0] = ptep
     return pfn
 
@@ -488,6 +490,14 @@ cdef int ksm_merge_one(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va, int64
         return -1
     if pfn == kpfn:
         return 0                    # a forked KSM page
+    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+        # try_to_merge_one_page(): split_huge_page() first (with 6.12's
+        # zero-page remap), or no merge. Here only a folio this mm alone
+        # maps can be split (no rmap walk across mms).
+        if split_folio_here(e, mm, folio_of(e, pfn), va, True) < 0:
+            return -1
+        if ksm_mapped_anon(e, mm, va, &ptep) != pfn:
+            return -1               # remapped to the zero page
     if ksm_write_protect(e, mm, va, ptep, pfn, &orig) < 0:
         return -1
     if kpfn < 0:
@@ -715,7 +725,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                 continue
             if (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ptep[0])
-                if e.fflags[pfn] & PG_ANON and not (e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
+                if e.fflags[pfn] & PG_ANON and not pfn_is_hugetlb(e, pfn):
                     it = ksm_next_item(e, k, mm, va)
                     if it == NULL:
                         k.failed = 1

@@ -1,7 +1,8 @@
-"""The deferred split queue (mm/huge_memory.c 6.12: deferred_split_folio,
-deferred_split_scan): an anon large folio left partially mapped by a pte
-unmap keeps its unmapped pages allocated until memory pressure runs the
-shrinker, which splits it and frees them."""
+"""Splits of anon large folios that come later: the deferred split queue
+(mm/huge_memory.c 6.12: deferred_split_folio, deferred_split_scan) - a folio
+left partially mapped by a pte unmap keeps its unmapped pages allocated
+until memory pressure runs the shrinker, which splits it and frees them -
+and KSM's split before merging a page of one (mm/ksm.c try_to_merge_one_page)."""
 import mmemu
 import mmemu.constants as C
 
@@ -91,3 +92,40 @@ def test_the_queue_survives_save_and_load(tmp_path):
     m2 = mmemu.Machine.load(tmp_path / "m")
     assert m2.reclaim(1) == 511
     m2.check()
+
+
+# ---- KSM splits a large folio before merging one of its pages ---------------
+
+def _distinct_pages(n):
+    pat = bytearray(n * PAGE)
+    for i in range(n):
+        pat[i * PAGE:i * PAGE + 8] = (i + 1).to_bytes(8, "little")
+    return bytes(pat)
+
+
+def test_ksm_splits_a_thp_to_merge_a_page_of_it():
+    """try_to_merge_one_page() (6.12): split_huge_page() of the folio first,
+    then the page merges with its twin."""
+    m, p, A = thp()
+    p.write(A, _distinct_pages(512))
+    q = m.spawn()
+    B = q.mmap(0, PAGE, RW, PRIV)
+    q.write(B, _distinct_pages(512)[5 * PAGE:6 * PAGE])      # the twin of A's page 5
+    p.madvise(A, THP, C.MADV_MERGEABLE)
+    q.madvise(B, PAGE, C.MADV_MERGEABLE)
+    for _ in range(3):
+        m.ksm_scan()
+    assert "thp" not in m.frame(p.pagemap(A).pfn).flags      # split
+    assert p.pagemap(A + 5 * PAGE).pfn == q.pagemap(B).pfn and m.ksm_stats()["pages_sharing"] == 1
+    assert p.read(A + 511 * PAGE, 2) == (512).to_bytes(8, "little")[:2]
+    m.check()
+
+
+def test_ksm_leaves_a_thp_with_no_twin_whole():
+    m, p, A = thp()
+    p.write(A, _distinct_pages(512))
+    p.madvise(A, THP, C.MADV_MERGEABLE)
+    m.ksm_scan()
+    m.ksm_scan()
+    assert "thp" in m.frame(p.pagemap(A).pfn).flags
+    m.check()
