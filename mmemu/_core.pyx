@@ -99,7 +99,7 @@ cdef class Engine:
     """
     cdef engine_t e
     cdef readonly object refcount, mapcount, version, fflags, mapping, index
-    cdef object _tlb_tag, _tlb_pte, _lru, _lru_n
+    cdef object _tlb_tag, _tlb_pte, _lru, _lru_n, _lru_rot, _lru_rot_n
     cdef object _sched_fn, _sched_err
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
     cdef object _node_free, _node_next   # per node and zone free lists (core/zones.pxi)
@@ -139,6 +139,8 @@ cdef class Engine:
         self._tlb_pte = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
         self._lru = np.zeros(ncpus * LRU_BATCH_MAX, np.int64)
         self._lru_n = np.zeros(ncpus, np.int32)
+        self._lru_rot = np.zeros(ncpus * LRU_BATCH_MAX, np.int64)
+        self._lru_rot_n = np.zeros(ncpus, np.int32)
         self.e.refcount = <int32_t *>cnp_data(self.refcount)
         self.e.mapcount = <int32_t *>cnp_data(self.mapcount)
         self.e.version = <uint64_t *>cnp_data(self.version)
@@ -149,6 +151,8 @@ cdef class Engine:
         self.e.tlb_pte = <uint64_t *>cnp_data(self._tlb_pte)
         self.e.lru = <int64_t *>cnp_data(self._lru)
         self.e.lru_n = <int32_t *>cnp_data(self._lru_n)
+        self.e.lru_rot = <int64_t *>cnp_data(self._lru_rot)
+        self.e.lru_rot_n = <int32_t *>cnp_data(self._lru_rot_n)
         self.e.nframes = nframes
         self.e.ncpus = ncpus
         # pfn 0 is the shared zero page.
@@ -301,7 +305,7 @@ cdef class Engine:
                                                   "mapping", "index", "swap_map", "swap_cache",
                                                   "swap_data", "swap_flags")}
         st.update(tlb_tag=self._tlb_tag.copy(), tlb_pte=self._tlb_pte.copy(), lru=self._lru.copy(),
-                  lru_n=self._lru_n.copy())
+                  lru_n=self._lru_n.copy(), lru_rot=self._lru_rot.copy(), lru_rot_n=self._lru_rot_n.copy())
         sc = {"next_unused": self.e.next_unused, "free_head": self.e.free_head,
               "nr_free": self.e.nr_free, "ndir_used": self.e.ndir_used, "npte_used": self.e.npte_used,
               "nbytes_used": self.e.nbytes_used, "nmm": self.e.nmm, "nfile": self.e.nfile,
@@ -391,6 +395,9 @@ cdef class Engine:
         np.copyto(self._tlb_pte, st["tlb_pte"], casting="no")
         np.copyto(self._lru, st["lru"], casting="no")
         np.copyto(self._lru_n, st["lru_n"], casting="no")
+        if "lru_rot" in st:             # saved before the rotate batch was modelled: empty
+            np.copyto(self._lru_rot, st["lru_rot"], casting="no")
+            np.copyto(self._lru_rot_n, st["lru_rot_n"], casting="no")
         sc = st["scalars"]
         self.e.next_unused, self.e.free_head, self.e.nr_free = sc["next_unused"], sc["free_head"], sc["nr_free"]
         self.e.swap_used, self.e.swap_cursor, self.e.stamp = sc["swap_used"], sc["swap_cursor"], sc["stamp"]
@@ -2268,6 +2275,8 @@ cdef class Engine:
         for cpu in range(self.e.ncpus):
             for i in range(self.e.lru_n[cpu]):
                 exp_ref[self.e.lru[cpu * LRU_BATCH_MAX + i]] += 1
+            for i in range(self.e.lru_rot_n[cpu]):
+                exp_ref[self.e.lru_rot[cpu * LRU_BATCH_MAX + i]] += 1
         swap_refs_a = np.zeros(max(self.e.nswap, 1), np.int64)
         cdef int64_t[::1] swap_refs = swap_refs_a
         cdef int32_t fid

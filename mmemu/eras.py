@@ -320,6 +320,9 @@ CHANGES = (
            {"uffd_features": 0xffff}),
     Change("efa7df3e3bb5", "6.7", "mm: align larger anonymous mappings on THP boundaries",
            {"thp_mmap_align": 1}),
+    Change("9cecde80aae0", "6.9", "mm: increase folio batch size (PAGEVEC_SIZE 15 -> 31; "
+           "mm-hotfixes-stable-2024-03-27, 6.9-rc2; 15 in Debian's 6.1.176, 31 in 6.12.118)",
+           {"lru_batch": 31}),
     Change("781a3ca5c345", "6.9", "mm: prohibit the last subpage from reusing the entire large folio "
            "(id from mm-stable's log; in MM updates for 6.9-rc1)", {"large_reuse": 1}),
     Change("2c1f057e5be6", "6.11", "fs/proc/task_mmu: properly detect PM_MMAP_EXCLUSIVE per page of PMD-mapped THPs",

@@ -157,6 +157,8 @@ ctypedef struct engine_t:
     uint64_t *tlb_pte          # cached translation: pfn | write | dirty
     int64_t *lru               # ncpus * LRU_BATCH_MAX
     int32_t *lru_n
+    int64_t *lru_rot           # ncpus * LRU_BATCH_MAX: the rotate batch (lru_move_tail)
+    int32_t *lru_rot_n
 
     mm_t *mms
     int32_t nmm, mm_cap

@@ -295,12 +295,26 @@ cdef inline uint64_t frame_content_version(engine_t *e, int64_t pfn) noexcept no
     return e.version[pfn]
 
 
-# ---- per-CPU LRU add batch ------------------------------------------------
-# A new anon page waits in its CPU's batch holding one extra reference until
-# the batch fills or is drained (lru_cache_add / lru_add_drain). Refcount-based
-# COW (5.9-5.17) sees that reference and copies a fresh page (B19).
+# ---- per-CPU LRU batches --------------------------------------------------
+# A new anon page waits in its CPU's add batch holding one extra reference
+# until the batch fills or is drained (lru_cache_add / lru_add_drain).
+# Refcount-based COW (5.9-5.17) sees that reference and copies a fresh page
+# (B19). A folio whose reclaim writeback ends while it is on the LRU waits
+# in the CPU's rotate batch the same way (folio_rotate_reclaimable's
+# lru_move_tail batch), still flagged PG_LRU: see lru_rotate.
 
-cdef void lru_drain(engine_t *e, int cpu) noexcept nogil:
+cdef void lru_rotate_move(engine_t *e, int cpu) noexcept nogil:
+    """folio_batch_move_lru of the rotate batch: each folio goes to the tail
+    of its LRU (already PG_LRU) and the batch's reference is dropped."""
+    cdef int64_t *batch = e.lru_rot + cpu * LRU_BATCH_MAX
+    cdef int32_t i
+    for i in range(e.lru_rot_n[cpu]):
+        put_page(e, batch[i], 1)
+    e.lru_rot_n[cpu] = 0
+
+
+cdef void lru_add_move(engine_t *e, int cpu) noexcept nogil:
+    """folio_batch_move_lru of the add batch: its folios reach the LRU."""
     cdef int64_t *batch = e.lru + cpu * LRU_BATCH_MAX
     cdef int32_t i
     cdef int64_t pfn
@@ -313,11 +327,44 @@ cdef void lru_drain(engine_t *e, int cpu) noexcept nogil:
     e.lru_n[cpu] = 0
 
 
+cdef void lru_drain(engine_t *e, int cpu) noexcept nogil:
+    """lru_add_drain_cpu(): every batch of the CPU, the add batch first."""
+    lru_add_move(e, cpu)
+    lru_rotate_move(e, cpu)
+
+
 cdef inline void lru_add(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
     e.refcount[pfn] += 1
     e.lru[cpu * LRU_BATCH_MAX + e.lru_n[cpu]] = pfn
     e.lru_n[cpu] += 1
-    # A large folio drains the batch at once (folio_add_lru: the batch is
-    # moved when the folio is large), so it never sits there.
+    # A large folio moves the batch at once (folio_add_lru: the batch is
+    # moved when the folio is large), so it never sits there. A full batch
+    # moves alone: the rotate batch stays.
     if e.lru_n[cpu] >= e.pol.lru_batch or e.fflags[pfn] & PG_HEAD:
-        lru_drain(e, cpu)
+        lru_add_move(e, cpu)
+
+
+cdef void lru_rotate(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
+    """folio_rotate_reclaimable() at the end of a reclaim writeback
+    (folio_end_writeback of a PG_reclaim folio): a folio on the LRU waits in
+    the CPU's rotate batch with one extra reference and keeps PG_LRU until
+    the batch moves, when full (PAGEVEC_SIZE, as the add batch) or drained.
+    One still in an add batch (not PG_LRU) is left alone."""
+    if not (e.fflags[pfn] & PG_LRU):
+        return
+    e.refcount[pfn] += 1
+    e.lru_rot[cpu * LRU_BATCH_MAX + e.lru_rot_n[cpu]] = pfn
+    e.lru_rot_n[cpu] += 1
+    if e.lru_rot_n[cpu] >= e.pol.lru_batch:
+        lru_rotate_move(e, cpu)
+
+
+cdef int32_t lru_batch_refs(engine_t *e, int64_t pfn) noexcept nogil:
+    """The references the CPUs' LRU batches hold on pfn."""
+    cdef int32_t cpu, i, n = 0
+    for cpu in range(e.ncpus):
+        for i in range(e.lru_n[cpu]):
+            n += e.lru[cpu * LRU_BATCH_MAX + i] == pfn
+        for i in range(e.lru_rot_n[cpu]):
+            n += e.lru_rot[cpu * LRU_BATCH_MAX + i] == pfn
+    return n

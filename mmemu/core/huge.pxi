@@ -577,7 +577,8 @@ cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn, uint64
 
 # ---- splitting a large folio (split_folio) --------------------------------
 
-cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint remap_zero) noexcept nogil:
+cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint remap_zero,
+                          bint isolated) noexcept nogil:
     """split_folio() of an anon large folio that only this mm maps, all of
     it inside the 2 MiB around va (the callers' layout: a PMD THP and what
     splitting and partial unmaps leave of it). Its PMD mapping, if any, is
@@ -587,7 +588,12 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
     zeros is remapped to the shared zero page (remap_page with
     RMP_USE_SHARED_ZEROPAGE) unless the VMA is mlocked. 0, or -1 when the
     folio stays large: mapped elsewhere too, or referenced beyond its
-    mappings (a pin, a pipe: can_split_folio)."""
+    mappings (a pin, a pipe: can_split_folio).
+
+    `isolated`: reclaim's split (split_folio_to_list onto shrink_folio_list's
+    list): the folio was taken off the LRU, so no page is PG_LRU, and a page
+    left unmapped is not freed here but stays on the list with one reference
+    (the caller's to drop: pageout_putback)."""
     cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), stop, pte, zero
     cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
     cdef uint64_t *t
@@ -639,7 +645,11 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
             e.refcount[p] -= 1
             mm.rss_anon -= 1
     for p in range(head, head + HPAGE_PMD_NR):
-        if e.refcount[p] == 0:
+        if isolated:
+            e.fflags[p] &= ~PG_LRU
+            if e.refcount[p] == 0:
+                e.refcount[p] = 1
+        elif e.refcount[p] == 0:
             frame_free(e, p)
     return 0
 
@@ -672,24 +682,28 @@ cdef void split_folios_partly_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t
             # Covered whole: every page the window maps of it lies in [start, end).
             if folio_in_range(e, t, va, head, start, end):
                 continue
-            split_folio_here(e, mm, head, a, True)
+            split_folio_here(e, mm, head, a, True, False)
         va += PMD_SPAN
 
 
-cdef void split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
+                            int64_t *heads, int64_t cap) noexcept nogil:
     """Swap-out of the large folios in [start, end) that this mm alone maps:
     the folio is split first and its pages go out one by one, as
     shrink_folio_list does when the swap device has no free cluster for a
     whole THP (THP_SWPOUT_FALLBACK): cluster allocation needs a
     non-rotational device, and the swap here is a file like the host's,
     where the 6.18.44 host splits (its all-zero pages going to the zero
-    page from 6.12). Whole-THP swap-out is not modelled."""
+    page from 6.12). Whole-THP swap-out is not modelled. The split is
+    reclaim's (isolated): the heads of the folios split go to heads[] (at
+    most cap; a folio beyond that is left large), in address order, for
+    pageout_putback. Returns how many."""
     cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop
     cdef uint64_t *t
-    cdef int64_t i, pfn, head, last = -1
+    cdef int64_t i, pfn, head, last = -1, n = 0
     if e.nr_large == 0:
-        return
-    while va < end:
+        return 0
+    while va < end and n < cap:
         t = leaf_or_skip(e, mm.pgd, va, &stop)
         if t == NULL:
             va = stop
@@ -699,10 +713,14 @@ cdef void split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) n
                 pfn = <int64_t>pte_pfn(t[i])
                 if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and not is_huge_zero_pfn(e, pfn):
                     head = folio_of(e, pfn)
-                    if head != last:    # once per folio: a failed split stays failed
+                    if head != last and n < cap:    # once per folio: a failed split stays failed
                         last = head
-                        split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT), True)
+                        if split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT),
+                                            True, True) == 0:
+                            heads[n] = head
+                            n += 1
         va += PMD_SPAN
+    return n
 
 
 cdef bint folio_in_range(engine_t *e, uint64_t *t, uint64_t base, int64_t head,

@@ -118,7 +118,9 @@ cdef void swap_entry_free(engine_t *e, int64_t slot) noexcept nogil:
         return
     if e.swap_map[slot] & SWAP_HAS_CACHE:
         pfn = e.swap_cache[slot] - 1
-        if e.refcount[pfn] == 1 and e.mapcount[pfn] == 0:
+        # A per-CPU LRU batch's reference (a folio MADV_PAGEOUT put back)
+        # does not hold it: __try_to_reclaim_swap only needs it unmapped.
+        if e.mapcount[pfn] == 0 and e.refcount[pfn] - lru_batch_refs(e, pfn) == 1:
             swapcache_delete(e, pfn)
         return
     swap_slot_release(e, slot)
@@ -185,6 +187,12 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     if e.pol.wp_reuse == WP_REUSE_ANON_EXCLUSIVE:
         # 5.19+ (1493a1913e34): the swap pte remembers exclusivity.
         exclusive = (orig & SWP_EXCLUSIVE) != 0
+        # do_swap_page (c145e0b47c77, 5.18): a write drains the local LRU
+        # batches when the folio is not on the LRU, so that their reference
+        # does not count; a folio on the LRU but waiting in a rotate batch
+        # (lru_rotate) keeps that reference, and its swapcache.
+        if write and not (e.fflags[pfn] & (PG_KSM | PG_LRU)):
+            lru_drain(e, cpu)
         if write and not (e.fflags[pfn] & PG_KSM) and e.refcount[pfn] == 2:
             try_to_free_swap(e, pfn)            # should_try_to_free_swap()
         if exclusive or e.refcount[pfn] == 1:
@@ -342,6 +350,8 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     cdef int64_t i, i0, i1, pfn, n = 0, nanon = 0, nfile = 0, cap
     cdef int64_t *anon
     cdef int64_t *fpfn
+    cdef int64_t *heads = NULL
+    cdef int64_t nheads = 0, hcap
     cdef bint full = False
     stopped[0] = end
     if not free_swapcache:
@@ -350,7 +360,11 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
         # small pages here. Direct reclaim leaves large folios alone (not
         # modelled yet: the kernel would swap cold THPs out).
         split_folios_partly_in(e, mm, start, end)
-        split_folios_in(e, mm, start, end)
+        if e.nr_large:
+            hcap = e.nr_large                   # no more folios to split than there are
+            heads = <int64_t *>malloc(hcap * sizeof(int64_t))
+            if heads != NULL:
+                nheads = split_folios_in(e, mm, start, end, heads, hcap)
     lru_drain(e, cpu)
     # Scratch arrays sized by what is mapped in range, not by the range.
     cap = 0
@@ -362,10 +376,14 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     if cap > budget:
         cap = budget
     if cap <= 0:
+        pageout_putback(e, cpu, NULL, 0, heads, nheads)
+        free(heads)
         return 0
     anon = <int64_t *>malloc(cap * sizeof(int64_t))
     fpfn = <int64_t *>malloc(cap * sizeof(int64_t))
     if anon == NULL or fpfn == NULL:
+        pageout_putback(e, cpu, NULL, 0, heads, nheads)
+        free(heads)
         free(anon)
         free(fpfn)
         return 0
@@ -439,9 +457,96 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                 # A clean folio is simply dropped from the cache (__remove_mapping).
                 cache_truncate(e, file_of(e, e.mapping[pfn]), e.index[pfn], e.index[pfn] + 1)
                 n += 1
+    if not free_swapcache:
+        pageout_putback(e, cpu, anon, nanon, heads, nheads)
+    free(heads)
     free(anon)
     free(fpfn)
     return n
+
+
+cdef inline int64_t putback_group(int64_t pfn, int64_t *heads, int64_t nheads) noexcept nogil:
+    cdef int64_t j
+    for j in range(nheads):
+        if heads[j] <= pfn < heads[j] + HPAGE_PMD_NR:
+            return j
+    return -1
+
+
+cdef void putback_page(engine_t *e, int cpu, int64_t pfn, bint split) noexcept nogil:
+    """folio_putback_lru() of one folio reclaim kept: into the CPU's add
+    batch (a reference) and off the LRU until the batch moves. A page its
+    split left unmapped drops the list's reference here; the batch's is
+    then its last."""
+    if not (e.fflags[pfn] & PG_USED):
+        return
+    e.fflags[pfn] &= ~PG_LRU
+    lru_add(e, cpu, pfn)
+    if split and e.mapcount[pfn] == 0 and not (e.fflags[pfn] & PG_SWAPCACHE):
+        put_page(e, pfn, 1)
+
+
+cdef void putback_walk(engine_t *e, int cpu, int64_t *anon, int64_t nanon, int64_t *heads,
+                       int64_t nheads, bint rotate) noexcept nogil:
+    """The folios MADV_PAGEOUT's reclaim kept, in the order shrink_folio_list
+    kept them: the pages in address order, and a THP split on the way as
+    its head then its tails from the last (split_folio_to_list queues them
+    so; seen in the host's swap slots and LRU flags). Puts each back, or
+    with `rotate`, ends the writeback of each one written."""
+    cdef int64_t i, j, p, pfn
+    cdef uint8_t *done = NULL
+    if nheads:
+        done = <uint8_t *>calloc(nheads, 1)
+        if done == NULL:
+            nheads = 0
+    for i in range(nanon + nheads):
+        if i < nanon:
+            pfn = anon[i]
+            j = putback_group(pfn, heads, nheads)
+            if j < 0:
+                if rotate:
+                    if e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_SWAPCACHE and e.mapcount[pfn] == 0:
+                        lru_rotate(e, cpu, pfn)
+                else:
+                    putback_page(e, cpu, pfn, False)
+                continue
+        else:
+            j = i - nanon                  # a split THP none of whose pages went out
+        if done[j]:
+            continue
+        done[j] = 1
+        for p in range(HPAGE_PMD_NR):
+            pfn = heads[j] + ((HPAGE_PMD_NR - p) & (HPAGE_PMD_NR - 1))   # head, then 511 .. 1
+            if rotate:
+                if e.fflags[pfn] & PG_USED and e.fflags[pfn] & PG_SWAPCACHE and e.mapcount[pfn] == 0:
+                    lru_rotate(e, cpu, pfn)
+            else:
+                putback_page(e, cpu, pfn, True)
+    free(done)
+
+
+cdef void pageout_putback(engine_t *e, int cpu, int64_t *anon, int64_t nanon, int64_t *heads,
+                          int64_t nheads) noexcept nogil:
+    """The end of MADV_PAGEOUT: reclaim_pages puts back every folio it kept
+    (reclaim_folio_list: folio_putback_lru, through the per-CPU add batch),
+    then the swap writes complete: madvise holds them in its block plug
+    (do_madvise's blk_start_plug) until it returns, so each written folio
+    ends its writeback after the putback, and one that reached the LRU
+    meanwhile (its add batch filled behind it) is rotated, waiting in the
+    rotate batch with a reference (folio_end_writeback ->
+    folio_rotate_reclaimable). Base pages reach the LRU, and so the rotate
+    batch, a whole batch at a time, which moves at once; a split THP's
+    all-zero pages fill add batches but are not written, so its written
+    pages can stay there, and a write fault then keeps their swapcache
+    (do_swap_page's should_try_to_free_swap sees the reference: 6.18.44
+    host, THP written at page 0, MADV_PAGEOUT, written again). Measured on
+    the host with few written pages; with many, some writes complete
+    before the putback and are not rotated (not modelled). The rotate
+    batch is the one of the CPU the completion interrupt runs on: the last
+    CPU, as the host's virtio-blk request queue interrupt (on another CPU
+    than the task's, a write fault's local drain leaves it alone)."""
+    putback_walk(e, cpu, anon, nanon, heads, nheads, False)
+    putback_walk(e, e.ncpus - 1, anon, nanon, heads, nheads, True)
 
 
 cdef int64_t reclaim_pages(engine_t *e, int cpu, int64_t want) noexcept nogil:

@@ -433,6 +433,99 @@ def test_madv_pageout_of_a_thp_splits_it_and_swaps_its_pages_out():
     m.check()
 
 
+def _swapcache_after_rewrite(m, p, mem, written):
+    """MADV_PAGEOUT over the THP at mem, then a write to each written page in
+    turn: which of them the write fault left in the swapcache ("S")."""
+    for i in written:
+        p.write(mem + i * PAGE, b"w%d" % i)
+    p.madvise(mem, THP, C.MADV_PAGEOUT)
+    kept = ""
+    for i in written:
+        p.write(mem + i * PAGE, b"again")
+        kept += "S" if "swapcache" in m.frame(p.pagemap(mem + i * PAGE).pfn).flags else "."
+    m.check()
+    return kept
+
+
+@pytest.mark.parametrize("kernel,kept", [("6.11", "."), ("6.12", "S"), ("6.18", "S")])
+def test_a_thp_page_swapped_out_alone_keeps_its_swapcache_on_the_write_fault(kernel, kept):
+    """MADV_PAGEOUT of a THP written only at page 0: reclaim splits it; from
+    b1f202060afe (6.12) its 511 all-zero pages go to the zero page and only
+    page 0 is written out. reclaim_folio_list puts the 512 pages back through
+    the per-CPU add batch (head first), so page 0 reaches the LRU when the
+    zero pages behind it fill the batch; its write completes after madvise's
+    block plug is flushed, and folio_end_writeback rotates it into the rotate
+    batch, whose reference do_swap_page cannot drain (the folio is PG_lru):
+    should_try_to_free_swap fails and the swapcache stays (6.18.44 host:
+    pagemap + kpageflags, seed-41 diff program). Before 6.12 all 512 pages
+    are written and rotated, whole batches that move at once: freed."""
+    m = _machine(kernel, swap=8 << 20)
+    p = m.spawn()
+    assert _swapcache_after_rewrite(m, p, _thp_range(p), [0]) == kept
+
+
+def test_a_base_page_swapped_out_alone_leaves_the_swapcache_on_the_write_fault():
+    """The same on a base page: put back, it waits in the add batch (not on
+    the LRU), is not rotated, and the write fault's local drain frees it."""
+    m = _machine(swap=8 << 20)
+    p = m.spawn()
+    P = p.mmap(0, PAGE, RW, PRIV)
+    p.write(P, b"x")
+    pfn = p.pagemap(P).pfn
+    p.madvise(P, PAGE, C.MADV_PAGEOUT)
+    flags = m.frame(pfn).flags
+    assert p.pagemap(P).swapped and "swapcache" in flags and "lru" not in flags
+    p.write(P, b"y")
+    assert "swapcache" not in m.frame(p.pagemap(P).pfn).flags
+    m.check()
+
+
+@pytest.mark.parametrize("kernel,kept", [
+    # 9cecde80aae0 (6.9): batches of 31. Putback order 0, 511..1: the last 16
+    # (16..1) stay in the add batch; 0 and 29..17 were rotated, 14 < 31.
+    ("6.18", "S" + "." * 16 + "S" * 13),
+    # Batches of 15 and no zero page (6.11): 510 of 512 rotated, all moved.
+    ("6.8", "." * 30)])
+def test_which_pages_of_a_split_thp_keep_their_swapcache(kernel, kept):
+    """Pages 0..29 written, measured on the 6.18.44 host (process pinned to
+    either CPU or not): 0 and 17..29 keep their swapcache on the rewrite."""
+    m = _machine(kernel, swap=8 << 20)
+    p = m.spawn()
+    assert _swapcache_after_rewrite(m, p, _thp_range(p), range(30)) == kept
+
+
+def test_a_saved_machine_keeps_its_rotate_batch():
+    """The rotate batch is machine state: a copy keeps the reference, so its
+    write fault keeps the swapcache too."""
+    import copy
+    m = _machine(swap=8 << 20)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    p.madvise(mem, THP, C.MADV_PAGEOUT)
+    m2 = copy.deepcopy(m)
+    p2 = m2.processes[0]
+    p2.write(mem, b"y")
+    assert "swapcache" in m2.frame(p2.pagemap(mem).pfn).flags
+    m2.check()
+
+
+def test_the_rotate_batch_reference_goes_with_a_drain_of_its_cpu():
+    """lru_add_drain_all (here: migration's) moves the rotate batch too: the
+    write fault then frees the swapcache."""
+    m = _machine(swap=8 << 20, nodes=2)
+    p = m.spawn()
+    mem = _thp_range(p)
+    p.write(mem, b"x")
+    p.madvise(mem, THP, C.MADV_PAGEOUT)
+    other = p.mmap(0, PAGE, RW, PRIV)
+    p.write(other, b"o")
+    p.move_pages([other], [1])
+    p.write(mem, b"y")
+    assert "swapcache" not in m.frame(p.pagemap(mem).pfn).flags
+    m.check()
+
+
 def _small_pages(p, mem, every=3):
     for i in range(0, NR, every):
         p.write(mem + i * PAGE, b"z%d" % i)
