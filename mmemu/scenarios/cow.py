@@ -37,7 +37,10 @@ def _anon_page(p, fill=ONES, backing="base"):
 def _thp_mem(p, backing):
     """cow.c do_run_with_thp(): a PMD-mapped THP (2 * THP mapped, the
     aligned half given MADV_HUGEPAGE and populated, memset to 1), then the
-    backing's change to it. Returns (mem, size)."""
+    backing's change to it; a "-swapped" backing then pages the memory out
+    (THP_RUN_*_SWAPOUT). Returns (mem, size)."""
+    swapped = backing.endswith("-swapped")
+    backing = backing.removesuffix("-swapped")
     raw = p.mmap(0, 2 * THP, RW, PRIV)
     mem = (raw + THP - 1) & ~(THP - 1)
     p.madvise(mem, THP, C.MADV_HUGEPAGE)
@@ -66,6 +69,15 @@ def _thp_mem(p, backing):
         p.madvise(mem + PAGE, THP - PAGE, C.MADV_DONTFORK)
         p.fork().exit()
         p.madvise(mem + PAGE, THP - PAGE, C.MADV_DOFORK)
+    if swapped:
+        # cow.c: MADV_PAGEOUT, and skip unless the whole range reached swap.
+        # A swap file takes no whole-THP swap entry (SWP_BLKDEV only), so
+        # reclaim splits the folio and swaps its pages one by one
+        # (shrink_folio_list's THP_SWPOUT_FALLBACK): afterwards this is
+        # small swapped pages, as base-swapped is one.
+        p.madvise(mem, size, C.MADV_PAGEOUT)
+        if not all(int(e) & C.PM_SWAP for e in p.pagemap_range(mem, size // PAGE)):
+            raise ScenarioSkip("MADV_PAGEOUT did not swap the THP out (no swap?)")
     return mem, size
 
 
@@ -109,20 +121,29 @@ def _anon_mem(p, backing):
     return _thp_mem(p, backing)
 
 
-# cow.c's THP backings (the swapped ones need THP swap-out, not modelled yet).
-THP_BACKINGS = ("THP", "PTE-THP", "single-PTE-THP", "partial-mremap-THP", "partial-shared-THP")
+# cow.c's THP backings, in run_anon_test_case's order.
+THP_BACKINGS = ("THP", "THP-swapped", "PTE-THP", "PTE-THP-swapped", "single-PTE-THP",
+                "single-PTE-THP-swapped", "partial-mremap-THP", "partial-shared-THP")
+SWAPPED_THP_BACKINGS = tuple(b for b in THP_BACKINGS if b.endswith("-swapped"))
 
 
-def _backings(base, thp, pte_thp, bug_thp=None, hugetlb="", bug_hugetlb=None, **other):
+def _backings(base, thp, pte_thp, bug_thp=None, hugetlb="", bug_hugetlb=None, thp_swapped=None,
+              **other):
     """{backing: fails} for the base backings, cow.c's THP ones and its
     hugetlb ones: `thp` for the PMD-mapped THP, `pte_thp` for the PTE-mapped
     ones, keyword exceptions (partial_mremap_THP=...) for one of those,
     `hugetlb` for both hugetlb sizes. A THP or hugetlb row may name its own
-    bug (B2a: B2 through a PMD-mapped THP; B2b: through hugetlb)."""
+    bug (B2a: B2 through a PMD-mapped THP; B2b: through hugetlb). The
+    swapped THP backings are small swapped pages by the time the test runs
+    (see _thp_mem), so they fail as base-swapped does unless `thp_swapped`
+    says otherwise."""
     out = {"base": base[0], "base-swapped": base[1]}
     out["THP"] = (thp, bug_thp) if bug_thp else thp
     for b in THP_BACKINGS[1:]:
-        out[b] = other.get(b.replace("-", "_"), pte_thp)
+        if b in SWAPPED_THP_BACKINGS:
+            out[b] = other.get(b.replace("-", "_"), base[1] if thp_swapped is None else thp_swapped)
+        else:
+            out[b] = other.get(b.replace("-", "_"), pte_thp)
     for b in HUGETLB_BACKINGS:
         out[b] = (hugetlb, bug_hugetlb) if bug_hugetlb else hugetlb
     return out
