@@ -15,8 +15,12 @@ without page tables or refcount arithmetic:
   * reads of untouched memory map the shared zero page;
   * ksm_scan (ksmd) may only merge pages whose contents are equal, never a
     pinned one; a KSM page is never reused by a write or an unshare (always
-    copied), and MADV_UNMERGEABLE gives each mapping its own copy. What the
-    scan merged is read back from the engine and checked against that;
+    copied), and MADV_UNMERGEABLE gives each mapping its own copy; KSM
+    migrates nothing (the merged frame is one of the merged pages', on its
+    node). What the scan merged is read back from the engine and checked
+    against that; ksm_candidates fills pages of a mergeable region with one
+    of two patterns and scans twice so that merges happen, and ksm_break
+    writes to or unmerges a page the model knows is KSM;
   * fork copies the page tables of a VMA only if it has an anon_vma, which
     the first fault that puts an anon page in the VMA creates
     (vma_needs_copy); a VMA is a maximal run of contiguous pages with equal
@@ -503,9 +507,10 @@ class EngineVsModel(RuleBasedStateMachine):
         self.do_madvise(i, r, first, count, advice)
 
     def do_madvise(self, i, r, first, count, advice):
-        p = self.proc(i)
         addr, n = self.span(r, first, count)
+        self.madvise_range(self.proc(i), addr, n, advice)
 
+    def madvise_range(self, p, addr, n, advice):
         def model():
             vpns = [v for v in range(addr // PAGE, addr // PAGE + n) if v in p.vmas]
             try:
@@ -557,6 +562,17 @@ class EngineVsModel(RuleBasedStateMachine):
         self.expect(lambda: p.eng.write(addr, data), model)
 
     @precondition(lambda self: self.regions)
+    @rule(i=st.integers(0, 7), r=st.integers(0, 7), value=st.sampled_from([0x5a, 0xa5]))
+    def ksm_candidates(self, i, r, value):
+        """MADV_MERGEABLE over a region, then its first two pages filled
+        with one of two patterns, then two full scans: equal pages, in this
+        process and in the others that fill the same way, merge."""
+        self.do_madvise(i, r, 0, 3, MADV_MERGEABLE)
+        for first in (0, 1):
+            self.write(i, r, first, 0, PAGE, value)
+        self.ksm_scan(None, 2)
+
+    @precondition(lambda self: self.regions)
     @rule(i=st.integers(0, 7), r=st.integers(0, 7), first=st.integers(0, 3),
           off=st.integers(0, PAGE - 1), length=st.integers(1, PAGE + 64))
     def read(self, i, r, first, off, length):
@@ -573,11 +589,13 @@ class EngineVsModel(RuleBasedStateMachine):
         self.expect(lambda: p.eng.read(addr, length), model)
 
     @precondition(lambda self: self.regions)
-    @rule(pages=st.sampled_from([None, 1, 5]))
-    def ksm_scan(self, pages):
-        """ksmd: read back which mappings now share a frame and check that
+    @rule(pages=st.sampled_from([None, 1, 5]), rounds=st.integers(1, 2))
+    def ksm_scan(self, pages, rounds):
+        """ksmd (two rounds of full scans merge pages that were equal over
+        both): read back which mappings now share a frame and check that
         only equal contents merged and that no pinned page lost its mapping."""
-        self.m.ksm_scan(pages)
+        for _ in range(rounds):
+            self.m.ksm_scan(pages)
         groups = {}
         for p in self.procs:
             entries = pagemap_of(p)
@@ -600,9 +618,26 @@ class EngineVsModel(RuleBasedStateMachine):
             assert not any(o.pins for o in objs.values()), "a pinned page lost a mapping to KSM"
             new = Obj(data)
             new.mapcount, new.ksm, new.exclusive = len(group), ksm, not ksm and len(group) == 1
+            # KSM migrates nothing: the frame kept is one of the merged pages'.
+            new.node = self.m.node_of(pfn)
+            assert new.node in {o.node for o in objs.values()}, "KSM merged onto a frame of another node"
             for p, vpn, o in group:
                 o.mapcount -= 1
                 p.pages[vpn] = new
+
+    @precondition(lambda self: any(isinstance(pg, Obj) and pg.ksm for p in self.procs for pg in p.pages.values()))
+    @rule(k=st.integers(0, 63), unmerge=st.booleans())
+    def ksm_break(self, k, unmerge):
+        """A write to a KSM page (always a copy) or MADV_UNMERGEABLE of it."""
+        ksm = [(p, v) for p in self.procs for v, pg in sorted(p.pages.items()) if isinstance(pg, Obj) and pg.ksm]
+        p, vpn = ksm[k % len(ksm)]
+        if unmerge:
+            self.madvise_range(p, vpn * PAGE, 1, MADV_UNMERGEABLE)
+            return
+
+        def model():
+            p.fault_write(vpn).data[:8] = b"\x01" * 8
+        self.expect(lambda: p.eng.write(vpn * PAGE, b"\x01" * 8), model)
 
     @precondition(lambda self: len(self.procs) < self.MAX_PROCS)
     @rule(i=st.integers(0, 7))
@@ -900,7 +935,12 @@ class ThpEngineVsModel(EngineVsModel):
             p.eng.madvise(addr, PMD_SIZE, MADV_HUGEPAGE)
         for vpn in range(addr // PAGE, addr // PAGE + NR):
             p.vmas[vpn] = {"prot": RW, "dontfork": False, "wipe": False, "anon_vma": 0, "single": True,
-                           "mergeable": False, "huge": huge}
+                           "mergeable": False, "huge": False}
+        # The new VMA may merge with a neighbour (and take its anon_vma)
+        # before MADV_HUGEPAGE splits it off again, keeping that anon_vma.
+        p.normalize()
+        for vpn in range(addr // PAGE, addr // PAGE + NR):
+            p.vmas[vpn]["huge"] = huge
         self.regions.append((addr, NR))
 
     @precondition(lambda self: self.regions)
