@@ -170,10 +170,12 @@ cdef class Engine:
         self.e.thp_defrag = 3
         self.e.huge_zero_pfn = -1
         self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
+        self.e.large_pincount = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
         self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
         self.e.dsq_on = <uint8_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, 1)
-        if self.e.entire_map == NULL or self.e.hfree == NULL or self.e.dsq_on == NULL:
+        if self.e.entire_map == NULL or self.e.large_pincount == NULL or self.e.hfree == NULL \
+                or self.e.dsq_on == NULL:
             raise MemoryError()
         self.e.mm_cap = 16
         self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
@@ -260,6 +262,7 @@ cdef class Engine:
             free(self.e.resv_maps[i].consumed)
         free(self.e.resv_maps)
         free(self.e.entire_map)
+        free(self.e.large_pincount)
         free(self.e.hfree)
         free(self.e.dsq)
         free(self.e.dsq_on)
@@ -361,6 +364,7 @@ cdef class Engine:
         st["thp"] = np.array([self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag,
                               self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
+        st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
         st["dsq"] = stack_export(self.e.dsq, self.e.ndsq * 3, np.int64)
         st["dsq_on"] = stack_export(self.e.dsq_on, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.uint8)
@@ -506,6 +510,11 @@ cdef class Engine:
             if len(em) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1 or len(hf) > self.e.hfree_cap:
                 raise ValueError("saved THP tables of the wrong size")
             memcpy(self.e.entire_map, cnp_data(em), len(em) * sizeof(int32_t))
+            # Saved before pins were counted per large folio: none recorded.
+            lp = np.ascontiguousarray(st.get("large_pincount", np.zeros(len(em), np.int32)), np.int32)
+            if len(lp) != len(em):
+                raise ValueError("saved THP tables of the wrong size")
+            memcpy(self.e.large_pincount, cnp_data(lp), len(lp) * sizeof(int32_t))
             if len(hf):
                 memcpy(self.e.hfree, cnp_data(hf), len(hf) * sizeof(int64_t))
             self.e.nhfree = len(hf)
@@ -1298,9 +1307,13 @@ cdef class Engine:
                 break
             self.e.refcount[pfn] += per                 # try_grab_folio
             if gup_flags & FOLL_PIN:
+                folio_pin_count(&self.e, pfn, 1)
+            if gup_flags & FOLL_PIN:
                 m.flags |= MMF_HAS_PINNED
             sched_point(&self.e, SP_GUP_FAST_GRABBED, mm, va, <uint64_t>pfn)
             if ptep[0] != pte:
+                if gup_flags & FOLL_PIN:
+                    folio_pin_count(&self.e, pfn, -1)
                 put_page(&self.e, pfn, per)             # the pte changed under us: undo, stop
                 break
             o[n] = pfn

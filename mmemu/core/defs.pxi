@@ -234,6 +234,10 @@ ctypedef struct engine_t:
     int64_t nr_huge_pmd        # PMD leaves mapped, all mms (0: no walk needs to look)
     int64_t nr_large           # large folios allocated (the huge zero page included)
     int32_t *entire_map
+    # Each large folio's pins, exactly (folio->_pincount, 47e29d32afba,
+    # 5.7): its refcount also holds pipes' references and one per mapping,
+    # so GUP_PIN_COUNTING_BIAS there is no pin test for 512 pages.
+    int32_t *large_pincount
     int64_t *hfree
     int64_t nhfree, hfree_cap
     # The deferred split queue (deferred_split_folio): large anon folios

@@ -140,6 +140,26 @@ cdef inline void get_page(engine_t *e, int64_t pfn, int32_t nr) noexcept nogil:
         e.refcount[folio_of(e, pfn)] += nr
 
 
+cdef inline void folio_pin_count(engine_t *e, int64_t pfn, int32_t delta) noexcept nogil:
+    """A pin taken (1) or dropped (-1) on pfn's folio: counted exactly on
+    a large one (folio->_pincount); a small page has only the bias."""
+    cdef int64_t head
+    if pfn == ZERO_PFN:
+        return
+    head = folio_of(e, pfn)
+    if e.fflags[head] & PG_HEAD:
+        e.large_pincount[head >> HPAGE_PMD_ORDER] += delta
+
+
+cdef inline bint folio_maybe_dma_pinned(engine_t *e, int64_t pfn) noexcept nogil:
+    """folio_maybe_dma_pinned(): exact for a large folio (its _pincount,
+    47e29d32afba, 5.7); a small page's refcount reaching the bias."""
+    cdef int64_t head = folio_of(e, pfn)
+    if e.fflags[head] & PG_HEAD:
+        return e.large_pincount[head >> HPAGE_PMD_ORDER] > 0
+    return e.refcount[head] >= GUP_PIN_COUNTING_BIAS
+
+
 cdef inline void put_page(engine_t *e, int64_t pfn, int32_t nr) noexcept nogil:
     if pfn == ZERO_PFN:
         return

@@ -95,6 +95,7 @@ cdef int follow_page_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
         # A large folio's pin is counted on its head as well (the kernel
         # keeps _pincount there; the bias gives the same maybe-pinned test).
         e.refcount[folio_of(e, pfn)] += GUP_PIN_COUNTING_BIAS
+        folio_pin_count(e, pfn, 1)
         if e.pol.mm_has_pinned:
             mm.flags |= MMF_HAS_PINNED
     elif gup_flags & FOLL_GET:
@@ -196,4 +197,6 @@ cdef int64_t gup_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t n
 cdef void unpin_pages(engine_t *e, const int64_t *pfns, int64_t n, int32_t per_page) noexcept nogil:
     cdef int64_t i
     for i in range(n):
+        if per_page == GUP_PIN_COUNTING_BIAS:
+            folio_pin_count(e, pfns[i], -1)     # unpin_user_page
         put_page(e, pfns[i], per_page)

@@ -371,7 +371,7 @@ cdef int copy_huge_pmd(engine_t *e, mm_t *src, mm_t *dst, uint64_t haddr, int32_
     if not (pte0 & PTE_SPECIAL):
         head = <int64_t>pte_pfn(pte0)
         if e.pol.fork_early_cow and src.flags & MMF_HAS_PINNED \
-                and e.refcount[head] >= GUP_PIN_COUNTING_BIAS \
+                and folio_maybe_dma_pinned(e, head) \
                 and ((not e.pol.anon_exclusive) or e.fflags[head] & PG_ANON_EXCLUSIVE):
             split_huge_pmd_locked(e, src, sslot, haddr)
             return 1

@@ -235,7 +235,7 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                 # 5.9-5.18 copied any maybe-pinned page of a COW mapping
                 # early; 5.19+ only exclusive anon ones (folio_try_dup_anon_rmap).
                 if cow and e.pol.fork_early_cow and src.flags & MMF_HAS_PINNED \
-                        and e.refcount[folio_of(e, pfn)] >= GUP_PIN_COUNTING_BIAS \
+                        and folio_maybe_dma_pinned(e, pfn) \
                         and ((not e.pol.anon_exclusive) or
                              (e.fflags[pfn] & PG_ANON and e.fflags[pfn] & PG_ANON_EXCLUSIVE)):
                     # 5.9+ (70e806e4e645; 5.19+ folio_try_dup_anon_rmap failing):
@@ -314,7 +314,7 @@ cdef int64_t clear_soft_dirty_range(engine_t *e, mm_t *mm, uint64_t start, uint6
                 # 5.11+ (9348b73c2e1b): a maybe-pinned page keeps its
                 # writable pte, so it always reads soft-dirty.
                 pfn = <int64_t>pte_pfn(pte)
-                if e.refcount[folio_of(e, pfn)] >= GUP_PIN_COUNTING_BIAS:
+                if folio_maybe_dma_pinned(e, pfn):
                     continue
             if pte & PTE_WRITE:
                 lost += 1

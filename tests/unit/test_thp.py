@@ -188,6 +188,33 @@ def test_fork_splits_a_pinned_thp_and_copies_it_for_the_child_from_5_9(kernel, c
     m.check()
 
 
+@pytest.mark.parametrize("pmd_mapped", [True, False])
+def test_fork_does_not_take_a_thp_with_many_pipe_references_for_pinned(pmd_mapped):
+    """A large folio counts its pins exactly (folio->_pincount, 47e29d32afba,
+    5.7), so fork in a process that has pinned something (MMF_HAS_PINNED)
+    shares a THP that pipes hold 1024 references to: a refcount past
+    GUP_PIN_COUNTING_BIAS is no pin. If the engine guessed from the
+    refcount, the child would get copies of the exclusive pages."""
+    m = _machine()
+    p = m.spawn()
+    other = p.mmap(0, PAGE, RW, PRIV)
+    pin = p.pin_user_pages(other, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)      # MMF_HAS_PINNED
+    mem = _thp_range(p)
+    p.write(mem, b"\x01" * THP)
+    if not pmd_mapped:
+        p.mprotect(mem + PAGE, PAGE, C.PROT_READ)   # 512 pte mappings, still one folio
+        p.mprotect(mem + PAGE, PAGE, RW)
+    pipes = [p.vmsplice(mem, THP) for _ in range(2)]
+    assert m.frame(p.pagemap(mem).pfn).refcount >= C.GUP_PIN_COUNTING_BIAS
+    before = _pfns(p, mem)
+    c = p.fork()
+    assert _pfns(c, mem) == before
+    for pipe in pipes:
+        pipe.close()
+    pin.release()
+    m.check()
+
+
 def test_partial_mprotect_splits_the_pmd_and_the_folio_stays_large():
     m = _machine()
     p = m.spawn()
