@@ -65,7 +65,8 @@ over 2 MiB-aligned regions, most given MADV_HUGEPAGE, and states (6.18):
     nothing else references; its all-zero pages then map the zero page (6.12);
   * MADV_COLLAPSE of a block makes a fresh exclusive THP holding a copy
     (EINVAL with no page table or over a guard, EAGAIN over a page a pipe
-    or a pin holds); KSM never merges a page of a THP.
+    or a pin holds); KSM splits a THP (as split_folio above, only one
+    that one mm maps and nothing else references) before merging its page.
 """
 import errno
 import itertools
@@ -357,15 +358,27 @@ class MProc:
                 f = pg.folio
                 seen.add(id(f))
                 mine = [w for w in window if isinstance(self.pages.get(w), Obj) and self.pages[w].folio is f]
-                n = f.mappings()
-                if all(start <= w < end for w in mine) or f.refs() != n or self.maps_of(f) != n:
-                    continue
-                self.split_pmd(block)
-                f.split()
-                for w in mine:
-                    if not any(self.pages[w].data):
-                        self.pages[w].mapcount -= 1
-                        self.pages[w] = ZERO
+                if not all(start <= w < end for w in mine) and self.can_split(f):
+                    self.split_folio(f)
+
+    def can_split(self, f):
+        """split_folio_here's test: this mm alone maps the folio and nothing
+        but its mappings references it (can_split_folio)."""
+        n = f.mappings()
+        return f.refs() == n and self.maps_of(f) == n
+
+    def split_folio(self, f):
+        """split_folio() of a folio only this mm maps: its PMD, if any, is
+        split, each page becomes a small folio, and the mapped pages that
+        are all zeros map the shared zero page (b1f202060afe, 6.12)."""
+        block = next(v // NR for v, pg in self.pages.items() if isinstance(pg, Obj) and pg.folio is f)
+        self.split_pmd(block)
+        f.split()
+        for w in range(block * NR, block * NR + NR):
+            pg = self.pages.get(w)
+            if isinstance(pg, Obj) and f.pages[pg.index] is pg and not any(pg.data):
+                pg.mapcount -= 1
+                self.pages[w] = ZERO
 
     def fault_write(self, vpn):
         vma = self.vmas.get(vpn)
@@ -596,20 +609,29 @@ class EngineVsModel(RuleBasedStateMachine):
         only equal contents merged and that no pinned page lost its mapping."""
         for _ in range(rounds):
             self.m.ksm_scan(pages)
+        eng = self.m._engine
+        # try_to_merge_one_page() splits a THP before merging a page of it
+        # (split_huge_page): read back which folios KSM split; only one that
+        # a single mm maps and nothing else references may be.
+        for p in self.procs:
+            entries = pagemap_of(p)
+            for vpn, page in list(p.pages.items()):
+                if isinstance(page, Obj) and page.folio is not None and eng.thp_info(entries[vpn].pfn)[0] < 0:
+                    assert p.can_split(page.folio), "KSM split a THP that is shared or referenced"
+                    p.split_folio(page.folio)
         groups = {}
         for p in self.procs:
             entries = pagemap_of(p)
             for vpn, page in p.pages.items():
                 if isinstance(page, Obj):
                     groups.setdefault(entries[vpn].pfn, []).append((p, vpn, page))
-        eng = self.m._engine
         for pfn, group in groups.items():
             objs = {id(o): o for _, _, o in group}
             ksm = "ksm" in eng.frame_info(pfn)[2]
             data = bytes(group[0][2].data)
             assert all(bytes(o.data) == data for o in objs.values()), "KSM merged different contents"
             assert not (ksm or len(objs) > 1) or all(o.folio is None for o in objs.values()), \
-                "KSM merged a page of a THP"
+                "KSM merged a page of a THP it did not split"
             if len(objs) == 1 and len(group) == group[0][2].mapcount:
                 obj = group[0][2]
                 obj.ksm = ksm
