@@ -947,7 +947,7 @@ cdef int64_t deferred_split_scan(engine_t *e) noexcept nogil:
             if mmi >= e.nmm or (k and mmi == e.dsq[3 * i + 1]):
                 continue
             mm = &e.mms[mmi]
-            if mm.alive and split_folio_here(e, mm, head, <uint64_t>e.dsq[3 * i + 2], True) == 0:
+            if mm.alive and split_folio_here(e, mm, head, <uint64_t>e.dsq[3 * i + 2], True, False) == 0:
                 break
         if not e.dsq_on[head >> HPAGE_PMD_ORDER]:
             continue

@@ -602,7 +602,7 @@ cdef int copy_hugetlb_range(engine_t *e, mm_t *src, mm_t *dst, uint64_t start, u
         pte = pmd_leaf_table(e, ss[0])[0]
         head = folio_of(e, <int64_t>pte_pfn(pte))
         if cow and e.fflags[head] & PG_ANON and e.pol.hugetlb_fork_copy_pinned \
-                and src.flags & MMF_HAS_PINNED and e.refcount[head] >= GUP_PIN_COUNTING_BIAS \
+                and src.flags & MMF_HAS_PINNED and folio_maybe_dma_pinned(e, head) \
                 and ((not e.pol.anon_exclusive) or e.fflags[head] & PG_ANON_EXCLUSIVE):
             # A page for the child outside any reservation (avoid_reserve).
             memset(&dvma, 0, sizeof(mm_vma_t))
