@@ -632,7 +632,9 @@ class Process(FileOps, NumaOps):
                 return
             e = s + (e - s) // f.hsize * f.hsize
             if e > s:
-                self._engine.zap(self.mm, self.cpu, s, e)
+                # zap_page_range_single() passes no ZAP_FLAG_DROP_MARKER: an
+                # entry with uffd-wp leaves a uffd-wp marker (5.19).
+                self._engine.zap(self.mm, self.cpu, s, e, False, True)
             return
         if advice == C.MADV_REMOVE:
             first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)

@@ -337,13 +337,15 @@ cdef void split_huge_pmd_edges(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
         split_huge_pmd(e, mm, end - 1)
 
 
-cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) noexcept nogil:
+cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bint keep_wp) noexcept nogil:
     """zap_huge_pmd (6.12): clear the leaf, free its deposited table; a THP
-    loses its PMD mapping and one reference, after the flush."""
+    loses its PMD mapping and one reference, after the flush. A hugetlb
+    entry (a page, or a marker: THP leaves are always present) goes to
+    hugetlb_zap_leaf, keep_wp saying whether uffd-wp stays as a marker."""
     cdef uint64_t pte0 = pmd_leaf_table(e, slot[0])[0]
     cdef int64_t head
-    if pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
-        hugetlb_zap_leaf(e, mm, slot, g)
+    if not (pte0 & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
+        hugetlb_zap_leaf(e, mm, slot, g, keep_wp)
         return
     withdraw_pmd_leaf(e, mm, slot)
     g.need_flush = 1
