@@ -510,6 +510,11 @@ cdef int hugetlb_wp(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t hadd
     cdef bint anon, cow_from_owner, retried = False
     cdef int shift = hstate_shift(h)
     stat_add(e, MM_STAT_WP_FAULT, 1)
+    if not unshare and pte & PTE_UFFD_WP:
+        # Never a COW of a uffd-wp entry (166f3ecc0daf, 5.19): only
+        # hugetlb_no_page's write path gets here with one (a page mapped
+        # over a marker), and the retried access reports the WP fault.
+        return 0
     if not unshare and not (vma.flags & VM_WRITE):
         return VM_FAULT_SIGSEGV
     if vma.flags & VM_MAYSHARE:
@@ -843,6 +848,10 @@ cdef int hugetlb_mfill_atomic_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t
     cdef bint shared = (vma.flags & VM_SHARED) != 0
     if slot == NULL:
         return -CORE_ENOMEM
+    if not shared:
+        # __mcopy_atomic_hugetlb(): a private VMA gets its anon_vma first,
+        # whatever the kind (6.9+ uffd_mfill_lock() did it already).
+        anon_vma_prepare(e, mm, vma)
     if kind == FILL_POISON:
         if slot[0] != 0:
             return -CORE_EEXIST
@@ -891,7 +900,6 @@ cdef int hugetlb_mfill_atomic_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t
             hugetlb_cache_insert(e, f, cs, head, cidx)
             get_page(e, head, <int32_t>leaves)
         else:
-            anon_vma_prepare(e, mm, vma)
             hugetlb_folio_set_flags(e, head, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
             e.refcount[head] = <int32_t>leaves
     entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY
