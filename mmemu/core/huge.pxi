@@ -321,8 +321,10 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     if e.nr_huge_pmd == 0:
         return
     slot = pmd_slot(e, mm, va, False)
-    if slot != NULL and pmd_trans_huge(slot[0]) and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])):
-        # (hugetlb pages are never split: their VMAs end on huge-page boundaries)
+    if slot != NULL and pmd_trans_huge(slot[0]) and pmd_leaf_table(e, slot[0])[0] & PTE_PRESENT \
+            and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])):
+        # (hugetlb pages and markers are never split: their VMAs end on
+        # huge-page boundaries; a THP leaf is always present)
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
 
 
