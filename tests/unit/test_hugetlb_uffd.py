@@ -707,3 +707,27 @@ def test_one_gib_page_faults_copy_and_protect_as_one_entry():
     u.writeprotect(A, H1G, PROTECT)               # 512 leaves of markers
     assert p.pagemap(A + 511 * H2M).uffd_wp and not p.pagemap(A).present
     m.check()
+
+
+# ---- state ---------------------------------------------------------------------------
+
+def test_save_and_load_keep_markers_protection_and_a_blocked_fault(tmp_path):
+    m = machine()
+    p = m.spawn()
+    A = private(p)
+    u = ctx(p, F_WP)
+    u.register(A, 2 * H2M, MISSING | WP)
+    u.writeprotect(A + H2M, H2M, PROTECT)
+    with pytest.raises(WouldBlock):
+        p.read(A, 1)
+    path = tmp_path / "m.mmemu"
+    m.save(path)
+    m2 = mmemu.Machine.load(path)
+    m2.check()
+    p2 = m2.processes[0]
+    u2 = p2.uffds[0]
+    assert p2.pagemap(A + H2M).uffd_wp
+    assert one_fault(u2).address == A
+    u2.copy(A, b"k" * H2M)
+    assert p2.main.resume() == b"k"
+    m2.check()
