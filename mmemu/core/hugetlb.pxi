@@ -514,6 +514,9 @@ cdef int hugetlb_wp(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t hadd
         # Never a COW of a uffd-wp entry (166f3ecc0daf, 5.19): only
         # hugetlb_no_page's write path gets here with one (a page mapped
         # over a marker), and the retried access reports the WP fault.
+        # (An entry left uffd-wp in a VMA no longer registered - close()
+        # before 6.9, c88033efe9a3 - refaults here for ever in Linux; the
+        # engine's bounded retry of an access ends it as SIGBUS.)
         return 0
     if not unshare and not (vma.flags & VM_WRITE):
         return VM_FAULT_SIGSEGV
