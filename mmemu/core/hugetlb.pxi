@@ -326,11 +326,7 @@ cdef int64_t hugetlb_cache_add(engine_t *e, int32_t fid, uint64_t idx) noexcept 
     head = alloc_hugetlb_folio(e, &pseudo, h, idx, False)
     if head < 0:
         return -1
-    cs[0] = pfn_pte(head) | PTE_PRESENT
-    e.fflags[head] |= PG_FILE
-    e.mapping[head] = <uint16_t>fid
-    e.index[head] = <uint32_t>cidx
-    f.nrpages += 1
+    hugetlb_cache_insert(e, f, cs, head, cidx)
     return 1
 
 
