@@ -1770,11 +1770,21 @@ cdef class Engine:
                     base = &sb[0]
         if src_mm >= 0:
             sm = self._mm(src_mm)
-        for i in range(npages):
+        i = 0
+        while i < npages:
             va = dst + (<uint64_t>i << MM_PAGE_SHIFT)
             vi = find_vma(m, va)
             if vi < 0:
                 return i, CORE_ENOENT
+            if m.vmas[vi].flags & VM_HUGETLB:
+                # Whole huge pages (uffd.py checked the alignment and the kind).
+                rc = hugetlb_mfill_atomic_pte(&self.e, m, &m.vmas[vi], va, kind,
+                                              base + (i << MM_PAGE_SHIFT) if base != NULL else NULL,
+                                              sm, src + (<uint64_t>i << MM_PAGE_SHIFT), wp)
+                if rc < 0:
+                    return i, -rc
+                i += hstate_pages(vma_hstate(&self.e, &m.vmas[vi]))
+                continue
             if base != NULL:
                 sp = base + (i << MM_PAGE_SHIFT)
             elif sm != NULL:
@@ -1787,6 +1797,7 @@ cdef class Engine:
                 rc = uffd_fill(&self.e, m, cpu, &m.vmas[vi], va, kind, sp, spfn, wp)
             if rc < 0:
                 return i, -rc
+            i += 1
         return npages, 0
 
     def uffd_fill_one(self, int32_t mm, int cpu, int32_t ctx, uint64_t dst, uint64_t length, int kind,
@@ -1812,7 +1823,8 @@ cdef class Engine:
         elif kind != FILL_ZEROPAGE:
             return None
         vi = find_vma(m, dst)
-        if vi < 0 or m.vmas[vi].uffd != ctx or m.vmas[vi].end < dst + length:
+        if vi < 0 or m.vmas[vi].uffd != ctx or m.vmas[vi].end < dst + length \
+                or m.vmas[vi].flags & VM_HUGETLB:
             return None
         npages = <int64_t>(length >> MM_PAGE_SHIFT)
         for i in range(npages):
@@ -1840,8 +1852,9 @@ cdef class Engine:
             return False
         vi = find_vma(m, start)
         if vi < 0 or m.vmas[vi].end < end or not (m.vmas[vi].flags & VM_UFFD_WP) \
-                or m.vmas[vi].uffd != ctx or ctx <= 0 or ctx >= self.e.nuffd:
-            return False
+                or m.vmas[vi].uffd != ctx or ctx <= 0 or ctx >= self.e.nuffd \
+                or m.vmas[vi].flags & VM_HUGETLB:
+            return False        # (hugetlb: the checked path tests huge-page alignment)
         markers = m.vmas[vi].file != 0 or (self.e.uffd_feat[ctx] & UFFD_FEATURE_WP_UNPOPULATED) != 0
         with nogil:
             flush_pending_begin(&self.e, m)
@@ -2470,6 +2483,12 @@ cdef class Engine:
         cdef int32_t vi = find_vma(m, va)
         if vi < 0 or m.vmas[vi].start > va or m.vmas[vi].end < va + PMD_SPAN:
             raise InvariantError("PMD leaf not inside one VMA", head, f"mm {m.id} va {va:#x}")
+        if m.vmas[vi].flags & VM_HUGETLB and not (pte0 & PTE_PRESENT):
+            # A hugetlb marker (uffd-wp or poison): the same marker throughout.
+            for j in range(HPAGE_PMD_NR):
+                if t[j] != pte0 or not is_marker(pte0):
+                    raise InvariantError("hugetlb marker entry is not uniform", None, f"mm {m.id} va {va:#x}")
+            return 0
         if pfn_is_hugetlb(&self.e, head) or m.vmas[vi].flags & VM_HUGETLB:
             return self._check_hugetlb_leaf(m, ent, va, vi, exp_ref, exp_entire)
         if head & (HPAGE_PMD_NR - 1) or not (self.e.fflags[head] & PG_HEAD) or not (pte0 & PTE_PRESENT):

@@ -632,7 +632,9 @@ class Process(FileOps, NumaOps):
                 return
             e = s + (e - s) // f.hsize * f.hsize
             if e > s:
-                self._engine.zap(self.mm, self.cpu, s, e)
+                # zap_page_range_single() passes no ZAP_FLAG_DROP_MARKER: an
+                # entry with uffd-wp leaves a uffd-wp marker (5.19).
+                self._engine.zap(self.mm, self.cpu, s, e, False, True)
             return
         if advice == C.MADV_REMOVE:
             first = vma.pgoff + ((s - vma.start) >> C.PAGE_SHIFT)
@@ -1530,6 +1532,11 @@ class Process(FileOps, NumaOps):
                           f"a span of {npages} pages, mostly holes: the engine scans arrays of the "
                           "span; scan the mapped parts separately")
         wp_match = bool(flags & C.PM_SCAN_WP_MATCHING)
+        if wp_match and any(v.flags & VM_HUGETLB and v.flags & VM_UFFD_WP for v in span):
+            # pagemap_scan_hugetlb_entry() protects whole huge pages only and
+            # stops the walk at a partial one: not modelled.
+            raise NotImplementedError("PAGEMAP_SCAN with PM_SCAN_WP_MATCHING over hugetlb memory "
+                                      "is not modelled yet")
 
         # pagemap_scan_test_walk: which VMAs the walk enters, in address order.
         # A VMA without async uffd-wp fails CHECK_WPASYNC with EPERM when the

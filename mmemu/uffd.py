@@ -234,6 +234,16 @@ class Uffd:
     def _vmas(self, start, end):
         return self.process.vmas.overlapping(start, end)
 
+    def _hsize(self, vma):
+        """A hugetlb VMA's huge page size (vma_kernel_pagesize)."""
+        return self.machine._files[vma.file].hsize
+
+    def _hugetlb_aligned(self, vmas, start, end, call):
+        """userfaultfd_(un)register(): the range starts on a huge-page
+        boundary if its first VMA is hugetlb (end: checked per VMA)."""
+        if vmas[0].flags & VM_HUGETLB and start % self._hsize(vmas[0]):
+            raise _ioctl_error(EINVAL, call, "range starts inside a huge page")
+
     def _monitor_thread(self, process):
         """The thread of `process` that issues ioctls while its main thread
         is blocked (made once, on the process's CPU)."""
@@ -294,18 +304,20 @@ class Uffd:
             # userfaultfd_register(): at least one VMA in the range; holes are
             # skipped (the VMAs there are registered).
             raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "no VMA in the range")
+        self._hugetlb_aligned(vmas, start, end, "UFFDIO_REGISTER")
         for v in vmas:
-            # vma_can_userfault(): anon, or shmem; MINOR only on shmem (5.14);
-            # WP on shmem only with pte markers (5.19).
-            if mode & UFFDIO_REGISTER_MODE_MINOR and (not v.file or not self.policy.uffd_features
-                                                      & UFFD_FEATURE_MINOR_SHMEM):
-                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "MINOR needs shmem")
+            # vma_can_userfault(): anon, shmem or hugetlb; MINOR only on
+            # hugetlb (5.13) and shmem (5.14); WP on shmem and hugetlb only
+            # with pte markers (5.19).
+            if mode & UFFDIO_REGISTER_MODE_MINOR and not v.flags & VM_HUGETLB and (
+                    not v.file or not self.policy.uffd_features & UFFD_FEATURE_MINOR_SHMEM):
+                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "MINOR needs shmem or hugetlb")
             if mode & UFFDIO_REGISTER_MODE_WP and v.file and not self.policy.uffd_wp_file:
-                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "WP on shmem needs 5.19")
+                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "WP on shmem and hugetlb needs 5.19")
             if not v.flags & VM_MAYWRITE:
                 raise _ioctl_error(EPERM, "UFFDIO_REGISTER", "VMA may not be written")
-            if v.flags & VM_HUGETLB:
-                raise NotImplementedError("userfaultfd on hugetlb memory is not modelled yet")
+            if v.flags & VM_HUGETLB and v.start < end <= v.end and end % self._hsize(v):
+                raise _ioctl_error(EINVAL, "UFFDIO_REGISTER", "range ends inside a huge page")
             if v.uffd and v.uffd != self.ctx:
                 raise _ioctl_error(EBUSY, "UFFDIO_REGISTER", "registered to another userfaultfd")
         bits = ((VM_UFFD_MISSING if mode & UFFDIO_REGISTER_MODE_MISSING else 0)
@@ -327,6 +339,10 @@ class Uffd:
                    _UFFDIO_CONTINUE, _UFFDIO_POISON):
             if self._has_ioctl(nr):
                 ioctls |= 1 << nr
+        if any(v.flags & VM_HUGETLB for v in vmas):
+            # UFFD_API_RANGE_IOCTLS_BASIC: no ZEROPAGE (no huge zero page for
+            # every size) and no MOVE on a range with hugetlb VMAs.
+            ioctls &= ~(1 << _UFFDIO_ZEROPAGE | 1 << _UFFDIO_MOVE)
         if not mode & UFFDIO_REGISTER_MODE_WP:
             ioctls &= ~(1 << _UFFDIO_WRITEPROTECT)
         if not mode & UFFDIO_REGISTER_MODE_MINOR:
@@ -343,6 +359,11 @@ class Uffd:
         vmas = self._vmas(start, end)
         if not vmas:
             raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "no VMA in the range")
+        self._hugetlb_aligned(vmas, start, end, "UFFDIO_UNREGISTER")
+        if any(v.flags & VM_HUGETLB and v.start < end < v.end and end % self._hsize(v) for v in vmas):
+            # (No check of the end here in the kernel: the VMA split there
+            # fails in hugetlb_vm_op_split(), EINVAL all the same.)
+            raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "range ends inside a huge page")
         if self.policy.uffd_unregister_own_only and any(v.uffd and v.uffd != self.ctx for v in vmas):
             raise _ioctl_error(EINVAL, "UFFDIO_UNREGISTER", "a VMA of the range belongs to another uffd")
         self._unregister(start, end)
@@ -387,10 +408,17 @@ class Uffd:
         vma = self._registered_vma(start, end, call)
         if wp and not vma.flags & VM_UFFD_WP:
             raise UffdError(EINVAL, call, -EINVAL, "MODE_WP needs a WP-registered VMA")
-        if kind == _FILL_CONTINUE and not vma.file:
+        if vma.flags & VM_HUGETLB:
+            # mfill_atomic_hugetlb(): no ZEROPAGE; whole huge pages only.
+            if kind == _FILL_ZEROPAGE:
+                raise UffdError(EINVAL, call, -EINVAL, "no ZEROPAGE into hugetlb memory")
+            hs = self._hsize(vma)
+            if start % hs or (end - start) % hs:
+                raise UffdError(EINVAL, call, -EINVAL, "range not huge-page aligned")
+        elif kind == _FILL_CONTINUE and not vma.file:
             # mfill_atomic(): CONTINUE needs a shmem VMA (registration mode is not checked).
             raise UffdError(EINVAL, call, -EINVAL, "CONTINUE needs a shmem VMA")
-        if kind == _FILL_CONTINUE and not self.policy.uffd_features & UFFD_FEATURE_MINOR_SHMEM:
+        elif kind == _FILL_CONTINUE and not self.policy.uffd_features & UFFD_FEATURE_MINOR_SHMEM:
             # 5.13's __mcopy_atomic() continued into hugetlb VMAs only; shmem came
             # with the MINOR_SHMEM feature (153132571f02, 5.14).
             raise UffdError(EINVAL, call, -EINVAL, "CONTINUE into shmem needs 5.14")
@@ -588,6 +616,9 @@ class Uffd:
                 # the changes already made to the VMAs before it.
                 if not v.flags & VM_UFFD_WP:
                     raise _ioctl_error(ENOENT, call, "VMA not registered for WP")
+                if v.flags & VM_HUGETLB and (start % self._hsize(v) or (end - start) % self._hsize(v)):
+                    # mwriteprotect_range(): the whole range in huge pages (5.19).
+                    raise _ioctl_error(EINVAL, call, "range not huge-page aligned")
                 # userfaultfd_wp_use_markers(): file memory always (5.19+), anon
                 # only with WP_UNPOPULATED (6.4).
                 markers = bool(v.file) or bool(self.features & UFFD_FEATURE_WP_UNPOPULATED)

@@ -321,8 +321,10 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     if e.nr_huge_pmd == 0:
         return
     slot = pmd_slot(e, mm, va, False)
-    if slot != NULL and pmd_trans_huge(slot[0]) and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])):
-        # (hugetlb pages are never split: their VMAs end on huge-page boundaries)
+    if slot != NULL and pmd_trans_huge(slot[0]) and pmd_leaf_table(e, slot[0])[0] & PTE_PRESENT \
+            and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])):
+        # (hugetlb pages and markers are never split: their VMAs end on
+        # huge-page boundaries; a THP leaf is always present)
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
 
 
@@ -337,13 +339,15 @@ cdef void split_huge_pmd_edges(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
         split_huge_pmd(e, mm, end - 1)
 
 
-cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) noexcept nogil:
+cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bint keep_wp) noexcept nogil:
     """zap_huge_pmd (6.12): clear the leaf, free its deposited table; a THP
-    loses its PMD mapping and one reference, after the flush."""
+    loses its PMD mapping and one reference, after the flush. A hugetlb
+    entry (a page, or a marker: THP leaves are always present) goes to
+    hugetlb_zap_leaf, keep_wp saying whether uffd-wp stays as a marker."""
     cdef uint64_t pte0 = pmd_leaf_table(e, slot[0])[0]
     cdef int64_t head
-    if pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
-        hugetlb_zap_leaf(e, mm, slot, g)
+    if not (pte0 & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
+        hugetlb_zap_leaf(e, mm, slot, g, keep_wp)
         return
     withdraw_pmd_leaf(e, mm, slot)
     g.need_flush = 1

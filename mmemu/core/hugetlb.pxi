@@ -326,11 +326,7 @@ cdef int64_t hugetlb_cache_add(engine_t *e, int32_t fid, uint64_t idx) noexcept 
     head = alloc_hugetlb_folio(e, &pseudo, h, idx, False)
     if head < 0:
         return -1
-    cs[0] = pfn_pte(head) | PTE_PRESENT
-    e.fflags[head] |= PG_FILE
-    e.mapping[head] = <uint16_t>fid
-    e.index[head] = <uint32_t>cidx
-    f.nrpages += 1
+    hugetlb_cache_insert(e, f, cs, head, cidx)
     return 1
 
 
@@ -378,13 +374,70 @@ cdef void hugetlb_set_entries(engine_t *e, int32_t *slot, int64_t leaves, uint64
             t[i] = first + pfn_pte(k * HPAGE_PMD_NR + i)
 
 
-cdef void hugetlb_zap_leaf(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) noexcept nogil:
+cdef inline bint hugetlb_leaf_is_marker(engine_t *e, int32_t ent) noexcept nogil:
+    """A hugetlb entry that maps nothing but holds a pte marker (uffd-wp,
+    5.19; poison, 6.6): a PMD_HUGE slot whose table repeats the marker.
+    Present leaves are the only other kind (no hugetlb swap or migration
+    entries are modelled)."""
+    return pmd_trans_huge(ent) and not (pmd_leaf_table(e, ent)[0] & PTE_PRESENT)
+
+
+cdef int hugetlb_install_marker(engine_t *e, int32_t *slot, int64_t leaves, uint64_t marker) noexcept nogil:
+    """set_huge_pte_at(make_pte_marker()) on none entries: every leaf's
+    table holds the marker. All or nothing: -1 if a table cannot be had."""
+    cdef int32_t p
+    cdef int64_t k, i
+    cdef uint64_t *t
+    for k in range(leaves):
+        p = ptp_alloc(e)
+        if p < 0:
+            while k > 0:
+                k -= 1
+                push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (slot[k] & ~PMD_HUGE) - 1)
+                slot[k] = 0
+                e.nr_huge_pmd -= 1
+            return -1
+        t = pte_page(e, p)
+        for i in range(HPAGE_PMD_NR):
+            t[i] = marker
+        slot[k] = (p + 1) | PMD_HUGE
+        e.nr_huge_pmd += 1
+    return 0
+
+
+cdef void hugetlb_clear_marker(engine_t *e, int32_t *slot, int64_t leaves) noexcept nogil:
+    """huge_pte_clear() of a marker entry: its tables go (non-present to
+    none: no flush)."""
+    cdef int64_t k
+    for k in range(leaves):
+        if slot[k]:
+            push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (slot[k] & ~PMD_HUGE) - 1)
+            slot[k] = 0
+            e.nr_huge_pmd -= 1
+
+
+cdef void hugetlb_zap_leaf(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bint keep_wp) noexcept nogil:
     """__unmap_hugepage_range() for one leaf: the entry goes, the page loses
-    a mapping now and a reference after the flush."""
-    cdef int64_t head = folio_of(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0]))
-    push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (slot[0] & ~PMD_HUGE) - 1)
-    slot[0] = 0
-    e.nr_huge_pmd -= 1
+    a mapping now and a reference after the flush. With keep_wp (any zap
+    but munmap, exit and truncation, which pass ZAP_FLAG_DROP_MARKER) an
+    entry with uffd-wp - present or a marker - leaves a uffd-wp marker
+    behind, whether or not the VMA is still registered (05e90bd05eea,
+    5.19); any other marker (poison) is cleared."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t pte0 = t[0]
+    cdef int64_t head, i
+    if not (pte0 & PTE_PRESENT):
+        if not (keep_wp and marker_bits(pte0) == PTE_MARKER_UFFD_WP):
+            hugetlb_clear_marker(e, slot, 1)
+        return
+    head = folio_of(e, <int64_t>pte_pfn(pte0))
+    if keep_wp and pte0 & PTE_UFFD_WP:
+        for i in range(HPAGE_PMD_NR):
+            t[i] = make_marker(PTE_MARKER_UFFD_WP)
+    else:
+        push_free(e, &e.pte_free, &e.npte_free, &e.pte_free_cap, (slot[0] & ~PMD_HUGE) - 1)
+        slot[0] = 0
+        e.nr_huge_pmd -= 1
     g.need_flush = 1
     entire_mapcount(e, head)[0] -= 1
     mm.hugetlb_usage -= HPAGE_PMD_NR
@@ -392,7 +445,8 @@ cdef void hugetlb_zap_leaf(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g) no
 
 
 cdef void hugetlb_unmap_page(engine_t *e, mm_t *mm, uint64_t haddr, int h) noexcept nogil:
-    """unmap_hugepage_range() of one huge page, flushed."""
+    """unmap_hugepage_range() of one huge page, flushed (unmap_ref_private
+    passes no ZAP_FLAG_DROP_MARKER: a uffd-wp entry leaves its marker)."""
     cdef gather_t g
     cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
     cdef int64_t k
@@ -401,7 +455,7 @@ cdef void hugetlb_unmap_page(engine_t *e, mm_t *mm, uint64_t haddr, int h) noexc
     gather_init(&g, mm.id, haddr, haddr + (1ULL << hstate_shift(h)))
     for k in range(hstate_leaves(h)):
         if pmd_trans_huge(slot[k]):
-            hugetlb_zap_leaf(e, mm, slot + k, &g)
+            hugetlb_zap_leaf(e, mm, slot + k, &g, True)
     gather_finish(e, &g)
 
 
@@ -430,7 +484,7 @@ cdef void unmap_ref_private(engine_t *e, mm_t *mm, mm_vma_t *vma, int64_t head, 
                 continue
             a = v.start + ((idx - v0) << shift)
             slot = pmd_slot(e, m, a, False)
-            if slot == NULL or not pmd_trans_huge(slot[0]) \
+            if slot == NULL or not pmd_trans_huge(slot[0]) or hugetlb_leaf_is_marker(e, slot[0]) \
                     or folio_of(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])) != head:
                 continue
             hugetlb_unmap_page(e, m, a, h)
@@ -452,6 +506,14 @@ cdef int hugetlb_wp(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t hadd
     cdef bint anon, cow_from_owner, retried = False
     cdef int shift = hstate_shift(h)
     stat_add(e, MM_STAT_WP_FAULT, 1)
+    if not unshare and pte & PTE_UFFD_WP:
+        # Never a COW of a uffd-wp entry (166f3ecc0daf, 5.19): only
+        # hugetlb_no_page's write path gets here with one (a page mapped
+        # over a marker), and the retried access reports the WP fault.
+        # (An entry left uffd-wp in a VMA no longer registered - close()
+        # before 6.9, c88033efe9a3 - refaults here for ever in Linux; the
+        # engine's bounded retry of an access ends it as SIGBUS.)
+        return 0
     if not unshare and not (vma.flags & VM_WRITE):
         return VM_FAULT_SIGSEGV
     if vma.flags & VM_MAYSHARE:
@@ -485,9 +547,11 @@ cdef int hugetlb_wp(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t hadd
     e.refcount[new] = <int32_t>leaves
     entire_mapcount(e, new)[0] = <int32_t>leaves
     # huge_ptep_clear_flush, then the new page in place; unshare maps it R/O.
-    entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | (pte & (PTE_UFFD_WP | PTE_PROTNONE))
+    entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | (pte & PTE_PROTNONE)
     if not unshare:
         entry |= PTE_WRITE | PTE_DIRTY
+    if pte & PTE_UFFD_WP:
+        entry = mkuffd_wp(entry)        # hugetlb_wp(): the copy stays uffd-wp (an unshare)
     tlb_flush_range(e, mm.id, haddr, haddr + (1ULL << shift))
     hugetlb_set_entries(e, slot, leaves, entry)
     entire_mapcount(e, old)[0] -= <int32_t>leaves
@@ -496,14 +560,30 @@ cdef int hugetlb_wp(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t hadd
     return 0
 
 
+cdef inline int hugetlb_handle_userfault(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t haddr,
+                                         uint64_t va, int fflags, int reason) noexcept nogil:
+    """hugetlb_handle_userfault(): handle_userfault() with vmf->address, the
+    huge page's address; the faulting one only with EXACT_ADDRESS
+    (824ddc601adc, 5.18: vmf->real_address)."""
+    if vma.uffd > 0 and vma.uffd < e.nuffd and e.uffd_feat[vma.uffd] & UFFD_FEATURE_EXACT_ADDRESS:
+        return handle_userfault(e, mm, vma, va, fflags, reason)
+    return handle_userfault(e, mm, vma, haddr, fflags, reason)
+
+
 cdef int hugetlb_no_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t haddr, int32_t *slot,
-                         int h, int fflags) noexcept nogil:
-    """hugetlb_no_page() (6.12): the page cache's page, or a new zeroed one -
-    added to the cache for a shared mapping, anon for a private one (a read
-    fault too: hugetlb has no zero page). Mapped young, writable and dirty
-    only in a writable shared mapping; a write to a private one goes on to
-    hugetlb_wp. Past EOF, with no page to be had, or in a VMA whose page the
-    owner took back: SIGBUS."""
+                         int h, int fflags, uint64_t va) noexcept nogil:
+    """hugetlb_no_page() (6.12) on a none entry or a marker: the page cache's
+    page, or a new zeroed one - added to the cache for a shared mapping,
+    anon for a private one (a read fault too: hugetlb has no zero page).
+    Mapped young, writable and dirty only in a writable shared mapping; a
+    write to a private one goes on to hugetlb_wp. Past EOF, with no page to
+    be had, or in a VMA whose page the owner took back: SIGBUS.
+
+    userfaultfd: a page not in the cache is a MISSING userfault in a
+    MISSING-registered VMA (every era), a page in it a MINOR one in a
+    MINOR-registered VMA (7677f7fd8be7, 5.13); the entry (a uffd-wp marker
+    stays) is left as it is. A page mapped over a uffd-wp marker is mapped
+    uffd-wp (5.19)."""
     cdef mm_file_t *f = &e.files[vma.file]
     cdef int shift = hstate_shift(h)
     cdef uint64_t idx = vma_hugecache_offset(vma, haddr, shift)
@@ -511,15 +591,20 @@ cdef int hugetlb_no_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t
     cdef uint64_t *cs
     cdef int64_t head, leaves = hstate_leaves(h)
     cdef bint anon = False
+    cdef bint wp_marker = slot[0] != 0 and marker_bits(pmd_leaf_table(e, slot[0])[0]) == PTE_MARKER_UFFD_WP
     if vma.flags & VM_RESV_UNMAPPED:
         return VM_FAULT_SIGBUS
     cs = cache_slot(e, f, cidx, False)
     if cs != NULL and cs[0] & PTE_PRESENT:
+        if vma.flags & VM_UFFD_MINOR:
+            return hugetlb_handle_userfault(e, mm, vma, haddr, va, fflags, UFFD_REASON_MINOR)
         head = <int64_t>pte_pfn(cs[0])
         get_page(e, head, <int32_t>leaves)
     else:
         if <int64_t>idx >= (f.size >> shift):
             return VM_FAULT_SIGBUS
+        if vma.flags & VM_UFFD_MISSING:
+            return hugetlb_handle_userfault(e, mm, vma, haddr, va, fflags, UFFD_REASON_MISSING)
         if not (vma.flags & VM_MAYSHARE):
             anon_vma_prepare(e, mm, vma)
         if vma.flags & VM_MAYSHARE:
@@ -532,11 +617,7 @@ cdef int hugetlb_no_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t
         if vma.flags & VM_MAYSHARE:
             # hugetlb_add_to_page_cache(): the cache keeps the allocation's
             # reference; the mapping takes its own.
-            cs[0] = pfn_pte(head) | PTE_PRESENT
-            e.fflags[head] |= PG_FILE
-            e.mapping[head] = <uint16_t>f.id
-            e.index[head] = <uint32_t>cidx
-            f.nrpages += 1
+            hugetlb_cache_insert(e, f, cs, head, cidx)
             get_page(e, head, <int32_t>leaves)
         else:
             anon = True
@@ -545,6 +626,10 @@ cdef int hugetlb_no_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t
     entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG
     if vma.flags & VM_WRITE and vma.flags & VM_SHARED:
         entry |= PTE_WRITE | PTE_DIRTY
+    if wp_marker:
+        entry = mkuffd_wp(entry)
+    if slot[0]:
+        hugetlb_clear_marker(e, slot, leaves)
     if hugetlb_install(e, mm, slot, leaves, entry) < 0:
         put_page(e, head, <int32_t>leaves)
         return table_alloc_failed(e)
@@ -556,8 +641,22 @@ cdef int hugetlb_no_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t
     return 0
 
 
+cdef inline void hugetlb_cache_insert(engine_t *e, mm_file_t *f, uint64_t *cs, int64_t head,
+                                      uint64_t cidx) noexcept nogil:
+    # hugetlb_add_to_page_cache(): the cache slot names the page (taking
+    # over the caller's reference), the page its file and index.
+    cs[0] = pfn_pte(head) | PTE_PRESENT
+    e.fflags[head] |= PG_FILE
+    e.mapping[head] = <uint16_t>f.id
+    e.index[head] = <uint32_t>cidx
+    f.nrpages += 1
+
+
 cdef int hugetlb_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, int fflags) noexcept nogil:
-    """hugetlb_fault() (6.12) on the huge page covering va."""
+    """hugetlb_fault() (6.12) on the huge page covering va. A marker is a
+    none entry to hugetlb_no_page, but a poisoned one (UFFDIO_POISON, 6.6)
+    is SIGBUS. A write to a uffd-wp entry of a WP-registered VMA is a WP
+    userfault (5.19), or with WP_ASYNC (6.7) loses uffd-wp and goes on."""
     cdef int h = vma_hstate(e, vma)
     cdef uint64_t haddr = va & ~((1ULL << hstate_shift(h)) - 1)
     cdef int32_t *slot = pmd_slot(e, mm, haddr, True)
@@ -566,9 +665,20 @@ cdef int hugetlb_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
     if slot == NULL:
         return table_alloc_failed(e)
     if slot[0] == 0:
-        return hugetlb_no_page(e, mm, cpu, vma, haddr, slot, h, fflags)
+        return hugetlb_no_page(e, mm, cpu, vma, haddr, slot, h, fflags, va)
     t = pmd_leaf_table(e, slot[(va >> PMD_SHIFT) & (hstate_leaves(h) - 1)])
     pte = t[(va >> MM_PAGE_SHIFT) & 511]
+    if not (pte & PTE_PRESENT):
+        if marker_bits(pte) & PTE_MARKER_POISONED:
+            return VM_FAULT_SIGBUS | VM_FAULT_HWPOISON
+        return hugetlb_no_page(e, mm, cpu, vma, haddr, slot, h, fflags, va)
+    if fflags & FAULT_FLAG_WRITE and not (pte & PTE_WRITE) and pte & PTE_UFFD_WP \
+            and vma.flags & VM_UFFD_WP:
+        if vma.uffd > 0 and vma.uffd < e.nuffd and e.uffd_feat[vma.uffd] & UFFD_FEATURE_WP_ASYNC:
+            hugetlb_set_bits(e, slot, hstate_leaves(h), 0, PTE_UFFD_WP)     # then the COW path
+        else:
+            stat_add(e, MM_STAT_WP_FAULT, 1)
+            return hugetlb_handle_userfault(e, mm, vma, haddr, va, fflags, UFFD_REASON_WP)
     if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not (pte & PTE_WRITE):
         return hugetlb_wp(e, mm, cpu, vma, haddr, slot, h, fflags)
     t[(va >> MM_PAGE_SHIFT) & 511] = pte | PTE_YOUNG | (PTE_DIRTY if fflags & FAULT_FLAG_WRITE else 0)
@@ -600,6 +710,15 @@ cdef int copy_hugetlb_range(engine_t *e, mm_t *src, mm_t *dst, uint64_t start, u
         if ds == NULL:
             return -1
         pte = pmd_leaf_table(e, ss[0])[0]
+        if not (pte & PTE_PRESENT):
+            # A marker: a uffd-wp one only into a child VMA registered for
+            # WP (c56d1b62cce8, 5.19: never B14's copy), a poisoned one
+            # always (copy_pte_marker, 6.6).
+            if marker_bits(pte) != PTE_MARKER_UFFD_WP or dst_flags & VM_UFFD_WP:
+                if hugetlb_install_marker(e, ds, leaves, pte) < 0:
+                    return -1
+            va += 1ULL << shift
+            continue
         head = folio_of(e, <int64_t>pte_pfn(pte))
         if cow and e.fflags[head] & PG_ANON and e.pol.hugetlb_fork_copy_pinned \
                 and src.flags & MMF_HAS_PINNED and folio_maybe_dma_pinned(e, head) \
@@ -642,4 +761,156 @@ cdef int copy_hugetlb_range(engine_t *e, mm_t *src, mm_t *dst, uint64_t start, u
         entire_mapcount(e, head)[0] += <int32_t>leaves
         dst.hugetlb_usage += nr
         va += 1ULL << shift
+    return 0
+
+
+# ---- userfaultfd ------------------------------------------------------------
+
+cdef int64_t hugetlb_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, bint protect,
+                              uint64_t vmflags, int64_t *touched) noexcept nogil:
+    """UFFDIO_WRITEPROTECT over a hugetlb VMA's huge-page-aligned range:
+    hugetlb_change_protection() with MM_CP_UFFD_WP / _RESOLVE (5.19,
+    60dfaad65aa9 with markers on none entries). Protecting makes a present
+    entry uffd-wp and read-only and a none one a uffd-wp marker (tables
+    allocated for it); unprotecting clears the bit, drops uffd-wp markers
+    (a poison marker stays) and gives every present entry the VMA's
+    protection: vm_get_page_prot(vm_flags) before 6.3 - writable in a shared
+    writable mapping - then vm_page_prot, read-only in a private mapping and,
+    with uffd-wp write-notify, in a shared one too (uffd_unprotect_writable;
+    hugetlb has no try-change-writable upgrade). Returns the entries that
+    lost write (to flush), or -1 if a table could not be allocated."""
+    cdef int h = hugetlb_hstate_of_range(e, mm, start)
+    cdef uint64_t sz = 1ULL << hstate_shift(h), va = start
+    cdef int64_t leaves = hstate_leaves(h), k, i, lost = 0
+    cdef int32_t *slot
+    cdef uint64_t *t
+    cdef uint64_t pte, npte
+    cdef bint writable = not protect and e.pol.uffd_unprotect_writable == 0 \
+        and (vmflags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
+    while va < end:
+        slot = pmd_slot(e, mm, va, protect)
+        if slot == NULL:
+            if protect:
+                return -1
+            va += sz
+            continue
+        if slot[0] == 0:
+            if protect and hugetlb_install_marker(e, slot, leaves, make_marker(PTE_MARKER_UFFD_WP)) < 0:
+                return -1
+        elif hugetlb_leaf_is_marker(e, slot[0]):
+            if not protect and marker_bits(pmd_leaf_table(e, slot[0])[0]) == PTE_MARKER_UFFD_WP:
+                hugetlb_clear_marker(e, slot, leaves)
+        else:
+            touched[0] += 1
+            for k in range(leaves):
+                t = pmd_leaf_table(e, slot[k])
+                pte = t[0]
+                if protect:
+                    npte = mkuffd_wp(pte)
+                elif writable:
+                    npte = (pte & ~PTE_UFFD_WP) | PTE_WRITE
+                else:
+                    npte = pte & ~(PTE_UFFD_WP | PTE_WRITE)
+                lost += (pte & ~npte & PTE_WRITE) != 0
+                for i in range(HPAGE_PMD_NR):
+                    t[i] = (t[i] & ~(PTE_UFFD_WP | PTE_WRITE)) | (npte & (PTE_UFFD_WP | PTE_WRITE))
+        va += sz
+    return lost
+
+
+cdef int hugetlb_mfill_atomic_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t haddr, int kind,
+                                  const uint8_t *src, mm_t *src_mm, uint64_t src_addr,
+                                  bint wp) noexcept nogil:
+    """One huge page of UFFDIO_COPY / CONTINUE / POISON into a hugetlb VMA
+    (mfill_atomic_hugetlb + hugetlb_mfill_atomic_pte; ZEROPAGE and alignment
+    were refused by the caller): 0 or a negative errno.
+
+    COPY: EEXIST over anything but none or a marker, or where a shared
+    mapping's file already has the page; a page from the mapping's
+    reservation (or the unreserved pool: else ENOMEM), filled from `src`
+    bytes or from the pages mapped at src_addr in src_mm - into the file's
+    cache for a shared mapping (EFAULT past EOF), anon for a private one.
+    CONTINUE: the file's page (EFAULT if none), EEXIST unless the entry is
+    none or a marker; read-only in a private mapping. POISON: a poisoned
+    marker on a strictly none entry (EEXIST over a marker too; 6.6).
+    Mapped young and dirty, writable as the VMA is; with MODE_WP uffd-wp
+    and read-only."""
+    cdef int h = vma_hstate(e, vma)
+    cdef int shift = hstate_shift(h)
+    cdef int64_t leaves = hstate_leaves(h), nr = hstate_pages(h), head, i, spfn
+    cdef int32_t *slot = pmd_slot(e, mm, haddr, True)
+    cdef mm_file_t *f = &e.files[vma.file]
+    cdef uint64_t idx = vma_hugecache_offset(vma, haddr, shift)
+    cdef uint64_t cidx = idx << (shift - MM_PAGE_SHIFT), entry
+    cdef uint64_t *cs
+    cdef uint64_t *sp
+    cdef bint shared = (vma.flags & VM_SHARED) != 0
+    if slot == NULL:
+        return -CORE_ENOMEM
+    if not shared:
+        # __mcopy_atomic_hugetlb(): a private VMA gets its anon_vma first,
+        # whatever the kind (6.9+ uffd_mfill_lock() did it already).
+        anon_vma_prepare(e, mm, vma)
+    if kind == FILL_POISON:
+        if slot[0] != 0:
+            return -CORE_EEXIST
+        return -CORE_ENOMEM if hugetlb_install_marker(e, slot, leaves, make_marker(PTE_MARKER_POISONED)) < 0 else 0
+    if kind == FILL_CONTINUE:
+        cs = cache_slot(e, f, cidx, False)
+        if cs == NULL or not (cs[0] & PTE_PRESENT):
+            return -CORE_EFAULT
+        if slot[0] != 0 and not hugetlb_leaf_is_marker(e, slot[0]):
+            return -CORE_EEXIST
+        head = <int64_t>pte_pfn(cs[0])
+        get_page(e, head, <int32_t>leaves)
+    else:
+        if slot[0] != 0 and not hugetlb_leaf_is_marker(e, slot[0]):
+            return -CORE_EEXIST
+        cs = NULL
+        if shared:
+            cs = cache_slot(e, f, cidx, False)
+            if cs != NULL and cs[0] & PTE_PRESENT:
+                return -CORE_EEXIST     # hugetlbfs_pagecache_present
+            if <int64_t>idx >= (f.size >> shift):
+                return -CORE_EFAULT     # (the kernel finds it after allocating, and gives the page back)
+            cs = cache_slot(e, f, cidx, True)
+            if cs == NULL:
+                return -CORE_ENOMEM
+        if src == NULL:
+            # copy_folio_from_user(): the caller faulted the source in.
+            for i in range(nr):
+                sp = pte_offset(e, src_mm, src_addr + (<uint64_t>i << MM_PAGE_SHIFT), False)
+                if sp == NULL or not (sp[0] & PTE_PRESENT):
+                    return -CORE_EFAULT
+        head = alloc_hugetlb_folio(e, vma, h, idx, False)
+        if head < 0:
+            return -CORE_ENOMEM
+        for i in range(nr):
+            if src != NULL:
+                if frame_write(e, head + i, 0, MM_PAGE_SIZE, src + (i << MM_PAGE_SHIFT)) < 0:
+                    put_page(e, head, 1)
+                    return -CORE_ENOMEM
+            else:
+                spfn = <int64_t>pte_pfn(pte_offset(e, src_mm, src_addr + (<uint64_t>i << MM_PAGE_SHIFT), False)[0])
+                if frame_copy(e, head + i, spfn) < 0:
+                    put_page(e, head, 1)
+                    return -CORE_ENOMEM
+        if shared:
+            hugetlb_cache_insert(e, f, cs, head, cidx)
+            get_page(e, head, <int32_t>leaves)
+        else:
+            hugetlb_folio_set_flags(e, head, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), 0)
+            e.refcount[head] = <int32_t>leaves
+    entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY
+    if vma.flags & VM_WRITE and not wp and not (kind == FILL_CONTINUE and not shared):
+        entry |= PTE_WRITE
+    if wp:
+        entry = mkuffd_wp(entry)
+    if slot[0]:
+        hugetlb_clear_marker(e, slot, leaves)
+    if hugetlb_install(e, mm, slot, leaves, entry) < 0:
+        put_page(e, head, <int32_t>leaves)
+        return -CORE_ENOMEM
+    entire_mapcount(e, head)[0] += <int32_t>leaves
+    mm.hugetlb_usage += nr
     return 0

@@ -33,10 +33,12 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
             slot = pmd_slot(e, mm, va, False)
             if pmd_trans_huge(slot[0]):
                 if stop - va == PMD_SPAN:
-                    zap_huge_pmd(e, mm, slot, g)
+                    # hugetlb: uffd-wp stays as a marker unless the zap
+                    # drops markers (__unmap_hugepage_range, 5.19+).
+                    zap_huge_pmd(e, mm, slot, g, wp_markers and not drop_markers)
                     va = stop
                     continue
-                if pfn_is_hugetlb(e, <int64_t>pte_pfn(t[0])):
+                if not (t[0] & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(t[0])):
                     va = stop               # never split (callers zap whole huge pages)
                     continue
                 split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
@@ -427,6 +429,8 @@ cdef uint64_t pagemap_entry(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
                 out |= 1ULL << 56
             if e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:
                 out |= 1ULL << 57
+        elif e.pol.pm_uffd_wp and pte & PTE_UFFD_WP:
+            out |= 1ULL << 57          # a uffd-wp marker: PM_UFFD_WP alone, no PM_SWAP (5.19)
         if e.pol.soft_dirty and vflags & VM_SOFTDIRTY:
             out |= 1ULL << 55
         return out

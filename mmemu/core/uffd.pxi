@@ -165,6 +165,8 @@ cdef int resolve_in_core(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va, int 
     cdef uint64_t *ptep
     cdef int64_t i
     cdef int rc, ret = 0
+    if vma.flags & VM_HUGETLB:
+        return -1               # the resolvers fill and unprotect base pages: hugetlb faults go to the queue
     if r.kind == RESOLVE_COPY and reason == UFFD_REASON_MISSING:
         i = <int64_t>((page - r.base) >> MM_PAGE_SHIFT)
         if page < r.base or i >= r.nsrc:
@@ -294,6 +296,8 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
     # vm_get_page_prot(vm_flags), PAGE_COPY for a private mapping). That pte
     # lost write: the flush is deferred to the end of the range (B11's t0).
     cdef bint drop_write = not protect and e.pol.uffd_unprotect_writable == 0 and not shared_rw
+    if vmflags & VM_HUGETLB:
+        return hugetlb_wp_range(e, mm, start, end, protect, vmflags, touched)    # core/hugetlb.pxi
     split_huge_pmd_edges(e, mm, start, end)     # change_huge_pmd on whole leaves
     while va < end:
         if alloc:

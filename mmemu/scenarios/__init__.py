@@ -126,6 +126,11 @@ BACKING_MACHINE = {
     "hugetlb-1G": {"memory": 3 << 30, "hugepages": {1 << 30: 2}},
     "memfd-hugetlb-2M": {"hugepages": {2 << 20: 8}},
     "memfd-hugetlb-1G": {"memory": 3 << 30, "hugepages": {1 << 30: 2}},
+    # uffd_cases.py's hugetlb memory types: areas of up to 8 huge pages, an
+    # alias or a second area of 8 (events' mremap target) and the pages a
+    # forked child copies on write.
+    "hugetlb": {"memory": 128 << 20, "hugepages": {2 << 20: 32}},
+    "hugetlb-private": {"memory": 128 << 20, "hugepages": {2 << 20: 32}},
 }
 
 

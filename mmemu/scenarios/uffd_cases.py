@@ -10,10 +10,13 @@ public API: a thread whose access waits on a userfaultfd raises WouldBlock
 (Uffd.serve) resolves it as the monitor thread would.
 
 Memory types as in uffd-unit-tests: anon, shmem (memfd MAP_SHARED),
-shmem-private (memfd MAP_PRIVATE). hugetlb and hugetlb-private are not
-modelled, so they are not registered. `fails=` lists the versions where the
-bug a case probes reproduces; `needs=` skips, with a reason, the versions
-that lack the interface.
+shmem-private (memfd MAP_PRIVATE), hugetlb and hugetlb-private (a
+memfd(MFD_HUGETLB) of 2 MiB pages mapped MAP_SHARED or MAP_PRIVATE, as
+uffd-common.c's hugetlb_allocate_area; a machine with a pool of them,
+BACKING_MACHINE). On hugetlb a case's page is the huge page, as
+uffd-unit-tests' page_size is. `fails=` lists the versions where the bug a
+case probes reproduces; `needs=` skips, with a reason, the versions that
+lack the interface.
 """
 import errno
 import functools
@@ -28,7 +31,9 @@ PAGE = C.PAGE_SIZE
 RW = C.PROT_READ | C.PROT_WRITE
 RO = C.PROT_READ
 PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
-MEM_ALL = ("anon", "shmem", "shmem-private")
+MEM_ALL = ("anon", "shmem", "shmem-private", "hugetlb", "hugetlb-private")
+HUGETLB = ("hugetlb", "hugetlb-private")
+HPAGE = 2 << 20
 
 MISSING = U.UFFDIO_REGISTER_MODE_MISSING
 WP = U.UFFDIO_REGISTER_MODE_WP
@@ -44,9 +49,18 @@ _FEATURE_NAMES = {v: k[len("UFFD_FEATURE_"):] for k, v in vars(U).items()
                   if k.startswith("UFFD_FEATURE_")}
 
 
-def _page(n, i=0):
+def _page(n, i=0, size=PAGE):
     """A recognisable page: byte n+1 ... (never all zero)."""
-    return bytes([(n + i) % 255 + 1]) * PAGE
+    return bytes([(n + i) % 255 + 1]) * size
+
+
+def _psize(backing):
+    """The case's page: the huge page on hugetlb (uffd-unit-tests' page_size)."""
+    return HPAGE if backing in HUGETLB else PAGE
+
+
+def _shared(backing):
+    return backing in ("shmem", "hugetlb")
 
 
 # ---- registration -----------------------------------------------------------------
@@ -87,18 +101,27 @@ def uffd_scenario(id, name, title, backings=("anon",), bug="", fails="", needs=N
     return register
 
 
-def needs(*features, wp=False, minor=False, pagemap_wp=False, user_mode_only=False, populate=False):
+def needs(*features, wp=False, minor=False, pagemap_wp=False, user_mode_only=False, populate=False,
+          release=False, mremap=False):
     """needs(policy, backing): the reason this era cannot run the case, or None.
-    wp/minor: the case registers that mode on its memory type."""
+    wp/minor: the case registers that mode on its memory type; release: it
+    releases private pages with MADV_DONTNEED (uffd-common.c release_pages);
+    mremap: it moves the area."""
     def need(pol, backing):
         # Every reason is the version lacking an interface: an n/a cell.
         for bit in features:
             if not pol.uffd_features & bit:
                 return absent(f"{pol.version} has no UFFD_FEATURE_{_FEATURE_NAMES[bit]}")
         if wp and backing != "anon" and not pol.uffd_wp_file:
-            return absent("uffd-wp on shmem needs PTE markers (5.19, 1db9dbc2ef05)")
-        if minor and not pol.uffd_features & U.UFFD_FEATURE_MINOR_SHMEM:
+            return absent("uffd-wp on shmem and hugetlb needs PTE markers (5.19, 1db9dbc2ef05)")
+        if minor and backing in HUGETLB and not pol.uffd_features & U.UFFD_FEATURE_MINOR_HUGETLBFS:
+            return absent("MINOR faults on hugetlb arrive in 5.13 (7677f7fd8be7)")
+        if minor and backing not in HUGETLB and not pol.uffd_features & U.UFFD_FEATURE_MINOR_SHMEM:
             return absent("MINOR faults on shmem arrive in 5.14 (c949b097ef2e)")
+        if release and backing == "hugetlb-private" and not pol.hugetlb_dontneed:
+            return absent("MADV_DONTNEED on hugetlb arrives in 5.18 (90e7e7f5ef3f)")
+        if mremap and backing in HUGETLB and not pol.hugetlb_mremap:
+            return absent("mremap of hugetlb arrives in 5.16 (550a7d60bd5e)")
         if pagemap_wp and not pol.pm_uffd_wp:
             return absent("pagemap has no uffd-wp bit (PM_UFFD_WP, 5.14)")
         if user_mode_only and not pol.uffd_user_mode_only:
@@ -117,22 +140,30 @@ class _Area:
 
 
 def _area(p, backing, npages, alias=False, prot=RW):
-    """npages of the memory type; shmem types get a memfd (and optionally a
-    MAP_SHARED alias of it, as uffd-common.c's area_dst_alias)."""
+    """npages (of _psize(backing)) of the memory type; shmem and hugetlb
+    types get a memfd (and optionally a MAP_SHARED alias of it, as
+    uffd-common.c's area_dst_alias)."""
     if backing == "anon":
         return _Area(p.mmap(0, npages * PAGE, prot, PRIV))
-    fd = p.memfd_create("uffd-test")
-    p.ftruncate(fd, npages * PAGE)
-    flags = C.MAP_SHARED if backing == "shmem" else C.MAP_PRIVATE
-    addr = p.mmap(0, npages * PAGE, prot, flags, fd, 0)
-    al = p.mmap(0, npages * PAGE, RW, C.MAP_SHARED, fd, 0) if alias else None
+    size = npages * _psize(backing)
+    fd = p.memfd_create("uffd-test", C.MFD_HUGETLB if backing in HUGETLB else 0)
+    p.ftruncate(fd, size)
+    flags = C.MAP_SHARED if _shared(backing) else C.MAP_PRIVATE
+    try:
+        addr = p.mmap(0, size, prot, flags, fd, 0)
+        al = p.mmap(0, size, RW, C.MAP_SHARED, fd, 0) if alias else None
+    except OSError as e:
+        if backing not in HUGETLB or e.errno != errno.ENOMEM:
+            raise
+        # (a host without free huge pages for the reservation)
+        raise ScenarioSkip(f"need {npages} free 2 MiB hugetlb pages: {e.strerror}") from None
     return _Area(addr, fd, al)
 
 
 def _release(p, addr, length, backing):
     """uffd-common.c release_pages: DONTNEED for private memory, REMOVE (a
-    hole punch) for shared shmem."""
-    p.madvise(addr, length, C.MADV_REMOVE if backing == "shmem" else C.MADV_DONTNEED)
+    hole punch) for shared shmem and hugetlb."""
+    p.madvise(addr, length, C.MADV_REMOVE if _shared(backing) else C.MADV_DONTNEED)
 
 
 def _uffd(p, features=0, flags=U.O_CLOEXEC | U.O_NONBLOCK):
@@ -232,31 +263,43 @@ def uffd_api(m, backing):
 @uffd_scenario("S24", "uffd-register-ioctls", "register-ioctls", backings=MEM_ALL)
 def register_ioctls(m, backing):
     """Every mode combination: EINVAL for none, MINOR on anon, and modes the
-    era lacks on shmem (WP before 5.19, MINOR before 5.14); otherwise the
-    reply advertises WAKE and COPY, WRITEPROTECT exactly with WP and CONTINUE
-    exactly with MINOR. (uffd-unit-tests skips eras without every feature;
-    here each era is held to its own rules instead.)"""
+    era lacks on shmem and hugetlb (WP before 5.19; MINOR on shmem before
+    5.14, on hugetlb before 5.13); otherwise the reply advertises WAKE and
+    COPY, WRITEPROTECT exactly with WP and CONTINUE exactly with MINOR, and
+    on hugetlb neither ZEROPAGE nor MOVE (UFFD_API_RANGE_IOCTLS_BASIC).
+    Registering hugetlb from or to the middle of a huge page is EINVAL.
+    (uffd-unit-tests skips eras without every feature; here each era is
+    held to its own rules instead.)"""
     p = m.spawn()
     pol = m.policy
     u = _uffd(p)
     A = _area(p, backing, 1)
+    ps = _psize(backing)
     shmem = backing != "anon"
+    huge = backing in HUGETLB
+    minor_bit = U.UFFD_FEATURE_MINOR_HUGETLBFS if huge else U.UFFD_FEATURE_MINOR_SHMEM
     for miss, wp, minor in itertools.product((0, 1), repeat=3):
         mode = miss * MISSING | wp * WP | minor * MINOR
-        bad = (not mode or (minor and (not shmem or not pol.uffd_features & U.UFFD_FEATURE_MINOR_SHMEM))
+        bad = (not mode or (minor and (not shmem or not pol.uffd_features & minor_bit))
                or (wp and shmem and not pol.uffd_wp_file))
         if bad:
-            _errno(errno.EINVAL, lambda: u.register(A.addr, PAGE, mode), f"REGISTER mode {mode:#x}")
+            _errno(errno.EINVAL, lambda: u.register(A.addr, ps, mode), f"REGISTER mode {mode:#x}")
             continue
-        ioctls = u.register(A.addr, PAGE, mode)
-        for nr, name in ((U._UFFDIO_WAKE, "WAKE"), (U._UFFDIO_COPY, "COPY"),
-                         (U._UFFDIO_ZEROPAGE, "ZEROPAGE")):
+        ioctls = u.register(A.addr, ps, mode)
+        for nr, name in ((U._UFFDIO_WAKE, "WAKE"), (U._UFFDIO_COPY, "COPY")):
             check(ioctls & 1 << nr, f"mode {mode:#x}: ioctls {ioctls:#x} lack {name}")
+        check(bool(ioctls & 1 << U._UFFDIO_ZEROPAGE) != huge,
+              f"mode {mode:#x}: ZEROPAGE advertised iff not hugetlb (ioctls {ioctls:#x})")
+        check(not (huge and ioctls & 1 << U._UFFDIO_MOVE), f"MOVE advertised on hugetlb (ioctls {ioctls:#x})")
         check(bool(ioctls & 1 << U._UFFDIO_WRITEPROTECT) == bool(wp),
               f"mode {mode:#x}: WRITEPROTECT advertised iff WP mode (ioctls {ioctls:#x})")
         check(bool(ioctls & 1 << U._UFFDIO_CONTINUE) == bool(minor),
               f"mode {mode:#x}: CONTINUE advertised iff MINOR mode (ioctls {ioctls:#x})")
-        u.unregister(A.addr, PAGE)
+        u.unregister(A.addr, ps)
+    if huge:
+        _errno(errno.EINVAL, lambda: u.register(A.addr, PAGE, MISSING), "REGISTER ending inside a huge page")
+        _errno(errno.EINVAL, lambda: u.register(A.addr + PAGE, ps - PAGE, MISSING),
+               "REGISTER starting inside a huge page")
 
 
 @uffd_scenario("S25", "uffd-zeropage", "zeropage", backings=MEM_ALL)
@@ -267,6 +310,15 @@ def zeropage(m, backing):
     p = m.spawn()
     u = _uffd(p)
     A = _area(p, backing, 1)
+    if backing in HUGETLB:
+        # mfill_atomic_hugetlb(): no zero page for every huge page size, so
+        # neither advertised nor accepted (uffd_zeropage_test's !has_zeropage).
+        ps = _psize(backing)
+        ioctls = u.register(A.addr, ps, MISSING)
+        check(not ioctls & 1 << U._UFFDIO_ZEROPAGE, f"ZEROPAGE advertised on hugetlb (ioctls {ioctls:#x})")
+        _errno(errno.EINVAL, lambda: u.zeropage(A.addr, ps), "ZEROPAGE into hugetlb", result=-errno.EINVAL)
+        check(not p.pagemap(A.addr).present and u.pending() == 0, "the refused ZEROPAGE mapped something")
+        return
     ioctls = u.register(A.addr, PAGE, MISSING)
     check(ioctls & 1 << U._UFFDIO_ZEROPAGE, "ZEROPAGE must be advertised")
     check(u.zeropage(A.addr, PAGE) == PAGE, "ZEROPAGE must fill one page")
@@ -353,24 +405,30 @@ def _wp_fork(m, backing, with_event):
     u = _uffd(p, F_WP | (U.UFFD_FEATURE_EVENT_FORK if with_event else 0))
     A = _area(p, backing, 1)
     P = A.addr
-    u.register(P, PAGE, WP)
+    ps = _psize(backing)
+    u.register(P, ps, WP)
     p.write(P, b"\x01")
-    u.writeprotect(P, PAGE, PROTECT)
+    u.writeprotect(P, ps, PROTECT)
     check(p.pagemap(P).uffd_wp, "the protected pte must read uffd-wp")
     _check_child(m, p, u, P, with_event, what="present pte")
-    if backing == "shmem":
-        p.madvise(P, PAGE, C.MADV_DONTNEED)         # zap: a UFFD_WP marker (5.19+)
+    if _shared(backing):
+        # zap: a UFFD_WP marker (5.19+; hugetlb: __unmap_hugepage_range)
+        p.madvise(P, ps, C.MADV_DONTNEED)
+    elif backing == "hugetlb-private":
+        # hugetlb is never swapped: PAGEOUT is EINVAL (can_madv_lru_vma),
+        # which uffd-unit-tests ignores; the protected page stays mapped.
+        _errno(errno.EINVAL, lambda: p.madvise(P, ps, C.MADV_PAGEOUT), "MADV_PAGEOUT of hugetlb")
     else:
         p.madvise(P, PAGE, C.MADV_PAGEOUT)          # the anon (or COWed) page goes to swap
         if not p.pagemap(P).swapped:
             raise ScenarioSkip("MADV_PAGEOUT did not swap the page out")
     check(p.pagemap(P).uffd_wp, "the zapped/swapped entry must keep uffd-wp")
     _check_child(m, p, u, P, with_event, what="zapped/swapped pte")
-    u.writeprotect(P, PAGE, 0)
+    u.writeprotect(P, ps, 0)
     check(not p.pagemap(P).uffd_wp, "unprotect must clear the marker / swap bit")
     p.write(P, b"\x02")
     check(not p.pagemap(P).uffd_wp, "the write after unprotect must leave no uffd-wp")
-    u.unregister(P, PAGE)
+    u.unregister(P, ps)
     m.check()
 
 
@@ -394,13 +452,14 @@ def _wp_fork_pin(m, backing, with_event):
     u = _uffd(p, F_WP | (U.UFFD_FEATURE_EVENT_FORK if with_event else 0))
     A = _area(p, backing, 1)
     P = A.addr
-    u.register(P, PAGE, WP)
+    ps = _psize(backing)
+    u.register(P, ps, WP)
     p.write(P, b"\x01")
     # uffd-unit-tests pins after the protect. 5.8's forced COW would turn
     # that R/O pin into a write fault on the uffd-wp pte (B3, S44), so the
     # pin comes first: the fork sees the same maybe-pinned, protected page.
     pin = p.pin_user_pages(P, 1, C.FOLL_LONGTERM)
-    u.writeprotect(P, PAGE, PROTECT)
+    u.writeprotect(P, ps, PROTECT)
     _check_child(m, p, u, P, with_event, what="fork of a pinned page (early COW)")
     pin.release()
     if not m.policy.gup_forced_cow:
@@ -457,29 +516,34 @@ def wp_unpopulated(m, backing):
     check(u.pending() == 0, "none of this raises a message")
 
 
-def _minor(m, wp):
+_FLIP = bytes(b ^ 0xFF for b in range(256))
+
+
+def _minor(m, backing, wp):
     p = m.spawn()
     n = 8
-    A = _area(p, "shmem", n, alias=True)
+    ps = _psize(backing)
+    A = _area(p, backing, n, alias=True)
     dst, alias = A.addr, A.alias          # faults come through the registered alias
-    u = _uffd(p, U.UFFD_FEATURE_MINOR_SHMEM | (F_WP if wp else 0))
-    u.register(alias, n * PAGE, MINOR | (WP if wp else 0))
+    feat = U.UFFD_FEATURE_MINOR_HUGETLBFS if backing in HUGETLB else U.UFFD_FEATURE_MINOR_SHMEM
+    u = _uffd(p, feat | (F_WP if wp else 0))
+    u.register(alias, n * ps, MINOR | (WP if wp else 0))
     for k in range(n):
-        p.write(dst + k * PAGE, bytes([k % 255]) * PAGE)    # fills the cache, no uffd fault
+        p.write(dst + k * ps, bytes([k % 255]) * ps)    # fills the cache, no uffd fault
     check(u.pending() == 0, "writes through the unregistered mapping raise no fault")
     counts = {"minor": 0, "wp": 0, "missing": 0}
 
     def handler(u, msg):
         if msg.flags & FLAG_WP:
-            u.writeprotect(msg.address, PAGE, 0)
+            u.writeprotect(msg.address, ps, 0)
             counts["wp"] += 1
         elif msg.flags & FLAG_MINOR:
             off = msg.address - alias
-            data = p.read(dst + off, PAGE)
-            p.write(dst + off, bytes(b ^ 0xFF for b in data))
-            u.continue_(msg.address, PAGE, U.UFFDIO_CONTINUE_MODE_WP if wp else 0)
+            data = p.read(dst + off, ps)
+            p.write(dst + off, data.translate(_FLIP))
+            u.continue_(msg.address, ps, U.UFFDIO_CONTINUE_MODE_WP if wp else 0)
             # uffd-common.c continue_range(): a second CONTINUE must be EEXIST.
-            _errno(errno.EEXIST, lambda: u.continue_(msg.address, PAGE), "a second CONTINUE",
+            _errno(errno.EEXIST, lambda: u.continue_(msg.address, ps), "a second CONTINUE",
                    result=-errno.EEXIST)
             counts["minor"] += 1
         else:
@@ -487,31 +551,32 @@ def _minor(m, wp):
             raise ScenarioFailure(f"unexpected missing fault {msg}")
     u.serve(handler)
     for k in range(n):
-        check(p.read(alias + k * PAGE, PAGE) == bytes([k % 255 ^ 0xFF]) * PAGE,
+        check(p.read(alias + k * ps, ps) == bytes([k % 255 ^ 0xFF]) * ps,
               f"alias page {k} does not show the bit flip the monitor made before CONTINUE")
     check(counts["minor"] == n and counts["missing"] == 0,
           f"expected {n} minor faults (fault-around must not map MINOR pages): {counts}")
     if wp:
         for k in range(n):
-            check(p.pagemap(alias + k * PAGE).uffd_wp, f"CONTINUE(MODE_WP) left page {k} unprotected")
+            check(p.pagemap(alias + k * ps).uffd_wp, f"CONTINUE(MODE_WP) left page {k} unprotected")
         p.write(alias, b"\x00")
         check(counts["wp"] == 1, "a write to a page continued with MODE_WP raises a WP fault")
     m.check()
 
 
-@uffd_scenario("S34", "uffd-minor", "minor", backings=("shmem",), needs=needs(minor=True))
+@uffd_scenario("S34", "uffd-minor", "minor", backings=("shmem", "hugetlb"), needs=needs(minor=True))
 def minor_faults(m, backing):
     """Each first access through the MINOR-registered mapping of cached pages
-    raises one MINOR fault; CONTINUE maps the page the monitor just edited."""
-    _minor(m, wp=False)
+    raises one MINOR fault; CONTINUE maps the page the monitor just edited
+    (hugetlb: hugetlb_no_page finds the page in the cache, 5.13)."""
+    _minor(m, backing, wp=False)
 
 
-@uffd_scenario("S35", "uffd-minor-wp", "minor-wp", backings=("shmem",),
+@uffd_scenario("S35", "uffd-minor-wp", "minor-wp", backings=("shmem", "hugetlb"),
                needs=needs(U.UFFD_FEATURE_WP_UNPOPULATED, minor=True, wp=True))
 def minor_faults_wp(m, backing):
     """CONTINUE with MODE_WP (6.4) maps the page protected: pagemap says so and
     a write raises a WP fault."""
-    _minor(m, wp=True)
+    _minor(m, backing, wp=True)
 
 
 def _sigbus(m, backing, wp):
@@ -520,27 +585,28 @@ def _sigbus(m, backing, wp):
     half = (n + 1) // 2
     A = _area(p, backing, n)
     P = A.addr
+    ps = _psize(backing)
     u = _uffd(p, U.UFFD_FEATURE_SIGBUS | U.UFFD_FEATURE_EVENT_FORK | (F_WP if wp else 0))
-    u.register(P, n * PAGE, MISSING | (WP if wp else 0))
+    u.register(P, n * ps, MISSING | (WP if wp else 0))
     copy_mode = U.UFFDIO_COPY_MODE_WP if wp else 0
     for nr in range(half):
         try:
-            p.read(P + nr * PAGE, 1)
+            p.read(P + nr * ps, 1)
             raise ScenarioFailure(f"page {nr}: a MISSING access with UFFD_FEATURE_SIGBUS must SIGBUS")
         except Sigbus:
             pass
-        u.copy(P + nr * PAGE, _page(nr), mode=copy_mode)
-        check(p.read(P + nr * PAGE, PAGE) == _page(nr), f"page {nr}: memory corruption")
+        u.copy(P + nr * ps, _page(nr, size=ps), mode=copy_mode)
+        check(p.read(P + nr * ps, ps) == _page(nr, size=ps), f"page {nr}: memory corruption")
         if wp:
             try:
-                p.write(P + nr * PAGE, _page(nr)[:1])
+                p.write(P + nr * ps, _page(nr)[:1])
                 raise ScenarioFailure(f"page {nr}: a WP fault with UFFD_FEATURE_SIGBUS must SIGBUS")
             except Sigbus:
                 pass
-            u.writeprotect(P + nr * PAGE, PAGE, 0)
-        p.write(P + nr * PAGE, _page(nr)[:1])     # write the same value back
+            u.writeprotect(P + nr * ps, ps, 0)
+        p.write(P + nr * ps, _page(nr)[:1])     # write the same value back
     check(u.pending() == 0, "SIGBUS mode queues no message")
-    _release(p, P, n * PAGE, backing)
+    _release(p, P, n * ps, backing)
     seen = {"faults": 0, "forks": 0}
 
     def handler(ctx, msg):
@@ -555,7 +621,7 @@ def _sigbus(m, backing, wp):
     signalled = 0
     for nr in range(half):
         try:
-            c.read(P + nr * PAGE, 1)
+            c.read(P + nr * ps, 1)
         except Sigbus:
             signalled += 1
     check(signalled == half, f"the child inherits SIGBUS mode: {signalled}/{half} accesses signalled")
@@ -563,14 +629,14 @@ def _sigbus(m, backing, wp):
     c.exit()
 
 
-@uffd_scenario("S37", "uffd-sigbus", "sigbus", backings=MEM_ALL)
+@uffd_scenario("S37", "uffd-sigbus", "sigbus", backings=MEM_ALL, needs=needs(release=True))
 def sigbus(m, backing):
     """UFFD_FEATURE_SIGBUS: MISSING faults are SIGBUS without a message, in the
     process and in a child that inherited the context through EVENT_FORK."""
     _sigbus(m, backing, wp=False)
 
 
-@uffd_scenario("S38", "uffd-sigbus-wp", "sigbus-wp", backings=MEM_ALL, needs=needs(wp=True))
+@uffd_scenario("S38", "uffd-sigbus-wp", "sigbus-wp", backings=MEM_ALL, needs=needs(wp=True, release=True))
 def sigbus_wp(m, backing):
     """SIGBUS mode applies to WP faults too."""
     _sigbus(m, backing, wp=True)
@@ -582,21 +648,22 @@ def _events(m, backing, wp):
     half = (n + 1) // 2
     A = _area(p, backing, n)
     P = A.addr
+    ps = _psize(backing)
     feats = (U.UFFD_FEATURE_EVENT_FORK | U.UFFD_FEATURE_EVENT_REMAP | U.UFFD_FEATURE_EVENT_REMOVE
              | (F_WP if wp else 0))
     u = _uffd(p, feats)
-    u.register(P, n * PAGE, MISSING | (WP if wp else 0))
+    u.register(P, n * ps, MISSING | (WP if wp else 0))
     st = {"dst": P, "missing": 0, "wp": 0, "fork": 0, "remap": 0, "remove": 0}
 
     def handler(ctx, msg):
         if msg.event == PF:
             if msg.flags & FLAG_WP:
-                ctx.writeprotect(msg.address, PAGE, 0)
+                ctx.writeprotect(msg.address, ps, 0)
                 st["wp"] += 1
                 return
             check(not msg.flags & FLAG_WRITE, f"unexpected write fault {msg}")
             off = msg.address - st["dst"]
-            ctx.copy(msg.address, _page(off // PAGE), mode=U.UFFDIO_COPY_MODE_WP if wp else 0)
+            ctx.copy(msg.address, _page(off // ps, size=ps), mode=U.UFFDIO_COPY_MODE_WP if wp else 0)
             st["missing"] += 1
         elif msg.event == U.UFFD_EVENT_FORK:
             st["fork"] += 1
@@ -611,31 +678,34 @@ def _events(m, backing, wp):
     c = p.fork()
     check(st["fork"] == 1, "fork with EVENT_FORK must send a FORK event")
     for nr in range(half):
-        check(c.read(P + nr * PAGE, PAGE) == _page(nr), f"child page {nr}: memory corruption")
-        c.write(P + nr * PAGE, _page(nr)[:1])
-    Q = c.mmap(0, n * PAGE, RW, PRIV)             # where the child moves the area (as onto area_src)
-    c.mremap(P, n * PAGE, n * PAGE, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, Q)
+        check(c.read(P + nr * ps, ps) == _page(nr, size=ps), f"child page {nr}: memory corruption")
+        c.write(P + nr * ps, _page(nr)[:1])
+    # Where the child moves the area (as onto area_src, of the same memory
+    # type: a hugetlb area moves only to a huge-page-aligned address).
+    Q = _area(c, backing, n).addr if backing in HUGETLB else c.mmap(0, n * PAGE, RW, PRIV)
+    c.mremap(P, n * ps, n * ps, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, Q)
     check(st["remap"] == 1 and st["dst"] == Q, "mremap must send REMAP {from, to} to the child's monitor")
     for nr in range(half, n):
-        check(c.read(Q + nr * PAGE, PAGE) == _page(nr), f"child page {nr} after mremap: memory corruption")
-        c.write(Q + nr * PAGE, _page(nr)[:1])
-    _release(c, Q, n * PAGE, backing)
+        check(c.read(Q + nr * ps, ps) == _page(nr, size=ps), f"child page {nr} after mremap: memory corruption")
+        c.write(Q + nr * ps, _page(nr)[:1])
+    _release(c, Q, n * ps, backing)
     check(st["remove"] == 1, "releasing the pages must send REMOVE")
-    check(c.read(Q, n * PAGE) == bytes(n * PAGE), "the removed (then unregistered) range must read zeros")
+    check(c.read(Q, n * ps) == bytes(n * ps), "the removed (then unregistered) range must read zeros")
     check(st["missing"] == n, f"expected {n} missing faults, got {st['missing']}")
     if wp:
         check(st["wp"] == n, f"expected {n} WP faults (write-backs after COPY MODE_WP), got {st['wp']}")
     c.exit()
 
 
-@uffd_scenario("S39", "uffd-events", "events", backings=MEM_ALL)
+@uffd_scenario("S39", "uffd-events", "events", backings=MEM_ALL, needs=needs(release=True, mremap=True))
 def events(m, backing):
     """The child's faults reach the monitor through the FORK event's context,
     mremap sends REMAP, release sends REMOVE (the monitor unregisters)."""
     _events(m, backing, wp=False)
 
 
-@uffd_scenario("S40", "uffd-events-wp", "events-wp", backings=MEM_ALL, needs=needs(wp=True))
+@uffd_scenario("S40", "uffd-events-wp", "events-wp", backings=MEM_ALL,
+               needs=needs(wp=True, release=True, mremap=True))
 def events_wp(m, backing):
     """As events, resolving with COPY(MODE_WP): each write-back raises a WP fault."""
     _events(m, backing, wp=True)
@@ -648,26 +718,33 @@ def poison(m, backing):
     p = m.spawn()
     A = _area(p, backing, 4)
     P = A.addr
+    ps = _psize(backing)
     u = _uffd(p, U.UFFD_FEATURE_POISON)
-    ioctls = u.register(P, 4 * PAGE, MISSING)
+    ioctls = u.register(P, 4 * ps, MISSING)
     check(ioctls & 1 << U._UFFDIO_COPY and ioctls & 1 << U._UFFDIO_POISON, f"ioctls {ioctls:#x}")
 
     def handler(ctx, msg):
         check(msg.event == PF and not msg.flags & (FLAG_WP | FLAG_MINOR), f"unexpected {msg}")
-        nr = (msg.address - P) // PAGE
+        nr = (msg.address - P) // ps
         if nr % 2:
-            ctx.copy(msg.address, bytes(PAGE))
+            ctx.copy(msg.address, bytes(ps))
         else:
-            check(ctx.poison(msg.address, PAGE) == PAGE, "POISON must report one page")
+            check(ctx.poison(msg.address, ps) == ps, "POISON must report one page")
     u.serve(handler)
     nr_sigbus = 0
     for nr in range(4):
         try:
-            check(p.read(P + nr * PAGE, PAGE) == bytes(PAGE), f"page {nr} must read zeros")
+            check(p.read(P + nr * ps, ps) == bytes(ps), f"page {nr} must read zeros")
         except Sigbus:
             nr_sigbus += 1
             check(nr % 2 == 0, f"odd page {nr} signalled")
-            check(p.pagemap(P + nr * PAGE).swapped, "a POISONED marker reads as a swap entry")
+            e = p.pagemap(P + nr * ps)
+            if backing in HUGETLB:
+                # pagemap_hugetlb_range(): a non-present entry shows only
+                # uffd-wp, so a poison marker reads as nothing at all.
+                check(not e.swapped and not e.present and not e.uffd_wp, f"hugetlb poison marker {e}")
+            else:
+                check(e.swapped, "a POISONED marker reads as a swap entry")
     check(nr_sigbus == 2, f"expected 2 SIGBUS, got {nr_sigbus}")
 
 
@@ -820,47 +897,54 @@ def wp_lost_early_cow(m, backing):
                backings=("shmem-private",), bug="B14", fails="5.19-6.1", needs=needs(wp=True))
 def wp_marker_into_child(m, backing):
     """A marker left by DONTNEED in a private file wp VMA must not be copied to
-    a child whose VMA is not registered (5.19-6.1 copy it, with a WARN)."""
+    a child whose VMA is not registered (5.19-6.1 copy it, with a WARN).
+    (hugetlb never did: copy_hugetlb_page_range() copied a marker only into
+    a wp child from the start, 5.19; tests/unit/test_hugetlb_uffd.py.)"""
     p = m.spawn()
-    fd = p.memfd_create("b14")
-    p.ftruncate(fd, 2 * PAGE)
-    P = p.mmap(0, 2 * PAGE, RW, C.MAP_PRIVATE, fd, 0)
+    ps = _psize(backing)
+    A = _area(p, backing, 2)
+    P = A.addr
     u = _uffd(p, F_WP | U.UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
-    u.register(P, 2 * PAGE, WP)
+    u.register(P, 2 * ps, WP)
     p.write(P, b"\x01")                          # COW: an anon page, so the VMA has an anon_vma
-    p.read(P + PAGE, 1)                           # the cache page mapped R/O
-    u.writeprotect(P + PAGE, PAGE, PROTECT)
-    p.madvise(P + PAGE, PAGE, C.MADV_DONTNEED)    # zap of a wp file pte: a UFFD_WP marker
-    e = p.pagemap(P + PAGE)
-    check(e.swapped and e.uffd_wp, f"DONTNEED must leave a UFFD_WP marker in the parent (pagemap {e})")
+    p.read(P + ps, 1)                             # the cache page mapped R/O
+    u.writeprotect(P + ps, ps, PROTECT)
+    p.madvise(P + ps, ps, C.MADV_DONTNEED)        # zap of a wp file pte: a UFFD_WP marker
+    e = p.pagemap(P + ps)
+    # (pagemap_hugetlb_range shows a marker as uffd-wp alone, no PM_SWAP)
+    check((e.swapped or backing in HUGETLB) and e.uffd_wp,
+          f"DONTNEED must leave a UFFD_WP marker in the parent (pagemap {e})")
     c = p.fork()
-    x = c.pagemap(P + PAGE)
+    x = c.pagemap(P + ps)
     check(not x.swapped and not x.uffd_wp, f"the child got the parent's UFFD_WP marker (pagemap {x})")
-    c.read(P + PAGE, 1)
-    y = c.pagemap(P + PAGE)
+    c.read(P + ps, 1)
+    y = c.pagemap(P + ps)
     check(y.present and not y.uffd_wp, f"the child's read must map the page unprotected (pagemap {y})")
 
 
 @uffd_scenario("S57", "uffd-wp-shmem-mprotect", "shmem uffd-wp silently lost through mprotect",
-               backings=("shmem",), bug="B15", fails="5.19-6.1", needs=needs(wp=True))
+               backings=("shmem", "hugetlb"), bug="B15", fails="5.19-6.1", needs=needs(wp=True))
 def wp_shmem_mprotect(m, backing):
     """mprotect(RO) then RW rebuilds the ptes from vm_page_prot: 5.19-6.1's
     shmem VMA has write there (no writenotify), so the protected pte becomes
-    writable and the next write is not reported."""
+    writable and the next write is not reported. Shared hugetlb the same:
+    hugetlb_change_protection() keeps the uffd-wp bit but takes write from
+    the new protection."""
     p = m.spawn()
     A = _area(p, backing, 1)
     S = A.addr
+    ps = _psize(backing)
     u = _uffd(p, F_WP | U.UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
-    u.register(S, PAGE, WP)
+    u.register(S, ps, WP)
     p.write(S, b"\x01")
-    u.writeprotect(S, PAGE, PROTECT)
+    u.writeprotect(S, ps, PROTECT)
     check(p.pagemap(S).uffd_wp, "the pte must read uffd-wp")
-    p.mprotect(S, PAGE, RO)
-    p.mprotect(S, PAGE, RW)
+    p.mprotect(S, ps, RO)
+    p.mprotect(S, ps, RW)
     _, wb = _try(lambda: p.write(S, b"\x02"))
     check(wb is not None, "the write to a uffd-wp shmem page was not reported after mprotect")
     _one_fault(u, S, FLAG_WRITE | FLAG_WP, "write after mprotect")
-    u.writeprotect(S, PAGE, 0)
+    u.writeprotect(S, ps, 0)
     wb.thread.resume()
     check(p.pread(A.fd, 1, 0) == b"\x02", "the write must land in the file after unprotect")
 

@@ -511,15 +511,6 @@ def test_ksm_and_numa_scan_leave_hugetlb_alone():
     m.check()
 
 
-def test_uffd_on_hugetlb_is_refused_for_now():
-    p = machine().spawn()
-    A = p.mmap(0, H2M, RW, HUGE)
-    u = p.userfaultfd()
-    u.api()
-    with pytest.raises(NotImplementedError, match="hugetlb"):
-        u.register(A, H2M, mmemu.uffd.UFFDIO_REGISTER_MODE_MISSING)
-
-
 # ---- state -----------------------------------------------------------------
 
 def test_save_and_load_keep_the_pool_and_reservations(tmp_path):
