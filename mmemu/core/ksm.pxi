@@ -494,7 +494,7 @@ cdef int ksm_merge_one(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va, int64
         # try_to_merge_one_page(): split_huge_page() first (with 6.12's
         # zero-page remap), or no merge. Here only a folio this mm alone
         # maps can be split (no rmap walk across mms).
-        if split_folio_here(e, mm, folio_of(e, pfn), va, True) < 0:
+        if split_folio_here(e, mm, folio_of(e, pfn), va, True, False) < 0:
             return -1
         if ksm_mapped_anon(e, mm, va, &ptep) != pfn:
             return -1               # remapped to the zero page
