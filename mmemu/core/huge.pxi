@@ -719,11 +719,26 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
                     head = folio_of(e, pfn)
                     if head != last and n < cap:    # once per folio: a failed split stays failed
                         last = head
-                        if split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT),
-                                            True, True) == 0:
+                        if folio_ptes_in(e, t, head) < HPAGE_PMD_NR:
+                            # Not mapped whole (6.12 madvise_cold_or_pageout_pte_range:
+                            # fewer ptes than pages): the walker's own split_folio, the
+                            # unmapped pages freed, the rest reclaimed as small pages.
+                            split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT), True, False)
+                        elif split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT),
+                                              True, True) == 0:
                             heads[n] = head
                             n += 1
         va += PMD_SPAN
+    return n
+
+
+cdef int64_t folio_ptes_in(engine_t *e, uint64_t *t, int64_t head) noexcept nogil:
+    """How many entries of the table t map a page of the folio at head."""
+    cdef int64_t i, n = 0
+    for i in range(HPAGE_PMD_NR):
+        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and \
+                (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head:
+            n += 1
     return n
 
 
