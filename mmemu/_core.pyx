@@ -1869,18 +1869,10 @@ cdef class Engine:
         self._pages(dst, npages)
         self._pages(src, npages)
         cdef mm_t *m = self._mm(mm)
-        cdef int64_t i
-        cdef int32_t vi
-        cdef int rc
-        for i in range(npages):
-            vi = find_vma(m, dst + (<uint64_t>i << MM_PAGE_SHIFT))
-            if vi < 0:
-                return i, CORE_ENOENT
-            rc = uffd_move_page(&self.e, m, &m.vmas[vi], dst + (<uint64_t>i << MM_PAGE_SHIFT),
-                                src + (<uint64_t>i << MM_PAGE_SHIFT), allow_holes, move_zeropage)
-            if rc < 0:
-                return i, -rc
-        return npages, 0
+        cdef int64_t done
+        cdef int err
+        done = uffd_move_range(&self.e, m, dst, src, npages, allow_holes, move_zeropage, &err)
+        return done, err
 
     # ---- swap --------------------------------------------------------------
 

@@ -494,8 +494,15 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
             dp[0] = pte
             return 0
         pfn = <int64_t>pte_pfn(pte)
-        if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
-            return -CORE_EBUSY          # a large folio: split_folio is not modelled yet
+        if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and not pfn_is_hugetlb(e, pfn):
+            # move_pages_pte(): an exclusive page of a large folio: the folio
+            # is split (split_folio, 6.12's zero-page remap) and the page
+            # looked at again; a folio that cannot be split is -EAGAIN.
+            if not (e.fflags[pfn] & PG_ANON) or (e.pol.anon_exclusive and not (e.fflags[pfn] & PG_ANON_EXCLUSIVE)):
+                return -CORE_EBUSY
+            if split_folio_here(e, mm, folio_of(e, pfn), src, True, False) < 0:
+                return -CORE_EAGAIN
+            return uffd_move_page(e, mm, dvma, dst, src, allow_holes, move_zeropage)
         if not (e.fflags[pfn] & PG_ANON) or e.fflags[pfn] & PG_KSM or e.mapcount[pfn] != 1 \
                 or (e.pol.anon_exclusive and not (e.fflags[pfn] & PG_ANON_EXCLUSIVE)):
             return -CORE_EBUSY          # not an exclusive anon page
@@ -515,6 +522,79 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
     tlb_flush_page(e, mm.id, src)
     dp[0] = pte
     return 0
+
+
+cdef int64_t uffd_move_range(engine_t *e, mm_t *mm, uint64_t dst, uint64_t src, int64_t npages,
+                             bint allow_holes, bint move_zeropage, int *err) noexcept nogil:
+    """move_pages() (6.12) over npages: a PMD leaf at src moves whole
+    (move_pages_huge_pmd) when both addresses are 2 MiB aligned, 2 MiB or
+    more is left and dst's pmd is none; otherwise it is split first, unless
+    it is a THP that is not exclusive (-EBUSY); a PMD leaf at dst is
+    -EEXIST. Then page by page (uffd_move_page). Returns pages moved; *err
+    is the errno that stopped it, 0 if none."""
+    cdef int64_t i = 0, head, k
+    cdef int32_t vi
+    cdef int32_t *ss
+    cdef int32_t *ds
+    cdef uint64_t *t
+    cdef uint64_t a, b, set
+    cdef int rc
+    cdef mm_vma_t *dvma
+    err[0] = 0
+    while i < npages:
+        a = src + (<uint64_t>i << MM_PAGE_SHIFT)
+        b = dst + (<uint64_t>i << MM_PAGE_SHIFT)
+        vi = find_vma(mm, b)
+        if vi < 0:
+            err[0] = CORE_ENOENT
+            return i
+        dvma = &mm.vmas[vi]
+        if e.nr_huge_pmd:
+            ds = pmd_slot(e, mm, b, False)
+            if ds != NULL and pmd_trans_huge(ds[0]):
+                err[0] = CORE_EEXIST
+                return i
+            ss = pmd_slot(e, mm, a, False)
+            if ss != NULL and pmd_trans_huge(ss[0]) \
+                    and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, ss[0])[0])):
+                t = pmd_leaf_table(e, ss[0])
+                head = <int64_t>pte_pfn(t[0])
+                if (a | b) & (PMD_SPAN - 1) or npages - i < HPAGE_PMD_NR or (ds != NULL and ds[0] != 0):
+                    # move_splits_huge_pmd(): split, then the pages one by one.
+                    if not (t[0] & PTE_SPECIAL) and e.pol.anon_exclusive \
+                            and not (e.fflags[head] & PG_ANON_EXCLUSIVE):
+                        err[0] = CORE_EBUSY
+                        return i
+                    split_huge_pmd_locked(e, mm, ss, a & ~(<uint64_t>PMD_SPAN - 1))
+                else:
+                    # move_pages_huge_pmd(): an exclusive, unpinned THP (or the
+                    # huge zero page) moves with its deposited table.
+                    if not (t[0] & PTE_SPECIAL):
+                        if (e.pol.anon_exclusive and not (e.fflags[head] & PG_ANON_EXCLUSIVE)) \
+                                or entire_mapcount(e, head)[0] != 1 or folio_maybe_dma_pinned(e, head):
+                            err[0] = CORE_EBUSY
+                            return i
+                        anon_vma_prepare(e, mm, dvma)       # folio_move_anon_rmap
+                    ds = pmd_slot(e, mm, b, True)
+                    if ds == NULL:
+                        err[0] = CORE_ENOMEM
+                        return i
+                    pmd_flush(e, mm, a)
+                    ds[0] = ss[0]
+                    ss[0] = 0
+                    if not (t[0] & PTE_SPECIAL):
+                        # mk_huge_pmd + pmd_mkdirty + maybe_pmd_mkwrite for dst.
+                        set = PTE_DIRTY | PTE_SOFT_DIRTY | (PTE_WRITE if dvma.flags & VM_WRITE else 0)
+                        for k in range(HPAGE_PMD_NR):
+                            t[k] |= set
+                    i += HPAGE_PMD_NR
+                    continue
+        rc = uffd_move_page(e, mm, dvma, b, a, allow_holes, move_zeropage)
+        if rc < 0:
+            err[0] = -rc
+            return i
+        i += 1
+    return i
 
 
 # PAGE_IS_* (PAGEMAP_SCAN categories): core/uapi.pxi, generated.
