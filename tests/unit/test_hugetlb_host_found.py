@@ -1,0 +1,45 @@
+"""hugetlb rules the host oracle (`mmemu diff`, HostMachine(hugepages=))
+found the engine getting wrong; each case is what 6.18.44 did.
+"""
+import errno
+
+import pytest
+
+import mmemu
+import mmemu.constants as C
+
+H2M = 2 << 20
+RW = C.PROT_READ | C.PROT_WRITE
+HUGE = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_HUGETLB
+
+
+def _pool(m):
+    h = m.hugepages[H2M]
+    return h["nr_hugepages"], h["free_hugepages"], h["resv_hugepages"]
+
+
+@pytest.mark.parametrize("advice, errno_", [
+    (C.MADV_PAGEOUT, errno.EINVAL), (C.MADV_COLD, errno.EINVAL), (C.MADV_WILLNEED, None),
+    (C.MADV_NORMAL, None), (C.MADV_DOFORK, None), (C.MADV_KEEPONFORK, None),
+    (C.MADV_MERGEABLE, None), (C.MADV_UNMERGEABLE, None),
+    (C.MADV_DONTFORK, errno.EINVAL), (C.MADV_RANDOM, errno.EINVAL)])
+def test_advice_that_does_not_change_a_hugetlb_vma_never_cuts_it(advice, errno_):
+    """madvise over 1.5 of two huge pages: advice that sets no new VMA
+    flag (madvise_update_vma returns before splitting) or none at all
+    (PAGEOUT, COLD, WILLNEED) leaves the VMA whole, so no reservation is
+    lost and no EINVAL for a cut; advice that changes the flags must split
+    there and fails (hugetlb_vm_op_split). If the engine cut the VMA, the
+    half-page tail lost its reservation (resv 2 -> 1)."""
+    m = mmemu.Machine(kernel="6.18", hugepages={H2M: 4})
+    p = m.spawn()
+    a = p.mmap(0, 2 * H2M, RW, HUGE)
+    assert _pool(m) == (4, 4, 2)
+    if errno_ is None:
+        p.madvise(a, 3 * H2M // 2, advice)
+    else:
+        with pytest.raises(OSError) as e:
+            p.madvise(a, 3 * H2M // 2, advice)
+        assert e.value.errno == errno_
+    assert _pool(m) == (4, 4, 2)
+    assert [(v.start, v.end) for v in p.vmas] == [(a, a + 2 * H2M)]
+    m.check()
