@@ -1012,6 +1012,8 @@ class HostMachine:
     def spawn(self) -> HostProcess:
         """A new process: a fork of the driver that becomes a server."""
         self._check_open()
+        if self._pool is not None and not self.live_processes():
+            self._pool_settle()
         drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
@@ -1019,6 +1021,20 @@ class HostMachine:
             _server.become_server(srv)   # never returns
         srv.close()
         return self._adopt(pid, drv, None)
+
+    def _pool_settle(self, wait=2.0):
+        """With none of its processes alive, the machine's hugetlb pool is
+        whole again: a page whose last reference went with a process that
+        exited (a pipe, a deferred free_huge_folio) may come back a moment
+        later. Waits up to `wait` seconds for it, so a new program starts
+        from the pool the engine's fresh machine has."""
+        deadline = time.monotonic() + wait
+        while True:
+            idle = all(c["free_hugepages"] == c["nr_hugepages"] and not c["resv_hugepages"]
+                       for c in map(_hugetlb.counters, self._pool.counts))
+            if idle or time.monotonic() > deadline:
+                return idle
+            time.sleep(0.005)
 
     def _adopt(self, pid, sock, parent):
         chan = _Channel(sock, self.timeout)
