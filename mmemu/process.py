@@ -422,14 +422,23 @@ class Process(FileOps, NumaOps):
         first = self.vmas.find(addr)
         if first is None:
             raise oserror(ENOMEM, "mprotect", "start not mapped")
-        self._hugetlb_split_check(addr, end, "mprotect")
         newbits = _prot_to_vm(prot)
+        start, stop = addr, end
+        for v in self.vmas.overlapping(addr, end):
+            if v.flags & VM_HUGETLB:
+                if (v.flags & ~VM_ACCESS_FLAGS) | newbits != v.flags:
+                    self._hugetlb_split_check(max(addr, v.start), min(end, v.end), "mprotect")
+                else:
+                    # mprotect_fixup() returns before splitting a VMA whose
+                    # flags stay: a hugetlb VMA is not cut (nor its
+                    # reservations) by a protection it already has.
+                    start, stop = min(start, v.start), max(stop, v.end)
         # do_mprotect_pkey walks VMAs in order and stops at the first hole:
         # the VMAs before it keep their new protection, as on Linux.
         cur = addr
         error = None
-        for vma in self.vmas.isolate(addr, end):
-            if vma.start != cur:
+        for vma in self.vmas.isolate(start, stop):
+            if vma.start > cur:
                 error = oserror(ENOMEM, "mprotect", "range has a hole")
                 break
             if prot & (C.PROT_GROWSDOWN | C.PROT_GROWSUP) and not vma.flags & VM_GROWSDOWN:

@@ -43,3 +43,24 @@ def test_advice_that_does_not_change_a_hugetlb_vma_never_cuts_it(advice, errno_)
     assert _pool(m) == (4, 4, 2)
     assert [(v.start, v.end) for v in p.vmas] == [(a, a + 2 * H2M)]
     m.check()
+
+
+def test_mprotect_to_the_same_protection_never_cuts_a_hugetlb_vma():
+    """mprotect over 1.5 of two huge pages with the protection they have:
+    mprotect_fixup() returns before splitting, so it succeeds and the
+    reservations stay; a new protection must split inside the page: EINVAL."""
+    m = mmemu.Machine(kernel="6.18", hugepages={H2M: 4})
+    p = m.spawn()
+    a = p.mmap(0, 2 * H2M, RW, HUGE)
+    p.mprotect(a, 3 * H2M // 2, RW)
+    assert _pool(m) == (4, 4, 2)
+    assert [(v.start, v.end) for v in p.vmas] == [(a, a + 2 * H2M)]
+    with pytest.raises(OSError) as e:
+        p.mprotect(a, 3 * H2M // 2, C.PROT_READ)
+    assert e.value.errno == errno.EINVAL
+    p.mprotect(a, H2M, C.PROT_READ)
+    p.mprotect(a, 3 * H2M // 2, RW)          # the first VMA changes whole, the second stays
+    assert _pool(m) == (4, 4, 2)
+    # (VM_DONTEXPAND is VM_SPECIAL: hugetlb VMAs never merge back)
+    assert [(v.start, v.end) for v in p.vmas] == [(a, a + H2M), (a + H2M, a + 2 * H2M)]
+    m.check()
