@@ -33,7 +33,10 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
             slot = pmd_slot(e, mm, va, False)
             if pmd_trans_huge(slot[0]):
                 if stop - va == PMD_SPAN:
+                    pfn = <int64_t>pte_pfn(t[0])
                     zap_huge_pmd(e, mm, slot, g)
+                    if pfn_is_hugetlb(e, pfn):
+                        hugetlb_zap_restore_reserve(e, mm, va, folio_of(e, pfn))
                     va = stop
                     continue
                 if pfn_is_hugetlb(e, <int64_t>pte_pfn(t[0])):

@@ -45,6 +45,48 @@ def test_advice_that_does_not_change_a_hugetlb_vma_never_cuts_it(advice, errno_)
     m.check()
 
 
+@pytest.mark.parametrize("kernel, restored", [("6.7", False), ("6.8", True), ("6.18", True),
+                                              ("6.1.176", False)])
+def test_dontneed_of_the_owners_page_restores_its_reservation(kernel, restored):
+    """MADV_DONTNEED of a faulted private hugetlb page by the mapping's
+    creator: from df7a6d1f6405 (6.8) the page's reservation comes back
+    (resv 0 -> 1 as it is freed), so the next fault is promised a page and
+    munmap gives it back to the pool; before, the reservation stayed
+    consumed (resv 0) and the refault took an unreserved page."""
+    m = mmemu.Machine(kernel=kernel, hugepages={H2M: 4})
+    p = m.spawn()
+    a = p.mmap(0, H2M, RW, HUGE)
+    p.write(a, b"x")
+    assert _pool(m) == (4, 3, 0)
+    p.madvise(a, H2M, C.MADV_DONTNEED)
+    assert _pool(m) == (4, 4, 1 if restored else 0)
+    p.write(a, b"y")
+    assert _pool(m) == (4, 3, 0)
+    p.madvise(a, H2M, C.MADV_DONTNEED)
+    p.munmap(a, H2M)
+    assert _pool(m) == (4, 4, 0)
+    m.check()
+
+
+def test_restore_while_a_child_still_maps_the_page():
+    """6.18.44 restores the owner's reservation even while fork's child
+    maps the page: nothing changes at the owner's DONTNEED (the page stays
+    the child's), the reservation comes back when the child's exit frees
+    the page, and the owner's next fault consumes it."""
+    m = mmemu.Machine(kernel="6.18", hugepages={H2M: 4})
+    p = m.spawn()
+    a = p.mmap(0, H2M, RW, HUGE)
+    p.write(a, b"x")
+    c = p.fork()
+    p.madvise(a, H2M, C.MADV_DONTNEED)
+    assert _pool(m) == (4, 3, 0)
+    c.exit()
+    assert _pool(m) == (4, 4, 1)
+    p.write(a, b"y")
+    assert _pool(m) == (4, 3, 0)
+    m.check()
+
+
 def test_mprotect_to_the_same_protection_never_cuts_a_hugetlb_vma():
     """mprotect over 1.5 of two huge pages with the protection they have:
     mprotect_fixup() returns before splitting, so it succeeds and the
