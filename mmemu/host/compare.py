@@ -105,7 +105,12 @@ def _norm_page(pg, lab, where, ignore):
         out["kpagecount"] = pg.get("kpagecount")
         out["kpf"] = lab.kpf(pg.get("kpf"))
     if "swap" in pg:
-        out["swap"] = pg["swap"]
+        swp_type, offset = pg["swap"]
+        # A real swap device's type is its slot in swap_info, which on the
+        # host depends on which swap files other processes turned on before
+        # (a file enabled while another holds slot 0 is type 1 for good);
+        # the engine has one device, type 0. Markers (30, 31) keep theirs.
+        out["swap"] = [swp_type if swp_type >= 30 else "device", offset]
     return out
 
 
