@@ -286,14 +286,22 @@ class FileOps:
         eng.file_fallocate(f.fid, self.cpu, first, last)
 
     def _hugetlb_fallocate(self, f, mode, offset, length):
-        """hugetlbfs_fallocate(): PUNCH_HOLE|KEEP_SIZE drops the whole huge
-        pages inside the range (partial ones stay as they are)."""
+        """hugetlbfs_punch_hole(): PUNCH_HOLE|KEEP_SIZE drops the whole huge
+        pages inside the range; the bytes it covers of a partial huge page
+        at either edge are zeroed in the page cache (hugetlbfs_zero_partial_page,
+        68d32527d340 5.19; before, they stayed)."""
         if mode != C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE:
             if mode & ~(C.FALLOC_FL_KEEP_SIZE | C.FALLOC_FL_PUNCH_HOLE):
                 raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")
             raise NotImplementedError("fallocate() preallocating hugetlbfs pages is not modelled yet")
         first = -(-offset // f.hsize)
         last = (offset + length) // f.hsize
+        end = offset + length
+        if self._policy().hugetlb_punch_zero_partial:
+            if offset < first * f.hsize:
+                self._zero_file_range(f, offset, min(end, first * f.hsize))
+            if end > last * f.hsize and end > first * f.hsize:
+                self._zero_file_range(f, last * f.hsize, end)
         if first < last:
             f.punch_hole(first, last)
 

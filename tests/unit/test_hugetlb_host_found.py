@@ -106,3 +106,30 @@ def test_mprotect_to_the_same_protection_never_cuts_a_hugetlb_vma():
     # (VM_DONTEXPAND is VM_SPECIAL: hugetlb VMAs never merge back)
     assert [(v.start, v.end) for v in p.vmas] == [(a, a + H2M), (a + H2M, a + 2 * H2M)]
     m.check()
+
+
+@pytest.mark.parametrize("kernel, zeroed", [("5.18", False), ("5.19", True), ("6.18", True)])
+def test_punch_hole_zeroes_the_partial_huge_pages_at_its_edges(kernel, zeroed):
+    """A hole punch of [4 KiB, 2 MiB + 4 KiB) of an MFD_HUGETLB file drops
+    no whole huge page but zeroes what it covers of both partial ones
+    (hugetlbfs_zero_partial_page, 5.19), seen through a shared mapping and
+    read(2); a private COW copy keeps its bytes. Before 5.19 nothing changed."""
+    m = mmemu.Machine(kernel=kernel, hugepages={H2M: 4})
+    p = m.spawn()
+    fd = p.memfd_create("h", C.MFD_HUGETLB)
+    p.ftruncate(fd, 2 * H2M)
+    s = p.mmap(0, 2 * H2M, RW, C.MAP_SHARED, fd, 0)
+    q = p.mmap(0, H2M, RW, C.MAP_PRIVATE, fd, H2M)
+    p.write(s, b"head")
+    p.write(s + 8192, b"kept?")
+    p.write(s + H2M, b"file")
+    p.write(s + H2M + 4096, b"tail")
+    p.write(q + 100, b"mine")
+    p.fallocate(fd, C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE, 4096, H2M)
+    gone = bytes(5) if zeroed else b"kept?"
+    assert p.read(s, 4) == b"head" and p.read(s + 8192, 5) == gone
+    assert p.read(s + H2M, 4) == (bytes(4) if zeroed else b"file")
+    assert p.pread(fd, 4, H2M + 4096) == b"tail"
+    assert p.read(q + 100, 4) == b"mine"
+    assert _pool(m) == (4, 1, 0)
+    m.check()
