@@ -11,6 +11,13 @@ this process that holds it closes, on interpreter exit, or, for a run that
 was killed, when the next run takes the pool (a record of the old values
 stays in RECORD while the pool is held).
 
+A reservation the kernel keeps while no page is in use and no process
+holds the pool (resv_huge_pages leaked: seen on 6.18.44 with nothing
+mapping or holding hugetlb memory) cannot be given back from user space;
+such stale reservations are set aside: the pool is made that many pages
+larger and HeldPool.stale is subtracted from what the machine shows, so the
+pool still looks like the engine's.
+
 Machines of one process share a held pool when they ask for the same
 counts; across processes a lock file (flock) keeps one holder at a time.
 Writing nr_hugepages may allocate fewer pages than asked (the buddy
@@ -62,10 +69,14 @@ def sizes():
                   if n.startswith("hugepages-") and n.endswith("kB"))
 
 
-def counters(size):
+def counters(size, stale=0):
     """/sys/kernel/mm/hugepages/hugepages-<kB>kB of one size, as a dict
-    (nr, free, resv and surplus)."""
-    return {name: _read(size, name) for name in COUNTERS}
+    (nr, free, resv and surplus); `stale` reservations set aside are left
+    out of nr, free and resv."""
+    c = {name: _read(size, name) for name in COUNTERS}
+    for name in ("nr_hugepages", "free_hugepages", "resv_hugepages"):
+        c[name] -= stale
+    return c
 
 
 class HeldPool:
@@ -74,6 +85,7 @@ class HeldPool:
         self.saved = saved              # size -> (nr_hugepages, nr_overcommit_hugepages)
         self.lockfd = lockfd
         self.users = 0
+        self.stale = dict.fromkeys(counts, 0)   # size -> reservations nobody holds, set aside
 
     def __repr__(self):
         return f"<HeldPool {self.counts} (was {self.saved})>"
@@ -156,16 +168,20 @@ def acquire(counts):
         lockfd = _take_lock()
         try:
             _restore_stale()
+            stale = {}
             for size in counts:
                 c = counters(size)
-                if c["free_hugepages"] != c["nr_hugepages"] or c["resv_hugepages"] \
-                        or c["surplus_hugepages"]:
+                # With every page free, reservations are nobody's (a mapping
+                # that reserved would be found by the lock's holder, not here).
+                stale[size] = c["resv_hugepages"] if c["free_hugepages"] == c["nr_hugepages"] else 0
+                if c["free_hugepages"] != c["nr_hugepages"]:
                     raise PoolUnavailable(
                         f"the {size >> 10} kB hugetlb pool is in use by another process "
                         f"(nr {c['nr_hugepages']}, free {c['free_hugepages']}, resv "
                         f"{c['resv_hugepages']}, surplus {c['surplus_hugepages']})")
-            saved = {size: (_read(size, "nr_hugepages"), _read(size, "nr_overcommit_hugepages"))
-                     for size in counts}
+            # The persistent pool (surplus pages are not the administrator's).
+            saved = {size: (_read(size, "nr_hugepages") - _read(size, "surplus_hugepages"),
+                            _read(size, "nr_overcommit_hugepages")) for size in counts}
             with open(RECORD + ".tmp", "w") as f:
                 json.dump({"pid": os.getpid(), "saved": {str(k): v for k, v in saved.items()}}, f)
             os.replace(RECORD + ".tmp", RECORD)
@@ -175,11 +191,11 @@ def acquire(counts):
                         if saved[size][1]:
                             # (gigantic pages have no overcommit: writing it is EINVAL)
                             _write(size, "nr_overcommit_hugepages", 0)
-                        _write(size, "nr_hugepages", n)
+                        _write(size, "nr_hugepages", n + stale[size])
                     except OSError as e:
                         raise PoolUnavailable(f"setting the {size >> 10} kB pool to {n} pages: "
                                               f"{e.strerror}") from None
-                    got = _read(size, "nr_hugepages")
+                    got = _read(size, "nr_hugepages") - stale[size]
                     if got != n:
                         raise PoolUnavailable(
                             f"the kernel allocated {got} of {n} {size >> 10} kB hugetlb pages "
@@ -193,7 +209,23 @@ def acquire(counts):
             raise
         _held = HeldPool(counts, saved, lockfd)
         _held.users = 1
+        _held.stale = stale
         return _held
+
+
+def set_aside(pool, size, n):
+    """n more reservations of `size` pages are nobody's (leaked while the
+    pool was held): the pool grows by n pages so as many stay usable, and
+    they are left out of what the machine shows. False if the kernel could
+    not allocate the pages."""
+    with _lock:
+        pool.stale[size] += n
+        want = pool.counts[size] + pool.stale[size]
+        try:
+            _write(size, "nr_hugepages", want)
+        except OSError:
+            return False
+        return _read(size, "nr_hugepages") == want
 
 
 def release(pool):
