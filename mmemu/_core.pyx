@@ -52,7 +52,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "ksm_checksum_first", "longterm_unpinnable", "longterm_alloc_exclude",
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
                  "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
-                 "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap")
+                 "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
+                 "hugetlb_zap_restore_reserve")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -231,6 +232,7 @@ cdef class Engine:
         p.hugetlb_fork_copy_pinned = knobs["hugetlb_fork_copy_pinned"]
         p.hugetlb_dontneed = knobs["hugetlb_dontneed"]
         p.hugetlb_mremap = knobs["hugetlb_mremap"]
+        p.hugetlb_zap_restore_reserve = knobs["hugetlb_zap_restore_reserve"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:

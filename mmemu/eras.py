@@ -129,6 +129,8 @@ BASELINE = {
     "hugetlb_fork_copy_pinned": 0,  # fork copies a maybe-pinned hugetlb page of a COW mapping (5.12)
     "hugetlb_dontneed": 0,        # MADV_DONTNEED on hugetlb VMAs (5.18); EINVAL before
     "hugetlb_mremap": 0,          # mremap of hugetlb VMAs (5.16); EINVAL before
+    "hugetlb_punch_zero_partial": 0,  # a hugetlbfs hole punch zeroes the partial huge pages at its edges (5.19)
+    "hugetlb_zap_restore_reserve": 0,  # zapping an owner's last mapping of an anon hugetlb page gives its reservation back (6.8)
     "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
 }
@@ -257,6 +259,15 @@ CHANGES = (
            {"hugetlb_mremap": 1}),
     Change("90e7e7f5ef3f", "5.18", "mm: enable MADV_DONTNEED for hugetlb mappings",
            {"hugetlb_dontneed": 1}),
+    # (Mainline id read from mainline shortlogs next to 034e5afad921, both in
+    # the 5.19-rc hotfixes of June 2022; present in 6.1.176's source.)
+    Change("68d32527d340", "5.19", "hugetlbfs: zero partial pages during fallocate hole punch",
+           {"hugetlb_punch_zero_partial": 1}),
+    # Not in 6.1.y (absent from 6.1.176's source). 6.18.44 restores even
+    # while a child still maps the page (measured); 6.12.118's source does
+    # it only for the last mapping, by a change not identified (not modelled).
+    Change("df7a6d1f6405", "6.8", "mm/hugetlb: restore the reservation if needed",
+           {"hugetlb_zap_restore_reserve": 1}),
     Change("9457056ac426", "5.18", "mm: madvise: MADV_DONTNEED_LOCKED",
            {"madv_dontneed_locked": 1}, aliases=("madv-dontneed-locked",)),
     Change("6c287605fd56", "5.19", "mm: remember exclusively mapped anonymous pages with PG_anon_exclusive",

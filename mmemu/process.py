@@ -422,14 +422,23 @@ class Process(FileOps, NumaOps):
         first = self.vmas.find(addr)
         if first is None:
             raise oserror(ENOMEM, "mprotect", "start not mapped")
-        self._hugetlb_split_check(addr, end, "mprotect")
         newbits = _prot_to_vm(prot)
+        start, stop = addr, end
+        for v in self.vmas.overlapping(addr, end):
+            if v.flags & VM_HUGETLB:
+                if (v.flags & ~VM_ACCESS_FLAGS) | newbits != v.flags:
+                    self._hugetlb_split_check(max(addr, v.start), min(end, v.end), "mprotect")
+                else:
+                    # mprotect_fixup() returns before splitting a VMA whose
+                    # flags stay: a hugetlb VMA is not cut (nor its
+                    # reservations) by a protection it already has.
+                    start, stop = min(start, v.start), max(stop, v.end)
         # do_mprotect_pkey walks VMAs in order and stops at the first hole:
         # the VMAs before it keep their new protection, as on Linux.
         cur = addr
         error = None
-        for vma in self.vmas.isolate(addr, end):
-            if vma.start != cur:
+        for vma in self.vmas.isolate(start, stop):
+            if vma.start > cur:
                 error = oserror(ENOMEM, "mprotect", "range has a hole")
                 break
             if prot & (C.PROT_GROWSDOWN | C.PROT_GROWSUP) and not vma.flags & VM_GROWSDOWN:
@@ -654,9 +663,20 @@ class Process(FileOps, NumaOps):
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             self._populate(addr, end, advice == C.MADV_POPULATE_WRITE, "madvise")
             return
-        if advice in _FLAG_ADVICE:
-            self._hugetlb_split_check(addr, end, "madvise")
-        targets = self.vmas.isolate(addr, end)
+        start, stop = addr, end
+        for v in self.vmas.overlapping(addr, end):
+            if not v.flags & VM_HUGETLB:
+                continue
+            if advice in _FLAG_ADVICE and advice != C.MADV_MERGEABLE \
+                    and (v.flags | _FLAG_ADVICE[advice][0]) & ~_FLAG_ADVICE[advice][1] != v.flags:
+                self._hugetlb_split_check(max(addr, v.start), min(end, v.end), "madvise")
+            else:
+                # madvise_update_vma() leaves a VMA whose flags stay the same
+                # unsplit, and WILLNEED/COLD/PAGEOUT never split: a hugetlb
+                # VMA is not cut (nor its reservations) by advice that does
+                # not change it, wherever the range ends.
+                start, stop = min(start, v.start), max(stop, v.end)
+        targets = self.vmas.isolate(start, stop)
         err, done_end = None, addr
         for vma in targets:
             # madvise_walk_vmas(): each VMA is checked and changed in turn.

@@ -653,6 +653,7 @@ class _Run:
         self.next_top = PLACEMENT_TOP
         self.obs = []
         self.forks = 0
+        self.hugetlb = False   # the program maps hugetlb memory: snapshots show the pool too
 
     # --- addresses ---
 
@@ -992,6 +993,8 @@ class _Run:
     def take_snapshot(self, rec):
         if not self.snapshots:
             return
+        if self.hugetlb:
+            rec["hugetlb"] = self.hugetlb_state()
         snap = {}
         frames = {}
         for pname in self.order:
@@ -1013,6 +1016,16 @@ class _Run:
             for r, entries in zip(regions, got):
                 per[r] = self.region_state(entries, frames)
         rec["snapshot"] = snap
+
+    def hugetlb_state(self):
+        """The hugetlb pool's counters (/sys/kernel/mm/hugepages: nr, free,
+        resv, surplus per page size) and each live process's HugetlbPages."""
+        pool = {str(size >> 10) + "kB": [c["nr_hugepages"], c["free_hugepages"],
+                                          c["resv_hugepages"], c["surplus_hugepages"]]
+                for size, c in sorted(self.m.hugepages.items())}
+        usage = {name: self.procs[name].hugetlb_usage for name in self.order
+                 if name in self.procs}
+        return {"pool": pool, "usage": usage}
 
     def region_state(self, entries, frames):
         """The pages of a region: one state per present page; a run of
@@ -1064,12 +1077,28 @@ class _Run:
                     pass
 
 
+def uses_hugetlb(steps: list[Step]) -> bool:
+    """Whether a program maps hugetlb memory (MAP_HUGETLB or an MFD_HUGETLB memfd)."""
+    for step in steps:
+        if step["op"] == "mmap" and parse_flags(step["flags"], "MAP_") & C.MAP_HUGETLB:
+            return True
+        if step["op"] == "memfd_create" and parse_flags(step.get("flags", 0), "MFD_") \
+                & C.MFD_HUGETLB:
+            return True
+        if uses_hugetlb(step.get("body", [])):
+            return True
+    return False
+
+
 def run(program: Program, machine: Machine | HostMachine, *, snapshots: bool = True,
         cleanup: bool = True) -> list[Observation]:
     """Run program on machine; return the list of observations (one per step
     executed, fork bodies inline, in execution order).
 
-    Each observation: {"step", "proc", "op", "outcome"[, "child"][, "snapshot"]}.
+    Each observation: {"step", "proc", "op", "outcome"[, "child"][, "snapshot"]
+    [, "hugetlb"]}; "hugetlb" (programs that map hugetlb memory) holds the
+    pool's counters per page size, [nr, free, resv, surplus], and each live
+    process's HugetlbPages in bytes: {"pool": {"2048kB": [...]}, "usage": {proc: n}}.
     outcome is one of {"ok": value}, {"data": hex}, {"count": n},
     {"errno": "EINVAL"}, {"signal": "SIGSEGV", "si_code", "addr": [r, page, byte]},
     {"pagemap": [...]}, {"frame": {...} or None}, {"skipped": why} (a region,
@@ -1084,6 +1113,7 @@ def run(program: Program, machine: Machine | HostMachine, *, snapshots: bool = T
     if remote is not None:          # a VmMachine: the whole run happens in its guest
         return remote(machine, program, snapshots=snapshots, cleanup=cleanup)
     r = _Run(machine, snapshots)
+    r.hugetlb = uses_hugetlb(steps)
     main = machine.spawn()
     r.procs["main"] = main
     r.order.append("main")

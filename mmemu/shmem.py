@@ -287,7 +287,10 @@ class FileOps:
 
     def _hugetlb_fallocate(self, f, mode, offset, length):
         """hugetlbfs_fallocate(): preallocation, or PUNCH_HOLE|KEEP_SIZE
-        dropping the whole huge pages inside the range (partial ones stay)."""
+        (hugetlbfs_punch_hole) dropping the whole huge pages inside the range;
+        the bytes it covers of a partial huge page at either edge are zeroed
+        in the page cache (hugetlbfs_zero_partial_page, 68d32527d340 5.19;
+        before, they stayed)."""
         if mode & ~(C.FALLOC_FL_KEEP_SIZE | C.FALLOC_FL_PUNCH_HOLE):
             raise oserror(EOPNOTSUPP, "fallocate", f"mode {mode:#x}")
         if not mode & C.FALLOC_FL_PUNCH_HOLE:
@@ -303,6 +306,12 @@ class FileOps:
             raise oserror(EOPNOTSUPP, "fallocate", "PUNCH_HOLE needs KEEP_SIZE")
         first = -(-offset // f.hsize)
         last = (offset + length) // f.hsize
+        end = offset + length
+        if self._policy().hugetlb_punch_zero_partial:
+            if offset < first * f.hsize:
+                self._zero_file_range(f, offset, min(end, first * f.hsize))
+            if end > last * f.hsize and end > first * f.hsize:
+                self._zero_file_range(f, last * f.hsize, end)
         if first < last:
             f.punch_hole(first, last)
 

@@ -63,7 +63,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t longterm_unpinnable, longterm_alloc_exclude, longterm_target_exclude, longterm_migrate_fail
         int32_t thp_wp_refcount, thp_cow_whole, large_reuse, thp_zero_wp_thp, pm_thp_excl_per_page
         int32_t split_remap_zero, collapse_ro
-        int32_t hugetlb_fork_copy_pinned, hugetlb_dontneed, hugetlb_mremap
+        int32_t hugetlb_fork_copy_pinned, hugetlb_dontneed, hugetlb_mremap, hugetlb_zap_restore_reserve
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA

@@ -20,6 +20,9 @@
 
 
 cdef enum:
+    # folio->private's hugetlb_restore_reserve, kept in the index of the
+    # folio's second page (a hugetlb tail's index is otherwise unused)
+    HUGETLB_RESTORE_RESERVE = 1
     PTE_MARKER_HUGETLB_RESV = 8     # only in hugetlbfs page caches, never in page tables
 
 
@@ -134,9 +137,12 @@ cdef int64_t hugetlb_folio_take(engine_t *e, int h, uint16_t flags) noexcept nog
 
 
 cdef void hugetlb_folio_free(engine_t *e, int64_t head) noexcept nogil:
-    """free_huge_folio(): the last reference went; back to the pool."""
+    """free_huge_folio(): the last reference went; back to the pool (a
+    folio marked restore-reserve gives a reservation back too)."""
     cdef int h = hugetlb_hstate_of(e, head)
     cdef int64_t p
+    if e.index[head + 1] & HUGETLB_RESTORE_RESERVE:
+        e.h_resv[h] += 1
     for p in range(head, head + hstate_pages(h)):
         if e.fflags[p] & PG_BYTES:
             bytes_release(e, <int64_t>e.version[p])
@@ -442,6 +448,39 @@ cdef void hugetlb_zap_leaf(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bi
     entire_mapcount(e, head)[0] -= 1
     mm.hugetlb_usage -= HPAGE_PMD_NR
     gather_add(e, g, head)
+
+
+cdef void hugetlb_zap_restore_reserve(engine_t *e, mm_t *mm, uint64_t va, int64_t head) noexcept nogil:
+    """After a zap of a huge page's (last) leaf at va (__unmap_hugepage_range,
+    df7a6d1f6405 6.8): when the owner of a private mapping (its resv map)
+    unmaps an anon page, its reservation is restored: the map no longer
+    counts it consumed (vma_add_reservation), and the page gives a
+    reservation back to the pool when it is freed (restore_reserve), even
+    if a child still maps it (as 6.18.44 does; 6.12.118's source restores
+    only for the folio's last mapping). No surplus pages here, and the
+    hugetlb VMA lock is always held."""
+    cdef int32_t vi
+    cdef mm_vma_t *vma
+    cdef resv_map_t *r
+    cdef int h, shift
+    cdef int64_t k
+    if not e.pol.hugetlb_zap_restore_reserve or not e.fflags[head] & PG_ANON:
+        return
+    if hugetlb_hstate_of(e, head) == MM_HSTATE_1G and (va & ((1ULL << 30) - 1)) != (1ULL << 30) - PMD_SPAN:
+        return                          # a 1 GiB page: once, at its last 2 MiB leaf
+    vi = find_vma(mm, va)
+    if vi < 0:
+        return
+    vma = &mm.vmas[vi]
+    if vma.flags & VM_MAYSHARE or vma.resv <= 0:
+        return
+    h = hugetlb_hstate_of(e, head)
+    shift = hstate_shift(h)
+    e.index[head + 1] |= HUGETLB_RESTORE_RESERVE
+    r = &e.resv_maps[vma.resv]
+    k = <int64_t>vma_hugecache_offset(vma, va & ~((1ULL << shift) - 1), shift) - r.first
+    if 0 <= k < r.n and r.consumed[k]:
+        r.consumed[k] = 0
 
 
 cdef void hugetlb_unmap_page(engine_t *e, mm_t *mm, uint64_t haddr, int h) noexcept nogil:

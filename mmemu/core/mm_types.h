@@ -243,6 +243,7 @@ typedef struct {
     int32_t hugetlb_fork_copy_pinned; /* 4eae4efa2c29 (5.12): fork copies a maybe-pinned hugetlb page of a COW mapping */
     int32_t hugetlb_dontneed;       /* 90e7e7f5ef3f (5.18): MADV_DONTNEED works on hugetlb VMAs (EINVAL before) */
     int32_t hugetlb_mremap;         /* 550a7d60bd5e (5.16): mremap moves hugetlb VMAs (EINVAL before) */
+    int32_t hugetlb_zap_restore_reserve; /* df7a6d1f6405 (6.8): an owner zapping the last mapping of an anon hugetlb page gets its reservation back */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE

@@ -35,7 +35,10 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
                 if stop - va == PMD_SPAN:
                     # hugetlb: uffd-wp stays as a marker unless the zap
                     # drops markers (__unmap_hugepage_range, 5.19+).
+                    pte = t[0]
                     zap_huge_pmd(e, mm, slot, g, wp_markers and not drop_markers)
+                    if pte & PTE_PRESENT and pfn_is_hugetlb(e, <int64_t>pte_pfn(pte)):
+                        hugetlb_zap_restore_reserve(e, mm, va, folio_of(e, <int64_t>pte_pfn(pte)))
                     va = stop
                     continue
                 if not (t[0] & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(t[0])):

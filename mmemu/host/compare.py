@@ -17,8 +17,9 @@ be the old frame. (Without snapshots, identities never expire.)
 
 Compared by default: outcomes (return values, errno, signal, si_code,
 symbolic si_addr, the type of any other exception), pagemap bits except soft-dirty (CONFIG_MEM_SOFT_DIRTY is
-off on the host), frame identities, kpagecount, and the kpageflags bits in
-COMPARED_KPF. LRU, active, referenced, dirty and swapbacked depend on
+off on the host), frame identities, kpagecount, the kpageflags bits in
+COMPARED_KPF, and for programs that map hugetlb memory the pool's counters
+and each process's HugetlbPages. LRU, active, referenced, dirty and swapbacked depend on
 per-CPU batches being drained and are not compared.
 """
 import json
@@ -86,6 +87,8 @@ def normalize(observations, kpf_mask=COMPARED_KPF, ignore=DEFAULT_IGNORE):
         norm["outcome"] = _norm_outcome(rec["outcome"], lab, step, ignore)
         if "child" in rec:
             norm["child"] = rec["child"]
+        if "hugetlb" in rec:
+            norm["hugetlb"] = rec["hugetlb"]
         if nsnap is not None:
             norm["snapshot"] = nsnap
             lab.prev = lab.cur
@@ -102,7 +105,12 @@ def _norm_page(pg, lab, where, ignore):
         out["kpagecount"] = pg.get("kpagecount")
         out["kpf"] = lab.kpf(pg.get("kpf"))
     if "swap" in pg:
-        out["swap"] = pg["swap"]
+        swp_type, offset = pg["swap"]
+        # A real swap device's type is its slot in swap_info, which on the
+        # host depends on which swap files other processes turned on before
+        # (a file enabled while another holds slot 0 is type 1 for good);
+        # the engine has one device, type 0. Markers (30, 31) keep theirs.
+        out["swap"] = [swp_type if swp_type >= 30 else "device", offset]
     return out
 
 
@@ -195,6 +203,11 @@ def compare(obs_a, obs_b, program=None, names=("host", "engine"), kpf_mask=COMPA
         if d is not None:
             field, va, vb = d
             return Divergence(i, field, va, vb, ra, rb, names, program)
+        ha, hb = ra.get("hugetlb") or {}, rb.get("hugetlb") or {}
+        for key in ("pool", "usage"):
+            if ha.get(key) != hb.get(key):
+                return Divergence(i, f"hugetlb {key}", ha.get(key), hb.get(key), ra, rb, names,
+                                  program)
     return None
 
 

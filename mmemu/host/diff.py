@@ -54,9 +54,10 @@ class Features:
     test does not model yet (see probe)."""
 
     def __init__(self, shared=True, pins=True, advice=tuple(ADVICE_CHOICES) + FILE_ADVICE,
-                 files=True, uffd=False, thp=False):
+                 files=True, uffd=False, thp=False, hugetlb=False):
         self.uffd = uffd             # userfaultfd programs (uffd_programs) instead
         self.thp = thp               # THP regions: 2 MiB aligned, MADV_HUGEPAGE
+        self.hugetlb = hugetlb       # hugetlb regions and memfds (2 MiB pages, HUGETLB_POOL)
         self.shared = shared
         self.pins = pins
         self.advice = list(advice)
@@ -64,7 +65,8 @@ class Features:
 
     def __repr__(self):
         return (f"Features(shared={self.shared}, pins={self.pins}, files={self.files}, "
-                f"uffd={self.uffd}, thp={self.thp}, advice={self.advice})")
+                f"uffd={self.uffd}, thp={self.thp}, hugetlb={self.hugetlb}, "
+                f"advice={self.advice})")
 
 
 def probe(make_other, features=None):
@@ -111,6 +113,15 @@ def probe(make_other, features=None):
                 dropped.append(f"memfd files: {e}")
             except OSError:
                 pass
+        if f.hugetlb:
+            try:
+                p.munmap(p.mmap(0, HUGE_PAGES * C.PAGE_SIZE, rw, priv | C.MAP_HUGETLB
+                                | C.MAP_HUGE_2MB), HUGE_PAGES * C.PAGE_SIZE)
+            except (NotImplementedError, Unsupported) as e:
+                f.hugetlb = False
+                dropped.append(f"MAP_HUGETLB: {e}")
+            except OSError:
+                pass
         if f.pins:
             b = p.mmap(0, C.PAGE_SIZE, rw, priv)
             try:
@@ -126,8 +137,10 @@ def probe(make_other, features=None):
 
 
 class _GenState:
-    def __init__(self, regions, pins, files=()):
+    def __init__(self, regions, pins, files=(), huge=(), hfiles=()):
         self.regions = regions          # [(name, pages)]
+        self.huge = set(huge)           # the names of hugetlb regions
+        self.hfiles = dict(hfiles)      # MFD_HUGETLB memfd name -> size in huge pages
         self.procs = ["main"]           # live, creation order
         self.pipes = []                 # [(name, owner)]
         self.pins = []                  # [(name, owner, npages, kind)]
@@ -164,12 +177,35 @@ THP_SPANS = ((0, 512), (0, 1), (1, 1), (255, 2), (511, 1), (0, 256), (256, 256),
 THP_PLACES = (0, 1, 2, 255, 256, 510, 511)
 
 
+# A hugetlb region is one or two 2 MiB pages (512 or 1024 base pages): its
+# ranges cover a huge page whole, cut one (EINVAL for munmap, mprotect and
+# MAP_FIXED; DONTNEED rounds the end down), or start inside one.
+HUGE_PAGES = 512
+HUGE_SPANS = {512: ((0, 512), (0, 1), (1, 1), (0, 256), (256, 256), (511, 1)),
+              1024: ((0, 1024), (0, 512), (512, 512), (0, 768), (256, 512), (511, 2), (512, 1))}
+HUGE_PLACES = {512: (0, 1, 255, 511), 1024: (0, 1, 511, 512, 1023)}
+HUGETLB_POOL = 4                # 2 MiB pages on both sides (mmemu diff): some programs run out
+HUGE = "MAP_HUGETLB|MAP_HUGE_2MB"
+
+
+def _spans(state, name, pages):
+    if name in state.huge:
+        return HUGE_SPANS[pages]
+    if pages == THP_PAGES:
+        return THP_SPANS
+    return [(first, n) for n in range(1, pages + 1) for first in range(0, pages - n + 1)]
+
+
+def _places(state, name, pages):
+    if name in state.huge:
+        return HUGE_PLACES[pages]
+    return THP_PLACES if pages == THP_PAGES else range(pages)
+
+
 def _range(draw, state):
     """A page range of a region: [name, first], npages (one choice)."""
-    spans = [(name, first, n) for name, pages in state.regions if pages != THP_PAGES
-             for n in range(1, pages + 1) for first in range(0, pages - n + 1)]
-    spans += [(name, first, n) for name, pages in state.regions if pages == THP_PAGES
-              for first, n in THP_SPANS]
+    spans = [(name, first, n) for name, pages in state.regions
+             for first, n in _spans(state, name, pages)]
     name, first, n = _pick(draw, spans)
     return [name, first], n
 
@@ -177,7 +213,7 @@ def _range(draw, state):
 def _page(draw, state, straddle=False):
     """A page of a region (one choice); straddle: a page with a next one."""
     places = [(name, page, pages) for name, pages in state.regions
-              for page in (THP_PLACES if pages == THP_PAGES else range(pages))
+              for page in _places(state, name, pages)
               if not straddle or page + 1 < pages]
     if not places:
         return None, 0
@@ -192,6 +228,7 @@ STEP_KINDS = ["stop", "stop", "write", "read", "fork", "madvise", "mprotect", "v
               "pin_write", "pin_release", "gup", "proc_mem_write", "proc_mem_read", "frame",
               "write_straddle", "pwrite", "pread", "ftruncate", "punch", "fallocate", "close",
               "remap_file", "pageout", "clear_refs"]
+HUGE_STEP_KINDS = STEP_KINDS + ["hfile", "hmremap"]     # programs with hugetlb regions
 
 
 def _file_page(draw, state, who, extra=1):
@@ -218,7 +255,7 @@ def _file_range(draw, state, who):
 def _maybe_step(draw, state, proc, depth):
     """One step run by proc (None: pick a live process), valid in state, or
     None for "stop"."""
-    kind = draw(st.sampled_from(STEP_KINDS))
+    kind = draw(st.sampled_from(HUGE_STEP_KINDS if state.huge else STEP_KINDS))
     if kind == "stop":
         return None
     who = proc if proc is not None else _pick(draw, state.procs)
@@ -292,6 +329,36 @@ def _maybe_step(draw, state, proc, depth):
             step = {"op": "madvise", "at": at, "pages": n, "advice": "MADV_PAGEOUT"}
     elif kind == "clear_refs":
         step = {"op": "clear_refs", "value": draw(st.integers(1, 5))}
+    elif kind == "hfile" and state.hfiles and proc is None:
+        # An MFD_HUGETLB memfd (main's; it never closes it): truncation to
+        # whole huge pages or not (EINVAL), hole punches of whole pages or
+        # inside one, a read, a write (hugetlbfs has no write: EINVAL).
+        name = _pick(draw, sorted(state.hfiles))
+        hp = HUGE_PAGES * C.PAGE_SIZE
+        what = _pick(draw, [("ftruncate", 0), ("ftruncate", hp), ("ftruncate", 2 * hp),
+                            ("ftruncate", C.PAGE_SIZE), ("punch", 0, hp), ("punch", hp, hp),
+                            ("punch", 0, C.PAGE_SIZE), ("punch", C.PAGE_SIZE, hp),
+                            ("pread", 0), ("pread", hp + 8), ("pwrite", 0)])
+        if what[0] == "ftruncate":
+            step = {"op": "ftruncate", "fd": name, "len": what[1]}
+        elif what[0] == "punch":
+            step = {"op": "fallocate", "fd": name, "mode": PUNCH, "off": what[1], "len": what[2]}
+        elif what[0] == "pread":
+            step = {"op": "pread", "fd": name, "off": what[1], "len": 4}
+        else:
+            step = {"op": "pwrite", "fd": name, "off": what[1], "data": state.tag()}
+        who = "main"
+    elif kind == "hmremap" and state.huge:
+        # mremap of a hugetlb region (5.16): shrink in place, the same size
+        # or growing (EINVAL), moved onto the start of a region (its own
+        # kind: FIXED; a base-page region's start is rarely huge-aligned).
+        name, pages = _pick(draw, [(n, p) for n, p in state.regions if n in state.huge])
+        new, to = _pick(draw, [(n, t) for n in (HUGE_PAGES, pages, pages + HUGE_PAGES)
+                               for t in [None] + [r for r, _p in state.regions]])
+        step = {"op": "mremap", "at": [name, 0], "pages": pages, "new_pages": new}
+        if to is not None:
+            step["to"] = [to, 0]
+            step["new_pages"] = min(new, dict(state.regions)[to])
     elif kind in ("madvise", "mprotect", "munmap", "remap"):
         at, n = _range(draw, state)
         if kind == "madvise":
@@ -360,13 +427,18 @@ def _maybe_step(draw, state, proc, depth):
 
 
 @st.composite
-def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True, thp=False):
+def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True, thp=False,
+             hugetlb=False):
     """Small valid programs; see the module docstring. pins, shared, files
     and advice (a list of MADV_* names) restrict what they use; thp lets a
-    private anon region be a THP one (2 MiB, aligned, MADV_HUGEPAGE)."""
+    private anon region be a THP one (2 MiB, aligned, MADV_HUGEPAGE);
+    hugetlb adds regions of one or two 2 MiB hugetlb pages (MAP_HUGETLB
+    private or shared, some MAP_NORESERVE, or an MFD_HUGETLB memfd mapped
+    shared or private), from a pool of HUGETLB_POOL pages on both sides."""
     steps = []
     regions = []
     filesizes = []
+    huge, hfiles = [], {}
     while files and len(filesizes) < MAX_FILES:
         # "a (further) file?": 0 says no. memfd_create + ftruncate; the
         # content comes from pwrite steps and writes through mappings.
@@ -386,10 +458,29 @@ def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True
         pages = draw(st.integers(1, 8))
         # Backing, always drawn (0-3 private anon, 4 shared anon, 5-6 shared
         # file, 7 private file), and always a file place, used or not.
-        backing = draw(st.integers(0, 7))
+        backing = draw(st.integers(0, 10 if hugetlb else 7))
         place = draw(st.integers(0, 2 * MAX_FILE_PAGES - 1))
         step = {"op": "mmap", "name": name, "pages": pages, "prot": "PROT_READ|PROT_WRITE",
                 "flags": "MAP_PRIVATE|MAP_ANONYMOUS"}
+        if backing >= 8:
+            # 8, 9: MAP_HUGETLB private, shared (a quarter MAP_NORESERVE); 10:
+            # a hugetlb memfd of two pages, mapped shared or private.
+            pages = HUGE_PAGES * (1 + pages % 2)
+            step.update(pages=pages, align=HUGE_PAGES)
+            if backing == 10:
+                if not hfiles:
+                    steps.append({"op": "memfd_create", "name": "h", "flags": "MFD_HUGETLB"})
+                    steps.append({"op": "ftruncate", "fd": "h", "len": 2 * HUGE_PAGES * C.PAGE_SIZE})
+                    hfiles["h"] = 2
+                step.update(flags="MAP_SHARED" if place % 2 else "MAP_PRIVATE", fd="h",
+                            off=(place // 2) % (3 - pages // HUGE_PAGES) * HUGE_PAGES * C.PAGE_SIZE)
+            else:
+                step["flags"] = ("MAP_PRIVATE" if backing == 8 else "MAP_SHARED") \
+                    + "|MAP_ANONYMOUS|" + HUGE + ("|MAP_NORESERVE" if place % 4 == 3 else "")
+            steps.append(step)
+            regions.append((name, pages))
+            huge.append(name)
+            continue
         if backing == 3 and thp:
             # A THP region: its own 2 MiB, aligned, MADV_HUGEPAGE'd; its first
             # fault maps a PMD where the machine gives one.
@@ -408,7 +499,7 @@ def programs(draw, max_steps=12, pins=True, shared=True, advice=None, files=True
             step["off"] = (place // len(filesizes)) % fpages * C.PAGE_SIZE
         steps.append(step)
         regions.append((name, pages))
-    state = _GenState(regions, pins, filesizes)
+    state = _GenState(regions, pins, filesizes, huge, hfiles)
     if advice is not None:
         state.advice = list(advice)
     while len(steps) < len(regions) + max_steps:
@@ -624,9 +715,10 @@ class EngineMissing(RuntimeError):
     pass
 
 
-def engine_factory(kernel="host", seed=0, swap=0, thp="madvise"):
-    """A function making a fresh engine Machine (with `swap` bytes of swap
-    and the oracle's THP "enabled" setting), or EngineMissing."""
+def engine_factory(kernel="host", seed=0, swap=0, thp="madvise", hugepages=None):
+    """A function making a fresh engine Machine (with `swap` bytes of swap,
+    the oracle's THP "enabled" setting and its hugetlb pool), or
+    EngineMissing."""
     try:
         import mmemu
         Machine = mmemu.Machine
@@ -634,7 +726,7 @@ def engine_factory(kernel="host", seed=0, swap=0, thp="madvise"):
         raise EngineMissing(f"mmemu.Machine is not available: {e}") from e
 
     def make():
-        return Machine(kernel=kernel, seed=seed, swap=swap, thp=thp)
+        return Machine(kernel=kernel, seed=seed, swap=swap, thp=thp, hugepages=hugepages)
     return make
 
 
@@ -713,7 +805,7 @@ def _programs_for(max_steps, features):
     if f.uffd:
         return uffd_programs(max_steps=max_steps, advice=f.advice)
     return programs(max_steps=max_steps, pins=f.pins, shared=f.shared, advice=f.advice,
-                    files=f.files, thp=f.thp)
+                    files=f.files, thp=f.thp, hugetlb=f.hugetlb)
 
 
 def _settings(n, phases, verbosity=Verbosity.quiet):
@@ -827,6 +919,9 @@ def _parser():
                     help="steps per program (default 12)")
     ap.add_argument("--no-pins", action="store_true", help="no io_uring pins")
     ap.add_argument("--no-files", action="store_true", help="no memfds or file mappings")
+    ap.add_argument("--no-hugetlb", action="store_true",
+                    help="no hugetlb regions (by default, where the host's hugetlb pool can be "
+                         f"set, {HUGETLB_POOL} pages of 2 MiB on both sides for the run)")
     ap.add_argument("--uffd", action="store_true",
                     help="generate userfaultfd programs (mmemu.host.diff.uffd_programs): "
                          "MISSING and WP faults on anonymous memory that block, are read "
@@ -866,17 +961,31 @@ def _oracle(args, swap, log, bars):
                 print(f"no swap on either side: the host cannot enable it ({reason})", file=log)
                 swap = 0
         caps = capabilities()
+        args.hugepages = None
+        if not args.uffd and not args.no_hugetlb:
+            from .hugetlb import why_no_pool
+            why = why_no_pool({C.PMD_SIZE: HUGETLB_POOL})
+            if why:
+                print(f"no hugetlb programs: the host's pool cannot be set ({why})", file=log)
+            else:
+                args.hugepages = {C.PMD_SIZE: HUGETLB_POOL}
         if args.against == "host":
-            make_other, names = (lambda: HostMachine(swap=swap, uffd=args.uffd)), ("host", "host")
+            make_other, names = (lambda: HostMachine(swap=swap, uffd=args.uffd,
+                                                     hugepages=args.hugepages)), ("host", "host")
         else:
             try:
-                make_other = engine_factory(args.kernel, args.seed, swap, caps.thp)
+                engine_factory(args.kernel, args.seed, swap, caps.thp)
             except EngineMissing as e:
                 return str(e)
+            # The engine's pool is the host's (args.hugepages, None if the
+            # host machine could not be given one after all).
+            make_other = lambda: engine_factory(args.kernel, args.seed, swap, caps.thp,  # noqa: E731
+                                                args.hugepages)()
             names = ("host", "engine")
-        return (lambda: HostMachine(swap=swap, uffd=args.uffd)), caps, swap, \
-            make_other, names
+        return (lambda: HostMachine(swap=swap, uffd=args.uffd, hugepages=args.hugepages)), \
+            caps, swap, make_other, names
     from .vm import VmMachine, VmUnavailable, guest
+    args.hugepages = None           # the VM oracle sets no hugetlb pool
     spec = args.against[3:]
     name = args.against
     try:
@@ -929,7 +1038,8 @@ def _report(args, swap, dropped, counts, results, shrunk):
     keys = {o.divergence.key for _p, o in results if o.status == "diverge"}
     return {"kernel": args.kernel, "against": args.against, "seed": args.seed,
             "programs": args.programs, "max_steps": args.max_steps, "uffd": args.uffd,
-            "swap": swap, "not_generated": list(dropped), "counts": dict(counts),
+            "swap": swap, "hugepages": {str(k): v for k, v in (args.hugepages or {}).items()},
+            "not_generated": list(dropped), "counts": dict(counts),
             "agree": counts.get("agree", 0), "compared": compared,
             "rate": round(100.0 * counts.get("agree", 0) / compared, 3) if compared else 0.0,
             "engine_gaps": [{"detail": t, "programs": k}
@@ -961,24 +1071,34 @@ def main(argv=None, out=None):
         print(f"mmemu diff: {caps.why_not('pfns')}; frame sharing cannot be compared",
               file=log)
         return 2
+    try:
+        host = make_oracle()
+    except Unsupported as e:
+        if not args.hugepages:
+            print(f"mmemu diff: {e}", file=log)
+            return 2
+        print(f"no hugetlb programs: {e}", file=log)
+        args.hugepages = None
+        try:
+            host = make_oracle()
+        except Unsupported as e:
+            print(f"mmemu diff: {e}", file=log)
+            return 2
     features = Features(pins=not args.no_pins and caps.io_uring, files=not args.no_files,
-                        uffd=args.uffd, thp=caps.thp != "never" and caps.kpage)
+                        uffd=args.uffd, thp=caps.thp != "never" and caps.kpage,
+                        hugetlb=bool(args.hugepages) and caps.kpage)
     dropped = []
     if not args.everything:
         try:
             features, dropped = probe(make_other, features)
         except Unsupported as e:     # e.g. MADV_PAGEOUT while foreign swap is on
+            host.close()
             print(f"mmemu diff: {e}", file=log)
             return 2
         for text in dropped:
             print(f"not generated (the machine under test does not model it): {text}",
                   file=log)
     counts = {}
-    try:
-        host = make_oracle()
-    except Unsupported as e:
-        print(f"mmemu diff: {e}", file=log)
-        return 2
     with host:
         print(f"swap: {swap >> 10} KiB on both sides" if swap else "swap: none", file=log)
         bar = tqdm(total=args.programs, desc="programs", unit="prog", disable=bars,

@@ -41,6 +41,7 @@ import numpy as np
 from .. import constants as C
 from ..errors import Deadlock, MmemuError, Sigbus, Sigsegv, WouldBlock, oserror
 from ..pageinfo import FrameInfo, PagemapEntry  # noqa: F401  (re-exported by mmemu.host)
+from . import hugetlb as _hugetlb
 from . import server as _server
 from . import swap as _swap     # imported first: its atexit (swapoff) runs after _close_all
 
@@ -267,6 +268,7 @@ class HostProcess:
         self._uffds = {}               # server id -> HostUffd
         self._serving = None           # the HostUffd whose Python handler is running
         self._foreign = []             # contexts of another server serving this process's VMAs
+        self._hugetlb_fds = {}         # fd -> huge page size, of its MFD_HUGETLB memfds
 
     def __repr__(self):
         return f"<HostProcess pid={self.pid} {'alive' if self.alive else 'exited'}>"
@@ -349,8 +351,19 @@ class HostProcess:
     def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
         hint = 0
         if addr == 0 and not flags & (C.MAP_FIXED | C.MAP_FIXED_NOREPLACE):
-            hint = self.machine._place(length)
+            hint = self.machine._place(length, self._huge_size(flags, fd))
         return self._call("mmap", addr or hint, length, prot, flags, fd, offset)
+
+    def _huge_size(self, flags, fd):
+        """The huge page size of a hugetlb mapping (MAP_HUGETLB's MAP_HUGE_*
+        bits, the default 2 MiB without them; or an MFD_HUGETLB memfd's), else
+        PAGE_SIZE: hugetlb_get_unmapped_area aligns to it."""
+        if flags & C.MAP_ANONYMOUS and flags & C.MAP_HUGETLB:
+            log = (flags >> C.MAP_HUGE_SHIFT) & C.MAP_HUGE_MASK
+            return 1 << log if log else C.PMD_SIZE
+        if not flags & C.MAP_ANONYMOUS:
+            return self._hugetlb_fds.get(fd, C.PAGE_SIZE)
+        return C.PAGE_SIZE
 
     def munmap(self, addr, length):
         self._call("munmap", addr, length)
@@ -498,10 +511,15 @@ class HostProcess:
 
     def memfd_create(self, name, flags=0):
         """memfd_create(2) in the process; returns its descriptor number."""
-        return self._call("memfd_create", name, flags)
+        fd = self._call("memfd_create", name, flags)
+        if flags & C.MFD_HUGETLB:
+            log = (flags >> C.MFD_HUGE_SHIFT) & C.MFD_HUGE_MASK
+            self._hugetlb_fds[fd] = 1 << log if log else C.PMD_SIZE
+        return fd
 
     def close(self, fd):
         self._call("close", fd)
+        self._hugetlb_fds.pop(fd, None)
 
     def ftruncate(self, fd, length):
         self._call("ftruncate", fd, length)
@@ -579,6 +597,12 @@ class HostProcess:
     @property
     def rss_anon_total(self):
         return self._call("rss_anon_total")
+
+    @property
+    def hugetlb_usage(self):
+        """Bytes of hugetlb memory mapped: HugetlbPages of /proc/pid/status
+        (hugetlb_report_usage; the server's runtime maps none)."""
+        return self._call("hugetlb_usage")
 
     @property
     def has_pinned(self):
@@ -845,22 +869,40 @@ class HostMachine:
     N usable bytes on the host while the machine lives (mmemu.host.swap;
     Unsupported where it cannot). seed is accepted and unused (the kernel is
     the kernel). policy is the engine's policy for "host": the same version,
-    era and knobs a Machine(kernel="host") runs with."""
+    era and knobs a Machine(kernel="host") runs with.
+    hugepages={page size: count} sets the host's hugetlb pool of those sizes
+    to count pages (overcommit off) while the machine lives and puts the old
+    values back after (mmemu.host.hugetlb); Unsupported, with the reason,
+    where the host cannot (not root, the pool in use by another process,
+    not enough contiguous memory). Machine.hugepages reads the host's
+    counters."""
 
     def __init__(self, kernel: str | None = "host", ncpus: int | None = None,
                  memory: int | None = None, swap: int = 0, seed: int = 0,
-                 timeout: float = DEFAULT_TIMEOUT, uffd: bool = False) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, uffd: bool = False,
+                 hugepages: dict[int, int] | None = None) -> None:
         release = os.uname().release
         if kernel not in ("host", None) and not release.startswith(str(kernel)):
             raise ValueError(f"HostMachine runs the host kernel {release}, not {kernel!r}")
         if swap < 0:
             raise ValueError("swap must be >= 0")
+        counts = _hugepage_counts(hugepages)
         self._swap = None
+        self._pool = None
         if swap:
             try:
                 self._swap = _swap.acquire(int(swap))
             except _swap.SwapUnavailable as e:
                 raise Unsupported(f"cannot enable {swap} bytes of swap: {e}") from None
+        if counts:
+            try:
+                self._pool = _hugetlb.acquire(counts)
+            except _hugetlb.PoolUnavailable as e:
+                if self._swap is not None:
+                    _swap.release(self._swap)
+                    self._swap = None
+                raise Unsupported(f"cannot set the hugetlb pool to {hugepages}: {e}",
+                                  reason="the host's hugetlb pool cannot be set") from None
         self.swap = swap
         self.uffd = bool(uffd)     # userfaultfd is opt-in: see HostProcess.userfaultfd
         self.kernel = release
@@ -875,6 +917,7 @@ class HostMachine:
         self._kpagecount = None
         self._kpageflags = None
         self._pageouts = 0          # MADV_PAGEOUT calls made (see _pageout)
+        self.leaked_reservations = 0    # hugetlb reservations the kernel kept for nobody
         self.closed = False
         _live_machines.add(self)
 
@@ -894,6 +937,17 @@ class HostMachine:
     def swap_file(self) -> str | None:
         """The path of the swap file this machine enabled, or None."""
         return self._swap.path if self._swap is not None else None
+
+    @property
+    def hugepages(self) -> dict[int, dict[str, int]]:
+        """The host's hugetlb pool per page size, read from
+        /sys/kernel/mm/hugepages/hugepages-<kB>kB/ (nr, free, resv and
+        surplus), for the sizes the engine models."""
+        from ..shmem import HSTATE_SIZE
+        have = _hugetlb.sizes()
+        stale = self._pool.stale if self._pool is not None else {}
+        return {size: (_hugetlb.counters(size, stale.get(size, 0)) if size in have else
+                       dict.fromkeys(_hugetlb.COUNTERS, 0)) for size in HSTATE_SIZE}
 
     @property
     def memory(self) -> int:
@@ -960,6 +1014,10 @@ class HostMachine:
     def spawn(self) -> HostProcess:
         """A new process: a fork of the driver that becomes a server."""
         self._check_open()
+        if self._pool is not None and not self.live_processes() and not self._pool_settle():
+            raise Unsupported("the host's hugetlb pool was not whole again 10 s after the "
+                              "machine's last process exited (a reference or reservation "
+                              "outlived it)", reason="hugetlb pool not whole at spawn")
         drv, srv = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
@@ -967,6 +1025,32 @@ class HostMachine:
             _server.become_server(srv)   # never returns
         srv.close()
         return self._adopt(pid, drv, None)
+
+    def _pool_settle(self, wait=10.0):
+        """With none of its processes alive, the machine's hugetlb pool is
+        whole again: a page whose last reference went with a process that
+        exited (a pipe, a deferred free_huge_folio) may come back a moment
+        later. Waits up to `wait` seconds for every page to be free, so a
+        new program starts from the pool the engine's fresh machine has.
+        Reservations left then are nobody's: the kernel leaked them (6.18.44
+        leaks the unconsumed reservation of part of a private mapping that
+        mremap moved, as `mremap-gup` in tests/host/test_host_hugetlb.py
+        does); they are set aside (mmemu.host.hugetlb.set_aside) and counted
+        in leaked_reservations."""
+        deadline = time.monotonic() + wait
+        while True:
+            cs = {s: _hugetlb.counters(s, self._pool.stale[s]) for s in self._pool.counts}
+            if all(c["free_hugepages"] == c["nr_hugepages"] for c in cs.values()):
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        for s, c in cs.items():
+            if c["resv_hugepages"] > 0:
+                self.leaked_reservations += c["resv_hugepages"]
+                if not _hugetlb.set_aside(self._pool, s, c["resv_hugepages"]):
+                    return False
+        return True
 
     def _adopt(self, pid, sock, parent):
         chan = _Channel(sock, self.timeout)
@@ -1012,6 +1096,7 @@ class HostMachine:
         finally:
             srv.close()
         child = self._adopt(pid, drv, parent)
+        child._hugetlb_fds = dict(parent._hugetlb_fds)      # the fd table is duplicated
         for uid in readers:
             u = parent._uffds[uid]
             u._fork_child = child
@@ -1062,17 +1147,19 @@ class HostMachine:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def _place(self, length):
+    def _place(self, length, align=C.PAGE_SIZE):
         """The hint for mmap(addr=0, length): top-down and adjacent to the
         previous one, as the kernel's allocator places a fresh process's
         mappings (so anonymous neighbours merge into one VMA, which decides
         e.g. whether fork copies a zero-page pte), but inside the program
-        range. 0 (the kernel's choice) when the range cannot hold it."""
-        length = (int(length) + C.PAGE_SIZE - 1) & C.PAGE_MASK & ((1 << 64) - 1)
+        range; a hugetlb mapping's (align: its page size) rounded up to and
+        aligned on its pages, as hugetlb_get_unmapped_area needs it. 0 (the
+        kernel's choice) when the range cannot hold it."""
+        length = (int(length) + align - 1) & ~(align - 1) & ((1 << 64) - 1)
         if not 0 < length <= PROGRAM_SPACE_MAX_MAPPING:
             return 0
         with self._lock:
-            addr = self._next_top - length
+            addr = (self._next_top - length) & ~(align - 1)
             if addr < PROGRAM_SPACE_BASE:
                 return 0
             self._next_top = addr
@@ -1126,10 +1213,35 @@ class HostMachine:
             # After the servers: swapoff would otherwise read their pages back.
             _swap.release(self._swap)
             self._swap = None
+        if self._pool is not None:
+            # After the servers too: their exit gives the pages back to the pool.
+            _hugetlb.release(self._pool)
+            self._pool = None
 
     def _check_open(self):
         if self.closed:
             raise ValueError("machine is closed")
+
+
+def _hugepage_counts(hugepages):
+    """Machine(hugepages=)'s argument checked as the engine checks it:
+    {page size: count} for 2 MiB and 1 GiB pages."""
+    import operator
+
+    from ..shmem import HSTATE_SIZE
+    if hugepages is None:
+        return {}
+    if not isinstance(hugepages, dict):
+        raise TypeError("hugepages must be a dict {page size: count}")
+    counts = {}
+    for size, n in hugepages.items():
+        size, n = operator.index(size), operator.index(n)
+        if size not in HSTATE_SIZE:
+            raise ValueError(f"hugepages: no hugetlb page size {size} (2 MiB and 1 GiB exist)")
+        if n < 0:
+            raise ValueError(f"hugepages: a negative count of {size}-byte pages")
+        counts[size] = n
+    return counts
 
 
 @atexit.register

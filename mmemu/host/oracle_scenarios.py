@@ -50,7 +50,13 @@ def run_here(scenario_id: str, timeout: float = TIMEOUT):
     if not caps.pfns:
         return "skip", caps.why_not("pfns") + " (scenarios compare PFNs)"
     nbytes, no_swap = _swap()
-    with HostMachine(swap=nbytes, timeout=timeout, uffd=True) as m:
+    try:
+        # The case's own machine (scn.machine: a hugetlb pool, memory), as
+        # mmemu.scenarios.run gives the engine's.
+        m = HostMachine(swap=nbytes, timeout=timeout, uffd=True, **scn.machine)
+    except Unsupported as e:
+        return "skip", f"not run on this kernel: {e}"
+    with m:
         reason = scn.skip_reason(m.policy)
         if reason:
             return "skip", reason

@@ -339,7 +339,7 @@ class Server:
             data = os.pread(fd, 8 * npages, (addr >> PAGE_SHIFT) * 8)
         finally:
             os.close(fd)
-        return list(struct.unpack(f"<{len(data) // 8}Q", data))
+        return _pud_hugetlb_exclusive([list(struct.unpack(f"<{len(data) // 8}Q", data))])[0]
 
     def op_pagemap_multi(self, ranges):
         fd = os.open("/proc/self/pagemap", os.O_RDONLY)
@@ -348,7 +348,7 @@ class Server:
             for addr, npages in ranges:
                 data = os.pread(fd, 8 * npages, (addr >> PAGE_SHIFT) * 8)
                 out.append(list(struct.unpack(f"<{len(data) // 8}Q", data)))
-            return out
+            return _pud_hugetlb_exclusive(out)
         finally:
             os.close(fd)
 
@@ -398,6 +398,14 @@ class Server:
                 elif take and line.startswith(b"Anonymous:"):
                     total += int(line.split()[1]) * 1024
         return total
+
+    def op_hugetlb_usage(self):
+        """/proc/self/status HugetlbPages, bytes."""
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("HugetlbPages:"):
+                    return int(line.split()[1]) * 1024
+        raise Unsupported("/proc/self/status has no HugetlbPages (CONFIG_HUGETLB_PAGE off)")
 
     def op_rss_anon_total(self):
         """/proc/self/status RssAnon, bytes (the runtime's heap included)."""
@@ -706,6 +714,60 @@ class _Worker:
         if not ok:
             raise value
         return value
+
+
+GIGANTIC_PAGES = 1 << 18               # base pages in a 1 GiB hugetlb folio
+PM_PRESENT_BIT = 1 << 63
+PM_EXCLUSIVE_BIT = 1 << 56
+PFN_MASK = (1 << 55) - 1
+KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL, KPF_HUGE = 1 << 15, 1 << 16, 1 << 17
+
+
+def _pud_hugetlb_exclusive(rows):
+    """Pagemap bit 56 of a PUD-mapped (1 GiB) hugetlb page, as
+    pagemap_hugetlb_range() means it: set when the folio is mapped once.
+    Since ca1a47cd3f5f (6.19, in 6.18.y stable) that function also asks
+    hugetlb_pmd_shared(), which reads pt_share_count of the table holding
+    the entry; only PMD tables are shared or initialise that word, so for a
+    1 GiB page it reads a PUD table's stale word and bit 56 comes and goes
+    from one mapping to the next (measured on 6.18.44). The bit is taken
+    from the folio's mapcount (kpagecount) instead; a 2 MiB page and
+    everything else are left as read. rows: lists of raw entries."""
+    heads = {}
+    try:
+        flags_fd = os.open("/proc/kpageflags", os.O_RDONLY)
+    except OSError:
+        return rows                     # no privilege: nothing to look at
+    try:
+        count_fd = os.open("/proc/kpagecount", os.O_RDONLY)
+    except OSError:
+        os.close(flags_fd)
+        return rows
+
+    def flags(pfn):
+        raw = os.pread(flags_fd, 8, pfn * 8)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+
+    def mapped_once(head):
+        if head not in heads:
+            hf = flags(head)
+            once = None
+            if hf & KPF_HUGE and hf & KPF_COMPOUND_HEAD and flags(head + 512) & KPF_COMPOUND_TAIL:
+                once = struct.unpack("<Q", os.pread(count_fd, 8, head * 8))[0] == 1
+            heads[head] = once
+        return heads[head]
+    try:
+        for row in rows:
+            for i, e in enumerate(row):
+                if not e & PM_PRESENT_BIT or not e & PFN_MASK:
+                    continue
+                once = mapped_once((e & PFN_MASK) & ~(GIGANTIC_PAGES - 1))
+                if once is not None:
+                    row[i] = (e | PM_EXCLUSIVE_BIT) if once else (e & ~PM_EXCLUSIVE_BIT)
+    finally:
+        os.close(flags_fd)
+        os.close(count_fd)
+    return rows
 
 
 def _page_span(addr, length):

@@ -129,3 +129,15 @@ def test_a_host_folio_still_under_swap_writeback_is_not_a_divergence():
     shared = [rec("0", {"main": {"a": [page(9, pm="p")]}})]
     assert compare([rec("0", {"main": {"a": [page(7, pm="p", kpf=ANON + ["swapcache"])]}})],
                    shared) is not None                         # not exclusive: compared
+
+
+def test_the_swap_device_number_is_not_compared_but_markers_are():
+    """A page swapped to the host's device 1 (another process's file held
+    slot 0 when the machine's was enabled) is the engine's device 0: the
+    same observation. A uffd-wp marker (type 31) against a real swap entry
+    still differs."""
+    def swapped(swp):
+        return [rec("0", {"main": {"a": [{"pm": "s", "swap": swp}]}}, op="madvise")]
+    assert compare(swapped([1, None]), swapped([0, None])) is None
+    d = compare(swapped([31, 1]), swapped([0, None]))
+    assert d is not None and d.field == "snapshot main a+0 swap"

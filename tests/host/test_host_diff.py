@@ -142,10 +142,12 @@ def test_foreign_swap_leaves_out_exactly_the_programs_that_page_out(need, foreig
 
 def test_cli_prints_the_minimal_divergent_program(need, monkeypatch, no_exclusive_bit):
     need("pfns", "kpage")
-    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed, swap=0, thp="madvise": no_exclusive_bit)
+    # (no hugetlb programs: the broken engine has no pool)
+    monkeypatch.setattr(diff, "engine_factory",
+                        lambda kernel, seed, swap=0, thp="madvise", hugepages=None: no_exclusive_bit)
     out = io.StringIO()
     code = diff.main(["--programs", "10", "--seed", "4", "--no-progress", "--shrink", "1",
-                      "--swap", "0"], out=out)
+                      "--swap", "0", "--no-hugetlb"], out=out)
     text = out.getvalue()
     assert code == 1, text
     assert "=== divergence 1:" in text and "first divergence at step 1" in text
@@ -153,7 +155,7 @@ def test_cli_prints_the_minimal_divergent_program(need, monkeypatch, no_exclusiv
 
 
 def test_cli_without_engine_says_so(monkeypatch):
-    def missing(kernel, seed, swap=0, thp="madvise"):
+    def missing(kernel, seed, swap=0, thp="madvise", hugepages=None):
         raise diff.EngineMissing("mmemu.Machine is not available: test")
     monkeypatch.setattr(diff, "engine_factory", missing)
     out = io.StringIO()

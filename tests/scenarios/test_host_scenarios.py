@@ -77,7 +77,13 @@ def test_scenario_on_host(scn, host_swap):
     if not caps.pfns:
         pytest.skip(caps.why_not("pfns") + " (scenarios compare PFNs)")
     held, no_swap = host_swap
-    with HostMachine(swap=SCENARIO_SWAP if held else 0, timeout=TIMEOUT, uffd=True) as m:
+    try:
+        # The case's own machine arguments (a hugetlb pool), as the engine's.
+        m = HostMachine(swap=SCENARIO_SWAP if held else 0, timeout=TIMEOUT, uffd=True,
+                        **scn.machine)
+    except Unsupported as e:
+        pytest.skip(f"not run on the host: {e}")
+    with m:
         reason = scn.skip_reason(m.policy)
         if reason:
             pytest.skip(reason)

@@ -303,9 +303,10 @@ def test_diff_json_reports_a_shrunk_divergence(capsys, monkeypatch, no_exclusive
     from mmemu.host import capabilities, diff
     if not capabilities().kpage:
         pytest.skip(capabilities().why_not("kpage"))
-    monkeypatch.setattr(diff, "engine_factory", lambda kernel, seed, swap=0, thp="madvise": no_exclusive_bit)
+    monkeypatch.setattr(diff, "engine_factory",
+                        lambda kernel, seed, swap=0, thp="madvise", hugepages=None: no_exclusive_bit)
     code, out, err = run_diff(capsys, "--programs", "10", "--seed", "4", "--shrink", "1",
-                              "--swap", "0", "--json")
+                              "--swap", "0", "--json", "--no-hugetlb")
     assert code == 1, err
     doc = json.loads(out)
     d = doc["divergences"][0]
