@@ -932,11 +932,17 @@ cdef void deferred_split_folio(engine_t *e, mm_t *mm, int64_t pfn, uint64_t va) 
     folio mapped only in part queues it (once) for the deferred split
     shrinker; the pages it no longer maps stay allocated until then. pfn is
     the page just unmapped at va."""
-    cdef int64_t head = folio_of(e, pfn)
+    cdef int64_t head = folio_of(e, pfn), p
     cdef int64_t *q
     # (Still PMD-mapped somewhere, the folio counts as entirely mapped: not partially.)
     if e.dsq_on[head >> HPAGE_PMD_ORDER] or not (e.fflags[head] & PG_ANON) or entire_mapcount(e, head)[0] \
-            or pfn_is_hugetlb(e, head) or is_huge_zero_pfn(e, head) or folio_mapcount_total(e, head) == 0:
+            or pfn_is_hugetlb(e, head) or is_huge_zero_pfn(e, head):
+        return
+    # Partially mapped: some other page is still mapped (the first found will do).
+    p = head
+    while p < head + HPAGE_PMD_NR and e.mapcount[p] == 0:
+        p += 1
+    if p == head + HPAGE_PMD_NR:
         return
     if e.ndsq * 3 + 3 > e.dsq_cap:
         if grow_i64(&e.dsq, &e.dsq_cap, e.ndsq * 3 + 3) < 0:
