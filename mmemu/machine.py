@@ -15,7 +15,7 @@ from .eras import policy_for
 from .pageinfo import FrameInfo
 from .process import Process
 from .serialise import new_lock, serialised
-from .shmem import HSTATE_SIZE
+from .shmem import HSTATE_SIZE, hugepage_counts
 from .thp import ThpSettings
 from .vma import VM_ANON_VMA, VM_RESV_UNMAPPED
 
@@ -151,18 +151,10 @@ class Machine:
         return -(-movable // nodes), -(-cma // page)
 
     def _hugetlb_init(self, hugepages, memory):
-        if hugepages is None or hugepages == {}:
+        sizes = hugepage_counts(hugepages)
+        if not any(sizes.values()):
             return
-        if not isinstance(hugepages, dict):
-            raise TypeError("hugepages must be a dict {page size: count}")
-        counts = [0, 0]
-        for size, n in hugepages.items():
-            size, n = operator.index(size), operator.index(n)
-            if size not in HSTATE_SIZE:
-                raise ValueError(f"hugepages: no hugetlb page size {size} (2 MiB and 1 GiB exist)")
-            if n < 0:
-                raise ValueError(f"hugepages: a negative count of {size}-byte pages")
-            counts[HSTATE_SIZE.index(size)] = n
+        counts = [sizes.get(size, 0) for size in HSTATE_SIZE]
         if self.nodes > 1 or self.movablecore or self.cma:
             raise ValueError("hugepages on a machine with several nodes, ZONE_MOVABLE or CMA "
                              "are not modelled yet")

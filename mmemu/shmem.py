@@ -28,9 +28,9 @@ class ShmemFile:
     # beyond EOF: truncation must drop those too (shmem_truncate_range to -1).
     prealloc_end = 0
 
-    def __init__(self, machine, name, anon=False):
+    def __init__(self, machine, name, anon=False, shmem=True):
         self.machine = machine
-        self.fid = machine._engine.file_new(True)
+        self.fid = machine._engine.file_new(shmem)
         self.name = name
         self.anon = anon            # backs MAP_SHARED|MAP_ANONYMOUS: no fd, dies with its VMAs
         self.nfds = 0
@@ -99,6 +99,25 @@ HSTATE_BY_LOG = {0: 0, 21: 0, 30: 1}
 HSTATE_SIZE = (C.PMD_SIZE, 1 << 30)
 
 
+def hugepage_counts(hugepages):
+    """Machine(hugepages=)'s argument, checked: {page size: count} for the
+    2 MiB and 1 GiB pages (None: no pool)."""
+    import operator
+    if hugepages is None:
+        return {}
+    if not isinstance(hugepages, dict):
+        raise TypeError("hugepages must be a dict {page size: count}")
+    counts = {}
+    for size, n in hugepages.items():
+        size, n = operator.index(size), operator.index(n)
+        if size not in HSTATE_SIZE:
+            raise ValueError(f"hugepages: no hugetlb page size {size} (2 MiB and 1 GiB exist)")
+        if not 0 <= n <= 1 << 32:
+            raise ValueError(f"hugepages: {n} pages of {size} bytes is not a count this machine can have")
+        counts[size] = n
+    return counts
+
+
 class HugetlbFile(ShmemFile):
     """An inode of hugetlbfs (mm/hugetlb.c, fs/hugetlbfs/inode.c): a memfd
     with MFD_HUGETLB or the file behind a MAP_HUGETLB mapping. Its page
@@ -106,16 +125,10 @@ class HugetlbFile(ShmemFile):
     faults are the core's (core/hugetlb.pxi)."""
 
     def __init__(self, machine, name, hstate, anon=False):
-        self.machine = machine
-        self.fid = machine._engine.file_new(False)
+        super().__init__(machine, name, anon, shmem=False)
         machine._engine.file_set_hstate(self.fid, hstate)
         self.hstate = hstate
         self.hsize = HSTATE_SIZE[hstate]
-        self.name = name
-        self.anon = anon
-        self.nfds = 0
-        self.alive = True
-        machine._files[self.fid] = self
 
     @staticmethod
     def size_of(hstate):
@@ -152,13 +165,6 @@ class HugetlbFile(ShmemFile):
             self._zap_indices(first, 1 << 40)
             eng.file_truncate_cache(self.fid, first * per, (self.size // self.hsize + 1) * per)
         eng.file_set_size(self.fid, size)
-
-    def maybe_destroy(self):
-        if self.alive and self.nfds == 0 and not any(True for _ in self.mappers()):
-            # remove_inode_hugepages(0, LLONG_MAX): pages and reservations go.
-            self.machine._engine.file_destroy(self.fid)
-            self.alive = False
-            del self.machine._files[self.fid]
 
 
 class FileOps:

@@ -41,6 +41,7 @@ import numpy as np
 from .. import constants as C
 from ..errors import Deadlock, MmemuError, Sigbus, Sigsegv, WouldBlock, oserror
 from ..pageinfo import FrameInfo, PagemapEntry  # noqa: F401  (re-exported by mmemu.host)
+from ..shmem import hugepage_counts
 from . import hugetlb as _hugetlb
 from . import server as _server
 from . import swap as _swap     # imported first: its atexit (swapoff) runs after _close_all
@@ -886,7 +887,7 @@ class HostMachine:
             raise ValueError(f"HostMachine runs the host kernel {release}, not {kernel!r}")
         if swap < 0:
             raise ValueError("swap must be >= 0")
-        counts = _hugepage_counts(hugepages)
+        counts = hugepage_counts(hugepages)
         self._swap = None
         self._pool = None
         if swap:
@@ -1221,27 +1222,6 @@ class HostMachine:
     def _check_open(self):
         if self.closed:
             raise ValueError("machine is closed")
-
-
-def _hugepage_counts(hugepages):
-    """Machine(hugepages=)'s argument checked as the engine checks it:
-    {page size: count} for 2 MiB and 1 GiB pages."""
-    import operator
-
-    from ..shmem import HSTATE_SIZE
-    if hugepages is None:
-        return {}
-    if not isinstance(hugepages, dict):
-        raise TypeError("hugepages must be a dict {page size: count}")
-    counts = {}
-    for size, n in hugepages.items():
-        size, n = operator.index(size), operator.index(n)
-        if size not in HSTATE_SIZE:
-            raise ValueError(f"hugepages: no hugetlb page size {size} (2 MiB and 1 GiB exist)")
-        if n < 0:
-            raise ValueError(f"hugepages: a negative count of {size}-byte pages")
-        counts[size] = n
-    return counts
 
 
 @atexit.register

@@ -40,7 +40,6 @@ def test_pool_is_set_aside_at_boot_and_never_used_for_small_pages():
     m = machine(n2m=8)
     assert pool(m) == (8, 8, 0)
     assert m.hugepages[H1G]["nr_hugepages"] == 0
-    free_before = m.memory_usage()["frames"]
     p = m.spawn()
     # Fill the rest of memory with small pages: the pool's frames stay out of it.
     A = p.mmap(0, 64 << 20, RW, PRIV)
@@ -50,7 +49,6 @@ def test_pool_is_set_aside_at_boot_and_never_used_for_small_pages():
     for pfn in p.pagemap_range(A, (48 << 20) // PAGE) & ((1 << 55) - 1):
         assert pfn == 0 or m._engine.hugetlb_page(int(pfn)) is None
     m.check()
-    assert free_before == m.memory_usage()["frames"]
 
 
 def test_free_pool_pages_read_as_huge_not_buddy():
@@ -65,7 +63,7 @@ def test_free_pool_pages_read_as_huge_not_buddy():
     assert "compound_tail" in m.frame(pfn + 1).flags and "huge" in m.frame(pfn + 511).flags
 
 
-@pytest.mark.parametrize("bad", [{H2M: -1}, {4096: 1}, {3 << 20: 1}, {H2M: 1 << 20}])
+@pytest.mark.parametrize("bad", [{H2M: -1}, {4096: 1}, {3 << 20: 1}, {H2M: 1 << 20}, {H2M: 1 << 70}])
 def test_bad_pools_are_value_errors(bad):
     with pytest.raises(ValueError):
         mmemu.Machine(memory=64 << 20, hugepages=bad)
