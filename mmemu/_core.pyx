@@ -53,7 +53,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
                  "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
                  "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
-                 "hugetlb_zap_restore_reserve")
+                 "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -233,6 +233,7 @@ cdef class Engine:
         p.hugetlb_dontneed = knobs["hugetlb_dontneed"]
         p.hugetlb_mremap = knobs["hugetlb_mremap"]
         p.hugetlb_zap_restore_reserve = knobs["hugetlb_zap_restore_reserve"]
+        p.hugetlb_fork_swp_uffd_wp = knobs["hugetlb_fork_swp_uffd_wp"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -375,7 +376,10 @@ cdef class Engine:
                                       self.e.h_nr[0], self.e.h_nr[1], self.e.h_free[0], self.e.h_free[1],
                                       self.e.h_resv[0], self.e.h_resv[1], self.e.gig_base,
                                       self.e.unused_end], np.int64)
-            st["hugetlb_stacks"] = [stack_export(self.e.h_stack[j], self.e.h_free[j], np.int64) for j in range(2)]
+            st["hugetlb_stacks"] = [stack_export(self.e.h_stack[j], self.e.h_nr[j], np.int64) for j in range(2)]
+            st["hugetlb_nodes"] = np.array([[self.e.hp_base[n], self.e.hp_n2m[n], self.e.hp_gig[n], self.e.hp_n1g[n],
+                                             self.e.h_seg[0][n], self.e.h_seg[1][n], self.e.h_nfree[0][n],
+                                             self.e.h_nfree[1][n]] for n in range(self.e.nnodes)], np.int64)
             st["resv_maps"] = [(self.e.resv_maps[j].alive, self.e.resv_maps[j].hstate, self.e.resv_maps[j].first,
                                 stack_export(self.e.resv_maps[j].consumed, self.e.resv_maps[j].n, np.uint8))
                                for j in range(self.e.nresv)]
@@ -536,6 +540,23 @@ cdef class Engine:
             for j in range(2):
                 self.e.h_nr[j], self.e.h_free[j], self.e.h_resv[j] = hs[3 + j], hs[5 + j], hs[7 + j]
                 self.e.h_stack[j] = <int64_t *>stack_import(st["hugetlb_stacks"][j], self.e.h_nr[j], 8)
+            if "hugetlb_nodes" in st:
+                hn = np.asarray(st["hugetlb_nodes"], np.int64)
+            else:                               # saved before pools per node: one node
+                hn = np.array([[hs[0], hs[3], hs[9], hs[4], 0, 0, hs[5], hs[6]]], np.int64)
+            if hn.shape != (self.e.nnodes, 8):
+                raise ValueError("saved hugetlb pool of the wrong shape")
+            for n in range(self.e.nnodes):
+                base, c2, gig, c1, s2, s1, f2, f1 = [int(x) for x in hn[n]]
+                if not (0 <= base and 0 <= c2 and base + c2 * HPAGE_PMD_NR <= self.e.nframes
+                        and 0 <= gig and 0 <= c1 and gig + c1 * HPAGE_PUD_NR <= self.e.nframes
+                        and 0 <= s2 and s2 + c2 <= self.e.h_nr[0] and 0 <= s1 and s1 + c1 <= self.e.h_nr[1]
+                        and 0 <= f2 <= c2 and 0 <= f1 <= c1):
+                    raise ValueError(f"saved hugetlb pool of node {n} out of range")
+                (self.e.hp_base[n], self.e.hp_n2m[n], self.e.hp_gig[n], self.e.hp_n1g[n], self.e.h_seg[0][n],
+                 self.e.h_seg[1][n], self.e.h_nfree[0][n], self.e.h_nfree[1][n]) = base, c2, gig, c1, s2, s1, f2, f1
+            if self.e.zoned:
+                self._zone_recount()            # the pool's frames are not free
             n = len(st["resv_maps"])
             if n:
                 self.e.resv_maps = <resv_map_t *>calloc(n, sizeof(resv_map_t))
@@ -553,19 +574,38 @@ cdef class Engine:
     def hugetlb_init(self, int64_t n2m, int64_t n1g):
         """Set aside the boot-time pool: n2m 2 MiB and n1g 1 GiB pages. Only
         on a new engine of one node without zones."""
-        if self.e.hugetlb_end or self.e.nmm or self.e.next_unused > 1 or self.e.zoned:
-            raise ValueError("the hugetlb pool is set up once, on a new single-node machine")
+        cdef int32_t n
+        if self.e.hugetlb_end or self.e.nmm or self.e.next_unused > 1 or self.e.movable_span \
+                or self.e.cma_end > self.e.cma_start:
+            raise ValueError("the hugetlb pool is set up once, on a new machine without "
+                             "ZONE_MOVABLE or CMA")
+        if self.e.zoned:
+            for n in range(self.e.nnodes):
+                if self.e.node_free[n * MM_NR_ZONE_LISTS] or \
+                        self.e.node_next[n * MM_NR_ZONE_LISTS] != node_start(&self.e, n):
+                    raise ValueError("the hugetlb pool is set up on a new machine")
         rc = hugetlb_pool_init(&self.e, n2m, n1g)
         if rc == -2:
             raise MemoryError()
         if rc < 0:
             raise ValueError(f"{n2m} 2 MiB and {n1g} 1 GiB huge pages do not fit in "
-                             f"{self.e.nframes} frames (16 must stay free)")
+                             f"{self.e.nframes} frames over {self.e.nnodes} node(s) "
+                             "(16 frames of each node must stay free)")
+        if self.e.zoned:
+            self._zone_recount()
 
     def hugetlb_pool(self):
         """Per hstate (2 MiB, 1 GiB): (total, free, reserved) pages, as
         HugePages_Total / _Free / _Rsvd count them."""
         return tuple((int(self.e.h_nr[j]), int(self.e.h_free[j]), int(self.e.h_resv[j])) for j in range(2))
+
+    def hugetlb_node_pool(self, int32_t node):
+        """Per hstate: (total, free) pages of one node's share of the pool
+        (/sys/devices/system/node/nodeN/hugepages/)."""
+        if node < 0 or node >= self.e.nnodes:
+            raise ValueError(f"no node {node}")
+        return ((int(self.e.hp_n2m[node]), int(self.e.h_nfree[MM_HSTATE_2M][node])),
+                (int(self.e.hp_n1g[node]), int(self.e.h_nfree[MM_HSTATE_1G][node])))
 
     def hugetlb_page(self, int64_t pfn):
         """(hstate, head, mapcount) of the hugetlb page holding pfn, or None;
@@ -2031,8 +2071,28 @@ cdef class Engine:
                     lo = self.e.cma_start if n == 0 else 0
                 hi = self._zone_end[l]
                 self._zone_nr_free[l] = int(np.count_nonzero(~used[lo:hi])) if hi > lo else 0
+                if z == MM_ZONE_NORMAL and self.e.hugetlb_end and self.e.hp_n2m[n] + self.e.hp_n1g[n]:
+                    # The frames above the node's hugetlb share are free but
+                    # for the pool's own (no ZONE_MOVABLE with a pool).
+                    top = node_end(&self.e, <int32_t>n)
+                    self._zone_nr_free[l] += int(np.count_nonzero(~used[hi:top])) \
+                        - self.e.hp_n2m[n] * HPAGE_PMD_NR - self.e.hp_n1g[n] * HPAGE_PUD_NR \
+                        + self._pool_used(n)
                 if z != MM_ZONE_NORMAL:
                     self.e.nr_free_movable += self._zone_nr_free[l]
+
+    cdef int64_t _pool_used(self, int32_t n):
+        # Pool frames of node n marked used (pages in use: PG_USED on all).
+        cdef int64_t i, c = 0, head
+        for i in range(self.e.hp_n2m[n]):
+            head = self.e.hp_base[n] + i * HPAGE_PMD_NR
+            if self.e.fflags[head] & PG_USED:
+                c += HPAGE_PMD_NR
+        for i in range(self.e.hp_n1g[n]):
+            head = self.e.hp_gig[n] + i * HPAGE_PUD_NR
+            if self.e.fflags[head] & PG_USED:
+                c += HPAGE_PUD_NR
+        return c
 
     def pfn_zone(self, int64_t pfn):
         """The frame's zone list: 0 ZONE_NORMAL, 1 ZONE_MOVABLE, 2 the CMA
@@ -2532,7 +2592,8 @@ cdef class Engine:
         """Every pool page is free (on its stack, once) or a folio in use;
         reservations never exceed the free pages."""
         cdef int h
-        cdef int64_t i, head, used
+        cdef int32_t n
+        cdef int64_t i, head, used, nfree, cnt
         if not self.e.hugetlb_end:
             return 0
         for h in range(MM_NR_HSTATES):
@@ -2541,19 +2602,29 @@ cdef class Engine:
                                      f"hstate {h}: total {self.e.h_nr[h]} free {self.e.h_free[h]} "
                                      f"reserved {self.e.h_resv[h]}")
             used = 0
-            for i in range(self.e.h_nr[h]):
-                head = (self.e.gig_base + i * HPAGE_PUD_NR) if h == MM_HSTATE_1G \
-                    else self.e.hugetlb_base + i * HPAGE_PMD_NR
-                if self.e.fflags[head] & PG_USED:
-                    used += 1
-                    if not (self.e.fflags[head] & PG_HEAD):
-                        raise InvariantError("hugetlb page in use without a head", head)
-            if used + self.e.h_free[h] != self.e.h_nr[h]:
+            nfree = 0
+            for n in range(self.e.nnodes):
+                cnt = self.e.hp_n1g[n] if h == MM_HSTATE_1G else self.e.hp_n2m[n]
+                for i in range(cnt):
+                    head = (self.e.hp_gig[n] + i * HPAGE_PUD_NR) if h == MM_HSTATE_1G \
+                        else self.e.hp_base[n] + i * HPAGE_PMD_NR
+                    if self.e.fflags[head] & PG_USED:
+                        used += 1
+                        if not (self.e.fflags[head] & PG_HEAD):
+                            raise InvariantError("hugetlb page in use without a head", head)
+                if not 0 <= self.e.h_nfree[h][n] <= cnt:
+                    raise InvariantError("a node's free hugetlb pages out of range", None,
+                                         f"hstate {h} node {n}: {self.e.h_nfree[h][n]} free of {cnt}")
+                nfree += self.e.h_nfree[h][n]
+                for i in range(self.e.h_nfree[h][n]):
+                    head = self.e.h_stack[h][self.e.h_seg[h][n] + i]
+                    if self.e.fflags[head] & PG_USED or node_of(&self.e, head) != n \
+                            or not pfn_is_hugetlb(&self.e, head) or hugetlb_hstate_of(&self.e, head) != h:
+                        raise InvariantError("a free hugetlb page is in use or on the wrong stack", head)
+            if used + self.e.h_free[h] != self.e.h_nr[h] or nfree != self.e.h_free[h]:
                 raise InvariantError("hugetlb pages in use and free do not add up", None,
-                                     f"hstate {h}: {used} used, {self.e.h_free[h]} free, {self.e.h_nr[h]} total")
-            for i in range(self.e.h_free[h]):
-                if self.e.fflags[self.e.h_stack[h][i]] & PG_USED:
-                    raise InvariantError("a free hugetlb page is in use", self.e.h_stack[h][i])
+                                     f"hstate {h}: {used} used, {self.e.h_free[h]} free "
+                                     f"({nfree} on the node stacks), {self.e.h_nr[h]} total")
         return 0
 
     cdef int _check_tlb(self, int64_t s) except -1:

@@ -130,6 +130,8 @@ BASELINE = {
     "hugetlb_dontneed": 0,        # MADV_DONTNEED on hugetlb VMAs (5.18); EINVAL before
     "hugetlb_mremap": 0,          # mremap of hugetlb VMAs (5.16); EINVAL before
     "hugetlb_punch_zero_partial": 0,  # a hugetlbfs hole punch zeroes the partial huge pages at its edges (5.19)
+    "hugetlb_fork_swp_uffd_wp": 0,  # fork and a hugetlb migration entry's uffd-wp for a child without WP: 0 untouched,
+                                    # 1 cleared with the present-pte accessor (5.19: B22), 2 cleared right (7.2)
     "hugetlb_zap_restore_reserve": 0,  # zapping an owner's last mapping of an anon hugetlb page gives its reservation back (6.8)
     "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
@@ -261,6 +263,8 @@ CHANGES = (
            {"hugetlb_dontneed": 1}),
     # (Mainline id read from mainline shortlogs next to 034e5afad921, both in
     # the 5.19-rc hotfixes of June 2022; present in 6.1.176's source.)
+    Change("bc70fbf269fd", "5.19", "mm/hugetlb: handle uffd-wp during fork()",
+           {"hugetlb_fork_swp_uffd_wp": 1}, bug="B22 introduced"),
     Change("68d32527d340", "5.19", "hugetlbfs: zero partial pages during fallocate hole punch",
            {"hugetlb_punch_zero_partial": 1}),
     # Not in 6.1.y (absent from 6.1.176's source). 6.18.44 restores even
@@ -423,6 +427,13 @@ CHANGES = (
     # 2026 mm-hotfixes batch as B21's fix, and in linux-stable-rc's 6.18.y push
     # of 2026-07-22 beside it; 6.18.44 is where it is seen, the stable id is
     # not established.
+    # B22: the same July 2026 mm-hotfixes batch as B21's fix; Debian's
+    # 6.12.118 changelog lists it under 6.12.103 beside B21's, and its
+    # source has it (copy_hugetlb_page_range clears a migration entry's
+    # swp uffd-wp bit, and leaves a hwpoison entry alone).
+    Change("83abe2fd5b3a", "7.2", "mm/hugetlb: fix swap entry corruption when clearing uffd-wp at fork()",
+           {"hugetlb_fork_swp_uffd_wp": 2}, bug="B22 fixed",
+           stable={"6.12": Stable(UNCONFIRMED, 103), "6.18": Stable(UNCONFIRMED, 44)}),
     Change("81401cebfc15", "7.2", "fs/proc: fix KPF_KSM reported for all anonymous pages",
            {"kpf_ksm_all_anon": 0}, bug="KPF_KSM on every anon page fixed",
            stable={"6.18": Stable(UNCONFIRMED, 44)}),

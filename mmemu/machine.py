@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import heapq
 import operator
-from typing import Any, Iterable
+from typing import Any, Iterable, SupportsIndex
 
 
 import numpy as np
@@ -155,9 +155,8 @@ class Machine:
         if not any(sizes.values()):
             return
         counts = [sizes.get(size, 0) for size in HSTATE_SIZE]
-        if self.nodes > 1 or self.movablecore or self.cma:
-            raise ValueError("hugepages on a machine with several nodes, ZONE_MOVABLE or CMA "
-                             "are not modelled yet")
+        if self.movablecore or self.cma:
+            raise ValueError("hugepages on a machine with ZONE_MOVABLE or CMA are not modelled yet")
         try:
             self._engine.hugetlb_init(counts[0], counts[1])
         except ValueError as e:
@@ -171,6 +170,17 @@ class Machine:
         return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f, "resv_hugepages": r,
                                  "surplus_hugepages": 0}
                 for h, (t, f, r) in enumerate(self._engine.hugetlb_pool())}
+
+    def node_hugepages(self, node: SupportsIndex) -> dict[int, dict[str, int]]:
+        """One node's share of the hugetlb pool per page size, as
+        /sys/devices/system/node/node<N>/hugepages/hugepages-<size>kB/ shows
+        it. The boot-time pool is spread over the nodes in turn from node 0."""
+        node = operator.index(node)
+        if not 0 <= node < self.nodes:
+            raise ValueError(f"node {node} out of range 0..{self.nodes - 1}")
+        counts = self._engine.hugetlb_node_pool(node)
+        return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f, "surplus_hugepages": 0}
+                for h, (t, f) in enumerate(counts)}
 
     @staticmethod
     def _bytes(v, name):

@@ -72,6 +72,7 @@ SP_GUP_RETRY = 9
 SP_FALLOC_WAIT = 10
 SP_MIGRATION_UNMAPPED = 11
 SP_MIGRATION_WAIT = 12
+SP_HUGETLB_MIGRATION_UNMAPPED = 13
 
 def _is_migration_entry_for(pte, pfn):
     """A migration entry (swp types 2-4 of mm_types.h) naming frame pfn."""
@@ -80,6 +81,8 @@ def _is_migration_entry_for(pte, pfn):
 
 _CORE_LABEL = {       # what a thread does when it goes on from the point
     SP_MIGRATION_UNMAPPED: "migrate_pages: copies each unmapped page, remove_migration_ptes",
+    SP_HUGETLB_MIGRATION_UNMAPPED: "unmap_and_move_huge_page: copies the unmapped huge page, "
+                                   "remove_migration_ptes",
     SP_FLUSH_PENDING: "flush_tlb_range deferred to the end of the walk, returns",
     SP_COW_COPIED: "wp_page_copy (page copied before): pte_same, ptep_clear_flush, new pte",
     SP_ZAP_PENDING: "tlb_finish_mmu: flush, then free the pages",
@@ -102,9 +105,10 @@ MMAP_LOCK = {
     "Process": {"mmap": _W, "munmap": _W, "mprotect": _W, "mremap": _W, "fork": _W, "exit": _W,
                 "populate": _R, "get_user_pages": _R, "pin_user_pages": _R, "vmsplice": _R,
                 "proc_mem_read": _R, "proc_mem_write": _R, "pagemap_scan": _R, "clear_refs": _W,
-                # move_pages keeps it for read to the end of the migration (Linux
-                # drops it after isolating): no munmap/mremap/fork between unmap
-                # and remap; faults and GUP run, and wait on the entries.
+                # move_pages keeps it for read to the end of a migration of base
+                # pages (Linux drops it after isolating): no munmap/mremap/fork
+                # between unmap and remap; faults and GUP run, and wait on the
+                # entries. A hugetlb migration drops it (core_point).
                 "move_pages": _R, "mbind": _W},
     "Uffd": {"register": _W, "unregister": _W, "copy": _R, "zeropage": _R, "continue_": _R,
              "poison": _R, "move": _R, "writeprotect": _R},
@@ -556,6 +560,15 @@ class Scheduler:
             self._point(me, f"fault on a migration entry @{va:#x}")
             self._block(me, lambda: not _is_migration_entry_for(eng.pte(mm, va), aux),
                         f"the migration of frame {aux} (migration_entry_wait)")
+        elif point == SP_HUGETLB_MIGRATION_UNMAPPED:
+            # migrate_pages() runs without mmap_lock (do_pages_move takes it
+            # only to isolate each page): munmap, mremap and fork may run
+            # before the entries are replaced, and remove_migration_ptes()
+            # finds what fork copied by the rmap walk. (Base pages keep it
+            # here: fork does not copy their migration entries yet.)
+            saved = self.drop_mmap(me)
+            self._point(me, f"{_CORE_LABEL[point]} @{va:#x}")
+            self.retake_mmap(me, saved)
         elif point == SP_FALLOC_WAIT:
             eng = self.machine._engine
             self._point(me, f"shmem_fault @{va:#x}")

@@ -64,6 +64,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t thp_wp_refcount, thp_cow_whole, large_reuse, thp_zero_wp_thp, pm_thp_excl_per_page
         int32_t split_remap_zero, collapse_ro
         int32_t hugetlb_fork_copy_pinned, hugetlb_dontneed, hugetlb_mremap, hugetlb_zap_restore_reserve
+        int32_t hugetlb_fork_swp_uffd_wp
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
@@ -246,16 +247,25 @@ ctypedef struct engine_t:
     int64_t *dsq
     int64_t ndsq, dsq_cap
     uint8_t *dsq_on
-    # hugetlb (core/hugetlb.pxi): the pool sits at the top of memory, its
-    # 2 MiB pages from hugetlb_base, its 1 GiB pages in [gig_base, gig_end);
-    # hugetlb_end: the pool's end (0: no pool). Per hstate: pages, free
-    # pages, reserved ones and a stack of the free heads. Private mappings'
+    # hugetlb (core/hugetlb.pxi): each node's share of the pool sits at the
+    # top of the node, its 1 GiB pages in [hp_gig[n], + hp_n1g[n] pages), its
+    # 2 MiB pages below from hp_base[n]. [hugetlb_base, hugetlb_end) and
+    # [gig_base, gig_end) bound them all (hugetlb_end 0: no pool). Per
+    # hstate: pages, free pages, reserved ones (global, as the kernel keeps
+    # them), and a stack of the free heads in one segment per node
+    # (h_seg[h][n], h_nfree[h][n] of them free). Private mappings'
     # reservation maps live in resv_maps.
     int64_t hugetlb_base, gig_base, gig_end, hugetlb_end
     int64_t h_nr[2]
     int64_t h_free[2]
     int64_t h_resv[2]
     int64_t *h_stack[2]
+    int64_t hp_base[64]
+    int64_t hp_n2m[64]
+    int64_t hp_gig[64]
+    int64_t hp_n1g[64]
+    int64_t h_seg[2][64]
+    int64_t h_nfree[2][64]
     resv_map_t *resv_maps
     int32_t nresv, resv_cap
 

@@ -43,15 +43,28 @@ cdef inline int64_t hstate_leaves(int h) noexcept nogil:
     return HPAGE_PUD_NR // HPAGE_PMD_NR if h == MM_HSTATE_1G else 1
 
 
+cdef inline bint pfn_in_gig(engine_t *e, int64_t pfn) noexcept nogil:
+    """pfn is a page of a 1 GiB hugetlb page (of its node's share of the pool)."""
+    cdef int32_t n
+    if pfn < e.gig_base or pfn >= e.gig_end:
+        return False
+    n = node_of(e, pfn)
+    return pfn >= e.hp_gig[n] and pfn < e.hp_gig[n] + e.hp_n1g[n] * HPAGE_PUD_NR
+
+
 cdef inline bint pfn_is_hugetlb(engine_t *e, int64_t pfn) noexcept nogil:
-    # (the frames between the 2 MiB and the 1 GiB pages are not: see the pool)
-    if pfn >= e.gig_base and pfn < e.gig_end:
+    # (the frames between a node's 2 MiB and 1 GiB pages are not: see the pool)
+    cdef int32_t n
+    if pfn < e.hugetlb_base or pfn >= e.hugetlb_end:
+        return False
+    n = node_of(e, pfn)
+    if pfn >= e.hp_gig[n] and pfn < e.hp_gig[n] + e.hp_n1g[n] * HPAGE_PUD_NR:
         return True
-    return pfn >= e.hugetlb_base and pfn < e.hugetlb_base + e.h_nr[MM_HSTATE_2M] * HPAGE_PMD_NR
+    return pfn >= e.hp_base[n] and pfn < e.hp_base[n] + e.hp_n2m[n] * HPAGE_PMD_NR
 
 
 cdef inline int hugetlb_hstate_of(engine_t *e, int64_t pfn) noexcept nogil:
-    return MM_HSTATE_1G if pfn >= e.gig_base and pfn < e.gig_end else MM_HSTATE_2M
+    return MM_HSTATE_1G if pfn_in_gig(e, pfn) else MM_HSTATE_2M
 
 
 cdef inline int vma_hstate(engine_t *e, mm_vma_t *vma) noexcept nogil:
@@ -76,52 +89,117 @@ cdef inline int64_t hugetlb_mapcount(engine_t *e, int64_t head) noexcept nogil:
 
 # ---- the pool -------------------------------------------------------------
 
+cdef inline int64_t node_start(engine_t *e, int32_t n) noexcept nogil:
+    return 1 if n == 0 else <int64_t>n * e.node_span         # pfn 0: the zero page
+
+
 cdef int hugetlb_pool_init(engine_t *e, int64_t n2m, int64_t n1g) noexcept nogil:
-    """hugetlb_hstate_alloc_pages() at boot: n1g 1 GiB pages at the top of
-    memory, naturally aligned, and n2m 2 MiB pages below them; what is left
-    above the pool stays free, what is below is allocated as before (the
-    never-used frames end at the pool). -1 when memory cannot hold them and
-    16 frames more, -2 when the host is out of memory."""
-    cdef int64_t gig_base, base, p, i
+    """hugetlb_hstate_alloc_pages() at boot: the pages are spread over the
+    nodes in turn from node 0 (for_each_node_mask_to_alloc from
+    first_memory_node), and each node's share sits at its top: its 1 GiB
+    pages naturally aligned, its 2 MiB pages below them. What is left above
+    a share stays free, what is below is allocated as before (the
+    never-used frames end at the share). -1 when a node cannot hold its
+    share and 16 frames more, -2 when the host is out of memory."""
+    cdef int64_t gig, base, p, i, k, c1, c2, seg1 = 0, seg2 = 0, start, end, l
+    cdef int32_t n, nn = e.nnodes
     if n1g < 0 or n2m < 0 or n1g > e.nframes or n2m > e.nframes:
         return -1
-    gig_base = (e.nframes - n1g * HPAGE_PUD_NR) & ~(<int64_t>HPAGE_PUD_NR - 1) if n1g else e.nframes
-    base = (gig_base - n2m * HPAGE_PMD_NR) & ~(<int64_t>HPAGE_PMD_NR - 1)
-    if gig_base < 0 or base < e.next_unused + 16:
-        return -1
+    for n in range(nn):
+        c1 = n1g // nn + (1 if n < n1g % nn else 0)
+        c2 = n2m // nn + (1 if n < n2m % nn else 0)
+        start, end = node_start(e, n), node_end(e, n)
+        gig = (end - c1 * HPAGE_PUD_NR) & ~(<int64_t>HPAGE_PUD_NR - 1) if c1 else end
+        base = (gig - c2 * HPAGE_PMD_NR) & ~(<int64_t>HPAGE_PMD_NR - 1)
+        if gig < start or base < start + 16:
+            return -1
+        e.hp_gig[n], e.hp_n1g[n], e.hp_base[n], e.hp_n2m[n] = gig, c1, base, c2
+        e.h_seg[MM_HSTATE_1G][n], e.h_seg[MM_HSTATE_2M][n] = seg1, seg2
+        e.h_nfree[MM_HSTATE_1G][n], e.h_nfree[MM_HSTATE_2M][n] = c1, c2
+        seg1 += c1
+        seg2 += c2
     e.h_stack[MM_HSTATE_1G] = <int64_t *>malloc(max(n1g, 1) * sizeof(int64_t))
     e.h_stack[MM_HSTATE_2M] = <int64_t *>malloc(max(n2m, 1) * sizeof(int64_t))
     if e.h_stack[0] == NULL or e.h_stack[1] == NULL:
         return -2
-    # Frames between the 2 MiB and the 1 GiB pages, and above them: free.
-    for p in range(base + n2m * HPAGE_PMD_NR, gig_base):
-        freelist_push(e, p)
-    for p in range(gig_base + n1g * HPAGE_PUD_NR, e.nframes):
-        freelist_push(e, p)
-    e.unused_end = base
-    e.nr_free -= n2m * HPAGE_PMD_NR + n1g * HPAGE_PUD_NR
-    e.hugetlb_base = base
-    e.gig_base = gig_base if n1g else 0
-    e.gig_end = gig_base + n1g * HPAGE_PUD_NR if n1g else 0
-    e.hugetlb_end = e.gig_end if n1g else base + n2m * HPAGE_PMD_NR
-    # Stacks popped from the top: the lowest page goes first.
-    for i in range(n1g):
-        e.h_stack[MM_HSTATE_1G][n1g - 1 - i] = gig_base + i * HPAGE_PUD_NR
-    for i in range(n2m):
-        e.h_stack[MM_HSTATE_2M][n2m - 1 - i] = base + i * HPAGE_PMD_NR
+    e.hugetlb_base, e.hugetlb_end, e.gig_base, e.gig_end = e.nframes, 0, e.nframes, 0
+    for n in range(nn):
+        gig, base, c1, c2 = e.hp_gig[n], e.hp_base[n], e.hp_n1g[n], e.hp_n2m[n]
+        end = node_end(e, n)
+        if c1 + c2 == 0:
+            continue
+        # Frames between the 2 MiB and the 1 GiB pages, and above them: free.
+        for p in range(base + c2 * HPAGE_PMD_NR, gig):
+            pool_slack_free(e, p)
+        for p in range(gig + c1 * HPAGE_PUD_NR, end):
+            pool_slack_free(e, p)
+        if e.zoned:
+            l = <int64_t>n * MM_NR_ZONE_LISTS + MM_ZONE_NORMAL
+            e.zone_end[l] = base          # the never-used frames stop at the share
+        else:
+            e.unused_end = base
+        e.nr_free -= c2 * HPAGE_PMD_NR + c1 * HPAGE_PUD_NR
+        e.hugetlb_base = min(e.hugetlb_base, base)
+        e.hugetlb_end = max(e.hugetlb_end, gig + c1 * HPAGE_PUD_NR if c1 else base + c2 * HPAGE_PMD_NR)
+        if c1:
+            e.gig_base = min(e.gig_base, gig)
+            e.gig_end = max(e.gig_end, gig + c1 * HPAGE_PUD_NR)
+        # Stacks popped from the top: the node's lowest page goes first.
+        for i in range(c1):
+            e.h_stack[MM_HSTATE_1G][e.h_seg[MM_HSTATE_1G][n] + c1 - 1 - i] = gig + i * HPAGE_PUD_NR
+        for i in range(c2):
+            e.h_stack[MM_HSTATE_2M][e.h_seg[MM_HSTATE_2M][n] + c2 - 1 - i] = base + i * HPAGE_PMD_NR
+    if e.gig_end == 0:
+        e.gig_base = 0
     e.h_nr[MM_HSTATE_1G] = e.h_free[MM_HSTATE_1G] = n1g
     e.h_nr[MM_HSTATE_2M] = e.h_free[MM_HSTATE_2M] = n2m
     return 0
 
 
+cdef inline void pool_slack_free(engine_t *e, int64_t pfn) noexcept nogil:
+    # A frame above a node's share: onto the free list it belongs to (the
+    # frame was counted free already).
+    cdef int64_t l
+    if e.zoned:
+        l = <int64_t>node_of(e, pfn) * MM_NR_ZONE_LISTS + MM_ZONE_NORMAL
+        e.version[pfn] = <uint64_t>e.node_free[l]
+        e.node_free[l] = pfn + 1
+    else:
+        freelist_push(e, pfn)
+
+
+cdef inline int32_t hugetlb_node_with_free(engine_t *e, int h, int32_t node, bint thisnode) noexcept nogil:
+    """dequeue_hugetlb_folio_nodemask()'s zonelist walk: node if it has a free
+    page of hstate h, else (unless __GFP_THISNODE) the next nodes in turn;
+    -1 if none."""
+    cdef int32_t k, n
+    if node < 0 or node >= e.nnodes:
+        node = 0
+    for k in range(1 if thisnode else e.nnodes):
+        n = (node + k) % e.nnodes
+        if e.h_nfree[h][n] > 0:
+            return n
+    return -1
+
+
 cdef int64_t hugetlb_folio_take(engine_t *e, int h, uint16_t flags) noexcept nogil:
     """dequeue_hugetlb_folio_node_exact() + init: a free page of hstate h,
+    from the preferred node (mmemu keeps no per-task policy: e.alloc_pref_node,
+    as for base pages) or the next with one; -1 if none is free."""
+    return hugetlb_folio_take_on(e, h, flags, e.alloc_pref_node, False)
+
+
+cdef int64_t hugetlb_folio_take_on(engine_t *e, int h, uint16_t flags, int32_t node,
+                                   bint thisnode) noexcept nogil:
+    """A free page of hstate h from `node` (only there with thisnode),
     zeroed, refcount 1 on its head; -1 if none is free."""
     cdef int64_t head, p, nr = hstate_pages(h)
-    if e.h_free[h] == 0:
+    cdef int32_t n = hugetlb_node_with_free(e, h, node, thisnode)
+    if n < 0:
         return -1
     e.h_free[h] -= 1
-    head = e.h_stack[h][e.h_free[h]]
+    e.h_nfree[h][n] -= 1
+    head = e.h_stack[h][e.h_seg[h][n] + e.h_nfree[h][n]]
     memset(&e.refcount[head], 0, nr * sizeof(int32_t))
     memset(&e.mapcount[head], 0, nr * sizeof(int32_t))
     memset(&e.version[head], 0, nr * sizeof(uint64_t))
@@ -141,6 +219,7 @@ cdef void hugetlb_folio_free(engine_t *e, int64_t head) noexcept nogil:
     folio marked restore-reserve gives a reservation back too)."""
     cdef int h = hugetlb_hstate_of(e, head)
     cdef int64_t p
+    cdef int32_t n
     if e.index[head + 1] & HUGETLB_RESTORE_RESERVE:
         e.h_resv[h] += 1
     for p in range(head, head + hstate_pages(h)):
@@ -151,7 +230,9 @@ cdef void hugetlb_folio_free(engine_t *e, int64_t head) noexcept nogil:
         e.mapcount[p] = 0
         e.version[p] = 0
     entire_mapcount(e, head)[0] = 0
-    e.h_stack[h][e.h_free[h]] = head
+    n = node_of(e, head)
+    e.h_stack[h][e.h_seg[h][n] + e.h_nfree[h][n]] = head
+    e.h_nfree[h][n] += 1
     e.h_free[h] += 1
 
 
@@ -383,9 +464,13 @@ cdef void hugetlb_set_entries(engine_t *e, int32_t *slot, int64_t leaves, uint64
 cdef inline bint hugetlb_leaf_is_marker(engine_t *e, int32_t ent) noexcept nogil:
     """A hugetlb entry that maps nothing but holds a pte marker (uffd-wp,
     5.19; poison, 6.6): a PMD_HUGE slot whose table repeats the marker.
-    Present leaves are the only other kind (no hugetlb swap or migration
-    entries are modelled)."""
-    return pmd_trans_huge(ent) and not (pmd_leaf_table(e, ent)[0] & PTE_PRESENT)
+    The other kinds are present leaves and, while a migration runs,
+    migration entries (no hugetlb swap entries exist)."""
+    cdef uint64_t pte
+    if not pmd_trans_huge(ent):
+        return False
+    pte = pmd_leaf_table(e, ent)[0]
+    return not (pte & PTE_PRESENT) and not is_migration_entry(pte)
 
 
 cdef int hugetlb_install_marker(engine_t *e, int32_t *slot, int64_t leaves, uint64_t marker) noexcept nogil:
@@ -433,6 +518,15 @@ cdef void hugetlb_zap_leaf(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bi
     cdef uint64_t pte0 = t[0]
     cdef int64_t head, i
     if not (pte0 & PTE_PRESENT):
+        if is_migration_entry(pte0):
+            # A migration entry holds no reference; with uffd-wp it leaves a
+            # marker (pte_swp_uffd_wp_any), as a present entry does.
+            if keep_wp and pte0 & PTE_UFFD_WP:
+                for i in range(HPAGE_PMD_NR):
+                    t[i] = make_marker(PTE_MARKER_UFFD_WP)
+            else:
+                hugetlb_clear_marker(e, slot, 1)
+            return
         if not (keep_wp and marker_bits(pte0) == PTE_MARKER_UFFD_WP):
             hugetlb_clear_marker(e, slot, 1)
         return
@@ -523,7 +617,7 @@ cdef void unmap_ref_private(engine_t *e, mm_t *mm, mm_vma_t *vma, int64_t head, 
                 continue
             a = v.start + ((idx - v0) << shift)
             slot = pmd_slot(e, m, a, False)
-            if slot == NULL or not pmd_trans_huge(slot[0]) or hugetlb_leaf_is_marker(e, slot[0]) \
+            if slot == NULL or not pmd_trans_huge(slot[0]) or not (pmd_leaf_table(e, slot[0])[0] & PTE_PRESENT) \
                     or folio_of(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])) != head:
                 continue
             hugetlb_unmap_page(e, m, a, h)
@@ -708,6 +802,10 @@ cdef int hugetlb_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
     t = pmd_leaf_table(e, slot[(va >> PMD_SHIFT) & (hstate_leaves(h) - 1)])
     pte = t[(va >> MM_PAGE_SHIFT) & 511]
     if not (pte & PTE_PRESENT):
+        if is_migration_entry(pte):
+            # migration_entry_wait_huge(): sleep until the entry is gone, retry.
+            sched_point(e, SP_MIGRATION_WAIT, mm.id, va, <uint64_t>swp_offset(pte))
+            return 0
         if marker_bits(pte) & PTE_MARKER_POISONED:
             return VM_FAULT_SIGBUS | VM_FAULT_HWPOISON
         return hugetlb_no_page(e, mm, cpu, vma, haddr, slot, h, fflags, va)
@@ -749,6 +847,11 @@ cdef int copy_hugetlb_range(engine_t *e, mm_t *src, mm_t *dst, uint64_t start, u
         if ds == NULL:
             return -1
         pte = pmd_leaf_table(e, ss[0])[0]
+        if is_migration_entry(pte):
+            if copy_hugetlb_migration_entry(e, ss, ds, leaves, pte, cow, src_flags, dst_flags) < 0:
+                return -1
+            va += 1ULL << shift
+            continue
         if not (pte & PTE_PRESENT):
             # A marker: a uffd-wp one only into a child VMA registered for
             # WP (c56d1b62cce8, 5.19: never B14's copy), a poisoned one
@@ -803,6 +906,37 @@ cdef int copy_hugetlb_range(engine_t *e, mm_t *src, mm_t *dst, uint64_t start, u
     return 0
 
 
+cdef int copy_hugetlb_migration_entry(engine_t *e, int32_t *ss, int32_t *ds, int64_t leaves, uint64_t pte,
+                                       bint cow, uint64_t src_flags, uint64_t dst_flags) noexcept nogil:
+    """copy_hugetlb_page_range() on a migration entry: in a COW mapping a writable or readable_exclusive entry becomes readable
+    in the parent too (keeping uffd-wp only if the parent's VMA is
+    registered for WP; soft-dirty is not carried), and the child gets the
+    same entry, which holds no reference or mapping. For a child VMA
+    without WP the uffd-wp bit must go (bc70fbf269fd, 5.19; before, hugetlb
+    had no uffd-wp): from 83abe2fd5b3a (7.2; 6.12.103) with the swap-entry
+    accessor. In between, B22: the present-pte accessor
+    (huge_pte_clear_uffd_wp) clears x86's _PAGE_UFFD_WP, bit 10, which in
+    a swap pte is bit 1 of the inverted offset: the entry names the page
+    two pages further on (inside the same huge page, so page_vma_mapped_walk
+    still finds it) and keeps its swp uffd-wp bit, which comes back as a
+    uffd-wp bit on the child's page when the migration ends. -1: no table."""
+    cdef uint64_t kind = swp_type_of(pte), bits = pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP)
+    cdef int64_t pfn = <int64_t>swp_offset(pte)
+    if kind != SWP_MIGRATION_READ and cow:
+        kind = SWP_MIGRATION_READ
+        bits = pte & PTE_UFFD_WP if src_flags & VM_UFFD_WP else 0
+        hugetlb_set_swp(e, ss, leaves, pfn, kind, bits)
+    if not (dst_flags & VM_UFFD_WP):
+        if e.pol.hugetlb_fork_swp_uffd_wp == 2:
+            bits &= ~PTE_UFFD_WP
+        elif e.pol.hugetlb_fork_swp_uffd_wp == 1:
+            pfn |= 2                    # B22: the offset's bit 1, stored inverted, cleared
+    if hugetlb_install_marker(e, ds, leaves, 0) < 0:
+        return -1
+    hugetlb_set_swp(e, ds, leaves, pfn, kind, bits)
+    return 0
+
+
 # ---- userfaultfd ------------------------------------------------------------
 
 cdef int64_t hugetlb_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, bint protect,
@@ -823,7 +957,7 @@ cdef int64_t hugetlb_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t en
     cdef int64_t leaves = hstate_leaves(h), k, i, lost = 0
     cdef int32_t *slot
     cdef uint64_t *t
-    cdef uint64_t pte, npte
+    cdef uint64_t pte, npte, kind
     cdef bint writable = not protect and e.pol.uffd_unprotect_writable == 0 \
         and (vmflags & (VM_SHARED | VM_WRITE)) == (VM_SHARED | VM_WRITE)
     while va < end:
@@ -839,6 +973,16 @@ cdef int64_t hugetlb_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t en
         elif hugetlb_leaf_is_marker(e, slot[0]):
             if not protect and marker_bits(pmd_leaf_table(e, slot[0])[0]) == PTE_MARKER_UFFD_WP:
                 hugetlb_clear_marker(e, slot, leaves)
+        elif hugetlb_leaf_is_migration(e, slot[0]):
+            # A migration entry: a writable one becomes readable (exclusive
+            # for an anon page), and takes or loses the swp uffd-wp bit.
+            pte = pmd_leaf_table(e, slot[0])[0]
+            kind = swp_type_of(pte)
+            if kind == SWP_MIGRATION_WRITE:
+                kind = SWP_MIGRATION_RX if e.fflags[swp_offset(pte)] & PG_ANON and e.pol.anon_exclusive \
+                    else SWP_MIGRATION_READ
+            hugetlb_set_swp(e, slot, leaves, swp_offset(pte), kind,
+                            (pte & PTE_SOFT_DIRTY) | (PTE_UFFD_WP if protect else 0))
         else:
             touched[0] += 1
             for k in range(leaves):
@@ -952,4 +1096,202 @@ cdef int hugetlb_mfill_atomic_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t
         return -CORE_ENOMEM
     entire_mapcount(e, head)[0] += <int32_t>leaves
     mm.hugetlb_usage += nr
+    return 0
+
+
+# ---- migration ----------------------------------------------------------------
+#
+# A hugetlb migration entry is a PMD_HUGE slot whose table holds, for each
+# base page, a migration entry naming that page (as a present leaf names
+# it): entry 0 stands for the kernel's one huge entry. Only
+# unmap_and_move_huge_page() makes them, between its unmap and its
+# remove_migration_ptes() (SP_MIGRATION_UNMAPPED).
+
+cdef inline bint hugetlb_leaf_is_migration(engine_t *e, int32_t ent) noexcept nogil:
+    return pmd_trans_huge(ent) and is_migration_entry(pmd_leaf_table(e, ent)[0])
+
+
+cdef void hugetlb_set_swp(engine_t *e, int32_t *slot, int64_t leaves, int64_t pfn, uint64_t kind,
+                          uint64_t bits) noexcept nogil:
+    # The leaves' tables become migration entries of kind for the page at
+    # pfn (its k * 512 + i-th base page in table k, entry i), plus bits.
+    cdef int64_t k, i
+    cdef uint64_t *t
+    for k in range(leaves):
+        t = pmd_leaf_table(e, slot[k])
+        for i in range(HPAGE_PMD_NR):
+            t[i] = make_migration_entry(pfn + k * HPAGE_PMD_NR + i, kind) | bits
+
+
+cdef int hugetlb_unmap_for_migration(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t haddr,
+                                     int32_t *slot, int64_t head, int h) noexcept nogil:
+    """try_to_migrate_one() on a hugetlb mapping (6.12): 1 when it became a
+    migration entry, 0 when an exclusive anon page that may be pinned
+    stays mapped (hugetlb_try_share_anon_rmap). The entry is writable if
+    the pte was, readable_exclusive for an exclusive anon page (5.19+),
+    else readable; soft-dirty and uffd-wp ride along."""
+    cdef int64_t leaves = hstate_leaves(h), k
+    cdef uint64_t pte = pmd_leaf_table(e, slot[0])[0], kind
+    cdef bint excl = e.pol.anon_exclusive != 0 and \
+        (e.fflags[head] & (PG_ANON | PG_ANON_EXCLUSIVE)) == (PG_ANON | PG_ANON_EXCLUSIVE)
+    if excl:
+        if folio_maybe_dma_pinned(e, head):
+            return 0
+        hugetlb_folio_set_flags(e, head, 0, PG_ANON_EXCLUSIVE)
+    tlb_flush_range(e, mm.id, haddr, haddr + (1ULL << hstate_shift(h)))    # huge_ptep_clear_flush
+    for k in range(leaves):
+        if pmd_leaf_table(e, slot[k])[0] & PTE_DIRTY:
+            e.fflags[head] |= PG_DIRTY
+    if pte & PTE_WRITE:
+        kind = SWP_MIGRATION_WRITE
+    elif excl:
+        kind = SWP_MIGRATION_RX
+    else:
+        kind = SWP_MIGRATION_READ
+    hugetlb_set_swp(e, slot, leaves, head, kind, pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+    entire_mapcount(e, head)[0] -= <int32_t>leaves          # hugetlb_remove_rmap
+    mm.hugetlb_usage -= hstate_pages(h)
+    put_page(e, head, <int32_t>leaves)
+    return 1
+
+
+cdef void hugetlb_remove_migration_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, int32_t *slot,
+                                       int64_t target, int h) noexcept nogil:
+    """remove_migration_pte() for a hugetlb entry: the page is `target`
+    (the page the VMA maps there, whatever pfn the entry names), with
+    vm_page_prot, soft-dirty from the entry, dirty from the folio, write
+    from a writable entry, else uffd-wp from the entry's bit; an anon
+    page mapped from an entry that was not merely readable is exclusive."""
+    cdef uint64_t ent = pmd_leaf_table(e, slot[0])[0], kind = swp_type_of(ent), pte
+    cdef int64_t leaves = hstate_leaves(h)
+    pte = pfn_pte(target) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
+    if vm_page_prot_writable(e, vma.flags):
+        pte |= PTE_WRITE
+    if ent & PTE_SOFT_DIRTY:
+        pte |= PTE_SOFT_DIRTY
+    if e.fflags[target] & PG_DIRTY:
+        pte |= PTE_DIRTY
+    if kind == SWP_MIGRATION_WRITE:
+        if vma.flags & VM_WRITE:
+            pte |= PTE_WRITE
+    elif ent & PTE_UFFD_WP:
+        pte |= PTE_UFFD_WP
+        if e.pol.uffd_wp_writenotify:
+            pte &= ~PTE_WRITE
+    if e.fflags[target] & PG_ANON and e.pol.anon_exclusive and kind != SWP_MIGRATION_READ:
+        hugetlb_folio_set_flags(e, target, PG_ANON_EXCLUSIVE, 0)
+    hugetlb_set_entries(e, slot, leaves, pte)
+    entire_mapcount(e, target)[0] += <int32_t>leaves
+    e.refcount[target] += <int32_t>leaves
+    mm.hugetlb_usage += hstate_pages(h)
+
+
+cdef int hugetlb_rmap_walk(engine_t *e, int64_t head, int h, bint migration, int64_t target,
+                           int32_t caller, bint *local) noexcept nogil:
+    """rmap_walk() of a hugetlb folio over every mm's hugetlb VMAs of its
+    size: with migration False, each present mapping of `head` is unmapped
+    for migration (the count of those left mapped is returned); with
+    migration True, each migration entry naming a page of `head` (the
+    kernel's page_vma_mapped_walk checks the pfn is inside the folio) is
+    replaced by a mapping of `target`."""
+    cdef int32_t mi, vi
+    cdef mm_t *m
+    cdef mm_vma_t *v
+    cdef int32_t *slot
+    cdef uint64_t va, sz = 1ULL << hstate_shift(h)
+    cdef uint64_t *t
+    cdef int64_t pfn, nr = hstate_pages(h), left = 0
+    for mi in range(e.nmm):
+        m = &e.mms[mi]
+        if not m.alive:
+            continue
+        for vi in range(m.nvma):
+            v = &m.vmas[vi]
+            if not (v.flags & VM_HUGETLB) or vma_hstate(e, v) != h:
+                continue
+            va = v.start
+            while va < v.end:
+                slot = pmd_slot(e, m, va, False)
+                if slot != NULL and pmd_trans_huge(slot[0]):
+                    t = pmd_leaf_table(e, slot[0])
+                    if migration:
+                        if is_migration_entry(t[0]):
+                            pfn = <int64_t>swp_offset(t[0])
+                            if head <= pfn < head + nr:
+                                hugetlb_remove_migration_pte(e, m, v, slot, target, h)
+                    elif t[0] & PTE_PRESENT and <int64_t>pte_pfn(t[0]) == head:
+                        if mi != caller:
+                            local[0] = False
+                        if not hugetlb_unmap_for_migration(e, m, v, va, slot, head, h):
+                            left += 1
+                va += sz
+    return left
+
+
+cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_t caller) noexcept nogil:
+    """unmap_and_move_huge_page() (6.12) of the isolated hugetlb folio
+    pg.old to `node` (< 0: any): the new page is a free pool page of that
+    node nobody reserved (alloc_hugetlb_folio_nodemask with
+    __GFP_THISNODE); without one, -ENOMEM (the kernel then tries a
+    temporary page from the buddy allocator, alloc_migrate_hugetlb_folio:
+    not modelled). Every mapping becomes a migration entry; a folio still
+    mapped (a maybe-pinned exclusive page) or holding other references
+    (GUP) is -EAGAIN and mapped back. Sets pg.rc; drops the isolation
+    reference."""
+    cdef int64_t old = pg.old, new, p, nr
+    cdef int h = hugetlb_hstate_of(e, old)
+    cdef int32_t cache_refs
+    cdef uint16_t ff, moved = PG_ANON | PG_DIRTY | PG_UPTODATE | PG_FILE | PG_BYTES
+    cdef bint local = True
+    cdef int64_t left
+    cdef uint64_t *cs
+    nr = hstate_pages(h)
+    if e.refcount[old] == 1:
+        pg.rc = 0                       # freed under us: done
+        e.fflags[old] &= ~PG_ISOLATED
+        put_page(e, old, 1)
+        return 0
+    new = -1
+    if e.h_free[h] - e.h_resv[h] > 0:
+        new = hugetlb_folio_take_on(e, h, 0, node if node >= 0 else node_of(e, old), node >= 0)
+    if new < 0:
+        pg.rc = -CORE_ENOMEM
+        e.fflags[old] &= ~PG_ISOLATED
+        put_page(e, old, 1)
+        return -CORE_ENOMEM
+    pg.new = new
+    left = hugetlb_rmap_walk(e, old, h, False, -1, caller, &local)
+    if local and entire_mapcount(e, old)[0] == 0:
+        # Between unmap and move, with no mmap_lock held: fork may copy the
+        # entries (the rmap walk below finds them), munmap may zap them.
+        sched_point(e, SP_HUGETLB_MIGRATION_UNMAPPED, caller, pg.va, <uint64_t>node)
+    # move_to_new_folio(): only the isolation reference and the cache's.
+    ff = e.fflags[old]
+    cache_refs = 1 if ff & PG_FILE else 0
+    if left or entire_mapcount(e, old)[0] != 0 or e.refcount[old] != 1 + cache_refs:
+        pg.rc = -CORE_EAGAIN
+    else:
+        pg.rc = 0
+        for p in range(nr):
+            # The byte store slots change hands (the old page goes back to the pool).
+            e.version[new + p] = e.version[old + p]
+            e.version[old + p] = 0
+            e.fflags[new + p] |= e.fflags[old + p] & moved
+            e.fflags[old + p] &= ~moved
+        e.mapping[new] = e.mapping[old]
+        e.index[new] = e.index[old]
+        if ff & PG_FILE:
+            cs = cache_slot(e, file_of(e, e.mapping[old]), e.index[old], False)
+            if cs != NULL:
+                cs[0] = pfn_pte(new) | PTE_PRESENT
+        e.mapping[old] = 0
+        e.index[old] = 0
+        e.refcount[new] += cache_refs
+        e.refcount[old] -= cache_refs
+    hugetlb_rmap_walk(e, old, h, True, new if pg.rc == 0 else old, caller, &local)
+    put_page(e, new, 1)                 # the allocation's reference (a failed one: back to the pool)
+    if pg.rc != 0:
+        pg.new = -1
+    e.fflags[old] &= ~PG_ISOLATED
+    put_page(e, old, 1)                 # the isolation reference (frees a migrated page)
     return 0

@@ -300,17 +300,32 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
     cdef mig_page_t *pg
     cdef mm_t *m
     cdef int64_t *first = <int64_t *>malloc((n + 1) * sizeof(int64_t))
-    if first == NULL:
+    cdef uint8_t *huge = <uint8_t *>malloc(n + 1)
+    if first == NULL or huge == NULL:
+        free(first)
+        free(huge)
         nomem[0] = 1
         for k in range(n):
             pages[k].rc = -CORE_ENOMEM
             e.fflags[pages[k].old] &= ~PG_ISOLATED
             put_page(e, pages[k].old, 1)
         return n
+    # migrate_hugetlbs() first, one folio at a time; -ENOMEM ends the call
+    # (the folios after it are put back below, as the rest are).
+    for k in range(n):
+        pg = &pages[k]
+        huge[k] = pfn_is_hugetlb(e, pg.old) and not nomem[0]
+        if huge[k]:
+            if hugetlb_migrate_folio(e, pg, node, caller) == -CORE_ENOMEM:
+                nomem[0] = 1
+            if pg.rc != 0:
+                failed += 1
     # 1. migrate_folio_unmap(): a target frame, then every pte an entry.
     for k in range(n):
         pg = &pages[k]
         first[k] = nmaps
+        if huge[k]:
+            continue                        # done above
         if nomem[0]:
             pg.rc = -CORE_ENOMEM
             continue
@@ -336,6 +351,8 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
     # 2. move_to_new_folio() + remove_migration_ptes(), or put back.
     for k in range(n):
         pg = &pages[k]
+        if huge[k]:
+            continue                        # a hugetlb folio, done above
         if pg.rc == MIG_RC_NONE:
             pg.rc = migrate_move(e, pg.old, pg.new)
         target = pg.new if pg.rc == 0 else pg.old
@@ -353,6 +370,7 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         put_page(e, pg.old, 1)              # the isolation reference (frees a migrated folio)
     free(maps)
     free(first)
+    free(huge)
     return failed
 
 
@@ -373,6 +391,14 @@ cdef int add_page_for_migration(engine_t *e, mm_t *mm, uint64_t va, int32_t node
     if ptep[0] & PTE_SPECIAL:
         return -CORE_EFAULT                 # the zero page (FOLL_DUMP / is_zero_folio)
     pfn = <int64_t>pte_pfn(ptep[0])
+    if pfn_is_hugetlb(e, pfn):
+        # A hugetlb page moves whole: its head is the folio isolate_hugetlb()
+        # takes; folio_likely_mapped_shared() is its entire mapcount.
+        pfn = folio_of(e, pfn)
+        if node_of(e, pfn) == node:
+            return 0
+        if hugetlb_mapcount(e, pfn) > 1 and not move_all:
+            return -CORE_EACCES
     if node_of(e, pfn) == node:
         return 0
     if e.mapcount[pfn] > 1 and not move_all:

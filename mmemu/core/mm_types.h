@@ -244,6 +244,7 @@ typedef struct {
     int32_t hugetlb_dontneed;       /* 90e7e7f5ef3f (5.18): MADV_DONTNEED works on hugetlb VMAs (EINVAL before) */
     int32_t hugetlb_mremap;         /* 550a7d60bd5e (5.16): mremap moves hugetlb VMAs (EINVAL before) */
     int32_t hugetlb_zap_restore_reserve; /* df7a6d1f6405 (6.8): an owner zapping the last mapping of an anon hugetlb page gets its reservation back */
+    int32_t hugetlb_fork_swp_uffd_wp; /* fork and a hugetlb migration entry's uffd-wp: 0 untouched, 1 B22 (bc70fbf269fd 5.19), 2 fixed (83abe2fd5b3a 7.2; 6.12.103) */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE

@@ -23,6 +23,7 @@ cdef enum:
     SP_FALLOC_WAIT = 10        # a shmem fault on a hole being punched waits for the punch (aux: file id)
     SP_MIGRATION_UNMAPPED = 11 # migrate_pages unmapped its batch; copying and remapping are still to come (aux: node)
     SP_MIGRATION_WAIT = 12     # a fault on a migration entry waits for the migration (aux: pfn)
+    SP_HUGETLB_MIGRATION_UNMAPPED = 13  # unmap_and_move_huge_page unmapped its folio, mmap_lock not held (aux: node)
 
 
 cdef inline void sched_point(engine_t *e, int point, int32_t mm, uint64_t va, uint64_t aux) noexcept nogil:

@@ -287,6 +287,7 @@ SPECS = {
                   ("hugepages", "hugepages")],
     "Machine.numa_scan": [("process", "proc"), ("addr", "addr"), ("length", "len")],
     "Machine.node_of": [("pfn", "pfn")],
+    "Machine.node_hugepages": [("node", "node")],
     "Machine.zone_of": [("pfn", "pfn")],
     "Machine.zone_free": [("zone", "zone"), None, ("node", "node")],
     "Process.move_pages": [("pages", "page_list"), None, ("nodes", "node_list"), ("flags", "mpol_flags")],

@@ -69,9 +69,9 @@ def test_bad_pools_are_value_errors(bad):
         mmemu.Machine(memory=64 << 20, hugepages=bad)
 
 
-def test_pool_with_nodes_is_refused_clearly():
+def test_pool_with_zone_movable_is_refused_clearly():
     with pytest.raises(ValueError, match="not modelled"):
-        mmemu.Machine(memory=64 << 20, nodes=2, hugepages={H2M: 1})
+        mmemu.Machine(memory=64 << 20, movablecore=16 << 20, hugepages={H2M: 1})
 
 
 # ---- MAP_HUGETLB: layout and reservations ----------------------------------
