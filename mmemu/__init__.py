@@ -9,7 +9,7 @@ from . import constants as _constants
 from .constants import *  # noqa: F401,F403  Linux UAPI names and values
 from . import constants as _constants
 from .eras import VERSIONS, policy_for
-from .errors import (Deadlock, EmulatedSignal, InvariantError, MmemuError, OutOfMemory, Sigbus,
+from .errors import (Deadlock, EmulatedSignal, InvariantError, Livelock, MmemuError, OutOfMemory, Sigbus,
                      Sigsegv, WouldBlock)
 from .gup import Pin, Pipe
 from .machine import Machine
@@ -22,7 +22,7 @@ from .numa import MoveStatus  # noqa: E402  move_pages(2)'s status array
 
 __all__ = ["__version__", "Machine", "Process", "Thread", "Pin", "Pipe", "FrameInfo",
            "PagemapEntry", "Sigsegv", "Sigbus", "EmulatedSignal", "OutOfMemory",
-           "InvariantError", "MmemuError", "WouldBlock", "Deadlock", "Uffd", "UffdMsg", "UffdError",
+           "InvariantError", "MmemuError", "WouldBlock", "Deadlock", "Livelock", "Uffd", "UffdMsg", "UffdError",
            "Resolver", "VERSIONS", "policy_for", "explore", "rerun", "ExploreResult", "Counterexample",
            "MoveStatus"]
 # A form type checkers follow (mypy, pyright): the constants' static __all__.

@@ -18,7 +18,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 
 import numpy as np
 
-from mmemu.errors import InvariantError, OutOfMemory, Sigbus, Sigsegv, UserFault, oserror
+from mmemu.errors import InvariantError, Livelock, OutOfMemory, Sigbus, Sigsegv, UserFault, oserror
 from mmemu.constants import SEGV_ACCERR, SEGV_MAPERR, BUS_ADRERR, BUS_MCEERR_AR
 
 include "core/uapi.pxi"
@@ -70,6 +70,8 @@ FRAME_FLAG_NAMES = {
 
 
 cdef object fault_exception(int ret, uint64_t addr, int hwpoison_code=BUS_MCEERR_AR):
+    if ret & VM_FAULT_LIVELOCK:
+        return Livelock(addr)
     if ret & VM_FAULT_HWPOISON:
         return Sigbus(addr, hwpoison_code, "poisoned page")
     if ret & VM_FAULT_SIGSEGV:

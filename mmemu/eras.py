@@ -132,7 +132,8 @@ BASELINE = {
     "hugetlb_punch_zero_partial": 0,  # a hugetlbfs hole punch zeroes the partial huge pages at its edges (5.19)
     "hugetlb_fork_swp_uffd_wp": 0,  # fork and a hugetlb migration entry's uffd-wp for a child without WP: 0 untouched,
                                     # 1 cleared with the present-pte accessor (5.19: B22), 2 cleared right (7.2)
-    "hugetlb_zap_restore_reserve": 0,  # zapping an owner's last mapping of an anon hugetlb page gives its reservation back (6.8)
+    "hugetlb_zap_restore_reserve": 0,  # an owner's zap of an anon hugetlb page gives its reservation back: 1 always
+                                       # (6.8), 2 only when no other mapping is left (6.12.110)
     "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
 }
@@ -430,10 +431,19 @@ CHANGES = (
     # B22: the same July 2026 mm-hotfixes batch as B21's fix; Debian's
     # 6.12.118 changelog lists it under 6.12.103 beside B21's, and its
     # source has it (copy_hugetlb_page_range clears a migration entry's
-    # swp uffd-wp bit, and leaves a hwpoison entry alone).
+    # swp uffd-wp bit, and leaves a hwpoison entry alone). Debian's 6.1.192
+    # lists it under 6.1.183, past the researched 6.1.176.
     Change("83abe2fd5b3a", "7.2", "mm/hugetlb: fix swap entry corruption when clearing uffd-wp at fork()",
            {"hugetlb_fork_swp_uffd_wp": 2}, bug="B22 fixed",
-           stable={"6.12": Stable(UNCONFIRMED, 103), "6.18": Stable(UNCONFIRMED, 44)}),
+           stable={"6.1": Stable(UNCONFIRMED, 183), "6.12": Stable(UNCONFIRMED, 103),
+                   "6.18": Stable(UNCONFIRMED, 44)}),
+    # 6.12.118's __unmap_hugepage_range() restores the owner's reservation
+    # only when the folio is no longer mapped; Debian's changelog lists the
+    # change under 6.12.110 (linux-6.12.y's stable push of 2026-09-09); the
+    # 6.18.44 host still restores while a child maps the page.
+    Change("hugetlb-resv-adjust-unmapped", "7.3", "hugetlb: only adjust reservation during unmapping "
+           "if mapcount is 0 (mainline id and release unconfirmed: after 6.18.44, in 6.12.110)",
+           {"hugetlb_zap_restore_reserve": 2}, stable={"6.12": Stable(UNCONFIRMED, 110)}),
     Change("81401cebfc15", "7.2", "fs/proc: fix KPF_KSM reported for all anonymous pages",
            {"kpf_ksm_all_anon": 0}, bug="KPF_KSM on every anon page fixed",
            stable={"6.18": Stable(UNCONFIRMED, 44)}),

@@ -101,6 +101,17 @@ class Deadlock(MmemuError):
         super().__init__(f"deadlock: {reason}: {lines}")
 
 
+class Livelock(MmemuError):
+    """An access whose fault is handled without error yet leaves a pte that
+    still refuses it: Linux would take the same fault for ever, and the
+    thread would spin there (killable, never done). Raised instead of
+    looping; carries the address."""
+
+    def __init__(self, addr: int) -> None:
+        self.addr = addr
+        super().__init__(f"livelock at {addr:#x}: the access faults again at once, for ever")
+
+
 class InvariantError(MmemuError, AssertionError):
     """Machine.check() found state that no kernel would reach."""
 

@@ -383,5 +383,8 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
             return ret
         if ptep == NULL:
             ptep = pte_offset(e, mm, va, False)
+    # Every fault "succeeded" and the pte still refuses the access: Linux
+    # would take the same fault for ever (a uffd-wp entry in a VMA no longer
+    # registered: hugetlb_wp() never COWs it; B22's child).
     e.fault_addr = va
-    return VM_FAULT_SIGBUS
+    return VM_FAULT_LIVELOCK

@@ -560,6 +560,8 @@ cdef void hugetlb_zap_restore_reserve(engine_t *e, mm_t *mm, uint64_t va, int64_
     cdef int64_t k
     if not e.pol.hugetlb_zap_restore_reserve or not e.fflags[head] & PG_ANON:
         return
+    if e.pol.hugetlb_zap_restore_reserve == 2 and entire_mapcount(e, head)[0] > 0:
+        return                          # another mapping (fork's child) keeps it: 6.12.110
     if hugetlb_hstate_of(e, head) == MM_HSTATE_1G and (va & ((1ULL << 30) - 1)) != (1ULL << 30) - PMD_SPAN:
         return                          # a 1 GiB page: once, at its last 2 MiB leaf
     vi = find_vma(mm, va)
@@ -645,7 +647,7 @@ cdef int hugetlb_wp(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t hadd
         # over a marker), and the retried access reports the WP fault.
         # (An entry left uffd-wp in a VMA no longer registered - close()
         # before 6.9, c88033efe9a3 - refaults here for ever in Linux; the
-        # engine's bounded retry of an access ends it as SIGBUS.)
+        # engine's bounded retry of an access ends it as Livelock.)
         return 0
     if not unshare and not (vma.flags & VM_WRITE):
         return VM_FAULT_SIGSEGV

@@ -140,7 +140,9 @@
 #define VM_FAULT_HWPOISON  0x000010
 #define VM_FAULT_FALLBACK  0x000800   /* a huge fault gives way to the pte path */
 #define VM_FAULT_UFFD      0x400000   /* emulator: handle_userfault queued a message */
-#define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM | VM_FAULT_UFFD)
+#define VM_FAULT_LIVELOCK  0x800000   /* emulator: the access faults again at once, for ever */
+#define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM | VM_FAULT_UFFD \
+                        | VM_FAULT_LIVELOCK)
 
 typedef struct {
     uint64_t start, end;      /* [start, end) */
@@ -243,7 +245,7 @@ typedef struct {
     int32_t hugetlb_fork_copy_pinned; /* 4eae4efa2c29 (5.12): fork copies a maybe-pinned hugetlb page of a COW mapping */
     int32_t hugetlb_dontneed;       /* 90e7e7f5ef3f (5.18): MADV_DONTNEED works on hugetlb VMAs (EINVAL before) */
     int32_t hugetlb_mremap;         /* 550a7d60bd5e (5.16): mremap moves hugetlb VMAs (EINVAL before) */
-    int32_t hugetlb_zap_restore_reserve; /* df7a6d1f6405 (6.8): an owner zapping the last mapping of an anon hugetlb page gets its reservation back */
+    int32_t hugetlb_zap_restore_reserve; /* an owner's zap of an anon hugetlb page restores its reservation: 1 df7a6d1f6405 (6.8), 2 only if unmapped (6.12.110) */
     int32_t hugetlb_fork_swp_uffd_wp; /* fork and a hugetlb migration entry's uffd-wp: 0 untouched, 1 B22 (bc70fbf269fd 5.19), 2 fixed (83abe2fd5b3a 7.2; 6.12.103) */
 } mm_policy_t;
 

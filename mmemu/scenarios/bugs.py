@@ -96,7 +96,7 @@ BUGS = (
         "12f6b01a0bcb (6.7) / 2bad466cc9d9 (6.4)", "07b4377bdbe7 and 40de8160ca7f (7.2; "
         "6.12.103, 6.18.44)", ("07b4377bdbe7",)),
     Bug("B22", "hugetlb fork corrupts migration and hwpoison entries when clearing uffd-wp",
-        "bc70fbf269fd (5.19)", "83abe2fd5b3a (7.2; 6.12.103, 6.18.44)", ("83abe2fd5b3a",)),
+        "bc70fbf269fd (5.19)", "83abe2fd5b3a (7.2; 6.1.183, 6.12.103, 6.18.44)", ("83abe2fd5b3a",)),
     Bug("B23", "write protection lost for shmem pages faulted in again during a hole "
                "punch (zap drops the marker)",
         "5.19", "never: the kernel's design, not a bug upstream"),

@@ -240,3 +240,95 @@ for _how, _sid, _title in (("migrate", "S57b", "migration (move_pages)"),
                      "Anon is unaffected (a private vm_page_prot is R/O).")
     uffd_scenario(_sid, f"uffd-wp-{_how}", f"uffd-wp kept through {_title}", backings=("anon", "shmem"),
                   bug="B15", fails={"shmem": "5.19-6.1"}, needs=needs(wp=True))(_case)
+
+
+# ---- hugetlb ---------------------------------------------------------------------
+
+H2M = 2 << 20
+HUGE = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_HUGETLB
+
+
+def _hugetlb_numa(m):
+    """The harness's kernel on two nodes with four 2 MiB pages (two a node)."""
+    if not isinstance(m, Machine):
+        raise ScenarioSkip("needs hugetlb pools on two NUMA nodes; the host has one node")
+    return Machine(kernel=m.kernel, backports=m.policy.backports, memory=64 << 20, swap=m.swap,
+                   seed=m.seed, tlb=m.tlb, nodes=2, ncpus=2, hugepages={H2M: 4})
+
+
+@scenario("S77f", "migrate-hugetlb", "a hugetlb page migrates whole, to its node's pool (S77)",
+          backing="hugetlb-private")
+def migrate_hugetlb(m):
+    """move_pages of any page of a private hugetlb page moves the whole huge
+    page (unmap_and_move_huge_page) to a free page of the target node's
+    share of the pool; the old page goes back to its node's free pages.
+    Data, exclusivity and the mapping's write permission come back."""
+    m = _hugetlb_numa(m)
+    p = m.spawn()
+    P = p.mmap(0, H2M, RW, HUGE)
+    p.write(P, b"huge")
+    p.write(P + H2M - PAGE, b"end")
+    pfn0 = p.pagemap(P).pfn
+    check(m.node_of(pfn0) == 0, "the page comes from node 0 first")
+    _moved(p, P + 7 * PAGE, 1, "a hugetlb page")
+    pfn1 = p.pagemap(P).pfn
+    check(m.node_of(pfn1) == 1 and p.pagemap(P + H2M - PAGE).pfn == pfn1 + 511,
+          f"the whole huge page must move to node 1 (head {pfn0} -> {pfn1})")
+    check(p.read(P, 4) == b"huge" and p.read(P + H2M - PAGE, 3) == b"end", "migration must keep the data")
+    check(m.node_hugepages(0)[H2M]["free_hugepages"] == 2 and m.node_hugepages(1)[H2M]["free_hugepages"] == 1,
+          f"pool per node after the move: {m.node_hugepages(0)[H2M]}, {m.node_hugepages(1)[H2M]}")
+    f0 = p.minflt
+    p.write(P, b"W")
+    check(p.minflt == f0 and p.pagemap(P).pfn == pfn1, "the writable entry maps the new page writable")
+    m.check()
+
+
+@scenario("S77g", "hugetlb-fork-during-migration", "fork during a hugetlb migration: the child "
+          "keeps no uffd-wp it did not ask for (B22)", bug="B22", fails="5.19-6.18",
+          backing="hugetlb-private",
+          needs=lambda pol: needs(wp=True)(pol, "hugetlb-private"))
+def hugetlb_fork_during_migration(m):
+    """A private hugetlb page, uffd-wp protected in a WP-registered VMA (no
+    EVENT_FORK), migrates; migrate_pages holds no mmap_lock, so another
+    thread forks between its unmap and its remap and the child copies the
+    migration entry. The child's VMA is not registered: fork must drop the
+    entry's uffd-wp bit. From bc70fbf269fd (5.19) it used the present-pte
+    accessor on the swap entry: the pfn moves by two pages (still inside
+    the folio, so the remap finds it) and the bit stays, so the child's page
+    comes back uffd-wp and its writes refault for ever (the engine raises
+    Livelock after its bounded retry). Fixed by 83abe2fd5b3a (7.2; 6.12.103, 6.18.44)."""
+    from ..errors import EmulatedSignal, Livelock
+    from ..sched import Scheduler
+    m = _hugetlb_numa(m)
+    p = m.spawn()
+    P = p.mmap(0, H2M, RW, HUGE)
+    p.write(P, b"B22")
+    u = _uffd(p, F_WP)
+    u.register(P, H2M, WP)
+    u.writeprotect(P, H2M, PROTECT)
+    got = {}
+
+    def mover():
+        got["st"] = p.move_pages([P], [1], MOVE)
+
+    def forker():
+        got["child"] = p.fork()
+
+    def choose(sched, cands):
+        me = sched.current
+        names = [c.name for c in cands]
+        if me is not None and me.where.startswith("unmap_and_move_huge_page") and "forker" in names:
+            return names.index("forker")
+        return 0
+    Scheduler(m, choose).run([mover, forker], ["mover", "forker"])
+    c = got.get("child")
+    check(got.get("st") == [1] and c is not None, f"the migration and the fork ran ({got})")
+    check(m.node_of(c.pagemap(P).pfn) == 1 and c.read(P, 3) == b"B22",
+          "the child maps the migrated page (the remap found its entry)")
+    check(not c.pagemap(P).uffd_wp, "the child's VMA is not registered for WP, yet its page is uffd-wp")
+    try:
+        c.write(P, b"c")
+    except (EmulatedSignal, Livelock) as e:
+        check(False, f"the child's write never completes: {e}")
+    check(p.read(P, 3) == b"B22" and c.read(P, 1) == b"c", "the child's write COWs away from the parent")
+    m.check()
