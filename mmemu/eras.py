@@ -432,11 +432,11 @@ CHANGES = (
     # 6.12.118 changelog lists it under 6.12.103 beside B21's, and its
     # source has it (copy_hugetlb_page_range clears a migration entry's
     # swp uffd-wp bit, and leaves a hwpoison entry alone). Debian's 6.1.192
-    # lists it under 6.1.183, past the researched 6.1.176.
+    # lists it under 6.1.183: past the researched 6.1.176, so not recorded
+    # (what else 6.1.177-192 took is not researched).
     Change("83abe2fd5b3a", "7.2", "mm/hugetlb: fix swap entry corruption when clearing uffd-wp at fork()",
            {"hugetlb_fork_swp_uffd_wp": 2}, bug="B22 fixed",
-           stable={"6.1": Stable(UNCONFIRMED, 183), "6.12": Stable(UNCONFIRMED, 103),
-                   "6.18": Stable(UNCONFIRMED, 44)}),
+           stable={"6.12": Stable(UNCONFIRMED, 103), "6.18": Stable(UNCONFIRMED, 44)}),
     # 6.12.118's __unmap_hugepage_range() restores the owner's reservation
     # only when the folio is no longer mapped; Debian's changelog lists the
     # change under 6.12.110 (linux-6.12.y's stable push of 2026-09-09); the

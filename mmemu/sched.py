@@ -105,10 +105,8 @@ MMAP_LOCK = {
     "Process": {"mmap": _W, "munmap": _W, "mprotect": _W, "mremap": _W, "fork": _W, "exit": _W,
                 "populate": _R, "get_user_pages": _R, "pin_user_pages": _R, "vmsplice": _R,
                 "proc_mem_read": _R, "proc_mem_write": _R, "pagemap_scan": _R, "clear_refs": _W,
-                # move_pages keeps it for read to the end of a migration of base
-                # pages (Linux drops it after isolating): no munmap/mremap/fork
-                # between unmap and remap; faults and GUP run, and wait on the
-                # entries. A hugetlb migration drops it (core_point).
+                # move_pages takes it for read; the migration itself drops it
+                # (Linux holds it only to isolate each page): core_point.
                 "move_pages": _R, "mbind": _W},
     "Uffd": {"register": _W, "unregister": _W, "copy": _R, "zeropage": _R, "continue_": _R,
              "poison": _R, "move": _R, "writeprotect": _R},
@@ -560,12 +558,11 @@ class Scheduler:
             self._point(me, f"fault on a migration entry @{va:#x}")
             self._block(me, lambda: not _is_migration_entry_for(eng.pte(mm, va), aux),
                         f"the migration of frame {aux} (migration_entry_wait)")
-        elif point == SP_HUGETLB_MIGRATION_UNMAPPED:
+        elif point in (SP_MIGRATION_UNMAPPED, SP_HUGETLB_MIGRATION_UNMAPPED):
             # migrate_pages() runs without mmap_lock (do_pages_move takes it
             # only to isolate each page): munmap, mremap and fork may run
             # before the entries are replaced, and remove_migration_ptes()
-            # finds what fork copied by the rmap walk. (Base pages keep it
-            # here: fork does not copy their migration entries yet.)
+            # finds what fork copied by the rmap walk.
             saved = self.drop_mmap(me)
             self._point(me, f"{_CORE_LABEL[point]} @{va:#x}")
             self.retake_mmap(me, saved)

@@ -175,6 +175,41 @@ cdef void migrate_restore_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t old, i
     ptep[0] = pte
 
 
+cdef void migrate_restore_copies(engine_t *e, int64_t old, int64_t target) noexcept nogil:
+    """remove_migration_ptes()'s rmap walk for the entries naming `old` that
+    were not recorded at the unmap: a fork copied them into a child (the
+    migration holds no mmap_lock between unmap and remap). Every mm's VMAs
+    that can map the page: its file's, or any with an anon_vma."""
+    cdef int32_t mi, vi
+    cdef mm_t *m
+    cdef mm_vma_t *v
+    cdef uint64_t va, stop
+    cdef uint64_t *t
+    cdef int64_t i, i0, i1
+    cdef bint file = (e.fflags[target] & PG_FILE) != 0
+    for mi in range(e.nmm):
+        m = &e.mms[mi]
+        if not m.alive:
+            continue
+        for vi in range(m.nvma):
+            v = &m.vmas[vi]
+            if v.flags & VM_HUGETLB or (file and v.file != e.mapping[target]) or (not file and not v.anon_vma):
+                continue
+            va = v.start
+            while va < v.end:
+                t = leaf_or_skip(e, m.pgd, va, &stop)
+                if t == NULL:
+                    va = stop
+                    continue
+                stop = block_end(va, v.end)
+                i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
+                i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
+                for i in range(i0, i1):
+                    if is_migration_entry(t[i]) and swp_offset(t[i]) == old:
+                        migrate_restore_pte(e, m, va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT), old, target)
+                va = stop
+
+
 cdef int rmap_add(mig_map_t **maps, int64_t *n, int64_t *cap, int64_t page, int32_t mm,
                   uint64_t va) noexcept nogil:
     cdef mig_map_t *q
@@ -295,7 +330,7 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
     or a negative errno; returns how many failed. *nomem when a target frame
     could not be had (the rest is put back, and the call fails ENOMEM)."""
     cdef mig_map_t *maps = NULL
-    cdef int64_t nmaps = 0, cap = 0, k, j, j0, failed = 0, target
+    cdef int64_t nmaps = 0, cap = 0, k, j, j0, failed = 0, target, copies
     cdef bint local = True
     cdef mig_page_t *pg
     cdef mm_t *m
@@ -344,9 +379,12 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         if pg.rc == MIG_RC_NONE and e.mapcount[pg.old] != 0:
             pg.rc = -CORE_EAGAIN
     first[n] = nmaps
+    copies = e.mig_copies
     if nmaps and local:
-        # Between unmap and move: a fault on an entry waits (only the
-        # caller's mm holds entries, and it keeps its mmap_lock).
+        # Between unmap and move, without mmap_lock (move_pages and mbind
+        # drop it before migrate_pages): a fault on an entry waits; a fork
+        # copies the entries (found again by migrate_restore_copies), a
+        # munmap zaps them.
         sched_point(e, SP_MIGRATION_UNMAPPED, caller, pages[0].va, <uint64_t>node)
     # 2. move_to_new_folio() + remove_migration_ptes(), or put back.
     for k in range(n):
@@ -358,6 +396,8 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         target = pg.new if pg.rc == 0 else pg.old
         for j in range(first[k], first[k + 1]):
             migrate_restore_pte(e, &e.mms[maps[j].mm], maps[j].va, pg.old, target)
+        if e.mig_copies != copies:
+            migrate_restore_copies(e, pg.old, target)   # what a fork copied meanwhile
         if pg.rc != 0:
             failed += 1
             if pg.new >= 0:

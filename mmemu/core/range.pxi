@@ -230,6 +230,19 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
                         continue
                     d[i] = pte
                     continue
+                if is_migration_entry(pte):
+                    # copy_nonpresent_pte: in a COW mapping a writable (or
+                    # readable_exclusive) entry becomes readable in parent
+                    # and child; the page is shared from now on. The
+                    # migration finds the child's copy by its rmap walk.
+                    if cow and swp_type_of(pte) != SWP_MIGRATION_READ:
+                        pte = (pte & ~SWP_TYPE_MASK) | (SWP_MIGRATION_READ << SWP_TYPE_SHIFT)
+                        s[i] = pte
+                    e.mig_copies += 1
+                    if not (wp_side & VM_UFFD_WP):
+                        pte &= ~PTE_UFFD_WP
+                    d[i] = pte
+                    continue
                 # copy_nonpresent_pte: one more reference to the slot; 5.19+
                 # the entry is no longer exclusive, in parent and child.
                 if is_swap_pte(pte):

@@ -430,3 +430,64 @@ def test_nodes_survive_save_and_load():
         assert q.move_pages([a, b]) == [1, 0]
     assert m.processes[0].pagemap(b).pfn == m2.processes[0].pagemap(b).pfn
     m2.check()
+
+
+# ---- fork and munmap while a migration runs (no mmap_lock held) ------------------
+
+def _during_migration(m, p, a, other):
+    """move_pages(a -> node 1) with other() run by a second thread between
+    the unmap and the remap (migrate_pages holds no mmap_lock)."""
+    got = {}
+
+    def mover():
+        got["st"] = p.move_pages([a], [1], MPOL_MF_MOVE)
+
+    def second():
+        got["other"] = other()
+
+    def choose(sched, cands):
+        me = sched.current
+        names = [c.name for c in cands]
+        if me is not None and me.where.startswith("migrate_pages") and "second" in names:
+            return names.index("second")
+        return 0
+    s = Scheduler(m, choose, record=True)
+    s.run([mover, second], ["mover", "second"])
+    return got, [st.label for st in s.trace]
+
+
+@pytest.mark.parametrize("kernel", ["5.18", "6.18"])
+def test_a_fork_between_unmap_and_remap_copies_the_entry_and_the_remap_finds_it(kernel):
+    """copy_nonpresent_pte: a writable migration entry of a COW mapping
+    becomes readable in parent and child; remove_migration_ptes() finds the
+    child's copy by the rmap walk, so both map the new page, shared and
+    read-only, and the next writes COW."""
+    m = machine(kernel, ncpus=2)
+    p, a = anon(m, 1, b"F")
+    got, labels = _during_migration(m, p, a, p.fork)
+    c = got["other"]
+    assert labels.index("fork()") < len(labels) - 1
+    assert got["st"] == [1]
+    pfn = p.pagemap(a).pfn
+    assert c.pagemap(a).pfn == pfn and m.node_of(pfn) == 1
+    assert m.frame(pfn).mapcount == 2 and "anon_exclusive" not in m.frame(pfn).flags
+    assert not m._engine.pte(p.mm, a) & PTE_WRITE and not m._engine.pte(c.mm, a) & PTE_WRITE
+    c.write(a, b"c")
+    assert p.read(a, 1) == b"F" and c.read(a, 1) == b"c"
+    p.write(a, b"p")
+    assert p.pagemap(a).pfn == pfn                      # mapped once again: reused
+    m.check()
+
+
+def test_a_munmap_between_unmap_and_remap_leaves_nothing_behind():
+    m = machine(ncpus=2)
+    p, a = anon(m, 1, b"U")
+    before = m.stats()
+
+    def unmap():
+        p.munmap(a, PAGE)
+    got, _ = _during_migration(m, p, a, unmap)
+    assert got["st"] == [1]
+    assert not p.pagemap(a).present and not p.vmas
+    assert m.stats()["faults"] == before["faults"]
+    m.check()
