@@ -1188,19 +1188,22 @@ cdef void hugetlb_remove_migration_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, int
     mm.hugetlb_usage += hstate_pages(h)
 
 
-cdef int hugetlb_rmap_walk(engine_t *e, int64_t head, int h, bint migration, int64_t target,
-                           int32_t caller, bint *local) noexcept nogil:
-    """rmap_walk() of a hugetlb folio over every mm's hugetlb VMAs of its
-    size: with migration False, each present mapping of `head` is unmapped
-    for migration (the count of those left mapped is returned); with
-    migration True, each migration entry naming a page of `head` (the
-    kernel's page_vma_mapped_walk checks the pfn is inside the folio) is
+cdef int hugetlb_rmap_walk(engine_t *e, int64_t head, int h, int32_t fid, uint64_t idx, bint migration,
+                           int64_t target, int32_t caller, bint *local) noexcept nogil:
+    """rmap_walk() of a hugetlb folio: the VMAs of its hugetlbfs file (fid)
+    that cover its huge page idx - a shared page's cache index, or for a
+    private page the offset in the file of the mapping it was found in,
+    which fork and mremap keep. With migration False, a present mapping of
+    `head` there is unmapped for migration (the count of those left mapped
+    is returned); with migration True, a migration entry naming a page of
+    `head` (page_vma_mapped_walk checks the pfn is inside the folio) is
     replaced by a mapping of `target`."""
     cdef int32_t mi, vi
     cdef mm_t *m
     cdef mm_vma_t *v
     cdef int32_t *slot
-    cdef uint64_t va, sz = 1ULL << hstate_shift(h)
+    cdef int shift = hstate_shift(h)
+    cdef uint64_t va, v0
     cdef uint64_t *t
     cdef int64_t pfn, nr = hstate_pages(h), left = 0
     for mi in range(e.nmm):
@@ -1209,24 +1212,26 @@ cdef int hugetlb_rmap_walk(engine_t *e, int64_t head, int h, bint migration, int
             continue
         for vi in range(m.nvma):
             v = &m.vmas[vi]
-            if not (v.flags & VM_HUGETLB) or vma_hstate(e, v) != h:
+            if not (v.flags & VM_HUGETLB) or v.file != fid:
                 continue
-            va = v.start
-            while va < v.end:
-                slot = pmd_slot(e, m, va, False)
-                if slot != NULL and pmd_trans_huge(slot[0]):
-                    t = pmd_leaf_table(e, slot[0])
-                    if migration:
-                        if is_migration_entry(t[0]):
-                            pfn = <int64_t>swp_offset(t[0])
-                            if head <= pfn < head + nr:
-                                hugetlb_remove_migration_pte(e, m, v, slot, target, h)
-                    elif t[0] & PTE_PRESENT and <int64_t>pte_pfn(t[0]) == head:
-                        if mi != caller:
-                            local[0] = False
-                        if not hugetlb_unmap_for_migration(e, m, v, va, slot, head, h):
-                            left += 1
-                va += sz
+            v0 = v.pgoff >> (shift - MM_PAGE_SHIFT)
+            if idx < v0 or idx >= v0 + ((v.end - v.start) >> shift):
+                continue
+            va = v.start + ((idx - v0) << shift)
+            slot = pmd_slot(e, m, va, False)
+            if slot == NULL or not pmd_trans_huge(slot[0]):
+                continue
+            t = pmd_leaf_table(e, slot[0])
+            if migration:
+                if is_migration_entry(t[0]):
+                    pfn = <int64_t>swp_offset(t[0])
+                    if head <= pfn < head + nr:
+                        hugetlb_remove_migration_pte(e, m, v, slot, target, h)
+            elif t[0] & PTE_PRESENT and <int64_t>pte_pfn(t[0]) == head:
+                if mi != caller:
+                    local[0] = False
+                if not hugetlb_unmap_for_migration(e, m, v, va, slot, head, h):
+                    left += 1
     return left
 
 
@@ -1247,7 +1252,20 @@ cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_
     cdef bint local = True
     cdef int64_t left
     cdef uint64_t *cs
+    cdef int32_t fid, vi
+    cdef uint64_t idx
+    cdef int shift = hstate_shift(h)
     nr = hstate_pages(h)
+    # Where the rmap walk looks: the file and huge page index of the page.
+    if e.fflags[old] & PG_FILE:
+        fid, idx = e.mapping[old], e.index[old] >> (shift - MM_PAGE_SHIFT)
+    else:
+        vi = find_vma(&e.mms[pg.mm], pg.va)
+        if vi < 0:
+            fid, idx = -1, 0
+        else:
+            fid = e.mms[pg.mm].vmas[vi].file
+            idx = vma_hugecache_offset(&e.mms[pg.mm].vmas[vi], pg.va & ~((1ULL << shift) - 1), shift)
     if e.refcount[old] == 1:
         pg.rc = 0                       # freed under us: done
         e.fflags[old] &= ~PG_ISOLATED
@@ -1262,7 +1280,7 @@ cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_
         put_page(e, old, 1)
         return -CORE_ENOMEM
     pg.new = new
-    left = hugetlb_rmap_walk(e, old, h, False, -1, caller, &local)
+    left = hugetlb_rmap_walk(e, old, h, fid, idx, False, -1, caller, &local)
     if local and entire_mapcount(e, old)[0] == 0:
         # Between unmap and move, with no mmap_lock held: fork may copy the
         # entries (the rmap walk below finds them), munmap may zap them.
@@ -1290,7 +1308,7 @@ cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_
         e.index[old] = 0
         e.refcount[new] += cache_refs
         e.refcount[old] -= cache_refs
-    hugetlb_rmap_walk(e, old, h, True, new if pg.rc == 0 else old, caller, &local)
+    hugetlb_rmap_walk(e, old, h, fid, idx, True, new if pg.rc == 0 else old, caller, &local)
     put_page(e, new, 1)                 # the allocation's reference (a failed one: back to the pool)
     if pg.rc != 0:
         pg.new = -1
