@@ -301,6 +301,20 @@ def test_a_hole_cut_at_the_end_of_a_one_gib_page_marks_the_whole_page():
     m.check()
 
 
+def test_a_one_gib_page_under_an_existing_pud_table_is_a_none_entry():
+    # For a 1 GiB page huge_pte_offset() returns the PUD entry once the PUD
+    # table exists (here for a small page in the same 512 GiB): an empty
+    # one is a none entry, HUGE, not a hole.
+    m = machine(n2m=0, n1g=1)
+    p = m.spawn()
+    a = p.mmap(0, H1G, RW, HUGE | C.MAP_HUGE_1GB)
+    s = p.mmap(0, PAGE, RW, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+    assert s >> 39 == a >> 39
+    assert cats(p, a, H2M) == {0: SD}
+    p.write(s, b"x")
+    assert cats(p, a, H2M) == {0: SD | HUGEC}
+
+
 def test_before_the_fix_a_hole_under_wp_matching_deadlocks_the_scan():
     # Before the fix pagemap_scan_pte_hole() called uffd_wp_range(), whose
     # hugetlb_change_protection() takes the VMA's hugetlb lock for write
