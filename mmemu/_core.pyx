@@ -1796,6 +1796,22 @@ cdef class Engine:
             raise MemoryError()
         return lost
 
+    def pagemap_scan_wp_huge(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vmflags):
+        """PAGEMAP_SCAN's write-protect of the huge pages of a hugetlb VMA
+        that [start, end) touches (pagemap_scan_wp_huge)."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t lost, touched = 0
+        if not vmflags & VM_HUGETLB:
+            raise ValueError("not a hugetlb VMA")
+        with nogil:
+            flush_pending_begin(&self.e, m)
+            lost = pagemap_scan_wp_huge(&self.e, m, start, end, vmflags, &touched)
+            flush_pending_end(&self.e, m, start, end, lost > 0 or protection_needs_flush(&self.e, lost, touched))
+        if lost < 0:
+            raise MemoryError()
+        return lost
+
     def uffd_fill(self, int32_t mm, int cpu, uint64_t dst, int64_t npages, int kind,
                   object src_bytes=None, int32_t src_mm=-1, uint64_t src=0, bint wp=False):
         """COPY/ZEROPAGE/CONTINUE/POISON over npages: (pages done, errno).

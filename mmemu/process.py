@@ -1737,6 +1737,7 @@ class Process(FileOps, NumaOps):
         """PAGEMAP_SCAN's write-protect of the flagged pages (make_uffd_wp_pte,
         uffd_wp_range): empty slots get uffd-wp markers. Whole hugetlb
         entries (make_uffd_wp_huge_pte: a present one becomes uffd-wp, a
+        migration entry takes the swp uffd-wp bit and keeps its kind, a
         marker stays as it is), and every huge page a hugetlb hole touches
         (pagemap_scan_hugetlb_hole_wp: a uffd-wp marker, even where the
         range cut the huge page)."""
@@ -1750,7 +1751,10 @@ class Process(FileOps, NumaOps):
         runs += [(a // size * size, -(-b // size) * size) for a, b, size in markers]
         for s, e in sorted(runs):
             for v in self.vmas.overlapping(s, e):
-                self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
+                if v.flags & VM_HUGETLB:
+                    self._engine.pagemap_scan_wp_huge(self.mm, max(s, v.start), min(e, v.end), v.flags)
+                else:
+                    self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
 
     def clear_refs(self, value: int) -> None:
         """echo value > /proc/pid/clear_refs."""

@@ -646,6 +646,37 @@ cdef enum:
     PM_SCAN_HUGETLB_HOLE = 0x2000
 
 
+cdef int64_t pagemap_scan_wp_huge(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
+                                  uint64_t vmflags, int64_t *touched) noexcept nogil:
+    """PAGEMAP_SCAN's write-protect of the huge pages of [start, end), whole
+    (6.12 make_uffd_wp_huge_pte, and pagemap_scan_hugetlb_hole_wp for a
+    huge page without a table): as UFFDIO_WRITEPROTECT's
+    hugetlb_change_protection (a present entry uffd-wp and read-only, a
+    none one a marker, a marker left alone) except that a migration entry
+    only gains the swp uffd-wp bit and keeps its kind - a writable one
+    comes back writable, without uffd-wp, when the migration ends
+    (remove_migration_pte). The entries that lost write, or -1."""
+    cdef int h = hugetlb_hstate_of_range(e, mm, start)
+    cdef uint64_t sz = 1ULL << hstate_shift(h), va = start & ~(sz - 1)
+    cdef int64_t leaves = hstate_leaves(h), k, i, lost = 0, r
+    cdef int32_t *slot
+    cdef uint64_t *t
+    while va < end:
+        slot = pmd_slot(e, mm, va, False)
+        if slot != NULL and slot[0] != 0 and is_migration_entry(pmd_leaf_table(e, slot[0])[0]):
+            for k in range(leaves):
+                t = pmd_leaf_table(e, slot[k])
+                for i in range(HPAGE_PMD_NR):
+                    t[i] |= PTE_UFFD_WP
+        else:
+            r = hugetlb_wp_range(e, mm, va, va + sz, True, vmflags, touched)
+            if r < 0:
+                return -1
+            lost += r
+        va += sz
+    return lost
+
+
 cdef uint16_t pagemap_hugetlb_category(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va) noexcept nogil:
     """PAGEMAP_SCAN's categories at va in a hugetlb VMA (6.12): the VMA's own
     (pagemap_scan_test_walk: WPALLOWED, SOFT_DIRTY from VM_SOFTDIRTY) with
@@ -658,7 +689,9 @@ cdef uint16_t pagemap_hugetlb_category(engine_t *e, mm_t *mm, mm_vma_t *vma, uin
     it is the uffd-wp one; a present entry PRESENT, WRITTEN unless uffd-wp,
     FILE unless its page is anon, SOFT_DIRTY once it was made dirty (x86's
     pte_mkdirty sets the soft-dirty bit too, and clear_refs never walks
-    hugetlb); never PFNZERO."""
+    hugetlb) or took the bit from a migration entry; never PFNZERO. A
+    migration entry is SWAPPED, WRITTEN unless it has the swp uffd-wp bit,
+    SOFT_DIRTY with the swp soft-dirty one (no FILE test for a swap entry)."""
     cdef uint16_t c = 0
     cdef int h = vma_hstate(e, vma)
     cdef int64_t leaves = hstate_leaves(h), k, i
@@ -687,7 +720,13 @@ cdef uint16_t pagemap_hugetlb_category(engine_t *e, mm_t *mm, mm_vma_t *vma, uin
     pte = t[0]
     if not (pte & PTE_PRESENT):
         c |= PAGE_IS_SWAPPED
-        if not (marker_bits(pte) & PTE_MARKER_UFFD_WP):
+        if is_migration_entry(pte):
+            # pte_swp_uffd_wp_any / pte_swp_soft_dirty of the swap entry
+            if not (pte & PTE_UFFD_WP):
+                c |= PAGE_IS_WRITTEN
+            if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
+                c |= PAGE_IS_SOFT_DIRTY
+        elif not (marker_bits(pte) & PTE_MARKER_UFFD_WP):
             c |= PAGE_IS_WRITTEN
         return c
     c |= PAGE_IS_PRESENT
@@ -699,6 +738,6 @@ cdef uint16_t pagemap_hugetlb_category(engine_t *e, mm_t *mm, mm_vma_t *vma, uin
         for k in range(leaves):
             t = pmd_leaf_table(e, slot[k])
             for i in range(HPAGE_PMD_NR):
-                if t[i] & PTE_DIRTY:
+                if t[i] & (PTE_DIRTY | PTE_SOFT_DIRTY):
                     return c | PAGE_IS_SOFT_DIRTY
     return c

@@ -374,3 +374,63 @@ def test_the_fixes_reach_their_stable_releases():
         assert getattr(policy_for("6.18.44"), knob) == 1 and getattr(policy_for("6.12.118"), knob) == 1
         assert getattr(policy_for("6.12.117"), knob) == 0
     assert policy_for("6.12", ["pagemap-scan-hugetlb-hole-deadlock"]).pagemap_scan_hugetlb_hole_wp == 1
+
+
+# ---- a migration entry ------------------------------------------------------------------
+
+def scan_during_migration(how):
+    """A written private hugetlb page (WP_ASYNC-registered) migrates to node
+    1; between its unmap and its remap another thread scans it and, with
+    `how`, write-protects it: "scan" by PAGEMAP_SCAN's WP_MATCHING, "ioctl"
+    by UFFDIO_WRITEPROTECT. Returns (machine, process, address, what the
+    thread saw)."""
+    from mmemu.sched import Scheduler
+    m = mmemu.Machine(kernel=FIXED, memory=64 << 20, nodes=2, ncpus=2, hugepages={H2M: 4})
+    p = m.spawn()
+    a = p.mmap(0, H2M, RW, HUGE)
+    p.write(a, b"M")
+    u = wp_async(p, (a, H2M))
+    t = p.thread(cpu=1)
+    got = {}
+
+    def mover():
+        got["st"] = p.move_pages([a], [1], C.MPOL_MF_MOVE)
+
+    def scanner():
+        got["before"] = cats(p, a, H2M)
+        if how == "scan":
+            got["wp"] = rel(t.process.pagemap_scan(a, a + H2M, WPM, W, 0, 0, W), a)
+        else:
+            u.writeprotect(a, H2M, U.UFFDIO_WRITEPROTECT_MODE_WP)
+        got["after"] = cats(p, a, H2M)
+
+    def choose(sched, cands):
+        me = sched.current
+        if me is not None and me.where.startswith("unmap_and_move_huge_page") \
+                and "scanner" in [c.name for c in cands]:
+            return next(i for i, c in enumerate(cands) if c.name == "scanner")
+        return 0
+    Scheduler(m, choose).run([mover, scanner], ["mover", "scanner"])
+    assert got["st"] == [1] and m.node_of(p.pagemap(a).pfn) == 1
+    return m, p, a, got
+
+
+def test_a_migration_entry_reads_swapped_and_scan_wp_keeps_it_writable():
+    # pagemap_hugetlb_category() on a migration entry: SWAPPED (not
+    # PRESENT), WRITTEN unless it has the swp uffd-wp bit, no FILE test.
+    # make_uffd_wp_huge_pte() only sets that bit and keeps a writable
+    # entry writable, so remove_migration_pte() maps the page writable and
+    # without uffd-wp: after the migration the page reads WRITTEN again
+    # and the write-protect is gone (hugetlb_change_protection, the
+    # UFFDIO_WRITEPROTECT path, makes the entry readable: it comes back
+    # uffd-wp).
+    m, p, a, got = scan_during_migration("scan")
+    assert got["before"] == {0: WPA | SD | HUGEC | SWP | WR}
+    assert got["wp"] == ([(0, H2M, W)], H2M)
+    assert got["after"] == {0: WPA | SD | HUGEC | SWP}
+    assert cats(p, a, H2M)[0] & (PRES | WR) == PRES | WR and not p.pagemap(a).uffd_wp
+    m.check()
+    m, p, a, got = scan_during_migration("ioctl")
+    assert got["after"] == {0: WPA | SD | HUGEC | SWP}
+    assert cats(p, a, H2M)[0] & (PRES | WR) == PRES and p.pagemap(a).uffd_wp
+    m.check()
