@@ -1750,23 +1750,37 @@ cdef class Engine:
         return r.count, out
 
     def pagemap_categories(self, int32_t mm, uint64_t start, int64_t npages, bint none_written):
-        """PAGEMAP_SCAN categories per page (0xFFFF outside any VMA)."""
+        """PAGEMAP_SCAN categories per page (0xFFFF outside any VMA). In a
+        hugetlb VMA every page of a huge page has the huge page's categories
+        and PM_SCAN_HUGETLB_ENTRY (0x1000), or PM_SCAN_HUGETLB_HOLE (0x2000)
+        where the walk finds no table for it (pagemap_hugetlb_category)."""
         self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         out = np.full(npages, 0xFFFF, np.uint16)
         cdef uint16_t[::1] o = out
-        cdef int64_t i
+        cdef int64_t i = 0
         cdef int32_t vi
-        cdef uint64_t va
+        cdef uint64_t va, nxt
         cdef uint64_t *ptep
+        cdef uint16_t c
         with nogil:
-            for i in range(npages):
+            while i < npages:
                 va = start + (<uint64_t>i << MM_PAGE_SHIFT)
                 vi = find_vma(m, va)
                 if vi < 0:
+                    i += 1
+                    continue
+                if m.vmas[vi].flags & VM_HUGETLB:
+                    # one walk step per huge page (walk_hugetlb_range)
+                    nxt = (va | ((1ULL << hstate_shift(vma_hstate(&self.e, &m.vmas[vi]))) - 1)) + 1
+                    c = pagemap_hugetlb_category(&self.e, m, &m.vmas[vi], va)
+                    while i < npages and start + (<uint64_t>i << MM_PAGE_SHIFT) < nxt:
+                        o[i] = c
+                        i += 1
                     continue
                 ptep = pte_offset(&self.e, m, va, False)
                 o[i] = pagemap_category(&self.e, &m.vmas[vi], ptep[0] if ptep != NULL else 0, none_written)
+                i += 1
         return out
 
     def uffd_writeprotect(self, int32_t mm, uint64_t start, uint64_t end, bint protect,
@@ -1777,6 +1791,22 @@ cdef class Engine:
         with nogil:
             flush_pending_begin(&self.e, m)
             lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags, &touched)
+            flush_pending_end(&self.e, m, start, end, lost > 0 or protection_needs_flush(&self.e, lost, touched))
+        if lost < 0:
+            raise MemoryError()
+        return lost
+
+    def pagemap_scan_wp_huge(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vmflags):
+        """PAGEMAP_SCAN's write-protect of the huge pages of a hugetlb VMA
+        that [start, end) touches (pagemap_scan_wp_huge)."""
+        self._span(start, end)
+        cdef mm_t *m = self._mm(mm)
+        cdef int64_t lost, touched = 0
+        if not vmflags & VM_HUGETLB:
+            raise ValueError("not a hugetlb VMA")
+        with nogil:
+            flush_pending_begin(&self.e, m)
+            lost = pagemap_scan_wp_huge(&self.e, m, start, end, vmflags, &touched)
             flush_pending_end(&self.e, m, start, end, lost > 0 or protection_needs_flush(&self.e, lost, touched))
         if lost < 0:
             raise MemoryError()

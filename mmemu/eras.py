@@ -105,6 +105,8 @@ BASELINE = {
     "mremap_dontunmap": 1,        # MREMAP_DONTUNMAP, private anonymous (e346b3813067, 5.7)
     "mremap_dontunmap_any": 0,    # ... of shared and file mappings too (5.13)
     "pagemap_scan_none_written": 0,  # PAGEMAP_SCAN's generic path counts an empty pte or PMD hole WRITTEN (7.2): B21
+    "pagemap_scan_hugetlb_psize": 0,  # PAGEMAP_SCAN's whole-huge-page test uses the hstate's size, not 2 MiB (7.1)
+    "pagemap_scan_hugetlb_hole_wp": 0,  # ... and marks a hugetlb page with no table; before: self-deadlock (7.1)
     "numa_hint_upgrade": 0,       # do_numa_page: can_change_pte_writable instead of savedwrite (6.2)
     # KSM (semantics.md 3.5, 13)
     "ksm_reuse": 1,               # a write fault may reuse a KSM page: reuse_ksm_page() (52d1e606ee73, 5.1) until 5.9
@@ -414,6 +416,21 @@ CHANGES = (
     Change("95567729173e", "6.15", "mm/userfaultfd: fix uninitialized output field for -EAGAIN race",
            {"uffd_eagain_result": 1},
            stable={"6.12": Stable(UNCONFIRMED, 29)}, aliases=("uffd-eagain-output-field",)),
+    # Two fixes of one May 2026 hotfix series (Kiryl Shutsemau, "[PATCH 2/6]" and
+    # "[PATCH 3/6]", Cc: stable, Fixes: 52526ca7fdb9), mainline ids not
+    # established, so keyed by name; release inferred. In linux-stable-rc's
+    # 6.18.y pushes of 2026-07-21/22 beside 81401cebfc15 (seen in 6.18.44);
+    # in Debian's 6.12.118 source but not in 6.12.103 (the 6.12.y point release
+    # between is not established: 118 is the first one known to have them).
+    Change("pagemap-scan-hugetlb-huge-page-size", "7.1",
+           "fs/proc/task_mmu: use huge_page_size() in pagemap_scan_hugetlb_entry() (release inferred; "
+           "before it a 1 GiB page is never write-protected)",
+           {"pagemap_scan_hugetlb_psize": 1},
+           stable={"6.12": Stable(UNCONFIRMED, 118), "6.18": Stable(UNCONFIRMED, 44)}),
+    Change("pagemap-scan-hugetlb-hole-deadlock", "7.1",
+           "fs/proc/task_mmu: fix hugetlb self-deadlock in pagemap_scan_pte_hole() (release inferred)",
+           {"pagemap_scan_hugetlb_hole_wp": 1},
+           stable={"6.12": Stable(UNCONFIRMED, 118), "6.18": Stable(UNCONFIRMED, 44)}),
     # B21: a July 2026 mm-hotfix pair merged for 7.2-rc (after the modelled
     # versions, so only stable kernels and backports= reach it). The engine has
     # no page-table hole apart from an empty pte, so 40de8160ca7f ("... for PMD

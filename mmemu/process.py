@@ -21,7 +21,7 @@ import numpy as np
 from . import args as A
 from . import constants as C
 from .errors import (EACCES, EAGAIN, EBADF, EBUSY, EEXIST, EFAULT, EFBIG, EINVAL, ENOMEM, EOVERFLOW, EPERM, ESRCH,
-                     MmemuError, Sigbus, Sigsegv, UserFault, oserror)
+                     Deadlock, MmemuError, Sigbus, Sigsegv, UserFault, oserror)
 from .gup import Pin, Pipe
 from . import sched
 from . import uffd as _uffd
@@ -140,6 +140,12 @@ _FLAG_ADVICE = {
 # ksm_madvise(): MADV_MERGEABLE is silently ignored (returns 0) on these VMAs,
 # in every modelled era (vma_ksm_compatible(), 6.4+; the same list inline
 # before; VM_DROPPABLE from 6.11 has no counterpart here).
+# Flags the core adds to a hugetlb page's PAGEMAP_SCAN categories
+# (PM_SCAN_HUGETLB_ENTRY / _HOLE of core/uffd.pxi): the walk's hugetlb_entry
+# sees it, or its pte_hole does (no table for the huge page).
+_HUGETLB_ENTRY, _HUGETLB_HOLE = 0x1000, 0x2000
+HPAGE_PMD = 2 << 20             # HPAGE_SIZE on x86
+
 _KSM_INCOMPATIBLE = (VM_SHARED | VM_MAYSHARE | VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_HUGETLB
                      | VM_MIXEDMAP)
 
@@ -1508,7 +1514,12 @@ class Process(FileOps, NumaOps):
         pages; PM_SCAN_WP_MATCHING write-protects what matched (empty slots
         become uffd-wp markers). vec_len=0 asks for no output: the whole range
         is walked (and write-protected with WP_MATCHING), max_pages is not
-        counted, and walk_end is `end`."""
+        counted, and walk_end is `end`. hugetlb memory goes a huge page at a
+        time: with WP_MATCHING a written huge page cut by the range or by
+        max_pages is left out and walk_end is its start (whatever vec_len);
+        a none entry is never protected. Before the hugetlb self-deadlock
+        fix, protecting a hugetlb huge page without a page table raises
+        Deadlock (the ioctl never returns)."""
         from .uffd import UFFD_FEATURE_WP_ASYNC
         # struct pm_scan_arg: every field a __u64.
         start, end, flags, category_mask, category_anyof_mask, category_inverted, return_mask, \
@@ -1552,11 +1563,6 @@ class Process(FileOps, NumaOps):
                           f"a span of {npages} pages, mostly holes: the engine scans arrays of the "
                           "span; scan the mapped parts separately")
         wp_match = bool(flags & C.PM_SCAN_WP_MATCHING)
-        if wp_match and any(v.flags & VM_HUGETLB and v.flags & VM_UFFD_WP for v in span):
-            # pagemap_scan_hugetlb_entry() protects whole huge pages only and
-            # stops the walk at a partial one: not modelled.
-            raise NotImplementedError("PAGEMAP_SCAN with PM_SCAN_WP_MATCHING over hugetlb memory "
-                                      "is not modelled yet")
 
         # pagemap_scan_test_walk: which VMAs the walk enters, in address order.
         # A VMA without async uffd-wp fails CHECK_WPASYNC with EPERM when the
@@ -1582,17 +1588,31 @@ class Process(FileOps, NumaOps):
         # pte as written; its generic path does so only with the B21 fix
         # (knob pagemap_scan_none_written: 07b4377bdbe7 with 40de8160ca7f, 7.2;
         # 6.12.103, 6.18.44), which also counts a PMD hole: the engine has no
-        # hole apart from empty ptes.
+        # hole apart from empty ptes. hugetlb takes neither path.
         fast = not category_anyof_mask and not category_inverted and \
             category_mask == C.PAGE_IS_WRITTEN and return_mask == C.PAGE_IS_WRITTEN
         none_written = fast or bool(self._policy().pagemap_scan_none_written)
         cats = self._engine.pagemap_categories(self.mm, start, npages, none_written).astype(np.int64)
+        # hugetlb (pagemap_scan_hugetlb_entry / pte_hole): one walk step per
+        # huge page, clipped to the range; its pages carry the core's flags.
+        huge = walked & ((cats & (_HUGETLB_ENTRY | _HUGETLB_HOLE)) != 0)
+        units = self._scan_hugetlb_units(start, end, huge, cats) if huge.any() else []
+        cats &= ~(_HUGETLB_ENTRY | _HUGETLB_HOLE)
         c = cats ^ category_inverted
         match = walked & ((c & category_mask) == category_mask)
         if category_anyof_mask:
             match &= (c & category_anyof_mask) != 0
+        written = (cats & C.PAGE_IS_WRITTEN) != 0
+        # pagemap_scan_hugetlb_entry's whole-page test: huge_page_size() of
+        # the VMA's hstate, HPAGE_SIZE (2 MiB) before its fix.
+        psize = bool(self._policy().pagemap_scan_hugetlb_psize)
+        hole_wp = bool(self._policy().pagemap_scan_hugetlb_hole_wp)
 
-        regions, walk_end = [], end
+        regions, walk_end = [], 0       # walk_end: pm_scan_arg's, 0 until set
+        protect = np.zeros(npages, bool)        # pte-mapped pages to write-protect
+        huge_wp, markers = [], []       # hugetlb entries to protect; hugetlb holes to mark
+        deadlock = None
+        stopped = False
         if vec_len == 0:
             # No output buffer (pagemap_scan_init_bounce_buffer leaves none):
             # pagemap_scan_output records and counts nothing, so the walk
@@ -1604,56 +1624,137 @@ class Process(FileOps, NumaOps):
             if wp_match:
                 none_cats = self._engine.pagemap_categories(self.mm, start, npages, True).astype(np.int64)
                 populated = (cats & (C.PAGE_IS_PRESENT | C.PAGE_IS_SWAPPED)) != 0
-                written = (none_cats & C.PAGE_IS_WRITTEN) != 0
-                protect = walked & written & (populated | match)
-                self._scan_protect(start, protect)
+                none_written_ = (none_cats & C.PAGE_IS_WRITTEN) != 0
+                protect = walked & ~huge & none_written_ & (populated | match)
+                for k, n, size, hole in units:
+                    if not match[k]:
+                        continue
+                    if hole:
+                        if not hole_wp:
+                            deadlock = start + k * PAGE
+                            break
+                        markers.append((start + k * PAGE, start + (k + n) * PAGE, size))
+                    elif written[k]:
+                        if n * PAGE != (size if psize else HPAGE_PMD):
+                            walk_end = start + k * PAGE         # backed out, the walk goes on
+                        else:
+                            huge_wp.append((start + k * PAGE, size))
         else:
             # pagemap_scan_output / pagemap_scan_push_range: runs of matching
             # pages with equal returned categories become regions; the walk
             # stops at the first page that would pass max_pages or does not
             # fit in vec_len regions, and walk_end is that page (or `end`
             # when nothing more matched, as when max_pages is reached exactly).
+            # A hugetlb step is one unit: under WP_MATCHING a written huge
+            # page output only in part (the range or max_pages cuts it) is
+            # taken back out of the regions (pagemap_scan_backout_range),
+            # walk_end becomes its start and the walk goes on.
             ret = np.where(match, cats & return_mask, -1)
-            idx = np.flatnonzero(match)
-            out = np.zeros(npages, bool)
-            pages = 0
+            steps = []
+            idx = np.flatnonzero(match & ~huge)
             if len(idx):
                 vals = ret[idx]
                 cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(vals) != 0)) + 1
-                for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
-                    k, n = int(idx[a]), int(b - a)
-                    over = pages + n > max_pages
-                    if over:
-                        n = max_pages - pages
-                    if n <= 0 or len(regions) == vec_len:
-                        walk_end = start + k * PAGE
-                        break
-                    regions.append((start + k * PAGE, start + (k + n) * PAGE, int(vals[a])))
-                    out[k:k + n] = True
-                    pages += n
-                    if over:
-                        walk_end = start + (k + n) * PAGE
-                        break
-            if wp_match:
-                # Only what was output, and only if it counted as written.
-                self._scan_protect(start, out & ((cats & C.PAGE_IS_WRITTEN) != 0))
-            if walk_end != end:
-                bad = None                      # the walk stopped before reaching it
+                steps = [(int(idx[a]), int(b - a), 0, False) for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)])]
+            steps += [u for u in units if match[u[0]]]
+            steps.sort()
+            pages = 0
+            for k, n, size, hole in steps:
+                addr, val = start + k * PAGE, int(ret[k])
+                over = pages + n > max_pages
+                if over:
+                    n = max_pages - pages
+                merge = bool(regions) and regions[-1][1] == addr and regions[-1][2] == val
+                if n <= 0 or (not merge and len(regions) == vec_len):
+                    walk_end, stopped = addr, True
+                    break
+                if merge:
+                    regions[-1][1] += n * PAGE
+                else:
+                    regions.append([addr, addr + n * PAGE, val])
+                pages += n
+                if size and not hole and wp_match and written[k] \
+                        and n * PAGE != (size if psize else HPAGE_PMD):
+                    if merge:
+                        regions[-1][1] -= n * PAGE
+                    else:
+                        regions.pop()
+                    pages -= n
+                    walk_end = addr
+                    continue
+                if wp_match:
+                    if hole:
+                        if not hole_wp:
+                            deadlock = addr
+                            break
+                        markers.append((addr, addr + n * PAGE, size))
+                    elif size:
+                        if written[k]:
+                            huge_wp.append((addr, size))
+                    else:
+                        protect[k:k + n] = written[k:k + n]
+                if over:
+                    walk_end, stopped = addr + n * PAGE, True
+                    break
+            regions = [(a, b, v) for a, b, v in regions]
+        if deadlock is not None:
+            # Until the May 2026 fix (knob pagemap_scan_hugetlb_hole_wp) the
+            # hugetlb hole goes to uffd_wp_range(), whose
+            # hugetlb_change_protection() takes the VMA's hugetlb lock for
+            # write while walk_hugetlb_range() holds it for read: the ioctl
+            # never returns. What the walk protected before stays protected.
+            protect[(deadlock - start) // PAGE:] = False
+            self._scan_protect(start, protect, huge_wp, markers)
+            raise Deadlock("PAGEMAP_SCAN write-protecting a hugetlb range without a page table "
+                           "(pagemap_scan_pte_hole before its self-deadlock fix)",
+                           [(f"pid {self.pid}", deadlock, "its own hugetlb VMA lock (held for read by its walk)")])
+        self._scan_protect(start, protect, huge_wp, markers)
+        if stopped:
+            bad = None                      # the walk stopped before reaching it
         if bad is not None:
             raise oserror(EPERM, "PAGEMAP_SCAN", "a VMA without async uffd-wp")
-        return regions, walk_end
+        return regions, walk_end or end
 
-    def _scan_protect(self, start, pages):
+    def _scan_hugetlb_units(self, start, end, huge, cats):
+        """The walk's hugetlb steps in [start, end): (first page index, pages,
+        huge page size, a hole without a table), one per huge page, clipped
+        to the range (walk_hugetlb_range, hugetlb_entry_end)."""
+        units = []
+        for v in self.vmas.overlapping(start, end):
+            if not v.flags & VM_HUGETLB:
+                continue
+            size = self.machine._files[v.file].hsize
+            a = max(v.start, start)
+            while a < min(v.end, end):
+                b = min((a // size + 1) * size, v.end, end)
+                k = (a - start) // PAGE
+                if huge[k]:
+                    units.append((k, (b - a) // PAGE, size, bool(cats[k] & _HUGETLB_HOLE)))
+                a = b
+        return units
+
+    def _scan_protect(self, start, pages, huge_wp=(), markers=()):
         """PAGEMAP_SCAN's write-protect of the flagged pages (make_uffd_wp_pte,
-        uffd_wp_range): empty slots get uffd-wp markers."""
+        uffd_wp_range): empty slots get uffd-wp markers. Whole hugetlb
+        entries (make_uffd_wp_huge_pte: a present one becomes uffd-wp, a
+        migration entry takes the swp uffd-wp bit and keeps its kind, a
+        marker stays as it is), and every huge page a hugetlb hole touches
+        (pagemap_scan_hugetlb_hole_wp: a uffd-wp marker, even where the
+        range cut the huge page)."""
         idx = np.flatnonzero(pages)
-        if not len(idx):
-            return
-        cut = np.flatnonzero(np.diff(idx) != 1) + 1
-        for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
-            s, e = start + int(idx[a]) * PAGE, start + (int(idx[b - 1]) + 1) * PAGE
+        runs = []
+        if len(idx):
+            cut = np.flatnonzero(np.diff(idx) != 1) + 1
+            runs = [(start + int(idx[a]) * PAGE, start + (int(idx[b - 1]) + 1) * PAGE)
+                    for a, b in zip(np.r_[0, cut], np.r_[cut, len(idx)])]
+        runs += [(a // size * size, a // size * size + size) for a, size in huge_wp]
+        runs += [(a // size * size, -(-b // size) * size) for a, b, size in markers]
+        for s, e in sorted(runs):
             for v in self.vmas.overlapping(s, e):
-                self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
+                if v.flags & VM_HUGETLB:
+                    self._engine.pagemap_scan_wp_huge(self.mm, max(s, v.start), min(e, v.end), v.flags)
+                else:
+                    self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
 
     def clear_refs(self, value: int) -> None:
         """echo value > /proc/pid/clear_refs."""

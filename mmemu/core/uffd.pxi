@@ -607,11 +607,15 @@ cdef uint16_t pagemap_category(engine_t *e, mm_vma_t *vma, uint64_t pte, bint no
     if vma.flags & VM_UFFD_WP and vma.uffd > 0 and vma.uffd < e.nuffd \
             and e.uffd_feat[vma.uffd] & UFFD_FEATURE_WP_ASYNC:
         c |= PAGE_IS_WPALLOWED
+    # pagemap_scan_test_walk's VMA category goes to every page, an empty
+    # one too (pagemap_scan_pmd_entry ORs cur_vma_category in).
+    if e.pol.soft_dirty and vma.flags & VM_SOFTDIRTY:
+        c |= PAGE_IS_SOFT_DIRTY
     if pte & PTE_PRESENT:
         c |= PAGE_IS_PRESENT
         if not (pte & PTE_UFFD_WP):
             c |= PAGE_IS_WRITTEN
-        if e.pol.soft_dirty and (pte & PTE_SOFT_DIRTY or vma.flags & VM_SOFTDIRTY):
+        if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
             c |= PAGE_IS_SOFT_DIRTY
         if pte & PTE_SPECIAL:
             c |= PAGE_IS_PFNZERO
@@ -625,10 +629,115 @@ cdef uint16_t pagemap_category(engine_t *e, mm_vma_t *vma, uint64_t pte, bint no
             c |= PAGE_IS_WRITTEN
         if is_marker(pte) and marker_bits(pte) & PTE_MARKER_GUARD:
             c |= PAGE_IS_GUARD
-        if e.pol.soft_dirty and (pte & PTE_SOFT_DIRTY or vma.flags & VM_SOFTDIRTY):
+        if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
             c |= PAGE_IS_SOFT_DIRTY
     elif none_written:
         # Up to 6.18 only the WP_MATCHING fast path counts an empty pte as
         # written; the generic path gives it no category (B21, fixed 2026).
         c |= PAGE_IS_WRITTEN
+    return c
+
+
+cdef enum:
+    # Engine-only flags above the PAGE_IS_* bits of pagemap_hugetlb_category():
+    # the page lies in a hugetlb entry (the walk's hugetlb_entry sees it), or
+    # in a hugetlb range whose table is missing (its pte_hole sees it).
+    PM_SCAN_HUGETLB_ENTRY = 0x1000
+    PM_SCAN_HUGETLB_HOLE = 0x2000
+
+
+cdef int64_t pagemap_scan_wp_huge(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
+                                  uint64_t vmflags, int64_t *touched) noexcept nogil:
+    """PAGEMAP_SCAN's write-protect of the huge pages of [start, end), whole
+    (6.12 make_uffd_wp_huge_pte, and pagemap_scan_hugetlb_hole_wp for a
+    huge page without a table): as UFFDIO_WRITEPROTECT's
+    hugetlb_change_protection (a present entry uffd-wp and read-only, a
+    none one a marker, a marker left alone) except that a migration entry
+    only gains the swp uffd-wp bit and keeps its kind - a writable one
+    comes back writable, without uffd-wp, when the migration ends
+    (remove_migration_pte). The entries that lost write, or -1."""
+    cdef int h = hugetlb_hstate_of_range(e, mm, start)
+    cdef uint64_t sz = 1ULL << hstate_shift(h), va = start & ~(sz - 1)
+    cdef int64_t leaves = hstate_leaves(h), k, i, lost = 0, r
+    cdef int32_t *slot
+    cdef uint64_t *t
+    while va < end:
+        slot = pmd_slot(e, mm, va, False)
+        if slot != NULL and slot[0] != 0 and is_migration_entry(pmd_leaf_table(e, slot[0])[0]):
+            for k in range(leaves):
+                t = pmd_leaf_table(e, slot[k])
+                for i in range(HPAGE_PMD_NR):
+                    t[i] |= PTE_UFFD_WP
+        else:
+            r = hugetlb_wp_range(e, mm, va, va + sz, True, vmflags, touched)
+            if r < 0:
+                return -1
+            lost += r
+        va += sz
+    return lost
+
+
+cdef uint16_t pagemap_hugetlb_category(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t va) noexcept nogil:
+    """PAGEMAP_SCAN's categories at va in a hugetlb VMA (6.12): the VMA's own
+    (pagemap_scan_test_walk: WPALLOWED, SOFT_DIRTY from VM_SOFTDIRTY) with
+    pagemap_hugetlb_category() of the entry, flagged ENTRY; or, where
+    huge_pte_offset() finds no table for the entry (the PMD table of a 2 MiB
+    page, the PUD table of a 1 GiB one), the VMA's own only - no HUGE, no
+    WRITTEN - as walk_hugetlb_range() hands such a range to pte_hole, flagged
+    HOLE. An empty entry is HUGE alone (not WRITTEN: a none huge pte is not
+    counted as written on any version); a marker is SWAPPED, WRITTEN unless
+    it is the uffd-wp one; a present entry PRESENT, WRITTEN unless uffd-wp,
+    FILE unless its page is anon, SOFT_DIRTY once it was made dirty (x86's
+    pte_mkdirty sets the soft-dirty bit too, and clear_refs never walks
+    hugetlb) or took the bit from a migration entry; never PFNZERO. A
+    migration entry is SWAPPED, WRITTEN unless it has the swp uffd-wp bit,
+    SOFT_DIRTY with the swp soft-dirty one (no FILE test for a swap entry)."""
+    cdef uint16_t c = 0
+    cdef int h = vma_hstate(e, vma)
+    cdef int64_t leaves = hstate_leaves(h), k, i
+    cdef int32_t *slot
+    cdef uint64_t *t
+    cdef uint64_t pte
+    if vma.flags & VM_UFFD_WP and vma.uffd > 0 and vma.uffd < e.nuffd \
+            and e.uffd_feat[vma.uffd] & UFFD_FEATURE_WP_ASYNC:
+        c |= PAGE_IS_WPALLOWED
+    if e.pol.soft_dirty and vma.flags & VM_SOFTDIRTY:
+        c |= PAGE_IS_SOFT_DIRTY
+    if dir_page(e, mm.pgd)[(va >> PGDIR_SHIFT) & 511] == 0:
+        return c | PM_SCAN_HUGETLB_HOLE           # no PUD table
+    if h == MM_HSTATE_1G:
+        slot = pmd_slot(e, mm, va & ~((1ULL << PUD_SHIFT) - 1), False)
+        if slot == NULL:
+            return c | PAGE_IS_HUGE | PM_SCAN_HUGETLB_ENTRY     # a none PUD entry
+    else:
+        slot = pmd_slot(e, mm, va, False)
+        if slot == NULL:
+            return c | PM_SCAN_HUGETLB_HOLE       # no PMD table
+    c |= PAGE_IS_HUGE | PM_SCAN_HUGETLB_ENTRY
+    if slot[0] == 0:
+        return c
+    t = pmd_leaf_table(e, slot[0])
+    pte = t[0]
+    if not (pte & PTE_PRESENT):
+        c |= PAGE_IS_SWAPPED
+        if is_migration_entry(pte):
+            # pte_swp_uffd_wp_any / pte_swp_soft_dirty of the swap entry
+            if not (pte & PTE_UFFD_WP):
+                c |= PAGE_IS_WRITTEN
+            if e.pol.soft_dirty and pte & PTE_SOFT_DIRTY:
+                c |= PAGE_IS_SOFT_DIRTY
+        elif not (marker_bits(pte) & PTE_MARKER_UFFD_WP):
+            c |= PAGE_IS_WRITTEN
+        return c
+    c |= PAGE_IS_PRESENT
+    if not (pte & PTE_UFFD_WP):
+        c |= PAGE_IS_WRITTEN
+    if not (e.fflags[folio_of(e, <int64_t>pte_pfn(pte))] & PG_ANON):
+        c |= PAGE_IS_FILE
+    if e.pol.soft_dirty and not (c & PAGE_IS_SOFT_DIRTY):
+        for k in range(leaves):
+            t = pmd_leaf_table(e, slot[k])
+            for i in range(HPAGE_PMD_NR):
+                if t[i] & (PTE_DIRTY | PTE_SOFT_DIRTY):
+                    return c | PAGE_IS_SOFT_DIRTY
     return c

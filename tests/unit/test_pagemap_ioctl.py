@@ -5,8 +5,8 @@ run on the engine (Machine(kernel="6.18")) and on the host kernel
 PAGEMAP_SCAN).
 
 What is left out: the size/NULL-vec argument checks (the Python API has no
-struct size or vec pointer), THP and hugetlb (not modelled), the threaded
-transact test, and files other than memfd. Sizes are the selftest's except
+struct size or vec pointer), THP, hugetlb (test_pagemap_scan_hugetlb.py has
+its own cases), the threaded transact test, and files other than memfd. Sizes are the selftest's except
 the random "smaller vec" case, which runs fewer pages and iterations.
 
 A failure means the engine's PAGEMAP_SCAN (do_pagemap_scan and its helpers
