@@ -1788,6 +1788,8 @@ cdef class Engine:
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost, touched = 0
+        if vmflags & VM_HUGETLB:
+            self._hugetlb_span(m, start, end)
         with nogil:
             flush_pending_begin(&self.e, m)
             lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags, &touched)
@@ -1795,6 +1797,17 @@ cdef class Engine:
         if lost < 0:
             raise MemoryError()
         return lost
+
+    cdef int _hugetlb_span(self, mm_t *m, uint64_t start, uint64_t end) except -1:
+        # The core walks hugetlb ranges in whole huge pages of one VMA.
+        cdef int32_t vi = find_vma(m, start)
+        cdef uint64_t sz
+        if vi < 0 or not (m.vmas[vi].flags & VM_HUGETLB) or end > m.vmas[vi].end:
+            raise ValueError(f"[{start:#x}, {end:#x}) is not inside one hugetlb VMA")
+        sz = 1ULL << hstate_shift(vma_hstate(&self.e, &m.vmas[vi]))
+        if (start | end) & (sz - 1):
+            raise ValueError(f"[{start:#x}, {end:#x}) is not aligned to the VMA's {sz >> 20} MiB pages")
+        return 0
 
     def pagemap_scan_wp_huge(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vmflags):
         """PAGEMAP_SCAN's write-protect of the huge pages of a hugetlb VMA

@@ -1150,7 +1150,10 @@ cdef int hugetlb_unmap_for_migration(engine_t *e, mm_t *mm, mm_vma_t *vma, uint6
         kind = SWP_MIGRATION_RX
     else:
         kind = SWP_MIGRATION_READ
-    hugetlb_set_swp(e, slot, leaves, head, kind, pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+    # x86's huge_pte_mkdirty() sets soft-dirty with dirty, and a hugetlb pte
+    # is only ever made dirty that way (a writable one is created dirty).
+    hugetlb_set_swp(e, slot, leaves, head, kind, (pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+                    | (PTE_SOFT_DIRTY if pte & PTE_DIRTY else 0))
     entire_mapcount(e, head)[0] -= <int32_t>leaves          # hugetlb_remove_rmap
     mm.hugetlb_usage -= hstate_pages(h)
     put_page(e, head, <int32_t>leaves)

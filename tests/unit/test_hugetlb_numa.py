@@ -270,3 +270,36 @@ def test_b22_the_child_of_a_fork_during_migration_keeps_uffd_wp(kernel, backport
         c.write(a, b"c")
         assert c.read(a, 1) == b"c" and p.read(a, 3) == b"B22"
     m.check()
+
+
+def test_a_written_page_migrates_with_a_soft_dirty_entry():
+    """try_to_migrate_one carries pte_soft_dirty into the entry; a hugetlb pte
+    is made dirty only by huge_pte_mkdirty, which sets soft-dirty on x86."""
+    m = machine(n2m=4, ncpus=2)
+    p = m.spawn()
+    a = p.mmap(0, H2M, RW, HUGE)
+    p.write(a, b"d")
+    seen = {}
+
+    def hook(point, mm, va, aux):
+        if point == 13:                                 # SP_HUGETLB_MIGRATION_UNMAPPED
+            seen["pte"] = m._engine.pte(p.mm, a)
+    m._engine.set_sched_hook(hook)
+    try:
+        assert p.move_pages([a], [1], C.MPOL_MF_MOVE) == [1]
+    finally:
+        m._engine.set_sched_hook(None)
+    assert not seen["pte"] & 1 and (seen["pte"] >> 1) & 7 == 4     # a writable migration entry
+    assert seen["pte"] & (1 << 4)                       # PTE_SOFT_DIRTY
+    m.check()
+
+
+def test_the_core_refuses_a_hugetlb_writeprotect_range_it_cannot_walk():
+    m = machine(n2m=2, n1g=2)
+    p = m.spawn()
+    a = p.mmap(0, H1G, RW, HUGE | C.MAP_HUGE_1GB)
+    flags = [v for v in p.vmas if v.start == a][0].flags
+    for start, end in ((a + H2M, a + H1G), (a, a + H1G + H2M), (a, a + H2M)):
+        with pytest.raises(ValueError):
+            m._engine.uffd_writeprotect(p.mm, start, end, True, True, flags)
+    m.check()
