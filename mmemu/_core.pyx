@@ -1784,7 +1784,7 @@ cdef class Engine:
         return out
 
     def uffd_writeprotect(self, int32_t mm, uint64_t start, uint64_t end, bint protect,
-                          bint use_markers, uint64_t vmflags):
+                          bint use_markers, uint64_t vmflags, bint scan=False):
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost, touched = 0
@@ -1792,7 +1792,7 @@ cdef class Engine:
             self._hugetlb_span(m, start, end)
         with nogil:
             flush_pending_begin(&self.e, m)
-            lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags, &touched)
+            lost = uffd_wp_range(&self.e, m, start, end, protect, use_markers, vmflags, &touched, scan)
             flush_pending_end(&self.e, m, start, end, lost > 0 or protection_needs_flush(&self.e, lost, touched))
         if lost < 0:
             raise MemoryError()

@@ -1754,7 +1754,8 @@ class Process(FileOps, NumaOps):
                 if v.flags & VM_HUGETLB:
                     self._engine.pagemap_scan_wp_huge(self.mm, max(s, v.start), min(e, v.end), v.flags)
                 else:
-                    self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags)
+                    self._engine.uffd_writeprotect(self.mm, max(s, v.start), min(e, v.end), True, True, v.flags,
+                                                   scan=True)
 
     def clear_refs(self, value: int) -> None:
         """echo value > /proc/pid/clear_refs."""

@@ -978,11 +978,8 @@ cdef int64_t hugetlb_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t en
         elif hugetlb_leaf_is_migration(e, slot[0]):
             # A migration entry: a writable one becomes readable (exclusive
             # for an anon page), and takes or loses the swp uffd-wp bit.
-            pte = pmd_leaf_table(e, slot[0])[0]
+            pte = migration_entry_wrprotect(e, pmd_leaf_table(e, slot[0])[0])
             kind = swp_type_of(pte)
-            if kind == SWP_MIGRATION_WRITE:
-                kind = SWP_MIGRATION_RX if e.fflags[swp_offset(pte)] & PG_ANON and e.pol.anon_exclusive \
-                    else SWP_MIGRATION_READ
             hugetlb_set_swp(e, slot, leaves, swp_offset(pte), kind,
                             (pte & PTE_SOFT_DIRTY) | (PTE_UFFD_WP if protect else 0))
         else:

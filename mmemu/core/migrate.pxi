@@ -81,6 +81,17 @@ cdef inline uint64_t make_migration_entry(int64_t pfn, uint64_t kind) noexcept n
     return (kind << SWP_TYPE_SHIFT) | (<uint64_t>pfn << SWP_OFFSET_SHIFT)
 
 
+cdef inline uint64_t migration_entry_wrprotect(engine_t *e, uint64_t pte) noexcept nogil:
+    """change_pte_range() / hugetlb_change_protection() on a migration entry
+    (mprotect, UFFDIO_WRITEPROTECT): a writable one becomes readable -
+    readable_exclusive for an anon page (5.19+) - keeping its swp bits."""
+    if swp_type_of(pte) != SWP_MIGRATION_WRITE:
+        return pte
+    return (pte & ~SWP_TYPE_MASK) | ((SWP_MIGRATION_RX if e.pol.anon_exclusive and
+                                      e.fflags[folio_of(e, swp_offset(pte))] & PG_ANON
+                                      else SWP_MIGRATION_READ) << SWP_TYPE_SHIFT)
+
+
 cdef inline bint vm_page_prot_writable(engine_t *e, uint64_t flags) noexcept nogil:
     # vm_page_prot has write only for a shared writable VMA without
     # writenotify (shmem: no soft-dirty tracking and, before 6.2, uffd-wp

@@ -156,12 +156,8 @@ cdef int64_t change_protection(engine_t *e, mm_t *mm, uint64_t start, uint64_t e
         for i in range(i0, i1):
             pte = t[i]
             if not (pte & PTE_PRESENT):
-                if is_migration_entry(pte) and swp_type_of(pte) == SWP_MIGRATION_WRITE:
-                    # change_pte_range / hugetlb_change_protection: a writable
-                    # migration entry is made readable (exclusive for anon),
-                    # whatever the new protection; its swp bits stay.
-                    t[i] = (pte & ~SWP_TYPE_MASK) | ((SWP_MIGRATION_RX if e.pol.anon_exclusive and
-                            ff[folio_of(e, swp_offset(pte))] & PG_ANON else SWP_MIGRATION_READ) << SWP_TYPE_SHIFT)
+                if is_migration_entry(pte):
+                    t[i] = migration_entry_wrprotect(e, pte)    # whatever the new protection
                 continue
             # A private mapping's vm_page_prot never has write (COW); a shared
             # writable one has it unless writenotify applies (shmem with uffd-wp

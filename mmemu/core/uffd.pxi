@@ -278,10 +278,13 @@ cdef inline bint flags_want_writenotify(engine_t *e, uint64_t flags) noexcept no
 
 
 cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, bint protect,
-                           bint use_markers, uint64_t vmflags, int64_t *touched) noexcept nogil:
+                           bint use_markers, uint64_t vmflags, int64_t *touched, bint scan=False) noexcept nogil:
     """UFFDIO_WRITEPROTECT over one VMA's range (change_protection with
     MM_CP_UFFD_WP / _RESOLVE). Returns ptes that lost write (to flush), or -1
-    if a page table could not be allocated."""
+    if a page table could not be allocated. scan: PAGEMAP_SCAN's
+    make_uffd_wp_pte instead, which only sets the bit of a swap or
+    migration entry (a writable migration entry stays writable: its
+    remap drops the protection)."""
     cdef uint64_t va = start, stop, pte
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn, lost = 0
@@ -325,6 +328,8 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
                 elif pte == 0:
                     if use_markers:
                         t[i] = make_marker(PTE_MARKER_UFFD_WP)
+                elif is_migration_entry(pte) and not scan:
+                    t[i] = migration_entry_wrprotect(e, pte) | PTE_UFFD_WP
                 elif is_swap_pte(pte) or is_migration_entry(pte):
                     t[i] = pte | PTE_UFFD_WP
             va = stop
@@ -357,7 +362,9 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
             elif is_marker(pte):
                 if marker_bits(pte) == PTE_MARKER_UFFD_WP:
                     t[i] = 0
-            elif is_swap_pte(pte) or is_migration_entry(pte):
+            elif is_migration_entry(pte):
+                t[i] = migration_entry_wrprotect(e, pte) & ~PTE_UFFD_WP
+            elif is_swap_pte(pte):
                 t[i] = pte & ~PTE_UFFD_WP
         va = stop
     return lost

@@ -491,3 +491,26 @@ def test_a_munmap_between_unmap_and_remap_leaves_nothing_behind():
     assert not p.pagemap(a).present and not p.vmas
     assert m.stats()["faults"] == before["faults"]
     m.check()
+
+
+def test_writeprotect_between_unmap_and_remap_makes_the_entry_readable():
+    """change_pte_range() with MM_CP_UFFD_WP on a writable migration entry:
+    readable (exclusive: an anon page) with the swp uffd-wp bit, so the
+    remap maps the page write-protected and the next write is a WP fault.
+    Setting the bit alone would leave a writable entry, remapped writable."""
+    from mmemu import uffd as U
+    m = machine(ncpus=2)
+    p, a = anon(m, 1, b"W")
+    u = p.userfaultfd(U.O_NONBLOCK)
+    u.api(U.UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    u.register(a, PAGE, U.UFFDIO_REGISTER_MODE_WP)
+
+    def protect():
+        u.writeprotect(a, PAGE, U.UFFDIO_WRITEPROTECT_MODE_WP)
+    got, _ = _during_migration(m, p, a, protect)
+    assert got["st"] == [1] and m.node_of(p.pagemap(a).pfn) == 1
+    assert p.pagemap(a).uffd_wp and not m._engine.pte(p.mm, a) & PTE_WRITE
+    assert "anon_exclusive" in m.frame(p.pagemap(a).pfn).flags
+    with pytest.raises(mmemu.WouldBlock):
+        p.write(a, b"x")
+    m.check()
