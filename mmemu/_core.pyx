@@ -178,6 +178,10 @@ cdef class Engine:
         if self.e.entire_map == NULL or self.e.large_pincount == NULL or self.e.hfree == NULL \
                 or self.e.dsq_on == NULL:
             raise MemoryError()
+        # The page tables that map all of RAM once (one pte page per 2 MiB,
+        # PMD leaves' deposits included) resident from the start, like the
+        # frame table above; more are faulted in as they are first used.
+        ptp_pool_prefault(&self.e, nframes >> HPAGE_PMD_ORDER)
         self.e.mm_cap = 16
         self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
         if self.e.mms == NULL:
@@ -435,6 +439,10 @@ cdef class Engine:
         raw = st["dir"]
         self.e.dir_chunks = <int32_t **>pool_import(raw, self.e.ndir_used, MM_PTRS * 4, 9, &self.e.ndir_chunks)
         self.e.npte_used = sc["npte_used"]
+        for i in range(self.e.npte_chunks):     # the fresh engine's prefaulted, unused pool
+            free(self.e.pte_chunks[i])
+        free(self.e.pte_chunks)
+        self.e.pte_chunks, self.e.npte_chunks, self.e.npte_resident = NULL, 0, 0
         raw = st["pte"]
         self.e.pte_chunks = <uint64_t **>pool_import(raw, self.e.npte_used, MM_PTRS * 8, 9, &self.e.npte_chunks)
         self.e.nbytes_used = sc["nbytes_used"]

@@ -144,6 +144,7 @@ ctypedef struct engine_t:
 
     uint64_t **pte_chunks      # pte pages
     int64_t npte_chunks, npte_used
+    int64_t npte_resident      # pool pages faulted in on the host ahead of use
     int32_t *pte_free
     int64_t npte_free, pte_free_cap
 
