@@ -156,6 +156,7 @@ ctypedef struct engine_t:
     int32_t ncpus
     uint64_t *tlb_tag          # ncpus * MM_TLB_ENTRIES; 0 = invalid
     uint64_t *tlb_pte          # cached translation: pfn | write | dirty
+    uint64_t *tlb_mm_seen      # per CPU, a bit per mm id that may have entries there (TLB_MM_WORDS each)
     int64_t *lru               # ncpus * LRU_BATCH_MAX
     int32_t *lru_n
     int64_t *lru_rot           # ncpus * LRU_BATCH_MAX: the rotate batch (lru_move_tail)
