@@ -177,9 +177,16 @@ cdef class Engine:
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
         self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
         self.e.dsq_on = <uint8_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, 1)
+        if TLB_MM_WORDS * 64 <= MM_MAX_MM:
+            raise AssertionError("core/tlb.pxi: TLB_MM_WORDS must give every mm id a bit")
+        self.e.tlb_mm_seen = <uint64_t *>calloc(<size_t>ncpus * TLB_MM_WORDS, sizeof(uint64_t))
         if self.e.entire_map == NULL or self.e.large_pincount == NULL or self.e.hfree == NULL \
-                or self.e.dsq_on == NULL:
+                or self.e.dsq_on == NULL or self.e.tlb_mm_seen == NULL:
             raise MemoryError()
+        # The page tables that map all of RAM once (one pte page per 2 MiB,
+        # PMD leaves' deposits included) resident from the start, like the
+        # frame table above; more are faulted in as they are first used.
+        ptp_pool_prefault(&self.e, nframes >> HPAGE_PMD_ORDER)
         self.e.mm_cap = 16
         self.e.mms = <mm_t *>calloc(self.e.mm_cap, sizeof(mm_t))
         if self.e.mms == NULL:
@@ -271,6 +278,7 @@ cdef class Engine:
         free(self.e.hfree)
         free(self.e.dsq)
         free(self.e.dsq_on)
+        free(self.e.tlb_mm_seen)
         for i in range(self.e.nbyte_chunks):
             free(self.e.byte_chunks[i])
         free(self.e.byte_chunks)
@@ -404,6 +412,9 @@ cdef class Engine:
                   "swap_cache", "swap_data", "swap_flags"):
             np.copyto(getattr(self, k), st[k], casting="no")
         np.copyto(self._tlb_tag, st["tlb_tag"], casting="no")
+        for i in range(<int64_t>self.e.ncpus * MM_TLB_ENTRIES):
+            if self.e.tlb_tag[i]:
+                tlb_mm_mark(&self.e, i, self.e.tlb_tag[i])
         np.copyto(self._tlb_pte, st["tlb_pte"], casting="no")
         np.copyto(self._lru, st["lru"], casting="no")
         np.copyto(self._lru_n, st["lru_n"], casting="no")
@@ -441,6 +452,10 @@ cdef class Engine:
         raw = st["dir"]
         self.e.dir_chunks = <int32_t **>pool_import(raw, self.e.ndir_used, MM_PTRS * 4, 9, &self.e.ndir_chunks)
         self.e.npte_used = sc["npte_used"]
+        for i in range(self.e.npte_chunks):     # the fresh engine's prefaulted, unused pool
+            free(self.e.pte_chunks[i])
+        free(self.e.pte_chunks)
+        self.e.pte_chunks, self.e.npte_chunks, self.e.npte_resident = NULL, 0, 0
         raw = st["pte"]
         self.e.pte_chunks = <uint64_t **>pool_import(raw, self.e.npte_used, MM_PTRS * 8, 9, &self.e.npte_chunks)
         self.e.nbytes_used = sc["nbytes_used"]
@@ -2364,6 +2379,7 @@ cdef class Engine:
     def _test_tlb_fill(self, int cpu, int32_t mm, uint64_t va, uint64_t pfn, bint writable):
         cdef uint64_t vpn = va >> MM_PAGE_SHIFT
         cdef int64_t s = tlb_slot(self._cpu(cpu), mm, vpn)
+        tlb_mm_mark(&self.e, s, tlb_tag_of(mm, vpn))
         self.e.tlb_tag[s] = tlb_tag_of(mm, vpn)
         self.e.tlb_pte[s] = pfn_pte(<int64_t>pfn) | (PTE_WRITE | PTE_DIRTY if writable else 0)
 

@@ -146,6 +146,7 @@ ctypedef struct engine_t:
 
     uint64_t **pte_chunks      # pte pages
     int64_t npte_chunks, npte_used
+    int64_t npte_resident      # pool pages faulted in on the host ahead of use
     int32_t *pte_free
     int64_t npte_free, pte_free_cap
 
@@ -157,6 +158,7 @@ ctypedef struct engine_t:
     int32_t ncpus
     uint64_t *tlb_tag          # ncpus * MM_TLB_ENTRIES; 0 = invalid
     uint64_t *tlb_pte          # cached translation: pfn | write | dirty
+    uint64_t *tlb_mm_seen      # per CPU, a bit per mm id that may have entries there (TLB_MM_WORDS each)
     int64_t *lru               # ncpus * LRU_BATCH_MAX
     int32_t *lru_n
     int64_t *lru_rot           # ncpus * LRU_BATCH_MAX: the rotate batch (lru_move_tail)

@@ -323,6 +323,7 @@ cdef inline int tlb_fill(engine_t *e, uint64_t *ptep, bint write, int64_t slot, 
     if write:
         pte |= PTE_DIRTY
     ptep[0] = pte
+    tlb_mm_mark(e, slot, tag)
     e.tlb_tag[slot] = tag
     e.tlb_pte[slot] = pte & (PTE_PFN_MASK | PTE_WRITE | PTE_DIRTY)
     pfn_out[0] = <int64_t>pte_pfn(pte)

@@ -8,6 +8,7 @@
 
 
 from libc.stdlib cimport malloc, calloc, realloc, free
+from posix.stdlib cimport posix_memalign
 from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport madvise
 from libc.stdint cimport uintptr_t

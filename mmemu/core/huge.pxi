@@ -168,12 +168,17 @@ cdef int set_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot, uint64_t first, bint
     cdef int32_t p = ptp_alloc_raw(e)       # every entry is written below
     cdef uint64_t *t
     cdef int64_t i
-    cdef uint64_t inc = pfn_pte(1) if step else 0
     if p < 0:
         return -1
     t = pte_page(e, p)
-    for i in range(HPAGE_PMD_NR):
-        t[i] = first + <uint64_t>i * inc
+    # Two plain loops the compiler vectorises (one with a variable stride
+    # it did not): these 4 KiB are most of a PMD fault.
+    if step:
+        for i in range(HPAGE_PMD_NR):
+            t[i] = first + pfn_pte(i)
+    else:
+        for i in range(HPAGE_PMD_NR):
+            t[i] = first
     slot[0] = (p + 1) | PMD_HUGE
     mm.nr_ptes += 1                 # mm_inc_nr_ptes with the deposit
     e.nr_huge_pmd += 1
@@ -235,16 +240,7 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
 cdef void pmd_flush(engine_t *e, mm_t *mm, uint64_t haddr) noexcept nogil:
     """flush_pmd_tlb_range: one flush of the leaf's translations (the TLB
     here caches 4 KiB entries, so each of them goes)."""
-    cdef uint64_t vpn, tag
-    cdef int64_t s, i
-    cdef int cpu
-    for i in range(HPAGE_PMD_NR):
-        vpn = (haddr >> MM_PAGE_SHIFT) + <uint64_t>i
-        tag = tlb_tag_of(mm.id, vpn)
-        for cpu in range(e.ncpus):
-            s = tlb_slot(cpu, mm.id, vpn)
-            if e.tlb_tag[s] == tag:
-                e.tlb_tag[s] = 0
+    tlb_flush_pmd_block(e, mm.id, haddr >> MM_PAGE_SHIFT)
     stat_add(e, MM_STAT_TLB_FLUSH, 1)
 
 
@@ -289,12 +285,10 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
     PageAnonExclusive from the head, the PMD's write, young, dirty,
     soft-dirty and uffd-wp bits on every pte; the PMD mapping goes."""
     cdef uint64_t *t = pmd_leaf_table(e, slot[0])
-    cdef uint64_t pte0 = t[0], acc = 0, keep, entry
+    cdef uint64_t pte0 = t[0], acc = 0, keep, entry, more
     cdef int64_t i, head
+    cdef int32_t *mapcount
     stat_add(e, MM_STAT_THP_SPLIT_PMD, 1)
-    # The leaf's dirty and young are the OR of what the MMU set on its expansion.
-    for i in range(HPAGE_PMD_NR):
-        acc |= t[i]
     slot[0] &= ~PMD_HUGE
     e.nr_huge_pmd -= 1
     pmd_flush(e, mm, haddr)             # pmdp_invalidate
@@ -304,13 +298,24 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
             t[i] = entry
         return
     head = <int64_t>pte_pfn(pte0)
-    keep = pte0 & (PTE_PRESENT | PTE_WRITE | PTE_PROTNONE | PTE_SOFT_DIRTY | PTE_UFFD_WP)
-    keep |= acc & (PTE_YOUNG | PTE_DIRTY)
+    mapcount = e.mapcount + head
+    # The leaf's dirty and young are the OR of what the MMU set on its
+    # expansion: one pass writes the ptes with pte0's and ORs the entries
+    # read; a second adds what some other entry had (rarely needed: a
+    # fault sets both on the whole leaf).
+    keep = pte0 & (PTE_PRESENT | PTE_WRITE | PTE_PROTNONE | PTE_SOFT_DIRTY | PTE_UFFD_WP | PTE_YOUNG | PTE_DIRTY)
+    entry = pfn_pte(head) | keep
+    for i in range(HPAGE_PMD_NR):
+        acc |= t[i]
+        t[i] = entry + pfn_pte(i)
+    for i in range(HPAGE_PMD_NR):
+        mapcount[i] += 1
+    more = acc & (PTE_YOUNG | PTE_DIRTY) & ~keep
+    if more:
+        for i in range(HPAGE_PMD_NR):
+            t[i] |= more
     if acc & PTE_DIRTY:
         e.fflags[head] |= PG_DIRTY       # folio_set_dirty
-    for i in range(HPAGE_PMD_NR):
-        t[i] = pfn_pte(head + i) | keep
-        e.mapcount[head + i] += 1
     e.refcount[head] += HPAGE_PMD_NR - 1
     entire_mapcount(e, head)[0] -= 1
 

@@ -67,6 +67,7 @@ cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
 
 cdef enum:
     POPULATE_TABLES = 64       # never-used pte pages faulted in at once (256 KiB)
+    HOST_MADV_HUGEPAGE = 14    # the host's own madvise (uapi mman-common.h)
 
 
 cdef inline void populate_tables(void *p, size_t n) noexcept nogil:
@@ -76,6 +77,46 @@ cdef inline void populate_tables(void *p, size_t n) noexcept nogil:
     before 5.14 says EINVAL and the pages fault in on use."""
     madvise(<void *>((<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)),
             n & ~(<size_t>MM_PAGE_SIZE - 1), HOST_MADV_POPULATE_WRITE)
+
+
+cdef uint64_t *pte_chunk(engine_t *e, int64_t chunk) noexcept nogil:
+    """The memory of the pool's chunk (CHUNK_PAGES pte pages, 2 MiB),
+    allocated, 2 MiB-aligned, if it is not yet; NULL when the host has none."""
+    cdef uint64_t **chunks
+    cdef void *mem
+    if chunk >= e.npte_chunks:
+        chunks = <uint64_t **>realloc(e.pte_chunks, (chunk + 1) * 2 * sizeof(uint64_t *))
+        if chunks == NULL:
+            return NULL
+        memset(chunks + e.npte_chunks, 0, ((chunk + 1) * 2 - e.npte_chunks) * sizeof(uint64_t *))
+        e.pte_chunks = chunks
+        e.npte_chunks = (chunk + 1) * 2
+    if e.pte_chunks[chunk] == NULL:
+        if posix_memalign(&mem, CHUNK_PAGES * MM_PTRS * sizeof(uint64_t),
+                          CHUNK_PAGES * MM_PTRS * sizeof(uint64_t)) != 0:
+            return NULL
+        e.pte_chunks[chunk] = <uint64_t *>mem
+    return e.pte_chunks[chunk]
+
+
+cdef void ptp_pool_prefault(engine_t *e, int64_t npages) noexcept nogil:
+    """Make the pool's first npages pte pages resident before any is used,
+    as the frame table is (a fault's cost is then the engine's, not the
+    host's first touch of the table it writes). A chunk prefaulted whole is
+    advised as a host huge page: one host fault for its 512 tables. Pages
+    past these are faulted in POPULATE_TABLES at a time when first used."""
+    cdef int64_t chunk, n
+    cdef uint64_t *mem
+    npages = (npages + POPULATE_TABLES - 1) & ~(<int64_t>POPULATE_TABLES - 1)
+    for chunk in range((npages + CHUNK_PAGES - 1) // CHUNK_PAGES):
+        mem = pte_chunk(e, chunk)
+        if mem == NULL:
+            return
+        n = min(<int64_t>CHUNK_PAGES, npages - chunk * CHUNK_PAGES)
+        if n == CHUNK_PAGES:
+            madvise(<void *>mem, CHUNK_PAGES * MM_PTRS * sizeof(uint64_t), HOST_MADV_HUGEPAGE)
+        populate_tables(<void *>mem, n * MM_PTRS * sizeof(uint64_t))
+        e.npte_resident = chunk * CHUNK_PAGES + n
 
 
 cdef int32_t ptp_alloc(engine_t *e) noexcept nogil:
@@ -90,8 +131,6 @@ cdef int32_t ptp_alloc_raw(engine_t *e) noexcept nogil:
     """A pte page whose every entry the caller writes at once (a PMD leaf's
     expansion): not zeroed first."""
     cdef int32_t p
-    cdef int64_t chunk
-    cdef uint64_t **chunks
     if not pgtable_charge(e):
         return -1
     if e.npte_free > 0:
@@ -99,22 +138,11 @@ cdef int32_t ptp_alloc_raw(engine_t *e) noexcept nogil:
         p = e.pte_free[e.npte_free]
     else:
         p = <int32_t>e.npte_used
-        chunk = p >> 9
-        if chunk >= e.npte_chunks:
-            chunks = <uint64_t **>realloc(e.pte_chunks, (chunk + 1) * 2 * sizeof(uint64_t *))
-            if chunks == NULL:
-                e.nr_pgtable -= 1
-                return -1
-            memset(chunks + e.npte_chunks, 0, ((chunk + 1) * 2 - e.npte_chunks) * sizeof(uint64_t *))
-            e.pte_chunks = chunks
-            e.npte_chunks = (chunk + 1) * 2
-        if e.pte_chunks[chunk] == NULL:
-            e.pte_chunks[chunk] = <uint64_t *>malloc(CHUNK_PAGES * MM_PTRS * sizeof(uint64_t))
-            if e.pte_chunks[chunk] == NULL:
-                e.nr_pgtable -= 1
-                return -1
+        if pte_chunk(e, p >> 9) == NULL:
+            e.nr_pgtable -= 1
+            return -1
         e.npte_used += 1
-        if (p & (POPULATE_TABLES - 1)) == 0:
+        if (p & (POPULATE_TABLES - 1)) == 0 and p >= e.npte_resident:
             populate_tables(<void *>pte_page(e, p), POPULATE_TABLES * MM_PTRS * sizeof(uint64_t))
     return p
 

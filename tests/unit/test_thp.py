@@ -653,3 +653,33 @@ def test_mremap_moves_an_aligned_pmd_whole_and_splits_otherwise(aligned):
     # PMD-mapped: reused by refcount (5.18+); PTE-mapped in 6.9-6.14: copied.
     assert (p.pagemap(to).pfn == before[0]) is aligned
     m.check()
+
+
+@pytest.mark.parametrize("ncpus", [1, 2, 3])
+def test_a_pmd_split_drops_exactly_the_leafs_tlb_entries_on_every_cpu(ncpus):
+    """pmd_flush scans one half of each CPU's TLB instead of probing each
+    page (tlb_flush_pmd_block): if that half or the tag test were wrong, a
+    CPU would keep a translation of the split leaf (a stale entry past its
+    pte), or lose one of another mm or another 2 MiB."""
+    import random
+    rng = random.Random(ncpus)
+    m = mmemu.Machine(memory=64 << 20, ncpus=ncpus, thp="always")
+    ps = [m.spawn() for _ in range(3)]
+    p = ps[0]
+    raw = p.mmap(0, 5 * THP, RW, PRIV)
+    mem = (raw + THP - 1) & ~(THP - 1)
+    for i in range(4):
+        p.write(mem + i * THP, b"x")
+    eng = m._engine
+    entries = set()
+    for _ in range(3000):
+        x = (rng.randrange(ncpus), rng.choice(ps).mm, mem + rng.randrange(-THP, 5 * THP, PAGE))
+        eng._test_tlb_fill(*x, 5, False)
+        entries.add(x)
+    held = {x for x in entries if eng.tlb_entry(*x) is not None}
+    blk = mem + rng.randrange(4) * THP
+    p.mprotect(blk + 7 * PAGE, PAGE, C.PROT_READ)          # splits that leaf
+    assert m.stats()["thp_split_pmd"] == 1
+    gone = {x for x in held if x[1] == p.mm and blk <= x[2] < blk + THP}
+    assert gone and held - gone
+    assert {x for x in held if eng.tlb_entry(*x) is None} == gone
