@@ -135,6 +135,11 @@ def loads(data):
         machine = pickle.loads(payload)
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
         raise SnapshotError(f"corrupt saved machine: {e}") from None
+    except (AttributeError, ImportError, TypeError) as e:
+        # A class or function this mmemu does not have (or has another
+        # shape of): the file comes from another version of the code.
+        raise SnapshotError(f"saved machine was written by mmemu {header.get('mmemu')} and names "
+                            f"what this mmemu ({__version__}) lacks: {e}") from None
     machine._after_load()
     return machine
 

@@ -14,8 +14,11 @@ introspection: a method without a SPECS entry fails test_every_method_has_a_spec
 Each call is recorded as a line of Python over the world's names, so a
 defect comes with its reproduction: WORLD_SRC, then the calls.
 """
+import atexit
+import contextlib
 import inspect
 import math
+import os
 import random
 import resource
 
@@ -25,6 +28,16 @@ import mmemu
 from mmemu import PAGE_SIZE as PAGE
 
 from .harness import Defect, classify, is_int, verify
+
+# Where save/load calls write: one file per test process, so that runs side
+# by side (CI and a developer's session) never load each other's machine.
+SAVE_PATH = f"/tmp/mmemu-fuzz-{os.getpid()}.save"
+
+
+@atexit.register
+def _remove_save():
+    with contextlib.suppress(OSError):
+        os.unlink(SAVE_PATH)
 
 # ---- the world ------------------------------------------------------------------
 
@@ -261,7 +274,7 @@ OTHER = {
                   ("np.zeros((2, 2), np.uint64)", True), ("'x'", True), ("None", True), ("[0.5]", True)],
     "node_list": [("None", False), ("[0]", False), ("[0, 0]", False), ("[1, 0]", False), ("[-1, 0]", False),
                   ("[2**40, 0]", False), ("np.array([0, 0], np.int32)", False), ("'x'", True), ("[0.5]", True)],
-    "path": [("'/tmp/mmemu-fuzz.save'", False), ("pathlib.Path('/tmp/mmemu-fuzz.save')", False),
+    "path": [(repr(SAVE_PATH), False), (f"pathlib.Path({SAVE_PATH!r})", False),
              ("'/nonexistent/dir/m'", False), ("'/etc/hostname'", False), ("None", True), ("5.5", True)],
 }
 

@@ -245,6 +245,22 @@ def test_files_from_elsewhere_are_refused_clearly(tmp_path):
         mmemu.Machine.load(bad)
 
 
+def test_a_save_naming_a_class_this_mmemu_lacks_is_a_snapshot_error():
+    """A file from another version of mmemu can name a class this one does
+    not have (found when one worktree loaded another's save): SnapshotError
+    naming the version, not pickle's AttributeError."""
+    import hashlib
+    import json
+    from mmemu import snapshot as S
+    data = S.dumps(mmemu.Machine(memory=64 * PAGE))
+    nl = data.find(b"\n", len(S.MAGIC))
+    header, payload = json.loads(data[len(S.MAGIC):nl]), data[nl + 1:]
+    payload = payload.replace(b"Machine", b"Mxchine", 1)
+    header["sha256"] = hashlib.sha256(payload).hexdigest()
+    with pytest.raises(SnapshotError, match="lacks.*Mxchine"):
+        S.loads(S.MAGIC + json.dumps(header).encode() + b"\n" + payload)
+
+
 def test_a_lambda_handler_cannot_be_saved_and_says_why(tmp_path):
     m = mmemu.Machine(memory=64 * PAGE)
     u = m.spawn().userfaultfd()
