@@ -77,3 +77,30 @@ def test_longterm_pin_migrates_out_of_zone_movable(benchmark, npages):
     last = a + (npages - 1) * PAGE_SIZE
     assert m.zone_of(int(pin.pfns[-1])) == "Normal" and p.versions(last, 1)[0] == 5
     per_page(benchmark, npages)
+
+
+HUGE_SIZES = [16, 256]
+
+
+@pytest.mark.parametrize("nhuge", HUGE_SIZES)
+def test_move_pages_hugetlb(benchmark, nhuge):
+    """move_pages of nhuge private 2 MiB hugetlb pages to the other node's
+    share of the pool: one status per huge page (the rmap walk visits the
+    VMAs of the page's file at its index, not every hugetlb VMA)."""
+    H = 2 << 20
+
+    def setup():
+        m = mmemu.Machine(memory=(2 * nhuge * H) + (64 << 20), nodes=2, hugepages={H: 2 * nhuge})
+        p = m.spawn()
+        a = p.mmap(0, nhuge * H, RW, PRIV | mmemu.MAP_HUGETLB)
+        for i in range(nhuge):
+            p.write(a + i * H, b"h")
+        # the pool is spread over the nodes in turn; faults fill node 0's share first
+        return ((m, p, a, np.arange(a, a + nhuge * H, H, dtype=np.uint64)),), {}
+
+    def run(m, p, a, addrs):
+        return m, p, a, p.move_pages(addrs, np.ones(nhuge, np.int32), MPOL_MF_MOVE)
+    m, p, a, st = benchmark.pedantic(lambda t: run(*t), setup=setup, rounds=ROUNDS, iterations=1)
+    assert st.not_migrated == 0 and list(st) == [1] * nhuge
+    assert m.node_of(p.pagemap(a).pfn) == 1 and p.read(a, 1) == b"h"
+    benchmark.extra_info["per_huge_page_us"] = round(benchmark.stats.stats.min / nhuge * 1e6, 2)
