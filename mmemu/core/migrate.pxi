@@ -576,6 +576,7 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
     cdef mig_page_t *r
     cdef int32_t n, c
     cdef int nomem = 0
+    cdef bint huge
     for c in range(e.ncpus):
         lru_drain(e, c)
     while va < end:
@@ -590,9 +591,15 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
             if not (t[i] & PTE_PRESENT) or t[i] & PTE_SPECIAL:
                 continue
             pfn = <int64_t>pte_pfn(t[i])
+            huge = pfn_is_hugetlb(e, pfn)
+            if huge:
+                pfn = folio_of(e, pfn)      # queue_folios_hugetlb(): the whole huge page, once
             if nodemask >> node_of(e, pfn) & 1 or e.fflags[pfn] & PG_ISOLATED:
                 continue
-            if e.mapcount[pfn] > 1 and not move_all:
+            if huge:
+                if hugetlb_mapcount(e, pfn) > 1 and not move_all:
+                    continue                # left, and not counted failed (queue_folios_hugetlb)
+            elif e.mapcount[pfn] > 1 and not move_all:
                 nr_failed[0] += 1           # migrate_folio_add() leaves a shared folio
                 continue
             if nq == cap:
@@ -612,10 +619,10 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
     n = cpu_node(e, cpu)
     k = 0
     while k < nq:
-        if not (nodemask >> n & 1 and node_has_free(e, n)):
+        if not (nodemask >> n & 1 and node_has_room(e, n, q[k].old)):
             n = -1
             for c in range(e.nnodes):
-                if nodemask >> c & 1 and node_has_free(e, c):
+                if nodemask >> c & 1 and node_has_room(e, c, q[k].old):
                     n = c
                     break
         if n < 0:
@@ -632,6 +639,14 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
         k += 1
     free(q)
     return moved
+
+
+cdef inline bint node_has_room(engine_t *e, int32_t n, int64_t pfn) noexcept nogil:
+    # A hugetlb page needs a free page of its size in the node's share of
+    # the pool (alloc_hugetlb_folio_vma under the bound policy).
+    if pfn_is_hugetlb(e, pfn):
+        return e.h_nfree[hugetlb_hstate_of(e, pfn)][n] > 0
+    return node_has_free(e, n)
 
 
 cdef inline bint node_has_free(engine_t *e, int32_t n) noexcept nogil:

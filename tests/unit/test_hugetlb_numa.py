@@ -303,3 +303,26 @@ def test_the_core_refuses_a_hugetlb_writeprotect_range_it_cannot_walk():
         with pytest.raises(ValueError):
             m._engine.uffd_writeprotect(p.mm, start, end, True, True, flags)
     m.check()
+
+
+def test_mbind_moves_each_huge_page_once_and_leaves_shared_ones_without_failing():
+    """queue_folios_hugetlb(): one queue entry per huge page (not one per base
+    page), a page another process maps is left without MOVE_ALL and not
+    counted failed (so MPOL_MF_STRICT does not fail), the target is a free
+    page of a bound node's share of the pool."""
+    m = machine(n2m=4)
+    p = m.spawn()
+    a = p.mmap(0, 2 * H2M, RW, HUGE)
+    p.write(a, b"x")
+    p.write(a + H2M, b"y")
+    p.mbind(a, 2 * H2M, C.MPOL_BIND, 1 << 1, C.MPOL_MF_MOVE)
+    assert [node_of_va(m, p, a + i * H2M) for i in range(2)] == [1, 1]
+    assert p.read(a, 1) == b"x" and p.read(a + H2M, 1) == b"y"
+    m.check()
+    c = p.fork()
+    p.mbind(a, 2 * H2M, C.MPOL_BIND, 1 << 0, C.MPOL_MF_MOVE | C.MPOL_MF_STRICT)
+    assert [node_of_va(m, p, a + i * H2M) for i in range(2)] == [1, 1]
+    p.mbind(a, 2 * H2M, C.MPOL_BIND, 1 << 0, C.MPOL_MF_MOVE_ALL)
+    assert [node_of_va(m, c, a + i * H2M) for i in range(2)] == [0, 0]
+    assert c.pagemap(a).pfn == p.pagemap(a).pfn
+    m.check()
