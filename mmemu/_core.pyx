@@ -34,6 +34,7 @@ include "core/swap.pxi"
 include "core/shmem.pxi"
 include "core/range.pxi"
 include "core/huge.pxi"
+include "core/mthp.pxi"
 include "core/hugetlb.pxi"
 include "core/migrate.pxi"
 include "core/zones.pxi"
@@ -172,6 +173,7 @@ cdef class Engine:
         self.e.thp_use_zero_page = 1
         self.e.thp_defrag = 3
         self.e.huge_zero_pfn = -1
+        self.e.mthp_inherit = 1 << HPAGE_PMD_ORDER      # hugepages-2048kB: inherit; the rest never
         self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.large_pincount = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
@@ -375,7 +377,11 @@ cdef class Engine:
         st["uffd_res"], st["uffd_logs"] = res, logs
         st.update(self.ksm_get_state())
         st["thp"] = np.array([self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag,
-                              self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large], np.int64)
+                              self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large,
+                              self.e.mthp_always, self.e.mthp_madvise, self.e.mthp_inherit,
+                              self.e.mcarve, self.e.mcarve_end], np.int64)
+        st["mthp_stats"] = np.array([[self.e.mthp_alloc[i] for i in range(10)],
+                                     [self.e.mthp_fallback[i] for i in range(10)]], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
@@ -528,6 +534,12 @@ cdef class Engine:
             th = st["thp"]
             self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = th[0], th[1], th[2]
             self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large = th[3], th[4], th[5]
+            if len(th) > 6:                 # saved before mTHP: the defaults stand
+                self.e.mthp_always, self.e.mthp_madvise, self.e.mthp_inherit = th[6], th[7], th[8]
+                self.e.mcarve, self.e.mcarve_end = th[9], th[10]
+            if "mthp_stats" in st:
+                for i in range(10):
+                    self.e.mthp_alloc[i], self.e.mthp_fallback[i] = st["mthp_stats"][0][i], st["mthp_stats"][1][i]
             em = np.ascontiguousarray(st["entire_map"], np.int32)
             hf = np.ascontiguousarray(st["hfree"], np.int64)
             if len(em) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1 or len(hf) > self.e.hfree_cap:
@@ -728,6 +740,40 @@ cdef class Engine:
         if not 0 <= enabled <= 2 or not 0 <= defrag <= 4:
             raise ValueError("THP enabled must be 0..2 and defrag 0..4")
         self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = enabled, use_zero_page != 0, defrag
+
+    def mthp_get(self):
+        """The per-size settings as order masks: (always, madvise, inherit)."""
+        return (int(self.e.mthp_always), int(self.e.mthp_madvise), int(self.e.mthp_inherit))
+
+    def mthp_set(self, uint32_t always, uint32_t madvise, uint32_t inherit):
+        """Set the per-size settings (order masks over orders 2..9, each
+        order in at most one of them: "never" is in none)."""
+        cdef uint32_t allowed = ((1 << (HPAGE_PMD_ORDER + 1)) - 1) & ~((1 << MTHP_MIN_ORDER) - 1)
+        if (always | madvise | inherit) & ~allowed:
+            raise ValueError(f"mTHP orders must be in {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER}")
+        if always & madvise or always & inherit or madvise & inherit:
+            raise ValueError("an mTHP order has one setting")
+        self.e.mthp_always, self.e.mthp_madvise, self.e.mthp_inherit = always, madvise, inherit
+
+    def mthp_stats(self, int order):
+        """(anon_fault_alloc, anon_fault_fallback) of one mTHP order."""
+        if not MTHP_MIN_ORDER <= order < HPAGE_PMD_ORDER:
+            raise ValueError(f"mTHP stats are kept for orders {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}")
+        return (int(self.e.mthp_alloc[order]), int(self.e.mthp_fallback[order]))
+
+    def folio_order(self, int64_t pfn):
+        """The order of pfn's folio (folio_order): 0 for a small page."""
+        cdef int64_t h
+        if pfn < 0 or pfn >= self.e.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
+        if not (self.e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
+            return 0
+        h = folio_of(&self.e, pfn)
+        if mthp_order(&self.e, h):
+            return mthp_order(&self.e, h)
+        if h >= self.e.gig_base and h < self.e.gig_end:
+            return HPAGE_PUD_ORDER
+        return HPAGE_PMD_ORDER
 
     def thp_info(self, int64_t pfn):
         """(head, entire mapcount) of pfn's folio, head -1 for a small one."""
@@ -2398,8 +2444,9 @@ cdef class Engine:
         cdef int64_t[::1] exp_map = exp_map_a
         cdef int32_t mmi
         cdef mm_t *m
-        cdef int64_t rss, used, roots = 0
+        cdef int64_t rss, used, roots = 0, h
         cdef uint16_t f
+        cdef uint8_t o
         for i in range(1, self.e.nfile):
             roots += self.e.files[i].alive != 0
         if self.e.nr_pgtable != (self.e.ndir_used - self.e.ndir_free) + (self.e.npte_used - self.e.npte_free) \
@@ -2451,6 +2498,17 @@ cdef class Engine:
                 if self.e.refcount[pfn] != 0 or exp_ref[pfn] != 0:
                     raise InvariantError("free frame is referenced", pfn)
                 continue
+            if mthp_order(&self.e, pfn) and (f & PG_ANON or f & (PG_HEAD | PG_TAIL)):
+                # An mTHP (core/mthp.pxi): every page of the naturally aligned
+                # range carries the order, the first is the head, the rest tails.
+                o = <uint8_t>mthp_order(&self.e, pfn)
+                h = pfn & ~((<int64_t>1 << o) - 1)
+                if not MTHP_MIN_ORDER <= o < HPAGE_PMD_ORDER or mthp_order(&self.e, h) != o \
+                        or not (f & (PG_HEAD if pfn == h else PG_TAIL)) or f & (PG_TAIL if pfn == h else PG_HEAD):
+                    raise InvariantError("mTHP page's order or head/tail flag is inconsistent", pfn,
+                                         f"order {o}, head {h}")
+            elif f & PG_TAIL and mthp_order(&self.e, folio_of(&self.e, pfn)):
+                raise InvariantError("tail page without its folio's order", pfn)
             if self.e.mapcount[pfn] != exp_map[pfn]:
                 raise InvariantError("mapcount differs from the ptes mapping the frame", pfn,
                                      f"mapcount {self.e.mapcount[pfn]}, ptes {exp_map[pfn]}")

@@ -138,6 +138,7 @@ BASELINE = {
                                        # (6.8), 2 only when no other mapping is left (6.12.110)
     "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
+    "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
 }
 
 
@@ -354,6 +355,10 @@ CHANGES = (
            "SCAN_EXCEED_NONE_PTE to EBUSY", {"collapse_none_ebusy": 1}),
     Change("adef440691ba", "6.8", "userfaultfd: UFFDIO_MOVE uABI",
            {"uffd_features": 0x1ffff}),
+    # The per-size sysfs files come with it (same series, 6.8); before, the
+    # directories do not exist (Machine.thp.sizes is empty, writes ENOENT).
+    Change("19eaf44954df", "6.8", "mm: thp: support allocation of anonymous multi-size THP",
+           {"mthp": 1}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
            {"uffd_move_zeropage": 1}, aliases=("uffd-move-zeropage",)),
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "

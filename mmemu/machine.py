@@ -113,7 +113,7 @@ class Machine:
             raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
         self.tlb = tlb
         self._engine.tlb_stale_writes = tlb == "stale-writes"
-        self.thp = ThpSettings(self._engine, thp)
+        self.thp = ThpSettings(self._engine, thp, mthp=self.policy.mthp)
         self._hugetlb_init(hugepages, memory)
         self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile
@@ -234,6 +234,13 @@ class Machine:
     @property
     def processes(self) -> list[Process]:
         return list(self._procs.values())
+
+    def folio_order(self, pfn: int) -> int:
+        """folio_order() of the folio frame pfn is a page of: 0 for a small
+        page, 2..8 for a multi-size THP (6.8+), 9 for a PMD-sized THP or a
+        2 MiB hugetlb page, 18 for a 1 GiB one."""
+        pfn = operator.index(pfn)
+        return self._engine.folio_order(pfn)
 
     def frame(self, pfn: int) -> FrameInfo:
         """What /proc/kpagecount and /proc/kpageflags show, plus refcount and pincount."""

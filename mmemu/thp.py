@@ -3,6 +3,8 @@
 (core/huge.pxi); this is the user's view of its settings."""
 from __future__ import annotations
 
+import errno
+
 _ENABLED = ("never", "madvise", "always")
 _DEFRAG = ("always", "defer", "defer+madvise", "madvise", "never")
 _SHMEM = ("always", "within_size", "advise", "never", "deny", "force")
@@ -48,6 +50,93 @@ class Khugepaged:
                 f"pages_collapsed={self.pages_collapsed}, full_scans={self.full_scans})")
 
 
+_SIZE_ENABLED = ("always", "inherit", "madvise", "never")
+_MTHP_ORDERS = range(2, 10)         # THP_ORDERS_ALL_ANON on x86-64: 16 KiB .. 2 MiB
+_PAGE = 4096
+
+
+class MthpSizes:
+    """/sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/enabled: one
+    setting per anon folio size (multi-size THP, 19eaf44954df, 6.8), keyed
+    by the size in bytes (16384 .. 2097152, powers of two): "always",
+    "inherit" (follow the top-level enabled), "madvise" (in MADV_HUGEPAGE
+    ranges) or "never". The kernel's defaults: "inherit" for the PMD size
+    (2 MiB), "never" for the smaller ones, so nothing changes until a size
+    is enabled. A write fault on an empty pte then maps the largest enabled
+    folio whose aligned range lies inside the VMA and is still empty.
+
+    Before 6.8 the directories do not exist: the mapping is empty and
+    setting a size raises FileNotFoundError (ENOENT), as writing the file
+    would."""
+
+    __slots__ = ("_engine", "_present")
+
+    def __init__(self, engine, present: bool) -> None:
+        self._engine = engine
+        self._present = bool(present)
+
+    @staticmethod
+    def _path(size) -> str:
+        return f"/sys/kernel/mm/transparent_hugepage/hugepages-{size // 1024}kB/enabled"
+
+    def _order(self, size) -> int:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"an mTHP size is an int number of bytes, not {size!r}")
+        order = (size // _PAGE).bit_length() - 1
+        if not self._present:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (multi-size THP is 6.8+)",
+                                    self._path(size) if size > 0 else "hugepages-?kB")
+        if size <= 0 or size % _PAGE or _PAGE << order != size or order not in _MTHP_ORDERS:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (the sizes are 16 KiB .. 2 MiB, "
+                                    "powers of two)", self._path(size) if size > 0 else "hugepages-?kB")
+        return order
+
+    def __getitem__(self, size) -> str:
+        order = self._order(size)
+        masks = self._engine.mthp_get()
+        for name, mask in zip(("always", "madvise", "inherit"), masks):
+            if mask >> order & 1:
+                return name
+        return "never"
+
+    def __setitem__(self, size, value: str) -> None:
+        order = self._order(size)
+        if value not in _SIZE_ENABLED:
+            raise ValueError(f"{self._path(size)}: must be one of {', '.join(_SIZE_ENABLED)}, not {value!r}")
+        masks = [m & ~(1 << order) for m in self._engine.mthp_get()]
+        if value != "never":
+            masks[("always", "madvise", "inherit").index(value)] |= 1 << order
+        self._engine.mthp_set(*masks)
+
+    def keys(self) -> list[int]:
+        return [_PAGE << o for o in _MTHP_ORDERS] if self._present else []
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, size) -> bool:
+        return size in self.keys()
+
+    def items(self) -> list[tuple[int, str]]:
+        return [(k, self[k]) for k in self.keys()]
+
+    def stats(self, size) -> dict[str, int]:
+        """hugepages-<size>kB/stats: anon_fault_alloc and anon_fault_fallback
+        (the PMD size's are Machine.stats()' thp_fault_alloc / _fallback)."""
+        order = self._order(size)
+        if order == 9:
+            raise ValueError("the PMD size's fault counters are Machine.stats()' thp_fault_alloc and "
+                             "thp_fault_fallback")
+        alloc, fallback = self._engine.mthp_stats(order)
+        return {"anon_fault_alloc": alloc, "anon_fault_fallback": fallback}
+
+    def __repr__(self) -> str:
+        return "MthpSizes({" + ", ".join(f"{k}: {v!r}" for k, v in self.items()) + "})"
+
+
 class ThpSettings:
     """enabled (never / madvise / always), defrag, use_zero_page and
     shmem_enabled, as the sysfs files spell them. Debian's defaults:
@@ -57,15 +146,19 @@ class ThpSettings:
     a PMD-mapped THP on its first fault, where an aligned 2 MiB of it lies
     inside the VMA (a read fault maps the huge zero page if use_zero_page).
     defrag is recorded: allocation here never stalls or compacts, it gets
-    an aligned free block or falls back to base pages."""
+    an aligned free block or falls back to base pages.
 
-    __slots__ = ("_engine", "_shmem", "khugepaged")
+    `sizes` (6.8+) holds the per-size settings of multi-size THP
+    (hugepages-<size>kB/enabled): MthpSizes."""
 
-    def __init__(self, engine, enabled: str = "madvise") -> None:
+    __slots__ = ("_engine", "_shmem", "khugepaged", "sizes")
+
+    def __init__(self, engine, enabled: str = "madvise", mthp: bool = False) -> None:
         self._engine = engine
         self._shmem = "never"
         self.enabled = enabled
         self.khugepaged = Khugepaged()
+        self.sizes = MthpSizes(engine, mthp)
 
     def _set(self, enabled=None, use_zero_page=None, defrag=None):
         e, z, d = self._engine.thp_get()

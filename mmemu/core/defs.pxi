@@ -16,7 +16,7 @@ cdef extern from "mm_types.h" nogil:
     uint32_t PG_DIRTY, PG_UPTODATE, PG_RESERVED, PG_BYTES, PG_FILE, PG_USED, PG_LAZYFREE, PG_ISOLATED
     uint32_t PG_HEAD, PG_TAIL
     int32_t PMD_HUGE
-    int HPAGE_PMD_ORDER, HPAGE_PMD_NR, HPAGE_PUD_ORDER, HPAGE_PUD_NR
+    int HPAGE_PMD_ORDER, HPAGE_PMD_NR, HPAGE_PUD_ORDER, HPAGE_PUD_NR, MTHP_MIN_ORDER
     int MM_HSTATE_2M, MM_HSTATE_1G, MM_NR_HSTATES
     int MM_MAX_NODES
 
@@ -240,13 +240,15 @@ ctypedef struct engine_t:
     int32_t *entire_map
     # Each large folio's pins, exactly (folio->_pincount, 47e29d32afba,
     # 5.7): its refcount also holds pipes' references and one per mapping,
-    # so GUP_PIN_COUNTING_BIAS there is no pin test for 512 pages.
+    # so GUP_PIN_COUNTING_BIAS there is no pin test for 512 pages. (An
+    # mTHP's is in its second page: folio_pincount.)
     int32_t *large_pincount
     int64_t *hfree
     int64_t nhfree, hfree_cap
     # The deferred split queue (deferred_split_folio): large anon folios
     # partially unmapped, as (head, mm, address of the folio) triples; a
-    # folio's entry is live while dsq_on[head >> 9] is set.
+    # folio's entry is live while its flag is set (folio_deferred: dsq_on[head >> 9],
+    # an mTHP's in its third page).
     int64_t *dsq
     int64_t ndsq, dsq_cap
     uint8_t *dsq_on
@@ -274,6 +276,18 @@ ctypedef struct engine_t:
     int64_t h_nfree[2][64]
     resv_map_t *resv_maps
     int32_t nresv, resv_cap
+    # Multi-size THP for anon memory (core/mthp.pxi; 19eaf44954df, 6.8).
+    # An mTHP's order (2..8) is in `mapping` of each of its pages
+    # (mthp_order; an anon page has no file), its pincount and deferred
+    # split flag in `index` of its second and third pages, as the kernel
+    # keeps folio fields in tail pages: no byte per frame. The per-size sysfs settings
+    # (hugepages-<size>kB/enabled) as order masks, bit 9 the PMD size:
+    # huge_anon_orders_always / _madvise / _inherit. mTHPs are carved from
+    # one 2 MiB block at a time, [mcarve, mcarve_end) still free in it.
+    uint32_t mthp_always, mthp_madvise, mthp_inherit
+    int64_t mcarve, mcarve_end
+    int64_t mthp_alloc[10]     # per order: stats/anon_fault_alloc of hugepages-<size>kB
+    int64_t mthp_fallback[10]  # per order: stats/anon_fault_fallback
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

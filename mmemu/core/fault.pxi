@@ -53,6 +53,7 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
     """Empty slot (or uffd-wp marker) of a private anon VMA (do_anonymous_page)."""
     cdef int64_t pfn
     cdef uint64_t entry
+    cdef int ret
     if vma.flags & VM_UFFD_MISSING:
         # A write fault prepares the anon_vma before it hands the fault to
         # userspace (do_anonymous_page: vmf_anon_prepare, then the MISSING
@@ -66,6 +67,10 @@ cdef int do_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma,
         ptep[0] = mkuffd_wp(entry) if wp_marker else entry
         stat_add(e, MM_STAT_ZERO_FAULT, 1)
         return 0
+    if (e.mthp_always | e.mthp_madvise | e.mthp_inherit) & MTHP_PTE_ORDERS:
+        ret = do_anonymous_mthp(e, mm, cpu, vma, va, ptep, wp_marker)     # core/mthp.pxi
+        if ret >= 0:
+            return ret
     pfn = frame_alloc(e)
     if pfn < 0:
         return VM_FAULT_OOM
@@ -267,7 +272,7 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
             return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
     if vma.flags & VM_HUGETLB:
         return hugetlb_fault(e, mm, cpu, vma, va, fflags)     # core/hugetlb.pxi
-    if e.nr_huge_pmd or vma.flags & VM_HUGEPAGE or e.thp_enabled == 2:
+    if e.nr_huge_pmd or vma.flags & VM_HUGEPAGE or e.thp_enabled == 2 or e.mthp_always >> HPAGE_PMD_ORDER:
         # The PMD level (__handle_mm_fault): a THP fault, or one on a PMD leaf.
         ret = huge_pmd_fault(e, mm, cpu, vma, va, fflags)    # core/huge.pxi
         if not (ret & VM_FAULT_FALLBACK):

@@ -82,6 +82,9 @@ cdef int64_t frame_alloc(engine_t *e) noexcept nogil:
     elif e.next_unused < e.unused_end:
         pfn = e.next_unused
         e.next_unused += 1
+    elif e.mcarve < e.mcarve_end:
+        pfn = e.mcarve              # the rest of the block mTHPs are carved from (core/mthp.pxi)
+        e.mcarve += 1
     elif e.nhfree > 0:
         pfn = hblock_break(e)       # core/huge.pxi: the buddy splits a free THP-sized block
     else:
@@ -126,13 +129,50 @@ cdef inline void freelist_push(engine_t *e, int64_t pfn) noexcept nogil:
 
 cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
     """The folio a page belongs to (page_folio): its head. Large folios are
-    order HPAGE_PMD_ORDER and naturally aligned, but for 1 GiB hugetlb pages."""
+    naturally aligned: an mTHP's order is on each of its pages (mthp_order),
+    else order HPAGE_PMD_ORDER, but for 1 GiB hugetlb pages."""
     if e.fflags[pfn] & PG_TAIL:
+        if e.mapping[pfn]:
+            return pfn & ~((<int64_t>1 << e.mapping[pfn]) - 1)    # an mTHP: mthp_order
         if pfn < e.gig_end and pfn >= e.gig_base:
             # a 1 GiB hugetlb page (core/hugetlb.pxi): order 18, naturally aligned
             return pfn & ~(<int64_t>HPAGE_PUD_NR - 1)
         return pfn & ~(<int64_t>HPAGE_PMD_NR - 1)
     return pfn
+
+
+cdef inline int mthp_order(engine_t *e, int64_t pfn) noexcept nogil:
+    """The order of the mTHP (core/mthp.pxi) pfn is a page of, 0 for any
+    other page. Kept in `mapping`, which an anon page has no use for (the
+    kernel too keeps a folio's order and counters in its tail pages'
+    struct page), so it costs no byte per frame; a tail of any other large
+    folio has mapping 0, a hugetlb file page's head is PG_FILE."""
+    if e.fflags[pfn] & PG_FILE:
+        return 0
+    return e.mapping[pfn]
+
+
+cdef inline int32_t *folio_pincount(engine_t *e, int64_t head) noexcept nogil:
+    """folio->_pincount of a large folio: an mTHP's in its second page
+    (`index`, as the kernel's is in the folio's first tail page), any other
+    in large_pincount[head >> 9]."""
+    if mthp_order(e, head):
+        return <int32_t *>&e.index[head + 1]
+    return &e.large_pincount[head >> HPAGE_PMD_ORDER]
+
+
+cdef inline int64_t folio_nr(engine_t *e, int64_t head) noexcept nogil:
+    """folio_nr_pages() of an anon large folio's head: an mTHP's order is
+    on its pages (mthp_order), any other is a PMD-sized THP."""
+    cdef int o = mthp_order(e, head)
+    if o:
+        return <int64_t>1 << o
+    return HPAGE_PMD_NR
+
+
+cdef inline bint in_folio(int64_t pfn, int64_t head, int64_t nr) noexcept nogil:
+    """Whether pfn is one of the nr pages of the folio at head."""
+    return <uint64_t>(pfn - head) < <uint64_t>nr
 
 
 cdef inline void get_page(engine_t *e, int64_t pfn, int32_t nr) noexcept nogil:
@@ -149,7 +189,7 @@ cdef inline void folio_pin_count(engine_t *e, int64_t pfn, int32_t delta) noexce
         return
     head = folio_of(e, pfn)
     if e.fflags[head] & PG_HEAD:
-        e.large_pincount[head >> HPAGE_PMD_ORDER] += delta
+        folio_pincount(e, head)[0] += delta
 
 
 cdef inline bint folio_maybe_dma_pinned(engine_t *e, int64_t pfn) noexcept nogil:
@@ -157,7 +197,7 @@ cdef inline bint folio_maybe_dma_pinned(engine_t *e, int64_t pfn) noexcept nogil
     47e29d32afba, 5.7); a small page's refcount reaching the bias."""
     cdef int64_t head = folio_of(e, pfn)
     if e.fflags[head] & PG_HEAD:
-        return e.large_pincount[head >> HPAGE_PMD_ORDER] > 0
+        return folio_pincount(e, head)[0] > 0
     return e.refcount[head] >= GUP_PIN_COUNTING_BIAS
 
 

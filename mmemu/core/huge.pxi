@@ -10,6 +10,15 @@ cdef inline int32_t *entire_mapcount(engine_t *e, int64_t head) noexcept nogil:
     return &e.entire_map[head >> HPAGE_PMD_ORDER]
 
 
+cdef inline uint8_t *folio_deferred(engine_t *e, int64_t head) noexcept nogil:
+    """Whether the large folio is on the deferred split queue: an mTHP's
+    flag is a byte of its third page's `index` (the kernel's _deferred_list
+    is in the folio's second tail page), any other's dsq_on[head >> 9]."""
+    if mthp_order(e, head):
+        return <uint8_t *>&e.index[head + 2]
+    return &e.dsq_on[head >> HPAGE_PMD_ORDER]
+
+
 # ---- large-folio frames: an order-9 block of the buddy allocator ---------
 
 cdef int64_t hblock_take(engine_t *e) noexcept nogil:
@@ -68,7 +77,10 @@ cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
 cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
     """The last reference to a large folio went: its block back whole."""
     cdef int64_t p
-    e.dsq_on[head >> HPAGE_PMD_ORDER] = 0      # off the deferred split queue
+    folio_deferred(e, head)[0] = 0      # off the deferred split queue
+    if mthp_order(e, head):
+        mthp_free(e, head)              # core/mthp.pxi
+        return
     if pfn_is_hugetlb(e, head):
         hugetlb_folio_free(e, head)     # core/hugetlb.pxi: back to the pool
         return
@@ -149,14 +161,16 @@ cdef inline uint64_t *pmd_leaf_table(engine_t *e, int32_t ent) noexcept nogil:
 cdef inline bint thp_vma_allowable(engine_t *e, mm_vma_t *vma, uint64_t va) noexcept nogil:
     """thp_vma_allowable_order(PMD_ORDER) for a fault plus
     thp_vma_suitable_order(): private anon only (vma_is_anonymous), sysfs
-    enabled (always, or madvise with VM_HUGEPAGE), not VM_NOHUGEPAGE, and
+    enabled (always, or madvise with VM_HUGEPAGE; from 6.8 through the PMD
+    size's own setting: thp_anon_orders), not VM_NOHUGEPAGE, and
     the aligned 2 MiB inside the VMA (no pgoff check for anon)."""
     cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1)
-    if e.thp_enabled == 0 or vma.file != 0:
+    if vma.file != 0:
         return False
     if vma.flags & (VM_SHARED | VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP | VM_MIXEDMAP | VM_IO):
         return False
-    if e.thp_enabled == 1 and not (vma.flags & VM_HUGEPAGE):
+    # The PMD size's own setting (6.8: hugepages-2048kB/enabled, inherit by default).
+    if not (thp_anon_orders(e, vma.flags) >> HPAGE_PMD_ORDER) & 1:
         return False
     return haddr >= vma.start and haddr + PMD_SPAN <= vma.end
 
@@ -502,7 +516,7 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
 cdef int64_t folio_mapcount_total(engine_t *e, int64_t head) noexcept nogil:
     """folio_large_mapcount(): every pte and every PMD mapping of the folio."""
     cdef int64_t p, n = entire_mapcount(e, head)[0]
-    for p in range(head, head + HPAGE_PMD_NR):
+    for p in range(head, head + folio_nr(e, head)):
         n += e.mapcount[p]
     return n
 
@@ -529,7 +543,7 @@ cdef int64_t folio_mappings_in(engine_t *e, mm_t *mm, int64_t head, uint64_t a, 
     """Entries of [a, end) mapping the folio: a PMD leaf counts once."""
     cdef uint64_t stop
     cdef uint64_t *t
-    cdef int64_t n = 0, i, i0
+    cdef int64_t n = 0, i, i0, nr = folio_nr(e, head)
     while a < end:
         t = leaf_or_skip(e, mm.pgd, a, &stop)
         if t == NULL:
@@ -542,7 +556,7 @@ cdef int64_t folio_mappings_in(engine_t *e, mm_t *mm, int64_t head, uint64_t a, 
             i0 = <int64_t>((a >> MM_PAGE_SHIFT) & 511)
             for i in range(i0, i0 + <int64_t>((stop - a) >> MM_PAGE_SHIFT)):
                 if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
-                    n += (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head
+                    n += in_folio(<int64_t>pte_pfn(t[i]), head, nr)
         a = stop
     return n
 
@@ -557,8 +571,8 @@ cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn, uint64
     - 6.9 (781a3ca5c345): never, the large folio goes back instead;
     - 6.15 (1da190f4d0a6): if all its references are mappings, more than
       one, and all in this mm (CONFIG_MM_ID)."""
-    cdef int64_t head = folio_of(e, pfn), p, n, worst = 0
-    cdef int32_t ent = entire_mapcount(e, head)[0]
+    cdef int64_t head = folio_of(e, pfn), p, n, worst = 0, nr = folio_nr(e, head)
+    cdef int32_t ent = entire_mapcount(e, head)[0] if nr == HPAGE_PMD_NR else 0
     if e.pol.large_reuse == 1:
         return False
     if e.pol.large_reuse == 2:
@@ -570,12 +584,12 @@ cdef bint wp_can_reuse_large(engine_t *e, mm_t *mm, int cpu, int64_t pfn, uint64
         # or a PMD mapping while this one is a pte, is another mm's.
         if ent > 0:
             return False
-        for p in range(head, head + HPAGE_PMD_NR):
+        for p in range(head, head + nr):
             if e.mapcount[p] > 1:
                 return False
         return mm_folio_mappings(e, mm, head, va, n) == n
     if e.pol.wp_reuse == WP_REUSE_MAPCOUNT:
-        for p in range(head, head + HPAGE_PMD_NR):
+        for p in range(head, head + nr):
             if e.mapcount[p] + ent > worst:
                 worst = e.mapcount[p] + ent
         return worst <= 1
@@ -606,11 +620,12 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
     cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), stop, pte, zero
     cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
     cdef uint64_t *t
-    cdef int64_t n, i, p
+    cdef int64_t n, i, p, nr
     cdef int32_t vi
     cdef uint16_t keep
     if not (e.fflags[head] & PG_HEAD) or is_huge_zero_pfn(e, head) or not (e.fflags[head] & PG_ANON):
         return -1
+    nr = folio_nr(e, head)
     n = folio_mapcount_total(e, head)
     if e.refcount[head] != n or mm_folio_mappings(e, mm, head, haddr, n) != n:
         return -1
@@ -623,17 +638,20 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
         split_huge_pmd_locked(e, mm, slot, haddr)
         n = folio_mapcount_total(e, head)       # one pte mapping per page now
     for i in range(HPAGE_PMD_NR):
-        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and \
-                (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head:
+        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and in_folio(<int64_t>pte_pfn(t[i]), head, nr):
             p += 1
     if p != n:
         return -1
     keep = e.fflags[head] & (PG_DIRTY | PG_LRU)
-    for p in range(head, head + HPAGE_PMD_NR):
+    for p in range(head, head + nr):
         e.fflags[p] = (e.fflags[p] & ~(PG_HEAD | PG_TAIL)) | keep
         e.refcount[p] = e.mapcount[p]
-    entire_mapcount(e, head)[0] = 0
-    e.dsq_on[head >> HPAGE_PMD_ORDER] = 0
+        if nr != HPAGE_PMD_NR:
+            e.mapping[p] = 0            # an mTHP's pages: order 0 now (mthp_order)
+            e.index[p] = 0              # its pincount and deferred-split flag
+    if nr == HPAGE_PMD_NR:
+        entire_mapcount(e, head)[0] = 0
+    folio_deferred(e, head)[0] = 0
     e.nr_large -= 1
     stat_add(e, MM_STAT_THP_SPLIT_PAGE, 1)
     vi = find_vma(mm, haddr)
@@ -643,7 +661,7 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
             if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
                 continue
             p = <int64_t>pte_pfn(pte)
-            if (p & ~(<int64_t>HPAGE_PMD_NR - 1)) != head or not frame_is_zero(e, p):
+            if not in_folio(p, head, nr) or not frame_is_zero(e, p):
                 continue
             vi = find_vma(mm, haddr + (<uint64_t>i << MM_PAGE_SHIFT))
             zero = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG \
@@ -653,7 +671,7 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
             e.mapcount[p] -= 1
             e.refcount[p] -= 1
             mm.rss_anon -= 1
-    for p in range(head, head + HPAGE_PMD_NR):
+    for p in range(head, head + nr):
         if isolated:
             e.fflags[p] &= ~PG_LRU
             if e.refcount[p] == 0:
@@ -724,7 +742,7 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
                     head = folio_of(e, pfn)
                     if head != last and n < cap:    # once per folio: a failed split stays failed
                         last = head
-                        if folio_ptes_in(e, t, head) < HPAGE_PMD_NR:
+                        if folio_ptes_in(e, t, head) < folio_nr(e, head):
                             # Not mapped whole (6.12 madvise_cold_or_pageout_pte_range:
                             # fewer ptes than pages): the walker's own split_folio, the
                             # unmapped pages freed, the rest reclaimed as small pages.
@@ -739,21 +757,19 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
 
 cdef int64_t folio_ptes_in(engine_t *e, uint64_t *t, int64_t head) noexcept nogil:
     """How many entries of the table t map a page of the folio at head."""
-    cdef int64_t i, n = 0
+    cdef int64_t i, n = 0, nr = folio_nr(e, head)
     for i in range(HPAGE_PMD_NR):
-        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and \
-                (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head:
+        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and in_folio(<int64_t>pte_pfn(t[i]), head, nr):
             n += 1
     return n
 
 
 cdef bint folio_in_range(engine_t *e, uint64_t *t, uint64_t base, int64_t head,
                          uint64_t start, uint64_t end) noexcept nogil:
-    cdef int64_t i
+    cdef int64_t i, nr = folio_nr(e, head)
     cdef uint64_t a
     for i in range(HPAGE_PMD_NR):
-        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and \
-                (<int64_t>pte_pfn(t[i]) & ~(<int64_t>HPAGE_PMD_NR - 1)) == head:
+        if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL) and in_folio(<int64_t>pte_pfn(t[i]), head, nr):
             a = base + (<uint64_t>i << MM_PAGE_SHIFT)
             if a < start or a >= end:
                 return False
@@ -940,14 +956,14 @@ cdef void deferred_split_folio(engine_t *e, mm_t *mm, int64_t pfn, uint64_t va) 
     cdef int64_t head = folio_of(e, pfn), p
     cdef int64_t *q
     # (Still PMD-mapped somewhere, the folio counts as entirely mapped: not partially.)
-    if e.dsq_on[head >> HPAGE_PMD_ORDER] or not (e.fflags[head] & PG_ANON) or entire_mapcount(e, head)[0] \
+    if folio_deferred(e, head)[0] or not (e.fflags[head] & PG_ANON) or entire_mapcount(e, head)[0] \
             or pfn_is_hugetlb(e, head) or is_huge_zero_pfn(e, head):
         return
     # Partially mapped: some other page is still mapped (the first found will do).
     p = head
-    while p < head + HPAGE_PMD_NR and e.mapcount[p] == 0:
+    while p < head + folio_nr(e, head) and e.mapcount[p] == 0:
         p += 1
-    if p == head + HPAGE_PMD_NR:
+    if p == head + folio_nr(e, head):
         return
     if e.ndsq * 3 + 3 > e.dsq_cap:
         if grow_i64(&e.dsq, &e.dsq_cap, e.ndsq * 3 + 3) < 0:
@@ -955,7 +971,7 @@ cdef void deferred_split_folio(engine_t *e, mm_t *mm, int64_t pfn, uint64_t va) 
     q = e.dsq + e.ndsq * 3
     q[0], q[1], q[2] = head, mm.id, <int64_t>(va - (<uint64_t>(pfn - head) << MM_PAGE_SHIFT))
     e.ndsq += 1
-    e.dsq_on[head >> HPAGE_PMD_ORDER] = 1
+    folio_deferred(e, head)[0] = 1
 
 
 cdef int64_t deferred_split_scan(engine_t *e) noexcept nogil:
@@ -968,7 +984,7 @@ cdef int64_t deferred_split_scan(engine_t *e) noexcept nogil:
     cdef mm_t *mm
     for i in range(e.ndsq):
         head = e.dsq[3 * i]
-        if not e.dsq_on[head >> HPAGE_PMD_ORDER]:
+        if not folio_deferred(e, head)[0]:
             continue                    # freed or split since
         # split_folio() finds the mappings by rmap; here: the mm that queued
         # it first, then any other mapping it at the same address (fork).
@@ -979,7 +995,7 @@ cdef int64_t deferred_split_scan(engine_t *e) noexcept nogil:
             mm = &e.mms[mmi]
             if mm.alive and split_folio_here(e, mm, head, <uint64_t>e.dsq[3 * i + 2], True, False) == 0:
                 break
-        if not e.dsq_on[head >> HPAGE_PMD_ORDER]:
+        if not folio_deferred(e, head)[0]:
             continue
         e.dsq[3 * j], e.dsq[3 * j + 1], e.dsq[3 * j + 2] = e.dsq[3 * i], e.dsq[3 * i + 1], e.dsq[3 * i + 2]
         j += 1

@@ -43,6 +43,9 @@
 #define PMD_HUGE       (1 << 30)
 #define HPAGE_PMD_ORDER 9
 #define HPAGE_PMD_NR   512
+/* Multi-size THP (6.8): anon large folios of orders MTHP_MIN_ORDER..PMD
+ * order (THP_ORDERS_ALL_ANON: not order 0 or 1), naturally aligned. */
+#define MTHP_MIN_ORDER 2
 
 /* Non-present, non-none pte (bit 0 clear, type != 0): swap-like entries. */
 #define SWP_TYPE_SHIFT 1
@@ -73,8 +76,8 @@
 #define PG_BYTES          (1u << 9)   /* `version` holds a byte-store slot */
 #define PG_FILE           (1u << 10)  /* page-cache page of mapping/index */
 #define PG_LAZYFREE       (1u << 11)  /* MADV_FREE'd: !PG_swapbacked, discardable if clean */
-#define PG_HEAD           (1u << 12)  /* first page of a large folio (order HPAGE_PMD_ORDER) */
-#define PG_TAIL           (1u << 13)  /* another page of it: the folio is pfn & ~(HPAGE_PMD_NR - 1) */
+#define PG_HEAD           (1u << 12)  /* first page of a large folio (order HPAGE_PMD_ORDER, or forder[] for an mTHP) */
+#define PG_TAIL           (1u << 13)  /* another page of it: the folio is pfn & ~(HPAGE_PMD_NR - 1) (mTHP: forder[]) */
 #define PG_ISOLATED       (1u << 14)  /* emulator: taken off the LRU for migration (folio_isolate_lru) */
 #define PG_USED           (1u << 15)  /* allocated (not on the free list) */
 

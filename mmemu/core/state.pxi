@@ -57,3 +57,4 @@ cdef void *stack_import(object arr, int64_t cap, size_t item) except NULL:
     if arr.nbytes:
         memcpy(p, <void *>cnp_data(arr), arr.nbytes)
     return p
+

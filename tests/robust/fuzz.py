@@ -311,6 +311,7 @@ SPECS = {
     "Machine.set_clock": [("cpu", "cpu"), ("ns", "ns")],
     "Machine.costs": "PROPERTY",
     "Machine.frame": [("pfn", "pfn")],
+    "Machine.folio_order": [("pfn", "pfn")],
     "Machine.memory_usage": [],
     "Machine.hugepages": "PROPERTY",
     "Machine.khugepaged_scan": [None, ("pages", "npages"), ("cpu", "cpu")],
