@@ -240,6 +240,8 @@ class Machine:
         page, 2..8 for a multi-size THP (6.8+), 9 for a PMD-sized THP or a
         2 MiB hugetlb page, 18 for a 1 GiB one."""
         pfn = operator.index(pfn)
+        if not 0 <= pfn < self._engine.nframes:
+            raise ValueError(f"pfn {pfn} out of range 0..{self._engine.nframes - 1}")
         return self._engine.folio_order(pfn)
 
     def frame(self, pfn: int) -> FrameInfo:
@@ -366,7 +368,8 @@ class Machine:
         """One wake-up of khugepaged (khugepaged_do_scan, 6.12): from where
         the last one stopped, walk the processes in pid order and their
         VMAs in address order, and try to collapse each aligned 2 MiB of a
-        VMA THP may use (enabled=always, or madvise with MADV_HUGEPAGE; not
+        VMA THP may use (enabled=always, or madvise with MADV_HUGEPAGE; from
+        6.8 the 2 MiB size's own setting, Machine.thp.pmd_allowed; not
         VM_NOHUGEPAGE; private anon) with khugepaged's rules
         (Machine.thp.khugepaged: max_ptes_none/swap/shared, a young pte
         needed). `pages` ptes of progress (pages_to_scan by default): 512
@@ -376,7 +379,6 @@ class Machine:
         budget = k.pages_to_scan if pages is None else A.size(pages, "khugepaged_scan", "pages")
         cpu = self._cpu_arg(cpu, "khugepaged_scan")
         THP = C.PMD_SIZE
-        enabled = self.thp.enabled
         made = progress = 0
         through_head = 0
         pid, addr = k.cursor
@@ -400,7 +402,7 @@ class Machine:
                 if progress >= budget:
                     stopped = True
                     break
-                eligible = (enabled == "always" or (enabled == "madvise" and v.flags & VM_HUGEPAGE)) \
+                eligible = self.thp.pmd_allowed(bool(v.flags & VM_HUGEPAGE)) \
                     and not v.flags & (VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP | VM_IO | VM_MIXEDMAP | VM_SHARED) \
                     and not v.file
                 hstart, hend = max(-(-v.start // THP) * THP, -(-addr // THP) * THP), v.end // THP * THP

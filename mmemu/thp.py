@@ -195,6 +195,17 @@ class ThpSettings:
             raise ValueError(f"THP use_zero_page must be 0 or 1, not {v!r}")
         self._set(use_zero_page=int(v))
 
+    def pmd_allowed(self, hugepage: bool) -> bool:
+        """Whether a private anon VMA may get PMD-sized THPs by the sysfs
+        settings (thp_vma_allowable_order(PMD_ORDER)'s sysfs part):
+        `hugepage` says whether it has MADV_HUGEPAGE. From 6.8 the 2 MiB
+        size's own setting decides, "inherit" deferring to `enabled`."""
+        always, madvise, inherit = self._engine.mthp_get()
+        bit = 1 << 9
+        enabled = self.enabled
+        return bool(always & bit or (hugepage and madvise & bit)
+                    or (inherit & bit and (enabled == "always" or (enabled == "madvise" and hugepage))))
+
     @property
     def shmem_enabled(self) -> str:
         return self._shmem

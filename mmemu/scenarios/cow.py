@@ -12,7 +12,7 @@ versions where the bug reproduces.
 from .. import constants as C
 from ..eras import FOLL_FORCE_ANON_EXCLUSIVE
 from ..errors import Sigsegv
-from . import ScenarioSkip, absent, check, scenario
+from . import FeatureAbsent, ScenarioSkip, absent, check, scenario
 
 PAGE = C.PAGE_SIZE
 THP = C.PMD_SIZE
@@ -112,12 +112,39 @@ def _span(backing, size):
     return HUGETLB_BACKINGS[backing][0] if backing in HUGETLB_BACKINGS else size
 
 
+def _mthp_mem(p, backing):
+    """cow.c run_with_thp() for a size below the PMD's (6.8+ runs its THP
+    cases for every enabled mTHP size): hugepages-<size>kB/enabled=always,
+    2 * size mapped, the aligned half given MADV_HUGEPAGE, populated and
+    memset to 1: one folio of that size mapped by ptes (cow.c's THP_RUN_PMD
+    run, which for a small size is PTE-mapped already)."""
+    size = MTHP_BACKINGS[backing]
+    sizes = getattr(getattr(p.machine, "thp", None), "sizes", None)
+    if sizes is None or not hasattr(p.machine, "folio_order"):
+        raise ScenarioSkip("this machine cannot set hugepages-<size>kB/enabled (the host oracle leaves sysfs alone)")
+    try:
+        sizes[size] = "always"
+    except FileNotFoundError:
+        raise FeatureAbsent("multi-size THP (hugepages-<size>kB) arrives in 6.8") from None
+    raw = p.mmap(0, 2 * size, RW, PRIV)
+    mem = (raw + size - 1) & ~(size - 1)
+    p.madvise(mem, size, C.MADV_HUGEPAGE)
+    p.write(mem, b"\x01")
+    if not p.pagemap(mem + size - PAGE).present \
+            or p.machine.folio_order(p.pagemap(mem).pfn) != (size // PAGE).bit_length() - 1:
+        raise ScenarioSkip(f"did not get a {size >> 10} KiB mTHP populated")
+    p.write(mem, b"\x01" * size)
+    return mem, size
+
+
 def _anon_mem(p, backing):
     """The memory a cow.c test runs on for `backing`: (address, size)."""
     if backing in ("base", "base-swapped"):
         return _anon_page(p, backing=backing), PAGE
     if backing in HUGETLB_BACKINGS:
         return _hugetlb_mem(p, backing)
+    if backing in MTHP_BACKINGS:
+        return _mthp_mem(p, backing)
     return _thp_mem(p, backing)
 
 
@@ -125,6 +152,9 @@ def _anon_mem(p, backing):
 THP_BACKINGS = ("THP", "THP-swapped", "PTE-THP", "PTE-THP-swapped", "single-PTE-THP",
                 "single-PTE-THP-swapped", "partial-mremap-THP", "partial-shared-THP")
 SWAPPED_THP_BACKINGS = tuple(b for b in THP_BACKINGS if b.endswith("-swapped"))
+# cow.c's THP run at mTHP sizes (6.8+: n/a before), PTE-mapped large folios:
+# they fail where the PTE-mapped THP backings do.
+MTHP_BACKINGS = {"mTHP-16K": 16 << 10, "mTHP-64K": 64 << 10}
 
 
 def _backings(base, thp, pte_thp, bug_thp=None, hugetlb="", bug_hugetlb=None, thp_swapped=None,
@@ -144,6 +174,8 @@ def _backings(base, thp, pte_thp, bug_thp=None, hugetlb="", bug_hugetlb=None, th
             out[b] = other.get(b.replace("-", "_"), base[1] if thp_swapped is None else thp_swapped)
         else:
             out[b] = other.get(b.replace("-", "_"), pte_thp)
+    for b in MTHP_BACKINGS:
+        out[b] = other.get(b.replace("-", "_"), pte_thp)
     for b in HUGETLB_BACKINGS:
         out[b] = (hugetlb, bug_hugetlb) if bug_hugetlb else hugetlb
     return out

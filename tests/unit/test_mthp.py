@@ -237,6 +237,20 @@ def test_the_pmd_size_has_its_own_setting_from_6_8():
     m.check()
 
 
+def test_khugepaged_follows_the_pmd_size_setting():
+    # hugepage_vma_check -> thp_vma_allowable_order(PMD_ORDER) with the
+    # sysfs enforced: hugepages-2048kB=never keeps khugepaged off the VMA.
+    for setting, made in (("inherit", 1), ("never", 0)):
+        m = machine(thp="always")
+        m.thp.sizes[2 << 20] = "never"          # base pages to collapse
+        p = m.spawn()
+        a = region(p, 2 << 20, 2 << 20)
+        p.write(a, b"\x01" * (2 << 20))
+        m.thp.sizes[2 << 20] = setting
+        assert m.khugepaged_scan() == made, setting
+        m.check()
+
+
 def test_fallback_to_smaller_orders_when_no_block_is_left():
     # vma_alloc_folio fails (no free aligned block, no compaction here):
     # MTHP_STAT_ANON_FAULT_FALLBACK and the next order, then a base page.
@@ -258,7 +272,7 @@ def forked(kernel, child_exits=True):
     m = machine(kernel, {K64: "always"})
     p = m.spawn()
     a = region(p)
-    p.write(a, b"\x01" * (16 * PAGE))
+    p.write(a, b"\x01" * (32 * PAGE))          # two folios side by side in one block
     c = p.fork()
     if child_exits:
         c.exit()
@@ -285,6 +299,7 @@ def test_fork_shares_the_folio_and_a_child_write_copies_one_page():
     head = p.pagemap(a).pfn
     assert c.pagemap(a + 2 * PAGE).pfn == head + 2
     assert m.frame(head).refcount == 32 and m.frame(head + 2).kpagecount == 2
+    assert m.frame(head + 16).refcount == 32          # the next folio's own references
     c.write(a + 2 * PAGE, b"\x09")
     assert c.pagemap(a + 2 * PAGE).pfn != head + 2 and m.folio_order(c.pagemap(a + 2 * PAGE).pfn) == 0
     assert p.read(a + 2 * PAGE, 1) == b"\x01"
