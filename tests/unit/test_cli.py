@@ -170,7 +170,7 @@ def test_scenarios_json_is_all_of_stdout(capsys):
                          "--kernel", "6.18", "--json", "--progress")
     assert code == 0
     rows = json.loads(out)
-    assert len(rows) == 2 * 13    # S3 on its 12 backings (base, swapped, 8 THP, 2 hugetlb), S69; two versions
+    assert len(rows) == 2 * 15    # S3 on its 14 backings (base, swapped, 8 THP, 2 mTHP, 2 hugetlb), S69; two versions
     assert set(rows[0]) == {"id", "name", "title", "bug", "backing", "kernel", "version",
                             "era", "label", "status", "expected", "detail"}
     s69 = {r["kernel"]: r for r in rows if r["id"] == "S69"}
@@ -186,10 +186,10 @@ def test_scenarios_summary_counts_na_apart(capsys):
     code, out, _ = run(capsys, "scenarios", "--only", "S3,S69", "--kernel", "5.7",
                        "--kernel", "6.18", "--no-progress")
     assert code == 0
-    # S3 on 12 backings and S69, on two versions; on 5.7 S3 leaks on all its
-    # backings but partial-mremap-THP, on 6.18 on its two hugetlb ones (B2b),
-    # and S69's bug is 6.18's.
-    assert "26 runs: 25 as expected (14 reproduce their bug), 1 n/a (the era lacks the feature), " \
+    # S3 on 14 backings and S69, on two versions; on 5.7 S3 leaks on all its
+    # backings but partial-mremap-THP and the mTHP ones (n/a: 6.8+), on 6.18
+    # on its two hugetlb ones (B2b), and S69's bug is 6.18's.
+    assert "30 runs: 27 as expected (14 reproduce their bug), 3 n/a (the era lacks the feature), " \
            "0 unexpected" in out
     row = next(line for line in out.splitlines() if line.startswith("S69 "))
     assert row.split()[1:3] == ["-", "B"]
