@@ -294,6 +294,19 @@ def test_cow_of_an_mthp_page_per_era(kernel, reused):
     m.check()
 
 
+@pytest.mark.parametrize("kernel, reused", [("6.8", True), ("6.9", False)])
+def test_cow_of_the_last_mapped_page_of_an_mthp(kernel, reused):
+    # 5.18-6.8: a folio whose one reference is this pte is reused (refcount
+    # == 1); 6.9 (781a3ca5c345) never reuses a large folio's page.
+    m, p, c, a = forked(kernel)
+    p.madvise(a + PAGE, 15 * PAGE, C.MADV_DONTNEED)
+    before = p.pagemap(a).pfn
+    p.write(a, b"\x02")
+    assert (p.pagemap(a).pfn == before) == reused
+    assert p.read(a, 2) == b"\x02\x01"
+    m.check()
+
+
 def test_fork_shares_the_folio_and_a_child_write_copies_one_page():
     m, p, c, a = forked("6.12", child_exits=False)
     head = p.pagemap(a).pfn
@@ -337,6 +350,21 @@ def test_partial_unmap_defers_the_split_to_reclaim():
     assert m.reclaim(1) == 12
     assert used(m) == u0 - 12 and order_at(m, p, a) == 0
     assert p.read(a, 4 * PAGE) == b"\x01" * (4 * PAGE)
+    m.check()
+
+
+def test_two_mthps_of_one_block_are_queued_each():
+    # Each folio's deferred-split state is its own (the kernel's
+    # _deferred_list per folio): two partially unmapped 64 KiB folios of one
+    # 2 MiB block are both split by the shrinker.
+    m = machine(sizes={K64: "always"})
+    p = m.spawn()
+    a = region(p)
+    p.write(a, b"\x01" * (32 * PAGE))
+    p.madvise(a + 4 * PAGE, 12 * PAGE, C.MADV_DONTNEED)
+    p.madvise(a + 20 * PAGE, 12 * PAGE, C.MADV_DONTNEED)
+    assert m.reclaim(1) == 24
+    assert order_at(m, p, a) == 0 and order_at(m, p, a + 16 * PAGE) == 0
     m.check()
 
 
