@@ -771,7 +771,7 @@ cdef class Engine:
         h = folio_of(&self.e, pfn)
         if mthp_order(&self.e, h):
             return mthp_order(&self.e, h)
-        if h >= self.e.gig_base and h < self.e.gig_end:
+        if pfn_in_gig(&self.e, h):
             return HPAGE_PUD_ORDER
         return HPAGE_PMD_ORDER
 

@@ -134,8 +134,9 @@ cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
     if e.fflags[pfn] & PG_TAIL:
         if e.mapping[pfn]:
             return pfn & ~((<int64_t>1 << e.mapping[pfn]) - 1)    # an mTHP: mthp_order
-        if pfn < e.gig_end and pfn >= e.gig_base:
+        if pfn < e.gig_end and pfn >= e.gig_base and pfn_in_gig(e, pfn):
             # a 1 GiB hugetlb page (core/hugetlb.pxi): order 18, naturally aligned
+            # (the bounds hold every node's; the node's own range decides)
             return pfn & ~(<int64_t>HPAGE_PUD_NR - 1)
         return pfn & ~(<int64_t>HPAGE_PMD_NR - 1)
     return pfn

@@ -326,3 +326,39 @@ def test_mbind_moves_each_huge_page_once_and_leaves_shared_ones_without_failing(
     assert [node_of_va(m, c, a + i * H2M) for i in range(2)] == [0, 0]
     assert c.pagemap(a).pfn == p.pagemap(a).pfn
     m.check()
+
+
+def test_a_tail_between_two_nodes_gigantic_pages_finds_its_own_head():
+    """With a 1 GiB page on each node, the frames between them (node 1's
+    2 MiB pages, its THPs) are not 1 GiB tails: folio_of must ask the node."""
+    m = machine(n2m=2, n1g=2, thp="always")
+    p = m.spawn()
+    a = p.mmap(0, 2 * H2M, RW, HUGE)
+    p.write(a, b"0")
+    p.write(a + H2M + 7 * PAGE, b"1")                   # node 1's 2 MiB page
+    head = p.pagemap(a + H2M).pfn
+    assert m.node_of(head) == 1 and head % 512 == 0
+    assert m.frame(head + 7).refcount == m.frame(head).refcount == 1
+    b = p.mmap(0, 4 * H2M, RW, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+    p.madvise(b, 4 * H2M, C.MADV_HUGEPAGE)
+    for i in range(4):
+        p.write(b + i * H2M + 3 * PAGE, b"t")
+    m.check()
+    assert m.folio_order(head + 7) == 9
+    p.munmap(a, 2 * H2M)
+    m.check()
+
+
+def test_folio_order_of_each_kind_of_page_on_two_nodes():
+    m = machine(n2m=2, n1g=2)
+    p = m.spawn()
+    g = p.mmap(0, 2 * H1G, RW, HUGE | C.MAP_HUGE_1GB)
+    p.write(g + H1G + 9 * PAGE, b"g")
+    h = p.mmap(0, 2 * H2M, RW, HUGE)
+    p.write(h + H2M + PAGE, b"h")
+    s = p.mmap(0, PAGE, RW, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+    p.write(s, b"s")
+    assert m.folio_order(p.pagemap(g + H1G + 9 * PAGE).pfn) == 18
+    assert m.folio_order(p.pagemap(h + H2M + PAGE).pfn) == 9
+    assert m.folio_order(p.pagemap(s).pfn) == 0
+    m.check()
