@@ -287,6 +287,10 @@ class Machine:
             return FrameInfo(pfn, 0, kpf, refcount=0, pincount=0)
         if "anon" in flags:
             kpf |= 1 << C.KPF_ANON
+            if self.policy.kpf_ksm_all_anon:
+                # The same stable_page_flags() test as for a small page: a
+                # hugetlb folio's anon mapping matches it too (6.12.118).
+                kpf |= 1 << C.KPF_KSM
         for name in ("dirty", "uptodate"):
             if name in flags:
                 kpf |= 1 << _KPF[name]
