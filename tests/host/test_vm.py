@@ -111,7 +111,9 @@ def test_a_short_hugetlb_diff_agrees_with_the_engine(guest):
     why = guest.func("mmemu.host.hugetlb:why_no_pool", pool)
     if why:
         pytest.skip(f"the guest's hugetlb pool cannot be set: {why}")
-    make = diff.engine_factory(guest.version, 0, 0, hugepages=pool)
+    # The guest's THP mode: a hugetlb range remapped anonymous is 2 MiB aligned.
+    thp = guest.func("mmemu.host.caps:capabilities").thp
+    make = diff.engine_factory(guest.version, 0, 0, thp, hugepages=pool)
     features, _dropped = diff.probe(make, diff.Features(pins=False, hugetlb=True))
     with _machine(guest, hugepages=pool) as vm:
         results = diff.survey(PROGRAMS // 2, 5, vm, make, (f"vm:{guest.version}", "engine"),
