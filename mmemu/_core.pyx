@@ -2709,14 +2709,17 @@ cdef class Engine:
 
     cdef int _check_hugetlb_pool(self) except -1:
         """Every pool page is free (on its stack, once) or a folio in use;
-        reservations never exceed the free pages."""
+        reservations never exceed the free pages. They go below zero by at
+        most the pages in use: hugetlb_vm_op_close hands back a reservation a
+        zap restored to a page a pin still holds, its free adds it back."""
         cdef int h
         cdef int32_t n
         cdef int64_t i, head, used, nfree, cnt
         if not self.e.hugetlb_end:
             return 0
         for h in range(MM_NR_HSTATES):
-            if not 0 <= self.e.h_resv[h] <= self.e.h_free[h] <= self.e.h_nr[h]:
+            if not (self.e.h_free[h] - self.e.h_nr[h] <= self.e.h_resv[h] <= self.e.h_free[h]
+                    and 0 <= self.e.h_free[h] <= self.e.h_nr[h]):
                 raise InvariantError("hugetlb pool counters out of order", None,
                                      f"hstate {h}: total {self.e.h_nr[h]} free {self.e.h_free[h]} "
                                      f"reserved {self.e.h_resv[h]}")

@@ -167,8 +167,11 @@ class Machine:
         """The hugetlb pool per page size, as /sys/kernel/mm/hugepages/
         hugepages-<size>kB/ shows it (surplus pages are never made: no
         overcommit)."""
-        return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f, "resv_hugepages": r,
-                                 "surplus_hugepages": 0}
+        # resv_huge_pages is an unsigned long: sysfs prints a count that went
+        # below zero (a pinned page's restored reservation, handed back by
+        # hugetlb_vm_op_close before the page is freed) as 2**64 - n.
+        return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f,
+                                 "resv_hugepages": r & 0xFFFFFFFFFFFFFFFF, "surplus_hugepages": 0}
                 for h, (t, f, r) in enumerate(self._engine.hugetlb_pool())}
 
     def node_hugepages(self, node: SupportsIndex) -> dict[int, dict[str, int]]:
@@ -296,6 +299,10 @@ class Machine:
             return FrameInfo(pfn, 0, kpf, refcount=0, pincount=0)
         if "anon" in flags:
             kpf |= 1 << C.KPF_ANON
+            if self.policy.kpf_ksm_all_anon:
+                # The same stable_page_flags() test as for a small page: a
+                # hugetlb folio's anon mapping matches it too (6.12.118).
+                kpf |= 1 << C.KPF_KSM
         for name in ("dirty", "uptodate"):
             if name in flags:
                 kpf |= 1 << _KPF[name]

@@ -388,11 +388,18 @@ class Process(FileOps, NumaOps):
         return ret + size if off_sub == 0 else ret + off_sub
 
     def _unmap(self, start, end):
+        # unmap_region() zaps while the VMAs are still there, remove_vma()
+        # closes them after: __unmap_hugepage_range's restored reservation
+        # (hugetlb_zap_restore_reserve) is then handed back by
+        # hugetlb_vm_op_close (6.12.118, 6.18.44: resv_hugepages reads -1
+        # while a pin keeps the unmapped page).
+        if not any(True for _v in self.vmas.overlapping(start, end)):
+            return
+        self._sync()
+        self._engine.zap(self.mm, self.cpu, start, end, True)
         removed = self.vmas.remove(start, end)
-        if removed:
-            self._sync()
-            self._engine.zap(self.mm, self.cpu, start, end, True)
-            self.machine._reap_files({v.file for v in removed if v.file})
+        self._sync()
+        self.machine._reap_files({v.file for v in removed if v.file})
 
     def munmap(self, addr: int, length: int) -> None:
         addr, length = A.ulong(addr, "munmap", "addr"), A.ulong(length, "munmap", "length")

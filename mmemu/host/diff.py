@@ -985,7 +985,7 @@ def _oracle(args, swap, log, bars):
         return (lambda: HostMachine(swap=swap, uffd=args.uffd, hugepages=args.hugepages)), \
             caps, swap, make_other, names
     from .vm import VmMachine, VmUnavailable, guest
-    args.hugepages = None           # the VM oracle sets no hugetlb pool
+    args.hugepages = None
     spec = args.against[3:]
     name = args.against
     try:
@@ -1000,15 +1000,25 @@ def _oracle(args, swap, log, bars):
         if reason:
             print(f"no swap on either side: the guest cannot enable it ({reason})", file=log)
             swap = 0
+    if not args.uffd and not args.no_hugetlb:
+        # The guest's own pool, as the host's above: asked in the guest.
+        why = g.func("mmemu.host.hugetlb:why_no_pool", {C.PMD_SIZE: HUGETLB_POOL})
+        if why:
+            print(f"no hugetlb programs: the guest's pool cannot be set ({why})", file=log)
+        else:
+            args.hugepages = {C.PMD_SIZE: HUGETLB_POOL}
     kernel = g.version if args.kernel == "host" else args.kernel
     args.kernel = kernel            # the engine's side, as the report names it
     try:
-        make_other = engine_factory(kernel, args.seed, swap, caps.thp)
-        make_other()
+        engine_factory(kernel, args.seed, swap, caps.thp)()
     except (EngineMissing, ValueError) as e:
         return f"the engine cannot run {kernel}: {e}"
-    return (lambda: VmMachine(spec, swap=swap, uffd=args.uffd)), caps, swap, make_other, \
-        (name, f"engine {kernel}")
+    # The engine's pool is the guest's (args.hugepages, None if the guest's
+    # machine could not be given one after all).
+    make_other = lambda: engine_factory(kernel, args.seed, swap, caps.thp,  # noqa: E731
+                                        args.hugepages)()
+    return (lambda: VmMachine(spec, swap=swap, uffd=args.uffd, hugepages=args.hugepages)), \
+        caps, swap, make_other, (name, f"engine {kernel}")
 
 
 def _tally(results, status):

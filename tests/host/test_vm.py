@@ -103,6 +103,26 @@ def test_a_short_diff_agrees_with_the_engine_at_the_guests_version(guest):
     assert sum(o.status == "agree" for _p, o in results) >= PROGRAMS * 3 // 4
 
 
+def test_a_short_hugetlb_diff_agrees_with_the_engine(guest):
+    """The guest's own hugetlb pool set for the run, the engine given the
+    same: the hugetlb rules of the guest's exact version are checked."""
+    from mmemu.host import diff
+    pool = {C.PMD_SIZE: diff.HUGETLB_POOL}
+    why = guest.func("mmemu.host.hugetlb:why_no_pool", pool)
+    if why:
+        pytest.skip(f"the guest's hugetlb pool cannot be set: {why}")
+    # The guest's THP mode: a hugetlb range remapped anonymous is 2 MiB aligned.
+    thp = guest.func("mmemu.host.caps:capabilities").thp
+    make = diff.engine_factory(guest.version, 0, 0, thp, hugepages=pool)
+    features, _dropped = diff.probe(make, diff.Features(pins=False, hugetlb=True))
+    with _machine(guest, hugepages=pool) as vm:
+        results = diff.survey(PROGRAMS // 2, 5, vm, make, (f"vm:{guest.version}", "engine"),
+                              features=features)
+    assert any("HUGETLB" in str(p) for p, _o in results)   # MAP_ or MFD_
+    bad = [(p, o) for p, o in results if o.status in ("diverge", "host-flaky")]
+    assert not bad, "\n\n".join(str(o.divergence) for _p, o in bad)
+
+
 def test_a_short_uffd_diff_agrees_with_the_engine(guest):
     from mmemu.host import diff
     make = diff.engine_factory(guest.version, 0, 0)

@@ -312,3 +312,46 @@ def test_diff_json_reports_a_shrunk_divergence(capsys, monkeypatch, no_exclusive
     d = doc["divergences"][0]
     assert d["shrunk"] and d["program"][0]["op"] == "mmap" and len(d["program"]) == 2
     assert d["text"].startswith("first divergence at step 1")
+
+
+class _FakeGuest:
+    """What diff._oracle asks of a booted guest, without QEMU."""
+    info = {"package": "linux-image-fake", "debian_version": "6.12.118-1"}
+    boot_seconds, accel, version = 0.0, "tcg", "6.12.118"
+
+    def __init__(self, why_no_pool):
+        self.why_no_pool, self.asked = why_no_pool, []
+
+    def func(self, where, *args):
+        self.asked.append((where, args))
+        if where == "mmemu.host.caps:capabilities":
+            from types import SimpleNamespace
+            return SimpleNamespace(thp="madvise")
+        if where == "mmemu.host.hugetlb:why_no_pool":
+            return self.why_no_pool
+        return None
+
+
+@pytest.mark.parametrize("why", [None, "setting nr_hugepages needs root"])
+def test_diff_against_a_vm_gives_the_guest_and_the_engine_the_guests_hugetlb_pool(
+        monkeypatch, why):
+    # Without it the VM oracle ran no hugetlb programs (no pool on either side).
+    from mmemu import constants as C
+    from mmemu.host import diff, vm
+    g = _FakeGuest(why)
+    made = []
+    monkeypatch.setattr(vm, "guest", lambda spec, progress=None: g)
+    monkeypatch.setattr(vm, "VmMachine", lambda spec, **kw: made.append((spec, kw)))
+    args = diff._parser().parse_args(["--against", "vm:6.12", "--swap", "0"])
+    log = io.StringIO()
+    make_oracle, _caps, _swap, make_other, names = diff._oracle(args, 0, log, True)
+    pool = None if why else {C.PMD_SIZE: diff.HUGETLB_POOL}
+    # The pool is asked about in the guest, not on this host.
+    assert ("mmemu.host.hugetlb:why_no_pool", ({C.PMD_SIZE: diff.HUGETLB_POOL},)) in g.asked
+    assert args.hugepages == pool
+    make_oracle()
+    assert made == [("6.12", {"swap": 0, "uffd": False, "hugepages": pool})]
+    engine = make_other()
+    assert names == ("vm:6.12", "engine 6.12.118")
+    assert engine.hugepages[C.PMD_SIZE]["free_hugepages"] == (0 if why else diff.HUGETLB_POOL)
+    assert ("guest's pool cannot be set" in log.getvalue()) == (why is not None)

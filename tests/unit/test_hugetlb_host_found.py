@@ -139,3 +139,28 @@ def test_punch_hole_zeroes_the_partial_huge_pages_at_its_edges(kernel, zeroed):
     assert p.read(q + 100, 4) == b"mine"
     assert _pool(m) == (4, 1, 0)
     m.check()
+
+
+@pytest.mark.parametrize("kernel, restored", [("6.7", False), ("6.8", True), ("6.1.176", False),
+                                              ("6.12.118", True), ("6.18.44", True)])
+def test_munmap_of_a_pinned_owners_page_hands_its_restored_reservation_back_first(kernel,
+                                                                                 restored):
+    """munmap zaps before it closes the VMA (unmap_region, then remove_vma):
+    the zap restores the owner's reservation of a page no one else maps
+    (__unmap_hugepage_range, df7a6d1f6405 6.8; in 6.12.118 too, the folio
+    being unmapped), and hugetlb_vm_op_close then hands back every
+    unconsumed reservation, that one included, while the pin still holds
+    the page: resv_hugepages goes below zero (sysfs prints 2**64 - 1) until
+    the pin's release frees the page and adds it back. Seen on 6.12.118
+    under QEMU and on the 6.18.44 host. If the engine closed the VMA before
+    the zap, the restore found no VMA and resv read 0."""
+    m = mmemu.Machine(kernel=kernel, hugepages={H2M: 4})
+    p = m.spawn()
+    a = p.mmap(0, 2 * H2M, RW, HUGE)
+    pin = p.pin_user_pages(a, 2, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    assert _pool(m) == (4, 3, 1)
+    p.munmap(a, 2 * H2M)
+    assert _pool(m) == (4, 3, (1 << 64) - 1 if restored else 0)
+    pin.release()
+    assert _pool(m) == (4, 4, 0)
+    m.check()

@@ -8,13 +8,18 @@ import pytest
 
 import mmemu
 from mmemu import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
-from mmemu.constants import KPF_KSM
+from mmemu.constants import KPF_KSM, MAP_HUGE_2MB, MAP_HUGETLB
 
 
-def _anon_page_flags(kernel):
-    m = mmemu.Machine(kernel=kernel)
+def _anon_page_flags(kernel, hugetlb=False):
+    if hugetlb:
+        m = mmemu.Machine(kernel=kernel, hugepages={2 << 20: 1})
+        size, flags = 2 << 20, MAP_HUGETLB | MAP_HUGE_2MB
+    else:
+        m = mmemu.Machine(kernel=kernel)
+        size, flags = PAGE_SIZE, 0
     p = m.spawn()
-    a = p.mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = p.mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | flags)
     p.write(a, b"x")
     return m.frame(p.pagemap(a).pfn)
 
@@ -27,8 +32,11 @@ def _anon_page_flags(kernel):
     ("6.18", True),
     ("6.18.44", False),    # 81401cebfc15 in 6.18.y: the 6.18.44 host shows it fixed
 ])
-def test_kpageflags_reports_ksm_on_every_anon_page_from_the_rewrite_to_its_fix(kernel, ksm):
-    f = _anon_page_flags(kernel)
+@pytest.mark.parametrize("hugetlb", [False, True], ids=["small", "hugetlb"])
+def test_kpageflags_reports_ksm_on_every_anon_page_from_the_rewrite_to_its_fix(kernel, ksm,
+                                                                               hugetlb):
+    # A hugetlb page too (the 6.12.118 guest's MAP_HUGETLB page read as KSM).
+    f = _anon_page_flags(kernel, hugetlb)
     assert ("ksm" in f.flags) == ksm
     assert bool(f.kpageflags & (1 << KPF_KSM)) == ksm
 
