@@ -2144,7 +2144,7 @@ cdef class Engine:
         self._zone_nr_free = np.zeros(nl, np.int64)
         for n in range(nnodes):
             l = n * MM_NR_ZONE_LISTS
-            start = 1 if n == 0 else n * span       # pfn 0: the zero page
+            start = node_start(&self.e, <int32_t>n)     # pfn 0: the zero page
             end = node_end(&self.e, <int32_t>n)
             mstart = end - movable_span
             self._node_next[l + MM_ZONE_NORMAL] = start

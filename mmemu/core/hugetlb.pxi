@@ -157,13 +157,10 @@ cdef int hugetlb_pool_init(engine_t *e, int64_t n2m, int64_t n1g) noexcept nogil
 
 
 cdef inline void pool_slack_free(engine_t *e, int64_t pfn) noexcept nogil:
-    # A frame above a node's share: onto the free list it belongs to (the
-    # frame was counted free already).
-    cdef int64_t l
+    # A frame above a node's share: onto the free list it belongs to (it was
+    # counted free already; a zoned engine's counts are recounted after).
     if e.zoned:
-        l = <int64_t>node_of(e, pfn) * MM_NR_ZONE_LISTS + MM_ZONE_NORMAL
-        e.version[pfn] = <uint64_t>e.node_free[l]
-        e.node_free[l] = pfn + 1
+        zone_frame_put(e, pfn)
     else:
         freelist_push(e, pfn)
 
