@@ -1101,7 +1101,7 @@ cdef int hugetlb_mfill_atomic_pte(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t
 # base page, a migration entry naming that page (as a present leaf names
 # it): entry 0 stands for the kernel's one huge entry. Only
 # unmap_and_move_huge_page() makes them, between its unmap and its
-# remove_migration_ptes() (SP_MIGRATION_UNMAPPED).
+# remove_migration_ptes() (SP_HUGETLB_MIGRATION_UNMAPPED).
 
 cdef inline bint hugetlb_leaf_is_migration(engine_t *e, int32_t ent) noexcept nogil:
     return pmd_trans_huge(ent) and is_migration_entry(pmd_leaf_table(e, ent)[0])
@@ -1242,13 +1242,11 @@ cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_
     mapped (a maybe-pinned exclusive page) or holding other references
     (GUP) is -EAGAIN and mapped back. Sets pg.rc; drops the isolation
     reference."""
-    cdef int64_t old = pg.old, new, p, nr
+    cdef int64_t old = pg.old, new, nr
     cdef int h = hugetlb_hstate_of(e, old)
     cdef int32_t cache_refs
-    cdef uint16_t ff, moved = PG_ANON | PG_DIRTY | PG_UPTODATE | PG_FILE | PG_BYTES
     cdef bint local = True
     cdef int64_t left
-    cdef uint64_t *cs
     cdef int32_t fid, vi
     cdef uint64_t idx
     cdef int shift = hstate_shift(h)
@@ -1283,28 +1281,12 @@ cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_
         # entries (the rmap walk below finds them), munmap may zap them.
         sched_point(e, SP_HUGETLB_MIGRATION_UNMAPPED, caller, pg.va, <uint64_t>node)
     # move_to_new_folio(): only the isolation reference and the cache's.
-    ff = e.fflags[old]
-    cache_refs = 1 if ff & PG_FILE else 0
+    cache_refs = 1 if e.fflags[old] & PG_FILE else 0
     if left or entire_mapcount(e, old)[0] != 0 or e.refcount[old] != 1 + cache_refs:
         pg.rc = -CORE_EAGAIN
     else:
         pg.rc = 0
-        for p in range(nr):
-            # The byte store slots change hands (the old page goes back to the pool).
-            e.version[new + p] = e.version[old + p]
-            e.version[old + p] = 0
-            e.fflags[new + p] |= e.fflags[old + p] & moved
-            e.fflags[old + p] &= ~moved
-        e.mapping[new] = e.mapping[old]
-        e.index[new] = e.index[old]
-        if ff & PG_FILE:
-            cs = cache_slot(e, file_of(e, e.mapping[old]), e.index[old], False)
-            if cs != NULL:
-                cs[0] = pfn_pte(new) | PTE_PRESENT
-        e.mapping[old] = 0
-        e.index[old] = 0
-        e.refcount[new] += cache_refs
-        e.refcount[old] -= cache_refs
+        migrate_folio_state(e, old, new, nr, PG_ANON | PG_DIRTY | PG_UPTODATE | PG_FILE | PG_BYTES)
     hugetlb_rmap_walk(e, old, h, fid, idx, True, new if pg.rc == 0 else old, caller, &local)
     put_page(e, new, 1)                 # the allocation's reference (a failed one: back to the pool)
     if pg.rc != 0:

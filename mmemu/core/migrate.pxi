@@ -308,18 +308,28 @@ cdef int migrate_move(engine_t *e, int64_t old, int64_t new) noexcept nogil:
     isolation reference and its cache's (folio_migrate_mapping's expected
     count); anything else (a GUP reference or pin, a per-CPU LRU batch) is
     -EAGAIN. The contents and the folio's state move to `new`."""
-    cdef uint16_t ff = e.fflags[old]
-    cdef int32_t cache_refs = 1 if ff & (PG_SWAPCACHE | PG_FILE) else 0
-    cdef uint16_t moved = PG_ANON | PG_DIRTY | PG_UPTODATE | PG_SWAPCACHE | PG_FILE | PG_LAZYFREE \
-        | PG_KSM | PG_LRU | PG_BYTES
-    cdef uint64_t *cs
+    cdef int32_t cache_refs = 1 if e.fflags[old] & (PG_SWAPCACHE | PG_FILE) else 0
     if e.mapcount[old] != 0 or e.refcount[old] != 1 + cache_refs:
         return -CORE_EAGAIN
-    # The byte store slot changes hands: no copy (the old frame is freed).
-    e.version[new] = e.version[old]
-    e.version[old] = 0
-    e.fflags[new] |= ff & moved
-    e.fflags[old] = ff & ~moved
+    migrate_folio_state(e, old, new, 1, PG_ANON | PG_DIRTY | PG_UPTODATE | PG_SWAPCACHE | PG_FILE
+                        | PG_LAZYFREE | PG_KSM | PG_LRU | PG_BYTES)
+    return 0
+
+
+cdef void migrate_folio_state(engine_t *e, int64_t old, int64_t new, int64_t nr, uint16_t moved) noexcept nogil:
+    """folio_migrate_mapping() + folio_migrate_flags() once the move may go
+    ahead: each of the nr pages' byte store slot changes hands (no copy: the
+    old folio is freed) with the `moved` flags; the head's mapping and index,
+    its swapcache or page-cache slot and the cache's reference follow."""
+    cdef uint16_t ff = e.fflags[old]
+    cdef int32_t cache_refs = 1 if ff & (PG_SWAPCACHE | PG_FILE) else 0
+    cdef int64_t p
+    cdef uint64_t *cs
+    for p in range(nr):
+        e.version[new + p] = e.version[old + p]
+        e.version[old + p] = 0
+        e.fflags[new + p] |= e.fflags[old + p] & moved
+        e.fflags[old + p] &= ~moved
     e.mapping[new] = e.mapping[old]
     e.index[new] = e.index[old]
     if ff & PG_SWAPCACHE:
@@ -332,7 +342,6 @@ cdef int migrate_move(engine_t *e, int64_t old, int64_t new) noexcept nogil:
     e.index[old] = 0
     e.refcount[new] += cache_refs
     e.refcount[old] -= cache_refs
-    return 0
 
 
 cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t node, int32_t caller,
