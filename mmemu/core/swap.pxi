@@ -586,9 +586,10 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     free_swapcache = free_reclaim or swap_sync_io(e)
     if not free_reclaim:
         # MADV_PAGEOUT of large folios: split where the range covers part
-        # (6.12 split_folio), then as a THP is swapped out (split_folios_in):
-        # small pages here. Direct reclaim leaves large folios alone (not
-        # modelled yet: the kernel would swap cold THPs out).
+        # (6.12 split_folio), then each is swapped out whole or split
+        # (split_folios_in): what is left mapped here is small pages.
+        # Direct reclaim leaves large folios alone (not modelled yet: the
+        # kernel would swap cold THPs out).
         split_folios_partly_in(e, mm, start, end)
         if e.nr_large:
             hcap = e.nr_large                   # no more folios to split than there are
