@@ -12,7 +12,7 @@ import mmemu
 from mmemu import (FOLL_GET, FOLL_LONGTERM, FOLL_WRITE, MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED,
                    MPOL_BIND, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MPOL_MF_STRICT, MPOL_INTERLEAVE,
                    PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE)
-from mmemu.sched import Scheduler
+from mmemu.sched import Scheduler, preempt_at
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -350,12 +350,7 @@ def test_a_fault_on_a_migration_entry_waits_for_the_migration():
     def reader():
         got["data"] = t.read(a, 1)
 
-    def choose(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("migrate_pages"):
-            return next(i for i, c in enumerate(cands) if c.name == "reader")
-        return 0
-    s = Scheduler(m, choose, record=True)
+    s = Scheduler(m, preempt_at("migrate_pages", "reader"), record=True)
     s.run([mover, reader], ["mover", "reader"])
     labels = [st.label for st in s.trace]
     assert any("migration_entry_wait" in lab for lab in labels), labels
@@ -448,13 +443,7 @@ def _during_migration(m, p, a, other):
         got["pm"] = p.pagemap(a)
         got["other"] = other()
 
-    def choose(sched, cands):
-        me = sched.current
-        names = [c.name for c in cands]
-        if me is not None and me.where.startswith("migrate_pages") and "second" in names:
-            return names.index("second")
-        return 0
-    s = Scheduler(m, choose, record=True)
+    s = Scheduler(m, preempt_at("migrate_pages", "second"), record=True)
     s.run([mover, second], ["mover", "second"])
     return got, [st.label for st in s.trace]
 
