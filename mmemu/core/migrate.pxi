@@ -188,8 +188,9 @@ cdef void migrate_restore_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t old, i
 
 cdef void migrate_restore_copies(engine_t *e, int64_t old, int64_t target) noexcept nogil:
     """remove_migration_ptes()'s rmap walk for the entries naming `old` that
-    were not recorded at the unmap: a fork copied them into a child (the
-    migration holds no mmap_lock between unmap and remap). Every mm's VMAs
+    were not recorded at the unmap: a fork copied them into a child, or an
+    mremap moved them (the migration holds no mmap_lock between unmap and
+    remap). Every mm's VMAs
     that can map the page: its file's, or any with an anon_vma."""
     cdef int32_t mi, vi
     cdef mm_t *m
@@ -417,7 +418,7 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         for j in range(first[k], first[k + 1]):
             migrate_restore_pte(e, &e.mms[maps[j].mm], maps[j].va, pg.old, target)
         if e.mig_copies != copies:
-            migrate_restore_copies(e, pg.old, target)   # what a fork copied meanwhile
+            migrate_restore_copies(e, pg.old, target)   # what a fork or mremap did meanwhile
         if pg.rc != 0:
             failed += 1
             if pg.new >= 0:
