@@ -732,6 +732,14 @@ cdef class Engine:
             raise ValueError(f"no reservation map {rid}")
         m.vmas[vi].resv = rid
 
+    def hugetlb_clear_vma_resv(self, int32_t mm, uint64_t start, uint64_t end):
+        """What is left in [start, end) of a private hugetlb VMA mremap moved
+        part of loses its reservation map (clear_vma_resv_huge_pages); its
+        unconsumed reservations leak. Returns how many leaked."""
+        cdef mm_t *m = self._mm(mm)
+        self._span(start, end)
+        return hugetlb_clear_vma_resv(&self.e, m, start, end)
+
     def thp_get(self):
         """The sysfs THP settings: (enabled, use_zero_page, defrag) as the core keeps them."""
         return (self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag)

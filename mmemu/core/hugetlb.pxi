@@ -356,6 +356,38 @@ cdef void hugetlb_vmas_close(engine_t *e, mm_vma_t *old, int32_t nold, mm_vma_t 
             resv_map_release(e, rid)
 
 
+cdef int64_t hugetlb_clear_vma_resv(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """clear_vma_resv_huge_pages() as move_vma() calls it (550a7d60bd5e, 5.16;
+    still so in 6.12.118 and on the 6.18.44 host): mremap moved part of a
+    private mapping, and the VMA it came from drops its reservation map
+    whole, not just the moved part's share. What is left of that VMA, the
+    private VMAs inside [start, end), is no longer the owner: its faults
+    take unreserved pages (and an owner's COW fallback is gone), and its
+    unconsumed reservations are never given back (no VMA's close counts
+    them; resv_hugepages stays raised for good). Marked consumed here so
+    the map, which the moved VMA still owns, does not return them either.
+    Returns the reservations leaked."""
+    cdef int32_t vi
+    cdef mm_vma_t *v
+    cdef resv_map_t *r
+    cdef int shift
+    cdef int64_t a, b, k, n = 0
+    for vi in range(mm.nvma):
+        v = &mm.vmas[vi]
+        if v.start < start or v.end > end or v.resv <= 0 or v.flags & VM_MAYSHARE:
+            continue
+        r = &e.resv_maps[v.resv]
+        shift = hstate_shift(r.hstate)
+        a = <int64_t>(v.pgoff >> (shift - MM_PAGE_SHIFT))
+        b = a + <int64_t>((v.end - v.start) >> shift)
+        for k in range(max(a, r.first), min(b, r.first + r.n)):
+            if r.consumed[k - r.first] == 0:
+                r.consumed[k - r.first] = 1
+                n += 1
+        v.resv = 0
+    return n
+
+
 cdef int64_t alloc_hugetlb_folio(engine_t *e, mm_vma_t *vma, int h, uint64_t idx,
                                  bint cow_from_owner) noexcept nogil:
     """alloc_hugetlb_folio(): a page for huge page idx of vma, from its
