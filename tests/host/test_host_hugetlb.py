@@ -305,3 +305,5 @@ def test_generated_programs_map_hugetlb_memory():
     assert len(huge) > len(got) // 5
     ops = {s["op"] for p in huge for s in p}
     assert {"mremap", "fork", "madvise", "fallocate"} <= ops
+    # moves of a tail of a hugetlb region (what stays loses its reservations)
+    assert any(s["op"] == "mremap" and s["at"][1] > 0 and "to" in s for p in huge for s in p)
