@@ -257,21 +257,15 @@ cdef int32_t resv_map_new(engine_t *e, int h, int64_t first, int64_t n) noexcept
     """resv_map_alloc() for a private mapping of huge pages [first, first+n):
     its id (>= 1), -1 when the host is out of memory."""
     cdef int32_t i, rid = -1
-    cdef resv_map_t *rs
     for i in range(1, e.nresv):
         if not e.resv_maps[i].alive:
             rid = i
             break
     if rid < 0:
-        if e.nresv == e.resv_cap:
-            rs = <resv_map_t *>realloc(e.resv_maps, (e.resv_cap * 2 + 8) * sizeof(resv_map_t))
-            if rs == NULL:
-                return -1
-            memset(rs + e.resv_cap, 0, (e.resv_cap + 8) * sizeof(resv_map_t))
-            e.resv_maps = rs
-            e.resv_cap = e.resv_cap * 2 + 8
-            if e.nresv == 0:
-                e.nresv = 1             # id 0 is "none"
+        if array_grow32(<void **>&e.resv_maps, &e.resv_cap, e.nresv + 2, sizeof(resv_map_t), 8, True) < 0:
+            return -1
+        if e.nresv == 0:
+            e.nresv = 1                 # id 0 is "none"
         rid = e.nresv
         e.nresv += 1
     e.resv_maps[rid].consumed = <uint8_t *>calloc(max(n, 1), 1)
