@@ -452,3 +452,23 @@ def test_save_and_load_keep_the_device_and_old_saves_load_as_a_file(tmp_path):
     from mmemu._core import engine_from_state
     e = engine_from_state(m._engine.knobs, m._engine.nframes, 2, 4096, st)
     assert e.swap_device == 0 and e.swap_stats(9) == (0, 0, 0)
+
+
+def test_large_swap_in_wants_the_entries_in_slot_order():
+    # can_swapin_thp / swap_pte_batch: the ptes must be consecutive entries
+    # of the folio's slot range. Pages swapped out one by one, page 0 first
+    # then 15 down to 1, hold slots 0, 15, 14 ... 1: no 64 KiB swap-in (a
+    # read of slots 0..15 in order would put page 15's data in page 1).
+    m = machine("6.18", "zram")
+    p = m.spawn()
+    a = region(p, 1 << 20, 1 << 20)
+    data = fill(16 * PAGE)
+    p.write(a, data)
+    for i in [0] + list(range(15, 0, -1)):
+        p.madvise(a + i * PAGE, PAGE, C.MADV_PAGEOUT)
+    assert p.pagemap(a).swap_offset == 0 and p.pagemap(a + PAGE).swap_offset == 15
+    m.thp.sizes[K64] = "always"
+    p.read(a, 1)
+    assert m.folio_order(p.pagemap(a).pfn) == 0
+    assert p.read(a, 16 * PAGE) == data
+    m.check()
