@@ -56,7 +56,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
                  "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
                  "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
-                 "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp")
+                 "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp", "swapout_large_ptes",
+                 "swap_large_rotational", "swapin_large_sync")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -247,6 +248,9 @@ cdef class Engine:
         p.hugetlb_mremap = knobs["hugetlb_mremap"]
         p.hugetlb_zap_restore_reserve = knobs["hugetlb_zap_restore_reserve"]
         p.hugetlb_fork_swp_uffd_wp = knobs["hugetlb_fork_swp_uffd_wp"]
+        p.swapout_large_ptes = knobs["swapout_large_ptes"]
+        p.swap_large_rotational = knobs["swap_large_rotational"]
+        p.swapin_large_sync = knobs["swapin_large_sync"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -334,7 +338,8 @@ cdef class Engine:
               "uf_ctx": self.e.uf_ctx, "uf_mm": self.e.uf_mm, "uf_addr": self.e.uf_addr,
               "uf_flags": self.e.uf_flags, "uf_reason": self.e.uf_reason,
               "fault_addr": self.e.fault_addr, "mm_serial": self.e.mm_serial,
-              "anon_vma_seq": self.e.anon_vma_seq, "nr_pgtable": self.e.nr_pgtable, "tlb_stale_writes": self.e.tlb_stale_writes}
+              "anon_vma_seq": self.e.anon_vma_seq, "nr_pgtable": self.e.nr_pgtable, "tlb_stale_writes": self.e.tlb_stale_writes,
+              "swap_device": self.e.swap_device}
         st["scalars"] = sc
         st["file_hint"] = self.file_hint
         if self.e.zoned:
@@ -384,6 +389,9 @@ cdef class Engine:
                               self.e.mcarve, self.e.mcarve_end], np.int64)
         st["mthp_stats"] = np.array([[self.e.mthp_alloc[i] for i in range(10)],
                                      [self.e.mthp_fallback[i] for i in range(10)]], np.int64)
+        st["swap_large_stats"] = np.array([[self.e.swpout[i] for i in range(10)],
+                                           [self.e.swpout_fallback[i] for i in range(10)],
+                                           [self.e.swpin_large[i] for i in range(10)]], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
@@ -438,6 +446,7 @@ cdef class Engine:
         self.e.mm_serial, self.e.nr_pgtable = sc["mm_serial"], sc["nr_pgtable"]
         self.e.anon_vma_seq = sc["anon_vma_seq"]
         self.e.tlb_stale_writes = sc.get("tlb_stale_writes", 0)
+        self.e.swap_device = sc.get("swap_device", SWAP_DEV_FILE)     # saved before it existed: a file
         self.file_hint = st["file_hint"]
         if st.get("nnodes", 1) > 1 or st.get("movable_span", 0) or st.get("cma_pages", 0):
             self.e.next_unused = 1              # zones_init() wants a fresh engine
@@ -542,6 +551,11 @@ cdef class Engine:
             if "mthp_stats" in st:
                 for i in range(10):
                     self.e.mthp_alloc[i], self.e.mthp_fallback[i] = st["mthp_stats"][0][i], st["mthp_stats"][1][i]
+            if "swap_large_stats" in st:      # saved before large swap: zeros
+                for i in range(10):
+                    self.e.swpout[i] = st["swap_large_stats"][0][i]
+                    self.e.swpout_fallback[i] = st["swap_large_stats"][1][i]
+                    self.e.swpin_large[i] = st["swap_large_stats"][2][i]
             em = np.ascontiguousarray(st["entire_map"], np.int32)
             hf = np.ascontiguousarray(st["hfree"], np.int64)
             if len(em) != (self.e.nframes >> HPAGE_PMD_ORDER) + 1 or len(hf) > self.e.hfree_cap:
@@ -1287,6 +1301,28 @@ cdef class Engine:
     def tlb_stale_writes(self, bint on):
         self.e.tlb_stale_writes = on
 
+    @property
+    def swap_device(self):
+        """What the swap area is, as SWAP_DEVICES names it: 0 a swap file
+        (never large entries), 1 a rotational partition, 2 an SSD
+        partition, 3 zram (SWP_SYNCHRONOUS_IO): core/swap.pxi."""
+        return int(self.e.swap_device)
+
+    @swap_device.setter
+    def swap_device(self, int kind):
+        if not 0 <= kind < SWAP_DEV_NR:
+            raise ValueError(f"swap_device must be in 0..{SWAP_DEV_NR - 1}, not {kind}")
+        self.e.swap_device = kind
+
+    def swap_stats(self, int order):
+        """(swpout, swpout_fallback, swpin) of large folios of one order
+        (2..9): stats/swpout, swpout_fallback (6.10) and swpin (6.12) of
+        hugepages-<size>kB; order 9's first two are vmstat's thp_swpout and
+        thp_swpout_fallback."""
+        if not MTHP_MIN_ORDER <= order <= HPAGE_PMD_ORDER:
+            raise ValueError(f"swap stats are kept for orders {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER}")
+        return (int(self.e.swpout[order]), int(self.e.swpout_fallback[order]), int(self.e.swpin_large[order]))
+
     def tlb_entry(self, int cpu, int32_t mm, uint64_t va):
         """This CPU's cached translation of va in mm: (pfn, writable, dirty), or None."""
         cdef uint64_t vpn = va >> MM_PAGE_SHIFT
@@ -1475,7 +1511,10 @@ cdef class Engine:
                 bool(f & PG_USED), int(self.e.mapping[pfn]), int(self.e.index[pfn]))
 
     def stats(self):
-        return {name: int(self.e.stats[i]) for i, name in enumerate(STAT_NAMES)}
+        d = {name: int(self.e.stats[i]) for i, name in enumerate(STAT_NAMES)}
+        d["thp_swpout"] = int(self.e.swpout[HPAGE_PMD_ORDER])
+        d["thp_swpout_fallback"] = int(self.e.swpout_fallback[HPAGE_PMD_ORDER])
+        return d
 
     def memory_usage(self):
         """Bytes of engine state: frame table, page-table pools, byte store."""
@@ -2460,6 +2499,10 @@ cdef class Engine:
                 if not (self.e.fflags[pfn] & PG_SWAPCACHE) or self.e.index[pfn] != s \
                         or not (self.e.swap_map[s] & SWAP_HAS_CACHE):
                     raise InvariantError("swapcache entry and folio disagree", pfn, f"slot {s}")
+                if self.e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+                    # A large folio leaves the swapcache at its write, whole
+                    # or split (swapout_large_whole): never found there.
+                    raise InvariantError("large folio in the swapcache", pfn, f"slot {s}")
         for mmi in range(self.e.nmm):
             m = &self.e.mms[mmi]
             if not m.alive:

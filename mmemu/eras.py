@@ -138,6 +138,12 @@ BASELINE = {
                                        # (6.8), 2 only when no other mapping is left (6.12.110)
     "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
+    # Swap of large folios (core/swap.pxi; semantics.md 12.4). A PMD-mapped
+    # THP goes to swap whole (CONFIG_THP_SWAP, 4.14) when the swap area is a
+    # block device that gives it a cluster; these say which others do.
+    "swapout_large_ptes": 0,      # a PTE-mapped large folio (mTHP) goes whole too (6.10); before: split
+    "swap_large_rotational": 0,   # a rotational swap partition gives large entries too (6.14); before: SSDs only
+    "swapin_large_sync": 0,       # an mTHP-sized folio swapped in from a SWP_SYNCHRONOUS_IO device (6.12)
     "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
 }
 
@@ -346,6 +352,19 @@ CHANGES = (
            "(id from mm-stable's log; in MM updates for 6.9-rc1)", {"large_reuse": 1}),
     Change("2c1f057e5be6", "6.11", "fs/proc/task_mmu: properly detect PM_MMAP_EXCLUSIVE per page of PMD-mapped THPs",
            {"pm_thp_excl_per_page": 1}),
+    # Ryan Roberts' series (v6.9-rc4-254): shrink_folio_list stops splitting
+    # a folio without a PMD mapping (5ed890ce5147), the walker stops splitting
+    # one MADV_PAGEOUT covers whole (3931b871c493), and the swap allocator
+    # gives clusters to every mTHP order (845982eb264b).
+    Change("845982eb264b", "6.10", "mm: swap: allow storage of all mTHP orders (with 5ed890ce5147 "
+           "\"mm: vmscan: avoid split during shrink_folio_list()\")", {"swapout_large_ptes": 1},
+           aliases=("5ed890ce5147",)),
+    Change("242d12c98174", "6.12", "mm: support large folios swap-in for sync io devices",
+           {"swapin_large_sync": 1}),
+    # Kairui Song's swap allocator rework (6.14): cluster info for every
+    # device, so scan_swap_map_slots' large-entry test keeps SWP_BLKDEV only.
+    Change("swap-cluster-lock-hdd", "6.14", "mm, swap: use cluster lock for HDD (rework of swap "
+           "allocator locks, v6.14; id not confirmed)", {"swap_large_rotational": 1}),
     Change("b1f202060afe", "6.12", "mm: remap unused subpages to shared zeropage when splitting isolated thp",
            {"split_remap_zero": 1}),
     Change("d4148aeab412", "6.12", "mm, mmap: limit THP alignment of anonymous mappings to PMD-aligned sizes",

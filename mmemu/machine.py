@@ -22,6 +22,9 @@ from .vma import VM_ANON_VMA, VM_RESV_UNMAPPED
 # The core's frame flags that /proc/kpageflags shows, by bit; the core's
 # others (anon_exclusive, lazyfree, file, reserved, bytes) go into
 # FrameInfo.flags by name.
+# Machine(swap_device=) names, in the core's SWAP_DEV_* order (core/swap.pxi).
+SWAP_DEVICES = ("file", "hdd", "ssd", "zram")
+
 _KPF = {"anon": C.KPF_ANON, "ksm": C.KPF_KSM, "swapcache": C.KPF_SWAPCACHE, "zero": C.KPF_ZERO_PAGE,
         "lru": C.KPF_LRU, "dirty": C.KPF_DIRTY, "uptodate": C.KPF_UPTODATE}
 
@@ -35,6 +38,19 @@ class Machine:
     kernel's full version and config. backports: commit ids (see
     mmemu.eras.CHANGES) applied on top.
     memory: bytes of RAM (frames). swap: bytes of the swap device (0: none).
+    swap_device: what that swap area is, which decides how large folios
+    (THP, mTHP) go to it and come back (core/swap.pxi):
+      "file": a swap file, as on the host (the default). Never gives a
+        large folio a cluster (scan_swap_map_slots wants SWP_BLKDEV), so
+        MADV_PAGEOUT splits it first (thp_swpout_fallback).
+      "hdd": a rotational swap partition: clusters only from 6.14.
+      "ssd": a non-rotational partition (SWP_SOLIDSTATE): a PMD-mapped THP
+        goes out whole to one cluster of 512 consecutive slots in every
+        version (THP_SWAP), a PTE-mapped one and an mTHP from 6.10.
+      "zram": an SSD-like device that is also SWP_SYNCHRONOUS_IO: writes
+        are done at once (a paged-out folio leaves the swapcache at once),
+        a swap-in of an entry nobody else references skips the swapcache,
+        and from 6.12 swaps an mTHP-sized folio back in whole.
     seed: the same seed and inputs give the same results, bit for bit.
     nodes: NUMA nodes, memory split evenly, CPUs spread over them in order
     (mmemu.numa: move_pages, mbind, numa_scan).
@@ -62,12 +78,18 @@ class Machine:
     machine's (re-entrant) lock, so calls serialise (mmemu.serialise).
     """
 
+    @property
+    def swap_device(self) -> str:
+        """What the swap area is: "file", "hdd", "ssd" or "zram" (Machine(swap_device=))."""
+        return SWAP_DEVICES[self._engine.swap_device]
+
     MAX_MEMORY = 1 << 44        # 16 TiB of frames: 2^32 frames, 96 GiB of frame table
 
     def __init__(self, kernel: str = "6.18", ncpus: int = 2, memory: int = 256 << 20, swap: int = 0,
                  seed: int = 0, backports: Iterable[str] = (), tlb: str = "x86", nodes: int = 1,
                  movablecore: int = 0, kernelcore: int | None = None, cma: int = 0,
-                 thp: str = "madvise", hugepages: dict[int, int] | None = None) -> None:
+                 thp: str = "madvise", hugepages: dict[int, int] | None = None,
+                 swap_device: str = "file") -> None:
         if isinstance(backports, (str, bytes)):
             raise TypeError("backports must be a sequence of commit ids, not a string")
         self.policy = policy_for(kernel, tuple(backports))
@@ -94,6 +116,11 @@ class Machine:
             # shortage inside the machine (that is OutOfMemory).
             raise ValueError(f"Machine(memory={memory}, swap={swap}): too large for this host, "
                              f"which cannot allocate the frame and swap tables ({e})") from None
+        if not isinstance(swap_device, str):
+            raise TypeError(f"swap_device must be a str, not {type(swap_device).__name__}")
+        if swap_device not in SWAP_DEVICES:
+            raise ValueError(f"swap_device must be one of {', '.join(SWAP_DEVICES)}, not {swap_device!r}")
+        self._engine.swap_device = SWAP_DEVICES.index(swap_device)
         nodes = operator.index(nodes)
         if not 1 <= nodes <= 64:
             raise ValueError("nodes must be in 1..64")

@@ -125,13 +125,21 @@ class MthpSizes:
 
     def stats(self, size) -> dict[str, int]:
         """hugepages-<size>kB/stats: anon_fault_alloc and anon_fault_fallback
-        (the PMD size's are Machine.stats()' thp_fault_alloc / _fallback)."""
+        (the PMD size's are Machine.stats()' thp_fault_alloc / _fallback),
+        swpout and swpout_fallback (6.10), swpin (6.12)."""
         order = self._order(size)
         if order == 9:
             raise ValueError("the PMD size's fault counters are Machine.stats()' thp_fault_alloc and "
                              "thp_fault_fallback")
         alloc, fallback = self._engine.mthp_stats(order)
-        return {"anon_fault_alloc": alloc, "anon_fault_fallback": fallback}
+        d = {"anon_fault_alloc": alloc, "anon_fault_fallback": fallback}
+        swpout, swpout_fallback, swpin = self._engine.swap_stats(order)
+        knobs = self._engine.knobs
+        if knobs.get("swapout_large_ptes"):          # the files came with 845982eb264b's series (6.10)
+            d.update(swpout=swpout, swpout_fallback=swpout_fallback)
+        if knobs.get("swapin_large_sync"):           # ... and swpin with 242d12c98174 (6.12)
+            d["swpin"] = swpin
+        return d
 
     def __repr__(self) -> str:
         return "MthpSizes({" + ", ".join(f"{k}: {v!r}" for k, v in self.items()) + "})"

@@ -66,6 +66,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t split_remap_zero, collapse_ro
         int32_t hugetlb_fork_copy_pinned, hugetlb_dontneed, hugetlb_mremap, hugetlb_zap_restore_reserve
         int32_t hugetlb_fork_swp_uffd_wp
+        int32_t swapout_large_ptes, swap_large_rotational, swapin_large_sync
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
@@ -179,6 +180,7 @@ ctypedef struct engine_t:
     int64_t *swap_cache        # per slot: swapcache folio pfn + 1, 0 none
     uint64_t *swap_data        # per slot: content version, or byte slot
     uint8_t *swap_flags        # per slot: SWAP_DATA_BYTES
+    int32_t swap_device        # SWAP_DEV_*: what the swap area is (Machine(swap_device=))
 
     mm_policy_t pol
     uint64_t stamp             # last content version handed out
@@ -289,6 +291,11 @@ ctypedef struct engine_t:
     int64_t mcarve, mcarve_end
     int64_t mthp_alloc[10]     # per order: stats/anon_fault_alloc of hugepages-<size>kB
     int64_t mthp_fallback[10]  # per order: stats/anon_fault_fallback
+    # Per order (9: the PMD size, vmstat thp_swpout / thp_swpout_fallback):
+    # stats/swpout and stats/swpout_fallback of hugepages-<size>kB (6.10).
+    int64_t swpout[10]
+    int64_t swpout_fallback[10]
+    int64_t swpin_large[10]    # per order: stats/swpin (6.12), large folios swapped in
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

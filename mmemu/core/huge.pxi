@@ -714,20 +714,27 @@ cdef void split_folios_partly_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t
 
 
 cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
-                            int64_t *heads, int64_t cap) noexcept nogil:
-    """Swap-out of the large folios in [start, end) that this mm alone maps:
-    the folio is split first and its pages go out one by one, as
-    shrink_folio_list does when the swap device has no free cluster for a
-    whole THP (THP_SWPOUT_FALLBACK): cluster allocation needs a
-    non-rotational device, and the swap here is a file like the host's,
-    where the 6.18.44 host splits (its all-zero pages going to the zero
-    page from 6.12). Whole-THP swap-out is not modelled. The split is
-    reclaim's (isolated): the heads of the folios split go to heads[] (at
-    most cap; a folio beyond that is left large), in address order, for
+                            int64_t *heads, int64_t cap, bint free_now) noexcept nogil:
+    """Swap-out of the large folios in [start, end) that this mm alone maps
+    (shrink_folio_list). One the era and the swap area let go whole goes
+    whole (swapout_large_whole, core/swap.pxi): a PMD-mapped THP in every
+    era (THP_SWAP), a PTE-mapped one and an mTHP from 6.10 (845982eb264b,
+    5ed890ce5147; before, shrink_folio_list splits a folio without a PMD
+    mapping first). Otherwise, or when the swap area has no cluster for it
+    (a swap file never has: the 6.18.44 host's case), the folio is split
+    and its pages go out one by one, counted as THP_SWPOUT_FALLBACK (and
+    stats/swpout_fallback) when a whole swap-out was tried; from 6.12 its
+    all-zero pages go to the zero page instead. The split is reclaim's
+    (isolated): the heads of the folios split go to heads[] (at most cap;
+    a folio beyond that is left large), in address order, for
     pageout_putback. Returns how many."""
-    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, a
     cdef uint64_t *t
-    cdef int64_t i, pfn, head, last = -1, n = 0
+    cdef int64_t i, pfn, head, last = -1, n = 0, nr
+    cdef int32_t *slot
+    cdef int32_t vi
+    cdef int order
+    cdef bint tried
     if e.nr_large == 0:
         return 0
     while va < end and n < cap:
@@ -742,15 +749,30 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
                     head = folio_of(e, pfn)
                     if head != last and n < cap:    # once per folio: a failed split stays failed
                         last = head
-                        if folio_ptes_in(e, t, head) < folio_nr(e, head):
+                        a = va + (<uint64_t>i << MM_PAGE_SHIFT)
+                        nr = folio_nr(e, head)
+                        if folio_ptes_in(e, t, head) < nr:
                             # Not mapped whole (6.12 madvise_cold_or_pageout_pte_range:
                             # fewer ptes than pages): the walker's own split_folio, the
                             # unmapped pages freed, the rest reclaimed as small pages.
-                            split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT), True, False)
-                        elif split_folio_here(e, mm, head, va + (<uint64_t>i << MM_PAGE_SHIFT),
-                                              True, True) == 0:
+                            split_folio_here(e, mm, head, a, True, False)
+                            continue
+                        order = HPAGE_PMD_ORDER if nr == HPAGE_PMD_NR else mthp_order(e, head)
+                        tried = False
+                        slot = pmd_slot(e, mm, va, False)
+                        vi = find_vma(mm, a)
+                        if (pmd_trans_huge(slot[0]) or e.pol.swapout_large_ptes) and e.nswap > 0 \
+                                and vi >= 0 and not (mm.vmas[vi].flags & VM_LOCKED) \
+                                and e.fflags[head] & PG_ANON and e.refcount[head] == folio_mapcount_total(e, head) \
+                                and mm_folio_mappings(e, mm, head, va, nr) == e.refcount[head]:
+                            if swapout_large_whole(e, mm, head, va, free_now) > 0:
+                                continue
+                            tried = True
+                        if split_folio_here(e, mm, head, a, True, True) == 0:
                             heads[n] = head
                             n += 1
+                            if tried:
+                                e.swpout_fallback[order] += 1   # THP_SWPOUT_FALLBACK, MTHP_STAT_SWPOUT_FALLBACK
         va += PMD_SPAN
     return n
 

@@ -250,6 +250,9 @@ typedef struct {
     int32_t hugetlb_mremap;         /* 550a7d60bd5e (5.16): mremap moves hugetlb VMAs (EINVAL before) */
     int32_t hugetlb_zap_restore_reserve; /* an owner's zap of an anon hugetlb page restores its reservation: 1 df7a6d1f6405 (6.8), 2 only if unmapped (6.12.110) */
     int32_t hugetlb_fork_swp_uffd_wp; /* fork and a hugetlb migration entry's uffd-wp: 0 untouched, 1 B22 (bc70fbf269fd 5.19), 2 fixed (83abe2fd5b3a 7.2; 6.12.103) */
+    int32_t swapout_large_ptes;     /* 845982eb264b + 5ed890ce5147 (6.10): a PTE-mapped large folio (mTHP) goes to swap whole */
+    int32_t swap_large_rotational;  /* "mm, swap: use cluster lock for HDD" (6.14): a rotational swap partition gives large entries too */
+    int32_t swapin_large_sync;      /* 242d12c98174 (6.12): an mTHP-sized swap-in from a SWP_SYNCHRONOUS_IO device (zram) */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE

@@ -3,6 +3,34 @@
 # shmem_swapin_folio, mm/swapfile.c). Slot contents are kept as the frame's
 # were: a content version or a byte-store slot.
 
+# What the swap area is (Machine(swap_device=)): the flags swapon gives it
+# (6.12 mm/swapfile.c SYSCALL_DEFINE2(swapon)). Large swap entries need a
+# block device (SWP_BLKDEV: scan_swap_map_slots refuses a swap file any
+# order > 0) with clusters, which up to 6.13 only a non-rotational one has
+# (SWP_SOLIDSTATE, cluster_info); zram is also SWP_SYNCHRONOUS_IO.
+cdef enum:
+    SWAP_DEV_FILE = 0           # a swap file (the host's): never large entries
+    SWAP_DEV_HDD = 1            # a rotational partition
+    SWAP_DEV_SSD = 2            # SWP_BLKDEV | SWP_SOLIDSTATE
+    SWAP_DEV_ZRAM = 3           # ... | SWP_SYNCHRONOUS_IO
+    SWAP_DEV_NR = 4
+
+
+cdef inline bint swap_sync_io(engine_t *e) noexcept nogil:
+    """SWP_SYNCHRONOUS_IO: the write is done when swap_writepage returns,
+    and a swap-in of an entry nobody else references skips the swapcache."""
+    return e.swap_device == SWAP_DEV_ZRAM
+
+
+cdef inline bint swap_large_entries(engine_t *e) noexcept nogil:
+    """Whether the swap area can hand out a cluster for a large folio."""
+    if e.swap_device == SWAP_DEV_FILE:
+        return False
+    if e.swap_device == SWAP_DEV_HDD:
+        return e.pol.swap_large_rotational != 0
+    return True
+
+
 cdef inline uint64_t swp_entry(int64_t slot) noexcept nogil:
     return (SWP_SWAP << SWP_TYPE_SHIFT) | (<uint64_t>slot << SWP_OFFSET_SHIFT)
 
@@ -28,6 +56,28 @@ cdef int64_t swap_slot_alloc(engine_t *e) noexcept nogil:
             e.swap_flags[s] = 0
             e.swap_data[s] = 0
             return s
+    return -1
+
+
+cdef int64_t swap_cluster_alloc(engine_t *e, int64_t nr) noexcept nogil:
+    """get_swap_pages() for a folio of nr pages (a power of two, at most a
+    cluster of 512): nr free slots, naturally aligned, lowest first - a
+    whole free cluster for a PMD THP (swap_alloc_cluster; the allocator's
+    per-order clusters of 6.10+ are not told apart). -1 when none."""
+    cdef int64_t s = 0, k
+    if e.nswap - e.swap_used < nr:
+        return -1
+    while s + nr <= e.nswap:
+        k = 0
+        while k < nr and e.swap_map[s + k] == 0:
+            k += 1
+        if k == nr:
+            for k in range(s, s + nr):
+                e.swap_flags[k] = 0
+                e.swap_data[k] = 0
+            e.swap_used += nr
+            return s
+        s += nr
     return -1
 
 
@@ -166,16 +216,36 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     cdef uint64_t orig = ptep[0], entry
     cdef int64_t slot = swp_offset(orig), pfn
     cdef int ret = 0
-    cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0, exclusive = False
+    cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0, exclusive = False, bypass
     if slot >= e.nswap:
         return VM_FAULT_SIGBUS
-    pfn = swapin_folio(e, slot, cpu, &ret)
-    if pfn < 0:
-        return ret
+    # SWP_SYNCHRONOUS_IO (zram) and nobody else references the entry: the
+    # swapcache is skipped (0bcac06f27d7, 4.15): a fresh folio, read at
+    # once, exclusive, and the slot freed (swap_free).
+    bypass = swap_sync_io(e) and e.swap_cache[slot] == 0 and (e.swap_map[slot] & SWAP_COUNT_MASK) == 1
+    if bypass:
+        if e.pol.swapin_large_sync:
+            ret = do_swap_page_large(e, mm, cpu, vma, va, ptep, fflags)
+            if ret >= 0:
+                return ret
+            ret = 0
+        pfn = frame_alloc(e)            # its reference becomes the mapping's
+        if pfn < 0:
+            return VM_FAULT_OOM
+        if swap_read(e, slot, pfn) < 0:
+            frame_free(e, pfn)
+            return VM_FAULT_NOMEM
+        lru_add(e, cpu, pfn)            # folio_add_lru
+        stat_add(e, MM_STAT_SWPIN, 1)
+        swap_entry_free(e, slot)
+    else:
+        pfn = swapin_folio(e, slot, cpu, &ret)
+        if pfn < 0:
+            return ret
+        # The pte's reference to the slot becomes the mapping's folio reference.
+        e.swap_map[slot] -= 1
+        e.refcount[pfn] += 1
     e.fflags[pfn] |= PG_ANON
-    # The pte's reference to the slot becomes the mapping's folio reference.
-    e.swap_map[slot] -= 1
-    e.refcount[pfn] += 1
     e.mapcount[pfn] += 1
     mm.rss_anon += 1
     anon_vma_prepare(e, mm, vma)
@@ -186,7 +256,7 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
         entry |= PTE_UFFD_WP
     if e.pol.wp_reuse == WP_REUSE_ANON_EXCLUSIVE:
         # 5.19+ (1493a1913e34): the swap pte remembers exclusivity.
-        exclusive = (orig & SWP_EXCLUSIVE) != 0
+        exclusive = (orig & SWP_EXCLUSIVE) != 0 or bypass     # a fresh folio: certainly exclusive
         # do_swap_page (c145e0b47c77, 5.18): a write drains the local LRU
         # batches when the folio is not on the LRU, so that their reference
         # does not count; a folio on the LRU but waiting in a rotate batch
@@ -225,6 +295,83 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
         # The write is not satisfied yet: the era's do_wp_page decides (5.18's
         # c145e0b47c77 makes swap-in refcount-based through the same path).
         return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)
+    return 0
+
+
+cdef int do_swap_page_large(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                            uint64_t *ptep, int fflags) noexcept nogil:
+    """alloc_swap_folio() and the large-folio half of do_swap_page() (6.12,
+    242d12c98174) for a SWP_SYNCHRONOUS_IO device: the highest mTHP order
+    the per-size settings allow in this VMA (never the PMD's) whose
+    naturally aligned range lies in the VMA, and whose ptes are the
+    consecutive swap entries of a slot range with the same alignment
+    (thp_swap_suitable_orders, can_swapin_thp), each with the same bits
+    and referenced only by it, none in the swapcache. Not in a
+    userfaultfd-armed VMA. The folio, fresh and so exclusive, is read whole
+    and mapped by set_ptes as do_swap_page maps a page (writable if the VMA
+    is and neither uffd-wp nor soft-dirty tracking wants a fault, dirty on
+    a write fault); the slots are freed (swap_free_nr). Returns 0, or -1
+    for the order-0 path."""
+    cdef uint32_t orders
+    cdef int order
+    cdef int64_t nr = 0, head = -1, i, slot0 = 0, idx
+    cdef uint64_t addr = 0, entry, orig = ptep[0], bits
+    cdef uint64_t *base = ptep - ((va >> MM_PAGE_SHIFT) & 511)
+    cdef uint64_t *q
+    cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0, ok
+    if vma.flags & (VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR):
+        return -1                       # userfaultfd_armed()
+    if vma.file != 0 or vma.flags & (VM_SHARED | VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP | VM_MIXEDMAP | VM_IO):
+        return -1
+    orders = thp_anon_orders(e, vma.flags) & MTHP_PTE_ORDERS & ~(<uint32_t>(1 << MTHP_MIN_ORDER) - 1)
+    if orders == 0:
+        return -1
+    bits = orig & (PTE_SOFT_DIRTY | PTE_UFFD_WP | SWP_EXCLUSIVE)
+    order = HPAGE_PMD_ORDER - 1
+    while order >= MTHP_MIN_ORDER:
+        if (orders >> order) & 1:
+            nr = <int64_t>1 << order
+            addr = va & ~((<uint64_t>nr << MM_PAGE_SHIFT) - 1)
+            idx = <int64_t>((va - addr) >> MM_PAGE_SHIFT)
+            slot0 = swp_offset(orig) - idx
+            ok = addr >= vma.start and addr + (<uint64_t>nr << MM_PAGE_SHIFT) <= vma.end \
+                and slot0 >= 0 and (slot0 & (nr - 1)) == 0 and slot0 + nr <= e.nswap
+            if ok:
+                q = base + ((addr >> MM_PAGE_SHIFT) & 511)
+                for i in range(nr):
+                    if not is_swap_pte(q[i]) or swp_offset(q[i]) != slot0 + i \
+                            or (q[i] & (PTE_SOFT_DIRTY | PTE_UFFD_WP | SWP_EXCLUSIVE)) != bits \
+                            or e.swap_map[slot0 + i] != 1:
+                        ok = False
+                        break
+            if ok:
+                head = folio_alloc_mthp(e, order, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
+                if head >= 0:
+                    break
+        order -= 1
+    if head < 0:
+        return -1
+    for i in range(nr):
+        if swap_read(e, slot0 + i, head + i) < 0:
+            e.refcount[head] = 0
+            folio_free_large(e, head)
+            return VM_FAULT_NOMEM
+    anon_vma_prepare(e, mm, vma)
+    entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags) | (orig & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+    if vma.flags & VM_WRITE and not (vma_soft_dirty_tracking(e, vma.flags) and not (entry & PTE_SOFT_DIRTY)):
+        entry |= PTE_WRITE
+        if write:
+            entry |= PTE_DIRTY | PTE_SOFT_DIRTY
+    q = base + ((addr >> MM_PAGE_SHIFT) & 511)
+    for i in range(nr):
+        swap_entry_free(e, slot0 + i)
+        q[i] = entry + pfn_pte(i)
+        e.mapcount[head + i] = 1
+    e.refcount[head] += nr - 1          # one reference per page mapped
+    lru_add(e, cpu, head)
+    mm.rss_anon += nr
+    stat_add(e, MM_STAT_SWPIN, nr)      # PSWPIN counts pages
+    e.swpin_large[order] += 1           # MTHP_STAT_SWPIN
     return 0
 
 
@@ -309,6 +456,85 @@ cdef int swapout_anon_pte(engine_t *e, mm_t *mm, uint64_t *ptep, gather_t *g) no
     return 1
 
 
+cdef int64_t swapout_large_whole(engine_t *e, mm_t *mm, int64_t head, uint64_t haddr,
+                                 bint free_now) noexcept nogil:
+    """shrink_folio_list for a large anon folio this mm alone maps, all of
+    it in the 2 MiB at haddr, with no references beyond its mappings (the
+    caller's can_split_folio test): add_to_swap takes one cluster of
+    consecutive slots for the whole folio (folio_alloc_swap), try_to_unmap
+    splits a PMD mapping first (TTU_SPLIT_HUGE_PMD) and turns each pte into
+    its page's swap entry, pageout writes the folio once (THP_SWPOUT and
+    stats/swpout of its size, count_swpout_vm_event). Then the folio:
+    - with `free_now` (a synchronous device's write is done, or direct
+      reclaim): __remove_mapping takes it out of the swapcache whole and it
+      is freed whole;
+    - else it stays in the swapcache under writeback, back on the LRU (a
+      large folio skips the per-CPU batches): here it is split there at
+      once, each page keeping its own slot of the cluster (what
+      __split_huge_page does to a swapcache folio), so a later fault finds
+      base pages - the kernel keeps it large until it is reclaimed or
+      faulted in, and maps it page by page (or whole, 6.10's
+      do_swap_page, when every pte of it is still its swap entry).
+    Returns the pages swapped out, or -1 (no cluster: the caller splits,
+    THP_SWPOUT_FALLBACK)."""
+    cdef int64_t nr = folio_nr(e, head), slot0, i, p, sl
+    cdef int order = HPAGE_PMD_ORDER if nr == HPAGE_PMD_NR else mthp_order(e, head)
+    cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
+    cdef uint64_t *t
+    cdef uint64_t pte, swp, stop
+    cdef uint16_t keep
+    if not swap_large_entries(e):
+        return -1
+    slot0 = swap_cluster_alloc(e, nr)
+    if slot0 < 0:
+        return -1
+    if slot != NULL and pmd_trans_huge(slot[0]):
+        split_huge_pmd_locked(e, mm, slot, haddr)
+    t = leaf_or_skip(e, mm.pgd, haddr, &stop)
+    for i in range(HPAGE_PMD_NR):
+        pte = t[i]
+        if not (pte & PTE_PRESENT) or pte & PTE_SPECIAL:
+            continue
+        p = <int64_t>pte_pfn(pte)
+        if not in_folio(p, head, nr):
+            continue
+        sl = slot0 + (p - head)
+        swp = swp_entry(sl) | (pte & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+        if e.pol.anon_exclusive and e.fflags[p] & PG_ANON_EXCLUSIVE:
+            swp |= SWP_EXCLUSIVE
+        t[i] = swp
+        e.mapcount[p] -= 1
+        e.swap_map[sl] = 1              # the swap pte's reference
+    mm.rss_anon -= nr
+    tlb_flush_range(e, mm.id, haddr, haddr + PMD_SPAN)
+    for p in range(head, head + nr):
+        swap_write(e, slot0 + (p - head), p, free_now)
+        e.fflags[p] &= ~(PG_ANON_EXCLUSIVE | PG_DIRTY)
+    stat_add(e, MM_STAT_SWPOUT, nr)
+    e.swpout[order] += 1
+    e.refcount[head] -= nr              # the mappings' references
+    if free_now:
+        e.refcount[head] = 0
+        folio_free_large(e, head)       # core/huge.pxi
+        return nr
+    # In the swapcache: one reference per page once split (no split is
+    # counted: the kernel's folio stays large).
+    folio_deferred(e, head)[0] = 0      # before `index` takes the slots (an mTHP's flag is there)
+    if nr == HPAGE_PMD_NR:
+        entire_mapcount(e, head)[0] = 0
+    keep = e.fflags[head] & PG_LRU
+    for p in range(head, head + nr):
+        sl = slot0 + (p - head)
+        e.fflags[p] = (e.fflags[p] & ~(PG_HEAD | PG_TAIL)) | PG_SWAPCACHE | keep
+        e.refcount[p] = 1
+        e.mapping[p] = 0                # an mTHP's order
+        e.index[p] = <uint32_t>sl
+        e.swap_cache[sl] = p + 1
+        e.swap_map[sl] |= SWAP_HAS_CACHE
+    e.nr_large -= 1
+    return nr
+
+
 cdef int swapout_shmem(engine_t *e, mm_file_t *f, uint64_t index) noexcept nogil:
     """shmem_writepage(): an unmapped cache folio goes to swap; the cache
     entry becomes a swap entry. 1 if swapped out."""
@@ -336,7 +562,7 @@ cdef int swapout_shmem(engine_t *e, mm_file_t *f, uint64_t index) noexcept nogil
 
 
 cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end,
-                           int64_t budget, uint64_t *stopped, bint free_swapcache) noexcept nogil:
+                           int64_t budget, uint64_t *stopped, bint free_reclaim) noexcept nogil:
     """MADV_PAGEOUT over [start, end): reclaim the pages mapped only by this
     mm (madvise_cold_or_pageout_pte_range + shrink_folio_list). Anon pages
     go to swap through the swapcache (clean MADV_FREE'd ones are dropped);
@@ -352,19 +578,24 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     cdef int64_t *fpfn
     cdef int64_t *heads = NULL
     cdef int64_t nheads = 0, hcap
+    cdef bint free_swapcache = free_reclaim
     cdef bint full = False
     stopped[0] = end
-    if not free_swapcache:
+    # A synchronous device (zram) has written the folio by the time pageout()
+    # returns: shrink_folio_list frees it from the swapcache at once.
+    free_swapcache = free_reclaim or swap_sync_io(e)
+    if not free_reclaim:
         # MADV_PAGEOUT of large folios: split where the range covers part
-        # (6.12 split_folio), then as a THP is swapped out (split_folios_in):
-        # small pages here. Direct reclaim leaves large folios alone (not
-        # modelled yet: the kernel would swap cold THPs out).
+        # (6.12 split_folio), then each is swapped out whole or split
+        # (split_folios_in): what is left mapped here is small pages.
+        # Direct reclaim leaves large folios alone (not modelled yet: the
+        # kernel would swap cold THPs out).
         split_folios_partly_in(e, mm, start, end)
         if e.nr_large:
             hcap = e.nr_large                   # no more folios to split than there are
             heads = <int64_t *>malloc(hcap * sizeof(int64_t))
             if heads != NULL:
-                nheads = split_folios_in(e, mm, start, end, heads, hcap)
+                nheads = split_folios_in(e, mm, start, end, heads, hcap, free_swapcache)
     lru_drain(e, cpu)
     # Scratch arrays sized by what is mapped in range, not by the range.
     cap = 0
@@ -457,7 +688,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                 # A clean folio is simply dropped from the cache (__remove_mapping).
                 cache_truncate(e, file_of(e, e.mapping[pfn]), e.index[pfn], e.index[pfn] + 1)
                 n += 1
-    if not free_swapcache:
+    if not free_reclaim:
         pageout_putback(e, cpu, anon, nanon, heads, nheads)
     free(heads)
     free(anon)
