@@ -139,6 +139,7 @@ BASELINE = {
     "collapse_ro": 0,             # a collapse without any writable pte (6.18); before: SCAN_PAGE_RO, EINVAL
     "thp_mmap_align": 0,          # private anon mmap aligned to 2 MiB: 1 when >= 2 MiB (6.7), 2 when a multiple (6.12)
     "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
+    "shmem_mthp": 0,              # anon shmem's huge orders from hugepages-<size>kB/shmem_enabled (6.11)
 }
 
 
@@ -359,6 +360,9 @@ CHANGES = (
     # directories do not exist (Machine.thp.sizes is empty, writes ENOENT).
     Change("19eaf44954df", "6.8", "mm: thp: support allocation of anonymous multi-size THP",
            {"mthp": 1}),
+    Change("7fb1b252afb5", "6.11", "mm: shmem: add mTHP support for anonymous shmem "
+           "(shmem_allowable_huge_orders: the per-size shmem_enabled decides for MAP_SHARED|MAP_ANONYMOUS)",
+           {"shmem_mthp": 1}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
            {"uffd_move_zeropage": 1}, aliases=("uffd-move-zeropage",)),
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "

@@ -256,6 +256,7 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     cdef uint64_t pte
     cdef bint wp_marker
     cdef int ret
+    cdef int64_t nr_pmd
     mm.minflt += 1
     stat_add(e, MM_STAT_FAULT, 1)
     if vi < 0:
@@ -272,11 +273,16 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
             return VM_FAULT_SIGSEGV | VM_FAULT_ACCERR
     if vma.flags & VM_HUGETLB:
         return hugetlb_fault(e, mm, cpu, vma, va, fflags)     # core/hugetlb.pxi
-    if e.nr_huge_pmd or vma.flags & VM_HUGEPAGE or e.thp_enabled == 2 or e.mthp_always >> HPAGE_PMD_ORDER:
+    if e.nr_huge_pmd or vma.flags & VM_HUGEPAGE or e.thp_enabled == 2 or e.mthp_always >> HPAGE_PMD_ORDER \
+            or (vma.file and (e.shmem_thp_on or e.nr_large)):
         # The PMD level (__handle_mm_fault): a THP fault, or one on a PMD leaf.
+        nr_pmd = e.nr_huge_pmd
         ret = huge_pmd_fault(e, mm, cpu, vma, va, fflags)    # core/huge.pxi
         if not (ret & VM_FAULT_FALLBACK):
             return ret
+        if e.nr_huge_pmd != nr_pmd:
+            ptep = NULL         # a split shmem PMD is cleared, its table gone: walk again
+
     if ptep == NULL:
         ptep = pte_offset(e, mm, va, True)
         if ptep == NULL:
@@ -345,6 +351,7 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
     cdef uint64_t ent
     cdef uint64_t *ptep
     cdef int ret, attempt
+    cdef int64_t nr_pmd
     if e.tlb_tag[slot] == tag:
         ent = e.tlb_pte[slot]
         if not write or (ent & (PTE_WRITE | PTE_DIRTY)) == (PTE_WRITE | PTE_DIRTY):
@@ -374,6 +381,7 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
         if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
             return 0
         # A kernel-mode access (copy_*_user) faults without FAULT_FLAG_USER.
+        nr_pmd = e.nr_huge_pmd
         if e.sched_hook == NULL:
             ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | FAULT_FLAG_ARCH | (FAULT_FLAG_WRITE if write else 0),
                                       ptep)
@@ -387,8 +395,8 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
         if ret & VM_FAULT_ERROR:
             e.fault_addr = va
             return ret
-        if ptep == NULL:
-            ptep = pte_offset(e, mm, va, False)
+        if ptep == NULL or e.nr_huge_pmd != nr_pmd:
+            ptep = pte_offset(e, mm, va, False)     # (a split shmem PMD took its table)
     # Every fault "succeeded" and the pte still refuses the access: Linux
     # would take the same fault for ever (a uffd-wp entry in a VMA no longer
     # registered: hugetlb_wp() never COWs it; B22's child).

@@ -250,6 +250,7 @@ typedef struct {
     int32_t hugetlb_mremap;         /* 550a7d60bd5e (5.16): mremap moves hugetlb VMAs (EINVAL before) */
     int32_t hugetlb_zap_restore_reserve; /* an owner's zap of an anon hugetlb page restores its reservation: 1 df7a6d1f6405 (6.8), 2 only if unmapped (6.12.110) */
     int32_t hugetlb_fork_swp_uffd_wp; /* fork and a hugetlb migration entry's uffd-wp: 0 untouched, 1 B22 (bc70fbf269fd 5.19), 2 fixed (83abe2fd5b3a 7.2; 6.12.103) */
+    int32_t shmem_mthp;             /* 7fb1b252afb5 (6.11): anon shmem's huge orders come from hugepages-<size>kB/shmem_enabled ("inherit" follows shmem_enabled) */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE
@@ -272,6 +273,7 @@ enum {
     MM_STAT_UFFD, MM_STAT_UFFD_CORE,
     MM_STAT_THP_FAULT_ALLOC, MM_STAT_THP_FAULT_FALLBACK, MM_STAT_THP_SPLIT_PMD,
     MM_STAT_THP_ZERO_ALLOC, MM_STAT_THP_SPLIT_PAGE,
+    MM_STAT_THP_FILE_ALLOC, MM_STAT_THP_FILE_MAPPED,
     MM_STAT_NR
 };
 

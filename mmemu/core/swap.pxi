@@ -416,7 +416,8 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                     if swapout_anon_pte(e, mm, &t[i], &g):
                         anon[nanon] = pfn
                         nanon += 1
-                elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1:
+                elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1 \
+                        and not (e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
                     # try_to_unmap of a shmem folio mapped only here: it runs
                     # before pageout(), with or without swap and pins alike.
                     # pte_install_uffd_wp_if_needed() (5.19+): a protected pte

@@ -419,7 +419,7 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
         if not pte_none_mostly(pte):
             return -CORE_EEXIST
         pfn = <int64_t>pte_pfn(cs[0])
-        e.refcount[pfn] += 1
+        get_page(e, pfn, 1)             # the folio's (a shmem THP's head)
         e.mapcount[pfn] += 1
         entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | vma_prot_bits(vma.flags)
         if shared and vma.flags & VM_WRITE:
