@@ -525,3 +525,55 @@ def test_save_and_load_keep_the_settings_and_the_thp(tmp_path):
     p2 = m2.processes[0]
     assert p2.read(a, 5) == b"saved" and pmd_mapped(m2, p2, a)
     m2.check()
+
+
+# ---- swap-out -------------------------------------------------------------------------
+
+def test_pageout_splits_a_shmem_thp_and_swaps_its_pages_out():
+    # MADV_PAGEOUT of a shmem THP this mm alone maps: unmapped, split by
+    # shmem_writepage (a swap file has no cluster for a whole THP), each page
+    # written to swap as a small folio; reads bring small pages back. If the
+    # THP were skipped, nothing would reach swap.
+    m = machine(shmem="always", swap=16 << 20)
+    p = m.spawn()
+    fd, a = memfd_map(p)
+    p.write(a, b"S" * PMD)
+    assert pmd_mapped(m, p, a)
+    p.madvise(a, PMD, C.MADV_PAGEOUT)
+    assert m.stats()["swap_out"] == 512 and m.stats()["thp_split_page"] == 1
+    assert not p.pagemap(a).present
+    assert m._engine.file_info(p.fds[fd].fid)["nrpages"] == 0
+    m.check()
+    assert p.read(a + 77 * PAGE, 3) == b"SSS"
+    assert order_at(m, p, a + 77 * PAGE) == 0
+    m.check()
+
+
+def test_pageout_leaves_a_thp_mapped_elsewhere_or_covered_in_part():
+    m = machine(shmem="always", swap=16 << 20)
+    p = m.spawn()
+    a = anon_shared_map(p)
+    p.write(a, b"T")
+    q = p.fork()
+    q.read(a, 1)                                        # mapped by the child too
+    p.madvise(a, PMD, C.MADV_PAGEOUT)
+    assert m.stats()["swap_out"] == 0 and pmd_mapped(m, p, a)
+    m.check()
+    m2 = machine(shmem="always", swap=16 << 20)
+    p2 = m2.spawn()
+    fd, b = memfd_map(p2)
+    p2.write(b, b"U")
+    p2.madvise(b, PAGE, C.MADV_PAGEOUT)                 # part of it: split, nothing goes
+    assert m2.stats()["swap_out"] == 0 and m2.stats()["thp_split_page"] == 1
+    assert p2.read(b, 1) == b"U" and order_at(m2, p2, b) == 0
+    m2.check()
+
+
+def test_pageout_without_swap_keeps_the_thp():
+    m = machine(shmem="always")
+    p = m.spawn()
+    fd, a = memfd_map(p)
+    p.write(a, b"V")
+    p.madvise(a, PMD, C.MADV_PAGEOUT)
+    assert pmd_mapped(m, p, a) and m.stats()["thp_split_page"] == 0
+    m.check()
