@@ -376,6 +376,21 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
 
 
+cdef void split_file_pmds(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """Split (clear) every PMD of a shmem THP in [start, end)."""
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1)
+    cdef int32_t *slot
+    cdef uint64_t pte0
+    while va < end:
+        slot = pmd_slot(e, mm, va, False)
+        if slot != NULL and pmd_trans_huge(slot[0]):
+            pte0 = pmd_leaf_table(e, slot[0])[0]
+            if pte0 & PTE_PRESENT and not (pte0 & PTE_SPECIAL) and e.fflags[pte_pfn(pte0)] & PG_FILE \
+                    and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
+                split_huge_pmd_locked(e, mm, slot, va)
+        va += PMD_SPAN
+
+
 cdef void split_huge_pmd_edges(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
     """vma_adjust_trans_huge / the walkers' partial-PMD case: a PMD leaf the
     range covers only in part is split; ones it covers whole stay."""

@@ -302,6 +302,11 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
     if vmflags & VM_HUGETLB:
         return hugetlb_wp_range(e, mm, start, end, protect, vmflags, touched)    # core/hugetlb.pxi
     split_huge_pmd_edges(e, mm, start, end)     # change_huge_pmd on whole leaves
+    if protect and e.nr_huge_pmd:
+        # change_pmd_range: pgtable_split_needed() for uffd-wp of a file
+        # VMA, so a shmem THP's PMD is split - cleared - and its none ptes
+        # get markers below (change_pmd_prepare, 6.12).
+        split_file_pmds(e, mm, start, end)
     while va < end:
         if alloc:
             t = pte_table(e, mm, va, True)

@@ -246,6 +246,23 @@ def test_private_mapping_reads_by_pmd_and_a_write_splits_and_copies_one_page():
     m.check()
 
 
+def test_private_write_to_a_hole_fills_the_cache_with_a_thp_and_maps_an_anon_copy():
+    # do_cow_fault: ->fault (shmem_fault) allocates the cache folio - a THP
+    # under always - and the write lands in an anon copy of one page; no
+    # PMD maps the private range. If the PMD were mapped, the write would
+    # reach the file.
+    m = machine(shmem="always")
+    p = m.spawn()
+    fd, a = memfd_map(p, flags=C.MAP_PRIVATE)
+    p.write(a + 2 * PAGE, b"cow")
+    e = p.pagemap(a + 2 * PAGE)
+    assert e.present and not e.file_shared and m.folio_order(e.pfn) == 0
+    assert m.stats()["thp_file_alloc"] == 1 and m.stats()["thp_file_mapped"] == 0
+    assert p.pread(fd, 3, 2 * PAGE) == b"\0\0\0"
+    assert m._engine.file_info(p.fds[fd].fid)["nrpages"] == 512
+    m.check()
+
+
 @pytest.mark.parametrize("backing", ["memfd", "anon"])
 def test_fork_does_not_copy_a_shared_pmd_the_child_refaults(backing):
     # copy_huge_pmd skips a file PMD (and fork copies no shared file VMA's
@@ -576,4 +593,26 @@ def test_pageout_without_swap_keeps_the_thp():
     p.write(a, b"V")
     p.madvise(a, PMD, C.MADV_PAGEOUT)
     assert pmd_mapped(m, p, a) and m.stats()["thp_split_page"] == 0
+    m.check()
+
+
+def test_uffd_wp_protect_of_a_shmem_thp_splits_the_pmd_and_leaves_markers():
+    # change_pmd_range: pgtable_split_needed() (uffd-wp on a file VMA) splits
+    # - clears - the PMD, and the none ptes get uffd-wp markers
+    # (change_pmd_prepare + change_pte_range, 6.12). If the PMD were simply
+    # dropped, the next write would map the page writable unseen.
+    from mmemu.uffd import UFFD_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP
+    m = machine(shmem="always")
+    p = m.spawn()
+    fd, a = memfd_map(p)
+    p.write(a, b"w")
+    assert pmd_mapped(m, p, a)
+    u = p.userfaultfd(O_NONBLOCK)
+    u.api(0)
+    u.register(a, PMD, UFFDIO_REGISTER_MODE_WP)
+    u.writeprotect(a, PMD, UFFDIO_WRITEPROTECT_MODE_WP)
+    assert not pmd_mapped(m, p, a) and p.pagemap(a + 9 * PAGE).uffd_wp
+    with pytest.raises(WouldBlock) as wb:
+        p.write(a + 9 * PAGE, b"x")
+    assert wb.value.msg.flags & UFFD_PAGEFAULT_FLAG_WP
     m.check()
