@@ -164,8 +164,7 @@ cdef inline void file_folio_set(engine_t *e, int64_t pfn, uint16_t set) noexcept
 
 
 cdef int64_t shmem_get_folio(engine_t *e, mm_file_t *f, uint64_t index, bint alloc, int cpu,
-                             int *ret, mm_vma_t *vma=NULL, uint64_t va=0,
-                             int64_t write_end=0) noexcept nogil:
+                             int *ret, mm_vma_t *vma, uint64_t va, int64_t write_end) noexcept nogil:
     """The cache folio at index, read back from swap or allocated (zeroed)
     if asked; -1 with *ret = 0 when absent and not allocated, or the fault
     code on failure. A hugetlbfs file's base page is looked up in its huge
@@ -309,7 +308,7 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
             return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
     elif vma.flags & VM_UFFD_MINOR:
         return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MINOR)
-    pfn = shmem_get_folio(e, f, index, True, cpu, &ret, vma, va)
+    pfn = shmem_get_folio(e, f, index, True, cpu, &ret, vma, va, 0)
     if pfn < 0:
         return ret
     file_folio_set(e, pfn, PG_UPTODATE)         # shmem_fault zeroes it if needed
