@@ -154,6 +154,18 @@ cdef int64_t shmem_alloc_huge(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_
     return head + <int64_t>(index - aligned)
 
 
+cdef int64_t shmem_get_folio_huge(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_t index, int cpu,
+                                  mm_vma_t *vma, uint64_t va, int64_t write_end) noexcept nogil:
+    """shmem_get_folio's THP attempt, kept out of its small-page path: a new
+    folio at index is PMD-sized if shmem_huge_allowed() and, for a fault,
+    the VMA could map it whole (shmem_suitable_orders). -1: a small one."""
+    if not shmem_huge_allowed(e, f, vma, index, write_end):
+        return -1
+    if vma != NULL and not thp_file_vma_suitable(vma, va):
+        return -1
+    return shmem_alloc_huge(e, f, slot, index, cpu)
+
+
 cdef inline void file_folio_set(engine_t *e, int64_t pfn, uint16_t set) noexcept nogil:
     """Folio flags (dirty, uptodate) of a cache page: a shmem THP's go on
     every page of it, as the kernel keeps them on the folio."""
@@ -192,9 +204,8 @@ cdef int64_t shmem_get_folio(engine_t *e, mm_file_t *f, uint64_t index, bint all
         return shmem_swapin(e, f, index, slot, cpu, ret)
     if not alloc:
         return -1
-    if e.shmem_thp_on and shmem_huge_allowed(e, f, vma, index, write_end) \
-            and (vma == NULL or thp_file_vma_suitable(vma, va)):
-        pfn = shmem_alloc_huge(e, f, slot, index, cpu)
+    if e.shmem_thp_on:
+        pfn = shmem_get_folio_huge(e, f, slot, index, cpu, vma, va, write_end)
         if pfn >= 0:
             return pfn
     pfn = frame_alloc(e)
