@@ -144,6 +144,7 @@
 #define VM_FAULT_FALLBACK  0x000800   /* a huge fault gives way to the pte path */
 #define VM_FAULT_UFFD      0x400000   /* emulator: handle_userfault queued a message */
 #define VM_FAULT_LIVELOCK  0x800000   /* emulator: the access faults again at once, for ever */
+#define VM_FAULT_REWALK    0x1000000  /* emulator: a split freed the pte page of the caller's pointer */
 #define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM | VM_FAULT_UFFD \
                         | VM_FAULT_LIVELOCK)
 
