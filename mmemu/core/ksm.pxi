@@ -666,6 +666,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
     cdef int32_t vi
     cdef uint64_t va, end
     cdef uint64_t *ptep
+    cdef uint64_t *table
     cdef ksm_item_t *it
     cdef int c
     while done < budget:
@@ -707,11 +708,17 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
             continue
         va = k.va if k.va > vma.start else vma.start
         end = vma.end
+        table = NULL
         while va < end and done < budget:
-            ptep = pte_offset(e, mm, va, False)
-            if ptep == NULL:
-                va = (va | ((<uint64_t>MM_PTRS << MM_PAGE_SHIFT) - 1)) + 1
-                continue
+            # The pte page of this 2 MiB is walked to once, not per page: a
+            # merge only rewrites a pte in it; a large folio's split may
+            # replace it, so the walk is redone after one.
+            if table == NULL or (va & (PMD_SPAN - 1)) == 0:
+                table = pte_table(e, mm, va, False)
+                if table == NULL:
+                    va = (va | ((<uint64_t>MM_PTRS << MM_PAGE_SHIFT) - 1)) + 1
+                    continue
+            ptep = table + ((va >> MM_PAGE_SHIFT) & 511)
             if (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ptep[0])
                 if e.fflags[pfn] & PG_ANON and not pfn_is_hugetlb(e, pfn):
@@ -721,6 +728,8 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                         k.va = va
                         return done
                     item = it - k.cur
+                    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+                        table = NULL
                     ksm_cmp_and_merge(e, k, mm, cpu, va, pfn, item)
                     k.pages_scanned += 1
                     done += 1

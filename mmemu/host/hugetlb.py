@@ -74,8 +74,12 @@ def counters(size, stale=0):
     (nr, free, resv and surplus); `stale` reservations set aside are left
     out of nr, free and resv."""
     c = {name: _read(size, name) for name in COUNTERS}
-    for name in ("nr_hugepages", "free_hugepages", "resv_hugepages"):
+    for name in ("nr_hugepages", "free_hugepages"):
         c[name] -= stale
+    # resv_huge_pages is an unsigned long that may have wrapped below zero
+    # (the kernel's own accounting, seen as 2^64 - 1): take the stale ones
+    # out modulo 2^64 too, as the kernel would print it.
+    c["resv_hugepages"] = (c["resv_hugepages"] - stale) & 0xFFFFFFFFFFFFFFFF
     return c
 
 
