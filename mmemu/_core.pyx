@@ -57,13 +57,14 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
                  "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
                  "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp", "swapout_large_ptes",
-                 "swap_large_rotational", "swapin_large_sync")
+                 "swap_large_rotational", "swapin_large_sync",
+                 "shmem_mthp")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
               "file_faults", "fault_around_pages", "swap_out", "swap_in", "uffd_faults",
               "uffd_resolved_in_core", "thp_fault_alloc", "thp_fault_fallback", "thp_split_pmd",
-              "thp_zero_page_alloc", "thp_split_page")
+              "thp_zero_page_alloc", "thp_split_page", "thp_file_alloc", "thp_file_mapped")
 
 FRAME_FLAG_NAMES = {
     "anon": PG_ANON, "anon_exclusive": PG_ANON_EXCLUSIVE, "ksm": PG_KSM,
@@ -177,6 +178,8 @@ cdef class Engine:
         self.e.thp_defrag = 3
         self.e.huge_zero_pfn = -1
         self.e.mthp_inherit = 1 << HPAGE_PMD_ORDER      # hugepages-2048kB: inherit; the rest never
+        self.e.shmem_huge = SHMEM_HUGE_NEVER            # shmem_enabled: never (no huge shmem)
+        self.e.shmem_pmd = SHMEM_PMD_INHERIT            # hugepages-2048kB/shmem_enabled (6.11): inherit
         self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.large_pincount = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
@@ -251,6 +254,7 @@ cdef class Engine:
         p.swapout_large_ptes = knobs["swapout_large_ptes"]
         p.swap_large_rotational = knobs["swap_large_rotational"]
         p.swapin_large_sync = knobs["swapin_large_sync"]
+        p.shmem_mthp = knobs["shmem_mthp"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -348,8 +352,8 @@ cdef class Engine:
             st["cma_pages"] = self.e.cma_end - self.e.cma_start
             st["node_free"] = self._node_free.copy()
             st["node_next"] = self._node_next.copy()
-        st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
-        st["cost"] = np.array([self.e.cost[i] for i in range(24)], np.int64)
+        st["stats"] = np.array([self.e.stats[i] for i in range(MM_STAT_NR)], np.int64)
+        st["cost"] = np.array([self.e.cost[i] for i in range(MM_STAT_NR)], np.int64)
         st["clock"] = np.array([self.e.clock[i] for i in range(256)], np.int64)
         st["dir"] = pool_export(<void **>self.e.dir_chunks, self.e.ndir_used, MM_PTRS * 4, 9)
         st["pte"] = pool_export(<void **>self.e.pte_chunks, self.e.npte_used, MM_PTRS * 8, 9)
@@ -386,7 +390,7 @@ cdef class Engine:
         st["thp"] = np.array([self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag,
                               self.e.huge_zero_pfn, self.e.nr_huge_pmd, self.e.nr_large,
                               self.e.mthp_always, self.e.mthp_madvise, self.e.mthp_inherit,
-                              self.e.mcarve, self.e.mcarve_end], np.int64)
+                              self.e.mcarve, self.e.mcarve_end, self.e.shmem_huge, self.e.shmem_pmd], np.int64)
         st["mthp_stats"] = np.array([[self.e.mthp_alloc[i] for i in range(10)],
                                      [self.e.mthp_fallback[i] for i in range(10)]], np.int64)
         st["swap_large_stats"] = np.array([[self.e.swpout[i] for i in range(10)],
@@ -459,7 +463,7 @@ cdef class Engine:
             np.copyto(self._node_next, nn, casting="no")
             self.e.next_unused = sc["next_unused"]
             self._zone_recount()
-        for i in range(24):
+        for i in range(min(MM_STAT_NR, len(st["stats"]))):    # older saves: fewer counters
             self.e.stats[i] = st["stats"][i]
             self.e.cost[i] = st["cost"][i]
         for i in range(256):
@@ -548,6 +552,9 @@ cdef class Engine:
             if len(th) > 6:                 # saved before mTHP: the defaults stand
                 self.e.mthp_always, self.e.mthp_madvise, self.e.mthp_inherit = th[6], th[7], th[8]
                 self.e.mcarve, self.e.mcarve_end = th[9], th[10]
+            if len(th) > 11:                # saved before shmem THP: never, inherit
+                self.e.shmem_huge, self.e.shmem_pmd = th[11], th[12]
+                self._shmem_thp_update()
             if "mthp_stats" in st:
                 for i in range(10):
                     self.e.mthp_alloc[i], self.e.mthp_fallback[i] = st["mthp_stats"][0][i], st["mthp_stats"][1][i]
@@ -764,6 +771,28 @@ cdef class Engine:
         if not 0 <= enabled <= 2 or not 0 <= defrag <= 4:
             raise ValueError("THP enabled must be 0..2 and defrag 0..4")
         self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = enabled, use_zero_page != 0, defrag
+
+    def shmem_thp_get(self):
+        """(shmem_enabled, hugepages-2048kB/shmem_enabled) as the core keeps
+        them: SHMEM_HUGE_* (0 never, 1 always, 2 within_size, 3 advise,
+        -1 deny, -2 force) and 0..3 or 4 (inherit)."""
+        return (int(self.e.shmem_huge), int(self.e.shmem_pmd))
+
+    def shmem_thp_set(self, int huge, int pmd):
+        """Set both (Machine.thp.shmem_enabled and .shmem_sizes check the
+        values the sysfs files accept)."""
+        if not -2 <= huge <= 3 or not 0 <= pmd <= 4:
+            raise ValueError("shmem_huge must be -2..3 and the PMD size's setting 0..4")
+        self.e.shmem_huge, self.e.shmem_pmd = huge, pmd
+        self._shmem_thp_update()
+
+    cdef void _shmem_thp_update(self) noexcept:
+        # Whether some shmem fault or write may allocate a THP: the faults'
+        # quick test (shmem_huge_allowed decides the rest).
+        self.e.shmem_thp_on = (self.e.shmem_huge > 0 or self.e.shmem_huge == SHMEM_HUGE_FORCE
+                               or (self.e.pol.shmem_mthp and self.e.shmem_huge != SHMEM_HUGE_DENY
+                                   and self.e.shmem_pmd != SHMEM_HUGE_NEVER
+                                   and self.e.shmem_pmd != SHMEM_PMD_INHERIT))
 
     def mthp_get(self):
         """The per-size settings as order masks: (always, madvise, inherit)."""
@@ -1544,8 +1573,12 @@ cdef class Engine:
             raise oserror(9, "file", f"no live file {fid}")      # EBADF
         return &self.e.files[fid]
 
-    def file_new(self, bint shmem=True):
-        """A new, empty shmem file; returns its mapping id (1..65535)."""
+    def file_new(self, int shmem=1):
+        """A new, empty file; returns its mapping id (1..65535). shmem: 1 a
+        shmem file (memfd), 2 the file of a MAP_SHARED|MAP_ANONYMOUS
+        mapping (vma_is_anon_shmem), 0 hugetlbfs."""
+        if not 0 <= shmem <= 2:
+            raise ValueError("shmem must be 0 (hugetlbfs), 1 (shmem) or 2 (anon shmem)")
         cdef int32_t i, fid = -1
         # Lowest free id from a hint (file_destroy lowers it): linear over
         # a run of creations rather than a rescan each time.
@@ -1606,24 +1639,37 @@ cdef class Engine:
         self._index_span(first, last)
         cdef mm_file_t *f = self._file(fid)
         cdef uint64_t i
-        cdef int64_t pfn, n = 0, before
+        cdef int64_t pfn, n = 0, before, h
         cdef int ret = 0
         self._cpu(cpu)
         with nogil:
-            for i in range(first, last):
+            i = first
+            while i < last:
                 before = f.nrpages
-                pfn = shmem_get_folio(&self.e, f, i, True, cpu, &ret)
+                pfn = shmem_get_folio(&self.e, f, i, True, cpu, &ret, NULL, 0, <int64_t>(last << MM_PAGE_SHIFT))
                 if ret & VM_FAULT_OOM and reclaim_pages(&self.e, cpu, RECLAIM_BATCH) > 0:
-                    pfn = shmem_get_folio(&self.e, f, i, True, cpu, &ret)
+                    pfn = shmem_get_folio(&self.e, f, i, True, cpu, &ret, NULL, 0, <int64_t>(last << MM_PAGE_SHIFT))
                 if ret:
                     break
                 # shmem_fallocate(): new folios are dirty but not uptodate
                 # (fault-around skips them); existing ones become uptodate.
+                # A shmem THP is one folio: its flags on all its pages, and
+                # the walk goes on past it (folio_next_index).
+                h = folio_of(&self.e, pfn)
+                if is_file_thp(&self.e, h):
+                    if f.nrpages > before:
+                        folio_set_flags(&self.e, h, PG_DIRTY, PG_UPTODATE)
+                    else:
+                        folio_set_flags(&self.e, h, PG_DIRTY | PG_UPTODATE, 0)
+                    n += f.nrpages - before
+                    i = <uint64_t>self.e.index[h] + HPAGE_PMD_NR
+                    continue
                 if f.nrpages > before:
                     self.e.fflags[pfn] = (self.e.fflags[pfn] | PG_DIRTY) & ~PG_UPTODATE
                 else:
                     self.e.fflags[pfn] |= PG_DIRTY | PG_UPTODATE
                 n += f.nrpages - before
+                i += 1
         if ret:
             raise oserror(28, "fallocate", "no space (out of memory and swap)")   # ENOSPC
         return n
@@ -2598,7 +2644,7 @@ cdef class Engine:
                 if ent & PTE_PRESENT:
                     pfn = <int64_t>pte_pfn(ent)
                     npages += 1
-                    exp_ref[pfn] += 1
+                    exp_ref[folio_of(&self.e, pfn)] += 1     # a shmem THP: a reference per page
                     if not (self.e.fflags[pfn] & PG_FILE) or self.e.mapping[pfn] != f.id \
                             or self.e.index[pfn] != index + i:
                         raise InvariantError("page-cache folio does not name its file and index", pfn,
@@ -2700,6 +2746,17 @@ cdef class Engine:
             return 0
         exp_ref[head] += 1
         exp_entire[head >> HPAGE_PMD_ORDER] += 1
+        if self.e.fflags[head] & PG_FILE:
+            # A shmem THP: in a VMA of its file at the offsets it caches,
+            # never writable in a private mapping (COW splits it), and not
+            # anon memory (no rss_anon).
+            if m.vmas[vi].file != self.e.mapping[head] \
+                    or vma_index(&m.vmas[vi], va) != self.e.index[head]:
+                raise InvariantError("file PMD leaf maps another file's or offset's folio", head,
+                                     f"mm {m.id} va {va:#x}")
+            if pte0 & PTE_WRITE and not (m.vmas[vi].flags & VM_SHARED):
+                raise InvariantError("writable file PMD leaf in a private mapping", head, f"mm {m.id} va {va:#x}")
+            return 0
         if pte0 & PTE_WRITE and self.e.entire_map[head >> HPAGE_PMD_ORDER] > 1 \
                 and is_cow_mapping(m.vmas[vi].flags):
             raise InvariantError("writable PMD leaf maps a COW-shared THP", head, f"mm {m.id} va {va:#x}")

@@ -145,6 +145,7 @@ BASELINE = {
     "swap_large_rotational": 0,   # a rotational swap partition gives large entries too (6.14); before: SSDs only
     "swapin_large_sync": 0,       # an mTHP-sized folio swapped in from a SWP_SYNCHRONOUS_IO device (6.12)
     "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
+    "shmem_mthp": 0,              # anon shmem's huge orders from hugepages-<size>kB/shmem_enabled (6.11)
 }
 
 
@@ -378,6 +379,9 @@ CHANGES = (
     # directories do not exist (Machine.thp.sizes is empty, writes ENOENT).
     Change("19eaf44954df", "6.8", "mm: thp: support allocation of anonymous multi-size THP",
            {"mthp": 1}),
+    Change("7fb1b252afb5", "6.11", "mm: shmem: add mTHP support for anonymous shmem "
+           "(shmem_allowable_huge_orders: the per-size shmem_enabled decides for MAP_SHARED|MAP_ANONYMOUS)",
+           {"shmem_mthp": 1}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
            {"uffd_move_zeropage": 1}, aliases=("uffd-move-zeropage",)),
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "

@@ -141,7 +141,7 @@ class Machine:
             raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
         self.tlb = tlb
         self._engine.tlb_stale_writes = tlb == "stale-writes"
-        self.thp = ThpSettings(self._engine, thp, mthp=self.policy.mthp)
+        self.thp = ThpSettings(self._engine, thp, mthp=self.policy.mthp, shmem_mthp=self.policy.shmem_mthp)
         self._hugetlb_init(hugepages, memory)
         self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile

@@ -30,7 +30,9 @@ class ShmemFile:
 
     def __init__(self, machine, name, anon=False, shmem=True):
         self.machine = machine
-        self.fid = machine._engine.file_new(shmem)
+        # The core's kind: 1 shmem, 2 the file of a shared anon mapping
+        # (vma_is_anon_shmem: the per-size shmem_enabled applies, 6.11+), 0 hugetlbfs.
+        self.fid = machine._engine.file_new((2 if anon else 1) if shmem else 0)
         self.name = name
         self.anon = anon            # backs MAP_SHARED|MAP_ANONYMOUS: no fd, dies with its VMAs
         self.nfds = 0
@@ -82,7 +84,10 @@ class ShmemFile:
             first = (size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             last = (self.size + C.PAGE_SIZE - 1) // C.PAGE_SIZE
             self.unmap_range(first, last, even_cows=True)
-            eng.file_truncate_cache(self.fid, first, max(last, self.prealloc_end))
+            # shmem_truncate_range(newsize, -1): a shmem THP may hold pages
+            # past the old EOF too, up to its 2 MiB end.
+            last = -(-max(last, self.prealloc_end) // 512) * 512
+            eng.file_truncate_cache(self.fid, first, last)
             self.prealloc_end = 0
         eng.file_set_size(self.fid, size)
 

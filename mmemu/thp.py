@@ -145,6 +145,78 @@ class MthpSizes:
         return "MthpSizes({" + ", ".join(f"{k}: {v!r}" for k, v in self.items()) + "})"
 
 
+# shmem_enabled values -> the kernel's SHMEM_HUGE_* (mm/shmem.c).
+_SHMEM_HUGE = {"never": 0, "always": 1, "within_size": 2, "advise": 3, "deny": -1, "force": -2}
+# hugepages-<size>kB/shmem_enabled values (6.11) -> the core's codes (4: inherit).
+_SHMEM_SIZE = {"never": 0, "always": 1, "within_size": 2, "advise": 3, "inherit": 4}
+
+
+class ShmemSizes:
+    """/sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/shmem_enabled
+    (61a57f1b1da9 / 7fb1b252afb5, 6.11): the huge orders of anon shmem
+    (MAP_SHARED|MAP_ANONYMOUS), keyed by size in bytes: "always", "inherit"
+    (follow the top-level shmem_enabled), "within_size", "advise" or
+    "never". The kernel's defaults: "inherit" for 2 MiB, "never" below.
+    Only the PMD size is modelled: a smaller size reads "never" and
+    setting it to anything else raises NotImplementedError. Before 6.11
+    the files do not exist (FileNotFoundError, ENOENT)."""
+
+    __slots__ = ("_engine", "_present")
+
+    def __init__(self, engine, present: bool) -> None:
+        self._engine = engine
+        self._present = bool(present)
+
+    def _order(self, size) -> int:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"an mTHP size is an int number of bytes, not {size!r}")
+        path = f"/sys/kernel/mm/transparent_hugepage/hugepages-{max(size, 0) // 1024}kB/shmem_enabled"
+        order = (size // _PAGE).bit_length() - 1
+        if not self._present:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (per-size shmem_enabled is 6.11+)",
+                                    path)
+        if size <= 0 or size % _PAGE or _PAGE << order != size or order not in _MTHP_ORDERS:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (the sizes are 16 KiB .. 2 MiB, "
+                                    "powers of two)", path)
+        return order
+
+    def __getitem__(self, size) -> str:
+        if self._order(size) != 9:
+            return "never"
+        pmd = self._engine.shmem_thp_get()[1]
+        return next(k for k, v in _SHMEM_SIZE.items() if v == pmd)
+
+    def __setitem__(self, size, value: str) -> None:
+        order = self._order(size)
+        if value not in _SHMEM_SIZE:
+            raise ValueError(f"hugepages-{size // 1024}kB/shmem_enabled: must be one of "
+                             f"{', '.join(_SHMEM_SIZE)}, not {value!r}")
+        if order != 9:
+            if value != "never":
+                raise NotImplementedError("anon shmem folios smaller than 2 MiB (mTHP shmem) are not modelled")
+            return
+        huge, _ = self._engine.shmem_thp_get()
+        self._engine.shmem_thp_set(huge, _SHMEM_SIZE[value])
+
+    def keys(self) -> list[int]:
+        return [_PAGE << o for o in _MTHP_ORDERS] if self._present else []
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, size) -> bool:
+        return size in self.keys()
+
+    def items(self) -> list[tuple[int, str]]:
+        return [(k, self[k]) for k in self.keys()]
+
+    def __repr__(self) -> str:
+        return "ShmemSizes({" + ", ".join(f"{k}: {v!r}" for k, v in self.items()) + "})"
+
+
 class ThpSettings:
     """enabled (never / madvise / always), defrag, use_zero_page and
     shmem_enabled, as the sysfs files spell them. Debian's defaults:
@@ -159,14 +231,14 @@ class ThpSettings:
     `sizes` (6.8+) holds the per-size settings of multi-size THP
     (hugepages-<size>kB/enabled): MthpSizes."""
 
-    __slots__ = ("_engine", "_shmem", "khugepaged", "sizes")
+    __slots__ = ("_engine", "khugepaged", "sizes", "shmem_sizes")
 
-    def __init__(self, engine, enabled: str = "madvise", mthp: bool = False) -> None:
+    def __init__(self, engine, enabled: str = "madvise", mthp: bool = False, shmem_mthp: bool = False) -> None:
         self._engine = engine
-        self._shmem = "never"
         self.enabled = enabled
         self.khugepaged = Khugepaged()
         self.sizes = MthpSizes(engine, mthp)
+        self.shmem_sizes = ShmemSizes(engine, shmem_mthp)
 
     def _set(self, enabled=None, use_zero_page=None, defrag=None):
         e, z, d = self._engine.thp_get()
@@ -216,15 +288,23 @@ class ThpSettings:
 
     @property
     def shmem_enabled(self) -> str:
-        return self._shmem
+        huge = self._engine.shmem_thp_get()[0]
+        return next(k for k, v in _SHMEM_HUGE.items() if v == huge)
 
     @shmem_enabled.setter
     def shmem_enabled(self, v: str) -> None:
+        """shmem_enabled_store(): PMD-sized THPs for shmem (memfd, MAP_SHARED
+        anon; shm_mnt's huge= follows it but for deny and force, which
+        override every mount). Default never."""
         if v not in _SHMEM:
             raise ValueError(f"THP shmem_enabled must be one of {', '.join(_SHMEM)}, not {v!r}")
-        if v not in ("never", "deny"):
-            raise NotImplementedError("huge pages in shmem are not modelled yet: shmem_enabled stays never")
-        self._shmem = v
+        huge, pmd = self._engine.shmem_thp_get()
+        if v == "force" and self.shmem_sizes._present and pmd != 4:
+            # 6.11+: force with a size not at "inherit" would let mTHP
+            # settings override the huge= policy: refused.
+            raise OSError(errno.EINVAL, "Invalid argument (force needs hugepages-2048kB/shmem_enabled "
+                                        "at inherit)", "/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        self._engine.shmem_thp_set(_SHMEM_HUGE[v], pmd)
 
     def __repr__(self) -> str:
         return (f"ThpSettings(enabled={self.enabled!r}, defrag={self.defrag!r}, "

@@ -33,6 +33,7 @@ cdef extern from "mm_types.h" nogil:
     int VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_WRITE, VM_FAULT_SIGSEGV
     int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR, VM_FAULT_HWPOISON, VM_FAULT_UFFD, VM_FAULT_FALLBACK
     int VM_FAULT_LIVELOCK
+    int VM_FAULT_REWALK
     uint64_t PTE_MARKER_UFFD_WP, PTE_MARKER_POISONED, PTE_MARKER_GUARD
 
     ctypedef struct mm_vma_t:
@@ -67,6 +68,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t hugetlb_fork_copy_pinned, hugetlb_dontneed, hugetlb_mremap, hugetlb_zap_restore_reserve
         int32_t hugetlb_fork_swp_uffd_wp
         int32_t swapout_large_ptes, swap_large_rotational, swapin_large_sync
+        int32_t shmem_mthp
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
@@ -85,6 +87,7 @@ cdef extern from "mm_types.h" nogil:
         MM_STAT_GUP, MM_STAT_FILE_FAULT, MM_STAT_FAULT_AROUND, MM_STAT_SWPOUT
         MM_STAT_SWPIN, MM_STAT_UFFD, MM_STAT_UFFD_CORE, MM_STAT_THP_FAULT_ALLOC
         MM_STAT_THP_FAULT_FALLBACK, MM_STAT_THP_SPLIT_PMD, MM_STAT_THP_ZERO_ALLOC, MM_STAT_THP_SPLIT_PAGE
+        MM_STAT_THP_FILE_ALLOC, MM_STAT_THP_FILE_MAPPED
         MM_STAT_NR
 
 # eras.py values of the policy enums (kept equal by tests/unit/test_eras.py).
@@ -196,7 +199,7 @@ ctypedef struct engine_t:
     uint64_t uf_addr
     uint32_t uf_flags, uf_reason
     uint64_t fault_addr        # address of the last failed access
-    int64_t stats[24]
+    int64_t stats[26]
     sched_hook_t sched_hook    # the scheduler's hand at each step boundary (NULL: none)
     void *sched_arg
     int32_t tlb_stale_writes   # 1: a clean writable TLB entry takes writes too (worst case, not x86)
@@ -205,7 +208,7 @@ ctypedef struct engine_t:
     # replay keeps each CPU's clock. Last in the struct: the fields above
     # keep their places (and cache lines).
     int64_t now
-    int64_t cost[24]
+    int64_t cost[26]
     int64_t clock[256]
     # NUMA nodes (core/migrate.pxi). Node n owns pfns [n * node_span,
     # (n + 1) * node_span): a frame's node is derived, never stored. With
@@ -296,6 +299,12 @@ ctypedef struct engine_t:
     int64_t swpout[10]
     int64_t swpout_fallback[10]
     int64_t swpin_large[10]    # per order: stats/swpin (6.12), large folios swapped in
+    # Huge pages in shmem (core/shmem.pxi): shmem_enabled as the kernel's
+    # shmem_huge (SHMEM_HUGE_*: 0 never, 1 always, 2 within_size, 3 advise,
+    # -1 deny, -2 force), which is also shm_mnt's huge= (memfd, MAP_SHARED
+    # anon); the PMD size's hugepages-2048kB/shmem_enabled for anon shmem
+    # (6.11: SHMEM_PMD_*); shmem_thp_on: some shmem fault may get a THP.
+    int32_t shmem_huge, shmem_pmd, shmem_thp_on
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

@@ -244,7 +244,7 @@ cdef int do_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
 
 
 cdef int handle_mm_fault(engine_t *e, mm_t *mm, int cpu, uint64_t va, int fflags) noexcept nogil:
-    return handle_mm_fault_pte(e, mm, cpu, va, fflags, NULL)
+    return handle_mm_fault_pte(e, mm, cpu, va, fflags, NULL) & ~VM_FAULT_REWALK
 
 
 cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int fflags,
@@ -256,6 +256,8 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     cdef uint64_t pte
     cdef bint wp_marker
     cdef int ret
+    cdef int64_t nr_pmd
+    cdef bint tried = False
     mm.minflt += 1
     stat_add(e, MM_STAT_FAULT, 1)
     if vi < 0:
@@ -273,11 +275,27 @@ cdef int handle_mm_fault_pte(engine_t *e, mm_t *mm, int cpu, uint64_t va, int ff
     if vma.flags & VM_HUGETLB:
         return hugetlb_fault(e, mm, cpu, vma, va, fflags)     # core/hugetlb.pxi
     if e.nr_huge_pmd or vma.flags & VM_HUGEPAGE or e.thp_enabled == 2 or e.mthp_always >> HPAGE_PMD_ORDER:
+        tried = True
         # The PMD level (__handle_mm_fault): a THP fault, or one on a PMD leaf.
+        nr_pmd = e.nr_huge_pmd
         ret = huge_pmd_fault(e, mm, cpu, vma, va, fflags)    # core/huge.pxi
         if not (ret & VM_FAULT_FALLBACK):
             return ret
+        if e.nr_huge_pmd != nr_pmd:
+            # A PMD was split (VM_FAULT_FALLBACK): the fault goes on from the
+            # pmd (__handle_mm_fault), which a shmem PMD's split left none -
+            # its table gone, so a caller's pte pointer is stale: REWALK.
+            mm.minflt -= 1
+            stat_add(e, MM_STAT_FAULT, -1)
+            return handle_mm_fault_pte(e, mm, cpu, va, fflags, NULL) | VM_FAULT_REWALK
     if ptep == NULL:
+        if not tried and vma.file and (e.shmem_thp_on or e.nr_large):
+            # A shmem VMA with no pte table here (pmd_none): a PMD may map a
+            # THP of its cache (do_file_huge_fault). Kept off the path of a
+            # fault whose caller found the pte page: that pmd is not none.
+            ret = huge_pmd_fault(e, mm, cpu, vma, va, fflags)
+            if not (ret & VM_FAULT_FALLBACK):
+                return ret
         ptep = pte_offset(e, mm, va, True)
         if ptep == NULL:
             return table_alloc_failed(e)
@@ -382,6 +400,9 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
             ret = handle_mm_fault_pte(e, mm, cpu, va, uflag | FAULT_FLAG_ARCH | (FAULT_FLAG_WRITE if write else 0),
                                       ptep)
             sched_point(e, SP_MMAP_UNLOCK_READ, mm.id, va, write)
+        if ret & VM_FAULT_REWALK:
+            ptep = NULL                             # a split shmem PMD took its table
+            ret &= ~VM_FAULT_REWALK
         if ret & VM_FAULT_OOM and reclaim_pages(e, cpu, RECLAIM_BATCH) > 0:
             continue            # direct reclaim freed frames: fault again
         if ret & VM_FAULT_ERROR:

@@ -115,8 +115,9 @@ cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
     naturally aligned: an mTHP's order is on each of its pages (mthp_order),
     else order HPAGE_PMD_ORDER, but for 1 GiB hugetlb pages."""
     if e.fflags[pfn] & PG_TAIL:
-        if e.mapping[pfn]:
+        if e.mapping[pfn] and not (e.fflags[pfn] & PG_FILE):
             return pfn & ~((<int64_t>1 << e.mapping[pfn]) - 1)    # an mTHP: mthp_order
+        # (a shmem THP's tails name their file in `mapping`: PMD order)
         if pfn < e.gig_end and pfn >= e.gig_base and pfn_in_gig(e, pfn):
             # a 1 GiB hugetlb page (core/hugetlb.pxi): order 18, naturally aligned
             # (the bounds hold every node's; the node's own range decides)

@@ -303,6 +303,9 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
     cdef int64_t i, head
     cdef int32_t *mapcount
     stat_add(e, MM_STAT_THP_SPLIT_PMD, 1)
+    if not (pte0 & PTE_SPECIAL) and e.fflags[pte_pfn(pte0)] & PG_FILE:
+        file_pmd_zap(e, mm, slot, haddr)
+        return
     slot[0] &= ~PMD_HUGE
     e.nr_huge_pmd -= 1
     pmd_flush(e, mm, haddr)             # pmdp_invalidate
@@ -334,6 +337,32 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
     entire_mapcount(e, head)[0] -= 1
 
 
+cdef void file_pmd_zap(engine_t *e, mm_t *mm, int32_t *slot, uint64_t haddr) noexcept nogil:
+    """Splitting a PMD that maps a shmem THP only clears it
+    (__split_huge_pmd_locked for !vma_is_anonymous, 6.12): the folio loses
+    the mapping and its reference, the pmd is none, and the next fault maps
+    ptes of the folio, still whole in the cache."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef int64_t head = <int64_t>pte_pfn(t[0]), i
+    cdef uint64_t acc = 0
+    for i in range(HPAGE_PMD_NR):
+        acc |= t[i]
+    pmd_flush(e, mm, haddr)             # pmdp_huge_clear_flush
+    file_pmd_withdraw(e, mm, slot)
+    if acc & PTE_DIRTY:
+        folio_set_flags(e, head, PG_DIRTY, 0)       # folio_mark_dirty
+    entire_mapcount(e, head)[0] -= 1
+    put_page(e, head, 1)
+
+
+cdef inline void file_pmd_withdraw(engine_t *e, mm_t *mm, int32_t *slot) noexcept nogil:
+    # A file PMD has no deposited table (arch_needs_pgtable_deposit() is
+    # false on x86): the expansion page behind it is the model's, not
+    # counted in the mm's page tables (set_file_pmd took it back off).
+    withdraw_pmd_leaf(e, mm, slot)
+    mm.nr_ptes += 1
+
+
 cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     """__split_huge_pmd: split the PMD leaf covering va, if there is one."""
     cdef int32_t *slot
@@ -345,6 +374,21 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
         # (hugetlb pages and markers are never split: their VMAs end on
         # huge-page boundaries; a THP leaf is always present)
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
+
+
+cdef void split_file_pmds(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """Split (clear) every PMD of a shmem THP in [start, end)."""
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1)
+    cdef int32_t *slot
+    cdef uint64_t pte0
+    while va < end:
+        slot = pmd_slot(e, mm, va, False)
+        if slot != NULL and pmd_trans_huge(slot[0]):
+            pte0 = pmd_leaf_table(e, slot[0])[0]
+            if pte0 & PTE_PRESENT and not (pte0 & PTE_SPECIAL) and e.fflags[pte_pfn(pte0)] & PG_FILE \
+                    and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
+                split_huge_pmd_locked(e, mm, slot, va)
+        va += PMD_SPAN
 
 
 cdef void split_huge_pmd_edges(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
@@ -368,11 +412,21 @@ cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bint k
     if not (pte0 & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
         hugetlb_zap_leaf(e, mm, slot, g, keep_wp)
         return
-    withdraw_pmd_leaf(e, mm, slot)
     g.need_flush = 1
     if pte0 & PTE_SPECIAL:
+        withdraw_pmd_leaf(e, mm, slot)
         return
     head = <int64_t>pte_pfn(pte0)
+    if e.fflags[head] & PG_FILE:
+        # A shmem THP (zap_huge_pmd's file case): no deposited table to
+        # free, the file counter down, a dirty PMD dirties the folio.
+        if pte0 & PTE_DIRTY:
+            folio_set_flags(e, head, PG_DIRTY, 0)
+        file_pmd_withdraw(e, mm, slot)
+        entire_mapcount(e, head)[0] -= 1
+        gather_add(e, g, head)
+        return
+    withdraw_pmd_leaf(e, mm, slot)
     entire_mapcount(e, head)[0] -= 1
     mm.rss_anon -= HPAGE_PMD_NR
     gather_add(e, g, head)
@@ -393,6 +447,8 @@ cdef int copy_huge_pmd(engine_t *e, mm_t *src, mm_t *dst, uint64_t haddr, int32_
         return -1
     if not (pte0 & PTE_SPECIAL):
         head = <int64_t>pte_pfn(pte0)
+        if e.fflags[head] & PG_FILE:
+            return 0        # copy_huge_pmd: a file PMD is not copied, the child faults it in
         if e.pol.fork_early_cow and src.flags & MMF_HAS_PINNED \
                 and folio_maybe_dma_pinned(e, head) \
                 and ((not e.pol.anon_exclusive) or e.fflags[head] & PG_ANON_EXCLUSIVE):
@@ -446,6 +502,9 @@ cdef int do_huge_pmd_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
     cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), set
     cdef int64_t head, i
     stat_add(e, MM_STAT_WP_FAULT, 1)
+    if not (pte0 & PTE_SPECIAL) and e.fflags[pte_pfn(pte0)] & PG_FILE:
+        split_huge_pmd_locked(e, mm, slot, haddr)       # wp_huge_pmd: not anon, split
+        return VM_FAULT_FALLBACK
     if not unshare and pte0 & PTE_UFFD_WP and vma.flags & VM_UFFD_WP:
         if vma.uffd > 0 and vma.uffd < e.nuffd and e.uffd_feat[vma.uffd] & UFFD_FEATURE_WP_ASYNC:
             split_huge_pmd_locked(e, mm, slot, haddr)      # resolved on ptes (6.7+)
@@ -459,6 +518,12 @@ cdef int do_huge_pmd_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
         split_huge_pmd_locked(e, mm, slot, haddr)
         return VM_FAULT_FALLBACK
     head = <int64_t>pte_pfn(pte0)
+    if e.fflags[head] & PG_FILE:
+        # wp_huge_pmd (6.12): shmem has no ->huge_fault, so a write to a
+        # read-only file PMD - a private mapping's COW, or write-notify in a
+        # shared one - splits it (file_pmd_zap) and the pte level handles it.
+        split_huge_pmd_locked(e, mm, slot, haddr)
+        return VM_FAULT_FALLBACK
     if not thp_can_reuse(e, cpu, head):
         # 5.7 copied the THP whole (and, with no THP to be had, 512 small
         # pages: do_huge_pmd_wp_page_fallback; here the PMD is split and
@@ -486,12 +551,16 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
     cdef uint64_t pte
     cdef int ret
     cdef bint allowed = thp_vma_allowable(e, vma, va)
-    if e.nr_huge_pmd == 0 and not allowed:
+    # A shmem VMA: a PMD maps a THP of the cache (do_file_huge_fault).
+    cdef bint file = vma.file != 0 and (e.shmem_thp_on or e.nr_large)
+    if e.nr_huge_pmd == 0 and not allowed and not file:
         return VM_FAULT_FALLBACK
-    slot = pmd_slot(e, mm, va, allowed)
+    slot = pmd_slot(e, mm, va, allowed or file)
     if slot == NULL:
         return VM_FAULT_FALLBACK
     if slot[0] == 0:
+        if file:
+            return do_file_huge_fault(e, mm, cpu, vma, va, slot, fflags)
         if not allowed:
             return VM_FAULT_FALLBACK
         return do_huge_pmd_anonymous_page(e, mm, cpu, vma, va, slot, fflags)

@@ -144,6 +144,7 @@
 #define VM_FAULT_FALLBACK  0x000800   /* a huge fault gives way to the pte path */
 #define VM_FAULT_UFFD      0x400000   /* emulator: handle_userfault queued a message */
 #define VM_FAULT_LIVELOCK  0x800000   /* emulator: the access faults again at once, for ever */
+#define VM_FAULT_REWALK    0x1000000  /* emulator: a split freed the pte page of the caller's pointer */
 #define VM_FAULT_ERROR (VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_NOMEM | VM_FAULT_UFFD \
                         | VM_FAULT_LIVELOCK)
 
@@ -253,6 +254,7 @@ typedef struct {
     int32_t swapout_large_ptes;     /* 845982eb264b + 5ed890ce5147 (6.10): a PTE-mapped large folio (mTHP) goes to swap whole */
     int32_t swap_large_rotational;  /* "mm, swap: use cluster lock for HDD" (6.14): a rotational swap partition gives large entries too */
     int32_t swapin_large_sync;      /* 242d12c98174 (6.12): an mTHP-sized swap-in from a SWP_SYNCHRONOUS_IO device (zram) */
+    int32_t shmem_mthp;             /* 7fb1b252afb5 (6.11): anon shmem's huge orders come from hugepages-<size>kB/shmem_enabled ("inherit" follows shmem_enabled) */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE
@@ -275,6 +277,7 @@ enum {
     MM_STAT_UFFD, MM_STAT_UFFD_CORE,
     MM_STAT_THP_FAULT_ALLOC, MM_STAT_THP_FAULT_FALLBACK, MM_STAT_THP_SPLIT_PMD,
     MM_STAT_THP_ZERO_ALLOC, MM_STAT_THP_SPLIT_PAGE,
+    MM_STAT_THP_FILE_ALLOC, MM_STAT_THP_FILE_MAPPED,
     MM_STAT_NR
 };
 

@@ -45,6 +45,9 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
                     va = stop               # never split (callers zap whole huge pages)
                     continue
                 split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
+                if slot[0] == 0:
+                    va = stop               # a shmem THP's PMD: splitting cleared it
+                    continue
         i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
         i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
         for i in range(i0, i1):
@@ -69,7 +72,7 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
                             deferred_split_folio(e, mm, pfn, (va & ~(<uint64_t>PMD_SPAN - 1))
                                                  + (<uint64_t>i << MM_PAGE_SHIFT))
                     elif pte & PTE_DIRTY:
-                        e.fflags[pfn] |= PG_DIRTY   # the folio keeps the dirty state
+                        file_folio_set(e, pfn, PG_DIRTY)    # the folio keeps the dirty state
                     gather_add(e, g, pfn)
             else:
                 zap_swap_entry(e, mm, pte)

@@ -42,12 +42,148 @@ cdef inline uint64_t file_pte(engine_t *e, mm_vma_t *vma, int64_t pfn, bint writ
     return entry
 
 
+# ---- huge pages in shmem (mm/shmem.c, 6.12) ---------------------------------
+
+cdef enum:
+    SHMEM_HUGE_NEVER = 0
+    SHMEM_HUGE_ALWAYS = 1
+    SHMEM_HUGE_WITHIN_SIZE = 2
+    SHMEM_HUGE_ADVISE = 3
+    SHMEM_HUGE_DENY = -1
+    SHMEM_HUGE_FORCE = -2
+    SHMEM_PMD_INHERIT = 4          # hugepages-2048kB/shmem_enabled "inherit" (6.11)
+
+
+cdef inline bint shmem_within_size(mm_file_t *f, uint64_t index, int64_t write_end) noexcept nogil:
+    # within_size: the whole aligned 2 MiB holding index lies inside i_size,
+    # or inside the write in progress (shmem_huge_global_enabled).
+    cdef int64_t size = f.size if f.size > write_end else write_end
+    cdef uint64_t need = (index + HPAGE_PMD_NR) & ~(<uint64_t>HPAGE_PMD_NR - 1)
+    return ((<uint64_t>size + MM_PAGE_SIZE - 1) >> MM_PAGE_SHIFT) >= need
+
+
+cdef inline bint shmem_huge_mode(int32_t mode, mm_file_t *f, uint64_t index, int64_t write_end,
+                                 uint64_t vm_flags) noexcept nogil:
+    """One huge= setting applied (the switch of shmem_huge_global_enabled,
+    6.12; shmem_is_huge before): always; within_size, falling through to
+    advise (VM_HUGEPAGE: MADV_HUGEPAGE on the mapping); never."""
+    if mode == SHMEM_HUGE_ALWAYS:
+        return True
+    if mode == SHMEM_HUGE_WITHIN_SIZE and shmem_within_size(f, index, write_end):
+        return True
+    if mode == SHMEM_HUGE_WITHIN_SIZE or mode == SHMEM_HUGE_ADVISE:
+        return (vm_flags & VM_HUGEPAGE) != 0
+    return False
+
+
+cdef bint shmem_huge_allowed(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64_t index,
+                             int64_t write_end) noexcept nogil:
+    """Whether a new folio at index may be PMD-sized
+    (shmem_allowable_huge_orders(), 6.12, for the PMD order; shmem_is_huge()
+    before). vma is NULL for write(2) and fallocate(2). deny and force
+    override every mount; otherwise shm_mnt's huge=, which is shmem_enabled
+    (every shmem file here lives on shm_mnt: memfd, MAP_SHARED anon).
+    From 7fb1b252afb5 (6.11) an anon shmem mapping follows the size's own
+    hugepages-2048kB/shmem_enabled instead, "inherit" meaning the above."""
+    cdef uint64_t vm_flags = vma.flags if vma != NULL else 0
+    cdef bint top
+    if f.hstate or not f.shmem:
+        return False
+    if vm_flags & VM_NOHUGEPAGE:
+        return False                    # vma_thp_disabled
+    if e.shmem_huge == SHMEM_HUGE_DENY:
+        return False
+    if e.shmem_huge == SHMEM_HUGE_FORCE:
+        top = True
+    else:
+        top = shmem_huge_mode(e.shmem_huge, f, index, write_end, vm_flags)
+    if not e.pol.shmem_mthp or vma == NULL or f.shmem != 2:
+        return top
+    if e.shmem_huge == SHMEM_HUGE_FORCE:
+        return e.shmem_pmd == SHMEM_PMD_INHERIT
+    if e.shmem_pmd == SHMEM_PMD_INHERIT:
+        return top
+    # The size's own always / within_size / advise (no fall-through to
+    # advise for within_size here: huge_shmem_orders_madvise is its own mask).
+    if e.shmem_pmd == SHMEM_HUGE_WITHIN_SIZE:
+        return shmem_within_size(f, index, write_end)
+    if e.shmem_pmd == SHMEM_HUGE_ADVISE:
+        return (vm_flags & VM_HUGEPAGE) != 0
+    return e.shmem_pmd == SHMEM_HUGE_ALWAYS
+
+
+cdef inline bint thp_file_vma_suitable(mm_vma_t *vma, uint64_t va) noexcept nogil:
+    """thp_vma_suitable_order(PMD_ORDER) for a file VMA: the file offset
+    and the address agree modulo 2 MiB, and the aligned 2 MiB around va
+    lies inside the VMA."""
+    cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1)
+    if ((vma.start >> MM_PAGE_SHIFT) - vma.pgoff) & (HPAGE_PMD_NR - 1):
+        return False
+    return haddr >= vma.start and haddr + PMD_SPAN <= vma.end
+
+
+cdef inline bint is_file_thp(engine_t *e, int64_t head) noexcept nogil:
+    """head is a PMD-sized shmem folio still in its file's cache."""
+    return (e.fflags[head] & (PG_HEAD | PG_FILE)) == (PG_HEAD | PG_FILE) and not pfn_is_hugetlb(e, head)
+
+
+cdef int64_t shmem_alloc_huge(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_t index,
+                              int cpu) noexcept nogil:
+    """shmem_alloc_and_add_folio() at the PMD order: a zeroed 2 MiB folio
+    for the aligned range around index, if nothing of that range is in the
+    cache (or swapped) yet: shmem_suitable_orders' xa_find. The cache holds
+    a reference per page (__filemap_add_folio's folio_ref_add(nr)). The
+    pfn of index's page, or -1 (the caller falls back to a small page)."""
+    cdef uint64_t *t = slot - (index & (HPAGE_PMD_NR - 1))
+    cdef uint64_t aligned = index & ~(<uint64_t>HPAGE_PMD_NR - 1)
+    cdef int64_t head, i
+    for i in range(HPAGE_PMD_NR):
+        if t[i] != 0:
+            return -1
+    head = folio_alloc_pmd(e, PG_FILE)
+    if head < 0:
+        return -1
+    for i in range(HPAGE_PMD_NR):
+        e.mapping[head + i] = <uint16_t>f.id
+        e.index[head + i] = <uint32_t>(aligned + <uint64_t>i)
+        t[i] = pfn_pte(head + i) | PTE_PRESENT
+    e.refcount[head] = HPAGE_PMD_NR
+    f.nrpages += HPAGE_PMD_NR
+    lru_add(e, cpu, head)
+    stat_add(e, MM_STAT_THP_FILE_ALLOC, 1)
+    return head + <int64_t>(index - aligned)
+
+
+cdef int64_t shmem_get_folio_huge(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_t index, int cpu,
+                                  mm_vma_t *vma, uint64_t va, int64_t write_end) noexcept nogil:
+    """shmem_get_folio's THP attempt, kept out of its small-page path: a new
+    folio at index is PMD-sized if shmem_huge_allowed() and, for a fault,
+    the VMA could map it whole (shmem_suitable_orders). -1: a small one."""
+    if not shmem_huge_allowed(e, f, vma, index, write_end):
+        return -1
+    if vma != NULL and not thp_file_vma_suitable(vma, va):
+        return -1
+    return shmem_alloc_huge(e, f, slot, index, cpu)
+
+
+cdef inline void file_folio_set(engine_t *e, int64_t pfn, uint16_t set) noexcept nogil:
+    """Folio flags (dirty, uptodate) of a cache page: a shmem THP's go on
+    every page of it, as the kernel keeps them on the folio."""
+    if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and e.fflags[pfn] & PG_FILE and not pfn_is_hugetlb(e, pfn):
+        folio_set_flags(e, folio_of(e, pfn), set, 0)
+    else:
+        e.fflags[pfn] |= set
+
+
 cdef int64_t shmem_get_folio(engine_t *e, mm_file_t *f, uint64_t index, bint alloc, int cpu,
-                             int *ret) noexcept nogil:
+                             int *ret, mm_vma_t *vma, uint64_t va, int64_t write_end) noexcept nogil:
     """The cache folio at index, read back from swap or allocated (zeroed)
     if asked; -1 with *ret = 0 when absent and not allocated, or the fault
     code on failure. A hugetlbfs file's base page is looked up in its huge
-    page (read(2) only: nothing allocates one here)."""
+    page (read(2) only: nothing allocates one here). A new folio is
+    PMD-sized where shmem_huge_allowed() says so and, for a fault, the VMA
+    could map it by a PMD (shmem_suitable_orders); vma/va name the fault,
+    write_end the end of a write(2) or fallocate(2)."""
     cdef uint64_t *slot
     cdef int64_t pfn, per
     ret[0] = 0
@@ -68,6 +204,10 @@ cdef int64_t shmem_get_folio(engine_t *e, mm_file_t *f, uint64_t index, bint all
         return shmem_swapin(e, f, index, slot, cpu, ret)
     if not alloc:
         return -1
+    if e.shmem_thp_on:
+        pfn = shmem_get_folio_huge(e, f, slot, index, cpu, vma, va, write_end)
+        if pfn >= 0:
+            return pfn
     pfn = frame_alloc(e)
     if pfn < 0:
         ret[0] = VM_FAULT_OOM
@@ -102,7 +242,7 @@ cdef int64_t file_map_pages(engine_t *e, mm_t *mm, mm_vma_t *vma, mm_file_t *f, 
         pfn = <int64_t>pte_pfn(cs[0])
         if not (e.fflags[pfn] & PG_UPTODATE):
             continue                            # next_uptodate_folio(): fallocate'd, never read
-        e.refcount[pfn] += 1
+        get_page(e, pfn, 1)                     # the folio's reference (a THP's head)
         e.mapcount[pfn] += 1
         table[i] = file_pte(e, vma, pfn, False)
         mapped += 1
@@ -179,10 +319,10 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
             return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
     elif vma.flags & VM_UFFD_MINOR:
         return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MINOR)
-    pfn = shmem_get_folio(e, f, index, True, cpu, &ret)
+    pfn = shmem_get_folio(e, f, index, True, cpu, &ret, vma, va, 0)
     if pfn < 0:
         return ret
-    e.fflags[pfn] |= PG_UPTODATE                # shmem_fault zeroes it if needed
+    file_folio_set(e, pfn, PG_UPTODATE)         # shmem_fault zeroes it if needed
     if write and not (vma.flags & VM_SHARED):
         # do_cow_fault: a private copy; the cache is untouched.
         new = frame_alloc(e)
@@ -204,12 +344,66 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         ptep[0] = mkuffd_wp(entry) if wp_marker else entry
         mm.rss_anon += 1
         return 0
-    e.refcount[pfn] += 1
+    get_page(e, pfn, 1)
     e.mapcount[pfn] += 1
     if write:
-        e.fflags[pfn] |= PG_DIRTY               # do_shared_fault
+        file_folio_set(e, pfn, PG_DIRTY)        # do_shared_fault
     entry = file_pte(e, vma, pfn, write)
     ptep[0] = mkuffd_wp(entry) if wp_marker else entry
+    return 0
+
+
+cdef int do_file_huge_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                            int32_t *slot, int fflags) noexcept nogil:
+    """A fault on an empty pmd of a shmem VMA: do_read_fault (fault-around's
+    filemap_map_pmd) or do_shared_fault, ->fault = shmem_fault, then
+    finish_fault -> do_set_pmd (6.12). Where the folio at the index is - or
+    is now allocated as - a PMD-sized THP and the VMA can map it whole, one
+    PMD maps it. Anything else (a private write: do_cow_fault copies to an
+    anon pte; a small folio; a userfault to raise; a hole being punched; a
+    swapped page) is VM_FAULT_FALLBACK, for the pte level, with nothing
+    allocated here."""
+    cdef mm_file_t *f = file_of(e, vma.file)
+    cdef uint64_t index = vma_index(vma, va)
+    cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0
+    cdef uint64_t *cs
+    cdef uint64_t entry
+    cdef int64_t pfn, head
+    if f.hstate or not f.shmem or (write and not (vma.flags & VM_SHARED)):
+        return VM_FAULT_FALLBACK
+    if vma.flags & VM_NOHUGEPAGE or not thp_file_vma_suitable(vma, va) or index >= file_pages(f):
+        return VM_FAULT_FALLBACK            # do_set_pmd: vma_thp_disabled, thp_vma_suitable_order
+    if f.falloc_start < f.falloc_end and f.falloc_start <= <int64_t>index < f.falloc_end:
+        return VM_FAULT_FALLBACK
+    cs = cache_slot(e, f, index, False)
+    if cs == NULL or cs[0] == 0:
+        if vma.flags & VM_UFFD_MISSING or not e.shmem_thp_on \
+                or not shmem_huge_allowed(e, f, vma, index, 0):
+            return VM_FAULT_FALLBACK
+        cs = cache_slot(e, f, index, True)
+        if cs == NULL:
+            return table_alloc_failed(e)
+        pfn = shmem_alloc_huge(e, f, cs, index, cpu)
+        if pfn < 0:
+            return VM_FAULT_FALLBACK        # the pte level allocates a small folio
+    elif vma.flags & VM_UFFD_MINOR or not (cs[0] & PTE_PRESENT):
+        return VM_FAULT_FALLBACK
+    else:
+        pfn = <int64_t>pte_pfn(cs[0])
+    head = folio_of(e, pfn)
+    if not is_file_thp(e, head):
+        return VM_FAULT_FALLBACK
+    stat_add(e, MM_STAT_FILE_FAULT, 1)
+    folio_set_flags(e, head, PG_UPTODATE | (PG_DIRTY if write else 0), 0)
+    # mk_huge_pmd(vm_page_prot), dirty and maybe writable for a write: the
+    # same bits as a pte of it would have (file_pte).
+    entry = file_pte(e, vma, head, write)
+    if set_pmd_leaf(e, mm, slot, entry, True) < 0:
+        return table_alloc_failed(e)
+    mm.nr_ptes -= 1                         # no deposited table for a file PMD (file_pmd_withdraw)
+    get_page(e, head, 1)
+    entire_mapcount(e, head)[0] += 1        # folio_add_file_rmap_pmd
+    stat_add(e, MM_STAT_THP_FILE_MAPPED, 1)
     return 0
 
 
@@ -217,7 +411,7 @@ cdef int wp_page_shared(engine_t *e, mm_vma_t *vma, uint64_t *ptep, int64_t pfn)
     """Write fault on a R/O pte of a shared mapping: no COW, ever."""
     ptep[0] |= PTE_WRITE | PTE_DIRTY | PTE_SOFT_DIRTY | PTE_YOUNG
     if pfn != ZERO_PFN:
-        e.fflags[pfn] |= PG_DIRTY
+        file_folio_set(e, pfn, PG_DIRTY)
     return VM_FAULT_WRITE
 
 
@@ -232,6 +426,7 @@ cdef void unmap_file_range(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t first,
     cdef uint64_t start, end, va, stop, pte
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn
+    cdef int32_t *slot
     if first > lo:
         lo = first
     if last < hi:
@@ -247,6 +442,15 @@ cdef void unmap_file_range(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t first,
             va = stop
             continue
         stop = block_end(va, end)
+        if e.nr_huge_pmd:
+            # zap_pmd_range: a shmem THP's PMD goes whole, whether the
+            # range covers it whole (zap_huge_pmd) or in part (split: for
+            # a file PMD, the same clearing).
+            slot = pmd_slot(e, mm, va, False)
+            if pmd_trans_huge(slot[0]):
+                zap_huge_pmd(e, mm, slot, g, False)
+                va = stop
+                continue
         i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
         i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
         for i in range(i0, i1):
@@ -278,9 +482,83 @@ cdef void unmap_file_range(engine_t *e, mm_t *mm, mm_vma_t *vma, uint64_t first,
                 if e.fflags[pfn] & PG_ANON:
                     mm.rss_anon -= 1
                 if pte & PTE_DIRTY and not (e.fflags[pfn] & PG_ANON):
-                    e.fflags[pfn] |= PG_DIRTY
+                    file_folio_set(e, pfn, PG_DIRTY)
                 gather_add(e, g, pfn)
         va = stop
+
+
+cdef bint file_folio_split(engine_t *e, mm_file_t *f, int64_t head) noexcept nogil:
+    """split_folio() of a shmem THP (truncate_inode_partial_folio, 6.12).
+    can_split_folio first: only the cache, its mappings and the LRU batches
+    may hold it (a pin or any other reference keeps it whole: False). Then
+    unmap_folio: a file folio is simply unmapped (try_to_unmap with
+    TTU_SPLIT_HUGE_PMD, no migration entries, no remap): every PMD and pte
+    of it goes, in every mm (a uffd-wp pte leaves its marker); private COW
+    copies stay. Each page is then a small folio with the cache's one
+    reference."""
+    cdef uint64_t aligned = e.index[head], lo, hi
+    cdef int64_t p, mapped = entire_mapcount(e, head)[0]
+    cdef int32_t m, vi
+    cdef mm_t *mm
+    cdef mm_vma_t *vma
+    cdef gather_t g
+    for p in range(head, head + HPAGE_PMD_NR):
+        mapped += e.mapcount[p]
+    if e.refcount[head] != HPAGE_PMD_NR + mapped + lru_batch_refs(e, head):
+        return False
+    for m in range(e.nmm):
+        mm = &e.mms[m]
+        if not mm.alive:
+            continue
+        for vi in range(mm.nvma):
+            vma = &mm.vmas[vi]
+            if vma.file != f.id:
+                continue
+            lo = vma.pgoff
+            hi = vma.pgoff + ((vma.end - vma.start) >> MM_PAGE_SHIFT)
+            if hi <= aligned or lo >= aligned + HPAGE_PMD_NR:
+                continue
+            gather_init(&g, mm.id, vma.start, vma.end)
+            unmap_file_range(e, mm, vma, aligned, aligned + HPAGE_PMD_NR, False, False, &g)
+            gather_finish(e, &g)
+    for p in range(head, head + HPAGE_PMD_NR):
+        e.fflags[p] &= ~(PG_HEAD | PG_TAIL)
+        e.refcount[p] = 1                       # the cache's
+    e.refcount[head] += lru_batch_refs(e, head)
+    entire_mapcount(e, head)[0] = 0
+    e.nr_large -= 1
+    stat_add(e, MM_STAT_THP_SPLIT_PAGE, 1)
+    return True
+
+
+cdef uint64_t cache_split_edge(engine_t *e, mm_file_t *f, uint64_t index, uint64_t first, uint64_t last,
+                               bint at_end) noexcept nogil:
+    """A shmem THP straddling an edge of [first, last) is split (above).
+    If it cannot be, the part of it inside the range reads zero and it
+    stays whole in the cache (shmem_undo_range keeps a folio
+    truncate_inode_partial_folio could not split): the edge moves past it.
+    Returns the edge to use."""
+    cdef uint64_t *cs = cache_slot(e, f, index, False)
+    cdef int64_t pfn, head, p
+    cdef uint64_t a, b
+    if cs == NULL or not (cs[0] & PTE_PRESENT):
+        return last if at_end else first
+    pfn = <int64_t>pte_pfn(cs[0])
+    head = folio_of(e, pfn)
+    if not is_file_thp(e, head):
+        return last if at_end else first
+    a = e.index[head]
+    b = a + HPAGE_PMD_NR
+    if a >= first and b <= last:
+        return last if at_end else first        # inside whole: removed whole
+    if file_folio_split(e, f, head):
+        return last if at_end else first
+    for p in range(head, head + HPAGE_PMD_NR):
+        if first <= e.index[p] < last:
+            frame_set_version(e, p, 0)          # folio_zero_range
+    if at_end:
+        return a if a > first else first
+    return b if b < last else last
 
 
 cdef int64_t cache_truncate(engine_t *e, mm_file_t *f, uint64_t first, uint64_t last) noexcept nogil:
@@ -290,6 +568,11 @@ cdef int64_t cache_truncate(engine_t *e, mm_file_t *f, uint64_t first, uint64_t 
     cdef uint64_t index = first, stop, ent
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn, still_mapped = 0
+    if e.nr_large and not f.hstate and first < last:
+        first = cache_split_edge(e, f, first, first, last, False)
+        if first < last:
+            last = cache_split_edge(e, f, last - 1, first, last, True)
+        index = first
     while index < last:
         t = leaf_or_skip(e, f.root, index << MM_PAGE_SHIFT, &stop)
         if t == NULL:
@@ -310,7 +593,8 @@ cdef int64_t cache_truncate(engine_t *e, mm_file_t *f, uint64_t first, uint64_t 
                 continue
             if ent & PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ent)
-                if e.mapcount[pfn] > 0 or (f.hstate and entire_mapcount(e, pfn)[0] > 0):
+                if e.mapcount[pfn] > 0 or ((f.hstate or e.fflags[pfn] & PG_HEAD)
+                                           and entire_mapcount(e, pfn)[0] > 0):
                     still_mapped += 1
                 e.fflags[pfn] &= ~(PG_FILE | PG_DIRTY)
                 e.mapping[pfn] = 0
@@ -353,14 +637,15 @@ cdef int64_t file_rw(engine_t *e, mm_file_t *f, int64_t off, int64_t n, uint8_t 
         k = <int64_t>MM_PAGE_SIZE - (pos & (<int64_t>MM_PAGE_SIZE - 1))
         if k > n - done:
             k = n - done
-        pfn = shmem_get_folio(e, f, <uint64_t>pos >> MM_PAGE_SHIFT, write, cpu, ret)
+        pfn = shmem_get_folio(e, f, <uint64_t>pos >> MM_PAGE_SHIFT, write, cpu, ret, NULL, 0,
+                              off + n if write else 0)
         if ret[0]:
             return -1
         if write:
             if frame_write(e, pfn, pos & (<int64_t>MM_PAGE_SIZE - 1), k, buf + done) < 0:
                 ret[0] = VM_FAULT_NOMEM
                 return -1
-            e.fflags[pfn] |= PG_DIRTY | PG_UPTODATE
+            file_folio_set(e, pfn, PG_DIRTY | PG_UPTODATE)
         elif pfn < 0:
             memset(buf + done, 0, k)
         else:

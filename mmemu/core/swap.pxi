@@ -561,6 +561,74 @@ cdef int swapout_shmem(engine_t *e, mm_file_t *f, uint64_t index) noexcept nogil
     return 1
 
 
+cdef int64_t shmem_thp_pageout(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end) noexcept nogil:
+    """MADV_PAGEOUT of the shmem THPs in [start, end) that this mm alone
+    maps and the range covers whole (madvise_cold_or_pageout_pte_range
+    skips a folio mapped elsewhere; one covered in part is split, for a file
+    folio meaning unmapped, and nothing of it reclaimed). shrink_folio_list
+    unmaps it (TTU_SPLIT_HUGE_PMD) and shmem_writepage splits it - the swap
+    device is a file: no cluster for a whole THP, as for anon
+    (split_folios_in) - so each page goes out as a small folio
+    (swapout_shmem); a clean one is dropped. No swap: it stays whole and
+    mapped. Returns pages reclaimed."""
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, vhead
+    cdef uint64_t *t
+    cdef int64_t i, pfn, head, last = -1, n = 0, total, p
+    cdef int32_t vi
+    cdef mm_vma_t *vma
+    cdef mm_file_t *f
+    cdef uint64_t base
+    if e.nr_large == 0 or e.nswap == 0:
+        return 0
+    while va < end:
+        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        if t == NULL:
+            va = stop
+            continue
+        for i in range(HPAGE_PMD_NR):
+            if not (t[i] & PTE_PRESENT) or t[i] & PTE_SPECIAL:
+                continue
+            pfn = <int64_t>pte_pfn(t[i])
+            if not (e.fflags[pfn] & (PG_HEAD | PG_TAIL)) or not (e.fflags[pfn] & PG_FILE):
+                continue
+            head = folio_of(e, pfn)
+            if head == last or not is_file_thp(e, head):
+                continue
+            last = head
+            vi = find_vma(mm, va + (<uint64_t>i << MM_PAGE_SHIFT))
+            if vi < 0:
+                continue
+            vma = &mm.vmas[vi]
+            if vma.flags & VM_LOCKED or vma.file != e.mapping[head]:
+                continue
+            vhead = vma.start + ((<uint64_t>e.index[head] - vma.pgoff) << MM_PAGE_SHIFT)
+            total = folio_mapcount_total(e, head)
+            if folio_mappings_in(e, mm, head, vhead & ~(<uint64_t>PMD_SPAN - 1),
+                                 (vhead & ~(<uint64_t>PMD_SPAN - 1)) + 2 * PMD_SPAN) != total:
+                continue                        # mapped elsewhere too
+            f = file_of(e, e.mapping[head])
+            base = e.index[head]
+            lru_drain(e, cpu)
+            if vhead < start or vhead + PMD_SPAN > end or vhead < vma.start or vhead + PMD_SPAN > vma.end:
+                # Covered in part: the walker's split_folio (unmaps it),
+                # and no page of it is reclaimed.
+                if file_folio_split(e, f, head):
+                    break
+                continue
+            if not file_folio_split(e, f, head):
+                continue                        # pinned or referenced: kept whole
+            for p in range(HPAGE_PMD_NR):
+                pfn = head + p
+                if e.fflags[pfn] & PG_DIRTY:
+                    n += swapout_shmem(e, f, base + <uint64_t>p)
+                elif e.fflags[pfn] & PG_FILE and e.refcount[pfn] == 1:
+                    cache_truncate(e, f, base + <uint64_t>p, base + <uint64_t>p + 1)
+                    n += 1
+            break                               # this table may be gone: the next 2 MiB
+        va = (va & ~(<uint64_t>PMD_SPAN - 1)) + PMD_SPAN
+    return n
+
+
 cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t end,
                            int64_t budget, uint64_t *stopped, bint free_reclaim) noexcept nogil:
     """MADV_PAGEOUT over [start, end): reclaim the pages mapped only by this
@@ -580,11 +648,13 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     cdef int64_t nheads = 0, hcap
     cdef bint free_swapcache = free_reclaim
     cdef bint full = False
+    cdef int64_t nthp = 0
     stopped[0] = end
     # A synchronous device (zram) has written the folio by the time pageout()
     # returns: shrink_folio_list frees it from the swapcache at once.
     free_swapcache = free_reclaim or swap_sync_io(e)
     if not free_reclaim:
+        nthp = shmem_thp_pageout(e, mm, cpu, start, end)
         # MADV_PAGEOUT of large folios: split where the range covers part
         # (6.12 split_folio), then each is swapped out whole or split
         # (split_folios_in): what is left mapped here is small pages.
@@ -609,7 +679,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     if cap <= 0:
         pageout_putback(e, cpu, NULL, 0, heads, nheads)
         free(heads)
-        return 0
+        return nthp
     anon = <int64_t *>malloc(cap * sizeof(int64_t))
     fpfn = <int64_t *>malloc(cap * sizeof(int64_t))
     if anon == NULL or fpfn == NULL:
@@ -617,7 +687,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
         free(heads)
         free(anon)
         free(fpfn)
-        return 0
+        return nthp
     gather_init(&g, mm.id, start, end)
     for vi in range(mm.nvma):
         vma = &mm.vmas[vi]
@@ -647,7 +717,8 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                     if swapout_anon_pte(e, mm, &t[i], &g):
                         anon[nanon] = pfn
                         nanon += 1
-                elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1:
+                elif e.fflags[pfn] & PG_FILE and e.mapcount[pfn] == 1 \
+                        and not (e.fflags[pfn] & (PG_HEAD | PG_TAIL)):
                     # try_to_unmap of a shmem folio mapped only here: it runs
                     # before pageout(), with or without swap and pins alike.
                     # pte_install_uffd_wp_if_needed() (5.19+): a protected pte
@@ -693,7 +764,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     free(heads)
     free(anon)
     free(fpfn)
-    return n
+    return n + nthp
 
 
 cdef inline int64_t putback_group(int64_t pfn, int64_t *heads, int64_t nheads) noexcept nogil:

@@ -302,6 +302,11 @@ cdef int64_t uffd_wp_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, 
     if vmflags & VM_HUGETLB:
         return hugetlb_wp_range(e, mm, start, end, protect, vmflags, touched)    # core/hugetlb.pxi
     split_huge_pmd_edges(e, mm, start, end)     # change_huge_pmd on whole leaves
+    if protect and e.nr_huge_pmd:
+        # change_pmd_range: pgtable_split_needed() for uffd-wp of a file
+        # VMA, so a shmem THP's PMD is split - cleared - and its none ptes
+        # get markers below (change_pmd_prepare, 6.12).
+        split_file_pmds(e, mm, start, end)
     while va < end:
         if alloc:
             t = pte_table(e, mm, va, True)
@@ -419,7 +424,7 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
         if not pte_none_mostly(pte):
             return -CORE_EEXIST
         pfn = <int64_t>pte_pfn(cs[0])
-        e.refcount[pfn] += 1
+        get_page(e, pfn, 1)             # the folio's (a shmem THP's head)
         e.mapcount[pfn] += 1
         entry = pfn_pte(pfn) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | vma_prot_bits(vma.flags)
         if shared and vma.flags & VM_WRITE:

@@ -187,6 +187,16 @@ def uffd_register_wp_shmem(v):
     return _offered(lambda: u.register(a, PAGE, U.UFFDIO_REGISTER_MODE_WP), errno.EINVAL)
 
 
+def thpsize_shmem_enabled(v):
+    # Machine.thp.shmem_sizes: the per-size shmem_enabled files (ENOENT before).
+    m = _machine(v)
+    try:
+        m.thp.shmem_sizes[2 << 20] = "always"
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def uffdio_continue_mode_wp(v):
     p = _machine(v).spawn()
     a = _shmem(p)
@@ -357,6 +367,7 @@ PROBES = {
     "pm_guard_region": pm_guard_region,
     "longterm_pin_movable": longterm_pin_movable,
     "longterm_pin_fails": longterm_pin_fails,
+    "thpsize_shmem_enabled": thpsize_shmem_enabled,
 }
 
 # Rows where the engine disagrees with the kernel's history today; each

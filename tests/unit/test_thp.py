@@ -381,8 +381,10 @@ def test_the_sysfs_knobs_refuse_what_linux_refuses():
         m.thp.defrag = "often"
     with pytest.raises(ValueError):
         m.thp.use_zero_page = 2
-    with pytest.raises(NotImplementedError):
-        m.thp.shmem_enabled = "always"
+    with pytest.raises(ValueError):
+        m.thp.shmem_enabled = "sometimes"
+    m.thp.shmem_enabled = "always"          # shmem THP: tests/unit/test_shmem_thp.py
+    assert m.thp.shmem_enabled == "always"
     m.thp.enabled = "always"
     assert m.thp.enabled == "always"
 
