@@ -346,6 +346,11 @@ cdef class Engine:
         st["clock"] = np.array([self.e.clock[i] for i in range(256)], np.int64)
         st["dir"] = pool_export(<void **>self.e.dir_chunks, self.e.ndir_used, MM_PTRS * 4, 9)
         st["pte"] = pool_export(<void **>self.e.pte_chunks, self.e.npte_used, MM_PTRS * 8, 9)
+        # An unexpanded PMD leaf's entries 2.. were never written (pool memory
+        # as the host gave it, or a freed table's): saved as zeros, so a state
+        # is a function of the operations alone (core/huge.pxi set_pmd_leaf).
+        pte = st["pte"].view(np.uint64).reshape(-1, MM_PTRS)
+        pte[pte[:, 1] == PMD_LEAF_UNEXPANDED, 2:] = 0
         st["bytes"] = pool_export(<void **>self.e.byte_chunks, self.e.nbytes_used, MM_PAGE_SIZE,
                                   MM_BYTES_CHUNK_SHIFT)
         st["dir_free"] = stack_export(self.e.dir_free, self.e.ndir_free, np.int32)
@@ -2649,13 +2654,20 @@ cdef class Engine:
     cdef int64_t _check_leaf(self, mm_t *m, int32_t ent, uint64_t va, int64_t[::1] exp_ref,
                              int64_t[::1] exp_entire) except -1:
         """A PMD leaf: an aligned, uniform expansion of one large folio (or
-        of the huge zero page) inside one VMA."""
-        cdef uint64_t *t = pmd_leaf_table(&self.e, ent)
+        of the huge zero page) inside one VMA. Read as it is (check() must
+        not expand a leaf: an unexpanded one is uniform by construction)."""
+        cdef uint64_t *t = pmd_leaf_raw(&self.e, ent)
         cdef uint64_t pte0 = t[0], mask = PTE_PRESENT | PTE_WRITE | PTE_SPECIAL | PTE_PROTNONE | PTE_UFFD_WP
         cdef int64_t head = <int64_t>pte_pfn(pte0), j
         cdef int32_t vi = find_vma(m, va)
+        cdef bint unexpanded = pmd_leaf_unexpanded(t)
         if vi < 0 or m.vmas[vi].start > va or m.vmas[vi].end < va + PMD_SPAN:
             raise InvariantError("PMD leaf not inside one VMA", head, f"mm {m.id} va {va:#x}")
+        if unexpanded and (m.vmas[vi].flags & VM_HUGETLB or not (pte0 & PTE_PRESENT)
+                           or pfn_is_hugetlb(&self.e, head)):
+            # Only THP faults (and fork, and a pre-5.8 whole-THP COW) leave one.
+            raise InvariantError("unexpanded PMD leaf is not a present THP or huge zero leaf", head,
+                                 f"mm {m.id} va {va:#x}")
         if m.vmas[vi].flags & VM_HUGETLB and not (pte0 & PTE_PRESENT):
             # A hugetlb marker (uffd-wp or poison): the same marker throughout.
             for j in range(HPAGE_PMD_NR):
@@ -2666,7 +2678,7 @@ cdef class Engine:
             return self._check_hugetlb_leaf(m, ent, va, vi, exp_ref, exp_entire)
         if head & (HPAGE_PMD_NR - 1) or not (self.e.fflags[head] & PG_HEAD) or not (pte0 & PTE_PRESENT):
             raise InvariantError("PMD leaf does not map a large folio", head, f"mm {m.id} va {va:#x}")
-        for j in range(HPAGE_PMD_NR):
+        for j in range(0 if unexpanded else HPAGE_PMD_NR):
             if <int64_t>pte_pfn(t[j]) != head + j or (t[j] & mask) != (pte0 & mask):
                 raise InvariantError("PMD leaf's expansion is not uniform", head + j, f"mm {m.id} va {va:#x}")
         if pte0 & PTE_SPECIAL:

@@ -41,6 +41,14 @@
  * PMDs changes it. The kernel deposits a page table with each anon PMD
  * (pgtable_trans_huge_deposit): this page is that deposit. */
 #define PMD_HUGE       (1 << 30)
+/* A PMD leaf's table may be left unexpanded when the leaf is installed
+ * (a fault maps 2 MiB without writing 4 KiB of ptes): entry 0 holds the
+ * leaf's first pte and entry 1 this value, which no pte can be (not
+ * present, swap type 0, not none); the other entries are then meaningless
+ * and entry i stands for entry 0 plus i pages. The one accessor every
+ * reader goes through (pmd_leaf_table) expands it on first use; the MMU's
+ * walk reads it unexpanded (core/huge.pxi). */
+#define PMD_LEAF_UNEXPANDED 0x4C415A5900000000ULL
 #define HPAGE_PMD_ORDER 9
 #define HPAGE_PMD_NR   512
 /* Multi-size THP (6.8): anon large folios of orders MTHP_MIN_ORDER..PMD

@@ -188,8 +188,10 @@ cdef uint64_t *table_leaf(engine_t *e, int32_t root, uint64_t va, bint alloc,
             d[i] = nxt
         if level < 2:
             d = dir_page(e, nxt - 1)
+        elif nxt & PMD_HUGE:
+            return pmd_leaf_table(e, nxt)       # core/huge.pxi: expanded for the caller
         else:
-            return pte_page(e, (nxt & ~PMD_HUGE) - 1)
+            return pte_page(e, nxt - 1)
     return NULL
 
 
@@ -208,9 +210,35 @@ cdef uint64_t *leaf_or_skip(engine_t *e, int32_t root, uint64_t va, uint64_t *ne
             return NULL
         if level < 2:
             d = dir_page(e, nxt - 1)
+        elif nxt & PMD_HUGE:
+            return pmd_leaf_table(e, nxt)       # core/huge.pxi: expanded for the caller
         else:
-            return pte_page(e, (nxt & ~PMD_HUGE) - 1)
+            return pte_page(e, nxt - 1)
     return NULL
+
+
+cdef inline uint64_t *pte_offset_walk(engine_t *e, mm_t *mm, uint64_t va, uint64_t **leaf) noexcept nogil:
+    """The MMU's page walk (pte_offset without allocating, nor expanding):
+    the pte for va, or NULL - with *leaf the table of the unexpanded PMD
+    leaf covering va, if that is what it met (core/huge.pxi)."""
+    cdef int32_t *d = dir_page(e, mm.pgd)
+    cdef int32_t nxt
+    cdef uint64_t *t
+    leaf[0] = NULL
+    nxt = d[(va >> PGDIR_SHIFT) & 511]
+    if nxt == 0:
+        return NULL
+    nxt = dir_page(e, nxt - 1)[(va >> PUD_SHIFT) & 511]
+    if nxt == 0:
+        return NULL
+    nxt = dir_page(e, nxt - 1)[(va >> PMD_SHIFT) & 511]
+    if nxt == 0:
+        return NULL
+    t = pte_page(e, (nxt & ~PMD_HUGE) - 1)
+    if nxt & PMD_HUGE and pmd_leaf_unexpanded(t):
+        leaf[0] = t
+        return NULL
+    return t + ((va >> MM_PAGE_SHIFT) & 511)
 
 
 cdef inline uint64_t *pte_table(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
