@@ -2427,6 +2427,19 @@ cdef class Engine:
             raise ValueError("no pte there")
         ptep[0] |= bits
 
+    def _test_pmd_leaf(self, int32_t mm, uint64_t va):
+        """The PMD leaf covering va as stored, without expanding it: None if
+        there is none, else (unexpanded, the entry for va)."""
+        cdef int32_t *slot = pmd_slot(&self.e, self._mm(mm), va, False)
+        cdef uint64_t *t
+        cdef uint64_t i = (va >> MM_PAGE_SHIFT) & 511
+        if slot == NULL or not pmd_trans_huge(slot[0]):
+            return None
+        t = pmd_leaf_raw(&self.e, slot[0])
+        if pmd_leaf_unexpanded(t):
+            return True, pmd_leaf_expansion(t[0], i)
+        return False, t[i]
+
     def _test_tlb_fill(self, int cpu, int32_t mm, uint64_t va, uint64_t pfn, bint writable):
         cdef uint64_t vpn = va >> MM_PAGE_SHIFT
         cdef int64_t s = tlb_slot(self._cpu(cpu), mm, vpn)
@@ -2762,8 +2775,9 @@ cdef class Engine:
         return 0
 
     cdef int _check_tlb(self, int64_t s) except -1:
-        cdef uint64_t tag = self.e.tlb_tag[s], ent, vpn
+        cdef uint64_t tag = self.e.tlb_tag[s], ent, vpn, pte
         cdef uint64_t *ptep
+        cdef uint64_t *leaf
         cdef int32_t mmi
         if tag == 0:
             return 0
@@ -2774,9 +2788,16 @@ cdef class Engine:
             raise InvariantError("TLB entry of a dead mm", <int64_t>pte_pfn(ent))
         if self.e.mms[mmi].tlb_flush_pending or self.e.mms[mmi].flags & MMF_TLB_STALE:
             return 0        # stale by the kernel's own rules: a flush is pending, or the era skips it
-        ptep = pte_offset(&self.e, &self.e.mms[mmi], vpn << MM_PAGE_SHIFT, False)
-        if ptep == NULL or (ptep[0] & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT \
-                or pte_pfn(ptep[0]) != pte_pfn(ent) or (ent & PTE_WRITE and not (ptep[0] & PTE_WRITE)):
+        # The MMU's own walk: an unexpanded PMD leaf is read, not written out.
+        ptep = pte_offset_walk(&self.e, &self.e.mms[mmi], vpn << MM_PAGE_SHIFT, &leaf)
+        if ptep != NULL:
+            pte = ptep[0]
+        elif leaf != NULL:
+            pte = pmd_leaf_expansion(leaf[0], vpn & 511)
+        else:
+            pte = 0
+        if (pte & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT \
+                or pte_pfn(pte) != pte_pfn(ent) or (ent & PTE_WRITE and not (pte & PTE_WRITE)):
             raise InvariantError("TLB entry grants more than the pte", <int64_t>pte_pfn(ent),
                                  f"cpu {s // MM_TLB_ENTRIES} mm {mmi} va {vpn << MM_PAGE_SHIFT:#x}")
         return 0

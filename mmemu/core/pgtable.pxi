@@ -199,6 +199,15 @@ cdef uint64_t *leaf_or_skip(engine_t *e, int32_t root, uint64_t va, uint64_t *ne
     """The leaf covering va, or NULL with *next = the first address past the
     missing level's span, so range walks skip empty space at the level it is
     empty (a walk of an almost empty 47-bit space stays cheap)."""
+    cdef uint64_t *t = leaf_or_skip_as_is(e, root, va, next)
+    if t != NULL and t[1] == PMD_LEAF_UNEXPANDED:
+        pmd_leaf_expand(t)          # core/huge.pxi: only a PMD leaf's table has the mark
+    return t
+
+
+cdef uint64_t *leaf_or_skip_as_is(engine_t *e, int32_t root, uint64_t va, uint64_t *next) noexcept nogil:
+    """leaf_or_skip leaving a PMD leaf's table as it is (maybe unexpanded):
+    for a walker that handles PMD leaves itself before reading entries."""
     cdef int32_t *d = dir_page(e, root)
     cdef int32_t nxt
     cdef int level, shift
@@ -210,10 +219,8 @@ cdef uint64_t *leaf_or_skip(engine_t *e, int32_t root, uint64_t va, uint64_t *ne
             return NULL
         if level < 2:
             d = dir_page(e, nxt - 1)
-        elif nxt & PMD_HUGE:
-            return pmd_leaf_table(e, nxt)       # core/huge.pxi: expanded for the caller
         else:
-            return pte_page(e, nxt - 1)
+            return pte_page(e, (nxt & ~PMD_HUGE) - 1)
     return NULL
 
 

@@ -191,7 +191,9 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
     cdef int32_t *slot
     cdef int rc
     while va < end:
-        s = leaf_or_skip(e, src.pgd, va, &stop)
+        # As it is: a PMD leaf is copied whole, unexpanded if it is (a split
+        # one is expanded by the split, in place).
+        s = leaf_or_skip_as_is(e, src.pgd, va, &stop)
         if s == NULL:
             va = stop
             continue
