@@ -141,16 +141,18 @@ def test_zap_and_reuse_of_an_unexpanded_leaf():
 
 
 def test_a_saved_unexpanded_leaf_holds_no_stale_entries_and_loads_back(tmp_path):
-    """The deposit is a freed pte page here, still holding the old ptes of
-    base pages: entries 2.. of the unexpanded leaf are saved as zeros (the
-    state depends on the operations alone, not on what the pool page held),
-    and the loaded leaf still reads as its expansion."""
+    """The deposit is a freed pte page here, still holding the expansion of
+    an earlier leaf (a withdrawn deposit is not cleared): entries 2.. of
+    the unexpanded leaf are saved as zeros (the state depends on the
+    operations alone, not on what the pool page held), and the loaded leaf
+    still reads as its expansion."""
     m, p, mem = _thp()
     raw = p.mmap(0, 2 * THP, RW, PRIV)
     other = (raw + THP - 1) & ~(THP - 1)
-    p.madvise(other, THP, C.MADV_NOHUGEPAGE)
-    p.touch(other, NR, write=True)              # a full pte page
-    p.munmap(raw, 2 * THP)                      # its table back to the pool
+    p.madvise(other, THP, C.MADV_HUGEPAGE)
+    _fault(p, other)
+    assert p.pagemap(other + 5 * PAGE).present and not _leaf(m, p, other)[0]    # written out
+    p.madvise(other, THP, C.MADV_DONTNEED)     # its deposit back to the pool, as it is
     _fault(p, mem + 3 * PAGE)
     unexpanded, pte0 = _leaf(m, p, mem)
     assert unexpanded
