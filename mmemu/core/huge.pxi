@@ -1,7 +1,10 @@
 # Transparent huge pages: PMD-mapped anon THP and the huge zero page
 # (mm/huge_memory.c). A PMD leaf is a directory slot with PMD_HUGE over a
 # pte page that holds the leaf's expansion (the deposited page table), kept
-# uniform, so every reader walks it as ptes. A large folio is order 9 and
+# uniform, so every reader walks it as ptes. A fault leaves it unexpanded
+# (entry 0 and a mark); pmd_leaf_table, the one way to a leaf's entries,
+# writes it out on first use, and the MMU walk reads entry 0 plus the
+# page's offset (tlb_fill_unexpanded). A large folio is order 9 and
 # naturally aligned: references on its head, per-page mapcounts for pte
 # mappings, the PMD mappings in entire_map[pfn >> 9].
 

@@ -37,8 +37,8 @@
 /* A pmd entry (a directory slot: pte-page index + 1) with this bit maps a
  * PMD leaf: a 2 MiB THP or the huge zero page. The pte page beneath is the
  * leaf's expansion (what a split would install), kept uniform while the
- * leaf lives, so readers walk it like any pte page; only code that knows
- * PMDs changes it. The kernel deposits a page table with each anon PMD
+ * leaf lives, so readers walk it like any pte page (once written out: see
+ * PMD_LEAF_UNEXPANDED); only code that knows PMDs changes it. The kernel deposits a page table with each anon PMD
  * (pgtable_trans_huge_deposit): this page is that deposit. */
 #define PMD_HUGE       (1 << 30)
 /* A PMD leaf's table may be left unexpanded when the leaf is installed
