@@ -357,6 +357,11 @@ cdef class Engine:
         st["clock"] = np.array([self.e.clock[i] for i in range(256)], np.int64)
         st["dir"] = pool_export(<void **>self.e.dir_chunks, self.e.ndir_used, MM_PTRS * 4, 9)
         st["pte"] = pool_export(<void **>self.e.pte_chunks, self.e.npte_used, MM_PTRS * 8, 9)
+        # An unexpanded PMD leaf's entries 2.. were never written (pool memory
+        # as the host gave it, or a freed table's): saved as zeros, so a state
+        # is a function of the operations alone (core/huge.pxi set_pmd_leaf).
+        pte = st["pte"].view(np.uint64).reshape(-1, MM_PTRS)
+        pte[pte[:, 1] == PMD_LEAF_UNEXPANDED, 2:] = 0
         st["bytes"] = pool_export(<void **>self.e.byte_chunks, self.e.nbytes_used, MM_PAGE_SIZE,
                                   MM_BYTES_CHUNK_SHIFT)
         st["dir_free"] = stack_export(self.e.dir_free, self.e.ndir_free, np.int32)
@@ -1540,10 +1545,16 @@ cdef class Engine:
                 bool(f & PG_USED), int(self.e.mapping[pfn]), int(self.e.index[pfn]))
 
     def stats(self):
-        d = {name: int(self.e.stats[i]) for i, name in enumerate(STAT_NAMES)}
-        d["thp_swpout"] = int(self.e.swpout[HPAGE_PMD_ORDER])
-        d["thp_swpout_fallback"] = int(self.e.swpout_fallback[HPAGE_PMD_ORDER])
-        return d
+        # A typed loop: replay() reads these twice per call, and the
+        # comprehension over enumerate() was most of a short trace's cost.
+        cdef dict out = {}
+        cdef tuple names = STAT_NAMES
+        cdef Py_ssize_t i
+        for i in range(len(names)):
+            out[names[i]] = self.e.stats[i]
+        out["thp_swpout"] = self.e.swpout[HPAGE_PMD_ORDER]
+        out["thp_swpout_fallback"] = self.e.swpout_fallback[HPAGE_PMD_ORDER]
+        return out
 
     def memory_usage(self):
         """Bytes of engine state: frame table, page-table pools, byte store."""
@@ -2489,6 +2500,19 @@ cdef class Engine:
             raise ValueError("no pte there")
         ptep[0] |= bits
 
+    def _test_pmd_leaf(self, int32_t mm, uint64_t va):
+        """The PMD leaf covering va as stored, without expanding it: None if
+        there is none, else (unexpanded, the entry for va)."""
+        cdef int32_t *slot = pmd_slot(&self.e, self._mm(mm), va, False)
+        cdef uint64_t *t
+        cdef uint64_t i = (va >> MM_PAGE_SHIFT) & 511
+        if slot == NULL or not pmd_trans_huge(slot[0]):
+            return None
+        t = pmd_leaf_raw(&self.e, slot[0])
+        if pmd_leaf_unexpanded(t):
+            return True, pmd_leaf_expansion(t[0], i)
+        return False, t[i]
+
     def _test_tlb_fill(self, int cpu, int32_t mm, uint64_t va, uint64_t pfn, bint writable):
         cdef uint64_t vpn = va >> MM_PAGE_SHIFT
         cdef int64_t s = tlb_slot(self._cpu(cpu), mm, vpn)
@@ -2720,13 +2744,20 @@ cdef class Engine:
     cdef int64_t _check_leaf(self, mm_t *m, int32_t ent, uint64_t va, int64_t[::1] exp_ref,
                              int64_t[::1] exp_entire) except -1:
         """A PMD leaf: an aligned, uniform expansion of one large folio (or
-        of the huge zero page) inside one VMA."""
-        cdef uint64_t *t = pmd_leaf_table(&self.e, ent)
+        of the huge zero page) inside one VMA. Read as it is (check() must
+        not expand a leaf: an unexpanded one is uniform by construction)."""
+        cdef uint64_t *t = pmd_leaf_raw(&self.e, ent)
         cdef uint64_t pte0 = t[0], mask = PTE_PRESENT | PTE_WRITE | PTE_SPECIAL | PTE_PROTNONE | PTE_UFFD_WP
         cdef int64_t head = <int64_t>pte_pfn(pte0), j
         cdef int32_t vi = find_vma(m, va)
+        cdef bint unexpanded = pmd_leaf_unexpanded(t)
         if vi < 0 or m.vmas[vi].start > va or m.vmas[vi].end < va + PMD_SPAN:
             raise InvariantError("PMD leaf not inside one VMA", head, f"mm {m.id} va {va:#x}")
+        if unexpanded and (m.vmas[vi].flags & VM_HUGETLB or not (pte0 & PTE_PRESENT)
+                           or pfn_is_hugetlb(&self.e, head)):
+            # Only THP faults (and fork, and a pre-5.8 whole-THP COW) leave one.
+            raise InvariantError("unexpanded PMD leaf is not a present THP or huge zero leaf", head,
+                                 f"mm {m.id} va {va:#x}")
         if m.vmas[vi].flags & VM_HUGETLB and not (pte0 & PTE_PRESENT):
             # A hugetlb marker (uffd-wp or poison): the same marker throughout.
             for j in range(HPAGE_PMD_NR):
@@ -2737,7 +2768,7 @@ cdef class Engine:
             return self._check_hugetlb_leaf(m, ent, va, vi, exp_ref, exp_entire)
         if head & (HPAGE_PMD_NR - 1) or not (self.e.fflags[head] & PG_HEAD) or not (pte0 & PTE_PRESENT):
             raise InvariantError("PMD leaf does not map a large folio", head, f"mm {m.id} va {va:#x}")
-        for j in range(HPAGE_PMD_NR):
+        for j in range(0 if unexpanded else HPAGE_PMD_NR):
             if <int64_t>pte_pfn(t[j]) != head + j or (t[j] & mask) != (pte0 & mask):
                 raise InvariantError("PMD leaf's expansion is not uniform", head + j, f"mm {m.id} va {va:#x}")
         if pte0 & PTE_SPECIAL:
@@ -2832,8 +2863,9 @@ cdef class Engine:
         return 0
 
     cdef int _check_tlb(self, int64_t s) except -1:
-        cdef uint64_t tag = self.e.tlb_tag[s], ent, vpn
+        cdef uint64_t tag = self.e.tlb_tag[s], ent, vpn, pte
         cdef uint64_t *ptep
+        cdef uint64_t *leaf
         cdef int32_t mmi
         if tag == 0:
             return 0
@@ -2844,9 +2876,16 @@ cdef class Engine:
             raise InvariantError("TLB entry of a dead mm", <int64_t>pte_pfn(ent))
         if self.e.mms[mmi].tlb_flush_pending or self.e.mms[mmi].flags & MMF_TLB_STALE:
             return 0        # stale by the kernel's own rules: a flush is pending, or the era skips it
-        ptep = pte_offset(&self.e, &self.e.mms[mmi], vpn << MM_PAGE_SHIFT, False)
-        if ptep == NULL or (ptep[0] & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT \
-                or pte_pfn(ptep[0]) != pte_pfn(ent) or (ent & PTE_WRITE and not (ptep[0] & PTE_WRITE)):
+        # The MMU's own walk: an unexpanded PMD leaf is read, not written out.
+        ptep = pte_offset_walk(&self.e, &self.e.mms[mmi], vpn << MM_PAGE_SHIFT, &leaf)
+        if ptep != NULL:
+            pte = ptep[0]
+        elif leaf != NULL:
+            pte = pmd_leaf_expansion(leaf[0], vpn & 511)
+        else:
+            pte = 0
+        if (pte & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT \
+                or pte_pfn(pte) != pte_pfn(ent) or (ent & PTE_WRITE and not (pte & PTE_WRITE)):
             raise InvariantError("TLB entry grants more than the pte", <int64_t>pte_pfn(ent),
                                  f"cpu {s // MM_TLB_ENTRIES} mm {mmi} va {vpn << MM_PAGE_SHIFT:#x}")
         return 0

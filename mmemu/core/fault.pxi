@@ -353,6 +353,26 @@ cdef inline int tlb_fill(engine_t *e, uint64_t *ptep, bint write, int64_t slot, 
     return 1
 
 
+cdef inline int tlb_fill_unexpanded(engine_t *e, uint64_t *t, uint64_t va, bint write, int64_t slot,
+                                    uint64_t tag, int64_t *pfn_out) noexcept nogil:
+    """tlb_fill on an unexpanded PMD leaf: its entry for va is entry 0 plus
+    the page's offset. Filled without writing while the walk has no bit to
+    set (a fault maps a THP young and dirty); otherwise the leaf is written
+    out and the entry takes the bit as any pte does."""
+    cdef uint64_t i = (va >> MM_PAGE_SHIFT) & 511
+    cdef uint64_t pte = pmd_leaf_expansion(t[0], i)
+    if (pte & (PTE_PRESENT | PTE_PROTNONE)) != PTE_PRESENT or (write and not (pte & PTE_WRITE)):
+        return 0
+    if not (pte & PTE_YOUNG) or (write and not (pte & PTE_DIRTY)):
+        pmd_leaf_expand(t)
+        return tlb_fill(e, t + i, write, slot, tag, pfn_out)
+    tlb_mm_mark(e, slot, tag)
+    e.tlb_tag[slot] = tag
+    e.tlb_pte[slot] = pte & (PTE_PFN_MASK | PTE_WRITE | PTE_DIRTY)
+    pfn_out[0] = <int64_t>pte_pfn(pte)
+    return 1
+
+
 cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint write,
                      int64_t *pfn_out, int uflag=FAULT_FLAG_USER) noexcept nogil:
     """One user-mode access through this CPU's TLB: the MMU's view. Returns 0
@@ -362,6 +382,7 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
     cdef int64_t slot = tlb_slot(cpu, mm.id, vpn)
     cdef uint64_t ent
     cdef uint64_t *ptep
+    cdef uint64_t *leaf
     cdef int ret, attempt
     if e.tlb_tag[slot] == tag:
         ent = e.tlb_pte[slot]
@@ -387,9 +408,12 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
                 return 0
         e.tlb_tag[slot] = 0
     stat_add(e, MM_STAT_TLB_MISS, 1)
-    ptep = pte_offset(e, mm, va, False)
+    ptep = pte_offset_walk(e, mm, va, &leaf)
     for attempt in range(6):
-        if ptep != NULL and tlb_fill(e, ptep, write, slot, tag, pfn_out):
+        if ptep != NULL:
+            if tlb_fill(e, ptep, write, slot, tag, pfn_out):
+                return 0
+        elif leaf != NULL and tlb_fill_unexpanded(e, leaf, va, write, slot, tag, pfn_out):
             return 0
         # A kernel-mode access (copy_*_user) faults without FAULT_FLAG_USER.
         if e.sched_hook == NULL:
@@ -409,7 +433,7 @@ cdef inline int user_access(engine_t *e, mm_t *mm, int cpu, uint64_t va, bint wr
             e.fault_addr = va
             return ret
         if ptep == NULL:
-            ptep = pte_offset(e, mm, va, False)
+            ptep = pte_offset_walk(e, mm, va, &leaf)
     # Every fault "succeeded" and the pte still refuses the access: Linux
     # would take the same fault for ever (a uffd-wp entry in a VMA no longer
     # registered: hugetlb_wp() never COWs it; B22's child).

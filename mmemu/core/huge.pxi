@@ -1,7 +1,10 @@
 # Transparent huge pages: PMD-mapped anon THP and the huge zero page
 # (mm/huge_memory.c). A PMD leaf is a directory slot with PMD_HUGE over a
 # pte page that holds the leaf's expansion (the deposited page table), kept
-# uniform, so every reader walks it as ptes. A large folio is order 9 and
+# uniform, so every reader walks it as ptes. A fault leaves it unexpanded
+# (entry 0 and a mark); pmd_leaf_table, the one way to a leaf's entries,
+# writes it out on first use, and the MMU walk reads entry 0 plus the
+# page's offset (tlb_fill_unexpanded). A large folio is order 9 and
 # naturally aligned: references on its head, per-page mapcounts for pte
 # mappings, the PMD mappings in entire_map[pfn >> 9].
 
@@ -65,7 +68,9 @@ cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
         return -1
     e.nr_free -= HPAGE_PMD_NR
     flags |= PG_USED | PG_UPTODATE
-    for p in range(head + 1, head + HPAGE_PMD_NR):
+    # The whole aligned block, then the head: a fixed-count loop from an
+    # aligned start is vectorised whole (1 KiB, the largest write of a PMD fault).
+    for p in range(head, head + HPAGE_PMD_NR):
         e.fflags[p] = flags | PG_TAIL
     e.fflags[head] = flags | PG_HEAD
     e.refcount[head] = 1
@@ -154,8 +159,48 @@ cdef inline bint pmd_trans_huge(int32_t ent) noexcept nogil:
     return (ent & PMD_HUGE) != 0
 
 
-cdef inline uint64_t *pmd_leaf_table(engine_t *e, int32_t ent) noexcept nogil:
+cdef inline uint64_t *pmd_leaf_raw(engine_t *e, int32_t ent) noexcept nogil:
+    """A PMD leaf's table as it is: maybe unexpanded (pmd_leaf_unexpanded),
+    for the code here that knows the two forms."""
     return pte_page(e, (ent & ~PMD_HUGE) - 1)
+
+
+cdef inline bint pmd_leaf_unexpanded(const uint64_t *t) noexcept nogil:
+    # mm_types.h PMD_LEAF_UNEXPANDED: entry 1 no pte can be.
+    return t[1] == PMD_LEAF_UNEXPANDED
+
+
+cdef inline uint64_t pmd_leaf_expansion(uint64_t pte0, uint64_t i) noexcept nogil:
+    """Entry i of a leaf whose entry 0 is pte0: the leaf maps 512 consecutive
+    frames (a THP, the huge zero folio) with the same bits."""
+    return pte0 + pfn_pte(i)
+
+
+cdef void pmd_leaf_expand(uint64_t *t) noexcept nogil:
+    """Write an unexpanded leaf's entries out from entry 0: the table is
+    then what the pte-level code reads and writes."""
+    cdef uint64_t first = t[0]
+    cdef int64_t i
+    for i in range(HPAGE_PMD_NR):      # one plain loop: vectorised
+        t[i] = first + pfn_pte(i)
+
+
+cdef inline uint64_t *pmd_leaf_table(engine_t *e, int32_t ent) noexcept nogil:
+    """The leaf's table, expanded: the one accessor through which every
+    reader of its entries (walkers, GUP, rmap, uffd, check) gets it, so an
+    unexpanded leaf is written out on its first pte-level use. The table
+    walks (table_leaf, leaf_or_skip) come here for a PMD_HUGE slot too."""
+    cdef uint64_t *t = pte_page(e, (ent & ~PMD_HUGE) - 1)
+    if t[1] == PMD_LEAF_UNEXPANDED:
+        pmd_leaf_expand(t)
+    return t
+
+
+cdef inline uint64_t pmd_leaf_pte0(engine_t *e, int32_t ent) noexcept nogil:
+    """The leaf's entry 0, expanded or not: what it maps (its folio, the
+    huge zero page, a hugetlb entry or marker) and the bits all its
+    entries share. Read only: a write goes through pmd_leaf_table."""
+    return pte_page(e, (ent & ~PMD_HUGE) - 1)[0]
 
 
 cdef inline bint thp_vma_allowable(engine_t *e, mm_vma_t *vma, uint64_t va) noexcept nogil:
@@ -175,24 +220,18 @@ cdef inline bint thp_vma_allowable(engine_t *e, mm_vma_t *vma, uint64_t va) noex
     return haddr >= vma.start and haddr + PMD_SPAN <= vma.end
 
 
-cdef int set_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot, uint64_t first, bint step) noexcept nogil:
-    """Install a PMD leaf: deposit a pte page holding its expansion (first,
-    then first + i pages when step), mark the slot huge. 0, or -1 when no
-    frame is left for the table."""
-    cdef int32_t p = ptp_alloc_raw(e)       # every entry is written below
+cdef int set_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot, uint64_t first) noexcept nogil:
+    """Install a PMD leaf mapping 512 frames from first's: deposit a pte page
+    and leave it unexpanded (entry 0 = first, entry 1 the mark; writing the
+    4 KiB out was most of a PMD fault), mark the slot huge. 0, or -1 when
+    no frame is left for the table."""
+    cdef int32_t p = ptp_alloc_raw(e)       # entries 0 and 1 are all that count
     cdef uint64_t *t
-    cdef int64_t i
     if p < 0:
         return -1
     t = pte_page(e, p)
-    # Two plain loops the compiler vectorises (one with a variable stride
-    # it did not): these 4 KiB are most of a PMD fault.
-    if step:
-        for i in range(HPAGE_PMD_NR):
-            t[i] = first + pfn_pte(i)
-    else:
-        for i in range(HPAGE_PMD_NR):
-            t[i] = first
+    t[0] = first
+    t[1] = PMD_LEAF_UNEXPANDED
     slot[0] = (p + 1) | PMD_HUGE
     mm.nr_ptes += 1                 # mm_inc_nr_ptes with the deposit
     e.nr_huge_pmd += 1
@@ -225,7 +264,7 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
             return VM_FAULT_FALLBACK
         if vma.flags & VM_UFFD_MISSING:
             return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
-        if set_pmd_leaf(e, mm, slot, pfn_pte(zero) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | prot, True) < 0:
+        if set_pmd_leaf(e, mm, slot, pfn_pte(zero) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | prot) < 0:
             return table_alloc_failed(e)
         stat_add(e, MM_STAT_ZERO_FAULT, 1)
         return 0
@@ -239,7 +278,7 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
     entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | prot
     if vma.flags & VM_WRITE:
         entry |= PTE_WRITE
-    if set_pmd_leaf(e, mm, slot, entry, True) < 0:
+    if set_pmd_leaf(e, mm, slot, entry) < 0:
         put_page(e, head, 1)
         return table_alloc_failed(e)
     # folio_add_new_anon_rmap(RMAP_EXCLUSIVE): one PMD mapping, exclusive.
@@ -263,7 +302,7 @@ cdef int huge_pmd_copy_whole(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
     """Before 5.8 (3917c80280c9): a write to the huge zero page or to a
     THP that cannot be reused gets a whole new THP, a copy, mapped
     writable. -1 when none can be allocated (the caller falls back)."""
-    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t *t = pmd_leaf_raw(e, slot[0])
     cdef int64_t old = <int64_t>pte_pfn(t[0]), new, i
     cdef uint64_t entry
     new = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
@@ -280,8 +319,12 @@ cdef int huge_pmd_copy_whole(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
     pmd_flush(e, mm, haddr)             # pmdp_huge_clear_flush
     entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | vma_prot_bits(vma.flags) \
         | (PTE_WRITE if vma.flags & VM_WRITE else 0)
-    for i in range(HPAGE_PMD_NR):
-        t[i] = entry + pfn_pte(i)
+    if pmd_leaf_unexpanded(t):
+        t[0] = entry                    # entry 0 speaks for all
+    else:
+        # Never back to unexpanded: a caller may hold a pointer to an entry.
+        for i in range(HPAGE_PMD_NR):
+            t[i] = entry + pfn_pte(i)
     if zero:
         mm.rss_anon += HPAGE_PMD_NR
     else:
@@ -298,10 +341,11 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
     each get one pte mapping and one folio reference (folio_ref_add 511),
     PageAnonExclusive from the head, the PMD's write, young, dirty,
     soft-dirty and uffd-wp bits on every pte; the PMD mapping goes."""
-    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t *t = pmd_leaf_raw(e, slot[0])
     cdef uint64_t pte0 = t[0], acc = 0, keep, entry, more
     cdef int64_t i, head
     cdef int32_t *mapcount
+    cdef bint unexpanded = pmd_leaf_unexpanded(t)
     stat_add(e, MM_STAT_THP_SPLIT_PMD, 1)
     if not (pte0 & PTE_SPECIAL) and e.fflags[pte_pfn(pte0)] & PG_FILE:
         file_pmd_zap(e, mm, slot, haddr)
@@ -322,9 +366,14 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
     # fault sets both on the whole leaf).
     keep = pte0 & (PTE_PRESENT | PTE_WRITE | PTE_PROTNONE | PTE_SOFT_DIRTY | PTE_UFFD_WP | PTE_YOUNG | PTE_DIRTY)
     entry = pfn_pte(head) | keep
-    for i in range(HPAGE_PMD_NR):
-        acc |= t[i]
-        t[i] = entry + pfn_pte(i)
+    if unexpanded:
+        acc = pte0                      # every entry has pte0's bits
+        for i in range(HPAGE_PMD_NR):
+            t[i] = entry + pfn_pte(i)
+    else:
+        for i in range(HPAGE_PMD_NR):
+            acc |= t[i]
+            t[i] = entry + pfn_pte(i)
     for i in range(HPAGE_PMD_NR):
         mapcount[i] += 1
     more = acc & (PTE_YOUNG | PTE_DIRTY) & ~keep
@@ -369,8 +418,8 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     if e.nr_huge_pmd == 0:
         return
     slot = pmd_slot(e, mm, va, False)
-    if slot != NULL and pmd_trans_huge(slot[0]) and pmd_leaf_table(e, slot[0])[0] & PTE_PRESENT \
-            and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])):
+    if slot != NULL and pmd_trans_huge(slot[0]) and pmd_leaf_pte0(e, slot[0]) & PTE_PRESENT \
+            and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_pte0(e, slot[0]))):
         # (hugetlb pages and markers are never split: their VMAs end on
         # huge-page boundaries; a THP leaf is always present)
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
@@ -407,7 +456,7 @@ cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bint k
     loses its PMD mapping and one reference, after the flush. A hugetlb
     entry (a page, or a marker: THP leaves are always present) goes to
     hugetlb_zap_leaf, keep_wp saying whether uffd-wp stays as a marker."""
-    cdef uint64_t pte0 = pmd_leaf_table(e, slot[0])[0]
+    cdef uint64_t pte0 = pmd_leaf_pte0(e, slot[0])
     cdef int64_t head
     if not (pte0 & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
         hugetlb_zap_leaf(e, mm, slot, g, keep_wp)
@@ -438,7 +487,7 @@ cdef int copy_huge_pmd(engine_t *e, mm_t *src, mm_t *dst, uint64_t haddr, int32_
     write-protected, the child's old. A maybe-pinned THP is split instead
     and copied per pte (d042035eaf5f 5.9; 5.19+ when the exclusive folio's
     rmap cannot be duplicated): returns 1 then. 0, or -1 out of memory."""
-    cdef uint64_t *s = pmd_leaf_table(e, sslot[0])
+    cdef uint64_t *s = pmd_leaf_raw(e, sslot[0])
     cdef uint64_t pte0 = s[0], clear
     cdef int64_t head, i
     cdef int32_t *dslot = pmd_slot(e, dst, haddr, True)
@@ -454,15 +503,22 @@ cdef int copy_huge_pmd(engine_t *e, mm_t *src, mm_t *dst, uint64_t haddr, int32_
                 and ((not e.pol.anon_exclusive) or e.fflags[head] & PG_ANON_EXCLUSIVE):
             split_huge_pmd_locked(e, src, sslot, haddr)
             return 1
-    if set_pmd_leaf(e, dst, dslot, 0, False) < 0:
+    if set_pmd_leaf(e, dst, dslot, 0) < 0:
         return -1
-    d = pmd_leaf_table(e, dslot[0])
+    d = pmd_leaf_raw(e, dslot[0])
     clear = PTE_WRITE | PTE_YOUNG | (0 if wp_side & VM_UFFD_WP else PTE_UFFD_WP)
-    for i in range(HPAGE_PMD_NR):
-        if s[i] & PTE_WRITE:
-            s[i] &= ~PTE_WRITE          # pmdp_set_wrprotect
-            wrprotected[0] += 1
-        d[i] = s[i] & ~clear
+    if pmd_leaf_unexpanded(s):
+        # Uniform: entry 0 speaks for all 512, and the child's stays unexpanded.
+        if pte0 & PTE_WRITE:
+            s[0] = pte0 & ~PTE_WRITE    # pmdp_set_wrprotect
+            wrprotected[0] += HPAGE_PMD_NR
+        d[0] = s[0] & ~clear
+    else:
+        for i in range(HPAGE_PMD_NR):
+            if s[i] & PTE_WRITE:
+                s[i] &= ~PTE_WRITE      # pmdp_set_wrprotect
+                wrprotected[0] += 1
+            d[i] = s[i] & ~clear
     if pte0 & PTE_SPECIAL:
         return 0
     get_page(e, head, 1)
@@ -496,7 +552,7 @@ cdef int do_huge_pmd_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
     """wp_huge_pmd / do_huge_pmd_wp_page: a write (or unshare) on a
     write-protected PMD leaf. uffd-wp first; the huge zero page and a THP
     that cannot be reused are split, and the fault retried on ptes."""
-    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t *t = pmd_leaf_raw(e, slot[0])
     cdef uint64_t pte0 = t[0]
     cdef bint unshare = (fflags & FAULT_FLAG_UNSHARE) != 0 and not (fflags & FAULT_FLAG_WRITE)
     cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), set
@@ -537,8 +593,11 @@ cdef int do_huge_pmd_wp_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
     if unshare:
         return 0
     set = PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | (PTE_WRITE if vma.flags & VM_WRITE else 0)
-    for i in range(HPAGE_PMD_NR):
-        t[i] |= set
+    if pmd_leaf_unexpanded(t):
+        t[0] |= set                     # uniform: entry 0 speaks for all
+    else:
+        for i in range(HPAGE_PMD_NR):
+            t[i] |= set
     stat_add(e, MM_STAT_REUSE, 1)
     return VM_FAULT_WRITE
 
@@ -548,7 +607,8 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
     THP-eligible VMA, or handle a fault on an existing one. Returns
     VM_FAULT_FALLBACK when the pte level is to handle it."""
     cdef int32_t *slot
-    cdef uint64_t pte
+    cdef uint64_t pte, new, i
+    cdef uint64_t *t
     cdef int ret
     cdef bint allowed = thp_vma_allowable(e, vma, va)
     # A shmem VMA: a PMD maps a THP of the cache (do_file_huge_fault).
@@ -566,7 +626,9 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
         return do_huge_pmd_anonymous_page(e, mm, cpu, vma, va, slot, fflags)
     if not pmd_trans_huge(slot[0]):
         return VM_FAULT_FALLBACK
-    pte = pmd_leaf_table(e, slot[0])[(va >> MM_PAGE_SHIFT) & 511]
+    t = pmd_leaf_raw(e, slot[0])
+    i = (va >> MM_PAGE_SHIFT) & 511
+    pte = pmd_leaf_expansion(t[0], i) if pmd_leaf_unexpanded(t) else t[i]
     if pte & PTE_PROTNONE and vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
         # do_huge_pmd_numa_page is not modelled: handled on ptes.
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
@@ -574,9 +636,11 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
     if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not (pte & PTE_WRITE):
         ret = do_huge_pmd_wp_page(e, mm, cpu, vma, va, slot, fflags)
         return ret
-    # huge_pmd_set_accessed: young (and dirty for a write) on the leaf.
-    pmd_leaf_table(e, slot[0])[(va >> MM_PAGE_SHIFT) & 511] = \
-        pte | PTE_YOUNG | ((PTE_DIRTY | PTE_SOFT_DIRTY) if fflags & FAULT_FLAG_WRITE else 0)
+    # huge_pmd_set_accessed: young (and dirty for a write) on the leaf
+    # (an entry of its expansion: one that changes is written out first).
+    new = pte | PTE_YOUNG | ((PTE_DIRTY | PTE_SOFT_DIRTY) if fflags & FAULT_FLAG_WRITE else 0)
+    if new != pte:
+        pmd_leaf_table(e, slot[0])[i] = new
     return 0
 
 

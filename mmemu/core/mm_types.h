@@ -37,10 +37,18 @@
 /* A pmd entry (a directory slot: pte-page index + 1) with this bit maps a
  * PMD leaf: a 2 MiB THP or the huge zero page. The pte page beneath is the
  * leaf's expansion (what a split would install), kept uniform while the
- * leaf lives, so readers walk it like any pte page; only code that knows
- * PMDs changes it. The kernel deposits a page table with each anon PMD
+ * leaf lives, so readers walk it like any pte page (once written out: see
+ * PMD_LEAF_UNEXPANDED); only code that knows PMDs changes it. The kernel deposits a page table with each anon PMD
  * (pgtable_trans_huge_deposit): this page is that deposit. */
 #define PMD_HUGE       (1 << 30)
+/* A PMD leaf's table may be left unexpanded when the leaf is installed
+ * (a fault maps 2 MiB without writing 4 KiB of ptes): entry 0 holds the
+ * leaf's first pte and entry 1 this value, which no pte can be (not
+ * present, swap type 0, not none); the other entries are then meaningless
+ * and entry i stands for entry 0 plus i pages. The one accessor every
+ * reader goes through (pmd_leaf_table) expands it on first use; the MMU's
+ * walk reads it unexpanded (core/huge.pxi). */
+#define PMD_LEAF_UNEXPANDED 0x4C415A5900000000ULL
 #define HPAGE_PMD_ORDER 9
 #define HPAGE_PMD_NR   512
 /* Multi-size THP (6.8): anon large folios of orders MTHP_MIN_ORDER..PMD

@@ -171,8 +171,10 @@ cdef uint64_t *table_leaf(engine_t *e, int32_t root, uint64_t va, bint alloc,
             d[i] = nxt
         if level < 2:
             d = dir_page(e, nxt - 1)
+        elif nxt & PMD_HUGE:
+            return pmd_leaf_table(e, nxt)       # core/huge.pxi: expanded for the caller
         else:
-            return pte_page(e, (nxt & ~PMD_HUGE) - 1)
+            return pte_page(e, nxt - 1)
     return NULL
 
 
@@ -180,6 +182,15 @@ cdef uint64_t *leaf_or_skip(engine_t *e, int32_t root, uint64_t va, uint64_t *ne
     """The leaf covering va, or NULL with *next = the first address past the
     missing level's span, so range walks skip empty space at the level it is
     empty (a walk of an almost empty 47-bit space stays cheap)."""
+    cdef uint64_t *t = leaf_or_skip_as_is(e, root, va, next)
+    if t != NULL and t[1] == PMD_LEAF_UNEXPANDED:
+        pmd_leaf_expand(t)          # core/huge.pxi: only a PMD leaf's table has the mark
+    return t
+
+
+cdef uint64_t *leaf_or_skip_as_is(engine_t *e, int32_t root, uint64_t va, uint64_t *next) noexcept nogil:
+    """leaf_or_skip leaving a PMD leaf's table as it is (maybe unexpanded):
+    for a walker that handles PMD leaves itself before reading entries."""
     cdef int32_t *d = dir_page(e, root)
     cdef int32_t nxt
     cdef int level, shift
@@ -194,6 +205,30 @@ cdef uint64_t *leaf_or_skip(engine_t *e, int32_t root, uint64_t va, uint64_t *ne
         else:
             return pte_page(e, (nxt & ~PMD_HUGE) - 1)
     return NULL
+
+
+cdef inline uint64_t *pte_offset_walk(engine_t *e, mm_t *mm, uint64_t va, uint64_t **leaf) noexcept nogil:
+    """The MMU's page walk (pte_offset without allocating, nor expanding):
+    the pte for va, or NULL - with *leaf the table of the unexpanded PMD
+    leaf covering va, if that is what it met (core/huge.pxi)."""
+    cdef int32_t *d = dir_page(e, mm.pgd)
+    cdef int32_t nxt
+    cdef uint64_t *t
+    leaf[0] = NULL
+    nxt = d[(va >> PGDIR_SHIFT) & 511]
+    if nxt == 0:
+        return NULL
+    nxt = dir_page(e, nxt - 1)[(va >> PUD_SHIFT) & 511]
+    if nxt == 0:
+        return NULL
+    nxt = dir_page(e, nxt - 1)[(va >> PMD_SHIFT) & 511]
+    if nxt == 0:
+        return NULL
+    t = pte_page(e, (nxt & ~PMD_HUGE) - 1)
+    if nxt & PMD_HUGE and pmd_leaf_unexpanded(t):
+        leaf[0] = t
+        return NULL
+    return t + ((va >> MM_PAGE_SHIFT) & 511)
 
 
 cdef inline uint64_t *pte_table(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:

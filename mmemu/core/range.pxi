@@ -22,7 +22,9 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
     cdef int64_t i, i0, i1, pfn
     cdef int32_t *slot
     while va < end:
-        t = leaf_or_skip(e, mm.pgd, va, &stop)
+        # As it is: a PMD leaf zapped whole is read at entry 0 only, one
+        # zapped in part is split (and so written out) before its ptes are.
+        t = leaf_or_skip_as_is(e, mm.pgd, va, &stop)
         if t == NULL:
             va = stop
             continue
@@ -194,7 +196,9 @@ cdef int copy_range(engine_t *e, mm_t *src, mm_t *dst, int cpu, uint64_t start, 
     cdef int32_t *slot
     cdef int rc
     while va < end:
-        s = leaf_or_skip(e, src.pgd, va, &stop)
+        # As it is: a PMD leaf is copied whole, unexpanded if it is (a split
+        # one is expanded by the split, in place).
+        s = leaf_or_skip_as_is(e, src.pgd, va, &stop)
         if s == NULL:
             va = stop
             continue
