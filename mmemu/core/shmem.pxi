@@ -398,7 +398,7 @@ cdef int do_file_huge_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint6
     # mk_huge_pmd(vm_page_prot), dirty and maybe writable for a write: the
     # same bits as a pte of it would have (file_pte).
     entry = file_pte(e, vma, head, write)
-    if set_pmd_leaf(e, mm, slot, entry, True) < 0:
+    if set_pmd_leaf(e, mm, slot, entry) < 0:
         return table_alloc_failed(e)
     mm.nr_ptes -= 1                         # no deposited table for a file PMD (file_pmd_withdraw)
     get_page(e, head, 1)
