@@ -108,6 +108,7 @@ cdef class Engine:
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
     cdef object _node_free, _node_next   # per node and zone free lists (core/zones.pxi)
     cdef object _zone_end, _zone_nr_free
+    cdef object _zone_hfree              # per node and zone list: free order-9 blocks (core/zones.pxi)
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
     cdef int32_t file_hint       # no free mapping id below this one
     cdef readonly dict knobs     # the policy this engine was made with
@@ -341,6 +342,7 @@ cdef class Engine:
             st["cma_pages"] = self.e.cma_end - self.e.cma_start
             st["node_free"] = self._node_free.copy()
             st["node_next"] = self._node_next.copy()
+            st["zone_hfree"] = self._zone_hfree.copy()
         st["stats"] = np.array([self.e.stats[i] for i in range(24)], np.int64)
         st["cost"] = np.array([self.e.cost[i] for i in range(24)], np.int64)
         st["clock"] = np.array([self.e.clock[i] for i in range(256)], np.int64)
@@ -382,6 +384,7 @@ cdef class Engine:
                               self.e.mcarve, self.e.mcarve_end], np.int64)
         st["mthp_stats"] = np.array([[self.e.mthp_alloc[i] for i in range(10)],
                                      [self.e.mthp_fallback[i] for i in range(10)]], np.int64)
+        st["thp_mig"] = np.array([self.e.thp_mig[i] for i in range(3)], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
@@ -446,6 +449,8 @@ cdef class Engine:
                 nf[::MM_NR_ZONE_LISTS], nn[::MM_NR_ZONE_LISTS] = st["node_free"], st["node_next"]
             np.copyto(self._node_free, nf, casting="no")
             np.copyto(self._node_next, nn, casting="no")
+            if "zone_hfree" in st:              # saved before zoned THPs: no free block listed
+                np.copyto(self._zone_hfree, np.asarray(st["zone_hfree"], np.int64), casting="no")
             self.e.next_unused = sc["next_unused"]
             self._zone_recount()
         for i in range(24):
@@ -537,6 +542,9 @@ cdef class Engine:
             if len(th) > 6:                 # saved before mTHP: the defaults stand
                 self.e.mthp_always, self.e.mthp_madvise, self.e.mthp_inherit = th[6], th[7], th[8]
                 self.e.mcarve, self.e.mcarve_end = th[9], th[10]
+            if "thp_mig" in st:
+                for i in range(3):
+                    self.e.thp_mig[i] = st["thp_mig"][i]
             if "mthp_stats" in st:
                 for i in range(10):
                     self.e.mthp_alloc[i], self.e.mthp_fallback[i] = st["mthp_stats"][0][i], st["mthp_stats"][1][i]
@@ -2142,6 +2150,7 @@ cdef class Engine:
         self._node_next = np.zeros(nl, np.int64)
         self._zone_end = np.zeros(nl, np.int64)
         self._zone_nr_free = np.zeros(nl, np.int64)
+        self._zone_hfree = np.zeros(nl, np.int64)
         for n in range(nnodes):
             l = n * MM_NR_ZONE_LISTS
             start = node_start(&self.e, <int32_t>n)     # pfn 0: the zero page
@@ -2158,6 +2167,7 @@ cdef class Engine:
         self.e.node_next = <int64_t *>cnp_data(self._node_next)
         self.e.zone_end = <int64_t *>cnp_data(self._zone_end)
         self.e.zone_nr_free = <int64_t *>cnp_data(self._zone_nr_free)
+        self.e.zone_hfree = <int64_t *>cnp_data(self._zone_hfree)
         self.e.zoned = 1
         self._zone_recount()
 

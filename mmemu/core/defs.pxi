@@ -288,6 +288,13 @@ ctypedef struct engine_t:
     int64_t mcarve, mcarve_end
     int64_t mthp_alloc[10]     # per order: stats/anon_fault_alloc of hugepages-<size>kB
     int64_t mthp_fallback[10]  # per order: stats/anon_fault_fallback
+    # Zoned machines' free order-9 blocks (core/zones.pxi): per node and zone
+    # list a stack of block heads (pfn + 1), linked through the head's
+    # `version` as the order-0 lists are (numpy-owned, like node_free).
+    int64_t *zone_hfree
+    # THP migration events (mm/migrate.c migrate_pages: THP_MIGRATION_SUCCESS,
+    # _FAIL, _SPLIT; 1a5bae25e3cf, 5.9): PMD-sized folios only.
+    int64_t thp_mig[3]
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

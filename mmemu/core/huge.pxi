@@ -54,15 +54,22 @@ cdef int64_t hblock_break(engine_t *e) noexcept nogil:
 cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
     """An order-9 anon folio: head refcount 1, zeroed, uptodate; -1 when no
     aligned block is free (the fault falls back to base pages) or the
-    frames left are owed to page tables. One NUMA node only for now.
+    frames left are owed to page tables. A zoned machine takes it from
+    the per-node, per-zone lists (core/zones.pxi: e.alloc_node,
+    alloc_pref_node and alloc_exclude as for base pages).
     A free block's frames are clean already - never used, or cleared by
     folio_free_large - so only the flags are written."""
     cdef int64_t head, p
-    if e.zoned or e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
-        return -1
-    head = hblock_take(e)
-    if head < 0:
-        return -1
+    if e.zoned:
+        head = zone_take(e, HPAGE_PMD_ORDER)
+        if head < 0:
+            return -1
+    else:
+        if e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
+            return -1
+        head = hblock_take(e)
+        if head < 0:
+            return -1
     e.nr_free -= HPAGE_PMD_NR
     flags |= PG_USED | PG_UPTODATE
     for p in range(head + 1, head + HPAGE_PMD_NR):
@@ -95,8 +102,11 @@ cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
         e.index[p] = 0
     entire_mapcount(e, head)[0] = 0
     e.nr_large -= 1
-    e.hfree[e.nhfree] = head
-    e.nhfree += 1
+    if e.zoned:
+        zone_block_put(e, head)         # core/zones.pxi
+    else:
+        e.hfree[e.nhfree] = head
+        e.nhfree += 1
     e.nr_free += HPAGE_PMD_NR
 
 
@@ -115,7 +125,11 @@ cdef int64_t huge_zero_folio(engine_t *e) noexcept nogil:
     cdef int64_t head
     if e.huge_zero_pfn >= 0:
         return e.huge_zero_pfn
+    # get_huge_zero_page(): GFP_TRANSHUGE & ~__GFP_MOVABLE, a kernel
+    # allocation: never ZONE_MOVABLE nor CMA pageblocks.
+    e.alloc_exclude |= MM_ZONES_MOVABLE | MM_ZONES_CMA
     head = folio_alloc_pmd(e, PG_ZERO | PG_RESERVED)
+    e.alloc_exclude &= ~(MM_ZONES_MOVABLE | MM_ZONES_CMA)
     if head < 0:
         return -1
     e.huge_zero_pfn = head
@@ -209,6 +223,42 @@ cdef void withdraw_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot) noexcept nogil
 
 # ---- faults ---------------------------------------------------------------
 
+cdef enum:
+    THP_DEFRAG_ALWAYS = 0           # the sysfs defrag values, as mmemu.thp._DEFRAG orders them
+    THP_DEFRAG_DEFER = 1
+    THP_DEFRAG_DEFER_MADVISE = 2
+    THP_DEFRAG_MADVISE = 3
+
+
+cdef inline bint thp_gfp_direct_reclaim(engine_t *e, uint64_t vm_flags) noexcept nogil:
+    # vma_thp_gfp_mask() (6.12; the same since 5.5): __GFP_DIRECT_RECLAIM with
+    # defrag=always, and with defer+madvise or madvise in a VM_HUGEPAGE VMA.
+    if e.thp_defrag == THP_DEFRAG_ALWAYS:
+        return True
+    if e.thp_defrag == THP_DEFRAG_DEFER_MADVISE or e.thp_defrag == THP_DEFRAG_MADVISE:
+        return (vm_flags & VM_HUGEPAGE) != 0
+    return False
+
+
+cdef int64_t thp_fault_alloc(engine_t *e, uint64_t vm_flags) noexcept nogil:
+    """vma_alloc_folio(HPAGE_PMD_ORDER) under the default policy
+    (alloc_pages_mpol, 6.12; 76e654cc91bb, 5.5): the local node only
+    (__GFP_THISNODE; mmemu's tasks are local to alloc_pref_node, node 0,
+    as base pages are); other nodes only when the THP gfp may reclaim
+    directly (thp_gfp_direct_reclaim), else the fault falls back to base
+    pages on the local node. An anon THP, exclusive."""
+    cdef uint16_t flags = PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
+    cdef int64_t head
+    if e.nnodes <= 1 or e.alloc_node >= 0:
+        return folio_alloc_pmd(e, flags)
+    e.alloc_node = e.alloc_pref_node
+    head = folio_alloc_pmd(e, flags)
+    e.alloc_node = -1
+    if head < 0 and thp_gfp_direct_reclaim(e, vm_flags):
+        head = folio_alloc_pmd(e, flags)
+    return head
+
+
 cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
                                     int32_t *slot, int fflags) noexcept nogil:
     """A fault on an empty pmd of a THP-eligible VMA (do_huge_pmd_anonymous_page,
@@ -229,7 +279,7 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
             return table_alloc_failed(e)
         stat_add(e, MM_STAT_ZERO_FAULT, 1)
         return 0
-    head = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
+    head = thp_fault_alloc(e, vma.flags)
     if head < 0:
         stat_add(e, MM_STAT_THP_FAULT_FALLBACK, 1)
         return VM_FAULT_FALLBACK
