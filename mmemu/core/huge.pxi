@@ -355,6 +355,11 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
     stat_add(e, MM_STAT_THP_SPLIT_PMD, 1)
     slot[0] &= ~PMD_HUGE
     e.nr_huge_pmd -= 1
+    if is_migration_entry(pte0):
+        # A PMD migration entry (is_pmd_migration_entry): its table already
+        # holds each page's migration entry of the same kind, soft-dirty and
+        # uffd-wp bits; nothing is mapped, nothing to flush.
+        return
     pmd_flush(e, mm, haddr)             # pmdp_invalidate
     if pte0 & PTE_SPECIAL:
         entry = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | (pte0 & (PTE_PROTNONE | PTE_UFFD_WP))
@@ -390,10 +395,11 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     if e.nr_huge_pmd == 0:
         return
     slot = pmd_slot(e, mm, va, False)
-    if slot != NULL and pmd_trans_huge(slot[0]) and pmd_leaf_table(e, slot[0])[0] & PTE_PRESENT \
-            and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0])):
+    if slot != NULL and (pmd_trans_huge(slot[0]) and pmd_leaf_table(e, slot[0])[0] & PTE_PRESENT
+                         and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_table(e, slot[0])[0]))
+                         or pmd_is_thp_migration(e, slot[0])):
         # (hugetlb pages and markers are never split: their VMAs end on
-        # huge-page boundaries; a THP leaf is always present)
+        # huge-page boundaries; a THP leaf is present or a migration entry)
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
 
 
@@ -415,6 +421,12 @@ cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bint k
     hugetlb_zap_leaf, keep_wp saying whether uffd-wp stays as a marker."""
     cdef uint64_t pte0 = pmd_leaf_table(e, slot[0])[0]
     cdef int64_t head
+    if pmd_is_thp_migration(e, slot[0]):
+        # A PMD migration entry holds no reference (thp_migration_supported
+        # branch): the deposited table goes; an anon VMA keeps no uffd-wp
+        # marker. Its rss went at the unmap here (mmemu's convention).
+        withdraw_pmd_leaf(e, mm, slot)
+        return
     if not (pte0 & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
         hugetlb_zap_leaf(e, mm, slot, g, keep_wp)
         return
@@ -441,6 +453,20 @@ cdef int copy_huge_pmd(engine_t *e, mm_t *src, mm_t *dst, uint64_t haddr, int32_
     cdef uint64_t *d
     if dslot == NULL:
         return -1
+    if pmd_is_thp_migration(e, sslot[0]):
+        # is_swap_pmd(): a writable (or readable_exclusive) entry becomes
+        # readable in parent and child, soft-dirty kept, uffd-wp only for a
+        # uffd-wp child VMA; the migration's rmap walk finds the copy.
+        if set_pmd_leaf(e, dst, dslot, 0, False) < 0:
+            return -1
+        d = pmd_leaf_table(e, dslot[0])
+        clear = 0 if wp_side & VM_UFFD_WP else PTE_UFFD_WP
+        for i in range(HPAGE_PMD_NR):
+            if swp_type_of(s[i]) != SWP_MIGRATION_READ:
+                s[i] = (s[i] & ~SWP_TYPE_MASK) | (SWP_MIGRATION_READ << SWP_TYPE_SHIFT)
+            d[i] = s[i] & ~clear
+        e.mig_copies += 1
+        return 0
     if not (pte0 & PTE_SPECIAL):
         head = <int64_t>pte_pfn(pte0)
         if e.pol.fork_early_cow and src.flags & MMF_HAS_PINNED \
@@ -548,10 +574,12 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
     if not pmd_trans_huge(slot[0]):
         return VM_FAULT_FALLBACK
     pte = pmd_leaf_table(e, slot[0])[(va >> MM_PAGE_SHIFT) & 511]
+    if is_migration_entry(pte):
+        # pmd_migration_entry_wait(): sleep until the entry is gone, retry.
+        sched_point(e, SP_MIGRATION_WAIT, mm.id, va, <uint64_t>swp_offset(pte))
+        return 0
     if pte & PTE_PROTNONE and vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
-        # do_huge_pmd_numa_page is not modelled: handled on ptes.
-        split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
-        return VM_FAULT_FALLBACK
+        return do_huge_pmd_numa_page(e, mm, cpu, vma, va, slot)     # core/migrate.pxi
     if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not (pte & PTE_WRITE):
         ret = do_huge_pmd_wp_page(e, mm, cpu, vma, va, slot, fflags)
         return ret

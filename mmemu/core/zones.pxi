@@ -238,10 +238,10 @@ cdef int64_t gup_longterm_check(engine_t *e, mm_t *mm, uint64_t start, const int
     for c in range(e.ncpus):
         lru_drain(e, c)
     for i in range(n):
-        if not longterm_pinnable(e, pfns[i]) and e.fflags[pfns[i]] & PG_ISOLATED:
+        if not longterm_pinnable(e, pfns[i]) and e.fflags[folio_of(e, pfns[i])] & PG_ISOLATED:
             failed += 1                     # folio_isolate_lru() fails: another migration has it
     for i in range(n):
-        pfn = pfns[i]
+        pfn = folio_of(e, pfns[i])          # the folio moves (a THP or mTHP whole)
         if longterm_pinnable(e, pfn) or e.fflags[pfn] & PG_ISOLATED:
             continue                        # (or listed twice: isolated already, by us)
         e.fflags[pfn] |= PG_ISOLATED
