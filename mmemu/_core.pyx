@@ -2547,6 +2547,7 @@ cdef class Engine:
                 raise InvariantError("tail page without a head", pfn)
         self._check_hugetlb_pool()
         if self.e.zoned:
+            self._check_zone_blocks()
             counted = self._zone_nr_free.copy()
             movable = self.e.nr_free_movable
             self._zone_recount()
@@ -2568,6 +2569,24 @@ cdef class Engine:
         if used != self.e.swap_used:
             raise InvariantError("swap slots in use differ from the counter", None,
                                  f"{used} != {self.e.swap_used}")
+
+    def _check_zone_blocks(self):
+        # Each zone list's free order-9 blocks (core/zones.pxi zone_hfree):
+        # aligned heads of that list, every frame free, no block twice.
+        cdef int64_t l, head, n
+        seen = set()
+        for l in range(<int64_t>self.e.nnodes * MM_NR_ZONE_LISTS):
+            head, n = self.e.zone_hfree[l] - 1, 0
+            while head >= 0:
+                if head % HPAGE_PMD_NR or head + HPAGE_PMD_NR > self.e.nframes or head in seen \
+                        or zone_list_of(&self.e, head) != l \
+                        or zone_list_of(&self.e, head + HPAGE_PMD_NR - 1) != l:
+                    raise InvariantError("free THP block list broken", head, f"zone list {l}")
+                if np.count_nonzero(self.fflags[head:head + HPAGE_PMD_NR] & PG_USED):
+                    raise InvariantError("free THP block holds a used frame", head, f"zone list {l}")
+                seen.add(head)
+                head = <int64_t>self.e.version[head] - 1
+        return len(seen)
 
     cdef int _check_cache(self, mm_file_t *f, int64_t[::1] exp_ref, int64_t[::1] swap_refs) except -1:
         cdef uint64_t index, ent

@@ -1068,6 +1068,8 @@ cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     cdef mig_page_t pg
     cdef int nomem = 0
     cdef bint writable
+    cdef int64_t head = folio_of(e, pfn), failed
+    cdef bint large = (e.fflags[head] & PG_HEAD) != 0
     # pte_modify(old, vm_page_prot): the hint and write go, vm_page_prot's
     # write comes back (shmem before 6.2 keeps its uffd-wp bit too: B15).
     pte = (orig & ~(PTE_PROTNONE | PTE_WRITE)) | vma_prot_bits(vma.flags) | PTE_YOUNG
@@ -1077,13 +1079,19 @@ cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
             writable = True
     elif orig & PTE_WRITE:
         writable = True                     # pte_savedwrite()
-    if e.nnodes > 1 and node_of(e, pfn) != target and e.mapcount[pfn] == 1 \
-            and not (e.fflags[pfn] & (PG_KSM | PG_ISOLATED)):
-        # migrate_misplaced_folio(): the PTL is dropped, the folio isolated.
-        pg.old, pg.new, pg.mm, pg.rc, pg.va = pfn, -1, mm.id, MIG_RC_NONE, va
-        e.fflags[pfn] |= PG_ISOLATED
-        e.refcount[pfn] += 1
-        if migrate_batch(e, &pg, 1, target, mm.id, &nomem) == 0 or ptep[0] != orig:
+    if e.nnodes > 1 and node_of(e, pfn) != target \
+            and (folio_likely_mapped_shared(e, head) == 0 if large else e.mapcount[pfn] == 1) \
+            and not (e.fflags[head] & (PG_KSM | PG_ISOLATED)) and not pfn_is_hugetlb(e, head):
+        # migrate_misplaced_folio(): the PTL is dropped, the folio - a
+        # pte-mapped THP or mTHP whole (6.12) - isolated; never split
+        # (MR_NUMA_MISPLACED).
+        pg.old, pg.new, pg.mm, pg.rc, pg.va = head, -1, mm.id, MIG_RC_NONE, va
+        e.fflags[head] |= PG_ISOLATED
+        e.refcount[head] += 1
+        e.mig_nosplit = 1
+        failed = migrate_batch(e, &pg, 1, target, mm.id, &nomem)
+        e.mig_nosplit = 0
+        if failed == 0 or ptep[0] != orig:
             return 0                        # migrated, or the pte changed meanwhile: retry
         if e.pol.numa_hint_upgrade:
             writable = vm_page_prot_writable(e, vma.flags)   # 6.2+: writable = false after unlock

@@ -474,3 +474,22 @@ def test_numa_hint_fault_never_splits_a_thp_with_no_room():
     assert not m._engine.pte(p.mm, a) & PTE_PROTNONE
     assert thp_mig(m) == {"success": 0, "fail": 1, "split": 0}
     m.check()
+
+
+def test_numa_hint_fault_on_an_mthp_pte_moves_the_folio_whole():
+    """do_numa_page (6.12) migrates the folio of the faulting pte: an mTHP
+    moves whole (a new folio of its order on the CPU's node). Per page, the
+    engine would isolate a tail page (check() fails) or move one page."""
+    m = machine(ncpus=2)
+    m.thp.enabled = "never"
+    m.thp.sizes[64 << 10] = "always"
+    p = m.spawn()
+    a = aligned(p, 16 * PAGE)
+    p.populate(a, 16 * PAGE, write=True)
+    p.write(a + 5 * PAGE, b"h")
+    assert m.numa_scan(p, a, 16 * PAGE) == 16
+    p.thread(cpu=1).read(a + 5 * PAGE, 1)
+    new = p.pagemap(a).pfn
+    assert m.folio_order(new) == 4 and nodes_of(m, p, a, 16) == {1} and p.read(a + 5 * PAGE, 1) == b"h"
+    assert not m._engine.pte(p.mm, a + 9 * PAGE) & PTE_PROTNONE        # every pte remapped fresh
+    m.check()
