@@ -497,3 +497,26 @@ def test_numa_hint_fault_on_an_mthp_pte_moves_the_folio_whole():
     assert m.folio_order(new) == 4 and nodes_of(m, p, a, 16) == {1} and p.read(a + 5 * PAGE, 1) == b"h"
     assert not m._engine.pte(p.mm, a + 9 * PAGE) & PTE_PROTNONE        # every pte remapped fresh
     m.check()
+
+
+def test_an_mthp_with_no_room_on_the_target_is_split_and_its_pages_move():
+    """The same -ENOMEM rule for a pte-mapped large folio (6.12
+    migrate_pages_batch: is_large, not only PMD-sized), without THP events."""
+    m = machine()
+    m.thp.enabled = "never"
+    m.thp.sizes[64 << 10] = "always"
+    p = m.spawn()
+    a = aligned(p, 16 * PAGE)
+    for i in range(16):
+        p.write(a + i * PAGE, b"%d" % i)
+    assert m.folio_order(p.pagemap(a).pfn) == 4
+    q = m.spawn()
+    fill(m, q, 1800)
+    b = fill(m, q, m._engine.node_free(1) - 40)
+    for i in range(0, 200, 2):
+        q.munmap(b + i * PAGE, PAGE)
+    st = p.move_pages([a], [1], MPOL_MF_MOVE)
+    assert st == [1] and nodes_of(m, p, a, 16) == {1} and m.folio_order(p.pagemap(a).pfn) == 0
+    assert [p.read(a + i * PAGE, 2).rstrip(b"\0") for i in range(16)] == [b"%d" % i for i in range(16)]
+    assert thp_mig(m) == {"success": 0, "fail": 0, "split": 0}
+    m.check()
