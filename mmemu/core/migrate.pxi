@@ -548,12 +548,13 @@ cdef void remove_migration_pmd(engine_t *e, mm_t *mm, int32_t *slot, uint64_t ha
 
 
 cdef int64_t large_rmap_block(engine_t *e, mm_t *m, uint64_t blk, int64_t old, int64_t nr, bint restore,
-                              int64_t target, int32_t caller, bint *local) noexcept nogil:
+                              int64_t target, int32_t caller, bint *local, int64_t *done) noexcept nogil:
     """try_to_migrate() / remove_migration_ptes() over one 2 MiB block of an
     mm: a PMD leaf of the THP at old becomes a PMD migration entry, or a
     PMD migration entry naming it maps `target` again; else each pte
     mapping (or migration entry naming) a page of the folio. Returns the
-    mappings left in place (refused: maybe pinned)."""
+    mappings left in place (refused: maybe pinned); *done counts the
+    entries made or replaced."""
     cdef int32_t *slot = pmd_slot(e, m, blk, False)
     cdef uint64_t *t
     cdef uint64_t pte
@@ -569,8 +570,11 @@ cdef int64_t large_rmap_block(engine_t *e, mm_t *m, uint64_t blk, int64_t old, i
                     local[0] = False
                 if not set_pmd_migration_entry(e, m, slot, blk, old):
                     left += 1
+                else:
+                    done[0] += 1
         elif is_migration_entry(pte) and swp_offset(pte) == old:
             remove_migration_pmd(e, m, slot, blk, target)
+            done[0] += 1
         return left
     for i in range(HPAGE_PMD_NR):
         pte = t[i]
@@ -580,27 +584,34 @@ cdef int64_t large_rmap_block(engine_t *e, mm_t *m, uint64_t blk, int64_t old, i
                     local[0] = False
                 if not migrate_unmap_pte(e, m, blk + (<uint64_t>i << MM_PAGE_SHIFT), <int64_t>pte_pfn(pte)):
                     left += 1
+                else:
+                    done[0] += 1
         elif is_migration_entry(pte) and in_folio(swp_offset(pte), old, nr):
             pfn = swp_offset(pte)
             migrate_restore_pte(e, m, blk + (<uint64_t>i << MM_PAGE_SHIFT), pfn, target + (pfn - old))
+            done[0] += 1
     return left
 
 
 cdef int64_t large_rmap_walk(engine_t *e, mig_page_t *pg, int64_t nr, bint restore, bint everywhere,
-                             int64_t target, int32_t caller, bint *local, bint *went) noexcept nogil:
+                             int64_t target, int32_t caller, bint *local, bint *went,
+                             int64_t *done) noexcept nogil:
     """The rmap walk of an anon large folio: the 2 MiB around where the
-    caller found it, then - `everywhere`, or (unmapping) while some
-    mapping is left - every block of every mm's anon VMAs (fork shares it;
-    mremap moves it); *went says whether it did."""
+    caller found it, then - `everywhere`, or while some mapping is left
+    (unmapping) or fewer entries than were made are found (remapping: an
+    mremap in the window moved them) - every block of every mm's anon VMAs
+    (fork shares the folio); *went says whether it did, *done counts."""
     cdef int32_t mi, vi
     cdef mm_t *m
     cdef mm_vma_t *v
     cdef uint64_t blk
     cdef int64_t left
+    cdef int64_t want = done[0]
+    done[0] = 0
     left = large_rmap_block(e, &e.mms[pg.mm], pg.va & ~(<uint64_t>PMD_SPAN - 1), pg.old, nr, restore,
-                            target, caller, local)
+                            target, caller, local, done)
     went[0] = False
-    if not everywhere and (restore or folio_mapcount_total(e, pg.old) == left):
+    if not everywhere and (done[0] >= want if restore else folio_mapcount_total(e, pg.old) == left):
         return left
     went[0] = True
     left = 0
@@ -614,7 +625,7 @@ cdef int64_t large_rmap_walk(engine_t *e, mig_page_t *pg, int64_t nr, bint resto
                 continue
             blk = v.start & ~(<uint64_t>PMD_SPAN - 1)
             while blk < v.end:
-                left += large_rmap_block(e, m, blk, pg.old, nr, restore, target, caller, local)
+                left += large_rmap_block(e, m, blk, pg.old, nr, restore, target, caller, local, done)
                 blk += PMD_SPAN
     return left
 
@@ -691,7 +702,7 @@ cdef int large_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_t 
     cdef int64_t old = pg.old, nr = folio_nr(e, old), new, left
     cdef int order = HPAGE_PMD_ORDER if nr == HPAGE_PMD_NR else mthp_order(e, old)
     cdef bint thp = nr == HPAGE_PMD_NR, local = True, everywhere
-    cdef int64_t copies, before
+    cdef int64_t copies, done = 0, unmapped
     cdef int rc
     if e.refcount[old] == 1:
         pg.rc = 0                       # freed under us: done
@@ -722,7 +733,8 @@ cdef int large_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_t 
         pg.rc = large_split_and_migrate(e, pg, node, caller, nomem)
         return pg.rc if pg.rc == -CORE_ENOMEM else 0
     pg.new = new
-    left = large_rmap_walk(e, pg, nr, False, False, -1, caller, &local, &everywhere)
+    left = large_rmap_walk(e, pg, nr, False, False, -1, caller, &local, &everywhere, &done)
+    unmapped = done
     copies = e.mig_copies
     if local and folio_mapcount_total(e, old) == 0:
         # Between unmap and move, without mmap_lock: a fault on an entry
@@ -737,7 +749,8 @@ cdef int large_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_t 
     else:
         rc = 0
         migrate_large_state(e, old, new, nr)
-    large_rmap_walk(e, pg, nr, True, everywhere, new if rc == 0 else old, caller, &local, &everywhere)
+    done = unmapped
+    large_rmap_walk(e, pg, nr, True, everywhere, new if rc == 0 else old, caller, &local, &everywhere, &done)
     if rc == 0:
         e.fflags[new] &= ~PG_ISOLATED
         if thp:

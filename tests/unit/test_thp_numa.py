@@ -520,3 +520,17 @@ def test_an_mthp_with_no_room_on_the_target_is_split_and_its_pages_move():
     assert [p.read(a + i * PAGE, 2).rstrip(b"\0") for i in range(16)] == [b"%d" % i for i in range(16)]
     assert thp_mig(m) == {"success": 0, "fail": 0, "split": 0}
     m.check()
+
+
+def test_an_mremap_in_the_window_moves_the_pmd_entry_and_the_remap_finds_it():
+    """move_huge_pmd moves the PMD migration entry whole; remove_migration_ptes'
+    rmap walk finds it at its new address. Looking only where it was found,
+    the entry would dangle (check() fails, the read never returns)."""
+    m = machine(ncpus=2)
+    p, a = thp(m)
+    dst = aligned(p, HPAGE)
+    got, _ = _during_migration(
+        m, p, a, lambda: p.mremap(a, HPAGE, HPAGE, mmemu.MREMAP_MAYMOVE | mmemu.MREMAP_FIXED, dst))
+    assert not got["pm"].present and got["st"] == [1]
+    assert pmd_mapped(m, p, dst) and nodes_of(m, p, dst, NR) == {1} and p.read(dst, 1) == b"T"
+    m.check()
