@@ -413,10 +413,11 @@ def test_munmap_in_the_window_leaves_nothing_and_frees_the_new_thp():
     goes; the migration finds nothing to remap and frees its target."""
     m = machine(ncpus=2)
     p, a = thp(m)
-    free1 = m._engine.node_free(1)
+    free1, ptes = m._engine.node_free(1), m._engine.mm_info(p.mm)["nr_ptes"]
     got, _ = _during_migration(m, p, a, lambda: p.munmap(a, HPAGE))
     assert not got["pm"].present
     assert m._engine.node_free(1) == free1
+    assert m._engine.mm_info(p.mm)["nr_ptes"] == ptes - 1     # the deposited table withdrawn
     m.check()
 
 
