@@ -55,7 +55,8 @@ class Machine:
     hugepages: the boot-time hugetlb pool, {page size: count} for 2 MiB and
     1 GiB pages (hugepagesz=/hugepages=), taken out of `memory`; what
     MAP_HUGETLB and MFD_HUGETLB memory comes from (Machine.hugepages reads
-    the pool's counters). One node without zones only.
+    the pool's counters). With nodes, the pool is spread over them in turn
+    from node 0 (Machine.node_hugepages); not with ZONE_MOVABLE or CMA.
 
     One Machine may be shared by host threads: each public call holds the
     machine's (re-entrant) lock, so calls serialise (mmemu.serialise).

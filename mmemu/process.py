@@ -857,6 +857,8 @@ class Process(FileOps, NumaOps):
         late = list(late)
         if not flags & C.MREMAP_DONTUNMAP:
             late += self._unmap_events(old_addr, old_addr + old_size)
+        whole = self.vmas.find(old_addr)
+        vs, ve = whole.start, whole.end
         (vma,) = self.vmas.isolate(old_addr, old_addr + old_size)
         moved = Vma(new_addr, new_addr + new_size, vma.flags, vma.pgoff, vma.file, vma.uffd,
                     vma.origin)
@@ -864,6 +866,13 @@ class Process(FileOps, NumaOps):
             moved.flags |= VM_SOFTDIRTY           # the new range is new memory to trackers
         self.vmas.insert(moved)
         self._push_vmas()
+        if vma.flags & VM_HUGETLB:
+            # clear_vma_resv_huge_pages(): a private VMA moved from, what
+            # stays of it too, drops its reservation map; the moved part
+            # keeps it (the core leaves shared VMAs alone).
+            for a, b in ((vs, old_addr), (old_addr + old_size, ve)):
+                if a < b:
+                    self._engine.hugetlb_clear_vma_resv(self.mm, a, b)
         self._engine.move_ptes(self.mm, old_addr, new_addr, old_size)
         if flags & C.MREMAP_DONTUNMAP:
             self._sync()                          # the old VMA stays, now empty

@@ -301,6 +301,23 @@ class Step:
     state: dict = field(default_factory=dict)     # filled when a timeline is asked for
 
 
+def preempt_at(where, name):
+    """A chooser for Scheduler: when the running thread stands at a point
+    whose label starts with `where` (say "migrate_pages", the window
+    between a migration's unmap and its remap) and the thread called `name`
+    may run, `name` runs; otherwise the first candidate (the running thread
+    while it may go on). The way to put one step of another thread inside a
+    kernel operation's window."""
+    def choose(sched, cands):
+        me = sched.current
+        if me is not None and me.where.startswith(where):
+            for i, c in enumerate(cands):
+                if c.name == name:
+                    return i
+        return 0
+    return choose
+
+
 class Scheduler:
     """Runs bodies as threads of one machine, one step at a time.
 

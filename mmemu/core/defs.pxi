@@ -261,8 +261,9 @@ ctypedef struct engine_t:
     # (h_seg[h][n], h_nfree[h][n] of them free). Private mappings'
     # reservation maps live in resv_maps.
     int64_t hugetlb_base, gig_base, gig_end, hugetlb_end
-    # Migration entries of base pages fork has copied (core/migrate.pxi): a
-    # migration that sees it move looks for the copies when it remaps.
+    # Migration entries of base pages fork has copied or mremap has moved
+    # (core/migrate.pxi): a migration that sees it change looks for them
+    # by an rmap walk when it remaps, as remove_migration_ptes() does.
     int64_t mig_copies
     int64_t h_nr[2]
     int64_t h_free[2]

@@ -39,24 +39,7 @@ cdef inline void clock_set(engine_t *e, int64_t t) noexcept nogil:
     e.now += t - clock_now(e)
 
 
-cdef inline int grow_i64(int64_t **p, int64_t *cap, int64_t need) noexcept nogil:
-    """Make room for `need` int64s in a malloc'd array, doubling: 0, or -1
-    when the host has no memory (the array is left as it was)."""
-    if need <= cap[0]:
-        return 0
-    return grow_i64_slow(p, cap, need)
-
-
-cdef int grow_i64_slow(int64_t **p, int64_t *cap, int64_t need) noexcept nogil:
-    cdef int64_t c = cap[0]
-    cdef int64_t *q
-    while c < need:
-        c = c * 2 + 1024
-    q = <int64_t *>realloc(p[0], c * sizeof(int64_t))
-    if q == NULL:
-        return -1
-    p[0], cap[0] = q, c
-    return 0
+# grow_i64: core/array.pxi
 
 
 cdef inline uint64_t pte_pfn(uint64_t pte) noexcept nogil:
@@ -224,21 +207,14 @@ cdef inline uint8_t *bytes_ptr(engine_t *e, int64_t slot) noexcept nogil:
 cdef int64_t bytes_alloc(engine_t *e) noexcept nogil:
     """A byte-store slot (4 KiB), -1 if the host is out of memory."""
     cdef int64_t slot, chunk
-    cdef uint8_t **chunks
-    cdef int64_t *fs
     cdef void *p
     if e.nbytes_free > 0:
         e.nbytes_free -= 1
         return e.bytes_free[e.nbytes_free]
     slot = e.nbytes_used
     chunk = slot >> MM_BYTES_CHUNK_SHIFT
-    if chunk >= e.nbyte_chunks:
-        chunks = <uint8_t **>realloc(e.byte_chunks, (chunk + 1) * 2 * sizeof(uint8_t *))
-        if chunks == NULL:
-            return -1
-        memset(chunks + e.nbyte_chunks, 0, ((chunk + 1) * 2 - e.nbyte_chunks) * sizeof(uint8_t *))
-        e.byte_chunks = chunks
-        e.nbyte_chunks = (chunk + 1) * 2
+    if array_grow(<void **>&e.byte_chunks, &e.nbyte_chunks, chunk + 1, sizeof(uint8_t *), 2, True) < 0:
+        return -1
     if e.byte_chunks[chunk] == NULL:
         p = malloc((<size_t>1 << MM_BYTES_CHUNK_SHIFT) << MM_PAGE_SHIFT)
         if p == NULL:
@@ -250,12 +226,8 @@ cdef int64_t bytes_alloc(engine_t *e) noexcept nogil:
         madvise(<void *>((<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)),
                 ((<size_t>1 << MM_BYTES_CHUNK_SHIFT) - 1) << MM_PAGE_SHIFT, HOST_MADV_POPULATE_WRITE)
         e.byte_chunks[chunk] = <uint8_t *>p
-    if e.bytes_free_cap < slot + 1:
-        fs = <int64_t *>realloc(e.bytes_free, (slot + 1) * 2 * sizeof(int64_t))
-        if fs == NULL:
-            return -1
-        e.bytes_free = fs
-        e.bytes_free_cap = (slot + 1) * 2
+    if grow_i64(&e.bytes_free, &e.bytes_free_cap, slot + 1) < 0:
+        return -1
     e.nbytes_used += 1
     return slot
 

@@ -257,21 +257,15 @@ cdef int32_t resv_map_new(engine_t *e, int h, int64_t first, int64_t n) noexcept
     """resv_map_alloc() for a private mapping of huge pages [first, first+n):
     its id (>= 1), -1 when the host is out of memory."""
     cdef int32_t i, rid = -1
-    cdef resv_map_t *rs
     for i in range(1, e.nresv):
         if not e.resv_maps[i].alive:
             rid = i
             break
     if rid < 0:
-        if e.nresv == e.resv_cap:
-            rs = <resv_map_t *>realloc(e.resv_maps, (e.resv_cap * 2 + 8) * sizeof(resv_map_t))
-            if rs == NULL:
-                return -1
-            memset(rs + e.resv_cap, 0, (e.resv_cap + 8) * sizeof(resv_map_t))
-            e.resv_maps = rs
-            e.resv_cap = e.resv_cap * 2 + 8
-            if e.nresv == 0:
-                e.nresv = 1             # id 0 is "none"
+        if array_grow32(<void **>&e.resv_maps, &e.resv_cap, e.nresv + 2, sizeof(resv_map_t), 8, True) < 0:
+            return -1
+        if e.nresv == 0:
+            e.nresv = 1                 # id 0 is "none"
         rid = e.nresv
         e.nresv += 1
     e.resv_maps[rid].consumed = <uint8_t *>calloc(max(n, 1), 1)
@@ -354,6 +348,38 @@ cdef void hugetlb_vmas_close(engine_t *e, mm_vma_t *old, int32_t nold, mm_vma_t 
                 named = True
         if not named:
             resv_map_release(e, rid)
+
+
+cdef int64_t hugetlb_clear_vma_resv(engine_t *e, mm_t *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """clear_vma_resv_huge_pages() as move_vma() calls it (550a7d60bd5e, 5.16;
+    still so in 6.12.118 and on the 6.18.44 host): mremap moved part of a
+    private mapping, and the VMA it came from drops its reservation map
+    whole, not just the moved part's share. What is left of that VMA, the
+    private VMAs inside [start, end), is no longer the owner: its faults
+    take unreserved pages (and an owner's COW fallback is gone), and its
+    unconsumed reservations are never given back (no VMA's close counts
+    them; resv_hugepages stays raised for good). Marked consumed here so
+    the map, which the moved VMA still owns, does not return them either.
+    Returns the reservations leaked."""
+    cdef int32_t vi
+    cdef mm_vma_t *v
+    cdef resv_map_t *r
+    cdef int shift
+    cdef int64_t a, b, k, n = 0
+    for vi in range(mm.nvma):
+        v = &mm.vmas[vi]
+        if v.start < start or v.end > end or v.resv <= 0 or v.flags & VM_MAYSHARE:
+            continue
+        r = &e.resv_maps[v.resv]
+        shift = hstate_shift(r.hstate)
+        a = <int64_t>(v.pgoff >> (shift - MM_PAGE_SHIFT))
+        b = a + <int64_t>((v.end - v.start) >> shift)
+        for k in range(max(a, r.first), min(b, r.first + r.n)):
+            if r.consumed[k - r.first] == 0:
+                r.consumed[k - r.first] = 1
+                n += 1
+        v.resv = 0
+    return n
 
 
 cdef int64_t alloc_hugetlb_folio(engine_t *e, mm_vma_t *vma, int h, uint64_t idx,

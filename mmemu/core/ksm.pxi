@@ -123,18 +123,7 @@ cdef bint ksm_pages_identical(engine_t *e, int64_t a, int64_t b) noexcept nogil:
 
 # ---- tables -----------------------------------------------------------------
 
-cdef int ksm_grow(void **p, int64_t *cap, int64_t need, size_t size) noexcept nogil:
-    cdef int64_t c = cap[0]
-    cdef void *q
-    if need <= c:
-        return 0
-    while c < need:
-        c = c * 2 + 256
-    q = realloc(p[0], c * size)
-    if q == NULL:
-        return -1
-    p[0], cap[0] = q, c
-    return 0
+# Growth of the tables: array_grow (core/array.pxi).
 
 
 cdef inline bint ksm_node_valid(engine_t *e, ksm_state_t *k, int32_t n) noexcept nogil:
@@ -232,7 +221,7 @@ cdef int32_t ksm_stable_insert(engine_t *e, ksm_state_t *k, int64_t kpfn, uint64
     if (k.stable_used + 1) * 2 > k.stable_cap:
         if ksm_stable_rehash(e, k, k.stable_cap * 2 if k.stable_cap else 1024) < 0:
             return -1
-    if ksm_grow(<void **>&k.nodes, &k.nodes_cap, k.nnodes + 1, sizeof(ksm_node_t)) < 0:
+    if array_grow(<void **>&k.nodes, &k.nodes_cap, k.nnodes + 1, sizeof(ksm_node_t), 256, False) < 0:
         return -1
     n = <int32_t>k.nnodes
     if ksm_pfn_set(k, kpfn, n) < 0:
@@ -365,7 +354,7 @@ cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t v
     cdef uint64_t key = (<uint64_t>mm.id << KSM_MM_SHIFT) | va
     cdef ksm_item_t *it
     ksm_drop_prev(e, k, key)
-    if ksm_grow(<void **>&k.cur, &k.cur_cap, k.ncur + 1, sizeof(ksm_item_t)) < 0:
+    if array_grow(<void **>&k.cur, &k.cur_cap, k.ncur + 1, sizeof(ksm_item_t), 256, False) < 0:
         return NULL
     it = &k.cur[k.ncur]
     k.ncur += 1
@@ -677,6 +666,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
     cdef int32_t vi
     cdef uint64_t va, end
     cdef uint64_t *ptep
+    cdef uint64_t *table
     cdef ksm_item_t *it
     cdef int c
     while done < budget:
@@ -718,11 +708,17 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
             continue
         va = k.va if k.va > vma.start else vma.start
         end = vma.end
+        table = NULL
         while va < end and done < budget:
-            ptep = pte_offset(e, mm, va, False)
-            if ptep == NULL:
-                va = (va | ((<uint64_t>MM_PTRS << MM_PAGE_SHIFT) - 1)) + 1
-                continue
+            # The pte page of this 2 MiB is walked to once, not per page: a
+            # merge only rewrites a pte in it; a large folio's split may
+            # replace it, so the walk is redone after one.
+            if table == NULL or (va & (PMD_SPAN - 1)) == 0:
+                table = pte_table(e, mm, va, False)
+                if table == NULL:
+                    va = (va | ((<uint64_t>MM_PTRS << MM_PAGE_SHIFT) - 1)) + 1
+                    continue
+            ptep = table + ((va >> MM_PAGE_SHIFT) & 511)
             if (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ptep[0])
                 if e.fflags[pfn] & PG_ANON and not pfn_is_hugetlb(e, pfn):
@@ -732,6 +728,8 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                         k.va = va
                         return done
                     item = it - k.cur
+                    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+                        table = NULL
                     ksm_cmp_and_merge(e, k, mm, cpu, va, pfn, item)
                     k.pages_scanned += 1
                     done += 1

@@ -189,8 +189,9 @@ cdef void migrate_restore_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t old, i
 
 cdef void migrate_restore_copies(engine_t *e, int64_t old, int64_t target) noexcept nogil:
     """remove_migration_ptes()'s rmap walk for the entries naming `old` that
-    were not recorded at the unmap: a fork copied them into a child (the
-    migration holds no mmap_lock between unmap and remap). Every mm's VMAs
+    were not recorded at the unmap: a fork copied them into a child, or an
+    mremap moved them (the migration holds no mmap_lock between unmap and
+    remap). Every mm's VMAs
     that can map the page: its file's, or any with an anon_vma."""
     cdef int32_t mi, vi
     cdef mm_t *m
@@ -224,14 +225,8 @@ cdef void migrate_restore_copies(engine_t *e, int64_t old, int64_t target) noexc
 
 cdef int rmap_add(mig_map_t **maps, int64_t *n, int64_t *cap, int64_t page, int32_t mm,
                   uint64_t va) noexcept nogil:
-    cdef mig_map_t *q
-    cdef int64_t c
-    if n[0] == cap[0]:
-        c = cap[0] * 2 + 16
-        q = <mig_map_t *>realloc(maps[0], c * sizeof(mig_map_t))
-        if q == NULL:
-            return -1
-        maps[0], cap[0] = q, c
+    if array_grow(<void **>maps, cap, n[0] + 1, sizeof(mig_map_t), 16, False) < 0:
+        return -1
     maps[0][n[0]].page = page
     maps[0][n[0]].mm = mm
     maps[0][n[0]].va = va
@@ -422,7 +417,7 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         for j in range(first[k], first[k + 1]):
             migrate_restore_pte(e, &e.mms[maps[j].mm], maps[j].va, pg.old, target)
         if e.mig_copies != copies:
-            migrate_restore_copies(e, pg.old, target)   # what a fork copied meanwhile
+            migrate_restore_copies(e, pg.old, target)   # what a fork or mremap did meanwhile
         if pg.rc != 0:
             failed += 1
             if pg.new >= 0:
@@ -923,7 +918,6 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
     cdef uint64_t *t
     cdef int64_t i, i0, i1, pfn, nq = 0, cap = 0, moved = 0, k, failed
     cdef mig_page_t *q = NULL
-    cdef mig_page_t *r
     cdef int32_t n, c
     cdef int nomem = 0
     cdef bint huge
@@ -956,12 +950,8 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
             elif e.mapcount[pfn] > 1 and not move_all:
                 nr_failed[0] += 1           # migrate_folio_add() leaves a shared folio
                 continue
-            if nq == cap:
-                cap = cap * 2 + 64
-                r = <mig_page_t *>realloc(q, cap * sizeof(mig_page_t))
-                if r == NULL:
-                    break
-                q = r
+            if array_grow(<void **>&q, &cap, nq + 1, sizeof(mig_page_t), 64, False) < 0:
+                break
             e.fflags[pfn] |= PG_ISOLATED
             e.refcount[pfn] += 1
             q[nq].old, q[nq].new, q[nq].mm, q[nq].rc = pfn, -1, mm.id, MIG_RC_NONE

@@ -38,7 +38,6 @@ cdef inline int table_alloc_failed(engine_t *e) noexcept nogil:
 cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
     cdef int32_t d
     cdef int64_t chunk
-    cdef int32_t **chunks
     if not pgtable_charge(e):
         return -1
     if e.ndir_free > 0:
@@ -47,14 +46,9 @@ cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
     else:
         d = <int32_t>e.ndir_used
         chunk = d >> 9
-        if chunk >= e.ndir_chunks:
-            chunks = <int32_t **>realloc(e.dir_chunks, (chunk + 1) * 2 * sizeof(int32_t *))
-            if chunks == NULL:
-                e.nr_pgtable -= 1
-                return -1
-            memset(chunks + e.ndir_chunks, 0, ((chunk + 1) * 2 - e.ndir_chunks) * sizeof(int32_t *))
-            e.dir_chunks = chunks
-            e.ndir_chunks = (chunk + 1) * 2
+        if array_grow(<void **>&e.dir_chunks, &e.ndir_chunks, chunk + 1, sizeof(int32_t *), 2, True) < 0:
+            e.nr_pgtable -= 1
+            return -1
         if e.dir_chunks[chunk] == NULL:
             e.dir_chunks[chunk] = <int32_t *>malloc(CHUNK_PAGES * MM_PTRS * sizeof(int32_t))
             if e.dir_chunks[chunk] == NULL:
@@ -82,15 +76,9 @@ cdef inline void populate_tables(void *p, size_t n) noexcept nogil:
 cdef uint64_t *pte_chunk(engine_t *e, int64_t chunk) noexcept nogil:
     """The memory of the pool's chunk (CHUNK_PAGES pte pages, 2 MiB),
     allocated, 2 MiB-aligned, if it is not yet; NULL when the host has none."""
-    cdef uint64_t **chunks
     cdef void *mem
-    if chunk >= e.npte_chunks:
-        chunks = <uint64_t **>realloc(e.pte_chunks, (chunk + 1) * 2 * sizeof(uint64_t *))
-        if chunks == NULL:
-            return NULL
-        memset(chunks + e.npte_chunks, 0, ((chunk + 1) * 2 - e.npte_chunks) * sizeof(uint64_t *))
-        e.pte_chunks = chunks
-        e.npte_chunks = (chunk + 1) * 2
+    if array_grow(<void **>&e.pte_chunks, &e.npte_chunks, chunk + 1, sizeof(uint64_t *), 2, True) < 0:
+        return NULL
     if e.pte_chunks[chunk] == NULL:
         if posix_memalign(&mem, CHUNK_PAGES * MM_PTRS * sizeof(uint64_t),
                           CHUNK_PAGES * MM_PTRS * sizeof(uint64_t)) != 0:
@@ -149,14 +137,9 @@ cdef int32_t ptp_alloc_raw(engine_t *e) noexcept nogil:
 
 cdef int push_free(engine_t *e, int32_t **stack, int64_t *n, int64_t *cap, int32_t v) noexcept nogil:
     """A table page back to its pool, and its frame back to RAM."""
-    cdef int32_t *s
     e.nr_pgtable -= 1
-    if n[0] == cap[0]:
-        s = <int32_t *>realloc(stack[0], (cap[0] * 2 + 64) * sizeof(int32_t))
-        if s == NULL:
-            return -1           # leak the page rather than corrupt the pool
-        stack[0] = s
-        cap[0] = cap[0] * 2 + 64
+    if array_grow(<void **>stack, cap, n[0] + 1, sizeof(int32_t), 64, False) < 0:
+        return -1               # leak the page rather than corrupt the pool
     stack[0][n[0]] = v
     n[0] += 1
     return 0

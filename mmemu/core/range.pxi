@@ -565,6 +565,8 @@ cdef int64_t move_ptes(engine_t *e, mm_t *mm, uint64_t old, uint64_t new, uint64
                 return -1
             if soft_dirty:
                 pte |= PTE_SOFT_DIRTY
+            if is_migration_entry(pte):
+                e.mig_copies += 1   # a migration's record of this entry is stale now
             d[((new + off) >> MM_PAGE_SHIFT) & 511] = pte
             s[((old + off) >> MM_PAGE_SHIFT) & 511] = 0
         off += MM_PAGE_SIZE

@@ -140,7 +140,7 @@ cdef inline int gather_add(engine_t *e, gather_t *g, int64_t pfn) noexcept nogil
 
 
 cdef int gather_grow(engine_t *e, gather_t *g, int64_t pfn) noexcept nogil:
-    if grow_i64_slow(&g.pfns, &g.cap, g.n + 1) < 0:
+    if grow_i64(&g.pfns, &g.cap, g.n + 1) < 0:
         # No room to defer: flush now and drop this page at once.
         tlb_flush_range(e, g.mm, g.start, g.end)
         put_page(e, pfn, 1)

@@ -471,10 +471,14 @@ cdef int uffd_fill(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va, i
     return 0
 
 
+cdef enum:
+    UFFD_MOVE_AGAIN = 2                 # uffd_move_page: look at the same page again
+
+
 cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uint64_t src,
                         bint allow_holes, bint move_zeropage) noexcept nogil:
     """One page of UFFDIO_MOVE (move_pages_pte): 0, 1 for a skipped source
-    hole, or a negative errno."""
+    hole, UFFD_MOVE_AGAIN after waiting for a migration, or a negative errno."""
     cdef uint64_t *sp = pte_offset(e, mm, src, False)
     cdef uint64_t *dp
     cdef uint64_t pte
@@ -523,8 +527,17 @@ cdef int uffd_move_page(engine_t *e, mm_t *mm, mm_vma_t *dvma, uint64_t dst, uin
     elif is_swap_pte(pte):
         if not (pte & SWP_EXCLUSIVE):
             return -CORE_EBUSY
+    elif is_migration_entry(pte):
+        # move_pages_pte (6.8-6.18): migration_entry_wait(), then -EAGAIN,
+        # which move_pages() retries at the same address. The wait ends
+        # only when the entry is gone (the scheduler's SP_MIGRATION_WAIT);
+        # an entry still there afterwards could never go: -EAGAIN out.
+        sched_point(e, SP_MIGRATION_WAIT, mm.id, src, <uint64_t>swp_offset(pte))
+        if sp[0] == pte:
+            return -CORE_EAGAIN
+        return UFFD_MOVE_AGAIN
     else:
-        return -CORE_EBUSY
+        return -CORE_EFAULT             # another non-swap entry: a marker, hwpoison
     sp[0] = 0
     tlb_flush_page(e, mm.id, src)
     dp[0] = pte
@@ -600,6 +613,8 @@ cdef int64_t uffd_move_range(engine_t *e, mm_t *mm, uint64_t dst, uint64_t src, 
         if rc < 0:
             err[0] = -rc
             return i
+        if rc == UFFD_MOVE_AGAIN:
+            continue                    # the same page again, after the migration
         i += 1
     return i
 

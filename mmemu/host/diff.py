@@ -349,13 +349,18 @@ def _maybe_step(draw, state, proc, depth):
             step = {"op": "pwrite", "fd": name, "off": what[1], "data": state.tag()}
         who = "main"
     elif kind == "hmremap" and state.huge:
-        # mremap of a hugetlb region (5.16): shrink in place, the same size
-        # or growing (EINVAL), moved onto the start of a region (its own
-        # kind: FIXED; a base-page region's start is rarely huge-aligned).
+        # mremap of a hugetlb region (5.16), or of its tail from a huge page
+        # boundary: shrink in place, the same size or growing (EINVAL),
+        # moved onto the start of a region (its own kind: FIXED; a base-page
+        # region's start is rarely huge-aligned). Moving a tail leaves the
+        # rest of a private VMA without its reservations
+        # (clear_vma_resv_huge_pages).
         name, pages = _pick(draw, [(n, p) for n, p in state.regions if n in state.huge])
-        new, to = _pick(draw, [(n, t) for n in (HUGE_PAGES, pages, pages + HUGE_PAGES)
+        at = _pick(draw, list(range(0, pages, HUGE_PAGES)))
+        left = pages - at
+        new, to = _pick(draw, [(n, t) for n in (HUGE_PAGES, left, left + HUGE_PAGES)
                                for t in [None] + [r for r, _p in state.regions]])
-        step = {"op": "mremap", "at": [name, 0], "pages": pages, "new_pages": new}
+        step = {"op": "mremap", "at": [name, at], "pages": left, "new_pages": new}
         if to is not None:
             step["to"] = [to, 0]
             step["new_pages"] = min(new, dict(state.regions)[to])

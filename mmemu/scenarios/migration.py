@@ -335,7 +335,7 @@ def hugetlb_fork_during_migration(m):
     comes back uffd-wp and its writes refault for ever (the engine raises
     Livelock after its bounded retry). Fixed by 83abe2fd5b3a (7.2; 6.12.103, 6.18.44)."""
     from ..errors import EmulatedSignal, Livelock
-    from ..sched import Scheduler
+    from ..sched import Scheduler, preempt_at
     m = _hugetlb_numa(m)
     p = m.spawn()
     P = p.mmap(0, H2M, RW, HUGE)
@@ -351,13 +351,7 @@ def hugetlb_fork_during_migration(m):
     def forker():
         got["child"] = p.fork()
 
-    def choose(sched, cands):
-        me = sched.current
-        names = [c.name for c in cands]
-        if me is not None and me.where.startswith("unmap_and_move_huge_page") and "forker" in names:
-            return names.index("forker")
-        return 0
-    Scheduler(m, choose).run([mover, forker], ["mover", "forker"])
+    Scheduler(m, preempt_at("unmap_and_move_huge_page", "forker")).run([mover, forker], ["mover", "forker"])
     c = got.get("child")
     check(got.get("st") == [1] and c is not None, f"the migration and the fork ran ({got})")
     check(m.node_of(c.pagemap(P).pfn) == 1 and c.read(P, 3) == b"B22",

@@ -238,3 +238,33 @@ def test_foll_constants_agree_with_core():
     defs = Path(mmemu.__file__).parent.joinpath("core", "defs.pxi").read_text()
     for name, value in re.findall(r"(FOLL_\w+) = 1 << (\d+)", defs):
         assert getattr(mmemu, name) == 1 << int(value), name
+
+
+def test_the_cores_tables_grow_past_their_first_capacity():
+    """array_grow (core/array.pxi) behind every table: address spaces,
+    files, userfaultfd contexts, hugetlb reservation maps and the free
+    stacks of page-table pages each outgrow their first allocation; a
+    growth that lost or moved an entry would show in check() or in what
+    the processes read back."""
+    from mmemu import constants as C
+    m = mmemu.Machine(memory=160 << 20, hugepages={2 << 20: 48})
+    procs = []
+    for i in range(40):
+        p = m.spawn()
+        a = p.mmap(0, PAGE, C.PROT_READ | C.PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        p.write(a, bytes([i]))
+        h = p.mmap(0, 2 << 20, C.PROT_READ | C.PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | C.MAP_HUGETLB)
+        fd = p.memfd_create("f", 0)
+        p.ftruncate(fd, PAGE)
+        p.userfaultfd(0)
+        procs.append((p, a, h))
+    assert m.hugepages[2 << 20]["resv_hugepages"] == 40
+    for i, (p, a, h) in enumerate(procs):
+        assert p.read(a, 1) == bytes([i])
+    m.check()
+    for p, a, h in procs[::2]:
+        p.exit()
+    for i, (p, a, h) in enumerate(procs[1::2]):
+        assert p.read(a, 1) == bytes([2 * i + 1])
+    assert m.hugepages[2 << 20]["resv_hugepages"] == 20
+    m.check()

@@ -482,6 +482,83 @@ def test_mremap_of_hugetlb_from_5_16(kernel, works):
     m.check()
 
 
+def _aligned_target(p, n):
+    T = p.mmap(0, (n + 1) * H2M, C.PROT_NONE, PRIV)
+    return (T + H2M - 1) & ~(H2M - 1)
+
+
+def test_moving_part_of_a_private_mapping_leaks_what_stays_reservations():
+    """move_vma() calls clear_vma_resv_huge_pages() on the whole VMA it moves
+    from (550a7d60bd5e, 5.16; unchanged in 6.12.118, and so on the 6.18.44
+    host): what stays of it is no longer the owner, so its write takes an
+    unreserved page and its reservation is never given back. Host, the same
+    steps (HugePages_Free/Rsvd): 6/2, 6/2, 5/2, 4/1, 5/1, 6/1. Keeping the
+    reservation with what stays would read 5/1 after the first write and
+    give everything back (0 at the end)."""
+    m = machine(n2m=6)
+    p = m.spawn()
+    A = p.mmap(0, 2 * H2M, RW, HUGE)
+    T = _aligned_target(p, 1)
+    assert pool(m) == (6, 6, 2)
+    assert p.mremap(A + H2M, H2M, H2M, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, T) == T
+    assert pool(m) == (6, 6, 2)
+    p.write(A, b"stays")
+    assert pool(m) == (6, 5, 2)                 # not from its reservation
+    p.write(T, b"moved")
+    assert pool(m) == (6, 4, 1)                 # the moved part owns its own
+    p.munmap(A, H2M)
+    assert pool(m) == (6, 5, 1)
+    p.munmap(T, H2M)
+    assert pool(m) == (6, 6, 1)                 # leaked for good
+    p.exit()
+    assert pool(m) == (6, 6, 1)
+    m.check()
+
+
+def test_what_stays_of_a_partly_moved_mapping_gets_sigbus_on_a_reserved_pool():
+    """With every free page reserved, what stays of a partly moved private
+    mapping has no reservation left, so its first write finds no page:
+    SIGBUS (the 6.18.44 host: signal 7). The moved part still writes."""
+    m = machine(n2m=5)
+    p = m.spawn()
+    A = p.mmap(0, 5 * H2M, RW, HUGE)
+    T = _aligned_target(p, 1)
+    p.mremap(A + 4 * H2M, H2M, H2M, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, T)
+    assert pool(m) == (5, 5, 5)
+    with pytest.raises(Sigbus):
+        p.write(A, b"x")
+    p.write(T, b"moved")
+    assert pool(m) == (5, 4, 4)
+    p.munmap(A, 4 * H2M)
+    p.munmap(T, H2M)
+    assert pool(m) == (5, 5, 4)
+    m.check()
+
+
+def test_moving_the_middle_leaks_both_sides_and_a_whole_move_nothing():
+    """Both VMAs left of a middle move lose the map (host: Rsvd 3, 3, 3, 3,
+    then 2 once the moved page is unmapped). A move of the whole VMA leaves
+    nothing behind to leak."""
+    m = machine(n2m=6)
+    p = m.spawn()
+    A = p.mmap(0, 3 * H2M, RW, HUGE)
+    T = _aligned_target(p, 1)
+    p.mremap(A + H2M, H2M, H2M, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, T)
+    p.write(A + 2 * H2M, b"x")
+    assert pool(m) == (6, 5, 3)
+    p.munmap(A, H2M)
+    p.munmap(A + 2 * H2M, H2M)
+    assert pool(m) == (6, 6, 3)
+    p.munmap(T, H2M)
+    assert pool(m) == (6, 6, 2)
+    B = p.mmap(0, 2 * H2M, RW, HUGE)
+    U = _aligned_target(p, 2)
+    p.mremap(B, 2 * H2M, 2 * H2M, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, U)
+    p.munmap(U, 2 * H2M)
+    assert pool(m) == (6, 6, 2)
+    m.check()
+
+
 def test_clear_refs_skips_hugetlb():
     m = machine()
     p = m.spawn()

@@ -13,7 +13,7 @@ import pytest
 import mmemu
 import mmemu.constants as C
 from mmemu import uffd as U
-from mmemu.sched import Scheduler
+from mmemu.sched import Scheduler, preempt_at
 
 PAGE = C.PAGE_SIZE
 H2M = 2 << 20
@@ -197,12 +197,7 @@ def test_a_fault_on_a_hugetlb_migration_entry_waits():
     def reader():
         got["data"] = t.read(a + PAGE, 1)
 
-    def choose(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("unmap_and_move_huge_page"):
-            return next(i for i, c in enumerate(cands) if c.name == "reader")
-        return 0
-    s = Scheduler(m, choose, record=True)
+    s = Scheduler(m, preempt_at("unmap_and_move_huge_page", "reader"), record=True)
     s.run([mover, reader], ["mover", "reader"])
     assert any("migration_entry_wait" in st.label for st in s.trace)
     assert got["st"] == [1] and got["data"] == b"Q" and node_of_va(m, p, a) == 1
@@ -234,12 +229,7 @@ def fork_during_migration(kernel, backports=()):
         got["child"] = c = p.fork()
         got["during"] = c.pagemap(a)
 
-    def choose(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("unmap_and_move_huge_page") and "forker" in [c.name for c in cands]:
-            return next(i for i, c in enumerate(cands) if c.name == "forker")
-        return 0
-    s = Scheduler(m, choose)
+    s = Scheduler(m, preempt_at("unmap_and_move_huge_page", "forker"))
     s.run([mover, forker], ["mover", "forker"])
     assert got["st"] == [1]
     return m, p, got["child"], a, got["during"]

@@ -12,7 +12,8 @@ import mmemu
 from mmemu import (FOLL_GET, FOLL_LONGTERM, FOLL_WRITE, MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED,
                    MPOL_BIND, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MPOL_MF_STRICT, MPOL_INTERLEAVE,
                    PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE)
-from mmemu.sched import Scheduler
+from mmemu import constants as C
+from mmemu.sched import Scheduler, preempt_at
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -350,12 +351,7 @@ def test_a_fault_on_a_migration_entry_waits_for_the_migration():
     def reader():
         got["data"] = t.read(a, 1)
 
-    def choose(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("migrate_pages"):
-            return next(i for i, c in enumerate(cands) if c.name == "reader")
-        return 0
-    s = Scheduler(m, choose, record=True)
+    s = Scheduler(m, preempt_at("migrate_pages", "reader"), record=True)
     s.run([mover, reader], ["mover", "reader"])
     labels = [st.label for st in s.trace]
     assert any("migration_entry_wait" in lab for lab in labels), labels
@@ -448,13 +444,7 @@ def _during_migration(m, p, a, other):
         got["pm"] = p.pagemap(a)
         got["other"] = other()
 
-    def choose(sched, cands):
-        me = sched.current
-        names = [c.name for c in cands]
-        if me is not None and me.where.startswith("migrate_pages") and "second" in names:
-            return names.index("second")
-        return 0
-    s = Scheduler(m, choose, record=True)
+    s = Scheduler(m, preempt_at("migrate_pages", "second"), record=True)
     s.run([mover, second], ["mover", "second"])
     return got, [st.label for st in s.trace]
 
@@ -492,6 +482,68 @@ def test_a_munmap_between_unmap_and_remap_leaves_nothing_behind():
     assert not got["pm"].present and got["st"] == [1]
     assert not p.pagemap(a).present and not p.vmas
     assert m.stats()["faults"] == before["faults"]
+    m.check()
+
+
+def test_an_mremap_between_unmap_and_remap_moves_the_entry_and_the_remap_finds_it():
+    """move_ptes() moves a migration entry like any other; the remap's rmap
+    walk (remove_migration_ptes) finds it at its new address. Remapping
+    only where the unmap recorded it would leave the entry behind, and every
+    later access would wait for a migration that is over."""
+    m = machine(ncpus=2)
+    p, a = anon(m, 2, b"R")
+    b = p.mmap(0, 2 * PAGE, PROT_READ, PRIV)
+
+    def move():
+        return p.mremap(a, 2 * PAGE, 2 * PAGE, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, b)
+    got, _ = _during_migration(m, p, a, move)
+    assert not got["pm"].present and got["st"] == [1] and got["other"] == b
+    assert p.pagemap(b).present and m.node_of(p.pagemap(b).pfn) == 1
+    assert p.read(b, 1) == b"R" and p.read(b + PAGE, 1) == b"R"
+    p.write(b, b"w")                                    # still exclusive: written in place
+    assert m.node_of(p.pagemap(b).pfn) == 1
+    m.check()
+
+
+@pytest.mark.parametrize("kernel", ["6.8", "6.18"])
+def test_uffdio_move_of_a_page_under_migration_waits_and_moves_it(kernel):
+    """move_pages_pte() (6.8+): a migration entry at src waits for the
+    migration (migration_entry_wait), then -EAGAIN, which move_pages()
+    retries: the migrated page moves. EBUSY here would fail a call Linux
+    completes."""
+    from mmemu import uffd as U
+    m = machine(kernel, ncpus=2)
+    p, a = anon(m, 1, b"M")
+    d = p.mmap(0, PAGE, RW, PRIV)
+    u = p.userfaultfd(U.O_NONBLOCK)
+    u.api(0)
+    u.register(d, PAGE, U.UFFDIO_REGISTER_MODE_MISSING)
+
+    def move():
+        return u.move(d, a, PAGE)
+    got, labels = _during_migration(m, p, a, move)
+    assert not got["pm"].present and got["st"] == [1] and got["other"] == PAGE
+    assert any("migration" in lab for lab in labels)
+    assert p.read(d, 1) == b"M" and m.node_of(p.pagemap(d).pfn) == 1
+    assert not p.pagemap(a).present
+    m.check()
+
+
+def test_uffdio_move_of_a_marker_is_efault():
+    """move_pages_pte() (6.8+): a non-swap entry other than a migration entry
+    (a pte marker) is -EFAULT, not -EBUSY."""
+    from mmemu import uffd as U
+    m = mmemu.Machine(kernel="6.18")
+    p = m.spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    p.madvise(a, PAGE, C.MADV_GUARD_INSTALL)
+    d = p.mmap(0, PAGE, RW, PRIV)
+    u = p.userfaultfd(U.O_NONBLOCK)
+    u.api(0)
+    u.register(d, PAGE, U.UFFDIO_REGISTER_MODE_MISSING)
+    with pytest.raises(OSError) as ei:
+        u.move(d, a, PAGE)
+    assert ei.value.errno == errno.EFAULT
     m.check()
 
 
