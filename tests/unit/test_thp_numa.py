@@ -285,8 +285,10 @@ def test_a_pinned_thp_stays(kernel="6.12"):
         m = machine(kernel)
         p, a = thp(m)
         pin = p.pin_user_pages(a, 1, FOLL_WRITE)
-        st = p.move_pages([a], [1], MPOL_MF_MOVE)
+        st, seen = entries_at_unmap(m, p, a, lambda: p.move_pages([a], [1], MPOL_MF_MOVE))
         assert st == [-errno.EAGAIN] and st.not_migrated == 1, kernel
+        # 5.19+: never unmapped (no window); before, unmapped and mapped back.
+        assert (seen == {}) == (kernel == "6.12"), kernel
         assert nodes_of(m, p, a, NR) == {0} and pmd_mapped(m, p, a), kernel
         pin.release()
         assert p.move_pages([a], [1], MPOL_MF_MOVE) == [1]
@@ -347,6 +349,10 @@ def test_the_pmd_migration_entry_names_each_page_and_keeps_its_kind(kernel, ro_k
     _, seen = entries_at_unmap(m2, p2, b, lambda: p2.move_pages([b], [1], MPOL_MF_MOVE))
     assert swp_type(seen["pte"][0]) == ro_kind
     assert not m2._engine.pte(p2.mm, b) & PTE_WRITE and pmd_mapped(m2, p2, b)
+    # remove_migration_pmd: RMAP_EXCLUSIVE from a readable_exclusive entry (5.19+)
+    new = p2.pagemap(b).pfn
+    assert ("anon_exclusive" in m2.frame(new).flags) == (ro_kind == SWP_MIGRATION_RX)
+    assert ("anon_exclusive" in m2.frame(new + 9).flags) == (ro_kind == SWP_MIGRATION_RX)
     m2.check()
 
 
