@@ -112,6 +112,7 @@ cdef class Engine:
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
     cdef object _node_free, _node_next   # per node and zone free lists (core/zones.pxi)
     cdef object _zone_end, _zone_nr_free
+    cdef object _zone_hfree              # per node and zone list: free order-9 blocks (core/zones.pxi)
     cdef int hwpoison_code       # si_code of a poisoned-page SIGBUS (era/config table)
     cdef int32_t file_hint       # no free mapping id below this one
     cdef readonly dict knobs     # the policy this engine was made with
@@ -352,6 +353,7 @@ cdef class Engine:
             st["cma_pages"] = self.e.cma_end - self.e.cma_start
             st["node_free"] = self._node_free.copy()
             st["node_next"] = self._node_next.copy()
+            st["zone_hfree"] = self._zone_hfree.copy()
         st["stats"] = np.array([self.e.stats[i] for i in range(MM_STAT_NR)], np.int64)
         st["cost"] = np.array([self.e.cost[i] for i in range(MM_STAT_NR)], np.int64)
         st["clock"] = np.array([self.e.clock[i] for i in range(256)], np.int64)
@@ -401,6 +403,7 @@ cdef class Engine:
         st["swap_large_stats"] = np.array([[self.e.swpout[i] for i in range(10)],
                                            [self.e.swpout_fallback[i] for i in range(10)],
                                            [self.e.swpin_large[i] for i in range(10)]], np.int64)
+        st["thp_mig"] = np.array([self.e.thp_mig[i] for i in range(3)], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
@@ -466,6 +469,8 @@ cdef class Engine:
                 nf[::MM_NR_ZONE_LISTS], nn[::MM_NR_ZONE_LISTS] = st["node_free"], st["node_next"]
             np.copyto(self._node_free, nf, casting="no")
             np.copyto(self._node_next, nn, casting="no")
+            if "zone_hfree" in st:              # saved before zoned THPs: no free block listed
+                np.copyto(self._zone_hfree, np.asarray(st["zone_hfree"], np.int64), casting="no")
             self.e.next_unused = sc["next_unused"]
             self._zone_recount()
         for i in range(min(MM_STAT_NR, len(st["stats"]))):    # older saves: fewer counters
@@ -560,6 +565,9 @@ cdef class Engine:
             if len(th) > 11:                # saved before shmem THP: never, inherit
                 self.e.shmem_huge, self.e.shmem_pmd = th[11], th[12]
                 self._shmem_thp_update()
+            if "thp_mig" in st:
+                for i in range(3):
+                    self.e.thp_mig[i] = st["thp_mig"][i]
             if "mthp_stats" in st:
                 for i in range(10):
                     self.e.mthp_alloc[i], self.e.mthp_fallback[i] = st["mthp_stats"][0][i], st["mthp_stats"][1][i]
@@ -1554,6 +1562,11 @@ cdef class Engine:
             out[names[i]] = self.e.stats[i]
         out["thp_swpout"] = self.e.swpout[HPAGE_PMD_ORDER]
         out["thp_swpout_fallback"] = self.e.swpout_fallback[HPAGE_PMD_ORDER]
+        # the THP migration events of /proc/vmstat (1a5bae25e3cf, 5.9), which
+        # cost nothing of their own
+        out["thp_migration_success"] = self.e.thp_mig[0]
+        out["thp_migration_fail"] = self.e.thp_mig[1]
+        out["thp_migration_split"] = self.e.thp_mig[2]
         return out
 
     def memory_usage(self):
@@ -2220,6 +2233,7 @@ cdef class Engine:
         self._node_next = np.zeros(nl, np.int64)
         self._zone_end = np.zeros(nl, np.int64)
         self._zone_nr_free = np.zeros(nl, np.int64)
+        self._zone_hfree = np.zeros(nl, np.int64)
         for n in range(nnodes):
             l = n * MM_NR_ZONE_LISTS
             start = node_start(&self.e, <int32_t>n)     # pfn 0: the zero page
@@ -2236,6 +2250,7 @@ cdef class Engine:
         self.e.node_next = <int64_t *>cnp_data(self._node_next)
         self.e.zone_end = <int64_t *>cnp_data(self._zone_end)
         self.e.zone_nr_free = <int64_t *>cnp_data(self._zone_nr_free)
+        self.e.zone_hfree = <int64_t *>cnp_data(self._zone_hfree)
         self.e.zoned = 1
         self._zone_recount()
 
@@ -2625,6 +2640,7 @@ cdef class Engine:
                 raise InvariantError("tail page without a head", pfn)
         self._check_hugetlb_pool()
         if self.e.zoned:
+            self._check_zone_blocks()
             counted = self._zone_nr_free.copy()
             movable = self.e.nr_free_movable
             self._zone_recount()
@@ -2646,6 +2662,24 @@ cdef class Engine:
         if used != self.e.swap_used:
             raise InvariantError("swap slots in use differ from the counter", None,
                                  f"{used} != {self.e.swap_used}")
+
+    def _check_zone_blocks(self):
+        # Each zone list's free order-9 blocks (core/zones.pxi zone_hfree):
+        # aligned heads of that list, every frame free, no block twice.
+        cdef int64_t l, head, n
+        seen = set()
+        for l in range(<int64_t>self.e.nnodes * MM_NR_ZONE_LISTS):
+            head, n = self.e.zone_hfree[l] - 1, 0
+            while head >= 0:
+                if head % HPAGE_PMD_NR or head + HPAGE_PMD_NR > self.e.nframes or head in seen \
+                        or zone_list_of(&self.e, head) != l \
+                        or zone_list_of(&self.e, head + HPAGE_PMD_NR - 1) != l:
+                    raise InvariantError("free THP block list broken", head, f"zone list {l}")
+                if np.count_nonzero(self.fflags[head:head + HPAGE_PMD_NR] & PG_USED):
+                    raise InvariantError("free THP block holds a used frame", head, f"zone list {l}")
+                seen.add(head)
+                head = <int64_t>self.e.version[head] - 1
+        return len(seen)
 
     cdef int _check_cache(self, mm_file_t *f, int64_t[::1] exp_ref, int64_t[::1] swap_refs) except -1:
         cdef uint64_t index, ent

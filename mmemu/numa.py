@@ -3,9 +3,11 @@
 A Machine(nodes=N) splits its frames into N equal nodes; CPUs spread over
 them in order (Engine.cpu_node). Allocations without a policy fill node 0
 first, then the next (a task on node 0 falling back along its zonelist):
-mmemu keeps no per-task or per-VMA memory policy. Page migration itself,
-per page, is the core's (core/migrate.pxi): unmap into migration entries,
-copy, remap; see semantics.md section 14.
+mmemu keeps no per-task or per-VMA memory policy. Page migration itself
+is the core's (core/migrate.pxi): unmap into migration entries, copy,
+remap; a THP or mTHP moves whole (a PMD migration entry for a PMD
+mapping), split into base pages when the target node has no free folio of
+its order; see semantics.md section 14.
 
 Privilege: MPOL_MF_MOVE_ALL needs CAP_SYS_NICE; mmemu models no credentials,
 and its processes run as root, so it is always allowed.

@@ -225,8 +225,11 @@ class ThpSettings:
     With enabled=madvise an anonymous private range given MADV_HUGEPAGE gets
     a PMD-mapped THP on its first fault, where an aligned 2 MiB of it lies
     inside the VMA (a read fault maps the huge zero page if use_zero_page).
-    defrag is recorded: allocation here never stalls or compacts, it gets
-    an aligned free block or falls back to base pages.
+    defrag never stalls or compacts here: a fault gets an aligned free
+    block or falls back to base pages. On a NUMA machine it decides where a
+    THP may come from (vma_thp_gfp_mask): the local node only, unless the
+    gfp may reclaim directly - defrag=always, or madvise / defer+madvise in
+    a MADV_HUGEPAGE range - when other nodes are tried too.
 
     `sizes` (6.8+) holds the per-size settings of multi-size THP
     (hugepages-<size>kB/enabled): MthpSizes."""

@@ -306,6 +306,14 @@ ctypedef struct engine_t:
     # anon); the PMD size's hugepages-2048kB/shmem_enabled for anon shmem
     # (6.11: SHMEM_PMD_*); shmem_thp_on: some shmem fault may get a THP.
     int32_t shmem_huge, shmem_pmd, shmem_thp_on
+    # Zoned machines' free order-9 blocks (core/zones.pxi): per node and zone
+    # list a stack of block heads (pfn + 1), linked through the head's
+    # `version` as the order-0 lists are (numpy-owned, like node_free).
+    int64_t *zone_hfree
+    # THP migration events (mm/migrate.c migrate_pages: THP_MIGRATION_SUCCESS,
+    # _FAIL, _SPLIT; 1a5bae25e3cf, 5.9): PMD-sized folios only.
+    int64_t thp_mig[3]
+    int32_t mig_nosplit        # the running migration may not split a large folio (MR_NUMA_MISPLACED)
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

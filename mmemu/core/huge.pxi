@@ -57,15 +57,22 @@ cdef int64_t hblock_break(engine_t *e) noexcept nogil:
 cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
     """An order-9 anon folio: head refcount 1, zeroed, uptodate; -1 when no
     aligned block is free (the fault falls back to base pages) or the
-    frames left are owed to page tables. One NUMA node only for now.
+    frames left are owed to page tables. A zoned machine takes it from
+    the per-node, per-zone lists (core/zones.pxi: e.alloc_node,
+    alloc_pref_node and alloc_exclude as for base pages).
     A free block's frames are clean already - never used, or cleared by
     folio_free_large - so only the flags are written."""
     cdef int64_t head, p
-    if e.zoned or e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
-        return -1
-    head = hblock_take(e)
-    if head < 0:
-        return -1
+    if e.zoned:
+        head = zone_take(e, HPAGE_PMD_ORDER)
+        if head < 0:
+            return -1
+    else:
+        if e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
+            return -1
+        head = hblock_take(e)
+        if head < 0:
+            return -1
     e.nr_free -= HPAGE_PMD_NR
     flags |= PG_USED | PG_UPTODATE
     # The whole aligned block, then the head: a fixed-count loop from an
@@ -100,8 +107,11 @@ cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
         e.index[p] = 0
     entire_mapcount(e, head)[0] = 0
     e.nr_large -= 1
-    e.hfree[e.nhfree] = head
-    e.nhfree += 1
+    if e.zoned:
+        zone_block_put(e, head)         # core/zones.pxi
+    else:
+        e.hfree[e.nhfree] = head
+        e.nhfree += 1
     e.nr_free += HPAGE_PMD_NR
 
 
@@ -120,7 +130,11 @@ cdef int64_t huge_zero_folio(engine_t *e) noexcept nogil:
     cdef int64_t head
     if e.huge_zero_pfn >= 0:
         return e.huge_zero_pfn
+    # get_huge_zero_page(): GFP_TRANSHUGE & ~__GFP_MOVABLE, a kernel
+    # allocation: never ZONE_MOVABLE nor CMA pageblocks.
+    e.alloc_exclude |= MM_ZONES_MOVABLE | MM_ZONES_CMA
     head = folio_alloc_pmd(e, PG_ZERO | PG_RESERVED)
+    e.alloc_exclude &= ~(MM_ZONES_MOVABLE | MM_ZONES_CMA)
     if head < 0:
         return -1
     e.huge_zero_pfn = head
@@ -248,6 +262,42 @@ cdef void withdraw_pmd_leaf(engine_t *e, mm_t *mm, int32_t *slot) noexcept nogil
 
 # ---- faults ---------------------------------------------------------------
 
+cdef enum:
+    THP_DEFRAG_ALWAYS = 0           # the sysfs defrag values, as mmemu.thp._DEFRAG orders them
+    THP_DEFRAG_DEFER = 1
+    THP_DEFRAG_DEFER_MADVISE = 2
+    THP_DEFRAG_MADVISE = 3
+
+
+cdef inline bint thp_gfp_direct_reclaim(engine_t *e, uint64_t vm_flags) noexcept nogil:
+    # vma_thp_gfp_mask() (6.12; the same since 5.5): __GFP_DIRECT_RECLAIM with
+    # defrag=always, and with defer+madvise or madvise in a VM_HUGEPAGE VMA.
+    if e.thp_defrag == THP_DEFRAG_ALWAYS:
+        return True
+    if e.thp_defrag == THP_DEFRAG_DEFER_MADVISE or e.thp_defrag == THP_DEFRAG_MADVISE:
+        return (vm_flags & VM_HUGEPAGE) != 0
+    return False
+
+
+cdef int64_t thp_fault_alloc(engine_t *e, uint64_t vm_flags) noexcept nogil:
+    """vma_alloc_folio(HPAGE_PMD_ORDER) under the default policy
+    (alloc_pages_mpol, 6.12; 76e654cc91bb, 5.5): the local node only
+    (__GFP_THISNODE; mmemu's tasks are local to alloc_pref_node, node 0,
+    as base pages are); other nodes only when the THP gfp may reclaim
+    directly (thp_gfp_direct_reclaim), else the fault falls back to base
+    pages on the local node. An anon THP, exclusive."""
+    cdef uint16_t flags = PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
+    cdef int64_t head
+    if e.nnodes <= 1 or e.alloc_node >= 0:
+        return folio_alloc_pmd(e, flags)
+    e.alloc_node = e.alloc_pref_node
+    head = folio_alloc_pmd(e, flags)
+    e.alloc_node = -1
+    if head < 0 and thp_gfp_direct_reclaim(e, vm_flags):
+        head = folio_alloc_pmd(e, flags)
+    return head
+
+
 cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
                                     int32_t *slot, int fflags) noexcept nogil:
     """A fault on an empty pmd of a THP-eligible VMA (do_huge_pmd_anonymous_page,
@@ -268,7 +318,7 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
             return table_alloc_failed(e)
         stat_add(e, MM_STAT_ZERO_FAULT, 1)
         return 0
-    head = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
+    head = thp_fault_alloc(e, vma.flags)
     if head < 0:
         stat_add(e, MM_STAT_THP_FAULT_FALLBACK, 1)
         return VM_FAULT_FALLBACK
@@ -352,6 +402,11 @@ cdef void split_huge_pmd_locked(engine_t *e, mm_t *mm, int32_t *slot, uint64_t h
         return
     slot[0] &= ~PMD_HUGE
     e.nr_huge_pmd -= 1
+    if is_migration_entry(pte0):
+        # A PMD migration entry (is_pmd_migration_entry): its table already
+        # holds each page's migration entry of the same kind, soft-dirty and
+        # uffd-wp bits; nothing is mapped, nothing to flush.
+        return
     pmd_flush(e, mm, haddr)             # pmdp_invalidate
     if pte0 & PTE_SPECIAL:
         entry = pfn_pte(ZERO_PFN) | PTE_PRESENT | PTE_SPECIAL | PTE_YOUNG | (pte0 & (PTE_PROTNONE | PTE_UFFD_WP))
@@ -418,10 +473,11 @@ cdef void split_huge_pmd(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
     if e.nr_huge_pmd == 0:
         return
     slot = pmd_slot(e, mm, va, False)
-    if slot != NULL and pmd_trans_huge(slot[0]) and pmd_leaf_pte0(e, slot[0]) & PTE_PRESENT \
-            and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_pte0(e, slot[0]))):
+    if slot != NULL and pmd_trans_huge(slot[0]) and (pmd_leaf_pte0(e, slot[0]) & PTE_PRESENT
+                                                     and not pfn_is_hugetlb(e, <int64_t>pte_pfn(pmd_leaf_pte0(e, slot[0])))
+                                                     or pmd_is_thp_migration(e, slot[0])):
         # (hugetlb pages and markers are never split: their VMAs end on
-        # huge-page boundaries; a THP leaf is always present)
+        # huge-page boundaries; a THP leaf is present or a migration entry)
         split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
 
 
@@ -458,6 +514,12 @@ cdef void zap_huge_pmd(engine_t *e, mm_t *mm, int32_t *slot, gather_t *g, bint k
     hugetlb_zap_leaf, keep_wp saying whether uffd-wp stays as a marker."""
     cdef uint64_t pte0 = pmd_leaf_pte0(e, slot[0])
     cdef int64_t head
+    if pmd_is_thp_migration(e, slot[0]):
+        # A PMD migration entry holds no reference (thp_migration_supported
+        # branch): the deposited table goes; an anon VMA keeps no uffd-wp
+        # marker. Its rss went at the unmap here (mmemu's convention).
+        withdraw_pmd_leaf(e, mm, slot)
+        return
     if not (pte0 & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(pte0)):
         hugetlb_zap_leaf(e, mm, slot, g, keep_wp)
         return
@@ -494,6 +556,20 @@ cdef int copy_huge_pmd(engine_t *e, mm_t *src, mm_t *dst, uint64_t haddr, int32_
     cdef uint64_t *d
     if dslot == NULL:
         return -1
+    if pmd_is_thp_migration(e, sslot[0]):
+        # is_swap_pmd(): a writable (or readable_exclusive) entry becomes
+        # readable in parent and child, soft-dirty kept, uffd-wp only for a
+        # uffd-wp child VMA; the migration's rmap walk finds the copy.
+        if set_pmd_leaf(e, dst, dslot, 0) < 0:
+            return -1
+        d = pmd_leaf_raw(e, dslot[0])       # every entry written below
+        clear = 0 if wp_side & VM_UFFD_WP else PTE_UFFD_WP
+        for i in range(HPAGE_PMD_NR):
+            if swp_type_of(s[i]) != SWP_MIGRATION_READ:
+                s[i] = (s[i] & ~SWP_TYPE_MASK) | (SWP_MIGRATION_READ << SWP_TYPE_SHIFT)
+            d[i] = s[i] & ~clear
+        e.mig_copies += 1
+        return 0
     if not (pte0 & PTE_SPECIAL):
         head = <int64_t>pte_pfn(pte0)
         if e.fflags[head] & PG_FILE:
@@ -629,10 +705,12 @@ cdef int huge_pmd_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t 
     t = pmd_leaf_raw(e, slot[0])
     i = (va >> MM_PAGE_SHIFT) & 511
     pte = pmd_leaf_expansion(t[0], i) if pmd_leaf_unexpanded(t) else t[i]
+    if is_migration_entry(pte):
+        # pmd_migration_entry_wait(): sleep until the entry is gone, retry.
+        sched_point(e, SP_MIGRATION_WAIT, mm.id, va, <uint64_t>swp_offset(pte))
+        return 0
     if pte & PTE_PROTNONE and vma.flags & (VM_READ | VM_WRITE | VM_EXEC):
-        # do_huge_pmd_numa_page is not modelled: handled on ptes.
-        split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))
-        return VM_FAULT_FALLBACK
+        return do_huge_pmd_numa_page(e, mm, cpu, vma, va, slot)     # core/migrate.pxi
     if fflags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not (pte & PTE_WRITE):
         ret = do_huge_pmd_wp_page(e, mm, cpu, vma, va, slot, fflags)
         return ret

@@ -116,11 +116,12 @@ cdef int migrate_unmap_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t pfn) noex
     ptep[0] = 0
     tlb_flush_page(e, mm.id, va)
     if pte & PTE_DIRTY:
-        e.fflags[pfn] |= PG_DIRTY          # the dirty state moves to the folio
+        e.fflags[folio_of(e, pfn)] |= PG_DIRTY     # the dirty state moves to the folio
     if anon_exclusive:
         # folio_try_share_anon_rmap_pte(): refused for a maybe-pinned folio
-        # (folio_maybe_dma_pinned: refcount >= GUP_PIN_COUNTING_BIAS).
-        if e.refcount[pfn] >= GUP_PIN_COUNTING_BIAS:
+        # (folio_maybe_dma_pinned: the bias on a small page's refcount, a
+        # large folio's exact pincount).
+        if folio_maybe_dma_pinned(e, pfn):
             ptep[0] = pte
             return 0
         e.fflags[pfn] &= ~PG_ANON_EXCLUSIVE
@@ -165,7 +166,7 @@ cdef void migrate_restore_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t old, i
         pte |= PTE_WRITE
     if ent & PTE_SOFT_DIRTY:
         pte |= PTE_SOFT_DIRTY
-    if e.fflags[new] & PG_DIRTY:
+    if e.fflags[folio_of(e, new)] & PG_DIRTY:
         pte |= PTE_DIRTY
     if kind == SWP_MIGRATION_WRITE:
         if vma.flags & VM_WRITE:
@@ -182,7 +183,7 @@ cdef void migrate_restore_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t old, i
             e.fflags[new] |= PG_ANON_EXCLUSIVE
         mm.rss_anon += 1
     e.mapcount[new] += 1
-    e.refcount[new] += 1
+    get_page(e, new, 1)                     # a large folio's references are its head's
     ptep[0] = pte
 
 
@@ -362,11 +363,15 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         return n
     # migrate_hugetlbs() first, one folio at a time; -ENOMEM ends the call
     # (the folios after it are put back below, as the rest are).
+    # Large anon folios (THP, mTHP) likewise, each alone (large_migrate_folio).
     for k in range(n):
         pg = &pages[k]
-        huge[k] = pfn_is_hugetlb(e, pg.old) and not nomem[0]
+        huge[k] = (pfn_is_hugetlb(e, pg.old) or folio_is_large_anon(e, pg.old)) and not nomem[0]
         if huge[k]:
-            if hugetlb_migrate_folio(e, pg, node, caller) == -CORE_ENOMEM:
+            if pfn_is_hugetlb(e, pg.old):
+                if hugetlb_migrate_folio(e, pg, node, caller) == -CORE_ENOMEM:
+                    nomem[0] = 1
+            elif large_migrate_folio(e, pg, node, caller, nomem) == -CORE_ENOMEM:
                 nomem[0] = 1
             if pg.rc != 0:
                 failed += 1
@@ -429,6 +434,333 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
     return failed
 
 
+# ---- large folios: PMD-mapped THPs and mTHPs ---------------------------------
+#
+# A THP migrates whole (ARCH_ENABLE_THP_MIGRATION, x86 since 4.14): its PMD
+# mapping becomes a PMD migration entry - a PMD_HUGE slot whose table holds,
+# for each base page, a migration entry naming that page, as a hugetlb one
+# does (core/hugetlb.pxi) - and its pte mappings, if any, pte migration
+# entries. An mTHP (a pte-mapped large folio) migrates whole too (6.12).
+
+cdef inline bint folio_is_large_anon(engine_t *e, int64_t head) noexcept nogil:
+    # A THP or mTHP migrate_batch moves as one (not hugetlb, not the huge zero page).
+    return (e.fflags[head] & (PG_HEAD | PG_ANON)) == (PG_HEAD | PG_ANON) and not pfn_is_hugetlb(e, head) \
+        and not is_huge_zero_pfn(e, head)
+
+
+cdef inline bint pmd_is_thp_migration(engine_t *e, int32_t ent) noexcept nogil:
+    """A PMD migration entry of a THP (is_pmd_migration_entry), not hugetlb's."""
+    cdef uint64_t pte
+    if not pmd_trans_huge(ent):
+        return False
+    pte = pmd_leaf_pte0(e, ent)         # entry 0 alone: never fills an unexpanded leaf
+    return is_migration_entry(pte) and not pfn_is_hugetlb(e, swp_offset(pte))
+
+
+cdef bint folio_likely_mapped_shared(engine_t *e, int64_t head) noexcept nogil:
+    """folio_likely_mapped_shared() of a large anon folio (6.12
+    include/linux/mm.h): mapped more than once, and either PMD-mapped, or
+    mapped more often than it has pages, or its first page mapped twice."""
+    cdef int64_t total = folio_mapcount_total(e, head)
+    if total <= 1:
+        return False
+    if entire_mapcount(e, head)[0] or total > folio_nr(e, head):
+        return True
+    return e.mapcount[head] > 1
+
+
+cdef int set_pmd_migration_entry(engine_t *e, mm_t *mm, int32_t *slot, uint64_t haddr,
+                                 int64_t head) noexcept nogil:
+    """set_pmd_migration_entry() (mm/huge_memory.c, 6.12): 1 when the PMD
+    leaf became a migration entry, 0 when an exclusive anon THP that may be
+    pinned stays mapped (folio_try_share_anon_rmap_pmd). Writable if the
+    leaf was, readable_exclusive for an exclusive anon THP (5.19+), else
+    readable; soft-dirty and uffd-wp ride along (pmd_swp_mksoft_dirty,
+    pmd_swp_mkuffd_wp); the leaf's dirty goes to the folio."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t pte0 = t[0], acc = 0, kind, bits
+    cdef int64_t i
+    cdef bint excl = e.pol.anon_exclusive != 0 and \
+        (e.fflags[head] & (PG_ANON | PG_ANON_EXCLUSIVE)) == (PG_ANON | PG_ANON_EXCLUSIVE)
+    if excl:
+        if folio_maybe_dma_pinned(e, head):
+            return 0
+        folio_set_flags(e, head, 0, PG_ANON_EXCLUSIVE)
+    pmd_flush(e, mm, haddr)             # pmdp_invalidate
+    for i in range(HPAGE_PMD_NR):
+        acc |= t[i]
+    if acc & PTE_DIRTY:
+        e.fflags[head] |= PG_DIRTY      # folio_mark_dirty
+    if pte0 & PTE_WRITE:
+        kind = SWP_MIGRATION_WRITE
+    elif excl:
+        kind = SWP_MIGRATION_RX
+    else:
+        kind = SWP_MIGRATION_READ
+    bits = pte0 & (PTE_SOFT_DIRTY | PTE_UFFD_WP)
+    for i in range(HPAGE_PMD_NR):
+        t[i] = make_migration_entry(head + i, kind) | bits
+    entire_mapcount(e, head)[0] -= 1    # folio_remove_rmap_pmd
+    mm.rss_anon -= HPAGE_PMD_NR
+    put_page(e, head, 1)
+    return 1
+
+
+cdef void remove_migration_pmd(engine_t *e, mm_t *mm, int32_t *slot, uint64_t haddr,
+                               int64_t target) noexcept nogil:
+    """remove_migration_pmd() (6.12): the entry maps the THP at `target`
+    (the new folio, or the old one when the migration failed) from
+    vm_page_prot: soft-dirty and uffd-wp from the entry, write from a
+    writable entry (if the VMA still may be written), dirty from the
+    folio; an anon folio mapped from an entry that was not merely readable
+    is exclusive (RMAP_EXCLUSIVE). A VMA gone meanwhile leaves nothing."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t ent = t[0], kind = swp_type_of(ent), pte
+    cdef int32_t vi = find_vma(mm, haddr)
+    cdef mm_vma_t *vma
+    cdef int64_t i
+    if vi < 0:
+        withdraw_pmd_leaf(e, mm, slot)
+        return
+    vma = &mm.vmas[vi]
+    pte = pfn_pte(target) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags)
+    if ent & PTE_SOFT_DIRTY:
+        pte |= PTE_SOFT_DIRTY
+    if e.fflags[target] & PG_DIRTY:
+        pte |= PTE_DIRTY
+    if kind == SWP_MIGRATION_WRITE:
+        if vma.flags & VM_WRITE:
+            pte |= PTE_WRITE
+    elif ent & PTE_UFFD_WP:
+        pte |= PTE_UFFD_WP
+    for i in range(HPAGE_PMD_NR):
+        t[i] = pte + pfn_pte(i)
+    if e.pol.anon_exclusive and kind != SWP_MIGRATION_READ:
+        folio_set_flags(e, target, PG_ANON_EXCLUSIVE, 0)
+    entire_mapcount(e, target)[0] += 1
+    e.refcount[target] += 1
+    mm.rss_anon += HPAGE_PMD_NR
+
+
+cdef int64_t large_rmap_block(engine_t *e, mm_t *m, uint64_t blk, int64_t old, int64_t nr, bint restore,
+                              int64_t target, int32_t caller, bint *local, int64_t *done) noexcept nogil:
+    """try_to_migrate() / remove_migration_ptes() over one 2 MiB block of an
+    mm: a PMD leaf of the THP at old becomes a PMD migration entry, or a
+    PMD migration entry naming it maps `target` again; else each pte
+    mapping (or migration entry naming) a page of the folio. Returns the
+    mappings left in place (refused: maybe pinned); *done counts the
+    entries made or replaced."""
+    cdef int32_t *slot = pmd_slot(e, m, blk, False)
+    cdef uint64_t *t
+    cdef uint64_t pte
+    cdef int64_t i, pfn, left = 0
+    if slot == NULL or slot[0] == 0:
+        return 0
+    t = pmd_leaf_table(e, slot[0])
+    if pmd_trans_huge(slot[0]):
+        pte = t[0]
+        if not restore:
+            if pte & PTE_PRESENT and <int64_t>pte_pfn(pte) == old and nr == HPAGE_PMD_NR:
+                if m.id != caller:
+                    local[0] = False
+                if not set_pmd_migration_entry(e, m, slot, blk, old):
+                    left += 1
+                else:
+                    done[0] += 1
+        elif is_migration_entry(pte) and swp_offset(pte) == old:
+            remove_migration_pmd(e, m, slot, blk, target)
+            done[0] += 1
+        return left
+    for i in range(HPAGE_PMD_NR):
+        pte = t[i]
+        if not restore:
+            if pte & PTE_PRESENT and not (pte & PTE_SPECIAL) and in_folio(<int64_t>pte_pfn(pte), old, nr):
+                if m.id != caller:
+                    local[0] = False
+                if not migrate_unmap_pte(e, m, blk + (<uint64_t>i << MM_PAGE_SHIFT), <int64_t>pte_pfn(pte)):
+                    left += 1
+                else:
+                    done[0] += 1
+        elif is_migration_entry(pte) and in_folio(swp_offset(pte), old, nr):
+            pfn = swp_offset(pte)
+            migrate_restore_pte(e, m, blk + (<uint64_t>i << MM_PAGE_SHIFT), pfn, target + (pfn - old))
+            done[0] += 1
+    return left
+
+
+cdef int64_t large_rmap_walk(engine_t *e, mig_page_t *pg, int64_t nr, bint restore, bint everywhere,
+                             int64_t target, int32_t caller, bint *local, bint *went,
+                             int64_t *done) noexcept nogil:
+    """The rmap walk of an anon large folio: the 2 MiB around where the
+    caller found it, then - `everywhere`, or while some mapping is left
+    (unmapping) or fewer entries than were made are found (remapping: an
+    mremap in the window moved them) - every block of every mm's anon VMAs
+    (fork shares the folio); *went says whether it did, *done counts."""
+    cdef int32_t mi, vi
+    cdef mm_t *m
+    cdef mm_vma_t *v
+    cdef uint64_t blk
+    cdef int64_t left
+    cdef int64_t want = done[0]
+    done[0] = 0
+    left = large_rmap_block(e, &e.mms[pg.mm], pg.va & ~(<uint64_t>PMD_SPAN - 1), pg.old, nr, restore,
+                            target, caller, local, done)
+    went[0] = False
+    if not everywhere and (done[0] >= want if restore else folio_mapcount_total(e, pg.old) == left):
+        return left
+    went[0] = True
+    left = 0
+    for mi in range(e.nmm):
+        m = &e.mms[mi]
+        if not m.alive:
+            continue
+        for vi in range(m.nvma):
+            v = &m.vmas[vi]
+            if not v.anon_vma or v.flags & VM_HUGETLB:
+                continue
+            blk = v.start & ~(<uint64_t>PMD_SPAN - 1)
+            while blk < v.end:
+                left += large_rmap_block(e, m, blk, pg.old, nr, restore, target, caller, local, done)
+                blk += PMD_SPAN
+    return left
+
+
+cdef void migrate_large_state(engine_t *e, int64_t old, int64_t new, int64_t nr) noexcept nogil:
+    """folio_migrate_flags() + the copy for an anon large folio: each page's
+    content (version or byte slot) and page flags change hands; `mapping`
+    and `index`, which hold an mTHP's order, pincount and deferred flag,
+    stay (the new folio has its own)."""
+    cdef uint16_t moved = PG_ANON | PG_DIRTY | PG_UPTODATE | PG_LRU | PG_BYTES
+    cdef int64_t p
+    for p in range(nr):
+        e.version[new + p] = e.version[old + p]
+        e.version[old + p] = 0
+        e.fflags[new + p] = (e.fflags[new + p] & ~moved) | (e.fflags[old + p] & moved)
+        e.fflags[old + p] &= ~moved
+
+
+cdef int large_split_and_migrate(engine_t *e, mig_page_t *pg, int32_t node, int32_t caller,
+                                 int *nomem) noexcept nogil:
+    """try_split_folio() onto split_folios, then migrate_pages_batch() of
+    those (6.12 migrate_pages: 0 when every page moved). The folio is
+    isolated (+1); split_folio_here wants its references to be its
+    mappings. 0 all moved, -EAGAIN some did not, -ENOMEM no split (the
+    folio stays large, put back) or no frame for a page."""
+    cdef int64_t old = pg.old, nr = folio_nr(e, old), p, k, n = 0, failed
+    cdef int64_t pfn0 = -1
+    cdef uint64_t *ptep = pte_offset(e, &e.mms[pg.mm], pg.va, False)
+    cdef uint64_t base
+    cdef uint16_t lru = e.fflags[old] & PG_LRU
+    cdef mig_page_t *q
+    if ptep != NULL and ptep[0] & PTE_PRESENT and in_folio(<int64_t>pte_pfn(ptep[0]), old, nr):
+        pfn0 = <int64_t>pte_pfn(ptep[0])
+    base = pg.va - (<uint64_t>(pfn0 - old if pfn0 >= 0 else 0) << MM_PAGE_SHIFT)
+    e.refcount[old] -= 1                # the isolation reference, back below if the split fails
+    if split_folio_here(e, &e.mms[pg.mm], old, pg.va, True, True) < 0:
+        e.refcount[old] += 1
+        e.fflags[old] &= ~PG_ISOLATED
+        put_page(e, old, 1)
+        return -CORE_ENOMEM
+    if nr == HPAGE_PMD_NR:
+        e.thp_mig[2] += 1               # THP_MIGRATION_SPLIT
+    q = <mig_page_t *>malloc(nr * sizeof(mig_page_t))
+    for p in range(old, old + nr):
+        e.fflags[p] &= ~PG_ISOLATED
+        if e.mapcount[p] == 0 or q == NULL:
+            put_page(e, p, 1)           # unmapped (or remapped to the zero page): freed
+            continue
+        e.fflags[p] |= PG_ISOLATED | lru  # isolated from the LRU, each page now
+        e.refcount[p] += 1
+        q[n].old, q[n].new, q[n].mm, q[n].rc, q[n].va = p, -1, pg.mm, MIG_RC_NONE, \
+            base + (<uint64_t>(p - old) << MM_PAGE_SHIFT)
+        n += 1
+    if q == NULL:
+        return -CORE_ENOMEM
+    failed = migrate_batch(e, q, n, node, caller, nomem) if n else 0
+    free(q)
+    if nomem[0]:
+        return -CORE_ENOMEM
+    return -CORE_EAGAIN if failed else 0
+
+
+cdef int large_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_t caller,
+                             int *nomem) noexcept nogil:
+    """migrate_folio_unmap() + migrate_folio_move() (6.12) of the isolated
+    anon large folio pg.old to `node`, alone: a new folio of its order on
+    the node (__GFP_THISNODE), every mapping a migration entry, the window
+    without mmap_lock (SP_MIGRATION_UNMAPPED), the move if only the
+    isolation reference is left, every entry mapped again. No folio of that
+    order on the node (-ENOMEM) splits it and migrates its pages (not for
+    a NUMA-hinting fault: MR_NUMA_MISPLACED never splits); the same for a
+    folio on the deferred split queue. Sets pg.rc; drops the isolation
+    reference. Returns -CORE_ENOMEM when the call is to fail so."""
+    cdef int64_t old = pg.old, nr = folio_nr(e, old), new, left
+    cdef int order = HPAGE_PMD_ORDER if nr == HPAGE_PMD_NR else mthp_order(e, old)
+    cdef bint thp = nr == HPAGE_PMD_NR, local = True, everywhere
+    cdef int64_t copies, done = 0, unmapped
+    cdef int rc
+    if e.refcount[old] == 1:
+        pg.rc = 0                       # freed under us: done
+        e.fflags[old] &= ~PG_ISOLATED
+        put_page(e, old, 1)
+        return 0
+    if folio_deferred(e, old)[0] and not e.mig_nosplit:
+        # migrate_pages_batch(): a partially mapped folio on the deferred
+        # split list is split now, and counts as failed and split.
+        if thp:
+            e.thp_mig[1] += 1
+        pg.rc = large_split_and_migrate(e, pg, node, caller, nomem)
+        return pg.rc if pg.rc == -CORE_ENOMEM else 0
+    e.alloc_node = node if e.nnodes > 1 else -1
+    if thp:
+        new = folio_alloc_pmd(e, 0)
+    else:
+        new = folio_alloc_mthp(e, order, 0)
+    e.alloc_node = -1
+    if new < 0:
+        if thp:
+            e.thp_mig[1] += 1           # THP_MIGRATION_FAIL
+        if e.mig_nosplit:
+            pg.rc = -CORE_ENOMEM
+            e.fflags[old] &= ~PG_ISOLATED
+            put_page(e, old, 1)
+            return -CORE_ENOMEM
+        pg.rc = large_split_and_migrate(e, pg, node, caller, nomem)
+        return pg.rc if pg.rc == -CORE_ENOMEM else 0
+    pg.new = new
+    left = large_rmap_walk(e, pg, nr, False, False, -1, caller, &local, &everywhere, &done)
+    unmapped = done
+    copies = e.mig_copies
+    if local and folio_mapcount_total(e, old) == 0:
+        # Between unmap and move, without mmap_lock: a fault on an entry
+        # waits (pmd_migration_entry_wait), fork copies the entries
+        # (copy_huge_pmd), munmap zaps them, mprotect downgrades them.
+        sched_point(e, SP_MIGRATION_UNMAPPED, caller, pg.va, <uint64_t>node)
+    if e.mig_copies != copies:
+        everywhere = True
+    # move_to_new_folio(): nothing mapped, only the isolation reference.
+    if folio_mapcount_total(e, old) != 0 or e.refcount[old] != 1:
+        rc = -CORE_EAGAIN
+    else:
+        rc = 0
+        migrate_large_state(e, old, new, nr)
+    done = unmapped
+    large_rmap_walk(e, pg, nr, True, everywhere, new if rc == 0 else old, caller, &local, &everywhere, &done)
+    if rc == 0:
+        e.fflags[new] &= ~PG_ISOLATED
+        if thp:
+            e.thp_mig[0] += 1           # THP_MIGRATION_SUCCESS
+    else:
+        pg.new = -1
+        if thp:
+            e.thp_mig[1] += 1
+    pg.rc = rc
+    put_page(e, new, 1)                 # the allocation's reference (frees a failed target)
+    e.fflags[old] &= ~PG_ISOLATED
+    put_page(e, old, 1)                 # the isolation reference (frees a migrated folio)
+    return 0
+
+
 # ---- move_pages(2) -----------------------------------------------------------
 
 cdef int add_page_for_migration(engine_t *e, mm_t *mm, uint64_t va, int32_t node, bint move_all,
@@ -453,6 +785,15 @@ cdef int add_page_for_migration(engine_t *e, mm_t *mm, uint64_t va, int32_t node
         if node_of(e, pfn) == node:
             return 0
         if hugetlb_mapcount(e, pfn) > 1 and not move_all:
+            return -CORE_EACCES
+    elif e.fflags[pfn] & PG_TAIL or e.fflags[pfn] & PG_HEAD:
+        # A THP or mTHP moves whole, whichever page names it (6.12
+        # __add_folio_for_migration): a second page of a folio queued
+        # already is -EBUSY, a page of a folio moved already is there.
+        pfn = folio_of(e, pfn)
+        if node_of(e, pfn) == node:
+            return 0
+        if folio_likely_mapped_shared(e, pfn) and not move_all:
             return -CORE_EACCES
     if node_of(e, pfn) == node:
         return 0
@@ -595,13 +936,17 @@ cdef int64_t mbind_move(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint64_t
                 continue
             pfn = <int64_t>pte_pfn(t[i])
             huge = pfn_is_hugetlb(e, pfn)
-            if huge:
-                pfn = folio_of(e, pfn)      # queue_folios_hugetlb(): the whole huge page, once
+            if huge or e.fflags[pfn] & PG_TAIL:
+                pfn = folio_of(e, pfn)      # queue_folios_hugetlb(), queue_folios_pmd(): the whole folio, once
             if nodemask >> node_of(e, pfn) & 1 or e.fflags[pfn] & PG_ISOLATED:
                 continue
             if huge:
                 if hugetlb_mapcount(e, pfn) > 1 and not move_all:
                     continue                # left, and not counted failed (queue_folios_hugetlb)
+            elif e.fflags[pfn] & PG_HEAD:
+                if folio_likely_mapped_shared(e, pfn) and not move_all:
+                    nr_failed[0] += 1       # migrate_folio_add() leaves a shared folio
+                    continue
             elif e.mapcount[pfn] > 1 and not move_all:
                 nr_failed[0] += 1           # migrate_folio_add() leaves a shared folio
                 continue
@@ -726,6 +1071,8 @@ cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     cdef mig_page_t pg
     cdef int nomem = 0
     cdef bint writable
+    cdef int64_t head = folio_of(e, pfn), failed
+    cdef bint large = (e.fflags[head] & PG_HEAD) != 0
     # pte_modify(old, vm_page_prot): the hint and write go, vm_page_prot's
     # write comes back (shmem before 6.2 keeps its uffd-wp bit too: B15).
     pte = (orig & ~(PTE_PROTNONE | PTE_WRITE)) | vma_prot_bits(vma.flags) | PTE_YOUNG
@@ -735,17 +1082,68 @@ cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
             writable = True
     elif orig & PTE_WRITE:
         writable = True                     # pte_savedwrite()
-    if e.nnodes > 1 and node_of(e, pfn) != target and e.mapcount[pfn] == 1 \
-            and not (e.fflags[pfn] & (PG_KSM | PG_ISOLATED)):
-        # migrate_misplaced_folio(): the PTL is dropped, the folio isolated.
-        pg.old, pg.new, pg.mm, pg.rc, pg.va = pfn, -1, mm.id, MIG_RC_NONE, va
-        e.fflags[pfn] |= PG_ISOLATED
-        e.refcount[pfn] += 1
-        if migrate_batch(e, &pg, 1, target, mm.id, &nomem) == 0 or ptep[0] != orig:
+    if e.nnodes > 1 and node_of(e, pfn) != target \
+            and (folio_likely_mapped_shared(e, head) == 0 if large else e.mapcount[pfn] == 1) \
+            and not (e.fflags[head] & (PG_KSM | PG_ISOLATED)) and not pfn_is_hugetlb(e, head):
+        # migrate_misplaced_folio(): the PTL is dropped, the folio - a
+        # pte-mapped THP or mTHP whole (6.12) - isolated; never split
+        # (MR_NUMA_MISPLACED).
+        pg.old, pg.new, pg.mm, pg.rc, pg.va = head, -1, mm.id, MIG_RC_NONE, va
+        e.fflags[head] |= PG_ISOLATED
+        e.refcount[head] += 1
+        e.mig_nosplit = 1
+        failed = migrate_batch(e, &pg, 1, target, mm.id, &nomem)
+        e.mig_nosplit = 0
+        if failed == 0 or ptep[0] != orig:
             return 0                        # migrated, or the pte changed meanwhile: retry
         if e.pol.numa_hint_upgrade:
             writable = vm_page_prot_writable(e, vma.flags)   # 6.2+: writable = false after unlock
     if writable:
         pte |= PTE_WRITE
     ptep[0] = pte
+    return 0
+
+
+cdef int do_huge_pmd_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                               int32_t *slot) noexcept nogil:
+    """A fault on a NUMA-hinting PROT_NONE PMD leaf (do_huge_pmd_numa_page,
+    6.12; c5b5a3dd2c1f, 5.13, before it migrate_misplaced_transhuge_page):
+    the THP moves whole to the faulting CPU's node when it is elsewhere and
+    mapped once (as do_numa_page decides for a small page), never split
+    (MR_NUMA_MISPLACED: no room there leaves it); else, or when that
+    failed, the leaf is rebuilt from vm_page_prot, writable as do_numa_page
+    makes a pte (can_change_pmd_writable 6.2+, the saved write before).
+    Always 0: the access retries."""
+    cdef uint64_t *t = pmd_leaf_table(e, slot[0])
+    cdef uint64_t orig = t[0], set, pte
+    cdef int64_t head = <int64_t>pte_pfn(orig), i
+    cdef int32_t target = cpu_node(e, cpu)
+    cdef mig_page_t pg
+    cdef int nomem = 0
+    cdef int64_t failed
+    cdef bint writable
+    pte = (orig & ~(PTE_PROTNONE | PTE_WRITE)) | vma_prot_bits(vma.flags) | PTE_YOUNG
+    writable = vm_page_prot_writable(e, vma.flags)
+    if e.pol.numa_hint_upgrade:
+        if not writable and can_change_pte_writable(e, vma.flags, pte):
+            writable = True
+    elif orig & PTE_WRITE:
+        writable = True                     # pmd_savedwrite()
+    if e.nnodes > 1 and not (orig & PTE_SPECIAL) and node_of(e, head) != target \
+            and folio_mapcount_total(e, head) == 1 and not (e.fflags[head] & (PG_KSM | PG_ISOLATED)):
+        # migrate_misplaced_folio_prepare(): isolated, the PTL dropped.
+        pg.old, pg.new, pg.mm, pg.rc, pg.va = head, -1, mm.id, MIG_RC_NONE, va
+        e.fflags[head] |= PG_ISOLATED
+        e.refcount[head] += 1
+        e.mig_nosplit = 1
+        failed = migrate_batch(e, &pg, 1, target, mm.id, &nomem)
+        e.mig_nosplit = 0
+        if failed == 0 or not pmd_trans_huge(slot[0]) or pmd_leaf_table(e, slot[0])[0] != orig:
+            return 0                        # migrated, or the PMD changed meanwhile: retry
+        t = pmd_leaf_table(e, slot[0])
+        if e.pol.numa_hint_upgrade:
+            writable = vm_page_prot_writable(e, vma.flags)   # 6.2+: writable = false after unlock
+    set = vma_prot_bits(vma.flags) | PTE_YOUNG | (PTE_WRITE if writable else 0)
+    for i in range(HPAGE_PMD_NR):
+        t[i] = (t[i] & ~(PTE_PROTNONE | PTE_WRITE)) | set
     return 0

@@ -30,23 +30,30 @@ cdef int64_t folio_alloc_mthp(engine_t *e, int order, uint16_t flags) noexcept n
     refcount 1 on its head, zeroed: carved from the current 2 MiB block (the
     frames skipped to align go to the order-0 list), a fresh block when it
     has no room left. -1 when no block is free (the fault tries a smaller
-    order: no compaction here) or the frames left are owed to page tables;
-    one NUMA node only, as folio_alloc_pmd."""
+    order: no compaction here) or the frames left are owed to page tables.
+    A zoned machine carves from a block of the zone list the zonelist walk
+    picks (core/zones.pxi zone_mthp_carve; any node, as vma_alloc_folio
+    for an order below the PMD's falls back like a base page)."""
     cdef int64_t nr = <int64_t>1 << order, start, p, blk
-    if e.zoned or e.nr_free - nr < e.nr_pgtable + 1:
-        return -1
-    start = (e.mcarve + nr - 1) & ~(nr - 1)
-    if e.mcarve_end == 0 or start + nr > e.mcarve_end:
-        blk = hblock_take(e)            # core/huge.pxi
-        if blk < 0:
+    if e.zoned:
+        start = zone_take(e, order)
+        if start < 0:
             return -1
-        for p in range(e.mcarve, e.mcarve_end):
-            freelist_push(e, p)         # the old block's rest: free already, nr_free stays
-        e.mcarve, e.mcarve_end = blk, blk + HPAGE_PMD_NR
-        start = blk
-    for p in range(e.mcarve, start):
-        freelist_push(e, p)
-    e.mcarve = start + nr
+    else:
+        if e.nr_free - nr < e.nr_pgtable + 1:
+            return -1
+        start = (e.mcarve + nr - 1) & ~(nr - 1)
+        if e.mcarve_end == 0 or start + nr > e.mcarve_end:
+            blk = hblock_take(e)            # core/huge.pxi
+            if blk < 0:
+                return -1
+            for p in range(e.mcarve, e.mcarve_end):
+                freelist_push(e, p)         # the old block's rest: free already, nr_free stays
+            e.mcarve, e.mcarve_end = blk, blk + HPAGE_PMD_NR
+            start = blk
+        for p in range(e.mcarve, start):
+            freelist_push(e, p)
+        e.mcarve = start + nr
     e.nr_free -= nr
     flags |= PG_USED | PG_UPTODATE
     # A block's frames are clean (never used, or cleared when freed): only
@@ -78,7 +85,10 @@ cdef void mthp_free(engine_t *e, int64_t head) noexcept nogil:
         e.mapcount[p] = 0
         e.mapping[p] = 0
         e.index[p] = 0
-        freelist_push(e, p)
+        if e.zoned:
+            zone_frame_put(e, p)        # core/zones.pxi
+        else:
+            freelist_push(e, p)
         p -= 1
     e.nr_large -= 1
     e.nr_free += nr

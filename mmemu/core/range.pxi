@@ -43,7 +43,8 @@ cdef void zap_range(engine_t *e, mm_t *mm, uint64_t start, uint64_t end, gather_
                         hugetlb_zap_restore_reserve(e, mm, va, folio_of(e, <int64_t>pte_pfn(pte)))
                     va = stop
                     continue
-                if not (t[0] & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(t[0])):
+                if not pmd_is_thp_migration(e, slot[0]) and \
+                        (not (t[0] & PTE_PRESENT) or pfn_is_hugetlb(e, <int64_t>pte_pfn(t[0]))):
                     va = stop               # never split (callers zap whole huge pages)
                     continue
                 split_huge_pmd_locked(e, mm, slot, va & ~(<uint64_t>PMD_SPAN - 1))

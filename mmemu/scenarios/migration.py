@@ -127,6 +127,43 @@ def _zoned(m, **zones):
                    seed=m.seed, tlb=m.tlb, **zones)
 
 
+@scenario("S77f", "migrate-thp", "a PMD-mapped THP migrates whole, keeps exclusivity, refuses when pinned (S77)")
+def migrate_thp(m):
+    """S77 with a THP backing: an exclusive R/O PMD-mapped THP moves whole
+    (set_pmd_migration_entry / remove_migration_pmd): every page on the new
+    node, still one PMD-mapped folio, PageAnonExclusive in 5.19+ (the PMD
+    entry was readable-exclusive). Pinned, it stays. If it moved per page,
+    the folio would be split; if the RX entry were lost, it would come back
+    shared."""
+    m = _numa(m)
+    if m.memory < 8 << 20:
+        raise ScenarioSkip("needs a free 2 MiB block on each of two nodes")
+    m.thp.enabled = "always"
+    p = m.spawn()
+    P = p.mmap(0, 4 << 20, RW, PRIV)
+    P = (P + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.write(P, b"thp")
+    p.write(P + (2 << 20) - PAGE, b"end")
+    head0 = p.pagemap(P).pfn
+    if m.folio_order(head0) != 9:
+        raise ScenarioSkip("no THP on this machine (no free aligned block)")
+    p.mprotect(P, 2 << 20, RO)
+    _moved(p, P + 7 * PAGE, 1, "an exclusive R/O THP (by a tail page)")
+    head1 = p.pagemap(P).pfn
+    check(m.node_of(head1) == 1 and m.folio_order(head1) == 9, "the THP must move whole to node 1")
+    check(p.pagemap(P + (2 << 20) - PAGE).pfn == head1 + 511, "its last page with it")
+    check(p.read(P, 3) == b"thp" and p.read(P + (2 << 20) - PAGE, 3) == b"end", "migration keeps the data")
+    check(_exclusive(m, head1) == bool(m.policy.anon_exclusive),
+          "5.19+: the readable-exclusive PMD entry makes the new THP PageAnonExclusive (and only then)")
+    p.mprotect(P, 2 << 20, RW)
+    pin = p.pin_user_pages(P, 1, C.FOLL_WRITE)
+    st = p.move_pages([P], [0], MOVE)
+    check(st == [-C_EAGAIN], f"a pinned THP must not migrate (status {st})")
+    check(p.pagemap(P).pfn == pin.pfns[0] and m.node_of(p.pagemap(P).pfn) == 1, "the pinned THP stays")
+    pin.release()
+    m.check()
+
+
 @scenario("S77d", "longterm-pin-movable", "a long-term pin migrates its page out of ZONE_MOVABLE "
           "(5.13+) (S77)")
 def longterm_pin_movable(m):
