@@ -638,14 +638,24 @@ class EngineVsModel(RuleBasedStateMachine):
                 obj.exclusive = obj.exclusive and not ksm
                 continue
             assert not any(o.pins for o in objs.values()), "a pinned page lost a mapping to KSM"
-            new = Obj(data)
-            new.mapcount, new.ksm, new.exclusive = len(group), ksm, not ksm and len(group) == 1
             # KSM migrates nothing: the frame kept is one of the merged pages'.
-            new.node = self.m.node_of(pfn)
-            assert new.node in {o.node for o in objs.values()}, "KSM merged onto a frame of another node"
+            # A page a pipe holds (gets) may be the one kept - write_protect_page
+            # counts references only for a writable, dirty or exclusive pte -
+            # and its references stay with the KSM page: that page's object
+            # goes on (a fresh one would lose them, and a later collapse would
+            # expect no EAGAIN).
+            f = self.m.frame(pfn)
+            extra = f.refcount - f.kpagecount
+            kept = [o for o in objs.values() if o.gets and o.gets == extra]
+            new = kept[0] if kept else Obj(data)
+            if not kept:
+                new.node = self.m.node_of(pfn)
+                assert new.node in {o.node for o in objs.values()}, "KSM merged onto a frame of another node"
             for p, vpn, o in group:
-                o.mapcount -= 1
+                if o is not new:
+                    o.mapcount -= 1
                 p.pages[vpn] = new
+            new.mapcount, new.ksm, new.exclusive = len(group), ksm, not ksm and len(group) == 1
 
     @precondition(lambda self: any(isinstance(pg, Obj) and pg.ksm for p in self.procs for pg in p.pages.values()))
     @rule(k=st.integers(0, 63), unmerge=st.booleans())
