@@ -55,7 +55,52 @@ _MTHP_ORDERS = range(2, 10)         # THP_ORDERS_ALL_ANON on x86-64: 16 KiB .. 2
 _PAGE = 4096
 
 
-class MthpSizes:
+class _SizeFiles:
+    """The per-size files hugepages-<size>kB/<_FILE>, keyed by the folio size
+    in bytes (16 KiB .. 2 MiB, powers of two): absent before the release
+    that added them (FileNotFoundError, ENOENT, as opening the file would)."""
+
+    __slots__ = ("_engine", "_present")
+    _FILE = ""
+    _SINCE = ""
+
+    def __init__(self, engine, present: bool) -> None:
+        self._engine = engine
+        self._present = bool(present)
+
+    @classmethod
+    def _path(cls, size) -> str:
+        kb = f"{size // 1024}" if size > 0 else "?"
+        return f"/sys/kernel/mm/transparent_hugepage/hugepages-{kb}kB/{cls._FILE}"
+
+    def _order(self, size) -> int:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"an mTHP size is an int number of bytes, not {size!r}")
+        order = (size // _PAGE).bit_length() - 1
+        if not self._present:
+            raise FileNotFoundError(errno.ENOENT, f"No such file or directory ({self._SINCE})", self._path(size))
+        if size <= 0 or size % _PAGE or _PAGE << order != size or order not in _MTHP_ORDERS:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (the sizes are 16 KiB .. 2 MiB, "
+                                    "powers of two)", self._path(size))
+        return order
+
+    def keys(self) -> list[int]:
+        return [_PAGE << o for o in _MTHP_ORDERS] if self._present else []
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, size) -> bool:
+        return size in self.keys()
+
+    def items(self) -> list[tuple[int, str]]:
+        return [(k, self[k]) for k in self.keys()]      # type: ignore[index]  # each file class reads its own
+
+
+class MthpSizes(_SizeFiles):
     """/sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/enabled: one
     setting per anon folio size (multi-size THP, 19eaf44954df, 6.8), keyed
     by the size in bytes (16384 .. 2097152, powers of two): "always",
@@ -69,27 +114,9 @@ class MthpSizes:
     setting a size raises FileNotFoundError (ENOENT), as writing the file
     would."""
 
-    __slots__ = ("_engine", "_present")
-
-    def __init__(self, engine, present: bool) -> None:
-        self._engine = engine
-        self._present = bool(present)
-
-    @staticmethod
-    def _path(size) -> str:
-        return f"/sys/kernel/mm/transparent_hugepage/hugepages-{size // 1024}kB/enabled"
-
-    def _order(self, size) -> int:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"an mTHP size is an int number of bytes, not {size!r}")
-        order = (size // _PAGE).bit_length() - 1
-        if not self._present:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory (multi-size THP is 6.8+)",
-                                    self._path(size) if size > 0 else "hugepages-?kB")
-        if size <= 0 or size % _PAGE or _PAGE << order != size or order not in _MTHP_ORDERS:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory (the sizes are 16 KiB .. 2 MiB, "
-                                    "powers of two)", self._path(size) if size > 0 else "hugepages-?kB")
-        return order
+    __slots__ = ()
+    _FILE = "enabled"
+    _SINCE = "multi-size THP is 6.8+"
 
     def __getitem__(self, size) -> str:
         order = self._order(size)
@@ -107,21 +134,6 @@ class MthpSizes:
         if value != "never":
             masks[("always", "madvise", "inherit").index(value)] |= 1 << order
         self._engine.mthp_set(*masks)
-
-    def keys(self) -> list[int]:
-        return [_PAGE << o for o in _MTHP_ORDERS] if self._present else []
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def __contains__(self, size) -> bool:
-        return size in self.keys()
-
-    def items(self) -> list[tuple[int, str]]:
-        return [(k, self[k]) for k in self.keys()]
 
     def stats(self, size) -> dict[str, int]:
         """hugepages-<size>kB/stats: anon_fault_alloc and anon_fault_fallback
@@ -151,7 +163,7 @@ _SHMEM_HUGE = {"never": 0, "always": 1, "within_size": 2, "advise": 3, "deny": -
 _SHMEM_SIZE = {"never": 0, "always": 1, "within_size": 2, "advise": 3, "inherit": 4}
 
 
-class ShmemSizes:
+class ShmemSizes(_SizeFiles):
     """/sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/shmem_enabled
     (61a57f1b1da9 / 7fb1b252afb5, 6.11): the huge orders of anon shmem
     (MAP_SHARED|MAP_ANONYMOUS), keyed by size in bytes: "always", "inherit"
@@ -161,24 +173,9 @@ class ShmemSizes:
     setting it to anything else raises NotImplementedError. Before 6.11
     the files do not exist (FileNotFoundError, ENOENT)."""
 
-    __slots__ = ("_engine", "_present")
-
-    def __init__(self, engine, present: bool) -> None:
-        self._engine = engine
-        self._present = bool(present)
-
-    def _order(self, size) -> int:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"an mTHP size is an int number of bytes, not {size!r}")
-        path = f"/sys/kernel/mm/transparent_hugepage/hugepages-{max(size, 0) // 1024}kB/shmem_enabled"
-        order = (size // _PAGE).bit_length() - 1
-        if not self._present:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory (per-size shmem_enabled is 6.11+)",
-                                    path)
-        if size <= 0 or size % _PAGE or _PAGE << order != size or order not in _MTHP_ORDERS:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory (the sizes are 16 KiB .. 2 MiB, "
-                                    "powers of two)", path)
-        return order
+    __slots__ = ()
+    _FILE = "shmem_enabled"
+    _SINCE = "per-size shmem_enabled is 6.11+"
 
     def __getitem__(self, size) -> str:
         if self._order(size) != 9:
@@ -197,21 +194,6 @@ class ShmemSizes:
             return
         huge, _ = self._engine.shmem_thp_get()
         self._engine.shmem_thp_set(huge, _SHMEM_SIZE[value])
-
-    def keys(self) -> list[int]:
-        return [_PAGE << o for o in _MTHP_ORDERS] if self._present else []
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def __contains__(self, size) -> bool:
-        return size in self.keys()
-
-    def items(self) -> list[tuple[int, str]]:
-        return [(k, self[k]) for k in self.keys()]
 
     def __repr__(self) -> str:
         return "ShmemSizes({" + ", ".join(f"{k}: {v!r}" for k, v in self.items()) + "})"
