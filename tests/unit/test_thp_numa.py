@@ -18,7 +18,7 @@ import pytest
 import mmemu
 from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MAP_ANONYMOUS, MAP_PRIVATE,
                    MPOL_BIND, MPOL_MF_MOVE, PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE)
-from mmemu.sched import Scheduler
+from mmemu.sched import Scheduler, preempt_at
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -369,13 +369,7 @@ def _during_migration(m, p, a, other):
         got["pm"] = p.pagemap(a)
         got["other"] = other()
 
-    def choose(sched, cands):
-        me = sched.current
-        names = [c.name for c in cands]
-        if me is not None and me.where.startswith("migrate_pages") and "second" in names:
-            return names.index("second")
-        return 0
-    s = Scheduler(m, choose, record=True)
+    s = Scheduler(m, preempt_at("migrate_pages", "second"), record=True)
     s.run([mover, second], ["mover", "second"])
     return got, [st.label for st in s.trace]
 
