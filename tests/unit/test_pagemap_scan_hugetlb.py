@@ -384,7 +384,7 @@ def scan_during_migration(how):
     `how`, write-protects it: "scan" by PAGEMAP_SCAN's WP_MATCHING, "ioctl"
     by UFFDIO_WRITEPROTECT. Returns (machine, process, address, what the
     thread saw)."""
-    from mmemu.sched import Scheduler
+    from mmemu.sched import Scheduler, preempt_at
     m = mmemu.Machine(kernel=FIXED, memory=64 << 20, nodes=2, ncpus=2, hugepages={H2M: 4})
     p = m.spawn()
     a = p.mmap(0, H2M, RW, HUGE)
@@ -404,13 +404,7 @@ def scan_during_migration(how):
             u.writeprotect(a, H2M, U.UFFDIO_WRITEPROTECT_MODE_WP)
         got["after"] = cats(p, a, H2M)
 
-    def choose(sched, cands):
-        me = sched.current
-        if me is not None and me.where.startswith("unmap_and_move_huge_page") \
-                and "scanner" in [c.name for c in cands]:
-            return next(i for i, c in enumerate(cands) if c.name == "scanner")
-        return 0
-    Scheduler(m, choose).run([mover, scanner], ["mover", "scanner"])
+    Scheduler(m, preempt_at("unmap_and_move_huge_page", "scanner")).run([mover, scanner], ["mover", "scanner"])
     assert got["st"] == [1] and m.node_of(p.pagemap(a).pfn) == 1
     return m, p, a, got
 
