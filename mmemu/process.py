@@ -27,6 +27,7 @@ from . import sched
 from . import uffd as _uffd
 from .sched import Thread
 from .serialise import serialised
+from ._core import STAT_NAMES
 from .pageinfo import PagemapEntry
 from .numa import NumaOps
 from .shmem import HSTATE_BY_LOG, FileOps, HugetlbFile, ShmemFile
@@ -1066,11 +1067,14 @@ class Process(FileOps, NumaOps):
                 raise
         return thread._call(op)
 
-    _REPLAY_COUNTS = (("tlb_hits", "tlb_hits"), ("tlb_misses", "tlb_misses"), ("faults", "faults"),
-                      ("anon_faults", "anon_faults"), ("zero_faults", "zero_faults"),
-                      ("wp_faults", "wp_faults"), ("file_faults", "file_faults"), ("swap_ins", "swap_in"),
-                      ("cow", "cow"), ("reuse", "reuse"), ("uffd_faults", "uffd_faults"),
-                      ("uffd_resolved_in_core", "uffd_resolved_in_core"))
+    # replay()'s counts: (its name, the index of the engine counter in
+    # STAT_NAMES), diffed from two Engine.stat_values() snapshots.
+    _REPLAY_COUNTS = tuple((name, STAT_NAMES.index(key)) for name, key in (
+        ("tlb_hits", "tlb_hits"), ("tlb_misses", "tlb_misses"), ("faults", "faults"),
+        ("anon_faults", "anon_faults"), ("zero_faults", "zero_faults"),
+        ("wp_faults", "wp_faults"), ("file_faults", "file_faults"), ("swap_ins", "swap_in"),
+        ("cow", "cow"), ("reuse", "reuse"), ("uffd_faults", "uffd_faults"),
+        ("uffd_resolved_in_core", "uffd_resolved_in_core")))
 
     def _replay(self, thread, addrs, writes, stop_on, start=0, until=None):
         if hasattr(addrs, "addrs"):                 # a trace object
@@ -1099,7 +1103,7 @@ class Process(FileOps, NumaOps):
         limit = (1 << 63) - 1 if until is None else min(A.ulong(until, "replay", "until"), (1 << 63) - 1)
         self._live("replay")
         eng = self._engine
-        before = eng.stats()
+        before = eng.stat_values()
         state = {"done": start, "stopped": None}
 
         def op():
@@ -1113,7 +1117,7 @@ class Process(FileOps, NumaOps):
                     return None
                 raise
         thread._call(op)
-        after = eng.stats()
+        after = eng.stat_values()
         out = {"accesses": int(state["done"]) - start, "end": int(state["done"]),
                "clock": eng.clock(thread.cpu), "stopped": state["stopped"]}
         for name, key in self._REPLAY_COUNTS:

@@ -142,3 +142,26 @@ def test_a_trace_object_and_uint8_flags_work_like_arrays():
     c2 = p2.thread().replay(addrs + np.uint64(a2), writes.astype(np.uint8))
     assert c1 == c2
     assert (p1.versions(a1, 16) == p2.versions(a2, 16)).all()
+
+
+def test_every_count_is_the_engine_counters_difference():
+    """replay() diffs two Engine.stat_values() snapshots: each count it
+    returns is what Machine.stats() moved by, name for name."""
+    from mmemu._core import STAT_NAMES
+    m, p, a = machine(256)
+    eng = p._engine
+    assert eng.stat_values() == [eng.stats()[n] for n in STAT_NAMES]
+    addrs, writes = trace(0, 256, 2000, seed=3)
+    addrs += np.uint64(a)
+    p.thread().replay(addrs[:200], writes[:200])
+    c = p.fork()                                    # COW and reuse in the rest
+    s0 = m.stats()
+    got = p.thread().replay(addrs, writes)
+    s1 = m.stats()
+    keys = {"swap_ins": "swap_in"}
+    names = [k for k in got if k not in ("accesses", "end", "clock", "stopped")]
+    assert len(names) == 12
+    for k in names:
+        assert got[k] == s1[keys.get(k, k)] - s0[keys.get(k, k)], k
+    assert got["cow"] > 0 and got["zero_faults"] > 0 and got["tlb_hits"] > 0
+    c.exit()
