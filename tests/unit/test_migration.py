@@ -14,6 +14,7 @@ from mmemu import (FOLL_GET, FOLL_LONGTERM, FOLL_WRITE, MAP_ANONYMOUS, MAP_PRIVA
                    PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE)
 from mmemu import constants as C
 from mmemu.sched import Scheduler, preempt_at
+from migration_window import during_migration
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -430,25 +431,6 @@ def test_nodes_survive_save_and_load():
 
 # ---- fork and munmap while a migration runs (no mmap_lock held) ------------------
 
-def _during_migration(m, p, a, other):
-    """move_pages(a -> node 1) with other() run by a second thread between
-    the unmap and the remap (migrate_pages holds no mmap_lock). got["pm"]
-    is what that thread's pagemap read just before other(): a migration
-    entry, not a present page, proves it ran inside the window."""
-    got = {}
-
-    def mover():
-        got["st"] = p.move_pages([a], [1], MPOL_MF_MOVE)
-
-    def second():
-        got["pm"] = p.pagemap(a)
-        got["other"] = other()
-
-    s = Scheduler(m, preempt_at("migrate_pages", "second"), record=True)
-    s.run([mover, second], ["mover", "second"])
-    return got, [st.label for st in s.trace]
-
-
 @pytest.mark.parametrize("kernel", ["5.18", "6.18"])
 def test_a_fork_between_unmap_and_remap_copies_the_entry_and_the_remap_finds_it(kernel):
     """copy_nonpresent_pte: a writable migration entry of a COW mapping
@@ -457,7 +439,7 @@ def test_a_fork_between_unmap_and_remap_copies_the_entry_and_the_remap_finds_it(
     read-only, and the next writes COW."""
     m = machine(kernel, ncpus=2)
     p, a = anon(m, 1, b"F")
-    got, labels = _during_migration(m, p, a, p.fork)
+    got, labels = during_migration(m, p, a, p.fork)
     c = got["other"]
     assert not got["pm"].present and got["st"] == [1]
     pfn = p.pagemap(a).pfn
@@ -478,7 +460,7 @@ def test_a_munmap_between_unmap_and_remap_leaves_nothing_behind():
 
     def unmap():
         p.munmap(a, PAGE)
-    got, _ = _during_migration(m, p, a, unmap)
+    got, _ = during_migration(m, p, a, unmap)
     assert not got["pm"].present and got["st"] == [1]
     assert not p.pagemap(a).present and not p.vmas
     assert m.stats()["faults"] == before["faults"]
@@ -496,7 +478,7 @@ def test_an_mremap_between_unmap_and_remap_moves_the_entry_and_the_remap_finds_i
 
     def move():
         return p.mremap(a, 2 * PAGE, 2 * PAGE, C.MREMAP_MAYMOVE | C.MREMAP_FIXED, b)
-    got, _ = _during_migration(m, p, a, move)
+    got, _ = during_migration(m, p, a, move)
     assert not got["pm"].present and got["st"] == [1] and got["other"] == b
     assert p.pagemap(b).present and m.node_of(p.pagemap(b).pfn) == 1
     assert p.read(b, 1) == b"R" and p.read(b + PAGE, 1) == b"R"
@@ -521,7 +503,7 @@ def test_uffdio_move_of_a_page_under_migration_waits_and_moves_it(kernel):
 
     def move():
         return u.move(d, a, PAGE)
-    got, labels = _during_migration(m, p, a, move)
+    got, labels = during_migration(m, p, a, move)
     assert not got["pm"].present and got["st"] == [1] and got["other"] == PAGE
     assert any("migration" in lab for lab in labels)
     assert p.read(d, 1) == b"M" and m.node_of(p.pagemap(d).pfn) == 1
@@ -561,7 +543,7 @@ def test_writeprotect_between_unmap_and_remap_makes_the_entry_readable():
 
     def protect():
         u.writeprotect(a, PAGE, U.UFFDIO_WRITEPROTECT_MODE_WP)
-    got, _ = _during_migration(m, p, a, protect)
+    got, _ = during_migration(m, p, a, protect)
     assert not got["pm"].present and got["st"] == [1] and m.node_of(p.pagemap(a).pfn) == 1
     assert p.pagemap(a).uffd_wp and not m._engine.pte(p.mm, a) & PTE_WRITE
     assert "anon_exclusive" in m.frame(p.pagemap(a).pfn).flags

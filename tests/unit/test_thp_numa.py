@@ -18,7 +18,7 @@ import pytest
 import mmemu
 from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MAP_ANONYMOUS, MAP_PRIVATE,
                    MPOL_BIND, MPOL_MF_MOVE, PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE)
-from mmemu.sched import Scheduler, preempt_at
+from migration_window import during_migration
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -356,31 +356,13 @@ def test_the_pmd_migration_entry_names_each_page_and_keeps_its_kind(kernel, ro_k
     m2.check()
 
 
-def _during_migration(m, p, a, other):
-    """move_pages(a -> node 1) with other() run by a second thread between
-    the unmap and the remap; got["pm"] is that thread's pagemap read just
-    before: a migration entry proves it ran inside the window."""
-    got = {}
-
-    def mover():
-        got["st"] = p.move_pages([a], [1], MPOL_MF_MOVE)
-
-    def second():
-        got["pm"] = p.pagemap(a)
-        got["other"] = other()
-
-    s = Scheduler(m, preempt_at("migrate_pages", "second"), record=True)
-    s.run([mover, second], ["mover", "second"])
-    return got, [st.label for st in s.trace]
-
-
 def test_a_fault_on_a_pmd_migration_entry_waits_for_the_migration():
     """pmd_migration_entry_wait: a second thread's write in the window
     sleeps until remove_migration_pmd, then writes the new THP."""
     m = machine(ncpus=2)
     p, a = thp(m)
     t = p.thread(cpu=1)
-    got, labels = _during_migration(m, p, a, lambda: t.write(a + PAGE, b"W"))
+    got, labels = during_migration(m, p, a, lambda: t.write(a + PAGE, b"W"))
     assert not got["pm"].present and got["st"] == [1]
     assert any("migration_entry_wait" in lab for lab in labels), labels
     assert nodes_of(m, p, a, NR) == {1} and p.read(a + PAGE, 1) == b"W" and pmd_mapped(m, p, a)
@@ -394,7 +376,7 @@ def test_a_fork_in_the_window_copies_the_pmd_entry_and_both_map_the_new_thp():
     leave the child with a dangling entry (check() fails)."""
     m = machine(ncpus=2)
     p, a = thp(m)
-    got, _ = _during_migration(m, p, a, p.fork)
+    got, _ = during_migration(m, p, a, p.fork)
     c = got["other"]
     assert not got["pm"].present and got["st"] == [1]
     for proc in (p, c):
@@ -414,7 +396,7 @@ def test_munmap_in_the_window_leaves_nothing_and_frees_the_new_thp():
     m = machine(ncpus=2)
     p, a = thp(m)
     free1, ptes = m._engine.node_free(1), m._engine.mm_info(p.mm)["nr_ptes"]
-    got, _ = _during_migration(m, p, a, lambda: p.munmap(a, HPAGE))
+    got, _ = during_migration(m, p, a, lambda: p.munmap(a, HPAGE))
     assert not got["pm"].present
     assert m._engine.node_free(1) == free1
     assert m._engine.mm_info(p.mm)["nr_ptes"] == ptes - 1     # the deposited table withdrawn
@@ -426,7 +408,7 @@ def test_a_partial_munmap_in_the_window_splits_the_entry():
     entries of each page; the remap maps the rest of the new folio by ptes."""
     m = machine(ncpus=2)
     p, a = thp(m)
-    got, _ = _during_migration(m, p, a, lambda: p.munmap(a + HPAGE // 2, HPAGE // 2))
+    got, _ = during_migration(m, p, a, lambda: p.munmap(a + HPAGE // 2, HPAGE // 2))
     assert not got["pm"].present and got["st"] == [1]
     assert not pmd_mapped(m, p, a) and nodes_of(m, p, a, NR // 2) == {1}
     assert p.read(a, 1) == b"T"
@@ -438,7 +420,7 @@ def test_mprotect_in_the_window_makes_the_entry_readable():
     (exclusive for anon), so the remapped THP is not writable."""
     m = machine(ncpus=2)
     p, a = thp(m)
-    got, _ = _during_migration(m, p, a, lambda: p.mprotect(a, HPAGE, PROT_READ))
+    got, _ = during_migration(m, p, a, lambda: p.mprotect(a, HPAGE, PROT_READ))
     assert got["st"] == [1] and pmd_mapped(m, p, a)
     assert not m._engine.pte(p.mm, a) & PTE_WRITE
     p.mprotect(a, HPAGE, RW)
@@ -530,7 +512,7 @@ def test_an_mremap_in_the_window_moves_the_pmd_entry_and_the_remap_finds_it():
     m = machine(ncpus=2)
     p, a = thp(m)
     dst = aligned(p, HPAGE)
-    got, _ = _during_migration(
+    got, _ = during_migration(
         m, p, a, lambda: p.mremap(a, HPAGE, HPAGE, mmemu.MREMAP_MAYMOVE | mmemu.MREMAP_FIXED, dst))
     assert not got["pm"].present and got["st"] == [1]
     assert pmd_mapped(m, p, dst) and nodes_of(m, p, dst, NR) == {1} and p.read(dst, 1) == b"T"
