@@ -7,7 +7,7 @@
 # version, at 8 bytes per page instead of 4 KiB.
 
 
-from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from posix.stdlib cimport posix_memalign
 from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport madvise

@@ -187,26 +187,41 @@ cdef void migrate_restore_pte(engine_t *e, mm_t *mm, uint64_t va, int64_t old, i
     ptep[0] = pte
 
 
-cdef void migrate_restore_copies(engine_t *e, int64_t old, int64_t target) noexcept nogil:
-    """remove_migration_ptes()'s rmap walk for the entries naming `old` that
-    were not recorded at the unmap: a fork copied them into a child, or an
-    mremap moved them (the migration holds no mmap_lock between unmap and
-    remap). Every mm's VMAs
-    that can map the page: its file's, or any with an anon_vma."""
+cdef int cmp_mig_key(const void *a, const void *b) noexcept nogil:
+    cdef int64_t x = (<const int64_t *>a)[0], y = (<const int64_t *>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef void migrate_restore_copies(engine_t *e, mig_page_t *pages, uint8_t *skip, int64_t n) noexcept nogil:
+    """remove_migration_ptes()'s rmap walk for the entries naming a page of
+    the batch that were not recorded at the unmap: a fork copied them into
+    a child, or an mremap moved them (the migration holds no mmap_lock
+    between unmap and remap). One walk of every mm's VMAs that can map such
+    a page (its file's, or any with an anon_vma) serves the whole batch:
+    the old pfns, sorted, are looked up by bisection (a walk per page was
+    pages x mapped space)."""
     cdef int32_t mi, vi
     cdef mm_t *m
     cdef mm_vma_t *v
-    cdef uint64_t va, stop
+    cdef uint64_t va, stop, off
     cdef uint64_t *t
-    cdef int64_t i, i0, i1
-    cdef bint file = (e.fflags[target] & PG_FILE) != 0
+    cdef int64_t i, i0, i1, k, nk = 0, lo, hi, mid, old, target
+    cdef int64_t *keys = <int64_t *>malloc((2 * n + 2) * sizeof(int64_t))    # (old, k) pairs
+    if keys == NULL:
+        return          # the entries stay: their accesses wait, as on a lost wakeup (host OOM only)
+    for k in range(n):
+        if not skip[k]:
+            keys[2 * nk] = pages[k].old
+            keys[2 * nk + 1] = k
+            nk += 1
+    qsort(keys, nk, 2 * sizeof(int64_t), cmp_mig_key)
     for mi in range(e.nmm):
         m = &e.mms[mi]
         if not m.alive:
             continue
         for vi in range(m.nvma):
             v = &m.vmas[vi]
-            if v.flags & VM_HUGETLB or (file and v.file != e.mapping[target]) or (not file and not v.anon_vma):
+            if v.flags & VM_HUGETLB or not (v.file or v.anon_vma):
                 continue
             va = v.start
             while va < v.end:
@@ -218,9 +233,27 @@ cdef void migrate_restore_copies(engine_t *e, int64_t old, int64_t target) noexc
                 i0 = <int64_t>((va >> MM_PAGE_SHIFT) & 511)
                 i1 = i0 + <int64_t>((stop - va) >> MM_PAGE_SHIFT)
                 for i in range(i0, i1):
-                    if is_migration_entry(t[i]) and swp_offset(t[i]) == old:
-                        migrate_restore_pte(e, m, va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT), old, target)
+                    if not is_migration_entry(t[i]):
+                        continue
+                    off = swp_offset(t[i])
+                    lo, hi = 0, nk
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if <uint64_t>keys[2 * mid] < off:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if lo == nk or <uint64_t>keys[2 * lo] != off:
+                        continue
+                    k = keys[2 * lo + 1]
+                    old = pages[k].old
+                    target = pages[k].new if pages[k].rc == 0 else old
+                    if (e.fflags[target] & PG_FILE and v.file != e.mapping[target]) \
+                            or (not (e.fflags[target] & PG_FILE) and not v.anon_vma):
+                        continue
+                    migrate_restore_pte(e, m, va + (<uint64_t>(i - i0) << MM_PAGE_SHIFT), old, target)
                 va = stop
+    free(keys)
 
 
 cdef int rmap_add(mig_map_t **maps, int64_t *n, int64_t *cap, int64_t page, int32_t mm,
@@ -406,7 +439,7 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         # copies the entries (found again by migrate_restore_copies), a
         # munmap zaps them.
         sched_point(e, SP_MIGRATION_UNMAPPED, caller, pages[0].va, <uint64_t>node)
-    # 2. move_to_new_folio() + remove_migration_ptes(), or put back.
+    # 2. move_to_new_folio() + remove_migration_ptes().
     for k in range(n):
         pg = &pages[k]
         if huge[k]:
@@ -416,8 +449,13 @@ cdef int64_t migrate_batch(engine_t *e, mig_page_t *pages, int64_t n, int32_t no
         target = pg.new if pg.rc == 0 else pg.old
         for j in range(first[k], first[k + 1]):
             migrate_restore_pte(e, &e.mms[maps[j].mm], maps[j].va, pg.old, target)
-        if e.mig_copies != copies:
-            migrate_restore_copies(e, pg.old, target)   # what a fork or mremap did meanwhile
+    if e.mig_copies != copies:
+        migrate_restore_copies(e, pages, huge, n)      # what a fork or mremap did meanwhile
+    # 3. Put back: the old folios (freed when migrated), the new ones' allocation references.
+    for k in range(n):
+        pg = &pages[k]
+        if huge[k]:
+            continue
         if pg.rc != 0:
             failed += 1
             if pg.new >= 0:

@@ -453,6 +453,40 @@ def test_a_fork_between_unmap_and_remap_copies_the_entry_and_the_remap_finds_it(
     m.check()
 
 
+def test_a_fork_in_the_window_of_a_batch_gets_each_copy_its_own_new_page():
+    """The remap's rmap walk for the child's copies serves the whole batch:
+    pages moved in a shuffled order, each with its own content, each copy
+    restored to its own page's new frame. A pinned page is not migrated
+    and fork gives the child a copy of it (copy_present_page)."""
+    m = machine(ncpus=2)
+    n = 24
+    p = m.spawn()
+    a = p.mmap(0, n * PAGE, RW, PRIV)
+    for i in range(n):
+        p.write(a + i * PAGE, bytes([65 + i]))
+    pin = p.pin_user_pages(a + 5 * PAGE, 1, FOLL_WRITE | FOLL_LONGTERM)
+    order = [(7 * i) % n for i in range(n)]             # not address order
+    got = {}
+
+    def mover():
+        got["st"] = p.move_pages([a + i * PAGE for i in order], [1] * n, MPOL_MF_MOVE)
+
+    def second():
+        got["c"] = p.fork()
+
+    s = Scheduler(m, preempt_at("migrate_pages", "second"), record=True)
+    s.run([mover, second], ["mover", "second"])
+    c = got["c"]
+    for i in range(n):
+        pfn = p.pagemap(a + i * PAGE).pfn
+        assert (c.pagemap(a + i * PAGE).pfn == pfn) == (i != 5), i
+        assert m.node_of(pfn) == (0 if i == 5 else 1), i
+        assert c.read(a + i * PAGE, 1) == bytes([65 + i])
+    assert [st == 1 for st in got["st"]] == [i != 5 for i in order]
+    pin.release()
+    m.check()
+
+
 def test_a_munmap_between_unmap_and_remap_leaves_nothing_behind():
     m = machine(ncpus=2)
     p, a = anon(m, 1, b"U")
