@@ -51,7 +51,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "uffd_wp_file", "fork_uffd_child_vma", "fork_marker_child_wp", "uffd_wp_writenotify",
                  "uffd_unprotect_writable", "uffd_wp_flush_pending", "gup_fast_seq", "mprotect_gather",
                  "tlb_flush_nested", "pm_marker_swp_type", "swapin_read_writable",
-                 "pm_guard_region", "numa_hint_upgrade", "ksm_reuse", "ksm_break_unshare",
+                 "pm_guard_region", "numa_hint_upgrade", "numa_large_folio", "ksm_reuse", "ksm_break_unshare",
                  "ksm_checksum_first", "longterm_unpinnable", "longterm_alloc_exclude",
                  "longterm_target_exclude", "longterm_migrate_fail", "thp_wp_refcount", "thp_cow_whole",
                  "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
@@ -233,6 +233,7 @@ cdef class Engine:
         p.swapin_read_writable = knobs["swapin_read_writable"]
         p.pm_guard_region = knobs["pm_guard_region"]
         p.numa_hint_upgrade = knobs["numa_hint_upgrade"]
+        p.numa_large_folio = knobs["numa_large_folio"]
         p.ksm_reuse = knobs["ksm_reuse"]
         p.ksm_break_unshare = knobs["ksm_break_unshare"]
         p.ksm_checksum_first = knobs["ksm_checksum_first"]

@@ -108,6 +108,7 @@ BASELINE = {
     "pagemap_scan_hugetlb_psize": 0,  # PAGEMAP_SCAN's whole-huge-page test uses the hstate's size, not 2 MiB (7.1)
     "pagemap_scan_hugetlb_hole_wp": 0,  # ... and marks a hugetlb page with no table; before: self-deadlock (7.1)
     "numa_hint_upgrade": 0,       # do_numa_page: can_change_pte_writable instead of savedwrite (6.2)
+    "numa_large_folio": 0,        # do_numa_page: a pte-mapped large folio may migrate, all its hints rebuilt (6.10)
     # KSM (semantics.md 3.5, 13)
     "ksm_reuse": 1,               # a write fault may reuse a KSM page: reuse_ksm_page() (52d1e606ee73, 5.1) until 5.9
     "ksm_break_unshare": 0,       # break_ksm() (MADV_UNMERGEABLE) unshares rather than write-faults (6.2)
@@ -360,6 +361,11 @@ CHANGES = (
     Change("845982eb264b", "6.10", "mm: swap: allow storage of all mTHP orders (with 5ed890ce5147 "
            "\"mm: vmscan: avoid split during shrink_folio_list()\")", {"swapout_large_ptes": 1},
            aliases=("5ed890ce5147",)),
+    # Before it do_numa_page left a pte-mapped large folio where it was ("TODO:
+    # handle PTE-mapped THP") and restored the faulting pte alone.
+    Change("d2136d749d76", "6.10", "mm: support multi-size THP numa balancing (with 6b0ed7b3c775 "
+           "\"mm: factor out the numa mapping rebuilding into a new helper\")", {"numa_large_folio": 1},
+           aliases=("6b0ed7b3c775",)),
     Change("242d12c98174", "6.12", "mm: support large folios swap-in for sync io devices",
            {"swapin_large_sync": 1}),
     # Kairui Song's swap allocator rework (6.14): cluster info for every

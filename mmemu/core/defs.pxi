@@ -62,6 +62,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t uffd_wp_writenotify, uffd_unprotect_writable, uffd_wp_flush_pending
         int32_t gup_fast_seq, mprotect_gather, tlb_flush_nested
         int32_t pm_marker_swp_type, swapin_read_writable, pm_guard_region, numa_hint_upgrade
+        int32_t numa_large_folio
         int32_t ksm_reuse, ksm_break_unshare, ksm_checksum_first
         int32_t longterm_unpinnable, longterm_alloc_exclude, longterm_target_exclude, longterm_migrate_fail
         int32_t thp_wp_refcount, thp_cow_whole, large_reuse, thp_zero_wp_thp, pm_thp_excl_per_page

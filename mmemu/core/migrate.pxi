@@ -1097,18 +1097,49 @@ cdef inline bint can_change_pte_writable(engine_t *e, uint64_t vmflags, uint64_t
     return (pte & PTE_DIRTY) != 0
 
 
+cdef void numa_rebuild_large_mapping(engine_t *e, mm_vma_t *vma, uint64_t va, uint64_t *ptep,
+                                     int64_t head, bint ignore_writable) noexcept nogil:
+    """numa_rebuild_large_mapping() (6.10, d2136d749d76): every hinted pte of
+    the large folio the fault hit, within the VMA and this page table, made
+    accessible again - each writable as do_numa_page decides for one,
+    or, once a migration was tried (ignore_writable), only as vm_page_prot
+    makes it."""
+    cdef int64_t nr = folio_nr(e, head), k
+    cdef uint64_t here = va & ~(MM_PAGE_SIZE - 1)
+    cdef int64_t first = <int64_t>(here >> MM_PAGE_SHIFT) - (<int64_t>pte_pfn(ptep[0]) - head)
+    cdef int64_t lo = <int64_t>((here & ~(<uint64_t>PMD_SPAN - 1)) >> MM_PAGE_SHIFT)
+    cdef int64_t hi = lo + HPAGE_PMD_NR
+    cdef uint64_t pte
+    cdef bint writable
+    lo = max(lo, first, <int64_t>(vma.start >> MM_PAGE_SHIFT))
+    hi = min(hi, first + nr, <int64_t>(vma.end >> MM_PAGE_SHIFT))
+    for k in range(lo - <int64_t>(here >> MM_PAGE_SHIFT), hi - <int64_t>(here >> MM_PAGE_SHIFT)):
+        pte = ptep[k]
+        if (pte & (PTE_PRESENT | PTE_PROTNONE)) != (PTE_PRESENT | PTE_PROTNONE) \
+                or not in_folio(<int64_t>pte_pfn(pte), head, nr):
+            continue
+        pte = (pte & ~(PTE_PROTNONE | PTE_WRITE)) | vma_prot_bits(vma.flags) | PTE_YOUNG
+        writable = vm_page_prot_writable(e, vma.flags)      # pte_modify() alone
+        if not ignore_writable and not writable:
+            writable = can_change_pte_writable(e, vma.flags, pte)
+        ptep[k] = pte | (PTE_WRITE if writable else 0)
+
+
 cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
                       uint64_t *ptep) noexcept nogil:
     """A fault on a NUMA-hinting PROT_NONE pte (do_numa_page): the folio moves
     to the faulting CPU's node when it is elsewhere and mapped once (the
     first hint decides: mmemu keeps no last_cpupid), else the pte is rebuilt
-    from vm_page_prot. Always 0: the access retries."""
+    from vm_page_prot. A pte-mapped large folio (a split THP, an mTHP)
+    stays where it is with only the faulting pte rebuilt before 6.10; from
+    6.10 (d2136d749d76) it migrates whole and, when it does not, all its
+    hinted ptes here are rebuilt. Always 0: the access retries."""
     cdef uint64_t orig = ptep[0], pte
     cdef int64_t pfn = <int64_t>pte_pfn(orig)
     cdef int32_t target = cpu_node(e, cpu)
     cdef mig_page_t pg
     cdef int nomem = 0
-    cdef bint writable
+    cdef bint writable, tried = False
     cdef int64_t head = folio_of(e, pfn), failed
     cdef bint large = (e.fflags[head] & PG_HEAD) != 0
     # pte_modify(old, vm_page_prot): the hint and write go, vm_page_prot's
@@ -1120,7 +1151,7 @@ cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
             writable = True
     elif orig & PTE_WRITE:
         writable = True                     # pte_savedwrite()
-    if e.nnodes > 1 and node_of(e, pfn) != target \
+    if e.nnodes > 1 and node_of(e, pfn) != target and (e.pol.numa_large_folio or not large) \
             and (folio_likely_mapped_shared(e, head) == 0 if large else e.mapcount[pfn] == 1) \
             and not (e.fflags[head] & (PG_KSM | PG_ISOLATED)) and not pfn_is_hugetlb(e, head):
         # migrate_misplaced_folio(): the PTL is dropped, the folio - a
@@ -1134,8 +1165,12 @@ cdef int do_numa_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
         e.mig_nosplit = 0
         if failed == 0 or ptep[0] != orig:
             return 0                        # migrated, or the pte changed meanwhile: retry
+        tried = True
         if e.pol.numa_hint_upgrade:
             writable = vm_page_prot_writable(e, vma.flags)   # 6.2+: writable = false after unlock
+    if large and e.pol.numa_large_folio:
+        numa_rebuild_large_mapping(e, vma, va, ptep, head, tried)
+        return 0
     if writable:
         pte |= PTE_WRITE
     ptep[0] = pte

@@ -239,6 +239,7 @@ typedef struct {
     int32_t swapin_read_writable;   /* c18160dba5ff (6.11): an exclusive swap-in is writable on a read fault */
     int32_t pm_guard_region;        /* 8e2f2aeb8b48 (6.15): pagemap shows a guard marker as bit 58 */
     int32_t numa_hint_upgrade;      /* 6a56ccbcf6c6 (6.2): do_numa_page upgrades with can_change_pte_writable, not savedwrite */
+    int32_t numa_large_folio;       /* d2136d749d76 (6.10): do_numa_page migrates a pte-mapped large folio and rebuilds all its hinted ptes */
     int32_t ksm_reuse;              /* reuse_ksm_page(): a write may reuse a KSM page (until 09854ba94c6a, 5.9) */
     int32_t ksm_break_unshare;      /* 6cce3314b928 (6.2): break_ksm() unshares instead of write-faulting */
     int32_t ksm_checksum_first;     /* d58a361b0350 (6.11): the checksum gate precedes the stable tree search */

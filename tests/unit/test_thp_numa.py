@@ -482,6 +482,94 @@ def test_numa_hint_fault_on_an_mthp_pte_moves_the_folio_whole():
     m.check()
 
 
+def _hinted_mthp(kernel, cpu_node_1=True):
+    """A 64 KiB mTHP on node 0, each page written, every pte a NUMA hint;
+    (m, p, a)."""
+    m = machine(kernel, ncpus=2)
+    m.thp.enabled = "never"
+    m.thp.sizes[64 << 10] = "always"
+    p = m.spawn()
+    a = aligned(p, 16 * PAGE)
+    for i in range(16):
+        p.write(a + i * PAGE, b"%d" % i)
+    assert m.folio_order(p.pagemap(a).pfn) == 4 and nodes_of(m, p, a, 16) == {0}
+    assert m.numa_scan(p, a, 16 * PAGE) == 16
+    return m, p, a
+
+
+def _hinted(m, p, a, n):
+    return [bool(m._engine.pte(p.mm, a + i * PAGE) & PTE_PROTNONE) for i in range(n)]
+
+
+@pytest.mark.parametrize("kernel", ["6.9", "6.10"])
+def test_numa_hint_on_a_pte_mapped_large_folio_migrates_it_only_from_6_10(kernel):
+    """do_numa_page: before d2136d749d76 (6.10) a large folio is left where
+    it is ("TODO: handle PTE-mapped THP") and only the faulting pte is
+    rebuilt; from 6.10 it moves whole to the faulting CPU's node."""
+    m, p, a = _hinted_mthp(kernel)
+    p.thread(cpu=1).read(a + 5 * PAGE, 1)
+    if kernel == "6.9":
+        assert nodes_of(m, p, a, 16) == {0} and m.folio_order(p.pagemap(a).pfn) == 4
+        assert _hinted(m, p, a, 16) == [i != 5 for i in range(16)]
+    else:
+        assert nodes_of(m, p, a, 16) == {1} and m.folio_order(p.pagemap(a).pfn) == 4
+        assert not any(_hinted(m, p, a, 16))
+    assert [p.read(a + i * PAGE, 2).rstrip(b"\0") for i in range(16)] == [b"%d" % i for i in range(16)]
+    m.check()
+
+
+@pytest.mark.parametrize("kernel", ["6.9", "6.10", "6.18"])
+def test_a_local_large_folio_has_all_its_hints_rebuilt_by_one_fault_from_6_10(kernel):
+    """numa_rebuild_large_mapping (6.10): a fault on a hint of a large folio
+    that does not move (already on the CPU's node) restores every hinted
+    pte of the folio, writable as an exclusive anon page may be; before,
+    the faulting pte alone."""
+    m, p, a = _hinted_mthp(kernel)
+    faults = m.stats()["faults"]
+    p.thread(cpu=0).read(a + 3 * PAGE, 1)
+    assert nodes_of(m, p, a, 16) == {0}
+    if kernel == "6.9":
+        assert _hinted(m, p, a, 16) == [i != 3 for i in range(16)]
+    else:
+        assert not any(_hinted(m, p, a, 16))
+        assert all(m._engine.pte(p.mm, a + i * PAGE) & PTE_WRITE for i in range(16))
+        p.thread(cpu=0).touch(a, 16, write=True)
+        assert m.stats()["faults"] == faults + 1        # one hint fault for the folio
+    m.check()
+
+
+def test_the_rebuild_stays_within_the_vma():
+    """numa_rebuild_large_mapping clamps to the VMA: a folio straddling an
+    mprotect boundary gets only this VMA's ptes back."""
+    m, p, a = _hinted_mthp("6.18")
+    p.mprotect(a + 8 * PAGE, 8 * PAGE, PROT_READ)       # splits the VMA, keeps the folio; un-hints
+    assert m.folio_order(p.pagemap(a).pfn) == 4 and _hinted(m, p, a, 16) == [i < 8 for i in range(16)]
+    assert m.numa_scan(p, a, 16 * PAGE) == 8
+    p.thread(cpu=0).read(a + 2 * PAGE, 1)
+    assert _hinted(m, p, a, 16) == [i >= 8 for i in range(16)]
+    p.thread(cpu=0).read(a + 12 * PAGE, 1)
+    assert not any(_hinted(m, p, a, 16))
+    assert not m._engine.pte(p.mm, a + 12 * PAGE) & PTE_WRITE
+    m.check()
+
+
+def test_a_failed_large_migration_rebuilds_every_hint_without_write():
+    """After migrate_misplaced_folio() failed (no room on the CPU's node:
+    MR_NUMA_MISPLACED never splits) do_numa_page rebuilds with
+    ignore_writable: each pte as vm_page_prot makes it, so a private one is
+    read-only and the next write takes a (reuse) fault."""
+    m, p, a = _hinted_mthp("6.18")
+    q = m.spawn()
+    fill(m, q, 1800)
+    fill(m, q, m._engine.node_free(1) - 4)
+    p.thread(cpu=1).read(a + 5 * PAGE, 1)
+    assert nodes_of(m, p, a, 16) == {0} and not any(_hinted(m, p, a, 16))
+    assert not any(m._engine.pte(p.mm, a + i * PAGE) & PTE_WRITE for i in range(16))
+    p.write(a, b"w")
+    assert m._engine.pte(p.mm, a) & PTE_WRITE and nodes_of(m, p, a, 16) == {0}
+    m.check()
+
+
 def test_an_mthp_with_no_room_on_the_target_is_split_and_its_pages_move():
     """The same -ENOMEM rule for a pte-mapped large folio (6.12
     migrate_pages_batch: is_large, not only PMD-sized), without THP events."""
