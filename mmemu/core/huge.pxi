@@ -831,14 +831,19 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
     cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), stop, pte, zero
     cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
     cdef uint64_t *t
-    cdef int64_t n, i, p, nr
+    cdef int64_t n, i, p, nr, cache = 0, slot0 = 0
     cdef int32_t vi
     cdef uint16_t keep
     if not (e.fflags[head] & PG_HEAD) or is_huge_zero_pfn(e, head) or not (e.fflags[head] & PG_ANON):
         return -1
     nr = folio_nr(e, head)
     n = folio_mapcount_total(e, head)
-    if e.refcount[head] != n or mm_folio_mappings(e, mm, head, haddr, n) != n:
+    if e.fflags[head] & PG_SWAPCACHE:
+        # In the swapcache (core/swap.pxi swapcache_slot): its references
+        # there, one a page, are expected too (can_split_folio), and each
+        # page keeps its own slot (__split_huge_page).
+        cache, slot0 = 1, <int64_t>e.index[head]
+    if e.refcount[head] != n + cache * nr or mm_folio_mappings(e, mm, head, haddr, n) != n:
         return -1
     t = leaf_or_skip(e, mm.pgd, haddr, &stop)
     if t == NULL:
@@ -856,10 +861,12 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
     keep = e.fflags[head] & (PG_DIRTY | PG_LRU)
     for p in range(head, head + nr):
         e.fflags[p] = (e.fflags[p] & ~(PG_HEAD | PG_TAIL)) | keep
-        e.refcount[p] = e.mapcount[p]
+        e.refcount[p] = e.mapcount[p] + <int32_t>cache
         if nr != HPAGE_PMD_NR:
             e.mapping[p] = 0            # an mTHP's pages: order 0 now (mthp_order)
             e.index[p] = 0              # its pincount and deferred-split flag
+        if cache:
+            e.index[p] = <uint32_t>(slot0 + (p - head))
     if nr == HPAGE_PMD_NR:
         entire_mapcount(e, head)[0] = 0
     folio_deferred(e, head)[0] = 0
@@ -883,6 +890,15 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
             e.refcount[p] -= 1
             mm.rss_anon -= 1
     for p in range(head, head + nr):
+        if cache and e.mapcount[p] == 0 and not (e.swap_map[slot0 + (p - head)] & SWAP_COUNT_MASK):
+            # free_page_and_swap_cache() at the split's end: an unmapped page
+            # no swap pte needs leaves the swapcache (reclaim's list keeps
+            # its page with one reference).
+            if isolated:
+                e.refcount[p] += 1
+            swapcache_delete(e, p)
+            if not isolated:
+                continue
         if isolated:
             e.fflags[p] &= ~PG_LRU
             if e.refcount[p] == 0:
