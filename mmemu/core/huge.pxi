@@ -941,7 +941,7 @@ cdef void split_folios_partly_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t
 
 
 cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
-                            int64_t *heads, int64_t cap, bint free_now) noexcept nogil:
+                            int64_t *heads, int64_t cap, bint free_now, int64_t *budget) noexcept nogil:
     """Swap-out of the large folios in [start, end) that this mm alone maps
     (shrink_folio_list). One the era and the swap area let go whole goes
     whole (swapout_large_whole, core/swap.pxi): a PMD-mapped THP in every
@@ -954,22 +954,29 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
     all-zero pages go to the zero page instead. The split is reclaim's
     (isolated): the heads of the folios split go to heads[] (at most cap;
     a folio beyond that is left large), in address order, for
-    pageout_putback. Returns how many."""
+    pageout_putback. Returns how many.
+
+    `budget` (direct reclaim; NULL for MADV_PAGEOUT): stop once it is
+    spent, each whole swap-out taking its pages from it, and leave
+    mlocked VMAs alone (their folios are unevictable)."""
     cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, a
     cdef uint64_t *t
     cdef int64_t i, pfn, head, last = -1, n = 0, nr
     cdef int32_t *slot
     cdef int32_t vi
     cdef int order
-    cdef bint tried
+    cdef int64_t total
+    cdef bint tried, cached
     if e.nr_large == 0:
         return 0
-    while va < end and n < cap:
+    while va < end and n < cap and (budget == NULL or budget[0] > 0):
         t = leaf_or_skip(e, mm.pgd, va, &stop)
         if t == NULL:
             va = stop
             continue
         for i in range(HPAGE_PMD_NR):
+            if budget != NULL and budget[0] <= 0:
+                break
             if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
                 pfn = <int64_t>pte_pfn(t[i])
                 if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and not is_huge_zero_pfn(e, pfn):
@@ -978,7 +985,15 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
                         last = head
                         a = va + (<uint64_t>i << MM_PAGE_SHIFT)
                         nr = folio_nr(e, head)
-                        if folio_ptes_in(e, t, head) < nr:
+                        if budget != NULL:
+                            vi = find_vma(mm, a)
+                            if vi < 0 or mm.vmas[vi].flags & VM_LOCKED or not (e.fflags[head] & PG_ANON):
+                                continue
+                        # A folio still in the swapcache (written whole, mapped
+                        # again) is not split by shrink_folio_list in any era:
+                        # add_to_swap is behind it, try_to_unmap takes it whole.
+                        cached = (e.fflags[head] & PG_SWAPCACHE) != 0
+                        if folio_ptes_in(e, t, head) < nr and not (cached and budget != NULL):
                             # Not mapped whole (6.12 madvise_cold_or_pageout_pte_range:
                             # fewer ptes than pages): the walker's own split_folio, the
                             # unmapped pages freed, the rest reclaimed as small pages.
@@ -988,11 +1003,14 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
                         tried = False
                         slot = pmd_slot(e, mm, va, False)
                         vi = find_vma(mm, a)
-                        if (pmd_trans_huge(slot[0]) or e.pol.swapout_large_ptes) and e.nswap > 0 \
+                        total = folio_mapcount_total(e, head)
+                        if (pmd_trans_huge(slot[0]) or e.pol.swapout_large_ptes or cached) and e.nswap > 0 \
                                 and vi >= 0 and not (mm.vmas[vi].flags & VM_LOCKED) \
-                                and e.fflags[head] & PG_ANON and e.refcount[head] == folio_mapcount_total(e, head) \
-                                and mm_folio_mappings(e, mm, head, va, nr) == e.refcount[head]:
+                                and e.fflags[head] & PG_ANON and e.refcount[head] == total + (nr if cached else 0) \
+                                and mm_folio_mappings(e, mm, head, va, total) == total:
                             if swapout_large_whole(e, mm, head, va, free_now) > 0:
+                                if budget != NULL:
+                                    budget[0] -= nr
                                 continue
                             tried = True
                         if split_folio_here(e, mm, head, a, True, True) == 0:

@@ -633,16 +633,20 @@ cdef int64_t swapout_large_whole(engine_t *e, mm_t *mm, int64_t head, uint64_t h
       (swap_entry_free), or a fault maps it again (do_swap_page_cached).
     Returns the pages swapped out, or -1 (no cluster: the caller splits,
     THP_SWPOUT_FALLBACK)."""
-    cdef int64_t nr = folio_nr(e, head), slot0, i, p, sl
+    cdef int64_t nr = folio_nr(e, head), slot0, i, p, sl, mapped = 0
     cdef int order = HPAGE_PMD_ORDER if nr == HPAGE_PMD_NR else mthp_order(e, head)
     cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
     cdef uint64_t *t
     cdef uint64_t pte, swp, stop
-    if not swap_large_entries(e):
-        return -1
-    slot0 = swap_cluster_alloc(e, nr)
-    if slot0 < 0:
-        return -1
+    cdef bint cached = (e.fflags[head] & PG_SWAPCACHE) != 0, dirty = False
+    if cached:
+        slot0 = <int64_t>e.index[head]  # in the swapcache still: its slots (add_to_swap skipped)
+    else:
+        if not swap_large_entries(e):
+            return -1
+        slot0 = swap_cluster_alloc(e, nr)
+        if slot0 < 0:
+            return -1
     if slot != NULL and pmd_trans_huge(slot[0]):
         split_huge_pmd_locked(e, mm, slot, haddr)
     t = leaf_or_skip(e, mm.pgd, haddr, &stop)
@@ -659,15 +663,28 @@ cdef int64_t swapout_large_whole(engine_t *e, mm_t *mm, int64_t head, uint64_t h
             swp |= SWP_EXCLUSIVE
         t[i] = swp
         e.mapcount[p] -= 1
-        e.swap_map[sl] = 1              # the swap pte's reference
-    mm.rss_anon -= nr
+        if cached:
+            e.swap_map[sl] += 1         # the swap pte's reference, next to the cache's
+        else:
+            e.swap_map[sl] = 1          # the swap pte's reference
+        mapped += 1
+        dirty = dirty or (pte & PTE_DIRTY) != 0
+    mm.rss_anon -= mapped
     tlb_flush_range(e, mm.id, haddr, haddr + PMD_SPAN)
     for p in range(head, head + nr):
-        swap_write(e, slot0 + (p - head), p, free_now)
+        dirty = dirty or (e.fflags[p] & PG_DIRTY) != 0
+        # (A cached folio's copy is written again whatever its state: pageout
+        # skips a clean one, which holds what the slots hold.)
+        swap_write(e, slot0 + (p - head), p, free_now and not cached)
         e.fflags[p] &= ~(PG_ANON_EXCLUSIVE | PG_DIRTY)
-    stat_add(e, MM_STAT_SWPOUT, nr)
-    e.swpout[order] += 1
-    e.refcount[head] -= nr              # the mappings' references
+    if dirty or not cached:
+        stat_add(e, MM_STAT_SWPOUT, nr)
+        e.swpout[order] += 1
+    e.refcount[head] -= mapped          # the mappings' references
+    if cached:
+        if free_now:
+            swapcache_delete(e, head)   # __remove_mapping: freed whole, the slots stay
+        return nr
     if free_now:
         e.refcount[head] = 0
         folio_free_large(e, head)       # core/huge.pxi
@@ -799,7 +816,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     cdef int64_t nheads = 0, hcap
     cdef bint free_swapcache = free_reclaim
     cdef bint full = False
-    cdef int64_t nthp = 0
+    cdef int64_t nthp = 0, left
     stopped[0] = end
     # A synchronous device (zram) has written the folio by the time pageout()
     # returns: shrink_folio_list frees it from the swapcache at once.
@@ -809,14 +826,24 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
         # MADV_PAGEOUT of large folios: split where the range covers part
         # (6.12 split_folio), then each is swapped out whole or split
         # (split_folios_in): what is left mapped here is small pages.
-        # Direct reclaim leaves large folios alone (not modelled yet: the
-        # kernel would swap cold THPs out).
         split_folios_partly_in(e, mm, start, end)
         if e.nr_large:
             hcap = e.nr_large                   # no more folios to split than there are
             heads = <int64_t *>malloc(hcap * sizeof(int64_t))
             if heads != NULL:
-                nheads = split_folios_in(e, mm, start, end, heads, hcap, free_swapcache)
+                nheads = split_folios_in(e, mm, start, end, heads, hcap, free_swapcache, NULL)
+    elif e.nr_large and e.nswap > 0:
+        # Direct reclaim meets large anon folios on the LRU too
+        # (shrink_folio_list): whole to swap where the era and the device
+        # allow, else split and their pages reclaimed as small ones below.
+        # Written whole, a folio is freed at once here, as a base page is.
+        hcap = e.nr_large
+        heads = <int64_t *>malloc(hcap * sizeof(int64_t))
+        if heads != NULL:
+            left = budget
+            nheads = split_folios_in(e, mm, start, end, heads, hcap, True, &left)
+            nthp = budget - left
+            budget = left
     lru_drain(e, cpu)
     # Scratch arrays sized by what is mapped in range, not by the range.
     cap = 0
@@ -828,13 +855,19 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     if cap > budget:
         cap = budget
     if cap <= 0:
-        pageout_putback(e, cpu, NULL, 0, heads, nheads)
+        if free_reclaim:
+            putback_walk(e, cpu, NULL, 0, heads, nheads, False)
+        else:
+            pageout_putback(e, cpu, NULL, 0, heads, nheads)
         free(heads)
         return nthp
     anon = <int64_t *>malloc(cap * sizeof(int64_t))
     fpfn = <int64_t *>malloc(cap * sizeof(int64_t))
     if anon == NULL or fpfn == NULL:
-        pageout_putback(e, cpu, NULL, 0, heads, nheads)
+        if free_reclaim:
+            putback_walk(e, cpu, NULL, 0, heads, nheads, False)
+        else:
+            pageout_putback(e, cpu, NULL, 0, heads, nheads)
         free(heads)
         free(anon)
         free(fpfn)
@@ -912,6 +945,8 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                 n += 1
     if not free_reclaim:
         pageout_putback(e, cpu, anon, nanon, heads, nheads)
+    elif nheads:
+        putback_walk(e, cpu, NULL, 0, heads, nheads, False)    # what the split left
     free(heads)
     free(anon)
     free(fpfn)

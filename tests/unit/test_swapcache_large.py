@@ -115,13 +115,99 @@ def test_reclaim_frees_the_written_folio_and_keeps_its_slots():
     m.check()
 
 
-def test_reclaim_keeps_a_cached_folio_that_is_mapped():
-    # 6.10 maps one page back: the folio is mapped, so reclaim's swapcache
-    # pass leaves it (it would be unmapped first: not this pass).
-    m, p, a, head = swapped_mthp("6.10")
+@pytest.mark.parametrize("kernel", ["6.10", "6.18"])
+def test_reclaim_takes_a_mapped_cached_folio_whole(kernel):
+    # 6.10 maps one page back (the folio mapped in part), 6.18 all of it.
+    # shrink_folio_list finds it in the swapcache already: no add_to_swap,
+    # so no split in any era; try_to_unmap turns the ptes back into the
+    # folio's swap entries and it is freed whole. A split would leave order-0
+    # pages (and thp_split_page counted).
+    m, p, a, head = swapped_mthp(kernel)
     p.read(a + 3 * PAGE, 1)
+    splits = m.stats()["thp_split_page"]
+    frames = m.memory_usage()["frames_used"]
+    assert m.reclaim() >= 16
+    assert m.memory_usage()["frames_used"] <= frames - 16
+    assert m.stats()["thp_split_page"] == splits
+    assert all(p.pagemap(a + i * PAGE).swap_offset == p.pagemap(a).swap_offset + i for i in range(16))
+    assert p.rss_anon == 0 and used(m) == 16
+    m.check()
+    assert p.read(a, K64) == fill(K64)
+    m.check()
+
+
+# ---- direct reclaim of large folios (Machine.reclaim) -----------------------------
+
+@pytest.mark.parametrize("kernel,device,whole", [("6.9", "ssd", False), ("6.10", "ssd", True),
+                                                 ("6.18", "file", False), ("6.13", "hdd", False),
+                                                 ("6.14", "hdd", True)])
+def test_reclaim_swaps_an_mthp_whole_or_splits_it_per_era(kernel, device, whole):
+    # shrink_folio_list: a PTE-mapped large folio goes whole from 6.10
+    # (5ed890ce5147 + 845982eb264b) where the device gives a cluster; before,
+    # or without one, it is split and its pages go out one by one.
+    m = machine(kernel, device)
+    m.thp.sizes[K64] = "always"
+    p = m.spawn()
+    a = region(p, 1 << 20, 1 << 20)
+    p.write(a, fill(K64))
+    head = p.pagemap(a).pfn
+    splits = m.stats()["thp_split_page"]
+    assert m.reclaim() >= 16
+    assert all(p.pagemap(a + i * PAGE).swapped for i in range(16))
+    assert m.stats()["thp_split_page"] == splits + (0 if whole else 1)
+    if m.thp.sizes.stats(K64).get("swpout") is not None:
+        assert m.thp.sizes.stats(K64)["swpout"] == (1 if whole else 0)
+    offs = [p.pagemap(a + i * PAGE).swap_offset for i in range(16)]
+    if whole:
+        assert offs[0] % 16 == 0 and offs == list(range(offs[0], offs[0] + 16))
+    assert m.frame(head).refcount == 0                  # freed (written at once, as a base page is)
+    m.check()
+    assert p.read(a, K64) == fill(K64)
+    m.check()
+
+
+@pytest.mark.parametrize("device,whole", [("ssd", True), ("file", False)])
+def test_reclaim_swaps_a_pmd_thp_whole_where_a_cluster_is_free(device, whole):
+    # THP_SWAP in every era: a PMD-mapped THP goes whole when the device
+    # gives it a cluster; a swap file never does (thp_swpout_fallback).
+    m = machine("6.1", device)
+    p = m.spawn()
+    a = region(p, THP, THP)
+    p.madvise(a, THP, C.MADV_HUGEPAGE)
+    p.write(a, fill(THP))
+    st = m.stats()
     m.reclaim()
-    assert m.folio_order(head) == 4 and "swapcache" in m.frame(head).flags
+    assert m.stats()["thp_swpout"] == st["thp_swpout"] + (1 if whole else 0)
+    assert m.stats()["thp_swpout_fallback"] == st["thp_swpout_fallback"] + (0 if whole else 1)
+    assert p.rss_anon == 0
+    m.check()
+    assert p.read(a + 200 * PAGE, PAGE) == fill(THP)[200 * PAGE:201 * PAGE]
+    m.check()
+
+
+def test_reclaim_leaves_mlocked_large_folios():
+    # An mlocked folio is unevictable: not split, not written.
+    m = machine("6.18", "ssd")
+    m.thp.sizes[K64] = "always"
+    p = m.spawn()
+    raw = p.mmap(0, 2 << 20, RW, PRIV | C.MAP_LOCKED)
+    a = (raw + (1 << 20) - 1) & ~((1 << 20) - 1)
+    p.write(a, fill(K64))
+    assert m.folio_order(p.pagemap(a).pfn) == 4
+    m.reclaim()
+    assert present(p, a, 16) == 16 and m.folio_order(p.pagemap(a).pfn) == 4
+    m.check()
+
+
+def test_reclaim_budget_stops_after_the_first_folios():
+    # reclaim(n) takes about n pages: one 64 KiB folio, not all four.
+    m = machine("6.18", "ssd")
+    m.thp.sizes[K64] = "always"
+    p = m.spawn()
+    a = region(p, 1 << 20, 1 << 20)
+    p.write(a, fill(4 * K64))
+    m.reclaim(16)
+    assert sum(p.pagemap(a + i * K64).swapped for i in range(4)) == 1
     m.check()
 
 
