@@ -1135,7 +1135,8 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
         # is_refcount_suitable(): every reference is a mapping (a swapcache
         # folio also holds one per page).
         if e.fflags[head] & PG_HEAD:
-            if e.refcount[head] != folio_mapcount_total(e, head):
+            if e.refcount[head] != folio_mapcount_total(e, head) \
+                    + (folio_nr(e, head) if e.fflags[head] & PG_SWAPCACHE else 0):
                 return COLLAPSE_PAGE_COUNT
         elif e.refcount[pfn] != e.mapcount[pfn] + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
             return COLLAPSE_PAGE_COUNT
@@ -1176,7 +1177,8 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
         # is_refcount_suitable(): every reference is a mapping (a swapcache
         # folio also holds one per page).
         if e.fflags[head] & (PG_HEAD):
-            if e.refcount[head] != folio_mapcount_total(e, head):
+            if e.refcount[head] != folio_mapcount_total(e, head) \
+                    + (folio_nr(e, head) if e.fflags[head] & PG_SWAPCACHE else 0):
                 return COLLAPSE_PAGE_COUNT
         elif e.refcount[pfn] != e.mapcount[pfn] + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
             return COLLAPSE_PAGE_COUNT
@@ -1199,6 +1201,11 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
             pfn = <int64_t>pte_pfn(pte)
             e.mapcount[pfn] -= 1
             n_anon += 1
+            # free_page_and_swap_cache(): an unmapped swapcache folio whose
+            # slots nobody needs leaves the swapcache (6.12
+            # __collapse_huge_page_copy_succeeded).
+            if e.fflags[pfn] & PG_SWAPCACHE and swapcache_unmapped(e, pfn):
+                try_to_free_swap(e, pfn)
             put_page(e, pfn, 1)
     anon_vma_prepare(e, mm, vma)
     entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | vma_prot_bits(vma.flags) \

@@ -381,3 +381,28 @@ def test_deferred_split_of_a_cached_folio_keeps_the_slots():
     m.check()
     assert p.read(a, 12 * PAGE) == fill(K64)[:12 * PAGE]
     m.check()
+
+
+def test_collapse_takes_a_cached_folio_and_frees_its_swapcache():
+    # is_refcount_suitable counts a swapcache folio's nr references (6.12
+    # khugepaged); the copy's end frees the old folio's swapcache
+    # (free_page_and_swap_cache) once no slot is referenced. Without the nr
+    # the collapse fails (SCAN_PAGE_COUNT); without the free the old
+    # folio lingers in the swapcache holding its slots.
+    m = machine("6.18", "ssd")
+    m.thp.sizes[K64] = "always"
+    p = m.spawn()
+    a = region(p, THP, THP)
+    p.write(a, fill(K64))
+    head = p.pagemap(a).pfn
+    assert m.folio_order(head) == 4
+    p.madvise(a, K64, C.MADV_PAGEOUT)
+    p.read(a, 1)                                        # mapped whole again, slots free of ptes
+    assert present(p, a, 16) == 16 and "swapcache" in m.frame(head).flags
+    p.madvise(a, THP, C.MADV_HUGEPAGE)
+    p.madvise(a, THP, C.MADV_COLLAPSE)
+    assert m.folio_order(p.pagemap(a).pfn) == 9
+    assert used(m) == 0
+    assert m.frame(head).refcount == 0                  # the old folio freed
+    assert p.read(a, K64) == fill(K64)
+    m.check()
