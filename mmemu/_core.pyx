@@ -57,7 +57,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "large_reuse", "thp_zero_wp_thp", "pm_thp_excl_per_page", "split_remap_zero",
                  "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
                  "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp", "swapout_large_ptes",
-                 "swap_large_rotational", "swapin_large_sync",
+                 "swap_large_rotational", "swapin_large_sync", "swapin_large_swapcache",
                  "shmem_mthp")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
@@ -256,6 +256,7 @@ cdef class Engine:
         p.swapout_large_ptes = knobs["swapout_large_ptes"]
         p.swap_large_rotational = knobs["swap_large_rotational"]
         p.swapin_large_sync = knobs["swapin_large_sync"]
+        p.swapin_large_swapcache = knobs["swapin_large_swapcache"]
         p.shmem_mthp = knobs["shmem_mthp"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
@@ -2558,7 +2559,7 @@ cdef class Engine:
         cdef int64_t[::1] exp_map = exp_map_a
         cdef int32_t mmi
         cdef mm_t *m
-        cdef int64_t rss, used, roots = 0, h
+        cdef int64_t rss, used, roots = 0, h, nr_sc
         cdef uint16_t f
         cdef uint8_t o
         for i in range(1, self.e.nfile):
@@ -2588,14 +2589,24 @@ cdef class Engine:
         for s in range(self.e.nswap):
             if self.e.swap_cache[s]:
                 pfn = self.e.swap_cache[s] - 1
-                exp_ref[pfn] += 1
-                if not (self.e.fflags[pfn] & PG_SWAPCACHE) or self.e.index[pfn] != s \
+                exp_ref[folio_of(&self.e, pfn)] += 1     # the cache's reference, one a page
+                if not (self.e.fflags[pfn] & PG_SWAPCACHE) or swapcache_slot(&self.e, pfn) != s \
                         or not (self.e.swap_map[s] & SWAP_HAS_CACHE):
                     raise InvariantError("swapcache entry and folio disagree", pfn, f"slot {s}")
                 if self.e.fflags[pfn] & (PG_HEAD | PG_TAIL):
-                    # A large folio leaves the swapcache at its write, whole
-                    # or split (swapout_large_whole): never found there.
-                    raise InvariantError("large folio in the swapcache", pfn, f"slot {s}")
+                    # A large anon folio written out whole (swapout_large_whole):
+                    # in the cache whole, every page at its slot, its slots a
+                    # run as aligned as the folio (a cluster's).
+                    h = folio_of(&self.e, pfn)
+                    nr_sc = folio_nr(&self.e, h)
+                    if not (self.e.fflags[h] & PG_ANON) or pfn_is_hugetlb(&self.e, h) \
+                            or <int64_t>self.e.index[h] % nr_sc or <int64_t>self.e.index[h] + nr_sc > self.e.nswap:
+                        raise InvariantError("large folio in the swapcache is not an anon folio on an aligned run",
+                                             pfn, f"slot {s}")
+                    for i in range(nr_sc):
+                        if not (self.e.fflags[h + i] & PG_SWAPCACHE) \
+                                or self.e.swap_cache[<int64_t>self.e.index[h] + i] != h + i + 1:
+                            raise InvariantError("large folio only partly in the swapcache", h + i, f"slot {s}")
         for mmi in range(self.e.nmm):
             m = &self.e.mms[mmi]
             if not m.alive:

@@ -145,6 +145,7 @@ BASELINE = {
     "swapout_large_ptes": 0,      # a PTE-mapped large folio (mTHP) goes whole too (6.10); before: split
     "swap_large_rotational": 0,   # a rotational swap partition gives large entries too (6.14); before: SSDs only
     "swapin_large_sync": 0,       # an mTHP-sized folio swapped in from a SWP_SYNCHRONOUS_IO device (6.12)
+    "swapin_large_swapcache": 0,  # a large folio found in the swapcache is mapped whole (6.11); before: the page
     "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
     "shmem_mthp": 0,              # anon shmem's huge orders from hugepages-<size>kB/shmem_enabled (6.11)
 }
@@ -368,6 +369,14 @@ CHANGES = (
            aliases=("6b0ed7b3c775",)),
     Change("242d12c98174", "6.12", "mm: support large folios swap-in for sync io devices",
            {"swapin_large_sync": 1}),
+    # Barry Song / Chuanhua Han's series: do_swap_page maps a large folio it
+    # finds in the swapcache whole when every pte of it is its swap entry,
+    # and should_try_to_free_swap counts the folio's nr references. Still in
+    # mm-unstable in late June 2024, in 6.12's mm/memory.c: 6.11. The
+    # mainline id was not confirmed (508758960b8d is unverified): a name.
+    Change("swapin-map-large-swapcache", "6.11", "mm: swap: entirely map large folios found in swapcache "
+           "(with \"mm: swap: make should_try_to_free_swap() support large-folio\"; mainline id not confirmed)",
+           {"swapin_large_swapcache": 1}),
     # Kairui Song's swap allocator rework (6.14): cluster info for every
     # device, so scan_swap_map_slots' large-entry test keeps SWP_BLKDEV only.
     Change("swap-cluster-lock-hdd", "6.14", "mm, swap: use cluster lock for HDD (rework of swap "

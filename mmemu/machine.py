@@ -393,7 +393,10 @@ class Machine:
     def reclaim(self, npages: int = 1 << 62, cpu: int = 0) -> int:
         """Memory pressure, as an explicit event: reclaim up to npages (pages
         mapped once go to swap, clean MADV_FREE'd pages are dropped, unmapped
-        shmem goes to swap). Returns frames freed."""
+        shmem goes to swap). Large anon folios go whole where the era and the
+        swap device allow, else split; one left in the swapcache by an
+        earlier write (MADV_PAGEOUT on an SSD) is freed first. Returns frames
+        freed."""
         npages, cpu = min(A.size(npages, "reclaim", "npages"), 1 << 62), operator.index(cpu)
         if not 0 <= cpu < self.ncpus:
             raise ValueError(f"cpu {cpu} out of range 0..{self.ncpus - 1}")

@@ -69,7 +69,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t split_remap_zero, collapse_ro
         int32_t hugetlb_fork_copy_pinned, hugetlb_dontneed, hugetlb_mremap, hugetlb_zap_restore_reserve
         int32_t hugetlb_fork_swp_uffd_wp
-        int32_t swapout_large_ptes, swap_large_rotational, swapin_large_sync
+        int32_t swapout_large_ptes, swap_large_rotational, swapin_large_sync, swapin_large_swapcache
         int32_t shmem_mthp
 
     enum:

@@ -190,7 +190,7 @@ cdef int wp_page_copy(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
         mm.rss_anon += 1
     if old != ZERO_PFN:
         e.mapcount[old] -= 1
-        if e.pol.free_swapcache_after_cow and e.fflags[old] & PG_SWAPCACHE and e.mapcount[old] == 0:
+        if e.pol.free_swapcache_after_cow and e.fflags[old] & PG_SWAPCACHE and swapcache_unmapped(e, old):
             try_to_free_swap(e, old)     # 5.14 f4c4a3f48480: an idle swapcache copy goes
         put_page(e, old, 1)
     stat_add(e, MM_STAT_UNSHARE if unshare else MM_STAT_COW, 1)

@@ -831,14 +831,19 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
     cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1), stop, pte, zero
     cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
     cdef uint64_t *t
-    cdef int64_t n, i, p, nr
+    cdef int64_t n, i, p, nr, cache = 0, slot0 = 0
     cdef int32_t vi
     cdef uint16_t keep
     if not (e.fflags[head] & PG_HEAD) or is_huge_zero_pfn(e, head) or not (e.fflags[head] & PG_ANON):
         return -1
     nr = folio_nr(e, head)
     n = folio_mapcount_total(e, head)
-    if e.refcount[head] != n or mm_folio_mappings(e, mm, head, haddr, n) != n:
+    if e.fflags[head] & PG_SWAPCACHE:
+        # In the swapcache (core/swap.pxi swapcache_slot): its references
+        # there, one a page, are expected too (can_split_folio), and each
+        # page keeps its own slot (__split_huge_page).
+        cache, slot0 = 1, <int64_t>e.index[head]
+    if e.refcount[head] != n + cache * nr or mm_folio_mappings(e, mm, head, haddr, n) != n:
         return -1
     t = leaf_or_skip(e, mm.pgd, haddr, &stop)
     if t == NULL:
@@ -856,10 +861,12 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
     keep = e.fflags[head] & (PG_DIRTY | PG_LRU)
     for p in range(head, head + nr):
         e.fflags[p] = (e.fflags[p] & ~(PG_HEAD | PG_TAIL)) | keep
-        e.refcount[p] = e.mapcount[p]
+        e.refcount[p] = e.mapcount[p] + <int32_t>cache
         if nr != HPAGE_PMD_NR:
             e.mapping[p] = 0            # an mTHP's pages: order 0 now (mthp_order)
             e.index[p] = 0              # its pincount and deferred-split flag
+        if cache:
+            e.index[p] = <uint32_t>(slot0 + (p - head))
     if nr == HPAGE_PMD_NR:
         entire_mapcount(e, head)[0] = 0
     folio_deferred(e, head)[0] = 0
@@ -883,6 +890,15 @@ cdef int split_folio_here(engine_t *e, mm_t *mm, int64_t head, uint64_t va, bint
             e.refcount[p] -= 1
             mm.rss_anon -= 1
     for p in range(head, head + nr):
+        if cache and e.mapcount[p] == 0 and not (e.swap_map[slot0 + (p - head)] & SWAP_COUNT_MASK):
+            # free_page_and_swap_cache() at the split's end: an unmapped page
+            # no swap pte needs leaves the swapcache (reclaim's list keeps
+            # its page with one reference).
+            if isolated:
+                e.refcount[p] += 1
+            swapcache_delete(e, p)
+            if not isolated:
+                continue
         if isolated:
             e.fflags[p] &= ~PG_LRU
             if e.refcount[p] == 0:
@@ -925,7 +941,7 @@ cdef void split_folios_partly_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t
 
 
 cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end,
-                            int64_t *heads, int64_t cap, bint free_now) noexcept nogil:
+                            int64_t *heads, int64_t cap, bint free_now, int64_t *budget) noexcept nogil:
     """Swap-out of the large folios in [start, end) that this mm alone maps
     (shrink_folio_list). One the era and the swap area let go whole goes
     whole (swapout_large_whole, core/swap.pxi): a PMD-mapped THP in every
@@ -938,22 +954,29 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
     all-zero pages go to the zero page instead. The split is reclaim's
     (isolated): the heads of the folios split go to heads[] (at most cap;
     a folio beyond that is left large), in address order, for
-    pageout_putback. Returns how many."""
+    pageout_putback. Returns how many.
+
+    `budget` (direct reclaim; NULL for MADV_PAGEOUT): stop once it is
+    spent, each whole swap-out taking its pages from it, and leave
+    mlocked VMAs alone (their folios are unevictable)."""
     cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, a
     cdef uint64_t *t
     cdef int64_t i, pfn, head, last = -1, n = 0, nr
     cdef int32_t *slot
     cdef int32_t vi
     cdef int order
-    cdef bint tried
+    cdef int64_t total
+    cdef bint tried, cached
     if e.nr_large == 0:
         return 0
-    while va < end and n < cap:
+    while va < end and n < cap and (budget == NULL or budget[0] > 0):
         t = leaf_or_skip(e, mm.pgd, va, &stop)
         if t == NULL:
             va = stop
             continue
         for i in range(HPAGE_PMD_NR):
+            if budget != NULL and budget[0] <= 0:
+                break
             if t[i] & PTE_PRESENT and not (t[i] & PTE_SPECIAL):
                 pfn = <int64_t>pte_pfn(t[i])
                 if e.fflags[pfn] & (PG_HEAD | PG_TAIL) and not is_huge_zero_pfn(e, pfn):
@@ -962,7 +985,15 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
                         last = head
                         a = va + (<uint64_t>i << MM_PAGE_SHIFT)
                         nr = folio_nr(e, head)
-                        if folio_ptes_in(e, t, head) < nr:
+                        if budget != NULL:
+                            vi = find_vma(mm, a)
+                            if vi < 0 or mm.vmas[vi].flags & VM_LOCKED or not (e.fflags[head] & PG_ANON):
+                                continue
+                        # A folio still in the swapcache (written whole, mapped
+                        # again) is not split by shrink_folio_list in any era:
+                        # add_to_swap is behind it, try_to_unmap takes it whole.
+                        cached = (e.fflags[head] & PG_SWAPCACHE) != 0
+                        if folio_ptes_in(e, t, head) < nr and not (cached and budget != NULL):
                             # Not mapped whole (6.12 madvise_cold_or_pageout_pte_range:
                             # fewer ptes than pages): the walker's own split_folio, the
                             # unmapped pages freed, the rest reclaimed as small pages.
@@ -972,11 +1003,14 @@ cdef int64_t split_folios_in(engine_t *e, mm_t *mm, uint64_t start, uint64_t end
                         tried = False
                         slot = pmd_slot(e, mm, va, False)
                         vi = find_vma(mm, a)
-                        if (pmd_trans_huge(slot[0]) or e.pol.swapout_large_ptes) and e.nswap > 0 \
+                        total = folio_mapcount_total(e, head)
+                        if (pmd_trans_huge(slot[0]) or e.pol.swapout_large_ptes or cached) and e.nswap > 0 \
                                 and vi >= 0 and not (mm.vmas[vi].flags & VM_LOCKED) \
-                                and e.fflags[head] & PG_ANON and e.refcount[head] == folio_mapcount_total(e, head) \
-                                and mm_folio_mappings(e, mm, head, va, nr) == e.refcount[head]:
+                                and e.fflags[head] & PG_ANON and e.refcount[head] == total + (nr if cached else 0) \
+                                and mm_folio_mappings(e, mm, head, va, total) == total:
                             if swapout_large_whole(e, mm, head, va, free_now) > 0:
+                                if budget != NULL:
+                                    budget[0] -= nr
                                 continue
                             tried = True
                         if split_folio_here(e, mm, head, a, True, True) == 0:
@@ -1101,7 +1135,8 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
         # is_refcount_suitable(): every reference is a mapping (a swapcache
         # folio also holds one per page).
         if e.fflags[head] & PG_HEAD:
-            if e.refcount[head] != folio_mapcount_total(e, head):
+            if e.refcount[head] != folio_mapcount_total(e, head) \
+                    + (folio_nr(e, head) if e.fflags[head] & PG_SWAPCACHE else 0):
                 return COLLAPSE_PAGE_COUNT
         elif e.refcount[pfn] != e.mapcount[pfn] + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
             return COLLAPSE_PAGE_COUNT
@@ -1142,7 +1177,8 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
         # is_refcount_suitable(): every reference is a mapping (a swapcache
         # folio also holds one per page).
         if e.fflags[head] & (PG_HEAD):
-            if e.refcount[head] != folio_mapcount_total(e, head):
+            if e.refcount[head] != folio_mapcount_total(e, head) \
+                    + (folio_nr(e, head) if e.fflags[head] & PG_SWAPCACHE else 0):
                 return COLLAPSE_PAGE_COUNT
         elif e.refcount[pfn] != e.mapcount[pfn] + (1 if e.fflags[pfn] & PG_SWAPCACHE else 0):
             return COLLAPSE_PAGE_COUNT
@@ -1165,6 +1201,11 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
             pfn = <int64_t>pte_pfn(pte)
             e.mapcount[pfn] -= 1
             n_anon += 1
+            # free_page_and_swap_cache(): an unmapped swapcache folio whose
+            # slots nobody needs leaves the swapcache (6.12
+            # __collapse_huge_page_copy_succeeded).
+            if e.fflags[pfn] & PG_SWAPCACHE and swapcache_unmapped(e, pfn):
+                try_to_free_swap(e, pfn)
             put_page(e, pfn, 1)
     anon_vma_prepare(e, mm, vma)
     entry = pfn_pte(new) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | vma_prot_bits(vma.flags) \

@@ -694,7 +694,9 @@ cdef int large_split_and_migrate(engine_t *e, mig_page_t *pg, int32_t node, int3
         pfn0 = <int64_t>pte_pfn(ptep[0])
     base = pg.va - (<uint64_t>(pfn0 - old if pfn0 >= 0 else 0) << MM_PAGE_SHIFT)
     e.refcount[old] -= 1                # the isolation reference, back below if the split fails
-    if split_folio_here(e, &e.mms[pg.mm], old, pg.va, True, True) < 0:
+    # (A folio in the swapcache is not split here: its unmapped pages would
+    # lose the cache's reference with the isolation one. Not modelled: -ENOMEM.)
+    if e.fflags[old] & PG_SWAPCACHE or split_folio_here(e, &e.mms[pg.mm], old, pg.va, True, True) < 0:
         e.refcount[old] += 1
         e.fflags[old] &= ~PG_ISOLATED
         put_page(e, old, 1)

@@ -263,6 +263,7 @@ typedef struct {
     int32_t swapout_large_ptes;     /* 845982eb264b + 5ed890ce5147 (6.10): a PTE-mapped large folio (mTHP) goes to swap whole */
     int32_t swap_large_rotational;  /* "mm, swap: use cluster lock for HDD" (6.14): a rotational swap partition gives large entries too */
     int32_t swapin_large_sync;      /* 242d12c98174 (6.12): an mTHP-sized swap-in from a SWP_SYNCHRONOUS_IO device (zram) */
+    int32_t swapin_large_swapcache; /* "mm: swap: entirely map large folios found in swapcache" (6.11): do_swap_page maps the whole folio */
     int32_t shmem_mthp;             /* 7fb1b252afb5 (6.11): anon shmem's huge orders come from hugepages-<size>kB/shmem_enabled ("inherit" follows shmem_enabled) */
 } mm_policy_t;
 

@@ -130,10 +130,58 @@ cdef int swap_read(engine_t *e, int64_t slot, int64_t pfn) noexcept nogil:
     return 0
 
 
+# A large folio in the swapcache (one written out whole, swapout_large_whole)
+# keeps its first slot on its head only, as the kernel's folio->swap: page i
+# is slot index[head] + i (an mTHP's tails hold its pincount and deferred
+# flag in `index`). Every page is PG_SWAPCACHE and each slot names its page
+# (swap_cache[]), as the swapcache's xarray does; the folio holds one
+# reference per page for the cache (add_to_swap_cache's folio_ref_add).
+
+cdef inline int64_t swapcache_slot(engine_t *e, int64_t pfn) noexcept nogil:
+    """The slot of a swapcache page (folio->swap + its index in the folio)."""
+    cdef int64_t head
+    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+        head = folio_of(e, pfn)
+        return <int64_t>e.index[head] + (pfn - head)
+    return <int64_t>e.index[pfn]
+
+
+cdef bint folio_swapped(engine_t *e, int64_t head, int64_t nr) noexcept nogil:
+    """folio_swapped(): some slot of the folio is still referenced by a
+    swap pte or a shmem entry."""
+    cdef int64_t slot0 = <int64_t>e.index[head], i
+    for i in range(nr):
+        if e.swap_map[slot0 + i] & SWAP_COUNT_MASK:
+            return True
+    return False
+
+
+cdef inline bint swapcache_unmapped(engine_t *e, int64_t pfn) noexcept nogil:
+    """!folio_mapped() of pfn's folio (free_swap_cache's test)."""
+    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+        return folio_mapcount_total(e, folio_of(e, pfn)) == 0
+    return e.mapcount[pfn] == 0
+
+
 cdef void swapcache_delete(engine_t *e, int64_t pfn) noexcept nogil:
     """delete_from_swap_cache(): the folio leaves the swapcache (dropping the
-    cache's reference); the slot goes if nothing references it any more."""
-    cdef int64_t slot = <int64_t>e.index[pfn]
+    cache's references, one per page); each slot goes if nothing references
+    it any more (put_swap_folio)."""
+    cdef int64_t slot, head, nr, i
+    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+        head = folio_of(e, pfn)
+        nr = folio_nr(e, head)
+        slot = <int64_t>e.index[head]
+        for i in range(nr):
+            e.swap_cache[slot + i] = 0
+            e.swap_map[slot + i] &= ~SWAP_HAS_CACHE
+            e.fflags[head + i] &= ~PG_SWAPCACHE
+            if e.swap_map[slot + i] == 0:
+                swap_slot_release(e, slot + i)
+        e.index[head] = 0
+        put_page(e, head, <int32_t>nr)
+        return
+    slot = <int64_t>e.index[pfn]
     e.swap_cache[slot] = 0
     e.swap_map[slot] &= ~SWAP_HAS_CACHE
     e.fflags[pfn] &= ~PG_SWAPCACHE
@@ -145,21 +193,48 @@ cdef void swapcache_delete(engine_t *e, int64_t pfn) noexcept nogil:
 
 cdef bint try_to_free_swap(engine_t *e, int64_t pfn) noexcept nogil:
     """folio_free_swap(): drop the swapcache copy once no pte or shmem entry
-    references the slot."""
-    cdef int64_t slot
+    references the slot (for a large folio: any of its slots)."""
+    cdef int64_t head
     if not (e.fflags[pfn] & PG_SWAPCACHE):
         return False
-    slot = <int64_t>e.index[pfn]
-    if e.swap_map[slot] & SWAP_COUNT_MASK:
+    if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+        head = folio_of(e, pfn)
+        if folio_swapped(e, head, folio_nr(e, head)):
+            return False
+    elif e.swap_map[<int64_t>e.index[pfn]] & SWAP_COUNT_MASK:
         return False
     swapcache_delete(e, pfn)
     return True
 
 
+cdef int64_t swapcache_reclaim_large(engine_t *e) noexcept nogil:
+    """shrink_folio_list on the large folios left in the swapcache after
+    their write (swapout_large_whole): one nothing maps and nothing else
+    references is clean and done with, so __remove_mapping takes it out of
+    the swapcache whole and frees it; the slots the swap ptes still name
+    stay (put_swap_folio drops only the cache's SWAP_HAS_CACHE). Found by
+    their aligned first slot. Returns pages freed."""
+    cdef int64_t s, pfn, nr, n = 0
+    if e.nr_large == 0:
+        return 0
+    s = 0
+    while s < e.nswap:
+        nr = 1 << MTHP_MIN_ORDER
+        if e.swap_cache[s]:
+            pfn = e.swap_cache[s] - 1
+            if e.fflags[pfn] & PG_HEAD and e.fflags[pfn] & PG_SWAPCACHE and <int64_t>e.index[pfn] == s:
+                nr = folio_nr(e, pfn)
+                if e.refcount[pfn] == nr and folio_mapcount_total(e, pfn) == 0:
+                    swapcache_delete(e, pfn)
+                    n += nr
+        s += nr
+    return n
+
+
 cdef void swap_entry_free(engine_t *e, int64_t slot) noexcept nogil:
     """free_swap_and_cache(): one reference to the slot goes; a swapcache
     folio nobody else holds goes with the last one."""
-    cdef int64_t pfn
+    cdef int64_t pfn, head, nr
     if slot < 0 or slot >= e.nswap:
         return
     if e.swap_map[slot] & SWAP_COUNT_MASK:
@@ -168,6 +243,16 @@ cdef void swap_entry_free(engine_t *e, int64_t slot) noexcept nogil:
         return
     if e.swap_map[slot] & SWAP_HAS_CACHE:
         pfn = e.swap_cache[slot] - 1
+        if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+            # __try_to_reclaim_swap (TTRS_UNMAPPED): a large folio goes once
+            # it is unmapped and none of its slots is referenced any more
+            # (swap_is_has_cache over the folio's range).
+            head = folio_of(e, pfn)
+            nr = folio_nr(e, head)
+            if e.refcount[head] == nr and folio_mapcount_total(e, head) == 0 \
+                    and not folio_swapped(e, head, nr):
+                swapcache_delete(e, head)
+            return
         # A per-CPU LRU batch's reference (a folio MADV_PAGEOUT put back)
         # does not hold it: __try_to_reclaim_swap only needs it unmapped.
         if e.mapcount[pfn] == 0 and e.refcount[pfn] - lru_batch_refs(e, pfn) == 1:
@@ -242,6 +327,8 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
         pfn = swapin_folio(e, slot, cpu, &ret)
         if pfn < 0:
             return ret
+        if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
+            return do_swap_page_cached(e, mm, cpu, vma, va, ptep, fflags, pfn)
         # The pte's reference to the slot becomes the mapping's folio reference.
         e.swap_map[slot] -= 1
         e.refcount[pfn] += 1
@@ -294,6 +381,78 @@ cdef int do_swap_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va
     if write:
         # The write is not satisfied yet: the era's do_wp_page decides (5.18's
         # c145e0b47c77 makes swap-in refcount-based through the same path).
+        return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)
+    return 0
+
+
+cdef int do_swap_page_cached(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
+                             uint64_t *ptep, int fflags, int64_t pfn) noexcept nogil:
+    """do_swap_page() on a page of a large folio found in the swapcache
+    (one written out whole and not yet freed: swapout_large_whole).
+    Up to 6.10 it maps that page alone: the folio stays large, mapped in
+    part. From 6.11 ("mm: swap: entirely map large folios found in
+    swapcache", Barry Song / Chuanhua Han) it maps the whole folio when
+    its range lies in the VMA and in this page table and every pte of it
+    is the matching swap entry: the same entry, offset moved, with the same
+    exclusive, soft-dirty and uffd-wp bits (pte_same + swap_pte_batch).
+    Then as for a page: the slots' references go (swap_free_nr), the
+    swapcache goes if should_try_to_free_swap says so (VM_LOCKED, or a
+    write fault with no reference but the cache's and the lookup's: 2 up
+    to 6.10, 1 + nr from 6.11), PageAnonExclusive from the swap pte's bit,
+    writable by the era's rule (5.19+; older eras leave the write to
+    do_wp_page). Nothing is read: no swpin is counted."""
+    cdef uint64_t orig = ptep[0], entry, start, pmd_start, lo, hi
+    cdef int64_t head = folio_of(e, pfn), nr = folio_nr(e, head), idx = pfn - head
+    cdef int64_t n = 1, i, first = pfn, slot, want
+    cdef uint64_t *q = ptep
+    cdef bint write = (fflags & FAULT_FLAG_WRITE) != 0, exclusive = False, ok
+    if e.pol.swapin_large_swapcache:
+        start = va - (<uint64_t>idx << MM_PAGE_SHIFT)
+        pmd_start = va & ~(<uint64_t>PMD_SPAN - 1)
+        lo = vma.start if vma.start > pmd_start else pmd_start
+        hi = vma.end if vma.end < pmd_start + PMD_SPAN else pmd_start + PMD_SPAN
+        if start >= lo and start + (<uint64_t>nr << MM_PAGE_SHIFT) <= hi:
+            ok = True
+            for i in range(nr):
+                if (ptep - idx)[i] != orig - (<uint64_t>idx << SWP_OFFSET_SHIFT) + (<uint64_t>i << SWP_OFFSET_SHIFT):
+                    ok = False
+                    break
+            if ok:
+                n, first, q = nr, head, ptep - idx
+    slot = swapcache_slot(e, first)
+    for i in range(n):
+        e.swap_map[slot + i] -= 1       # swap_free_nr: the ptes' references ...
+    e.refcount[head] += n               # ... become the mappings' (the lookup's stands in)
+    if e.pol.wp_reuse == WP_REUSE_ANON_EXCLUSIVE:
+        exclusive = (orig & SWP_EXCLUSIVE) != 0
+        want = (1 + nr) if e.pol.swapin_large_swapcache else 2
+        if vma.flags & VM_LOCKED or (write and e.refcount[head] - n + 1 == want):
+            try_to_free_swap(e, head)   # should_try_to_free_swap()
+    elif vma.flags & VM_LOCKED:
+        try_to_free_swap(e, head)
+    mm.rss_anon += n
+    anon_vma_prepare(e, mm, vma)
+    entry = pfn_pte(first) | PTE_PRESENT | PTE_YOUNG | vma_prot_bits(vma.flags) \
+        | (orig & (PTE_SOFT_DIRTY | PTE_UFFD_WP))
+    if e.pol.wp_reuse == WP_REUSE_ANON_EXCLUSIVE and (exclusive or e.refcount[head] == n):
+        for i in range(n):
+            e.fflags[first + i] |= PG_ANON_EXCLUSIVE
+        if not e.pol.swapin_read_writable:
+            if write and not (entry & PTE_UFFD_WP):
+                entry |= PTE_DIRTY | PTE_SOFT_DIRTY
+                if vma.flags & VM_WRITE:
+                    entry |= PTE_WRITE
+                write = False
+        elif vma.flags & VM_WRITE and not (entry & PTE_UFFD_WP) \
+                and not (vma_soft_dirty_tracking(e, vma.flags) and not (entry & PTE_SOFT_DIRTY)):
+            entry |= PTE_WRITE
+            if write:
+                entry |= PTE_DIRTY | PTE_SOFT_DIRTY
+                write = False
+    for i in range(n):
+        q[i] = entry + pfn_pte(i)
+        e.mapcount[first + i] += 1
+    if write:
         return do_wp_page(e, mm, cpu, vma, va, ptep, fflags)
     return 0
 
@@ -468,26 +627,26 @@ cdef int64_t swapout_large_whole(engine_t *e, mm_t *mm, int64_t head, uint64_t h
     - with `free_now` (a synchronous device's write is done, or direct
       reclaim): __remove_mapping takes it out of the swapcache whole and it
       is freed whole;
-    - else it stays in the swapcache under writeback, back on the LRU (a
-      large folio skips the per-CPU batches): here it is split there at
-      once, each page keeping its own slot of the cluster (what
-      __split_huge_page does to a swapcache folio), so a later fault finds
-      base pages - the kernel keeps it large until it is reclaimed or
-      faulted in, and maps it page by page (or whole, 6.10's
-      do_swap_page, when every pte of it is still its swap entry).
+    - else it stays in the swapcache, large, under writeback, back on the
+      LRU (a large folio skips the per-CPU batches), until the next reclaim
+      pass frees it (swapcache_reclaim_large), the last swap pte of it goes
+      (swap_entry_free), or a fault maps it again (do_swap_page_cached).
     Returns the pages swapped out, or -1 (no cluster: the caller splits,
     THP_SWPOUT_FALLBACK)."""
-    cdef int64_t nr = folio_nr(e, head), slot0, i, p, sl
+    cdef int64_t nr = folio_nr(e, head), slot0, i, p, sl, mapped = 0
     cdef int order = HPAGE_PMD_ORDER if nr == HPAGE_PMD_NR else mthp_order(e, head)
     cdef int32_t *slot = pmd_slot(e, mm, haddr, False)
     cdef uint64_t *t
     cdef uint64_t pte, swp, stop
-    cdef uint16_t keep
-    if not swap_large_entries(e):
-        return -1
-    slot0 = swap_cluster_alloc(e, nr)
-    if slot0 < 0:
-        return -1
+    cdef bint cached = (e.fflags[head] & PG_SWAPCACHE) != 0, dirty = False
+    if cached:
+        slot0 = <int64_t>e.index[head]  # in the swapcache still: its slots (add_to_swap skipped)
+    else:
+        if not swap_large_entries(e):
+            return -1
+        slot0 = swap_cluster_alloc(e, nr)
+        if slot0 < 0:
+            return -1
     if slot != NULL and pmd_trans_huge(slot[0]):
         split_huge_pmd_locked(e, mm, slot, haddr)
     t = leaf_or_skip(e, mm.pgd, haddr, &stop)
@@ -504,34 +663,43 @@ cdef int64_t swapout_large_whole(engine_t *e, mm_t *mm, int64_t head, uint64_t h
             swp |= SWP_EXCLUSIVE
         t[i] = swp
         e.mapcount[p] -= 1
-        e.swap_map[sl] = 1              # the swap pte's reference
-    mm.rss_anon -= nr
+        if cached:
+            e.swap_map[sl] += 1         # the swap pte's reference, next to the cache's
+        else:
+            e.swap_map[sl] = 1          # the swap pte's reference
+        mapped += 1
+        dirty = dirty or (pte & PTE_DIRTY) != 0
+    mm.rss_anon -= mapped
     tlb_flush_range(e, mm.id, haddr, haddr + PMD_SPAN)
     for p in range(head, head + nr):
-        swap_write(e, slot0 + (p - head), p, free_now)
+        dirty = dirty or (e.fflags[p] & PG_DIRTY) != 0
+        # (A cached folio's copy is written again whatever its state: pageout
+        # skips a clean one, which holds what the slots hold.)
+        swap_write(e, slot0 + (p - head), p, free_now and not cached)
         e.fflags[p] &= ~(PG_ANON_EXCLUSIVE | PG_DIRTY)
-    stat_add(e, MM_STAT_SWPOUT, nr)
-    e.swpout[order] += 1
-    e.refcount[head] -= nr              # the mappings' references
+    if dirty or not cached:
+        stat_add(e, MM_STAT_SWPOUT, nr)
+        e.swpout[order] += 1
+    e.refcount[head] -= mapped          # the mappings' references
+    if cached:
+        if free_now:
+            swapcache_delete(e, head)   # __remove_mapping: freed whole, the slots stay
+        return nr
     if free_now:
         e.refcount[head] = 0
         folio_free_large(e, head)       # core/huge.pxi
         return nr
-    # In the swapcache: one reference per page once split (no split is
-    # counted: the kernel's folio stays large).
-    folio_deferred(e, head)[0] = 0      # before `index` takes the slots (an mTHP's flag is there)
-    if nr == HPAGE_PMD_NR:
-        entire_mapcount(e, head)[0] = 0
-    keep = e.fflags[head] & PG_LRU
+    # In the swapcache, whole: a reference per page (add_to_swap_cache),
+    # the first slot on the head (folio->swap). Unmapped: off the deferred
+    # split queue's list (it is not partially mapped any more).
+    folio_deferred(e, head)[0] = 0
+    e.index[head] = <uint32_t>slot0
     for p in range(head, head + nr):
         sl = slot0 + (p - head)
-        e.fflags[p] = (e.fflags[p] & ~(PG_HEAD | PG_TAIL)) | PG_SWAPCACHE | keep
-        e.refcount[p] = 1
-        e.mapping[p] = 0                # an mTHP's order
-        e.index[p] = <uint32_t>sl
+        e.fflags[p] |= PG_SWAPCACHE
         e.swap_cache[sl] = p + 1
         e.swap_map[sl] |= SWAP_HAS_CACHE
-    e.nr_large -= 1
+    e.refcount[head] += nr
     return nr
 
 
@@ -648,7 +816,7 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     cdef int64_t nheads = 0, hcap
     cdef bint free_swapcache = free_reclaim
     cdef bint full = False
-    cdef int64_t nthp = 0
+    cdef int64_t nthp = 0, left
     stopped[0] = end
     # A synchronous device (zram) has written the folio by the time pageout()
     # returns: shrink_folio_list frees it from the swapcache at once.
@@ -658,14 +826,24 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
         # MADV_PAGEOUT of large folios: split where the range covers part
         # (6.12 split_folio), then each is swapped out whole or split
         # (split_folios_in): what is left mapped here is small pages.
-        # Direct reclaim leaves large folios alone (not modelled yet: the
-        # kernel would swap cold THPs out).
         split_folios_partly_in(e, mm, start, end)
         if e.nr_large:
             hcap = e.nr_large                   # no more folios to split than there are
             heads = <int64_t *>malloc(hcap * sizeof(int64_t))
             if heads != NULL:
-                nheads = split_folios_in(e, mm, start, end, heads, hcap, free_swapcache)
+                nheads = split_folios_in(e, mm, start, end, heads, hcap, free_swapcache, NULL)
+    elif e.nr_large and e.nswap > 0:
+        # Direct reclaim meets large anon folios on the LRU too
+        # (shrink_folio_list): whole to swap where the era and the device
+        # allow, else split and their pages reclaimed as small ones below.
+        # Written whole, a folio is freed at once here, as a base page is.
+        hcap = e.nr_large
+        heads = <int64_t *>malloc(hcap * sizeof(int64_t))
+        if heads != NULL:
+            left = budget
+            nheads = split_folios_in(e, mm, start, end, heads, hcap, True, &left)
+            nthp = budget - left
+            budget = left
     lru_drain(e, cpu)
     # Scratch arrays sized by what is mapped in range, not by the range.
     cap = 0
@@ -677,13 +855,19 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
     if cap > budget:
         cap = budget
     if cap <= 0:
-        pageout_putback(e, cpu, NULL, 0, heads, nheads)
+        if free_reclaim:
+            putback_walk(e, cpu, NULL, 0, heads, nheads, False)
+        else:
+            pageout_putback(e, cpu, NULL, 0, heads, nheads)
         free(heads)
         return nthp
     anon = <int64_t *>malloc(cap * sizeof(int64_t))
     fpfn = <int64_t *>malloc(cap * sizeof(int64_t))
     if anon == NULL or fpfn == NULL:
-        pageout_putback(e, cpu, NULL, 0, heads, nheads)
+        if free_reclaim:
+            putback_walk(e, cpu, NULL, 0, heads, nheads, False)
+        else:
+            pageout_putback(e, cpu, NULL, 0, heads, nheads)
         free(heads)
         free(anon)
         free(fpfn)
@@ -761,6 +945,8 @@ cdef int64_t pageout_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, uint6
                 n += 1
     if not free_reclaim:
         pageout_putback(e, cpu, anon, nanon, heads, nheads)
+    elif nheads:
+        putback_walk(e, cpu, NULL, 0, heads, nheads, False)    # what the split left
     free(heads)
     free(anon)
     free(fpfn)
@@ -870,6 +1056,11 @@ cdef int64_t reclaim_pages(engine_t *e, int cpu, int64_t want) noexcept nogil:
         got += deferred_split_scan(e)   # shrink_slab: the deferred split shrinker first
         if got >= want:
             return e.nr_free - before
+    # Large folios whose write is done sit at the LRU's tail (rotated by
+    # folio_end_writeback): the first this pass frees.
+    got += swapcache_reclaim_large(e)
+    if got >= want:
+        return e.nr_free - before
     for k in range(n + 1):
         mmi = (e.reclaim_mm + k) % n
         if not e.mms[mmi].alive:

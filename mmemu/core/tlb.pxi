@@ -156,7 +156,7 @@ cdef void gather_finish(engine_t *e, gather_t *g) noexcept nogil:
     for i in range(g.n):
         # free_pages_and_swap_cache(): an unmapped swapcache folio leaves the
         # swapcache when no swap entry still needs it.
-        if e.fflags[g.pfns[i]] & PG_SWAPCACHE and e.mapcount[g.pfns[i]] == 0:
+        if e.fflags[g.pfns[i]] & PG_SWAPCACHE and swapcache_unmapped(e, g.pfns[i]):
             try_to_free_swap(e, g.pfns[i])
         put_page(e, g.pfns[i], 1)
     free(g.pfns)
