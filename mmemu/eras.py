@@ -146,6 +146,7 @@ BASELINE = {
     "swapin_large_sync": 0,       # an mTHP-sized folio swapped in from a SWP_SYNCHRONOUS_IO device (6.12)
     "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
     "shmem_mthp": 0,              # anon shmem's huge orders from hugepages-<size>kB/shmem_enabled (6.11)
+    "finish_fault_large": 0,      # finish_fault maps a whole large anon-shmem folio by ptes (6.11)
 }
 
 
@@ -382,6 +383,10 @@ CHANGES = (
     Change("7fb1b252afb5", "6.11", "mm: shmem: add mTHP support for anonymous shmem "
            "(shmem_allowable_huge_orders: the per-size shmem_enabled decides for MAP_SHARED|MAP_ANONYMOUS)",
            {"shmem_mthp": 1}),
+    # The series' first patch (same merge, 6.11): the ptes of a shmem mTHP
+    # (or a PMD THP a VMA can only map by ptes) go in at once.
+    Change("43e027e41423", "6.11", "mm: memory: extend finish_fault() to support large folio",
+           {"finish_fault_large": 1}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
            {"uffd_move_zeropage": 1}, aliases=("uffd-move-zeropage",)),
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "

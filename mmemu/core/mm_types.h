@@ -263,6 +263,7 @@ typedef struct {
     int32_t swap_large_rotational;  /* "mm, swap: use cluster lock for HDD" (6.14): a rotational swap partition gives large entries too */
     int32_t swapin_large_sync;      /* 242d12c98174 (6.12): an mTHP-sized swap-in from a SWP_SYNCHRONOUS_IO device (zram) */
     int32_t shmem_mthp;             /* 7fb1b252afb5 (6.11): anon shmem's huge orders come from hugepages-<size>kB/shmem_enabled ("inherit" follows shmem_enabled) */
+    int32_t finish_fault_large;     /* 43e027e41423 (6.11): finish_fault maps a whole large anon-shmem folio with one set_pte_range */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE

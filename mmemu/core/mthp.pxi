@@ -72,7 +72,8 @@ cdef int64_t folio_alloc_mthp(engine_t *e, int order, uint16_t flags) noexcept n
 
 
 cdef void mthp_free(engine_t *e, int64_t head) noexcept nogil:
-    """The last reference to an mTHP went (free_unref_folios): its pages go
+    """The last reference to an mTHP (anon, or a shmem one) went
+    (free_unref_folios): its pages go
     to the order-0 free list (no buddy merging here, so a later mTHP fault
     carves a fresh block)."""
     cdef int64_t nr = folio_nr(e, head), p
@@ -85,6 +86,7 @@ cdef void mthp_free(engine_t *e, int64_t head) noexcept nogil:
         e.mapcount[p] = 0
         e.mapping[p] = 0
         e.index[p] = 0
+        e.forder[p] = 0
         if e.zoned:
             zone_frame_put(e, p)        # core/zones.pxi
         else:
