@@ -58,7 +58,7 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
                  "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp", "swapout_large_ptes",
                  "swap_large_rotational", "swapin_large_sync",
-                 "shmem_mthp", "finish_fault_large")
+                 "shmem_mthp", "finish_fault_large", "shmem_file_orders")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -185,7 +185,7 @@ cdef class Engine:
         self.e.shmem_pmd = SHMEM_PMD_INHERIT            # hugepages-2048kB/shmem_enabled (6.11): inherit
         self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.large_pincount = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
-        self.e.file_pincount = <int32_t *>calloc((nframes >> MTHP_MIN_ORDER) + 1, sizeof(int32_t))
+        self.e.file_pincount = <int32_t *>calloc((nframes >> SHMEM_MIN_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
         self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
         self.e.dsq_on = <uint8_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, 1)
@@ -261,6 +261,7 @@ cdef class Engine:
         p.swapin_large_sync = knobs["swapin_large_sync"]
         p.shmem_mthp = knobs["shmem_mthp"]
         p.finish_fault_large = knobs["finish_fault_large"]
+        p.shmem_file_orders = knobs["shmem_file_orders"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -413,7 +414,7 @@ cdef class Engine:
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["forder"] = self.forder.copy()
-        st["file_pincount"] = stack_export(self.e.file_pincount, (self.e.nframes >> MTHP_MIN_ORDER) + 1, np.int32)
+        st["file_pincount"] = stack_export(self.e.file_pincount, (self.e.nframes >> SHMEM_MIN_ORDER) + 1, np.int32)
         st["shmem_mthp"] = np.array([[self.e.shmem_orders[i] for i in range(9)] + [0],
                                      [self.e.shmem_alloc[i] for i in range(10)],
                                      [self.e.shmem_fallback[i] for i in range(10)]], np.int64)
@@ -600,7 +601,7 @@ cdef class Engine:
             if "forder" in st:              # saved before shmem mTHP: no such folio
                 np.copyto(self.forder, st["forder"], casting="no")
                 fp = np.ascontiguousarray(st["file_pincount"], np.int32)
-                if len(fp) != (self.e.nframes >> MTHP_MIN_ORDER) + 1:
+                if len(fp) != (self.e.nframes >> SHMEM_MIN_ORDER) + 1:
                     raise ValueError("saved THP tables of the wrong size")
                 memcpy(self.e.file_pincount, cnp_data(fp), len(fp) * sizeof(int32_t))
                 for i in range(10):
@@ -826,22 +827,22 @@ cdef class Engine:
         """hugepages-<size>kB/shmem_enabled of an order below the PMD's
         (6.11), as the core keeps it: 0 never, 1 always, 2 within_size,
         3 advise, 4 inherit."""
-        if not MTHP_MIN_ORDER <= order < HPAGE_PMD_ORDER:
-            raise ValueError(f"shmem mTHP orders are {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}")
+        if not SHMEM_MIN_ORDER <= order < HPAGE_PMD_ORDER:
+            raise ValueError(f"shmem mTHP orders are {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}")
         return int(self.e.shmem_orders[order])
 
     def shmem_mthp_set(self, int order, int mode):
         """Set it (Machine.thp.shmem_sizes checks what the file accepts)."""
-        if not MTHP_MIN_ORDER <= order < HPAGE_PMD_ORDER or not 0 <= mode <= 4:
-            raise ValueError(f"shmem mTHP orders are {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}, settings 0..4")
+        if not SHMEM_MIN_ORDER <= order < HPAGE_PMD_ORDER or not 0 <= mode <= 4:
+            raise ValueError(f"shmem mTHP orders are {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}, settings 0..4")
         self.e.shmem_orders[order] = mode
         self._shmem_thp_update()
 
     def shmem_mthp_stats(self, int order):
         """(shmem_alloc, shmem_fallback, shmem_fallback_charge) of
         hugepages-<size>kB/stats, orders 2..9 (no memcg here: the last is 0)."""
-        if not MTHP_MIN_ORDER <= order <= HPAGE_PMD_ORDER:
-            raise ValueError(f"shmem mTHP stats are kept for orders {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER}")
+        if not SHMEM_MIN_ORDER <= order <= HPAGE_PMD_ORDER:
+            raise ValueError(f"shmem mTHP stats are kept for orders {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER}")
         return (int(self.e.shmem_alloc[order]), int(self.e.shmem_fallback[order]), 0)
 
     cdef void _shmem_thp_update(self) noexcept:
@@ -850,7 +851,7 @@ cdef class Engine:
         cdef int o
         self.e.shmem_mthp_on = 0
         if self.e.pol.shmem_mthp and self.e.shmem_huge != SHMEM_HUGE_DENY:
-            for o in range(MTHP_MIN_ORDER, HPAGE_PMD_ORDER):
+            for o in range(SHMEM_MIN_ORDER, HPAGE_PMD_ORDER):
                 if self.e.shmem_orders[o] != SHMEM_HUGE_NEVER:
                     self.e.shmem_mthp_on = 1
         self.e.shmem_thp_on = (self.e.shmem_huge > 0 or self.e.shmem_huge == SHMEM_HUGE_FORCE
@@ -2685,7 +2686,7 @@ cdef class Engine:
                 # the order on every page of the aligned range.
                 o = self.e.forder[pfn]
                 h = pfn & ~((<int64_t>1 << o) - 1)
-                if not MTHP_MIN_ORDER <= o < HPAGE_PMD_ORDER or self.e.forder[h] != o or not (f & PG_FILE) \
+                if not SHMEM_MIN_ORDER <= o < HPAGE_PMD_ORDER or self.e.forder[h] != o or not (f & PG_FILE) \
                         or not (f & (PG_HEAD if pfn == h else PG_TAIL)) or f & (PG_TAIL if pfn == h else PG_HEAD) \
                         or self.e.mapping[pfn] != self.e.mapping[h] \
                         or self.e.index[pfn] != self.e.index[h] + <uint32_t>(pfn - h):

@@ -147,6 +147,7 @@ BASELINE = {
     "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
     "shmem_mthp": 0,              # anon shmem's huge orders from hugepages-<size>kB/shmem_enabled (6.11)
     "finish_fault_large": 0,      # finish_fault maps a whole large anon-shmem folio by ptes (6.11)
+    "shmem_file_orders": 0,       # hugepages-8kB/shmem_enabled: order-1 shmem folios (6.12)
 }
 
 
@@ -387,6 +388,11 @@ CHANGES = (
     # (or a PMD THP a VMA can only map by ptes) go in at once.
     Change("43e027e41423", "6.11", "mm: memory: extend finish_fault() to support large folio",
            {"finish_fault_large": 1}),
+    # Ryan Roberts' tidy-up (6.12 mm merge; only mm-tree ids were found):
+    # a per-size directory for every THP_ORDERS_ALL_FILE_DEFAULT order, so
+    # shmem gets hugepages-8kB (order 1), which anon memory never has.
+    Change("shmem-mthp-file-orders", "6.12", "mm: tidy up shmem mTHP controls and stats (id not confirmed)",
+           {"shmem_file_orders": 1}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
            {"uffd_move_zeropage": 1}, aliases=("uffd-move-zeropage",)),
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "

@@ -178,9 +178,24 @@ class ShmemSizes(_SizeFiles):
     only the PMD size may be set to "inherit" (EINVAL). Before 6.11 the
     files do not exist (FileNotFoundError, ENOENT)."""
 
-    __slots__ = ()
+    __slots__ = ("_order1",)
     _FILE = "shmem_enabled"
     _SINCE = "per-size shmem_enabled is 6.11+"
+
+    def __init__(self, engine, present: bool, order1: bool = False) -> None:
+        super().__init__(engine, present)
+        # 6.12 ("mm: tidy up shmem mTHP controls and stats"): a directory
+        # per THP_ORDERS_ALL_FILE_DEFAULT order too, so hugepages-8kB has a
+        # shmem_enabled (and no anon "enabled").
+        self._order1 = bool(order1) and self._present
+
+    def _order(self, size) -> int:
+        if self._order1 and size == 2 * _PAGE:
+            return 1
+        return super()._order(size)
+
+    def keys(self) -> list[int]:
+        return ([2 * _PAGE] if self._order1 else []) + super().keys()
 
     def __getitem__(self, size) -> str:
         order = self._order(size)
@@ -234,12 +249,13 @@ class ThpSettings:
 
     __slots__ = ("_engine", "khugepaged", "sizes", "shmem_sizes")
 
-    def __init__(self, engine, enabled: str = "madvise", mthp: bool = False, shmem_mthp: bool = False) -> None:
+    def __init__(self, engine, enabled: str = "madvise", mthp: bool = False, shmem_mthp: bool = False,
+                 shmem_file_orders: bool = False) -> None:
         self._engine = engine
         self.enabled = enabled
         self.khugepaged = Khugepaged()
         self.sizes = MthpSizes(engine, mthp)
-        self.shmem_sizes = ShmemSizes(engine, shmem_mthp)
+        self.shmem_sizes = ShmemSizes(engine, shmem_mthp, shmem_file_orders)
 
     def _set(self, enabled=None, use_zero_page=None, defrag=None):
         e, z, d = self._engine.thp_get()
@@ -301,7 +317,7 @@ class ThpSettings:
             raise ValueError(f"THP shmem_enabled must be one of {', '.join(_SHMEM)}, not {v!r}")
         huge, pmd = self._engine.shmem_thp_get()
         if v == "force" and self.shmem_sizes._present and (
-                pmd != 4 or any(self._engine.shmem_mthp_get(o) == 4 for o in range(2, 9))):
+                pmd != 4 or any(self._engine.shmem_mthp_get(o) == 4 for o in range(1, 9))):
             # 6.11+: force unless the inherit sizes are exactly the PMD's
             # would let mTHP settings override the huge= policy: refused.
             raise OSError(errno.EINVAL, "Invalid argument (force needs exactly hugepages-2048kB/shmem_enabled "

@@ -17,7 +17,7 @@ cdef extern from "mm_types.h" nogil:
     uint32_t PG_HEAD, PG_TAIL
     int32_t PMD_HUGE
     uint64_t PMD_LEAF_UNEXPANDED
-    int HPAGE_PMD_ORDER, HPAGE_PMD_NR, HPAGE_PUD_ORDER, HPAGE_PUD_NR, MTHP_MIN_ORDER
+    int HPAGE_PMD_ORDER, HPAGE_PMD_NR, HPAGE_PUD_ORDER, HPAGE_PUD_NR, MTHP_MIN_ORDER, SHMEM_MIN_ORDER
     int MM_HSTATE_2M, MM_HSTATE_1G, MM_NR_HSTATES
     int MM_MAX_NODES
 
@@ -70,7 +70,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t hugetlb_fork_swp_uffd_wp
         int32_t swapout_large_ptes, swap_large_rotational, swapin_large_sync
         int32_t shmem_mthp
-        int32_t finish_fault_large
+        int32_t finish_fault_large, shmem_file_orders
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
@@ -311,7 +311,7 @@ ctypedef struct engine_t:
     # Anon shmem mTHP (e7a2ab7b3bb5, 6.11): hugepages-<size>kB/shmem_enabled
     # of the orders below the PMD's (SHMEM_PMD_* codes, 4 inherit), the
     # per-order stats/shmem_alloc, shmem_fallback (9: the PMD size too) and
-    # the pincount of a shmem mTHP by head >> MTHP_MIN_ORDER (its tails'
+    # the pincount of a shmem mTHP by head >> SHMEM_MIN_ORDER (its tails'
     # `index` is the file's, unlike an anon mTHP's).
     int32_t shmem_orders[9]
     int64_t shmem_alloc[10]

@@ -146,7 +146,7 @@ cdef inline int32_t *folio_pincount(engine_t *e, int64_t head) noexcept nogil:
     if mthp_order(e, head):
         return <int32_t *>&e.index[head + 1]
     if e.forder[head]:
-        return &e.file_pincount[head >> MTHP_MIN_ORDER]     # a shmem mTHP (its `index` is the file's)
+        return &e.file_pincount[head >> SHMEM_MIN_ORDER]     # a shmem mTHP (its `index` is the file's)
     return &e.large_pincount[head >> HPAGE_PMD_ORDER]
 
 

@@ -179,7 +179,7 @@ cdef uint32_t shmem_mthp_orders(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64
             or e.shmem_huge == SHMEM_HUGE_DENY:
         return 0
     top = e.shmem_huge == SHMEM_HUGE_FORCE or shmem_huge_mode(e.shmem_huge, f, index, 0, vma.flags)
-    for order in range(MTHP_MIN_ORDER, HPAGE_PMD_ORDER):
+    for order in range(SHMEM_MIN_ORDER, HPAGE_PMD_ORDER):
         mode = e.shmem_orders[order]
         if mode == SHMEM_PMD_INHERIT:
             if top:
@@ -193,7 +193,7 @@ cdef uint32_t shmem_mthp_orders(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64
     if within:
         pages = file_pages(f)
         order = HPAGE_PMD_ORDER - 1
-        while order >= MTHP_MIN_ORDER:
+        while order >= SHMEM_MIN_ORDER:
             if within >> order & 1 and pages >= ((index + 1 + (<uint64_t>1 << order) - 1)
                                                  & ~((<uint64_t>1 << order) - 1)):
                 mask |= within
@@ -216,7 +216,7 @@ cdef int64_t shmem_alloc_mthp(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_
     cdef int64_t nr, head = -1, i
     cdef uint64_t aligned = 0
     cdef uint64_t *t = NULL
-    while order >= MTHP_MIN_ORDER and orders:
+    while order >= SHMEM_MIN_ORDER and orders:
         if orders >> order & 1 and file_vma_suitable_order(vma, va, order):
             nr = <int64_t>1 << order
             aligned = index & ~(<uint64_t>nr - 1)

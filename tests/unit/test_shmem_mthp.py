@@ -386,3 +386,49 @@ def test_save_and_load_keep_the_sizes_and_the_folios(tmp_path):
     p2.madvise(a + PAGE, PAGE, C.MADV_REMOVE)           # the order survived: it splits
     assert not p2.pagemap(a).present and p2.read(a, 5) == b"saved" and order_of(m2, p2, a) == 0
     m2.check()
+
+
+# ---- order 1: hugepages-8kB (6.12) ----------------------------------------------------
+
+K8 = 8 << 10
+
+
+@pytest.mark.parametrize("kernel, present", [("6.11", False), ("6.12", True), ("6.18", True)])
+def test_8k_has_a_shmem_file_from_6_12_but_no_anon_one(kernel, present):
+    # "mm: tidy up shmem mTHP controls and stats" (6.12): a directory per
+    # THP_ORDERS_ALL_FILE_DEFAULT order; order 1 gets only shmem_enabled.
+    m = machine(kernel)
+    assert (K8 in m.thp.shmem_sizes) == present
+    if present:
+        assert m.thp.shmem_sizes[K8] == "never"
+        m.thp.shmem_sizes[K8] = "always"
+        assert m.thp.shmem_sizes[K8] == "always"
+    else:
+        with pytest.raises(FileNotFoundError):
+            m.thp.shmem_sizes[K8] = "always"
+    with pytest.raises(FileNotFoundError):
+        m.thp.sizes[K8] = "always"                      # THP_ORDERS_ALL_ANON has no order 1
+
+
+def test_order_1_folios_and_their_pins_are_their_own():
+    # Two 8 KiB folios side by side in a 16 KiB VMA; the third page of a
+    # 12 KiB VMA cannot get one ([2, 4) leaves the VMA). A pin of
+    # the first counts on the first only (a pincount kept per 4 pages would
+    # show it on the second too).
+    m = machine(sizes={K8: "always"})
+    p = m.spawn()
+    a = shared_anon(p, 16 << 10)
+    p.write(a, b"a")
+    p.write(a + 2 * PAGE, b"b")
+    assert [order_of(m, p, a + i * PAGE) for i in range(4)] == [1, 1, 1, 1]
+    first, second = p.pagemap(a).pfn, p.pagemap(a + 2 * PAGE).pfn
+    assert first >> 2 == second >> 2                    # carved side by side: one 4-page slot
+    pin = p.pin_user_pages(a, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
+    assert m.frame(first).pincount == 1 and m.frame(second).pincount == 0
+    assert m.thp.shmem_sizes.stats(K8)["shmem_alloc"] == 2
+    m.check()
+    pin.release()
+    b = shared_anon(p, 12 << 10)
+    p.write(b + 2 * PAGE, b"c")
+    assert order_of(m, p, b + 2 * PAGE) == 0
+    m.check()
