@@ -58,7 +58,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
                  "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp", "swapout_large_ptes",
                  "swap_large_rotational", "swapin_large_sync",
-                 "shmem_mthp", "finish_fault_large", "shmem_file_orders")
+                 "shmem_mthp", "finish_fault_large", "shmem_file_orders",
+                 "shmem_within_size_fix")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -262,6 +263,7 @@ cdef class Engine:
         p.shmem_mthp = knobs["shmem_mthp"]
         p.finish_fault_large = knobs["finish_fault_large"]
         p.shmem_file_orders = knobs["shmem_file_orders"]
+        p.shmem_within_size_fix = knobs["shmem_within_size_fix"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:

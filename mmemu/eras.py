@@ -148,6 +148,7 @@ BASELINE = {
     "shmem_mthp": 0,              # anon shmem's huge orders from hugepages-<size>kB/shmem_enabled (6.11)
     "finish_fault_large": 0,      # finish_fault maps a whole large anon-shmem folio by ptes (6.11)
     "shmem_file_orders": 0,       # hugepages-8kB/shmem_enabled: order-1 shmem folios (6.12)
+    "shmem_within_size_fix": 0,   # per-size within_size checks round_up(index + 1, 1 << order) (6.13, 6.12.9)
 }
 
 
@@ -391,6 +392,11 @@ CHANGES = (
     # Ryan Roberts' tidy-up (6.12 mm merge; only mm-tree ids were found):
     # a per-size directory for every THP_ORDERS_ALL_FILE_DEFAULT order, so
     # shmem gets hugepages-8kB (order 1), which anon memory never has.
+    # 6.11 - 6.12.8 rounded the index to `order` pages, cumulatively from
+    # one size to the next: a small within_size size could be refused. The
+    # 6.12.y backport is in the 2025-01-06 review series (6.12 141/156).
+    Change("d0e6983a6d17", "6.13", "mm: shmem: fix incorrect index alignment for within_size policy",
+           {"shmem_within_size_fix": 1}, stable={"6.12": Stable(UNCONFIRMED, 9)}),
     Change("shmem-mthp-file-orders", "6.12", "mm: tidy up shmem mTHP controls and stats (id not confirmed)",
            {"shmem_file_orders": 1}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",

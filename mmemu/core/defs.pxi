@@ -70,7 +70,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t hugetlb_fork_swp_uffd_wp
         int32_t swapout_large_ptes, swap_large_rotational, swapin_large_sync
         int32_t shmem_mthp
-        int32_t finish_fault_large, shmem_file_orders
+        int32_t finish_fault_large, shmem_file_orders, shmem_within_size_fix
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA

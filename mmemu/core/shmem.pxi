@@ -174,7 +174,7 @@ cdef uint32_t shmem_mthp_orders(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64
     cdef int order
     cdef int32_t mode
     cdef bint top
-    cdef uint64_t pages
+    cdef uint64_t pages, aligned = index
     if vma == NULL or f.shmem != 2 or f.hstate or vma.flags & VM_NOHUGEPAGE \
             or e.shmem_huge == SHMEM_HUGE_DENY:
         return 0
@@ -194,10 +194,17 @@ cdef uint32_t shmem_mthp_orders(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64
         pages = file_pages(f)
         order = HPAGE_PMD_ORDER - 1
         while order >= SHMEM_MIN_ORDER:
-            if within >> order & 1 and pages >= ((index + 1 + (<uint64_t>1 << order) - 1)
-                                                 & ~((<uint64_t>1 << order) - 1)):
-                mask |= within
-                break
+            if within >> order & 1:
+                if e.pol.shmem_within_size_fix:
+                    aligned = (index + (<uint64_t>1 << order)) & ~((<uint64_t>1 << order) - 1)
+                else:
+                    # 6.11 - 6.12.8 (fixed by d0e6983a6d17): index itself
+                    # rounded up, by round_up()'s mask arithmetic, to `order`
+                    # rather than 1 << order, try after try.
+                    aligned = (aligned | <uint64_t>(order - 1)) + 1
+                if pages >= aligned:
+                    mask |= within
+                    break
             order -= 1
     return mask
 

@@ -184,7 +184,7 @@ def test_within_size_needs_a_folio_inside_i_size():
     # A shared anon file is the mapping's size (96 KiB: 24 pages). Page 0:
     # round_up(1, 16) = 16 <= 24, 64 KiB allowed. Page 20: round_up(21, 16)
     # = 32 > 24 and no smaller within_size size: base page.
-    m = machine(sizes={K64: "within_size"})
+    m = machine("6.12.9", sizes={K64: "within_size"})     # the fixed rounding (below)
     p = m.spawn()
     a = shared_anon(p, 96 << 10)
     p.write(a, b"x")
@@ -197,7 +197,7 @@ def test_within_size_any_size_that_fits_allows_them_all():
     # The loop from the highest within_size order: once 16 KiB fits
     # (round_up(21, 4) = 24 <= 24) every within_size order is allowed; 64 KiB
     # then fails only on the VMA's end, and 16 KiB is mapped.
-    m = machine(sizes={K64: "within_size", K16: "within_size"})
+    m = machine("6.12.9", sizes={K64: "within_size", K16: "within_size"})
     p = m.spawn()
     a = shared_anon(p, 96 << 10)
     p.write(a + 20 * PAGE, b"y")
@@ -431,4 +431,19 @@ def test_order_1_folios_and_their_pins_are_their_own():
     b = shared_anon(p, 12 << 10)
     p.write(b + 2 * PAGE, b"c")
     assert order_of(m, p, b + 2 * PAGE) == 0
+    m.check()
+
+
+@pytest.mark.parametrize("kernel, expect", [("6.11", 0), ("6.12", 0), ("6.12.8", 0), ("6.12.9", 2), ("6.13", 2),
+                                            ("6.18", 2)])
+def test_within_size_index_rounding_bug_until_6_12_9(kernel, expect):
+    # A 16 KiB mapping, within_size for 128 KiB and 16 KiB, a fault at page
+    # 0. Fixed (d0e6983a6d17, 6.13; 6.12.9): round_up(1, 32) = 32 > 4, then
+    # round_up(1, 4) = 4 <= 4, so 16 KiB. Before, the index itself went
+    # round_up(1, 5) = 5, then round_up(6, 2) = 6 > 4: a base page.
+    m = machine(kernel, sizes={128 << 10: "within_size", K16: "within_size"})
+    p = m.spawn()
+    a = shared_anon(p, K16)
+    p.write(a, b"x")
+    assert order_of(m, p, a) == expect
     m.check()
