@@ -58,7 +58,8 @@ POLICY_FIELDS = ("wp_reuse", "foll_cow_rule", "gup_forced_cow", "anon_exclusive"
                  "collapse_ro", "hugetlb_fork_copy_pinned", "hugetlb_dontneed", "hugetlb_mremap",
                  "hugetlb_zap_restore_reserve", "hugetlb_fork_swp_uffd_wp", "swapout_large_ptes",
                  "swap_large_rotational", "swapin_large_sync", "swapin_large_swapcache",
-                 "shmem_mthp")
+                 "shmem_mthp", "finish_fault_large", "shmem_file_orders",
+                 "shmem_within_size_fix")
 
 STAT_NAMES = ("faults", "anon_faults", "zero_faults", "wp_faults", "cow", "reuse", "unshare",
               "early_cow", "tlb_hits", "tlb_misses", "tlb_flushes", "lru_drains", "gup_pages",
@@ -106,7 +107,7 @@ cdef class Engine:
     same pointers); page tables live in chunked pools that never move.
     """
     cdef engine_t e
-    cdef readonly object refcount, mapcount, version, fflags, mapping, index
+    cdef readonly object refcount, mapcount, version, fflags, mapping, index, forder
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n, _lru_rot, _lru_rot_n
     cdef object _sched_fn, _sched_err
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
@@ -143,6 +144,7 @@ cdef class Engine:
         self.version = np.full(nframes, 0, np.uint64)
         self.fflags = np.full(nframes, 0, np.uint16)
         self.mapping = np.full(nframes, 0, np.uint16)
+        self.forder = np.full(nframes, 0, np.uint8)
         self.index = np.full(nframes, 0, np.uint32)
         self._tlb_tag = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
         self._tlb_pte = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
@@ -155,6 +157,7 @@ cdef class Engine:
         self.e.version = <uint64_t *>cnp_data(self.version)
         self.e.fflags = <uint16_t *>cnp_data(self.fflags)
         self.e.mapping = <uint16_t *>cnp_data(self.mapping)
+        self.e.forder = <uint8_t *>cnp_data(self.forder)
         self.e.index = <uint32_t *>cnp_data(self.index)
         self.e.tlb_tag = <uint64_t *>cnp_data(self._tlb_tag)
         self.e.tlb_pte = <uint64_t *>cnp_data(self._tlb_pte)
@@ -183,6 +186,7 @@ cdef class Engine:
         self.e.shmem_pmd = SHMEM_PMD_INHERIT            # hugepages-2048kB/shmem_enabled (6.11): inherit
         self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.large_pincount = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
+        self.e.file_pincount = <int32_t *>calloc((nframes >> SHMEM_MIN_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
         self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
         self.e.dsq_on = <uint8_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, 1)
@@ -190,6 +194,7 @@ cdef class Engine:
             raise AssertionError("core/tlb.pxi: TLB_MM_WORDS must give every mm id a bit")
         self.e.tlb_mm_seen = <uint64_t *>calloc(<size_t>ncpus * TLB_MM_WORDS, sizeof(uint64_t))
         if self.e.entire_map == NULL or self.e.large_pincount == NULL or self.e.hfree == NULL \
+                or self.e.file_pincount == NULL \
                 or self.e.dsq_on == NULL or self.e.tlb_mm_seen == NULL:
             raise MemoryError()
         # The page tables that map all of RAM once (one pte page per 2 MiB,
@@ -258,6 +263,9 @@ cdef class Engine:
         p.swapin_large_sync = knobs["swapin_large_sync"]
         p.swapin_large_swapcache = knobs["swapin_large_swapcache"]
         p.shmem_mthp = knobs["shmem_mthp"]
+        p.finish_fault_large = knobs["finish_fault_large"]
+        p.shmem_file_orders = knobs["shmem_file_orders"]
+        p.shmem_within_size_fix = knobs["shmem_within_size_fix"]
         if not 0 <= p.pm_marker_swp_type < 32:
             raise ValueError("pm_marker_swp_type must be a 5-bit swap type")
         if not 1 <= p.fault_around_pages <= MM_PTRS:
@@ -290,6 +298,7 @@ cdef class Engine:
         free(self.e.resv_maps)
         free(self.e.entire_map)
         free(self.e.large_pincount)
+        free(self.e.file_pincount)
         free(self.e.hfree)
         free(self.e.dsq)
         free(self.e.dsq_on)
@@ -408,6 +417,11 @@ cdef class Engine:
         st["thp_mig"] = np.array([self.e.thp_mig[i] for i in range(3)], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
+        st["forder"] = self.forder.copy()
+        st["file_pincount"] = stack_export(self.e.file_pincount, (self.e.nframes >> SHMEM_MIN_ORDER) + 1, np.int32)
+        st["shmem_mthp"] = np.array([[self.e.shmem_orders[i] for i in range(9)] + [0],
+                                     [self.e.shmem_alloc[i] for i in range(10)],
+                                     [self.e.shmem_fallback[i] for i in range(10)]], np.int64)
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
         st["dsq"] = stack_export(self.e.dsq, self.e.ndsq * 3, np.int64)
         st["dsq_on"] = stack_export(self.e.dsq_on, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.uint8)
@@ -588,6 +602,18 @@ cdef class Engine:
             if len(lp) != len(em):
                 raise ValueError("saved THP tables of the wrong size")
             memcpy(self.e.large_pincount, cnp_data(lp), len(lp) * sizeof(int32_t))
+            if "forder" in st:              # saved before shmem mTHP: no such folio
+                np.copyto(self.forder, st["forder"], casting="no")
+                fp = np.ascontiguousarray(st["file_pincount"], np.int32)
+                if len(fp) != (self.e.nframes >> SHMEM_MIN_ORDER) + 1:
+                    raise ValueError("saved THP tables of the wrong size")
+                memcpy(self.e.file_pincount, cnp_data(fp), len(fp) * sizeof(int32_t))
+                for i in range(10):
+                    if i < 9:
+                        self.e.shmem_orders[i] = st["shmem_mthp"][0][i]
+                    self.e.shmem_alloc[i] = st["shmem_mthp"][1][i]
+                    self.e.shmem_fallback[i] = st["shmem_mthp"][2][i]
+                self._shmem_thp_update()
             if len(hf):
                 memcpy(self.e.hfree, cnp_data(hf), len(hf) * sizeof(int64_t))
             self.e.nhfree = len(hf)
@@ -801,10 +827,39 @@ cdef class Engine:
         self.e.shmem_huge, self.e.shmem_pmd = huge, pmd
         self._shmem_thp_update()
 
+    def shmem_mthp_get(self, int order):
+        """hugepages-<size>kB/shmem_enabled of an order below the PMD's
+        (6.11), as the core keeps it: 0 never, 1 always, 2 within_size,
+        3 advise, 4 inherit."""
+        if not SHMEM_MIN_ORDER <= order < HPAGE_PMD_ORDER:
+            raise ValueError(f"shmem mTHP orders are {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}")
+        return int(self.e.shmem_orders[order])
+
+    def shmem_mthp_set(self, int order, int mode):
+        """Set it (Machine.thp.shmem_sizes checks what the file accepts)."""
+        if not SHMEM_MIN_ORDER <= order < HPAGE_PMD_ORDER or not 0 <= mode <= 4:
+            raise ValueError(f"shmem mTHP orders are {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}, settings 0..4")
+        self.e.shmem_orders[order] = mode
+        self._shmem_thp_update()
+
+    def shmem_mthp_stats(self, int order):
+        """(shmem_alloc, shmem_fallback, shmem_fallback_charge) of
+        hugepages-<size>kB/stats, orders 2..9 (no memcg here: the last is 0)."""
+        if not SHMEM_MIN_ORDER <= order <= HPAGE_PMD_ORDER:
+            raise ValueError(f"shmem mTHP stats are kept for orders {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER}")
+        return (int(self.e.shmem_alloc[order]), int(self.e.shmem_fallback[order]), 0)
+
     cdef void _shmem_thp_update(self) noexcept:
         # Whether some shmem fault or write may allocate a THP: the faults'
-        # quick test (shmem_huge_allowed decides the rest).
+        # quick test (shmem_huge_allowed and shmem_mthp_orders decide the rest).
+        cdef int o
+        self.e.shmem_mthp_on = 0
+        if self.e.pol.shmem_mthp and self.e.shmem_huge != SHMEM_HUGE_DENY:
+            for o in range(SHMEM_MIN_ORDER, HPAGE_PMD_ORDER):
+                if self.e.shmem_orders[o] != SHMEM_HUGE_NEVER:
+                    self.e.shmem_mthp_on = 1
         self.e.shmem_thp_on = (self.e.shmem_huge > 0 or self.e.shmem_huge == SHMEM_HUGE_FORCE
+                               or self.e.shmem_mthp_on
                                or (self.e.pol.shmem_mthp and self.e.shmem_huge != SHMEM_HUGE_DENY
                                    and self.e.shmem_pmd != SHMEM_HUGE_NEVER
                                    and self.e.shmem_pmd != SHMEM_PMD_INHERIT))
@@ -839,6 +894,8 @@ cdef class Engine:
         h = folio_of(&self.e, pfn)
         if mthp_order(&self.e, h):
             return mthp_order(&self.e, h)
+        if self.e.forder[h]:
+            return int(self.e.forder[h])
         if pfn_in_gig(&self.e, h):
             return HPAGE_PUD_ORDER
         return HPAGE_PMD_ORDER
@@ -1695,7 +1752,7 @@ cdef class Engine:
                     else:
                         folio_set_flags(&self.e, h, PG_DIRTY | PG_UPTODATE, 0)
                     n += f.nrpages - before
-                    i = <uint64_t>self.e.index[h] + HPAGE_PMD_NR
+                    i = <uint64_t>self.e.index[h] + <uint64_t>folio_nr(&self.e, h)
                     continue
                 if f.nrpages > before:
                     self.e.fflags[pfn] = (self.e.fflags[pfn] | PG_DIRTY) & ~PG_UPTODATE
@@ -2638,6 +2695,17 @@ cdef class Engine:
                                          f"order {o}, head {h}")
             elif f & PG_TAIL and mthp_order(&self.e, folio_of(&self.e, pfn)):
                 raise InvariantError("tail page without its folio's order", pfn)
+            if self.e.forder[pfn]:
+                # A shmem mTHP (core/shmem.pxi): a cache page of its file,
+                # the order on every page of the aligned range.
+                o = self.e.forder[pfn]
+                h = pfn & ~((<int64_t>1 << o) - 1)
+                if not SHMEM_MIN_ORDER <= o < HPAGE_PMD_ORDER or self.e.forder[h] != o or not (f & PG_FILE) \
+                        or not (f & (PG_HEAD if pfn == h else PG_TAIL)) or f & (PG_TAIL if pfn == h else PG_HEAD) \
+                        or self.e.mapping[pfn] != self.e.mapping[h] \
+                        or self.e.index[pfn] != self.e.index[h] + <uint32_t>(pfn - h):
+                    raise InvariantError("shmem mTHP page's order, head or file index is inconsistent", pfn,
+                                         f"order {o}, head {h}")
             if self.e.mapcount[pfn] != exp_map[pfn]:
                 raise InvariantError("mapcount differs from the ptes mapping the frame", pfn,
                                      f"mapcount {self.e.mapcount[pfn]}, ptes {exp_map[pfn]}")

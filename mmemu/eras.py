@@ -148,6 +148,9 @@ BASELINE = {
     "swapin_large_swapcache": 0,  # a large folio found in the swapcache is mapped whole (6.11); before: the page
     "mthp": 0,                    # multi-size THP for anon memory: hugepages-<size>kB/enabled (6.8)
     "shmem_mthp": 0,              # anon shmem's huge orders from hugepages-<size>kB/shmem_enabled (6.11)
+    "finish_fault_large": 0,      # finish_fault maps a whole large anon-shmem folio by ptes (6.11)
+    "shmem_file_orders": 0,       # hugepages-8kB/shmem_enabled: order-1 shmem folios (6.12)
+    "shmem_within_size_fix": 0,   # per-size within_size checks round_up(index + 1, 1 << order) (6.13, 6.12.9)
 }
 
 
@@ -397,6 +400,20 @@ CHANGES = (
     Change("7fb1b252afb5", "6.11", "mm: shmem: add mTHP support for anonymous shmem "
            "(shmem_allowable_huge_orders: the per-size shmem_enabled decides for MAP_SHARED|MAP_ANONYMOUS)",
            {"shmem_mthp": 1}),
+    # The series' first patch (same merge, 6.11): the ptes of a shmem mTHP
+    # (or a PMD THP a VMA can only map by ptes) go in at once.
+    Change("43e027e41423", "6.11", "mm: memory: extend finish_fault() to support large folio",
+           {"finish_fault_large": 1}),
+    # Ryan Roberts' tidy-up (6.12 mm merge; only mm-tree ids were found):
+    # a per-size directory for every THP_ORDERS_ALL_FILE_DEFAULT order, so
+    # shmem gets hugepages-8kB (order 1), which anon memory never has.
+    # 6.11 - 6.12.8 rounded the index to `order` pages, cumulatively from
+    # one size to the next: a small within_size size could be refused. The
+    # 6.12.y backport is in the 2025-01-06 review series (6.12 141/156).
+    Change("d0e6983a6d17", "6.13", "mm: shmem: fix incorrect index alignment for within_size policy",
+           {"shmem_within_size_fix": 1}, stable={"6.12": Stable(UNCONFIRMED, 9)}),
+    Change("shmem-mthp-file-orders", "6.12", "mm: tidy up shmem mTHP controls and stats (id not confirmed)",
+           {"shmem_file_orders": 1}),
     Change("ea4df6a5ea81", "6.9", "userfaultfd: handle zeropage moves by UFFDIO_MOVE (release inferred)",
            {"uffd_move_zeropage": 1}, aliases=("uffd-move-zeropage",)),
     Change("867a43a34ff8", "6.9", "userfaultfd: use per-vma locks in userfaultfd operations "

@@ -141,7 +141,8 @@ class Machine:
             raise ValueError(f"tlb must be 'x86' or 'stale-writes', not {tlb!r}")
         self.tlb = tlb
         self._engine.tlb_stale_writes = tlb == "stale-writes"
-        self.thp = ThpSettings(self._engine, thp, mthp=self.policy.mthp, shmem_mthp=self.policy.shmem_mthp)
+        self.thp = ThpSettings(self._engine, thp, mthp=self.policy.mthp, shmem_mthp=self.policy.shmem_mthp,
+                               shmem_file_orders=self.policy.shmem_file_orders)
         self._hugetlb_init(hugepages, memory)
         self._lock = new_lock()
         self._files = {}            # mapping id -> ShmemFile

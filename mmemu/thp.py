@@ -165,35 +165,66 @@ _SHMEM_SIZE = {"never": 0, "always": 1, "within_size": 2, "advise": 3, "inherit"
 
 class ShmemSizes(_SizeFiles):
     """/sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/shmem_enabled
-    (61a57f1b1da9 / 7fb1b252afb5, 6.11): the huge orders of anon shmem
-    (MAP_SHARED|MAP_ANONYMOUS), keyed by size in bytes: "always", "inherit"
-    (follow the top-level shmem_enabled), "within_size", "advise" or
-    "never". The kernel's defaults: "inherit" for 2 MiB, "never" below.
-    Only the PMD size is modelled: a smaller size reads "never" and
-    setting it to anything else raises NotImplementedError. Before 6.11
-    the files do not exist (FileNotFoundError, ENOENT)."""
+    (4b98995530b7 sysfs, e7a2ab7b3bb5 allocation, 6.11): the huge orders
+    of anon shmem (MAP_SHARED|MAP_ANONYMOUS), keyed by size in bytes:
+    "always", "inherit" (follow the top-level shmem_enabled, as for the
+    PMD size), "within_size" (once a folio of one such size would end
+    inside i_size), "advise" (MADV_HUGEPAGE) or "never". The kernel's
+    defaults: "inherit" for 2 MiB, "never" below. A fault then allocates
+    the largest allowed folio whose aligned range the VMA can map and of
+    which nothing is cached yet, mapped whole by ptes (finish_fault).
+    memfd, write(2) and fallocate(2) keep to shmem_enabled's PMD size
+    (shmem_allowable_huge_orders, 6.12). While shmem_enabled is "force",
+    only the PMD size may be set to "inherit" (EINVAL). Before 6.11 the
+    files do not exist (FileNotFoundError, ENOENT)."""
 
-    __slots__ = ()
+    __slots__ = ("_order1",)
     _FILE = "shmem_enabled"
     _SINCE = "per-size shmem_enabled is 6.11+"
 
+    def __init__(self, engine, present: bool, order1: bool = False) -> None:
+        super().__init__(engine, present)
+        # 6.12 ("mm: tidy up shmem mTHP controls and stats"): a directory
+        # per THP_ORDERS_ALL_FILE_DEFAULT order too, so hugepages-8kB has a
+        # shmem_enabled (and no anon "enabled").
+        self._order1 = bool(order1) and self._present
+
+    def _order(self, size) -> int:
+        if self._order1 and size == 2 * _PAGE:
+            return 1
+        return super()._order(size)
+
+    def keys(self) -> list[int]:
+        return ([2 * _PAGE] if self._order1 else []) + super().keys()
+
     def __getitem__(self, size) -> str:
-        if self._order(size) != 9:
-            return "never"
-        pmd = self._engine.shmem_thp_get()[1]
-        return next(k for k, v in _SHMEM_SIZE.items() if v == pmd)
+        order = self._order(size)
+        code = self._engine.shmem_thp_get()[1] if order == 9 else self._engine.shmem_mthp_get(order)
+        return next(k for k, v in _SHMEM_SIZE.items() if v == code)
 
     def __setitem__(self, size, value: str) -> None:
         order = self._order(size)
         if value not in _SHMEM_SIZE:
             raise ValueError(f"hugepages-{size // 1024}kB/shmem_enabled: must be one of "
                              f"{', '.join(_SHMEM_SIZE)}, not {value!r}")
-        if order != 9:
-            if value != "never":
-                raise NotImplementedError("anon shmem folios smaller than 2 MiB (mTHP shmem) are not modelled")
-            return
         huge, _ = self._engine.shmem_thp_get()
+        if order != 9:
+            if value == "inherit" and huge == _SHMEM_HUGE["force"]:
+                # thpsize_shmem_enabled_store: a non-PMD size may not
+                # override the huge= policy force stands for.
+                raise OSError(errno.EINVAL, "Invalid argument (shmem_enabled is force)", self._path(size))
+            self._engine.shmem_mthp_set(order, _SHMEM_SIZE[value])
+            return
         self._engine.shmem_thp_set(huge, _SHMEM_SIZE[value])
+
+    def stats(self, size) -> dict[str, int]:
+        """hugepages-<size>kB/stats' shmem counters (66f44583f9b6, 6.11):
+        shmem_alloc, shmem_fallback (the allocation of that size failed and
+        a smaller one was tried) and shmem_fallback_charge (always 0: no
+        memcg here). The PMD size counts too (besides thp_file_alloc)."""
+        order = self._order(size)
+        alloc, fallback, charge = self._engine.shmem_mthp_stats(order)
+        return {"shmem_alloc": alloc, "shmem_fallback": fallback, "shmem_fallback_charge": charge}
 
     def __repr__(self) -> str:
         return "ShmemSizes({" + ", ".join(f"{k}: {v!r}" for k, v in self.items()) + "})"
@@ -218,12 +249,13 @@ class ThpSettings:
 
     __slots__ = ("_engine", "khugepaged", "sizes", "shmem_sizes")
 
-    def __init__(self, engine, enabled: str = "madvise", mthp: bool = False, shmem_mthp: bool = False) -> None:
+    def __init__(self, engine, enabled: str = "madvise", mthp: bool = False, shmem_mthp: bool = False,
+                 shmem_file_orders: bool = False) -> None:
         self._engine = engine
         self.enabled = enabled
         self.khugepaged = Khugepaged()
         self.sizes = MthpSizes(engine, mthp)
-        self.shmem_sizes = ShmemSizes(engine, shmem_mthp)
+        self.shmem_sizes = ShmemSizes(engine, shmem_mthp, shmem_file_orders)
 
     def _set(self, enabled=None, use_zero_page=None, defrag=None):
         e, z, d = self._engine.thp_get()
@@ -284,10 +316,11 @@ class ThpSettings:
         if v not in _SHMEM:
             raise ValueError(f"THP shmem_enabled must be one of {', '.join(_SHMEM)}, not {v!r}")
         huge, pmd = self._engine.shmem_thp_get()
-        if v == "force" and self.shmem_sizes._present and pmd != 4:
-            # 6.11+: force with a size not at "inherit" would let mTHP
-            # settings override the huge= policy: refused.
-            raise OSError(errno.EINVAL, "Invalid argument (force needs hugepages-2048kB/shmem_enabled "
+        if v == "force" and self.shmem_sizes._present and (
+                pmd != 4 or any(self._engine.shmem_mthp_get(o) == 4 for o in range(1, 9))):
+            # 6.11+: force unless the inherit sizes are exactly the PMD's
+            # would let mTHP settings override the huge= policy: refused.
+            raise OSError(errno.EINVAL, "Invalid argument (force needs exactly hugepages-2048kB/shmem_enabled "
                                         "at inherit)", "/sys/kernel/mm/transparent_hugepage/shmem_enabled")
         self._engine.shmem_thp_set(_SHMEM_HUGE[v], pmd)
 

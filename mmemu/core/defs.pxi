@@ -17,7 +17,7 @@ cdef extern from "mm_types.h" nogil:
     uint32_t PG_HEAD, PG_TAIL
     int32_t PMD_HUGE
     uint64_t PMD_LEAF_UNEXPANDED
-    int HPAGE_PMD_ORDER, HPAGE_PMD_NR, HPAGE_PUD_ORDER, HPAGE_PUD_NR, MTHP_MIN_ORDER
+    int HPAGE_PMD_ORDER, HPAGE_PMD_NR, HPAGE_PUD_ORDER, HPAGE_PUD_NR, MTHP_MIN_ORDER, SHMEM_MIN_ORDER
     int MM_HSTATE_2M, MM_HSTATE_1G, MM_NR_HSTATES
     int MM_MAX_NODES
 
@@ -71,6 +71,7 @@ cdef extern from "mm_types.h" nogil:
         int32_t hugetlb_fork_swp_uffd_wp
         int32_t swapout_large_ptes, swap_large_rotational, swapin_large_sync, swapin_large_swapcache
         int32_t shmem_mthp
+        int32_t finish_fault_large, shmem_file_orders, shmem_within_size_fix
 
     enum:
         MM_ZONE_NORMAL, MM_ZONE_MOVABLE, MM_ZONE_CMA, MM_NR_ZONE_LISTS, MM_ZONES_MOVABLE, MM_ZONES_CMA
@@ -143,6 +144,7 @@ ctypedef struct engine_t:
     uint64_t *version          # content version, byte slot (PG_BYTES) or free link
     uint16_t *fflags
     uint16_t *mapping
+    uint8_t *forder            # a shmem mTHP's order on each of its pages (core/shmem.pxi), else 0
     uint32_t *index
 
     int32_t **dir_chunks       # directory pages (pgd/pud/pmd): int32 entries, idx+1
@@ -306,7 +308,16 @@ ctypedef struct engine_t:
     # -1 deny, -2 force), which is also shm_mnt's huge= (memfd, MAP_SHARED
     # anon); the PMD size's hugepages-2048kB/shmem_enabled for anon shmem
     # (6.11: SHMEM_PMD_*); shmem_thp_on: some shmem fault may get a THP.
-    int32_t shmem_huge, shmem_pmd, shmem_thp_on
+    int32_t shmem_huge, shmem_pmd, shmem_thp_on, shmem_mthp_on
+    # Anon shmem mTHP (e7a2ab7b3bb5, 6.11): hugepages-<size>kB/shmem_enabled
+    # of the orders below the PMD's (SHMEM_PMD_* codes, 4 inherit), the
+    # per-order stats/shmem_alloc, shmem_fallback (9: the PMD size too) and
+    # the pincount of a shmem mTHP by head >> SHMEM_MIN_ORDER (its tails'
+    # `index` is the file's, unlike an anon mTHP's).
+    int32_t shmem_orders[9]
+    int64_t shmem_alloc[10]
+    int64_t shmem_fallback[10]
+    int32_t *file_pincount
     # Zoned machines' free order-9 blocks (core/zones.pxi): per node and zone
     # list a stack of block heads (pfn + 1), linked through the head's
     # `version` as the order-0 lists are (numpy-owned, like node_free).

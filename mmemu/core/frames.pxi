@@ -117,6 +117,8 @@ cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
     if e.fflags[pfn] & PG_TAIL:
         if e.mapping[pfn] and not (e.fflags[pfn] & PG_FILE):
             return pfn & ~((<int64_t>1 << e.mapping[pfn]) - 1)    # an mTHP: mthp_order
+        if e.forder[pfn]:
+            return pfn & ~((<int64_t>1 << e.forder[pfn]) - 1)     # a shmem mTHP
         # (a shmem THP's tails name their file in `mapping`: PMD order)
         if pfn < e.gig_end and pfn >= e.gig_base and pfn_in_gig(e, pfn):
             # a 1 GiB hugetlb page (core/hugetlb.pxi): order 18, naturally aligned
@@ -143,15 +145,20 @@ cdef inline int32_t *folio_pincount(engine_t *e, int64_t head) noexcept nogil:
     in large_pincount[head >> 9]."""
     if mthp_order(e, head):
         return <int32_t *>&e.index[head + 1]
+    if e.forder[head]:
+        return &e.file_pincount[head >> SHMEM_MIN_ORDER]     # a shmem mTHP (its `index` is the file's)
     return &e.large_pincount[head >> HPAGE_PMD_ORDER]
 
 
 cdef inline int64_t folio_nr(engine_t *e, int64_t head) noexcept nogil:
-    """folio_nr_pages() of an anon large folio's head: an mTHP's order is
-    on its pages (mthp_order), any other is a PMD-sized THP."""
+    """folio_nr_pages() of a large folio's head (not hugetlb): an mTHP's
+    order is on its pages (mthp_order, or forder for a shmem one), any
+    other is a PMD-sized THP."""
     cdef int o = mthp_order(e, head)
     if o:
         return <int64_t>1 << o
+    if e.forder[head]:
+        return <int64_t>1 << e.forder[head]
     return HPAGE_PMD_NR
 
 

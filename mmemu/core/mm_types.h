@@ -54,6 +54,8 @@
 /* Multi-size THP (6.8): anon large folios of orders MTHP_MIN_ORDER..PMD
  * order (THP_ORDERS_ALL_ANON: not order 0 or 1), naturally aligned. */
 #define MTHP_MIN_ORDER 2
+/* shmem's large folios go down to order 1 (THP_ORDERS_ALL_FILE_DEFAULT). */
+#define SHMEM_MIN_ORDER 1
 
 /* Non-present, non-none pte (bit 0 clear, type != 0): swap-like entries. */
 #define SWP_TYPE_SHIFT 1
@@ -265,6 +267,9 @@ typedef struct {
     int32_t swapin_large_sync;      /* 242d12c98174 (6.12): an mTHP-sized swap-in from a SWP_SYNCHRONOUS_IO device (zram) */
     int32_t swapin_large_swapcache; /* "mm: swap: entirely map large folios found in swapcache" (6.11): do_swap_page maps the whole folio */
     int32_t shmem_mthp;             /* 7fb1b252afb5 (6.11): anon shmem's huge orders come from hugepages-<size>kB/shmem_enabled ("inherit" follows shmem_enabled) */
+    int32_t shmem_file_orders;      /* "mm: tidy up shmem mTHP controls and stats" (6.12): hugepages-8kB/shmem_enabled, order-1 shmem folios */
+    int32_t shmem_within_size_fix;  /* d0e6983a6d17 (6.13, 6.12.9): within_size sizes rounded to 1 << order, not order */
+    int32_t finish_fault_large;     /* 43e027e41423 (6.11): finish_fault maps a whole large anon-shmem folio with one set_pte_range */
 } mm_policy_t;
 
 /* Zones (core/zones.pxi): a frame's zone follows from its pfn. ZONE_MOVABLE

@@ -26,7 +26,8 @@ cdef inline uint32_t thp_anon_orders(engine_t *e, uint64_t vm_flags) noexcept no
 
 
 cdef int64_t folio_alloc_mthp(engine_t *e, int order, uint16_t flags) noexcept nogil:
-    """An anon folio of 2^order pages (2 <= order < 9), naturally aligned,
+    """An anon folio of 2^order pages (2 <= order < 9; a shmem mTHP's from
+    order 1, core/shmem.pxi shmem_alloc_mthp, flags PG_FILE), naturally aligned,
     refcount 1 on its head, zeroed: carved from the current 2 MiB block (the
     frames skipped to align go to the order-0 list), a fresh block when it
     has no room left. -1 when no block is free (the fault tries a smaller
@@ -72,7 +73,8 @@ cdef int64_t folio_alloc_mthp(engine_t *e, int order, uint16_t flags) noexcept n
 
 
 cdef void mthp_free(engine_t *e, int64_t head) noexcept nogil:
-    """The last reference to an mTHP went (free_unref_folios): its pages go
+    """The last reference to an mTHP (anon, or a shmem one) went
+    (free_unref_folios): its pages go
     to the order-0 free list (no buddy merging here, so a later mTHP fault
     carves a fresh block)."""
     cdef int64_t nr = folio_nr(e, head), p
@@ -85,6 +87,7 @@ cdef void mthp_free(engine_t *e, int64_t head) noexcept nogil:
         e.mapcount[p] = 0
         e.mapping[p] = 0
         e.index[p] = 0
+        e.forder[p] = 0
         if e.zoned:
             zone_frame_put(e, p)        # core/zones.pxi
         else:

@@ -112,18 +112,24 @@ cdef bint shmem_huge_allowed(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64_t 
     return e.shmem_pmd == SHMEM_HUGE_ALWAYS
 
 
-cdef inline bint thp_file_vma_suitable(mm_vma_t *vma, uint64_t va) noexcept nogil:
-    """thp_vma_suitable_order(PMD_ORDER) for a file VMA: the file offset
-    and the address agree modulo 2 MiB, and the aligned 2 MiB around va
-    lies inside the VMA."""
-    cdef uint64_t haddr = va & ~(<uint64_t>PMD_SPAN - 1)
-    if ((vma.start >> MM_PAGE_SHIFT) - vma.pgoff) & (HPAGE_PMD_NR - 1):
+cdef inline bint file_vma_suitable_order(mm_vma_t *vma, uint64_t va, int order) noexcept nogil:
+    """thp_vma_suitable_order() for a file VMA (6.12 huge_mm.h): the file
+    offset and the address agree modulo the folio size, and the aligned
+    range around va lies inside the VMA."""
+    cdef uint64_t span = MM_PAGE_SIZE << order
+    cdef uint64_t haddr = va & ~(span - 1)
+    if ((vma.start >> MM_PAGE_SHIFT) - vma.pgoff) & ((<uint64_t>1 << order) - 1):
         return False
-    return haddr >= vma.start and haddr + PMD_SPAN <= vma.end
+    return haddr >= vma.start and haddr + span <= vma.end
+
+
+cdef inline bint thp_file_vma_suitable(mm_vma_t *vma, uint64_t va) noexcept nogil:
+    return file_vma_suitable_order(vma, va, HPAGE_PMD_ORDER)
 
 
 cdef inline bint is_file_thp(engine_t *e, int64_t head) noexcept nogil:
-    """head is a PMD-sized shmem folio still in its file's cache."""
+    """head is a large shmem folio (PMD-sized, or a shmem mTHP: folio_nr)
+    still in its file's cache."""
     return (e.fflags[head] & (PG_HEAD | PG_FILE)) == (PG_HEAD | PG_FILE) and not pfn_is_hugetlb(e, head)
 
 
@@ -151,6 +157,97 @@ cdef int64_t shmem_alloc_huge(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_
     f.nrpages += HPAGE_PMD_NR
     lru_add(e, cpu, head)
     stat_add(e, MM_STAT_THP_FILE_ALLOC, 1)
+    e.shmem_alloc[HPAGE_PMD_ORDER] += 1             # the PMD size's stats/shmem_alloc (6.11)
+    return head + <int64_t>(index - aligned)
+
+
+cdef uint32_t shmem_mthp_orders(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64_t index) noexcept nogil:
+    """shmem_allowable_huge_orders() (6.12) for the orders below the PMD's
+    (shmem_huge_allowed decides the PMD's): only for an anon shmem fault
+    (a VMA of a MAP_SHARED|MAP_ANONYMOUS file; write(2), fallocate(2) and
+    memfd/tmpfs get the PMD size or nothing). deny: none; force: the
+    "inherit" ones; else "always", "advise" in a VM_HUGEPAGE VMA,
+    "inherit" where shmem_enabled would allow the PMD size there, and
+    every "within_size" one as soon as one of them, from the highest,
+    ends inside i_size."""
+    cdef uint32_t mask = 0, within = 0
+    cdef int order
+    cdef int32_t mode
+    cdef bint top
+    cdef uint64_t pages, aligned = index
+    if vma == NULL or f.shmem != 2 or f.hstate or vma.flags & VM_NOHUGEPAGE \
+            or e.shmem_huge == SHMEM_HUGE_DENY:
+        return 0
+    top = e.shmem_huge == SHMEM_HUGE_FORCE or shmem_huge_mode(e.shmem_huge, f, index, 0, vma.flags)
+    for order in range(SHMEM_MIN_ORDER, HPAGE_PMD_ORDER):
+        mode = e.shmem_orders[order]
+        if mode == SHMEM_PMD_INHERIT:
+            if top:
+                mask |= 1u << order
+        elif e.shmem_huge == SHMEM_HUGE_FORCE:
+            continue                    # force: non-PMD sizes may not override huge=
+        elif mode == SHMEM_HUGE_ALWAYS or (mode == SHMEM_HUGE_ADVISE and vma.flags & VM_HUGEPAGE):
+            mask |= 1u << order
+        elif mode == SHMEM_HUGE_WITHIN_SIZE:
+            within |= 1u << order
+    if within:
+        pages = file_pages(f)
+        order = HPAGE_PMD_ORDER - 1
+        while order >= SHMEM_MIN_ORDER:
+            if within >> order & 1:
+                if e.pol.shmem_within_size_fix:
+                    aligned = (index + (<uint64_t>1 << order)) & ~((<uint64_t>1 << order) - 1)
+                else:
+                    # 6.11 - 6.12.8 (fixed by d0e6983a6d17): index itself
+                    # rounded up, by round_up()'s mask arithmetic, to `order`
+                    # rather than 1 << order, try after try.
+                    aligned = (aligned | <uint64_t>(order - 1)) + 1
+                if pages >= aligned:
+                    mask |= within
+                    break
+            order -= 1
+    return mask
+
+
+cdef int64_t shmem_alloc_mthp(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_t index, int cpu,
+                              mm_vma_t *vma, uint64_t va) noexcept nogil:
+    """shmem_suitable_orders() + shmem_alloc_and_add_folio() (6.12) below
+    the PMD order: the highest allowed order whose aligned range the VMA
+    could map (thp_vma_suitable_orders) and of which nothing is in the
+    cache or swapped yet (xa_find), allocated or falling back order by
+    order (stats/shmem_fallback). The folio's order goes on each page
+    (forder); the cache holds a reference per page. The pfn of index's
+    page, or -1 for a small folio."""
+    cdef uint32_t orders = shmem_mthp_orders(e, f, vma, index)
+    cdef int order = HPAGE_PMD_ORDER - 1
+    cdef int64_t nr, head = -1, i
+    cdef uint64_t aligned = 0
+    cdef uint64_t *t = NULL
+    while order >= SHMEM_MIN_ORDER and orders:
+        if orders >> order & 1 and file_vma_suitable_order(vma, va, order):
+            nr = <int64_t>1 << order
+            aligned = index & ~(<uint64_t>nr - 1)
+            t = slot - (index - aligned)
+            for i in range(nr):
+                if t[i] != 0:
+                    break
+            else:
+                head = folio_alloc_mthp(e, order, PG_FILE)
+                if head >= 0:
+                    break
+                e.shmem_fallback[order] += 1        # MTHP_STAT_SHMEM_FALLBACK
+        order -= 1
+    if head < 0:
+        return -1
+    for i in range(nr):
+        e.mapping[head + i] = <uint16_t>f.id
+        e.forder[head + i] = <uint8_t>order
+        e.index[head + i] = <uint32_t>(aligned + <uint64_t>i)
+        t[i] = pfn_pte(head + i) | PTE_PRESENT
+    e.refcount[head] = <int32_t>nr
+    f.nrpages += nr
+    lru_add(e, cpu, head)
+    e.shmem_alloc[order] += 1                       # MTHP_STAT_SHMEM_ALLOC
     return head + <int64_t>(index - aligned)
 
 
@@ -208,6 +305,10 @@ cdef int64_t shmem_get_folio(engine_t *e, mm_file_t *f, uint64_t index, bint all
         pfn = shmem_get_folio_huge(e, f, slot, index, cpu, vma, va, write_end)
         if pfn >= 0:
             return pfn
+        if e.shmem_mthp_on and vma != NULL:
+            pfn = shmem_alloc_mthp(e, f, slot, index, cpu, vma, va)
+            if pfn >= 0:
+                return pfn
     pfn = frame_alloc(e)
     if pfn < 0:
         ret[0] = VM_FAULT_OOM
@@ -344,13 +445,45 @@ cdef int do_file_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t v
         ptep[0] = mkuffd_wp(entry) if wp_marker else entry
         mm.rss_anon += 1
         return 0
-    get_page(e, pfn, 1)
-    e.mapcount[pfn] += 1
     if write:
         file_folio_set(e, pfn, PG_DIRTY)        # do_shared_fault
+    if e.pol.finish_fault_large and f.shmem == 2 and not wp_marker \
+            and e.fflags[pfn] & (PG_HEAD | PG_TAIL) and finish_fault_folio(e, vma, ptep, pfn, index, va, write):
+        return 0
+    get_page(e, pfn, 1)
+    e.mapcount[pfn] += 1
     entry = file_pte(e, vma, pfn, write)
     ptep[0] = mkuffd_wp(entry) if wp_marker else entry
     return 0
+
+
+cdef bint finish_fault_folio(engine_t *e, mm_vma_t *vma, uint64_t *ptep, int64_t pfn, uint64_t index,
+                             uint64_t va, bint write) noexcept nogil:
+    """finish_fault()'s large-folio case (43e027e41423, 6.11), anon shmem
+    only: the whole folio is mapped by one set_pte_range where it lies
+    inside the VMA and this pte table and all its ptes are empty; not in a
+    userfaultfd-armed VMA (per-page faults keep uffd's semantics). Each pte
+    as the faulting one (young; dirty and writable for a write), a folio
+    reference and a mapcount per page. False: one pte, as before 6.11."""
+    cdef int64_t head = folio_of(e, pfn), nr, idx, i
+    cdef uint64_t vma_off = index - vma.pgoff
+    cdef uint64_t pte_off = (va >> MM_PAGE_SHIFT) & 511
+    cdef uint64_t *base
+    if vma.flags & (VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR):
+        return False
+    nr = folio_nr(e, head)
+    idx = pfn - head
+    if vma_off < <uint64_t>idx or vma_off + <uint64_t>(nr - idx) > ((vma.end - vma.start) >> MM_PAGE_SHIFT) \
+            or pte_off < <uint64_t>idx or pte_off + <uint64_t>(nr - idx) > MM_PTRS:
+        return False
+    base = ptep - idx
+    if not pte_range_none(base, nr):
+        return False
+    get_page(e, head, <int32_t>nr)              # folio_ref_add(nr - 1) and the fault's own
+    for i in range(nr):
+        e.mapcount[head + i] += 1
+        base[i] = file_pte(e, vma, head + i, write)
+    return True
 
 
 cdef int do_file_huge_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint64_t va,
@@ -391,8 +524,8 @@ cdef int do_file_huge_fault(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint6
     else:
         pfn = <int64_t>pte_pfn(cs[0])
     head = folio_of(e, pfn)
-    if not is_file_thp(e, head):
-        return VM_FAULT_FALLBACK
+    if not is_file_thp(e, head) or folio_nr(e, head) != HPAGE_PMD_NR:
+        return VM_FAULT_FALLBACK            # a small folio or a shmem mTHP: ptes
     stat_add(e, MM_STAT_FILE_FAULT, 1)
     folio_set_flags(e, head, PG_UPTODATE | (PG_DIRTY if write else 0), 0)
     # mk_huge_pmd(vm_page_prot), dirty and maybe writable for a write: the
@@ -495,16 +628,18 @@ cdef bint file_folio_split(engine_t *e, mm_file_t *f, int64_t head) noexcept nog
     TTU_SPLIT_HUGE_PMD, no migration entries, no remap): every PMD and pte
     of it goes, in every mm (a uffd-wp pte leaves its marker); private COW
     copies stay. Each page is then a small folio with the cache's one
-    reference."""
+    reference. A shmem mTHP splits the same way, to order 0 (split_huge_page
+    of a shmem folio never to a non-zero order, 6.12)."""
     cdef uint64_t aligned = e.index[head], lo, hi
-    cdef int64_t p, mapped = entire_mapcount(e, head)[0]
+    cdef int64_t nr = folio_nr(e, head)
+    cdef int64_t p, mapped = 0 if e.forder[head] else entire_mapcount(e, head)[0]
     cdef int32_t m, vi
     cdef mm_t *mm
     cdef mm_vma_t *vma
     cdef gather_t g
-    for p in range(head, head + HPAGE_PMD_NR):
+    for p in range(head, head + nr):
         mapped += e.mapcount[p]
-    if e.refcount[head] != HPAGE_PMD_NR + mapped + lru_batch_refs(e, head):
+    if e.refcount[head] != nr + mapped + lru_batch_refs(e, head):
         return False
     for m in range(e.nmm):
         mm = &e.mms[m]
@@ -516,18 +651,20 @@ cdef bint file_folio_split(engine_t *e, mm_file_t *f, int64_t head) noexcept nog
                 continue
             lo = vma.pgoff
             hi = vma.pgoff + ((vma.end - vma.start) >> MM_PAGE_SHIFT)
-            if hi <= aligned or lo >= aligned + HPAGE_PMD_NR:
+            if hi <= aligned or lo >= aligned + <uint64_t>nr:
                 continue
             gather_init(&g, mm.id, vma.start, vma.end)
-            unmap_file_range(e, mm, vma, aligned, aligned + HPAGE_PMD_NR, False, False, &g)
+            unmap_file_range(e, mm, vma, aligned, aligned + <uint64_t>nr, False, False, &g)
             gather_finish(e, &g)
-    for p in range(head, head + HPAGE_PMD_NR):
+    for p in range(head, head + nr):
         e.fflags[p] &= ~(PG_HEAD | PG_TAIL)
+        e.forder[p] = 0
         e.refcount[p] = 1                       # the cache's
     e.refcount[head] += lru_batch_refs(e, head)
-    entire_mapcount(e, head)[0] = 0
+    if nr == HPAGE_PMD_NR:
+        entire_mapcount(e, head)[0] = 0
+        stat_add(e, MM_STAT_THP_SPLIT_PAGE, 1)
     e.nr_large -= 1
-    stat_add(e, MM_STAT_THP_SPLIT_PAGE, 1)
     return True
 
 
@@ -548,12 +685,12 @@ cdef uint64_t cache_split_edge(engine_t *e, mm_file_t *f, uint64_t index, uint64
     if not is_file_thp(e, head):
         return last if at_end else first
     a = e.index[head]
-    b = a + HPAGE_PMD_NR
+    b = a + <uint64_t>folio_nr(e, head)
     if a >= first and b <= last:
         return last if at_end else first        # inside whole: removed whole
     if file_folio_split(e, f, head):
         return last if at_end else first
-    for p in range(head, head + HPAGE_PMD_NR):
+    for p in range(head, head + <int64_t>(b - a)):
         if first <= e.index[p] < last:
             frame_set_version(e, p, 0)          # folio_zero_range
     if at_end:

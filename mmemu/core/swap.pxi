@@ -738,10 +738,10 @@ cdef int64_t shmem_thp_pageout(engine_t *e, mm_t *mm, int cpu, uint64_t start, u
     device is a file: no cluster for a whole THP, as for anon
     (split_folios_in) - so each page goes out as a small folio
     (swapout_shmem); a clean one is dropped. No swap: it stays whole and
-    mapped. Returns pages reclaimed."""
-    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, vhead
+    mapped. A shmem mTHP the same, by its own size. Returns pages reclaimed."""
+    cdef uint64_t va = start & ~(<uint64_t>PMD_SPAN - 1), stop, vhead, span, next_va
     cdef uint64_t *t
-    cdef int64_t i, pfn, head, last = -1, n = 0, total, p
+    cdef int64_t i, pfn, head, last = -1, n = 0, total, p, nr
     cdef int32_t vi
     cdef mm_vma_t *vma
     cdef mm_file_t *f
@@ -753,7 +753,8 @@ cdef int64_t shmem_thp_pageout(engine_t *e, mm_t *mm, int cpu, uint64_t start, u
         if t == NULL:
             va = stop
             continue
-        for i in range(HPAGE_PMD_NR):
+        next_va = (va & ~(<uint64_t>PMD_SPAN - 1)) + PMD_SPAN
+        for i in range(<int64_t>((va >> MM_PAGE_SHIFT) & 511), HPAGE_PMD_NR):
             if not (t[i] & PTE_PRESENT) or t[i] & PTE_SPECIAL:
                 continue
             pfn = <int64_t>pte_pfn(t[i])
@@ -763,12 +764,14 @@ cdef int64_t shmem_thp_pageout(engine_t *e, mm_t *mm, int cpu, uint64_t start, u
             if head == last or not is_file_thp(e, head):
                 continue
             last = head
-            vi = find_vma(mm, va + (<uint64_t>i << MM_PAGE_SHIFT))
+            vi = find_vma(mm, (va & ~(<uint64_t>PMD_SPAN - 1)) + (<uint64_t>i << MM_PAGE_SHIFT))
             if vi < 0:
                 continue
             vma = &mm.vmas[vi]
             if vma.flags & VM_LOCKED or vma.file != e.mapping[head]:
                 continue
+            nr = folio_nr(e, head)
+            span = <uint64_t>nr << MM_PAGE_SHIFT
             vhead = vma.start + ((<uint64_t>e.index[head] - vma.pgoff) << MM_PAGE_SHIFT)
             total = folio_mapcount_total(e, head)
             if folio_mappings_in(e, mm, head, vhead & ~(<uint64_t>PMD_SPAN - 1),
@@ -777,23 +780,27 @@ cdef int64_t shmem_thp_pageout(engine_t *e, mm_t *mm, int cpu, uint64_t start, u
             f = file_of(e, e.mapping[head])
             base = e.index[head]
             lru_drain(e, cpu)
-            if vhead < start or vhead + PMD_SPAN > end or vhead < vma.start or vhead + PMD_SPAN > vma.end:
+            if vhead < start or vhead + span > end or vhead < vma.start or vhead + span > vma.end:
                 # Covered in part: the walker's split_folio (unmaps it),
                 # and no page of it is reclaimed.
                 if file_folio_split(e, f, head):
+                    if nr < HPAGE_PMD_NR and vhead + span > va:
+                        next_va = vhead + span  # the rest of this table next
                     break
                 continue
             if not file_folio_split(e, f, head):
                 continue                        # pinned or referenced: kept whole
-            for p in range(HPAGE_PMD_NR):
+            if nr < HPAGE_PMD_NR and vhead + span > va:
+                next_va = vhead + span          # a shmem mTHP: the rest of this table next
+            for p in range(nr):
                 pfn = head + p
                 if e.fflags[pfn] & PG_DIRTY:
                     n += swapout_shmem(e, f, base + <uint64_t>p)
                 elif e.fflags[pfn] & PG_FILE and e.refcount[pfn] == 1:
                     cache_truncate(e, f, base + <uint64_t>p, base + <uint64_t>p + 1)
                     n += 1
-            break                               # this table may be gone: the next 2 MiB
-        va = (va & ~(<uint64_t>PMD_SPAN - 1)) + PMD_SPAN
+            break                               # this table may be gone: look it up again
+        va = next_va
     return n
 
 

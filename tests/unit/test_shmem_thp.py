@@ -94,9 +94,8 @@ def test_bad_values_are_refused():
         m.thp.shmem_sizes[3 * PAGE]
     with pytest.raises(TypeError):
         m.thp.shmem_sizes["2M"]
-    with pytest.raises(NotImplementedError):
-        m.thp.shmem_sizes[64 << 10] = "always"  # mTHP shmem below the PMD size: not modelled
-    m.thp.shmem_sizes[64 << 10] = "never"
+    with pytest.raises(ValueError):
+        m.thp.shmem_sizes[64 << 10] = "force"   # no force/deny per size
     assert m.thp.shmem_sizes[64 << 10] == "never"
 
 
