@@ -107,7 +107,7 @@ cdef class Engine:
     same pointers); page tables live in chunked pools that never move.
     """
     cdef engine_t e
-    cdef readonly object refcount, mapcount, version, fflags, mapping, index, forder
+    cdef readonly object refcount, mapcount, version, fflags, mapping, index
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n, _lru_rot, _lru_rot_n
     cdef object _sched_fn, _sched_err
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
@@ -144,7 +144,6 @@ cdef class Engine:
         self.version = np.full(nframes, 0, np.uint64)
         self.fflags = np.full(nframes, 0, np.uint16)
         self.mapping = np.full(nframes, 0, np.uint16)
-        self.forder = np.full(nframes, 0, np.uint8)
         self.index = np.full(nframes, 0, np.uint32)
         self._tlb_tag = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
         self._tlb_pte = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
@@ -157,7 +156,6 @@ cdef class Engine:
         self.e.version = <uint64_t *>cnp_data(self.version)
         self.e.fflags = <uint16_t *>cnp_data(self.fflags)
         self.e.mapping = <uint16_t *>cnp_data(self.mapping)
-        self.e.forder = <uint8_t *>cnp_data(self.forder)
         self.e.index = <uint32_t *>cnp_data(self.index)
         self.e.tlb_tag = <uint64_t *>cnp_data(self._tlb_tag)
         self.e.tlb_pte = <uint64_t *>cnp_data(self._tlb_pte)
@@ -186,7 +184,6 @@ cdef class Engine:
         self.e.shmem_pmd = SHMEM_PMD_INHERIT            # hugepages-2048kB/shmem_enabled (6.11): inherit
         self.e.entire_map = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.large_pincount = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
-        self.e.file_pincount = <int32_t *>calloc((nframes >> SHMEM_MIN_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
         self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
         self.e.dsq_on = <uint8_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, 1)
@@ -194,7 +191,6 @@ cdef class Engine:
             raise AssertionError("core/tlb.pxi: TLB_MM_WORDS must give every mm id a bit")
         self.e.tlb_mm_seen = <uint64_t *>calloc(<size_t>ncpus * TLB_MM_WORDS, sizeof(uint64_t))
         if self.e.entire_map == NULL or self.e.large_pincount == NULL or self.e.hfree == NULL \
-                or self.e.file_pincount == NULL \
                 or self.e.dsq_on == NULL or self.e.tlb_mm_seen == NULL:
             raise MemoryError()
         # The page tables that map all of RAM once (one pte page per 2 MiB,
@@ -299,6 +295,7 @@ cdef class Engine:
         free(self.e.entire_map)
         free(self.e.large_pincount)
         free(self.e.file_pincount)
+        free(self.e.forder)
         free(self.e.hfree)
         free(self.e.dsq)
         free(self.e.dsq_on)
@@ -417,8 +414,10 @@ cdef class Engine:
         st["thp_mig"] = np.array([self.e.thp_mig[i] for i in range(3)], np.int64)
         st["entire_map"] = stack_export(self.e.entire_map, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
         st["large_pincount"] = stack_export(self.e.large_pincount, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.int32)
-        st["forder"] = self.forder.copy()
-        st["file_pincount"] = stack_export(self.e.file_pincount, (self.e.nframes >> SHMEM_MIN_ORDER) + 1, np.int32)
+        if self.e.forder != NULL:             # made with the first shmem mTHP
+            st["forder"] = stack_export(self.e.forder, self.e.nframes, np.uint8)
+            st["file_pincount"] = stack_export(self.e.file_pincount, (self.e.nframes >> SHMEM_MIN_ORDER) + 1,
+                                               np.int32)
         st["shmem_mthp"] = np.array([[self.e.shmem_orders[i] for i in range(9)] + [0],
                                      [self.e.shmem_alloc[i] for i in range(10)],
                                      [self.e.shmem_fallback[i] for i in range(10)]], np.int64)
@@ -602,12 +601,16 @@ cdef class Engine:
             if len(lp) != len(em):
                 raise ValueError("saved THP tables of the wrong size")
             memcpy(self.e.large_pincount, cnp_data(lp), len(lp) * sizeof(int32_t))
-            if "forder" in st:              # saved before shmem mTHP: no such folio
-                np.copyto(self.forder, st["forder"], casting="no")
+            if "forder" in st:              # the machine had a shmem mTHP
+                fo = np.ascontiguousarray(st["forder"], np.uint8)
                 fp = np.ascontiguousarray(st["file_pincount"], np.int32)
-                if len(fp) != (self.e.nframes >> SHMEM_MIN_ORDER) + 1:
+                if len(fo) != self.e.nframes or len(fp) != (self.e.nframes >> SHMEM_MIN_ORDER) + 1:
                     raise ValueError("saved THP tables of the wrong size")
+                if shmem_mthp_tables(&self.e) < 0:
+                    raise MemoryError()
+                memcpy(self.e.forder, cnp_data(fo), len(fo))
                 memcpy(self.e.file_pincount, cnp_data(fp), len(fp) * sizeof(int32_t))
+            if "shmem_mthp" in st:          # saved before shmem mTHP: the defaults
                 for i in range(10):
                     if i < 9:
                         self.e.shmem_orders[i] = st["shmem_mthp"][0][i]
@@ -894,8 +897,8 @@ cdef class Engine:
         h = folio_of(&self.e, pfn)
         if mthp_order(&self.e, h):
             return mthp_order(&self.e, h)
-        if self.e.forder[h]:
-            return int(self.e.forder[h])
+        if shmem_forder(&self.e, h):
+            return shmem_forder(&self.e, h)
         if pfn_in_gig(&self.e, h):
             return HPAGE_PUD_ORDER
         return HPAGE_PMD_ORDER
@@ -1638,6 +1641,8 @@ cdef class Engine:
     def memory_usage(self):
         """Bytes of engine state: frame table, page-table pools, byte store."""
         frames = self.e.nframes * (4 + 4 + 8 + 2 + 2 + 4)
+        if self.e.forder != NULL:           # shmem mTHP's order and pin tables, once one was made
+            frames += self.e.nframes + ((self.e.nframes >> SHMEM_MIN_ORDER) + 1) * 4
         return {
             "frames": frames,
             "frames_used": self.e.nframes - self.e.nr_free,
@@ -2695,7 +2700,7 @@ cdef class Engine:
                                          f"order {o}, head {h}")
             elif f & PG_TAIL and mthp_order(&self.e, folio_of(&self.e, pfn)):
                 raise InvariantError("tail page without its folio's order", pfn)
-            if self.e.forder[pfn]:
+            if shmem_forder(&self.e, pfn):
                 # A shmem mTHP (core/shmem.pxi): a cache page of its file,
                 # the order on every page of the aligned range.
                 o = self.e.forder[pfn]

@@ -110,6 +110,13 @@ cdef inline void freelist_push(engine_t *e, int64_t pfn) noexcept nogil:
     e.free_head = pfn + 1
 
 
+cdef inline int shmem_forder(engine_t *e, int64_t pfn) noexcept nogil:
+    """The order of the shmem mTHP pfn is a page of, else 0. The table is
+    made with the first shmem mTHP (shmem_mthp_tables): a machine that has
+    none keeps no byte per frame for it."""
+    return e.forder[pfn] if e.forder != NULL else 0
+
+
 cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
     """The folio a page belongs to (page_folio): its head. Large folios are
     naturally aligned: an mTHP's order is on each of its pages (mthp_order),
@@ -117,7 +124,7 @@ cdef inline int64_t folio_of(engine_t *e, int64_t pfn) noexcept nogil:
     if e.fflags[pfn] & PG_TAIL:
         if e.mapping[pfn] and not (e.fflags[pfn] & PG_FILE):
             return pfn & ~((<int64_t>1 << e.mapping[pfn]) - 1)    # an mTHP: mthp_order
-        if e.forder[pfn]:
+        if shmem_forder(e, pfn):
             return pfn & ~((<int64_t>1 << e.forder[pfn]) - 1)     # a shmem mTHP
         # (a shmem THP's tails name their file in `mapping`: PMD order)
         if pfn < e.gig_end and pfn >= e.gig_base and pfn_in_gig(e, pfn):
@@ -145,7 +152,7 @@ cdef inline int32_t *folio_pincount(engine_t *e, int64_t head) noexcept nogil:
     in large_pincount[head >> 9]."""
     if mthp_order(e, head):
         return <int32_t *>&e.index[head + 1]
-    if e.forder[head]:
+    if shmem_forder(e, head):
         return &e.file_pincount[head >> SHMEM_MIN_ORDER]     # a shmem mTHP (its `index` is the file's)
     return &e.large_pincount[head >> HPAGE_PMD_ORDER]
 
@@ -157,7 +164,7 @@ cdef inline int64_t folio_nr(engine_t *e, int64_t head) noexcept nogil:
     cdef int o = mthp_order(e, head)
     if o:
         return <int64_t>1 << o
-    if e.forder[head]:
+    if shmem_forder(e, head):
         return <int64_t>1 << e.forder[head]
     return HPAGE_PMD_NR
 

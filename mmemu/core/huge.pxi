@@ -89,7 +89,7 @@ cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
 cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
     """The last reference to a large folio went: its block back whole."""
     cdef int64_t p
-    if e.forder[head]:
+    if shmem_forder(e, head):
         mthp_free(e, head)              # a shmem mTHP (core/shmem.pxi): never on the queue
         return
     folio_deferred(e, head)[0] = 0      # off the deferred split queue

@@ -87,7 +87,8 @@ cdef void mthp_free(engine_t *e, int64_t head) noexcept nogil:
         e.mapcount[p] = 0
         e.mapping[p] = 0
         e.index[p] = 0
-        e.forder[p] = 0
+        if e.forder != NULL:
+            e.forder[p] = 0
         if e.zoned:
             zone_frame_put(e, p)        # core/zones.pxi
         else:

@@ -209,6 +209,22 @@ cdef uint32_t shmem_mthp_orders(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64
     return mask
 
 
+cdef int shmem_mthp_tables(engine_t *e) noexcept nogil:
+    """The per-frame order (forder) and per-folio pin count (file_pincount)
+    of shmem mTHPs, made when the first one is: until then a machine keeps
+    no byte per frame for them. 0, or -1 when the host has no memory."""
+    if e.forder != NULL:
+        return 0
+    e.forder = <uint8_t *>calloc(e.nframes, 1)
+    e.file_pincount = <int32_t *>calloc((e.nframes >> SHMEM_MIN_ORDER) + 1, sizeof(int32_t))
+    if e.forder == NULL or e.file_pincount == NULL:
+        free(e.forder)
+        free(e.file_pincount)
+        e.forder, e.file_pincount = NULL, NULL
+        return -1
+    return 0
+
+
 cdef int64_t shmem_alloc_mthp(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_t index, int cpu,
                               mm_vma_t *vma, uint64_t va) noexcept nogil:
     """shmem_suitable_orders() + shmem_alloc_and_add_folio() (6.12) below
@@ -222,6 +238,8 @@ cdef int64_t shmem_alloc_mthp(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_
     cdef int order = HPAGE_PMD_ORDER - 1
     cdef int64_t nr, head = -1, i
     cdef uint64_t aligned = 0
+    if orders and shmem_mthp_tables(e) < 0:
+        return -1                                   # no host memory for the tables: a small folio
     cdef uint64_t *t = NULL
     while order >= SHMEM_MIN_ORDER and orders:
         if orders >> order & 1 and file_vma_suitable_order(vma, va, order):
@@ -632,7 +650,7 @@ cdef bint file_folio_split(engine_t *e, mm_file_t *f, int64_t head) noexcept nog
     of a shmem folio never to a non-zero order, 6.12)."""
     cdef uint64_t aligned = e.index[head], lo, hi
     cdef int64_t nr = folio_nr(e, head)
-    cdef int64_t p, mapped = 0 if e.forder[head] else entire_mapcount(e, head)[0]
+    cdef int64_t p, mapped = 0 if shmem_forder(e, head) else entire_mapcount(e, head)[0]
     cdef int32_t m, vi
     cdef mm_t *mm
     cdef mm_vma_t *vma
@@ -658,7 +676,8 @@ cdef bint file_folio_split(engine_t *e, mm_file_t *f, int64_t head) noexcept nog
             gather_finish(e, &g)
     for p in range(head, head + nr):
         e.fflags[p] &= ~(PG_HEAD | PG_TAIL)
-        e.forder[p] = 0
+        if e.forder != NULL:
+            e.forder[p] = 0
         e.refcount[p] = 1                       # the cache's
     e.refcount[head] += lru_batch_refs(e, head)
     if nr == HPAGE_PMD_NR:

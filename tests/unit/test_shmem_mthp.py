@@ -388,6 +388,34 @@ def test_save_and_load_keep_the_sizes_and_the_folios(tmp_path):
     m2.check()
 
 
+def test_the_order_table_costs_nothing_until_the_first_shmem_mthp(tmp_path):
+    """A shmem mTHP's order and pin count live in tables made with the
+    first one: until then the frame table is its 24 bytes per frame (the
+    issue's <= 32 bytes per resident page), and a save carries no table; a
+    machine saved with shmem mTHPs loads them back."""
+    m = machine(sizes={K64: "always"})
+    nframes = m._engine.nframes
+    assert m.memory_usage()["frames"] == nframes * 24
+    p = m.spawn()
+    q = p.mmap(0, 16 * PAGE, RW, C.MAP_PRIVATE | C.MAP_ANONYMOUS)
+    p.write(q, b"private")                                      # anon: no table
+    empty = tmp_path / "empty.mmemu"
+    m.save(str(empty))
+    assert m.memory_usage()["frames"] == nframes * 24
+    assert "forder" not in m._engine.get_state()
+    a = shared_anon(p)
+    p.write(a, b"x")
+    assert order_of(m, p, a) == 4
+    assert m.memory_usage()["frames"] == nframes * 25 + ((nframes >> 1) + 1) * 4
+    m2 = mmemu.Machine.load(str(empty))
+    p2 = m2.processes[0]
+    b = shared_anon(p2)
+    p2.write(b, b"y")
+    assert order_of(m2, p2, b) == 4 and p2.read(q, 7) == b"private"
+    m.check()
+    m2.check()
+
+
 # ---- order 1: hugepages-8kB (6.12) ----------------------------------------------------
 
 K8 = 8 << 10
