@@ -34,8 +34,9 @@ cdef extern from *:
 cdef enum:
     KSM_MAX_PAGE_SHARING = 256      # /sys/kernel/mm/ksm/max_page_sharing default (4.13+)
     KSM_PREFETCH = 16               # pages ahead whose tree bucket the scan prefetches
-    HOST_HUGE_SIZE = 2 << 20        # the host's PMD size (x86-64, arm64 with 4 KiB pages)
-    KSM_ADVISE_BYTES = 4 << 20      # tables from this size on get ksm_host_advise()
+    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (768 KiB) on miss the cache
+    KSM_PREFETCH_PAGES = 1 << 14    # prefetch while the last scan saw this many pages off the stable tree
+    KSM_POPULATE_BYTES = 4 << 20    # rmap_item arrays from this size on: ksm_host_populate()
     KSM_MM_SHIFT = 48               # rmap key: mm id << 48 | address
 
 
@@ -167,21 +168,16 @@ cdef bint ksm_pages_identical(engine_t *e, int64_t a, int64_t b) noexcept nogil:
 
 # ---- tables -----------------------------------------------------------------
 
-cdef void ksm_host_advise(void *p, size_t n, bint populate) noexcept nogil:
-    """A large table ksmd is about to fill: host huge pages for its 2 MiB-
-    aligned inside (a scan of 10^6 pages writes tens of MiB of fresh memory;
-    a host fault per 4 KiB cost as much as the scan's own work, and random
-    probes of the trees miss the TLB less), and with `populate` faulted in by
-    one call. Hints only: a host without THP or before 5.14 ignores them."""
-    cdef uintptr_t lo = (<uintptr_t>p + HOST_HUGE_SIZE - 1) & ~<uintptr_t>(HOST_HUGE_SIZE - 1)
-    cdef uintptr_t hi = (<uintptr_t>p + n) & ~<uintptr_t>(HOST_HUGE_SIZE - 1)
+cdef void ksm_host_populate(void *p, size_t n) noexcept nogil:
+    """Fault in a large table the scan is about to write in full, with one
+    call: a host fault per 4 KiB cost about as much as the scan's own work
+    (more in a guest). Not MADV_HUGEPAGE: in a guest whose memory is backed
+    on first touch, fresh 2 MiB pages measured slower and far more variable.
+    A host before 5.14 says EINVAL and the pages fault in on use."""
+    cdef uintptr_t lo = (<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
+    cdef uintptr_t hi = (<uintptr_t>p + n) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
     if hi > lo:
-        madvise(<void *>lo, hi - lo, HOST_MADV_HUGEPAGE)
-    if populate:
-        lo = (<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
-        hi = (<uintptr_t>p + n) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
-        if hi > lo:
-            madvise(<void *>lo, hi - lo, HOST_MADV_POPULATE_WRITE)
+        madvise(<void *>lo, hi - lo, HOST_MADV_POPULATE_WRITE)
 
 
 # Growth of the tables: array_grow (core/array.pxi).
@@ -436,8 +432,6 @@ cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
     t = <ksm_unstable_t *>calloc(cap, sizeof(ksm_unstable_t))
     if t == NULL:
         return -1
-    if cap * sizeof(ksm_unstable_t) >= KSM_ADVISE_BYTES:
-        ksm_host_advise(t, cap * sizeof(ksm_unstable_t), False)    # probed at random
     for j in range(k.unstable_cap):
         if k.unstable[j].gen == k.seqnr + 1:
             i = <int64_t>(k.unstable[j].hash & <uint64_t>(cap - 1))
@@ -824,7 +818,7 @@ cdef inline void ksm_prefetch(engine_t *e, ksm_state_t *k, uint64_t pte, bint fr
         return
     f = e.fflags[pfn]
     if f & PG_KSM:
-        if k.pfn_cap:
+        if k.pfn_cap >= KSM_PREFETCH_SLOTS:
             ksm_prefetch_line(&k.pfn_keys[ksm_mix(<uint64_t>pfn) & <uint64_t>(k.pfn_cap - 1)])
         return
     if (f & (PG_ANON | PG_BYTES)) != PG_ANON:
@@ -850,6 +844,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
     cdef int c
     cdef int64_t c0
     cdef uint64_t idx
+    cdef bint prefetch
     while done < budget:
         if k.mm < 0:
             # A full scan starts: drain the per-CPU LRU batches, whose extra
@@ -868,8 +863,8 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                 if array_grow(<void **>&k.cur, &k.cur_cap, k.nprev, sizeof(ksm_item_t), 256, False) < 0:
                     k.failed = 1
                     return done
-                if (k.cur_cap - c0) * sizeof(ksm_item_t) >= KSM_ADVISE_BYTES:
-                    ksm_host_advise(k.cur + c0, k.nprev * sizeof(ksm_item_t) - c0 * sizeof(ksm_item_t), True)
+                if (k.nprev - c0) * sizeof(ksm_item_t) >= KSM_POPULATE_BYTES:
+                    ksm_host_populate(k.cur + c0, (k.nprev - c0) * sizeof(ksm_item_t))
         if k.mm >= e.nmm:
             ksm_scan_end(e, k)
             break
@@ -898,6 +893,10 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
         va = k.va if k.va > vma.start else vma.start
         end = vma.end
         table = NULL
+        # Only worth its cost with big tables and pages that will probe them:
+        # not in a steady state, where the pages are on KSM pages already.
+        prefetch = k.unstable_cap >= KSM_PREFETCH_SLOTS and \
+            k.nprev - k.pages_shared - k.pages_sharing >= KSM_PREFETCH_PAGES
         while va < end and done < budget:
             # The pte page of this 2 MiB is walked to once, not per page: a
             # merge only rewrites a pte in it; a large folio's split may
@@ -910,10 +909,11 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
             idx = (va >> MM_PAGE_SHIFT) & 511
             # Two stages ahead within this pte page: the frames, then (their
             # flags and version loaded by then) the trees' buckets.
-            if idx + 2 * KSM_PREFETCH < 512:
-                ksm_prefetch(e, k, table[idx + 2 * KSM_PREFETCH], True)
-            if idx + KSM_PREFETCH < 512 and k.unstable_cap:
-                ksm_prefetch(e, k, table[idx + KSM_PREFETCH], False)
+            if prefetch:
+                if idx + 2 * KSM_PREFETCH < 512:
+                    ksm_prefetch(e, k, table[idx + 2 * KSM_PREFETCH], True)
+                if idx + KSM_PREFETCH < 512:
+                    ksm_prefetch(e, k, table[idx + KSM_PREFETCH], False)
             ptep = table + idx
             if (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ptep[0])

@@ -21,7 +21,9 @@ PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
 
 # (seed, kernel): 6.18 gates on the checksum before the stable tree search
 # and breaks with an unshare fault; 6.1 does neither.
-CASES = [(s, k) for s in range(6) for k in ("6.18", "6.1")]
+# Seeds from 100 on add a region of 20000 pages: tables large enough for the
+# scan's prefetching to be on.
+CASES = [(s, k) for s in (0, 1, 2, 3, 4, 5, 100, 101) for k in ("6.18", "6.1")]
 
 
 def _content(rng, palette):
@@ -66,7 +68,8 @@ def _digest_state(m, h):
 def run(seed, kernel):
     """Run one workload; return (sha256 hex of the final state, scan log)."""
     rng = random.Random(seed * 7919 + (0 if kernel == "6.18" else 1))
-    m = Machine(kernel=kernel, memory=96 << 20)
+    big = seed >= 100
+    m = Machine(kernel=kernel, memory=(400 if big else 96) << 20)
     palette = [rng.randrange(1, 1 << 16) for _ in range(4)]
     procs = []                              # (process, [(addr, npages, mergeable)])
     log = []
@@ -75,7 +78,7 @@ def run(seed, kernel):
         p = m.spawn()
         regions = []
         for _ in range(rng.randrange(1, 4)):
-            n = rng.choice([1, 7, 64, 300, 700, 2500])
+            n = rng.choice([1, 7, 64, 300, 700, 2500] + [20000] * big)
             a = p.mmap(0, n * PAGE, RW, PRIV)
             merge = rng.random() < 0.8
             if merge:
