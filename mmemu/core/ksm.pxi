@@ -17,8 +17,27 @@
 # since is never matched (the kernel's rbtree may still find a match past
 # it); exact comparison always decides.
 
+cdef extern from *:
+    """
+    /* A load hint: never faults, changes no result. An asm statement on
+       x86: gcc 12 -O3 emitted no instruction for __builtin_prefetch in the
+       inlined scan loop (seen in the object code). */
+    static inline void ksm_prefetch_line(const void *p) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)p));
+    #elif defined(__GNUC__)
+        __builtin_prefetch(p);
+    #endif
+    }
+    """
+    void ksm_prefetch_line(const void *p) nogil
+
 cdef enum:
     KSM_MAX_PAGE_SHARING = 256      # /sys/kernel/mm/ksm/max_page_sharing default (4.13+)
+    KSM_PREFETCH = 16               # pages ahead whose tree bucket the scan prefetches
+    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (768 KiB) on miss the cache
+    KSM_PREFETCH_PAGES = 1 << 14    # prefetch while the last scan saw this many pages off the stable tree
+    KSM_POPULATE_BYTES = 4 << 20    # rmap_item arrays from this size on: ksm_host_populate()
     KSM_MM_SHIFT = 48               # rmap key: mm id << 48 | address
 
 
@@ -42,6 +61,12 @@ ctypedef struct ksm_unstable_t:
     int64_t item                    # index into cur
     int64_t gen                     # valid while gen == the scan's sequence number
 
+# Not state: where a run of full dups along a chain ends (ksm_chain_skip).
+ctypedef struct ksm_chain_skip_t:
+    int64_t epoch                   # valid while == ksm_state_t.chain_epoch + 1
+    int32_t past                    # the first dup after the run + 1; 0: the chain's end
+    int32_t pad
+
 ctypedef struct ksm_state_t:
     ksm_item_t *prev                # last full scan's rmap_items, by key
     int64_t nprev, prev_cap, prev_pos
@@ -64,6 +89,22 @@ ctypedef struct ksm_state_t:
     int64_t sharing_added           # pages_sharing increments (ksm_scan's result)
     int32_t max_page_sharing
     int32_t failed                  # the host ran out of memory
+    # Not state (get_state leaves it out; empty after set_state): a shortcut
+    # past unstable slots whose item has been merged this scan, which a
+    # search skips anyway. Many identical pages leave one long probe run of
+    # such slots, walked by each search for those contents (issue 13).
+    int32_t *unstable_skip          # slot -> a later slot + 1 (all between merged); 0: not merged
+    int64_t unstable_skip_cap       # == unstable_cap when allocated
+    int64_t *skip_marked            # the slots with unstable_skip != 0, to clear them
+    int64_t nskip_marked, skip_marked_cap
+    # Not state either: per stable node, the end of the run of full dups
+    # (rmap_hlist_len >= max_page_sharing) starting there, so that a search
+    # of a long chain of full dups is not a walk of all of them. A run stays
+    # one while no dup in it drops below full and no chain link changes:
+    # chain_epoch moves when either happens.
+    ksm_chain_skip_t *chain_skip
+    int64_t chain_skip_cap
+    int64_t chain_epoch
 
 
 cdef inline uint64_t ksm_mix(uint64_t x) noexcept nogil:
@@ -76,6 +117,12 @@ cdef inline uint64_t ksm_mix(uint64_t x) noexcept nogil:
     return x
 
 
+cdef inline uint64_t ksm_version_hash(uint64_t version) noexcept nogil:
+    """ksm_content_hash() of a page that is not byte-exact."""
+    cdef uint64_t v = ksm_mix(version ^ 0x6A09E667F3BCC908ULL)
+    return v if v else 1
+
+
 cdef uint64_t ksm_content_hash(engine_t *e, int64_t pfn) noexcept nogil:
     """calc_checksum(): a hash of the page's contents, never 0 (0 means "no
     checksum yet" in an rmap_item). A byte-exact page that repeats one 8-byte
@@ -84,8 +131,7 @@ cdef uint64_t ksm_content_hash(engine_t *e, int64_t pfn) noexcept nogil:
     cdef const uint64_t *w
     cdef int i
     if not (e.fflags[pfn] & PG_BYTES):
-        v = ksm_mix(e.version[pfn] ^ 0x6A09E667F3BCC908ULL)
-        return v if v else 1
+        return ksm_version_hash(e.version[pfn])
     w = <const uint64_t *>bytes_ptr(e, <int64_t>e.version[pfn])
     if page_is_pattern(<const uint8_t *>w, &v):
         v = ksm_mix(v ^ 0x6A09E667F3BCC908ULL)
@@ -122,6 +168,18 @@ cdef bint ksm_pages_identical(engine_t *e, int64_t a, int64_t b) noexcept nogil:
 
 
 # ---- tables -----------------------------------------------------------------
+
+cdef void ksm_host_populate(void *p, size_t n) noexcept nogil:
+    """Fault in a large table the scan is about to write in full, with one
+    call: a host fault per 4 KiB cost about as much as the scan's own work
+    (more in a guest). Not MADV_HUGEPAGE: in a guest whose memory is backed
+    on first touch, fresh 2 MiB pages measured slower and far more variable.
+    A host before 5.14 says EINVAL and the pages fault in on use."""
+    cdef uintptr_t lo = (<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
+    cdef uintptr_t hi = (<uintptr_t>p + n) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
+    if hi > lo:
+        madvise(<void *>lo, hi - lo, HOST_MADV_POPULATE_WRITE)
+
 
 # Growth of the tables: array_grow (core/array.pxi).
 
@@ -210,6 +268,7 @@ cdef int ksm_stable_rehash(engine_t *e, ksm_state_t *k, int64_t cap) noexcept no
         k.stable_used += 1
     free(k.stable)
     k.stable, k.stable_cap = t, cap
+    k.chain_epoch += 1
     return 0
 
 
@@ -257,9 +316,36 @@ cdef int32_t ksm_chain_valid(engine_t *e, ksm_state_t *k, int32_t n) noexcept no
             return n
         if prev >= 0:
             k.nodes[prev].older = k.nodes[n].older
+            k.chain_epoch += 1
         prev = n
         n = k.nodes[n].older - 1
     return -1
+
+
+cdef int32_t ksm_chain_skip(ksm_state_t *k, int32_t n) noexcept nogil:
+    """From a full dup n: the first dup after the run of full dups that
+    starts at n, -1 at the chain's end. The runs found are remembered (path
+    compression), so each search of a chain whose older dups are all full
+    costs about one step. Only skips what the walk would skip anyway."""
+    cdef int32_t r = n, m
+    cdef int64_t valid = k.chain_epoch + 1
+    if array_grow(<void **>&k.chain_skip, &k.chain_skip_cap, k.nnodes, sizeof(ksm_chain_skip_t),
+                  256, True) < 0:
+        return k.nodes[n].older - 1 # no room for the shortcut: one step
+    while r >= 0 and k.nodes[r].nitems >= k.max_page_sharing:
+        if k.chain_skip[r].epoch == valid:
+            r = k.chain_skip[r].past - 1
+        else:
+            r = k.nodes[r].older - 1
+    while n >= 0 and n != r and k.nodes[n].nitems >= k.max_page_sharing:
+        if k.chain_skip[n].epoch == valid:
+            m = k.chain_skip[n].past - 1
+        else:
+            m = k.nodes[n].older - 1
+        k.chain_skip[n].epoch = valid
+        k.chain_skip[n].past = r + 1
+        n = m
+    return r
 
 
 cdef int32_t ksm_stable_search(engine_t *e, ksm_state_t *k, int64_t pfn, uint64_t hash) noexcept nogil:
@@ -283,10 +369,58 @@ cdef int32_t ksm_stable_search(engine_t *e, ksm_state_t *k, int64_t pfn, uint64_
                 while n >= 0:
                     if 0 < k.nodes[n].nitems < k.max_page_sharing and ksm_node_valid(e, k, n):
                         return n
-                    n = k.nodes[n].older - 1
+                    if k.nodes[n].nitems >= k.max_page_sharing:
+                        n = ksm_chain_skip(k, n)
+                    else:
+                        n = k.nodes[n].older - 1
                 return -1
         i = (i + 1) & (k.stable_cap - 1)
     return -1
+
+
+cdef void ksm_skip_reset(ksm_state_t *k) noexcept nogil:
+    """Forget the merged-slot shortcuts: at a scan's end, when the table is
+    rehashed, and when an exiting mm's items leave the stable tree (an item
+    of the unstable tree then counts as unmerged again)."""
+    cdef int64_t j
+    if k.unstable_skip_cap != k.unstable_cap:
+        free(k.unstable_skip)
+        k.unstable_skip, k.unstable_skip_cap = NULL, 0
+    elif k.unstable_skip != NULL:
+        for j in range(k.nskip_marked):
+            k.unstable_skip[k.skip_marked[j]] = 0
+    k.nskip_marked = 0
+
+
+cdef void ksm_skip_mark(ksm_state_t *k, int64_t slot) noexcept nogil:
+    """The item in this unstable slot has been merged: searches may jump it."""
+    if k.unstable_cap > 0x7FFFFFFF:
+        return                      # slots past int32_t: no shortcut
+    if k.unstable_skip == NULL or k.unstable_skip_cap != k.unstable_cap:
+        ksm_skip_reset(k)
+        k.unstable_skip = <int32_t *>calloc(k.unstable_cap, sizeof(int32_t))
+        if k.unstable_skip == NULL:
+            return                  # only a shortcut: searches walk the slots instead
+        k.unstable_skip_cap = k.unstable_cap
+    if array_grow(<void **>&k.skip_marked, &k.skip_marked_cap, k.nskip_marked + 1, sizeof(int64_t),
+                  256, False) < 0:
+        return
+    k.skip_marked[k.nskip_marked] = slot
+    k.nskip_marked += 1
+    k.unstable_skip[slot] = <int32_t>(((slot + 1) & (k.unstable_cap - 1)) + 1)
+
+
+cdef int64_t ksm_skip_find(ksm_state_t *k, int64_t i) noexcept nogil:
+    """The first slot from i on that is not marked merged (union-find with
+    path compression; an empty slot is never marked, so it ends)."""
+    cdef int64_t r = i, nxt
+    while k.unstable_skip[r]:
+        r = k.unstable_skip[r] - 1
+    while k.unstable_skip[i] and k.unstable_skip[i] - 1 != r:
+        nxt = k.unstable_skip[i] - 1
+        k.unstable_skip[i] = <int32_t>(r + 1)
+        i = nxt
+    return r
 
 
 cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
@@ -309,6 +443,7 @@ cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
             t[i] = k.unstable[j]
     free(k.unstable)
     k.unstable, k.unstable_cap = t, cap
+    ksm_skip_reset(k)
     return 0
 
 
@@ -322,6 +457,8 @@ cdef void ksm_item_unlink(ksm_state_t *k, ksm_item_t *it) noexcept nogil:
         return
     node = &k.nodes[it.node - 1]
     node.nitems -= 1
+    if node.nitems == k.max_page_sharing - 1:
+        k.chain_epoch += 1          # no longer full: runs of full dups through it end
     if node.nitems > 0:
         k.pages_sharing -= 1
     else:
@@ -368,6 +505,7 @@ cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t v
     it.checksum = 0
     it.serial = mm.serial
     it.node = 0
+    it.pad = 0                      # so get_state (the explorer's state key) is deterministic
     return it
 
 
@@ -381,6 +519,7 @@ cdef void ksm_mm_exit(ksm_state_t *k, mm_t *mm) noexcept nogil:
     for i in range(k.ncur):
         if lo <= k.cur[i].key < hi and k.cur[i].serial == mm.serial:
             ksm_item_unlink(k, &k.cur[i])
+    ksm_skip_reset(k)
 
 
 # ---- merging ----------------------------------------------------------------
@@ -551,9 +690,10 @@ cdef void ksm_break_cow(engine_t *e, mm_t *mm, int cpu, uint64_t va) noexcept no
 
 
 cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn, uint64_t hash,
-                                        int64_t item, int64_t *tree_pfn) noexcept nogil:
+                                        int64_t item, int64_t *tree_pfn, int64_t *tree_slot) noexcept nogil:
     """unstable_tree_search_insert(): the item of an identical page in the
-    unstable tree (tree_pfn set), else insert this one; -1 if none."""
+    unstable tree (tree_pfn and tree_slot set), else insert this one; -1 if
+    none."""
     cdef int64_t i, p
     cdef ksm_item_t *t
     cdef mm_t *tm
@@ -566,6 +706,10 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
     while k.unstable[i].gen == k.seqnr + 1:
         # An item merged since it was inserted has left the unstable tree
         # (remove_rmap_item_from_tree): skipped.
+        if k.unstable[i].hash == hash and k.unstable_skip_cap == k.unstable_cap \
+                and k.unstable_skip[i] != 0:
+            i = ksm_skip_find(k, i)     # a run of merged items, skipped below anyway
+            continue
         if k.unstable[i].hash == hash and k.cur[k.unstable[i].item].node == 0:
             t = &k.cur[k.unstable[i].item]
             tmid = <int32_t>(t.key >> KSM_MM_SHIFT)
@@ -577,6 +721,7 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
                 return -1           # gone, or the same (forked) page: no substitute
             if ksm_pages_identical(e, pfn, p):
                 tree_pfn[0] = p
+                tree_slot[0] = i
                 return k.unstable[i].item
         i = (i + 1) & (k.unstable_cap - 1)
     k.unstable[i].hash = hash
@@ -593,7 +738,7 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
     cdef ksm_item_t *t
     cdef int32_t stable = ksm_pfn_node(e, k, pfn), kn
     cdef uint64_t hash = 0
-    cdef int64_t tree, tree_pfn = -1
+    cdef int64_t tree, tree_pfn = -1, tree_slot = -1
     if stable >= 0:
         if it.node == stable + 1:
             return                  # still the KSM page it was merged into
@@ -620,7 +765,7 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
         if it.checksum != hash:
             it.checksum = hash
             return
-    tree = ksm_unstable_search_insert(e, k, pfn, hash, item, &tree_pfn)
+    tree = ksm_unstable_search_insert(e, k, pfn, hash, item, &tree_pfn, &tree_slot)
     if tree < 0:
         return
     t = &k.cur[tree]
@@ -640,6 +785,7 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
         return
     ksm_item_append(k, t, kn)
     ksm_item_append(k, &k.cur[item], kn)
+    ksm_skip_mark(k, tree_slot)
 
 
 cdef void ksm_scan_end(engine_t *e, ksm_state_t *k) noexcept nogil:
@@ -654,6 +800,36 @@ cdef void ksm_scan_end(engine_t *e, ksm_state_t *k) noexcept nogil:
     k.seqnr += 1
     k.unstable_used = 0
     k.mm = -1
+    ksm_skip_reset(k)
+
+
+cdef inline void ksm_prefetch(engine_t *e, ksm_state_t *k, uint64_t pte, bint frame_only) noexcept nogil:
+    """Start the loads the scan will need for the page `pte` maps some pages
+    from now: its frame's flags and version (frame_only), or, given those,
+    the bucket of its content hash in the unstable and stable tables (or its
+    pfn's, for a KSM page). At 10^6 pages these are cache and TLB misses
+    the scan would otherwise wait for one after another (issue 13)."""
+    cdef int64_t pfn
+    cdef uint32_t f
+    cdef uint64_t h
+    if (pte & (PTE_PRESENT | PTE_SPECIAL)) != PTE_PRESENT:
+        return
+    pfn = <int64_t>pte_pfn(pte)
+    if frame_only:
+        ksm_prefetch_line(&e.fflags[pfn])
+        ksm_prefetch_line(&e.version[pfn])
+        return
+    f = e.fflags[pfn]
+    if f & PG_KSM:
+        if k.pfn_cap >= KSM_PREFETCH_SLOTS:
+            ksm_prefetch_line(&k.pfn_keys[ksm_mix(<uint64_t>pfn) & <uint64_t>(k.pfn_cap - 1)])
+        return
+    if (f & (PG_ANON | PG_BYTES)) != PG_ANON:
+        return                      # a byte-exact page's hash reads the page anyway
+    h = ksm_version_hash(e.version[pfn])
+    ksm_prefetch_line(&k.unstable[h & <uint64_t>(k.unstable_cap - 1)])
+    if k.stable_cap:
+        ksm_prefetch_line(&k.stable[h & <uint64_t>(k.stable_cap - 1)])
 
 
 cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) noexcept nogil:
@@ -669,6 +845,9 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
     cdef uint64_t *table
     cdef ksm_item_t *it
     cdef int c
+    cdef int64_t c0
+    cdef uint64_t idx
+    cdef bint prefetch
     while done < budget:
         if k.mm < 0:
             # A full scan starts: drain the per-CPU LRU batches, whose extra
@@ -681,6 +860,14 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
             if ksm_unstable_room(k, k.nprev) < 0:
                 k.failed = 1
                 return done
+            # And this scan's rmap_items room for as many, written in order.
+            if k.nprev > k.cur_cap:
+                c0 = k.cur_cap
+                if array_grow(<void **>&k.cur, &k.cur_cap, k.nprev, sizeof(ksm_item_t), 256, False) < 0:
+                    k.failed = 1
+                    return done
+                if (k.nprev - c0) * sizeof(ksm_item_t) >= KSM_POPULATE_BYTES:
+                    ksm_host_populate(k.cur + c0, (k.nprev - c0) * sizeof(ksm_item_t))
         if k.mm >= e.nmm:
             ksm_scan_end(e, k)
             break
@@ -709,6 +896,10 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
         va = k.va if k.va > vma.start else vma.start
         end = vma.end
         table = NULL
+        # Only worth its cost with big tables and pages that will probe them:
+        # not in a steady state, where the pages are on KSM pages already.
+        prefetch = k.unstable_cap >= KSM_PREFETCH_SLOTS and \
+            k.nprev - k.pages_shared - k.pages_sharing >= KSM_PREFETCH_PAGES
         while va < end and done < budget:
             # The pte page of this 2 MiB is walked to once, not per page: a
             # merge only rewrites a pte in it; a large folio's split may
@@ -718,7 +909,15 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                 if table == NULL:
                     va = (va | ((<uint64_t>MM_PTRS << MM_PAGE_SHIFT) - 1)) + 1
                     continue
-            ptep = table + ((va >> MM_PAGE_SHIFT) & 511)
+            idx = (va >> MM_PAGE_SHIFT) & 511
+            # Two stages ahead within this pte page: the frames, then (their
+            # flags and version loaded by then) the trees' buckets.
+            if prefetch:
+                if idx + 2 * KSM_PREFETCH < 512:
+                    ksm_prefetch(e, k, table[idx + 2 * KSM_PREFETCH], True)
+                if idx + KSM_PREFETCH < 512:
+                    ksm_prefetch(e, k, table[idx + KSM_PREFETCH], False)
+            ptep = table + idx
             if (ptep[0] & (PTE_PRESENT | PTE_SPECIAL)) == PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ptep[0])
                 if e.fflags[pfn] & PG_ANON and not pfn_is_hugetlb(e, pfn):
@@ -746,4 +945,7 @@ cdef void ksm_free(ksm_state_t *k) noexcept nogil:
     free(k.pfn_keys)
     free(k.pfn_nodes)
     free(k.unstable)
+    free(k.unstable_skip)
+    free(k.skip_marked)
+    free(k.chain_skip)
     memset(k, 0, sizeof(ksm_state_t))
