@@ -397,9 +397,11 @@ CHANGES = (
     # directories do not exist (Machine.thp.sizes is empty, writes ENOENT).
     Change("19eaf44954df", "6.8", "mm: thp: support allocation of anonymous multi-size THP",
            {"mthp": 1}),
-    Change("7fb1b252afb5", "6.11", "mm: shmem: add mTHP support for anonymous shmem "
+    # (7fb1b252afb5 is its id in the mm tree; e7a2ab7b3bb5 the mainline one
+    # that Fixes: tags and the 6.12 stable backports cite.)
+    Change("e7a2ab7b3bb5", "6.11", "mm: shmem: add mTHP support for anonymous shmem "
            "(shmem_allowable_huge_orders: the per-size shmem_enabled decides for MAP_SHARED|MAP_ANONYMOUS)",
-           {"shmem_mthp": 1}),
+           {"shmem_mthp": 1}, aliases=("7fb1b252afb5",)),
     # The series' first patch (same merge, 6.11): the ptes of a shmem mTHP
     # (or a PMD THP a VMA can only map by ptes) go in at once.
     Change("43e027e41423", "6.11", "mm: memory: extend finish_fault() to support large folio",

@@ -266,7 +266,7 @@ typedef struct {
     int32_t swap_large_rotational;  /* "mm, swap: use cluster lock for HDD" (6.14): a rotational swap partition gives large entries too */
     int32_t swapin_large_sync;      /* 242d12c98174 (6.12): an mTHP-sized swap-in from a SWP_SYNCHRONOUS_IO device (zram) */
     int32_t swapin_large_swapcache; /* "mm: swap: entirely map large folios found in swapcache" (6.11): do_swap_page maps the whole folio */
-    int32_t shmem_mthp;             /* 7fb1b252afb5 (6.11): anon shmem's huge orders come from hugepages-<size>kB/shmem_enabled ("inherit" follows shmem_enabled) */
+    int32_t shmem_mthp;             /* e7a2ab7b3bb5 (6.11): anon shmem's huge orders come from hugepages-<size>kB/shmem_enabled ("inherit" follows shmem_enabled) */
     int32_t shmem_file_orders;      /* "mm: tidy up shmem mTHP controls and stats" (6.12): hugepages-8kB/shmem_enabled, order-1 shmem folios */
     int32_t shmem_within_size_fix;  /* d0e6983a6d17 (6.13, 6.12.9): within_size sizes rounded to 1 << order, not order */
     int32_t finish_fault_large;     /* 43e027e41423 (6.11): finish_fault maps a whole large anon-shmem folio with one set_pte_range */

@@ -83,7 +83,7 @@ cdef bint shmem_huge_allowed(engine_t *e, mm_file_t *f, mm_vma_t *vma, uint64_t 
     before). vma is NULL for write(2) and fallocate(2). deny and force
     override every mount; otherwise shm_mnt's huge=, which is shmem_enabled
     (every shmem file here lives on shm_mnt: memfd, MAP_SHARED anon).
-    From 7fb1b252afb5 (6.11) an anon shmem mapping follows the size's own
+    From e7a2ab7b3bb5 (6.11) an anon shmem mapping follows the size's own
     hugepages-2048kB/shmem_enabled instead, "inherit" meaning the above."""
     cdef uint64_t vm_flags = vma.flags if vma != NULL else 0
     cdef bint top

@@ -205,10 +205,10 @@ HISTORY = (
     Feature("uffdio_move", "UFFDIO_MOVE", "6.8", "adef440691ba", "userfaultfd: UFFDIO_MOVE uABI",
             "as UFFD_FEATURE_MOVE", "inferred"),
     Feature("thpsize_shmem_enabled", "/sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/shmem_enabled",
-            "6.11", "7fb1b252afb5", "mm: shmem: add mTHP support for anonymous shmem",
-            "the series' sysfs half (61a57f1b1da9, 'add multi-size THP sysfs interface for anonymous "
-            "shmem') and this one are named side by side in a kernel.org log of the mm tree and cited "
-            "as 7fb1b252afb5 in a July 2024 linux-mm thread (THPeligible for anon shmem); 6.12's "
+            "6.11", "4b98995530b7", "mm: shmem: add multi-size THP sysfs interface for anonymous shmem",
+            "mainline ids from a mainline log that lists 4b98995530b7 and e7a2ab7b3bb5 ('add mTHP "
+            "support for anonymous shmem', cited by later Fixes: tags) side by side; 61a57f1b1da9 and "
+            "7fb1b252afb5 are their mm-tree ids (a July 2024 linux-mm thread); 6.12's "
             "source (Debian 6.12.118) has thpsize_shmem_enabled_store; 6.11 from the merge window",
             "inferred"),
     Feature("uffdio_move_zeropage", "UFFDIO_MOVE of a zero-page pte", "6.9", "ea4df6a5ea81",

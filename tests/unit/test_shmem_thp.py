@@ -7,7 +7,7 @@ a split PMD of a file folio is simply cleared, fork does not copy it,
 a private write splits it and copies one page, a hole punch or a
 truncation splits the folio (truncate_inode_partial_folio), a pinned
 one stays whole. The per-size hugepages-2048kB/shmem_enabled of anon
-shmem arrives with 7fb1b252afb5 (6.11)."""
+shmem arrives with e7a2ab7b3bb5 (6.11)."""
 import errno
 
 import pytest
@@ -445,7 +445,7 @@ def test_uffd_missing_on_a_hole_allocates_nothing_huge():
 
 @pytest.mark.parametrize("kernel,present", [("6.10", False), ("6.11", True), ("6.18", True)])
 def test_per_size_shmem_enabled_arrives_in_6_11(kernel, present):
-    # 7fb1b252afb5 (6.11): anon shmem's huge orders come from
+    # e7a2ab7b3bb5 (6.11): anon shmem's huge orders come from
     # hugepages-<size>kB/shmem_enabled; the PMD size inherits by default, so
     # nothing changes until it is set.
     m = machine(kernel)
