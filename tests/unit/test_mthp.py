@@ -11,6 +11,7 @@ import pytest
 
 import mmemu
 import mmemu.constants as C
+from anon_region import aligned_anon
 
 PAGE = C.PAGE_SIZE
 K64 = 64 << 10
@@ -27,13 +28,7 @@ def machine(kernel="6.12", sizes=None, thp="never", memory=64 << 20):
 
 def region(p, length=1 << 20, align=1 << 20):
     """An anon mapping of `length` at an `align`-aligned address."""
-    raw = p.mmap(0, length + align, RW, PRIV)
-    a = (raw + align - 1) & ~(align - 1)
-    if a > raw:
-        p.munmap(raw, a - raw)
-    if raw + length + align > a + length:
-        p.munmap(a + length, raw + length + align - (a + length))
-    return a
+    return aligned_anon(p, length, align)
 
 
 def order_at(m, p, addr):

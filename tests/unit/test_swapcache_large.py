@@ -17,31 +17,17 @@ import mmemu
 import mmemu.constants as C
 from mmemu.uffd import (O_NONBLOCK, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_WP,
                         UFFDIO_WRITEPROTECT_MODE_WP)
+from anon_region import aligned_anon, fill
 
 PAGE = C.PAGE_SIZE
 THP = 2 << 20
 K64 = 64 << 10
 RW = C.PROT_READ | C.PROT_WRITE
 PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
-PATTERN = bytes(range(1, 256))
-
-
-def fill(n):
-    return (PATTERN * (n // len(PATTERN) + 1))[:n]
 
 
 def machine(kernel="6.18", device="ssd"):
     return mmemu.Machine(kernel=kernel, memory=64 << 20, swap=16 << 20, swap_device=device)
-
-
-def region(p, length, align):
-    raw = p.mmap(0, length + align, RW, PRIV)
-    a = (raw + align - 1) & ~(align - 1)
-    if a > raw:
-        p.munmap(raw, a - raw)
-    if raw + length + align > a + length:
-        p.munmap(a + length, raw + length + align - (a + length))
-    return a
 
 
 def swapped_mthp(kernel, device="ssd", size=K64):
@@ -49,7 +35,7 @@ def swapped_mthp(kernel, device="ssd", size=K64):
     m = machine(kernel, device)
     m.thp.sizes[size] = "always"
     p = m.spawn()
-    a = region(p, 1 << 20, 1 << 20)
+    a = aligned_anon(p, 1 << 20, 1 << 20)
     p.write(a, fill(size))
     head = p.pagemap(a).pfn
     p.madvise(a, size, C.MADV_PAGEOUT)
@@ -60,7 +46,7 @@ def swapped_mthp(kernel, device="ssd", size=K64):
 def swapped_thp(kernel, device="ssd"):
     m = machine(kernel, device)
     p = m.spawn()
-    a = region(p, THP, THP)
+    a = aligned_anon(p, THP, THP)
     p.madvise(a, THP, C.MADV_HUGEPAGE)
     p.write(a, fill(THP))
     head = p.pagemap(a).pfn
@@ -148,7 +134,7 @@ def test_reclaim_swaps_an_mthp_whole_or_splits_it_per_era(kernel, device, whole)
     m = machine(kernel, device)
     m.thp.sizes[K64] = "always"
     p = m.spawn()
-    a = region(p, 1 << 20, 1 << 20)
+    a = aligned_anon(p, 1 << 20, 1 << 20)
     p.write(a, fill(K64))
     head = p.pagemap(a).pfn
     splits = m.stats()["thp_split_page"]
@@ -172,7 +158,7 @@ def test_reclaim_swaps_a_pmd_thp_whole_where_a_cluster_is_free(device, whole):
     # gives it a cluster; a swap file never does (thp_swpout_fallback).
     m = machine("6.1", device)
     p = m.spawn()
-    a = region(p, THP, THP)
+    a = aligned_anon(p, THP, THP)
     p.madvise(a, THP, C.MADV_HUGEPAGE)
     p.write(a, fill(THP))
     st = m.stats()
@@ -204,7 +190,7 @@ def test_reclaim_budget_stops_after_the_first_folios():
     m = machine("6.18", "ssd")
     m.thp.sizes[K64] = "always"
     p = m.spawn()
-    a = region(p, 1 << 20, 1 << 20)
+    a = aligned_anon(p, 1 << 20, 1 << 20)
     p.write(a, fill(4 * K64))
     m.reclaim(16)
     assert sum(p.pagemap(a + i * K64).swapped for i in range(4)) == 1
@@ -392,7 +378,7 @@ def test_collapse_takes_a_cached_folio_and_frees_its_swapcache():
     m = machine("6.18", "ssd")
     m.thp.sizes[K64] = "always"
     p = m.spawn()
-    a = region(p, THP, THP)
+    a = aligned_anon(p, THP, THP)
     p.write(a, fill(K64))
     head = p.pagemap(a).pfn
     assert m.folio_order(head) == 4

@@ -19,6 +19,7 @@ import mmemu
 from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MAP_ANONYMOUS, MAP_PRIVATE,
                    MPOL_BIND, MPOL_MF_MOVE, PAGE_SIZE as PAGE, PROT_READ, PROT_WRITE)
 from migration_window import during_migration
+from anon_region import aligned_anon
 
 RW = PROT_READ | PROT_WRITE
 PRIV = MAP_PRIVATE | MAP_ANONYMOUS
@@ -50,12 +51,7 @@ def thp(m, p=None, data=b"T"):
 
 def aligned(p, length):
     """A private anon range of length at a 2 MiB-aligned address."""
-    a = p.mmap(0, length + HPAGE, RW, PRIV)
-    b = (a + HPAGE - 1) & ~(HPAGE - 1)
-    if b > a:
-        p.munmap(a, b - a)
-    p.munmap(b + length, a + HPAGE - b)
-    return b
+    return aligned_anon(p, length, HPAGE)
 
 
 def fill(m, p, npages):

@@ -20,18 +20,13 @@ from mmemu.eras import policy_for
 from mmemu.uffd import (O_NONBLOCK, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_MISSING,
                         UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP)
 from mmemu.errors import WouldBlock
+from anon_region import aligned_anon, fill
 
 PAGE = C.PAGE_SIZE
 THP = 2 << 20
 K64 = 64 << 10
 RW = C.PROT_READ | C.PROT_WRITE
 PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
-PATTERN = bytes(range(1, 256))
-
-
-def fill(n):
-    """n bytes no page of which is all zeros (6.12's split maps those to the zero page)."""
-    return (PATTERN * (n // len(PATTERN) + 1))[:n]
 
 
 def machine(kernel="6.18", device="ssd", swap=16 << 20, **kw):
@@ -39,13 +34,7 @@ def machine(kernel="6.18", device="ssd", swap=16 << 20, **kw):
 
 
 def region(p, length=THP, align=THP):
-    raw = p.mmap(0, length + align, RW, PRIV)
-    a = (raw + align - 1) & ~(align - 1)
-    if a > raw:
-        p.munmap(raw, a - raw)
-    if raw + length + align > a + length:
-        p.munmap(a + length, raw + length + align - (a + length))
-    return a
+    return aligned_anon(p, length, align)
 
 
 def pmd_thp(m):
