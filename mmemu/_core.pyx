@@ -451,6 +451,7 @@ cdef class Engine:
         cdef const uint8_t[::1] raw
         if self.e.nmm or self.e.ndir_used or self.e.nfile != 1:
             raise ValueError("set_state needs a fresh engine")
+        self.e.swapcache_large = 1         # a large swapcache folio may be saved: one reclaim walk decides
         for k in ("refcount", "mapcount", "version", "fflags", "mapping", "index", "swap_map",
                   "swap_cache", "swap_data", "swap_flags"):
             np.copyto(getattr(self, k), st[k], casting="no")

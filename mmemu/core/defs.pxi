@@ -326,6 +326,7 @@ ctypedef struct engine_t:
     # _FAIL, _SPLIT; 1a5bae25e3cf, 5.9): PMD-sized folios only.
     int64_t thp_mig[3]
     int32_t mig_nosplit        # the running migration may not split a large folio (MR_NUMA_MISPLACED)
+    int32_t swapcache_large    # a large folio may sit in the swapcache (core/swap.pxi swapcache_reclaim_large)
 
 # A resolver that stays in the core: handle_userfault() resolves the fault
 # itself (no message, no return to Python) and the access retries.

@@ -213,9 +213,11 @@ cdef int64_t swapcache_reclaim_large(engine_t *e) noexcept nogil:
     references is clean and done with, so __remove_mapping takes it out of
     the swapcache whole and frees it; the slots the swap ptes still name
     stay (put_swap_folio drops only the cache's SWAP_HAS_CACHE). Found by
-    their aligned first slot. Returns pages freed."""
-    cdef int64_t s, pfn, nr, n = 0
-    if e.nr_large == 0:
+    their aligned first slot. Returns pages freed. The walk covers the
+    whole swap area, so it runs only while one may be there: from the last
+    whole-folio write (e.swapcache_large) until a walk finds none left."""
+    cdef int64_t s, pfn, nr, n = 0, left = 0
+    if not e.swapcache_large:
         return 0
     s = 0
     while s < e.nswap:
@@ -227,7 +229,11 @@ cdef int64_t swapcache_reclaim_large(engine_t *e) noexcept nogil:
                 if e.refcount[pfn] == nr and folio_mapcount_total(e, pfn) == 0:
                     swapcache_delete(e, pfn)
                     n += nr
+                else:
+                    left += 1
         s += nr
+    if left == 0:
+        e.swapcache_large = 0
     return n
 
 
@@ -694,6 +700,7 @@ cdef int64_t swapout_large_whole(engine_t *e, mm_t *mm, int64_t head, uint64_t h
     # split queue's list (it is not partially mapped any more).
     folio_deferred(e, head)[0] = 0
     e.index[head] = <uint32_t>slot0
+    e.swapcache_large = 1                   # swapcache_reclaim_large has one to find
     for p in range(head, head + nr):
         sl = slot0 + (p - head)
         e.fflags[p] |= PG_SWAPCACHE
