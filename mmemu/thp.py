@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import operator
 
 _ENABLED = ("never", "madvise", "always")
 _DEFRAG = ("always", "defer", "defer+madvise", "madvise", "never")
@@ -74,8 +75,12 @@ class _SizeFiles:
         return f"/sys/kernel/mm/transparent_hugepage/hugepages-{kb}kB/{cls._FILE}"
 
     def _order(self, size) -> int:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"an mTHP size is an int number of bytes, not {size!r}")
+        try:
+            if isinstance(size, bool):
+                raise TypeError
+            size = operator.index(size)         # numpy integers too
+        except TypeError:
+            raise TypeError(f"an mTHP size is an int number of bytes, not {size!r}") from None
         order = (size // _PAGE).bit_length() - 1
         if not self._present:
             raise FileNotFoundError(errno.ENOENT, f"No such file or directory ({self._SINCE})", self._path(size))

@@ -474,3 +474,18 @@ def test_within_size_index_rounding_bug_until_6_12_9(kernel, expect):
     p.write(a, b"x")
     assert order_of(m, p, a) == expect
     m.check()
+
+
+def test_sizes_take_numpy_integers_and_refuse_what_is_not_a_size():
+    import numpy as np
+    m = machine()
+    m.thp.shmem_sizes[np.int64(K64)] = "always"
+    assert m.thp.shmem_sizes[np.uint32(K64)] == "always" == m.thp.shmem_sizes[K64]
+    assert m.thp.shmem_sizes.stats(np.int64(K64))["shmem_alloc"] == 0
+    for bad in (True, 1.5, "64K", None):
+        with pytest.raises(TypeError):
+            m.thp.shmem_sizes[bad] = "always"
+    for bad in (-K64, 0, 3 << 10, 1 << 70):
+        with pytest.raises(FileNotFoundError):
+            m.thp.shmem_sizes[bad] = "always"
+    assert m.thp.shmem_sizes[K64] == "always"
