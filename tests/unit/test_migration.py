@@ -466,17 +466,8 @@ def test_a_fork_in_the_window_of_a_batch_gets_each_copy_its_own_new_page():
         p.write(a + i * PAGE, bytes([65 + i]))
     pin = p.pin_user_pages(a + 5 * PAGE, 1, FOLL_WRITE | FOLL_LONGTERM)
     order = [(7 * i) % n for i in range(n)]             # not address order
-    got = {}
-
-    def mover():
-        got["st"] = p.move_pages([a + i * PAGE for i in order], [1] * n, MPOL_MF_MOVE)
-
-    def second():
-        got["c"] = p.fork()
-
-    s = Scheduler(m, preempt_at("migrate_pages", "second"), record=True)
-    s.run([mover, second], ["mover", "second"])
-    c = got["c"]
+    got, _ = during_migration(m, p, [a + i * PAGE for i in order], p.fork)
+    c = got["other"]
     for i in range(n):
         pfn = p.pagemap(a + i * PAGE).pfn
         assert (c.pagemap(a + i * PAGE).pfn == pfn) == (i != 5), i
