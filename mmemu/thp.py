@@ -85,8 +85,8 @@ class _SizeFiles:
         if not self._present:
             raise FileNotFoundError(errno.ENOENT, f"No such file or directory ({self._SINCE})", self._path(size))
         if size <= 0 or size % _PAGE or _PAGE << order != size or order not in _MTHP_ORDERS:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory (the sizes are 16 KiB .. 2 MiB, "
-                                    "powers of two)", self._path(size))
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (the sizes: "
+                                    f"{', '.join(f'{k >> 10} KiB' for k in self.keys())})", self._path(size))
         return order
 
     def keys(self) -> list[int]:
