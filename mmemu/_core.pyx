@@ -17,6 +17,8 @@
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+import mmap
+
 import numpy as np
 
 from mmemu.errors import InvariantError, Livelock, OutOfMemory, Sigbus, Sigsegv, UserFault, oserror
@@ -100,6 +102,31 @@ cdef void _py_sched_hook(void *arg, int point, int32_t mm, uint64_t va, uint64_t
                 eng._sched_err = exc
 
 
+cdef object frame_table_array(int64_t n, object dtype):
+    """A zeroed array of n frames' field, resident, in memory the host is
+    asked to back with huge pages: a PMD fault writes one entry 2 MiB of
+    frames apart in each array, so on 4 KiB host pages every fault missed
+    the host TLB in several of them (in a VM, a two-level walk each).
+    Plain numpy memory where the host has no such advice."""
+    cdef size_t nbytes = <size_t>n * np.dtype(dtype).itemsize
+    cdef size_t huge = 2 << 20
+    try:
+        buf = mmap.mmap(-1, (nbytes + 2 * huge - 1) & ~(huge - 1),
+                        flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (AttributeError, OSError, ValueError):
+        return np.zeros(n, dtype)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    raw = np.frombuffer(buf, np.uint8)
+    skip = (-raw.ctypes.data) & (huge - 1)          # the first 2 MiB boundary
+    a = raw[skip:skip + nbytes].view(dtype)
+    a.fill(0)
+    return a
+
+
 cdef class Engine:
     """One emulated machine's memory: frames, page tables, TLBs, mms.
 
@@ -107,7 +134,8 @@ cdef class Engine:
     same pointers); page tables live in chunked pools that never move.
     """
     cdef engine_t e
-    cdef readonly object refcount, mapcount, version, fflags, mapping, index
+    cdef readonly object refcount, mapcount, version, mapping, index
+    cdef object _fflags
     cdef object _tlb_tag, _tlb_pte, _lru, _lru_n, _lru_rot, _lru_rot_n
     cdef object _sched_fn, _sched_err
     cdef readonly object swap_map, swap_cache, swap_data, swap_flags
@@ -139,12 +167,12 @@ cdef class Engine:
         # Written, not just allocated: like the kernel initialising struct
         # pages at boot, the frame table is resident before the first fault,
         # so a fault's cost is the engine's and not the host's first touch.
-        self.refcount = np.full(nframes, 0, np.int32)
-        self.mapcount = np.full(nframes, 0, np.int32)
-        self.version = np.full(nframes, 0, np.uint64)
-        self.fflags = np.full(nframes, 0, np.uint16)
-        self.mapping = np.full(nframes, 0, np.uint16)
-        self.index = np.full(nframes, 0, np.uint32)
+        self.refcount = frame_table_array(nframes, np.int32)
+        self.mapcount = frame_table_array(nframes, np.int32)
+        self.version = frame_table_array(nframes, np.uint64)
+        self._fflags = frame_table_array(nframes, np.uint16)
+        self.mapping = frame_table_array(nframes, np.uint16)
+        self.index = frame_table_array(nframes, np.uint32)
         self._tlb_tag = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
         self._tlb_pte = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
         self._lru = np.zeros(ncpus * LRU_BATCH_MAX, np.int64)
@@ -154,7 +182,7 @@ cdef class Engine:
         self.e.refcount = <int32_t *>cnp_data(self.refcount)
         self.e.mapcount = <int32_t *>cnp_data(self.mapcount)
         self.e.version = <uint64_t *>cnp_data(self.version)
-        self.e.fflags = <uint16_t *>cnp_data(self.fflags)
+        self.e.fflags = <uint16_t *>cnp_data(self._fflags)
         self.e.mapping = <uint16_t *>cnp_data(self.mapping)
         self.e.index = <uint32_t *>cnp_data(self.index)
         self.e.tlb_tag = <uint64_t *>cnp_data(self._tlb_tag)
@@ -186,11 +214,13 @@ cdef class Engine:
         self.e.large_pincount = <int32_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, sizeof(int32_t))
         self.e.hfree_cap = (nframes >> HPAGE_PMD_ORDER) + 1
         self.e.hfree = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
+        self.e.thp_lazy = <int64_t *>calloc(self.e.hfree_cap, sizeof(int64_t))
         self.e.dsq_on = <uint8_t *>calloc((nframes >> HPAGE_PMD_ORDER) + 1, 1)
         if TLB_MM_WORDS * 64 <= MM_MAX_MM:
             raise AssertionError("core/tlb.pxi: TLB_MM_WORDS must give every mm id a bit")
         self.e.tlb_mm_seen = <uint64_t *>calloc(<size_t>ncpus * TLB_MM_WORDS, sizeof(uint64_t))
         if self.e.entire_map == NULL or self.e.large_pincount == NULL or self.e.hfree == NULL \
+                or self.e.thp_lazy == NULL \
                 or self.e.dsq_on == NULL or self.e.tlb_mm_seen == NULL:
             raise MemoryError()
         # The page tables that map all of RAM once (one pte page per 2 MiB,
@@ -297,6 +327,7 @@ cdef class Engine:
         free(self.e.file_pincount)
         free(self.e.forder)
         free(self.e.hfree)
+        free(self.e.thp_lazy)
         free(self.e.dsq)
         free(self.e.dsq_on)
         free(self.e.tlb_mm_seen)
@@ -327,12 +358,20 @@ cdef class Engine:
 
     # ---- state (save / load) -------------------------------------------------
 
+    @property
+    def fflags(self):
+        """The frames' flags (PG_*), one uint16 per pfn: the tails of fresh
+        THPs written out first (core/huge.pxi thp_tails)."""
+        thp_tails(&self.e)
+        return self._fflags
+
     def __reduce__(self):
         return (engine_from_state, (self.knobs, self.e.nframes, self.e.ncpus, self.e.nswap,
                                     self.get_state()))
 
     def get_state(self):
         """Every table of the engine, as a dict of numpy arrays and ints."""
+        thp_tails(&self.e)
         cdef int64_t i
         cdef int32_t j
         cdef mm_t *m
@@ -443,6 +482,7 @@ cdef class Engine:
         frames, CPUs, swap and policy). In-core resolvers come back without
         their source array (the owner re-installs it: uffd_resolver_source),
         link or fault log."""
+        thp_tails(&self.e)
         cdef int64_t i, n
         cdef int32_t j
         cdef mm_t *m
@@ -671,6 +711,7 @@ cdef class Engine:
     def hugetlb_init(self, int64_t n2m, int64_t n1g):
         """Set aside the boot-time pool: n2m 2 MiB and n1g 1 GiB pages. Only
         on a new engine of one node without zones."""
+        thp_tails(&self.e)
         cdef int32_t n
         if self.e.hugetlb_end or self.e.nmm or self.e.next_unused > 1 or self.e.movable_span \
                 or self.e.cma_end > self.e.cma_start:
@@ -694,11 +735,13 @@ cdef class Engine:
     def hugetlb_pool(self):
         """Per hstate (2 MiB, 1 GiB): (total, free, reserved) pages, as
         HugePages_Total / _Free / _Rsvd count them."""
+        thp_tails(&self.e)
         return tuple((int(self.e.h_nr[j]), int(self.e.h_free[j]), int(self.e.h_resv[j])) for j in range(2))
 
     def hugetlb_node_pool(self, int32_t node):
         """Per hstate: (total, free) pages of one node's share of the pool
         (/sys/devices/system/node/nodeN/hugepages/)."""
+        thp_tails(&self.e)
         if node < 0 or node >= self.e.nnodes:
             raise ValueError(f"no node {node}")
         return ((int(self.e.hp_n2m[node]), int(self.e.h_nfree[MM_HSTATE_2M][node])),
@@ -707,6 +750,7 @@ cdef class Engine:
     def hugetlb_page(self, int64_t pfn):
         """(hstate, head, mapcount) of the hugetlb page holding pfn, or None;
         a free pool page has mapcount -1."""
+        thp_tails(&self.e)
         cdef int64_t head
         cdef int h
         if pfn < 0 or pfn >= self.e.nframes:
@@ -721,6 +765,7 @@ cdef class Engine:
 
     def file_set_hstate(self, int32_t fid, int hstate):
         """Make new, empty file fid a hugetlbfs file of pages of hstate."""
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         if not 0 <= hstate < MM_NR_HSTATES:
             raise ValueError("hstate must be 0 (2 MiB) or 1 (1 GiB)")
@@ -735,6 +780,7 @@ cdef class Engine:
         reservation or page for, a private one all n and gets a map of its
         own. Returns the private map's id (0 for shared); OSError ENOMEM
         when the free pages nobody reserved are too few."""
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         cdef int h = f.hstate - 1
         cdef int shift
@@ -774,6 +820,7 @@ cdef class Engine:
         """hugetlbfs_fallocate() without PUNCH_HOLE: huge pages [first, last)
         of file fid enter the cache. Returns pages added; OSError ENOSPC when
         the pool runs out (the pages added before stay)."""
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         cdef uint64_t i
         cdef int64_t rc, n = 0
@@ -792,6 +839,7 @@ cdef class Engine:
 
     def hugetlb_set_owner(self, int32_t mm, uint64_t start, int32_t rid):
         """The new private hugetlb VMA at start owns reservation map rid."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef int32_t vi = find_vma(m, start)
         if vi < 0 or m.vmas[vi].start != start or not (m.vmas[vi].flags & VM_HUGETLB):
@@ -804,15 +852,18 @@ cdef class Engine:
         """What is left in [start, end) of a private hugetlb VMA mremap moved
         part of loses its reservation map (clear_vma_resv_huge_pages); its
         unconsumed reservations leak. Returns how many leaked."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         self._span(start, end)
         return hugetlb_clear_vma_resv(&self.e, m, start, end)
 
     def thp_get(self):
         """The sysfs THP settings: (enabled, use_zero_page, defrag) as the core keeps them."""
+        thp_tails(&self.e)
         return (self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag)
 
     def thp_set(self, int enabled, int use_zero_page, int defrag):
+        thp_tails(&self.e)
         if not 0 <= enabled <= 2 or not 0 <= defrag <= 4:
             raise ValueError("THP enabled must be 0..2 and defrag 0..4")
         self.e.thp_enabled, self.e.thp_use_zero_page, self.e.thp_defrag = enabled, use_zero_page != 0, defrag
@@ -821,11 +872,13 @@ cdef class Engine:
         """(shmem_enabled, hugepages-2048kB/shmem_enabled) as the core keeps
         them: SHMEM_HUGE_* (0 never, 1 always, 2 within_size, 3 advise,
         -1 deny, -2 force) and 0..3 or 4 (inherit)."""
+        thp_tails(&self.e)
         return (int(self.e.shmem_huge), int(self.e.shmem_pmd))
 
     def shmem_thp_set(self, int huge, int pmd):
         """Set both (Machine.thp.shmem_enabled and .shmem_sizes check the
         values the sysfs files accept)."""
+        thp_tails(&self.e)
         if not -2 <= huge <= 3 or not 0 <= pmd <= 4:
             raise ValueError("shmem_huge must be -2..3 and the PMD size's setting 0..4")
         self.e.shmem_huge, self.e.shmem_pmd = huge, pmd
@@ -835,12 +888,14 @@ cdef class Engine:
         """hugepages-<size>kB/shmem_enabled of an order below the PMD's
         (6.11), as the core keeps it: 0 never, 1 always, 2 within_size,
         3 advise, 4 inherit."""
+        thp_tails(&self.e)
         if not SHMEM_MIN_ORDER <= order < HPAGE_PMD_ORDER:
             raise ValueError(f"shmem mTHP orders are {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}")
         return int(self.e.shmem_orders[order])
 
     def shmem_mthp_set(self, int order, int mode):
         """Set it (Machine.thp.shmem_sizes checks what the file accepts)."""
+        thp_tails(&self.e)
         if not SHMEM_MIN_ORDER <= order < HPAGE_PMD_ORDER or not 0 <= mode <= 4:
             raise ValueError(f"shmem mTHP orders are {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}, settings 0..4")
         self.e.shmem_orders[order] = mode
@@ -849,6 +904,7 @@ cdef class Engine:
     def shmem_mthp_stats(self, int order):
         """(shmem_alloc, shmem_fallback, shmem_fallback_charge) of
         hugepages-<size>kB/stats, orders 2..9 (no memcg here: the last is 0)."""
+        thp_tails(&self.e)
         if not SHMEM_MIN_ORDER <= order <= HPAGE_PMD_ORDER:
             raise ValueError(f"shmem mTHP stats are kept for orders {SHMEM_MIN_ORDER}..{HPAGE_PMD_ORDER}")
         return (int(self.e.shmem_alloc[order]), int(self.e.shmem_fallback[order]), 0)
@@ -870,11 +926,13 @@ cdef class Engine:
 
     def mthp_get(self):
         """The per-size settings as order masks: (always, madvise, inherit)."""
+        thp_tails(&self.e)
         return (int(self.e.mthp_always), int(self.e.mthp_madvise), int(self.e.mthp_inherit))
 
     def mthp_set(self, uint32_t always, uint32_t madvise, uint32_t inherit):
         """Set the per-size settings (order masks over orders 2..9, each
         order in at most one of them: "never" is in none)."""
+        thp_tails(&self.e)
         cdef uint32_t allowed = ((1 << (HPAGE_PMD_ORDER + 1)) - 1) & ~((1 << MTHP_MIN_ORDER) - 1)
         if (always | madvise | inherit) & ~allowed:
             raise ValueError(f"mTHP orders must be in {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER}")
@@ -884,12 +942,14 @@ cdef class Engine:
 
     def mthp_stats(self, int order):
         """(anon_fault_alloc, anon_fault_fallback) of one mTHP order."""
+        thp_tails(&self.e)
         if not MTHP_MIN_ORDER <= order < HPAGE_PMD_ORDER:
             raise ValueError(f"mTHP stats are kept for orders {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER - 1}")
         return (int(self.e.mthp_alloc[order]), int(self.e.mthp_fallback[order]))
 
     def folio_order(self, int64_t pfn):
         """The order of pfn's folio (folio_order): 0 for a small page."""
+        thp_tails(&self.e)
         cdef int64_t h
         if pfn < 0 or pfn >= self.e.nframes:
             raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
@@ -906,6 +966,7 @@ cdef class Engine:
 
     def thp_info(self, int64_t pfn):
         """(head, entire mapcount) of pfn's folio, head -1 for a small one."""
+        thp_tails(&self.e)
         cdef int64_t h
         if pfn < 0 or pfn >= self.e.nframes:
             raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
@@ -917,6 +978,7 @@ cdef class Engine:
     def uffd_resolver_source(self, int32_t ctx, object versions, object ring=None):
         """Point a loaded in-core resolver at its source array (and a pager
         at its ring, whose position was saved) again."""
+        thp_tails(&self.e)
         cdef uint64_t[::1] v
         cdef int64_t[::1] rg
         if ctx <= 0 or ctx >= self.e.nuffd:
@@ -963,6 +1025,7 @@ cdef class Engine:
         return cpu
 
     def mm_new(self):
+        thp_tails(&self.e)
         cdef int32_t i, slot = -1
         cdef mm_t *m
         for i in range(self.e.nmm):
@@ -996,6 +1059,7 @@ cdef class Engine:
 
     def mm_destroy(self, int32_t mm, int cpu):
         """exit_mmap: zap everything, flush, free the page tables."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef gather_t g
         self._cpu(cpu)
@@ -1024,6 +1088,7 @@ cdef class Engine:
         one of its own chained to the parent's (anon_vma_fork), so never
         reusable by neighbours. VM_ANON_VMA in `flags` is ignored: it follows
         the anon_vma."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef mm_t *src = self._mm(src_mm) if src_mm >= 0 else m
         cdef bint fork = src != m
@@ -1091,6 +1156,7 @@ cdef class Engine:
     def vma_anon(self, int32_t mm):
         """The anon_vma identity of each VMA, in table order (0: none), and
         whether its anon_vma_chain has one entry (not inherited by fork)."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         out = np.zeros(m.nvma, np.uint64)
         single = np.zeros(m.nvma, np.uint8)
@@ -1104,6 +1170,7 @@ cdef class Engine:
 
     def anon_vma_prepare(self, int32_t mm, uint64_t va):
         """Give the VMA at va an anon_vma if it has none (uffd_lock_vma, 6.9+)."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef int32_t vi = find_vma(m, va)
         if vi < 0:
@@ -1112,6 +1179,7 @@ cdef class Engine:
 
     def vma_table(self, int32_t mm):
         """The core's VMA table: (starts, ends, flags, pgoffs, files, uffds)."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef int32_t i, n = m.nvma
         out = (np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint64),
@@ -1124,6 +1192,7 @@ cdef class Engine:
         return out
 
     def mm_info(self, int32_t mm):
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         return {"minflt": m.minflt, "rss_anon": m.rss_anon, "nr_ptes": m.nr_ptes,
                 "has_pinned": bool(m.flags & MMF_HAS_PINNED), "hugetlb_usage": m.hugetlb_usage}
@@ -1134,6 +1203,7 @@ cdef class Engine:
         """Read n bytes at va. hook(ctx, address, flags), when given, serves a
         userfault in place: None means resolved and woken (the access goes
         on), anything else stops the access with UserFault."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
         cdef uint8_t *buf = <uint8_t *>PyBytes_AS_STRING(out)
@@ -1175,6 +1245,7 @@ cdef class Engine:
     def write(self, int32_t mm, int cpu, uint64_t va, const uint8_t[::1] data, bint kernel=False,
               object hook=None):
         """Write data at va (hook: as for read)."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t done = 0
         cdef int ret
@@ -1277,6 +1348,7 @@ cdef class Engine:
         holds the frames only when the GUP takes references (FOLL_GET or
         FOLL_PIN); a populate has no use for them (pages=NULL in
         populate_vma_page_range) and gets an empty array."""
+        thp_tails(&self.e)
         self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         cdef bint refs = (gup_flags & (FOLL_GET | FOLL_PIN)) != 0
@@ -1304,6 +1376,7 @@ cdef class Engine:
 
     def put_pages(self, const int64_t[::1] pfns, int32_t nr):
         """Drop `nr` references from each frame (put_page / unpin_user_page)."""
+        thp_tails(&self.e)
         cdef Py_ssize_t i
         for i in range(pfns.shape[0]):
             if pfns[i] < 0 or pfns[i] >= self.e.nframes or not (self.e.fflags[pfns[i]] & PG_USED):
@@ -1312,12 +1385,14 @@ cdef class Engine:
             unpin_pages(&self.e, &pfns[0], pfns.shape[0], nr)
 
     def frame_read(self, int64_t pfn, int64_t off, int64_t n):
+        thp_tails(&self.e)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
         self._frame(pfn, off, n)
         frame_read(&self.e, pfn, off, n, <uint8_t *>PyBytes_AS_STRING(out))
         return out
 
     def frame_write(self, int64_t pfn, int64_t off, const uint8_t[::1] data):
+        thp_tails(&self.e)
         self._frame(pfn, off, data.shape[0])
         if pfn == ZERO_PFN:
             raise InvariantError("write into the shared zero page", pfn)
@@ -1338,6 +1413,7 @@ cdef class Engine:
         """Zap [start, end), flush, release (zap_page_range / unmap_region).
         wp_markers: keep uffd-wp as markers (DONTNEED of a file-backed wp VMA).
         free_tables (unmap): also drop guard markers and free the tables."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef gather_t g
@@ -1359,6 +1435,7 @@ cdef class Engine:
                 free_pte_tables(&self.e, m, start, end)
 
     def change_protection(self, int32_t mm, uint64_t start, uint64_t end, uint64_t newflags):
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost, touched = 0
@@ -1370,6 +1447,7 @@ cdef class Engine:
 
     def move_ptes(self, int32_t mm, uint64_t old, uint64_t new, uint64_t length):
         """mremap's move of page-table entries from old to new (same mm)."""
+        thp_tails(&self.e)
         self._pages(old, <int64_t>(length >> MM_PAGE_SHIFT))
         self._pages(new, <int64_t>(length >> MM_PAGE_SHIFT))
         cdef mm_t *m = self._mm(mm)
@@ -1383,6 +1461,7 @@ cdef class Engine:
             raise MemoryError()
 
     def clear_soft_dirty(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vma_flags):
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost
@@ -1391,6 +1470,7 @@ cdef class Engine:
         return lost
 
     def flush_mm(self, int32_t mm):
+        thp_tails(&self.e)
         self._mm(mm)
         tlb_flush_mm(&self.e, mm)
 
@@ -1411,10 +1491,12 @@ cdef class Engine:
         """What the swap area is, as SWAP_DEVICES names it: 0 a swap file
         (never large entries), 1 a rotational partition, 2 an SSD
         partition, 3 zram (SWP_SYNCHRONOUS_IO): core/swap.pxi."""
+        thp_tails(&self.e)
         return int(self.e.swap_device)
 
     @swap_device.setter
     def swap_device(self, int kind):
+        thp_tails(&self.e)
         if not 0 <= kind < SWAP_DEV_NR:
             raise ValueError(f"swap_device must be in 0..{SWAP_DEV_NR - 1}, not {kind}")
         self.e.swap_device = kind
@@ -1424,12 +1506,14 @@ cdef class Engine:
         (2..9): stats/swpout, swpout_fallback (6.10) and swpin (6.12) of
         hugepages-<size>kB; order 9's first two are vmstat's thp_swpout and
         thp_swpout_fallback."""
+        thp_tails(&self.e)
         if not MTHP_MIN_ORDER <= order <= HPAGE_PMD_ORDER:
             raise ValueError(f"swap stats are kept for orders {MTHP_MIN_ORDER}..{HPAGE_PMD_ORDER}")
         return (int(self.e.swpout[order]), int(self.e.swpout_fallback[order]), int(self.e.swpin_large[order]))
 
     def tlb_entry(self, int cpu, int32_t mm, uint64_t va):
         """This CPU's cached translation of va in mm: (pfn, writable, dirty), or None."""
+        thp_tails(&self.e)
         cdef uint64_t vpn = va >> MM_PAGE_SHIFT
         self._mm(mm)
         cdef int64_t s = tlb_slot(self._cpu(cpu), mm, vpn)
@@ -1441,11 +1525,13 @@ cdef class Engine:
     def mark_tlb_stale(self, int32_t mm):
         """The caller skipped a flush Linux skips too (clear_refs before
         5.12): check() accepts this mm's stale entries until flush_tlb_mm."""
+        thp_tails(&self.e)
         self._mm(mm).flags |= MMF_TLB_STALE
 
     def tlb_flush_pending(self, int32_t mm, int delta=0):
         """mm->tlb_flush_pending, after adding delta (+1 / -1: a batch whose
         flush a caller issues later, as clear_refs does with flush_tlb_mm)."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         if m.tlb_flush_pending + delta < 0:
             raise ValueError("tlb_flush_pending would go negative")
@@ -1481,6 +1567,7 @@ cdef class Engine:
     def fork_range(self, int32_t src, int32_t dst, int cpu, uint64_t start, uint64_t end,
                    uint64_t src_flags, uint64_t dst_flags):
         """Copy one VMA's page tables; returns how many parent ptes were write-protected."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *s = self._mm(src)
         cdef mm_t *d = self._mm(dst)
@@ -1510,6 +1597,7 @@ cdef class Engine:
         pinned (FOLL_PIN), up to the first that needs the slow path. Takes
         no lock; between reading a pte and re-checking it after the grab is
         a step boundary. Returns the pfns."""
+        thp_tails(&self.e)
         self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         self._cpu(cpu)
@@ -1568,15 +1656,18 @@ cdef class Engine:
 
     def write_protect_seq(self, int32_t mm):
         """mm->write_protect_seq: odd while fork write-protects COW ptes."""
+        thp_tails(&self.e)
         return self._mm(mm).write_protect_seq
 
     def lru_drain(self, int cpu):
+        thp_tails(&self.e)
         self._cpu(cpu)
         lru_drain(&self.e, cpu)
 
     # ---- inspection --------------------------------------------------------
 
     def pagemap(self, int32_t mm, uint64_t start, int64_t npages):
+        thp_tails(&self.e)
         self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         out = np.zeros(npages, np.uint64)
@@ -1589,6 +1680,7 @@ cdef class Engine:
     def versions(self, int32_t mm, uint64_t start, int64_t npages):
         """Content version of the page mapped at each address (0: none or zeros;
         all ones: byte-exact contents)."""
+        thp_tails(&self.e)
         self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         out = np.zeros(npages, np.uint64)
@@ -1603,11 +1695,13 @@ cdef class Engine:
 
     def pte(self, int32_t mm, uint64_t va):
         """The raw pte value at va (0 if none)."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef uint64_t *ptep = pte_offset(&self.e, m, va, False)
         return ptep[0] if ptep != NULL else 0
 
     def frame_info(self, int64_t pfn):
+        thp_tails(&self.e)
         if pfn < 0 or pfn >= self.e.nframes:
             raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
         f = self.e.fflags[pfn]
@@ -1641,6 +1735,7 @@ cdef class Engine:
 
     def memory_usage(self):
         """Bytes of engine state: frame table, page-table pools, byte store."""
+        thp_tails(&self.e)
         frames = self.e.nframes * (4 + 4 + 8 + 2 + 2 + 4)
         if self.e.forder != NULL:           # shmem mTHP's order and pin tables, once one was made
             frames += self.e.nframes + ((self.e.nframes >> SHMEM_MIN_ORDER) + 1) * 4
@@ -1673,6 +1768,7 @@ cdef class Engine:
         """A new, empty file; returns its mapping id (1..65535). shmem: 1 a
         shmem file (memfd), 2 the file of a MAP_SHARED|MAP_ANONYMOUS
         mapping (vma_is_anon_shmem), 0 hugetlbfs."""
+        thp_tails(&self.e)
         if not 0 <= shmem <= 2:
             raise ValueError("shmem must be 0 (hugetlbfs), 1 (shmem) or 2 (anon shmem)")
         cdef int32_t i, fid = -1
@@ -1708,6 +1804,7 @@ cdef class Engine:
 
     def file_destroy(self, int32_t fid):
         """The last reference went (no fd, no mapping): drop the whole cache."""
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         cache_truncate(&self.e, f, 0, 1ULL << 35)
         self.e.nr_pgtable += 1          # the root goes back uncharged (file_new)
@@ -1716,12 +1813,14 @@ cdef class Engine:
         self.file_hint = min(self.file_hint, fid)
 
     def file_info(self, int32_t fid):
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         return {"size": f.size, "nrpages": f.nrpages}
 
     def file_set_size(self, int32_t fid, int64_t size):
         """Set i_size. Shrinking expects the caller to have unmapped past EOF
         and truncated the cache (shmem_setattr order)."""
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         if size < 0 or <uint64_t>size > MM_MAX_FILE_PAGES << MM_PAGE_SHIFT:
             raise ValueError(f"file size {size} beyond the page-cache index")
@@ -1732,6 +1831,7 @@ cdef class Engine:
     def file_fallocate(self, int32_t fid, int cpu, uint64_t first, uint64_t last):
         """shmem_fallocate() without PUNCH_HOLE: every page of [first, last)
         enters the cache (zeroed if new). Returns pages allocated."""
+        thp_tails(&self.e)
         self._index_span(first, last)
         cdef mm_file_t *f = self._file(fid)
         cdef uint64_t i
@@ -1774,6 +1874,7 @@ cdef class Engine:
         """The hole being punched in file fid (inode->i_private), as (first,
         last) page indices; with first and last given, publish it ((0, 0):
         the punch is over)."""
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         if first >= 0 and last >= 0:
             if last < first:
@@ -1783,6 +1884,7 @@ cdef class Engine:
 
     def file_mapped_indices(self, int32_t fid, uint64_t first, uint64_t last):
         """Indices in [first, last) whose cache folio is mapped somewhere."""
+        thp_tails(&self.e)
         self._index_span(first, last)
         cdef mm_file_t *f = self._file(fid)
         cdef uint64_t i
@@ -1797,11 +1899,13 @@ cdef class Engine:
     def file_truncate_cache(self, int32_t fid, uint64_t first, uint64_t last):
         """Remove indices [first, last) from the cache; returns folios that
         were still mapped when removed."""
+        thp_tails(&self.e)
         self._index_span(first, last)
         cdef mm_file_t *f = self._file(fid)
         return cache_truncate(&self.e, f, first, last)
 
     def file_pread(self, int32_t fid, int cpu, int64_t off, int64_t n):
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         cdef int ret = 0
         cdef int64_t done
@@ -1821,6 +1925,7 @@ cdef class Engine:
         return out if done == n else out[:done]
 
     def file_pwrite(self, int32_t fid, int cpu, int64_t off, const uint8_t[::1] data):
+        thp_tails(&self.e)
         cdef mm_file_t *f = self._file(fid)
         cdef int ret = 0
         cdef int64_t done
@@ -1837,6 +1942,7 @@ cdef class Engine:
     def unmap_file(self, int32_t mm, int cpu, uint64_t vma_start, uint64_t first, uint64_t last,
                    bint even_cows, bint drop_markers=False):
         """unmap_mapping_range() over one VMA: ptes of file indices [first, last)."""
+        thp_tails(&self.e)
         self._index_span(first, last)
         cdef mm_t *m = self._mm(mm)
         cdef int32_t vi = find_vma(m, vma_start)
@@ -1852,6 +1958,7 @@ cdef class Engine:
 
     def uffd_set(self, int32_t ctx, uint64_t features, uint32_t cflags):
         """Tell the core a context's features and flags (ids from 1)."""
+        thp_tails(&self.e)
         cdef int32_t n, c1, c2, c3
         if ctx <= 0:
             raise ValueError("context ids start at 1")
@@ -1870,6 +1977,7 @@ cdef class Engine:
         """Install (kind != 0) or remove an in-core resolver. `versions` is a
         numpy uint64 array the caller keeps alive while installed; `log`
         keeps each fault served (uffd_resolver_stats)."""
+        thp_tails(&self.e)
         cdef uint64_t[::1] v
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
@@ -1897,6 +2005,7 @@ cdef class Engine:
         (postcopy): arrival[i] is when source page i reaches the destination
         by the background stream (an int64 numpy array the caller keeps
         alive, updated in place by page requests); None removes the link."""
+        thp_tails(&self.e)
         cdef int64_t[::1] a
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
@@ -1922,6 +2031,7 @@ cdef class Engine:
         """Give an installed PAGER resolver its ring of resident page indices
         (an int64 numpy array the caller keeps alive; its length is how many
         pages may be resident)."""
+        thp_tails(&self.e)
         cdef int64_t[::1] a
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
@@ -1935,6 +2045,7 @@ cdef class Engine:
 
     def uffd_resolver_resident(self, int32_t ctx):
         """(page indices resident, oldest first; evictions; write-backs)."""
+        thp_tails(&self.e)
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
         r = &self.e.uffd_res[ctx]
@@ -1945,6 +2056,7 @@ cdef class Engine:
         """(faults served - with a link, the remote ones -, faults on pages
         already arrived, wait sum ns, log2-us wait histogram, faults from
         index `since` as an (n, 3) array of start time, wait and page index)."""
+        thp_tails(&self.e)
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
         r = &self.e.uffd_res[ctx]
@@ -1963,6 +2075,7 @@ cdef class Engine:
 
     def uffd_resolver_log(self, int32_t ctx):
         """(faults resolved, numpy array of logged addresses)."""
+        thp_tails(&self.e)
         if ctx <= 0 or ctx >= self.e.nuffd:
             raise ValueError("no such context")
         r = &self.e.uffd_res[ctx]
@@ -1978,6 +2091,7 @@ cdef class Engine:
         hugetlb VMA every page of a huge page has the huge page's categories
         and PM_SCAN_HUGETLB_ENTRY (0x1000), or PM_SCAN_HUGETLB_HOLE (0x2000)
         where the walk finds no table for it (pagemap_hugetlb_category)."""
+        thp_tails(&self.e)
         self._pages(start, npages)
         cdef mm_t *m = self._mm(mm)
         out = np.full(npages, 0xFFFF, np.uint16)
@@ -2009,6 +2123,7 @@ cdef class Engine:
 
     def uffd_writeprotect(self, int32_t mm, uint64_t start, uint64_t end, bint protect,
                           bint use_markers, uint64_t vmflags, bint scan=False):
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost, touched = 0
@@ -2036,6 +2151,7 @@ cdef class Engine:
     def pagemap_scan_wp_huge(self, int32_t mm, uint64_t start, uint64_t end, uint64_t vmflags):
         """PAGEMAP_SCAN's write-protect of the huge pages of a hugetlb VMA
         that [start, end) touches (pagemap_scan_wp_huge)."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t lost, touched = 0
@@ -2054,6 +2170,7 @@ cdef class Engine:
         """COPY/ZEROPAGE/CONTINUE/POISON over npages: (pages done, errno).
         COPY takes src_bytes (npages * 4 KiB) or the frames mapped at src in
         src_mm (faulted in by the caller first, as copy_from_user would)."""
+        thp_tails(&self.e)
         self._pages(dst, npages)
         cdef mm_t *m = self._mm(mm)
         cdef mm_t *sm = NULL
@@ -2117,6 +2234,7 @@ cdef class Engine:
         handler's usual call: (pages done, errno) when [dst, dst + length) is
         page aligned and inside one VMA registered to ctx; None, with nothing
         done, when not: the caller then takes the checked path and its errors."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef const uint8_t *base = NULL
         cdef const uint8_t *sp = NULL
@@ -2155,6 +2273,7 @@ cdef class Engine:
         handler's usual call; every era accepts it): True when done, False,
         with nothing done, when the range is not of that shape. Markers as
         userfaultfd_wp_use_markers(): file memory, or anon with WP_UNPOPULATED."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef int32_t vi
         cdef int64_t lost, touched = 0
@@ -2177,6 +2296,7 @@ cdef class Engine:
 
     def uffd_move(self, int32_t mm, uint64_t dst, uint64_t src, int64_t npages, bint allow_holes,
                   bint move_zeropage=False):
+        thp_tails(&self.e)
         self._pages(dst, npages)
         self._pages(src, npages)
         cdef mm_t *m = self._mm(mm)
@@ -2188,6 +2308,7 @@ cdef class Engine:
     # ---- swap --------------------------------------------------------------
 
     def pageout(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n
@@ -2202,6 +2323,7 @@ cdef class Engine:
         """MADV_COLLAPSE (or, with khugepaged, khugepaged's collapse with its
         max_ptes_* limits) of the aligned 2 MiB at haddr (core/huge.pxi
         collapse_pmd): the scan result, COLLAPSE_*."""
+        thp_tails(&self.e)
         if not (0 <= max_ptes_none < 512 and 0 <= max_ptes_swap < 512 and 0 <= max_ptes_shared < 512):
             raise ValueError("max_ptes_* must be in 0..511")
         if haddr & ((1 << 21) - 1):
@@ -2218,6 +2340,7 @@ cdef class Engine:
         """MADV_COLD's split of the large folios [start, end) covers in part
         (madvise_cold_or_pageout_pte_range); deactivation itself is not
         modelled (no LRU lists)."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         with nogil:
@@ -2225,6 +2348,7 @@ cdef class Engine:
 
     def reclaim(self, int cpu, int64_t want):
         """Run reclaim for up to `want` pages; returns frames freed."""
+        thp_tails(&self.e)
         cdef int64_t n
         self._cpu(cpu)
         with nogil:
@@ -2235,6 +2359,7 @@ cdef class Engine:
         """Guard markers over [start, end) (MADV_GUARD_INSTALL after its zap).
         Returns the number of entries that were neither empty nor guards (left
         as they were). ENOMEM if RAM has no frame for a pte table."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n
@@ -2248,12 +2373,14 @@ cdef class Engine:
 
     def guard_remove(self, int32_t mm, uint64_t start, uint64_t end):
         """Clear the guard markers in [start, end) (MADV_GUARD_REMOVE)."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         with nogil:
             guard_remove_range(&self.e, m, start, end)
 
     def madvise_free(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n
@@ -2263,6 +2390,7 @@ cdef class Engine:
         return n
 
     def swap_info(self):
+        thp_tails(&self.e)
         return {"slots": self.e.nswap, "used": self.e.swap_used}
 
     # ---- NUMA nodes and page migration (core/migrate.pxi) ------------------
@@ -2270,6 +2398,7 @@ cdef class Engine:
     def numa_init(self, int32_t nnodes):
         """Split a fresh engine's frames into nnodes equal nodes (the last
         takes the remainder); node n owns pfns [n * span, (n + 1) * span)."""
+        thp_tails(&self.e)
         self.zones_init(nnodes, 0, 0)
 
     def zones_init(self, int32_t nnodes, int64_t movable_span, int64_t cma_pages):
@@ -2278,6 +2407,7 @@ cdef class Engine:
         the top movable_span frames of each node are ZONE_MOVABLE
         (movablecore=), the cma_pages below node 0's are a CMA area (cma=).
         Each node keeps a free list per zone (core/zones.pxi)."""
+        thp_tails(&self.e)
         cdef int64_t span, n, l, start, end, mstart
         if nnodes < 1 or nnodes > MM_MAX_NODES:
             raise ValueError(f"nodes must be in 1..{MM_MAX_NODES}")
@@ -2329,8 +2459,9 @@ cdef class Engine:
     def _zone_recount(self):
         """zone_nr_free and nr_free_movable from the frame table (a fresh
         or just-loaded engine)."""
+        thp_tails(&self.e)
         cdef int64_t n, z, l, lo, hi
-        used = (self.fflags & PG_USED) != 0
+        used = (self._fflags & PG_USED) != 0
         self.e.nr_free_movable = 0
         for n in range(self.e.nnodes):
             for z in range(MM_NR_ZONE_LISTS):
@@ -2368,12 +2499,14 @@ cdef class Engine:
     def pfn_zone(self, int64_t pfn):
         """The frame's zone list: 0 ZONE_NORMAL, 1 ZONE_MOVABLE, 2 the CMA
         area (ZONE_NORMAL, MIGRATE_CMA pageblocks)."""
+        thp_tails(&self.e)
         if pfn < 0 or pfn >= self.e.nframes:
             raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
         return zone_of(&self.e, pfn)
 
     def zone_free(self, int32_t node, int zone):
         """Free frames of one zone list of a node."""
+        thp_tails(&self.e)
         if node < 0 or node >= self.e.nnodes:
             raise ValueError(f"no node {node}")
         if not 0 <= zone < MM_NR_ZONE_LISTS:
@@ -2385,12 +2518,14 @@ cdef class Engine:
     @property
     def zone_layout(self):
         """(ZONE_MOVABLE frames per node, CMA area start pfn, its end)."""
+        thp_tails(&self.e)
         return self.e.movable_span, self.e.cma_start, self.e.cma_end
 
     @property
     def longterm_migrates(self):
         """Whether a FOLL_LONGTERM GUP may find a page it must migrate: this
         machine has a zone the era forbids long-term pins in."""
+        thp_tails(&self.e)
         cdef int32_t zones = (MM_ZONES_MOVABLE if self.e.movable_span else 0) | \
             (MM_ZONES_CMA if self.e.cma_end > self.e.cma_start else 0)
         return (zones & self.e.pol.longterm_unpinnable) != 0
@@ -2400,6 +2535,7 @@ cdef class Engine:
         GUP from `start` took: 0 (they stay pinned), or the pins are dropped
         and -EAGAIN (migrated: pin again), 1 (before 5.13: pin again
         without migrating) or -ENOMEM (a page could not be migrated)."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n = pfns.shape[0], rc
         cdef int32_t per = GUP_PIN_COUNTING_BIAS if gup_flags & FOLL_PIN else 1
@@ -2422,15 +2558,18 @@ cdef class Engine:
 
     def pfn_node(self, int64_t pfn):
         """page_to_nid()."""
+        thp_tails(&self.e)
         if pfn < 0 or pfn >= self.e.nframes:
             raise ValueError(f"pfn {pfn} out of range 0..{self.e.nframes - 1}")
         return node_of(&self.e, pfn)
 
     def cpu_node(self, int cpu):
+        thp_tails(&self.e)
         return cpu_node(&self.e, self._cpu(cpu))
 
     def node_free(self, int32_t node):
         """Free frames of a node."""
+        thp_tails(&self.e)
         cdef int64_t pfn, n = 0
         if node < 0 or node >= self.e.nnodes:
             raise ValueError(f"no node {node}")
@@ -2443,6 +2582,7 @@ cdef class Engine:
         """move_pages(2) for this mm: with nodes (int32 per page) migrate
         (do_pages_move), else report each page's node (do_pages_stat).
         Returns 0, the number of pages not migrated, or a negative errno."""
+        thp_tails(&self.e)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n = addrs.shape[0], err = 0
         cdef const int32_t[::1] nd
@@ -2466,6 +2606,7 @@ cdef class Engine:
                    bint move_all):
         """MPOL_BIND's migration of [start, end): (pages migrated, pages that
         stay off the nodemask)."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t moved, failed = 0
@@ -2477,6 +2618,7 @@ cdef class Engine:
 
     def change_prot_numa(self, int32_t mm, uint64_t start, uint64_t end):
         """Make [start, end)'s ptes NUMA-hinting PROT_NONE; returns how many."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t n
@@ -2489,6 +2631,7 @@ cdef class Engine:
         """ksmd's ksm_do_scan() on `cpu`: up to `pages` rmap_items, or (pages
         < 0) to the end of the current full scan. (pages looked at, pages_sharing
         gained by merges)."""
+        thp_tails(&self.e)
         cdef int64_t done, before = self.ksm.sharing_added
         self._cpu(cpu)
         with nogil:
@@ -2500,6 +2643,7 @@ cdef class Engine:
 
     def ksm_unmerge(self, int32_t mm, int cpu, uint64_t start, uint64_t end):
         """unmerge_ksm_pages() over [start, end) of one VM_MERGEABLE VMA."""
+        thp_tails(&self.e)
         self._span(start, end)
         cdef mm_t *m = self._mm(mm)
         cdef int64_t rc
@@ -2511,12 +2655,14 @@ cdef class Engine:
 
     def ksm_stats(self):
         """/sys/kernel/mm/ksm counters."""
+        thp_tails(&self.e)
         return {"pages_shared": self.ksm.pages_shared, "pages_sharing": self.ksm.pages_sharing,
                 "full_scans": self.ksm.seqnr, "pages_scanned": self.ksm.pages_scanned,
                 "max_page_sharing": self.ksm.max_page_sharing,
                 "stable_node_chains_dups": self._ksm_dups()}
 
     def _ksm_dups(self):
+        thp_tails(&self.e)
         # stable nodes that share their contents with another live node
         cdef int64_t n
         seen, dups = {}, 0
@@ -2531,6 +2677,7 @@ cdef class Engine:
 
     def ksm_get_state(self):
         """KSM's tables as numpy arrays (part of get_state)."""
+        thp_tails(&self.e)
         cdef ksm_state_t *k = &self.ksm
         return {"ksm_prev": stack_export(k.prev + k.prev_pos, (k.nprev - k.prev_pos) * sizeof(ksm_item_t), np.uint8),
                 "ksm_cur": stack_export(k.cur, k.ncur * sizeof(ksm_item_t), np.uint8),
@@ -2556,6 +2703,7 @@ cdef class Engine:
 
     def ksm_set_state(self, dict st):
         """Load what ksm_get_state() gave (a fresh engine; absent keys: no KSM state)."""
+        thp_tails(&self.e)
         cdef ksm_state_t *k = &self.ksm
         cdef int64_t n
         if "ksm_scalars" not in st:
@@ -2582,6 +2730,7 @@ cdef class Engine:
     # ---- test-only hooks: plant states no kernel path produces -------------
 
     def _test_pte_set_bits(self, int32_t mm, uint64_t va, uint64_t bits):
+        thp_tails(&self.e)
         cdef uint64_t *ptep = pte_offset(&self.e, self._mm(mm), va, False)
         if ptep == NULL:
             raise ValueError("no pte there")
@@ -2590,6 +2739,7 @@ cdef class Engine:
     def _test_pmd_leaf(self, int32_t mm, uint64_t va):
         """The PMD leaf covering va as stored, without expanding it: None if
         there is none, else (unexpanded, the entry for va)."""
+        thp_tails(&self.e)
         cdef int32_t *slot = pmd_slot(&self.e, self._mm(mm), va, False)
         cdef uint64_t *t
         cdef uint64_t i = (va >> MM_PAGE_SHIFT) & 511
@@ -2601,6 +2751,7 @@ cdef class Engine:
         return False, t[i]
 
     def _test_tlb_fill(self, int cpu, int32_t mm, uint64_t va, uint64_t pfn, bint writable):
+        thp_tails(&self.e)
         cdef uint64_t vpn = va >> MM_PAGE_SHIFT
         cdef int64_t s = tlb_slot(self._cpu(cpu), mm, vpn)
         tlb_mm_mark(&self.e, s, tlb_tag_of(mm, vpn))
@@ -2615,6 +2766,7 @@ cdef class Engine:
         ext_pfns/ext_refs: references held outside page tables (GUP, pins,
         pipes), one entry per reference holder and frame.
         """
+        thp_tails(&self.e)
         cdef int64_t n = self.e.nframes, pfn, i, cpu, s
         exp_ref_a = np.zeros(n, np.int64)
         exp_map_a = np.zeros(n, np.int64)
@@ -2757,6 +2909,7 @@ cdef class Engine:
                                  f"{used} != {self.e.swap_used}")
 
     def _check_zone_blocks(self):
+        thp_tails(&self.e)
         # Each zone list's free order-9 blocks (core/zones.pxi zone_hfree):
         # aligned heads of that list, every frame free, no block twice.
         cdef int64_t l, head, n
@@ -2768,7 +2921,7 @@ cdef class Engine:
                         or zone_list_of(&self.e, head) != l \
                         or zone_list_of(&self.e, head + HPAGE_PMD_NR - 1) != l:
                     raise InvariantError("free THP block list broken", head, f"zone list {l}")
-                if np.count_nonzero(self.fflags[head:head + HPAGE_PMD_NR] & PG_USED):
+                if np.count_nonzero(self._fflags[head:head + HPAGE_PMD_NR] & PG_USED):
                     raise InvariantError("free THP block holds a used frame", head, f"zone list {l}")
                 seen.add(head)
                 head = <int64_t>self.e.version[head] - 1

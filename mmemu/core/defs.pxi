@@ -31,6 +31,7 @@ cdef extern from "mm_types.h" nogil:
 
     int FAULT_FLAG_WRITE, FAULT_FLAG_USER, FAULT_FLAG_REMOTE, FAULT_FLAG_UNSHARE, FAULT_FLAG_NO_RETRY
     int FAULT_FLAG_ARCH
+    int FAULT_FLAG_BATCH
     int VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_WRITE, VM_FAULT_SIGSEGV
     int VM_FAULT_ACCERR, VM_FAULT_NOMEM, VM_FAULT_ERROR, VM_FAULT_HWPOISON, VM_FAULT_UFFD, VM_FAULT_FALLBACK
     int VM_FAULT_LIVELOCK
@@ -51,6 +52,8 @@ cdef extern from "mm_types.h" nogil:
         int64_t write_protect_seq
         int64_t hugetlb_usage
         mm_vma_t *vmas
+        uint64_t walk_key
+        int32_t walk_dir
 
     ctypedef struct mm_policy_t:
         int32_t wp_reuse, foll_cow_rule, gup_forced_cow, anon_exclusive
@@ -254,6 +257,11 @@ ctypedef struct engine_t:
     int32_t *large_pincount
     int64_t *hfree
     int64_t nhfree, hfree_cap
+    # THPs of anon PMD faults whose 511 tail flags are not written yet, as
+    # head << 16 | tail flags (at most one per block: hfree_cap entries).
+    # thp_tails() writes them out before anything else may read a tail.
+    int64_t *thp_lazy
+    int64_t nthp_lazy
     # The deferred split queue (deferred_split_folio): large anon folios
     # partially unmapped, as (head, mm, address of the folio) triples; a
     # folio's entry is live while its flag is set (folio_deferred: dsq_on[head >> 9],

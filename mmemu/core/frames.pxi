@@ -383,6 +383,12 @@ cdef void lru_drain(engine_t *e, int cpu) noexcept nogil:
 
 
 cdef inline void lru_add(engine_t *e, int cpu, int64_t pfn) noexcept nogil:
+    if e.fflags[pfn] & PG_HEAD and e.lru_n[cpu] == 0:
+        # A large folio into an empty batch: it is moved at once with the
+        # batch's reference (lru_add_move of [pfn], without the round trip).
+        e.fflags[pfn] |= PG_LRU
+        stat_add(e, MM_STAT_LRU_DRAIN, 1)
+        return
     e.refcount[pfn] += 1
     e.lru[cpu * LRU_BATCH_MAX + e.lru_n[cpu]] = pfn
     e.lru_n[cpu] += 1

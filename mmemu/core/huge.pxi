@@ -54,15 +54,49 @@ cdef int64_t hblock_break(engine_t *e) noexcept nogil:
     return head
 
 
-cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
+cdef void thp_tails_write(engine_t *e, int64_t head, uint16_t flags) noexcept nogil:
+    """The tail pages' flags of the folio at head (flags | PG_TAIL each)."""
+    cdef uint16_t h = e.fflags[head]
+    cdef int64_t p
+    # The whole aligned block, then the head back: a fixed-count loop from an
+    # aligned start is vectorised whole (1 KiB).
+    for p in range(head, head + HPAGE_PMD_NR):
+        e.fflags[p] = flags | PG_TAIL
+    e.fflags[head] = h
+
+
+cdef void thp_tails_flush(engine_t *e) noexcept nogil:
+    cdef int64_t i, x
+    for i in range(e.nthp_lazy):
+        x = e.thp_lazy[i]
+        thp_tails_write(e, x >> 16, <uint16_t>(x & 0xffff))
+    e.nthp_lazy = 0
+
+
+cdef inline void thp_tails(engine_t *e) noexcept nogil:
+    """Write out the tail flags that anon PMD faults of replay/touch left
+    unwritten (FAULT_FLAG_BATCH; 1 KiB a THP, a third of such a fault).
+    Until then only those loops run, and they reach a fresh THP's tail
+    pages in two ways: an access stamps a version (frame_set_version reads
+    no flag but PG_BYTES, which a fresh page lacks), and direct reclaim
+    walks them. Their faults take free frames or act on what their own
+    pte maps, and a fresh THP's PMD is young, dirty and writable: no
+    further fault comes to it. So: every Engine entry but those loops and
+    plain counters calls this first, and so does reclaim_pages."""
+    if e.nthp_lazy:
+        thp_tails_flush(e)
+
+
+cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags, bint tails=True) noexcept nogil:
     """An order-9 anon folio: head refcount 1, zeroed, uptodate; -1 when no
     aligned block is free (the fault falls back to base pages) or the
     frames left are owed to page tables. A zoned machine takes it from
     the per-node, per-zone lists (core/zones.pxi: e.alloc_node,
     alloc_pref_node and alloc_exclude as for base pages).
     A free block's frames are clean already - never used, or cleared by
-    folio_free_large - so only the flags are written."""
-    cdef int64_t head, p
+    folio_free_large - so only the flags are written; the tails' not at
+    all without `tails` (the caller lists the folio on thp_lazy)."""
+    cdef int64_t head
     if e.zoned:
         head = zone_take(e, HPAGE_PMD_ORDER)
         if head < 0:
@@ -75,11 +109,9 @@ cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags) noexcept nogil:
             return -1
     e.nr_free -= HPAGE_PMD_NR
     flags |= PG_USED | PG_UPTODATE
-    # The whole aligned block, then the head: a fixed-count loop from an
-    # aligned start is vectorised whole (1 KiB, the largest write of a PMD fault).
-    for p in range(head, head + HPAGE_PMD_NR):
-        e.fflags[p] = flags | PG_TAIL
     e.fflags[head] = flags | PG_HEAD
+    if tails:
+        thp_tails_write(e, head, flags)
     e.refcount[head] = 1
     e.nr_large += 1
     entire_mapcount(e, head)[0] = 0
@@ -154,9 +186,12 @@ cdef inline bint is_huge_zero_pfn(engine_t *e, int64_t pfn) noexcept nogil:
 cdef int32_t *pmd_slot(engine_t *e, mm_t *mm, uint64_t va, bint alloc) noexcept nogil:
     """The pmd entry covering va (pmd_offset), allocating the upper levels
     if asked; NULL when absent or out of memory."""
-    cdef int32_t *d = dir_page(e, mm.pgd)
+    cdef int32_t *d = pmd_dir(e, mm, va)
     cdef int32_t i, nxt
     cdef int level
+    if d != NULL:
+        return d + ((va >> PMD_SHIFT) & 511)
+    d = dir_page(e, mm.pgd)
     for level in range(2):
         i = <int32_t>((va >> (PGDIR_SHIFT - 9 * level)) & 511)
         nxt = d[i]
@@ -282,7 +317,7 @@ cdef inline bint thp_gfp_direct_reclaim(engine_t *e, uint64_t vm_flags) noexcept
     return False
 
 
-cdef int64_t thp_fault_alloc(engine_t *e, uint64_t vm_flags) noexcept nogil:
+cdef int64_t thp_fault_alloc(engine_t *e, uint64_t vm_flags, bint tails=True) noexcept nogil:
     """vma_alloc_folio(HPAGE_PMD_ORDER) under the default policy
     (alloc_pages_mpol, 6.12; 76e654cc91bb, 5.5): the local node only
     (__GFP_THISNODE; mmemu's tasks are local to alloc_pref_node, node 0,
@@ -292,12 +327,12 @@ cdef int64_t thp_fault_alloc(engine_t *e, uint64_t vm_flags) noexcept nogil:
     cdef uint16_t flags = PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0)
     cdef int64_t head
     if e.nnodes <= 1 or e.alloc_node >= 0:
-        return folio_alloc_pmd(e, flags)
+        return folio_alloc_pmd(e, flags, tails)
     e.alloc_node = e.alloc_pref_node
-    head = folio_alloc_pmd(e, flags)
+    head = folio_alloc_pmd(e, flags, tails)
     e.alloc_node = -1
     if head < 0 and thp_gfp_direct_reclaim(e, vm_flags):
-        head = folio_alloc_pmd(e, flags)
+        head = folio_alloc_pmd(e, flags, tails)
     return head
 
 
@@ -309,6 +344,7 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
     VM_FAULT_FALLBACK sends the fault to the pte path."""
     cdef int64_t head, zero
     cdef uint64_t prot = vma_prot_bits(vma.flags), entry
+    cdef bint lazy
     anon_vma_prepare(e, mm, vma)        # vmf_anon_prepare, read faults too
     if not (fflags & FAULT_FLAG_WRITE) and e.thp_use_zero_page:
         zero = huge_zero_folio(e)
@@ -321,12 +357,16 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
             return table_alloc_failed(e)
         stat_add(e, MM_STAT_ZERO_FAULT, 1)
         return 0
-    head = thp_fault_alloc(e, vma.flags)
+    # An access of replay/touch only stamps a version on the page: the
+    # tails' flags can wait on thp_lazy (thp_tails); any other caller may
+    # read them before its call returns.
+    lazy = (fflags & FAULT_FLAG_BATCH) != 0
+    head = thp_fault_alloc(e, vma.flags, not lazy)
     if head < 0:
         stat_add(e, MM_STAT_THP_FAULT_FALLBACK, 1)
         return VM_FAULT_FALLBACK
     if vma.flags & VM_UFFD_MISSING:
-        put_page(e, head, 1)
+        put_page(e, head, 1)            # folio_free_large clears every frame: no tail to write
         return handle_userfault(e, mm, vma, va, fflags, UFFD_REASON_MISSING)
     entry = pfn_pte(head) | PTE_PRESENT | PTE_YOUNG | PTE_DIRTY | PTE_SOFT_DIRTY | prot
     if vma.flags & VM_WRITE:
@@ -334,6 +374,9 @@ cdef int do_huge_pmd_anonymous_page(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vm
     if set_pmd_leaf(e, mm, slot, entry) < 0:
         put_page(e, head, 1)
         return table_alloc_failed(e)
+    if lazy:
+        e.thp_lazy[e.nthp_lazy] = (head << 16) | (e.fflags[head] & ~PG_HEAD)
+        e.nthp_lazy += 1
     # folio_add_new_anon_rmap(RMAP_EXCLUSIVE): one PMD mapping, exclusive.
     entire_mapcount(e, head)[0] = 1
     lru_add(e, cpu, head)

@@ -144,6 +144,7 @@
 #define FAULT_FLAG_UNSHARE (1 << 10)
 #define FAULT_FLAG_NO_RETRY (1 << 20) /* emulator: FAULT_FLAG_ALLOW_RETRY absent */
 #define FAULT_FLAG_ARCH    (1 << 21) /* emulator: a CPU access, user or kernel mode (not GUP) */
+#define FAULT_FLAG_BATCH   (1 << 22) /* emulator: an access of replay/touch, which only stores a version (core/huge.pxi thp_tails) */
 #define VM_FAULT_OOM       0x000001
 #define VM_FAULT_SIGBUS    0x000002
 #define VM_FAULT_WRITE     0x000008   /* 4.9-5.19: tells GUP a COW happened */
@@ -184,6 +185,8 @@ typedef struct {
     int64_t write_protect_seq; /* odd while fork write-protects this mm's COW ptes (57efa1fe5957) */
     int64_t hugetlb_usage;    /* base pages of hugetlb mapped (mm->hugetlb_usage: HugetlbPages) */
     mm_vma_t *vmas;           /* sorted by start, owned by the core */
+    uint64_t walk_key;        /* (va >> PUD_SHIFT) + 1 of the 1 GiB walk_dir maps; 0: none (core/pgtable.pxi pmd_dir) */
+    int32_t walk_dir;         /* the PMD directory a walk last reached */
 } mm_t;
 
 /* A file's page cache (memfd / shmem / shared anon): a radix tree of the

@@ -207,21 +207,37 @@ cdef uint64_t *leaf_or_skip_as_is(engine_t *e, int32_t root, uint64_t va, uint64
     return NULL
 
 
-cdef inline uint64_t *pte_offset_walk(engine_t *e, mm_t *mm, uint64_t va, uint64_t **leaf) noexcept nogil:
-    """The MMU's page walk (pte_offset without allocating, nor expanding):
-    the pte for va, or NULL - with *leaf the table of the unexpanded PMD
-    leaf covering va, if that is what it met (core/huge.pxi)."""
-    cdef int32_t *d = dir_page(e, mm.pgd)
+cdef inline int32_t *pmd_dir(engine_t *e, mm_t *mm, uint64_t va) noexcept nogil:
+    """The PMD directory of va's 1 GiB, or NULL. The last one reached is
+    remembered per mm: a directory, once linked, stays until exit_mmap
+    (free_dir_tree), so the two upper levels are walked once per 1 GiB run
+    of accesses, not per access."""
+    cdef uint64_t key = (va >> PUD_SHIFT) + 1
     cdef int32_t nxt
-    cdef uint64_t *t
-    leaf[0] = NULL
-    nxt = d[(va >> PGDIR_SHIFT) & 511]
+    if mm.walk_key == key:
+        return dir_page(e, mm.walk_dir)
+    nxt = dir_page(e, mm.pgd)[(va >> PGDIR_SHIFT) & 511]
     if nxt == 0:
         return NULL
     nxt = dir_page(e, nxt - 1)[(va >> PUD_SHIFT) & 511]
     if nxt == 0:
         return NULL
-    nxt = dir_page(e, nxt - 1)[(va >> PMD_SHIFT) & 511]
+    mm.walk_key = key
+    mm.walk_dir = nxt - 1
+    return dir_page(e, nxt - 1)
+
+
+cdef inline uint64_t *pte_offset_walk(engine_t *e, mm_t *mm, uint64_t va, uint64_t **leaf) noexcept nogil:
+    """The MMU's page walk (pte_offset without allocating, nor expanding):
+    the pte for va, or NULL - with *leaf the table of the unexpanded PMD
+    leaf covering va, if that is what it met (core/huge.pxi)."""
+    cdef int32_t *d = pmd_dir(e, mm, va)
+    cdef int32_t nxt
+    cdef uint64_t *t
+    leaf[0] = NULL
+    if d == NULL:
+        return NULL
+    nxt = d[(va >> PMD_SHIFT) & 511]
     if nxt == 0:
         return NULL
     t = pte_page(e, (nxt & ~PMD_HUGE) - 1)

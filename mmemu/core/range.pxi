@@ -383,7 +383,8 @@ cdef int touch_range(engine_t *e, mm_t *mm, int cpu, uint64_t start, int64_t npa
     cdef int64_t i, pfn
     cdef int ret
     for i in range(npages):
-        ret = user_access(e, mm, cpu, start + (<uint64_t>i << MM_PAGE_SHIFT), write, &pfn)
+        ret = user_access(e, mm, cpu, start + (<uint64_t>i << MM_PAGE_SHIFT), write, &pfn,
+                          FAULT_FLAG_USER | FAULT_FLAG_BATCH)
         if ret:
             done[0] = i
             return ret
@@ -419,7 +420,7 @@ cdef int replay_range(engine_t *e, mm_t *mm, int cpu, const uint64_t *addrs, con
             done[0] = i
             return VM_FAULT_SIGSEGV
         w = writes != NULL and writes[i] != 0
-        ret = user_access(e, mm, cpu, va, w, &pfn)
+        ret = user_access(e, mm, cpu, va, w, &pfn, FAULT_FLAG_USER | FAULT_FLAG_BATCH)
         if ret:
             done[0] = i
             return ret

@@ -1063,6 +1063,7 @@ cdef int64_t reclaim_pages(engine_t *e, int cpu, int64_t want) noexcept nogil:
     cdef int32_t fid
     cdef uint64_t *t
     cdef int i
+    thp_tails(e)                        # the LRU walk reaches every page
     lru_drain(e, cpu)
     if n == 0:
         return 0

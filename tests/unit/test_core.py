@@ -268,3 +268,38 @@ def test_the_cores_tables_grow_past_their_first_capacity():
         assert p.read(a, 1) == bytes([2 * i + 1])
     assert m.hugepages[2 << 20]["resv_hugepages"] == 20
     m.check()
+
+
+def test_page_walks_keep_apart_gigabytes_that_share_an_index():
+    """The MMU walk and the PMD-level lookup remember the PMD directory of
+    the last 1 GiB reached (core/pgtable.pxi pmd_dir): addresses 1 GiB and
+    512 GiB apart (the same PUD index under another PGD entry) each need
+    their own directory, in any order of access, THP faults included."""
+    G = 1 << 30
+    m = mmemu.Machine(memory=64 << 20, thp="madvise")
+    p = m.spawn()
+    bases = [3 * G, 4 * G, 3 * G + (512 * G), 3 * G + 2 * (512 * G)]
+    for b in bases:
+        p.mmap(b, 4 << 20, RW, PRIV | mmemu.constants.MAP_FIXED)
+        p.madvise(b + (2 << 20), 2 << 20, mmemu.constants.MADV_HUGEPAGE)
+    # Base pages 0 and 1 of each region, then a THP at +2 MiB, interleaved.
+    addrs = np.array([b + off for off in (0, PAGE, 2 << 20) for b in bases] * 2, np.uint64)
+    p.thread().replay(addrs, np.ones(len(addrs), np.uint8))
+    pfns = [p.pagemap(int(a)).pfn for a in addrs[:len(addrs) // 2]]
+    assert len(set(pfns)) == len(pfns)               # every page its own frame
+    v = [int(p.versions(int(a), 1)[0]) for a in addrs[:len(addrs) // 2]]
+    assert v == list(range(len(v) + 1, 2 * len(v) + 1))   # each page's last store, its own
+    assert m.stats()["thp_fault_alloc"] == len(bases)
+    m.check()
+    last = int(addrs[-1])
+    p.exit()
+    # The same mm id: nothing of p's walks may be remembered. Remembering
+    # p's last directory, q's first access would walk p's freed tables to
+    # p's old page there and take no fault.
+    q = m.spawn()
+    assert q.mm == p.mm
+    for b in (bases[0], bases[-1]):
+        q.mmap(b, 4 << 20, RW, PRIV | mmemu.constants.MAP_FIXED)
+    q.thread().replay(np.array([bases[-1], last, bases[0]], np.uint64), np.ones(3, np.uint8))
+    assert [int(q.versions(a, 1)[0]) for a in (bases[-1], last, bases[0])] == [v[-1] + k for k in (1, 2, 3)]
+    m.check()

@@ -166,3 +166,72 @@ def test_a_saved_unexpanded_leaf_holds_no_stale_entries_and_loads_back(tmp_path)
     assert p2.pagemap(mem + 300 * PAGE).pfn == (pte0 >> 12) + 300
     assert p2.read(mem + 4 * PAGE, 1) == b"\0" and p2.read(mem + 3 * PAGE, 1) == p.read(mem + 3 * PAGE, 1)
     m2.check()
+
+
+# ---- the tails' flags of a THP faulted by replay/touch (core/huge.pxi thp_tails) ----
+# Those loops leave the 511 tail flags unwritten (FAULT_FLAG_BATCH); every
+# other way to a tail page writes them out first. Each test below reaches a
+# tail by one of those ways and fails if it saw the unwritten (zero) flags.
+
+PG_ANON, PG_TAIL, PG_USED = 1 << 0, 1 << 13, 1 << 15          # core/mm_types.h
+
+
+def _replayed_thps(n, fault=None, memory=64 << 20, swap=0):
+    """n THP-sized blocks MADV_HUGEPAGE'd, the first `fault` (all) faulted by one replay."""
+    fault = n if fault is None else fault
+    m = mmemu.Machine(memory=memory, swap=swap, thp="madvise")
+    p = m.spawn()
+    raw = p.mmap(0, (n + 1) * THP, RW, PRIV)
+    mem = (raw + THP - 1) & ~(THP - 1)
+    p.madvise(mem, n * THP, C.MADV_HUGEPAGE)
+    p.thread().replay(np.arange(mem, mem + fault * THP, THP, dtype=np.uint64), np.ones(fault, np.uint8))
+    assert m.stats()["thp_fault_alloc"] == fault
+    return m, p, mem
+
+
+def test_a_replayed_pmd_faults_tails_read_as_tails_from_python():
+    m, p, mem = _replayed_thps(3, fault=2)
+    e = m._engine
+    head = int(np.flatnonzero(e.fflags & (1 << 12))[0])    # the array first, as C would read it
+    tails = e.fflags[head + 1:head + NR]
+    assert np.all(tails & (PG_TAIL | PG_USED | PG_ANON) == PG_TAIL | PG_USED | PG_ANON)
+    p.thread().replay(np.array([mem + 2 * THP + 5 * PAGE], np.uint64), np.ones(1, np.uint8))
+    assert m.stats()["thp_fault_alloc"] == 3
+    f = m.frame(p.pagemap(mem + 2 * THP + 300 * PAGE).pfn)     # Engine entries
+    assert "buddy" not in f.flags and {"anon", "thp", "compound_tail"} <= f.flags
+    m.check()
+
+
+def test_a_write_call_keeps_the_bytes_it_stored_in_a_fresh_thp():
+    """Engine.write faults the THP and stores bytes in its tails within one
+    call: that fault must write the tails' flags at once, or their byte-store
+    flag would be overwritten when the flags are written out later."""
+    m, p, mem = _thp()
+    data = bytes(range(1, 256)) * 17
+    p.write(mem + 9 * PAGE + 5, data)
+    assert m.stats()["thp_fault_alloc"] == 1
+    m.frame(0)
+    assert p.read(mem + 9 * PAGE + 5, len(data)) == data
+    m.check()
+
+
+def test_direct_reclaim_inside_a_replay_sees_the_tails_of_thps_it_just_faulted():
+    """Memory runs out within one replay: direct reclaim writes out the THPs
+    that replay faulted a moment before (split or whole), which reads and
+    rewrites their tail pages' flags."""
+    nthp = 14
+    m, p, mem = _replayed_thps(0, memory=32 << 20, swap=64 << 20)      # none faulted yet
+    raw = p.mmap(0, (nthp + 1) * THP, RW, PRIV)
+    thps = (raw + THP - 1) & ~(THP - 1)
+    p.madvise(thps, nthp * THP, C.MADV_HUGEPAGE)
+    base = p.mmap(0, 16 << 20, RW, PRIV)
+    addrs = np.concatenate([np.arange(thps, thps + nthp * THP, THP, dtype=np.uint64),
+                            np.arange(base, base + (16 << 20), PAGE, dtype=np.uint64)])
+    r = p.thread().replay(addrs, np.ones(len(addrs), np.uint8))
+    assert r["end"] == len(addrs)
+    st = m.stats()
+    assert st["thp_fault_alloc"] == nthp and st["swap_out"] > 0
+    m.check()
+    # Each THP's first page holds the version its write stored, the rest zeros.
+    v = p.versions(thps, nthp * NR).reshape(nthp, NR)
+    assert np.all(v[:, 0] != 0) and not v[:, 1:].any()
