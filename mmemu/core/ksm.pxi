@@ -68,10 +68,13 @@ ctypedef struct ksm_chain_skip_t:
     int32_t pad
 
 ctypedef struct ksm_state_t:
-    ksm_item_t *prev                # last full scan's rmap_items, by key
-    int64_t nprev, prev_cap, prev_pos
-    ksm_item_t *cur                 # this scan's, appended in scan order
-    int64_t ncur, cur_cap
+    # The rmap_items, in one array: this scan's at its start (items[0, ncur),
+    # appended in scan order), the last full scan's not met yet at its end
+    # (items[prev_pos, prev_end), by key). An item met again is copied down
+    # (mostly onto itself), so a scan writes memory the last one faulted in.
+    ksm_item_t *items
+    int64_t items_cap, ncur, prev_pos, prev_end
+    int64_t nprev                   # items the last full scan left (sizes this one's tables)
     ksm_node_t *nodes
     int64_t nnodes, nodes_cap
     int32_t *stable                 # open addressing by content hash: the newest node of each
@@ -480,9 +483,29 @@ cdef void ksm_item_append(ksm_state_t *k, ksm_item_t *it, int32_t n) noexcept no
 cdef void ksm_drop_prev(engine_t *e, ksm_state_t *k, uint64_t below) noexcept nogil:
     """get_next_rmap_item / remove_trailing_rmap_items: last scan's items
     before `below` that this scan did not meet again go."""
-    while k.prev_pos < k.nprev and k.prev[k.prev_pos].key < below:
-        ksm_item_unlink(k, &k.prev[k.prev_pos])
+    while k.prev_pos < k.prev_end and k.items[k.prev_pos].key < below:
+        ksm_item_unlink(k, &k.items[k.prev_pos])
         k.prev_pos += 1
+
+
+cdef int ksm_item_room(ksm_state_t *k) noexcept nogil:
+    """Room for a new item at items[ncur]. While the last scan's items are
+    right behind, they move to the array's end, leaving a gap of at least a
+    quarter of them: each moves O(1) times per new item, amortised. -1 on
+    host OOM, or past 2^32 items (the unstable tree's 32-bit index)."""
+    cdef int64_t left = k.prev_end - k.prev_pos
+    if k.ncur >= 0xFFFFFFFFLL:
+        return -1
+    if left == 0:
+        return array_grow(<void **>&k.items, &k.items_cap, k.ncur + 1, sizeof(ksm_item_t), 256, False)
+    if k.ncur < k.prev_pos:
+        return 0
+    if array_grow(<void **>&k.items, &k.items_cap, k.ncur + left + left // 4 + 256, sizeof(ksm_item_t),
+                  256, False) < 0:
+        return -1
+    memmove(k.items + k.items_cap - left, k.items + k.prev_pos, left * sizeof(ksm_item_t))
+    k.prev_pos, k.prev_end = k.items_cap - left, k.items_cap
+    return 0
 
 
 cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va) noexcept nogil:
@@ -491,16 +514,20 @@ cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t v
     cdef uint64_t key = (<uint64_t>mm.id << KSM_MM_SHIFT) | va
     cdef ksm_item_t *it
     ksm_drop_prev(e, k, key)
-    if array_grow(<void **>&k.cur, &k.cur_cap, k.ncur + 1, sizeof(ksm_item_t), 256, False) < 0:
-        return NULL
-    it = &k.cur[k.ncur]
-    k.ncur += 1
-    if k.prev_pos < k.nprev and k.prev[k.prev_pos].key == key:
-        it[0] = k.prev[k.prev_pos]
+    if k.prev_pos < k.prev_end and k.items[k.prev_pos].key == key:
+        it = &k.items[k.ncur]       # ncur <= prev_pos: copied down, or in place
+        if k.ncur != k.prev_pos:
+            it[0] = k.items[k.prev_pos]
+        k.ncur += 1
         k.prev_pos += 1
         if it.serial == mm.serial:
             return it
         ksm_item_unlink(k, it)      # an item of an exited mm whose id was reused
+    else:
+        if ksm_item_room(k) < 0:
+            return NULL
+        it = &k.items[k.ncur]
+        k.ncur += 1
     it.key = key
     it.checksum = 0
     it.serial = mm.serial
@@ -513,12 +540,12 @@ cdef void ksm_mm_exit(ksm_state_t *k, mm_t *mm) noexcept nogil:
     """__ksm_exit(): the exiting mm's items leave the stable tree now."""
     cdef int64_t i
     cdef uint64_t lo = <uint64_t>mm.id << KSM_MM_SHIFT, hi = <uint64_t>(mm.id + 1) << KSM_MM_SHIFT
-    for i in range(k.prev_pos, k.nprev):
-        if lo <= k.prev[i].key < hi and k.prev[i].serial == mm.serial:
-            ksm_item_unlink(k, &k.prev[i])
+    for i in range(k.prev_pos, k.prev_end):
+        if lo <= k.items[i].key < hi and k.items[i].serial == mm.serial:
+            ksm_item_unlink(k, &k.items[i])
     for i in range(k.ncur):
-        if lo <= k.cur[i].key < hi and k.cur[i].serial == mm.serial:
-            ksm_item_unlink(k, &k.cur[i])
+        if lo <= k.items[i].key < hi and k.items[i].serial == mm.serial:
+            ksm_item_unlink(k, &k.items[i])
     ksm_skip_reset(k)
 
 
@@ -710,8 +737,8 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
                 and k.unstable_skip[i] != 0:
             i = ksm_skip_find(k, i)     # a run of merged items, skipped below anyway
             continue
-        if k.unstable[i].hash == hash and k.cur[k.unstable[i].item].node == 0:
-            t = &k.cur[k.unstable[i].item]
+        if k.unstable[i].hash == hash and k.items[k.unstable[i].item].node == 0:
+            t = &k.items[k.unstable[i].item]
             tmid = <int32_t>(t.key >> KSM_MM_SHIFT)
             tm = &e.mms[tmid]
             if tm.serial != t.serial or ksm_mergeable_vma(tm, t.key & ((1ULL << KSM_MM_SHIFT) - 1)) == NULL:
@@ -734,7 +761,7 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
 cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint64_t va, int64_t pfn,
                             int64_t item) noexcept nogil:
     """cmp_and_merge_page()."""
-    cdef ksm_item_t *it = &k.cur[item]
+    cdef ksm_item_t *it = &k.items[item]
     cdef ksm_item_t *t
     cdef int32_t stable = ksm_pfn_node(e, k, pfn), kn
     cdef uint64_t hash = 0
@@ -768,7 +795,7 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
     tree = ksm_unstable_search_insert(e, k, pfn, hash, item, &tree_pfn, &tree_slot)
     if tree < 0:
         return
-    t = &k.cur[tree]
+    t = &k.items[tree]
     # try_to_merge_two_pages(): this page becomes the KSM page in place, then
     # the tree page is replaced by it; if that fails, this one is broken again.
     if ksm_merge_one(e, k, mm, va, pfn, -1) < 0:
@@ -784,19 +811,16 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
         ksm_break_cow(e, mm, cpu, va)
         return
     ksm_item_append(k, t, kn)
-    ksm_item_append(k, &k.cur[item], kn)
+    ksm_item_append(k, &k.items[item], kn)
     ksm_skip_mark(k, tree_slot)
 
 
 cdef void ksm_scan_end(engine_t *e, ksm_state_t *k) noexcept nogil:
     """The end of a full scan: last scan's items not met again go, this
     scan's become the last, the unstable tree empties (by its generation)."""
-    cdef ksm_item_t *t
-    cdef int64_t c
     ksm_drop_prev(e, k, 0xFFFFFFFFFFFFFFFFULL)
-    t, c = k.prev, k.prev_cap
-    k.prev, k.prev_cap, k.nprev, k.prev_pos = k.cur, k.cur_cap, k.ncur, 0
-    k.cur, k.cur_cap, k.ncur = t, c, 0
+    k.nprev = k.prev_end = k.ncur
+    k.prev_pos = k.ncur = 0
     k.seqnr += 1
     k.unstable_used = 0
     k.mm = -1
@@ -845,7 +869,6 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
     cdef uint64_t *table
     cdef ksm_item_t *it
     cdef int c
-    cdef int64_t c0
     cdef uint64_t idx
     cdef bint prefetch
     while done < budget:
@@ -860,14 +883,6 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
             if ksm_unstable_room(k, k.nprev) < 0:
                 k.failed = 1
                 return done
-            # And this scan's rmap_items room for as many, written in order.
-            if k.nprev > k.cur_cap:
-                c0 = k.cur_cap
-                if array_grow(<void **>&k.cur, &k.cur_cap, k.nprev, sizeof(ksm_item_t), 256, False) < 0:
-                    k.failed = 1
-                    return done
-                if (k.nprev - c0) * sizeof(ksm_item_t) >= KSM_POPULATE_BYTES:
-                    ksm_host_populate(k.cur + c0, (k.nprev - c0) * sizeof(ksm_item_t))
         if k.mm >= e.nmm:
             ksm_scan_end(e, k)
             break
@@ -926,7 +941,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                         k.failed = 1
                         k.va = va
                         return done
-                    item = it - k.cur
+                    item = it - k.items
                     if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
                         table = NULL
                     ksm_cmp_and_merge(e, k, mm, cpu, va, pfn, item)
@@ -938,8 +953,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
 
 
 cdef void ksm_free(ksm_state_t *k) noexcept nogil:
-    free(k.prev)
-    free(k.cur)
+    free(k.items)
     free(k.nodes)
     free(k.stable)
     free(k.pfn_keys)
