@@ -35,9 +35,10 @@ cdef extern from *:
 cdef enum:
     KSM_MAX_PAGE_SHARING = 256      # /sys/kernel/mm/ksm/max_page_sharing default (4.13+)
     KSM_PREFETCH = 16               # pages ahead whose tree bucket the scan prefetches
-    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (768 KiB) on miss the cache
+    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (256 KiB of unstable entries) on miss the cache
     KSM_PREFETCH_PAGES = 1 << 14    # prefetch while the last scan saw this many pages off the stable tree
-    KSM_POPULATE_BYTES = 4 << 20    # rmap_item arrays from this size on: ksm_host_populate()
+    KSM_POPULATE_BYTES = 4 << 20    # unstable tables from this size on are faulted in by chunks
+    KSM_CHUNK_SHIFT = 15            # of 2^15 slots (256 KiB): ksm_unstable_touch()
     KSM_MM_SHIFT = 48               # rmap key: mm id << 48 | address
 
 
@@ -56,10 +57,15 @@ ctypedef struct ksm_node_t:
     int32_t nitems                  # rmap_hlist_len
     int32_t older                   # the next older dup of the same contents + 1 (a stable node chain)
 
+# One unstable tree entry: this scan's item of a page waiting for an
+# identical one. 8 bytes, as the whole table is fresh memory the host faults
+# in (16 MiB for 10^6 pages): the content hash at insertion is the item's
+# checksum (which its scan does not change again), the entry keeps its top
+# bits to pass over other contents without reading their items.
 ctypedef struct ksm_unstable_t:
-    uint64_t hash
-    int64_t item                    # index into cur
-    int64_t gen                     # valid while gen == the scan's sequence number
+    uint32_t item                   # index into items (ksm_item_room keeps them below 2^32)
+    uint16_t tag                    # the item's checksum >> 48
+    uint16_t gen                    # valid while == ksm_unstable_gen(seqnr)
 
 # Not state: where a run of full dups along a chain ends (ksm_chain_skip).
 ctypedef struct ksm_chain_skip_t:
@@ -85,6 +91,10 @@ ctypedef struct ksm_state_t:
     int64_t pfn_cap, pfn_used
     ksm_unstable_t *unstable
     int64_t unstable_cap, unstable_used
+    # Not state: per chunk of a large unstable table, whether the host has
+    # faulted it in yet (NULL: all of it). A chunk no probe reached is all
+    # zeros, so holds no entry.
+    uint8_t *unstable_ready
     int32_t mm                      # cursor: mm id and address; mm < 0: a scan starts
     uint64_t va
     int64_t seqnr                   # full scans done (ksm_scan.seqnr)
@@ -173,14 +183,16 @@ cdef bint ksm_pages_identical(engine_t *e, int64_t a, int64_t b) noexcept nogil:
 # ---- tables -----------------------------------------------------------------
 
 cdef void ksm_host_populate(void *p, size_t n) noexcept nogil:
-    """Fault in a large table the scan is about to write in full, with one
-    call: a host fault per 4 KiB cost about as much as the scan's own work
-    (more in a guest). Not MADV_HUGEPAGE: in a guest whose memory is backed
-    on first touch, fresh 2 MiB pages measured slower and far more variable.
-    A host before 5.14 says EINVAL and the pages fault in on use."""
-    cdef uintptr_t lo = (<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
-    cdef uintptr_t hi = (<uintptr_t>p + n) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
-    if hi > lo:
+    """Fault in a part of a table the scan is about to write, with one call:
+    a host fault per 4 KiB (two, when a probe read maps the zero page first)
+    cost about as much as the scan's own work (more in a guest). The pages
+    holding [p, p + n) are mapped, whatever else they hold, and the call
+    changes no byte. Not MADV_HUGEPAGE: in a guest whose memory is backed on
+    first touch, fresh 2 MiB pages measured slower and far more variable. A
+    host before 5.14 says EINVAL and the pages fault in on use."""
+    cdef uintptr_t lo = <uintptr_t>p & ~<uintptr_t>(MM_PAGE_SIZE - 1)
+    cdef uintptr_t hi = (<uintptr_t>p + n + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
+    if n:
         madvise(<void *>lo, hi - lo, HOST_MADV_POPULATE_WRITE)
 
 
@@ -426,10 +438,26 @@ cdef int64_t ksm_skip_find(ksm_state_t *k, int64_t i) noexcept nogil:
     return r
 
 
+cdef inline uint16_t ksm_unstable_gen(int64_t seqnr) noexcept nogil:
+    """The generation of unstable entries made in full scan seqnr: 1..65535
+    (a zeroed slot is none); the table is cleared when it comes round again."""
+    return <uint16_t>(seqnr % 0xFFFF + 1)
+
+
+cdef inline void ksm_unstable_touch(ksm_state_t *k, int64_t i) noexcept nogil:
+    """Before slot i is read: its chunk faulted in, if no probe reached it yet."""
+    cdef int64_t c = i >> KSM_CHUNK_SHIFT
+    if k.unstable_ready != NULL and not k.unstable_ready[c]:
+        k.unstable_ready[c] = 1
+        ksm_host_populate(k.unstable + (c << KSM_CHUNK_SHIFT), sizeof(ksm_unstable_t) << KSM_CHUNK_SHIFT)
+
+
 cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
     """Room for `want` more unstable entries at load <= 1/2."""
     cdef ksm_unstable_t *t
     cdef int64_t cap, j, i
+    cdef uint16_t gen = ksm_unstable_gen(k.seqnr)
+    cdef uint8_t *ready = NULL
     if (k.unstable_used + want) * 2 <= k.unstable_cap:
         return 0
     cap = k.unstable_cap if k.unstable_cap else 1024
@@ -438,14 +466,28 @@ cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
     t = <ksm_unstable_t *>calloc(cap, sizeof(ksm_unstable_t))
     if t == NULL:
         return -1
+    # A large table fills chunk by chunk as probes reach it (a scan of
+    # pages that merge may put a handful of entries in room for 10^6), or
+    # at once if entries move in now, at random.
+    if cap * sizeof(ksm_unstable_t) >= KSM_POPULATE_BYTES:
+        if k.unstable_used:
+            ksm_host_populate(t, cap * sizeof(ksm_unstable_t))
+        else:
+            ready = <uint8_t *>calloc(cap >> KSM_CHUNK_SHIFT, 1)
+            if ready == NULL:
+                free(t)
+                return -1
     for j in range(k.unstable_cap):
-        if k.unstable[j].gen == k.seqnr + 1:
-            i = <int64_t>(k.unstable[j].hash & <uint64_t>(cap - 1))
-            while t[i].gen == k.seqnr + 1:
+        if k.unstable_ready != NULL and not k.unstable_ready[j >> KSM_CHUNK_SHIFT]:
+            continue                # never reached: no entry (and not worth faulting in to read)
+        if k.unstable[j].gen == gen:
+            i = <int64_t>(k.items[k.unstable[j].item].checksum & <uint64_t>(cap - 1))
+            while t[i].gen == gen:
                 i = (i + 1) & (cap - 1)
             t[i] = k.unstable[j]
     free(k.unstable)
-    k.unstable, k.unstable_cap = t, cap
+    free(k.unstable_ready)
+    k.unstable, k.unstable_cap, k.unstable_ready = t, cap, ready
     ksm_skip_reset(k)
     return 0
 
@@ -726,19 +768,25 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
     cdef mm_t *tm
     cdef uint64_t *ptep = NULL
     cdef int32_t tmid
+    cdef uint16_t gen = ksm_unstable_gen(k.seqnr), tag = <uint16_t>(hash >> 48)
     if ksm_unstable_room(k) < 0:
         k.failed = 1
         return -1
     i = <int64_t>(hash & <uint64_t>(k.unstable_cap - 1))
-    while k.unstable[i].gen == k.seqnr + 1:
+    while True:
+        ksm_unstable_touch(k, i)
+        if k.unstable[i].gen != gen:
+            break
+        if k.unstable[i].tag != tag or k.items[k.unstable[i].item].checksum != hash:
+            i = (i + 1) & (k.unstable_cap - 1)
+            continue
         # An item merged since it was inserted has left the unstable tree
         # (remove_rmap_item_from_tree): skipped.
-        if k.unstable[i].hash == hash and k.unstable_skip_cap == k.unstable_cap \
-                and k.unstable_skip[i] != 0:
+        if k.unstable_skip_cap == k.unstable_cap and k.unstable_skip[i] != 0:
             i = ksm_skip_find(k, i)     # a run of merged items, skipped below anyway
             continue
-        if k.unstable[i].hash == hash and k.items[k.unstable[i].item].node == 0:
-            t = &k.items[k.unstable[i].item]
+        t = &k.items[k.unstable[i].item]
+        if t.node == 0:
             tmid = <int32_t>(t.key >> KSM_MM_SHIFT)
             tm = &e.mms[tmid]
             if tm.serial != t.serial or ksm_mergeable_vma(tm, t.key & ((1ULL << KSM_MM_SHIFT) - 1)) == NULL:
@@ -751,9 +799,9 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
                 tree_slot[0] = i
                 return k.unstable[i].item
         i = (i + 1) & (k.unstable_cap - 1)
-    k.unstable[i].hash = hash
-    k.unstable[i].item = item
-    k.unstable[i].gen = k.seqnr + 1
+    k.unstable[i].item = <uint32_t>item
+    k.unstable[i].tag = tag
+    k.unstable[i].gen = gen
     k.unstable_used += 1
     return -1
 
@@ -822,6 +870,8 @@ cdef void ksm_scan_end(engine_t *e, ksm_state_t *k) noexcept nogil:
     k.nprev = k.prev_end = k.ncur
     k.prev_pos = k.ncur = 0
     k.seqnr += 1
+    if ksm_unstable_gen(k.seqnr) == 1 and k.unstable_cap:
+        memset(k.unstable, 0, k.unstable_cap * sizeof(ksm_unstable_t))  # no entry 65535 scans old looks current
     k.unstable_used = 0
     k.mm = -1
     ksm_skip_reset(k)
@@ -959,6 +1009,7 @@ cdef void ksm_free(ksm_state_t *k) noexcept nogil:
     free(k.pfn_keys)
     free(k.pfn_nodes)
     free(k.unstable)
+    free(k.unstable_ready)
     free(k.unstable_skip)
     free(k.skip_marked)
     free(k.chain_skip)
