@@ -682,9 +682,16 @@ cdef int ksm_merge_one(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va, int64
     pfn a KSM page in place. 0 merged, -1 not."""
     cdef mm_vma_t *vma = ksm_mergeable_vma(mm, va)
     cdef uint64_t *ptep = NULL
-    cdef uint64_t orig
     if vma == NULL or ksm_mapped_anon(e, mm, va, &ptep) != pfn:
         return -1
+    return ksm_merge_mapped(e, k, mm, vma, va, ptep, pfn, kpfn)
+
+
+cdef int ksm_merge_mapped(engine_t *e, ksm_state_t *k, mm_t *mm, mm_vma_t *vma, uint64_t va,
+                          uint64_t *ptep, int64_t pfn, int64_t kpfn) noexcept nogil:
+    """ksm_merge_one() where vma (mergeable) and ptep (mapping anon page pfn)
+    are known: the scanned page, as ksm_do_scan found it."""
+    cdef uint64_t orig
     if pfn == kpfn:
         return 0                    # a forked KSM page
     if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
@@ -806,9 +813,10 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
     return -1
 
 
-cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint64_t va, int64_t pfn,
-                            int64_t item) noexcept nogil:
-    """cmp_and_merge_page()."""
+cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, mm_vma_t *vma, int cpu, uint64_t va,
+                            uint64_t *ptep, int64_t pfn, int64_t item) noexcept nogil:
+    """cmp_and_merge_page() for the anon page pfn that ptep maps at va in vma
+    (mergeable); until its own merge nothing here changes either."""
     cdef ksm_item_t *it = &k.items[item]
     cdef ksm_item_t *t
     cdef int32_t stable = ksm_pfn_node(e, k, pfn), kn
@@ -832,7 +840,7 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
         kn = ksm_stable_search(e, k, pfn, hash)
     ksm_item_unlink(k, it)
     if kn >= 0:
-        if ksm_merge_one(e, k, mm, va, pfn, k.nodes[kn].pfn) == 0:
+        if ksm_merge_mapped(e, k, mm, vma, va, ptep, pfn, k.nodes[kn].pfn) == 0:
             ksm_item_append(k, it, kn)
         return
     if not e.pol.ksm_checksum_first:
@@ -846,7 +854,7 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
     t = &k.items[tree]
     # try_to_merge_two_pages(): this page becomes the KSM page in place, then
     # the tree page is replaced by it; if that fails, this one is broken again.
-    if ksm_merge_one(e, k, mm, va, pfn, -1) < 0:
+    if ksm_merge_mapped(e, k, mm, vma, va, ptep, pfn, -1) < 0:
         return
     if ksm_merge_one(e, k, &e.mms[t.key >> KSM_MM_SHIFT], t.key & ((1ULL << KSM_MM_SHIFT) - 1),
                      tree_pfn, pfn) < 0:
@@ -994,7 +1002,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                     item = it - k.items
                     if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
                         table = NULL
-                    ksm_cmp_and_merge(e, k, mm, cpu, va, pfn, item)
+                    ksm_cmp_and_merge(e, k, mm, vma, cpu, va, ptep, pfn, item)
                     k.pages_scanned += 1
                     done += 1
             va += MM_PAGE_SIZE
