@@ -555,7 +555,8 @@ cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t v
     scan or new (checksum 0). NULL on host OOM."""
     cdef uint64_t key = (<uint64_t>mm.id << KSM_MM_SHIFT) | va
     cdef ksm_item_t *it
-    ksm_drop_prev(e, k, key)
+    if k.prev_pos < k.prev_end and k.items[k.prev_pos].key < key:
+        ksm_drop_prev(e, k, key)    # (the test inline: mostly there is none)
     if k.prev_pos < k.prev_end and k.items[k.prev_pos].key == key:
         it = &k.items[k.ncur]       # ncur <= prev_pos: copied down, or in place
         if k.ncur != k.prev_pos:
@@ -776,7 +777,7 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
     cdef uint64_t *ptep = NULL
     cdef int32_t tmid
     cdef uint16_t gen = ksm_unstable_gen(k.seqnr), tag = <uint16_t>(hash >> 48)
-    if ksm_unstable_room(k) < 0:
+    if (k.unstable_used + 1) * 2 > k.unstable_cap and ksm_unstable_room(k) < 0:
         k.failed = 1
         return -1
     i = <int64_t>(hash & <uint64_t>(k.unstable_cap - 1))
