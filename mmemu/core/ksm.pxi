@@ -95,6 +95,7 @@ ctypedef struct ksm_state_t:
     # faulted it in yet (NULL: all of it). A chunk no probe reached is all
     # zeros, so holds no entry.
     uint8_t *unstable_ready
+    uint16_t unstable_gen           # not state: ksm_unstable_gen(seqnr), set as ksm_do_scan starts
     int32_t mm                      # cursor: mm id and address; mm < 0: a scan starts
     uint64_t va
     int64_t seqnr                   # full scans done (ksm_scan.seqnr)
@@ -456,7 +457,7 @@ cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
     """Room for `want` more unstable entries at load <= 1/2."""
     cdef ksm_unstable_t *t
     cdef int64_t cap, j, i
-    cdef uint16_t gen = ksm_unstable_gen(k.seqnr)
+    cdef uint16_t gen = k.unstable_gen
     cdef uint8_t *ready = NULL
     if (k.unstable_used + want) * 2 <= k.unstable_cap:
         return 0
@@ -776,7 +777,7 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
     cdef mm_t *tm
     cdef uint64_t *ptep = NULL
     cdef int32_t tmid
-    cdef uint16_t gen = ksm_unstable_gen(k.seqnr), tag = <uint16_t>(hash >> 48)
+    cdef uint16_t gen = k.unstable_gen, tag = <uint16_t>(hash >> 48)
     if (k.unstable_used + 1) * 2 > k.unstable_cap and ksm_unstable_room(k) < 0:
         k.failed = 1
         return -1
@@ -930,6 +931,7 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
     cdef int c
     cdef uint64_t idx
     cdef bint prefetch
+    k.unstable_gen = ksm_unstable_gen(k.seqnr)     # a call ends where a full scan does
     while done < budget:
         if k.mm < 0:
             # A full scan starts: drain the per-CPU LRU batches, whose extra
