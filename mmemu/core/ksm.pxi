@@ -35,7 +35,7 @@ cdef extern from *:
 cdef enum:
     KSM_MAX_PAGE_SHARING = 256      # /sys/kernel/mm/ksm/max_page_sharing default (4.13+)
     KSM_PREFETCH = 16               # pages ahead whose tree bucket the scan prefetches
-    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (256 KiB of unstable entries) on miss the cache
+    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (256 KiB) on miss the cache
     KSM_PREFETCH_PAGES = 1 << 14    # prefetch while the last scan saw this many pages off the stable tree
     KSM_POPULATE_BYTES = 4 << 20    # unstable tables from this size on are faulted in by chunks
     KSM_CHUNK_SHIFT = 15            # of 2^15 slots (256 KiB): ksm_unstable_touch()
@@ -532,10 +532,10 @@ cdef void ksm_drop_prev(engine_t *e, ksm_state_t *k, uint64_t below) noexcept no
 
 
 cdef int ksm_item_room(ksm_state_t *k) noexcept nogil:
-    """Room for a new item at items[ncur]. While the last scan's items are
-    right behind, they move to the array's end, leaving a gap of at least a
-    quarter of them: each moves O(1) times per new item, amortised. -1 on
-    host OOM, or past 2^32 items (the unstable tree's 32-bit index)."""
+    """Room for a new item at items[ncur]. When the last scan's items left
+    start right there, they move to the array's end, leaving a gap of at
+    least a quarter of their number: moves cost O(1) per new item, amortised.
+    -1 on host OOM, or past 2^32 items (the unstable tree's 32-bit index)."""
     cdef int64_t left = k.prev_end - k.prev_pos
     if k.ncur >= 0xFFFFFFFFLL:
         return -1
@@ -557,7 +557,7 @@ cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t v
     cdef uint64_t key = (<uint64_t>mm.id << KSM_MM_SHIFT) | va
     cdef ksm_item_t *it
     if k.prev_pos < k.prev_end and k.items[k.prev_pos].key < key:
-        ksm_drop_prev(e, k, key)    # (the test inline: mostly there is none)
+        ksm_drop_prev(e, k, key)    # (tested here: there mostly is none)
     if k.prev_pos < k.prev_end and k.items[k.prev_pos].key == key:
         it = &k.items[k.ncur]       # ncur <= prev_pos: copied down, or in place
         if k.ncur != k.prev_pos:

@@ -1,10 +1,11 @@
 """Seeded random KSM workloads and a digest of everything they leave behind
-(test_ksm_equivalence.py). The expected digests there were produced by the
-KSM core before its scan was batched and prefetched (issue 13): a change in
-which page is merged, which becomes the KSM page, the order of merges, or any
-table or counter shows as a different digest.
+(test_ksm_equivalence.py). The expected digests there come from KSM cores
+before the scan was batched and prefetched and before its tables shrank
+(issue 13): a change in which page is merged, which becomes the KSM page, the
+order of merges, or any table or counter shows as a different digest.
 
-Regenerate (only with a core whose merge behaviour is known good):
+Regenerate (only with a core whose merge behaviour is known good; when the
+digest itself changes, with the old core and the new digest):
     PYTHONPATH=. python tests/unit/ksm_workload.py
 """
 import hashlib
