@@ -2679,8 +2679,8 @@ cdef class Engine:
         """KSM's tables as numpy arrays (part of get_state)."""
         thp_tails(&self.e)
         cdef ksm_state_t *k = &self.ksm
-        return {"ksm_prev": stack_export(k.prev + k.prev_pos, (k.nprev - k.prev_pos) * sizeof(ksm_item_t), np.uint8),
-                "ksm_cur": stack_export(k.cur, k.ncur * sizeof(ksm_item_t), np.uint8),
+        return {"ksm_prev": stack_export(k.items + k.prev_pos, (k.prev_end - k.prev_pos) * sizeof(ksm_item_t), np.uint8),
+                "ksm_cur": stack_export(k.items, k.ncur * sizeof(ksm_item_t), np.uint8),
                 "ksm_nodes": stack_export(k.nodes, k.nnodes * sizeof(ksm_node_t), np.uint8),
                 "ksm_stable": stack_export(k.stable, k.stable_cap, np.int32),
                 "ksm_pfn_keys": stack_export(k.pfn_keys, k.pfn_cap, np.int64),
@@ -2709,10 +2709,13 @@ cdef class Engine:
         if "ksm_scalars" not in st:
             return
         ksm_free(k)
-        k.prev = <ksm_item_t *>self._ksm_load(st["ksm_prev"], np.uint8, &n)
-        k.nprev = k.prev_cap = n // sizeof(ksm_item_t)
-        k.cur = <ksm_item_t *>self._ksm_load(st["ksm_cur"], np.uint8, &n)
-        k.ncur = k.cur_cap = n // sizeof(ksm_item_t)
+        # One array: this scan's items, then the last scan's left (ksm_state_t).
+        prev = np.ascontiguousarray(st["ksm_prev"], np.uint8)
+        cur = np.ascontiguousarray(st["ksm_cur"], np.uint8)
+        k.items = <ksm_item_t *>self._ksm_load(np.concatenate([cur, prev]), np.uint8, &n)
+        k.items_cap = k.prev_end = n // sizeof(ksm_item_t)
+        k.nprev = len(prev) // sizeof(ksm_item_t)
+        k.ncur = k.prev_pos = k.prev_end - k.nprev
         k.nodes = <ksm_node_t *>self._ksm_load(st["ksm_nodes"], np.uint8, &n)
         k.nnodes = k.nodes_cap = n // sizeof(ksm_node_t)
         k.stable = <int32_t *>self._ksm_load(st["ksm_stable"], np.int32, &n)

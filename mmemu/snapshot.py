@@ -34,9 +34,10 @@ from ._version import __version__
 from .errors import MmemuError
 
 MAGIC = b"MMEMU-MACHINE\n"
-FORMAT = 4     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd;
+FORMAT = 5     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd;
                # 3: anon_vma lives only in the core's VMA table (Vma.origin);
-               # 4: emulated time (costs, clocks) and in-core pagers are saved
+               # 4: emulated time (costs, clocks) and in-core pagers are saved;
+               # 5: KSM's unstable tree entries are 8 bytes (core/ksm.pxi)
 _PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

@@ -9,7 +9,7 @@
 
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
 from posix.stdlib cimport posix_memalign
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from posix.mman cimport madvise
 from libc.stdint cimport uintptr_t
 

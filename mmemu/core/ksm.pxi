@@ -35,9 +35,10 @@ cdef extern from *:
 cdef enum:
     KSM_MAX_PAGE_SHARING = 256      # /sys/kernel/mm/ksm/max_page_sharing default (4.13+)
     KSM_PREFETCH = 16               # pages ahead whose tree bucket the scan prefetches
-    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (768 KiB) on miss the cache
+    KSM_PREFETCH_SLOTS = 1 << 15    # tables from this many slots (256 KiB) on miss the cache
     KSM_PREFETCH_PAGES = 1 << 14    # prefetch while the last scan saw this many pages off the stable tree
-    KSM_POPULATE_BYTES = 4 << 20    # rmap_item arrays from this size on: ksm_host_populate()
+    KSM_POPULATE_BYTES = 4 << 20    # unstable tables from this size on are faulted in by chunks
+    KSM_CHUNK_SHIFT = 15            # of 2^15 slots (256 KiB): ksm_unstable_touch()
     KSM_MM_SHIFT = 48               # rmap key: mm id << 48 | address
 
 
@@ -56,10 +57,15 @@ ctypedef struct ksm_node_t:
     int32_t nitems                  # rmap_hlist_len
     int32_t older                   # the next older dup of the same contents + 1 (a stable node chain)
 
+# One unstable tree entry: this scan's item of a page waiting for an
+# identical one. 8 bytes, as the whole table is fresh memory the host faults
+# in (16 MiB for 10^6 pages): the content hash at insertion is the item's
+# checksum (which its scan does not change again), the entry keeps its top
+# bits to pass over other contents without reading their items.
 ctypedef struct ksm_unstable_t:
-    uint64_t hash
-    int64_t item                    # index into cur
-    int64_t gen                     # valid while gen == the scan's sequence number
+    uint32_t item                   # index into items (ksm_item_room keeps them below 2^32)
+    uint16_t tag                    # the item's checksum >> 48
+    uint16_t gen                    # valid while == ksm_unstable_gen(seqnr)
 
 # Not state: where a run of full dups along a chain ends (ksm_chain_skip).
 ctypedef struct ksm_chain_skip_t:
@@ -68,10 +74,13 @@ ctypedef struct ksm_chain_skip_t:
     int32_t pad
 
 ctypedef struct ksm_state_t:
-    ksm_item_t *prev                # last full scan's rmap_items, by key
-    int64_t nprev, prev_cap, prev_pos
-    ksm_item_t *cur                 # this scan's, appended in scan order
-    int64_t ncur, cur_cap
+    # The rmap_items, in one array: this scan's at its start (items[0, ncur),
+    # appended in scan order), the last full scan's not met yet at its end
+    # (items[prev_pos, prev_end), by key). An item met again is copied down
+    # (mostly onto itself), so a scan writes memory the last one faulted in.
+    ksm_item_t *items
+    int64_t items_cap, ncur, prev_pos, prev_end
+    int64_t nprev                   # items the last full scan left (sizes this one's tables)
     ksm_node_t *nodes
     int64_t nnodes, nodes_cap
     int32_t *stable                 # open addressing by content hash: the newest node of each
@@ -82,6 +91,11 @@ ctypedef struct ksm_state_t:
     int64_t pfn_cap, pfn_used
     ksm_unstable_t *unstable
     int64_t unstable_cap, unstable_used
+    # Not state: per chunk of a large unstable table, whether the host has
+    # faulted it in yet (NULL: all of it). A chunk no probe reached is all
+    # zeros, so holds no entry.
+    uint8_t *unstable_ready
+    uint16_t unstable_gen           # not state: ksm_unstable_gen(seqnr), set as ksm_do_scan starts
     int32_t mm                      # cursor: mm id and address; mm < 0: a scan starts
     uint64_t va
     int64_t seqnr                   # full scans done (ksm_scan.seqnr)
@@ -170,14 +184,16 @@ cdef bint ksm_pages_identical(engine_t *e, int64_t a, int64_t b) noexcept nogil:
 # ---- tables -----------------------------------------------------------------
 
 cdef void ksm_host_populate(void *p, size_t n) noexcept nogil:
-    """Fault in a large table the scan is about to write in full, with one
-    call: a host fault per 4 KiB cost about as much as the scan's own work
-    (more in a guest). Not MADV_HUGEPAGE: in a guest whose memory is backed
-    on first touch, fresh 2 MiB pages measured slower and far more variable.
-    A host before 5.14 says EINVAL and the pages fault in on use."""
-    cdef uintptr_t lo = (<uintptr_t>p + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
-    cdef uintptr_t hi = (<uintptr_t>p + n) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
-    if hi > lo:
+    """Fault in a part of a table the scan is about to write, with one call:
+    a host fault per 4 KiB (two, when a probe read maps the zero page first)
+    cost about as much as the scan's own work (more in a guest). The pages
+    holding [p, p + n) are mapped, whatever else they hold, and the call
+    changes no byte. Not MADV_HUGEPAGE: in a guest whose memory is backed on
+    first touch, fresh 2 MiB pages measured slower and far more variable. A
+    host before 5.14 says EINVAL and the pages fault in on use."""
+    cdef uintptr_t lo = <uintptr_t>p & ~<uintptr_t>(MM_PAGE_SIZE - 1)
+    cdef uintptr_t hi = (<uintptr_t>p + n + MM_PAGE_SIZE - 1) & ~<uintptr_t>(MM_PAGE_SIZE - 1)
+    if n:
         madvise(<void *>lo, hi - lo, HOST_MADV_POPULATE_WRITE)
 
 
@@ -423,10 +439,26 @@ cdef int64_t ksm_skip_find(ksm_state_t *k, int64_t i) noexcept nogil:
     return r
 
 
+cdef inline uint16_t ksm_unstable_gen(int64_t seqnr) noexcept nogil:
+    """The generation of unstable entries made in full scan seqnr: 1..65535
+    (a zeroed slot is none); the table is cleared when it comes round again."""
+    return <uint16_t>(seqnr % 0xFFFF + 1)
+
+
+cdef inline void ksm_unstable_touch(ksm_state_t *k, int64_t i) noexcept nogil:
+    """Before slot i is read: its chunk faulted in, if no probe reached it yet."""
+    cdef int64_t c = i >> KSM_CHUNK_SHIFT
+    if k.unstable_ready != NULL and not k.unstable_ready[c]:
+        k.unstable_ready[c] = 1
+        ksm_host_populate(k.unstable + (c << KSM_CHUNK_SHIFT), sizeof(ksm_unstable_t) << KSM_CHUNK_SHIFT)
+
+
 cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
     """Room for `want` more unstable entries at load <= 1/2."""
     cdef ksm_unstable_t *t
     cdef int64_t cap, j, i
+    cdef uint16_t gen = k.unstable_gen
+    cdef uint8_t *ready = NULL
     if (k.unstable_used + want) * 2 <= k.unstable_cap:
         return 0
     cap = k.unstable_cap if k.unstable_cap else 1024
@@ -435,14 +467,28 @@ cdef int ksm_unstable_room(ksm_state_t *k, int64_t want=1) noexcept nogil:
     t = <ksm_unstable_t *>calloc(cap, sizeof(ksm_unstable_t))
     if t == NULL:
         return -1
+    # A large table fills chunk by chunk as probes reach it (a scan of
+    # pages that merge may put a handful of entries in room for 10^6), or
+    # at once if entries move in now, at random.
+    if cap * sizeof(ksm_unstable_t) >= KSM_POPULATE_BYTES:
+        if k.unstable_used:
+            ksm_host_populate(t, cap * sizeof(ksm_unstable_t))
+        else:
+            ready = <uint8_t *>calloc(cap >> KSM_CHUNK_SHIFT, 1)
+            if ready == NULL:
+                free(t)
+                return -1
     for j in range(k.unstable_cap):
-        if k.unstable[j].gen == k.seqnr + 1:
-            i = <int64_t>(k.unstable[j].hash & <uint64_t>(cap - 1))
-            while t[i].gen == k.seqnr + 1:
+        if k.unstable_ready != NULL and not k.unstable_ready[j >> KSM_CHUNK_SHIFT]:
+            continue                # never reached: no entry (and not worth faulting in to read)
+        if k.unstable[j].gen == gen:
+            i = <int64_t>(k.items[k.unstable[j].item].checksum & <uint64_t>(cap - 1))
+            while t[i].gen == gen:
                 i = (i + 1) & (cap - 1)
             t[i] = k.unstable[j]
     free(k.unstable)
-    k.unstable, k.unstable_cap = t, cap
+    free(k.unstable_ready)
+    k.unstable, k.unstable_cap, k.unstable_ready = t, cap, ready
     ksm_skip_reset(k)
     return 0
 
@@ -480,9 +526,29 @@ cdef void ksm_item_append(ksm_state_t *k, ksm_item_t *it, int32_t n) noexcept no
 cdef void ksm_drop_prev(engine_t *e, ksm_state_t *k, uint64_t below) noexcept nogil:
     """get_next_rmap_item / remove_trailing_rmap_items: last scan's items
     before `below` that this scan did not meet again go."""
-    while k.prev_pos < k.nprev and k.prev[k.prev_pos].key < below:
-        ksm_item_unlink(k, &k.prev[k.prev_pos])
+    while k.prev_pos < k.prev_end and k.items[k.prev_pos].key < below:
+        ksm_item_unlink(k, &k.items[k.prev_pos])
         k.prev_pos += 1
+
+
+cdef int ksm_item_room(ksm_state_t *k) noexcept nogil:
+    """Room for a new item at items[ncur]. When the last scan's items left
+    start right there, they move to the array's end, leaving a gap of at
+    least a quarter of their number: moves cost O(1) per new item, amortised.
+    -1 on host OOM, or past 2^32 items (the unstable tree's 32-bit index)."""
+    cdef int64_t left = k.prev_end - k.prev_pos
+    if k.ncur >= 0xFFFFFFFFLL:
+        return -1
+    if left == 0:
+        return array_grow(<void **>&k.items, &k.items_cap, k.ncur + 1, sizeof(ksm_item_t), 256, False)
+    if k.ncur < k.prev_pos:
+        return 0
+    if array_grow(<void **>&k.items, &k.items_cap, k.ncur + left + left // 4 + 256, sizeof(ksm_item_t),
+                  256, False) < 0:
+        return -1
+    memmove(k.items + k.items_cap - left, k.items + k.prev_pos, left * sizeof(ksm_item_t))
+    k.prev_pos, k.prev_end = k.items_cap - left, k.items_cap
+    return 0
 
 
 cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va) noexcept nogil:
@@ -490,17 +556,22 @@ cdef ksm_item_t *ksm_next_item(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t v
     scan or new (checksum 0). NULL on host OOM."""
     cdef uint64_t key = (<uint64_t>mm.id << KSM_MM_SHIFT) | va
     cdef ksm_item_t *it
-    ksm_drop_prev(e, k, key)
-    if array_grow(<void **>&k.cur, &k.cur_cap, k.ncur + 1, sizeof(ksm_item_t), 256, False) < 0:
-        return NULL
-    it = &k.cur[k.ncur]
-    k.ncur += 1
-    if k.prev_pos < k.nprev and k.prev[k.prev_pos].key == key:
-        it[0] = k.prev[k.prev_pos]
+    if k.prev_pos < k.prev_end and k.items[k.prev_pos].key < key:
+        ksm_drop_prev(e, k, key)    # (tested here: there mostly is none)
+    if k.prev_pos < k.prev_end and k.items[k.prev_pos].key == key:
+        it = &k.items[k.ncur]       # ncur <= prev_pos: copied down, or in place
+        if k.ncur != k.prev_pos:
+            it[0] = k.items[k.prev_pos]
+        k.ncur += 1
         k.prev_pos += 1
         if it.serial == mm.serial:
             return it
         ksm_item_unlink(k, it)      # an item of an exited mm whose id was reused
+    else:
+        if ksm_item_room(k) < 0:
+            return NULL
+        it = &k.items[k.ncur]
+        k.ncur += 1
     it.key = key
     it.checksum = 0
     it.serial = mm.serial
@@ -513,12 +584,12 @@ cdef void ksm_mm_exit(ksm_state_t *k, mm_t *mm) noexcept nogil:
     """__ksm_exit(): the exiting mm's items leave the stable tree now."""
     cdef int64_t i
     cdef uint64_t lo = <uint64_t>mm.id << KSM_MM_SHIFT, hi = <uint64_t>(mm.id + 1) << KSM_MM_SHIFT
-    for i in range(k.prev_pos, k.nprev):
-        if lo <= k.prev[i].key < hi and k.prev[i].serial == mm.serial:
-            ksm_item_unlink(k, &k.prev[i])
+    for i in range(k.prev_pos, k.prev_end):
+        if lo <= k.items[i].key < hi and k.items[i].serial == mm.serial:
+            ksm_item_unlink(k, &k.items[i])
     for i in range(k.ncur):
-        if lo <= k.cur[i].key < hi and k.cur[i].serial == mm.serial:
-            ksm_item_unlink(k, &k.cur[i])
+        if lo <= k.items[i].key < hi and k.items[i].serial == mm.serial:
+            ksm_item_unlink(k, &k.items[i])
     ksm_skip_reset(k)
 
 
@@ -613,9 +684,16 @@ cdef int ksm_merge_one(engine_t *e, ksm_state_t *k, mm_t *mm, uint64_t va, int64
     pfn a KSM page in place. 0 merged, -1 not."""
     cdef mm_vma_t *vma = ksm_mergeable_vma(mm, va)
     cdef uint64_t *ptep = NULL
-    cdef uint64_t orig
     if vma == NULL or ksm_mapped_anon(e, mm, va, &ptep) != pfn:
         return -1
+    return ksm_merge_mapped(e, k, mm, vma, va, ptep, pfn, kpfn)
+
+
+cdef int ksm_merge_mapped(engine_t *e, ksm_state_t *k, mm_t *mm, mm_vma_t *vma, uint64_t va,
+                          uint64_t *ptep, int64_t pfn, int64_t kpfn) noexcept nogil:
+    """ksm_merge_one() where vma (mergeable) and ptep (mapping anon page pfn)
+    are known: the scanned page, as ksm_do_scan found it."""
+    cdef uint64_t orig
     if pfn == kpfn:
         return 0                    # a forked KSM page
     if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
@@ -699,19 +777,25 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
     cdef mm_t *tm
     cdef uint64_t *ptep = NULL
     cdef int32_t tmid
-    if ksm_unstable_room(k) < 0:
+    cdef uint16_t gen = k.unstable_gen, tag = <uint16_t>(hash >> 48)
+    if (k.unstable_used + 1) * 2 > k.unstable_cap and ksm_unstable_room(k) < 0:
         k.failed = 1
         return -1
     i = <int64_t>(hash & <uint64_t>(k.unstable_cap - 1))
-    while k.unstable[i].gen == k.seqnr + 1:
+    while True:
+        ksm_unstable_touch(k, i)
+        if k.unstable[i].gen != gen:
+            break
+        if k.unstable[i].tag != tag or k.items[k.unstable[i].item].checksum != hash:
+            i = (i + 1) & (k.unstable_cap - 1)
+            continue
         # An item merged since it was inserted has left the unstable tree
         # (remove_rmap_item_from_tree): skipped.
-        if k.unstable[i].hash == hash and k.unstable_skip_cap == k.unstable_cap \
-                and k.unstable_skip[i] != 0:
+        if k.unstable_skip_cap == k.unstable_cap and k.unstable_skip[i] != 0:
             i = ksm_skip_find(k, i)     # a run of merged items, skipped below anyway
             continue
-        if k.unstable[i].hash == hash and k.cur[k.unstable[i].item].node == 0:
-            t = &k.cur[k.unstable[i].item]
+        t = &k.items[k.unstable[i].item]
+        if t.node == 0:
             tmid = <int32_t>(t.key >> KSM_MM_SHIFT)
             tm = &e.mms[tmid]
             if tm.serial != t.serial or ksm_mergeable_vma(tm, t.key & ((1ULL << KSM_MM_SHIFT) - 1)) == NULL:
@@ -724,17 +808,18 @@ cdef int64_t ksm_unstable_search_insert(engine_t *e, ksm_state_t *k, int64_t pfn
                 tree_slot[0] = i
                 return k.unstable[i].item
         i = (i + 1) & (k.unstable_cap - 1)
-    k.unstable[i].hash = hash
-    k.unstable[i].item = item
-    k.unstable[i].gen = k.seqnr + 1
+    k.unstable[i].item = <uint32_t>item
+    k.unstable[i].tag = tag
+    k.unstable[i].gen = gen
     k.unstable_used += 1
     return -1
 
 
-cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint64_t va, int64_t pfn,
-                            int64_t item) noexcept nogil:
-    """cmp_and_merge_page()."""
-    cdef ksm_item_t *it = &k.cur[item]
+cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, mm_vma_t *vma, int cpu, uint64_t va,
+                            uint64_t *ptep, int64_t pfn, int64_t item) noexcept nogil:
+    """cmp_and_merge_page() for the anon page pfn that ptep maps at va in vma
+    (mergeable); until its own merge nothing here changes either."""
+    cdef ksm_item_t *it = &k.items[item]
     cdef ksm_item_t *t
     cdef int32_t stable = ksm_pfn_node(e, k, pfn), kn
     cdef uint64_t hash = 0
@@ -757,7 +842,7 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
         kn = ksm_stable_search(e, k, pfn, hash)
     ksm_item_unlink(k, it)
     if kn >= 0:
-        if ksm_merge_one(e, k, mm, va, pfn, k.nodes[kn].pfn) == 0:
+        if ksm_merge_mapped(e, k, mm, vma, va, ptep, pfn, k.nodes[kn].pfn) == 0:
             ksm_item_append(k, it, kn)
         return
     if not e.pol.ksm_checksum_first:
@@ -768,10 +853,10 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
     tree = ksm_unstable_search_insert(e, k, pfn, hash, item, &tree_pfn, &tree_slot)
     if tree < 0:
         return
-    t = &k.cur[tree]
+    t = &k.items[tree]
     # try_to_merge_two_pages(): this page becomes the KSM page in place, then
     # the tree page is replaced by it; if that fails, this one is broken again.
-    if ksm_merge_one(e, k, mm, va, pfn, -1) < 0:
+    if ksm_merge_mapped(e, k, mm, vma, va, ptep, pfn, -1) < 0:
         return
     if ksm_merge_one(e, k, &e.mms[t.key >> KSM_MM_SHIFT], t.key & ((1ULL << KSM_MM_SHIFT) - 1),
                      tree_pfn, pfn) < 0:
@@ -784,20 +869,19 @@ cdef void ksm_cmp_and_merge(engine_t *e, ksm_state_t *k, mm_t *mm, int cpu, uint
         ksm_break_cow(e, mm, cpu, va)
         return
     ksm_item_append(k, t, kn)
-    ksm_item_append(k, &k.cur[item], kn)
+    ksm_item_append(k, &k.items[item], kn)
     ksm_skip_mark(k, tree_slot)
 
 
 cdef void ksm_scan_end(engine_t *e, ksm_state_t *k) noexcept nogil:
     """The end of a full scan: last scan's items not met again go, this
     scan's become the last, the unstable tree empties (by its generation)."""
-    cdef ksm_item_t *t
-    cdef int64_t c
     ksm_drop_prev(e, k, 0xFFFFFFFFFFFFFFFFULL)
-    t, c = k.prev, k.prev_cap
-    k.prev, k.prev_cap, k.nprev, k.prev_pos = k.cur, k.cur_cap, k.ncur, 0
-    k.cur, k.cur_cap, k.ncur = t, c, 0
+    k.nprev = k.prev_end = k.ncur
+    k.prev_pos = k.ncur = 0
     k.seqnr += 1
+    if ksm_unstable_gen(k.seqnr) == 1 and k.unstable_cap:
+        memset(k.unstable, 0, k.unstable_cap * sizeof(ksm_unstable_t))  # no entry 65535 scans old looks current
     k.unstable_used = 0
     k.mm = -1
     ksm_skip_reset(k)
@@ -845,9 +929,9 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
     cdef uint64_t *table
     cdef ksm_item_t *it
     cdef int c
-    cdef int64_t c0
     cdef uint64_t idx
     cdef bint prefetch
+    k.unstable_gen = ksm_unstable_gen(k.seqnr)     # a call ends where a full scan does
     while done < budget:
         if k.mm < 0:
             # A full scan starts: drain the per-CPU LRU batches, whose extra
@@ -860,14 +944,6 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
             if ksm_unstable_room(k, k.nprev) < 0:
                 k.failed = 1
                 return done
-            # And this scan's rmap_items room for as many, written in order.
-            if k.nprev > k.cur_cap:
-                c0 = k.cur_cap
-                if array_grow(<void **>&k.cur, &k.cur_cap, k.nprev, sizeof(ksm_item_t), 256, False) < 0:
-                    k.failed = 1
-                    return done
-                if (k.nprev - c0) * sizeof(ksm_item_t) >= KSM_POPULATE_BYTES:
-                    ksm_host_populate(k.cur + c0, (k.nprev - c0) * sizeof(ksm_item_t))
         if k.mm >= e.nmm:
             ksm_scan_end(e, k)
             break
@@ -926,10 +1002,10 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
                         k.failed = 1
                         k.va = va
                         return done
-                    item = it - k.cur
+                    item = it - k.items
                     if e.fflags[pfn] & (PG_HEAD | PG_TAIL):
                         table = NULL
-                    ksm_cmp_and_merge(e, k, mm, cpu, va, pfn, item)
+                    ksm_cmp_and_merge(e, k, mm, vma, cpu, va, ptep, pfn, item)
                     k.pages_scanned += 1
                     done += 1
             va += MM_PAGE_SIZE
@@ -938,13 +1014,13 @@ cdef int64_t ksm_do_scan(engine_t *e, ksm_state_t *k, int cpu, int64_t budget) n
 
 
 cdef void ksm_free(ksm_state_t *k) noexcept nogil:
-    free(k.prev)
-    free(k.cur)
+    free(k.items)
     free(k.nodes)
     free(k.stable)
     free(k.pfn_keys)
     free(k.pfn_nodes)
     free(k.unstable)
+    free(k.unstable_ready)
     free(k.unstable_skip)
     free(k.skip_marked)
     free(k.chain_skip)

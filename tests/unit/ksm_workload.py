@@ -1,10 +1,11 @@
 """Seeded random KSM workloads and a digest of everything they leave behind
-(test_ksm_equivalence.py). The expected digests there were produced by the
-KSM core before its scan was batched and prefetched (issue 13): a change in
-which page is merged, which becomes the KSM page, the order of merges, or any
-table or counter shows as a different digest.
+(test_ksm_equivalence.py). The expected digests there come from KSM cores
+before the scan was batched and prefetched and before its tables shrank
+(issue 13): a change in which page is merged, which becomes the KSM page, the
+order of merges, or any table or counter shows as a different digest.
 
-Regenerate (only with a core whose merge behaviour is known good):
+Regenerate (only with a core whose merge behaviour is known good; when the
+digest itself changes, with the old core and the new digest):
     PYTHONPATH=. python tests/unit/ksm_workload.py
 """
 import hashlib
@@ -54,9 +55,41 @@ def _write(p, a, rng, palette):
 DIGESTED = ("refcount", "mapcount", "version", "fflags", "mapping", "index", "pte", "dir")
 
 
+def _unstable_entries(st):
+    """The unstable tree as (capacity, [(slot, content hash, item)]) of its
+    live entries, from either layout of the table: 24-byte entries (hash,
+    item, gen == seqnr + 1; the core before 8-byte entries) or 8-byte ones
+    (item: u32, tag: u16, gen: u16 == seqnr % 65535 + 1; the hash is the
+    item's checksum). Stale entries are no state: the table's generation
+    hides them."""
+    raw = np.ascontiguousarray(st["ksm_unstable"]).view(np.uint8)
+    seqnr = int(st["ksm_scalars"][2])
+    checksum = np.ascontiguousarray(st["ksm_cur"]).view(np.uint8).reshape(-1, 32)[:, 8:16].copy().view(np.uint64)[:, 0]
+    n8 = len(raw) // 8
+    if n8 and n8 & (n8 - 1) == 0:               # a power-of-two count of 8-byte entries
+        t = raw.reshape(-1, 8)
+        item = t[:, 0:4].copy().view(np.uint32)[:, 0].astype(np.int64)
+        tag = t[:, 4:6].copy().view(np.uint16)[:, 0]
+        gen = t[:, 6:8].copy().view(np.uint16)[:, 0]
+        slots = np.flatnonzero(gen == seqnr % 65535 + 1)
+        hashes = checksum[item[slots]]
+        assert (tag[slots] == hashes >> np.uint64(48)).all()
+    else:
+        t = raw.reshape(-1, 24).copy()
+        hashes_all = t[:, 0:8].copy().view(np.uint64)[:, 0]
+        item = t[:, 8:16].copy().view(np.int64)[:, 0]
+        gen = t[:, 16:24].copy().view(np.int64)[:, 0]
+        slots = np.flatnonzero(gen == seqnr + 1)
+        hashes = hashes_all[slots]
+        assert (checksum[item[slots]] == hashes).all()   # what the 8-byte layout relies on
+    entries = np.stack([slots.astype(np.uint64), hashes.astype(np.uint64), item[slots].astype(np.uint64)], 1)
+    return len(t), entries
+
+
 def _digest_state(m, h):
     """The KSM part of Machine._digest_into's feed, with the rmap_items'
-    padding zeroed (never written, so not part of the state)."""
+    padding zeroed (never written, so not part of the state), and the
+    unstable tree as its live entries (_unstable_entries)."""
     st = m._engine.get_state()
     for k in sorted(st):
         if not (k.startswith("ksm_") or k in DIGESTED):
@@ -65,6 +98,9 @@ def _digest_state(m, h):
         if k in ("ksm_prev", "ksm_cur"):
             v = v.reshape(-1, 32).copy()        # ksm_item_t: key, checksum, serial, node, pad
             v[:, 28:] = 0
+        if k == "ksm_unstable":
+            cap, v = _unstable_entries(st)
+            h.update(repr(cap).encode())
         h.update(k.encode())
         h.update(v.tobytes() if isinstance(v, np.ndarray) else repr(v).encode())
     for p in m._procs.values():

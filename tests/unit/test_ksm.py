@@ -3,6 +3,7 @@ if the engine broke it. Era gates are tested at their boundary versions."""
 import copy
 import errno
 
+import numpy as np
 import pytest
 
 from mmemu import Machine
@@ -309,3 +310,58 @@ def test_ksm_scan_arguments():
     with pytest.raises(TypeError):
         m.ksm_scan(pages="3")
     assert m.ksm_scan() == 0 and m.ksm_stats()["full_scans"] == 1
+
+
+# ---- the tables (core/ksm.pxi) ----------------------------------------------
+
+def _map_at(p, addr, npages, value):
+    a = p.mmap(addr, npages * PAGE, RW, PRIV | C.MAP_FIXED)
+    p.madvise(a, npages * PAGE, C.MADV_MERGEABLE)
+    p.touch(a, npages, write=True, value=value)
+    return a
+
+
+def test_new_rmap_items_among_the_last_scans_keep_their_checksums():
+    # This scan's items and the last scan's share one array: new pages met
+    # before old ones make the old ones move. If an old item were lost or
+    # overwritten, its page would start over (checksum 0) and not merge now.
+    m = Machine(memory=64 << 20)
+    p = m.spawn()
+    for addr in (0x20000000, 0x40000000):
+        _map_at(p, addr, 200, 0x5EED5EED5EED)   # 400 identical pages (no fresh version's value)
+    assert m.ksm_scan() == 0
+    for addr in (0x10000000, 0x30000000, 0x50000000):
+        _map_at(p, addr, 300, 0)                # distinct pages, met first on the next scan
+    mid = copy.deepcopy(m)
+    assert m.ksm_scan(pages=650) == 199 and mid.ksm_scan(pages=650) == 199
+    mid = copy.deepcopy(mid)                    # saved and loaded partway through a scan
+    assert m.ksm_scan() == 199 and mid.ksm_scan() == 199
+    for mm in (m, mid):
+        st = mm.ksm_stats()
+        assert st["pages_shared"] == 2 and st["pages_sharing"] == 398    # max_page_sharing 256
+        assert len(mm._engine.get_state()["ksm_prev"]) == 1300 * 32
+        assert mm.ksm_scan() == 0 and mm.ksm_stats()["pages_sharing"] == 398
+        mm.check()
+
+
+def _unstable_entries_of_scan(m, seqnr):
+    # ksm_unstable_t: item u32, tag u16, gen u16 == seqnr % 65535 + 1 of the scan that made it
+    gen = m._engine.get_state()["ksm_unstable"].view(np.uint16).reshape(-1, 4)[:, 3]
+    return int((gen == seqnr % 65535 + 1).sum())
+
+
+def test_unstable_tree_generations_wrap_without_reviving_old_entries():
+    # The unstable tree empties at a scan's end by its 16-bit generation: when
+    # that comes round again, an entry left 65535 scans ago must not count.
+    m = Machine(memory=16 << 20)
+    p = m.spawn()
+    a = _map_at(p, 0x10000000, 4, 0)
+    m.ksm_scan()
+    m.ksm_scan()                                # scan 1 puts the 4 pages in the unstable tree
+    assert _unstable_entries_of_scan(m, 1) == 4
+    p.munmap(a, 4 * PAGE)                       # their entries stay behind, stale
+    for _ in range(65535 - 1):
+        m.ksm_scan()
+    assert m.ksm_stats()["full_scans"] == 65536   # the next scan has scan 1's generation
+    assert _unstable_entries_of_scan(m, 65536) == 0
+    m.check()
