@@ -103,18 +103,21 @@ cdef void _py_sched_hook(void *arg, int point, int32_t mm, uint64_t va, uint64_t
 
 
 cdef object frame_table_array(int64_t n, object dtype):
-    """A zeroed array of n frames' field, resident, in memory the host is
-    asked to back with huge pages: a PMD fault writes one entry 2 MiB of
-    frames apart in each array, so on 4 KiB host pages every fault missed
-    the host TLB in several of them (in a VM, a two-level walk each).
-    Plain numpy memory where the host has no such advice."""
+    """A zeroed array of n frames' field, written (resident), in memory the
+    host is asked to back with huge pages: a PMD fault writes one entry
+    2 MiB of frames apart in each array, a new 4 KiB host page each time,
+    so host TLB misses (a two-level walk in a VM) took a good part of it.
+    Plain numpy memory for an array under 2 MiB (its huge page would be
+    mostly waste) or where the host has no such advice."""
     cdef size_t nbytes = <size_t>n * np.dtype(dtype).itemsize
     cdef size_t huge = 2 << 20
+    if nbytes < huge:
+        return np.full(n, 0, dtype)
     try:
         buf = mmap.mmap(-1, (nbytes + 2 * huge - 1) & ~(huge - 1),
                         flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (AttributeError, OSError, ValueError):
-        return np.zeros(n, dtype)
+        return np.full(n, 0, dtype)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             buf.madvise(mmap.MADV_HUGEPAGE)

@@ -303,3 +303,33 @@ def test_page_walks_keep_apart_gigabytes_that_share_an_index():
     q.thread().replay(np.array([bases[-1], last, bases[0]], np.uint64), np.ones(3, np.uint8))
     assert [int(q.versions(a, 1)[0]) for a in (bases[-1], last, bases[0])] == [v[-1] + k for k in (1, 2, 3)]
     m.check()
+
+
+def _smaps_field(addr, field):
+    """`field` of the /proc/self/smaps entry of the mapping holding addr."""
+    cur = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", head):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            cur = lo <= addr < hi
+        elif cur and line.startswith(field + ":"):
+            return line.split()[1]
+    return None
+
+
+def test_a_large_frame_table_lives_in_memory_advised_for_host_huge_pages():
+    """frame_table_array: each per-frame array of 2 MiB or more is zeroed,
+    writable, 2 MiB-aligned and in a mapping the host may back with huge
+    pages (smaps THPeligible, where the host has THP at all); a small one
+    is plain memory."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    m = mmemu.Machine(memory=4 << 30)           # 1M frames: 2 MiB of flags, 8 MiB of versions
+    e = m._engine
+    for name in ("refcount", "mapcount", "version", "fflags", "mapping", "index"):
+        a = getattr(e, name)
+        assert len(a) == e.nframes and a.flags.writeable and a.ctypes.data % (2 << 20) == 0
+        assert not a[1:].any()
+        if thp.exists() and "[never]" not in thp.read_text() and _smaps_field(a.ctypes.data, "THPeligible"):
+            assert _smaps_field(a.ctypes.data, "THPeligible") == "1", name
+    assert mmemu.Machine(memory=16 << 20)._engine.version.base is None     # 32 KiB: numpy's own
