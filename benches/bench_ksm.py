@@ -5,13 +5,29 @@ alone after the scans that lead to it: distinct pages on the scan that
 inserts them all into the unstable tree; identical pages on the scan that
 merges them (max_page_sharing 256 per KSM page); the same pages once merged
 (the steady state: every page already on its KSM page). Each asserts what the
-scan did. Run: pytest benches/bench_ksm.py --benchmark-only
+scan did, and prints ksmd's time for the same scan on the host (hostops:
+root only; the kernel hashes 4 KiB contents). Run:
+pytest benches/bench_ksm.py --benchmark-only -s
 """
 import pytest
 
+import hostops
 from mmemu import MADV_MERGEABLE, PAGE_SIZE
 
 from conftest import SIZES, fresh, per_page
+
+
+def host_line(benchmark, name, npages, identical, scan):
+    """The engine's ns per page and ksmd's for the same scan, measured now
+    (on at most hostops.KSM_HOST_PAGES real pages)."""
+    eng = benchmark.stats.stats.min / npages * 1e9
+    n = min(npages, hostops.KSM_HOST_PAGES)
+    host = hostops.ksm_full_scan(n, identical, scan)
+    if host is None:
+        print(f"\n{name}: engine {eng:.1f} ns per page; host: not measured (no root or no KSM)")
+        return
+    benchmark.extra_info["host_ns_per_page_min"] = host / n * 1e9
+    print(f"\n{name}: engine {eng:.1f} ns per page, host ksmd {host / n * 1e9:.0f} ns per page ({n} pages)")
 
 ROUNDS = 5
 
@@ -31,6 +47,7 @@ def test_ksm_scan_distinct_pages(benchmark, npages):
     st = m.ksm_stats()
     assert st["pages_shared"] == 0 and st["pages_scanned"] == 2 * npages and st["full_scans"] == 2
     per_page(benchmark, npages)
+    host_line(benchmark, "KSM scan of distinct pages", npages, False, 2)
 
 
 @pytest.mark.parametrize("npages", SIZES)
@@ -40,6 +57,7 @@ def test_ksm_scan_merging_identical_pages(benchmark, npages):
     shared = -(-npages // 256)
     assert merged == npages - shared
     per_page(benchmark, npages)
+    host_line(benchmark, "KSM merging scan", npages, True, 2)
 
 
 @pytest.mark.parametrize("npages", SIZES)
@@ -52,3 +70,4 @@ def test_ksm_scan_steady_state(benchmark, npages):
     st = m.ksm_stats()
     assert st["pages_shared"] + st["pages_sharing"] == npages and st["full_scans"] == 3
     per_page(benchmark, npages)
+    host_line(benchmark, "KSM steady scan", npages, True, 3)
