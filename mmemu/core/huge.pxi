@@ -87,7 +87,7 @@ cdef inline void thp_tails(engine_t *e) noexcept nogil:
         thp_tails_flush(e)
 
 
-cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags, bint tails=True) noexcept nogil:
+cdef int64_t folio_alloc_pmd(engine_t *e, uint16_t flags, bint tails) noexcept nogil:
     """An order-9 anon folio: head refcount 1, zeroed, uptodate; -1 when no
     aligned block is free (the fault falls back to base pages) or the
     frames left are owed to page tables. A zoned machine takes it from
@@ -168,7 +168,7 @@ cdef int64_t huge_zero_folio(engine_t *e) noexcept nogil:
     # get_huge_zero_page(): GFP_TRANSHUGE & ~__GFP_MOVABLE, a kernel
     # allocation: never ZONE_MOVABLE nor CMA pageblocks.
     e.alloc_exclude |= MM_ZONES_MOVABLE | MM_ZONES_CMA
-    head = folio_alloc_pmd(e, PG_ZERO | PG_RESERVED)
+    head = folio_alloc_pmd(e, PG_ZERO | PG_RESERVED, True)
     e.alloc_exclude &= ~(MM_ZONES_MOVABLE | MM_ZONES_CMA)
     if head < 0:
         return -1
@@ -317,7 +317,7 @@ cdef inline bint thp_gfp_direct_reclaim(engine_t *e, uint64_t vm_flags) noexcept
     return False
 
 
-cdef int64_t thp_fault_alloc(engine_t *e, uint64_t vm_flags, bint tails=True) noexcept nogil:
+cdef int64_t thp_fault_alloc(engine_t *e, uint64_t vm_flags, bint tails) noexcept nogil:
     """vma_alloc_folio(HPAGE_PMD_ORDER) under the default policy
     (alloc_pages_mpol, 6.12; 76e654cc91bb, 5.5): the local node only
     (__GFP_THISNODE; mmemu's tasks are local to alloc_pref_node, node 0,
@@ -401,7 +401,7 @@ cdef int huge_pmd_copy_whole(engine_t *e, mm_t *mm, int cpu, mm_vma_t *vma, uint
     cdef uint64_t *t = pmd_leaf_raw(e, slot[0])
     cdef int64_t old = <int64_t>pte_pfn(t[0]), new, i
     cdef uint64_t entry
-    new = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
+    new = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), True)
     if new < 0:
         return -1
     if not zero:
@@ -1230,7 +1230,7 @@ cdef int collapse_pmd(engine_t *e, mm_t *mm, int cpu, uint64_t haddr, bint khuge
             return COLLAPSE_PAGE_COUNT
     if not writable and not e.pol.collapse_ro:
         return COLLAPSE_PAGE_RO
-    new = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0))
+    new = folio_alloc_pmd(e, PG_ANON | (PG_ANON_EXCLUSIVE if e.pol.anon_exclusive else 0), True)
     if new < 0:
         return COLLAPSE_ALLOC_FAIL
     for i in range(HPAGE_PMD_NR):

@@ -753,7 +753,7 @@ cdef int large_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_t 
         return pg.rc if pg.rc == -CORE_ENOMEM else 0
     e.alloc_node = node if e.nnodes > 1 else -1
     if thp:
-        new = folio_alloc_pmd(e, 0)
+        new = folio_alloc_pmd(e, 0, True)
     else:
         new = folio_alloc_mthp(e, order, 0)
     e.alloc_node = -1

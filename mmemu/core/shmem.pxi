@@ -146,7 +146,7 @@ cdef int64_t shmem_alloc_huge(engine_t *e, mm_file_t *f, uint64_t *slot, uint64_
     for i in range(HPAGE_PMD_NR):
         if t[i] != 0:
             return -1
-    head = folio_alloc_pmd(e, PG_FILE)
+    head = folio_alloc_pmd(e, PG_FILE, True)
     if head < 0:
         return -1
     for i in range(HPAGE_PMD_NR):
