@@ -478,17 +478,24 @@ def test_numa_hint_fault_on_an_mthp_pte_moves_the_folio_whole():
     m.check()
 
 
-def _hinted_mthp(kernel, cpu_node_1=True):
-    """A 64 KiB mTHP on node 0, each page written, every pte a NUMA hint;
-    (m, p, a)."""
-    m = machine(kernel, ncpus=2)
+def _written_mthp(m):
+    """A 64 KiB mTHP (THP off), each page written with its number: (p, a)."""
     m.thp.enabled = "never"
     m.thp.sizes[64 << 10] = "always"
     p = m.spawn()
     a = aligned(p, 16 * PAGE)
     for i in range(16):
         p.write(a + i * PAGE, b"%d" % i)
-    assert m.folio_order(p.pagemap(a).pfn) == 4 and nodes_of(m, p, a, 16) == {0}
+    assert m.folio_order(p.pagemap(a).pfn) == 4
+    return p, a
+
+
+def _hinted_mthp(kernel):
+    """A 64 KiB mTHP on node 0, each page written, every pte a NUMA hint;
+    (m, p, a)."""
+    m = machine(kernel, ncpus=2)
+    p, a = _written_mthp(m)
+    assert nodes_of(m, p, a, 16) == {0}
     assert m.numa_scan(p, a, 16 * PAGE) == 16
     return m, p, a
 
@@ -570,13 +577,7 @@ def test_an_mthp_with_no_room_on_the_target_is_split_and_its_pages_move():
     """The same -ENOMEM rule for a pte-mapped large folio (6.12
     migrate_pages_batch: is_large, not only PMD-sized), without THP events."""
     m = machine()
-    m.thp.enabled = "never"
-    m.thp.sizes[64 << 10] = "always"
-    p = m.spawn()
-    a = aligned(p, 16 * PAGE)
-    for i in range(16):
-        p.write(a + i * PAGE, b"%d" % i)
-    assert m.folio_order(p.pagemap(a).pfn) == 4
+    p, a = _written_mthp(m)
     q = m.spawn()
     fill(m, q, 1800)
     b = fill(m, q, m._engine.node_free(1) - 40)

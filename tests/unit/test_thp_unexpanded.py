@@ -235,3 +235,25 @@ def test_direct_reclaim_inside_a_replay_sees_the_tails_of_thps_it_just_faulted()
     # Each THP's first page holds the version its write stored, the rest zeros.
     v = p.versions(thps, nthp * NR).reshape(nthp, NR)
     assert np.all(v[:, 0] != 0) and not v[:, 1:].any()
+
+
+@pytest.mark.parametrize("pending", [0, 3])
+def test_a_fresh_thp_reaches_the_lru_at_once_with_any_pages_waiting_in_the_batch(pending):
+    """folio_add_lru(): a large folio moves the CPU's add batch at once, itself
+    included (one drain), so it is on the LRU (PG_LRU) with no batch reference;
+    base pages waiting there go with it."""
+    m, p, mem = _replayed_thps(2, fault=0)
+    t = p.thread()                              # one CPU: one batch
+    base = p.mmap(0, pending * PAGE, RW, PRIV) if pending else 0
+    if pending:
+        t.replay(np.arange(base, base + pending * PAGE, PAGE, dtype=np.uint64), np.ones(pending, np.uint8))
+        assert "lru" not in m.frame(p.pagemap(base).pfn).flags       # still in the batch
+    drains = m.stats()["lru_drains"]
+    t.replay(np.array([mem], np.uint64), np.ones(1, np.uint8))
+    head = p.pagemap(mem).pfn
+    assert "lru" in m.frame(head).flags and m.frame(head).refcount == 1
+    assert m.stats()["lru_drains"] == drains + 1
+    for i in range(pending):
+        f = m.frame(p.pagemap(base + i * PAGE).pfn)
+        assert "lru" in f.flags and f.refcount == 1
+    m.check()
