@@ -207,14 +207,15 @@ cdef void migrate_restore_copies(engine_t *e, mig_page_t *pages, uint8_t *skip, 
     cdef uint64_t *t
     cdef int64_t i, i0, i1, k, nk = 0, lo, hi, mid, old, target
     cdef int64_t *keys = <int64_t *>malloc((2 * n + 2) * sizeof(int64_t))    # (old, k) pairs
-    if keys == NULL:
-        return          # the entries stay: their accesses wait, as on a lost wakeup (host OOM only)
-    for k in range(n):
-        if not skip[k]:
-            keys[2 * nk] = pages[k].old
-            keys[2 * nk + 1] = k
-            nk += 1
-    qsort(keys, nk, 2 * sizeof(int64_t), cmp_mig_key)
+    # Without that host memory each entry is looked for in the batch itself
+    # (slower, but no entry may stay: its accesses would wait for ever).
+    if keys != NULL:
+        for k in range(n):
+            if not skip[k]:
+                keys[2 * nk] = pages[k].old
+                keys[2 * nk + 1] = k
+                nk += 1
+        qsort(keys, nk, 2 * sizeof(int64_t), cmp_mig_key)
     for mi in range(e.nmm):
         m = &e.mms[mi]
         if not m.alive:
@@ -236,16 +237,23 @@ cdef void migrate_restore_copies(engine_t *e, mig_page_t *pages, uint8_t *skip, 
                     if not is_migration_entry(t[i]):
                         continue
                     off = swp_offset(t[i])
-                    lo, hi = 0, nk
-                    while lo < hi:
-                        mid = (lo + hi) >> 1
-                        if <uint64_t>keys[2 * mid] < off:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    if lo == nk or <uint64_t>keys[2 * lo] != off:
-                        continue
-                    k = keys[2 * lo + 1]
+                    if keys == NULL:
+                        k = 0
+                        while k < n and (skip[k] or <uint64_t>pages[k].old != off):
+                            k += 1
+                        if k == n:
+                            continue
+                    else:
+                        lo, hi = 0, nk
+                        while lo < hi:
+                            mid = (lo + hi) >> 1
+                            if <uint64_t>keys[2 * mid] < off:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        if lo == nk or <uint64_t>keys[2 * lo] != off:
+                            continue
+                        k = keys[2 * lo + 1]
                     old = pages[k].old
                     target = pages[k].new if pages[k].rc == 0 else old
                     if (e.fflags[target] & PG_FILE and v.file != e.mapping[target]) \
