@@ -103,8 +103,8 @@ cdef void _py_sched_hook(void *arg, int point, int32_t mm, uint64_t va, uint64_t
 
 
 cdef object frame_table_array(int64_t n, object dtype):
-    """A zeroed array of n frames' field, written (resident), in memory the
-    host is asked to back with huge pages: a PMD fault writes one entry
+    """A zeroed array of n frames' field, resident, in memory the host is
+    asked to back with huge pages: a PMD fault writes one entry
     2 MiB of frames apart in each array, a new 4 KiB host page each time,
     so host TLB misses (a two-level walk in a VM) took a good part of it.
     Plain numpy memory for an array under 2 MiB (its huge page would be
@@ -126,7 +126,13 @@ cdef object frame_table_array(int64_t n, object dtype):
     raw = np.frombuffer(buf, np.uint8)
     skip = (-raw.ctypes.data) & (huge - 1)          # the first 2 MiB boundary
     a = raw[skip:skip + nbytes].view(dtype)
-    a.fill(0)
+    # Resident through the host kernel (its pages come zeroed), not by
+    # writing them here: a user-space fill of tens of MB on top of the
+    # kernel's clearing pushed everything else out of the caches, and the
+    # machine's first calls paid tens of microseconds for it. A host before
+    # 5.14 refuses the advice: fill instead.
+    if madvise(<void *>cnp_data(a), nbytes & ~(<size_t>MM_PAGE_SIZE - 1), HOST_MADV_POPULATE_WRITE) != 0:
+        a.fill(0)
     return a
 
 
@@ -167,8 +173,8 @@ cdef class Engine:
             raise ValueError(f"policy lacks knobs: {missing}")
         if not 1 <= knobs["lru_batch"] <= LRU_BATCH_MAX:
             raise ValueError(f"lru_batch must be in 1..{LRU_BATCH_MAX}")
-        # Written, not just allocated: like the kernel initialising struct
-        # pages at boot, the frame table is resident before the first fault,
+        # Resident, not just allocated: like the kernel initialising struct
+        # pages at boot, the frame table is in memory before the first fault,
         # so a fault's cost is the engine's and not the host's first touch.
         self.refcount = frame_table_array(nframes, np.int32)
         self.mapcount = frame_table_array(nframes, np.int32)
@@ -1734,6 +1740,20 @@ cdef class Engine:
         cheap snapshot replay() takes before and after a trace (stats()
         builds a dict of every counter)."""
         cdef list out = self.e.stats        # the C array, coerced
+        return out
+
+    def stat_delta(self, list before, tuple keys):
+        """How much counters grew since `before` (a stat_values() list): a
+        dict name -> growth over keys, (name, index into STAT_NAMES) pairs.
+        Built here, in one pass, as replay() returns one per call."""
+        cdef dict out = {}
+        cdef Py_ssize_t n = len(STAT_NAMES), i
+        if len(before) != n:
+            raise ValueError(f"before must hold the {n} counters of stat_values()")
+        for name, i in keys:
+            if not 0 <= i < n:
+                raise ValueError(f"no counter at index {i}")
+            out[name] = self.e.stats[i] - before[i]
         return out
 
     def memory_usage(self):

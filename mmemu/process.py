@@ -173,6 +173,44 @@ class _HeldRefs:
         return pfns
 
 
+_U64, _U8 = np.dtype(np.uint64), np.dtype(np.uint8)
+
+
+def _replay_trace(addrs, writes):
+    """replay()'s addresses and store flags as the core takes them (a
+    C-contiguous uint64 array, and uint8 flags or None), from a trace
+    object or any 1-D integer array-like; bad input is refused here."""
+    if hasattr(addrs, "addrs"):                 # a trace object
+        writes = getattr(addrs, "writes", None) if writes is None else writes
+        addrs = addrs.addrs
+    a = np.asarray(addrs)
+    if a.dtype == object and a.ndim == 1 and all(type(x) is int for x in a.tolist()):
+        raise ValueError("replay: an address wider than 64 bits")     # no register holds it
+    if a.ndim != 1 or not (a.dtype.kind in "iu" or a.size == 0):
+        raise TypeError("replay: addrs must be a 1-D array of integers")
+    if a.dtype.kind == "i" and a.size and a.min() < 0:
+        raise ValueError("replay: negative address")
+    a = np.ascontiguousarray(a, np.uint64)
+    w = None
+    if writes is not None:
+        w = np.asarray(writes)
+        if w.shape != a.shape or w.dtype.kind not in "biu":
+            raise ValueError("replay: writes must be bool or uint8 flags, one per address")
+        w = np.ascontiguousarray(w != 0, np.uint8) if w.dtype != np.uint8 else np.ascontiguousarray(w)
+    return a, w
+
+
+def _replay_stops(uf, state, stop_on):
+    """A replay's userfault: note the index reached in state[0]; True when
+    stop_on asks the batch to stop there (state[1] says where), False when
+    the thread is to wait for it."""
+    state[0] = uf.done
+    if stop_on and "userfault" in stop_on and uf.waiter is None:
+        state[1] = {"index": int(uf.done), "address": int(uf.address), "reason": "userfault"}
+        return True
+    return False
+
+
 @serialised
 class Process(FileOps, NumaOps):
     """One process (one mm) of a Machine."""
@@ -1077,51 +1115,51 @@ class Process(FileOps, NumaOps):
         ("uffd_resolved_in_core", "uffd_resolved_in_core")))
 
     def _replay(self, thread, addrs, writes, stop_on, start=0, until=None):
-        if hasattr(addrs, "addrs"):                 # a trace object
-            writes = getattr(addrs, "writes", None) if writes is None else writes
-            addrs = addrs.addrs
-        stop_on = {stop_on} if isinstance(stop_on, str) else set(stop_on or ())
-        if stop_on - {"userfault"}:
-            raise ValueError(f"replay: stop_on takes 'userfault' only, not {sorted(stop_on - {'userfault'})}")
-        a = np.asarray(addrs)
-        if a.dtype == object and a.ndim == 1 and all(type(x) is int for x in a.tolist()):
-            raise ValueError("replay: an address wider than 64 bits")     # no register holds it
-        if a.ndim != 1 or not (a.dtype.kind in "iu" or a.size == 0):
-            raise TypeError("replay: addrs must be a 1-D array of integers")
-        if a.dtype.kind == "i" and a.size and a.min() < 0:
-            raise ValueError("replay: negative address")
-        a = np.ascontiguousarray(a, np.uint64)
-        w = None
-        if writes is not None:
-            w = np.asarray(writes)
-            if w.shape != a.shape or w.dtype.kind not in "biu":
-                raise ValueError("replay: writes must be bool or uint8 flags, one per address")
-            w = np.ascontiguousarray(w != 0, np.uint8) if w.dtype != np.uint8 else np.ascontiguousarray(w)
-        start = A.sint(start, "replay", "start")
-        if not 0 <= start <= len(a):
-            raise ValueError(f"replay: start {start} outside the trace of {len(a)} accesses")
+        a, w = addrs, writes
+        # The usual trace (C-contiguous native uint64 addresses, uint8 flags
+        # or none) goes to the core as it is; anything else is checked and
+        # converted first.
+        if not (type(a) is np.ndarray and a.dtype is _U64 and a.ndim == 1 and a.flags.c_contiguous
+                and (w is None or type(w) is np.ndarray and w.dtype is _U8 and w.shape == a.shape
+                     and w.flags.c_contiguous)):
+            a, w = _replay_trace(addrs, writes)
+        if stop_on:
+            stop_on = {stop_on} if isinstance(stop_on, str) else set(stop_on)
+            if stop_on - {"userfault"}:
+                raise ValueError(f"replay: stop_on takes 'userfault' only, not {sorted(stop_on - {'userfault'})}")
+        if start:
+            start = A.sint(start, "replay", "start")
+            if not 0 <= start <= len(a):
+                raise ValueError(f"replay: start {start} outside the trace of {len(a)} accesses")
+        else:
+            start = 0
         limit = (1 << 63) - 1 if until is None else min(A.ulong(until, "replay", "until"), (1 << 63) - 1)
         self._live("replay")
-        eng = self._engine
+        eng = self.machine._engine
         before = eng.stat_values()
-        state = {"done": start, "stopped": None}
+        state = [start, None]           # the index reached, and where a userfault stopped it
 
         def op():
             try:
-                state["done"] = eng.replay(self.mm, thread.cpu, a, w, state["done"], thread.serve_fault, limit)
+                state[0] = eng.replay(self.mm, thread.cpu, a, w, state[0], thread.serve_fault, limit)
             except UserFault as uf:
-                state["done"] = uf.done
-                if "userfault" in stop_on and uf.waiter is None:
-                    state["stopped"] = {"index": int(uf.done), "address": int(uf.address),
-                                        "reason": "userfault"}
-                    return None
-                raise
-        thread._call(op)
-        after = eng.stat_values()
-        out = {"accesses": int(state["done"]) - start, "end": int(state["done"]),
-               "clock": eng.clock(thread.cpu), "stopped": state["stopped"]}
-        for name, key in self._REPLAY_COUNTS:
-            out[name] = after[key] - before[key]
+                if not _replay_stops(uf, state, stop_on):
+                    raise
+        if thread.blocked is None:
+            try:                        # the common case: no userfault
+                state[0] = eng.replay(self.mm, thread.cpu, a, w, start, thread.serve_fault, limit)
+            except UserFault as uf:
+                if not _replay_stops(uf, state, stop_on):
+                    _uffd.userfault(self.machine, thread, uf, op)      # waits (or raises WouldBlock)
+                    thread._call(op)
+        else:
+            thread._call(op)
+        out = eng.stat_delta(before, self._REPLAY_COUNTS)
+        done = int(state[0])
+        out["accesses"] = done - start
+        out["end"] = done
+        out["clock"] = eng.clock(thread.cpu)
+        out["stopped"] = state[1]
         return out
 
     def touch(self, addr: int, npages: int, write: bool = False, value: int = 0,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import mmemu
+from mmemu._core import STAT_NAMES
 from mmemu import (FOLL_LONGTERM, FOLL_WRITE, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE as PAGE,
                    PROT_READ, PROT_WRITE)
 
@@ -329,7 +330,30 @@ def test_a_large_frame_table_lives_in_memory_advised_for_host_huge_pages():
     for name in ("refcount", "mapcount", "version", "fflags", "mapping", "index"):
         a = getattr(e, name)
         assert len(a) == e.nframes and a.flags.writeable and a.ctypes.data % (2 << 20) == 0
+        # Resident before any fault (MADV_POPULATE_WRITE, or a fill on a host before 5.14).
+        assert int(_smaps_field(a.ctypes.data, "Rss")) * 1024 >= a.nbytes, name
         assert not a[1:].any()
         if thp.exists() and "[never]" not in thp.read_text() and _smaps_field(a.ctypes.data, "THPeligible"):
             assert _smaps_field(a.ctypes.data, "THPeligible") == "1", name
     assert mmemu.Machine(memory=16 << 20)._engine.version.base is None     # 32 KiB: numpy's own
+
+
+def test_stat_delta_is_the_growth_of_the_counters_it_is_asked_for():
+    """Engine.stat_delta(): replay()'s counts, built in the core from a
+    stat_values() list; a list of another length or an index outside
+    STAT_NAMES is refused."""
+    m = mmemu.Machine(memory=16 << 20)
+    p = m.spawn()
+    e = m._engine
+    a = p.mmap(0, 4 * PAGE, RW, PRIV)
+    before = e.stat_values()
+    p.touch(a, 3, write=True)
+    keys = (("faults", STAT_NAMES.index("faults")), ("cow", STAT_NAMES.index("cow")),
+            ("tlb_misses", STAT_NAMES.index("tlb_misses")))
+    assert e.stat_delta(before, keys) == {"faults": 3, "cow": 0, "tlb_misses": 3}
+    assert e.stat_delta(e.stat_values(), keys) == {"faults": 0, "cow": 0, "tlb_misses": 0}
+    with pytest.raises(ValueError, match="counters"):
+        e.stat_delta(before[:-1], keys)
+    for bad in (-1, len(STAT_NAMES)):
+        with pytest.raises(ValueError, match="no counter"):
+            e.stat_delta(before, (("x", bad),))

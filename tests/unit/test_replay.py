@@ -101,10 +101,32 @@ def test_without_a_service_thread_it_waits_or_stops_where_asked():
     assert c["accesses"] == 2 and c["stopped"] == {"index": 2, "address": a + 5 * PAGE, "reason": "userfault"}
     with pytest.raises(mmemu.WouldBlock):
         t.replay(addrs[2:])
+    with pytest.raises(mmemu.MmemuError, match="blocked"):
+        t.replay(addrs[3:])                     # a blocked thread runs nothing
+    assert not p.pagemap(a + 2 * PAGE).present
     (msg,) = u.read()
     u.zeropage(msg.address, PAGE)
-    t.resume()
+    t.resume()                                  # the blocked batch runs to its end
+    assert p.pagemap(a + 5 * PAGE).present and p.pagemap(a + 2 * PAGE).present
     m.check()
+
+
+def test_any_integer_trace_replays_as_its_uint64_copy_would():
+    """The usual trace (contiguous native uint64, uint8 flags) goes to the
+    core as it is; any other layout or type is converted first, to the same
+    result, from the same start."""
+    forms = [lambda x: x, lambda x: x.astype(">u8"), lambda x: np.repeat(x, 2)[::2], lambda x: x.astype(np.int64),
+             lambda x: [int(v) for v in x]]
+    results = []
+    for form in forms:
+        m, p, a = machine(16)
+        addrs = np.array([a + k * PAGE for k in (3, 1, 3, 7, 0, 7, 9)], np.uint64)
+        writes = np.array([1, 0, 0, 1, 1, 0, 1], np.uint8)
+        c = p.thread().replay(form(addrs), form(writes), start=1)
+        results.append((c, p.versions(a, 16).tolist()))
+    assert all(r == results[0] for r in results[1:])
+    c, _ = results[0]
+    assert c["accesses"] == c["end"] - 1 == 6 and c["faults"] == 5 and c["tlb_hits"] == 1
 
 
 def test_bad_traces_are_clear_errors_and_a_hole_is_sigsegv():
