@@ -674,10 +674,21 @@ cdef int64_t large_rmap_walk(engine_t *e, mig_page_t *pg, int64_t nr, bint resto
 cdef void migrate_large_state(engine_t *e, int64_t old, int64_t new, int64_t nr) noexcept nogil:
     """folio_migrate_flags() + the copy for an anon large folio: each page's
     content (version or byte slot) and page flags change hands; `mapping`
-    and `index`, which hold an mTHP's order, pincount and deferred flag,
-    stay (the new folio has its own)."""
-    cdef uint16_t moved = PG_ANON | PG_DIRTY | PG_UPTODATE | PG_LRU | PG_BYTES
-    cdef int64_t p
+    and the tails' `index`, which hold an mTHP's order, pincount and
+    deferred flag, stay (the new folio has its own). A folio in the
+    swapcache hands over its slots as __folio_migrate_mapping() does (6.12):
+    the new head takes folio->swap, each slot names the new page, and the
+    cache's reference per page moves with them."""
+    cdef uint16_t moved = PG_ANON | PG_DIRTY | PG_UPTODATE | PG_LRU | PG_BYTES | PG_SWAPCACHE
+    cdef int64_t p, slot0
+    if e.fflags[old] & PG_SWAPCACHE:
+        slot0 = <int64_t>e.index[old]
+        e.index[new] = e.index[old]
+        e.index[old] = 0
+        for p in range(nr):
+            e.swap_cache[slot0 + p] = new + p + 1
+        e.refcount[new] += <int32_t>nr
+        e.refcount[old] -= <int32_t>nr
     for p in range(nr):
         e.version[new + p] = e.version[old + p]
         e.version[old + p] = 0
@@ -786,8 +797,9 @@ cdef int large_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_t 
         sched_point(e, SP_MIGRATION_UNMAPPED, caller, pg.va, <uint64_t>node)
     if e.mig_copies != copies:
         everywhere = True
-    # move_to_new_folio(): nothing mapped, only the isolation reference.
-    if folio_mapcount_total(e, old) != 0 or e.refcount[old] != 1:
+    # move_to_new_folio(): nothing mapped, only the isolation reference and
+    # the swapcache's, one per page (folio_expected_refs).
+    if folio_mapcount_total(e, old) != 0 or e.refcount[old] != 1 + (nr if e.fflags[old] & PG_SWAPCACHE else 0):
         rc = -CORE_EAGAIN
     else:
         rc = 0

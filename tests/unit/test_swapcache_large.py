@@ -392,3 +392,36 @@ def test_collapse_takes_a_cached_folio_and_frees_its_swapcache():
     assert m.frame(head).refcount == 0                  # the old folio freed
     assert p.read(a, K64) == fill(K64)
     m.check()
+
+
+# ---- migration --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel,mapped", [("6.10", 1), ("6.18", 16)])
+def test_move_pages_migrates_a_cached_folio_whole_with_its_slots(kernel, mapped):
+    # migrate_folio(): a folio in the swapcache expects the isolation
+    # reference and one per page for the cache (folio_expected_refs), and
+    # __folio_migrate_mapping hands its slots to the new folio: the same
+    # slots now name the new pages, which take the cache's references.
+    m = mmemu.Machine(kernel=kernel, memory=64 << 20, swap=16 << 20, swap_device="ssd", nodes=2)
+    m.thp.sizes[K64] = "always"
+    p = m.spawn()
+    a = aligned_anon(p, 1 << 20, 1 << 20)
+    p.write(a, fill(K64))
+    head = p.pagemap(a).pfn
+    p.madvise(a, K64, C.MADV_PAGEOUT)
+    p.read(a + 5 * PAGE, 1)
+    slot = p.pagemap(a).swap_offset if mapped == 1 else None
+    assert m.node_of(head) == 0 and m.frame(head).refcount == 16 + mapped
+    assert p.move_pages([a + 5 * PAGE], [1], C.MPOL_MF_MOVE) == [1]
+    new = p.pagemap(a + 5 * PAGE).pfn - 5
+    assert new != head and m.node_of(new) == 1 and m.folio_order(new) == 4
+    assert all("swapcache" in m.frame(new + i).flags for i in range(16))
+    assert m.frame(new).refcount == 16 + mapped and present(p, a, 16) == mapped
+    assert all(m.frame(head + i).flags == {"buddy"} for i in range(16))   # the old folio is free
+    assert used(m) == 16
+    if slot is not None:
+        assert p.pagemap(a).swap_offset == slot                         # the unmapped pages' entries stay
+    m.check()
+    assert p.read(a, K64) == fill(K64)      # the rest comes in from the new folio, no read from swap
+    assert m.stats()["swap_in"] == 0
+    m.check()
