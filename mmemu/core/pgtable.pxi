@@ -38,6 +38,7 @@ cdef inline int table_alloc_failed(engine_t *e) noexcept nogil:
 cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
     cdef int32_t d
     cdef int64_t chunk
+    cdef void *mem
     if not pgtable_charge(e):
         return -1
     if e.ndir_free > 0:
@@ -50,10 +51,15 @@ cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
             e.nr_pgtable -= 1
             return -1
         if e.dir_chunks[chunk] == NULL:
-            e.dir_chunks[chunk] = <int32_t *>malloc(CHUNK_PAGES * MM_PTRS * sizeof(int32_t))
-            if e.dir_chunks[chunk] == NULL:
+            if posix_memalign(&mem, MM_PAGE_SIZE, CHUNK_PAGES * MM_PTRS * sizeof(int32_t)) != 0:
                 e.nr_pgtable -= 1
                 return -1
+            e.dir_chunks[chunk] = <int32_t *>mem
+        if d % POPULATE_DIRS == 0:
+            # Never-used directories are faulted in a run at a time: a host
+            # page fault on the first PUD or PMD of a range cost more than
+            # the page fault it was part of.
+            populate_tables(<void *>dir_page(e, d), POPULATE_DIRS * MM_PTRS * sizeof(int32_t))
         e.ndir_used += 1
     memset(dir_page(e, d), 0, MM_PTRS * sizeof(int32_t))
     return d
@@ -61,6 +67,7 @@ cdef int32_t dir_alloc(engine_t *e) noexcept nogil:
 
 cdef enum:
     POPULATE_TABLES = 64       # never-used pte pages faulted in at once (256 KiB)
+    POPULATE_DIRS = 32         # never-used directories faulted in at once (64 KiB)
     HOST_MADV_HUGEPAGE = 14    # the host's own madvise (uapi mman-common.h)
 
 
