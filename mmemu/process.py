@@ -1127,12 +1127,10 @@ class Process(FileOps, NumaOps):
             stop_on = {stop_on} if isinstance(stop_on, str) else set(stop_on)
             if stop_on - {"userfault"}:
                 raise ValueError(f"replay: stop_on takes 'userfault' only, not {sorted(stop_on - {'userfault'})}")
-        if start:
+        if type(start) is not int or start:
             start = A.sint(start, "replay", "start")
             if not 0 <= start <= len(a):
                 raise ValueError(f"replay: start {start} outside the trace of {len(a)} accesses")
-        else:
-            start = 0
         limit = (1 << 63) - 1 if until is None else min(A.ulong(until, "replay", "until"), (1 << 63) - 1)
         self._live("replay")
         eng = self.machine._engine

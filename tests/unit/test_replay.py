@@ -150,6 +150,10 @@ def test_bad_traces_are_clear_errors_and_a_hole_is_sigsegv():
     with pytest.raises(mmemu.Sigsegv):
         t.replay(np.array([1 << 63], np.uint64))
     assert t.replay(np.zeros(0, np.uint64))["accesses"] == 0
+    for bad in (None, 0.0, "0"):
+        with pytest.raises(TypeError, match="start"):
+            t.replay(np.array([a], np.uint64), start=bad)
+    assert t.replay(np.array([a], np.uint64), start=np.int64(1))["accesses"] == 0
     m.check()
 
 
