@@ -182,12 +182,14 @@ cdef class Engine:
         self._fflags = frame_table_array(nframes, np.uint16)
         self.mapping = frame_table_array(nframes, np.uint16)
         self.index = frame_table_array(nframes, np.uint32)
-        self._tlb_tag = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
-        self._tlb_pte = np.zeros(ncpus * MM_TLB_ENTRIES, np.uint64)
-        self._lru = np.zeros(ncpus * LRU_BATCH_MAX, np.int64)
-        self._lru_n = np.zeros(ncpus, np.int32)
-        self._lru_rot = np.zeros(ncpus * LRU_BATCH_MAX, np.int64)
-        self._lru_rot_n = np.zeros(ncpus, np.int32)
+        # np.full, not np.zeros: written, so resident (a first fault must
+        # not pay the host's first touch of the TLB or the LRU batches).
+        self._tlb_tag = np.full(ncpus * MM_TLB_ENTRIES, 0, np.uint64)
+        self._tlb_pte = np.full(ncpus * MM_TLB_ENTRIES, 0, np.uint64)
+        self._lru = np.full(ncpus * LRU_BATCH_MAX, 0, np.int64)
+        self._lru_n = np.full(ncpus, 0, np.int32)
+        self._lru_rot = np.full(ncpus * LRU_BATCH_MAX, 0, np.int64)
+        self._lru_rot_n = np.full(ncpus, 0, np.int32)
         self.e.refcount = <int32_t *>cnp_data(self.refcount)
         self.e.mapcount = <int32_t *>cnp_data(self.mapcount)
         self.e.version = <uint64_t *>cnp_data(self.version)
@@ -232,6 +234,13 @@ cdef class Engine:
                 or self.e.thp_lazy == NULL \
                 or self.e.dsq_on == NULL or self.e.tlb_mm_seen == NULL:
             raise MemoryError()
+        # Written once, so resident (calloc's fresh pages are not yet).
+        memset(self.e.entire_map, 0, self.e.hfree_cap * sizeof(int32_t))
+        memset(self.e.large_pincount, 0, self.e.hfree_cap * sizeof(int32_t))
+        memset(self.e.hfree, 0, self.e.hfree_cap * sizeof(int64_t))
+        memset(self.e.thp_lazy, 0, self.e.hfree_cap * sizeof(int64_t))
+        memset(self.e.dsq_on, 0, self.e.hfree_cap)
+        memset(self.e.tlb_mm_seen, 0, <size_t>ncpus * TLB_MM_WORDS * sizeof(uint64_t))
         # The page tables that map all of RAM once (one pte page per 2 MiB,
         # PMD leaves' deposits included) resident from the start, like the
         # frame table above; more are faulted in as they are first used.

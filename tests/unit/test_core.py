@@ -354,14 +354,18 @@ def test_the_first_fault_of_a_fresh_machine_takes_no_host_page_fault(thp):
         a = (raw + (2 << 20) - 1) & ~((2 << 20) - 1)
         p.madvise(a, 2 << 20, mmemu.MADV_HUGEPAGE)
         return m, p, np.array([a], np.uint64), np.ones(1, np.uint8)
-    m, p, x, w = fresh()
-    m._engine.replay(p.mm, 0, x, w)                    # Python's own first-use allocations
-    m, p, x, w = fresh()
-    e = m._engine
-    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    e.replay(p.mm, 0, x, w)
-    assert resource.getrusage(resource.RUSAGE_THREAD).ru_minflt == before
-    assert p.pagemap(int(x[0])).present and (m.stats()["thp_fault_alloc"] == 1) == (thp == "always")
+    faults = []
+    for _ in range(5):
+        m, p, x, w = fresh()
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        m._engine.replay(p.mm, 0, x, w)
+        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+        assert p.pagemap(int(x[0])).present and (m.stats()["thp_fault_alloc"] == 1) == (thp == "always")
+    # A table left to fault in on use faults in every fresh machine's first
+    # fault; Python's own allocations in the call (a new pymalloc pool) may
+    # add a host fault now and then: the least count is the engine's.
+    assert min(faults) == 0, faults
+
 
 def test_stat_delta_is_the_growth_of_the_counters_it_is_asked_for():
     """Engine.stat_delta(): replay()'s counts, built in the core from a
