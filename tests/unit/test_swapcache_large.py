@@ -26,13 +26,13 @@ RW = C.PROT_READ | C.PROT_WRITE
 PRIV = C.MAP_PRIVATE | C.MAP_ANONYMOUS
 
 
-def machine(kernel="6.18", device="ssd"):
-    return mmemu.Machine(kernel=kernel, memory=64 << 20, swap=16 << 20, swap_device=device)
+def machine(kernel="6.18", device="ssd", **kw):
+    return mmemu.Machine(kernel=kernel, memory=64 << 20, swap=16 << 20, swap_device=device, **kw)
 
 
-def swapped_mthp(kernel, device="ssd", size=K64):
+def swapped_mthp(kernel, device="ssd", size=K64, **kw):
     """A 64 KiB mTHP written out whole with MADV_PAGEOUT: (m, p, a, head pfn)."""
-    m = machine(kernel, device)
+    m = machine(kernel, device, **kw)
     m.thp.sizes[size] = "always"
     p = m.spawn()
     a = aligned_anon(p, 1 << 20, 1 << 20)
@@ -402,13 +402,7 @@ def test_move_pages_migrates_a_cached_folio_whole_with_its_slots(kernel, mapped)
     # reference and one per page for the cache (folio_expected_refs), and
     # __folio_migrate_mapping hands its slots to the new folio: the same
     # slots now name the new pages, which take the cache's references.
-    m = mmemu.Machine(kernel=kernel, memory=64 << 20, swap=16 << 20, swap_device="ssd", nodes=2)
-    m.thp.sizes[K64] = "always"
-    p = m.spawn()
-    a = aligned_anon(p, 1 << 20, 1 << 20)
-    p.write(a, fill(K64))
-    head = p.pagemap(a).pfn
-    p.madvise(a, K64, C.MADV_PAGEOUT)
+    m, p, a, head = swapped_mthp(kernel, nodes=2)
     p.read(a + 5 * PAGE, 1)
     slot = p.pagemap(a).swap_offset if mapped == 1 else None
     assert m.node_of(head) == 0 and m.frame(head).refcount == 16 + mapped
