@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from dataclasses import dataclass
 
 from . import args as _args
+from . import cost as _cost
 from . import constants as C
 from .sched import Thread, Waiter, mmap_unlocked
 from .serialise import serialised
@@ -757,6 +758,8 @@ class Uffd:
                              f"not {resolver!r}")
         if (link is None) != (arrival is None) or (link is not None and resolver != "copy"):
             raise ValueError("serve_core: a link and its arrival times go together, with \"copy\"")
+        if link is not None and not isinstance(link, _cost.Link):
+            raise TypeError(f"serve_core: link must be a mmemu.cost.Link, not {type(link).__name__}")
         if (resident is not None) != (resolver == "pager"):
             raise ValueError("serve_core: \"pager\" takes resident=N (pages), and only it")
         if resident is not None:

@@ -300,6 +300,9 @@ def test_a_link_needs_its_source_and_one_arrival_per_page():
                {"versions": store, "arrival": np.zeros(64)}):               # not integers
         with pytest.raises(ValueError, match="arrival"):
             u.serve_core("copy", base=a, link=Link(), **kw)
+    for bad in (5, {"latency_ns": 1}):                                      # not a Link
+        with pytest.raises(TypeError, match="link"):
+            u.serve_core("copy", base=a, versions=store, link=bad, arrival=np.zeros(64, np.int64))
     u.serve_core("copy", base=a, versions=store, link=Link(), arrival=np.zeros(64, np.int64))
     assert u.core_stats()["faults"] == 0
 
