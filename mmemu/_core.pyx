@@ -337,6 +337,7 @@ cdef class Engine:
         ksm_free(&self.ksm)
         free(self.e.h_stack[0])
         free(self.e.h_stack[1])
+        free(self.e.hblk)
         for i in range(self.e.nresv):
             free(self.e.resv_maps[i].consumed)
         free(self.e.resv_maps)
@@ -481,15 +482,23 @@ cdef class Engine:
         st["hfree"] = stack_export(self.e.hfree, self.e.nhfree, np.int64)
         st["dsq"] = stack_export(self.e.dsq, self.e.ndsq * 3, np.int64)
         st["dsq_on"] = stack_export(self.e.dsq_on, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.uint8)
-        if self.e.hugetlb_end:
+        if self.e.hblk != NULL:
             st["hugetlb"] = np.array([self.e.hugetlb_base, self.e.gig_end, self.e.hugetlb_end,
                                       self.e.h_nr[0], self.e.h_nr[1], self.e.h_free[0], self.e.h_free[1],
                                       self.e.h_resv[0], self.e.h_resv[1], self.e.gig_base,
                                       self.e.unused_end], np.int64)
-            st["hugetlb_stacks"] = [stack_export(self.e.h_stack[j], self.e.h_nr[j], np.int64) for j in range(2)]
+            # The 2 MiB stack whole (a segment per node, sized for the node),
+            # the 1 GiB one for its boot-time pages.
+            st["hugetlb_stacks"] = [stack_export(self.e.h_stack[0], self._hugetlb_stack_cap(), np.int64),
+                                    stack_export(self.e.h_stack[1], self.e.h_nr[1], np.int64)]
             st["hugetlb_nodes"] = np.array([[self.e.hp_base[n], self.e.hp_n2m[n], self.e.hp_gig[n], self.e.hp_n1g[n],
                                              self.e.h_seg[0][n], self.e.h_seg[1][n], self.e.h_nfree[0][n],
-                                             self.e.h_nfree[1][n]] for n in range(self.e.nnodes)], np.int64)
+                                             self.e.h_nfree[1][n], self.e.h_node_surplus[0][n],
+                                             self.e.h_node_surplus[1][n]] for n in range(self.e.nnodes)], np.int64)
+            st["hugetlb_blocks"] = stack_export(self.e.hblk, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.uint8)
+            st["hugetlb_surplus"] = np.array([self.e.h_surplus[0], self.e.h_surplus[1], self.e.h_overcommit[0],
+                                              self.e.h_overcommit[1], self.e.h_next_alloc[0], self.e.h_next_alloc[1],
+                                              self.e.h_next_free[0], self.e.h_next_free[1]], np.int64)
             st["resv_maps"] = [(self.e.resv_maps[j].alive, self.e.resv_maps[j].hstate, self.e.resv_maps[j].first,
                                 stack_export(self.e.resv_maps[j].consumed, self.e.resv_maps[j].n, np.uint8))
                                for j in range(self.e.nresv)]
@@ -690,26 +699,41 @@ cdef class Engine:
             memcpy(self.e.dsq_on, cnp_data(don), len(don))
         if "hugetlb" in st:
             hs = st["hugetlb"]
+            hn = np.asarray(st["hugetlb_nodes"], np.int64)
+            hb = np.asarray(st["hugetlb_blocks"], np.uint8)
+            hx = np.asarray(st["hugetlb_surplus"], np.int64)
+            if hn.shape != (self.e.nnodes, 10) or hb.shape != ((self.e.nframes >> HPAGE_PMD_ORDER) + 1,) \
+                    or hx.shape != (8,) or not 0 <= hs[4] <= (self.e.nframes >> HPAGE_PUD_ORDER) \
+                    or hb.max(initial=0) > HBLK_TEMP:
+                raise ValueError("saved hugetlb pool of the wrong shape")
+            if hugetlb_pool_tables(&self.e, hs[4]) < 0:
+                raise MemoryError()
+            s2m, s1g = (np.asarray(x, np.int64) for x in st["hugetlb_stacks"])
+            if s2m.shape != (self._hugetlb_stack_cap(),) or s1g.shape != (max(hs[4], 0),) \
+                    or (len(s2m) and not ((0 <= s2m) & (s2m < self.e.nframes)).all()) \
+                    or (len(s1g) and not ((0 <= s1g) & (s1g < self.e.nframes)).all()):
+                raise ValueError("saved hugetlb free lists out of range")
+            if len(s2m):
+                memcpy(self.e.h_stack[0], cnp_data(s2m), len(s2m) * sizeof(int64_t))
+            if len(s1g):
+                memcpy(self.e.h_stack[1], cnp_data(s1g), len(s1g) * sizeof(int64_t))
+            memcpy(self.e.hblk, cnp_data(hb), len(hb))
             self.e.hugetlb_base, self.e.gig_end, self.e.hugetlb_end = hs[0], hs[1], hs[2]
             self.e.gig_base, self.e.unused_end = hs[9], hs[10]
             for j in range(2):
                 self.e.h_nr[j], self.e.h_free[j], self.e.h_resv[j] = hs[3 + j], hs[5 + j], hs[7 + j]
-                self.e.h_stack[j] = <int64_t *>stack_import(st["hugetlb_stacks"][j], self.e.h_nr[j], 8)
-            if "hugetlb_nodes" in st:
-                hn = np.asarray(st["hugetlb_nodes"], np.int64)
-            else:                               # saved before pools per node: one node
-                hn = np.array([[hs[0], hs[3], hs[9], hs[4], 0, 0, hs[5], hs[6]]], np.int64)
-            if hn.shape != (self.e.nnodes, 8):
-                raise ValueError("saved hugetlb pool of the wrong shape")
+                self.e.h_surplus[j], self.e.h_overcommit[j] = hx[j], hx[2 + j]
+                self.e.h_next_alloc[j], self.e.h_next_free[j] = hx[4 + j], hx[6 + j]
             for n in range(self.e.nnodes):
-                base, c2, gig, c1, s2, s1, f2, f1 = [int(x) for x in hn[n]]
-                if not (0 <= base and 0 <= c2 and base + c2 * HPAGE_PMD_NR <= self.e.nframes
+                base, c2, gig, c1, s2, s1, f2, f1, u2, u1 = [int(x) for x in hn[n]]
+                if not (0 <= base and 0 <= c2 and c2 <= hugetlb_node_cap(&self.e, n)
                         and 0 <= gig and 0 <= c1 and gig + c1 * HPAGE_PUD_NR <= self.e.nframes
-                        and 0 <= s2 and s2 + c2 <= self.e.h_nr[0] and 0 <= s1 and s1 + c1 <= self.e.h_nr[1]
-                        and 0 <= f2 <= c2 and 0 <= f1 <= c1):
+                        and s2 == self.e.h_seg[0][n] and 0 <= s1 and s1 + c1 <= self.e.h_nr[1]
+                        and 0 <= f2 <= c2 and 0 <= f1 <= c1 and 0 <= u2 <= self.e.h_nr[0] and 0 <= u1 <= self.e.h_nr[1]):
                     raise ValueError(f"saved hugetlb pool of node {n} out of range")
-                (self.e.hp_base[n], self.e.hp_n2m[n], self.e.hp_gig[n], self.e.hp_n1g[n], self.e.h_seg[0][n],
-                 self.e.h_seg[1][n], self.e.h_nfree[0][n], self.e.h_nfree[1][n]) = base, c2, gig, c1, s2, s1, f2, f1
+                (self.e.hp_base[n], self.e.hp_n2m[n], self.e.hp_gig[n], self.e.hp_n1g[n],
+                 self.e.h_seg[1][n], self.e.h_nfree[0][n], self.e.h_nfree[1][n]) = base, c2, gig, c1, s1, f2, f1
+                self.e.h_node_surplus[0][n], self.e.h_node_surplus[1][n] = u2, u1
             if self.e.zoned:
                 self._zone_recount()            # the pool's frames are not free
             n = len(st["resv_maps"])
@@ -726,12 +750,16 @@ cdef class Engine:
 
     # ---- hugetlb (core/hugetlb.pxi) -------------------------------------------
 
+    def _hugetlb_stack_cap(self):
+        # Entries of the 2 MiB stack: every node's segment.
+        return int(self.e.h_seg[0][self.e.nnodes - 1] + hugetlb_node_cap(&self.e, self.e.nnodes - 1))
+
     def hugetlb_init(self, int64_t n2m, int64_t n1g):
         """Set aside the boot-time pool: n2m 2 MiB and n1g 1 GiB pages. Only
         on a new engine of one node without zones."""
         thp_tails(&self.e)
         cdef int32_t n
-        if self.e.hugetlb_end or self.e.nmm or self.e.next_unused > 1 or self.e.movable_span \
+        if self.e.hblk != NULL or self.e.nmm or self.e.next_unused > 1 or self.e.movable_span \
                 or self.e.cma_end > self.e.cma_start:
             raise ValueError("the hugetlb pool is set up once, on a new machine without "
                              "ZONE_MOVABLE or CMA")
@@ -751,19 +779,48 @@ cdef class Engine:
             self._zone_recount()
 
     def hugetlb_pool(self):
-        """Per hstate (2 MiB, 1 GiB): (total, free, reserved) pages, as
-        HugePages_Total / _Free / _Rsvd count them."""
+        """Per hstate (2 MiB, 1 GiB): (total, free, reserved, surplus,
+        overcommit) pages, as HugePages_Total / _Free / _Rsvd / _Surp and
+        nr_overcommit_hugepages count them."""
         thp_tails(&self.e)
-        return tuple((int(self.e.h_nr[j]), int(self.e.h_free[j]), int(self.e.h_resv[j])) for j in range(2))
+        return tuple((int(self.e.h_nr[j]), int(self.e.h_free[j]), int(self.e.h_resv[j]),
+                      int(self.e.h_surplus[j]), int(self.e.h_overcommit[j])) for j in range(2))
 
     def hugetlb_node_pool(self, int32_t node):
-        """Per hstate: (total, free) pages of one node's share of the pool
-        (/sys/devices/system/node/nodeN/hugepages/)."""
+        """Per hstate: (total, free, surplus) pages of one node's share of
+        the pool (/sys/devices/system/node/nodeN/hugepages/)."""
         thp_tails(&self.e)
         if node < 0 or node >= self.e.nnodes:
             raise ValueError(f"no node {node}")
-        return ((int(self.e.hp_n2m[node]), int(self.e.h_nfree[MM_HSTATE_2M][node])),
-                (int(self.e.hp_n1g[node]), int(self.e.h_nfree[MM_HSTATE_1G][node])))
+        return ((int(self.e.hp_n2m[node]), int(self.e.h_nfree[MM_HSTATE_2M][node]),
+                 int(self.e.h_node_surplus[MM_HSTATE_2M][node])),
+                (int(self.e.hp_n1g[node]), int(self.e.h_nfree[MM_HSTATE_1G][node]),
+                 int(self.e.h_node_surplus[MM_HSTATE_1G][node])))
+
+    def hugetlb_set_max(self, int64_t count, int32_t node=-1):
+        """set_max_huge_pages() of the 2 MiB pool (a write of nr_hugepages,
+        of node `node`'s file, or the global one with -1): returns the pool's
+        total pages after."""
+        thp_tails(&self.e)
+        if count < 0:
+            raise ValueError("nr_hugepages must be >= 0")
+        if not -1 <= node < self.e.nnodes:
+            raise ValueError(f"no node {node}")
+        if self.e.movable_span or self.e.cma_end > self.e.cma_start:
+            raise ValueError("hugetlb pages on a machine with ZONE_MOVABLE or CMA are not modelled yet")
+        if hugetlb_set_max(&self.e, MM_HSTATE_2M, count, node) < 0:
+            raise MemoryError()
+        return int(self.e.h_nr[MM_HSTATE_2M])
+
+    def hugetlb_set_overcommit(self, int64_t count):
+        """nr_overcommit_hugepages of the 2 MiB pool: how many surplus pages
+        may be made beyond it (gigantic pages never are)."""
+        thp_tails(&self.e)
+        if count < 0:
+            raise ValueError("nr_overcommit_hugepages must be >= 0")
+        if self.e.movable_span or self.e.cma_end > self.e.cma_start:
+            raise ValueError("hugetlb pages on a machine with ZONE_MOVABLE or CMA are not modelled yet")
+        self.e.h_overcommit[MM_HSTATE_2M] = count
 
     def hugetlb_page(self, int64_t pfn):
         """(hstate, head, mapcount) of the hugetlb page holding pfn, or None;
@@ -2494,6 +2551,9 @@ cdef class Engine:
         thp_tails(&self.e)
         cdef int64_t n, z, l, lo, hi
         used = (self._fflags & PG_USED) != 0
+        if self.e.hblk != NULL:
+            pool = np.repeat(stack_export(self.e.hblk, (self.e.nframes >> HPAGE_PMD_ORDER) + 1, np.uint8)
+                             != HBLK_NONE, HPAGE_PMD_NR)[:self.e.nframes]
         self.e.nr_free_movable = 0
         for n in range(self.e.nnodes):
             for z in range(MM_NR_ZONE_LISTS):
@@ -2504,29 +2564,16 @@ cdef class Engine:
                 elif z == MM_ZONE_CMA:
                     lo = self.e.cma_start if n == 0 else 0
                 hi = self._zone_end[l]
-                self._zone_nr_free[l] = int(np.count_nonzero(~used[lo:hi])) if hi > lo else 0
-                if z == MM_ZONE_NORMAL and self.e.hugetlb_end and self.e.hp_n2m[n] + self.e.hp_n1g[n]:
-                    # The frames above the node's hugetlb share are free but
-                    # for the pool's own (no ZONE_MOVABLE with a pool).
-                    top = node_end(&self.e, <int32_t>n)
-                    self._zone_nr_free[l] += int(np.count_nonzero(~used[hi:top])) \
-                        - self.e.hp_n2m[n] * HPAGE_PMD_NR - self.e.hp_n1g[n] * HPAGE_PUD_NR \
-                        + self._pool_used(n)
+                if z == MM_ZONE_NORMAL and self.e.hblk != NULL:
+                    # With a hugetlb pool (never with ZONE_MOVABLE or CMA):
+                    # up to the node's top, where the boot-time pages were
+                    # set aside, less the pool's free pages wherever they are.
+                    hi = max(hi, node_end(&self.e, <int32_t>n))
+                    self._zone_nr_free[l] = int(np.count_nonzero(~used[lo:hi] & ~pool[lo:hi])) if hi > lo else 0
+                else:
+                    self._zone_nr_free[l] = int(np.count_nonzero(~used[lo:hi])) if hi > lo else 0
                 if z != MM_ZONE_NORMAL:
                     self.e.nr_free_movable += self._zone_nr_free[l]
-
-    cdef int64_t _pool_used(self, int32_t n):
-        # Pool frames of node n marked used (pages in use: PG_USED on all).
-        cdef int64_t i, c = 0, head
-        for i in range(self.e.hp_n2m[n]):
-            head = self.e.hp_base[n] + i * HPAGE_PMD_NR
-            if self.e.fflags[head] & PG_USED:
-                c += HPAGE_PMD_NR
-        for i in range(self.e.hp_n1g[n]):
-            head = self.e.hp_gig[n] + i * HPAGE_PUD_NR
-            if self.e.fflags[head] & PG_USED:
-                c += HPAGE_PUD_NR
-        return c
 
     def pfn_zone(self, int64_t pfn):
         """The frame's zone list: 0 ZONE_NORMAL, 1 ZONE_MOVABLE, 2 the CMA
@@ -3142,26 +3189,54 @@ cdef class Engine:
         zap restored to a page a pin still holds, its free adds it back."""
         cdef int h
         cdef int32_t n
-        cdef int64_t i, head, used, nfree, cnt
-        if not self.e.hugetlb_end:
+        cdef int64_t i, head, used, nfree, cnt, b, surplus
+        cdef uint8_t k
+        if self.e.hblk == NULL:
             return 0
         for h in range(MM_NR_HSTATES):
             if not (self.e.h_free[h] - self.e.h_nr[h] <= self.e.h_resv[h] <= self.e.h_free[h]
-                    and 0 <= self.e.h_free[h] <= self.e.h_nr[h]):
+                    and 0 <= self.e.h_free[h] <= self.e.h_nr[h] and 0 <= self.e.h_surplus[h] <= self.e.h_nr[h]):
                 raise InvariantError("hugetlb pool counters out of order", None,
                                      f"hstate {h}: total {self.e.h_nr[h]} free {self.e.h_free[h]} "
-                                     f"reserved {self.e.h_resv[h]}")
+                                     f"reserved {self.e.h_resv[h]} surplus {self.e.h_surplus[h]}")
             used = 0
             nfree = 0
+            surplus = 0
             for n in range(self.e.nnodes):
-                cnt = self.e.hp_n1g[n] if h == MM_HSTATE_1G else self.e.hp_n2m[n]
-                for i in range(cnt):
-                    head = (self.e.hp_gig[n] + i * HPAGE_PUD_NR) if h == MM_HSTATE_1G \
-                        else self.e.hp_base[n] + i * HPAGE_PMD_NR
-                    if self.e.fflags[head] & PG_USED:
-                        used += 1
-                        if not (self.e.fflags[head] & PG_HEAD):
-                            raise InvariantError("hugetlb page in use without a head", head)
+                cnt = 0
+                if h == MM_HSTATE_1G:
+                    for i in range(self.e.hp_n1g[n]):
+                        head = self.e.hp_gig[n] + i * HPAGE_PUD_NR
+                        for b in range(head >> HPAGE_PMD_ORDER, (head + HPAGE_PUD_NR) >> HPAGE_PMD_ORDER):
+                            if self.e.hblk[b] != HBLK_1G:
+                                raise InvariantError("a 1 GiB hugetlb page's block is not marked", b << HPAGE_PMD_ORDER)
+                        cnt += 1
+                        used += (self.e.fflags[head] & PG_USED) != 0
+                else:
+                    # Every 2 MiB page of the node, wherever it lies: the block map's.
+                    # (a block across two nodes is never one: the totals below would not add up)
+                    for b in range((node_start(&self.e, n) + HPAGE_PMD_NR - 1) >> HPAGE_PMD_ORDER,
+                                   node_end(&self.e, n) >> HPAGE_PMD_ORDER):
+                        k = self.e.hblk[b]
+                        if k != HBLK_2M and k != HBLK_TEMP:
+                            continue
+                        head = b << HPAGE_PMD_ORDER
+                        if head < self.e.hugetlb_base or head + HPAGE_PMD_NR > self.e.hugetlb_end:
+                            raise InvariantError("a 2 MiB hugetlb page outside the pool's bounds", head)
+                        if k == HBLK_TEMP and not (self.e.fflags[head] & PG_USED):
+                            raise InvariantError("a free hugetlb page kept for a migration", head)
+                        cnt += 1
+                        used += (self.e.fflags[head] & PG_USED) != 0
+                    if cnt != self.e.hp_n2m[n]:
+                        raise InvariantError("a node's 2 MiB hugetlb pages differ from its count", None,
+                                             f"node {n}: {cnt} marked, {self.e.hp_n2m[n]} counted")
+                # (a node's surplus may exceed its pages: set_max_huge_pages
+                # removes a free page with acct_surplus false, 6.12
+                # remove_pool_hugetlb_folio, leaving its node's surplus count)
+                if self.e.h_node_surplus[h][n] < 0:
+                    raise InvariantError("a node's surplus hugetlb pages out of range", None,
+                                         f"hstate {h} node {n}: {self.e.h_node_surplus[h][n]} of {cnt}")
+                surplus += self.e.h_node_surplus[h][n]
                 if not 0 <= self.e.h_nfree[h][n] <= cnt:
                     raise InvariantError("a node's free hugetlb pages out of range", None,
                                          f"hstate {h} node {n}: {self.e.h_nfree[h][n]} free of {cnt}")
@@ -3171,10 +3246,12 @@ cdef class Engine:
                     if self.e.fflags[head] & PG_USED or node_of(&self.e, head) != n \
                             or not pfn_is_hugetlb(&self.e, head) or hugetlb_hstate_of(&self.e, head) != h:
                         raise InvariantError("a free hugetlb page is in use or on the wrong stack", head)
-            if used + self.e.h_free[h] != self.e.h_nr[h] or nfree != self.e.h_free[h]:
+            if used + self.e.h_free[h] != self.e.h_nr[h] or nfree != self.e.h_free[h] \
+                    or surplus != self.e.h_surplus[h]:
                 raise InvariantError("hugetlb pages in use and free do not add up", None,
                                      f"hstate {h}: {used} used, {self.e.h_free[h]} free "
-                                     f"({nfree} on the node stacks), {self.e.h_nr[h]} total")
+                                     f"({nfree} on the node stacks), {self.e.h_nr[h]} total, "
+                                     f"surplus {self.e.h_surplus[h]} ({surplus} on the nodes)")
         return 0
 
     cdef int _check_tlb(self, int64_t s) except -1:

@@ -194,14 +194,14 @@ class Machine:
     @property
     def hugepages(self) -> dict[int, dict[str, int]]:
         """The hugetlb pool per page size, as /sys/kernel/mm/hugepages/
-        hugepages-<size>kB/ shows it (surplus pages are never made: no
-        overcommit)."""
+        hugepages-<size>kB/ shows it."""
         # resv_huge_pages is an unsigned long: sysfs prints a count that went
         # below zero (a pinned page's restored reservation, handed back by
         # hugetlb_vm_op_close before the page is freed) as 2**64 - n.
         return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f,
-                                 "resv_hugepages": r & 0xFFFFFFFFFFFFFFFF, "surplus_hugepages": 0}
-                for h, (t, f, r) in enumerate(self._engine.hugetlb_pool())}
+                                 "resv_hugepages": r & 0xFFFFFFFFFFFFFFFF, "surplus_hugepages": s,
+                                 "nr_overcommit_hugepages": o}
+                for h, (t, f, r, s, o) in enumerate(self._engine.hugetlb_pool())}
 
     def node_hugepages(self, node: SupportsIndex) -> dict[int, dict[str, int]]:
         """One node's share of the hugetlb pool per page size, as
@@ -209,10 +209,64 @@ class Machine:
         it. The boot-time pool is spread over the nodes in turn from node 0."""
         node = operator.index(node)
         if not 0 <= node < self.nodes:
-            raise ValueError(f"node {node} out of range 0..{self.nodes - 1}")
+            raise ValueError(f"no node {node} (the machine has {self.nodes})")
         counts = self._engine.hugetlb_node_pool(node)
-        return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f, "surplus_hugepages": 0}
-                for h, (t, f) in enumerate(counts)}
+        return {HSTATE_SIZE[h]: {"nr_hugepages": t, "free_hugepages": f, "surplus_hugepages": s}
+                for h, (t, f, s) in enumerate(counts)}
+
+    def set_hugepages(self, size: SupportsIndex, nr_hugepages: SupportsIndex,
+                      node: SupportsIndex | None = None) -> int:
+        """Write nr_hugepages of the 2 MiB pool (set_max_huge_pages, 6.12):
+        /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages, or node
+        <node>'s file. Surplus pages become persistent first; fresh pages
+        come from free 2 MiB blocks, on the nodes in turn, as far as there
+        are any; free pages leave, but never below the pages in use or
+        reserved; pages in use beyond the count become surplus, freed to the
+        page allocator when released. Returns nr_hugepages after (what a
+        read of the file shows: fewer than asked when memory ran out). 1 GiB
+        pages stay as booted (their run-time allocation is not modelled)."""
+        h = self._hstate_of(size, "nr_hugepages")
+        count = self._count(nr_hugepages, "nr_hugepages")
+        if node is not None:
+            node = operator.index(node)
+            if not 0 <= node < self.nodes:
+                raise ValueError(f"no node {node} (the machine has {self.nodes})")
+        if h != 0:
+            raise ValueError("changing the 1 GiB pool at run time is not modelled (boot-time hugepages= only)")
+        if count > self._engine.nframes:
+            count = self._engine.nframes            # more than memory holds: as many as fit
+        return self._engine.hugetlb_set_max(count, -1 if node is None else node)
+
+    def set_overcommit_hugepages(self, size: SupportsIndex, nr_overcommit_hugepages: SupportsIndex) -> None:
+        """Write nr_overcommit_hugepages of the 2 MiB pool: how many surplus
+        pages a fault or a reservation may make beyond the pool when it has
+        none free (alloc_surplus_hugetlb_folio, gather_surplus_pages). The
+        kernel refuses it for gigantic pages (EINVAL): ValueError here."""
+        h = self._hstate_of(size, "nr_overcommit_hugepages")
+        count = self._count(nr_overcommit_hugepages, "nr_overcommit_hugepages")
+        if h != 0:
+            raise ValueError("1 GiB pages cannot be overcommitted (nr_overcommit_hugepages: EINVAL)")
+        self._engine.hugetlb_set_overcommit(count)
+
+    @staticmethod
+    def _hstate_of(size, name):
+        try:
+            size = operator.index(size)
+        except TypeError:
+            raise TypeError(f"{name}: size must be an integer number of bytes, not {type(size).__name__}") from None
+        if size not in HSTATE_SIZE:
+            raise ValueError(f"{name}: no hugetlb page size {size} (one of {', '.join(map(str, HSTATE_SIZE))})")
+        return HSTATE_SIZE.index(size)
+
+    @staticmethod
+    def _count(v, name):
+        try:
+            v = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, not {type(v).__name__}") from None
+        if not 0 <= v < 1 << 64:
+            raise ValueError(f"{name} must be in 0 .. 2**64 - 1 (an unsigned long)")
+        return min(v, (1 << 63) - 1)
 
     @staticmethod
     def _bytes(v, name):

@@ -34,10 +34,11 @@ from ._version import __version__
 from .errors import MmemuError
 
 MAGIC = b"MMEMU-MACHINE\n"
-FORMAT = 5     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd;
+FORMAT = 6     # 2: threads and waiters live in mmemu.sched, userfault delivery in mmemu.uffd;
                # 3: anon_vma lives only in the core's VMA table (Vma.origin);
                # 4: emulated time (costs, clocks) and in-core pagers are saved;
-               # 5: KSM's unstable tree entries are 8 bytes (core/ksm.pxi)
+               # 5: KSM's unstable tree entries are 8 bytes (core/ksm.pxi);
+               # 6: the hugetlb pool changes at run time (block map, surplus pages)
 _PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

@@ -292,6 +292,18 @@ ctypedef struct engine_t:
     int64_t hp_n1g[64]
     int64_t h_seg[2][64]
     int64_t h_nfree[2][64]
+    # What each 2 MiB block of frames is to hugetlb (HBLK_*), so that pages
+    # can join and leave the pool at run time (set_max_huge_pages, surplus
+    # pages): NULL until a pool exists. hp_n2m[n] counts node n's 2 MiB
+    # pages, boot-time or not; surplus pages per hstate and node
+    # (surplus_huge_pages_node), nr_overcommit_huge_pages, and the next
+    # nodes to allocate on and free from (next_nid_to_alloc / _to_free).
+    uint8_t *hblk
+    int64_t h_surplus[2]
+    int64_t h_node_surplus[2][64]
+    int64_t h_overcommit[2]
+    int32_t h_next_alloc[2]
+    int32_t h_next_free[2]
     resv_map_t *resv_maps
     int32_t nresv, resv_cap
     # Multi-size THP for anon memory (core/mthp.pxi; 19eaf44954df, 6.8).

@@ -1,11 +1,13 @@
 # hugetlb (mm/hugetlb.c, 6.12 unless a knob says otherwise): a pool of huge
-# pages set aside at boot (hugepages= on the command line), reservations,
-# faults, COW, fork and zap.
+# pages set aside at boot (hugepages= on the command line) and changed at
+# run time (nr_hugepages, surplus pages within nr_overcommit_hugepages),
+# reservations, faults, COW, fork and zap.
 #
-# A hugetlb page is a naturally aligned large folio in the pool's pfn range
-# [hugetlb_base, hugetlb_end): references on its head, its mappings in
-# entire_map[head >> 9]. It is mapped by PMD leaves, one for a 2 MiB page and
-# 512 consecutive ones (what the kernel's PUD entry covers) for a 1 GiB page,
+# A hugetlb page is a naturally aligned large folio whose 2 MiB blocks the
+# block map marks (e.hblk, within [hugetlb_base, hugetlb_end)): references
+# on its head, its mappings in entire_map[head >> 9]. It is mapped by PMD
+# leaves, one for a 2 MiB page and 512 consecutive ones (what the kernel's
+# PUD entry covers) for a 1 GiB page,
 # whose tables are not charged to the mm: every leaf counts one mapping and
 # one reference, so a mapping of a 1 GiB page counts 512 of each
 # (hstate_leaves). hugetlb pages are not on the LRU, not in RSS (they count
@@ -20,6 +22,13 @@
 
 
 cdef enum:
+    # e.hblk[pfn >> 9]: the 2 MiB block is not hugetlb, a 2 MiB page, a
+    # block of a 1 GiB page, or a 2 MiB page made for a migration
+    # (alloc_migrate_hugetlb_folio: HPG_temporary, back to the buddy when freed)
+    HBLK_NONE = 0
+    HBLK_2M = 1
+    HBLK_1G = 2
+    HBLK_TEMP = 3
     # folio->private's hugetlb_restore_reserve, kept in the index of the
     # folio's second page (a hugetlb tail's index is otherwise unused)
     HUGETLB_RESTORE_RESERVE = 1
@@ -44,23 +53,17 @@ cdef inline int64_t hstate_leaves(int h) noexcept nogil:
 
 
 cdef inline bint pfn_in_gig(engine_t *e, int64_t pfn) noexcept nogil:
-    """pfn is a page of a 1 GiB hugetlb page (of its node's share of the pool)."""
-    cdef int32_t n
+    """pfn is a page of a 1 GiB hugetlb page."""
     if pfn < e.gig_base or pfn >= e.gig_end:
         return False
-    n = node_of(e, pfn)
-    return pfn >= e.hp_gig[n] and pfn < e.hp_gig[n] + e.hp_n1g[n] * HPAGE_PUD_NR
+    return e.hblk[pfn >> HPAGE_PMD_ORDER] == HBLK_1G
 
 
 cdef inline bint pfn_is_hugetlb(engine_t *e, int64_t pfn) noexcept nogil:
-    # (the frames between a node's 2 MiB and 1 GiB pages are not: see the pool)
-    cdef int32_t n
+    # (the bounds hold every block that was ever hugetlb: a quick no)
     if pfn < e.hugetlb_base or pfn >= e.hugetlb_end:
         return False
-    n = node_of(e, pfn)
-    if pfn >= e.hp_gig[n] and pfn < e.hp_gig[n] + e.hp_n1g[n] * HPAGE_PUD_NR:
-        return True
-    return pfn >= e.hp_base[n] and pfn < e.hp_base[n] + e.hp_n2m[n] * HPAGE_PMD_NR
+    return e.hblk[pfn >> HPAGE_PMD_ORDER] != HBLK_NONE
 
 
 cdef inline int hugetlb_hstate_of(engine_t *e, int64_t pfn) noexcept nogil:
@@ -101,10 +104,12 @@ cdef int hugetlb_pool_init(engine_t *e, int64_t n2m, int64_t n1g) noexcept nogil
     a share stays free, what is below is allocated as before (the
     never-used frames end at the share). -1 when a node cannot hold its
     share and 16 frames more, -2 when the host is out of memory."""
-    cdef int64_t gig, base, p, i, k, c1, c2, seg1 = 0, seg2 = 0, start, end, l
+    cdef int64_t gig, base, p, i, k, c1, c2, seg1 = 0, start, end, l
     cdef int32_t n, nn = e.nnodes
     if n1g < 0 or n2m < 0 or n1g > e.nframes or n2m > e.nframes:
         return -1
+    if hugetlb_pool_tables(e, n1g) < 0:
+        return -2
     for n in range(nn):
         c1 = n1g // nn + (1 if n < n1g % nn else 0)
         c2 = n2m // nn + (1 if n < n2m % nn else 0)
@@ -114,14 +119,9 @@ cdef int hugetlb_pool_init(engine_t *e, int64_t n2m, int64_t n1g) noexcept nogil
         if gig < start or base < start + 16:
             return -1
         e.hp_gig[n], e.hp_n1g[n], e.hp_base[n], e.hp_n2m[n] = gig, c1, base, c2
-        e.h_seg[MM_HSTATE_1G][n], e.h_seg[MM_HSTATE_2M][n] = seg1, seg2
+        e.h_seg[MM_HSTATE_1G][n] = seg1
         e.h_nfree[MM_HSTATE_1G][n], e.h_nfree[MM_HSTATE_2M][n] = c1, c2
         seg1 += c1
-        seg2 += c2
-    e.h_stack[MM_HSTATE_1G] = <int64_t *>malloc(max(n1g, 1) * sizeof(int64_t))
-    e.h_stack[MM_HSTATE_2M] = <int64_t *>malloc(max(n2m, 1) * sizeof(int64_t))
-    if e.h_stack[0] == NULL or e.h_stack[1] == NULL:
-        return -2
     e.hugetlb_base, e.hugetlb_end, e.gig_base, e.gig_end = e.nframes, 0, e.nframes, 0
     for n in range(nn):
         gig, base, c1, c2 = e.hp_gig[n], e.hp_base[n], e.hp_n1g[n], e.hp_n2m[n]
@@ -147,12 +147,46 @@ cdef int hugetlb_pool_init(engine_t *e, int64_t n2m, int64_t n1g) noexcept nogil
         # Stacks popped from the top: the node's lowest page goes first.
         for i in range(c1):
             e.h_stack[MM_HSTATE_1G][e.h_seg[MM_HSTATE_1G][n] + c1 - 1 - i] = gig + i * HPAGE_PUD_NR
+            memset(&e.hblk[(gig + i * HPAGE_PUD_NR) >> HPAGE_PMD_ORDER], HBLK_1G,
+                   HPAGE_PUD_NR >> HPAGE_PMD_ORDER)
         for i in range(c2):
             e.h_stack[MM_HSTATE_2M][e.h_seg[MM_HSTATE_2M][n] + c2 - 1 - i] = base + i * HPAGE_PMD_NR
+            e.hblk[(base + i * HPAGE_PMD_NR) >> HPAGE_PMD_ORDER] = HBLK_2M
     if e.gig_end == 0:
         e.gig_base = 0
+    if e.hugetlb_end == 0:
+        e.hugetlb_base = 0
     e.h_nr[MM_HSTATE_1G] = e.h_free[MM_HSTATE_1G] = n1g
     e.h_nr[MM_HSTATE_2M] = e.h_free[MM_HSTATE_2M] = n2m
+    return 0
+
+
+cdef inline int64_t hugetlb_node_cap(engine_t *e, int32_t n) noexcept nogil:
+    """The 2 MiB pages node n could ever hold: its segment of the stack."""
+    return ((node_end(e, n) - node_start(e, n)) >> HPAGE_PMD_ORDER) + 1
+
+
+cdef int hugetlb_pool_tables(engine_t *e, int64_t n1g) noexcept nogil:
+    """The pool's own tables, made once: the block map, the 2 MiB stack with
+    a segment per node sized for all the node could hold (pages join at run
+    time), the 1 GiB one for the boot-time pages. -1 when the host has no
+    memory for them."""
+    cdef int64_t seg = 0
+    cdef int32_t n
+    if e.hblk != NULL:
+        return 0
+    for n in range(e.nnodes):
+        e.h_seg[MM_HSTATE_2M][n] = seg
+        seg += hugetlb_node_cap(e, n)
+    e.hblk = <uint8_t *>calloc((e.nframes >> HPAGE_PMD_ORDER) + 1, 1)
+    e.h_stack[MM_HSTATE_2M] = <int64_t *>calloc(seg, sizeof(int64_t))     # saved whole: no stale bytes
+    e.h_stack[MM_HSTATE_1G] = <int64_t *>malloc(max(n1g, 1) * sizeof(int64_t))
+    if e.hblk == NULL or e.h_stack[0] == NULL or e.h_stack[1] == NULL:
+        free(e.hblk)
+        free(e.h_stack[0])
+        free(e.h_stack[1])
+        e.hblk, e.h_stack[0], e.h_stack[1] = NULL, NULL, NULL
+        return -1
     return 0
 
 
@@ -190,13 +224,21 @@ cdef int64_t hugetlb_folio_take_on(engine_t *e, int h, uint16_t flags, int32_t n
                                    bint thisnode) noexcept nogil:
     """A free page of hstate h from `node` (only there with thisnode),
     zeroed, refcount 1 on its head; -1 if none is free."""
-    cdef int64_t head, p, nr = hstate_pages(h)
+    cdef int64_t head
     cdef int32_t n = hugetlb_node_with_free(e, h, node, thisnode)
     if n < 0:
         return -1
     e.h_free[h] -= 1
     e.h_nfree[h][n] -= 1
     head = e.h_stack[h][e.h_seg[h][n] + e.h_nfree[h][n]]
+    hugetlb_folio_init(e, head, h, flags)
+    return head
+
+
+cdef void hugetlb_folio_init(engine_t *e, int64_t head, int h, uint16_t flags) noexcept nogil:
+    """A page of hstate h leaving the free pool (or just made): zeroed, in
+    use, refcount 1 on its head."""
+    cdef int64_t p, nr = hstate_pages(h)
     memset(&e.refcount[head], 0, nr * sizeof(int32_t))
     memset(&e.mapcount[head], 0, nr * sizeof(int32_t))
     memset(&e.version[head], 0, nr * sizeof(uint64_t))
@@ -208,12 +250,13 @@ cdef int64_t hugetlb_folio_take_on(engine_t *e, int h, uint16_t flags, int32_t n
     e.fflags[head] = flags | PG_HEAD
     e.refcount[head] = 1
     entire_mapcount(e, head)[0] = 0
-    return head
 
 
 cdef void hugetlb_folio_free(engine_t *e, int64_t head) noexcept nogil:
-    """free_huge_folio(): the last reference went; back to the pool (a
-    folio marked restore-reserve gives a reservation back too)."""
+    """free_huge_folio(): the last reference went (a folio marked
+    restore-reserve gives a reservation back too). A page made for a
+    migration, or one of a node with surplus pages, goes back to the buddy
+    allocator; any other back to the pool."""
     cdef int h = hugetlb_hstate_of(e, head)
     cdef int64_t p
     cdef int32_t n
@@ -228,9 +271,193 @@ cdef void hugetlb_folio_free(engine_t *e, int64_t head) noexcept nogil:
         e.version[p] = 0
     entire_mapcount(e, head)[0] = 0
     n = node_of(e, head)
+    if e.hblk[head >> HPAGE_PMD_ORDER] == HBLK_TEMP:
+        hugetlb_page_release(e, head)
+        return
+    if e.h_node_surplus[h][n] > 0:
+        e.h_node_surplus[h][n] -= 1
+        e.h_surplus[h] -= 1
+        hugetlb_page_release(e, head)
+        return
+    hugetlb_enqueue(e, head, h)
+
+
+cdef inline void hugetlb_enqueue(engine_t *e, int64_t head, int h) noexcept nogil:
+    # enqueue_hugetlb_folio(): onto its node's free list, first out next
+    cdef int32_t n = node_of(e, head)
     e.h_stack[h][e.h_seg[h][n] + e.h_nfree[h][n]] = head
     e.h_nfree[h][n] += 1
     e.h_free[h] += 1
+
+
+# ---- pages joining and leaving the pool (2 MiB) ------------------------------
+
+cdef int64_t hugetlb_page_new(engine_t *e, int32_t node) noexcept nogil:
+    """alloc_fresh_hugetlb_folio() for a 2 MiB page: a free block from the
+    buddy allocator, on `node` only (__GFP_THISNODE) or, with -1, along the
+    nodes as any user folio; counted in the pool (nr_huge_pages), not yet
+    on a free list. -1 when no block is free."""
+    cdef int64_t head
+    cdef int32_t saved = e.alloc_node
+    if e.zoned:
+        e.alloc_node = node
+        head = zone_take(e, HPAGE_PMD_ORDER)
+        e.alloc_node = saved
+        if head < 0:
+            return -1
+    else:
+        if e.nr_free - HPAGE_PMD_NR < e.nr_pgtable + 1:
+            return -1
+        head = hblock_take(e)
+        if head < 0:
+            return -1
+    e.nr_free -= HPAGE_PMD_NR
+    e.hblk[head >> HPAGE_PMD_ORDER] = HBLK_2M
+    if e.hugetlb_end == 0 or head < e.hugetlb_base:
+        e.hugetlb_base = head
+    if head + HPAGE_PMD_NR > e.hugetlb_end:
+        e.hugetlb_end = head + HPAGE_PMD_NR
+    e.h_nr[MM_HSTATE_2M] += 1
+    e.hp_n2m[node_of(e, head)] += 1
+    return head
+
+
+cdef void hugetlb_page_release(engine_t *e, int64_t head) noexcept nogil:
+    """update_and_free_hugetlb_folio() of a free 2 MiB page already off the
+    free lists (its frames clear): out of the pool, its block back to the
+    buddy allocator."""
+    cdef int64_t p
+    for p in range(head, head + HPAGE_PMD_NR):
+        e.mapping[p] = 0
+        e.index[p] = 0
+    e.h_nr[MM_HSTATE_2M] -= 1
+    e.hp_n2m[node_of(e, head)] -= 1
+    e.hblk[head >> HPAGE_PMD_ORDER] = HBLK_NONE
+    if e.zoned:
+        zone_block_put(e, head)
+    else:
+        e.hfree[e.nhfree] = head
+        e.nhfree += 1
+    e.nr_free += HPAGE_PMD_NR
+
+
+cdef inline int32_t hstate_next_node(int32_t *next, int32_t nn, int32_t nid) noexcept nogil:
+    """hstate_next_node_to_alloc()/_to_free(): the node to try, and the one
+    after it kept for next time; a node mask of one node (nid) keeps it."""
+    cdef int32_t n
+    if nid >= 0:
+        next[0] = nid
+        return nid
+    n = next[0] if 0 <= next[0] < nn else 0
+    next[0] = (n + 1) % nn
+    return n
+
+
+cdef bint hugetlb_remove_free(engine_t *e, int h, int32_t nid, bint acct_surplus) noexcept nogil:
+    """remove_pool_hugetlb_folio() + the free: a free page of a node in turn
+    from next_nid_to_free (one with surplus pages if acct_surplus) leaves
+    the pool. False when none can."""
+    cdef int32_t k, n
+    cdef int64_t head
+    for k in range(1 if nid >= 0 else e.nnodes):
+        n = hstate_next_node(&e.h_next_free[h], e.nnodes, nid)
+        if (not acct_surplus or e.h_node_surplus[h][n]) and e.h_nfree[h][n] > 0:
+            e.h_nfree[h][n] -= 1
+            e.h_free[h] -= 1
+            head = e.h_stack[h][e.h_seg[h][n] + e.h_nfree[h][n]]
+            if acct_surplus:
+                e.h_node_surplus[h][n] -= 1
+                e.h_surplus[h] -= 1
+            hugetlb_page_release(e, head)
+            return True
+    return False
+
+
+cdef bint adjust_pool_surplus(engine_t *e, int h, int32_t nid, int delta) noexcept nogil:
+    """adjust_pool_surplus(): one surplus page of a node becomes a
+    persistent one (delta -1, nodes from next_nid_to_alloc) or the other way
+    (+1, nodes from next_nid_to_free). False when no node can."""
+    cdef int32_t k, n
+    for k in range(1 if nid >= 0 else e.nnodes):
+        if delta < 0:
+            n = hstate_next_node(&e.h_next_alloc[h], e.nnodes, nid)
+            if e.h_node_surplus[h][n]:
+                break
+        else:
+            n = hstate_next_node(&e.h_next_free[h], e.nnodes, nid)
+            if e.h_node_surplus[h][n] < (e.hp_n2m[n] if h == MM_HSTATE_2M else e.hp_n1g[n]):
+                break
+    else:
+        return False
+    e.h_surplus[h] += delta
+    e.h_node_surplus[h][n] += delta
+    return True
+
+
+cdef inline int64_t hugetlb_persistent(engine_t *e, int h) noexcept nogil:
+    return e.h_nr[h] - e.h_surplus[h]
+
+
+cdef int hugetlb_set_max(engine_t *e, int h, int64_t count, int32_t nid) noexcept nogil:
+    """set_max_huge_pages() (6.12) of 2 MiB pages, on node nid only (its
+    sysfs file) or over every node with -1: surplus pages become persistent
+    first, then fresh pages join (next_nid_to_alloc in turn) until count or
+    until no block is free; then free pages leave while more than count and
+    than the pages in use or reserved are kept, and pages in use above
+    count become surplus (freed to the buddy allocator when released).
+    -1 when the host has no memory for the pool's tables."""
+    cdef int64_t min_count, head, old
+    if hugetlb_pool_tables(e, 0) < 0:
+        return -1
+    if nid >= 0:
+        old = count
+        count += hugetlb_persistent(e, h) - (e.hp_n2m[nid] - e.h_node_surplus[h][nid])
+        if count < old:
+            count = INT64_MAX
+    while e.h_surplus[h] and count > hugetlb_persistent(e, h):
+        if not adjust_pool_surplus(e, h, nid, -1):
+            break
+    while count > hugetlb_persistent(e, h):
+        head = hugetlb_pool_page_new(e, nid)
+        if head < 0:
+            break
+        hugetlb_enqueue(e, head, h)
+    min_count = max(count, e.h_resv[h] + e.h_nr[h] - e.h_free[h])
+    while min_count < hugetlb_persistent(e, h):
+        if not hugetlb_remove_free(e, h, nid, False):
+            break
+    while count < hugetlb_persistent(e, h):
+        if not adjust_pool_surplus(e, h, nid, 1):
+            break
+    return 0
+
+
+cdef int64_t hugetlb_pool_page_new(engine_t *e, int32_t nid) noexcept nogil:
+    """alloc_pool_huge_folio(): a fresh 2 MiB page on the nodes in turn from
+    next_nid_to_alloc (each __GFP_THISNODE), or on nid only; -1 if none."""
+    cdef int32_t k, n
+    cdef int64_t head
+    for k in range(1 if nid >= 0 else e.nnodes):
+        n = hstate_next_node(&e.h_next_alloc[MM_HSTATE_2M], e.nnodes, nid)
+        head = hugetlb_page_new(e, n)
+        if head >= 0:
+            return head
+    return -1
+
+
+cdef int64_t hugetlb_surplus_new(engine_t *e, int h) noexcept nogil:
+    """alloc_surplus_hugetlb_folio(): a fresh page beyond the persistent
+    pool while surplus pages are fewer than nr_overcommit_hugepages (never
+    a gigantic one); counted surplus, not on a free list. -1 if none."""
+    cdef int64_t head
+    if h != MM_HSTATE_2M or e.h_surplus[h] >= e.h_overcommit[h] or hugetlb_pool_tables(e, 0) < 0:
+        return -1
+    head = hugetlb_page_new(e, -1)
+    if head < 0:
+        return -1
+    e.h_surplus[h] += 1
+    e.h_node_surplus[h][node_of(e, head)] += 1
+    return head
 
 
 cdef inline void hugetlb_folio_set_flags(engine_t *e, int64_t head, uint16_t set, uint16_t clear) noexcept nogil:
@@ -244,11 +471,41 @@ cdef inline void hugetlb_folio_set_flags(engine_t *e, int64_t head, uint16_t set
 # ---- reservations ---------------------------------------------------------
 
 cdef int hugetlb_acct_memory(engine_t *e, int h, int64_t delta) noexcept nogil:
-    """hugetlb_acct_memory() with no overcommit (nr_overcommit_hugepages 0,
-    gather_surplus_pages cannot add any): reserving more than the free pages
-    not yet reserved fails. 0 or -1 (ENOMEM)."""
-    if delta > 0 and e.h_resv[h] + delta > e.h_free[h]:
-        return -1
+    """hugetlb_acct_memory(): reserving more than the free pages not yet
+    reserved first makes surplus pages for the rest (gather_surplus_pages:
+    all or none, within nr_overcommit_hugepages), else fails; giving
+    reservations back frees as many surplus pages as were freed of them
+    (return_unused_surplus_pages). 0 or -1 (ENOMEM)."""
+    cdef int64_t needed, i, nr, head
+    cdef int64_t *made
+    if delta <= 0:
+        e.h_resv[h] += delta
+        nr = min(-delta, e.h_surplus[h])
+        for i in range(nr):
+            if not hugetlb_remove_free(e, h, -1, True):
+                break
+        return 0
+    needed = e.h_resv[h] + delta - e.h_free[h]
+    if needed > 0:
+        if h != MM_HSTATE_2M or e.h_surplus[h] + needed > e.h_overcommit[h]:
+            return -1
+        made = <int64_t *>malloc(needed * sizeof(int64_t))
+        if made == NULL:
+            return -1
+        for i in range(needed):
+            made[i] = hugetlb_surplus_new(e, h)
+            if made[i] < 0:
+                # Not all could be had: those made are freed again (surplus).
+                for nr in range(i):
+                    head = made[nr]
+                    e.h_surplus[h] -= 1
+                    e.h_node_surplus[h][node_of(e, head)] -= 1
+                    hugetlb_page_release(e, head)
+                free(made)
+                return -1
+        for i in range(needed):
+            hugetlb_enqueue(e, made[i], h)
+        free(made)
     e.h_resv[h] += delta
     return 0
 
@@ -402,12 +659,16 @@ cdef int64_t alloc_hugetlb_folio(engine_t *e, mm_vma_t *vma, int h, uint64_t idx
         reserved = 0 <= k < r.n and r.consumed[k] == 0
     if cow_from_owner:
         reserved = False
-    if not reserved and e.h_free[h] - e.h_resv[h] <= 0:
-        return -1
-    head = hugetlb_folio_take(e, h, 0)
+    head = -1
+    if reserved or e.h_free[h] - e.h_resv[h] > 0:
+        head = hugetlb_folio_take(e, h, 0)
     if head < 0:
-        return -1
-    if reserved:
+        # alloc_buddy_hugetlb_folio_with_mpol(): a surplus page, if allowed
+        head = hugetlb_surplus_new(e, h)
+        if head < 0:
+            return -1
+        hugetlb_folio_init(e, head, h, 0)
+    elif reserved:
         e.h_resv[h] -= 1
     if r != NULL and not cow_from_owner and 0 <= k < r.n:
         r.consumed[k] = 1           # vma_commit_reservation
@@ -574,14 +835,16 @@ cdef void hugetlb_zap_restore_reserve(engine_t *e, mm_t *mm, uint64_t va, int64_
     counts it consumed (vma_add_reservation), and the page gives a
     reservation back to the pool when it is freed (restore_reserve), even
     if a child still maps it (as 6.18.44 does; 6.12.118's source restores
-    only for the folio's last mapping). No surplus pages here, and the
+    only for the folio's last mapping). Not while the pool has surplus
+    pages (the freed page may be one of them: no restore bit), and the
     hugetlb VMA lock is always held."""
     cdef int32_t vi
     cdef mm_vma_t *vma
     cdef resv_map_t *r
     cdef int h, shift
     cdef int64_t k
-    if not e.pol.hugetlb_zap_restore_reserve or not e.fflags[head] & PG_ANON:
+    if not e.pol.hugetlb_zap_restore_reserve or not e.fflags[head] & PG_ANON \
+            or e.h_surplus[hugetlb_hstate_of(e, head)]:
         return
     if e.pol.hugetlb_zap_restore_reserve == 2 and entire_mapcount(e, head)[0] > 0:
         return                          # another mapping (fork's child) keeps it: 6.12.110
@@ -1295,6 +1558,14 @@ cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_
     new = -1
     if e.h_free[h] - e.h_resv[h] > 0:
         new = hugetlb_folio_take_on(e, h, 0, node if node >= 0 else node_of(e, old), node >= 0)
+    if new < 0 and h == MM_HSTATE_2M:
+        # alloc_migrate_hugetlb_folio(): a fresh page made for the move,
+        # beyond the pool and its overcommit, freed to the buddy allocator
+        # when released (HPG_temporary)
+        new = hugetlb_page_new(e, node if node >= 0 else node_of(e, old))
+        if new >= 0:
+            e.hblk[new >> HPAGE_PMD_ORDER] = HBLK_TEMP
+            hugetlb_folio_init(e, new, h, 0)
     if new < 0:
         pg.rc = -CORE_ENOMEM
         e.fflags[old] &= ~PG_ISOLATED
@@ -1313,6 +1584,15 @@ cdef int hugetlb_migrate_folio(engine_t *e, mig_page_t *pg, int32_t node, int32_
     else:
         pg.rc = 0
         migrate_folio_state(e, old, new, nr, PG_ANON | PG_DIRTY | PG_UPTODATE | PG_FILE | PG_BYTES)
+        if e.hblk[new >> HPAGE_PMD_ORDER] == HBLK_TEMP:
+            # move_hugetlb_state(): the old page takes the temporary mark
+            # (freed to the buddy allocator next), and a surplus page of the
+            # old node becomes one of the new
+            e.hblk[new >> HPAGE_PMD_ORDER] = HBLK_2M
+            e.hblk[old >> HPAGE_PMD_ORDER] = HBLK_TEMP
+            if e.h_node_surplus[h][node_of(e, old)]:
+                e.h_node_surplus[h][node_of(e, old)] -= 1
+                e.h_node_surplus[h][node_of(e, new)] += 1
     hugetlb_rmap_walk(e, old, h, fid, idx, True, new if pg.rc == 0 else old, caller, &local)
     put_page(e, new, 1)                 # the allocation's reference (a failed one: back to the pool)
     if pg.rc != 0:

@@ -745,7 +745,7 @@ cdef int64_t cache_truncate(engine_t *e, mm_file_t *f, uint64_t first, uint64_t 
                 continue
             t[i] = 0
             if f.hstate and ent == hugetlb_resv_entry():
-                e.h_resv[f.hstate - 1] -= 1     # hugetlb_unreserve_pages: a reservation with no page
+                hugetlb_acct_memory(e, f.hstate - 1, -1)   # hugetlb_unreserve_pages: a reservation with no page
                 continue
             if ent & PTE_PRESENT:
                 pfn = <int64_t>pte_pfn(ent)

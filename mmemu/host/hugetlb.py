@@ -35,7 +35,7 @@ SYSFS = "/sys/kernel/mm/hugepages"
 LOCK = "/run/lock/mmemu-hugetlb.lock"
 RECORD = "/run/lock/mmemu-hugetlb.json"
 LOCK_WAIT = 30.0            # seconds to wait for another process's pool to be given back
-COUNTERS = ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages")
+COUNTERS = ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages", "nr_overcommit_hugepages")
 
 _lock = threading.Lock()
 _held = None                # the HeldPool of this process, or None
@@ -71,8 +71,8 @@ def sizes():
 
 def counters(size, stale=0):
     """/sys/kernel/mm/hugepages/hugepages-<kB>kB of one size, as a dict
-    (nr, free, resv and surplus); `stale` reservations set aside are left
-    out of nr, free and resv."""
+    (nr, free, resv, surplus and overcommit); `stale` reservations set
+    aside are left out of nr, free and resv."""
     c = {name: _read(size, name) for name in COUNTERS}
     for name in ("nr_hugepages", "free_hugepages"):
         c[name] -= stale

@@ -942,8 +942,8 @@ class HostMachine:
     @property
     def hugepages(self) -> dict[int, dict[str, int]]:
         """The host's hugetlb pool per page size, read from
-        /sys/kernel/mm/hugepages/hugepages-<kB>kB/ (nr, free, resv and
-        surplus), for the sizes the engine models."""
+        /sys/kernel/mm/hugepages/hugepages-<kB>kB/ (nr, free, resv, surplus
+        and overcommit), for the sizes the engine models."""
         from ..shmem import HSTATE_SIZE
         have = _hugetlb.sizes()
         stale = self._pool.stale if self._pool is not None else {}
@@ -954,6 +954,14 @@ class HostMachine:
     def memory(self) -> int:
         raise Unsupported("the host's memory size is the machine's: a scenario that needs "
                           "memory pressure at a chosen size cannot run here")
+
+    def set_hugepages(self, size: int, nr_hugepages: int, node: int | None = None) -> int:
+        raise Unsupported("the host's hugetlb pool is held at the counts this machine was made with "
+                          "(HostMachine(hugepages=...)): it is not changed at run time")
+
+    def set_overcommit_hugepages(self, size: int, nr_overcommit_hugepages: int) -> None:
+        raise Unsupported("the host's hugetlb pool is held with overcommit 0 (HostMachine(hugepages=...)): "
+                          "it is not changed at run time")
 
     def reclaim(self, npages: int = 1 << 62, cpu: int = 0) -> None:
         """Memory pressure on the host: MADV_PAGEOUT of every program mapping

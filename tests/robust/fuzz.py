@@ -201,8 +201,6 @@ NEAR = {
                  "UFFD_FEATURE_MOVE", "1 << 40"],
     "api": ["UFFD_API", "0", "0xAB"],
     "uflags": ["0", "O_NONBLOCK", "O_CLOEXEC", "UFFD_USER_MODE_ONLY", "0x10"],
-    "hugepages": ["None", "{}", "{2 << 20: 1}", "{2 << 20: -1}", "{1 << 30: 1}", "{4096: 1}",
-                  "{2 << 20: 10**9}", "{2 << 20: 0, 1 << 30: 0}"],
     "memfd_flags": ["0", "MFD_CLOEXEC", "MFD_ALLOW_SEALING", "MFD_HUGETLB", "MFD_NOEXEC_SEAL", "0x100"],
     "falloc_mode": ["0", "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE",
                     "FALLOC_FL_PUNCH_HOLE", "0x10"],
@@ -224,9 +222,15 @@ NEAR = {
     "nodemask": ["0", "1", "2", "3", "2**64 - 1"],
     "zone_bytes": ["0", "PAGE_SIZE", "8 * PAGE_SIZE", "32 * PAGE_SIZE", "2**50", "-1"],
     "node": ["0", "1", "-1", "64"],
+    "hpage_size": ["2 << 20", "1 << 30", "4096", "0", "3 << 20"],
+    "hpage_count": ["0", "1", "3", "10**9", "-1", "2**64"],
 }
 # Non-integer kinds: (source, wrong-type?)
 OTHER = {
+    "hugepages": [("None", False), ("{}", False), ("{2 << 20: 1}", False), ("{2 << 20: -1}", False),
+                  ("{1 << 30: 1}", False), ("{4096: 1}", False), ("{2 << 20: 10**9}", False),
+                  ("{2 << 20: 0, 1 << 30: 0}", False), ("5", True), ("[2 << 20]", True)],
+    "opt_node": [("None", False), ("0", False), ("1", False), ("-1", False), ("64", False), ("'0'", True)],
     "data": [("b''", False), ("b'x'", False), ("b'z' * PAGE_SIZE", False), ("b'y' * (PAGE_SIZE + 7)", False),
              ("bytearray(b'ba')", False), ("memoryview(b'mv' * 100)", False), ("np.zeros(10, np.uint8)", False),
              ("5", True), ("None", True), ("'str'", True), ("[1, 2]", True)],
@@ -304,6 +308,8 @@ SPECS = {
     "Machine.numa_scan": [("process", "proc"), ("addr", "addr"), ("length", "len")],
     "Machine.node_of": [("pfn", "pfn")],
     "Machine.node_hugepages": [("node", "node")],
+    "Machine.set_hugepages": [("size", "hpage_size"), ("nr_hugepages", "hpage_count"), ("node", "opt_node")],
+    "Machine.set_overcommit_hugepages": [("size", "hpage_size"), ("nr_overcommit_hugepages", "hpage_count")],
     "Machine.zone_of": [("pfn", "pfn")],
     "Machine.zone_free": [("zone", "zone"), None, ("node", "node")],
     "Process.move_pages": [("pages", "page_list"), None, ("nodes", "node_list"), ("flags", "mpol_flags")],

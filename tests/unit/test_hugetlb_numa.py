@@ -122,32 +122,60 @@ def test_move_pages_moves_a_whole_huge_page_with_its_data(size):
     m.check()
 
 
-def test_move_pages_to_a_node_without_a_free_page_is_enomem():
-    """alloc_hugetlb_folio_nodemask(__GFP_THISNODE) finds no page there; the
-    kernel's fallback to a temporary page from the buddy allocator is not
-    modelled."""
+def test_move_pages_to_a_node_without_a_free_page_takes_a_temporary_one():
+    """alloc_hugetlb_folio_nodemask() finds no free page on node 1, so
+    alloc_migrate_hugetlb_folio() makes one there from the buddy allocator
+    (HPG_temporary: in the pool's count while it lives, beyond any
+    overcommit); move_hugetlb_state() hands the mark to the old page, which
+    goes back to the page allocator when freed. The pool keeps its size and
+    one page moved from node 0 to node 1."""
     m = machine(n2m=3)                                  # 2 on node 0, 1 on node 1
     p = m.spawn()
     a = p.mmap(0, 3 * H2M, RW, HUGE)
     for i in range(3):
         p.write(a + i * H2M, b"d")
-    with pytest.raises(OSError) as ei:
-        p.move_pages([a], [1], C.MPOL_MF_MOVE)
-    assert ei.value.errno == errno.ENOMEM
-    assert p.read(a, 1) == b"d" and node_of_va(m, p, a) == 0
+    old = p.pagemap(a).pfn
+    used = m.memory_usage()["frames_used"]
+    assert node_of_va(m, p, a) == 0 and m.hugepages[H2M]["free_hugepages"] == 0
+    assert p.move_pages([a], [1], C.MPOL_MF_MOVE) == [1]
+    assert p.read(a, 1) == b"d" and node_of_va(m, p, a) == 1
+    assert m.hugepages[H2M]["nr_hugepages"] == 3 and m.hugepages[H2M]["free_hugepages"] == 0
+    assert [m.node_hugepages(n)[H2M]["nr_hugepages"] for n in (0, 1)] == [1, 2]
+    assert "buddy" in m.frame(old).flags                 # the old page is the page allocator's again
+    assert m.memory_usage()["frames_used"] == used
+    m.check()
+    p.munmap(a, 3 * H2M)                                 # the new page is an ordinary pool page now
+    assert m.hugepages[H2M]["free_hugepages"] == 3
     m.check()
 
 
 def test_a_reserved_free_page_is_not_a_migration_target():
-    # available_huge_pages(): free pages minus reserved ones.
+    # available_huge_pages(): free pages minus reserved ones. Node 1's free
+    # page is reserved, so the move takes a temporary page, and the reserved
+    # one stays free.
     m = machine(n2m=4)
     p = m.spawn()
     a = p.mmap(0, H2M, RW, HUGE)
     p.write(a, b"d")
     p.mmap(0, 3 * H2M, RW, HUGE)                        # reserves the other three
+    assert p.move_pages([a], [1], C.MPOL_MF_MOVE) == [1]
+    assert node_of_va(m, p, a) == 1
+    assert m.hugepages[H2M] == {"nr_hugepages": 4, "free_hugepages": 3, "resv_hugepages": 3,
+                                "surplus_hugepages": 0, "nr_overcommit_hugepages": 0}
+    assert m.node_hugepages(1)[H2M] == {"nr_hugepages": 3, "free_hugepages": 2, "surplus_hugepages": 0}
+    m.check()
+
+
+def test_move_pages_of_a_gigantic_page_to_a_node_without_a_free_one_is_enomem():
+    # No temporary gigantic pages (alloc_migrate_hugetlb_folio gives up on them).
+    m = machine(n2m=0, n1g=1)                           # on node 0
+    p = m.spawn()
+    a = p.mmap(0, H1G, RW, HUGE | C.MAP_HUGE_1GB)
+    p.write(a, b"g")
     with pytest.raises(OSError) as ei:
         p.move_pages([a], [1], C.MPOL_MF_MOVE)
     assert ei.value.errno == errno.ENOMEM
+    assert p.read(a, 1) == b"g" and node_of_va(m, p, a) == 0
     m.check()
 
 
