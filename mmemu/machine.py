@@ -249,31 +249,29 @@ class Machine:
         self._engine.hugetlb_set_overcommit(count)
 
     @staticmethod
-    def _hstate_of(size, name):
+    def _int(v, what):
         try:
-            size = operator.index(size)
+            return operator.index(v)
         except TypeError:
-            raise TypeError(f"{name}: size must be an integer number of bytes, not {type(size).__name__}") from None
+            raise TypeError(f"{what} must be an integer, not {type(v).__name__}") from None
+
+    @staticmethod
+    def _hstate_of(size, name):
+        size = Machine._int(size, f"{name}: the page size")
         if size not in HSTATE_SIZE:
             raise ValueError(f"{name}: no hugetlb page size {size} (one of {', '.join(map(str, HSTATE_SIZE))})")
         return HSTATE_SIZE.index(size)
 
     @staticmethod
     def _count(v, name):
-        try:
-            v = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{name} must be an integer, not {type(v).__name__}") from None
+        v = Machine._int(v, name)
         if not 0 <= v < 1 << 64:
             raise ValueError(f"{name} must be in 0 .. 2**64 - 1 (an unsigned long)")
         return min(v, (1 << 63) - 1)
 
     @staticmethod
     def _bytes(v, name):
-        try:
-            v = operator.index(v)
-        except TypeError:
-            raise TypeError(f"{name} must be an integer number of bytes, not {type(v).__name__}") from None
+        v = Machine._int(v, f"{name} (a number of bytes)")
         if v < 0:
             raise ValueError(f"{name} must be >= 0")
         return v
