@@ -734,6 +734,7 @@ cdef class Engine:
                 (self.e.hp_base[n], self.e.hp_n2m[n], self.e.hp_gig[n], self.e.hp_n1g[n],
                  self.e.h_seg[1][n], self.e.h_nfree[0][n], self.e.h_nfree[1][n]) = base, c2, gig, c1, s1, f2, f1
                 self.e.h_node_surplus[0][n], self.e.h_node_surplus[1][n] = u2, u1
+            self._hugetlb_blocks_valid(hb, hx, s2m, s1g)
             if self.e.zoned:
                 self._zone_recount()            # the pool's frames are not free
             n = len(st["resv_maps"])
@@ -749,6 +750,42 @@ cdef class Engine:
                     self.e.resv_maps[j].consumed = <uint8_t *>stack_import(consumed, len(consumed), 1)
 
     # ---- hugetlb (core/hugetlb.pxi) -------------------------------------------
+
+    def _hugetlb_blocks_valid(self, hb, hx, s2m, s1g):
+        # A saved block map must say what the saved counts say: 1 GiB marks
+        # exactly on the 1 GiB pages, as many 2 MiB pages per node as it
+        # counts, none across a node's end or outside the pool's bounds
+        # (the core trusts the map for a page's size and head).
+        cdef int32_t n
+        gig = np.zeros(len(hb), bool)
+        two = (hb == HBLK_2M) | (hb == HBLK_TEMP)
+        whole = np.zeros(len(hb), bool)
+        for n in range(self.e.nnodes):
+            for i in range(self.e.hp_n1g[n]):
+                b = (self.e.hp_gig[n] + i * HPAGE_PUD_NR) >> HPAGE_PMD_ORDER
+                gig[b:b + (HPAGE_PUD_NR >> HPAGE_PMD_ORDER)] = True
+            lo = (node_start(&self.e, n) + HPAGE_PMD_NR - 1) >> HPAGE_PMD_ORDER
+            hi = node_end(&self.e, n) >> HPAGE_PMD_ORDER
+            whole[lo:hi] = True
+            if int(np.count_nonzero(two[lo:hi])) != self.e.hp_n2m[n]:
+                raise ValueError(f"saved hugetlb block map disagrees with node {n}'s count")
+        marked = np.flatnonzero(hb)
+        if not np.array_equal(hb == HBLK_1G, gig) or (two & ~whole).any() or not (
+                len(marked) == 0 or (self.e.hugetlb_base >> HPAGE_PMD_ORDER <= marked[0]
+                                     and (marked[-1] + 1) << HPAGE_PMD_ORDER <= self.e.hugetlb_end)):
+            raise ValueError("saved hugetlb block map out of range")
+        if not (0 <= hx[0] <= self.e.h_nr[0] and 0 <= hx[1] <= self.e.h_nr[1] and hx[2] >= 0 and hx[3] >= 0):
+            raise ValueError("saved hugetlb surplus counts out of range")
+        # Each free page on a stack: a page of that size, on that node.
+        for n in range(self.e.nnodes):
+            for heads, seg, nfree, size, mark in ((s2m, self.e.h_seg[0][n], self.e.h_nfree[0][n], HPAGE_PMD_NR, 1),
+                                                  (s1g, self.e.h_seg[1][n], self.e.h_nfree[1][n], HPAGE_PUD_NR, 2)):
+                free_heads = heads[seg:seg + nfree]
+                if len(free_heads) != nfree or (free_heads % size).any() \
+                        or (nfree and not (hb[free_heads >> HPAGE_PMD_ORDER] == (HBLK_2M if mark == 1 else HBLK_1G)).all()) \
+                        or (nfree and not ((node_start(&self.e, n) <= free_heads)
+                                           & (free_heads < node_end(&self.e, n))).all()):
+                    raise ValueError(f"saved hugetlb free list of node {n} out of range")
 
     def _hugetlb_stack_cap(self):
         # Entries of the 2 MiB stack: every node's segment.

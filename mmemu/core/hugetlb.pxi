@@ -487,7 +487,8 @@ cdef int hugetlb_acct_memory(engine_t *e, int h, int64_t delta) noexcept nogil:
         return 0
     needed = e.h_resv[h] + delta - e.h_free[h]
     if needed > 0:
-        if h != MM_HSTATE_2M or e.h_surplus[h] + needed > e.h_overcommit[h]:
+        if h != MM_HSTATE_2M or e.h_surplus[h] + needed > e.h_overcommit[h] \
+                or needed > (e.nframes >> HPAGE_PMD_ORDER):        # more than memory could ever hold
             return -1
         made = <int64_t *>malloc(needed * sizeof(int64_t))
         if made == NULL:

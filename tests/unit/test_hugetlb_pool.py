@@ -215,3 +215,29 @@ def test_a_zap_restores_no_reservation_while_the_pool_has_surplus_pages():
     m.check()
     p.write(b, b"b")                                    # its reservation still holds a page
     m.check()
+
+
+def test_a_saved_pool_that_disagrees_with_itself_is_refused():
+    """The core takes a page's size and head from the block map and pops
+    free heads from the stacks: a snapshot whose map or stacks do not match
+    its counts is a clear error at load, not a machine that corrupts itself."""
+    m = mmemu.Machine(memory=64 << 20, nodes=2)
+    m.set_hugepages(H2M, 3)
+    fn, args = m._engine.__reduce__()
+    good = args[-1]
+    assert fn(*args[:-1], good).hugetlb_pool() == m._engine.hugetlb_pool()
+
+    def corrupt(change):
+        st = {k: (v.copy() if hasattr(v, "copy") else list(v) if isinstance(v, list) else v) for k, v in good.items()}
+        st["hugetlb_stacks"] = [s.copy() for s in good["hugetlb_stacks"]]
+        change(st)
+        with pytest.raises(ValueError, match="hugetlb"):
+            fn(*args[:-1], st)
+
+    first = int(good["hugetlb_blocks"].nonzero()[0][0])
+    corrupt(lambda st: st["hugetlb_blocks"].__setitem__(first, 0))                  # a page unmarked
+    corrupt(lambda st: st["hugetlb_blocks"].__setitem__(first + 5, 1))              # one marked too many
+    corrupt(lambda st: st["hugetlb_blocks"].__setitem__(first, 2))                  # a 2 MiB page called 1 GiB
+    corrupt(lambda st: st["hugetlb_stacks"][0].__setitem__(0, 4096 + 512))          # a free head not in the pool
+    corrupt(lambda st: st["hugetlb_stacks"][0].__setitem__(0, good["hugetlb_stacks"][0][0] + 1))   # not a head
+    corrupt(lambda st: st["hugetlb_surplus"].__setitem__(0, -1))
