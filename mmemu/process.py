@@ -110,11 +110,15 @@ _MADV_KNOWN = {C.MADV_NORMAL, C.MADV_RANDOM, C.MADV_SEQUENTIAL, C.MADV_WILLNEED,
                C.MADV_UNMERGEABLE, C.MADV_HUGEPAGE, C.MADV_NOHUGEPAGE, C.MADV_DONTDUMP,
                C.MADV_DODUMP, C.MADV_WIPEONFORK, C.MADV_KEEPONFORK, C.MADV_COLD, C.MADV_PAGEOUT,
                C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE, C.MADV_DONTNEED_LOCKED,
-               C.MADV_COLLAPSE, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE}
+               C.MADV_COLLAPSE, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE, C.MADV_HWPOISON,
+               C.MADV_SOFT_OFFLINE}
 
 # Advice the engine does not model yet: Linux accepts it, so refusing with an
 # errno would lie. What brings each one is named.
-_MADV_LATER: dict[int, str] = {}
+_MADV_LATER: dict[int, str] = {
+    C.MADV_HWPOISON: "memory-failure handling (madvise_inject_error: hwpoison entries, SIGBUS BUS_MCEERR_AR)",
+    C.MADV_SOFT_OFFLINE: "soft offlining (soft_offline_page: a page migrated off and taken out of use)",
+}
 
 # Engine.collapse's results (core/huge.pxi COLLAPSE_*): (errno, go on with the
 # next 2 MiB) as madvise_collapse() / madvise_collapse_errno() treat them.
@@ -522,7 +526,8 @@ class Process(FileOps, NumaOps):
                 or (advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE) and not pol.madv_populate) \
                 or (advice == C.MADV_DONTNEED_LOCKED and not pol.madv_dontneed_locked) \
                 or (advice == C.MADV_COLLAPSE and not pol.madv_collapse) \
-                or (advice in (C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE) and not pol.madv_guard):
+                or (advice in (C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE) and not pol.madv_guard) \
+                or (advice in (C.MADV_HWPOISON, C.MADV_SOFT_OFFLINE) and not pol.memory_failure):
             raise oserror(EINVAL, "madvise", f"advice {advice} unknown to {pol.version}")
         if addr & (PAGE - 1):
             raise oserror(EINVAL, "madvise", "address not page aligned")

@@ -89,6 +89,8 @@ SECTIONS = [
         ("MADV_POPULATE_WRITE", "23", ""),
         ("MADV_DONTNEED_LOCKED", "24", ""),
         ("MADV_COLLAPSE", "25", ""),
+        ("MADV_HWPOISON", "100", "CAP_SYS_ADMIN, CONFIG_MEMORY_FAILURE"),
+        ("MADV_SOFT_OFFLINE", "101", "CAP_SYS_ADMIN, CONFIG_MEMORY_FAILURE"),
         ("MADV_GUARD_INSTALL", "102", "6.13"),
         ("MADV_GUARD_REMOVE", "103", "6.13"),
     ]),

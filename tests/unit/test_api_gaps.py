@@ -75,3 +75,24 @@ def test_get_user_pages_rejects_foll_pin():
 
 def test_machine_docstring_does_not_deny_swap():
     assert "not modelled" not in mmemu.Machine.__doc__.split("swap:")[1].split(".")[0]
+
+
+@pytest.mark.parametrize("advice", [C.MADV_HWPOISON, C.MADV_SOFT_OFFLINE])
+def test_memory_failure_advice_is_not_modelled_but_is_not_unknown_either(advice):
+    # madvise_inject_error(): Linux with CONFIG_MEMORY_FAILURE takes the
+    # advice after the range checks; the engine says what it lacks instead of
+    # an EINVAL that would claim the kernel does not know it. Without
+    # CONFIG_MEMORY_FAILURE it is EINVAL (madvise_behavior_valid).
+    p = mmemu.Machine(memory=16 * PAGE).spawn()
+    a = p.mmap(0, PAGE, RW, PRIV)
+    assert p.madvise(a, 0, advice) is None                     # empty range: 0, as Linux
+    with pytest.raises(OSError) as ei:
+        p.madvise(a + 1, PAGE, advice)
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(NotImplementedError, match="memory-failure|soft offlining"):
+        p.madvise(a, PAGE, advice)
+    # kernel="host" follows this host's CONFIG_MEMORY_FAILURE (eras.py).
+    h = mmemu.Machine(kernel="host", memory=16 * PAGE)
+    b = h.spawn().mmap(0, PAGE, RW, PRIV)
+    with pytest.raises(NotImplementedError if h.policy.memory_failure else OSError):
+        h.processes[0].madvise(b, PAGE, advice)
