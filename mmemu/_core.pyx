@@ -131,7 +131,9 @@ cdef object frame_table_array(int64_t n, object dtype):
     # kernel's clearing pushed everything else out of the caches, and the
     # machine's first calls paid tens of microseconds for it. A host before
     # 5.14 refuses the advice: fill instead.
-    if madvise(<void *>cnp_data(a), nbytes & ~(<size_t>MM_PAGE_SIZE - 1), HOST_MADV_POPULATE_WRITE) != 0:
+    # (the whole last page too: the mapping runs at least 2 MiB past the array)
+    if madvise(<void *>cnp_data(a), (nbytes + MM_PAGE_SIZE - 1) & ~(<size_t>MM_PAGE_SIZE - 1),
+               HOST_MADV_POPULATE_WRITE) != 0:
         a.fill(0)
     return a
 

@@ -142,6 +142,12 @@ cdef void folio_free_large(engine_t *e, int64_t head) noexcept nogil:
         e.index[p] = 0
     entire_mapcount(e, head)[0] = 0
     e.nr_large -= 1
+    hblock_put(e, head)
+
+
+cdef inline void hblock_put(engine_t *e, int64_t head) noexcept nogil:
+    """A free order-9 block (its frames clean) back to the page allocator:
+    its zone's list on a zoned machine, else the free-block stack."""
     if e.zoned:
         zone_block_put(e, head)         # core/zones.pxi
     else:

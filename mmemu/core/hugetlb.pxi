@@ -333,12 +333,7 @@ cdef void hugetlb_page_release(engine_t *e, int64_t head) noexcept nogil:
     e.h_nr[MM_HSTATE_2M] -= 1
     e.hp_n2m[node_of(e, head)] -= 1
     e.hblk[head >> HPAGE_PMD_ORDER] = HBLK_NONE
-    if e.zoned:
-        zone_block_put(e, head)
-    else:
-        e.hfree[e.nhfree] = head
-        e.nhfree += 1
-    e.nr_free += HPAGE_PMD_NR
+    hblock_put(e, head)                 # core/huge.pxi
 
 
 cdef inline int32_t hstate_next_node(int32_t *next, int32_t nn, int32_t nid) noexcept nogil:
